@@ -1,0 +1,132 @@
+"""The head daemon's entry point: wire store, engine, fleet and API, run until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+
+from hpcbatch.errors import HpcbatchError
+from hpcbatch.head.api import make_app
+from hpcbatch.head.config import HeadConfig, load_head_config
+from hpcbatch.head.engine import Engine
+from hpcbatch.head.fleet import Fleet
+from hpcbatch.head.logs import LogStore
+from hpcbatch.head.service import BatchService
+from hpcbatch.store import SqliteStore
+
+log = logging.getLogger("hpcbatch.head")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Head:
+    """The assembled head: holds (not inherits) store, engine, fleet and service."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        self.config = config
+        state = config.state_path
+        state.mkdir(parents=True, exist_ok=True)
+        self.store = SqliteStore(state / "hpcbatch.db", durability=config.durability)
+        self.logs = LogStore(state / "logs")
+        self.head_id = uuid.uuid4().hex
+        self.fleet: Fleet | None = None
+        self.engine = Engine(
+            self.store,
+            self.logs,
+            send=self._send,
+            clock_ms=_now_ms,
+            kill_grace_s=config.kill_grace_s,
+            log_stream_prefix=lambda job: job.job_definition.rsplit("/", 1)[-1].split(":")[0],
+        )
+        self.service = BatchService(self.store, self.engine, region=config.region, account=config.account_id)
+
+    def _send(self, node: str, message: object) -> None:
+        assert self.fleet is not None
+        self.fleet.send(node, message)  # type: ignore[arg-type]
+
+    def _load(self) -> None:
+        for doc in self.store.list_resources("ce"):
+            self.engine.compute_environment_changed(doc)
+        for doc in self.store.list_resources("queue"):
+            self.engine.job_queue_changed(doc)
+        self.engine.recover()
+        self.service.ensure_default_job_definition()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            cutoff = _now_ms() - int(self.config.retention_days * 86_400_000)
+            with self.store.transaction():
+                pruned = self.store.prune_jobs(cutoff)
+            if pruned:
+                log.info("pruned %d jobs finished before the %g-day retention", pruned, self.config.retention_days)
+            await asyncio.sleep(self.config.prune_interval_s)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set."""
+        self.fleet = Fleet(
+            self.config.fleet_bind,
+            self.engine,
+            head_id=self.head_id,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            liveness=self.config.liveness,
+        )
+        self._load()
+        runner = web.AppRunner(make_app(self.service), access_log=None)
+        await runner.setup()
+        host, port = self.config.http_host_port
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        log.info("head %s serving http://%s:%d, fleet %s", self.head_id[:8], host, port, self.config.fleet_bind)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                fleet_task = tasks.create_task(self.fleet.serve())
+                prune_task = tasks.create_task(self._prune_loop())
+                await stop.wait()
+                log.info("stopping: signal received")
+                fleet_task.cancel()
+                prune_task.cancel()
+        finally:
+            await runner.cleanup()
+            self.engine.flush()
+            self.fleet.close()
+            self.store.close()
+            log.info("head stopped")
+
+
+def main(config_path: str) -> int:
+    """Run the head with the config at ``config_path``; returns the process exit code."""
+    try:
+        config = load_head_config(config_path)
+    except HpcbatchError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 3
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+
+    async def _serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Head(config).run(stop)
+
+    try:
+        asyncio.run(_serve())
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,451 @@
+"""The engine: holds the live jobs, feeds the scheduler, and applies what it decides.
+
+Decisions flow one way (API -> store -> scheduler -> fleet -> agents) and facts flow back
+(agents -> fleet -> engine -> store). Everything that changes a job happens here, in the
+head's event-loop thread, and is batched: a burst of submits, exits and heartbeats that
+arrives in one loop iteration becomes one scheduler pass, one store transaction, then the
+messages to agents. A message that starts an attempt is sent only after the attempt is
+committed, and an agent's exit report is acknowledged only after it is committed, so a
+``kill -9`` of the head at any point loses nothing and runs nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpcbatch import protocol as p
+from hpcbatch.head.logs import LogStore
+from hpcbatch.model.jobs import TIMEOUT_REASON, Attempt, JobRecord, should_retry
+from hpcbatch.model.lifecycle import JobEvent, JobStatus, next_status
+from hpcbatch.scheduler import (
+    AttemptEnded,
+    ComputeEnvironmentChanged,
+    ComputeEnvironmentRemoved,
+    Event,
+    JobQueueChanged,
+    JobQueueRemoved,
+    JobRunnable,
+    JobWithdrawn,
+    NodeGone,
+    NodeUp,
+    Scheduler,
+    SetWaitReason,
+    StartAttempt,
+)
+from hpcbatch.store import Store
+
+log = logging.getLogger("hpcbatch.engine")
+
+EXITED_REASON = "Essential container in task exited"
+DEPENDENCY_FAILED_REASON = "Dependent Job failed"
+
+
+@dataclass
+class NodeInfo:
+    """What the head knows of one node: its facts, state and liveness."""
+
+    facts: p.NodeFacts | None
+    instance_id: str = ""
+    state: str = "DOWN"  # ACTIVE | DRAINING | DRAINED | DOWN
+    state_reason: str = "Never registered"
+    last_heartbeat_at: int = 0
+    jobs: set[str] = field(default_factory=set)  # jobs with an attempt in flight here
+
+
+class Engine:
+    """Live job state plus the scheduler; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        logs: LogStore,
+        *,
+        send: Callable[[str, p.Message], None],
+        clock_ms: Callable[[], int],
+        kill_grace_s: float = 10.0,
+        log_stream_prefix: Callable[[JobRecord], str] = lambda job: "default",
+    ) -> None:
+        self.store = store
+        self.logs = logs
+        self.scheduler = Scheduler()
+        self.jobs: dict[str, JobRecord] = {}  # every job not yet SUCCEEDED/FAILED
+        self.nodes: dict[str, NodeInfo] = {}
+        self._send = send
+        self._now = clock_ms
+        self._kill_grace_s = kill_grace_s
+        self._stream_prefix = log_stream_prefix
+        self._seq = 0
+        self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
+        self._dirty: dict[str, JobRecord] = {}
+        self._job_events: list[tuple[str, int, str, str | None]] = []
+        self._sched_events: list[Event] = []
+        self._outbox: list[tuple[str, p.Message]] = []
+        self._step_handle: asyncio.Handle | None = None
+        self._event_counter = 0
+
+    # ----------------------------------------------------------------- plumbing
+    def _event_id(self) -> str:
+        self._event_counter += 1
+        return f"e{self._event_counter}"
+
+    def _feed(self, event: Event) -> None:
+        self._sched_events.append(event)
+        self.request_step()
+
+    def request_step(self) -> None:
+        """Run one engine step soon; many requests in one loop iteration give one step."""
+        if self._step_handle is None:
+            self._step_handle = asyncio.get_running_loop().call_soon(self.step)
+
+    def _touch(self, job: JobRecord) -> None:
+        self._dirty[job.job_id] = job
+        self.request_step()
+
+    def _move(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
+        now = self._now()
+        job.status = next_status(job.job_id, job.status, event)
+        job.status_reason = reason
+        self._job_events.append((job.job_id, now, job.status.value, reason))
+        if job.status.is_final:
+            job.stopped_at = job.stopped_at or now
+            self.jobs.pop(job.job_id, None)
+            self._settle_dependents(job)
+        self._touch(job)
+
+    def step(self) -> None:
+        """Schedule, persist, then tell the agents: the order that keeps restarts safe."""
+        self._step_handle = None
+        events, self._sched_events = self._sched_events, []
+        if events:
+            for action in self.scheduler.handle(*events):
+                if isinstance(action, StartAttempt):
+                    self._start(action)
+                elif isinstance(action, SetWaitReason):
+                    job = self.jobs.get(action.job_id)
+                    if job is not None and job.status is JobStatus.RUNNABLE:
+                        job.status_reason = action.reason
+                        self._dirty[job.job_id] = job
+        self.flush()
+
+    def flush(self) -> None:
+        """Commit every pending change in one transaction, then send what waited on it."""
+        if self._dirty or self._job_events:
+            dirty, self._dirty = list(self._dirty.values()), {}
+            events, self._job_events = self._job_events, []
+            with self.store.transaction():
+                self.store.put_jobs(dirty)
+                self.store.add_job_events(events)
+        outbox, self._outbox = self._outbox, []
+        for node, message in outbox:
+            self._send(node, message)
+
+    # ------------------------------------------------------------------ startup
+    def recover(self) -> None:
+        """Rebuild live state from the store after a start or a crash."""
+        for seq, job in self.store.unfinished_jobs():
+            self._seq = max(self._seq, seq)
+            self.jobs[job.job_id] = job
+            if job.status is JobStatus.SUBMITTED:
+                self._admit(job)
+            elif job.status is JobStatus.PENDING:
+                self._wait_for_dependencies(job)
+            elif job.status is JobStatus.RUNNABLE:
+                self._feed(JobRunnable(self._event_id(), job.job_id, job.job_queue, job.resources, seq))
+            else:
+                attempt = job.current_attempt
+                if attempt is None:  # cannot happen unless the store was edited by hand
+                    self._finish_attempt(job, None, None, "Attempt record missing after restart")
+                    continue
+                node = self.nodes.setdefault(attempt.node, NodeInfo(facts=None))
+                node.jobs.add(job.job_id)
+                node.state_reason = "Waiting for the agent to re-register after a head restart"
+                node.last_heartbeat_at = self._now()
+        log.info("recovered %d unfinished jobs", len(self.jobs))
+
+    # ------------------------------------------------------------------ jobs in
+    def submit(self, job: JobRecord) -> None:
+        """Persist a new job (durable before this returns), then admit it."""
+        with self.store.transaction():
+            self.store.put_jobs([job])
+            self.store.add_job_events([(job.job_id, job.created_at, job.status.value, None)])
+        self._seq += 1
+        self.jobs[job.job_id] = job
+        self._admit(job)
+
+    def _admit(self, job: JobRecord) -> None:
+        if job.depends_on:
+            self._move(job, JobEvent.WAIT_DEPENDENCIES, None)
+            self._wait_for_dependencies(job)
+        else:
+            self._make_runnable(job)
+
+    def _make_runnable(self, job: JobRecord) -> None:
+        self._move(job, JobEvent.READY, None)
+        self._seq += 1
+        self._feed(JobRunnable(self._event_id(), job.job_id, job.job_queue, job.resources, self._seq))
+
+    def _wait_for_dependencies(self, job: JobRecord) -> None:
+        waiting = [d["jobId"] for d in job.depends_on if d["jobId"] in self.jobs]
+        finished = [d["jobId"] for d in job.depends_on if d["jobId"] not in self.jobs]
+        for dep in self.store.get_jobs(finished):
+            if dep.status is JobStatus.FAILED:
+                self._move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
+                return
+        if not waiting:
+            self._make_runnable(job)
+            return
+        for dep_id in waiting:
+            self._dependents.setdefault(dep_id, set()).add(job.job_id)
+
+    def _settle_dependents(self, finished: JobRecord) -> None:
+        for job_id in sorted(self._dependents.pop(finished.job_id, ())):
+            job = self.jobs.get(job_id)
+            if job is None or job.status is not JobStatus.PENDING:
+                continue
+            if finished.status is JobStatus.FAILED:
+                self._move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
+            elif not any(d["jobId"] in self.jobs for d in job.depends_on):
+                self._make_runnable(job)
+
+    def cancel(self, job: JobRecord, reason: str) -> None:
+        """CancelJob: ends jobs not yet STARTING; later ones are left alone (as AWS does)."""
+        if job.status in (JobStatus.SUBMITTED, JobStatus.PENDING, JobStatus.RUNNABLE):
+            job.is_cancelled = True
+            self._withdraw(job)
+            self._move(job, JobEvent.CANCEL, reason)
+
+    def terminate(self, job: JobRecord, reason: str) -> None:
+        """TerminateJob: like cancel, and a running attempt is killed and not retried."""
+        if job.status.is_final:
+            return
+        job.is_terminated = True
+        if job.status.is_active:
+            attempt = job.current_attempt
+            assert attempt is not None
+            job.stop_reason = reason
+            self._touch(job)
+            node = self.nodes.get(attempt.node)
+            if node is None or node.state == "DOWN":
+                self._finish_attempt(job, None, None, reason)
+            else:
+                kill = p.KillAttempt(attempt_id=attempt.attempt_id, reason=reason, grace_s=self._kill_grace_s)
+                self._outbox.append((attempt.node, kill))
+        else:
+            self._withdraw(job)
+            self._move(job, JobEvent.TERMINATE, reason)
+
+    def _withdraw(self, job: JobRecord) -> None:
+        if job.status is JobStatus.RUNNABLE:
+            self._feed(JobWithdrawn(self._event_id(), job.job_id))
+        for deps in self._dependents.values():
+            deps.discard(job.job_id)
+
+    # ---------------------------------------------------------------- placement
+    def _start(self, action: StartAttempt) -> None:
+        job = self.jobs.get(action.job_id)
+        if job is None or job.status is not JobStatus.RUNNABLE:
+            self._feed(AttemptEnded(self._event_id(), action.job_id))
+            return
+        attempt_id = uuid.uuid4().hex
+        attempt = Attempt(
+            attempt_id=attempt_id,
+            node=action.node,
+            compute_environment=action.compute_environment,
+            log_stream_name=f"{self._stream_prefix(job)}/default/{attempt_id}",
+        )
+        job.attempts.append(attempt)
+        self.nodes[action.node].jobs.add(job.job_id)
+        self._move(job, JobEvent.PLACED, None)
+        self._outbox.append((action.node, self._start_message(job, attempt)))
+
+    def _start_message(self, job: JobRecord, attempt: Attempt) -> p.StartAttempt:
+        env = dict(job.environment)
+        env.update(
+            AWS_BATCH_JOB_ID=job.job_id,
+            AWS_BATCH_JOB_ATTEMPT=str(len(job.attempts)),
+            AWS_BATCH_JQ_NAME=job.job_queue,
+            AWS_BATCH_CE_NAME=attempt.compute_environment,
+        )
+        script = self.store.get_script(job.script_id) if job.script_id else None
+        return p.StartAttempt(
+            attempt_id=attempt.attempt_id,
+            job_id=job.job_id,
+            attempt_number=len(job.attempts),
+            command=job.command,
+            environment=env,
+            vcpus=job.resources.vcpus,
+            memory_mib=job.resources.memory_mib,
+            gpus=job.resources.gpus,
+            timeout_s=job.timeout_s,
+            image=job.image,
+            script=script,
+            log_stream_name=attempt.log_stream_name,
+        )
+
+    # ------------------------------------------------------------ agent reports
+    def _current(self, node: str, job_id: str, attempt_id: str) -> JobRecord | None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        attempt = job.current_attempt
+        if attempt is None or attempt.attempt_id != attempt_id or attempt.node != node:
+            return None
+        return job
+
+    def on_started(self, node: str, msg: p.AttemptStarted) -> None:
+        job = self._current(node, msg.job_id, msg.attempt_id)
+        if job is None:
+            self._outbox.append((node, p.KillAttempt(attempt_id=msg.attempt_id, reason="Attempt is no longer current", grace_s=0)))
+            self.request_step()
+            return
+        self._mark_started(job, msg.started_at)
+
+    def _mark_started(self, job: JobRecord, started_at: int) -> None:
+        attempt = job.current_attempt
+        assert attempt is not None
+        attempt.started_at = started_at
+        if job.started_at is None:
+            job.started_at = started_at
+        if job.status is JobStatus.STARTING:
+            self._move(job, JobEvent.STARTED, None)
+
+    def on_exited(self, node: str, msg: p.AttemptExited) -> None:
+        """An attempt ended; acknowledged once the outcome is committed."""
+        job = self._current(node, msg.job_id, msg.attempt_id)
+        if job is not None:
+            attempt = job.current_attempt
+            assert attempt is not None
+            if attempt.started_at is None and msg.started_at is not None:
+                self._mark_started(job, msg.started_at)
+            self._finish_attempt(job, msg.exit_code, msg.reason, msg.status_reason, msg.stopped_at)
+        self._outbox.append((node, p.AckExits(attempt_ids=[msg.attempt_id])))
+        self.request_step()
+
+    def _finish_attempt(
+        self,
+        job: JobRecord,
+        exit_code: int | None,
+        reason: str | None,
+        status_reason: str | None,
+        stopped_at: int | None = None,
+    ) -> None:
+        attempt = job.current_attempt
+        assert attempt is not None
+        now = self._now()
+        attempt.stopped_at = stopped_at or now
+        attempt.exit_code = exit_code
+        attempt.reason = reason
+        if job.stop_reason is not None:  # terminated: the caller's reason is the story
+            status_reason = job.stop_reason
+        attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
+        node = self.nodes.get(attempt.node)
+        if node is not None:
+            node.jobs.discard(job.job_id)
+        self._feed(AttemptEnded(self._event_id(), job.job_id))
+        if exit_code == 0 and reason is None and job.stop_reason is None and status_reason != TIMEOUT_REASON:
+            self._move(job, JobEvent.SUCCEEDED, EXITED_REASON)
+        elif should_retry(job, exit_code, reason, status_reason):
+            job.started_at = None
+            self._move(job, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
+            self._seq += 1
+            self._feed(JobRunnable(self._event_id(), job.job_id, job.job_queue, job.resources, self._seq))
+        else:
+            job.stopped_at = attempt.stopped_at
+            self._move(job, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
+
+    def on_log(self, msg: p.LogChunk) -> None:
+        self.logs.write(msg.attempt_id, msg.offset, msg.data)
+
+    # -------------------------------------------------------------------- nodes
+    def on_register(self, name: str, msg: p.Register) -> p.Welcome | None:
+        """A node (re)joined: reconcile what it runs with what the store says it should."""
+        now = self._now()
+        node = self.nodes.setdefault(name, NodeInfo(facts=None))
+        node.facts, node.instance_id = msg.node, msg.instance_id
+        node.state, node.state_reason, node.last_heartbeat_at = "ACTIVE", "", now
+        for exited in msg.exited:
+            self.on_exited(name, exited)
+        allocations = []
+        reported = set()
+        for running in msg.running:
+            reported.add(running.job_id)
+            job = self._current(name, running.job_id, running.attempt_id)
+            if job is None:
+                self._outbox.append((name, p.KillAttempt(attempt_id=running.attempt_id, reason="Attempt is no longer current", grace_s=0)))
+                continue
+            node.jobs.add(job.job_id)
+            allocations.append((job.job_id, job.resources))
+            if job.status is JobStatus.STARTING:
+                self._mark_started(job, running.started_at)
+        finished = {e.job_id for e in msg.exited}
+        for job_id in sorted(node.jobs - reported - finished):
+            job = self.jobs.get(job_id)
+            attempt = job.current_attempt if job else None
+            if job is None or attempt is None or attempt.node != name:
+                node.jobs.discard(job_id)
+            elif job.status is JobStatus.STARTING:
+                # The start may never have left the head before a crash: send it again
+                # (agents start an attempt id at most once).
+                allocations.append((job.job_id, job.resources))
+                self._outbox.append((name, self._start_message(job, attempt)))
+            else:
+                self._finish_attempt(job, None, None, f"Attempt lost: the agent on {name} no longer runs it")
+        facts = msg.node
+        self._feed(
+            NodeUp(
+                self._event_id(), name, facts.compute_environment, facts.vcpus,
+                facts.memory_mib, len(facts.gpus), tuple(allocations),
+            )
+        )
+        offsets = {
+            r.attempt_id: {"output": self.logs.size(r.attempt_id)} for r in msg.running
+        }
+        return p.Welcome(head_id="", heartbeat_interval_s=0, liveness=0, log_offsets=offsets)
+
+    def on_heartbeat(self, name: str) -> None:
+        node = self.nodes.get(name)
+        if node is not None:
+            node.last_heartbeat_at = self._now()
+
+    def node_lost(self, name: str, silent_s: float) -> None:
+        """No heartbeat for too long: fail its attempts (retried per strategy)."""
+        node = self.nodes.get(name)
+        if node is None or node.state == "DOWN" and not node.jobs:
+            return
+        reason = f"Node {name} lost: no heartbeat for {silent_s:.0f} s"
+        log.warning("%s; failing %d attempt(s)", reason, len(node.jobs))
+        node.state, node.state_reason = "DOWN", reason
+        for job_id in sorted(node.jobs):
+            job = self.jobs.get(job_id)
+            if job is not None and job.current_attempt is not None:
+                self._finish_attempt(job, None, None, reason)
+        node.jobs.clear()
+        self._feed(NodeGone(self._event_id(), name))
+
+    # ------------------------------------------------------- queues and CEs
+    def compute_environment_changed(self, doc: dict[str, Any]) -> None:
+        max_vcpus = (doc.get("computeResources") or {}).get("maxvCpus")
+        self._feed(
+            ComputeEnvironmentChanged(
+                self._event_id(), doc["computeEnvironmentName"], doc["state"] == "ENABLED",
+                None if max_vcpus is None else float(max_vcpus),
+            )
+        )
+
+    def compute_environment_removed(self, name: str) -> None:
+        self._feed(ComputeEnvironmentRemoved(self._event_id(), name))
+
+    def job_queue_changed(self, doc: dict[str, Any]) -> None:
+        order = sorted(doc["computeEnvironmentOrder"], key=lambda e: e["order"])
+        names = tuple(e["computeEnvironment"].rsplit("/", 1)[-1] for e in order)
+        self._feed(
+            JobQueueChanged(self._event_id(), doc["jobQueueName"], doc["state"] == "ENABLED", doc["priority"], names)
+        )
+
+    def job_queue_removed(self, name: str) -> None:
+        self._feed(JobQueueRemoved(self._event_id(), name))

@@ -1,0 +1,504 @@
+"""The AWS Batch operations: validated requests in, AWS output shapes out.
+
+Validation of shapes and limits happens once at the edge (``hpcbatch.validation``); this
+module checks what needs the store (does the queue exist, is the name free), writes inside
+one transaction, and tells the engine. A rejected call raises before anything is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from hpcbatch.errors import ClientError, NotFoundError
+from hpcbatch.head.engine import Engine
+from hpcbatch.model.jobs import JobRecord, merge_container, resource_request, substitute_parameters
+from hpcbatch.model.lifecycle import JobStatus
+from hpcbatch.store import JobQuery, Store
+
+DEFAULT_JOB_DEFINITION = "hpcbatch-default"
+SCRIPT_ENV = "HPCBATCH_SCRIPT_ID"
+FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+UNFINISHED = tuple(s for s in JobStatus if s not in FINAL)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _name_of(ref: str) -> str:
+    """A name from a name or an ARN (``arn:aws:batch:r:a:job-queue/NAME``)."""
+    return ref.rsplit("/", 1)[-1] if ref.startswith("arn:") else ref
+
+
+def _page(items: list[Any], max_results: int | None, token: str | None) -> tuple[list[Any], str | None]:
+    start = 0
+    if token:
+        try:
+            start = int(base64.urlsafe_b64decode(token.encode()).decode())
+        except ValueError:
+            raise ClientError("nextToken is not a token this API returned") from None
+    limit = max_results or 100
+    end = start + limit
+    nxt = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
+    return items[start:end], nxt
+
+
+class BatchService:
+    """One method per AWS Batch operation, named as AWS names it."""
+
+    def __init__(self, store: Store, engine: Engine, *, region: str, account: str) -> None:
+        self.store = store
+        self.engine = engine
+        self.region = region
+        self.account = account
+
+    def arn(self, kind: str, name: str) -> str:
+        return f"arn:aws:batch:{self.region}:{self.account}:{kind}/{name}"
+
+    # ------------------------------------------------------- compute environments
+    def _ce(self, ref: str) -> dict[str, Any]:
+        doc = self.store.get_resource("ce", _name_of(ref))
+        if doc is None:
+            raise NotFoundError(f"computeEnvironment {ref} does not exist")
+        return doc
+
+    def CreateComputeEnvironment(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        name = body["computeEnvironmentName"]
+        if self.store.get_resource("ce", name) is not None:
+            raise ClientError(f"computeEnvironmentName {name} already exists")
+        doc = {
+            "computeEnvironmentName": name,
+            "computeEnvironmentArn": self.arn("compute-environment", name),
+            "type": body["type"],
+            "state": body.get("state", "ENABLED"),
+            "status": "VALID",
+            "statusReason": "ComputeEnvironment Healthy",
+            "computeResources": body.get("computeResources", {}),
+            "tags": body.get("tags", {}),
+            "uuid": str(uuid.uuid4()),
+            "containerOrchestrationType": "ECS",
+        }
+        if "unmanagedvCpus" in body:
+            doc["unmanagedvCpus"] = body["unmanagedvCpus"]
+        with self.store.transaction():
+            self.store.put_resource("ce", name, 1, doc["status"], doc)
+        self.engine.compute_environment_changed(doc)
+        return {"computeEnvironmentName": name, "computeEnvironmentArn": doc["computeEnvironmentArn"]}
+
+    def UpdateComputeEnvironment(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        doc = self._ce(body["computeEnvironment"])
+        if "state" in body:
+            doc["state"] = body["state"]
+        if "computeResources" in body:
+            doc["computeResources"] = {**doc.get("computeResources", {}), **body["computeResources"]}
+        if "unmanagedvCpus" in body:
+            doc["unmanagedvCpus"] = body["unmanagedvCpus"]
+        with self.store.transaction():
+            self.store.put_resource("ce", doc["computeEnvironmentName"], 1, doc["status"], doc)
+        self.engine.compute_environment_changed(doc)
+        return {"computeEnvironmentName": doc["computeEnvironmentName"], "computeEnvironmentArn": doc["computeEnvironmentArn"]}
+
+    def DescribeComputeEnvironments(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        wanted = {_name_of(r) for r in body.get("computeEnvironments", [])}
+        docs = [d for d in self.store.list_resources("ce") if not wanted or d["computeEnvironmentName"] in wanted]
+        page, token = _page(docs, body.get("maxResults"), body.get("nextToken"))
+        out: dict[str, Any] = {"computeEnvironments": page}
+        if token:
+            out["nextToken"] = token
+        return out
+
+    def DeleteComputeEnvironment(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        doc = self._ce(body["computeEnvironment"])
+        name = doc["computeEnvironmentName"]
+        if doc["state"] != "DISABLED":
+            raise ClientError(f"computeEnvironment {name} must be DISABLED before it is deleted")
+        users = [
+            q["jobQueueName"]
+            for q in self.store.list_resources("queue")
+            if any(_name_of(e["computeEnvironment"]) == name for e in q["computeEnvironmentOrder"])
+        ]
+        if users:
+            raise ClientError(f"computeEnvironment {name} is still used by job queue(s) {', '.join(users)}")
+        with self.store.transaction():
+            self.store.delete_resource("ce", name)
+        self.engine.compute_environment_removed(name)
+        return {}
+
+    # ---------------------------------------------------------------- job queues
+    def _queue(self, ref: str) -> dict[str, Any]:
+        doc = self.store.get_resource("queue", _name_of(ref))
+        if doc is None:
+            raise NotFoundError(f"jobQueue {ref} does not exist")
+        return doc
+
+    def _ce_order(self, order: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for i, entry in enumerate(order):
+            try:
+                ce = self._ce(entry["computeEnvironment"])
+            except NotFoundError:
+                raise ClientError(
+                    f"computeEnvironmentOrder[{i}].computeEnvironment {entry['computeEnvironment']} does not exist"
+                ) from None
+            out.append({"order": entry["order"], "computeEnvironment": ce["computeEnvironmentArn"]})
+        return out
+
+    def CreateJobQueue(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        name = body["jobQueueName"]
+        if self.store.get_resource("queue", name) is not None:
+            raise ClientError(f"jobQueueName {name} already exists")
+        if not body.get("computeEnvironmentOrder"):
+            raise ClientError("computeEnvironmentOrder must name 1 to 3 compute environments")
+        doc = {
+            "jobQueueName": name,
+            "jobQueueArn": self.arn("job-queue", name),
+            "state": body.get("state", "ENABLED"),
+            "status": "VALID",
+            "statusReason": "JobQueue Healthy",
+            "priority": body["priority"],
+            "computeEnvironmentOrder": self._ce_order(body["computeEnvironmentOrder"]),
+            "tags": body.get("tags", {}),
+            "jobQueueType": "ECS",
+        }
+        if "schedulingPolicyArn" in body:
+            doc["schedulingPolicyArn"] = body["schedulingPolicyArn"]
+        with self.store.transaction():
+            self.store.put_resource("queue", name, 1, doc["status"], doc)
+        self.engine.job_queue_changed(doc)
+        return {"jobQueueName": name, "jobQueueArn": doc["jobQueueArn"]}
+
+    def UpdateJobQueue(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        doc = self._queue(body["jobQueue"])
+        for key in ("state", "priority", "schedulingPolicyArn"):
+            if key in body:
+                doc[key] = body[key]
+        if "computeEnvironmentOrder" in body:
+            doc["computeEnvironmentOrder"] = self._ce_order(body["computeEnvironmentOrder"])
+        with self.store.transaction():
+            self.store.put_resource("queue", doc["jobQueueName"], 1, doc["status"], doc)
+        self.engine.job_queue_changed(doc)
+        return {"jobQueueName": doc["jobQueueName"], "jobQueueArn": doc["jobQueueArn"]}
+
+    def DescribeJobQueues(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        wanted = {_name_of(r) for r in body.get("jobQueues", [])}
+        docs = [d for d in self.store.list_resources("queue") if not wanted or d["jobQueueName"] in wanted]
+        page, token = _page(docs, body.get("maxResults"), body.get("nextToken"))
+        out: dict[str, Any] = {"jobQueues": page}
+        if token:
+            out["nextToken"] = token
+        return out
+
+    def DeleteJobQueue(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        doc = self._queue(body["jobQueue"])
+        name = doc["jobQueueName"]
+        if doc["state"] != "DISABLED":
+            raise ClientError(f"jobQueue {name} must be DISABLED before it is deleted")
+        # AWS terminates the queue's remaining jobs when the queue goes away.
+        for job in [j for j in self.engine.jobs.values() if j.job_queue == name]:
+            self.engine.terminate(job, f"Job queue {name} was deleted")
+        with self.store.transaction():
+            self.store.delete_resource("queue", name)
+        self.engine.job_queue_removed(name)
+        return {}
+
+    # ----------------------------------------------------------- job definitions
+    def RegisterJobDefinition(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        name = body["jobDefinitionName"]
+        revision = self.store.latest_revision("jobdef", name) + 1
+        arn = self.arn("job-definition", f"{name}:{revision}")
+        doc = {k: v for k, v in body.items()}
+        doc.update(jobDefinitionArn=arn, revision=revision, status="ACTIVE", containerOrchestrationType="ECS")
+        doc.setdefault("parameters", {})
+        doc.setdefault("tags", {})
+        doc.setdefault("platformCapabilities", ["EC2"])
+        with self.store.transaction():
+            self.store.put_resource("jobdef", name, revision, "ACTIVE", doc)
+        return {"jobDefinitionName": name, "jobDefinitionArn": arn, "revision": revision}
+
+    def ensure_default_job_definition(self) -> None:
+        """The quick ``hpcbatch submit -- CMD`` form runs on this definition."""
+        if self.store.latest_revision("jobdef", DEFAULT_JOB_DEFINITION) == 0:
+            self.RegisterJobDefinition(
+                {
+                    "jobDefinitionName": DEFAULT_JOB_DEFINITION,
+                    "type": "container",
+                    "containerProperties": {
+                        "command": [],
+                        "resourceRequirements": [
+                            {"type": "VCPU", "value": "1"},
+                            {"type": "MEMORY", "value": "512"},
+                        ],
+                    },
+                },
+                "root",
+            )
+
+    def _job_definition(self, ref: str, field: str = "jobDefinition") -> dict[str, Any]:
+        name_rev = _name_of(ref)
+        name, _, rev = name_rev.partition(":")
+        if rev:
+            if not rev.isdigit():
+                raise ClientError(f"{field} {ref}: revision must be a number")
+            doc = self.store.get_resource("jobdef", name, int(rev))
+        else:
+            active = [d for d in self.store.list_resources("jobdef", name) if d["status"] == "ACTIVE"]
+            doc = active[-1] if active else None
+        if doc is None:
+            raise NotFoundError(f"{field} {ref} does not exist")
+        return doc
+
+    def DescribeJobDefinitions(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        if body.get("jobDefinitions"):
+            docs = []
+            for ref in body["jobDefinitions"]:
+                name, _, rev = _name_of(ref).partition(":")
+                docs.extend(d for d in self.store.list_resources("jobdef", name) if not rev or str(d["revision"]) == rev)
+        else:
+            docs = self.store.list_resources("jobdef", body.get("jobDefinitionName"))
+        if body.get("status"):
+            docs = [d for d in docs if d["status"] == body["status"]]
+        page, token = _page(docs, body.get("maxResults"), body.get("nextToken"))
+        out: dict[str, Any] = {"jobDefinitions": page}
+        if token:
+            out["nextToken"] = token
+        return out
+
+    def DeregisterJobDefinition(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        ref = body["jobDefinition"]
+        name, _, rev = _name_of(ref).partition(":")
+        docs = self.store.list_resources("jobdef", name)
+        if rev:
+            docs = [d for d in docs if str(d["revision"]) == rev]
+        if not docs:
+            raise NotFoundError(f"jobDefinition {ref} does not exist")
+        with self.store.transaction():
+            for doc in docs:
+                doc["status"] = "INACTIVE"
+                self.store.put_resource("jobdef", name, doc["revision"], "INACTIVE", doc)
+        return {}
+
+    # ---------------------------------------------------------------------- jobs
+    def SubmitJob(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        queue = self._queue(body["jobQueue"])
+        if queue["state"] != "ENABLED":
+            raise ClientError(f"jobQueue {queue['jobQueueName']} is DISABLED and accepts no jobs")
+        jobdef = self._job_definition(body["jobDefinition"])
+        if jobdef.get("type") != "container":
+            raise ClientError(
+                f"jobDefinition {jobdef['jobDefinitionArn']} is of type {jobdef.get('type')}; "
+                "multi-node jobs come with gang scheduling (not yet available)"
+            )
+        if body.get("arrayProperties"):
+            raise ClientError("arrayProperties: array jobs are not available yet")
+        if body.get("nodeOverrides"):
+            raise ClientError("nodeOverrides applies to multinode job definitions only")
+        depends_on = body.get("dependsOn", [])
+        for i, dep in enumerate(depends_on):
+            if dep.get("type"):
+                raise ClientError(f"dependsOn[{i}].type applies to array jobs, which are not available yet")
+            if self.engine.jobs.get(dep["jobId"]) is None and self.store.get_job(dep["jobId"]) is None:
+                raise ClientError(f"dependsOn[{i}].jobId {dep['jobId']} does not exist")
+        parameters = {**jobdef.get("parameters", {}), **body.get("parameters", {})}
+        container = merge_container(jobdef.get("containerProperties", {}), body.get("containerOverrides"))
+        command = substitute_parameters(container.get("command", []), parameters)
+        container["command"] = command
+        environment = {e["name"]: e.get("value", "") for e in container.get("environment", [])}
+        script_id = environment.pop(SCRIPT_ENV, None)
+        if script_id is not None and self.store.get_script(script_id) is None:
+            raise ClientError(f"containerOverrides.environment {SCRIPT_ENV}: no stored script {script_id}")
+        if not command and script_id is None:
+            raise ClientError("containerOverrides.command: the job has no command to run")
+        retry = body.get("retryStrategy") or jobdef.get("retryStrategy") or {}
+        timeout = body.get("timeout") or jobdef.get("timeout") or {}
+        tags = {**jobdef.get("tags", {}), **body.get("tags", {})} if body.get("propagateTags", jobdef.get("propagateTags")) else body.get("tags", {})
+        job_id = str(uuid.uuid4())
+        job = JobRecord(
+            job_id=job_id,
+            job_name=body["jobName"],
+            job_queue=queue["jobQueueName"],
+            job_queue_arn=queue["jobQueueArn"],
+            job_definition=jobdef["jobDefinitionArn"],
+            owner=owner,
+            status=JobStatus.SUBMITTED,
+            created_at=_now_ms(),
+            command=command,
+            environment=environment,
+            image=container.get("image"),
+            resources=resource_request(container),
+            container=container,
+            parameters=parameters,
+            retry_attempts=int(retry.get("attempts", 1)),
+            evaluate_on_exit=retry.get("evaluateOnExit", []),
+            timeout_s=timeout.get("attemptDurationSeconds"),
+            tags=tags,
+            depends_on=depends_on,
+            propagate_tags=bool(body.get("propagateTags", False)),
+            script_id=script_id,
+        )
+        self.engine.submit(job)
+        return {"jobArn": self.arn("job", job_id), "jobName": job.job_name, "jobId": job_id}
+
+    def _jobs(self, job_ids: list[str]) -> list[JobRecord]:
+        live = [self.engine.jobs.get(i) for i in job_ids]
+        missing = [i for i, j in zip(job_ids, live, strict=True) if j is None]
+        stored = {j.job_id: j for j in self.store.get_jobs(missing)} if missing else {}
+        out = []
+        for job_id, job in zip(job_ids, live, strict=True):
+            found = job or stored.get(job_id)
+            if found is not None:
+                out.append(found)
+        return out
+
+    def DescribeJobs(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        from hpcbatch.model.jobs import job_detail
+
+        ids = [_name_of(i) for i in body["jobs"]]
+        return {"jobs": [job_detail(j, self.region, self.account) for j in self._jobs(ids)]}
+
+    def ListJobs(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        from hpcbatch.model.jobs import job_summary
+
+        if body.get("arrayJobId") or body.get("multiNodeJobId"):
+            return {"jobSummaryList": []}  # no array or multi-node jobs exist yet
+        queue = _name_of(body["jobQueue"]) if body.get("jobQueue") else None
+        if queue is not None:
+            self._queue(queue)
+        statuses: tuple[JobStatus, ...] = ()
+        if body.get("jobStatus") and not body.get("filters"):
+            statuses = (JobStatus(body["jobStatus"]),)
+        kwargs: dict[str, Any] = {}
+        for f in body.get("filters", []):
+            name, values = f["name"], f["values"]
+            if not values:
+                raise ClientError(f"filters {name}: give one value")
+            value = values[0]
+            if name == "JOB_NAME":
+                kwargs["name_like"] = value
+            elif name in ("AFTER_CREATED_AT", "BEFORE_CREATED_AT"):
+                if not value.isdigit():
+                    raise ClientError(f"filters {name}: value must be epoch milliseconds")
+                kwargs["created_after" if name.startswith("AFTER") else "created_before"] = int(value)
+            elif name == "OWNER":  # hpcbatch extension: list --user
+                kwargs["owner"] = value
+            elif name == "JOB_DEFINITION":
+                kwargs["job_definition"] = value
+            else:
+                raise ClientError(
+                    f"filters name {name} is not one of JOB_NAME, JOB_DEFINITION, BEFORE_CREATED_AT, AFTER_CREATED_AT, OWNER"
+                )
+        job_definition = kwargs.pop("job_definition", None)
+        after = None
+        if body.get("nextToken"):
+            try:
+                created, job_id = json.loads(base64.urlsafe_b64decode(body["nextToken"].encode()))
+                after = (int(created), str(job_id))
+            except (ValueError, TypeError):
+                raise ClientError("nextToken is not a token this API returned") from None
+        limit = body.get("maxResults") or 100
+        jobs = self.store.list_jobs(
+            JobQuery(queue=queue, statuses=statuses, limit=limit + 1, after=after, **kwargs)
+        )
+        if job_definition is not None:
+            jobs = [j for j in jobs if _name_of(j.job_definition).split(":")[0] == _name_of(job_definition).split(":")[0]]
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        out: dict[str, Any] = {
+            "jobSummaryList": [job_summary(self.engine.jobs.get(j.job_id, j), self.region, self.account) for j in jobs]
+        }
+        if more and jobs:
+            last = jobs[-1]
+            out["nextToken"] = base64.urlsafe_b64encode(json.dumps([last.created_at, last.job_id]).encode()).decode()
+        return out
+
+    def _job(self, job_id: str) -> JobRecord:
+        job = self.engine.jobs.get(job_id) or self.store.get_job(job_id)
+        if job is None:
+            raise NotFoundError(f"jobId {job_id} does not exist")
+        return job
+
+    def CancelJob(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        job = self._job(_name_of(body["jobId"]))
+        if not job.status.is_final:
+            self.engine.cancel(self.engine.jobs[job.job_id], body["reason"])
+            self.engine.flush()
+        return {}
+
+    def TerminateJob(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        job = self._job(_name_of(body["jobId"]))
+        if not job.status.is_final:
+            self.engine.terminate(self.engine.jobs[job.job_id], body["reason"])
+            self.engine.flush()
+        return {}
+
+    # --------------------------------------------------------- hpcbatch's own
+    def PutScript(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        script = body.get("script")
+        if not isinstance(script, str) or not script:
+            raise ClientError("script must be a non-empty string")
+        data = script.encode()
+        if len(data) > 1 << 20:
+            raise ClientError("script is larger than 1 MiB")
+        script_id = "sha256:" + hashlib.sha256(data).hexdigest()
+        with self.store.transaction():
+            self.store.put_script(script_id, data)
+        return {"scriptId": script_id}
+
+    def GetJobLogs(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        job_id = body.get("jobId")
+        if not isinstance(job_id, str):
+            raise ClientError("jobId is required")
+        job = self._job(_name_of(job_id))
+        if not job.attempts:
+            return {"jobId": job.job_id, "data": "", "nextOffset": 0, "complete": job.status.is_final}
+        index = body.get("attempt", len(job.attempts) - 1)
+        if not isinstance(index, int) or not 0 <= index < len(job.attempts):
+            raise ClientError(f"attempt must be between 0 and {len(job.attempts) - 1}")
+        offset = body.get("startFromOffset", 0)
+        if not isinstance(offset, int) or offset < 0:
+            raise ClientError("startFromOffset must be a non-negative integer")
+        attempt = job.attempts[index]
+        data = self.engine.logs.read(attempt.attempt_id, offset)
+        return {
+            "jobId": job.job_id,
+            "attempt": index,
+            "logStreamName": attempt.log_stream_name,
+            "data": data.decode(errors="replace"),
+            "nextOffset": offset + len(data),
+            "complete": attempt.stopped_at is not None and offset + len(data) >= self.engine.logs.size(attempt.attempt_id),
+        }
+
+    def ListNodes(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+        nodes = []
+        for name, info in sorted(self.engine.nodes.items()):
+            facts = info.facts
+            usage = self.engine.scheduler.node_usage(name) or (0.0, 0, 0)
+            nodes.append(
+                {
+                    "name": name,
+                    "hostname": facts.hostname if facts else None,
+                    "addresses": facts.addresses if facts else [],
+                    "state": info.state,
+                    "stateReason": info.state_reason,
+                    "computeEnvironment": facts.compute_environment if facts else None,
+                    "placementGroup": facts.placement_group if facts else None,
+                    "fabricInterface": facts.fabric_interface if facts else None,
+                    "vcpus": facts.vcpus if facts else 0,
+                    "memoryMiB": facts.memory_mib if facts else 0,
+                    "gpus": facts.gpus if facts else [],
+                    "allocatedVcpus": usage[0],
+                    "allocatedMemoryMiB": usage[1],
+                    "runningJobs": sorted(info.jobs),
+                    "lastHeartbeatAt": info.last_heartbeat_at,
+                    "agentVersion": facts.agent_version if facts else None,
+                }
+            )
+        return {"nodes": nodes}
+
+
+Operation = Callable[[BatchService, dict[str, Any], str], dict[str, Any]]

@@ -1,0 +1,274 @@
+"""The job as hpcbatch keeps it, its attempts, and the pure rules that shape it.
+
+A ``JobRecord`` is what the store persists and the head works on; ``job_detail`` turns it
+into AWS Batch's ``JobDetail`` JSON. Resource resolution (job definition + overrides),
+``Ref::`` parameter substitution and the retry decision are pure functions here so the
+head, the tests and the simulator all share one definition of them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any
+
+import msgspec
+
+from hpcbatch.model.lifecycle import JobStatus
+
+DEFAULT_VCPUS = 1.0
+DEFAULT_MEMORY_MIB = 512
+TIMEOUT_REASON = "Job attempt duration exceeded timeout"
+
+
+class ResourceRequest(msgspec.Struct, frozen=True):
+    """What one node of a job needs."""
+
+    vcpus: float
+    memory_mib: int
+    gpus: int = 0
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    """One try at running a job on one node (AWS ``AttemptDetail``)."""
+
+    attempt_id: str
+    node: str
+    compute_environment: str
+    log_stream_name: str
+    started_at: int | None = None
+    stopped_at: int | None = None
+    exit_code: int | None = None
+    reason: str | None = None  # container.reason
+    status_reason: str | None = None
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    """A job and everything the head needs to run, retry, describe and recover it."""
+
+    job_id: str
+    job_name: str
+    job_queue: str  # queue name
+    job_queue_arn: str
+    job_definition: str  # the definition's ARN
+    owner: str
+    status: JobStatus
+    status_reason: str | None = None
+    created_at: int
+    started_at: int | None = None
+    stopped_at: int | None = None
+    command: list[str]
+    environment: dict[str, str]
+    image: str | None = None
+    resources: ResourceRequest
+    container: dict[str, Any]  # the resolved containerProperties, as DescribeJobs shows them
+    parameters: dict[str, str] = {}
+    retry_attempts: int = 1
+    evaluate_on_exit: list[dict[str, str]] = []
+    timeout_s: int | None = None
+    tags: dict[str, str] = {}
+    depends_on: list[dict[str, str]] = []
+    propagate_tags: bool = False
+    script_id: str | None = None
+    attempts: list[Attempt] = []
+    is_cancelled: bool = False
+    is_terminated: bool = False
+    stop_reason: str | None = None  # terminate's reason, applied when the killed attempt ends
+
+    @property
+    def current_attempt(self) -> Attempt | None:
+        """The attempt in flight (STARTING/RUNNING), else None."""
+        if self.attempts and self.attempts[-1].stopped_at is None:
+            return self.attempts[-1]
+        return None
+
+
+_REF = re.compile(r"Ref::([A-Za-z0-9_-]+)")
+
+
+def substitute_parameters(command: list[str], parameters: dict[str, str]) -> list[str]:
+    """Replace ``Ref::name`` placeholders as AWS Batch does; unknown names stay as written."""
+    if not parameters:
+        return list(command)
+
+    def one(arg: str) -> str:
+        return _REF.sub(lambda m: parameters.get(m.group(1), m.group(0)), arg)
+
+    return [one(arg) for arg in command]
+
+
+def resource_request(container: dict[str, Any]) -> ResourceRequest:
+    """Read vCPU/memory/GPU needs from containerProperties; resourceRequirements win over legacy keys."""
+    vcpus = float(container.get("vcpus") or DEFAULT_VCPUS)
+    memory = int(container.get("memory") or DEFAULT_MEMORY_MIB)
+    gpus = 0
+    for req in container.get("resourceRequirements") or ():
+        kind, value = req["type"], req["value"]
+        if kind == "VCPU":
+            vcpus = float(value)
+        elif kind == "MEMORY":
+            memory = int(value)
+        elif kind == "GPU":
+            gpus = int(value)
+    return ResourceRequest(vcpus=vcpus, memory_mib=memory, gpus=gpus)
+
+
+def merge_container(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Apply SubmitJob ``containerOverrides`` to a definition's containerProperties (AWS rules).
+
+    command replaces; environment merges by name (override wins); resourceRequirements
+    merge by type; legacy vcpus/memory replace.
+    """
+    merged = dict(base)
+    if not overrides:
+        return merged
+    if "command" in overrides:
+        merged["command"] = list(overrides["command"])
+    for key in ("vcpus", "memory", "instanceType"):
+        if key in overrides:
+            merged[key] = overrides[key]
+    if "environment" in overrides:
+        env = {e["name"]: e.get("value", "") for e in base.get("environment") or ()}
+        env.update({e["name"]: e.get("value", "") for e in overrides["environment"]})
+        merged["environment"] = [{"name": k, "value": v} for k, v in env.items()]
+    if "resourceRequirements" in overrides:
+        reqs = {r["type"]: r["value"] for r in base.get("resourceRequirements") or ()}
+        reqs.update({r["type"]: r["value"] for r in overrides["resourceRequirements"]})
+        merged["resourceRequirements"] = [{"type": t, "value": v} for t, v in reqs.items()]
+        # AWS: resourceRequirements supersede the legacy keys when both are present.
+        if "VCPU" in reqs:
+            merged.pop("vcpus", None)
+        if "MEMORY" in reqs:
+            merged.pop("memory", None)
+    return merged
+
+
+def _glob(pattern: str, value: str | None) -> bool:
+    # AWS allows one trailing '*' wildcard; fnmatch gives that and is case-sensitive here.
+    return fnmatch.fnmatchcase(value or "", pattern)
+
+
+def should_retry(
+    job: JobRecord, exit_code: int | None, reason: str | None, status_reason: str | None
+) -> bool:
+    """Decide RETRY or EXIT for an attempt that did not succeed (AWS evaluateOnExit rules).
+
+    The first rule whose given conditions all match decides; when no rule matches the job
+    is retried (AWS's documented default). Attempts are capped by retryStrategy.attempts.
+    Cancelled, terminated and timed-out attempts are never retried.
+    """
+    if job.is_cancelled or job.is_terminated or status_reason == TIMEOUT_REASON:
+        return False
+    if len(job.attempts) >= job.retry_attempts:
+        return False
+    code = "" if exit_code is None else str(exit_code)
+    for rule in job.evaluate_on_exit:
+        if "onExitCode" in rule and not _glob(rule["onExitCode"], code):
+            continue
+        if "onReason" in rule and not _glob(rule["onReason"], reason):
+            continue
+        if "onStatusReason" in rule and not _glob(rule["onStatusReason"], status_reason):
+            continue
+        return rule["action"].upper() == "RETRY"
+    return True
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def attempt_detail(attempt: Attempt) -> dict[str, Any]:
+    """AWS ``AttemptDetail`` JSON for one attempt."""
+    container = _drop_none(
+        {
+            "exitCode": attempt.exit_code,
+            "reason": attempt.reason,
+            "logStreamName": attempt.log_stream_name,
+            "containerInstanceArn": attempt.node,
+        }
+    )
+    return _drop_none(
+        {
+            "container": container,
+            "startedAt": attempt.started_at,
+            "stoppedAt": attempt.stopped_at,
+            "statusReason": attempt.status_reason,
+        }
+    )
+
+
+def job_detail(job: JobRecord, region: str, account: str) -> dict[str, Any]:
+    """AWS ``JobDetail`` JSON for DescribeJobs, plus hpcbatch's ``owner`` and ``nodeName``."""
+    container = dict(job.container)
+    last = job.attempts[-1] if job.attempts else None
+    if last is not None:
+        container.update(
+            _drop_none(
+                {
+                    "exitCode": last.exit_code,
+                    "reason": last.reason,
+                    "logStreamName": last.log_stream_name,
+                    "containerInstanceArn": last.node,
+                }
+            )
+        )
+    detail: dict[str, Any] = {
+        "jobArn": f"arn:aws:batch:{region}:{account}:job/{job.job_id}",
+        "jobName": job.job_name,
+        "jobId": job.job_id,
+        "jobQueue": job.job_queue_arn,
+        "status": job.status.value,
+        "attempts": [attempt_detail(a) for a in job.attempts if a.stopped_at is not None],
+        "createdAt": job.created_at,
+        "retryStrategy": _drop_none(
+            {"attempts": job.retry_attempts, "evaluateOnExit": job.evaluate_on_exit or None}
+        ),
+        "dependsOn": job.depends_on,
+        "jobDefinition": job.job_definition,
+        "parameters": job.parameters,
+        "container": container,
+        "tags": job.tags,
+        "propagateTags": job.propagate_tags,
+        "platformCapabilities": ["EC2"],
+        "isCancelled": job.is_cancelled,
+        "isTerminated": job.is_terminated,
+        "owner": job.owner,
+    }
+    if job.status_reason:
+        detail["statusReason"] = job.status_reason
+    if job.started_at is not None:
+        detail["startedAt"] = job.started_at
+    if job.stopped_at is not None:
+        detail["stoppedAt"] = job.stopped_at
+    if job.timeout_s is not None:
+        detail["timeout"] = {"attemptDurationSeconds": job.timeout_s}
+    if last is not None:
+        detail["nodeName"] = last.node
+    return detail
+
+
+def job_summary(job: JobRecord, region: str, account: str) -> dict[str, Any]:
+    """AWS ``JobSummary`` JSON for ListJobs."""
+    last = job.attempts[-1] if job.attempts else None
+    summary: dict[str, Any] = {
+        "jobArn": f"arn:aws:batch:{region}:{account}:job/{job.job_id}",
+        "jobId": job.job_id,
+        "jobName": job.job_name,
+        "createdAt": job.created_at,
+        "status": job.status.value,
+        "jobDefinition": job.job_definition,
+        "isCancelled": job.is_cancelled,
+        "isTerminated": job.is_terminated,
+        "owner": job.owner,
+    }
+    for key, value in (
+        ("statusReason", job.status_reason),
+        ("startedAt", job.started_at),
+        ("stoppedAt", job.stopped_at),
+    ):
+        if value is not None:
+            summary[key] = value
+    if last is not None:
+        summary["container"] = _drop_none({"exitCode": last.exit_code, "reason": last.reason})
+        summary["nodeName"] = last.node
+    return summary

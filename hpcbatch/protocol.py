@@ -1,0 +1,154 @@
+"""Head <-> agent messages: typed, versioned, one tag per type, msgpack on the wire.
+
+Rules of the conversation (the ZeroMQ guide's Paranoid Pirate, adapted):
+
+* An agent opens one DEALER socket to the head's ROUTER and starts with ``Register``.
+  It lists the attempts it still runs and the exits the head has not acknowledged, so a
+  restarted head can reconcile instead of guessing.
+* The head answers ``Welcome`` with the log offsets it holds for each running attempt;
+  the agent rewinds its log shipping to those offsets (writes are idempotent by offset).
+* Both sides send a heartbeat every ``heartbeat_interval_s``; either side that hears
+  nothing for ``liveness`` intervals treats the peer as gone. An agent that hears a
+  message from a head it has not registered with (``Reregister``) registers again.
+* ``StartAttempt`` is idempotent by ``attempt_id``: an agent never runs one attempt twice.
+* An ``AttemptExited`` is resent (with the next heartbeat) until the head's ``AckExits``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class Message(msgspec.Struct, tag_field="t", kw_only=True):
+    """Base of every head<->agent message; ``t`` on the wire names the type."""
+
+
+# ---------------------------------------------------------------- agent -> head
+class NodeFacts(msgspec.Struct, kw_only=True):
+    """What an agent knows about its machine and its place in the cluster."""
+
+    name: str
+    hostname: str
+    addresses: list[str]
+    vcpus: int
+    memory_mib: int
+    gpus: list[str] = []
+    compute_environment: str = "default"
+    labels: dict[str, str] = {}
+    placement_group: str | None = None
+    fabric_interface: str | None = None
+    container_runtime: str | None = None
+    agent_version: str = ""
+
+
+class RunningAttempt(msgspec.Struct, kw_only=True):
+    attempt_id: str
+    job_id: str
+    pid: int
+    started_at: int
+
+
+class AttemptExited(Message, tag="exited", kw_only=True):
+    """An attempt ended on the agent. ``exit_code`` is None when killed by a signal."""
+
+    attempt_id: str
+    job_id: str
+    exit_code: int | None
+    reason: str | None = None  # AWS container.reason, e.g. OutOfMemoryError: ...
+    status_reason: str | None = None  # job-level statusReason, e.g. timeout
+    started_at: int | None = None
+    stopped_at: int
+
+
+class Register(Message, tag="register", kw_only=True):
+    protocol_version: int = PROTOCOL_VERSION
+    instance_id: str  # new per agent process: tells a restart from a reconnect
+    node: NodeFacts
+    running: list[RunningAttempt] = []
+    exited: list[AttemptExited] = []
+
+
+class AgentHeartbeat(Message, tag="agent_hb", kw_only=True):
+    instance_id: str
+    running: list[str] = []  # attempt ids
+
+
+class AttemptStarted(Message, tag="started", kw_only=True):
+    attempt_id: str
+    job_id: str
+    pid: int
+    started_at: int
+
+
+class LogChunk(Message, tag="log", kw_only=True):
+    attempt_id: str
+    job_id: str
+    stream: str  # "stdout" | "stderr"
+    offset: int
+    data: bytes
+
+
+# ---------------------------------------------------------------- head -> agent
+class Welcome(Message, tag="welcome", kw_only=True):
+    head_id: str
+    heartbeat_interval_s: float
+    liveness: int
+    log_offsets: dict[str, dict[str, int]] = {}  # attempt_id -> stream -> bytes held
+
+
+class Reregister(Message, tag="reregister", kw_only=True):
+    """The head does not know this agent (it restarted): send Register again."""
+
+
+class HeadHeartbeat(Message, tag="head_hb", kw_only=True):
+    head_id: str
+
+
+class StartAttempt(Message, tag="start", kw_only=True):
+    attempt_id: str
+    job_id: str
+    attempt_number: int  # 1-based, as AWS_BATCH_JOB_ATTEMPT
+    command: list[str]
+    environment: dict[str, str]
+    vcpus: float
+    memory_mib: int
+    gpus: int = 0
+    timeout_s: int | None = None
+    image: str | None = None
+    script: bytes | None = None  # fetch-and-run: the head ships the stored script
+    log_stream_name: str = ""
+
+
+class KillAttempt(Message, tag="kill", kw_only=True):
+    attempt_id: str
+    reason: str
+    grace_s: float = 10.0
+
+
+class AckExits(Message, tag="ack_exits", kw_only=True):
+    attempt_ids: list[str]
+
+
+AgentMessage = AttemptExited | Register | AgentHeartbeat | AttemptStarted | LogChunk
+HeadMessage = Welcome | Reregister | HeadHeartbeat | StartAttempt | KillAttempt | AckExits
+
+_encoder = msgspec.msgpack.Encoder()
+_agent_decoder = msgspec.msgpack.Decoder(AgentMessage)
+_head_decoder = msgspec.msgpack.Decoder(HeadMessage)
+
+
+def encode(message: Message) -> bytes:
+    """Serialize one message for the wire."""
+    return _encoder.encode(message)
+
+
+def decode_from_agent(data: bytes) -> AgentMessage:
+    """Parse a message an agent sent; raises msgspec.DecodeError on garbage."""
+    return _agent_decoder.decode(data)
+
+
+def decode_from_head(data: bytes) -> HeadMessage:
+    """Parse a message the head sent; raises msgspec.DecodeError on garbage."""
+    return _head_decoder.decode(data)

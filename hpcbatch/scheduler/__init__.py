@@ -1,0 +1,35 @@
+"""The pure scheduler: events in, placement actions out; no I/O, no clock reads."""
+
+from hpcbatch.scheduler.core import (
+    Action,
+    AttemptEnded,
+    ComputeEnvironmentChanged,
+    ComputeEnvironmentRemoved,
+    Event,
+    JobQueueChanged,
+    JobQueueRemoved,
+    JobRunnable,
+    JobWithdrawn,
+    NodeGone,
+    NodeUp,
+    Scheduler,
+    SetWaitReason,
+    StartAttempt,
+)
+
+__all__ = [
+    "Action",
+    "AttemptEnded",
+    "ComputeEnvironmentChanged",
+    "ComputeEnvironmentRemoved",
+    "Event",
+    "JobQueueChanged",
+    "JobQueueRemoved",
+    "JobRunnable",
+    "JobWithdrawn",
+    "NodeGone",
+    "NodeUp",
+    "Scheduler",
+    "SetWaitReason",
+    "StartAttempt",
+]

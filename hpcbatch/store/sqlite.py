@@ -1,0 +1,263 @@
+"""SQLite (WAL) backend of the store: the embedded default.
+
+Durability: WAL with ``synchronous=NORMAL`` makes a committed transaction survive the
+death of the head process (``kill -9``): the commit has reached the WAL file in the OS
+before ``transaction()`` returns. (Power loss may drop the last commits; ``durability =
+"full"`` in the head config switches to ``synchronous=FULL`` for machines that need it.)
+The head is the only writer and calls the store from its event-loop thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from hpcbatch.model.jobs import JobRecord
+from hpcbatch.model.lifecycle import JobStatus
+from hpcbatch.store.base import JobQuery
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL, name TEXT NOT NULL, revision INTEGER NOT NULL,
+    status TEXT NOT NULL, doc BLOB NOT NULL,
+    PRIMARY KEY (kind, name, revision)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, queue TEXT NOT NULL, status TEXT NOT NULL,
+    name TEXT NOT NULL, owner TEXT NOT NULL, created_at INTEGER NOT NULL,
+    stopped_at INTEGER, doc BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, created_at DESC, job_id DESC);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at DESC, job_id DESC);
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (status) WHERE status NOT IN ('SUCCEEDED', 'FAILED');
+CREATE INDEX IF NOT EXISTS jobs_by_stopped ON jobs (stopped_at) WHERE stopped_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS job_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, at INTEGER NOT NULL,
+    status TEXT NOT NULL, reason TEXT
+);
+CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, id);
+CREATE TABLE IF NOT EXISTS scripts (script_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+"""
+
+SCHEMA_VERSION = "1"
+
+_encode = msgspec.json.Encoder().encode
+_decode_job = msgspec.json.Decoder(JobRecord).decode
+_decode_doc = msgspec.json.Decoder(dict[str, Any]).decode
+
+_FINAL = ("SUCCEEDED", "FAILED")
+
+
+class SqliteStore:
+    """The Store interface on one SQLite file."""
+
+    def __init__(self, path: Path, *, durability: str = "normal") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per block.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+        )
+        self._depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes; commit on success, roll back on any error. Nests (inner is a no-op)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    # ---------------------------------------------------------------- resources
+    def put_resource(self, kind: str, name: str, revision: int, status: str, doc: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO resources (kind, name, revision, status, doc) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (kind, name, revision) DO UPDATE SET status = excluded.status, doc = excluded.doc",
+            (kind, name, revision, status, _encode(doc)),
+        )
+
+    def get_resource(self, kind: str, name: str, revision: int = 0) -> dict[str, Any] | None:
+        """One resource; revision 0 means the latest."""
+        if revision:
+            row = self._db.execute(
+                "SELECT doc FROM resources WHERE kind = ? AND name = ? AND revision = ?",
+                (kind, name, revision),
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT doc FROM resources WHERE kind = ? AND name = ? ORDER BY revision DESC LIMIT 1",
+                (kind, name),
+            ).fetchone()
+        return _decode_doc(row[0]) if row else None
+
+    def list_resources(self, kind: str, name: str | None = None) -> list[dict[str, Any]]:
+        if name is None:
+            rows = self._db.execute(
+                "SELECT doc FROM resources WHERE kind = ? ORDER BY name, revision", (kind,)
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT doc FROM resources WHERE kind = ? AND name = ? ORDER BY revision", (kind, name)
+            )
+        return [_decode_doc(r[0]) for r in rows]
+
+    def delete_resource(self, kind: str, name: str) -> None:
+        self._db.execute("DELETE FROM resources WHERE kind = ? AND name = ?", (kind, name))
+
+    def latest_revision(self, kind: str, name: str) -> int:
+        row = self._db.execute(
+            "SELECT MAX(revision) FROM resources WHERE kind = ? AND name = ?", (kind, name)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    # --------------------------------------------------------------------- jobs
+    def put_jobs(self, jobs: list[JobRecord]) -> None:
+        self._db.executemany(
+            "INSERT INTO jobs (job_id, queue, status, name, owner, created_at, stopped_at, doc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, "
+            "stopped_at = excluded.stopped_at, doc = excluded.doc",
+            [
+                (
+                    j.job_id, j.job_queue, j.status.value, j.job_name, j.owner,
+                    j.created_at, j.stopped_at, _encode(j),
+                )
+                for j in jobs
+            ],
+        )
+
+    def add_job_events(self, events: list[tuple[str, int, str, str | None]]) -> None:
+        self._db.executemany(
+            "INSERT INTO job_events (job_id, at, status, reason) VALUES (?, ?, ?, ?)", events
+        )
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute("SELECT doc FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return _decode_job(row[0]) if row else None
+
+    def get_jobs(self, job_ids: list[str]) -> list[JobRecord]:
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        rows = self._db.execute(f"SELECT doc FROM jobs WHERE job_id IN ({marks})", job_ids)
+        by_id = {j.job_id: j for j in (_decode_job(r[0]) for r in rows)}
+        return [by_id[i] for i in job_ids if i in by_id]
+
+    def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.queue is not None:
+            where.append("queue = ?")
+            args.append(query.queue)
+        if query.statuses:
+            where.append(f"status IN ({','.join('?' * len(query.statuses))})")
+            args.extend(s.value for s in query.statuses)
+        if query.owner is not None:
+            where.append("owner = ?")
+            args.append(query.owner)
+        if query.name_like is not None:
+            if query.name_like.endswith("*"):
+                where.append("substr(name, 1, ?) = ?")
+                prefix = query.name_like[:-1]
+                args.extend([len(prefix), prefix])
+            else:
+                where.append("name = ?")
+                args.append(query.name_like)
+        if query.created_after is not None:
+            where.append("created_at >= ?")
+            args.append(query.created_after)
+        if query.created_before is not None:
+            where.append("created_at <= ?")
+            args.append(query.created_before)
+        if query.after is not None:
+            where.append("(created_at, job_id) < (?, ?)")
+            args.extend(query.after)
+        sql = "SELECT doc FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?"
+        args.append(query.limit)
+        return [_decode_job(r[0]) for r in self._db.execute(sql, args)]
+
+    def unfinished_jobs(self) -> Iterator[tuple[int, JobRecord]]:
+        """(submission sequence, job) for every job not yet final, oldest first."""
+        rows = self._db.execute(
+            "SELECT rowid, doc FROM jobs WHERE status NOT IN ('SUCCEEDED', 'FAILED') ORDER BY rowid"
+        ).fetchall()
+        for seq, doc in rows:
+            yield int(seq), _decode_job(doc)
+
+    def job_seq(self, job_id: str) -> int:
+        """Submission sequence of a job (its FIFO position); 0 if unknown."""
+        row = self._db.execute("SELECT rowid FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def count_jobs(self, queue: str, statuses: tuple[JobStatus, ...]) -> int:
+        marks = ",".join("?" * len(statuses))
+        row = self._db.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE queue = ? AND status IN ({marks})",
+            [queue, *(s.value for s in statuses)],
+        ).fetchone()
+        return int(row[0])
+
+    def prune_jobs(self, stopped_before: int) -> int:
+        """Delete finished jobs that stopped before ``stopped_before`` (retention)."""
+        ids = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT job_id FROM jobs WHERE stopped_at IS NOT NULL AND stopped_at < ? "
+                "AND status IN ('SUCCEEDED', 'FAILED')",
+                (stopped_before,),
+            )
+        ]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            self._db.execute(f"DELETE FROM job_events WHERE job_id IN ({marks})", chunk)
+            self._db.execute(f"DELETE FROM jobs WHERE job_id IN ({marks})", chunk)
+        return len(ids)
+
+    def job_events(self, job_id: str) -> list[tuple[int, str, str | None]]:
+        return [
+            (int(at), status, reason)
+            for at, status, reason in self._db.execute(
+                "SELECT at, status, reason FROM job_events WHERE job_id = ? ORDER BY id", (job_id,)
+            )
+        ]
+
+    # ------------------------------------------------------------------ scripts
+    def put_script(self, script_id: str, data: bytes) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO scripts (script_id, data) VALUES (?, ?)", (script_id, data)
+        )
+
+    def get_script(self, script_id: str) -> bytes | None:
+        row = self._db.execute("SELECT data FROM scripts WHERE script_id = ?", (script_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,51 @@
+"""The agent's configuration file (TOML), validated once into a typed value."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+
+class ConfigError(Exception):
+    """The agent's config file is missing or wrong; the message names the field."""
+
+
+class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything one node agent needs; Ansible templates this file."""
+
+    name: str
+    head: str  # the head's fleet endpoint, e.g. tcp://head:8472
+    state_dir: str
+    compute_environment: str = "default"
+    labels: dict[str, str] = {}
+    placement_group: str | None = None
+    fabric_interface: str | None = None
+    vcpus: int | None = None  # default: the CPUs this process may use
+    memory_mib: int | None = None  # default: physical memory less reserved_memory_mib
+    reserved_memory_mib: int = 0
+    gpus: list[str] = []  # declared GPUs where NVML is absent
+    container_runtime: str | None = None  # default: podman if on PATH
+    kill_grace_s: float = 10.0
+    memory_enforcement: str = "auto"  # auto | cgroup | rss
+    heartbeat_interval_s: float = 1.0  # until the head's Welcome says otherwise
+    liveness: int = 5
+    log_level: str = "INFO"
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    """Read and validate the agent config; a bad file gets one line naming the field."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"agent config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"agent config {path}: {exc}") from None
+    try:
+        config = msgspec.convert(raw, AgentConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"agent config {path}: {exc}") from None
+    if config.memory_enforcement not in ("auto", "cgroup", "rss"):
+        raise ConfigError(f"agent config {path}: memory_enforcement must be auto, cgroup or rss")
+    return config

@@ -1,0 +1,300 @@
+"""The node agent: registers with the head, runs attempts, ships output, reports exits.
+
+One asyncio loop; one DEALER socket whose routing id is the node name. Sends never block:
+with ``IMMEDIATE`` set, a message for a head that is not connected is dropped, and what
+must not be lost is kept and resent instead (exits until the head acknowledges them, log
+bytes from the offsets the head reports in ``Welcome``). Exits not yet acknowledged are
+also kept on disk, so an agent restart reports them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from hpcbatch import __version__
+from hpcbatch import protocol as p
+from node_agent.config import AgentConfig, ConfigError, load_agent_config
+from node_agent.discovery import discover
+from node_agent.runner import AttemptResult, AttemptSpec, Runner
+
+log = logging.getLogger("hpcbatch.agent")
+
+LOG_CHUNK = 256 * 1024
+LOG_POLL_S = 0.2
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Agent:
+    """One node's agent; see the module docstring."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.state = Path(config.state_dir)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self._unacked_dir = self.state / "unacked"
+        self._unacked_dir.mkdir(exist_ok=True)
+        self.instance_id = uuid.uuid4().hex
+        overrides = {
+            k: v
+            for k, v in (
+                ("vcpus", config.vcpus),
+                ("memory_mib", config.memory_mib),
+                ("reserved_memory_mib", config.reserved_memory_mib),
+                ("gpus", config.gpus),
+            )
+            if v is not None
+        }
+        if config.container_runtime is not None:
+            overrides["container_runtime"] = config.container_runtime
+        found = discover(overrides)
+        self.facts = p.NodeFacts(
+            name=config.name,
+            compute_environment=config.compute_environment,
+            labels=config.labels,
+            placement_group=config.placement_group,
+            fabric_interface=config.fabric_interface,
+            agent_version=__version__,
+            **found,
+        )
+        self.runner = Runner(
+            self.state,
+            on_exit=self._on_exit,
+            kill_grace_s=config.kill_grace_s,
+            container_runtime=found["container_runtime"],
+            memory_enforcement=config.memory_enforcement,
+        )
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.IDENTITY, config.name.encode())
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._sock.connect(config.head)
+        self._interval = config.heartbeat_interval_s
+        self._liveness = config.liveness
+        self._head_id: str | None = None
+        self._head_seen = 0.0
+        self._unacked: dict[str, p.AttemptExited] = {}
+        self._shipped: dict[str, int] = {}  # attempt -> bytes of output the head has been sent
+        self._job_of: dict[str, str] = {}  # attempt -> job, for log chunks
+        self._base_env = {
+            k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME")
+        }
+        self._base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        self._hostname = socket.gethostname()
+
+    # -------------------------------------------------------------------- wire
+    def _send(self, message: p.Message) -> None:
+        try:
+            self._sock.send(p.encode(message), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # not connected: what matters is resent on (re)registration
+
+    def _register(self) -> None:
+        running = [
+            p.RunningAttempt(attempt_id=a, job_id=j, pid=pid, started_at=t) for a, j, pid, t in self.runner.running()
+        ]
+        self._send(
+            p.Register(instance_id=self.instance_id, node=self.facts, running=running, exited=list(self._unacked.values()))
+        )
+
+    # ----------------------------------------------------------------- attempts
+    def _on_exit(self, result: AttemptResult) -> None:
+        self._ship_output(result.attempt_id, final=True)
+        exited = p.AttemptExited(
+            attempt_id=result.attempt_id,
+            job_id=result.job_id,
+            exit_code=result.exit_code,
+            reason=result.reason,
+            status_reason=result.status_reason,
+            started_at=result.started_at,
+            stopped_at=result.stopped_at,
+        )
+        self._remember_exit(exited)
+        self._send(exited)
+
+    def _remember_exit(self, exited: p.AttemptExited) -> None:
+        self._unacked[exited.attempt_id] = exited
+        tmp = self._unacked_dir / f".{exited.attempt_id}.tmp"
+        tmp.write_bytes(msgspec.json.encode(exited))
+        os.replace(tmp, self._unacked_dir / exited.attempt_id)
+
+    def _load_unacked(self) -> None:
+        for path in self._unacked_dir.iterdir():
+            if path.name.startswith("."):
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                self._unacked[path.name] = msgspec.json.decode(path.read_bytes(), type=p.AttemptExited)
+            except (OSError, msgspec.DecodeError):
+                path.unlink(missing_ok=True)
+
+    def _ack(self, attempt_ids: list[str]) -> None:
+        for attempt_id in attempt_ids:
+            self._unacked.pop(attempt_id, None)
+            self._shipped.pop(attempt_id, None)
+            self._job_of.pop(attempt_id, None)
+            (self._unacked_dir / attempt_id).unlink(missing_ok=True)
+
+    async def _start(self, msg: p.StartAttempt) -> None:
+        env = dict(self._base_env)
+        env.update(msg.environment)
+        env["HOSTNAME"] = self._hostname
+        env["TMPDIR"] = str(self.runner.log_path(msg.attempt_id).parent)
+        spec = AttemptSpec(
+            attempt_id=msg.attempt_id,
+            job_id=msg.job_id,
+            attempt_number=msg.attempt_number,
+            command=msg.command,
+            environment=env,
+            vcpus=msg.vcpus,
+            memory_mib=msg.memory_mib,
+            gpus=msg.gpus,
+            timeout_s=msg.timeout_s,
+            image=msg.image,
+            script=msg.script,
+        )
+        outcome = await self.runner.start(spec)
+        if isinstance(outcome, AttemptResult):
+            if outcome.attempt_id not in self._unacked:  # refused: report like any exit
+                self._on_exit(outcome)
+            return
+        self._shipped.setdefault(msg.attempt_id, 0)
+        self._job_of[msg.attempt_id] = msg.job_id
+        self._send(p.AttemptStarted(attempt_id=msg.attempt_id, job_id=msg.job_id, pid=outcome, started_at=_now_ms()))
+
+    # ---------------------------------------------------------------------- logs
+    def _ship_output(self, attempt_id: str, final: bool = False) -> None:
+        offset = self._shipped.get(attempt_id, 0)
+        job_id = self._job_of.get(attempt_id, "")
+        try:
+            with open(self.runner.log_path(attempt_id), "rb") as f:
+                f.seek(offset)
+                while True:
+                    data = f.read(LOG_CHUNK)
+                    if not data:
+                        break
+                    self._send(p.LogChunk(attempt_id=attempt_id, job_id=job_id, stream="output", offset=offset, data=data))
+                    offset += len(data)
+                    if not final:
+                        break
+        except FileNotFoundError:
+            return
+        self._shipped[attempt_id] = offset
+
+    async def _log_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_POLL_S)
+            for attempt_id, _job, _pid, _t in self.runner.running():
+                self._ship_output(attempt_id)
+
+    # --------------------------------------------------------------------- loops
+    async def _receive_loop(self) -> None:
+        while True:
+            data = await self._sock.recv()
+            self._head_seen = time.monotonic()
+            try:
+                msg = p.decode_from_head(data)
+            except msgspec.DecodeError as exc:
+                log.warning("dropping an undecodable message from the head: %s", exc)
+                continue
+            match msg:
+                case p.StartAttempt():
+                    await self._start(msg)
+                case p.KillAttempt():
+                    self.runner.kill(msg.attempt_id, msg.reason, msg.grace_s)
+                case p.AckExits():
+                    self._ack(msg.attempt_ids)
+                case p.Welcome():
+                    if msg.head_id != self._head_id:
+                        log.info("registered with head %s", msg.head_id[:8])
+                    self._head_id = msg.head_id
+                    self._interval, self._liveness = msg.heartbeat_interval_s, msg.liveness
+                    for attempt_id, offsets in msg.log_offsets.items():
+                        self._shipped[attempt_id] = min(self._shipped.get(attempt_id, 0), offsets.get("output", 0))
+                case p.Reregister():
+                    self._register()
+                case p.HeadHeartbeat():
+                    if msg.head_id != self._head_id:
+                        self._register()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            silent = time.monotonic() - self._head_seen
+            if silent > self._interval * self._liveness:
+                # The head may be gone or restarted: keep offering ourselves.
+                self._register()
+                continue
+            self._send(p.AgentHeartbeat(instance_id=self.instance_id, running=[r[0] for r in self.runner.running()]))
+            for exited in list(self._unacked.values()):
+                self._send(exited)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; running attempts are killed on the way out."""
+        self._load_unacked()
+        for result in self.runner.adopt_orphans():
+            self._on_exit(result)
+        self._register()
+        log.info("agent %s (%d vCPUs, %d MiB) connecting to %s", self.config.name, self.facts.vcpus, self.facts.memory_mib, self.config.head)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                loops = [
+                    tasks.create_task(self._receive_loop()),
+                    tasks.create_task(self._heartbeat_loop()),
+                    tasks.create_task(self._log_loop()),
+                ]
+                await stop.wait()
+                log.info("stopping: signal received")
+                for task in loops:
+                    task.cancel()
+        finally:
+            await self.runner.shutdown(kill=True)
+            self._sock.close(linger=0)
+            self._ctx.term()
+            log.info("agent stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``hpcbatch-agent --config FILE``: run a node agent."""
+    parser = argparse.ArgumentParser(prog="hpcbatch-agent", description="Run an hpcbatch node agent.")
+    parser.add_argument("--config", required=True, help="path of the agent's TOML config file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_agent_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+    async def _serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Agent(config).run(stop)
+
+    asyncio.run(_serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
