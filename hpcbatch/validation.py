@@ -1,0 +1,574 @@
+"""Validate AWS Batch API request bodies at the edge: botocore's shapes plus AWS Batch's limits.
+
+Rules / theory of operation:
+
+- The shape walk follows botocore's service model for ``batch`` (the model boto3 and the AWS
+  CLI serialise from), so a field the real API takes is accepted and a typo is not.
+- Each input shape is compiled once, on first use, into a closure; a request then costs one
+  closure call per value and no model look-ups (SubmitJob is on the hot path).
+- Limits AWS documents but the model does not carry (name rules, retry limits, reserved
+  environment names, ...) are hooks keyed by shape name or by operation; they run after the
+  shape walk, so they may trust types and required members.
+- The field path is built only on failure: each enclosing level adds its segment to the
+  internal error as it propagates, so a valid request never formats a string.
+- A member whose value is JSON null is dropped from the body, as AWS treats null as absent.
+- Map min/max from the model are not enforced: an empty ``tags: {}`` means "no tags" and
+  the 50-tag limit is a semantic rule below.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import math
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from hpcbatch.errors import ClientError
+
+OPERATIONS: frozenset[str] = frozenset({
+    "SubmitJob", "DescribeJobs", "ListJobs", "CancelJob", "TerminateJob",
+    "CreateComputeEnvironment", "UpdateComputeEnvironment", "DescribeComputeEnvironments",
+    "DeleteComputeEnvironment", "CreateJobQueue", "UpdateJobQueue", "DescribeJobQueues",
+    "DeleteJobQueue", "RegisterJobDefinition", "DescribeJobDefinitions", "DeregisterJobDefinition",
+})  # fmt: skip
+
+# AWS Batch names: 1-128 ASCII letters, digits, hyphens and underscores, starting with a
+# letter or digit. \A..\Z rather than ^..$ so .match() accepts neither a prefix nor "name\n".
+NAME_PATTERN: re.Pattern[str] = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
+
+SUBMIT_JOB_MAX_BYTES = 30 * 1024  # AWS Batch service quota: a SubmitJob payload is <= 30 KiB
+
+# EvaluateOnExit globs (AWS API reference): onExitCode "can contain only numbers, and can end
+# with an asterisk"; onReason/onStatusReason "letters, numbers, periods (.), colons (:), and
+# white space", optionally ending with an asterisk.
+_EXIT_CODE_GLOB = re.compile(r"\A(?:[0-9]+\*?|\*)\Z")
+_REASON_GLOB = re.compile(r"\A[A-Za-z0-9.:\s]*\*?\Z", re.ASCII)
+# Resource values are strings on the wire; the digit counts are bounded so int()/float() can
+# never meet a pathological value ([0-9], not \d, which accepts non-ASCII digits).
+_WHOLE = re.compile(r"\A[0-9]{1,15}\Z")
+_DECIMAL = re.compile(r"\A(?:[0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})\Z")
+
+_INT32 = (-(2**31), 2**31 - 1)  # botocore "integer" is a 32-bit Java int on AWS's side
+_INT64 = (-(2**63), 2**63 - 1)
+
+Check = Callable[[Any], None]
+Hook = Callable[[Any], None]
+
+
+class _Key(str):
+    """A map key in an error path, rendered as ``["key"]`` rather than ``.key``."""
+
+
+class _Bad(Exception):
+    """A failure on its way up the walk; each enclosing level appends its path segment."""
+
+    def __init__(self, tail: str, *path: str | int, head: str = "", hint: str | None = None):
+        super().__init__(tail)
+        self.head, self.tail, self.hint = head, tail, hint
+        self.parts: list[str | int] = list(reversed(path))  # innermost first, as we unwind
+
+    def render(self, operation: str) -> str:
+        path = ""
+        for part in reversed(self.parts):
+            if isinstance(part, _Key):
+                path += f"[{json.dumps(_clip(part))}]"
+            elif isinstance(part, int):
+                path += f"[{part}]"
+            else:
+                path += f".{part}" if path else part
+        if self.hint is not None:  # unknown member: AWS-style "in <Op> request" plus a guess
+            return f"{self.head}{path}' in {operation} request{self.hint}"
+        return f"{self.head}{path}{self.tail}"
+
+
+def _clip(s: str, n: int = 64) -> str:
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def _show(v: object) -> str:
+    """Render a bad value for a message, briefly (a body may carry 30 KiB of junk)."""
+    if isinstance(v, str):
+        return repr(_clip(v, 40))
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
+        return "a number too large to use"
+    return str(v)
+
+
+def _jtype(v: object) -> str:
+    """The JSON name of v's type, for "must be an X (got Y)"."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _range(v: int | float, lo: int | float | None, hi: int | float | None, *path: str | int) -> None:
+    """Raise "<path> must be between lo and hi (got v)" (or at least/at most) if out of range."""
+    if (lo is None or v >= lo) and (hi is None or v <= hi):
+        return
+    if lo is not None and hi is not None:
+        raise _Bad(f" must be between {lo} and {hi} (got {_show(v)})", *path)
+    if lo is not None:
+        raise _Bad(f" must be at least {lo} (got {_show(v)})", *path)
+    raise _Bad(f" must be at most {hi} (got {_show(v)})", *path)
+
+
+# --- compiling botocore shapes into checks -------------------------------------------------
+
+# On bare metal there is no EC2 fleet: computeResources only sizes the CE (maxvCpus, minvCpus),
+# so the EC2 members botocore marks required (type, subnets, instanceRole, ...) are not, in
+# this subtree or below it. maxvCpus stays required on create: the scheduler needs the cap.
+_REQUIRED_OVERRIDE: dict[str, tuple[str, ...]] = {
+    "ComputeResource": ("maxvCpus",),
+    "ComputeResourceUpdate": (),
+}
+# AWS: EvaluateOnExit.action "values aren't case sensitive".
+_CASE_INSENSITIVE_ENUMS = frozenset({"RetryAction"})
+
+
+class _Compiler:
+    """Turns botocore shapes into check closures, memoised per (shape, relaxed)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, bool], Check] = {}
+
+    def compile(self, shape: Any, relaxed: bool = False) -> Check:
+        key = (shape.name, relaxed)
+        if key not in self.cache:
+            cache = self.cache
+            cache[key] = lambda v: cache[key](v)  # forward reference for recursive shapes
+            build = getattr(self, "_" + shape.type_name, None) or self._any
+            cache[key] = build(shape, relaxed)
+        return self.cache[key]
+
+    def _structure(self, shape: Any, relaxed: bool) -> Check:
+        override = _REQUIRED_OVERRIDE.get(shape.name)
+        child_relaxed = relaxed or override is not None
+        members = {n: self.compile(m, child_relaxed) for n, m in shape.members.items()}
+        required = override if override is not None else (
+            () if relaxed else tuple(shape.required_members))
+        hook = _SHAPE_HOOKS.get(shape.name)
+
+        def check(v: Any) -> None:
+            if not isinstance(v, dict):
+                raise _Bad(f" must be an object (got {_jtype(v)})")
+            nulls = None
+            for k, x in v.items():
+                c = members.get(k)
+                if c is None:
+                    close = difflib.get_close_matches(_clip(str(k)), members, n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    # json.dumps escapes control characters: the message stays one line.
+                    raise _Bad("", json.dumps(_clip(str(k)))[1:-1], head="Unknown field '",
+                               hint=hint)
+                if x is None:
+                    nulls = [*(nulls or ()), k]
+                    continue
+                try:
+                    c(x)
+                except _Bad as e:
+                    e.parts.append(k)
+                    raise
+            if nulls:
+                for k in nulls:
+                    del v[k]
+            for r in required:
+                if r not in v:
+                    raise _Bad("", r, head="Missing required field ")
+            if hook is not None:
+                hook(v)
+
+        return check
+
+    def _list(self, shape: Any, relaxed: bool) -> Check:
+        item = self.compile(shape.member, relaxed)
+        lo, hi = shape.metadata.get("min"), shape.metadata.get("max")
+        hook = _SHAPE_HOOKS.get(shape.name)
+
+        def check(v: Any) -> None:
+            if not isinstance(v, list):
+                raise _Bad(f" must be an array (got {_jtype(v)})")
+            if lo is not None or hi is not None:
+                _count(v, lo, hi)
+            for i, x in enumerate(v):
+                try:
+                    item(x)
+                except _Bad as e:
+                    e.parts.append(i)
+                    raise
+            if hook is not None:
+                hook(v)
+
+        return check
+
+    def _map(self, shape: Any, relaxed: bool) -> Check:
+        key, value = self.compile(shape.key, relaxed), self.compile(shape.value, relaxed)
+        hook = _SHAPE_HOOKS.get(shape.name)
+
+        def check(v: Any) -> None:
+            if not isinstance(v, dict):
+                raise _Bad(f" must be an object (got {_jtype(v)})")
+            for k, x in v.items():
+                try:
+                    try:
+                        key(k)
+                    except _Bad as e:
+                        e.tail = " key" + e.tail
+                        raise
+                    value(x)
+                except _Bad as e:
+                    e.parts.append(_Key(k) if isinstance(k, str) else repr(k))
+                    raise
+            if hook is not None:
+                hook(v)
+
+        return check
+
+    def _string(self, shape: Any, relaxed: bool) -> Check:
+        lo, hi = shape.metadata.get("min"), shape.metadata.get("max")
+        enum = tuple(shape.enum or ())
+        fold = shape.name in _CASE_INSENSITIVE_ENUMS
+        allowed = frozenset(e.upper() for e in enum) if fold else frozenset(enum)
+
+        def check(v: Any) -> None:
+            if not isinstance(v, str):
+                raise _Bad(f" must be a string (got {_jtype(v)})")
+            if enum and (v.upper() if fold else v) not in allowed:
+                raise _Bad(f" must be one of {', '.join(enum)} (got {_show(v)})")
+            if (lo is not None and len(v) < lo) or (hi is not None and len(v) > hi):
+                _length(v, lo, hi)
+
+        return check
+
+    def _integer(self, shape: Any, relaxed: bool) -> Check:
+        """integer/long/float/double; botocore integer is a 32-bit Java int on AWS's side."""
+        integral = shape.type_name in ("integer", "long")
+        bounds = {"integer": _INT32, "long": _INT64}.get(shape.type_name, (None, None))
+        lo, hi = shape.metadata.get("min", bounds[0]), shape.metadata.get("max", bounds[1])
+        want = "an integer" if integral else "a number"
+
+        def check(v: Any) -> None:
+            # type() rather than isinstance: bool is an int subclass, and JSON true is no number.
+            if type(v) is not int and (integral or type(v) is not float):
+                raise _Bad(f" must be {want} (got {_jtype(v)})")
+            if type(v) is float and not math.isfinite(v):
+                raise _Bad(f" must be a finite number (got {v})")
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                _range(v, lo, hi)
+
+        return check
+
+    _long = _float = _double = _integer
+
+    def _boolean(self, shape: Any, relaxed: bool) -> Check:
+        def check(v: Any) -> None:
+            if type(v) is not bool:
+                raise _Bad(f" must be true or false (got {_jtype(v)})")
+
+        return check
+
+    def _any(self, shape: Any, relaxed: bool) -> Check:
+        # timestamp/blob do not occur in these inputs; accept scalars rather than guess.
+        def check(v: Any) -> None:
+            if isinstance(v, dict | list):
+                raise _Bad(f" must be a {shape.type_name} (got {_jtype(v)})")
+
+        return check
+
+
+def _length(v: str, lo: int | None, hi: int | None, *path: str) -> None:
+    """Raise if the string's length is outside lo..hi characters."""
+    if lo and not v:
+        raise _Bad(" must not be empty", *path)
+    if lo is not None and len(v) < lo:
+        raise _Bad(f" must be at least {lo} characters (got {len(v)})", *path)
+    if hi is not None and len(v) > hi:
+        raise _Bad(f" must be at most {hi} characters (got {len(v)})", *path)
+
+
+def _count(v: list[Any] | dict[Any, Any], lo: int | None, hi: int | None, *path: str) -> None:
+    """Raise if the list/map has fewer than lo or more than hi entries."""
+    if lo is not None and len(v) < lo:
+        raise _Bad(f" must have at least {lo} entr{'y' if lo == 1 else 'ies'} (got {len(v)})", *path)
+    if hi is not None and len(v) > hi:
+        raise _Bad(f" must have at most {hi} entries (got {len(v)})", *path)
+
+
+# --- semantic rules, keyed by shape name (run after the shape walk) ------------------------
+
+
+def _retry_strategy(v: dict[str, Any]) -> None:
+    if "attempts" in v:
+        _range(v["attempts"], 1, 10, "attempts")
+    if "evaluateOnExit" in v:
+        _count(v["evaluateOnExit"], None, 5, "evaluateOnExit")
+
+
+def _evaluate_on_exit(v: dict[str, Any]) -> None:
+    v["action"] = v["action"].upper()  # AWS accepts any case; store the canonical spelling
+    code = v.get("onExitCode")
+    if code is not None:
+        _length(code, 1, 512, "onExitCode")
+        if not _EXIT_CODE_GLOB.match(code):
+            raise _Bad(f" must be digits with an optional trailing * (got {_show(code)})",
+                       "onExitCode")
+    for field in ("onReason", "onStatusReason"):
+        glob = v.get(field)
+        if glob is not None:
+            _length(glob, 1, 512, field)
+            if not _REASON_GLOB.match(glob):
+                raise _Bad(" may contain only letters, digits, periods, colons and white "
+                           f"space, with an optional trailing * (got {_show(glob)})", field)
+
+
+def _job_timeout(v: dict[str, Any]) -> None:
+    if "attemptDurationSeconds" in v:  # AWS: "The minimum value for the timeout is 60 seconds"
+        _range(v["attemptDurationSeconds"], 60, None, "attemptDurationSeconds")
+
+
+def _array_properties(v: dict[str, Any]) -> None:
+    if "size" in v:
+        _range(v["size"], 2, 10_000, "size")
+
+
+def _environment_variable(v: dict[str, Any]) -> None:
+    name = v.get("name")
+    if not name:
+        raise _Bad(" must not be empty", "name")
+    if name.startswith("AWS_BATCH_"):  # AWS Batch sets these in every container itself
+        raise _Bad(f": AWS_BATCH_ is a reserved prefix (got {_show(name)})", "name")
+
+
+def _resource_requirement(v: dict[str, Any]) -> None:
+    kind, value = v["type"], v["value"]
+    if kind == "VCPU" and not (_DECIMAL.match(value) and float(value) > 0):
+        raise _Bad(f" must be a number greater than 0 for VCPU (got {_show(value)})", "value")
+    if kind == "MEMORY" and not (_WHOLE.match(value) and int(value) >= 4):
+        raise _Bad(f" must be a whole number of MiB, at least 4, for MEMORY (got {_show(value)})",
+                   "value")
+    if kind == "GPU" and not _WHOLE.match(value):
+        raise _Bad(f" must be a whole number of GPUs, 0 or more (got {_show(value)})", "value")
+
+
+def _resource_requirements(v: list[dict[str, Any]]) -> None:
+    seen: set[str] = set()
+    for i, req in enumerate(v):
+        if req["type"] in seen:
+            raise _Bad(f": {req['type']} is given twice; give each type once", i, "type")
+        seen.add(req["type"])
+
+
+def _container(v: dict[str, Any]) -> None:
+    # Legacy top-level vcpus/memory, superseded by resourceRequirements but still accepted.
+    if "vcpus" in v:
+        _range(v["vcpus"], 1, None, "vcpus")
+    if "memory" in v:
+        _range(v["memory"], 4, None, "memory")
+
+
+def _compute_resources(v: dict[str, Any]) -> None:
+    for field in ("minvCpus", "maxvCpus", "desiredvCpus"):
+        if field in v:
+            _range(v[field], 0, None, field)
+    if "minvCpus" in v and "maxvCpus" in v and v["minvCpus"] > v["maxvCpus"]:
+        raise _Bad(f" must not exceed maxvCpus ({v['maxvCpus']}) (got {v['minvCpus']})",
+                   "minvCpus")
+
+
+def _compute_environment_order(v: list[dict[str, Any]]) -> None:
+    _count(v, 1, 3)  # AWS: "up to three compute environments" per queue
+    seen: dict[int, int] = {}
+    for i, entry in enumerate(v):
+        order = entry["order"]
+        _range(order, 0, None, i, "order")
+        if order in seen:
+            raise _Bad(f" must be unique ({order} is also used by entry {seen[order]})",
+                       i, "order")
+        seen[order] = i
+
+
+def _tags(v: dict[str, str]) -> None:
+    _count(v, None, 50)
+    for key, value in v.items():
+        if not 1 <= len(key) <= 128:
+            raise _Bad(f" key must be 1 to 128 characters (got {len(key)})", _Key(key))
+        if len(value) > 256:
+            raise _Bad(f" value must be at most 256 characters (got {len(value)})", _Key(key))
+        if key.lower().startswith("aws:"):  # AWS reserves aws: in any letter case
+            raise _Bad(": tag keys starting with aws: are reserved for AWS", _Key(key))
+
+
+_SHAPE_HOOKS: dict[str, Hook] = {
+    "RetryStrategy": _retry_strategy,
+    "EvaluateOnExit": _evaluate_on_exit,
+    "JobTimeout": _job_timeout,
+    "ArrayProperties": _array_properties,
+    "KeyValuePair": _environment_variable,  # only used for container environment lists
+    "EksContainerEnvironmentVariable": _environment_variable,
+    "ResourceRequirement": _resource_requirement,
+    "ResourceRequirements": _resource_requirements,
+    "ContainerProperties": _container,
+    "ContainerOverrides": _container,
+    "ComputeResource": _compute_resources,
+    "ComputeResourceUpdate": _compute_resources,
+    "ComputeEnvironmentOrders": _compute_environment_order,
+    "TagrisTagsMap": _tags,
+    "TagsMap": _tags,
+}
+
+
+# --- semantic rules, keyed by operation (run on the whole body after the walk) -------------
+
+
+def _name(v: dict[str, Any], field: str) -> None:
+    name = v.get(field)
+    if name is None:
+        return
+    _length(name, 1, 128, field)
+    if not NAME_PATTERN.match(name):
+        raise _Bad(f" must start with a letter or digit and contain only letters, digits, "
+                   f"hyphens and underscores (got {_show(name)})", field)
+
+
+def _nonempty(v: dict[str, Any], *fields: str) -> None:
+    for field in fields:
+        if field in v and not v[field]:
+            raise _Bad(" must not be empty", field)
+
+
+def _submit_job(v: dict[str, Any]) -> None:
+    _name(v, "jobName")
+    _nonempty(v, "jobQueue", "jobDefinition")
+    if "dependsOn" in v:
+        _count(v["dependsOn"], None, 20, "dependsOn")  # AWS: up to 20 job dependencies
+    if "schedulingPriorityOverride" in v:
+        _range(v["schedulingPriorityOverride"], 0, 9999, "schedulingPriorityOverride")
+
+
+def _register_job_definition(v: dict[str, Any]) -> None:
+    _name(v, "jobDefinitionName")
+    if "schedulingPriority" in v:
+        _range(v["schedulingPriority"], 0, 9999, "schedulingPriority")
+    has_container, has_nodes = "containerProperties" in v, "nodeProperties" in v
+    if v["type"] == "container":
+        if not has_container:
+            raise _Bad(" is required when type is container", "containerProperties")
+        if has_nodes:
+            raise _Bad(" is only for type multinode; remove it or set type to multinode",
+                       "nodeProperties")
+    else:  # multinode; the deeper range rules live with the multinode model
+        if not has_nodes:
+            raise _Bad(" is required when type is multinode", "nodeProperties")
+        if has_container:
+            raise _Bad(" is only for type container; put the container in "
+                       "nodeProperties.nodeRangeProperties", "containerProperties")
+        nodes = v["nodeProperties"]
+        _range(nodes["numNodes"], 1, None, "nodeProperties", "numNodes")
+        _range(nodes["mainNode"], 0, nodes["numNodes"] - 1, "nodeProperties", "mainNode")
+
+
+def _job_queue(v: dict[str, Any]) -> None:
+    _name(v, "jobQueueName")
+    _nonempty(v, "jobQueue")
+    if "priority" in v:
+        _range(v["priority"], 0, 1000, "priority")
+
+
+def _create_job_queue(v: dict[str, Any]) -> None:
+    _job_queue(v)
+    # The model made this optional for SageMaker service queues; a queue here needs CEs.
+    if "computeEnvironmentOrder" not in v:
+        raise _Bad("", "computeEnvironmentOrder", head="Missing required field ")
+
+
+def _max_results(hi: int) -> Hook:
+    def check(v: dict[str, Any]) -> None:
+        if "maxResults" in v:
+            _range(v["maxResults"], 1, hi, "maxResults")
+
+    return check
+
+
+def _describe_jobs(v: dict[str, Any]) -> None:
+    _count(v["jobs"], 1, 100, "jobs")  # AWS: "A list of up to 100 job IDs"
+
+
+_OPERATION_HOOKS: dict[str, Hook] = {
+    "SubmitJob": _submit_job,
+    "RegisterJobDefinition": _register_job_definition,
+    "CreateJobQueue": _create_job_queue,
+    "UpdateJobQueue": _job_queue,
+    "CreateComputeEnvironment": lambda v: _name(v, "computeEnvironmentName"),
+    "UpdateComputeEnvironment": lambda v: _nonempty(v, "computeEnvironment"),
+    "DeleteComputeEnvironment": lambda v: _nonempty(v, "computeEnvironment"),
+    "DeleteJobQueue": lambda v: _nonempty(v, "jobQueue"),
+    "DeregisterJobDefinition": lambda v: _nonempty(v, "jobDefinition"),
+    "CancelJob": lambda v: _nonempty(v, "jobId", "reason"),
+    "TerminateJob": lambda v: _nonempty(v, "jobId", "reason"),
+    "DescribeJobs": _describe_jobs,
+    "ListJobs": _max_results(1000),
+    "DescribeComputeEnvironments": _max_results(100),
+    "DescribeJobQueues": _max_results(100),
+    "DescribeJobDefinitions": _max_results(100),
+}
+
+
+# --- public API ----------------------------------------------------------------------------
+
+
+@functools.cache
+def _service_model() -> Any:
+    import botocore.session  # deferred: loading the model takes ~100 ms, only the head needs it
+
+    return botocore.session.get_session().get_service_model("batch")
+
+
+@functools.cache
+def _compiler() -> _Compiler:
+    return _Compiler()
+
+
+_COMPILE_LOCK = threading.Lock()  # a half-compiled shape holds a forward reference
+
+
+@functools.cache
+def _operation_check(operation: str) -> Check:
+    shape = _service_model().operation_model(operation).input_shape
+    with _COMPILE_LOCK:
+        walk = _compiler().compile(shape)
+    hook = _OPERATION_HOOKS.get(operation)
+
+    def check(v: Any) -> None:
+        walk(v)
+        if hook is not None:
+            hook(v)
+
+    return check
+
+
+def validate_request(operation: str, body: object, *, raw_size: int | None = None) -> dict:
+    """Validate `body` (parsed JSON) for AWS Batch operation `operation` (e.g. 'SubmitJob'); return it as a dict or raise ClientError."""
+    if operation not in OPERATIONS:
+        raise ClientError(f"Unsupported operation {_show(operation)}")
+    if operation == "SubmitJob" and raw_size is not None and raw_size > SUBMIT_JOB_MAX_BYTES:
+        raise ClientError(f"SubmitJob request is {raw_size} bytes; the limit is 30 KiB")
+    if not isinstance(body, dict):
+        raise ClientError(f"{operation} request body must be a JSON object (got {_jtype(body)})")
+    try:
+        _operation_check(operation)(body)
+    except _Bad as e:
+        raise ClientError(e.render(operation)) from None
+    return body
+
+
+def route_table() -> dict[str, str]:
+    """Map each supported operation's HTTP path (e.g. '/v1/submitjob') to its operation name."""
+    model = _service_model()
+    return {model.operation_model(op).http["requestUri"]: op for op in sorted(OPERATIONS)}

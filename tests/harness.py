@@ -1,0 +1,169 @@
+"""A real cluster for tests: head and agent processes on loopback, each killable and restartable.
+
+Unlike ``hpcbatch cluster up`` (the user's tool), the harness lets a test ``kill -9`` the
+head or one agent, restart it on the same state, and tune heartbeats so node loss is
+detected in seconds. Everything it starts it stops, in ``close``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hpcbatch.client import Client
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last value: {last!r})")
+
+
+class TestCluster:
+    """Head + N agents as real processes; see the module docstring."""
+
+    __test__ = False  # a helper, not a pytest test class
+
+    def __init__(self, root: Path, nodes: int = 2, *, heartbeat_s: float = 0.3, liveness: int = 5,
+                 kill_grace_s: float = 1.0, node_vcpus: int | None = None, node_memory_mib: int | None = None,
+                 agent_extra: str = "") -> None:
+        self.root = root
+        self.http_port = free_port()
+        self.fleet = f"tcp://127.0.0.1:{free_port()}"
+        self.endpoint = f"http://127.0.0.1:{self.http_port}"
+        self.head_config = root / "head.toml"
+        self.head_config.write_text(
+            f'state_dir = "{root / "head"}"\nhttp_listen = "127.0.0.1:{self.http_port}"\n'
+            f'fleet_bind = "{self.fleet}"\nheartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\n'
+            f"kill_grace_s = {kill_grace_s}\n"
+        )
+        self.node_names = [f"node{i}" for i in range(1, nodes + 1)]
+        for name in self.node_names:
+            extra = agent_extra
+            if node_vcpus is not None:
+                extra += f"\nvcpus = {node_vcpus}"
+            if node_memory_mib is not None:
+                extra += f"\nmemory_mib = {node_memory_mib}"
+            (root / f"{name}.toml").write_text(
+                f'name = "{name}"\nhead = "{self.fleet}"\nstate_dir = "{root / name}"\n'
+                f"heartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\nkill_grace_s = {kill_grace_s}\n{extra}\n"
+            )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._all: list[subprocess.Popen[bytes]] = []
+        self.client = Client(self.endpoint, timeout=10)
+
+    # ------------------------------------------------------------- processes
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.root / f"{name}.log", "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.procs[name] = proc = subprocess.Popen(
+            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self._all.append(proc)
+        log.close()
+
+    def start_head(self) -> None:
+        self._spawn("head", ["-m", "hpcbatch.head", "--config", str(self.head_config)])
+        wait_for(self._head_up, 15, what="the head to answer")
+
+    def _head_up(self) -> bool:
+        try:
+            self.client.list_nodes()
+            return True
+        except Exception:
+            return False
+
+    def start_agent(self, name: str) -> None:
+        self._spawn(name, ["-m", "node_agent", "--config", str(self.root / f"{name}.toml")])
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=15)
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        return {n["name"]: n for n in self.client.list_nodes()["nodes"]}
+
+    def wait_active(self, names: list[str] | None = None, timeout: float = 15) -> None:
+        want = set(names or self.node_names)
+        wait_for(
+            lambda: want <= {n for n, d in self.nodes().items() if d["state"] == "ACTIVE"},
+            timeout, what=f"nodes {sorted(want)} ACTIVE",
+        )
+
+    def up(self, queue: bool = True) -> TestCluster:
+        self.start_head()
+        for name in self.node_names:
+            self.start_agent(name)
+        self.wait_active()
+        if queue:
+            self.client.create_compute_environment(computeEnvironmentName="default", type="UNMANAGED")
+            self.client.create_job_queue(
+                jobQueueName="default", priority=1,
+                computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "default"}],
+            )
+        return self
+
+    def close(self) -> None:
+        """Stop every process the harness started (SIGTERM, then SIGKILL after 10 s)."""
+        for proc in self._all:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self._all:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+        self.client.close()
+
+    # ------------------------------------------------------------------ jobs
+    def submit(self, command: list[str], **body: Any) -> str:
+        body.setdefault("jobName", "test")
+        body.setdefault("jobQueue", "default")
+        body.setdefault("jobDefinition", "hpcbatch-default")
+        overrides = body.setdefault("containerOverrides", {})
+        if command:
+            overrides.setdefault("command", command)
+        return str(self.client.submit_job(**body)["jobId"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.client.describe_jobs(jobs=[job_id])["jobs"][0]
+
+    def wait_status(self, job_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
+        return wait_for(
+            lambda: (j := self.job(job_id))["status"] in statuses and j,
+            timeout, what=f"job {job_id} to reach {statuses}",
+        )
+
+    def logs(self, job_id: str, attempt: int | None = None) -> str:
+        body: dict[str, Any] = {"jobId": job_id}
+        if attempt is not None:
+            body["attempt"] = attempt
+        return str(self.client.call("/hpcbatch/v1/getjoblogs", body)["data"])

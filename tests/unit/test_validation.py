@@ -1,0 +1,512 @@
+"""Tests for hpcbatch.validation: AWS Batch request bodies checked once, at the edge."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hpcbatch.errors import ClientError
+from hpcbatch.validation import NAME_PATTERN, OPERATIONS, route_table, validate_request
+
+SUBMIT: dict[str, Any] = {
+    "jobName": "train-resnet_1",
+    "jobQueue": "gpu",
+    "jobDefinition": "mpi-train:3",
+    "parameters": {"epochs": "10"},
+    "arrayProperties": {"size": 4},
+    "dependsOn": [{"jobId": "0f1e", "type": "N_TO_N"}],
+    "containerOverrides": {
+        "command": ["python", "train.py", "Ref::epochs"],
+        "environment": [{"name": "OMP_NUM_THREADS", "value": "8"}, {"name": "SEED", "value": "1"}],
+        "resourceRequirements": [
+            {"type": "VCPU", "value": "0.5"},
+            {"type": "MEMORY", "value": "8192"},
+            {"type": "GPU", "value": "1"},
+        ],
+    },
+    "nodeOverrides": {
+        "nodePropertyOverrides": [
+            {"targetNodes": "0:", "containerOverrides": {"environment": [{"name": "X"}]}}
+        ]
+    },
+    "retryStrategy": {
+        "attempts": 3,
+        "evaluateOnExit": [
+            {"action": "retry", "onExitCode": "13*"},
+            {"action": "EXIT", "onStatusReason": "Host EC2*", "onReason": "*"},
+        ],
+    },
+    "timeout": {"attemptDurationSeconds": 60},
+    "propagateTags": True,
+    "tags": {"team": "ml"},
+    "schedulingPriorityOverride": 5,
+}
+
+REGISTER_CONTAINER: dict[str, Any] = {
+    "jobDefinitionName": "mpi-train",
+    "type": "container",
+    "parameters": {"epochs": "5"},
+    "containerProperties": {
+        "command": ["true"],
+        "vcpus": 1,
+        "memory": 4,
+        "environment": [{"name": "A", "value": "1"}],
+        "resourceRequirements": [{"type": "GPU", "value": "0"}],
+    },
+    "retryStrategy": {"attempts": 10},
+    "timeout": {"attemptDurationSeconds": 3600},
+    "tags": {"owner": "hpc"},
+}
+
+REGISTER_MULTINODE: dict[str, Any] = {
+    "jobDefinitionName": "gang",
+    "type": "multinode",
+    "nodeProperties": {
+        "numNodes": 4,
+        "mainNode": 3,
+        "nodeRangeProperties": [
+            {"targetNodes": "0:3", "container": {"command": ["mpirun", "a.out"],
+                                                 "environment": [{"name": "B", "value": ""}]}}
+        ],
+    },
+}
+
+CREATE_CE: dict[str, Any] = {
+    "computeEnvironmentName": "rack1",
+    "type": "MANAGED",
+    "state": "ENABLED",
+    "computeResources": {"minvCpus": 0, "maxvCpus": 256},
+    "tags": {"site": "basement"},
+}
+
+CREATE_QUEUE: dict[str, Any] = {
+    "jobQueueName": "gpu",
+    "state": "ENABLED",
+    "priority": 10,
+    "computeEnvironmentOrder": [
+        {"order": 1, "computeEnvironment": "rack1"},
+        {"order": 2, "computeEnvironment": "rack2"},
+    ],
+}
+
+VALID: dict[str, dict[str, Any]] = {
+    "SubmitJob": SUBMIT,
+    "DescribeJobs": {"jobs": ["a", "b"]},
+    "ListJobs": {"jobQueue": "gpu", "jobStatus": "RUNNING", "maxResults": 1000},
+    "CancelJob": {"jobId": "a", "reason": "user asked"},
+    "TerminateJob": {"jobId": "a", "reason": "user asked"},
+    "CreateComputeEnvironment": CREATE_CE,
+    "UpdateComputeEnvironment": {"computeEnvironment": "rack1", "state": "DISABLED",
+                                 "computeResources": {"maxvCpus": 128}},
+    "DescribeComputeEnvironments": {"computeEnvironments": ["rack1"], "maxResults": 100},
+    "DeleteComputeEnvironment": {"computeEnvironment": "rack1"},
+    "CreateJobQueue": CREATE_QUEUE,
+    "UpdateJobQueue": {"jobQueue": "gpu", "priority": 1000,
+                       "computeEnvironmentOrder": [{"order": 0, "computeEnvironment": "rack1"}]},
+    "DescribeJobQueues": {},
+    "DeleteJobQueue": {"jobQueue": "gpu"},
+    "RegisterJobDefinition": REGISTER_CONTAINER,
+    "DescribeJobDefinitions": {"jobDefinitionName": "mpi-train", "status": "ACTIVE"},
+    "DeregisterJobDefinition": {"jobDefinition": "mpi-train:1"},
+}
+
+
+def with_(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of body with the dotted path (list indexes as digits) set, or deleted if value is ...."""
+    out = copy.deepcopy(body)
+    *parents, last = path.split(".")
+    node: Any = out
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    key: Any = int(last) if isinstance(node, list) else last
+    if value is ...:
+        del node[key]
+    else:
+        node[key] = value
+    return out
+
+
+def rejects(operation: str, body: Any, message: str, **kw: Any) -> None:
+    with pytest.raises(ClientError) as info:
+        validate_request(operation, body, **kw)
+    assert info.value.message == message
+
+
+# --- the public surface ----------------------------------------------------------------------
+
+
+def test_valid_tables_cover_every_operation() -> None:
+    assert set(VALID) == OPERATIONS
+
+
+@pytest.mark.parametrize("operation", sorted(VALID))
+def test_valid_body_passes_and_is_returned(operation: str) -> None:
+    body = copy.deepcopy(VALID[operation])
+    assert validate_request(operation, body) is body
+
+
+@pytest.mark.parametrize("body", [REGISTER_MULTINODE, with_(CREATE_CE, "type", "UNMANAGED")])
+def test_other_valid_shapes_pass(body: dict[str, Any]) -> None:
+    op = "RegisterJobDefinition" if "jobDefinitionName" in body else "CreateComputeEnvironment"
+    validate_request(op, copy.deepcopy(body))
+
+
+def test_route_table_maps_http_paths_to_operations() -> None:
+    table = route_table()
+    assert table["/v1/submitjob"] == "SubmitJob"
+    assert table["/v1/describejobqueues"] == "DescribeJobQueues"
+    assert set(table.values()) == OPERATIONS
+
+
+def test_name_pattern_is_anchored() -> None:
+    assert NAME_PATTERN.match("a" * 128)
+    assert not NAME_PATTERN.match("a" * 129)
+    assert not NAME_PATTERN.match("job\n")
+    assert not NAME_PATTERN.match("-job")
+
+
+def test_unsupported_operation_is_a_client_error() -> None:
+    rejects("CreateSchedulingPolicy", {}, "Unsupported operation 'CreateSchedulingPolicy'")
+
+
+def test_null_member_is_treated_as_absent() -> None:
+    body = validate_request("SubmitJob", with_(SUBMIT, "timeout", None))
+    assert "timeout" not in body
+    rejects("SubmitJob", with_(SUBMIT, "jobName", None), "Missing required field jobName")
+
+
+def test_retry_action_is_case_insensitive_and_stored_upper() -> None:
+    body = validate_request("SubmitJob", copy.deepcopy(SUBMIT))
+    assert body["retryStrategy"]["evaluateOnExit"][0]["action"] == "RETRY"
+
+
+def test_compute_resources_need_no_ec2_fields_on_bare_metal() -> None:
+    body = with_(CREATE_CE, "computeResources", {"maxvCpus": 8, "ec2Configuration": [{}]})
+    validate_request("CreateComputeEnvironment", body)
+
+
+def test_typical_submit_is_fast() -> None:
+    bodies = [copy.deepcopy(SUBMIT) for _ in range(500)]
+    validate_request("SubmitJob", copy.deepcopy(SUBMIT))  # compile outside the timing
+    start = time.perf_counter()
+    for body in bodies:
+        validate_request("SubmitJob", body)
+    # Target is < 100 µs; the bound is loose so a loaded CI box does not flake.
+    assert (time.perf_counter() - start) / len(bodies) < 500e-6
+
+
+# --- every rule names its field --------------------------------------------------------------
+
+CE_RES = "computeResources"
+ENV = "containerOverrides.environment"
+RR = "containerOverrides.resourceRequirements"
+EOE = "retryStrategy.evaluateOnExit"
+REJECTED: list[tuple[str, dict[str, Any], str]] = [
+    # shape: required, unknown, types, enums, min/max from the model
+    ("SubmitJob", with_(SUBMIT, "jobQueue", ...), "Missing required field jobQueue"),
+    ("SubmitJob", with_(SUBMIT, "jobNmae", "x"),
+     "Unknown field 'jobNmae' in SubmitJob request (did you mean 'jobName'?)"),
+    ("SubmitJob", with_(SUBMIT, "containerOverrides.cmd", ["x"]),
+     "Unknown field 'containerOverrides.cmd' in SubmitJob request (did you mean 'command'?)"),
+    ("SubmitJob", with_(SUBMIT, "x\ny", 1), "Unknown field 'x\\ny' in SubmitJob request"),
+    ("SubmitJob", with_(SUBMIT, f"{RR}.1.value", ...),
+     "Missing required field containerOverrides.resourceRequirements[1].value"),
+    ("SubmitJob", with_(SUBMIT, "jobName", 7), "jobName must be a string (got number)"),
+    ("SubmitJob", with_(SUBMIT, "retryStrategy.attempts", True),
+     "retryStrategy.attempts must be an integer (got boolean)"),
+    ("SubmitJob", with_(SUBMIT, "retryStrategy.attempts", 1.5),
+     "retryStrategy.attempts must be an integer (got number)"),
+    ("SubmitJob", with_(SUBMIT, "propagateTags", "yes"),
+     "propagateTags must be true or false (got string)"),
+    ("SubmitJob", with_(SUBMIT, "dependsOn", {}), "dependsOn must be an array (got object)"),
+    ("SubmitJob", with_(SUBMIT, "timeout", []), "timeout must be an object (got array)"),
+    ("SubmitJob", with_(SUBMIT, "containerOverrides.command.1", None),
+     "containerOverrides.command[1] must be a string (got null)"),
+    ("SubmitJob", with_(SUBMIT, "dependsOn.0.type", "ALL"),
+     "dependsOn[0].type must be one of N_TO_N, SEQUENTIAL (got 'ALL')"),
+    ("SubmitJob", with_(SUBMIT, "timeout.attemptDurationSeconds", 2**40),
+     "timeout.attemptDurationSeconds must be between -2147483648 and 2147483647 (got 1099511627776)"),
+    ("SubmitJob", with_(SUBMIT, "tags", {"k" * 129: "v"}),
+     f'tags["{"k" * 64}..."] key must be at most 128 characters (got 129)'),
+    ("SubmitJob", with_(SUBMIT, "parameters.epochs", 10),
+     'parameters["epochs"] must be a string (got number)'),
+    ("SubmitJob", [], "SubmitJob request body must be a JSON object (got array)"),
+    # names
+    ("SubmitJob", with_(SUBMIT, "jobName", "my job"),
+     "jobName must start with a letter or digit and contain only letters, digits, hyphens and "
+     "underscores (got 'my job')"),
+    ("SubmitJob", with_(SUBMIT, "jobName", "_x"),
+     "jobName must start with a letter or digit and contain only letters, digits, hyphens and "
+     "underscores (got '_x')"),
+    ("SubmitJob", with_(SUBMIT, "jobName", "a" * 129),
+     "jobName must be at most 128 characters (got 129)"),
+    ("SubmitJob", with_(SUBMIT, "jobName", ""), "jobName must not be empty"),
+    ("CreateJobQueue", with_(CREATE_QUEUE, "jobQueueName", "q.1"),
+     "jobQueueName must start with a letter or digit and contain only letters, digits, hyphens "
+     "and underscores (got 'q.1')"),
+    ("CreateComputeEnvironment", with_(CREATE_CE, "computeEnvironmentName", "ce/1"),
+     "computeEnvironmentName must start with a letter or digit and contain only letters, "
+     "digits, hyphens and underscores (got 'ce/1')"),
+    ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "jobDefinitionName", "d:1"),
+     "jobDefinitionName must start with a letter or digit and contain only letters, digits, "
+     "hyphens and underscores (got 'd:1')"),
+    # retry strategy
+    ("SubmitJob", with_(SUBMIT, "retryStrategy.attempts", 11),
+     "retryStrategy.attempts must be between 1 and 10 (got 11)"),
+    ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "retryStrategy.attempts", 0),
+     "retryStrategy.attempts must be between 1 and 10 (got 0)"),
+    ("SubmitJob", with_(SUBMIT, EOE, [{"action": "EXIT"}] * 6),
+     "retryStrategy.evaluateOnExit must have at most 5 entries (got 6)"),
+    ("SubmitJob", with_(SUBMIT, f"{EOE}.0.action", ...),
+     "Missing required field retryStrategy.evaluateOnExit[0].action"),
+    ("SubmitJob", with_(SUBMIT, f"{EOE}.0.action", "again"),
+     "retryStrategy.evaluateOnExit[0].action must be one of RETRY, EXIT (got 'again')"),
+    ("SubmitJob", with_(SUBMIT, f"{EOE}.0.onExitCode", "1-3"),
+     "retryStrategy.evaluateOnExit[0].onExitCode must be digits with an optional trailing * "
+     "(got '1-3')"),
+    ("SubmitJob", with_(SUBMIT, f"{EOE}.0.onExitCode", "1*2"),
+     "retryStrategy.evaluateOnExit[0].onExitCode must be digits with an optional trailing * "
+     "(got '1*2')"),
+    ("SubmitJob", with_(SUBMIT, f"{EOE}.0.onExitCode", "1" * 513),
+     "retryStrategy.evaluateOnExit[0].onExitCode must be at most 512 characters (got 513)"),
+    ("SubmitJob", with_(SUBMIT, f"{EOE}.1.onReason", "OOM (killed)"),
+     "retryStrategy.evaluateOnExit[1].onReason may contain only letters, digits, periods, colons "
+     "and white space, with an optional trailing * (got 'OOM (killed)')"),
+    ("SubmitJob", with_(SUBMIT, f"{EOE}.1.onStatusReason", "a" * 513),
+     "retryStrategy.evaluateOnExit[1].onStatusReason must be at most 512 characters (got 513)"),
+    # timeout, dependsOn, arrays, size
+    ("SubmitJob", with_(SUBMIT, "timeout.attemptDurationSeconds", 59),
+     "timeout.attemptDurationSeconds must be at least 60 (got 59)"),
+    ("SubmitJob", with_(SUBMIT, "dependsOn", [{"jobId": "x"}] * 21),
+     "dependsOn must have at most 20 entries (got 21)"),
+    ("SubmitJob", with_(SUBMIT, "arrayProperties.size", 1),
+     "arrayProperties.size must be between 2 and 10000 (got 1)"),
+    ("SubmitJob", with_(SUBMIT, "arrayProperties.size", 10_001),
+     "arrayProperties.size must be between 2 and 10000 (got 10001)"),
+    ("SubmitJob", with_(SUBMIT, "schedulingPriorityOverride", 10_000),
+     "schedulingPriorityOverride must be between 0 and 9999 (got 10000)"),
+    # environment
+    ("SubmitJob", with_(SUBMIT, f"{ENV}.1.name", "AWS_BATCH_JOB_ID"),
+     "containerOverrides.environment[1].name: AWS_BATCH_ is a reserved prefix "
+     "(got 'AWS_BATCH_JOB_ID')"),
+    ("SubmitJob", with_(SUBMIT, f"{ENV}.0.name", ""),
+     "containerOverrides.environment[0].name must not be empty"),
+    ("SubmitJob", with_(SUBMIT, f"{ENV}.0.name", ...),
+     "containerOverrides.environment[0].name must not be empty"),
+    ("SubmitJob", with_(SUBMIT, "nodeOverrides.nodePropertyOverrides.0.containerOverrides."
+                                "environment.0.name", "AWS_BATCH_X"),
+     "nodeOverrides.nodePropertyOverrides[0].containerOverrides.environment[0].name: "
+     "AWS_BATCH_ is a reserved prefix (got 'AWS_BATCH_X')"),
+    ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "containerProperties.environment.0.name",
+                                    "AWS_BATCH_CE_NAME"),
+     "containerProperties.environment[0].name: AWS_BATCH_ is a reserved prefix "
+     "(got 'AWS_BATCH_CE_NAME')"),
+    ("RegisterJobDefinition", with_(REGISTER_MULTINODE, "nodeProperties.nodeRangeProperties.0."
+                                    "container.environment.0.name", "AWS_BATCH_Y"),
+     "nodeProperties.nodeRangeProperties[0].container.environment[0].name: AWS_BATCH_ is a "
+     "reserved prefix (got 'AWS_BATCH_Y')"),
+    # resource requirements
+    ("SubmitJob", with_(SUBMIT, f"{RR}.0.value", "0"),
+     "containerOverrides.resourceRequirements[0].value must be a number greater than 0 for VCPU "
+     "(got '0')"),
+    ("SubmitJob", with_(SUBMIT, f"{RR}.0.value", "nan"),
+     "containerOverrides.resourceRequirements[0].value must be a number greater than 0 for VCPU "
+     "(got 'nan')"),
+    ("SubmitJob", with_(SUBMIT, f"{RR}.1.value", "3"),
+     "containerOverrides.resourceRequirements[1].value must be a whole number of MiB, at least "
+     "4, for MEMORY (got '3')"),
+    ("SubmitJob", with_(SUBMIT, f"{RR}.1.value", "4.5"),
+     "containerOverrides.resourceRequirements[1].value must be a whole number of MiB, at least "
+     "4, for MEMORY (got '4.5')"),
+    ("SubmitJob", with_(SUBMIT, f"{RR}.2.value", "-1"),
+     "containerOverrides.resourceRequirements[2].value must be a whole number of GPUs, 0 or more "
+     "(got '-1')"),
+    ("SubmitJob", with_(SUBMIT, f"{RR}.2.type", "VCPU"),
+     "containerOverrides.resourceRequirements[2].type: VCPU is given twice; give each type "
+     "once"),
+    ("SubmitJob", with_(SUBMIT, f"{RR}.2.type", "TPU"),
+     "containerOverrides.resourceRequirements[2].type must be one of GPU, VCPU, MEMORY "
+     "(got 'TPU')"),
+    ("SubmitJob", with_(SUBMIT, "containerOverrides.vcpus", 0),
+     "containerOverrides.vcpus must be at least 1 (got 0)"),
+    ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "containerProperties.memory", 3),
+     "containerProperties.memory must be at least 4 (got 3)"),
+    # job queues
+    ("CreateJobQueue", with_(CREATE_QUEUE, "priority", 1001),
+     "priority must be between 0 and 1000 (got 1001)"),
+    ("UpdateJobQueue", {"jobQueue": "q", "priority": -1},
+     "priority must be between 0 and 1000 (got -1)"),
+    ("CreateJobQueue", with_(CREATE_QUEUE, "computeEnvironmentOrder", []),
+     "computeEnvironmentOrder must have at least 1 entry (got 0)"),
+    ("CreateJobQueue", with_(CREATE_QUEUE, "computeEnvironmentOrder", ...),
+     "Missing required field computeEnvironmentOrder"),
+    ("CreateJobQueue", with_(CREATE_QUEUE, "computeEnvironmentOrder",
+                             [{"order": i, "computeEnvironment": "c"} for i in range(4)]),
+     "computeEnvironmentOrder must have at most 3 entries (got 4)"),
+    ("CreateJobQueue", with_(CREATE_QUEUE, "computeEnvironmentOrder.1.order", 1),
+     "computeEnvironmentOrder[1].order must be unique (1 is also used by entry 0)"),
+    ("UpdateJobQueue", {"jobQueue": "q", "computeEnvironmentOrder":
+                        [{"order": -1, "computeEnvironment": "c"}]},
+     "computeEnvironmentOrder[0].order must be at least 0 (got -1)"),
+    ("CreateJobQueue", with_(CREATE_QUEUE, "computeEnvironmentOrder.0.computeEnvironment", ...),
+     "Missing required field computeEnvironmentOrder[0].computeEnvironment"),
+    # compute environments
+    ("CreateComputeEnvironment", with_(CREATE_CE, "type", "EC2"),
+     "type must be one of MANAGED, UNMANAGED (got 'EC2')"),
+    ("CreateComputeEnvironment", with_(CREATE_CE, "state", "ON"),
+     "state must be one of ENABLED, DISABLED (got 'ON')"),
+    ("CreateComputeEnvironment", with_(CREATE_CE, f"{CE_RES}.maxvCpus", ...),
+     "Missing required field computeResources.maxvCpus"),
+    ("CreateComputeEnvironment", with_(CREATE_CE, f"{CE_RES}.maxvCpus", -1),
+     "computeResources.maxvCpus must be at least 0 (got -1)"),
+    ("UpdateComputeEnvironment", {"computeEnvironment": "c", "computeResources": {"maxvCpus": -2}},
+     "computeResources.maxvCpus must be at least 0 (got -2)"),
+    ("CreateComputeEnvironment", with_(CREATE_CE, f"{CE_RES}.minvCpus", 512),
+     "computeResources.minvCpus must not exceed maxvCpus (256) (got 512)"),
+    # tags
+    ("SubmitJob", with_(SUBMIT, "tags", {f"k{i}": "v" for i in range(51)}),
+     "tags must have at most 50 entries (got 51)"),
+    ("CreateJobQueue", with_(CREATE_QUEUE, "tags", {"AWS:owner": "me"}),
+     'tags["AWS:owner"]: tag keys starting with aws: are reserved for AWS'),
+    ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "tags", {"k": "v" * 257}),
+     'tags["k"] must be at most 256 characters (got 257)'),
+    ("CreateComputeEnvironment", with_(CREATE_CE, "tags", {"": "v"}),
+     'tags[""] key must not be empty'),
+    ("CreateComputeEnvironment", with_(CREATE_CE, f"{CE_RES}.tags", {"aws:x": "v"}),
+     'computeResources.tags["aws:x"]: tag keys starting with aws: are reserved for AWS'),
+    # job definitions
+    ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "containerProperties", ...),
+     "containerProperties is required when type is container"),
+    ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "nodeProperties",
+                                    REGISTER_MULTINODE["nodeProperties"]),
+     "nodeProperties is only for type multinode; remove it or set type to multinode"),
+    ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "type", "multinode"),
+     "nodeProperties is required when type is multinode"),
+    ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "type", "batch"),
+     "type must be one of container, multinode (got 'batch')"),
+    ("RegisterJobDefinition", with_(REGISTER_MULTINODE, "containerProperties", {}),
+     "containerProperties is only for type container; put the container in "
+     "nodeProperties.nodeRangeProperties"),
+    ("RegisterJobDefinition", with_(REGISTER_MULTINODE, "nodeProperties.numNodes", 0),
+     "nodeProperties.numNodes must be at least 1 (got 0)"),
+    ("RegisterJobDefinition", with_(REGISTER_MULTINODE, "nodeProperties.mainNode", 4),
+     "nodeProperties.mainNode must be between 0 and 3 (got 4)"),
+    # list / describe / cancel
+    ("ListJobs", {"maxResults": 0}, "maxResults must be between 1 and 1000 (got 0)"),
+    ("ListJobs", {"maxResults": 1001}, "maxResults must be between 1 and 1000 (got 1001)"),
+    ("ListJobs", {"jobStatus": "running"},
+     "jobStatus must be one of SUBMITTED, PENDING, RUNNABLE, STARTING, RUNNING, SUCCEEDED, "
+     "FAILED (got 'running')"),
+    ("DescribeJobQueues", {"maxResults": 101}, "maxResults must be between 1 and 100 (got 101)"),
+    ("DescribeJobs", {"jobs": []}, "jobs must have at least 1 entry (got 0)"),
+    ("DescribeJobs", {"jobs": ["j"] * 101}, "jobs must have at most 100 entries (got 101)"),
+    ("CancelJob", {"jobId": "j"}, "Missing required field reason"),
+    ("CancelJob", {"jobId": "j", "reason": ""}, "reason must not be empty"),
+    ("TerminateJob", {"jobId": "j", "reason": ""}, "reason must not be empty"),
+    ("TerminateJob", {"reason": "r"}, "Missing required field jobId"),
+]
+
+
+@pytest.mark.parametrize(("operation", "body", "message"), REJECTED,
+                         ids=[m[:60] for _, _, m in REJECTED])
+def test_rule_rejects_with_message_naming_the_field(operation: str, body: Any, message: str) -> None:
+    rejects(operation, body, message)
+
+
+def test_submit_job_over_30_kib_is_rejected_before_parsing_rules() -> None:
+    rejects("SubmitJob", SUBMIT, "SubmitJob request is 30721 bytes; the limit is 30 KiB",
+            raw_size=30721)
+    validate_request("SubmitJob", copy.deepcopy(SUBMIT), raw_size=30720)
+
+
+# --- junk never escapes as anything but ClientError ------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                max_size=4),
+    max_leaves=20,
+)
+
+
+def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path to a value inside node (dict keys and list indexes)."""
+    out = [prefix] if prefix else []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        out += paths(v, (*prefix, k))
+    return out
+
+
+def survives(operation: str, body: Any) -> None:
+    try:
+        result = validate_request(operation, body)
+    except ClientError as e:
+        assert e.message and "\n" not in e.message.strip()
+    else:
+        assert isinstance(result, dict)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(OPERATIONS)), JSON)
+def test_random_json_raises_only_client_error(operation: str, body: Any) -> None:
+    survives(operation, body)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(VALID) + ["RegisterMultinode"]), st.data())
+def test_valid_body_with_one_value_replaced_raises_only_client_error(op: str, data: Any) -> None:
+    body = copy.deepcopy(REGISTER_MULTINODE if op == "RegisterMultinode" else VALID[op])
+    op = "RegisterJobDefinition" if op == "RegisterMultinode" else op
+    candidates = paths(body)
+    if candidates:
+        *parents, last = data.draw(st.sampled_from(candidates))
+        node = body
+        for part in parents:
+            node = node[part]
+        node[last] = data.draw(JSON | st.integers(min_value=-(2**70), max_value=2**70)
+                               | st.text(alphabet="0123456789.*:AWS_BATCH- ", max_size=8))
+    else:
+        body = data.draw(st.dictionaries(st.text(max_size=12), JSON, max_size=3))
+    survives(op, body)
+
+
+@given(st.text(max_size=140))
+def test_name_pattern_agrees_with_submit_job(name: str) -> None:
+    ok = NAME_PATTERN.match(name) is not None
+    try:
+        validate_request("SubmitJob", with_(SUBMIT, "jobName", name))
+    except ClientError as e:
+        assert not ok and e.message.startswith("jobName")
+    else:
+        assert ok
+
+
+def test_error_messages_are_json_safe_for_huge_values() -> None:
+    with pytest.raises(ClientError) as info:
+        validate_request("SubmitJob", with_(SUBMIT, "retryStrategy.attempts", 10**5000))
+    assert "too large" in info.value.message
+    json.dumps(info.value.message)
+
+
+def test_float_shapes_accept_ints_but_not_booleans_or_nan() -> None:
+    # The batch model has no float/double members today; pin the rule for when it does.
+    from botocore.model import Shape
+
+    from hpcbatch.validation import _Bad, _Compiler
+
+    check = _Compiler().compile(Shape("Ratio", {"type": "double", "min": 0}))
+    check(1)
+    check(0.5)
+    for junk, message in [(True, " must be a number (got boolean)"),
+                          (float("nan"), " must be a finite number (got nan)"),
+                          (-1, " must be at least 0 (got -1)")]:
+        with pytest.raises(_Bad) as info:
+            check(junk)
+        assert info.value.tail == message
