@@ -160,7 +160,8 @@ class _Queue:
     priority: int
     compute_environments: tuple[str, ...]
     jobs: dict[str, JobRunnable] = field(default_factory=dict)  # insertion = FIFO order
-    fresh: bool = True  # jobs arrived since the last pass (they need a wait reason)
+    fresh: list[str] = field(default_factory=list)  # arrived since the last pass: need a wait reason
+    rescan: bool = True  # queue settings changed: every job's wait reason may be stale
 
 
 @dataclass
@@ -222,7 +223,7 @@ class Scheduler:
                     self._orphans[event.job_id] = event
                 else:
                     queue.jobs[event.job_id] = event
-                    queue.fresh = True
+                    queue.fresh.append(event.job_id)
                     self._queue_of[event.job_id] = event.queue
             case JobWithdrawn():
                 self._withdraw(event.job_id)
@@ -257,7 +258,7 @@ class Scheduler:
                 else:
                     queue.enabled, queue.priority = event.enabled, event.priority
                     queue.compute_environments = event.compute_environments
-                    queue.fresh = True
+                    queue.rescan = True
             case JobQueueRemoved():
                 queue = self._queues.pop(event.name, None)
                 if queue is not None:
@@ -332,23 +333,30 @@ class Scheduler:
             if not usable:
                 self._wait_all(queue, WAIT_NO_CE, actions)
                 continue
-            # Nothing free anywhere and every job already has its reason: the scan would
-            # decide nothing, so skip it (this keeps a deep queue cheap on a full cluster).
-            if not queue.fresh and not any(
-                n.accepting and n.free_vcpus > 1e-9 for ce in usable for n in ce.nodes.values()
-            ):
-                continue
-            queue.fresh = False
-            # Requests already known not to fit in this pass: anything at least as large
-            # cannot fit either, so a long FIFO of equal jobs costs one failed search.
+            # Scan in FIFO order while some node has room; once the compute environments are
+            # full, only jobs that arrived since the last pass still need their wait reason.
+            # This keeps a pass over a deep queue on a busy cluster cheap.
+            fresh, queue.fresh = queue.fresh, []
+            rescan, queue.rescan = queue.rescan, False
             failed: list[ResourceRequest] = []
+            room = self._has_room(usable)
             for job in list(queue.jobs.values()):
+                if not room:
+                    if rescan:
+                        self._wait(job.job_id, WAIT_RESOURCES, actions)
+                        continue
+                    for job_id in fresh:
+                        if job_id in queue.jobs:
+                            self._wait(job_id, WAIT_RESOURCES, actions)
+                    break
                 r = job.request
                 if any(_dominates(r, f) for f in failed):
                     self._wait(job.job_id, WAIT_RESOURCES, actions)
                     continue
                 placed = self._place(job, usable)
                 if placed is None:
+                    # Requests known not to fit in this pass: anything at least as large
+                    # cannot fit either, so a long FIFO of equal jobs costs one failed search.
                     failed.append(r)
                     self._wait(job.job_id, self._why_not(r, usable), actions)
                     continue
@@ -357,7 +365,18 @@ class Scheduler:
                 self._hold(job.job_id, node, r)
                 actions.append(StartAttempt(job.job_id, node.name, ce.name))
                 self.decisions.append((cause, f"start {job.job_id} on {node.name} ({ce.name})"))
+                if node.free_vcpus <= 1e-9:
+                    room = self._has_room(usable)
         return actions
+
+    @staticmethod
+    def _has_room(ces: list[_ComputeEnvironment]) -> bool:
+        return any(
+            n.accepting and n.free_vcpus > 1e-9
+            for ce in ces
+            if ce.max_vcpus is None or ce.used_vcpus < ce.max_vcpus - 1e-9
+            for n in ce.nodes.values()
+        )
 
     def _place(
         self, job: JobRunnable, ces: list[_ComputeEnvironment]

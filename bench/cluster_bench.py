@@ -1,0 +1,123 @@
+"""hpcbatch's speed figures on a 4-node local cluster, printed as ``name=value`` lines.
+
+* ``submit_1000_true_s``: 1000 ``true`` jobs submitted through the Python client as fast as
+  it can (8 keep-alive connections in parallel).
+* ``e2e_1000_true_jobs_per_s``: those 1000 jobs from the first submit until all SUCCEEDED.
+* ``cli_submit_median_s``: one whole ``hpcbatch submit -- true`` process (median of 20).
+* ``submit_to_running_median_s``: idle cluster, one ``sleep`` job, from the submit call to
+  the agent's recorded start (``startedAt`` - submit time), median of 10.
+
+Targets on a 2-core machine: >= 500 jobs/s end to end, <= 50 ms submit->running, <= 60 ms
+per CLI submit. Speed targets live here, never as timed assertions in tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import wait
+
+from hpcbatch.client import Client
+from hpcbatch.localcluster import LocalCluster
+
+NODES = int(os.environ.get("BENCH_NODES", "4"))
+JOBS = int(os.environ.get("BENCH_JOBS", "1000"))
+
+
+def _submit_body(i: int, command: list[str]) -> dict:
+    return {
+        "jobName": f"bench-{i}",
+        "jobQueue": "default",
+        "jobDefinition": "hpcbatch-default",
+        "containerOverrides": {"command": command},
+    }
+
+
+def _wait_all_done(client: Client, ids: list[str], timeout: float = 300) -> None:
+    # Jobs finish roughly in submission order, so look at the newest unfinished ones and
+    # poll gently: the poller shares the two cores with the cluster it measures.
+    pending = list(ids)
+    deadline = time.monotonic() + timeout
+    while pending:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {len(pending)} jobs not finished after {timeout:.0f}s")
+        batch = pending[-100:]
+        done = set()
+        for job in client.describe_jobs(jobs=batch)["jobs"]:
+            if job["status"] == "SUCCEEDED":
+                done.add(job["jobId"])
+            elif job["status"] == "FAILED":
+                raise SystemExit(f"bench: job {job['jobId']} FAILED: {job.get('statusReason')}")
+        if len(done) == len(batch):
+            del pending[-100:]
+            continue
+        time.sleep(0.01)
+
+
+def bench_throughput(client: Client) -> dict[str, float]:
+    t0 = time.perf_counter()
+    futures = [client.submit_job_async(**_submit_body(i, ["true"])) for i in range(JOBS)]
+    wait(futures)
+    ids = [f.result()["jobId"] for f in futures]
+    t_submitted = time.perf_counter()
+    _wait_all_done(client, ids)
+    t_done = time.perf_counter()
+    return {
+        "submit_1000_true_s": round(t_submitted - t0, 3),
+        "e2e_1000_true_jobs_per_s": round(JOBS / (t_done - t0), 1),
+    }
+
+
+def bench_submit_to_running(client: Client, runs: int = 10) -> dict[str, float]:
+    samples = []
+    for i in range(runs):
+        t_submit_ms = time.time() * 1000
+        job_id = client.submit_job(**_submit_body(i, ["sleep", "0.2"]))["jobId"]
+        while True:
+            job = client.describe_jobs(jobs=[job_id])["jobs"][0]
+            if job.get("startedAt"):
+                samples.append((job["startedAt"] - t_submit_ms) / 1000)
+                break
+            time.sleep(0.005)
+        _wait_all_done(client, [job_id])
+    return {"submit_to_running_median_s": round(statistics.median(samples), 4)}
+
+
+def bench_cli_submit(endpoint: str, runs: int = 20) -> dict[str, float]:
+    exe = shutil.which("hpcbatch") or os.path.join(os.path.dirname(sys.executable), "hpcbatch")
+    env = dict(os.environ, HPCBATCH_ENDPOINT=endpoint)
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([exe, "submit", "--", "true"], env=env, check=True, stdout=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - t0)
+    return {"cli_submit_median_s": round(statistics.median(samples), 4)}
+
+
+def main() -> int:
+    home = tempfile.mkdtemp(prefix="hpcbatch-bench-")
+    cluster = LocalCluster(home)
+    try:
+        cluster.up(nodes=NODES)
+        assert cluster.endpoint is not None
+        client = Client(cluster.endpoint, timeout=30, max_workers=8)
+        results: dict[str, float] = {"nodes": NODES}
+        results.update(bench_submit_to_running(client))
+        results.update(bench_throughput(client))
+        results.update(bench_cli_submit(cluster.endpoint))
+        client.close()
+    finally:
+        cluster.down()
+        shutil.rmtree(home, ignore_errors=True)
+    for name, value in results.items():
+        print(f"{name}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

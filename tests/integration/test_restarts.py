@@ -1,0 +1,132 @@
+"""Restarts and failures: kill -9 of the head, lost agents, restarted agents. Nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from hpcbatch.errors import HpcbatchError
+from tests.harness import TestCluster, wait_for
+
+
+def _count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_head_kill9_loses_no_acknowledged_job_and_runs_none_twice(own_cluster: TestCluster, tmp_path: Path) -> None:
+    c = own_cluster.up()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # Long jobs that are running when the head dies, and a stream of submits around the kill.
+    long_ids = [c.submit(["sh", "-c", f"echo $AWS_BATCH_JOB_ID >> {runs}/long; sleep 2; exit 4"]) for _ in range(2)]
+    wait_for(lambda: all(c.job(j)["status"] == "RUNNING" for j in long_ids), 15, what="long jobs running")
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def submitter() -> None:
+        while not stop.is_set():
+            try:
+                acked.append(c.submit(["sh", "-c", f"echo $AWS_BATCH_JOB_ID >> {runs}/short"]))
+            except HpcbatchError:
+                pass  # head down: unacknowledged, the client saw the error
+
+    thread = threading.Thread(target=submitter)
+    thread.start()
+    wait_for(lambda: len(acked) >= 20, 15, what="some submits")
+    c.kill("head", signal.SIGKILL)
+    count_at_kill = len(acked)
+    c.start_head()
+    wait_for(lambda: len(acked) >= count_at_kill + 20, 15, what="submits after restart")
+    stop.set()
+    thread.join()
+
+    for job_id in acked + long_ids:
+        c.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=60)
+    # The long jobs kept running through the restart and report their real exit code.
+    for job_id in long_ids:
+        job = c.job(job_id)
+        assert job["status"] == "FAILED" and job["container"]["exitCode"] == 4, job
+        assert len(job["attempts"]) == 1
+    assert all(c.job(j)["status"] == "SUCCEEDED" for j in acked)
+    # Every acknowledged job ran exactly once.
+    short_runs = (runs / "short").read_text().split()
+    assert sorted(set(short_runs)) == sorted(short_runs), "a job ran twice"
+    assert set(acked) <= set(short_runs)
+    assert sorted((runs / "long").read_text().split()) == sorted(long_ids)
+
+
+def test_lost_agent_fails_attempt_with_reason_and_retries_elsewhere(own_cluster: TestCluster, tmp_path: Path) -> None:
+    c = own_cluster.up()
+    job_id = c.submit(["sleep", "30"], retryStrategy={"attempts": 2})
+    job = c.wait_status(job_id, "RUNNING")
+    victim = job["nodeName"]
+    c.kill(victim, signal.SIGKILL)
+    job = wait_for(lambda: (j := c.job(job_id)) and len(j["attempts"]) == 1 and j, 15, what="first attempt failed")
+    assert f"Node {victim} lost" in job["attempts"][0]["statusReason"]
+    job = c.wait_status(job_id, "RUNNING", timeout=15)
+    assert job["nodeName"] != victim
+    assert c.nodes()[victim]["state"] == "DOWN"
+    c.client.terminate_job(jobId=job_id, reason="done")
+    c.wait_status(job_id, "FAILED")
+    # The restarted agent kills the orphan it left behind and re-registers cleanly.
+    c.start_agent(victim)
+    c.wait_active([victim])
+
+
+def test_agent_restart_reports_lost_attempt_and_reregisters(own_cluster: TestCluster) -> None:
+    c = own_cluster.up()
+    job_id = c.submit(["sleep", "30"])
+    job = c.wait_status(job_id, "RUNNING")
+    node = job["nodeName"]
+    c.kill(node, signal.SIGKILL)
+    c.start_agent(node)  # back before the head's liveness deadline
+    job = c.wait_status(job_id, "FAILED", timeout=15)
+    assert "Agent restarted" in job["statusReason"]
+    c.wait_active([node])
+    after = c.submit(["true"])
+    c.wait_status(after, "SUCCEEDED")
+
+
+def test_agent_exit_during_head_outage_is_reported_after_restart(own_cluster: TestCluster) -> None:
+    c = own_cluster.up()
+    job_id = c.submit(["sh", "-c", "sleep 1; exit 9"])
+    c.wait_status(job_id, "RUNNING")
+    c.kill("head", signal.SIGKILL)
+    import time
+
+    time.sleep(2)  # the job ends while no head is listening (this is the scenario, not a sync)
+    c.start_head()
+    job = c.wait_status(job_id, "FAILED", timeout=20)
+    assert job["container"]["exitCode"] == 9
+    assert len(job["attempts"]) == 1
+
+
+def test_boto3_drives_the_api(cluster: TestCluster) -> None:
+    import boto3
+
+    batch = boto3.client(
+        "batch", endpoint_url=cluster.endpoint, region_name="local",
+        aws_access_key_id="unused", aws_secret_access_key="unused",
+    )
+    queues = batch.describe_job_queues()["jobQueues"]
+    assert any(q["jobQueueName"] == "default" for q in queues)
+    reg = batch.register_job_definition(
+        jobDefinitionName="boto", type="container",
+        containerProperties={"command": ["echo", "boto"], "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "128"}]},
+        retryStrategy={"attempts": 2},
+    )
+    assert reg["revision"] >= 1
+    job = batch.submit_job(jobName="boto-job", jobQueue="default", jobDefinition="boto")
+    wait_for(lambda: batch.describe_jobs(jobs=[job["jobId"]])["jobs"][0]["status"] == "SUCCEEDED", 20, what="boto job")
+    listed = batch.list_jobs(jobQueue="default", jobStatus="SUCCEEDED")["jobSummaryList"]
+    assert job["jobId"] in {j["jobId"] for j in listed}
+    try:
+        batch.submit_job(jobName="x", jobQueue="missing", jobDefinition="boto")
+    except batch.exceptions.ClientException as exc:
+        assert "jobQueue missing does not exist" in str(exc)
+    else:
+        raise AssertionError("expected ClientException")
+    batch.deregister_job_definition(jobDefinition=reg["jobDefinitionArn"])
+    defs = batch.describe_job_definitions(jobDefinitionName="boto")["jobDefinitions"]
+    assert defs[-1]["status"] == "INACTIVE"
