@@ -343,11 +343,11 @@ class Scheduler:
             for job in list(queue.jobs.values()):
                 if not room:
                     if rescan:
-                        self._wait(job.job_id, WAIT_RESOURCES, actions)
+                        self._wait(job.job_id, self._why_not(job.request, usable), actions)
                         continue
                     for job_id in fresh:
                         if job_id in queue.jobs:
-                            self._wait(job_id, WAIT_RESOURCES, actions)
+                            self._wait(job_id, self._why_not(queue.jobs[job_id].request, usable), actions)
                     break
                 r = job.request
                 if any(_dominates(r, f) for f in failed):
