@@ -1,0 +1,1 @@
+"""The ``hpcbatch`` command line: a click CLI on top of :mod:`hpcbatch.client`."""

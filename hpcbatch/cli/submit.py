@@ -1,0 +1,205 @@
+"""``hpcbatch submit``: one job from a command line or a script, no job definition needed.
+
+The quick form submits against the head's built-in ``hpcbatch-default`` job definition and
+puts the command and resources into ``containerOverrides``, as ``aws batch submit-job``
+would. This is the hot path (one process per job in scripts and benchmarks): it imports
+nothing beyond click and the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import click
+
+from hpcbatch.cli.common import (
+    cli_input_json_option,
+    get_client,
+    global_options,
+    json_output,
+    load_cli_input_json,
+    merge_body,
+    parse_key_values,
+    print_json,
+    require,
+    resource_requirements,
+)
+
+DEFAULT_JOB_DEFINITION = "hpcbatch-default"
+SCRIPT_ID_VARIABLE = "HPCBATCH_SCRIPT_ID"
+
+
+def job_name_from(text: str) -> str:
+    """A legal AWS job name (letters, digits, ``-``, ``_``; alphanumeric first; ≤128).
+
+    >>> job_name_from("/usr/bin/python3.11")
+    'python3_11'
+    >>> job_name_from("--weird")
+    'weird'
+    """
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.basename(text.rstrip("/")))
+    name = re.sub(r"^[^A-Za-z0-9]+", "", name)[:128]
+    return name or "job"
+
+
+def build_submit_body(
+    *,
+    queue: str | None,
+    name: str | None,
+    job_definition: str | None,
+    command: list[str],
+    vcpus: float | None = None,
+    memory: int | None = None,
+    gpus: int | None = None,
+    timeout: int | None = None,
+    retries: int | None = None,
+    env: dict[str, str] | None = None,
+    depends_on: list[str] | None = None,
+    array_size: int | None = None,
+    script_id: str | None = None,
+    script_name: str | None = None,
+    base: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The SubmitJob body for the quick form, merged over ``base`` (``--cli-input-json``)."""
+    base = base or {}
+    overrides: dict[str, Any] = {}
+    if command or script_id:
+        overrides["command"] = list(command)
+    requirements = resource_requirements(vcpus, memory, gpus)
+    if requirements:
+        overrides["resourceRequirements"] = requirements
+    environment = dict(env or {})
+    if script_id:
+        environment[SCRIPT_ID_VARIABLE] = script_id
+    if environment:
+        overrides["environment"] = [{"name": k, "value": v} for k, v in environment.items()]
+
+    jd = job_definition or base.get("jobDefinition") or DEFAULT_JOB_DEFINITION
+    if name is None and not base.get("jobName"):
+        if script_name:
+            name = job_name_from(os.path.splitext(os.path.basename(script_name))[0])
+        elif command:
+            name = job_name_from(command[0])
+        else:
+            name = job_name_from(jd.rsplit("/", 1)[-1].split(":", 1)[0])
+    explicit: dict[str, Any] = {
+        "jobName": name,
+        "jobQueue": queue or (None if base.get("jobQueue") else "default"),
+        "jobDefinition": jd,
+        "containerOverrides": overrides or None,
+        "timeout": {"attemptDurationSeconds": timeout} if timeout is not None else None,
+        "retryStrategy": {"attempts": retries} if retries is not None else None,
+        "dependsOn": [{"jobId": j} for j in depends_on] if depends_on else None,
+        "arrayProperties": {"size": array_size} if array_size is not None else None,
+    }
+    return merge_body(base, explicit)
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@click.option("-q", "--queue", metavar="QUEUE", help="Job queue [default: default].")
+@click.option(
+    "-n", "--name", metavar="NAME", help="Job name [default: from the command or script]."
+)
+@click.option(
+    "-d",
+    "--job-definition",
+    metavar="JD",
+    help=f"name[:revision] [default: {DEFAULT_JOB_DEFINITION}].",
+)
+@click.option("--vcpus", type=click.FloatRange(min=0, min_open=True), help="vCPUs per attempt.")
+@click.option(
+    "--memory", type=click.IntRange(min=1), metavar="MiB", help="Memory per attempt in MiB."
+)
+@click.option("--gpus", type=click.IntRange(min=0), help="Whole GPUs per attempt.")
+@click.option(
+    "--timeout", type=click.IntRange(min=1), metavar="S", help="Seconds per attempt (not retried)."
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(1, 10),
+    metavar="N",
+    help="Attempts in all (retryStrategy.attempts).",
+)
+@click.option(
+    "-e", "--env", multiple=True, metavar="K=V", help="Environment variable; bare K copies $K."
+)
+@click.option("--depends-on", multiple=True, metavar="JOBID", help="Start after this job succeeds.")
+@click.option(
+    "--array-size", type=click.IntRange(2, 10000), metavar="N", help="An array job of N children."
+)
+@click.option(
+    "--script",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
+    help="Upload FILE and run it; the arguments after -- become its arguments.",
+)
+@cli_input_json_option
+@global_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def submit(
+    queue: str | None,
+    name: str | None,
+    job_definition: str | None,
+    vcpus: float | None,
+    memory: int | None,
+    gpus: int | None,
+    timeout: int | None,
+    retries: int | None,
+    env: tuple[str, ...],
+    depends_on: tuple[str, ...],
+    array_size: int | None,
+    script: str | None,
+    cli_input_json: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Submit a job; print its id.
+
+    \b
+      hpcbatch submit -- hostname
+      hpcbatch submit -q gpu --gpus 1 --vcpus 8 --memory 32000 -- python train.py
+      hpcbatch submit --script run.sh -- input.dat      # uploads run.sh
+      JOB=$(hpcbatch submit -- sleep 10); hpcbatch wait $JOB
+    """
+    base = load_cli_input_json(cli_input_json)
+    client = get_client()
+    script_id = None
+    if script is not None:
+        try:
+            with open(script, "rb") as f:
+                text = f.read()
+        except OSError as e:
+            raise click.BadParameter(e.strerror or str(e), param_hint="--script") from None
+        script_id = client.put_script(text)
+    body = build_submit_body(
+        queue=queue,
+        name=name,
+        job_definition=job_definition,
+        command=list(command),
+        vcpus=vcpus,
+        memory=memory,
+        gpus=gpus,
+        timeout=timeout,
+        retries=retries,
+        env=parse_key_values(env, "--env", from_env=True),
+        depends_on=list(depends_on),
+        array_size=array_size,
+        script_id=script_id,
+        script_name=script,
+        base=base,
+    )
+    if (
+        body.get("jobDefinition") == DEFAULT_JOB_DEFINITION
+        and not body.get("containerOverrides", {}).get("command")
+        and script_id is None
+    ):
+        raise click.UsageError(
+            "nothing to run: give a command after --, --script FILE, or -d JOBDEF"
+        )
+    require(body, "jobName", "jobQueue", "jobDefinition")
+    answer = client.submit_job(**body)
+    if json_output():
+        print_json(answer)
+    else:
+        click.echo(answer.get("jobId", ""))

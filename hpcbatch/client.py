@@ -1,0 +1,476 @@
+"""The Python client for an hpcbatch head: AWS Batch's REST-JSON API plus hpcbatch's own calls.
+
+Shaped like boto3 (snake_case methods, camelCase keyword arguments that are the AWS request
+body, the parsed JSON answer returned as a dict) and like flux's job API (every call has an
+``_async`` twin returning a :class:`concurrent.futures.Future`). The twin is generated from
+the blocking method (the same function, submitted to the client's thread pool), so the two
+cannot drift; the blocking form does not go through the pool because ``concurrent.futures``
+alone costs a one-shot CLI process ~5 ms.
+
+Only the standard library is imported, and not much of it: ``hpcbatch submit`` runs a whole
+Python process per job and must finish in about 60 ms, so HTTP/1.1 is spoken directly over a
+socket (``http.client`` pulls in the ``email`` package, ~20 ms on our machines). Each worker
+thread of the client keeps one keep-alive connection to the head.
+
+    >>> c = Client("http://127.0.0.1:8471")                      # doctest: +SKIP
+    >>> job = c.submit_job(jobName="hi", jobQueue="default",      # doctest: +SKIP
+    ...                    jobDefinition="hpcbatch-default",
+    ...                    containerOverrides={"command": ["echo", "hi"]})
+    >>> c.wait_job(job["jobId"])["status"]                        # doctest: +SKIP
+    'SUCCEEDED'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+from hpcbatch.errors import ClientError, ServerError
+
+__all__ = ["Client", "HeadUnreachableError", "OPERATIONS", "resolve_endpoint"]
+
+# AWS Batch operations hpcbatch serves, at AWS's own paths: POST /v1/<lowercased name>.
+_AWS_OPERATIONS = (
+    "SubmitJob",
+    "DescribeJobs",
+    "ListJobs",
+    "CancelJob",
+    "TerminateJob",
+    "CreateComputeEnvironment",
+    "UpdateComputeEnvironment",
+    "DescribeComputeEnvironments",
+    "DeleteComputeEnvironment",
+    "CreateJobQueue",
+    "UpdateJobQueue",
+    "DescribeJobQueues",
+    "DeleteJobQueue",
+    "RegisterJobDefinition",
+    "DescribeJobDefinitions",
+    "DeregisterJobDefinition",
+)
+# hpcbatch's own operations, where AWS has none (CloudWatch logs, nodes, script upload).
+_HPCBATCH_OPERATIONS = ("GetJobLogs", "ListNodes", "PutScript")
+
+
+def _snake(name: str) -> str:
+    """``DescribeJobQueues`` -> ``describe_job_queues`` (boto3's method names)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+# The one table: method name -> HTTP path. The methods below are generated from it.
+OPERATIONS: dict[str, str] = {
+    **{_snake(op): f"/v1/{op.lower()}" for op in _AWS_OPERATIONS},
+    **{_snake(op): f"/hpcbatch/v1/{op.lower()}" for op in _HPCBATCH_OPERATIONS},
+}
+
+TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED"})
+DEFAULT_PORT = 8471
+
+
+class HeadUnreachableError(ClientError):
+    """No head answers at the endpoint (none configured, refused, timed out, cut off)."""
+
+
+def _home() -> str:
+    return os.environ.get("HPCBATCH_HOME") or os.path.join(os.path.expanduser("~"), ".hpcbatch")
+
+
+def resolve_endpoint(endpoint: str | None = None) -> str:
+    """The head's URL: the argument, else $HPCBATCH_ENDPOINT, else the local cluster's file."""
+    if endpoint:
+        return endpoint
+    env = os.environ.get("HPCBATCH_ENDPOINT")
+    if env:
+        return env
+    path = os.path.join(_home(), "cluster", "cluster.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f).get("endpoint")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded:
+        return str(recorded)
+    raise HeadUnreachableError(
+        "no hpcbatch head found: start one with 'hpcbatch cluster up' or set HPCBATCH_ENDPOINT"
+    )
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: POST a JSON body, read status and body.
+
+    Just enough HTTP for a JSON API: Content-Length or chunked responses, ``Connection:
+    close`` honoured. ``unix:/path/to/socket`` endpoints use a Unix socket (the head's
+    local, uid-authenticated listener).
+    """
+
+    def __init__(self, endpoint: str, timeout: float) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._rfile: Any = None
+        if endpoint.startswith("unix:"):
+            self._family = socket.AF_UNIX
+            self._address: Any = endpoint[len("unix:") :].removeprefix("//")
+            self._host = "localhost"
+        elif endpoint.startswith("http://"):
+            rest = endpoint[len("http://") :].split("/", 1)[0]
+            if rest.startswith("["):  # [::1]:8471
+                host, _, port = rest[1:].partition("]")
+                port = port.lstrip(":")
+            else:
+                host, _, port = rest.partition(":")
+            self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            if port and not port.isdigit():
+                raise ClientError(f"endpoint {endpoint!r}: the port must be a number")
+            self._address = (host or "127.0.0.1", int(port) if port else DEFAULT_PORT)
+            self._host = rest
+        else:
+            raise ClientError(f"endpoint {endpoint!r}: must start with http:// or unix:")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._rfile.close()
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = self._rfile = None
+
+    def _connect(self) -> None:
+        if self._family == socket.AF_UNIX:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(self._address)
+        else:
+            host, port = self._address
+            # An ASCII host as bytes: getaddrinfo would otherwise load the idna codec (~2 ms
+            # of the 60 ms a `hpcbatch submit` process may take).
+            sock = socket.create_connection(
+                (host.encode() if host.isascii() else host, port), timeout=self.timeout
+            )
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        self._rfile = sock.makefile("rb")
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """Send one request; reconnect once if a reused keep-alive connection was dropped."""
+        reused = self._sock is not None
+        try:
+            if self._sock is None:
+                self._connect()
+            return self._exchange(path, body)
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, _Dropped):
+            self.close()
+            if not reused:
+                raise
+        # The head closed an idle keep-alive connection between our requests: the request
+        # never reached it, so sending it again on a fresh connection is safe.
+        self._connect()
+        return self._exchange(path, body)
+
+    def _exchange(self, path: str, body: bytes) -> tuple[int, bytes]:
+        assert self._sock is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self._sock.sendall(head.encode("latin-1") + body)
+        rfile = self._rfile
+        status_line = rfile.readline(65537)
+        if not status_line:
+            raise _Dropped()
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            raise ServerError(
+                f"the head at {self.endpoint} answered {status_line[:80]!r}, not HTTP"
+            )
+        status = int(parts[1])
+        headers: dict[bytes, bytes] = {}
+        while True:
+            line = rfile.readline(65537)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            chunks = []
+            while True:
+                size = int(rfile.readline(65537).split(b";", 1)[0], 16)
+                if size == 0:
+                    while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                chunks.append(rfile.read(size))
+                rfile.readline(65537)
+            data = b"".join(chunks)
+            keep = True
+        elif b"content-length" in headers:
+            length = int(headers[b"content-length"])
+            data = rfile.read(length)
+            if len(data) < length:
+                raise ConnectionResetError("connection closed in the middle of a response")
+            keep = True
+        else:
+            data = rfile.read()
+            keep = False
+        if (
+            not keep
+            or headers.get(b"connection", b"").lower() == b"close"
+            or parts[0] == b"HTTP/1.0"
+        ):
+            self.close()
+        return status, data
+
+
+class _Dropped(Exception):
+    """The peer closed the connection before sending a status line."""
+
+
+def _raise_for(status: int, data: bytes, endpoint: str) -> None:
+    """Turn an AWS-shaped error answer into ClientError (4xx) or ServerError (5xx)."""
+    message = ""
+    try:
+        doc = json.loads(data)
+        if isinstance(doc, dict):
+            message = str(doc.get("message") or doc.get("Message") or "")
+    except ValueError:
+        message = data[:200].decode("utf-8", "replace").strip()
+    if not message:
+        message = f"HTTP {status} from the head at {endpoint}"
+    if 400 <= status < 500:
+        raise ClientError(message)
+    raise ServerError(message)
+
+
+class Client:
+    """A connection to one hpcbatch head.
+
+    ``endpoint`` is ``http://host:port`` or ``unix:/path``; ``None`` resolves it from
+    ``$HPCBATCH_ENDPOINT`` or the local cluster (``$HPCBATCH_HOME/cluster/cluster.json``).
+    Every operation in :data:`OPERATIONS` is a method taking the AWS request body as
+    keyword arguments; every public call has an ``_async`` twin that runs it on one of
+    ``max_workers`` threads and returns a :class:`concurrent.futures.Future`. Each thread
+    (the caller's included) keeps its own keep-alive connection to the head.
+    """
+
+    def __init__(
+        self, endpoint: str | None = None, timeout: float = 30, max_workers: int = 8
+    ) -> None:
+        self.endpoint = resolve_endpoint(endpoint).rstrip("/")
+        self.timeout = timeout
+        self.max_workers = max_workers
+        self._local = threading.local()
+        self._connections: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- transport ------------------------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _Connection(self.endpoint, self.timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST ``body`` as JSON to ``path``; return the parsed answer or raise an error."""
+        payload = json.dumps(body or {}, separators=(",", ":")).encode()
+        conn = self._connection()
+        try:
+            status, data = conn.post(path, payload)
+        except (OSError, _Dropped) as e:
+            conn.close()
+            if isinstance(e, _Dropped):
+                why = "connection closed by the head"
+            elif isinstance(e, TimeoutError):
+                why = f"no answer within {self.timeout:g} s"
+            else:
+                why = e.strerror or str(e) or type(e).__name__
+            raise HeadUnreachableError(
+                f"cannot reach the hpcbatch head at {self.endpoint}: {why}"
+            ) from None
+        if status >= 400:
+            _raise_for(status, data, self.endpoint)
+        if not data:
+            return {}
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise ServerError(f"the head answered {path} with something that is not JSON") from None
+        return doc if isinstance(doc, dict) else {"result": doc}
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` on the client's threads (what every ``_async`` does)."""
+        if self._pool is None:
+            # Imported here, not at the top: concurrent.futures loads logging, ~5 ms that a
+            # one-shot `hpcbatch submit` process (blocking calls only) never needs.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        self.max_workers, thread_name_prefix="hpcbatch-client"
+                    )
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def call_async(self, path: str, body: dict[str, Any] | None = None) -> Future[dict[str, Any]]:
+        """:meth:`call` on a worker thread."""
+        return self.submit(self.call, path, body)
+
+    def close(self) -> None:
+        """Stop the worker threads and close every connection."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.endpoint!r})"
+
+    if TYPE_CHECKING:
+        # The operations and the _async twins are generated below; this tells type checkers
+        # that ``client.submit_job(...)`` and ``client.submit_job_async(...)`` exist.
+        def __getattr__(self, name: str) -> Callable[..., Any]: ...
+
+    # -- hpcbatch's own operations, with friendlier signatures -----------------------------
+
+    def get_job_logs(
+        self, jobId: str, attempt: int | None = None, startFromOffset: int = 0
+    ) -> dict[str, Any]:
+        """Output of one attempt (0-based; latest when None) from byte ``startFromOffset``."""
+        body: dict[str, Any] = {"jobId": jobId, "startFromOffset": startFromOffset}
+        if attempt is not None:
+            body["attempt"] = attempt
+        return self.call(OPERATIONS["get_job_logs"], body)
+
+    def list_nodes(self) -> dict[str, Any]:
+        """The nodes the head knows, with state, capacity and running jobs."""
+        return self.call(OPERATIONS["list_nodes"], {})
+
+    def put_script(self, script: bytes | str) -> str:
+        """Store a script on the head; return its ``sha256:`` id."""
+        if isinstance(script, bytes):
+            try:
+                script = script.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ClientError("script: must be UTF-8 text") from None
+        return str(self.call(OPERATIONS["put_script"], {"script": script})["scriptId"])
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def paginate(self, method_name: str, result_key: str, **body: Any) -> Iterator[dict[str, Any]]:
+        """Yield every item under ``result_key`` across pages, following ``nextToken``."""
+        method = getattr(self, method_name)
+        while True:
+            page = method(**body)
+            yield from page.get(result_key) or []
+            token = page.get("nextToken")
+            if not token:
+                return
+            body["nextToken"] = token
+
+    def wait_jobs(
+        self,
+        job_ids: list[str],
+        timeout: float | None = None,
+        poll: float = 1.0,
+        on_progress: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Wait until every job is SUCCEEDED or FAILED; return their final JobDetails by id.
+
+        Polls DescribeJobs (100 ids per call, as AWS allows), starting fast and backing off
+        to ``poll`` seconds. ``on_progress`` sees the latest details after every round.
+        Raises TimeoutError after ``timeout`` seconds, NotFoundError for an unknown id.
+        """
+        from hpcbatch.errors import NotFoundError
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        latest: dict[str, dict[str, Any]] = {}
+        pending = list(dict.fromkeys(job_ids))
+        delay = min(0.05, poll)
+        while True:
+            chunks = [pending[i : i + 100] for i in range(0, len(pending), 100)]
+            if len(chunks) == 1:
+                answers = [self.describe_jobs(jobs=chunks[0])]
+            else:
+                answers = [f.result() for f in [self.describe_jobs_async(jobs=c) for c in chunks]]
+            for answer in answers:
+                for job in answer.get("jobs") or []:
+                    latest[job["jobId"]] = job
+            missing = [j for j in pending if j not in latest]
+            if missing:
+                raise NotFoundError(f"jobs: no job with id {missing[0]}")
+            pending = [j for j in pending if latest[j].get("status") not in TERMINAL_STATUSES]
+            if on_progress is not None:
+                on_progress(latest)
+            if not pending:
+                return latest
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise TimeoutError(
+                    f"{len(pending)} of {len(latest)} jobs still unfinished after {timeout:g} s"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, poll)
+
+    def wait_job(
+        self, job_id: str, timeout: float | None = None, poll: float = 1.0
+    ) -> dict[str, Any]:
+        """Wait for one job to end; return its final JobDetail (SUCCEEDED or FAILED)."""
+        return self.wait_jobs([job_id], timeout=timeout, poll=poll)[job_id]
+
+
+def _install_operation(method: str, path: str) -> None:
+    """Add ``Client.<method>(**body)``: POST the keyword arguments to ``path``."""
+
+    def operation(self: Client, **body: Any) -> dict[str, Any]:
+        return self.call(path, body)
+
+    operation.__name__, operation.__qualname__ = method, f"Client.{method}"
+    operation.__doc__ = f"POST {path} with the keyword arguments as the body; return the answer."
+    setattr(Client, method, operation)
+
+
+def _install_async_twin(method: str) -> None:
+    """Add ``Client.<method>_async``: the very same method, run on a worker thread.
+
+    The twin *is* the blocking method submitted to the pool, so the two cannot drift (the
+    lesson of flux's submit/submit_async, whose argument lists were kept in sync by hand).
+    """
+    blocking = getattr(Client, method)
+
+    def twin(self: Client, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self.submit(blocking, self, *args, **kwargs)
+
+    twin.__name__, twin.__qualname__ = method + "_async", f"Client.{method}_async"
+    twin.__doc__ = f"Like :meth:`{method}`, on a worker thread; returns a Future of its result."
+    setattr(Client, method + "_async", twin)
+
+
+for _method, _path in OPERATIONS.items():
+    if not hasattr(Client, _method):  # hand-written above with a friendlier signature
+        _install_operation(_method, _path)
+for _method in (*OPERATIONS, "wait_job", "wait_jobs"):
+    _install_async_twin(_method)

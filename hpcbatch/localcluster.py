@@ -1,0 +1,325 @@
+"""A whole cluster on this machine: one head and N node agents on loopback, no root.
+
+``hpcbatch cluster up`` and the test fixtures use this. Everything lives under
+``<home>/cluster/`` (home: ``--home``, ``$HPCBATCH_HOME`` or ``~/.hpcbatch``): the daemons'
+config files, their logs, their state folders, and ``cluster.json``, which records the
+endpoint and the processes (pid *and* start time, so a recycled pid is never mistaken for
+ours and never signalled).
+
+    >>> cluster = LocalCluster("/tmp/hb").up(nodes=2)   # doctest: +SKIP
+    >>> cluster.endpoint                                 # doctest: +SKIP
+    'http://127.0.0.1:40123'
+    >>> cluster.down()                                   # doctest: +SKIP
+    ['head', 'node1', 'node2']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from hpcbatch.client import Client
+from hpcbatch.errors import HpcbatchError
+
+DEFAULT_NODES = 4
+DEFAULT_NAME = "default"  # the compute environment and the job queue `cluster up` creates
+READY_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 10.0
+
+
+class LocalClusterError(HpcbatchError):
+    """The local cluster could not be started or stopped; the message says where to look."""
+
+
+def default_home() -> str:
+    return os.environ.get("HPCBATCH_HOME") or os.path.join(os.path.expanduser("~"), ".hpcbatch")
+
+
+def _toml_str(value: str) -> str:
+    """A TOML basic string (JSON's escapes are valid TOML)."""
+    return json.dumps(value)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(record: dict[str, Any]) -> bool:
+    """Is the recorded process still the one we started (same pid and start time)?"""
+    try:
+        proc = psutil.Process(int(record["pid"]))
+        same = abs(proc.create_time() - float(record["create_time"])) < 0.01
+        return same and bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
+
+
+def _tail(path: str, lines: int = 8) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class ClusterStatus:
+    """What ``cluster status`` reports."""
+
+    home: str
+    recorded: bool
+    endpoint: str | None = None
+    processes: dict[str, bool] = field(default_factory=dict)  # name -> alive
+    nodes: list[dict[str, Any]] | None = None  # from listnodes; None if the head didn't answer
+    error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.recorded and bool(self.processes) and all(self.processes.values())
+
+
+class LocalCluster:
+    """The local cluster recorded under ``<home>/cluster``."""
+
+    # What `python -m` runs for the head and for each agent (tests substitute stand-ins).
+    HEAD_MODULE = "hpcbatch.head"
+    AGENT_MODULE = "node_agent"
+
+    def __init__(self, home: str | None = None) -> None:
+        self.home = os.path.abspath(os.path.expanduser(home or default_home()))
+        self.dir = os.path.join(self.home, "cluster")
+        self.record_path = os.path.join(self.dir, "cluster.json")
+        self._children: list[subprocess.Popen[bytes]] = []
+
+    # -- the record --------------------------------------------------------------------------
+
+    def record(self) -> dict[str, Any] | None:
+        try:
+            with open(self.record_path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _write_record(self, doc: dict[str, Any]) -> None:
+        tmp = f"{self.record_path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.record_path)
+
+    @property
+    def endpoint(self) -> str | None:
+        doc = self.record()
+        return str(doc["endpoint"]) if doc and doc.get("endpoint") else None
+
+    def client(self, timeout: float = 5) -> Client:
+        endpoint = self.endpoint
+        if endpoint is None:
+            raise LocalClusterError(f"no local cluster in {self.dir}: run 'hpcbatch cluster up'")
+        return Client(endpoint, timeout=timeout)
+
+    def log_path(self, name: str) -> str:
+        return os.path.join(self.dir, f"{name}.log")
+
+    # -- up ----------------------------------------------------------------------------------
+
+    def up(self, nodes: int = DEFAULT_NODES, timeout: float = READY_TIMEOUT_S) -> LocalCluster:
+        """Start a head and ``nodes`` agents, wait until all are ACTIVE, create CE and queue."""
+        if nodes < 1:
+            raise LocalClusterError("nodes: must be at least 1")
+        existing = self.record()
+        if existing and any(_alive(p) for p in (existing.get("processes") or {}).values()):
+            raise LocalClusterError(
+                f"a local cluster is already running in {self.dir} "
+                f"({existing.get('endpoint')}): run 'hpcbatch cluster down' first"
+            )
+        os.makedirs(self.dir, exist_ok=True)
+        http_port, fleet_port = _free_port(), _free_port()
+        while fleet_port == http_port:
+            fleet_port = _free_port()
+        endpoint = f"http://127.0.0.1:{http_port}"
+        fleet = f"tcp://127.0.0.1:{fleet_port}"
+        configs = {"head": self._write_head_config(http_port, fleet)}
+        for i in range(1, nodes + 1):
+            configs[f"node{i}"] = self._write_node_config(f"node{i}", fleet)
+
+        record: dict[str, Any] = {"endpoint": endpoint, "processes": {}, "nodes": nodes}
+        try:
+            for name, config in configs.items():
+                module = self.HEAD_MODULE if name == "head" else self.AGENT_MODULE
+                record["processes"][name] = self._start(name, module, config)
+                self._write_record(record)  # recorded at once, so `down` can stop a partial start
+            self._wait_ready(endpoint, nodes, timeout)
+            self._ensure_defaults(endpoint)
+        except BaseException as e:
+            self.down()
+            if isinstance(e, HpcbatchError | OSError):
+                raise LocalClusterError(f"{e}\nlogs: {os.path.join(self.dir, '*.log')}") from e
+            raise
+        return self
+
+    def _write_head_config(self, http_port: int, fleet: str) -> str:
+        path = os.path.join(self.dir, "head.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                f"state_dir = {_toml_str(os.path.join(self.dir, 'head'))}\n"
+                f'http_listen = "127.0.0.1:{http_port}"\n'
+                f"fleet_bind = {_toml_str(fleet)}\n"
+            )
+        return path
+
+    def _write_node_config(self, name: str, fleet: str) -> str:
+        path = os.path.join(self.dir, f"{name}.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                f"name = {_toml_str(name)}\n"
+                f"head = {_toml_str(fleet)}\n"
+                f"compute_environment = {_toml_str(DEFAULT_NAME)}\n"
+                f"state_dir = {_toml_str(os.path.join(self.dir, name))}\n"
+            )
+        return path
+
+    def _start(self, name: str, module: str, config: str) -> dict[str, Any]:
+        with open(self.log_path(name), "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, "--config", config],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                start_new_session=True,  # survives the terminal that ran `cluster up`
+            )
+        self._children.append(proc)
+        try:
+            create_time = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            create_time = 0.0
+        return {"pid": proc.pid, "create_time": create_time}
+
+    def _wait_ready(self, endpoint: str, nodes: int, timeout: float) -> None:
+        """Until the head answers and lists ``nodes`` ACTIVE nodes; fail fast if one exits."""
+        deadline = time.monotonic() + timeout
+        why = "the head did not answer"
+        with Client(endpoint, timeout=2) as client:
+            while True:
+                for proc in self._children:
+                    if proc.poll() is not None:
+                        name = self._name_of(proc.pid)
+                        raise LocalClusterError(
+                            f"{name} exited with code {proc.returncode} while starting; "
+                            f"last lines of {self.log_path(name)}:\n{_tail(self.log_path(name))}"
+                        )
+                try:
+                    listed = client.list_nodes().get("nodes") or []
+                    active = [n for n in listed if n.get("state") == "ACTIVE"]
+                    if len(active) >= nodes:
+                        return
+                    why = f"{len(active)} of {nodes} nodes ACTIVE"
+                except HpcbatchError as e:
+                    why = str(e)
+                if time.monotonic() >= deadline:
+                    raise LocalClusterError(f"the cluster was not ready after {timeout:g} s: {why}")
+                time.sleep(0.1)
+
+    def _name_of(self, pid: int) -> str:
+        for name, p in ((self.record() or {}).get("processes") or {}).items():
+            if p.get("pid") == pid:
+                return str(name)
+        return "head"
+
+    def _ensure_defaults(self, endpoint: str) -> None:
+        """Compute environment and job queue `default`, unless they exist already."""
+        with Client(endpoint, timeout=10) as client:
+            ces = client.describe_compute_environments(computeEnvironments=[DEFAULT_NAME])
+            if not ces.get("computeEnvironments"):
+                client.create_compute_environment(
+                    computeEnvironmentName=DEFAULT_NAME, type="UNMANAGED", state="ENABLED"
+                )
+            queues = client.describe_job_queues(jobQueues=[DEFAULT_NAME])
+            if not queues.get("jobQueues"):
+                client.create_job_queue(
+                    jobQueueName=DEFAULT_NAME,
+                    priority=1,
+                    state="ENABLED",
+                    computeEnvironmentOrder=[{"order": 1, "computeEnvironment": DEFAULT_NAME}],
+                )
+
+    # -- status and down ---------------------------------------------------------------------
+
+    def status(self) -> ClusterStatus:
+        doc = self.record()
+        if doc is None:
+            return ClusterStatus(home=self.home, recorded=False)
+        st = ClusterStatus(
+            home=self.home,
+            recorded=True,
+            endpoint=doc.get("endpoint"),
+            processes={name: _alive(p) for name, p in (doc.get("processes") or {}).items()},
+        )
+        if st.endpoint and st.processes.get("head"):
+            try:
+                with Client(st.endpoint, timeout=5) as client:
+                    st.nodes = client.list_nodes().get("nodes") or []
+            except HpcbatchError as e:
+                st.error = str(e)
+        return st
+
+    def down(self, timeout: float = STOP_TIMEOUT_S) -> list[str]:
+        """Stop exactly the recorded processes; return the names of those that were running."""
+        doc = self.record() or {}
+        records: dict[str, dict[str, Any]] = doc.get("processes") or {}
+        live = {name: p for name, p in records.items() if _alive(p)}
+        # Agents signalled before the head, so they can still say goodbye to it.
+        order = sorted(live, key=lambda n: n == "head")
+        for name in order:
+            _signal(live[name], signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_alive(live[n]) for n in order):
+            self._reap()
+            time.sleep(0.05)
+        for name in order:
+            if _alive(live[name]):
+                # Its whole session: the agent's job processes go with it.
+                _signal(live[name], signal.SIGKILL, group=True)
+        self._reap(wait=True)
+        try:
+            os.unlink(self.record_path)
+        except FileNotFoundError:
+            pass
+        return order
+
+    def _reap(self, wait: bool = False) -> None:
+        """Collect our own exited children (else they linger as zombies in a test run)."""
+        for proc in self._children:
+            try:
+                proc.wait(timeout=1) if wait else proc.poll()
+            except subprocess.TimeoutExpired:
+                pass
+        self._children = [p for p in self._children if p.returncode is None]
+
+
+def _signal(record: dict[str, Any], sig: signal.Signals, group: bool = False) -> None:
+    pid = int(record["pid"])
+    try:
+        if group and os.getpgid(pid) == pid:  # a session leader we started
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,254 @@
+"""The Python client against a stub head (a tiny http.server thread with canned answers)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from hpcbatch.client import OPERATIONS, Client, HeadUnreachableError, resolve_endpoint
+from hpcbatch.errors import ClientError, NotFoundError, ServerError
+
+Answer = dict[str, Any] | tuple[int, dict[str, Any]] | Callable[[dict[str, Any]], Any]
+
+
+class StubHead:
+    """An HTTP server that records POSTed JSON bodies and answers from ``self.answers``.
+
+    An answer is a dict (HTTP 200), ``(status, dict)``, or a callable of the request body
+    returning either. ``drop_after_reply`` closes each connection after answering without
+    saying so (what a head does to an idle keep-alive connection).
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.answers: dict[str, Answer] = {}
+        self.connections = 0
+        self.drop_after_reply = False
+        self.chunked = False
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # as aiohttp does; else 40 ms delayed ACKs
+
+            def setup(self) -> None:
+                super().setup()
+                stub.connections += 1
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                stub.requests.append((self.path, body))
+                answer: Any = stub.answers.get(self.path, {})
+                if callable(answer):
+                    answer = answer(body)
+                status, doc = answer if isinstance(answer, tuple) else (200, answer)
+                data = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                if stub.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    half = len(data) // 2
+                    for part in (data[:half], data[half:], b""):
+                        self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                else:
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                if stub.drop_after_reply:
+                    self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def bodies(self, path: str) -> list[dict[str, Any]]:
+        return [body for p, body in self.requests if p == path]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub() -> Iterator[StubHead]:
+    head = StubHead()
+    try:
+        yield head
+    finally:
+        head.stop()
+
+
+@pytest.fixture
+def client(stub: StubHead) -> Iterator[Client]:
+    with Client(stub.endpoint, timeout=5) as c:
+        yield c
+
+
+def test_every_operation_has_a_blocking_and_an_async_method() -> None:
+    assert OPERATIONS["submit_job"] == "/v1/submitjob"
+    assert OPERATIONS["describe_compute_environments"] == "/v1/describecomputeenvironments"
+    assert OPERATIONS["get_job_logs"] == "/hpcbatch/v1/getjoblogs"
+    assert len(OPERATIONS) == 19
+    for name in OPERATIONS:
+        assert callable(getattr(Client, name)), name
+        assert callable(getattr(Client, name + "_async")), name
+
+
+def test_aws_operations_post_the_keyword_arguments_as_the_body(
+    stub: StubHead, client: Client
+) -> None:
+    stub.answers["/v1/submitjob"] = {"jobId": "j-1", "jobName": "hi", "jobArn": "arn:j-1"}
+    answer = client.submit_job(jobName="hi", jobQueue="default", jobDefinition="hpcbatch-default")
+    assert answer["jobId"] == "j-1"
+    assert stub.requests == [
+        (
+            "/v1/submitjob",
+            {"jobName": "hi", "jobQueue": "default", "jobDefinition": "hpcbatch-default"},
+        )
+    ]
+
+
+def test_async_twins_return_futures_and_run_concurrently(stub: StubHead) -> None:
+    def slow(body: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(0.2)
+        return {"jobs": [{"jobId": body["jobs"][0], "status": "RUNNING"}]}
+
+    stub.answers["/v1/describejobs"] = slow
+    with Client(stub.endpoint, max_workers=8) as c:
+        start = time.monotonic()
+        futures = [c.describe_jobs_async(jobs=[f"j{i}"]) for i in range(8)]
+        assert all(isinstance(f, Future) for f in futures)
+        ids = [f.result()["jobs"][0]["jobId"] for f in futures]
+        elapsed = time.monotonic() - start
+    assert ids == [f"j{i}" for i in range(8)]
+    assert elapsed < 1.0  # 8 x 0.2 s in parallel, not in series
+
+
+def test_one_thread_keeps_one_keep_alive_connection(stub: StubHead) -> None:
+    with Client(stub.endpoint, max_workers=1) as c:
+        for _ in range(5):
+            c.list_nodes()
+    assert stub.connections == 1
+
+
+def test_a_dropped_keep_alive_connection_is_reopened_once(stub: StubHead) -> None:
+    stub.drop_after_reply = True
+    with Client(stub.endpoint, max_workers=1) as c:
+        for _ in range(3):
+            assert c.list_nodes() == {}
+    assert len(stub.requests) == 3  # each request reached the head exactly once
+    assert stub.connections == 3
+
+
+def test_chunked_answers_are_read(stub: StubHead, client: Client) -> None:
+    stub.chunked = True
+    stub.answers["/v1/listjobs"] = {"jobSummaryList": [{"jobId": "a"}] * 50}
+    assert len(client.list_jobs()["jobSummaryList"]) == 50
+    assert len(client.list_jobs()["jobSummaryList"]) == 50
+
+
+def test_4xx_raises_client_error_with_the_heads_message(stub: StubHead, client: Client) -> None:
+    stub.answers["/v1/submitjob"] = (
+        400,
+        {"__type": "ClientException", "message": "retryStrategy.attempts must be between 1 and 10"},
+    )
+    with pytest.raises(ClientError, match="^retryStrategy.attempts must be between 1 and 10$"):
+        client.submit_job(jobName="x")
+
+
+def test_5xx_raises_server_error(stub: StubHead, client: Client) -> None:
+    stub.answers["/v1/listjobs"] = (500, {"__type": "ServerException", "message": "disk full"})
+    with pytest.raises(ServerError, match="disk full"):
+        client.list_jobs()
+
+
+def test_nothing_listening_raises_head_unreachable() -> None:
+    with Client("http://127.0.0.1:1", timeout=2) as c:
+        with pytest.raises(
+            HeadUnreachableError, match=r"^cannot reach the hpcbatch head at http://127.0.0.1:1: "
+        ):
+            c.list_nodes()
+
+
+def test_endpoint_comes_from_env_then_the_local_cluster_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HPCBATCH_HOME", str(tmp_path))
+    monkeypatch.delenv("HPCBATCH_ENDPOINT", raising=False)
+    with pytest.raises(
+        ClientError, match="no hpcbatch head found: start one with 'hpcbatch cluster up'"
+    ):
+        resolve_endpoint()
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "cluster.json").write_text(
+        json.dumps({"endpoint": "http://127.0.0.1:9"})
+    )
+    assert resolve_endpoint() == "http://127.0.0.1:9"
+    monkeypatch.setenv("HPCBATCH_ENDPOINT", "http://head:8471")
+    assert resolve_endpoint() == "http://head:8471"
+    assert Client("http://other:1").endpoint == "http://other:1"
+
+
+def test_paginate_follows_next_token(stub: StubHead, client: Client) -> None:
+    pages = {
+        None: {"jobSummaryList": [{"jobId": "a"}, {"jobId": "b"}], "nextToken": "t1"},
+        "t1": {"jobSummaryList": [{"jobId": "c"}]},
+    }
+    stub.answers["/v1/listjobs"] = lambda body: pages[body.get("nextToken")]
+    ids = [j["jobId"] for j in client.paginate("list_jobs", "jobSummaryList", jobQueue="q")]
+    assert ids == ["a", "b", "c"]
+    assert stub.bodies("/v1/listjobs") == [{"jobQueue": "q"}, {"jobQueue": "q", "nextToken": "t1"}]
+
+
+def test_wait_job_returns_the_final_job_detail(stub: StubHead, client: Client) -> None:
+    states = iter(["RUNNABLE", "RUNNING", "SUCCEEDED"])
+    stub.answers["/v1/describejobs"] = lambda body: {
+        "jobs": [{"jobId": "j", "status": next(states)}]
+    }
+    assert client.wait_job("j", timeout=5, poll=0.01) == {"jobId": "j", "status": "SUCCEEDED"}
+
+
+def test_wait_job_times_out(stub: StubHead, client: Client) -> None:
+    stub.answers["/v1/describejobs"] = {"jobs": [{"jobId": "j", "status": "RUNNING"}]}
+    with pytest.raises(TimeoutError):
+        client.wait_job("j", timeout=0.2, poll=0.05)
+
+
+def test_wait_job_on_an_unknown_id_is_not_found(stub: StubHead, client: Client) -> None:
+    stub.answers["/v1/describejobs"] = {"jobs": []}
+    with pytest.raises(NotFoundError, match="no job with id nope"):
+        client.wait_job("nope", timeout=1)
+
+
+def test_put_script_returns_the_script_id(stub: StubHead, client: Client) -> None:
+    stub.answers["/hpcbatch/v1/putscript"] = {"scriptId": "sha256:abc"}
+    assert client.put_script(b"#!/bin/sh\necho hi\n") == "sha256:abc"
+    assert stub.requests[-1] == ("/hpcbatch/v1/putscript", {"script": "#!/bin/sh\necho hi\n"})
+    assert client.put_script_async("x").result() == "sha256:abc"
+
+
+def test_get_job_logs_sends_attempt_only_when_given(stub: StubHead, client: Client) -> None:
+    client.get_job_logs("j")
+    client.get_job_logs("j", attempt=1, startFromOffset=10)
+    assert stub.bodies("/hpcbatch/v1/getjoblogs") == [
+        {"jobId": "j", "startFromOffset": 0},
+        {"jobId": "j", "attempt": 1, "startFromOffset": 10},
+    ]
+
+
+def test_a_bad_endpoint_is_a_client_error() -> None:
+    with pytest.raises(ClientError, match="must start with http:// or unix:"):
+        Client("https://head:8471").list_nodes()
