@@ -260,6 +260,7 @@ def job_summary(job: JobRecord, region: str, account: str) -> dict[str, Any]:
         "isCancelled": job.is_cancelled,
         "isTerminated": job.is_terminated,
         "owner": job.owner,
+        "jobQueue": job.job_queue_arn,  # hpcbatch extension: ListJobs may span queues
     }
     for key, value in (
         ("statusReason", job.status_reason),
