@@ -67,6 +67,8 @@ def make_app(service: BatchService) -> web.Application:
                 elif not isinstance(body, dict):
                     raise ClientError("request body must be a JSON object")
                 result = method(body, identify(request))
+                # Reply only once what the call changed is committed (group commit).
+                await service.engine.durable()
             except HpcbatchError as exc:
                 return _error(exc)
             except Exception:

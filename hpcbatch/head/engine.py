@@ -86,6 +86,7 @@ class Engine:
         self._sched_events: list[Event] = []
         self._outbox: list[tuple[str, p.Message]] = []
         self._step_handle: asyncio.Handle | None = None
+        self._commit_waiters: list[asyncio.Future[None]] = []
         self._event_counter = 0
 
     # ----------------------------------------------------------------- plumbing
@@ -132,14 +133,38 @@ class Engine:
                         self._dirty[job.job_id] = job
         self.flush()
 
+    def durable(self) -> asyncio.Future[None]:
+        """A future that resolves once every change made so far is committed.
+
+        The API awaits it before replying, so an acknowledged write survives ``kill -9``;
+        concurrent requests share one commit (group commit).
+        """
+        future = asyncio.get_running_loop().create_future()
+        if self._dirty or self._job_events:
+            self._commit_waiters.append(future)
+            self.request_step()
+        else:
+            future.set_result(None)
+        return future
+
     def flush(self) -> None:
         """Commit every pending change in one transaction, then send what waited on it."""
+        waiters, self._commit_waiters = self._commit_waiters, []
         if self._dirty or self._job_events:
             dirty, self._dirty = list(self._dirty.values()), {}
             events, self._job_events = self._job_events, []
-            with self.store.transaction():
-                self.store.put_jobs(dirty)
-                self.store.add_job_events(events)
+            try:
+                with self.store.transaction():
+                    self.store.put_jobs(dirty)
+                    self.store.add_job_events(events)
+            except BaseException as exc:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                raise
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         outbox, self._outbox = self._outbox, []
         for node, message in outbox:
             self._send(node, message)
@@ -169,12 +194,10 @@ class Engine:
 
     # ------------------------------------------------------------------ jobs in
     def submit(self, job: JobRecord) -> None:
-        """Persist a new job (durable before this returns), then admit it."""
-        with self.store.transaction():
-            self.store.put_jobs([job])
-            self.store.add_job_events([(job.job_id, job.created_at, job.status.value, None)])
-        self._seq += 1
+        """Admit a new job; it is committed with the step's batch (see ``durable``)."""
         self.jobs[job.job_id] = job
+        self._job_events.append((job.job_id, job.created_at, job.status.value, None))
+        self._touch(job)
         self._admit(job)
 
     def _admit(self, job: JobRecord) -> None:

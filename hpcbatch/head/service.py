@@ -426,14 +426,12 @@ class BatchService:
         job = self._job(_name_of(body["jobId"]))
         if not job.status.is_final:
             self.engine.cancel(self.engine.jobs[job.job_id], body["reason"])
-            self.engine.flush()
         return {}
 
     def TerminateJob(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
         job = self._job(_name_of(body["jobId"]))
         if not job.status.is_final:
             self.engine.terminate(self.engine.jobs[job.job_id], body["reason"])
-            self.engine.flush()
         return {}
 
     # --------------------------------------------------------- hpcbatch's own

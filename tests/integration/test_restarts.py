@@ -92,10 +92,11 @@ def test_agent_exit_during_head_outage_is_reported_after_restart(own_cluster: Te
     c = own_cluster.up()
     job_id = c.submit(["sh", "-c", "sleep 1; exit 9"])
     c.wait_status(job_id, "RUNNING")
+    node = c.job(job_id)["nodeName"]
     c.kill("head", signal.SIGKILL)
-    import time
-
-    time.sleep(2)  # the job ends while no head is listening (this is the scenario, not a sync)
+    # The job ends while no head listens: the agent keeps the exit until a head acknowledges it.
+    unacked = c.root / node / "unacked"
+    wait_for(lambda: any(unacked.iterdir()), 15, what="the agent to hold the unacknowledged exit")
     c.start_head()
     job = c.wait_status(job_id, "FAILED", timeout=20)
     assert job["container"]["exitCode"] == 9
