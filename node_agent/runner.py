@@ -1,0 +1,813 @@
+"""The agent's process runner: starts attempts, enforces their limits, reports their exits.
+
+Theory of operation (Linux only; one asyncio event loop, no threads):
+
+* ``start`` spawns the command with ``subprocess.Popen`` (vfork + exec, far cheaper than
+  asyncio's subprocess transport) in a new session, so the attempt is a process group
+  whose id is its pid. stdout and stderr share one file, ``output.log``, because AWS Batch
+  (CloudWatch) shows them combined.
+* Each exit is watched through a pidfd registered with ``loop.add_reader``; where pidfds
+  are missing (Linux < 5.3) one 50 ms timer polls ``waitpid(WNOHANG)`` instead. Only this
+  module reaps its children, so an exit status is never stolen.
+* When the main process exits, whatever is left in its process group (and cgroup) gets
+  SIGKILL: a job leaves nothing behind, as a container would not.
+* Kill and timeout: SIGTERM to the group, SIGKILL after the grace (``docker stop``
+  semantics, which AWS Batch uses). Timers are ``loop.call_later`` handles, not tasks.
+* Memory: with a writable memory cgroup (v2 preferred, v1 accepted) each attempt runs in
+  its own cgroup with the limit and swap off, joined in the child before exec so nothing
+  escapes; an OOM kill is read from the cgroup's counters. Without one ("rss" mode) a single
+  0.5 s timer sums the RSS of every attempt's session from /proc and kills the group that
+  is over. Either way the result is AWS's: exitCode 137 and reason ``OOM_REASON``
+  (``evaluateOnExit`` rules match on 137, so we keep it).
+* Durability: a journal entry per live attempt (``state_dir/running/<id>.json``) and a
+  ``result.json`` per finished one, both written by rename. No fsync: the journal only has
+  to outlive the agent process; a machine crash takes the jobs with it.
+  ``adopt_orphans`` turns what a dead agent left into results and kills what still runs.
+
+Past 600 lines because the memory-cgroup backend (``_MemoryCgroups``, ~150 lines) lives
+here too; it is self-contained and can move to its own module unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
+OOM_EXIT_CODE = 137  # what AWS Batch reports for a container the OOM killer ended
+TIMEOUT_REASON = "Job attempt duration exceeded timeout"
+LOST_REASON = "Agent restarted while the attempt ran; attempt lost"
+SHUTDOWN_REASON = "Agent shut down while the attempt ran"
+CANNOT_START = "CannotStartContainerError"
+# Run as `sh -c _JOIN_CGROUP <cgroup.procs> <command...>`: move into the cgroup, then exec.
+# dash exports PWD, which the job's environment may not have had: unset it again then.
+_JOIN_CGROUP = 'echo $$ >"$0" || { echo "hpcbatch: cannot join $0" >&2; exit 125; }; exec "$@"'
+_JOIN_CGROUP_NO_PWD = "unset PWD; " + _JOIN_CGROUP
+_SH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+_MIB = 1024 * 1024
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_RSS_INTERVAL_S = 0.5
+_POLL_INTERVAL_S = 0.05
+_KEEP_RESULTS = 10_000  # finished results answered from memory; older ones from result.json
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """What to run for one attempt; ``environment`` is complete (the caller builds it)."""
+
+    attempt_id: str
+    job_id: str
+    attempt_number: int
+    command: list[str]
+    environment: dict[str, str]
+    vcpus: float
+    memory_mib: int
+    gpus: int = 0
+    timeout_s: int | None = None
+    image: str | None = None
+    script: bytes | None = None
+    cwd: str | None = None  # default: the attempt's own directory
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """How an attempt ended, in AWS Batch's terms."""
+
+    attempt_id: str
+    job_id: str
+    exit_code: int | None  # None when killed by a signal
+    reason: str | None  # AWS container.reason
+    status_reason: str | None  # AWS job statusReason
+    started_at: int  # epoch ms
+    stopped_at: int  # epoch ms
+
+
+@dataclass(slots=True, eq=False)
+class _Attempt:
+    """A live attempt; mutable, owned by the Runner."""
+
+    spec: AttemptSpec
+    popen: subprocess.Popen[bytes]
+    started_at: int
+    create_time: float
+    cgroup: Path | None
+    pidfd: int | None = None
+    status_reason: str | None = None
+    oom: bool = False
+    kill_handle: asyncio.TimerHandle | None = None
+    timeout_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def cancel_timers(self) -> None:
+        for handle in (self.kill_handle, self.timeout_handle):
+            if handle is not None:
+                handle.cancel()
+
+
+class CgroupUnavailable(RuntimeError):
+    """memory_enforcement="cgroup" was asked for but no writable memory cgroup exists."""
+
+
+class Runner:
+    """Runs attempts as process groups, enforces timeout and memory, reports each exit once."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        on_exit: Callable[[AttemptResult], None],
+        kill_grace_s: float = 10.0,
+        container_runtime: str | None = None,
+        memory_enforcement: str = "auto",
+    ) -> None:
+        if memory_enforcement not in ("auto", "cgroup", "rss"):
+            raise ValueError(
+                f"memory_enforcement must be auto, cgroup or rss, not {memory_enforcement!r}"
+            )
+        self._state_dir = Path(state_dir)
+        self._attempts_dir = self._state_dir / "attempts"
+        self._journal_dir = self._state_dir / "running"
+        self._attempts_dir.mkdir(parents=True, exist_ok=True)
+        self._journal_dir.mkdir(parents=True, exist_ok=True)
+        self._on_exit = on_exit
+        self._grace = kill_grace_s
+        self._container_runtime = container_runtime
+        self._running: dict[str, _Attempt] = {}
+        self._finished: dict[str, AttemptResult] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._drained: asyncio.Future[None] | None = None
+        self._rss_timer: asyncio.TimerHandle | None = None
+        self._poll_timer: asyncio.TimerHandle | None = None
+        self._use_pidfd = _pidfd_works()
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._cgroups: _MemoryCgroups | None = None
+        self._busy_cgroups: set[Path] = set()  # emptied cgroups whose rmdir must wait
+        if memory_enforcement != "rss":
+            tag = hashlib.sha1(str(self._state_dir.resolve()).encode()).hexdigest()[:10]
+            try:
+                self._cgroups = _MemoryCgroups.setup(tag)
+            except OSError as exc:
+                if memory_enforcement == "cgroup":
+                    raise CgroupUnavailable(f"no writable memory cgroup: {exc}") from exc
+                log.info("memory limits by RSS polling: no writable memory cgroup (%s)", exc)
+        # The effective mode, for logs and tests: "cgroup" or "rss".
+        self.memory_enforcement = "cgroup" if self._cgroups else "rss"
+
+    # ------------------------------------------------------------------ public API
+    async def start(self, spec: AttemptSpec) -> int | AttemptResult:
+        """Spawn the attempt and return its pid, or a result saying why it cannot start."""
+        known = self._known(spec.attempt_id)
+        if known is not None:
+            return known
+        if self._closed:
+            return self._result(spec, None, f"{CANNOT_START}: agent is shutting down", None)
+        if not _safe_name(spec.attempt_id):
+            return self._result(
+                spec, None, f"{CANNOT_START}: bad attempt id {spec.attempt_id!r}", None
+            )
+        self._loop = asyncio.get_running_loop()
+        adir = self._attempts_dir / spec.attempt_id
+        try:
+            adir.mkdir()
+        except FileExistsError:  # ran under an earlier agent process
+            stored = _read_result(adir)
+            return stored or self._result(spec, None, None, LOST_REASON)
+        if spec.image is not None:
+            why = (
+                f"node has no container runtime; image {spec.image} cannot run here"
+                if self._container_runtime is None
+                else f"running images is not supported yet (runtime {self._container_runtime})"
+            )
+            return self._refuse(spec, adir, f"{CANNOT_START}: {why}")
+        argv, env = list(spec.command), spec.environment
+        if spec.script is not None:
+            script = adir / "script"
+            _write_file(script, spec.script, 0o755)
+            argv = (
+                [str(script), *argv]
+                if spec.script.startswith(b"#!")
+                else ["/bin/sh", str(script), *argv]
+            )
+            env = {**env, "HPCBATCH_SCRIPT": str(script)}
+        if not argv:
+            return self._refuse(spec, adir, f"{CANNOT_START}: the job has no command")
+        cwd = spec.cwd or str(adir)
+        started_at = _now_ms()
+        cgroup: Path | None = None
+        preexec: Callable[[], object] | None = None
+        if self._cgroups is not None:
+            # The child joins its cgroup before it execs the job, so nothing the job starts
+            # escapes the limit. A shell does the joining: a preexec_fn makes Popen fork()
+            # instead of vfork(), 2-6 ms of the agent's time per spawn instead of 0.1 ms.
+            # The shell drops variables whose names it cannot hold; those jobs take the slow
+            # path.
+            try:
+                cgroup = self._cgroups.create(spec.attempt_id, spec.memory_mib)
+            except OSError as exc:
+                return self._refuse(spec, adir, f"{CANNOT_START}: memory cgroup: {exc}")
+            procs = str(cgroup / "cgroup.procs")
+            if all(_SH_NAME.fullmatch(name) for name in env):
+                missing = _missing_program(argv[0], env, cwd)
+                if missing:
+                    _MemoryCgroups.remove(cgroup)
+                    return self._refuse(spec, adir, missing)
+                join = _JOIN_CGROUP if "PWD" in env else _JOIN_CGROUP_NO_PWD
+                argv = ["/bin/sh", "-c", join, procs, *argv]
+            else:
+                preexec = functools.partial(_write_text, procs, "0")  # "0": the writer
+        log_fd = os.open(
+            adir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+        )
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=self._devnull,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=preexec,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            if cgroup is not None:
+                _MemoryCgroups.remove(cgroup)
+            return self._refuse(spec, adir, _spawn_error(exc, argv[0], cwd))
+        finally:
+            os.close(log_fd)
+        try:
+            create_time = psutil.Process(popen.pid).create_time()
+        except psutil.Error:
+            create_time = 0.0
+        rec = _Attempt(spec, popen, started_at, create_time, cgroup)
+        _write_json(
+            self._journal_dir / f"{spec.attempt_id}.json",
+            {
+                "attempt_id": spec.attempt_id,
+                "job_id": spec.job_id,
+                "pid": rec.pid,
+                "create_time": create_time,
+                "started_at": started_at,
+                "cgroup": str(cgroup) if cgroup else None,
+            },
+        )
+        self._running[spec.attempt_id] = rec
+        self._watch(rec)
+        if spec.timeout_s is not None and spec.timeout_s > 0:
+            rec.timeout_handle = self._loop.call_later(spec.timeout_s, self._on_timeout, rec)
+        if cgroup is None and spec.memory_mib > 0 and self._rss_timer is None:
+            self._rss_timer = self._loop.call_later(_RSS_INTERVAL_S, self._rss_tick)
+        return rec.pid
+
+    def kill(self, attempt_id: str, reason: str, grace_s: float | None = None) -> None:
+        """SIGTERM the attempt's process group now and SIGKILL it after the grace."""
+        rec = self._running.get(attempt_id)
+        if rec is None:
+            return
+        if rec.status_reason is None:  # the first cause is the one AWS reports
+            rec.status_reason = reason
+        self._terminate(rec, self._grace if grace_s is None else grace_s)
+
+    def running(self) -> list[tuple[str, str, int, int]]:
+        """(attempt_id, job_id, pid, started_at_ms) of every live attempt."""
+        return [(a, r.spec.job_id, r.pid, r.started_at) for a, r in self._running.items()]
+
+    def log_path(self, attempt_id: str) -> Path:
+        """The attempt's combined stdout+stderr file."""
+        return self._attempts_dir / attempt_id / "output.log"
+
+    async def shutdown(self, kill: bool) -> None:
+        """Stop watching; with kill=True first end every attempt (their on_exit still runs)."""
+        self._closed = True
+        if kill and self._running and self._loop is not None:
+            self._drained = self._loop.create_future()
+            for rec in list(self._running.values()):
+                if rec.status_reason is None:
+                    rec.status_reason = SHUTDOWN_REASON
+                self._terminate(rec, self._grace)
+            try:
+                async with asyncio.timeout(self._grace + 5.0):
+                    await self._drained
+            except TimeoutError:
+                log.warning("shutdown: %d attempts did not exit after SIGKILL", len(self._running))
+        for rec in self._running.values():  # left running: the next agent adopts them
+            self._unwatch(rec)
+            rec.cancel_timers()
+        for timer in (self._rss_timer, self._poll_timer):
+            if timer is not None:
+                timer.cancel()
+        self._rss_timer = self._poll_timer = None
+        for path in list(self._busy_cgroups):  # their processes were SIGKILLed: wait briefly
+            if _remove_cgroup_soon(path, 1.0):
+                self._busy_cgroups.discard(path)
+        if self._cgroups is not None and not self._running and not self._busy_cgroups:
+            self._cgroups.remove(self._cgroups.parent)
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
+        log.info("runner stopped (kill=%s, %d attempts left running)", kill, len(self._running))
+
+    def adopt_orphans(self) -> list[AttemptResult]:
+        """Results for attempts a previous agent process left; kill those still running."""
+        results = []
+        for entry in sorted(self._journal_dir.iterdir()):
+            try:
+                data = json.loads(entry.read_bytes())
+                attempt_id, pid = data["attempt_id"], int(data["pid"])
+                create_time, started_at = float(data["create_time"]), int(data["started_at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                entry.unlink(missing_ok=True)  # a torn .tmp or garbage: nothing to adopt
+                continue
+            if attempt_id in self._running:
+                continue
+            adir = self._attempts_dir / attempt_id
+            # A result on disk means it ended before the old agent died: report the truth.
+            result = _read_result(adir)
+            if result is None:
+                _kill_orphan_group(pid, create_time)
+                job_id = str(data.get("job_id", ""))
+                result = AttemptResult(
+                    attempt_id, job_id, None, None, LOST_REASON, started_at, _now_ms()
+                )
+                if adir.is_dir():
+                    _write_json(adir / "result.json", dataclasses.asdict(result))
+            if data.get("cgroup"):
+                path = Path(data["cgroup"])
+                _MemoryCgroups.kill(path)
+                if not _remove_cgroup_soon(path):
+                    log.warning("orphan cgroup %s still busy; left in place", path)
+            entry.unlink(missing_ok=True)
+            self._remember(result)
+            results.append(result)
+        return results
+
+    # ------------------------------------------------------------------ exits
+    def _watch(self, rec: _Attempt) -> None:
+        assert self._loop is not None
+        if self._use_pidfd:
+            try:
+                rec.pidfd = os.pidfd_open(rec.pid)
+            except OSError:  # cannot happen for our unreaped child; fall back anyway
+                rec.pidfd = None
+        if rec.pidfd is not None:
+            self._loop.add_reader(rec.pidfd, self._on_pidfd, rec)
+        elif self._poll_timer is None:
+            self._poll_timer = self._loop.call_later(_POLL_INTERVAL_S, self._poll_tick)
+
+    def _unwatch(self, rec: _Attempt) -> None:
+        if rec.pidfd is not None and self._loop is not None:
+            self._loop.remove_reader(rec.pidfd)
+            os.close(rec.pidfd)
+            rec.pidfd = None
+
+    def _on_pidfd(self, rec: _Attempt) -> None:
+        self._unwatch(rec)
+        try:
+            _, status = os.waitpid(rec.pid, 0)  # readable pidfd: it has exited, no blocking
+        except ChildProcessError:
+            status = None
+        self._finish(rec, status)
+
+    def _poll_tick(self) -> None:
+        self._poll_timer = None
+        for rec in [r for r in self._running.values() if r.pidfd is None]:
+            try:
+                pid, status = os.waitpid(rec.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = rec.pid, None
+            if pid:
+                self._finish(rec, status)
+        if any(r.pidfd is None for r in self._running.values()):  # shutdown() cancels it
+            assert self._loop is not None
+            self._poll_timer = self._loop.call_later(_POLL_INTERVAL_S, self._poll_tick)
+
+    def _finish(self, rec: _Attempt, status: int | None) -> None:
+        rec.cancel_timers()
+        _signal_group(rec.pid, signal.SIGKILL)  # leftovers in the group die with the job
+        code = None if status is None else os.waitstatus_to_exitcode(status)
+        rec.popen.returncode = code if code is not None else -1  # keeps Popen from reaping
+        oom = rec.oom
+        if rec.cgroup is not None:
+            oom = oom or _MemoryCgroups.oom_kills(rec.cgroup) > 0
+            _MemoryCgroups.kill(rec.cgroup)
+            if not _MemoryCgroups.remove(rec.cgroup):
+                self._remove_cgroup_later(rec.cgroup, 100)
+        if oom:
+            exit_code, reason = OOM_EXIT_CODE, OOM_REASON
+        elif code is None:
+            exit_code, reason = None, "Exit status lost (reaped elsewhere)"
+        elif code < 0:
+            exit_code, reason = None, f"Killed by signal {_signal_name(-code)}"
+        else:
+            exit_code, reason = code, None
+        spec = rec.spec
+        result = AttemptResult(
+            spec.attempt_id,
+            spec.job_id,
+            exit_code,
+            reason,
+            rec.status_reason,
+            rec.started_at,
+            _now_ms(),
+        )
+        del self._running[spec.attempt_id]
+        self._remember(result)
+        _write_json(
+            self._attempts_dir / spec.attempt_id / "result.json", dataclasses.asdict(result)
+        )
+        (self._journal_dir / f"{spec.attempt_id}.json").unlink(missing_ok=True)
+        if not self._running and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        try:
+            self._on_exit(result)
+        except Exception:
+            log.exception("on_exit failed for attempt %s", spec.attempt_id)
+
+    # ------------------------------------------------------------------ kill, timeout, memory
+    def _terminate(self, rec: _Attempt, grace_s: float) -> None:
+        assert self._loop is not None
+        if grace_s <= 0:
+            self._sigkill(rec)
+            return
+        _signal_group(rec.pid, signal.SIGTERM)
+        deadline = self._loop.time() + grace_s
+        if rec.kill_handle is not None:
+            if rec.kill_handle.when() <= deadline:
+                return  # an earlier SIGKILL is already due
+            rec.kill_handle.cancel()
+        rec.kill_handle = self._loop.call_at(deadline, self._sigkill, rec)
+
+    def _sigkill(self, rec: _Attempt) -> None:
+        _signal_group(rec.pid, signal.SIGKILL)
+        if rec.cgroup is not None:
+            _MemoryCgroups.kill(rec.cgroup)  # also what left the group with setsid
+
+    def _on_timeout(self, rec: _Attempt) -> None:
+        rec.timeout_handle = None
+        if rec.status_reason is None:
+            rec.status_reason = TIMEOUT_REASON
+        self._terminate(rec, self._grace)
+
+    def _rss_tick(self) -> None:
+        self._rss_timer = None
+        watched = {
+            r.pid: r
+            for r in self._running.values()
+            if r.cgroup is None and r.spec.memory_mib > 0 and not r.oom
+        }
+        if not watched:
+            return
+        for sid, rss in _session_rss(set(watched)).items():
+            rec = watched[sid]
+            if rss > rec.spec.memory_mib * _MIB:
+                log.info(
+                    "attempt %s over memory: %d MiB > %d MiB",
+                    rec.spec.attempt_id,
+                    rss // _MIB,
+                    rec.spec.memory_mib,
+                )
+                rec.oom = True  # like the OOM killer: no grace
+                self._sigkill(rec)
+        if not self._closed:
+            assert self._loop is not None
+            self._rss_timer = self._loop.call_later(_RSS_INTERVAL_S, self._rss_tick)
+
+    def _remove_cgroup_later(self, path: Path, tries: int) -> None:
+        self._busy_cgroups.add(path)
+        if _MemoryCgroups.remove(path):
+            self._busy_cgroups.discard(path)
+        elif tries <= 0:
+            log.warning("cgroup %s still busy; left in place", path)
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_later(0.05, self._remove_cgroup_later, path, tries - 1)
+
+    # ------------------------------------------------------------------ results
+    def _known(self, attempt_id: str) -> int | AttemptResult | None:
+        rec = self._running.get(attempt_id)
+        if rec is not None:
+            return rec.pid
+        return self._finished.get(attempt_id)
+
+    def _remember(self, result: AttemptResult) -> None:
+        self._finished[result.attempt_id] = result
+        if len(self._finished) > _KEEP_RESULTS:
+            del self._finished[next(iter(self._finished))]
+
+    def _result(
+        self,
+        spec: AttemptSpec,
+        exit_code: int | None,
+        reason: str | None,
+        status_reason: str | None,
+    ) -> AttemptResult:
+        now = _now_ms()
+        return AttemptResult(
+            spec.attempt_id, spec.job_id, exit_code, reason, status_reason, now, now
+        )
+
+    def _refuse(self, spec: AttemptSpec, adir: Path, reason: str) -> AttemptResult:
+        """An attempt that never started: say why in its log and remember the answer."""
+        result = self._result(spec, None, reason, None)
+        with open(adir / "output.log", "ab") as f:
+            f.write(reason.encode() + b"\n")
+        _write_json(adir / "result.json", dataclasses.asdict(result))
+        self._remember(result)
+        return result
+
+
+class _MemoryCgroups:
+    """One memory cgroup per attempt, under a parent this agent owns (v2, or v1's memory)."""
+
+    def __init__(self, parent: Path, version: int) -> None:
+        self.parent = parent
+        self.version = version
+
+    @classmethod
+    def setup(cls, tag: str) -> _MemoryCgroups:
+        """Find a writable memory hierarchy and make our parent in it; OSError if none."""
+        v2_root, v1_root = _cgroup_mounts()
+        errors = []
+        if v2_root is not None:
+            try:
+                controllers = (v2_root / "cgroup.controllers").read_text().split()
+                if "memory" not in controllers:
+                    raise OSError(f"{v2_root} has no memory controller")
+                if "memory" not in (v2_root / "cgroup.subtree_control").read_text().split():
+                    _write_text(v2_root / "cgroup.subtree_control", "+memory")
+                # A sibling of the agent's own cgroup: v2 forbids processes in a cgroup
+                # that hands controllers to children, and the agent's has the agent.
+                return cls(v2_root / f"hpcbatch-{tag}", 2)._make_parent()._probe()
+            except OSError as exc:
+                errors.append(f"cgroup v2: {exc}")
+        if v1_root is not None:
+            try:
+                # v1 allows children next to processes: nest under our own cgroup so a
+                # limit put on the agent's service also bounds its jobs.
+                parent = v1_root / _own_cgroup("memory").lstrip("/") / f"hpcbatch-{tag}"
+                return cls(parent, 1)._make_parent()._probe()
+            except OSError as exc:
+                errors.append(f"cgroup v1: {exc}")
+        raise OSError("; ".join(errors) or "no memory cgroup mounted")
+
+    def _make_parent(self) -> _MemoryCgroups:
+        self.parent.mkdir(exist_ok=True)
+        if self.version == 2:
+            _write_text(self.parent / "cgroup.subtree_control", "+memory")
+        return self
+
+    def _probe(self) -> _MemoryCgroups:
+        path = self.create(f"probe-{os.getpid()}", 64)
+        self.remove(path)
+        return self
+
+    def create(self, name: str, memory_mib: int) -> Path:
+        """Make the attempt's cgroup with its limit; swap off so the limit is real."""
+        path = self.parent / name
+        try:
+            path.mkdir(exist_ok=True)
+        except FileNotFoundError:  # the parent was removed under us (a cleanup by hand)
+            self._make_parent()
+            path.mkdir(exist_ok=True)
+        if memory_mib > 0:
+            limit = str(memory_mib * _MIB)
+            if self.version == 2:
+                _write_text(path / "memory.max", limit)
+                with contextlib.suppress(OSError):  # absent without swap accounting
+                    _write_text(path / "memory.swap.max", "0")
+                with contextlib.suppress(OSError):  # the whole "container" dies, as on k8s
+                    _write_text(path / "memory.oom.group", "1")
+            else:
+                _write_text(path / "memory.limit_in_bytes", limit)
+                with contextlib.suppress(OSError):
+                    _write_text(path / "memory.memsw.limit_in_bytes", limit)
+        return path
+
+    @staticmethod
+    def oom_kills(path: Path) -> int:
+        """How many processes the kernel's OOM killer ended in this cgroup."""
+        for name in ("memory.events", "memory.oom_control"):  # v2, v1
+            try:
+                text = (path / name).read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        return 0
+
+    @staticmethod
+    def kill(path: Path) -> None:
+        """SIGKILL everything in the cgroup."""
+        try:
+            _write_text(path / "cgroup.kill", "1")  # v2, Linux >= 5.14
+            return
+        except OSError:
+            pass
+        try:
+            pids = (path / "cgroup.procs").read_text().split()
+        except OSError:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+    @staticmethod
+    def remove(path: Path) -> bool:
+        """rmdir the cgroup; False while processes are still leaving it."""
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+
+# ---------------------------------------------------------------------- helpers
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _safe_name(attempt_id: str) -> bool:
+    return (
+        bool(attempt_id)
+        and "/" not in attempt_id
+        and "\0" not in attempt_id
+        and not attempt_id.startswith(".")
+    )
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    # Safe after the leader is reaped: Linux never reuses a pid still naming a live group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _spawn_error(exc: OSError | subprocess.SubprocessError, program: str, cwd: str) -> str:
+    if not isinstance(exc, OSError):  # the preexec_fn failed: the cgroup refused us
+        return f"{CANNOT_START}: could not enter the memory cgroup ({exc})"
+    if exc.filename == cwd and exc.filename != program:
+        return f"{CANNOT_START}: working directory {cwd}: {exc.strerror}"
+    if isinstance(exc, FileNotFoundError):
+        return f"{CANNOT_START}: {program}: command not found"
+    return f"{CANNOT_START}: {program}: {exc.strerror or exc}"
+
+
+def _missing_program(program: str, env: dict[str, str], cwd: str) -> str | None:
+    """Why ``program`` cannot be executed, as Popen would have said; None when it can."""
+    if not os.path.isdir(cwd):
+        return None  # Popen names the missing working directory itself
+    if "/" in program:
+        path: str | None = os.path.join(cwd, program)
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            path = None
+    else:
+        path = shutil.which(program, path=env.get("PATH", os.defpath))
+    return None if path else f"{CANNOT_START}: {program}: command not found"
+
+
+def _pidfd_works() -> bool:
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except (AttributeError, OSError):
+        return False
+    os.close(fd)
+    return True
+
+
+def _write_text(path: str | Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)  # the umask must not take the x bits away
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    """Write by rename, so a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(json.dumps(data).encode())
+    os.replace(tmp, path)
+
+
+def _read_result(adir: Path) -> AttemptResult | None:
+    try:
+        return AttemptResult(**json.loads((adir / "result.json").read_bytes()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _session_rss(sessions: set[int]) -> dict[int, int]:
+    """Bytes resident per session id, summed over /proc in one pass.
+
+    Reading /proc/<pid>/stat directly gives session and RSS in one read; psutil has no
+    session id and would need two. Shared pages count once per process (an overestimate,
+    as ``ps`` makes); processes that left the session with setsid are not seen.
+    """
+    totals = dict.fromkeys(sessions, 0)
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2 :].split()
+        sid = int(fields[3])
+        if sid in totals:
+            totals[sid] += int(fields[21]) * _PAGE
+    return totals
+
+
+def _kill_orphan_group(pid: int, create_time: float) -> None:
+    """SIGKILL a dead agent's attempt, checking identity so a reused pid is never hit."""
+    try:
+        leader = psutil.Process(pid)
+        if abs(leader.create_time() - create_time) < 0.005:  # start times tick in 10 ms
+            _signal_group(pid, signal.SIGKILL)
+        return  # alive but someone else: the pid was reused, our group is long gone
+    except psutil.NoSuchProcess:
+        pass
+    # The leader is gone but its group may live on; the kernel keeps the number reserved
+    # while the group exists, so members of group `pid` started after our leader are ours.
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pid and proc.create_time() >= create_time:
+                proc.kill()
+        except (psutil.Error, ProcessLookupError):
+            continue
+
+
+def _remove_cgroup_soon(path: Path, deadline_s: float = 2.0) -> bool:
+    """rmdir a cgroup whose processes were just killed, waiting briefly for them to go."""
+    end = time.monotonic() + deadline_s
+    while not _MemoryCgroups.remove(path):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)  # sync start-up path, before the event loop runs attempts
+    return True
+
+
+def _cgroup_mounts() -> tuple[Path | None, Path | None]:
+    """(cgroup v2 mount, cgroup v1 memory mount) from /proc/self/mounts."""
+    v2 = v1 = None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 4:
+                continue
+            if parts[2] == "cgroup2" and v2 is None:
+                v2 = Path(parts[1])
+            elif parts[2] == "cgroup" and "memory" in parts[3].split(",") and v1 is None:
+                v1 = Path(parts[1])
+    return v2, v1
+
+
+def _own_cgroup(controller: str) -> str:
+    """This process's cgroup path in the v1 hierarchy of ``controller``."""
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                return path
+    raise OSError(f"not in a {controller} cgroup")
