@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from aiohttp import web
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +30,31 @@ UNFINISHED = tuple(s for s in JobStatus if s not in FINAL)
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class JobIdGenerator:
+    """UUIDv7-style job ids (RFC 9562): 48-bit ms time, a 12-bit counter, random bits.
+
+    They look like AWS's UUID job ids, and sort in submission order, so "newest first"
+    with the id as tie-breaker is exact even for jobs created in the same millisecond.
+    """
+
+    def __init__(self) -> None:
+        self._last_ms = 0
+        self._counter = 0
+
+    def __call__(self, now_ms: int) -> str:
+        if now_ms <= self._last_ms:
+            now_ms = self._last_ms
+            self._counter += 1
+            if self._counter > 0xFFF:  # 4096 ids in one ms: borrow the next ms
+                now_ms, self._counter = now_ms + 1, 0
+        else:
+            self._counter = 0
+        self._last_ms = now_ms
+        rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF | 0x8000_0000_0000_0000
+        value = (now_ms << 80) | (0x7 << 76) | (self._counter << 64) | rand
+        return str(uuid.UUID(int=value))
 
 
 def _name_of(ref: str) -> str:
@@ -57,6 +83,7 @@ class BatchService:
         self.engine = engine
         self.region = region
         self.account = account
+        self._job_id = JobIdGenerator()
 
     def arn(self, kind: str, name: str) -> str:
         return f"arn:aws:batch:{self.region}:{self.account}:{kind}/{name}"
@@ -317,7 +344,8 @@ class BatchService:
         retry = body.get("retryStrategy") or jobdef.get("retryStrategy") or {}
         timeout = body.get("timeout") or jobdef.get("timeout") or {}
         tags = {**jobdef.get("tags", {}), **body.get("tags", {})} if body.get("propagateTags", jobdef.get("propagateTags")) else body.get("tags", {})
-        job_id = str(uuid.uuid4())
+        created_at = _now_ms()
+        job_id = self._job_id(created_at)
         job = JobRecord(
             job_id=job_id,
             job_name=body["jobName"],
@@ -326,7 +354,7 @@ class BatchService:
             job_definition=jobdef["jobDefinitionArn"],
             owner=owner,
             status=JobStatus.SUBMITTED,
-            created_at=_now_ms(),
+            created_at=created_at,
             command=command,
             environment=environment,
             image=container.get("image"),

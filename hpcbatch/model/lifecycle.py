@@ -17,10 +17,10 @@ corrupted job.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     """AWS Batch's JobStatus enum, stored as plain text."""
 
     SUBMITTED = "SUBMITTED"
@@ -41,7 +41,7 @@ class JobStatus(str, Enum):
         return self in (JobStatus.STARTING, JobStatus.RUNNING)
 
 
-class JobEvent(str, Enum):
+class JobEvent(StrEnum):
     """What can happen to a job; the table below says where each leads."""
 
     WAIT_DEPENDENCIES = "wait_dependencies"

@@ -275,6 +275,10 @@ class Scheduler:
         return ce
 
     def _node_up(self, event: NodeUp) -> None:
+        # Re-registration: what the node reports running is the truth. Give back the old
+        # holds first (onto the old node value), then build the node afresh from its report.
+        for job_id in [j for j, a in self._allocations.items() if a.node == event.node]:
+            self._release(job_id)
         old = self._nodes.get(event.node)
         if old is not None:
             self._ce(old.ce).nodes.pop(old.name, None)
@@ -284,9 +288,6 @@ class Scheduler:
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
-        # Re-registration: what the node reports running is the truth; drop stale holds.
-        for job_id in [j for j, a in self._allocations.items() if a.node == event.node]:
-            self._release(job_id)
         for job_id, request in event.allocations:
             self._withdraw(job_id)
             self._hold(job_id, node, request)
@@ -339,26 +340,27 @@ class Scheduler:
             fresh, queue.fresh = queue.fresh, []
             rescan, queue.rescan = queue.rescan, False
             failed: list[ResourceRequest] = []
+            reasons: dict[ResourceRequest, str] = {}  # why-not, once per distinct request
             room = self._has_room(usable)
             for job in list(queue.jobs.values()):
                 if not room:
                     if rescan:
-                        self._wait(job.job_id, self._why_not(job.request, usable), actions)
+                        self._wait(job.job_id, self._cached_why_not(job.request, usable, reasons), actions)
                         continue
                     for job_id in fresh:
                         if job_id in queue.jobs:
-                            self._wait(job_id, self._why_not(queue.jobs[job_id].request, usable), actions)
+                            self._wait(job_id, self._cached_why_not(queue.jobs[job_id].request, usable, reasons), actions)
                     break
                 r = job.request
                 if any(_dominates(r, f) for f in failed):
-                    self._wait(job.job_id, WAIT_RESOURCES, actions)
+                    self._wait(job.job_id, self._cached_why_not(r, usable, reasons), actions)
                     continue
                 placed = self._place(job, usable)
                 if placed is None:
                     # Requests known not to fit in this pass: anything at least as large
                     # cannot fit either, so a long FIFO of equal jobs costs one failed search.
                     failed.append(r)
-                    self._wait(job.job_id, self._why_not(r, usable), actions)
+                    self._wait(job.job_id, self._cached_why_not(r, usable, reasons), actions)
                     continue
                 node, ce = placed
                 self._withdraw(job.job_id)
@@ -395,6 +397,14 @@ class Scheduler:
             if best is not None:
                 return best, ce
         return None
+
+    def _cached_why_not(
+        self, r: ResourceRequest, ces: list[_ComputeEnvironment], cache: dict[ResourceRequest, str]
+    ) -> str:
+        reason = cache.get(r)
+        if reason is None:
+            reason = cache[r] = self._why_not(r, ces)
+        return reason
 
     def _why_not(self, r: ResourceRequest, ces: list[_ComputeEnvironment]) -> str:
         if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):

@@ -180,12 +180,13 @@ class SqliteStore:
             where.append("owner = ?")
             args.append(query.owner)
         if query.name_like is not None:
+            # AWS matches JOB_NAME case-insensitively, with an optional trailing '*'.
             if query.name_like.endswith("*"):
-                where.append("substr(name, 1, ?) = ?")
+                where.append("lower(substr(name, 1, ?)) = lower(?)")
                 prefix = query.name_like[:-1]
                 args.extend([len(prefix), prefix])
             else:
-                where.append("name = ?")
+                where.append("lower(name) = lower(?)")
                 args.append(query.name_like)
         if query.created_after is not None:
             where.append("created_at >= ?")

@@ -1,0 +1,527 @@
+"""The SQLite store on a temporary file: resources, jobs, events, scripts, transactions."""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hpcbatch.model.jobs import Attempt, JobRecord, ResourceRequest
+from hpcbatch.model.lifecycle import JobStatus
+from hpcbatch.store import JobQuery, SqliteStore
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "head.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(db_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def job(
+    job_id: str,
+    *,
+    created_at: int = 1000,
+    queue: str = "q",
+    status: JobStatus = JobStatus.RUNNABLE,
+    owner: str = "alice",
+    name: str | None = None,
+    stopped_at: int | None = None,
+    **kw: Any,
+) -> JobRecord:
+    return JobRecord(
+        job_id=job_id,
+        job_name=name or f"name-{job_id}",
+        job_queue=queue,
+        job_queue_arn=f"arn:aws:batch:eu-west-1:123456789012:job-queue/{queue}",
+        job_definition="arn:aws:batch:eu-west-1:123456789012:job-definition/d:1",
+        owner=owner,
+        status=status,
+        created_at=created_at,
+        stopped_at=stopped_at,
+        command=["echo", job_id],
+        environment={},
+        resources=ResourceRequest(1, 512),
+        container={"command": ["echo", job_id]},
+        **kw,
+    )
+
+
+def ids(jobs: list[JobRecord]) -> list[str]:
+    return [j.job_id for j in jobs]
+
+
+# -------------------------------------------------------------------- resources
+def test_resource_revisions_are_kept_and_zero_means_latest(store: SqliteStore) -> None:
+    with store.transaction():
+        store.put_resource("jobdef", "train", 1, "ACTIVE", {"revision": 1})
+        store.put_resource("jobdef", "train", 2, "ACTIVE", {"revision": 2})
+    assert store.get_resource("jobdef", "train") == {"revision": 2}
+    assert store.get_resource("jobdef", "train", 1) == {"revision": 1}
+    assert store.get_resource("jobdef", "train", 3) is None
+    assert store.latest_revision("jobdef", "train") == 2
+
+
+def test_unknown_resource_is_none_and_has_revision_zero(store: SqliteStore) -> None:
+    assert store.get_resource("queue", "nope") is None
+    assert store.latest_revision("queue", "nope") == 0
+    assert store.list_resources("queue") == []
+
+
+def test_putting_the_same_revision_again_replaces_it(store: SqliteStore) -> None:
+    store.put_resource("queue", "q", 1, "ENABLED", {"state": "ENABLED"})
+    store.put_resource("queue", "q", 1, "DISABLED", {"state": "DISABLED"})
+    assert store.list_resources("queue") == [{"state": "DISABLED"}]
+
+
+def test_list_resources_orders_by_name_then_revision(store: SqliteStore) -> None:
+    for name, rev in [("b", 2), ("a", 1), ("b", 1), ("a", 2)]:
+        store.put_resource("jobdef", name, rev, "ACTIVE", {"n": name, "r": rev})
+    assert [(d["n"], d["r"]) for d in store.list_resources("jobdef")] == [
+        ("a", 1),
+        ("a", 2),
+        ("b", 1),
+        ("b", 2),
+    ]
+    assert [d["r"] for d in store.list_resources("jobdef", "b")] == [1, 2]
+
+
+def test_resource_kinds_are_separate_namespaces(store: SqliteStore) -> None:
+    store.put_resource("ce", "same", 1, "ENABLED", {"kind": "ce"})
+    store.put_resource("queue", "same", 1, "ENABLED", {"kind": "queue"})
+    assert store.get_resource("ce", "same") == {"kind": "ce"}
+    store.delete_resource("ce", "same")
+    assert store.get_resource("ce", "same") is None
+    assert store.get_resource("queue", "same") == {"kind": "queue"}
+
+
+def test_delete_resource_removes_every_revision(store: SqliteStore) -> None:
+    for rev in (1, 2, 3):
+        store.put_resource("jobdef", "d", rev, "ACTIVE", {"r": rev})
+    store.delete_resource("jobdef", "d")
+    assert store.list_resources("jobdef", "d") == []
+    assert store.latest_revision("jobdef", "d") == 0
+
+
+def test_resource_documents_round_trip_nested_json(store: SqliteStore) -> None:
+    doc = {
+        "jobDefinitionName": "d",
+        "containerProperties": {"command": ["a", "b"], "vcpus": 0.5, "privileged": False},
+        "parameters": {},
+        "tags": {"k": "v"},
+        "timeout": None,
+    }
+    store.put_resource("jobdef", "d", 1, "ACTIVE", doc)
+    assert store.get_resource("jobdef", "d") == doc
+
+
+# ------------------------------------------------------------------------- jobs
+def test_job_round_trips_with_attempts_and_status(store: SqliteStore) -> None:
+    original = job(
+        "j1",
+        status=JobStatus.FAILED,
+        stopped_at=5000,
+        parameters={"p": "1"},
+        evaluate_on_exit=[{"action": "EXIT", "onExitCode": "1"}],
+        attempts=[
+            Attempt(
+                attempt_id="a1",
+                node="n1",
+                compute_environment="ce",
+                log_stream_name="d/default/a1",
+                started_at=1,
+                stopped_at=2,
+                exit_code=1,
+            )
+        ],
+    )
+    store.put_jobs([original])
+    loaded = store.get_job("j1")
+    assert loaded == original
+    assert loaded is not None and loaded.status is JobStatus.FAILED
+    assert loaded.resources == ResourceRequest(1, 512)
+
+
+def test_unknown_job_is_none(store: SqliteStore) -> None:
+    assert store.get_job("nope") is None
+    assert store.job_seq("nope") == 0
+
+
+def test_get_jobs_keeps_the_requested_order_and_skips_unknown(store: SqliteStore) -> None:
+    store.put_jobs([job("a"), job("b"), job("c")])
+    assert ids(store.get_jobs(["c", "missing", "a"])) == ["c", "a"]
+    assert store.get_jobs([]) == []
+
+
+def test_putting_a_job_again_updates_it_in_place(store: SqliteStore) -> None:
+    store.put_jobs([job("a"), job("b")])
+    seq = store.job_seq("a")
+    store.put_jobs([job("a", status=JobStatus.RUNNING)])
+    assert store.get_job("a").status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert store.job_seq("a") == seq
+    assert store.list_jobs(JobQuery(statuses=(JobStatus.RUNNING,))) == [
+        job("a", status=JobStatus.RUNNING)
+    ]
+
+
+def test_list_jobs_is_newest_first_with_job_id_breaking_ties(store: SqliteStore) -> None:
+    store.put_jobs(
+        [
+            job("b", created_at=2),
+            job("a", created_at=3),
+            job("c", created_at=2),
+            job("d", created_at=1),
+        ]
+    )
+    assert ids(store.list_jobs(JobQuery())) == ["a", "c", "b", "d"]
+
+
+def test_list_jobs_filters_by_queue(store: SqliteStore) -> None:
+    store.put_jobs(
+        [job("a", queue="cpu"), job("b", queue="gpu"), job("c", queue="cpu", created_at=2000)]
+    )
+    assert ids(store.list_jobs(JobQuery(queue="cpu"))) == ["c", "a"]
+    assert store.list_jobs(JobQuery(queue="none")) == []
+
+
+def test_list_jobs_filters_by_any_of_several_statuses(store: SqliteStore) -> None:
+    store.put_jobs(
+        [
+            job("a", status=JobStatus.RUNNABLE, created_at=1),
+            job("b", status=JobStatus.RUNNING, created_at=2),
+            job("c", status=JobStatus.SUCCEEDED, created_at=3),
+        ]
+    )
+    assert ids(store.list_jobs(JobQuery(statuses=(JobStatus.RUNNING,)))) == ["b"]
+    assert ids(store.list_jobs(JobQuery(statuses=(JobStatus.RUNNABLE, JobStatus.SUCCEEDED)))) == [
+        "c",
+        "a",
+    ]
+
+
+def test_list_jobs_filters_by_owner(store: SqliteStore) -> None:
+    store.put_jobs([job("a", owner="alice"), job("b", owner="bob")])
+    assert ids(store.list_jobs(JobQuery(owner="bob"))) == ["b"]
+
+
+def test_job_name_filter_without_star_is_an_exact_match(store: SqliteStore) -> None:
+    store.put_jobs([job("a", name="train"), job("b", name="train-2"), job("c", name="pretrain")])
+    assert ids(store.list_jobs(JobQuery(name_like="train"))) == ["a"]
+
+
+def test_job_name_filter_with_trailing_star_is_a_prefix_match(store: SqliteStore) -> None:
+    store.put_jobs(
+        [
+            job("a", name="train", created_at=1),
+            job("b", name="train-2", created_at=2),
+            job("c", name="pretrain", created_at=3),
+        ]
+    )
+    assert ids(store.list_jobs(JobQuery(name_like="train*"))) == ["b", "a"]
+    assert len(store.list_jobs(JobQuery(name_like="*"))) == 3
+
+
+def test_job_name_prefix_treats_sql_wildcards_literally(store: SqliteStore) -> None:
+    store.put_jobs([job("a", name="run_1%x"), job("b", name="runX1yx")])
+    assert ids(store.list_jobs(JobQuery(name_like="run_1%*"))) == ["a"]
+
+
+def test_job_name_filter_is_case_insensitive_like_aws(store: SqliteStore) -> None:
+    store.put_jobs([job("a", name="Test1", created_at=1), job("b", name="Test10", created_at=2)])
+    assert ids(store.list_jobs(JobQuery(name_like="test1"))) == ["a"]
+    assert ids(store.list_jobs(JobQuery(name_like="test1*"))) == ["b", "a"]
+
+
+def test_list_jobs_filters_by_creation_time(store: SqliteStore) -> None:
+    store.put_jobs([job(f"j{t}", created_at=t) for t in (100, 200, 300, 400)])
+    assert ids(store.list_jobs(JobQuery(created_after=150))) == ["j400", "j300", "j200"]
+    assert ids(store.list_jobs(JobQuery(created_before=250))) == ["j200", "j100"]
+    assert ids(store.list_jobs(JobQuery(created_after=150, created_before=350))) == ["j300", "j200"]
+
+
+def test_list_jobs_combines_filters(store: SqliteStore) -> None:
+    store.put_jobs(
+        [
+            job("hit", queue="q", owner="bob", name="x-1", status=JobStatus.RUNNING),
+            job("other-owner", queue="q", owner="alice", name="x-2", status=JobStatus.RUNNING),
+            job("other-queue", queue="r", owner="bob", name="x-3", status=JobStatus.RUNNING),
+            job("other-status", queue="q", owner="bob", name="x-4", status=JobStatus.RUNNABLE),
+            job("other-name", queue="q", owner="bob", name="y-1", status=JobStatus.RUNNING),
+        ]
+    )
+    query = JobQuery(queue="q", owner="bob", name_like="x*", statuses=(JobStatus.RUNNING,))
+    assert ids(store.list_jobs(query)) == ["hit"]
+
+
+def test_list_jobs_honours_limit(store: SqliteStore) -> None:
+    store.put_jobs([job(f"j{i}", created_at=i) for i in range(10)])
+    assert ids(store.list_jobs(JobQuery(limit=3))) == ["j9", "j8", "j7"]
+
+
+def test_after_continues_from_the_last_item_of_the_previous_page(store: SqliteStore) -> None:
+    store.put_jobs(
+        [
+            job("a", created_at=1),
+            job("b", created_at=2),
+            job("c", created_at=2),
+            job("d", created_at=3),
+        ]
+    )
+    first = store.list_jobs(JobQuery(limit=2))
+    assert ids(first) == ["d", "c"]
+    last = first[-1]
+    second = store.list_jobs(JobQuery(limit=2, after=(last.created_at, last.job_id)))
+    assert ids(second) == ["b", "a"]
+    assert store.list_jobs(JobQuery(limit=2, after=(1, "a"))) == []
+
+
+def _all_pages(store: SqliteStore, query: JobQuery) -> list[str]:
+    out: list[str] = []
+    after = None
+    while True:
+        page = store.list_jobs(JobQuery(queue=query.queue, limit=query.limit, after=after))
+        out.extend(ids(page))
+        if len(page) < query.limit:
+            return out
+        after = (page[-1].created_at, page[-1].job_id)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    created=st.lists(st.integers(0, 5), min_size=0, max_size=25),
+    limit=st.integers(1, 7),
+)
+def test_paging_with_after_visits_every_job_once_newest_first(
+    created: list[int], limit: int
+) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        s = SqliteStore(Path(d) / "h.db")
+        try:
+            jobs = [job(f"j{i:02d}", created_at=t) for i, t in enumerate(created)]
+            s.put_jobs(jobs)
+            expected = ids(sorted(jobs, key=lambda j: (j.created_at, j.job_id), reverse=True))
+            assert _all_pages(s, JobQuery(limit=limit)) == expected
+        finally:
+            s.close()
+
+
+def test_unfinished_jobs_come_oldest_submission_first_and_skip_final_ones(
+    store: SqliteStore,
+) -> None:
+    # Submission order (insertion), not created_at, decides.
+    store.put_jobs([job("first", created_at=900), job("done", status=JobStatus.SUCCEEDED)])
+    store.put_jobs([job("second", created_at=100), job("failed", status=JobStatus.FAILED)])
+    store.put_jobs([job("third", status=JobStatus.PENDING)])
+    store.put_jobs([job("first", status=JobStatus.RUNNING)])  # an update keeps its place
+    got = list(store.unfinished_jobs())
+    assert [j.job_id for _, j in got] == ["first", "second", "third"]
+    assert [seq for seq, _ in got] == sorted(seq for seq, _ in got)
+    assert all(seq == store.job_seq(j.job_id) for seq, j in got)
+    assert got[0][1].status is JobStatus.RUNNING
+
+
+def test_count_jobs_counts_a_queue_in_the_given_states(store: SqliteStore) -> None:
+    store.put_jobs(
+        [
+            job("a", queue="q", status=JobStatus.RUNNABLE),
+            job("b", queue="q", status=JobStatus.RUNNING),
+            job("c", queue="q", status=JobStatus.SUCCEEDED),
+            job("d", queue="r", status=JobStatus.RUNNING),
+        ]
+    )
+    assert store.count_jobs("q", (JobStatus.RUNNABLE, JobStatus.RUNNING)) == 2
+    assert store.count_jobs("r", (JobStatus.RUNNABLE,)) == 0
+
+
+def test_prune_deletes_only_finished_jobs_stopped_before_the_cutoff(store: SqliteStore) -> None:
+    store.put_jobs(
+        [
+            job("old-ok", status=JobStatus.SUCCEEDED, stopped_at=100),
+            job("old-failed", status=JobStatus.FAILED, stopped_at=199),
+            job("recent", status=JobStatus.SUCCEEDED, stopped_at=200),
+            job("running", status=JobStatus.RUNNING),
+        ]
+    )
+    store.add_job_events([("old-ok", 100, "SUCCEEDED", None), ("recent", 200, "SUCCEEDED", None)])
+    assert store.prune_jobs(stopped_before=200) == 2
+    assert ids(store.list_jobs(JobQuery())) == sorted(["recent", "running"], reverse=True)
+    assert store.job_events("old-ok") == []
+    assert store.job_events("recent") == [(200, "SUCCEEDED", None)]
+    assert store.prune_jobs(stopped_before=200) == 0
+
+
+def test_prune_handles_more_jobs_than_one_delete_batch(store: SqliteStore) -> None:
+    store.put_jobs(
+        [job(f"j{i:04d}", status=JobStatus.SUCCEEDED, stopped_at=1) for i in range(1203)]
+    )
+    store.put_jobs([job("keep")])
+    assert store.prune_jobs(stopped_before=2) == 1203
+    assert ids(store.list_jobs(JobQuery())) == ["keep"]
+
+
+# ------------------------------------------------------------------ job events
+def test_job_events_come_back_in_the_order_written_per_job(store: SqliteStore) -> None:
+    store.add_job_events(
+        [
+            ("a", 10, "SUBMITTED", None),
+            ("b", 11, "SUBMITTED", None),
+            ("a", 12, "RUNNABLE", None),
+            ("a", 12, "STARTING", "placed on n1"),
+        ]
+    )
+    store.add_job_events([("a", 9, "RUNNING", None)])  # order written, not timestamp
+    assert store.job_events("a") == [
+        (10, "SUBMITTED", None),
+        (12, "RUNNABLE", None),
+        (12, "STARTING", "placed on n1"),
+        (9, "RUNNING", None),
+    ]
+    assert store.job_events("b") == [(11, "SUBMITTED", None)]
+    assert store.job_events("nobody") == []
+
+
+# --------------------------------------------------------------------- scripts
+def test_scripts_store_bytes_exactly(store: SqliteStore) -> None:
+    data = b"#!/bin/sh\necho \x00\xff\n"
+    store.put_script("sha-1", data)
+    assert store.get_script("sha-1") == data
+    assert store.get_script("missing") is None
+
+
+def test_putting_a_script_id_again_keeps_the_first_content(store: SqliteStore) -> None:
+    store.put_script("sha-1", b"one")
+    store.put_script("sha-1", b"two")
+    assert store.get_script("sha-1") == b"one"
+
+
+# ---------------------------------------------------------------- transactions
+class Boom(Exception):
+    pass
+
+
+def test_transaction_rollback_on_error_leaves_nothing(store: SqliteStore) -> None:
+    with pytest.raises(Boom), store.transaction():
+        store.put_resource("queue", "q", 1, "ENABLED", {})
+        store.put_jobs([job("a")])
+        store.add_job_events([("a", 1, "SUBMITTED", None)])
+        store.put_script("s", b"x")
+        raise Boom
+    assert store.get_resource("queue", "q") is None
+    assert store.get_job("a") is None
+    assert store.job_events("a") == []
+    assert store.get_script("s") is None
+    assert list(store.unfinished_jobs()) == []
+
+
+def test_error_in_a_nested_transaction_rolls_back_the_outer_one(store: SqliteStore) -> None:
+    with pytest.raises(Boom), store.transaction():
+        store.put_jobs([job("outer")])
+        with store.transaction():
+            store.put_jobs([job("inner")])
+            raise Boom
+    assert store.get_jobs(["outer", "inner"]) == []
+
+
+def test_nested_transaction_commits_with_the_outer_one(store: SqliteStore, db_path: Path) -> None:
+    other = SqliteStore(db_path)
+    try:
+        with store.transaction():
+            store.put_jobs([job("outer")])
+            with store.transaction():
+                store.put_jobs([job("inner")])
+            # The inner block's end commits nothing: other readers see nothing yet.
+            assert other.get_jobs(["outer", "inner"]) == []
+        assert ids(other.get_jobs(["outer", "inner"])) == ["outer", "inner"]
+    finally:
+        other.close()
+
+
+def test_store_is_usable_after_a_rolled_back_transaction(store: SqliteStore) -> None:
+    with pytest.raises(Boom), store.transaction():
+        store.put_jobs([job("lost")])
+        raise Boom
+    with store.transaction():
+        store.put_jobs([job("kept")])
+    assert ids(store.get_jobs(["lost", "kept"])) == ["kept"]
+
+
+def test_committed_write_survives_the_store_being_dropped_without_close(db_path: Path) -> None:
+    first = SqliteStore(db_path)
+    with first.transaction():
+        first.put_resource("queue", "q", 1, "ENABLED", {"jobQueueName": "q"})
+        first.put_jobs([job("a")])
+        first.add_job_events([("a", 1, "SUBMITTED", None)])
+        first.put_script("s", b"x")
+    # Still open, never closed: what a fresh process sees after `kill -9` of the head.
+    second = SqliteStore(db_path)
+    try:
+        assert second.get_resource("queue", "q") == {"jobQueueName": "q"}
+        assert ids(second.get_jobs(["a"])) == ["a"]
+        assert second.job_events("a") == [(1, "SUBMITTED", None)]
+        assert second.get_script("s") == b"x"
+    finally:
+        second.close()
+    del first
+    gc.collect()
+    third = SqliteStore(db_path)
+    try:
+        assert [j.job_id for _, j in third.unfinished_jobs()] == ["a"]
+    finally:
+        third.close()
+
+
+def test_uncommitted_write_is_invisible_to_another_store(db_path: Path) -> None:
+    first = SqliteStore(db_path)
+    second = SqliteStore(db_path)
+    try:
+        with first.transaction():
+            first.put_jobs([job("a")])
+            assert second.get_job("a") is None  # a reader is not blocked by the writer
+        assert second.get_job("a") is not None
+    finally:
+        first.close()
+        second.close()
+
+
+def test_opening_an_existing_file_keeps_its_data_and_schema(db_path: Path) -> None:
+    s = SqliteStore(db_path)
+    s.put_jobs([job("a")])
+    s.close()
+    s = SqliteStore(db_path)
+    try:
+        assert s.get_job("a") is not None
+        s.put_jobs([job("b")])
+        assert [j.job_id for _, j in s.unfinished_jobs()] == ["a", "b"]
+    finally:
+        s.close()
+
+
+def test_store_creates_missing_parent_directories(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "a" / "b" / "head.db")
+    try:
+        assert (tmp_path / "a" / "b" / "head.db").exists()
+    finally:
+        s.close()
+
+
+def test_full_durability_mode_opens_and_writes(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "head.db", durability="full")
+    try:
+        with s.transaction():
+            s.put_jobs([job("a")])
+        assert s.get_job("a") is not None
+    finally:
+        s.close()
