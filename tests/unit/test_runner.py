@@ -411,6 +411,7 @@ def test_adopt_orphans_kills_what_a_dead_agent_left_and_nothing_else(
     runners: list[Runner] = []
     try:
         assert agent.stdout is not None and agent.stdout.readline() == b"started\n"
+        started_by = time.monotonic()  # every attempt of the crashed agent began before this
         journal = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "running").iterdir()}
         logs = {a: tmp_path / "attempts" / a / "output.log" for a in journal}
         wait_for_sync(lambda: all("ready" in p.read_text() for p in logs.values()))
@@ -422,7 +423,9 @@ def test_adopt_orphans_kills_what_a_dead_agent_left_and_nothing_else(
         wait_for_sync(lambda: not alive(journal["dies"]["pid"]))
         os.kill(journal["reused"]["pid"], signal.SIGKILL)
         # Start times tick in 10 ms: a real reuse (after pid wrap-around) is far later.
-        wait_for_sync(lambda: time.time() > journal["reused"]["create_time"] + 0.05)
+        # (psutil's create_time is offset from time.time() by btime rounding, so measure
+        # the gap on the monotonic clock.)
+        wait_for_sync(lambda: time.monotonic() > started_by + 0.05)
         bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
         entry = tmp_path / "running" / "reused.json"
         entry.write_text(json.dumps({**journal["reused"], "pid": bystander.pid}))
