@@ -47,8 +47,6 @@ class Agent:
         self.config = config
         self.state = Path(config.state_dir)
         self.state.mkdir(parents=True, exist_ok=True)
-        self._unacked_dir = self.state / "unacked"
-        self._unacked_dir.mkdir(exist_ok=True)
         self.instance_id = uuid.uuid4().hex
         overrides = {
             k: v
@@ -128,31 +126,16 @@ class Agent:
             started_at=result.started_at,
             stopped_at=result.stopped_at,
         )
-        self._remember_exit(exited)
-        self._send(exited)
-
-    def _remember_exit(self, exited: p.AttemptExited) -> None:
+        # The runner's result file keeps the exit on disk until the head acknowledges it.
         self._unacked[exited.attempt_id] = exited
-        tmp = self._unacked_dir / f".{exited.attempt_id}.tmp"
-        tmp.write_bytes(msgspec.json.encode(exited))
-        os.replace(tmp, self._unacked_dir / exited.attempt_id)
-
-    def _load_unacked(self) -> None:
-        for path in self._unacked_dir.iterdir():
-            if path.name.startswith("."):
-                path.unlink(missing_ok=True)
-                continue
-            try:
-                self._unacked[path.name] = msgspec.json.decode(path.read_bytes(), type=p.AttemptExited)
-            except (OSError, msgspec.DecodeError):
-                path.unlink(missing_ok=True)
+        self._send(exited)
 
     def _ack(self, attempt_ids: list[str]) -> None:
         for attempt_id in attempt_ids:
             self._unacked.pop(attempt_id, None)
             self._shipped.pop(attempt_id, None)
             self._job_of.pop(attempt_id, None)
-            (self._unacked_dir / attempt_id).unlink(missing_ok=True)
+            self.runner.forget(attempt_id)
 
     async def _start(self, msg: p.StartAttempt) -> None:
         env = dict(self._base_env)
@@ -250,9 +233,13 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; running attempts are killed on the way out."""
-        self._load_unacked()
-        for result in self.runner.adopt_orphans():
+        # Exits a previous agent process saw but the head never acknowledged, then attempts
+        # it left running (killed now: nothing runs untracked or twice).
+        for result in self.runner.unacknowledged():
             self._on_exit(result)
+        for result in self.runner.adopt_orphans():
+            if result.attempt_id not in self._unacked:
+                self._on_exit(result)
         self._register()
         log.info("agent %s (%d vCPUs, %d MiB) connecting to %s", self.config.name, self.facts.vcpus, self.facts.memory_mib, self.config.head)
         try:

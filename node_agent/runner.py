@@ -259,10 +259,7 @@ class Runner:
             return self._refuse(spec, adir, _spawn_error(exc, argv[0], cwd))
         finally:
             os.close(log_fd)
-        try:
-            create_time = psutil.Process(popen.pid).create_time()
-        except psutil.Error:
-            create_time = 0.0
+        create_time = _create_time(popen.pid)
         rec = _Attempt(spec, popen, started_at, create_time, cgroup)
         _write_json(
             self._journal_dir / f"{spec.attempt_id}.json",
@@ -512,6 +509,27 @@ class Runner:
             return rec.pid
         return self._finished.get(attempt_id)
 
+    def forget(self, attempt_id: str) -> None:
+        """The head has the attempt's result and output: delete its directory for good."""
+        if attempt_id in self._running or not _safe_name(attempt_id):
+            return
+        self._finished.pop(attempt_id, None)
+        shutil.rmtree(self._attempts_dir / attempt_id, ignore_errors=True)
+
+    def unacknowledged(self) -> list[AttemptResult]:
+        """Results of finished attempts still on disk (not yet ``forget``-ten), oldest first.
+
+        After an agent restart these are the exits the head may not have recorded yet.
+        """
+        found = []
+        for adir in self._attempts_dir.iterdir():
+            if adir.name in self._running:
+                continue
+            result = _read_result(adir)
+            if result is not None:
+                found.append(result)
+        return sorted(found, key=lambda r: r.stopped_at)
+
     def _remember(self, result: AttemptResult) -> None:
         self._finished[result.attempt_id] = result
         if len(self._finished) > _KEEP_RESULTS:
@@ -727,6 +745,28 @@ def _write_json(path: Path, data: dict[str, object]) -> None:
     with open(tmp, "wb") as f:
         f.write(json.dumps(data).encode())
     os.replace(tmp, path)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_BOOT_TIME: float | None = None
+
+
+def _create_time(pid: int) -> float:
+    """psutil's create_time for ``pid`` (same formula), without building a Process; 0.0 if gone.
+
+    On the spawn hot path, psutil.Process() costs several /proc reads; one read of
+    /proc/PID/stat gives the start tick.
+    """
+    global _BOOT_TIME
+    if _BOOT_TIME is None:
+        _BOOT_TIME = psutil.boot_time()
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[19]) / _CLOCK_TICKS + _BOOT_TIME
 
 
 def _read_result(adir: Path) -> AttemptResult | None:

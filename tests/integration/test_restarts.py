@@ -95,8 +95,8 @@ def test_agent_exit_during_head_outage_is_reported_after_restart(own_cluster: Te
     node = c.job(job_id)["nodeName"]
     c.kill("head", signal.SIGKILL)
     # The job ends while no head listens: the agent keeps the exit until a head acknowledges it.
-    unacked = c.root / node / "unacked"
-    wait_for(lambda: any(unacked.iterdir()), 15, what="the agent to hold the unacknowledged exit")
+    attempts = c.root / node / "attempts"
+    wait_for(lambda: any(attempts.glob("*/result.json")), 15, what="the agent to hold the unacknowledged exit")
     c.start_head()
     job = c.wait_status(job_id, "FAILED", timeout=20)
     assert job["container"]["exitCode"] == 9
@@ -131,3 +131,13 @@ def test_boto3_drives_the_api(cluster: TestCluster) -> None:
     batch.deregister_job_definition(jobDefinition=reg["jobDefinitionArn"])
     defs = batch.describe_job_definitions(jobDefinitionName="boto")["jobDefinitions"]
     assert defs[-1]["status"] == "INACTIVE"
+
+
+def test_agent_keeps_attempt_files_only_until_the_head_has_them(cluster: TestCluster) -> None:
+    ids = [cluster.submit(["echo", "bye"]) for _ in range(5)]
+    for job_id in ids:
+        cluster.wait_status(job_id, "SUCCEEDED")
+    for job_id in ids:
+        assert "bye" in cluster.logs(job_id)
+    dirs = [cluster.root / n / "attempts" for n in cluster.node_names]
+    wait_for(lambda: all(not any(d.iterdir()) for d in dirs), 10, what="attempt directories removed after ack")
