@@ -47,7 +47,7 @@ class TestCluster:
 
     def __init__(self, root: Path, nodes: int = 2, *, heartbeat_s: float = 0.3, liveness: int = 5,
                  kill_grace_s: float = 1.0, node_vcpus: int | None = None, node_memory_mib: int | None = None,
-                 agent_extra: str = "") -> None:
+                 agent_extra: str = "", head_extra: str = "") -> None:
         self.root = root
         self.http_port = free_port()
         self.fleet = f"tcp://127.0.0.1:{free_port()}"
@@ -56,7 +56,7 @@ class TestCluster:
         self.head_config.write_text(
             f'state_dir = "{root / "head"}"\nhttp_listen = "127.0.0.1:{self.http_port}"\n'
             f'fleet_bind = "{self.fleet}"\nheartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\n'
-            f"kill_grace_s = {kill_grace_s}\n"
+            f"kill_grace_s = {kill_grace_s}\n{head_extra}\n"
         )
         self.node_names = [f"node{i}" for i in range(1, nodes + 1)]
         for name in self.node_names:

@@ -65,8 +65,11 @@ class Head:
             cutoff = _now_ms() - int(self.config.retention_days * 86_400_000)
             with self.store.transaction():
                 pruned = self.store.prune_jobs(cutoff)
+            for job in pruned:
+                for attempt in job.attempts:
+                    self.logs.delete(attempt.attempt_id)
             if pruned:
-                log.info("pruned %d jobs finished before the %g-day retention", pruned, self.config.retention_days)
+                log.info("pruned %d jobs finished before the %g-day retention", len(pruned), self.config.retention_days)
             await asyncio.sleep(self.config.prune_interval_s)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -225,22 +225,24 @@ class SqliteStore:
         ).fetchone()
         return int(row[0])
 
-    def prune_jobs(self, stopped_before: int) -> int:
-        """Delete finished jobs that stopped before ``stopped_before`` (retention)."""
-        ids = [
-            r[0]
-            for r in self._db.execute(
-                "SELECT job_id FROM jobs WHERE stopped_at IS NOT NULL AND stopped_at < ? "
-                "AND status IN ('SUCCEEDED', 'FAILED')",
-                (stopped_before,),
-            )
-        ]
+    def prune_jobs(self, stopped_before: int) -> list[JobRecord]:
+        """Delete finished jobs that stopped before ``stopped_before`` (retention); return them.
+
+        The caller removes what lives outside the database (attempt logs).
+        """
+        rows = self._db.execute(
+            "SELECT doc FROM jobs WHERE stopped_at IS NOT NULL AND stopped_at < ? "
+            "AND status IN ('SUCCEEDED', 'FAILED')",
+            (stopped_before,),
+        ).fetchall()
+        pruned = [_decode_job(r[0]) for r in rows]
+        ids = [j.job_id for j in pruned]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             self._db.execute(f"DELETE FROM job_events WHERE job_id IN ({marks})", chunk)
             self._db.execute(f"DELETE FROM jobs WHERE job_id IN ({marks})", chunk)
-        return len(ids)
+        return pruned
 
     def job_events(self, job_id: str) -> list[tuple[int, str, str | None]]:
         return [

@@ -122,3 +122,17 @@ def test_job_definition_revisions_and_deregister(cluster: TestCluster) -> None:
     assert defs == {1: "ACTIVE", 2: "INACTIVE"}
     job_id = cluster.submit([], jobDefinition="revs", containerOverrides={})
     assert cluster.job(job_id)["jobDefinition"].endswith("revs:1")
+
+
+def test_finished_jobs_are_pruned_after_the_retention_with_their_logs(tmp_path: Path) -> None:
+    # A retention of ~1 s stands in for AWS's 7 days (the default here too).
+    c = TestCluster(tmp_path, nodes=1, head_extra="retention_days = 0.00001\nprune_interval_s = 0.3")
+    try:
+        c.up()
+        job_id = c.submit(["echo", "short-lived"])
+        job = c.wait_status(job_id, "SUCCEEDED")
+        attempt_log = tmp_path / "head" / "logs" / f"{job['attempts'][0]['container']['logStreamName'].rsplit('/', 1)[-1]}.log"
+        wait_for(lambda: c.client.describe_jobs(jobs=[job_id])["jobs"] == [], 10, what="the job to be pruned")
+        assert not attempt_log.exists()
+    finally:
+        c.close()

@@ -356,11 +356,11 @@ def test_prune_deletes_only_finished_jobs_stopped_before_the_cutoff(store: Sqlit
         ]
     )
     store.add_job_events([("old-ok", 100, "SUCCEEDED", None), ("recent", 200, "SUCCEEDED", None)])
-    assert store.prune_jobs(stopped_before=200) == 2
+    assert len(store.prune_jobs(stopped_before=200)) == 2
     assert ids(store.list_jobs(JobQuery())) == sorted(["recent", "running"], reverse=True)
     assert store.job_events("old-ok") == []
     assert store.job_events("recent") == [(200, "SUCCEEDED", None)]
-    assert store.prune_jobs(stopped_before=200) == 0
+    assert store.prune_jobs(stopped_before=200) == []
 
 
 def test_prune_handles_more_jobs_than_one_delete_batch(store: SqliteStore) -> None:
@@ -368,7 +368,7 @@ def test_prune_handles_more_jobs_than_one_delete_batch(store: SqliteStore) -> No
         [job(f"j{i:04d}", status=JobStatus.SUCCEEDED, stopped_at=1) for i in range(1203)]
     )
     store.put_jobs([job("keep")])
-    assert store.prune_jobs(stopped_before=2) == 1203
+    assert len(store.prune_jobs(stopped_before=2)) == 1203
     assert ids(store.list_jobs(JobQuery())) == ["keep"]
 
 
