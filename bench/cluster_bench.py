@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -100,7 +101,12 @@ def bench_cli_submit(endpoint: str, runs: int = 20) -> dict[str, float]:
     return {"cli_submit_median_s": round(statistics.median(samples), 4)}
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(f"bench: stopped by signal {signum}")  # runs the finally: cluster down
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     home = tempfile.mkdtemp(prefix="hpcbatch-bench-")
     cluster = LocalCluster(home)
     try:

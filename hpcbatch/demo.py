@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in client.describe_jobs(jobs=list(jobs.values()))["jobs"]:
             c = d.get("container", {})
             table.add_row(
-                d["jobName"], d["jobId"][:8], d["status"], str(len(d["attempts"])), d.get("nodeName", "-"),
+                d["jobName"], d["jobId"], d["status"], str(len(d["attempts"])), d.get("nodeName", "-"),
                 str(c.get("exitCode", "-")),
                 c.get("reason") or (d.get("statusReason", "") if d["status"] == "FAILED" else ""),
             )
