@@ -119,6 +119,7 @@ class StartAttempt(Message, tag="start", kw_only=True):
     image: str | None = None
     script: bytes | None = None  # fetch-and-run: the head ships the stored script
     log_stream_name: str = ""
+    owner: str = ""  # the Unix user the job runs as on the node
 
 
 class KillAttempt(Message, tag="kill", kw_only=True):

@@ -27,6 +27,7 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reserved_memory_mib: int = 0
     gpus: list[str] = []  # declared GPUs where NVML is absent
     container_runtime: str | None = None  # default: podman if on PATH
+    allow_root_jobs: bool = False  # jobs owned by root run as root only when this is true
     kill_grace_s: float = 10.0
     memory_enforcement: str = "auto"  # auto | cgroup | rss
     heartbeat_interval_s: float = 1.0  # until the head's Welcome says otherwise

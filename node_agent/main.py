@@ -76,6 +76,7 @@ class Agent:
             kill_grace_s=config.kill_grace_s,
             container_runtime=found["container_runtime"],
             memory_enforcement=config.memory_enforcement,
+            allow_root_jobs=config.allow_root_jobs,
         )
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
@@ -154,6 +155,7 @@ class Agent:
             timeout_s=msg.timeout_s,
             image=msg.image,
             script=msg.script,
+            user=msg.owner or None,
         )
         outcome = await self.runner.start(spec)
         if isinstance(outcome, AttemptResult):

@@ -86,6 +86,7 @@ class AttemptSpec:
     image: str | None = None
     script: bytes | None = None
     cwd: str | None = None  # default: the attempt's own directory
+    user: str | None = None  # the job's owner: a Unix user name on this node (None: the agent's own user)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,9 @@ class Runner:
         kill_grace_s: float = 10.0,
         container_runtime: str | None = None,
         memory_enforcement: str = "auto",
+        allow_root_jobs: bool = False,
     ) -> None:
+        self._allow_root_jobs = allow_root_jobs
         if memory_enforcement not in ("auto", "cgroup", "rss"):
             raise ValueError(
                 f"memory_enforcement must be auto, cgroup or rss, not {memory_enforcement!r}"

@@ -308,6 +308,7 @@ class Engine:
             image=job.image,
             script=script,
             log_stream_name=attempt.log_stream_name,
+            owner=job.owner,
         )
 
     # ------------------------------------------------------------ agent reports
