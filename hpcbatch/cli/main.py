@@ -40,6 +40,8 @@ COMMANDS: dict[str, str] = {
     "nodes": "hpcbatch.cli.nodes:nodes",
     "cluster": "hpcbatch.cli.cluster:cluster",
     "head": "hpcbatch.cli.cluster:head",
+    "admin": "hpcbatch.cli.admin:admin",
+    "whoami": "hpcbatch.cli.admin:whoami",
 }
 
 

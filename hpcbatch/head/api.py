@@ -1,22 +1,34 @@
 """The HTTP API: AWS Batch's REST-JSON paths and bodies, plus hpcbatch's own under /hpcbatch/v1.
 
-Each request is parsed, validated against the AWS shape (``hpcbatch.validation``), run by
-the service, and answered. Errors come back as AWS does: a 4xx/5xx status, the
-``x-amzn-ErrorType`` header and ``{"__type": ..., "message": ...}``, which boto3 turns
-into ``ClientException``/``ServerException``. Authentication (SigV4, Unix peer
-credentials) plugs in at ``identify`` in a later issue; today every caller is the head's
-own Unix user.
+Every request is identified, authorized, parsed, validated against the AWS shape
+(``hpcbatch.validation``), run by the service, audited if it changes anything, and answered
+only once what it changed is committed. Who is calling:
+
+* over the Unix socket, the kernel's peer credentials (SO_PEERCRED) name the user, as
+  munge and Flux's local connector do: local users need no keys;
+* over TCP, an AWS Signature Version 4 made with an access key an admin issued; unsigned,
+  badly signed, stale or disabled-key requests are refused and change nothing.
+
+Errors come back as AWS does: a 4xx/5xx status, the ``x-amzn-ErrorType`` header and
+``{"__type": ..., "message": ...}``, which boto3 turns into its exceptions.
 """
 
 from __future__ import annotations
 
-import getpass
+import grp
 import json
 import logging
+import os
+import pwd
+import socket
+import struct
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
+from hpcbatch.auth.policy import READ_ONLY, Caller, authorize
 from hpcbatch.errors import ClientError, HpcbatchError
 from hpcbatch.head.service import BatchService
 from hpcbatch.validation import route_table, validate_request
@@ -27,15 +39,80 @@ EXTENSION_ROUTES = {
     "/hpcbatch/v1/putscript": "PutScript",
     "/hpcbatch/v1/getjoblogs": "GetJobLogs",
     "/hpcbatch/v1/listnodes": "ListNodes",
+    "/hpcbatch/v1/whoami": "WhoAmI",
+    "/hpcbatch/v1/createaccesskey": "CreateAccessKey",
+    "/hpcbatch/v1/listaccesskeys": "ListAccessKeys",
+    "/hpcbatch/v1/updateaccesskey": "UpdateAccessKey",
+    "/hpcbatch/v1/deleteaccesskey": "DeleteAccessKey",
+    "/hpcbatch/v1/listaudit": "ListAudit",
+    "/hpcbatch/v1/listnodekeys": "ListNodeKeys",
+    "/hpcbatch/v1/acceptnodekey": "AcceptNodeKey",
+    "/hpcbatch/v1/rejectnodekey": "RejectNodeKey",
+    "/hpcbatch/v1/revokenodekey": "RevokeNodeKey",
+    "/hpcbatch/v1/deletenodekey": "DeleteNodeKey",
 }
 MAX_BODY = 2 << 20
+_PEERCRED = struct.Struct("3i")
 
-_DEFAULT_OWNER = getpass.getuser()
+
+class Unauthenticated(HpcbatchError):
+    """Nobody we know is calling (AWS: UnrecognizedClientException, HTTP 403)."""
+
+    aws_code = "UnrecognizedClientException"
+    http_status = 403
 
 
-def identify(request: web.Request) -> str:
-    """The Unix user a request acts as (until authentication lands: the head's user)."""
-    return _DEFAULT_OWNER
+class Identifier:
+    """Turns a request into a ``Caller``; see the module docstring."""
+
+    def __init__(self, service: BatchService, roles: Mapping[str, str], region: str | None = None) -> None:
+        self._service = service
+        self._roles = dict(roles)  # "alice" -> role, "@group" -> role
+        self._region = region
+
+    def role_of(self, user: str, uid: int, gid: int) -> str:
+        """Role of a local user: root is admin; else the ``roles`` setting; else ``user``."""
+        if uid == 0:
+            return "admin"
+        if user in self._roles:
+            return self._roles[user]
+        best = "user"
+        rank = {"user": 0, "developer": 1, "admin": 2}
+        try:
+            groups = {grp.getgrgid(g).gr_name for g in os.getgrouplist(user, gid)}
+        except (KeyError, OSError):
+            groups = set()
+        for name, role in self._roles.items():
+            if name.startswith("@") and name[1:] in groups and rank.get(role, 0) > rank[best]:
+                best = role
+        return best
+
+    def identify(self, request: web.Request, body: bytes) -> Caller:
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None and sock.family == socket.AF_UNIX:
+            _pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+            try:
+                user = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                raise Unauthenticated(f"uid {uid} has no user name on the head") from None
+            return Caller(user=user, role=self.role_of(user, uid, gid), via="socket")
+        return self._sigv4(request, body)
+
+    def _sigv4(self, request: web.Request, body: bytes) -> Caller:
+        from hpcbatch.auth.keys import AccessKey
+        from hpcbatch.auth.sigv4 import verify
+
+        store = self._service.store
+
+        def lookup(access_key_id: str) -> AccessKey | None:
+            doc = store.get_access_key(access_key_id)
+            return None if doc is None else AccessKey(**doc)
+
+        key = verify(
+            request.method, request.path, request.query_string, request.headers, body,
+            time.time(), lookup, region=self._region,
+        )
+        return Caller(user=key.user, role=key.role, via="sigv4", access_key_id=key.access_key_id)
 
 
 def _error(exc: HpcbatchError) -> web.Response:
@@ -48,32 +125,59 @@ def _error(exc: HpcbatchError) -> web.Response:
     )
 
 
-def make_app(service: BatchService) -> web.Application:
+def _target(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    for key in ("jobId", "jobName", "jobQueue", "jobQueueName", "computeEnvironment",
+                "computeEnvironmentName", "jobDefinition", "jobDefinitionName", "name", "user", "accessKeyId"):
+        value = body.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def make_app(service: BatchService, *, roles: Mapping[str, str] | None = None, region: str | None = None) -> web.Application:
     """Build the aiohttp application serving every operation."""
     app = web.Application(client_max_size=MAX_BODY)
+    identifier = Identifier(service, roles or {}, region)
+    engine = service.engine
 
     def handler(operation: str, validate: bool) -> Any:
         method = getattr(service, operation)
+        mutating = operation not in READ_ONLY
 
         async def handle(request: web.Request) -> web.Response:
+            caller: Caller | None = None
+            body: Any = None
             try:
                 raw = await request.read()
+                caller = identifier.identify(request, raw)
                 try:
                     body = json.loads(raw) if raw else {}
                 except ValueError as exc:
                     raise ClientError(f"request body is not valid JSON: {exc}") from None
+                authorize(caller, operation)
                 if validate:
                     body = validate_request(operation, body, raw_size=len(raw))
                 elif not isinstance(body, dict):
                     raise ClientError("request body must be a JSON object")
-                result = method(body, identify(request))
-                # Reply only once what the call changed is committed (group commit).
-                await service.engine.durable()
+                result = method(body, caller)
+                outcome = "ok"
             except HpcbatchError as exc:
+                if caller is None:  # unauthenticated: refused, and nothing is written
+                    log.warning("%s refused: %s: %s", operation, exc.aws_code, exc.message)
+                    return _error(exc)
+                if mutating:
+                    engine.audit(_audit_entry(caller, operation, body, f"{exc.aws_code}: {exc.message}"))
+                    await engine.durable()
                 return _error(exc)
             except Exception:
                 log.exception("%s failed", operation)
                 return _error(HpcbatchError(f"{operation} failed on the head; see the head's log"))
+            if mutating:
+                engine.audit(_audit_entry(caller, operation, body, outcome, result))
+            # Reply only once what the call changed is committed (group commit).
+            await engine.durable()
             return web.Response(body=json.dumps(result), content_type="application/json")
 
         return handle
@@ -88,3 +192,20 @@ def make_app(service: BatchService) -> web.Application:
 
     app.router.add_get("/hpcbatch/v1/health", health)
     return app
+
+
+def _audit_entry(caller: Caller, operation: str, body: Any, outcome: str, result: Any = None) -> dict[str, Any]:
+    target = None
+    if isinstance(result, dict):  # what the call made (a new job's id) names it best
+        target = result.get("jobId") or result.get("accessKeyId")
+    target = target or _target(body)
+    return {
+        "at": time.time_ns() // 1_000_000,
+        "user": caller.user,
+        "role": caller.role,
+        "via": caller.via,
+        "accessKeyId": caller.access_key_id,
+        "operation": operation,
+        "target": target,
+        "outcome": outcome,
+    }

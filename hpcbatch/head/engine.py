@@ -87,6 +87,7 @@ class Engine:
         self._outbox: list[tuple[str, p.Message]] = []
         self._step_handle: asyncio.Handle | None = None
         self._commit_waiters: list[asyncio.Future[None]] = []
+        self._audit: list[dict[str, Any]] = []
         self._event_counter = 0
 
     # ----------------------------------------------------------------- plumbing
@@ -133,6 +134,11 @@ class Engine:
                         self._dirty[job.job_id] = job
         self.flush()
 
+    def audit(self, entry: dict[str, Any]) -> None:
+        """Record a mutating call in the audit log, committed with the step's batch."""
+        self._audit.append(entry)
+        self.request_step()
+
     def durable(self) -> asyncio.Future[None]:
         """A future that resolves once every change made so far is committed.
 
@@ -140,7 +146,7 @@ class Engine:
         concurrent requests share one commit (group commit).
         """
         future = asyncio.get_running_loop().create_future()
-        if self._dirty or self._job_events:
+        if self._dirty or self._job_events or self._audit:
             self._commit_waiters.append(future)
             self.request_step()
         else:
@@ -150,13 +156,16 @@ class Engine:
     def flush(self) -> None:
         """Commit every pending change in one transaction, then send what waited on it."""
         waiters, self._commit_waiters = self._commit_waiters, []
-        if self._dirty or self._job_events:
+        if self._dirty or self._job_events or self._audit:
             dirty, self._dirty = list(self._dirty.values()), {}
             events, self._job_events = self._job_events, []
+            audit, self._audit = self._audit, []
             try:
                 with self.store.transaction():
                     self.store.put_jobs(dirty)
                     self.store.add_job_events(events)
+                    if audit:
+                        self.store.add_audit(audit)
             except BaseException as exc:
                 for waiter in waiters:
                     if not waiter.done():
@@ -294,7 +303,7 @@ class Engine:
             AWS_BATCH_JQ_NAME=job.job_queue,
             AWS_BATCH_CE_NAME=attempt.compute_environment,
         )
-        script = self.store.get_script(job.script_id) if job.script_id else None
+        script = self.store.get_script(job.script_id, job.owner) if job.script_id else None
         return p.StartAttempt(
             attempt_id=attempt.attempt_id,
             job_id=job.job_id,

@@ -16,6 +16,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
+from hpcbatch.auth.policy import Caller, check_job_access, may_see_job
 from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.engine import Engine
 from hpcbatch.model.jobs import JobRecord, merge_container, resource_request, substitute_parameters
@@ -84,6 +87,8 @@ class BatchService:
         self.region = region
         self.account = account
         self._job_id = JobIdGenerator()
+        self.private_data = False  # Slurm's PrivateData: users see only their own jobs
+        self.node_keys: Any = None  # the NodeKeyRegistry, set by the daemon
 
     def arn(self, kind: str, name: str) -> str:
         return f"arn:aws:batch:{self.region}:{self.account}:{kind}/{name}"
@@ -95,7 +100,7 @@ class BatchService:
             raise NotFoundError(f"computeEnvironment {ref} does not exist")
         return doc
 
-    def CreateComputeEnvironment(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def CreateComputeEnvironment(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = body["computeEnvironmentName"]
         if self.store.get_resource("ce", name) is not None:
             raise ClientError(f"computeEnvironmentName {name} already exists")
@@ -118,7 +123,7 @@ class BatchService:
         self.engine.compute_environment_changed(doc)
         return {"computeEnvironmentName": name, "computeEnvironmentArn": doc["computeEnvironmentArn"]}
 
-    def UpdateComputeEnvironment(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def UpdateComputeEnvironment(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         doc = self._ce(body["computeEnvironment"])
         if "state" in body:
             doc["state"] = body["state"]
@@ -131,7 +136,7 @@ class BatchService:
         self.engine.compute_environment_changed(doc)
         return {"computeEnvironmentName": doc["computeEnvironmentName"], "computeEnvironmentArn": doc["computeEnvironmentArn"]}
 
-    def DescribeComputeEnvironments(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def DescribeComputeEnvironments(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         wanted = {_name_of(r) for r in body.get("computeEnvironments", [])}
         docs = [d for d in self.store.list_resources("ce") if not wanted or d["computeEnvironmentName"] in wanted]
         page, token = _page(docs, body.get("maxResults"), body.get("nextToken"))
@@ -140,7 +145,7 @@ class BatchService:
             out["nextToken"] = token
         return out
 
-    def DeleteComputeEnvironment(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def DeleteComputeEnvironment(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         doc = self._ce(body["computeEnvironment"])
         name = doc["computeEnvironmentName"]
         if doc["state"] != "DISABLED":
@@ -176,7 +181,7 @@ class BatchService:
             out.append({"order": entry["order"], "computeEnvironment": ce["computeEnvironmentArn"]})
         return out
 
-    def CreateJobQueue(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def CreateJobQueue(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = body["jobQueueName"]
         if self.store.get_resource("queue", name) is not None:
             raise ClientError(f"jobQueueName {name} already exists")
@@ -200,7 +205,7 @@ class BatchService:
         self.engine.job_queue_changed(doc)
         return {"jobQueueName": name, "jobQueueArn": doc["jobQueueArn"]}
 
-    def UpdateJobQueue(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def UpdateJobQueue(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         doc = self._queue(body["jobQueue"])
         for key in ("state", "priority", "schedulingPolicyArn"):
             if key in body:
@@ -212,7 +217,7 @@ class BatchService:
         self.engine.job_queue_changed(doc)
         return {"jobQueueName": doc["jobQueueName"], "jobQueueArn": doc["jobQueueArn"]}
 
-    def DescribeJobQueues(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def DescribeJobQueues(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         wanted = {_name_of(r) for r in body.get("jobQueues", [])}
         docs = [d for d in self.store.list_resources("queue") if not wanted or d["jobQueueName"] in wanted]
         page, token = _page(docs, body.get("maxResults"), body.get("nextToken"))
@@ -221,7 +226,7 @@ class BatchService:
             out["nextToken"] = token
         return out
 
-    def DeleteJobQueue(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def DeleteJobQueue(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         doc = self._queue(body["jobQueue"])
         name = doc["jobQueueName"]
         if doc["state"] != "DISABLED":
@@ -235,7 +240,7 @@ class BatchService:
         return {}
 
     # ----------------------------------------------------------- job definitions
-    def RegisterJobDefinition(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def RegisterJobDefinition(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = body["jobDefinitionName"]
         revision = self.store.latest_revision("jobdef", name) + 1
         arn = self.arn("job-definition", f"{name}:{revision}")
@@ -263,7 +268,7 @@ class BatchService:
                         ],
                     },
                 },
-                "root",
+                Caller(user="root", role="admin", via="internal"),
             )
 
     def _job_definition(self, ref: str, field: str = "jobDefinition") -> dict[str, Any]:
@@ -280,7 +285,7 @@ class BatchService:
             raise NotFoundError(f"{field} {ref} does not exist")
         return doc
 
-    def DescribeJobDefinitions(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def DescribeJobDefinitions(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         if body.get("jobDefinitions"):
             docs = []
             for ref in body["jobDefinitions"]:
@@ -296,7 +301,7 @@ class BatchService:
             out["nextToken"] = token
         return out
 
-    def DeregisterJobDefinition(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def DeregisterJobDefinition(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         ref = body["jobDefinition"]
         name, _, rev = _name_of(ref).partition(":")
         docs = self.store.list_resources("jobdef", name)
@@ -311,7 +316,7 @@ class BatchService:
         return {}
 
     # ---------------------------------------------------------------------- jobs
-    def SubmitJob(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def SubmitJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         queue = self._queue(body["jobQueue"])
         if queue["state"] != "ENABLED":
             raise ClientError(f"jobQueue {queue['jobQueueName']} is DISABLED and accepts no jobs")
@@ -337,8 +342,10 @@ class BatchService:
         container["command"] = command
         environment = {e["name"]: e.get("value", "") for e in container.get("environment", [])}
         script_id = environment.pop(SCRIPT_ENV, None)
-        if script_id is not None and self.store.get_script(script_id) is None:
-            raise ClientError(f"containerOverrides.environment {SCRIPT_ENV}: no stored script {script_id}")
+        if script_id is not None and self.store.get_script(script_id, caller.user) is None:
+            raise ClientError(
+                f"containerOverrides.environment {SCRIPT_ENV}: {caller.user} has no stored script {script_id}"
+            )
         if not command and script_id is None:
             raise ClientError("containerOverrides.command: the job has no command to run")
         retry = body.get("retryStrategy") or jobdef.get("retryStrategy") or {}
@@ -352,7 +359,7 @@ class BatchService:
             job_queue=queue["jobQueueName"],
             job_queue_arn=queue["jobQueueArn"],
             job_definition=jobdef["jobDefinitionArn"],
-            owner=owner,
+            owner=caller.user,
             status=JobStatus.SUBMITTED,
             created_at=created_at,
             command=command,
@@ -383,13 +390,19 @@ class BatchService:
                 out.append(found)
         return out
 
-    def DescribeJobs(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def DescribeJobs(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         from hpcbatch.model.jobs import job_detail
 
         ids = [_name_of(i) for i in body["jobs"]]
-        return {"jobs": [job_detail(j, self.region, self.account) for j in self._jobs(ids)]}
+        return {
+            "jobs": [
+                job_detail(j, self.region, self.account)
+                for j in self._jobs(ids)
+                if may_see_job(caller, j.owner, self.private_data)
+            ]
+        }
 
-    def ListJobs(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def ListJobs(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         from hpcbatch.model.jobs import job_summary
 
         if body.get("arrayJobId") or body.get("multiNodeJobId"):
@@ -421,6 +434,10 @@ class BatchService:
                     f"filters name {name} is not one of JOB_NAME, JOB_DEFINITION, BEFORE_CREATED_AT, AFTER_CREATED_AT, OWNER"
                 )
         job_definition = kwargs.pop("job_definition", None)
+        if self.private_data and not caller.is_admin:
+            if kwargs.get("owner", caller.user) != caller.user:
+                return {"jobSummaryList": []}  # other users' jobs are private here
+            kwargs["owner"] = caller.user
         after = None
         if body.get("nextToken"):
             try:
@@ -450,20 +467,22 @@ class BatchService:
             raise NotFoundError(f"jobId {job_id} does not exist")
         return job
 
-    def CancelJob(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def CancelJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         job = self._job(_name_of(body["jobId"]))
+        check_job_access(caller, "cancel", job.job_id, job.owner)
         if not job.status.is_final:
             self.engine.cancel(self.engine.jobs[job.job_id], body["reason"])
         return {}
 
-    def TerminateJob(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def TerminateJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         job = self._job(_name_of(body["jobId"]))
+        check_job_access(caller, "terminate", job.job_id, job.owner)
         if not job.status.is_final:
             self.engine.terminate(self.engine.jobs[job.job_id], body["reason"])
         return {}
 
     # --------------------------------------------------------- hpcbatch's own
-    def PutScript(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def PutScript(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         script = body.get("script")
         if not isinstance(script, str) or not script:
             raise ClientError("script must be a non-empty string")
@@ -472,14 +491,15 @@ class BatchService:
             raise ClientError("script is larger than 1 MiB")
         script_id = "sha256:" + hashlib.sha256(data).hexdigest()
         with self.store.transaction():
-            self.store.put_script(script_id, data)
+            self.store.put_script(script_id, data, caller.user)
         return {"scriptId": script_id}
 
-    def GetJobLogs(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    def GetJobLogs(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         job_id = body.get("jobId")
         if not isinstance(job_id, str):
             raise ClientError("jobId is required")
         job = self._job(_name_of(job_id))
+        check_job_access(caller, "read the logs of", job.job_id, job.owner)
         if not job.attempts:
             return {"jobId": job.job_id, "data": "", "nextOffset": 0, "complete": job.status.is_final}
         index = body.get("attempt", len(job.attempts) - 1)
@@ -499,7 +519,96 @@ class BatchService:
             "complete": attempt.stopped_at is not None and offset + len(data) >= self.engine.logs.size(attempt.attempt_id),
         }
 
-    def ListNodes(self, body: dict[str, Any], owner: str) -> dict[str, Any]:
+    # ------------------------------------------------------- identity and keys
+    def WhoAmI(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return {"user": caller.user, "role": caller.role, "via": caller.via, "accessKeyId": caller.access_key_id}
+
+    def CreateAccessKey(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        from hpcbatch.auth.keys import credentials_profile, generate_access_key
+        from hpcbatch.auth.policy import ROLES
+
+        user, role = body.get("user"), body.get("role", "user")
+        if not isinstance(user, str) or not user or not user.isprintable() or "/" in user:
+            raise ClientError("user must name a Unix user")
+        if role not in ROLES:
+            raise ClientError(f"role must be one of {', '.join(ROLES)} (got {role!r})")
+        key = generate_access_key(user, role, _now_ms())
+        doc = msgspec.to_builtins(key)
+        with self.store.transaction():
+            self.store.put_access_key(key.access_key_id, doc)
+        profile = body.get("profile") or f"hpcbatch-{user}"
+        return {
+            "accessKeyId": key.access_key_id,
+            "secretAccessKey": key.secret_access_key,
+            "user": user,
+            "role": role,
+            "credentialsProfile": credentials_profile(key, profile),
+        }
+
+    def _access_key(self, body: dict[str, Any]) -> dict[str, Any]:
+        key_id = body.get("accessKeyId")
+        doc = self.store.get_access_key(key_id) if isinstance(key_id, str) else None
+        if doc is None:
+            raise NotFoundError(f"accessKeyId {key_id} does not exist")
+        return doc
+
+    def ListAccessKeys(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        keys = [{k: v for k, v in d.items() if k != "secret_access_key"} for d in self.store.list_access_keys()]
+        return {"accessKeys": keys}
+
+    def UpdateAccessKey(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        doc = self._access_key(body)
+        status = body.get("status")
+        if status not in ("Active", "Inactive"):
+            raise ClientError("status must be Active or Inactive")
+        doc["status"] = status
+        with self.store.transaction():
+            self.store.put_access_key(doc["access_key_id"], doc)
+        return {}
+
+    def DeleteAccessKey(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        doc = self._access_key(body)
+        with self.store.transaction():
+            self.store.delete_access_key(doc["access_key_id"])
+        return {}
+
+    def ListAudit(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        limit = body.get("maxResults", 100)
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ClientError("maxResults must be between 1 and 10000")
+        return {"events": self.store.list_audit(limit=limit, user=body.get("user"), since=body.get("since"))}
+
+    def _registry(self) -> Any:
+        if self.node_keys is None:
+            raise ClientError("node key enrollment is not enabled on this head")
+        return self.node_keys
+
+    def ListNodeKeys(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return {"nodeKeys": self._registry().list()}
+
+    def _node_key_name(self, body: dict[str, Any]) -> str:
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise ClientError("name must name a node")
+        return name
+
+    def AcceptNodeKey(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._registry().accept(self._node_key_name(body))
+        return {}
+
+    def RejectNodeKey(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._registry().reject(self._node_key_name(body))
+        return {}
+
+    def RevokeNodeKey(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._registry().revoke(self._node_key_name(body))
+        return {}
+
+    def DeleteNodeKey(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._registry().delete(self._node_key_name(body))
+        return {}
+
+    def ListNodes(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         nodes = []
         for name, info in sorted(self.engine.nodes.items()):
             facts = info.facts
@@ -527,4 +636,4 @@ class BatchService:
         return {"nodes": nodes}
 
 
-Operation = Callable[[BatchService, dict[str, Any], str], dict[str, Any]]
+Operation = Callable[[BatchService, dict[str, Any], Caller], dict[str, Any]]

@@ -42,7 +42,15 @@ CREATE TABLE IF NOT EXISTS job_events (
     status TEXT NOT NULL, reason TEXT
 );
 CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, id);
-CREATE TABLE IF NOT EXISTS scripts (script_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS scripts (
+    script_id TEXT NOT NULL, owner TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (script_id, owner)
+);
+CREATE TABLE IF NOT EXISTS access_keys (access_key_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, user TEXT NOT NULL,
+    operation TEXT NOT NULL, target TEXT, outcome TEXT NOT NULL, doc BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
 """
 
 SCHEMA_VERSION = "1"
@@ -253,13 +261,57 @@ class SqliteStore:
         ]
 
     # ------------------------------------------------------------------ scripts
-    def put_script(self, script_id: str, data: bytes) -> None:
+    def put_script(self, script_id: str, data: bytes, owner: str) -> None:
+        """Store a script for ``owner``; the same text from two users is two scripts."""
         self._db.execute(
-            "INSERT OR IGNORE INTO scripts (script_id, data) VALUES (?, ?)", (script_id, data)
+            "INSERT OR IGNORE INTO scripts (script_id, owner, data) VALUES (?, ?, ?)",
+            (script_id, owner, data),
         )
 
-    def get_script(self, script_id: str) -> bytes | None:
-        row = self._db.execute("SELECT data FROM scripts WHERE script_id = ?", (script_id,)).fetchone()
+    # -------------------------------------------------------------- access keys
+    def put_access_key(self, access_key_id: str, doc: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO access_keys (access_key_id, doc) VALUES (?, ?) "
+            "ON CONFLICT (access_key_id) DO UPDATE SET doc = excluded.doc",
+            (access_key_id, _encode(doc)),
+        )
+
+    def get_access_key(self, access_key_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT doc FROM access_keys WHERE access_key_id = ?", (access_key_id,)).fetchone()
+        return _decode_doc(row[0]) if row else None
+
+    def list_access_keys(self) -> list[dict[str, Any]]:
+        return [_decode_doc(r[0]) for r in self._db.execute("SELECT doc FROM access_keys ORDER BY access_key_id")]
+
+    def delete_access_key(self, access_key_id: str) -> bool:
+        return self._db.execute("DELETE FROM access_keys WHERE access_key_id = ?", (access_key_id,)).rowcount > 0
+
+    # -------------------------------------------------------------------- audit
+    def add_audit(self, entries: list[dict[str, Any]]) -> None:
+        self._db.executemany(
+            "INSERT INTO audit (at, user, operation, target, outcome, doc) VALUES (?, ?, ?, ?, ?, ?)",
+            [(e["at"], e["user"], e["operation"], e.get("target"), e["outcome"], _encode(e)) for e in entries],
+        )
+
+    def list_audit(self, limit: int = 100, user: str | None = None, since: int | None = None) -> list[dict[str, Any]]:
+        """Newest first."""
+        where, args = [], []
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since)
+        sql = "SELECT doc FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [_decode_doc(r[0]) for r in self._db.execute(sql, args)]
+
+    def get_script(self, script_id: str, owner: str) -> bytes | None:
+        """``owner``'s script; None when that user never stored it (scripts are never shared)."""
+        row = self._db.execute(
+            "SELECT data FROM scripts WHERE script_id = ? AND owner = ?", (script_id, owner)
+        ).fetchone()
         return bytes(row[0]) if row else None
 
     def close(self) -> None:

@@ -396,15 +396,15 @@ def test_job_events_come_back_in_the_order_written_per_job(store: SqliteStore) -
 # --------------------------------------------------------------------- scripts
 def test_scripts_store_bytes_exactly(store: SqliteStore) -> None:
     data = b"#!/bin/sh\necho \x00\xff\n"
-    store.put_script("sha-1", data)
-    assert store.get_script("sha-1") == data
-    assert store.get_script("missing") is None
+    store.put_script("sha-1", data, "alice")
+    assert store.get_script("sha-1", "alice") == data
+    assert store.get_script("missing", "alice") is None
 
 
 def test_putting_a_script_id_again_keeps_the_first_content(store: SqliteStore) -> None:
-    store.put_script("sha-1", b"one")
-    store.put_script("sha-1", b"two")
-    assert store.get_script("sha-1") == b"one"
+    store.put_script("sha-1", b"one", "alice")
+    store.put_script("sha-1", b"two", "alice")
+    assert store.get_script("sha-1", "alice") == b"one"
 
 
 # ---------------------------------------------------------------- transactions
@@ -417,12 +417,12 @@ def test_transaction_rollback_on_error_leaves_nothing(store: SqliteStore) -> Non
         store.put_resource("queue", "q", 1, "ENABLED", {})
         store.put_jobs([job("a")])
         store.add_job_events([("a", 1, "SUBMITTED", None)])
-        store.put_script("s", b"x")
+        store.put_script("s", b"x", "alice")
         raise Boom
     assert store.get_resource("queue", "q") is None
     assert store.get_job("a") is None
     assert store.job_events("a") == []
-    assert store.get_script("s") is None
+    assert store.get_script("s", "alice") is None
     assert list(store.unfinished_jobs()) == []
 
 
@@ -464,14 +464,14 @@ def test_committed_write_survives_the_store_being_dropped_without_close(db_path:
         first.put_resource("queue", "q", 1, "ENABLED", {"jobQueueName": "q"})
         first.put_jobs([job("a")])
         first.add_job_events([("a", 1, "SUBMITTED", None)])
-        first.put_script("s", b"x")
+        first.put_script("s", b"x", "alice")
     # Still open, never closed: what a fresh process sees after `kill -9` of the head.
     second = SqliteStore(db_path)
     try:
         assert second.get_resource("queue", "q") == {"jobQueueName": "q"}
         assert ids(second.get_jobs(["a"])) == ["a"]
         assert second.job_events("a") == [(1, "SUBMITTED", None)]
-        assert second.get_script("s") == b"x"
+        assert second.get_script("s", "alice") == b"x"
     finally:
         second.close()
     del first
@@ -525,3 +525,11 @@ def test_full_durability_mode_opens_and_writes(tmp_path: Path) -> None:
         assert s.get_job("a") is not None
     finally:
         s.close()
+
+
+def test_scripts_are_never_shared_between_owners(store: SqliteStore) -> None:
+    store.put_script("sha-1", b"alice's", "alice")
+    assert store.get_script("sha-1", "bob") is None
+    store.put_script("sha-1", b"bob's", "bob")
+    assert store.get_script("sha-1", "bob") == b"bob's"
+    assert store.get_script("sha-1", "alice") == b"alice's"
