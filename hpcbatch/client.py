@@ -29,14 +29,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    from hpcbatch.auth.sigv4 import RequestSigner
+
 from hpcbatch.errors import ClientError, ServerError
 
-__all__ = ["Client", "HeadUnreachableError", "OPERATIONS", "resolve_endpoint"]
+__all__ = ["Client", "HeadUnreachableError", "OPERATIONS", "find_credentials", "resolve_endpoint"]
 
 # AWS Batch operations hpcbatch serves, at AWS's own paths: POST /v1/<lowercased name>.
 _AWS_OPERATIONS = (
@@ -104,6 +106,59 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
     )
 
 
+def find_credentials() -> tuple[str, str] | None:
+    """The caller's access key as the AWS CLI finds a static one: environment, then files.
+
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``; else profile ``$AWS_PROFILE`` (or
+    ``default``) in ``$AWS_SHARED_CREDENTIALS_FILE`` (``~/.aws/credentials``), then in
+    ``$AWS_CONFIG_FILE`` (``~/.aws/config``) -- botocore's env, shared-credentials and config
+    providers. Not botocore's whole chain: it ends at the EC2 metadata service, which off EC2
+    stalls a call for a second or more, and importing botocore only to look would cost every
+    CLI call ~100 ms. A profile named in ``$AWS_PROFILE`` that does not exist is an error.
+    """
+    key_id = os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key_id and secret:
+        return key_id, secret
+    named = os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE")
+    profile = named or "default"
+    found = False
+    for env, default, section in (
+        ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials", profile),
+        (
+            "AWS_CONFIG_FILE",
+            "~/.aws/config",
+            "default" if profile == "default" else f"profile {profile}",
+        ),
+    ):
+        path = os.path.expanduser(os.environ.get(env) or default)
+        if not os.path.isfile(path):
+            continue
+        import configparser  # only when the file exists: ~2 ms
+
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise ClientError(f"{path}: cannot be read as an AWS credentials file: {exc}") from None
+        if parser.has_section(section):
+            found = True
+            key_id = parser.get(section, "aws_access_key_id", fallback=None)
+            secret = parser.get(section, "aws_secret_access_key", fallback=None)
+            if key_id and secret:
+                return key_id.strip(), secret.strip()
+    if named and not found:
+        raise ClientError(
+            f"AWS_PROFILE={named}: no such profile in ~/.aws/credentials or ~/.aws/config"
+        )
+    return None
+
+
+def _region() -> str:
+    """The region our signatures are scoped to; the head accepts any unless told otherwise."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "local"
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection: POST a JSON body, read status and body.
 
@@ -161,13 +216,16 @@ class _Connection:
         self._sock = sock
         self._rfile = sock.makefile("rb")
 
-    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """Send one request; reconnect once if a reused keep-alive connection was dropped."""
+    def post(self, path: str, body: bytes, extra_headers: str = "") -> tuple[int, bytes]:
+        """Send one request; reconnect once if a reused keep-alive connection was dropped.
+
+        ``extra_headers``: more header lines, each ending in CRLF (the SigV4 signature).
+        """
         reused = self._sock is not None
         try:
             if self._sock is None:
                 self._connect()
-            return self._exchange(path, body)
+            return self._exchange(path, body, extra_headers)
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, _Dropped):
             self.close()
             if not reused:
@@ -175,14 +233,14 @@ class _Connection:
         # The head closed an idle keep-alive connection between our requests: the request
         # never reached it, so sending it again on a fresh connection is safe.
         self._connect()
-        return self._exchange(path, body)
+        return self._exchange(path, body, extra_headers)
 
-    def _exchange(self, path: str, body: bytes) -> tuple[int, bytes]:
+    def _exchange(self, path: str, body: bytes, extra_headers: str = "") -> tuple[int, bytes]:
         assert self._sock is not None
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\n"
             "Content-Type: application/json\r\nAccept: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"{extra_headers}Content-Length: {len(body)}\r\n\r\n"
         )
         self._sock.sendall(head.encode("latin-1") + body)
         rfile = self._rfile
@@ -261,14 +319,27 @@ class Client:
     keyword arguments; every public call has an ``_async`` twin that runs it on one of
     ``max_workers`` threads and returns a :class:`concurrent.futures.Future`. Each thread
     (the caller's included) keeps its own keep-alive connection to the head.
+
+    Over ``http://`` every request is signed with AWS Signature Version 4, as boto3 signs
+    (service ``batch``, region ``$AWS_REGION``/``$AWS_DEFAULT_REGION`` or ``local``), when
+    there is a key: ``credentials=(access_key_id, secret_access_key)``, else what
+    :func:`find_credentials` finds; ``credentials=False`` never signs. ``unix:`` endpoints
+    are never signed: there the head learns the caller from the kernel.
     """
 
     def __init__(
-        self, endpoint: str | None = None, timeout: float = 30, max_workers: int = 8
+        self,
+        endpoint: str | None = None,
+        timeout: float = 30,
+        max_workers: int = 8,
+        credentials: tuple[str, str] | Literal[False] | None = None,
     ) -> None:
         self.endpoint = resolve_endpoint(endpoint).rstrip("/")
         self.timeout = timeout
         self.max_workers = max_workers
+        self._credentials = credentials
+        # Resolved on the first request (files read, botocore imported only if it signs).
+        self._signer: RequestSigner | None | Literal[False] = False
         self._local = threading.local()
         self._connections: list[_Connection] = []
         self._lock = threading.Lock()
@@ -285,12 +356,41 @@ class Client:
                 self._connections.append(conn)
         return conn
 
+    def _make_signer(self) -> RequestSigner | None:
+        """The SigV4 signer for this client, or None (a ``unix:`` endpoint, or no key)."""
+        if self.endpoint.startswith("unix:") or self._credentials is False:
+            return None
+        credentials = self._credentials or find_credentials()
+        if credentials is None:
+            return None
+        # Imported here: botocore costs ~100 ms, which an unsigned `hpcbatch submit` never pays.
+        from hpcbatch.auth.sigv4 import RequestSigner
+
+        return RequestSigner(credentials[0], credentials[1], _region())
+
+    def _signature(self, conn: _Connection, path: str, payload: bytes) -> str:
+        """The SigV4 header lines for this request, or "" when the client does not sign."""
+        signer = self._signer
+        if signer is False:
+            signer = self._signer = self._make_signer()
+        if signer is None:
+            return ""
+        # Sign exactly the headers _Connection._exchange sends, but not Content-Length.
+        sent = {
+            "Host": conn._host,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        pairs = signer.headers("POST", conn._host, path, sent, payload)
+        return "".join(f"{name}: {value}\r\n" for name, value in pairs)
+
     def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """POST ``body`` as JSON to ``path``; return the parsed answer or raise an error."""
         payload = json.dumps(body or {}, separators=(",", ":")).encode()
         conn = self._connection()
+        signature = self._signature(conn, path, payload)
         try:
-            status, data = conn.post(path, payload)
+            status, data = conn.post(path, payload, signature)
         except (OSError, _Dropped) as e:
             conn.close()
             if isinstance(e, _Dropped):

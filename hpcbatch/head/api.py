@@ -109,7 +109,7 @@ class Identifier:
             return None if doc is None else AccessKey(**doc)
 
         key = verify(
-            request.method, request.path, request.query_string, request.headers, body,
+            request.method, request.rel_url.raw_path, request.rel_url.raw_query_string, request.headers, body,
             time.time(), lookup, region=self._region,
         )
         return Caller(user=key.user, role=key.role, via="sigv4", access_key_id=key.access_key_id)

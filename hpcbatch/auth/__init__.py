@@ -1,0 +1,1 @@
+"""Identity and access: SigV4 access keys, roles and the policy."""
