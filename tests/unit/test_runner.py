@@ -58,12 +58,18 @@ MODES = [
 class Harness:
     """A Runner plus what its on_exit saw, with waits that have deadlines."""
 
-    def __init__(self, state_dir: Path, mode: str = "rss", grace: float = 0.5) -> None:
+    def __init__(
+        self, state_dir: Path, mode: str = "rss", grace: float = 0.5, **runner_kw: Any
+    ) -> None:
         self.results: dict[str, AttemptResult] = {}
         self.exit_calls: list[str] = []
         self._events: dict[str, asyncio.Event] = {}
         self.runner = Runner(
-            state_dir, on_exit=self._on_exit, kill_grace_s=grace, memory_enforcement=mode
+            state_dir,
+            on_exit=self._on_exit,
+            kill_grace_s=grace,
+            memory_enforcement=mode,
+            **runner_kw,
         )
         assert self.runner.memory_enforcement == mode
 
