@@ -3,12 +3,19 @@
 ``hpcbatch cluster up`` and the test fixtures use this. Everything lives under
 ``<home>/cluster/`` (home: ``--home``, ``$HPCBATCH_HOME`` or ``~/.hpcbatch``): the daemons'
 config files, their logs, their state folders, and ``cluster.json``, which records the
-endpoint and the processes (pid *and* start time, so a recycled pid is never mistaken for
+endpoints and the processes (pid *and* start time, so a recycled pid is never mistaken for
 ours and never signalled).
+
+The CLI and the client use the head's Unix socket (``endpoint``, ``unix:...``): there the
+kernel names the caller, no keys needed. ``http_endpoint`` is the TCP one (SigV4-signed
+requests, boto3). The control plane is secured as on a real cluster: ``up`` generates the
+head's key pair and each agent's (kept in the agent's own state folder, as the agent
+itself would on first start), pins the head's public key in every agent's config and
+pre-seeds each agent's public key into the head's ``node_keys/accepted/``.
 
     >>> cluster = LocalCluster("/tmp/hb").up(nodes=2)   # doctest: +SKIP
     >>> cluster.endpoint                                 # doctest: +SKIP
-    'http://127.0.0.1:40123'
+    'unix:/tmp/hb/cluster/head/api.sock'
     >>> cluster.down()                                   # doctest: +SKIP
     ['head', 'node1', 'node2']
 """
@@ -28,12 +35,14 @@ from typing import Any
 import psutil
 
 from hpcbatch.client import Client
+from hpcbatch.curve import ensure_keypair
 from hpcbatch.errors import HpcbatchError
 
 DEFAULT_NODES = 4
 DEFAULT_NAME = "default"  # the compute environment and the job queue `cluster up` creates
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
+MAX_UNIX_PATH = 107
 
 
 class LocalClusterError(HpcbatchError):
@@ -128,6 +137,12 @@ class LocalCluster:
         doc = self.record()
         return str(doc["endpoint"]) if doc and doc.get("endpoint") else None
 
+    @property
+    def http_endpoint(self) -> str | None:
+        """The head's TCP endpoint (requests there are SigV4-signed)."""
+        doc = self.record()
+        return str(doc["http_endpoint"]) if doc and doc.get("http_endpoint") else None
+
     def client(self, timeout: float = 5) -> Client:
         endpoint = self.endpoint
         if endpoint is None:
@@ -153,13 +168,27 @@ class LocalCluster:
         http_port, fleet_port = _free_port(), _free_port()
         while fleet_port == http_port:
             fleet_port = _free_port()
-        endpoint = f"http://127.0.0.1:{http_port}"
+        http_endpoint = f"http://127.0.0.1:{http_port}"
+        api_socket = os.path.join(self.dir, "head", "api.sock")
+        if len(os.fsencode(api_socket)) > MAX_UNIX_PATH:
+            raise LocalClusterError(
+                f"the head's socket {api_socket} would be longer than {MAX_UNIX_PATH} bytes: "
+                "use a shorter --home or $HPCBATCH_HOME"
+            )
+        endpoint = f"unix:{api_socket}"
         fleet = f"tcp://127.0.0.1:{fleet_port}"
-        configs = {"head": self._write_head_config(http_port, fleet)}
+        head_key = self._head_keys()
+        configs = {"head": self._write_head_config(http_port, fleet, api_socket)}
         for i in range(1, nodes + 1):
-            configs[f"node{i}"] = self._write_node_config(f"node{i}", fleet)
+            configs[f"node{i}"] = self._write_node_config(f"node{i}", fleet, head_key)
 
-        record: dict[str, Any] = {"endpoint": endpoint, "processes": {}, "nodes": nodes}
+        record: dict[str, Any] = {
+            "endpoint": endpoint,
+            "socket_endpoint": endpoint,
+            "http_endpoint": http_endpoint,
+            "processes": {},
+            "nodes": nodes,
+        }
         try:
             for name, config in configs.items():
                 module = self.HEAD_MODULE if name == "head" else self.AGENT_MODULE
@@ -174,24 +203,47 @@ class LocalCluster:
             raise
         return self
 
-    def _write_head_config(self, http_port: int, fleet: str) -> str:
+    def _head_keys(self) -> str:
+        """The head's key pair (made on the first ``up``, kept after); returns the public key's path."""
+        curve = os.path.join(self.dir, "head", "curve")
+        ensure_keypair(os.path.join(curve, "head.key_secret"), os.path.join(curve, "head.key"))
+        return os.path.join(curve, "head.key")
+
+    def _enroll(self, name: str) -> None:
+        """The agent's key pair in its own state folder, its public key pre-seeded as accepted."""
+        curve = os.path.join(self.dir, name, "curve")
+        pair = ensure_keypair(os.path.join(curve, "agent.key_secret"), os.path.join(curve, "agent.key"))
+        accepted = os.path.join(self.dir, "head", "node_keys", "accepted")
+        os.makedirs(accepted, exist_ok=True)
+        path = os.path.join(accepted, name)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(pair.public + b"\n")
+        os.replace(tmp, path)
+
+    def _write_head_config(self, http_port: int, fleet: str, api_socket: str) -> str:
         path = os.path.join(self.dir, "head.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(
                 f"state_dir = {_toml_str(os.path.join(self.dir, 'head'))}\n"
                 f'http_listen = "127.0.0.1:{http_port}"\n'
+                f"api_socket = {_toml_str(api_socket)}\n"
                 f"fleet_bind = {_toml_str(fleet)}\n"
             )
         return path
 
-    def _write_node_config(self, name: str, fleet: str) -> str:
+    def _write_node_config(self, name: str, fleet: str, head_key: str) -> str:
+        self._enroll(name)
         path = os.path.join(self.dir, f"{name}.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(
                 f"name = {_toml_str(name)}\n"
                 f"head = {_toml_str(fleet)}\n"
+                f"head_public_key = {_toml_str(head_key)}\n"
                 f"compute_environment = {_toml_str(DEFAULT_NAME)}\n"
                 f"state_dir = {_toml_str(os.path.join(self.dir, name))}\n"
+                # Jobs of a root caller are owned by root; agents run them only when told.
+                + ("allow_root_jobs = true\n" if os.geteuid() == 0 else "")
             )
         return path
 

@@ -18,6 +18,12 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     head: str  # the head's fleet endpoint, e.g. tcp://head:8472
     state_dir: str
+    # CurveZMQ: the head's public key, pinned (copied from the head's curve_public_key),
+    # and this node's key pair, generated on first start; its public key is what the
+    # head's admin accepts (`hpcbatch nodes keys accept NAME`).
+    head_public_key: str
+    curve_secret_key: str = ""  # default <state_dir>/curve/agent.key_secret
+    curve_public_key: str = ""  # default <state_dir>/curve/agent.key
     compute_environment: str = "default"
     labels: dict[str, str] = {}
     placement_group: str | None = None
@@ -34,6 +40,14 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     liveness: int = 5
     log_level: str = "INFO"
 
+    @property
+    def curve_secret_key_path(self) -> Path:
+        return Path(self.curve_secret_key) if self.curve_secret_key else Path(self.state_dir) / "curve" / "agent.key_secret"
+
+    @property
+    def curve_public_key_path(self) -> Path:
+        return Path(self.curve_public_key) if self.curve_public_key else Path(self.state_dir) / "curve" / "agent.key"
+
 
 def load_agent_config(path: str | Path) -> AgentConfig:
     """Read and validate the agent config; a bad file gets one line naming the field."""
@@ -49,4 +63,9 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"agent config {path}: {exc}") from None
     if config.memory_enforcement not in ("auto", "cgroup", "rss"):
         raise ConfigError(f"agent config {path}: memory_enforcement must be auto, cgroup or rss")
+    if not Path(config.head_public_key).is_file():
+        raise ConfigError(
+            f"agent config {path}: head_public_key {config.head_public_key} does not exist: "
+            "copy the head's public key there (on the head: <state_dir>/curve/head.key)"
+        )
     return config

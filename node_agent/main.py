@@ -1,6 +1,11 @@
 """The node agent: registers with the head, runs attempts, ships output, reports exits.
 
-One asyncio loop; one DEALER socket whose routing id is the node name. Sends never block:
+One asyncio loop; one DEALER socket, a CurveZMQ client with this node's key pair that pins
+the head's public key (a head without the matching secret key cannot complete the
+handshake). The head knows the node by its key, enrolled on the head (``hpcbatch nodes keys
+accept NAME``); until then the head does not answer, and the agent says so once. A head
+that refuses the key outright (rejected, revoked) fails the handshake; libzmq then stops
+reconnecting, so the agent reconnects itself, backing off. Sends never block:
 with ``IMMEDIATE`` set, a message for a head that is not connected is dropped, and what
 must not be lost is kept and resent instead (exits until the head acknowledges them, log
 bytes from the offsets the head reports in ``Welcome``). Exits not yet acknowledged are
@@ -23,9 +28,11 @@ from pathlib import Path
 import msgspec
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from hpcbatch import __version__
 from hpcbatch import protocol as p
+from hpcbatch.curve import CurveKeyError, ensure_keypair, load_public_key
 from node_agent.config import AgentConfig, ConfigError, load_agent_config
 from node_agent.discovery import discover
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
@@ -34,6 +41,14 @@ log = logging.getLogger("hpcbatch.agent")
 
 LOG_CHUNK = 256 * 1024
 LOG_POLL_S = 0.2
+REFUSED_RETRY_S = (1.0, 30.0)  # reconnect after the head refused our key: first, longest wait
+HANDSHAKE_FAILURES_BEFORE_LOG = 3  # a head restarting mid-handshake fails one or two
+_MONITORED = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 def _now_ms() -> int:
@@ -78,9 +93,15 @@ class Agent:
             memory_enforcement=config.memory_enforcement,
             allow_root_jobs=config.allow_root_jobs,
         )
+        self.keys = ensure_keypair(config.curve_secret_key_path, config.curve_public_key_path)
+        head_key = load_public_key(config.head_public_key)
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.IDENTITY, config.name.encode())
+        # No routing id of our own: the head knows us by our key, and numbers connections itself.
+        self._sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.secret)
+        self._sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public)
+        self._sock.setsockopt(zmq.CURVE_SERVERKEY, head_key)
+        self._monitor = self._sock.get_monitor_socket(_MONITORED)
         self._sock.setsockopt(zmq.IMMEDIATE, 1)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -91,6 +112,9 @@ class Agent:
         self._liveness = config.liveness
         self._head_id: str | None = None
         self._head_seen = 0.0
+        self._connected_at: float | None = None  # last successful handshake
+        self._welcomed = False  # a head has answered a Register of this process
+        self._said: set[str] = set()  # conditions already logged (each said once per episode)
         self._unacked: dict[str, p.AttemptExited] = {}
         self._shipped: dict[str, int] = {}  # attempt -> bytes of output the head has been sent
         self._job_of: dict[str, str] = {}  # attempt -> job, for log chunks
@@ -102,10 +126,17 @@ class Agent:
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
-        try:
-            self._sock.send(p.encode(message), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # not connected: what matters is resent on (re)registration
+        # With NOBLOCK, pyzmq's asyncio send completes at once; an error sits in the future.
+        fut = self._sock.send(p.encode(message), flags=zmq.NOBLOCK)
+        exc = fut.exception() if fut.done() else None
+        if exc is not None and not isinstance(exc, zmq.Again):
+            log.warning("cannot send to the head: %s", exc)
+        # zmq.Again: not connected; what matters is resent on (re)registration.
+
+    def _say_once(self, what: str, level: int, message: str, *args: object) -> None:
+        if what not in self._said:
+            self._said.add(what)
+            log.log(level, message, *args)
 
     def _register(self) -> None:
         running = [
@@ -142,7 +173,6 @@ class Agent:
         env = dict(self._base_env)
         env.update(msg.environment)
         env["HOSTNAME"] = self._hostname
-        env["TMPDIR"] = str(self.runner.log_path(msg.attempt_id).parent)
         spec = AttemptSpec(
             attempt_id=msg.attempt_id,
             job_id=msg.job_id,
@@ -155,7 +185,7 @@ class Agent:
             timeout_s=msg.timeout_s,
             image=msg.image,
             script=msg.script,
-            user=msg.owner or None,
+            user=msg.owner,  # never None here: an ownerless job must not run as the agent (root)
         )
         outcome = await self.runner.start(spec)
         if isinstance(outcome, AttemptResult):
@@ -212,6 +242,8 @@ class Agent:
                     if msg.head_id != self._head_id:
                         log.info("registered with head %s", msg.head_id[:8])
                     self._head_id = msg.head_id
+                    self._welcomed = True
+                    self._said.discard("enrollment")
                     self._interval, self._liveness = msg.heartbeat_interval_s, msg.liveness
                     for attempt_id, offsets in msg.log_offsets.items():
                         self._shipped[attempt_id] = min(self._shipped.get(attempt_id, 0), offsets.get("output", 0))
@@ -224,14 +256,67 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            silent = time.monotonic() - self._head_seen
+            now = time.monotonic()
+            silent = now - self._head_seen
             if silent > self._interval * self._liveness:
                 # The head may be gone or restarted: keep offering ourselves.
                 self._register()
+                connected = self._connected_at
+                if not self._welcomed and connected is not None and now - connected > self._interval * self._liveness:
+                    self._say_once(
+                        "enrollment", logging.WARNING,
+                        "connected to the head at %s, which does not answer: this node's key (%s) is probably "
+                        "waiting for enrollment: run `hpcbatch nodes keys accept %s` on the head",
+                        self.config.head, self.keys.public.decode(), self.config.name,
+                    )
                 continue
             self._send(p.AgentHeartbeat(instance_id=self.instance_id, running=[r[0] for r in self.runner.running()]))
             for exited in list(self._unacked.values()):
                 self._send(exited)
+
+    async def _monitor_loop(self) -> None:
+        """Watch the CurveZMQ handshakes: log what an admin must fix, reconnect after a refusal."""
+        retry = REFUSED_RETRY_S[0]
+        failures = 0
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected_at = time.monotonic()
+                retry, failures = REFUSED_RETRY_S[0], 0
+                self._said.difference_update({"refused", "handshake"})
+                # Speak at once: the head learns this connection and sends what it held for us.
+                if self._head_id is None:
+                    self._register()
+                else:
+                    self._send(p.AgentHeartbeat(instance_id=self.instance_id, running=[r[0] for r in self.runner.running()]))
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._say_once(
+                    "refused", logging.ERROR,
+                    "the head at %s refused this node's key %s (status %s): it is rejected or revoked; "
+                    "`hpcbatch nodes keys list` on the head shows it; retrying",
+                    self.config.head, self.keys.public.decode(), event["value"],
+                )
+                # libzmq does not reconnect after an authentication failure: we do, backing off.
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, REFUSED_RETRY_S[1])
+                self._reconnect()
+            else:
+                failures += 1
+                if failures >= HANDSHAKE_FAILURES_BEFORE_LOG:
+                    self._say_once(
+                        "handshake", logging.ERROR,
+                        "the CurveZMQ handshake with the head at %s keeps failing: is head_public_key (%s) "
+                        "the head's public key?",
+                        self.config.head, self.config.head_public_key,
+                    )
+
+    def _reconnect(self) -> None:
+        try:
+            self._sock.disconnect(self.config.head)
+        except zmq.ZMQError:
+            pass  # libzmq already dropped the endpoint
+        self._sock.connect(self.config.head)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; running attempts are killed on the way out."""
@@ -243,13 +328,17 @@ class Agent:
             if result.attempt_id not in self._unacked:
                 self._on_exit(result)
         self._register()
-        log.info("agent %s (%d vCPUs, %d MiB) connecting to %s", self.config.name, self.facts.vcpus, self.facts.memory_mib, self.config.head)
+        log.info(
+            "agent %s (%d vCPUs, %d MiB, public key %s) connecting to %s",
+            self.config.name, self.facts.vcpus, self.facts.memory_mib, self.keys.public.decode(), self.config.head,
+        )
         try:
             async with asyncio.TaskGroup() as tasks:
                 loops = [
                     tasks.create_task(self._receive_loop()),
                     tasks.create_task(self._heartbeat_loop()),
                     tasks.create_task(self._log_loop()),
+                    tasks.create_task(self._monitor_loop()),
                 ]
                 await stop.wait()
                 log.info("stopping: signal received")
@@ -257,6 +346,8 @@ class Agent:
                     task.cancel()
         finally:
             await self.runner.shutdown(kill=True)
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
             self._sock.close(linger=0)
             self._ctx.term()
             log.info("agent stopped")
@@ -281,7 +372,11 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await Agent(config).run(stop)
 
-    asyncio.run(_serve())
+    try:
+        asyncio.run(_serve())
+    except CurveKeyError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 3
     return 0
 
 

@@ -193,7 +193,6 @@ class Runner:
         self._hostname = socket.gethostname()
         self._euid = os.geteuid()
         self._me = _user_name(self._euid)
-        self._identity = (self._euid, os.getegid(), tuple(sorted(set(os.getgroups()))))
         self._setpriv = self._env_tool = None
         self._unreachable: str | None = None  # why owners cannot reach their work dirs
         self._owners: dict[str, tuple[float, _Owner]] = {}  # name -> (expiry, identity)
@@ -354,6 +353,8 @@ class Runner:
         """Whom the attempt runs as (None: the agent itself), or why it cannot start."""
         if user is None:
             return None
+        if not user:
+            return f"{CANNOT_START}: the job has no owner"
         if self._euid != 0 and user != self._me:
             return f"{CANNOT_START}: agent runs as {self._me} and cannot start jobs as {user}"
         now = time.monotonic()
@@ -370,7 +371,9 @@ class Runner:
                 "(allow_root_jobs is false)"
             )
         groups = tuple(sorted(set(os.getgrouplist(pw.pw_name, pw.pw_gid))))
-        switch = self._euid == 0 and (pw.pw_uid, pw.pw_gid, groups) != self._identity
+        # Only a different user is a switch: root's own jobs (allow_root_jobs) run straight,
+        # whatever supplementary groups the agent process happens to hold.
+        switch = self._euid == 0 and pw.pw_uid != self._euid
         owner = _Owner(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir, switch)
         if len(self._owners) > 1000:
             self._owners.clear()

@@ -3,6 +3,11 @@
 Unlike ``hpcbatch cluster up`` (the user's tool), the harness lets a test ``kill -9`` the
 head or one agent, restart it on the same state, and tune heartbeats so node loss is
 detected in seconds. Everything it starts it stops, in ``close``.
+
+Keys as an operator would set them up: the head's key pair and each agent's are generated
+here, agents pin the head's public key, and the ``enrolled`` nodes (all, by default) are
+pre-seeded into the head's ``node_keys/accepted/``. ``self.client`` talks to the head's
+Unix socket (as root, that makes it an admin); ``self.endpoint`` is the TCP one (SigV4).
 """
 
 from __future__ import annotations
@@ -10,14 +15,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hpcbatch.client import Client
+from hpcbatch.curve import ensure_keypair
 
 T = TypeVar("T")
 
@@ -40,6 +48,19 @@ def wait_for(condition: Callable[[], T], timeout: float = 20.0, interval: float 
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last value: {last!r})")
 
 
+def _let_owners_through(root: Path) -> None:
+    """Make ``root`` and its parents under the temp dir searchable (o+x), as a real agent's
+    /var/lib/hpcbatch-agent is: jobs run as their owner and must reach their work dirs.
+    pytest makes its temp dirs 0700."""
+    top = Path(tempfile.gettempdir()).resolve()
+    for directory in (root.resolve(), *root.resolve().parents):
+        if directory == top or top not in directory.parents:
+            break
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
 class TestCluster:
     """Head + N agents as real processes; see the module docstring."""
 
@@ -47,16 +68,28 @@ class TestCluster:
 
     def __init__(self, root: Path, nodes: int = 2, *, heartbeat_s: float = 0.3, liveness: int = 5,
                  kill_grace_s: float = 1.0, node_vcpus: int | None = None, node_memory_mib: int | None = None,
-                 agent_extra: str = "", head_extra: str = "") -> None:
+                 agent_extra: str = "", head_extra: str = "", enrolled: Collection[str] | None = None) -> None:
         self.root = root
+        _let_owners_through(root)
         self.http_port = free_port()
         self.fleet = f"tcp://127.0.0.1:{free_port()}"
         self.endpoint = f"http://127.0.0.1:{self.http_port}"
+        self.api_socket = root / "api.sock"
+        self.socket_endpoint = f"unix:{self.api_socket}"
+        self.head_public_key = root / "head" / "curve" / "head.key"
+        ensure_keypair(root / "head" / "curve" / "head.key_secret", self.head_public_key)
+        self.node_keys_dir = root / "head" / "node_keys"
         self.head_config = root / "head.toml"
         self.head_config.write_text(
             f'state_dir = "{root / "head"}"\nhttp_listen = "127.0.0.1:{self.http_port}"\n'
+            f'api_socket = "{self.api_socket}"\n'
             f'fleet_bind = "{self.fleet}"\nheartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\n'
             f"kill_grace_s = {kill_grace_s}\n{head_extra}\n"
+        )
+        self._agent_settings = (
+            f"heartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\nkill_grace_s = {kill_grace_s}\n"
+            # The job owner for a root caller is root, which agents refuse unless told.
+            + ("allow_root_jobs = true\n" if os.geteuid() == 0 and "allow_root_jobs" not in agent_extra else "")
         )
         self.node_names = [f"node{i}" for i in range(1, nodes + 1)]
         for name in self.node_names:
@@ -65,13 +98,33 @@ class TestCluster:
                 extra += f"\nvcpus = {node_vcpus}"
             if node_memory_mib is not None:
                 extra += f"\nmemory_mib = {node_memory_mib}"
-            (root / f"{name}.toml").write_text(
-                f'name = "{name}"\nhead = "{self.fleet}"\nstate_dir = "{root / name}"\n'
-                f"heartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\nkill_grace_s = {kill_grace_s}\n{extra}\n"
-            )
+            self.add_agent(name, enroll=enrolled is None or name in enrolled, extra=extra)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._all: list[subprocess.Popen[bytes]] = []
-        self.client = Client(self.endpoint, timeout=10)
+        self.client = Client(self.socket_endpoint, timeout=10)
+
+    def add_agent(self, name: str, *, enroll: bool = True, head: str | None = None,
+                  head_public_key: Path | None = None, extra: str = "") -> Path:
+        """Write ``<name>.toml`` and the agent's key pair; ``enroll`` pre-seeds its key as accepted."""
+        keys = ensure_keypair(self.root / name / "curve" / "agent.key_secret", self.root / name / "curve" / "agent.key")
+        if enroll:
+            accepted = self.node_keys_dir / "accepted"
+            accepted.mkdir(parents=True, exist_ok=True)
+            (accepted / name).write_bytes(keys.public + b"\n")
+        path = self.root / f"{name}.toml"
+        path.write_text(
+            f'name = "{name}"\nhead = "{head or self.fleet}"\nstate_dir = "{self.root / name}"\n'
+            f'head_public_key = "{head_public_key or self.head_public_key}"\n'
+            f"{self._agent_settings}{extra}\n"
+        )
+        return path
+
+    def agent_public_key(self, name: str) -> str:
+        return (self.root / name / "curve" / "agent.key").read_text().strip()
+
+    def node_keys(self) -> dict[str, dict[str, Any]]:
+        """The head's node key registry by name (listnodekeys)."""
+        return {k["name"]: k for k in self.client.call("/hpcbatch/v1/listnodekeys", {})["nodeKeys"]}
 
     # ------------------------------------------------------------- processes
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -121,12 +174,16 @@ class TestCluster:
             self.start_agent(name)
         self.wait_active()
         if queue:
-            self.client.create_compute_environment(computeEnvironmentName="default", type="UNMANAGED")
-            self.client.create_job_queue(
-                jobQueueName="default", priority=1,
-                computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "default"}],
-            )
+            self.make_default_queue()
         return self
+
+    def make_default_queue(self) -> None:
+        """Compute environment and job queue ``default``."""
+        self.client.create_compute_environment(computeEnvironmentName="default", type="UNMANAGED")
+        self.client.create_job_queue(
+            jobQueueName="default", priority=1,
+            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "default"}],
+        )
 
     def close(self) -> None:
         """Stop every process the harness started (SIGTERM, then SIGKILL after 10 s)."""

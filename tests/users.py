@@ -33,6 +33,8 @@ def ensure_users() -> None:
     for name in USERS:
         try:
             pwd.getpwnam(name)
+            if name not in grp.getgrnam(GROUP).gr_mem:  # made by someone else, without the group
+                subprocess.run(["usermod", "-aG", GROUP, name], check=True)
         except KeyError:
             result = subprocess.run(
                 ["useradd", "--create-home", "--shell", "/bin/sh", "--groups", GROUP, name],

@@ -37,3 +37,66 @@ def nodes_list(state: str | None = None, ce: str | None = None) -> None:
     from hpcbatch.cli.output import print_nodes
 
     print_nodes(listed)
+
+
+# -- node keys (the control plane's enrollment; admins only) -----------------------------------
+
+
+@nodes.group("keys")
+@global_options
+def nodes_keys() -> None:
+    """Node keys: enroll agents (accept), refuse them (reject), cut them off (revoke).
+
+    \b
+    A new agent's key waits as "pending" until accepted:
+      hpcbatch nodes keys list
+      hpcbatch nodes keys accept node7     # compare its key with the agent's log first
+    """
+
+
+@nodes_keys.command("list")
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "accepted", "rejected"], case_sensitive=False),
+    help="Only keys in this state.",
+)
+@global_options
+def node_keys_list(state: str | None = None) -> None:
+    """List node keys: name, state, since when, public key."""
+    listed = get_client().call("/hpcbatch/v1/listnodekeys", {}).get("nodeKeys") or []
+    if state:
+        listed = [k for k in listed if k.get("state") == state.lower()]
+    if json_output():
+        print_json({"nodeKeys": listed})
+        return
+    from hpcbatch.cli.output import ago, print_table
+
+    print_table(
+        ["NAME", "STATE", "SINCE", "PUBLIC KEY"],
+        ([k.get("name"), k.get("state"), ago(k.get("since")), k.get("publicKey")] for k in listed),
+        empty="no node keys",
+    )
+
+
+def _node_key_command(operation: str, verb: str, help_text: str) -> click.Command:
+    @click.argument("name")
+    @global_options
+    def command(name: str) -> None:
+        get_client().call(f"/hpcbatch/v1/{operation}", {"name": name})
+        if not json_output():
+            click.echo(f"{verb} node key {name}")
+        else:
+            print_json({})
+
+    command.__doc__ = help_text
+    return nodes_keys.command(operation.removesuffix("nodekey"))(command)
+
+
+node_keys_accept = _node_key_command("acceptnodekey", "accepted", "Trust NAME's pending (or rejected) key.")
+node_keys_reject = _node_key_command("rejectnodekey", "rejected", "Refuse NAME's pending key.")
+node_keys_revoke = _node_key_command(
+    "revokenodekey", "revoked", "Revoke NAME's accepted key: the node is cut off at once."
+)
+node_keys_delete = _node_key_command(
+    "deletenodekey", "deleted", "Forget NAME's key in any state (it may enroll again)."
+)

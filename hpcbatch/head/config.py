@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
 import msgspec
 
+from hpcbatch.auth.policy import ROLES
 from hpcbatch.errors import ClientError
+from hpcbatch.head.nodekeys import valid_name
+
+MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
 class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -25,10 +30,35 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prune_interval_s: float = 3600.0
     durability: str = "normal"  # "full": fsync every commit (power-loss safe)
     log_level: str = "INFO"
+    # The local API: the same operations on a Unix socket, callers named by the kernel.
+    api_socket: str = ""  # default <state_dir>/api.sock
+    roles: dict[str, str] = {}  # "alice" or "@group" -> user | developer | admin
+    private_data: bool = False  # Slurm's PrivateData: users see only their own jobs
+    # The control plane (CurveZMQ): the head's key pair, generated on first start.
+    curve_secret_key: str = ""  # default <state_dir>/curve/head.key_secret
+    curve_public_key: str = ""  # default <state_dir>/curve/head.key: copy it to every node
+    node_keys_dir: str = ""  # default <state_dir>/node_keys: {pending,accepted,rejected}/<NAME>
+    auto_accept_nodes: list[str] = []  # names whose key is accepted on first sight
 
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir)
+
+    @property
+    def api_socket_path(self) -> Path:
+        return Path(self.api_socket) if self.api_socket else self.state_path / "api.sock"
+
+    @property
+    def curve_secret_key_path(self) -> Path:
+        return Path(self.curve_secret_key) if self.curve_secret_key else self.state_path / "curve" / "head.key_secret"
+
+    @property
+    def curve_public_key_path(self) -> Path:
+        return Path(self.curve_public_key) if self.curve_public_key else self.state_path / "curve" / "head.key"
+
+    @property
+    def node_keys_path(self) -> Path:
+        return Path(self.node_keys_dir) if self.node_keys_dir else self.state_path / "node_keys"
 
     @property
     def http_host_port(self) -> tuple[str, int]:
@@ -50,4 +80,16 @@ def load_head_config(path: str | Path) -> HeadConfig:
         raise ClientError(f"head config {path}: {exc}") from None
     if config.durability not in ("normal", "full"):
         raise ClientError(f"head config {path}: durability must be 'normal' or 'full'")
+    bad_roles = sorted(r for r in config.roles.values() if r not in ROLES)
+    if bad_roles:
+        raise ClientError(f"head config {path}: roles: {bad_roles[0]!r} is not one of {', '.join(ROLES)}")
+    for name in config.auto_accept_nodes:
+        if not valid_name(name):
+            raise ClientError(f"head config {path}: auto_accept_nodes: {name!r} is not a valid node name")
+    socket_bytes = len(os.fsencode(config.api_socket_path))
+    if socket_bytes > MAX_UNIX_PATH:
+        raise ClientError(
+            f"head config {path}: api_socket {config.api_socket_path} is {socket_bytes} bytes long; "
+            f"Unix socket paths stop at {MAX_UNIX_PATH}: set api_socket to a shorter path"
+        )
     return config

@@ -1,9 +1,14 @@
-"""The head daemon's entry point: wire store, engine, fleet and API, run until signalled."""
+"""The head daemon's entry point: wire store, engine, fleet and API, run until signalled.
+
+The API is served twice: on TCP (callers sign with SigV4) and on the Unix socket
+``api_socket`` (mode 0666: the kernel's peer credentials name the caller, hpcbatch.head.api).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -11,12 +16,14 @@ import uuid
 
 from aiohttp import web
 
+from hpcbatch.curve import ensure_keypair
 from hpcbatch.errors import HpcbatchError
 from hpcbatch.head.api import make_app
 from hpcbatch.head.config import HeadConfig, load_head_config
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.fleet import Fleet
 from hpcbatch.head.logs import LogStore
+from hpcbatch.head.nodekeys import NodeKeyRegistry
 from hpcbatch.head.service import BatchService
 from hpcbatch.store import SqliteStore
 
@@ -47,6 +54,10 @@ class Head:
             log_stream_prefix=lambda job: job.job_definition.rsplit("/", 1)[-1].split(":")[0],
         )
         self.service = BatchService(self.store, self.engine, region=config.region, account=config.account_id)
+        self.service.private_data = config.private_data
+        self.curve = ensure_keypair(config.curve_secret_key_path, config.curve_public_key_path)
+        self.node_keys = NodeKeyRegistry(config.node_keys_path, auto_accept=config.auto_accept_nodes)
+        self.service.node_keys = self.node_keys
 
     def _send(self, node: str, message: object) -> None:
         assert self.fleet is not None
@@ -77,17 +88,28 @@ class Head:
         self.fleet = Fleet(
             self.config.fleet_bind,
             self.engine,
+            keys=self.node_keys,
+            curve=self.curve,
             head_id=self.head_id,
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             liveness=self.config.liveness,
         )
         self._load()
-        runner = web.AppRunner(make_app(self.service), access_log=None)
+        runner = web.AppRunner(
+            make_app(self.service, roles=self.config.roles, region=self.config.region), access_log=None
+        )
         await runner.setup()
         host, port = self.config.http_host_port
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
-        log.info("head %s serving http://%s:%d, fleet %s", self.head_id[:8], host, port, self.config.fleet_bind)
+        api_socket = self.config.api_socket_path
+        api_socket.parent.mkdir(parents=True, exist_ok=True)
+        await web.UnixSite(runner, str(api_socket)).start()
+        os.chmod(api_socket, 0o666)  # anyone may connect; SO_PEERCRED says who they are
+        log.info(
+            "head %s serving http://%s:%d and unix:%s; fleet %s (CurveZMQ; agents pin %s)",
+            self.head_id[:8], host, port, api_socket, self.fleet.endpoint, self.config.curve_public_key_path,
+        )
         try:
             async with asyncio.TaskGroup() as tasks:
                 fleet_task = tasks.create_task(self.fleet.serve())
@@ -98,6 +120,7 @@ class Head:
                 prune_task.cancel()
         finally:
             await runner.cleanup()
+            api_socket.unlink(missing_ok=True)
             self.engine.flush()
             self.fleet.close()
             self.store.close()
@@ -124,6 +147,9 @@ def main(config_path: str) -> int:
 
     try:
         asyncio.run(_serve())
+    except HpcbatchError as exc:  # a key file, most likely: one line naming it
+        log.error("cannot start: %s", exc.message)
+        return 3
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -445,12 +445,12 @@ class Engine:
         if node is not None:
             node.last_heartbeat_at = self._now()
 
-    def node_lost(self, name: str, silent_s: float) -> None:
-        """No heartbeat for too long: fail its attempts (retried per strategy)."""
+    def node_lost(self, name: str, silent_s: float, why: str | None = None) -> None:
+        """No heartbeat for too long (or cut off): fail its attempts (retried per strategy)."""
         node = self.nodes.get(name)
         if node is None or node.state == "DOWN" and not node.jobs:
             return
-        reason = f"Node {name} lost: no heartbeat for {silent_s:.0f} s"
+        reason = f"Node {name} lost: {why or f'no heartbeat for {silent_s:.0f} s'}"
         log.warning("%s; failing %d attempt(s)", reason, len(node.jobs))
         node.state, node.state_reason = "DOWN", reason
         for job_id in sorted(node.jobs):

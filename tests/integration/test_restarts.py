@@ -106,9 +106,10 @@ def test_agent_exit_during_head_outage_is_reported_after_restart(own_cluster: Te
 def test_boto3_drives_the_api(cluster: TestCluster) -> None:
     import boto3
 
+    key = cluster.client.call("/hpcbatch/v1/createaccesskey", {"user": "root", "role": "admin"})
     batch = boto3.client(
         "batch", endpoint_url=cluster.endpoint, region_name="local",
-        aws_access_key_id="unused", aws_secret_access_key="unused",
+        aws_access_key_id=key["accessKeyId"], aws_secret_access_key=key["secretAccessKey"],
     )
     queues = batch.describe_job_queues()["jobQueues"]
     assert any(q["jobQueueName"] == "default" for q in queues)

@@ -525,6 +525,11 @@ FAKE_HEAD = textwrap.dedent('''
         def log_message(self, *a):
             pass
 
+    # The same answers on the head's Unix socket, where the CLI and `cluster up` talk.
+    import os, socketserver, threading
+    os.makedirs(os.path.dirname(config["api_socket"]), exist_ok=True)
+    unix = socketserver.UnixStreamServer(config["api_socket"], H)
+    threading.Thread(target=unix.serve_forever, daemon=True).start()
     HTTPServer((host, int(port)), H).serve_forever()
 ''')
 
@@ -552,7 +557,8 @@ def test_cluster_up_status_down(
         assert "node[1-3]" in result.stdout
         record = json.loads(Path(cluster.record_path).read_text())
         assert set(record["processes"]) == {"head", "node1", "node2", "node3"}
-        assert record["nodes"] == 3 and record["endpoint"].startswith("http://127.0.0.1:")
+        assert record["nodes"] == 3 and record["http_endpoint"].startswith("http://127.0.0.1:")
+        assert record["endpoint"] == record["socket_endpoint"] == f"unix:{cluster.dir}/head/api.sock"
         head_toml = (Path(cluster.dir) / "head.toml").read_text()
         assert f'state_dir = "{cluster.dir}/head"' in head_toml
         assert 'compute_environment = "default"' in (Path(cluster.dir) / "node2.toml").read_text()
