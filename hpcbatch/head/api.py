@@ -52,6 +52,7 @@ EXTENSION_ROUTES = {
     "/hpcbatch/v1/deletenodekey": "DeleteNodeKey",
 }
 MAX_BODY = 2 << 20
+LOCAL_IDENTITY_TTL_S = 5.0
 _PEERCRED = struct.Struct("3i")
 
 
@@ -69,6 +70,9 @@ class Identifier:
         self._service = service
         self._roles = dict(roles)  # "alice" -> role, "@group" -> role
         self._region = region
+        # uid -> (expiry, caller): a passwd and group lookup per request costs more than
+        # the request; a changed role or group shows up within a few seconds.
+        self._local: dict[int, tuple[float, Caller]] = {}
 
     def role_of(self, user: str, uid: int, gid: int) -> str:
         """Role of a local user: root is admin; else the ``roles`` setting; else ``user``."""
@@ -91,11 +95,19 @@ class Identifier:
         sock = request.transport.get_extra_info("socket") if request.transport else None
         if sock is not None and sock.family == socket.AF_UNIX:
             _pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+            now = time.monotonic()
+            cached = self._local.get(uid)
+            if cached is not None and cached[0] > now:
+                return cached[1]
             try:
                 user = pwd.getpwuid(uid).pw_name
             except KeyError:
                 raise Unauthenticated(f"uid {uid} has no user name on the head") from None
-            return Caller(user=user, role=self.role_of(user, uid, gid), via="socket")
+            caller = Caller(user=user, role=self.role_of(user, uid, gid), via="socket")
+            if len(self._local) > 10_000:
+                self._local.clear()
+            self._local[uid] = (now + LOCAL_IDENTITY_TTL_S, caller)
+            return caller
         return self._sigv4(request, body)
 
     def _sigv4(self, request: web.Request, body: bytes) -> Caller:
