@@ -100,3 +100,23 @@ node_keys_revoke = _node_key_command(
 node_keys_delete = _node_key_command(
     "deletenodekey", "deleted", "Forget NAME's key in any state (it may enroll again)."
 )
+
+
+@nodes.command("drain")
+@click.argument("name")
+@click.option("--reason", help="Why (shown in `nodes list`); default names you.")
+@global_options
+def nodes_drain(name: str, reason: str | None) -> None:
+    """Place no new work on NAME; running jobs finish (DRAINING, then DRAINED). Admins only."""
+    body = {"name": name}
+    if reason:
+        body["reason"] = reason
+    get_client().call("/hpcbatch/v1/drainnode", body)
+
+
+@nodes.command("resume")
+@click.argument("name")
+@global_options
+def nodes_resume(name: str) -> None:
+    """Let NAME take new work again. Admins only."""
+    get_client().call("/hpcbatch/v1/resumenode", {"name": name})

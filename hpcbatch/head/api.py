@@ -50,6 +50,8 @@ EXTENSION_ROUTES = {
     "/hpcbatch/v1/rejectnodekey": "RejectNodeKey",
     "/hpcbatch/v1/revokenodekey": "RevokeNodeKey",
     "/hpcbatch/v1/deletenodekey": "DeleteNodeKey",
+    "/hpcbatch/v1/drainnode": "DrainNode",
+    "/hpcbatch/v1/resumenode": "ResumeNode",
 }
 MAX_BODY = 2 << 20
 LOCAL_IDENTITY_TTL_S = 5.0

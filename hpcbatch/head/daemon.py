@@ -68,6 +68,7 @@ class Head:
             self.engine.compute_environment_changed(doc)
         for doc in self.store.list_resources("queue"):
             self.engine.job_queue_changed(doc)
+        self.service.load_drains()
         self.engine.recover()
         self.service.ensure_default_job_definition()
 

@@ -55,6 +55,8 @@ class NodeInfo:
     state_reason: str = "Never registered"
     last_heartbeat_at: int = 0
     jobs: set[str] = field(default_factory=set)  # jobs with an attempt in flight here
+    drain_reason: str | None = None  # set by an admin: no new work (DRAINING, then DRAINED)
+    allocations: tuple[tuple[str, Any], ...] = ()  # as last told to the scheduler
 
 
 class Engine:
@@ -379,6 +381,8 @@ class Engine:
         node = self.nodes.get(attempt.node)
         if node is not None:
             node.jobs.discard(job.job_id)
+            if node.state == "DRAINING" and not node.jobs:
+                self._set_state(node)
         self._feed(AttemptEnded(self._event_id(), job.job_id))
         if exit_code == 0 and reason is None and job.stop_reason is None and status_reason != TIMEOUT_REASON:
             self._move(job, JobEvent.SUCCEEDED, EXITED_REASON)
@@ -391,6 +395,38 @@ class Engine:
             job.stopped_at = attempt.stopped_at
             self._move(job, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
 
+    def _node_up(self, name: str) -> None:
+        node = self.nodes[name]
+        facts = node.facts
+        assert facts is not None
+        self._feed(
+            NodeUp(
+                self._event_id(), name, facts.compute_environment, facts.vcpus, facts.memory_mib,
+                len(facts.gpus), node.allocations, accepting=node.drain_reason is None,
+            )
+        )
+
+    @staticmethod
+    def _set_state(node: NodeInfo) -> None:
+        """ACTIVE, or DRAINING while a drained node still runs jobs, then DRAINED."""
+        if node.drain_reason is None:
+            node.state, node.state_reason = "ACTIVE", ""
+        else:
+            node.state = "DRAINING" if node.jobs else "DRAINED"
+            node.state_reason = node.drain_reason
+
+    def drain(self, name: str, reason: str | None) -> None:
+        """Stop placing work on ``name`` (running jobs finish); ``reason=None`` resumes it."""
+        node = self.nodes[name]
+        node.drain_reason = reason
+        if node.state != "DOWN":
+            self._set_state(node)
+            if node.facts is not None:
+                node.allocations = tuple(
+                    (job_id, self.jobs[job_id].resources) for job_id in sorted(node.jobs) if job_id in self.jobs
+                )
+                self._node_up(name)
+
     def on_log(self, msg: p.LogChunk) -> None:
         self.logs.write(msg.attempt_id, msg.offset, msg.data)
 
@@ -400,7 +436,8 @@ class Engine:
         now = self._now()
         node = self.nodes.setdefault(name, NodeInfo(facts=None))
         node.facts, node.instance_id = msg.node, msg.instance_id
-        node.state, node.state_reason, node.last_heartbeat_at = "ACTIVE", "", now
+        node.last_heartbeat_at = now
+        self._set_state(node)
         for exited in msg.exited:
             self.on_exited(name, exited)
         allocations = []
@@ -428,13 +465,8 @@ class Engine:
                 self._outbox.append((name, self._start_message(job, attempt)))
             else:
                 self._finish_attempt(job, None, None, f"Attempt lost: the agent on {name} no longer runs it")
-        facts = msg.node
-        self._feed(
-            NodeUp(
-                self._event_id(), name, facts.compute_environment, facts.vcpus,
-                facts.memory_mib, len(facts.gpus), tuple(allocations),
-            )
-        )
+        node.allocations = tuple(allocations)
+        self._node_up(name)
         offsets = {
             r.attempt_id: {"output": self.logs.size(r.attempt_id)} for r in msg.running
         }

@@ -608,6 +608,40 @@ class BatchService:
         self._registry().delete(self._node_key_name(body))
         return {}
 
+    def _node(self, body: dict[str, Any]) -> str:
+        name = body.get("name")
+        if not isinstance(name, str) or name not in self.engine.nodes:
+            raise NotFoundError(f"node {name} does not exist")
+        return name
+
+    def DrainNode(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """No new work on the node; running jobs finish (Slurm's scontrol drain)."""
+        name = self._node(body)
+        reason = body.get("reason") or f"Drained by {caller.user}"
+        if not isinstance(reason, str):
+            raise ClientError("reason must be a string")
+        self.engine.drain(name, reason)
+        self._save_drains()
+        return {}
+
+    def ResumeNode(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = self._node(body)
+        self.engine.drain(name, None)
+        self._save_drains()
+        return {}
+
+    def _save_drains(self) -> None:
+        drained = {n: i.drain_reason for n, i in self.engine.nodes.items() if i.drain_reason}
+        with self.store.transaction():
+            self.store.put_resource("settings", "drained-nodes", 1, "VALID", drained)
+
+    def load_drains(self) -> None:
+        """Drains survive a head restart (an admin's decision, not a fact from the node)."""
+        from hpcbatch.head.engine import NodeInfo
+
+        for name, reason in (self.store.get_resource("settings", "drained-nodes") or {}).items():
+            self.engine.nodes.setdefault(name, NodeInfo(facts=None)).drain_reason = reason
+
     def ListNodes(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         nodes = []
         for name, info in sorted(self.engine.nodes.items()):

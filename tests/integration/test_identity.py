@@ -101,6 +101,12 @@ def test_roles_decide_who_may_change_queues(idc: TestCluster) -> None:
     assert idc.client.describe_job_queues(jobQueues=["q-roles"])["jobQueues"] == []
     out = call_as(DEV, idc.socket_endpoint, "/v1/createjobqueue", queue)
     assert out.get("jobQueueName") == "q-roles", out
+    # Draining nodes is an admin's: a developer is refused, root (admin on the socket) may.
+    out = call_as(DEV, idc.socket_endpoint, "/hpcbatch/v1/drainnode", {"name": "node2"})
+    assert "error" in out and "needs role admin" in out["error"]
+    idc.client.call("/hpcbatch/v1/drainnode", {"name": "node2", "reason": "test"})
+    assert idc.nodes()["node2"]["state"] in ("DRAINING", "DRAINED")
+    idc.client.call("/hpcbatch/v1/resumenode", {"name": "node2"})
     me = call_as(DEV, idc.socket_endpoint, "/hpcbatch/v1/whoami", {})
     assert me["role"] == "developer"
     # Only admins see the audit log; root on the head's socket is admin.

@@ -136,3 +136,25 @@ def test_finished_jobs_are_pruned_after_the_retention_with_their_logs(tmp_path: 
         assert not attempt_log.exists()
     finally:
         c.close()
+
+
+def test_admin_drains_a_node_running_jobs_finish_and_nothing_new_lands(own_cluster: TestCluster, tmp_path: Path) -> None:
+    c = own_cluster.up()
+    gate = tmp_path / "go"
+    hold = ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"]
+    running = c.submit(hold)
+    node = c.wait_status(running, "RUNNING")["nodeName"]
+    c.client.call("/hpcbatch/v1/drainnode", {"name": node, "reason": "disk swap"})
+    assert c.nodes()[node]["state"] == "DRAINING" and c.nodes()[node]["stateReason"] == "disk swap"
+    later = [c.submit(["true"]) for _ in range(6)]
+    for job_id in later:
+        assert c.wait_status(job_id, "SUCCEEDED")["nodeName"] != node
+    gate.touch()
+    c.wait_status(running, "SUCCEEDED")
+    wait_for(lambda: c.nodes()[node]["state"] == "DRAINED", 10, what="DRAINED")
+    # The drain survives a head restart, and resume brings the node back.
+    c.kill("head")
+    c.start_head()
+    wait_for(lambda: c.nodes().get(node, {}).get("state") == "DRAINED", 15, what="DRAINED after restart")
+    c.client.call("/hpcbatch/v1/resumenode", {"name": node})
+    assert c.nodes()[node]["state"] == "ACTIVE"
