@@ -6,6 +6,9 @@
 * ``cli_submit_median_s``: one whole ``hpcbatch submit -- true`` process (median of 20).
 * ``submit_to_running_median_s``: idle cluster, one ``sleep`` job, from the submit call to
   the agent's recorded start (``startedAt`` - submit time), median of 10.
+* ``*_sigv4``: the throughput pair again over TCP with SigV4-signed requests (the local
+  figures use the Unix socket and kernel peer credentials); ``sigv4_throughput_ratio`` is
+  signed/local from the same run. The head<->agent plane is CurveZMQ in every figure.
 
 Targets on a 2-core machine: >= 500 jobs/s end to end, <= 50 ms submit->running, <= 60 ms
 per CLI submit. Speed targets live here, never as timed assertions in tests.
@@ -60,7 +63,7 @@ def _wait_all_done(client: Client, ids: list[str], timeout: float = 300) -> None
         time.sleep(0.01)
 
 
-def bench_throughput(client: Client) -> dict[str, float]:
+def bench_throughput(client: Client, suffix: str = "") -> dict[str, float]:
     t0 = time.perf_counter()
     futures = [client.submit_job_async(**_submit_body(i, ["true"])) for i in range(JOBS)]
     wait(futures)
@@ -69,8 +72,8 @@ def bench_throughput(client: Client) -> dict[str, float]:
     _wait_all_done(client, ids)
     t_done = time.perf_counter()
     return {
-        "submit_1000_true_s": round(t_submitted - t0, 3),
-        "e2e_1000_true_jobs_per_s": round(JOBS / (t_done - t0), 1),
+        f"submit_1000_true_s{suffix}": round(t_submitted - t0, 3),
+        f"e2e_1000_true_jobs_per_s{suffix}": round(JOBS / (t_done - t0), 1),
     }
 
 
@@ -116,6 +119,17 @@ def main() -> int:
         results: dict[str, float] = {"nodes": NODES}
         results.update(bench_submit_to_running(client))
         results.update(bench_throughput(client))
+        # The same over TCP with SigV4-signed requests (an admin's access key), in the same
+        # run, so the ratio shows what authentication costs.
+        record = cluster.record() or {}
+        key = client.call("/hpcbatch/v1/createaccesskey", {"user": "root", "role": "admin"})
+        signed = Client(record["http_endpoint"], timeout=30, max_workers=8,
+                        credentials=(key["accessKeyId"], key["secretAccessKey"]))
+        results.update(bench_throughput(signed, "_sigv4"))
+        results["sigv4_throughput_ratio"] = round(
+            results["e2e_1000_true_jobs_per_s_sigv4"] / results["e2e_1000_true_jobs_per_s"], 3
+        )
+        signed.close()
         results.update(bench_cli_submit(cluster.endpoint))
         client.close()
     finally:
