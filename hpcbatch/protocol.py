@@ -120,6 +120,10 @@ class StartAttempt(Message, tag="start", kw_only=True):
     script: bytes | None = None  # fetch-and-run: the head ships the stored script
     log_stream_name: str = ""
     owner: str = ""  # the Unix user the job runs as on the node
+    launch_secret: str = ""  # multi-node: authorizes this attempt's launcher-bridge requests
+    hosts: list[str] = []  # multi-node: the job's nodes in index order (main node included)
+    node_index: int = 0
+    hold: bool = False  # multi-node child with no command: hold the node for launched tasks
 
 
 class KillAttempt(Message, tag="kill", kw_only=True):
@@ -132,8 +136,52 @@ class AckExits(Message, tag="ack_exits", kw_only=True):
     attempt_ids: list[str]
 
 
-AgentMessage = AttemptExited | Register | AgentHeartbeat | AttemptStarted | LogChunk
-HeadMessage = Welcome | Reregister | HeadHeartbeat | StartAttempt | KillAttempt | AckExits
+# ------------------------------------------------ MPI launcher bridge (no SSH)
+# mpirun on a job's main node calls the hpcbatch launcher instead of ssh; the launcher asks
+# its local agent (Unix socket, per-job secret), which asks the head, which checks that the
+# job holds the target node and tells that node's agent to start the command inside the
+# job's attempt there. The exit travels back the same way.
+class LaunchRequest(Message, tag="launch_req", kw_only=True):
+    """Agent -> head: start ``command`` for ``job_id`` on ``target`` (a node the job holds)."""
+
+    launch_id: str  # unique per launch, chosen by the requesting agent
+    job_id: str  # the parent job id (multi-node: without the #index)
+    attempt_id: str  # the requesting (main node) attempt
+    target: str  # node name as written in the job's hostfile
+    command: str  # a shell command line, as ssh would get it
+
+
+class StartTask(Message, tag="start_task", kw_only=True):
+    """Head -> agent: run ``command`` inside ``attempt_id`` (same owner, cgroup, log)."""
+
+    launch_id: str
+    job_id: str
+    attempt_id: str  # this node's attempt of the job
+    command: str
+    origin: str  # the node that asked
+
+
+class TaskExited(Message, tag="task_exited", kw_only=True):
+    """Agent -> head: a launched task ended (or could not start)."""
+
+    launch_id: str
+    origin: str
+    exit_code: int | None
+    reason: str | None = None
+
+
+class LaunchDone(Message, tag="launch_done", kw_only=True):
+    """Head -> requesting agent: the launch ended, or was refused (``error``)."""
+
+    launch_id: str
+    exit_code: int | None
+    error: str | None = None
+
+
+AgentMessage = AttemptExited | Register | AgentHeartbeat | AttemptStarted | LogChunk | LaunchRequest | TaskExited
+HeadMessage = (
+    Welcome | Reregister | HeadHeartbeat | StartAttempt | KillAttempt | AckExits | StartTask | LaunchDone
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _agent_decoder = msgspec.msgpack.Decoder(AgentMessage)
