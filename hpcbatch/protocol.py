@@ -39,6 +39,9 @@ class NodeFacts(msgspec.Struct, kw_only=True):
     labels: dict[str, str] = {}
     placement_group: str | None = None
     fabric_interface: str | None = None
+    fabric_address: str | None = None  # IPv4 of the fabric interface (MPI/NCCL traffic)
+    fabric_kind: str | None = None  # "efa" | "infiniband" | "tcp"
+    fabric_devices: list[str] = []  # e.g. ["mlx5_0"] or ["rdmap0s6"]
     container_runtime: str | None = None
     agent_version: str = ""
 
