@@ -18,6 +18,12 @@ pre-seeds each agent's public key into the head's ``node_keys/accepted/``.
     'unix:/tmp/hb/cluster/head/api.sock'
     >>> cluster.down()                                   # doctest: +SKIP
     ['head', 'node1', 'node2']
+
+As root, ``up(netns=True)`` gives every node its own network namespace and hostname
+(``hpcbatch.netns``): the head binds its fleet endpoint on the management bridge, each
+agent runs inside its node's namespaces with ``fabric_interface = "fab0"``, and
+``cluster.json`` records the layout so that ``down`` removes exactly those namespaces,
+links, bridges and holder processes.
 """
 
 from __future__ import annotations
@@ -37,9 +43,19 @@ import psutil
 from hpcbatch.client import Client
 from hpcbatch.curve import ensure_keypair
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.netns import (
+    FABRIC_INTERFACE,
+    NetnsCluster,
+    NetnsError,
+    NetnsLayout,
+    destroy_leftovers,
+    require_root,
+    tag_for,
+)
 
 DEFAULT_NODES = 4
 DEFAULT_NAME = "default"  # the compute environment and the job queue `cluster up` creates
+PLACEMENT_GROUP = "rack1"  # every namespaced node: one switch, as a gang would want
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 MAX_UNIX_PATH = 107
@@ -58,9 +74,9 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -95,6 +111,7 @@ class ClusterStatus:
     processes: dict[str, bool] = field(default_factory=dict)  # name -> alive
     nodes: list[dict[str, Any]] | None = None  # from listnodes; None if the head didn't answer
     error: str | None = None
+    netns: NetnsLayout | None = None  # the nodes' namespaces and addresses, when up --netns
 
     @property
     def running(self) -> bool:
@@ -154,54 +171,105 @@ class LocalCluster:
 
     # -- up ----------------------------------------------------------------------------------
 
-    def up(self, nodes: int = DEFAULT_NODES, timeout: float = READY_TIMEOUT_S) -> LocalCluster:
-        """Start a head and ``nodes`` agents, wait until all are ACTIVE, create CE and queue."""
+    @property
+    def netns_layout(self) -> NetnsLayout | None:
+        """The recorded namespaces of a cluster started with ``netns=True``."""
+        doc = self.record()
+        return NetnsLayout.from_dict(doc["netns"]) if doc and doc.get("netns") else None
+
+    @property
+    def netns_tag(self) -> str:
+        """This home's tag: every namespace, link and bridge of its cluster carries it."""
+        return tag_for(self.home)
+
+    def up(
+        self, nodes: int = DEFAULT_NODES, timeout: float = READY_TIMEOUT_S, netns: bool = False
+    ) -> LocalCluster:
+        """Start a head and ``nodes`` agents, wait until all are ACTIVE, create CE and queue.
+
+        ``netns``: every node in its own network and UTS namespaces (root only)."""
         if nodes < 1:
             raise LocalClusterError("nodes: must be at least 1")
+        if netns:
+            try:
+                require_root()
+            except NetnsError as e:
+                raise LocalClusterError(f"--netns: {e}") from None
         existing = self.record()
         if existing and any(_alive(p) for p in (existing.get("processes") or {}).values()):
             raise LocalClusterError(
                 f"a local cluster is already running in {self.dir} "
                 f"({existing.get('endpoint')}): run 'hpcbatch cluster down' first"
             )
-        os.makedirs(self.dir, exist_ok=True)
-        http_port, fleet_port = _free_port(), _free_port()
-        while fleet_port == http_port:
-            fleet_port = _free_port()
-        http_endpoint = f"http://127.0.0.1:{http_port}"
         api_socket = os.path.join(self.dir, "head", "api.sock")
         if len(os.fsencode(api_socket)) > MAX_UNIX_PATH:
             raise LocalClusterError(
                 f"the head's socket {api_socket} would be longer than {MAX_UNIX_PATH} bytes: "
                 "use a shorter --home or $HPCBATCH_HOME"
             )
-        endpoint = f"unix:{api_socket}"
-        fleet = f"tcp://127.0.0.1:{fleet_port}"
-        head_key = self._head_keys()
-        configs = {"head": self._write_head_config(http_port, fleet, api_socket)}
-        for i in range(1, nodes + 1):
-            configs[f"node{i}"] = self._write_node_config(f"node{i}", fleet, head_key)
-
-        record: dict[str, Any] = {
-            "endpoint": endpoint,
-            "socket_endpoint": endpoint,
-            "http_endpoint": http_endpoint,
-            "processes": {},
-            "nodes": nodes,
-        }
+        if existing:
+            self.down()  # what a crashed cluster left: its namespaces go before ours are made
+        os.makedirs(self.dir, exist_ok=True)
+        record: dict[str, Any] = {"processes": {}, "nodes": nodes}
         try:
-            for name, config in configs.items():
-                module = self.HEAD_MODULE if name == "head" else self.AGENT_MODULE
-                record["processes"][name] = self._start(name, module, config)
-                self._write_record(record)  # recorded at once, so `down` can stop a partial start
-            self._wait_ready(endpoint, nodes, timeout)
-            self._ensure_defaults(endpoint)
+            layout = self._create_netns(nodes, record) if netns else None
+            self._up(nodes, timeout, record, api_socket, layout)
         except BaseException as e:
-            self.down()
+            try:
+                self.down()
+            except LocalClusterError as cleanup:  # keep the first error; say what is left
+                e.add_note(str(cleanup))
+            if isinstance(e, NetnsError):
+                raise LocalClusterError(f"--netns: {e}") from e
             if isinstance(e, HpcbatchError | OSError):
                 raise LocalClusterError(f"{e}\nlogs: {os.path.join(self.dir, '*.log')}") from e
             raise
         return self
+
+    def _create_netns(self, nodes: int, record: dict[str, Any]) -> NetnsLayout:
+        """The nodes' namespaces, recorded before anything else starts (``down`` undoes them)."""
+        destroy_leftovers(self.netns_tag)  # a crash's remains; the tag is this home's alone
+        cluster = NetnsCluster(self.netns_tag, nodes)
+        record["netns"] = cluster.plan().to_dict()
+        self._write_record(record)  # a create killed half-way is still undone by `down`
+        layout = cluster.create()
+        record["netns"] = layout.to_dict()
+        self._write_record(record)
+        return layout
+
+    def _up(
+        self,
+        nodes: int,
+        timeout: float,
+        record: dict[str, Any],
+        api_socket: str,
+        layout: NetnsLayout | None,
+    ) -> None:
+        """Configs, head, agents (each on its node when ``layout``), readiness, CE and queue."""
+        # The fleet endpoint on the management bridge when nodes have their own namespaces;
+        # the HTTP API stays on loopback (and the Unix socket).
+        host = layout.host_mgmt_ip if layout else "127.0.0.1"
+        http_port, fleet_port = _free_port(), _free_port(host)
+        while fleet_port == http_port:
+            fleet_port = _free_port(host)
+        http_endpoint = f"http://127.0.0.1:{http_port}"
+        endpoint = f"unix:{api_socket}"
+        fleet = f"tcp://{host}:{fleet_port}"
+        head_key = self._head_keys()
+        configs = {"head": self._write_head_config(http_port, fleet, api_socket)}
+        for i in range(1, nodes + 1):
+            configs[f"node{i}"] = self._write_node_config(f"node{i}", fleet, head_key, netns=layout is not None)
+
+        record.update(endpoint=endpoint, socket_endpoint=endpoint, http_endpoint=http_endpoint)
+        for name, config in configs.items():
+            if name == "head":
+                record["processes"][name] = self._start(name, self.HEAD_MODULE, config)
+            else:
+                prefix = layout.node(name).exec_prefix if layout else []
+                record["processes"][name] = self._start(name, self.AGENT_MODULE, config, prefix)
+            self._write_record(record)  # recorded at once, so `down` can stop a partial start
+        self._wait_ready(endpoint, nodes, timeout)
+        self._ensure_defaults(endpoint)
 
     def _head_keys(self) -> str:
         """The head's key pair (made on the first ``up``, kept after); returns the public key's path."""
@@ -232,7 +300,7 @@ class LocalCluster:
             )
         return path
 
-    def _write_node_config(self, name: str, fleet: str, head_key: str) -> str:
+    def _write_node_config(self, name: str, fleet: str, head_key: str, netns: bool = False) -> str:
         self._enroll(name)
         path = os.path.join(self.dir, f"{name}.toml")
         with open(path, "w", encoding="utf-8") as f:
@@ -244,17 +312,31 @@ class LocalCluster:
                 f"state_dir = {_toml_str(os.path.join(self.dir, name))}\n"
                 # Jobs of a root caller are owned by root; agents run them only when told.
                 + ("allow_root_jobs = true\n" if os.geteuid() == 0 else "")
+                + (
+                    f'fabric_interface = "{FABRIC_INTERFACE}"\n'
+                    f"placement_group = {_toml_str(PLACEMENT_GROUP)}\n"
+                    if netns
+                    else ""
+                )
             )
         return path
 
-    def _start(self, name: str, module: str, config: str) -> dict[str, Any]:
+    def _start(self, name: str, module: str, config: str, prefix: list[str] | None = None) -> dict[str, Any]:
+        """Start a daemon (``prefix``: the argv that puts it on its node); record pid and start time."""
+        env = None
+        if prefix:
+            # "Hosts" sharing one filesystem: each its own TMPDIR (Open MPI session dirs clash).
+            tmp = os.path.join(self.dir, name, "tmp")
+            os.makedirs(tmp, exist_ok=True)
+            env = dict(os.environ, TMPDIR=tmp)
         with open(self.log_path(name), "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", module, "--config", config],
+                [*(prefix or []), sys.executable, "-m", module, "--config", config],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
+                env=env,
                 start_new_session=True,  # survives the terminal that ran `cluster up`
             )
         self._children.append(proc)
@@ -323,6 +405,7 @@ class LocalCluster:
             recorded=True,
             endpoint=doc.get("endpoint"),
             processes={name: _alive(p) for name, p in (doc.get("processes") or {}).items()},
+            netns=NetnsLayout.from_dict(doc["netns"]) if doc.get("netns") else None,
         )
         if st.endpoint and st.processes.get("head"):
             try:
@@ -333,7 +416,8 @@ class LocalCluster:
         return st
 
     def down(self, timeout: float = STOP_TIMEOUT_S) -> list[str]:
-        """Stop exactly the recorded processes; return the names of those that were running."""
+        """Stop exactly the recorded processes, then remove the recorded namespaces (with
+        whatever still runs in them); return the names of the processes that were running."""
         doc = self.record() or {}
         records: dict[str, dict[str, Any]] = doc.get("processes") or {}
         live = {name: p for name, p in records.items() if _alive(p)}
@@ -350,6 +434,11 @@ class LocalCluster:
                 # Its whole session: the agent's job processes go with it.
                 _signal(live[name], signal.SIGKILL, group=True)
         self._reap(wait=True)
+        if doc.get("netns"):
+            try:
+                NetnsCluster.from_layout(NetnsLayout.from_dict(doc["netns"])).destroy()
+            except NetnsError as e:  # the record stays, so `down` can be run again
+                raise LocalClusterError(f"cluster down: {e}") from e
         try:
             os.unlink(self.record_path)
         except FileNotFoundError:

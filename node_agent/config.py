@@ -27,7 +27,8 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     compute_environment: str = "default"
     labels: dict[str, str] = {}
     placement_group: str | None = None
-    fabric_interface: str | None = None
+    fabric_interface: str | None = None  # the fast network's netdev (TCP fabric, or EFA's)
+    fabric_kind: str | None = None  # efa | infiniband | tcp; default: what discovery finds
     vcpus: int | None = None  # default: the CPUs this process may use
     memory_mib: int | None = None  # default: physical memory less reserved_memory_mib
     reserved_memory_mib: int = 0
@@ -63,6 +64,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"agent config {path}: {exc}") from None
     if config.memory_enforcement not in ("auto", "cgroup", "rss"):
         raise ConfigError(f"agent config {path}: memory_enforcement must be auto, cgroup or rss")
+    if config.fabric_kind not in (None, "efa", "infiniband", "tcp"):
+        raise ConfigError(f"agent config {path}: fabric_kind must be efa, infiniband or tcp")
     if not Path(config.head_public_key).is_file():
         raise ConfigError(
             f"agent config {path}: head_public_key {config.head_public_key} does not exist: "

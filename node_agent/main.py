@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import os
+import pwd
 import signal
 import socket
 import sys
@@ -33,6 +34,15 @@ from zmq.utils.monitor import parse_monitor_message
 from hpcbatch import __version__
 from hpcbatch import protocol as p
 from hpcbatch.curve import CurveKeyError, ensure_keypair, load_public_key
+from node_agent.bridge import (
+    LaunchBridge,
+    LaunchGrant,
+    job_environment,
+    job_files,
+    parent_job_id,
+    slots_per_node,
+    socket_path,
+)
 from node_agent.config import AgentConfig, ConfigError, load_agent_config
 from node_agent.discovery import discover
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
@@ -75,13 +85,14 @@ class Agent:
         }
         if config.container_runtime is not None:
             overrides["container_runtime"] = config.container_runtime
-        found = discover(overrides)
+        overrides["fabric_interface"] = config.fabric_interface
+        overrides["fabric_kind"] = config.fabric_kind
+        found = discover(overrides)  # fabric_interface/_address/_kind/_devices among them
         self.facts = p.NodeFacts(
             name=config.name,
             compute_environment=config.compute_environment,
             labels=config.labels,
             placement_group=config.placement_group,
-            fabric_interface=config.fabric_interface,
             agent_version=__version__,
             **found,
         )
@@ -92,6 +103,9 @@ class Agent:
             container_runtime=found["container_runtime"],
             memory_enforcement=config.memory_enforcement,
             allow_root_jobs=config.allow_root_jobs,
+        )
+        self.bridge = LaunchBridge(
+            socket_path(self.state), config.name, send=self._send, start_local=self.runner.start_task
         )
         self.keys = ensure_keypair(config.curve_secret_key_path, config.curve_public_key_path)
         head_key = load_public_key(config.head_public_key)
@@ -148,6 +162,7 @@ class Agent:
 
     # ----------------------------------------------------------------- attempts
     def _on_exit(self, result: AttemptResult) -> None:
+        self.bridge.revoke(result.attempt_id)
         self._ship_output(result.attempt_id, final=True)
         exited = p.AttemptExited(
             attempt_id=result.attempt_id,
@@ -173,6 +188,20 @@ class Agent:
         env = dict(self._base_env)
         env.update(msg.environment)
         env["HOSTNAME"] = self._hostname
+        files: tuple[tuple[str, bytes, int], ...] = ()
+        if msg.hosts:  # a multi-node job: its nodes, the launcher bridge, the fabric
+            files = job_files(msg.hosts, slots_per_node(env))
+            env.update(
+                job_environment(
+                    hosts=msg.hosts,
+                    environment=env,
+                    work_dir=self.runner.job_dir(msg.attempt_id, msg.owner),
+                    launch_socket=self.bridge.path,
+                    secret=msg.launch_secret,
+                    fabric=self.facts,
+                    owner_is_root=_uid_of(msg.owner) == 0,
+                )
+            )
         spec = AttemptSpec(
             attempt_id=msg.attempt_id,
             job_id=msg.job_id,
@@ -186,6 +215,8 @@ class Agent:
             image=msg.image,
             script=msg.script,
             user=msg.owner,  # never None here: an ownerless job must not run as the agent (root)
+            hold=msg.hold,
+            files=files,
         )
         outcome = await self.runner.start(spec)
         if isinstance(outcome, AttemptResult):
@@ -194,7 +225,31 @@ class Agent:
             return
         self._shipped.setdefault(msg.attempt_id, 0)
         self._job_of[msg.attempt_id] = msg.job_id
+        uid = self.runner.attempt_uid(msg.attempt_id)
+        if msg.hosts and msg.launch_secret and uid is not None:
+            self.bridge.allow(
+                LaunchGrant(
+                    attempt_id=msg.attempt_id,
+                    job_id=parent_job_id(msg.job_id),
+                    secret=msg.launch_secret,
+                    uid=uid,
+                    hosts=tuple(msg.hosts),
+                )
+            )
         self._send(p.AttemptStarted(attempt_id=msg.attempt_id, job_id=msg.job_id, pid=outcome, started_at=_now_ms()))
+
+    def _start_task(self, msg: p.StartTask) -> None:
+        """Run a launched command (an MPI daemon) inside this node's attempt of the job."""
+
+        def exited(launch_id: str, exit_code: int | None, reason: str | None) -> None:
+            self._send(
+                p.TaskExited(launch_id=launch_id, origin=msg.origin, exit_code=exit_code, reason=reason)
+            )
+
+        error = self.runner.start_task(msg.attempt_id, msg.launch_id, msg.command, exited)
+        if error is not None:
+            log.warning("launch %s for job %s refused: %s", msg.launch_id[:8], msg.job_id, error)
+            exited(msg.launch_id, None, error)
 
     # ---------------------------------------------------------------------- logs
     def _ship_output(self, attempt_id: str, final: bool = False) -> None:
@@ -234,6 +289,10 @@ class Agent:
             match msg:
                 case p.StartAttempt():
                     await self._start(msg)
+                case p.StartTask():
+                    self._start_task(msg)
+                case p.LaunchDone():
+                    self.bridge.launch_done(msg)
                 case p.KillAttempt():
                     self.runner.kill(msg.attempt_id, msg.reason, msg.grace_s)
                 case p.AckExits():
@@ -327,6 +386,7 @@ class Agent:
         for result in self.runner.adopt_orphans():
             if result.attempt_id not in self._unacked:
                 self._on_exit(result)
+        await self.bridge.start()
         self._register()
         log.info(
             "agent %s (%d vCPUs, %d MiB, public key %s) connecting to %s",
@@ -345,12 +405,20 @@ class Agent:
                 for task in loops:
                     task.cancel()
         finally:
+            await self.bridge.close()
             await self.runner.shutdown(kill=True)
             self._sock.disable_monitor()
             self._monitor.close(linger=0)
             self._sock.close(linger=0)
             self._ctx.term()
             log.info("agent stopped")
+
+
+def _uid_of(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except (KeyError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,13 @@ Theory of operation (Linux only; one asyncio event loop, no threads):
   The owner's job gets a private ``work/`` directory (0700, theirs) as cwd, TMPDIR and home
   of its script; ``output.log`` is root's, 0600, written through the inherited descriptor.
 
-Past 800 lines (about 1,050) because two self-contained parts live here: the memory-cgroup
+* Multi-node: ``start_task`` runs a launched command (an MPI daemon, from the launcher
+  bridge) inside a live attempt: same owner, environment, directory, cgroup, output.log;
+  its own process group, signalled with the attempt's on kill and timeout and SIGKILLed
+  when the attempt ends. A ``hold`` attempt runs only a holder (``sleep infinity``) that
+  keeps the node for such tasks; on kill its tasks get the grace first, then the holder.
+
+Past 800 lines (about 1,200) because two self-contained parts live here: the memory-cgroup
 backend (``_MemoryCgroups``, ~150 lines) and running as the owner (``_resolve_owner``,
 ``_launch`` and their helpers, ~150 lines); each can move to its own module unchanged.
 """
@@ -109,6 +115,10 @@ class AttemptSpec:
     script: bytes | None = None
     cwd: str | None = None  # default: the attempt's own directory
     user: str | None = None  # the owner: a Unix user on this node (None: the agent's own)
+    # Multi-node: run no command, hold the node (RUNNING) for launched tasks until killed.
+    hold: bool = False
+    # (name, data, mode) written into the job's directory (``Runner.job_dir``) before start.
+    files: tuple[tuple[str, bytes, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,13 @@ class _Attempt:
     oom: bool = False
     kill_handle: asyncio.TimerHandle | None = None
     timeout_handle: asyncio.TimerHandle | None = None
+    # What launched tasks inherit: the job's final environment, directory and identity.
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    cwd: str = ""
+    drop: _Owner | None = None
+    uid: int = -1
+    tasks: dict[str, _Task] = dataclasses.field(default_factory=dict)
+    terminating: bool = False
 
     @property
     def pid(self) -> int:
@@ -159,6 +176,24 @@ class _Attempt:
         for handle in (self.kill_handle, self.timeout_handle):
             if handle is not None:
                 handle.cancel()
+
+
+TaskExit = Callable[[str, int | None, str | None], None]  # (launch_id, exit_code, reason)
+
+
+@dataclass(slots=True, eq=False)
+class _Task:
+    """A command launched into a live attempt (an MPI daemon): its own process group."""
+
+    launch_id: str
+    attempt: _Attempt
+    popen: subprocess.Popen[bytes]
+    on_exit: TaskExit
+    pidfd: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
 
 
 class CgroupUnavailable(RuntimeError):
@@ -208,6 +243,7 @@ class Runner:
         self._grace = kill_grace_s
         self._container_runtime = container_runtime
         self._running: dict[str, _Attempt] = {}
+        self._tasks: dict[str, _Task] = {}  # launch_id -> live task, its attempt ended or not
         self._finished: dict[str, AttemptResult] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -282,7 +318,15 @@ class Runner:
                 "LOGNAME": owner.name,
                 "TMPDIR": str(work),
             }
-        if spec.script is not None:
+        for name, data, mode in spec.files:
+            if "/" in name or name in ("", ".", ".."):
+                return self._refuse(spec, adir, f"{CANNOT_START}: bad job file name {name!r}")
+            _write_file(script_dir / name, data, mode, ids)
+        if spec.hold:
+            # Nothing of the job's own: a holder process keeps the attempt (and its cgroup,
+            # identity, log) alive for the tasks launched into it, until it is killed.
+            argv = [shutil.which("sleep", path=_TOOL_PATH) or "sleep", "infinity"]
+        elif spec.script is not None:
             script = script_dir / script_name
             _write_file(script, spec.script, script_mode, ids)
             argv = (
@@ -301,6 +345,7 @@ class Runner:
             except OSError as exc:
                 return self._refuse(spec, adir, f"{CANNOT_START}: memory cgroup: {exc}")
         drop = owner if owner is not None and owner.switch else None
+        job_env = env
         launch = self._launch(argv, env, cwd, cgroup, drop)
         if isinstance(launch, str):
             if cgroup is not None:
@@ -330,6 +375,8 @@ class Runner:
             os.close(log_fd)
         create_time = _create_time(popen.pid)
         rec = _Attempt(spec, popen, started_at, create_time, cgroup)
+        rec.env, rec.cwd, rec.drop = job_env, cwd, drop
+        rec.uid = owner.uid if owner is not None else self._euid
         _write_json(
             self._journal_dir / f"{spec.attempt_id}.json",
             {
@@ -426,6 +473,93 @@ class Runner:
             argv = ["/bin/sh", "-c", join, procs, *argv]
         return argv, env, None
 
+    # ------------------------------------------------------------------ launched tasks
+    def job_dir(self, attempt_id: str, user: str | None) -> Path:
+        """Where ``AttemptSpec.files`` go: the owner's private work dir (the attempt's without one)."""
+        adir = self._attempts_dir / attempt_id
+        return adir if user is None else adir / _WORK_DIR
+
+    def attempt_uid(self, attempt_id: str) -> int | None:
+        """The uid a live attempt runs as, or None when it is not running here."""
+        rec = self._running.get(attempt_id)
+        return None if rec is None else rec.uid
+
+    def start_task(
+        self, attempt_id: str, launch_id: str, command: str, on_exit: TaskExit
+    ) -> str | None:
+        """Run ``/bin/sh -c command`` inside a live attempt; None, or why it cannot start.
+
+        The task is the attempt's: same owner, environment, directory, cgroup and
+        output.log; its own process group (its own session, as sshd would give it), which
+        the runner signals with the attempt's on kill, timeout and exit. ``on_exit`` gets
+        (launch_id, exit_code or None, reason or None) once.
+        """
+        rec = self._running.get(attempt_id)
+        if rec is None:
+            return f"attempt {attempt_id} is not running on node {self._hostname}"
+        if rec.terminating:
+            return f"attempt {attempt_id} is being stopped ({rec.status_reason})"
+        if launch_id in self._tasks:
+            return f"launch {launch_id} is already running"
+        assert self._loop is not None
+        launch = self._launch(["/bin/sh", "-c", command], rec.env, rec.cwd, rec.cgroup, rec.drop)
+        if isinstance(launch, str):
+            return launch
+        argv, env, preexec = launch
+        log_fd = os.open(
+            self.log_path(attempt_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=self._devnull,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                cwd=rec.cwd,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=preexec,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return _spawn_error(exc, argv[0], rec.cwd, rec.drop)
+        finally:
+            os.close(log_fd)
+        task = _Task(launch_id, rec, popen, on_exit)
+        rec.tasks[launch_id] = task
+        self._tasks[launch_id] = task
+        self._watch(task)
+        return None
+
+    def _finish_task(self, task: _Task, status: int | None) -> None:
+        rec = task.attempt
+        rec.tasks.pop(task.launch_id, None)
+        self._tasks.pop(task.launch_id, None)
+        _signal_group(task.pid, signal.SIGKILL)  # what the task left in its group
+        code = None if status is None else os.waitstatus_to_exitcode(status)
+        task.popen.returncode = code if code is not None else -1
+        reason: str | None = None
+        if code is None:
+            exit_code, reason = None, "Exit status lost (reaped elsewhere)"
+        elif code < 0:
+            exit_code, reason = None, f"Killed by signal {_signal_name(-code)}"
+        else:
+            exit_code = code
+        if rec.terminating and rec.status_reason and exit_code != 0:
+            reason = f"{reason}: {rec.status_reason}" if reason else rec.status_reason
+        if rec.terminating and rec.spec.hold and not rec.tasks and rec.spec.attempt_id in self._running:
+            _signal_group(rec.pid, signal.SIGTERM)  # its tasks are gone: release the node
+        self._check_drained()
+        try:
+            task.on_exit(task.launch_id, exit_code, reason)
+        except Exception:
+            log.exception("task exit callback failed for launch %s", task.launch_id)
+
+    def _check_drained(self) -> None:
+        if self._running or self._tasks or self._drained is None or self._drained.done():
+            return
+        self._drained.set_result(None)
+
     def kill(self, attempt_id: str, reason: str, grace_s: float | None = None) -> None:
         """SIGTERM the attempt's process group now and SIGKILL it after the grace."""
         rec = self._running.get(attempt_id)
@@ -446,8 +580,9 @@ class Runner:
     async def shutdown(self, kill: bool) -> None:
         """Stop watching; with kill=True first end every attempt (their on_exit still runs)."""
         self._closed = True
-        if kill and self._running and self._loop is not None:
+        if kill and (self._running or self._tasks) and self._loop is not None:
             self._drained = self._loop.create_future()
+            self._check_drained()  # only tasks of ended attempts left: already SIGKILLed
             for rec in list(self._running.values()):
                 if rec.status_reason is None:
                     rec.status_reason = SHUTDOWN_REASON
@@ -460,6 +595,8 @@ class Runner:
         for rec in self._running.values():  # left running: the next agent adopts them
             self._unwatch(rec)
             rec.cancel_timers()
+        for task in self._tasks.values():
+            self._unwatch(task)
         for timer in (self._rss_timer, self._poll_timer):
             if timer is not None:
                 timer.cancel()
@@ -509,7 +646,7 @@ class Runner:
         return results
 
     # ------------------------------------------------------------------ exits
-    def _watch(self, rec: _Attempt) -> None:
+    def _watch(self, rec: _Attempt | _Task) -> None:
         assert self._loop is not None
         if self._use_pidfd:
             try:
@@ -521,30 +658,38 @@ class Runner:
         elif self._poll_timer is None:
             self._poll_timer = self._loop.call_later(_POLL_INTERVAL_S, self._poll_tick)
 
-    def _unwatch(self, rec: _Attempt) -> None:
+    def _unwatch(self, rec: _Attempt | _Task) -> None:
         if rec.pidfd is not None and self._loop is not None:
             self._loop.remove_reader(rec.pidfd)
             os.close(rec.pidfd)
             rec.pidfd = None
 
-    def _on_pidfd(self, rec: _Attempt) -> None:
+    def _on_pidfd(self, rec: _Attempt | _Task) -> None:
         self._unwatch(rec)
         try:
             _, status = os.waitpid(rec.pid, 0)  # readable pidfd: it has exited, no blocking
         except ChildProcessError:
             status = None
-        self._finish(rec, status)
+        if isinstance(rec, _Task):
+            self._finish_task(rec, status)
+        else:
+            self._finish(rec, status)
 
     def _poll_tick(self) -> None:
         self._poll_timer = None
-        for rec in [r for r in self._running.values() if r.pidfd is None]:
+        watched: list[_Attempt | _Task] = [*self._running.values(), *self._tasks.values()]
+        for rec in [r for r in watched if r.pidfd is None]:
             try:
                 pid, status = os.waitpid(rec.pid, os.WNOHANG)
             except ChildProcessError:
                 pid, status = rec.pid, None
             if pid:
-                self._finish(rec, status)
-        if any(r.pidfd is None for r in self._running.values()):  # shutdown() cancels it
+                if isinstance(rec, _Task):
+                    self._finish_task(rec, status)
+                else:
+                    self._finish(rec, status)
+        watched = [*self._running.values(), *self._tasks.values()]
+        if any(r.pidfd is None for r in watched):  # shutdown() cancels it
             assert self._loop is not None
             self._poll_timer = self._loop.call_later(_POLL_INTERVAL_S, self._poll_tick)
 
@@ -583,8 +728,9 @@ class Runner:
             self._attempts_dir / spec.attempt_id / "result.json", dataclasses.asdict(result)
         )
         (self._journal_dir / f"{spec.attempt_id}.json").unlink(missing_ok=True)
-        if not self._running and self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        for task in rec.tasks.values():  # a job's launched tasks die with it
+            _signal_group(task.pid, signal.SIGKILL)
+        self._check_drained()
         try:
             self._on_exit(result)
         except Exception:
@@ -593,10 +739,14 @@ class Runner:
     # ------------------------------------------------------------------ kill, timeout, memory
     def _terminate(self, rec: _Attempt, grace_s: float) -> None:
         assert self._loop is not None
+        rec.terminating = True
         if grace_s <= 0:
             self._sigkill(rec)
             return
-        _signal_group(rec.pid, signal.SIGTERM)
+        for task in rec.tasks.values():
+            _signal_group(task.pid, signal.SIGTERM)
+        if not (rec.spec.hold and rec.tasks):  # a holder outlives its tasks' grace
+            _signal_group(rec.pid, signal.SIGTERM)
         deadline = self._loop.time() + grace_s
         if rec.kill_handle is not None:
             if rec.kill_handle.when() <= deadline:
@@ -605,6 +755,8 @@ class Runner:
         rec.kill_handle = self._loop.call_at(deadline, self._sigkill, rec)
 
     def _sigkill(self, rec: _Attempt) -> None:
+        for task in rec.tasks.values():
+            _signal_group(task.pid, signal.SIGKILL)
         _signal_group(rec.pid, signal.SIGKILL)
         if rec.cgroup is not None:
             _MemoryCgroups.kill(rec.cgroup)  # also what left the group with setsid
@@ -624,8 +776,14 @@ class Runner:
         }
         if not watched:
             return
-        for sid, rss in _session_rss(set(watched)).items():
-            rec = watched[sid]
+        owners = dict(watched)  # session id -> attempt; a task's session counts for its attempt
+        for rec in watched.values():
+            owners.update(dict.fromkeys((t.pid for t in rec.tasks.values()), rec))
+        totals: dict[int, int] = {}
+        for sid, rss in _session_rss(set(owners)).items():
+            totals[owners[sid].pid] = totals.get(owners[sid].pid, 0) + rss
+        for pid, rss in totals.items():
+            rec = watched[pid]
             if rss > rec.spec.memory_mib * _MIB:
                 log.info(
                     "attempt %s over memory: %d MiB > %d MiB",

@@ -8,11 +8,18 @@ Keys as an operator would set them up: the head's key pair and each agent's are 
 here, agents pin the head's public key, and the ``enrolled`` nodes (all, by default) are
 pre-seeded into the head's ``node_keys/accepted/``. ``self.client`` talks to the head's
 Unix socket (as root, that makes it an admin); ``self.endpoint`` is the TCP one (SigV4).
+
+``netns=True`` (root) is the multi-host test bed of ``hpcbatch.netns``: every node in its
+own network namespace with hostname ``node<i>``, a management network whose host side
+carries the head's fleet endpoint, and a fabric network (``fab0``, MTU 9000) named in each
+agent's config; agents start on their node (``self.netns.node(name).exec_prefix``) with
+their own TMPDIR. ``close`` removes the namespaces, links, bridges and holders too.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -26,13 +33,14 @@ from typing import Any, TypeVar
 
 from hpcbatch.client import Client
 from hpcbatch.curve import ensure_keypair
+from hpcbatch.netns import FABRIC_INTERFACE, NetnsCluster, NetnsLayout
 
 T = TypeVar("T")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -68,11 +76,35 @@ class TestCluster:
 
     def __init__(self, root: Path, nodes: int = 2, *, heartbeat_s: float = 0.3, liveness: int = 5,
                  kill_grace_s: float = 1.0, node_vcpus: int | None = None, node_memory_mib: int | None = None,
-                 agent_extra: str = "", head_extra: str = "", enrolled: Collection[str] | None = None) -> None:
+                 agent_extra: str = "", head_extra: str = "", enrolled: Collection[str] | None = None,
+                 netns: bool = False, placement_group: str = "rack1") -> None:
         self.root = root
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._all: list[subprocess.Popen[bytes]] = []
+        self._netns: NetnsCluster | None = None
+        self.netns: NetnsLayout | None = None
+        if netns:
+            # Random tag: clusters of concurrent tests never share a name or a subnet.
+            self._netns = NetnsCluster(secrets.token_hex(3), nodes)
+            self.netns = self._netns.create()  # removes what it made if it fails half-way
+            agent_extra = (f'fabric_interface = "{FABRIC_INTERFACE}"\n'
+                           f'placement_group = "{placement_group}"\n{agent_extra}')
+        try:
+            self._configure(root, nodes, heartbeat_s, liveness, kill_grace_s, node_vcpus,
+                            node_memory_mib, agent_extra, head_extra, enrolled)
+        except BaseException:
+            if self._netns is not None:
+                self._netns.destroy()
+            raise
+        self.client = Client(self.socket_endpoint, timeout=10)
+
+    def _configure(self, root: Path, nodes: int, heartbeat_s: float, liveness: int, kill_grace_s: float,
+                   node_vcpus: int | None, node_memory_mib: int | None, agent_extra: str, head_extra: str,
+                   enrolled: Collection[str] | None) -> None:
         _let_owners_through(root)
+        fleet_host = self.netns.host_mgmt_ip if self.netns else "127.0.0.1"
         self.http_port = free_port()
-        self.fleet = f"tcp://127.0.0.1:{free_port()}"
+        self.fleet = f"tcp://{fleet_host}:{free_port(fleet_host)}"
         self.endpoint = f"http://127.0.0.1:{self.http_port}"
         self.api_socket = root / "api.sock"
         self.socket_endpoint = f"unix:{self.api_socket}"
@@ -99,9 +131,6 @@ class TestCluster:
             if node_memory_mib is not None:
                 extra += f"\nmemory_mib = {node_memory_mib}"
             self.add_agent(name, enroll=enrolled is None or name in enrolled, extra=extra)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._all: list[subprocess.Popen[bytes]] = []
-        self.client = Client(self.socket_endpoint, timeout=10)
 
     def add_agent(self, name: str, *, enroll: bool = True, head: str | None = None,
                   head_public_key: Path | None = None, extra: str = "") -> Path:
@@ -127,11 +156,13 @@ class TestCluster:
         return {k["name"]: k for k in self.client.call("/hpcbatch/v1/listnodekeys", {})["nodeKeys"]}
 
     # ------------------------------------------------------------- processes
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], prefix: list[str] | None = None,
+               env_extra: dict[str, str] | None = None) -> None:
         log = open(self.root / f"{name}.log", "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
         self.procs[name] = proc = subprocess.Popen(
-            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            [*(prefix or []), sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
         )
         self._all.append(proc)
         log.close()
@@ -148,7 +179,20 @@ class TestCluster:
             return False
 
     def start_agent(self, name: str) -> None:
-        self._spawn(name, ["-m", "node_agent", "--config", str(self.root / f"{name}.toml")])
+        args = ["-m", "node_agent", "--config", str(self.root / f"{name}.toml")]
+        if self.netns is None:
+            self._spawn(name, args)
+            return
+        # On its node; "hosts" sharing one filesystem each get their own TMPDIR.
+        tmp = self.root / name / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        self._spawn(name, args, prefix=self.netns.node(name).exec_prefix, env_extra={"TMPDIR": str(tmp)})
+
+    def on_node(self, name: str, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` on node ``name`` (its network and UTS namespaces) and wait for it."""
+        assert self.netns is not None, "on_node needs TestCluster(..., netns=True)"
+        return subprocess.run([*self.netns.node(name).exec_prefix, *argv], capture_output=True,
+                              text=True, timeout=timeout, check=False)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)
@@ -186,19 +230,24 @@ class TestCluster:
         )
 
     def close(self) -> None:
-        """Stop every process the harness started (SIGTERM, then SIGKILL after 10 s)."""
-        for proc in self._all:
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 10
-        for proc in self._all:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.procs.clear()
-        self.client.close()
+        """Stop every process the harness started (SIGTERM, then SIGKILL after 10 s), then
+        remove the network namespaces (with anything still in them), links and bridges."""
+        try:
+            for proc in self._all:
+                if proc.poll() is None:
+                    proc.terminate()
+            deadline = time.monotonic() + 10
+            for proc in self._all:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            self.procs.clear()
+            self.client.close()
+        finally:
+            if self._netns is not None:
+                self._netns.destroy()
 
     # ------------------------------------------------------------------ jobs
     def submit(self, command: list[str], **body: Any) -> str:

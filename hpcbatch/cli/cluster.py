@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -12,6 +12,7 @@ from hpcbatch.cli.common import global_options, json_output, print_json
 
 if TYPE_CHECKING:
     from hpcbatch.localcluster import ClusterStatus
+    from hpcbatch.netns import NetnsLayout
 
 _home_option = click.option(
     "--home",
@@ -23,10 +24,10 @@ _home_option = click.option(
 
 @click.group()
 def cluster() -> None:
-    """A head and N nodes on this machine (loopback, no root): for trying and testing."""
+    """A head and N nodes on this machine (loopback, no root; --netns as root): for trying and testing."""
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception) -> NoReturn:
     click.echo(f"error: {e}", err=True)  # several lines when a log tail is included
     sys.exit(1)
 
@@ -40,15 +41,21 @@ def _fail(e: Exception) -> None:
     show_default=True,
     help="Node agents to start.",
 )
+@click.option(
+    "--netns",
+    is_flag=True,
+    help="Root only: each node in its own network namespace with its own hostname, "
+    "a management network (the head's fleet endpoint) and a fabric network (fab0, MTU 9000).",
+)
 @_home_option
 @global_options
-def cluster_up(nodes: int, home: str | None) -> None:
+def cluster_up(nodes: int, netns: bool, home: str | None) -> None:
     """Start a local cluster with compute environment and job queue `default`."""
     from hpcbatch.localcluster import LocalCluster, LocalClusterError, default_home
 
     local = LocalCluster(home)
     try:
-        local.up(nodes=nodes)
+        local.up(nodes=nodes, netns=netns)
     except LocalClusterError as e:
         _fail(e)
     if json_output():
@@ -58,6 +65,13 @@ def cluster_up(nodes: int, home: str | None) -> None:
 
     names = fold_nodes(f"node{i}" for i in range(1, nodes + 1))
     click.echo(f"local cluster up: {local.endpoint}, {nodes} node(s) {names} ACTIVE")
+    layout = local.netns_layout
+    if layout is not None:
+        click.echo(
+            f"  networks:        management {layout.mgmt_subnet} (head {layout.host_mgmt_ip}), "
+            f"fabric {layout.fabric_subnet} (MTU {layout.fabric_mtu})"
+        )
+        click.echo(f"  run on a node:   {' '.join(layout.nodes[0].exec_prefix)} hostname")
     click.echo(f"  files and logs:  {local.dir}")
     if local.home != os.path.abspath(os.path.expanduser(default_home())):
         click.echo(f"  use it with:     export HPCBATCH_HOME={local.home}")
@@ -92,6 +106,7 @@ def _status_doc(st: ClusterStatus) -> dict[str, Any]:
         "processes": st.processes,
         "nodes": st.nodes,
         "error": st.error,
+        "netns": st.netns.to_dict() if st.netns else None,
     }
 
 
@@ -120,17 +135,49 @@ def _print_status(st: ClusterStatus) -> None:
         if st.nodes:
             click.echo()
             print_nodes(st.nodes)
+    if st.netns is not None:
+        click.echo()
+        _print_netns(st.netns, st.nodes or [])
+
+
+def _print_netns(layout: NetnsLayout, nodes: list[dict[str, Any]]) -> None:
+    """Each node's namespace and addresses (what the layout made; hostname as the head saw it)."""
+    from hpcbatch.cli.output import print_table
+
+    click.echo(
+        f"networks:  management {layout.mgmt_subnet} on {layout.mgmt_bridge} "
+        f"(head {layout.host_mgmt_ip}), fabric {layout.fabric_subnet} on {layout.fabric_bridge} "
+        f"(MTU {layout.fabric_mtu})"
+    )
+    seen = {str(n.get("name")): n for n in nodes}
+    print_table(
+        ["NAME", "HOSTNAME", "MANAGEMENT", "FABRIC", "NETNS"],
+        (
+            [
+                n.name,
+                seen.get(n.name, {}).get("hostname") or "-",
+                f"{n.mgmt_ip} ({n.mgmt_interface})",
+                f"{n.fabric_ip} ({n.fabric_interface})",
+                n.netns,
+            ]
+            for n in layout.nodes
+        ),
+        empty="no nodes",
+    )
 
 
 @cluster.command("down")
 @_home_option
 @global_options
 def cluster_down(home: str | None) -> None:
-    """Stop the local cluster's processes (exactly those it started)."""
+    """Stop the local cluster's processes (exactly those it started) and remove its namespaces."""
     from hpcbatch.cli.output import fold_nodes
-    from hpcbatch.localcluster import LocalCluster
+    from hpcbatch.localcluster import LocalCluster, LocalClusterError
 
-    stopped = LocalCluster(home).down()
+    try:
+        stopped = LocalCluster(home).down()
+    except LocalClusterError as e:
+        _fail(e)
     if json_output():
         print_json({"stopped": stopped})
     elif stopped:

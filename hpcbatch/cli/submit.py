@@ -28,6 +28,7 @@ from hpcbatch.cli.common import (
 )
 
 DEFAULT_JOB_DEFINITION = "hpcbatch-default"
+DEFAULT_MULTINODE_DEFINITION = "hpcbatch-default-mnp"
 SCRIPT_ID_VARIABLE = "HPCBATCH_SCRIPT_ID"
 
 
@@ -61,6 +62,7 @@ def build_submit_body(
     script_id: str | None = None,
     script_name: str | None = None,
     base: dict[str, Any] | None = None,
+    nodes: int | None = None,
 ) -> dict[str, Any]:
     """The SubmitJob body for the quick form, merged over ``base`` (``--cli-input-json``)."""
     base = base or {}
@@ -76,7 +78,8 @@ def build_submit_body(
     if environment:
         overrides["environment"] = [{"name": k, "value": v} for k, v in environment.items()]
 
-    jd = job_definition or base.get("jobDefinition") or DEFAULT_JOB_DEFINITION
+    default_jd = DEFAULT_MULTINODE_DEFINITION if nodes is not None else DEFAULT_JOB_DEFINITION
+    jd = job_definition or base.get("jobDefinition") or default_jd
     if name is None and not base.get("jobName"):
         if script_name:
             name = job_name_from(os.path.splitext(os.path.basename(script_name))[0])
@@ -84,11 +87,22 @@ def build_submit_body(
             name = job_name_from(command[0])
         else:
             name = job_name_from(jd.rsplit("/", 1)[-1].split(":", 1)[0])
+    node_overrides = None
+    if nodes is not None:
+        # A multi-node job: the command runs on the main node (0); every node gets the
+        # resources and environment, and the others are held for mpirun's daemons.
+        per_node = {k: v for k, v in overrides.items() if k != "command"}
+        ranges = [{"targetNodes": "0", "containerOverrides": overrides}] if overrides else []
+        if nodes > 1 and per_node:
+            ranges.append({"targetNodes": "1:", "containerOverrides": per_node})
+        node_overrides = {"numNodes": nodes, **({"nodePropertyOverrides": ranges} if ranges else {})}
+        overrides = {}
     explicit: dict[str, Any] = {
         "jobName": name,
         "jobQueue": queue or (None if base.get("jobQueue") else "default"),
         "jobDefinition": jd,
         "containerOverrides": overrides or None,
+        "nodeOverrides": node_overrides,
         "timeout": {"attemptDurationSeconds": timeout} if timeout is not None else None,
         "retryStrategy": {"attempts": retries} if retries is not None else None,
         "dependsOn": [{"jobId": j} for j in depends_on] if depends_on else None,
@@ -107,6 +121,10 @@ def build_submit_body(
     "--job-definition",
     metavar="JD",
     help=f"name[:revision] [default: {DEFAULT_JOB_DEFINITION}].",
+)
+@click.option(
+    "--nodes", type=click.IntRange(1, 1000), metavar="N",
+    help="A multi-node (MPI) job on N whole nodes; the command runs on the main node.",
 )
 @click.option("--vcpus", type=click.FloatRange(min=0, min_open=True), help="vCPUs per attempt.")
 @click.option(
@@ -142,6 +160,7 @@ def submit(
     queue: str | None,
     name: str | None,
     job_definition: str | None,
+    nodes: int | None,
     vcpus: float | None,
     memory: int | None,
     gpus: int | None,
@@ -160,6 +179,7 @@ def submit(
       hpcbatch submit -- hostname
       hpcbatch submit -q gpu --gpus 1 --vcpus 8 --memory 32000 -- python train.py
       hpcbatch submit --script run.sh -- input.dat      # uploads run.sh
+      hpcbatch submit --nodes 4 --vcpus 2 -- mpirun python app.py
       JOB=$(hpcbatch submit -- sleep 10); hpcbatch wait $JOB
     """
     base = load_cli_input_json(cli_input_json)
@@ -188,10 +208,11 @@ def submit(
         script_id=script_id,
         script_name=script,
         base=base,
+        nodes=nodes,
     )
     if (
-        body.get("jobDefinition") == DEFAULT_JOB_DEFINITION
-        and not body.get("containerOverrides", {}).get("command")
+        body.get("jobDefinition") in (DEFAULT_JOB_DEFINITION, DEFAULT_MULTINODE_DEFINITION)
+        and not command
         and script_id is None
     ):
         raise click.UsageError(

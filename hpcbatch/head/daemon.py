@@ -71,6 +71,7 @@ class Head:
         self.service.load_drains()
         self.engine.recover()
         self.service.ensure_default_job_definition()
+        self.service.ensure_default_multinode_definition()
 
     async def _prune_loop(self) -> None:
         while True:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from typing import Any
 from hpcbatch import protocol as p
 from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import TIMEOUT_REASON, Attempt, JobRecord, should_retry
-from hpcbatch.model.lifecycle import JobEvent, JobStatus, next_status
+from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
+from hpcbatch.model.multinode import child_job_id
 from hpcbatch.scheduler import (
     AttemptEnded,
     ComputeEnvironmentChanged,
@@ -36,12 +38,23 @@ from hpcbatch.scheduler import (
     Scheduler,
     SetWaitReason,
     StartAttempt,
+    StartGang,
 )
 from hpcbatch.store import Store
 
 log = logging.getLogger("hpcbatch.engine")
 
 EXITED_REASON = "Essential container in task exited"
+MAIN_NODE_EXITED = "Main node exited"
+MASTER_PORT = "29500"  # torchrun's default rendezvous port on the main node
+# Events that move a multi-node job's nodes together with the job.
+FAMILY_EVENTS = frozenset(
+    {
+        JobEvent.WAIT_DEPENDENCIES, JobEvent.READY, JobEvent.CANCEL, JobEvent.TERMINATE,
+        JobEvent.DEPENDENCY_FAILED, JobEvent.SUCCEEDED, JobEvent.ATTEMPT_FAILED_RETRY,
+        JobEvent.ATTEMPT_FAILED_FINAL,
+    }
+)
 DEPENDENCY_FAILED_REASON = "Dependent Job failed"
 
 
@@ -111,6 +124,24 @@ class Engine:
         self.request_step()
 
     def _move(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
+        children = self._children(job) if job.is_gang and event in FAMILY_EVENTS else []
+        self._move_one(job, event, reason)
+        for child in children:
+            if can_apply(child.status, event):
+                self._move_one(child, event, reason)
+
+    def _children(self, parent: JobRecord) -> list[JobRecord]:
+        """The live nodes (JOBID#i) of a multi-node job, in index order."""
+        ids = (child_job_id(parent.job_id, i) for i in range(parent.num_nodes))
+        return [self.jobs[c] for c in ids if c in self.jobs]
+
+    def _runnable(self, job: JobRecord, seq: int) -> JobRunnable:
+        return JobRunnable(
+            self._event_id(), job.job_id, job.job_queue, job.resources, seq,
+            num_nodes=job.num_nodes, time_limit_s=job.timeout_s,
+        )
+
+    def _move_one(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
         now = self._now()
         job.status = next_status(job.job_id, job.status, event)
         job.status_reason = reason
@@ -129,6 +160,8 @@ class Engine:
             for action in self.scheduler.handle(*events):
                 if isinstance(action, StartAttempt):
                     self._start(action)
+                elif isinstance(action, StartGang):
+                    self._start_gang(action)
                 elif isinstance(action, SetWaitReason):
                     job = self.jobs.get(action.job_id)
                     if job is not None and job.status is JobStatus.RUNNABLE:
@@ -183,32 +216,49 @@ class Engine:
     # ------------------------------------------------------------------ startup
     def recover(self) -> None:
         """Rebuild live state from the store after a start or a crash."""
+        gangs = []
         for seq, job in self.store.unfinished_jobs():
             self._seq = max(self._seq, seq)
             self.jobs[job.job_id] = job
+            if job.parent_id is not None:  # a node of a multi-node job: its parent decides
+                attempt = job.current_attempt
+                if job.status.is_active and attempt is not None:
+                    self._expect(attempt.node, job.job_id)
+                continue
+            if job.is_gang and job.status.is_active:
+                gangs.append(job)
+                continue
             if job.status is JobStatus.SUBMITTED:
                 self._admit(job)
             elif job.status is JobStatus.PENDING:
                 self._wait_for_dependencies(job)
             elif job.status is JobStatus.RUNNABLE:
-                self._feed(JobRunnable(self._event_id(), job.job_id, job.job_queue, job.resources, seq))
+                self._feed(self._runnable(job, seq))
             else:
                 attempt = job.current_attempt
                 if attempt is None:  # cannot happen unless the store was edited by hand
                     self._finish_attempt(job, None, None, "Attempt record missing after restart")
                     continue
-                node = self.nodes.setdefault(attempt.node, NodeInfo(facts=None))
-                node.jobs.add(job.job_id)
-                node.state_reason = "Waiting for the agent to re-register after a head restart"
-                node.last_heartbeat_at = self._now()
+                self._expect(attempt.node, job.job_id)
+        for gang in gangs:  # a try that was ending when the head stopped
+            if gang.ending is not None:
+                self._kill_gang(gang, MAIN_NODE_EXITED)
+                self._maybe_finish_gang(gang)
         log.info("recovered %d unfinished jobs", len(self.jobs))
 
+    def _expect(self, node_name: str, job_id: str) -> None:
+        node = self.nodes.setdefault(node_name, NodeInfo(facts=None))
+        node.jobs.add(job_id)
+        node.state_reason = "Waiting for the agent to re-register after a head restart"
+        node.last_heartbeat_at = self._now()
+
     # ------------------------------------------------------------------ jobs in
-    def submit(self, job: JobRecord) -> None:
-        """Admit a new job; it is committed with the step's batch (see ``durable``)."""
-        self.jobs[job.job_id] = job
-        self._job_events.append((job.job_id, job.created_at, job.status.value, None))
-        self._touch(job)
+    def submit(self, job: JobRecord, children: list[JobRecord] | None = None) -> None:
+        """Admit a new job (and a multi-node job's nodes); committed with the step's batch (see ``durable``)."""
+        for record in (job, *(children or ())):
+            self.jobs[record.job_id] = record
+            self._job_events.append((record.job_id, record.created_at, record.status.value, None))
+            self._touch(record)
         self._admit(job)
 
     def _admit(self, job: JobRecord) -> None:
@@ -221,7 +271,7 @@ class Engine:
     def _make_runnable(self, job: JobRecord) -> None:
         self._move(job, JobEvent.READY, None)
         self._seq += 1
-        self._feed(JobRunnable(self._event_id(), job.job_id, job.job_queue, job.resources, self._seq))
+        self._feed(self._runnable(job, self._seq))
 
     def _wait_for_dependencies(self, job: JobRecord) -> None:
         waiting = [d["jobId"] for d in job.depends_on if d["jobId"] in self.jobs]
@@ -258,7 +308,14 @@ class Engine:
         if job.status.is_final:
             return
         job.is_terminated = True
-        if job.status.is_active:
+        if job.is_gang and job.status.is_active:
+            job.stop_reason = reason
+            self._touch(job)
+            if job.ending is None:
+                job.ending = {"exit_code": None, "reason": None, "status_reason": reason, "stopped_at": self._now()}
+            self._kill_gang(job, reason)
+            self._maybe_finish_gang(job)
+        elif job.status.is_active:
             attempt = job.current_attempt
             assert attempt is not None
             job.stop_reason = reason
@@ -306,6 +363,17 @@ class Engine:
             AWS_BATCH_CE_NAME=attempt.compute_environment,
         )
         script = self.store.get_script(job.script_id, job.owner) if job.script_id else None
+        multi: dict[str, Any] = {}
+        parent = self.jobs.get(job.parent_id) if job.parent_id else None
+        if parent is not None and job.node_index is not None:
+            env["AWS_BATCH_JOB_ATTEMPT"] = str(len(parent.attempts))
+            env.update(self._node_environment(parent, job.node_index))
+            multi = {
+                "hosts": list(parent.hosts),
+                "node_index": job.node_index,
+                "launch_secret": parent.launch_secret,
+                "hold": not job.command and job.script_id is None,
+            }
         return p.StartAttempt(
             attempt_id=attempt.attempt_id,
             job_id=job.job_id,
@@ -320,7 +388,130 @@ class Engine:
             script=script,
             log_stream_name=attempt.log_stream_name,
             owner=job.owner,
+            **multi,
         )
+
+    def _node_environment(self, parent: JobRecord, index: int) -> dict[str, str]:
+        """AWS's multi-node variables, plus what torchrun/NCCL need to find the main node."""
+        main_facts = self.nodes[parent.hosts[parent.main_node]].facts if parent.hosts else None
+        main_ip = main_facts.addresses[0] if main_facts and main_facts.addresses else ""
+        fabric_ip = (main_facts.fabric_address if main_facts else None) or main_ip
+        env = {
+            "AWS_BATCH_JOB_NODE_INDEX": str(index),
+            "AWS_BATCH_JOB_NUM_NODES": str(parent.num_nodes),
+            "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(parent.main_node),
+            "HPCBATCH_SLOTS_PER_NODE": str(max(1, int(parent.resources.vcpus))),
+            "MASTER_ADDR": fabric_ip,
+            "MASTER_PORT": MASTER_PORT,
+            "NNODES": str(parent.num_nodes),
+            "NODE_RANK": str(index),
+        }
+        if index != parent.main_node:  # AWS sets it on the other nodes only
+            env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = main_ip
+        return env
+
+    def _start_gang(self, action: StartGang) -> None:
+        """Place every node of a multi-node job at once (the scheduler chose the nodes)."""
+        parent = self.jobs.get(action.job_id)
+        children = self._children(parent) if parent is not None else []
+        if parent is None or parent.status is not JobStatus.RUNNABLE or len(children) != parent.num_nodes:
+            self._feed(AttemptEnded(self._event_id(), action.job_id))
+            return
+        parent.hosts = list(action.nodes)
+        parent.launch_secret = secrets.token_hex(16)
+        parent.ending = None
+        for child, node in zip(children, action.nodes, strict=True):
+            attempt_id = uuid.uuid4().hex
+            child.attempts.append(
+                Attempt(
+                    attempt_id=attempt_id, node=node, compute_environment=action.compute_environment,
+                    log_stream_name=f"{self._stream_prefix(parent)}/default/{attempt_id}",
+                )
+            )
+            self.nodes[node].jobs.add(child.job_id)
+            self._move(child, JobEvent.PLACED, None)
+        main_attempt = children[parent.main_node].attempts[-1]
+        parent.attempts.append(
+            Attempt(
+                attempt_id=main_attempt.attempt_id, node=main_attempt.node,
+                compute_environment=action.compute_environment, log_stream_name=main_attempt.log_stream_name,
+            )
+        )
+        self._move(parent, JobEvent.PLACED, None)
+        for child in children:
+            self._outbox.append((child.attempts[-1].node, self._start_message(child, child.attempts[-1])))
+
+    def _kill_gang(self, parent: JobRecord, reason: str) -> None:
+        """Stop every node of the current try that still runs (the try is ending)."""
+        for child in self._children(parent):
+            attempt = child.current_attempt
+            if attempt is None:
+                continue
+            node = self.nodes.get(attempt.node)
+            if node is None or node.state == "DOWN":
+                self._child_ended(child, None, None, reason)
+            else:
+                kill = p.KillAttempt(attempt_id=attempt.attempt_id, reason=reason, grace_s=self._kill_grace_s)
+                self._outbox.append((attempt.node, kill))
+        self.request_step()
+
+    def _child_ended(
+        self, child: JobRecord, exit_code: int | None, reason: str | None, status_reason: str | None,
+        stopped_at: int | None = None, lost: bool = False,
+    ) -> None:
+        """One node of a multi-node job ended; the main node's end (or a lost node) ends the try."""
+        attempt = child.current_attempt
+        if attempt is None:
+            return
+        attempt.stopped_at = stopped_at or self._now()
+        attempt.exit_code, attempt.reason = exit_code, reason
+        attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
+        node = self.nodes.get(attempt.node)
+        if node is not None:
+            node.jobs.discard(child.job_id)
+            if node.state == "DRAINING" and not node.jobs:
+                self._set_state(node)
+        self._touch(child)
+        parent = self.jobs.get(child.parent_id or "")
+        if parent is None:
+            return
+        if parent.ending is None and (child.node_index == parent.main_node or lost):
+            parent.ending = {
+                "exit_code": exit_code if not lost else None,
+                "reason": reason,
+                "status_reason": attempt.status_reason,
+                "stopped_at": attempt.stopped_at,
+            }
+            self._touch(parent)
+            self._kill_gang(parent, MAIN_NODE_EXITED if not lost else attempt.status_reason or "Node lost")
+        self._maybe_finish_gang(parent)
+
+    def _maybe_finish_gang(self, parent: JobRecord) -> None:
+        """When every node of an ending try has stopped: decide the job (success, retry, fail)."""
+        ending = parent.ending
+        if ending is None or any(c.current_attempt is not None for c in self._children(parent)):
+            return
+        attempt = parent.current_attempt
+        if attempt is None:
+            return
+        exit_code, reason = ending["exit_code"], ending["reason"]
+        status_reason = parent.stop_reason or ending["status_reason"]
+        attempt.stopped_at = ending["stopped_at"] or self._now()
+        attempt.exit_code, attempt.reason, attempt.status_reason = exit_code, reason, status_reason
+        parent.ending = None
+        self._feed(AttemptEnded(self._event_id(), parent.job_id))
+        for child in self._children(parent):  # holds re-created per node after a head restart
+            self._feed(AttemptEnded(self._event_id(), child.job_id))
+        if exit_code == 0 and reason is None and parent.stop_reason is None and status_reason != TIMEOUT_REASON:
+            self._move(parent, JobEvent.SUCCEEDED, EXITED_REASON)
+        elif should_retry(parent, exit_code, reason, status_reason):
+            parent.started_at = None
+            self._move(parent, JobEvent.ATTEMPT_FAILED_RETRY, status_reason)
+            self._seq += 1
+            self._feed(self._runnable(parent, self._seq))
+        else:
+            parent.stopped_at = attempt.stopped_at
+            self._move(parent, JobEvent.ATTEMPT_FAILED_FINAL, status_reason)
 
     # ------------------------------------------------------------ agent reports
     def _current(self, node: str, job_id: str, attempt_id: str) -> JobRecord | None:
@@ -348,6 +539,9 @@ class Engine:
             job.started_at = started_at
         if job.status is JobStatus.STARTING:
             self._move(job, JobEvent.STARTED, None)
+        parent = self.jobs.get(job.parent_id) if job.parent_id else None
+        if parent is not None and job.node_index == parent.main_node and parent.current_attempt is not None:
+            self._mark_started(parent, started_at)
 
     def on_exited(self, node: str, msg: p.AttemptExited) -> None:
         """An attempt ended; acknowledged once the outcome is committed."""
@@ -368,7 +562,11 @@ class Engine:
         reason: str | None,
         status_reason: str | None,
         stopped_at: int | None = None,
+        lost: bool = False,
     ) -> None:
+        if job.parent_id is not None:
+            self._child_ended(job, exit_code, reason, status_reason, stopped_at, lost)
+            return
         attempt = job.current_attempt
         assert attempt is not None
         now = self._now()
@@ -390,7 +588,7 @@ class Engine:
             job.started_at = None
             self._move(job, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
             self._seq += 1
-            self._feed(JobRunnable(self._event_id(), job.job_id, job.job_queue, job.resources, self._seq))
+            self._feed(self._runnable(job, self._seq))
         else:
             job.stopped_at = attempt.stopped_at
             self._move(job, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
@@ -426,6 +624,43 @@ class Engine:
                     (job_id, self.jobs[job_id].resources) for job_id in sorted(node.jobs) if job_id in self.jobs
                 )
                 self._node_up(name)
+
+    # ------------------------------------------------------- MPI launcher bridge
+    def on_launch_request(self, node: str, msg: p.LaunchRequest) -> None:
+        """mpirun on ``node`` wants a daemon on ``msg.target``: only inside the job's own gang."""
+        parent = self.jobs.get(msg.job_id)
+        error = None
+        target_attempt = None
+        if parent is None or not parent.is_gang or not parent.status.is_active or parent.ending is not None:
+            error = f"job {msg.job_id} is not a running multi-node job"
+        else:
+            children = self._children(parent)
+            asking = [c for c in children if (a := c.current_attempt) and a.attempt_id == msg.attempt_id and a.node == node]
+            if not asking:
+                error = f"attempt {msg.attempt_id} on {node} is not part of job {msg.job_id}"
+            elif msg.target not in parent.hosts:
+                error = f"job {msg.job_id} does not hold node {msg.target} (it holds {', '.join(parent.hosts)})"
+            else:
+                target = children[parent.hosts.index(msg.target)] if len(children) == parent.num_nodes else None
+                target_attempt = target.current_attempt if target is not None else None
+                if target_attempt is None:
+                    error = f"node {msg.target} of job {msg.job_id} is not running"
+        if error is not None or target_attempt is None:
+            log.warning("launch %s refused: %s", msg.launch_id, error)
+            self._outbox.append((node, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=error)))
+        else:
+            start = p.StartTask(
+                launch_id=msg.launch_id, job_id=msg.job_id, attempt_id=target_attempt.attempt_id,
+                command=msg.command, origin=node,
+            )
+            self._outbox.append((target_attempt.node, start))
+        self.request_step()
+
+    def on_task_exited(self, node: str, msg: p.TaskExited) -> None:
+        """A launched task ended on ``node``: tell the launcher's node."""
+        error = msg.reason if msg.exit_code is None else None
+        self._outbox.append((msg.origin, p.LaunchDone(launch_id=msg.launch_id, exit_code=msg.exit_code, error=error)))
+        self.request_step()
 
     def on_log(self, msg: p.LogChunk) -> None:
         self.logs.write(msg.attempt_id, msg.offset, msg.data)
@@ -464,7 +699,7 @@ class Engine:
                 allocations.append((job.job_id, job.resources))
                 self._outbox.append((name, self._start_message(job, attempt)))
             else:
-                self._finish_attempt(job, None, None, f"Attempt lost: the agent on {name} no longer runs it")
+                self._finish_attempt(job, None, None, f"Attempt lost: the agent on {name} no longer runs it", lost=True)
         node.allocations = tuple(allocations)
         self._node_up(name)
         offsets = {
@@ -488,7 +723,7 @@ class Engine:
         for job_id in sorted(node.jobs):
             job = self.jobs.get(job_id)
             if job is not None and job.current_attempt is not None:
-                self._finish_attempt(job, None, None, reason)
+                self._finish_attempt(job, None, None, reason, lost=True)
         node.jobs.clear()
         self._feed(NodeGone(self._event_id(), name))
 

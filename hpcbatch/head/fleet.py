@@ -234,6 +234,10 @@ class Fleet:
                 engine.on_exited(node, msg)
             case p.LogChunk():
                 engine.on_log(msg)
+            case p.LaunchRequest():
+                engine.on_launch_request(node, msg)
+            case p.TaskExited():
+                engine.on_task_exited(node, msg)
 
     async def _heartbeat_loop(self) -> None:
         beat = p.HeadHeartbeat(head_id=self._head_id)

@@ -21,11 +21,19 @@ import msgspec
 from hpcbatch.auth.policy import Caller, check_job_access, may_see_job
 from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.engine import Engine
-from hpcbatch.model.jobs import JobRecord, merge_container, resource_request, substitute_parameters
+from hpcbatch.model.jobs import (
+    JobRecord,
+    ResourceRequest,
+    merge_container,
+    resource_request,
+    substitute_parameters,
+)
 from hpcbatch.model.lifecycle import JobStatus
+from hpcbatch.model.multinode import child_job_id, resolve_nodes, split_child_id
 from hpcbatch.store import JobQuery, Store
 
 DEFAULT_JOB_DEFINITION = "hpcbatch-default"
+DEFAULT_MULTINODE_DEFINITION = "hpcbatch-default-mnp"  # `hpcbatch submit --nodes N -- CMD`
 SCRIPT_ENV = "HPCBATCH_SCRIPT_ID"
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 UNFINISHED = tuple(s for s in JobStatus if s not in FINAL)
@@ -242,6 +250,8 @@ class BatchService:
     # ----------------------------------------------------------- job definitions
     def RegisterJobDefinition(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = body["jobDefinitionName"]
+        if body.get("type") == "multinode":
+            resolve_nodes(body["nodeProperties"], None)  # ranges cover every node, main inside
         revision = self.store.latest_revision("jobdef", name) + 1
         arn = self.arn("job-definition", f"{name}:{revision}")
         doc = {k: v for k, v in body.items()}
@@ -265,6 +275,26 @@ class BatchService:
                         "resourceRequirements": [
                             {"type": "VCPU", "value": "1"},
                             {"type": "MEMORY", "value": "512"},
+                        ],
+                    },
+                },
+                Caller(user="root", role="admin", via="internal"),
+            )
+
+    def ensure_default_multinode_definition(self) -> None:
+        """The quick ``hpcbatch submit --nodes N -- CMD`` form: CMD on the main node, the rest held."""
+        if self.store.latest_revision("jobdef", DEFAULT_MULTINODE_DEFINITION) == 0:
+            resources = [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]
+            self.RegisterJobDefinition(
+                {
+                    "jobDefinitionName": DEFAULT_MULTINODE_DEFINITION,
+                    "type": "multinode",
+                    "nodeProperties": {
+                        "numNodes": 2,
+                        "mainNode": 0,
+                        "nodeRangeProperties": [
+                            {"targetNodes": "0", "container": {"command": [], "resourceRequirements": resources}},
+                            {"targetNodes": "1:", "container": {"command": [], "resourceRequirements": resources}},
                         ],
                     },
                 },
@@ -316,20 +346,35 @@ class BatchService:
         return {}
 
     # ---------------------------------------------------------------------- jobs
+    def _node_spec(self, container: dict[str, Any], parameters: dict[str, str], caller: Caller, field: str) -> dict[str, Any]:
+        """Command, environment, script and resources of one container (a job or one node)."""
+        command = substitute_parameters(container.get("command", []), parameters)
+        container["command"] = command
+        environment = {e["name"]: e.get("value", "") for e in container.get("environment", [])}
+        script_id = environment.pop(SCRIPT_ENV, None)
+        if script_id is not None and self.store.get_script(script_id, caller.user) is None:
+            raise ClientError(f"{field}.environment {SCRIPT_ENV}: {caller.user} has no stored script {script_id}")
+        return {
+            "command": command,
+            "environment": environment,
+            "script_id": script_id,
+            "image": container.get("image"),
+            "resources": resource_request(container),
+            "container": container,
+        }
+
     def SubmitJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         queue = self._queue(body["jobQueue"])
         if queue["state"] != "ENABLED":
             raise ClientError(f"jobQueue {queue['jobQueueName']} is DISABLED and accepts no jobs")
         jobdef = self._job_definition(body["jobDefinition"])
-        if jobdef.get("type") != "container":
-            raise ClientError(
-                f"jobDefinition {jobdef['jobDefinitionArn']} is of type {jobdef.get('type')}; "
-                "multi-node jobs come with gang scheduling (not yet available)"
-            )
+        multinode = jobdef.get("type") == "multinode"
         if body.get("arrayProperties"):
             raise ClientError("arrayProperties: array jobs are not available yet")
-        if body.get("nodeOverrides"):
+        if body.get("nodeOverrides") and not multinode:
             raise ClientError("nodeOverrides applies to multinode job definitions only")
+        if multinode and body.get("containerOverrides"):
+            raise ClientError("containerOverrides: a multinode job takes nodeOverrides.nodePropertyOverrides instead")
         depends_on = body.get("dependsOn", [])
         for i, dep in enumerate(depends_on):
             if dep.get("type"):
@@ -337,24 +382,27 @@ class BatchService:
             if self.engine.jobs.get(dep["jobId"]) is None and self.store.get_job(dep["jobId"]) is None:
                 raise ClientError(f"dependsOn[{i}].jobId {dep['jobId']} does not exist")
         parameters = {**jobdef.get("parameters", {}), **body.get("parameters", {})}
-        container = merge_container(jobdef.get("containerProperties", {}), body.get("containerOverrides"))
-        command = substitute_parameters(container.get("command", []), parameters)
-        container["command"] = command
-        environment = {e["name"]: e.get("value", "") for e in container.get("environment", [])}
-        script_id = environment.pop(SCRIPT_ENV, None)
-        if script_id is not None and self.store.get_script(script_id, caller.user) is None:
-            raise ClientError(
-                f"containerOverrides.environment {SCRIPT_ENV}: {caller.user} has no stored script {script_id}"
-            )
-        if not command and script_id is None:
-            raise ClientError("containerOverrides.command: the job has no command to run")
+        nodes: list[dict[str, Any]] = []
+        num_nodes, main_node = 1, 0
+        if multinode:
+            num_nodes, main_node, containers = resolve_nodes(jobdef["nodeProperties"], body.get("nodeOverrides"))
+            nodes = [
+                self._node_spec(c, parameters, caller, f"nodeProperties node {i}") for i, c in enumerate(containers)
+            ]
+            spec = nodes[main_node]
+            if not spec["command"] and spec["script_id"] is None:
+                raise ClientError(f"the main node ({main_node}) has no command to run")
+        else:
+            container = merge_container(jobdef.get("containerProperties", {}), body.get("containerOverrides"))
+            spec = self._node_spec(container, parameters, caller, "containerOverrides")
+            if not spec["command"] and spec["script_id"] is None:
+                raise ClientError("containerOverrides.command: the job has no command to run")
         retry = body.get("retryStrategy") or jobdef.get("retryStrategy") or {}
         timeout = body.get("timeout") or jobdef.get("timeout") or {}
         tags = {**jobdef.get("tags", {}), **body.get("tags", {})} if body.get("propagateTags", jobdef.get("propagateTags")) else body.get("tags", {})
         created_at = _now_ms()
         job_id = self._job_id(created_at)
-        job = JobRecord(
-            job_id=job_id,
+        common: dict[str, Any] = dict(
             job_name=body["jobName"],
             job_queue=queue["jobQueueName"],
             job_queue_arn=queue["jobQueueArn"],
@@ -362,21 +410,32 @@ class BatchService:
             owner=caller.user,
             status=JobStatus.SUBMITTED,
             created_at=created_at,
-            command=command,
-            environment=environment,
-            image=container.get("image"),
-            resources=resource_request(container),
-            container=container,
             parameters=parameters,
             retry_attempts=int(retry.get("attempts", 1)),
             evaluate_on_exit=retry.get("evaluateOnExit", []),
             timeout_s=timeout.get("attemptDurationSeconds"),
             tags=tags,
-            depends_on=depends_on,
             propagate_tags=bool(body.get("propagateTags", False)),
-            script_id=script_id,
+            num_nodes=num_nodes,
+            main_node=main_node,
         )
-        self.engine.submit(job)
+        resources = spec["resources"]
+        if multinode:  # every node must fit the per-node request the scheduler places by
+            resources = ResourceRequest(
+                vcpus=max(n["resources"].vcpus for n in nodes),
+                memory_mib=max(n["resources"].memory_mib for n in nodes),
+                gpus=max(n["resources"].gpus for n in nodes),
+            )
+        job = JobRecord(
+            job_id=job_id, depends_on=depends_on, **common,
+            **{**spec, "resources": resources},
+            node_properties={**jobdef["nodeProperties"], "numNodes": num_nodes} if multinode else None,
+        )
+        children = [
+            JobRecord(job_id=child_job_id(job_id, i), parent_id=job_id, node_index=i, **common, **node)
+            for i, node in enumerate(nodes)
+        ]
+        self.engine.submit(job, children)
         return {"jobArn": self.arn("job", job_id), "jobName": job.job_name, "jobId": job_id}
 
     def _jobs(self, job_ids: list[str]) -> list[JobRecord]:
@@ -405,8 +464,21 @@ class BatchService:
     def ListJobs(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         from hpcbatch.model.jobs import job_summary
 
-        if body.get("arrayJobId") or body.get("multiNodeJobId"):
-            return {"jobSummaryList": []}  # no array or multi-node jobs exist yet
+        if body.get("arrayJobId"):
+            return {"jobSummaryList": []}  # no array jobs exist yet
+        if body.get("multiNodeJobId"):
+            parent = self._job(_name_of(body["multiNodeJobId"]))
+            if not may_see_job(caller, parent.owner, self.private_data):
+                return {"jobSummaryList": []}
+            ids = [child_job_id(parent.job_id, i) for i in range(parent.num_nodes)] if parent.is_gang else []
+            wanted = body.get("jobStatus")
+            return {
+                "jobSummaryList": [
+                    job_summary(j, self.region, self.account)
+                    for j in self._jobs(ids)
+                    if not wanted or j.status.value == wanted
+                ]
+            }
         queue = _name_of(body["jobQueue"]) if body.get("jobQueue") else None
         if queue is not None:
             self._queue(queue)
@@ -461,6 +533,11 @@ class BatchService:
             out["nextToken"] = base64.urlsafe_b64encode(json.dumps([last.created_at, last.job_id]).encode()).decode()
         return out
 
+    def _parent_job(self, job_id: str) -> JobRecord:
+        """CancelJob/TerminateJob on a node JOBID#i act on the whole multi-node job."""
+        parent_id, index = split_child_id(job_id)
+        return self._job(parent_id if index is not None else job_id)
+
     def _job(self, job_id: str) -> JobRecord:
         job = self.engine.jobs.get(job_id) or self.store.get_job(job_id)
         if job is None:
@@ -468,14 +545,14 @@ class BatchService:
         return job
 
     def CancelJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        job = self._job(_name_of(body["jobId"]))
+        job = self._parent_job(_name_of(body["jobId"]))
         check_job_access(caller, "cancel", job.job_id, job.owner)
         if not job.status.is_final:
             self.engine.cancel(self.engine.jobs[job.job_id], body["reason"])
         return {}
 
     def TerminateJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        job = self._job(_name_of(body["jobId"]))
+        job = self._parent_job(_name_of(body["jobId"]))
         check_job_access(caller, "terminate", job.job_id, job.owner)
         if not job.status.is_final:
             self.engine.terminate(self.engine.jobs[job.job_id], body["reason"])

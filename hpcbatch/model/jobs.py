@@ -74,6 +74,19 @@ class JobRecord(msgspec.Struct, kw_only=True):
     is_cancelled: bool = False
     is_terminated: bool = False
     stop_reason: str | None = None  # terminate's reason, applied when the killed attempt ends
+    # Multi-node parallel jobs: the parent has num_nodes > 1 and children JOBID#i.
+    num_nodes: int = 1
+    main_node: int = 0
+    node_properties: dict[str, Any] | None = None  # as DescribeJobs shows them (parent)
+    parent_id: str | None = None  # set on a child (one node of a multi-node job)
+    node_index: int | None = None
+    hosts: list[str] = []  # parent: the nodes of the current try, in index order
+    launch_secret: str = ""  # parent: authorizes launcher-bridge requests of the current try
+    ending: dict[str, Any] | None = None  # parent: how the current try ends, once decided
+
+    @property
+    def is_gang(self) -> bool:
+        return self.num_nodes > 1 and self.parent_id is None
 
     @property
     def current_attempt(self) -> Attempt | None:
@@ -244,6 +257,12 @@ def job_detail(job: JobRecord, region: str, account: str) -> dict[str, Any]:
         detail["timeout"] = {"attemptDurationSeconds": job.timeout_s}
     if last is not None:
         detail["nodeName"] = last.node
+    if job.node_properties is not None:
+        detail["nodeProperties"] = job.node_properties
+        if job.hosts:
+            detail["nodeDetails"] = {"nodeIndex": job.main_node, "isMainNode": True}
+    if job.parent_id is not None and job.node_index is not None:
+        detail["nodeDetails"] = {"nodeIndex": job.node_index, "isMainNode": job.node_index == job.main_node}
     return detail
 
 
@@ -272,4 +291,8 @@ def job_summary(job: JobRecord, region: str, account: str) -> dict[str, Any]:
     if last is not None:
         summary["container"] = _drop_none({"exitCode": last.exit_code, "reason": last.reason})
         summary["nodeName"] = last.node
+    if job.is_gang:
+        summary["nodeProperties"] = {"numNodes": job.num_nodes, "isMainNode": False}
+    elif job.parent_id is not None:
+        summary["nodeProperties"] = {"numNodes": job.num_nodes, "isMainNode": job.node_index == job.main_node}
     return summary

@@ -15,7 +15,10 @@ from hpcbatch.scheduler.core import (
     Scheduler,
     SetWaitReason,
     StartAttempt,
+    StartGang,
+    Tick,
 )
+from hpcbatch.scheduler.gang import Reservation
 
 __all__ = [
     "Action",
@@ -29,7 +32,10 @@ __all__ = [
     "JobWithdrawn",
     "NodeGone",
     "NodeUp",
+    "Reservation",
     "Scheduler",
     "SetWaitReason",
     "StartAttempt",
+    "StartGang",
+    "Tick",
 ]

@@ -1,30 +1,68 @@
-"""The scheduler core: which RUNNABLE job starts on which node, and why the others wait.
+"""The scheduler core: which RUNNABLE job starts on which node(s), and why the others wait.
 
 Theory of operation:
 
 * The head feeds events (a job became runnable or was withdrawn, a node joined or left,
-  an attempt ended and gave its resources back, a queue or compute environment changed)
-  and calls ``handle``; it gets back typed actions (``StartAttempt``, ``SetWaitReason``)
-  to apply. The core owns no sockets, no SQL and no clock: it can be driven by the head,
-  by tests event by event, or by a simulator at any scale.
+  an attempt ended and gave its resources back, a queue or compute environment changed,
+  ``Tick`` with the time) and calls ``handle``; it gets back typed actions
+  (``StartAttempt``, ``StartGang``, ``SetWaitReason``) to apply. The core owns no sockets,
+  no SQL and no clock: time is the ``now_s`` of the latest ``Tick`` (0 before any), so it
+  can be driven by the head, by tests event by event, or by a simulator at any scale.
 * Order: ENABLED queues by ``priority`` (higher first, AWS), ties by name; inside a queue
   FIFO by submission sequence. Each queue tries its compute environments in
   ``computeEnvironmentOrder``.
 * A job fits a node when the node is ACTIVE in an ENABLED compute environment, has the
-  free vCPUs, memory and GPUs, and the compute environment stays within ``maxvCpus``.
-  Among fitting nodes the core picks the best fit (least vCPUs left over, then least
-  memory), which keeps whole nodes free for big jobs.
-* A job that does not fit does not block the queue: smaller jobs behind it may start
-  (reservations that stop them from starving it are the gang scheduler's, issue 3).
-* Every decision is appended to a bounded log with the id of the event that caused it.
+  free vCPUs, memory and GPUs, is not held by a gang, and the compute environment stays
+  within ``maxvCpus``. Among fitting nodes the core picks the best fit (least vCPUs left
+  over, then least memory), which keeps whole nodes free for big jobs.
+* A job that does not fit does not block the queue: smaller jobs behind it may start,
+  except on nodes reserved for a waiting gang (below).
+* Gangs (AWS Batch multi-node parallel jobs, ``num_nodes > 1``) are placed all at once on
+  ``num_nodes`` whole nodes of ONE compute environment (tried in order): nodes that run
+  nothing, each fitting the per-node request. While the gang runs its nodes take nothing
+  else (single tenant); a partly placed gang never exists. Inside a compute environment
+  one placement group that holds the whole gang is preferred, the tightest such group
+  first; a compute environment with ``require_placement_group`` only uses a single group.
+  ``StartGang.nodes`` are in index order (natural name order); index 0 is the main node.
+  ``maxvCpus`` counts the per-node request once per node.
+* Reservations: the first waiting gang in this order that could run once enough nodes
+  free up (``reservation_depth`` of them, default 1, as Maui's RESERVATIONDEPTH) gets the
+  nodes of one compute environment expected free soonest: a node's expected free time is
+  the latest end (start + ``time_limit_s``) of what runs on it; a job with no time limit
+  ends "never" (unknown). Those nodes are then off limits to every job after the gang in
+  the order. Backfill: a job may still land on them when it is known to end before the
+  reservation starts (``now + time_limit_s <= start``). With unknown end times the start
+  is unknown, nothing backfills, and the gang holds the nodes it chose as they free up;
+  the choice prefers nodes already idle, so its idle nodes only grow and it starts in a
+  bounded time: a stream of small jobs cannot starve it. Reservations are recomputed
+  every pass (they are derived state, not promises); jobs ahead of the gang in the order
+  (higher-priority queues, earlier in its FIFO) are not bound by them.
+* Holds: ``AttemptEnded`` frees everything a job holds, all of a gang's nodes. ``NodeGone``
+  (and a re-registering node that no longer reports the job) drops only that node from a
+  gang's hold; the other nodes stay held until the head ends the attempt
+  (``AttemptEnded``), because the gang's processes may still run there. A node that
+  reports a job in ``NodeUp.gang_jobs`` re-joins that gang's hold. Allocations reported by
+  a node have no known time limit (the core learns limits only from ``JobRunnable``).
+* Wait reasons are emitted only when they change. Every start and every new or changed
+  reservation is appended to a bounded log with the id of the event that caused it.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from hpcbatch.model.jobs import ResourceRequest
+from hpcbatch.scheduler.gang import (
+    UNKNOWN,
+    Candidate,
+    Reservation,
+    fmt_time,
+    hostlist,
+    natural_key,
+    pick_nodes,
+)
 
 
 # ------------------------------------------------------------------------- events
@@ -39,8 +77,10 @@ class Event:
 class JobRunnable(Event):
     job_id: str
     queue: str
-    request: ResourceRequest
+    request: ResourceRequest  # per node
     seq: int  # submission order; FIFO inside a queue
+    num_nodes: int = 1  # > 1: a gang (multi-node parallel job), placed all at once
+    time_limit_s: int | None = None  # attemptDurationSeconds: known end time, for backfill
 
 
 @dataclass(frozen=True)
@@ -61,6 +101,8 @@ class NodeUp(Event):
     gpus: int
     allocations: tuple[tuple[str, ResourceRequest], ...] = ()
     accepting: bool = True  # False for DRAINING/DRAINED nodes
+    placement_group: str | None = None
+    gang_jobs: tuple[str, ...] = ()  # ids in ``allocations`` that are gangs: whole-node holds
 
 
 @dataclass(frozen=True)
@@ -80,6 +122,7 @@ class ComputeEnvironmentChanged(Event):
     name: str
     enabled: bool
     max_vcpus: float | None
+    require_placement_group: bool = False  # gangs only inside one placement group
 
 
 @dataclass(frozen=True)
@@ -100,6 +143,13 @@ class JobQueueRemoved(Event):
     name: str
 
 
+@dataclass(frozen=True)
+class Tick(Event):
+    """The head's time; starts in this ``handle`` call happen at ``now_s``."""
+
+    now_s: float
+
+
 # ------------------------------------------------------------------------ actions
 @dataclass(frozen=True)
 class Action:
@@ -110,6 +160,15 @@ class Action:
 class StartAttempt(Action):
     job_id: str
     node: str
+    compute_environment: str
+
+
+@dataclass(frozen=True)
+class StartGang(Action):
+    """Start every node of a gang at once; ``nodes[i]`` runs node index ``i``."""
+
+    job_id: str
+    nodes: tuple[str, ...]
     compute_environment: str
 
 
@@ -131,10 +190,14 @@ class _Node:
     free_vcpus: float = 0.0
     free_memory_mib: int = 0
     free_gpus: int = 0
+    placement_group: str | None = None
+    jobs: set[str] = field(default_factory=set)  # every job holding part of this node
+    gang: str | None = None  # the gang holding it whole, if any
 
     def fits(self, r: ResourceRequest) -> bool:
         return (
             self.accepting
+            and self.gang is None
             and r.vcpus <= self.free_vcpus + 1e-9
             and r.memory_mib <= self.free_memory_mib
             and r.gpus <= self.free_gpus
@@ -143,14 +206,22 @@ class _Node:
     def could_ever_fit(self, r: ResourceRequest) -> bool:
         return r.vcpus <= self.vcpus + 1e-9 and r.memory_mib <= self.memory_mib and r.gpus <= self.gpus
 
+    def candidate(self, free_at: float) -> Candidate:
+        return Candidate(self.name, self.placement_group, free_at, (self.vcpus, self.memory_mib, self.gpus))
+
 
 @dataclass
 class _ComputeEnvironment:
     name: str
     enabled: bool = True
     max_vcpus: float | None = None
+    require_placement_group: bool = False
     used_vcpus: float = 0.0
     nodes: dict[str, _Node] = field(default_factory=dict)
+
+    def caps(self, vcpus: float) -> bool:
+        """True when ``vcpus`` more would pass ``maxvCpus``."""
+        return self.max_vcpus is not None and self.used_vcpus + vcpus > self.max_vcpus + 1e-9
 
 
 @dataclass
@@ -160,27 +231,44 @@ class _Queue:
     priority: int
     compute_environments: tuple[str, ...]
     jobs: dict[str, JobRunnable] = field(default_factory=dict)  # insertion = FIFO order
+    gangs: dict[str, JobRunnable] = field(default_factory=dict)  # the gangs among jobs, FIFO
     fresh: list[str] = field(default_factory=list)  # arrived since the last pass: need a wait reason
     rescan: bool = True  # queue settings changed: every job's wait reason may be stale
+
+    def add(self, job: JobRunnable) -> None:
+        self.jobs[job.job_id] = job
+        self.gangs.pop(job.job_id, None)
+        if job.num_nodes > 1:
+            self.gangs[job.job_id] = job
 
 
 @dataclass
 class _Allocation:
-    node: str
+    nodes: list[str]  # index order; one for a single-node job
     ce: str
-    request: ResourceRequest
+    request: ResourceRequest  # per node
+    gang: bool
+    started_at: float
+    time_limit_s: int | None
+
+    @property
+    def ends_at(self) -> float:
+        return UNKNOWN if self.time_limit_s is None else self.started_at + self.time_limit_s
 
 
 WAIT_RESOURCES = "Waiting for resources: no node in the queue's compute environments has room now"
+WAIT_RESERVED = "Waiting for resources: the nodes with room are reserved for a waiting multi-node job"
 WAIT_QUEUE_DISABLED = "Job queue is DISABLED"
 WAIT_NO_CE = "No ENABLED compute environment with nodes in this job queue"
 WAIT_MAX_VCPUS = "Compute environment at its maxvCpus limit"
+
+_ANY_LIMIT = -math.inf  # a failure that no time limit (backfill) could have avoided
 
 
 class Scheduler:
     """Placement state and the decision procedure; see the module docstring."""
 
-    def __init__(self, log_size: int = 10_000) -> None:
+    def __init__(self, log_size: int = 10_000, reservation_depth: int = 1) -> None:
         self._ces: dict[str, _ComputeEnvironment] = {}
         self._nodes: dict[str, _Node] = {}
         self._queues: dict[str, _Queue] = {}
@@ -188,6 +276,10 @@ class Scheduler:
         self._orphans: dict[str, JobRunnable] = {}  # runnable in an unknown queue
         self._allocations: dict[str, _Allocation] = {}
         self._wait_reason: dict[str, str] = {}
+        self._now = 0.0
+        self._reservation_depth = reservation_depth
+        self._reservations: dict[str, Reservation] = {}  # waiting gang -> its reservation
+        self._reservation_text: dict[str, str] = {}  # as last logged
         self.decisions: deque[tuple[str, str]] = deque(maxlen=log_size)
 
     # ------------------------------------------------------------------ queries
@@ -195,10 +287,24 @@ class Scheduler:
     def runnable_count(self) -> int:
         return len(self._queue_of) + len(self._orphans)
 
+    @property
+    def now_s(self) -> float:
+        """The time of the latest ``Tick`` (0 before any)."""
+        return self._now
+
     def allocation(self, job_id: str) -> tuple[str, str] | None:
-        """(node, compute environment) holding ``job_id``, if placed."""
+        """(node, compute environment) holding ``job_id``, if placed; a gang's main node."""
         a = self._allocations.get(job_id)
-        return (a.node, a.ce) if a else None
+        return (a.nodes[0], a.ce) if a else None
+
+    def allocated_nodes(self, job_id: str) -> tuple[str, ...]:
+        """Every node ``job_id`` holds, in index order; empty when not placed."""
+        a = self._allocations.get(job_id)
+        return tuple(a.nodes) if a else ()
+
+    def reservation(self, job_id: str) -> Reservation | None:
+        """The reservation the waiting gang ``job_id`` got in the latest pass."""
+        return self._reservations.get(job_id)
 
     def node_usage(self, node: str) -> tuple[float, int, int] | None:
         """(allocated vCPUs, memory MiB, GPUs) on ``node``."""
@@ -222,7 +328,7 @@ class Scheduler:
                 if queue is None:
                     self._orphans[event.job_id] = event
                 else:
-                    queue.jobs[event.job_id] = event
+                    queue.add(event)
                     queue.fresh.append(event.job_id)
                     self._queue_of[event.job_id] = event.queue
             case JobWithdrawn():
@@ -232,14 +338,18 @@ class Scheduler:
             case NodeUp():
                 self._node_up(event)
             case NodeGone():
-                node = self._nodes.pop(event.node, None)
+                node = self._nodes.get(event.node)
                 if node is not None:
+                    for job_id in list(node.jobs):
+                        self._drop_hold(job_id, node.name)
+                    del self._nodes[node.name]
                     self._ce(node.ce).nodes.pop(node.name, None)
-                    for job_id in [j for j, a in self._allocations.items() if a.node == event.node]:
-                        self._release(job_id)
+            case Tick():
+                self._now = event.now_s
             case ComputeEnvironmentChanged():
                 ce = self._ce(event.name)
                 ce.enabled, ce.max_vcpus = event.enabled, event.max_vcpus
+                ce.require_placement_group = event.require_placement_group
             case ComputeEnvironmentRemoved():
                 ce = self._ces.get(event.name)
                 if ce is not None and not ce.nodes:
@@ -253,7 +363,7 @@ class Scheduler:
                     for job_id, job in list(self._orphans.items()):
                         if job.queue == event.name:
                             del self._orphans[job_id]
-                            queue.jobs[job_id] = job
+                            queue.add(job)
                             self._queue_of[job_id] = event.name
                 else:
                     queue.enabled, queue.priority = event.enabled, event.priority
@@ -277,51 +387,94 @@ class Scheduler:
     def _node_up(self, event: NodeUp) -> None:
         # Re-registration: what the node reports running is the truth. Give back the old
         # holds first (onto the old node value), then build the node afresh from its report.
-        for job_id in [j for j, a in self._allocations.items() if a.node == event.node]:
-            self._release(job_id)
         old = self._nodes.get(event.node)
         if old is not None:
+            for job_id in list(old.jobs):
+                self._drop_hold(job_id, old.name)
             self._ce(old.ce).nodes.pop(old.name, None)
         node = _Node(
             event.node, event.compute_environment, event.vcpus, event.memory_mib, event.gpus,
-            event.accepting, event.vcpus, event.memory_mib, event.gpus,
+            event.accepting, event.vcpus, event.memory_mib, event.gpus, event.placement_group,
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
         for job_id, request in event.allocations:
             self._withdraw(job_id)
-            self._hold(job_id, node, request)
+            gang = job_id in event.gang_jobs
+            alloc = self._allocations.get(job_id)
+            if alloc is not None and gang and alloc.gang and alloc.ce == node.ce:
+                alloc.nodes.append(node.name)  # another node of a gang already re-joined
+                alloc.nodes.sort(key=natural_key)
+                self._take(job_id, alloc, node)
+                continue
+            self._release(job_id)  # the newest report wins over a stale hold elsewhere
+            self._hold(job_id, [node], request, gang, None)
 
     def _withdraw(self, job_id: str) -> None:
         self._orphans.pop(job_id, None)
         self._wait_reason.pop(job_id, None)
         queue_name = self._queue_of.pop(job_id, None)
         if queue_name is not None:
-            self._queues[queue_name].jobs.pop(job_id, None)
+            queue = self._queues[queue_name]
+            queue.jobs.pop(job_id, None)
+            queue.gangs.pop(job_id, None)
 
-    def _hold(self, job_id: str, node: _Node, request: ResourceRequest) -> None:
-        node.free_vcpus -= request.vcpus
-        node.free_memory_mib -= request.memory_mib
-        node.free_gpus -= request.gpus
-        self._ce(node.ce).used_vcpus += request.vcpus
-        self._allocations[job_id] = _Allocation(node.name, node.ce, request)
+    def _hold(
+        self, job_id: str, nodes: list[_Node], request: ResourceRequest, gang: bool,
+        time_limit_s: int | None,
+    ) -> None:
+        alloc = _Allocation(
+            [n.name for n in nodes], nodes[0].ce, request, gang, self._now, time_limit_s
+        )
+        self._allocations[job_id] = alloc
+        for node in nodes:
+            self._take(job_id, alloc, node)
+
+    def _take(self, job_id: str, alloc: _Allocation, node: _Node) -> None:
+        r = alloc.request
+        node.free_vcpus -= r.vcpus
+        node.free_memory_mib -= r.memory_mib
+        node.free_gpus -= r.gpus
+        node.jobs.add(job_id)
+        if alloc.gang:
+            node.gang = job_id
+        self._ce(alloc.ce).used_vcpus += r.vcpus
+
+    def _give(self, job_id: str, alloc: _Allocation, node_name: str) -> None:
+        r = alloc.request
+        ce = self._ces.get(alloc.ce)
+        if ce is not None:
+            ce.used_vcpus -= r.vcpus
+        node = self._nodes.get(node_name)
+        if node is not None:
+            node.free_vcpus += r.vcpus
+            node.free_memory_mib += r.memory_mib
+            node.free_gpus += r.gpus
+            node.jobs.discard(job_id)
+            if node.gang == job_id:
+                node.gang = None
 
     def _release(self, job_id: str) -> None:
         alloc = self._allocations.pop(job_id, None)
-        if alloc is None:
+        if alloc is not None:
+            for name in alloc.nodes:
+                self._give(job_id, alloc, name)
+
+    def _drop_hold(self, job_id: str, node_name: str) -> None:
+        """Give back what ``job_id`` holds on one node; a gang keeps its other nodes."""
+        alloc = self._allocations.get(job_id)
+        if alloc is None or node_name not in alloc.nodes:
             return
-        ce = self._ces.get(alloc.ce)
-        if ce is not None:
-            ce.used_vcpus -= alloc.request.vcpus
-        node = self._nodes.get(alloc.node)
-        if node is not None:
-            node.free_vcpus += alloc.request.vcpus
-            node.free_memory_mib += alloc.request.memory_mib
-            node.free_gpus += alloc.request.gpus
+        self._give(job_id, alloc, node_name)
+        alloc.nodes.remove(node_name)
+        if not alloc.nodes:
+            del self._allocations[job_id]
 
     # ----------------------------------------------------------------- decision
     def _schedule(self, cause: str) -> list[Action]:
         actions: list[Action] = []
+        reserved: dict[str, Reservation] = {}  # node -> the reservation holding it, this pass
+        made: dict[str, Reservation] = {}  # gang -> its reservation, this pass
         queues = sorted(self._queues.values(), key=lambda q: (-q.priority, q.name))
         for queue in queues:
             if not queue.jobs:
@@ -335,87 +488,256 @@ class Scheduler:
                 self._wait_all(queue, WAIT_NO_CE, actions)
                 continue
             # Scan in FIFO order while some node has room; once the compute environments are
-            # full, only jobs that arrived since the last pass still need their wait reason.
-            # This keeps a pass over a deep queue on a busy cluster cheap.
+            # full, only jobs that arrived since the last pass still need their wait reason
+            # (and gangs their reservation). This keeps a pass over a deep queue cheap.
             fresh, queue.fresh = queue.fresh, []
             rescan, queue.rescan = queue.rescan, False
-            failed: list[ResourceRequest] = []
+            failed: list[tuple[ResourceRequest, float]] = []
+            failed_gangs: list[tuple[int, ResourceRequest, float]] = []
             reasons: dict[ResourceRequest, str] = {}  # why-not, once per distinct request
-            room = self._has_room(usable)
+            seen_gangs: set[str] = set()
+            room = self._has_room(usable, reserved)
             for job in list(queue.jobs.values()):
+                if job.num_nodes > 1:
+                    seen_gangs.add(job.job_id)
+                    if self._gang(job, usable, reserved, made, failed_gangs, actions, cause):
+                        room = self._has_room(usable, reserved)
+                        reasons.clear()
+                    continue
                 if not room:
                     if rescan:
-                        self._wait(job.job_id, self._cached_why_not(job.request, usable, reasons), actions)
+                        self._wait(job.job_id, self._cached_why_not(job.request, usable, reserved, reasons), actions)
                         continue
                     for job_id in fresh:
-                        if job_id in queue.jobs:
-                            self._wait(job_id, self._cached_why_not(queue.jobs[job_id].request, usable, reasons), actions)
+                        j = queue.jobs.get(job_id)
+                        if j is not None and j.num_nodes <= 1:
+                            self._wait(job_id, self._cached_why_not(j.request, usable, reserved, reasons), actions)
                     break
                 r = job.request
-                if any(_dominates(r, f) for f in failed):
-                    self._wait(job.job_id, self._cached_why_not(r, usable, reasons), actions)
+                limit = _limit_key(job.time_limit_s)
+                if any(_dominates(r, f) and limit >= fl for f, fl in failed):
+                    self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                     continue
-                placed = self._place(job, usable)
+                placed = self._place(r, job.time_limit_s, usable, reserved)
                 if placed is None:
                     # Requests known not to fit in this pass: anything at least as large
-                    # cannot fit either, so a long FIFO of equal jobs costs one failed search.
-                    failed.append(r)
-                    self._wait(job.job_id, self._cached_why_not(r, usable, reasons), actions)
+                    # (and not shorter) cannot fit either, so a long FIFO of equal jobs
+                    # costs one failed search.
+                    failed.append((r, limit if reserved else _ANY_LIMIT))
+                    self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                     continue
                 node, ce = placed
                 self._withdraw(job.job_id)
-                self._hold(job.job_id, node, r)
+                self._hold(job.job_id, [node], r, False, job.time_limit_s)
                 actions.append(StartAttempt(job.job_id, node.name, ce.name))
-                self.decisions.append((cause, f"start {job.job_id} on {node.name} ({ce.name})"))
+                note = ""
+                if node.name in reserved:
+                    res = reserved[node.name]
+                    note = f", backfilled before {res.job_id}'s reservation at t={fmt_time(res.start_s)}"
+                self.decisions.append((cause, f"start {job.job_id} on {node.name} ({ce.name}){note}"))
                 if node.free_vcpus <= 1e-9:
-                    room = self._has_room(usable)
+                    room = self._has_room(usable, reserved)
+            # Gangs the scan did not reach (nothing had room) still get a reservation and reason.
+            for gang in list(queue.gangs.values()):
+                if gang.job_id not in seen_gangs:
+                    self._gang(gang, usable, reserved, made, failed_gangs, actions, cause)
+        for job_id, res in made.items():
+            text = res.describe(self._now)
+            if self._reservation_text.get(job_id) != text:
+                self.decisions.append((cause, f"reserve for {job_id}: {text}"))
+        self._reservations = made
+        self._reservation_text = {j: r.describe(self._now) for j, r in made.items()}
         return actions
 
-    @staticmethod
-    def _has_room(ces: list[_ComputeEnvironment]) -> bool:
+    def _has_room(self, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]) -> bool:
         return any(
-            n.accepting and n.free_vcpus > 1e-9
+            n.accepting
+            and n.gang is None
+            and n.free_vcpus > 1e-9
+            and (n.name not in reserved or reserved[n.name].start_s > self._now)
             for ce in ces
             if ce.max_vcpus is None or ce.used_vcpus < ce.max_vcpus - 1e-9
             for n in ce.nodes.values()
         )
 
+    def _may_use(
+        self, node: str, reserved: dict[str, Reservation], job_id: str, time_limit_s: int | None
+    ) -> bool:
+        """A reserved node takes only its own gang, or a job that ends before it is needed."""
+        res = reserved.get(node)
+        return res is None or res.job_id == job_id or res.admits(self._now, time_limit_s)
+
     def _place(
-        self, job: JobRunnable, ces: list[_ComputeEnvironment]
+        self,
+        r: ResourceRequest,
+        time_limit_s: int | None,
+        ces: list[_ComputeEnvironment],
+        reserved: dict[str, Reservation],
     ) -> tuple[_Node, _ComputeEnvironment] | None:
-        r = job.request
         for ce in ces:  # computeEnvironmentOrder: the first CE that can take it wins
-            if ce.max_vcpus is not None and ce.used_vcpus + r.vcpus > ce.max_vcpus + 1e-9:
+            if ce.caps(r.vcpus):
                 continue
             best: _Node | None = None
             for node in ce.nodes.values():
-                if node.fits(r) and (
-                    best is None
-                    or (node.free_vcpus, node.free_memory_mib) < (best.free_vcpus, best.free_memory_mib)
+                if (
+                    node.fits(r)
+                    and (
+                        best is None
+                        or (node.free_vcpus, node.free_memory_mib) < (best.free_vcpus, best.free_memory_mib)
+                    )
+                    and (not reserved or self._may_use(node.name, reserved, "", time_limit_s))
                 ):
                     best = node
             if best is not None:
                 return best, ce
         return None
 
+    # -------------------------------------------------------------------- gangs
+    def _gang(
+        self,
+        job: JobRunnable,
+        ces: list[_ComputeEnvironment],
+        reserved: dict[str, Reservation],
+        made: dict[str, Reservation],
+        failed: list[tuple[int, ResourceRequest, float]],
+        actions: list[Action],
+        cause: str,
+    ) -> bool:
+        """Start, reserve for, or explain one waiting gang; True when nodes changed hands."""
+        n, r = job.num_nodes, job.request
+        limit = _limit_key(job.time_limit_s)
+        if not any(n >= fn and _dominates(r, fr) and limit >= fl for fn, fr, fl in failed):
+            placed = self._place_gang(job, ces, reserved)
+            if placed is not None:
+                nodes, ce = placed
+                self._withdraw(job.job_id)
+                self._hold(job.job_id, nodes, r, True, job.time_limit_s)
+                names = tuple(node.name for node in nodes)
+                actions.append(StartGang(job.job_id, names, ce.name))
+                self.decisions.append(
+                    (cause, f"start gang {job.job_id} on {hostlist(names)} ({ce.name})")
+                )
+                return True
+            failed.append((n, r, limit if reserved else _ANY_LIMIT))
+        never, first_ce = self._gang_why_never(job, ces)
+        if never is not None:
+            self._wait(job.job_id, never, actions)
+            return False
+        if len(made) < self._reservation_depth:
+            res = self._reserve(job, ces, reserved)
+            if res is not None:
+                made[job.job_id] = res
+                for name in res.nodes:
+                    reserved[name] = res
+                self._wait(job.job_id, res.describe(self._now), actions)
+                return True
+        self._wait(job.job_id, f"Waiting for {n} whole nodes in compute environment {first_ce}", actions)
+        return False
+
+    def _place_gang(
+        self, job: JobRunnable, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
+    ) -> tuple[list[_Node], _ComputeEnvironment] | None:
+        """``num_nodes`` idle nodes of the first compute environment that has them, or None."""
+        n, r = job.num_nodes, job.request
+        for ce in ces:
+            if ce.caps(n * r.vcpus):
+                continue
+            idle = [
+                node.candidate(self._now)
+                for node in ce.nodes.values()
+                if node.accepting
+                and not node.jobs
+                and node.could_ever_fit(r)
+                and self._may_use(node.name, reserved, job.job_id, job.time_limit_s)
+            ]
+            picked = pick_nodes(idle, n, ce.require_placement_group)
+            if picked is not None:
+                return [self._nodes[c.name] for c in picked[1]], ce
+        return None
+
+    def _reserve(
+        self, job: JobRunnable, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
+    ) -> Reservation | None:
+        """The nodes of one compute environment that free up soonest for ``job``."""
+        n, r = job.num_nodes, job.request
+        best: Reservation | None = None
+        for ce in ces:
+            if ce.max_vcpus is not None and n * r.vcpus > ce.max_vcpus + 1e-9:
+                continue
+            cands = [
+                node.candidate(self._free_at(node))
+                for node in ce.nodes.values()
+                if node.accepting and node.could_ever_fit(r) and node.name not in reserved
+            ]
+            picked = pick_nodes(cands, n, ce.require_placement_group)
+            if picked is None:
+                continue
+            group, chosen = picked
+            start = max(c.free_at for c in chosen)
+            if best is None or start < best.start_s:  # a tie goes to the earlier CE in order
+                best = Reservation(job.job_id, ce.name, tuple(c.name for c in chosen), start, group)
+        return best
+
+    def _free_at(self, node: _Node) -> float:
+        """When ``node`` is expected to run nothing: the latest end of what it runs."""
+        ends = [self._allocations[j].ends_at for j in node.jobs if j in self._allocations]
+        return max([self._now, *ends])
+
+    def _gang_why_never(
+        self, job: JobRunnable, ces: list[_ComputeEnvironment]
+    ) -> tuple[str | None, str]:
+        """(why the gang cannot run even on an empty cluster, or None; the first CE it could use)."""
+        n, r = job.num_nodes, job.request
+        group_ce = capped_ce = None
+        for ce in ces:
+            able = [
+                node.candidate(0.0)
+                for node in ce.nodes.values()
+                if node.accepting and node.could_ever_fit(r)
+            ]
+            if ce.max_vcpus is not None and n * r.vcpus > ce.max_vcpus + 1e-9:
+                capped_ce = capped_ce or ce.name
+            elif pick_nodes(able, n, ce.require_placement_group) is not None:
+                return None, ce.name
+            elif ce.require_placement_group and len(able) >= n:
+                group_ce = group_ce or ce.name
+        if group_ce is not None:
+            return f"No placement group of compute environment {group_ce} can hold {n} nodes", ""
+        if capped_ce is not None:
+            return (
+                f"Compute environment {capped_ce} maxvCpus is below {n} nodes x "
+                f"{r.vcpus:g} vCPUs", ""
+            )
+        return (
+            f"No compute environment in {', '.join(ce.name for ce in ces)} has {n} ACTIVE nodes "
+            f"that can each hold vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}", ""
+        )
+
+    # ------------------------------------------------------------------ reasons
     def _cached_why_not(
-        self, r: ResourceRequest, ces: list[_ComputeEnvironment], cache: dict[ResourceRequest, str]
+        self,
+        r: ResourceRequest,
+        ces: list[_ComputeEnvironment],
+        reserved: dict[str, Reservation],
+        cache: dict[ResourceRequest, str],
     ) -> str:
         reason = cache.get(r)
         if reason is None:
-            reason = cache[r] = self._why_not(r, ces)
+            reason = cache[r] = self._why_not(r, ces, reserved)
         return reason
 
-    def _why_not(self, r: ResourceRequest, ces: list[_ComputeEnvironment]) -> str:
+    def _why_not(
+        self, r: ResourceRequest, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
+    ) -> str:
         if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):
             return (
                 f"No node in compute environments {', '.join(ce.name for ce in ces)} can hold "
                 f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
             )
-        if all(
-            ce.max_vcpus is not None and ce.used_vcpus + r.vcpus > ce.max_vcpus + 1e-9 for ce in ces
-        ):
+        if all(ce.caps(r.vcpus) for ce in ces):
             return WAIT_MAX_VCPUS
+        if reserved and self._place(r, None, ces, {}) is not None:
+            return WAIT_RESERVED
         return WAIT_RESOURCES
 
     def _wait_all(self, queue: _Queue, reason: str, actions: list[Action]) -> None:
@@ -426,6 +748,11 @@ class Scheduler:
         if self._wait_reason.get(job_id) != reason:
             self._wait_reason[job_id] = reason
             actions.append(SetWaitReason(job_id, reason))
+
+
+def _limit_key(time_limit_s: int | None) -> float:
+    """A time limit for comparisons: no limit is the longest."""
+    return math.inf if time_limit_s is None else float(time_limit_s)
 
 
 def _dominates(a: ResourceRequest, b: ResourceRequest) -> bool:

@@ -30,6 +30,7 @@ class JobQuery:
     created_before: int | None = None
     limit: int = 100
     after: tuple[int, str] | None = None  # (created_at, job_id) of the last item returned
+    include_children: bool = False  # multi-node nodes (JOBID#i) are listed only on request
 
 
 class Store(Protocol):

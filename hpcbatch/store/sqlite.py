@@ -202,6 +202,8 @@ class SqliteStore:
         if query.created_before is not None:
             where.append("created_at <= ?")
             args.append(query.created_before)
+        if not query.include_children:
+            where.append("instr(job_id, '#') = 0")
         if query.after is not None:
             where.append("(created_at, job_id) < (?, ?)")
             args.extend(query.after)

@@ -1,0 +1,114 @@
+"""Gang placement helpers: choosing whole nodes for a multi-node job, and its reservation.
+
+The rules these serve are in ``hpcbatch.scheduler.core``'s docstring. This module holds
+the parts that need no scheduler state: given candidate nodes (each with the time it is
+expected to be free), pick ``n`` of them, inside one placement group when one can hold
+them all; describe a reservation; decide whether a job may backfill onto reserved nodes.
+Pure: values in, values out, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ClusterShell.NodeSet import NodeSet, NodeSetException
+
+UNKNOWN = math.inf  # expected free time of a node running a job with no time limit
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A node a gang might use: when it is expected to be whole and free, and where it sits."""
+
+    name: str
+    placement_group: str | None
+    free_at: float  # the current time when idle now; ``UNKNOWN`` when no end time is known
+    size: tuple[float, int, int]  # (vCPUs, MiB, GPUs): smaller first, so big nodes stay free
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Nodes held for a waiting gang from ``start_s`` (``UNKNOWN``: as they free up)."""
+
+    job_id: str
+    compute_environment: str
+    nodes: tuple[str, ...]
+    start_s: float
+    placement_group: str | None = None
+
+    def admits(self, now_s: float, time_limit_s: int | None) -> bool:
+        """True when a job of ``time_limit_s`` started now ends before the reservation (backfill).
+
+        With unknown end times the start is unknown too, so nothing is admitted: the gang
+        keeps the nodes it holds (that, not a guess, is what keeps it from starving).
+        """
+        return (
+            time_limit_s is not None
+            and self.start_s != UNKNOWN
+            and now_s + time_limit_s <= self.start_s
+        )
+
+    def describe(self, now_s: float) -> str:
+        """The wait reason a reserved gang shows (``hpcbatch why``, statusReason)."""
+        where = f"{hostlist(self.nodes)} in compute environment {self.compute_environment}"
+        if self.start_s == UNKNOWN:
+            return f"Reserved nodes {where}, held as they free up (running jobs have no time limit)"
+        if self.start_s <= now_s:
+            return f"Reserved nodes {where}, expected free now"
+        return f"Reserved nodes {where} from t={fmt_time(self.start_s)}"
+
+
+def pick_nodes(
+    candidates: Sequence[Candidate], n: int, require_group: bool
+) -> tuple[str | None, list[Candidate]] | None:
+    """The ``n`` candidates that are free soonest, as (placement group, nodes) or None.
+
+    Among equally early choices, one placement group beats nodes spread over several, and
+    the group with the fewest candidates (the tightest fit) beats a roomier one, so a large
+    group stays whole for a larger gang. With ``require_group`` only a single group may be
+    used. The nodes come back in index order (natural name order): index 0 is the main node.
+    """
+    if n <= 0 or len(candidates) < n:
+        return None
+    groups: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        if c.placement_group is not None:
+            groups.setdefault(c.placement_group, []).append(c)
+    options: list[tuple[tuple[float, int, int, str], str | None, list[Candidate]]] = []
+    for group, members in groups.items():
+        if len(members) >= n:
+            chosen = sorted(members, key=_soonest)[:n]
+            options.append(((chosen[-1].free_at, 0, len(members), group), group, chosen))
+    if not require_group:
+        chosen = sorted(candidates, key=_soonest)[:n]
+        options.append(((chosen[-1].free_at, 1, len(candidates), ""), None, chosen))
+    if not options:
+        return None
+    _, group, chosen = min(options, key=lambda o: o[0])
+    return group, sorted(chosen, key=lambda c: natural_key(c.name))
+
+
+def _soonest(c: Candidate) -> tuple[float, tuple[float, int, int], tuple[object, ...]]:
+    return (c.free_at, c.size, natural_key(c.name))
+
+
+def natural_key(name: str) -> tuple[object, ...]:
+    """Sort key that puts ``n2`` before ``n10``, as hostlists do."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def hostlist(names: Iterable[str]) -> str:
+    """Fold node names into range notation (``n[1-3]``), the sysadmin's form."""
+    names = list(names)
+    try:
+        return str(NodeSet.fromlist(names))
+    except NodeSetException:  # a name NodeSet cannot parse: show them as they are
+        return ",".join(names)
+
+
+def fmt_time(t: float) -> str:
+    """A time as the head sent it, without float noise (``120``, ``120.5``)."""
+    return f"{t:.3f}".rstrip("0").rstrip(".")

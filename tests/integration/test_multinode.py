@@ -1,0 +1,139 @@
+"""Multi-node parallel jobs on a loopback cluster: gangs, node children, environment, endings."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import TestCluster, wait_for
+
+
+@pytest.fixture(scope="module")
+def quad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    c = TestCluster(tmp_path_factory.mktemp("quad"), nodes=4)
+    try:
+        yield c.up()
+    finally:
+        c.close()
+
+
+def submit_gang(c: TestCluster, nodes: int, main_command: list[str], others: list[str] | None = None, **extra: Any) -> str:
+    ranges = [{"targetNodes": "0", "containerOverrides": {"command": main_command}}]
+    if others is not None and nodes > 1:
+        ranges.append({"targetNodes": "1:", "containerOverrides": {"command": others}})
+    body = {
+        "jobName": "gang", "jobQueue": "default", "jobDefinition": "hpcbatch-default-mnp",
+        "nodeOverrides": {"numNodes": nodes, "nodePropertyOverrides": ranges}, **extra,
+    }
+    return str(c.client.submit_job(**body)["jobId"])
+
+
+def test_gang_runs_on_whole_distinct_nodes_with_aws_environment(quad: TestCluster) -> None:
+    env_dump = ["sh", "-c", "env | grep -E '^(AWS_BATCH_|HPCBATCH_HOSTFILE|MASTER_ADDR|NODE_RANK|NNODES)' | sort"]
+    # The main node's exit ends the job and stops the others: let them print first.
+    main = ["sh", "-c", env_dump[2] + "; sleep 1"]
+    job_id = submit_gang(quad, 3, main, env_dump)
+    job = quad.wait_status(job_id, "SUCCEEDED", timeout=30)
+    assert job["nodeProperties"]["numNodes"] == 3
+    children = quad.client.list_jobs(multiNodeJobId=job_id)["jobSummaryList"]
+    assert sorted(c["jobId"] for c in children) == [f"{job_id}#{i}" for i in range(3)]
+    details = quad.client.describe_jobs(jobs=[f"{job_id}#{i}" for i in range(3)])["jobs"]
+    nodes = [d["nodeName"] for d in details]
+    assert len(set(nodes)) == 3, nodes
+    assert [d["nodeDetails"]["nodeIndex"] for d in details] == [0, 1, 2]
+    assert details[0]["nodeDetails"]["isMainNode"] is True
+    main_out = wait_for(lambda: quad.logs(f"{job_id}#0"), 10, what="main node output")
+    assert "AWS_BATCH_JOB_NUM_NODES=3" in main_out and "AWS_BATCH_JOB_NODE_INDEX=0" in main_out
+    assert "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS" not in main_out
+    child_out = wait_for(lambda: quad.logs(f"{job_id}#2"), 10, what="node 2 output")
+    assert "AWS_BATCH_JOB_NODE_INDEX=2" in child_out and "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS=" in child_out
+    assert f"AWS_BATCH_JOB_ID={job_id}#2" in child_out
+    # The parent's times and exit come from the main node.
+    assert job["container"]["exitCode"] == 0
+
+
+def test_main_node_exit_ends_the_job_and_stops_the_others(quad: TestCluster) -> None:
+    job_id = submit_gang(quad, 2, ["sh", "-c", "sleep 1; exit 3"], ["sleep", "300"])
+    job = quad.wait_status(job_id, "FAILED", timeout=30)
+    assert job["container"]["exitCode"] == 3
+    child = quad.job(f"{job_id}#1")
+    assert child["status"] == "FAILED"
+    assert child["attempts"][0]["statusReason"] == "Main node exited"
+    # Nodes are free again: a 4-node job now fits.
+    quad.wait_status(submit_gang(quad, 4, ["true"]), "SUCCEEDED", timeout=30)
+
+
+def test_gangs_never_share_nodes_and_two_3_node_jobs_serialize(quad: TestCluster, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    hold = ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"]
+    first = submit_gang(quad, 3, hold)
+    second = submit_gang(quad, 3, ["true"])
+    quad.wait_status(first, "RUNNING", timeout=30)
+    single = quad.submit(["true"])
+    wait_for(lambda: quad.job(second)["status"] == "RUNNABLE" and quad.job(second).get("statusReason"), 10,
+             what="the second gang waiting")
+    gate.touch()
+    quad.wait_status(first, "SUCCEEDED", timeout=30)
+    quad.wait_status(second, "SUCCEEDED", timeout=30)
+    quad.wait_status(single, "SUCCEEDED", timeout=30)
+    # Single tenancy: on every node, no two jobs' attempts overlap in time.
+    runs: dict[str, list[tuple[int, int, str]]] = {}
+    for job_id in [f"{first}#{i}" for i in range(3)] + [f"{second}#{i}" for i in range(3)] + [single]:
+        job = quad.job(job_id)
+        attempt = job["attempts"][-1]
+        runs.setdefault(job["nodeName"], []).append((attempt["startedAt"], attempt["stoppedAt"], job_id))
+    for spans in runs.values():
+        spans.sort()
+        for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:], strict=False):
+            assert end_a <= start_b, f"{a} and {b} shared a node"
+    # The two 3-node jobs ran one after the other (never deadlocked holding halves).
+    assert quad.job(f"{first}#0")["attempts"][-1]["stoppedAt"] <= quad.job(f"{second}#0")["attempts"][-1]["startedAt"]
+
+
+def test_terminate_stops_every_node(quad: TestCluster) -> None:
+    job_id = submit_gang(quad, 2, ["sleep", "300"], ["sleep", "300"])
+    quad.wait_status(job_id, "RUNNING", timeout=30)
+    quad.client.terminate_job(jobId=f"{job_id}#1", reason="stop all")  # a node's id acts on the job
+    job = quad.wait_status(job_id, "FAILED", timeout=30)
+    assert job["statusReason"] == "stop all"
+    assert all(quad.job(f"{job_id}#{i}")["status"] == "FAILED" for i in range(2))
+
+
+def test_lost_node_fails_the_attempt_and_the_job_retries(tmp_path: Path) -> None:
+    c = TestCluster(tmp_path, nodes=3)
+    try:
+        c.up()
+        job_id = submit_gang(c, 2, ["sleep", "300"], ["sleep", "300"], retryStrategy={"attempts": 2})
+        c.wait_status(job_id, "RUNNING", timeout=30)
+        victim = c.job(f"{job_id}#1")["nodeName"]
+        c.kill(victim, signal.SIGKILL)
+        job = wait_for(lambda: (j := c.job(job_id)) and len(j["attempts"]) == 1 and j, 20, what="first try failed")
+        assert f"Node {victim} lost" in job["attempts"][0]["statusReason"]
+        job = c.wait_status(job_id, "RUNNING", timeout=30)
+        nodes = {c.job(f"{job_id}#{i}")["nodeName"] for i in range(2)}
+        assert victim not in nodes
+        c.client.terminate_job(jobId=job_id, reason="done")
+        c.wait_status(job_id, "FAILED", timeout=30)
+        c.start_agent(victim)
+    finally:
+        c.close()
+
+
+def test_bad_node_ranges_are_refused_at_registration(quad: TestCluster) -> None:
+    from hpcbatch.errors import ClientError
+
+    with pytest.raises(ClientError, match="without properties"):
+        quad.client.register_job_definition(
+            jobDefinitionName="holes", type="multinode",
+            nodeProperties={"numNodes": 3, "mainNode": 0, "nodeRangeProperties": [
+                {"targetNodes": "0", "container": {"command": ["true"], "vcpus": 1, "memory": 64}}]},
+        )
+    with pytest.raises(ClientError, match="numNodes"):
+        quad.client.submit_job(
+            jobName="x", jobQueue="default", jobDefinition="hpcbatch-default-mnp",
+            nodeOverrides={"numNodes": 0},
+        )
