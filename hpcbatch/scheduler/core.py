@@ -475,6 +475,8 @@ class Scheduler:
         actions: list[Action] = []
         reserved: dict[str, Reservation] = {}  # node -> the reservation holding it, this pass
         made: dict[str, Reservation] = {}  # gang -> its reservation, this pass
+        # Whether a gang shape could ever run depends only on nodes, not on what runs: once a pass.
+        never: dict[tuple[int, ResourceRequest, tuple[str, ...]], tuple[str | None, str]] = {}
         queues = sorted(self._queues.values(), key=lambda q: (-q.priority, q.name))
         for queue in queues:
             if not queue.jobs:
@@ -500,7 +502,7 @@ class Scheduler:
             for job in list(queue.jobs.values()):
                 if job.num_nodes > 1:
                     seen_gangs.add(job.job_id)
-                    if self._gang(job, usable, reserved, made, failed_gangs, actions, cause):
+                    if self._gang(job, usable, reserved, made, failed_gangs, never, actions, cause):
                         room = self._has_room(usable, reserved)
                         reasons.clear()
                     continue
@@ -540,7 +542,7 @@ class Scheduler:
             # Gangs the scan did not reach (nothing had room) still get a reservation and reason.
             for gang in list(queue.gangs.values()):
                 if gang.job_id not in seen_gangs:
-                    self._gang(gang, usable, reserved, made, failed_gangs, actions, cause)
+                    self._gang(gang, usable, reserved, made, failed_gangs, never, actions, cause)
         for job_id, res in made.items():
             text = res.describe(self._now)
             if self._reservation_text.get(job_id) != text:
@@ -600,6 +602,7 @@ class Scheduler:
         reserved: dict[str, Reservation],
         made: dict[str, Reservation],
         failed: list[tuple[int, ResourceRequest, float]],
+        never_cache: dict[tuple[int, ResourceRequest, tuple[str, ...]], tuple[str | None, str]],
         actions: list[Action],
         cause: str,
     ) -> bool:
@@ -619,7 +622,11 @@ class Scheduler:
                 )
                 return True
             failed.append((n, r, limit if reserved else _ANY_LIMIT))
-        never, first_ce = self._gang_why_never(job, ces)
+        key = (n, r, tuple(ce.name for ce in ces))
+        cached = never_cache.get(key)
+        if cached is None:
+            cached = never_cache[key] = self._gang_why_never(job, ces)
+        never, first_ce = cached
         if never is not None:
             self._wait(job.job_id, never, actions)
             return False

@@ -9,6 +9,7 @@ Pure: values in, values out, no clock.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -95,6 +96,7 @@ def _soonest(c: Candidate) -> tuple[float, tuple[float, int, int], tuple[object,
     return (c.free_at, c.size, natural_key(c.name))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def natural_key(name: str) -> tuple[object, ...]:
     """Sort key that puts ``n2`` before ``n10``, as hostlists do."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
