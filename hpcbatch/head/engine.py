@@ -39,6 +39,7 @@ from hpcbatch.scheduler import (
     SetWaitReason,
     StartAttempt,
     StartGang,
+    Tick,
 )
 from hpcbatch.store import Store
 
@@ -157,6 +158,8 @@ class Engine:
         self._step_handle = None
         events, self._sched_events = self._sched_events, []
         if events:
+            # The core never reads a clock: it gets the time (seconds, like timeouts) here.
+            events.insert(0, Tick(self._event_id(), self._now() / 1000))
             for action in self.scheduler.handle(*events):
                 if isinstance(action, StartAttempt):
                     self._start(action)
@@ -597,10 +600,21 @@ class Engine:
         node = self.nodes[name]
         facts = node.facts
         assert facts is not None
+        # A node of a multi-node job rejoins its gang's hold (single tenancy survives restarts).
+        allocations = []
+        gangs = []
+        for job_id, request in node.allocations:
+            job = self.jobs.get(job_id)
+            if job is not None and job.parent_id is not None:
+                allocations.append((job.parent_id, request))
+                gangs.append(job.parent_id)
+            else:
+                allocations.append((job_id, request))
         self._feed(
             NodeUp(
                 self._event_id(), name, facts.compute_environment, facts.vcpus, facts.memory_mib,
-                len(facts.gpus), node.allocations, accepting=node.drain_reason is None,
+                len(facts.gpus), tuple(allocations), accepting=node.drain_reason is None,
+                placement_group=facts.placement_group, gang_jobs=tuple(gangs),
             )
         )
 
@@ -729,11 +743,14 @@ class Engine:
 
     # ------------------------------------------------------- queues and CEs
     def compute_environment_changed(self, doc: dict[str, Any]) -> None:
-        max_vcpus = (doc.get("computeResources") or {}).get("maxvCpus")
+        resources = doc.get("computeResources") or {}
+        max_vcpus = resources.get("maxvCpus")
         self._feed(
             ComputeEnvironmentChanged(
                 self._event_id(), doc["computeEnvironmentName"], doc["state"] == "ENABLED",
                 None if max_vcpus is None else float(max_vcpus),
+                # AWS's computeResources.placementGroup: gangs must stay inside one group.
+                require_placement_group=bool(resources.get("placementGroup")),
             )
         )
 

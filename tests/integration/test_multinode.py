@@ -137,3 +137,50 @@ def test_bad_node_ranges_are_refused_at_registration(quad: TestCluster) -> None:
             jobName="x", jobQueue="default", jobDefinition="hpcbatch-default-mnp",
             nodeOverrides={"numNodes": 0},
         )
+
+
+def test_a_stream_of_small_jobs_does_not_starve_a_gang(quad: TestCluster) -> None:
+    import threading
+
+    stop = threading.Event()
+    small: list[str] = []
+
+    def stream() -> None:
+        while not stop.is_set():
+            small.append(quad.submit(["sleep", "0.3"]))
+            time.sleep(0.05)
+
+    import time
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        wait_for(lambda: sum(quad.job(j)["status"] == "RUNNING" for j in small[-8:]) >= 2, 20, what="small jobs flowing")
+        gang = submit_gang(quad, 4, ["true"])
+        quad.wait_status(gang, "SUCCEEDED", timeout=30)
+    finally:
+        stop.set()
+        thread.join()
+    for job_id in small:
+        quad.wait_status(job_id, "SUCCEEDED", timeout=60)
+
+
+def test_head_kill9_keeps_the_gang_and_its_single_tenancy(tmp_path: Path) -> None:
+    c = TestCluster(tmp_path, nodes=3)
+    try:
+        c.up()
+        gate = tmp_path / "go"
+        job_id = submit_gang(c, 2, ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 5"], ["sleep", "300"])
+        c.wait_status(job_id, "RUNNING", timeout=30)
+        gang_nodes = {c.job(f"{job_id}#{i}")["nodeName"] for i in range(2)}
+        c.kill("head", signal.SIGKILL)
+        c.start_head()
+        c.wait_active()
+        singles = [c.submit(["true"]) for _ in range(4)]
+        for s in singles:
+            assert c.wait_status(s, "SUCCEEDED", timeout=30)["nodeName"] not in gang_nodes
+        gate.touch()
+        job = c.wait_status(job_id, "FAILED", timeout=30)
+        assert job["container"]["exitCode"] == 5 and len(job["attempts"]) == 1
+    finally:
+        c.close()
