@@ -250,6 +250,14 @@ def print_job_definitions(jds: Iterable[dict[str, Any]]) -> None:
 
 
 def print_nodes(nodes: Iterable[dict[str, Any]]) -> None:
+    def fabric(node: dict[str, Any]) -> str:
+        kind = node.get("fabricKind")
+        if not kind:
+            return "-"
+        where = ",".join(node.get("fabricDevices") or []) or node.get("fabricInterface") or ""
+        address = node.get("fabricAddress")
+        return f"{kind}:{where}" + (f" {address}" if address else "")
+
     def gib(mib: Any) -> str:
         return f"{mib / 1024:.1f}G" if isinstance(mib, int | float) else "-"
 
@@ -258,15 +266,17 @@ def print_nodes(nodes: Iterable[dict[str, Any]]) -> None:
         return str(len(running)) if len(running) > 2 else ",".join(running) or "-"
 
     print_table(
-        ["NAME", "STATE", "CE", "VCPUS", "MEMORY", "GPUS", "JOBS", "HEARTBEAT", "REASON"],
+        ["NAME", "STATE", "CE", "GROUP", "VCPUS", "MEMORY", "GPUS", "FABRIC", "JOBS", "HEARTBEAT", "REASON"],
         (
             [
                 n.get("name"),
                 n.get("state"),
                 n.get("computeEnvironment"),
+                n.get("placementGroup") or "-",
                 f"{n.get('allocatedVcpus') or 0:g}/{n.get('vcpus') or 0:g}",
                 f"{gib(n.get('allocatedMemoryMiB') or 0)}/{gib(n.get('memoryMiB'))}",
                 len(n.get("gpus") or []),
+                fabric(n),
                 jobs(n),
                 ago(n.get("lastHeartbeatAt")),
                 truncate(n.get("stateReason")),
