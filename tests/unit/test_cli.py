@@ -366,18 +366,22 @@ def test_wait_timeout_exits_1(stub: StubHead) -> None:
 def test_nodes_list(stub: StubHead) -> None:
     node = {"name": "node1", "state": "ACTIVE", "computeEnvironment": "default", "vcpus": 2,
             "memoryMiB": 4096, "allocatedVcpus": 1, "allocatedMemoryMiB": 512, "gpus": [],
-            "runningJobs": ["j-1"], "lastHeartbeatAt": 1}  # fmt: skip
+            "runningJobs": ["j-1"], "lastHeartbeatAt": 1, "placementGroup": "rack1",
+            "fabricKind": "tcp", "fabricInterface": "fab0", "fabricAddress": "10.78.0.11"}  # fmt: skip
     stub.answers["/hpcbatch/v1/listnodes"] = {"nodes": [node]}
     result = run("nodes", "list")
     assert result.exit_code == 0, result.output
     assert sent(stub, "/hpcbatch/v1/listnodes") == {}
-    assert result.stdout.splitlines()[1].split()[:7] == [
+    assert result.stdout.splitlines()[1].split()[:10] == [
         "node1",
         "ACTIVE",
         "default",
+        "rack1",
         "1/2",
         "0.5G/4.0G",
         "0",
+        "tcp:fab0",
+        "10.78.0.11",
         "j-1",
     ]
     assert json.loads(run("-o", "json", "nodes").stdout) == {"nodes": [node]}
