@@ -122,6 +122,9 @@ def job_environment(
         # Open MPI 5 / PRRTE: mpirun calls our launcher where it would call ssh.
         "PRTE_MCA_plm_ssh_agent": agent,
         "OMPI_MCA_plm_ssh_agent": agent,
+        # Every daemon is started from the main node: the launcher's path and secret are
+        # that node's, so a daemon on another node must not launch further daemons.
+        "PRTE_MCA_plm_ssh_no_tree_spawn": "1",
         # MPICH Hydra: -launcher ssh -launcher-exec LAUNCHER.
         "HYDRA_LAUNCHER": "ssh",
         "HYDRA_LAUNCHER_EXEC": agent,
