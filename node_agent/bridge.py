@@ -160,12 +160,17 @@ def fabric_environment(fabric: p.NodeFacts) -> dict[str, str]:
             env[name] = iface
     devices = fabric.fabric_devices
     if fabric.fabric_kind == "efa":
-        env |= {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1"}
+        # Open MPI reaches EFA through libfabric (pml cm / mtl ofi).
+        env |= {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "OMPI_MCA_pml": "cm", "OMPI_MCA_mtl": "ofi"}
     elif fabric.fabric_kind == "infiniband" and devices:
+        # InfiniBand/RoCE: UCX is Open MPI's transport there.
         env["NCCL_IB_HCA"] = ",".join(devices)
         env["UCX_NET_DEVICES"] = ",".join(f"{d}:1" for d in devices)
+        env["OMPI_MCA_pml"] = "ucx"
     elif fabric.fabric_kind == "tcp" and iface:
-        env["UCX_NET_DEVICES"] = iface
+        # A TCP fabric: Open MPI's own TCP transport (ob1 + btl tcp). UCX over TCP brings
+        # nothing here and its start-up costs about a second per rank on small nodes.
+        env |= {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,sm,tcp", "OMPI_MCA_osc": "^ucx"}
     return env
 
 

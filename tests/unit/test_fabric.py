@@ -126,17 +126,22 @@ def test_tcp_fabric_environment_names_the_interface_everywhere() -> None:
         "PRTE_MCA_oob_tcp_if_include": "fab0",
         "NCCL_SOCKET_IFNAME": "fab0",
         "GLOO_SOCKET_IFNAME": "fab0",
-        "UCX_NET_DEVICES": "fab0",
+        # Open MPI's own TCP transport on a TCP fabric (UCX would only add start-up time).
+        "OMPI_MCA_pml": "ob1",
+        "OMPI_MCA_btl": "self,sm,tcp",
+        "OMPI_MCA_osc": "^ucx",
     }
 
 
 def test_efa_and_infiniband_environments() -> None:
     efa = fabric_environment(_facts("efa", "eth1", ["rdmap0s6"]))
     assert efa["FI_PROVIDER"] == "efa" and efa["FI_EFA_USE_DEVICE_RDMA"] == "1"
+    assert (efa["OMPI_MCA_pml"], efa["OMPI_MCA_mtl"]) == ("cm", "ofi")
     assert efa["NCCL_SOCKET_IFNAME"] == "eth1"
     assert "NCCL_IB_HCA" not in efa
     ib = fabric_environment(_facts("infiniband", "ib0", ["mlx5_0", "mlx5_1"]))
     assert ib["NCCL_IB_HCA"] == "mlx5_0,mlx5_1"
     assert ib["UCX_NET_DEVICES"] == "mlx5_0:1,mlx5_1:1"
+    assert ib["OMPI_MCA_pml"] == "ucx"
     assert "FI_PROVIDER" not in ib
     assert fabric_environment(_facts(None, None, [])) == {}
