@@ -47,6 +47,7 @@ log = logging.getLogger("hpcbatch.engine")
 
 EXITED_REASON = "Essential container in task exited"
 MAIN_NODE_EXITED = "Main node exited"
+NODE_SELECTOR_TAG = "hpcbatch:nodeSelector"  # CE tag: nodes with this label join it
 MASTER_PORT = "29500"  # torchrun's default rendezvous port on the main node
 # Events that move a multi-node job's nodes together with the job.
 FAMILY_EVENTS = frozenset(
@@ -103,6 +104,7 @@ class Engine:
         self._outbox: list[tuple[str, p.Message]] = []
         self._step_handle: asyncio.Handle | None = None
         self._commit_waiters: list[asyncio.Future[None]] = []
+        self._selectors: dict[str, tuple[str, str]] = {}  # CE -> label key=value it takes
         self._audit: list[dict[str, Any]] = []
         self._event_counter = 0
 
@@ -612,11 +614,28 @@ class Engine:
                 allocations.append((job_id, request))
         self._feed(
             NodeUp(
-                self._event_id(), name, facts.compute_environment, facts.vcpus, facts.memory_mib,
+                self._event_id(), name, self.compute_environment_of(name), facts.vcpus, facts.memory_mib,
                 len(facts.gpus), tuple(allocations), accepting=node.drain_reason is None,
                 placement_group=facts.placement_group, gang_jobs=tuple(gangs),
             )
         )
+
+    def compute_environment_of(self, name: str) -> str:
+        """The node's compute environment: named in its config, or chosen by its labels.
+
+        An agent joins by name (``compute_environment``) or, with that left empty, by label:
+        the first compute environment (by name) whose ``hpcbatch:nodeSelector`` tag
+        (``key=value``) matches one of the node's labels.
+        """
+        facts = self.nodes[name].facts
+        if facts is None:
+            return ""
+        if facts.compute_environment:
+            return facts.compute_environment
+        for ce, (key, value) in sorted(self._selectors.items()):
+            if facts.labels.get(key) == value:
+                return ce
+        return ""
 
     @staticmethod
     def _set_state(node: NodeInfo) -> None:
@@ -745,6 +764,18 @@ class Engine:
     def compute_environment_changed(self, doc: dict[str, Any]) -> None:
         resources = doc.get("computeResources") or {}
         max_vcpus = resources.get("maxvCpus")
+        selector = (doc.get("tags") or {}).get(NODE_SELECTOR_TAG, "")
+        key, sep, value = selector.partition("=")
+        name = doc["computeEnvironmentName"]
+        old = self._selectors.get(name)
+        if sep and key:
+            self._selectors[name] = (key, value)
+        else:
+            self._selectors.pop(name, None)
+        if old != self._selectors.get(name):  # nodes that join by label may move
+            for node_name, info in self.nodes.items():
+                if info.facts is not None and not info.facts.compute_environment and info.state != "DOWN":
+                    self._node_up(node_name)
         self._feed(
             ComputeEnvironmentChanged(
                 self._event_id(), doc["computeEnvironmentName"], doc["state"] == "ENABLED",
@@ -755,6 +786,7 @@ class Engine:
         )
 
     def compute_environment_removed(self, name: str) -> None:
+        self._selectors.pop(name, None)
         self._feed(ComputeEnvironmentRemoved(self._event_id(), name))
 
     def job_queue_changed(self, doc: dict[str, Any]) -> None:

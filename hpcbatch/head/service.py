@@ -731,7 +731,7 @@ class BatchService:
                     "addresses": facts.addresses if facts else [],
                     "state": info.state,
                     "stateReason": info.state_reason,
-                    "computeEnvironment": facts.compute_environment if facts else None,
+                    "computeEnvironment": self.engine.compute_environment_of(name) or None,
                     "placementGroup": facts.placement_group if facts else None,
                     "fabricInterface": facts.fabric_interface if facts else None,
                     "fabricAddress": facts.fabric_address if facts else None,

@@ -158,3 +158,20 @@ def test_admin_drains_a_node_running_jobs_finish_and_nothing_new_lands(own_clust
     wait_for(lambda: c.nodes().get(node, {}).get("state") == "DRAINED", 15, what="DRAINED after restart")
     c.client.call("/hpcbatch/v1/resumenode", {"name": node})
     assert c.nodes()[node]["state"] == "ACTIVE"
+
+
+def test_agents_join_a_compute_environment_by_label(tmp_path: Path) -> None:
+    c = TestCluster(tmp_path, nodes=2, agent_extra='compute_environment = ""\nlabels = {partition = "gpu"}')
+    try:
+        c.up(queue=False)
+        assert {n["computeEnvironment"] for n in c.nodes().values()} == {None}
+        c.client.create_compute_environment(
+            computeEnvironmentName="gpu-pool", type="UNMANAGED", tags={"hpcbatch:nodeSelector": "partition=gpu"}
+        )
+        c.client.create_job_queue(jobQueueName="default", priority=1,
+                                  computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "gpu-pool"}])
+        wait_for(lambda: {n["computeEnvironment"] for n in c.nodes().values()} == {"gpu-pool"}, 10, what="nodes in gpu-pool")
+        job = c.wait_status(c.submit(["true"]), "SUCCEEDED")
+        assert job["container"]["exitCode"] == 0
+    finally:
+        c.close()
