@@ -175,3 +175,25 @@ def test_sigv4_keys_work_and_bad_requests_change_nothing(idc: TestCluster) -> No
     idc.client.call("/hpcbatch/v1/updateaccesskey", {"accessKeyId": created["accessKeyId"], "status": "Inactive"})
     assert refused(batch) in ("UnrecognizedClientException", "AccessDeniedException")
     assert len(idc.client.list_jobs(maxResults=1000)["jobSummaryList"]) == before
+
+
+def test_private_data_hides_other_users_jobs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    need_root()
+    ensure_users()
+    root = tempfile.mkdtemp(prefix="hpcb-private-")
+    os.chmod(root, 0o755)
+    c = TestCluster(__import__("pathlib").Path(root), nodes=1, head_extra="private_data = true\n")
+    try:
+        c.up()
+        mine = submit_as(c, ALICE, ["true"])["jobId"]
+        c.wait_status(mine, "SUCCEEDED")
+        seen = call_as(BOB, c.socket_endpoint, "/v1/describejobs", {"jobs": [mine]})
+        assert seen == {"jobs": []}
+        listed = call_as(BOB, c.socket_endpoint, "/v1/listjobs", {"jobQueue": "default"})
+        assert mine not in {j["jobId"] for j in listed["jobSummaryList"]}
+        own = call_as(ALICE, c.socket_endpoint, "/v1/listjobs", {"jobQueue": "default"})
+        assert mine in {j["jobId"] for j in own["jobSummaryList"]}
+        assert c.job(mine)["owner"] == ALICE  # root (admin) sees everything
+    finally:
+        c.close()
+        shutil.rmtree(root, ignore_errors=True)
