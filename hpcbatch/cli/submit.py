@@ -45,6 +45,16 @@ def job_name_from(text: str) -> str:
     return name or "job"
 
 
+def _dependency(text: str) -> dict[str, str]:
+    """``ID``, ``ID:N_TO_N`` or ``SEQUENTIAL`` -> an AWS JobDependency."""
+    if text.upper() == "SEQUENTIAL":
+        return {"type": "SEQUENTIAL"}
+    job_id, sep, kind = text.rpartition(":")
+    if sep and kind.upper() in ("N_TO_N", "SEQUENTIAL"):
+        return {"jobId": job_id, "type": kind.upper()}
+    return {"jobId": text}
+
+
 def build_submit_body(
     *,
     queue: str | None,
@@ -63,6 +73,7 @@ def build_submit_body(
     script_name: str | None = None,
     base: dict[str, Any] | None = None,
     nodes: int | None = None,
+    max_running: int | None = None,
 ) -> dict[str, Any]:
     """The SubmitJob body for the quick form, merged over ``base`` (``--cli-input-json``)."""
     base = base or {}
@@ -105,8 +116,10 @@ def build_submit_body(
         "nodeOverrides": node_overrides,
         "timeout": {"attemptDurationSeconds": timeout} if timeout is not None else None,
         "retryStrategy": {"attempts": retries} if retries is not None else None,
-        "dependsOn": [{"jobId": j} for j in depends_on] if depends_on else None,
+        "dependsOn": [_dependency(j) for j in depends_on] if depends_on else None,
         "arrayProperties": {"size": array_size} if array_size is not None else None,
+        # hpcbatch extension: at most N children of the array at once (Slurm's %N).
+        "tags": {"hpcbatch:maxRunning": str(max_running)} if max_running is not None else None,
     }
     return merge_body(base, explicit)
 
@@ -143,7 +156,11 @@ def build_submit_body(
 @click.option(
     "-e", "--env", multiple=True, metavar="K=V", help="Environment variable; bare K copies $K."
 )
-@click.option("--depends-on", multiple=True, metavar="JOBID", help="Start after this job succeeds.")
+@click.option(
+    "--depends-on", multiple=True, metavar="JOBID[:N_TO_N]",
+    help="Start after JOBID succeeds; JOBID:N_TO_N pairs array children; SEQUENTIAL runs this array in order.",
+)
+@click.option("--max-running", type=click.IntRange(min=1), metavar="N", help="At most N array children at once.")
 @click.option(
     "--array-size", type=click.IntRange(2, 10000), metavar="N", help="An array job of N children."
 )
@@ -168,6 +185,7 @@ def submit(
     retries: int | None,
     env: tuple[str, ...],
     depends_on: tuple[str, ...],
+    max_running: int | None,
     array_size: int | None,
     script: str | None,
     cli_input_json: str | None,
@@ -209,6 +227,7 @@ def submit(
         script_name=script,
         base=base,
         nodes=nodes,
+        max_running=max_running,
     )
     if (
         body.get("jobDefinition") in (DEFAULT_JOB_DEFINITION, DEFAULT_MULTINODE_DEFINITION)

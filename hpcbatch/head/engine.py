@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from hpcbatch import protocol as p
 from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import TIMEOUT_REASON, Attempt, JobRecord, should_retry
@@ -74,6 +76,17 @@ class NodeInfo:
     allocations: tuple[tuple[str, Any], ...] = ()  # as last told to the scheduler
 
 
+def _sequential(job: JobRecord) -> bool:
+    return any(d.get("type") == "SEQUENTIAL" for d in job.depends_on)
+
+
+def _n_to_n_partner(job: JobRecord) -> str | None:
+    for dep in job.depends_on:
+        if dep.get("type") == "N_TO_N" and dep.get("jobId"):
+            return str(dep["jobId"])
+    return None
+
+
 class Engine:
     """Live job state plus the scheduler; see the module docstring."""
 
@@ -98,6 +111,7 @@ class Engine:
         self._stream_prefix = log_stream_prefix
         self._seq = 0
         self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
+        self._n_to_n: dict[str, set[str]] = {}  # array -> arrays whose child i waits on its child i
         self._dirty: dict[str, JobRecord] = {}
         self._job_events: list[tuple[str, int, str, str | None]] = []
         self._sched_events: list[Event] = []
@@ -146,6 +160,7 @@ class Engine:
 
     def _move_one(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
         now = self._now()
+        old = job.status
         job.status = next_status(job.job_id, job.status, event)
         job.status_reason = reason
         self._job_events.append((job.job_id, now, job.status.value, reason))
@@ -154,6 +169,141 @@ class Engine:
             self.jobs.pop(job.job_id, None)
             self._settle_dependents(job)
         self._touch(job)
+        if job.array_parent is not None:
+            self._array_child_moved(job, old)
+
+    # ------------------------------------------------------------------ arrays
+    def _array_child_moved(self, child: JobRecord, old: JobStatus) -> None:
+        parent = self.jobs.get(child.array_parent or "")
+        if parent is None:
+            return
+        counts = parent.array_counts
+        counts[old.value] = max(0, counts.get(old.value, 0) - 1)
+        counts[child.status.value] = counts.get(child.status.value, 0) + 1
+        self._touch(parent)
+        if not child.status.is_final:
+            return
+        index = child.array_index or 0
+        ok = child.status is JobStatus.SUCCEEDED
+        for dependent_id in sorted(self._n_to_n.get(parent.job_id, ())):  # N_TO_N partners
+            dependent = self.jobs.get(dependent_id)
+            if dependent is not None and dependent.status is JobStatus.PENDING and not dependent.array_closed:
+                if ok:
+                    self._feed_task(dependent, index)
+                else:
+                    self._materialize(dependent, index, failed=DEPENDENCY_FAILED_REASON)
+        if _sequential(parent) and not parent.array_closed:
+            if ok and index + 1 < (parent.array_size or 0):
+                self._feed_task(parent, index + 1)
+            elif not ok:
+                parent.array_closed = True  # the rest of the sequence can never run
+        self._maybe_finish_array(parent)
+
+    def _start_array(self, parent: JobRecord) -> None:
+        """The array may run: feed its children to the scheduler (all, in sequence, or N_TO_N)."""
+        if parent.status is JobStatus.SUBMITTED:
+            self._move(parent, JobEvent.ARRAY_STARTED, None)
+        size = parent.array_size or 0
+        partner = _n_to_n_partner(parent)
+        if partner is not None:
+            self._n_to_n.setdefault(partner, set()).add(parent.job_id)
+            done = {j.array_index: j for j in self.store.get_jobs([f"{partner}:{i}" for i in range(size)])}
+            mine = {j.array_index for j in self.store.get_jobs([f"{parent.job_id}:{i}" for i in range(size)])}
+            for index in range(size):
+                other = self.jobs.get(f"{partner}:{index}") or done.get(index)
+                if index in mine or other is None or not other.status.is_final:
+                    continue
+                if other.status is JobStatus.SUCCEEDED:
+                    self._feed_task(parent, index)
+                else:
+                    self._materialize(parent, index, failed=DEPENDENCY_FAILED_REASON)
+        elif _sequential(parent):
+            running = any(j.array_parent == parent.job_id for j in self.jobs.values())
+            if not running and parent.array_next < size:
+                self._feed_task(parent, parent.array_next)
+        elif parent.array_next < size:
+            self._seq += 1
+            self._feed(
+                JobRunnable(
+                    self._event_id(), parent.job_id, parent.job_queue, parent.resources, self._seq,
+                    time_limit_s=parent.timeout_s, array_count=size - parent.array_next,
+                    first_index=parent.array_next, max_running=parent.max_running,
+                )
+            )
+        self._maybe_finish_array(parent)
+
+    def _feed_task(self, parent: JobRecord, index: int) -> None:
+        """One child of an array, fed alone (SEQUENTIAL and N_TO_N children)."""
+        self._seq += 1
+        self._feed(
+            JobRunnable(
+                self._event_id(), f"{parent.job_id}:{index}", parent.job_queue, parent.resources, self._seq,
+                time_limit_s=parent.timeout_s,
+            )
+        )
+
+    def _materialize(self, parent: JobRecord, index: int, failed: str | None = None) -> JobRecord | None:
+        """Give child ``index`` of an array its own record (when placed, or when it can never run)."""
+        if index in parent.array_skipped or not 0 <= index < (parent.array_size or 0):
+            return None
+        env = dict(parent.environment)
+        env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
+        child = msgspec.structs.replace(
+            parent,
+            job_id=f"{parent.job_id}:{index}",
+            status=JobStatus.RUNNABLE,
+            status_reason=None,
+            environment=env,
+            attempts=[],
+            depends_on=[],
+            array_size=None,
+            array_next=0,
+            array_counts={},
+            array_skipped=[],
+            array_closed=False,
+            array_parent=parent.job_id,
+            array_index=index,
+            started_at=None,
+            stopped_at=None,
+        )
+        parent.array_next = max(parent.array_next, index + 1)
+        parent.array_counts["RUNNABLE"] = parent.array_counts.get("RUNNABLE", 0) + 1
+        self.jobs[child.job_id] = child
+        self._job_events.append((child.job_id, self._now(), child.status.value, None))
+        self._touch(child)
+        self._touch(parent)
+        if failed is not None:
+            parent.array_skipped.append(index)
+            self._move(child, JobEvent.CANCEL, failed)
+        return child
+
+    def _maybe_finish_array(self, parent: JobRecord) -> None:
+        """When every child has ended (or can never run), the parent takes the outcome."""
+        if parent.status is not JobStatus.PENDING or parent.array_size is None:
+            return
+        counts = parent.array_counts
+        active = sum(n for status, n in counts.items() if not JobStatus(status).is_final)
+        finished = counts.get("SUCCEEDED", 0) + counts.get("FAILED", 0)
+        unplaced = parent.array_size - finished - active
+        if active or (unplaced and not parent.array_closed):
+            return
+        self._feed(JobWithdrawn(self._event_id(), parent.job_id))
+        if counts.get("FAILED", 0) or unplaced:
+            self._move(parent, JobEvent.ARRAY_FAILED, parent.stop_reason or "One or more child jobs failed")
+        else:
+            self._move(parent, JobEvent.ARRAY_SUCCEEDED, "All child jobs succeeded")
+
+    def _close_array(self, parent: JobRecord, reason: str, terminate: bool) -> None:
+        """Cancel (or terminate) an array: no child starts any more; waiting ones end."""
+        parent.array_closed = True
+        parent.stop_reason = reason
+        self._feed(JobWithdrawn(self._event_id(), parent.job_id))
+        for child in [j for j in self.jobs.values() if j.array_parent == parent.job_id]:
+            if terminate:
+                self.terminate(child, reason)
+            else:
+                self.cancel(child, reason)
+        self._maybe_finish_array(parent)
 
     def step(self) -> None:
         """Schedule, persist, then tell the agents: the order that keeps restarts safe."""
@@ -267,20 +417,24 @@ class Engine:
         self._admit(job)
 
     def _admit(self, job: JobRecord) -> None:
-        if job.depends_on:
+        if any(d.get("jobId") and not d.get("type") for d in job.depends_on):
             self._move(job, JobEvent.WAIT_DEPENDENCIES, None)
             self._wait_for_dependencies(job)
         else:
             self._make_runnable(job)
 
     def _make_runnable(self, job: JobRecord) -> None:
+        if job.array_size is not None:
+            self._start_array(job)
+            return
         self._move(job, JobEvent.READY, None)
         self._seq += 1
         self._feed(self._runnable(job, self._seq))
 
     def _wait_for_dependencies(self, job: JobRecord) -> None:
-        waiting = [d["jobId"] for d in job.depends_on if d["jobId"] in self.jobs]
-        finished = [d["jobId"] for d in job.depends_on if d["jobId"] not in self.jobs]
+        whole = [d["jobId"] for d in job.depends_on if d.get("jobId") and not d.get("type")]
+        waiting = [j for j in whole if j in self.jobs]
+        finished = [j for j in whole if j not in self.jobs]
         for dep in self.store.get_jobs(finished):
             if dep.status is JobStatus.FAILED:
                 self._move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
@@ -298,11 +452,15 @@ class Engine:
                 continue
             if finished.status is JobStatus.FAILED:
                 self._move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
-            elif not any(d["jobId"] in self.jobs for d in job.depends_on):
+            elif not any(d.get("jobId") in self.jobs for d in job.depends_on if not d.get("type")):
                 self._make_runnable(job)
 
     def cancel(self, job: JobRecord, reason: str) -> None:
         """CancelJob: ends jobs not yet STARTING; later ones are left alone (as AWS does)."""
+        if job.array_size is not None and job.status is JobStatus.PENDING:
+            job.is_cancelled = True
+            self._close_array(job, reason, terminate=False)
+            return
         if job.status in (JobStatus.SUBMITTED, JobStatus.PENDING, JobStatus.RUNNABLE):
             job.is_cancelled = True
             self._withdraw(job)
@@ -313,6 +471,9 @@ class Engine:
         if job.status.is_final:
             return
         job.is_terminated = True
+        if job.array_size is not None and job.status is JobStatus.PENDING:
+            self._close_array(job, reason, terminate=True)
+            return
         if job.is_gang and job.status.is_active:
             job.stop_reason = reason
             self._touch(job)
@@ -344,6 +505,11 @@ class Engine:
     # ---------------------------------------------------------------- placement
     def _start(self, action: StartAttempt) -> None:
         job = self.jobs.get(action.job_id)
+        if job is None and ":" in action.job_id:  # an array child gets its record when placed
+            parent_id, _, index = action.job_id.rpartition(":")
+            parent = self.jobs.get(parent_id)
+            if parent is not None and parent.array_size is not None and not parent.array_closed and index.isdigit():
+                job = self._materialize(parent, int(index))
         if job is None or job.status is not JobStatus.RUNNABLE:
             self._feed(AttemptEnded(self._event_id(), action.job_id))
             return

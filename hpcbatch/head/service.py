@@ -34,6 +34,8 @@ from hpcbatch.store import JobQuery, Store
 
 DEFAULT_JOB_DEFINITION = "hpcbatch-default"
 DEFAULT_MULTINODE_DEFINITION = "hpcbatch-default-mnp"  # `hpcbatch submit --nodes N -- CMD`
+# hpcbatch extension (Slurm's --array=...%N): at most N children of an array run at once.
+MAX_RUNNING_TAG = "hpcbatch:maxRunning"
 SCRIPT_ENV = "HPCBATCH_SCRIPT_ID"
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 UNFINISHED = tuple(s for s in JobStatus if s not in FINAL)
@@ -369,18 +371,31 @@ class BatchService:
             raise ClientError(f"jobQueue {queue['jobQueueName']} is DISABLED and accepts no jobs")
         jobdef = self._job_definition(body["jobDefinition"])
         multinode = jobdef.get("type") == "multinode"
-        if body.get("arrayProperties"):
-            raise ClientError("arrayProperties: array jobs are not available yet")
+        array_size = (body.get("arrayProperties") or {}).get("size")
+        if array_size is not None and multinode:
+            raise ClientError("arrayProperties: a multinode job cannot also be an array job (as in AWS Batch)")
         if body.get("nodeOverrides") and not multinode:
             raise ClientError("nodeOverrides applies to multinode job definitions only")
         if multinode and body.get("containerOverrides"):
             raise ClientError("containerOverrides: a multinode job takes nodeOverrides.nodePropertyOverrides instead")
         depends_on = body.get("dependsOn", [])
         for i, dep in enumerate(depends_on):
-            if dep.get("type"):
-                raise ClientError(f"dependsOn[{i}].type applies to array jobs, which are not available yet")
-            if self.engine.jobs.get(dep["jobId"]) is None and self.store.get_job(dep["jobId"]) is None:
-                raise ClientError(f"dependsOn[{i}].jobId {dep['jobId']} does not exist")
+            kind, dep_id = dep.get("type"), dep.get("jobId")
+            if kind and array_size is None:
+                raise ClientError(f"dependsOn[{i}].type {kind} applies to array jobs only")
+            if kind == "SEQUENTIAL":
+                if dep_id:
+                    raise ClientError(f"dependsOn[{i}]: a SEQUENTIAL dependency names no jobId (it orders this array's own children)")
+                continue
+            if not dep_id:
+                raise ClientError(f"dependsOn[{i}].jobId is required")
+            other = self.engine.jobs.get(dep_id) or self.store.get_job(dep_id)
+            if other is None:
+                raise ClientError(f"dependsOn[{i}].jobId {dep_id} does not exist")
+            if kind == "N_TO_N" and other.array_size != array_size:
+                raise ClientError(
+                    f"dependsOn[{i}]: N_TO_N needs an array job of the same size ({dep_id} has {other.array_size})"
+                )
         parameters = {**jobdef.get("parameters", {}), **body.get("parameters", {})}
         nodes: list[dict[str, Any]] = []
         num_nodes, main_node = 1, 0
@@ -419,6 +434,10 @@ class BatchService:
             num_nodes=num_nodes,
             main_node=main_node,
         )
+        max_running = tags.get(MAX_RUNNING_TAG)
+        if max_running is not None:
+            if array_size is None or not max_running.isdigit() or int(max_running) < 1:
+                raise ClientError(f"tags {MAX_RUNNING_TAG} must be a positive number, on an array job")
         resources = spec["resources"]
         if multinode:  # every node must fit the per-node request the scheduler places by
             resources = ResourceRequest(
@@ -430,6 +449,8 @@ class BatchService:
             job_id=job_id, depends_on=depends_on, **common,
             **{**spec, "resources": resources},
             node_properties={**jobdef["nodeProperties"], "numNodes": num_nodes} if multinode else None,
+            array_size=array_size,
+            max_running=int(max_running) if max_running is not None else None,
         )
         children = [
             JobRecord(job_id=child_job_id(job_id, i), parent_id=job_id, node_index=i, **common, **node)
@@ -465,7 +486,28 @@ class BatchService:
         from hpcbatch.model.jobs import job_summary
 
         if body.get("arrayJobId"):
-            return {"jobSummaryList": []}  # no array jobs exist yet
+            parent = self._job(_name_of(body["arrayJobId"]))
+            if parent.array_size is None or not may_see_job(caller, parent.owner, self.private_data):
+                return {"jobSummaryList": []}
+            wanted = body.get("jobStatus")
+            ids = [f"{parent.job_id}:{i}" for i in range(parent.array_next)]
+            found = {j.job_id: j for j in self._jobs(ids)}
+            summaries = []
+            for index in range(parent.array_size):
+                child = found.get(f"{parent.job_id}:{index}")
+                if child is not None:
+                    summary = job_summary(child, self.region, self.account)
+                else:  # not placed yet: no record of its own (compact arrays)
+                    live = self.engine.jobs.get(parent.job_id)
+                    status = "FAILED" if (live is None or live.array_closed) else "RUNNABLE"
+                    summary = {
+                        "jobArn": self.arn("job", f"{parent.job_id}:{index}"), "jobId": f"{parent.job_id}:{index}",
+                        "jobName": parent.job_name, "createdAt": parent.created_at, "status": status,
+                        "arrayProperties": {"index": index}, "jobDefinition": parent.job_definition,
+                    }
+                if not wanted or summary["status"] == wanted:
+                    summaries.append(summary)
+            return {"jobSummaryList": summaries}
         if body.get("multiNodeJobId"):
             parent = self._job(_name_of(body["multiNodeJobId"]))
             if not may_see_job(caller, parent.owner, self.private_data):
@@ -534,9 +576,22 @@ class BatchService:
         return out
 
     def _parent_job(self, job_id: str) -> JobRecord:
-        """CancelJob/TerminateJob on a node JOBID#i act on the whole multi-node job."""
+        """CancelJob/TerminateJob on a node JOBID#i act on the whole multi-node job.
+
+        An array child JOBID:i not placed yet gets its record now, so it can be cancelled alone.
+        """
         parent_id, index = split_child_id(job_id)
-        return self._job(parent_id if index is not None else job_id)
+        if index is not None:
+            return self._job(parent_id)
+        array_id, sep, number = job_id.rpartition(":")
+        if sep and number.isdigit() and job_id not in self.engine.jobs and self.store.get_job(job_id) is None:
+            parent = self.engine.jobs.get(array_id)
+            if parent is not None and parent.array_size is not None and not parent.array_closed:
+                child = self.engine._materialize(parent, int(number))
+                if child is not None:
+                    parent.array_skipped.append(int(number))  # the scheduler's range must skip it
+                    return child
+        return self._job(job_id)
 
     def _job(self, job_id: str) -> JobRecord:
         job = self.engine.jobs.get(job_id) or self.store.get_job(job_id)

@@ -83,6 +83,15 @@ class JobRecord(msgspec.Struct, kw_only=True):
     hosts: list[str] = []  # parent: the nodes of the current try, in index order
     launch_secret: str = ""  # parent: authorizes launcher-bridge requests of the current try
     ending: dict[str, Any] | None = None  # parent: how the current try ends, once decided
+    # Array jobs: the parent keeps counts; children JOBID:i get a record only once placed.
+    array_size: int | None = None  # set on an array parent
+    array_next: int = 0  # parent: indexes below this have (or had) a record
+    array_counts: dict[str, int] = {}  # parent: status -> number of children with a record
+    array_skipped: list[int] = []  # parent: indexes that will never run (cancelled, failed dependency)
+    array_closed: bool = False  # parent: cancelled/terminated/failed-sequence: start no more
+    max_running: int | None = None  # parent: hpcbatch extension, tasks at once
+    array_parent: str | None = None  # set on an array child
+    array_index: int | None = None
 
     @property
     def is_gang(self) -> bool:
@@ -263,7 +272,24 @@ def job_detail(job: JobRecord, region: str, account: str) -> dict[str, Any]:
             detail["nodeDetails"] = {"nodeIndex": job.main_node, "isMainNode": True}
     if job.parent_id is not None and job.node_index is not None:
         detail["nodeDetails"] = {"nodeIndex": job.node_index, "isMainNode": job.node_index == job.main_node}
+    if job.array_size is not None:
+        detail["arrayProperties"] = {"size": job.array_size, "statusSummary": array_status_summary(job)}
+    elif job.array_index is not None:
+        detail["arrayProperties"] = {"index": job.array_index}
     return detail
+
+
+def array_status_summary(parent: JobRecord) -> dict[str, int]:
+    """AWS ``arrayProperties.statusSummary``: children per status, those without a record included."""
+    counts = {s.value: 0 for s in JobStatus}
+    for status, n in parent.array_counts.items():
+        counts[status] = counts.get(status, 0) + n
+    unplaced = (parent.array_size or 0) - sum(parent.array_counts.values())
+    if parent.array_closed or parent.status.is_final:
+        counts["FAILED"] += unplaced
+    else:
+        counts["RUNNABLE" if parent.status is not JobStatus.SUBMITTED else "SUBMITTED"] += unplaced
+    return counts
 
 
 def job_summary(job: JobRecord, region: str, account: str) -> dict[str, Any]:
@@ -291,6 +317,10 @@ def job_summary(job: JobRecord, region: str, account: str) -> dict[str, Any]:
     if last is not None:
         summary["container"] = _drop_none({"exitCode": last.exit_code, "reason": last.reason})
         summary["nodeName"] = last.node
+    if job.array_size is not None:
+        summary["arrayProperties"] = {"size": job.array_size}
+    elif job.array_index is not None:
+        summary["arrayProperties"] = {"index": job.array_index}
     if job.is_gang:
         summary["nodeProperties"] = {"numNodes": job.num_nodes, "isMainNode": False}
     elif job.parent_id is not None:

@@ -54,6 +54,9 @@ class JobEvent(StrEnum):
     CANCEL = "cancel"
     TERMINATE = "terminate"
     DEPENDENCY_FAILED = "dependency_failed"
+    ARRAY_STARTED = "array_started"  # an array parent waits while its children run
+    ARRAY_SUCCEEDED = "array_succeeded"
+    ARRAY_FAILED = "array_failed"
 
 
 S, E = JobStatus, JobEvent
@@ -65,6 +68,10 @@ TRANSITIONS: dict[tuple[JobStatus, JobEvent], JobStatus] = {
     (S.SUBMITTED, E.TERMINATE): S.FAILED,
     (S.SUBMITTED, E.DEPENDENCY_FAILED): S.FAILED,
     (S.PENDING, E.READY): S.RUNNABLE,
+    # Array parents stay PENDING while their children (JOBID:i) run, then take their outcome.
+    (S.SUBMITTED, E.ARRAY_STARTED): S.PENDING,
+    (S.PENDING, E.ARRAY_SUCCEEDED): S.SUCCEEDED,
+    (S.PENDING, E.ARRAY_FAILED): S.FAILED,
     (S.PENDING, E.CANCEL): S.FAILED,
     (S.PENDING, E.TERMINATE): S.FAILED,
     (S.PENDING, E.DEPENDENCY_FAILED): S.FAILED,

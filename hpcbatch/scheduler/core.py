@@ -81,6 +81,11 @@ class JobRunnable(Event):
     seq: int  # submission order; FIFO inside a queue
     num_nodes: int = 1  # > 1: a gang (multi-node parallel job), placed all at once
     time_limit_s: int | None = None  # attemptDurationSeconds: known end time, for backfill
+    # An array job: ``array_count`` tasks ``JOBID:i`` from ``first_index`` on, one entry in
+    # the queue however many tasks it has; each placement starts the next index.
+    array_count: int = 0
+    first_index: int = 0
+    max_running: int | None = None  # hpcbatch extension: at most this many tasks at once
 
 
 @dataclass(frozen=True)
@@ -276,6 +281,10 @@ class Scheduler:
         self._orphans: dict[str, JobRunnable] = {}  # runnable in an unknown queue
         self._allocations: dict[str, _Allocation] = {}
         self._wait_reason: dict[str, str] = {}
+        # Array entries: tasks left to start, the next index, tasks running now.
+        self._array_left: dict[str, int] = {}
+        self._array_next: dict[str, int] = {}
+        self._array_running: dict[str, int] = {}
         self._now = 0.0
         self._reservation_depth = reservation_depth
         self._reservations: dict[str, Reservation] = {}  # waiting gang -> its reservation
@@ -324,6 +333,10 @@ class Scheduler:
     def _apply(self, event: Event) -> None:
         match event:
             case JobRunnable():
+                if event.array_count:
+                    self._array_left[event.job_id] = event.array_count
+                    self._array_next[event.job_id] = event.first_index
+                    self._array_running.setdefault(event.job_id, 0)
                 queue = self._queues.get(event.queue)
                 if queue is None:
                     self._orphans[event.job_id] = event
@@ -334,7 +347,10 @@ class Scheduler:
             case JobWithdrawn():
                 self._withdraw(event.job_id)
             case AttemptEnded():
-                self._release(event.job_id)
+                if self._release(event.job_id):
+                    array_id, sep, _ = event.job_id.rpartition(":")
+                    if sep and array_id in self._array_running:
+                        self._array_running[array_id] = max(0, self._array_running[array_id] - 1)
             case NodeUp():
                 self._node_up(event)
             case NodeGone():
@@ -411,6 +427,8 @@ class Scheduler:
             self._hold(job_id, [node], request, gang, None)
 
     def _withdraw(self, job_id: str) -> None:
+        self._array_left.pop(job_id, None)
+        self._array_next.pop(job_id, None)
         self._orphans.pop(job_id, None)
         self._wait_reason.pop(job_id, None)
         queue_name = self._queue_of.pop(job_id, None)
@@ -454,11 +472,14 @@ class Scheduler:
             if node.gang == job_id:
                 node.gang = None
 
-    def _release(self, job_id: str) -> None:
+    def _release(self, job_id: str) -> bool:
+        """Give back everything ``job_id`` holds; True if it held anything."""
         alloc = self._allocations.pop(job_id, None)
-        if alloc is not None:
-            for name in alloc.nodes:
-                self._give(job_id, alloc, name)
+        if alloc is None:
+            return False
+        for name in alloc.nodes:
+            self._give(job_id, alloc, name)
+        return True
 
     def _drop_hold(self, job_id: str, node_name: str) -> None:
         """Give back what ``job_id`` holds on one node; a gang keeps its other nodes."""
@@ -520,6 +541,9 @@ class Scheduler:
                 if any(_dominates(r, f) and limit >= fl for f, fl in failed):
                     self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                     continue
+                if job.array_count:
+                    room = self._place_array(job, usable, reserved, failed, reasons, actions, cause)
+                    continue
                 placed = self._place(r, job.time_limit_s, usable, reserved)
                 if placed is None:
                     # Requests known not to fit in this pass: anything at least as large
@@ -550,6 +574,37 @@ class Scheduler:
         self._reservations = made
         self._reservation_text = {j: r.describe(self._now) for j, r in made.items()}
         return actions
+
+    def _place_array(
+        self, job: JobRunnable, usable: list[_ComputeEnvironment], reserved: dict[str, Reservation],
+        failed: list[tuple[ResourceRequest, float]], reasons: dict[ResourceRequest, str],
+        actions: list[Action], cause: str,
+    ) -> bool:
+        """Start as many tasks of an array as fit (and its cap allows); return whether room is left."""
+        r = job.request
+        while self._array_left.get(job.job_id, 0) > 0:
+            if job.max_running is not None and self._array_running.get(job.job_id, 0) >= job.max_running:
+                self._wait(job.job_id, f"Array at its limit of {job.max_running} running tasks", actions)
+                break
+            placed = self._place(r, job.time_limit_s, usable, reserved)
+            if placed is None:
+                failed.append((r, _limit_key(job.time_limit_s) if reserved else _ANY_LIMIT))
+                self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
+                break
+            node, ce = placed
+            index = self._array_next[job.job_id]
+            self._array_next[job.job_id] = index + 1
+            self._array_left[job.job_id] -= 1
+            self._array_running[job.job_id] = self._array_running.get(job.job_id, 0) + 1
+            task_id = f"{job.job_id}:{index}"
+            self._hold(task_id, [node], r, False, job.time_limit_s)
+            actions.append(StartAttempt(task_id, node.name, ce.name))
+            self.decisions.append((cause, f"start {task_id} on {node.name} ({ce.name})"))
+            if node.free_vcpus <= 1e-9 and not self._has_room(usable, reserved):
+                break
+        if self._array_left.get(job.job_id, 1) <= 0:
+            self._withdraw(job.job_id)
+        return self._has_room(usable, reserved)
 
     def _has_room(self, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]) -> bool:
         return any(

@@ -203,7 +203,7 @@ class SqliteStore:
             where.append("created_at <= ?")
             args.append(query.created_before)
         if not query.include_children:
-            where.append("instr(job_id, '#') = 0")
+            where.append("instr(job_id, '#') = 0 AND instr(job_id, ':') = 0")
         if query.after is not None:
             where.append("(created_at, job_id) < (?, ?)")
             args.extend(query.after)

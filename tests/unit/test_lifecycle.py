@@ -31,6 +31,10 @@ LEGAL: dict[tuple[JobStatus, JobEvent], JobStatus] = {
     (S.PENDING, E.CANCEL): S.FAILED,
     (S.PENDING, E.TERMINATE): S.FAILED,
     (S.PENDING, E.DEPENDENCY_FAILED): S.FAILED,
+    # Array parents: PENDING while their children run, then the children's outcome.
+    (S.SUBMITTED, E.ARRAY_STARTED): S.PENDING,
+    (S.PENDING, E.ARRAY_SUCCEEDED): S.SUCCEEDED,
+    (S.PENDING, E.ARRAY_FAILED): S.FAILED,
     # RUNNABLE: in the queue, waiting for a node.
     (S.RUNNABLE, E.PLACED): S.STARTING,
     (S.RUNNABLE, E.CANCEL): S.FAILED,
