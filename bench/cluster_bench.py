@@ -11,6 +11,10 @@
   signed/local from the same run. The head<->agent plane is CurveZMQ in every figure.
 * ``gang_4node_submit_to_done_s``: a 4-node job running ``true`` on every node, idle
   cluster, submit to SUCCEEDED, median of 5 (Slurm here: 0.55 s).
+* ``array_1000_true_s``: an array of 1000 ``true`` children, submit to SUCCEEDED (Slurm
+  here: 17 s); ``array_10000_submit_s`` and the head's RSS growth for a 10,000-child array
+  (children get a record only when placed); ``chain_50_deps_s``: 50 jobs each depending on
+  the previous, submit to the last one done (Slurm here: 3.0 s).
 * ``mpi_8rank_4node_s``: ``mpirun python mpi_examples/hello.py`` (hello + allreduce), 8
   ranks on a 4-node network-namespace cluster, submit to done, median of 3 (root only;
   Slurm here: 1.3 s).
@@ -163,6 +167,46 @@ def bench_mpi(runs: int = 3) -> dict[str, float | str]:
     return {"mpi_8rank_4node_s": round(statistics.median(samples), 3)}
 
 
+def bench_arrays(client: Client, head_pid: int) -> dict[str, float]:
+    """Arrays and chains: 1000 `true` children to done; a 10,000-child submit; 50 chained jobs."""
+    import psutil
+
+    def done(job_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = client.describe_jobs(jobs=[job_id])["jobs"][0]
+            if job["status"] in ("SUCCEEDED", "FAILED"):
+                return job
+            time.sleep(0.01)
+        raise SystemExit(f"bench: {job_id} not done after {timeout:.0f}s")
+
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    job = done(client.submit_job(**_submit_body(0, ["true"]), arrayProperties={"size": 1000})["jobId"])
+    out["array_1000_true_s"] = round(time.perf_counter() - t0, 3)
+    if job["status"] != "SUCCEEDED":
+        raise SystemExit(f"bench: array failed: {job.get('statusReason')}")
+    head = psutil.Process(head_pid)
+    rss0 = head.memory_info().rss
+    t0 = time.perf_counter()
+    big = client.submit_job(**_submit_body(1, ["true"]), arrayProperties={"size": 10000})["jobId"]
+    out["array_10000_submit_s"] = round(time.perf_counter() - t0, 4)
+    out["array_10000_head_rss_growth_mib"] = round((head.memory_info().rss - rss0) / (1 << 20), 1)
+    client.cancel_job(jobId=big, reason="bench: only the submit is measured")
+    done(big)
+    t0 = time.perf_counter()
+    previous = None
+    for i in range(50):
+        body = _submit_body(i, ["true"])
+        if previous:
+            body["dependsOn"] = [{"jobId": previous}]
+        previous = client.submit_job(**body)["jobId"]
+    assert previous is not None
+    done(previous)
+    out["chain_50_deps_s"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
 def bench_cli_submit(endpoint: str, runs: int = 20) -> dict[str, float]:
     exe = shutil.which("hpcbatch") or os.path.join(os.path.dirname(sys.executable), "hpcbatch")
     env = dict(os.environ, HPCBATCH_ENDPOINT=endpoint)
@@ -203,6 +247,7 @@ def main() -> int:
         signed.close()
         results.update(bench_cli_submit(cluster.endpoint))
         results.update(bench_gang(client))
+        results.update(bench_arrays(client, int((cluster.record() or {})["processes"]["head"]["pid"])))
         client.close()
     finally:
         cluster.down()

@@ -191,7 +191,7 @@ class Engine:
                 if ok:
                     self._feed_task(dependent, index)
                 else:
-                    self._materialize(dependent, index, failed=DEPENDENCY_FAILED_REASON)
+                    self.materialize_array_child(dependent, index, failed=DEPENDENCY_FAILED_REASON)
         if _sequential(parent) and not parent.array_closed:
             if ok and index + 1 < (parent.array_size or 0):
                 self._feed_task(parent, index + 1)
@@ -216,7 +216,7 @@ class Engine:
                 if other.status is JobStatus.SUCCEEDED:
                     self._feed_task(parent, index)
                 else:
-                    self._materialize(parent, index, failed=DEPENDENCY_FAILED_REASON)
+                    self.materialize_array_child(parent, index, failed=DEPENDENCY_FAILED_REASON)
         elif _sequential(parent):
             running = any(j.array_parent == parent.job_id for j in self.jobs.values())
             if not running and parent.array_next < size:
@@ -242,7 +242,7 @@ class Engine:
             )
         )
 
-    def _materialize(self, parent: JobRecord, index: int, failed: str | None = None) -> JobRecord | None:
+    def materialize_array_child(self, parent: JobRecord, index: int, failed: str | None = None) -> JobRecord | None:
         """Give child ``index`` of an array its own record (when placed, or when it can never run)."""
         if index in parent.array_skipped or not 0 <= index < (parent.array_size or 0):
             return None
@@ -509,7 +509,7 @@ class Engine:
             parent_id, _, index = action.job_id.rpartition(":")
             parent = self.jobs.get(parent_id)
             if parent is not None and parent.array_size is not None and not parent.array_closed and index.isdigit():
-                job = self._materialize(parent, int(index))
+                job = self.materialize_array_child(parent, int(index))
         if job is None or job.status is not JobStatus.RUNNABLE:
             self._feed(AttemptEnded(self._event_id(), action.job_id))
             return

@@ -587,7 +587,7 @@ class BatchService:
         if sep and number.isdigit() and job_id not in self.engine.jobs and self.store.get_job(job_id) is None:
             parent = self.engine.jobs.get(array_id)
             if parent is not None and parent.array_size is not None and not parent.array_closed:
-                child = self.engine._materialize(parent, int(number))
+                child = self.engine.materialize_array_child(parent, int(number))
                 if child is not None:
                     parent.array_skipped.append(int(number))  # the scheduler's range must skip it
                     return child
