@@ -252,12 +252,23 @@ def wait(job_ids: tuple[str, ...], timeout: float | None, poll: float) -> None:
         status.start()
 
     def progress(latest: dict[str, dict[str, Any]]) -> None:
-        if status is not None:
-            counts = Counter(str(j.get("status")) for j in latest.values())
-            status.update(
-                f"waiting for {len(job_ids)} job(s): "
-                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            )
+        if status is None:
+            return
+        counts = Counter(str(j.get("status")) for j in latest.values())
+        text = f"waiting for {len(job_ids)} job(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        # An array shows its children's progress: a bar of done over size, and the counts.
+        for job in latest.values():
+            array = job.get("arrayProperties") or {}
+            summary, size = array.get("statusSummary"), array.get("size")
+            if summary and size:
+                done = summary.get("SUCCEEDED", 0) + summary.get("FAILED", 0)
+                filled = int(30 * done / size)
+                busy = ", ".join(f"{n} {s}" for s, n in summary.items() if n and s not in ("SUCCEEDED", "FAILED"))
+                text += (
+                    f"\n  {job.get('jobName')} [{'#' * filled}{'.' * (30 - filled)}] {done}/{size} done"
+                    f" ({summary.get('SUCCEEDED', 0)} ok, {summary.get('FAILED', 0)} failed{', ' + busy if busy else ''})"
+                )
+        status.update(text)
 
     try:
         final = client.wait_jobs(list(job_ids), timeout=timeout, poll=poll, on_progress=progress)
