@@ -101,12 +101,12 @@ def test_head_restart_mid_array_loses_and_repeats_nothing(tmp_path: Path) -> Non
     out = tmp_path / "ran"
     try:
         c.up()
-        job_id = submit_array(c, 300, ["sh", "-c", f"echo $AWS_BATCH_JOB_ARRAY_INDEX >> {out}"])
-        wait_for(lambda: out.exists() and len(out.read_text().split()) >= 50, 30, what="some children done")
+        job_id = submit_array(c, 2000, ["sh", "-c", f"echo $AWS_BATCH_JOB_ARRAY_INDEX >> {out}"])
+        wait_for(lambda: out.exists() and len(out.read_text().split()) >= 300, 60, what="some children done")
         c.kill("head", signal.SIGKILL)
         c.start_head()
         c.wait_status(job_id, "SUCCEEDED", timeout=120)
         ran = [int(x) for x in out.read_text().split()]
-        assert sorted(ran) == list(range(300)), "an index ran twice or never"
+        assert sorted(ran) == list(range(2000)), "an index ran twice or never"
     finally:
         c.close()
