@@ -34,6 +34,7 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reserved_memory_mib: int = 0
     gpus: list[str] = []  # declared GPUs where NVML is absent
     container_runtime: str | None = None  # default: podman if on PATH
+    keep_workdir: bool = False  # debugging: leave each job's private work dir after it ends
     allow_root_jobs: bool = False  # jobs owned by root run as root only when this is true
     kill_grace_s: float = 10.0
     memory_enforcement: str = "auto"  # auto | cgroup | rss

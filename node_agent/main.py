@@ -103,6 +103,7 @@ class Agent:
             container_runtime=found["container_runtime"],
             memory_enforcement=config.memory_enforcement,
             allow_root_jobs=config.allow_root_jobs,
+            keep_workdir=config.keep_workdir,
         )
         self.bridge = LaunchBridge(
             socket_path(self.state), config.name, send=self._send, start_local=self.runner.start_task
