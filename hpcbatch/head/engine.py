@@ -365,8 +365,15 @@ class Engine:
             if not waiter.done():
                 waiter.set_result(None)
         outbox, self._outbox = self._outbox, []
+        # Acknowledgements to one node travel together: one message per node per step.
+        acks: dict[str, list[str]] = {}
         for node, message in outbox:
-            self._send(node, message)
+            if isinstance(message, p.AckExits):
+                acks.setdefault(node, []).extend(message.attempt_ids)
+            else:
+                self._send(node, message)
+        for node, attempt_ids in acks.items():
+            self._send(node, p.AckExits(attempt_ids=attempt_ids))
 
     # ------------------------------------------------------------------ startup
     def recover(self) -> None:
