@@ -26,6 +26,7 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     heartbeat_interval_s: float = 1.0
     liveness: int = 5  # missed heartbeats before a node is DOWN
     kill_grace_s: float = 10.0  # SIGTERM -> SIGKILL on terminate and timeout
+    audit_retention_days: float = 365.0  # the audit log outlives the jobs it mentions
     retention_days: float = 7.0  # finished jobs stay describable this long (AWS: >= 7 days)
     prune_interval_s: float = 3600.0
     durability: str = "normal"  # "full": fsync every commit (power-loss safe)

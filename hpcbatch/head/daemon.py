@@ -78,6 +78,7 @@ class Head:
             cutoff = _now_ms() - int(self.config.retention_days * 86_400_000)
             with self.store.transaction():
                 pruned = self.store.prune_jobs(cutoff)
+                self.store.prune_audit(_now_ms() - int(self.config.audit_retention_days * 86_400_000))
             for job in pruned:
                 for attempt in job.attempts:
                     self.logs.delete(attempt.attempt_id)

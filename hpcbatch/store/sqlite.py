@@ -295,6 +295,10 @@ class SqliteStore:
             [(e["at"], e["user"], e["operation"], e.get("target"), e["outcome"], _encode(e)) for e in entries],
         )
 
+    def prune_audit(self, before: int) -> int:
+        """Delete audit entries older than ``before`` (epoch ms)."""
+        return self._db.execute("DELETE FROM audit WHERE at < ?", (before,)).rowcount
+
     def list_audit(self, limit: int = 100, user: str | None = None, since: int | None = None) -> list[dict[str, Any]]:
         """Newest first."""
         where, args = [], []

@@ -533,3 +533,13 @@ def test_scripts_are_never_shared_between_owners(store: SqliteStore) -> None:
     store.put_script("sha-1", b"bob's", "bob")
     assert store.get_script("sha-1", "bob") == b"bob's"
     assert store.get_script("sha-1", "alice") == b"alice's"
+
+
+def test_audit_entries_are_pruned_by_age(store: SqliteStore) -> None:
+    with store.transaction():
+        store.add_audit([
+            {"at": 100, "user": "a", "operation": "SubmitJob", "outcome": "ok"},
+            {"at": 300, "user": "b", "operation": "CancelJob", "outcome": "ok"},
+        ])
+        assert store.prune_audit(before=200) == 1
+    assert [e["user"] for e in store.list_audit()] == ["b"]
