@@ -130,6 +130,7 @@ def test_tcp_fabric_environment_names_the_interface_everywhere() -> None:
         "OMPI_MCA_pml": "ob1",
         "OMPI_MCA_btl": "self,sm,tcp",
         "OMPI_MCA_osc": "^ucx",
+        "OMPI_MCA_coll": "^hcoll,ucc,han",
     }
 
 
