@@ -77,8 +77,12 @@ class Identifier:
         self._local: dict[int, tuple[float, Caller]] = {}
 
     def role_of(self, user: str, uid: int, gid: int) -> str:
-        """Role of a local user: root is admin; else the ``roles`` setting; else ``user``."""
-        if uid == 0:
+        """Role of a local user: root and the head's own user are admin; else ``roles``; else ``user``.
+
+        The user who runs the head administers it (as a Flux instance's owner does), so a
+        researcher's own ``hpcbatch cluster up`` works without root.
+        """
+        if uid == 0 or uid == os.geteuid():
             return "admin"
         if user in self._roles:
             return self._roles[user]
