@@ -50,6 +50,7 @@ backend (``_MemoryCgroups``, ~150 lines) and running as the owner (``_resolve_ow
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -215,7 +216,8 @@ class Runner:
         keep_workdir: bool = False,
     ) -> None:
         self._allow_root_jobs = allow_root_jobs
-        self._keep_workdir = keep_workdir  # debugging: forget() leaves the owner's work dir
+        self._keep_workdir = keep_workdir
+        self._remover: concurrent.futures.ThreadPoolExecutor | None = None  # debugging: forget() leaves the owner's work dir
         if memory_enforcement not in ("auto", "cgroup", "rss"):
             raise ValueError(
                 f"memory_enforcement must be auto, cgroup or rss, not {memory_enforcement!r}"
@@ -580,6 +582,9 @@ class Runner:
     async def shutdown(self, kill: bool) -> None:
         """Stop watching; with kill=True first end every attempt (their on_exit still runs)."""
         self._closed = True
+        if self._remover is not None:
+            self._remover.shutdown(wait=True)
+            self._remover = None
         if kill and (self._running or self._tasks) and self._loop is not None:
             self._drained = self._loop.create_future()
             self._check_drained()  # only tasks of ended attempts left: already SIGKILLed
@@ -814,10 +819,19 @@ class Runner:
         return self._finished.get(attempt_id)
 
     def forget(self, attempt_id: str) -> None:
-        """The head has the attempt's result and output: delete its directory for good."""
+        """The head has the attempt's result and output: delete its directory for good.
+
+        The deletion runs on a helper thread: directory removal can wait on the file
+        system's journal, and the event loop has exits and starts to serve meanwhile.
+        """
         if attempt_id in self._running or not _safe_name(attempt_id):
             return
         self._finished.pop(attempt_id, None)
+        if self._remover is None:
+            self._remover = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hpcbatch-forget")
+        self._remover.submit(self._remove_attempt_dir, attempt_id)
+
+    def _remove_attempt_dir(self, attempt_id: str) -> None:
         adir = self._attempts_dir / attempt_id
         if self._keep_workdir and (adir / _WORK_DIR).is_dir():
             for entry in adir.iterdir():

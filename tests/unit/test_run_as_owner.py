@@ -7,6 +7,7 @@ at the same moment, so none deletes them.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import grp
 import os
@@ -398,9 +399,12 @@ def test_forget_removes_the_work_dir_unless_keep_workdir(
         await h.start("w", ["sh", "-c", "mkdir -p d && chmod 000 d && echo x >f"], user=ALICE)
         assert (await h.result("w")).exit_code == 0
         adir = h.runner.log_path("w").parent
-        h.runner.forget("w")
-        assert (adir / "work" / "f").exists() == keep
+        h.runner.forget("w")  # removal runs on a helper thread: wait for it, with a deadline
+        deadline = time.monotonic() + 10
+        while (adir / "output.log").exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         assert not (adir / "output.log").exists()
+        assert (adir / "work" / "f").exists() == keep
         assert h.runner.unacknowledged() == []
 
     run(state_dir, body, keep_workdir=keep)
