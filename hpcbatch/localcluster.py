@@ -74,6 +74,11 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)
 
 
+def declared_gpus(node: str, count: int) -> list[str]:
+    """The GPU ids a local node declares: ``GPU-<node>-0`` .. ``GPU-<node>-<count-1>``."""
+    return [f"GPU-{node}-{j}" for j in range(count)]
+
+
 def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -183,13 +188,18 @@ class LocalCluster:
         return tag_for(self.home)
 
     def up(
-        self, nodes: int = DEFAULT_NODES, timeout: float = READY_TIMEOUT_S, netns: bool = False
+        self, nodes: int = DEFAULT_NODES, timeout: float = READY_TIMEOUT_S, netns: bool = False,
+        gpus_per_node: int = 0,
     ) -> LocalCluster:
         """Start a head and ``nodes`` agents, wait until all are ACTIVE, create CE and queue.
 
-        ``netns``: every node in its own network and UTS namespaces (root only)."""
+        ``netns``: every node in its own network and UTS namespaces (root only).
+        ``gpus_per_node``: each agent declares that many GPUs (``GPU-node<i>-<j>``; no
+        devices behind them): scheduling and ``CUDA_VISIBLE_DEVICES`` without hardware."""
         if nodes < 1:
             raise LocalClusterError("nodes: must be at least 1")
+        if gpus_per_node < 0:
+            raise LocalClusterError("gpus_per_node: must not be negative")
         if netns:
             try:
                 require_root()
@@ -213,7 +223,7 @@ class LocalCluster:
         record: dict[str, Any] = {"processes": {}, "nodes": nodes}
         try:
             layout = self._create_netns(nodes, record) if netns else None
-            self._up(nodes, timeout, record, api_socket, layout)
+            self._up(nodes, timeout, record, api_socket, layout, gpus_per_node)
         except BaseException as e:
             try:
                 self.down()
@@ -244,6 +254,7 @@ class LocalCluster:
         record: dict[str, Any],
         api_socket: str,
         layout: NetnsLayout | None,
+        gpus_per_node: int = 0,
     ) -> None:
         """Configs, head, agents (each on its node when ``layout``), readiness, CE and queue."""
         # The fleet endpoint on the management bridge when nodes have their own namespaces;
@@ -258,7 +269,9 @@ class LocalCluster:
         head_key = self._head_keys()
         configs = {"head": self._write_head_config(http_port, fleet, api_socket)}
         for i in range(1, nodes + 1):
-            configs[f"node{i}"] = self._write_node_config(f"node{i}", fleet, head_key, netns=layout is not None)
+            configs[f"node{i}"] = self._write_node_config(
+                f"node{i}", fleet, head_key, netns=layout is not None, gpus=declared_gpus(f"node{i}", gpus_per_node)
+            )
 
         record.update(endpoint=endpoint, socket_endpoint=endpoint, http_endpoint=http_endpoint)
         for name, config in configs.items():
@@ -300,7 +313,9 @@ class LocalCluster:
             )
         return path
 
-    def _write_node_config(self, name: str, fleet: str, head_key: str, netns: bool = False) -> str:
+    def _write_node_config(
+        self, name: str, fleet: str, head_key: str, netns: bool = False, gpus: list[str] | None = None
+    ) -> str:
         self._enroll(name)
         path = os.path.join(self.dir, f"{name}.toml")
         with open(path, "w", encoding="utf-8") as f:
@@ -310,6 +325,7 @@ class LocalCluster:
                 f"head_public_key = {_toml_str(head_key)}\n"
                 f"compute_environment = {_toml_str(DEFAULT_NAME)}\n"
                 f"state_dir = {_toml_str(os.path.join(self.dir, name))}\n"
+                + (f"gpus = [{', '.join(_toml_str(g) for g in gpus)}]\n" if gpus else "")
                 # Jobs of a root caller are owned by root; agents run them only when told.
                 + ("allow_root_jobs = true\n" if os.geteuid() == 0 else "")
                 + (

@@ -118,6 +118,7 @@ class StartAttempt(Message, tag="start", kw_only=True):
     vcpus: float
     memory_mib: int
     gpus: int = 0
+    gpu_ids: list[str] = []  # the node's GPUs (ids/UUIDs) the attempt holds, exclusively
     timeout_s: int | None = None
     image: str | None = None
     script: bytes | None = None  # fetch-and-run: the head ships the stored script

@@ -189,6 +189,7 @@ class Agent:
         env = dict(self._base_env)
         env.update(msg.environment)
         env["HOSTNAME"] = self._hostname
+        env.update(gpu_environment(msg.gpu_ids, self.facts.gpus))
         files: tuple[tuple[str, bytes, int], ...] = ()
         if msg.hosts:  # a multi-node job: its nodes, the launcher bridge, the fabric
             files = job_files(msg.hosts, slots_per_node(env))
@@ -413,6 +414,25 @@ class Agent:
             self._sock.close(linger=0)
             self._ctx.term()
             log.info("agent stopped")
+
+
+def gpu_environment(gpu_ids: list[str], node_gpus: list[str]) -> dict[str, str]:
+    """The variables that show a job only the GPUs it holds: none at all when it holds none.
+
+    ``NVIDIA_VISIBLE_DEVICES`` (container runtimes) gets the ids/UUIDs as the head chose
+    them; ``CUDA_VISIBLE_DEVICES`` gets their positions in the node's GPU list ("1,2"),
+    which is NVML's order, so ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` makes CUDA count the same
+    way. An id the node does not list is passed through as is (CUDA also takes UUIDs).
+    """
+    if not gpu_ids:
+        # On a GPU node a job that asked for no GPUs must not see (and use) the others'.
+        return {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"} if node_gpus else {}
+    cuda = [str(node_gpus.index(g)) if g in node_gpus else g for g in gpu_ids]
+    return {
+        "CUDA_VISIBLE_DEVICES": ",".join(cuda),
+        "NVIDIA_VISIBLE_DEVICES": ",".join(gpu_ids),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
 
 
 def _uid_of(user: str) -> int | None:

@@ -18,6 +18,7 @@ their own TMPDIR. ``close`` removes the namespaces, links, bridges and holders t
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 
 from hpcbatch.client import Client
 from hpcbatch.curve import ensure_keypair
+from hpcbatch.localcluster import declared_gpus
 from hpcbatch.netns import FABRIC_INTERFACE, NetnsCluster, NetnsLayout
 
 T = TypeVar("T")
@@ -77,7 +79,7 @@ class TestCluster:
     def __init__(self, root: Path, nodes: int = 2, *, heartbeat_s: float = 0.3, liveness: int = 5,
                  kill_grace_s: float = 1.0, node_vcpus: int | None = None, node_memory_mib: int | None = None,
                  agent_extra: str = "", head_extra: str = "", enrolled: Collection[str] | None = None,
-                 netns: bool = False, placement_group: str = "rack1") -> None:
+                 netns: bool = False, placement_group: str = "rack1", gpus_per_node: int = 0) -> None:
         self.root = root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._all: list[subprocess.Popen[bytes]] = []
@@ -91,7 +93,7 @@ class TestCluster:
                            f'placement_group = "{placement_group}"\n{agent_extra}')
         try:
             self._configure(root, nodes, heartbeat_s, liveness, kill_grace_s, node_vcpus,
-                            node_memory_mib, agent_extra, head_extra, enrolled)
+                            node_memory_mib, agent_extra, head_extra, enrolled, gpus_per_node)
         except BaseException:
             if self._netns is not None:
                 self._netns.destroy()
@@ -100,7 +102,7 @@ class TestCluster:
 
     def _configure(self, root: Path, nodes: int, heartbeat_s: float, liveness: int, kill_grace_s: float,
                    node_vcpus: int | None, node_memory_mib: int | None, agent_extra: str, head_extra: str,
-                   enrolled: Collection[str] | None) -> None:
+                   enrolled: Collection[str] | None, gpus_per_node: int = 0) -> None:
         _let_owners_through(root)
         fleet_host = self.netns.host_mgmt_ip if self.netns else "127.0.0.1"
         self.http_port = free_port()
@@ -130,6 +132,8 @@ class TestCluster:
                 extra += f"\nvcpus = {node_vcpus}"
             if node_memory_mib is not None:
                 extra += f"\nmemory_mib = {node_memory_mib}"
+            if gpus_per_node:  # declared GPUs, as `hpcbatch cluster up --gpus-per-node`
+                extra += f"\ngpus = {json.dumps(declared_gpus(name, gpus_per_node))}"
             self.add_agent(name, enroll=enrolled is None or name in enrolled, extra=extra)
 
     def add_agent(self, name: str, *, enroll: bool = True, head: str | None = None,

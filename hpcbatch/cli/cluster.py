@@ -47,15 +47,22 @@ def _fail(e: Exception) -> NoReturn:
     help="Root only: each node in its own network namespace with its own hostname, "
     "a management network (the head's fleet endpoint) and a fabric network (fab0, MTU 9000).",
 )
+@click.option(
+    "--gpus-per-node",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="GPUs each node declares (GPU-node<i>-<j>, no devices behind them): try GPU scheduling without GPUs.",
+)
 @_home_option
 @global_options
-def cluster_up(nodes: int, netns: bool, home: str | None) -> None:
+def cluster_up(nodes: int, netns: bool, gpus_per_node: int, home: str | None) -> None:
     """Start a local cluster with compute environment and job queue `default`."""
     from hpcbatch.localcluster import LocalCluster, LocalClusterError, default_home
 
     local = LocalCluster(home)
     try:
-        local.up(nodes=nodes, netns=netns)
+        local.up(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node)
     except LocalClusterError as e:
         _fail(e)
     if json_output():

@@ -526,6 +526,7 @@ class Engine:
             node=action.node,
             compute_environment=action.compute_environment,
             log_stream_name=f"{self._stream_prefix(job)}/default/{attempt_id}",
+            gpus=list(action.gpus),
         )
         job.attempts.append(attempt)
         self.nodes[action.node].jobs.add(job.job_id)
@@ -561,6 +562,7 @@ class Engine:
             vcpus=job.resources.vcpus,
             memory_mib=job.resources.memory_mib,
             gpus=job.resources.gpus,
+            gpu_ids=list(attempt.gpus),
             timeout_s=job.timeout_s,
             image=job.image,
             script=script,
@@ -598,12 +600,14 @@ class Engine:
         parent.hosts = list(action.nodes)
         parent.launch_secret = secrets.token_hex(16)
         parent.ending = None
-        for child, node in zip(children, action.nodes, strict=True):
+        gpus = action.gpus or tuple(() for _ in action.nodes)
+        for child, node, node_gpus in zip(children, action.nodes, gpus, strict=True):
             attempt_id = uuid.uuid4().hex
             child.attempts.append(
                 Attempt(
                     attempt_id=attempt_id, node=node, compute_environment=action.compute_environment,
                     log_stream_name=f"{self._stream_prefix(parent)}/default/{attempt_id}",
+                    gpus=list(node_gpus),
                 )
             )
             self.nodes[node].jobs.add(child.job_id)
@@ -613,6 +617,7 @@ class Engine:
             Attempt(
                 attempt_id=main_attempt.attempt_id, node=main_attempt.node,
                 compute_environment=action.compute_environment, log_stream_name=main_attempt.log_stream_name,
+                gpus=list(main_attempt.gpus),
             )
         )
         self._move(parent, JobEvent.PLACED, None)
@@ -776,20 +781,27 @@ class Engine:
         facts = node.facts
         assert facts is not None
         # A node of a multi-node job rejoins its gang's hold (single tenancy survives restarts).
+        # The GPU ids each running attempt holds (stored on the attempt) come along, so a
+        # restarted head never hands out a held GPU twice.
         allocations = []
         gangs = []
+        holds = []
         for job_id, request in node.allocations:
             job = self.jobs.get(job_id)
+            sched_id = job_id
             if job is not None and job.parent_id is not None:
-                allocations.append((job.parent_id, request))
+                sched_id = job.parent_id
                 gangs.append(job.parent_id)
-            else:
-                allocations.append((job_id, request))
+            allocations.append((sched_id, request))
+            attempt = job.current_attempt if job is not None else None
+            if attempt is not None and attempt.node == name and attempt.gpus:
+                holds.append((sched_id, tuple(attempt.gpus)))
         self._feed(
             NodeUp(
                 self._event_id(), name, self.compute_environment_of(name), facts.vcpus, facts.memory_mib,
                 len(facts.gpus), tuple(allocations), accepting=node.drain_reason is None,
                 placement_group=facts.placement_group, gang_jobs=tuple(gangs),
+                gpu_ids=tuple(facts.gpus), gpu_holds=tuple(holds),
             )
         )
 

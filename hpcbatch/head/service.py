@@ -797,6 +797,8 @@ class BatchService:
                     "gpus": facts.gpus if facts else [],
                     "allocatedVcpus": usage[0],
                     "allocatedMemoryMiB": usage[1],
+                    "allocatedGpus": usage[2],
+                    "gpuHolders": self.engine.scheduler.gpu_holders(name),
                     "runningJobs": sorted(info.jobs),
                     "lastHeartbeatAt": info.last_heartbeat_at,
                     "agentVersion": facts.agent_version if facts else None,

@@ -41,6 +41,7 @@ class Attempt(msgspec.Struct, kw_only=True):
     exit_code: int | None = None
     reason: str | None = None  # container.reason
     status_reason: str | None = None
+    gpus: list[str] = []  # the node's GPU ids (UUIDs) this attempt holds, exclusively
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -207,6 +208,7 @@ def attempt_detail(attempt: Attempt) -> dict[str, Any]:
             "reason": attempt.reason,
             "logStreamName": attempt.log_stream_name,
             "containerInstanceArn": attempt.node,
+            "gpuIds": attempt.gpus or None,  # hpcbatch extension: the GPUs it held
         }
     )
     return _drop_none(
@@ -231,6 +233,7 @@ def job_detail(job: JobRecord, region: str, account: str) -> dict[str, Any]:
                     "reason": last.reason,
                     "logStreamName": last.log_stream_name,
                     "containerInstanceArn": last.node,
+                    "gpuIds": last.gpus or None,  # hpcbatch extension: the GPUs it holds/held
                 }
             )
         )

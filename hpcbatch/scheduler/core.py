@@ -43,6 +43,14 @@ Theory of operation:
   (``AttemptEnded``), because the gang's processes may still run there. A node that
   reports a job in ``NodeUp.gang_jobs`` re-joins that gang's hold. Allocations reported by
   a node have no known time limit (the core learns limits only from ``JobRunnable``).
+* GPUs are whole, exclusive devices. A node knows its GPU ids in order (``NodeUp.gpu_ids``;
+  without them, ``gpus`` ids ``"0"``..``"n-1"``). A placed job gets specific ids
+  (``StartAttempt.gpus``; ``StartGang.gpus`` per node in node order): the lowest-index
+  contiguous run of free devices that is long enough, else the lowest-index free ones.
+  Adjacent indices are only a proxy for closeness; a topology-aware choice (NVLink,
+  PCIe switch, NUMA) needs NVML topology and comes with it. A re-registering node reports
+  which ids each running job holds (``NodeUp.gpu_holds``), so those are never handed out
+  twice after a head restart; a job it reports without ids gets free ones chosen as above.
 * Wait reasons are emitted only when they change. Every start and every new or changed
   reservation is appended to a bounded log with the id of the event that caused it.
 """
@@ -108,6 +116,8 @@ class NodeUp(Event):
     accepting: bool = True  # False for DRAINING/DRAINED nodes
     placement_group: str | None = None
     gang_jobs: tuple[str, ...] = ()  # ids in ``allocations`` that are gangs: whole-node holds
+    gpu_ids: tuple[str, ...] = ()  # the node's GPUs in index order; empty: "0".."gpus-1"
+    gpu_holds: tuple[tuple[str, tuple[str, ...]], ...] = ()  # job id in ``allocations`` -> GPU ids
 
 
 @dataclass(frozen=True)
@@ -166,15 +176,20 @@ class StartAttempt(Action):
     job_id: str
     node: str
     compute_environment: str
+    gpus: tuple[str, ...] = ()  # the node's GPU ids the job gets, exclusively
 
 
 @dataclass(frozen=True)
 class StartGang(Action):
-    """Start every node of a gang at once; ``nodes[i]`` runs node index ``i``."""
+    """Start every node of a gang at once; ``nodes[i]`` runs node index ``i``.
+
+    ``gpus[i]`` are the GPU ids ``nodes[i]`` gives the job; empty when it asks for none.
+    """
 
     job_id: str
     nodes: tuple[str, ...]
     compute_environment: str
+    gpus: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -194,10 +209,25 @@ class _Node:
     accepting: bool
     free_vcpus: float = 0.0
     free_memory_mib: int = 0
-    free_gpus: int = 0
     placement_group: str | None = None
+    gpu_ids: tuple[str, ...] = ()  # index order; len == gpus
+    gpu_holder: dict[int, str] = field(default_factory=dict)  # GPU index -> the job holding it
     jobs: set[str] = field(default_factory=set)  # every job holding part of this node
     gang: str | None = None  # the gang holding it whole, if any
+
+    @property
+    def free_gpus(self) -> int:
+        return self.gpus - len(self.gpu_holder)
+
+    def pick_gpus(self, count: int) -> tuple[int, ...]:
+        """``count`` free GPU indices: the lowest contiguous run, else the lowest free ones."""
+        if count <= 0:
+            return ()
+        free = [i for i in range(self.gpus) if i not in self.gpu_holder]
+        for k in range(len(free) - count + 1):
+            if free[k + count - 1] - free[k] == count - 1:
+                return tuple(free[k:k + count])
+        return tuple(free[:count])
 
     def fits(self, r: ResourceRequest) -> bool:
         return (
@@ -255,6 +285,7 @@ class _Allocation:
     gang: bool
     started_at: float
     time_limit_s: int | None
+    gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> GPU ids held there
 
     @property
     def ends_at(self) -> float:
@@ -321,6 +352,18 @@ class Scheduler:
         if n is None:
             return None
         return (n.vcpus - n.free_vcpus, n.memory_mib - n.free_memory_mib, n.gpus - n.free_gpus)
+
+    def gpu_holders(self, node: str) -> dict[str, str]:
+        """GPU id -> the job holding it on ``node``, in the node's GPU order."""
+        n = self._nodes.get(node)
+        if n is None:
+            return {}
+        return {n.gpu_ids[i]: n.gpu_holder[i] for i in sorted(n.gpu_holder)}
+
+    def allocated_gpus(self, job_id: str) -> dict[str, tuple[str, ...]]:
+        """Node -> the GPU ids ``job_id`` holds there; empty when not placed."""
+        a = self._allocations.get(job_id)
+        return {k: v for k, v in a.gpus.items() if v} if a else {}
 
     # -------------------------------------------------------------------- input
     def handle(self, *events: Event) -> list[Action]:
@@ -408,23 +451,28 @@ class Scheduler:
             for job_id in list(old.jobs):
                 self._drop_hold(job_id, old.name)
             self._ce(old.ce).nodes.pop(old.name, None)
+        gpu_ids = event.gpu_ids or tuple(str(i) for i in range(event.gpus))
         node = _Node(
-            event.node, event.compute_environment, event.vcpus, event.memory_mib, event.gpus,
-            event.accepting, event.vcpus, event.memory_mib, event.gpus, event.placement_group,
+            event.node, event.compute_environment, event.vcpus, event.memory_mib, len(gpu_ids),
+            event.accepting, event.vcpus, event.memory_mib, event.placement_group, gpu_ids,
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
-        for job_id, request in event.allocations:
+        holds = dict(event.gpu_holds)
+        # Reported GPU holds first, so a job reported without ids cannot take a held one.
+        ordered = sorted(event.allocations, key=lambda a: a[0] not in holds)
+        for job_id, request in ordered:
             self._withdraw(job_id)
             gang = job_id in event.gang_jobs
+            held = tuple(gpu_ids.index(g) for g in holds.get(job_id, ()) if g in gpu_ids)
             alloc = self._allocations.get(job_id)
             if alloc is not None and gang and alloc.gang and alloc.ce == node.ce:
                 alloc.nodes.append(node.name)  # another node of a gang already re-joined
                 alloc.nodes.sort(key=natural_key)
-                self._take(job_id, alloc, node)
+                self._take(job_id, alloc, node, held)
                 continue
             self._release(job_id)  # the newest report wins over a stale hold elsewhere
-            self._hold(job_id, [node], request, gang, None)
+            self._hold(job_id, [node], request, gang, None, held)
 
     def _withdraw(self, job_id: str) -> None:
         self._array_left.pop(job_id, None)
@@ -439,20 +487,29 @@ class Scheduler:
 
     def _hold(
         self, job_id: str, nodes: list[_Node], request: ResourceRequest, gang: bool,
-        time_limit_s: int | None,
-    ) -> None:
+        time_limit_s: int | None, held: tuple[int, ...] = (),
+    ) -> _Allocation:
         alloc = _Allocation(
             [n.name for n in nodes], nodes[0].ce, request, gang, self._now, time_limit_s
         )
         self._allocations[job_id] = alloc
         for node in nodes:
-            self._take(job_id, alloc, node)
+            self._take(job_id, alloc, node, held)
+        return alloc
 
-    def _take(self, job_id: str, alloc: _Allocation, node: _Node) -> None:
+    def _take(self, job_id: str, alloc: _Allocation, node: _Node, held: tuple[int, ...] = ()) -> None:
+        """Take ``alloc``'s request on ``node``: the GPU indices ``held`` (reported), else free ones."""
         r = alloc.request
         node.free_vcpus -= r.vcpus
         node.free_memory_mib -= r.memory_mib
-        node.free_gpus -= r.gpus
+        mine = [i for i in dict.fromkeys(held) if i not in node.gpu_holder][: max(r.gpus, len(held))]
+        for i in mine:
+            node.gpu_holder[i] = job_id
+        for i in node.pick_gpus(min(r.gpus - len(mine), node.free_gpus)):
+            node.gpu_holder[i] = job_id
+        alloc.gpus[node.name] = tuple(
+            node.gpu_ids[i] for i in sorted(i for i, j in node.gpu_holder.items() if j == job_id)
+        )
         node.jobs.add(job_id)
         if alloc.gang:
             node.gang = job_id
@@ -467,7 +524,8 @@ class Scheduler:
         if node is not None:
             node.free_vcpus += r.vcpus
             node.free_memory_mib += r.memory_mib
-            node.free_gpus += r.gpus
+            for i in [i for i, j in node.gpu_holder.items() if j == job_id]:
+                del node.gpu_holder[i]
             node.jobs.discard(job_id)
             if node.gang == job_id:
                 node.gang = None
@@ -488,6 +546,7 @@ class Scheduler:
             return
         self._give(job_id, alloc, node_name)
         alloc.nodes.remove(node_name)
+        alloc.gpus.pop(node_name, None)
         if not alloc.nodes:
             del self._allocations[job_id]
 
@@ -554,13 +613,16 @@ class Scheduler:
                     continue
                 node, ce = placed
                 self._withdraw(job.job_id)
-                self._hold(job.job_id, [node], r, False, job.time_limit_s)
-                actions.append(StartAttempt(job.job_id, node.name, ce.name))
+                alloc = self._hold(job.job_id, [node], r, False, job.time_limit_s)
+                gpus = alloc.gpus[node.name]
+                actions.append(StartAttempt(job.job_id, node.name, ce.name, gpus))
                 note = ""
                 if node.name in reserved:
                     res = reserved[node.name]
                     note = f", backfilled before {res.job_id}'s reservation at t={fmt_time(res.start_s)}"
-                self.decisions.append((cause, f"start {job.job_id} on {node.name} ({ce.name}){note}"))
+                self.decisions.append(
+                    (cause, f"start {job.job_id} on {node.name} ({ce.name}){_gpu_note(gpus)}{note}")
+                )
                 if node.free_vcpus <= 1e-9:
                     room = self._has_room(usable, reserved)
             # Gangs the scan did not reach (nothing had room) still get a reservation and reason.
@@ -597,9 +659,9 @@ class Scheduler:
             self._array_left[job.job_id] -= 1
             self._array_running[job.job_id] = self._array_running.get(job.job_id, 0) + 1
             task_id = f"{job.job_id}:{index}"
-            self._hold(task_id, [node], r, False, job.time_limit_s)
-            actions.append(StartAttempt(task_id, node.name, ce.name))
-            self.decisions.append((cause, f"start {task_id} on {node.name} ({ce.name})"))
+            gpus = self._hold(task_id, [node], r, False, job.time_limit_s).gpus[node.name]
+            actions.append(StartAttempt(task_id, node.name, ce.name, gpus))
+            self.decisions.append((cause, f"start {task_id} on {node.name} ({ce.name}){_gpu_note(gpus)}"))
             if node.free_vcpus <= 1e-9 and not self._has_room(usable, reserved):
                 break
         if self._array_left.get(job.job_id, 1) <= 0:
@@ -669,9 +731,10 @@ class Scheduler:
             if placed is not None:
                 nodes, ce = placed
                 self._withdraw(job.job_id)
-                self._hold(job.job_id, nodes, r, True, job.time_limit_s)
+                alloc = self._hold(job.job_id, nodes, r, True, job.time_limit_s)
                 names = tuple(node.name for node in nodes)
-                actions.append(StartGang(job.job_id, names, ce.name))
+                gpus = tuple(alloc.gpus[name] for name in names) if r.gpus else ()
+                actions.append(StartGang(job.job_id, names, ce.name, gpus))
                 self.decisions.append(
                     (cause, f"start gang {job.job_id} on {hostlist(names)} ({ce.name})")
                 )
@@ -792,6 +855,14 @@ class Scheduler:
         self, r: ResourceRequest, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
     ) -> str:
         if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):
+            cpu_only = ResourceRequest(vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=0)
+            if r.gpus and any(n.could_ever_fit(cpu_only) for ce in ces for n in ce.nodes.values()):
+                most = max(n.gpus for ce in ces for n in ce.nodes.values())
+                return (
+                    f"No node in compute environments {', '.join(ce.name for ce in ces)} has "
+                    f"{r.gpus} GPUs (the most is {most}): "
+                    f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
+                )
             return (
                 f"No node in compute environments {', '.join(ce.name for ce in ces)} can hold "
                 f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
@@ -810,6 +881,10 @@ class Scheduler:
         if self._wait_reason.get(job_id) != reason:
             self._wait_reason[job_id] = reason
             actions.append(SetWaitReason(job_id, reason))
+
+
+def _gpu_note(gpus: tuple[str, ...]) -> str:
+    return f" GPUs {','.join(gpus)}" if gpus else ""
 
 
 def _limit_key(time_limit_s: int | None) -> float:
