@@ -34,6 +34,7 @@ OPERATIONS: frozenset[str] = frozenset({
     "CreateComputeEnvironment", "UpdateComputeEnvironment", "DescribeComputeEnvironments",
     "DeleteComputeEnvironment", "CreateJobQueue", "UpdateJobQueue", "DescribeJobQueues",
     "DeleteJobQueue", "RegisterJobDefinition", "DescribeJobDefinitions", "DeregisterJobDefinition",
+    "GetJobQueueSnapshot",
 })  # fmt: skip
 
 # AWS Batch names: 1-128 ASCII letters, digits, hyphens and underscores, starting with a

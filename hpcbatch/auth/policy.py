@@ -36,6 +36,8 @@ REQUIRED_ROLE: dict[str, str] = {
     "DescribeJobQueues": "user",
     "DescribeJobDefinitions": "user",
     "WhoAmI": "user",
+    "GetJobQueueSnapshot": "user",
+    "WhyJob": "user",
     "CreateComputeEnvironment": "developer",
     "UpdateComputeEnvironment": "developer",
     "DeleteComputeEnvironment": "developer",
@@ -50,6 +52,7 @@ READ_ONLY = frozenset(
     {
         "DescribeJobs", "ListJobs", "GetJobLogs", "ListNodes", "DescribeComputeEnvironments",
         "DescribeJobQueues", "DescribeJobDefinitions", "WhoAmI", "ListNodeKeys", "ListAccessKeys",
+        "GetJobQueueSnapshot", "WhyJob",
         "ListAudit",
     }
 )

@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "head": "hpcbatch.cli.cluster:head",
     "admin": "hpcbatch.cli.admin:admin",
     "whoami": "hpcbatch.cli.admin:whoami",
+    "why": "hpcbatch.cli.why:why",
 }
 
 

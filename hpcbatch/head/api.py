@@ -40,6 +40,7 @@ EXTENSION_ROUTES = {
     "/hpcbatch/v1/getjoblogs": "GetJobLogs",
     "/hpcbatch/v1/listnodes": "ListNodes",
     "/hpcbatch/v1/whoami": "WhoAmI",
+    "/hpcbatch/v1/whyjob": "WhyJob",
     "/hpcbatch/v1/createaccesskey": "CreateAccessKey",
     "/hpcbatch/v1/listaccesskeys": "ListAccessKeys",
     "/hpcbatch/v1/updateaccesskey": "UpdateAccessKey",

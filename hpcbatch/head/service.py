@@ -651,6 +651,44 @@ class BatchService:
             "complete": attempt.stopped_at is not None and offset + len(data) >= self.engine.logs.size(attempt.attempt_id),
         }
 
+    # -------------------------------------------------------------- why it waits
+    def GetJobQueueSnapshot(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """AWS GetJobQueueSnapshot: the first 100 RUNNABLE jobs in the order they will be tried."""
+        queue = self._queue(body["jobQueue"])
+        jobs = []
+        for job_id in self.engine.scheduler.front_of_queue(queue["jobQueueName"]):
+            parent_id = job_id.rpartition(":")[0] if ":" in job_id else job_id
+            job = self.engine.jobs.get(job_id) or self.engine.jobs.get(parent_id)
+            jobs.append(
+                {
+                    "jobArn": self.arn("job", job_id),
+                    "earliestTimeAtPosition": job.created_at if job is not None else _now_ms(),
+                }
+            )
+        return {"frontOfQueue": {"jobs": jobs, "lastUpdatedAt": _now_ms()}}
+
+    def WhyJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """hpcbatch's `why`: a job's state, the scheduler's current reason, its queue position
+        and the recent decisions about it."""
+        job_id = body.get("jobId")
+        if not isinstance(job_id, str):
+            raise ClientError("jobId is required")
+        job = self._job(_name_of(job_id))
+        if not may_see_job(caller, job.owner, self.private_data):
+            raise NotFoundError(f"jobId {job_id} does not exist")
+        front = self.engine.scheduler.front_of_queue(job.job_queue, limit=100_000)
+        position = front.index(job.job_id) + 1 if job.job_id in front else None
+        dependencies = [d.get("jobId") or d.get("type") for d in job.depends_on]
+        return {
+            "jobId": job.job_id,
+            "status": job.status.value,
+            "statusReason": job.status_reason,
+            "queuePosition": position,
+            "queueLength": len(front),
+            "dependsOn": dependencies,
+            "decisions": [{"cause": c, "decision": d} for c, d in self.engine.scheduler.decisions_about(job.job_id)],
+        }
+
     # ------------------------------------------------------- identity and keys
     def WhoAmI(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return {"user": caller.user, "role": caller.role, "via": caller.via, "accessKeyId": caller.access_key_id}

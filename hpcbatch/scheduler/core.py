@@ -346,6 +346,18 @@ class Scheduler:
         """The reservation the waiting gang ``job_id`` got in the latest pass."""
         return self._reservations.get(job_id)
 
+    def front_of_queue(self, queue: str, limit: int = 100) -> list[str]:
+        """The waiting jobs of ``queue`` in the order the scheduler will consider them."""
+        q = self._queues.get(queue)
+        if q is None:
+            return []
+        return [j.job_id for j in sorted(q.jobs.values(), key=lambda j: j.seq)[:limit]]
+
+    def decisions_about(self, job_id: str, limit: int = 20) -> list[tuple[str, str]]:
+        """The latest decisions whose text names ``job_id`` (the bounded log), oldest first."""
+        found = [d for d in self.decisions if job_id in d[1]]
+        return found[-limit:]
+
     def node_usage(self, node: str) -> tuple[float, int, int] | None:
         """(allocated vCPUs, memory MiB, GPUs) on ``node``."""
         n = self._nodes.get(node)

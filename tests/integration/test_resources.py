@@ -175,3 +175,20 @@ def test_agents_join_a_compute_environment_by_label(tmp_path: Path) -> None:
         assert job["container"]["exitCode"] == 0
     finally:
         c.close()
+
+
+def test_why_and_the_queue_snapshot_explain_a_waiting_job(cluster: TestCluster) -> None:
+    big = {"command": ["true"], "resourceRequirements": [{"type": "VCPU", "value": "64"}]}
+    job_id = cluster.submit(["true"], containerOverrides=big)
+    cluster.wait_status(job_id, "RUNNABLE")
+    why = wait_for(lambda: (w := cluster.client.call("/hpcbatch/v1/whyjob", {"jobId": job_id})) and w.get("statusReason") and w, 10, what="a reason")
+    assert "can hold" in why["statusReason"] and why["queuePosition"] >= 1
+    snapshot = cluster.client.call("/v1/getjobqueuesnapshot", {"jobQueue": "default"})
+    assert any(j["jobArn"].endswith(job_id) for j in snapshot["frontOfQueue"]["jobs"])
+    from click.testing import CliRunner
+
+    from hpcbatch.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["--endpoint", cluster.socket_endpoint, "why", job_id])
+    assert result.exit_code == 0 and "reason:" in result.output and "position in its queue" in result.output
+    cluster.client.cancel_job(jobId=job_id, reason="done")

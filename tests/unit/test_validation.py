@@ -114,6 +114,7 @@ VALID: dict[str, dict[str, Any]] = {
     "RegisterJobDefinition": REGISTER_CONTAINER,
     "DescribeJobDefinitions": {"jobDefinitionName": "mpi-train", "status": "ACTIVE"},
     "DeregisterJobDefinition": {"jobDefinition": "mpi-train:1"},
+    "GetJobQueueSnapshot": {"jobQueue": "gpu"},
 }
 
 
