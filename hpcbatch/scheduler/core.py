@@ -321,6 +321,7 @@ class Scheduler:
         self._reservations: dict[str, Reservation] = {}  # waiting gang -> its reservation
         self._reservation_text: dict[str, str] = {}  # as last logged
         self.decisions: deque[tuple[str, str]] = deque(maxlen=log_size)
+        self._never_cache: dict[tuple[int, ResourceRequest, tuple[str, ...]], tuple[str | None, str]] = {}
 
     # ------------------------------------------------------------------ queries
     @property
@@ -386,6 +387,8 @@ class Scheduler:
         return self._schedule(cause)
 
     def _apply(self, event: Event) -> None:
+        if isinstance(event, NodeUp | NodeGone | ComputeEnvironmentChanged | ComputeEnvironmentRemoved):
+            self._never_cache.clear()
         match event:
             case JobRunnable():
                 if event.array_count:
@@ -568,7 +571,9 @@ class Scheduler:
         reserved: dict[str, Reservation] = {}  # node -> the reservation holding it, this pass
         made: dict[str, Reservation] = {}  # gang -> its reservation, this pass
         # Whether a gang shape could ever run depends only on nodes, not on what runs: once a pass.
-        never: dict[tuple[int, ResourceRequest, tuple[str, ...]], tuple[str | None, str]] = {}
+        # Whether a gang shape could ever run depends only on the nodes, not on what runs:
+        # kept across passes, forgotten when nodes or compute environments change.
+        never = self._never_cache
         queues = sorted(self._queues.values(), key=lambda q: (-q.priority, q.name))
         for queue in queues:
             if not queue.jobs:
