@@ -82,6 +82,14 @@ class HeadUnreachableError(ClientError):
     """No head answers at the endpoint (none configured, refused, timed out, cut off)."""
 
 
+class _TryNext(Exception):
+    """This head cannot take the call, and it was not done: try the next endpoint."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 def _home() -> str:
     return os.environ.get("HPCBATCH_HOME") or os.path.join(os.path.expanduser("~"), ".hpcbatch")
 
@@ -201,6 +209,12 @@ class _Connection:
         self._sock = self._rfile = None
 
     def _connect(self) -> None:
+        try:
+            self._open()
+        except OSError as exc:  # nothing was sent: another head may take the request safely
+            raise _ConnectFailed(exc.errno, exc.strerror or str(exc) or type(exc).__name__) from None
+
+    def _open(self) -> None:
         if self._family == socket.AF_UNIX:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
@@ -294,6 +308,17 @@ class _Dropped(Exception):
     """The peer closed the connection before sending a status line."""
 
 
+class _ConnectFailed(OSError):
+    """No connection could be made: the request never left this process."""
+
+
+STANDBY_ERROR = "StandbyHeadException"  # hpcbatch.head.ha: a standby head's answer
+
+
+def _is_standby_answer(status: int, data: bytes) -> bool:
+    return status == 503 and STANDBY_ERROR.encode() in data[:200]
+
+
 def _raise_for(status: int, data: bytes, endpoint: str) -> None:
     """Turn an AWS-shaped error answer into ClientError (4xx) or ServerError (5xx)."""
     message = ""
@@ -311,10 +336,14 @@ def _raise_for(status: int, data: bytes, endpoint: str) -> None:
 
 
 class Client:
-    """A connection to one hpcbatch head.
+    """A connection to an hpcbatch head (or to whichever of several heads is active).
 
     ``endpoint`` is ``http://host:port`` or ``unix:/path``; ``None`` resolves it from
     ``$HPCBATCH_ENDPOINT`` or the local cluster (``$HPCBATCH_HOME/cluster/cluster.json``).
+    Several endpoints, comma-separated, name active/standby heads (docs/ha.md): a call
+    that cannot connect, or that a standby declines, goes to the next one, round and round
+    for up to ``failover_wait_s`` (a takeover takes a few seconds). A call whose connection
+    broke after it was sent is not repeated elsewhere: it may have been done.
     Every operation in :data:`OPERATIONS` is a method taking the AWS request body as
     keyword arguments; every public call has an ``_async`` twin that runs it on one of
     ``max_workers`` threads and returns a :class:`concurrent.futures.Future`. Each thread
@@ -333,8 +362,13 @@ class Client:
         timeout: float = 30,
         max_workers: int = 8,
         credentials: tuple[str, str] | Literal[False] | None = None,
+        failover_wait_s: float = 20.0,
     ) -> None:
-        self.endpoint = resolve_endpoint(endpoint).rstrip("/")
+        self.endpoints = [e.strip().rstrip("/") for e in resolve_endpoint(endpoint).split(",") if e.strip()]
+        if not self.endpoints:
+            raise ClientError(f"endpoint {endpoint!r}: names no head")
+        self.endpoint = self.endpoints[0]
+        self.failover_wait_s = failover_wait_s
         self.timeout = timeout
         self.max_workers = max_workers
         self._credentials = credentials
@@ -349,6 +383,9 @@ class Client:
 
     def _connection(self) -> _Connection:
         conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.endpoint != self.endpoint:  # another head took over
+            conn.close()
+            conn = None
         if conn is None:
             conn = _Connection(self.endpoint, self.timeout)
             self._local.conn = conn
@@ -358,7 +395,7 @@ class Client:
 
     def _make_signer(self) -> RequestSigner | None:
         """The SigV4 signer for this client, or None (a ``unix:`` endpoint, or no key)."""
-        if self.endpoint.startswith("unix:") or self._credentials is False:
+        if self._credentials is False:
             return None
         credentials = self._credentials or find_credentials()
         if credentials is None:
@@ -370,6 +407,8 @@ class Client:
 
     def _signature(self, conn: _Connection, path: str, payload: bytes) -> str:
         """The SigV4 header lines for this request, or "" when the client does not sign."""
+        if conn.endpoint.startswith("unix:"):
+            return ""  # the head learns who we are from the kernel
         signer = self._signer
         if signer is False:
             signer = self._signer = self._make_signer()
@@ -387,6 +426,26 @@ class Client:
     def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """POST ``body`` as JSON to ``path``; return the parsed answer or raise an error."""
         payload = json.dumps(body or {}, separators=(",", ":")).encode()
+        if len(self.endpoints) == 1:
+            return self._call_one(path, payload)
+        deadline = time.monotonic() + self.failover_wait_s
+        tried = 0
+        while True:
+            try:
+                return self._call_one(path, payload, rotate=True)
+            except _TryNext as e:
+                tried += 1
+                if time.monotonic() > deadline:
+                    raise HeadUnreachableError(
+                        f"no active hpcbatch head among {', '.join(self.endpoints)} within "
+                        f"{self.failover_wait_s:g} s (last: {e.why})"
+                    ) from None
+                current = self.endpoints.index(self.endpoint) if self.endpoint in self.endpoints else 0
+                self.endpoint = self.endpoints[(current + 1) % len(self.endpoints)]
+                if tried % len(self.endpoints) == 0:
+                    time.sleep(0.2)  # a whole round declined: a takeover is under way
+
+    def _call_one(self, path: str, payload: bytes, rotate: bool = False) -> dict[str, Any]:
         conn = self._connection()
         signature = self._signature(conn, path, payload)
         try:
@@ -399,9 +458,13 @@ class Client:
                 why = f"no answer within {self.timeout:g} s"
             else:
                 why = e.strerror or str(e) or type(e).__name__
+            if rotate and isinstance(e, _ConnectFailed):
+                raise _TryNext(f"{conn.endpoint}: {why}") from None
             raise HeadUnreachableError(
                 f"cannot reach the hpcbatch head at {self.endpoint}: {why}"
             ) from None
+        if rotate and _is_standby_answer(status, data):
+            raise _TryNext(f"{conn.endpoint} is a standby")
         if status >= 400:
             _raise_for(status, data, self.endpoint)
         if not data:
@@ -456,6 +519,10 @@ class Client:
         def __getattr__(self, name: str) -> Callable[..., Any]: ...
 
     # -- hpcbatch's own operations, with friendlier signatures -----------------------------
+
+    def describe_head(self) -> dict[str, Any]:
+        """This head's role (active or standby), its epoch, and the active head (any head answers)."""
+        return self._call_one("/hpcbatch/v1/describeheads", b"{}")
 
     def get_job_logs(
         self, jobId: str, attempt: int | None = None, startFromOffset: int = 0

@@ -12,6 +12,10 @@ Rules of the conversation (the ZeroMQ guide's Paranoid Pirate, adapted):
   message from a head it has not registered with (``Reregister``) registers again.
 * ``StartAttempt`` is idempotent by ``attempt_id``: an agent never runs one attempt twice.
 * An ``AttemptExited`` is resent (with the next heartbeat) until the head's ``AckExits``.
+* Every head message carries the sending head's ``epoch`` (its lease's fencing token when
+  heads share PostgreSQL, hpcbatch.head.lease; 0 otherwise). An agent drops head messages
+  older than the newest epoch it has seen, so a paused or cut-off former head cannot start
+  or kill anything after a standby took over.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ PROTOCOL_VERSION = 1
 
 class Message(msgspec.Struct, tag_field="t", kw_only=True):
     """Base of every head<->agent message; ``t`` on the wire names the type."""
+
+    epoch: int = 0  # head -> agent: the sender's fencing token (see the module docstring)
 
 
 # ---------------------------------------------------------------- agent -> head

@@ -16,7 +16,9 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Everything one node agent needs; Ansible templates this file."""
 
     name: str
-    head: str  # the head's fleet endpoint, e.g. tcp://head:8472
+    # The head's fleet endpoint, e.g. tcp://head:8472; or every head's, active and
+    # standbys (docs/ha.md): the agent talks to one at a time and moves on when it is silent.
+    head: str | list[str]
     state_dir: str
     # CurveZMQ: the head's public key, pinned (copied from the head's curve_public_key),
     # and this node's key pair, generated on first start; its public key is what the
@@ -43,6 +45,10 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
 
     @property
+    def head_endpoints(self) -> list[str]:
+        return [self.head] if isinstance(self.head, str) else list(self.head)
+
+    @property
     def curve_secret_key_path(self) -> Path:
         return Path(self.curve_secret_key) if self.curve_secret_key else Path(self.state_dir) / "curve" / "agent.key_secret"
 
@@ -63,6 +69,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         config = msgspec.convert(raw, AgentConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"agent config {path}: {exc}") from None
+    if not config.head_endpoints:
+        raise ConfigError(f"agent config {path}: head must name at least one fleet endpoint")
     if config.memory_enforcement not in ("auto", "cgroup", "rss"):
         raise ConfigError(f"agent config {path}: memory_enforcement must be auto, cgroup or rss")
     if config.fabric_kind not in (None, "efa", "infiniband", "tcp"):

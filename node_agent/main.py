@@ -122,7 +122,11 @@ class Agent:
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
-        self._sock.connect(config.head)
+        self._heads = config.head_endpoints
+        self._head = self._heads[0]  # the one endpoint the socket is connected to
+        self._head_since = time.monotonic()
+        self._epoch = 0  # newest head epoch seen: older heads' orders are refused (protocol.py)
+        self._sock.connect(self._head)
         self._interval = config.heartbeat_interval_s
         self._liveness = config.liveness
         self._head_id: str | None = None
@@ -288,6 +292,16 @@ class Agent:
             except msgspec.DecodeError as exc:
                 log.warning("dropping an undecodable message from the head: %s", exc)
                 continue
+            if msg.epoch < self._epoch:
+                # A former active head (paused, cut off) that has not learnt it was replaced.
+                self._say_once(
+                    f"epoch-{msg.epoch}", logging.WARNING,
+                    "refusing orders from a head of epoch %d (%s first): epoch %d is active",
+                    msg.epoch, type(msg).__name__, self._epoch,
+                )
+                continue
+            if msg.epoch > self._epoch:
+                self._epoch = msg.epoch
             match msg:
                 case p.StartAttempt():
                     await self._start(msg)
@@ -318,8 +332,10 @@ class Agent:
         while True:
             await asyncio.sleep(self._interval)
             now = time.monotonic()
-            silent = now - self._head_seen
+            silent = now - max(self._head_seen, self._head_since)
             if silent > self._interval * self._liveness:
+                if len(self._heads) > 1:
+                    self._next_head()  # the active head moved (failover): find it
                 # The head may be gone or restarted: keep offering ourselves.
                 self._register()
                 connected = self._connected_at
@@ -328,7 +344,7 @@ class Agent:
                         "enrollment", logging.WARNING,
                         "connected to the head at %s, which does not answer: this node's key (%s) is probably "
                         "waiting for enrollment: run `hpcbatch nodes keys accept %s` on the head",
-                        self.config.head, self.keys.public.decode(), self.config.name,
+                        self._head, self.keys.public.decode(), self.config.name,
                     )
                 continue
             self._send(p.AgentHeartbeat(instance_id=self.instance_id, running=[r[0] for r in self.runner.running()]))
@@ -356,7 +372,7 @@ class Agent:
                     "refused", logging.ERROR,
                     "the head at %s refused this node's key %s (status %s): it is rejected or revoked; "
                     "`hpcbatch nodes keys list` on the head shows it; retrying",
-                    self.config.head, self.keys.public.decode(), event["value"],
+                    self._head, self.keys.public.decode(), event["value"],
                 )
                 # libzmq does not reconnect after an authentication failure: we do, backing off.
                 await asyncio.sleep(retry)
@@ -369,15 +385,23 @@ class Agent:
                         "handshake", logging.ERROR,
                         "the CurveZMQ handshake with the head at %s keeps failing: is head_public_key (%s) "
                         "the head's public key?",
-                        self.config.head, self.config.head_public_key,
+                        self._head, self.config.head_public_key,
                     )
 
-    def _reconnect(self) -> None:
+    def _reconnect(self, endpoint: str | None = None) -> None:
         try:
-            self._sock.disconnect(self.config.head)
+            self._sock.disconnect(self._head)
         except zmq.ZMQError:
             pass  # libzmq already dropped the endpoint
-        self._sock.connect(self.config.head)
+        self._head = endpoint or self._head
+        self._sock.connect(self._head)
+
+    def _next_head(self) -> None:
+        """Move to the next head endpoint: one connection at a time, so no message of ours
+        goes to a standby or to a paused former head (a DEALER would spread them over all)."""
+        following = self._heads[(self._heads.index(self._head) + 1) % len(self._heads)]
+        self._head_since = time.monotonic()
+        self._reconnect(following)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; running attempts are killed on the way out."""
@@ -392,7 +416,7 @@ class Agent:
         self._register()
         log.info(
             "agent %s (%d vCPUs, %d MiB, public key %s) connecting to %s",
-            self.config.name, self.facts.vcpus, self.facts.memory_mib, self.keys.public.decode(), self.config.head,
+            self.config.name, self.facts.vcpus, self.facts.memory_mib, self.keys.public.decode(), ", ".join(self._heads),
         )
         try:
             async with asyncio.TaskGroup() as tasks:

@@ -111,3 +111,56 @@ def audit(user: str | None, max_results: int) -> None:
     for e in events:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"] / 1000))
         click.echo(f"{at}  {e['user']:<12} {e['operation']:<26} {e.get('target') or '-':<38} {e['outcome']}")
+
+
+@admin.command("migrate")
+@click.option("--store", "target", metavar="URL|PATH", help="A postgresql:// URL or a SQLite file.")
+@click.option(
+    "--config", type=click.Path(exists=True, dir_okay=False), metavar="FILE", help="Migrate this head config's store."
+)
+@click.option("--dry-run", is_flag=True, help="Only list the migrations that would be applied.")
+@global_options
+def migrate(target: str | None, config: str | None, dry_run: bool) -> None:
+    """Upgrade a store's schema in place (run once, on any machine that reaches the store)."""
+    from hpcbatch.store import migrate as migrations
+
+    if config:
+        from hpcbatch.head.config import load_head_config
+
+        target = target or load_head_config(config).store_target
+    if not target:
+        raise click.UsageError("give --store URL|PATH or --config FILE")
+    todo = migrations.pending(target) if dry_run else migrations.migrate(target)
+    if json_output():
+        print_json({"store": migrations.redact(target), "pending" if dry_run else "applied": todo})
+        return
+    verb = "would apply" if dry_run else "applied"
+    click.echo(f"{migrations.redact(target)}: {verb} {', '.join(todo) if todo else 'nothing: the schema is current'}")
+
+
+@admin.command("heads")
+@global_options
+def heads() -> None:
+    """Every head named in the endpoint list, its role (active/standby), and the epoch."""
+    from hpcbatch.cli.common import _ENDPOINT
+    from hpcbatch.client import Client, HeadUnreachableError, resolve_endpoint
+
+    seen = []
+    for endpoint in resolve_endpoint(click.get_current_context().meta.get(_ENDPOINT)).split(","):
+        row: dict[str, Any] = {"endpoint": endpoint}
+        try:
+            with Client(endpoint, timeout=5) as c:
+                row.update(c.describe_head())
+        except HeadUnreachableError as e:
+            row["role"], row["error"] = "unreachable", e.message
+        seen.append(row)
+    if json_output():
+        print_json({"heads": seen})
+        return
+    for row in seen:
+        active = row.get("active") or {}
+        detail = row.get("error") or (
+            f"head {row['headId'][:8]}, epoch {row['epoch']}; active: {active.get('url', 'none')}"
+            f" (epoch {active.get('epoch', '-')})"
+        )
+        click.echo(f"{row['endpoint']:<40} {row['role']:<12} {detail}")

@@ -201,8 +201,14 @@ def cluster_down(home: str | None) -> None:
     metavar="FILE",
     help="The head's TOML configuration.",
 )
-def head(config: str) -> None:
+@click.option(
+    "--store",
+    metavar="URL",
+    help="The store, replacing the config's: a postgresql:// URL (shared by active/standby heads) "
+    "or a SQLite file path.",
+)
+def head(config: str, store: str | None) -> None:
     """Run the head daemon (in the foreground)."""
     from hpcbatch.head.daemon import main as daemon_main
 
-    sys.exit(daemon_main(config))
+    sys.exit(daemon_main(config, store=store))

@@ -30,6 +30,11 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retention_days: float = 7.0  # finished jobs stay describable this long (AWS: >= 7 days)
     prune_interval_s: float = 3600.0
     durability: str = "normal"  # "full": fsync every commit (power-loss safe)
+    # The store: "" is SQLite at <state_dir>/hpcbatch.db; a postgresql:// URL is a shared
+    # PostgreSQL, which also makes this head one of an active/standby set (docs/ha.md).
+    store: str = ""
+    advertise_url: str = ""  # how clients reach this head (standbys name the active one); default http://<http_listen>
+    lease_ttl_s: float = 3.0  # PostgreSQL only: a standby takes over this long after the active head stops renewing
     log_level: str = "INFO"
     # The local API: the same operations on a Unix socket, callers named by the kernel.
     api_socket: str = ""  # default <state_dir>/api.sock
@@ -62,25 +67,40 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return Path(self.node_keys_dir) if self.node_keys_dir else self.state_path / "node_keys"
 
     @property
+    def store_target(self) -> str:
+        return self.store or str(self.state_path / "hpcbatch.db")
+
+    @property
+    def advertised_url(self) -> str:
+        host, port = self.http_host_port
+        return self.advertise_url or f"http://{host}:{port}"
+
+    @property
     def http_host_port(self) -> tuple[str, int]:
         host, _, port = self.http_listen.rpartition(":")
         return host or "127.0.0.1", int(port)
 
 
-def load_head_config(path: str | Path) -> HeadConfig:
-    """Read and validate the head config; a bad file gets one line naming the field."""
+def load_head_config(path: str | Path, *, store: str | None = None) -> HeadConfig:
+    """Read and validate the head config (``store``, if given, replaces the file's)."""
     try:
         raw = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ClientError(f"head config {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ClientError(f"head config {path}: {exc}") from None
+    if store:
+        raw["store"] = store
     try:
         config = msgspec.convert(raw, HeadConfig)
     except msgspec.ValidationError as exc:
         raise ClientError(f"head config {path}: {exc}") from None
     if config.durability not in ("normal", "full"):
         raise ClientError(f"head config {path}: durability must be 'normal' or 'full'")
+    if config.store and "://" in config.store and not config.store.startswith(("postgresql://", "postgres://")):
+        raise ClientError(f"head config {path}: store must be a postgresql:// URL or a SQLite file path")
+    if config.lease_ttl_s < 1:
+        raise ClientError(f"head config {path}: lease_ttl_s must be at least 1 second")
     bad_roles = sorted(r for r in config.roles.values() if r not in ROLES)
     if bad_roles:
         raise ClientError(f"head config {path}: roles: {bad_roles[0]!r} is not one of {', '.join(ROLES)}")

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import uuid
+from typing import Any
 
 from aiohttp import web
 
@@ -22,12 +23,17 @@ from hpcbatch.head.api import make_app
 from hpcbatch.head.config import HeadConfig, load_head_config
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.fleet import Fleet
+from hpcbatch.head.ha import add_describe_route, standby_app
+from hpcbatch.head.lease import HeadLease
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodekeys import NodeKeyRegistry
 from hpcbatch.head.service import BatchService
-from hpcbatch.store import SqliteStore
+from hpcbatch.store import is_postgresql, open_store
+from hpcbatch.store.postgres import LeaseLost, PostgresStore
 
 log = logging.getLogger("hpcbatch.head")
+
+EXIT_LEASE_LOST = 75  # EX_TEMPFAIL: another head is active; systemd's Restart= brings this one back as a standby
 
 
 def _now_ms() -> int:
@@ -41,9 +47,16 @@ class Head:
         self.config = config
         state = config.state_path
         state.mkdir(parents=True, exist_ok=True)
-        self.store = SqliteStore(state / "hpcbatch.db", durability=config.durability)
+        self.store = open_store(config.store_target, durability=config.durability)
         self.logs = LogStore(state / "logs")
         self.head_id = uuid.uuid4().hex
+        # On PostgreSQL, heads share the store and one of them is active (hpcbatch.head.lease).
+        self.lease = (
+            HeadLease(config.store_target, self.head_id, config.advertised_url, config.lease_ttl_s)
+            if is_postgresql(config.store_target) else None
+        )
+        self.epoch = 0  # the fencing token every order to an agent carries; 0 without a lease
+        self.lost_lease: str | None = None
         self.fleet: Fleet | None = None
         self.engine = Engine(
             self.store,
@@ -86,8 +99,71 @@ class Head:
                 log.info("pruned %d jobs finished before the %g-day retention", len(pruned), self.config.retention_days)
             await asyncio.sleep(self.config.prune_interval_s)
 
+    async def describe(self) -> dict[str, Any]:
+        """DescribeHeads: this head's role and the lease's holder (hpcbatch.head.ha)."""
+        doc: dict[str, Any] = {
+            "headId": self.head_id,
+            "url": self.config.advertised_url,
+            "role": "active" if self.fleet is not None else "standby",
+            "epoch": self.epoch,
+            "store": "postgresql" if self.lease is not None else "sqlite",
+        }
+        if self.lease is None:
+            doc["active"] = {"headId": self.head_id, "url": self.config.advertised_url, "epoch": 0}
+            return doc
+        try:
+            holder = await self.lease.holder()
+        except Exception as exc:  # the database is unreachable: say so, not a 500
+            doc["leaseError"] = " ".join(str(exc).split())
+            return doc
+        if holder is not None and holder.expires_in_s > 0:
+            doc["active"] = {
+                "headId": holder.head_id, "url": holder.url, "epoch": holder.epoch,
+                "leaseExpiresInSeconds": round(holder.expires_in_s, 3),
+            }
+        return doc
+
+    async def _wait_for_lease(self, stop: asyncio.Event) -> bool:
+        """Serve as a standby until this head holds the lease; False if stopped first."""
+        assert self.lease is not None
+        runner = web.AppRunner(standby_app(self.describe), access_log=None)
+        await runner.setup()
+        host, port = self.config.http_host_port
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        api_socket = self.config.api_socket_path
+        api_socket.parent.mkdir(parents=True, exist_ok=True)
+        await web.UnixSite(runner, str(api_socket)).start()
+        os.chmod(api_socket, 0o666)
+        log.info("head %s is a standby on http://%s:%d and unix:%s", self.head_id[:8], host, port, api_socket)
+        try:
+            epoch = await self.lease.acquire(stop)
+        finally:
+            await runner.cleanup()
+        if epoch is None:
+            return False
+        self.epoch = epoch
+        assert isinstance(self.store, PostgresStore)
+        self.store.fence(epoch, stall_s=self.config.lease_ttl_s)
+        self.store.on_lease_lost = lambda: self._lease_lost("a store transaction found the lease taken over", stop)
+        log.info("head %s took the lease: active, epoch %d", self.head_id[:8], epoch)
+        return True
+
+    def _lease_lost(self, why: str, stop: asyncio.Event) -> None:
+        if self.lost_lease is None:
+            self.lost_lease = why
+            log.error("stopping: %s", why)
+        stop.set()
+
+    async def _keep_lease(self, stop: asyncio.Event) -> None:
+        assert self.lease is not None
+        self._lease_lost(await self.lease.keep(), stop)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
+        if self.lease is not None and not await self._wait_for_lease(stop):
+            await self.lease.close()
+            self.store.close()
+            return
         self.fleet = Fleet(
             self.config.fleet_bind,
             self.engine,
@@ -96,11 +172,12 @@ class Head:
             head_id=self.head_id,
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             liveness=self.config.liveness,
+            epoch=self.epoch,
         )
         self._load()
-        runner = web.AppRunner(
-            make_app(self.service, roles=self.config.roles, region=self.config.region), access_log=None
-        )
+        app = make_app(self.service, roles=self.config.roles, region=self.config.region)
+        add_describe_route(app, self.describe)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = self.config.http_host_port
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -117,23 +194,34 @@ class Head:
             async with asyncio.TaskGroup() as tasks:
                 fleet_task = tasks.create_task(self.fleet.serve())
                 prune_task = tasks.create_task(self._prune_loop())
+                lease_task = tasks.create_task(self._keep_lease(stop)) if self.lease is not None else None
                 await stop.wait()
-                log.info("stopping: signal received")
+                if self.lost_lease is None:
+                    log.info("stopping: signal received")
                 fleet_task.cancel()
                 prune_task.cancel()
+                if lease_task is not None:
+                    lease_task.cancel()
         finally:
             await runner.cleanup()
             api_socket.unlink(missing_ok=True)
-            self.engine.flush()
+            try:
+                self.engine.flush()
+            except LeaseLost as exc:  # fenced: nothing more may be written, or sent
+                self.lost_lease = exc.message
             self.fleet.close()
             self.store.close()
+            if self.lease is not None:
+                if self.lost_lease is None:
+                    await self.lease.release()  # a clean stop: a standby takes over now
+                await self.lease.close()
             log.info("head stopped")
 
 
-def main(config_path: str) -> int:
-    """Run the head with the config at ``config_path``; returns the process exit code."""
+def main(config_path: str, store: str | None = None) -> int:
+    """Run the head with the config at ``config_path`` (``store`` overrides its store)."""
     try:
-        config = load_head_config(config_path)
+        config = load_head_config(config_path, store=store)
     except HpcbatchError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 3
@@ -146,10 +234,16 @@ def main(config_path: str) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Head(config).run(stop)
+        head = Head(config)
+        await head.run(stop)
+        if head.lost_lease is not None:
+            raise LeaseLost(head.lost_lease)
 
     try:
         asyncio.run(_serve())
+    except LeaseLost as exc:
+        log.error("stopped: %s (a supervisor restarts this head as a standby)", exc.message)
+        return EXIT_LEASE_LOST
     except HpcbatchError as exc:  # a key file, most likely: one line naming it
         log.error("cannot start: %s", exc.message)
         return 3

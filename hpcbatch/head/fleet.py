@@ -73,6 +73,7 @@ class Fleet:
         head_id: str,
         heartbeat_interval_s: float,
         liveness: int,
+        epoch: int = 0,
     ) -> None:
         self._ctx = zmq.asyncio.Context.instance()
         self._keys = keys
@@ -86,6 +87,7 @@ class Fleet:
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._engine = engine
         self._head_id = head_id
+        self._epoch = epoch  # fencing token: stamped on every message (hpcbatch.head.lease)
         self._interval = heartbeat_interval_s
         self._liveness = liveness
         self._registered: set[str] = set()  # nodes that registered with this head process
@@ -113,6 +115,7 @@ class Fleet:
     # ------------------------------------------------------------------ sending
     def send(self, node: str, message: p.Message) -> None:
         """Send ``message`` to ``node``, or hold it until the node's next connection."""
+        message.epoch = self._epoch
         data = p.encode(message)
         route = self._routes.get(node)
         if route is None or not self._send_to(node, route, data):

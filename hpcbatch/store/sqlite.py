@@ -20,40 +20,7 @@ import msgspec
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.store.base import JobQuery
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS resources (
-    kind TEXT NOT NULL, name TEXT NOT NULL, revision INTEGER NOT NULL,
-    status TEXT NOT NULL, doc BLOB NOT NULL,
-    PRIMARY KEY (kind, name, revision)
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY, queue TEXT NOT NULL, status TEXT NOT NULL,
-    name TEXT NOT NULL, owner TEXT NOT NULL, created_at INTEGER NOT NULL,
-    stopped_at INTEGER, doc BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, created_at DESC, job_id DESC);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at DESC, job_id DESC);
-CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (status) WHERE status NOT IN ('SUCCEEDED', 'FAILED');
-CREATE INDEX IF NOT EXISTS jobs_by_stopped ON jobs (stopped_at) WHERE stopped_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS job_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, at INTEGER NOT NULL,
-    status TEXT NOT NULL, reason TEXT
-);
-CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, id);
-CREATE TABLE IF NOT EXISTS scripts (
-    script_id TEXT NOT NULL, owner TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (script_id, owner)
-);
-CREATE TABLE IF NOT EXISTS access_keys (access_key_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, user TEXT NOT NULL,
-    operation TEXT NOT NULL, target TEXT, outcome TEXT NOT NULL, doc BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
-"""
-
-SCHEMA_VERSION = "1"
+from hpcbatch.store.migrate import applied_ids_sqlite, migrate, migration_ids
 
 _encode = msgspec.json.Encoder().encode
 _decode_job = msgspec.json.Decoder(JobRecord).decode
@@ -72,10 +39,10 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
-        self._db.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-        )
+        # The schema is hpcbatch/store/migrations/sqlite, applied by yoyo (hpcbatch.store.migrate);
+        # the embedded store has one head, so it upgrades itself on open.
+        if set(migration_ids("sqlite")) - applied_ids_sqlite(self._db):
+            migrate(str(path))
         self._depth = 0
 
     @contextmanager

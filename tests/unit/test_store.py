@@ -1,4 +1,9 @@
-"""The SQLite store on a temporary file: resources, jobs, events, scripts, transactions."""
+"""Both store backends, the same tests: resources, jobs, events, scripts, transactions.
+
+Every test taking ``store`` or ``target`` runs on SQLite (a temporary file) and on
+PostgreSQL (a fresh database on the session's throwaway server, tests/pg.py; skipped
+where PostgreSQL's server binaries are missing). A new Store method gets its tests here.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +19,24 @@ from hypothesis import strategies as st
 
 from hpcbatch.model.jobs import Attempt, JobRecord, ResourceRequest
 from hpcbatch.model.lifecycle import JobStatus
-from hpcbatch.store import JobQuery, SqliteStore
+from hpcbatch.store import JobQuery, SqliteStore, Store, open_store
+from tests import pg
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives: a SQLite file path, or a new PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state" / "head.db")
+    postgres: pg.PostgresServer = request.getfixturevalue("postgres")
+    return postgres.create_database("store")
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "head.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(db_path)
+def store(target: str) -> Iterator[Store]:
+    s = open_store(target)
     try:
         yield s
     finally:
@@ -65,7 +77,7 @@ def ids(jobs: list[JobRecord]) -> list[str]:
 
 
 # -------------------------------------------------------------------- resources
-def test_resource_revisions_are_kept_and_zero_means_latest(store: SqliteStore) -> None:
+def test_resource_revisions_are_kept_and_zero_means_latest(store: Store) -> None:
     with store.transaction():
         store.put_resource("jobdef", "train", 1, "ACTIVE", {"revision": 1})
         store.put_resource("jobdef", "train", 2, "ACTIVE", {"revision": 2})
@@ -75,19 +87,19 @@ def test_resource_revisions_are_kept_and_zero_means_latest(store: SqliteStore) -
     assert store.latest_revision("jobdef", "train") == 2
 
 
-def test_unknown_resource_is_none_and_has_revision_zero(store: SqliteStore) -> None:
+def test_unknown_resource_is_none_and_has_revision_zero(store: Store) -> None:
     assert store.get_resource("queue", "nope") is None
     assert store.latest_revision("queue", "nope") == 0
     assert store.list_resources("queue") == []
 
 
-def test_putting_the_same_revision_again_replaces_it(store: SqliteStore) -> None:
+def test_putting_the_same_revision_again_replaces_it(store: Store) -> None:
     store.put_resource("queue", "q", 1, "ENABLED", {"state": "ENABLED"})
     store.put_resource("queue", "q", 1, "DISABLED", {"state": "DISABLED"})
     assert store.list_resources("queue") == [{"state": "DISABLED"}]
 
 
-def test_list_resources_orders_by_name_then_revision(store: SqliteStore) -> None:
+def test_list_resources_orders_by_name_then_revision(store: Store) -> None:
     for name, rev in [("b", 2), ("a", 1), ("b", 1), ("a", 2)]:
         store.put_resource("jobdef", name, rev, "ACTIVE", {"n": name, "r": rev})
     assert [(d["n"], d["r"]) for d in store.list_resources("jobdef")] == [
@@ -99,7 +111,7 @@ def test_list_resources_orders_by_name_then_revision(store: SqliteStore) -> None
     assert [d["r"] for d in store.list_resources("jobdef", "b")] == [1, 2]
 
 
-def test_resource_kinds_are_separate_namespaces(store: SqliteStore) -> None:
+def test_resource_kinds_are_separate_namespaces(store: Store) -> None:
     store.put_resource("ce", "same", 1, "ENABLED", {"kind": "ce"})
     store.put_resource("queue", "same", 1, "ENABLED", {"kind": "queue"})
     assert store.get_resource("ce", "same") == {"kind": "ce"}
@@ -108,7 +120,7 @@ def test_resource_kinds_are_separate_namespaces(store: SqliteStore) -> None:
     assert store.get_resource("queue", "same") == {"kind": "queue"}
 
 
-def test_delete_resource_removes_every_revision(store: SqliteStore) -> None:
+def test_delete_resource_removes_every_revision(store: Store) -> None:
     for rev in (1, 2, 3):
         store.put_resource("jobdef", "d", rev, "ACTIVE", {"r": rev})
     store.delete_resource("jobdef", "d")
@@ -116,7 +128,7 @@ def test_delete_resource_removes_every_revision(store: SqliteStore) -> None:
     assert store.latest_revision("jobdef", "d") == 0
 
 
-def test_resource_documents_round_trip_nested_json(store: SqliteStore) -> None:
+def test_resource_documents_round_trip_nested_json(store: Store) -> None:
     doc = {
         "jobDefinitionName": "d",
         "containerProperties": {"command": ["a", "b"], "vcpus": 0.5, "privileged": False},
@@ -129,7 +141,7 @@ def test_resource_documents_round_trip_nested_json(store: SqliteStore) -> None:
 
 
 # ------------------------------------------------------------------------- jobs
-def test_job_round_trips_with_attempts_and_status(store: SqliteStore) -> None:
+def test_job_round_trips_with_attempts_and_status(store: Store) -> None:
     original = job(
         "j1",
         status=JobStatus.FAILED,
@@ -155,18 +167,18 @@ def test_job_round_trips_with_attempts_and_status(store: SqliteStore) -> None:
     assert loaded.resources == ResourceRequest(1, 512)
 
 
-def test_unknown_job_is_none(store: SqliteStore) -> None:
+def test_unknown_job_is_none(store: Store) -> None:
     assert store.get_job("nope") is None
     assert store.job_seq("nope") == 0
 
 
-def test_get_jobs_keeps_the_requested_order_and_skips_unknown(store: SqliteStore) -> None:
+def test_get_jobs_keeps_the_requested_order_and_skips_unknown(store: Store) -> None:
     store.put_jobs([job("a"), job("b"), job("c")])
     assert ids(store.get_jobs(["c", "missing", "a"])) == ["c", "a"]
     assert store.get_jobs([]) == []
 
 
-def test_putting_a_job_again_updates_it_in_place(store: SqliteStore) -> None:
+def test_putting_a_job_again_updates_it_in_place(store: Store) -> None:
     store.put_jobs([job("a"), job("b")])
     seq = store.job_seq("a")
     store.put_jobs([job("a", status=JobStatus.RUNNING)])
@@ -177,7 +189,7 @@ def test_putting_a_job_again_updates_it_in_place(store: SqliteStore) -> None:
     ]
 
 
-def test_list_jobs_is_newest_first_with_job_id_breaking_ties(store: SqliteStore) -> None:
+def test_list_jobs_is_newest_first_with_job_id_breaking_ties(store: Store) -> None:
     store.put_jobs(
         [
             job("b", created_at=2),
@@ -189,7 +201,7 @@ def test_list_jobs_is_newest_first_with_job_id_breaking_ties(store: SqliteStore)
     assert ids(store.list_jobs(JobQuery())) == ["a", "c", "b", "d"]
 
 
-def test_list_jobs_filters_by_queue(store: SqliteStore) -> None:
+def test_list_jobs_filters_by_queue(store: Store) -> None:
     store.put_jobs(
         [job("a", queue="cpu"), job("b", queue="gpu"), job("c", queue="cpu", created_at=2000)]
     )
@@ -197,7 +209,7 @@ def test_list_jobs_filters_by_queue(store: SqliteStore) -> None:
     assert store.list_jobs(JobQuery(queue="none")) == []
 
 
-def test_list_jobs_filters_by_any_of_several_statuses(store: SqliteStore) -> None:
+def test_list_jobs_filters_by_any_of_several_statuses(store: Store) -> None:
     store.put_jobs(
         [
             job("a", status=JobStatus.RUNNABLE, created_at=1),
@@ -212,17 +224,17 @@ def test_list_jobs_filters_by_any_of_several_statuses(store: SqliteStore) -> Non
     ]
 
 
-def test_list_jobs_filters_by_owner(store: SqliteStore) -> None:
+def test_list_jobs_filters_by_owner(store: Store) -> None:
     store.put_jobs([job("a", owner="alice"), job("b", owner="bob")])
     assert ids(store.list_jobs(JobQuery(owner="bob"))) == ["b"]
 
 
-def test_job_name_filter_without_star_is_an_exact_match(store: SqliteStore) -> None:
+def test_job_name_filter_without_star_is_an_exact_match(store: Store) -> None:
     store.put_jobs([job("a", name="train"), job("b", name="train-2"), job("c", name="pretrain")])
     assert ids(store.list_jobs(JobQuery(name_like="train"))) == ["a"]
 
 
-def test_job_name_filter_with_trailing_star_is_a_prefix_match(store: SqliteStore) -> None:
+def test_job_name_filter_with_trailing_star_is_a_prefix_match(store: Store) -> None:
     store.put_jobs(
         [
             job("a", name="train", created_at=1),
@@ -234,25 +246,25 @@ def test_job_name_filter_with_trailing_star_is_a_prefix_match(store: SqliteStore
     assert len(store.list_jobs(JobQuery(name_like="*"))) == 3
 
 
-def test_job_name_prefix_treats_sql_wildcards_literally(store: SqliteStore) -> None:
+def test_job_name_prefix_treats_sql_wildcards_literally(store: Store) -> None:
     store.put_jobs([job("a", name="run_1%x"), job("b", name="runX1yx")])
     assert ids(store.list_jobs(JobQuery(name_like="run_1%*"))) == ["a"]
 
 
-def test_job_name_filter_is_case_insensitive_like_aws(store: SqliteStore) -> None:
+def test_job_name_filter_is_case_insensitive_like_aws(store: Store) -> None:
     store.put_jobs([job("a", name="Test1", created_at=1), job("b", name="Test10", created_at=2)])
     assert ids(store.list_jobs(JobQuery(name_like="test1"))) == ["a"]
     assert ids(store.list_jobs(JobQuery(name_like="test1*"))) == ["b", "a"]
 
 
-def test_list_jobs_filters_by_creation_time(store: SqliteStore) -> None:
+def test_list_jobs_filters_by_creation_time(store: Store) -> None:
     store.put_jobs([job(f"j{t}", created_at=t) for t in (100, 200, 300, 400)])
     assert ids(store.list_jobs(JobQuery(created_after=150))) == ["j400", "j300", "j200"]
     assert ids(store.list_jobs(JobQuery(created_before=250))) == ["j200", "j100"]
     assert ids(store.list_jobs(JobQuery(created_after=150, created_before=350))) == ["j300", "j200"]
 
 
-def test_list_jobs_combines_filters(store: SqliteStore) -> None:
+def test_list_jobs_combines_filters(store: Store) -> None:
     store.put_jobs(
         [
             job("hit", queue="q", owner="bob", name="x-1", status=JobStatus.RUNNING),
@@ -266,12 +278,12 @@ def test_list_jobs_combines_filters(store: SqliteStore) -> None:
     assert ids(store.list_jobs(query)) == ["hit"]
 
 
-def test_list_jobs_honours_limit(store: SqliteStore) -> None:
+def test_list_jobs_honours_limit(store: Store) -> None:
     store.put_jobs([job(f"j{i}", created_at=i) for i in range(10)])
     assert ids(store.list_jobs(JobQuery(limit=3))) == ["j9", "j8", "j7"]
 
 
-def test_after_continues_from_the_last_item_of_the_previous_page(store: SqliteStore) -> None:
+def test_after_continues_from_the_last_item_of_the_previous_page(store: Store) -> None:
     store.put_jobs(
         [
             job("a", created_at=1),
@@ -288,7 +300,7 @@ def test_after_continues_from_the_last_item_of_the_previous_page(store: SqliteSt
     assert store.list_jobs(JobQuery(limit=2, after=(1, "a"))) == []
 
 
-def _all_pages(store: SqliteStore, query: JobQuery) -> list[str]:
+def _all_pages(store: Store, query: JobQuery) -> list[str]:
     out: list[str] = []
     after = None
     while True:
@@ -319,7 +331,7 @@ def test_paging_with_after_visits_every_job_once_newest_first(
 
 
 def test_unfinished_jobs_come_oldest_submission_first_and_skip_final_ones(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     # Submission order (insertion), not created_at, decides.
     store.put_jobs([job("first", created_at=900), job("done", status=JobStatus.SUCCEEDED)])
@@ -333,7 +345,7 @@ def test_unfinished_jobs_come_oldest_submission_first_and_skip_final_ones(
     assert got[0][1].status is JobStatus.RUNNING
 
 
-def test_count_jobs_counts_a_queue_in_the_given_states(store: SqliteStore) -> None:
+def test_count_jobs_counts_a_queue_in_the_given_states(store: Store) -> None:
     store.put_jobs(
         [
             job("a", queue="q", status=JobStatus.RUNNABLE),
@@ -346,7 +358,7 @@ def test_count_jobs_counts_a_queue_in_the_given_states(store: SqliteStore) -> No
     assert store.count_jobs("r", (JobStatus.RUNNABLE,)) == 0
 
 
-def test_prune_deletes_only_finished_jobs_stopped_before_the_cutoff(store: SqliteStore) -> None:
+def test_prune_deletes_only_finished_jobs_stopped_before_the_cutoff(store: Store) -> None:
     store.put_jobs(
         [
             job("old-ok", status=JobStatus.SUCCEEDED, stopped_at=100),
@@ -363,7 +375,7 @@ def test_prune_deletes_only_finished_jobs_stopped_before_the_cutoff(store: Sqlit
     assert store.prune_jobs(stopped_before=200) == []
 
 
-def test_prune_handles_more_jobs_than_one_delete_batch(store: SqliteStore) -> None:
+def test_prune_handles_more_jobs_than_one_delete_batch(store: Store) -> None:
     store.put_jobs(
         [job(f"j{i:04d}", status=JobStatus.SUCCEEDED, stopped_at=1) for i in range(1203)]
     )
@@ -373,7 +385,7 @@ def test_prune_handles_more_jobs_than_one_delete_batch(store: SqliteStore) -> No
 
 
 # ------------------------------------------------------------------ job events
-def test_job_events_come_back_in_the_order_written_per_job(store: SqliteStore) -> None:
+def test_job_events_come_back_in_the_order_written_per_job(store: Store) -> None:
     store.add_job_events(
         [
             ("a", 10, "SUBMITTED", None),
@@ -394,14 +406,14 @@ def test_job_events_come_back_in_the_order_written_per_job(store: SqliteStore) -
 
 
 # --------------------------------------------------------------------- scripts
-def test_scripts_store_bytes_exactly(store: SqliteStore) -> None:
+def test_scripts_store_bytes_exactly(store: Store) -> None:
     data = b"#!/bin/sh\necho \x00\xff\n"
     store.put_script("sha-1", data, "alice")
     assert store.get_script("sha-1", "alice") == data
     assert store.get_script("missing", "alice") is None
 
 
-def test_putting_a_script_id_again_keeps_the_first_content(store: SqliteStore) -> None:
+def test_putting_a_script_id_again_keeps_the_first_content(store: Store) -> None:
     store.put_script("sha-1", b"one", "alice")
     store.put_script("sha-1", b"two", "alice")
     assert store.get_script("sha-1", "alice") == b"one"
@@ -412,7 +424,7 @@ class Boom(Exception):
     pass
 
 
-def test_transaction_rollback_on_error_leaves_nothing(store: SqliteStore) -> None:
+def test_transaction_rollback_on_error_leaves_nothing(store: Store) -> None:
     with pytest.raises(Boom), store.transaction():
         store.put_resource("queue", "q", 1, "ENABLED", {})
         store.put_jobs([job("a")])
@@ -426,7 +438,7 @@ def test_transaction_rollback_on_error_leaves_nothing(store: SqliteStore) -> Non
     assert list(store.unfinished_jobs()) == []
 
 
-def test_error_in_a_nested_transaction_rolls_back_the_outer_one(store: SqliteStore) -> None:
+def test_error_in_a_nested_transaction_rolls_back_the_outer_one(store: Store) -> None:
     with pytest.raises(Boom), store.transaction():
         store.put_jobs([job("outer")])
         with store.transaction():
@@ -435,8 +447,8 @@ def test_error_in_a_nested_transaction_rolls_back_the_outer_one(store: SqliteSto
     assert store.get_jobs(["outer", "inner"]) == []
 
 
-def test_nested_transaction_commits_with_the_outer_one(store: SqliteStore, db_path: Path) -> None:
-    other = SqliteStore(db_path)
+def test_nested_transaction_commits_with_the_outer_one(store: Store, target: str) -> None:
+    other = open_store(target)
     try:
         with store.transaction():
             store.put_jobs([job("outer")])
@@ -449,7 +461,7 @@ def test_nested_transaction_commits_with_the_outer_one(store: SqliteStore, db_pa
         other.close()
 
 
-def test_store_is_usable_after_a_rolled_back_transaction(store: SqliteStore) -> None:
+def test_store_is_usable_after_a_rolled_back_transaction(store: Store) -> None:
     with pytest.raises(Boom), store.transaction():
         store.put_jobs([job("lost")])
         raise Boom
@@ -458,15 +470,15 @@ def test_store_is_usable_after_a_rolled_back_transaction(store: SqliteStore) -> 
     assert ids(store.get_jobs(["lost", "kept"])) == ["kept"]
 
 
-def test_committed_write_survives_the_store_being_dropped_without_close(db_path: Path) -> None:
-    first = SqliteStore(db_path)
+def test_committed_write_survives_the_store_being_dropped_without_close(target: str) -> None:
+    first = open_store(target)
     with first.transaction():
         first.put_resource("queue", "q", 1, "ENABLED", {"jobQueueName": "q"})
         first.put_jobs([job("a")])
         first.add_job_events([("a", 1, "SUBMITTED", None)])
         first.put_script("s", b"x", "alice")
     # Still open, never closed: what a fresh process sees after `kill -9` of the head.
-    second = SqliteStore(db_path)
+    second = open_store(target)
     try:
         assert second.get_resource("queue", "q") == {"jobQueueName": "q"}
         assert ids(second.get_jobs(["a"])) == ["a"]
@@ -476,16 +488,16 @@ def test_committed_write_survives_the_store_being_dropped_without_close(db_path:
         second.close()
     del first
     gc.collect()
-    third = SqliteStore(db_path)
+    third = open_store(target)
     try:
         assert [j.job_id for _, j in third.unfinished_jobs()] == ["a"]
     finally:
         third.close()
 
 
-def test_uncommitted_write_is_invisible_to_another_store(db_path: Path) -> None:
-    first = SqliteStore(db_path)
-    second = SqliteStore(db_path)
+def test_uncommitted_write_is_invisible_to_another_store(target: str) -> None:
+    first = open_store(target)
+    second = open_store(target)
     try:
         with first.transaction():
             first.put_jobs([job("a")])
@@ -496,11 +508,11 @@ def test_uncommitted_write_is_invisible_to_another_store(db_path: Path) -> None:
         second.close()
 
 
-def test_opening_an_existing_file_keeps_its_data_and_schema(db_path: Path) -> None:
-    s = SqliteStore(db_path)
+def test_opening_an_existing_file_keeps_its_data_and_schema(target: str) -> None:
+    s = open_store(target)
     s.put_jobs([job("a")])
     s.close()
-    s = SqliteStore(db_path)
+    s = open_store(target)
     try:
         assert s.get_job("a") is not None
         s.put_jobs([job("b")])
@@ -527,7 +539,7 @@ def test_full_durability_mode_opens_and_writes(tmp_path: Path) -> None:
         s.close()
 
 
-def test_scripts_are_never_shared_between_owners(store: SqliteStore) -> None:
+def test_scripts_are_never_shared_between_owners(store: Store) -> None:
     store.put_script("sha-1", b"alice's", "alice")
     assert store.get_script("sha-1", "bob") is None
     store.put_script("sha-1", b"bob's", "bob")
@@ -535,7 +547,7 @@ def test_scripts_are_never_shared_between_owners(store: SqliteStore) -> None:
     assert store.get_script("sha-1", "alice") == b"alice's"
 
 
-def test_audit_entries_are_pruned_by_age(store: SqliteStore) -> None:
+def test_audit_entries_are_pruned_by_age(store: Store) -> None:
     with store.transaction():
         store.add_audit([
             {"at": 100, "user": "a", "operation": "SubmitJob", "outcome": "ok"},
