@@ -14,6 +14,14 @@ own network namespace with hostname ``node<i>``, a management network whose host
 carries the head's fleet endpoint, and a fabric network (``fab0``, MTU 9000) named in each
 agent's config; agents start on their node (``self.netns.node(name).exec_prefix``) with
 their own TMPDIR. ``close`` removes the namespaces, links, bridges and holders too.
+
+``store="postgresql"`` puts the head's state in a fresh database on the session's throwaway
+PostgreSQL (tests/pg.py) instead of SQLite; the default is ``$HPCBATCH_TEST_STORE`` or
+``sqlite``, so ``HPCBATCH_TEST_STORE=postgresql pytest tests/integration/...`` runs the
+head tests on PostgreSQL. ``heads=N`` (PostgreSQL only) starts N heads sharing that
+database and one state folder (keys, logs): ``head`` becomes active, ``head2``... wait as
+standbys; agents and ``self.client`` know every head's endpoint; ``active_head()`` names
+the active one, ``kill("head")`` kills one, ``start_head("head")`` brings it back.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from hpcbatch.client import Client
 from hpcbatch.curve import ensure_keypair
 from hpcbatch.localcluster import declared_gpus
 from hpcbatch.netns import FABRIC_INTERFACE, NetnsCluster, NetnsLayout
+from tests import pg
 
 T = TypeVar("T")
 
@@ -79,8 +88,25 @@ class TestCluster:
     def __init__(self, root: Path, nodes: int = 2, *, heartbeat_s: float = 0.3, liveness: int = 5,
                  kill_grace_s: float = 1.0, node_vcpus: int | None = None, node_memory_mib: int | None = None,
                  agent_extra: str = "", head_extra: str = "", enrolled: Collection[str] | None = None,
-                 netns: bool = False, placement_group: str = "rack1", gpus_per_node: int = 0) -> None:
+                 netns: bool = False, placement_group: str = "rack1", gpus_per_node: int = 0,
+                 store: str | None = None, heads: int = 1, lease_ttl_s: float = 2.0) -> None:
         self.root = root
+        self.store = store or os.environ.get("HPCBATCH_TEST_STORE") or "sqlite"
+        if self.store not in ("sqlite", "postgresql"):
+            raise ValueError(f"store must be sqlite or postgresql, not {self.store!r}")
+        if heads > 1 and self.store != "postgresql":
+            raise ValueError("several heads share one PostgreSQL store: pass store='postgresql'")
+        self.head_names = ["head"] + [f"head{i}" for i in range(2, heads + 1)]
+        self.store_url: str | None = None
+        if self.store == "postgresql":
+            why = pg.available()
+            if why:
+                import pytest
+
+                pytest.skip(why)
+            self.store_url = pg.shared_server().create_database("cluster")
+            head_extra = f'store = "{self.store_url}"\nlease_ttl_s = {lease_ttl_s}\n{head_extra}'
+        self._head_extra = head_extra
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._all: list[subprocess.Popen[bytes]] = []
         self._netns: NetnsCluster | None = None
@@ -100,26 +126,47 @@ class TestCluster:
             raise
         self.client = Client(self.socket_endpoint, timeout=10)
 
+    def head_client(self, name: str) -> Client:
+        """A client of one head only (no failover to the others)."""
+        return Client(self.heads[name]["socket"], timeout=5)
+
     def _configure(self, root: Path, nodes: int, heartbeat_s: float, liveness: int, kill_grace_s: float,
                    node_vcpus: int | None, node_memory_mib: int | None, agent_extra: str, head_extra: str,
                    enrolled: Collection[str] | None, gpus_per_node: int = 0) -> None:
         _let_owners_through(root)
         fleet_host = self.netns.host_mgmt_ip if self.netns else "127.0.0.1"
-        self.http_port = free_port()
-        self.fleet = f"tcp://{fleet_host}:{free_port(fleet_host)}"
-        self.endpoint = f"http://127.0.0.1:{self.http_port}"
-        self.api_socket = root / "api.sock"
-        self.socket_endpoint = f"unix:{self.api_socket}"
+        # Per head: its HTTP port, API socket, fleet endpoint, config file; the first is "head".
+        self.heads: dict[str, dict[str, Any]] = {}
+        for name in self.head_names:
+            suffix = name.removeprefix("head")
+            port = free_port()
+            self.heads[name] = {
+                "http_port": port,
+                "fleet": f"tcp://{fleet_host}:{free_port(fleet_host)}",
+                "endpoint": f"http://127.0.0.1:{port}",
+                "api_socket": root / f"api{suffix}.sock",
+                "socket": f"unix:{root / f'api{suffix}.sock'}",
+                "config": root / f"{name}.toml",
+            }
+        first = self.heads["head"]
+        self.http_port = first["http_port"]
+        self.fleet = first["fleet"]
+        self.endpoint = ",".join(h["endpoint"] for h in self.heads.values())
+        self.api_socket = first["api_socket"]
+        self.socket_endpoint = ",".join(h["socket"] for h in self.heads.values())
+        fleets = [h["fleet"] for h in self.heads.values()]
+        self._agent_head = f'"{self.fleet}"' if len(fleets) == 1 else json.dumps(fleets)
         self.head_public_key = root / "head" / "curve" / "head.key"
         ensure_keypair(root / "head" / "curve" / "head.key_secret", self.head_public_key)
         self.node_keys_dir = root / "head" / "node_keys"
         self.head_config = root / "head.toml"
-        self.head_config.write_text(
-            f'state_dir = "{root / "head"}"\nhttp_listen = "127.0.0.1:{self.http_port}"\n'
-            f'api_socket = "{self.api_socket}"\n'
-            f'fleet_bind = "{self.fleet}"\nheartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\n'
-            f"kill_grace_s = {kill_grace_s}\n{head_extra}\n"
-        )
+        for h in self.heads.values():  # the heads share one state folder: keys, node keys, logs
+            h["config"].write_text(
+                f'state_dir = "{root / "head"}"\nhttp_listen = "127.0.0.1:{h["http_port"]}"\n'
+                f'api_socket = "{h["api_socket"]}"\n'
+                f'fleet_bind = "{h["fleet"]}"\nheartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\n'
+                f"kill_grace_s = {kill_grace_s}\n{self._head_extra}\n"
+            )
         self._agent_settings = (
             f"heartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\nkill_grace_s = {kill_grace_s}\n"
             # The job owner for a root caller is root, which agents refuse unless told.
@@ -146,7 +193,8 @@ class TestCluster:
             (accepted / name).write_bytes(keys.public + b"\n")
         path = self.root / f"{name}.toml"
         path.write_text(
-            f'name = "{name}"\nhead = "{head or self.fleet}"\nstate_dir = "{self.root / name}"\n'
+            f'name = "{name}"\nhead = {json.dumps(head) if head else self._agent_head}\n'
+            f'state_dir = "{self.root / name}"\n'
             f'head_public_key = "{head_public_key or self.head_public_key}"\n'
             f"{self._agent_settings}{extra}\n"
         )
@@ -171,9 +219,27 @@ class TestCluster:
         self._all.append(proc)
         log.close()
 
-    def start_head(self) -> None:
-        self._spawn("head", ["-m", "hpcbatch.head", "--config", str(self.head_config)])
-        wait_for(self._head_up, 15, what="the head to answer")
+    def start_head(self, name: str = "head", role: str | None = None) -> None:
+        """Start head ``name``; wait until it answers, as ``role`` (active/standby) if given."""
+        self._spawn(name, ["-m", "hpcbatch.head", "--config", str(self.heads[name]["config"])])
+        if len(self.heads) == 1:
+            wait_for(self._head_up, 15, what="the head to answer")
+            return
+        wait_for(lambda: self.role(name) in ((role,) if role else ("active", "standby")), 15,
+                 what=f"{name} to answer as {role or 'a head'}")
+
+    def role(self, name: str) -> str | None:
+        """``active``/``standby`` as head ``name`` says, or None if it does not answer."""
+        try:
+            with self.head_client(name) as c:
+                return str(c.describe_head()["role"])
+        except Exception:
+            return None
+
+    def active_head(self, timeout: float = 15) -> str:
+        """The name of the active head (waiting for one, during a takeover)."""
+        return wait_for(lambda: next((n for n in self.procs if n in self.heads and self.role(n) == "active"), None),
+                        timeout, what="an active head")
 
     def _head_up(self) -> bool:
         try:
@@ -217,7 +283,9 @@ class TestCluster:
         )
 
     def up(self, queue: bool = True) -> TestCluster:
-        self.start_head()
+        self.start_head("head", role="active" if len(self.heads) > 1 else None)
+        for name in self.head_names[1:]:
+            self.start_head(name, role="standby")
         for name in self.node_names:
             self.start_agent(name)
         self.wait_active()
