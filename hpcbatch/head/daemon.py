@@ -144,7 +144,7 @@ class Head:
         self.epoch = epoch
         assert isinstance(self.store, PostgresStore)
         self.store.fence(epoch, stall_s=self.config.lease_ttl_s)
-        self.store.on_lease_lost = lambda: self._lease_lost("a store transaction found the lease taken over", stop)
+        self.store.on_unusable = lambda why: self._lease_lost(why, stop)
         log.info("head %s took the lease: active, epoch %d", self.head_id[:8], epoch)
         return True
 

@@ -81,7 +81,10 @@ class PostgresStore:
         _ensure_schema(self._db, url)
         self._depth = 0
         self._epoch: int | None = None
-        self.on_lease_lost: Callable[[], None] | None = None  # the head stops when called
+        # Called (with why) when this store must not be used any more: another head took
+        # the lease, or the connection broke mid-transaction. The head stops; its
+        # supervisor starts it again, as a standby or, with the lease, from the store.
+        self.on_unusable: Callable[[str], None] | None = None
 
     def fence(self, epoch: int, stall_s: float) -> None:
         """From now on, commit only while the lease's epoch is still ``epoch``.
@@ -104,20 +107,31 @@ class PostgresStore:
             return
         self._depth = 1
         try:
-            with self._db.transaction():
+            with self._unusable_on_connection_loss(), self._db.transaction():
                 if self._epoch is not None:
                     row = self._db.execute("SELECT epoch, holder FROM head_lease WHERE id = 1 FOR SHARE").fetchone()
                     if row is None or row[0] != self._epoch:
-                        if self.on_lease_lost is not None:
-                            self.on_lease_lost()
-                        raise LeaseLost(
+                        lost = LeaseLost(
                             f"this head's lease (epoch {self._epoch}) was taken over"
                             + (f" by head {row[1]} (epoch {row[0]})" if row else "")
                             + ": it must not write any more"
                         )
+                        if self.on_unusable is not None:
+                            self.on_unusable(lost.message)
+                        raise lost
                 yield
         finally:
             self._depth = 0
+
+    @contextmanager
+    def _unusable_on_connection_loss(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            why = f"lost the store's connection ({' '.join(str(exc).split())})"
+            if self.on_unusable is not None and self._db.closed:
+                self.on_unusable(why)
+            raise ServerError(f"the store is unreachable: {why}") from None
 
     def _execute(self, sql: str, args: Any = None) -> psycopg.Cursor[Any]:
         return self._db.execute(sql, args)

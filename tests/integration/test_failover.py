@@ -8,13 +8,16 @@ resumed finds its lease taken and stops without writing or starting anything.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from hpcbatch.cli.main import cli
 from hpcbatch.errors import ServerError
 from tests.harness import TestCluster, wait_for
 from tests.pg import PostgresServer
@@ -57,6 +60,10 @@ def test_failover_after_kill_9_keeps_every_job_and_runs_none_twice(ha: TestClust
     ha.client.list_nodes()  # the client moved on to the new active head by itself
     served_after = time.monotonic() - killed_at
     assert served_after < 20, served_after  # the figure itself is bench/ha_bench.py's failover_s
+
+    heads = CliRunner().invoke(cli, ["--endpoint", ha.socket_endpoint, "-o", "json", "admin", "heads"])
+    roles = [h["role"] for h in json.loads(heads.output)["heads"]]
+    assert roles == ["unreachable", "active"], heads.output  # `hpcbatch admin heads` says who serves
 
     described = {j["jobId"]: j for j in ha.client.describe_jobs(jobs=running + queued)["jobs"]}
     assert set(described) == set(running + queued)  # every acknowledged submission is there
