@@ -13,6 +13,7 @@ from yoyo import get_backend, read_migrations
 from hpcbatch.cli.main import cli
 from hpcbatch.client import Client, HeadUnreachableError
 from hpcbatch.errors import ClientError
+from hpcbatch.head.config import load_head_config
 from hpcbatch.head.lease import HeadLease
 from hpcbatch.store import migrate, open_store
 from hpcbatch.store.postgres import LeaseLost, PostgresStore
@@ -109,3 +110,15 @@ def test_a_client_with_several_endpoints_names_them_all_when_none_answers(tmp_pa
     with Client(endpoints, failover_wait_s=0.5) as client, pytest.raises(HeadUnreachableError) as err:
         client.list_nodes()
     assert "a.sock" in err.value.message and "b.sock" in err.value.message
+
+
+def test_head_config_takes_a_postgresql_store_and_the_command_line_replaces_it(tmp_path: Path) -> None:
+    path = tmp_path / "head.toml"
+    path.write_text(f'state_dir = "{tmp_path}"\nstore = "postgresql://db/hpcbatch"\n')
+    assert load_head_config(path).store_target == "postgresql://db/hpcbatch"
+    assert load_head_config(path, store="/srv/h.db").store_target == "/srv/h.db"
+    path.write_text(f'state_dir = "{tmp_path}"\n')
+    assert load_head_config(path).store_target == str(tmp_path / "hpcbatch.db")  # SQLite by default
+    path.write_text(f'state_dir = "{tmp_path}"\nstore = "mysql://db/x"\n')
+    with pytest.raises(ClientError, match="store must be a postgresql:// URL"):
+        load_head_config(path)
