@@ -207,8 +207,10 @@ class Head:
             api_socket.unlink(missing_ok=True)
             try:
                 self.engine.flush()
-            except LeaseLost as exc:  # fenced: nothing more may be written, or sent
-                self.lost_lease = exc.message
+            except HpcbatchError as exc:  # fenced, or the store is gone: nothing more is written, or sent
+                if self.lost_lease is None and not isinstance(exc, LeaseLost):
+                    raise
+                self.lost_lease = self.lost_lease or exc.message
             self.fleet.close()
             self.store.close()
             if self.lease is not None:
