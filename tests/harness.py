@@ -104,7 +104,7 @@ class TestCluster:
                 import pytest
 
                 pytest.skip(why)
-            self.store_url = pg.shared_server().create_database("cluster")
+            self.store_url = pg.shared_server().create_database("cluster", migrated=True)
             head_extra = f'store = "{self.store_url}"\nlease_ttl_s = {lease_ttl_s}\n{head_extra}'
         self._head_extra = head_extra
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

@@ -31,7 +31,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "state" / "head.db")
     postgres: pg.PostgresServer = request.getfixturevalue("postgres")
-    return postgres.create_database("store")
+    return postgres.create_database("store", migrated=True)
 
 
 @pytest.fixture
