@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpcbatch.cli.main import cli
+from hpcbatch.client import Client
 from hpcbatch.errors import ServerError
 from tests.harness import TestCluster, wait_for
 from tests.pg import PostgresServer
@@ -49,6 +50,10 @@ def test_failover_after_kill_9_keeps_every_job_and_runs_none_twice(ha: TestClust
     assert ha.active_head() == "head"
     with ha.head_client("head2") as standby, pytest.raises(ServerError, match="standby.*active head is http"):
         standby.list_nodes()
+    # A client that names the standby first is declined there and moves on to the active head.
+    with Client(f'{ha.heads["head2"]["socket"]},{ha.heads["head"]["socket"]}', timeout=10) as either:
+        assert either.list_nodes()["nodes"]
+        assert either.endpoint == ha.heads["head"]["socket"]
     running = [ha.submit(_marked(ha, marks, 6)) for _ in range(2)]
     for job_id in running:
         ha.wait_status(job_id, "RUNNING")
