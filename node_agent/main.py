@@ -45,6 +45,7 @@ from node_agent.bridge import (
 )
 from node_agent.config import AgentConfig, ConfigError, load_agent_config
 from node_agent.discovery import discover
+from node_agent.gpus_nvml import NvmlGpus
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
 
 log = logging.getLogger("hpcbatch.agent")
@@ -80,6 +81,7 @@ class Agent:
                 ("memory_mib", config.memory_mib),
                 ("reserved_memory_mib", config.reserved_memory_mib),
                 ("gpus", config.gpus),
+                ("gpu_count", config.gpu_count),
             )
             if v is not None
         }
@@ -87,7 +89,8 @@ class Agent:
             overrides["container_runtime"] = config.container_runtime
         overrides["fabric_interface"] = config.fabric_interface
         overrides["fabric_kind"] = config.fabric_kind
-        found = discover(overrides)  # fabric_interface/_address/_kind/_devices among them
+        self.nvml = NvmlGpus()
+        found = discover(overrides, nvml_gpus=self.nvml.open())  # fabric_interface/_address/_kind/_devices among them
         self.facts = p.NodeFacts(
             name=config.name,
             compute_environment=config.compute_environment,
