@@ -47,8 +47,9 @@ Theory of operation:
   without them, ``gpus`` ids ``"0"``..``"n-1"``). A placed job gets specific ids
   (``StartAttempt.gpus``; ``StartGang.gpus`` per node in node order): the lowest-index
   contiguous run of free devices that is long enough, else the lowest-index free ones.
-  Adjacent indices are only a proxy for closeness; a topology-aware choice (NVLink,
-  PCIe switch, NUMA) needs NVML topology and comes with it. A re-registering node reports
+  Where the node reports topology (``NodeUp.gpu_places``) the closest set wins instead
+  (scheduler/gpus.py: NVLink domain, PCIe switch, NUMA node). Nodes that fit are ranked by
+  ``gpus.placement_key``: jobs without GPUs prefer nodes without GPUs. A re-registering node reports
   which ids each running job holds (``NodeUp.gpu_holds``), so those are never handed out
   twice after a head restart; a job it reports without ids gets free ones chosen as above.
 * Wait reasons are emitted only when they change. Every start and every new or changed
@@ -71,6 +72,7 @@ from hpcbatch.scheduler.gang import (
     natural_key,
     pick_nodes,
 )
+from hpcbatch.scheduler.gpus import GpuPlace, choose_gpus, placement_key
 
 
 # ------------------------------------------------------------------------- events
@@ -118,6 +120,7 @@ class NodeUp(Event):
     gang_jobs: tuple[str, ...] = ()  # ids in ``allocations`` that are gangs: whole-node holds
     gpu_ids: tuple[str, ...] = ()  # the node's GPUs in index order; empty: "0".."gpus-1"
     gpu_holds: tuple[tuple[str, tuple[str, ...]], ...] = ()  # job id in ``allocations`` -> GPU ids
+    gpu_places: tuple[GpuPlace, ...] = ()  # per id in ``gpu_ids``: its NVLink/PCIe/NUMA groups
 
 
 @dataclass(frozen=True)
@@ -214,20 +217,15 @@ class _Node:
     gpu_holder: dict[int, str] = field(default_factory=dict)  # GPU index -> the job holding it
     jobs: set[str] = field(default_factory=set)  # every job holding part of this node
     gang: str | None = None  # the gang holding it whole, if any
+    gpu_places: tuple[GpuPlace, ...] = ()  # per GPU index; empty: no topology known
 
     @property
     def free_gpus(self) -> int:
         return self.gpus - len(self.gpu_holder)
 
     def pick_gpus(self, count: int) -> tuple[int, ...]:
-        """``count`` free GPU indices: the lowest contiguous run, else the lowest free ones."""
-        if count <= 0:
-            return ()
-        free = [i for i in range(self.gpus) if i not in self.gpu_holder]
-        for k in range(len(free) - count + 1):
-            if free[k + count - 1] - free[k] == count - 1:
-                return tuple(free[k:k + count])
-        return tuple(free[:count])
+        """``count`` free GPU indices, the closest set (scheduler/gpus.py)."""
+        return choose_gpus([i for i in range(self.gpus) if i not in self.gpu_holder], count, self.gpu_places)
 
     def fits(self, r: ResourceRequest) -> bool:
         return (
@@ -470,6 +468,7 @@ class Scheduler:
         node = _Node(
             event.node, event.compute_environment, event.vcpus, event.memory_mib, len(gpu_ids),
             event.accepting, event.vcpus, event.memory_mib, event.placement_group, gpu_ids,
+            gpu_places=event.gpu_places,
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
@@ -719,7 +718,8 @@ class Scheduler:
                     node.fits(r)
                     and (
                         best is None
-                        or (node.free_vcpus, node.free_memory_mib) < (best.free_vcpus, best.free_memory_mib)
+                        or placement_key(r.gpus, node.gpus, node.free_gpus, node.free_vcpus, node.free_memory_mib)
+                        < placement_key(r.gpus, best.gpus, best.free_gpus, best.free_vcpus, best.free_memory_mib)
                     )
                     and (not reserved or self._may_use(node.name, reserved, "", time_limit_s))
                 ):
