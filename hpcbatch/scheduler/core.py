@@ -49,7 +49,9 @@ Theory of operation:
   contiguous run of free devices that is long enough, else the lowest-index free ones.
   Where the node reports topology (``NodeUp.gpu_places``) the closest set wins instead
   (scheduler/gpus.py: NVLink domain, PCIe switch, NUMA node). Nodes that fit are ranked by
-  ``gpus.placement_key``: jobs without GPUs prefer nodes without GPUs. A re-registering node reports
+  ``gpus.placement_key``: jobs without GPUs prefer nodes without GPUs. GPUs in
+  ``NodeUp.gpu_out`` (unhealthy) are never handed out; a job already on one keeps it.
+  A re-registering node reports
   which ids each running job holds (``NodeUp.gpu_holds``), so those are never handed out
   twice after a head restart; a job it reports without ids gets free ones chosen as above.
 * Wait reasons are emitted only when they change. Every start and every new or changed
@@ -121,6 +123,7 @@ class NodeUp(Event):
     gpu_ids: tuple[str, ...] = ()  # the node's GPUs in index order; empty: "0".."gpus-1"
     gpu_holds: tuple[tuple[str, tuple[str, ...]], ...] = ()  # job id in ``allocations`` -> GPU ids
     gpu_places: tuple[GpuPlace, ...] = ()  # per id in ``gpu_ids``: its NVLink/PCIe/NUMA groups
+    gpu_out: tuple[str, ...] = ()  # ids out of service (unhealthy): a holder keeps it, nobody gets it
 
 
 @dataclass(frozen=True)
@@ -218,14 +221,16 @@ class _Node:
     jobs: set[str] = field(default_factory=set)  # every job holding part of this node
     gang: str | None = None  # the gang holding it whole, if any
     gpu_places: tuple[GpuPlace, ...] = ()  # per GPU index; empty: no topology known
+    gpu_out: frozenset[int] = frozenset()  # indices out of service: never handed out
 
     @property
     def free_gpus(self) -> int:
-        return self.gpus - len(self.gpu_holder)
+        return self.gpus - len(self.gpu_holder) - len(self.gpu_out.difference(self.gpu_holder))
 
     def pick_gpus(self, count: int) -> tuple[int, ...]:
         """``count`` free GPU indices, the closest set (scheduler/gpus.py)."""
-        return choose_gpus([i for i in range(self.gpus) if i not in self.gpu_holder], count, self.gpu_places)
+        free = [i for i in range(self.gpus) if i not in self.gpu_holder and i not in self.gpu_out]
+        return choose_gpus(free, count, self.gpu_places)
 
     def fits(self, r: ResourceRequest) -> bool:
         return (
@@ -237,7 +242,9 @@ class _Node:
         )
 
     def could_ever_fit(self, r: ResourceRequest) -> bool:
-        return r.vcpus <= self.vcpus + 1e-9 and r.memory_mib <= self.memory_mib and r.gpus <= self.gpus
+        return (
+            r.vcpus <= self.vcpus + 1e-9 and r.memory_mib <= self.memory_mib and r.gpus <= self.gpus - len(self.gpu_out)
+        )
 
     def candidate(self, free_at: float) -> Candidate:
         return Candidate(self.name, self.placement_group, free_at, (self.vcpus, self.memory_mib, self.gpus))
@@ -362,7 +369,7 @@ class Scheduler:
         n = self._nodes.get(node)
         if n is None:
             return None
-        return (n.vcpus - n.free_vcpus, n.memory_mib - n.free_memory_mib, n.gpus - n.free_gpus)
+        return (n.vcpus - n.free_vcpus, n.memory_mib - n.free_memory_mib, len(n.gpu_holder))
 
     def gpu_holders(self, node: str) -> dict[str, str]:
         """GPU id -> the job holding it on ``node``, in the node's GPU order."""
@@ -468,7 +475,7 @@ class Scheduler:
         node = _Node(
             event.node, event.compute_environment, event.vcpus, event.memory_mib, len(gpu_ids),
             event.accepting, event.vcpus, event.memory_mib, event.placement_group, gpu_ids,
-            gpu_places=event.gpu_places,
+            gpu_places=event.gpu_places, gpu_out=frozenset(gpu_ids.index(g) for g in event.gpu_out if g in gpu_ids),
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
@@ -874,7 +881,7 @@ class Scheduler:
         if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):
             cpu_only = ResourceRequest(vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=0)
             if r.gpus and any(n.could_ever_fit(cpu_only) for ce in ces for n in ce.nodes.values()):
-                most = max(n.gpus for ce in ces for n in ce.nodes.values())
+                most = max(n.gpus - len(n.gpu_out) for ce in ces for n in ce.nodes.values())
                 return (
                     f"No node in compute environments {', '.join(ce.name for ce in ces)} has "
                     f"{r.gpus} GPUs (the most is {most}): "

@@ -6,7 +6,6 @@ import ipaddress
 import os
 
 import psutil
-import pytest
 
 from hpcbatch.protocol import GpuFacts, NodeFacts
 from node_agent.discovery import discover

@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.scheduler.core import (
     Action,
+    AttemptEnded,
     JobQueueChanged,
     JobRunnable,
     NodeUp,
     Scheduler,
+    SetWaitReason,
     StartAttempt,
 )
 from hpcbatch.scheduler.gpus import GpuPlace, choose_gpus, closeness, placement_key
@@ -139,3 +141,35 @@ def test_gpu_jobs_prefer_the_node_with_fewest_free_gpus() -> None:
 def test_placement_key_orders_cpu_only_nodes_first_for_cpu_jobs() -> None:
     assert placement_key(0, 0, 0, 8, 1000) < placement_key(0, 4, 4, 1, 10)
     assert placement_key(1, 4, 1, 8, 1000) < placement_key(1, 4, 3, 1, 10)
+
+
+# ------------------------------------------------------------------ health
+def test_an_unhealthy_gpu_is_never_handed_out() -> None:
+    s = Scheduler()
+    up = NodeUp(_eid(), "g1", "ce", 16, 65536, 2, gpu_ids=("GPU-g1-0", "GPU-g1-1"), gpu_out=("GPU-g1-0",))
+    s.handle(JobQueueChanged(_eid(), "q", True, 1, ("ce",)), up)
+    got = starts(s.handle(job("a"), job("b")))
+    assert got == {"a": ("g1", ("GPU-g1-1",))}
+    assert s.node_usage("g1") == (1, 512, 1)
+
+
+def test_a_job_needing_the_unhealthy_gpu_too_can_never_run_and_says_so() -> None:
+    s = Scheduler()
+    up = NodeUp(_eid(), "g1", "ce", 16, 65536, 2, gpu_ids=("GPU-g1-0", "GPU-g1-1"), gpu_out=("GPU-g1-1",))
+    s.handle(JobQueueChanged(_eid(), "q", True, 1, ("ce",)), up)
+    actions = s.handle(job("pair", gpus=2))
+    reason = next(a.reason for a in actions if isinstance(a, SetWaitReason))
+    assert "2 GPUs (the most is 1)" in reason
+
+
+def test_a_job_on_a_gpu_that_turns_unhealthy_keeps_it_and_it_is_not_reused() -> None:
+    s = scheduler(node("g1", 2))
+    assert starts(s.handle(job("a"))) == {"a": ("g1", ("GPU-g1-0",))}
+    # The node reports GPU 0 bad while ``a`` still runs on it.
+    hold = (("a", ResourceRequest(vcpus=1, memory_mib=512, gpus=1)),)
+    s.handle(NodeUp(_eid(), "g1", "ce", 16, 65536, 2, hold, gpu_ids=("GPU-g1-0", "GPU-g1-1"),
+                    gpu_holds=(("a", ("GPU-g1-0",)),), gpu_out=("GPU-g1-0",)))
+    assert s.gpu_holders("g1") == {"GPU-g1-0": "a"}
+    s.handle(AttemptEnded(_eid(), "a"))
+    got = starts(s.handle(job("b"), job("c")))
+    assert got == {"b": ("g1", ("GPU-g1-1",))}
