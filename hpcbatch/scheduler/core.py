@@ -225,6 +225,8 @@ class _Node:
 
     @property
     def free_gpus(self) -> int:
+        if not self.gpu_out:  # the common case, and this is on the placement hot path
+            return self.gpus - len(self.gpu_holder)
         return self.gpus - len(self.gpu_holder) - len(self.gpu_out.difference(self.gpu_holder))
 
     def pick_gpus(self, count: int) -> tuple[int, ...]:
@@ -720,17 +722,14 @@ class Scheduler:
             if ce.caps(r.vcpus):
                 continue
             best: _Node | None = None
+            best_key: tuple[int, int, float, int] | None = None
             for node in ce.nodes.values():
-                if (
-                    node.fits(r)
-                    and (
-                        best is None
-                        or placement_key(r.gpus, node.gpus, node.free_gpus, node.free_vcpus, node.free_memory_mib)
-                        < placement_key(r.gpus, best.gpus, best.free_gpus, best.free_vcpus, best.free_memory_mib)
+                if node.fits(r) and (not reserved or self._may_use(node.name, reserved, "", time_limit_s)):
+                    key = placement_key(
+                        r.gpus, node.gpus, node.free_gpus if r.gpus else 0, node.free_vcpus, node.free_memory_mib
                     )
-                    and (not reserved or self._may_use(node.name, reserved, "", time_limit_s))
-                ):
-                    best = node
+                    if best_key is None or key < best_key:
+                        best, best_key = node, key
             if best is not None:
                 return best, ce
         return None
