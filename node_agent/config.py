@@ -81,6 +81,11 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"agent config {path}: memory_enforcement must be auto, cgroup or rss")
     if config.fabric_kind not in (None, "efa", "infiniband", "tcp"):
         raise ConfigError(f"agent config {path}: fabric_kind must be efa, infiniband or tcp")
+    uuids = [g if isinstance(g, str) else g.uuid for g in config.gpus]
+    if len(set(uuids)) != len(uuids) or "" in uuids:
+        raise ConfigError(f"agent config {path}: gpus must have distinct, non-empty uuids")
+    if config.gpu_count is not None and config.gpu_count < 0:
+        raise ConfigError(f"agent config {path}: gpu_count must not be negative")
     if not Path(config.head_public_key).is_file():
         raise ConfigError(
             f"agent config {path}: head_public_key {config.head_public_key} does not exist: "

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from pathlib import Path
 
 import psutil
+import pytest
 
 from hpcbatch.protocol import GpuFacts, NodeFacts
+from node_agent.config import ConfigError, DeclaredGpu, load_agent_config
 from node_agent.discovery import discover
 
 
@@ -62,3 +65,27 @@ def test_gpus_found_by_nvml_win_over_declared_ones() -> None:
 
 def test_gpu_count_declares_how_many_a_node_must_have() -> None:
     assert discover({"gpus": ["GPU-a"], "gpu_count": 2})["declared_gpus"] == 2
+
+
+def _config(tmp_path: Path, gpus: str) -> Path:
+    (tmp_path / "head.key").write_text("x")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'name = "n1"\nhead = "tcp://h:1"\nstate_dir = "{tmp_path}"\n'
+        f'head_public_key = "{tmp_path / "head.key"}"\n{gpus}\n'
+    )
+    return config
+
+
+def test_config_declares_gpus_with_topology(tmp_path: Path) -> None:
+    config = load_agent_config(_config(tmp_path, 'gpus = ["GPU-a", {uuid = "GPU-b", numa_node = 1}]\ngpu_count = 2'))
+    assert config.gpus[0] == "GPU-a" and isinstance(config.gpus[1], DeclaredGpu) and config.gpus[1].numa_node == 1
+
+
+def test_config_rejects_bad_gpu_declarations(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="distinct"):
+        load_agent_config(_config(tmp_path, 'gpus = ["GPU-a", {uuid = "GPU-a"}]'))
+    with pytest.raises(ConfigError, match="nvlink"):
+        load_agent_config(_config(tmp_path, 'gpus = [{uuid = "GPU-a", nvlink = "x"}]'))  # nvlink_domain
+    with pytest.raises(ConfigError, match="gpu_count"):
+        load_agent_config(_config(tmp_path, "gpu_count = -1"))
