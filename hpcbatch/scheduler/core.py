@@ -49,7 +49,8 @@ Theory of operation:
   contiguous run of free devices that is long enough, else the lowest-index free ones.
   Where the node reports topology (``NodeUp.gpu_places``) the closest set wins instead
   (scheduler/gpus.py: NVLink domain, PCIe switch, NUMA node). Nodes that fit are ranked by
-  ``gpus.placement_key``: jobs without GPUs prefer nodes without GPUs. GPUs in
+  ``gpus.placement_key``: jobs without GPUs prefer nodes without GPUs (gangs without GPUs:
+  CPU-only nodes when enough are idle). GPUs in
   ``NodeUp.gpu_out`` (unhealthy) are never handed out; a job already on one keeps it.
   A re-registering node reports
   which ids each running job holds (``NodeUp.gpu_holds``), so those are never handed out
@@ -798,7 +799,10 @@ class Scheduler:
                 and node.could_ever_fit(r)
                 and self._may_use(node.name, reserved, job.job_id, job.time_limit_s)
             ]
-            picked = pick_nodes(idle, n, ce.require_placement_group)
+            picked = None
+            if r.gpus == 0 and any(c.size[2] for c in idle):  # steering: CPU-only nodes first (gpus.py)
+                picked = pick_nodes([c for c in idle if not c.size[2]], n, ce.require_placement_group)
+            picked = picked or pick_nodes(idle, n, ce.require_placement_group)
             if picked is not None:
                 return [self._nodes[c.name] for c in picked[1]], ce
         return None

@@ -17,6 +17,7 @@ from hpcbatch.scheduler.core import (
     Scheduler,
     SetWaitReason,
     StartAttempt,
+    StartGang,
 )
 from hpcbatch.scheduler.gpus import GpuPlace, choose_gpus, closeness, placement_key
 
@@ -173,3 +174,15 @@ def test_a_job_on_a_gpu_that_turns_unhealthy_keeps_it_and_it_is_not_reused() -> 
     s.handle(AttemptEnded(_eid(), "a"))
     got = starts(s.handle(job("b"), job("c")))
     assert got == {"b": ("g1", ("GPU-g1-1",))}
+
+
+def test_a_cpu_gang_prefers_cpu_only_nodes_when_they_can_hold_it() -> None:
+    s = scheduler(node("a-gpu", 2, vcpus=4), node("b-cpu", 0, vcpus=8), node("c-cpu", 0, vcpus=8))
+    gang = JobRunnable(_eid(), "g", "q", ResourceRequest(vcpus=1, memory_mib=64), next(_seqs), num_nodes=2)
+    started = [a for a in s.handle(gang) if isinstance(a, StartGang)]
+    assert [a.nodes for a in started] == [("b-cpu", "c-cpu")]
+    # Three nodes needed: the GPU node joins, since the CPU-only ones cannot hold it alone.
+    gang3 = JobRunnable(_eid(), "g3", "q", ResourceRequest(vcpus=1, memory_mib=64), next(_seqs), num_nodes=3)
+    s.handle(AttemptEnded(_eid(), "g"))
+    started = [a for a in s.handle(gang3) if isinstance(a, StartGang)]
+    assert [a.nodes for a in started] == [("a-gpu", "b-cpu", "c-cpu")]
