@@ -50,10 +50,9 @@ Theory of operation:
   Where the node reports topology (``NodeUp.gpu_places``) the closest set wins instead
   (scheduler/gpus.py: NVLink domain, PCIe switch, NUMA node). Nodes that fit are ranked by
   ``gpus.placement_key``: jobs without GPUs prefer nodes without GPUs (gangs without GPUs:
-  CPU-only nodes when enough are idle). GPUs in
+  CPU-only nodes when enough are idle), GPU jobs the node with fewest free GPUs. GPUs in
   ``NodeUp.gpu_out`` (unhealthy) are never handed out; a job already on one keeps it.
-  A re-registering node reports
-  which ids each running job holds (``NodeUp.gpu_holds``), so those are never handed out
+  A re-registering node reports which ids each running job holds (``NodeUp.gpu_holds``), so those are never handed out
   twice after a head restart; a job it reports without ids gets free ones chosen as above.
 * Wait reasons are emitted only when they change. Every start and every new or changed
   reservation is appended to a bounded log with the id of the event that caused it.
