@@ -52,8 +52,9 @@ Theory of operation:
   ``gpus.placement_key``: jobs without GPUs prefer nodes without GPUs (gangs without GPUs:
   CPU-only nodes when enough are idle), GPU jobs the node with fewest free GPUs. GPUs in
   ``NodeUp.gpu_out`` (unhealthy) are never handed out; a job already on one keeps it.
-  A re-registering node reports which ids each running job holds (``NodeUp.gpu_holds``), so those are never handed out
-  twice after a head restart; a job it reports without ids gets free ones chosen as above.
+  A re-registering node reports which ids each running job holds (``NodeUp.gpu_holds``),
+  so those are never handed out twice after a head restart; a job it reports without ids
+  gets free ones chosen as above.
 * Wait reasons are emitted only when they change. Every start and every new or changed
   reservation is appended to a bounded log with the id of the event that caused it.
 """
