@@ -32,6 +32,30 @@ class Message(msgspec.Struct, tag_field="t", kw_only=True):
 
 
 # ---------------------------------------------------------------- agent -> head
+class GpuFacts(msgspec.Struct, kw_only=True):
+    """One GPU as its node sees it (NVML, or the agent config's declaration)."""
+
+    uuid: str
+    index: int = 0
+    name: str = ""
+    memory_mib: int = 0
+    mig: bool = False  # MIG mode on: the device is split (hpcbatch hands out whole GPUs only)
+    nvlink_domain: str | None = None  # GPUs with one domain reach each other over NVLink
+    pcie_switch: str | None = None  # GPUs with one switch share a PCIe switch
+    numa_node: int | None = None
+    cpus: list[int] = []  # the CPUs local to the GPU (its NUMA node's)
+    unhealthy: str | None = None  # why it is out of service (uncorrectable ECC, fatal XID)
+
+
+class GpuUsage(msgspec.Struct, kw_only=True):
+    """One sample of a GPU an attempt holds (NVML utilization and memory)."""
+
+    attempt_id: str
+    uuid: str
+    utilization_pct: int
+    memory_used_mib: int
+
+
 class NodeFacts(msgspec.Struct, kw_only=True):
     """What an agent knows about its machine and its place in the cluster."""
 
@@ -50,6 +74,8 @@ class NodeFacts(msgspec.Struct, kw_only=True):
     fabric_devices: list[str] = []  # e.g. ["mlx5_0"] or ["rdmap0s6"]
     container_runtime: str | None = None
     agent_version: str = ""
+    gpu_facts: list[GpuFacts] = []  # per GPU in ``gpus`` (topology, NUMA, health) where known
+    declared_gpus: int = 0  # the GPUs its config says it has; fewer found: the head drains it
 
 
 class RunningAttempt(msgspec.Struct, kw_only=True):
@@ -82,6 +108,8 @@ class Register(Message, tag="register", kw_only=True):
 class AgentHeartbeat(Message, tag="agent_hb", kw_only=True):
     instance_id: str
     running: list[str] = []  # attempt ids
+    unhealthy_gpus: dict[str, str] = {}  # GPU uuid -> why it is out of service (all of them, each time)
+    gpu_usage: list[GpuUsage] = []  # samples of running attempts' GPUs (NVML nodes only)
 
 
 class AttemptStarted(Message, tag="started", kw_only=True):

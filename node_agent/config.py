@@ -12,6 +12,19 @@ class ConfigError(Exception):
     """The agent's config file is missing or wrong; the message names the field."""
 
 
+class DeclaredGpu(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A GPU written in the config (nodes without NVML): the facts NVML would give."""
+
+    uuid: str
+    name: str = ""
+    memory_mib: int = 0
+    nvlink_domain: str | None = None  # any name: GPUs with the same one are NVLink peers
+    pcie_switch: str | None = None  # any name: GPUs with the same one share a PCIe switch
+    numa_node: int | None = None  # its CPUs come from /sys/devices/system/node/node<N>
+    cpus: list[int] = []  # or name them
+    unhealthy: str | None = None  # an admin takes it out of service, with the reason
+
+
 class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Everything one node agent needs; Ansible templates this file."""
 
@@ -34,7 +47,8 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vcpus: int | None = None  # default: the CPUs this process may use
     memory_mib: int | None = None  # default: physical memory less reserved_memory_mib
     reserved_memory_mib: int = 0
-    gpus: list[str] = []  # declared GPUs where NVML is absent
+    gpus: list[str | DeclaredGpu] = []  # declared GPUs (uuids or tables) where NVML is absent
+    gpu_count: int | None = None  # GPUs this node must have (default: how many are declared)
     container_runtime: str | None = None  # default: podman if on PATH
     keep_workdir: bool = False  # debugging: leave each job's private work dir after it ends
     allow_root_jobs: bool = False  # jobs owned by root run as root only when this is true
@@ -75,6 +89,11 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"agent config {path}: memory_enforcement must be auto, cgroup or rss")
     if config.fabric_kind not in (None, "efa", "infiniband", "tcp"):
         raise ConfigError(f"agent config {path}: fabric_kind must be efa, infiniband or tcp")
+    uuids = [g if isinstance(g, str) else g.uuid for g in config.gpus]
+    if len(set(uuids)) != len(uuids) or "" in uuids:
+        raise ConfigError(f"agent config {path}: gpus must have distinct, non-empty uuids")
+    if config.gpu_count is not None and config.gpu_count < 0:
+        raise ConfigError(f"agent config {path}: gpu_count must not be negative")
     if not Path(config.head_public_key).is_file():
         raise ConfigError(
             f"agent config {path}: head_public_key {config.head_public_key} does not exist: "

@@ -10,19 +10,27 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
+
+from hpcbatch.protocol import GpuFacts
 
 log = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
 
 
-def discover(config_overrides: dict[str, Any], *, sysfs: str | Path = "/sys") -> dict[str, Any]:
+def discover(
+    config_overrides: dict[str, Any], *, sysfs: str | Path = "/sys", nvml_gpus: list[GpuFacts] | None = None
+) -> dict[str, Any]:
     """Facts for protocol.NodeFacts; a key in ``config_overrides`` replaces what is found.
 
-    Keys: hostname, addresses, vcpus, memory_mib, gpus, container_runtime, fabric_interface,
-    fabric_kind. ``name`` and the cluster placement fields are the caller's (they come from
-    configuration, not the machine). ``sysfs`` is where /sys is (tests give a fake tree).
+    Keys: hostname, addresses, vcpus, memory_mib, gpus, gpu_count, container_runtime,
+    fabric_interface, fabric_kind. ``name`` and the cluster placement fields are the caller's
+    (they come from configuration, not the machine). ``sysfs`` is where /sys is (tests give a
+    fake tree). ``nvml_gpus``: what NVML found (gpus_nvml); none found: the declared ``gpus``.
+    The declared count (``gpu_count``, else how many ``gpus`` are declared) goes along, so the
+    head drains a node that has fewer.
     """
     cfg = config_overrides
     vcpus = cfg.get("vcpus")
@@ -32,14 +40,18 @@ def discover(config_overrides: dict[str, Any], *, sysfs: str | Path = "/sys") ->
     if memory_mib is None:
         total = psutil.virtual_memory().total // _MIB
         memory_mib = max(0, total - int(cfg.get("reserved_memory_mib", 0)))
-    gpus = [g["uuid"] for g in gpu_inventory()] or list(cfg.get("gpus") or [])
+    declared = declared_gpu_facts(list(cfg.get("gpus") or []))
+    gpu_facts = nvml_gpus or declared
+    gpu_count = cfg.get("gpu_count")
     runtime = cfg["container_runtime"] if "container_runtime" in cfg else shutil.which("podman")
     return {
         "hostname": cfg.get("hostname") or socket.gethostname(),
         "addresses": list(cfg.get("addresses") or _ipv4_addresses()),
         "vcpus": int(vcpus),
         "memory_mib": int(memory_mib),
-        "gpus": gpus,
+        "gpus": [g.uuid for g in gpu_facts],
+        "gpu_facts": gpu_facts,
+        "declared_gpus": int(gpu_count) if gpu_count is not None else len(declared),
         "container_runtime": runtime,
         **fabric_facts(cfg.get("fabric_interface"), cfg.get("fabric_kind"), sysfs=sysfs),
     }
@@ -126,38 +138,16 @@ def interface_ipv4(interface: str) -> str | None:
     return None
 
 
-def gpu_inventory() -> list[dict[str, Any]]:
-    """GPUs seen by NVML (index, uuid, name, memory_mib, minor); [] without it. Never raises."""
-    try:
-        import pynvml  # optional: nvidia-ml-py, only on GPU nodes
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        log.debug("NVML unavailable: %s", exc)
-        return []
-    gpus: list[dict[str, Any]] = []
-    try:
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            gpus.append(
-                {
-                    "index": index,
-                    "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
-                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
-                    "memory_mib": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total) // _MIB,
-                    "minor": int(pynvml.nvmlDeviceGetMinorNumber(handle)),
-                }
-            )
-    except Exception as exc:  # a GPU fallen off the bus must not stop the agent
-        log.warning("NVML query failed after %d GPUs: %s", len(gpus), exc)
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-    return gpus
+def declared_gpu_facts(declared: list[Any]) -> list[GpuFacts]:
+    """The agent config's ``gpus`` (uuids, or tables with topology/NUMA/health) as GpuFacts."""
+    facts: list[GpuFacts] = []
+    for index, gpu in enumerate(declared):
+        if isinstance(gpu, str):
+            facts.append(GpuFacts(uuid=gpu, index=index))
+        else:
+            fields = gpu if isinstance(gpu, dict) else msgspec.structs.asdict(gpu)
+            facts.append(msgspec.convert({**fields, "index": index}, GpuFacts))
+    return facts
 
 
 def _vcpus() -> int:

@@ -44,7 +44,9 @@ from node_agent.bridge import (
     socket_path,
 )
 from node_agent.config import AgentConfig, ConfigError, load_agent_config
+from node_agent.cpu_binding import agent_cpus, gpu_local_cpus
 from node_agent.discovery import discover
+from node_agent.gpus_nvml import NvmlGpus
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
 
 log = logging.getLogger("hpcbatch.agent")
@@ -80,6 +82,7 @@ class Agent:
                 ("memory_mib", config.memory_mib),
                 ("reserved_memory_mib", config.reserved_memory_mib),
                 ("gpus", config.gpus),
+                ("gpu_count", config.gpu_count),
             )
             if v is not None
         }
@@ -87,7 +90,8 @@ class Agent:
             overrides["container_runtime"] = config.container_runtime
         overrides["fabric_interface"] = config.fabric_interface
         overrides["fabric_kind"] = config.fabric_kind
-        found = discover(overrides)  # fabric_interface/_address/_kind/_devices among them
+        self.nvml = NvmlGpus()
+        found = discover(overrides, nvml_gpus=self.nvml.open())  # fabric_interface/_address/_kind/_devices among them
         self.facts = p.NodeFacts(
             name=config.name,
             compute_environment=config.compute_environment,
@@ -142,6 +146,10 @@ class Agent:
         }
         self._base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         self._hostname = socket.gethostname()
+        self._cpus = agent_cpus()
+        self._gpus_of: dict[str, list[str]] = {}  # attempt -> the GPU uuids it holds
+        # Declared out of service in the config: stays so, whatever NVML says.
+        self._declared_unhealthy = {g.uuid: g.unhealthy for g in self.facts.gpu_facts if g.unhealthy}
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
@@ -182,11 +190,24 @@ class Agent:
         self._unacked[exited.attempt_id] = exited
         self._send(exited)
 
+    def _gpu_report(self, running: list[str]) -> tuple[dict[str, str], list[p.GpuUsage]]:
+        """GPUs out of service now, and a usage sample of each running attempt's GPUs (NVML)."""
+        unhealthy = {**self._declared_unhealthy, **self.nvml.health()}
+        usage: list[p.GpuUsage] = []
+        if self.nvml.available:
+            for attempt_id in running:
+                for uuid, (util, used) in self.nvml.usage(self._gpus_of.get(attempt_id, ())).items():
+                    usage.append(
+                        p.GpuUsage(attempt_id=attempt_id, uuid=uuid, utilization_pct=util, memory_used_mib=used)
+                    )
+        return unhealthy, usage
+
     def _ack(self, attempt_ids: list[str]) -> None:
         for attempt_id in attempt_ids:
             self._unacked.pop(attempt_id, None)
             self._shipped.pop(attempt_id, None)
             self._job_of.pop(attempt_id, None)
+            self._gpus_of.pop(attempt_id, None)
             self.runner.forget(attempt_id)
 
     async def _start(self, msg: p.StartAttempt) -> None:
@@ -223,6 +244,7 @@ class Agent:
             user=msg.owner,  # never None here: an ownerless job must not run as the agent (root)
             hold=msg.hold,
             files=files,
+            cpus=tuple(gpu_local_cpus(msg.gpu_ids, self.facts.gpu_facts, self._cpus)) if msg.gpu_ids else (),
         )
         outcome = await self.runner.start(spec)
         if isinstance(outcome, AttemptResult):
@@ -231,6 +253,8 @@ class Agent:
             return
         self._shipped.setdefault(msg.attempt_id, 0)
         self._job_of[msg.attempt_id] = msg.job_id
+        if msg.gpu_ids:
+            self._gpus_of[msg.attempt_id] = list(msg.gpu_ids)
         uid = self.runner.attempt_uid(msg.attempt_id)
         if msg.hosts and msg.launch_secret and uid is not None:
             self.bridge.allow(
@@ -347,7 +371,13 @@ class Agent:
                         self._head, self.keys.public.decode(), self.config.name,
                     )
                 continue
-            self._send(p.AgentHeartbeat(instance_id=self.instance_id, running=[r[0] for r in self.runner.running()]))
+            running = [r[0] for r in self.runner.running()]
+            unhealthy, usage = self._gpu_report(running)
+            self._send(
+                p.AgentHeartbeat(
+                    instance_id=self.instance_id, running=running, unhealthy_gpus=unhealthy, gpu_usage=usage
+                )
+            )
             for exited in list(self._unacked.values()):
                 self._send(exited)
 
@@ -437,6 +467,7 @@ class Agent:
             self._monitor.close(linger=0)
             self._sock.close(linger=0)
             self._ctx.term()
+            self.nvml.close()
             log.info("agent stopped")
 
 

@@ -72,6 +72,8 @@ from pathlib import Path
 
 import psutil
 
+from node_agent.cpu_binding import bind_argv
+
 log = logging.getLogger(__name__)
 
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
@@ -120,6 +122,7 @@ class AttemptSpec:
     hold: bool = False
     # (name, data, mode) written into the job's directory (``Runner.job_dir``) before start.
     files: tuple[tuple[str, bytes, int], ...] = ()
+    cpus: tuple[int, ...] = ()  # bind to these CPUs (a GPU job: its GPUs' NUMA node); () none
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,7 @@ class Runner:
             env = {**env, "HPCBATCH_SCRIPT": str(script)}
         if not argv:
             return self._refuse(spec, adir, f"{CANNOT_START}: the job has no command")
+        argv = bind_argv(argv, spec.cpus, env.get("PATH"))  # a GPU job: its GPUs' NUMA CPUs
         started_at = _now_ms()
         cgroup: Path | None = None
         if self._cgroups is not None:

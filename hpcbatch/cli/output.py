@@ -133,6 +133,8 @@ def print_job_details(jobs: Iterable[dict[str, Any]]) -> None:
             ("command", " ".join(map(str, container.get("command") or [])) or None),
             ("resources", _requirements(container.get("resourceRequirements"))),
             ("exitCode", container.get("exitCode")),
+            ("gpus", ", ".join(container.get("gpuIds") or []) or None),
+            ("gpuUsage", _gpu_usage(container.get("gpuUsage"))),
             ("createdAt", _when(job.get("createdAt"))),
             ("startedAt", _when(job.get("startedAt"))),
             ("stoppedAt", _when(job.get("stoppedAt"))),
@@ -163,6 +165,18 @@ def print_job_details(jobs: Iterable[dict[str, Any]]) -> None:
                     dash(truncate(c.get("reason") or a.get("statusReason"), 60)),
                 )
             show(att)
+
+
+def _gpu_usage(usage: Any) -> str | None:
+    """``GPU-x util 87% (peak 99%) mem 30.1G (peak 31.0G)`` per GPU, from NVML samples."""
+    if not usage:
+        return None
+    return "; ".join(
+        f"{u.get('gpuId')} util {u.get('utilizationPercent')}% (peak {u.get('peakUtilizationPercent')}%) "
+        f"mem {u.get('memoryUsedMiB', 0) / 1024:.1f}G (peak {u.get('peakMemoryUsedMiB', 0) / 1024:.1f}G)"
+        for u in usage
+        if isinstance(u, dict)
+    )
 
 
 def _when(ms: Any) -> str | None:
@@ -261,12 +275,20 @@ def print_nodes(nodes: Iterable[dict[str, Any]]) -> None:
     def gib(mib: Any) -> str:
         return f"{mib / 1024:.1f}G" if isinstance(mib, int | float) else "-"
 
+    def gpus(node: dict[str, Any]) -> str:
+        total = len(node.get("gpus") or [])
+        if not total:
+            return "-"
+        bad = len(node.get("unhealthyGpus") or {})
+        free = node.get("freeGpus", total - (node.get("allocatedGpus") or 0) - bad)
+        return f"{free}/{node.get('allocatedGpus') or 0}/{bad}"
+
     def jobs(node: dict[str, Any]) -> str:
         running = node.get("runningJobs") or []
         return str(len(running)) if len(running) > 2 else ",".join(running) or "-"
 
     print_table(
-        ["NAME", "STATE", "CE", "GROUP", "VCPUS", "MEMORY", "GPUS", "FABRIC", "JOBS", "HEARTBEAT", "REASON"],
+        ["NAME", "STATE", "CE", "GROUP", "VCPUS", "MEMORY", "GPUS F/U/BAD", "FABRIC", "JOBS", "HEARTBEAT", "REASON"],
         (
             [
                 n.get("name"),
@@ -275,7 +297,7 @@ def print_nodes(nodes: Iterable[dict[str, Any]]) -> None:
                 n.get("placementGroup") or "-",
                 f"{n.get('allocatedVcpus') or 0:g}/{n.get('vcpus') or 0:g}",
                 f"{gib(n.get('allocatedMemoryMiB') or 0)}/{gib(n.get('memoryMiB'))}",
-                len(n.get("gpus") or []),
+                gpus(n),
                 fabric(n),
                 jobs(n),
                 ago(n.get("lastHeartbeatAt")),

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from hpcbatch import protocol as p
+from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import TIMEOUT_REASON, Attempt, JobRecord, should_retry
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
@@ -74,6 +75,7 @@ class NodeInfo:
     jobs: set[str] = field(default_factory=set)  # jobs with an attempt in flight here
     drain_reason: str | None = None  # set by an admin: no new work (DRAINING, then DRAINED)
     allocations: tuple[tuple[str, Any], ...] = ()  # as last told to the scheduler
+    gpu_unhealthy: dict[str, str] = field(default_factory=dict)  # GPU uuid -> why out of service
 
 
 def _sequential(job: JobRecord) -> bool:
@@ -802,6 +804,7 @@ class Engine:
                 len(facts.gpus), tuple(allocations), accepting=node.drain_reason is None,
                 placement_group=facts.placement_group, gang_jobs=tuple(gangs),
                 gpu_ids=tuple(facts.gpus), gpu_holds=tuple(holds),
+                gpu_places=head_gpus.gpu_places(facts), gpu_out=tuple(node.gpu_unhealthy),
             )
         )
 
@@ -826,7 +829,7 @@ class Engine:
     def _set_state(node: NodeInfo) -> None:
         """ACTIVE, or DRAINING while a drained node still runs jobs, then DRAINED."""
         if node.drain_reason is None:
-            node.state, node.state_reason = "ACTIVE", ""
+            node.state, node.state_reason = "ACTIVE", head_gpus.gpu_flag(node.gpu_unhealthy)
         else:
             node.state = "DRAINING" if node.jobs else "DRAINED"
             node.state_reason = node.drain_reason
@@ -890,6 +893,11 @@ class Engine:
         node = self.nodes.setdefault(name, NodeInfo(facts=None))
         node.facts, node.instance_id = msg.node, msg.instance_id
         node.last_heartbeat_at = now
+        node.gpu_unhealthy = head_gpus.unhealthy_gpus(msg.node)
+        shortfall = head_gpus.gpu_shortfall(msg.node)
+        if shortfall is not None and node.drain_reason is None:
+            log.warning("draining node %s: %s", name, shortfall)
+            node.drain_reason = shortfall
         self._set_state(node)
         for exited in msg.exited:
             self.on_exited(name, exited)
@@ -925,10 +933,35 @@ class Engine:
         }
         return p.Welcome(head_id="", heartbeat_interval_s=0, liveness=0, log_offsets=offsets)
 
-    def on_heartbeat(self, name: str) -> None:
+    def on_heartbeat(self, name: str, msg: p.AgentHeartbeat | None = None) -> None:
         node = self.nodes.get(name)
         if node is not None:
             node.last_heartbeat_at = self._now()
+            if msg is not None and (msg.gpu_usage or msg.unhealthy_gpus.keys() - node.gpu_unhealthy.keys()):
+                self._on_gpu_report(name, node, msg)
+
+    def _on_gpu_report(self, name: str, node: NodeInfo, msg: p.AgentHeartbeat) -> None:
+        """GPU health and usage from a heartbeat: take bad GPUs out, keep samples on attempts.
+
+        Out of service is sticky until the node registers again (an agent restart after the
+        repair reports the GPU afresh): a heartbeat only adds to it.
+        """
+        if msg.gpu_usage:
+            attempts = {
+                a.attempt_id: a for j in node.jobs if (job := self.jobs.get(j)) and (a := job.current_attempt)
+            }
+            for attempt_id, attempt in attempts.items():
+                head_gpus.record_usage(attempt, [u for u in msg.gpu_usage if u.attempt_id == attempt_id])
+        new = {gpu: why for gpu, why in msg.unhealthy_gpus.items() if gpu not in node.gpu_unhealthy}
+        if new and node.facts is not None and node.state != "DOWN":
+            for gpu, why in new.items():
+                log.error("node %s: GPU %s out of service: %s", name, gpu, why)
+            node.gpu_unhealthy.update(new)
+            self._set_state(node)
+            node.allocations = tuple(
+                (job_id, self.jobs[job_id].resources) for job_id in sorted(node.jobs) if job_id in self.jobs
+            )
+            self._node_up(name)
 
     def node_lost(self, name: str, silent_s: float, why: str | None = None) -> None:
         """No heartbeat for too long (or cut off): fail its attempts (retried per strategy)."""

@@ -230,7 +230,7 @@ class Fleet:
             return
         match msg:
             case p.AgentHeartbeat():
-                engine.on_heartbeat(node)
+                engine.on_heartbeat(node, msg)
             case p.AttemptStarted():
                 engine.on_started(node, msg)
             case p.AttemptExited():

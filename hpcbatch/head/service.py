@@ -813,6 +813,8 @@ class BatchService:
             self.engine.nodes.setdefault(name, NodeInfo(facts=None)).drain_reason = reason
 
     def ListNodes(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        from hpcbatch.head import gpus as head_gpus
+
         nodes = []
         for name, info in sorted(self.engine.nodes.items()):
             facts = info.facts
@@ -837,6 +839,7 @@ class BatchService:
                     "allocatedMemoryMiB": usage[1],
                     "allocatedGpus": usage[2],
                     "gpuHolders": self.engine.scheduler.gpu_holders(name),
+                    **head_gpus.node_gpu_listing(facts, self.engine.scheduler.gpu_holders(name), info.gpu_unhealthy),
                     "runningJobs": sorted(info.jobs),
                     "lastHeartbeatAt": info.last_heartbeat_at,
                     "agentVersion": facts.agent_version if facts else None,

@@ -29,6 +29,17 @@ class ResourceRequest(msgspec.Struct, frozen=True):
     gpus: int = 0
 
 
+class GpuUsageSummary(msgspec.Struct, kw_only=True):
+    """What NVML showed of one GPU an attempt holds: the latest sample and the peaks."""
+
+    uuid: str
+    utilization_pct: int = 0
+    memory_used_mib: int = 0
+    peak_utilization_pct: int = 0
+    peak_memory_used_mib: int = 0
+    samples: int = 0
+
+
 class Attempt(msgspec.Struct, kw_only=True):
     """One try at running a job on one node (AWS ``AttemptDetail``)."""
 
@@ -42,6 +53,7 @@ class Attempt(msgspec.Struct, kw_only=True):
     reason: str | None = None  # container.reason
     status_reason: str | None = None
     gpus: list[str] = []  # the node's GPU ids (UUIDs) this attempt holds, exclusively
+    gpu_usage: list[GpuUsageSummary] = []  # NVML nodes only: latest and peak per GPU
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -200,6 +212,23 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def gpu_usage_detail(attempt: Attempt) -> list[dict[str, Any]] | None:
+    """The attempt's GPU samples as JSON (latest and peak per GPU); None without any."""
+    if not attempt.gpu_usage:
+        return None
+    return [
+        {
+            "gpuId": u.uuid,
+            "utilizationPercent": u.utilization_pct,
+            "memoryUsedMiB": u.memory_used_mib,
+            "peakUtilizationPercent": u.peak_utilization_pct,
+            "peakMemoryUsedMiB": u.peak_memory_used_mib,
+            "samples": u.samples,
+        }
+        for u in attempt.gpu_usage
+    ]
+
+
 def attempt_detail(attempt: Attempt) -> dict[str, Any]:
     """AWS ``AttemptDetail`` JSON for one attempt."""
     container = _drop_none(
@@ -209,6 +238,7 @@ def attempt_detail(attempt: Attempt) -> dict[str, Any]:
             "logStreamName": attempt.log_stream_name,
             "containerInstanceArn": attempt.node,
             "gpuIds": attempt.gpus or None,  # hpcbatch extension: the GPUs it held
+            "gpuUsage": gpu_usage_detail(attempt),  # hpcbatch extension: NVML samples
         }
     )
     return _drop_none(
@@ -234,6 +264,7 @@ def job_detail(job: JobRecord, region: str, account: str) -> dict[str, Any]:
                     "logStreamName": last.log_stream_name,
                     "containerInstanceArn": last.node,
                     "gpuIds": last.gpus or None,  # hpcbatch extension: the GPUs it holds/held
+                    "gpuUsage": gpu_usage_detail(last),  # hpcbatch extension: NVML samples
                 }
             )
         )

@@ -47,10 +47,14 @@ Theory of operation:
   without them, ``gpus`` ids ``"0"``..``"n-1"``). A placed job gets specific ids
   (``StartAttempt.gpus``; ``StartGang.gpus`` per node in node order): the lowest-index
   contiguous run of free devices that is long enough, else the lowest-index free ones.
-  Adjacent indices are only a proxy for closeness; a topology-aware choice (NVLink,
-  PCIe switch, NUMA) needs NVML topology and comes with it. A re-registering node reports
-  which ids each running job holds (``NodeUp.gpu_holds``), so those are never handed out
-  twice after a head restart; a job it reports without ids gets free ones chosen as above.
+  Where the node reports topology (``NodeUp.gpu_places``) the closest set wins instead
+  (scheduler/gpus.py: NVLink domain, PCIe switch, NUMA node). Nodes that fit are ranked by
+  ``gpus.placement_key``: jobs without GPUs prefer nodes without GPUs (gangs without GPUs:
+  CPU-only nodes when enough are idle), GPU jobs the node with fewest free GPUs. GPUs in
+  ``NodeUp.gpu_out`` (unhealthy) are never handed out; a job already on one keeps it.
+  A re-registering node reports which ids each running job holds (``NodeUp.gpu_holds``),
+  so those are never handed out twice after a head restart; a job it reports without ids
+  gets free ones chosen as above.
 * Wait reasons are emitted only when they change. Every start and every new or changed
   reservation is appended to a bounded log with the id of the event that caused it.
 """
@@ -71,6 +75,7 @@ from hpcbatch.scheduler.gang import (
     natural_key,
     pick_nodes,
 )
+from hpcbatch.scheduler.gpus import GpuPlace, choose_gpus, placement_key
 
 
 # ------------------------------------------------------------------------- events
@@ -118,6 +123,8 @@ class NodeUp(Event):
     gang_jobs: tuple[str, ...] = ()  # ids in ``allocations`` that are gangs: whole-node holds
     gpu_ids: tuple[str, ...] = ()  # the node's GPUs in index order; empty: "0".."gpus-1"
     gpu_holds: tuple[tuple[str, tuple[str, ...]], ...] = ()  # job id in ``allocations`` -> GPU ids
+    gpu_places: tuple[GpuPlace, ...] = ()  # per id in ``gpu_ids``: its NVLink/PCIe/NUMA groups
+    gpu_out: tuple[str, ...] = ()  # ids out of service (unhealthy): a holder keeps it, nobody gets it
 
 
 @dataclass(frozen=True)
@@ -214,20 +221,19 @@ class _Node:
     gpu_holder: dict[int, str] = field(default_factory=dict)  # GPU index -> the job holding it
     jobs: set[str] = field(default_factory=set)  # every job holding part of this node
     gang: str | None = None  # the gang holding it whole, if any
+    gpu_places: tuple[GpuPlace, ...] = ()  # per GPU index; empty: no topology known
+    gpu_out: frozenset[int] = frozenset()  # indices out of service: never handed out
 
     @property
     def free_gpus(self) -> int:
-        return self.gpus - len(self.gpu_holder)
+        if not self.gpu_out:  # the common case, and this is on the placement hot path
+            return self.gpus - len(self.gpu_holder)
+        return self.gpus - len(self.gpu_holder) - len(self.gpu_out.difference(self.gpu_holder))
 
     def pick_gpus(self, count: int) -> tuple[int, ...]:
-        """``count`` free GPU indices: the lowest contiguous run, else the lowest free ones."""
-        if count <= 0:
-            return ()
-        free = [i for i in range(self.gpus) if i not in self.gpu_holder]
-        for k in range(len(free) - count + 1):
-            if free[k + count - 1] - free[k] == count - 1:
-                return tuple(free[k:k + count])
-        return tuple(free[:count])
+        """``count`` free GPU indices, the closest set (scheduler/gpus.py)."""
+        free = [i for i in range(self.gpus) if i not in self.gpu_holder and i not in self.gpu_out]
+        return choose_gpus(free, count, self.gpu_places)
 
     def fits(self, r: ResourceRequest) -> bool:
         return (
@@ -239,7 +245,9 @@ class _Node:
         )
 
     def could_ever_fit(self, r: ResourceRequest) -> bool:
-        return r.vcpus <= self.vcpus + 1e-9 and r.memory_mib <= self.memory_mib and r.gpus <= self.gpus
+        return (
+            r.vcpus <= self.vcpus + 1e-9 and r.memory_mib <= self.memory_mib and r.gpus <= self.gpus - len(self.gpu_out)
+        )
 
     def candidate(self, free_at: float) -> Candidate:
         return Candidate(self.name, self.placement_group, free_at, (self.vcpus, self.memory_mib, self.gpus))
@@ -364,7 +372,7 @@ class Scheduler:
         n = self._nodes.get(node)
         if n is None:
             return None
-        return (n.vcpus - n.free_vcpus, n.memory_mib - n.free_memory_mib, n.gpus - n.free_gpus)
+        return (n.vcpus - n.free_vcpus, n.memory_mib - n.free_memory_mib, len(n.gpu_holder))
 
     def gpu_holders(self, node: str) -> dict[str, str]:
         """GPU id -> the job holding it on ``node``, in the node's GPU order."""
@@ -470,6 +478,7 @@ class Scheduler:
         node = _Node(
             event.node, event.compute_environment, event.vcpus, event.memory_mib, len(gpu_ids),
             event.accepting, event.vcpus, event.memory_mib, event.placement_group, gpu_ids,
+            gpu_places=event.gpu_places, gpu_out=frozenset(gpu_ids.index(g) for g in event.gpu_out if g in gpu_ids),
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
@@ -714,16 +723,14 @@ class Scheduler:
             if ce.caps(r.vcpus):
                 continue
             best: _Node | None = None
+            best_key: tuple[int, int, float, int] | None = None
             for node in ce.nodes.values():
-                if (
-                    node.fits(r)
-                    and (
-                        best is None
-                        or (node.free_vcpus, node.free_memory_mib) < (best.free_vcpus, best.free_memory_mib)
+                if node.fits(r) and (not reserved or self._may_use(node.name, reserved, "", time_limit_s)):
+                    key = placement_key(
+                        r.gpus, node.gpus, node.free_gpus if r.gpus else 0, node.free_vcpus, node.free_memory_mib
                     )
-                    and (not reserved or self._may_use(node.name, reserved, "", time_limit_s))
-                ):
-                    best = node
+                    if best_key is None or key < best_key:
+                        best, best_key = node, key
             if best is not None:
                 return best, ce
         return None
@@ -792,7 +799,10 @@ class Scheduler:
                 and node.could_ever_fit(r)
                 and self._may_use(node.name, reserved, job.job_id, job.time_limit_s)
             ]
-            picked = pick_nodes(idle, n, ce.require_placement_group)
+            picked = None
+            if r.gpus == 0 and any(c.size[2] for c in idle):  # steering: CPU-only nodes first (gpus.py)
+                picked = pick_nodes([c for c in idle if not c.size[2]], n, ce.require_placement_group)
+            picked = picked or pick_nodes(idle, n, ce.require_placement_group)
             if picked is not None:
                 return [self._nodes[c.name] for c in picked[1]], ce
         return None
@@ -874,7 +884,7 @@ class Scheduler:
         if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):
             cpu_only = ResourceRequest(vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=0)
             if r.gpus and any(n.could_ever_fit(cpu_only) for ce in ces for n in ce.nodes.values()):
-                most = max(n.gpus for ce in ces for n in ce.nodes.values())
+                most = max(n.gpus - len(n.gpu_out) for ce in ces for n in ce.nodes.values())
                 return (
                     f"No node in compute environments {', '.join(ce.name for ce in ces)} has "
                     f"{r.gpus} GPUs (the most is {most}): "

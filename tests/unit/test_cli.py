@@ -379,12 +379,23 @@ def test_nodes_list(stub: StubHead) -> None:
         "rack1",
         "1/2",
         "0.5G/4.0G",
-        "0",
+        "-",  # no GPUs
         "tcp:fab0",
         "10.78.0.11",
         "j-1",
     ]
     assert json.loads(run("-o", "json", "nodes").stdout) == {"nodes": [node]}
+
+
+def test_nodes_list_shows_gpus_free_used_unhealthy(stub: StubHead) -> None:
+    node = {"name": "gpu1", "state": "ACTIVE", "computeEnvironment": "default", "vcpus": 8,
+            "memoryMiB": 4096, "gpus": ["GPU-a", "GPU-b", "GPU-c", "GPU-d"], "allocatedGpus": 2,
+            "freeGpus": 1, "unhealthyGpus": {"GPU-d": "fatal XID 79"}, "lastHeartbeatAt": 1}  # fmt: skip
+    stub.answers["/hpcbatch/v1/listnodes"] = {"nodes": [node]}
+    result = run("nodes", "list")
+    assert result.exit_code == 0, result.output
+    assert "GPUS F/U/BAD" in result.stdout.splitlines()[0]
+    assert result.stdout.splitlines()[1].split()[6] == "1/2/1"
 
 
 def test_ce_commands_send_aws_bodies(stub: StubHead) -> None:

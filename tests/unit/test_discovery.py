@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import sys
-import types
-from typing import Any
+from pathlib import Path
 
 import psutil
 import pytest
 
-from hpcbatch.protocol import NodeFacts
-from node_agent.discovery import discover, gpu_inventory
-
-
-def _has_pynvml() -> bool:
-    try:
-        import pynvml  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from hpcbatch.protocol import GpuFacts, NodeFacts
+from node_agent.config import ConfigError, DeclaredGpu, load_agent_config
+from node_agent.discovery import discover
 
 
 def test_discovered_facts_build_node_facts() -> None:
@@ -56,47 +47,45 @@ def test_reserved_memory_is_subtracted() -> None:
     assert discover({"reserved_memory_mib": 512})["memory_mib"] == total - 512
 
 
-@pytest.mark.skipif(_has_pynvml(), reason="pynvml is installed: NVML decides the GPUs here")
 def test_without_nvml_gpus_come_from_config() -> None:
-    assert gpu_inventory() == []
     assert discover({})["gpus"] == []
-    assert discover({"gpus": ["GPU-a", "GPU-b"]})["gpus"] == ["GPU-a", "GPU-b"]
+    found = discover({"gpus": ["GPU-a", {"uuid": "GPU-b", "numa_node": 1, "nvlink_domain": "x"}]})
+    assert found["gpus"] == ["GPU-a", "GPU-b"]
+    assert found["declared_gpus"] == 2
+    b = found["gpu_facts"][1]
+    assert (b.index, b.numa_node, b.nvlink_domain) == (1, 1, "x")
 
 
-def _fake_pynvml(init_error: Exception | None) -> types.ModuleType:
-    """A stand-in for nvidia-ml-py (third-party, absent here) with two GPUs."""
-    fake = types.ModuleType("pynvml")
-
-    def nvml_init() -> None:
-        if init_error is not None:
-            raise init_error
-
-    memory = types.SimpleNamespace(total=80 * 1024**3)
-    functions: dict[str, Any] = {
-        "nvmlInit": nvml_init,
-        "nvmlShutdown": lambda: None,
-        "nvmlDeviceGetCount": lambda: 2,
-        "nvmlDeviceGetHandleByIndex": lambda i: i,
-        "nvmlDeviceGetUUID": lambda h: f"GPU-{h}",
-        "nvmlDeviceGetName": lambda h: b"NVIDIA H100",  # old versions return bytes
-        "nvmlDeviceGetMemoryInfo": lambda h: memory,
-        "nvmlDeviceGetMinorNumber": lambda h: h,
-    }
-    for name, function in functions.items():
-        setattr(fake, name, function)
-    return fake
+def test_gpus_found_by_nvml_win_over_declared_ones() -> None:
+    nvml = [GpuFacts(uuid="GPU-0"), GpuFacts(uuid="GPU-1", index=1)]
+    found = discover({"gpus": ["GPU-x", "GPU-y", "GPU-z"]}, nvml_gpus=nvml)
+    assert found["gpus"] == ["GPU-0", "GPU-1"]
+    assert found["declared_gpus"] == 3  # fewer found than declared: the head drains the node
 
 
-def test_gpu_inventory_reads_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml(None))
-    assert gpu_inventory() == [
-        {"index": 0, "uuid": "GPU-0", "name": "NVIDIA H100", "memory_mib": 81920, "minor": 0},
-        {"index": 1, "uuid": "GPU-1", "name": "NVIDIA H100", "memory_mib": 81920, "minor": 1},
-    ]
-    assert discover({"gpus": ["ignored"]})["gpus"] == ["GPU-0", "GPU-1"]
+def test_gpu_count_declares_how_many_a_node_must_have() -> None:
+    assert discover({"gpus": ["GPU-a"], "gpu_count": 2})["declared_gpus"] == 2
 
 
-def test_gpu_inventory_never_raises_when_nvml_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml(RuntimeError("driver not loaded")))
-    assert gpu_inventory() == []
-    assert discover({"gpus": ["GPU-x"]})["gpus"] == ["GPU-x"]
+def _config(tmp_path: Path, gpus: str) -> Path:
+    (tmp_path / "head.key").write_text("x")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'name = "n1"\nhead = "tcp://h:1"\nstate_dir = "{tmp_path}"\n'
+        f'head_public_key = "{tmp_path / "head.key"}"\n{gpus}\n'
+    )
+    return config
+
+
+def test_config_declares_gpus_with_topology(tmp_path: Path) -> None:
+    config = load_agent_config(_config(tmp_path, 'gpus = ["GPU-a", {uuid = "GPU-b", numa_node = 1}]\ngpu_count = 2'))
+    assert config.gpus[0] == "GPU-a" and isinstance(config.gpus[1], DeclaredGpu) and config.gpus[1].numa_node == 1
+
+
+def test_config_rejects_bad_gpu_declarations(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="distinct"):
+        load_agent_config(_config(tmp_path, 'gpus = ["GPU-a", {uuid = "GPU-a"}]'))
+    with pytest.raises(ConfigError, match="nvlink"):
+        load_agent_config(_config(tmp_path, 'gpus = [{uuid = "GPU-a", nvlink = "x"}]'))  # nvlink_domain
+    with pytest.raises(ConfigError, match="gpu_count"):
+        load_agent_config(_config(tmp_path, "gpu_count = -1"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -31,6 +32,7 @@ from hpcbatch.scheduler.core import (
     SetWaitReason,
     StartAttempt,
 )
+from hpcbatch.scheduler.gpus import placement_key
 
 _ids = itertools.count(1)
 _seqs = itertools.count(1)
@@ -707,8 +709,8 @@ class _Model:
     def ce_vcpus(self, ce: str) -> float:
         return sum(self.request[j].vcpus for j, n in self.live.items() if self.nodes[n][0] == ce)
 
-    def room_in(self, j: str, ce: str) -> list[tuple[float, int, str]]:
-        """(free vCPUs, free MiB, node) of every node of ``ce`` the runnable ``j`` fits now."""
+    def room_in(self, j: str, ce: str) -> list[tuple[Any, ...]]:
+        """(*placement key, node) of every node of ``ce`` the runnable ``j`` fits now."""
         enabled, max_vcpus = self.ces.get(ce, (True, None))
         r = self.request[j]
         if not enabled or (max_vcpus is not None and self.ce_vcpus(ce) + r.vcpus > max_vcpus):
@@ -723,7 +725,7 @@ class _Model:
                 and um + r.memory_mib <= m
                 and ug + r.gpus <= g
             ):
-                out.append((v - uv, m - um, name))
+                out.append((*placement_key(r.gpus, g, g - ug, v - uv, m - um), name))
         return out
 
     def fits_somewhere(self, j: str) -> str | None:
@@ -734,7 +736,7 @@ class _Model:
         for ce in QUEUES[q][1]:
             room = self.room_in(j, ce)
             if room:
-                return room[0][2]
+                return room[0][-1]
         return None
 
 
@@ -756,9 +758,9 @@ def _check_actions(model: _Model, s: Scheduler, actions: list[Action]) -> None:
             for earlier in order[: order.index(ce)]:
                 assert not model.room_in(a.job_id, earlier), f"{a.job_id}: {earlier} comes first"
             room = model.room_in(a.job_id, ce)
-            chosen = next((r for r in room if r[2] == a.node), None)
+            chosen = next((r for r in room if r[-1] == a.node), None)
             assert chosen is not None, f"{a.job_id} does not fit on {a.node}"
-            assert chosen[:2] == min(r[:2] for r in room), (
+            assert chosen[:-1] == min(r[:-1] for r in room), (
                 f"{a.job_id}: {a.node} is not the best fit"
             )
             model.state[a.job_id] = "started"
