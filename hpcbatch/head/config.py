@@ -62,6 +62,16 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return Path(self.node_keys_dir) if self.node_keys_dir else self.state_path / "node_keys"
 
     @property
+    def public_http_url(self) -> str:
+        """The TCP API as others reach it (console links): a wildcard address becomes this host's name."""
+        host, port = self.http_host_port
+        if host in ("0.0.0.0", "::", ""):
+            import socket
+
+            host = socket.getfqdn()
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
     def http_host_port(self) -> tuple[str, int]:
         host, _, port = self.http_listen.rpartition(":")
         return host or "127.0.0.1", int(port)

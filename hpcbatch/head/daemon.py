@@ -24,6 +24,7 @@ from hpcbatch.head.engine import Engine
 from hpcbatch.head.fleet import Fleet
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodekeys import NodeKeyRegistry
+from hpcbatch.head.observe import mount_observers
 from hpcbatch.head.service import BatchService
 from hpcbatch.store import SqliteStore
 
@@ -98,9 +99,10 @@ class Head:
             liveness=self.config.liveness,
         )
         self._load()
-        runner = web.AppRunner(
-            make_app(self.service, roles=self.config.roles, region=self.config.region), access_log=None
-        )
+        app = make_app(self.service, roles=self.config.roles, region=self.config.region)
+        mount_observers(app, self.service, roles=self.config.roles, region=self.config.region,
+                        http_url=self.config.public_http_url)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = self.config.http_host_port
         site = web.TCPSite(runner, host, port, reuse_address=True)
