@@ -67,10 +67,16 @@ class Console:
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("hpcbatch.console", "templates"),
             autoescape=jinja2.select_autoescape(default=True),
-            undefined=jinja2.StrictUndefined,
         )
         self.templates.filters["time"] = _fmt_time
         self.templates.globals["duration"] = _fmt_duration
+        self._last_sample = 0.0
+        service.engine.commit_observers.append(self._committed)
+
+    def _committed(self, events: list[tuple[str, int, str, str | None]]) -> None:
+        """Sample capacity when things change too (at most once a second), not only on the timer."""
+        if time.monotonic() - self._last_sample >= 1.0:
+            self.sample()
 
     # ------------------------------------------------------------------ plumbing
     def render(self, request: web.Request, name: str, status: int = 200, **values: Any) -> web.Response:
@@ -174,6 +180,7 @@ class Console:
         running = sum(1 for j in engine.jobs.values() if j.status.is_active and j.parent_id is None)
         runnable = sum(1 for j in engine.jobs.values() if j.status is JobStatus.RUNNABLE)
         self.history.append((int(time.time() * 1000), used, total, running, runnable))
+        self._last_sample = time.monotonic()
 
     async def sampler(self, app: web.Application) -> Any:
         """aiohttp cleanup context: sample capacity while the app runs."""
