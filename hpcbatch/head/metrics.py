@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hpcbatch.head.service import BatchService
+from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.store.base import NODE_EVENT_PREFIX
 
@@ -115,22 +116,25 @@ class HeadMetrics:
         service.engine.commit_observers.append(self._committed)
         service.engine.pass_observers.append(self.scheduler_pass.observe)
 
+    def _job(self, job_id: str) -> JobRecord | None:
+        # A job that ended in the same batch has already left the engine's live jobs.
+        return self._service.engine.jobs.get(job_id) or self._service.store.get_job(job_id)
+
     def _committed(self, events: list[tuple[str, int, str, str | None]]) -> None:
-        jobs = self._service.engine.jobs
         for job_id, at, status, _reason in events:
             if job_id.startswith(NODE_EVENT_PREFIX) or "#" in job_id:
                 continue  # nodes; the nodes of a multi-node job (their parent counts)
             if status == "RUNNABLE":
                 self._runnable_since[job_id] = at
             elif status == "STARTING":
-                job = jobs.get(job_id)
+                job = self._job(job_id)
                 since = self._runnable_since.pop(job_id, None)
                 if job is not None and job.array_parent is not None:
                     since = job.created_at  # array tasks wait in their parent, from submission
                 if job is not None and since is not None:
                     self.queue_wait.labels(job.job_queue).observe(max(0, at - since) / 1000)
             elif status == "RUNNING":
-                job = jobs.get(job_id)
+                job = self._job(job_id)
                 if job is not None and len(job.attempts) == 1:
                     self.submit_to_running.labels(job.job_queue).observe(max(0, at - job.created_at) / 1000)
             elif status in ("SUCCEEDED", "FAILED"):
