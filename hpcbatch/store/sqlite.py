@@ -37,6 +37,8 @@ CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, created_at DESC, job_id
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at DESC, job_id DESC);
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (status) WHERE status NOT IN ('SUCCEEDED', 'FAILED');
 CREATE INDEX IF NOT EXISTS jobs_by_stopped ON jobs (stopped_at) WHERE stopped_at IS NOT NULL;
+-- Covers count_jobs_by_queue_status (metrics, console): an index-only scan, never the docs.
+CREATE INDEX IF NOT EXISTS jobs_by_queue_status ON jobs (queue, status, job_id);
 CREATE TABLE IF NOT EXISTS job_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, at INTEGER NOT NULL,
     status TEXT NOT NULL, reason TEXT
