@@ -76,6 +76,7 @@ class Register(Message, tag="register", kw_only=True):
 class AgentHeartbeat(Message, tag="agent_hb", kw_only=True):
     instance_id: str
     running: list[str] = []  # attempt ids
+    gpu_utilization: dict[str, float] = {}  # GPU uuid -> busy fraction 0..1 (NVML); {} without
 
 
 class AttemptStarted(Message, tag="started", kw_only=True):

@@ -45,6 +45,7 @@ from node_agent.bridge import (
 )
 from node_agent.config import AgentConfig, ConfigError, load_agent_config
 from node_agent.discovery import discover
+from node_agent.gpustats import GpuUtilization
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
 
 log = logging.getLogger("hpcbatch.agent")
@@ -73,6 +74,7 @@ class Agent:
         self.state = Path(config.state_dir)
         self.state.mkdir(parents=True, exist_ok=True)
         self.instance_id = uuid.uuid4().hex
+        self._gpu_utilization = GpuUtilization()
         overrides = {
             k: v
             for k, v in (
@@ -331,7 +333,8 @@ class Agent:
                         self.config.head, self.keys.public.decode(), self.config.name,
                     )
                 continue
-            self._send(p.AgentHeartbeat(instance_id=self.instance_id, running=[r[0] for r in self.runner.running()]))
+            self._send(p.AgentHeartbeat(instance_id=self.instance_id, running=[r[0] for r in self.runner.running()],
+                                        gpu_utilization=self._gpu_utilization.sample()))
             for exited in list(self._unacked.values()):
                 self._send(exited)
 

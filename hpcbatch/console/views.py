@@ -179,7 +179,14 @@ class Console:
             used += (engine.scheduler.node_usage(name) or (0.0, 0, 0))[0]
         running = sum(1 for j in engine.jobs.values() if j.status.is_active and j.parent_id is None)
         runnable = sum(1 for j in engine.jobs.values() if j.status is JobStatus.RUNNABLE)
-        self.history.append((int(time.time() * 1000), used, total, running, runnable))
+        point = (int(time.time() * 1000), used, total, running, runnable)
+        history = self.history
+        # Points stay SAMPLE_INTERVAL_S apart (the chart spans an hour however busy the
+        # cluster is); a sample taken sooner replaces the newest point, keeping it fresh.
+        if len(history) >= 2 and history[-1][0] - history[-2][0] < SAMPLE_INTERVAL_S * 1000:
+            history[-1] = point
+        else:
+            history.append(point)
         self._last_sample = time.monotonic()
 
     async def sampler(self, app: web.Application) -> Any:
@@ -416,13 +423,13 @@ class Console:
                     await response.write(f"id: {event['eventId']}\nevent: change\ndata: {json.dumps(event)}\n\n".encode())
                 if not events:
                     await response.write(b": still here\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the browser went away
         return response
 
     async def on_shutdown(self, app: web.Application) -> None:
         self.stopping = True
-        self.feed.changed().set()
+        self.feed.wake_all()
 
 
 def submit_body(form: dict[str, str]) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class NodeInfo:
     jobs: set[str] = field(default_factory=set)  # jobs with an attempt in flight here
     drain_reason: str | None = None  # set by an admin: no new work (DRAINING, then DRAINED)
     allocations: tuple[tuple[str, Any], ...] = ()  # as last told to the scheduler
+    gpu_utilization: dict[str, float] = field(default_factory=dict)  # GPU uuid -> busy 0..1, last heartbeat
 
 
 def _sequential(job: JobRecord) -> bool:
@@ -378,7 +379,10 @@ class Engine:
                 waiter.set_result(None)
         if events:
             for observer in self.commit_observers:
-                observer(events)
+                try:
+                    observer(events)
+                except Exception:  # a watcher's bug must not keep messages from the agents
+                    log.exception("commit observer %r failed", observer)
         outbox, self._outbox = self._outbox, []
         # Acknowledgements to one node travel together: one message per node per step.
         acks: dict[str, list[str]] = {}
@@ -955,10 +959,12 @@ class Engine:
         }
         return p.Welcome(head_id="", heartbeat_interval_s=0, liveness=0, log_offsets=offsets)
 
-    def on_heartbeat(self, name: str) -> None:
+    def on_heartbeat(self, name: str, gpu_utilization: dict[str, float] | None = None) -> None:
         node = self.nodes.get(name)
         if node is not None:
             node.last_heartbeat_at = self._now()
+            if gpu_utilization is not None:
+                node.gpu_utilization = gpu_utilization
 
     def node_lost(self, name: str, silent_s: float, why: str | None = None) -> None:
         """No heartbeat for too long (or cut off): fail its attempts (retried per strategy)."""

@@ -50,6 +50,10 @@ class EventFeed:
         service.engine.commit_observers.append(self._committed)
 
     def _committed(self, events: list[tuple[str, int, str, str | None]]) -> None:
+        self.wake_all()
+
+    def wake_all(self) -> None:
+        """Wake every follower (a commit, or the head shutting down)."""
         if self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None

@@ -227,7 +227,7 @@ class Fleet:
             return
         match msg:
             case p.AgentHeartbeat():
-                engine.on_heartbeat(node)
+                engine.on_heartbeat(node, msg.gpu_utilization)
             case p.AttemptStarted():
                 engine.on_started(node, msg)
             case p.AttemptExited():

@@ -88,6 +88,17 @@ class _StateCollector(Collector):
                 age.add_metric([name], max(0.0, (now_ms - info.last_heartbeat_at) / 1000))
         yield age
 
+        busy = GaugeMetricFamily(
+            "hpcbatch_gpu_utilization_ratio", "Fraction of time a kernel ran on the GPU (NVML, last heartbeat)",
+            labels=["node", "gpu"],
+        )
+        for name, info in sorted(engine.nodes.items()):
+            if info.state == "DOWN":
+                continue
+            for gpu, value in sorted(info.gpu_utilization.items()):
+                busy.add_metric([name, gpu], value)
+        yield busy
+
 
 class HeadMetrics:
     """The registry behind ``/metrics`` and the observers that feed its histograms."""
