@@ -152,3 +152,14 @@ def test_list_events_names_a_bad_field(cluster: TestCluster) -> None:
         cluster.client.call("/hpcbatch/v1/listevents", {"waitSeconds": 600})
     with pytest.raises(ClientError, match="afterEventId"):
         cluster.client.call("/hpcbatch/v1/listevents", {"afterEventId": "x"})
+
+
+def test_list_events_over_tcp_with_an_access_key(cluster: TestCluster, workload: dict[str, list[str]]) -> None:
+    from hpcbatch.client import Client
+
+    key = cluster.client.call("/hpcbatch/v1/createaccesskey", {"user": "someone", "role": "user"})
+    with Client(cluster.endpoint, credentials=(key["accessKeyId"], key["secretAccessKey"])) as signed:
+        answer = signed.call("/hpcbatch/v1/listevents", {"jobId": workload["ok"][0]})
+    assert [e["status"] for e in answer["events"]] == [*STORY, "SUCCEEDED"]
+    with Client(cluster.endpoint, credentials=False) as unsigned, pytest.raises(Exception, match="(?i)sign|credential|auth"):
+        unsigned.call("/hpcbatch/v1/listevents", {})

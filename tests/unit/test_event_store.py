@@ -52,3 +52,33 @@ def test_job_counts_by_queue_and_status_leave_out_children(store: SqliteStore) -
                         job("b:0", queue="q1", status=JobStatus.SUCCEEDED), job("c#0", queue="q1"),
                         job("d", queue="q2", status=JobStatus.FAILED)])
     assert store.count_jobs_by_queue_status() == {("q1", "SUCCEEDED"): 2, ("q2", "FAILED"): 1}
+
+
+def test_under_private_data_a_user_reads_only_their_jobs_events_and_every_nodes(tmp_path: Path) -> None:
+    from hpcbatch.auth.policy import Caller
+    from hpcbatch.head.engine import Engine
+    from hpcbatch.head.events import EventFeed
+    from hpcbatch.head.logs import LogStore
+    from hpcbatch.head.service import BatchService
+
+    store = SqliteStore(tmp_path / "feed.db")
+    try:
+        service = BatchService(store, Engine(store, LogStore(tmp_path / "logs"), send=lambda n, m: None, clock_ms=lambda: 1),
+                               region="local", account="0")
+        feed = EventFeed(service)
+        with store.transaction():
+            store.put_jobs([job("a", owner="alice"), job("b", owner="bob")])
+            store.add_job_events([("a", 1, "SUBMITTED", None), ("b", 2, "SUBMITTED", None), (NODE_EVENT_PREFIX + "n", 3, "DOWN", "lost")])
+        bob = Caller(user="bob", role="user", via="socket")
+        admin = Caller(user="root", role="admin", via="socket")
+        assert len(feed.read(bob, 0, 100)[0]) == 3  # private_data off: everyone sees everything
+        service.private_data = True
+        events, cursor, more = feed.read(bob, 0, 100)
+        assert [(e["type"], e.get("jobId") or e.get("node")) for e in events] == [("job", "b"), ("node", "n")]
+        assert cursor == store.last_event_id() and not more
+        assert len(feed.read(admin, 0, 100)[0]) == 3
+        # A page of hidden events still moves the cursor on, so a follower never stalls.
+        events, cursor, more = feed.read(bob, 0, 1)
+        assert events == [] and cursor == 1 and more
+    finally:
+        store.close()
