@@ -429,7 +429,7 @@ class Console:
 
     async def on_shutdown(self, app: web.Application) -> None:
         self.stopping = True
-        self.feed.wake_all()
+        self.feed.close()
 
 
 def submit_body(form: dict[str, str]) -> dict[str, Any]:

@@ -47,13 +47,19 @@ class EventFeed:
     def __init__(self, service: BatchService) -> None:
         self._service = service
         self._wakeup: asyncio.Event | None = None
+        self._closed = False
         service.engine.commit_observers.append(self._committed)
 
     def _committed(self, events: list[tuple[str, int, str, str | None]]) -> None:
         self.wake_all()
 
+    def close(self) -> None:
+        """The head is stopping: followers answer with what they have, now."""
+        self._closed = True
+        self.wake_all()
+
     def wake_all(self) -> None:
-        """Wake every follower (a commit, or the head shutting down)."""
+        """Wake every follower (after a commit)."""
         if self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
@@ -88,7 +94,7 @@ class EventFeed:
             changed = self.changed()
             events, cursor, more = self.read(caller, after, limit, job_id, queue)
             remaining = deadline - loop.time()
-            if events or more or remaining <= 0:
+            if events or more or remaining <= 0 or self._closed:
                 return events, cursor, more
             after = cursor
             try:
@@ -141,4 +147,8 @@ def add_event_routes(app: web.Application, feed: EventFeed, identify: Any, error
             return error_response(exc)
         return web.json_response({"events": events, "lastEventId": cursor, "more": more})
 
+    async def close(app: web.Application) -> None:
+        feed.close()  # long polls answer at once: the head's shutdown need not wait them out
+
     app.router.add_post("/hpcbatch/v1/listevents", list_events)
+    app.on_shutdown.append(close)
