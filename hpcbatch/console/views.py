@@ -83,7 +83,7 @@ class Console:
         session: Session | None = request.get("session")
         html = self.templates.get_template(name).render(
             me=session.caller if session else None, csrf=session.csrf if session else "",
-            path=request.path, **values,
+            path=request.path, event_id=request.get("event_id", 0), **values,
         )
         return web.Response(text=html, content_type="text/html", status=status,
                             headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
@@ -98,6 +98,9 @@ class Console:
                     raise web.HTTPSeeOther("/console/login")
                 raise web.HTTPUnauthorized(text="sign in again")
             request["session"] = session
+            # Taken before the page reads anything: its live updates start from here, so a
+            # change that lands while it renders still reaches the browser.
+            request["event_id"] = self.service.store.last_event_id()
             if request.method == "POST":
                 form = await request.post()
                 token = form.get("csrf") or request.headers.get("X-CSRF-Token")
@@ -419,9 +422,10 @@ class Console:
             await response.write(b"retry: 2000\n\n")
             while not self.stopping:
                 events, after, _more = await self.feed.follow(caller, after, 200, 15.0, job_id, None)
-                for event in events:
-                    await response.write(f"id: {event['eventId']}\nevent: change\ndata: {json.dumps(event)}\n\n".encode())
-                if not events:
+                if events:  # one message per batch: a busy cluster must not flood every browser
+                    data = json.dumps({"count": len(events), "last": events[-1]})
+                    await response.write(f"id: {after}\nevent: change\ndata: {data}\n\n".encode())
+                else:
                     await response.write(b": still here\n\n")
         except ConnectionResetError:
             pass  # the browser went away

@@ -22,7 +22,8 @@ function refreshLive() {
 function followStream() {
   const src = document.body.dataset.stream;
   if (!src || !window.EventSource) return;
-  const source = new EventSource(src);
+  const after = document.body.dataset.after || "";
+  const source = new EventSource(src + (src.includes("?") ? "&" : "?") + "after=" + after);
   source.addEventListener("change", () => { refreshLive(); wakeLog(); });
 }
 
