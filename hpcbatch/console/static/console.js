@@ -51,7 +51,7 @@ async function pollLog() {
   const status = document.querySelector("#job-status .badge");
   const final = status && /SUCCEEDED|FAILED/.test(status.textContent);
   if (doc.complete && final) { state.textContent = "End of log."; s.idle = true; return; }
-  state.textContent = doc.complete ? "" : "Following…";
+  state.textContent = doc.attempt === undefined ? "No output yet: the job has not started." : (doc.complete ? "" : "Following…");
   setTimeout(pollLog, doc.data ? 300 : 1000);
 }
 
