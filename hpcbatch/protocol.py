@@ -110,6 +110,7 @@ class AgentHeartbeat(Message, tag="agent_hb", kw_only=True):
     running: list[str] = []  # attempt ids
     unhealthy_gpus: dict[str, str] = {}  # GPU uuid -> why it is out of service (all of them, each time)
     gpu_usage: list[GpuUsage] = []  # samples of running attempts' GPUs (NVML nodes only)
+    gpu_utilization: dict[str, float] = {}  # GPU uuid -> busy fraction 0..1 (NVML); {} without
 
 
 class AttemptStarted(Message, tag="started", kw_only=True):

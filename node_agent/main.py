@@ -47,6 +47,7 @@ from node_agent.config import AgentConfig, ConfigError, load_agent_config
 from node_agent.cpu_binding import agent_cpus, gpu_local_cpus
 from node_agent.discovery import discover
 from node_agent.gpus_nvml import NvmlGpus
+from node_agent.gpustats import GpuUtilization
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
 
 log = logging.getLogger("hpcbatch.agent")
@@ -75,6 +76,7 @@ class Agent:
         self.state = Path(config.state_dir)
         self.state.mkdir(parents=True, exist_ok=True)
         self.instance_id = uuid.uuid4().hex
+        self._gpu_utilization = GpuUtilization()
         overrides = {
             k: v
             for k, v in (
@@ -375,7 +377,8 @@ class Agent:
             unhealthy, usage = self._gpu_report(running)
             self._send(
                 p.AgentHeartbeat(
-                    instance_id=self.instance_id, running=running, unhealthy_gpus=unhealthy, gpu_usage=usage
+                    instance_id=self.instance_id, running=running, unhealthy_gpus=unhealthy, gpu_usage=usage,
+                    gpu_utilization=self._gpu_utilization.sample(),
                 )
             )
             for exited in list(self._unacked.values()):

@@ -38,6 +38,8 @@ REQUIRED_ROLE: dict[str, str] = {
     "WhoAmI": "user",
     "GetJobQueueSnapshot": "user",
     "WhyJob": "user",
+    "ListEvents": "user",
+    "CreateConsoleLink": "user",
     "CreateComputeEnvironment": "developer",
     "UpdateComputeEnvironment": "developer",
     "DeleteComputeEnvironment": "developer",
@@ -52,7 +54,7 @@ READ_ONLY = frozenset(
     {
         "DescribeJobs", "ListJobs", "GetJobLogs", "ListNodes", "DescribeComputeEnvironments",
         "DescribeJobQueues", "DescribeJobDefinitions", "WhoAmI", "ListNodeKeys", "ListAccessKeys",
-        "GetJobQueueSnapshot", "WhyJob",
+        "GetJobQueueSnapshot", "WhyJob", "ListEvents",
         "ListAudit",
     }
 )

@@ -43,6 +43,8 @@ COMMANDS: dict[str, str] = {
     "admin": "hpcbatch.cli.admin:admin",
     "whoami": "hpcbatch.cli.admin:whoami",
     "why": "hpcbatch.cli.why:why",
+    "events": "hpcbatch.cli.watch:events",
+    "console": "hpcbatch.cli.watch:console",
 }
 
 

@@ -74,6 +74,14 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def advertised_url(self) -> str:
         host, port = self.http_host_port
         return self.advertise_url or f"http://{host}:{port}"
+    def public_http_url(self) -> str:
+        """The TCP API as others reach it (console links): a wildcard address becomes this host's name."""
+        host, port = self.http_host_port
+        if host in ("0.0.0.0", "::", ""):
+            import socket
+
+            host = socket.getfqdn()
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
     def http_host_port(self) -> tuple[str, int]:

@@ -27,6 +27,7 @@ from hpcbatch.head.ha import add_describe_route, standby_app
 from hpcbatch.head.lease import HeadLease
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodekeys import NodeKeyRegistry
+from hpcbatch.head.observe import mount_observers
 from hpcbatch.head.service import BatchService
 from hpcbatch.store import is_postgresql, open_store
 from hpcbatch.store.postgres import LeaseLost, PostgresStore
@@ -177,6 +178,8 @@ class Head:
         self._load()
         app = make_app(self.service, roles=self.config.roles, region=self.config.region)
         add_describe_route(app, self.describe)
+        mount_observers(app, self.service, roles=self.config.roles, region=self.config.region,
+                        http_url=self.config.public_http_url)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = self.config.http_host_port

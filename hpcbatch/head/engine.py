@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from hpcbatch.scheduler import (
     Tick,
 )
 from hpcbatch.store import Store
+from hpcbatch.store.base import NODE_EVENT_PREFIX
 
 log = logging.getLogger("hpcbatch.engine")
 
@@ -76,6 +78,7 @@ class NodeInfo:
     drain_reason: str | None = None  # set by an admin: no new work (DRAINING, then DRAINED)
     allocations: tuple[tuple[str, Any], ...] = ()  # as last told to the scheduler
     gpu_unhealthy: dict[str, str] = field(default_factory=dict)  # GPU uuid -> why out of service
+    gpu_utilization: dict[str, float] = field(default_factory=dict)  # GPU uuid -> busy 0..1, last heartbeat
 
 
 def _sequential(job: JobRecord) -> bool:
@@ -123,6 +126,11 @@ class Engine:
         self._selectors: dict[str, tuple[str, str]] = {}  # CE -> label key=value it takes
         self._audit: list[dict[str, Any]] = []
         self._event_counter = 0
+        # Observers (the event feed, metrics): told after each commit which job and node
+        # events it stored, and how long each scheduler pass took (seconds).
+        self.commit_observers: list[Callable[[list[tuple[str, int, str, str | None]]], None]] = []
+        self.pass_observers: list[Callable[[float], None]] = []
+        self._node_recorded: dict[str, tuple[str, str]] = {}  # node -> (state, reason) last put in the stream
 
     # ----------------------------------------------------------------- plumbing
     def _event_id(self) -> str:
@@ -314,7 +322,11 @@ class Engine:
         if events:
             # The core never reads a clock: it gets the time (seconds, like timeouts) here.
             events.insert(0, Tick(self._event_id(), self._now() / 1000))
-            for action in self.scheduler.handle(*events):
+            began = time.perf_counter()
+            actions = self.scheduler.handle(*events)
+            for observe in self.pass_observers:
+                observe(time.perf_counter() - began)
+            for action in actions:
                 if isinstance(action, StartAttempt):
                     self._start(action)
                 elif isinstance(action, StartGang):
@@ -348,6 +360,7 @@ class Engine:
     def flush(self) -> None:
         """Commit every pending change in one transaction, then send what waited on it."""
         waiters, self._commit_waiters = self._commit_waiters, []
+        events: list[tuple[str, int, str, str | None]] = []
         if self._dirty or self._job_events or self._audit:
             dirty, self._dirty = list(self._dirty.values()), {}
             events, self._job_events = self._job_events, []
@@ -366,6 +379,12 @@ class Engine:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if events:
+            for observer in self.commit_observers:
+                try:
+                    observer(events)
+                except Exception:  # a watcher's bug must not keep messages from the agents
+                    log.exception("commit observer %r failed", observer)
         outbox, self._outbox = self._outbox, []
         # Acknowledgements to one node travel together: one message per node per step.
         acks: dict[str, list[str]] = {}
@@ -656,6 +675,7 @@ class Engine:
             node.jobs.discard(child.job_id)
             if node.state == "DRAINING" and not node.jobs:
                 self._set_state(node)
+                self._node_changed(attempt.node)
         self._touch(child)
         parent = self.jobs.get(child.parent_id or "")
         if parent is None:
@@ -766,6 +786,7 @@ class Engine:
             node.jobs.discard(job.job_id)
             if node.state == "DRAINING" and not node.jobs:
                 self._set_state(node)
+                self._node_changed(attempt.node)
         self._feed(AttemptEnded(self._event_id(), job.job_id))
         if exit_code == 0 and reason is None and job.stop_reason is None and status_reason != TIMEOUT_REASON:
             self._move(job, JobEvent.SUCCEEDED, EXITED_REASON)
@@ -834,12 +855,24 @@ class Engine:
             node.state = "DRAINING" if node.jobs else "DRAINED"
             node.state_reason = node.drain_reason
 
+    def _node_changed(self, name: str) -> None:
+        """Put a node's new state in the event stream (once per change), committed with the step."""
+        node = self.nodes.get(name)
+        if node is None:
+            return
+        state = (node.state, node.state_reason)
+        if self._node_recorded.get(name) != state:
+            self._node_recorded[name] = state
+            self._job_events.append((NODE_EVENT_PREFIX + name, self._now(), node.state, node.state_reason or None))
+            self.request_step()
+
     def drain(self, name: str, reason: str | None) -> None:
         """Stop placing work on ``name`` (running jobs finish); ``reason=None`` resumes it."""
         node = self.nodes[name]
         node.drain_reason = reason
         if node.state != "DOWN":
             self._set_state(node)
+            self._node_changed(name)
             if node.facts is not None:
                 node.allocations = tuple(
                     (job_id, self.jobs[job_id].resources) for job_id in sorted(node.jobs) if job_id in self.jobs
@@ -928,6 +961,7 @@ class Engine:
                 self._finish_attempt(job, None, None, f"Attempt lost: the agent on {name} no longer runs it", lost=True)
         node.allocations = tuple(allocations)
         self._node_up(name)
+        self._node_changed(name)
         offsets = {
             r.attempt_id: {"output": self.logs.size(r.attempt_id)} for r in msg.running
         }
@@ -937,6 +971,8 @@ class Engine:
         node = self.nodes.get(name)
         if node is not None:
             node.last_heartbeat_at = self._now()
+            if msg is not None:
+                node.gpu_utilization = msg.gpu_utilization
             if msg is not None and (msg.gpu_usage or msg.unhealthy_gpus.keys() - node.gpu_unhealthy.keys()):
                 self._on_gpu_report(name, node, msg)
 
@@ -971,6 +1007,7 @@ class Engine:
         reason = f"Node {name} lost: {why or f'no heartbeat for {silent_s:.0f} s'}"
         log.warning("%s; failing %d attempt(s)", reason, len(node.jobs))
         node.state, node.state_reason = "DOWN", reason
+        self._node_changed(name)
         for job_id in sorted(node.jobs):
             job = self.jobs.get(job_id)
             if job is not None and job.current_attempt is not None:

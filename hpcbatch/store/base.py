@@ -33,6 +33,22 @@ class JobQuery:
     include_children: bool = False  # multi-node nodes (JOBID#i) are listed only on request
 
 
+NODE_EVENT_PREFIX = "node/"  # job ids never contain '/'
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One entry of the event stream: a job's or a node's state change."""
+
+    event_id: int
+    job_id: str  # NODE_EVENT_PREFIX + name for a node
+    at: int  # epoch ms
+    status: str
+    reason: str | None
+    queue: str | None  # the job's queue (None for nodes, and for jobs since pruned)
+    owner: str | None
+
+
 class Store(Protocol):
     """Everything the head persists."""
 
@@ -56,8 +72,15 @@ class Store(Protocol):
     def prune_jobs(self, stopped_before: int) -> list[JobRecord]: ...
     def job_seq(self, job_id: str) -> int: ...
 
-    # Job transitions: the event stream the console and `hpcbatch why` follow
+    # Job transitions: the event stream the console and `hpcbatch why` follow. Rows whose
+    # job_id starts with NODE_EVENT_PREFIX are node state changes, so job and node events
+    # share one sequence (the row id) that readers resume from.
     def job_events(self, job_id: str) -> list[tuple[int, str, str | None]]: ...
+    def events_after(
+        self, after: int, limit: int, job_id: str | None = None, queue: str | None = None
+    ) -> list[EventRow]: ...
+    def last_event_id(self) -> int: ...
+    def count_jobs_by_queue_status(self) -> dict[tuple[str, str], int]: ...
 
     # Scripts (fetch-and-run)
     def put_script(self, script_id: str, data: bytes, owner: str) -> None: ...

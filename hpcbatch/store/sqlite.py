@@ -19,7 +19,7 @@ import msgspec
 
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
-from hpcbatch.store.base import JobQuery
+from hpcbatch.store.base import EventRow, JobQuery
 from hpcbatch.store.migrate import applied_ids_sqlite, migrate, migration_ids
 
 _encode = msgspec.json.Encoder().encode
@@ -228,6 +228,38 @@ class SqliteStore:
                 "SELECT at, status, reason FROM job_events WHERE job_id = ? ORDER BY id", (job_id,)
             )
         ]
+
+    def events_after(
+        self, after: int, limit: int, job_id: str | None = None, queue: str | None = None
+    ) -> list[EventRow]:
+        """Events with an id above ``after``, oldest first: of one job (with its array and
+        node children), of one queue's jobs, or all (nodes included)."""
+        sql = (
+            "SELECT e.id, e.job_id, e.at, e.status, e.reason, j.queue, j.owner "
+            "FROM job_events e LEFT JOIN jobs j ON j.job_id = e.job_id WHERE e.id > ?"
+        )
+        args: list[Any] = [after]
+        if job_id is not None:
+            sql += " AND (e.job_id = ? OR e.job_id LIKE ? OR e.job_id LIKE ?)"
+            args.extend([job_id, job_id + "#%", job_id + ":%"])
+        if queue is not None:
+            sql += " AND j.queue = ?"
+            args.append(queue)
+        sql += " ORDER BY e.id LIMIT ?"
+        args.append(limit)
+        return [EventRow(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5], r[6]) for r in self._db.execute(sql, args)]
+
+    def last_event_id(self) -> int:
+        row = self._db.execute("SELECT MAX(id) FROM job_events").fetchone()
+        return int(row[0] or 0)
+
+    def count_jobs_by_queue_status(self) -> dict[tuple[str, str], int]:
+        """(queue, status) -> number of jobs, as ListJobs counts them (no array/node children)."""
+        rows = self._db.execute(
+            "SELECT queue, status, COUNT(*) FROM jobs "
+            "WHERE job_id NOT LIKE '%#%' AND job_id NOT LIKE '%:%' GROUP BY queue, status"
+        )
+        return {(q, s): int(n) for q, s, n in rows}
 
     # ------------------------------------------------------------------ scripts
     def put_script(self, script_id: str, data: bytes, owner: str) -> None:
