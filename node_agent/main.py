@@ -44,6 +44,7 @@ from node_agent.bridge import (
     socket_path,
 )
 from node_agent.config import AgentConfig, ConfigError, load_agent_config
+from node_agent.containers import Podman
 from node_agent.discovery import discover
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
 
@@ -96,11 +97,19 @@ class Agent:
             agent_version=__version__,
             **found,
         )
+        runtime = found["container_runtime"] or None  # "" in the config: no container jobs here
+        self.facts.container_runtime = runtime
+        podman = (
+            Podman(runtime, storage=config.container_storage, insecure_registries=config.container_insecure_registries)
+            if runtime
+            else None
+        )
         self.runner = Runner(
             self.state,
             on_exit=self._on_exit,
             kill_grace_s=config.kill_grace_s,
-            container_runtime=found["container_runtime"],
+            container_runtime=runtime,
+            containers=podman,
             memory_enforcement=config.memory_enforcement,
             allow_root_jobs=config.allow_root_jobs,
             keep_workdir=config.keep_workdir,
@@ -138,6 +147,7 @@ class Agent:
         }
         self._base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         self._hostname = socket.gethostname()
+        self._starting: set[asyncio.Task[None]] = set()  # container starts: the image pull runs on
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
@@ -186,7 +196,10 @@ class Agent:
             self.runner.forget(attempt_id)
 
     async def _start(self, msg: p.StartAttempt) -> None:
-        env = dict(self._base_env)
+        if self.runner.is_pulling(msg.attempt_id):
+            return  # a resent start: the first one reports
+        # An image brings its own PATH, locale and home: only the job's variables go in.
+        env = {} if msg.image else dict(self._base_env)
         env.update(msg.environment)
         env["HOSTNAME"] = self._hostname
         env.update(gpu_environment(msg.gpu_ids, self.facts.gpus))
@@ -215,6 +228,7 @@ class Agent:
             gpus=msg.gpus,
             timeout_s=msg.timeout_s,
             image=msg.image,
+            container=msg.container,
             script=msg.script,
             user=msg.owner,  # never None here: an ownerless job must not run as the agent (root)
             hold=msg.hold,
@@ -289,6 +303,10 @@ class Agent:
                 log.warning("dropping an undecodable message from the head: %s", exc)
                 continue
             match msg:
+                case p.StartAttempt() if msg.image:
+                    task = asyncio.create_task(self._start(msg))  # the pull must not stop the loop
+                    self._starting.add(task)
+                    task.add_done_callback(self._starting.discard)
                 case p.StartAttempt():
                     await self._start(msg)
                 case p.StartTask():

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from hpcbatch import protocol as p
+from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
 from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import TIMEOUT_REASON, Attempt, JobRecord, should_retry
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
@@ -565,6 +566,7 @@ class Engine:
             gpu_ids=list(attempt.gpus),
             timeout_s=job.timeout_s,
             image=job.image,
+            container=container_options(job.container) if job.image else None,
             script=script,
             log_stream_name=attempt.log_stream_name,
             owner=job.owner,
@@ -802,6 +804,7 @@ class Engine:
                 len(facts.gpus), tuple(allocations), accepting=node.drain_reason is None,
                 placement_group=facts.placement_group, gang_jobs=tuple(gangs),
                 gpu_ids=tuple(facts.gpus), gpu_holds=tuple(holds),
+                features=frozenset((CONTAINER_FEATURE,)) if facts.container_runtime else frozenset(),
             )
         )
 

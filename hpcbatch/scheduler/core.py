@@ -12,7 +12,8 @@ Theory of operation:
   FIFO by submission sequence. Each queue tries its compute environments in
   ``computeEnvironmentOrder``.
 * A job fits a node when the node is ACTIVE in an ENABLED compute environment, has the
-  free vCPUs, memory and GPUs, is not held by a gang, and the compute environment stays
+  free vCPUs, memory and GPUs, offers the features the job ``requires`` (``NodeUp.features``,
+  e.g. "container": a container runtime for a job with an image), is not held by a gang, and the compute environment stays
   within ``maxvCpus``. Among fitting nodes the core picks the best fit (least vCPUs left
   over, then least memory), which keeps whole nodes free for big jobs.
 * A job that does not fit does not block the queue: smaller jobs behind it may start,
@@ -118,6 +119,7 @@ class NodeUp(Event):
     gang_jobs: tuple[str, ...] = ()  # ids in ``allocations`` that are gangs: whole-node holds
     gpu_ids: tuple[str, ...] = ()  # the node's GPUs in index order; empty: "0".."gpus-1"
     gpu_holds: tuple[tuple[str, tuple[str, ...]], ...] = ()  # job id in ``allocations`` -> GPU ids
+    features: frozenset[str] = frozenset()  # what it offers beyond resources ("container": a runtime)
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ class _Node:
     gpu_holder: dict[int, str] = field(default_factory=dict)  # GPU index -> the job holding it
     jobs: set[str] = field(default_factory=set)  # every job holding part of this node
     gang: str | None = None  # the gang holding it whole, if any
+    features: frozenset[str] = frozenset()  # a job runs here only if its ``requires`` are among these
 
     @property
     def free_gpus(self) -> int:
@@ -236,10 +239,14 @@ class _Node:
             and r.vcpus <= self.free_vcpus + 1e-9
             and r.memory_mib <= self.free_memory_mib
             and r.gpus <= self.free_gpus
+            and r.requires <= self.features
         )
 
     def could_ever_fit(self, r: ResourceRequest) -> bool:
-        return r.vcpus <= self.vcpus + 1e-9 and r.memory_mib <= self.memory_mib and r.gpus <= self.gpus
+        return (
+            r.vcpus <= self.vcpus + 1e-9 and r.memory_mib <= self.memory_mib and r.gpus <= self.gpus
+            and r.requires <= self.features
+        )
 
     def candidate(self, free_at: float) -> Candidate:
         return Candidate(self.name, self.placement_group, free_at, (self.vcpus, self.memory_mib, self.gpus))
@@ -470,6 +477,7 @@ class Scheduler:
         node = _Node(
             event.node, event.compute_environment, event.vcpus, event.memory_mib, len(gpu_ids),
             event.accepting, event.vcpus, event.memory_mib, event.placement_group, gpu_ids,
+            features=event.features,
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
@@ -852,7 +860,8 @@ class Scheduler:
             )
         return (
             f"No compute environment in {', '.join(ce.name for ce in ces)} has {n} ACTIVE nodes "
-            f"that can each hold vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}", ""
+            f"that can each hold vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
+            + "".join(f" and offer {_FEATURE_TEXT.get(f, f)}" for f in sorted(r.requires)), ""
         )
 
     # ------------------------------------------------------------------ reasons
@@ -872,6 +881,12 @@ class Scheduler:
         self, r: ResourceRequest, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
     ) -> str:
         if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):
+            missing = r.requires - frozenset().union(*(n.features for ce in ces for n in ce.nodes.values()))
+            if missing:
+                return (
+                    f"No node in compute environments {', '.join(ce.name for ce in ces)} offers "
+                    f"{', '.join(sorted(_FEATURE_TEXT.get(f, f) for f in missing))}"
+                )
             cpu_only = ResourceRequest(vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=0)
             if r.gpus and any(n.could_ever_fit(cpu_only) for ce in ces for n in ce.nodes.values()):
                 most = max(n.gpus for ce in ces for n in ce.nodes.values())
@@ -911,4 +926,7 @@ def _limit_key(time_limit_s: int | None) -> float:
 
 def _dominates(a: ResourceRequest, b: ResourceRequest) -> bool:
     """True when ``a`` needs at least what ``b`` needs in every dimension."""
-    return a.vcpus >= b.vcpus and a.memory_mib >= b.memory_mib and a.gpus >= b.gpus
+    return a.vcpus >= b.vcpus and a.memory_mib >= b.memory_mib and a.gpus >= b.gpus and a.requires >= b.requires
+
+
+_FEATURE_TEXT = {"container": "a container runtime (the job names an image)"}
