@@ -26,6 +26,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -77,8 +78,7 @@ class Podman:
     ) -> None:
         self.binary = binary
         self._global = [binary, "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
-        if storage:  # a node's own image cache (several test "hosts" share one machine)
-            self._global += ["--root", str(Path(storage) / "root"), "--runroot", str(Path(storage) / "run")]
+        self._global += storage_arguments(storage)
         self._insecure = tuple(insecure_registries)
         self._dev = Path(dev_root)
         self._pulls: dict[str, asyncio.Future[str | None]] = {}  # image -> pull in flight
@@ -256,6 +256,18 @@ class Podman:
                 argv.append(f"--device={path}")
         argv += [f"--device={d}" for d in _NVIDIA_SHARED if os.path.exists(d)]
         return argv
+
+
+def storage_arguments(storage: str | Path) -> list[str]:
+    """podman's ``--root``/``--runroot`` for a node's own image cache ([] for the system's).
+
+    Several test "hosts" share one machine, so each can have its own cache. podman wants a
+    runroot under 50 characters: it goes in /run, named by a hash of the storage path.
+    """
+    if not storage:
+        return []
+    tag = hashlib.sha1(os.fsencode(Path(storage).resolve())).hexdigest()[:16]
+    return ["--root", str(Path(storage) / "root"), "--runroot", f"/run/hpcbatch-podman/{tag}"]
 
 
 def _registry(image: str) -> str:

@@ -25,11 +25,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from node_agent.containers import storage_arguments
+
 CACHE = Path(os.environ.get("HPCBATCH_IMAGE_CACHE", "/var/cache/hpcbatch-images"))
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 REPOSITORY = "hpcbatch/bookworm-mpi"
-TAG = "1"
+TAG = "2"
+MARKER = "VARIANT_ID=hpcbatch-test"  # appended to the image's /etc/os-release
 PIP = Path(sys.executable).parent / "pip"
 
 
@@ -69,6 +72,11 @@ def rootfs_tarball() -> Path:
             for entry in site.iterdir():
                 shutil.move(str(entry), str(dist / entry.name))
             site.rmdir()
+    # Tests tell the image's /etc/os-release from the node's (both may be bookworm) by this line.
+    os_release = tree / "usr" / "lib" / "os-release"
+    if MARKER not in os_release.read_text():
+        with open(os_release, "a") as f:
+            f.write(MARKER + "\n")
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/locale"):
         shutil.rmtree(tree / junk, ignore_errors=True)
     partial = tarball.with_suffix(".tar.tmp")
@@ -80,7 +88,7 @@ def rootfs_tarball() -> Path:
 def podman(storage: Path | None = None) -> list[str]:
     argv = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
     if storage is not None:
-        argv += ["--root", str(storage / "root"), "--runroot", str(storage / "run")]
+        argv += storage_arguments(storage)
     return argv
 
 
