@@ -10,11 +10,13 @@ Theory of operation:
   ``--ulimit nofile=1024:1024 --ulimit nproc=4096:4096``: podman's defaults are the
   agent's own hard limits, which a node without CAP_SYS_RESOURCE head-room cannot grant.
   A job's ``ulimits`` replace these by name.
-* Host network and host UTS namespace: a container sees the node's interfaces (the
-  fabric), its hostname and its address, as a bare job does. The fabric devices
+* Host network, UTS and PID namespaces: a container sees the node's interfaces (the
+  fabric), its hostname and its address, as a bare job does; its processes have the
+  node's pids (as with Apptainer and Enroot), which PMIx between MPI daemons relies on.
+  ``initProcessEnabled`` gives a private PID namespace with an init as pid 1 instead. The fabric devices
   (``/dev/infiniband``, EFA's) and the job's GPUs are passed in as devices.
-* The attempt's work dir (its cwd, TMPDIR, hostfile and MPI launcher) is mounted at the
-  same path, and so is the launcher bridge's socket: ``mpirun`` inside the image calls the
+* The attempt's work dir (TMPDIR, hostfile and MPI launcher) is mounted at the same path,
+  and at ``CONTAINER_WORK_DIR`` (the job's working directory, the same on every node), and so is the launcher bridge's socket: ``mpirun`` inside the image calls the
   launcher, the agent on the target node ``exec``s the daemon in that node's container.
 * Pull is separate from run (``--pull never``), so STARTING covers the pull, as on AWS; a
   pull failure is AWS's ``CannotPullContainerError``. Images stay in the node's storage
@@ -30,14 +32,13 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-
-import msgspec
 
 from hpcbatch import protocol as p
 
@@ -47,6 +48,10 @@ CANNOT_PULL = "CannotPullContainerError"
 NAME_PREFIX = "hpcb-"
 DEFAULT_ULIMITS = {"nofile": (1024, 1024), "nproc": (4096, 4096)}
 PULL_TIMEOUT_S = 900.0
+# The work dir is also here, the same path on every node: mpirun starts remote ranks in its
+# own working directory, which must exist in every node's container.
+CONTAINER_WORK_DIR = "/hpcbatch/work"
+EXEC_WAIT_S = 60.0  # how long a launched daemon waits for its node's container to come up
 _EFA_DEVICE_GLOB = "uverbs*"  # EFA and InfiniBand both expose /dev/infiniband/uverbsN
 _NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 
@@ -179,6 +184,7 @@ class Podman:
             argv += [f"--memory={memory_mib}m", f"--memory-swap={memory_mib}m"]
         for mount in (work_dir, *extra_mounts):
             argv += ["--volume", f"{mount}:{mount}"]
+        argv += ["--volume", f"{work_dir}:{CONTAINER_WORK_DIR}"]
         for m in options.mounts:
             argv += ["--volume", f"{m.source}:{m.target}{':ro' if m.read_only else ''}"]
         if options.read_only_root:
@@ -193,20 +199,33 @@ class Podman:
         for t in options.tmpfs:
             opts = ",".join([f"size={t.size_mib}m", *t.options])
             argv += ["--tmpfs", f"{t.path}:{opts}"]
-        if options.init:
-            argv.append("--init")
+        # The host's PID namespace, as Apptainer and Enroot give HPC jobs: PMIx and MPI
+        # daemons use robust mutexes and pids across processes and must see the same pids.
+        # An init process (initProcessEnabled) needs a private one, so it gets that.
+        argv += ["--init"] if options.init else ["--pid", "host"]
         if options.privileged:
             argv.append("--privileged")
         for key, value in environment.items():
             argv += ["--env", f"{key}={value}"]
-        argv += ["--workdir", cwd, "--", image, *command]
+        argv += ["--workdir", CONTAINER_WORK_DIR if cwd == work_dir else cwd, "--", image, *command]
         return argv
 
     def exec_argv(
         self, attempt_id: str, command: str, environment: Mapping[str, str], identity: Identity | None, cwd: str
     ) -> list[str]:
-        """``podman exec`` of ``/bin/sh -c command`` in a running attempt's container (an MPI daemon)."""
-        argv = [*self._global, "exec"]
+        """``podman exec`` of ``/bin/sh -c command`` in a running attempt's container (an MPI daemon).
+
+        The container may still be starting (``podman run`` takes a fraction of a second):
+        the exec first waits, up to ``EXEC_WAIT_S``, until it exists and runs.
+        """
+        name = container_name(attempt_id)
+        exists = shlex.join([*self._global, "container", "exists", name])
+        running = shlex.join([*self._global, "wait", "--condition", "running", name])
+        wait = (
+            f"i=0; until {exists}; do i=$((i+1)); [ $i -gt {int(EXEC_WAIT_S * 10)} ] && break; sleep 0.1; done; "
+            f"{running} >/dev/null 2>&1; "
+        )
+        argv = ["/bin/sh", "-c", wait + 'exec "$@"', "sh", *self._global, "exec"]
         if identity is not None:
             argv += ["--user", f"{identity.uid}:{identity.gid}"]
         for key, value in environment.items():
@@ -305,8 +324,6 @@ def container_launch(
 ) -> tuple[list[str], dict[str, str], None] | str:
     """(argv, env, preexec) for Popen: ``podman run`` of the attempt; or why it cannot start."""
     options = spec.container or p.ContainerOptions()
-    if spec.hold and not options.init:
-        options = msgspec.structs.replace(options, init=True)  # pid 1 that ends on SIGTERM
     if not os.path.isdir(work_dir):
         work_dir = cwd  # no owner (the agent's own job): its attempt directory
     socket = env.get("HPCBATCH_LAUNCH_SOCKET")

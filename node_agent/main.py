@@ -148,6 +148,7 @@ class Agent:
         self._base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         self._hostname = socket.gethostname()
         self._starting: set[asyncio.Task[None]] = set()  # container starts: the image pull runs on
+        self._not_started: set[str] = set()  # container attempts received, not yet running or refused
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
@@ -262,10 +263,26 @@ class Agent:
                 p.TaskExited(launch_id=launch_id, origin=msg.origin, exit_code=exit_code, reason=reason)
             )
 
+        if msg.attempt_id in self._not_started:  # this node's image is still coming: launch after
+            task = asyncio.create_task(self._start_task_after_pull(msg))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+            return
         error = self.runner.start_task(msg.attempt_id, msg.launch_id, msg.command, exited)
         if error is not None:
             log.warning("launch %s for job %s refused: %s", msg.launch_id[:8], msg.job_id, error)
             exited(msg.launch_id, None, error)
+
+    async def _start_container(self, msg: p.StartAttempt) -> None:
+        try:
+            await self._start(msg)
+        finally:
+            self._not_started.discard(msg.attempt_id)
+
+    async def _start_task_after_pull(self, msg: p.StartTask) -> None:
+        while msg.attempt_id in self._not_started:
+            await asyncio.sleep(0.05)
+        self._start_task(msg)
 
     # ---------------------------------------------------------------------- logs
     def _ship_output(self, attempt_id: str, final: bool = False) -> None:
@@ -304,7 +321,8 @@ class Agent:
                 continue
             match msg:
                 case p.StartAttempt() if msg.image:
-                    task = asyncio.create_task(self._start(msg))  # the pull must not stop the loop
+                    self._not_started.add(msg.attempt_id)  # launches for it wait (_start_task)
+                    task = asyncio.create_task(self._start_container(msg))  # the pull must not stop the loop
                     self._starting.add(task)
                     task.add_done_callback(self._starting.discard)
                 case p.StartAttempt():

@@ -297,7 +297,9 @@ def test_mpirun_in_the_image_spans_four_hosts_over_the_fabric(ns4: tuple[TestClu
     job_id = mpi_job(c, image, ["mpirun", "python3", "-m", "mpi4py.bench", "helloworld"])
     job = c.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=240)
     out = wait_for(lambda: c.logs(f"{job_id}#0"), 10, what="mpirun output")
-    assert job["status"] == "SUCCEEDED", out
+    others = "\n".join(f"--- node {i}:\n{c.logs(f'{job_id}#{i}')}" for i in (1, 2, 3))
+    others += "\n--- agent node2:\n" + (c.root / "node2.log").read_text()[-3000:]
+    assert job["status"] == "SUCCEEDED", out + others
     assert set(re.findall(r"on (node\d)", out)) == {"node1", "node2", "node3", "node4"}, out
     fabric = sum(_bytes(c, n, "fab0") - before[(n, "fab0")] for n in c.node_names)
     assert fabric > 0, out
