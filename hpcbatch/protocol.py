@@ -73,6 +73,12 @@ class Register(Message, tag="register", kw_only=True):
     exited: list[AttemptExited] = []
 
 
+class ImagesCached(Message, tag="images", kw_only=True):
+    """Agent -> head: the container images in the node's cache (after registering, after a pull)."""
+
+    images: list[str] = []
+
+
 class AgentHeartbeat(Message, tag="agent_hb", kw_only=True):
     instance_id: str
     running: list[str] = []  # attempt ids
@@ -180,6 +186,12 @@ class AckExits(Message, tag="ack_exits", kw_only=True):
     attempt_ids: list[str]
 
 
+class PullImage(Message, tag="pull_image", kw_only=True):
+    """Head -> agent: put ``image`` in the node's cache now (pre-pull before a big job)."""
+
+    image: str
+
+
 # ------------------------------------------------ MPI launcher bridge (no SSH)
 # mpirun on a job's main node calls the hpcbatch launcher instead of ssh; the launcher asks
 # its local agent (Unix socket, per-job secret), which asks the head, which checks that the
@@ -222,9 +234,11 @@ class LaunchDone(Message, tag="launch_done", kw_only=True):
     error: str | None = None
 
 
-AgentMessage = AttemptExited | Register | AgentHeartbeat | AttemptStarted | LogChunk | LaunchRequest | TaskExited
+AgentMessage = (
+    AttemptExited | Register | AgentHeartbeat | AttemptStarted | LogChunk | LaunchRequest | TaskExited | ImagesCached
+)
 HeadMessage = (
-    Welcome | Reregister | HeadHeartbeat | StartAttempt | KillAttempt | AckExits | StartTask | LaunchDone
+    Welcome | Reregister | HeadHeartbeat | StartAttempt | KillAttempt | AckExits | StartTask | LaunchDone | PullImage
 )
 
 _encoder = msgspec.msgpack.Encoder()

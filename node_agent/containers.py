@@ -88,6 +88,7 @@ class Podman:
         self._dev = Path(dev_root)
         self._pulls: dict[str, asyncio.Future[str | None]] = {}  # image -> pull in flight
         self._cdi = shutil.which("nvidia-ctk") is not None
+        self.pulls = 0  # images actually pulled so far: the cache changed when this moves
 
     # ------------------------------------------------------------------ images
     async def pull(self, image: str) -> str | None:
@@ -118,6 +119,7 @@ class Podman:
             args.append("--tls-verify=false")
         code, out = await self._run([*args, image], timeout=PULL_TIMEOUT_S)
         if code == 0:
+            self.pulls += 1
             return None
         lines = [line.strip() for line in out.splitlines() if line.strip()]
         detail = lines[-1] if lines else f"podman pull exited with {code}"

@@ -24,7 +24,9 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import zmq
@@ -104,6 +106,7 @@ class Agent:
             if runtime
             else None
         )
+        self.podman = podman
         self.runner = Runner(
             self.state,
             on_exit=self._on_exit,
@@ -149,6 +152,7 @@ class Agent:
         self._hostname = socket.gethostname()
         self._starting: set[asyncio.Task[None]] = set()  # container starts: the image pull runs on
         self._not_started: set[str] = set()  # container attempts received, not yet running or refused
+        self._images_reported = -1  # podman.pulls when the head was last told the cache
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
@@ -264,20 +268,40 @@ class Agent:
             )
 
         if msg.attempt_id in self._not_started:  # this node's image is still coming: launch after
-            task = asyncio.create_task(self._start_task_after_pull(msg))
-            self._starting.add(task)
-            task.add_done_callback(self._starting.discard)
+            self._spawn(self._start_task_after_pull(msg))
             return
         error = self.runner.start_task(msg.attempt_id, msg.launch_id, msg.command, exited)
         if error is not None:
             log.warning("launch %s for job %s refused: %s", msg.launch_id[:8], msg.job_id, error)
             exited(msg.launch_id, None, error)
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` beside the receive loop (pulls take long); kept referenced until done."""
+        task = asyncio.create_task(coro)
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
     async def _start_container(self, msg: p.StartAttempt) -> None:
         try:
             await self._start(msg)
         finally:
             self._not_started.discard(msg.attempt_id)
+        if self.podman is not None and self.podman.pulls != self._images_reported:
+            await self._report_images()
+
+    async def _pull(self, image: str) -> None:
+        if self.podman is None:
+            return
+        failure = await self.podman.pull(image)
+        if failure is not None:
+            log.warning("pre-pull of %s failed: %s", image, failure)
+        await self._report_images()
+
+    async def _report_images(self) -> None:
+        if self.podman is not None:
+            pulls = self.podman.pulls
+            self._send(p.ImagesCached(images=await self.podman.images()))
+            self._images_reported = pulls
 
     async def _start_task_after_pull(self, msg: p.StartTask) -> None:
         while msg.attempt_id in self._not_started:
@@ -322,9 +346,7 @@ class Agent:
             match msg:
                 case p.StartAttempt() if msg.image:
                     self._not_started.add(msg.attempt_id)  # launches for it wait (_start_task)
-                    task = asyncio.create_task(self._start_container(msg))  # the pull must not stop the loop
-                    self._starting.add(task)
-                    task.add_done_callback(self._starting.discard)
+                    self._spawn(self._start_container(msg))  # the pull must not stop the loop
                 case p.StartAttempt():
                     await self._start(msg)
                 case p.StartTask():
@@ -335,11 +357,14 @@ class Agent:
                     self.runner.kill(msg.attempt_id, msg.reason, msg.grace_s)
                 case p.AckExits():
                     self._ack(msg.attempt_ids)
+                case p.PullImage():
+                    self._spawn(self._pull(msg.image))
                 case p.Welcome():
                     if msg.head_id != self._head_id:
                         log.info("registered with head %s", msg.head_id[:8])
                     self._head_id = msg.head_id
                     self._welcomed = True
+                    self._spawn(self._report_images())
                     self._said.discard("enrollment")
                     self._interval, self._liveness = msg.heartbeat_interval_s, msg.liveness
                     for attempt_id, offsets in msg.log_offsets.items():

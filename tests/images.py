@@ -156,18 +156,20 @@ class Registry:
         self._config.unlink(missing_ok=True)
 
 
-def publish_test_image(registry: Registry) -> None:
-    """Build (or reuse) the test image and push it to ``registry`` unless it is there already."""
-    if registry.has(REPOSITORY, TAG):
-        return
-    tarball = rootfs_tarball()
+def publish_test_image(registry: Registry, tag: str = TAG) -> str:
+    """Build (or reuse) the test image, push it as ``tag`` unless there already; its name on 127.0.0.1."""
+    name = registry.image("127.0.0.1", tag=tag)
+    if registry.has(REPOSITORY, tag):
+        return name
     staging = CACHE / "podman"  # a private storage for the import: never the nodes' caches
     local = f"localhost/{REPOSITORY}:{TAG}"
+    if subprocess.run([*podman(staging), "image", "exists", local], check=False).returncode != 0:
+        subprocess.run(
+            [*podman(staging), "import", "--change", "CMD=/bin/bash", str(rootfs_tarball()), local],
+            check=True, stdout=subprocess.DEVNULL,
+        )
     subprocess.run(
-        [*podman(staging), "import", "--change", "CMD=/bin/bash", str(tarball), local],
-        check=True, stdout=subprocess.DEVNULL,
+        [*podman(staging), "push", "--quiet", "--tls-verify=false", local, name],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    subprocess.run(
-        [*podman(staging), "push", "--quiet", "--tls-verify=false", local, registry.image("127.0.0.1")],
-        check=True, stdout=subprocess.DEVNULL,
-    )
+    return name

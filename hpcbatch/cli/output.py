@@ -261,12 +261,18 @@ def print_nodes(nodes: Iterable[dict[str, Any]]) -> None:
     def gib(mib: Any) -> str:
         return f"{mib / 1024:.1f}G" if isinstance(mib, int | float) else "-"
 
+    def images(node: dict[str, Any]) -> str:
+        cached = node.get("images") or []
+        if not node.get("containerRuntime"):
+            return "-"  # no runtime: no container jobs here
+        return ",".join(cached) if len(cached) <= 2 else f"{len(cached)} images"
+
     def jobs(node: dict[str, Any]) -> str:
         running = node.get("runningJobs") or []
         return str(len(running)) if len(running) > 2 else ",".join(running) or "-"
 
     print_table(
-        ["NAME", "STATE", "CE", "GROUP", "VCPUS", "MEMORY", "GPUS", "FABRIC", "JOBS", "HEARTBEAT", "REASON"],
+        ["NAME", "STATE", "CE", "GROUP", "VCPUS", "MEMORY", "GPUS", "FABRIC", "IMAGES", "JOBS", "HEARTBEAT", "REASON"],
         (
             [
                 n.get("name"),
@@ -277,6 +283,7 @@ def print_nodes(nodes: Iterable[dict[str, Any]]) -> None:
                 f"{gib(n.get('allocatedMemoryMiB') or 0)}/{gib(n.get('memoryMiB'))}",
                 len(n.get("gpus") or []),
                 fabric(n),
+                images(n),
                 jobs(n),
                 ago(n.get("lastHeartbeatAt")),
                 truncate(n.get("stateReason")),

@@ -75,6 +75,7 @@ class NodeInfo:
     jobs: set[str] = field(default_factory=set)  # jobs with an attempt in flight here
     drain_reason: str | None = None  # set by an admin: no new work (DRAINING, then DRAINED)
     allocations: tuple[tuple[str, Any], ...] = ()  # as last told to the scheduler
+    images: list[str] = field(default_factory=list)  # container images in its cache, as it reports
 
 
 def _sequential(job: JobRecord) -> bool:
@@ -927,6 +928,17 @@ class Engine:
             r.attempt_id: {"output": self.logs.size(r.attempt_id)} for r in msg.running
         }
         return p.Welcome(head_id="", heartbeat_interval_s=0, liveness=0, log_offsets=offsets)
+
+    def on_images(self, name: str, msg: p.ImagesCached) -> None:
+        info = self.nodes.get(name)
+        if info is not None:
+            info.images = list(msg.images)
+
+    def prepull(self, nodes: list[str], image: str) -> None:
+        """Ask ``nodes`` to put ``image`` in their caches (they report it when done)."""
+        for name in nodes:
+            self._outbox.append((name, p.PullImage(image=image)))
+        self.request_step()
 
     def on_heartbeat(self, name: str) -> None:
         node = self.nodes.get(name)

@@ -803,6 +803,26 @@ class BatchService:
         self._save_drains()
         return {}
 
+    def PrepullImage(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Warm nodes' image caches before a big job; default: every ACTIVE node with a runtime."""
+        image = body.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise ClientError("image must name a container image")
+        names = body.get("nodes")
+        if names is None:
+            names = [n for n, i in sorted(self.engine.nodes.items())
+                     if i.state == "ACTIVE" and i.facts is not None and i.facts.container_runtime]
+        elif not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ClientError("nodes must be a list of node names")
+        for name in names:
+            info = self.engine.nodes.get(name)
+            if info is None:
+                raise NotFoundError(f"nodes: node {name} does not exist")
+            if info.facts is None or not info.facts.container_runtime:
+                raise ClientError(f"nodes: node {name} has no container runtime")
+        self.engine.prepull(names, image)
+        return {"image": image, "nodes": names}
+
     def ResumeNode(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = self._node(body)
         self.engine.drain(name, None)
@@ -842,6 +862,8 @@ class BatchService:
                     "vcpus": facts.vcpus if facts else 0,
                     "memoryMiB": facts.memory_mib if facts else 0,
                     "gpus": facts.gpus if facts else [],
+                    "containerRuntime": facts.container_runtime if facts else None,
+                    "images": info.images,
                     "allocatedVcpus": usage[0],
                     "allocatedMemoryMiB": usage[1],
                     "allocatedGpus": usage[2],

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,9 +144,24 @@ def test_aws_shaped_definition_runs_in_its_image_as_its_owner(cc: tuple[TestClus
         assert "nofile=512" in out and "from-the-host" in out and "greeting=hello" in out, out
         assert "mpi4py 4" in out, out
         assert job["container"]["image"] == image
+        wait_for(lambda: image in c.nodes()["node1"]["images"], 20, what="node1 to report its cached image")
         assert containers_on(c, "node1") == []
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_prepull_warms_the_named_nodes_and_nodes_list_shows_it(cc: tuple[TestCluster, str], registry: images.Registry) -> None:
+    c, image = cc
+    other = images.publish_test_image(registry, tag="prepull")
+    out = c.client.call("/hpcbatch/v1/prepullimage", {"image": other, "nodes": ["node1"]})
+    assert out["nodes"] == ["node1"]
+    wait_for(lambda: other in c.nodes()["node1"]["images"], 60, what="node1 to report the pre-pulled image")
+    assert c.nodes()["node2"]["images"] == [] and c.nodes()["node2"]["containerRuntime"] is None
+    with pytest.raises(Exception, match="node2 has no container runtime"):
+        c.client.call("/hpcbatch/v1/prepullimage", {"image": other, "nodes": ["node2"]})
+    listed = subprocess.run([sys.executable, "-m", "hpcbatch.cli.main", "--endpoint", c.socket_endpoint, "nodes", "list"],
+                            capture_output=True, text=True, check=False)
+    assert "IMAGES" in listed.stdout, listed.stdout + listed.stderr
 
 
 def test_fetch_and_run_script_runs_inside_the_image(cc: tuple[TestCluster, str]) -> None:
