@@ -318,7 +318,7 @@ def test_mpirun_in_the_image_spans_four_hosts_over_the_fabric(ns4: tuple[TestClu
     assert job["status"] == "SUCCEEDED", out + others
     assert set(re.findall(r"on (node\d)", out)) == {"node1", "node2", "node3", "node4"}, out
     fabric = sum(_bytes(c, n, "fab0") - before[(n, "fab0")] for n in c.node_names)
-    assert fabric > 0, out
+    assert fabric > 4096, (fabric, out)  # the daemons' wire-up and the ranks' traffic: fab0
     assert all(containers_on(c, n) == [] for n in c.node_names)
 
 
