@@ -42,6 +42,12 @@ Theory of operation (Linux only; one asyncio event loop, no threads):
   when the attempt ends. A ``hold`` attempt runs only a holder (``sleep infinity``) that
   keeps the node for such tasks; on kill its tasks get the grace first, then the holder.
 
+* Images: an attempt with ``spec.image`` first has the image pulled (it is STARTING; a kill
+  meanwhile ends it after the pull), then its process is ``podman run`` (built by
+  ``node_agent.containers``, run by root, the container as the owner). Kill and timeout
+  signal podman as above and also remove the container (``podman rm --force``); launched
+  tasks are ``podman exec`` in it.
+
 Past 800 lines (about 1,200) because two self-contained parts live here: the memory-cgroup
 backend (``_MemoryCgroups``, ~150 lines) and running as the owner (``_resolve_owner``,
 ``_launch`` and their helpers, ~150 lines); each can move to its own module unchanged.
@@ -422,7 +428,8 @@ class Runner:
         self._watch(rec)
         if spec.timeout_s is not None and spec.timeout_s > 0:
             rec.timeout_handle = self._loop.call_later(spec.timeout_s, self._on_timeout, rec)
-        if cgroup is None and spec.memory_mib > 0 and self._rss_timer is None:
+        # A container's limit is podman's (--memory); its processes are not in our sessions.
+        if cgroup is None and spec.memory_mib > 0 and self._rss_timer is None and not rec.container:
             self._rss_timer = self._loop.call_later(_RSS_INTERVAL_S, self._rss_tick)
         return rec.pid
 
@@ -823,7 +830,7 @@ class Runner:
         watched = {
             r.pid: r
             for r in self._running.values()
-            if r.cgroup is None and r.spec.memory_mib > 0 and not r.oom
+            if r.cgroup is None and r.spec.memory_mib > 0 and not r.oom and not r.container
         }
         if not watched:
             return
