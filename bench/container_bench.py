@@ -114,12 +114,7 @@ def main() -> int:
     finally:
         c.close()
         for name in c.node_names:
-            storage = root / name / "containers"
-            if storage.exists():
-                import subprocess
-
-                subprocess.run([*images.podman(storage), "rm", "--all", "--force", "--time", "0"], capture_output=True)
-                subprocess.run([*images.podman(storage), "rmi", "--all", "--force"], capture_output=True)
+            images.wipe_storage(root / name / "containers")
         shutil.rmtree(root, ignore_errors=True)
         registry.close()
     return 0

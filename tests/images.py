@@ -92,6 +92,20 @@ def podman(storage: Path | None = None) -> list[str]:
     return argv
 
 
+def wipe_storage(storage: Path) -> None:
+    """Remove a node's image cache made by a test (its containers must be gone already)."""
+    if not storage.exists():
+        return
+    subprocess.run([*podman(storage), "rm", "--all", "--force", "--time", "0"], capture_output=True, check=False)
+    subprocess.run([*podman(storage), "rmi", "--all", "--force"], capture_output=True, check=False)
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split()[1] for line in f if line.split()[1].startswith(str(storage))]
+    for mount in sorted(mounts, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)
+    shutil.rmtree(storage, ignore_errors=True)
+    shutil.rmtree(storage_arguments(storage)[3], ignore_errors=True)  # its runroot in /run
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))

@@ -65,16 +65,7 @@ def containers_on(c: TestCluster, name: str) -> list[str]:
 def wipe(c: TestCluster) -> None:
     """Remove what podman keeps in the nodes' caches (no container may be left by then)."""
     for name in c.node_names:
-        storage = storage_of(c, name)
-        if storage.exists():
-            subprocess.run([*images.podman(storage), "rm", "--all", "--force", "--time", "0"],
-                           capture_output=True, check=False)
-            subprocess.run([*images.podman(storage), "rmi", "--all", "--force"], capture_output=True, check=False)
-            with open("/proc/self/mounts") as f:
-                mounts = [line.split()[1] for line in f if str(storage) in line.split()[1]]
-            for mount in sorted(mounts, reverse=True):
-                subprocess.run(["umount", "-l", mount], check=False)
-            shutil.rmtree(storage, ignore_errors=True)
+        images.wipe_storage(storage_of(c, name))
 
 
 def make_root() -> Path:
@@ -263,8 +254,7 @@ def test_timeout_leaves_no_container_and_no_process(registry: images.Registry, t
                                capture_output=True, text=True, check=False).stdout.split()
         assert names == []
     finally:
-        subprocess.run([*images.podman(storage), "rm", "--all", "--force", "--time", "0"], capture_output=True, check=False)
-        subprocess.run([*images.podman(storage), "rmi", "--all", "--force"], capture_output=True, check=False)
+        images.wipe_storage(storage)
 
 
 # ------------------------------------------------------------------ multi-node, 4 hosts
