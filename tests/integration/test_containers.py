@@ -323,3 +323,37 @@ def test_terminate_multinode_leaves_nothing_on_any_node(ns4: tuple[TestCluster, 
     wait_for(lambda: not any(containers_on(c, n) for n in c.node_names), 60, what="no container on any node")
     ps = subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True, check=True).stdout
     assert "prted" not in ps and "mpi4py import MPI; time.sleep(300)" not in ps
+
+
+def test_a_restarted_agent_removes_the_containers_its_predecessor_left(registry: images.Registry, tmp_path: Path) -> None:
+    """The agent died (no shutdown): the next one, on the same state, ends the attempt and its container."""
+    from hpcbatch.protocol import ContainerOptions
+    from node_agent.containers import Podman
+    from node_agent.runner import LOST_REASON, AttemptSpec, Runner
+
+    storage = tmp_path / "containers"
+    podman = Podman("podman", storage=str(storage), insecure_registries=[f"127.0.0.1:{registry.port}"])
+    spec = AttemptSpec("o1", "job-o", 1, ["/bin/bash", "-c", f"exec -a {MARKER} sleep 300"], {}, 1, 128,
+                       image=registry.image("127.0.0.1"), container=ContainerOptions())
+
+    def names() -> list[str]:
+        return subprocess.run([*images.podman(storage), "ps", "--all", "--format", "{{.Names}}"],
+                              capture_output=True, text=True, check=False).stdout.split()
+
+    async def first_agent() -> None:
+        runner = Runner(tmp_path / "state", on_exit=lambda r: None, container_runtime="podman", containers=podman)
+        assert isinstance(await runner.start(spec), int)
+        # dies here: no shutdown, the container keeps running
+
+    async def next_agent() -> list:
+        runner = Runner(tmp_path / "state", on_exit=lambda r: None, container_runtime="podman", containers=podman)
+        return runner.adopt_orphans()
+
+    try:
+        asyncio.run(first_agent())
+        wait_for(lambda: names() == ["hpcb-o1"] and _sleepers(), 30, what="the orphan container running")
+        results = asyncio.run(next_agent())
+        assert [r.status_reason for r in results] == [LOST_REASON]
+        wait_for(lambda: names() == [] and not _sleepers(), 30, what="the orphan container removed")
+    finally:
+        images.wipe_storage(storage)
