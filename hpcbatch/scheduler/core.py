@@ -14,8 +14,9 @@ Theory of operation:
 * A job fits a node when the node is ACTIVE in an ENABLED compute environment, has the
   free vCPUs, memory and GPUs, offers the features the job ``requires``
   (``NodeUp.features``; "container": a runtime, for a job with an image), is not held by
-  a gang, and the compute environment stays within ``maxvCpus``. Among fitting nodes the core picks the best fit (least vCPUs left
-  over, then least memory), which keeps whole nodes free for big jobs.
+  a gang, and the compute environment stays within ``maxvCpus``. Among fitting nodes the
+  core picks the best fit (least vCPUs left over, then least memory), which keeps whole
+  nodes free for big jobs.
 * A job that does not fit does not block the queue: smaller jobs behind it may start,
   except on nodes reserved for a waiting gang (below).
 * Gangs (AWS Batch multi-node parallel jobs, ``num_nodes > 1``) are placed all at once on
