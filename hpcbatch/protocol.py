@@ -105,6 +105,12 @@ class Register(Message, tag="register", kw_only=True):
     exited: list[AttemptExited] = []
 
 
+class ImagesCached(Message, tag="images", kw_only=True):
+    """Agent -> head: the container images in the node's cache (after registering, after a pull)."""
+
+    images: list[str] = []
+
+
 class AgentHeartbeat(Message, tag="agent_hb", kw_only=True):
     instance_id: str
     running: list[str] = []  # attempt ids
@@ -129,6 +135,45 @@ class LogChunk(Message, tag="log", kw_only=True):
 
 
 # ---------------------------------------------------------------- head -> agent
+class ContainerMount(msgspec.Struct, kw_only=True):
+    """A host path in the container (AWS volumes[].host + mountPoints[])."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+
+class ContainerDevice(msgspec.Struct, kw_only=True):
+    host_path: str
+    container_path: str = ""  # default: host_path
+    permissions: str = ""  # "rwm" letters; default all
+
+
+class ContainerTmpfs(msgspec.Struct, kw_only=True):
+    path: str
+    size_mib: int
+    options: list[str] = []
+
+
+class ContainerUlimit(msgspec.Struct, kw_only=True):
+    name: str
+    soft: int
+    hard: int
+
+
+class ContainerOptions(msgspec.Struct, kw_only=True):
+    """How a job with an ``image`` runs: AWS containerProperties the agent honours, resolved."""
+
+    mounts: list[ContainerMount] = []
+    read_only_root: bool = False
+    devices: list[ContainerDevice] = []
+    shm_size_mib: int | None = None
+    tmpfs: list[ContainerTmpfs] = []
+    init: bool = False
+    ulimits: list[ContainerUlimit] = []
+    privileged: bool = False  # only when the head's config allows it
+
+
 class Welcome(Message, tag="welcome", kw_only=True):
     head_id: str
     heartbeat_interval_s: float
@@ -156,6 +201,7 @@ class StartAttempt(Message, tag="start", kw_only=True):
     gpu_ids: list[str] = []  # the node's GPUs (ids/UUIDs) the attempt holds, exclusively
     timeout_s: int | None = None
     image: str | None = None
+    container: ContainerOptions | None = None  # with ``image``: how to run it
     script: bytes | None = None  # fetch-and-run: the head ships the stored script
     log_stream_name: str = ""
     owner: str = ""  # the Unix user the job runs as on the node
@@ -173,6 +219,12 @@ class KillAttempt(Message, tag="kill", kw_only=True):
 
 class AckExits(Message, tag="ack_exits", kw_only=True):
     attempt_ids: list[str]
+
+
+class PullImage(Message, tag="pull_image", kw_only=True):
+    """Head -> agent: put ``image`` in the node's cache now (pre-pull before a big job)."""
+
+    image: str
 
 
 # ------------------------------------------------ MPI launcher bridge (no SSH)
@@ -217,9 +269,11 @@ class LaunchDone(Message, tag="launch_done", kw_only=True):
     error: str | None = None
 
 
-AgentMessage = AttemptExited | Register | AgentHeartbeat | AttemptStarted | LogChunk | LaunchRequest | TaskExited
+AgentMessage = (
+    AttemptExited | Register | AgentHeartbeat | AttemptStarted | LogChunk | LaunchRequest | TaskExited | ImagesCached
+)
 HeadMessage = (
-    Welcome | Reregister | HeadHeartbeat | StartAttempt | KillAttempt | AckExits | StartTask | LaunchDone
+    Welcome | Reregister | HeadHeartbeat | StartAttempt | KillAttempt | AckExits | StartTask | LaunchDone | PullImage
 )
 
 _encoder = msgspec.msgpack.Encoder()

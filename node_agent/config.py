@@ -50,6 +50,8 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gpus: list[str | DeclaredGpu] = []  # declared GPUs (uuids or tables) where NVML is absent
     gpu_count: int | None = None  # GPUs this node must have (default: how many are declared)
     container_runtime: str | None = None  # default: podman if on PATH
+    container_storage: str = ""  # podman's image cache (root+runroot under it); default: the system's
+    container_insecure_registries: list[str] = []  # host:port pulled over plain HTTP (a local registry)
     keep_workdir: bool = False  # debugging: leave each job's private work dir after it ends
     allow_root_jobs: bool = False  # jobs owned by root run as root only when this is true
     kill_grace_s: float = 10.0

@@ -24,7 +24,9 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import zmq
@@ -44,6 +46,7 @@ from node_agent.bridge import (
     socket_path,
 )
 from node_agent.config import AgentConfig, ConfigError, load_agent_config
+from node_agent.containers import Podman
 from node_agent.cpu_binding import agent_cpus, gpu_local_cpus
 from node_agent.discovery import discover
 from node_agent.gpus_nvml import NvmlGpus
@@ -102,11 +105,20 @@ class Agent:
             agent_version=__version__,
             **found,
         )
+        runtime = found["container_runtime"] or None  # "" in the config: no container jobs here
+        self.facts.container_runtime = runtime
+        podman = (
+            Podman(runtime, storage=config.container_storage, insecure_registries=config.container_insecure_registries)
+            if runtime
+            else None
+        )
+        self.podman = podman
         self.runner = Runner(
             self.state,
             on_exit=self._on_exit,
             kill_grace_s=config.kill_grace_s,
-            container_runtime=found["container_runtime"],
+            container_runtime=runtime,
+            containers=podman,
             memory_enforcement=config.memory_enforcement,
             allow_root_jobs=config.allow_root_jobs,
             keep_workdir=config.keep_workdir,
@@ -152,6 +164,9 @@ class Agent:
         self._gpus_of: dict[str, list[str]] = {}  # attempt -> the GPU uuids it holds
         # Declared out of service in the config: stays so, whatever NVML says.
         self._declared_unhealthy = {g.uuid: g.unhealthy for g in self.facts.gpu_facts if g.unhealthy}
+        self._starting: set[asyncio.Task[None]] = set()  # container starts: the image pull runs on
+        self._not_started: set[str] = set()  # container attempts received, not yet running or refused
+        self._images_reported = -1  # podman.pulls when the head was last told the cache
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
@@ -213,7 +228,10 @@ class Agent:
             self.runner.forget(attempt_id)
 
     async def _start(self, msg: p.StartAttempt) -> None:
-        env = dict(self._base_env)
+        if self.runner.is_pulling(msg.attempt_id):
+            return  # a resent start: the first one reports
+        # An image brings its own PATH, locale and home: only the job's variables go in.
+        env = {} if msg.image else dict(self._base_env)
         env.update(msg.environment)
         env["HOSTNAME"] = self._hostname
         env.update(gpu_environment(msg.gpu_ids, self.facts.gpus))
@@ -242,6 +260,7 @@ class Agent:
             gpus=msg.gpus,
             timeout_s=msg.timeout_s,
             image=msg.image,
+            container=msg.container,
             script=msg.script,
             user=msg.owner,  # never None here: an ownerless job must not run as the agent (root)
             hold=msg.hold,
@@ -278,10 +297,46 @@ class Agent:
                 p.TaskExited(launch_id=launch_id, origin=msg.origin, exit_code=exit_code, reason=reason)
             )
 
+        if msg.attempt_id in self._not_started:  # this node's image is still coming: launch after
+            self._spawn(self._start_task_after_pull(msg))
+            return
         error = self.runner.start_task(msg.attempt_id, msg.launch_id, msg.command, exited)
         if error is not None:
             log.warning("launch %s for job %s refused: %s", msg.launch_id[:8], msg.job_id, error)
             exited(msg.launch_id, None, error)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` beside the receive loop (pulls take long); kept referenced until done."""
+        task = asyncio.create_task(coro)
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _start_container(self, msg: p.StartAttempt) -> None:
+        try:
+            await self._start(msg)
+        finally:
+            self._not_started.discard(msg.attempt_id)
+        if self.podman is not None and self.podman.pulls != self._images_reported:
+            await self._report_images()
+
+    async def _pull(self, image: str) -> None:
+        if self.podman is None:
+            return
+        failure = await self.podman.pull(image)
+        if failure is not None:
+            log.warning("pre-pull of %s failed: %s", image, failure)
+        await self._report_images()
+
+    async def _report_images(self) -> None:
+        if self.podman is not None:
+            pulls = self.podman.pulls
+            self._send(p.ImagesCached(images=await self.podman.images()))
+            self._images_reported = pulls
+
+    async def _start_task_after_pull(self, msg: p.StartTask) -> None:
+        while msg.attempt_id in self._not_started:
+            await asyncio.sleep(0.05)
+        self._start_task(msg)
 
     # ---------------------------------------------------------------------- logs
     def _ship_output(self, attempt_id: str, final: bool = False) -> None:
@@ -329,6 +384,9 @@ class Agent:
             if msg.epoch > self._epoch:
                 self._epoch = msg.epoch
             match msg:
+                case p.StartAttempt() if msg.image:
+                    self._not_started.add(msg.attempt_id)  # launches for it wait (_start_task)
+                    self._spawn(self._start_container(msg))  # the pull must not stop the loop
                 case p.StartAttempt():
                     await self._start(msg)
                 case p.StartTask():
@@ -339,11 +397,14 @@ class Agent:
                     self.runner.kill(msg.attempt_id, msg.reason, msg.grace_s)
                 case p.AckExits():
                     self._ack(msg.attempt_ids)
+                case p.PullImage():
+                    self._spawn(self._pull(msg.image))
                 case p.Welcome():
                     if msg.head_id != self._head_id:
                         log.info("registered with head %s", msg.head_id[:8])
                     self._head_id = msg.head_id
                     self._welcomed = True
+                    self._spawn(self._report_images())
                     self._said.discard("enrollment")
                     self._interval, self._liveness = msg.heartbeat_interval_s, msg.liveness
                     for attempt_id, offsets in msg.log_offsets.items():

@@ -42,6 +42,12 @@ Theory of operation (Linux only; one asyncio event loop, no threads):
   when the attempt ends. A ``hold`` attempt runs only a holder (``sleep infinity``) that
   keeps the node for such tasks; on kill its tasks get the grace first, then the holder.
 
+* Images: an attempt with ``spec.image`` first has the image pulled (it is STARTING; a kill
+  meanwhile ends it after the pull), then its process is ``podman run`` (built by
+  ``node_agent.containers``, run by root, the container as the owner). Kill and timeout
+  signal podman as above and also remove the container (``podman rm --force``); launched
+  tasks are ``podman exec`` in it.
+
 Past 800 lines (about 1,200) because two self-contained parts live here: the memory-cgroup
 backend (``_MemoryCgroups``, ~150 lines) and running as the owner (``_resolve_owner``,
 ``_launch`` and their helpers, ~150 lines); each can move to its own module unchanged.
@@ -69,10 +75,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from node_agent.cpu_binding import bind_argv
+
+if TYPE_CHECKING:
+    from hpcbatch.protocol import ContainerOptions
+    from node_agent.containers import Podman
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +126,7 @@ class AttemptSpec:
     gpus: int = 0
     timeout_s: int | None = None
     image: str | None = None
+    container: ContainerOptions | None = None  # with image: how to run it (node_agent.containers)
     script: bytes | None = None
     cwd: str | None = None  # default: the attempt's own directory
     user: str | None = None  # the owner: a Unix user on this node (None: the agent's own)
@@ -171,6 +183,7 @@ class _Attempt:
     uid: int = -1
     tasks: dict[str, _Task] = dataclasses.field(default_factory=dict)
     terminating: bool = False
+    container: bool = False  # runs in a podman container named after the attempt
 
     @property
     def pid(self) -> int:
@@ -217,6 +230,7 @@ class Runner:
         memory_enforcement: str = "auto",
         allow_root_jobs: bool = False,
         keep_workdir: bool = False,
+        containers: Podman | None = None,
     ) -> None:
         self._allow_root_jobs = allow_root_jobs
         self._keep_workdir = keep_workdir
@@ -247,6 +261,8 @@ class Runner:
         self._on_exit = on_exit
         self._grace = kill_grace_s
         self._container_runtime = container_runtime
+        self._containers = containers
+        self._pulling: dict[str, str | None] = {}  # attempt id -> why it was killed while pulling
         self._running: dict[str, _Attempt] = {}
         self._tasks: dict[str, _Task] = {}  # launch_id -> live task, its attempt ended or not
         self._finished: dict[str, AttemptResult] = {}
@@ -290,12 +306,19 @@ class Runner:
             stored = _read_result(adir)
             return stored or self._result(spec, None, None, LOST_REASON)
         if spec.image is not None:
-            why = (
-                f"node has no container runtime; image {spec.image} cannot run here"
-                if self._container_runtime is None
-                else f"running images is not supported yet (runtime {self._container_runtime})"
-            )
-            return self._refuse(spec, adir, f"{CANNOT_START}: {why}")
+            if self._containers is None:
+                why = f"node has no container runtime; image {spec.image} cannot run here"
+                return self._refuse(spec, adir, f"{CANNOT_START}: {why}")
+            # STARTING covers the pull, as on AWS; a kill meanwhile is kept for afterwards.
+            self._pulling[spec.attempt_id] = None
+            try:
+                failure = await self._containers.pull(spec.image)
+            finally:
+                killed = self._pulling.pop(spec.attempt_id, None)
+            if failure is not None:
+                return self._refuse(spec, adir, failure)
+            if killed is not None:
+                return self._refuse(spec, adir, f"{CANNOT_START}: stopped while pulling the image: {killed}")
         owner = self._resolve_owner(spec.user)
         if isinstance(owner, str):
             return self._refuse(spec, adir, owner)
@@ -331,6 +354,8 @@ class Runner:
             # Nothing of the job's own: a holder process keeps the attempt (and its cgroup,
             # identity, log) alive for the tasks launched into it, until it is killed.
             argv = [shutil.which("sleep", path=_TOOL_PATH) or "sleep", "infinity"]
+            if spec.image is not None:
+                argv = ["sleep", "infinity"]  # the image's own
         elif spec.script is not None:
             script = script_dir / script_name
             _write_file(script, spec.script, script_mode, ids)
@@ -352,7 +377,14 @@ class Runner:
                 return self._refuse(spec, adir, f"{CANNOT_START}: memory cgroup: {exc}")
         drop = owner if owner is not None and owner.switch else None
         job_env = env
-        launch = self._launch(argv, env, cwd, cgroup, drop)
+        if spec.image is not None:
+            from node_agent.containers import container_launch
+
+            assert self._containers is not None
+            cgroup = None  # podman gives the container its own, with the memory limit
+            launch = container_launch(self._containers, spec, argv, env, owner, str(adir / _WORK_DIR), cwd)
+        else:
+            launch = self._launch(argv, env, cwd, cgroup, drop)
         if isinstance(launch, str):
             if cgroup is not None:
                 _MemoryCgroups.remove(cgroup)
@@ -383,6 +415,7 @@ class Runner:
         rec = _Attempt(spec, popen, started_at, create_time, cgroup)
         rec.env, rec.cwd, rec.drop = job_env, cwd, drop
         rec.uid = owner.uid if owner is not None else self._euid
+        rec.container = spec.image is not None
         _write_json(
             self._journal_dir / f"{spec.attempt_id}.json",
             {
@@ -392,13 +425,15 @@ class Runner:
                 "create_time": create_time,
                 "started_at": started_at,
                 "cgroup": str(cgroup) if cgroup else None,
+                "container": rec.container,
             },
         )
         self._running[spec.attempt_id] = rec
         self._watch(rec)
         if spec.timeout_s is not None and spec.timeout_s > 0:
             rec.timeout_handle = self._loop.call_later(spec.timeout_s, self._on_timeout, rec)
-        if cgroup is None and spec.memory_mib > 0 and self._rss_timer is None:
+        # A container's limit is podman's (--memory); its processes are not in our sessions.
+        if cgroup is None and spec.memory_mib > 0 and self._rss_timer is None and not rec.container:
             self._rss_timer = self._loop.call_later(_RSS_INTERVAL_S, self._rss_tick)
         return rec.pid
 
@@ -485,6 +520,10 @@ class Runner:
         adir = self._attempts_dir / attempt_id
         return adir if user is None else adir / _WORK_DIR
 
+    def is_pulling(self, attempt_id: str) -> bool:
+        """True while the attempt's image is being pulled (it is starting, not yet running)."""
+        return attempt_id in self._pulling
+
     def attempt_uid(self, attempt_id: str) -> int | None:
         """The uid a live attempt runs as, or None when it is not running here."""
         rec = self._running.get(attempt_id)
@@ -508,7 +547,13 @@ class Runner:
         if launch_id in self._tasks:
             return f"launch {launch_id} is already running"
         assert self._loop is not None
-        launch = self._launch(["/bin/sh", "-c", command], rec.env, rec.cwd, rec.cgroup, rec.drop)
+        if rec.container:
+            from node_agent.containers import exec_launch
+
+            assert self._containers is not None
+            launch = exec_launch(self._containers, attempt_id, command, rec.env, rec.drop, rec.cwd)
+        else:
+            launch = self._launch(["/bin/sh", "-c", command], rec.env, rec.cwd, rec.cgroup, rec.drop)
         if isinstance(launch, str):
             return launch
         argv, env, preexec = launch
@@ -570,6 +615,8 @@ class Runner:
         """SIGTERM the attempt's process group now and SIGKILL it after the grace."""
         rec = self._running.get(attempt_id)
         if rec is None:
+            if attempt_id in self._pulling and self._pulling[attempt_id] is None:
+                self._pulling[attempt_id] = reason  # it ends when the pull does
             return
         if rec.status_reason is None:  # the first cause is the one AWS reports
             rec.status_reason = reason
@@ -644,6 +691,8 @@ class Runner:
                 )
                 if adir.is_dir():
                     _write_json(adir / "result.json", dataclasses.asdict(result))
+            if data.get("container") and self._containers is not None:
+                self._containers.remove(attempt_id)
             if data.get("cgroup"):
                 path = Path(data["cgroup"])
                 _MemoryCgroups.kill(path)
@@ -739,6 +788,8 @@ class Runner:
         (self._journal_dir / f"{spec.attempt_id}.json").unlink(missing_ok=True)
         for task in rec.tasks.values():  # a job's launched tasks die with it
             _signal_group(task.pid, signal.SIGKILL)
+        if rec.container and (rec.terminating or code is None or code < 0) and self._containers:
+            self._containers.remove(spec.attempt_id)  # podman died before its container did
         self._check_drained()
         try:
             self._on_exit(result)
@@ -769,6 +820,8 @@ class Runner:
         _signal_group(rec.pid, signal.SIGKILL)
         if rec.cgroup is not None:
             _MemoryCgroups.kill(rec.cgroup)  # also what left the group with setsid
+        if rec.container and self._containers is not None:
+            self._containers.remove(rec.spec.attempt_id)  # what runs inside, and the container
 
     def _on_timeout(self, rec: _Attempt) -> None:
         rec.timeout_handle = None
@@ -781,7 +834,7 @@ class Runner:
         watched = {
             r.pid: r
             for r in self._running.values()
-            if r.cgroup is None and r.spec.memory_mib > 0 and not r.oom
+            if r.cgroup is None and r.spec.memory_mib > 0 and not r.oom and not r.container
         }
         if not watched:
             return

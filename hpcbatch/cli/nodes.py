@@ -114,6 +114,23 @@ def nodes_drain(name: str, reason: str | None) -> None:
     get_client().call("/hpcbatch/v1/drainnode", body)
 
 
+@nodes.command("prepull")
+@click.argument("image")
+@click.option("--nodes", "hostlist", metavar="HOSTLIST", help="Only these nodes (node[1-4]); default every ACTIVE node with a runtime.")
+@global_options
+def nodes_prepull(image: str, hostlist: str | None) -> None:
+    """Pull IMAGE into nodes' caches now, before a big job needs it (`nodes list --json` shows them). Admins only."""
+    body: dict[str, object] = {"image": image}
+    if hostlist:
+        from ClusterShell.NodeSet import NodeSet
+
+        body["nodes"] = list(NodeSet(hostlist))
+    out = get_client().call("/hpcbatch/v1/prepullimage", body)
+    from hpcbatch.cli.output import fold_nodes
+
+    click.echo(f"pulling {image} on {fold_nodes(out.get('nodes') or [])}")
+
+
 @nodes.command("resume")
 @click.argument("name")
 @global_options

@@ -282,13 +282,18 @@ def print_nodes(nodes: Iterable[dict[str, Any]]) -> None:
         bad = len(node.get("unhealthyGpus") or {})
         free = node.get("freeGpus", total - (node.get("allocatedGpus") or 0) - bad)
         return f"{free}/{node.get('allocatedGpus') or 0}/{bad}"
+    def images(node: dict[str, Any]) -> str:
+        cached = node.get("images") or []
+        if not node.get("containerRuntime"):
+            return "-"  # no runtime: no container jobs here
+        return ",".join(cached) if len(cached) <= 2 else f"{len(cached)} images"
 
     def jobs(node: dict[str, Any]) -> str:
         running = node.get("runningJobs") or []
         return str(len(running)) if len(running) > 2 else ",".join(running) or "-"
 
     print_table(
-        ["NAME", "STATE", "CE", "GROUP", "VCPUS", "MEMORY", "GPUS F/U/BAD", "FABRIC", "JOBS", "HEARTBEAT", "REASON"],
+        ["NAME", "STATE", "CE", "GROUP", "VCPUS", "MEMORY", "GPUS F/U/BAD", "FABRIC", "IMAGES", "JOBS", "HEARTBEAT", "REASON"],
         (
             [
                 n.get("name"),
@@ -299,6 +304,7 @@ def print_nodes(nodes: Iterable[dict[str, Any]]) -> None:
                 f"{gib(n.get('allocatedMemoryMiB') or 0)}/{gib(n.get('memoryMiB'))}",
                 gpus(n),
                 fabric(n),
+                images(n),
                 jobs(n),
                 ago(n.get("lastHeartbeatAt")),
                 truncate(n.get("stateReason")),

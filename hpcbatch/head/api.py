@@ -53,6 +53,7 @@ EXTENSION_ROUTES = {
     "/hpcbatch/v1/deletenodekey": "DeleteNodeKey",
     "/hpcbatch/v1/drainnode": "DrainNode",
     "/hpcbatch/v1/resumenode": "ResumeNode",
+    "/hpcbatch/v1/prepullimage": "PrepullImage",
 }
 MAX_BODY = 2 << 20
 LOCAL_IDENTITY_TTL_S = 5.0

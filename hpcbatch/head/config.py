@@ -45,6 +45,7 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     curve_public_key: str = ""  # default <state_dir>/curve/head.key: copy it to every node
     node_keys_dir: str = ""  # default <state_dir>/node_keys: {pending,accepted,rejected}/<NAME>
     auto_accept_nodes: list[str] = []  # names whose key is accepted on first sight
+    allow_privileged_containers: bool = False  # containerProperties.privileged is refused unless true
 
     @property
     def state_path(self) -> Path:

@@ -24,6 +24,7 @@ import msgspec
 
 from hpcbatch import protocol as p
 from hpcbatch.head import gpus as head_gpus
+from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
 from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import TIMEOUT_REASON, Attempt, JobRecord, should_retry
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
@@ -79,6 +80,7 @@ class NodeInfo:
     allocations: tuple[tuple[str, Any], ...] = ()  # as last told to the scheduler
     gpu_unhealthy: dict[str, str] = field(default_factory=dict)  # GPU uuid -> why out of service
     gpu_utilization: dict[str, float] = field(default_factory=dict)  # GPU uuid -> busy 0..1, last heartbeat
+    images: list[str] = field(default_factory=list)  # container images in its cache, as it reports
 
 
 def _sequential(job: JobRecord) -> bool:
@@ -586,6 +588,7 @@ class Engine:
             gpu_ids=list(attempt.gpus),
             timeout_s=job.timeout_s,
             image=job.image,
+            container=container_options(job.container) if job.image else None,
             script=script,
             log_stream_name=attempt.log_stream_name,
             owner=job.owner,
@@ -826,6 +829,7 @@ class Engine:
                 placement_group=facts.placement_group, gang_jobs=tuple(gangs),
                 gpu_ids=tuple(facts.gpus), gpu_holds=tuple(holds),
                 gpu_places=head_gpus.gpu_places(facts), gpu_out=tuple(node.gpu_unhealthy),
+                features=frozenset((CONTAINER_FEATURE,)) if facts.container_runtime else frozenset(),
             )
         )
 
@@ -966,6 +970,17 @@ class Engine:
             r.attempt_id: {"output": self.logs.size(r.attempt_id)} for r in msg.running
         }
         return p.Welcome(head_id="", heartbeat_interval_s=0, liveness=0, log_offsets=offsets)
+
+    def on_images(self, name: str, msg: p.ImagesCached) -> None:
+        info = self.nodes.get(name)
+        if info is not None:
+            info.images = list(msg.images)
+
+    def prepull(self, nodes: list[str], image: str) -> None:
+        """Ask ``nodes`` to put ``image`` in their caches (they report it when done)."""
+        for name in nodes:
+            self._outbox.append((name, p.PullImage(image=image)))
+        self.request_step()
 
     def on_heartbeat(self, name: str, msg: p.AgentHeartbeat | None = None) -> None:
         node = self.nodes.get(name)

@@ -239,6 +239,8 @@ class Fleet:
                 engine.on_log(msg)
             case p.LaunchRequest():
                 engine.on_launch_request(node, msg)
+            case p.ImagesCached():
+                engine.on_images(node, msg)
             case p.TaskExited():
                 engine.on_task_exited(node, msg)
 

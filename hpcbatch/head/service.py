@@ -20,6 +20,7 @@ import msgspec
 
 from hpcbatch.auth.policy import Caller, check_job_access, may_see_job
 from hpcbatch.errors import ClientError, NotFoundError
+from hpcbatch.head.containers import check_container, refuse_privileged
 from hpcbatch.head.engine import Engine
 from hpcbatch.model.jobs import (
     JobRecord,
@@ -99,6 +100,7 @@ class BatchService:
         self._job_id = JobIdGenerator()
         self.private_data = False  # Slurm's PrivateData: users see only their own jobs
         self.node_keys: Any = None  # the NodeKeyRegistry, set by the daemon
+        self.allow_privileged_containers = False  # containerProperties.privileged, from the head's config
 
     def arn(self, kind: str, name: str) -> str:
         return f"arn:aws:batch:{self.region}:{self.account}:{kind}/{name}"
@@ -254,6 +256,11 @@ class BatchService:
         name = body["jobDefinitionName"]
         if body.get("type") == "multinode":
             resolve_nodes(body["nodeProperties"], None)  # ranges cover every node, main inside
+        ranges = (body.get("nodeProperties") or {}).get("nodeRangeProperties") or []
+        for field, container in [("containerProperties", body.get("containerProperties") or {})] + [
+            (f"nodeProperties.nodeRangeProperties[{i}].container", r.get("container") or {}) for i, r in enumerate(ranges)
+        ]:
+            refuse_privileged(container, field, self.allow_privileged_containers)
         revision = self.store.latest_revision("jobdef", name) + 1
         arn = self.arn("job-definition", f"{name}:{revision}")
         doc = {k: v for k, v in body.items()}
@@ -354,6 +361,7 @@ class BatchService:
         container["command"] = command
         environment = {e["name"]: e.get("value", "") for e in container.get("environment", [])}
         script_id = environment.pop(SCRIPT_ENV, None)
+        check_container(container, caller.user, field, self.allow_privileged_containers)
         if script_id is not None and self.store.get_script(script_id, caller.user) is None:
             raise ClientError(f"{field}.environment {SCRIPT_ENV}: {caller.user} has no stored script {script_id}")
         return {
@@ -444,6 +452,7 @@ class BatchService:
                 vcpus=max(n["resources"].vcpus for n in nodes),
                 memory_mib=max(n["resources"].memory_mib for n in nodes),
                 gpus=max(n["resources"].gpus for n in nodes),
+                requires=frozenset().union(*(n["resources"].requires for n in nodes)),
             )
         job = JobRecord(
             job_id=job_id, depends_on=depends_on, **common,
@@ -794,6 +803,26 @@ class BatchService:
         self._save_drains()
         return {}
 
+    def PrepullImage(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Warm nodes' image caches before a big job; default: every ACTIVE node with a runtime."""
+        image = body.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise ClientError("image must name a container image")
+        names = body.get("nodes")
+        if names is None:
+            names = [n for n, i in sorted(self.engine.nodes.items())
+                     if i.state == "ACTIVE" and i.facts is not None and i.facts.container_runtime]
+        elif not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ClientError("nodes must be a list of node names")
+        for name in names:
+            info = self.engine.nodes.get(name)
+            if info is None:
+                raise NotFoundError(f"nodes: node {name} does not exist")
+            if info.facts is None or not info.facts.container_runtime:
+                raise ClientError(f"nodes: node {name} has no container runtime")
+        self.engine.prepull(names, image)
+        return {"image": image, "nodes": names}
+
     def ResumeNode(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = self._node(body)
         self.engine.drain(name, None)
@@ -835,6 +864,8 @@ class BatchService:
                     "vcpus": facts.vcpus if facts else 0,
                     "memoryMiB": facts.memory_mib if facts else 0,
                     "gpus": facts.gpus if facts else [],
+                    "containerRuntime": facts.container_runtime if facts else None,
+                    "images": info.images,
                     "allocatedVcpus": usage[0],
                     "allocatedMemoryMiB": usage[1],
                     "allocatedGpus": usage[2],

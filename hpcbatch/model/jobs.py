@@ -27,6 +27,7 @@ class ResourceRequest(msgspec.Struct, frozen=True):
     vcpus: float
     memory_mib: int
     gpus: int = 0
+    requires: frozenset[str] = frozenset()  # node features it needs, e.g. "container" (a runtime)
 
 
 class GpuUsageSummary(msgspec.Struct, kw_only=True):
@@ -145,7 +146,9 @@ def resource_request(container: dict[str, Any]) -> ResourceRequest:
             memory = int(value)
         elif kind == "GPU":
             gpus = int(value)
-    return ResourceRequest(vcpus=vcpus, memory_mib=memory, gpus=gpus)
+    # Jobs with an image run only where a container runtime is (model.containers.CONTAINER_FEATURE).
+    requires = frozenset(("container",)) if container.get("image") else frozenset()
+    return ResourceRequest(vcpus=vcpus, memory_mib=memory, gpus=gpus, requires=requires)
 
 
 def merge_container(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:

@@ -12,9 +12,11 @@ Theory of operation:
   FIFO by submission sequence. Each queue tries its compute environments in
   ``computeEnvironmentOrder``.
 * A job fits a node when the node is ACTIVE in an ENABLED compute environment, has the
-  free vCPUs, memory and GPUs, is not held by a gang, and the compute environment stays
-  within ``maxvCpus``. Among fitting nodes the core picks the best fit (least vCPUs left
-  over, then least memory), which keeps whole nodes free for big jobs.
+  free vCPUs, memory and GPUs, offers the features the job ``requires``
+  (``NodeUp.features``; "container": a runtime, for a job with an image), is not held by
+  a gang, and the compute environment stays within ``maxvCpus``. Among fitting nodes the
+  core picks the best fit (least vCPUs left over, then least memory), which keeps whole
+  nodes free for big jobs.
 * A job that does not fit does not block the queue: smaller jobs behind it may start,
   except on nodes reserved for a waiting gang (below).
 * Gangs (AWS Batch multi-node parallel jobs, ``num_nodes > 1``) are placed all at once on
@@ -125,6 +127,7 @@ class NodeUp(Event):
     gpu_holds: tuple[tuple[str, tuple[str, ...]], ...] = ()  # job id in ``allocations`` -> GPU ids
     gpu_places: tuple[GpuPlace, ...] = ()  # per id in ``gpu_ids``: its NVLink/PCIe/NUMA groups
     gpu_out: tuple[str, ...] = ()  # ids out of service (unhealthy): a holder keeps it, nobody gets it
+    features: frozenset[str] = frozenset()  # what it offers beyond resources ("container": a runtime)
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,7 @@ class _Node:
     gang: str | None = None  # the gang holding it whole, if any
     gpu_places: tuple[GpuPlace, ...] = ()  # per GPU index; empty: no topology known
     gpu_out: frozenset[int] = frozenset()  # indices out of service: never handed out
+    features: frozenset[str] = frozenset()  # a job runs here only if its ``requires`` are among these
 
     @property
     def free_gpus(self) -> int:
@@ -242,11 +246,13 @@ class _Node:
             and r.vcpus <= self.free_vcpus + 1e-9
             and r.memory_mib <= self.free_memory_mib
             and r.gpus <= self.free_gpus
+            and r.requires <= self.features
         )
 
     def could_ever_fit(self, r: ResourceRequest) -> bool:
         return (
             r.vcpus <= self.vcpus + 1e-9 and r.memory_mib <= self.memory_mib and r.gpus <= self.gpus - len(self.gpu_out)
+            and r.requires <= self.features
         )
 
     def candidate(self, free_at: float) -> Candidate:
@@ -479,6 +485,7 @@ class Scheduler:
             event.node, event.compute_environment, event.vcpus, event.memory_mib, len(gpu_ids),
             event.accepting, event.vcpus, event.memory_mib, event.placement_group, gpu_ids,
             gpu_places=event.gpu_places, gpu_out=frozenset(gpu_ids.index(g) for g in event.gpu_out if g in gpu_ids),
+            features=event.features,
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
@@ -862,7 +869,8 @@ class Scheduler:
             )
         return (
             f"No compute environment in {', '.join(ce.name for ce in ces)} has {n} ACTIVE nodes "
-            f"that can each hold vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}", ""
+            f"that can each hold vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
+            + "".join(f" and offer {_FEATURE_TEXT.get(f, f)}" for f in sorted(r.requires)), ""
         )
 
     # ------------------------------------------------------------------ reasons
@@ -882,6 +890,12 @@ class Scheduler:
         self, r: ResourceRequest, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
     ) -> str:
         if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):
+            missing = r.requires - frozenset().union(*(n.features for ce in ces for n in ce.nodes.values()))
+            if missing:
+                return (
+                    f"No node in compute environments {', '.join(ce.name for ce in ces)} offers "
+                    f"{', '.join(sorted(_FEATURE_TEXT.get(f, f) for f in missing))}"
+                )
             cpu_only = ResourceRequest(vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=0)
             if r.gpus and any(n.could_ever_fit(cpu_only) for ce in ces for n in ce.nodes.values()):
                 most = max(n.gpus - len(n.gpu_out) for ce in ces for n in ce.nodes.values())
@@ -921,4 +935,7 @@ def _limit_key(time_limit_s: int | None) -> float:
 
 def _dominates(a: ResourceRequest, b: ResourceRequest) -> bool:
     """True when ``a`` needs at least what ``b`` needs in every dimension."""
-    return a.vcpus >= b.vcpus and a.memory_mib >= b.memory_mib and a.gpus >= b.gpus
+    return a.vcpus >= b.vcpus and a.memory_mib >= b.memory_mib and a.gpus >= b.gpus and a.requires >= b.requires
+
+
+_FEATURE_TEXT = {"container": "a container runtime (the job names an image)"}

@@ -372,7 +372,7 @@ def test_nodes_list(stub: StubHead) -> None:
     result = run("nodes", "list")
     assert result.exit_code == 0, result.output
     assert sent(stub, "/hpcbatch/v1/listnodes") == {}
-    assert result.stdout.splitlines()[1].split()[:10] == [
+    assert result.stdout.splitlines()[1].split()[:11] == [
         "node1",
         "ACTIVE",
         "default",
@@ -382,9 +382,21 @@ def test_nodes_list(stub: StubHead) -> None:
         "-",  # no GPUs
         "tcp:fab0",
         "10.78.0.11",
+        "-",  # IMAGES: no container runtime
         "j-1",
     ]
     assert json.loads(run("-o", "json", "nodes").stdout) == {"nodes": [node]}
+    stub.answers["/hpcbatch/v1/listnodes"] = {"nodes": [{**node, "containerRuntime": "/usr/bin/podman",
+                                                         "images": ["reg:5000/app:1"]}]}
+    assert "reg:5000/app:1" in run("nodes", "list").stdout
+
+
+def test_nodes_prepull_sends_the_image_and_the_hostlist(stub: StubHead) -> None:
+    stub.answers["/hpcbatch/v1/prepullimage"] = {"image": "reg:5000/app:1", "nodes": ["node1", "node2"]}
+    result = run("nodes", "prepull", "reg:5000/app:1", "--nodes", "node[1-2]")
+    assert result.exit_code == 0, result.output
+    assert sent(stub, "/hpcbatch/v1/prepullimage") == {"image": "reg:5000/app:1", "nodes": ["node1", "node2"]}
+    assert "pulling reg:5000/app:1 on node[1-2]" in result.stdout
 
 
 def test_nodes_list_shows_gpus_free_used_unhealthy(stub: StubHead) -> None:

@@ -1,0 +1,363 @@
+"""The container adapter: podman (as root, runtime runc) behind a few calls the runner makes.
+
+Theory of operation:
+
+* The agent (root) runs ``podman``; the job inside runs as its owner: ``--user uid:gid``
+  plus ``--group-add`` for every supplementary group, never root unless the node allows
+  root jobs. No user namespace: uids inside are the node's, so the owner's files on
+  mounted host paths are theirs, as on the bare node.
+* ``podman --runtime runc``: crun refuses the hybrid cgroup layout of some nodes. Explicit
+  ``--ulimit nofile=1024:1024 --ulimit nproc=4096:4096``: podman's defaults are the
+  agent's own hard limits, which a node without CAP_SYS_RESOURCE head-room cannot grant.
+  A job's ``ulimits`` replace these by name.
+* Host network, UTS and PID namespaces: a container sees the node's interfaces (the
+  fabric), its hostname and its address, as a bare job does; its processes have the
+  node's pids (as with Apptainer and Enroot), which PMIx between MPI daemons relies on.
+  ``initProcessEnabled`` gives a private PID namespace with an init as pid 1 instead. The fabric devices
+  (``/dev/infiniband``, EFA's) and the job's GPUs are passed in as devices.
+* The attempt's work dir (TMPDIR, hostfile and MPI launcher) is mounted at the same path,
+  and at ``CONTAINER_WORK_DIR`` (the job's working directory, the same on every node), and so is the launcher bridge's socket: ``mpirun`` inside the image calls the
+  launcher, the agent on the target node ``exec``s the daemon in that node's container.
+* Pull is separate from run (``--pull never``), so STARTING covers the pull, as on AWS; a
+  pull failure is AWS's ``CannotPullContainerError``. Images stay in the node's storage
+  (the cache); ``images`` lists it for the head.
+* A container is named ``hpcb-<attempt id>``; ``remove`` (``rm --force --time 0``) is how
+  a kill, a timeout or an orphan after an agent restart is made to leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from hpcbatch import protocol as p
+
+log = logging.getLogger(__name__)
+
+CANNOT_PULL = "CannotPullContainerError"
+NAME_PREFIX = "hpcb-"
+DEFAULT_ULIMITS = {"nofile": (1024, 1024), "nproc": (4096, 4096)}
+PULL_TIMEOUT_S = 900.0
+# The work dir is also here, the same path on every node: mpirun starts remote ranks in its
+# own working directory, which must exist in every node's container.
+CONTAINER_WORK_DIR = "/hpcbatch/work"
+EXEC_WAIT_S = 60.0  # how long a launched daemon waits for its node's container to come up
+_EFA_DEVICE_GLOB = "uverbs*"  # EFA and InfiniBand both expose /dev/infiniband/uverbsN
+_NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+
+
+def container_name(attempt_id: str) -> str:
+    """The podman name of an attempt's container."""
+    return f"{NAME_PREFIX}{attempt_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Whom the container's processes run as (the job's owner on this node)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+class Podman:
+    """One node's podman: storage, registries it may reach over plain HTTP, devices to pass."""
+
+    def __init__(
+        self,
+        binary: str,
+        *,
+        storage: str = "",
+        insecure_registries: Sequence[str] = (),
+        dev_root: str = "/dev",
+    ) -> None:
+        self.binary = binary
+        self._global = [binary, "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+        self._global += storage_arguments(storage)
+        self._insecure = tuple(insecure_registries)
+        self._dev = Path(dev_root)
+        self._pulls: dict[str, asyncio.Future[str | None]] = {}  # image -> pull in flight
+        self._cdi = shutil.which("nvidia-ctk") is not None
+        self.pulls = 0  # images actually pulled so far: the cache changed when this moves
+
+    # ------------------------------------------------------------------ images
+    async def pull(self, image: str) -> str | None:
+        """Make ``image`` present in the node's cache; None, or AWS's reason why not.
+
+        Concurrent pulls of one image (a multi-node gang, an array) share one podman pull.
+        """
+        pending = self._pulls.get(image)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pulls[image] = future
+        try:
+            result = await self._pull(image)
+        except Exception as exc:  # never leave waiters hanging
+            result = f"{CANNOT_PULL}: {image}: {exc}"
+        finally:
+            self._pulls.pop(image, None)
+        future.set_result(result)
+        return result
+
+    async def _pull(self, image: str) -> str | None:
+        code, _ = await self._run(["image", "exists", image], timeout=60)
+        if code == 0:
+            return None
+        args = ["pull", "--quiet"]
+        if _registry(image) in self._insecure:
+            args.append("--tls-verify=false")
+        code, out = await self._run([*args, image], timeout=PULL_TIMEOUT_S)
+        if code == 0:
+            self.pulls += 1
+            return None
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        detail = lines[-1] if lines else f"podman pull exited with {code}"
+        detail = detail.removeprefix("Error: ")
+        return f"{CANNOT_PULL}: {detail}"[:1024]
+
+    async def images(self) -> list[str]:
+        """Names (repository:tag) of the images in this node's cache, sorted."""
+        code, out = await self._run(["images", "--format", "json"], timeout=60)
+        if code != 0:
+            return []
+        try:
+            docs = json.loads(out or "[]")
+        except ValueError:
+            return []
+        names = {n for d in docs for n in (d.get("Names") or []) if not n.startswith("<none>")}
+        return sorted(names)
+
+    async def _run(self, args: list[str], timeout: float) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *self._global, *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return 124, f"timed out after {timeout:.0f} s"
+        return proc.returncode or 0, out.decode(errors="replace")
+
+    # ------------------------------------------------------------------ run, exec, remove
+    def run_argv(
+        self,
+        *,
+        attempt_id: str,
+        image: str,
+        command: Sequence[str],
+        environment: Mapping[str, str],
+        identity: Identity | None,
+        options: p.ContainerOptions,
+        work_dir: str,
+        cwd: str,
+        memory_mib: int,
+        gpu_devices: Sequence[str] = (),
+        gpu_indices: Sequence[str] = (),
+        fabric: bool = False,
+        extra_mounts: Sequence[str] = (),
+    ) -> list[str]:
+        """The ``podman run`` command line for one attempt (attached: its output is the job's)."""
+        argv = [
+            *self._global, "run", "--rm", "--pull", "never", "--name", container_name(attempt_id),
+            "--network", "host", "--uts", "host", "--log-driver", "none",
+            "--security-opt", "label=disable",
+        ]
+        if identity is not None:
+            argv += ["--user", f"{identity.uid}:{identity.gid}"]
+            argv += [f"--group-add={g}" for g in identity.groups if g != identity.gid]
+        limits = dict(DEFAULT_ULIMITS)
+        for u in options.ulimits:
+            limits[u.name] = (u.soft, u.hard)
+        argv += [f"--ulimit={name}={soft}:{hard}" for name, (soft, hard) in limits.items()]
+        if memory_mib > 0:
+            argv += [f"--memory={memory_mib}m", f"--memory-swap={memory_mib}m"]
+        for mount in (work_dir, *extra_mounts):
+            argv += ["--volume", f"{mount}:{mount}"]
+        argv += ["--volume", f"{work_dir}:{CONTAINER_WORK_DIR}"]
+        for m in options.mounts:
+            argv += ["--volume", f"{m.source}:{m.target}{':ro' if m.read_only else ''}"]
+        if options.read_only_root:
+            argv.append("--read-only")
+        for d in options.devices:
+            argv += ["--device", f"{d.host_path}:{d.container_path or d.host_path}:{d.permissions or 'rwm'}"]
+        if fabric:
+            argv += [f"--device={dev}" for dev in self.fabric_devices()]
+        argv += self.gpu_arguments(gpu_devices, gpu_indices)
+        if options.shm_size_mib:
+            argv.append(f"--shm-size={options.shm_size_mib}m")
+        for t in options.tmpfs:
+            opts = ",".join([f"size={t.size_mib}m", *t.options])
+            argv += ["--tmpfs", f"{t.path}:{opts}"]
+        # The host's PID namespace, as Apptainer and Enroot give HPC jobs: PMIx and MPI
+        # daemons use robust mutexes and pids across processes and must see the same pids.
+        # An init process (initProcessEnabled) needs a private one, so it gets that.
+        argv += ["--init"] if options.init else ["--pid", "host"]
+        if options.privileged:
+            argv.append("--privileged")
+        for key, value in environment.items():
+            argv += ["--env", f"{key}={value}"]
+        argv += ["--workdir", CONTAINER_WORK_DIR if cwd == work_dir else cwd, "--", image, *command]
+        return argv
+
+    def exec_argv(
+        self, attempt_id: str, command: str, environment: Mapping[str, str], identity: Identity | None, cwd: str
+    ) -> list[str]:
+        """``podman exec`` of ``/bin/sh -c command`` in a running attempt's container (an MPI daemon).
+
+        The container may still be starting (``podman run`` takes a fraction of a second):
+        the exec first waits, up to ``EXEC_WAIT_S``, until it exists and runs.
+        """
+        name = container_name(attempt_id)
+        exists = shlex.join([*self._global, "container", "exists", name])
+        running = shlex.join([*self._global, "wait", "--condition", "running", name])
+        wait = (
+            f"i=0; until {exists}; do i=$((i+1)); [ $i -gt {int(EXEC_WAIT_S * 10)} ] && break; sleep 0.1; done; "
+            f"{running} >/dev/null 2>&1; "
+        )
+        argv = ["/bin/sh", "-c", wait + 'exec "$@"', "sh", *self._global, "exec"]
+        if identity is not None:
+            argv += ["--user", f"{identity.uid}:{identity.gid}"]
+        for key, value in environment.items():
+            argv += ["--env", f"{key}={value}"]
+        return [*argv, "--workdir", cwd, container_name(attempt_id), "/bin/sh", "-c", command]
+
+    def remove(self, attempt_id: str) -> subprocess.Popen[bytes]:
+        """Start ``podman rm --force --time 0`` (kills what runs inside); returns the process."""
+        return subprocess.Popen(
+            [*self._global, "rm", "--force", "--ignore", "--time", "0", container_name(attempt_id)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def containers(self) -> list[str]:
+        """Names of this node's hpcbatch containers (running or not), for cleanup."""
+        out = subprocess.run(
+            [*self._global, "ps", "--all", "--format", "{{.Names}}", "--filter", f"name=^{NAME_PREFIX}"],
+            capture_output=True, text=True, check=False, timeout=60,
+        ).stdout
+        return [n for n in out.split() if n.startswith(NAME_PREFIX)]
+
+    # ------------------------------------------------------------------ devices
+    def fabric_devices(self) -> list[str]:
+        """The RDMA devices of the node (InfiniBand, RoCE, EFA): ``/dev/infiniband/*``."""
+        ib = self._dev / "infiniband"
+        try:
+            return sorted(str(ib / name) for name in os.listdir(ib))
+        except OSError:
+            return []
+
+    def gpu_arguments(self, gpu_ids: Sequence[str], indices: Sequence[str] = ()) -> list[str]:
+        """Exactly the job's GPUs: CDI names where the NVIDIA toolkit is, else device nodes.
+
+        ``gpu_ids`` are what the head assigned (UUIDs, or names of declared GPUs), as in
+        NVIDIA_VISIBLE_DEVICES; ``indices`` their positions on this node (CUDA_VISIBLE_DEVICES):
+        the device nodes are ``/dev/nvidiaN`` for those, plus the shared control nodes.
+        """
+        if not gpu_ids:
+            return []
+        if self._cdi:
+            return [f"--device=nvidia.com/gpu={g}" for g in gpu_ids]
+        argv = []
+        for g in indices:
+            path = self._dev / f"nvidia{g}"
+            if g.isdigit() and path.exists():
+                argv.append(f"--device={path}")
+        argv += [f"--device={d}" for d in _NVIDIA_SHARED if os.path.exists(d)]
+        return argv
+
+
+def storage_arguments(storage: str | Path) -> list[str]:
+    """podman's ``--root``/``--runroot`` for a node's own image cache ([] for the system's).
+
+    Several test "hosts" share one machine, so each can have its own cache. podman wants a
+    runroot under 50 characters: it goes in /run, named by a hash of the storage path.
+    """
+    if not storage:
+        return []
+    tag = hashlib.sha1(os.fsencode(Path(storage).resolve())).hexdigest()[:16]
+    return ["--root", str(Path(storage) / "root"), "--runroot", f"/run/hpcbatch-podman/{tag}"]
+
+
+def _registry(image: str) -> str:
+    """The registry host[:port] an image reference names ("docker.io" when none)."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+# ---------------------------------------------------------------------- the runner's hooks
+class _OwnerLike(Protocol):
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+_PODMAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def _identity(owner: _OwnerLike | None) -> Identity:
+    if owner is None:  # the agent's own jobs (an unprivileged agent, or tests)
+        return Identity(os.geteuid(), os.getegid(), ())
+    return Identity(owner.uid, owner.gid, owner.groups)
+
+
+def container_launch(
+    podman: Podman,
+    spec: AttemptSpecLike,
+    argv: list[str],
+    env: dict[str, str],
+    owner: _OwnerLike | None,
+    work_dir: str,
+    cwd: str,
+) -> tuple[list[str], dict[str, str], None] | str:
+    """(argv, env, preexec) for Popen: ``podman run`` of the attempt; or why it cannot start."""
+    options = spec.container or p.ContainerOptions()
+    if not os.path.isdir(work_dir):
+        work_dir = cwd  # no owner (the agent's own job): its attempt directory
+    socket = env.get("HPCBATCH_LAUNCH_SOCKET")
+    gpus = env.get("NVIDIA_VISIBLE_DEVICES", "")
+    run = podman.run_argv(
+        attempt_id=spec.attempt_id,
+        image=spec.image or "",
+        command=argv,
+        environment=env,
+        identity=_identity(owner),
+        options=options,
+        work_dir=work_dir,
+        cwd=cwd,
+        memory_mib=spec.memory_mib,
+        gpu_devices=[g for g in gpus.split(",") if g and gpus != "void"],
+        gpu_indices=[g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g],
+        fabric=True,
+        extra_mounts=[socket] if socket and os.path.exists(socket) else [],
+    )
+    return run, dict(_PODMAN_ENV), None
+
+
+def exec_launch(
+    podman: Podman, attempt_id: str, command: str, env: dict[str, str], owner: _OwnerLike | None, cwd: str
+) -> tuple[list[str], dict[str, str], None]:
+    """(argv, env, preexec) for Popen: a launched task (an MPI daemon) inside the attempt's container."""
+    return podman.exec_argv(attempt_id, command, env, _identity(owner), cwd), dict(_PODMAN_ENV), None
+
+
+class AttemptSpecLike(Protocol):
+    attempt_id: str
+    image: str | None
+    container: p.ContainerOptions | None
+    memory_mib: int
+    hold: bool

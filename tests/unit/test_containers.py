@@ -1,0 +1,174 @@
+"""Container jobs without podman: the scheduler's runtime constraint, AWS containerProperties
+-> ContainerOptions, and the podman command lines the agent runs (pure, milliseconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcbatch.errors import ClientError
+from hpcbatch.head.containers import check_container, container_options
+from hpcbatch.model.jobs import ResourceRequest, resource_request
+from hpcbatch.protocol import ContainerOptions
+from hpcbatch.scheduler.core import (
+    JobQueueChanged,
+    JobRunnable,
+    NodeUp,
+    Scheduler,
+    SetWaitReason,
+    StartAttempt,
+)
+from node_agent.containers import (
+    CONTAINER_WORK_DIR,
+    Identity,
+    Podman,
+    container_name,
+    storage_arguments,
+)
+
+CONTAINER = frozenset({"container"})
+
+
+def _scheduler(*nodes: NodeUp) -> Scheduler:
+    s = Scheduler()
+    s.handle(JobQueueChanged("q", "q", True, 1, ("ce",)), *nodes)
+    return s
+
+
+def test_a_job_with_an_image_requires_a_container_runtime() -> None:
+    assert resource_request({"image": "x", "vcpus": 1, "memory": 64}).requires == CONTAINER
+    assert resource_request({"vcpus": 1, "memory": 64}).requires == frozenset()
+
+
+def test_container_jobs_go_only_to_nodes_with_a_runtime() -> None:
+    s = _scheduler(NodeUp("n1", "bare", "ce", 8, 8192, 0), NodeUp("n2", "box", "ce", 2, 8192, 0, features=CONTAINER))
+    image_job = ResourceRequest(vcpus=1, memory_mib=64, requires=CONTAINER)
+    actions = s.handle(JobRunnable("j1", "a", "q", image_job, 1), JobRunnable("j2", "b", "q", image_job, 2),
+                       JobRunnable("j3", "c", "q", image_job, 3))
+    placed = {a.job_id: a.node for a in actions if isinstance(a, StartAttempt)}
+    assert placed == {"a": "box", "b": "box"}  # best fit would pick "bare": it has no runtime
+    assert [a.reason for a in actions if isinstance(a, SetWaitReason) and a.job_id == "c"]
+
+
+def test_the_wait_reason_says_no_node_has_a_runtime() -> None:
+    s = _scheduler(NodeUp("n1", "bare", "ce", 8, 8192, 0))
+    actions = s.handle(JobRunnable("j", "a", "q", ResourceRequest(vcpus=1, memory_mib=64, requires=CONTAINER), 1))
+    (reason,) = [a.reason for a in actions if isinstance(a, SetWaitReason)]
+    assert "container runtime" in reason
+
+
+def test_a_gang_with_an_image_explains_the_missing_runtime() -> None:
+    s = _scheduler(NodeUp("n1", "a", "ce", 2, 8192, 0), NodeUp("n2", "b", "ce", 2, 8192, 0))
+    actions = s.handle(JobRunnable("j", "g", "q", ResourceRequest(vcpus=1, memory_mib=64, requires=CONTAINER), 1,
+                                   num_nodes=2))
+    (reason,) = [a.reason for a in actions if isinstance(a, SetWaitReason)]
+    assert "container runtime" in reason
+
+
+AWS = {
+    "image": "reg:5000/app:1",
+    "volumes": [{"name": "data", "host": {"sourcePath": "/srv/data"}}, {"name": "scratch", "host": {"sourcePath": "/scratch"}}],
+    "mountPoints": [{"sourceVolume": "data", "containerPath": "/data", "readOnly": True},
+                    {"sourceVolume": "scratch", "containerPath": "/scratch"}],
+    "readonlyRootFilesystem": True,
+    "ulimits": [{"name": "nofile", "softLimit": 512, "hardLimit": 1000}],
+    "linuxParameters": {
+        "devices": [{"hostPath": "/dev/fuse", "permissions": ["READ", "WRITE"]}],
+        "sharedMemorySize": 256, "initProcessEnabled": True,
+        "tmpfs": [{"containerPath": "/run/x", "size": 64, "mountOptions": ["noexec"]}],
+    },
+}
+
+
+def test_aws_container_properties_become_options() -> None:
+    check_container(AWS, "alice", "containerProperties", allow_privileged=False)
+    o = container_options(AWS)
+    assert [(m.source, m.target, m.read_only) for m in o.mounts] == [("/srv/data", "/data", True), ("/scratch", "/scratch", False)]
+    assert o.read_only_root and o.init and o.shm_size_mib == 256
+    assert [(d.host_path, d.permissions) for d in o.devices] == [("/dev/fuse", "rw")]
+    assert [(t.path, t.size_mib, t.options) for t in o.tmpfs] == [("/run/x", 64, ["noexec"])]
+    assert [(u.name, u.soft, u.hard) for u in o.ulimits] == [("nofile", 512, 1000)]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"privileged": True}, "containerProperties.privileged"),
+        ({"user": "root"}, "containerProperties.user"),
+        ({"mountPoints": [{"sourceVolume": "nope", "containerPath": "/x"}]}, "containerProperties.mountPoints[0].sourceVolume"),
+        ({"volumes": [{"name": "v", "host": {"sourcePath": "rel/path"}}]}, "containerProperties.volumes[0].host.sourcePath"),
+    ],
+)
+def test_what_a_node_must_not_run_is_refused_naming_the_field(change: dict, field: str) -> None:
+    with pytest.raises(ClientError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        check_container({**AWS, **change}, "alice", "containerProperties", allow_privileged=False)
+
+
+def test_privileged_passes_where_the_cluster_allows_it() -> None:
+    check_container({**AWS, "privileged": True}, "alice", "containerProperties", allow_privileged=True)
+    assert container_options({**AWS, "privileged": True}).privileged
+
+
+def _run(podman: Podman, options: ContainerOptions, **extra: object) -> list[str]:
+    kwargs: dict = dict(
+        attempt_id="a1", image="reg:5000/app:1", command=["python3", "x.py"], environment={"K": "v=1"},
+        identity=Identity(1001, 1001, (1001, 27)), options=options, work_dir="/s/a1/work", cwd="/s/a1/work",
+        memory_mib=512,
+    )
+    kwargs.update(extra)
+    return podman.run_argv(**kwargs)
+
+
+def test_run_argv_runs_the_owner_on_the_host_network_with_explicit_ulimits() -> None:
+    argv = _run(Podman("podman"), container_options(AWS))
+    joined = " ".join(argv)
+    assert argv[:3] == ["podman", "--runtime", "runc"]
+    assert "--user 1001:1001" in joined and "--group-add=27" in joined and "--group-add=1001" not in joined
+    assert "--network host" in joined and "--uts host" in joined and "--pull never" in joined
+    assert "--ulimit=nofile=512:1000" in argv and "--ulimit=nproc=4096:4096" in argv
+    assert "--volume /srv/data:/data:ro" in joined and "--volume /scratch:/scratch" in joined
+    assert f"--volume /s/a1/work:{CONTAINER_WORK_DIR}" in joined and "--volume /s/a1/work:/s/a1/work" in joined
+    assert "--read-only" in argv and "--init" in argv and "--pid" not in argv  # init: private pid namespace
+    assert "--device /dev/fuse:/dev/fuse:rw" in joined and "--shm-size=256m" in argv
+    assert "--tmpfs /run/x:size=64m,noexec" in joined and "--memory=512m" in argv
+    assert "--env K=v=1" in joined and "--privileged" not in argv
+    assert argv[argv.index("--name") + 1] == container_name("a1")
+    assert argv[-4:] == ["--", "reg:5000/app:1", "python3", "x.py"]
+    assert argv[argv.index("--workdir") + 1] == CONTAINER_WORK_DIR
+
+
+def test_without_init_the_container_shares_the_host_pid_namespace() -> None:
+    argv = _run(Podman("podman"), ContainerOptions())
+    assert argv[argv.index("--pid") + 1] == "host" and "--init" not in argv
+
+
+def test_fabric_and_gpu_devices_are_passed_in(tmp_path: Path) -> None:
+    (tmp_path / "infiniband").mkdir()
+    for name in ("uverbs0", "rdma_cm"):
+        (tmp_path / "infiniband" / name).touch()
+    for name in ("nvidia0", "nvidia1", "nvidia2"):
+        (tmp_path / name).touch()
+    podman = Podman("podman", dev_root=str(tmp_path))
+    podman._cdi = False  # no NVIDIA container toolkit: device nodes
+    argv = _run(podman, ContainerOptions(), fabric=True, gpu_devices=["GPU-b", "GPU-c"], gpu_indices=["1", "2"])
+    devices = [a.split("=", 1)[1] for a in argv if a.startswith("--device=")]
+    assert f"{tmp_path}/infiniband/uverbs0" in devices and f"{tmp_path}/infiniband/rdma_cm" in devices
+    assert f"{tmp_path}/nvidia1" in devices and f"{tmp_path}/nvidia2" in devices
+    assert f"{tmp_path}/nvidia0" not in devices  # not this job's GPU
+    podman._cdi = True
+    assert podman.gpu_arguments(["GPU-b"], ["1"]) == ["--device=nvidia.com/gpu=GPU-b"]
+
+
+def test_exec_waits_for_the_container_then_runs_the_command_as_the_owner() -> None:
+    argv = Podman("podman").exec_argv("a1", "prted --x", {"A": "1"}, Identity(1001, 1001, ()), "/s/a1/work")
+    assert argv[:2] == ["/bin/sh", "-c"] and "wait --condition running hpcb-a1" in argv[2]
+    rest = argv[argv.index("exec"):]
+    assert rest[:3] == ["exec", "--user", "1001:1001"]
+    assert rest[-4:] == ["hpcb-a1", "/bin/sh", "-c", "prted --x"]
+
+
+def test_a_node_cache_runroot_stays_short() -> None:
+    args = storage_arguments("/a/very/long/path/" + "x" * 80 + "/containers")
+    assert len(args[3]) < 50 and args[1].endswith("/containers/root")
+    assert storage_arguments("") == []
