@@ -15,6 +15,7 @@ Errors come back as AWS does: a 4xx/5xx status, the ``x-amzn-ErrorType`` header 
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import logging
@@ -148,6 +149,11 @@ class SpaceGuard:
                 f"(it needs {self._min / 2**20:.0f} MiB to accept changes); nothing was changed; "
                 "free space there and retry"
             )
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a store or file error means "no space left" (SQLite says "disk is full")."""
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc)
 
 
 async def _committed(engine: Any, operation: str) -> None:
@@ -297,8 +303,11 @@ def make_app(service: BatchService, *, roles: Mapping[str, str] | None = None, r
                     except StoreUnavailable as store_exc:
                         return _error(store_exc)
                 return _error(exc)
-            except Exception:
+            except Exception as exc:
                 log.exception("%s failed", operation)
+                if _disk_full(exc):  # a store write inside the call: rolled back, say why
+                    return _error(StoreUnavailable(f"{operation}: disk full: the head's store refused the "
+                                                   f"change ({exc}); nothing was changed; free space and retry"))
                 return _error(HpcbatchError(f"{operation} failed on the head; see the head's log"))
             if mutating:
                 engine.audit(_audit_entry(caller, operation, body, outcome, result))
