@@ -171,8 +171,9 @@ class TestCluster:
         self._all.append(proc)
         log.close()
 
-    def start_head(self) -> None:
-        self._spawn("head", ["-m", "hpcbatch.head", "--config", str(self.head_config)])
+    def start_head(self, env: dict[str, str] | None = None) -> None:
+        """Start the head; ``env`` adds variables (the chaos suite's libfaketime clock)."""
+        self._spawn("head", ["-m", "hpcbatch.head", "--config", str(self.head_config)], env_extra=env)
         wait_for(self._head_up, 15, what="the head to answer")
 
     def _head_up(self) -> bool:
