@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from hpcbatch.client import Client
+from hpcbatch.client import Client, HeadUnreachableError
 from hpcbatch.errors import ClientError
 from tests.chaos.invariants import chaos_env, job_script
 from tests.harness import TestCluster
@@ -44,6 +44,10 @@ class Load:
                         containerOverrides={"command": job_script(self._starts, code, self._sleep_s),
                                             "environment": chaos_env(self._tag)},
                     )
+                except HeadUnreachableError:  # down for a restart: not acknowledged
+                    self.unanswered += 1
+                    time.sleep(0.05)
+                    continue
                 except ClientError:
                     raise
                 except Exception:  # the head is down or died mid-call: not acknowledged
