@@ -122,6 +122,11 @@ class Agent:
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        # ZMTP heartbeats: a connection whose peer went silent (a cut link leaves TCP waiting
+        # on retransmits for minutes) is dropped and redialled, so the node is back as soon
+        # as the network is.
+        self._sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(config.heartbeat_interval_s * 1000)))
+        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1000, int(config.heartbeat_interval_s * config.liveness * 1000)))
         self._sock.connect(config.head)
         self._interval = config.heartbeat_interval_s
         self._liveness = config.liveness
