@@ -23,6 +23,7 @@ from hpcbatch.client import Client
 from hpcbatch.errors import HpcbatchError
 from tests.chaos.invariants import (
     chaos_env,
+    duplicate_starts,
     job_script,
     live_processes,
     two_live_attempts,
@@ -136,15 +137,14 @@ def test_head_clock_stepped_forward(chaos: TestCluster) -> None:
         chaos.wait_active(timeout=30)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[TestCluster]:
+def small_disk_cluster(tmp_path: Path, head_extra: str = "") -> Iterator[TestCluster]:
     """A one-node cluster whose head keeps its state on a 24 MiB tmpfs."""
     state = tmp_path / "head"
     state.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "chaos-state", str(state)], check=True)
     c: TestCluster | None = None
     try:
-        c = TestCluster(tmp_path, nodes=1)
+        c = TestCluster(tmp_path, nodes=1, head_extra=head_extra)
         yield c.up()
     finally:
         if c is not None:
@@ -152,13 +152,61 @@ def small_disk(tmp_path: Path) -> Iterator[TestCluster]:
         subprocess.run(["umount", "-l", str(state)], check=False)
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[TestCluster]:
+    yield from small_disk_cluster(tmp_path)
+
+
+@pytest.fixture
+def small_disk_unguarded(tmp_path: Path) -> Iterator[TestCluster]:
+    """The same, with the free-space check off: the disk fills under the store itself."""
+    yield from small_disk_cluster(tmp_path, "state_min_free_mib = 0\n")
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k", "count=1000"], capture_output=True, check=False)
+    return filler
+
+
+def test_a_commit_refused_by_a_full_disk_is_answered_kept_and_committed_later(small_disk_unguarded: TestCluster) -> None:
+    c = small_disk_unguarded
+    starts, tag = fresh(c, "commit")
+    filler = fill(c.root / "head")
+    client = Client(c.socket_endpoint, timeout=10)
+    refused = 0
+    for i in range(200):  # until SQLite's own pages and WAL have no room left
+        try:
+            client.submit_job(jobName=f"full{i}", jobQueue="default", jobDefinition="hpcbatch-default",
+                              containerOverrides={"command": job_script(starts, 0), "environment": chaos_env(tag)})
+        except HpcbatchError as exc:
+            assert exc.aws_code == "ServerException", exc.message
+            assert "disk is full" in exc.message or "disk full" in exc.message, exc.message
+            refused += 1
+            break
+    assert refused, "the disk never filled"
+    assert c.procs["head"].poll() is None, "the head died on a full disk"
+    filler.unlink()
+    # The refused batch was kept and is committed now: every job, the refused one too, is
+    # whole and runs once.
+    names = {f"full{j}" for j in range(i + 1)}
+
+    def succeeded() -> set[str]:
+        listed = c.client.list_jobs(jobQueue="default", filters=[{"name": "JOB_NAME", "values": ["full*"]}])
+        return {j["jobName"] for j in listed["jobSummaryList"] if j["status"] == "SUCCEEDED"}
+
+    wait_for(lambda: succeeded() == names, 60, what=f"jobs {sorted(names)} to succeed")
+    assert duplicate_starts(starts) == []
+    # And the head serves new work.
+    assert c.wait_status(c.submit(["true"]), "SUCCEEDED")["status"] == "SUCCEEDED"
+
+
 def test_state_directory_full_refuses_cleanly_and_resumes(small_disk: TestCluster) -> None:
     c = small_disk
     starts, tag = fresh(c, "disk")
     running = c.submit(job_script(starts, 0, sleep_s=2), containerOverrides={"environment": chaos_env(tag)})
     c.wait_status(running, "RUNNING", "SUCCEEDED")
-    filler = c.root / "head" / "filler"
-    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True, check=False)
+    filler = fill(c.root / "head")
     before = c.client.list_jobs(jobQueue="default", jobStatus="RUNNABLE")["jobSummaryList"]
     client = Client(c.socket_endpoint, timeout=10)
     with pytest.raises(HpcbatchError) as info:
