@@ -1,7 +1,7 @@
 """Every API operation, fuzzed with bodies drawn from AWS Batch's model: never a 5xx.
 
 The head runs for real (no agents needed: nothing fuzzed here runs a job). Each operation
-gets ``HPCBATCH_FUZZ_EXAMPLES`` cases (default 40), half over the Unix socket (kernel peer
+gets ``HPCBATCH_FUZZ_EXAMPLES`` cases (default 100), half over the Unix socket (kernel peer
 credentials, root: admin, so every operation reaches the service) and half over TCP signed
 with an admin access key; the cases are the same every run (``derandomize``). Afterwards
 everything stored is read back whole, then again after a ``kill -9`` and restart of the head.
@@ -19,7 +19,7 @@ from tests.fuzz.wire import Wire
 from tests.harness import TestCluster
 from tests.variants import STORES, make_cluster
 
-EXAMPLES = int(os.environ.get("HPCBATCH_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("HPCBATCH_FUZZ_EXAMPLES", "100"))
 
 
 @pytest.fixture(scope="module", params=STORES)
