@@ -144,6 +144,11 @@ class Agent:
         self._head = self._heads[0]  # the one endpoint the socket is connected to
         self._head_since = time.monotonic()
         self._epoch = 0  # newest head epoch seen: older heads' orders are refused (protocol.py)
+        # ZMTP heartbeats: a connection whose peer went silent (a cut link leaves TCP waiting
+        # on retransmits for minutes) is dropped and redialled, so the node is back as soon
+        # as the network is.
+        self._sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(config.heartbeat_interval_s * 1000)))
+        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1000, int(config.heartbeat_interval_s * config.liveness * 1000)))
         self._sock.connect(self._head)
         self._interval = config.heartbeat_interval_s
         self._liveness = config.liveness

@@ -219,9 +219,11 @@ class TestCluster:
         self._all.append(proc)
         log.close()
 
-    def start_head(self, name: str = "head", role: str | None = None) -> None:
-        """Start head ``name``; wait until it answers, as ``role`` (active/standby) if given."""
-        self._spawn(name, ["-m", "hpcbatch.head", "--config", str(self.heads[name]["config"])])
+    def start_head(self, name: str = "head", role: str | None = None, env: dict[str, str] | None = None) -> None:
+        """Start head ``name``; wait until it answers, as ``role`` (active/standby) if given.
+
+        ``env`` adds variables (the chaos suite's libfaketime clock)."""
+        self._spawn(name, ["-m", "hpcbatch.head", "--config", str(self.heads[name]["config"])], env_extra=env)
         if len(self.heads) == 1:
             wait_for(self._head_up, 15, what="the head to answer")
             return

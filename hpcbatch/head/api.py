@@ -15,11 +15,13 @@ Errors come back as AWS does: a 4xx/5xx status, the ``x-amzn-ErrorType`` header 
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import logging
 import os
 import pwd
+import re
 import socket
 import struct
 import time
@@ -29,7 +31,8 @@ from typing import Any
 from aiohttp import web
 
 from hpcbatch.auth.policy import READ_ONLY, Caller, authorize
-from hpcbatch.errors import ClientError, HpcbatchError
+from hpcbatch.errors import ClientError, HpcbatchError, ServerError
+from hpcbatch.head.ratelimit import RateLimiter, TooManyRequests
 from hpcbatch.head.service import BatchService
 from hpcbatch.validation import route_table, validate_request
 
@@ -65,6 +68,105 @@ class Unauthenticated(HpcbatchError):
 
     aws_code = "UnrecognizedClientException"
     http_status = 403
+
+
+class RequestTooLarge(ClientError):
+    """The body is over ``MAX_BODY`` (HTTP 413, as AWS's front end answers)."""
+
+    http_status = 413
+
+
+MAX_NESTING = 64  # AWS Batch's deepest input shape is ~10 levels
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def parse_body(raw: bytes) -> Any:
+    """The request body as JSON, or a ClientError naming what is wrong with it.
+
+    Beyond "not JSON": nesting deeper than any AWS shape (Python's parser and every walk after
+    it recurse), and lone UTF-16 surrogates (``"\\ud800"``: valid JSON, but no text the store
+    can encode). Both are checked only when the raw bytes could hold them (cheap scans).
+    """
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise ClientError(f"request body nests deeper than {MAX_NESTING} levels") from None
+    except ValueError as exc:
+        raise ClientError(f"request body is not valid JSON: {exc}") from None
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING or _SURROGATE_ESCAPE.search(raw):
+        _check_document(body)
+    return body
+
+
+def _check_document(body: Any) -> None:
+    stack: list[tuple[Any, int, str]] = [(body, 1, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ClientError(f"request body{where or ''}: a string holds a lone UTF-16 surrogate; "
+                                  "send valid Unicode") from None
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_NESTING:
+            raise ClientError(f"request body nests deeper than {MAX_NESTING} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, depth, where))
+                stack.append((item, depth + 1, f"{where}.{key}" if len(where) < 200 else where))
+        else:
+            stack.extend((item, depth + 1, where) for item in value)
+
+
+class StoreUnavailable(ServerError):
+    """The head cannot write its state (disk full): a change is refused, nothing is stored."""
+
+
+class SpaceGuard:
+    """Refuses changes while the state directory's file system is nearly full.
+
+    Checked before a mutating call touches anything, so a full disk gives a clear
+    ServerException instead of a change that is half in memory and not on disk.
+    """
+
+    def __init__(self, state_dir: str, min_free_bytes: int) -> None:
+        self._dir = state_dir
+        self._min = min_free_bytes
+
+    def check(self) -> None:
+        try:
+            st = os.statvfs(self._dir)
+        except OSError:
+            return  # cannot tell; the commit itself will say
+        free = st.f_bavail * st.f_frsize
+        if free < self._min:
+            raise StoreUnavailable(
+                f"disk full: the head's state directory {self._dir} has {free / 2**20:.1f} MiB free "
+                f"(it needs {self._min / 2**20:.0f} MiB to accept changes); nothing was changed; "
+                "free space there and retry"
+            )
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a store or file error means "no space left" (SQLite says "disk is full")."""
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc)
+
+
+async def _committed(engine: Any, operation: str) -> None:
+    """Wait for the group commit; a store failure becomes a ServerException naming its cause."""
+    try:
+        await engine.durable()
+    except Exception as exc:
+        cause = str(exc) or type(exc).__name__
+        raise StoreUnavailable(
+            f"{operation}: the head could not commit to its store ({cause}); it retries every "
+            "second, and the change takes effect once the store accepts writes again"
+        ) from None
 
 
 class Identifier:
@@ -156,7 +258,8 @@ def _target(body: Any) -> str | None:
     return None
 
 
-def make_app(service: BatchService, *, roles: Mapping[str, str] | None = None, region: str | None = None) -> web.Application:
+def make_app(service: BatchService, *, roles: Mapping[str, str] | None = None, region: str | None = None,
+             limiter: RateLimiter | None = None, space: SpaceGuard | None = None) -> web.Application:
     """Build the aiohttp application serving every operation."""
     app = web.Application(client_max_size=MAX_BODY)
     identifier = Identifier(service, roles or {}, region)
@@ -170,34 +273,50 @@ def make_app(service: BatchService, *, roles: Mapping[str, str] | None = None, r
             caller: Caller | None = None
             body: Any = None
             try:
-                raw = await request.read()
-                caller = identifier.identify(request, raw)
                 try:
-                    body = json.loads(raw) if raw else {}
-                except ValueError as exc:
-                    raise ClientError(f"request body is not valid JSON: {exc}") from None
+                    raw = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    raise RequestTooLarge(f"request body is over the head's limit of {MAX_BODY >> 20} MiB") from None
+                caller = identifier.identify(request, raw)
+                if limiter is not None:
+                    limiter.check(caller, operation)
+                body = parse_body(raw)
                 authorize(caller, operation)
                 if validate:
                     body = validate_request(operation, body, raw_size=len(raw))
                 elif not isinstance(body, dict):
                     raise ClientError("request body must be a JSON object")
+                if mutating and space is not None:
+                    space.check()
                 result = method(body, caller)
                 outcome = "ok"
             except HpcbatchError as exc:
-                if caller is None:  # unauthenticated: refused, and nothing is written
-                    log.warning("%s refused: %s: %s", operation, exc.aws_code, exc.message)
+                # Unauthenticated, throttled or out of disk: refused, and nothing is written
+                # (auditing a flood or a full disk would only make either worse).
+                if caller is None or isinstance(exc, TooManyRequests | StoreUnavailable):
+                    if not isinstance(exc, TooManyRequests):
+                        log.warning("%s refused: %s: %s", operation, exc.aws_code, exc.message)
                     return _error(exc)
                 if mutating:
                     engine.audit(_audit_entry(caller, operation, body, f"{exc.aws_code}: {exc.message}"))
-                    await engine.durable()
+                    try:
+                        await _committed(engine, operation)
+                    except StoreUnavailable as store_exc:
+                        return _error(store_exc)
                 return _error(exc)
-            except Exception:
+            except Exception as exc:
                 log.exception("%s failed", operation)
+                if _disk_full(exc):  # a store write inside the call: rolled back, say why
+                    return _error(StoreUnavailable(f"{operation}: disk full: the head's store refused the "
+                                                   f"change ({exc}); nothing was changed; free space and retry"))
                 return _error(HpcbatchError(f"{operation} failed on the head; see the head's log"))
             if mutating:
                 engine.audit(_audit_entry(caller, operation, body, outcome, result))
             # Reply only once what the call changed is committed (group commit).
-            await engine.durable()
+            try:
+                await _committed(engine, operation)
+            except StoreUnavailable as exc:
+                return _error(exc)
             return web.Response(body=json.dumps(result), content_type="application/json")
 
         return handle

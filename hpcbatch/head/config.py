@@ -11,8 +11,17 @@ import msgspec
 from hpcbatch.auth.policy import ROLES
 from hpcbatch.errors import ClientError
 from hpcbatch.head.nodekeys import valid_name
+from hpcbatch.head.ratelimit import CLASSES as RATE_CLASSES
+from hpcbatch.head.ratelimit import DEFAULT_RATES, Rate
 
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
+class RateLimitConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One operation class's limit per caller (hpcbatch.head.ratelimit)."""
+
+    per_second: float  # 0 turns the limit off for this class
+    burst: float | None = None  # default: two seconds' worth
 
 
 class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -46,6 +55,13 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     node_keys_dir: str = ""  # default <state_dir>/node_keys: {pending,accepted,rejected}/<NAME>
     auto_accept_nodes: list[str] = []  # names whose key is accepted on first sight
     allow_privileged_containers: bool = False  # containerProperties.privileged is refused unless true
+    # Per-caller throttling (HTTP 429 TooManyRequestsException): class -> limit, over the
+    # defaults in hpcbatch.head.ratelimit (submit 50/s as AWS, read 100/s, write 20/s).
+    rate_limits: dict[str, RateLimitConfig] = {}
+    rate_limit_exempt: list[str] = msgspec.field(default_factory=lambda: ["role:admin"])  # users, access key ids, "role:NAME"
+    # Mutating calls are refused (ServerException naming the cause) when the state
+    # directory's file system has less free space than this, before anything is changed.
+    state_min_free_mib: float = 8.0
 
     @property
     def state_path(self) -> Path:
@@ -75,6 +91,8 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def advertised_url(self) -> str:
         host, port = self.http_host_port
         return self.advertise_url or f"http://{host}:{port}"
+
+    @property
     def public_http_url(self) -> str:
         """The TCP API as others reach it (console links): a wildcard address becomes this host's name."""
         host, port = self.http_host_port
@@ -83,6 +101,15 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
             host = socket.getfqdn()
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def rates(self) -> dict[str, Rate]:
+        """The per-class rate limits: the defaults, overridden by ``rate_limits``."""
+        rates = dict(DEFAULT_RATES)
+        for kind, limit in self.rate_limits.items():
+            burst = limit.burst if limit.burst is not None else max(1.0, 2 * limit.per_second)
+            rates[kind] = Rate(per_second=limit.per_second, burst=burst)
+        return rates
 
     @property
     def http_host_port(self) -> tuple[str, int]:
@@ -113,6 +140,11 @@ def load_head_config(path: str | Path, *, store: str | None = None) -> HeadConfi
     bad_roles = sorted(r for r in config.roles.values() if r not in ROLES)
     if bad_roles:
         raise ClientError(f"head config {path}: roles: {bad_roles[0]!r} is not one of {', '.join(ROLES)}")
+    for kind, limit in config.rate_limits.items():
+        if kind not in RATE_CLASSES:
+            raise ClientError(f"head config {path}: rate_limits: {kind!r} is not one of {', '.join(RATE_CLASSES)}")
+        if limit.per_second < 0 or (limit.burst is not None and limit.burst < 1):
+            raise ClientError(f"head config {path}: rate_limits.{kind}: per_second must be >= 0 and burst >= 1")
     for name in config.auto_accept_nodes:
         if not valid_name(name):
             raise ClientError(f"head config {path}: auto_accept_nodes: {name!r} is not a valid node name")

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from hpcbatch.curve import ensure_keypair
 from hpcbatch.errors import HpcbatchError
-from hpcbatch.head.api import make_app
+from hpcbatch.head.api import SpaceGuard, make_app
 from hpcbatch.head.config import HeadConfig, load_head_config
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.fleet import Fleet
@@ -28,6 +28,7 @@ from hpcbatch.head.lease import HeadLease
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodekeys import NodeKeyRegistry
 from hpcbatch.head.observe import mount_observers
+from hpcbatch.head.ratelimit import RateLimiter
 from hpcbatch.head.service import BatchService
 from hpcbatch.store import is_postgresql, open_store
 from hpcbatch.store.postgres import LeaseLost, PostgresStore
@@ -91,9 +92,13 @@ class Head:
     async def _prune_loop(self) -> None:
         while True:
             cutoff = _now_ms() - int(self.config.retention_days * 86_400_000)
-            with self.store.transaction():
-                pruned = self.store.prune_jobs(cutoff)
-                self.store.prune_audit(_now_ms() - int(self.config.audit_retention_days * 86_400_000))
+            try:
+                with self.store.transaction():
+                    pruned = self.store.prune_jobs(cutoff)
+                    self.store.prune_audit(_now_ms() - int(self.config.audit_retention_days * 86_400_000))
+            except Exception as exc:  # disk full: prune next time, keep serving
+                log.error("pruning old jobs failed, retrying in %gs: %s", self.config.prune_interval_s, exc)
+                pruned = []
             for job in pruned:
                 for attempt in job.attempts:
                     self.logs.delete(attempt.attempt_id)
@@ -177,7 +182,11 @@ class Head:
             epoch=self.epoch,
         )
         self._load()
-        app = make_app(self.service, roles=self.config.roles, region=self.config.region)
+        app = make_app(
+            self.service, roles=self.config.roles, region=self.config.region,
+            limiter=RateLimiter(self.config.rates, self.config.rate_limit_exempt, time.monotonic),
+            space=SpaceGuard(str(self.config.state_path), int(self.config.state_min_free_mib * 2**20)),
+        )
         add_describe_route(app, self.describe)
         mount_observers(app, self.service, roles=self.config.roles, region=self.config.region,
                         http_url=self.config.public_http_url)

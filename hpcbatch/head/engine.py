@@ -51,6 +51,7 @@ from hpcbatch.store.base import NODE_EVENT_PREFIX
 
 log = logging.getLogger("hpcbatch.engine")
 
+COMMIT_RETRY_S = 1.0  # after the store refused a commit (disk full), try again this soon
 EXITED_REASON = "Essential container in task exited"
 MAIN_NODE_EXITED = "Main node exited"
 NODE_SELECTOR_TAG = "hpcbatch:nodeSelector"  # CE tag: nodes with this label join it
@@ -133,6 +134,7 @@ class Engine:
         self.commit_observers: list[Callable[[list[tuple[str, int, str, str | None]]], None]] = []
         self.pass_observers: list[Callable[[float], None]] = []
         self._node_recorded: dict[str, tuple[str, str]] = {}  # node -> (state, reason) last put in the stream
+        self._retry_handle: asyncio.TimerHandle | None = None
 
     # ----------------------------------------------------------------- plumbing
     def _event_id(self) -> str:
@@ -340,6 +342,10 @@ class Engine:
                         self._dirty[job.job_id] = job
         self.flush()
 
+    def _retry_commit(self) -> None:
+        self._retry_handle = None
+        self.request_step()
+
     def audit(self, entry: dict[str, Any]) -> None:
         """Record a mutating call in the audit log, committed with the step's batch."""
         self._audit.append(entry)
@@ -373,11 +379,20 @@ class Engine:
                     self.store.add_job_events(events)
                     if audit:
                         self.store.add_audit(audit)
-            except BaseException as exc:
+            except Exception as exc:
+                # The store refused (disk full, I/O error): nothing of this batch is stored.
+                # Keep it pending (newer changes to a job win) and retry shortly; the outbox
+                # waits too, so no start or acknowledgement leaves before its commit.
+                self._dirty = {**{j.job_id: j for j in dirty}, **self._dirty}
+                self._job_events[:0] = events
+                self._audit[:0] = audit
+                log.error("store commit failed, retrying in %gs: %s", COMMIT_RETRY_S, exc)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_exception(exc)
-                raise
+                if self._retry_handle is None:
+                    self._retry_handle = asyncio.get_running_loop().call_later(COMMIT_RETRY_S, self._retry_commit)
+                return
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -921,7 +936,10 @@ class Engine:
         self.request_step()
 
     def on_log(self, msg: p.LogChunk) -> None:
-        self.logs.write(msg.attempt_id, msg.offset, msg.data)
+        try:
+            self.logs.write(msg.attempt_id, msg.offset, msg.data)
+        except OSError as exc:  # disk full: lose this chunk of output, not the head
+            log.error("could not keep %d bytes of output of attempt %s: %s", len(msg.data), msg.attempt_id, exc)
 
     # -------------------------------------------------------------------- nodes
     def on_register(self, name: str, msg: p.Register) -> p.Welcome | None:

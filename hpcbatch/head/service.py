@@ -537,8 +537,10 @@ class BatchService:
         if body.get("jobStatus") and not body.get("filters"):
             statuses = (JobStatus(body["jobStatus"]),)
         kwargs: dict[str, Any] = {}
-        for f in body.get("filters", []):
-            name, values = f["name"], f["values"]
+        for i, f in enumerate(body.get("filters", [])):
+            name, values = f.get("name"), f.get("values")  # both optional in the model
+            if not name:
+                raise ClientError(f"filters[{i}].name is required")
             if not values:
                 raise ClientError(f"filters {name}: give one value")
             value = values[0]
@@ -711,11 +713,13 @@ class BatchService:
             raise ClientError("user must name a Unix user")
         if role not in ROLES:
             raise ClientError(f"role must be one of {', '.join(ROLES)} (got {role!r})")
+        profile = body.get("profile") or f"hpcbatch-{user}"
+        if not isinstance(profile, str):  # checked before the key is stored: all or nothing
+            raise ClientError("profile must be a string")
         key = generate_access_key(user, role, _now_ms())
         doc = msgspec.to_builtins(key)
         with self.store.transaction():
             self.store.put_access_key(key.access_key_id, doc)
-        profile = body.get("profile") or f"hpcbatch-{user}"
         return {
             "accessKeyId": key.access_key_id,
             "secretAccessKey": key.secret_access_key,
@@ -755,7 +759,12 @@ class BatchService:
         limit = body.get("maxResults", 100)
         if not isinstance(limit, int) or not 1 <= limit <= 10_000:
             raise ClientError("maxResults must be between 1 and 10000")
-        return {"events": self.store.list_audit(limit=limit, user=body.get("user"), since=body.get("since"))}
+        user, since = body.get("user"), body.get("since")
+        if user is not None and not isinstance(user, str):
+            raise ClientError("user must be a user name")
+        if since is not None and (type(since) is not int or not 0 <= since < 2**63):
+            raise ClientError("since must be epoch milliseconds")
+        return {"events": self.store.list_audit(limit=limit, user=user, since=since)}
 
     def _registry(self) -> Any:
         if self.node_keys is None:

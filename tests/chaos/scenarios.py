@@ -1,0 +1,98 @@
+"""Chaos rounds, each bounded in count and time; shared by tests/chaos and bench/chaos.
+
+Every round takes a seeded ``random.Random`` so the moments of the kills are the same on
+every run; the load records only what the head acknowledged.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+from hpcbatch.client import Client, HeadUnreachableError
+from hpcbatch.errors import ClientError
+from tests.chaos.invariants import chaos_env, job_script
+from tests.harness import TestCluster
+
+
+class Load:
+    """Submit ``count`` jobs from a thread, retrying through head restarts; keeps the acknowledged."""
+
+    def __init__(self, cluster: TestCluster, count: int, starts: Path, tag: str, *, sleep_s: float = 0,
+                 deadline_s: float = 240) -> None:
+        self.acknowledged: dict[str, int] = {}  # job id -> the exit code it will exit with
+        self.unanswered = 0  # calls whose answer was lost to a kill: not acknowledged
+        self._cluster, self._count, self._starts, self._tag = cluster, count, starts, tag
+        self._sleep_s, self._deadline = sleep_s, time.monotonic() + deadline_s
+        self._thread = threading.Thread(target=self._run, name="chaos-load", daemon=True)
+
+    def start(self) -> Load:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        client = Client(self._cluster.socket_endpoint, timeout=10)
+        try:
+            i = 0
+            while i < self._count and time.monotonic() < self._deadline:
+                code = i % 3  # 0, 1, 2: both SUCCEEDED and FAILED jobs, each with its exit code
+                try:
+                    job = client.submit_job(
+                        jobName=f"chaos{i}", jobQueue="default", jobDefinition="hpcbatch-default",
+                        containerOverrides={"command": job_script(self._starts, code, self._sleep_s),
+                                            "environment": chaos_env(self._tag)},
+                    )
+                except HeadUnreachableError:  # down for a restart: not acknowledged
+                    self.unanswered += 1
+                    time.sleep(0.05)
+                    continue
+                except ClientError:
+                    raise
+                except Exception:  # the head is down or died mid-call: not acknowledged
+                    self.unanswered += 1
+                    time.sleep(0.05)
+                    continue
+                self.acknowledged[job["jobId"]] = code
+                i += 1
+        finally:
+            client.close()
+
+    def join(self, timeout: float = 300) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the load did not finish in time"
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+
+def kill_head_rounds(cluster: TestCluster, rounds: int, rng: random.Random, *, min_s: float = 0.2,
+                     max_s: float = 1.5) -> None:
+    """``rounds`` times: wait a random moment, ``kill -9`` the head, start it again."""
+    for _ in range(rounds):
+        time.sleep(rng.uniform(min_s, max_s))
+        cluster.kill("head")
+        cluster.start_head()
+
+
+def kill_agent_mid_job(cluster: TestCluster, node: str, rng: random.Random) -> None:
+    """``kill -9`` one agent while its jobs run, and start it again a moment later."""
+    time.sleep(rng.uniform(0.5, 1.5))
+    cluster.kill(node)
+    time.sleep(rng.uniform(0.2, 1.0))
+    cluster.start_agent(node)
+
+
+def cut_mgmt_link(cluster: TestCluster, node: str, seconds: float) -> None:
+    """Take ``node``'s management interface down for ``seconds``, then bring it back."""
+    from hpcbatch.netns import MGMT_INTERFACE
+
+    down = cluster.on_node(node, ["ip", "link", "set", MGMT_INTERFACE, "down"])
+    assert down.returncode == 0, down.stderr
+    try:
+        time.sleep(seconds)
+    finally:
+        up = cluster.on_node(node, ["ip", "link", "set", MGMT_INTERFACE, "up"])
+        assert up.returncode == 0, up.stderr

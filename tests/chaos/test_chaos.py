@@ -1,0 +1,250 @@
+"""Chaos, bounded and local: kill -9 the head and agents, cut a node off, fill the head's disk,
+step its clock; after every round the invariants of tests/chaos/invariants.py must hold.
+
+Runs as root on the network-namespace cluster (CI runs as root); elsewhere it skips. Every
+loop is bounded in count and time, and the seeds are fixed. Sizes can be lowered for a
+quick local run: HPCBATCH_CHAOS_JOBS (1000), HPCBATCH_CHAOS_ROUNDS (10), HPCBATCH_CHAOS_CUT_S (60).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcbatch.client import Client
+from hpcbatch.errors import HpcbatchError
+from tests.chaos.invariants import (
+    chaos_env,
+    duplicate_starts,
+    job_script,
+    live_processes,
+    two_live_attempts,
+    violations,
+    wait_final,
+)
+from tests.chaos.scenarios import Load, cut_mgmt_link, kill_agent_mid_job, kill_head_rounds
+from tests.harness import TestCluster, wait_for
+from tests.variants import STORES, make_cluster
+
+JOBS = int(os.environ.get("HPCBATCH_CHAOS_JOBS", "1000"))
+ROUNDS = int(os.environ.get("HPCBATCH_CHAOS_ROUNDS", "10"))
+CUT_S = float(os.environ.get("HPCBATCH_CHAOS_CUT_S", "60"))
+FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, tmpfs (CI runs as root)")
+
+NO_VIOLATIONS = {"jobs_lost": [], "duplicate_starts": [], "orphans": [], "wrong_exit_codes": []}
+
+
+@pytest.fixture(scope="module", params=STORES)
+def chaos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    c = make_cluster(tmp_path_factory.mktemp("chaos"), request.param, nodes=2, netns=True)
+    try:
+        yield c.up()
+    finally:
+        c.close()
+
+
+def fresh(cluster: TestCluster, name: str) -> tuple[Path, str]:
+    """A start log and a tag for one round's jobs (world-writable: jobs may run as anyone)."""
+    starts = cluster.root / f"{name}-{secrets.token_hex(3)}.starts"
+    starts.touch()
+    starts.chmod(0o666)
+    return starts, starts.stem
+
+
+def test_head_kill9_during_a_1000_job_load_loses_and_repeats_nothing(chaos: TestCluster) -> None:
+    rng = random.Random(11)
+    starts, tag = fresh(chaos, "headkill")
+    load = Load(chaos, JOBS, starts, tag).start()
+    rounds = 0
+    while rounds < ROUNDS:
+        kill_head_rounds(chaos, 1, rng)
+        rounds += 1
+        if not load.running:  # the load was quicker than the kills: keep killing during the runs
+            break
+    load.join()
+    kill_head_rounds(chaos, ROUNDS - rounds, rng)
+    assert len(load.acknowledged) == JOBS
+    wait_final(chaos, load.acknowledged, timeout=240)
+    assert violations(chaos, load.acknowledged, starts, tag) == NO_VIOLATIONS
+
+
+def test_agent_kill9_mid_job(chaos: TestCluster) -> None:
+    rng = random.Random(12)
+    starts, tag = fresh(chaos, "agentkill")
+    load = Load(chaos, 12, starts, tag, sleep_s=2).start()
+    load.join()
+    kill_agent_mid_job(chaos, "node1", rng)
+    chaos.wait_active()
+    wait_final(chaos, load.acknowledged, timeout=120)
+    wait_for(lambda: not live_processes(tag), 30, what="no process of a finished job")
+    assert violations(chaos, load.acknowledged, starts, tag, lost_ok=True) == NO_VIOLATIONS
+
+
+def test_management_link_cut_and_restored(chaos: TestCluster) -> None:
+    starts, tag = fresh(chaos, "linkcut")
+    load = Load(chaos, 8, starts, tag, sleep_s=3).start()
+    load.join()
+    wait_for(lambda: any(n.get("state") == "ACTIVE" for n in chaos.nodes().values()), 10, what="nodes")
+    # Sample during the cut: never two live attempts of one job at once, on any node.
+    seen_twice: list[str] = []
+    cut = threading.Thread(target=cut_mgmt_link, args=(chaos, "node2", CUT_S))
+    cut.start()
+    while cut.is_alive():
+        seen_twice.extend(two_live_attempts(tag))
+        time.sleep(0.5)
+    cut.join()
+    chaos.wait_active(timeout=30)
+    wait_final(chaos, load.acknowledged, timeout=120)
+    wait_for(lambda: not live_processes(tag), 30, what="no process of a finished job")
+    assert seen_twice == []
+    assert violations(chaos, load.acknowledged, starts, tag, lost_ok=True) == NO_VIOLATIONS
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known: a node cut off from the head keeps running its attempts while the head retries "
+    "them elsewhere (retryStrategy.attempts > 1); needs fencing of the cut-off node, see docs/chaos.md"))
+def test_a_retried_job_never_runs_on_a_cut_off_node_and_elsewhere_at_once(chaos: TestCluster) -> None:
+    starts, tag = fresh(chaos, "fence")
+    chaos.client.call("/hpcbatch/v1/drainnode", {"name": "node1"})  # both start on node2
+    try:
+        ids = [chaos.submit(job_script(starts, 0, 10), retryStrategy={"attempts": 2},
+                            containerOverrides={"environment": chaos_env(tag)}) for _ in range(2)]
+        for job_id in ids:
+            chaos.wait_status(job_id, "RUNNING")
+    finally:
+        chaos.client.call("/hpcbatch/v1/resumenode", {"name": "node1"})
+    seen_twice: set[str] = set()
+    cut = threading.Thread(target=cut_mgmt_link, args=(chaos, "node2", min(CUT_S, 8)))
+    cut.start()
+    while cut.is_alive():
+        seen_twice.update(two_live_attempts(tag))
+        time.sleep(0.3)
+    cut.join()
+    chaos.wait_active(timeout=30)
+    wait_final(chaos, ids, timeout=60)
+    wait_for(lambda: not live_processes(tag), 30, what="no process of a finished job")
+    assert seen_twice == set()
+
+
+def test_head_clock_stepped_forward(chaos: TestCluster) -> None:
+    if not FAKETIME_LIB.exists():
+        pytest.skip("libfaketime is not installed (apt-get install faketime; scripts/setup does as root)")
+    offset = chaos.root / "faketime"
+    offset.write_text("+0\n")
+    chaos.kill("head")
+    chaos.start_head(env={"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME_TIMESTAMP_FILE": str(offset),
+                          "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    try:
+        chaos.wait_active(timeout=30)
+        starts, tag = fresh(chaos, "clock")
+        before = Load(chaos, 6, starts, tag, sleep_s=3).start()
+        before.join()
+        offset.write_text("+2h\n")  # the head's wall clock jumps two hours ahead
+        time.sleep(3)  # libfaketime re-reads the file at most once a second; let it land
+        after = Load(chaos, 6, starts, tag).start()
+        after.join()
+        jobs = {**before.acknowledged, **after.acknowledged}
+        wait_final(chaos, jobs, timeout=120)
+        assert all(n["state"] == "ACTIVE" for n in chaos.nodes().values()), chaos.nodes()
+        assert violations(chaos, jobs, starts, tag) == NO_VIOLATIONS
+    finally:
+        chaos.kill("head")
+        chaos.start_head()
+        chaos.wait_active(timeout=30)
+
+
+def small_disk_cluster(tmp_path: Path, head_extra: str = "") -> Iterator[TestCluster]:
+    """A one-node cluster whose head keeps its state on a 24 MiB tmpfs."""
+    state = tmp_path / "head"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "chaos-state", str(state)], check=True)
+    c: TestCluster | None = None
+    try:
+        c = TestCluster(tmp_path, nodes=1, head_extra=head_extra)
+        yield c.up()
+    finally:
+        if c is not None:
+            c.close()
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[TestCluster]:
+    yield from small_disk_cluster(tmp_path)
+
+
+@pytest.fixture
+def small_disk_unguarded(tmp_path: Path) -> Iterator[TestCluster]:
+    """The same, with the free-space check off: the disk fills under the store itself."""
+    yield from small_disk_cluster(tmp_path, "state_min_free_mib = 0\n")
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k", "count=1000"], capture_output=True, check=False)
+    return filler
+
+
+def test_a_commit_refused_by_a_full_disk_is_answered_kept_and_committed_later(small_disk_unguarded: TestCluster) -> None:
+    c = small_disk_unguarded
+    starts, tag = fresh(c, "commit")
+    filler = fill(c.root / "head")
+    client = Client(c.socket_endpoint, timeout=10)
+    refused = 0
+    for i in range(200):  # until SQLite's own pages and WAL have no room left
+        try:
+            client.submit_job(jobName=f"full{i}", jobQueue="default", jobDefinition="hpcbatch-default",
+                              containerOverrides={"command": job_script(starts, 0), "environment": chaos_env(tag)})
+        except HpcbatchError as exc:
+            assert exc.aws_code == "ServerException", exc.message
+            assert "disk is full" in exc.message or "disk full" in exc.message, exc.message
+            refused += 1
+            break
+    assert refused, "the disk never filled"
+    assert c.procs["head"].poll() is None, "the head died on a full disk"
+    filler.unlink()
+    # The refused batch was kept and is committed now: every job, the refused one too, is
+    # whole and runs once.
+    names = {f"full{j}" for j in range(i + 1)}
+
+    def succeeded() -> set[str]:
+        listed = c.client.list_jobs(jobQueue="default", filters=[{"name": "JOB_NAME", "values": ["full*"]}])
+        return {j["jobName"] for j in listed["jobSummaryList"] if j["status"] == "SUCCEEDED"}
+
+    wait_for(lambda: succeeded() == names, 60, what=f"jobs {sorted(names)} to succeed")
+    assert duplicate_starts(starts) == []
+    # And the head serves new work.
+    assert c.wait_status(c.submit(["true"]), "SUCCEEDED")["status"] == "SUCCEEDED"
+
+
+def test_state_directory_full_refuses_cleanly_and_resumes(small_disk: TestCluster) -> None:
+    c = small_disk
+    starts, tag = fresh(c, "disk")
+    running = c.submit(job_script(starts, 0, sleep_s=2), containerOverrides={"environment": chaos_env(tag)})
+    c.wait_status(running, "RUNNING", "SUCCEEDED")
+    filler = fill(c.root / "head")
+    before = c.client.list_jobs(jobQueue="default", jobStatus="RUNNABLE")["jobSummaryList"]
+    client = Client(c.socket_endpoint, timeout=10)
+    with pytest.raises(HpcbatchError) as info:
+        client.submit_job(jobName="full", jobQueue="default", jobDefinition="hpcbatch-default",
+                          containerOverrides={"command": ["true"]})
+    assert info.value.aws_code == "ServerException"
+    assert "disk full" in info.value.message
+    # Reads keep working; nothing half-written: no new job appeared.
+    assert c.client.list_jobs(jobQueue="default", jobStatus="RUNNABLE")["jobSummaryList"] == before
+    filler.unlink()
+    # The running job's end (held while the disk was full) is committed, and service resumes.
+    assert c.wait_status(running, "SUCCEEDED", "FAILED", timeout=60)["status"] == "SUCCEEDED"
+    after = c.submit(job_script(starts, 2), containerOverrides={"environment": chaos_env(tag)})
+    assert c.wait_status(after, "SUCCEEDED", "FAILED")["container"]["exitCode"] == 2
+    assert violations(c, {running: 0, after: 2}, starts, tag) == NO_VIOLATIONS
