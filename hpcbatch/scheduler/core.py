@@ -59,9 +59,17 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from hpcbatch.model.jobs import ResourceRequest
+from hpcbatch.scheduler.fairshare import (
+    FairSharePolicy,
+    ShareLine,
+    ShareUsage,
+    fair_order,
+    standing_ranks,
+)
 from hpcbatch.scheduler.gang import (
     UNKNOWN,
     Candidate,
@@ -71,6 +79,7 @@ from hpcbatch.scheduler.gang import (
     natural_key,
     pick_nodes,
 )
+from hpcbatch.scheduler.nodeindex import NodeIndex
 
 
 # ------------------------------------------------------------------------- events
@@ -94,6 +103,8 @@ class JobRunnable(Event):
     array_count: int = 0
     first_index: int = 0
     max_running: int | None = None  # hpcbatch extension: at most this many tasks at once
+    share: str | None = None  # shareIdentifier, in a queue with a fair-share policy
+    priority: int = 0  # schedulingPriority: higher first inside its share (fair-share queues)
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,7 @@ class ComputeEnvironmentChanged(Event):
     enabled: bool
     max_vcpus: float | None
     require_placement_group: bool = False  # gangs only inside one placement group
+    allocation_strategy: str = "BEST_FIT"  # BEST_FIT | BEST_FIT_PROGRESSIVE | SPREAD (nodeindex)
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,18 @@ class JobQueueChanged(Event):
     enabled: bool
     priority: int
     compute_environments: tuple[str, ...]  # already in computeEnvironmentOrder
+    fair_share: FairSharePolicy | None = None  # the queue's scheduling policy, if any
+    time_limits: tuple[StateTimeLimit, ...] = ()  # jobStateTimeLimitActions
+
+
+@dataclass(frozen=True)
+class StateTimeLimit:
+    """A jobStateTimeLimitAction: a job at the head of the queue, RUNNABLE for
+    ``max_time_s`` with a wait reason starting with ``reason``, is cancelled."""
+
+    reason: str
+    max_time_s: float
+    action: str = "CANCEL"  # CANCEL | TERMINATE: the same for a job that has not started
 
 
 @dataclass(frozen=True)
@@ -194,6 +218,14 @@ class StartGang(Action):
 
 @dataclass(frozen=True)
 class SetWaitReason(Action):
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CancelRunnable(Action):
+    """A jobStateTimeLimitAction fired: the job leaves the queue FAILED with ``reason``."""
+
     job_id: str
     reason: str
 
@@ -253,6 +285,7 @@ class _ComputeEnvironment:
     require_placement_group: bool = False
     used_vcpus: float = 0.0
     nodes: dict[str, _Node] = field(default_factory=dict)
+    index: NodeIndex = field(default_factory=NodeIndex)  # nodes that can take a job, by free capacity
 
     def caps(self, vcpus: float) -> bool:
         """True when ``vcpus`` more would pass ``maxvCpus``."""
@@ -269,6 +302,9 @@ class _Queue:
     gangs: dict[str, JobRunnable] = field(default_factory=dict)  # the gangs among jobs, FIFO
     fresh: list[str] = field(default_factory=list)  # arrived since the last pass: need a wait reason
     rescan: bool = True  # queue settings changed: every job's wait reason may be stale
+    fair_share: FairSharePolicy | None = None
+    time_limits: tuple[StateTimeLimit, ...] = ()
+    head: tuple[str, str, float] | None = None  # (job at the head, its reason, since when)
 
     def add(self, job: JobRunnable) -> None:
         self.jobs[job.job_id] = job
@@ -286,11 +322,18 @@ class _Allocation:
     started_at: float
     time_limit_s: int | None
     gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> GPU ids held there
+    share: tuple[str, str] | None = None  # (queue, shareIdentifier) charged for it, fair share
 
     @property
     def ends_at(self) -> float:
         return UNKNOWN if self.time_limit_s is None else self.started_at + self.time_limit_s
 
+
+# AWS's statusReason vocabulary is "CODE - detail"; jobStateTimeLimitActions match the CODE.
+REQUIREMENT = "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT"  # no node could ever hold the job
+MAX_RESOURCE = "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE"  # every CE's maxvCpus is too small
+CAPACITY = "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"  # it would fit, but not now
+TIME_LIMIT_CANCEL = "Canceled by JobStateTimeLimit action due to reason: {}"  # AWS's text
 
 WAIT_RESOURCES = "Waiting for resources: no node in the queue's compute environments has room now"
 WAIT_RESERVED = "Waiting for resources: the nodes with room are reserved for a waiting multi-node job"
@@ -322,6 +365,8 @@ class Scheduler:
         self._reservation_text: dict[str, str] = {}  # as last logged
         self.decisions: deque[tuple[str, str]] = deque(maxlen=log_size)
         self._never_cache: dict[tuple[int, ResourceRequest, tuple[str, ...]], tuple[str | None, str]] = {}
+        self._usage: dict[tuple[str, str], ShareUsage] = {}  # (queue, shareIdentifier) -> vCPU usage
+        self._fair_note: dict[tuple[str, str], str] = {}  # (queue, share) -> its place in line, for reasons
 
     # ------------------------------------------------------------------ queries
     @property
@@ -418,12 +463,19 @@ class Scheduler:
                         self._drop_hold(job_id, node.name)
                     del self._nodes[node.name]
                     self._ce(node.ce).nodes.pop(node.name, None)
+                    self._ce(node.ce).index.discard(node)
             case Tick():
-                self._now = event.now_s
+                self._now = max(self._now, event.now_s)
+                for (queue_name, _), usage in self._usage.items():
+                    usage.advance(self._now, self._decay_s(queue_name))
             case ComputeEnvironmentChanged():
                 ce = self._ce(event.name)
                 ce.enabled, ce.max_vcpus = event.enabled, event.max_vcpus
                 ce.require_placement_group = event.require_placement_group
+                if ce.index.strategy != event.allocation_strategy:
+                    ce.index = NodeIndex(event.allocation_strategy)
+                    for node in ce.nodes.values():
+                        ce.index.update(node)
             case ComputeEnvironmentRemoved():
                 ce = self._ces.get(event.name)
                 if ce is not None and not ce.nodes:
@@ -432,7 +484,8 @@ class Scheduler:
                 queue = self._queues.get(event.name)
                 if queue is None:
                     queue = self._queues[event.name] = _Queue(
-                        event.name, event.enabled, event.priority, event.compute_environments
+                        event.name, event.enabled, event.priority, event.compute_environments,
+                        fair_share=event.fair_share, time_limits=event.time_limits,
                     )
                     for job_id, job in list(self._orphans.items()):
                         if job.queue == event.name:
@@ -442,6 +495,7 @@ class Scheduler:
                 else:
                     queue.enabled, queue.priority = event.enabled, event.priority
                     queue.compute_environments = event.compute_environments
+                    queue.fair_share, queue.time_limits = event.fair_share, event.time_limits
                     queue.rescan = True
             case JobQueueRemoved():
                 queue = self._queues.pop(event.name, None)
@@ -466,6 +520,7 @@ class Scheduler:
             for job_id in list(old.jobs):
                 self._drop_hold(job_id, old.name)
             self._ce(old.ce).nodes.pop(old.name, None)
+            self._ce(old.ce).index.discard(old)
         gpu_ids = event.gpu_ids or tuple(str(i) for i in range(event.gpus))
         node = _Node(
             event.node, event.compute_environment, event.vcpus, event.memory_mib, len(gpu_ids),
@@ -473,6 +528,7 @@ class Scheduler:
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
+        self._ce(node.ce).index.update(node)
         holds = dict(event.gpu_holds)
         # Reported GPU holds first, so a job reported without ids cannot take a held one.
         ordered = sorted(event.allocations, key=lambda a: a[0] not in holds)
@@ -489,6 +545,18 @@ class Scheduler:
             self._release(job_id)  # the newest report wins over a stale hold elsewhere
             self._hold(job_id, [node], request, gang, None, held)
 
+    def _share_usage(self, key: tuple[str, str]) -> ShareUsage:
+        """A share's usage, brought up to now (so the average integrates what ran until now)."""
+        usage = self._usage.get(key)
+        if usage is None:
+            usage = self._usage[key] = ShareUsage(updated_s=self._now)
+        usage.advance(self._now, self._decay_s(key[0]))
+        return usage
+
+    def _decay_s(self, queue_name: str) -> int:
+        queue = self._queues.get(queue_name)
+        return queue.fair_share.share_decay_s if queue is not None and queue.fair_share else 0
+
     def _withdraw(self, job_id: str) -> None:
         self._array_left.pop(job_id, None)
         self._array_next.pop(job_id, None)
@@ -502,10 +570,10 @@ class Scheduler:
 
     def _hold(
         self, job_id: str, nodes: list[_Node], request: ResourceRequest, gang: bool,
-        time_limit_s: int | None, held: tuple[int, ...] = (),
+        time_limit_s: int | None, held: tuple[int, ...] = (), share: tuple[str, str] | None = None,
     ) -> _Allocation:
         alloc = _Allocation(
-            [n.name for n in nodes], nodes[0].ce, request, gang, self._now, time_limit_s
+            [n.name for n in nodes], nodes[0].ce, request, gang, self._now, time_limit_s, share=share
         )
         self._allocations[job_id] = alloc
         for node in nodes:
@@ -529,6 +597,10 @@ class Scheduler:
         if alloc.gang:
             node.gang = job_id
         self._ce(alloc.ce).used_vcpus += r.vcpus
+        self._ce(node.ce).index.update(node)
+        if alloc.share is not None:
+            usage = self._share_usage(alloc.share)
+            usage.running += r.vcpus
 
     def _give(self, job_id: str, alloc: _Allocation, node_name: str) -> None:
         r = alloc.request
@@ -544,6 +616,10 @@ class Scheduler:
             node.jobs.discard(job_id)
             if node.gang == job_id:
                 node.gang = None
+            self._ce(node.ce).index.update(node)
+        if alloc.share is not None:
+            usage = self._share_usage(alloc.share)
+            usage.running = max(0.0, usage.running - r.vcpus)
 
     def _release(self, job_id: str) -> bool:
         """Give back everything ``job_id`` holds; True if it held anything."""
@@ -596,7 +672,15 @@ class Scheduler:
             reasons: dict[ResourceRequest, str] = {}  # why-not, once per distinct request
             seen_gangs: set[str] = set()
             room = self._has_room(usable, reserved)
-            for job in list(queue.jobs.values()):
+            order: Iterable[JobRunnable] = list(queue.jobs.values())
+            if queue.fair_share is not None:
+                order = self._fair_order(queue)
+            seen: list[str] | None = [] if queue.time_limits else None
+            for job in order:
+                if seen is not None:
+                    seen.append(job.job_id)
+                if queue.fair_share is not None and self._over_reservation(queue, job, usable, actions):
+                    continue
                 if job.num_nodes > 1:
                     seen_gangs.add(job.job_id)
                     if self._gang(job, usable, reserved, made, failed_gangs, never, actions, cause):
@@ -630,7 +714,7 @@ class Scheduler:
                     continue
                 node, ce = placed
                 self._withdraw(job.job_id)
-                alloc = self._hold(job.job_id, [node], r, False, job.time_limit_s)
+                alloc = self._hold(job.job_id, [node], r, False, job.time_limit_s, share=self._charge(job))
                 gpus = alloc.gpus[node.name]
                 actions.append(StartAttempt(job.job_id, node.name, ce.name, gpus))
                 note = ""
@@ -646,6 +730,8 @@ class Scheduler:
             for gang in list(queue.gangs.values()):
                 if gang.job_id not in seen_gangs:
                     self._gang(gang, usable, reserved, made, failed_gangs, never, actions, cause)
+            if seen is not None:
+                self._time_limits(queue, seen, actions, cause)
         for job_id, res in made.items():
             text = res.describe(self._now)
             if self._reservation_text.get(job_id) != text:
@@ -653,6 +739,87 @@ class Scheduler:
         self._reservations = made
         self._reservation_text = {j: r.describe(self._now) for j, r in made.items()}
         return actions
+
+    # ---------------------------------------------------------------- fair share
+    def _charge(self, job: JobRunnable) -> tuple[str, str] | None:
+        """The (queue, share) a placed job's vCPUs count against, in a fair-share queue."""
+        queue = self._queues.get(job.queue)
+        if queue is None or queue.fair_share is None:
+            return None
+        return (job.queue, job.share or "")
+
+    def _fair_order(self, queue: _Queue) -> Iterator[JobRunnable]:
+        """The queue's jobs in fair-share order; also sets the fair-share part of wait reasons."""
+        policy = queue.fair_share
+        assert policy is not None
+        lines: dict[str, ShareLine] = {}
+        for job in queue.jobs.values():
+            share = job.share or ""
+            line = lines.get(share)
+            if line is None:
+                usage = self._usage.get((queue.name, share))
+                line = lines[share] = ShareLine(share, policy.weight(share), usage.value if usage else 0.0)
+            line.jobs.append((-job.priority, job.seq, job.job_id))
+        ranks = standing_ranks(lines.values())
+        for share, rank in ranks.items():
+            self._fair_note[(queue.name, share)] = (
+                f"; fair share: share {share or '(none)'} is {_ordinal(rank)} of {len(ranks)} in line "
+                f"(weight {lines[share].weight:g})"
+            )
+
+        def cost(job_id: str) -> float:
+            j = queue.jobs.get(job_id)
+            return j.request.vcpus * max(1, j.num_nodes) if j is not None else 0.0
+
+        for job_id in fair_order(list(lines.values()), cost):
+            job = queue.jobs.get(job_id)
+            if job is not None:
+                yield job
+
+    def _over_reservation(
+        self, queue: _Queue, job: JobRunnable, ces: list[_ComputeEnvironment], actions: list[Action]
+    ) -> bool:
+        """True (and the job waits) when starting it would eat the computeReservation."""
+        policy = queue.fair_share
+        if policy is None or policy.compute_reservation <= 0:
+            return False
+        capacity = 0.0
+        for ce in ces:
+            total = sum(n.vcpus for n in ce.nodes.values() if n.accepting)
+            capacity += total if ce.max_vcpus is None else min(total, ce.max_vcpus)
+        running = {s: u.running for (q, s), u in self._usage.items() if q == queue.name and u.running > 1e-9}
+        share = job.share or ""
+        active = len(running) + (0 if share in running else 1)
+        held_back = capacity * policy.reserved_fraction(active)
+        need = job.request.vcpus * max(1, job.num_nodes)
+        if sum(running.values()) + need <= capacity - held_back + 1e-9:
+            return False
+        self._wait(
+            job.job_id,
+            f"Fair share: computeReservation {policy.compute_reservation} keeps {held_back:g} of "
+            f"{capacity:g} vCPUs for share identifiers not running yet",
+            actions,
+        )
+        return True
+
+    def _time_limits(self, queue: _Queue, seen: list[str], actions: list[Action], cause: str) -> None:
+        """jobStateTimeLimitActions: cancel the job stuck at the head of the queue too long."""
+        head = next((j for j in seen if j in queue.jobs), None)
+        if head is None:
+            queue.head = None
+            return
+        code = self._wait_reason.get(head, "").split(" - ", 1)[0]
+        if queue.head is None or queue.head[:2] != (head, code):
+            queue.head = (head, code, self._now)
+        since = queue.head[2]
+        for limit in queue.time_limits:
+            if code == limit.reason and self._now - since >= limit.max_time_s:
+                reason = TIME_LIMIT_CANCEL.format(limit.reason)
+                self._withdraw(head)
+                queue.head = None
+                actions.append(CancelRunnable(head, reason))
+                self.decisions.append((cause, f"cancel {head}: {reason} (at the head for {fmt_time(self._now - since)} s)"))
+                return
 
     def _place_array(
         self, job: JobRunnable, usable: list[_ComputeEnvironment], reserved: dict[str, Reservation],
@@ -676,7 +843,7 @@ class Scheduler:
             self._array_left[job.job_id] -= 1
             self._array_running[job.job_id] = self._array_running.get(job.job_id, 0) + 1
             task_id = f"{job.job_id}:{index}"
-            gpus = self._hold(task_id, [node], r, False, job.time_limit_s).gpus[node.name]
+            gpus = self._hold(task_id, [node], r, False, job.time_limit_s, share=self._charge(job)).gpus[node.name]
             actions.append(StartAttempt(task_id, node.name, ce.name, gpus))
             self.decisions.append((cause, f"start {task_id} on {node.name} ({ce.name}){_gpu_note(gpus)}"))
             if node.free_vcpus <= 1e-9 and not self._has_room(usable, reserved):
@@ -687,13 +854,10 @@ class Scheduler:
 
     def _has_room(self, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]) -> bool:
         return any(
-            n.accepting
-            and n.gang is None
-            and n.free_vcpus > 1e-9
-            and (n.name not in reserved or reserved[n.name].start_s > self._now)
+            n.name not in reserved or reserved[n.name].start_s > self._now
             for ce in ces
             if ce.max_vcpus is None or ce.used_vcpus < ce.max_vcpus - 1e-9
-            for n in ce.nodes.values()
+            for n in ce.index.any_free()  # only ACTIVE, accepting, non-gang nodes with free vCPUs
         )
 
     def _may_use(
@@ -713,19 +877,10 @@ class Scheduler:
         for ce in ces:  # computeEnvironmentOrder: the first CE that can take it wins
             if ce.caps(r.vcpus):
                 continue
-            best: _Node | None = None
-            for node in ce.nodes.values():
-                if (
-                    node.fits(r)
-                    and (
-                        best is None
-                        or (node.free_vcpus, node.free_memory_mib) < (best.free_vcpus, best.free_memory_mib)
-                    )
-                    and (not reserved or self._may_use(node.name, reserved, "", time_limit_s))
-                ):
-                    best = node
-            if best is not None:
-                return best, ce
+            # The index yields nodes with enough free vCPUs in allocation-strategy order.
+            for node in ce.index.candidates(r.vcpus):
+                if node.fits(r) and (not reserved or self._may_use(node.name, reserved, "", time_limit_s)):
+                    return node, ce  # type: ignore[return-value]
         return None
 
     # -------------------------------------------------------------------- gangs
@@ -748,7 +903,7 @@ class Scheduler:
             if placed is not None:
                 nodes, ce = placed
                 self._withdraw(job.job_id)
-                alloc = self._hold(job.job_id, nodes, r, True, job.time_limit_s)
+                alloc = self._hold(job.job_id, nodes, r, True, job.time_limit_s, share=self._charge(job))
                 names = tuple(node.name for node in nodes)
                 gpus = tuple(alloc.gpus[name] for name in names) if r.gpus else ()
                 actions.append(StartGang(job.job_id, names, ce.name, gpus))
@@ -844,14 +999,14 @@ class Scheduler:
             elif ce.require_placement_group and len(able) >= n:
                 group_ce = group_ce or ce.name
         if group_ce is not None:
-            return f"No placement group of compute environment {group_ce} can hold {n} nodes", ""
+            return f"{REQUIREMENT} - No placement group of compute environment {group_ce} can hold {n} nodes", ""
         if capped_ce is not None:
             return (
-                f"Compute environment {capped_ce} maxvCpus is below {n} nodes x "
+                f"{MAX_RESOURCE} - Compute environment {capped_ce} maxvCpus is below {n} nodes x "
                 f"{r.vcpus:g} vCPUs", ""
             )
         return (
-            f"No compute environment in {', '.join(ce.name for ce in ces)} has {n} ACTIVE nodes "
+            f"{REQUIREMENT} - No compute environment in {', '.join(ce.name for ce in ces)} has {n} ACTIVE nodes "
             f"that can each hold vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}", ""
         )
 
@@ -872,32 +1027,59 @@ class Scheduler:
         self, r: ResourceRequest, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
     ) -> str:
         if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):
-            cpu_only = ResourceRequest(vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=0)
-            if r.gpus and any(n.could_ever_fit(cpu_only) for ce in ces for n in ce.nodes.values()):
-                most = max(n.gpus for ce in ces for n in ce.nodes.values())
-                return (
-                    f"No node in compute environments {', '.join(ce.name for ce in ces)} has "
-                    f"{r.gpus} GPUs (the most is {most}): "
-                    f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
-                )
+            return f"{REQUIREMENT} - {self._why_never(r, ces)}"
+        able = [ce for ce in ces if any(n.could_ever_fit(r) for n in ce.nodes.values())]
+        if all(ce.max_vcpus is not None and r.vcpus > ce.max_vcpus + 1e-9 for ce in able):
             return (
-                f"No node in compute environments {', '.join(ce.name for ce in ces)} can hold "
-                f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
+                f"{MAX_RESOURCE} - needs {r.vcpus:g} vCPUs; maxvCpus of compute environments "
+                f"{', '.join(f'{ce.name}={ce.max_vcpus:g}' for ce in able)}"
             )
         if all(ce.caps(r.vcpus) for ce in ces):
             return WAIT_MAX_VCPUS
         if reserved and self._place(r, None, ces, {}) is not None:
             return WAIT_RESERVED
-        return WAIT_RESOURCES
+        largest = max((f for ce in ces if (f := ce.index.largest_free()) is not None), default=None)
+        if largest is None:
+            have = "no node has free vCPUs"
+        else:
+            have = f"the largest free node has {largest[0]:g} vCPUs and {largest[1]} MiB"
+        gpus = f" and {r.gpus} GPUs" if r.gpus else ""
+        return f"{CAPACITY} - {WAIT_RESOURCES} (needs {r.vcpus:g} vCPUs and {r.memory_mib} MiB{gpus}, {have})"
+
+    def _why_never(self, r: ResourceRequest, ces: list[_ComputeEnvironment]) -> str:
+        """Why no node of ``ces`` could ever hold ``r`` (the detail of a REQUIREMENT reason)."""
+        names = ", ".join(ce.name for ce in ces)
+        cpu_only = ResourceRequest(vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=0)
+        if r.gpus and any(n.could_ever_fit(cpu_only) for ce in ces for n in ce.nodes.values()):
+            most = max(n.gpus for ce in ces for n in ce.nodes.values())
+            return (
+                f"No node in compute environments {names} has {r.gpus} GPUs (the most is {most}): "
+                f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
+            )
+        return (
+            f"No node in compute environments {names} can hold "
+            f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
+        )
 
     def _wait_all(self, queue: _Queue, reason: str, actions: list[Action]) -> None:
         for job_id in queue.jobs:
             self._wait(job_id, reason, actions)
 
     def _wait(self, job_id: str, reason: str, actions: list[Action]) -> None:
+        if self._fair_note:
+            queue_name = self._queue_of.get(job_id)
+            queue = self._queues.get(queue_name or "")
+            if queue is not None and queue.fair_share is not None and not reason.startswith("Fair share"):
+                job = queue.jobs.get(job_id)
+                reason += self._fair_note.get((queue.name, (job.share or "") if job else ""), "")
         if self._wait_reason.get(job_id) != reason:
             self._wait_reason[job_id] = reason
             actions.append(SetWaitReason(job_id, reason))
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _gpu_note(gpus: tuple[str, ...]) -> str:
