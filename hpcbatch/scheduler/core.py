@@ -57,6 +57,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -245,6 +246,7 @@ class _Node:
     gpu_ids: tuple[str, ...] = ()  # index order; len == gpus
     gpu_holder: dict[int, str] = field(default_factory=dict)  # GPU index -> the job holding it
     jobs: set[str] = field(default_factory=set)  # every job holding part of this node
+    latest_end: float = -math.inf  # the latest expected end of what it runs (reservations)
     gang: str | None = None  # the gang holding it whole, if any
 
     @property
@@ -286,6 +288,7 @@ class _ComputeEnvironment:
     used_vcpus: float = 0.0
     nodes: dict[str, _Node] = field(default_factory=dict)
     index: NodeIndex = field(default_factory=NodeIndex)  # nodes that can take a job, by free capacity
+    idle: dict[str, _Node] = field(default_factory=dict)  # accepting nodes that run nothing (gangs)
 
     def caps(self, vcpus: float) -> bool:
         """True when ``vcpus`` more would pass ``maxvCpus``."""
@@ -365,6 +368,7 @@ class Scheduler:
         self._reservation_text: dict[str, str] = {}  # as last logged
         self.decisions: deque[tuple[str, str]] = deque(maxlen=log_size)
         self._never_cache: dict[tuple[int, ResourceRequest, tuple[str, ...]], tuple[str | None, str]] = {}
+        self._census_cache: dict[str, dict[tuple[float, int, int, str | None], int]] = {}
         self._usage: dict[tuple[str, str], ShareUsage] = {}  # (queue, shareIdentifier) -> vCPU usage
         self._fair_note: dict[tuple[str, str], str] = {}  # (queue, share) -> its place in line, for reasons
 
@@ -434,6 +438,7 @@ class Scheduler:
     def _apply(self, event: Event) -> None:
         if isinstance(event, NodeUp | NodeGone | ComputeEnvironmentChanged | ComputeEnvironmentRemoved):
             self._never_cache.clear()
+            self._census_cache.clear()
         match event:
             case JobRunnable():
                 if event.array_count:
@@ -464,6 +469,7 @@ class Scheduler:
                     del self._nodes[node.name]
                     self._ce(node.ce).nodes.pop(node.name, None)
                     self._ce(node.ce).index.discard(node)
+                    self._ce(node.ce).idle.pop(node.name, None)
             case Tick():
                 self._now = max(self._now, event.now_s)
                 for (queue_name, _), usage in self._usage.items():
@@ -521,6 +527,7 @@ class Scheduler:
                 self._drop_hold(job_id, old.name)
             self._ce(old.ce).nodes.pop(old.name, None)
             self._ce(old.ce).index.discard(old)
+            self._ce(old.ce).idle.pop(old.name, None)
         gpu_ids = event.gpu_ids or tuple(str(i) for i in range(event.gpus))
         node = _Node(
             event.node, event.compute_environment, event.vcpus, event.memory_mib, len(gpu_ids),
@@ -528,7 +535,7 @@ class Scheduler:
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
-        self._ce(node.ce).index.update(node)
+        self._refile(node)
         holds = dict(event.gpu_holds)
         # Reported GPU holds first, so a job reported without ids cannot take a held one.
         ordered = sorted(event.allocations, key=lambda a: a[0] not in holds)
@@ -544,6 +551,15 @@ class Scheduler:
                 continue
             self._release(job_id)  # the newest report wins over a stale hold elsewhere
             self._hold(job_id, [node], request, gang, None, held)
+
+    def _refile(self, node: _Node) -> None:
+        """Re-index ``node`` after its free capacity, holds or state changed."""
+        ce = self._ce(node.ce)
+        ce.index.update(node)
+        if node.accepting and not node.jobs:
+            ce.idle[node.name] = node
+        else:
+            ce.idle.pop(node.name, None)
 
     def _share_usage(self, key: tuple[str, str]) -> ShareUsage:
         """A share's usage, brought up to now (so the average integrates what ran until now)."""
@@ -597,7 +613,8 @@ class Scheduler:
         if alloc.gang:
             node.gang = job_id
         self._ce(alloc.ce).used_vcpus += r.vcpus
-        self._ce(node.ce).index.update(node)
+        node.latest_end = max(node.latest_end, alloc.ends_at)
+        self._refile(node)
         if alloc.share is not None:
             usage = self._share_usage(alloc.share)
             usage.running += r.vcpus
@@ -616,7 +633,10 @@ class Scheduler:
             node.jobs.discard(job_id)
             if node.gang == job_id:
                 node.gang = None
-            self._ce(node.ce).index.update(node)
+            node.latest_end = max(
+                (self._allocations[j].ends_at for j in node.jobs if j in self._allocations), default=-math.inf
+            )
+            self._refile(node)
         if alloc.share is not None:
             usage = self._share_usage(alloc.share)
             usage.running = max(0.0, usage.running - r.vcpus)
@@ -726,10 +746,24 @@ class Scheduler:
                 )
                 if node.free_vcpus <= 1e-9:
                     room = self._has_room(usable, reserved)
-            # Gangs the scan did not reach (nothing had room) still get a reservation and reason.
+            # Gangs the scan did not reach (nothing had room) still get a reservation and reason,
+            # unless nothing about them can have changed: no compute environment has enough idle
+            # nodes, the reservations are made, and the gang already shows a reason.
+            most_idle = max(len(ce.idle) for ce in usable)
+            fresh_ids = set(fresh)
             for gang in list(queue.gangs.values()):
-                if gang.job_id not in seen_gangs:
-                    self._gang(gang, usable, reserved, made, failed_gangs, never, actions, cause)
+                if gang.job_id in seen_gangs:
+                    continue
+                if (
+                    not rescan
+                    and gang.num_nodes > most_idle
+                    and len(made) >= self._reservation_depth
+                    and gang.job_id in self._wait_reason
+                    and gang.job_id not in self._reservations
+                    and gang.job_id not in fresh_ids
+                ):
+                    continue
+                self._gang(gang, usable, reserved, made, failed_gangs, never, actions, cause)
             if seen is not None:
                 self._time_limits(queue, seen, actions, cause)
         for job_id, res in made.items():
@@ -937,14 +971,12 @@ class Scheduler:
         """``num_nodes`` idle nodes of the first compute environment that has them, or None."""
         n, r = job.num_nodes, job.request
         for ce in ces:
-            if ce.caps(n * r.vcpus):
+            if ce.caps(n * r.vcpus) or len(ce.idle) < n:
                 continue
             idle = [
                 node.candidate(self._now)
-                for node in ce.nodes.values()
-                if node.accepting
-                and not node.jobs
-                and node.could_ever_fit(r)
+                for node in ce.idle.values()
+                if node.could_ever_fit(r)
                 and self._may_use(node.name, reserved, job.job_id, job.time_limit_s)
             ]
             picked = pick_nodes(idle, n, ce.require_placement_group)
@@ -961,11 +993,19 @@ class Scheduler:
         for ce in ces:
             if ce.max_vcpus is not None and n * r.vcpus > ce.max_vcpus + 1e-9:
                 continue
-            cands = [
-                node.candidate(self._free_at(node))
+            able = [
+                (self._free_at(node), node)
                 for node in ce.nodes.values()
                 if node.accepting and node.could_ever_fit(r) and node.name not in reserved
             ]
+            if len(able) < n:
+                continue
+            if not ce.require_placement_group:
+                # Without a required group the chosen nodes are all free by the n-th soonest
+                # time; nodes free later cannot be picked, so they need no Candidate (5k nodes).
+                cutoff = heapq.nsmallest(n, (t for t, _ in able))[-1]
+                able = [(t, node) for t, node in able if t <= cutoff]
+            cands = [node.candidate(t) for t, node in able]
             picked = pick_nodes(cands, n, ce.require_placement_group)
             if picked is None:
                 continue
@@ -977,8 +1017,19 @@ class Scheduler:
 
     def _free_at(self, node: _Node) -> float:
         """When ``node`` is expected to run nothing: the latest end of what it runs."""
-        ends = [self._allocations[j].ends_at for j in node.jobs if j in self._allocations]
-        return max([self._now, *ends])
+        return max(self._now, node.latest_end)
+
+    def _census(self, ce: _ComputeEnvironment) -> dict[tuple[float, int, int, str | None], int]:
+        """Accepting nodes of ``ce`` counted by (vCPUs, MiB, GPUs, placement group); cached like
+        the never-cache (both change only when nodes or compute environments do)."""
+        census = self._census_cache.get(ce.name)
+        if census is None:
+            census = self._census_cache[ce.name] = {}
+            for node in ce.nodes.values():
+                if node.accepting:
+                    shape = (node.vcpus, node.memory_mib, node.gpus, node.placement_group)
+                    census[shape] = census.get(shape, 0) + 1
+        return census
 
     def _gang_why_never(
         self, job: JobRunnable, ces: list[_ComputeEnvironment]
@@ -987,16 +1038,20 @@ class Scheduler:
         n, r = job.num_nodes, job.request
         group_ce = capped_ce = None
         for ce in ces:
-            able = [
-                node.candidate(0.0)
-                for node in ce.nodes.values()
-                if node.accepting and node.could_ever_fit(r)
-            ]
+            # Counted by node shape, not node by node: the shapes are few, the nodes many.
+            census = self._census(ce)
+            able_total = 0
+            by_group: dict[str | None, int] = {}
+            for (vcpus, memory_mib, gpus, group), count in census.items():
+                if r.vcpus <= vcpus + 1e-9 and r.memory_mib <= memory_mib and r.gpus <= gpus:
+                    able_total += count
+                    by_group[group] = by_group.get(group, 0) + count
+            fits_group = any(g is not None and c >= n for g, c in by_group.items())
             if ce.max_vcpus is not None and n * r.vcpus > ce.max_vcpus + 1e-9:
                 capped_ce = capped_ce or ce.name
-            elif pick_nodes(able, n, ce.require_placement_group) is not None:
+            elif fits_group or (not ce.require_placement_group and able_total >= n):
                 return None, ce.name
-            elif ce.require_placement_group and len(able) >= n:
+            elif ce.require_placement_group and able_total >= n:
                 group_ce = group_ce or ce.name
         if group_ce is not None:
             return f"{REQUIREMENT} - No placement group of compute environment {group_ce} can hold {n} nodes", ""
