@@ -55,6 +55,7 @@ class Head:
         )
         self.service = BatchService(self.store, self.engine, region=config.region, account=config.account_id)
         self.service.private_data = config.private_data
+        self.service.min_state_time_limit_s = config.min_state_time_limit_s
         self.curve = ensure_keypair(config.curve_secret_key_path, config.curve_public_key_path)
         self.node_keys = NodeKeyRegistry(config.node_keys_path, auto_accept=config.auto_accept_nodes)
         self.service.node_keys = self.node_keys
@@ -85,6 +86,12 @@ class Head:
             if pruned:
                 log.info("pruned %d jobs finished before the %g-day retention", len(pruned), self.config.retention_days)
             await asyncio.sleep(self.config.prune_interval_s)
+
+    async def _tick_loop(self) -> None:
+        """Time passes for the scheduler even when nothing else happens (decay, time limits)."""
+        while True:
+            await asyncio.sleep(self.config.scheduler_tick_s)
+            self.engine.tick()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
@@ -117,10 +124,12 @@ class Head:
             async with asyncio.TaskGroup() as tasks:
                 fleet_task = tasks.create_task(self.fleet.serve())
                 prune_task = tasks.create_task(self._prune_loop())
+                tick_task = tasks.create_task(self._tick_loop())
                 await stop.wait()
                 log.info("stopping: signal received")
                 fleet_task.cancel()
                 prune_task.cancel()
+                tick_task.cancel()
         finally:
             await runner.cleanup()
             api_socket.unlink(missing_ok=True)

@@ -23,11 +23,13 @@ import msgspec
 
 from hpcbatch import protocol as p
 from hpcbatch.head.logs import LogStore
+from hpcbatch.head.policies import fair_share_of, policy_name
 from hpcbatch.model.jobs import TIMEOUT_REASON, Attempt, JobRecord, should_retry
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
 from hpcbatch.model.multinode import child_job_id
 from hpcbatch.scheduler import (
     AttemptEnded,
+    CancelRunnable,
     ComputeEnvironmentChanged,
     ComputeEnvironmentRemoved,
     Event,
@@ -41,6 +43,7 @@ from hpcbatch.scheduler import (
     SetWaitReason,
     StartAttempt,
     StartGang,
+    StateTimeLimit,
     Tick,
 )
 from hpcbatch.store import Store
@@ -156,6 +159,7 @@ class Engine:
         return JobRunnable(
             self._event_id(), job.job_id, job.job_queue, job.resources, seq,
             num_nodes=job.num_nodes, time_limit_s=job.timeout_s,
+            share=job.share_identifier, priority=job.scheduling_priority or 0,
         )
 
     def _move_one(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
@@ -228,6 +232,7 @@ class Engine:
                     self._event_id(), parent.job_id, parent.job_queue, parent.resources, self._seq,
                     time_limit_s=parent.timeout_s, array_count=size - parent.array_next,
                     first_index=parent.array_next, max_running=parent.max_running,
+                    share=parent.share_identifier, priority=parent.scheduling_priority or 0,
                 )
             )
         self._maybe_finish_array(parent)
@@ -239,6 +244,7 @@ class Engine:
             JobRunnable(
                 self._event_id(), f"{parent.job_id}:{index}", parent.job_queue, parent.resources, self._seq,
                 time_limit_s=parent.timeout_s,
+                share=parent.share_identifier, priority=parent.scheduling_priority or 0,
             )
         )
 
@@ -317,6 +323,10 @@ class Engine:
                     self._start(action)
                 elif isinstance(action, StartGang):
                     self._start_gang(action)
+                elif isinstance(action, CancelRunnable):  # a jobStateTimeLimitAction fired
+                    job = self.jobs.get(action.job_id)
+                    if job is not None:
+                        self.cancel(job, action.reason)
                 elif isinstance(action, SetWaitReason):
                     job = self.jobs.get(action.job_id)
                     if job is not None and job.status is JobStatus.RUNNABLE:
@@ -967,6 +977,7 @@ class Engine:
                 None if max_vcpus is None else float(max_vcpus),
                 # AWS's computeResources.placementGroup: gangs must stay inside one group.
                 require_placement_group=bool(resources.get("placementGroup")),
+                allocation_strategy=resources.get("allocationStrategy") or "BEST_FIT",
             )
         )
 
@@ -977,9 +988,29 @@ class Engine:
     def job_queue_changed(self, doc: dict[str, Any]) -> None:
         order = sorted(doc["computeEnvironmentOrder"], key=lambda e: e["order"])
         names = tuple(e["computeEnvironment"].rsplit("/", 1)[-1] for e in order)
-        self._feed(
-            JobQueueChanged(self._event_id(), doc["jobQueueName"], doc["state"] == "ENABLED", doc["priority"], names)
+        policy_arn = doc.get("schedulingPolicyArn")
+        policy = fair_share_of(self.store.get_resource("policy", policy_name(policy_arn))) if policy_arn else None
+        limits = tuple(
+            StateTimeLimit(a["reason"], float(a["maxTimeSeconds"]), a["action"])
+            for a in doc.get("jobStateTimeLimitActions", [])
+            if a.get("state", "RUNNABLE") == "RUNNABLE"
         )
+        self._feed(
+            JobQueueChanged(
+                self._event_id(), doc["jobQueueName"], doc["state"] == "ENABLED", doc["priority"], names,
+                fair_share=policy, time_limits=limits,
+            )
+        )
+
+    def scheduling_policy_changed(self, name: str) -> None:
+        """A policy was updated: every queue that uses it gets the new shares."""
+        for doc in self.store.list_resources("queue"):
+            if policy_name(doc.get("schedulingPolicyArn", "")) == name:
+                self.job_queue_changed(doc)
+
+    def tick(self) -> None:
+        """Let the scheduler see time pass (share decay, jobStateTimeLimitActions) with no other event."""
+        self._feed(Tick(self._event_id(), self._now() / 1000))
 
     def job_queue_removed(self, name: str) -> None:
         self._feed(JobQueueRemoved(self._event_id(), name))
