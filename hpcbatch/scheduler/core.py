@@ -793,19 +793,14 @@ class Scheduler:
             if line is None:
                 usage = self._usage.get((queue.name, share))
                 line = lines[share] = ShareLine(share, policy.weight(share), usage.value if usage else 0.0)
-            line.jobs.append((-job.priority, job.seq, job.job_id))
+            line.jobs.append((-job.priority, job.seq, job.job_id, job.request.vcpus * max(1, job.num_nodes)))
         ranks = standing_ranks(lines.values())
         for share, rank in ranks.items():
             self._fair_note[(queue.name, share)] = (
                 f"; fair share: share {share or '(none)'} is {_ordinal(rank)} of {len(ranks)} in line "
                 f"(weight {lines[share].weight:g})"
             )
-
-        def cost(job_id: str) -> float:
-            j = queue.jobs.get(job_id)
-            return j.request.vcpus * max(1, j.num_nodes) if j is not None else 0.0
-
-        for job_id in fair_order(list(lines.values()), cost):
+        for job_id in fair_order(list(lines.values())):
             job = queue.jobs.get(job_id)
             if job is not None:
                 yield job

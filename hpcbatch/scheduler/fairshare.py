@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -80,18 +80,18 @@ class ShareLine:
     share: str
     weight: float
     usage: float
-    jobs: list[tuple[int, int, str]] = field(default_factory=list)  # (-priority, seq, job id), a heap
+    jobs: list[tuple[int, int, str, float]] = field(default_factory=list)  # (-priority, seq, id, vCPUs), a heap
 
     @property
     def standing(self) -> float:
         return self.weight * self.usage
 
 
-def fair_order(lines: Iterable[ShareLine], cost: Callable[[str], float]) -> Iterator[str]:
+def fair_order(lines: Iterable[ShareLine]) -> Iterator[str]:
     """Job ids in fair-share order.
 
-    Each pick charges the job's ``cost`` (vCPUs) to its share, as if it started, so shares
-    interleave in proportion to their weights within one pass (weighted fair queuing).
+    Each pick charges the job's vCPUs to its share, as if it started, so shares interleave
+    in proportion to their weights within one pass (weighted fair queuing).
     """
     heap: list[tuple[float, str, ShareLine]] = []
     for line in lines:
@@ -101,9 +101,9 @@ def fair_order(lines: Iterable[ShareLine], cost: Callable[[str], float]) -> Iter
     heapq.heapify(heap)
     while heap:
         _, share, line = heapq.heappop(heap)
-        _, _, job_id = heapq.heappop(line.jobs)
+        _, _, job_id, cost = heapq.heappop(line.jobs)
+        line.usage += cost
         yield job_id
-        line.usage += cost(job_id)
         if line.jobs:
             heapq.heappush(heap, (line.standing, share, line))
 
