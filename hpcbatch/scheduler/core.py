@@ -57,11 +57,12 @@ Theory of operation:
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+
+from sortedcontainers import SortedList
 
 from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.scheduler.fairshare import (
@@ -247,6 +248,7 @@ class _Node:
     gpu_holder: dict[int, str] = field(default_factory=dict)  # GPU index -> the job holding it
     jobs: set[str] = field(default_factory=set)  # every job holding part of this node
     latest_end: float = -math.inf  # the latest expected end of what it runs (reservations)
+    end_key: tuple[float, str] | None = None  # its entry in the compute environment's by_end
     gang: str | None = None  # the gang holding it whole, if any
 
     @property
@@ -289,6 +291,7 @@ class _ComputeEnvironment:
     nodes: dict[str, _Node] = field(default_factory=dict)
     index: NodeIndex = field(default_factory=NodeIndex)  # nodes that can take a job, by free capacity
     idle: dict[str, _Node] = field(default_factory=dict)  # accepting nodes that run nothing (gangs)
+    by_end: SortedList = field(default_factory=SortedList)  # (latest end, node): reservations
 
     def caps(self, vcpus: float) -> bool:
         """True when ``vcpus`` more would pass ``maxvCpus``."""
@@ -470,6 +473,7 @@ class Scheduler:
                     self._ce(node.ce).nodes.pop(node.name, None)
                     self._ce(node.ce).index.discard(node)
                     self._ce(node.ce).idle.pop(node.name, None)
+                    self._ce(node.ce).by_end.discard(node.end_key)
             case Tick():
                 self._now = max(self._now, event.now_s)
                 for (queue_name, _), usage in self._usage.items():
@@ -528,6 +532,7 @@ class Scheduler:
             self._ce(old.ce).nodes.pop(old.name, None)
             self._ce(old.ce).index.discard(old)
             self._ce(old.ce).idle.pop(old.name, None)
+            self._ce(old.ce).by_end.discard(old.end_key)
         gpu_ids = event.gpu_ids or tuple(str(i) for i in range(event.gpus))
         node = _Node(
             event.node, event.compute_environment, event.vcpus, event.memory_mib, len(gpu_ids),
@@ -560,6 +565,12 @@ class Scheduler:
             ce.idle[node.name] = node
         else:
             ce.idle.pop(node.name, None)
+        key = (node.latest_end, node.name)
+        if node.end_key != key:
+            if node.end_key is not None:
+                ce.by_end.discard(node.end_key)
+            ce.by_end.add(key)
+            node.end_key = key
 
     def _share_usage(self, key: tuple[str, str]) -> ShareUsage:
         """A share's usage, brought up to now (so the average integrates what ran until now)."""
@@ -988,18 +999,28 @@ class Scheduler:
         for ce in ces:
             if ce.max_vcpus is not None and n * r.vcpus > ce.max_vcpus + 1e-9:
                 continue
-            able = [
-                (self._free_at(node), node)
-                for node in ce.nodes.values()
-                if node.accepting and node.could_ever_fit(r) and node.name not in reserved
-            ]
+            if ce.require_placement_group:
+                able = [
+                    (self._free_at(node), node)
+                    for node in ce.nodes.values()
+                    if node.accepting and node.could_ever_fit(r) and node.name not in reserved
+                ]
+            else:
+                # Without a required group the chosen nodes are all free by the n-th soonest
+                # time: walk the nodes by expected end and stop after that time (5k nodes).
+                able = []
+                cutoff: float | None = None
+                for end, name in ce.by_end:
+                    t = max(self._now, end)
+                    if cutoff is not None and t > cutoff:
+                        break
+                    node = ce.nodes[name]
+                    if node.accepting and node.could_ever_fit(r) and name not in reserved:
+                        able.append((t, node))
+                        if len(able) == n:
+                            cutoff = t
             if len(able) < n:
                 continue
-            if not ce.require_placement_group:
-                # Without a required group the chosen nodes are all free by the n-th soonest
-                # time; nodes free later cannot be picked, so they need no Candidate (5k nodes).
-                cutoff = heapq.nsmallest(n, (t for t, _ in able))[-1]
-                able = [(t, node) for t, node in able if t <= cutoff]
             cands = [node.candidate(t) for t, node in able]
             picked = pick_nodes(cands, n, ce.require_placement_group)
             if picked is None:
