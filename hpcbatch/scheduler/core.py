@@ -10,11 +10,19 @@ Theory of operation:
   can be driven by the head, by tests event by event, or by a simulator at any scale.
 * Order: ENABLED queues by ``priority`` (higher first, AWS), ties by name; inside a queue
   FIFO by submission sequence. Each queue tries its compute environments in
-  ``computeEnvironmentOrder``.
+  ``computeEnvironmentOrder``. A queue with a fair-share policy orders its jobs by share
+  instead (``fairshare``: the least-served share by ``weight x usage`` goes next, inside a
+  share ``schedulingPriority`` then FIFO) and holds back ``computeReservation``.
 * A job fits a node when the node is ACTIVE in an ENABLED compute environment, has the
   free vCPUs, memory and GPUs, is not held by a gang, and the compute environment stays
-  within ``maxvCpus``. Among fitting nodes the core picks the best fit (least vCPUs left
-  over, then least memory), which keeps whole nodes free for big jobs.
+  within ``maxvCpus``. Among fitting nodes the compute environment's allocation strategy
+  picks (``nodeindex``: BEST_FIT packs, the default, keeping whole nodes free for big
+  jobs; BEST_FIT_PROGRESSIVE fills busy nodes then opens the smallest idle one; SPREAD
+  takes the emptiest node). Nodes are indexed by free capacity, so a placement does not
+  scan every node.
+* jobStateTimeLimitActions: the first waiting job of a queue whose wait reason code
+  (``CODE - detail``, AWS's vocabulary: ``CAPACITY:...``, ``MISCONFIGURATION:...``) has
+  stayed the same for ``maxTimeSeconds`` leaves with ``CancelRunnable``.
 * A job that does not fit does not block the queue: smaller jobs behind it may start,
   except on nodes reserved for a waiting gang (below).
 * Gangs (AWS Batch multi-node parallel jobs, ``num_nodes > 1``) are placed all at once on
