@@ -65,6 +65,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -412,6 +413,8 @@ class Scheduler:
         q = self._queues.get(queue)
         if q is None:
             return []
+        if q.fair_share is not None:  # the order the next pass will try them in
+            return [j.job_id for j, _ in zip(self._fair_order(q), range(limit), strict=False)]
         return [j.job_id for j in sorted(q.jobs.values(), key=lambda j: j.seq)[:limit]]
 
     def decisions_about(self, job_id: str, limit: int = 20) -> list[tuple[str, str]]:
@@ -707,6 +710,7 @@ class Scheduler:
             fresh, queue.fresh = queue.fresh, []
             rescan, queue.rescan = queue.rescan, False
             failed: list[tuple[ResourceRequest, float]] = []
+            dominated: set[tuple[ResourceRequest, float]] = set()
             failed_gangs: list[tuple[int, ResourceRequest, float]] = []
             reasons: dict[ResourceRequest, str] = {}  # why-not, once per distinct request
             seen_gangs: set[str] = set()
@@ -737,7 +741,11 @@ class Scheduler:
                     break
                 r = job.request
                 limit = _limit_key(job.time_limit_s)
-                if any(_dominates(r, f) and limit >= fl for f, fl in failed):
+                # ``failed`` only grows in a pass, so a shape once found dominated stays so:
+                # remember it and a deep queue of equal jobs costs one set look-up each.
+                if (r, limit) in dominated or (
+                    any(_dominates(r, f) and limit >= fl for f, fl in failed) and not dominated.add((r, limit))
+                ):
                     self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                     continue
                 if job.array_count:
@@ -982,20 +990,37 @@ class Scheduler:
     def _place_gang(
         self, job: JobRunnable, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
     ) -> tuple[list[_Node], _ComputeEnvironment] | None:
-        """``num_nodes`` idle nodes of the first compute environment that has them, or None."""
+        """``num_nodes`` idle nodes of the first compute environment that has them, or None.
+
+        ``pick_nodes``' rule for nodes that are all free now, without building candidates:
+        the placement group with the fewest fitting idle nodes that still holds the gang
+        (then by name), else (no group required) any; smallest nodes first, then by name.
+        """
         n, r = job.num_nodes, job.request
         for ce in ces:
             if ce.caps(n * r.vcpus) or len(ce.idle) < n:
                 continue
-            idle = [
-                node.candidate(self._now)
-                for node in ce.idle.values()
-                if node.could_ever_fit(r)
-                and self._may_use(node.name, reserved, job.job_id, job.time_limit_s)
+            fit = [
+                node for node in ce.idle.values()
+                if node.could_ever_fit(r) and self._may_use(node.name, reserved, job.job_id, job.time_limit_s)
             ]
-            picked = pick_nodes(idle, n, ce.require_placement_group)
-            if picked is not None:
-                return [self._nodes[c.name] for c in picked[1]], ce
+            if len(fit) < n:
+                continue
+            groups: dict[str, list[_Node]] = {}
+            for node in fit:
+                if node.placement_group is not None:
+                    groups.setdefault(node.placement_group, []).append(node)
+            options = [(len(members), group) for group, members in groups.items() if len(members) >= n]
+            if options:
+                pool = groups[min(options)[1]]
+            elif ce.require_placement_group:
+                continue
+            else:
+                pool = fit
+            chosen = heapq.nsmallest(
+                n, pool, key=lambda nd: ((nd.vcpus, nd.memory_mib, nd.gpus), natural_key(nd.name))
+            )
+            return sorted(chosen, key=lambda nd: natural_key(nd.name)), ce
         return None
 
     def _reserve(

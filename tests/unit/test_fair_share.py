@@ -216,3 +216,10 @@ def test_best_fit_progressive_fills_busy_nodes_before_opening_an_idle_one() -> N
     s.handle(job("first", vcpus=2))  # the smallest idle node that fits: small (now full)
     actions = s.handle(job("second"), job("third"))
     assert {a.node for a in actions if isinstance(a, StartAttempt)} == {"big"}
+
+
+def test_front_of_a_fair_share_queue_is_in_fair_share_order() -> None:
+    s = Scheduler()
+    s.handle(fair_queue(FairSharePolicy()), node("n1", vcpus=1))
+    s.handle(job("run", "A"), job("a1", "A"), job("a2", "A"), job("b1", "B"))
+    assert s.front_of_queue("q") == ["b1", "a1", "a2"]
