@@ -1054,14 +1054,15 @@ class Scheduler:
                             cutoff = t
             if len(able) < n:
                 continue
-            cands = [node.candidate(t) for t, node in able]
-            picked = pick_nodes(cands, n, ce.require_placement_group)
-            if picked is None:
-                continue
-            group, chosen = picked
-            start = max(c.free_at for c in chosen)
+            if ce.require_placement_group:
+                picked = pick_nodes([node.candidate(t) for t, node in able], n, True)
+                if picked is None:
+                    continue
+                group, names, start = picked[0], [c.name for c in picked[1]], max(c.free_at for c in picked[1])
+            else:
+                group, names, start = _soonest_nodes(able, n)
             if best is None or start < best.start_s:  # a tie goes to the earlier CE in order
-                best = Reservation(job.job_id, ce.name, tuple(c.name for c in chosen), start, group)
+                best = Reservation(job.job_id, ce.name, tuple(names), start, group)
         return best
 
     def _free_at(self, node: _Node) -> float:
@@ -1179,6 +1180,29 @@ class Scheduler:
         if self._wait_reason.get(job_id) != reason:
             self._wait_reason[job_id] = reason
             actions.append(SetWaitReason(job_id, reason))
+
+
+def _soonest_nodes(able: list[tuple[float, _Node]], n: int) -> tuple[str | None, list[str], float]:
+    """``pick_nodes``' choice among nodes all free by the n-th soonest time, without candidates.
+
+    Every option then starts at that time, so one placement group that holds ``n`` of them
+    wins over a spread (the group with the fewest such nodes, then by name); inside the
+    choice, soonest first, then smaller nodes, then by name. Returns (group, names in index
+    order, start).
+    """
+    groups: dict[str, list[tuple[float, _Node]]] = {}
+    for item in able:
+        group = item[1].placement_group
+        if group is not None:
+            groups.setdefault(group, []).append(item)
+    options = [(len(members), group) for group, members in groups.items() if len(members) >= n]
+    chosen_group = min(options)[1] if options else None
+    pool = groups[chosen_group] if chosen_group is not None else able
+    chosen = heapq.nsmallest(
+        n, pool, key=lambda it: (it[0], (it[1].vcpus, it[1].memory_mib, it[1].gpus), natural_key(it[1].name))
+    )
+    names = sorted((nd.name for _, nd in chosen), key=natural_key)
+    return chosen_group, names, max(t for t, _ in chosen)
 
 
 def _ordinal(n: int) -> str:
