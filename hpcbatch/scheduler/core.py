@@ -383,6 +383,8 @@ class Scheduler:
         self._census_cache: dict[str, dict[tuple[float, int, int, str | None], int]] = {}
         self._usage: dict[tuple[str, str], ShareUsage] = {}  # (queue, shareIdentifier) -> vCPU usage
         self._fair_note: dict[tuple[str, str], str] = {}  # (queue, share) -> its place in line, for reasons
+        self._scanning: _Queue | None = None  # the queue whose jobs a pass is iterating
+        self._scanned_out: list[str] = []  # jobs placed during that scan, to drop from it after
 
     # ------------------------------------------------------------------ queries
     @property
@@ -603,7 +605,10 @@ class Scheduler:
         queue_name = self._queue_of.pop(job_id, None)
         if queue_name is not None:
             queue = self._queues[queue_name]
-            queue.jobs.pop(job_id, None)
+            if queue is self._scanning:
+                self._scanned_out.append(job_id)  # ``queue.jobs`` is being iterated: pop it after
+            else:
+                queue.jobs.pop(job_id, None)
             queue.gangs.pop(job_id, None)
 
     def _hold(
@@ -709,88 +714,20 @@ class Scheduler:
             # (and gangs their reservation). This keeps a pass over a deep queue cheap.
             fresh, queue.fresh = queue.fresh, []
             rescan, queue.rescan = queue.rescan, False
-            failed: list[tuple[ResourceRequest, float]] = []
-            dominated: set[tuple[ResourceRequest, float]] = set()
-            failed_gangs: list[tuple[int, ResourceRequest, float]] = []
-            reasons: dict[ResourceRequest, str] = {}  # why-not, once per distinct request
-            seen_gangs: set[str] = set()
             room = self._has_room(usable, reserved)
-            order: Iterable[JobRunnable] = list(queue.jobs.values())
+            # The queue's dict is iterated as it is (no copy of 100k entries per pass): jobs
+            # placed meanwhile leave ``_queue_of`` at once and ``queue.jobs`` after the scan.
+            order: Iterable[JobRunnable] = queue.jobs.values()
             if queue.fair_share is not None:
                 order = self._fair_order(queue)
             seen: list[str] | None = [] if queue.time_limits else None
-            for job in order:
-                if seen is not None:
-                    seen.append(job.job_id)
-                if queue.fair_share is not None and self._over_reservation(queue, job, usable, actions):
-                    continue
-                if job.num_nodes > 1:
-                    seen_gangs.add(job.job_id)
-                    if self._gang(job, usable, reserved, made, failed_gangs, never, actions, cause):
-                        room = self._has_room(usable, reserved)
-                        reasons.clear()
-                    continue
-                if not room:
-                    if rescan:
-                        self._wait(job.job_id, self._cached_why_not(job.request, usable, reserved, reasons), actions)
-                        continue
-                    for job_id in fresh:
-                        j = queue.jobs.get(job_id)
-                        if j is not None and j.num_nodes <= 1:
-                            self._wait(job_id, self._cached_why_not(j.request, usable, reserved, reasons), actions)
-                    break
-                r = job.request
-                limit = _limit_key(job.time_limit_s)
-                # ``failed`` only grows in a pass, so a shape once found dominated stays so:
-                # remember it and a deep queue of equal jobs costs one set look-up each.
-                if (r, limit) in dominated or (
-                    any(_dominates(r, f) and limit >= fl for f, fl in failed) and not dominated.add((r, limit))
-                ):
-                    self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
-                    continue
-                if job.array_count:
-                    room = self._place_array(job, usable, reserved, failed, reasons, actions, cause)
-                    continue
-                placed = self._place(r, job.time_limit_s, usable, reserved)
-                if placed is None:
-                    # Requests known not to fit in this pass: anything at least as large
-                    # (and not shorter) cannot fit either, so a long FIFO of equal jobs
-                    # costs one failed search.
-                    failed.append((r, limit if reserved else _ANY_LIMIT))
-                    self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
-                    continue
-                node, ce = placed
-                self._withdraw(job.job_id)
-                alloc = self._hold(job.job_id, [node], r, False, job.time_limit_s, share=self._charge(job))
-                gpus = alloc.gpus[node.name]
-                actions.append(StartAttempt(job.job_id, node.name, ce.name, gpus))
-                note = ""
-                if node.name in reserved:
-                    res = reserved[node.name]
-                    note = f", backfilled before {res.job_id}'s reservation at t={fmt_time(res.start_s)}"
-                self.decisions.append(
-                    (cause, f"start {job.job_id} on {node.name} ({ce.name}){_gpu_note(gpus)}{note}")
-                )
-                if node.free_vcpus <= 1e-9:
-                    room = self._has_room(usable, reserved)
-            # Gangs the scan did not reach (nothing had room) still get a reservation and reason,
-            # unless nothing about them can have changed: no compute environment has enough idle
-            # nodes, the reservations are made, and the gang already shows a reason.
-            most_idle = max(len(ce.idle) for ce in usable)
-            fresh_ids = set(fresh)
-            for gang in list(queue.gangs.values()):
-                if gang.job_id in seen_gangs:
-                    continue
-                if (
-                    not rescan
-                    and gang.num_nodes > most_idle
-                    and len(made) >= self._reservation_depth
-                    and gang.job_id in self._wait_reason
-                    and gang.job_id not in self._reservations
-                    and gang.job_id not in fresh_ids
-                ):
-                    continue
-                self._gang(gang, usable, reserved, made, failed_gangs, never, actions, cause)
+            self._scanning, self._scanned_out = queue, []
+            try:
+                self._scan(queue, order, seen, usable, reserved, made, never, fresh, rescan, room, actions, cause)
+            finally:
+                self._scanning = None
+                for job_id in self._scanned_out:
+                    queue.jobs.pop(job_id, None)
             if seen is not None:
                 self._time_limits(queue, seen, actions, cause)
         for job_id, res in made.items():
@@ -800,6 +737,93 @@ class Scheduler:
         self._reservations = made
         self._reservation_text = {j: r.describe(self._now) for j, r in made.items()}
         return actions
+
+    def _scan(
+        self, queue: _Queue, order: Iterable[JobRunnable], seen: list[str] | None,
+        usable: list[_ComputeEnvironment], reserved: dict[str, Reservation], made: dict[str, Reservation],
+        never: dict[tuple[int, ResourceRequest, tuple[str, ...]], tuple[str | None, str]],
+        fresh: list[str], rescan: bool, room: bool, actions: list[Action], cause: str,
+    ) -> None:
+        """One queue's part of a pass: place, reserve for, or explain its jobs in order."""
+        failed: list[tuple[ResourceRequest, float]] = []
+        dominated: set[tuple[ResourceRequest, float]] = set()
+        failed_gangs: list[tuple[int, ResourceRequest, float]] = []
+        reasons: dict[ResourceRequest, str] = {}  # why-not, once per distinct request
+        seen_gangs: set[str] = set()
+        for job in order:
+            if job.job_id not in self._queue_of:
+                continue  # placed (or an array emptied) earlier in this scan
+            if seen is not None:
+                seen.append(job.job_id)
+            if queue.fair_share is not None and self._over_reservation(queue, job, usable, actions):
+                continue
+            if job.num_nodes > 1:
+                seen_gangs.add(job.job_id)
+                if self._gang(job, usable, reserved, made, failed_gangs, never, actions, cause):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                continue
+            if not room:
+                if rescan:
+                    self._wait(job.job_id, self._cached_why_not(job.request, usable, reserved, reasons), actions)
+                    continue
+                for job_id in fresh:
+                    j = queue.jobs.get(job_id)
+                    if j is not None and j.num_nodes <= 1 and job_id in self._queue_of:
+                        self._wait(job_id, self._cached_why_not(j.request, usable, reserved, reasons), actions)
+                break
+            r = job.request
+            limit = _limit_key(job.time_limit_s)
+            # ``failed`` only grows in a pass, so a shape once found dominated stays so:
+            # remember it and a deep queue of equal jobs costs one set look-up each.
+            if (r, limit) in dominated or (
+                any(_dominates(r, f) and limit >= fl for f, fl in failed) and not dominated.add((r, limit))
+            ):
+                self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
+                continue
+            if job.array_count:
+                room = self._place_array(job, usable, reserved, failed, reasons, actions, cause)
+                continue
+            placed = self._place(r, job.time_limit_s, usable, reserved)
+            if placed is None:
+                # Requests known not to fit in this pass: anything at least as large
+                # (and not shorter) cannot fit either, so a long FIFO of equal jobs
+                # costs one failed search.
+                failed.append((r, limit if reserved else _ANY_LIMIT))
+                self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
+                continue
+            node, ce = placed
+            self._withdraw(job.job_id)
+            alloc = self._hold(job.job_id, [node], r, False, job.time_limit_s, share=self._charge(job))
+            gpus = alloc.gpus[node.name]
+            actions.append(StartAttempt(job.job_id, node.name, ce.name, gpus))
+            note = ""
+            if node.name in reserved:
+                res = reserved[node.name]
+                note = f", backfilled before {res.job_id}'s reservation at t={fmt_time(res.start_s)}"
+            self.decisions.append(
+                (cause, f"start {job.job_id} on {node.name} ({ce.name}){_gpu_note(gpus)}{note}")
+            )
+            if node.free_vcpus <= 1e-9:
+                room = self._has_room(usable, reserved)
+        # Gangs the scan did not reach (nothing had room) still get a reservation and reason,
+        # unless nothing about them can have changed: no compute environment has enough idle
+        # nodes, the reservations are made, and the gang already shows a reason.
+        most_idle = max(len(ce.idle) for ce in usable)
+        fresh_ids = set(fresh)
+        for gang in list(queue.gangs.values()):
+            if gang.job_id in seen_gangs:
+                continue
+            if (
+                not rescan
+                and gang.num_nodes > most_idle
+                and len(made) >= self._reservation_depth
+                and gang.job_id in self._wait_reason
+                and gang.job_id not in self._reservations
+                and gang.job_id not in fresh_ids
+            ):
+                continue
+            self._gang(gang, usable, reserved, made, failed_gangs, never, actions, cause)
 
     # ---------------------------------------------------------------- fair share
     def _charge(self, job: JobRunnable) -> tuple[str, str] | None:
