@@ -811,7 +811,12 @@ class Scheduler:
         # nodes, the reservations are made, and the gang already shows a reason.
         most_idle = max(len(ce.idle) for ce in usable)
         fresh_ids = set(fresh)
-        for gang in list(queue.gangs.values()):
+        gangs: Iterable[JobRunnable] = list(queue.gangs.values())
+        if not rescan and most_idle < 2 and len(made) >= self._reservation_depth:
+            # No gang can start (each needs 2+ idle nodes) and the reservations are made:
+            # only new gangs and last pass's reserved ones can need a new reason.
+            gangs = [queue.gangs[j] for j in (*fresh_ids, *self._reservations) if j in queue.gangs]
+        for gang in gangs:
             if gang.job_id in seen_gangs:
                 continue
             if (
