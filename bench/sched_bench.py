@@ -5,6 +5,7 @@
   of 2-16 nodes, a third of the jobs without a time limit).
 * ``sched_event_ms``: median reaction to one job finishing in that state (AttemptEnded + pass).
 * ``sched_rss_mib``: this process's memory growth for it.
+* ``..._fairshare_s`` / ``sched_event_fairshare_ms``: the same in a fair-share queue (20 shares).
 Targets: <= 1 s and <= 1 ms. No I/O: the same core the head runs.
 """
 
@@ -21,6 +22,7 @@ from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.scheduler import (
     AttemptEnded,
     ComputeEnvironmentChanged,
+    FairSharePolicy,
     JobQueueChanged,
     JobRunnable,
     NodeUp,
@@ -40,13 +42,22 @@ def _k(n: int) -> str:
 
 
 def main() -> dict[str, float]:
+    figures = run()
+    # The same workload in a fair-share queue: 20 shares (users), decayed usage.
+    fair = run(FairSharePolicy(share_decay_s=3600, shares=(("u0", 0.5),)))
+    figures[f"sched_pass_{_k(JOBS)}_jobs_{_k(NODES)}_nodes_fairshare_s"] = fair[f"sched_pass_{_k(JOBS)}_jobs_{_k(NODES)}_nodes_s"]
+    figures["sched_event_fairshare_ms"] = fair["sched_event_ms"]
+    return figures
+
+
+def run(policy: FairSharePolicy | None = None) -> dict[str, float]:
     rng = random.Random(42)
     rss0 = psutil.Process().memory_info().rss
     s = Scheduler()
     events: list = [
         Tick("t0", 0.0),
         ComputeEnvironmentChanged("c", "cpu", True, None),
-        JobQueueChanged("q", "default", True, 1, ("cpu",)),
+        JobQueueChanged("q", "default", True, 1, ("cpu",), fair_share=policy),
     ]
     for i in range(NODES):
         events.append(NodeUp(f"n{i}", f"node{i}", "cpu", 64, 256_000, 0, placement_group=f"rack{i // 40}"))
@@ -57,7 +68,8 @@ def main() -> dict[str, float]:
         request = ResourceRequest(vcpus=rng.choice((1, 2, 4, 8, 16)), memory_mib=rng.choice((512, 2048, 8192)))
         jobs.append(JobRunnable(f"j{i}", f"job{i}", "default", request, i,
                                 num_nodes=rng.randint(2, 16) if gang else 1,
-                                time_limit_s=rng.choice((None, 600, 3600))))
+                                time_limit_s=rng.choice((None, 600, 3600)),
+                                share=f"u{i % 20}" if policy else None))
     t0, c0 = time.perf_counter(), time.process_time()
     actions = s.handle(*jobs)
     first_pass, first_pass_cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -320,12 +320,16 @@ class _Queue:
     fair_share: FairSharePolicy | None = None
     time_limits: tuple[StateTimeLimit, ...] = ()
     head: tuple[str, str, float] | None = None  # (job at the head, its reason, since when)
+    share_heaps: dict[str, list[tuple[int, int, str, float]]] | None = None  # fair share: per share
+    taken: list[tuple[ShareLine, tuple[int, int, str, float]]] = field(default_factory=list)
 
     def add(self, job: JobRunnable) -> None:
         self.jobs[job.job_id] = job
         self.gangs.pop(job.job_id, None)
         if job.num_nodes > 1:
             self.gangs[job.job_id] = job
+        if self.share_heaps is not None:
+            heapq.heappush(self.share_heaps.setdefault(job.share or "", []), _share_entry(job))
 
 
 @dataclass
@@ -384,6 +388,7 @@ class Scheduler:
         self._usage: dict[tuple[str, str], ShareUsage] = {}  # (queue, shareIdentifier) -> vCPU usage
         self._fair_note: dict[tuple[str, str], str] = {}  # (queue, share) -> its place in line, for reasons
         self._scanning: _Queue | None = None  # the queue whose jobs a pass is iterating
+        self._capacity: dict[str, float] = {}  # queue -> vCPUs of its compute environments, this pass
         self._scanned_out: list[str] = []  # jobs placed during that scan, to drop from it after
 
     # ------------------------------------------------------------------ queries
@@ -416,7 +421,9 @@ class Scheduler:
         if q is None:
             return []
         if q.fair_share is not None:  # the order the next pass will try them in
-            return [j.job_id for j, _ in zip(self._fair_order(q), range(limit), strict=False)]
+            front = [j.job_id for j, _ in zip(self._fair_order(q), range(limit), strict=False)]
+            self._restore_fair(q)
+            return front
         return [j.job_id for j in sorted(q.jobs.values(), key=lambda j: j.seq)[:limit]]
 
     def decisions_about(self, job_id: str, limit: int = 20) -> list[tuple[str, str]]:
@@ -519,6 +526,7 @@ class Scheduler:
                     queue.enabled, queue.priority = event.enabled, event.priority
                     queue.compute_environments = event.compute_environments
                     queue.fair_share, queue.time_limits = event.fair_share, event.time_limits
+                    queue.share_heaps = None  # rebuilt on the next fair-share pass
                     queue.rescan = True
             case JobQueueRemoved():
                 queue = self._queues.pop(event.name, None)
@@ -697,6 +705,7 @@ class Scheduler:
         # Whether a gang shape could ever run depends only on the nodes, not on what runs:
         # kept across passes, forgotten when nodes or compute environments change.
         never = self._never_cache
+        self._capacity.clear()
         queues = sorted(self._queues.values(), key=lambda q: (-q.priority, q.name))
         for queue in queues:
             if not queue.jobs:
@@ -728,6 +737,8 @@ class Scheduler:
                 self._scanning = None
                 for job_id in self._scanned_out:
                     queue.jobs.pop(job_id, None)
+                if queue.fair_share is not None:
+                    self._restore_fair(queue)
             if seen is not None:
                 self._time_limits(queue, seen, actions, cause)
         for job_id, res in made.items():
@@ -842,24 +853,37 @@ class Scheduler:
         """The queue's jobs in fair-share order; also sets the fair-share part of wait reasons."""
         policy = queue.fair_share
         assert policy is not None
+        if queue.share_heaps is None:
+            queue.share_heaps = {}
+            for job in queue.jobs.values():
+                if job.job_id in self._queue_of:
+                    queue.share_heaps.setdefault(job.share or "", []).append(_share_entry(job))
+            for heap in queue.share_heaps.values():
+                heapq.heapify(heap)
         lines: dict[str, ShareLine] = {}
-        for job in queue.jobs.values():
-            share = job.share or ""
-            line = lines.get(share)
-            if line is None:
+        for share, heap in queue.share_heaps.items():
+            if heap:
                 usage = self._usage.get((queue.name, share))
-                line = lines[share] = ShareLine(share, policy.weight(share), usage.value if usage else 0.0)
-            line.jobs.append((-job.priority, job.seq, job.job_id, job.request.vcpus * max(1, job.num_nodes)))
+                lines[share] = ShareLine(share, policy.weight(share), usage.value if usage else 0.0, heap)
         ranks = standing_ranks(lines.values())
         for share, rank in ranks.items():
             self._fair_note[(queue.name, share)] = (
                 f"; fair share: share {share or '(none)'} is {_ordinal(rank)} of {len(ranks)} in line "
                 f"(weight {lines[share].weight:g})"
             )
-        for job_id in fair_order(list(lines.values())):
-            job = queue.jobs.get(job_id)
-            if job is not None:
-                yield job
+        def valid(entry: tuple[int, int, str, float]) -> bool:
+            job = queue.jobs.get(entry[2])
+            return job is not None and job.seq == entry[1] and self._queue_of.get(entry[2]) == queue.name
+
+        for job_id in fair_order(list(lines.values()), valid, queue.taken):
+            yield queue.jobs[job_id]
+
+    def _restore_fair(self, queue: _Queue) -> None:
+        """Push back the share-heap entries a fair-share scan popped for jobs that still wait."""
+        for line, entry in queue.taken:
+            if self._queue_of.get(entry[2]) == queue.name:
+                heapq.heappush(line.jobs, entry)
+        queue.taken.clear()
 
     def _over_reservation(
         self, queue: _Queue, job: JobRunnable, ces: list[_ComputeEnvironment], actions: list[Action]
@@ -868,10 +892,13 @@ class Scheduler:
         policy = queue.fair_share
         if policy is None or policy.compute_reservation <= 0:
             return False
-        capacity = 0.0
-        for ce in ces:
-            total = sum(n.vcpus for n in ce.nodes.values() if n.accepting)
-            capacity += total if ce.max_vcpus is None else min(total, ce.max_vcpus)
+        capacity = self._capacity.get(queue.name)
+        if capacity is None:  # once per pass: the nodes do not change during one
+            capacity = 0.0
+            for ce in ces:
+                total = sum(n.vcpus for n in ce.nodes.values() if n.accepting)
+                capacity += total if ce.max_vcpus is None else min(total, ce.max_vcpus)
+            self._capacity[queue.name] = capacity
         running = {s: u.running for (q, s), u in self._usage.items() if q == queue.name and u.running > 1e-9}
         share = job.share or ""
         active = len(running) + (0 if share in running else 1)
@@ -1232,6 +1259,11 @@ def _soonest_nodes(able: list[tuple[float, _Node]], n: int) -> tuple[str | None,
     )
     names = sorted((nd.name for _, nd in chosen), key=natural_key)
     return chosen_group, names, max(t for t, _ in chosen)
+
+
+def _share_entry(job: JobRunnable) -> tuple[int, int, str, float]:
+    """A job's place in its share's heap: higher schedulingPriority first, then FIFO."""
+    return (-job.priority, job.seq, job.job_id, job.request.vcpus * max(1, job.num_nodes))
 
 
 def _ordinal(n: int) -> str:

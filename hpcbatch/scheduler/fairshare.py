@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -80,30 +80,36 @@ class ShareLine:
     share: str
     weight: float
     usage: float
-    jobs: list[tuple[int, int, str, float]] = field(default_factory=list)  # (-priority, seq, id, vCPUs), a heap
+    jobs: list[tuple[int, int, str, float]] = field(default_factory=list)  # a heap of Entry, kept across passes
 
     @property
     def standing(self) -> float:
         return self.weight * self.usage
 
 
-def fair_order(lines: Iterable[ShareLine]) -> Iterator[str]:
-    """Job ids in fair-share order.
+Entry = tuple[int, int, str, float]  # (-schedulingPriority, seq, job id, vCPUs): a share's heap order
+
+
+def fair_order(
+    lines: Iterable[ShareLine], valid: Callable[[Entry], bool], taken: list[tuple[ShareLine, Entry]]
+) -> Iterator[str]:
+    """Job ids in fair-share order, popped from the shares' heaps (``ShareLine.jobs``).
 
     Each pick charges the job's vCPUs to its share, as if it started, so shares interleave
-    in proportion to their weights within one pass (weighted fair queuing).
+    in proportion to their weights within one pass (weighted fair queuing). The heaps live
+    across passes: entries that are no longer ``valid`` are dropped for good, and each
+    popped valid entry goes to ``taken`` for the caller to push back if the job still waits
+    (a pass that stops early pops only what it looked at).
     """
-    heap: list[tuple[float, str, ShareLine]] = []
-    for line in lines:
-        if line.jobs:
-            heapq.heapify(line.jobs)
-            heap.append((line.standing, line.share, line))
+    heap: list[tuple[float, str, ShareLine]] = [(line.standing, line.share, line) for line in lines if line.jobs]
     heapq.heapify(heap)
     while heap:
         _, share, line = heapq.heappop(heap)
-        _, _, job_id, cost = heapq.heappop(line.jobs)
-        line.usage += cost
-        yield job_id
+        entry = heapq.heappop(line.jobs)
+        if valid(entry):
+            taken.append((line, entry))
+            line.usage += entry[3]
+            yield entry[2]
         if line.jobs:
             heapq.heappush(heap, (line.standing, share, line))
 

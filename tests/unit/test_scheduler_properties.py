@@ -176,7 +176,7 @@ def test_no_overcommit_gangs_whole_order_kept_and_backfill_never_delays_a_reserv
             c.tick(arg)  # type: ignore[arg-type]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=int(__import__("os").environ.get("PROPS", "60")), deadline=None)
 @given(
     vcpus=st.lists(st.sampled_from([1, 2, 4]), min_size=1, max_size=4),
     ops=st.lists(
