@@ -62,6 +62,12 @@ def test_share_identifier_is_required_on_a_fair_share_queue_and_refused_elsewher
     assert job["shareIdentifier"] == "B" and job["schedulingPriority"] == 5
 
 
+def test_fifo_queue_cannot_get_a_scheduling_policy_later(fair: TestCluster) -> None:
+    [entry] = fair.client.list_scheduling_policies()["schedulingPolicies"]
+    with pytest.raises(ClientError, match="cannot get one"):
+        fair.client.update_job_queue(jobQueue="default", schedulingPolicyArn=entry["arn"])
+
+
 def test_policy_in_use_cannot_be_deleted(fair: TestCluster) -> None:
     [entry] = fair.client.list_scheduling_policies()["schedulingPolicies"]
     with pytest.raises(ClientError, match="still used by job queue"):

@@ -642,6 +642,15 @@ def test_policy_commands_send_aws_bodies(stub: StubHead) -> None:
     assert run("policy", "create", "bad", "--share", "a=x").exit_code == 2
 
 
+def test_queue_cancel_after_sends_job_state_time_limit_actions(stub: StubHead) -> None:
+    stub.answers["/v1/updatejobqueue"] = {"jobQueueName": "gpu", "jobQueueArn": "arn:q"}
+    assert run("queue", "update", "gpu", "--cancel-after", "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY=14400").exit_code == 0
+    assert sent(stub, "/v1/updatejobqueue") == {"jobQueue": "gpu", "jobStateTimeLimitActions": [
+        {"reason": "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY", "state": "RUNNABLE", "maxTimeSeconds": 14400,
+         "action": "CANCEL"}]}
+    assert run("queue", "update", "gpu", "--cancel-after", "nonsense").exit_code == 2
+
+
 def test_submit_sends_share_identifier_and_priority_override(stub: StubHead) -> None:
     assert run("submit", "--share", "teamA", "--priority", "7", "--", "true").exit_code == 0
     body = sent(stub, "/v1/submitjob")
