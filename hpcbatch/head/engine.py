@@ -461,6 +461,14 @@ class Engine:
             return
         for dep_id in waiting:
             self._dependents.setdefault(dep_id, set()).add(job.job_id)
+        self._dependency_reason(job)
+
+    def _dependency_reason(self, job: JobRecord) -> None:
+        """Why a PENDING job waits (hpcbatch's wording; AWS leaves it empty): the jobs still unfinished."""
+        left = [d["jobId"] for d in job.depends_on if d.get("jobId") in self.jobs and not d.get("type")]
+        shown = ", ".join(left[:5])
+        job.status_reason = f"Waiting for dependencies: {shown}{' ...' if len(left) > 5 else ''}"
+        self._touch(job)
 
     def _settle_dependents(self, finished: JobRecord) -> None:
         for job_id in sorted(self._dependents.pop(finished.job_id, ())):
@@ -471,6 +479,8 @@ class Engine:
                 self._move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
             elif not any(d.get("jobId") in self.jobs for d in job.depends_on if not d.get("type")):
                 self._make_runnable(job)
+            else:
+                self._dependency_reason(job)
 
     def cancel(self, job: JobRecord, reason: str) -> None:
         """CancelJob: ends jobs not yet STARTING; later ones are left alone (as AWS does)."""

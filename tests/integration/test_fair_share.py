@@ -68,6 +68,16 @@ def test_fifo_queue_cannot_get_a_scheduling_policy_later(fair: TestCluster) -> N
         fair.client.update_job_queue(jobQueue="default", schedulingPolicyArn=entry["arn"])
 
 
+def test_pending_job_names_the_dependencies_it_waits_for(fair: TestCluster, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    first = fair.submit(["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"])
+    second = fair.submit(["true"], dependsOn=[{"jobId": first}])
+    job = fair.wait_status(second, "PENDING")
+    assert job["statusReason"] == f"Waiting for dependencies: {first}"
+    gate.touch()
+    fair.wait_status(second, "SUCCEEDED")
+
+
 def test_policy_in_use_cannot_be_deleted(fair: TestCluster) -> None:
     [entry] = fair.client.list_scheduling_policies()["schedulingPolicies"]
     with pytest.raises(ClientError, match="still used by job queue"):
