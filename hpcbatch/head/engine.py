@@ -806,6 +806,7 @@ class Engine:
         allocations = []
         gangs = []
         holds = []
+        shares = []
         for job_id, request in node.allocations:
             job = self.jobs.get(job_id)
             sched_id = job_id
@@ -813,6 +814,8 @@ class Engine:
                 sched_id = job.parent_id
                 gangs.append(job.parent_id)
             allocations.append((sched_id, request))
+            if job is not None and job.share_identifier is not None:  # fair share: charge it again
+                shares.append((sched_id, job.job_queue, job.share_identifier))
             attempt = job.current_attempt if job is not None else None
             if attempt is not None and attempt.node == name and attempt.gpus:
                 holds.append((sched_id, tuple(attempt.gpus)))
@@ -821,7 +824,7 @@ class Engine:
                 self._event_id(), name, self.compute_environment_of(name), facts.vcpus, facts.memory_mib,
                 len(facts.gpus), tuple(allocations), accepting=node.drain_reason is None,
                 placement_group=facts.placement_group, gang_jobs=tuple(gangs),
-                gpu_ids=tuple(facts.gpus), gpu_holds=tuple(holds),
+                gpu_ids=tuple(facts.gpus), gpu_holds=tuple(holds), shares=tuple(shares),
             )
         )
 

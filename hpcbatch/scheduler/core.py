@@ -140,6 +140,9 @@ class NodeUp(Event):
     gang_jobs: tuple[str, ...] = ()  # ids in ``allocations`` that are gangs: whole-node holds
     gpu_ids: tuple[str, ...] = ()  # the node's GPUs in index order; empty: "0".."gpus-1"
     gpu_holds: tuple[tuple[str, tuple[str, ...]], ...] = ()  # job id in ``allocations`` -> GPU ids
+    # Fair share: job id in ``allocations`` -> (queue, shareIdentifier), so a restarted head
+    # charges what already runs to its share.
+    shares: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -563,6 +566,7 @@ class Scheduler:
         self._ce(node.ce).nodes[node.name] = node
         self._refile(node)
         holds = dict(event.gpu_holds)
+        shares = {job_id: (queue, share) for job_id, queue, share in event.shares}
         # Reported GPU holds first, so a job reported without ids cannot take a held one.
         ordered = sorted(event.allocations, key=lambda a: a[0] not in holds)
         for job_id, request in ordered:
@@ -576,7 +580,10 @@ class Scheduler:
                 self._take(job_id, alloc, node, held)
                 continue
             self._release(job_id)  # the newest report wins over a stale hold elsewhere
-            self._hold(job_id, [node], request, gang, None, held)
+            charged = shares.get(job_id)
+            if charged is not None and (q := self._queues.get(charged[0])) is not None and q.fair_share is None:
+                charged = None
+            self._hold(job_id, [node], request, gang, None, held, share=charged)
 
     def _refile(self, node: _Node) -> None:
         """Re-index ``node`` after its free capacity, holds or state changed."""

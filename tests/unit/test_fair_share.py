@@ -223,3 +223,11 @@ def test_front_of_a_fair_share_queue_is_in_fair_share_order() -> None:
     s.handle(fair_queue(FairSharePolicy()), node("n1", vcpus=1))
     s.handle(job("run", "A"), job("a1", "A"), job("a2", "A"), job("b1", "B"))
     assert s.front_of_queue("q") == ["b1", "a1", "a2"]
+
+
+def test_reported_running_job_is_charged_to_its_share_after_a_restart() -> None:
+    s = Scheduler()  # a restarted head: the node reports a job of share A still running
+    s.handle(fair_queue(FairSharePolicy()))
+    s.handle(NodeUp(_eid(), "n1", "ce", 2, 8192, 0, allocations=(("old", req()),), shares=(("old", "q", "A"),)))
+    actions = s.handle(job("a1", "A"), job("b1", "B"))
+    assert started(actions) == ["b1"]  # A already runs one: B goes first
