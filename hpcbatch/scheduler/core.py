@@ -61,6 +61,12 @@ Theory of operation:
   twice after a head restart; a job it reports without ids gets free ones chosen as above.
 * Wait reasons are emitted only when they change. Every start and every new or changed
   reservation is appended to a bounded log with the id of the event that caused it.
+
+Size: this module is past 800 lines because the decision procedure (one pass: order, place,
+reserve, explain) shares its state tightly; the parts that need no scheduler state already
+live apart (``gang``, ``fairshare``, ``nodeindex``). The reason texts (``_why_not`` and
+friends) are the next candidate to move out, once parallel work on GPU placement here has
+merged.
 """
 
 from __future__ import annotations
