@@ -58,6 +58,11 @@ _AWS_OPERATIONS = (
     "RegisterJobDefinition",
     "DescribeJobDefinitions",
     "DeregisterJobDefinition",
+    "CreateSchedulingPolicy",
+    "UpdateSchedulingPolicy",
+    "DescribeSchedulingPolicies",
+    "DeleteSchedulingPolicy",
+    "ListSchedulingPolicies",
 )
 # hpcbatch's own operations, where AWS has none (CloudWatch logs, nodes, script upload).
 _HPCBATCH_OPERATIONS = ("GetJobLogs", "ListNodes", "PutScript")

@@ -34,7 +34,8 @@ OPERATIONS: frozenset[str] = frozenset({
     "CreateComputeEnvironment", "UpdateComputeEnvironment", "DescribeComputeEnvironments",
     "DeleteComputeEnvironment", "CreateJobQueue", "UpdateJobQueue", "DescribeJobQueues",
     "DeleteJobQueue", "RegisterJobDefinition", "DescribeJobDefinitions", "DeregisterJobDefinition",
-    "GetJobQueueSnapshot",
+    "GetJobQueueSnapshot", "CreateSchedulingPolicy", "UpdateSchedulingPolicy",
+    "DescribeSchedulingPolicies", "DeleteSchedulingPolicy", "ListSchedulingPolicies",
 })  # fmt: skip
 
 # AWS Batch names: 1-128 ASCII letters, digits, hyphens and underscores, starting with a
@@ -132,6 +133,11 @@ _REQUIRED_OVERRIDE: dict[str, tuple[str, ...]] = {
 }
 # AWS: EvaluateOnExit.action "values aren't case sensitive".
 _CASE_INSENSITIVE_ENUMS = frozenset({"RetryAction"})
+# hpcbatch's own values next to AWS's: SPREAD allocation (docs/scheduling.md).
+_EXTRA_ENUM_VALUES: dict[str, tuple[str, ...]] = {
+    "CRAllocationStrategy": ("SPREAD",),
+    "CRUpdateAllocationStrategy": ("SPREAD",),
+}
 
 
 class _Compiler:
@@ -234,7 +240,7 @@ class _Compiler:
 
     def _string(self, shape: Any, relaxed: bool) -> Check:
         lo, hi = shape.metadata.get("min"), shape.metadata.get("max")
-        enum = tuple(shape.enum or ())
+        enum = tuple(shape.enum or ()) + _EXTRA_ENUM_VALUES.get(shape.name, ())
         fold = shape.name in _CASE_INSENSITIVE_ENUMS
         allowed = frozenset(e.upper() for e in enum) if fold else frozenset(enum)
 
@@ -381,6 +387,9 @@ def _compute_resources(v: dict[str, Any]) -> None:
     if "minvCpus" in v and "maxvCpus" in v and v["minvCpus"] > v["maxvCpus"]:
         raise _Bad(f" must not exceed maxvCpus ({v['maxvCpus']}) (got {v['minvCpus']})",
                    "minvCpus")
+    if str(v.get("allocationStrategy", "")).startswith("SPOT_"):
+        raise _Bad(" applies to EC2 Spot capacity; on your own nodes use BEST_FIT, "
+                   "BEST_FIT_PROGRESSIVE or SPREAD", "allocationStrategy")
 
 
 def _compute_environment_order(v: list[dict[str, Any]]) -> None:
@@ -480,6 +489,7 @@ def _job_queue(v: dict[str, Any]) -> None:
     _nonempty(v, "jobQueue")
     if "priority" in v:
         _range(v["priority"], 0, 1000, "priority")
+    _job_state_time_limit_actions(v)
 
 
 def _create_job_queue(v: dict[str, Any]) -> None:
@@ -487,6 +497,50 @@ def _create_job_queue(v: dict[str, Any]) -> None:
     # The model made this optional for SageMaker service queues; a queue here needs CEs.
     if "computeEnvironmentOrder" not in v:
         raise _Bad("", "computeEnvironmentOrder", head="Missing required field ")
+
+
+def _fairshare_policy(v: dict[str, Any]) -> None:
+    """AWS's FairsharePolicy limits (API reference: FairsharePolicy, ShareAttributes)."""
+    if "shareDecaySeconds" in v:
+        _range(v["shareDecaySeconds"], 0, 604_800, "fairsharePolicy", "shareDecaySeconds")
+    if "computeReservation" in v:
+        _range(v["computeReservation"], 0, 99, "fairsharePolicy", "computeReservation")
+    shares = v.get("shareDistribution", [])
+    _count(shares, None, 500, "fairsharePolicy", "shareDistribution")
+    seen: set[str] = set()
+    for i, share in enumerate(shares):
+        ident = share["shareIdentifier"]
+        # AWS: up to 255 letters, numbers and underscores, optionally ending in one asterisk.
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,255}\*?|\*", ident):
+            raise _Bad(
+                " must be 1-255 letters, numbers and underscores, optionally ending with *",
+                "fairsharePolicy", "shareDistribution", i, "shareIdentifier",
+            )
+        if ident in seen:
+            raise _Bad(f" {ident} is listed twice", "fairsharePolicy", "shareDistribution", i, "shareIdentifier")
+        seen.add(ident)
+        if "weightFactor" in share and not 0.0001 <= share["weightFactor"] <= 999.9999:
+            raise _Bad(
+                " must be between 0.0001 and 999.9999", "fairsharePolicy", "shareDistribution", i, "weightFactor"
+            )
+
+
+def _scheduling_policy(v: dict[str, Any]) -> None:
+    if "name" in v:
+        _name(v, "name")
+    _nonempty(v, "arn")
+    if "quotaSharePolicy" in v:
+        raise _Bad(" is not supported: hpcbatch implements fair share (fairsharePolicy)", "quotaSharePolicy")
+    if "fairsharePolicy" in v:
+        _fairshare_policy(v["fairsharePolicy"])
+
+
+def _job_state_time_limit_actions(v: dict[str, Any]) -> None:
+    actions = v.get("jobStateTimeLimitActions", [])
+    for i, action in enumerate(actions):
+        # The minimum (600 s on AWS) is the head's to decide (a test head may allow less).
+        _range(action["maxTimeSeconds"], 1, 86_400, "jobStateTimeLimitActions", i, "maxTimeSeconds")
+        _nonempty(action, "reason")
 
 
 def _max_results(hi: int) -> Hook:
@@ -518,6 +572,10 @@ _OPERATION_HOOKS: dict[str, Hook] = {
     "DescribeComputeEnvironments": _max_results(100),
     "DescribeJobQueues": _max_results(100),
     "DescribeJobDefinitions": _max_results(100),
+    "CreateSchedulingPolicy": _scheduling_policy,
+    "UpdateSchedulingPolicy": _scheduling_policy,
+    "DeleteSchedulingPolicy": lambda v: _nonempty(v, "arn"),
+    "ListSchedulingPolicies": _max_results(1000),
 }
 
 

@@ -48,13 +48,18 @@ REQUIRED_ROLE: dict[str, str] = {
     "DeleteJobQueue": "developer",
     "RegisterJobDefinition": "developer",
     "DeregisterJobDefinition": "developer",
+    "CreateSchedulingPolicy": "developer",
+    "UpdateSchedulingPolicy": "developer",
+    "DeleteSchedulingPolicy": "developer",
+    "DescribeSchedulingPolicies": "user",
+    "ListSchedulingPolicies": "user",
 }
 
 READ_ONLY = frozenset(
     {
         "DescribeJobs", "ListJobs", "GetJobLogs", "ListNodes", "DescribeComputeEnvironments",
         "DescribeJobQueues", "DescribeJobDefinitions", "WhoAmI", "ListNodeKeys", "ListAccessKeys",
-        "GetJobQueueSnapshot", "WhyJob", "ListEvents",
+        "GetJobQueueSnapshot", "WhyJob", "ListEvents", "DescribeSchedulingPolicies", "ListSchedulingPolicies",
         "ListAudit",
     }
 )

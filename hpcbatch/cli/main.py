@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "ce": "hpcbatch.cli.resources:ce",
     "queue": "hpcbatch.cli.resources:queue",
     "jobdef": "hpcbatch.cli.resources:jobdef",
+    "policy": "hpcbatch.cli.policy:policy",
     "nodes": "hpcbatch.cli.nodes:nodes",
     "cluster": "hpcbatch.cli.cluster:cluster",
     "head": "hpcbatch.cli.cluster:head",

@@ -228,7 +228,22 @@ _queue_options = [
         "--compute-environment-order", metavar="JSON", help="computeEnvironmentOrder as JSON."
     ),
     click.option("--scheduling-policy-arn", metavar="ARN", help="Fair-share scheduling policy."),
+    click.option(
+        "--cancel-after", "cancel_after", multiple=True, metavar="REASON=SECONDS",
+        help="jobStateTimeLimitActions: cancel the job at the head of the queue after SECONDS "
+        "RUNNABLE with REASON (e.g. CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY=14400). Repeatable.",
+    ),
 ]
+
+
+def _time_limits(cancel_after: tuple[str, ...]) -> list[dict[str, Any]] | None:
+    out = []
+    for item in cancel_after:
+        reason, eq, seconds = item.rpartition("=")
+        if not eq or not reason or not seconds.isdigit():
+            raise click.BadParameter(f"{item!r}: expected REASON=SECONDS", param_hint="--cancel-after")
+        out.append({"reason": reason, "state": "RUNNABLE", "maxTimeSeconds": int(seconds), "action": "CANCEL"})
+    return out or None
 
 
 @queue.command("create")
@@ -244,6 +259,7 @@ def queue_create(
     ces: tuple[str, ...],
     compute_environment_order: str | None,
     scheduling_policy_arn: str | None,
+    cancel_after: tuple[str, ...],
     tags: tuple[str, ...],
     cli_input_json: str | None,
 ) -> None:
@@ -257,6 +273,7 @@ def queue_create(
             "state": _upper(state),
             "computeEnvironmentOrder": _ce_order(ces, compute_environment_order),
             "schedulingPolicyArn": scheduling_policy_arn,
+            "jobStateTimeLimitActions": _time_limits(cancel_after),
             "tags": parse_key_values(tags, "--tag") or None,
         },
     )
@@ -277,6 +294,7 @@ def queue_update(
     ces: tuple[str, ...],
     compute_environment_order: str | None,
     scheduling_policy_arn: str | None,
+    cancel_after: tuple[str, ...],
     cli_input_json: str | None,
 ) -> None:
     """Change a job queue (UpdateJobQueue)."""
@@ -288,6 +306,7 @@ def queue_update(
             "state": _upper(state),
             "computeEnvironmentOrder": _ce_order(ces, compute_environment_order),
             "schedulingPolicyArn": scheduling_policy_arn,
+            "jobStateTimeLimitActions": _time_limits(cancel_after),
         },
     )
     require(body, "jobQueue", hint="give NAME")

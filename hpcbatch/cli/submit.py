@@ -161,6 +161,9 @@ def build_submit_body(
     help="Start after JOBID succeeds; JOBID:N_TO_N pairs array children; SEQUENTIAL runs this array in order.",
 )
 @click.option("--max-running", type=click.IntRange(min=1), metavar="N", help="At most N array children at once.")
+@click.option("--share", metavar="ID", help="shareIdentifier: required on a fair-share queue, refused elsewhere.")
+@click.option("--priority", type=click.IntRange(0, 9999), metavar="N",
+              help="schedulingPriorityOverride: higher runs first inside its share.")
 @click.option(
     "--array-size", type=click.IntRange(2, 10000), metavar="N", help="An array job of N children."
 )
@@ -186,6 +189,8 @@ def submit(
     env: tuple[str, ...],
     depends_on: tuple[str, ...],
     max_running: int | None,
+    share: str | None,
+    priority: int | None,
     array_size: int | None,
     script: str | None,
     cli_input_json: str | None,
@@ -237,6 +242,10 @@ def submit(
         raise click.UsageError(
             "nothing to run: give a command after --, --script FILE, or -d JOBDEF"
         )
+    if share is not None:
+        body["shareIdentifier"] = share
+    if priority is not None:
+        body["schedulingPriorityOverride"] = priority
     require(body, "jobName", "jobQueue", "jobDefinition")
     answer = client.submit_job(**body)
     if json_output():

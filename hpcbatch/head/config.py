@@ -38,6 +38,8 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     audit_retention_days: float = 365.0  # the audit log outlives the jobs it mentions
     retention_days: float = 7.0  # finished jobs stay describable this long (AWS: >= 7 days)
     prune_interval_s: float = 3600.0
+    scheduler_tick_s: float = 5.0  # a pass with no other event: share decay, jobStateTimeLimitActions
+    min_state_time_limit_s: int = 600  # AWS's floor for jobStateTimeLimitActions.maxTimeSeconds (tests lower it)
     durability: str = "normal"  # "full": fsync every commit (power-loss safe)
     # The store: "" is SQLite at <state_dir>/hpcbatch.db; a postgresql:// URL is a shared
     # PostgreSQL, which also makes this head one of an active/standby set (docs/ha.md).

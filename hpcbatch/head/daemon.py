@@ -71,6 +71,7 @@ class Head:
         self.service = BatchService(self.store, self.engine, region=config.region, account=config.account_id)
         self.service.private_data = config.private_data
         self.service.allow_privileged_containers = config.allow_privileged_containers
+        self.service.min_state_time_limit_s = config.min_state_time_limit_s
         self.curve = ensure_keypair(config.curve_secret_key_path, config.curve_public_key_path)
         self.node_keys = NodeKeyRegistry(config.node_keys_path, auto_accept=config.auto_accept_nodes)
         self.service.node_keys = self.node_keys
@@ -164,6 +165,11 @@ class Head:
     async def _keep_lease(self, stop: asyncio.Event) -> None:
         assert self.lease is not None
         self._lease_lost(await self.lease.keep(), stop)
+    async def _tick_loop(self) -> None:
+        """Time passes for the scheduler even when nothing else happens (decay, time limits)."""
+        while True:
+            await asyncio.sleep(self.config.scheduler_tick_s)
+            self.engine.tick()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
@@ -208,6 +214,7 @@ class Head:
                 fleet_task = tasks.create_task(self.fleet.serve())
                 prune_task = tasks.create_task(self._prune_loop())
                 lease_task = tasks.create_task(self._keep_lease(stop)) if self.lease is not None else None
+                tick_task = tasks.create_task(self._tick_loop())
                 await stop.wait()
                 if self.lost_lease is None:
                     log.info("stopping: signal received")
@@ -215,6 +222,7 @@ class Head:
                 prune_task.cancel()
                 if lease_task is not None:
                     lease_task.cancel()
+                tick_task.cancel()
         finally:
             await runner.cleanup()
             api_socket.unlink(missing_ok=True)

@@ -26,11 +26,13 @@ from hpcbatch import protocol as p
 from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
 from hpcbatch.head.logs import LogStore
+from hpcbatch.head.policies import fair_share_of, policy_name
 from hpcbatch.model.jobs import TIMEOUT_REASON, Attempt, JobRecord, should_retry
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
 from hpcbatch.model.multinode import child_job_id
 from hpcbatch.scheduler import (
     AttemptEnded,
+    CancelRunnable,
     ComputeEnvironmentChanged,
     ComputeEnvironmentRemoved,
     Event,
@@ -44,6 +46,7 @@ from hpcbatch.scheduler import (
     SetWaitReason,
     StartAttempt,
     StartGang,
+    StateTimeLimit,
     Tick,
 )
 from hpcbatch.store import Store
@@ -170,6 +173,7 @@ class Engine:
         return JobRunnable(
             self._event_id(), job.job_id, job.job_queue, job.resources, seq,
             num_nodes=job.num_nodes, time_limit_s=job.timeout_s,
+            share=job.share_identifier, priority=job.scheduling_priority or 0,
         )
 
     def _move_one(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
@@ -242,6 +246,7 @@ class Engine:
                     self._event_id(), parent.job_id, parent.job_queue, parent.resources, self._seq,
                     time_limit_s=parent.timeout_s, array_count=size - parent.array_next,
                     first_index=parent.array_next, max_running=parent.max_running,
+                    share=parent.share_identifier, priority=parent.scheduling_priority or 0,
                 )
             )
         self._maybe_finish_array(parent)
@@ -253,6 +258,7 @@ class Engine:
             JobRunnable(
                 self._event_id(), f"{parent.job_id}:{index}", parent.job_queue, parent.resources, self._seq,
                 time_limit_s=parent.timeout_s,
+                share=parent.share_identifier, priority=parent.scheduling_priority or 0,
             )
         )
 
@@ -335,6 +341,10 @@ class Engine:
                     self._start(action)
                 elif isinstance(action, StartGang):
                     self._start_gang(action)
+                elif isinstance(action, CancelRunnable):  # a jobStateTimeLimitAction fired
+                    job = self.jobs.get(action.job_id)
+                    if job is not None:
+                        self.cancel(job, action.reason)
                 elif isinstance(action, SetWaitReason):
                     job = self.jobs.get(action.job_id)
                     if job is not None and job.status is JobStatus.RUNNABLE:
@@ -489,6 +499,14 @@ class Engine:
             return
         for dep_id in waiting:
             self._dependents.setdefault(dep_id, set()).add(job.job_id)
+        self._dependency_reason(job)
+
+    def _dependency_reason(self, job: JobRecord) -> None:
+        """Why a PENDING job waits (hpcbatch's wording; AWS leaves it empty): the jobs still unfinished."""
+        left = [d["jobId"] for d in job.depends_on if d.get("jobId") in self.jobs and not d.get("type")]
+        shown = ", ".join(left[:5])
+        job.status_reason = f"Waiting for dependencies: {shown}{' ...' if len(left) > 5 else ''}"
+        self._touch(job)
 
     def _settle_dependents(self, finished: JobRecord) -> None:
         for job_id in sorted(self._dependents.pop(finished.job_id, ())):
@@ -499,6 +517,8 @@ class Engine:
                 self._move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
             elif not any(d.get("jobId") in self.jobs for d in job.depends_on if not d.get("type")):
                 self._make_runnable(job)
+            else:
+                self._dependency_reason(job)
 
     def cancel(self, job: JobRecord, reason: str) -> None:
         """CancelJob: ends jobs not yet STARTING; later ones are left alone (as AWS does)."""
@@ -827,6 +847,7 @@ class Engine:
         allocations = []
         gangs = []
         holds = []
+        shares = []
         for job_id, request in node.allocations:
             job = self.jobs.get(job_id)
             sched_id = job_id
@@ -834,6 +855,8 @@ class Engine:
                 sched_id = job.parent_id
                 gangs.append(job.parent_id)
             allocations.append((sched_id, request))
+            if job is not None and job.share_identifier is not None:  # fair share: charge it again
+                shares.append((sched_id, job.job_queue, job.share_identifier))
             attempt = job.current_attempt if job is not None else None
             if attempt is not None and attempt.node == name and attempt.gpus:
                 holds.append((sched_id, tuple(attempt.gpus)))
@@ -842,7 +865,7 @@ class Engine:
                 self._event_id(), name, self.compute_environment_of(name), facts.vcpus, facts.memory_mib,
                 len(facts.gpus), tuple(allocations), accepting=node.drain_reason is None,
                 placement_group=facts.placement_group, gang_jobs=tuple(gangs),
-                gpu_ids=tuple(facts.gpus), gpu_holds=tuple(holds),
+                gpu_ids=tuple(facts.gpus), gpu_holds=tuple(holds), shares=tuple(shares),
                 gpu_places=head_gpus.gpu_places(facts), gpu_out=tuple(node.gpu_unhealthy),
                 features=frozenset((CONTAINER_FEATURE,)) if facts.container_runtime else frozenset(),
             )
@@ -1070,6 +1093,7 @@ class Engine:
                 None if max_vcpus is None else float(max_vcpus),
                 # AWS's computeResources.placementGroup: gangs must stay inside one group.
                 require_placement_group=bool(resources.get("placementGroup")),
+                allocation_strategy=resources.get("allocationStrategy") or "BEST_FIT",
             )
         )
 
@@ -1080,9 +1104,29 @@ class Engine:
     def job_queue_changed(self, doc: dict[str, Any]) -> None:
         order = sorted(doc["computeEnvironmentOrder"], key=lambda e: e["order"])
         names = tuple(e["computeEnvironment"].rsplit("/", 1)[-1] for e in order)
-        self._feed(
-            JobQueueChanged(self._event_id(), doc["jobQueueName"], doc["state"] == "ENABLED", doc["priority"], names)
+        policy_arn = doc.get("schedulingPolicyArn")
+        policy = fair_share_of(self.store.get_resource("policy", policy_name(policy_arn))) if policy_arn else None
+        limits = tuple(
+            StateTimeLimit(a["reason"], float(a["maxTimeSeconds"]), a["action"])
+            for a in doc.get("jobStateTimeLimitActions", [])
+            if a.get("state", "RUNNABLE") == "RUNNABLE"
         )
+        self._feed(
+            JobQueueChanged(
+                self._event_id(), doc["jobQueueName"], doc["state"] == "ENABLED", doc["priority"], names,
+                fair_share=policy, time_limits=limits,
+            )
+        )
+
+    def scheduling_policy_changed(self, name: str) -> None:
+        """A policy was updated: every queue that uses it gets the new shares."""
+        for doc in self.store.list_resources("queue"):
+            if policy_name(doc.get("schedulingPolicyArn", "")) == name:
+                self.job_queue_changed(doc)
+
+    def tick(self) -> None:
+        """Let the scheduler see time pass (share decay, jobStateTimeLimitActions) with no other event."""
+        self._feed(Tick(self._event_id(), self._now() / 1000))
 
     def job_queue_removed(self, name: str) -> None:
         self._feed(JobQueueRemoved(self._event_id(), name))

@@ -22,6 +22,7 @@ from hpcbatch.auth.policy import Caller, check_job_access, may_see_job
 from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.containers import check_container, refuse_privileged
 from hpcbatch.head.engine import Engine
+from hpcbatch.head.policies import SchedulingPolicies
 from hpcbatch.model.jobs import (
     JobRecord,
     ResourceRequest,
@@ -101,6 +102,9 @@ class BatchService:
         self.private_data = False  # Slurm's PrivateData: users see only their own jobs
         self.node_keys: Any = None  # the NodeKeyRegistry, set by the daemon
         self.allow_privileged_containers = False  # containerProperties.privileged, from the head's config
+        self.policies = SchedulingPolicies(store, self.arn, engine.scheduling_policy_changed)
+        # AWS's floor for jobStateTimeLimitActions.maxTimeSeconds; a test head may lower it.
+        self.min_state_time_limit_s = 600
 
     def arn(self, kind: str, name: str) -> str:
         return f"arn:aws:batch:{self.region}:{self.account}:{kind}/{name}"
@@ -210,8 +214,11 @@ class BatchService:
             "tags": body.get("tags", {}),
             "jobQueueType": "ECS",
         }
-        if "schedulingPolicyArn" in body:
-            doc["schedulingPolicyArn"] = body["schedulingPolicyArn"]
+        policy = self.policies.check_queue(body, None)
+        if policy is not None:
+            doc["schedulingPolicyArn"] = policy
+        if "jobStateTimeLimitActions" in body:
+            doc["jobStateTimeLimitActions"] = self._time_limit_actions(body["jobStateTimeLimitActions"])
         with self.store.transaction():
             self.store.put_resource("queue", name, 1, doc["status"], doc)
         self.engine.job_queue_changed(doc)
@@ -219,15 +226,49 @@ class BatchService:
 
     def UpdateJobQueue(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         doc = self._queue(body["jobQueue"])
-        for key in ("state", "priority", "schedulingPolicyArn"):
+        policy = self.policies.check_queue(body, doc)
+        for key in ("state", "priority"):
             if key in body:
                 doc[key] = body[key]
+        if policy is not None:
+            doc["schedulingPolicyArn"] = policy
+        if "jobStateTimeLimitActions" in body:
+            doc["jobStateTimeLimitActions"] = self._time_limit_actions(body["jobStateTimeLimitActions"])
         if "computeEnvironmentOrder" in body:
             doc["computeEnvironmentOrder"] = self._ce_order(body["computeEnvironmentOrder"])
         with self.store.transaction():
             self.store.put_resource("queue", doc["jobQueueName"], 1, doc["status"], doc)
         self.engine.job_queue_changed(doc)
         return {"jobQueueName": doc["jobQueueName"], "jobQueueArn": doc["jobQueueArn"]}
+
+    def _time_limit_actions(self, actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, action in enumerate(actions):
+            if action["maxTimeSeconds"] < self.min_state_time_limit_s:
+                raise ClientError(
+                    f"jobStateTimeLimitActions[{i}].maxTimeSeconds must be at least "
+                    f"{self.min_state_time_limit_s} (got {action['maxTimeSeconds']})"
+                )
+        return actions
+
+    # ------------------------------------------------------- scheduling policies
+    def CreateSchedulingPolicy(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return self.policies.create(body)
+
+    def UpdateSchedulingPolicy(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return self.policies.update(body)
+
+    def DescribeSchedulingPolicies(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return self.policies.describe(body)
+
+    def DeleteSchedulingPolicy(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return self.policies.delete(body)
+
+    def ListSchedulingPolicies(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        page, token = _page(self.policies.list(body), body.get("maxResults"), body.get("nextToken"))
+        out: dict[str, Any] = {"schedulingPolicies": page}
+        if token:
+            out["nextToken"] = token
+        return out
 
     def DescribeJobQueues(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         wanted = {_name_of(r) for r in body.get("jobQueues", [])}
@@ -420,6 +461,20 @@ class BatchService:
             spec = self._node_spec(container, parameters, caller, "containerOverrides")
             if not spec["command"] and spec["script_id"] is None:
                 raise ClientError("containerOverrides.command: the job has no command to run")
+        share = body.get("shareIdentifier")
+        if queue.get("schedulingPolicyArn"):
+            if not share:
+                raise ClientError(
+                    f"shareIdentifier is required: job queue {queue['jobQueueName']} has a fair share scheduling policy"
+                )
+            if share.endswith("*"):
+                raise ClientError(f"shareIdentifier {share}: a job names one share; * is for policies only")
+        elif share is not None:
+            raise ClientError(
+                f"shareIdentifier: job queue {queue['jobQueueName']} has no scheduling policy; "
+                "don't specify a shareIdentifier for it"
+            )
+        priority = body.get("schedulingPriorityOverride", jobdef.get("schedulingPriority"))
         retry = body.get("retryStrategy") or jobdef.get("retryStrategy") or {}
         timeout = body.get("timeout") or jobdef.get("timeout") or {}
         tags = {**jobdef.get("tags", {}), **body.get("tags", {})} if body.get("propagateTags", jobdef.get("propagateTags")) else body.get("tags", {})
@@ -441,6 +496,8 @@ class BatchService:
             propagate_tags=bool(body.get("propagateTags", False)),
             num_nodes=num_nodes,
             main_node=main_node,
+            share_identifier=share,
+            scheduling_priority=priority,
         )
         max_running = tags.get(MAX_RUNNING_TAG)
         if max_running is not None:

@@ -106,6 +106,9 @@ class JobRecord(msgspec.Struct, kw_only=True):
     max_running: int | None = None  # parent: hpcbatch extension, tasks at once
     array_parent: str | None = None  # set on an array child
     array_index: int | None = None
+    # Fair share (a queue with a scheduling policy): the share it counts against, its order in it.
+    share_identifier: str | None = None
+    scheduling_priority: int | None = None  # job definition's, or schedulingPriorityOverride
 
     @property
     def is_gang(self) -> bool:
@@ -293,6 +296,10 @@ def job_detail(job: JobRecord, region: str, account: str) -> dict[str, Any]:
         "isTerminated": job.is_terminated,
         "owner": job.owner,
     }
+    if job.share_identifier is not None:
+        detail["shareIdentifier"] = job.share_identifier
+    if job.scheduling_priority is not None:
+        detail["schedulingPriority"] = job.scheduling_priority
     if job.status_reason:
         detail["statusReason"] = job.status_reason
     if job.started_at is not None:

@@ -3,6 +3,7 @@
 from hpcbatch.scheduler.core import (
     Action,
     AttemptEnded,
+    CancelRunnable,
     ComputeEnvironmentChanged,
     ComputeEnvironmentRemoved,
     Event,
@@ -16,16 +17,20 @@ from hpcbatch.scheduler.core import (
     SetWaitReason,
     StartAttempt,
     StartGang,
+    StateTimeLimit,
     Tick,
 )
+from hpcbatch.scheduler.fairshare import FairSharePolicy
 from hpcbatch.scheduler.gang import Reservation
 
 __all__ = [
     "Action",
     "AttemptEnded",
+    "CancelRunnable",
     "ComputeEnvironmentChanged",
     "ComputeEnvironmentRemoved",
     "Event",
+    "FairSharePolicy",
     "JobQueueChanged",
     "JobQueueRemoved",
     "JobRunnable",
@@ -37,5 +42,6 @@ __all__ = [
     "SetWaitReason",
     "StartAttempt",
     "StartGang",
+    "StateTimeLimit",
     "Tick",
 ]

@@ -10,13 +10,21 @@ Theory of operation:
   can be driven by the head, by tests event by event, or by a simulator at any scale.
 * Order: ENABLED queues by ``priority`` (higher first, AWS), ties by name; inside a queue
   FIFO by submission sequence. Each queue tries its compute environments in
-  ``computeEnvironmentOrder``.
+  ``computeEnvironmentOrder``. A queue with a fair-share policy orders its jobs by share
+  instead (``fairshare``: the least-served share by ``weight x usage`` goes next, inside a
+  share ``schedulingPriority`` then FIFO) and holds back ``computeReservation``.
 * A job fits a node when the node is ACTIVE in an ENABLED compute environment, has the
   free vCPUs, memory and GPUs, offers the features the job ``requires``
   (``NodeUp.features``; "container": a runtime, for a job with an image), is not held by
-  a gang, and the compute environment stays within ``maxvCpus``. Among fitting nodes the
-  core picks the best fit (least vCPUs left over, then least memory), which keeps whole
-  nodes free for big jobs.
+  a gang, and the compute environment stays within ``maxvCpus``. Among fitting nodes GPU
+  steering ranks first (``gpus.steering_rank``, below), then the compute environment's
+  allocation strategy picks (``nodeindex``: BEST_FIT packs, the default, keeping whole
+  nodes free for big jobs; BEST_FIT_PROGRESSIVE fills busy nodes then opens the smallest
+  idle one; SPREAD takes the emptiest node). Nodes are indexed by free capacity, so a
+  placement does not scan every node.
+* jobStateTimeLimitActions: the first waiting job of a queue whose wait reason code
+  (``CODE - detail``, AWS's vocabulary: ``CAPACITY:...``, ``MISCONFIGURATION:...``) has
+  stayed the same for ``maxTimeSeconds`` leaves with ``CancelRunnable``.
 * A job that does not fit does not block the queue: smaller jobs behind it may start,
   except on nodes reserved for a waiting gang (below).
 * Gangs (AWS Batch multi-node parallel jobs, ``num_nodes > 1``) are placed all at once on
@@ -59,15 +67,32 @@ Theory of operation:
   gets free ones chosen as above.
 * Wait reasons are emitted only when they change. Every start and every new or changed
   reservation is appended to a bounded log with the id of the event that caused it.
+
+Size: this module is past 800 lines because the decision procedure (one pass: order, place,
+reserve, explain) shares its state tightly; the parts that need no scheduler state already
+live apart (``gang``, ``fairshare``, ``nodeindex``). The reason texts (``_why_not`` and
+friends) are the next candidate to move out, once parallel work on GPU placement here has
+merged.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from sortedcontainers import SortedList
+
 from hpcbatch.model.jobs import ResourceRequest
+from hpcbatch.scheduler.fairshare import (
+    FairSharePolicy,
+    ShareLine,
+    ShareUsage,
+    fair_order,
+    standing_ranks,
+)
 from hpcbatch.scheduler.gang import (
     UNKNOWN,
     Candidate,
@@ -77,7 +102,8 @@ from hpcbatch.scheduler.gang import (
     natural_key,
     pick_nodes,
 )
-from hpcbatch.scheduler.gpus import GpuPlace, choose_gpus, placement_key
+from hpcbatch.scheduler.gpus import GpuPlace, choose_gpus, steering_rank
+from hpcbatch.scheduler.nodeindex import NodeIndex
 
 
 # ------------------------------------------------------------------------- events
@@ -101,6 +127,8 @@ class JobRunnable(Event):
     array_count: int = 0
     first_index: int = 0
     max_running: int | None = None  # hpcbatch extension: at most this many tasks at once
+    share: str | None = None  # shareIdentifier, in a queue with a fair-share policy
+    priority: int = 0  # schedulingPriority: higher first inside its share (fair-share queues)
 
 
 @dataclass(frozen=True)
@@ -128,6 +156,9 @@ class NodeUp(Event):
     gpu_places: tuple[GpuPlace, ...] = ()  # per id in ``gpu_ids``: its NVLink/PCIe/NUMA groups
     gpu_out: tuple[str, ...] = ()  # ids out of service (unhealthy): a holder keeps it, nobody gets it
     features: frozenset[str] = frozenset()  # what it offers beyond resources ("container": a runtime)
+    # Fair share: job id in ``allocations`` -> (queue, shareIdentifier), so a restarted head
+    # charges what already runs to its share.
+    shares: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +179,7 @@ class ComputeEnvironmentChanged(Event):
     enabled: bool
     max_vcpus: float | None
     require_placement_group: bool = False  # gangs only inside one placement group
+    allocation_strategy: str = "BEST_FIT"  # BEST_FIT | BEST_FIT_PROGRESSIVE | SPREAD (nodeindex)
 
 
 @dataclass(frozen=True)
@@ -161,6 +193,18 @@ class JobQueueChanged(Event):
     enabled: bool
     priority: int
     compute_environments: tuple[str, ...]  # already in computeEnvironmentOrder
+    fair_share: FairSharePolicy | None = None  # the queue's scheduling policy, if any
+    time_limits: tuple[StateTimeLimit, ...] = ()  # jobStateTimeLimitActions
+
+
+@dataclass(frozen=True)
+class StateTimeLimit:
+    """A jobStateTimeLimitAction: a job at the head of the queue, RUNNABLE for
+    ``max_time_s`` with a wait reason starting with ``reason``, is cancelled."""
+
+    reason: str
+    max_time_s: float
+    action: str = "CANCEL"  # CANCEL | TERMINATE: the same for a job that has not started
 
 
 @dataclass(frozen=True)
@@ -208,6 +252,14 @@ class SetWaitReason(Action):
     reason: str
 
 
+@dataclass(frozen=True)
+class CancelRunnable(Action):
+    """A jobStateTimeLimitAction fired: the job leaves the queue FAILED with ``reason``."""
+
+    job_id: str
+    reason: str
+
+
 # -------------------------------------------------------------------------- state
 @dataclass
 class _Node:
@@ -223,6 +275,8 @@ class _Node:
     gpu_ids: tuple[str, ...] = ()  # index order; len == gpus
     gpu_holder: dict[int, str] = field(default_factory=dict)  # GPU index -> the job holding it
     jobs: set[str] = field(default_factory=set)  # every job holding part of this node
+    latest_end: float = -math.inf  # the latest expected end of what it runs (reservations)
+    end_key: tuple[float, str] | None = None  # its entry in the compute environment's by_end
     gang: str | None = None  # the gang holding it whole, if any
     gpu_places: tuple[GpuPlace, ...] = ()  # per GPU index; empty: no topology known
     gpu_out: frozenset[int] = frozenset()  # indices out of service: never handed out
@@ -267,6 +321,9 @@ class _ComputeEnvironment:
     require_placement_group: bool = False
     used_vcpus: float = 0.0
     nodes: dict[str, _Node] = field(default_factory=dict)
+    index: NodeIndex = field(default_factory=NodeIndex)  # nodes that can take a job, by free capacity
+    idle: dict[str, _Node] = field(default_factory=dict)  # accepting nodes that run nothing (gangs)
+    by_end: SortedList = field(default_factory=SortedList)  # (latest end, node): reservations
 
     def caps(self, vcpus: float) -> bool:
         """True when ``vcpus`` more would pass ``maxvCpus``."""
@@ -283,12 +340,19 @@ class _Queue:
     gangs: dict[str, JobRunnable] = field(default_factory=dict)  # the gangs among jobs, FIFO
     fresh: list[str] = field(default_factory=list)  # arrived since the last pass: need a wait reason
     rescan: bool = True  # queue settings changed: every job's wait reason may be stale
+    fair_share: FairSharePolicy | None = None
+    time_limits: tuple[StateTimeLimit, ...] = ()
+    head: tuple[str, str, float] | None = None  # (job at the head, its reason, since when)
+    share_heaps: dict[str, list[tuple[int, int, str, float]]] | None = None  # fair share: per share
+    taken: list[tuple[ShareLine, tuple[int, int, str, float]]] = field(default_factory=list)
 
     def add(self, job: JobRunnable) -> None:
         self.jobs[job.job_id] = job
         self.gangs.pop(job.job_id, None)
         if job.num_nodes > 1:
             self.gangs[job.job_id] = job
+        if self.share_heaps is not None:
+            heapq.heappush(self.share_heaps.setdefault(job.share or "", []), _share_entry(job))
 
 
 @dataclass
@@ -300,11 +364,18 @@ class _Allocation:
     started_at: float
     time_limit_s: int | None
     gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> GPU ids held there
+    share: tuple[str, str] | None = None  # (queue, shareIdentifier) charged for it, fair share
 
     @property
     def ends_at(self) -> float:
         return UNKNOWN if self.time_limit_s is None else self.started_at + self.time_limit_s
 
+
+# AWS's statusReason vocabulary is "CODE - detail"; jobStateTimeLimitActions match the CODE.
+REQUIREMENT = "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT"  # no node could ever hold the job
+MAX_RESOURCE = "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE"  # every CE's maxvCpus is too small
+CAPACITY = "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"  # it would fit, but not now
+TIME_LIMIT_CANCEL = "Canceled by JobStateTimeLimit action due to reason: {}"  # AWS's text
 
 WAIT_RESOURCES = "Waiting for resources: no node in the queue's compute environments has room now"
 WAIT_RESERVED = "Waiting for resources: the nodes with room are reserved for a waiting multi-node job"
@@ -314,6 +385,27 @@ WAIT_MAX_VCPUS = "Compute environment at its maxvCpus limit"
 
 _ANY_LIMIT = -math.inf  # a failure that no time limit (backfill) could have avoided
 
+
+
+def _pick_idle(fit: list[_Node], n: int, require_placement_group: bool) -> list[_Node] | None:
+    """``pick_nodes``' rule for ``n`` of ``fit`` (all idle now), without building candidates:
+    the placement group with the fewest fitting nodes that still holds the gang (then by
+    name), else (no group required) any; smallest nodes first, then by name."""
+    if len(fit) < n:
+        return None
+    groups: dict[str, list[_Node]] = {}
+    for node in fit:
+        if node.placement_group is not None:
+            groups.setdefault(node.placement_group, []).append(node)
+    options = [(len(members), group) for group, members in groups.items() if len(members) >= n]
+    if options:
+        pool = groups[min(options)[1]]
+    elif require_placement_group:
+        return None
+    else:
+        pool = fit
+    chosen = heapq.nsmallest(n, pool, key=lambda nd: ((nd.vcpus, nd.memory_mib, nd.gpus), natural_key(nd.name)))
+    return sorted(chosen, key=lambda nd: natural_key(nd.name))
 
 class Scheduler:
     """Placement state and the decision procedure; see the module docstring."""
@@ -336,6 +428,12 @@ class Scheduler:
         self._reservation_text: dict[str, str] = {}  # as last logged
         self.decisions: deque[tuple[str, str]] = deque(maxlen=log_size)
         self._never_cache: dict[tuple[int, ResourceRequest, tuple[str, ...]], tuple[str | None, str]] = {}
+        self._census_cache: dict[str, dict[tuple[float, int, int, str | None, frozenset[str]], int]] = {}
+        self._usage: dict[tuple[str, str], ShareUsage] = {}  # (queue, shareIdentifier) -> vCPU usage
+        self._fair_note: dict[tuple[str, str], str] = {}  # (queue, share) -> its place in line, for reasons
+        self._scanning: _Queue | None = None  # the queue whose jobs a pass is iterating
+        self._capacity: dict[str, float] = {}  # queue -> vCPUs of its compute environments, this pass
+        self._scanned_out: list[str] = []  # jobs placed during that scan, to drop from it after
 
     # ------------------------------------------------------------------ queries
     @property
@@ -366,6 +464,10 @@ class Scheduler:
         q = self._queues.get(queue)
         if q is None:
             return []
+        if q.fair_share is not None:  # the order the next pass will try them in
+            front = [j.job_id for j, _ in zip(self._fair_order(q), range(limit), strict=False)]
+            self._restore_fair(q)
+            return front
         return [j.job_id for j in sorted(q.jobs.values(), key=lambda j: j.seq)[:limit]]
 
     def decisions_about(self, job_id: str, limit: int = 20) -> list[tuple[str, str]]:
@@ -403,6 +505,7 @@ class Scheduler:
     def _apply(self, event: Event) -> None:
         if isinstance(event, NodeUp | NodeGone | ComputeEnvironmentChanged | ComputeEnvironmentRemoved):
             self._never_cache.clear()
+            self._census_cache.clear()
         match event:
             case JobRunnable():
                 if event.array_count:
@@ -432,12 +535,21 @@ class Scheduler:
                         self._drop_hold(job_id, node.name)
                     del self._nodes[node.name]
                     self._ce(node.ce).nodes.pop(node.name, None)
+                    self._ce(node.ce).index.discard(node)
+                    self._ce(node.ce).idle.pop(node.name, None)
+                    self._ce(node.ce).by_end.discard(node.end_key)
             case Tick():
-                self._now = event.now_s
+                self._now = max(self._now, event.now_s)
+                for (queue_name, _), usage in self._usage.items():
+                    usage.advance(self._now, self._decay_s(queue_name))
             case ComputeEnvironmentChanged():
                 ce = self._ce(event.name)
                 ce.enabled, ce.max_vcpus = event.enabled, event.max_vcpus
                 ce.require_placement_group = event.require_placement_group
+                if ce.index.strategy != event.allocation_strategy:
+                    ce.index = NodeIndex(event.allocation_strategy)
+                    for node in ce.nodes.values():
+                        ce.index.update(node)
             case ComputeEnvironmentRemoved():
                 ce = self._ces.get(event.name)
                 if ce is not None and not ce.nodes:
@@ -446,7 +558,8 @@ class Scheduler:
                 queue = self._queues.get(event.name)
                 if queue is None:
                     queue = self._queues[event.name] = _Queue(
-                        event.name, event.enabled, event.priority, event.compute_environments
+                        event.name, event.enabled, event.priority, event.compute_environments,
+                        fair_share=event.fair_share, time_limits=event.time_limits,
                     )
                     for job_id, job in list(self._orphans.items()):
                         if job.queue == event.name:
@@ -456,6 +569,8 @@ class Scheduler:
                 else:
                     queue.enabled, queue.priority = event.enabled, event.priority
                     queue.compute_environments = event.compute_environments
+                    queue.fair_share, queue.time_limits = event.fair_share, event.time_limits
+                    queue.share_heaps = None  # rebuilt on the next fair-share pass
                     queue.rescan = True
             case JobQueueRemoved():
                 queue = self._queues.pop(event.name, None)
@@ -480,6 +595,9 @@ class Scheduler:
             for job_id in list(old.jobs):
                 self._drop_hold(job_id, old.name)
             self._ce(old.ce).nodes.pop(old.name, None)
+            self._ce(old.ce).index.discard(old)
+            self._ce(old.ce).idle.pop(old.name, None)
+            self._ce(old.ce).by_end.discard(old.end_key)
         gpu_ids = event.gpu_ids or tuple(str(i) for i in range(event.gpus))
         node = _Node(
             event.node, event.compute_environment, event.vcpus, event.memory_mib, len(gpu_ids),
@@ -489,7 +607,9 @@ class Scheduler:
         )
         self._nodes[node.name] = node
         self._ce(node.ce).nodes[node.name] = node
+        self._refile(node)
         holds = dict(event.gpu_holds)
+        shares = {job_id: (queue, share) for job_id, queue, share in event.shares}
         # Reported GPU holds first, so a job reported without ids cannot take a held one.
         ordered = sorted(event.allocations, key=lambda a: a[0] not in holds)
         for job_id, request in ordered:
@@ -503,7 +623,37 @@ class Scheduler:
                 self._take(job_id, alloc, node, held)
                 continue
             self._release(job_id)  # the newest report wins over a stale hold elsewhere
-            self._hold(job_id, [node], request, gang, None, held)
+            charged = shares.get(job_id)
+            if charged is not None and (q := self._queues.get(charged[0])) is not None and q.fair_share is None:
+                charged = None
+            self._hold(job_id, [node], request, gang, None, held, share=charged)
+
+    def _refile(self, node: _Node) -> None:
+        """Re-index ``node`` after its free capacity, holds or state changed."""
+        ce = self._ce(node.ce)
+        ce.index.update(node)
+        if node.accepting and not node.jobs:
+            ce.idle[node.name] = node
+        else:
+            ce.idle.pop(node.name, None)
+        key = (node.latest_end, node.name)
+        if node.end_key != key:
+            if node.end_key is not None:
+                ce.by_end.discard(node.end_key)
+            ce.by_end.add(key)
+            node.end_key = key
+
+    def _share_usage(self, key: tuple[str, str]) -> ShareUsage:
+        """A share's usage, brought up to now (so the average integrates what ran until now)."""
+        usage = self._usage.get(key)
+        if usage is None:
+            usage = self._usage[key] = ShareUsage(updated_s=self._now)
+        usage.advance(self._now, self._decay_s(key[0]))
+        return usage
+
+    def _decay_s(self, queue_name: str) -> int:
+        queue = self._queues.get(queue_name)
+        return queue.fair_share.share_decay_s if queue is not None and queue.fair_share else 0
 
     def _withdraw(self, job_id: str) -> None:
         self._array_left.pop(job_id, None)
@@ -513,15 +663,18 @@ class Scheduler:
         queue_name = self._queue_of.pop(job_id, None)
         if queue_name is not None:
             queue = self._queues[queue_name]
-            queue.jobs.pop(job_id, None)
+            if queue is self._scanning:
+                self._scanned_out.append(job_id)  # ``queue.jobs`` is being iterated: pop it after
+            else:
+                queue.jobs.pop(job_id, None)
             queue.gangs.pop(job_id, None)
 
     def _hold(
         self, job_id: str, nodes: list[_Node], request: ResourceRequest, gang: bool,
-        time_limit_s: int | None, held: tuple[int, ...] = (),
+        time_limit_s: int | None, held: tuple[int, ...] = (), share: tuple[str, str] | None = None,
     ) -> _Allocation:
         alloc = _Allocation(
-            [n.name for n in nodes], nodes[0].ce, request, gang, self._now, time_limit_s
+            [n.name for n in nodes], nodes[0].ce, request, gang, self._now, time_limit_s, share=share
         )
         self._allocations[job_id] = alloc
         for node in nodes:
@@ -545,6 +698,11 @@ class Scheduler:
         if alloc.gang:
             node.gang = job_id
         self._ce(alloc.ce).used_vcpus += r.vcpus
+        node.latest_end = max(node.latest_end, alloc.ends_at)
+        self._refile(node)
+        if alloc.share is not None:
+            usage = self._share_usage(alloc.share)
+            usage.running += r.vcpus
 
     def _give(self, job_id: str, alloc: _Allocation, node_name: str) -> None:
         r = alloc.request
@@ -560,6 +718,13 @@ class Scheduler:
             node.jobs.discard(job_id)
             if node.gang == job_id:
                 node.gang = None
+            node.latest_end = max(
+                (self._allocations[j].ends_at for j in node.jobs if j in self._allocations), default=-math.inf
+            )
+            self._refile(node)
+        if alloc.share is not None:
+            usage = self._share_usage(alloc.share)
+            usage.running = max(0.0, usage.running - r.vcpus)
 
     def _release(self, job_id: str) -> bool:
         """Give back everything ``job_id`` holds; True if it held anything."""
@@ -590,6 +755,7 @@ class Scheduler:
         # Whether a gang shape could ever run depends only on the nodes, not on what runs:
         # kept across passes, forgotten when nodes or compute environments change.
         never = self._never_cache
+        self._capacity.clear()
         queues = sorted(self._queues.values(), key=lambda q: (-q.priority, q.name))
         for queue in queues:
             if not queue.jobs:
@@ -607,61 +773,24 @@ class Scheduler:
             # (and gangs their reservation). This keeps a pass over a deep queue cheap.
             fresh, queue.fresh = queue.fresh, []
             rescan, queue.rescan = queue.rescan, False
-            failed: list[tuple[ResourceRequest, float]] = []
-            failed_gangs: list[tuple[int, ResourceRequest, float]] = []
-            reasons: dict[ResourceRequest, str] = {}  # why-not, once per distinct request
-            seen_gangs: set[str] = set()
             room = self._has_room(usable, reserved)
-            for job in list(queue.jobs.values()):
-                if job.num_nodes > 1:
-                    seen_gangs.add(job.job_id)
-                    if self._gang(job, usable, reserved, made, failed_gangs, never, actions, cause):
-                        room = self._has_room(usable, reserved)
-                        reasons.clear()
-                    continue
-                if not room:
-                    if rescan:
-                        self._wait(job.job_id, self._cached_why_not(job.request, usable, reserved, reasons), actions)
-                        continue
-                    for job_id in fresh:
-                        j = queue.jobs.get(job_id)
-                        if j is not None and j.num_nodes <= 1:
-                            self._wait(job_id, self._cached_why_not(j.request, usable, reserved, reasons), actions)
-                    break
-                r = job.request
-                limit = _limit_key(job.time_limit_s)
-                if any(_dominates(r, f) and limit >= fl for f, fl in failed):
-                    self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
-                    continue
-                if job.array_count:
-                    room = self._place_array(job, usable, reserved, failed, reasons, actions, cause)
-                    continue
-                placed = self._place(r, job.time_limit_s, usable, reserved)
-                if placed is None:
-                    # Requests known not to fit in this pass: anything at least as large
-                    # (and not shorter) cannot fit either, so a long FIFO of equal jobs
-                    # costs one failed search.
-                    failed.append((r, limit if reserved else _ANY_LIMIT))
-                    self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
-                    continue
-                node, ce = placed
-                self._withdraw(job.job_id)
-                alloc = self._hold(job.job_id, [node], r, False, job.time_limit_s)
-                gpus = alloc.gpus[node.name]
-                actions.append(StartAttempt(job.job_id, node.name, ce.name, gpus))
-                note = ""
-                if node.name in reserved:
-                    res = reserved[node.name]
-                    note = f", backfilled before {res.job_id}'s reservation at t={fmt_time(res.start_s)}"
-                self.decisions.append(
-                    (cause, f"start {job.job_id} on {node.name} ({ce.name}){_gpu_note(gpus)}{note}")
-                )
-                if node.free_vcpus <= 1e-9:
-                    room = self._has_room(usable, reserved)
-            # Gangs the scan did not reach (nothing had room) still get a reservation and reason.
-            for gang in list(queue.gangs.values()):
-                if gang.job_id not in seen_gangs:
-                    self._gang(gang, usable, reserved, made, failed_gangs, never, actions, cause)
+            # The queue's dict is iterated as it is (no copy of 100k entries per pass): jobs
+            # placed meanwhile leave ``_queue_of`` at once and ``queue.jobs`` after the scan.
+            order: Iterable[JobRunnable] = queue.jobs.values()
+            if queue.fair_share is not None:
+                order = self._fair_order(queue)
+            seen: list[str] | None = [] if queue.time_limits else None
+            self._scanning, self._scanned_out = queue, []
+            try:
+                self._scan(queue, order, seen, usable, reserved, made, never, fresh, rescan, room, actions, cause)
+            finally:
+                self._scanning = None
+                for job_id in self._scanned_out:
+                    queue.jobs.pop(job_id, None)
+                if queue.fair_share is not None:
+                    self._restore_fair(queue)
+            if seen is not None:
+                self._time_limits(queue, seen, actions, cause)
         for job_id, res in made.items():
             text = res.describe(self._now)
             if self._reservation_text.get(job_id) != text:
@@ -669,6 +798,190 @@ class Scheduler:
         self._reservations = made
         self._reservation_text = {j: r.describe(self._now) for j, r in made.items()}
         return actions
+
+    def _scan(
+        self, queue: _Queue, order: Iterable[JobRunnable], seen: list[str] | None,
+        usable: list[_ComputeEnvironment], reserved: dict[str, Reservation], made: dict[str, Reservation],
+        never: dict[tuple[int, ResourceRequest, tuple[str, ...]], tuple[str | None, str]],
+        fresh: list[str], rescan: bool, room: bool, actions: list[Action], cause: str,
+    ) -> None:
+        """One queue's part of a pass: place, reserve for, or explain its jobs in order."""
+        failed: list[tuple[ResourceRequest, float]] = []
+        dominated: set[tuple[ResourceRequest, float]] = set()
+        failed_gangs: list[tuple[int, ResourceRequest, float]] = []
+        reasons: dict[ResourceRequest, str] = {}  # why-not, once per distinct request
+        seen_gangs: set[str] = set()
+        for job in order:
+            if job.job_id not in self._queue_of:
+                continue  # placed (or an array emptied) earlier in this scan
+            if seen is not None:
+                seen.append(job.job_id)
+            if queue.fair_share is not None and self._over_reservation(queue, job, usable, actions):
+                continue
+            if job.num_nodes > 1:
+                seen_gangs.add(job.job_id)
+                if self._gang(job, usable, reserved, made, failed_gangs, never, actions, cause):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                continue
+            if not room:
+                if rescan:
+                    self._wait(job.job_id, self._cached_why_not(job.request, usable, reserved, reasons), actions)
+                    continue
+                for job_id in fresh:
+                    j = queue.jobs.get(job_id)
+                    if j is not None and j.num_nodes <= 1 and job_id in self._queue_of:
+                        self._wait(job_id, self._cached_why_not(j.request, usable, reserved, reasons), actions)
+                break
+            r = job.request
+            limit = _limit_key(job.time_limit_s)
+            # ``failed`` only grows in a pass, so a shape once found dominated stays so:
+            # remember it and a deep queue of equal jobs costs one set look-up each.
+            if (r, limit) in dominated or (
+                any(_dominates(r, f) and limit >= fl for f, fl in failed) and not dominated.add((r, limit))
+            ):
+                self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
+                continue
+            if job.array_count:
+                room = self._place_array(job, usable, reserved, failed, reasons, actions, cause)
+                continue
+            placed = self._place(r, job.time_limit_s, usable, reserved)
+            if placed is None:
+                # Requests known not to fit in this pass: anything at least as large
+                # (and not shorter) cannot fit either, so a long FIFO of equal jobs
+                # costs one failed search.
+                failed.append((r, limit if reserved else _ANY_LIMIT))
+                self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
+                continue
+            node, ce = placed
+            self._withdraw(job.job_id)
+            alloc = self._hold(job.job_id, [node], r, False, job.time_limit_s, share=self._charge(job))
+            gpus = alloc.gpus[node.name]
+            actions.append(StartAttempt(job.job_id, node.name, ce.name, gpus))
+            note = ""
+            if node.name in reserved:
+                res = reserved[node.name]
+                note = f", backfilled before {res.job_id}'s reservation at t={fmt_time(res.start_s)}"
+            self.decisions.append(
+                (cause, f"start {job.job_id} on {node.name} ({ce.name}){_gpu_note(gpus)}{note}")
+            )
+            if node.free_vcpus <= 1e-9:
+                room = self._has_room(usable, reserved)
+        # Gangs the scan did not reach (nothing had room) still get a reservation and reason,
+        # unless nothing about them can have changed: no compute environment has enough idle
+        # nodes, the reservations are made, and the gang already shows a reason.
+        most_idle = max(len(ce.idle) for ce in usable)
+        fresh_ids = set(fresh)
+        gangs: Iterable[JobRunnable] = list(queue.gangs.values())
+        if not rescan and most_idle < 2 and len(made) >= self._reservation_depth:
+            # No gang can start (each needs 2+ idle nodes) and the reservations are made:
+            # only new gangs and last pass's reserved ones can need a new reason.
+            gangs = [queue.gangs[j] for j in (*fresh_ids, *self._reservations) if j in queue.gangs]
+        for gang in gangs:
+            if gang.job_id in seen_gangs:
+                continue
+            if (
+                not rescan
+                and gang.num_nodes > most_idle
+                and len(made) >= self._reservation_depth
+                and gang.job_id in self._wait_reason
+                and gang.job_id not in self._reservations
+                and gang.job_id not in fresh_ids
+            ):
+                continue
+            self._gang(gang, usable, reserved, made, failed_gangs, never, actions, cause)
+
+    # ---------------------------------------------------------------- fair share
+    def _charge(self, job: JobRunnable) -> tuple[str, str] | None:
+        """The (queue, share) a placed job's vCPUs count against, in a fair-share queue."""
+        queue = self._queues.get(job.queue)
+        if queue is None or queue.fair_share is None:
+            return None
+        return (job.queue, job.share or "")
+
+    def _fair_order(self, queue: _Queue) -> Iterator[JobRunnable]:
+        """The queue's jobs in fair-share order; also sets the fair-share part of wait reasons."""
+        policy = queue.fair_share
+        assert policy is not None
+        if queue.share_heaps is None:
+            queue.share_heaps = {}
+            for job in queue.jobs.values():
+                if job.job_id in self._queue_of:
+                    queue.share_heaps.setdefault(job.share or "", []).append(_share_entry(job))
+            for heap in queue.share_heaps.values():
+                heapq.heapify(heap)
+        lines: dict[str, ShareLine] = {}
+        for share, heap in queue.share_heaps.items():
+            if heap:
+                usage = self._usage.get((queue.name, share))
+                lines[share] = ShareLine(share, policy.weight(share), usage.value if usage else 0.0, heap)
+        ranks = standing_ranks(lines.values())
+        for share, rank in ranks.items():
+            self._fair_note[(queue.name, share)] = (
+                f"; fair share: share {share or '(none)'} is {_ordinal(rank)} of {len(ranks)} in line "
+                f"(weight {lines[share].weight:g})"
+            )
+        def valid(entry: tuple[int, int, str, float]) -> bool:
+            job = queue.jobs.get(entry[2])
+            return job is not None and job.seq == entry[1] and self._queue_of.get(entry[2]) == queue.name
+
+        for job_id in fair_order(list(lines.values()), valid, queue.taken):
+            yield queue.jobs[job_id]
+
+    def _restore_fair(self, queue: _Queue) -> None:
+        """Push back the share-heap entries a fair-share scan popped for jobs that still wait."""
+        for line, entry in queue.taken:
+            if self._queue_of.get(entry[2]) == queue.name:
+                heapq.heappush(line.jobs, entry)
+        queue.taken.clear()
+
+    def _over_reservation(
+        self, queue: _Queue, job: JobRunnable, ces: list[_ComputeEnvironment], actions: list[Action]
+    ) -> bool:
+        """True (and the job waits) when starting it would eat the computeReservation."""
+        policy = queue.fair_share
+        if policy is None or policy.compute_reservation <= 0:
+            return False
+        capacity = self._capacity.get(queue.name)
+        if capacity is None:  # once per pass: the nodes do not change during one
+            capacity = 0.0
+            for ce in ces:
+                total = sum(n.vcpus for n in ce.nodes.values() if n.accepting)
+                capacity += total if ce.max_vcpus is None else min(total, ce.max_vcpus)
+            self._capacity[queue.name] = capacity
+        running = {s: u.running for (q, s), u in self._usage.items() if q == queue.name and u.running > 1e-9}
+        share = job.share or ""
+        active = len(running) + (0 if share in running else 1)
+        held_back = capacity * policy.reserved_fraction(active)
+        need = job.request.vcpus * max(1, job.num_nodes)
+        if sum(running.values()) + need <= capacity - held_back + 1e-9:
+            return False
+        self._wait(
+            job.job_id,
+            f"Fair share: computeReservation {policy.compute_reservation} keeps {held_back:g} of "
+            f"{capacity:g} vCPUs for share identifiers not running yet",
+            actions,
+        )
+        return True
+
+    def _time_limits(self, queue: _Queue, seen: list[str], actions: list[Action], cause: str) -> None:
+        """jobStateTimeLimitActions: cancel the job stuck at the head of the queue too long."""
+        head = next((j for j in seen if j in queue.jobs), None)
+        if head is None:
+            queue.head = None
+            return
+        code = self._wait_reason.get(head, "").split(" - ", 1)[0]
+        if queue.head is None or queue.head[:2] != (head, code):
+            queue.head = (head, code, self._now)
+        since = queue.head[2]
+        for limit in queue.time_limits:
+            if code == limit.reason and self._now - since >= limit.max_time_s:
+                reason = TIME_LIMIT_CANCEL.format(limit.reason)
+                self._withdraw(head)
+                queue.head = None
+                actions.append(CancelRunnable(head, reason))
+                self.decisions.append((cause, f"cancel {head}: {reason} (at the head for {fmt_time(self._now - since)} s)"))
+                return
 
     def _place_array(
         self, job: JobRunnable, usable: list[_ComputeEnvironment], reserved: dict[str, Reservation],
@@ -692,7 +1005,7 @@ class Scheduler:
             self._array_left[job.job_id] -= 1
             self._array_running[job.job_id] = self._array_running.get(job.job_id, 0) + 1
             task_id = f"{job.job_id}:{index}"
-            gpus = self._hold(task_id, [node], r, False, job.time_limit_s).gpus[node.name]
+            gpus = self._hold(task_id, [node], r, False, job.time_limit_s, share=self._charge(job)).gpus[node.name]
             actions.append(StartAttempt(task_id, node.name, ce.name, gpus))
             self.decisions.append((cause, f"start {task_id} on {node.name} ({ce.name}){_gpu_note(gpus)}"))
             if node.free_vcpus <= 1e-9 and not self._has_room(usable, reserved):
@@ -703,13 +1016,10 @@ class Scheduler:
 
     def _has_room(self, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]) -> bool:
         return any(
-            n.accepting
-            and n.gang is None
-            and n.free_vcpus > 1e-9
-            and (n.name not in reserved or reserved[n.name].start_s > self._now)
+            n.name not in reserved or reserved[n.name].start_s > self._now
             for ce in ces
             if ce.max_vcpus is None or ce.used_vcpus < ce.max_vcpus - 1e-9
-            for n in ce.nodes.values()
+            for n in ce.index.any_free()  # only ACTIVE, accepting, non-gang nodes with free vCPUs
         )
 
     def _may_use(
@@ -729,15 +1039,19 @@ class Scheduler:
         for ce in ces:  # computeEnvironmentOrder: the first CE that can take it wins
             if ce.caps(r.vcpus):
                 continue
+            # The index yields nodes with enough free vCPUs in allocation-strategy order; GPU
+            # steering ranks ahead of that order, and the walk stops at the first node that
+            # is as good as any can be (in a CE without GPU nodes: the first that fits).
             best: _Node | None = None
-            best_key: tuple[int, int, float, int] | None = None
-            for node in ce.nodes.values():
+            best_rank: tuple[int, int] | None = None
+            ideal = steering_rank(r.gpus, 0, r.gpus)
+            for node in ce.index.candidates(r.vcpus):
                 if node.fits(r) and (not reserved or self._may_use(node.name, reserved, "", time_limit_s)):
-                    key = placement_key(
-                        r.gpus, node.gpus, node.free_gpus if r.gpus else 0, node.free_vcpus, node.free_memory_mib
-                    )
-                    if best_key is None or key < best_key:
-                        best, best_key = node, key
+                    rank = steering_rank(r.gpus, node.gpus, node.free_gpus)
+                    if rank == ideal:
+                        return node, ce  # type: ignore[return-value]
+                    if best_rank is None or rank < best_rank:
+                        best, best_rank = node, rank  # type: ignore[assignment]
             if best is not None:
                 return best, ce
         return None
@@ -762,7 +1076,7 @@ class Scheduler:
             if placed is not None:
                 nodes, ce = placed
                 self._withdraw(job.job_id)
-                alloc = self._hold(job.job_id, nodes, r, True, job.time_limit_s)
+                alloc = self._hold(job.job_id, nodes, r, True, job.time_limit_s, share=self._charge(job))
                 names = tuple(node.name for node in nodes)
                 gpus = tuple(alloc.gpus[name] for name in names) if r.gpus else ()
                 actions.append(StartGang(job.job_id, names, ce.name, gpus))
@@ -793,25 +1107,28 @@ class Scheduler:
     def _place_gang(
         self, job: JobRunnable, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
     ) -> tuple[list[_Node], _ComputeEnvironment] | None:
-        """``num_nodes`` idle nodes of the first compute environment that has them, or None."""
+        """``num_nodes`` idle nodes of the first compute environment that has them, or None.
+
+        ``pick_nodes``' rule for nodes that are all free now, without building candidates:
+        the placement group with the fewest fitting idle nodes that still holds the gang
+        (then by name), else (no group required) any; smallest nodes first, then by name.
+        """
         n, r = job.num_nodes, job.request
         for ce in ces:
-            if ce.caps(n * r.vcpus):
+            if ce.caps(n * r.vcpus) or len(ce.idle) < n:
                 continue
-            idle = [
-                node.candidate(self._now)
-                for node in ce.nodes.values()
-                if node.accepting
-                and not node.jobs
-                and node.could_ever_fit(r)
-                and self._may_use(node.name, reserved, job.job_id, job.time_limit_s)
+            fit = [
+                node for node in ce.idle.values()
+                if node.could_ever_fit(r) and self._may_use(node.name, reserved, job.job_id, job.time_limit_s)
             ]
+            if len(fit) < n:
+                continue
             picked = None
-            if r.gpus == 0 and any(c.size[2] for c in idle):  # steering: CPU-only nodes first (gpus.py)
-                picked = pick_nodes([c for c in idle if not c.size[2]], n, ce.require_placement_group)
-            picked = picked or pick_nodes(idle, n, ce.require_placement_group)
+            if r.gpus == 0 and any(nd.gpus for nd in fit):  # steering: CPU-only nodes first (gpus.py)
+                picked = _pick_idle([nd for nd in fit if not nd.gpus], n, ce.require_placement_group)
+            picked = picked or _pick_idle(fit, n, ce.require_placement_group)
             if picked is not None:
-                return [self._nodes[c.name] for c in picked[1]], ce
+                return picked, ce
         return None
 
     def _reserve(
@@ -823,24 +1140,55 @@ class Scheduler:
         for ce in ces:
             if ce.max_vcpus is not None and n * r.vcpus > ce.max_vcpus + 1e-9:
                 continue
-            cands = [
-                node.candidate(self._free_at(node))
-                for node in ce.nodes.values()
-                if node.accepting and node.could_ever_fit(r) and node.name not in reserved
-            ]
-            picked = pick_nodes(cands, n, ce.require_placement_group)
-            if picked is None:
+            if ce.require_placement_group:
+                able = [
+                    (self._free_at(node), node)
+                    for node in ce.nodes.values()
+                    if node.accepting and node.could_ever_fit(r) and node.name not in reserved
+                ]
+            else:
+                # Without a required group the chosen nodes are all free by the n-th soonest
+                # time: walk the nodes by expected end and stop after that time (5k nodes).
+                able = []
+                cutoff: float | None = None
+                for end, name in ce.by_end:
+                    t = max(self._now, end)
+                    if cutoff is not None and t > cutoff:
+                        break
+                    node = ce.nodes[name]
+                    if node.accepting and node.could_ever_fit(r) and name not in reserved:
+                        able.append((t, node))
+                        if len(able) == n:
+                            cutoff = t
+            if len(able) < n:
                 continue
-            group, chosen = picked
-            start = max(c.free_at for c in chosen)
+            if ce.require_placement_group:
+                picked = pick_nodes([node.candidate(t) for t, node in able], n, True)
+                if picked is None:
+                    continue
+                group, names, start = picked[0], [c.name for c in picked[1]], max(c.free_at for c in picked[1])
+            else:
+                group, names, start = _soonest_nodes(able, n)
             if best is None or start < best.start_s:  # a tie goes to the earlier CE in order
-                best = Reservation(job.job_id, ce.name, tuple(c.name for c in chosen), start, group)
+                best = Reservation(job.job_id, ce.name, tuple(names), start, group)
         return best
 
     def _free_at(self, node: _Node) -> float:
         """When ``node`` is expected to run nothing: the latest end of what it runs."""
-        ends = [self._allocations[j].ends_at for j in node.jobs if j in self._allocations]
-        return max([self._now, *ends])
+        return max(self._now, node.latest_end)
+
+    def _census(self, ce: _ComputeEnvironment) -> dict[tuple[float, int, int, str | None, frozenset[str]], int]:
+        """Accepting nodes of ``ce`` counted by (vCPUs, MiB, usable GPUs, placement group, features); cached like
+        the never-cache (both change only when nodes or compute environments do)."""
+        census = self._census_cache.get(ce.name)
+        if census is None:
+            census = self._census_cache[ce.name] = {}
+            for node in ce.nodes.values():
+                if node.accepting:
+                    shape = (node.vcpus, node.memory_mib, node.gpus - len(node.gpu_out), node.placement_group,
+                             node.features)
+                    census[shape] = census.get(shape, 0) + 1
+        return census
 
     def _gang_why_never(
         self, job: JobRunnable, ces: list[_ComputeEnvironment]
@@ -849,26 +1197,30 @@ class Scheduler:
         n, r = job.num_nodes, job.request
         group_ce = capped_ce = None
         for ce in ces:
-            able = [
-                node.candidate(0.0)
-                for node in ce.nodes.values()
-                if node.accepting and node.could_ever_fit(r)
-            ]
+            # Counted by node shape, not node by node: the shapes are few, the nodes many.
+            census = self._census(ce)
+            able_total = 0
+            by_group: dict[str | None, int] = {}
+            for (vcpus, memory_mib, gpus, group, features), count in census.items():
+                if r.vcpus <= vcpus + 1e-9 and r.memory_mib <= memory_mib and r.gpus <= gpus and r.requires <= features:
+                    able_total += count
+                    by_group[group] = by_group.get(group, 0) + count
+            fits_group = any(g is not None and c >= n for g, c in by_group.items())
             if ce.max_vcpus is not None and n * r.vcpus > ce.max_vcpus + 1e-9:
                 capped_ce = capped_ce or ce.name
-            elif pick_nodes(able, n, ce.require_placement_group) is not None:
+            elif fits_group or (not ce.require_placement_group and able_total >= n):
                 return None, ce.name
-            elif ce.require_placement_group and len(able) >= n:
+            elif ce.require_placement_group and able_total >= n:
                 group_ce = group_ce or ce.name
         if group_ce is not None:
-            return f"No placement group of compute environment {group_ce} can hold {n} nodes", ""
+            return f"{REQUIREMENT} - No placement group of compute environment {group_ce} can hold {n} nodes", ""
         if capped_ce is not None:
             return (
-                f"Compute environment {capped_ce} maxvCpus is below {n} nodes x "
+                f"{MAX_RESOURCE} - Compute environment {capped_ce} maxvCpus is below {n} nodes x "
                 f"{r.vcpus:g} vCPUs", ""
             )
         return (
-            f"No compute environment in {', '.join(ce.name for ce in ces)} has {n} ACTIVE nodes "
+            f"{REQUIREMENT} - No compute environment in {', '.join(ce.name for ce in ces)} has {n} ACTIVE nodes "
             f"that can each hold vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
             + "".join(f" and offer {_FEATURE_TEXT.get(f, f)}" for f in sorted(r.requires)), ""
         )
@@ -890,38 +1242,92 @@ class Scheduler:
         self, r: ResourceRequest, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
     ) -> str:
         if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):
-            missing = r.requires - frozenset().union(*(n.features for ce in ces for n in ce.nodes.values()))
-            if missing:
-                return (
-                    f"No node in compute environments {', '.join(ce.name for ce in ces)} offers "
-                    f"{', '.join(sorted(_FEATURE_TEXT.get(f, f) for f in missing))}"
-                )
-            cpu_only = ResourceRequest(vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=0)
-            if r.gpus and any(n.could_ever_fit(cpu_only) for ce in ces for n in ce.nodes.values()):
-                most = max(n.gpus - len(n.gpu_out) for ce in ces for n in ce.nodes.values())
-                return (
-                    f"No node in compute environments {', '.join(ce.name for ce in ces)} has "
-                    f"{r.gpus} GPUs (the most is {most}): "
-                    f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
-                )
+            return f"{REQUIREMENT} - {self._why_never(r, ces)}"
+        able = [ce for ce in ces if any(n.could_ever_fit(r) for n in ce.nodes.values())]
+        if all(ce.max_vcpus is not None and r.vcpus > ce.max_vcpus + 1e-9 for ce in able):
             return (
-                f"No node in compute environments {', '.join(ce.name for ce in ces)} can hold "
-                f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
+                f"{MAX_RESOURCE} - needs {r.vcpus:g} vCPUs; maxvCpus of compute environments "
+                f"{', '.join(f'{ce.name}={ce.max_vcpus:g}' for ce in able)}"
             )
         if all(ce.caps(r.vcpus) for ce in ces):
             return WAIT_MAX_VCPUS
         if reserved and self._place(r, None, ces, {}) is not None:
             return WAIT_RESERVED
-        return WAIT_RESOURCES
+        largest = max((f for ce in ces if (f := ce.index.largest_free()) is not None), default=None)
+        if largest is None:
+            have = "no node has free vCPUs"
+        else:
+            have = f"the largest free node has {largest[0]:g} vCPUs and {largest[1]} MiB"
+        gpus = f" and {r.gpus} GPUs" if r.gpus else ""
+        return f"{CAPACITY} - {WAIT_RESOURCES} (needs {r.vcpus:g} vCPUs and {r.memory_mib} MiB{gpus}, {have})"
+
+    def _why_never(self, r: ResourceRequest, ces: list[_ComputeEnvironment]) -> str:
+        """Why no node of ``ces`` could ever hold ``r`` (the detail of a REQUIREMENT reason)."""
+        names = ", ".join(ce.name for ce in ces)
+        missing = r.requires - frozenset().union(*(n.features for ce in ces for n in ce.nodes.values()))
+        if missing:
+            return f"No node in compute environments {names} offers " + ", ".join(
+                sorted(_FEATURE_TEXT.get(f, f) for f in missing)
+            )
+        cpu_only = ResourceRequest(vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=0, requires=r.requires)
+        if r.gpus and any(n.could_ever_fit(cpu_only) for ce in ces for n in ce.nodes.values()):
+            most = max(n.gpus - len(n.gpu_out) for ce in ces for n in ce.nodes.values())
+            return (
+                f"No node in compute environments {names} has {r.gpus} GPUs (the most is {most}): "
+                f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
+            )
+        return (
+            f"No node in compute environments {names} can hold "
+            f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
+        )
 
     def _wait_all(self, queue: _Queue, reason: str, actions: list[Action]) -> None:
         for job_id in queue.jobs:
             self._wait(job_id, reason, actions)
 
     def _wait(self, job_id: str, reason: str, actions: list[Action]) -> None:
+        if self._fair_note:
+            queue_name = self._queue_of.get(job_id)
+            queue = self._queues.get(queue_name or "")
+            if queue is not None and queue.fair_share is not None and not reason.startswith("Fair share"):
+                job = queue.jobs.get(job_id)
+                reason += self._fair_note.get((queue.name, (job.share or "") if job else ""), "")
         if self._wait_reason.get(job_id) != reason:
             self._wait_reason[job_id] = reason
             actions.append(SetWaitReason(job_id, reason))
+
+
+def _soonest_nodes(able: list[tuple[float, _Node]], n: int) -> tuple[str | None, list[str], float]:
+    """``pick_nodes``' choice among nodes all free by the n-th soonest time, without candidates.
+
+    Every option then starts at that time, so one placement group that holds ``n`` of them
+    wins over a spread (the group with the fewest such nodes, then by name); inside the
+    choice, soonest first, then smaller nodes, then by name. Returns (group, names in index
+    order, start).
+    """
+    groups: dict[str, list[tuple[float, _Node]]] = {}
+    for item in able:
+        group = item[1].placement_group
+        if group is not None:
+            groups.setdefault(group, []).append(item)
+    options = [(len(members), group) for group, members in groups.items() if len(members) >= n]
+    chosen_group = min(options)[1] if options else None
+    pool = groups[chosen_group] if chosen_group is not None else able
+    chosen = heapq.nsmallest(
+        n, pool, key=lambda it: (it[0], (it[1].vcpus, it[1].memory_mib, it[1].gpus), natural_key(it[1].name))
+    )
+    names = sorted((nd.name for _, nd in chosen), key=natural_key)
+    return chosen_group, names, max(t for t, _ in chosen)
+
+
+def _share_entry(job: JobRunnable) -> tuple[int, int, str, float]:
+    """A job's place in its share's heap: higher schedulingPriority first, then FIFO."""
+    return (-job.priority, job.seq, job.job_id, job.request.vcpus * max(1, job.num_nodes))
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _gpu_note(gpus: tuple[str, ...]) -> str:

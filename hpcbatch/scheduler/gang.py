@@ -104,7 +104,11 @@ def natural_key(name: str) -> tuple[object, ...]:
 
 def hostlist(names: Iterable[str]) -> str:
     """Fold node names into range notation (``n[1-3]``), the sysadmin's form."""
-    names = list(names)
+    return _hostlist(tuple(names))
+
+
+@functools.lru_cache(maxsize=1024)  # a reservation is described every pass: parse its nodes once
+def _hostlist(names: tuple[str, ...]) -> str:
     try:
         return str(NodeSet.fromlist(names))
     except NodeSetException:  # a name NodeSet cannot parse: show them as they are

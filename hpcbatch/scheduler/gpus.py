@@ -73,10 +73,18 @@ def closeness(chosen: Sequence[int], places: Sequence[GpuPlace]) -> str | None:
     return None
 
 
+def steering_rank(request_gpus: int, node_gpus: int, node_free_gpus: int) -> tuple[int, int]:
+    """Rank among nodes that fit a job, ahead of the allocation strategy: lower is preferred.
+
+    A job without GPUs prefers a node without GPUs; a GPU job the node with the fewest free
+    GPUs (keeping whole GPU nodes for big GPU jobs)."""
+    if request_gpus == 0:
+        return (1 if node_gpus else 0, 0)
+    return (0, node_free_gpus)
+
+
 def placement_key(
     request_gpus: int, node_gpus: int, node_free_gpus: int, free_vcpus: float, free_memory_mib: int
 ) -> tuple[int, int, float, int]:
-    """Sort key among nodes that fit a job: lower is preferred; see the module doc."""
-    if request_gpus == 0:
-        return (1 if node_gpus else 0, 0, free_vcpus, free_memory_mib)
-    return (0, node_free_gpus, free_vcpus, free_memory_mib)
+    """Sort key among nodes that fit a job under BEST_FIT: steering, then the tightest fit."""
+    return (*steering_rank(request_gpus, node_gpus, node_free_gpus), free_vcpus, free_memory_mib)

@@ -637,3 +637,44 @@ def _pid_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+POLICY_ARN = "arn:aws:batch:local:000000000000:scheduling-policy/research"
+
+
+def test_policy_commands_send_aws_bodies(stub: StubHead) -> None:
+    stub.answers["/v1/createschedulingpolicy"] = {"name": "research", "arn": POLICY_ARN}
+    result = run("policy", "create", "research", "--share", "teamA=0.5", "--share", "lab*", "--decay", "3600",
+                 "--compute-reservation", "50")
+    assert result.exit_code == 0 and result.output.strip() == POLICY_ARN
+    assert sent(stub, "/v1/createschedulingpolicy") == {"name": "research", "fairsharePolicy": {
+        "shareDistribution": [{"shareIdentifier": "teamA", "weightFactor": 0.5}, {"shareIdentifier": "lab*"}],
+        "shareDecaySeconds": 3600, "computeReservation": 50}}
+    stub.answers["/v1/listschedulingpolicies"] = {"schedulingPolicies": [{"arn": POLICY_ARN}]}
+    stub.answers["/v1/updateschedulingpolicy"] = {}
+    assert run("policy", "update", "research", "--share", "teamA=1").exit_code == 0
+    assert sent(stub, "/v1/updateschedulingpolicy") == {
+        "arn": POLICY_ARN, "fairsharePolicy": {"shareDistribution": [{"shareIdentifier": "teamA", "weightFactor": 1.0}]}}
+    stub.answers["/v1/describeschedulingpolicies"] = {"schedulingPolicies": [{"name": "research", "arn": POLICY_ARN,
+        "fairsharePolicy": {"shareDistribution": [{"shareIdentifier": "teamA", "weightFactor": 1.0}]}}]}  # fmt: skip
+    result = run("policy", "describe", "research")
+    assert "share teamA weight 1" in result.output
+    stub.answers["/v1/deleteschedulingpolicy"] = {}
+    assert run("policy", "delete", "research").exit_code == 0
+    assert sent(stub, "/v1/deleteschedulingpolicy") == {"arn": POLICY_ARN}
+    assert run("policy", "create", "bad", "--share", "a=x").exit_code == 2
+
+
+def test_queue_cancel_after_sends_job_state_time_limit_actions(stub: StubHead) -> None:
+    stub.answers["/v1/updatejobqueue"] = {"jobQueueName": "gpu", "jobQueueArn": "arn:q"}
+    assert run("queue", "update", "gpu", "--cancel-after", "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY=14400").exit_code == 0
+    assert sent(stub, "/v1/updatejobqueue") == {"jobQueue": "gpu", "jobStateTimeLimitActions": [
+        {"reason": "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY", "state": "RUNNABLE", "maxTimeSeconds": 14400,
+         "action": "CANCEL"}]}
+    assert run("queue", "update", "gpu", "--cancel-after", "nonsense").exit_code == 2
+
+
+def test_submit_sends_share_identifier_and_priority_override(stub: StubHead) -> None:
+    assert run("submit", "--share", "teamA", "--priority", "7", "--", "true").exit_code == 0
+    body = sent(stub, "/v1/submitjob")
+    assert body["shareIdentifier"] == "teamA" and body["schedulingPriorityOverride"] == 7

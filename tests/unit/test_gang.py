@@ -4,6 +4,7 @@ groups, reservations and backfill, driven event by event (no I/O, no clock)."""
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -89,7 +90,12 @@ def singles(actions: list[Action]) -> dict[str, str]:
 
 
 def reasons(actions: list[Action]) -> dict[str, str]:
-    return {a.job_id: a.reason for a in actions if isinstance(a, SetWaitReason)}
+    """Wait reasons without AWS's ``CODE - `` prefix and the capacity numbers (tested apart)."""
+    return {
+        a.job_id: re.sub(r"\A[A-Z]+:[A-Z_]+ - ", "", a.reason).split(" (needs ")[0]
+        for a in actions
+        if isinstance(a, SetWaitReason)
+    }
 
 
 def cluster(*names: str, vcpus: float = 4, **kw: object) -> Scheduler:

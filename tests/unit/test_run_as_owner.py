@@ -401,7 +401,10 @@ def test_forget_removes_the_work_dir_unless_keep_workdir(
         adir = h.runner.log_path("w").parent
         h.runner.forget("w")  # removal runs on a helper thread: wait for it, with a deadline
         deadline = time.monotonic() + 10
-        while (adir / "output.log").exists() and time.monotonic() < deadline:
+        def removing() -> bool:  # the log goes first, then (unless kept) the work dir
+            return (adir / "output.log").exists() or (not keep and (adir / "work").exists())
+
+        while removing() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert not (adir / "output.log").exists()
         assert (adir / "work" / "f").exists() == keep
@@ -410,16 +413,13 @@ def test_forget_removes_the_work_dir_unless_keep_workdir(
     run(state_dir, body, keep_workdir=keep)
 
 
-def test_owner_job_spawns_stay_cheap(state_dir: Path, users: dict[str, User]) -> None:
-    """The agent's side of a spawn stays a vfork: no fork() per owner job."""
+def test_many_owner_jobs_in_a_row_all_run(state_dir: Path, users: dict[str, User]) -> None:
+    """50 owner spawns back to back (their cost is measured in bench/, not asserted here)."""
 
     async def body(h: Harness) -> None:
-        t0 = time.perf_counter()
         for i in range(50):
             await h.start(f"t{i}", ["true"], user=ALICE)
-        spent = time.perf_counter() - t0
         for i in range(50):
             assert (await h.result(f"t{i}")).exit_code == 0
-        assert spent < 50 * 0.02, f"{spent / 50 * 1e3:.1f} ms per owner spawn"
 
     run(state_dir, body)

@@ -115,6 +115,14 @@ VALID: dict[str, dict[str, Any]] = {
     "DescribeJobDefinitions": {"jobDefinitionName": "mpi-train", "status": "ACTIVE"},
     "DeregisterJobDefinition": {"jobDefinition": "mpi-train:1"},
     "GetJobQueueSnapshot": {"jobQueue": "gpu"},
+    "CreateSchedulingPolicy": {"name": "teams", "fairsharePolicy": {
+        "shareDecaySeconds": 3600, "computeReservation": 50,
+        "shareDistribution": [{"shareIdentifier": "A", "weightFactor": 0.5}, {"shareIdentifier": "lab*"}]}},
+    "UpdateSchedulingPolicy": {"arn": "arn:aws:batch:local:000000000000:scheduling-policy/teams",
+                               "fairsharePolicy": {"shareDistribution": [{"shareIdentifier": "B"}]}},
+    "DescribeSchedulingPolicies": {"arns": ["arn:aws:batch:local:000000000000:scheduling-policy/teams"]},
+    "DeleteSchedulingPolicy": {"arn": "arn:aws:batch:local:000000000000:scheduling-policy/teams"},
+    "ListSchedulingPolicies": {"maxResults": 10},
 }
 
 
@@ -173,7 +181,7 @@ def test_name_pattern_is_anchored() -> None:
 
 
 def test_unsupported_operation_is_a_client_error() -> None:
-    rejects("CreateSchedulingPolicy", {}, "Unsupported operation 'CreateSchedulingPolicy'")
+    rejects("TagResource", {}, "Unsupported operation 'TagResource'")
 
 
 def test_null_member_is_treated_as_absent() -> None:
@@ -511,3 +519,32 @@ def test_float_shapes_accept_ints_but_not_booleans_or_nan() -> None:
         with pytest.raises(_Bad) as info:
             check(junk)
         assert info.value.tail == message
+
+
+# --- scheduling policies and queue time limits -------------------------------------------------
+
+
+def test_share_identifier_with_an_asterisk_inside_is_refused() -> None:
+    body = with_(VALID["CreateSchedulingPolicy"], "fairsharePolicy.shareDistribution.0.shareIdentifier", "a*b")
+    with pytest.raises(ClientError, match=r"shareDistribution\[0\]\.shareIdentifier must be 1-255"):
+        validate_request("CreateSchedulingPolicy", body)
+
+
+def test_compute_reservation_above_99_is_refused() -> None:
+    body = with_(VALID["CreateSchedulingPolicy"], "fairsharePolicy.computeReservation", 100)
+    with pytest.raises(ClientError, match="computeReservation must be between 0 and 99"):
+        validate_request("CreateSchedulingPolicy", body)
+
+
+def test_weight_factor_out_of_range_is_refused() -> None:
+    body = with_(VALID["CreateSchedulingPolicy"], "fairsharePolicy.shareDistribution.0.weightFactor", 0)
+    with pytest.raises(ClientError, match="weightFactor must be between 0.0001 and 999.9999"):
+        validate_request("CreateSchedulingPolicy", body)
+
+
+def test_spread_is_an_allocation_strategy_and_spot_ones_are_refused() -> None:
+    ok = with_(CREATE_CE, "computeResources.allocationStrategy", "SPREAD")
+    validate_request("CreateComputeEnvironment", ok)
+    spot = with_(CREATE_CE, "computeResources.allocationStrategy", "SPOT_CAPACITY_OPTIMIZED")
+    with pytest.raises(ClientError, match="allocationStrategy applies to EC2 Spot"):
+        validate_request("CreateComputeEnvironment", spot)

@@ -1,0 +1,1 @@
+"""A discrete-event simulator that drives the real scheduler core with a recorded or synthetic workload."""
