@@ -13,7 +13,7 @@ from tests.system import headapi
 from tests.system.conftest import Site
 from tests.system.playbooks import HEAD
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 NEW = "node5"
 
 
