@@ -68,6 +68,7 @@ class BootstrapSettings:
     head: str  # the fleet endpoint agents connect to, tcp://HEAD:8472
     head_public_key: bytes
     username: str = "root"
+    port: int = 22
     identity: Path | None = None  # SSH private key (default: ssh-agent and ~/.ssh/id_*)
     known_hosts: Path | None = None  # default ~/.ssh/known_hosts
     verify_host_keys: bool = True
@@ -170,7 +171,7 @@ class Bootstrapper:
         known: Any = None
         if self.s.verify_host_keys:
             known = str(self.s.known_hosts or Path("~/.ssh/known_hosts").expanduser())
-        options: dict[str, Any] = {"username": self.s.username, "known_hosts": known,
+        options: dict[str, Any] = {"username": self.s.username, "port": self.s.port, "known_hosts": known,
                                    "connect_timeout": self.s.connect_timeout}
         if self.s.identity is not None:
             options["client_keys"] = [str(self.s.identity)]
