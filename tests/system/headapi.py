@@ -39,6 +39,18 @@ def job(testbed: Testbed, head: str, job_id: str) -> dict[str, Any]:
     return dict(call(testbed, head, "describe_jobs", jobs=[job_id])["jobs"][0])
 
 
+def wait_status(testbed: Testbed, head: str, job_id: str, status: str, timeout: float) -> dict[str, Any]:
+    """Until the job reaches ``status`` (or has ended: then the assertion says which)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = job(testbed, head, job_id)
+        if found["status"] == status:
+            return found
+        if found["status"] in ("SUCCEEDED", "FAILED") or time.monotonic() >= deadline:
+            raise AssertionError(f"{job_id} is {found['status']}, not {status}: {found.get('statusReason')}")
+        time.sleep(0.5)
+
+
 def wait_jobs(testbed: Testbed, head: str, job_ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
     """Until every job has ended (SUCCEEDED or FAILED); returns them by id."""
     deadline = time.monotonic() + timeout

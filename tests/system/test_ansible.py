@@ -104,13 +104,19 @@ def test_ansible_lint_production_profile_is_clean() -> None:
 
 def test_rolling_upgrade_while_jobs_run_loses_and_repeats_none(site: Site) -> None:
     tb = site.tb
-    sleepers = [
-        str(headapi.call(tb, HEAD, "submit_job", jobName=f"sleep{i}", jobQueue="default",
-                         jobDefinition="hpcbatch-default",
-                         containerOverrides={"command": ["sleep", "4"],
-                                             "resourceRequirements": [{"type": "VCPU", "value": "1"}]})["jobId"])
-        for i in range(6)
-    ]
+    def sleeper(name: str, seconds: int, vcpus: int) -> str:
+        return str(headapi.call(tb, HEAD, "submit_job", jobName=name, jobQueue="default",
+                                jobDefinition="hpcbatch-default",
+                                containerOverrides={"command": ["sleep", str(seconds)],
+                                                    "resourceRequirements": [{"type": "VCPU", "value": str(vcpus)}]})["jobId"])
+
+    # A whole-node job on every agent, still running when its node's turn comes: the drain
+    # must wait for it (an agent restarted under it would end it), and the head's own
+    # restart must not touch it. Then short ones queued behind them.
+    sleepers = [sleeper(f"long{i}", 30, 2) for i in range(3)]
+    for job_id in sleepers:
+        headapi.wait_status(tb, HEAD, job_id, "RUNNING", timeout=60)
+    sleepers += [sleeper(f"short{i}", 2, 1) for i in range(3)]
     during: list[str] = []
 
     def submit_during() -> None:  # jobs submitted while the playbook runs must run too
@@ -122,12 +128,16 @@ def test_rolling_upgrade_while_jobs_run_loses_and_repeats_none(site: Site) -> No
 
     submitter = threading.Thread(target=submit_during)
     submitter.start()
+    started = time.time()
     upgrade = run_playbook(site.inventory, "upgrade.yml", "-e", f"package_wheel={site.bed.upgrade_wheel}",
                            "-e", "upgrade_drain_timeout=300")
     submitter.join()
     assert upgrade.returncode == 0, upgrade.stdout[-8000:] + upgrade.stderr[-2000:]
 
     jobs = headapi.wait_jobs(tb, HEAD, sleepers + during, timeout=180)
+    # The long jobs were still running once the playbook had upgraded the head and begun on the
+    # agents (so a drain had to wait for one), and each ran once to the end.
+    assert max(jobs[j]["stoppedAt"] for j in sleepers[:3]) / 1000 > started + 10
     assert {j: v["status"] for j, v in jobs.items()} == {j: "SUCCEEDED" for j in jobs}
     assert all(len(v.get("attempts") or []) == 1 for v in jobs.values()), jobs  # none run twice
     nodes = headapi.nodes(tb, HEAD)
