@@ -68,19 +68,26 @@ class _CacheLock:
         self._f.close()
 
 
+def _marker(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def ensure_root() -> Path:
     """The shared Debian root, built with debootstrap on first use (about a minute)."""
     with _CacheLock():
-        if (ROOT / ".complete").exists():
+        if _marker(ROOT / ".complete") == PACKAGES:  # built with today's package list
             return ROOT
         if not shutil.which("debootstrap"):
             raise TestbedError("debootstrap is not installed (apt-get install debootstrap)")
         tmp = CACHE / "bookworm.tmp"
-        if not (tmp / ".debootstrapped").exists():  # else a build that stopped after it
+        if _marker(tmp / ".debootstrapped") != PACKAGES:  # else a build that stopped after it
             shutil.rmtree(tmp, ignore_errors=True)
             _run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm", str(tmp)],
                  "debootstrap", timeout=900)
-            (tmp / ".debootstrapped").touch()
+            (tmp / ".debootstrapped").write_text(PACKAGES)
         # Host keys are made per host (each its own identity); the root must not carry any.
         for key in (tmp / "etc" / "ssh").glob("ssh_host_*"):
             key.unlink()
@@ -88,7 +95,7 @@ def ensure_root() -> Path:
         for unit in ("getty@.service", "console-getty.service", "systemd-networkd-wait-online.service"):
             (tmp / "etc/systemd/system" / unit).unlink(missing_ok=True)
             os.symlink("/dev/null", tmp / "etc/systemd/system" / unit)
-        (tmp / ".complete").touch()
+        (tmp / ".complete").write_text(PACKAGES)
         shutil.rmtree(ROOT, ignore_errors=True)
         tmp.rename(ROOT)
         return ROOT
