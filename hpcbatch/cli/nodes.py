@@ -105,13 +105,23 @@ node_keys_delete = _node_key_command(
 @nodes.command("drain")
 @click.argument("name")
 @click.option("--reason", help="Why (shown in `nodes list`); default names you.")
+@click.option("--wait", is_flag=True, help="Return once NAME is DRAINED (its running jobs ended).")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+    help="With --wait: give up (exit 1, NAME stays draining) after this many seconds.",
+)
 @global_options
-def nodes_drain(name: str, reason: str | None) -> None:
+def nodes_drain(name: str, reason: str | None, wait: bool, timeout: float) -> None:
     """Place no new work on NAME; running jobs finish (DRAINING, then DRAINED). Admins only."""
     body = {"name": name}
     if reason:
         body["reason"] = reason
-    get_client().call("/hpcbatch/v1/drainnode", body)
+    client = get_client()
+    client.call("/hpcbatch/v1/drainnode", body)
+    if wait:
+        from hpcbatch.cli.drainwait import wait_drained
+
+        wait_drained(client, name, timeout)
 
 
 @nodes.command("prepull")
@@ -137,3 +147,8 @@ def nodes_prepull(image: str, hostlist: str | None) -> None:
 def nodes_resume(name: str) -> None:
     """Let NAME take new work again. Admins only."""
     get_client().call("/hpcbatch/v1/resumenode", {"name": name})
+
+
+from hpcbatch.cli.bootstrap import nodes_bootstrap  # noqa: E402 - asyncssh loads only when it runs
+
+nodes.add_command(nodes_bootstrap)

@@ -759,7 +759,10 @@ class BatchService:
 
     # ------------------------------------------------------- identity and keys
     def WhoAmI(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        return {"user": caller.user, "role": caller.role, "via": caller.via, "accessKeyId": caller.access_key_id}
+        from hpcbatch import __version__
+
+        return {"user": caller.user, "role": caller.role, "via": caller.via, "accessKeyId": caller.access_key_id,
+                "headVersion": __version__}
 
     def CreateAccessKey(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         from hpcbatch.auth.keys import credentials_profile, generate_access_key
