@@ -32,6 +32,11 @@ from hpcbatch.store.base import EventRow, JobQuery
 from hpcbatch.store.migrate import YOYO_TABLE, migrate, migration_ids, redact
 
 _encode = msgspec.json.Encoder().encode
+
+
+def _like_literal(text: str) -> str:
+    """``text`` inside a LIKE pattern (``ESCAPE '\\'``): its %, _ and \\ match only themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 _decode_job = msgspec.json.Decoder(JobRecord).decode
 _decode_doc = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -308,8 +313,9 @@ class PostgresStore:
         )
         args: list[Any] = [after]
         if job_id is not None:
-            sql += " AND (e.job_id = %s OR e.job_id LIKE %s OR e.job_id LIKE %s)"
-            args.extend([job_id, job_id + "#%", job_id + ":%"])
+            # The job, its array children (id#n) and node children (id:n); the id matches literally.
+            sql += " AND (e.job_id = %s OR e.job_id LIKE %s ESCAPE '\\' OR e.job_id LIKE %s ESCAPE '\\')"
+            args.extend([job_id, _like_literal(job_id) + "#%", _like_literal(job_id) + ":%"])
         if queue is not None:
             sql += " AND j.queue = %s"
             args.append(queue)
