@@ -100,6 +100,11 @@ class PostgresStore:
         self._epoch = epoch
         self._db.execute(f"SET idle_in_transaction_session_timeout = {max(1, int(stall_s * 1000))}")
 
+    def read_only(self, on: bool) -> None:
+        """Make this session read-only (a standby's), or writable again: while it is,
+        PostgreSQL itself refuses any write through it, whatever the head's code does."""
+        self._db.execute(f"SET default_transaction_read_only = {'on' if on else 'off'}")
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Group writes; commit on success, roll back on any error. Nests (inner is a no-op)."""
