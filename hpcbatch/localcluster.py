@@ -376,6 +376,13 @@ class LocalCluster:
         self, name: str, fleets: list[str], head_key: str, netns: bool = False, gpus: list[str] | None = None
     ) -> str:
         self._enroll(name)
+        # The newest head epoch the agent saw (node_agent/head_epoch.py) belongs to the last
+        # cluster's store: no head of it runs any more (up refuses while one does), and the
+        # new store's epochs start again (SQLite: 0), so the agent must not refuse them.
+        try:
+            os.unlink(os.path.join(self.dir, name, "head-epoch.json"))
+        except FileNotFoundError:
+            pass
         path = os.path.join(self.dir, f"{name}.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hpcbatch.client import HeadUnreachableError
 from hpcbatch.localcluster import LocalCluster
 from tests.harness import wait_for
@@ -77,3 +79,27 @@ def test_cluster_up_refuses_several_heads_without_a_postgresql_store(tmp_path: P
         else:
             raise AssertionError(f"up({kwargs}) was not refused")
     assert local.record() is None  # refused before anything started
+
+
+def test_cluster_up_forgets_the_head_epoch_its_agents_saw_on_the_last_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agents' state outlives `down`; a later `up` on SQLite (epoch 0) must still be obeyed.
+    from hpcbatch.curve import ensure_keypair, load_public_key
+    from node_agent.head_epoch import HeadEpoch
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))  # the daemons' modules
+    local = LocalCluster(str(tmp_path / "home"))
+    curve = Path(local.dir) / "head" / "curve"
+    ensure_keypair(curve / "head.key_secret", curve / "head.key")  # the key pair `up` keeps
+    node_state = Path(local.dir) / "node1"
+    node_state.mkdir(parents=True)
+    HeadEpoch(node_state, load_public_key(curve / "head.key")).save(9)  # left by a PostgreSQL cluster
+    try:
+        local.up(nodes=1)
+        with local.client(timeout=10) as client:
+            job_id = client.submit_job(jobName="j", jobQueue="default", jobDefinition="hpcbatch-default",
+                                       containerOverrides={"command": ["true"]})["jobId"]
+            assert client.wait_job(job_id, timeout=60)["status"] == "SUCCEEDED"
+    finally:
+        local.down()
