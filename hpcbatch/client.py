@@ -64,8 +64,9 @@ _AWS_OPERATIONS = (
     "DeleteSchedulingPolicy",
     "ListSchedulingPolicies",
 )
-# hpcbatch's own operations, where AWS has none (CloudWatch logs, nodes, script upload).
-_HPCBATCH_OPERATIONS = ("GetJobLogs", "ListNodes", "PutScript")
+# hpcbatch's own operations, where AWS has none (CloudWatch logs, nodes, script upload,
+# the event stream).
+_HPCBATCH_OPERATIONS = ("GetJobLogs", "ListNodes", "PutScript", "ListEvents")
 
 
 def _snake(name: str) -> str:
@@ -541,6 +542,31 @@ class Client:
     def list_nodes(self) -> dict[str, Any]:
         """The nodes the head knows, with state, capacity and running jobs."""
         return self.call(OPERATIONS["list_nodes"], {})
+
+    def list_events(
+        self,
+        afterEventId: int = 0,
+        maxResults: int | None = None,
+        waitSeconds: float = 0,
+        jobId: str | None = None,
+        jobQueue: str | None = None,
+    ) -> dict[str, Any]:
+        """Job and node state changes after event ``afterEventId`` (``hpcbatch events``).
+
+        Answers ``{"events": [...], "lastEventId": n, "more": bool}``: pass ``lastEventId``
+        as the next ``afterEventId`` to resume. ``waitSeconds`` makes it a long poll: the
+        head answers as soon as an event comes, or empty after that many seconds. ``jobId``
+        (with its array and node children) or ``jobQueue`` narrow it down.
+        """
+        if waitSeconds >= self.timeout:
+            raise ClientError(
+                f"waitSeconds: {waitSeconds:g} s must be below the client's timeout ({self.timeout:g} s)"
+            )
+        body: dict[str, Any] = {"afterEventId": afterEventId, "waitSeconds": waitSeconds}
+        for key, value in (("maxResults", maxResults), ("jobId", jobId), ("jobQueue", jobQueue)):
+            if value is not None:
+                body[key] = value
+        return self.call(OPERATIONS["list_events"], body)
 
     def put_script(self, script: bytes | str) -> str:
         """Store a script on the head; return its ``sha256:`` id."""

@@ -24,6 +24,13 @@ As root, ``up(netns=True)`` gives every node its own network namespace and hostn
 agent runs inside its node's namespaces with ``fabric_interface = "fab0"``, and
 ``cluster.json`` records the layout so that ``down`` removes exactly those namespaces,
 links, bridges and holder processes.
+
+``up(store="postgresql://…", heads=2)`` keeps the state in that PostgreSQL database
+instead of SQLite, and starts heads ``head``, ``head2``, … on it: one active, the others
+standbys (docs/ha.md). They share what a real deployment shares on a network filesystem
+(the head's key pair, the node key registry and the job output folder), each agent knows
+every head's fleet endpoint, and ``endpoint`` lists every head's socket, comma-separated,
+so the CLI and the client follow the active one.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from hpcbatch.netns import (
     require_root,
     tag_for,
 )
+from hpcbatch.store.migrate import is_postgresql, redact
 
 DEFAULT_NODES = 4
 DEFAULT_NAME = "default"  # the compute environment and the job queue `cluster up` creates
@@ -189,15 +197,25 @@ class LocalCluster:
 
     def up(
         self, nodes: int = DEFAULT_NODES, timeout: float = READY_TIMEOUT_S, netns: bool = False,
-        gpus_per_node: int = 0,
+        gpus_per_node: int = 0, store: str | None = None, heads: int = 1,
     ) -> LocalCluster:
         """Start a head and ``nodes`` agents, wait until all are ACTIVE, create CE and queue.
 
         ``netns``: every node in its own network and UTS namespaces (root only).
         ``gpus_per_node``: each agent declares that many GPUs (``GPU-node<i>-<j>``; no
-        devices behind them): scheduling and ``CUDA_VISIBLE_DEVICES`` without hardware."""
+        devices behind them): scheduling and ``CUDA_VISIBLE_DEVICES`` without hardware.
+        ``store``: a ``postgresql://`` URL to keep the state in (default: SQLite in the
+        head's folder); ``heads``: how many heads share it (one active, the rest standbys)."""
         if nodes < 1:
             raise LocalClusterError("nodes: must be at least 1")
+        if heads < 1:
+            raise LocalClusterError("heads: must be at least 1")
+        if store and not is_postgresql(store):
+            raise LocalClusterError(
+                f"store: {store!r} is not a postgresql:// URL (without --store the cluster keeps SQLite in its folder)"
+            )
+        if heads > 1 and not store:
+            raise LocalClusterError("heads: several heads share one PostgreSQL store: give --store postgresql://…")
         if gpus_per_node < 0:
             raise LocalClusterError("gpus_per_node: must not be negative")
         if netns:
@@ -211,7 +229,8 @@ class LocalCluster:
                 f"a local cluster is already running in {self.dir} "
                 f"({existing.get('endpoint')}): run 'hpcbatch cluster down' first"
             )
-        api_socket = os.path.join(self.dir, "head", "api.sock")
+        head_names = head_names_for(heads)
+        api_socket = os.path.join(self.dir, head_names[-1], "api.sock")  # the longest
         if len(os.fsencode(api_socket)) > MAX_UNIX_PATH:
             raise LocalClusterError(
                 f"the head's socket {api_socket} would be longer than {MAX_UNIX_PATH} bytes: "
@@ -220,10 +239,11 @@ class LocalCluster:
         if existing:
             self.down()  # what a crashed cluster left: its namespaces go before ours are made
         os.makedirs(self.dir, exist_ok=True)
-        record: dict[str, Any] = {"processes": {}, "nodes": nodes}
+        record: dict[str, Any] = {"processes": {}, "nodes": nodes, "heads": head_names,
+                                  "store": redact(store) if store else "sqlite"}
         try:
             layout = self._create_netns(nodes, record) if netns else None
-            self._up(nodes, timeout, record, api_socket, layout, gpus_per_node)
+            self._up(nodes, timeout, record, head_names, layout, gpus_per_node, store or "")
         except BaseException as e:
             try:
                 self.down()
@@ -252,36 +272,56 @@ class LocalCluster:
         nodes: int,
         timeout: float,
         record: dict[str, Any],
-        api_socket: str,
+        head_names: list[str],
         layout: NetnsLayout | None,
         gpus_per_node: int = 0,
+        store: str = "",
     ) -> None:
-        """Configs, head, agents (each on its node when ``layout``), readiness, CE and queue."""
+        """Configs, heads, agents (each on its node when ``layout``), readiness, CE and queue."""
         # The fleet endpoint on the management bridge when nodes have their own namespaces;
         # the HTTP API stays on loopback (and the Unix socket).
         host = layout.host_mgmt_ip if layout else "127.0.0.1"
-        http_port, fleet_port = _free_port(), _free_port(host)
-        while fleet_port == http_port:
-            fleet_port = _free_port(host)
-        http_endpoint = f"http://127.0.0.1:{http_port}"
-        endpoint = f"unix:{api_socket}"
-        fleet = f"tcp://{host}:{fleet_port}"
+        taken: set[int] = set()
+
+        def port(on: str) -> int:
+            found = _free_port(on)
+            while found in taken:
+                found = _free_port(on)
+            taken.add(found)
+            return found
+
         head_key = self._head_keys()
-        configs = {"head": self._write_head_config(http_port, fleet, api_socket)}
+        configs: dict[str, str] = {}
+        sockets, https, fleets = [], [], []
+        for name in head_names:
+            http_port, fleet = port("127.0.0.1"), f"tcp://{host}:{port(host)}"
+            api_socket = os.path.join(self.dir, name, "api.sock")
+            configs[name] = self._write_head_config(http_port, fleet, api_socket, name, store)
+            sockets.append(f"unix:{api_socket}")
+            https.append(f"http://127.0.0.1:{http_port}")
+            fleets.append(fleet)
         for i in range(1, nodes + 1):
             configs[f"node{i}"] = self._write_node_config(
-                f"node{i}", fleet, head_key, netns=layout is not None, gpus=declared_gpus(f"node{i}", gpus_per_node)
+                f"node{i}", fleets, head_key, netns=layout is not None, gpus=declared_gpus(f"node{i}", gpus_per_node)
             )
 
-        record.update(endpoint=endpoint, socket_endpoint=endpoint, http_endpoint=http_endpoint)
+        # Several heads: the client tries each in turn and stays with the active one.
+        endpoint = ",".join(sockets)
+        record.update(endpoint=endpoint, socket_endpoint=endpoint, http_endpoint=",".join(https))
         for name, config in configs.items():
-            if name == "head":
+            if name in head_names:
                 record["processes"][name] = self._start(name, self.HEAD_MODULE, config)
+                if name == "head" and len(head_names) > 1:
+                    # The others only once the first is active: it alone creates the schema
+                    # in a brand-new database, and it is the active head (`admin heads`).
+                    self._wait_head(sockets[0], ("active",), timeout)
             else:
                 prefix = layout.node(name).exec_prefix if layout else []
                 record["processes"][name] = self._start(name, self.AGENT_MODULE, config, prefix)
             self._write_record(record)  # recorded at once, so `down` can stop a partial start
         self._wait_ready(endpoint, nodes, timeout)
+        for standby in sockets[1:]:
+            self._wait_head(standby, ("active", "standby"), timeout)
         self._ensure_defaults(endpoint)
 
     def _head_keys(self) -> str:
@@ -302,26 +342,52 @@ class LocalCluster:
             f.write(pair.public + b"\n")
         os.replace(tmp, path)
 
-    def _write_head_config(self, http_port: int, fleet: str, api_socket: str) -> str:
-        path = os.path.join(self.dir, "head.toml")
+    def _write_head_config(
+        self, http_port: int, fleet: str, api_socket: str, name: str = "head", store: str = ""
+    ) -> str:
+        path = os.path.join(self.dir, f"{name}.toml")
+        first = os.path.join(self.dir, "head")
+        shared = ""
+        if name != "head":
+            # What heads on several machines share on a network filesystem: the first head's
+            # key pair (agents pin its public key), its node key registry, its job output.
+            shared = (
+                f"curve_secret_key = {_toml_str(os.path.join(first, 'curve', 'head.key_secret'))}\n"
+                f"curve_public_key = {_toml_str(os.path.join(first, 'curve', 'head.key'))}\n"
+                f"node_keys_dir = {_toml_str(os.path.join(first, 'node_keys'))}\n"
+            )
+            os.makedirs(os.path.join(first, "logs"), exist_ok=True)
+            os.makedirs(os.path.join(self.dir, name), exist_ok=True)
+            logs = os.path.join(self.dir, name, "logs")
+            if not os.path.islink(logs):
+                os.symlink(os.path.join(first, "logs"), logs)
         with open(path, "w", encoding="utf-8") as f:
             f.write(
-                f"state_dir = {_toml_str(os.path.join(self.dir, 'head'))}\n"
+                f"state_dir = {_toml_str(os.path.join(self.dir, name))}\n"
                 f'http_listen = "127.0.0.1:{http_port}"\n'
                 f"api_socket = {_toml_str(api_socket)}\n"
                 f"fleet_bind = {_toml_str(fleet)}\n"
+                + (f"store = {_toml_str(store)}\n" if store else "")
+                + shared
             )
         return path
 
     def _write_node_config(
-        self, name: str, fleet: str, head_key: str, netns: bool = False, gpus: list[str] | None = None
+        self, name: str, fleets: list[str], head_key: str, netns: bool = False, gpus: list[str] | None = None
     ) -> str:
         self._enroll(name)
+        # The newest head epoch the agent saw (node_agent/head_epoch.py) belongs to the last
+        # cluster's store: no head of it runs any more (up refuses while one does), and the
+        # new store's epochs start again (SQLite: 0), so the agent must not refuse them.
+        try:
+            os.unlink(os.path.join(self.dir, name, "head-epoch.json"))
+        except FileNotFoundError:
+            pass
         path = os.path.join(self.dir, f"{name}.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(
                 f"name = {_toml_str(name)}\n"
-                f"head = {_toml_str(fleet)}\n"
+                f"head = {_toml_str(fleets[0]) if len(fleets) == 1 else '[' + ', '.join(map(_toml_str, fleets)) + ']'}\n"
                 f"head_public_key = {_toml_str(head_key)}\n"
                 f"compute_environment = {_toml_str(DEFAULT_NAME)}\n"
                 f"state_dir = {_toml_str(os.path.join(self.dir, name))}\n"
@@ -368,13 +434,7 @@ class LocalCluster:
         why = "the head did not answer"
         with Client(endpoint, timeout=2) as client:
             while True:
-                for proc in self._children:
-                    if proc.poll() is not None:
-                        name = self._name_of(proc.pid)
-                        raise LocalClusterError(
-                            f"{name} exited with code {proc.returncode} while starting; "
-                            f"last lines of {self.log_path(name)}:\n{_tail(self.log_path(name))}"
-                        )
+                self._fail_if_exited()
                 try:
                     listed = client.list_nodes().get("nodes") or []
                     active = [n for n in listed if n.get("state") == "ACTIVE"]
@@ -386,6 +446,30 @@ class LocalCluster:
                 if time.monotonic() >= deadline:
                     raise LocalClusterError(f"the cluster was not ready after {timeout:g} s: {why}")
                 time.sleep(0.1)
+
+    def _wait_head(self, endpoint: str, roles: tuple[str, ...], timeout: float) -> None:
+        """Until the head at ``endpoint`` answers in one of ``roles``; fail fast if it exits."""
+        deadline = time.monotonic() + timeout
+        with Client(endpoint, timeout=2) as client:
+            while True:
+                self._fail_if_exited()
+                try:
+                    if client.describe_head().get("role") in roles:
+                        return
+                except HpcbatchError:
+                    pass
+                if time.monotonic() >= deadline:
+                    raise LocalClusterError(f"the head at {endpoint} was not {' or '.join(roles)} after {timeout:g} s")
+                time.sleep(0.1)
+
+    def _fail_if_exited(self) -> None:
+        for proc in self._children:
+            if proc.poll() is not None:
+                name = self._name_of(proc.pid)
+                raise LocalClusterError(
+                    f"{name} exited with code {proc.returncode} while starting; "
+                    f"last lines of {self.log_path(name)}:\n{_tail(self.log_path(name))}"
+                )
 
     def _name_of(self, pid: int) -> str:
         for name, p in ((self.record() or {}).get("processes") or {}).items():
@@ -423,7 +507,7 @@ class LocalCluster:
             processes={name: _alive(p) for name, p in (doc.get("processes") or {}).items()},
             netns=NetnsLayout.from_dict(doc["netns"]) if doc.get("netns") else None,
         )
-        if st.endpoint and st.processes.get("head"):
+        if st.endpoint and any(alive for name, alive in st.processes.items() if _is_head(name)):
             try:
                 with Client(st.endpoint, timeout=5) as client:
                     st.nodes = client.list_nodes().get("nodes") or []
@@ -437,8 +521,8 @@ class LocalCluster:
         doc = self.record() or {}
         records: dict[str, dict[str, Any]] = doc.get("processes") or {}
         live = {name: p for name, p in records.items() if _alive(p)}
-        # Agents signalled before the head, so they can still say goodbye to it.
-        order = sorted(live, key=lambda n: n == "head")
+        # Agents signalled before the heads, so they can still say goodbye to them.
+        order = sorted(live, key=_is_head)
         for name in order:
             _signal(live[name], signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -469,6 +553,15 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 pass
         self._children = [p for p in self._children if p.returncode is None]
+
+
+def head_names_for(heads: int) -> list[str]:
+    """The local heads' names: ``head``, ``head2``, ``head3``, …"""
+    return ["head"] + [f"head{i}" for i in range(2, heads + 1)]
+
+
+def _is_head(name: str) -> bool:
+    return name == "head" or (name.startswith("head") and name[4:].isdigit())
 
 
 def _signal(record: dict[str, Any], sig: signal.Signals, group: bool = False) -> None:

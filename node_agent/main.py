@@ -51,6 +51,7 @@ from node_agent.cpu_binding import agent_cpus, gpu_local_cpus
 from node_agent.discovery import discover
 from node_agent.gpus_nvml import NvmlGpus
 from node_agent.gpustats import GpuUtilization
+from node_agent.head_epoch import HeadEpoch
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
 
 log = logging.getLogger("hpcbatch.agent")
@@ -143,7 +144,9 @@ class Agent:
         self._heads = config.head_endpoints
         self._head = self._heads[0]  # the one endpoint the socket is connected to
         self._head_since = time.monotonic()
-        self._epoch = 0  # newest head epoch seen: older heads' orders are refused (protocol.py)
+        # The newest head epoch seen, kept across restarts: older heads' orders are refused.
+        self._epoch_memory = HeadEpoch(self.state, head_key)
+        self._epoch = self._epoch_memory.load()
         # ZMTP heartbeats: a connection whose peer went silent (a cut link leaves TCP waiting
         # on retransmits for minutes) is dropped and redialled, so the node is back as soon
         # as the network is.
@@ -387,6 +390,11 @@ class Agent:
                 )
                 continue
             if msg.epoch > self._epoch:
+                try:  # remembered before it is obeyed: a restart must not forget it
+                    self._epoch_memory.save(msg.epoch)
+                except OSError as exc:  # still fenced while this process lives; say what a restart risks
+                    self._say_once("epoch-save", logging.ERROR, "cannot remember head epoch %d in %s: %s",
+                                   msg.epoch, self._epoch_memory.path, exc)
                 self._epoch = msg.epoch
             match msg:
                 case p.StartAttempt() if msg.image:

@@ -54,15 +54,28 @@ def _fail(e: Exception) -> NoReturn:
     show_default=True,
     help="GPUs each node declares (GPU-node<i>-<j>, no devices behind them): try GPU scheduling without GPUs.",
 )
+@click.option(
+    "--store",
+    metavar="URL",
+    help="Keep the cluster's state in this PostgreSQL database (postgresql://…) instead of "
+    "SQLite in its folder; it outlives `cluster down` (docs/ha.md).",
+)
+@click.option(
+    "--heads",
+    type=click.IntRange(1, 8),
+    default=1,
+    show_default=True,
+    help="Heads sharing the --store: one active, the others standbys that take over when it dies.",
+)
 @_home_option
 @global_options
-def cluster_up(nodes: int, netns: bool, gpus_per_node: int, home: str | None) -> None:
+def cluster_up(nodes: int, netns: bool, gpus_per_node: int, store: str | None, heads: int, home: str | None) -> None:
     """Start a local cluster with compute environment and job queue `default`."""
-    from hpcbatch.localcluster import LocalCluster, LocalClusterError, default_home
+    from hpcbatch.localcluster import LocalCluster, LocalClusterError, default_home, head_names_for
 
     local = LocalCluster(home)
     try:
-        local.up(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node)
+        local.up(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node, store=store, heads=heads)
     except LocalClusterError as e:
         _fail(e)
     if json_output():
@@ -72,6 +85,13 @@ def cluster_up(nodes: int, netns: bool, gpus_per_node: int, home: str | None) ->
 
     names = fold_nodes(f"node{i}" for i in range(1, nodes + 1))
     click.echo(f"local cluster up: {local.endpoint}, {nodes} node(s) {names} ACTIVE")
+    if store:
+        from hpcbatch.store.migrate import redact
+
+        click.echo(f"  store:           {redact(store)}")
+    if heads > 1:
+        click.echo(f"  heads:           {', '.join(head_names_for(heads))}: head active, the others standbys "
+                   "(hpcbatch admin heads)")
     layout = local.netns_layout
     if layout is not None:
         click.echo(

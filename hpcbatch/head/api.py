@@ -25,7 +25,7 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -258,9 +258,13 @@ def _target(body: Any) -> str | None:
     return None
 
 
-def make_app(service: BatchService, *, roles: Mapping[str, str] | None = None, region: str | None = None,
-             limiter: RateLimiter | None = None, space: SpaceGuard | None = None) -> web.Application:
-    """Build the aiohttp application serving every operation."""
+def make_app(
+    service: BatchService, *, roles: Mapping[str, str] | None = None, region: str | None = None,
+    limiter: RateLimiter | None = None, space: SpaceGuard | None = None,
+    operations: Collection[str] | None = None,
+) -> web.Application:
+    """Build the aiohttp application serving every operation (only ``operations`` if given,
+    without the health route: a standby's reads, hpcbatch.head.ha)."""
     app = web.Application(client_max_size=MAX_BODY)
     identifier = Identifier(service, roles or {}, region)
     engine = service.engine
@@ -322,9 +326,13 @@ def make_app(service: BatchService, *, roles: Mapping[str, str] | None = None, r
         return handle
 
     for path, operation in route_table().items():
-        app.router.add_post(path, handler(operation, True))
+        if operations is None or operation in operations:
+            app.router.add_post(path, handler(operation, True))
     for path, operation in EXTENSION_ROUTES.items():
-        app.router.add_post(path, handler(operation, False))
+        if operations is None or operation in operations:
+            app.router.add_post(path, handler(operation, False))
+    if operations is not None:
+        return app
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

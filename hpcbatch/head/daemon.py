@@ -134,7 +134,14 @@ class Head:
     async def _wait_for_lease(self, stop: asyncio.Event) -> bool:
         """Serve as a standby until this head holds the lease; False if stopped first."""
         assert self.lease is not None
-        runner = web.AppRunner(standby_app(self.describe), access_log=None)
+        assert isinstance(self.store, PostgresStore)
+        # Reads only, until this head holds the lease: PostgreSQL refuses any write meanwhile.
+        self.store.read_only(True)
+        app = standby_app(
+            self.describe, self.service, roles=self.config.roles, region=self.config.region,
+            limiter=RateLimiter(self.config.rates, self.config.rate_limit_exempt, time.monotonic),
+        )
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = self.config.http_host_port
         await web.TCPSite(runner, host, port, reuse_address=True).start()
@@ -150,7 +157,7 @@ class Head:
         if epoch is None:
             return False
         self.epoch = epoch
-        assert isinstance(self.store, PostgresStore)
+        self.store.read_only(False)
         self.store.fence(epoch, stall_s=self.config.lease_ttl_s)
         self.store.on_unusable = lambda why: self._lease_lost(why, stop)
         log.info("head %s took the lease: active, epoch %d", self.head_id[:8], epoch)

@@ -564,8 +564,8 @@ class BatchService:
                 if child is not None:
                     summary = job_summary(child, self.region, self.account)
                 else:  # not placed yet: no record of its own (compact arrays)
-                    live = self.engine.jobs.get(parent.job_id)
-                    status = "FAILED" if (live is None or live.array_closed) else "RUNNABLE"
+                    # parent is the engine's live record, or the store's (final, or a standby's read)
+                    status = "FAILED" if (parent.array_closed or parent.status.is_final) else "RUNNABLE"
                     summary = {
                         "jobArn": self.arn("job", f"{parent.job_id}:{index}"), "jobId": f"{parent.job_id}:{index}",
                         "jobName": parent.job_name, "createdAt": parent.created_at, "status": status,

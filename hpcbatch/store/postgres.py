@@ -32,6 +32,11 @@ from hpcbatch.store.base import EventRow, JobQuery
 from hpcbatch.store.migrate import YOYO_TABLE, migrate, migration_ids, redact
 
 _encode = msgspec.json.Encoder().encode
+
+
+def _like_literal(text: str) -> str:
+    """``text`` inside a LIKE pattern (``ESCAPE '\\'``): its %, _ and \\ match only themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 _decode_job = msgspec.json.Decoder(JobRecord).decode
 _decode_doc = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -94,6 +99,11 @@ class PostgresStore:
         """
         self._epoch = epoch
         self._db.execute(f"SET idle_in_transaction_session_timeout = {max(1, int(stall_s * 1000))}")
+
+    def read_only(self, on: bool) -> None:
+        """Make this session read-only (a standby's), or writable again: while it is,
+        PostgreSQL itself refuses any write through it, whatever the head's code does."""
+        self._db.execute(f"SET default_transaction_read_only = {'on' if on else 'off'}")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -308,8 +318,9 @@ class PostgresStore:
         )
         args: list[Any] = [after]
         if job_id is not None:
-            sql += " AND (e.job_id = %s OR e.job_id LIKE %s OR e.job_id LIKE %s)"
-            args.extend([job_id, job_id + "#%", job_id + ":%"])
+            # The job, its array children (id#n) and node children (id:n); the id matches literally.
+            sql += " AND (e.job_id = %s OR e.job_id LIKE %s ESCAPE '\\' OR e.job_id LIKE %s ESCAPE '\\')"
+            args.extend([job_id, _like_literal(job_id) + "#%", _like_literal(job_id) + ":%"])
         if queue is not None:
             sql += " AND j.queue = %s"
             args.append(queue)

@@ -23,6 +23,12 @@ from hpcbatch.store.base import EventRow, JobQuery
 from hpcbatch.store.migrate import applied_ids_sqlite, migrate, migration_ids
 
 _encode = msgspec.json.Encoder().encode
+
+
+def _glob_literal(text: str) -> str:
+    """``text`` inside a GLOB pattern: its *, ? and [ match only themselves. GLOB, not LIKE:
+    SQLite's LIKE ignores ASCII case, PostgreSQL's (and job ids) do not."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 _decode_job = msgspec.json.Decoder(JobRecord).decode
 _decode_doc = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -240,8 +246,9 @@ class SqliteStore:
         )
         args: list[Any] = [after]
         if job_id is not None:
-            sql += " AND (e.job_id = ? OR e.job_id LIKE ? OR e.job_id LIKE ?)"
-            args.extend([job_id, job_id + "#%", job_id + ":%"])
+            # The job, its array children (id#n) and node children (id:n); the id matches literally.
+            sql += " AND (e.job_id = ? OR e.job_id GLOB ? OR e.job_id GLOB ?)"
+            args.extend([job_id, _glob_literal(job_id) + "#*", _glob_literal(job_id) + ":*"])
         if queue is not None:
             sql += " AND j.queue = ?"
             args.append(queue)

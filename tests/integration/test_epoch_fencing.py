@@ -79,3 +79,29 @@ def test_agent_refuses_orders_from_a_head_older_than_the_newest_it_has_seen(
     assert marker.read_text().split() == ["current"]  # the stale order never ran
     log = (tmp_path / "node1.log").read_text()
     assert "refusing orders from a head of epoch 4" in log
+
+
+def test_a_restarted_agent_still_refuses_a_head_older_than_the_newest_it_has_seen(
+    agent_and_peer: tuple[TestCluster, zmq.Socket], tmp_path: Path
+) -> None:
+    cluster, router = agent_and_peer
+    marker = tmp_path / "started"
+    marker.touch()
+    marker.chmod(0o666)
+    route, _ = _next(router, p.Register)
+    router.send_multipart([route, p.encode(p.Welcome(epoch=7, head_id="new", heartbeat_interval_s=0.3, liveness=50))])
+    router.send_multipart([route, p.encode(_start("before", marker, epoch=7))])
+    _next(router, p.AttemptExited)  # the agent has obeyed epoch 7, so it has remembered it
+    assert '"epoch": 7' in (tmp_path / "node1" / "head-epoch.json").read_text()
+    cluster.kill("node1")  # kill -9: nothing is flushed on the way out
+    cluster.start_agent("node1")
+    # The restarted agent registers; the first to answer is the former head (epoch 6).
+    route, _ = _next(router, p.Register)
+    router.send_multipart([route, p.encode(p.Welcome(epoch=6, head_id="old", heartbeat_interval_s=0.3, liveness=50))])
+    router.send_multipart([route, p.encode(_start("stale", marker, epoch=6))])
+    router.send_multipart([route, p.encode(_start("current", marker, epoch=7))])
+    _, started = _next(router, p.AttemptStarted)
+    assert started.attempt_id == "current"
+    _next(router, p.AttemptExited)
+    assert marker.read_text().split() == ["before", "current"]  # the stale order never ran
+    assert "refusing orders from a head of epoch 6" in (tmp_path / "node1.log").read_text()

@@ -137,7 +137,7 @@ def test_follow_prints_events_as_they_happen_and_node_changes_are_events(cluster
     cluster.client.call("/hpcbatch/v1/resumenode", {"name": "node2"})
 
     def node_events() -> list[dict[str, Any]]:
-        answer = cluster.client.call("/hpcbatch/v1/listevents", {"afterEventId": start, "waitSeconds": 5})
+        answer = cluster.client.list_events(afterEventId=start, waitSeconds=5)
         return [e for e in answer["events"] if e["type"] == "node"]
 
     changes = wait_for(lambda: len(node_events()) >= 2 and node_events(), 15, what="node events")
@@ -159,7 +159,7 @@ def test_list_events_over_tcp_with_an_access_key(cluster: TestCluster, workload:
 
     key = cluster.client.call("/hpcbatch/v1/createaccesskey", {"user": "someone", "role": "user"})
     with Client(cluster.endpoint, credentials=(key["accessKeyId"], key["secretAccessKey"])) as signed:
-        answer = signed.call("/hpcbatch/v1/listevents", {"jobId": workload["ok"][0]})
+        answer = signed.list_events(jobId=workload["ok"][0])
     assert [e["status"] for e in answer["events"]] == [*STORY, "SUCCEEDED"]
     with Client(cluster.endpoint, credentials=False) as unsigned, pytest.raises(Exception, match="(?i)sign|credential|auth"):
         unsigned.call("/hpcbatch/v1/listevents", {})

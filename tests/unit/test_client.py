@@ -101,10 +101,24 @@ def test_every_operation_has_a_blocking_and_an_async_method() -> None:
     assert OPERATIONS["submit_job"] == "/v1/submitjob"
     assert OPERATIONS["describe_compute_environments"] == "/v1/describecomputeenvironments"
     assert OPERATIONS["get_job_logs"] == "/hpcbatch/v1/getjoblogs"
-    assert len(OPERATIONS) == 24  # 21 AWS operations, 3 of hpcbatch
+    assert OPERATIONS["list_events"] == "/hpcbatch/v1/listevents"
+    assert len(OPERATIONS) == 25  # 21 AWS operations, 4 of hpcbatch
     for name in OPERATIONS:
         assert callable(getattr(Client, name)), name
         assert callable(getattr(Client, name + "_async")), name
+
+
+def test_list_events_posts_the_cursor_and_only_the_filters_given(stub: StubHead, client: Client) -> None:
+    stub.answers["/hpcbatch/v1/listevents"] = {"events": [], "lastEventId": 7, "more": False}
+    assert client.list_events(afterEventId=5, jobQueue="q")["lastEventId"] == 7
+    assert client.list_events_async(jobId="j-1", maxResults=10).result(timeout=5)["lastEventId"] == 7
+    assert stub.requests == [
+        ("/hpcbatch/v1/listevents", {"afterEventId": 5, "waitSeconds": 0, "jobQueue": "q"}),
+        ("/hpcbatch/v1/listevents", {"afterEventId": 0, "waitSeconds": 0, "maxResults": 10, "jobId": "j-1"}),
+    ]
+    with pytest.raises(ClientError, match="waitSeconds"):  # the long poll would outlast the client
+        client.list_events(waitSeconds=60)
+    assert len(stub.requests) == 2
 
 
 def test_aws_operations_post_the_keyword_arguments_as_the_body(

@@ -122,3 +122,25 @@ def test_head_config_takes_a_postgresql_store_and_the_command_line_replaces_it(t
     path.write_text(f'state_dir = "{tmp_path}"\nstore = "mysql://db/x"\n')
     with pytest.raises(ClientError, match="store must be a postgresql:// URL"):
         load_head_config(path)
+
+
+def test_a_standbys_read_only_session_reads_and_postgresql_refuses_its_writes(postgres: PostgresServer) -> None:
+    import psycopg
+
+    store = open_store(postgres.create_database("readonly"))
+    assert isinstance(store, PostgresStore)
+    try:
+        with store.transaction():
+            store.put_jobs([job("a")])
+        store.read_only(True)  # what a standby's head does until it takes the lease
+        assert store.get_job("a") is not None and store.last_event_id() == 0
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), store.transaction():
+            store.put_jobs([job("b")])
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            store.put_resource("ce", "x", 1, "VALID", {})  # outside a transaction too
+        store.read_only(False)  # it took the lease
+        with store.transaction():
+            store.put_jobs([job("b")])
+        assert store.get_job("b") is not None
+    finally:
+        store.close()
