@@ -80,6 +80,11 @@ OPERATIONS: dict[str, str] = {
     **{_snake(op): f"/hpcbatch/v1/{op.lower()}" for op in _HPCBATCH_OPERATIONS},
 }
 
+# Calls that change nothing: one whose connection broke after it was sent may be asked of
+# the next head (a write may not: it may have been done).
+READ_ONLY_PATHS = frozenset(
+    path for name, path in OPERATIONS.items() if name.startswith(("describe_", "list_", "get_", "why", "who"))
+)
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED"})
 DEFAULT_PORT = 8471
 
@@ -349,7 +354,8 @@ class Client:
     Several endpoints, comma-separated, name active/standby heads (docs/ha.md): a call
     that cannot connect, or that a standby declines, goes to the next one, round and round
     for up to ``failover_wait_s`` (a takeover takes a few seconds). A call whose connection
-    broke after it was sent is not repeated elsewhere: it may have been done.
+    broke after it was sent is repeated elsewhere only if it changes nothing (a read): a
+    write may have been done.
     Every operation in :data:`OPERATIONS` is a method taking the AWS request body as
     keyword arguments; every public call has an ``_async`` twin that runs it on one of
     ``max_workers`` threads and returns a :class:`concurrent.futures.Future`. Each thread
@@ -464,7 +470,7 @@ class Client:
                 why = f"no answer within {self.timeout:g} s"
             else:
                 why = e.strerror or str(e) or type(e).__name__
-            if rotate and isinstance(e, _ConnectFailed):
+            if rotate and (isinstance(e, _ConnectFailed) or path in READ_ONLY_PATHS):
                 raise _TryNext(f"{conn.endpoint}: {why}") from None
             raise HeadUnreachableError(
                 f"cannot reach the hpcbatch head at {self.endpoint}: {why}"

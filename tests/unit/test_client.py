@@ -266,3 +266,10 @@ def test_get_job_logs_sends_attempt_only_when_given(stub: StubHead, client: Clie
 def test_a_bad_endpoint_is_a_client_error() -> None:
     with pytest.raises(ClientError, match="must start with http:// or unix:"):
         Client("https://head:8471").list_nodes()
+
+
+def test_only_reads_are_asked_again_of_the_next_head_after_a_broken_connection() -> None:
+    from hpcbatch.client import READ_ONLY_PATHS
+
+    assert {"/v1/describejobs", "/v1/listjobs", "/hpcbatch/v1/getjoblogs"} <= READ_ONLY_PATHS
+    assert not {"/v1/submitjob", "/v1/terminatejob", "/v1/canceljob", "/v1/createjobqueue"} & READ_ONLY_PATHS
