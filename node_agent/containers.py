@@ -80,11 +80,13 @@ class Podman:
         storage: str = "",
         insecure_registries: Sequence[str] = (),
         dev_root: str = "/dev",
+        auth_file: str = "",
     ) -> None:
         self.binary = binary
         self._global = [binary, "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
         self._global += storage_arguments(storage)
         self._insecure = tuple(insecure_registries)
+        self._auth = ["--authfile", auth_file] if auth_file else []  # registries' credentials (the node's)
         self._dev = Path(dev_root)
         self._pulls: dict[str, asyncio.Future[str | None]] = {}  # image -> pull in flight
         self._cdi = shutil.which("nvidia-ctk") is not None
@@ -114,7 +116,7 @@ class Podman:
         code, _ = await self._run(["image", "exists", image], timeout=60)
         if code == 0:
             return None
-        args = ["pull", "--quiet"]
+        args = ["pull", "--quiet", *self._auth]
         if _registry(image) in self._insecure:
             args.append("--tls-verify=false")
         code, out = await self._run([*args, image], timeout=PULL_TIMEOUT_S)
@@ -168,6 +170,7 @@ class Podman:
         gpu_indices: Sequence[str] = (),
         fabric: bool = False,
         extra_mounts: Sequence[str] = (),
+        cpus: Sequence[int] = (),
     ) -> list[str]:
         """The ``podman run`` command line for one attempt (attached: its output is the job's)."""
         argv = [
@@ -196,6 +199,8 @@ class Podman:
         if fabric:
             argv += [f"--device={dev}" for dev in self.fabric_devices()]
         argv += self.gpu_arguments(gpu_devices, gpu_indices)
+        if cpus:  # a GPU job: its GPUs' NUMA CPUs (a bare job gets taskset, node_agent.cpu_binding)
+            argv.append(f"--cpuset-cpus={','.join(map(str, cpus))}")
         if options.shm_size_mib:
             argv.append(f"--shm-size={options.shm_size_mib}m")
         for t in options.tmpfs:
@@ -344,6 +349,7 @@ def container_launch(
         gpu_indices=[g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g],
         fabric=True,
         extra_mounts=[socket] if socket and os.path.exists(socket) else [],
+        cpus=spec.cpus,
     )
     return run, dict(_PODMAN_ENV), None
 
@@ -361,3 +367,4 @@ class AttemptSpecLike(Protocol):
     container: p.ContainerOptions | None
     memory_mib: int
     hold: bool
+    cpus: tuple[int, ...]

@@ -367,7 +367,8 @@ class Runner:
             env = {**env, "HPCBATCH_SCRIPT": str(script)}
         if not argv:
             return self._refuse(spec, adir, f"{CANNOT_START}: the job has no command")
-        argv = bind_argv(argv, spec.cpus, env.get("PATH"))  # a GPU job: its GPUs' NUMA CPUs
+        if spec.image is None:  # a container's binding is podman's --cpuset-cpus (node_agent.containers)
+            argv = bind_argv(argv, spec.cpus, env.get("PATH"))  # a GPU job: its GPUs' NUMA CPUs
         started_at = _now_ms()
         cgroup: Path | None = None
         if self._cgroups is not None:
