@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hpcbatch import protocol as p
+from node_agent.container_cgroup import ContainerCgroup
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class Podman:
         fabric: bool = False,
         extra_mounts: Sequence[str] = (),
         cpus: Sequence[int] = (),
+        cgroup_parent: str | None = None,
     ) -> list[str]:
         """The ``podman run`` command line for one attempt (attached: its output is the job's)."""
         argv = [
@@ -187,6 +189,8 @@ class Podman:
         argv += [f"--ulimit={name}={soft}:{hard}" for name, (soft, hard) in limits.items()]
         if memory_mib > 0:
             argv += [f"--memory={memory_mib}m", f"--memory-swap={memory_mib}m"]
+        if cgroup_parent:  # the attempt's memory cgroup (node_agent.container_cgroup); conmon stays out
+            argv += ["--cgroup-parent", cgroup_parent, "--cgroups=no-conmon"]
         for mount in (work_dir, *extra_mounts):
             argv += ["--volume", f"{mount}:{mount}"]
         argv += ["--volume", f"{work_dir}:{CONTAINER_WORK_DIR}"]
@@ -328,6 +332,7 @@ def container_launch(
     owner: _OwnerLike | None,
     work_dir: str,
     cwd: str,
+    cgroup: ContainerCgroup | None = None,
 ) -> tuple[list[str], dict[str, str], None] | str:
     """(argv, env, preexec) for Popen: ``podman run`` of the attempt; or why it cannot start."""
     options = spec.container or p.ContainerOptions()
@@ -344,7 +349,9 @@ def container_launch(
         options=options,
         work_dir=work_dir,
         cwd=cwd,
-        memory_mib=spec.memory_mib,
+        # v1: the limit is the attempt cgroup's alone, where its OOM can be seen
+        memory_mib=spec.memory_mib if cgroup is None or cgroup.version == 2 else 0,
+        cgroup_parent=cgroup.parent_arg if cgroup is not None else None,
         gpu_devices=[g for g in gpus.split(",") if g and gpus != "void"],
         gpu_indices=[g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g],
         fabric=True,

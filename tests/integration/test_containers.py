@@ -257,6 +257,52 @@ def test_timeout_leaves_no_container_and_no_process(registry: images.Registry, t
         images.wipe_storage(storage)
 
 
+def test_an_oom_kill_in_a_container_gets_aws_reason_and_a_self_kill_does_not(
+        registry: images.Registry, tmp_path: Path) -> None:
+    """The container runs under the attempt's memory cgroup, which outlives ``podman run --rm``."""
+    from hpcbatch.protocol import ContainerOptions
+    from node_agent.containers import Podman
+    from node_agent.runner import OOM_EXIT_CODE, OOM_REASON, AttemptResult, AttemptSpec, Runner
+
+    storage = tmp_path / "containers"
+    podman = Podman("podman", storage=str(storage), insecure_registries=[f"127.0.0.1:{registry.port}"])
+    ended: dict[str, AttemptResult] = {}
+    cgroups: list[Path] = []
+
+    async def body() -> None:
+        runner = Runner(tmp_path / "state", on_exit=lambda r: ended.__setitem__(r.attempt_id, r),
+                        container_runtime="podman", containers=podman)
+        if runner.memory_enforcement != "cgroup":
+            pytest.skip("no writable memory cgroup: a container's OOM kill is seen through it")
+        image = registry.image("127.0.0.1")
+        hog = AttemptSpec("m1", "job-m", 1, ["python3", "-c", "x = bytearray(400 << 20); print('survived')"],
+                          {}, 1, 64, image=image, container=ContainerOptions())
+        # SIGKILL from inside (not the OOM killer) is a plain 137: the host's pid namespace, so
+        # the shell is not pid 1 and can kill itself.
+        self_kill = AttemptSpec("k1", "job-k", 1, ["/bin/sh", "-c", "kill -9 $$"], {}, 1, 64, image=image,
+                                container=ContainerOptions())
+        for spec in (hog, self_kill):
+            assert isinstance(await runner.start(spec), int)
+            cgroups.append(runner._running[spec.attempt_id].cgroup)  # type: ignore[arg-type]
+        async with asyncio.timeout(120):
+            while len(ended) < 2:
+                await asyncio.sleep(0.1)
+        await runner.shutdown(kill=True)
+
+    try:
+        asyncio.run(body())
+        assert (ended["m1"].exit_code, ended["m1"].reason) == (OOM_EXIT_CODE, OOM_REASON)
+        assert (ended["k1"].exit_code, ended["k1"].reason) == (137, None)
+        names = subprocess.run([*images.podman(storage), "ps", "--all", "--format", "{{.Names}}"],
+                               capture_output=True, text=True, check=False).stdout.split()
+        assert names == []
+        # Nothing of the runner's cgroups is left, in the memory hierarchy or (v1) any other.
+        parent = cgroups[0].parent.name  # hpcbatch-<tag>: this runner's
+        assert [str(d) for d in Path("/sys/fs/cgroup").glob(f"**/{parent}")] == []
+    finally:
+        images.wipe_storage(storage)
+
+
 # ------------------------------------------------------------------ multi-node, 4 hosts
 @pytest.fixture(scope="module")
 def ns4(registry: images.Registry) -> Iterator[tuple[TestCluster, str]]:
