@@ -791,8 +791,8 @@ class Runner:
                 oom = oom or rec.container_cgroup.oom_killed()
                 rec.container_cgroup.close()
             _MemoryCgroups.kill(rec.cgroup)
-            if not _MemoryCgroups.remove(rec.cgroup):
-                self._remove_cgroup_later(rec.cgroup, 100)
+            if not _MemoryCgroups.remove(rec.cgroup):  # a container's: until podman removed its own
+                self._remove_cgroup_later(rec.cgroup, 1200 if rec.container else 100)
             if rec.container_cgroup is not None:
                 sweep(rec.container_cgroup.siblings())
         if oom:

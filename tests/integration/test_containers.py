@@ -371,6 +371,42 @@ def test_terminate_multinode_leaves_nothing_on_any_node(ns4: tuple[TestCluster, 
     assert "prted" not in ps and "mpi4py import MPI; time.sleep(300)" not in ps
 
 
+def test_each_node_range_runs_in_its_own_image(ns4: tuple[TestCluster, str], registry: images.Registry) -> None:
+    """Node 0 in the test image, node 1 in a second one (the same plus a marker file)."""
+    c, image = ns4
+    assert c.netns is not None
+    images.publish_variant_image(registry)
+    variant = registry.image(c.netns.host_mgmt_ip, repository=images.VARIANT_REPOSITORY)
+    shared = Path(tempfile.mkdtemp(prefix="hpcb-ctr-ranges-"))
+    os.chmod(shared, 0o777)  # both nodes' containers write here as alice (the nodes share the disk)
+    show = f"cat {images.VARIANT_FILE} 2>/dev/null || echo no-marker; . /etc/os-release; echo $VARIANT_ID"
+    # Node 0 is the main node: the job ends with it, so it waits for node 1's answer first.
+    main = (f"until [ -s /shared/node1 ]; do sleep 0.1; done; echo node1=$(cat /shared/node1); "
+            f"echo node0=$({show} | tr '\\n' ' ')")
+    other = f"({show}) | tr '\\n' ' ' >/shared/.n1 && mv /shared/.n1 /shared/node1"
+    volume = {"volumes": [{"name": "shared", "host": {"sourcePath": str(shared)}}],
+              "mountPoints": [{"sourceVolume": "shared", "containerPath": "/shared"}],
+              "resourceRequirements": [{"type": "VCPU", "value": "1"}]}
+    try:
+        c.client.register_job_definition(
+            jobDefinitionName="two-images", type="multinode",
+            nodeProperties={"numNodes": 2, "mainNode": 0, "nodeRangeProperties": [
+                {"targetNodes": "0", "container": {"image": image, "command": ["/bin/sh", "-c", main], **volume}},
+                {"targetNodes": "1", "container": {"image": variant, "command": ["/bin/sh", "-c", other], **volume}},
+            ]},
+        )
+        job_id = submit_as_alice(c, jobName="two-images", jobDefinition="two-images")
+        job = c.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=240)
+        out = wait_for(lambda: c.logs(f"{job_id}#0"), 10, what="node 0's output")
+        assert job["status"] == "SUCCEEDED", out + c.logs(f"{job_id}#1")
+        assert f"node1={images.VARIANT_TEXT} hpcbatch-test" in out, out
+        assert "node0=no-marker hpcbatch-test" in out, out
+        assert c.job(f"{job_id}#1")["container"]["image"] == variant
+        assert c.job(f"{job_id}#0")["container"]["image"] == image
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
 def test_a_restarted_agent_removes_the_containers_its_predecessor_left(registry: images.Registry, tmp_path: Path) -> None:
     """The agent died (no shutdown): the next one, on the same state, ends the attempt and its container."""
     from hpcbatch.protocol import ContainerOptions
