@@ -8,6 +8,7 @@ node has its own image cache (``container_storage``), so each really pulls.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import shutil
@@ -429,7 +430,9 @@ def test_a_restarted_agent_removes_the_containers_its_predecessor_left(registry:
 
     async def next_agent() -> list:
         runner = Runner(tmp_path / "state", on_exit=lambda r: None, container_runtime="podman", containers=podman)
-        return runner.adopt_orphans()
+        results = runner.adopt_orphans()
+        await runner.shutdown(kill=True)  # and its cgroups go, in every hierarchy
+        return results
 
     try:
         asyncio.run(first_agent())
@@ -437,5 +440,7 @@ def test_a_restarted_agent_removes_the_containers_its_predecessor_left(registry:
         results = asyncio.run(next_agent())
         assert [r.status_reason for r in results] == [LOST_REASON]
         wait_for(lambda: names() == [] and not _sleepers(), 30, what="the orphan container removed")
+        tag = "hpcbatch-" + hashlib.sha1(str((tmp_path / "state").resolve()).encode()).hexdigest()[:10]
+        assert [str(d) for d in Path("/sys/fs/cgroup").glob(f"**/{tag}")] == []
     finally:
         images.wipe_storage(storage)
