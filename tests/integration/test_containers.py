@@ -260,7 +260,8 @@ def test_timeout_leaves_no_container_and_no_process(registry: images.Registry, t
 
 def test_an_oom_kill_in_a_container_gets_aws_reason_and_a_self_kill_does_not(
         registry: images.Registry, tmp_path: Path) -> None:
-    """The container runs under the attempt's memory cgroup, which outlives ``podman run --rm``."""
+    """The container runs under the attempt's memory cgroup, which outlives ``podman run --rm``;
+    a GPU job's CPU binding (``cpus``) holds there too (--cpuset-cpus)."""
     from hpcbatch.protocol import ContainerOptions
     from node_agent.containers import Podman
     from node_agent.runner import OOM_EXIT_CODE, OOM_REASON, AttemptResult, AttemptSpec, Runner
@@ -269,6 +270,7 @@ def test_an_oom_kill_in_a_container_gets_aws_reason_and_a_self_kill_does_not(
     podman = Podman("podman", storage=str(storage), insecure_registries=[f"127.0.0.1:{registry.port}"])
     ended: dict[str, AttemptResult] = {}
     cgroups: list[Path] = []
+    logs: dict[str, str] = {}
 
     async def body() -> None:
         runner = Runner(tmp_path / "state", on_exit=lambda r: ended.__setitem__(r.attempt_id, r),
@@ -282,18 +284,22 @@ def test_an_oom_kill_in_a_container_gets_aws_reason_and_a_self_kill_does_not(
         # the shell is not pid 1 and can kill itself.
         self_kill = AttemptSpec("k1", "job-k", 1, ["/bin/sh", "-c", "kill -9 $$"], {}, 1, 64, image=image,
                                 container=ContainerOptions())
-        for spec in (hog, self_kill):
+        bound = AttemptSpec("b1", "job-b", 1, ["/bin/sh", "-c", "grep Cpus_allowed_list /proc/self/status"], {}, 1,
+                            64, image=image, container=ContainerOptions(), cpus=(0,))
+        for spec in (hog, self_kill, bound):
             assert isinstance(await runner.start(spec), int)
             cgroups.append(runner._running[spec.attempt_id].cgroup)  # type: ignore[arg-type]
         async with asyncio.timeout(120):
-            while len(ended) < 2:
+            while len(ended) < 3:
                 await asyncio.sleep(0.1)
+        logs["b1"] = runner.log_path("b1").read_text()
         await runner.shutdown(kill=True)
 
     try:
         asyncio.run(body())
         assert (ended["m1"].exit_code, ended["m1"].reason) == (OOM_EXIT_CODE, OOM_REASON)
         assert (ended["k1"].exit_code, ended["k1"].reason) == (137, None)
+        assert ended["b1"].exit_code == 0 and logs["b1"].split() == ["Cpus_allowed_list:", "0"], logs["b1"]
         names = subprocess.run([*images.podman(storage), "ps", "--all", "--format", "{{.Names}}"],
                                capture_output=True, text=True, check=False).stdout.split()
         assert names == []
