@@ -123,6 +123,8 @@ def test_aws_shaped_definition_runs_in_its_image_as_its_owner(cc: tuple[TestClus
             volumes=[{"name": "data", "host": {"sourcePath": str(data)}}],
             mountPoints=[{"sourceVolume": "data", "containerPath": "/data", "readOnly": True}],
             ulimits=[{"name": "nofile", "softLimit": 512, "hardLimit": 1000}],
+            # Accepted and not used: the node's container_auth_file holds registry credentials.
+            repositoryCredentials={"credentialsParameter": "arn:aws:secretsmanager:us-east-1:123456789012:secret:reg"},
         )
         job_id = submit_as_alice(c, jobDefinition=arn)
         job = c.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=120)
