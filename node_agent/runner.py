@@ -727,8 +727,8 @@ class Runner:
                 removal.wait(timeout=60)
             if not _remove_cgroup_soon(path):
                 log.warning("orphan cgroup %s still busy; left in place", path)
-            if self._cgroups is not None:
-                sweep(ContainerCgroup(path, self._cgroups.version, self._cgroups.root).siblings())
+            if self._cgroups is not None and path.is_relative_to(self._cgroups.root):
+                sweep(siblings(path, self._cgroups.version, self._cgroups.root))
         return results
 
     # ------------------------------------------------------------------ exits
