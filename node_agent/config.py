@@ -52,6 +52,9 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     container_runtime: str | None = None  # default: podman if on PATH
     container_storage: str = ""  # podman's image cache (root+runroot under it); default: the system's
     container_insecure_registries: list[str] = []  # host:port pulled over plain HTTP (a local registry)
+    # podman's auth.json (`podman login --authfile`) for registries that need credentials:
+    # AWS's repositoryCredentials name a Secrets Manager secret, which a cluster has not.
+    container_auth_file: str = ""
     keep_workdir: bool = False  # debugging: leave each job's private work dir after it ends
     allow_root_jobs: bool = False  # jobs owned by root run as root only when this is true
     kill_grace_s: float = 10.0
@@ -96,6 +99,11 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"agent config {path}: gpus must have distinct, non-empty uuids")
     if config.gpu_count is not None and config.gpu_count < 0:
         raise ConfigError(f"agent config {path}: gpu_count must not be negative")
+    if config.container_auth_file and not Path(config.container_auth_file).is_file():
+        raise ConfigError(
+            f"agent config {path}: container_auth_file {config.container_auth_file} does not exist "
+            "(make it with: podman login --authfile FILE REGISTRY)"
+        )
     if not Path(config.head_public_key).is_file():
         raise ConfigError(
             f"agent config {path}: head_public_key {config.head_public_key} does not exist: "

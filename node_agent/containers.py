@@ -18,8 +18,9 @@ Theory of operation:
 * The attempt's work dir (TMPDIR, hostfile and MPI launcher) is mounted at the same path,
   and at ``CONTAINER_WORK_DIR`` (the job's working directory, the same on every node), and so is the launcher bridge's socket: ``mpirun`` inside the image calls the
   launcher, the agent on the target node ``exec``s the daemon in that node's container.
-* Pull is separate from run (``--pull never``), so STARTING covers the pull, as on AWS; a
-  pull failure is AWS's ``CannotPullContainerError``. Images stay in the node's storage
+* Pull is separate from run, so STARTING covers the pull, as on AWS; a pull failure is
+  AWS's ``CannotPullContainerError``. The run says ``--pull missing`` only as a safety net
+  for an image removed from the cache after the agent saw it there. Images stay in the node's storage
   (the cache); ``images`` lists it for the head.
 * A container is named ``hpcb-<attempt id>``; ``remove`` (``rm --force --time 0``) is how
   a kill, a timeout or an orphan after an agent restart is made to leave nothing behind.
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hpcbatch import protocol as p
+from node_agent.container_cgroup import ContainerCgroup
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +82,19 @@ class Podman:
         storage: str = "",
         insecure_registries: Sequence[str] = (),
         dev_root: str = "/dev",
+        auth_file: str = "",
     ) -> None:
         self.binary = binary
         self._global = [binary, "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
         self._global += storage_arguments(storage)
         self._insecure = tuple(insecure_registries)
+        self._auth = ["--authfile", auth_file] if auth_file else []  # registries' credentials (the node's)
         self._dev = Path(dev_root)
         self._pulls: dict[str, asyncio.Future[str | None]] = {}  # image -> pull in flight
+        # Images this agent found or pulled into the cache: their next jobs skip ``image exists``
+        # (a podman process, about 15% of a short container job's CPU). One removed behind our
+        # back is pulled by ``run --pull missing`` instead.
+        self._present: set[str] = set()
         self._cdi = shutil.which("nvidia-ctk") is not None
         self.pulls = 0  # images actually pulled so far: the cache changed when this moves
 
@@ -111,20 +119,25 @@ class Podman:
         return result
 
     async def _pull(self, image: str) -> str | None:
+        if image in self._present:
+            return None
         code, _ = await self._run(["image", "exists", image], timeout=60)
         if code == 0:
+            self._present.add(image)
             return None
-        args = ["pull", "--quiet"]
-        if _registry(image) in self._insecure:
-            args.append("--tls-verify=false")
-        code, out = await self._run([*args, image], timeout=PULL_TIMEOUT_S)
+        code, out = await self._run(["pull", "--quiet", *self._registry_arguments(image), image], timeout=PULL_TIMEOUT_S)
         if code == 0:
             self.pulls += 1
+            self._present.add(image)
             return None
         lines = [line.strip() for line in out.splitlines() if line.strip()]
         detail = lines[-1] if lines else f"podman pull exited with {code}"
         detail = detail.removeprefix("Error: ")
         return f"{CANNOT_PULL}: {detail}"[:1024]
+
+    def _registry_arguments(self, image: str) -> list[str]:
+        """How podman reaches ``image``'s registry: plain HTTP where allowed, the node's credentials."""
+        return [*self._auth, *(["--tls-verify=false"] if _registry(image) in self._insecure else [])]
 
     async def images(self) -> list[str]:
         """Names (repository:tag) of the images in this node's cache, sorted."""
@@ -136,6 +149,7 @@ class Podman:
         except ValueError:
             return []
         names = {n for d in docs for n in (d.get("Names") or []) if not n.startswith("<none>")}
+        self._present &= names  # an image named otherwise (a short name) is checked again: harmless
         return sorted(names)
 
     async def _run(self, args: list[str], timeout: float) -> tuple[int, str]:
@@ -168,11 +182,16 @@ class Podman:
         gpu_indices: Sequence[str] = (),
         fabric: bool = False,
         extra_mounts: Sequence[str] = (),
+        cpus: Sequence[int] = (),
+        cgroup_parent: str | None = None,
     ) -> list[str]:
         """The ``podman run`` command line for one attempt (attached: its output is the job's)."""
         argv = [
-            *self._global, "run", "--rm", "--pull", "never", "--name", container_name(attempt_id),
-            "--network", "host", "--uts", "host", "--log-driver", "none",
+            *self._global, "run", "--rm", "--pull", "missing", *self._registry_arguments(image),
+            "--name", container_name(attempt_id), "--network", "host", "--uts", "host",
+            # The container's stdout and stderr are the job's output.log itself: no relay by
+            # conmon, nothing kept by podman.
+            "--log-driver", "passthrough",
             "--security-opt", "label=disable",
         ]
         if identity is not None:
@@ -184,6 +203,8 @@ class Podman:
         argv += [f"--ulimit={name}={soft}:{hard}" for name, (soft, hard) in limits.items()]
         if memory_mib > 0:
             argv += [f"--memory={memory_mib}m", f"--memory-swap={memory_mib}m"]
+        if cgroup_parent:  # the attempt's memory cgroup (node_agent.container_cgroup); conmon stays out
+            argv += ["--cgroup-parent", cgroup_parent, "--cgroups=no-conmon"]
         for mount in (work_dir, *extra_mounts):
             argv += ["--volume", f"{mount}:{mount}"]
         argv += ["--volume", f"{work_dir}:{CONTAINER_WORK_DIR}"]
@@ -196,6 +217,8 @@ class Podman:
         if fabric:
             argv += [f"--device={dev}" for dev in self.fabric_devices()]
         argv += self.gpu_arguments(gpu_devices, gpu_indices)
+        if cpus:  # a GPU job: its GPUs' NUMA CPUs (a bare job gets taskset, node_agent.cpu_binding)
+            argv.append(f"--cpuset-cpus={','.join(map(str, cpus))}")
         if options.shm_size_mib:
             argv.append(f"--shm-size={options.shm_size_mib}m")
         for t in options.tmpfs:
@@ -323,6 +346,7 @@ def container_launch(
     owner: _OwnerLike | None,
     work_dir: str,
     cwd: str,
+    cgroup: ContainerCgroup | None = None,
 ) -> tuple[list[str], dict[str, str], None] | str:
     """(argv, env, preexec) for Popen: ``podman run`` of the attempt; or why it cannot start."""
     options = spec.container or p.ContainerOptions()
@@ -339,11 +363,14 @@ def container_launch(
         options=options,
         work_dir=work_dir,
         cwd=cwd,
-        memory_mib=spec.memory_mib,
+        # v1: the limit is the attempt cgroup's alone, where its OOM can be seen
+        memory_mib=spec.memory_mib if cgroup is None or cgroup.version == 2 else 0,
+        cgroup_parent=cgroup.parent_arg if cgroup is not None else None,
         gpu_devices=[g for g in gpus.split(",") if g and gpus != "void"],
         gpu_indices=[g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g],
         fabric=True,
         extra_mounts=[socket] if socket and os.path.exists(socket) else [],
+        cpus=spec.cpus,
     )
     return run, dict(_PODMAN_ENV), None
 
@@ -361,3 +388,4 @@ class AttemptSpecLike(Protocol):
     container: p.ContainerOptions | None
     memory_mib: int
     hold: bool
+    cpus: tuple[int, ...]

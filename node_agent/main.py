@@ -109,7 +109,8 @@ class Agent:
         runtime = found["container_runtime"] or None  # "" in the config: no container jobs here
         self.facts.container_runtime = runtime
         podman = (
-            Podman(runtime, storage=config.container_storage, insecure_registries=config.container_insecure_registries)
+            Podman(runtime, storage=config.container_storage, insecure_registries=config.container_insecure_registries,
+                   auth_file=config.container_auth_file)
             if runtime
             else None
         )

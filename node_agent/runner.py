@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from node_agent.container_cgroup import ContainerCgroup, siblings, sweep
 from node_agent.cpu_binding import bind_argv
 
 if TYPE_CHECKING:
@@ -184,6 +185,7 @@ class _Attempt:
     tasks: dict[str, _Task] = dataclasses.field(default_factory=dict)
     terminating: bool = False
     container: bool = False  # runs in a podman container named after the attempt
+    container_cgroup: ContainerCgroup | None = None  # its cgroup's parent: how its OOM is seen
 
     @property
     def pid(self) -> int:
@@ -367,7 +369,8 @@ class Runner:
             env = {**env, "HPCBATCH_SCRIPT": str(script)}
         if not argv:
             return self._refuse(spec, adir, f"{CANNOT_START}: the job has no command")
-        argv = bind_argv(argv, spec.cpus, env.get("PATH"))  # a GPU job: its GPUs' NUMA CPUs
+        if spec.image is None:  # a container's binding is podman's --cpuset-cpus (node_agent.containers)
+            argv = bind_argv(argv, spec.cpus, env.get("PATH"))  # a GPU job: its GPUs' NUMA CPUs
         started_at = _now_ms()
         cgroup: Path | None = None
         if self._cgroups is not None:
@@ -377,12 +380,21 @@ class Runner:
                 return self._refuse(spec, adir, f"{CANNOT_START}: memory cgroup: {exc}")
         drop = owner if owner is not None and owner.switch else None
         job_env = env
+        container_cgroup: ContainerCgroup | None = None
         if spec.image is not None:
             from node_agent.containers import container_launch
 
             assert self._containers is not None
-            cgroup = None  # podman gives the container its own, with the memory limit
-            launch = container_launch(self._containers, spec, argv, env, owner, str(adir / _WORK_DIR), cwd)
+            if cgroup is not None:  # the container's cgroup goes under it (node_agent.container_cgroup)
+                assert self._cgroups is not None
+                try:
+                    container_cgroup = ContainerCgroup.attach(cgroup, self._cgroups.version, self._cgroups.root)
+                except OSError as exc:
+                    _MemoryCgroups.remove(cgroup)
+                    return self._refuse(spec, adir, f"{CANNOT_START}: memory cgroup: {exc}")
+            launch = container_launch(
+                self._containers, spec, argv, env, owner, str(adir / _WORK_DIR), cwd, container_cgroup
+            )
         else:
             launch = self._launch(argv, env, cwd, cgroup, drop)
         if isinstance(launch, str):
@@ -406,6 +418,8 @@ class Runner:
                 preexec_fn=preexec,
             )
         except (OSError, subprocess.SubprocessError) as exc:
+            if container_cgroup is not None:
+                container_cgroup.close()
             if cgroup is not None:
                 _MemoryCgroups.remove(cgroup)
             return self._refuse(spec, adir, _spawn_error(exc, argv[0], cwd, drop))
@@ -416,6 +430,7 @@ class Runner:
         rec.env, rec.cwd, rec.drop = job_env, cwd, drop
         rec.uid = owner.uid if owner is not None else self._euid
         rec.container = spec.image is not None
+        rec.container_cgroup = container_cgroup
         _write_json(
             self._journal_dir / f"{spec.attempt_id}.json",
             {
@@ -662,6 +677,8 @@ class Runner:
                 self._busy_cgroups.discard(path)
         if self._cgroups is not None and not self._running and not self._busy_cgroups:
             self._cgroups.remove(self._cgroups.parent)
+            if self._containers is not None:  # where podman made our parent's path (cgroup v1)
+                sweep(siblings(self._cgroups.parent, self._cgroups.version, self._cgroups.root))
         if self._devnull >= 0:
             os.close(self._devnull)
             self._devnull = -1
@@ -670,6 +687,7 @@ class Runner:
     def adopt_orphans(self) -> list[AttemptResult]:
         """Results for attempts a previous agent process left; kill those still running."""
         results = []
+        removals: list[tuple[subprocess.Popen[bytes], Path]] = []  # containers' podman rm, their cgroup
         for entry in sorted(self._journal_dir.iterdir()):
             try:
                 data = json.loads(entry.read_bytes())
@@ -691,16 +709,26 @@ class Runner:
                 )
                 if adir.is_dir():
                     _write_json(adir / "result.json", dataclasses.asdict(result))
+            removal = None
             if data.get("container") and self._containers is not None:
-                self._containers.remove(attempt_id)
+                removal = self._containers.remove(attempt_id)
             if data.get("cgroup"):
                 path = Path(data["cgroup"])
                 _MemoryCgroups.kill(path)
-                if not _remove_cgroup_soon(path):
+                if removal is not None:  # the container's cgroup is in it until podman removed it
+                    removals.append((removal, path))
+                elif not _remove_cgroup_soon(path):
                     log.warning("orphan cgroup %s still busy; left in place", path)
             entry.unlink(missing_ok=True)
             self._remember(result)
             results.append(result)
+        for removal, path in removals:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                removal.wait(timeout=60)
+            if not _remove_cgroup_soon(path):
+                log.warning("orphan cgroup %s still busy; left in place", path)
+            if self._cgroups is not None and path.is_relative_to(self._cgroups.root):
+                sweep(siblings(path, self._cgroups.version, self._cgroups.root))
         return results
 
     # ------------------------------------------------------------------ exits
@@ -759,9 +787,14 @@ class Runner:
         oom = rec.oom
         if rec.cgroup is not None:
             oom = oom or _MemoryCgroups.oom_kills(rec.cgroup) > 0
+            if rec.container_cgroup is not None:
+                oom = oom or rec.container_cgroup.oom_killed()
+                rec.container_cgroup.close()
             _MemoryCgroups.kill(rec.cgroup)
-            if not _MemoryCgroups.remove(rec.cgroup):
-                self._remove_cgroup_later(rec.cgroup, 100)
+            if not _MemoryCgroups.remove(rec.cgroup):  # a container's: until podman removed its own
+                self._remove_cgroup_later(rec.cgroup, 1200 if rec.container else 100)
+            if rec.container_cgroup is not None:
+                sweep(rec.container_cgroup.siblings())
         if oom:
             exit_code, reason = OOM_EXIT_CODE, OOM_REASON
         elif code is None:
@@ -960,9 +993,10 @@ class Runner:
 class _MemoryCgroups:
     """One memory cgroup per attempt, under a parent this agent owns (v2, or v1's memory)."""
 
-    def __init__(self, parent: Path, version: int) -> None:
+    def __init__(self, parent: Path, version: int, root: Path) -> None:
         self.parent = parent
         self.version = version
+        self.root = root  # the hierarchy's mount point
 
     @classmethod
     def setup(cls, tag: str) -> _MemoryCgroups:
@@ -978,7 +1012,7 @@ class _MemoryCgroups:
                     _write_text(v2_root / "cgroup.subtree_control", "+memory")
                 # A sibling of the agent's own cgroup: v2 forbids processes in a cgroup
                 # that hands controllers to children, and the agent's has the agent.
-                return cls(v2_root / f"hpcbatch-{tag}", 2)._make_parent()._probe()
+                return cls(v2_root / f"hpcbatch-{tag}", 2, v2_root)._make_parent()._probe()
             except OSError as exc:
                 errors.append(f"cgroup v2: {exc}")
         if v1_root is not None:
@@ -986,7 +1020,7 @@ class _MemoryCgroups:
                 # v1 allows children next to processes: nest under our own cgroup so a
                 # limit put on the agent's service also bounds its jobs.
                 parent = v1_root / _own_cgroup("memory").lstrip("/") / f"hpcbatch-{tag}"
-                return cls(parent, 1)._make_parent()._probe()
+                return cls(parent, 1, v1_root)._make_parent()._probe()
             except OSError as exc:
                 errors.append(f"cgroup v1: {exc}")
         raise OSError("; ".join(errors) or "no memory cgroup mounted")
@@ -1046,10 +1080,10 @@ class _MemoryCgroups:
             return
         except OSError:
             pass
-        try:
-            pids = (path / "cgroup.procs").read_text().split()
-        except OSError:
-            return
+        pids = []
+        for procs in (path / "cgroup.procs", *path.glob("*/cgroup.procs")):  # a container's: a child
+            with contextlib.suppress(OSError):
+                pids += procs.read_text().split()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)

@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -170,18 +171,50 @@ class Registry:
         self._config.unlink(missing_ok=True)
 
 
+STAGING = CACHE / "podman"  # a private storage for building: never the nodes' caches
+VARIANT_REPOSITORY = "hpcbatch/bookworm-mpi-variant"
+VARIANT_FILE = "/etc/hpcbatch-variant"  # only in the variant image; it holds VARIANT_TEXT
+VARIANT_TEXT = "second-image"
+
+
+def _staged_base() -> str:
+    """The test image in the staging storage (imported from the root file system once)."""
+    local = f"localhost/{REPOSITORY}:{TAG}"
+    if subprocess.run([*podman(STAGING), "image", "exists", local], check=False).returncode != 0:
+        subprocess.run(
+            [*podman(STAGING), "import", "--change", "CMD=/bin/bash", str(rootfs_tarball()), local],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+    return local
+
+
+def publish_variant_image(registry: Registry) -> str:
+    """A second image, the test image plus ``VARIANT_FILE``, pushed once; its name on 127.0.0.1.
+
+    ``podman build`` from the local base with a ``COPY`` only: no network, no container run.
+    """
+    name = registry.image("127.0.0.1", repository=VARIANT_REPOSITORY)
+    if registry.has(VARIANT_REPOSITORY, TAG):
+        return name
+    base, local = _staged_base(), f"localhost/{VARIANT_REPOSITORY}:{TAG}"
+    with tempfile.TemporaryDirectory() as context:
+        Path(context, "variant").write_text(VARIANT_TEXT + "\n")
+        Path(context, "Containerfile").write_text(f"FROM {base}\nCOPY variant {VARIANT_FILE}\n")
+        subprocess.run([*podman(STAGING), "build", "--pull=never", "--quiet", "--tag", local, context],
+                       check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*podman(STAGING), "push", "--quiet", "--tls-verify=false", local, name],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return name
+
+
 def publish_test_image(registry: Registry, tag: str = TAG) -> str:
     """Build (or reuse) the test image, push it as ``tag`` unless there already; its name on 127.0.0.1."""
     name = registry.image("127.0.0.1", tag=tag)
     if registry.has(REPOSITORY, tag):
         return name
-    staging = CACHE / "podman"  # a private storage for the import: never the nodes' caches
-    local = f"localhost/{REPOSITORY}:{TAG}"
-    if subprocess.run([*podman(staging), "image", "exists", local], check=False).returncode != 0:
-        subprocess.run(
-            [*podman(staging), "import", "--change", "CMD=/bin/bash", str(rootfs_tarball()), local],
-            check=True, stdout=subprocess.DEVNULL,
-        )
+    staging, local = STAGING, _staged_base()
     subprocess.run(
         [*podman(staging), "push", "--quiet", "--tls-verify=false", local, name],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

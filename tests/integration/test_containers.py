@@ -8,6 +8,7 @@ node has its own image cache (``container_storage``), so each really pulls.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import shutil
@@ -122,6 +123,8 @@ def test_aws_shaped_definition_runs_in_its_image_as_its_owner(cc: tuple[TestClus
             volumes=[{"name": "data", "host": {"sourcePath": str(data)}}],
             mountPoints=[{"sourceVolume": "data", "containerPath": "/data", "readOnly": True}],
             ulimits=[{"name": "nofile", "softLimit": 512, "hardLimit": 1000}],
+            # Accepted and not used: the node's container_auth_file holds registry credentials.
+            repositoryCredentials={"credentialsParameter": "arn:aws:secretsmanager:us-east-1:123456789012:secret:reg"},
         )
         job_id = submit_as_alice(c, jobDefinition=arn)
         job = c.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=120)
@@ -257,6 +260,58 @@ def test_timeout_leaves_no_container_and_no_process(registry: images.Registry, t
         images.wipe_storage(storage)
 
 
+def test_an_oom_kill_in_a_container_gets_aws_reason_and_a_self_kill_does_not(
+        registry: images.Registry, tmp_path: Path) -> None:
+    """The container runs under the attempt's memory cgroup, which outlives ``podman run --rm``;
+    a GPU job's CPU binding (``cpus``) holds there too (--cpuset-cpus)."""
+    from hpcbatch.protocol import ContainerOptions
+    from node_agent.containers import Podman
+    from node_agent.runner import OOM_EXIT_CODE, OOM_REASON, AttemptResult, AttemptSpec, Runner
+
+    storage = tmp_path / "containers"
+    podman = Podman("podman", storage=str(storage), insecure_registries=[f"127.0.0.1:{registry.port}"])
+    ended: dict[str, AttemptResult] = {}
+    cgroups: list[Path] = []
+    logs: dict[str, str] = {}
+
+    async def body() -> None:
+        runner = Runner(tmp_path / "state", on_exit=lambda r: ended.__setitem__(r.attempt_id, r),
+                        container_runtime="podman", containers=podman)
+        if runner.memory_enforcement != "cgroup":
+            pytest.skip("no writable memory cgroup: a container's OOM kill is seen through it")
+        image = registry.image("127.0.0.1")
+        hog = AttemptSpec("m1", "job-m", 1, ["python3", "-c", "x = bytearray(400 << 20); print('survived')"],
+                          {}, 1, 64, image=image, container=ContainerOptions())
+        # SIGKILL from inside (not the OOM killer) is a plain 137: the host's pid namespace, so
+        # the shell is not pid 1 and can kill itself.
+        self_kill = AttemptSpec("k1", "job-k", 1, ["/bin/sh", "-c", "kill -9 $$"], {}, 1, 64, image=image,
+                                container=ContainerOptions())
+        bound = AttemptSpec("b1", "job-b", 1, ["/bin/sh", "-c", "grep Cpus_allowed_list /proc/self/status"], {}, 1,
+                            64, image=image, container=ContainerOptions(), cpus=(0,))
+        for spec in (hog, self_kill, bound):
+            assert isinstance(await runner.start(spec), int)
+            cgroups.append(runner._running[spec.attempt_id].cgroup)  # type: ignore[arg-type]
+        async with asyncio.timeout(120):
+            while len(ended) < 3:
+                await asyncio.sleep(0.1)
+        logs["b1"] = runner.log_path("b1").read_text()
+        await runner.shutdown(kill=True)
+
+    try:
+        asyncio.run(body())
+        assert (ended["m1"].exit_code, ended["m1"].reason) == (OOM_EXIT_CODE, OOM_REASON)
+        assert (ended["k1"].exit_code, ended["k1"].reason) == (137, None)
+        assert ended["b1"].exit_code == 0 and logs["b1"].split() == ["Cpus_allowed_list:", "0"], logs["b1"]
+        names = subprocess.run([*images.podman(storage), "ps", "--all", "--format", "{{.Names}}"],
+                               capture_output=True, text=True, check=False).stdout.split()
+        assert names == []
+        # Nothing of the runner's cgroups is left, in the memory hierarchy or (v1) any other.
+        parent = cgroups[0].parent.name  # hpcbatch-<tag>: this runner's
+        assert [str(d) for d in Path("/sys/fs/cgroup").glob(f"**/{parent}")] == []
+    finally:
+        images.wipe_storage(storage)
+
+
 # ------------------------------------------------------------------ multi-node, 4 hosts
 @pytest.fixture(scope="module")
 def ns4(registry: images.Registry) -> Iterator[tuple[TestCluster, str]]:
@@ -325,6 +380,42 @@ def test_terminate_multinode_leaves_nothing_on_any_node(ns4: tuple[TestCluster, 
     assert "prted" not in ps and "mpi4py import MPI; time.sleep(300)" not in ps
 
 
+def test_each_node_range_runs_in_its_own_image(ns4: tuple[TestCluster, str], registry: images.Registry) -> None:
+    """Node 0 in the test image, node 1 in a second one (the same plus a marker file)."""
+    c, image = ns4
+    assert c.netns is not None
+    images.publish_variant_image(registry)
+    variant = registry.image(c.netns.host_mgmt_ip, repository=images.VARIANT_REPOSITORY)
+    shared = Path(tempfile.mkdtemp(prefix="hpcb-ctr-ranges-"))
+    os.chmod(shared, 0o777)  # both nodes' containers write here as alice (the nodes share the disk)
+    show = f"cat {images.VARIANT_FILE} 2>/dev/null || echo no-marker; . /etc/os-release; echo $VARIANT_ID"
+    # Node 0 is the main node: the job ends with it, so it waits for node 1's answer first.
+    main = (f"until [ -s /shared/node1 ]; do sleep 0.1; done; echo node1=$(cat /shared/node1); "
+            f"echo node0=$({show} | tr '\\n' ' ')")
+    other = f"({show}) | tr '\\n' ' ' >/shared/.n1 && mv /shared/.n1 /shared/node1"
+    volume = {"volumes": [{"name": "shared", "host": {"sourcePath": str(shared)}}],
+              "mountPoints": [{"sourceVolume": "shared", "containerPath": "/shared"}],
+              "resourceRequirements": [{"type": "VCPU", "value": "1"}]}
+    try:
+        c.client.register_job_definition(
+            jobDefinitionName="two-images", type="multinode",
+            nodeProperties={"numNodes": 2, "mainNode": 0, "nodeRangeProperties": [
+                {"targetNodes": "0", "container": {"image": image, "command": ["/bin/sh", "-c", main], **volume}},
+                {"targetNodes": "1", "container": {"image": variant, "command": ["/bin/sh", "-c", other], **volume}},
+            ]},
+        )
+        job_id = submit_as_alice(c, jobName="two-images", jobDefinition="two-images")
+        job = c.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=240)
+        out = wait_for(lambda: c.logs(f"{job_id}#0"), 10, what="node 0's output")
+        assert job["status"] == "SUCCEEDED", out + c.logs(f"{job_id}#1")
+        assert f"node1={images.VARIANT_TEXT} hpcbatch-test" in out, out
+        assert "node0=no-marker hpcbatch-test" in out, out
+        assert c.job(f"{job_id}#1")["container"]["image"] == variant
+        assert c.job(f"{job_id}#0")["container"]["image"] == image
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
 def test_a_restarted_agent_removes_the_containers_its_predecessor_left(registry: images.Registry, tmp_path: Path) -> None:
     """The agent died (no shutdown): the next one, on the same state, ends the attempt and its container."""
     from hpcbatch.protocol import ContainerOptions
@@ -347,7 +438,9 @@ def test_a_restarted_agent_removes_the_containers_its_predecessor_left(registry:
 
     async def next_agent() -> list:
         runner = Runner(tmp_path / "state", on_exit=lambda r: None, container_runtime="podman", containers=podman)
-        return runner.adopt_orphans()
+        results = runner.adopt_orphans()
+        await runner.shutdown(kill=True)  # and its cgroups go, in every hierarchy
+        return results
 
     try:
         asyncio.run(first_agent())
@@ -355,5 +448,7 @@ def test_a_restarted_agent_removes_the_containers_its_predecessor_left(registry:
         results = asyncio.run(next_agent())
         assert [r.status_reason for r in results] == [LOST_REASON]
         wait_for(lambda: names() == [] and not _sleepers(), 30, what="the orphan container removed")
+        tag = "hpcbatch-" + hashlib.sha1(str((tmp_path / "state").resolve()).encode()).hexdigest()[:10]
+        assert [str(d) for d in Path("/sys/fs/cgroup").glob(f"**/{tag}")] == []
     finally:
         images.wipe_storage(storage)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from hpcbatch.errors import ClientError
 from hpcbatch.head.containers import check_container, container_options
 from hpcbatch.model.jobs import ResourceRequest, resource_request
-from hpcbatch.protocol import ContainerOptions
+from hpcbatch.protocol import ContainerOptions, GpuFacts
 from hpcbatch.scheduler.core import (
     JobQueueChanged,
     JobRunnable,
@@ -19,6 +20,7 @@ from hpcbatch.scheduler.core import (
     SetWaitReason,
     StartAttempt,
 )
+from node_agent.config import ConfigError, load_agent_config
 from node_agent.containers import (
     CONTAINER_WORK_DIR,
     Identity,
@@ -26,6 +28,8 @@ from node_agent.containers import (
     container_name,
     storage_arguments,
 )
+from node_agent.cpu_binding import gpu_local_cpus
+from node_agent.runner import AttemptResult, AttemptSpec, Runner
 
 CONTAINER = frozenset({"container"})
 
@@ -125,7 +129,7 @@ def test_run_argv_runs_the_owner_on_the_host_network_with_explicit_ulimits() -> 
     joined = " ".join(argv)
     assert argv[:3] == ["podman", "--runtime", "runc"]
     assert "--user 1001:1001" in joined and "--group-add=27" in joined and "--group-add=1001" not in joined
-    assert "--network host" in joined and "--uts host" in joined and "--pull never" in joined
+    assert "--network host" in joined and "--uts host" in joined and "--pull missing" in joined
     assert "--ulimit=nofile=512:1000" in argv and "--ulimit=nproc=4096:4096" in argv
     assert "--volume /srv/data:/data:ro" in joined and "--volume /scratch:/scratch" in joined
     assert f"--volume /s/a1/work:{CONTAINER_WORK_DIR}" in joined and "--volume /s/a1/work:/s/a1/work" in joined
@@ -172,3 +176,85 @@ def test_a_node_cache_runroot_stays_short() -> None:
     args = storage_arguments("/a/very/long/path/" + "x" * 80 + "/containers")
     assert len(args[3]) < 50 and args[1].endswith("/containers/root")
     assert storage_arguments("") == []
+
+
+# ------------------------------------------------------------------ the runner's podman calls, with a fake podman
+def _fake_podman(tmp_path: Path) -> tuple[Path, Path]:
+    """A ``podman`` that records each call (NUL-separated argv, one call a line) and succeeds,
+    except ``image exists`` (the image is not cached, so the runner pulls it)."""
+    calls = tmp_path / "podman-calls"
+    script = tmp_path / "podman"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"printf '%s\\0' \"$@\" >>{calls}; echo >>{calls}\n"
+        'case " $* " in *" image exists "*) exit 1;; esac\n'
+        "exit 0\n"
+    )
+    script.chmod(0o755)
+    return script, calls
+
+
+def _calls(calls: Path) -> list[list[str]]:
+    return [line.rstrip("\0").split("\0") for line in calls.read_text().splitlines() if line]
+
+
+def _run_one(tmp_path: Path, podman: Podman, spec: AttemptSpec) -> AttemptResult:
+    ended: list[AttemptResult] = []
+
+    async def body() -> None:
+        runner = Runner(tmp_path / "state", on_exit=ended.append, container_runtime="podman", containers=podman,
+                        memory_enforcement="rss")
+        started = await runner.start(spec)
+        assert isinstance(started, int), started
+        async with asyncio.timeout(30):
+            while not ended:
+                await asyncio.sleep(0.02)
+        await runner.shutdown(kill=True)
+
+    asyncio.run(body())
+    return ended[0]
+
+
+def test_pulls_use_the_nodes_auth_file_for_registries_that_need_credentials(tmp_path: Path) -> None:
+    binary, calls = _fake_podman(tmp_path)
+    auth = tmp_path / "auth.json"
+    auth.write_text('{"auths": {}}')
+    podman = Podman(str(binary), auth_file=str(auth))
+    spec = AttemptSpec("a1", "job", 1, ["true"], {}, 1, 64, image="reg.example:5000/team/app:1",
+                       container=ContainerOptions())
+    assert _run_one(tmp_path, podman, spec).exit_code == 0
+    (pull,) = [c for c in _calls(calls) if "pull" in c]
+    assert pull[pull.index("--authfile") + 1] == str(auth) and pull[-1] == "reg.example:5000/team/app:1"
+    (run,) = [c for c in _calls(calls) if "run" in c]
+    assert run[run.index("--authfile") + 1] == str(auth)  # --pull missing: an image removed meanwhile
+    assert "--authfile" not in " ".join(_run(Podman("podman"), ContainerOptions()))  # none configured: none passed
+
+
+def test_the_agent_config_names_the_auth_file_and_refuses_a_missing_one(tmp_path: Path) -> None:
+    key = tmp_path / "head.key"
+    key.write_text("k")
+    config = tmp_path / "agent.toml"
+    base = f'name = "n1"\nhead = "tcp://h:1"\nstate_dir = "{tmp_path}"\nhead_public_key = "{key}"\n'
+    config.write_text(base + f'container_auth_file = "{tmp_path}/auth.json"\n')
+    with pytest.raises(ConfigError, match="container_auth_file .*auth.json does not exist"):
+        load_agent_config(config)
+    (tmp_path / "auth.json").write_text("{}")
+    assert load_agent_config(config).container_auth_file == f"{tmp_path}/auth.json"
+
+
+def test_a_gpu_container_job_is_bound_to_its_gpus_cpus_with_cpuset(tmp_path: Path) -> None:
+    """The binding a bare GPU job gets (taskset) is --cpuset-cpus for a container: the host's
+    taskset is not in the image, and the image's programs are not on the host's PATH."""
+    gpus = [GpuFacts(uuid="GPU-0", cpus=[0, 1, 2, 3]), GpuFacts(uuid="GPU-1", cpus=[4, 5, 6, 7])]
+    cpus = tuple(gpu_local_cpus(["GPU-1"], gpus, set(range(8))))
+    binary, calls = _fake_podman(tmp_path)
+    spec = AttemptSpec("g1", "job", 1, ["python3", "train.py"], {"NVIDIA_VISIBLE_DEVICES": "GPU-1",
+                       "CUDA_VISIBLE_DEVICES": "1"}, 1, 64, gpus=1, image="reg.example:5000/team/app:1",
+                       container=ContainerOptions(), cpus=cpus)
+    assert _run_one(tmp_path, Podman(str(binary)), spec).exit_code == 0
+    (run,) = [c for c in _calls(calls) if "run" in c]
+    assert "--cpuset-cpus=4,5,6,7" in run
+    assert run[-3:] == ["reg.example:5000/team/app:1", "python3", "train.py"]  # no taskset in front
+    assert not any("taskset" in a for a in run)
+    unbound = _run(Podman("podman"), ContainerOptions())
+    assert not any(a.startswith("--cpuset-cpus") for a in unbound)
