@@ -19,6 +19,7 @@ from aiohttp import web
 
 from hpcbatch.curve import ensure_keypair
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.fencing import default_fence_after_s
 from hpcbatch.head.api import SpaceGuard, make_app
 from hpcbatch.head.config import HeadConfig, load_head_config
 from hpcbatch.head.engine import Engine
@@ -66,6 +67,9 @@ class Head:
             send=self._send,
             clock_ms=_now_ms,
             kill_grace_s=config.kill_grace_s,
+            fence_after_s=default_fence_after_s(config.heartbeat_interval_s, config.liveness)
+            if config.fence_after_s is None else config.fence_after_s,
+            heartbeat_interval_s=config.heartbeat_interval_s,
             log_stream_prefix=lambda job: job.job_definition.rsplit("/", 1)[-1].split(":")[0],
         )
         self.service = BatchService(self.store, self.engine, region=config.region, account=config.account_id)

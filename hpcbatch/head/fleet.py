@@ -92,6 +92,7 @@ class Fleet:
         self._liveness = liveness
         self._registered: set[str] = set()  # nodes that registered with this head process
         self._last_seen: dict[str, float] = {}
+        self._echo: dict[str, float] = {}  # node -> newest sent_at it told us (echoed: fencing)
         self._routes: dict[str, bytes] = {}  # node -> routing id of its live connection
         self._held: dict[str, deque[bytes]] = {}  # node -> messages waiting for a connection
         self._recv: asyncio.Future[Any] | None = None
@@ -208,6 +209,8 @@ class Fleet:
             node = msg.node.name
         self._learn_route(node, route)
         self._last_seen[node] = time.monotonic()
+        if isinstance(msg, p.Register | p.AgentHeartbeat) and msg.sent_at > self._echo.get(node, 0.0):
+            self._echo[node] = msg.sent_at
         engine = self._engine
         if isinstance(msg, p.Register):
             if msg.protocol_version != p.PROTOCOL_VERSION:
@@ -222,6 +225,7 @@ class Fleet:
                 welcome.head_id = self._head_id
                 welcome.heartbeat_interval_s = self._interval
                 welcome.liveness = self._liveness
+                welcome.echo = msg.sent_at
                 self.send(node, welcome)
             log.info("node %s registered (%d running, %d exited)", node, len(msg.running), len(msg.exited))
             return
@@ -245,14 +249,13 @@ class Fleet:
                 engine.on_task_exited(node, msg)
 
     async def _heartbeat_loop(self) -> None:
-        beat = p.HeadHeartbeat(head_id=self._head_id)
         while True:
             await asyncio.sleep(self._interval)
             self._keys.refresh()  # a key removed from accepted/ by hand is cut off here
             now = time.monotonic()
             deadline = self._interval * self._liveness
             for node in list(self._registered):
-                self.send(node, beat)
+                self.send(node, p.HeadHeartbeat(head_id=self._head_id, echo=self._echo.get(node, 0.0)))
             for name, info in list(self._engine.nodes.items()):
                 if info.state == "DOWN" and not info.jobs:
                     continue
@@ -263,6 +266,7 @@ class Fleet:
 
     def _forget(self, name: str) -> None:
         self._registered.discard(name)
+        self._echo.pop(name, None)
         self._routes.pop(name, None)
         self._held.pop(name, None)
 
