@@ -62,7 +62,7 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     liveness: int = 5
     # Kill every attempt after this long without word from any head (a cut-off node must not
     # run on while the head retries its jobs elsewhere; docs/chaos.md). 0: never. Default:
-    # heartbeat_interval_s x liveness x 6 (30 s), longer than a head restart or a failover.
+    # heartbeat_interval_s x liveness x 6 (30 s; at least 15 s), longer than a head restart or a failover.
     fence_after_s: float | None = None
     log_level: str = "INFO"
 

@@ -74,6 +74,7 @@ class Fleet:
         heartbeat_interval_s: float,
         liveness: int,
         epoch: int = 0,
+        startup_grace_s: float = 0.0,
     ) -> None:
         self._ctx = zmq.asyncio.Context.instance()
         self._keys = keys
@@ -90,6 +91,9 @@ class Fleet:
         self._epoch = epoch  # fencing token: stamped on every message (hpcbatch.head.lease)
         self._interval = heartbeat_interval_s
         self._liveness = liveness
+        # After a (re)start, nodes not yet heard get this long to come back: their agents run
+        # on until they fence, so failing their jobs sooner would only lose work.
+        self._startup_grace_s = startup_grace_s
         self._registered: set[str] = set()  # nodes that registered with this head process
         self._last_seen: dict[str, float] = {}
         self._echo: dict[str, float] = {}  # node -> newest sent_at it told us (echoed: fencing)
@@ -259,7 +263,11 @@ class Fleet:
             for name, info in list(self._engine.nodes.items()):
                 if info.state == "DOWN" and not info.jobs:
                     continue
-                seen = self._last_seen.get(name, self._started)
+                seen = self._last_seen.get(name)
+                if seen is None:  # not heard since this head started
+                    seen = self._started
+                    if now - seen <= max(deadline, self._startup_grace_s):
+                        continue
                 if now - seen > deadline:
                     self._forget(name)
                     self._engine.node_lost(name, now - seen)
