@@ -161,6 +161,7 @@ class Agent:
         self._fence_after_s = config.fence_s
         self._lease_from = time.monotonic()
         self._fenced = False
+        self._fence_killed: set[str] = set()  # attempts this fence has killed already
         self._connected_at: float | None = None  # last successful handshake
         self._welcomed = False  # a head has answered a Register of this process
         self._said: set[str] = set()  # conditions already logged (each said once per episode)
@@ -445,7 +446,10 @@ class Agent:
         silent = now - self._lease_from
         if self._fence_after_s <= 0 or silent <= self._fence_after_s:
             return
+        if not self._fenced:
+            self._fence_killed.clear()
         running = [a for a, _j, _pid, _t in self.runner.running()] + sorted(self._not_started)
+        running = [a for a in running if a not in self._fence_killed]  # each is killed once
         if not self._fenced or running:
             log.warning(
                 "no head has heard this node for %.0f s (fence_after_s = %g): killing %d attempt(s), "
@@ -454,6 +458,7 @@ class Agent:
         self._fenced = True
         reason = f"Node {self.config.name} fenced: no head heard it for {silent:.0f} s"
         for attempt_id in running:
+            self._fence_killed.add(attempt_id)
             self.runner.kill(attempt_id, reason, grace_s=0)
 
     def _refuse_fenced(self, msg: p.StartAttempt) -> None:

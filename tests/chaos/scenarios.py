@@ -72,8 +72,8 @@ def kill_head_rounds(cluster: TestCluster, rounds: int, rng: random.Random, *, m
                      max_s: float = 1.5) -> int:
     """``rounds`` times: wait a random moment, ``kill -9`` the head, start it again.
 
-    With several heads (PostgreSQL) the *active* one is killed and comes back as a standby
-    while another takes over. Returns how many rounds moved the active role to another head.
+    With several heads (PostgreSQL) the *active* one is killed, a standby takes over, and the
+    killed one comes back as a standby. Returns how many rounds moved the active role.
     """
     failovers = 0
     for _ in range(rounds):
@@ -84,9 +84,11 @@ def kill_head_rounds(cluster: TestCluster, rounds: int, rng: random.Random, *, m
             continue
         victim = cluster.active_head(timeout=30)
         cluster.kill(victim)
-        cluster.start_head(victim)  # a standby now, unless it won the lease back
+        # Another head takes the lease once it lapses (lease_ttl_s); only then does the
+        # victim come back, as a standby (sooner, it could win its own lease back).
         if cluster.active_head(timeout=30) != victim:
             failovers += 1
+        cluster.start_head(victim, role="standby")
     return failovers
 
 

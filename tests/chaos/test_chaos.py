@@ -77,8 +77,8 @@ def test_head_kill9_during_a_1000_job_load_loses_and_repeats_nothing(chaos: Test
     load.join()
     failovers += kill_head_rounds(chaos, ROUNDS - rounds, rng)
     assert len(load.acknowledged) == JOBS
-    if len(chaos.heads) > 1:  # on PostgreSQL the active head was killed: a standby took over
-        assert failovers >= 1, "no kill of the active head ever moved the lease"
+    if len(chaos.heads) > 1:  # on PostgreSQL every kill hit the active head: a standby took over
+        assert failovers == ROUNDS
     wait_final(chaos, load.acknowledged, timeout=240)
     assert violations(chaos, load.acknowledged, starts, tag) == NO_VIOLATIONS
 
