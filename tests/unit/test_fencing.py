@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from hpcbatch import protocol as p
 from hpcbatch.fencing import FENCE_MIN_S, default_fence_after_s, retry_hold_s
 from hpcbatch.head.engine import Engine
@@ -18,6 +20,7 @@ from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import JobRecord, ResourceRequest
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.store.sqlite import SqliteStore
+from node_agent.config import ConfigError, load_agent_config
 
 FENCE_S = 30.0
 HOLD_S = retry_hold_s(FENCE_S, 1.0)
@@ -179,3 +182,19 @@ def test_a_restarted_head_holds_the_retry_again(tmp_path: Path) -> None:
         assert start.attempt_number == 2
 
     asyncio.run(run())
+
+
+def test_the_agents_fence_comes_from_its_config(tmp_path: Path) -> None:
+    key = tmp_path / "head.key"
+    key.write_text("x")
+    path = tmp_path / "agent.toml"
+    base = f'name = "n1"\nhead = "tcp://h:1"\nstate_dir = "{tmp_path}"\nhead_public_key = "{key}"\n'
+    path.write_text(base)
+    assert load_agent_config(path).fence_s == 30.0
+    path.write_text(base + "heartbeat_interval_s = 2.0\n")
+    assert load_agent_config(path).fence_s == 60.0
+    path.write_text(base + "fence_after_s = 0\n")
+    assert load_agent_config(path).fence_s == 0.0
+    path.write_text(base + "fence_after_s = -1\n")
+    with pytest.raises(ConfigError, match="fence_after_s"):
+        load_agent_config(path)
