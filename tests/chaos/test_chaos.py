@@ -1,8 +1,10 @@
 """Chaos, bounded and local: kill -9 the head and agents, cut a node off, fill the head's disk,
 step its clock; after every round the invariants of tests/chaos/invariants.py must hold.
 
-Runs as root on the network-namespace cluster (CI runs as root); elsewhere it skips. Every
-loop is bounded in count and time, and the seeds are fixed. Sizes can be lowered for a
+Runs as root on the network-namespace cluster (CI runs as root); elsewhere it skips. The
+cluster runs on each store of tests/variants.py (PostgreSQL with an active and a standby
+head); rounds that test nothing of the store run on SQLite only. Every loop is bounded in
+count and time, and the seeds are fixed. Sizes can be lowered for a
 quick local run: HPCBATCH_CHAOS_JOBS (1000), HPCBATCH_CHAOS_ROUNDS (10), HPCBATCH_CHAOS_CUT_S (60).
 """
 
