@@ -16,6 +16,10 @@ Rules of the conversation (the ZeroMQ guide's Paranoid Pirate, adapted):
   heads share PostgreSQL, hpcbatch.head.lease; 0 otherwise). An agent drops head messages
   older than the newest epoch it has seen, so a paused or cut-off former head cannot start
   or kill anything after a standby took over.
+* Fencing (docs/chaos.md): an agent's ``Register`` and heartbeats carry ``sent_at`` (its
+  monotonic clock); the head echoes the newest in ``Welcome``/``HeadHeartbeat``. An agent
+  that got no echo newer than ``fence_after_s`` ago kills its attempts; the head retries a
+  lost node's attempts only ``fence_after_s`` (plus a margin) after it last heard the node.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class NodeFacts(msgspec.Struct, kw_only=True):
     fabric_kind: str | None = None  # "efa" | "infiniband" | "tcp"
     fabric_devices: list[str] = []  # e.g. ["mlx5_0"] or ["rdmap0s6"]
     container_runtime: str | None = None
+    fence_after_s: float = 0.0  # the agent kills its attempts after this long unheard by any head (0: never)
     agent_version: str = ""
     gpu_facts: list[GpuFacts] = []  # per GPU in ``gpus`` (topology, NUMA, health) where known
     declared_gpus: int = 0  # the GPUs its config says it has; fewer found: the head drains it
@@ -103,6 +108,7 @@ class Register(Message, tag="register", kw_only=True):
     node: NodeFacts
     running: list[RunningAttempt] = []
     exited: list[AttemptExited] = []
+    sent_at: float = 0.0  # the agent's monotonic clock: echoed back, it renews the fence lease
 
 
 class ImagesCached(Message, tag="images", kw_only=True):
@@ -117,6 +123,7 @@ class AgentHeartbeat(Message, tag="agent_hb", kw_only=True):
     unhealthy_gpus: dict[str, str] = {}  # GPU uuid -> why it is out of service (all of them, each time)
     gpu_usage: list[GpuUsage] = []  # samples of running attempts' GPUs (NVML nodes only)
     gpu_utilization: dict[str, float] = {}  # GPU uuid -> busy fraction 0..1 (NVML); {} without
+    sent_at: float = 0.0  # the agent's monotonic clock: echoed back, it renews the fence lease
 
 
 class AttemptStarted(Message, tag="started", kw_only=True):
@@ -179,6 +186,7 @@ class Welcome(Message, tag="welcome", kw_only=True):
     heartbeat_interval_s: float
     liveness: int
     log_offsets: dict[str, dict[str, int]] = {}  # attempt_id -> stream -> bytes held
+    echo: float = 0.0  # the Register's sent_at: the head heard the agent then (fencing)
 
 
 class Reregister(Message, tag="reregister", kw_only=True):
@@ -187,6 +195,7 @@ class Reregister(Message, tag="reregister", kw_only=True):
 
 class HeadHeartbeat(Message, tag="head_hb", kw_only=True):
     head_id: str
+    echo: float = 0.0  # the newest sent_at the head has from this agent (fencing)
 
 
 class StartAttempt(Message, tag="start", kw_only=True):

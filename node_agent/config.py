@@ -7,6 +7,8 @@ from pathlib import Path
 
 import msgspec
 
+from hpcbatch.fencing import default_fence_after_s
+
 
 class ConfigError(Exception):
     """The agent's config file is missing or wrong; the message names the field."""
@@ -61,7 +63,18 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory_enforcement: str = "auto"  # auto | cgroup | rss
     heartbeat_interval_s: float = 1.0  # until the head's Welcome says otherwise
     liveness: int = 5
+    # Kill every attempt after this long without word from any head (a cut-off node must not
+    # run on while the head retries its jobs elsewhere; docs/chaos.md). 0: never. Default:
+    # heartbeat_interval_s x liveness x 6 (30 s; at least 15 s), longer than a head restart or a failover.
+    fence_after_s: float | None = None
     log_level: str = "INFO"
+
+    @property
+    def fence_s(self) -> float:
+        """``fence_after_s``, or its default from the heartbeat settings (hpcbatch.fencing)."""
+        if self.fence_after_s is not None:
+            return self.fence_after_s
+        return default_fence_after_s(self.heartbeat_interval_s, self.liveness)
 
     @property
     def head_endpoints(self) -> list[str]:
@@ -97,6 +110,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     uuids = [g if isinstance(g, str) else g.uuid for g in config.gpus]
     if len(set(uuids)) != len(uuids) or "" in uuids:
         raise ConfigError(f"agent config {path}: gpus must have distinct, non-empty uuids")
+    if config.fence_after_s is not None and config.fence_after_s < 0:
+        raise ConfigError(f"agent config {path}: fence_after_s must be >= 0 seconds (0: never fence)")
     if config.gpu_count is not None and config.gpu_count < 0:
         raise ConfigError(f"agent config {path}: gpu_count must not be negative")
     if config.container_auth_file and not Path(config.container_auth_file).is_file():

@@ -52,7 +52,7 @@ from node_agent.discovery import discover
 from node_agent.gpus_nvml import NvmlGpus
 from node_agent.gpustats import GpuUtilization
 from node_agent.head_epoch import HeadEpoch
-from node_agent.runner import AttemptResult, AttemptSpec, Runner
+from node_agent.runner import CANNOT_START, AttemptResult, AttemptSpec, Runner
 
 log = logging.getLogger("hpcbatch.agent")
 
@@ -104,6 +104,7 @@ class Agent:
             labels=config.labels,
             placement_group=config.placement_group,
             agent_version=__version__,
+            fence_after_s=config.fence_s,
             **found,
         )
         runtime = found["container_runtime"] or None  # "" in the config: no container jobs here
@@ -158,6 +159,13 @@ class Agent:
         self._liveness = config.liveness
         self._head_id: str | None = None
         self._head_seen = 0.0
+        # Fencing (hpcbatch.fencing): the send time of our newest message a head echoed back.
+        # With nothing newer than fence_after_s, every attempt here is killed: the head
+        # retries them elsewhere only after that long.
+        self._fence_after_s = config.fence_s
+        self._lease_from = time.monotonic()
+        self._fenced = False
+        self._fence_killed: set[str] = set()  # attempts this fence has killed already
         self._connected_at: float | None = None  # last successful handshake
         self._welcomed = False  # a head has answered a Register of this process
         self._said: set[str] = set()  # conditions already logged (each said once per episode)
@@ -196,7 +204,8 @@ class Agent:
             p.RunningAttempt(attempt_id=a, job_id=j, pid=pid, started_at=t) for a, j, pid, t in self.runner.running()
         ]
         self._send(
-            p.Register(instance_id=self.instance_id, node=self.facts, running=running, exited=list(self._unacked.values()))
+            p.Register(instance_id=self.instance_id, node=self.facts, running=running, exited=list(self._unacked.values()),
+                       sent_at=time.monotonic())
         )
 
     # ----------------------------------------------------------------- attempts
@@ -398,6 +407,8 @@ class Agent:
                                    msg.epoch, self._epoch_memory.path, exc)
                 self._epoch = msg.epoch
             match msg:
+                case p.StartAttempt() if self._fenced:
+                    self._refuse_fenced(msg)
                 case p.StartAttempt() if msg.image:
                     self._not_started.add(msg.attempt_id)  # launches for it wait (_start_task)
                     self._spawn(self._start_container(msg))  # the pull must not stop the loop
@@ -414,6 +425,7 @@ class Agent:
                 case p.PullImage():
                     self._spawn(self._pull(msg.image))
                 case p.Welcome():
+                    self._renew_lease(msg.echo)
                     if msg.head_id != self._head_id:
                         log.info("registered with head %s", msg.head_id[:8])
                     self._head_id = msg.head_id
@@ -426,13 +438,54 @@ class Agent:
                 case p.Reregister():
                     self._register()
                 case p.HeadHeartbeat():
+                    self._renew_lease(msg.echo)
                     if msg.head_id != self._head_id:
                         self._register()
+
+    # ------------------------------------------------------------------ fencing
+    def _renew_lease(self, echo: float) -> None:
+        """A head heard us at ``echo`` (our clock; 0 from a head that does not echo: now)."""
+        self._lease_from = max(self._lease_from, echo if echo > 0 else time.monotonic())
+        if self._fenced and time.monotonic() - self._lease_from <= self._fence_after_s:
+            self._fenced = False
+            log.warning("a head hears this node again: fence lifted, attempts may start")
+
+    def _check_fence(self, now: float) -> None:
+        """Unheard by any head for fence_after_s: kill every attempt (the head retries them elsewhere)."""
+        silent = now - self._lease_from
+        if self._fence_after_s <= 0 or silent <= self._fence_after_s:
+            return
+        if not self._fenced:
+            self._fence_killed.clear()
+        running = [a for a, _j, _pid, _t in self.runner.running()] + sorted(self._not_started)
+        running = [a for a in running if a not in self._fence_killed]  # each is killed once
+        if not self._fenced or running:
+            log.warning(
+                "no head has heard this node for %.0f s (fence_after_s = %g): killing %d attempt(s), "
+                "which the head retries elsewhere", silent, self._fence_after_s, len(running),
+            )
+        self._fenced = True
+        reason = f"Node {self.config.name} fenced: no head heard it for {silent:.0f} s"
+        for attempt_id in running:
+            self._fence_killed.add(attempt_id)
+            self.runner.kill(attempt_id, reason, grace_s=0)
+
+    def _refuse_fenced(self, msg: p.StartAttempt) -> None:
+        """An order that reached a fenced node late: not run, reported as refused."""
+        if msg.attempt_id in self._unacked or self.runner.is_pulling(msg.attempt_id):
+            return
+        now = _now_ms()
+        self._on_exit(AttemptResult(
+            attempt_id=msg.attempt_id, job_id=msg.job_id, exit_code=None, reason=CANNOT_START,
+            status_reason=f"Node {self.config.name} is fenced: no head has heard it lately", started_at=now,
+            stopped_at=now,
+        ))
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
             now = time.monotonic()
+            self._check_fence(now)
             silent = now - max(self._head_seen, self._head_since)
             if silent > self._interval * self._liveness:
                 if len(self._heads) > 1:
@@ -453,7 +506,7 @@ class Agent:
             self._send(
                 p.AgentHeartbeat(
                     instance_id=self.instance_id, running=running, unhealthy_gpus=unhealthy, gpu_usage=usage,
-                    gpu_utilization=self._gpu_utilization.sample(),
+                    gpu_utilization=self._gpu_utilization.sample(), sent_at=time.monotonic(),
                 )
             )
             for exited in list(self._unacked.values()):
@@ -474,7 +527,8 @@ class Agent:
                 if self._head_id is None:
                     self._register()
                 else:
-                    self._send(p.AgentHeartbeat(instance_id=self.instance_id, running=[r[0] for r in self.runner.running()]))
+                    self._send(p.AgentHeartbeat(instance_id=self.instance_id, running=[r[0] for r in self.runner.running()],
+                                                sent_at=time.monotonic()))
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._say_once(
                     "refused", logging.ERROR,

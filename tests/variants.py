@@ -1,9 +1,10 @@
-"""Which store backends (and how many heads) the fuzz and chaos suites run against.
+"""Which store backends (and how many heads) the fuzz, flood and chaos suites run against.
 
-Today every suite runs on SQLite with one head. The PostgreSQL backend with active/standby
-heads is being built beside this (``TestCluster(store="postgresql", heads=2)``); once the
-harness takes those arguments, add ``"postgresql"`` to ``STORES`` and every fixture built
-with ``make_cluster`` runs on both, nothing else to change.
+Every fixture built with ``make_cluster`` runs on both: SQLite with one head (the embedded
+default), and PostgreSQL with two heads, one active and one standby, so that a head kill
+is a failover. Rounds that do not depend on the store (a cut link, a stepped clock) call
+``sqlite_only`` and run once, to keep CI's time; tests/pg.py skips the PostgreSQL variants
+where the server binaries are missing.
 """
 
 from __future__ import annotations
@@ -11,13 +12,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.harness import TestCluster
 
-STORES: tuple[str, ...] = ("sqlite",)
+STORES: tuple[str, ...] = ("sqlite", "postgresql")
 
 
 def make_cluster(root: Path, store: str, **options: Any) -> TestCluster:
     """A TestCluster on ``store``: the embedded default, or PostgreSQL with a standby head."""
     if store == "sqlite":
-        return TestCluster(root, **options)
-    return TestCluster(root, store=store, heads=2, **options)  # type: ignore[call-arg]
+        return TestCluster(root, store="sqlite", **options)
+    return TestCluster(root, store=store, heads=2, **options)
+
+
+def sqlite_only(cluster: TestCluster, why: str) -> None:
+    """Skip this variant unless it is the SQLite one: the round tests nothing of the store."""
+    if cluster.store != "sqlite":
+        pytest.skip(f"runs on SQLite only: {why}")
+
+
+def active_socket(cluster: TestCluster) -> str:
+    """The Unix socket path of the active head (after a failover, not necessarily ``head``)."""
+    return str(cluster.heads[cluster.active_head()]["api_socket"])

@@ -34,6 +34,10 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     account_id: str = "000000000000"
     heartbeat_interval_s: float = 1.0
     liveness: int = 5  # missed heartbeats before a node is DOWN
+    # How long a cut-off agent runs on before it kills its attempts (docs/chaos.md), for nodes
+    # that have not told this head theirs; retries of a lost node wait for it. Default:
+    # heartbeat_interval_s x liveness x 6, at least 15 s.
+    fence_after_s: float | None = None
     kill_grace_s: float = 10.0  # SIGTERM -> SIGKILL on terminate and timeout
     audit_retention_days: float = 365.0  # the audit log outlives the jobs it mentions
     retention_days: float = 7.0  # finished jobs stay describable this long (AWS: >= 7 days)
@@ -139,6 +143,8 @@ def load_head_config(path: str | Path, *, store: str | None = None) -> HeadConfi
         raise ClientError(f"head config {path}: store must be a postgresql:// URL or a SQLite file path")
     if config.lease_ttl_s < 1:
         raise ClientError(f"head config {path}: lease_ttl_s must be at least 1 second")
+    if config.fence_after_s is not None and config.fence_after_s < 0:
+        raise ClientError(f"head config {path}: fence_after_s must be >= 0 seconds")
     bad_roles = sorted(r for r in config.roles.values() if r not in ROLES)
     if bad_roles:
         raise ClientError(f"head config {path}: roles: {bad_roles[0]!r} is not one of {', '.join(ROLES)}")

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from hpcbatch.curve import ensure_keypair
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.fencing import default_fence_after_s
 from hpcbatch.head.api import SpaceGuard, make_app
 from hpcbatch.head.config import HeadConfig, load_head_config
 from hpcbatch.head.engine import Engine
@@ -60,12 +61,19 @@ class Head:
         self.epoch = 0  # the fencing token every order to an agent carries; 0 without a lease
         self.lost_lease: str | None = None
         self.fleet: Fleet | None = None
+        # How long a cut-off agent runs on (hpcbatch.fencing): retries of a lost node wait for it.
+        self.fence_after_s = (
+            default_fence_after_s(config.heartbeat_interval_s, config.liveness)
+            if config.fence_after_s is None else config.fence_after_s
+        )
         self.engine = Engine(
             self.store,
             self.logs,
             send=self._send,
             clock_ms=_now_ms,
             kill_grace_s=config.kill_grace_s,
+            fence_after_s=self.fence_after_s,
+            heartbeat_interval_s=config.heartbeat_interval_s,
             log_stream_prefix=lambda job: job.job_definition.rsplit("/", 1)[-1].split(":")[0],
         )
         self.service = BatchService(self.store, self.engine, region=config.region, account=config.account_id)
@@ -193,6 +201,7 @@ class Head:
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             liveness=self.config.liveness,
             epoch=self.epoch,
+            startup_grace_s=self.fence_after_s,
         )
         self._load()
         app = make_app(

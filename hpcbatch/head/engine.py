@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from hpcbatch import protocol as p
+from hpcbatch.fencing import retry_hold_s
 from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
 from hpcbatch.head.logs import LogStore
@@ -68,6 +69,17 @@ FAMILY_EVENTS = frozenset(
     }
 )
 DEPENDENCY_FAILED_REASON = "Dependent Job failed"
+FENCE_WAIT_REASON = "Waiting for node {node} to fence its attempts"  # a lost node's retry, held
+
+
+@dataclass
+class FenceHold:
+    """A retry held until the lost node's attempt is provably dead (fenced, or reported ended)."""
+
+    node: str
+    attempt_id: str
+    timer: asyncio.TimerHandle | None = None
+    still_running: bool = False  # the node came back and reported it alive: killed, its exit awaited
 
 
 @dataclass
@@ -109,6 +121,8 @@ class Engine:
         send: Callable[[str, p.Message], None],
         clock_ms: Callable[[], int],
         kill_grace_s: float = 10.0,
+        fence_after_s: float = 0.0,
+        heartbeat_interval_s: float = 1.0,
         log_stream_prefix: Callable[[JobRecord], str] = lambda job: "default",
     ) -> None:
         self.store = store
@@ -119,6 +133,11 @@ class Engine:
         self._send = send
         self._now = clock_ms
         self._kill_grace_s = kill_grace_s
+        # Agents kill their attempts after fence_after_s unheard (hpcbatch.fencing): a lost
+        # node's retries wait that long (or the node's own word that its attempt ended).
+        self._fence_after_s = fence_after_s
+        self._heartbeat_s = heartbeat_interval_s
+        self._fence_holds: dict[str, FenceHold] = {}  # job id -> its held retry
         self._stream_prefix = log_stream_prefix
         self._seq = 0
         self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
@@ -442,6 +461,12 @@ class Engine:
                 self._admit(job)
             elif job.status is JobStatus.PENDING:
                 self._wait_for_dependencies(job)
+            elif job.status is JobStatus.RUNNABLE and job.attempts and job.status_reason == FENCE_WAIT_REASON.format(
+                node=job.attempts[-1].node
+            ):
+                # Held when the head stopped: the node has heard no head since, so a full
+                # fence from now is surely enough.
+                self._hold_for_fence(job, job.attempts[-1], self._fence_hold_s(job.attempts[-1].node))
             elif job.status is JobStatus.RUNNABLE:
                 self._feed(self._runnable(job, seq))
             else:
@@ -789,6 +814,9 @@ class Engine:
     def on_exited(self, node: str, msg: p.AttemptExited) -> None:
         """An attempt ended; acknowledged once the outcome is committed."""
         job = self._current(node, msg.job_id, msg.attempt_id)
+        hold = self._fence_holds.get(msg.job_id)
+        if hold is not None and hold.attempt_id == msg.attempt_id:  # the lost attempt ended: retry now
+            self._release_fence(msg.job_id)
         if job is not None:
             attempt = job.current_attempt
             assert attempt is not None
@@ -806,7 +834,9 @@ class Engine:
         status_reason: str | None,
         stopped_at: int | None = None,
         lost: bool = False,
+        hold_s: float = 0.0,
     ) -> None:
+        """``hold_s``: a retry waits this long for the (lost) node to fence the attempt."""
         if job.parent_id is not None:
             self._child_ended(job, exit_code, reason, status_reason, stopped_at, lost)
             return
@@ -831,8 +861,11 @@ class Engine:
         elif should_retry(job, exit_code, reason, status_reason):
             job.started_at = None
             self._move(job, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
-            self._seq += 1
-            self._feed(self._runnable(job, self._seq))
+            if hold_s > 0:
+                self._hold_for_fence(job, attempt, hold_s)
+            else:
+                self._seq += 1
+                self._feed(self._runnable(job, self._seq))
         else:
             job.stopped_at = attempt.stopped_at
             self._move(job, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
@@ -1004,6 +1037,15 @@ class Engine:
                 self._outbox.append((name, self._start_message(job, attempt)))
             else:
                 self._finish_attempt(job, None, None, f"Attempt lost: the agent on {name} no longer runs it", lost=True)
+        # Retries held for this node's lost attempts: those it no longer runs are provably
+        # over; one it still runs was just told to die, and its exit report releases it.
+        alive = {r.attempt_id for r in msg.running}
+        for job_id, hold in list(self._fence_holds.items()):
+            if hold.node == name:
+                if hold.attempt_id in alive:
+                    hold.still_running = True
+                else:
+                    self._release_fence(job_id)
         node.allocations = tuple(allocations)
         self._node_up(name)
         self._node_changed(name)
@@ -1064,12 +1106,59 @@ class Engine:
         log.warning("%s; failing %d attempt(s)", reason, len(node.jobs))
         node.state, node.state_reason = "DOWN", reason
         self._node_changed(name)
+        # The node may still run them: retries wait until its agent has fenced them.
+        hold_s = max(0.0, self._fence_hold_s(name) - silent_s)
         for job_id in sorted(node.jobs):
             job = self.jobs.get(job_id)
             if job is not None and job.current_attempt is not None:
-                self._finish_attempt(job, None, None, reason, lost=True)
+                self._finish_attempt(job, None, None, reason, lost=True, hold_s=hold_s)
         node.jobs.clear()
         self._feed(NodeGone(self._event_id(), name))
+
+    # ----------------------------------------------------------------- fencing
+    def _fence_hold_s(self, name: str) -> float:
+        """How long after last hearing ``name`` a retry of its attempts may start (0: at once)."""
+        node = self.nodes.get(name)
+        reported = node.facts.fence_after_s if node is not None and node.facts is not None else 0.0
+        fence = max(self._fence_after_s, reported)
+        return retry_hold_s(fence, self._heartbeat_s) if fence > 0 else 0.0
+
+    def _hold_for_fence(self, job: JobRecord, attempt: Attempt, hold_s: float) -> None:
+        """Keep ``job`` RUNNABLE but away from the scheduler until ``attempt`` is surely dead."""
+        old = self._fence_holds.pop(job.job_id, None)
+        if old is not None and old.timer is not None:
+            old.timer.cancel()
+        hold = FenceHold(attempt.node, attempt.attempt_id)
+        hold.timer = asyncio.get_running_loop().call_later(hold_s, self._fence_expired, job.job_id)
+        self._fence_holds[job.job_id] = hold
+        job.status_reason = FENCE_WAIT_REASON.format(node=attempt.node)
+        self._touch(job)
+        log.info("job %s: retry held %.0f s for node %s to fence attempt %s", job.job_id, hold_s, attempt.node,
+                 attempt.attempt_id[:8])
+
+    def _fence_expired(self, job_id: str) -> None:
+        hold = self._fence_holds.get(job_id)
+        if hold is None:
+            return
+        if hold.still_running:  # the node said it still ran it: wait for its exit, or a whole fence more
+            hold.still_running = False
+            hold.timer = asyncio.get_running_loop().call_later(
+                self._fence_hold_s(hold.node), self._fence_expired, job_id
+            )
+            return
+        self._release_fence(job_id)
+
+    def _release_fence(self, job_id: str) -> None:
+        hold = self._fence_holds.pop(job_id, None)
+        if hold is not None and hold.timer is not None:
+            hold.timer.cancel()
+        job = self.jobs.get(job_id)
+        if hold is None or job is None or job.status is not JobStatus.RUNNABLE:
+            return  # cancelled or terminated meanwhile
+        job.status_reason = job.attempts[-1].status_reason if job.attempts else None
+        self._touch(job)
+        self._seq += 1
+        self._feed(self._runnable(job, self._seq))
 
     # ------------------------------------------------------- queues and CEs
     def compute_environment_changed(self, doc: dict[str, Any]) -> None:

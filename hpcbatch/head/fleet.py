@@ -74,6 +74,7 @@ class Fleet:
         heartbeat_interval_s: float,
         liveness: int,
         epoch: int = 0,
+        startup_grace_s: float = 0.0,
     ) -> None:
         self._ctx = zmq.asyncio.Context.instance()
         self._keys = keys
@@ -90,8 +91,12 @@ class Fleet:
         self._epoch = epoch  # fencing token: stamped on every message (hpcbatch.head.lease)
         self._interval = heartbeat_interval_s
         self._liveness = liveness
+        # After a (re)start, nodes not yet heard get this long to come back: their agents run
+        # on until they fence, so failing their jobs sooner would only lose work.
+        self._startup_grace_s = startup_grace_s
         self._registered: set[str] = set()  # nodes that registered with this head process
         self._last_seen: dict[str, float] = {}
+        self._echo: dict[str, float] = {}  # node -> newest sent_at it told us (echoed: fencing)
         self._routes: dict[str, bytes] = {}  # node -> routing id of its live connection
         self._held: dict[str, deque[bytes]] = {}  # node -> messages waiting for a connection
         self._recv: asyncio.Future[Any] | None = None
@@ -208,6 +213,8 @@ class Fleet:
             node = msg.node.name
         self._learn_route(node, route)
         self._last_seen[node] = time.monotonic()
+        if isinstance(msg, p.Register | p.AgentHeartbeat) and msg.sent_at > self._echo.get(node, 0.0):
+            self._echo[node] = msg.sent_at
         engine = self._engine
         if isinstance(msg, p.Register):
             if msg.protocol_version != p.PROTOCOL_VERSION:
@@ -222,6 +229,7 @@ class Fleet:
                 welcome.head_id = self._head_id
                 welcome.heartbeat_interval_s = self._interval
                 welcome.liveness = self._liveness
+                welcome.echo = msg.sent_at
                 self.send(node, welcome)
             log.info("node %s registered (%d running, %d exited)", node, len(msg.running), len(msg.exited))
             return
@@ -245,24 +253,28 @@ class Fleet:
                 engine.on_task_exited(node, msg)
 
     async def _heartbeat_loop(self) -> None:
-        beat = p.HeadHeartbeat(head_id=self._head_id)
         while True:
             await asyncio.sleep(self._interval)
             self._keys.refresh()  # a key removed from accepted/ by hand is cut off here
             now = time.monotonic()
             deadline = self._interval * self._liveness
             for node in list(self._registered):
-                self.send(node, beat)
+                self.send(node, p.HeadHeartbeat(head_id=self._head_id, echo=self._echo.get(node, 0.0)))
             for name, info in list(self._engine.nodes.items()):
                 if info.state == "DOWN" and not info.jobs:
                     continue
-                seen = self._last_seen.get(name, self._started)
+                seen = self._last_seen.get(name)
+                if seen is None:  # not heard since this head started
+                    seen = self._started
+                    if now - seen <= max(deadline, self._startup_grace_s):
+                        continue
                 if now - seen > deadline:
                     self._forget(name)
                     self._engine.node_lost(name, now - seen)
 
     def _forget(self, name: str) -> None:
         self._registered.discard(name)
+        self._echo.pop(name, None)
         self._routes.pop(name, None)
         self._held.pop(name, None)
 

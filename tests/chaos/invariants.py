@@ -1,4 +1,8 @@
-"""What must hold after every chaos round, read from the store (the API) and from the nodes.
+"""What must hold after every chaos round, read from the store itself and from the nodes.
+
+The jobs are read straight from the store the heads share (SQLite's file or PostgreSQL's
+database, whichever the cluster runs on), not through a head: what counts is what was
+committed.
 
 * every acknowledged job is present;
 * no job ever had two live attempts at once and no attempt started twice (``StartLog``:
@@ -17,6 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hpcbatch.model.jobs import JobRecord
+from hpcbatch.store import open_store
 from tests.harness import TestCluster, wait_for
 
 FINAL = ("SUCCEEDED", "FAILED")
@@ -85,6 +91,16 @@ def describe_all(cluster: TestCluster, job_ids: Iterable[str]) -> dict[str, dict
     return out
 
 
+def stored_jobs(cluster: TestCluster, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+    """The jobs as committed to the cluster's store (SQLite file or PostgreSQL database)."""
+    store = open_store(cluster.store_url or str(cluster.root / "head" / "hpcbatch.db"))
+    ids = list(job_ids)
+    try:
+        return {job.job_id: job for i in range(0, len(ids), 500) for job in store.get_jobs(ids[i:i + 500])}
+    finally:
+        store.close()
+
+
 def wait_final(cluster: TestCluster, job_ids: Iterable[str], timeout: float) -> dict[str, dict[str, Any]]:
     ids = list(job_ids)
 
@@ -103,19 +119,19 @@ def violations(cluster: TestCluster, acknowledged: dict[str, int], starts: Path,
     that killed agents or cut links may fail an attempt as lost (no exit code); it must
     never report a wrong one.
     """
-    jobs = describe_all(cluster, acknowledged)
+    jobs = stored_jobs(cluster, acknowledged)
     lost = sorted(set(acknowledged) - set(jobs))
     wrong_exit = []
     for job_id, expected in acknowledged.items():
         job = jobs.get(job_id)
         if job is None:
             continue
-        code = (job.get("container") or {}).get("exitCode")
-        if code is None and lost_ok and job["status"] == "FAILED":
+        code = job.attempts[-1].exit_code if job.attempts else None
+        if code is None and lost_ok and job.status == "FAILED":
             continue
         want = "SUCCEEDED" if expected == 0 else "FAILED"
-        if code != expected or job["status"] != want:
-            wrong_exit.append(f"{job_id}: {job['status']} exit {code} ({job.get('statusReason')}), expected {expected}")
+        if code != expected or job.status != want:
+            wrong_exit.append(f"{job_id}: {job.status} exit {code} ({job.status_reason}), expected {expected}")
     return {
         "jobs_lost": lost,
         "duplicate_starts": duplicate_starts(starts),

@@ -69,12 +69,27 @@ class Load:
 
 
 def kill_head_rounds(cluster: TestCluster, rounds: int, rng: random.Random, *, min_s: float = 0.2,
-                     max_s: float = 1.5) -> None:
-    """``rounds`` times: wait a random moment, ``kill -9`` the head, start it again."""
+                     max_s: float = 1.5) -> int:
+    """``rounds`` times: wait a random moment, ``kill -9`` the head, start it again.
+
+    With several heads (PostgreSQL) the *active* one is killed, a standby takes over, and the
+    killed one comes back as a standby. Returns how many rounds moved the active role.
+    """
+    failovers = 0
     for _ in range(rounds):
         time.sleep(rng.uniform(min_s, max_s))
-        cluster.kill("head")
-        cluster.start_head()
+        if len(cluster.heads) == 1:
+            cluster.kill("head")
+            cluster.start_head()
+            continue
+        victim = cluster.active_head(timeout=30)
+        cluster.kill(victim)
+        # Another head takes the lease once it lapses (lease_ttl_s); only then does the
+        # victim come back, as a standby (sooner, it could win its own lease back).
+        if cluster.active_head(timeout=30) != victim:
+            failovers += 1
+        cluster.start_head(victim, role="standby")
+    return failovers
 
 
 def kill_agent_mid_job(cluster: TestCluster, node: str, rng: random.Random) -> None:

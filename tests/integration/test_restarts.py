@@ -64,13 +64,19 @@ def test_lost_agent_fails_attempt_with_reason_and_retries_elsewhere(own_cluster:
     c.kill(victim, signal.SIGKILL)
     job = wait_for(lambda: (j := c.job(job_id)) and len(j["attempts"]) == 1 and j, 15, what="first attempt failed")
     assert f"Node {victim} lost" in job["attempts"][0]["statusReason"]
+    # The first attempt may still run there (a dead agent cannot fence it): the retry is held
+    # until the agent's fence time has passed, or until the node says the attempt is over.
+    assert job["status"] == "RUNNABLE" and job["statusReason"] == f"Waiting for node {victim} to fence its attempts"
+    assert c.nodes()[victim]["state"] == "DOWN"
+    # The restarted agent kills the orphan it left behind and says so: the retry goes at once
+    # (elsewhere: the victim comes back drained).
+    c.client.call("/hpcbatch/v1/drainnode", {"name": victim})
+    c.start_agent(victim)
     job = c.wait_status(job_id, "RUNNING", timeout=15)
     assert job["nodeName"] != victim
-    assert c.nodes()[victim]["state"] == "DOWN"
     c.client.terminate_job(jobId=job_id, reason="done")
     c.wait_status(job_id, "FAILED")
-    # The restarted agent kills the orphan it left behind and re-registers cleanly.
-    c.start_agent(victim)
+    c.client.call("/hpcbatch/v1/resumenode", {"name": victim})
     c.wait_active([victim])
 
 

@@ -1,0 +1,200 @@
+"""Fencing a lost node: the head holds a retry until the node's agent has surely killed the
+attempt, or the node itself says it ended.
+
+A real engine over a real SQLite store, fed the protocol messages agents send; what it
+sends back is recorded. (The agent's side, and the whole of it over a cut link, is
+tests/chaos/test_chaos.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hpcbatch import protocol as p
+from hpcbatch.fencing import FENCE_MIN_S, default_fence_after_s, retry_hold_s
+from hpcbatch.head.engine import Engine
+from hpcbatch.head.logs import LogStore
+from hpcbatch.model.jobs import JobRecord, ResourceRequest
+from hpcbatch.model.lifecycle import JobStatus
+from hpcbatch.store.sqlite import SqliteStore
+from node_agent.config import ConfigError, load_agent_config
+
+FENCE_S = 30.0
+HOLD_S = retry_hold_s(FENCE_S, 1.0)
+
+
+class Cluster:
+    """An engine with nodes n1 and n2 in CE ``default`` behind queue ``q``."""
+
+    def __init__(self, tmp_path: Path, *, restarted: bool = False) -> None:
+        self.sent: list[tuple[str, p.Message]] = []
+        self.engine = Engine(SqliteStore(tmp_path / "db.sqlite"), LogStore(tmp_path / "logs"),
+                             send=lambda node, msg: self.sent.append((node, msg)), clock_ms=lambda: 1_000,
+                             fence_after_s=FENCE_S, heartbeat_interval_s=1.0)
+        self.engine.compute_environment_changed(
+            {"computeEnvironmentName": "default", "state": "ENABLED", "computeResources": {}})
+        self.engine.job_queue_changed({"jobQueueName": "q", "state": "ENABLED", "priority": 1,
+                                       "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": "default"}]})
+        if restarted:  # a head started again on the same store: what it held, it recovers
+            self.engine.recover()
+            return  # its nodes have not come back yet
+        for name in ("n1", "n2"):
+            self.register(name)
+
+    def register(self, name: str, running: list[p.RunningAttempt] | None = None, fence_after_s: float = 0.0) -> None:
+        facts = p.NodeFacts(name=name, hostname=name, addresses=[], vcpus=1, memory_mib=1024,
+                            fence_after_s=fence_after_s)
+        self.engine.on_register(name, p.Register(instance_id=name, node=facts, running=running or []))
+        self.engine.step()
+
+    def starts(self) -> list[tuple[str, p.StartAttempt]]:
+        found = [(n, m) for n, m in self.sent if isinstance(m, p.StartAttempt)]
+        self.sent.clear()
+        return found
+
+    def submit(self, job_id: str = "job-1") -> JobRecord:
+        job = JobRecord(job_id=job_id, job_name=job_id, job_queue="q", job_queue_arn="arn:q", job_definition="arn:d",
+                        owner="alice", status=JobStatus.SUBMITTED, created_at=1_000, command=["sleep", "60"],
+                        environment={}, resources=ResourceRequest(vcpus=1, memory_mib=64), container={},
+                        retry_attempts=2)
+        self.engine.submit(job)
+        self.engine.step()
+        return job
+
+
+def run_on(cluster: Cluster, job: JobRecord) -> str:
+    """Start the job, mark it running; the node it runs on."""
+    ((node, start),) = cluster.starts()
+    cluster.engine.on_started(node, p.AttemptStarted(attempt_id=start.attempt_id, job_id=job.job_id, pid=1, started_at=1))
+    cluster.engine.step()
+    assert job.status is JobStatus.RUNNING
+    return node
+
+
+def test_the_fence_is_derived_from_the_heartbeats_and_never_short() -> None:
+    assert default_fence_after_s(1.0, 5) == 30.0
+    assert default_fence_after_s(0.1, 3) == FENCE_MIN_S
+    assert retry_hold_s(30.0, 1.0) > 30.0
+
+
+def test_a_lost_nodes_retry_is_held_runnable_with_a_reason(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        job = c.submit()
+        node = run_on(c, job)
+        c.engine.node_lost(node, silent_s=5)
+        c.engine.step()
+        assert job.status is JobStatus.RUNNABLE
+        assert job.status_reason == f"Waiting for node {node} to fence its attempts"
+        assert (job.attempts[0].status_reason or "").startswith(f"Node {node} lost")
+        await asyncio.sleep(0.1)
+        c.engine.step()
+        assert c.starts() == []  # the node may still run the first attempt: no second one yet
+        stored = c.engine.store.get_jobs([job.job_id])[0]
+        assert stored.status_reason == job.status_reason  # what DescribeJobs shows
+
+    asyncio.run(run())
+
+
+def test_the_retry_starts_elsewhere_once_the_fence_time_has_passed(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        job = c.submit()
+        node = run_on(c, job)
+        c.engine.node_lost(node, silent_s=HOLD_S - 0.05)  # silent for nearly the whole hold already
+        c.engine.step()
+        assert c.starts() == []
+        await asyncio.sleep(0.3)
+        ((placed, start),) = c.starts()
+        assert placed != node and start.attempt_number == 2
+
+    asyncio.run(run())
+
+
+def test_a_lost_node_back_without_the_attempt_releases_the_retry_at_once(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        job = c.submit()
+        node = run_on(c, job)
+        c.engine.node_lost(node, silent_s=5)
+        c.engine.step()
+        c.register(node)  # back, running nothing: the attempt is provably over
+        ((_, start),) = c.starts()
+        assert start.attempt_number == 2
+
+    asyncio.run(run())
+
+
+def test_a_lost_node_back_still_running_it_is_told_to_kill_and_its_exit_releases_the_retry(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        job = c.submit()
+        node = run_on(c, job)
+        first = job.attempts[0].attempt_id
+        c.engine.node_lost(node, silent_s=5)
+        c.engine.step()
+        c.register(node, running=[p.RunningAttempt(attempt_id=first, job_id=job.job_id, pid=1, started_at=1)])
+        kills = [m for n, m in c.sent if isinstance(m, p.KillAttempt) and n == node]
+        assert [k.attempt_id for k in kills] == [first]
+        assert c.starts() == []  # still held: it runs until the kill lands
+        c.engine.on_exited(node, p.AttemptExited(attempt_id=first, job_id=job.job_id, exit_code=None,
+                                                 reason="killed", status_reason="Attempt is no longer current",
+                                                 started_at=1, stopped_at=2))
+        c.engine.step()
+        ((_, start),) = c.starts()
+        assert start.attempt_number == 2
+        assert len(job.attempts) == 2 and job.attempts[0].status_reason.startswith(f"Node {node} lost")
+
+    asyncio.run(run())
+
+
+def test_the_hold_is_the_longer_of_the_heads_and_the_nodes_fence(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        c.register("n1", fence_after_s=120.0)
+        assert c.engine._fence_hold_s("n1") == retry_hold_s(120.0, 1.0)  # noqa: SLF001
+        assert c.engine._fence_hold_s("n2") == HOLD_S  # noqa: SLF001
+        assert c.engine._fence_hold_s("never-seen") == HOLD_S  # noqa: SLF001 (after a head restart)
+
+    asyncio.run(run())
+
+
+def test_a_restarted_head_holds_the_retry_again(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        job = c.submit()
+        node = run_on(c, job)
+        c.engine.node_lost(node, silent_s=5)
+        c.engine.step()
+        again = Cluster(tmp_path, restarted=True)
+        held = again.engine.jobs[job.job_id]
+        assert held.status is JobStatus.RUNNABLE and held.status_reason == job.status_reason
+        await asyncio.sleep(0.1)
+        again.register("n2" if node == "n1" else "n1")
+        await asyncio.sleep(0.1)
+        again.engine.step()
+        assert again.starts() == []  # held, though another node is free
+        again.register(node)  # the lost node is back and runs nothing: go
+        ((_, start),) = again.starts()
+        assert start.attempt_number == 2
+
+    asyncio.run(run())
+
+
+def test_the_agents_fence_comes_from_its_config(tmp_path: Path) -> None:
+    key = tmp_path / "head.key"
+    key.write_text("x")
+    path = tmp_path / "agent.toml"
+    base = f'name = "n1"\nhead = "tcp://h:1"\nstate_dir = "{tmp_path}"\nhead_public_key = "{key}"\n'
+    path.write_text(base)
+    assert load_agent_config(path).fence_s == 30.0
+    path.write_text(base + "heartbeat_interval_s = 2.0\n")
+    assert load_agent_config(path).fence_s == 60.0
+    path.write_text(base + "fence_after_s = 0\n")
+    assert load_agent_config(path).fence_s == 0.0
+    path.write_text(base + "fence_after_s = -1\n")
+    with pytest.raises(ConfigError, match="fence_after_s"):
+        load_agent_config(path)
