@@ -32,6 +32,11 @@ def sqlite_only(cluster: TestCluster, why: str) -> None:
         pytest.skip(f"runs on SQLite only: {why}")
 
 
+def active_http_port(cluster: TestCluster) -> int:
+    """The TCP API port of the active head (a standby answers 503 StandbyHeadException)."""
+    return int(cluster.heads[cluster.active_head()]["http_port"])
+
+
 def active_socket(cluster: TestCluster) -> str:
     """The Unix socket path of the active head (after a failover, not necessarily ``head``)."""
     return str(cluster.heads[cluster.active_head()]["api_socket"])

@@ -18,7 +18,7 @@ import pytest
 from tests.fuzz.driver import check_store, operations, run_fuzz
 from tests.fuzz.wire import Wire
 from tests.harness import TestCluster
-from tests.variants import STORES, active_socket, make_cluster
+from tests.variants import STORES, active_http_port, active_socket, make_cluster
 
 EXAMPLES = int(os.environ.get("HPCBATCH_FUZZ_EXAMPLES", "100"))
 
@@ -36,8 +36,8 @@ def fuzz_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def wires_for(cluster: TestCluster) -> dict[str, Wire]:
     key = cluster.client.call("/hpcbatch/v1/createaccesskey", {"user": "root", "role": "admin"})
     return {
-        "socket": Wire(unix_path=str(cluster.api_socket)),
-        "sigv4": Wire(tcp=("127.0.0.1", cluster.http_port), credentials=(key["accessKeyId"], key["secretAccessKey"])),
+        "socket": Wire(unix_path=active_socket(cluster)),
+        "sigv4": Wire(tcp=("127.0.0.1", active_http_port(cluster)), credentials=(key["accessKeyId"], key["secretAccessKey"])),
     }
 
 
@@ -57,7 +57,7 @@ def test_no_operation_answers_a_5xx_or_stores_a_half_object(fuzz_cluster: TestCl
 
 
 def test_unsigned_and_badly_signed_tcp_requests_get_aws_errors(fuzz_cluster: TestCluster) -> None:
-    plain = Wire(tcp=("127.0.0.1", fuzz_cluster.http_port))
+    plain = Wire(tcp=("127.0.0.1", active_http_port(fuzz_cluster)))
     for headers in ({}, {"Authorization": "AWS4-HMAC-SHA256 garbage"}, {"Authorization": "x" * 5000},
                     {"X-Amz-Date": "not a date", "Authorization": "AWS4-HMAC-SHA256 Credential=a/b/c/d/e, SignedHeaders=host, Signature=00"}):
         answer = plain.post("/v1/submitjob", b"{}", headers)
