@@ -2,8 +2,8 @@
 
 Every fixture built with ``make_cluster`` runs on both: SQLite with one head (the embedded
 default), and PostgreSQL with two heads, one active and one standby, so that a head kill
-is a failover. Rounds that do not depend on the store (a cut link, a stepped clock) call
-``sqlite_only`` and run once, to keep CI's time; tests/pg.py skips the PostgreSQL variants
+is a failover. Rounds that do not depend on the store (a cut link, a stepped clock) are
+parametrized to SQLite alone and run once, to keep CI's time; tests/pg.py skips the PostgreSQL variants
 where the server binaries are missing.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.harness import TestCluster
 
@@ -24,12 +22,6 @@ def make_cluster(root: Path, store: str, **options: Any) -> TestCluster:
     if store == "sqlite":
         return TestCluster(root, store="sqlite", **options)
     return TestCluster(root, store=store, heads=2, **options)
-
-
-def sqlite_only(cluster: TestCluster, why: str) -> None:
-    """Skip this variant unless it is the SQLite one: the round tests nothing of the store."""
-    if cluster.store != "sqlite":
-        pytest.skip(f"runs on SQLite only: {why}")
 
 
 def active_http_port(cluster: TestCluster) -> int:

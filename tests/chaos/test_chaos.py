@@ -36,7 +36,7 @@ from tests.chaos.invariants import (
 )
 from tests.chaos.scenarios import Load, cut_mgmt_link, kill_agent_mid_job, kill_head_rounds
 from tests.harness import TestCluster, wait_for
-from tests.variants import STORES, make_cluster, sqlite_only
+from tests.variants import STORES, make_cluster
 
 JOBS = int(os.environ.get("HPCBATCH_CHAOS_JOBS", "1000"))
 ROUNDS = int(os.environ.get("HPCBATCH_CHAOS_ROUNDS", "10"))
@@ -97,8 +97,9 @@ def test_agent_kill9_mid_job(chaos: TestCluster) -> None:
     assert violations(chaos, load.acknowledged, starts, tag, lost_ok=True) == NO_VIOLATIONS
 
 
+# SQLite only: a cut link is the agents' and the fleet's business, not the store's.
+@pytest.mark.parametrize("chaos", ["sqlite"], indirect=True)
 def test_management_link_cut_and_restored(chaos: TestCluster) -> None:
-    sqlite_only(chaos, "a cut link is the agents' and the fleet's business, not the store's")
     starts, tag = fresh(chaos, "linkcut")
     load = Load(chaos, 8, starts, tag, sleep_s=3).start()
     load.join()
@@ -143,10 +144,11 @@ def test_a_retried_job_never_runs_on_a_cut_off_node_and_elsewhere_at_once(chaos:
     assert seen_twice == set()
 
 
+# SQLite only: the fence is the agent's; the PostgreSQL variant runs the short cut above.
+@pytest.mark.parametrize("chaos", ["sqlite"], indirect=True)
 def test_a_cut_off_node_kills_its_attempts_before_the_head_retries_them(chaos: TestCluster) -> None:
     # A cut longer than the agent's fence: the retry starts while the link is still down,
     # after the cut-off node killed the first attempt by itself.
-    sqlite_only(chaos, "the fence is the agent's; the PostgreSQL variant runs the short cut above")
     starts, tag = fresh(chaos, "fenced")
     chaos.client.call("/hpcbatch/v1/drainnode", {"name": "node1"})  # the first attempt on node2
     try:
@@ -180,10 +182,11 @@ def test_a_cut_off_node_kills_its_attempts_before_the_head_retries_them(chaos: T
     wait_for(lambda: not live_processes(tag), 30, what="no process of a finished job")
 
 
+# SQLite only: with PostgreSQL the lease runs on the database server's clock, not the head's.
+@pytest.mark.parametrize("chaos", ["sqlite"], indirect=True)
 def test_head_clock_stepped_forward(chaos: TestCluster) -> None:
     if not FAKETIME_LIB.exists():
         pytest.skip("libfaketime is not installed (apt-get install faketime; scripts/setup does as root)")
-    sqlite_only(chaos, "with PostgreSQL the lease runs on the database server's clock, not the head's")
     offset = chaos.root / "faketime"
     offset.write_text("+0\n")
     chaos.kill("head")
