@@ -19,7 +19,7 @@ Topology, from NVML's pairwise answers, reduced to the groups the scheduler rank
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hpcbatch.protocol import GpuFacts
@@ -99,8 +99,8 @@ class NvmlGpus:
                 GpuFacts(
                     uuid=uuid,
                     index=index,
-                    name=_text(_ask(nv.nvmlDeviceGetName, handle, default="")),
-                    memory_mib=int(getattr(_ask(nv.nvmlDeviceGetMemoryInfo, handle), "total", 0)) // _MIB,
+                    name=_text(_ask(lambda h=handle: nv.nvmlDeviceGetName(h), default="")),
+                    memory_mib=int(getattr(_ask(lambda h=handle: nv.nvmlDeviceGetMemoryInfo(h)), "total", 0)) // _MIB,
                     mig=_mig_on(nv, handle),
                     numa_node=_numa_node(nv, handle),
                     cpus=_cpu_affinity(nv, handle),
@@ -178,6 +178,15 @@ class NvmlGpus:
             self._unhealthy[uuid] = why
 
     # ------------------------------------------------------------------ usage
+    def utilization(self) -> dict[str, float]:
+        """GPU uuid -> fraction of the last sample period a kernel ran, for every GPU NVML can
+        read now ({} without NVML): what the head exports on /metrics."""
+        nv = self._nvml
+        if nv is None:
+            return {}
+        busy = {uuid: _ask(lambda h=handle: nv.nvmlDeviceGetUtilizationRates(h).gpu) for uuid, handle in self._handles.items()}
+        return {uuid: float(pct) / 100.0 for uuid, pct in busy.items() if pct is not None}
+
     def usage(self, uuids: Iterable[str]) -> dict[str, tuple[int, int]]:
         """uuid -> (GPU utilization %, memory used MiB) for those NVML can read now."""
         nv = self._nvml
@@ -198,10 +207,11 @@ class NvmlGpus:
 
 
 # ---------------------------------------------------------------------- helpers
-def _ask(function: Any, *args: Any, default: Any = None) -> Any:
+def _ask(query: Callable[[], Any], default: Any = None) -> Any:
+    """``query()``, or ``default`` when NVML refuses it or this pynvml lacks the function."""
     try:
-        return function(*args)
-    except Exception:
+        return query()
+    except Exception:  # NVMLError, and AttributeError from an older nvidia-ml-py
         return default
 
 
@@ -211,28 +221,28 @@ def _is(nv: Any, exc: Exception, name: str) -> bool:
 
 
 def _mig_on(nv: Any, handle: Any) -> bool:
-    mode = _ask(nv.nvmlDeviceGetMigMode, handle)  # (current, pending); NOT_SUPPORTED before A100
+    mode = _ask(lambda: nv.nvmlDeviceGetMigMode(handle))  # (current, pending); NOT_SUPPORTED before A100
     return bool(mode) and mode[0] == getattr(nv, "NVML_DEVICE_MIG_ENABLE", 1)
 
 
 def _numa_node(nv: Any, handle: Any) -> int | None:
-    node = _ask(nv.nvmlDeviceGetNumaNodeId, handle)
+    node = _ask(lambda: nv.nvmlDeviceGetNumaNodeId(handle))
     return int(node) if isinstance(node, int) and node >= 0 else None
 
 
 def _cpu_affinity(nv: Any, handle: Any) -> list[int]:
-    words = _ask(nv.nvmlDeviceGetCpuAffinity, handle, _CPU_MASK_WORDS) or []
+    words = _ask(lambda: nv.nvmlDeviceGetCpuAffinity(handle, _CPU_MASK_WORDS)) or []
     return [64 * w + bit for w, mask in enumerate(words) for bit in range(64) if int(mask) >> bit & 1]
 
 
 def _nvlinked(nv: Any, a: Any, b: Any) -> bool:
-    status = _ask(nv.nvmlDeviceGetP2PStatus, a, b, nv.NVML_P2P_CAPS_INDEX_NVLINK)
-    return status is not None and status == nv.NVML_P2P_STATUS_OK
+    return bool(
+        _ask(lambda: nv.nvmlDeviceGetP2PStatus(a, b, nv.NVML_P2P_CAPS_INDEX_NVLINK) == nv.NVML_P2P_STATUS_OK)
+    )
 
 
 def _same_switch(nv: Any, a: Any, b: Any) -> bool:
-    level = _ask(nv.nvmlDeviceGetTopologyCommonAncestor, a, b)
-    return level is not None and int(level) <= nv.NVML_TOPOLOGY_MULTIPLE
+    return bool(_ask(lambda: int(nv.nvmlDeviceGetTopologyCommonAncestor(a, b)) <= nv.NVML_TOPOLOGY_MULTIPLE))
 
 
 def _components(n: int, joined: Any) -> list[int | None]:

@@ -50,7 +50,6 @@ from node_agent.containers import Podman
 from node_agent.cpu_binding import agent_cpus, gpu_local_cpus
 from node_agent.discovery import discover
 from node_agent.gpus_nvml import NvmlGpus
-from node_agent.gpustats import GpuUtilization
 from node_agent.head_epoch import HeadEpoch
 from node_agent.runner import CANNOT_START, AttemptResult, AttemptSpec, Runner
 
@@ -80,7 +79,6 @@ class Agent:
         self.state = Path(config.state_dir)
         self.state.mkdir(parents=True, exist_ok=True)
         self.instance_id = uuid.uuid4().hex
-        self._gpu_utilization = GpuUtilization()
         overrides = {
             k: v
             for k, v in (
@@ -506,7 +504,7 @@ class Agent:
             self._send(
                 p.AgentHeartbeat(
                     instance_id=self.instance_id, running=running, unhealthy_gpus=unhealthy, gpu_usage=usage,
-                    gpu_utilization=self._gpu_utilization.sample(), sent_at=time.monotonic(),
+                    gpu_utilization=self.nvml.utilization(), sent_at=time.monotonic(),
                 )
             )
             for exited in list(self._unacked.values()):

@@ -17,11 +17,11 @@ from hpcbatch.head.logs import LogStore
 from hpcbatch.head.metrics import HeadMetrics
 from hpcbatch.head.service import BatchService
 from hpcbatch.store import SqliteStore
-from node_agent.gpustats import GpuUtilization
+from node_agent.gpus_nvml import NvmlGpus
 
 
 def fake_nvml(busy: list[int], init_error: Exception | None = None) -> types.ModuleType:
-    """The few pynvml calls the agent makes, for ``len(busy)`` GPUs at those percentages."""
+    """The few pynvml calls utilization needs (the rest are missing, as in an old pynvml), for ``len(busy)`` GPUs at those percentages."""
     fake = types.ModuleType("pynvml")
     calls = {"init": 0}
 
@@ -44,17 +44,19 @@ def fake_nvml(busy: list[int], init_error: Exception | None = None) -> types.Mod
 def test_utilization_is_read_per_gpu_as_a_fraction(monkeypatch: pytest.MonkeyPatch) -> None:
     busy = [37, 100]
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(busy))
-    sampler = GpuUtilization()
-    assert sampler.sample() == {"GPU-0": 0.37, "GPU-1": 1.0}
+    sampler = NvmlGpus()
+    sampler.open()  # the agent's one NVML session (discovery, health, usage, utilization)
+    assert sampler.utilization() == {"GPU-0": 0.37, "GPU-1": 1.0}
     busy[0] = 5
-    assert sampler.sample() == {"GPU-0": 0.05, "GPU-1": 1.0}
+    assert sampler.utilization() == {"GPU-0": 0.05, "GPU-1": 1.0}
 
 
 def test_without_nvml_there_is_nothing_and_no_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     nvml = fake_nvml([], RuntimeError("driver not loaded"))
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
-    sampler = GpuUtilization()
-    assert sampler.sample() == {} and sampler.sample() == {}
+    sampler = NvmlGpus()
+    sampler.open()
+    assert sampler.utilization() == {} and sampler.utilization() == {}
     assert nvml.calls["init"] == 1  # type: ignore[attr-defined]
 
 
