@@ -733,12 +733,7 @@ class Engine:
         attempt.stopped_at = stopped_at or self._now()
         attempt.exit_code, attempt.reason = exit_code, reason
         attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
-        node = self.nodes.get(attempt.node)
-        if node is not None:
-            node.jobs.discard(child.job_id)
-            if node.state == "DRAINING" and not node.jobs:
-                self._set_state(node)
-                self._node_changed(attempt.node)
+        self._release(attempt.node, child.job_id)
         self._touch(child)
         parent = self.jobs.get(child.parent_id or "")
         if parent is None:
@@ -849,12 +844,7 @@ class Engine:
         if job.stop_reason is not None:  # terminated: the caller's reason is the story
             status_reason = job.stop_reason
         attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
-        node = self.nodes.get(attempt.node)
-        if node is not None:
-            node.jobs.discard(job.job_id)
-            if node.state == "DRAINING" and not node.jobs:
-                self._set_state(node)
-                self._node_changed(attempt.node)
+        self._release(attempt.node, job.job_id)
         self._feed(AttemptEnded(self._event_id(), job.job_id))
         if exit_code == 0 and reason is None and job.stop_reason is None and status_reason != TIMEOUT_REASON:
             self._move(job, JobEvent.SUCCEEDED, EXITED_REASON)
@@ -920,6 +910,15 @@ class Engine:
             if facts.labels.get(key) == value:
                 return ce
         return ""
+
+    def _release(self, name: str, job_id: str) -> None:
+        """``job_id``'s attempt on node ``name`` ended: a DRAINING node left empty is DRAINED."""
+        node = self.nodes.get(name)
+        if node is not None:
+            node.jobs.discard(job_id)
+            if node.state == "DRAINING" and not node.jobs:
+                self._set_state(node)
+                self._node_changed(name)
 
     @staticmethod
     def _set_state(node: NodeInfo) -> None:
