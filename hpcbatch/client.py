@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from hpcbatch.auth.sigv4 import RequestSigner
 
+from hpcbatch.auth.policy import READ_ONLY
 from hpcbatch.errors import ClientError, ServerError
 
 __all__ = ["Client", "HeadUnreachableError", "OPERATIONS", "find_credentials", "resolve_endpoint"]
@@ -80,11 +81,10 @@ OPERATIONS: dict[str, str] = {
     **{_snake(op): f"/hpcbatch/v1/{op.lower()}" for op in _HPCBATCH_OPERATIONS},
 }
 
-# Calls that change nothing: one whose connection broke after it was sent may be asked of
-# the next head (a write may not: it may have been done).
-READ_ONLY_PATHS = frozenset(
-    path for name, path in OPERATIONS.items() if name.startswith(("describe_", "list_", "get_", "why", "who"))
-)
+# Calls that change nothing (the head's own list, hpcbatch.auth.policy.READ_ONLY): one whose
+# connection broke after it was sent may be asked of the next head (a write may not: it
+# may have been done).
+READ_ONLY_PATHS = frozenset(OPERATIONS[_snake(op)] for op in (*_AWS_OPERATIONS, *_HPCBATCH_OPERATIONS) if op in READ_ONLY)
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED"})
 DEFAULT_PORT = 8471
 
