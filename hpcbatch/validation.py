@@ -14,17 +14,29 @@ Rules / theory of operation:
 - A member whose value is JSON null is dropped from the body, as AWS treats null as absent.
 - Map min/max from the model are not enforced: an empty ``tags: {}`` means "no tags" and
   the 50-tag limit is a semantic rule below.
+- Every string that reaches exec, an environment, podman or a path is checked here, before
+  anything is stored (docs/security.md): no string of any operation may hold a NUL byte (a
+  NUL kills ``execve`` and, unchecked, the agent that tried); environment names hold no
+  ``=`` and never a reserved name (``AWS_BATCH_*``, the GPU visibility variables); paths that
+  become podman's ``--volume``/``--device``/``--tmpfs`` arguments hold no ``:`` or ``,``
+  (they would smuggle mount options); an image never begins with ``-``.
+- What the cluster's admin allows a container (host paths, devices, shared memory, tmpfs,
+  ulimits) depends on the head's config, so it is a separate call,
+  ``check_container_limits``, made by the service at registration and at submission.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import fnmatch
 import functools
 import json
 import math
+import posixpath
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hpcbatch.errors import ClientError
@@ -87,6 +99,31 @@ class _Bad(Exception):
         return f"{self.head}{path}{self.tail}"
 
 
+# Variables the agent sets from the GPUs the scheduler granted (node_agent.main.gpu_environment),
+# and their kin on other vendors' stacks: a job that set them itself could reach GPUs another
+# job holds, or renumber its own (CUDA_DEVICE_ORDER) so an index names another job's GPU.
+RESERVED_ENVIRONMENT: frozenset[str] = frozenset({
+    "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_MIG_CONFIG_DEVICES", "NVIDIA_MIG_MONITOR_DEVICES", "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ZE_AFFINITY_MASK", "ONEAPI_DEVICE_SELECTOR",
+})  # fmt: skip
+RESERVED_ENVIRONMENT_PREFIXES = ("AWS_BATCH_",)  # AWS Batch sets these in every container itself
+
+# AWS's Ulimit.name values (API reference: Ulimit).
+ULIMIT_NAMES: frozenset[str] = frozenset({
+    "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
+    "rss", "rtprio", "rttime", "sigpending", "stack",
+})  # fmt: skip
+# Tmpfs.mountOptions a job may give: AWS's list less what would weaken the mount (suid, dev),
+# turn it into another mount (bind, remount, propagation) or fight the size field.
+_TMPFS_OPTIONS = frozenset({
+    "defaults", "ro", "rw", "nosuid", "nodev", "exec", "noexec", "sync", "async", "dirsync",
+    "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime", "strictatime",
+    "nostrictatime",
+})  # fmt: skip
+_TMPFS_VALUED = re.compile(r"\A(?:mode=[0-7]{3,4}|(?:uid|gid|nr_inodes)=[0-9]{1,10})\Z")
+
+
 def _clip(s: str, n: int = 64) -> str:
     return s if len(s) <= n else s[:n] + "..."
 
@@ -138,6 +175,9 @@ _EXTRA_ENUM_VALUES: dict[str, tuple[str, ...]] = {
     "CRAllocationStrategy": ("SPREAD",),
     "CRUpdateAllocationStrategy": ("SPREAD",),
 }
+
+
+_NUL = " must not contain a NUL byte (\\u0000): no program, path or environment can hold one"
 
 
 class _Compiler:
@@ -247,6 +287,8 @@ class _Compiler:
         def check(v: Any) -> None:
             if not isinstance(v, str):
                 raise _Bad(f" must be a string (got {_jtype(v)})")
+            if "\x00" in v:
+                raise _Bad(_NUL)
             if enum and (v.upper() if fold else v) not in allowed:
                 raise _Bad(f" must be one of {', '.join(enum)} (got {_show(v)})")
             if (lo is not None and len(v) < lo) or (hi is not None and len(v) > hi):
@@ -286,6 +328,8 @@ class _Compiler:
         def check(v: Any) -> None:
             if isinstance(v, dict | list):
                 raise _Bad(f" must be a {shape.type_name} (got {_jtype(v)})")
+            if isinstance(v, str) and "\x00" in v:
+                raise _Bad(_NUL)
 
         return check
 
@@ -349,8 +393,14 @@ def _environment_variable(v: dict[str, Any]) -> None:
     name = v.get("name")
     if not name:
         raise _Bad(" must not be empty", "name")
-    if name.startswith("AWS_BATCH_"):  # AWS Batch sets these in every container itself
-        raise _Bad(f": AWS_BATCH_ is a reserved prefix (got {_show(name)})", "name")
+    if "=" in name:  # NAME=VALUE: an = in the name would make another variable
+        raise _Bad(f" must not contain '=' (got {_show(name)})", "name")
+    for prefix in RESERVED_ENVIRONMENT_PREFIXES:
+        if name.startswith(prefix):
+            raise _Bad(f": {prefix} is a reserved prefix (got {_show(name)})", "name")
+    if name in RESERVED_ENVIRONMENT:
+        raise _Bad(f": {name} is reserved: hpcbatch sets it from the GPUs the job was granted "
+                   "(ask for GPUs with resourceRequirements type GPU)", "name")
 
 
 def _resource_requirement(v: dict[str, Any]) -> None:
@@ -378,6 +428,63 @@ def _container(v: dict[str, Any]) -> None:
         _range(v["vcpus"], 1, None, "vcpus")
     if "memory" in v:
         _range(v["memory"], 4, None, "memory")
+    image = v.get("image")
+    if image is not None and (not image.strip() or image.startswith("-")):
+        # podman would read "-..." as an option; a blank name is no image at all.
+        raise _Bad(f" must name an image and must not begin with '-' (got {_show(image)})", "image")
+
+
+def _path(value: str, *path: str | int) -> None:
+    """A path that becomes part of a podman mount argument: absolute, normal, no : or ,."""
+    if not value.startswith("/"):
+        raise _Bad(f" must be an absolute path (got {_show(value)})", *path)
+    if ":" in value or "," in value:
+        raise _Bad(f" must not contain ':' or ',': podman would read them as mount options "
+                   f"(got {_show(value)})", *path)
+    if posixpath.normpath(value) != value:
+        raise _Bad(f" must be a normal path, without '.', '..', '//' or a trailing '/' "
+                   f"(got {_show(value)})", *path)
+
+
+def _host(v: dict[str, Any]) -> None:
+    if "sourcePath" in v:
+        _path(v["sourcePath"], "sourcePath")
+
+
+def _mount_point(v: dict[str, Any]) -> None:
+    if "containerPath" in v:
+        _path(v["containerPath"], "containerPath")
+
+
+def _device(v: dict[str, Any]) -> None:
+    _path(v["hostPath"], "hostPath")
+    if v.get("containerPath"):
+        _path(v["containerPath"], "containerPath")
+
+
+def _tmpfs(v: dict[str, Any]) -> None:
+    _path(v["containerPath"], "containerPath")
+    _range(v["size"], 1, None, "size")
+    for i, option in enumerate(v.get("mountOptions") or ()):
+        if option not in _TMPFS_OPTIONS and not _TMPFS_VALUED.match(option):
+            hint = " (hpcbatch mounts every tmpfs nosuid,nodev)" if option in ("suid", "dev") else ""
+            raise _Bad(f" {_show(option)} is not allowed{hint}; allowed: {', '.join(sorted(_TMPFS_OPTIONS))}, "
+                       "mode=, uid=, gid=, nr_inodes=", "mountOptions", i)
+
+
+def _ulimit(v: dict[str, Any]) -> None:
+    name, soft, hard = v["name"], v["softLimit"], v["hardLimit"]
+    if name not in ULIMIT_NAMES:
+        raise _Bad(f" must be one of {', '.join(sorted(ULIMIT_NAMES))} (got {_show(name)})", "name")
+    _range(soft, -1, None, "softLimit")
+    _range(hard, -1, None, "hardLimit")
+    if hard != -1 and (soft == -1 or soft > hard):
+        raise _Bad(f" must not exceed hardLimit ({hard}) (got {soft})", "softLimit")
+
+
+def _linux_parameters(v: dict[str, Any]) -> None:
+    if "sharedMemorySize" in v:
+        _range(v["sharedMemorySize"], 1, None, "sharedMemorySize")
 
 
 def _compute_resources(v: dict[str, Any]) -> None:
@@ -426,6 +533,12 @@ _SHAPE_HOOKS: dict[str, Hook] = {
     "ResourceRequirements": _resource_requirements,
     "ContainerProperties": _container,
     "ContainerOverrides": _container,
+    "Host": _host,
+    "MountPoint": _mount_point,
+    "Device": _device,
+    "Tmpfs": _tmpfs,
+    "Ulimit": _ulimit,
+    "LinuxParameters": _linux_parameters,
     "ComputeResource": _compute_resources,
     "ComputeResourceUpdate": _compute_resources,
     "ComputeEnvironmentOrders": _compute_environment_order,
@@ -577,6 +690,126 @@ _OPERATION_HOOKS: dict[str, Hook] = {
     "DeleteSchedulingPolicy": lambda v: _nonempty(v, "arn"),
     "ListSchedulingPolicies": _max_results(1000),
 }
+
+
+# --- what the cluster's admin allows a container (the head's config) ----------------------
+
+# Ulimits a job may set unless the head's config says otherwise: name -> the highest
+# hardLimit (-1: any, unlimited included). memlock and stack unlimited are what RDMA/MPI and
+# Fortran codes ask for; locked and shared memory still count against the job's memory
+# cgroup. Names not listed (nice, rtprio, rttime, msgqueue, sigpending) are refused.
+DEFAULT_ULIMIT_CAPS: dict[str, int] = {
+    "nofile": 1_048_576, "nproc": 65_536, "memlock": -1, "stack": -1, "core": -1,
+    "cpu": -1, "fsize": -1, "data": -1, "rss": -1, "locks": -1,
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerLimits:
+    """What a container may ask of its node; each field is one key of the head's config.
+
+    The defaults are the safe ones: no host path, no device (the GPUs the scheduler grants
+    are no definition's devices), shared memory and tmpfs up to the container's own memory.
+    """
+
+    host_paths: tuple[str, ...] = ()  # container_host_paths: mountable read-write (and below)
+    host_paths_read_only: tuple[str, ...] = ()  # container_host_paths_read_only
+    devices: tuple[str, ...] = ()  # container_devices: host device paths, globs allowed
+    max_shared_memory_mib: int = 0  # container_max_shared_memory_mib; 0: the container's memory
+    max_tmpfs_mib: int = 0  # container_max_tmpfs_mib (all tmpfs together); 0: the container's memory
+    ulimits: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_ULIMIT_CAPS))  # container_ulimits
+
+
+def _under(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def _container_memory(container: dict[str, Any]) -> int:
+    from hpcbatch.model.jobs import resource_request  # the scheduler's reading of MEMORY
+
+    return resource_request(container).memory_mib
+
+
+def check_container_limits(container: dict[str, Any], field: str, limits: ContainerLimits) -> None:
+    """Refuse what the head's config does not allow ``container`` (AWS containerProperties).
+
+    ``field`` names the container in the error ("containerProperties"); every message names
+    the member and the config key that would allow it. Shapes and path syntax were checked
+    by ``validate_request`` already.
+    """
+    config = "in the head's config"
+    volumes = container.get("volumes") or []
+    sources: dict[Any, str] = {}
+    for i, volume in enumerate(volumes):
+        source = (volume.get("host") or {}).get("sourcePath")
+        if not source:
+            continue
+        sources[volume.get("name")] = source
+        if not _under(source, limits.host_paths + limits.host_paths_read_only):
+            raise ClientError(
+                f"{field}.volumes[{i}].host.sourcePath {source} is not a host path this cluster allows "
+                f"(container_host_paths or container_host_paths_read_only {config})"
+            )
+    for i, point in enumerate(container.get("mountPoints") or []):
+        source = sources.get(point.get("sourceVolume"))
+        if source is None or _under(source, limits.host_paths) or point.get("readOnly"):
+            continue
+        raise ClientError(
+            f"{field}.mountPoints[{i}].readOnly must be true: host path {source} may only be mounted "
+            f"read-only (container_host_paths_read_only {config})"
+        )
+    linux = container.get("linuxParameters") or {}
+    for i, device in enumerate(linux.get("devices") or []):
+        host = device.get("hostPath", "")
+        if not any(fnmatch.fnmatchcase(host, pattern) for pattern in limits.devices):
+            raise ClientError(
+                f"{field}.linuxParameters.devices[{i}].hostPath {host} is not a device this cluster "
+                f"passes to containers (container_devices {config}; GPUs are asked for with "
+                "resourceRequirements type GPU)"
+            )
+    memory: int | None = None
+    shm = linux.get("sharedMemorySize")
+    if shm is not None:
+        memory = _container_memory(container)
+        cap = limits.max_shared_memory_mib or memory
+        if shm > cap:
+            raise ClientError(
+                f"{field}.linuxParameters.sharedMemorySize must be at most {cap} MiB (got {shm}; "
+                f"container_max_shared_memory_mib {config}, 0 meaning the container's memory)"
+            )
+    tmpfs = linux.get("tmpfs") or []
+    if tmpfs:
+        total = sum(int(t.get("size") or 0) for t in tmpfs)
+        cap = limits.max_tmpfs_mib or (memory if memory is not None else _container_memory(container))
+        if total > cap:
+            raise ClientError(
+                f"{field}.linuxParameters.tmpfs sizes must add up to at most {cap} MiB (got {total}; "
+                f"container_max_tmpfs_mib {config}, 0 meaning the container's memory)"
+            )
+    for i, ulimit in enumerate(container.get("ulimits") or []):
+        name, hard = ulimit.get("name"), ulimit.get("hardLimit")
+        if name not in limits.ulimits:
+            allowed = ", ".join(sorted(limits.ulimits)) or "none"
+            raise ClientError(
+                f"{field}.ulimits[{i}].name {name} is not a limit jobs may set here (allowed: {allowed}; "
+                f"container_ulimits {config})"
+            )
+        cap = limits.ulimits[name]
+        if cap != -1 and (hard == -1 or hard > cap):
+            raise ClientError(
+                f"{field}.ulimits[{i}].hardLimit must be at most {cap} for {name} (got {hard}; "
+                f"container_ulimits {config})"
+            )
+
+
+def check_image_name(image: object, field: str = "image") -> str:
+    """An image reference for an hpcbatch operation outside AWS's model (PrepullImage)."""
+    if not isinstance(image, str) or not image.strip():
+        raise ClientError(f"{field} must name a container image")
+    if "\x00" in image or image.startswith("-") or any(c.isspace() for c in image):
+        raise ClientError(f"{field} must be an image reference: no NUL byte, no white space, "
+                          f"not beginning with '-' (got {_show(image)})")
+    return image
 
 
 # --- public API ----------------------------------------------------------------------------

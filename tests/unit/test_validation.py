@@ -548,3 +548,187 @@ def test_spread_is_an_allocation_strategy_and_spot_ones_are_refused() -> None:
     spot = with_(CREATE_CE, "computeResources.allocationStrategy", "SPOT_CAPACITY_OPTIMIZED")
     with pytest.raises(ClientError, match="allocationStrategy applies to EC2 Spot"):
         validate_request("CreateComputeEnvironment", spot)
+
+
+# --- strings that reach exec, the environment, podman or a path (docs/security.md) -----------
+
+NUL = "a\x00b"
+CTR = "containerProperties"
+
+
+@pytest.mark.parametrize(("op", "path", "field"), [
+    ("SubmitJob", "jobName", "jobName"),
+    ("SubmitJob", "jobQueue", "jobQueue"),
+    ("SubmitJob", "jobDefinition", "jobDefinition"),
+    ("SubmitJob", "containerOverrides.command.1", "containerOverrides.command[1]"),
+    ("SubmitJob", "containerOverrides.environment.0.value", "containerOverrides.environment[0].value"),
+    ("SubmitJob", "containerOverrides.environment.0.name", "containerOverrides.environment[0].name"),
+    ("SubmitJob", "nodeOverrides.nodePropertyOverrides.0.containerOverrides.environment.0.name",
+     "nodeOverrides.nodePropertyOverrides[0].containerOverrides.environment[0].name"),
+    ("SubmitJob", "parameters.epochs", 'parameters["epochs"]'),
+    ("SubmitJob", "tags.team", 'tags["team"]'),
+    ("SubmitJob", "dependsOn.0.jobId", "dependsOn[0].jobId"),
+    ("RegisterJobDefinition", f"{CTR}.command.0", f"{CTR}.command[0]"),
+    ("RegisterJobDefinition", f"{CTR}.image", f"{CTR}.image"),
+    ("RegisterJobDefinition", f"{CTR}.environment.0.value", f"{CTR}.environment[0].value"),
+    ("RegisterJobDefinition", f"{CTR}.user", f"{CTR}.user"),
+    ("RegisterJobDefinition", "parameters.epochs", 'parameters["epochs"]'),
+])
+def test_a_nul_byte_in_any_string_is_refused_naming_the_field(op: str, path: str, field: str) -> None:
+    body = with_(VALID[op], path, NUL)
+    with pytest.raises(ClientError) as info:
+        validate_request(op, body)
+    assert info.value.message.startswith(field + " must not contain a NUL byte"), info.value.message
+
+
+def test_a_nul_byte_in_a_map_key_or_a_multinode_command_is_refused() -> None:
+    body = copy.deepcopy(SUBMIT)
+    body["parameters"] = {"ep\x00ochs": "1"}
+    with pytest.raises(ClientError, match=r"parameters\[.*\] key must not contain a NUL byte"):
+        validate_request("SubmitJob", body)
+    body = with_(REGISTER_MULTINODE, "nodeProperties.nodeRangeProperties.0.container.command.0", NUL)
+    rejects("RegisterJobDefinition", body,
+            "nodeProperties.nodeRangeProperties[0].container.command[0] must not contain a NUL byte (\\u0000): "
+            "no program, path or environment can hold one")
+
+
+@pytest.mark.parametrize("op", ["SubmitJob", "RegisterJobDefinition"])
+def test_an_equals_sign_in_an_environment_name_is_refused(op: str) -> None:
+    prefix = "containerOverrides" if op == "SubmitJob" else CTR
+    body = with_(VALID[op], f"{prefix}.environment.0.name", "PATH=/evil:$PATH")
+    rejects(op, body, f"{prefix}.environment[0].name must not contain '=' (got 'PATH=/evil:$PATH')")
+
+
+@pytest.mark.parametrize("name", ["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+                                  "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "CUDA_DEVICE_ORDER", "ZE_AFFINITY_MASK"])
+@pytest.mark.parametrize("op", ["SubmitJob", "RegisterJobDefinition"])
+def test_gpu_visibility_variables_are_reserved_like_aws_batch_ones(op: str, name: str) -> None:
+    prefix = "containerOverrides" if op == "SubmitJob" else CTR
+    with pytest.raises(ClientError) as info:
+        validate_request(op, with_(VALID[op], f"{prefix}.environment.0.name", name))
+    assert info.value.message.startswith(f"{prefix}.environment[0].name: {name} is reserved"), info.value.message
+    body = with_(SUBMIT, "nodeOverrides.nodePropertyOverrides.0.containerOverrides.environment.0.name", name)
+    with pytest.raises(ClientError, match="is reserved"):
+        validate_request("SubmitJob", body)
+    rejects(op, with_(VALID[op], f"{prefix}.environment.0.name", "AWS_BATCH_JOB_ID"),
+            f"{prefix}.environment[0].name: AWS_BATCH_ is a reserved prefix (got 'AWS_BATCH_JOB_ID')")
+
+
+@pytest.mark.parametrize("image", ["--privileged", "-v/:/host", " ", ""])
+def test_an_image_beginning_with_a_dash_or_blank_is_refused(image: str) -> None:
+    with pytest.raises(ClientError) as info:
+        validate_request("RegisterJobDefinition", with_(REGISTER_CONTAINER, f"{CTR}.image", image))
+    assert info.value.message.startswith(f"{CTR}.image"), info.value.message
+
+
+@pytest.mark.parametrize(("member", "value", "field", "words"), [
+    ("volumes", [{"name": "v", "host": {"sourcePath": "/data:/etc"}}], "volumes[0].host.sourcePath", "':' or ','"),
+    ("volumes", [{"name": "v", "host": {"sourcePath": "/data,suid"}}], "volumes[0].host.sourcePath", "':' or ','"),
+    ("volumes", [{"name": "v", "host": {"sourcePath": "/data/../etc"}}], "volumes[0].host.sourcePath", "normal path"),
+    ("volumes", [{"name": "v", "host": {"sourcePath": "data"}}], "volumes[0].host.sourcePath", "absolute path"),
+    ("mountPoints", [{"sourceVolume": "v", "containerPath": "/x:rw,suid"}], "mountPoints[0].containerPath",
+     "':' or ','"),
+    ("linuxParameters", {"devices": [{"hostPath": "/dev/vda:/dev/x:rwm"}]}, "linuxParameters.devices[0].hostPath",
+     "':' or ','"),
+    ("linuxParameters", {"devices": [{"hostPath": "/dev/fuse", "containerPath": "/dev/f:rwm"}]},
+     "linuxParameters.devices[0].containerPath", "':' or ','"),
+    ("linuxParameters", {"tmpfs": [{"containerPath": "/t:exec", "size": 8}]}, "linuxParameters.tmpfs[0].containerPath",
+     "':' or ','"),
+    ("linuxParameters", {"tmpfs": [{"containerPath": "/t", "size": 8, "mountOptions": ["suid"]}]},
+     "linuxParameters.tmpfs[0].mountOptions[0]", "nosuid,nodev"),
+    ("linuxParameters", {"tmpfs": [{"containerPath": "/t", "size": 8, "mountOptions": ["rbind"]}]},
+     "linuxParameters.tmpfs[0].mountOptions[0]", "not allowed"),
+    ("ulimits", [{"name": "nofile=1:1 --privileged", "softLimit": 1, "hardLimit": 1}], "ulimits[0].name", "one of"),
+    ("ulimits", [{"name": "nofile", "softLimit": 10, "hardLimit": 5}], "ulimits[0].softLimit", "hardLimit"),
+])
+def test_mount_options_cannot_be_smuggled_through_paths(member: str, value: Any, field: str, words: str) -> None:
+    with pytest.raises(ClientError) as info:
+        validate_request("RegisterJobDefinition", with_(REGISTER_CONTAINER, f"{CTR}.{member}", value))
+    message = info.value.message
+    assert message.startswith(f"{CTR}.{field}") and words in message, message
+
+
+def test_ordinary_paths_and_tmpfs_options_pass_the_syntax_check() -> None:
+    body = copy.deepcopy(REGISTER_CONTAINER)
+    body[CTR].update(
+        volumes=[{"name": "v", "host": {"sourcePath": "/srv/data"}}],
+        mountPoints=[{"sourceVolume": "v", "containerPath": "/data", "readOnly": True}],
+        linuxParameters={"devices": [{"hostPath": "/dev/fuse"}], "sharedMemorySize": 64,
+                         "tmpfs": [{"containerPath": "/scratch", "size": 64, "mountOptions": ["noexec", "mode=1777"]}]},
+        ulimits=[{"name": "memlock", "softLimit": -1, "hardLimit": -1}],
+    )
+    validate_request("RegisterJobDefinition", body)
+
+
+# --- what the head's config allows a container -------------------------------------------------
+
+from hpcbatch.validation import ContainerLimits, check_container_limits, check_image_name  # noqa: E402
+
+
+def _limits_error(container: dict[str, Any], limits: ContainerLimits | None = None) -> str:
+    with pytest.raises(ClientError) as info:
+        check_container_limits(container, CTR, limits or ContainerLimits())
+    return info.value.message
+
+
+def _volume(source: str, read_only: bool = False) -> dict[str, Any]:
+    return {"image": "img", "volumes": [{"name": "v", "host": {"sourcePath": source}}],
+            "mountPoints": [{"sourceVolume": "v", "containerPath": "/mnt", "readOnly": read_only}]}
+
+
+def test_no_host_path_is_allowed_by_default_and_the_error_names_the_config_key() -> None:
+    message = _limits_error(_volume("/"))
+    assert message.startswith(f"{CTR}.volumes[0].host.sourcePath / is not a host path this cluster allows")
+    assert "container_host_paths" in message
+
+
+def test_allowed_host_paths_and_their_subtrees_pass_and_neighbours_do_not() -> None:
+    limits = ContainerLimits(host_paths=("/scratch",), host_paths_read_only=("/datasets",))
+    check_container_limits(_volume("/scratch"), CTR, limits)
+    check_container_limits(_volume("/scratch/alice/run1"), CTR, limits)
+    check_container_limits(_volume("/datasets/imagenet", read_only=True), CTR, limits)
+    assert "container_host_paths" in _limits_error(_volume("/scratchy"), limits)
+    assert "container_host_paths" in _limits_error(_volume("/etc"), limits)
+    message = _limits_error(_volume("/datasets/imagenet"), limits)
+    assert message.startswith(f"{CTR}.mountPoints[0].readOnly must be true") and "container_host_paths_read_only" in message
+
+
+def test_devices_need_the_admins_consent() -> None:
+    container = {"image": "img", "linuxParameters": {"devices": [{"hostPath": "/dev/vda"}]}}
+    message = _limits_error(container)
+    assert message.startswith(f"{CTR}.linuxParameters.devices[0].hostPath /dev/vda is not a device")
+    assert "container_devices" in message
+    check_container_limits({"image": "i", "linuxParameters": {"devices": [{"hostPath": "/dev/infiniband/uverbs0"}]}},
+                           CTR, ContainerLimits(devices=("/dev/infiniband/*",)))
+    assert "container_devices" in _limits_error(container, ContainerLimits(devices=("/dev/infiniband/*",)))
+
+
+def test_shared_memory_and_tmpfs_are_capped_by_memory_or_the_config() -> None:
+    reqs = [{"type": "MEMORY", "value": "1024"}]
+    shm = {"image": "i", "resourceRequirements": reqs, "linuxParameters": {"sharedMemorySize": 2048}}
+    assert "container_max_shared_memory_mib" in _limits_error(shm)
+    check_container_limits(shm, CTR, ContainerLimits(max_shared_memory_mib=4096))
+    tmpfs = {"image": "i", "resourceRequirements": reqs,
+             "linuxParameters": {"tmpfs": [{"containerPath": "/a", "size": 600}, {"containerPath": "/b", "size": 600}]}}
+    message = _limits_error(tmpfs)
+    assert "add up to at most 1024 MiB (got 1200" in message and "container_max_tmpfs_mib" in message
+    check_container_limits(tmpfs, CTR, ContainerLimits(max_tmpfs_mib=2000))
+
+
+def test_ulimits_are_limited_by_name_and_hard_limit() -> None:
+    def ulimit(name: str, hard: int) -> dict[str, Any]:
+        return {"ulimits": [{"name": name, "softLimit": min(hard, 1) if hard != -1 else -1, "hardLimit": hard}]}
+
+    check_container_limits(ulimit("nofile", 4096), CTR, ContainerLimits())
+    check_container_limits(ulimit("memlock", -1), CTR, ContainerLimits())
+    message = _limits_error(ulimit("rtprio", 99))
+    assert message.startswith(f"{CTR}.ulimits[0].name rtprio is not a limit") and "container_ulimits" in message
+    assert "at most 1048576" in _limits_error(ulimit("nofile", -1))
+    assert "container_ulimits" in _limits_error(ulimit("nofile", 4096), ContainerLimits(ulimits={"nofile": 1024}))
+
+
+@pytest.mark.parametrize("image", ["-x", "a\x00b", "a b", "", None])
+def test_prepull_image_names_are_checked_like_definitions(image: Any) -> None:
+    with pytest.raises(ClientError, match="^image must"):
+        check_image_name(image)
+    assert check_image_name("reg.example:5000/team/app:1") == "reg.example:5000/team/app:1"
