@@ -13,6 +13,7 @@ from hpcbatch.errors import ClientError
 from hpcbatch.head.nodekeys import valid_name
 from hpcbatch.head.ratelimit import CLASSES as RATE_CLASSES
 from hpcbatch.head.ratelimit import DEFAULT_RATES, Rate
+from hpcbatch.validation import DEFAULT_ULIMIT_CAPS, ULIMIT_NAMES, ContainerLimits
 
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
@@ -61,6 +62,14 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     node_keys_dir: str = ""  # default <state_dir>/node_keys: {pending,accepted,rejected}/<NAME>
     auto_accept_nodes: list[str] = []  # names whose key is accepted on first sight
     allow_privileged_containers: bool = False  # containerProperties.privileged is refused unless true
+    # What a container may ask of its node (docs/security.md "Host paths, devices and limits");
+    # a definition asking for more is refused at RegisterJobDefinition (and SubmitJob).
+    container_host_paths: list[str] = []  # host paths (and what is below them) volumes may mount
+    container_host_paths_read_only: list[str] = []  # the same, mounted readOnly only
+    container_devices: list[str] = []  # linuxParameters.devices hostPath allowed (globs: "/dev/infiniband/*")
+    container_max_shared_memory_mib: int = 0  # linuxParameters.sharedMemorySize cap; 0: the container's memory
+    container_max_tmpfs_mib: int = 0  # all linuxParameters.tmpfs sizes together; 0: the container's memory
+    container_ulimits: dict[str, int] = msgspec.field(default_factory=lambda: dict(DEFAULT_ULIMIT_CAPS))  # name -> max hardLimit (-1: any)
     # Per-caller throttling (HTTP 429 TooManyRequestsException): class -> limit, over the
     # defaults in hpcbatch.head.ratelimit (submit 50/s as AWS, read 100/s, write 20/s).
     rate_limits: dict[str, RateLimitConfig] = {}
@@ -118,6 +127,15 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return rates
 
     @property
+    def container_limits(self) -> ContainerLimits:
+        """The container_* keys as the validation edge takes them."""
+        return ContainerLimits(
+            host_paths=tuple(self.container_host_paths), host_paths_read_only=tuple(self.container_host_paths_read_only),
+            devices=tuple(self.container_devices), max_shared_memory_mib=self.container_max_shared_memory_mib,
+            max_tmpfs_mib=self.container_max_tmpfs_mib, ulimits=dict(self.container_ulimits),
+        )
+
+    @property
     def http_host_port(self) -> tuple[str, int]:
         host, _, port = self.http_listen.rpartition(":")
         return host or "127.0.0.1", int(port)
@@ -153,6 +171,18 @@ def load_head_config(path: str | Path, *, store: str | None = None) -> HeadConfi
             raise ClientError(f"head config {path}: rate_limits: {kind!r} is not one of {', '.join(RATE_CLASSES)}")
         if limit.per_second < 0 or (limit.burst is not None and limit.burst < 1):
             raise ClientError(f"head config {path}: rate_limits.{kind}: per_second must be >= 0 and burst >= 1")
+    for key in ("container_host_paths", "container_host_paths_read_only", "container_devices"):
+        for entry in getattr(config, key):
+            if not entry.startswith("/") or "\x00" in entry or os.path.normpath(entry) != entry:
+                raise ClientError(f"head config {path}: {key}: {entry!r} must be an absolute, normal path")
+    for key in ("container_max_shared_memory_mib", "container_max_tmpfs_mib"):
+        if getattr(config, key) < 0:
+            raise ClientError(f"head config {path}: {key} must be >= 0 (0: the container's memory)")
+    for name, cap in config.container_ulimits.items():
+        if name not in ULIMIT_NAMES:
+            raise ClientError(f"head config {path}: container_ulimits: {name!r} is not one of {', '.join(sorted(ULIMIT_NAMES))}")
+        if cap < -1:
+            raise ClientError(f"head config {path}: container_ulimits.{name} must be -1 (any) or a limit >= 0")
     for name in config.auto_accept_nodes:
         if not valid_name(name):
             raise ClientError(f"head config {path}: auto_accept_nodes: {name!r} is not a valid node name")

@@ -33,12 +33,14 @@ from hpcbatch.model.jobs import (
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.model.multinode import child_job_id, resolve_nodes, split_child_id
 from hpcbatch.store import JobQuery, Store
+from hpcbatch.validation import ContainerLimits, check_container_limits, check_image_name
 
 DEFAULT_JOB_DEFINITION = "hpcbatch-default"
 DEFAULT_MULTINODE_DEFINITION = "hpcbatch-default-mnp"  # `hpcbatch submit --nodes N -- CMD`
 # hpcbatch extension (Slurm's --array=...%N): at most N children of an array run at once.
 MAX_RUNNING_TAG = "hpcbatch:maxRunning"
 SCRIPT_ENV = "HPCBATCH_SCRIPT_ID"
+PRIVATE_JOB = "(private)"  # another user's job id, as a user sees it in ListNodes under private_data
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 UNFINISHED = tuple(s for s in JobStatus if s not in FINAL)
 
@@ -102,6 +104,7 @@ class BatchService:
         self.private_data = False  # Slurm's PrivateData: users see only their own jobs
         self.node_keys: Any = None  # the NodeKeyRegistry, set by the daemon
         self.allow_privileged_containers = False  # containerProperties.privileged, from the head's config
+        self.container_limits = ContainerLimits()  # host paths, devices, shm, tmpfs, ulimits: the head's config
         self.policies = SchedulingPolicies(store, self.arn, engine.scheduling_policy_changed)
         # AWS's floor for jobStateTimeLimitActions.maxTimeSeconds; a test head may lower it.
         self.min_state_time_limit_s = 600
@@ -302,6 +305,7 @@ class BatchService:
             (f"nodeProperties.nodeRangeProperties[{i}].container", r.get("container") or {}) for i, r in enumerate(ranges)
         ]:
             refuse_privileged(container, field, self.allow_privileged_containers)
+            check_container_limits(container, field, self.container_limits)
         revision = self.store.latest_revision("jobdef", name) + 1
         arn = self.arn("job-definition", f"{name}:{revision}")
         doc = {k: v for k, v in body.items()}
@@ -439,7 +443,8 @@ class BatchService:
             if not dep_id:
                 raise ClientError(f"dependsOn[{i}].jobId is required")
             other = self.engine.jobs.get(dep_id) or self.store.get_job(dep_id)
-            if other is None:
+            # Under private_data another user's job is refused exactly as a missing one is.
+            if other is None or not may_see_job(caller, other.owner, self.private_data):
                 raise ClientError(f"dependsOn[{i}].jobId {dep_id} does not exist")
             if kind == "N_TO_N" and other.array_size != array_size:
                 raise ClientError(
@@ -461,6 +466,11 @@ class BatchService:
             spec = self._node_spec(container, parameters, caller, "containerOverrides")
             if not spec["command"] and spec["script_id"] is None:
                 raise ClientError("containerOverrides.command: the job has no command to run")
+        # Again at submission: the definition may predate the head's current limits.
+        where = f"jobDefinition {jobdef['jobDefinitionName']}:{jobdef['revision']}"
+        for i, node in enumerate(nodes or [spec]):
+            field = f"{where} node {i}" if multinode else f"{where} containerProperties"
+            check_container_limits(node["container"], field, self.container_limits)
         share = body.get("shareIdentifier")
         if queue.get("schedulingPolicyArn"):
             if not share:
@@ -874,9 +884,7 @@ class BatchService:
 
     def PrepullImage(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """Warm nodes' image caches before a big job; default: every ACTIVE node with a runtime."""
-        image = body.get("image")
-        if not isinstance(image, str) or not image.strip():
-            raise ClientError("image must name a container image")
+        image = check_image_name(body.get("image"))
         names = body.get("nodes")
         if names is None:
             names = [n for n, i in sorted(self.engine.nodes.items())
@@ -917,6 +925,7 @@ class BatchService:
         for name, info in sorted(self.engine.nodes.items()):
             facts = info.facts
             usage = self.engine.scheduler.node_usage(name) or (0.0, 0, 0)
+            holders = {gpu: self._shown_job_id(job_id, caller) for gpu, job_id in self.engine.scheduler.gpu_holders(name).items()}
             nodes.append(
                 {
                     "name": name,
@@ -938,14 +947,23 @@ class BatchService:
                     "allocatedVcpus": usage[0],
                     "allocatedMemoryMiB": usage[1],
                     "allocatedGpus": usage[2],
-                    "gpuHolders": self.engine.scheduler.gpu_holders(name),
-                    **head_gpus.node_gpu_listing(facts, self.engine.scheduler.gpu_holders(name), info.gpu_unhealthy),
-                    "runningJobs": sorted(info.jobs),
+                    "gpuHolders": holders,
+                    **head_gpus.node_gpu_listing(facts, holders, info.gpu_unhealthy),
+                    "runningJobs": sorted(j for j in info.jobs if self._shown_job_id(j, caller) == j),
                     "lastHeartbeatAt": info.last_heartbeat_at,
                     "agentVersion": facts.agent_version if facts else None,
                 }
             )
         return {"nodes": nodes}
+
+    def _shown_job_id(self, job_id: str, caller: Caller) -> str:
+        """A job id as ``caller`` may see it in a node listing: under private_data another
+        user's job is only ``PRIVATE_JOB`` (the GPU is held, by whom is not said)."""
+        if not self.private_data or caller.is_admin:
+            return job_id
+        parent_id, _ = split_child_id(job_id)
+        job = self.engine.jobs.get(job_id) or self.engine.jobs.get(parent_id.split(":")[0])
+        return job_id if job is not None and job.owner == caller.user else PRIVATE_JOB
 
 
 Operation = Callable[[BatchService, dict[str, Any], Caller], dict[str, Any]]
