@@ -32,7 +32,7 @@ from aiohttp import web
 
 from hpcbatch.auth.policy import READ_ONLY, Caller, authorize
 from hpcbatch.errors import ClientError, HpcbatchError, ServerError
-from hpcbatch.head.ratelimit import RateLimiter, TooManyRequests
+from hpcbatch.head.ratelimit import RateLimiter, RefusalLog, TooManyRequests
 from hpcbatch.head.service import BatchService
 from hpcbatch.validation import route_table, validate_request
 
@@ -268,6 +268,7 @@ def make_app(
     app = web.Application(client_max_size=MAX_BODY)
     identifier = Identifier(service, roles or {}, region)
     engine = service.engine
+    refusals = RefusalLog(time.monotonic)  # unauthenticated floods: a few lines, not one per request
 
     def handler(operation: str, validate: bool) -> Any:
         method = getattr(service, operation)
@@ -298,6 +299,13 @@ def make_app(
                 # Unauthenticated, throttled or out of disk: refused, and nothing is written
                 # (auditing a flood or a full disk would only make either worse).
                 if caller is None or isinstance(exc, TooManyRequests | StoreUnavailable):
+                    if caller is None and not isinstance(exc, StoreUnavailable):
+                        # Per source address: past its rate a flood gets 429s, and the log a summary.
+                        address = request.remote or "the local socket"
+                        for line in refusals.note(address, f"{operation} refused: {exc.aws_code}: {exc.message}"):
+                            log.warning("%s", line)
+                        throttled = limiter.unauthenticated(address) if limiter is not None else None
+                        return _error(throttled or exc)
                     if not isinstance(exc, TooManyRequests):
                         log.warning("%s refused: %s: %s", operation, exc.aws_code, exc.message)
                     return _error(exc)

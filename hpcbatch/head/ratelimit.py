@@ -12,19 +12,23 @@ Rules / theory of operation:
   and it is neither audited nor stored, so a flood cannot fill the disk or the audit log.
 - Memory is bounded: at most ``max_callers`` buckets are kept, least recently used first
   out. A forgotten bucket comes back full, which only ever errs towards serving.
+- Requests that fail authentication (unsigned, badly signed, unknown key) have no caller:
+  they are counted per source address (class ``unauthenticated``); past its rate an address
+  is answered 429 instead of 403. ``RefusalLog`` keeps such a flood out of the head's log:
+  the first refusal from an address is logged, the rest are summed up once a window.
 - Pure apart from the injected clock (monotonic seconds), so tests drive it directly.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from hpcbatch.auth.policy import READ_ONLY, Caller
 from hpcbatch.errors import HpcbatchError
 
-CLASSES = ("submit", "read", "write")
+CLASSES = ("submit", "read", "write", "unauthenticated")
 MAX_CALLERS = 10_000
 
 
@@ -47,6 +51,9 @@ DEFAULT_RATES: dict[str, Rate] = {
     "submit": Rate(per_second=50.0, burst=100.0),  # AWS Batch SubmitJob: 50 TPS
     "read": Rate(per_second=100.0, burst=200.0),
     "write": Rate(per_second=20.0, burst=40.0),
+    # Per source address, for requests that fail authentication: a client with a wrong
+    # secret (and boto3's retries) gets its 403s; a flood gets 429s.
+    "unauthenticated": Rate(per_second=2.0, burst=20.0),
 }
 
 
@@ -82,7 +89,25 @@ class RateLimiter:
         rate = self._rates.get(kind)
         if rate is None or rate.per_second <= 0 or self.exempt(caller):
             return
-        key = (caller_key(caller), kind)
+        if not self._take((caller_key(caller), kind), rate):
+            raise TooManyRequests(
+                f"Rate exceeded: {caller.user} may make {rate.per_second:g} {kind} calls per second "
+                f"(bursts of {rate.burst:g}); retry with backoff"
+            )
+
+    def unauthenticated(self, address: str) -> TooManyRequests | None:
+        """Count a request from ``address`` that failed authentication; the error to answer
+        instead of the 403 when that address is over its rate."""
+        rate = self._rates.get("unauthenticated")
+        if rate is None or rate.per_second <= 0 or self._take((f"addr:{address}", "unauthenticated"), rate):
+            return None
+        return TooManyRequests(
+            f"Rate exceeded: {rate.per_second:g} unauthenticated requests per second from {address} "
+            f"(bursts of {rate.burst:g}); sign requests with a valid access key"
+        )
+
+    def _take(self, key: tuple[str, str], rate: Rate) -> bool:
+        """Take one token from ``key``'s bucket; False (nothing taken) when it is empty."""
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -94,13 +119,53 @@ class RateLimiter:
             bucket[0] = min(rate.burst, bucket[0] + (now - bucket[1]) * rate.per_second)
             bucket[1] = now
         if bucket[0] < 1.0:
-            raise TooManyRequests(
-                f"Rate exceeded: {caller.user} may make {rate.per_second:g} {kind} calls per second "
-                f"(bursts of {rate.burst:g}); retry with backoff"
-            )
+            return False
         bucket[0] -= 1.0
+        return True
 
     @property
     def callers(self) -> int:
         """How many buckets are held (bounded by ``max_callers``)."""
         return len(self._buckets)
+
+
+class RefusalLog:
+    """Log lines for refused unauthenticated requests: a few per window, whatever the flood.
+
+    The first refusal from each address in a window is logged as it happens (up to
+    ``max_addresses`` of them); every other one is only counted, and the next refusal after
+    the window has passed logs one summary line for them. Memory is bounded the same way.
+    """
+
+    def __init__(self, clock: Callable[[], float], window_s: float = 60.0, max_addresses: int = 100) -> None:
+        self._clock = clock
+        self._window = window_s
+        self._max = max_addresses
+        self._start = clock()
+        self._seen: set[str] = set()
+        self._counts: Counter[str] = Counter()
+        self._suppressed = 0
+
+    def note(self, address: str, what: str) -> list[str]:
+        """Record one refusal (``what``: operation and error); the lines to log now."""
+        now = self._clock()
+        lines = []
+        if now - self._start >= self._window:
+            if self._suppressed:
+                top, count = self._counts.most_common(1)[0] if self._counts else ("?", 0)
+                lines.append(
+                    f"refused {self._suppressed} more unauthenticated request(s) in the last {now - self._start:.0f} s "
+                    f"from {len(self._counts)}{'+' if len(self._counts) >= self._max else ''} address(es); "
+                    f"most from {top} ({count})"
+                )
+            self._start, self._suppressed = now, 0
+            self._seen.clear()
+            self._counts.clear()
+        if address not in self._seen and len(self._seen) < self._max:
+            self._seen.add(address)
+            lines.append(f"{what} (from {address}; further refusals are summed up every {self._window:g} s)")
+        else:
+            self._suppressed += 1
+            if address in self._counts or len(self._counts) < self._max:
+                self._counts[address] += 1
+        return lines

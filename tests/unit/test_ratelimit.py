@@ -68,3 +68,30 @@ def test_buckets_are_bounded_by_max_callers() -> None:
     for i in range(1_000):
         rl.check(Caller(user=f"u{i}", role="user", via="sigv4", access_key_id=f"K{i}"), "SubmitJob")
     assert rl.callers == 100
+
+
+def test_requests_failing_authentication_are_limited_per_source_address() -> None:
+    from hpcbatch.head.ratelimit import RateLimiter
+
+    clock = Clock()
+    lim = RateLimiter({"unauthenticated": Rate(1, 3)}, [], clock)
+    assert [lim.unauthenticated("10.0.0.1") is None for _ in range(5)] == [True, True, True, False, False]
+    refused = lim.unauthenticated("10.0.0.1")
+    assert isinstance(refused, TooManyRequests) and "from 10.0.0.1" in refused.message
+    assert lim.unauthenticated("10.0.0.2") is None  # another address has its own bucket
+    clock.now += 1.0
+    assert lim.unauthenticated("10.0.0.1") is None
+    assert DEFAULT_RATES["unauthenticated"].per_second > 0  # on by default
+
+
+def test_a_flood_of_refusals_logs_a_few_lines_and_a_summary() -> None:
+    from hpcbatch.head.ratelimit import RefusalLog
+
+    clock = Clock()
+    refusals = RefusalLog(clock, window_s=60, max_addresses=3)
+    lines = [line for i in range(10_000) for line in refusals.note(f"10.0.0.{i % 50}", "SubmitJob refused: x")]
+    assert len(lines) == 3  # the first refusal of three addresses; the rest only counted
+    clock.now += 61
+    summary = refusals.note("10.0.0.1", "SubmitJob refused: x")
+    assert len(summary) == 2 and summary[0].startswith("refused 9997 more unauthenticated request(s) in the last 61 s")
+    assert "from 10.0.0.1;" in summary[1]
