@@ -69,6 +69,11 @@ def wipe(c: TestCluster) -> None:
         images.wipe_storage(storage_of(c, name))
 
 
+# The tests' data folders are made under the temp dir: the head's config must allow them
+# (no host path is mountable otherwise, docs/security.md).
+HOST_PATHS = f'container_host_paths = ["{tempfile.gettempdir()}"]\n'
+
+
 def make_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="hpcb-ctr-"))
     os.chmod(root, 0o755)
@@ -80,7 +85,7 @@ def cc(registry: images.Registry) -> Iterator[tuple[TestCluster, str]]:
     """Two nodes: node1 runs containers, node2 (compute environment "bare") has no runtime."""
     ensure_users()
     root = make_root()
-    c = TestCluster(root, nodes=2)
+    c = TestCluster(root, nodes=2, head_extra=HOST_PATHS)
     give_nodes_images(c, "127.0.0.1", registry, bare=("node2",))
     try:
         c.up()
@@ -317,7 +322,7 @@ def test_an_oom_kill_in_a_container_gets_aws_reason_and_a_self_kill_does_not(
 def ns4(registry: images.Registry) -> Iterator[tuple[TestCluster, str]]:
     ensure_users()
     root = make_root()
-    c = TestCluster(root, nodes=4, netns=True)
+    c = TestCluster(root, nodes=4, netns=True, head_extra=HOST_PATHS)
     assert c.netns is not None
     host = c.netns.host_mgmt_ip
     give_nodes_images(c, host, registry)
