@@ -2,7 +2,10 @@
 
 An answer is acceptable when it is a success (2xx, a JSON object) or a 4xx in AWS's error
 shape (``{"__type": ..., "message": ...}`` and the same ``x-amzn-ErrorType`` header). A 5xx,
-a malformed error, or no answer at all (the head died) is a finding. Cases are drawn by
+a malformed error, or no answer at all (the head died) is a finding; so is a success for an
+AWS operation whose body held what the edge must refuse (``forbidden``): a NUL byte, an
+environment name with ``=`` or a reserved one, a host path or a device in a definition (the
+fuzz head's config allows none). Cases are drawn by
 hypothesis with ``derandomize=True``: the same cases every run, so CI is reproducible.
 """
 
@@ -59,6 +62,47 @@ def judge(answer: Answer) -> str | None:
     return None
 
 
+_RESERVED = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+             "GPU_DEVICE_ORDINAL", "CUDA_DEVICE_ORDER")
+
+
+def forbidden(operation: str, body: bytes) -> str | None:
+    """What in ``body`` an AWS operation must refuse at the edge, or None."""
+    from hpcbatch.validation import OPERATIONS
+
+    if operation not in OPERATIONS:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    found: list[str] = []
+
+    def walk(value: Any, key: str, in_container: bool) -> None:
+        if isinstance(value, str):
+            if "\x00" in value:
+                found.append(f"a NUL byte in {key}")
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, key, in_container)
+        elif isinstance(value, dict):
+            name = value.get("name")
+            if key == "environment" and isinstance(name, str) and ("=" in name or name in _RESERVED):
+                found.append(f"environment name {name!r}")
+            if in_container and operation == "RegisterJobDefinition":
+                if key == "host" and value.get("sourcePath"):
+                    found.append(f"host path {value['sourcePath']!r}")
+                if key == "devices" and value.get("hostPath"):
+                    found.append(f"device {value['hostPath']!r}")
+            for k, v in value.items():
+                if isinstance(k, str) and "\x00" in k:
+                    found.append("a NUL byte in a key")
+                walk(v, k, in_container or k in ("containerProperties", "container"))
+
+    walk(doc, "", False)
+    return found[0] if found else None
+
+
 def run_fuzz(wires: dict[str, Wire], ops: Iterable[tuple[str, str]], examples: int) -> FuzzReport:
     """``examples`` cases per operation, each sent over one of ``wires`` (by name)."""
     report = FuzzReport()
@@ -77,6 +121,9 @@ def run_fuzz(wires: dict[str, Wire], ops: Iterable[tuple[str, str]], examples: i
                 report.note(operation, via, body, f"no answer ({exc}): did the head die?")
                 return
             problem = judge(answer)
+            if problem is None and 200 <= answer.status < 300:
+                accepted = forbidden(operation, body)
+                problem = f"accepted {accepted}" if accepted else None
             if problem is not None:
                 report.server_errors += answer.status >= 500
                 report.note(operation, via, body, problem)

@@ -7,6 +7,10 @@ a member of the wrong type, a required member missing, an unknown member, a huge
 lone surrogate, deep nesting — or replaced by bytes that are not a JSON object at all
 (invalid UTF-8, truncated JSON, scalars, a body over the size limit).
 
+The edge's own attacks (docs/security.md) are shapes too: a NUL byte in any string or key,
+environment names with ``=`` or reserved (``AWS_BATCH_*``, GPU visibility), host paths and
+devices a definition may not take, and paths carrying podman mount options.
+
 hpcbatch's own operations (``/hpcbatch/v1/...``) have no botocore shape; their bodies are
 objects over the member names they read (``EXTENSION_FIELDS``) with values of any type.
 """
@@ -25,6 +29,19 @@ EXTENSION_FIELDS = ("jobId", "attempt", "offset", "limit", "name", "user", "role
                     "status", "reason", "script", "data", "since", "maxResults", "nextToken",
                     "profile", "startFromOffset")
 MAX_DEPTH = 5
+# Strings that reach exec, an environment, podman or a path, as an attacker writes them.
+HOSTILE_STRINGS = ("x\x00y", "\x00", "/", "/dev/vda", "/etc:/x", "/data,suid", "/a/../etc", "-v/:/host",
+                   "--privileged", "PATH=/evil", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+HOSTILE_ENV_NAMES = ("A=B", "LD_PRELOAD=/x.so", "N\x00UL", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+                     "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "AWS_BATCH_JOB_ID")
+HOSTILE_CONTAINER = (
+    {"volumes": [{"name": "r", "host": {"sourcePath": "/"}}], "mountPoints": [{"sourceVolume": "r", "containerPath": "/h"}]},
+    {"linuxParameters": {"devices": [{"hostPath": "/dev/vda", "permissions": ["READ", "WRITE"]}]}},
+    {"linuxParameters": {"sharedMemorySize": 1 << 30}},
+    {"linuxParameters": {"tmpfs": [{"containerPath": "/t:exec", "size": 8}]}},
+    {"ulimits": [{"name": "rtprio", "softLimit": 99, "hardLimit": 99}]},
+    {"image": "--privileged"},
+)
 
 _scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
@@ -42,6 +59,7 @@ def _string(shape: Any) -> st.SearchStrategy[str]:
     return st.one_of(
         st.sampled_from(KNOWN_NAMES), st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,20}\Z"),
         st.text(max_size=24), st.sampled_from(["1", "128", "0", "-1", "1.5", "*", "aws:x", "AWS_BATCH_X"]),
+        st.sampled_from(HOSTILE_STRINGS),
     )
 
 
@@ -111,8 +129,31 @@ def _deep(n: int) -> Any:
 
 @st.composite
 def _broken(draw: st.DrawFn, doc: dict[str, Any], required: tuple[str, ...]) -> Any:
-    how = draw(st.sampled_from(["valid", "wrong_type", "drop_required", "extra", "huge", "surrogate", "deep"]))
+    how = draw(st.sampled_from(["valid", "wrong_type", "drop_required", "extra", "huge", "surrogate", "deep",
+                                "nul", "env", "container"]))
     paths = _paths(doc)
+    if how == "nul":  # a NUL byte inside a string value, or in a key
+        strings = [p for p in paths if isinstance(_get(doc, p), str)]
+        if strings:
+            where = draw(st.sampled_from(strings))
+            value = _get(doc, where)
+            cut = draw(st.integers(0, len(value)))
+            return _set(doc, where, value[:cut] + "\x00" + value[cut:])
+        doc["a\x00b"] = "x"
+        return doc
+    if how == "env":  # a hostile name in every environment list there is (or a new one)
+        name = draw(st.sampled_from(HOSTILE_ENV_NAMES))
+        lists = [p for p in paths if p[-1] == "environment" and isinstance(_get(doc, p), list)]
+        for where in lists:
+            _get(doc, where).append({"name": name, "value": "1"})
+        if not lists:
+            doc.setdefault("containerOverrides", {})["environment"] = [{"name": name, "value": "1"}]
+        return doc
+    if how == "container":  # what only an admin may allow, in a container the body has
+        containers = [p for p in paths if p[-1] in ("containerProperties", "container") and isinstance(_get(doc, p), dict)]
+        for where in containers:
+            _get(doc, where).update(json.loads(json.dumps(draw(st.sampled_from(HOSTILE_CONTAINER)))))
+        return doc
     if how == "wrong_type" and paths:
         return _set(doc, draw(st.sampled_from(paths)), draw(any_json))
     if how == "drop_required" and required:
