@@ -737,6 +737,8 @@ class BatchService:
         for job_id in self.engine.scheduler.front_of_queue(queue["jobQueueName"]):
             parent_id = job_id.rpartition(":")[0] if ":" in job_id else job_id
             job = self.engine.jobs.get(job_id) or self.engine.jobs.get(parent_id)
+            if self._shown_job_id(job_id, caller) != job_id:
+                continue  # private_data: another user's job is not listed, not even by id
             jobs.append(
                 {
                     "jobArn": self.arn("job", job_id),

@@ -291,6 +291,20 @@ def test_nodes_list_shows_other_users_job_ids_only_to_admins(edge: Edge) -> None
         seen_by_alice = call_as(ALICE, c.socket_endpoint, "/hpcbatch/v1/listnodes", {})["nodes"][0]
         assert seen_by_alice["runningJobs"] == [job] and list(seen_by_alice["gpuHolders"].values()) == [job]
         assert c.nodes()["node1"]["runningJobs"] == [job]  # root: an admin
+        # A job waiting behind it (both GPUs) is in the queue snapshot of its owner and admins only.
+        waiting = submit_as(c, ALICE, containerOverrides={
+            "command": ["true"], "resourceRequirements": [{"type": "GPU", "value": "2"}]})["jobId"]
+        c.wait_status(waiting, "RUNNABLE")
+
+        def front(user: str | None) -> str:
+            body = {"jobQueue": "default"}
+            out = call_as(user, c.socket_endpoint, "/v1/getjobqueuesnapshot", body) if user else \
+                c.client.call("/v1/getjobqueuesnapshot", body)
+            return json.dumps(out)
+
+        wait_for(lambda: waiting in front(None), 10, what="the waiting job in the queue snapshot")
+        assert waiting in front(ALICE)
+        assert waiting not in front(BOB) and job not in front(BOB)
     finally:
         c.client.terminate_job(jobId=job, reason="test over")
     c.wait_status(job, "FAILED")
