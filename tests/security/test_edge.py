@@ -356,3 +356,49 @@ def test_an_unsigned_flood_is_limited_and_does_not_flood_the_log(edge: Edge) -> 
     refusals = [line for line in added if "refused" in line]
     assert 1 <= len(refusals) <= 3, refusals  # the first from this address (a summary at most once a minute)
     assert "x" not in {j["jobName"] for j in c.client.list_jobs(jobQueue="default", maxResults=1000)["jobSummaryList"]}
+
+
+# --- docs/security.md, exactly as written ------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+
+
+def _section(title: str) -> str:
+    text = DOC.read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def _blocks(section: str, language: str) -> list[str]:
+    parts = section.split("```")
+    return [parts[i].removeprefix(language + "\n") for i in range(1, len(parts), 2) if parts[i].startswith(language + "\n")]
+
+
+def test_the_documented_head_config_loads_as_written(tmp_path: Path) -> None:
+    from hpcbatch.head.config import load_head_config
+
+    host = _blocks(_section("Host paths, devices and limits"), "toml")
+    rates = _blocks(_section("Private data"), "toml")
+    assert len(host) == 1 and len(rates) == 1
+    config_file = tmp_path / "head.toml"
+    config_file.write_text(f'state_dir = "{tmp_path / "state"}"\n' + host[0] + rates[0])
+    config = load_head_config(config_file)
+    limits = config.container_limits
+    assert limits.host_paths == ("/scratch",) and limits.host_paths_read_only == ("/shared/datasets",)
+    assert limits.devices == ("/dev/infiniband/*",) and limits.max_shared_memory_mib == 65536
+    assert dict(limits.ulimits) == {"nofile": 1048576, "memlock": -1, "stack": -1}
+    assert config.rates["unauthenticated"].per_second == UNAUTH_RATE
+    assert config.rates["unauthenticated"].burst == UNAUTH_BURST
+
+
+def test_the_documented_refusals_are_what_a_developer_key_gets(edge: Edge) -> None:
+    lines = [line.removeprefix("ClientException: ") for block in _blocks(_section("Host paths, devices and limits"), "")
+             for line in block.splitlines() if line.startswith("ClientException: ")]
+    assert len(lines) == 2
+    root = {"volumes": [{"name": "root", "host": {"sourcePath": "/"}}],
+            "mountPoints": [{"sourceVolume": "root", "containerPath": "/host"}]}
+    disk = {"linuxParameters": {"devices": [{"hostPath": "/dev/vda"}]}}
+    for container, line in zip((root, disk), lines, strict=True):
+        assert refused(edge.dev.register_job_definition, jobDefinitionName="doc-example", type="container",
+                       containerProperties={"image": "busybox", "command": ["true"], **container}) == line
