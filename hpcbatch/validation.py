@@ -692,6 +692,28 @@ _OPERATION_HOOKS: dict[str, Hook] = {
 }
 
 
+def refuse_nul(body: Any) -> None:
+    """hpcbatch's own operations have no botocore shape; they take no NUL byte either.
+
+    Walks every string and key of ``body`` (iteratively: bodies are already bounded in depth)
+    and raises a ClientError naming the first field that holds one.
+    """
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ClientError(f"{where or 'request body'}{_NUL}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = json.dumps(_clip(str(key)))[1:-1]
+                if "\x00" in str(key):
+                    raise ClientError(f"{where + '.' if where else ''}{name} (a field name){_NUL}")
+                stack.append((item, f"{where}.{name}" if where else name))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
 # --- what the cluster's admin allows a container (the head's config) ----------------------
 
 # Ulimits a job may set unless the head's config says otherwise: name -> the highest

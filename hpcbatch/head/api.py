@@ -34,7 +34,7 @@ from hpcbatch.auth.policy import READ_ONLY, Caller, authorize
 from hpcbatch.errors import ClientError, HpcbatchError, ServerError
 from hpcbatch.head.ratelimit import RateLimiter, RefusalLog, TooManyRequests
 from hpcbatch.head.service import BatchService
-from hpcbatch.validation import route_table, validate_request
+from hpcbatch.validation import refuse_nul, route_table, validate_request
 
 log = logging.getLogger("hpcbatch.api")
 
@@ -291,6 +291,8 @@ def make_app(
                     body = validate_request(operation, body, raw_size=len(raw))
                 elif not isinstance(body, dict):
                     raise ClientError("request body must be a JSON object")
+                else:
+                    refuse_nul(body)  # hpcbatch's own operations: no NUL byte either
                 if mutating and space is not None:
                     space.check()
                 result = method(body, caller)
@@ -354,6 +356,11 @@ def _audit_entry(caller: Caller, operation: str, body: Any, outcome: str, result
     if isinstance(result, dict):  # what the call made (a new job's id) names it best
         target = result.get("jobId") or result.get("accessKeyId")
     target = target or _target(body)
+    # A refused request is audited with what it named: a NUL byte in it must not reach the
+    # store (PostgreSQL refuses NUL in text, and the failed commit would be retried forever).
+    if target is not None:
+        target = target.replace("\x00", "\\u0000")
+    outcome = outcome.replace("\x00", "\\u0000")
     return {
         "at": time.time_ns() // 1_000_000,
         "user": caller.user,

@@ -402,3 +402,39 @@ def test_the_documented_refusals_are_what_a_developer_key_gets(edge: Edge) -> No
     for container, line in zip((root, disk), lines, strict=True):
         assert refused(edge.dev.register_job_definition, jobDefinitionName="doc-example", type="container",
                        containerProperties={"image": "busybox", "command": ["true"], **container}) == line
+
+
+# --- a NUL byte and the store ---------------------------------------------------------------------------
+
+
+def test_a_nul_byte_cannot_wedge_a_postgresql_head(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Before: one request with a NUL byte (even a refused one, through its audit entry) made
+    every later commit fail on PostgreSQL, which refuses NUL in text: the head was wedged."""
+    need_root()
+    ensure_users()
+    root = Path(tempfile.mkdtemp(prefix="hpcb-edge-pg-"))
+    os.chmod(root, 0o755)
+    c = TestCluster(root, nodes=0, store="postgresql")
+    try:
+        c.up()
+        wire = Wire(unix_path=str(c.api_socket))
+        for path, body in (
+            ("/v1/submitjob", {"jobName": NUL, "jobQueue": "default", "jobDefinition": "hpcbatch-default"}),
+            ("/v1/createcomputeenvironment", {"computeEnvironmentName": NUL, "type": "UNMANAGED"}),
+            ("/hpcbatch/v1/drainnode", {"name": NUL}),
+            ("/hpcbatch/v1/whyjob", {"jobId": NUL}),
+            ("/hpcbatch/v1/putscript", {"script": "#!/bin/sh\n" + NUL}),
+        ):
+            answer = wire.call(path, body)
+            assert answer.status == 400 and "must not contain a NUL byte" in answer.json()["message"], (path, answer)
+        out = submit_as(c, ALICE, jobName=NUL, containerOverrides={"command": ["true"]})
+        assert out.get("error", "").startswith("jobName must not contain a NUL byte"), out
+        # The head still commits: a change, and the refusals in the audit log, escaped.
+        c.client.create_compute_environment(computeEnvironmentName="after", type="UNMANAGED")
+        events = c.client.call("/hpcbatch/v1/listaudit", {"maxResults": 50})["events"]
+        assert ("root", "CreateComputeEnvironment", "ok") in {(e["user"], e["operation"], e["outcome"]) for e in events}
+        refused_targets = {e["target"] for e in events if e["outcome"].startswith("ClientException")}
+        assert "x\\u0000y" in refused_targets
+    finally:
+        c.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -732,3 +732,15 @@ def test_prepull_image_names_are_checked_like_definitions(image: Any) -> None:
     with pytest.raises(ClientError, match="^image must"):
         check_image_name(image)
     assert check_image_name("reg.example:5000/team/app:1") == "reg.example:5000/team/app:1"
+
+
+def test_hpcbatch_operations_take_no_nul_byte_either() -> None:
+    from hpcbatch.validation import refuse_nul
+
+    refuse_nul({"name": "node1", "nodes": ["a", "b"], "n": 1, "x": None})
+    with pytest.raises(ClientError, match=r"^nodes\[1\] must not contain a NUL byte"):
+        refuse_nul({"name": "node1", "nodes": ["a", "b\x00"]})
+    with pytest.raises(ClientError, match=r"^a\\u0000b \(a field name\) must not contain a NUL byte"):
+        refuse_nul({"a\x00b": 1})
+    with pytest.raises(ClientError, match=r"^deep\.er must not contain"):
+        refuse_nul({"deep": {"er": "\x00"}})
