@@ -438,3 +438,21 @@ def test_a_nul_byte_cannot_wedge_a_postgresql_head(tmp_path_factory: pytest.Temp
     finally:
         c.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ('container_host_paths = ["scratch"]', "container_host_paths: 'scratch' must be an absolute, normal path"),
+    ('container_devices = ["/dev/../etc"]', "container_devices: '/dev/../etc' must be an absolute, normal path"),
+    ("container_max_tmpfs_mib = -1", "container_max_tmpfs_mib must be >= 0"),
+    ("container_ulimits = {nofiles = 10}", "container_ulimits: 'nofiles' is not one of"),
+    ("container_ulimits = {nofile = -2}", "container_ulimits.nofile must be -1 (any) or a limit >= 0"),
+])
+def test_a_bad_container_key_keeps_the_head_from_starting(tmp_path: Path, line: str, words: str) -> None:
+    from hpcbatch.errors import ClientError
+    from hpcbatch.head.config import load_head_config
+
+    config_file = tmp_path / "head.toml"
+    config_file.write_text(f'state_dir = "{tmp_path}"\n{line}\n')
+    with pytest.raises(ClientError) as err:
+        load_head_config(config_file)
+    assert words in err.value.message, err.value.message
