@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +41,7 @@ DEFAULT_MULTINODE_DEFINITION = "hpcbatch-default-mnp"  # `hpcbatch submit --node
 # hpcbatch extension (Slurm's --array=...%N): at most N children of an array run at once.
 MAX_RUNNING_TAG = "hpcbatch:maxRunning"
 SCRIPT_ENV = "HPCBATCH_SCRIPT_ID"
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?:[#:][0-9]+)?")
 PRIVATE_JOB = "(private)"  # another user's job id, as a user sees it in ListNodes under private_data
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 UNFINISHED = tuple(s for s in JobStatus if s not in FINAL)
@@ -766,7 +768,8 @@ class BatchService:
             "queuePosition": position,
             "queueLength": len(front),
             "dependsOn": dependencies,
-            "decisions": [{"cause": c, "decision": d} for c, d in self.engine.scheduler.decisions_about(job.job_id)],
+            "decisions": [{"cause": c, "decision": self._masked(d, caller)}
+                          for c, d in self.engine.scheduler.decisions_about(job.job_id)],
         }
 
     # ------------------------------------------------------- identity and keys
@@ -963,9 +966,16 @@ class BatchService:
         user's job is only ``PRIVATE_JOB`` (the GPU is held, by whom is not said)."""
         if not self.private_data or caller.is_admin:
             return job_id
-        parent_id, _ = split_child_id(job_id)
-        job = self.engine.jobs.get(job_id) or self.engine.jobs.get(parent_id.split(":")[0])
+        parent_id = split_child_id(job_id)[0].split(":")[0]
+        job = self.engine.jobs.get(job_id) or self.engine.jobs.get(parent_id) or self.store.get_job(parent_id)
         return job_id if job is not None and job.owner == caller.user else PRIVATE_JOB
+
+    def _masked(self, text: str, caller: Caller) -> str:
+        """A scheduler decision as ``caller`` may read it: other users' job ids hidden
+        (a backfill note names the job whose reservation it ran before)."""
+        if not self.private_data or caller.is_admin:
+            return text
+        return _JOB_ID.sub(lambda m: self._shown_job_id(m.group(0), caller), text)
 
 
 Operation = Callable[[BatchService, dict[str, Any], Caller], dict[str, Any]]

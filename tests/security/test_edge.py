@@ -456,3 +456,33 @@ def test_a_bad_container_key_keeps_the_head_from_starting(tmp_path: Path, line: 
     with pytest.raises(ClientError) as err:
         load_head_config(config_file)
     assert words in err.value.message, err.value.message
+
+
+def test_why_names_no_other_users_job_under_private_data(tmp_path: Path) -> None:
+    """A backfill decision names the job whose reservation it ran before: under private_data
+    ``hpcbatch why`` shows another user's job there as ``(private)``. In process: the real
+    service, engine and store; the decision is one the scheduler writes (core.py)."""
+    from hpcbatch.auth.policy import Caller
+    from hpcbatch.head.engine import Engine
+    from hpcbatch.head.logs import LogStore
+    from hpcbatch.head.service import BatchService
+    from hpcbatch.store import SqliteStore
+    from tests.unit.test_store import job
+
+    store = SqliteStore(tmp_path / "why.db")
+    try:
+        service = BatchService(store, Engine(store, LogStore(tmp_path / "logs"), send=lambda n, m: None,
+                                             clock_ms=lambda: 1), region="local", account="0")
+        service.private_data = True
+        mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+        with store.transaction():
+            store.put_jobs([job(mine, owner="alice"), job(theirs, owner="bob")])
+        service.engine.scheduler.decisions.append(
+            ("e7", f"start {mine} on node1 (default), backfilled before {theirs}#0's reservation at t=5"))
+        alice = Caller(user="alice", role="user", via="socket")
+        decision = service.WhyJob({"jobId": mine}, alice)["decisions"][0]["decision"]
+        assert theirs not in decision and "before (private)'s reservation" in decision and mine in decision
+        admin = Caller(user="root", role="admin", via="socket")
+        assert theirs in service.WhyJob({"jobId": mine}, admin)["decisions"][0]["decision"]
+    finally:
+        store.close()
