@@ -429,8 +429,8 @@ def _container(v: dict[str, Any]) -> None:
     if "memory" in v:
         _range(v["memory"], 4, None, "memory")
     image = v.get("image")
-    if image is not None and (not image.strip() or image.startswith("-")):
-        # podman would read "-..." as an option; a blank name is no image at all.
+    if image and (not image.strip() or image.startswith("-")):
+        # podman would read "-..." as an option; blanks name no image ("" is none: a bare job).
         raise _Bad(f" must name an image and must not begin with '-' (got {_show(image)})", "image")
 
 
