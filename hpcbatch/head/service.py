@@ -77,6 +77,19 @@ def _name_of(ref: str) -> str:
     return ref.rsplit("/", 1)[-1] if ref.startswith("arn:") else ref
 
 
+def _jobdef_filter(value: str) -> str:
+    """ListJobs' JOB_DEFINITION value as the store matches it: NAME, NAME:REVISION or PREFIX*.
+
+    An ARN names one revision (AWS: "the results include jobs that used the specified
+    revision"), and takes no '*'.
+    """
+    if value.startswith("arn:"):
+        if "*" in value:
+            raise ClientError(f"filters JOB_DEFINITION {value}: an asterisk (*) isn't supported when the ARN is used")
+        return value.rsplit("/", 1)[-1]
+    return value
+
+
 def _page(items: list[Any], max_results: int | None, token: str | None) -> tuple[list[Any], str | None]:
     start = 0
     if token:
@@ -591,8 +604,9 @@ class BatchService:
         if queue is not None:
             self._queue(queue)
         statuses: tuple[JobStatus, ...] = ()
-        if body.get("jobStatus") and not body.get("filters"):
-            statuses = (JobStatus(body["jobStatus"]),)
+        if not body.get("filters"):
+            # AWS: jobStatus is ignored when filters are given; without either, RUNNING only.
+            statuses = (JobStatus(body.get("jobStatus") or "RUNNING"),)
         kwargs: dict[str, Any] = {}
         for i, f in enumerate(body.get("filters", [])):
             name, values = f.get("name"), f.get("values")  # both optional in the model
@@ -610,12 +624,11 @@ class BatchService:
             elif name == "OWNER":  # hpcbatch extension: list --user
                 kwargs["owner"] = value
             elif name == "JOB_DEFINITION":
-                kwargs["job_definition"] = value
+                kwargs["job_definition"] = _jobdef_filter(value)
             else:
                 raise ClientError(
                     f"filters name {name} is not one of JOB_NAME, JOB_DEFINITION, BEFORE_CREATED_AT, AFTER_CREATED_AT, OWNER"
                 )
-        job_definition = kwargs.pop("job_definition", None)
         if self.private_data and not caller.is_admin:
             if kwargs.get("owner", caller.user) != caller.user:
                 return {"jobSummaryList": []}  # other users' jobs are private here
@@ -631,8 +644,6 @@ class BatchService:
         jobs = self.store.list_jobs(
             JobQuery(queue=queue, statuses=statuses, limit=limit + 1, after=after, **kwargs)
         )
-        if job_definition is not None:
-            jobs = [j for j in jobs if _name_of(j.job_definition).split(":")[0] == _name_of(job_definition).split(":")[0]]
         more = len(jobs) > limit
         jobs = jobs[:limit]
         out: dict[str, Any] = {

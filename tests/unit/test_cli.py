@@ -221,7 +221,11 @@ def test_list_asks_for_every_status_by_default(stub: StubHead) -> None:
     stub.answers["/v1/listjobs"] = {"jobSummaryList": [JOB]}
     result = run("list")
     assert result.exit_code == 0, result.output
-    assert sent(stub, "/v1/listjobs") == {"maxResults": 100}
+    # Every status: AWS lists RUNNING jobs only unless a filter is given.
+    assert sent(stub, "/v1/listjobs") == {
+        "filters": [{"name": "AFTER_CREATED_AT", "values": ["0"]}],
+        "maxResults": 100,
+    }
     header, row = result.stdout.splitlines()
     assert header.split() == [
         "JOB",
@@ -265,7 +269,8 @@ def test_list_max_and_all_follow_pages(stub: StubHead) -> None:
     ids = lambda r: [j["jobId"] for j in json.loads(r.stdout)["jobSummaryList"]]  # noqa: E731
     assert ids(run("-o", "json", "list", "--max", "3")) == ["a0", "a1", "b0"]
     assert ids(run("-o", "json", "list", "--all")) == ["a0", "a1", "b0", "b1"]
-    assert stub.requests[-2:] == [("/v1/listjobs", {}), ("/v1/listjobs", {"nextToken": "t"})]
+    every = {"filters": [{"name": "AFTER_CREATED_AT", "values": ["0"]}]}
+    assert stub.requests[-2:] == [("/v1/listjobs", every), ("/v1/listjobs", {**every, "nextToken": "t"})]
 
 
 def test_describe_shows_details_and_attempts(stub: StubHead) -> None:
