@@ -39,6 +39,9 @@ DEFAULT_MULTINODE_DEFINITION = "hpcbatch-default-mnp"  # `hpcbatch submit --node
 # hpcbatch extension (Slurm's --array=...%N): at most N children of an array run at once.
 MAX_RUNNING_TAG = "hpcbatch:maxRunning"
 SCRIPT_ENV = "HPCBATCH_SCRIPT_ID"
+# hpcbatch extension (AWS's clientToken, where boto3 can send it): a SubmitJob that carries
+# this tag again, from the same owner, answers the job the first one made.
+CLIENT_TOKEN_TAG = "hpcbatch:client-token"
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 UNFINISHED = tuple(s for s in JobStatus if s not in FINAL)
 
@@ -90,6 +93,15 @@ def _jobdef_filter(value: str) -> str:
     return value
 
 
+def _request_digest(body: dict[str, Any]) -> str:
+    """SHA-256 of a SubmitJob body as sent, less its client token (what a retry repeats)."""
+    tags = {k: v for k, v in (body.get("tags") or {}).items() if k != CLIENT_TOKEN_TAG}
+    rest = {k: v for k, v in body.items() if k != "tags"}
+    if tags:
+        rest["tags"] = tags
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _page(items: list[Any], max_results: int | None, token: str | None) -> tuple[list[Any], str | None]:
     start = 0
     if token:
@@ -118,6 +130,11 @@ class BatchService:
         self.policies = SchedulingPolicies(store, self.arn, engine.scheduling_policy_changed)
         # AWS's floor for jobStateTimeLimitActions.maxTimeSeconds; a test head may lower it.
         self.min_state_time_limit_s = 600
+        # (owner, client token) -> job, for submitted jobs not yet committed (then the store
+        # answers): a retry that comes before the commit must find the job too.
+        self._recent_tokens: dict[tuple[str, str], JobRecord] = {}
+        self._token_of_job: dict[str, tuple[str, str]] = {}
+        engine.commit_observers.append(self._tokens_committed)
 
     def arn(self, kind: str, name: str) -> str:
         return f"arn:aws:batch:{self.region}:{self.account}:{kind}/{name}"
@@ -427,7 +444,37 @@ class BatchService:
             "container": container,
         }
 
+    def _tokens_committed(self, events: list[tuple[str, int, str, str | None]]) -> None:
+        """A commit observer: jobs just committed are found by token in the store from now on."""
+        if self._token_of_job:
+            for job_id, *_ in events:
+                key = self._token_of_job.pop(job_id, None)
+                if key is not None:
+                    self._recent_tokens.pop(key, None)
+
+    def _submitted_before(self, body: dict[str, Any], caller: Caller) -> tuple[str | None, str | None, JobRecord | None]:
+        """The client token of a SubmitJob, its request digest, and the job it made before."""
+        token = (body.get("tags") or {}).get(CLIENT_TOKEN_TAG)
+        if token is None:
+            return None, None, None
+        if not 1 <= len(token) <= 64 or not token.isascii() or not token.isprintable():
+            raise ClientError(f"tags {CLIENT_TOKEN_TAG}: a client token is 1 to 64 printable ASCII characters")
+        digest = _request_digest(body)
+        earlier = self._recent_tokens.get((caller.user, token)) or self.store.job_by_client_token(caller.user, token)
+        if earlier is not None and earlier.request_digest != digest:
+            # As AWS answers a clientToken reused with other parameters (IdempotentParameterMismatch).
+            raise ClientError(
+                f"tags {CLIENT_TOKEN_TAG} {token}: this client token was already used for job "
+                f"{earlier.job_id} with a different request; a new job needs a new token"
+            )
+        return token, digest, earlier
+
     def SubmitJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        token, digest, earlier = self._submitted_before(body, caller)
+        if earlier is not None:  # a retry of a submit that was done: the same job, nothing new
+            return {"jobArn": self.arn("job", earlier.job_id), "jobName": earlier.job_name, "jobId": earlier.job_id}
+        if token is not None:  # a control field, not a tag of the job
+            body = {**body, "tags": {k: v for k, v in body["tags"].items() if k != CLIENT_TOKEN_TAG}}
         queue = self._queue(body["jobQueue"])
         if queue["state"] != "ENABLED":
             raise ClientError(f"jobQueue {queue['jobQueueName']} is DISABLED and accepts no jobs")
@@ -530,12 +577,17 @@ class BatchService:
             node_properties={**jobdef["nodeProperties"], "numNodes": num_nodes} if multinode else None,
             array_size=array_size,
             max_running=int(max_running) if max_running is not None else None,
+            client_token=token,
+            request_digest=digest,
         )
         children = [
             JobRecord(job_id=child_job_id(job_id, i), parent_id=job_id, node_index=i, **common, **node)
             for i, node in enumerate(nodes)
         ]
         self.engine.submit(job, children)
+        if token is not None:
+            self._recent_tokens[(caller.user, token)] = job
+            self._token_of_job[job_id] = (caller.user, token)
         return {"jobArn": self.arn("job", job_id), "jobName": job.job_name, "jobId": job_id}
 
     def _jobs(self, job_ids: list[str]) -> list[JobRecord]:

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from hpcbatch.cli.main import cli, main
+from hpcbatch.client import CLIENT_TOKEN_TAG
 from hpcbatch.localcluster import LocalCluster, LocalClusterError
 from tests.unit.test_client import StubHead
 
@@ -48,7 +49,13 @@ def run(*args: str) -> Result:
 def sent(stub: StubHead, op: str) -> dict[str, Any]:
     bodies = stub.bodies(op)
     assert len(bodies) == 1, stub.requests
-    return bodies[0]
+    body = dict(bodies[0])
+    if op == "/v1/submitjob":  # every submit carries a fresh idempotency token (hpcbatch.client)
+        tags = dict(body.pop("tags"))
+        assert len(tags.pop(CLIENT_TOKEN_TAG)) == 32
+        if tags:
+            body["tags"] = tags
+    return body
 
 
 # -- submit ---------------------------------------------------------------------------------
