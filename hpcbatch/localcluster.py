@@ -25,6 +25,16 @@ agent runs inside its node's namespaces with ``fabric_interface = "fab0"``, and
 ``cluster.json`` records the layout so that ``down`` removes exactly those namespaces,
 links, bridges and holder processes.
 
+Supervision, as systemd gives a real cluster: ``up`` also starts a small supervisor
+(``python -m hpcbatch.localcluster supervise HOME``, recorded as ``supervisor``) that
+restarts an agent that dies (a restarted agent kills or reports what its predecessor left
+running, node_agent.runner.adopt_orphans), waiting longer after each quick death. ``up``
+on a recorded cluster restarts whatever of it is dead (the head after ``kill -9``, the
+supervisor) and keeps what lives. ``status`` and ``down`` find the daemons by what they
+are (a process whose ``--config`` is this cluster's file), not only by recorded pid, so a
+daemon restarted by hand is seen and stopped too. One lock file (``cluster.lock``) keeps
+``up`` and the supervisor from starting the same daemon twice.
+
 ``up(store="postgresql://…", heads=2)`` keeps the state in that PostgreSQL database
 instead of SQLite, and starts heads ``head``, ``head2``, … on it: one active, the others
 standbys (docs/ha.md). They share what a real deployment shares on a network filesystem
@@ -35,13 +45,17 @@ so the CLI and the client follow the active one.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +81,12 @@ PLACEMENT_GROUP = "rack1"  # every namespaced node: one switch, as a gang would 
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 MAX_UNIX_PATH = 107
+SUPERVISE_INTERVAL_S = 0.5  # how often the supervisor looks at the agents
+RESTART_BACKOFF_S = (0.0, 1.0, 5.0, 30.0)  # waits before restarts that follow quick deaths
+STABLE_AFTER_S = 60.0  # an agent that ran this long starts its backoff afresh
+SUPERVISOR_MODULE = "hpcbatch.localcluster"
+
+log = logging.getLogger("hpcbatch.localcluster")
 
 
 class LocalClusterError(HpcbatchError):
@@ -103,6 +123,46 @@ def _alive(record: dict[str, Any]) -> bool:
         return False
 
 
+def _config_of(proc: psutil.Process) -> str | None:
+    """The absolute ``--config`` path a daemon was started with (what it is), or None."""
+    try:
+        argv = proc.cmdline()
+        for i, arg in enumerate(argv):
+            if arg == "--config" and i + 1 < len(argv):
+                path = argv[i + 1]
+            elif arg.startswith("--config="):
+                path = arg.split("=", 1)[1]
+            else:
+                continue
+            return os.path.normpath(path if os.path.isabs(path) else os.path.join(proc.cwd(), path))
+    except (psutil.Error, OSError):
+        return None
+    return None
+
+
+def _running_by_config() -> dict[str, psutil.Process]:
+    """Every live process started with ``--config FILE``, by the file's absolute path."""
+    found: dict[str, psutil.Process] = {}
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid == me or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        path = _config_of(proc)
+        if path is not None:
+            # A launcher (nsenter, a shell) and the daemon it runs: keep the newest, the daemon.
+            known = found.get(path)
+            if known is None or proc.create_time() >= known.create_time():
+                found[path] = proc
+    return found
+
+
+def _record_of(proc: psutil.Process) -> dict[str, Any]:
+    return {"pid": proc.pid, "create_time": proc.create_time()}
+
+
 def _tail(path: str, lines: int = 8) -> str:
     try:
         with open(path, "rb") as f:
@@ -125,6 +185,7 @@ class ClusterStatus:
     nodes: list[dict[str, Any]] | None = None  # from listnodes; None if the head didn't answer
     error: str | None = None
     netns: NetnsLayout | None = None  # the nodes' namespaces and addresses, when up --netns
+    supervised: bool = False  # the supervisor that restarts dead agents runs
 
     @property
     def running(self) -> bool:
@@ -143,6 +204,8 @@ class LocalCluster:
         self.dir = os.path.join(self.home, "cluster")
         self.record_path = os.path.join(self.dir, "cluster.json")
         self._children: list[subprocess.Popen[bytes]] = []
+        # What the last ``up`` of a recorded cluster restarted (None: it started a new one).
+        self.restarted: list[str] | None = None
 
     # -- the record --------------------------------------------------------------------------
 
@@ -196,8 +259,8 @@ class LocalCluster:
         return tag_for(self.home)
 
     def up(
-        self, nodes: int = DEFAULT_NODES, timeout: float = READY_TIMEOUT_S, netns: bool = False,
-        gpus_per_node: int = 0, store: str | None = None, heads: int = 1,
+        self, nodes: int | None = None, timeout: float = READY_TIMEOUT_S, netns: bool = False,
+        gpus_per_node: int | None = None, store: str | None = None, heads: int | None = None,
     ) -> LocalCluster:
         """Start a head and ``nodes`` agents, wait until all are ACTIVE, create CE and queue.
 
@@ -205,7 +268,19 @@ class LocalCluster:
         ``gpus_per_node``: each agent declares that many GPUs (``GPU-node<i>-<j>``; no
         devices behind them): scheduling and ``CUDA_VISIBLE_DEVICES`` without hardware.
         ``store``: a ``postgresql://`` URL to keep the state in (default: SQLite in the
-        head's folder); ``heads``: how many heads share it (one active, the rest standbys)."""
+        head's folder); ``heads``: how many heads share it (one active, the rest standbys).
+
+        A recorded cluster of which anything still runs is not started again: what of it
+        is dead is restarted and what lives is kept (options left out mean "as recorded";
+        ones that differ from the record are refused)."""
+        existing = self.record()
+        if existing and self._any_alive(existing):
+            self._check_shape(existing, nodes, netns, gpus_per_node, store, heads)
+            self._restart_dead(timeout)
+            return self
+        nodes = DEFAULT_NODES if nodes is None else nodes
+        heads = 1 if heads is None else heads
+        gpus_per_node = 0 if gpus_per_node is None else gpus_per_node
         if nodes < 1:
             raise LocalClusterError("nodes: must be at least 1")
         if heads < 1:
@@ -223,12 +298,6 @@ class LocalCluster:
                 require_root()
             except NetnsError as e:
                 raise LocalClusterError(f"--netns: {e}") from None
-        existing = self.record()
-        if existing and any(_alive(p) for p in (existing.get("processes") or {}).values()):
-            raise LocalClusterError(
-                f"a local cluster is already running in {self.dir} "
-                f"({existing.get('endpoint')}): run 'hpcbatch cluster down' first"
-            )
         head_names = head_names_for(heads)
         api_socket = os.path.join(self.dir, head_names[-1], "api.sock")  # the longest
         if len(os.fsencode(api_socket)) > MAX_UNIX_PATH:
@@ -240,7 +309,7 @@ class LocalCluster:
             self.down()  # what a crashed cluster left: its namespaces go before ours are made
         os.makedirs(self.dir, exist_ok=True)
         record: dict[str, Any] = {"processes": {}, "nodes": nodes, "heads": head_names,
-                                  "store": redact(store) if store else "sqlite"}
+                                  "store": redact(store) if store else "sqlite", "gpus_per_node": gpus_per_node}
         try:
             layout = self._create_netns(nodes, record) if netns else None
             self._up(nodes, timeout, record, head_names, layout, gpus_per_node, store or "")
@@ -323,6 +392,8 @@ class LocalCluster:
         for standby in sockets[1:]:
             self._wait_head(standby, ("active", "standby"), timeout)
         self._ensure_defaults(endpoint)
+        record["supervisor"] = self._start_supervisor()
+        self._write_record(record)
 
     def _head_keys(self) -> str:
         """The head's key pair (made on the first ``up``, kept after); returns the public key's path."""
@@ -411,11 +482,12 @@ class LocalCluster:
             tmp = os.path.join(self.dir, name, "tmp")
             os.makedirs(tmp, exist_ok=True)
             env = dict(os.environ, TMPDIR=tmp)
-        with open(self.log_path(name), "ab") as log:
+        argv = [*(prefix or []), sys.executable, "-m", module, "--config", config]
+        with open(self.log_path(name), "ab") as out:
             proc = subprocess.Popen(
-                [*(prefix or []), sys.executable, "-m", module, "--config", config],
+                argv,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
                 env=env,
@@ -426,7 +498,8 @@ class LocalCluster:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             create_time = 0.0
-        return {"pid": proc.pid, "create_time": create_time}
+        # The module too: the supervisor restarts exactly what was started (tests' stand-ins).
+        return {"pid": proc.pid, "create_time": create_time, "module": module}
 
     def _wait_ready(self, endpoint: str, nodes: int, timeout: float) -> None:
         """Until the head answers and lists ``nodes`` ACTIVE nodes; fail fast if one exits."""
@@ -494,18 +567,187 @@ class LocalCluster:
                     computeEnvironmentOrder=[{"order": 1, "computeEnvironment": DEFAULT_NAME}],
                 )
 
+    # -- supervision -------------------------------------------------------------------------
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Held by ``up`` and the supervisor while they look for dead daemons and start them."""
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "cluster.lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def config_path(self, name: str) -> str:
+        """The config file daemon ``name`` runs with: what identifies it among processes."""
+        return os.path.join(self.dir, f"{name}.toml")
+
+    def _live(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The recorded daemons that run, by recorded pid or found by their config file."""
+        records: dict[str, dict[str, Any]] = doc.get("processes") or {}
+        live = {name: p for name, p in records.items() if _alive(p)}
+        if len(live) < len(records):
+            found = _running_by_config()
+            for name in records.keys() - live.keys():
+                proc = found.get(self.config_path(name))
+                if proc is not None:
+                    live[name] = {**records[name], **_record_of(proc)}
+        return live
+
+    def _any_alive(self, doc: dict[str, Any]) -> bool:
+        return bool(self._live(doc)) or self._supervisor(doc) is not None
+
+    def _check_shape(
+        self, doc: dict[str, Any], nodes: int | None, netns: bool, gpus: int | None, store: str | None,
+        heads: int | None,
+    ) -> None:
+        """Refuse options that differ from the running cluster's: changing it takes a ``down``."""
+        differs = []
+        if nodes is not None and nodes != doc.get("nodes"):
+            differs.append(f"--nodes {nodes} (it has {doc.get('nodes')})")
+        if heads is not None and heads != len(doc.get("heads") or ["head"]):
+            differs.append(f"--heads {heads} (it has {len(doc.get('heads') or ['head'])})")
+        if gpus is not None and gpus != doc.get("gpus_per_node", 0):
+            differs.append(f"--gpus-per-node {gpus} (it has {doc.get('gpus_per_node', 0)})")
+        if store is not None and redact(store) != doc.get("store"):
+            differs.append(f"--store {redact(store)} (it has {doc.get('store')})")
+        if netns and not doc.get("netns"):
+            differs.append("--netns (it has none)")
+        if differs:
+            raise LocalClusterError(
+                f"a local cluster is already running in {self.dir} ({doc.get('endpoint')}), not as asked: "
+                f"{'; '.join(differs)}. 'hpcbatch cluster up' without these options restarts what of it "
+                "is dead; to change it run 'hpcbatch cluster down' first"
+            )
+
+    def _argv_prefix(self, name: str, doc: dict[str, Any]) -> list[str]:
+        """What puts agent ``name`` on its node (its namespaces), when the cluster has them."""
+        if _is_head(name) or not doc.get("netns"):
+            return []
+        return NetnsLayout.from_dict(doc["netns"]).node(name).exec_prefix
+
+    def _restart(self, name: str, record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+        module = record.get("module") or (self.HEAD_MODULE if _is_head(name) else self.AGENT_MODULE)
+        return self._start(name, str(module), self.config_path(name), self._argv_prefix(name, doc))
+
+    def restart_dead(self) -> list[str]:
+        """Start the recorded daemons that are dead (adopting any found running); return their names."""
+        with self._lock():
+            doc = self.record()
+            if doc is None:
+                return []
+            live = self._live(doc)
+            records: dict[str, dict[str, Any]] = doc.get("processes") or {}
+            started = []
+            for name in sorted(records, key=lambda n: not _is_head(n)):  # heads first
+                if name in live:
+                    records[name] = live[name]  # perhaps found under a new pid
+                else:
+                    records[name] = self._restart(name, records[name], doc)
+                    started.append(name)
+            self._write_record(doc)
+        return started
+
+    def _restart_dead(self, timeout: float) -> None:
+        """``up`` on a recorded cluster: the dead restarted, the living kept, then ready."""
+        try:
+            started = self.restarted = self.restart_dead()
+            doc = self.record() or {}
+            endpoint = str(doc.get("endpoint") or "")
+            if started:
+                self._wait_ready(endpoint, int(doc.get("nodes") or 0), timeout)
+                self._ensure_defaults(endpoint)
+            with self._lock():
+                doc = self.record() or {}
+                if self._supervisor(doc) is None:
+                    doc["supervisor"] = self._start_supervisor()
+                    self._write_record(doc)
+        except (HpcbatchError, OSError) as e:
+            if isinstance(e, LocalClusterError):
+                raise
+            raise LocalClusterError(f"{e}\nlogs: {os.path.join(self.dir, '*.log')}") from e
+
+    def _start_supervisor(self) -> dict[str, Any]:
+        with open(self.log_path("supervisor"), "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", SUPERVISOR_MODULE, "supervise", self.home],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
+                start_new_session=True,
+            )
+        self._children.append(proc)
+        try:
+            return _record_of(psutil.Process(proc.pid))
+        except psutil.Error:
+            return {"pid": proc.pid, "create_time": 0.0}
+
+    def _supervisor(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """This cluster's live supervisor: the recorded one, or one found by its command line."""
+        recorded = doc.get("supervisor")
+        if isinstance(recorded, dict) and _alive(recorded):
+            return recorded
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if proc.cmdline()[-3:] == [SUPERVISOR_MODULE, "supervise", self.home] and (
+                    proc.status() != psutil.STATUS_ZOMBIE
+                ):
+                    return _record_of(proc)
+            except psutil.Error:
+                continue
+        return None
+
+    def tend(self, restarts: dict[str, list[float]], now: float) -> list[str]:
+        """One look of the supervisor: restart the agents that died; return their names.
+
+        ``restarts``: per agent, when it was last (re)started and its quick deaths in a row;
+        an agent that keeps dying waits ``RESTART_BACKOFF_S`` longer each time (as systemd's
+        RestartSec, without giving up)."""
+        with self._lock():
+            doc = self.record()
+            if doc is None:
+                return []
+            records: dict[str, dict[str, Any]] = doc.get("processes") or {}
+            agents = {n: p for n, p in records.items() if not _is_head(n)}
+            dead = [n for n, p in agents.items() if not _alive(p)]
+            if not dead:
+                return []
+            found = _running_by_config()
+            started = []
+            for name in dead:
+                proc = found.get(self.config_path(name))
+                if proc is not None:  # restarted by someone else: adopt it
+                    records[name] = {**records[name], **_record_of(proc)}
+                    continue
+                last_start, quick, due = restarts.get(name, [float("-inf"), 0.0, 0.0])
+                if due == 0.0:  # just found dead: when to restart it
+                    quick = quick + 1 if now - last_start < STABLE_AFTER_S else 0
+                    due = now + RESTART_BACKOFF_S[min(int(quick), len(RESTART_BACKOFF_S) - 1)]
+                    restarts[name] = [last_start, quick, due]
+                if now < due:
+                    continue
+                log.warning("%s is not running: restarting it (log: %s)", name, self.log_path(name))
+                records[name] = self._restart(name, records[name], doc)
+                restarts[name] = [now, quick, 0.0]
+                started.append(name)
+            self._write_record(doc)
+        self._reap()
+        return started
+
     # -- status and down ---------------------------------------------------------------------
 
     def status(self) -> ClusterStatus:
         doc = self.record()
         if doc is None:
             return ClusterStatus(home=self.home, recorded=False)
+        live = self._live(doc)
         st = ClusterStatus(
             home=self.home,
             recorded=True,
             endpoint=doc.get("endpoint"),
-            processes={name: _alive(p) for name, p in (doc.get("processes") or {}).items()},
+            processes={name: name in live for name in doc.get("processes") or {}},
             netns=NetnsLayout.from_dict(doc["netns"]) if doc.get("netns") else None,
+            supervised=self._supervisor(doc) is not None,
         )
         if st.endpoint and any(alive for name, alive in st.processes.items() if _is_head(name)):
             try:
@@ -519,8 +761,16 @@ class LocalCluster:
         """Stop exactly the recorded processes, then remove the recorded namespaces (with
         whatever still runs in them); return the names of the processes that were running."""
         doc = self.record() or {}
-        records: dict[str, dict[str, Any]] = doc.get("processes") or {}
-        live = {name: p for name, p in records.items() if _alive(p)}
+        supervisor = self._supervisor(doc)
+        if supervisor is not None:  # first, or it would restart the agents stopped below
+            _signal(supervisor, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(supervisor) and time.monotonic() < deadline:
+                self._reap()
+                time.sleep(0.05)
+            if _alive(supervisor):
+                _signal(supervisor, signal.SIGKILL)
+        live = self._live(doc)
         # Agents signalled before the heads, so they can still say goodbye to them.
         order = sorted(live, key=_is_head)
         for name in order:
@@ -573,3 +823,38 @@ def _signal(record: dict[str, Any], sig: signal.Signals, group: bool = False) ->
             os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def supervise(home: str) -> int:
+    """Restart the local cluster's agents when they die, until ``down`` (SIGTERM) or the record goes."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cluster = LocalCluster(home)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    restarts: dict[str, list[float]] = {}
+    log.info("supervising the agents of %s (pid %d)", cluster.dir, os.getpid())
+    while not stopping:
+        doc = cluster.record()
+        if doc is None:
+            log.info("no cluster recorded in %s any more: stopping", cluster.dir)
+            return 0
+        other = doc.get("supervisor")
+        if isinstance(other, dict) and other.get("pid") != os.getpid() and _alive(other):
+            log.info("supervisor %s took over: stopping", other.get("pid"))
+            return 0
+        cluster.tend(restarts, time.monotonic())
+        time.sleep(SUPERVISE_INTERVAL_S)
+    log.info("stopped (SIGTERM)")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "supervise":
+        sys.exit("usage: python -m hpcbatch.localcluster supervise HOME")
+    sys.exit(supervise(sys.argv[2]))

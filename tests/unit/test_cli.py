@@ -614,8 +614,11 @@ def test_cluster_up_status_down(
         monkeypatch.delenv("HPCBATCH_ENDPOINT", raising=False)
         assert run("nodes", "list").exit_code == 0
 
-        refused = run("cluster", "up")
-        assert refused.exit_code == 1 and "hpcbatch cluster down" in refused.stderr
+        again = run("cluster", "up")  # a running cluster is kept, not refused
+        assert again.exit_code == 0 and "nothing was down" in again.stdout, again.output
+        other = run("cluster", "up", "--nodes", "2")  # but not reshaped under its feet
+        assert other.exit_code == 1 and "--nodes 2 (it has 3)" in other.stderr
+        assert "hpcbatch cluster down" in other.stderr
 
         status = run("cluster", "status")
         assert status.exit_code == 0, status.output

@@ -1,0 +1,107 @@
+"""The local cluster is supervised: dead agents come back, ``up`` mends, ``status``/``down`` see by identity.
+
+One real local cluster (``hpcbatch cluster up``'s LocalCluster: head, one agent, the
+supervisor) for the module; each test breaks it a little and checks it is mended. The test
+that brings it down runs last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from hpcbatch.cli.main import cli
+from hpcbatch.localcluster import LocalCluster
+from tests.harness import wait_for
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(str(tmp_path_factory.mktemp("sup")))
+    try:
+        yield cluster.up(nodes=1)
+    finally:
+        cluster.down()
+
+
+def _pid(local: LocalCluster, name: str) -> int:
+    return int((local.record() or {})["processes"][name]["pid"])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _status(local: LocalCluster) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["cluster", "status", "--home", local.home])
+    return result.exit_code, result.output
+
+
+def test_a_killed_agent_is_restarted_and_its_orphan_killed(local: LocalCluster, tmp_path: Path) -> None:
+    pidfile = tmp_path / "job.pid"
+    os.chmod(tmp_path, 0o777)  # the job may run as another user than the test
+    with local.client(timeout=10) as client:
+        job_id = client.submit_job(
+            jobName="orphan", jobQueue="default", jobDefinition="hpcbatch-default",
+            containerOverrides={"command": ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"]},
+        )["jobId"]
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, what="the job to start")
+        orphan = int(pidfile.read_text())
+        agent = _pid(local, "node1")
+        os.kill(agent, signal.SIGKILL)
+        # The supervisor starts a new agent; it kills what its predecessor left running.
+        wait_for(lambda: _pid(local, "node1") != agent, 15, what="the supervisor to restart node1")
+        wait_for(lambda: _gone(orphan), 30, what="the orphaned job process to be killed")
+        final = client.wait_job(job_id, timeout=60, poll=0.2)
+        assert final["status"] == "FAILED"
+        wait_for(lambda: [n["state"] for n in client.list_nodes()["nodes"]] == ["ACTIVE"], 30,
+                 what="node1 ACTIVE again")
+    assert "restarting it" in Path(local.log_path("supervisor")).read_text()
+
+
+def test_up_after_kill_9_of_the_head_restarts_it_and_keeps_the_agent(local: LocalCluster) -> None:
+    agent, supervisor = _pid(local, "node1"), int((local.record() or {})["supervisor"]["pid"])
+    os.kill(_pid(local, "head"), signal.SIGKILL)
+    code, output = _status(local)
+    assert code == 1 and "stopped:   head" in output
+    result = CliRunner().invoke(cli, ["cluster", "up", "--home", local.home])
+    assert result.exit_code == 0, result.output
+    assert "restarted head, kept node1 running" in result.output
+    assert _pid(local, "node1") == agent and int((local.record() or {})["supervisor"]["pid"]) == supervisor
+    with local.client(timeout=10) as client:
+        job_id = client.submit_job(jobName="after", jobQueue="default", jobDefinition="hpcbatch-default",
+                                   containerOverrides={"command": ["true"]})["jobId"]
+        assert client.wait_job(job_id, timeout=60, poll=0.2)["status"] == "SUCCEEDED"
+
+
+def test_status_and_down_find_a_head_restarted_by_hand(local: LocalCluster) -> None:
+    head = _pid(local, "head")
+    os.kill(head, signal.SIGKILL)
+    wait_for(lambda: _gone(head), 10, what="the head to die")
+    # As an operator would: from the cluster's folder, with a relative path.
+    by_hand = subprocess.Popen([sys.executable, "-m", "hpcbatch.head", "--config", "head.toml"], cwd=local.dir,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: _status(local)[0] == 0, 20, what="status to see the head started by hand")
+        assert "supervisor: running" in _status(local)[1]
+        agent = _pid(local, "node1")
+        supervisor = int((local.record() or {})["supervisor"]["pid"])
+        assert sorted(local.down()) == ["head", "node1"]
+        assert by_hand.wait(timeout=15) is not None
+        assert _gone(agent) and _gone(supervisor)
+        assert local.record() is None
+    finally:
+        if by_hand.poll() is None:
+            by_hand.kill()
+            by_hand.wait()
