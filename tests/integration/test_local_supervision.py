@@ -72,7 +72,9 @@ def test_a_killed_agent_is_restarted_and_its_orphan_killed(local: LocalCluster, 
 
 def test_up_after_kill_9_of_the_head_restarts_it_and_keeps_the_agent(local: LocalCluster) -> None:
     agent, supervisor = _pid(local, "node1"), int((local.record() or {})["supervisor"]["pid"])
-    os.kill(_pid(local, "head"), signal.SIGKILL)
+    head = _pid(local, "head")
+    os.kill(head, signal.SIGKILL)
+    wait_for(lambda: _gone(head), 10, what="the head to die")
     code, output = _status(local)
     assert code == 1 and "stopped:   head" in output
     result = CliRunner().invoke(cli, ["cluster", "up", "--home", local.home])
@@ -105,3 +107,33 @@ def test_status_and_down_find_a_head_restarted_by_hand(local: LocalCluster) -> N
         if by_hand.poll() is None:
             by_hand.kill()
             by_hand.wait()
+
+
+def test_an_agent_that_keeps_dying_is_restarted_with_growing_waits(tmp_path: Path) -> None:
+    # Time passed in: tend() is one look of the supervisor at a given moment.
+    stand_in = LocalCluster(str(tmp_path))
+    os.makedirs(stand_in.dir)
+    Path(stand_in.dir, "dies.py").write_text("raise SystemExit(3)\n")  # an agent that fails at once
+    stand_in._write_record({"processes": {"head": {"pid": 0, "create_time": 0},
+                                          "node1": {"pid": 0, "create_time": 0, "module": "dies"}}})
+    restarts: dict[str, list[float]] = {}
+
+    def look(now: float) -> list[str]:
+        started = stand_in.tend(restarts, now)
+        for proc in list(stand_in._children):
+            proc.wait(timeout=10)  # it dies (quickly) before the next look
+        return started
+
+    assert look(100.0) == ["node1"]  # found dead: restarted at once (the head is up's to mend)
+    assert look(100.5) == []  # died within a minute of its start: wait 1 s
+    assert look(101.6) == ["node1"]
+    assert look(102.0) == []  # again: wait 5 s
+    assert look(106.9) == []
+    assert look(107.1) == ["node1"]
+    assert look(107.2) == [] and look(137.1) == []  # then 30 s, for as long as it fails
+    assert look(137.3) == ["node1"]
+    assert look(167.0) == [] and look(196.9) == []  # still 30 s after it is found dead
+    assert look(197.1) == ["node1"]
+    # Seen dead only minutes after its start (it ran, as far as anyone knows): afresh.
+    assert look(300.0) == ["node1"]
+    assert look(300.5) == []
