@@ -26,7 +26,7 @@ agent runs inside its node's namespaces with ``fabric_interface = "fab0"``, and
 links, bridges and holder processes.
 
 Supervision, as systemd gives a real cluster: ``up`` also starts a small supervisor
-(``python -m hpcbatch.localcluster supervise HOME``, recorded as ``supervisor``) that
+(``hpcbatch.localsupervisor``, recorded as ``supervisor``) that
 restarts an agent that dies (a restarted agent kills or reports what its predecessor left
 running, node_agent.runner.adopt_orphans), waiting longer after each quick death. ``up``
 on a recorded cluster restarts whatever of it is dead (the head after ``kill -9``, the
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import signal
 import socket
@@ -64,6 +63,13 @@ import psutil
 from hpcbatch.client import Client
 from hpcbatch.curve import ensure_keypair
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.localsupervisor import (
+    SUPERVISOR_MODULE,
+    find_supervisor,
+    next_restart,
+    record_of,
+    running_by_config,
+)
 from hpcbatch.netns import (
     FABRIC_INTERFACE,
     NetnsCluster,
@@ -81,14 +87,6 @@ PLACEMENT_GROUP = "rack1"  # every namespaced node: one switch, as a gang would 
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 MAX_UNIX_PATH = 107
-SUPERVISE_INTERVAL_S = 0.5  # how often the supervisor looks at the agents
-RESTART_BACKOFF_S = (0.0, 1.0, 5.0, 30.0)  # waits before restarts that follow quick deaths
-STABLE_AFTER_S = 60.0  # an agent that ran this long starts its backoff afresh
-SUPERVISOR_MODULE = "hpcbatch.localcluster"
-
-log = logging.getLogger("hpcbatch.localcluster")
-
-
 class LocalClusterError(HpcbatchError):
     """The local cluster could not be started or stopped; the message says where to look."""
 
@@ -113,7 +111,7 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _alive(record: dict[str, Any]) -> bool:
+def alive(record: dict[str, Any]) -> bool:
     """Is the recorded process still the one we started (same pid and start time)?"""
     try:
         proc = psutil.Process(int(record["pid"]))
@@ -121,46 +119,6 @@ def _alive(record: dict[str, Any]) -> bool:
         return same and bool(proc.status() != psutil.STATUS_ZOMBIE)
     except (psutil.Error, KeyError, TypeError, ValueError):
         return False
-
-
-def _config_of(proc: psutil.Process) -> str | None:
-    """The absolute ``--config`` path a daemon was started with (what it is), or None."""
-    try:
-        argv = proc.cmdline()
-        for i, arg in enumerate(argv):
-            if arg == "--config" and i + 1 < len(argv):
-                path = argv[i + 1]
-            elif arg.startswith("--config="):
-                path = arg.split("=", 1)[1]
-            else:
-                continue
-            return os.path.normpath(path if os.path.isabs(path) else os.path.join(proc.cwd(), path))
-    except (psutil.Error, OSError):
-        return None
-    return None
-
-
-def _running_by_config() -> dict[str, psutil.Process]:
-    """Every live process started with ``--config FILE``, by the file's absolute path."""
-    found: dict[str, psutil.Process] = {}
-    me = os.getpid()
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.pid == me or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except psutil.Error:
-            continue
-        path = _config_of(proc)
-        if path is not None:
-            # A launcher (nsenter, a shell) and the daemon it runs: keep the newest, the daemon.
-            known = found.get(path)
-            if known is None or proc.create_time() >= known.create_time():
-                found[path] = proc
-    return found
-
-
-def _record_of(proc: psutil.Process) -> dict[str, Any]:
-    return {"pid": proc.pid, "create_time": proc.create_time()}
 
 
 def _tail(path: str, lines: int = 8) -> str:
@@ -274,7 +232,7 @@ class LocalCluster:
         is dead is restarted and what lives is kept (options left out mean "as recorded";
         ones that differ from the record are refused)."""
         existing = self.record()
-        if existing and self._any_alive(existing):
+        if existing and self._anyalive(existing):
             self._check_shape(existing, nodes, netns, gpus_per_node, store, heads)
             self._restart_dead(timeout)
             return self
@@ -587,16 +545,16 @@ class LocalCluster:
     def _live(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """The recorded daemons that run, by recorded pid or found by their config file."""
         records: dict[str, dict[str, Any]] = doc.get("processes") or {}
-        live = {name: p for name, p in records.items() if _alive(p)}
+        live = {name: p for name, p in records.items() if alive(p)}
         if len(live) < len(records):
-            found = _running_by_config()
+            found = running_by_config()
             for name in records.keys() - live.keys():
                 proc = found.get(self.config_path(name))
                 if proc is not None:
-                    live[name] = {**records[name], **_record_of(proc)}
+                    live[name] = {**records[name], **record_of(proc)}
         return live
 
-    def _any_alive(self, doc: dict[str, Any]) -> bool:
+    def _anyalive(self, doc: dict[str, Any]) -> bool:
         return bool(self._live(doc)) or self._supervisor(doc) is not None
 
     def _check_shape(
@@ -678,55 +636,45 @@ class LocalCluster:
             )
         self._children.append(proc)
         try:
-            return _record_of(psutil.Process(proc.pid))
+            return record_of(psutil.Process(proc.pid))
         except psutil.Error:
             return {"pid": proc.pid, "create_time": 0.0}
 
     def _supervisor(self, doc: dict[str, Any]) -> dict[str, Any] | None:
         """This cluster's live supervisor: the recorded one, or one found by its command line."""
         recorded = doc.get("supervisor")
-        if isinstance(recorded, dict) and _alive(recorded):
+        if isinstance(recorded, dict) and alive(recorded):
             return recorded
-        for proc in psutil.process_iter(["pid"]):
-            try:
-                if proc.cmdline()[-3:] == [SUPERVISOR_MODULE, "supervise", self.home] and (
-                    proc.status() != psutil.STATUS_ZOMBIE
-                ):
-                    return _record_of(proc)
-            except psutil.Error:
-                continue
-        return None
+        found = find_supervisor(self.home)
+        return record_of(found) if found is not None else None
 
     def tend(self, restarts: dict[str, list[float]], now: float) -> list[str]:
         """One look of the supervisor: restart the agents that died; return their names.
 
         ``restarts``: per agent, when it was last (re)started and its quick deaths in a row;
-        an agent that keeps dying waits ``RESTART_BACKOFF_S`` longer each time (as systemd's
-        RestartSec, without giving up)."""
+        an agent that keeps dying waits longer each time (``next_restart``)."""
         with self._lock():
             doc = self.record()
             if doc is None:
                 return []
             records: dict[str, dict[str, Any]] = doc.get("processes") or {}
             agents = {n: p for n, p in records.items() if not _is_head(n)}
-            dead = [n for n, p in agents.items() if not _alive(p)]
+            dead = [n for n, p in agents.items() if not alive(p)]
             if not dead:
                 return []
-            found = _running_by_config()
+            found = running_by_config()
             started = []
             for name in dead:
                 proc = found.get(self.config_path(name))
                 if proc is not None:  # restarted by someone else: adopt it
-                    records[name] = {**records[name], **_record_of(proc)}
+                    records[name] = {**records[name], **record_of(proc)}
                     continue
                 last_start, quick, due = restarts.get(name, [float("-inf"), 0.0, 0.0])
                 if due == 0.0:  # just found dead: when to restart it
-                    quick = quick + 1 if now - last_start < STABLE_AFTER_S else 0
-                    due = now + RESTART_BACKOFF_S[min(int(quick), len(RESTART_BACKOFF_S) - 1)]
+                    quick, due = next_restart(last_start, int(quick), now)
                     restarts[name] = [last_start, quick, due]
                 if now < due:
                     continue
-                log.warning("%s is not running: restarting it (log: %s)", name, self.log_path(name))
                 records[name] = self._restart(name, records[name], doc)
                 restarts[name] = [now, quick, 0.0]
                 started.append(name)
@@ -765,10 +713,10 @@ class LocalCluster:
         if supervisor is not None:  # first, or it would restart the agents stopped below
             _signal(supervisor, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while _alive(supervisor) and time.monotonic() < deadline:
+            while alive(supervisor) and time.monotonic() < deadline:
                 self._reap()
                 time.sleep(0.05)
-            if _alive(supervisor):
+            if alive(supervisor):
                 _signal(supervisor, signal.SIGKILL)
         live = self._live(doc)
         # Agents signalled before the heads, so they can still say goodbye to them.
@@ -776,11 +724,11 @@ class LocalCluster:
         for name in order:
             _signal(live[name], signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(live[n]) for n in order):
+        while time.monotonic() < deadline and any(alive(live[n]) for n in order):
             self._reap()
             time.sleep(0.05)
         for name in order:
-            if _alive(live[name]):
+            if alive(live[name]):
                 # Its whole session: the agent's job processes go with it.
                 _signal(live[name], signal.SIGKILL, group=True)
         self._reap(wait=True)
@@ -823,38 +771,3 @@ def _signal(record: dict[str, Any], sig: signal.Signals, group: bool = False) ->
             os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def supervise(home: str) -> int:
-    """Restart the local cluster's agents when they die, until ``down`` (SIGTERM) or the record goes."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cluster = LocalCluster(home)
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    restarts: dict[str, list[float]] = {}
-    log.info("supervising the agents of %s (pid %d)", cluster.dir, os.getpid())
-    while not stopping:
-        doc = cluster.record()
-        if doc is None:
-            log.info("no cluster recorded in %s any more: stopping", cluster.dir)
-            return 0
-        other = doc.get("supervisor")
-        if isinstance(other, dict) and other.get("pid") != os.getpid() and _alive(other):
-            log.info("supervisor %s took over: stopping", other.get("pid"))
-            return 0
-        cluster.tend(restarts, time.monotonic())
-        time.sleep(SUPERVISE_INTERVAL_S)
-    log.info("stopped (SIGTERM)")
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "supervise":
-        sys.exit("usage: python -m hpcbatch.localcluster supervise HOME")
-    sys.exit(supervise(sys.argv[2]))

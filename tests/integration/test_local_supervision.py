@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from hpcbatch.cli.main import cli
 from hpcbatch.localcluster import LocalCluster
+from hpcbatch.localsupervisor import next_restart
 from tests.harness import wait_for
 
 
@@ -67,7 +68,7 @@ def test_a_killed_agent_is_restarted_and_its_orphan_killed(local: LocalCluster, 
         assert final["status"] == "FAILED"
         wait_for(lambda: [n["state"] for n in client.list_nodes()["nodes"]] == ["ACTIVE"], 30,
                  what="node1 ACTIVE again")
-    assert "restarting it" in Path(local.log_path("supervisor")).read_text()
+    assert "node1 was not running: restarted it" in Path(local.log_path("supervisor")).read_text()
 
 
 def test_up_after_kill_9_of_the_head_restarts_it_and_keeps_the_agent(local: LocalCluster) -> None:
@@ -137,3 +138,12 @@ def test_an_agent_that_keeps_dying_is_restarted_with_growing_waits(tmp_path: Pat
     # Seen dead only minutes after its start (it ran, as far as anyone knows): afresh.
     assert look(300.0) == ["node1"]
     assert look(300.5) == []
+
+
+def test_restart_waits_grow_with_quick_deaths_and_start_afresh_after_a_long_run() -> None:
+    assert next_restart(float("-inf"), 0, 10.0) == (0, 10.0)  # not started by us: at once
+    assert next_restart(10.0, 0, 12.0) == (1, 13.0)
+    assert next_restart(13.0, 1, 14.0) == (2, 19.0)
+    assert next_restart(19.0, 2, 20.0) == (3, 50.0)
+    assert next_restart(50.0, 3, 51.0) == (4, 81.0)  # 30 s from then on
+    assert next_restart(81.0, 4, 200.0) == (0, 200.0)  # it ran two minutes: afresh
