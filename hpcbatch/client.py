@@ -297,17 +297,25 @@ class _Connection:
 
     def _peer_closed(self) -> bool:
         """Whether the head has closed this idle connection (as urllib3 checks before reuse)."""
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
         try:
-            self._sock.settimeout(0)
-            self._sock.recv(1, socket.MSG_PEEK)
+            sock.settimeout(0)
+            try:
+                sock.recv(1, socket.MSG_PEEK)
+            except ValueError:  # a TLS socket takes no flags: read (a session ticket is no data)
+                import ssl  # loaded already by whoever made the TLS socket
+
+                try:
+                    sock.recv(1)
+                except ssl.SSLWantReadError:
+                    return False
         except BlockingIOError:
             return False  # open, and nothing unasked for waiting
         except OSError:
             return True
         finally:
-            if self._sock is not None:
-                self._sock.settimeout(self.timeout)
+            sock.settimeout(self.timeout)
         return True  # end of file, or bytes nobody asked for: either way not reusable
 
     def _exchange(self, path: str, body: bytes, extra_headers: str = "") -> tuple[int, bytes]:
