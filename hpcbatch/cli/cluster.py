@@ -48,7 +48,7 @@ def _fail(e: Exception) -> NoReturn:
 @click.option(
     "--gpus-per-node",
     type=click.IntRange(0, 64),
-    help="[default: 0] GPUs each node declares (GPU-node<i>-<j>, no devices behind them): try GPU scheduling without GPUs.",
+    help="GPUs each node declares (GPU-node<i>-<j>, no devices behind them): try GPU scheduling without GPUs [default: 0].",
 )
 @click.option(
     "--store",
@@ -59,7 +59,7 @@ def _fail(e: Exception) -> NoReturn:
 @click.option(
     "--heads",
     type=click.IntRange(1, 8),
-    help="[default: 1] Heads sharing the --store: one active, the others standbys that take over when it dies.",
+    help="Heads sharing the --store: one active, the others standbys that take over when it dies [default: 1].",
 )
 @_home_option
 @global_options
