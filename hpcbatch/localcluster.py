@@ -232,7 +232,7 @@ class LocalCluster:
         is dead is restarted and what lives is kept (options left out mean "as recorded";
         ones that differ from the record are refused)."""
         existing = self.record()
-        if existing and self._anyalive(existing):
+        if existing and self._any_alive(existing):
             self._check_shape(existing, nodes, netns, gpus_per_node, store, heads)
             self._restart_dead(timeout)
             return self
@@ -554,7 +554,7 @@ class LocalCluster:
                     live[name] = {**records[name], **record_of(proc)}
         return live
 
-    def _anyalive(self, doc: dict[str, Any]) -> bool:
+    def _any_alive(self, doc: dict[str, Any]) -> bool:
         return bool(self._live(doc)) or self._supervisor(doc) is not None
 
     def _check_shape(
