@@ -111,7 +111,7 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def alive(record: dict[str, Any]) -> bool:
+def _alive(record: dict[str, Any]) -> bool:
     """Is the recorded process still the one we started (same pid and start time)?"""
     try:
         proc = psutil.Process(int(record["pid"]))
@@ -545,7 +545,7 @@ class LocalCluster:
     def _live(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """The recorded daemons that run, by recorded pid or found by their config file."""
         records: dict[str, dict[str, Any]] = doc.get("processes") or {}
-        live = {name: p for name, p in records.items() if alive(p)}
+        live = {name: p for name, p in records.items() if _alive(p)}
         if len(live) < len(records):
             found = running_by_config()
             for name in records.keys() - live.keys():
@@ -643,7 +643,7 @@ class LocalCluster:
     def _supervisor(self, doc: dict[str, Any]) -> dict[str, Any] | None:
         """This cluster's live supervisor: the recorded one, or one found by its command line."""
         recorded = doc.get("supervisor")
-        if isinstance(recorded, dict) and alive(recorded):
+        if isinstance(recorded, dict) and _alive(recorded):
             return recorded
         found = find_supervisor(self.home)
         return record_of(found) if found is not None else None
@@ -659,7 +659,7 @@ class LocalCluster:
                 return []
             records: dict[str, dict[str, Any]] = doc.get("processes") or {}
             agents = {n: p for n, p in records.items() if not _is_head(n)}
-            dead = [n for n, p in agents.items() if not alive(p)]
+            dead = [n for n, p in agents.items() if not _alive(p)]
             if not dead:
                 return []
             found = running_by_config()
@@ -713,10 +713,10 @@ class LocalCluster:
         if supervisor is not None:  # first, or it would restart the agents stopped below
             _signal(supervisor, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while alive(supervisor) and time.monotonic() < deadline:
+            while _alive(supervisor) and time.monotonic() < deadline:
                 self._reap()
                 time.sleep(0.05)
-            if alive(supervisor):
+            if _alive(supervisor):
                 _signal(supervisor, signal.SIGKILL)
         live = self._live(doc)
         # Agents signalled before the heads, so they can still say goodbye to them.
@@ -724,11 +724,11 @@ class LocalCluster:
         for name in order:
             _signal(live[name], signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(alive(live[n]) for n in order):
+        while time.monotonic() < deadline and any(_alive(live[n]) for n in order):
             self._reap()
             time.sleep(0.05)
         for name in order:
-            if alive(live[name]):
+            if _alive(live[name]):
                 # Its whole session: the agent's job processes go with it.
                 _signal(live[name], signal.SIGKILL, group=True)
         self._reap(wait=True)

@@ -98,7 +98,7 @@ def record_of(proc: psutil.Process) -> dict[str, Any]:
 
 def supervise(home: str) -> int:
     """Restart the local cluster's agents when they die, until ``down`` (SIGTERM) or the record goes."""
-    from hpcbatch.localcluster import LocalCluster, alive  # it starts this module's process
+    from hpcbatch.localcluster import LocalCluster, _alive  # it starts this module's process
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cluster = LocalCluster(home)
@@ -118,7 +118,7 @@ def supervise(home: str) -> int:
             log.info("no cluster recorded in %s any more: stopping", cluster.dir)
             return 0
         other = doc.get("supervisor")
-        if isinstance(other, dict) and other.get("pid") != os.getpid() and alive(other):
+        if isinstance(other, dict) and other.get("pid") != os.getpid() and _alive(other):
             log.info("supervisor %s took over: stopping", other.get("pid"))
             return 0
         for name in cluster.tend(restarts, time.monotonic()):

@@ -58,6 +58,10 @@ def test_a_killed_agent_is_restarted_and_its_orphan_killed(local: LocalCluster, 
             containerOverrides={"command": ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"]},
         )["jobId"]
         wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, what="the job to start")
+        # RUNNING: the agent has journaled the attempt (it reports the start after that; an
+        # agent killed between spawning a job and journaling it leaves an orphan no one knows).
+        wait_for(lambda: client.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING", 30,
+                 what="the job RUNNING")
         orphan = int(pidfile.read_text())
         agent = _pid(local, "node1")
         os.kill(agent, signal.SIGKILL)
