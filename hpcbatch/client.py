@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from hpcbatch.auth.sigv4 import RequestSigner
 
 from hpcbatch.auth.policy import READ_ONLY
-from hpcbatch.errors import ClientError, ServerError
+from hpcbatch.errors import ClientError, HpcbatchError, ServerError
 
 __all__ = ["Client", "HeadUnreachableError", "OPERATIONS", "find_credentials", "resolve_endpoint"]
 
@@ -85,12 +85,49 @@ OPERATIONS: dict[str, str] = {
 # connection broke after it was sent may be asked of the next head (a write may not: it
 # may have been done).
 READ_ONLY_PATHS = frozenset(OPERATIONS[_snake(op)] for op in (*_AWS_OPERATIONS, *_HPCBATCH_OPERATIONS) if op in READ_ONLY)
+# SubmitJob's idempotency token (hpcbatch.head.service): a submit that carries one may be
+# sent again, since the head answers the job the first one made. submit_job adds a fresh one.
+CLIENT_TOKEN_TAG = "hpcbatch:client-token"
+# boto3's standard retry mode: 3 attempts in all ($AWS_MAX_ATTEMPTS), the n-th retry after a
+# random wait of up to 2**(n-1) s (at most 20 s); 429 and 503 mean the head did nothing.
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_BACKOFF_S = 20.0
+RETRY_STATUSES = frozenset({429, 503})
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED"})
 DEFAULT_PORT = 8471
 
 
 class HeadUnreachableError(ClientError):
     """No head answers at the endpoint (none configured, refused, timed out, cut off)."""
+
+
+class _Retry(Exception):
+    """The call was not done, or may be sent again: retry it after a backoff, else raise ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _may_resend(path: str, body: dict[str, Any] | None) -> bool:
+    """Whether a call may be sent again after its connection broke: a read, or a submit with a token."""
+    if path in READ_ONLY_PATHS:
+        return True
+    tags = (body or {}).get("tags")
+    return path == OPERATIONS["submit_job"] and isinstance(tags, dict) and bool(tags.get(CLIENT_TOKEN_TAG))
+
+
+def _backoff(retry: int) -> float:
+    """Seconds before retry ``retry`` (1, 2, ...): full jitter, as botocore's standard mode."""
+    import random  # only when a call is retried: a one-shot CLI process never pays for it
+
+    return min(random.random() * 2 ** (retry - 1), MAX_BACKOFF_S)
+
+
+def _max_attempts() -> int:
+    """``$AWS_MAX_ATTEMPTS`` as boto3 reads it (the first try included), else 3."""
+    value = os.environ.get("AWS_MAX_ATTEMPTS", "")
+    return int(value) if value.isdigit() and int(value) >= 1 else DEFAULT_MAX_ATTEMPTS
 
 
 class _TryNext(Exception):
@@ -242,23 +279,44 @@ class _Connection:
         self._rfile = sock.makefile("rb")
 
     def post(self, path: str, body: bytes, extra_headers: str = "") -> tuple[int, bytes]:
-        """Send one request; reconnect once if a reused keep-alive connection was dropped.
+        """Send one request once; a kept-alive connection the head has closed is replaced first.
 
-        ``extra_headers``: more header lines, each ending in CRLF (the SigV4 signature).
+        Never sent twice here: once the request has left, a broken connection is the
+        caller's to judge (the head may have done it). ``extra_headers``: more header
+        lines, each ending in CRLF (the SigV4 signature).
         """
-        reused = self._sock is not None
+        if self._sock is not None and self._peer_closed():
+            self.close()  # the head closed it while idle (keep-alive timeout, restart)
+        if self._sock is None:
+            self._connect()
         try:
-            if self._sock is None:
-                self._connect()
             return self._exchange(path, body, extra_headers)
-        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, _Dropped):
+        except (OSError, _Dropped):
             self.close()
-            if not reused:
-                raise
-        # The head closed an idle keep-alive connection between our requests: the request
-        # never reached it, so sending it again on a fresh connection is safe.
-        self._connect()
-        return self._exchange(path, body, extra_headers)
+            raise
+
+    def _peer_closed(self) -> bool:
+        """Whether the head has closed this idle connection (as urllib3 checks before reuse)."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            sock.settimeout(0)
+            try:
+                sock.recv(1, socket.MSG_PEEK)
+            except ValueError:  # a TLS socket takes no flags: read (a session ticket is no data)
+                import ssl  # loaded already by whoever made the TLS socket
+
+                try:
+                    sock.recv(1)
+                except ssl.SSLWantReadError:
+                    return False
+        except BlockingIOError:
+            return False  # open, and nothing unasked for waiting
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(self.timeout)
+        return True  # end of file, or bytes nobody asked for: either way not reusable
 
     def _exchange(self, path: str, body: bytes, extra_headers: str = "") -> tuple[int, bytes]:
         assert self._sock is not None
@@ -354,8 +412,9 @@ class Client:
     Several endpoints, comma-separated, name active/standby heads (docs/ha.md): a call
     that cannot connect, or that a standby declines, goes to the next one, round and round
     for up to ``failover_wait_s`` (a takeover takes a few seconds). A call whose connection
-    broke after it was sent is repeated elsewhere only if it changes nothing (a read): a
-    write may have been done.
+    broke after it was sent is sent again (there or elsewhere) only if it changes nothing (a
+    read) or carries a client token (every :meth:`submit_job`): a write may have been done.
+    Answers 429 and 503 are retried with backoff, as boto3's standard retry mode does.
     Every operation in :data:`OPERATIONS` is a method taking the AWS request body as
     keyword arguments; every public call has an ``_async`` twin that runs it on one of
     ``max_workers`` threads and returns a :class:`concurrent.futures.Future`. Each thread
@@ -375,12 +434,15 @@ class Client:
         max_workers: int = 8,
         credentials: tuple[str, str] | Literal[False] | None = None,
         failover_wait_s: float = 20.0,
+        max_attempts: int | None = None,
     ) -> None:
         self.endpoints = [e.strip().rstrip("/") for e in resolve_endpoint(endpoint).split(",") if e.strip()]
         if not self.endpoints:
             raise ClientError(f"endpoint {endpoint!r}: names no head")
         self.endpoint = self.endpoints[0]
         self.failover_wait_s = failover_wait_s
+        self.max_attempts = max_attempts or _max_attempts()
+        self._sleep: Callable[[float], None] = time.sleep  # tests pass their own
         self.timeout = timeout
         self.max_workers = max_workers
         self._credentials = credentials
@@ -436,15 +498,33 @@ class Client:
         return "".join(f"{name}: {value}\r\n" for name, value in pairs)
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """POST ``body`` as JSON to ``path``; return the parsed answer or raise an error."""
+        """POST ``body`` as JSON to ``path``; return the parsed answer or raise an error.
+
+        Retried up to ``max_attempts`` in all, with jittered backoff (boto3's standard
+        mode), when the head refused it without doing it (429, 503, no connection), and
+        after a broken connection only if it may be sent again (:func:`_may_resend`).
+        """
         payload = json.dumps(body or {}, separators=(",", ":")).encode()
+        resend = _may_resend(path, body)
+        attempt = 1
+        while True:
+            try:
+                return self._call_heads(path, payload, resend)
+            except _Retry as retry:
+                if attempt >= self.max_attempts:
+                    raise retry.error from None
+                self._sleep(_backoff(attempt))
+                attempt += 1
+
+    def _call_heads(self, path: str, payload: bytes, resend: bool) -> dict[str, Any]:
+        """One attempt: the one head, or the heads in turn while they decline (failover)."""
         if len(self.endpoints) == 1:
-            return self._call_one(path, payload)
+            return self._call_one(path, payload, resend=resend)
         deadline = time.monotonic() + self.failover_wait_s
         tried = 0
         while True:
             try:
-                return self._call_one(path, payload, rotate=True)
+                return self._call_one(path, payload, rotate=True, resend=resend)
             except _TryNext as e:
                 tried += 1
                 if time.monotonic() > deadline:
@@ -457,7 +537,9 @@ class Client:
                 if tried % len(self.endpoints) == 0:
                     time.sleep(0.2)  # a whole round declined: a takeover is under way
 
-    def _call_one(self, path: str, payload: bytes, rotate: bool = False) -> dict[str, Any]:
+    def _call_one(self, path: str, payload: bytes, rotate: bool = False, resend: bool | None = None) -> dict[str, Any]:
+        if resend is None:
+            resend = path in READ_ONLY_PATHS
         conn = self._connection()
         signature = self._signature(conn, path, payload)
         try:
@@ -470,13 +552,26 @@ class Client:
                 why = f"no answer within {self.timeout:g} s"
             else:
                 why = e.strerror or str(e) or type(e).__name__
-            if rotate and (isinstance(e, _ConnectFailed) or path in READ_ONLY_PATHS):
+            not_sent = isinstance(e, _ConnectFailed)
+            if rotate and (not_sent or resend):
                 raise _TryNext(f"{conn.endpoint}: {why}") from None
+            error = HeadUnreachableError(f"cannot reach the hpcbatch head at {self.endpoint}: {why}")
+            if not_sent:
+                raise error from None  # nothing listens: say so now (a starting head is polled)
+            if resend:
+                raise _Retry(error) from None
+            # Sent, and the answer lost: the head may have done it. Never sent twice.
             raise HeadUnreachableError(
-                f"cannot reach the hpcbatch head at {self.endpoint}: {why}"
+                f"cannot reach the hpcbatch head at {self.endpoint}: {why}; the request was sent and "
+                f"may have been done (look before repeating it)"
             ) from None
         if rotate and _is_standby_answer(status, data):
             raise _TryNext(f"{conn.endpoint} is a standby")
+        if status in RETRY_STATUSES and not _is_standby_answer(status, data):
+            try:
+                _raise_for(status, data, self.endpoint)
+            except HpcbatchError as refused:  # throttled or unavailable: nothing was done
+                raise _Retry(refused) from None
         if status >= 400:
             _raise_for(status, data, self.endpoint)
         if not data:
@@ -535,6 +630,16 @@ class Client:
     def describe_head(self) -> dict[str, Any]:
         """This head's role (active or standby), its epoch, and the active head (any head answers)."""
         return self._call_one("/hpcbatch/v1/describeheads", b"{}")
+
+    def submit_job(self, **body: Any) -> dict[str, Any]:
+        """SubmitJob, with a fresh client token unless ``tags`` carries one already.
+
+        The token lets the call be sent again after a broken connection: the head answers
+        the job the first one made, so a retried submit never makes a second job.
+        """
+        tags = dict(body.get("tags") or {})
+        tags.setdefault(CLIENT_TOKEN_TAG, os.urandom(16).hex())
+        return self.call(OPERATIONS["submit_job"], {**body, "tags": tags})
 
     def get_job_logs(
         self, jobId: str, attempt: int | None = None, startFromOffset: int = 0

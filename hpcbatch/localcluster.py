@@ -25,6 +25,16 @@ agent runs inside its node's namespaces with ``fabric_interface = "fab0"``, and
 ``cluster.json`` records the layout so that ``down`` removes exactly those namespaces,
 links, bridges and holder processes.
 
+Supervision, as systemd gives a real cluster: ``up`` also starts a small supervisor
+(``hpcbatch.localsupervisor``, recorded as ``supervisor``) that
+restarts an agent that dies (a restarted agent kills or reports what its predecessor left
+running, node_agent.runner.adopt_orphans), waiting longer after each quick death. ``up``
+on a recorded cluster restarts whatever of it is dead (the head after ``kill -9``, the
+supervisor) and keeps what lives. ``status`` and ``down`` find the daemons by what they
+are (a process whose ``--config`` is this cluster's file), not only by recorded pid, so a
+daemon restarted by hand is seen and stopped too. One lock file (``cluster.lock``) keeps
+``up`` and the supervisor from starting the same daemon twice.
+
 ``up(store="postgresql://…", heads=2)`` keeps the state in that PostgreSQL database
 instead of SQLite, and starts heads ``head``, ``head2``, … on it: one active, the others
 standbys (docs/ha.md). They share what a real deployment shares on a network filesystem
@@ -35,6 +45,7 @@ so the CLI and the client follow the active one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -42,6 +53,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +63,13 @@ import psutil
 from hpcbatch.client import Client
 from hpcbatch.curve import ensure_keypair
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.localsupervisor import (
+    SUPERVISOR_MODULE,
+    find_supervisor,
+    next_restart,
+    record_of,
+    running_by_config,
+)
 from hpcbatch.netns import (
     FABRIC_INTERFACE,
     NetnsCluster,
@@ -67,8 +87,6 @@ PLACEMENT_GROUP = "rack1"  # every namespaced node: one switch, as a gang would 
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 MAX_UNIX_PATH = 107
-
-
 class LocalClusterError(HpcbatchError):
     """The local cluster could not be started or stopped; the message says where to look."""
 
@@ -125,6 +143,7 @@ class ClusterStatus:
     nodes: list[dict[str, Any]] | None = None  # from listnodes; None if the head didn't answer
     error: str | None = None
     netns: NetnsLayout | None = None  # the nodes' namespaces and addresses, when up --netns
+    supervised: bool = False  # the supervisor that restarts dead agents runs
 
     @property
     def running(self) -> bool:
@@ -143,6 +162,8 @@ class LocalCluster:
         self.dir = os.path.join(self.home, "cluster")
         self.record_path = os.path.join(self.dir, "cluster.json")
         self._children: list[subprocess.Popen[bytes]] = []
+        # What the last ``up`` of a recorded cluster restarted (None: it started a new one).
+        self.restarted: list[str] | None = None
 
     # -- the record --------------------------------------------------------------------------
 
@@ -196,8 +217,8 @@ class LocalCluster:
         return tag_for(self.home)
 
     def up(
-        self, nodes: int = DEFAULT_NODES, timeout: float = READY_TIMEOUT_S, netns: bool = False,
-        gpus_per_node: int = 0, store: str | None = None, heads: int = 1,
+        self, nodes: int | None = None, timeout: float = READY_TIMEOUT_S, netns: bool = False,
+        gpus_per_node: int | None = None, store: str | None = None, heads: int | None = None,
     ) -> LocalCluster:
         """Start a head and ``nodes`` agents, wait until all are ACTIVE, create CE and queue.
 
@@ -205,7 +226,19 @@ class LocalCluster:
         ``gpus_per_node``: each agent declares that many GPUs (``GPU-node<i>-<j>``; no
         devices behind them): scheduling and ``CUDA_VISIBLE_DEVICES`` without hardware.
         ``store``: a ``postgresql://`` URL to keep the state in (default: SQLite in the
-        head's folder); ``heads``: how many heads share it (one active, the rest standbys)."""
+        head's folder); ``heads``: how many heads share it (one active, the rest standbys).
+
+        A recorded cluster of which anything still runs is not started again: what of it
+        is dead is restarted and what lives is kept (options left out mean "as recorded";
+        ones that differ from the record are refused)."""
+        existing = self.record()
+        if existing and self._any_alive(existing):
+            self._check_shape(existing, nodes, netns, gpus_per_node, store, heads)
+            self._restart_dead(timeout)
+            return self
+        nodes = DEFAULT_NODES if nodes is None else nodes
+        heads = 1 if heads is None else heads
+        gpus_per_node = 0 if gpus_per_node is None else gpus_per_node
         if nodes < 1:
             raise LocalClusterError("nodes: must be at least 1")
         if heads < 1:
@@ -223,12 +256,6 @@ class LocalCluster:
                 require_root()
             except NetnsError as e:
                 raise LocalClusterError(f"--netns: {e}") from None
-        existing = self.record()
-        if existing and any(_alive(p) for p in (existing.get("processes") or {}).values()):
-            raise LocalClusterError(
-                f"a local cluster is already running in {self.dir} "
-                f"({existing.get('endpoint')}): run 'hpcbatch cluster down' first"
-            )
         head_names = head_names_for(heads)
         api_socket = os.path.join(self.dir, head_names[-1], "api.sock")  # the longest
         if len(os.fsencode(api_socket)) > MAX_UNIX_PATH:
@@ -240,7 +267,7 @@ class LocalCluster:
             self.down()  # what a crashed cluster left: its namespaces go before ours are made
         os.makedirs(self.dir, exist_ok=True)
         record: dict[str, Any] = {"processes": {}, "nodes": nodes, "heads": head_names,
-                                  "store": redact(store) if store else "sqlite"}
+                                  "store": redact(store) if store else "sqlite", "gpus_per_node": gpus_per_node}
         try:
             layout = self._create_netns(nodes, record) if netns else None
             self._up(nodes, timeout, record, head_names, layout, gpus_per_node, store or "")
@@ -323,6 +350,8 @@ class LocalCluster:
         for standby in sockets[1:]:
             self._wait_head(standby, ("active", "standby"), timeout)
         self._ensure_defaults(endpoint)
+        record["supervisor"] = self._start_supervisor()
+        self._write_record(record)
 
     def _head_keys(self) -> str:
         """The head's key pair (made on the first ``up``, kept after); returns the public key's path."""
@@ -411,11 +440,12 @@ class LocalCluster:
             tmp = os.path.join(self.dir, name, "tmp")
             os.makedirs(tmp, exist_ok=True)
             env = dict(os.environ, TMPDIR=tmp)
-        with open(self.log_path(name), "ab") as log:
+        argv = [*(prefix or []), sys.executable, "-m", module, "--config", config]
+        with open(self.log_path(name), "ab") as out:
             proc = subprocess.Popen(
-                [*(prefix or []), sys.executable, "-m", module, "--config", config],
+                argv,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
                 env=env,
@@ -426,7 +456,8 @@ class LocalCluster:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             create_time = 0.0
-        return {"pid": proc.pid, "create_time": create_time}
+        # The module too: the supervisor restarts exactly what was started (tests' stand-ins).
+        return {"pid": proc.pid, "create_time": create_time, "module": module}
 
     def _wait_ready(self, endpoint: str, nodes: int, timeout: float) -> None:
         """Until the head answers and lists ``nodes`` ACTIVE nodes; fail fast if one exits."""
@@ -494,18 +525,177 @@ class LocalCluster:
                     computeEnvironmentOrder=[{"order": 1, "computeEnvironment": DEFAULT_NAME}],
                 )
 
+    # -- supervision -------------------------------------------------------------------------
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Held by ``up`` and the supervisor while they look for dead daemons and start them."""
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "cluster.lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def config_path(self, name: str) -> str:
+        """The config file daemon ``name`` runs with: what identifies it among processes."""
+        return os.path.join(self.dir, f"{name}.toml")
+
+    def _live(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The recorded daemons that run, by recorded pid or found by their config file."""
+        records: dict[str, dict[str, Any]] = doc.get("processes") or {}
+        live = {name: p for name, p in records.items() if _alive(p)}
+        if len(live) < len(records):
+            found = running_by_config()
+            for name in records.keys() - live.keys():
+                proc = found.get(self.config_path(name))
+                if proc is not None:
+                    live[name] = {**records[name], **record_of(proc)}
+        return live
+
+    def _any_alive(self, doc: dict[str, Any]) -> bool:
+        return bool(self._live(doc)) or self._supervisor(doc) is not None
+
+    def _check_shape(
+        self, doc: dict[str, Any], nodes: int | None, netns: bool, gpus: int | None, store: str | None,
+        heads: int | None,
+    ) -> None:
+        """Refuse options that differ from the running cluster's: changing it takes a ``down``."""
+        differs = []
+        if nodes is not None and nodes != doc.get("nodes"):
+            differs.append(f"--nodes {nodes} (it has {doc.get('nodes')})")
+        if heads is not None and heads != len(doc.get("heads") or ["head"]):
+            differs.append(f"--heads {heads} (it has {len(doc.get('heads') or ['head'])})")
+        if gpus is not None and gpus != doc.get("gpus_per_node", 0):
+            differs.append(f"--gpus-per-node {gpus} (it has {doc.get('gpus_per_node', 0)})")
+        if store is not None and redact(store) != doc.get("store"):
+            differs.append(f"--store {redact(store)} (it has {doc.get('store')})")
+        if netns and not doc.get("netns"):
+            differs.append("--netns (it has none)")
+        if differs:
+            raise LocalClusterError(
+                f"a local cluster is already running in {self.dir} ({doc.get('endpoint')}), not as asked: "
+                f"{'; '.join(differs)}. 'hpcbatch cluster up' without these options restarts what of it "
+                "is dead; to change it run 'hpcbatch cluster down' first"
+            )
+
+    def _argv_prefix(self, name: str, doc: dict[str, Any]) -> list[str]:
+        """What puts agent ``name`` on its node (its namespaces), when the cluster has them."""
+        if _is_head(name) or not doc.get("netns"):
+            return []
+        return NetnsLayout.from_dict(doc["netns"]).node(name).exec_prefix
+
+    def _restart(self, name: str, record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+        module = record.get("module") or (self.HEAD_MODULE if _is_head(name) else self.AGENT_MODULE)
+        return self._start(name, str(module), self.config_path(name), self._argv_prefix(name, doc))
+
+    def restart_dead(self) -> list[str]:
+        """Start the recorded daemons that are dead (adopting any found running); return their names."""
+        with self._lock():
+            doc = self.record()
+            if doc is None:
+                return []
+            live = self._live(doc)
+            records: dict[str, dict[str, Any]] = doc.get("processes") or {}
+            started = []
+            for name in sorted(records, key=lambda n: not _is_head(n)):  # heads first
+                if name in live:
+                    records[name] = live[name]  # perhaps found under a new pid
+                else:
+                    records[name] = self._restart(name, records[name], doc)
+                    started.append(name)
+            self._write_record(doc)
+        return started
+
+    def _restart_dead(self, timeout: float) -> None:
+        """``up`` on a recorded cluster: the dead restarted, the living kept, then ready."""
+        try:
+            started = self.restarted = self.restart_dead()
+            doc = self.record() or {}
+            endpoint = str(doc.get("endpoint") or "")
+            if started:
+                self._wait_ready(endpoint, int(doc.get("nodes") or 0), timeout)
+                self._ensure_defaults(endpoint)
+            with self._lock():
+                doc = self.record() or {}
+                if self._supervisor(doc) is None:
+                    doc["supervisor"] = self._start_supervisor()
+                    self._write_record(doc)
+        except (HpcbatchError, OSError) as e:
+            if isinstance(e, LocalClusterError):
+                raise
+            raise LocalClusterError(f"{e}\nlogs: {os.path.join(self.dir, '*.log')}") from e
+
+    def _start_supervisor(self) -> dict[str, Any]:
+        with open(self.log_path("supervisor"), "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", SUPERVISOR_MODULE, "supervise", self.home],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
+                start_new_session=True,
+            )
+        self._children.append(proc)
+        try:
+            return record_of(psutil.Process(proc.pid))
+        except psutil.Error:
+            return {"pid": proc.pid, "create_time": 0.0}
+
+    def _supervisor(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """This cluster's live supervisor: the recorded one, or one found by its command line."""
+        recorded = doc.get("supervisor")
+        if isinstance(recorded, dict) and _alive(recorded):
+            return recorded
+        found = find_supervisor(self.home)
+        return record_of(found) if found is not None else None
+
+    def tend(self, restarts: dict[str, list[float]], now: float) -> list[str]:
+        """One look of the supervisor: restart the agents that died; return their names.
+
+        ``restarts``: per agent, when it was last (re)started and its quick deaths in a row;
+        an agent that keeps dying waits longer each time (``next_restart``)."""
+        with self._lock():
+            doc = self.record()
+            if doc is None:
+                return []
+            records: dict[str, dict[str, Any]] = doc.get("processes") or {}
+            agents = {n: p for n, p in records.items() if not _is_head(n)}
+            dead = [n for n, p in agents.items() if not _alive(p)]
+            if not dead:
+                return []
+            found = running_by_config()
+            started = []
+            for name in dead:
+                proc = found.get(self.config_path(name))
+                if proc is not None:  # restarted by someone else: adopt it
+                    records[name] = {**records[name], **record_of(proc)}
+                    continue
+                last_start, quick, due = restarts.get(name, [float("-inf"), 0.0, 0.0])
+                if due == 0.0:  # just found dead: when to restart it
+                    quick, due = next_restart(last_start, int(quick), now)
+                    restarts[name] = [last_start, quick, due]
+                if now < due:
+                    continue
+                records[name] = self._restart(name, records[name], doc)
+                restarts[name] = [now, quick, 0.0]
+                started.append(name)
+            self._write_record(doc)
+        self._reap()
+        return started
+
     # -- status and down ---------------------------------------------------------------------
 
     def status(self) -> ClusterStatus:
         doc = self.record()
         if doc is None:
             return ClusterStatus(home=self.home, recorded=False)
+        live = self._live(doc)
         st = ClusterStatus(
             home=self.home,
             recorded=True,
             endpoint=doc.get("endpoint"),
-            processes={name: _alive(p) for name, p in (doc.get("processes") or {}).items()},
+            processes={name: name in live for name in doc.get("processes") or {}},
             netns=NetnsLayout.from_dict(doc["netns"]) if doc.get("netns") else None,
+            supervised=self._supervisor(doc) is not None,
         )
         if st.endpoint and any(alive for name, alive in st.processes.items() if _is_head(name)):
             try:
@@ -519,8 +709,16 @@ class LocalCluster:
         """Stop exactly the recorded processes, then remove the recorded namespaces (with
         whatever still runs in them); return the names of the processes that were running."""
         doc = self.record() or {}
-        records: dict[str, dict[str, Any]] = doc.get("processes") or {}
-        live = {name: p for name, p in records.items() if _alive(p)}
+        supervisor = self._supervisor(doc)
+        if supervisor is not None:  # first, or it would restart the agents stopped below
+            _signal(supervisor, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(supervisor) and time.monotonic() < deadline:
+                self._reap()
+                time.sleep(0.05)
+            if _alive(supervisor):
+                _signal(supervisor, signal.SIGKILL)
+        live = self._live(doc)
         # Agents signalled before the heads, so they can still say goodbye to them.
         order = sorted(live, key=_is_head)
         for name in order:

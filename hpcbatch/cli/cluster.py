@@ -37,9 +37,7 @@ def _fail(e: Exception) -> NoReturn:
     "--nodes",
     "-n",
     type=click.IntRange(1, 256),
-    default=4,
-    show_default=True,
-    help="Node agents to start.",
+    help="Node agents to start [default: 4].",
 )
 @click.option(
     "--netns",
@@ -50,9 +48,7 @@ def _fail(e: Exception) -> NoReturn:
 @click.option(
     "--gpus-per-node",
     type=click.IntRange(0, 64),
-    default=0,
-    show_default=True,
-    help="GPUs each node declares (GPU-node<i>-<j>, no devices behind them): try GPU scheduling without GPUs.",
+    help="GPUs each node declares (GPU-node<i>-<j>, no devices behind them): try GPU scheduling without GPUs [default: 0].",
 )
 @click.option(
     "--store",
@@ -63,14 +59,18 @@ def _fail(e: Exception) -> NoReturn:
 @click.option(
     "--heads",
     type=click.IntRange(1, 8),
-    default=1,
-    show_default=True,
-    help="Heads sharing the --store: one active, the others standbys that take over when it dies.",
+    help="Heads sharing the --store: one active, the others standbys that take over when it dies [default: 1].",
 )
 @_home_option
 @global_options
-def cluster_up(nodes: int, netns: bool, gpus_per_node: int, store: str | None, heads: int, home: str | None) -> None:
-    """Start a local cluster with compute environment and job queue `default`."""
+def cluster_up(
+    nodes: int | None, netns: bool, gpus_per_node: int | None, store: str | None, heads: int | None, home: str | None
+) -> None:
+    """Start a local cluster with compute environment and job queue `default`.
+
+    On a cluster already recorded here, restart whatever of it is dead (the head after a
+    crash, a node) and keep what runs.
+    """
     from hpcbatch.localcluster import LocalCluster, LocalClusterError, default_home, head_names_for
 
     local = LocalCluster(home)
@@ -79,11 +79,22 @@ def cluster_up(nodes: int, netns: bool, gpus_per_node: int, store: str | None, h
     except LocalClusterError as e:
         _fail(e)
     if json_output():
-        print_json(local.record())
+        print_json({**(local.record() or {}), "restarted": local.restarted})
         return
     from hpcbatch.cli.output import fold_nodes
 
+    record = local.record() or {}
+    nodes = int(record.get("nodes") or 0)
+    heads = len(record.get("heads") or ["head"])
     names = fold_nodes(f"node{i}" for i in range(1, nodes + 1))
+    if local.restarted is not None:
+        kept = sorted(set(record.get("processes") or {}) - set(local.restarted))
+        click.echo(
+            f"local cluster up: {local.endpoint}, {nodes} node(s) {names}; "
+            + (f"restarted {fold_nodes(local.restarted)}" if local.restarted else "nothing was down")
+            + (f", kept {fold_nodes(kept)} running" if kept else "")
+        )
+        return
     click.echo(f"local cluster up: {local.endpoint}, {nodes} node(s) {names} ACTIVE")
     if store:
         from hpcbatch.store.migrate import redact
@@ -131,6 +142,7 @@ def _status_doc(st: ClusterStatus) -> dict[str, Any]:
         "running": st.running,
         "endpoint": st.endpoint,
         "processes": st.processes,
+        "supervised": st.supervised,
         "nodes": st.nodes,
         "error": st.error,
         "netns": st.netns.to_dict() if st.netns else None,
@@ -148,7 +160,10 @@ def _print_status(st: ClusterStatus) -> None:
     click.echo(f"endpoint:  {st.endpoint}")
     click.echo(f"running:   {fold_nodes(up)}")
     if gone:
-        click.echo(f"stopped:   {fold_nodes(gone)}  (see {st.home}/cluster/<name>.log)")
+        click.echo(f"stopped:   {fold_nodes(gone)}  (see {st.home}/cluster/<name>.log; "
+                   "'hpcbatch cluster up' restarts them)")
+    click.echo("supervisor: " + ("running (restarts agents that die)" if st.supervised
+                                 else "not running ('hpcbatch cluster up' starts it)"))
     if st.error:
         click.echo(f"head:      {st.error}")
     if st.nodes is not None:

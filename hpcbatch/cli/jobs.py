@@ -116,6 +116,10 @@ def list_jobs(
             "filters": parsed or None,
         },
     )
+    if not any(body.get(k) for k in ("jobStatus", "filters", "arrayJobId", "multiNodeJobId")):
+        # AWS answers RUNNING jobs only when neither a status nor a filter is given; any
+        # filter returns every status, so "every job created since 1970" lists them all.
+        body["filters"] = [{"name": "AFTER_CREATED_AT", "values": ["0"]}]
     limit = None if all_items else max_items
     if limit is not None:
         body.setdefault("maxResults", min(limit, 100))

@@ -43,6 +43,9 @@ MAX_RUNNING_TAG = "hpcbatch:maxRunning"
 SCRIPT_ENV = "HPCBATCH_SCRIPT_ID"
 _JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?:[#:][0-9]+)?")
 PRIVATE_JOB = "(private)"  # another user's job id, as a user sees it in ListNodes under private_data
+# hpcbatch extension (AWS's clientToken, where boto3 can send it): a SubmitJob that carries
+# this tag again, from the same owner, answers the job the first one made.
+CLIENT_TOKEN_TAG = "hpcbatch:client-token"
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 UNFINISHED = tuple(s for s in JobStatus if s not in FINAL)
 
@@ -81,6 +84,28 @@ def _name_of(ref: str) -> str:
     return ref.rsplit("/", 1)[-1] if ref.startswith("arn:") else ref
 
 
+def _jobdef_filter(value: str) -> str:
+    """ListJobs' JOB_DEFINITION value as the store matches it: NAME, NAME:REVISION or PREFIX*.
+
+    An ARN names one revision (AWS: "the results include jobs that used the specified
+    revision"), and takes no '*'.
+    """
+    if value.startswith("arn:"):
+        if "*" in value:
+            raise ClientError(f"filters JOB_DEFINITION {value}: an asterisk (*) isn't supported when the ARN is used")
+        return value.rsplit("/", 1)[-1]
+    return value
+
+
+def _request_digest(body: dict[str, Any]) -> str:
+    """SHA-256 of a SubmitJob body as sent, less its client token (what a retry repeats)."""
+    tags = {k: v for k, v in (body.get("tags") or {}).items() if k != CLIENT_TOKEN_TAG}
+    rest = {k: v for k, v in body.items() if k != "tags"}
+    if tags:
+        rest["tags"] = tags
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _page(items: list[Any], max_results: int | None, token: str | None) -> tuple[list[Any], str | None]:
     start = 0
     if token:
@@ -110,6 +135,11 @@ class BatchService:
         self.policies = SchedulingPolicies(store, self.arn, engine.scheduling_policy_changed)
         # AWS's floor for jobStateTimeLimitActions.maxTimeSeconds; a test head may lower it.
         self.min_state_time_limit_s = 600
+        # (owner, client token) -> job, for submitted jobs not yet committed (then the store
+        # answers): a retry that comes before the commit must find the job too.
+        self._recent_tokens: dict[tuple[str, str], JobRecord] = {}
+        self._token_of_job: dict[str, tuple[str, str]] = {}
+        engine.commit_observers.append(self._tokens_committed)
 
     def arn(self, kind: str, name: str) -> str:
         return f"arn:aws:batch:{self.region}:{self.account}:{kind}/{name}"
@@ -420,7 +450,37 @@ class BatchService:
             "container": container,
         }
 
+    def _tokens_committed(self, events: list[tuple[str, int, str, str | None]]) -> None:
+        """A commit observer: jobs just committed are found by token in the store from now on."""
+        if self._token_of_job:
+            for job_id, *_ in events:
+                key = self._token_of_job.pop(job_id, None)
+                if key is not None:
+                    self._recent_tokens.pop(key, None)
+
+    def _submitted_before(self, body: dict[str, Any], caller: Caller) -> tuple[str | None, str | None, JobRecord | None]:
+        """The client token of a SubmitJob, its request digest, and the job it made before."""
+        token = (body.get("tags") or {}).get(CLIENT_TOKEN_TAG)
+        if token is None:
+            return None, None, None
+        if not 1 <= len(token) <= 64 or not token.isascii() or not token.isprintable():
+            raise ClientError(f"tags {CLIENT_TOKEN_TAG}: a client token is 1 to 64 printable ASCII characters")
+        digest = _request_digest(body)
+        earlier = self._recent_tokens.get((caller.user, token)) or self.store.job_by_client_token(caller.user, token)
+        if earlier is not None and earlier.request_digest != digest:
+            # As AWS answers a clientToken reused with other parameters (IdempotentParameterMismatch).
+            raise ClientError(
+                f"tags {CLIENT_TOKEN_TAG} {token}: this client token was already used for job "
+                f"{earlier.job_id} with a different request; a new job needs a new token"
+            )
+        return token, digest, earlier
+
     def SubmitJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        token, digest, earlier = self._submitted_before(body, caller)
+        if earlier is not None:  # a retry of a submit that was done: the same job, nothing new
+            return {"jobArn": self.arn("job", earlier.job_id), "jobName": earlier.job_name, "jobId": earlier.job_id}
+        if token is not None:  # a control field, not a tag of the job
+            body = {**body, "tags": {k: v for k, v in body["tags"].items() if k != CLIENT_TOKEN_TAG}}
         queue = self._queue(body["jobQueue"])
         if queue["state"] != "ENABLED":
             raise ClientError(f"jobQueue {queue['jobQueueName']} is DISABLED and accepts no jobs")
@@ -529,12 +589,17 @@ class BatchService:
             node_properties={**jobdef["nodeProperties"], "numNodes": num_nodes} if multinode else None,
             array_size=array_size,
             max_running=int(max_running) if max_running is not None else None,
+            client_token=token,
+            request_digest=digest,
         )
         children = [
             JobRecord(job_id=child_job_id(job_id, i), parent_id=job_id, node_index=i, **common, **node)
             for i, node in enumerate(nodes)
         ]
         self.engine.submit(job, children)
+        if token is not None:
+            self._recent_tokens[(caller.user, token)] = job
+            self._token_of_job[job_id] = (caller.user, token)
         return {"jobArn": self.arn("job", job_id), "jobName": job.job_name, "jobId": job_id}
 
     def _jobs(self, job_ids: list[str]) -> list[JobRecord]:
@@ -603,8 +668,9 @@ class BatchService:
         if queue is not None:
             self._queue(queue)
         statuses: tuple[JobStatus, ...] = ()
-        if body.get("jobStatus") and not body.get("filters"):
-            statuses = (JobStatus(body["jobStatus"]),)
+        if not body.get("filters"):
+            # AWS: jobStatus is ignored when filters are given; without either, RUNNING only.
+            statuses = (JobStatus(body.get("jobStatus") or "RUNNING"),)
         kwargs: dict[str, Any] = {}
         for i, f in enumerate(body.get("filters", [])):
             name, values = f.get("name"), f.get("values")  # both optional in the model
@@ -622,12 +688,11 @@ class BatchService:
             elif name == "OWNER":  # hpcbatch extension: list --user
                 kwargs["owner"] = value
             elif name == "JOB_DEFINITION":
-                kwargs["job_definition"] = value
+                kwargs["job_definition"] = _jobdef_filter(value)
             else:
                 raise ClientError(
                     f"filters name {name} is not one of JOB_NAME, JOB_DEFINITION, BEFORE_CREATED_AT, AFTER_CREATED_AT, OWNER"
                 )
-        job_definition = kwargs.pop("job_definition", None)
         if self.private_data and not caller.is_admin:
             if kwargs.get("owner", caller.user) != caller.user:
                 return {"jobSummaryList": []}  # other users' jobs are private here
@@ -643,8 +708,6 @@ class BatchService:
         jobs = self.store.list_jobs(
             JobQuery(queue=queue, statuses=statuses, limit=limit + 1, after=after, **kwargs)
         )
-        if job_definition is not None:
-            jobs = [j for j in jobs if _name_of(j.job_definition).split(":")[0] == _name_of(job_definition).split(":")[0]]
         more = len(jobs) > limit
         jobs = jobs[:limit]
         out: dict[str, Any] = {

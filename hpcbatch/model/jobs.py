@@ -83,6 +83,10 @@ class JobRecord(msgspec.Struct, kw_only=True):
     tags: dict[str, str] = {}
     depends_on: list[dict[str, str]] = []
     propagate_tags: bool = False
+    # SubmitJob idempotency (the hpcbatch:client-token tag): the token and a digest of the
+    # request it came with; the store keeps the token unique per owner (whole jobs only).
+    client_token: str | None = None
+    request_digest: str | None = None
     script_id: str | None = None
     attempts: list[Attempt] = []
     is_cancelled: bool = False

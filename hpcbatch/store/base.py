@@ -25,12 +25,27 @@ class JobQuery:
     queue: str | None = None
     statuses: tuple[JobStatus, ...] = ()
     name_like: str | None = None  # AWS JOB_NAME filter: exact, or prefix with trailing '*'
+    # AWS JOB_DEFINITION filter, as NAME (any revision), NAME:REVISION (that one), or a
+    # prefix of NAME with a trailing '*'; case-sensitive, as AWS matches it.
+    job_definition: str | None = None
     owner: str | None = None
     created_after: int | None = None
     created_before: int | None = None
     limit: int = 100
     after: tuple[int, str] | None = None  # (created_at, job_id) of the last item returned
     include_children: bool = False  # multi-node nodes (JOBID#i) are listed only on request
+
+
+def jobdef_column(job: JobRecord) -> str:
+    """The ``jobdef`` column: NAME:REVISION, the end of the job definition's ARN."""
+    return job.job_definition.rsplit("/", 1)[-1]
+
+
+def client_token_of(job: JobRecord) -> str | None:
+    """The ``client_token`` column: set on whole jobs only (children copy their parent's)."""
+    if job.parent_id is not None or job.array_parent is not None:
+        return None
+    return job.client_token
 
 
 NODE_EVENT_PREFIX = "node/"  # job ids never contain '/'
@@ -67,6 +82,7 @@ class Store(Protocol):
     def get_job(self, job_id: str) -> JobRecord | None: ...
     def get_jobs(self, job_ids: list[str]) -> list[JobRecord]: ...
     def list_jobs(self, query: JobQuery) -> list[JobRecord]: ...
+    def job_by_client_token(self, owner: str, token: str) -> JobRecord | None: ...
     def unfinished_jobs(self) -> Iterator[tuple[int, JobRecord]]: ...
     def count_jobs(self, queue: str, statuses: tuple[JobStatus, ...]) -> int: ...
     def prune_jobs(self, stopped_before: int) -> list[JobRecord]: ...

@@ -28,7 +28,7 @@ import psycopg
 from hpcbatch.errors import ClientError, ServerError
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
-from hpcbatch.store.base import EventRow, JobQuery
+from hpcbatch.store.base import EventRow, JobQuery, client_token_of, jobdef_column
 from hpcbatch.store.migrate import YOYO_TABLE, migrate, migration_ids, redact
 
 _encode = msgspec.json.Encoder().encode
@@ -192,14 +192,16 @@ class PostgresStore:
             return
         with self._db.cursor() as cur:  # executemany pipelines the rows: one round trip
             cur.executemany(
-                "INSERT INTO jobs (job_id, queue, status, name, owner, created_at, stopped_at, doc) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "INSERT INTO jobs (job_id, queue, status, name, owner, created_at, stopped_at, doc, "
+                "client_token, request_digest, jobdef) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, "
                 "stopped_at = excluded.stopped_at, doc = excluded.doc",
                 [
                     (
                         j.job_id, j.job_queue, j.status.value, j.job_name, j.owner,
                         j.created_at, j.stopped_at, _encode(j),
+                        client_token_of(j), j.request_digest, jobdef_column(j),
                     )
                     for j in jobs
                 ],
@@ -243,6 +245,19 @@ class PostgresStore:
             else:
                 where.append("lower(name) = lower(%s)")
                 args.append(query.name_like)
+        if query.job_definition is not None:
+            # AWS: NAME is every revision, NAME:REVISION that one, a trailing '*' a prefix
+            # of the name; case-sensitive. The column holds NAME:REVISION.
+            value = query.job_definition
+            if value.endswith("*"):
+                where.append("substr(jobdef, 1, %s) = %s")
+                args.extend([len(value) - 1, value[:-1]])
+            elif ":" in value:
+                where.append("jobdef = %s")
+                args.append(value)
+            else:
+                where.append("substr(jobdef, 1, %s) = %s")
+                args.extend([len(value) + 1, value + ":"])
         if query.created_after is not None:
             where.append("created_at >= %s")
             args.append(query.created_after)
@@ -260,6 +275,13 @@ class PostgresStore:
         sql += " ORDER BY created_at DESC, job_id DESC LIMIT %s"
         args.append(query.limit)
         return [_decode_job(r[0]) for r in self._execute(sql, args)]
+
+    def job_by_client_token(self, owner: str, token: str) -> JobRecord | None:
+        """The job ``owner`` submitted with client token ``token`` (SubmitJob idempotency)."""
+        row = self._execute(
+            "SELECT doc FROM jobs WHERE owner = %s AND client_token = %s", (owner, token)
+        ).fetchone()
+        return _decode_job(row[0]) if row else None
 
     def unfinished_jobs(self) -> Iterator[tuple[int, JobRecord]]:
         """(submission sequence, job) for every job not yet final, oldest first."""

@@ -19,7 +19,7 @@ import msgspec
 
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
-from hpcbatch.store.base import EventRow, JobQuery
+from hpcbatch.store.base import EventRow, JobQuery, client_token_of, jobdef_column
 from hpcbatch.store.migrate import applied_ids_sqlite, migrate, migration_ids
 
 _encode = msgspec.json.Encoder().encode
@@ -118,14 +118,16 @@ class SqliteStore:
     # --------------------------------------------------------------------- jobs
     def put_jobs(self, jobs: list[JobRecord]) -> None:
         self._db.executemany(
-            "INSERT INTO jobs (job_id, queue, status, name, owner, created_at, stopped_at, doc) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO jobs (job_id, queue, status, name, owner, created_at, stopped_at, doc, "
+            "client_token, request_digest, jobdef) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, "
             "stopped_at = excluded.stopped_at, doc = excluded.doc",
             [
                 (
                     j.job_id, j.job_queue, j.status.value, j.job_name, j.owner,
                     j.created_at, j.stopped_at, _encode(j),
+                    client_token_of(j), j.request_digest, jobdef_column(j),
                 )
                 for j in jobs
             ],
@@ -169,6 +171,19 @@ class SqliteStore:
             else:
                 where.append("lower(name) = lower(?)")
                 args.append(query.name_like)
+        if query.job_definition is not None:
+            # AWS: NAME is every revision, NAME:REVISION that one, a trailing '*' a prefix
+            # of the name; case-sensitive. The column holds NAME:REVISION.
+            value = query.job_definition
+            if value.endswith("*"):
+                where.append("substr(jobdef, 1, ?) = ?")
+                args.extend([len(value) - 1, value[:-1]])
+            elif ":" in value:
+                where.append("jobdef = ?")
+                args.append(value)
+            else:
+                where.append("substr(jobdef, 1, ?) = ?")
+                args.extend([len(value) + 1, value + ":"])
         if query.created_after is not None:
             where.append("created_at >= ?")
             args.append(query.created_after)
@@ -186,6 +201,13 @@ class SqliteStore:
         sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?"
         args.append(query.limit)
         return [_decode_job(r[0]) for r in self._db.execute(sql, args)]
+
+    def job_by_client_token(self, owner: str, token: str) -> JobRecord | None:
+        """The job ``owner`` submitted with client token ``token`` (SubmitJob idempotency)."""
+        row = self._db.execute(
+            "SELECT doc FROM jobs WHERE owner = ? AND client_token = ?", (owner, token)
+        ).fetchone()
+        return _decode_job(row[0]) if row else None
 
     def unfinished_jobs(self) -> Iterator[tuple[int, JobRecord]]:
         """(submission sequence, job) for every job not yet final, oldest first."""

@@ -200,11 +200,11 @@ def test_list_jobs_newest_first_with_pagination(cluster: TestCluster) -> None:
     ],
 )
 def test_bad_submit_is_refused_with_field_and_stores_nothing(cluster: TestCluster, body: dict, needle: str) -> None:
-    before = len(cluster.client.list_jobs(jobQueue="default", maxResults=1000)["jobSummaryList"])
+    before = len(cluster.client.list_jobs(jobQueue="default", maxResults=1000, filters=[{"name": "AFTER_CREATED_AT", "values": ["0"]}])["jobSummaryList"])
     with pytest.raises(ClientError) as err:
         cluster.client.submit_job(**body)
     assert needle in str(err.value)
-    after = len(cluster.client.list_jobs(jobQueue="default", maxResults=1000)["jobSummaryList"])
+    after = len(cluster.client.list_jobs(jobQueue="default", maxResults=1000, filters=[{"name": "AFTER_CREATED_AT", "values": ["0"]}])["jobSummaryList"])
     assert after == before
 
 

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from hpcbatch.cli.main import cli, main
+from hpcbatch.client import CLIENT_TOKEN_TAG
 from hpcbatch.localcluster import LocalCluster, LocalClusterError
 from tests.unit.test_client import StubHead
 
@@ -48,7 +49,13 @@ def run(*args: str) -> Result:
 def sent(stub: StubHead, op: str) -> dict[str, Any]:
     bodies = stub.bodies(op)
     assert len(bodies) == 1, stub.requests
-    return bodies[0]
+    body = dict(bodies[0])
+    if op == "/v1/submitjob":  # every submit carries a fresh idempotency token (hpcbatch.client)
+        tags = dict(body.pop("tags"))
+        assert len(tags.pop(CLIENT_TOKEN_TAG)) == 32
+        if tags:
+            body["tags"] = tags
+    return body
 
 
 # -- submit ---------------------------------------------------------------------------------
@@ -221,7 +228,11 @@ def test_list_asks_for_every_status_by_default(stub: StubHead) -> None:
     stub.answers["/v1/listjobs"] = {"jobSummaryList": [JOB]}
     result = run("list")
     assert result.exit_code == 0, result.output
-    assert sent(stub, "/v1/listjobs") == {"maxResults": 100}
+    # Every status: AWS lists RUNNING jobs only unless a filter is given.
+    assert sent(stub, "/v1/listjobs") == {
+        "filters": [{"name": "AFTER_CREATED_AT", "values": ["0"]}],
+        "maxResults": 100,
+    }
     header, row = result.stdout.splitlines()
     assert header.split() == [
         "JOB",
@@ -265,7 +276,8 @@ def test_list_max_and_all_follow_pages(stub: StubHead) -> None:
     ids = lambda r: [j["jobId"] for j in json.loads(r.stdout)["jobSummaryList"]]  # noqa: E731
     assert ids(run("-o", "json", "list", "--max", "3")) == ["a0", "a1", "b0"]
     assert ids(run("-o", "json", "list", "--all")) == ["a0", "a1", "b0", "b1"]
-    assert stub.requests[-2:] == [("/v1/listjobs", {}), ("/v1/listjobs", {"nextToken": "t"})]
+    every = {"filters": [{"name": "AFTER_CREATED_AT", "values": ["0"]}]}
+    assert stub.requests[-2:] == [("/v1/listjobs", every), ("/v1/listjobs", {**every, "nextToken": "t"})]
 
 
 def test_describe_shows_details_and_attempts(stub: StubHead) -> None:
@@ -602,8 +614,11 @@ def test_cluster_up_status_down(
         monkeypatch.delenv("HPCBATCH_ENDPOINT", raising=False)
         assert run("nodes", "list").exit_code == 0
 
-        refused = run("cluster", "up")
-        assert refused.exit_code == 1 and "hpcbatch cluster down" in refused.stderr
+        again = run("cluster", "up")  # a running cluster is kept, not refused
+        assert again.exit_code == 0 and "nothing was down" in again.stdout, again.output
+        other = run("cluster", "up", "--nodes", "2")  # but not reshaped under its feet
+        assert other.exit_code == 1 and "--nodes 2 (it has 3)" in other.stderr
+        assert "hpcbatch cluster down" in other.stderr
 
         status = run("cluster", "status")
         assert status.exit_code == 0, status.output

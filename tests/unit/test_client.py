@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from hpcbatch.client import OPERATIONS, Client, HeadUnreachableError, resolve_endpoint
+from hpcbatch.client import (
+    CLIENT_TOKEN_TAG,
+    OPERATIONS,
+    Client,
+    HeadUnreachableError,
+    resolve_endpoint,
+)
 from hpcbatch.errors import ClientError, NotFoundError, ServerError
 
 Answer = dict[str, Any] | tuple[int, dict[str, Any]] | Callable[[dict[str, Any]], Any]
@@ -31,6 +37,7 @@ class StubHead:
         self.answers: dict[str, Answer] = {}
         self.connections = 0
         self.drop_after_reply = False
+        self.drop_next = 0  # this many requests are read, then their connection closed unanswered
         self.chunked = False
         stub = self
 
@@ -48,6 +55,10 @@ class StubHead:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
                 stub.requests.append((self.path, body))
+                if stub.drop_next > 0:  # read (maybe done), and the answer lost
+                    stub.drop_next -= 1
+                    self.close_connection = True
+                    return
                 answer: Any = stub.answers.get(self.path, {})
                 if callable(answer):
                     answer = answer(body)
@@ -127,12 +138,13 @@ def test_aws_operations_post_the_keyword_arguments_as_the_body(
     stub.answers["/v1/submitjob"] = {"jobId": "j-1", "jobName": "hi", "jobArn": "arn:j-1"}
     answer = client.submit_job(jobName="hi", jobQueue="default", jobDefinition="hpcbatch-default")
     assert answer["jobId"] == "j-1"
-    assert stub.requests == [
-        (
-            "/v1/submitjob",
-            {"jobName": "hi", "jobQueue": "default", "jobDefinition": "hpcbatch-default"},
-        )
-    ]
+    [(path, body)] = stub.requests
+    token = body.pop("tags").pop(CLIENT_TOKEN_TAG)  # every submit carries a fresh token
+    assert len(token) == 32
+    assert (path, body) == (
+        "/v1/submitjob",
+        {"jobName": "hi", "jobQueue": "default", "jobDefinition": "hpcbatch-default"},
+    )
 
 
 def test_async_twins_return_futures_and_run_concurrently(stub: StubHead) -> None:
@@ -273,3 +285,86 @@ def test_only_reads_are_asked_again_of_the_next_head_after_a_broken_connection()
 
     assert {"/v1/describejobs", "/v1/listjobs", "/hpcbatch/v1/getjoblogs"} <= READ_ONLY_PATHS
     assert not {"/v1/submitjob", "/v1/terminatejob", "/v1/canceljob", "/v1/createjobqueue"} & READ_ONLY_PATHS
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sleeps(client: Client) -> list[float]:
+    """The backoff waits ``client`` would sleep, recorded instead of slept."""
+    waits: list[float] = []
+    client._sleep = waits.append
+    return waits
+
+
+def test_every_submit_carries_a_fresh_client_token_and_keeps_one_given(stub: StubHead, client: Client) -> None:
+    client.submit_job(jobName="a")
+    client.submit_job(jobName="b")
+    client.submit_job(jobName="c", tags={CLIENT_TOKEN_TAG: "mine", "team": "x"})
+    tokens = [body["tags"][CLIENT_TOKEN_TAG] for body in stub.bodies("/v1/submitjob")]
+    assert tokens[0] != tokens[1] and tokens[2] == "mine"
+    assert stub.bodies("/v1/submitjob")[2]["tags"]["team"] == "x"
+
+
+def test_a_read_is_sent_again_after_its_connection_broke(stub: StubHead, client: Client, sleeps: list[float]) -> None:
+    stub.answers["/v1/describejobs"] = {"jobs": []}
+    stub.drop_next = 1
+    assert client.describe_jobs(jobs=["j"]) == {"jobs": []}
+    assert len(stub.requests) == 2 and len(sleeps) == 1
+
+
+def test_a_submit_with_a_token_is_sent_again_with_the_same_token(
+    stub: StubHead, client: Client, sleeps: list[float]
+) -> None:
+    stub.answers["/v1/submitjob"] = {"jobId": "j-1"}
+    stub.drop_next = 1  # the head may have committed the first: the token makes that harmless
+    assert client.submit_job(jobName="x")["jobId"] == "j-1"
+    first, second = stub.bodies("/v1/submitjob")
+    assert first == second
+
+
+def test_a_plain_write_is_never_sent_twice_after_its_connection_broke(
+    stub: StubHead, client: Client, sleeps: list[float]
+) -> None:
+    stub.drop_next = 1
+    with pytest.raises(HeadUnreachableError, match="may have been done"):
+        client.cancel_job(jobId="j", reason="r")
+    with pytest.raises(HeadUnreachableError, match="may have been done"):
+        stub.drop_next = 1
+        client.call("/v1/submitjob", {"jobName": "x"})  # no token: not resent
+    assert [p for p, _ in stub.requests] == ["/v1/canceljob", "/v1/submitjob"]
+    assert sleeps == []
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttled_and_unavailable_answers_are_retried_with_jittered_backoff(
+    stub: StubHead, client: Client, sleeps: list[float], status: int
+) -> None:
+    answers = iter([(status, {"__type": "TooManyRequestsException", "message": "slow down"})] * 2 + [{}])
+    stub.answers["/v1/canceljob"] = lambda body: next(answers)  # refused unseen: even a write retries
+    assert client.cancel_job(jobId="j", reason="r") == {}
+    assert len(stub.requests) == 3
+    assert 0 <= sleeps[0] <= 1 and 0 <= sleeps[1] <= 2  # boto3 standard: random up to 2**(n-1) s
+
+
+def test_retries_stop_after_three_attempts_in_all(stub: StubHead, client: Client, sleeps: list[float]) -> None:
+    stub.answers["/v1/listjobs"] = (429, {"__type": "TooManyRequestsException", "message": "slow down"})
+    with pytest.raises(ClientError, match="slow down"):
+        client.list_jobs()
+    assert len(stub.requests) == 3 and len(sleeps) == 2
+
+
+def test_aws_max_attempts_sets_the_number_of_attempts(stub: StubHead, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    stub.answers["/v1/listjobs"] = (503, {"__type": "ServerException", "message": "busy"})
+    with Client(stub.endpoint, timeout=5) as c, pytest.raises(ServerError, match="busy"):
+        c.list_jobs()
+    assert len(stub.requests) == 1
+
+
+def test_server_errors_are_not_retried(stub: StubHead, client: Client, sleeps: list[float]) -> None:
+    stub.answers["/v1/canceljob"] = (500, {"__type": "ServerException", "message": "disk full"})
+    with pytest.raises(ServerError, match="disk full"):
+        client.cancel_job(jobId="j", reason="r")  # the head may have done part of it
+    assert len(stub.requests) == 1

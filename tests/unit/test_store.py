@@ -8,11 +8,13 @@ where PostgreSQL's server binaries are missing). A new Store method gets its tes
 from __future__ import annotations
 
 import gc
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -52,6 +54,7 @@ def job(
     owner: str = "alice",
     name: str | None = None,
     stopped_at: int | None = None,
+    job_definition: str = "arn:aws:batch:eu-west-1:123456789012:job-definition/d:1",
     **kw: Any,
 ) -> JobRecord:
     return JobRecord(
@@ -59,7 +62,7 @@ def job(
         job_name=name or f"name-{job_id}",
         job_queue=queue,
         job_queue_arn=f"arn:aws:batch:eu-west-1:123456789012:job-queue/{queue}",
-        job_definition="arn:aws:batch:eu-west-1:123456789012:job-definition/d:1",
+        job_definition=job_definition,
         owner=owner,
         status=status,
         created_at=created_at,
@@ -276,6 +279,125 @@ def test_list_jobs_combines_filters(store: Store) -> None:
     )
     query = JobQuery(queue="q", owner="bob", name_like="x*", statuses=(JobStatus.RUNNING,))
     assert ids(store.list_jobs(query)) == ["hit"]
+
+
+JOBDEF_ARN = "arn:aws:batch:eu-west-1:123456789012:job-definition/"
+
+
+def _with_definitions(store: Store) -> None:
+    """d:1, d:2, dx:1 and D:1 (names are case-sensitive), one job each, newest last."""
+    store.put_jobs([
+        job(f"j{i}", created_at=i, job_definition=JOBDEF_ARN + d)
+        for i, d in enumerate(["d:1", "d:2", "dx:1", "D:1"])
+    ])  # fmt: skip
+
+
+def test_job_definition_filter_by_name_matches_every_revision_of_that_name_only(store: Store) -> None:
+    _with_definitions(store)
+    assert ids(store.list_jobs(JobQuery(job_definition="d"))) == ["j1", "j0"]
+    assert ids(store.list_jobs(JobQuery(job_definition="D"))) == ["j3"]
+    assert store.list_jobs(JobQuery(job_definition="e")) == []
+
+
+def test_job_definition_filter_with_a_revision_matches_that_revision_only(store: Store) -> None:
+    _with_definitions(store)
+    assert ids(store.list_jobs(JobQuery(job_definition="d:2"))) == ["j1"]
+    assert store.list_jobs(JobQuery(job_definition="d:3")) == []
+
+
+def test_job_definition_filter_with_trailing_star_is_a_case_sensitive_name_prefix(store: Store) -> None:
+    _with_definitions(store)
+    assert ids(store.list_jobs(JobQuery(job_definition="d*"))) == ["j2", "j1", "j0"]
+    assert ids(store.list_jobs(JobQuery(job_definition="dx*"))) == ["j2"]
+    assert len(store.list_jobs(JobQuery(job_definition="*"))) == 4
+
+
+def test_job_definition_filter_pages_are_full_while_matches_remain(store: Store) -> None:
+    # Before the filter went into SQL it ran after LIMIT: pages came back short.
+    store.put_jobs([
+        job(f"j{i:02d}", created_at=i, job_definition=JOBDEF_ARN + ("want:1" if i % 3 == 0 else "other:1"))
+        for i in range(30)
+    ])  # fmt: skip
+    seen: list[str] = []
+    after = None
+    while True:
+        page = store.list_jobs(JobQuery(job_definition="want", limit=4, after=after))
+        seen.extend(ids(page))
+        if len(page) < 4:
+            break
+        after = (page[-1].created_at, page[-1].job_id)
+    assert seen == [f"j{i:02d}" for i in range(27, -1, -3)]
+    assert len(store.list_jobs(JobQuery(job_definition="want", limit=4))) == 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_migration_0006_fills_the_job_definition_of_jobs_stored_before_it(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from yoyo import get_backend, read_migrations
+
+    from hpcbatch.store import migrate
+
+    if backend == "sqlite":
+        target = str(tmp_path / "head.db")
+    else:
+        target = request.getfixturevalue("postgres").create_database("upgrade")
+    yoyo = get_backend(migrate._yoyo_uri(target), migration_table=migrate.YOYO_TABLE)
+    try:
+        older = read_migrations(str(migrate.MIGRATIONS / backend)).filter(lambda m: m.id < "0006")
+        yoyo.apply_migrations(yoyo.to_apply(older))
+    finally:
+        migrate._close(yoyo)
+    old = job("old", job_definition=JOBDEF_ARN + "legacy:3")
+    row = (old.job_id, old.job_queue, old.status.value, old.job_name, old.owner, old.created_at, None,
+           msgspec.json.encode(old))
+    columns = "INSERT INTO jobs (job_id, queue, status, name, owner, created_at, stopped_at, doc) VALUES "
+    if backend == "sqlite":
+        with sqlite3.connect(target) as db:
+            db.execute(columns + "(?, ?, ?, ?, ?, ?, ?, ?)", row)
+        db.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(target, autocommit=True) as pgdb:
+            pgdb.execute(columns + "(%s, %s, %s, %s, %s, %s, %s, %s)", row)
+    if backend == "postgresql":
+        migrate.migrate(target)  # several heads may share it: upgrading is an admin's act
+    s = open_store(target)
+    try:
+        assert ids(s.list_jobs(JobQuery(job_definition="legacy"))) == ["old"]
+        assert ids(s.list_jobs(JobQuery(job_definition="legacy:3"))) == ["old"]
+    finally:
+        s.close()
+
+
+# -------------------------------------------------------------- client tokens
+def test_a_job_is_found_by_its_owner_and_client_token(store: Store) -> None:
+    store.put_jobs([job("a", owner="alice", client_token="t1", request_digest="h")])
+    found = store.job_by_client_token("alice", "t1")
+    assert found is not None and found.job_id == "a" and found.request_digest == "h"
+    assert store.job_by_client_token("bob", "t1") is None
+    assert store.job_by_client_token("alice", "t2") is None
+
+
+def test_a_client_token_is_unique_per_owner(store: Store) -> None:
+    store.put_jobs([job("a", owner="alice", client_token="t1")])
+    store.put_jobs([job("b", owner="bob", client_token="t1")])  # another owner's token
+    store.put_jobs([job("a", owner="alice", client_token="t1", status=JobStatus.RUNNING)])  # an update
+    with pytest.raises(Exception, match="(?i)unique"), store.transaction():
+        store.put_jobs([job("c", owner="alice", client_token="t1")])
+    assert store.get_job("c") is None
+
+
+def test_children_do_not_carry_their_parents_client_token(store: Store) -> None:
+    # Array children are copies of their parent; node children share its fields.
+    store.put_jobs([
+        job("p", client_token="t1"),
+        job("p:0", client_token="t1", array_parent="p", array_index=0),
+        job("p#0", client_token="t1", parent_id="p", node_index=0),
+    ])  # fmt: skip
+    found = store.job_by_client_token("alice", "t1")
+    assert found is not None and found.job_id == "p"
 
 
 def test_list_jobs_honours_limit(store: Store) -> None:
