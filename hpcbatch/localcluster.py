@@ -326,6 +326,7 @@ class LocalCluster:
 
     def _head_keys(self) -> str:
         """The head's key pair (made on the first ``up``, kept after); returns the public key's path."""
+        _private_dir(os.path.join(self.dir, "head"))  # the head refuses a state folder others can read
         curve = os.path.join(self.dir, "head", "curve")
         ensure_keypair(os.path.join(curve, "head.key_secret"), os.path.join(curve, "head.key"))
         return os.path.join(curve, "head.key")
@@ -356,8 +357,8 @@ class LocalCluster:
                 f"curve_public_key = {_toml_str(os.path.join(first, 'curve', 'head.key'))}\n"
                 f"node_keys_dir = {_toml_str(os.path.join(first, 'node_keys'))}\n"
             )
-            os.makedirs(os.path.join(first, "logs"), exist_ok=True)
-            os.makedirs(os.path.join(self.dir, name), exist_ok=True)
+            _private_dir(os.path.join(first, "logs"))
+            _private_dir(os.path.join(self.dir, name))
             logs = os.path.join(self.dir, name, "logs")
             if not os.path.islink(logs):
                 os.symlink(os.path.join(first, "logs"), logs)
@@ -553,6 +554,12 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 pass
         self._children = [p for p in self._children if p.returncode is None]
+
+
+def _private_dir(path: str) -> None:
+    """``path`` as a head wants its state (0700), made or tightened: the local cluster is ours."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def head_names_for(heads: int) -> list[str]:
