@@ -67,15 +67,23 @@ def _fail(e: Exception) -> NoReturn:
     show_default=True,
     help="Heads sharing the --store: one active, the others standbys that take over when it dies.",
 )
+@click.option(
+    "--tls/--no-tls",
+    default=True,
+    show_default=True,
+    help="HTTPS on the TCP API with a local CA (cluster/tls/ca.pem: the client, boto3 and the aws CLI trust it).",
+)
 @_home_option
 @global_options
-def cluster_up(nodes: int, netns: bool, gpus_per_node: int, store: str | None, heads: int, home: str | None) -> None:
+def cluster_up(
+    nodes: int, netns: bool, gpus_per_node: int, store: str | None, heads: int, tls: bool, home: str | None
+) -> None:
     """Start a local cluster with compute environment and job queue `default`."""
     from hpcbatch.localcluster import LocalCluster, LocalClusterError, default_home, head_names_for
 
     local = LocalCluster(home)
     try:
-        local.up(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node, store=store, heads=heads)
+        local.up(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node, store=store, heads=heads, tls=tls)
     except LocalClusterError as e:
         _fail(e)
     if json_output():
@@ -99,6 +107,9 @@ def cluster_up(nodes: int, netns: bool, gpus_per_node: int, store: str | None, h
             f"fabric {layout.fabric_subnet} (MTU {layout.fabric_mtu})"
         )
         click.echo(f"  run on a node:   {' '.join(layout.nodes[0].exec_prefix)} hostname")
+    record = local.record() or {}
+    click.echo(f"  TCP API (SigV4): {record.get('http_endpoint')}"
+               + (f" (CA bundle {local.ca_bundle})" if local.ca_bundle else ""))
     click.echo(f"  files and logs:  {local.dir}")
     if local.home != os.path.abspath(os.path.expanduser(default_home())):
         click.echo(f"  use it with:     export HPCBATCH_HOME={local.home}")
