@@ -125,19 +125,22 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
     )
 
 
-def resolve_ca_bundle(ca_bundle: str | None = None) -> str | None:
+def resolve_ca_bundle(ca_bundle: str | None = None, endpoints: list[str] | None = None) -> str | None:
     """The CA bundle an ``https://`` head is verified with: the argument, else
-    $HPCBATCH_CA_BUNDLE, else $AWS_CA_BUNDLE (as boto3 reads it), else the local cluster's CA
-    (``cluster.json``'s ``ca_bundle``, made by ``hpcbatch cluster up``); None: the system's CAs."""
-    found = ca_bundle or os.environ.get("HPCBATCH_CA_BUNDLE") or os.environ.get("AWS_CA_BUNDLE")
+    $HPCBATCH_CA_BUNDLE, else the local cluster's CA when ``endpoints`` are its TCP endpoints
+    (``cluster.json``'s ``ca_bundle``, made by ``hpcbatch cluster up``), else $AWS_CA_BUNDLE
+    (as boto3 reads it); None: the system's CAs."""
+    found = ca_bundle or os.environ.get("HPCBATCH_CA_BUNDLE")
     if found:
         return found
     try:
         with open(os.path.join(_home(), "cluster", "cluster.json"), encoding="utf-8") as f:
-            recorded = json.load(f).get("ca_bundle")
+            record = json.load(f)
+        ours = str(record.get("http_endpoint") or "").split(",")
+        recorded = record.get("ca_bundle") if endpoints is None or set(endpoints) <= set(ours) else None
     except (OSError, ValueError, AttributeError):
         recorded = None
-    return str(recorded) if recorded else None
+    return str(recorded) if recorded else os.environ.get("AWS_CA_BUNDLE") or None
 
 
 def find_credentials() -> tuple[str, str] | None:
@@ -412,7 +415,9 @@ class Client:
         self.max_workers = max_workers
         self._credentials = credentials
         # https:// heads are verified against this CA bundle (resolve_ca_bundle); None: the system's.
-        self.ca_bundle = resolve_ca_bundle(ca_bundle) if any(e.startswith("https://") for e in self.endpoints) else None
+        self.ca_bundle = (
+            resolve_ca_bundle(ca_bundle, self.endpoints) if any(e.startswith("https://") for e in self.endpoints) else None
+        )
         # Resolved on the first request (files read, botocore imported only if it signs).
         self._signer: RequestSigner | None | Literal[False] = False
         self._local = threading.local()

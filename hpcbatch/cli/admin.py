@@ -92,7 +92,9 @@ def _profile_endpoint(client: Any, endpoint_url: str | None, ca_bundle: str | No
         for wildcard in ("//0.0.0.0:", "//[::]:"):  # reached over the Unix socket: we are on the head
             url = url.replace(wildcard, f"//{socket.getfqdn()}:")
         endpoint = url or None
-    bundle = ca_bundle or (record.get("ca_bundle") if local else None) or resolve_ca_bundle()
+    bundle = ca_bundle or (record.get("ca_bundle") if local else None)
+    if not bundle and endpoint and endpoint.startswith("https://"):
+        bundle = resolve_ca_bundle(None, [endpoint])
     return endpoint, os.path.abspath(bundle) if bundle else None
 
 
