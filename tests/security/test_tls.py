@@ -110,10 +110,15 @@ def test_admin_keys_create_prints_a_profile_boto3_uses_at_once(
         assert json.loads(out.stdout)["jobs"][0]["jobId"] == job["jobId"]
 
 
-def test_cluster_up_serves_https_that_the_cli_and_boto3_trust(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cluster_up_serves_https_that_the_cli_and_boto3_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/security.md's recipe: ``hpcbatch admin keys create --user root --profile hpc >> config``
+    on a local cluster, then boto3 (and the aws CLI) with ``AWS_PROFILE=hpc`` and nothing else."""
     import boto3
 
     home = tempfile.mkdtemp(prefix="hpcb-tls-")
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
     monkeypatch.setenv("HPCBATCH_HOME", home)
     local = LocalCluster(home)
     try:
@@ -122,14 +127,28 @@ def test_cluster_up_serves_https_that_the_cli_and_boto3_trust(monkeypatch: pytes
         assert record["http_endpoint"].startswith("https://127.0.0.1:")
         assert local.ca_bundle == os.path.join(local.dir, "tls", "ca.pem")
         assert os.stat(os.path.join(local.dir, "head")).st_mode & 0o777 == 0o700
-        key = local.client().call("/hpcbatch/v1/createaccesskey", {"user": "root", "role": "admin"})
-        creds = (key["accessKeyId"], key["secretAccessKey"])
-        # The client finds the local cluster's CA by itself ($HPCBATCH_HOME's cluster.json).
-        with Client(record["http_endpoint"], credentials=creds) as signed:
-            assert signed.call("/hpcbatch/v1/whoami", {})["via"] == "sigv4"
-        batch = boto3.client("batch", endpoint_url=record["http_endpoint"], region_name="local",
-                             verify=local.ca_bundle, aws_access_key_id=creds[0], aws_secret_access_key=creds[1])
+        result = CliRunner().invoke(cli, ["admin", "keys", "create", "--user", "root", "--role", "admin",
+                                          "--profile", "hpc"])
+        assert result.exit_code == 0, result.output
+        assert f"endpoint_url = {record['http_endpoint']}" in result.stdout
+        assert f"ca_bundle = {local.ca_bundle}" in result.stdout
+        config = tmp_path / "config"
+        config.write_text(result.stdout)
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+        monkeypatch.setenv("AWS_PROFILE", "hpc")
+        batch = boto3.Session().client("batch")
         assert [q["jobQueueName"] for q in batch.describe_job_queues()["jobQueues"]] == ["default"]
+        # The client finds the local cluster's CA by itself ($HPCBATCH_HOME's cluster.json) and
+        # the key in the profile, as the CLI does over TCP.
+        with Client(record["http_endpoint"]) as signed:
+            assert signed.call("/hpcbatch/v1/whoami", {})["via"] == "sigv4"
+        aws = shutil.which("aws")
+        if aws:
+            out = subprocess.run([aws, "batch", "describe-job-queues"], capture_output=True, text=True,
+                                 timeout=60, env=dict(os.environ), check=False)
+            assert out.returncode == 0, out.stderr
+            assert [q["jobQueueName"] for q in json.loads(out.stdout)["jobQueues"]] == ["default"]
     finally:
         local.down()
         shutil.rmtree(home, ignore_errors=True)
