@@ -23,12 +23,13 @@ __all__ = ["client_context", "issue_certificate", "make_local_ca", "server_conte
 
 def server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
     """The head's TLS context: TLS 1.2 or newer, the certificate chain in ``cert``."""
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        if not os.path.isfile(path):
+            raise ClientError(f"{name}: {path} does not exist")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(str(cert), str(key))
-    except FileNotFoundError as exc:
-        raise ClientError(f"tls_cert/tls_key: {exc.filename} does not exist") from None
     except (ssl.SSLError, OSError) as exc:
         raise ClientError(f"tls_cert {cert} / tls_key {key}: cannot be loaded: {exc}") from None
     return context

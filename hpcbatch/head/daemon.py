@@ -51,17 +51,17 @@ class Head:
         self.config = config
         state = config.state_path
         secure_state(config)  # 0700/0600, or refuse to start naming the chmod (docs/security.md)
+        self.tls = None
+        if config.tls_cert:
+            from hpcbatch.tls import server_context
+
+            self.tls = server_context(config.tls_cert, config.tls_key)
         from hpcbatch.auth.keys import SecretBox
 
         # Access keys' secrets are sealed in the store with this key, kept outside it.
         self.secrets = SecretBox.load(config.secrets_key_path, group_readable=bool(config.state_group))
         self.store = open_store(config.store_target, durability=config.durability, sealer=self.secrets)
         self.logs = LogStore(state / "logs", file_mode=state_modes(config)[1])
-        self.tls = None
-        if config.tls_cert:
-            from hpcbatch.tls import server_context
-
-            self.tls = server_context(config.tls_cert, config.tls_key)
         self.head_id = uuid.uuid4().hex
         # On PostgreSQL, heads share the store and one of them is active (hpcbatch.head.lease).
         self.lease = (

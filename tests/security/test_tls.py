@@ -152,3 +152,15 @@ def test_cluster_up_serves_https_that_the_cli_and_boto3_trust(tmp_path: Path, mo
     finally:
         local.down()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_tls_settings_are_checked_before_the_head_serves(tmp_path: Path) -> None:
+    from hpcbatch.head.config import load_head_config
+
+    config = tmp_path / "half.toml"
+    config.write_text(f'state_dir = "{tmp_path / "s"}"\ntls_cert = "{tmp_path / "c.pem"}"\n')
+    with pytest.raises(ClientError, match="tls_cert and tls_key: give both"):
+        load_head_config(config)
+    head = BareHead(tmp_path, extra=f'tls_cert = "{tmp_path / "missing.crt"}"\ntls_key = "{tmp_path / "missing.key"}"\n')
+    assert head.start() == 3
+    assert f"tls_cert: {tmp_path / 'missing.crt'} does not exist" in head.output(), head.output()
