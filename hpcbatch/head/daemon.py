@@ -241,6 +241,10 @@ class Head:
         api_socket.parent.mkdir(parents=True, exist_ok=True)
         await web.UnixSite(runner, str(api_socket)).start()
         os.chmod(api_socket, 0o666)  # anyone may connect; SO_PEERCRED says who they are
+        if self.config.state_path.resolve() in api_socket.resolve().parents:
+            log.warning("api_socket %s is inside the private state directory: only its owner and root reach it; "
+                        "other users need api_socket in a directory they can search (e.g. /run/hpcbatch/api.sock)",
+                        api_socket)
         log.info(
             "head %s serving %s://%s:%d and unix:%s; fleet %s (CurveZMQ; agents pin %s)",
             self.head_id[:8], self.config.http_scheme, host, port, api_socket, self.fleet.endpoint, self.config.curve_public_key_path,
