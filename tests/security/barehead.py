@@ -40,7 +40,7 @@ class BareHead:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, umask: int = 0o022, timeout: float = 20) -> int | None:
-        """Start the head under ``umask``; None once it answers, else its exit code."""
+        """Start the head under ``umask``; None once it answers as the active head, else its exit code."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hpcbatch.cli.main", "head", "--config", str(self.config)],
@@ -53,10 +53,11 @@ class BareHead:
                 return self.proc.returncode
             try:
                 with Client(self.socket, timeout=2) as client:
-                    client.call("/hpcbatch/v1/whoami", {})
-                return None
+                    if client.describe_head().get("role") == "active":  # on PostgreSQL: once it holds the lease
+                        return None
             except HpcbatchError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise AssertionError(f"the head neither answered nor exited in {timeout:g} s: {self.output()}")
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
