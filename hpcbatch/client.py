@@ -259,13 +259,9 @@ class _Connection:
             )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls:
-                from hpcbatch.tls import client_context  # the ssl module only for https://
+                from hpcbatch.tls import wrap_client  # the ssl module only for https://
 
-                try:
-                    sock = client_context(self._ca_bundle).wrap_socket(sock, server_hostname=host)
-                except BaseException:
-                    sock.close()
-                    raise
+                sock = wrap_client(sock, host, self._ca_bundle)
         self._sock = sock
         self._rfile = sock.makefile("rb")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hpcbatch.errors import ClientError
 
-__all__ = ["client_context", "issue_certificate", "make_local_ca", "server_context"]
+__all__ = ["client_context", "issue_certificate", "make_local_ca", "server_context", "wrap_client"]
 
 
 def server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
@@ -50,6 +50,25 @@ def client_context(ca_bundle: str | None) -> ssl.SSLContext:
             raise ClientError(f"CA bundle {ca_bundle}: cannot be loaded: {exc}") from None
         _client_contexts[ca_bundle] = context
     return context
+
+
+def wrap_client(sock: socket.socket, host: str, ca_bundle: str | None) -> ssl.SSLSocket:
+    """``sock``, connected to ``host``, after a verified TLS handshake (closed if it fails).
+
+    An untrusted certificate is an OSError saying which CA bundle was used and how to name
+    another, so the caller reports it as it reports any connection that could not be made.
+    """
+    try:
+        return client_context(ca_bundle).wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise OSError(
+            f"certificate verify failed: {exc.verify_message} (trusting {ca_bundle or 'the system CAs'}; "
+            "name the head's CA bundle with $HPCBATCH_CA_BUNDLE or ca_bundle=)"
+        ) from None
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:

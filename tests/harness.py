@@ -22,6 +22,10 @@ head tests on PostgreSQL. ``heads=N`` (PostgreSQL only) starts N heads sharing t
 database and one state folder (keys, logs): ``head`` becomes active, ``head2``... wait as
 standbys; agents and ``self.client`` know every head's endpoint; ``active_head()`` names
 the active one, ``kill("head")`` kills one, ``start_head("head")`` brings it back.
+
+The head's state folder is made 0700 (the head refuses a wider one, docs/security.md).
+``tls=True`` serves the TCP API over HTTPS with a certificate from a CA made for the cluster:
+``self.endpoint`` is ``https://…`` and ``self.ca_bundle`` the CA to verify it with.
 """
 
 from __future__ import annotations
