@@ -240,3 +240,23 @@ def test_job_output_is_private(cluster: TestCluster) -> None:
     files = list(logs.iterdir())
     assert files and all(mode(f) == 0o600 for f in files), [(f.name, oct(mode(f))) for f in files]
     assert os.stat(cluster.root / "head").st_mode & 0o077 == 0
+
+
+def test_a_state_group_may_read_the_state_and_no_one_else(users: None, tmp_path: Path) -> None:
+    import grp
+
+    from tests.users import GROUP
+
+    head = BareHead(tmp_path, extra=f'state_group = "{GROUP}"\n')
+    assert head.start(umask=0o002) is None, head.output()  # a umask that would leave files group-writable
+    try:
+        head.call("/hpcbatch/v1/createaccesskey", {"user": "root", "role": "admin"})
+        assert mode(head.state) == 0o750 and head.state.stat().st_gid == grp.getgrnam(GROUP).gr_gid
+        assert mode(head.state / "logs") == 0o750
+        for name in ("hpcbatch.db", "hpcbatch.db-wal", "secrets.key"):
+            assert mode(head.state / name) == 0o640, name
+    finally:
+        head.stop()
+    (head.state / "secrets.key").chmod(0o660)  # group-writable: still too wide
+    assert head.start() == 3
+    assert f"run chmod 640 {head.state / 'secrets.key'}" in head.output(), head.output()
