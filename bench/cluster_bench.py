@@ -238,7 +238,7 @@ def main() -> int:
         # run, so the ratio shows what authentication costs.
         record = cluster.record() or {}
         key = client.call("/hpcbatch/v1/createaccesskey", {"user": "root", "role": "admin"})
-        signed = Client(record["http_endpoint"], timeout=30, max_workers=8,
+        signed = Client(record["http_endpoint"], timeout=30, max_workers=8, ca_bundle=record.get("ca_bundle"),
                         credentials=(key["accessKeyId"], key["secretAccessKey"]))
         results.update(bench_throughput(signed, "_sigv4"))
         results["sigv4_throughput_ratio"] = round(

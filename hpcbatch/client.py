@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 from hpcbatch.auth.policy import READ_ONLY
 from hpcbatch.errors import ClientError, HpcbatchError, ServerError
 
-__all__ = ["Client", "HeadUnreachableError", "OPERATIONS", "find_credentials", "resolve_endpoint"]
+__all__ = ["Client", "HeadUnreachableError", "OPERATIONS", "find_credentials", "resolve_ca_bundle", "resolve_endpoint"]
 
 # AWS Batch operations hpcbatch serves, at AWS's own paths: POST /v1/<lowercased name>.
 _AWS_OPERATIONS = (
@@ -162,6 +162,24 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
     )
 
 
+def resolve_ca_bundle(ca_bundle: str | None = None, endpoints: list[str] | None = None) -> str | None:
+    """The CA bundle an ``https://`` head is verified with: the argument, else
+    $HPCBATCH_CA_BUNDLE, else the local cluster's CA when ``endpoints`` are its TCP endpoints
+    (``cluster.json``'s ``ca_bundle``, made by ``hpcbatch cluster up``), else $AWS_CA_BUNDLE
+    (as boto3 reads it); None: the system's CAs."""
+    found = ca_bundle or os.environ.get("HPCBATCH_CA_BUNDLE")
+    if found:
+        return found
+    try:
+        with open(os.path.join(_home(), "cluster", "cluster.json"), encoding="utf-8") as f:
+            record = json.load(f)
+        ours = str(record.get("http_endpoint") or "").split(",")
+        recorded = record.get("ca_bundle") if endpoints is None or set(endpoints) <= set(ours) else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return str(recorded) if recorded else os.environ.get("AWS_CA_BUNDLE") or None
+
+
 def find_credentials() -> tuple[str, str] | None:
     """The caller's access key as the AWS CLI finds a static one: environment, then files.
 
@@ -223,17 +241,19 @@ class _Connection:
     local, uid-authenticated listener).
     """
 
-    def __init__(self, endpoint: str, timeout: float) -> None:
+    def __init__(self, endpoint: str, timeout: float, ca_bundle: str | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self._tls = endpoint.startswith("https://")  # verified against ca_bundle (hpcbatch.tls)
+        self._ca_bundle = ca_bundle
         self._sock: socket.socket | None = None
         self._rfile: Any = None
         if endpoint.startswith("unix:"):
             self._family = socket.AF_UNIX
             self._address: Any = endpoint[len("unix:") :].removeprefix("//")
             self._host = "localhost"
-        elif endpoint.startswith("http://"):
-            rest = endpoint[len("http://") :].split("/", 1)[0]
+        elif endpoint.startswith(("http://", "https://")):
+            rest = endpoint.split("://", 1)[1].split("/", 1)[0]
             if rest.startswith("["):  # [::1]:8471
                 host, _, port = rest[1:].partition("]")
                 port = port.lstrip(":")
@@ -245,7 +265,7 @@ class _Connection:
             self._address = (host or "127.0.0.1", int(port) if port else DEFAULT_PORT)
             self._host = rest
         else:
-            raise ClientError(f"endpoint {endpoint!r}: must start with http:// or unix:")
+            raise ClientError(f"endpoint {endpoint!r}: must start with http://, https:// or unix:")
 
     def close(self) -> None:
         if self._sock is not None:
@@ -275,6 +295,10 @@ class _Connection:
                 (host.encode() if host.isascii() else host, port), timeout=self.timeout
             )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls:
+                from hpcbatch.tls import wrap_client  # the ssl module only for https://
+
+                sock = wrap_client(sock, host, self._ca_bundle)
         self._sock = sock
         self._rfile = sock.makefile("rb")
 
@@ -420,7 +444,8 @@ class Client:
     ``max_workers`` threads and returns a :class:`concurrent.futures.Future`. Each thread
     (the caller's included) keeps its own keep-alive connection to the head.
 
-    Over ``http://`` every request is signed with AWS Signature Version 4, as boto3 signs
+    ``https://`` heads are verified against ``ca_bundle`` (else :func:`resolve_ca_bundle`'s).
+    Over ``http(s)://`` every request is signed with AWS Signature Version 4, as boto3 signs
     (service ``batch``, region ``$AWS_REGION``/``$AWS_DEFAULT_REGION`` or ``local``), when
     there is a key: ``credentials=(access_key_id, secret_access_key)``, else what
     :func:`find_credentials` finds; ``credentials=False`` never signs. ``unix:`` endpoints
@@ -435,6 +460,7 @@ class Client:
         credentials: tuple[str, str] | Literal[False] | None = None,
         failover_wait_s: float = 20.0,
         max_attempts: int | None = None,
+        ca_bundle: str | None = None,
     ) -> None:
         self.endpoints = [e.strip().rstrip("/") for e in resolve_endpoint(endpoint).split(",") if e.strip()]
         if not self.endpoints:
@@ -446,6 +472,10 @@ class Client:
         self.timeout = timeout
         self.max_workers = max_workers
         self._credentials = credentials
+        # https:// heads are verified against this CA bundle (resolve_ca_bundle); None: the system's.
+        self.ca_bundle = (
+            resolve_ca_bundle(ca_bundle, self.endpoints) if any(e.startswith("https://") for e in self.endpoints) else None
+        )
         # Resolved on the first request (files read, botocore imported only if it signs).
         self._signer: RequestSigner | None | Literal[False] = False
         self._local = threading.local()
@@ -461,7 +491,7 @@ class Client:
             conn.close()
             conn = None
         if conn is None:
-            conn = _Connection(self.endpoint, self.timeout)
+            conn = _Connection(self.endpoint, self.timeout, ca_bundle=self.ca_bundle)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)

@@ -8,7 +8,10 @@ ours and never signalled).
 
 The CLI and the client use the head's Unix socket (``endpoint``, ``unix:...``): there the
 kernel names the caller, no keys needed. ``http_endpoint`` is the TCP one (SigV4-signed
-requests, boto3). The control plane is secured as on a real cluster: ``up`` generates the
+requests, boto3): HTTPS, with a certificate from a CA that ``up`` makes once in
+``cluster/tls/`` (``ca_bundle``: what the client, the CLI, boto3 and the aws CLI trust);
+``up(tls=False)`` (``--no-tls``) serves plain HTTP. The head's state folder is private
+(0700), as the head requires (docs/security.md). The control plane is secured as on a real cluster: ``up`` generates the
 head's key pair and each agent's (kept in the agent's own state folder, as the agent
 itself would on first start), pins the head's public key in every agent's config and
 pre-seeds each agent's public key into the head's ``node_keys/accepted/``.
@@ -218,7 +221,7 @@ class LocalCluster:
 
     def up(
         self, nodes: int | None = None, timeout: float = READY_TIMEOUT_S, netns: bool = False,
-        gpus_per_node: int | None = None, store: str | None = None, heads: int | None = None,
+        gpus_per_node: int | None = None, store: str | None = None, heads: int | None = None, tls: bool = True,
     ) -> LocalCluster:
         """Start a head and ``nodes`` agents, wait until all are ACTIVE, create CE and queue.
 
@@ -230,7 +233,8 @@ class LocalCluster:
 
         A recorded cluster of which anything still runs is not started again: what of it
         is dead is restarted and what lives is kept (options left out mean "as recorded";
-        ones that differ from the record are refused)."""
+        ones that differ from the record are refused).
+        ``tls``: HTTPS on the TCP API, with the local CA (``ca_bundle``)."""
         existing = self.record()
         if existing and self._any_alive(existing):
             self._check_shape(existing, nodes, netns, gpus_per_node, store, heads)
@@ -270,7 +274,7 @@ class LocalCluster:
                                   "store": redact(store) if store else "sqlite", "gpus_per_node": gpus_per_node}
         try:
             layout = self._create_netns(nodes, record) if netns else None
-            self._up(nodes, timeout, record, head_names, layout, gpus_per_node, store or "")
+            self._up(nodes, timeout, record, head_names, layout, gpus_per_node, store or "", tls)
         except BaseException as e:
             try:
                 self.down()
@@ -303,6 +307,7 @@ class LocalCluster:
         layout: NetnsLayout | None,
         gpus_per_node: int = 0,
         store: str = "",
+        tls: bool = False,
     ) -> None:
         """Configs, heads, agents (each on its node when ``layout``), readiness, CE and queue."""
         # The fleet endpoint on the management bridge when nodes have their own namespaces;
@@ -318,14 +323,15 @@ class LocalCluster:
             return found
 
         head_key = self._head_keys()
+        tls_settings = self._tls(record) if tls else ""
         configs: dict[str, str] = {}
         sockets, https, fleets = [], [], []
         for name in head_names:
             http_port, fleet = port("127.0.0.1"), f"tcp://{host}:{port(host)}"
             api_socket = os.path.join(self.dir, name, "api.sock")
-            configs[name] = self._write_head_config(http_port, fleet, api_socket, name, store)
+            configs[name] = self._write_head_config(http_port, fleet, api_socket, name, store, tls_settings)
             sockets.append(f"unix:{api_socket}")
-            https.append(f"http://127.0.0.1:{http_port}")
+            https.append(f"{'https' if tls else 'http'}://127.0.0.1:{http_port}")
             fleets.append(fleet)
         for i in range(1, nodes + 1):
             configs[f"node{i}"] = self._write_node_config(
@@ -355,9 +361,29 @@ class LocalCluster:
 
     def _head_keys(self) -> str:
         """The head's key pair (made on the first ``up``, kept after); returns the public key's path."""
+        _private_dir(os.path.join(self.dir, "head"))  # the head refuses a state folder others can read
         curve = os.path.join(self.dir, "head", "curve")
         ensure_keypair(os.path.join(curve, "head.key_secret"), os.path.join(curve, "head.key"))
         return os.path.join(curve, "head.key")
+
+    @property
+    def ca_bundle(self) -> str | None:
+        """The local CA's certificate, which the head's HTTPS certificate chains to (None: plain HTTP)."""
+        doc = self.record()
+        return str(doc["ca_bundle"]) if doc and doc.get("ca_bundle") else None
+
+    def _tls(self, record: dict[str, Any]) -> str:
+        """The local CA (made on the first ``up``, kept after), a fresh certificate for the
+        heads (loopback and this host's name); returns the heads' config lines for it."""
+        from hpcbatch.tls import issue_certificate, make_local_ca
+
+        ca_dir = os.path.join(self.dir, "tls")
+        ca, ca_key = os.path.join(ca_dir, "ca.pem"), os.path.join(ca_dir, "ca.key")
+        make_local_ca(ca, ca_key, name=f"hpcbatch local CA ({self.home})")
+        cert, key = os.path.join(self.dir, "head", "tls.crt"), os.path.join(self.dir, "head", "tls.key")
+        issue_certificate(ca, ca_key, cert, key)
+        record["ca_bundle"] = ca
+        return f"tls_cert = {_toml_str(cert)}\ntls_key = {_toml_str(key)}\n"
 
     def _enroll(self, name: str) -> None:
         """The agent's key pair in its own state folder, its public key pre-seeded as accepted."""
@@ -372,7 +398,7 @@ class LocalCluster:
         os.replace(tmp, path)
 
     def _write_head_config(
-        self, http_port: int, fleet: str, api_socket: str, name: str = "head", store: str = ""
+        self, http_port: int, fleet: str, api_socket: str, name: str = "head", store: str = "", tls: str = ""
     ) -> str:
         path = os.path.join(self.dir, f"{name}.toml")
         first = os.path.join(self.dir, "head")
@@ -384,13 +410,16 @@ class LocalCluster:
                 f"curve_secret_key = {_toml_str(os.path.join(first, 'curve', 'head.key_secret'))}\n"
                 f"curve_public_key = {_toml_str(os.path.join(first, 'curve', 'head.key'))}\n"
                 f"node_keys_dir = {_toml_str(os.path.join(first, 'node_keys'))}\n"
+                # The key that seals access keys' secrets in the shared store: one for all heads.
+                f"secrets_key_file = {_toml_str(os.path.join(first, 'secrets.key'))}\n"
             )
-            os.makedirs(os.path.join(first, "logs"), exist_ok=True)
-            os.makedirs(os.path.join(self.dir, name), exist_ok=True)
+            _private_dir(os.path.join(first, "logs"))
+            _private_dir(os.path.join(self.dir, name))
             logs = os.path.join(self.dir, name, "logs")
             if not os.path.islink(logs):
                 os.symlink(os.path.join(first, "logs"), logs)
-        with open(path, "w", encoding="utf-8") as f:
+        # 0600: the store URL may carry a password.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
             f.write(
                 f"state_dir = {_toml_str(os.path.join(self.dir, name))}\n"
                 f'http_listen = "127.0.0.1:{http_port}"\n'
@@ -398,6 +427,7 @@ class LocalCluster:
                 f"fleet_bind = {_toml_str(fleet)}\n"
                 + (f"store = {_toml_str(store)}\n" if store else "")
                 + shared
+                + tls
             )
         return path
 
@@ -441,7 +471,8 @@ class LocalCluster:
             os.makedirs(tmp, exist_ok=True)
             env = dict(os.environ, TMPDIR=tmp)
         argv = [*(prefix or []), sys.executable, "-m", module, "--config", config]
-        with open(self.log_path(name), "ab") as out:
+        # 0600: what the daemons log (job names, commands, addresses) is the cluster owner's.
+        with os.fdopen(os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -751,6 +782,12 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 pass
         self._children = [p for p in self._children if p.returncode is None]
+
+
+def _private_dir(path: str) -> None:
+    """``path`` as a head wants its state (0700), made or tightened: the local cluster is ours."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def head_names_for(heads: int) -> list[str]:

@@ -22,6 +22,10 @@ head tests on PostgreSQL. ``heads=N`` (PostgreSQL only) starts N heads sharing t
 database and one state folder (keys, logs): ``head`` becomes active, ``head2``... wait as
 standbys; agents and ``self.client`` know every head's endpoint; ``active_head()`` names
 the active one, ``kill("head")`` kills one, ``start_head("head")`` brings it back.
+
+The head's state folder is made 0700 (the head refuses a wider one, docs/security.md).
+``tls=True`` serves the TCP API over HTTPS with a certificate from a CA made for the cluster:
+``self.endpoint`` is ``https://…`` and ``self.ca_bundle`` the CA to verify it with.
 """
 
 from __future__ import annotations
@@ -89,8 +93,10 @@ class TestCluster:
                  kill_grace_s: float = 1.0, node_vcpus: int | None = None, node_memory_mib: int | None = None,
                  agent_extra: str = "", head_extra: str = "", enrolled: Collection[str] | None = None,
                  netns: bool = False, placement_group: str = "rack1", gpus_per_node: int = 0,
-                 store: str | None = None, heads: int = 1, lease_ttl_s: float = 2.0) -> None:
+                 store: str | None = None, heads: int = 1, lease_ttl_s: float = 2.0, tls: bool = False) -> None:
         self.root = root
+        self.tls = tls  # HTTPS on the TCP API, with a CA made here (self.ca_bundle)
+        self.ca_bundle: str | None = None
         self.store = store or os.environ.get("HPCBATCH_TEST_STORE") or "sqlite"
         if self.store not in ("sqlite", "postgresql"):
             raise ValueError(f"store must be sqlite or postgresql, not {self.store!r}")
@@ -134,6 +140,19 @@ class TestCluster:
                    node_vcpus: int | None, node_memory_mib: int | None, agent_extra: str, head_extra: str,
                    enrolled: Collection[str] | None, gpus_per_node: int = 0) -> None:
         _let_owners_through(root)
+        # The head's state is private (docs/security.md): the head refuses a wider directory.
+        (root / "head").mkdir(mode=0o700, exist_ok=True)
+        (root / "head").chmod(0o700)
+        tls = ""
+        if self.tls:
+            from hpcbatch.tls import issue_certificate, make_local_ca
+
+            make_local_ca(root / "tls" / "ca.pem", root / "tls" / "ca.key")
+            issue_certificate(root / "tls" / "ca.pem", root / "tls" / "ca.key",
+                              root / "head" / "tls.crt", root / "head" / "tls.key")
+            self.ca_bundle = str(root / "tls" / "ca.pem")
+            tls = f'tls_cert = "{root / "head" / "tls.crt"}"\ntls_key = "{root / "head" / "tls.key"}"\n'
+        scheme = "https" if self.tls else "http"
         fleet_host = self.netns.host_mgmt_ip if self.netns else "127.0.0.1"
         # Per head: its HTTP port, API socket, fleet endpoint, config file; the first is "head".
         self.heads: dict[str, dict[str, Any]] = {}
@@ -143,7 +162,7 @@ class TestCluster:
             self.heads[name] = {
                 "http_port": port,
                 "fleet": f"tcp://{fleet_host}:{free_port(fleet_host)}",
-                "endpoint": f"http://127.0.0.1:{port}",
+                "endpoint": f"{scheme}://127.0.0.1:{port}",
                 "api_socket": root / f"api{suffix}.sock",
                 "socket": f"unix:{root / f'api{suffix}.sock'}",
                 "config": root / f"{name}.toml",
@@ -165,7 +184,7 @@ class TestCluster:
                 f'state_dir = "{root / "head"}"\nhttp_listen = "127.0.0.1:{h["http_port"]}"\n'
                 f'api_socket = "{h["api_socket"]}"\n'
                 f'fleet_bind = "{h["fleet"]}"\nheartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\n'
-                f"kill_grace_s = {kill_grace_s}\n{self._head_extra}\n"
+                f"kill_grace_s = {kill_grace_s}\n{tls}{self._head_extra}\n"
             )
         self._agent_settings = (
             f"heartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\nkill_grace_s = {kill_grace_s}\n"

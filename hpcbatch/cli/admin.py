@@ -39,19 +39,63 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--user", required=True, help="Unix user the key acts as.")
 @click.option("--role", type=click.Choice(ROLES), default="user", show_default=True)
-@click.option("--profile", help="Profile name in the printed credentials block (default hpcbatch-USER).")
+@click.option("--profile", help="Name of the printed AWS profile (default hpcbatch-USER).")
+@click.option("--endpoint-url", metavar="URL",
+              help="The head's HTTPS endpoint written into the profile (default: the local cluster's, or the head's own).")
+@click.option("--ca-bundle", metavar="FILE",
+              help="CA bundle written into the profile (default: the local cluster's CA, $HPCBATCH_CA_BUNDLE, $AWS_CA_BUNDLE).")
 @global_options
-def keys_create(user: str, role: str, profile: str | None) -> None:
-    """Issue a key; the secret is printed once, as a ~/.aws/credentials profile."""
-    body: dict[str, Any] = {"user": user, "role": role}
-    if profile:
-        body["profile"] = profile
-    created = get_client().call("/hpcbatch/v1/createaccesskey", body)
+def keys_create(user: str, role: str, profile: str | None, endpoint_url: str | None, ca_bundle: str | None) -> None:
+    """Issue a key; the secret is printed once, as a complete ~/.aws/config profile.
+
+    The profile holds the key, the secret, the region, the head's endpoint (in a
+    ``services`` section) and the CA bundle, so boto3 and the aws CLI work at the first call:
+    append it to ~/.aws/config and set AWS_PROFILE. The head answers only over its Unix
+    socket or HTTPS: a secret never crosses the network in clear.
+    """
+    from hpcbatch.auth.keys import aws_profile
+
+    profile = profile or f"hpcbatch-{user}"
+    client = get_client()
+    created = client.call("/hpcbatch/v1/createaccesskey", {"user": user, "role": role, "profile": profile})
+    endpoint, bundle = _profile_endpoint(client, endpoint_url, ca_bundle)
+    text = aws_profile(created["accessKeyId"], created["secretAccessKey"], profile,
+                       region=created.get("region") or "local", endpoint=endpoint, ca_bundle=bundle)
     if json_output():
-        print_json(created)
+        print_json({**created, "awsProfile": text, "endpointUrl": endpoint, "caBundle": bundle})
         return
-    click.echo(created["credentialsProfile"], nl=False)
-    click.echo(f"# access key for {user} (role {role}); the secret is not shown again", err=True)
+    click.echo(text, nl=False)
+    click.echo(f"# access key for {user} (role {role}); the secret is not shown again. Append the profile "
+               f"to ~/.aws/config and use it with AWS_PROFILE={profile}", err=True)
+    if endpoint and endpoint.startswith("http://"):
+        click.echo(f"# warning: {endpoint} is plain HTTP: give the head tls_cert and tls_key", err=True)
+
+
+def _profile_endpoint(client: Any, endpoint_url: str | None, ca_bundle: str | None) -> tuple[str | None, str | None]:
+    """The TCP endpoint and CA bundle a new key's profile names: the options, else the
+    local cluster's record (when that is the head we talk to), else the head's own URL."""
+    import os
+    import socket
+
+    from hpcbatch.client import resolve_ca_bundle
+    from hpcbatch.localcluster import LocalCluster
+
+    record = LocalCluster().record() or {}
+    endpoint = endpoint_url
+    if endpoint is None and client.endpoint.startswith(("http://", "https://")):
+        endpoint = client.endpoint
+    local = record.get("socket_endpoint") and client.endpoint in str(record["socket_endpoint"]).split(",")
+    if endpoint is None and local:
+        endpoint = str(record["http_endpoint"]).split(",")[0]
+    if endpoint is None:
+        url = str(client.describe_head().get("url") or "")
+        for wildcard in ("//0.0.0.0:", "//[::]:"):  # reached over the Unix socket: we are on the head
+            url = url.replace(wildcard, f"//{socket.getfqdn()}:")
+        endpoint = url or None
+    bundle = ca_bundle or (record.get("ca_bundle") if local else None)
+    if not bundle and endpoint and endpoint.startswith("https://"):
+        bundle = resolve_ca_bundle(None, [endpoint])
+    return endpoint, os.path.abspath(bundle) if bundle else None
 
 
 @keys.command("list")

@@ -61,10 +61,16 @@ def _fail(e: Exception) -> NoReturn:
     type=click.IntRange(1, 8),
     help="Heads sharing the --store: one active, the others standbys that take over when it dies [default: 1].",
 )
+@click.option(
+    "--tls/--no-tls",
+    default=True,
+    show_default=True,
+    help="HTTPS on the TCP API with a local CA (cluster/tls/ca.pem: the client, boto3 and the aws CLI trust it).",
+)
 @_home_option
 @global_options
 def cluster_up(
-    nodes: int | None, netns: bool, gpus_per_node: int | None, store: str | None, heads: int | None, home: str | None
+    nodes: int | None, netns: bool, gpus_per_node: int | None, store: str | None, heads: int | None, tls: bool, home: str | None
 ) -> None:
     """Start a local cluster with compute environment and job queue `default`.
 
@@ -75,7 +81,7 @@ def cluster_up(
 
     local = LocalCluster(home)
     try:
-        local.up(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node, store=store, heads=heads)
+        local.up(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node, store=store, heads=heads, tls=tls)
     except LocalClusterError as e:
         _fail(e)
     if json_output():
@@ -110,6 +116,9 @@ def cluster_up(
             f"fabric {layout.fabric_subnet} (MTU {layout.fabric_mtu})"
         )
         click.echo(f"  run on a node:   {' '.join(layout.nodes[0].exec_prefix)} hostname")
+    record = local.record() or {}
+    click.echo(f"  TCP API (SigV4): {record.get('http_endpoint')}"
+               + (f" (CA bundle {local.ca_bundle})" if local.ca_bundle else ""))
     click.echo(f"  files and logs:  {local.dir}")
     if local.home != os.path.abspath(os.path.expanduser(default_home())):
         click.echo(f"  use it with:     export HPCBATCH_HOME={local.home}")

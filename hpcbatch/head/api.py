@@ -59,6 +59,8 @@ EXTENSION_ROUTES = {
     "/hpcbatch/v1/prepullimage": "PrepullImage",
 }
 MAX_BODY = 2 << 20
+# Operations whose answer holds a secret: only over the Unix socket or TLS (docs/security.md).
+SECRET_REPLIES = frozenset({"CreateAccessKey"})
 LOCAL_IDENTITY_TTL_S = 5.0
 _PEERCRED = struct.Struct("3i")
 
@@ -287,6 +289,10 @@ def make_app(
                     limiter.check(caller, operation)
                 body = parse_body(raw)
                 authorize(caller, operation)
+                if operation in SECRET_REPLIES and caller.via == "sigv4" and not request.secure:
+                    raise ClientError(f"{operation} answers with a secret, which never crosses the network in "
+                                      "clear: call it over HTTPS (tls_cert and tls_key in the head's config) or "
+                                      "on the head's Unix socket (hpcbatch admin keys create, on the head)")
                 if validate:
                     body = validate_request(operation, body, raw_size=len(raw))
                 elif not isinstance(body, dict):

@@ -77,6 +77,15 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Mutating calls are refused (ServerException naming the cause) when the state
     # directory's file system has less free space than this, before anything is changed.
     state_min_free_mib: float = 8.0
+    # State at rest (docs/security.md): the state directory is 0700 and its files 0600, or
+    # 0750/0640 readable by this group; access keys' secrets are sealed with the key in
+    # secrets_key_file (default <state_dir>/secrets.key, made on first start; every head
+    # sharing a PostgreSQL store needs the same file).
+    state_group: str = ""
+    secrets_key_file: str = ""
+    # HTTPS for the TCP API: a PEM certificate (chain) and its key; both or neither.
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @property
     def state_path(self) -> Path:
@@ -99,13 +108,21 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return Path(self.node_keys_dir) if self.node_keys_dir else self.state_path / "node_keys"
 
     @property
+    def secrets_key_path(self) -> Path:
+        return Path(self.secrets_key_file) if self.secrets_key_file else self.state_path / "secrets.key"
+
+    @property
     def store_target(self) -> str:
         return self.store or str(self.state_path / "hpcbatch.db")
 
     @property
     def advertised_url(self) -> str:
         host, port = self.http_host_port
-        return self.advertise_url or f"http://{host}:{port}"
+        return self.advertise_url or f"{self.http_scheme}://{host}:{port}"
+
+    @property
+    def http_scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
     @property
     def public_http_url(self) -> str:
@@ -115,7 +132,7 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             import socket
 
             host = socket.getfqdn()
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return f"{self.http_scheme}://[{host}]:{port}" if ":" in host else f"{self.http_scheme}://{host}:{port}"
 
     @property
     def rates(self) -> dict[str, Rate]:
@@ -163,6 +180,8 @@ def load_head_config(path: str | Path, *, store: str | None = None) -> HeadConfi
         raise ClientError(f"head config {path}: lease_ttl_s must be at least 1 second")
     if config.fence_after_s is not None and config.fence_after_s < 0:
         raise ClientError(f"head config {path}: fence_after_s must be >= 0 seconds")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ClientError(f"head config {path}: tls_cert and tls_key: give both (HTTPS) or neither (HTTP)")
     bad_roles = sorted(r for r in config.roles.values() if r not in ROLES)
     if bad_roles:
         raise ClientError(f"head config {path}: roles: {bad_roles[0]!r} is not one of {', '.join(ROLES)}")

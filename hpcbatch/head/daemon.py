@@ -31,6 +31,7 @@ from hpcbatch.head.nodekeys import NodeKeyRegistry
 from hpcbatch.head.observe import mount_observers
 from hpcbatch.head.ratelimit import RateLimiter
 from hpcbatch.head.service import BatchService
+from hpcbatch.head.statedir import secure_state, state_modes
 from hpcbatch.store import is_postgresql, open_store
 from hpcbatch.store.postgres import LeaseLost, PostgresStore
 
@@ -49,9 +50,18 @@ class Head:
     def __init__(self, config: HeadConfig) -> None:
         self.config = config
         state = config.state_path
-        state.mkdir(parents=True, exist_ok=True)
-        self.store = open_store(config.store_target, durability=config.durability)
-        self.logs = LogStore(state / "logs")
+        secure_state(config)  # 0700/0600, or refuse to start naming the chmod (docs/security.md)
+        self.tls = None
+        if config.tls_cert:
+            from hpcbatch.tls import server_context
+
+            self.tls = server_context(config.tls_cert, config.tls_key)
+        from hpcbatch.auth.keys import SecretBox
+
+        # Access keys' secrets are sealed in the store with this key, kept outside it.
+        self.secrets = SecretBox.load(config.secrets_key_path, group_readable=bool(config.state_group))
+        self.store = open_store(config.store_target, durability=config.durability, sealer=self.secrets)
+        self.logs = LogStore(state / "logs", file_mode=state_modes(config)[1])
         self.head_id = uuid.uuid4().hex
         # On PostgreSQL, heads share the store and one of them is active (hpcbatch.head.lease).
         self.lease = (
@@ -84,6 +94,14 @@ class Head:
         self.curve = ensure_keypair(config.curve_secret_key_path, config.curve_public_key_path)
         self.node_keys = NodeKeyRegistry(config.node_keys_path, auto_accept=config.auto_accept_nodes)
         self.service.node_keys = self.node_keys
+
+    def _seal_secrets(self) -> None:
+        """Seal access keys an older hpcbatch stored in the clear (the active head only: a
+        standby writes nothing); a store sealed with another key file stops the head here."""
+        with self.store.transaction():
+            sealed = self.store.seal_access_keys()
+        if sealed:
+            log.info("sealed %d access key secret(s) stored in the clear with %s", sealed, self.secrets.path)
 
     def _send(self, node: str, message: object) -> None:
         assert self.fleet is not None
@@ -153,12 +171,13 @@ class Head:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = self.config.http_host_port
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=self.tls).start()
         api_socket = self.config.api_socket_path
         api_socket.parent.mkdir(parents=True, exist_ok=True)
         await web.UnixSite(runner, str(api_socket)).start()
         os.chmod(api_socket, 0o666)
-        log.info("head %s is a standby on http://%s:%d and unix:%s", self.head_id[:8], host, port, api_socket)
+        log.info("head %s is a standby on %s://%s:%d and unix:%s", self.head_id[:8], self.config.http_scheme, host, port,
+                 api_socket)
         try:
             epoch = await self.lease.acquire(stop)
         finally:
@@ -204,6 +223,7 @@ class Head:
             epoch=self.epoch,
             startup_grace_s=self.fence_after_s,
         )
+        self._seal_secrets()
         self._load()
         app = make_app(
             self.service, roles=self.config.roles, region=self.config.region,
@@ -216,15 +236,19 @@ class Head:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = self.config.http_host_port
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=self.tls)
         await site.start()
         api_socket = self.config.api_socket_path
         api_socket.parent.mkdir(parents=True, exist_ok=True)
         await web.UnixSite(runner, str(api_socket)).start()
         os.chmod(api_socket, 0o666)  # anyone may connect; SO_PEERCRED says who they are
+        if self.config.state_path.resolve() in api_socket.resolve().parents:
+            log.warning("api_socket %s is inside the private state directory: only its owner and root reach it; "
+                        "other users need api_socket in a directory they can search (e.g. /run/hpcbatch/api.sock)",
+                        api_socket)
         log.info(
-            "head %s serving http://%s:%d and unix:%s; fleet %s (CurveZMQ; agents pin %s)",
-            self.head_id[:8], host, port, api_socket, self.fleet.endpoint, self.config.curve_public_key_path,
+            "head %s serving %s://%s:%d and unix:%s; fleet %s (CurveZMQ; agents pin %s)",
+            self.head_id[:8], self.config.http_scheme, host, port, api_socket, self.fleet.endpoint, self.config.curve_public_key_path,
         )
         try:
             async with asyncio.TaskGroup() as tasks:

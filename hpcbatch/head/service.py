@@ -864,6 +864,7 @@ class BatchService:
             "user": user,
             "role": role,
             "credentialsProfile": credentials_profile(key, profile),
+            "region": self.region,  # what signatures must be scoped to (hpcbatch admin keys create's profile)
         }
 
     def _access_key(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,39 @@ def client_token_of(job: JobRecord) -> str | None:
     return job.client_token
 
 
+class SecretSealer(Protocol):
+    """Encrypts access-key secrets for the store (hpcbatch.auth.keys.SecretBox)."""
+
+    def seal(self, key_id: str, secret: str) -> str: ...
+    def open(self, key_id: str, sealed: str) -> str: ...
+
+
+# An access key's document keeps its secret under SEALED_FIELD, encrypted, never under
+# SECRET_FIELD (what callers see): a dump of the table holds no usable key. Documents
+# written before sealing are sealed when a head becomes active (``seal_access_keys``).
+SECRET_FIELD = "secret_access_key"
+SEALED_FIELD = "secret_sealed"
+SECRETS_CHECK = ("secrets_key_check", "hpcbatch")  # meta row: proves the key file is the store's
+
+
+def seal_key_doc(sealer: SecretSealer | None, key_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` as stored: its secret sealed (as is when there is no sealer)."""
+    if sealer is None or SECRET_FIELD not in doc:
+        return doc
+    stored = {k: v for k, v in doc.items() if k != SECRET_FIELD}
+    stored[SEALED_FIELD] = sealer.seal(key_id, doc[SECRET_FIELD])
+    return stored
+
+
+def open_key_doc(sealer: SecretSealer | None, key_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``doc`` with its secret opened (a sealed one stays sealed without a sealer)."""
+    if sealer is None or SEALED_FIELD not in doc:
+        return doc
+    opened = {k: v for k, v in doc.items() if k != SEALED_FIELD}
+    opened[SECRET_FIELD] = sealer.open(key_id, doc[SEALED_FIELD])
+    return opened
+
+
 NODE_EVENT_PREFIX = "node/"  # job ids never contain '/'
 
 
@@ -107,6 +140,9 @@ class Store(Protocol):
     def get_access_key(self, access_key_id: str) -> dict[str, Any] | None: ...
     def list_access_keys(self) -> list[dict[str, Any]]: ...
     def delete_access_key(self, access_key_id: str) -> bool: ...
+    # Seal every secret still stored in the clear and check the sealer opens the others
+    # (SecretsKeyError if not); returns how many it sealed. A no-op without a sealer.
+    def seal_access_keys(self) -> int: ...
     def add_audit(self, entries: list[dict[str, Any]]) -> None: ...
     def prune_audit(self, before: int) -> int: ...
     def list_audit(self, limit: int = 100, user: str | None = None, since: int | None = None) -> list[dict[str, Any]]: ...

@@ -28,7 +28,17 @@ import psycopg
 from hpcbatch.errors import ClientError, ServerError
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
-from hpcbatch.store.base import EventRow, JobQuery, client_token_of, jobdef_column
+from hpcbatch.store.base import (
+    SEALED_FIELD,
+    SECRETS_CHECK,
+    EventRow,
+    JobQuery,
+    SecretSealer,
+    client_token_of,
+    jobdef_column,
+    open_key_doc,
+    seal_key_doc,
+)
 from hpcbatch.store.migrate import YOYO_TABLE, migrate, migration_ids, redact
 
 _encode = msgspec.json.Encoder().encode
@@ -78,8 +88,9 @@ def _ensure_schema(db: psycopg.Connection[Any], url: str) -> None:
 class PostgresStore:
     """The Store interface on one PostgreSQL database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, sealer: SecretSealer | None = None) -> None:
         self.url = url
+        self.sealer = sealer  # access keys' secrets are sealed with it (hpcbatch.store.base)
         # autocommit: a read outside ``transaction()`` is its own short transaction, so no
         # connection sits "idle in transaction" holding a snapshot between head steps.
         self._db = connect(url)
@@ -375,18 +386,42 @@ class PostgresStore:
         self._execute(
             "INSERT INTO access_keys (access_key_id, doc) VALUES (%s, %s) "
             "ON CONFLICT (access_key_id) DO UPDATE SET doc = excluded.doc",
-            (access_key_id, _encode(doc)),
+            (access_key_id, _encode(seal_key_doc(self.sealer, access_key_id, doc))),
         )
 
     def get_access_key(self, access_key_id: str) -> dict[str, Any] | None:
         row = self._execute("SELECT doc FROM access_keys WHERE access_key_id = %s", (access_key_id,)).fetchone()
-        return _decode_doc(row[0]) if row else None
+        return open_key_doc(self.sealer, access_key_id, _decode_doc(row[0])) if row else None
 
     def list_access_keys(self) -> list[dict[str, Any]]:
-        return [_decode_doc(r[0]) for r in self._execute("SELECT doc FROM access_keys ORDER BY access_key_id")]
+        return [
+            open_key_doc(self.sealer, r[0], _decode_doc(r[1]))
+            for r in self._execute("SELECT access_key_id, doc FROM access_keys ORDER BY access_key_id")
+        ]
 
     def delete_access_key(self, access_key_id: str) -> bool:
         return self._execute("DELETE FROM access_keys WHERE access_key_id = %s", (access_key_id,)).rowcount > 0
+
+    def seal_access_keys(self) -> int:
+        """Seal the secrets stored in the clear (by an hpcbatch before sealing); check the rest open."""
+        if self.sealer is None:
+            return 0
+        name, plain = SECRETS_CHECK
+        row = self._execute("SELECT value FROM meta WHERE key = %s", (name,)).fetchone()
+        if row is None:
+            self._execute("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                  (name, self.sealer.seal(name, plain)))
+        else:
+            self.sealer.open(name, row[0])  # SecretsKeyError: not the key file the store was sealed with
+        sealed = 0
+        for key_id, raw in self._execute("SELECT access_key_id, doc FROM access_keys").fetchall():
+            doc = _decode_doc(raw)
+            if SEALED_FIELD in doc:
+                open_key_doc(self.sealer, key_id, doc)  # SecretsKeyError: another head's key file
+            else:
+                self.put_access_key(key_id, doc)
+                sealed += 1
+        return sealed
 
     # -------------------------------------------------------------------- audit
     def add_audit(self, entries: list[dict[str, Any]]) -> None:

@@ -19,7 +19,17 @@ import msgspec
 
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
-from hpcbatch.store.base import EventRow, JobQuery, client_token_of, jobdef_column
+from hpcbatch.store.base import (
+    SEALED_FIELD,
+    SECRETS_CHECK,
+    EventRow,
+    JobQuery,
+    SecretSealer,
+    client_token_of,
+    jobdef_column,
+    open_key_doc,
+    seal_key_doc,
+)
 from hpcbatch.store.migrate import applied_ids_sqlite, migrate, migration_ids
 
 _encode = msgspec.json.Encoder().encode
@@ -38,13 +48,17 @@ _FINAL = ("SUCCEEDED", "FAILED")
 class SqliteStore:
     """The Store interface on one SQLite file."""
 
-    def __init__(self, path: Path, *, durability: str = "normal") -> None:
+    def __init__(self, path: Path, *, durability: str = "normal", sealer: SecretSealer | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.sealer = sealer  # access keys' secrets are sealed with it (hpcbatch.store.base)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per block.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # A row deleted or rewritten (a secret sealed on upgrade) is zeroed in its page, not left
+        # behind in free space; FAST: only in pages written anyway, no extra I/O.
+        self._db.execute("PRAGMA secure_delete=FAST")
         # The schema is hpcbatch/store/migrations/sqlite, applied by yoyo (hpcbatch.store.migrate);
         # the embedded store has one head, so it upgrades itself on open.
         if set(migration_ids("sqlite")) - applied_ids_sqlite(self._db):
@@ -303,18 +317,42 @@ class SqliteStore:
         self._db.execute(
             "INSERT INTO access_keys (access_key_id, doc) VALUES (?, ?) "
             "ON CONFLICT (access_key_id) DO UPDATE SET doc = excluded.doc",
-            (access_key_id, _encode(doc)),
+            (access_key_id, _encode(seal_key_doc(self.sealer, access_key_id, doc))),
         )
 
     def get_access_key(self, access_key_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT doc FROM access_keys WHERE access_key_id = ?", (access_key_id,)).fetchone()
-        return _decode_doc(row[0]) if row else None
+        return open_key_doc(self.sealer, access_key_id, _decode_doc(row[0])) if row else None
 
     def list_access_keys(self) -> list[dict[str, Any]]:
-        return [_decode_doc(r[0]) for r in self._db.execute("SELECT doc FROM access_keys ORDER BY access_key_id")]
+        return [
+            open_key_doc(self.sealer, r[0], _decode_doc(r[1]))
+            for r in self._db.execute("SELECT access_key_id, doc FROM access_keys ORDER BY access_key_id")
+        ]
 
     def delete_access_key(self, access_key_id: str) -> bool:
         return self._db.execute("DELETE FROM access_keys WHERE access_key_id = ?", (access_key_id,)).rowcount > 0
+
+    def seal_access_keys(self) -> int:
+        """Seal the secrets stored in the clear (by an hpcbatch before sealing); check the rest open."""
+        if self.sealer is None:
+            return 0
+        name, plain = SECRETS_CHECK
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                  (name, self.sealer.seal(name, plain)))
+        else:
+            self.sealer.open(name, row[0])  # SecretsKeyError: not the key file the store was sealed with
+        sealed = 0
+        for key_id, raw in self._db.execute("SELECT access_key_id, doc FROM access_keys").fetchall():
+            doc = _decode_doc(raw)
+            if SEALED_FIELD in doc:
+                open_key_doc(self.sealer, key_id, doc)  # SecretsKeyError: another head's key file
+            else:
+                self.put_access_key(key_id, doc)
+                sealed += 1
+        return sealed
 
     # -------------------------------------------------------------------- audit
     def add_audit(self, entries: list[dict[str, Any]]) -> None:

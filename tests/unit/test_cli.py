@@ -596,7 +596,8 @@ def test_cluster_up_status_down(
         assert "node[1-3]" in result.stdout
         record = json.loads(Path(cluster.record_path).read_text())
         assert set(record["processes"]) == {"head", "node1", "node2", "node3"}
-        assert record["nodes"] == 3 and record["http_endpoint"].startswith("http://127.0.0.1:")
+        assert record["nodes"] == 3 and record["http_endpoint"].startswith("https://127.0.0.1:")
+        assert record["ca_bundle"] == f"{cluster.dir}/tls/ca.pem"
         assert record["endpoint"] == record["socket_endpoint"] == f"unix:{cluster.dir}/head/api.sock"
         head_toml = (Path(cluster.dir) / "head.toml").read_text()
         assert f'state_dir = "{cluster.dir}/head"' in head_toml

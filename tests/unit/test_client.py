@@ -276,8 +276,8 @@ def test_get_job_logs_sends_attempt_only_when_given(stub: StubHead, client: Clie
 
 
 def test_a_bad_endpoint_is_a_client_error() -> None:
-    with pytest.raises(ClientError, match="must start with http:// or unix:"):
-        Client("https://head:8471").list_nodes()
+    with pytest.raises(ClientError, match="must start with http://, https:// or unix:"):
+        Client("ftp://head:8471").list_nodes()
 
 
 def test_only_reads_are_asked_again_of_the_next_head_after_a_broken_connection() -> None:

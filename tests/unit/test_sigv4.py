@@ -589,3 +589,24 @@ def test_request_signer_matches_botocore_add_auth() -> None:
     theirs = boto_signed()
     assert ours["Authorization"] == theirs.headers["Authorization"]
     assert ours["X-Amz-Date"] == theirs.headers["X-Amz-Date"] == "20261130T013000Z"
+
+
+def test_a_secrets_key_file_is_made_private_and_refused_when_open(tmp_path: Path) -> None:
+    import os
+
+    from hpcbatch.auth.keys import SecretBox, SecretsKeyError
+
+    old = os.umask(0)
+    try:
+        box = SecretBox.load(tmp_path / "secrets.key")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "secrets.key").stat().st_mode & 0o777 == 0o600
+    sealed = box.seal("AKIA1", "secret")
+    assert sealed.startswith("aesgcm1:") and "secret" not in sealed
+    assert box.open("AKIA1", sealed) == "secret"
+    with pytest.raises(SecretsKeyError):
+        box.open("AKIA2", sealed)  # bound to its key id: not movable to another row
+    (tmp_path / "secrets.key").chmod(0o644)
+    with pytest.raises(SecretsKeyError, match=f"run chmod 600 {tmp_path / 'secrets.key'}"):
+        SecretBox.load(tmp_path / "secrets.key")

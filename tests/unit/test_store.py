@@ -677,3 +677,39 @@ def test_audit_entries_are_pruned_by_age(store: Store) -> None:
         ])
         assert store.prune_audit(before=200) == 1
     assert [e["user"] for e in store.list_audit()] == ["b"]
+
+
+def test_access_key_secrets_are_sealed_at_rest_and_old_ones_sealed_on_upgrade(target: str, tmp_path: Path) -> None:
+    from hpcbatch.auth.keys import SecretBox, SecretsKeyError
+
+    doc = {"access_key_id": "AKIAPLAIN00000000000", "secret_access_key": "p" * 40, "user": "u", "role": "user",
+           "status": "Active", "created_at": 1}
+    old = open_store(target)  # an hpcbatch from before sealing: the secret in the clear
+    with old.transaction():
+        old.put_access_key(doc["access_key_id"], doc)
+    old.close()
+    box = SecretBox.load(tmp_path / "keys" / "secrets.key")
+    s = open_store(target, sealer=box)
+    try:
+        assert s.get_access_key(doc["access_key_id"]) == doc  # read as it was, before the upgrade
+        with s.transaction():
+            assert s.seal_access_keys() == 1
+            assert s.seal_access_keys() == 0
+            s.put_access_key("AKIANEW0000000000000", {**doc, "access_key_id": "AKIANEW0000000000000"})
+        assert s.get_access_key(doc["access_key_id"]) == doc
+        assert [k["secret_access_key"] for k in s.list_access_keys()] == ["p" * 40] * 2
+    finally:
+        s.close()
+    raw = open_store(target)  # what a dump sees: only sealed values
+    try:
+        for stored in raw.list_access_keys():
+            assert "secret_access_key" not in stored and stored["secret_sealed"].startswith("aesgcm1:")
+    finally:
+        raw.close()
+    other = open_store(target, sealer=SecretBox.load(tmp_path / "other.key"))
+    try:
+        with pytest.raises(SecretsKeyError, match="does not open with the secrets key file"):
+            with other.transaction():
+                other.seal_access_keys()
+    finally:
+        other.close()
