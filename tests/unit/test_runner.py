@@ -207,7 +207,8 @@ def test_kill_ends_the_whole_process_group(tmp_path: Path, mode: str) -> None:
         # The shell and its sleeps ignore SIGTERM, so only the SIGKILL after grace ends them.
         cmd = "trap '' TERM; sleep 300 & sleep 300 & echo ready; wait"
         pid = await h.start("k", ["sh", "-c", cmd])
-        await wait_for(lambda: "ready" in h.log("k") and len(session_members(pid)) == 3)
+        # The attempt's shim, the shell and its two sleeps.
+        await wait_for(lambda: "ready" in h.log("k") and len(session_members(pid)) == 4)
         assert [r[:3] for r in h.runner.running()] == [("k", "job-k", pid)]
         t0 = time.monotonic()
         h.runner.kill("k", "Job terminated: by test", grace_s=0.5)
@@ -421,7 +422,7 @@ def test_adopt_orphans_kills_what_a_dead_agent_left_and_nothing_else(
         journal = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "running").iterdir()}
         logs = {a: tmp_path / "attempts" / a / "output.log" for a in journal}
         wait_for_sync(lambda: all("ready" in p.read_text() for p in logs.values()))
-        wait_for_sync(lambda: len(session_members(journal["group"]["pid"])) == 3)
+        wait_for_sync(lambda: len(session_members(journal["group"]["pid"])) == 4)  # with its shim
         agent.kill()  # the agent crashes; its jobs run on
         agent.wait()
         # "dies" ended while no agent watched; "reused" has its pid taken by a stranger.
