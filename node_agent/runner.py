@@ -1501,9 +1501,14 @@ def _first_closed_dir(path: Path) -> str | None:
 def _write_json(path: Path, data: dict[str, object]) -> None:
     """Write by rename, so a crash leaves the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(json.dumps(data).encode())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(data).encode())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk must not keep the half it took
+        raise
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
