@@ -224,6 +224,9 @@ class Agent:
             status_reason=result.status_reason,
             started_at=result.started_at,
             stopped_at=result.stopped_at,
+            timed_out=result.timed_out,
+            fenced=result.fenced,
+            lost=result.lost,
         )
         # Kept and resent until the head acknowledges it; the runner's result file keeps it
         # on disk too, where the disk allows (an exit is reported even when it does not).

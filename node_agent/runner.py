@@ -1178,6 +1178,12 @@ class Runner:
         if attempt_id in self._running or not _safe_name(attempt_id):
             return
         self._finished.pop(attempt_id, None)
+        # Journal writes still owed for it (a full disk) are moot now; its entry goes too.
+        journal = self._journal_dir / f"{attempt_id}.json"
+        self._pending_writes.pop(journal, None)
+        self._pending_writes.pop(self._attempts_dir / attempt_id / "result.json", None)
+        with contextlib.suppress(OSError):
+            journal.unlink(missing_ok=True)
         if self._remover is None:
             self._remover = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hpcbatch-forget")
         self._remover.submit(self._remove_attempt_dir, attempt_id)
