@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from hpcbatch.errors import HpcbatchError
 from tests.harness import TestCluster, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs and sets file attributes (root only)")
@@ -162,3 +163,55 @@ def test_a_full_state_disk_costs_no_exit_no_agent_and_leaves_no_job_running(fc: 
         filler.unlink()
     # With room again the node works as before.
     assert fc.wait_status(fc.submit(["sh", "-c", "exit 0"], jobQueue="small"), "SUCCEEDED")
+
+
+def test_a_start_the_agent_cannot_carry_out_fails_that_attempt_and_the_node_lives(fc: TestCluster) -> None:
+    # A NUL byte in a variable: exec cannot take it (Python raises ValueError, not OSError),
+    # which once escaped the agent's loop and killed every job on the node.
+    command, gate, runs = _gated(fc, "nul", 0)
+    bystander = fc.submit(command)
+    node = fc.wait_status(bystander, "RUNNING")["nodeName"]
+    other = next(n for n in fc.node_names if n != node)
+    fc.client.call("/hpcbatch/v1/drainnode", {"name": other, "reason": "test: one node"})
+    try:
+        try:
+            bad = fc.submit(["true"], containerOverrides={"command": ["true"],
+                                                          "environment": [{"name": "BAD", "value": "a\x00b"}]})
+        except HpcbatchError as exc:  # refused at the API edge: it never reaches an agent
+            pytest.skip(f"the API refuses it: {exc}")
+        failed = fc.wait_status(bad, "FAILED")
+    finally:
+        fc.client.call("/hpcbatch/v1/resumenode", {"name": other})
+    reason = failed["attempts"][0]["container"].get("reason") or ""
+    assert reason.startswith("CannotStartContainerError: ValueError: embedded null byte"), failed
+    assert fc.procs[node].poll() is None, "the agent died"
+    assert fc.job(bystander)["status"] == "RUNNING"
+    gate.touch()
+    _one_attempt(fc.wait_status(bystander, "SUCCEEDED"), 0)
+    _ran_once(runs, bystander)
+
+
+def test_an_attempt_the_head_ended_while_its_agent_was_away_is_killed_when_it_returns(fc: TestCluster) -> None:
+    command, gate, runs = _gated(fc, "ended", 0)
+    job_id = fc.submit(command)
+    node = fc.wait_status(job_id, "RUNNING")["nodeName"]
+    wait_for(runs.exists, what="the job to start")
+    (entry,) = (fc.root / node / "running").glob("*.json")
+    pid = json.loads(entry.read_text())["pid"]
+    fc.kill(node, signal.SIGTERM)  # the attempt runs on, unwatched
+    fc.client.terminate_job(jobId=job_id, reason="Terminated while the agent was away")
+    fc.start_agent(node)  # it lists the attempt as running; the head has ended it: killed
+    wait_for(lambda: not _alive(pid), what="the attempt to be killed")
+    job = fc.wait_status(job_id, "FAILED")
+    assert job["statusReason"] == "Terminated while the agent was away", job
+    assert not gate.exists()
+    _ran_once(runs, job_id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
