@@ -19,10 +19,20 @@ Theory of operation (Linux only; one asyncio event loop, no threads):
   0.5 s timer sums the RSS of every attempt's session from /proc and kills the group that
   is over. Either way the result is AWS's: exitCode 137 and reason ``OOM_REASON``
   (``evaluateOnExit`` rules match on 137, so we keep it).
+* The shim: each attempt runs under a small ``sh`` (``_SHIM``, slurmstepd's and conmon's
+  part) that stays the job's parent, survives the agent, and writes the job's exit status
+  to ``exit_status`` in the attempt's directory. The attempt's pid is the shim's; it leads
+  the process group, so signals reach the job as before. An agent that stops (or dies)
+  leaves its attempts running; the next one re-adopts them (``adopt_orphans(readopt=True)``:
+  a pidfd works on a non-child; the status file says how the job ended), with their
+  timeouts, kills and memory limits. sh reports death by signal N as 128+N, so a job that
+  exits 129..192 itself reads as killed by that signal, as a shell would say.
 * Durability: a journal entry per live attempt (``state_dir/running/<id>.json``) and a
   ``result.json`` per finished one, both written by rename. No fsync: the journal only has
-  to outlive the agent process; a machine crash takes the jobs with it.
-  ``adopt_orphans`` turns what a dead agent left into results and kills what still runs.
+  to outlive the agent process; a machine crash takes the jobs with it. An exit is
+  reported before anything is written; a write that fails (a full disk) is retried every
+  second, and the exit is not lost meanwhile. A failure while starting fails that attempt
+  with a reason naming the cause (``CannotStartContainerError: ...``), never the agent.
 * Owners: a root agent runs each attempt as its owner's Unix user (``spec.user``, resolved
   here with pwd/getgrouplist), never as root unless ``allow_root_jobs``. Popen's user=,
   group= and extra_groups= make CPython 3.11 fork() instead of vfork() (about 9 ms per spawn
@@ -48,9 +58,11 @@ Theory of operation (Linux only; one asyncio event loop, no threads):
   signal podman as above and also remove the container (``podman rm --force``); launched
   tasks are ``podman exec`` in it.
 
-Past 800 lines (about 1,200) because two self-contained parts live here: the memory-cgroup
-backend (``_MemoryCgroups``, ~150 lines) and running as the owner (``_resolve_owner``,
-``_launch`` and their helpers, ~150 lines); each can move to its own module unchanged.
+Past 800 lines (about 1,650) because three self-contained parts live here: the memory-cgroup
+backend (``_MemoryCgroups``, ~150 lines), running as the owner (``_resolve_owner``,
+``_launch`` and their helpers, ~150 lines) and the journal with re-adoption
+(``_durable``, ``adopt_orphans``, ``_readopt``, ~250 lines); each can move to its own module
+unchanged (left here while other work edits this file).
 """
 
 from __future__ import annotations
@@ -818,55 +830,12 @@ class Runner:
         removals: list[tuple[subprocess.Popen[bytes], Path]] = []  # containers' podman rm, their cgroup
         for entry in sorted(self._journal_dir.iterdir()):
             try:
-                data = json.loads(entry.read_bytes())
-                attempt_id, pid = data["attempt_id"], int(data["pid"])
-                create_time, started_at = float(data["create_time"]), int(data["started_at"])
-            except (OSError, ValueError, KeyError, TypeError):
-                entry.unlink(missing_ok=True)  # a torn .tmp or garbage: nothing to adopt
+                result = self._adopt_one(entry, readopt, removals)
+            except Exception:  # one bad entry must not stop the agent from starting (a crash loop)
+                log.exception("cannot adopt what %s describes; left in place", entry)
                 continue
-            if attempt_id in self._running:
-                continue
-            adir = self._attempts_dir / attempt_id
-            # A result on disk means it ended before the old agent died: report the truth.
-            result = _read_result(adir)
-            if result is None:
-                alive = _alive(pid, create_time)
-                status_file = Path(data["status_file"]) if data.get("status_file") else None
-                if alive and readopt and data.get("adoptable") and status_file is not None:
-                    self._readopt(data, attempt_id, pid, create_time, started_at, status_file)
-                    continue
-                job_id = str(data.get("job_id", ""))
-                code = None
-                if not alive and status_file is not None:  # it ended while no agent watched
-                    with contextlib.suppress(OSError, ValueError):
-                        code = int(status_file.read_text())
-                if code is not None:
-                    if 128 < code <= 128 + _MAX_SIGNAL and not data.get("container"):
-                        exit_code, reason = None, f"Killed by signal {_signal_name(code - 128)}"
-                    else:
-                        exit_code, reason = code, None
-                    result = AttemptResult(attempt_id, job_id, exit_code, reason, None, started_at, _now_ms())
-                else:
-                    _kill_orphan_group(pid, create_time)
-                    result = AttemptResult(
-                        attempt_id, job_id, None, None, LOST_REASON, started_at, _now_ms(), lost=True
-                    )
-                if adir.is_dir():
-                    with contextlib.suppress(OSError):  # the exit goes out anyway; unacknowledged() needs it
-                        _write_json(adir / "result.json", dataclasses.asdict(result))
-            removal = None
-            if data.get("container") and self._containers is not None:
-                removal = self._containers.remove(attempt_id)
-            if data.get("cgroup"):
-                path = Path(data["cgroup"])
-                _MemoryCgroups.kill(path)
-                if removal is not None:  # the container's cgroup is in it until podman removed it
-                    removals.append((removal, path))
-                elif not _remove_cgroup_soon(path):
-                    log.warning("orphan cgroup %s still busy; left in place", path)
-            entry.unlink(missing_ok=True)
-            self._remember(result)
-            results.append(result)
+            if result is not None:
+                results.append(result)
         for removal, path in removals:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 removal.wait(timeout=60)
@@ -875,6 +844,61 @@ class Runner:
             if self._cgroups is not None and path.is_relative_to(self._cgroups.root):
                 sweep(siblings(path, self._cgroups.version, self._cgroups.root))
         return results
+
+    def _adopt_one(
+        self, entry: Path, readopt: bool, removals: list[tuple[subprocess.Popen[bytes], Path]]
+    ) -> AttemptResult | None:
+        """One journal entry of ``adopt_orphans``: its result, or None (re-adopted, or nothing)."""
+        try:
+            data = json.loads(entry.read_bytes())
+            attempt_id, pid = data["attempt_id"], int(data["pid"])
+            create_time, started_at = float(data["create_time"]), int(data["started_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            entry.unlink(missing_ok=True)  # a torn .tmp or garbage: nothing to adopt
+            return None
+        if attempt_id in self._running:
+            return None
+        adir = self._attempts_dir / attempt_id
+        # A result on disk means it ended before the old agent died: report the truth.
+        result = _read_result(adir)
+        if result is None:
+            alive = _alive(pid, create_time)
+            status_file = Path(data["status_file"]) if data.get("status_file") else None
+            if alive and readopt and data.get("adoptable") and status_file is not None:
+                self._readopt(data, attempt_id, pid, create_time, started_at, status_file)
+                return None
+            job_id = str(data.get("job_id", ""))
+            code = None
+            if not alive and status_file is not None:  # it ended while no agent watched
+                with contextlib.suppress(OSError, ValueError):
+                    code = int(status_file.read_text())
+            if code is not None:
+                if 128 < code <= 128 + _MAX_SIGNAL and not data.get("container"):
+                    exit_code, reason = None, f"Killed by signal {_signal_name(code - 128)}"
+                else:
+                    exit_code, reason = code, None
+                result = AttemptResult(attempt_id, job_id, exit_code, reason, None, started_at, _now_ms())
+            else:
+                _kill_orphan_group(pid, create_time)
+                result = AttemptResult(
+                    attempt_id, job_id, None, None, LOST_REASON, started_at, _now_ms(), lost=True
+                )
+            if adir.is_dir():
+                with contextlib.suppress(OSError):  # the exit goes out anyway; unacknowledged() needs it
+                    _write_json(adir / "result.json", dataclasses.asdict(result))
+        removal = None
+        if data.get("container") and self._containers is not None:
+            removal = self._containers.remove(attempt_id)
+        if data.get("cgroup"):
+            path = Path(data["cgroup"])
+            _MemoryCgroups.kill(path)
+            if removal is not None:  # the container's cgroup is in it until podman removed it
+                removals.append((removal, path))
+            elif not _remove_cgroup_soon(path):
+                log.warning("orphan cgroup %s still busy; left in place", path)
+        entry.unlink(missing_ok=True)
+        self._remember(result)
+        return result
 
     def _readopt(
         self, data: dict[str, object], attempt_id: str, pid: int, create_time: float, started_at: int,
