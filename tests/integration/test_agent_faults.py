@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,31 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_an_agent_back_after_its_fence_kills_what_it_left_instead_of_adopting_it(fc: TestCluster) -> None:
+    # Past the fence the head may have retried the attempt elsewhere: adopting it could
+    # run the command twice at once. (Last in the module: it adds a node with a short fence.)
+    fc.add_agent("nodefence", extra='compute_environment = "fence"\nfence_after_s = 2\nleave_attempts_on_stop = true\n')
+    fc.start_agent("nodefence")
+    fc.wait_active(["nodefence"])
+    fc.client.create_compute_environment(computeEnvironmentName="fence", type="UNMANAGED")
+    fc.client.create_job_queue(jobQueueName="fence", priority=1,
+                               computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "fence"}])
+    command, gate, runs = _gated(fc, "fence", 0)
+    job_id = fc.submit(command, jobQueue="fence")
+    fc.wait_status(job_id, "RUNNING")
+    wait_for(runs.exists, what="the job to start")
+    (entry,) = (fc.root / "nodefence" / "running").glob("*.json")
+    pid = json.loads(entry.read_text())["pid"]
+    fc.kill("nodefence", signal.SIGKILL)
+    lease = fc.root / "nodefence" / "lease"
+    wait_for(lambda: time.time() - lease.stat().st_mtime > 3, what="the fence to pass")
+    fc.start_agent("nodefence")
+    wait_for(lambda: not _alive(pid), what="the orphan to be killed")
+    job = fc.wait_status(job_id, "FAILED", "RUNNABLE")
+    assert job["attempts"] and job["attempts"][0].get("container", {}).get("exitCode") is None, job
+    assert "killed" in _agent_log(fc, "nodefence")
+    _ran_once(runs, job_id)
+    fc.client.terminate_job(jobId=job_id, reason="done")
+    fc.kill("nodefence", signal.SIGTERM)
