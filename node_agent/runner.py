@@ -633,8 +633,9 @@ class Runner:
             return ["/bin/sh", "-c", unset + _JOIN_SHIM, procs, str(status_file), *argv], env, None
         if status_file is not None:
             return ["/bin/sh", "-c", unset + _SHIM, str(status_file), *argv], env, None
-        assert procs is not None
-        return ["/bin/sh", "-c", unset + _JOIN_CGROUP, procs, *argv], env, None
+        if procs is not None:
+            return ["/bin/sh", "-c", unset + _JOIN_CGROUP, procs, *argv], env, None
+        return argv, env, None  # setpriv and env -i straight into the job
 
     # ------------------------------------------------------------------ launched tasks
     def job_dir(self, attempt_id: str, user: str | None) -> Path:
