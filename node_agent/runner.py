@@ -699,6 +699,8 @@ class Runner:
             )
         except (OSError, subprocess.SubprocessError) as exc:
             return _spawn_error(exc, argv[0], rec.cwd, rec.drop)
+        except ValueError as exc:  # exec cannot carry it (a NUL byte in the command)
+            return f"{CANNOT_START}: {describe_failure(exc)}"
         finally:
             os.close(log_fd)
         task = _Task(launch_id, rec, popen, on_exit)

@@ -673,3 +673,15 @@ def test_exits_are_reported_when_the_state_disk_is_full_and_journalled_once_it_h
 
 def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+def test_a_launched_task_exec_cannot_carry_is_refused_and_its_attempt_lives(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start("host", ["sleep", "30"], hold=False)
+        error = h.runner.start_task("host", "l1", "echo a\0b", lambda *a: None)
+        assert error is not None and error.startswith("CannotStartContainerError: ValueError: embedded null byte")
+        assert [r[0] for r in h.runner.running()] == ["host"]
+        h.runner.kill("host", "done", grace_s=0)
+        assert (await h.result("host")).status_reason == "done"
+
+    run(tmp_path, body)
