@@ -619,7 +619,12 @@ class Agent:
         retry = REFUSED_RETRY_S[0]
         failures = 0
         while True:
-            event = parse_monitor_message(await self._monitor.recv_multipart())
+            frames = await self._monitor.recv_multipart()
+            try:
+                event = parse_monitor_message(frames)
+            except Exception:  # an event we cannot read: the next one may be fine
+                log.exception("unreadable socket monitor event")
+                continue
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connected_at = time.monotonic()
