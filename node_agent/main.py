@@ -682,7 +682,9 @@ class Agent:
         for result in self.runner.unacknowledged():
             self._on_exit(result)
         readopt = self._lease_fresh()
+        killed = 0
         for result in self.runner.adopt_orphans(readopt=readopt):
+            killed += result.lost
             if result.attempt_id not in self._unacked:
                 self._on_exit(result)
         for attempt_id, job_id, _pid, _t in self.runner.running():
@@ -691,8 +693,10 @@ class Agent:
                 self._shipped[attempt_id] = self.runner.log_path(attempt_id).stat().st_size
             except OSError:
                 self._shipped[attempt_id] = 0
-        if not readopt:
-            log.warning("no head heard this node for over %g s: attempts left running were killed", self._fence_after_s)
+        if killed:
+            log.warning("%d attempt(s) a previous agent process left were killed and reported lost (%s)", killed,
+                        "multi-node, or with no record of how they ended" if readopt
+                        else f"no head heard this node for over {self._fence_after_s:g} s: it may have retried them")
         await self.bridge.start()
         self._register()
         log.info(
