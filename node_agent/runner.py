@@ -353,7 +353,7 @@ class Runner:
             stored = _read_result(adir)
             return stored or dataclasses.replace(self._result(spec, None, None, LOST_REASON), lost=True)
         except OSError as exc:
-            result = self._result(spec, None, f"{CANNOT_START}: cannot create {adir}: {_os_error(exc)}", None)
+            result = self._result(spec, None, f"{CANNOT_START}: cannot create the attempt's directory: {_os_error(exc)}", None)
             self._remember(result)
             return result
         try:

@@ -130,7 +130,7 @@ def test_a_start_that_fails_fails_that_attempt_with_the_cause_and_spares_the_oth
         failed = fc.wait_status(fc.submit(["true"]), "FAILED")
         assert failed["nodeName"] == node
         reason = failed["attempts"][0]["container"].get("reason") or ""
-        assert reason.startswith("CannotStartContainerError: cannot create"), failed
+        assert reason.startswith("CannotStartContainerError: cannot create the attempt's directory"), failed
         assert "Operation not permitted" in reason
     finally:
         subprocess.run(["chattr", "-i", str(attempts)], check=False)
