@@ -97,9 +97,13 @@ class AttemptExited(Message, tag="exited", kw_only=True):
     job_id: str
     exit_code: int | None
     reason: str | None = None  # AWS container.reason, e.g. OutOfMemoryError: ...
-    status_reason: str | None = None  # job-level statusReason, e.g. timeout
+    status_reason: str | None = None  # job-level statusReason, for people (e.g. the timeout's wording)
     started_at: int | None = None
     stopped_at: int
+    # How it ended, as facts the head decides on (never parsed out of the reasons):
+    timed_out: bool = False  # attemptDurationSeconds ran out: never retried
+    fenced: bool = False  # killed by the agent's fence (no head heard it): the command did not finish
+    lost: bool = False  # the agent does not know how it ended (not watched, result gone)
 
 
 class Register(Message, tag="register", kw_only=True):

@@ -281,7 +281,13 @@ class LaunchBridge:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            answer = await self._launch(reader, writer)
+            try:
+                answer = await self._launch(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                raise
+            except Exception as exc:  # a launch that fails fails that launch, not the bridge
+                log.exception("launch request from uid %d failed", _peer_uid(writer))
+                answer = (None, f"the agent on {self.node_name} failed to launch it: {type(exc).__name__}: {exc}")
             writer.write(json.dumps({"exit_code": answer[0], "error": answer[1]}).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -58,6 +58,10 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # AWS's repositoryCredentials name a Secrets Manager secret, which a cluster has not.
     container_auth_file: str = ""
     keep_workdir: bool = False  # debugging: leave each job's private work dir after it ends
+    # Stop (SIGTERM) leaves running attempts in their cgroups under their shims, and the
+    # next agent process re-adopts them with their real exits, as slurmd leaves jobs under
+    # slurmstepd; the systemd unit needs KillMode=process for that. false: a stop kills them.
+    leave_attempts_on_stop: bool = True
     allow_root_jobs: bool = False  # jobs owned by root run as root only when this is true
     kill_grace_s: float = 10.0
     memory_enforcement: str = "auto"  # auto | cgroup | rss

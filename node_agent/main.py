@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from node_agent.discovery import discover
 from node_agent.gpus_nvml import NvmlGpus
 from node_agent.head_epoch import HeadEpoch
 from node_agent.runner import CANNOT_START, AttemptResult, AttemptSpec, Runner
+from node_agent.runner import describe_failure as _describe
 
 log = logging.getLogger("hpcbatch.agent")
 
@@ -164,6 +165,8 @@ class Agent:
         self._lease_from = time.monotonic()
         self._fenced = False
         self._fence_killed: set[str] = set()  # attempts this fence has killed already
+        self._lease_path = self.state / "lease"  # mtime: when a head last heard this node (_save_lease)
+        self._lease_saved = -1e9
         self._connected_at: float | None = None  # last successful handshake
         self._welcomed = False  # a head has answered a Register of this process
         self._said: set[str] = set()  # conditions already logged (each said once per episode)
@@ -208,8 +211,11 @@ class Agent:
 
     # ----------------------------------------------------------------- attempts
     def _on_exit(self, result: AttemptResult) -> None:
-        self.bridge.revoke(result.attempt_id)
-        self._ship_output(result.attempt_id, final=True)
+        try:  # the output first, so the head has it all when the exit lands; best-effort
+            self.bridge.revoke(result.attempt_id)
+            self._ship_output(result.attempt_id, final=True)
+        except Exception:
+            log.exception("attempt %s of job %s: shipping its last output failed", result.attempt_id, result.job_id)
         exited = p.AttemptExited(
             attempt_id=result.attempt_id,
             job_id=result.job_id,
@@ -218,8 +224,12 @@ class Agent:
             status_reason=result.status_reason,
             started_at=result.started_at,
             stopped_at=result.stopped_at,
+            timed_out=result.timed_out,
+            fenced=result.fenced,
+            lost=result.lost,
         )
-        # The runner's result file keeps the exit on disk until the head acknowledges it.
+        # Kept and resent until the head acknowledges it; the runner's result file keeps it
+        # on disk too, where the disk allows (an exit is reported even when it does not).
         self._unacked[exited.attempt_id] = exited
         self._send(exited)
 
@@ -280,6 +290,7 @@ class Agent:
             script=msg.script,
             user=msg.owner,  # never None here: an ownerless job must not run as the agent (root)
             hold=msg.hold,
+            multinode=bool(msg.hosts),
             files=files,
             cpus=tuple(gpu_local_cpus(msg.gpu_ids, self.facts.gpu_facts, self._cpus)) if msg.gpu_ids else (),
         )
@@ -314,18 +325,31 @@ class Agent:
             )
 
         if msg.attempt_id in self._not_started:  # this node's image is still coming: launch after
-            self._spawn(self._start_task_after_pull(msg))
+            self._spawn(self._start_task_after_pull(msg), f"launch {msg.launch_id[:8]} for job {msg.job_id}")
             return
         error = self.runner.start_task(msg.attempt_id, msg.launch_id, msg.command, exited)
         if error is not None:
             log.warning("launch %s for job %s refused: %s", msg.launch_id[:8], msg.job_id, error)
             exited(msg.launch_id, None, error)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` beside the receive loop (pulls take long); kept referenced until done."""
-        task = asyncio.create_task(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str,
+               on_error: Callable[[Exception], None] | None = None) -> None:
+        """Run ``coro`` beside the receive loop (pulls take long). Its owner is ``run``, which
+        cancels and awaits what is left on the way out; its failure is logged and handed to
+        ``on_error`` (which fails the attempt concerned), never lost and never fatal."""
+        task = asyncio.create_task(self._guarded(coro, what, on_error))
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
+
+    @staticmethod
+    async def _guarded(coro: Coroutine[Any, Any, None], what: str,
+                       on_error: Callable[[Exception], None] | None) -> None:
+        try:
+            await coro
+        except Exception as exc:
+            log.exception("%s failed", what)
+            if on_error is not None:
+                on_error(exc)
 
     async def _start_container(self, msg: p.StartAttempt) -> None:
         try:
@@ -376,8 +400,12 @@ class Agent:
     async def _log_loop(self) -> None:
         while True:
             await asyncio.sleep(LOG_POLL_S)
-            for attempt_id, _job, _pid, _t in self.runner.running():
-                self._ship_output(attempt_id)
+            for attempt_id, job_id, _pid, _t in self.runner.running():
+                try:
+                    self._ship_output(attempt_id)
+                except Exception:  # that attempt's output waits; the others' goes on
+                    self._say_once(f"ship-{attempt_id}", logging.ERROR, "shipping output of attempt %s of job %s "
+                                   "failed", attempt_id, job_id, exc_info=True)
 
     # --------------------------------------------------------------------- loops
     async def _receive_loop(self) -> None:
@@ -404,49 +432,118 @@ class Agent:
                     self._say_once("epoch-save", logging.ERROR, "cannot remember head epoch %d in %s: %s",
                                    msg.epoch, self._epoch_memory.path, exc)
                 self._epoch = msg.epoch
-            match msg:
-                case p.StartAttempt() if self._fenced:
-                    self._refuse_fenced(msg)
-                case p.StartAttempt() if msg.image:
-                    self._not_started.add(msg.attempt_id)  # launches for it wait (_start_task)
-                    self._spawn(self._start_container(msg))  # the pull must not stop the loop
-                case p.StartAttempt():
-                    await self._start(msg)
-                case p.StartTask():
-                    self._start_task(msg)
-                case p.LaunchDone():
-                    self.bridge.launch_done(msg)
-                case p.KillAttempt():
-                    self.runner.kill(msg.attempt_id, msg.reason, msg.grace_s)
-                case p.AckExits():
-                    self._ack(msg.attempt_ids)
-                case p.PullImage():
-                    self._spawn(self._pull(msg.image))
-                case p.Welcome():
-                    self._renew_lease(msg.echo)
-                    if msg.head_id != self._head_id:
-                        log.info("registered with head %s", msg.head_id[:8])
-                    self._head_id = msg.head_id
-                    self._welcomed = True
-                    self._spawn(self._report_images())
-                    self._said.discard("enrollment")
-                    self._interval, self._liveness = msg.heartbeat_interval_s, msg.liveness
-                    for attempt_id, offsets in msg.log_offsets.items():
-                        self._shipped[attempt_id] = min(self._shipped.get(attempt_id, 0), offsets.get("output", 0))
-                case p.Reregister():
+            try:
+                await self._dispatch(msg)
+            except Exception as exc:  # one message fails, not the node: see _contain
+                self._contain(msg, exc)
+
+    async def _dispatch(self, msg: p.HeadMessage) -> None:
+        """Obey one message of the head's."""
+        match msg:
+            case p.StartAttempt() if self._fenced:
+                self._refuse_fenced(msg)
+            case p.StartAttempt() if msg.image:
+                self._not_started.add(msg.attempt_id)  # launches for it wait (_start_task)
+                start = msg
+                self._spawn(  # the pull must not stop the loop
+                    self._start_container(msg), f"starting attempt {msg.attempt_id} of job {msg.job_id}",
+                    lambda exc: self._start_failed(start, exc),
+                )
+            case p.StartAttempt():
+                await self._start(msg)
+            case p.StartTask():
+                self._start_task(msg)
+            case p.LaunchDone():
+                self.bridge.launch_done(msg)
+            case p.KillAttempt():
+                self.runner.kill(msg.attempt_id, msg.reason, msg.grace_s)
+            case p.AckExits():
+                self._ack(msg.attempt_ids)
+            case p.PullImage():
+                self._spawn(self._pull(msg.image), f"pre-pull of {msg.image}")
+            case p.Welcome():
+                self._renew_lease(msg.echo)
+                if msg.head_id != self._head_id:
+                    log.info("registered with head %s", msg.head_id[:8])
+                self._head_id = msg.head_id
+                self._welcomed = True
+                self._spawn(self._report_images(), "reporting the image cache")
+                self._said.discard("enrollment")
+                self._interval, self._liveness = msg.heartbeat_interval_s, msg.liveness
+                for attempt_id, offsets in msg.log_offsets.items():
+                    self._shipped[attempt_id] = min(self._shipped.get(attempt_id, 0), offsets.get("output", 0))
+            case p.Reregister():
+                self._register()
+            case p.HeadHeartbeat():
+                self._renew_lease(msg.echo)
+                if msg.head_id != self._head_id:
                     self._register()
-                case p.HeadHeartbeat():
-                    self._renew_lease(msg.echo)
-                    if msg.head_id != self._head_id:
-                        self._register()
+
+    def _contain(self, msg: p.HeadMessage, exc: Exception) -> None:
+        """A message whose handling failed: log it with its type and ids, and fail only the
+        attempt (or launch) it concerns, with a reason naming the cause. The agent and every
+        other job on the node live on."""
+        ids = " ".join(
+            f"{name}={value}" for name in ("job_id", "attempt_id", "launch_id")
+            if (value := getattr(msg, name, None))
+        )
+        log.error("handling %s (%s) failed: %s", type(msg).__name__, ids or "no ids", _describe(exc), exc_info=exc)
+        if isinstance(msg, p.StartAttempt):
+            self._start_failed(msg, exc)
+        elif isinstance(msg, p.StartTask):
+            self._send(p.TaskExited(launch_id=msg.launch_id, origin=msg.origin, exit_code=None,
+                                    reason=f"the agent on {self.config.name} failed to launch it: {_describe(exc)}"))
+
+    def _start_failed(self, msg: p.StartAttempt, exc: Exception) -> None:
+        """Report an attempt whose start raised as failed, unless it runs or was reported already."""
+        self._not_started.discard(msg.attempt_id)
+        if msg.attempt_id in self._unacked or msg.attempt_id in {r[0] for r in self.runner.running()}:
+            return
+        now = _now_ms()
+        self._on_exit(AttemptResult(
+            attempt_id=msg.attempt_id, job_id=msg.job_id, exit_code=None,
+            reason=f"{CANNOT_START}: the agent on {self.config.name} failed while starting it: {_describe(exc)}",
+            status_reason=None, started_at=now, stopped_at=now,
+        ))
 
     # ------------------------------------------------------------------ fencing
     def _renew_lease(self, echo: float) -> None:
         """A head heard us at ``echo`` (our clock; 0 from a head that does not echo: now)."""
         self._lease_from = max(self._lease_from, echo if echo > 0 else time.monotonic())
+        self._save_lease()
         if self._fenced and time.monotonic() - self._lease_from <= self._fence_after_s:
             self._fenced = False
             log.warning("a head hears this node again: fence lifted, attempts may start")
+
+    def _save_lease(self) -> None:
+        """Keep when a head last heard us as the lease file's mtime (wall clock), at most once
+        a second: a restarted agent re-adopts its attempts only while that is within the
+        fence (after it, the head may have retried them elsewhere). utime needs no free space."""
+        now = time.monotonic()
+        if now - self._lease_saved < 1.0:
+            return
+        self._lease_saved = now
+        heard = time.time() - (now - self._lease_from)
+        try:
+            os.utime(self._lease_path, (heard, heard))
+        except FileNotFoundError:
+            try:
+                self._lease_path.touch()
+                os.utime(self._lease_path, (heard, heard))
+            except OSError as exc:
+                self._say_once("lease", logging.WARNING, "cannot keep the lease time in %s: %s", self._lease_path, exc)
+        except OSError as exc:
+            self._say_once("lease", logging.WARNING, "cannot keep the lease time in %s: %s", self._lease_path, exc)
+
+    def _lease_fresh(self) -> bool:
+        """Whether a head heard this node (the previous agent process) within the fence."""
+        if self._fence_after_s <= 0:
+            return True
+        try:
+            heard = self._lease_path.stat().st_mtime
+        except FileNotFoundError:
+            return True  # never heard, or an older agent: nothing says a head gave up on us
+        return time.time() - heard <= self._fence_after_s
 
     def _check_fence(self, now: float) -> None:
         """Unheard by any head for fence_after_s: kill every attempt (the head retries them elsewhere)."""
@@ -466,7 +563,7 @@ class Agent:
         reason = f"Node {self.config.name} fenced: no head heard it for {silent:.0f} s"
         for attempt_id in running:
             self._fence_killed.add(attempt_id)
-            self.runner.kill(attempt_id, reason, grace_s=0)
+            self.runner.kill(attempt_id, reason, grace_s=0, fenced=True)
 
     def _refuse_fenced(self, msg: p.StartAttempt) -> None:
         """An order that reached a fenced node late: not run, reported as refused."""
@@ -482,40 +579,52 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            now = time.monotonic()
-            self._check_fence(now)
-            silent = now - max(self._head_seen, self._head_since)
-            if silent > self._interval * self._liveness:
-                if len(self._heads) > 1:
-                    self._next_head()  # the active head moved (failover): find it
-                # The head may be gone or restarted: keep offering ourselves.
-                self._register()
-                connected = self._connected_at
-                if not self._welcomed and connected is not None and now - connected > self._interval * self._liveness:
-                    self._say_once(
-                        "enrollment", logging.WARNING,
-                        "connected to the head at %s, which does not answer: this node's key (%s) is probably "
-                        "waiting for enrollment: run `hpcbatch nodes keys accept %s` on the head",
-                        self._head, self.keys.public.decode(), self.config.name,
-                    )
-                continue
-            running = [r[0] for r in self.runner.running()]
-            unhealthy, usage = self._gpu_report(running)
-            self._send(
-                p.AgentHeartbeat(
-                    instance_id=self.instance_id, running=running, unhealthy_gpus=unhealthy, gpu_usage=usage,
-                    gpu_utilization=self.nvml.utilization(), sent_at=time.monotonic(),
+            try:
+                self._heartbeat()
+            except Exception:  # the next beat tries again; the agent must not stop beating
+                log.exception("heartbeat failed")
+
+    def _heartbeat(self) -> None:
+        """One beat: check the fence, find a head, say what runs, resend unacknowledged exits."""
+        now = time.monotonic()
+        self._check_fence(now)
+        silent = now - max(self._head_seen, self._head_since)
+        if silent > self._interval * self._liveness:
+            if len(self._heads) > 1:
+                self._next_head()  # the active head moved (failover): find it
+            # The head may be gone or restarted: keep offering ourselves.
+            self._register()
+            connected = self._connected_at
+            if not self._welcomed and connected is not None and now - connected > self._interval * self._liveness:
+                self._say_once(
+                    "enrollment", logging.WARNING,
+                    "connected to the head at %s, which does not answer: this node's key (%s) is probably "
+                    "waiting for enrollment: run `hpcbatch nodes keys accept %s` on the head",
+                    self._head, self.keys.public.decode(), self.config.name,
                 )
+            return
+        running = [r[0] for r in self.runner.running()]
+        unhealthy, usage = self._gpu_report(running)
+        self._send(
+            p.AgentHeartbeat(
+                instance_id=self.instance_id, running=running, unhealthy_gpus=unhealthy, gpu_usage=usage,
+                gpu_utilization=self.nvml.utilization(), sent_at=time.monotonic(),
             )
-            for exited in list(self._unacked.values()):
-                self._send(exited)
+        )
+        for exited in list(self._unacked.values()):
+            self._send(exited)
 
     async def _monitor_loop(self) -> None:
         """Watch the CurveZMQ handshakes: log what an admin must fix, reconnect after a refusal."""
         retry = REFUSED_RETRY_S[0]
         failures = 0
         while True:
-            event = parse_monitor_message(await self._monitor.recv_multipart())
+            frames = await self._monitor.recv_multipart()
+            try:
+                event = parse_monitor_message(frames)
+            except Exception:  # an event we cannot read: the next one may be fine
+                log.exception("unreadable socket monitor event")
+                continue
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connected_at = time.monotonic()
@@ -564,14 +673,30 @@ class Agent:
         self._reconnect(following)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set; running attempts are killed on the way out."""
+        """Serve until ``stop`` is set; on the way out running attempts are left to the next
+        agent process (``leave_attempts_on_stop``), or killed."""
         # Exits a previous agent process saw but the head never acknowledged, then attempts
-        # it left running (killed now: nothing runs untracked or twice).
+        # it left running: re-adopted (watched again, their real exits reported) while a
+        # head heard the node within the fence; past it the head may have retried them
+        # elsewhere, so they are killed (nothing runs untracked or twice).
         for result in self.runner.unacknowledged():
             self._on_exit(result)
-        for result in self.runner.adopt_orphans():
+        readopt = self._lease_fresh()
+        killed = 0
+        for result in self.runner.adopt_orphans(readopt=readopt):
+            killed += result.lost
             if result.attempt_id not in self._unacked:
                 self._on_exit(result)
+        for attempt_id, job_id, _pid, _t in self.runner.running():
+            self._job_of[attempt_id] = job_id
+            try:  # the head's Welcome rewinds this to the bytes it holds
+                self._shipped[attempt_id] = self.runner.log_path(attempt_id).stat().st_size
+            except OSError:
+                self._shipped[attempt_id] = 0
+        if killed:
+            log.warning("%d attempt(s) a previous agent process left were killed and reported lost (%s)", killed,
+                        "multi-node, or with no record of how they ended" if readopt
+                        else f"no head heard this node for over {self._fence_after_s:g} s: it may have retried them")
         await self.bridge.start()
         self._register()
         log.info(
@@ -591,8 +716,16 @@ class Agent:
                 for task in loops:
                     task.cancel()
         finally:
+            for task in list(self._starting):  # their owner: cancel what is left and wait for it
+                task.cancel()
+            if self._starting:
+                await asyncio.gather(*self._starting, return_exceptions=True)
             await self.bridge.close()
-            await self.runner.shutdown(kill=True)
+            leave = self.config.leave_attempts_on_stop
+            if leave and self.runner.running():
+                log.info("leaving %d attempt(s) running: the next agent process re-adopts them",
+                         len(self.runner.running()))
+            await self.runner.shutdown(kill=not leave)
             self._sock.disable_monitor()
             self._monitor.close(linger=0)
             self._sock.close(linger=0)

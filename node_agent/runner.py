@@ -19,10 +19,20 @@ Theory of operation (Linux only; one asyncio event loop, no threads):
   0.5 s timer sums the RSS of every attempt's session from /proc and kills the group that
   is over. Either way the result is AWS's: exitCode 137 and reason ``OOM_REASON``
   (``evaluateOnExit`` rules match on 137, so we keep it).
+* The shim: each attempt runs under a small ``sh`` (``_SHIM``, slurmstepd's and conmon's
+  part) that stays the job's parent, survives the agent, and writes the job's exit status
+  to ``exit_status`` in the attempt's directory. The attempt's pid is the shim's; it leads
+  the process group, so signals reach the job as before. An agent that stops (or dies)
+  leaves its attempts running; the next one re-adopts them (``adopt_orphans(readopt=True)``:
+  a pidfd works on a non-child; the status file says how the job ended), with their
+  timeouts, kills and memory limits. sh reports death by signal N as 128+N, so a job that
+  exits 129..192 itself reads as killed by that signal, as a shell would say.
 * Durability: a journal entry per live attempt (``state_dir/running/<id>.json``) and a
   ``result.json`` per finished one, both written by rename. No fsync: the journal only has
-  to outlive the agent process; a machine crash takes the jobs with it.
-  ``adopt_orphans`` turns what a dead agent left into results and kills what still runs.
+  to outlive the agent process; a machine crash takes the jobs with it. An exit is
+  reported before anything is written; a write that fails (a full disk) is retried every
+  second, and the exit is not lost meanwhile. A failure while starting fails that attempt
+  with a reason naming the cause (``CannotStartContainerError: ...``), never the agent.
 * Owners: a root agent runs each attempt as its owner's Unix user (``spec.user``, resolved
   here with pwd/getgrouplist), never as root unless ``allow_root_jobs``. Popen's user=,
   group= and extra_groups= make CPython 3.11 fork() instead of vfork() (about 9 ms per spawn
@@ -48,9 +58,11 @@ Theory of operation (Linux only; one asyncio event loop, no threads):
   signal podman as above and also remove the container (``podman rm --force``); launched
   tasks are ``podman exec`` in it.
 
-Past 800 lines (about 1,200) because two self-contained parts live here: the memory-cgroup
-backend (``_MemoryCgroups``, ~150 lines) and running as the owner (``_resolve_owner``,
-``_launch`` and their helpers, ~150 lines); each can move to its own module unchanged.
+Past 800 lines (about 1,650) because three self-contained parts live here: the memory-cgroup
+backend (``_MemoryCgroups``, ~150 lines), running as the owner (``_resolve_owner``,
+``_launch`` and their helpers, ~150 lines) and the journal with re-adoption
+(``_durable``, ``adopt_orphans``, ``_readopt``, ~250 lines); each can move to its own module
+unchanged (left here while other work edits this file).
 """
 
 from __future__ import annotations
@@ -96,8 +108,19 @@ SHUTDOWN_REASON = "Agent shut down while the attempt ran"
 CANNOT_START = "CannotStartContainerError"
 # Run as `sh -c _JOIN_CGROUP <cgroup.procs> <command...>`: move into the cgroup, then exec.
 # dash exports PWD, which the job's environment may not have had: unset it again then.
-_JOIN_CGROUP = 'echo $$ >"$0" || { echo "hpcbatch: cannot join $0" >&2; exit 125; }; exec "$@"'
-_JOIN_CGROUP_NO_PWD = "unset PWD; " + _JOIN_CGROUP
+_JOIN = 'echo $$ >"$0" || { echo "hpcbatch: cannot join $0" >&2; exit 125; }; '
+_JOIN_CGROUP = _JOIN + 'exec "$@"'
+# The attempt's shim (slurmstepd's and conmon's part, in sh): it stays the job's parent, so
+# the job's exit status outlives the agent: `sh -c _SHIM <status file> <command...>`.
+# It survives the TERM/INT/HUP the agent sends the group (a trap; the job's own signals are
+# reset to default by exec), runs the job in a subshell so sh's "Killed" notices go to
+# /dev/null instead of the job's log, writes $? (128+N for death by signal N) to the status
+# file and exits with it. A SIGKILL of the group ends it too: no status then.
+_SHIM = 'trap : TERM INT HUP; exec 3>&2 2>/dev/null; (exec "$@" 2>&3 3>&-); s=$?; echo $s >"$0"; exit $s'
+# `sh -c _JOIN_SHIM <cgroup.procs> <status file> <command...>`: join the cgroup, then the shim.
+_JOIN_SHIM = _JOIN + 'st=$1; shift; ' + _SHIM.replace('"$0"', '"$st"')
+_STATUS_FILE = "exit_status"  # in the attempt's directory
+_MAX_SIGNAL = 64  # SIGRTMAX: sh's 129..192 are deaths by signal
 _SH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOOL_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"  # where setpriv and env are looked for
 _WORK_DIR = "work"  # the owner's private directory inside the attempt's
@@ -111,6 +134,7 @@ _POLL_INTERVAL_S = 0.05
 # reused this long. Unknown users are never cached.
 _OWNER_TTL_S = 10.0
 _KEEP_RESULTS = 10_000  # finished results answered from memory; older ones from result.json
+_WRITE_RETRY_S = 1.0  # a journal write that failed (full disk) is retried this often
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,9 @@ class AttemptSpec:
     # (name, data, mode) written into the job's directory (``Runner.job_dir``) before start.
     files: tuple[tuple[str, bytes, int], ...] = ()
     cpus: tuple[int, ...] = ()  # bind to these CPUs (a GPU job: its GPUs' NUMA node); () none
+    # A node of a multi-node job: its launched tasks need the agent's bridge, so a restarted
+    # agent does not re-adopt it (it is killed and reported lost, as before).
+    multinode: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +176,10 @@ class AttemptResult:
     status_reason: str | None  # AWS job statusReason
     started_at: int  # epoch ms
     stopped_at: int  # epoch ms
+    # How it ended, as facts (the reasons are for people): the head decides on these.
+    timed_out: bool = False  # attemptDurationSeconds ran out
+    fenced: bool = False  # killed by the agent's fence (no head heard the node)
+    lost: bool = False  # no agent knows how it ended (its exit status was not recorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,10 +199,11 @@ class _Attempt:
     """A live attempt; mutable, owned by the Runner."""
 
     spec: AttemptSpec
-    popen: subprocess.Popen[bytes]
+    pid: int  # the attempt's process: its supervisor (shim) where it has one; its group's id
     started_at: int
     create_time: float
     cgroup: Path | None
+    popen: subprocess.Popen[bytes] | None = None  # None: re-adopted from an earlier agent process
     pidfd: int | None = None
     status_reason: str | None = None
     oom: bool = False
@@ -186,10 +218,9 @@ class _Attempt:
     terminating: bool = False
     container: bool = False  # runs in a podman container named after the attempt
     container_cgroup: ContainerCgroup | None = None  # its cgroup's parent: how its OOM is seen
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    status_file: Path | None = None  # where its shim writes the job's exit status (None: no shim)
+    timed_out: bool = False
+    fenced: bool = False
 
     def cancel_timers(self) -> None:
         for handle in (self.kill_handle, self.timeout_handle):
@@ -233,6 +264,7 @@ class Runner:
         allow_root_jobs: bool = False,
         keep_workdir: bool = False,
         containers: Podman | None = None,
+        supervise: bool = True,
     ) -> None:
         self._allow_root_jobs = allow_root_jobs
         self._keep_workdir = keep_workdir
@@ -242,6 +274,13 @@ class Runner:
                 f"memory_enforcement must be auto, cgroup or rss, not {memory_enforcement!r}"
             )
         self._state_dir = Path(state_dir)
+        # Each attempt under a shim that records its exit status (``_SHIM``): a restarted
+        # agent re-adopts it with its real exit. False: the job is the agent's own child.
+        self._supervise = supervise
+        # Journal writes that failed (a full disk): path -> (data, journal entry to drop once
+        # written). The exit was reported already; these are retried every second.
+        self._pending_writes: dict[Path, tuple[dict[str, object], Path | None]] = {}
+        self._write_timer: asyncio.TimerHandle | None = None
         self._attempts_dir = self._state_dir / "attempts"
         self._journal_dir = self._state_dir / "running"
         self._attempts_dir.mkdir(parents=True, exist_ok=True)
@@ -252,9 +291,9 @@ class Runner:
         self._setpriv = self._env_tool = None
         self._unreachable: str | None = None  # why owners cannot reach their work dirs
         self._owners: dict[str, tuple[float, _Owner]] = {}  # name -> (expiry, identity)
+        self._env_tool = shutil.which("env", path=_TOOL_PATH)
         if self._euid == 0:
             self._setpriv = shutil.which("setpriv", path=_TOOL_PATH)
-            self._env_tool = shutil.which("env", path=_TOOL_PATH)
             # Owners pass through attempts/ to their work dir but may not list it.
             os.chmod(self._attempts_dir, 0o711)
             self._unreachable = _first_closed_dir(self._attempts_dir)
@@ -271,6 +310,8 @@ class Runner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._drained: asyncio.Future[None] | None = None
+        self._doomed: set[str] = set()  # shutdown: the attempts it waits to see end
+        self._drain_tasks = False  # shutdown: and it waits for every launched task too
         self._rss_timer: asyncio.TimerHandle | None = None
         self._poll_timer: asyncio.TimerHandle | None = None
         self._use_pidfd = _pidfd_works()
@@ -290,7 +331,11 @@ class Runner:
 
     # ------------------------------------------------------------------ public API
     async def start(self, spec: AttemptSpec) -> int | AttemptResult:
-        """Spawn the attempt and return its pid, or a result saying why it cannot start."""
+        """Spawn the attempt and return its pid, or a result saying why it cannot start.
+
+        Whatever goes wrong while starting (a full disk, a chown refused, a bug) fails this
+        attempt with a reason naming the cause; it never escapes to the agent's loop.
+        """
         known = self._known(spec.attempt_id)
         if known is not None:
             return known
@@ -306,7 +351,22 @@ class Runner:
             adir.mkdir(mode=0o711)  # owners pass through to work/; nobody lists it
         except FileExistsError:  # ran under an earlier agent process
             stored = _read_result(adir)
-            return stored or self._result(spec, None, None, LOST_REASON)
+            return stored or dataclasses.replace(self._result(spec, None, None, LOST_REASON), lost=True)
+        except OSError as exc:
+            result = self._result(spec, None, f"{CANNOT_START}: cannot create the attempt's directory: {_os_error(exc)}", None)
+            self._remember(result)
+            return result
+        try:
+            return await self._start_in(spec, adir)
+        except Exception as exc:  # a bug or an unforeseen failure: this attempt fails, nothing else
+            log.exception("attempt %s of job %s could not start", spec.attempt_id, spec.job_id)
+            if spec.attempt_id in self._running:  # it runs: only its bookkeeping failed
+                return self._running[spec.attempt_id].pid
+            if self._cgroups is not None:
+                _MemoryCgroups.remove(self._cgroups.parent / spec.attempt_id)
+            return self._refuse(spec, adir, f"{CANNOT_START}: {describe_failure(exc)}")
+
+    async def _start_in(self, spec: AttemptSpec, adir: Path) -> int | AttemptResult:
         if spec.image is not None:
             if self._containers is None:
                 why = f"node has no container runtime; image {spec.image} cannot run here"
@@ -334,9 +394,14 @@ class Runner:
                     return self._refuse(spec, adir, self._unreachable)
                 ids = (owner.uid, owner.gid)
             work = adir / _WORK_DIR
-            work.mkdir(mode=0o700)
-            if ids is not None:
-                os.chown(work, *ids)  # fresh, in root's own directory: no link to follow
+            try:
+                work.mkdir(mode=0o700)
+                if ids is not None:
+                    os.chown(work, *ids)  # fresh, in root's own directory: no link to follow
+            except OSError as exc:
+                return self._refuse(
+                    spec, adir, f"{CANNOT_START}: cannot make the work directory of user {owner.name}: {_os_error(exc)}"
+                )
             # A spec.cwd is entered as root but searched as the owner: the kernel checks
             # every lookup from it, so it opens nothing the owner could not.
             cwd = spec.cwd or str(work)
@@ -351,7 +416,10 @@ class Runner:
         for name, data, mode in spec.files:
             if "/" in name or name in ("", ".", ".."):
                 return self._refuse(spec, adir, f"{CANNOT_START}: bad job file name {name!r}")
-            _write_file(script_dir / name, data, mode, ids)
+            try:
+                _write_file(script_dir / name, data, mode, ids)
+            except OSError as exc:
+                return self._refuse(spec, adir, f"{CANNOT_START}: cannot write job file {name}: {_os_error(exc)}")
         if spec.hold:
             # Nothing of the job's own: a holder process keeps the attempt (and its cgroup,
             # identity, log) alive for the tasks launched into it, until it is killed.
@@ -360,7 +428,10 @@ class Runner:
                 argv = ["sleep", "infinity"]  # the image's own
         elif spec.script is not None:
             script = script_dir / script_name
-            _write_file(script, spec.script, script_mode, ids)
+            try:
+                _write_file(script, spec.script, script_mode, ids)
+            except OSError as exc:
+                return self._refuse(spec, adir, f"{CANNOT_START}: cannot write the job's script: {_os_error(exc)}")
             argv = (
                 [str(script), *argv]
                 if spec.script.startswith(b"#!")
@@ -381,6 +452,7 @@ class Runner:
         drop = owner if owner is not None and owner.switch else None
         job_env = env
         container_cgroup: ContainerCgroup | None = None
+        status_file = adir / _STATUS_FILE if self._supervise else None
         if spec.image is not None:
             from node_agent.containers import container_launch
 
@@ -395,16 +467,25 @@ class Runner:
             launch = container_launch(
                 self._containers, spec, argv, env, owner, str(adir / _WORK_DIR), cwd, container_cgroup
             )
+            if status_file is not None and not isinstance(launch, str):  # podman run under the shim too
+                launch = (["/bin/sh", "-c", _SHIM, str(status_file), *launch[0]], *launch[1:])
         else:
-            launch = self._launch(argv, env, cwd, cgroup, drop)
+            launch = self._launch(argv, env, cwd, cgroup, drop, status_file)
         if isinstance(launch, str):
             if cgroup is not None:
                 _MemoryCgroups.remove(cgroup)
             return self._refuse(spec, adir, launch)
         argv, env, preexec = launch
-        log_fd = os.open(
-            adir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-        )
+        if status_file is not None and (preexec is not None or str(status_file) not in argv[3:5]):
+            status_file = None  # the slow path has no shim: a later agent cannot know its exit
+        try:
+            log_fd = os.open(
+                adir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            if cgroup is not None:
+                _MemoryCgroups.remove(cgroup)
+            return self._refuse(spec, adir, f"{CANNOT_START}: cannot open the job's log: {_os_error(exc)}")
         try:
             popen = subprocess.Popen(
                 argv,
@@ -425,24 +506,14 @@ class Runner:
             return self._refuse(spec, adir, _spawn_error(exc, argv[0], cwd, drop))
         finally:
             os.close(log_fd)
+        # Running now: from here on nothing may fail the start (it would leave a job untracked).
         create_time = _create_time(popen.pid)
-        rec = _Attempt(spec, popen, started_at, create_time, cgroup)
+        rec = _Attempt(spec, popen.pid, started_at, create_time, cgroup, popen=popen)
         rec.env, rec.cwd, rec.drop = job_env, cwd, drop
         rec.uid = owner.uid if owner is not None else self._euid
         rec.container = spec.image is not None
         rec.container_cgroup = container_cgroup
-        _write_json(
-            self._journal_dir / f"{spec.attempt_id}.json",
-            {
-                "attempt_id": spec.attempt_id,
-                "job_id": spec.job_id,
-                "pid": rec.pid,
-                "create_time": create_time,
-                "started_at": started_at,
-                "cgroup": str(cgroup) if cgroup else None,
-                "container": rec.container,
-            },
-        )
+        rec.status_file = status_file
         self._running[spec.attempt_id] = rec
         self._watch(rec)
         if spec.timeout_s is not None and spec.timeout_s > 0:
@@ -450,7 +521,27 @@ class Runner:
         # A container's limit is podman's (--memory); its processes are not in our sessions.
         if cgroup is None and spec.memory_mib > 0 and self._rss_timer is None and not rec.container:
             self._rss_timer = self._loop.call_later(_RSS_INTERVAL_S, self._rss_tick)
+        self._durable(self._journal_dir / f"{spec.attempt_id}.json", self._journal_entry(rec))
         return rec.pid
+
+    def _journal_entry(self, rec: _Attempt) -> dict[str, object]:
+        """What a later agent process needs to re-adopt the attempt (``adopt_orphans``)."""
+        spec = rec.spec
+        timeout_at = rec.started_at + spec.timeout_s * 1000 if spec.timeout_s else None
+        return {
+            "attempt_id": spec.attempt_id,
+            "job_id": spec.job_id,
+            "pid": rec.pid,
+            "create_time": rec.create_time,
+            "started_at": rec.started_at,
+            "cgroup": str(rec.cgroup) if rec.cgroup else None,
+            "container": rec.container,
+            "status_file": str(rec.status_file) if rec.status_file else None,
+            "timeout_at": timeout_at,
+            "memory_mib": spec.memory_mib,
+            "uid": rec.uid,
+            "adoptable": not (spec.multinode or spec.hold),
+        }
 
     def _resolve_owner(self, user: str | None) -> _Owner | str | None:
         """Whom the attempt runs as (None: the agent itself), or why it cannot start."""
@@ -490,6 +581,7 @@ class Runner:
         cwd: str,
         cgroup: Path | None,
         drop: _Owner | None,
+        status_file: Path | None = None,
     ) -> tuple[list[str], dict[str, str], Callable[[], object] | None] | str:
         """What to give Popen (argv, env, preexec_fn) to start the job, or why it cannot.
 
@@ -502,21 +594,27 @@ class Runner:
         root process may see (LD_PRELOAD, LOCPATH... would act as root). The slow path
         stays for what they cannot carry: variable names sh drops, a node without
         setpriv, a program name env would read as a variable.
+
+        With ``status_file`` the sh stays as the job's parent (the shim, ``_SHIM``) and
+        writes its exit status there, so an agent restarted meanwhile still learns it.
         """
         procs = str(cgroup / "cgroup.procs") if cgroup is not None else None
         setpriv, env_tool = self._setpriv, self._env_tool
+        sh_names = all(_SH_NAME.fullmatch(name) for name in env)
         if drop is not None:
             fast = setpriv is not None and env_tool is not None and "=" not in argv[0]
-        else:
-            fast = procs is None or all(_SH_NAME.fullmatch(name) for name in env)
+        elif procs is None and status_file is None:
+            fast = True
+        else:  # sh passes the environment on, but drops names it cannot hold: env -i can
+            fast = sh_names or (env_tool is not None and "=" not in argv[0])
         if not fast:
             return argv, env, functools.partial(_enter_and_become, procs, drop)
-        if procs is None and drop is None:
+        if procs is None and drop is None and status_file is None:
             return argv, env, None  # vfork straight into the job
         missing = _missing_program(argv[0], env, cwd)
         if missing:
             return missing
-        join = _JOIN_CGROUP if "PWD" in env else _JOIN_CGROUP_NO_PWD
+        via_sh = drop is None and sh_names  # sh hands the job its environment
         if drop is not None:
             assert setpriv is not None and env_tool is not None
             groups = ",".join(map(str, drop.groups))
@@ -524,10 +622,20 @@ class Runner:
                 *(setpriv, f"--reuid={drop.uid}", f"--regid={drop.gid}", f"--groups={groups}"),
                 *("--", env_tool, "-i", "--", *(f"{k}={v}" for k, v in env.items()), *argv),
             ]
-            env, join = {}, _JOIN_CGROUP  # env -i drops whatever sh exports
+            env = {}  # env -i drops whatever sh exports
+        elif not sh_names:
+            assert env_tool is not None
+            argv = [env_tool, "-i", "--", *(f"{k}={v}" for k, v in env.items()), *argv]
+            env = {}
+        # dash exports PWD, which the job's environment may not have had: unset it again then.
+        unset = "unset PWD; " if via_sh and "PWD" not in env else ""
+        if status_file is not None and procs is not None:
+            return ["/bin/sh", "-c", unset + _JOIN_SHIM, procs, str(status_file), *argv], env, None
+        if status_file is not None:
+            return ["/bin/sh", "-c", unset + _SHIM, str(status_file), *argv], env, None
         if procs is not None:
-            argv = ["/bin/sh", "-c", join, procs, *argv]
-        return argv, env, None
+            return ["/bin/sh", "-c", unset + _JOIN_CGROUP, procs, *argv], env, None
+        return argv, env, None  # setpriv and env -i straight into the job
 
     # ------------------------------------------------------------------ launched tasks
     def job_dir(self, attempt_id: str, user: str | None) -> Path:
@@ -559,6 +667,8 @@ class Runner:
             return f"attempt {attempt_id} is not running on node {self._hostname}"
         if rec.terminating:
             return f"attempt {attempt_id} is being stopped ({rec.status_reason})"
+        if rec.popen is None:  # its environment and the bridge's grant went with the old agent
+            return f"attempt {attempt_id} was re-adopted after an agent restart and cannot launch tasks"
         if launch_id in self._tasks:
             return f"launch {launch_id} is already running"
         assert self._loop is not None
@@ -589,6 +699,8 @@ class Runner:
             )
         except (OSError, subprocess.SubprocessError) as exc:
             return _spawn_error(exc, argv[0], rec.cwd, rec.drop)
+        except ValueError as exc:  # exec cannot carry it (a NUL byte in the command)
+            return f"{CANNOT_START}: {describe_failure(exc)}"
         finally:
             os.close(log_fd)
         task = _Task(launch_id, rec, popen, on_exit)
@@ -622,12 +734,22 @@ class Runner:
             log.exception("task exit callback failed for launch %s", task.launch_id)
 
     def _check_drained(self) -> None:
-        if self._running or self._tasks or self._drained is None or self._drained.done():
+        if self._drained is None or self._drained.done():
+            return
+        if self._doomed & self._running.keys() or (self._drain_tasks and self._tasks):
             return
         self._drained.set_result(None)
 
-    def kill(self, attempt_id: str, reason: str, grace_s: float | None = None) -> None:
-        """SIGTERM the attempt's process group now and SIGKILL it after the grace."""
+    @staticmethod
+    def _adoptable(rec: _Attempt) -> bool:
+        """Whether a later agent process can re-adopt it: it has a shim and needs no bridge."""
+        return rec.status_file is not None and not rec.spec.multinode and not rec.spec.hold
+
+    def kill(self, attempt_id: str, reason: str, grace_s: float | None = None, *, fenced: bool = False) -> None:
+        """SIGTERM the attempt's process group now and SIGKILL it after the grace.
+
+        ``fenced``: the agent's fence kills it (no head heard the node), a fact its result carries.
+        """
         rec = self._running.get(attempt_id)
         if rec is None:
             if attempt_id in self._pulling and self._pulling[attempt_id] is None:
@@ -635,6 +757,7 @@ class Runner:
             return
         if rec.status_reason is None:  # the first cause is the one AWS reports
             rec.status_reason = reason
+            rec.fenced = fenced
         self._terminate(rec, self._grace if grace_s is None else grace_s)
 
     def running(self) -> list[tuple[str, str, int, int]]:
@@ -646,15 +769,22 @@ class Runner:
         return self._attempts_dir / attempt_id / "output.log"
 
     async def shutdown(self, kill: bool) -> None:
-        """Stop watching; with kill=True first end every attempt (their on_exit still runs)."""
+        """Stop watching; with kill=True first end every attempt (their on_exit still runs).
+
+        With kill=False the attempts a later agent can re-adopt (``adopt_orphans``) run on;
+        the others (multi-node ones, those without a shim) are ended as with kill=True.
+        """
         self._closed = True
         if self._remover is not None:
             self._remover.shutdown(wait=True)
             self._remover = None
-        if kill and (self._running or self._tasks) and self._loop is not None:
+        doomed = [rec for rec in self._running.values() if kill or not self._adoptable(rec)]
+        if (doomed or (kill and self._tasks)) and self._loop is not None:
             self._drained = self._loop.create_future()
+            self._doomed = {rec.spec.attempt_id for rec in doomed}
+            self._drain_tasks = kill
             self._check_drained()  # only tasks of ended attempts left: already SIGKILLed
-            for rec in list(self._running.values()):
+            for rec in doomed:
                 if rec.status_reason is None:
                     rec.status_reason = SHUTDOWN_REASON
                 self._terminate(rec, self._grace)
@@ -668,10 +798,14 @@ class Runner:
             rec.cancel_timers()
         for task in self._tasks.values():
             self._unwatch(task)
-        for timer in (self._rss_timer, self._poll_timer):
+        for timer in (self._rss_timer, self._poll_timer, self._write_timer):
             if timer is not None:
                 timer.cancel()
-        self._rss_timer = self._poll_timer = None
+        self._rss_timer = self._poll_timer = self._write_timer = None
+        if self._pending_writes:
+            self._retry_writes()  # a last try; what still fails is lost with this process
+            if self._pending_writes:
+                log.warning("shutdown: %d journal files could not be written", len(self._pending_writes))
         for path in list(self._busy_cgroups):  # their processes were SIGKILLed: wait briefly
             if _remove_cgroup_soon(path, 1.0):
                 self._busy_cgroups.discard(path)
@@ -684,44 +818,27 @@ class Runner:
             self._devnull = -1
         log.info("runner stopped (kill=%s, %d attempts left running)", kill, len(self._running))
 
-    def adopt_orphans(self) -> list[AttemptResult]:
-        """Results for attempts a previous agent process left; kill those still running."""
+    def adopt_orphans(self, readopt: bool = False) -> list[AttemptResult]:
+        """What a previous agent process left: results for attempts that ended, and then
+
+        with ``readopt`` (from a running event loop) every attempt still running is watched
+        again, as slurmd does after a restart with its jobs under slurmstepd: its timeout,
+        kill and memory limit hold, and its exit (written by its shim) is reported as it
+        comes. Without ``readopt``, or for an attempt that cannot be re-adopted (a node of a
+        multi-node job, or one started without a shim), it is killed and reported lost.
+        """
+        if readopt:
+            self._loop = asyncio.get_running_loop()
         results = []
         removals: list[tuple[subprocess.Popen[bytes], Path]] = []  # containers' podman rm, their cgroup
         for entry in sorted(self._journal_dir.iterdir()):
             try:
-                data = json.loads(entry.read_bytes())
-                attempt_id, pid = data["attempt_id"], int(data["pid"])
-                create_time, started_at = float(data["create_time"]), int(data["started_at"])
-            except (OSError, ValueError, KeyError, TypeError):
-                entry.unlink(missing_ok=True)  # a torn .tmp or garbage: nothing to adopt
+                result = self._adopt_one(entry, readopt, removals)
+            except Exception:  # one bad entry must not stop the agent from starting (a crash loop)
+                log.exception("cannot adopt what %s describes; left in place", entry)
                 continue
-            if attempt_id in self._running:
-                continue
-            adir = self._attempts_dir / attempt_id
-            # A result on disk means it ended before the old agent died: report the truth.
-            result = _read_result(adir)
-            if result is None:
-                _kill_orphan_group(pid, create_time)
-                job_id = str(data.get("job_id", ""))
-                result = AttemptResult(
-                    attempt_id, job_id, None, None, LOST_REASON, started_at, _now_ms()
-                )
-                if adir.is_dir():
-                    _write_json(adir / "result.json", dataclasses.asdict(result))
-            removal = None
-            if data.get("container") and self._containers is not None:
-                removal = self._containers.remove(attempt_id)
-            if data.get("cgroup"):
-                path = Path(data["cgroup"])
-                _MemoryCgroups.kill(path)
-                if removal is not None:  # the container's cgroup is in it until podman removed it
-                    removals.append((removal, path))
-                elif not _remove_cgroup_soon(path):
-                    log.warning("orphan cgroup %s still busy; left in place", path)
-            entry.unlink(missing_ok=True)
-            self._remember(result)
-            results.append(result)
+            if result is not None:
+                results.append(result)
         for removal, path in removals:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 removal.wait(timeout=60)
@@ -730,6 +847,86 @@ class Runner:
             if self._cgroups is not None and path.is_relative_to(self._cgroups.root):
                 sweep(siblings(path, self._cgroups.version, self._cgroups.root))
         return results
+
+    def _adopt_one(
+        self, entry: Path, readopt: bool, removals: list[tuple[subprocess.Popen[bytes], Path]]
+    ) -> AttemptResult | None:
+        """One journal entry of ``adopt_orphans``: its result, or None (re-adopted, or nothing)."""
+        try:
+            data = json.loads(entry.read_bytes())
+            attempt_id, pid = data["attempt_id"], int(data["pid"])
+            create_time, started_at = float(data["create_time"]), int(data["started_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            entry.unlink(missing_ok=True)  # a torn .tmp or garbage: nothing to adopt
+            return None
+        if attempt_id in self._running:
+            return None
+        adir = self._attempts_dir / attempt_id
+        # A result on disk means it ended before the old agent died: report the truth.
+        result = _read_result(adir)
+        if result is None:
+            alive = _alive(pid, create_time)
+            status_file = Path(data["status_file"]) if data.get("status_file") else None
+            if alive and readopt and data.get("adoptable") and status_file is not None:
+                self._readopt(data, attempt_id, pid, create_time, started_at, status_file)
+                return None
+            job_id = str(data.get("job_id", ""))
+            code = None
+            if not alive and status_file is not None:  # it ended while no agent watched
+                with contextlib.suppress(OSError, ValueError):
+                    code = int(status_file.read_text())
+            if code is not None:
+                if 128 < code <= 128 + _MAX_SIGNAL and not data.get("container"):
+                    exit_code, reason = None, f"Killed by signal {_signal_name(code - 128)}"
+                else:
+                    exit_code, reason = code, None
+                result = AttemptResult(attempt_id, job_id, exit_code, reason, None, started_at, _now_ms())
+            else:
+                _kill_orphan_group(pid, create_time)
+                result = AttemptResult(
+                    attempt_id, job_id, None, None, LOST_REASON, started_at, _now_ms(), lost=True
+                )
+            if adir.is_dir():
+                with contextlib.suppress(OSError):  # the exit goes out anyway; unacknowledged() needs it
+                    _write_json(adir / "result.json", dataclasses.asdict(result))
+        removal = None
+        if data.get("container") and self._containers is not None:
+            removal = self._containers.remove(attempt_id)
+        if data.get("cgroup"):
+            path = Path(data["cgroup"])
+            _MemoryCgroups.kill(path)
+            if removal is not None:  # the container's cgroup is in it until podman removed it
+                removals.append((removal, path))
+            elif not _remove_cgroup_soon(path):
+                log.warning("orphan cgroup %s still busy; left in place", path)
+        entry.unlink(missing_ok=True)
+        self._remember(result)
+        return result
+
+    def _readopt(
+        self, data: dict[str, object], attempt_id: str, pid: int, create_time: float, started_at: int,
+        status_file: Path,
+    ) -> None:
+        """Watch a running attempt an earlier agent process started (see ``adopt_orphans``)."""
+        assert self._loop is not None
+        memory_mib = int(data.get("memory_mib") or 0)  # type: ignore[call-overload]
+        timeout_at = data.get("timeout_at")
+        spec = AttemptSpec(
+            attempt_id=attempt_id, job_id=str(data.get("job_id", "")), attempt_number=0, command=[],
+            environment={}, vcpus=0, memory_mib=memory_mib,
+        )
+        cgroup = Path(str(data["cgroup"])) if data.get("cgroup") else None
+        rec = _Attempt(spec, pid, started_at, create_time, cgroup)
+        rec.uid = int(data.get("uid", -1))  # type: ignore[call-overload]
+        rec.container = bool(data.get("container"))
+        rec.status_file = status_file
+        self._running[attempt_id] = rec
+        self._watch(rec)
+        if isinstance(timeout_at, int):
+            rec.timeout_handle = self._loop.call_later(max(0.0, (timeout_at - _now_ms()) / 1000), self._on_timeout, rec)
+        if cgroup is None and memory_mib > 0 and self._rss_timer is None and not rec.container:
+            self._rss_timer = self._loop.call_later(_RSS_INTERVAL_S, self._rss_tick)
+        log.info("re-adopted attempt %s of job %s (pid %d)", attempt_id, spec.job_id, pid)
 
     # ------------------------------------------------------------------ exits
     def _watch(self, rec: _Attempt | _Task) -> None:
@@ -752,23 +949,36 @@ class Runner:
 
     def _on_pidfd(self, rec: _Attempt | _Task) -> None:
         self._unwatch(rec)
-        try:
-            _, status = os.waitpid(rec.pid, 0)  # readable pidfd: it has exited, no blocking
-        except ChildProcessError:
-            status = None
+        status = self._reap(rec)
         if isinstance(rec, _Task):
             self._finish_task(rec, status)
         else:
             self._finish(rec, status)
 
+    @staticmethod
+    def _reap(rec: _Attempt | _Task) -> int | None:
+        """The wait status of an ended child; None for a re-adopted attempt (not our child)."""
+        if isinstance(rec, _Attempt) and rec.popen is None:
+            return None
+        try:
+            _, status = os.waitpid(rec.pid, 0)  # readable pidfd: it has exited, no blocking
+        except ChildProcessError:
+            return None
+        return status
+
     def _poll_tick(self) -> None:
         self._poll_timer = None
         watched: list[_Attempt | _Task] = [*self._running.values(), *self._tasks.values()]
         for rec in [r for r in watched if r.pidfd is None]:
-            try:
-                pid, status = os.waitpid(rec.pid, os.WNOHANG)
-            except ChildProcessError:
+            if isinstance(rec, _Attempt) and rec.popen is None:  # re-adopted: not ours to wait for
+                if _alive(rec.pid, rec.create_time):
+                    continue
                 pid, status = rec.pid, None
+            else:
+                try:
+                    pid, status = os.waitpid(rec.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pid, status = rec.pid, None
             if pid:
                 if isinstance(rec, _Task):
                     self._finish_task(rec, status)
@@ -779,31 +989,53 @@ class Runner:
             assert self._loop is not None
             self._poll_timer = self._loop.call_later(_POLL_INTERVAL_S, self._poll_tick)
 
+    def _exit_status(self, rec: _Attempt, status: int | None) -> int | None:
+        """How the job ended, as os.waitstatus_to_exitcode gives it (-N: signal N); None: unknown.
+
+        Under a shim, ``status`` is the shim's: it exits with sh's $? (128+N for signal N),
+        or dies of the group's SIGKILL (then the status file, if the job ended first, tells).
+        A re-adopted attempt (not our child) has only the status file.
+        """
+        code = None if status is None else os.waitstatus_to_exitcode(status)
+        if rec.status_file is None:
+            return code
+        if code is None or code < 0:
+            try:
+                code = int(rec.status_file.read_text())
+            except (OSError, ValueError):
+                return code
+        if 128 < code <= 128 + _MAX_SIGNAL and not rec.container:  # podman's codes are the container's
+            return 128 - code  # as sh reports it: a job that exits 137 itself reads as SIGKILL
+        return code
+
     def _finish(self, rec: _Attempt, status: int | None) -> None:
+        """The attempt ended: report it first, then journal and clean up, each best-effort."""
         rec.cancel_timers()
         _signal_group(rec.pid, signal.SIGKILL)  # leftovers in the group die with the job
-        code = None if status is None else os.waitstatus_to_exitcode(status)
-        rec.popen.returncode = code if code is not None else -1  # keeps Popen from reaping
-        oom = rec.oom
-        if rec.cgroup is not None:
-            oom = oom or _MemoryCgroups.oom_kills(rec.cgroup) > 0
-            if rec.container_cgroup is not None:
-                oom = oom or rec.container_cgroup.oom_killed()
-                rec.container_cgroup.close()
-            _MemoryCgroups.kill(rec.cgroup)
-            if not _MemoryCgroups.remove(rec.cgroup):  # a container's: until podman removed its own
-                self._remove_cgroup_later(rec.cgroup, 1200 if rec.container else 100)
-            if rec.container_cgroup is not None:
-                sweep(rec.container_cgroup.siblings())
+        spec = rec.spec
+        lost = False
+        try:
+            code = self._exit_status(rec, status)
+            oom = rec.oom
+            if rec.cgroup is not None:
+                oom = oom or _MemoryCgroups.oom_kills(rec.cgroup) > 0
+                if rec.container_cgroup is not None:
+                    oom = oom or rec.container_cgroup.oom_killed()
+        except Exception:  # what ended is still reported, with what is known
+            log.exception("attempt %s: reading how it ended failed", spec.attempt_id)
+            code, oom = None, False
+        if rec.popen is not None:
+            rec.popen.returncode = code if code is not None else -1  # keeps Popen from reaping
         if oom:
             exit_code, reason = OOM_EXIT_CODE, OOM_REASON
+        elif code is None and rec.terminating:  # we killed it, and SIGKILL took the shim too
+            exit_code, reason = None, "Killed by signal SIGKILL"
         elif code is None:
-            exit_code, reason = None, "Exit status lost (reaped elsewhere)"
+            exit_code, reason, lost = None, "Exit status lost: no process recorded it", True
         elif code < 0:
             exit_code, reason = None, f"Killed by signal {_signal_name(-code)}"
         else:
             exit_code, reason = code, None
-        spec = rec.spec
         result = AttemptResult(
             spec.attempt_id,
             spec.job_id,
@@ -812,22 +1044,77 @@ class Runner:
             rec.status_reason,
             rec.started_at,
             _now_ms(),
+            timed_out=rec.timed_out,
+            fenced=rec.fenced,
+            lost=lost,
         )
         del self._running[spec.attempt_id]
         self._remember(result)
-        _write_json(
-            self._attempts_dir / spec.attempt_id / "result.json", dataclasses.asdict(result)
-        )
-        (self._journal_dir / f"{spec.attempt_id}.json").unlink(missing_ok=True)
-        for task in rec.tasks.values():  # a job's launched tasks die with it
-            _signal_group(task.pid, signal.SIGKILL)
-        if rec.container and (rec.terminating or code is None or code < 0) and self._containers:
-            self._containers.remove(spec.attempt_id)  # podman died before its container did
         self._check_drained()
+        # Reported before anything touches the disk: a full disk must not cost the exit.
         try:
             self._on_exit(result)
         except Exception:
             log.exception("on_exit failed for attempt %s", spec.attempt_id)
+        journal = self._journal_dir / f"{spec.attempt_id}.json"
+        self._pending_writes.pop(journal, None)  # a start entry not yet written: no longer needed
+        self._durable(self._attempts_dir / spec.attempt_id / "result.json", dataclasses.asdict(result), journal)
+        for task in rec.tasks.values():  # a job's launched tasks die with it
+            _signal_group(task.pid, signal.SIGKILL)
+        try:
+            self._release(rec, code)
+        except Exception:
+            log.exception("attempt %s: cleanup after its exit failed", spec.attempt_id)
+
+    def _release(self, rec: _Attempt, code: int | None) -> None:
+        """Free what an ended attempt held: its cgroup, its container."""
+        if rec.container_cgroup is not None:
+            rec.container_cgroup.close()
+        if rec.cgroup is not None:
+            _MemoryCgroups.kill(rec.cgroup)
+            if not _MemoryCgroups.remove(rec.cgroup):  # a container's: until podman removed its own
+                self._remove_cgroup_later(rec.cgroup, 1200 if rec.container else 100)
+            if rec.container_cgroup is not None:
+                sweep(rec.container_cgroup.siblings())
+        if rec.container and (rec.terminating or code is None or code < 0) and self._containers:
+            self._containers.remove(rec.spec.attempt_id)  # podman died before its container did
+
+    # ------------------------------------------------------------------ journal
+    def _durable(self, path: Path, data: dict[str, object], then_unlink: Path | None = None) -> None:
+        """Write ``path`` by rename, then drop ``then_unlink``; on failure retry every second."""
+        try:
+            _write_json(path, data)
+            if then_unlink is not None:
+                then_unlink.unlink(missing_ok=True)
+        except OSError as exc:
+            if path not in self._pending_writes:
+                log.warning("cannot write %s (%s): retrying every %g s", path, _os_error(exc), _WRITE_RETRY_S)
+            self._pending_writes[path] = (data, then_unlink)
+            if self._write_timer is None and self._loop is not None and not self._closed:
+                self._write_timer = self._loop.call_later(_WRITE_RETRY_S, self._retry_writes)
+            return
+        self._pending_writes.pop(path, None)
+
+    def _retry_writes(self) -> None:
+        self._write_timer = None
+        for path, (data, then_unlink) in list(self._pending_writes.items()):
+            if not path.parent.is_dir():  # forgotten meanwhile: the head has it all
+                del self._pending_writes[path]
+                continue
+            try:
+                _write_json(path, data)
+                if then_unlink is not None:
+                    then_unlink.unlink(missing_ok=True)
+            except OSError:
+                break  # still full: the rest waits too
+            del self._pending_writes[path]
+            log.info("wrote %s after all", path)
+        if self._pending_writes and self._loop is not None and not self._closed:
+            self._write_timer = self._loop.call_later(_WRITE_RETRY_S, self._retry_writes)
+
+    def pending_writes(self) -> int:
+        """Journal files not yet written (the disk was full): for logs and tests."""
+        return len(self._pending_writes)
 
     # ------------------------------------------------------------------ kill, timeout, memory
     def _terminate(self, rec: _Attempt, grace_s: float) -> None:
@@ -860,6 +1147,7 @@ class Runner:
         rec.timeout_handle = None
         if rec.status_reason is None:
             rec.status_reason = TIMEOUT_REASON
+            rec.timed_out = True
         self._terminate(rec, self._grace)
 
     def _rss_tick(self) -> None:
@@ -917,6 +1205,12 @@ class Runner:
         if attempt_id in self._running or not _safe_name(attempt_id):
             return
         self._finished.pop(attempt_id, None)
+        # Journal writes still owed for it (a full disk) are moot now; its entry goes too.
+        journal = self._journal_dir / f"{attempt_id}.json"
+        self._pending_writes.pop(journal, None)
+        self._pending_writes.pop(self._attempts_dir / attempt_id / "result.json", None)
+        with contextlib.suppress(OSError):
+            journal.unlink(missing_ok=True)
         if self._remover is None:
             self._remover = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hpcbatch-forget")
         self._remover.submit(self._remove_attempt_dir, attempt_id)
@@ -935,7 +1229,7 @@ class Runner:
             return
         # Most attempts leave only what we made: remove those by name (a few syscalls);
         # rmtree (dozens) only when the job left files behind.
-        for name in ("output.log", "result.json", "script"):
+        for name in ("output.log", "result.json", "script", _STATUS_FILE):
             with contextlib.suppress(OSError):
                 os.unlink(adir / name)
         try:
@@ -979,14 +1273,19 @@ class Runner:
     def _refuse(self, spec: AttemptSpec, adir: Path, reason: str) -> AttemptResult:
         """An attempt that never started: say why in its log and remember the answer."""
         result = self._result(spec, None, reason, None)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        fd = os.open(adir / "output.log", flags, 0o600)
-        try:
-            os.write(fd, reason.encode() + b"\n")
-        finally:
-            os.close(fd)
-        _write_json(adir / "result.json", dataclasses.asdict(result))
         self._remember(result)
+        # The reason goes back with the result whatever the disk says; the log and the
+        # journal are best-effort (a full disk is often why it could not start).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(adir / "output.log", flags, 0o600)
+            try:
+                os.write(fd, reason.encode() + b"\n")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("attempt %s: cannot log why it did not start (%s): %s", spec.attempt_id, _os_error(exc), reason)
+        self._durable(adir / "result.json", dataclasses.asdict(result))
         return result
 
 
@@ -1114,6 +1413,28 @@ def _safe_name(attempt_id: str) -> bool:
     )
 
 
+def _os_error(exc: OSError) -> str:
+    """An OSError as a person reads it: what failed, and on which file."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def describe_failure(exc: BaseException) -> str:
+    """An unexpected failure, named by its type and message, for a status reason."""
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {_os_error(exc)}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _alive(pid: int, create_time: float) -> bool:
+    """True while ``pid`` is the process that started at ``create_time`` (not a zombie)."""
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - create_time) < 0.005 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -1213,9 +1534,14 @@ def _first_closed_dir(path: Path) -> str | None:
 def _write_json(path: Path, data: dict[str, object]) -> None:
     """Write by rename, so a crash leaves the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(json.dumps(data).encode())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(data).encode())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk must not keep the half it took
+        raise
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

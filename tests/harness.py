@@ -190,6 +190,8 @@ class TestCluster:
             f"heartbeat_interval_s = {heartbeat_s}\nliveness = {liveness}\nkill_grace_s = {kill_grace_s}\n"
             # The job owner for a root caller is root, which agents refuse unless told.
             + ("allow_root_jobs = true\n" if os.geteuid() == 0 and "allow_root_jobs" not in agent_extra else "")
+            # close() stops agents with SIGTERM: their jobs go too, unless a test keeps them.
+            + ("leave_attempts_on_stop = false\n" if "leave_attempts_on_stop" not in agent_extra else "")
         )
         self.node_names = [f"node{i}" for i in range(1, nodes + 1)]
         for name in self.node_names:

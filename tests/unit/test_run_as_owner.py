@@ -146,7 +146,8 @@ def test_job_runs_as_its_owner_with_groups_home_and_private_cwd(
     async def body(h: Harness) -> None:
         pid = await h.start("who", ["sh", "-c", cmd], user=ALICE)
         await wait_for(lambda: "ready" in h.log("who"))
-        ids = status_ids(pid)  # the job's own process, after every exec on the way
+        (job,) = psutil.Process(pid).children()  # the attempt's pid is its shim (root): the job is its child
+        ids = status_ids(job.pid)  # the job's own process, after every exec on the way
         assert ids["Uid"] == [alice.uid] * 4
         assert ids["Gid"] == [alice.gid] * 4
         assert set(ids["Groups"]) == alice.groups

@@ -207,7 +207,8 @@ def test_kill_ends_the_whole_process_group(tmp_path: Path, mode: str) -> None:
         # The shell and its sleeps ignore SIGTERM, so only the SIGKILL after grace ends them.
         cmd = "trap '' TERM; sleep 300 & sleep 300 & echo ready; wait"
         pid = await h.start("k", ["sh", "-c", cmd])
-        await wait_for(lambda: "ready" in h.log("k") and len(session_members(pid)) == 3)
+        # The attempt's shim, the shell and its two sleeps.
+        await wait_for(lambda: "ready" in h.log("k") and len(session_members(pid)) == 4)
         assert [r[:3] for r in h.runner.running()] == [("k", "job-k", pid)]
         t0 = time.monotonic()
         h.runner.kill("k", "Job terminated: by test", grace_s=0.5)
@@ -421,7 +422,7 @@ def test_adopt_orphans_kills_what_a_dead_agent_left_and_nothing_else(
         journal = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "running").iterdir()}
         logs = {a: tmp_path / "attempts" / a / "output.log" for a in journal}
         wait_for_sync(lambda: all("ready" in p.read_text() for p in logs.values()))
-        wait_for_sync(lambda: len(session_members(journal["group"]["pid"])) == 3)
+        wait_for_sync(lambda: len(session_members(journal["group"]["pid"])) == 4)  # with its shim
         agent.kill()  # the agent crashes; its jobs run on
         agent.wait()
         # "dies" ended while no agent watched; "reused" has its pid taken by a stranger.
@@ -458,3 +459,229 @@ def test_adopt_orphans_kills_what_a_dead_agent_left_and_nothing_else(
         for pid in (j["pid"] for j in journal.values()):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------- agent restarts (re-adoption)
+ORPHANING_AGENT = """
+import asyncio, json, sys
+from pathlib import Path
+from node_agent.runner import AttemptSpec, Runner
+
+async def main():
+    runner = Runner(Path(sys.argv[1]), on_exit=lambda r: None, memory_enforcement=sys.argv[2])
+    env = {"PATH": "/usr/bin:/bin"}
+    for name, cmd, timeout_s, memory_mib in json.loads(sys.argv[3]):
+        spec = AttemptSpec(name, "job-" + name, 1, ["sh", "-c", cmd], env, 1, memory_mib, timeout_s=timeout_s)
+        await runner.start(spec)
+    print("started", flush=True)
+    await asyncio.sleep(300)
+
+asyncio.run(main())
+"""
+
+
+def orphan_attempts(state: Path, mode: str, attempts: list[tuple[str, str, int | None, int]]) -> dict[str, int]:
+    """Start ``attempts`` (name, shell command, timeout_s, memory_mib) in an agent process,
+    wait until each has printed "ready", and kill -9 that agent: the attempts run on, orphaned.
+    Returns each attempt's pid (its shim)."""
+    agent = subprocess.Popen(
+        [sys.executable, "-c", ORPHANING_AGENT, str(state), mode, json.dumps(attempts)], cwd=REPO,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == b"started\n"
+        logs = [state / "attempts" / name / "output.log" for name, *_ in attempts]
+        wait_for_sync(lambda: all("ready" in p.read_text() for p in logs))
+    finally:
+        agent.kill()
+        agent.wait()
+    return {p.stem: json.loads(p.read_text())["pid"] for p in (state / "running").iterdir()}
+
+
+def kill_groups(pids: dict[str, int]) -> None:
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_restarted_runner_readopts_running_attempts_with_their_real_exits(tmp_path: Path, mode: str) -> None:
+    gate = tmp_path / "gate"
+    pids = orphan_attempts(tmp_path, mode, [
+        ("runs", f"echo ready; while [ ! -e {gate}2 ]; do sleep 0.05; done; exit 7", None, 256),
+        ("ends", f"echo ready; while [ ! -e {gate} ]; do sleep 0.05; done; exit 3", None, 256),
+        ("signalled", "echo ready; sleep 0.2; kill -SEGV $$", None, 256),
+    ])
+    try:
+        gate.touch()  # "ends" finishes while no agent watches it ("signalled" too)
+        wait_for_sync(lambda: not alive(pids["ends"]) and not alive(pids["signalled"]))
+
+        async def body(h: Harness) -> None:
+            ended = {r.attempt_id: r for r in h.runner.adopt_orphans(readopt=True)}
+            assert set(ended) == {"ends", "signalled"}  # "runs" runs on, watched again
+            assert (ended["ends"].exit_code, ended["ends"].reason, ended["ends"].lost) == (3, None, False)
+            assert (ended["signalled"].exit_code, ended["signalled"].reason) == (None, "Killed by signal SIGSEGV")
+            assert [r[0] for r in h.runner.running()] == ["runs"]
+            Path(f"{gate}2").touch()
+            runs = await h.result("runs")
+            assert (runs.exit_code, runs.reason, runs.lost) == (7, None, False)
+            assert h.runner.running() == []
+            assert list((tmp_path / "running").iterdir()) == []
+            assert {r.attempt_id for r in h.runner.unacknowledged()} == {"runs", "ends", "signalled"}
+
+        run(tmp_path, body, mode=mode)
+    finally:
+        kill_groups(pids)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_readopted_attempt_is_watched_killed_and_timed_out_as_before(tmp_path: Path, mode: str) -> None:
+    gate = tmp_path / "gate"
+    pids = orphan_attempts(tmp_path, mode, [
+        ("waits", f"echo ready; while [ ! -e {gate} ]; do sleep 0.05; done; exit 5", None, 256),
+        ("killed", "echo ready; exec sleep 300", None, 256),
+        ("times_out", "echo ready; exec sleep 300", 3, 256),
+        ("hog", f"echo ready; exec {sys.executable} -c \"import time; b = b'x' * (200 << 20); time.sleep(60)\"",
+         None, 50),
+    ])
+    try:
+        async def body(h: Harness) -> None:
+            assert h.runner.adopt_orphans(readopt=True) == []
+            assert {r[0]: r[2] for r in h.runner.running()} == pids  # pid: the shim, the group's id
+            h.runner.kill("killed", "Job terminated: by test", grace_s=0.5)
+            killed = await h.result("killed")
+            assert (killed.status_reason, killed.exit_code, killed.reason) == (
+                "Job terminated: by test", None, "Killed by signal SIGTERM")
+            timed_out = await h.result("times_out")
+            assert (timed_out.status_reason, timed_out.timed_out) == (TIMEOUT_REASON, True)
+            hog = await h.result("hog", timeout=20)
+            assert (hog.exit_code, hog.reason) == (137, OOM_REASON)
+            gate.touch()
+            waits = await h.result("waits")
+            assert (waits.exit_code, waits.reason) == (5, None)
+            await wait_for(lambda: all(session_members(pid) == [] for pid in pids.values()))
+
+        run(tmp_path, body, mode=mode)
+    finally:
+        kill_groups(pids)
+
+
+def test_shutdown_without_kill_leaves_attempts_for_the_next_runner(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+
+    async def first(h: Harness) -> None:
+        await h.start("left", ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 4"])
+        await h.start("multinode", ["sleep", "300"], multinode=True)  # needs the bridge: not left
+        await h.runner.shutdown(kill=False)
+        assert h.results["multinode"].status_reason == SHUTDOWN_REASON
+        assert "left" not in h.results
+
+    first_run = Harness(tmp_path)
+    asyncio.run(_then_shutdown(first_run, first))
+    gate.touch()
+
+    async def second(h: Harness) -> None:
+        results = h.runner.adopt_orphans(readopt=True) or [await h.result("left")]
+        assert [(r.attempt_id, r.exit_code) for r in results] == [("left", 4)]
+
+    run(tmp_path, second)
+
+
+async def _then_shutdown(h: Harness, body: Callable[[Harness], Awaitable[None]]) -> None:
+    try:
+        await body(h)
+    finally:
+        await h.runner.shutdown(kill=False)
+
+
+def test_without_readopt_a_dead_agents_attempts_are_killed_and_reported_lost(tmp_path: Path) -> None:
+    pids = orphan_attempts(tmp_path, "rss", [("old", "echo ready; exec sleep 300", None, 256)])
+    try:
+        harness = Harness(tmp_path)
+        try:
+            (result,) = harness.runner.adopt_orphans(readopt=False)
+            assert (result.exit_code, result.status_reason, result.lost) == (None, LOST_REASON, True)
+            wait_for_sync(lambda: session_members(pids["old"]) == [])
+        finally:
+            asyncio.run(harness.runner.shutdown(kill=True))
+    finally:
+        kill_groups(pids)
+
+
+# ---------------------------------------------------------------------- faults stay small
+def test_a_start_that_raises_fails_that_attempt_only(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start("bystander", ["sleep", "30"])
+        # A bad value deep in the start (job file data that is not bytes): a bug, not a crash.
+        spec = AttemptSpec("bad", "job-bad", 1, ["true"], ENV, 1, 64, files=(("hostfile", "text", 0o644),))  # type: ignore[arg-type]
+        result = await h.runner.start(spec)
+        assert isinstance(result, AttemptResult)
+        assert result.reason is not None and result.reason.startswith("CannotStartContainerError: TypeError")
+        assert [r[0] for r in h.runner.running()] == ["bystander"]
+        assert await h.runner.start(spec) == result  # asked again: the same answer
+        await h.start("after", ["sh", "-c", "exit 2"])
+        assert (await h.result("after")).exit_code == 2
+        h.runner.kill("bystander", "done", grace_s=0)
+        assert (await h.result("bystander")).status_reason == "done"
+
+    run(tmp_path, body)
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=True)
+
+
+def _fill(path: Path) -> None:
+    """Write zeros into ``path`` until the file system is full."""
+    with open(path, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root only)")
+def test_exits_are_reported_when_the_state_disk_is_full_and_journalled_once_it_has_room(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    _mount_tmpfs(state, "1m")
+    try:
+        async def body(h: Harness) -> None:
+            await h.start("before", ["sh", "-c", "sleep 0.3; exit 6"])
+            _fill(state / "filler")
+            result = await h.result("before")  # its shim cannot write its status, nor we the result
+            assert (result.exit_code, result.reason) == (6, None)
+            assert not (state / "attempts" / "before" / "result.json").exists()
+            assert h.runner.pending_writes() == 1
+            started = [await h.runner.start(AttemptSpec(f"full{i}", "j", 1, ["sh", "-c", "exit 9"], ENV, 1, 64))
+                       for i in range(3)]
+            for outcome in started:  # each is reported, run or refused with the reason
+                if isinstance(outcome, AttemptResult):
+                    assert outcome.reason is not None and "No space left on device" in outcome.reason
+                else:
+                    assert isinstance(outcome, int)
+            ran = [f"full{i}" for i, o in enumerate(started) if isinstance(o, int)]
+            for attempt_id in ran:
+                assert (await h.result(attempt_id)).exit_code == 9
+            (state / "filler").unlink()
+            await wait_for(lambda: h.runner.pending_writes() == 0, timeout=5)
+            assert _read(state / "attempts" / "before" / "result.json")["exit_code"] == 6
+            assert list((state / "running").iterdir()) == []
+
+        run(state, body)
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def test_a_launched_task_exec_cannot_carry_is_refused_and_its_attempt_lives(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start("host", ["sleep", "30"], hold=False)
+        error = h.runner.start_task("host", "l1", "echo a\0b", lambda *a: None)
+        assert error is not None and error.startswith("CannotStartContainerError: ValueError: embedded null byte")
+        assert [r[0] for r in h.runner.running()] == ["host"]
+        h.runner.kill("host", "done", grace_s=0)
+        assert (await h.result("host")).status_reason == "done"
+
+    run(tmp_path, body)
