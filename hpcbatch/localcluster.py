@@ -453,6 +453,9 @@ class LocalCluster:
                 + (f"gpus = [{', '.join(_toml_str(g) for g in gpus)}]\n" if gpus else "")
                 # Jobs of a root caller are owned by root; agents run them only when told.
                 + ("allow_root_jobs = true\n" if os.geteuid() == 0 else "")
+                # `cluster down` stops agents with SIGTERM and means their jobs too; an agent
+                # that died is restarted by the supervisor and re-adopts what it left.
+                + "leave_attempts_on_stop = false\n"
                 + (
                     f'fabric_interface = "{FABRIC_INTERFACE}"\n'
                     f"placement_group = {_toml_str(PLACEMENT_GROUP)}\n"
