@@ -34,9 +34,10 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     account_id: str = "000000000000"
     heartbeat_interval_s: float = 1.0
     liveness: int = 5  # missed heartbeats before a node is DOWN
-    # How long a cut-off agent runs on before it kills its attempts (docs/chaos.md), for nodes
-    # that have not told this head theirs; retries of a lost node wait for it. Default:
-    # heartbeat_interval_s x liveness x 6, at least 15 s.
+    # The control-plane outage bound (hpcbatch.fencing, docs/ha.md): how long a cut-off agent
+    # runs on before it kills its attempts, for nodes that have not told this head theirs;
+    # retries of a lost node wait for it (unless its power driver fences it first). Set it
+    # as the agents' fence_after_s. Default: 600 s (more with very slow heartbeats).
     fence_after_s: float | None = None
     kill_grace_s: float = 10.0  # SIGTERM -> SIGKILL on terminate and timeout
     audit_retention_days: float = 365.0  # the audit log outlives the jobs it mentions
