@@ -32,3 +32,10 @@ class NotFoundError(ClientError):
 
 class ServerError(HpcbatchError):
     """Something on our side failed; the caller may retry."""
+
+
+class ServiceUnavailable(ServerError):
+    """Something the head depends on is away for now (its state database): nothing was
+    changed, and the same call succeeds once it is back (HTTP 503, which SDKs retry)."""
+
+    http_status = 503

@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from hpcbatch.auth.policy import READ_ONLY, Caller, authorize
-from hpcbatch.errors import ClientError, HpcbatchError, ServerError
+from hpcbatch.errors import ClientError, HpcbatchError, ServerError, ServiceUnavailable
 from hpcbatch.head.ratelimit import RateLimiter, TooManyRequests
 from hpcbatch.head.service import BatchService
 from hpcbatch.validation import route_table, validate_request
@@ -161,6 +161,8 @@ async def _committed(engine: Any, operation: str) -> None:
     """Wait for the group commit; a store failure becomes a ServerException naming its cause."""
     try:
         await engine.durable()
+    except ServiceUnavailable:  # the state database is away: 503, naming it
+        raise
     except Exception as exc:
         cause = str(exc) or type(exc).__name__
         raise StoreUnavailable(
@@ -297,7 +299,7 @@ def make_app(
             except HpcbatchError as exc:
                 # Unauthenticated, throttled or out of disk: refused, and nothing is written
                 # (auditing a flood or a full disk would only make either worse).
-                if caller is None or isinstance(exc, TooManyRequests | StoreUnavailable):
+                if caller is None or isinstance(exc, TooManyRequests | StoreUnavailable | ServiceUnavailable):
                     if not isinstance(exc, TooManyRequests):
                         log.warning("%s refused: %s: %s", operation, exc.aws_code, exc.message)
                     return _error(exc)
@@ -305,7 +307,7 @@ def make_app(
                     engine.audit(_audit_entry(caller, operation, body, f"{exc.aws_code}: {exc.message}"))
                     try:
                         await _committed(engine, operation)
-                    except StoreUnavailable as store_exc:
+                    except (StoreUnavailable, ServiceUnavailable) as store_exc:
                         return _error(store_exc)
                 return _error(exc)
             except Exception as exc:
@@ -319,7 +321,7 @@ def make_app(
             # Reply only once what the call changed is committed (group commit).
             try:
                 await _committed(engine, operation)
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, ServiceUnavailable) as exc:
                 return _error(exc)
             return web.Response(body=json.dumps(result), content_type="application/json")
 

@@ -32,7 +32,7 @@ from hpcbatch.head.observe import mount_observers
 from hpcbatch.head.ratelimit import RateLimiter
 from hpcbatch.head.service import BatchService
 from hpcbatch.store import is_postgresql, open_store
-from hpcbatch.store.postgres import LeaseLost, PostgresStore
+from hpcbatch.store.postgres import DatabaseUnreachable, LeaseLost, PostgresStore
 
 log = logging.getLogger("hpcbatch.head")
 
@@ -59,6 +59,7 @@ class Head:
             if is_postgresql(config.store_target) else None
         )
         self.epoch = 0  # the fencing token every order to an agent carries; 0 without a lease
+        self._held_orders: list[tuple[str, object]] = []  # while the lease is unconfirmed (database away)
         self.lost_lease: str | None = None
         self.fleet: Fleet | None = None
         # How long a cut-off agent runs on (hpcbatch.fencing): retries of a lost node wait for it.
@@ -86,7 +87,36 @@ class Head:
 
     def _send(self, node: str, message: object) -> None:
         assert self.fleet is not None
+        if self.lease is not None and not self.lease.confirmed():
+            # The database is away and the lease may be another head's by now: no order
+            # leaves until a renewal shows it is still ours (hpcbatch.head.lease).
+            self._held_orders.append((node, message))
+            return
+        self._send_held_orders()
         self.fleet.send(node, message)  # type: ignore[arg-type]
+
+    def _send_held_orders(self) -> None:
+        """Send what waited for the lease to be confirmed again, in order."""
+        assert self.fleet is not None
+        held, self._held_orders = self._held_orders, []
+        if held:
+            log.info("the lease is confirmed again: sending %d held message(s) to agents", len(held))
+        for node, message in held:
+            self.fleet.send(node, message)  # type: ignore[arg-type]
+
+    def _lease_confirmed(self) -> None:
+        if self.fleet is not None:
+            self._send_held_orders()
+        self.engine.request_step()  # commit what waited for the database now, not at the next retry
+
+    def _store_problem(self) -> str | None:
+        """None when the store answers now, else why not (hpcbatch.head.lease: a standby
+        takes the lease only when it can use it)."""
+        try:
+            self.store.ping()  # type: ignore[attr-defined]
+        except DatabaseUnreachable as exc:
+            return exc.cause
+        return None
 
     def _load(self) -> None:
         for doc in self.store.list_resources("ce"):
@@ -144,7 +174,11 @@ class Head:
         assert self.lease is not None
         assert isinstance(self.store, PostgresStore)
         # Reads only, until this head holds the lease: PostgreSQL refuses any write meanwhile.
-        self.store.read_only(True)
+        # (With the database away, the setting applies when the store connects again.)
+        try:
+            self.store.read_only(True)
+        except DatabaseUnreachable as exc:
+            log.warning("standby: %s", exc.message)
         app = standby_app(
             self.describe, self.service, roles=self.config.roles, region=self.config.region,
             limiter=RateLimiter(self.config.rates, self.config.rate_limit_exempt, time.monotonic),
@@ -159,15 +193,29 @@ class Head:
         os.chmod(api_socket, 0o666)
         log.info("head %s is a standby on http://%s:%d and unix:%s", self.head_id[:8], host, port, api_socket)
         try:
-            epoch = await self.lease.acquire(stop)
+            while True:
+                epoch = await self.lease.acquire(stop, usable=self._store_problem)
+                if epoch is None:
+                    return False
+                try:
+                    self.store.read_only(False)
+                    self.store.fence(epoch, stall_s=self.config.lease_ttl_s)
+                    break
+                except DatabaseUnreachable as exc:
+                    # The database went away between the take and now: a head that cannot
+                    # use its store must not hold the lease. Let it go; wait as a standby.
+                    log.warning("took the lease (epoch %d) but cannot use the store: %s; letting it go",
+                                epoch, exc.cause)
+                    try:
+                        self.store.read_only(True)
+                    except DatabaseUnreachable:
+                        pass  # recorded: applies on the next connection
+                    await self.lease.release()
         finally:
             await runner.cleanup()
-        if epoch is None:
-            return False
         self.epoch = epoch
-        self.store.read_only(False)
-        self.store.fence(epoch, stall_s=self.config.lease_ttl_s)
         self.store.on_unusable = lambda why: self._lease_lost(why, stop)
+        self.lease.on_confirmed = self._lease_confirmed
         log.info("head %s took the lease: active, epoch %d", self.head_id[:8], epoch)
         return True
 
@@ -203,6 +251,8 @@ class Head:
             epoch=self.epoch,
             startup_grace_s=self.fence_after_s,
         )
+        if self.lease is not None:  # echo agents' heartbeats only while the lease is surely ours
+            self.fleet.lease_confirmed = self.lease.confirmed
         self._load()
         app = make_app(
             self.service, roles=self.config.roles, region=self.config.region,
