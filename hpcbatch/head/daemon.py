@@ -29,6 +29,7 @@ from hpcbatch.head.lease import HeadLease
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodekeys import NodeKeyRegistry
 from hpcbatch.head.observe import mount_observers
+from hpcbatch.head.power import Stonith
 from hpcbatch.head.ratelimit import RateLimiter
 from hpcbatch.head.service import BatchService
 from hpcbatch.store import is_postgresql, open_store
@@ -281,6 +282,11 @@ class Head:
                 prune_task = tasks.create_task(self._prune_loop())
                 lease_task = tasks.create_task(self._keep_lease(stop)) if self.lease is not None else None
                 tick_task = tasks.create_task(self._tick_loop())
+                stonith_task = None
+                if self.config.power.compute_environments or self.config.power.nodes:
+                    stonith = Stonith(self.config.power, self.engine.compute_environment_of, self.engine.node_fenced)
+                    self.engine.fence_node = stonith.request
+                    stonith_task = tasks.create_task(stonith.serve())
                 await stop.wait()
                 if self.lost_lease is None:
                     log.info("stopping: signal received")
@@ -289,6 +295,8 @@ class Head:
                 if lease_task is not None:
                     lease_task.cancel()
                 tick_task.cancel()
+                if stonith_task is not None:
+                    stonith_task.cancel()
         finally:
             await runner.cleanup()
             api_socket.unlink(missing_ok=True)
