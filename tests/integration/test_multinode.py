@@ -104,8 +104,7 @@ def test_terminate_stops_every_node(quad: TestCluster) -> None:
 
 
 def test_lost_node_fails_the_attempt_and_the_job_retries(tmp_path: Path) -> None:
-    fence = "fence_after_s = 8\n"  # the retry waits for the lost node's fence: short here, explicit
-    c = TestCluster(tmp_path, nodes=3, head_extra=fence, agent_extra=fence)
+    c = TestCluster(tmp_path, nodes=3)
     try:
         c.up()
         job_id = submit_gang(c, 2, ["sleep", "300"], ["sleep", "300"], retryStrategy={"attempts": 2})
