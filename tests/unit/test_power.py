@@ -63,3 +63,13 @@ def test_the_head_config_takes_power_drivers_and_names_a_bad_field(tmp_path: Pat
     path.write_text(base + '[power.nodes.n9]\npower_off = ["x"]\ntimeout_s = 0\n')
     with pytest.raises(ClientError, match=r"power\.nodes\.n9\.timeout_s must be > 0"):
         load_head_config(path)
+
+
+def test_the_stonith_example_in_docs_ha_md_is_a_valid_head_config(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ha.md").read_text()
+    block = doc.split("```toml\n# head.toml: STONITH\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "head.toml"
+    path.write_text(f'state_dir = "{tmp_path}"\n' + block)
+    config = load_head_config(path)
+    assert config.power.compute_environments["gpu"].power_off[4] == "{node}-bmc"
+    assert config.power.nodes["node17"].timeout_s == 20
