@@ -55,6 +55,13 @@ log = logging.getLogger("hpcbatch.store")
 
 RECONNECT_EVERY_S = 1.0  # while the server is away, calls fail at once between connection attempts
 RECONNECT_TIMEOUT_S = 3  # a connection attempt waits this long at most (the head's loop waits with it)
+# Over TCP, a server that vanished without a word (a black-holed network) is noticed within
+# seconds rather than the kernel's minutes: the calls are synchronous, so the head's loop waits
+# that long. (libpq ignores these on Unix sockets.)
+TCP_SETTINGS: dict[str, Any] = {
+    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+    "tcp_user_timeout": 5000,
+}
 
 
 class LeaseLost(ServerError):
@@ -77,7 +84,8 @@ def _one_line(exc: BaseException) -> str:
 def connect(url: str, *, application_name: str = "hpcbatch-head") -> psycopg.Connection[Any]:
     """An autocommit connection to ``url``; a failure is one line naming the store."""
     try:
-        return psycopg.connect(url, autocommit=True, application_name=application_name, connect_timeout=10)
+        return psycopg.connect(url, autocommit=True, application_name=application_name, connect_timeout=10,
+                               **TCP_SETTINGS)
     except psycopg.Error as exc:
         raise ClientError(f"store {redact(url)}: cannot connect: {' '.join(str(exc).split())}") from None
 
@@ -135,11 +143,14 @@ class PostgresStore:
         self._next_connect = now + RECONNECT_EVERY_S
         try:
             conn = psycopg.connect(self.url, autocommit=True, application_name="hpcbatch-head",
-                                   connect_timeout=RECONNECT_TIMEOUT_S)
+                                   connect_timeout=RECONNECT_TIMEOUT_S, **TCP_SETTINGS)
             for name, value in self._session.items():
                 conn.execute(f"SET {name} = {value}")
         except psycopg.Error as exc:
             self._last_error = _one_line(exc)
+            # An attempt that waited (a silent network) is tried again less often: the head's
+            # loop spends at most a third of its time waiting on it.
+            self._next_connect = max(self._next_connect, time.monotonic() + 2 * (time.monotonic() - now))
             raise DatabaseUnreachable(self._last_error) from None
         log.warning("connected to the state database %s again", redact(self.url))
         self._conn = conn
