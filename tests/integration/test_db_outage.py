@@ -10,6 +10,7 @@ what waited and goes on. The store's own reconnect is checked first, without hea
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ import pytest
 
 from hpcbatch.client import Client
 from hpcbatch.errors import HpcbatchError, ServerError
+from hpcbatch.head.lease import HeadLease
 from hpcbatch.store import open_store
 from hpcbatch.store.postgres import DatabaseUnreachable, PostgresStore
 from tests import pg
@@ -176,3 +178,22 @@ def test_a_database_restart_under_load_costs_no_head_no_running_job_and_no_write
     assert all(lines == ["1"] for lines in started.values()), {j: n for j, n in started.items() if n != ["1"]}
     log = (tmp_path / "head.log").read_text()
     assert "the state database answers again" in log
+
+
+def test_a_standby_takes_the_lease_only_when_its_store_works(postgres: PostgresServer) -> None:
+    url = postgres.create_database("lease", migrated=True)
+
+    async def scenario() -> None:
+        lease = HeadLease(url, "standby", "http://b", ttl_s=1.0)
+        never = asyncio.Event()
+        problem: str | None = "store down"
+        with pytest.raises(TimeoutError):  # the lease is free, but this head could not use it
+            await asyncio.wait_for(lease.acquire(never, usable=lambda: problem), 1.5)
+        holder = await lease.holder()
+        assert holder is not None and holder.head_id != "standby"
+        problem = None
+        assert await asyncio.wait_for(lease.acquire(never, usable=lambda: problem), 10) is not None
+        assert lease.confirmed()
+        await lease.close()
+
+    asyncio.run(scenario())
