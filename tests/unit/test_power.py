@@ -73,3 +73,28 @@ def test_the_stonith_example_in_docs_ha_md_is_a_valid_head_config(tmp_path: Path
     config = load_head_config(path)
     assert config.power.compute_environments["gpu"].power_off[4] == "{node}-bmc"
     assert config.power.nodes["node17"].timeout_s == 20
+
+
+def test_the_engine_asks_to_power_off_a_lost_node_with_held_retries_and_retries_once_it_is_off(
+    tmp_path: Path,
+) -> None:
+    from tests.unit.test_fencing import Cluster, run_on
+
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        asked: list[str] = []
+        c.engine.fence_node = asked.append
+        job = c.submit()
+        node = run_on(c, job)
+        c.register("n3")
+        c.engine.node_lost("n3", silent_s=5)  # it ran nothing, so nothing is held: no power-off
+        assert asked == []
+        c.engine.node_lost(node, silent_s=5)
+        c.engine.step()
+        assert asked == [node] and c.starts() == []  # held for the fence, power-off asked
+        c.engine.node_fenced(node)
+        c.engine.step()
+        ((placed, start),) = c.starts()
+        assert start.attempt_number == 2 and placed != node
+
+    asyncio.run(run())
