@@ -315,6 +315,46 @@ class Head:
             log.info("head stopped")
 
 
+STORE_WAIT_POLL_S = 2.0  # a head started while its PostgreSQL is away looks for it this often
+
+
+def _database_problem(url: str) -> str | None:
+    """Why the PostgreSQL at ``url`` cannot be reached for now, or None (also when it answers
+    with a lasting refusal, a password or a database name: opening the store says that)."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        # No SQLSTATE: no server answered (refused, no socket, timeout); 57P0x: it is
+        # starting up or shutting down. Anything else will not pass by waiting.
+        if exc.sqlstate is None or exc.sqlstate.startswith("57P"):
+            return " ".join(str(exc).split())
+    return None
+
+
+async def _wait_for_database(config: HeadConfig, stop: asyncio.Event) -> bool:
+    """On PostgreSQL, wait until the state database answers: a head (re)started during a
+    database outage waits for it instead of exiting (docs/ha.md). False if stopped first."""
+    if not is_postgresql(config.store_target):
+        return True
+    said = False
+    while not stop.is_set():
+        problem = await asyncio.to_thread(_database_problem, config.store_target)
+        if problem is None:
+            if said:
+                log.info("the state database answers: starting")
+            return True
+        if not said:
+            log.warning("waiting for the state database to answer: %s", problem)
+            said = True
+        try:
+            await asyncio.wait_for(stop.wait(), STORE_WAIT_POLL_S)
+        except TimeoutError:
+            pass
+    return False
+
+
 def main(config_path: str, store: str | None = None) -> int:
     """Run the head with the config at ``config_path`` (``store`` overrides its store)."""
     try:
@@ -331,6 +371,8 @@ def main(config_path: str, store: str | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if not await _wait_for_database(config, stop):
+            return
         head = Head(config)
         await head.run(stop)
         if head.lost_lease is not None:

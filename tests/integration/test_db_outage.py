@@ -197,3 +197,17 @@ def test_a_standby_takes_the_lease_only_when_its_store_works(postgres: PostgresS
         await lease.close()
 
     asyncio.run(scenario())
+
+
+def test_a_head_started_while_its_database_is_down_waits_for_it(tmp_path: Path, postgres: PostgresServer) -> None:
+    c = TestCluster(tmp_path, nodes=0, store="postgresql")
+    stop_server(postgres)
+    back = threading.Timer(3.0, start_server, args=(postgres,))
+    try:
+        back.start()
+        c.start_head()  # answers once the database is back: it did not exit meanwhile
+        assert c.procs["head"].poll() is None
+        assert "waiting for the state database to answer" in (tmp_path / "head.log").read_text()
+    finally:
+        back.join()
+        c.close()
