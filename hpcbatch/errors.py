@@ -35,7 +35,8 @@ class ServerError(HpcbatchError):
 
 
 class ServiceUnavailable(ServerError):
-    """Something the head depends on is away for now (its state database): nothing was
-    changed, and the same call succeeds once it is back (HTTP 503, which SDKs retry)."""
+    """Something the head depends on is away for now (its state database): the call may
+    succeed once it is back (HTTP 503, which SDKs retry); the message says whether anything
+    was changed."""
 
     http_status = 503

@@ -321,7 +321,14 @@ def make_app(
             # Reply only once what the call changed is committed (group commit).
             try:
                 await _committed(engine, operation)
-            except (StoreUnavailable, ServiceUnavailable) as exc:
+            except StoreUnavailable as exc:
+                return _error(exc)
+            except ServiceUnavailable as exc:
+                if mutating:  # done in the head's memory, not yet stored: it will be, say so
+                    exc = ServiceUnavailable(
+                        f"{operation}: {exc.message.removesuffix('; retry')}; the change is kept and stored "
+                        "once it answers: check before repeating it"
+                    )
                 return _error(exc)
             return web.Response(body=json.dumps(result), content_type="application/json")
 
