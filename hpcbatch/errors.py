@@ -32,3 +32,11 @@ class NotFoundError(ClientError):
 
 class ServerError(HpcbatchError):
     """Something on our side failed; the caller may retry."""
+
+
+class ServiceUnavailable(ServerError):
+    """Something the head depends on is away for now (its state database): the call may
+    succeed once it is back (HTTP 503, which SDKs retry); the message says whether anything
+    was changed."""
+
+    http_status = 503

@@ -10,12 +10,16 @@ the network loses or delays, the old attempt is dead before its retry starts els
 
 from __future__ import annotations
 
-# The fence, in node-lost timeouts (heartbeat interval x liveness): long enough that a
-# head restart or a failover to a standby (seconds) never kills running work, short enough
-# that a cut-off node's jobs are retried within a minute. Defaults: 1 s x 5 x 6 = 30 s; never
-# under 15 s, however short the heartbeats (a head restart takes seconds, whatever they are).
+# The control-plane outage bound: how long an agent that hears no head runs its attempts on
+# before it kills them, and so how long the head holds the retries of a node it lost (unless
+# a power driver fences the node first: hpcbatch.head.power). Ten minutes by default, like
+# Slurm's controller timeouts: a head stopped for maintenance, a failover, or a restart of
+# the state database all fit inside it and cost no running job (docs/ha.md). Configured as
+# ``fence_after_s`` on both sides (agent and head config); with very slow heartbeats the
+# default grows to FENCE_TIMEOUTS node-lost timeouts (heartbeat interval x liveness).
+OUTAGE_BOUND_S = 600.0
 FENCE_TIMEOUTS = 6
-FENCE_MIN_S = 15.0
+FENCE_MIN_S = OUTAGE_BOUND_S  # the default never goes below the outage bound, however short the heartbeats
 # What the head adds to the agent's fence before it retries: the agent checks its lease once
 # per heartbeat interval, and killing a process group (or a container) takes a moment.
 FENCE_MARGIN_S = 2.0
@@ -23,8 +27,8 @@ FENCE_MARGIN_HEARTBEATS = 2
 
 
 def default_fence_after_s(heartbeat_interval_s: float, liveness: int) -> float:
-    """The agent's ``fence_after_s`` when its config leaves it out."""
-    return max(FENCE_MIN_S, heartbeat_interval_s * liveness * FENCE_TIMEOUTS)
+    """``fence_after_s`` (agent and head) when the config leaves it out: the outage bound."""
+    return max(OUTAGE_BOUND_S, heartbeat_interval_s * liveness * FENCE_TIMEOUTS)
 
 
 def retry_hold_s(fence_after_s: float, heartbeat_interval_s: float) -> float:

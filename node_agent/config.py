@@ -67,9 +67,10 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory_enforcement: str = "auto"  # auto | cgroup | rss
     heartbeat_interval_s: float = 1.0  # until the head's Welcome says otherwise
     liveness: int = 5
-    # Kill every attempt after this long without word from any head (a cut-off node must not
-    # run on while the head retries its jobs elsewhere; docs/chaos.md). 0: never. Default:
-    # heartbeat_interval_s x liveness x 6 (30 s; at least 15 s), longer than a head restart or a failover.
+    # The control-plane outage bound: kill every attempt after this long without word from any
+    # head (a cut-off node must not run on while the head retries its jobs elsewhere;
+    # docs/chaos.md, docs/ha.md). 0: never. Default: 600 s (hpcbatch.fencing.OUTAGE_BOUND_S),
+    # longer than a head's maintenance stop, a failover or a database restart. Set the heads' alike.
     fence_after_s: float | None = None
     log_level: str = "INFO"
 

@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from hpcbatch.auth.policy import READ_ONLY, Caller, authorize
-from hpcbatch.errors import ClientError, HpcbatchError, ServerError
+from hpcbatch.errors import ClientError, HpcbatchError, ServerError, ServiceUnavailable
 from hpcbatch.head.ratelimit import RateLimiter, RefusalLog, TooManyRequests
 from hpcbatch.head.service import BatchService
 from hpcbatch.validation import refuse_nul, route_table, validate_request
@@ -163,6 +163,8 @@ async def _committed(engine: Any, operation: str) -> None:
     """Wait for the group commit; a store failure becomes a ServerException naming its cause."""
     try:
         await engine.durable()
+    except ServiceUnavailable:  # the state database is away: 503, naming it
+        raise
     except Exception as exc:
         cause = str(exc) or type(exc).__name__
         raise StoreUnavailable(
@@ -306,8 +308,8 @@ def make_app(
             except HpcbatchError as exc:
                 # Unauthenticated, throttled or out of disk: refused, and nothing is written
                 # (auditing a flood or a full disk would only make either worse).
-                if caller is None or isinstance(exc, TooManyRequests | StoreUnavailable):
-                    if caller is None and not isinstance(exc, StoreUnavailable):
+                if caller is None or isinstance(exc, TooManyRequests | StoreUnavailable | ServiceUnavailable):
+                    if caller is None and not isinstance(exc, StoreUnavailable | ServiceUnavailable):
                         # Per source address: past its rate a flood gets 429s, and the log a summary.
                         address = request.remote or "the local socket"
                         for line in refusals.note(address, f"{operation} refused: {exc.aws_code}: {exc.message}"):
@@ -321,7 +323,7 @@ def make_app(
                     engine.audit(_audit_entry(caller, operation, body, f"{exc.aws_code}: {exc.message}"))
                     try:
                         await _committed(engine, operation)
-                    except StoreUnavailable as store_exc:
+                    except (StoreUnavailable, ServiceUnavailable) as store_exc:
                         return _error(store_exc)
                 return _error(exc)
             except Exception as exc:
@@ -336,6 +338,13 @@ def make_app(
             try:
                 await _committed(engine, operation)
             except StoreUnavailable as exc:
+                return _error(exc)
+            except ServiceUnavailable as exc:
+                if mutating:  # done in the head's memory, not yet stored: it will be, say so
+                    exc = ServiceUnavailable(
+                        f"{operation}: {exc.message.removesuffix('; retry')}; the change is kept and stored "
+                        "once it answers: check before repeating it"
+                    )
                 return _error(exc)
             return web.Response(body=json.dumps(result), content_type="application/json")
 

@@ -11,6 +11,7 @@ import msgspec
 from hpcbatch.auth.policy import ROLES
 from hpcbatch.errors import ClientError
 from hpcbatch.head.nodekeys import valid_name
+from hpcbatch.head.power import PowerConfig, check_power_config
 from hpcbatch.head.ratelimit import CLASSES as RATE_CLASSES
 from hpcbatch.head.ratelimit import DEFAULT_RATES, Rate
 from hpcbatch.validation import DEFAULT_ULIMIT_CAPS, ULIMIT_NAMES, ContainerLimits
@@ -35,10 +36,14 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     account_id: str = "000000000000"
     heartbeat_interval_s: float = 1.0
     liveness: int = 5  # missed heartbeats before a node is DOWN
-    # How long a cut-off agent runs on before it kills its attempts (docs/chaos.md), for nodes
-    # that have not told this head theirs; retries of a lost node wait for it. Default:
-    # heartbeat_interval_s x liveness x 6, at least 15 s.
+    # The control-plane outage bound (hpcbatch.fencing, docs/ha.md): how long a cut-off agent
+    # runs on before it kills its attempts, for nodes that have not told this head theirs;
+    # retries of a lost node wait for it (unless its power driver fences it first). Set it
+    # as the agents' fence_after_s. Default: 600 s (more with very slow heartbeats).
     fence_after_s: float | None = None
+    # STONITH (hpcbatch.head.power, docs/ha.md): power drivers that fence a lost node at once,
+    # by compute environment ([power.compute_environments.NAME]) or node ([power.nodes.NAME]).
+    power: PowerConfig = msgspec.field(default_factory=PowerConfig)
     kill_grace_s: float = 10.0  # SIGTERM -> SIGKILL on terminate and timeout
     audit_retention_days: float = 365.0  # the audit log outlives the jobs it mentions
     retention_days: float = 7.0  # finished jobs stay describable this long (AWS: >= 7 days)
@@ -182,6 +187,9 @@ def load_head_config(path: str | Path, *, store: str | None = None) -> HeadConfi
         raise ClientError(f"head config {path}: fence_after_s must be >= 0 seconds")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ClientError(f"head config {path}: tls_cert and tls_key: give both (HTTPS) or neither (HTTP)")
+    power_problem = check_power_config(config.power)
+    if power_problem is not None:
+        raise ClientError(f"head config {path}: {power_problem}")
     bad_roles = sorted(r for r in config.roles.values() if r not in ROLES)
     if bad_roles:
         raise ClientError(f"head config {path}: roles: {bad_roles[0]!r} is not one of {', '.join(ROLES)}")

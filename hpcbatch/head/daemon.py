@@ -29,11 +29,12 @@ from hpcbatch.head.lease import HeadLease
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodekeys import NodeKeyRegistry
 from hpcbatch.head.observe import mount_observers
+from hpcbatch.head.power import Stonith
 from hpcbatch.head.ratelimit import RateLimiter
 from hpcbatch.head.service import BatchService
 from hpcbatch.head.statedir import secure_state, state_modes
 from hpcbatch.store import is_postgresql, open_store
-from hpcbatch.store.postgres import LeaseLost, PostgresStore
+from hpcbatch.store.postgres import DatabaseUnreachable, LeaseLost, PostgresStore
 
 log = logging.getLogger("hpcbatch.head")
 
@@ -69,6 +70,7 @@ class Head:
             if is_postgresql(config.store_target) else None
         )
         self.epoch = 0  # the fencing token every order to an agent carries; 0 without a lease
+        self._held_orders: list[tuple[str, object]] = []  # while the lease is unconfirmed (database away)
         self.lost_lease: str | None = None
         self.fleet: Fleet | None = None
         # How long a cut-off agent runs on (hpcbatch.fencing): retries of a lost node wait for it.
@@ -105,7 +107,36 @@ class Head:
 
     def _send(self, node: str, message: object) -> None:
         assert self.fleet is not None
+        if self.lease is not None and not self.lease.confirmed():
+            # The database is away and the lease may be another head's by now: no order
+            # leaves until a renewal shows it is still ours (hpcbatch.head.lease).
+            self._held_orders.append((node, message))
+            return
+        self._send_held_orders()
         self.fleet.send(node, message)  # type: ignore[arg-type]
+
+    def _send_held_orders(self) -> None:
+        """Send what waited for the lease to be confirmed again, in order."""
+        assert self.fleet is not None
+        held, self._held_orders = self._held_orders, []
+        if held:
+            log.info("the lease is confirmed again: sending %d held message(s) to agents", len(held))
+        for node, message in held:
+            self.fleet.send(node, message)  # type: ignore[arg-type]
+
+    def _lease_confirmed(self) -> None:
+        if self.fleet is not None:
+            self._send_held_orders()
+        self.engine.request_step()  # commit what waited for the database now, not at the next retry
+
+    def _store_problem(self) -> str | None:
+        """None when the store answers now, else why not (hpcbatch.head.lease: a standby
+        takes the lease only when it can use it)."""
+        try:
+            self.store.ping()  # type: ignore[attr-defined]
+        except DatabaseUnreachable as exc:
+            return exc.cause
+        return None
 
     def _load(self) -> None:
         for doc in self.store.list_resources("ce"):
@@ -163,7 +194,11 @@ class Head:
         assert self.lease is not None
         assert isinstance(self.store, PostgresStore)
         # Reads only, until this head holds the lease: PostgreSQL refuses any write meanwhile.
-        self.store.read_only(True)
+        # (With the database away, the setting applies when the store connects again.)
+        try:
+            self.store.read_only(True)
+        except DatabaseUnreachable as exc:
+            log.warning("standby: %s", exc.message)
         app = standby_app(
             self.describe, self.service, roles=self.config.roles, region=self.config.region,
             limiter=RateLimiter(self.config.rates, self.config.rate_limit_exempt, time.monotonic),
@@ -179,15 +214,29 @@ class Head:
         log.info("head %s is a standby on %s://%s:%d and unix:%s", self.head_id[:8], self.config.http_scheme, host, port,
                  api_socket)
         try:
-            epoch = await self.lease.acquire(stop)
+            while True:
+                epoch = await self.lease.acquire(stop, usable=self._store_problem)
+                if epoch is None:
+                    return False
+                try:
+                    self.store.read_only(False)
+                    self.store.fence(epoch, stall_s=self.config.lease_ttl_s)
+                    break
+                except DatabaseUnreachable as exc:
+                    # The database went away between the take and now: a head that cannot
+                    # use its store must not hold the lease. Let it go; wait as a standby.
+                    log.warning("took the lease (epoch %d) but cannot use the store: %s; letting it go",
+                                epoch, exc.cause)
+                    try:
+                        self.store.read_only(True)
+                    except DatabaseUnreachable:
+                        pass  # recorded: applies on the next connection
+                    await self.lease.release()
         finally:
             await runner.cleanup()
-        if epoch is None:
-            return False
         self.epoch = epoch
-        self.store.read_only(False)
-        self.store.fence(epoch, stall_s=self.config.lease_ttl_s)
         self.store.on_unusable = lambda why: self._lease_lost(why, stop)
+        self.lease.on_confirmed = self._lease_confirmed
         log.info("head %s took the lease: active, epoch %d", self.head_id[:8], epoch)
         return True
 
@@ -224,6 +273,8 @@ class Head:
             startup_grace_s=self.fence_after_s,
         )
         self._seal_secrets()
+        if self.lease is not None:  # echo agents' heartbeats only while the lease is surely ours
+            self.fleet.lease_confirmed = self.lease.confirmed
         self._load()
         app = make_app(
             self.service, roles=self.config.roles, region=self.config.region,
@@ -256,6 +307,11 @@ class Head:
                 prune_task = tasks.create_task(self._prune_loop())
                 lease_task = tasks.create_task(self._keep_lease(stop)) if self.lease is not None else None
                 tick_task = tasks.create_task(self._tick_loop())
+                stonith_task = None
+                if self.config.power.compute_environments or self.config.power.nodes:
+                    stonith = Stonith(self.config.power, self.engine.compute_environment_of, self.engine.node_fenced)
+                    self.engine.fence_node = stonith.request
+                    stonith_task = tasks.create_task(stonith.serve())
                 await stop.wait()
                 if self.lost_lease is None:
                     log.info("stopping: signal received")
@@ -264,6 +320,8 @@ class Head:
                 if lease_task is not None:
                     lease_task.cancel()
                 tick_task.cancel()
+                if stonith_task is not None:
+                    stonith_task.cancel()
         finally:
             await runner.cleanup()
             api_socket.unlink(missing_ok=True)
@@ -282,6 +340,46 @@ class Head:
             log.info("head stopped")
 
 
+STORE_WAIT_POLL_S = 2.0  # a head started while its PostgreSQL is away looks for it this often
+
+
+def _database_problem(url: str) -> str | None:
+    """Why the PostgreSQL at ``url`` cannot be reached for now, or None (also when it answers
+    with a lasting refusal, a password or a database name: opening the store says that)."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        # No SQLSTATE: no server answered (refused, no socket, timeout); 57P0x: it is
+        # starting up or shutting down. Anything else will not pass by waiting.
+        if exc.sqlstate is None or exc.sqlstate.startswith("57P"):
+            return " ".join(str(exc).split())
+    return None
+
+
+async def _wait_for_database(config: HeadConfig, stop: asyncio.Event) -> bool:
+    """On PostgreSQL, wait until the state database answers: a head (re)started during a
+    database outage waits for it instead of exiting (docs/ha.md). False if stopped first."""
+    if not is_postgresql(config.store_target):
+        return True
+    said = False
+    while not stop.is_set():
+        problem = await asyncio.to_thread(_database_problem, config.store_target)
+        if problem is None:
+            if said:
+                log.info("the state database answers: starting")
+            return True
+        if not said:
+            log.warning("waiting for the state database to answer: %s", problem)
+            said = True
+        try:
+            await asyncio.wait_for(stop.wait(), STORE_WAIT_POLL_S)
+        except TimeoutError:
+            pass
+    return False
+
+
 def main(config_path: str, store: str | None = None) -> int:
     """Run the head with the config at ``config_path`` (``store`` overrides its store)."""
     try:
@@ -298,6 +396,8 @@ def main(config_path: str, store: str | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if not await _wait_for_database(config, stop):
+            return
         head = Head(config)
         await head.run(stop)
         if head.lost_lease is not None:

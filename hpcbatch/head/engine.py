@@ -138,6 +138,9 @@ class Engine:
         self._fence_after_s = fence_after_s
         self._heartbeat_s = heartbeat_interval_s
         self._fence_holds: dict[str, FenceHold] = {}  # job id -> its held retry
+        # STONITH (hpcbatch.head.power): asked to power off a lost node whose retries are held;
+        # ``node_fenced`` releases them once it is off.
+        self.fence_node: Callable[[str], object] | None = None
         self._stream_prefix = log_stream_prefix
         self._seq = 0
         self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
@@ -1113,6 +1116,15 @@ class Engine:
                 self._finish_attempt(job, None, None, reason, lost=True, hold_s=hold_s)
         node.jobs.clear()
         self._feed(NodeGone(self._event_id(), name))
+        if self.fence_node is not None and any(h.node == name for h in self._fence_holds.values()):
+            self.fence_node(name)
+
+    def node_fenced(self, name: str) -> None:
+        """``name`` was powered off (STONITH): its attempts are surely dead; retry them now."""
+        for job_id, hold in list(self._fence_holds.items()):
+            if hold.node == name:
+                log.info("job %s: node %s is powered off; the retry is no longer held", job_id, name)
+                self._release_fence(job_id)
 
     # ----------------------------------------------------------------- fencing
     def _fence_hold_s(self, name: str) -> float:

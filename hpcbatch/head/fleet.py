@@ -30,6 +30,7 @@ import errno
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -40,6 +41,7 @@ from zmq.utils import z85
 
 from hpcbatch import protocol as p
 from hpcbatch.curve import KeyPair
+from hpcbatch.errors import HpcbatchError
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.nodekeys import NodeKeyRegistry, ZapCredentials
 
@@ -51,6 +53,9 @@ log = logging.getLogger("hpcbatch.fleet")
 ZAP_DOMAIN = "hpcbatch-fleet"
 HELD_PER_NODE = 10_000
 REBIND_TIMEOUT_S = 10.0
+# Echoed while the lease is unconfirmed to a node this head has no echo for: older than any
+# send, it renews no agent's fence (0 would mean "now", hpcbatch.protocol).
+STALE_ECHO = 1e-9
 
 
 class _FleetAuthenticator(AsyncioAuthenticator):
@@ -103,6 +108,9 @@ class Fleet:
         self._rebind_wanted = False
         self._started = time.monotonic()
         keys.on_cut_off = self.cut_off
+        # Whether this head surely holds the lease (hpcbatch.head.lease): while it does not
+        # (its database is away), heartbeats are answered but echo nothing new.
+        self.lease_confirmed: Callable[[], bool] = lambda: True
 
     def _socket(self) -> zmq.asyncio.Socket:
         sock = self._ctx.socket(zmq.ROUTER)
@@ -213,7 +221,8 @@ class Fleet:
             node = msg.node.name
         self._learn_route(node, route)
         self._last_seen[node] = time.monotonic()
-        if isinstance(msg, p.Register | p.AgentHeartbeat) and msg.sent_at > self._echo.get(node, 0.0):
+        confirmed = self.lease_confirmed()
+        if confirmed and isinstance(msg, p.Register | p.AgentHeartbeat) and msg.sent_at > self._echo.get(node, 0.0):
             self._echo[node] = msg.sent_at
         engine = self._engine
         if isinstance(msg, p.Register):
@@ -229,13 +238,20 @@ class Fleet:
                 welcome.head_id = self._head_id
                 welcome.heartbeat_interval_s = self._interval
                 welcome.liveness = self._liveness
-                welcome.echo = msg.sent_at
+                welcome.echo = msg.sent_at if confirmed else self._echo.get(node, STALE_ECHO)
                 self.send(node, welcome)
             log.info("node %s registered (%d running, %d exited)", node, len(msg.running), len(msg.exited))
             return
         if node not in self._registered:
             self.send(node, p.Reregister())
             return
+        try:
+            self._dispatch(node, msg)
+        except HpcbatchError as exc:  # the store is away (docs/ha.md): this message is lost, not the head
+            log.error("node %s: %s not handled: %s", node, type(msg).__name__, exc.message)
+
+    def _dispatch(self, node: str, msg: p.Message) -> None:
+        engine = self._engine
         match msg:
             case p.AgentHeartbeat():
                 engine.on_heartbeat(node, msg)
@@ -258,8 +274,9 @@ class Fleet:
             self._keys.refresh()  # a key removed from accepted/ by hand is cut off here
             now = time.monotonic()
             deadline = self._interval * self._liveness
+            no_echo = 0.0 if self.lease_confirmed() else STALE_ECHO
             for node in list(self._registered):
-                self.send(node, p.HeadHeartbeat(head_id=self._head_id, echo=self._echo.get(node, 0.0)))
+                self.send(node, p.HeadHeartbeat(head_id=self._head_id, echo=self._echo.get(node, no_echo)))
             for name, info in list(self._engine.nodes.items()):
                 if info.state == "DOWN" and not info.jobs:
                     continue

@@ -70,9 +70,12 @@ def standby_app(
     async def refuse(request: web.Request) -> web.Response:
         doc = await describe()
         active = doc.get("active") or {}
-        where = f"the active head is {active['url']} (epoch {active['epoch']})" if active.get("url") else (
-            "no head is active right now; one takes over within seconds"
-        )
+        if active.get("url"):
+            where = f"the active head is {active['url']} (epoch {active['epoch']})"
+        elif doc.get("leaseError"):  # docs/ha.md, database outages
+            where = f"the state database is unreachable ({doc['leaseError']}), so which head is active is unknown"
+        else:
+            where = "no head is active right now; one takes over within seconds"
         message = f"this head ({doc['headId'][:8]}) is a standby: {where}; retry there"
         return web.Response(
             status=503,

@@ -6,8 +6,17 @@ Rules (no home-made consensus: PostgreSQL serializes every step):
   clock_timestamp()`` that also adds one to ``epoch``. Two standbys racing both run it;
   the row lock lets exactly one of them match.
 * The holder renews it every ``ttl/3`` with ``WHERE epoch = mine``. Zero rows updated
-  means another head took over: the holder stops at once. A holder that cannot reach the
-  database for a whole ``ttl`` stops too (the lease may be someone else's by now).
+  means another head took over: the holder stops at once.
+* A holder that cannot reach the database does not stop (docs/ha.md): a database restart
+  must cost nothing. Once a whole ``ttl`` has passed since its last renewal it is no longer
+  *confirmed* (the lease may be someone else's by now): it still answers the agents'
+  heartbeats, but echoes none of them (so their fence clock runs, hpcbatch.fencing) and
+  sends no order, until a renewal succeeds (the epoch is unchanged: no head took over
+  meanwhile, so nothing it held back was unsafe) or finds the lease taken (it stops).
+* A standby takes the lease only when its own store answers (it could not use it
+  otherwise), and not in the first ``2 x ttl`` after the database server started: a lease
+  that lapsed because the server was down goes back to its holder, which renews it as
+  soon as the server is back, rather than to whichever head asked first.
 * Time is the database server's clock only; heads' clocks never meet.
 * Fencing, for a head that was paused or cut off and does not know it lost: its store
   refuses to commit under an old epoch (hpcbatch.store.postgres), and agents refuse its
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +41,10 @@ log = logging.getLogger("hpcbatch.lease")
 _TAKE = (
     "UPDATE head_lease SET epoch = epoch + 1, holder = %s, url = %s, "
     "expires_at = clock_timestamp() + %s * interval '1 second' "
-    "WHERE id = 1 AND expires_at < clock_timestamp() RETURNING epoch"
+    "WHERE id = 1 AND expires_at < clock_timestamp() "
+    "AND pg_postmaster_start_time() < clock_timestamp() - %s * interval '1 second' RETURNING epoch"
 )
+RESTART_GRACE_TTLS = 2  # after a database restart, the holder has this many ttl to renew first
 _RENEW = (
     "UPDATE head_lease SET expires_at = clock_timestamp() + %s * interval '1 second' "
     "WHERE id = 1 AND epoch = %s AND holder = %s"
@@ -63,6 +75,13 @@ class HeadLease:
         self.ttl_s = ttl_s
         self.epoch: int | None = None
         self._db: psycopg.AsyncConnection[Any] | None = None
+        self._confirmed_until = 0.0  # monotonic: surely this head's lease until then
+        # Called when a renewal succeeds again after the lease went unconfirmed (database back).
+        self.on_confirmed: Callable[[], None] | None = None
+
+    def confirmed(self) -> bool:
+        """Whether this head surely still holds the lease (renewed less than ``ttl`` ago)."""
+        return self.epoch is not None and time.monotonic() < self._confirmed_until
 
     async def _conn(self) -> psycopg.AsyncConnection[Any]:
         if self._db is None or self._db.closed:
@@ -88,14 +107,33 @@ class HeadLease:
         row = await (await self._run(_READ, ())).fetchone()
         return LeaseHolder(int(row[0]), row[1], row[2], float(row[3])) if row else None
 
-    async def acquire(self, stop: asyncio.Event, poll_s: float = 0.25) -> int | None:
-        """Wait until this head holds the lease; its epoch, or None if ``stop`` came first."""
+    async def acquire(
+        self, stop: asyncio.Event, poll_s: float = 0.25, usable: Callable[[], str | None] | None = None,
+    ) -> int | None:
+        """Wait until this head holds the lease; its epoch, or None if ``stop`` came first.
+
+        ``usable``: None when this head's store works, else why not; the lease is not taken
+        meanwhile (a head that cannot use its store must not hold the cluster's lease).
+        """
         said_waiting = False
+        said_unusable = False
         while not stop.is_set():
             try:
-                row = await (await self._run(_TAKE, (self.head_id, self.advertise_url, self.ttl_s))).fetchone()
+                why = usable() if usable is not None else None
+                if why is not None:
+                    if not said_unusable:
+                        log.warning("standby: not taking the lease while this head's store is unusable: %s", why)
+                        said_unusable = True
+                    await asyncio.wait_for(stop.wait(), poll_s)
+                    continue
+                said_unusable = False
+                began = time.monotonic()
+                row = await (await self._run(
+                    _TAKE, (self.head_id, self.advertise_url, self.ttl_s, RESTART_GRACE_TTLS * self.ttl_s),
+                )).fetchone()
                 if row is not None:
                     self.epoch = int(row[0])
+                    self._confirmed_until = began + self.ttl_s
                     return self.epoch
                 if not said_waiting:
                     current = await self.holder()
@@ -107,6 +145,8 @@ class HeadLease:
                     said_waiting = True
             except psycopg.Error as exc:
                 log.warning("standby: cannot take the lease yet: %s", " ".join(str(exc).split()))
+            except TimeoutError:
+                continue
             try:
                 await asyncio.wait_for(stop.wait(), poll_s)
             except TimeoutError:
@@ -114,23 +154,40 @@ class HeadLease:
         return None
 
     async def keep(self) -> str:
-        """Renew until the lease is lost; returns why (the head then stops)."""
+        """Renew until another head has taken the lease; returns why (the head then stops).
+
+        An unreachable database never ends this: the lease goes unconfirmed meanwhile (see
+        the module docstring) and is renewed when the database answers again.
+        """
         assert self.epoch is not None
         renewed = time.monotonic()
+        out_since: float | None = None  # when the first renewal failed, in this outage
         while True:
             await asyncio.sleep(self.ttl_s / 3)
+            began = time.monotonic()
             try:
                 cur = await self._run(_RENEW, (self.ttl_s, self.epoch, self.head_id))
             except psycopg.Error as exc:
-                silent = time.monotonic() - renewed
-                if silent >= self.ttl_s:
-                    return f"could not renew the lease for {silent:.1f} s ({' '.join(str(exc).split())})"
+                if out_since is None:
+                    out_since = began
+                    log.error("cannot renew the lease (epoch %d): %s; this head keeps the agents' heartbeats "
+                              "and, %g s after its last renewal, holds its orders until the database answers",
+                              self.epoch, " ".join(str(exc).split()), self.ttl_s)
                 continue
             if cur.rowcount != 1:
                 current = await self.holder()
                 by = f" by head {current.head_id[:8]} (epoch {current.epoch})" if current else ""
                 return f"the lease (epoch {self.epoch}) was taken over{by}"
-            renewed = time.monotonic()
+            was_confirmed = self.confirmed()
+            self._confirmed_until = began + self.ttl_s
+            if out_since is not None:
+                log.warning("the state database answers again after %.1f s; the lease (epoch %d) is still this "
+                            "head's (renewed %.1f s after the previous renewal)", began - out_since, self.epoch,
+                            began - renewed)
+                out_since = None
+            if not was_confirmed and self.on_confirmed is not None:
+                self.on_confirmed()
+            renewed = began
 
     async def release(self) -> None:
         """Let a standby take over now (clean stop); best effort."""

@@ -23,7 +23,6 @@ import pytest
 
 from hpcbatch.client import Client
 from hpcbatch.errors import HpcbatchError
-from hpcbatch.fencing import default_fence_after_s
 from tests.chaos.invariants import (
     chaos_env,
     duplicate_starts,
@@ -41,7 +40,9 @@ from tests.variants import STORES, make_cluster
 JOBS = int(os.environ.get("HPCBATCH_CHAOS_JOBS", "1000"))
 ROUNDS = int(os.environ.get("HPCBATCH_CHAOS_ROUNDS", "10"))
 CUT_S = float(os.environ.get("HPCBATCH_CHAOS_CUT_S", "60"))
-FENCE_S = default_fence_after_s(0.3, 5)  # the harness's heartbeat and liveness: the agents' fence
+# The agents' fence, short and explicit (the default is the 10-minute outage bound, docs/ha.md).
+FENCE_S = 15.0
+FENCE_CONFIG = f"fence_after_s = {FENCE_S}\n"
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, tmpfs (CI runs as root)")
@@ -51,7 +52,8 @@ NO_VIOLATIONS = {"jobs_lost": [], "duplicate_starts": [], "orphans": [], "wrong_
 
 @pytest.fixture(scope="module", params=STORES)
 def chaos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
-    c = make_cluster(tmp_path_factory.mktemp("chaos"), request.param, nodes=2, netns=True)
+    c = make_cluster(tmp_path_factory.mktemp("chaos"), request.param, nodes=2, netns=True,
+                     head_extra=FENCE_CONFIG, agent_extra=FENCE_CONFIG)
     try:
         yield c.up()
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpcbatch import protocol as p
-from hpcbatch.fencing import FENCE_MIN_S, default_fence_after_s, retry_hold_s
+from hpcbatch.fencing import OUTAGE_BOUND_S, default_fence_after_s, retry_hold_s
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import JobRecord, ResourceRequest
@@ -74,9 +74,11 @@ def run_on(cluster: Cluster, job: JobRecord) -> str:
     return node
 
 
-def test_the_fence_is_derived_from_the_heartbeats_and_never_short() -> None:
-    assert default_fence_after_s(1.0, 5) == 30.0
-    assert default_fence_after_s(0.1, 3) == FENCE_MIN_S
+def test_the_fence_defaults_to_the_outage_bound_whatever_the_heartbeats() -> None:
+    assert OUTAGE_BOUND_S >= 600  # a head or database outage of minutes costs no running job
+    assert default_fence_after_s(1.0, 5) == OUTAGE_BOUND_S
+    assert default_fence_after_s(0.1, 3) == OUTAGE_BOUND_S  # short heartbeats never shorten it
+    assert default_fence_after_s(60.0, 5) == 1800.0  # very slow ones lengthen it
     assert retry_hold_s(30.0, 1.0) > 30.0
 
 
@@ -190,9 +192,11 @@ def test_the_agents_fence_comes_from_its_config(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     base = f'name = "n1"\nhead = "tcp://h:1"\nstate_dir = "{tmp_path}"\nhead_public_key = "{key}"\n'
     path.write_text(base)
-    assert load_agent_config(path).fence_s == 30.0
-    path.write_text(base + "heartbeat_interval_s = 2.0\n")
-    assert load_agent_config(path).fence_s == 60.0
+    assert load_agent_config(path).fence_s == OUTAGE_BOUND_S
+    path.write_text(base + "heartbeat_interval_s = 60.0\n")
+    assert load_agent_config(path).fence_s == 1800.0
+    path.write_text(base + "fence_after_s = 45\n")
+    assert load_agent_config(path).fence_s == 45.0
     path.write_text(base + "fence_after_s = 0\n")
     assert load_agent_config(path).fence_s == 0.0
     path.write_text(base + "fence_after_s = -1\n")
