@@ -12,6 +12,7 @@ committed, and an agent's exit report is acknowledged only after it is committed
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import secrets
 import time
@@ -23,14 +24,22 @@ from typing import Any
 import msgspec
 
 from hpcbatch import protocol as p
-from hpcbatch.fencing import retry_hold_s
+from hpcbatch.fencing import next_hold_deadline, retry_hold_s
 from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.policies import fair_share_of, policy_name
-from hpcbatch.model.jobs import TIMEOUT_REASON, Attempt, JobRecord, should_retry
+from hpcbatch.model.jobs import (
+    Attempt,
+    FenceHold,
+    GangEnding,
+    JobRecord,
+    attempt_succeeded,
+    should_retry,
+)
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
 from hpcbatch.model.multinode import child_job_id
+from hpcbatch.model.reconcile import reconcile
 from hpcbatch.scheduler import (
     AttemptEnded,
     CancelRunnable,
@@ -70,16 +79,30 @@ FAMILY_EVENTS = frozenset(
 )
 DEPENDENCY_FAILED_REASON = "Dependent Job failed"
 FENCE_WAIT_REASON = "Waiting for node {node} to fence its attempts"  # a lost node's retry, held
+QUARANTINE_KEPT = 100  # per node: the newest quarantined messages shown (ListNodes, metrics count all)
 
 
 @dataclass
-class FenceHold:
-    """A retry held until the lost node's attempt is provably dead (fenced, or reported ended)."""
+class _HeldRetry:
+    """The live side of a job's ``fence_hold``: its deadline on the head's monotonic clock."""
 
     node: str
     attempt_id: str
-    timer: asyncio.TimerHandle | None = None
+    deadline: float
+    timer: asyncio.TimerHandle | None = None  # a wake-up only: the clock decides (``expire_fences``)
     still_running: bool = False  # the node came back and reported it alive: killed, its exit awaited
+
+
+@dataclass
+class Quarantined:
+    """A message from a node that failed ``tries`` times: acknowledged and set aside, its attempt failed."""
+
+    kind: str  # the message's wire tag, e.g. "exited"
+    job_id: str
+    attempt_id: str
+    tries: int
+    error: str
+    at: int  # epoch ms
 
 
 @dataclass
@@ -97,6 +120,27 @@ class NodeInfo:
     gpu_unhealthy: dict[str, str] = field(default_factory=dict)  # GPU uuid -> why out of service
     gpu_utilization: dict[str, float] = field(default_factory=dict)  # GPU uuid -> busy 0..1, last heartbeat
     images: list[str] = field(default_factory=list)  # container images in its cache, as it reports
+    missing: dict[str, int] = field(default_factory=dict)  # attempt -> heartbeats in a row that did not list it
+    quarantined: list[Quarantined] = field(default_factory=list)  # its messages the head set aside
+
+
+RAISE_ON_ENV = "HPCBATCH_TEST_RAISE_ON"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the test-only hook (``RAISE_ON_ENV``): a handler failing on one chosen message."""
+
+
+def _parse_raise_on(spec: str | None) -> tuple[str, str] | None:
+    if not spec:
+        return None
+    kind, sep, pattern = spec.partition(":")
+    return (kind, pattern or "*") if sep else (kind, "*")
+
+
+def _message_ids(msg: p.Message) -> tuple[str, str]:
+    """(job id, attempt id) a message is about, where it names them ("" where not)."""
+    return str(getattr(msg, "job_id", "") or ""), str(getattr(msg, "attempt_id", "") or "")
 
 
 def _sequential(job: JobRecord) -> bool:
@@ -120,10 +164,14 @@ class Engine:
         *,
         send: Callable[[str, p.Message], None],
         clock_ms: Callable[[], int],
+        monotonic: Callable[[], float] = time.monotonic,
         kill_grace_s: float = 10.0,
         fence_after_s: float = 0.0,
         heartbeat_interval_s: float = 1.0,
         log_stream_prefix: Callable[[JobRecord], str] = lambda job: "default",
+        reconcile_after: int = 3,
+        quarantine_after: int = 3,
+        raise_on: str | None = None,
     ) -> None:
         self.store = store
         self.logs = logs
@@ -132,12 +180,13 @@ class Engine:
         self.nodes: dict[str, NodeInfo] = {}
         self._send = send
         self._now = clock_ms
+        self._mono = monotonic  # deadlines (fence holds) run on it: a stepped wall clock moves none
         self._kill_grace_s = kill_grace_s
         # Agents kill their attempts after fence_after_s unheard (hpcbatch.fencing): a lost
         # node's retries wait that long (or the node's own word that its attempt ended).
         self._fence_after_s = fence_after_s
         self._heartbeat_s = heartbeat_interval_s
-        self._fence_holds: dict[str, FenceHold] = {}  # job id -> its held retry
+        self._fence_holds: dict[str, _HeldRetry] = {}  # job id -> its held retry
         self._stream_prefix = log_stream_prefix
         self._seq = 0
         self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
@@ -157,6 +206,16 @@ class Engine:
         self.pass_observers: list[Callable[[float], None]] = []
         self._node_recorded: dict[str, tuple[str, str]] = {}  # node -> (state, reason) last put in the stream
         self._retry_handle: asyncio.TimerHandle | None = None
+        # Anti-entropy (hpcbatch.model.reconcile): heartbeats an attempt may go unlisted before the head asks.
+        self._reconcile_after = reconcile_after
+        # Fault containment: a message that fails this often is set aside (``Quarantined``).
+        self._quarantine_after = quarantine_after
+        self._failures: dict[tuple[str, str, str], int] = {}  # (node, kind, attempt or job id) -> failed tries
+        self.messages_failed: dict[str, int] = {}  # message kind -> handler failures (metrics)
+        self.messages_quarantined: dict[str, int] = {}  # message kind -> set aside (metrics)
+        # Test-only fault injection (HPCBATCH_TEST_RAISE_ON, never set in production): "KIND:JOBNAME-GLOB"
+        # makes the handler of a KIND message about a job whose name matches raise (tests/chaos).
+        self._raise_on = _parse_raise_on(raise_on)
 
     # ----------------------------------------------------------------- plumbing
     def _event_id(self) -> str:
@@ -200,6 +259,8 @@ class Engine:
         old = job.status
         job.status = next_status(job.job_id, job.status, event)
         job.status_reason = reason
+        if job.status is not JobStatus.RUNNABLE and job.fence_hold is not None:
+            self._drop_hold(job)
         self._job_events.append((job.job_id, now, job.status.value, reason))
         if job.status.is_final:
             job.stopped_at = job.stopped_at or now
@@ -461,12 +522,10 @@ class Engine:
                 self._admit(job)
             elif job.status is JobStatus.PENDING:
                 self._wait_for_dependencies(job)
-            elif job.status is JobStatus.RUNNABLE and job.attempts and job.status_reason == FENCE_WAIT_REASON.format(
-                node=job.attempts[-1].node
-            ):
+            elif job.status is JobStatus.RUNNABLE and job.fence_hold is not None and job.attempts:
                 # Held when the head stopped: the node has heard no head since, so a full
                 # fence from now is surely enough.
-                self._hold_for_fence(job, job.attempts[-1], self._fence_hold_s(job.attempts[-1].node))
+                self._hold_for_fence(job, job.attempts[-1], self._fence_hold_s(job.fence_hold.node))
             elif job.status is JobStatus.RUNNABLE:
                 self._feed(self._runnable(job, seq))
             else:
@@ -568,7 +627,7 @@ class Engine:
             job.stop_reason = reason
             self._touch(job)
             if job.ending is None:
-                job.ending = {"exit_code": None, "reason": None, "status_reason": reason, "stopped_at": self._now()}
+                job.ending = GangEnding(status_reason=reason, stopped_at=self._now())
             self._kill_gang(job, reason)
             self._maybe_finish_gang(job)
         elif job.status.is_active:
@@ -724,7 +783,7 @@ class Engine:
 
     def _child_ended(
         self, child: JobRecord, exit_code: int | None, reason: str | None, status_reason: str | None,
-        stopped_at: int | None = None, lost: bool = False,
+        stopped_at: int | None = None, lost: bool = False, timed_out: bool = False,
     ) -> None:
         """One node of a multi-node job ended; the main node's end (or a lost node) ends the try."""
         attempt = child.current_attempt
@@ -732,6 +791,7 @@ class Engine:
             return
         attempt.stopped_at = stopped_at or self._now()
         attempt.exit_code, attempt.reason = exit_code, reason
+        attempt.timed_out, attempt.lost = timed_out, lost
         attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
         self._release(attempt.node, child.job_id)
         self._touch(child)
@@ -739,12 +799,10 @@ class Engine:
         if parent is None:
             return
         if parent.ending is None and (child.node_index == parent.main_node or lost):
-            parent.ending = {
-                "exit_code": exit_code if not lost else None,
-                "reason": reason,
-                "status_reason": attempt.status_reason,
-                "stopped_at": attempt.stopped_at,
-            }
+            parent.ending = GangEnding(
+                exit_code=exit_code if not lost else None, reason=reason, status_reason=attempt.status_reason,
+                stopped_at=attempt.stopped_at, timed_out=timed_out, lost=lost,
+            )
             self._touch(parent)
             self._kill_gang(parent, MAIN_NODE_EXITED if not lost else attempt.status_reason or "Node lost")
         self._maybe_finish_gang(parent)
@@ -757,17 +815,18 @@ class Engine:
         attempt = parent.current_attempt
         if attempt is None:
             return
-        exit_code, reason = ending["exit_code"], ending["reason"]
-        status_reason = parent.stop_reason or ending["status_reason"]
-        attempt.stopped_at = ending["stopped_at"] or self._now()
+        exit_code, reason, timed_out = ending.exit_code, ending.reason, ending.timed_out
+        status_reason = parent.stop_reason or ending.status_reason
+        attempt.stopped_at = ending.stopped_at or self._now()
         attempt.exit_code, attempt.reason, attempt.status_reason = exit_code, reason, status_reason
+        attempt.timed_out, attempt.lost, attempt.terminated = timed_out, ending.lost, parent.is_terminated
         parent.ending = None
         self._feed(AttemptEnded(self._event_id(), parent.job_id))
         for child in self._children(parent):  # holds re-created per node after a head restart
             self._feed(AttemptEnded(self._event_id(), child.job_id))
-        if exit_code == 0 and reason is None and parent.stop_reason is None and status_reason != TIMEOUT_REASON:
+        if attempt_succeeded(exit_code, reason, timed_out=timed_out, terminated=parent.stop_reason is not None):
             self._move(parent, JobEvent.SUCCEEDED, EXITED_REASON)
-        elif should_retry(parent, exit_code, reason, status_reason):
+        elif should_retry(parent, exit_code, reason, status_reason, timed_out=timed_out):
             parent.started_at = None
             self._move(parent, JobEvent.ATTEMPT_FAILED_RETRY, status_reason)
             self._seq += 1
@@ -777,6 +836,139 @@ class Engine:
             self._move(parent, JobEvent.ATTEMPT_FAILED_FINAL, status_reason)
 
     # ------------------------------------------------------------ agent reports
+    def handle(self, node: str, msg: p.AgentMessage) -> None:
+        """Serve one message from a registered node, contained: a handler that raises fails only
+        what the message is about (``message_failed``), never the head."""
+        try:
+            self._inject(msg)
+            match msg:
+                case p.AgentHeartbeat():
+                    self.on_heartbeat(node, msg)
+                case p.AttemptStarted():
+                    self.on_started(node, msg)
+                case p.AttemptExited():
+                    self.on_exited(node, msg)
+                case p.LogChunk():
+                    self.on_log(msg)
+                case p.LaunchRequest():
+                    self.on_launch_request(node, msg)
+                case p.ImagesCached():
+                    self.on_images(node, msg)
+                case p.TaskExited():
+                    self.on_task_exited(node, msg)
+        except Exception as exc:  # one message's failure is that message's, not the process's
+            self.message_failed(node, msg, exc)
+            return
+        if self._failures:
+            job_id, attempt_id = _message_ids(msg)
+            self._failures.pop((node, msg.__struct_config__.tag, attempt_id or job_id), None)
+
+    def _inject(self, msg: p.Message) -> None:
+        """The test-only fault hook (``RAISE_ON_ENV``): raise on the chosen kind of message and job."""
+        if self._raise_on is None:
+            return
+        kind, pattern = self._raise_on
+        if msg.__struct_config__.tag != kind:
+            return
+        job_id, attempt_id = _message_ids(msg)
+        job = self.jobs.get(job_id)
+        if job is not None and fnmatch.fnmatchcase(job.job_name, pattern):
+            raise InjectedFault(f"injected fault ({RAISE_ON_ENV}) on a {kind!r} message of job {job_id}")
+
+    def message_failed(self, node: str, msg: p.Message, exc: BaseException) -> None:
+        """A handler raised on ``msg`` from ``node``: log it with the message's type and ids, and
+        fail what it is about. An exit report is retried with the agent's resends and, after
+        ``quarantine_after`` failures, acknowledged and set aside, its attempt failed; a start
+        report fails its attempt at once; a launch request is refused; other messages are dropped.
+        """
+        kind = str(msg.__struct_config__.tag)
+        job_id, attempt_id = _message_ids(msg)
+        cause = f"{type(exc).__name__}: {exc}"
+        self.messages_failed[kind] = self.messages_failed.get(kind, 0) + 1
+        key = (node, kind, attempt_id or job_id)
+        tries = self._failures[key] = self._failures.get(key, 0) + 1
+        log.error("node %s: the head failed on a %r message (job %s, attempt %s), try %d: %s", node, kind,
+                  job_id or "-", attempt_id or "-", tries, cause, exc_info=exc)
+        try:
+            if isinstance(msg, p.AttemptExited):
+                if tries < self._quarantine_after:
+                    return  # the agent resends it with its next heartbeat
+                self._quarantine(node, kind, job_id, attempt_id, tries, cause)
+                self._outbox.append((node, p.AckExits(attempt_ids=[attempt_id])))
+                self._fail_attempt(node, job_id, attempt_id,
+                                   f"The head could not process the attempt's exit report ({tries} tries): {cause}")
+            elif isinstance(msg, p.AttemptStarted):
+                self._outbox.append((node, p.KillAttempt(attempt_id=attempt_id, reason=cause, grace_s=0)))
+                self._fail_attempt(node, job_id, attempt_id, f"The head could not process the attempt's start: {cause}")
+            elif isinstance(msg, p.LaunchRequest):
+                self._outbox.append((node, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause)))
+            elif isinstance(msg, p.TaskExited):
+                self._outbox.append((msg.origin, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause)))
+            elif tries >= self._quarantine_after:
+                self._quarantine(node, kind, job_id, attempt_id, tries, cause)
+        except Exception:  # failing the attempt failed too: it stays as it is; the log says why
+            log.exception("node %s: could not fail the attempt of a %r message (job %s, attempt %s)", node, kind,
+                          job_id or "-", attempt_id or "-")
+        self.request_step()
+
+    def _quarantine(self, node: str, kind: str, job_id: str, attempt_id: str, tries: int, cause: str) -> None:
+        info = self.nodes.setdefault(node, NodeInfo(facts=None))
+        if any(q.kind == kind and q.attempt_id == attempt_id and q.job_id == job_id for q in info.quarantined):
+            return
+        info.quarantined.append(Quarantined(kind, job_id, attempt_id, tries, cause, self._now()))
+        del info.quarantined[:-QUARANTINE_KEPT]
+        self.messages_quarantined[kind] = self.messages_quarantined.get(kind, 0) + 1
+        log.error("node %s: %r message of job %s, attempt %s quarantined after %d tries", node, kind,
+                  job_id or "-", attempt_id or "-", tries)
+
+    def _fail_attempt(self, node: str, job_id: str, attempt_id: str, reason: str) -> None:
+        """End the attempt a failed message was about, FAILED with ``reason`` (never retried:
+        its command may have run to completion, and running it again is not ours to decide)."""
+        job = self._current(node, job_id, attempt_id)
+        if job is None:
+            return
+        self._finish_attempt(job, None, None, reason, retry=False)
+
+    def _reconcile(self, name: str, node: NodeInfo, listed: list[str]) -> None:
+        """Anti-entropy (hpcbatch.model.reconcile): the heartbeat's running set against the head's view."""
+        expected: dict[str, bool] = {}
+        jobs: dict[str, JobRecord] = {}
+        for job_id in node.jobs:
+            job = self.jobs.get(job_id)
+            attempt = job.current_attempt if job is not None else None
+            if job is not None and attempt is not None and attempt.node == name:
+                expected[attempt.attempt_id] = job.status is JobStatus.STARTING
+                jobs[attempt.attempt_id] = job
+        if not expected and not listed:
+            return
+        decided = reconcile(expected, listed, node.missing, self._reconcile_after)
+        node.missing = decided.misses
+        for attempt_id in decided.kill:
+            log.warning("node %s runs attempt %s, which the head has ended: killing it", name, attempt_id[:8])
+            self._outbox.append((name, p.KillAttempt(attempt_id=attempt_id, reason="Attempt is no longer current",
+                                                     grace_s=0)))
+        for attempt_id in decided.started:  # its AttemptStarted was lost, or is behind
+            self._mark_started(jobs[attempt_id], self._now())
+        for attempt_id in decided.ask:
+            job = jobs[attempt_id]
+            attempt = job.current_attempt
+            assert attempt is not None
+            log.info("node %s has not listed attempt %s of job %s for %d heartbeats: asking", name,
+                     attempt_id[:8], job.job_id, decided.misses[attempt_id])
+            self._outbox.append((name, self._start_message(job, attempt)))
+        for attempt_id in decided.lost:
+            job = jobs[attempt_id]
+            node.missing.pop(attempt_id, None)
+            log.warning("node %s: attempt %s of job %s unlisted for %d heartbeats and unreported: lost", name,
+                        attempt_id[:8], job.job_id, decided.misses[attempt_id])
+            self._finish_attempt(
+                job, None, None,
+                f"Attempt lost: the agent on {name} has not listed it for {decided.misses[attempt_id]} heartbeats",
+                lost=True,
+            )
+        if decided.kill or decided.started or decided.ask or decided.lost:
+            self.request_step()
+
     def _current(self, node: str, job_id: str, attempt_id: str) -> JobRecord | None:
         job = self.jobs.get(job_id)
         if job is None:
@@ -810,14 +1002,17 @@ class Engine:
         """An attempt ended; acknowledged once the outcome is committed."""
         job = self._current(node, msg.job_id, msg.attempt_id)
         hold = self._fence_holds.get(msg.job_id)
-        if hold is not None and hold.attempt_id == msg.attempt_id:  # the lost attempt ended: retry now
+        if job is None and self._late_exit(node, msg):
+            pass  # a lost attempt's real end: the job takes it, nothing runs again
+        elif hold is not None and hold.attempt_id == msg.attempt_id:  # the lost attempt ended: retry now
             self._release_fence(msg.job_id)
         if job is not None:
             attempt = job.current_attempt
             assert attempt is not None
             if attempt.started_at is None and msg.started_at is not None:
                 self._mark_started(job, msg.started_at)
-            self._finish_attempt(job, msg.exit_code, msg.reason, msg.status_reason, msg.stopped_at)
+            self._finish_attempt(job, msg.exit_code, msg.reason, msg.status_reason, msg.stopped_at,
+                                 lost=msg.lost, timed_out=msg.timed_out)
         self._outbox.append((node, p.AckExits(attempt_ids=[msg.attempt_id])))
         self.request_step()
 
@@ -830,10 +1025,13 @@ class Engine:
         stopped_at: int | None = None,
         lost: bool = False,
         hold_s: float = 0.0,
+        timed_out: bool = False,
+        retry: bool = True,
     ) -> None:
-        """``hold_s``: a retry waits this long for the (lost) node to fence the attempt."""
+        """``hold_s``: a retry waits this long for the (lost) node to fence the attempt;
+        ``retry=False``: the job fails whatever its retry strategy says."""
         if job.parent_id is not None:
-            self._child_ended(job, exit_code, reason, status_reason, stopped_at, lost)
+            self._child_ended(job, exit_code, reason, status_reason, stopped_at, lost, timed_out)
             return
         attempt = job.current_attempt
         assert attempt is not None
@@ -841,14 +1039,26 @@ class Engine:
         attempt.stopped_at = stopped_at or now
         attempt.exit_code = exit_code
         attempt.reason = reason
+        attempt.timed_out, attempt.lost = timed_out, lost
+        attempt.terminated = job.stop_reason is not None  # terminate() sets it on an active job
         if job.stop_reason is not None:  # terminated: the caller's reason is the story
             status_reason = job.stop_reason
         attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
         self._release(attempt.node, job.job_id)
         self._feed(AttemptEnded(self._event_id(), job.job_id))
-        if exit_code == 0 and reason is None and job.stop_reason is None and status_reason != TIMEOUT_REASON:
+        self._decide(job, attempt, status_reason, hold_s, retry)
+
+    def _decide(
+        self, job: JobRecord, attempt: Attempt, status_reason: str | None, hold_s: float = 0.0, retry: bool = True,
+    ) -> None:
+        """The job's next state after ``attempt`` (its last) ended: success, retry (maybe held), or failure.
+
+        ``status_reason``: the reported one, which evaluateOnExit's ``onStatusReason`` matches.
+        """
+        if attempt_succeeded(attempt.exit_code, attempt.reason, timed_out=attempt.timed_out,
+                             terminated=attempt.terminated):
             self._move(job, JobEvent.SUCCEEDED, EXITED_REASON)
-        elif should_retry(job, exit_code, reason, status_reason):
+        elif retry and should_retry(job, attempt.exit_code, attempt.reason, status_reason, timed_out=attempt.timed_out):
             job.started_at = None
             self._move(job, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
             if hold_s > 0:
@@ -1015,7 +1225,7 @@ class Engine:
         reported = set()
         for running in msg.running:
             reported.add(running.job_id)
-            job = self._current(name, running.job_id, running.attempt_id)
+            job = self._current(name, running.job_id, running.attempt_id) or self._adopt(name, running)
             if job is None:
                 self._outbox.append((name, p.KillAttempt(attempt_id=running.attempt_id, reason="Attempt is no longer current", grace_s=0)))
                 continue
@@ -1053,6 +1263,68 @@ class Engine:
         }
         return p.Welcome(head_id="", heartbeat_interval_s=0, liveness=0, log_offsets=offsets)
 
+    def _lost_attempt(self, node: str, job_id: str, attempt_id: str) -> tuple[JobRecord, Attempt] | None:
+        """The job whose last attempt (on ``node``) the head gave up as lost and whose retry has not started."""
+        job = self.jobs.get(job_id)
+        if job is None or job.status is not JobStatus.RUNNABLE or job.parent_id is not None or job.is_gang:
+            return None
+        attempt = job.attempts[-1] if job.attempts else None
+        if attempt is None or attempt.attempt_id != attempt_id or attempt.node != node or not attempt.lost:
+            return None
+        return job, attempt
+
+    def _adopt(self, name: str, running: p.RunningAttempt) -> JobRecord | None:
+        """A lost attempt runs after all (its node came back within the fence): it is the job's again.
+
+        At most once: the retry has not started (the job is still RUNNABLE with this attempt
+        last), so the job goes on with the attempt it already runs instead of a second one.
+        """
+        found = self._lost_attempt(name, running.job_id, running.attempt_id)
+        if found is None:
+            return None
+        job, attempt = found
+        attempt.stopped_at = attempt.exit_code = attempt.reason = attempt.status_reason = None
+        attempt.lost = False
+        attempt.started_at = attempt.started_at or running.started_at
+        job.started_at = attempt.started_at
+        self._move(job, JobEvent.ADOPTED, None)  # the scheduler learns it from the node's allocations
+        log.info("job %s: lost attempt %s runs on %s after all; adopted, no retry", job.job_id,
+                 attempt.attempt_id[:8], name)
+        return job
+
+    def _late_exit(self, node: str, msg: p.AttemptExited) -> bool:
+        """A lost attempt's real exit, reported before its retry started: that outcome stands.
+
+        Only an exit the command itself made (an exit code, or the timeout) counts; one that
+        the fence or an unknown end made leaves the attempt lost, and its retry runs.
+        """
+        found = self._lost_attempt(node, msg.job_id, msg.attempt_id)
+        if found is None or msg.lost or msg.fenced or (msg.exit_code is None and not msg.timed_out):
+            return False
+        job, attempt = found
+        self._drop_hold(job)
+        self._feed(JobWithdrawn(self._event_id(), job.job_id))  # its retry, if it was queued already
+        attempt.exit_code, attempt.reason, attempt.lost, attempt.timed_out = msg.exit_code, msg.reason, False, msg.timed_out
+        attempt.started_at = attempt.started_at or msg.started_at
+        attempt.stopped_at = msg.stopped_at
+        attempt.status_reason = msg.status_reason or (EXITED_REASON if msg.exit_code is not None else msg.reason)
+        job.started_at = attempt.started_at
+        log.info("job %s: lost attempt %s ended on %s with exit %s; taking that result", job.job_id,
+                 attempt.attempt_id[:8], node, msg.exit_code)
+        if attempt_succeeded(attempt.exit_code, attempt.reason, timed_out=attempt.timed_out, terminated=False):
+            job.stopped_at = attempt.stopped_at
+            self._move(job, JobEvent.LOST_ATTEMPT_SUCCEEDED, EXITED_REASON)
+        elif should_retry(job, attempt.exit_code, attempt.reason, msg.status_reason, timed_out=attempt.timed_out):
+            job.started_at = None
+            job.status_reason = attempt.status_reason
+            self._touch(job)
+            self._seq += 1
+            self._feed(self._runnable(job, self._seq))
+        else:
+            job.stopped_at = attempt.stopped_at
+            self._move(job, JobEvent.LOST_ATTEMPT_FAILED, attempt.status_reason)
+        return True
+
     def on_images(self, name: str, msg: p.ImagesCached) -> None:
         info = self.nodes.get(name)
         if info is not None:
@@ -1068,6 +1340,8 @@ class Engine:
         node = self.nodes.get(name)
         if node is not None:
             node.last_heartbeat_at = self._now()
+            if msg is not None and node.facts is not None and node.state != "DOWN":
+                self._reconcile(name, node, msg.running)
             if msg is not None:
                 node.gpu_utilization = msg.gpu_utilization
             if msg is not None and (msg.gpu_usage or msg.unhealthy_gpus.keys() - node.gpu_unhealthy.keys()):
@@ -1127,33 +1401,56 @@ class Engine:
         old = self._fence_holds.pop(job.job_id, None)
         if old is not None and old.timer is not None:
             old.timer.cancel()
-        hold = FenceHold(attempt.node, attempt.attempt_id)
-        hold.timer = asyncio.get_running_loop().call_later(hold_s, self._fence_expired, job.job_id)
+        now = self._mono()
+        hold = _HeldRetry(attempt.node, attempt.attempt_id, deadline=now + hold_s)
         self._fence_holds[job.job_id] = hold
+        self._arm(job.job_id, hold)
+        job.fence_hold = FenceHold(node=attempt.node, attempt_id=attempt.attempt_id)
         job.status_reason = FENCE_WAIT_REASON.format(node=attempt.node)
         self._touch(job)
         log.info("job %s: retry held %.0f s for node %s to fence attempt %s", job.job_id, hold_s, attempt.node,
                  attempt.attempt_id[:8])
 
-    def _fence_expired(self, job_id: str) -> None:
-        hold = self._fence_holds.get(job_id)
-        if hold is None:
+    def _arm(self, job_id: str, hold: _HeldRetry) -> None:
+        """Wake ``expire_fences`` at the hold's deadline (a timer is only a wake-up; the clock decides)."""
+        if hold.timer is not None:
+            hold.timer.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven by hand (tests): they call expire_fences
+            hold.timer = None
             return
-        if hold.still_running:  # the node said it still ran it: wait for its exit, or a whole fence more
-            hold.still_running = False
-            hold.timer = asyncio.get_running_loop().call_later(
-                self._fence_hold_s(hold.node), self._fence_expired, job_id
-            )
-            return
-        self._release_fence(job_id)
+        hold.timer = loop.call_later(max(0.0, hold.deadline - self._mono()) + 0.001, self.expire_fences)
 
-    def _release_fence(self, job_id: str) -> None:
-        hold = self._fence_holds.pop(job_id, None)
+    def expire_fences(self) -> None:
+        """Release every held retry whose fence time has passed (called by its timer, and on every tick)."""
+        now = self._mono()
+        for job_id, hold in list(self._fence_holds.items()):
+            deadline = next_hold_deadline(now, hold.deadline, hold.still_running, self._fence_hold_s(hold.node))
+            if deadline is None:
+                self._release_fence(job_id)
+            elif deadline != hold.deadline:  # it still ran when its node came back: a whole fence more
+                hold.deadline, hold.still_running = deadline, False
+                self._arm(job_id, hold)
+
+    def _drop_hold(self, job: JobRecord) -> None:
+        """Forget ``job``'s held retry (it left RUNNABLE, or its retry is released)."""
+        job.fence_hold = None
+        hold = self._fence_holds.pop(job.job_id, None)
         if hold is not None and hold.timer is not None:
             hold.timer.cancel()
+
+    def _release_fence(self, job_id: str) -> None:
+        hold = self._fence_holds.get(job_id)
         job = self.jobs.get(job_id)
-        if hold is None or job is None or job.status is not JobStatus.RUNNABLE:
-            return  # cancelled or terminated meanwhile
+        if job is None or job.status is not JobStatus.RUNNABLE:  # cancelled or terminated meanwhile
+            self._fence_holds.pop(job_id, None)
+            if hold is not None and hold.timer is not None:
+                hold.timer.cancel()
+            return
+        self._drop_hold(job)
+        if hold is None:
+            return
         job.status_reason = job.attempts[-1].status_reason if job.attempts else None
         self._touch(job)
         self._seq += 1
@@ -1214,6 +1511,7 @@ class Engine:
 
     def tick(self) -> None:
         """Let the scheduler see time pass (share decay, jobStateTimeLimitActions) with no other event."""
+        self.expire_fences()
         self._feed(Tick(self._event_id(), self._now() / 1000))
 
     def job_queue_removed(self, name: str) -> None:
