@@ -218,7 +218,6 @@ class Agent:
             status_reason=result.status_reason,
             started_at=result.started_at,
             stopped_at=result.stopped_at,
-            timed_out=result.timed_out,
         )
         # The runner's result file keeps the exit on disk until the head acknowledges it.
         self._unacked[exited.attempt_id] = exited

@@ -149,7 +149,6 @@ class AttemptResult:
     status_reason: str | None  # AWS job statusReason
     started_at: int  # epoch ms
     stopped_at: int  # epoch ms
-    timed_out: bool = False  # attemptDurationSeconds ran out (the head never retries it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +175,6 @@ class _Attempt:
     pidfd: int | None = None
     status_reason: str | None = None
     oom: bool = False
-    timed_out: bool = False
     kill_handle: asyncio.TimerHandle | None = None
     timeout_handle: asyncio.TimerHandle | None = None
     # What launched tasks inherit: the job's final environment, directory and identity.
@@ -814,7 +812,6 @@ class Runner:
             rec.status_reason,
             rec.started_at,
             _now_ms(),
-            timed_out=rec.timed_out,
         )
         del self._running[spec.attempt_id]
         self._remember(result)
@@ -861,9 +858,8 @@ class Runner:
 
     def _on_timeout(self, rec: _Attempt) -> None:
         rec.timeout_handle = None
-        if rec.status_reason is None:  # killed for another cause first: that one is the story
+        if rec.status_reason is None:
             rec.status_reason = TIMEOUT_REASON
-            rec.timed_out = True
         self._terminate(rec, self._grace)
 
     def _rss_tick(self) -> None:

@@ -942,7 +942,7 @@ class Engine:
         if not expected and not listed:
             return
         decided = reconcile(expected, listed, node.missing, self._reconcile_after)
-        node.missing = decided.misses
+        node.missing = dict(decided.misses)
         for attempt_id in decided.kill:
             log.warning("node %s runs attempt %s, which the head has ended: killing it", name, attempt_id[:8])
             self._outbox.append((name, p.KillAttempt(attempt_id=attempt_id, reason="Attempt is no longer current",
@@ -958,12 +958,11 @@ class Engine:
             self._outbox.append((name, self._start_message(job, attempt)))
         for attempt_id in decided.lost:
             job = jobs[attempt_id]
-            node.missing.pop(attempt_id, None)
+            missed = node.missing.pop(attempt_id, 0)
             log.warning("node %s: attempt %s of job %s unlisted for %d heartbeats and unreported: lost", name,
-                        attempt_id[:8], job.job_id, decided.misses[attempt_id])
+                        attempt_id[:8], job.job_id, missed)
             self._finish_attempt(
-                job, None, None,
-                f"Attempt lost: the agent on {name} has not listed it for {decided.misses[attempt_id]} heartbeats",
+                job, None, None, f"Attempt lost: the agent on {name} has not listed it for {missed} heartbeats",
                 lost=True,
             )
         if decided.kill or decided.started or decided.ask or decided.lost:

@@ -943,6 +943,10 @@ class BatchService:
                     "runningJobs": sorted(info.jobs),
                     "lastHeartbeatAt": info.last_heartbeat_at,
                     "agentVersion": facts.agent_version if facts else None,
+                    "quarantinedMessages": [  # hpcbatch.head.engine: reports the head set aside
+                        {"type": q.kind, "jobId": q.job_id, "attemptId": q.attempt_id, "tries": q.tries,
+                         "error": q.error, "at": q.at} for q in info.quarantined
+                    ],
                 }
             )
         return {"nodes": nodes}

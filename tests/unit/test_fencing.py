@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,12 +32,13 @@ HOLD_S = retry_hold_s(FENCE_S, 1.0)
 class Cluster:
     """An engine with nodes n1 and n2 in CE ``default`` behind queue ``q``."""
 
-    def __init__(self, tmp_path: Path, *, restarted: bool = False) -> None:
+    def __init__(self, tmp_path: Path, *, restarted: bool = False, **engine: Any) -> None:
         self.sent: list[tuple[str, p.Message]] = []
         self.mono = 100.0  # the head's monotonic clock, seconds
         self.engine = Engine(SqliteStore(tmp_path / "db.sqlite"), LogStore(tmp_path / "logs"),
                              send=lambda node, msg: self.sent.append((node, msg)), clock_ms=lambda: 1_000,
-                             monotonic=lambda: self.mono, fence_after_s=FENCE_S, heartbeat_interval_s=1.0)
+                             monotonic=lambda: self.mono, fence_after_s=FENCE_S, heartbeat_interval_s=1.0,
+                             **engine)
         self.engine.compute_environment_changed(
             {"computeEnvironmentName": "default", "state": "ENABLED", "computeResources": {}})
         self.engine.job_queue_changed({"jobQueueName": "q", "state": "ENABLED", "priority": 1,
@@ -64,11 +66,12 @@ class Cluster:
         self.sent.clear()
         return found
 
-    def submit(self, job_id: str = "job-1") -> JobRecord:
+    def submit(self, job_id: str = "job-1", **fields: Any) -> JobRecord:
+        fields.setdefault("retry_attempts", 2)
         job = JobRecord(job_id=job_id, job_name=job_id, job_queue="q", job_queue_arn="arn:q", job_definition="arn:d",
                         owner="alice", status=JobStatus.SUBMITTED, created_at=1_000, command=["sleep", "60"],
                         environment={}, resources=ResourceRequest(vcpus=1, memory_mib=64), container={},
-                        retry_attempts=2)
+                        **fields)
         self.engine.submit(job)
         self.engine.step()
         return job

@@ -1,0 +1,121 @@
+"""Fault containment: a handler that fails on one message fails that attempt or request, not the head.
+
+A real engine over a real store; the failures are the test-only hook's
+(``HPCBATCH_TEST_RAISE_ON``, here the engine's ``raise_on``), which makes the handler of
+one kind of message about one job raise, as a bug or bad value would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from hpcbatch import protocol as p
+from hpcbatch.head.engine import RAISE_ON_ENV
+from hpcbatch.model.lifecycle import JobStatus
+from tests.unit.test_fencing import Cluster, run_on
+
+N = 3  # quarantine_after
+
+
+def exited(job_id: str, attempt_id: str, code: int = 0) -> p.AttemptExited:
+    return p.AttemptExited(attempt_id=attempt_id, job_id=job_id, exit_code=code, started_at=1, stopped_at=2)
+
+
+def acks(c: Cluster) -> list[str]:
+    return [a for _n, m in c.sent if isinstance(m, p.AckExits) for a in m.attempt_ids]
+
+
+def test_an_exit_report_that_keeps_failing_is_quarantined_and_its_attempt_failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path, quarantine_after=N, raise_on="exited:poison*")
+        job = c.submit("poison-1", retry_attempts=3)
+        node = run_on(c, job)
+        attempt_id = job.attempts[0].attempt_id
+        report = exited(job.job_id, attempt_id)
+        for _ in range(N - 1):  # the agent resends it with each heartbeat until acknowledged
+            c.engine.handle(node, report)
+            c.engine.step()
+            assert job.status is JobStatus.RUNNING and acks(c) == []
+        c.engine.handle(node, report)
+        c.engine.step()
+        assert acks(c) == [attempt_id]  # set aside: the agent stops resending it
+        # Failed, with a reason naming the cause, and not retried: its command may have finished.
+        assert job.status is JobStatus.FAILED and len(job.attempts) == 1
+        assert job.status_reason is not None
+        assert job.status_reason.startswith("The head could not process the attempt's exit report (3 tries)")
+        assert "InjectedFault" in job.status_reason
+        (q,) = c.engine.nodes[node].quarantined
+        assert (q.kind, q.job_id, q.attempt_id, q.tries) == ("exited", job.job_id, attempt_id, N)
+        assert c.engine.messages_failed == {"exited": N} and c.engine.messages_quarantined == {"exited": 1}
+        stored = c.engine.store.get_jobs([job.job_id])[0]
+        assert stored.status is JobStatus.FAILED
+        # Logged with the message's type and ids.
+        assert any("'exited' message" in r.message and job.job_id in r.message and attempt_id in r.message
+                   for r in caplog.records)
+        # The rest of the head goes on: another job's exit is served as ever.
+        c.sent.clear()
+        healthy = c.submit("fine-1")
+        other = run_on(c, healthy)
+        c.engine.handle(other, exited(healthy.job_id, healthy.attempts[0].attempt_id))
+        c.engine.step()
+        assert healthy.status is JobStatus.SUCCEEDED
+
+    with caplog.at_level(logging.ERROR, logger="hpcbatch.engine"):
+        asyncio.run(run())
+
+
+def test_an_exit_report_that_fails_once_is_served_on_its_resend(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path, quarantine_after=N, raise_on="exited:poison*")
+        job = c.submit("poison-2")
+        node = run_on(c, job)
+        report = exited(job.job_id, job.attempts[0].attempt_id)
+        c.engine.handle(node, report)
+        c.engine._raise_on = None  # noqa: SLF001 (the fault was transient)
+        c.engine.handle(node, report)
+        c.engine.step()
+        assert job.status is JobStatus.SUCCEEDED and c.engine.nodes[node].quarantined == []
+        assert c.engine._failures == {}  # noqa: SLF001 (forgotten once served)
+
+    asyncio.run(run())
+
+
+def test_a_start_report_that_fails_fails_its_attempt_at_once_and_kills_it(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path, raise_on="started:poison*")
+        job = c.submit("poison-3")
+        ((node, start),) = c.starts()
+        c.engine.handle(node, p.AttemptStarted(attempt_id=start.attempt_id, job_id=job.job_id, pid=1, started_at=1))
+        c.engine.step()
+        assert job.status is JobStatus.FAILED
+        assert (job.status_reason or "").startswith("The head could not process the attempt's start: InjectedFault")
+        kills = [m.attempt_id for n, m in c.sent if isinstance(m, p.KillAttempt) and n == node]
+        assert kills == [start.attempt_id]
+
+    asyncio.run(run())
+
+
+def test_a_launch_request_that_fails_is_refused(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path, raise_on="launch_req")
+        job = c.submit("any")
+        c.engine.jobs[job.job_id] = job
+        c.engine.handle("n1", p.LaunchRequest(launch_id="L1", job_id=job.job_id, attempt_id="a", target="n2",
+                                              command="true"))
+        c.engine.step()
+        (done,) = [m for n, m in c.sent if isinstance(m, p.LaunchDone) and n == "n1"]
+        assert done.launch_id == "L1" and done.exit_code is None and "InjectedFault" in (done.error or "")
+
+    asyncio.run(run())
+
+
+def test_the_hook_is_named_by_an_environment_variable_that_only_tests_set() -> None:
+    import os
+
+    assert RAISE_ON_ENV == "HPCBATCH_TEST_RAISE_ON" and RAISE_ON_ENV not in os.environ
