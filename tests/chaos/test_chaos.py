@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from hpcbatch.errors import HpcbatchError
 from hpcbatch.fencing import default_fence_after_s
 from tests.chaos.invariants import (
     chaos_env,
+    done_log,
+    duplicate_completions,
     duplicate_starts,
     job_script,
     live_attempts,
@@ -46,7 +49,8 @@ FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, tmpfs (CI runs as root)")
 
-NO_VIOLATIONS = {"jobs_lost": [], "duplicate_starts": [], "orphans": [], "wrong_exit_codes": []}
+NO_VIOLATIONS = {"jobs_lost": [], "duplicate_starts": [], "duplicate_completions": [], "orphans": [],
+                 "wrong_exit_codes": []}
 
 
 @pytest.fixture(scope="module", params=STORES)
@@ -61,8 +65,9 @@ def chaos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def fresh(cluster: TestCluster, name: str) -> tuple[Path, str]:
     """A start log and a tag for one round's jobs (world-writable: jobs may run as anyone)."""
     starts = cluster.root / f"{name}-{secrets.token_hex(3)}.starts"
-    starts.touch()
-    starts.chmod(0o666)
+    for log in (starts, done_log(starts)):
+        log.touch()
+        log.chmod(0o666)
     return starts, starts.stem
 
 
@@ -95,6 +100,92 @@ def test_agent_kill9_mid_job(chaos: TestCluster) -> None:
     wait_final(chaos, load.acknowledged, timeout=120)
     wait_for(lambda: not live_processes(tag), 30, what="no process of a finished job")
     assert violations(chaos, load.acknowledged, starts, tag, lost_ok=True) == NO_VIOLATIONS
+
+
+def _agent_reports_orphans_real_exits() -> bool:
+    """The agent re-adopts its orphans and reports their real exits (branch wt-agent-faults)."""
+    import inspect
+
+    from node_agent.runner import Runner
+
+    return "readopt" in inspect.signature(Runner.adopt_orphans).parameters
+
+
+# SQLite only: what is tested is the head's engine and the agent's restart, not the store.
+@pytest.mark.parametrize("chaos", ["sqlite"], indirect=True)
+def test_agent_kill9_while_its_jobs_finish_runs_none_of_them_twice(chaos: TestCluster) -> None:
+    if not _agent_reports_orphans_real_exits():
+        pytest.skip("needs the agent to re-adopt its orphans and report their real exits (wt-agent-faults)")
+    starts, tag = fresh(chaos, "finishwhiledown")
+    chaos.client.call("/hpcbatch/v1/drainnode", {"name": "node2"})  # all on node1
+    try:
+        # With retries: a lost attempt's job goes back to RUNNABLE, its retry held for the fence.
+        ids = [chaos.submit(job_script(starts, 0, 2), jobName=f"fwd{i}", retryStrategy={"attempts": 2},
+                            containerOverrides={"environment": chaos_env(tag)}) for i in range(3)]
+        for job_id in ids:
+            chaos.wait_status(job_id, "RUNNING")
+        chaos.kill("node1")
+        # Down long enough for the head to call the node lost, and for every job to finish.
+        wait_for(lambda: chaos.nodes()["node1"]["state"] == "DOWN", 15, what="node1 DOWN")
+        wait_for(lambda: len(done_log(starts).read_text().splitlines()) == len(ids), 30,
+                 what="the orphans to finish while their agent is down")
+    finally:
+        chaos.client.call("/hpcbatch/v1/resumenode", {"name": "node2"})  # a retry could go there now
+    assert all(chaos.job(j)["status"] == "RUNNABLE" for j in ids), "the retries did not wait for the fence"
+    chaos.start_agent("node1")  # back well within the fence
+    chaos.wait_active(timeout=30)
+    jobs = wait_final(chaos, ids, timeout=60)
+    for job in jobs.values():  # the orphan's real exit, taken instead of a second run
+        assert job["status"] == "SUCCEEDED" and len(job["attempts"]) == 1, job
+        assert job["attempts"][0]["container"].get("exitCode") == 0, job
+    assert duplicate_starts(starts) == [] and duplicate_completions(starts) == []
+    wait_for(lambda: not live_processes(tag), 30, what="no process of a finished job")
+
+
+# SQLite only: the fault is injected in the head's engine; the store is not what is tested.
+@pytest.mark.parametrize("chaos", ["sqlite"], indirect=True)
+def test_a_message_the_head_fails_on_fails_its_attempt_and_the_head_lives_on(chaos: TestCluster) -> None:
+    from click.testing import CliRunner
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hpcbatch.cli.main import cli
+    from hpcbatch.head.engine import RAISE_ON_ENV
+
+    chaos.kill("head")
+    chaos.start_head(env={RAISE_ON_ENV: "exited:poison*"})  # test-only: its engine raises on these exits
+    try:
+        chaos.wait_active(timeout=30)
+        starts, tag = fresh(chaos, "poison")
+        env = {"environment": chaos_env(tag)}
+        poison = chaos.submit(job_script(starts, 0), jobName="poison1", retryStrategy={"attempts": 3},
+                              containerOverrides=dict(env))
+        fine = chaos.submit(job_script(starts, 0), jobName="fine1", containerOverrides=dict(env))
+        job = chaos.wait_status(poison, "FAILED", "SUCCEEDED", timeout=60)
+        assert chaos.procs["head"].poll() is None, "the head died on a message"
+        assert job["status"] == "FAILED", job
+        assert "could not process the attempt's exit report" in job["statusReason"], job
+        assert "InjectedFault" in job["statusReason"], job
+        assert len(job["attempts"]) == 1  # not retried: its command ran to its end once
+        assert chaos.wait_status(fine, "SUCCEEDED", "FAILED")["status"] == "SUCCEEDED"
+        # Set aside, and shown where an operator looks.
+        listed = CliRunner().invoke(cli, ["--endpoint", chaos.socket_endpoint, "nodes", "list"],
+                                    catch_exceptions=False).output
+        assert "QUARANTINED" in listed and poison in listed, listed
+        text = urllib.request.urlopen(chaos.endpoint + "/metrics", timeout=10).read().decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        assert samples[("hpcbatch_agent_messages_quarantined_total", (("type", "exited"),))] == 1
+        failed = samples[("hpcbatch_agent_messages_failed_total", (("type", "exited"),))]
+        assert failed >= 3
+        # Acknowledged: the agent stopped resending it, so it fails no more.
+        time.sleep(1)  # a few heartbeats (0.3 s) in which a resend would show
+        text = urllib.request.urlopen(chaos.endpoint + "/metrics", timeout=10).read().decode()
+        assert f'hpcbatch_agent_messages_failed_total{{type="exited"}} {failed}' in text
+        assert duplicate_starts(starts) == [] and duplicate_completions(starts) == []
+    finally:
+        chaos.kill("head")
+        chaos.start_head()
+        chaos.wait_active(timeout=30)
 
 
 # SQLite only: a cut link is the agents' and the fleet's business, not the store's.
