@@ -120,8 +120,9 @@ def test_agent_kill9_while_its_jobs_finish_runs_none_of_them_twice(chaos: TestCl
     chaos.client.call("/hpcbatch/v1/drainnode", {"name": "node2"})  # all on node1
     try:
         # With retries: a lost attempt's job goes back to RUNNABLE, its retry held for the fence.
-        ids = [chaos.submit(job_script(starts, 0, 2), jobName=f"fwd{i}", retryStrategy={"attempts": 2},
-                            containerOverrides={"environment": chaos_env(tag)}) for i in range(3)]
+        # Two: both fit on node1 at once (1 vCPU each), and both run on through the kill.
+        ids = [chaos.submit(job_script(starts, 0, 3), jobName=f"fwd{i}", retryStrategy={"attempts": 2},
+                            containerOverrides={"environment": chaos_env(tag)}) for i in range(2)]
         for job_id in ids:
             chaos.wait_status(job_id, "RUNNING")
         chaos.kill("node1")
