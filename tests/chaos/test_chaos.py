@@ -37,7 +37,13 @@ from tests.chaos.invariants import (
     violations,
     wait_final,
 )
-from tests.chaos.scenarios import Load, cut_mgmt_link, kill_agent_mid_job, kill_head_rounds
+from tests.chaos.scenarios import (
+    Load,
+    cut_mgmt_link,
+    kill_agent_mid_job,
+    kill_agent_while_jobs_finish,
+    kill_head_rounds,
+)
 from tests.harness import TestCluster, wait_for
 from tests.variants import STORES, make_cluster
 
@@ -117,24 +123,8 @@ def test_agent_kill9_while_its_jobs_finish_runs_none_of_them_twice(chaos: TestCl
     if not _agent_reports_orphans_real_exits():
         pytest.skip("needs the agent to re-adopt its orphans and report their real exits (wt-agent-faults)")
     starts, tag = fresh(chaos, "finishwhiledown")
-    chaos.client.call("/hpcbatch/v1/drainnode", {"name": "node2"})  # all on node1
-    try:
-        # With retries: a lost attempt's job goes back to RUNNABLE, its retry held for the fence.
-        # Two: both fit on node1 at once (1 vCPU each), and both run on through the kill.
-        ids = [chaos.submit(job_script(starts, 0, 3), jobName=f"fwd{i}", retryStrategy={"attempts": 2},
-                            containerOverrides={"environment": chaos_env(tag)}) for i in range(2)]
-        for job_id in ids:
-            chaos.wait_status(job_id, "RUNNING")
-        chaos.kill("node1")
-        # Down long enough for the head to call the node lost, and for every job to finish.
-        wait_for(lambda: chaos.nodes()["node1"]["state"] == "DOWN", 15, what="node1 DOWN")
-        wait_for(lambda: len(done_log(starts).read_text().splitlines()) == len(ids), 30,
-                 what="the orphans to finish while their agent is down")
-    finally:
-        chaos.client.call("/hpcbatch/v1/resumenode", {"name": "node2"})  # a retry could go there now
-    assert all(chaos.job(j)["status"] == "RUNNABLE" for j in ids), "the retries did not wait for the fence"
-    chaos.start_agent("node1")  # back well within the fence
-    chaos.wait_active(timeout=30)
+    # Two jobs: both fit on node1 at once (1 vCPU each), and both run on through the kill.
+    ids = kill_agent_while_jobs_finish(chaos, "node1", 2, starts, tag)
     jobs = wait_final(chaos, ids, timeout=60)
     for job in jobs.values():  # the orphan's real exit, taken instead of a second run
         assert job["status"] == "SUCCEEDED" and len(job["attempts"]) == 1, job
