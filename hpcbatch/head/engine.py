@@ -38,7 +38,7 @@ from hpcbatch.model.jobs import (
     should_retry,
 )
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
-from hpcbatch.model.multinode import child_job_id
+from hpcbatch.model.multinode import child_job_id, split_child_id
 from hpcbatch.model.reconcile import reconcile
 from hpcbatch.scheduler import (
     AttemptEnded,
@@ -187,6 +187,8 @@ class Engine:
         self._fence_after_s = fence_after_s
         self._heartbeat_s = heartbeat_interval_s
         self._fence_holds: dict[str, _HeldRetry] = {}  # job id -> its held retry
+        # Multi-node job -> its lost node's attempt and when its fence is surely up (the try is ending).
+        self._gang_holds: dict[str, tuple[FenceHold, float]] = {}
         self._stream_prefix = log_stream_prefix
         self._seq = 0
         self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
@@ -525,7 +527,7 @@ class Engine:
             elif job.status is JobStatus.RUNNABLE and job.fence_hold is not None and job.attempts:
                 # Held when the head stopped: the node has heard no head since, so a full
                 # fence from now is surely enough.
-                self._hold_for_fence(job, job.attempts[-1], self._fence_hold_s(job.fence_hold.node))
+                self._hold_for_fence(job, job.fence_hold, self._fence_hold_s(job.fence_hold.node))
             elif job.status is JobStatus.RUNNABLE:
                 self._feed(self._runnable(job, seq))
             else:
@@ -824,13 +826,17 @@ class Engine:
         self._feed(AttemptEnded(self._event_id(), parent.job_id))
         for child in self._children(parent):  # holds re-created per node after a head restart
             self._feed(AttemptEnded(self._event_id(), child.job_id))
+        held = self._gang_holds.pop(parent.job_id, None)
         if attempt_succeeded(exit_code, reason, timed_out=timed_out, terminated=parent.stop_reason is not None):
             self._move(parent, JobEvent.SUCCEEDED, EXITED_REASON)
         elif should_retry(parent, exit_code, reason, status_reason, timed_out=timed_out):
             parent.started_at = None
             self._move(parent, JobEvent.ATTEMPT_FAILED_RETRY, status_reason)
-            self._seq += 1
-            self._feed(self._runnable(parent, self._seq))
+            if held is not None and held[1] > self._mono():
+                self._hold_for_fence(parent, held[0], held[1] - self._mono())
+            else:
+                self._seq += 1
+                self._feed(self._runnable(parent, self._seq))
         else:
             parent.stopped_at = attempt.stopped_at
             self._move(parent, JobEvent.ATTEMPT_FAILED_FINAL, status_reason)
@@ -1000,11 +1006,12 @@ class Engine:
     def on_exited(self, node: str, msg: p.AttemptExited) -> None:
         """An attempt ended; acknowledged once the outcome is committed."""
         job = self._current(node, msg.job_id, msg.attempt_id)
-        hold = self._fence_holds.get(msg.job_id)
+        held_id = msg.job_id if msg.job_id in self._fence_holds else split_child_id(msg.job_id)[0]
+        hold = self._fence_holds.get(held_id)
         if job is None and self._late_exit(node, msg):
             pass  # a lost attempt's real end: the job takes it, nothing runs again
         elif hold is not None and hold.attempt_id == msg.attempt_id:  # the lost attempt ended: retry now
-            self._release_fence(msg.job_id)
+            self._release_fence(held_id)
         if job is not None:
             attempt = job.current_attempt
             assert attempt is not None
@@ -1030,6 +1037,11 @@ class Engine:
         """``hold_s``: a retry waits this long for the (lost) node to fence the attempt;
         ``retry=False``: the job fails whatever its retry strategy says."""
         if job.parent_id is not None:
+            attempt = job.current_attempt
+            if lost and hold_s > 0 and attempt is not None and job.parent_id not in self._gang_holds:
+                # The try ends; its retry waits for this node's fence as a single job's would.
+                self._gang_holds[job.parent_id] = (FenceHold(node=attempt.node, attempt_id=attempt.attempt_id),
+                                                   self._mono() + hold_s)
             self._child_ended(job, exit_code, reason, status_reason, stopped_at, lost, timed_out)
             return
         attempt = job.current_attempt
@@ -1061,7 +1073,7 @@ class Engine:
             job.started_at = None
             self._move(job, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
             if hold_s > 0:
-                self._hold_for_fence(job, attempt, hold_s)
+                self._hold_for_fence(job, FenceHold(node=attempt.node, attempt_id=attempt.attempt_id), hold_s)
             else:
                 self._seq += 1
                 self._feed(self._runnable(job, self._seq))
@@ -1395,20 +1407,20 @@ class Engine:
         fence = max(self._fence_after_s, reported)
         return retry_hold_s(fence, self._heartbeat_s) if fence > 0 else 0.0
 
-    def _hold_for_fence(self, job: JobRecord, attempt: Attempt, hold_s: float) -> None:
-        """Keep ``job`` RUNNABLE but away from the scheduler until ``attempt`` is surely dead."""
+    def _hold_for_fence(self, job: JobRecord, lost: FenceHold, hold_s: float) -> None:
+        """Keep ``job`` RUNNABLE but away from the scheduler until the ``lost`` attempt is surely dead."""
         old = self._fence_holds.pop(job.job_id, None)
         if old is not None and old.timer is not None:
             old.timer.cancel()
         now = self._mono()
-        hold = _HeldRetry(attempt.node, attempt.attempt_id, deadline=now + hold_s)
+        hold = _HeldRetry(lost.node, lost.attempt_id, deadline=now + hold_s)
         self._fence_holds[job.job_id] = hold
         self._arm(job.job_id, hold)
-        job.fence_hold = FenceHold(node=attempt.node, attempt_id=attempt.attempt_id)
-        job.status_reason = FENCE_WAIT_REASON.format(node=attempt.node)
+        job.fence_hold = lost
+        job.status_reason = FENCE_WAIT_REASON.format(node=lost.node)
         self._touch(job)
-        log.info("job %s: retry held %.0f s for node %s to fence attempt %s", job.job_id, hold_s, attempt.node,
-                 attempt.attempt_id[:8])
+        log.info("job %s: retry held %.0f s for node %s to fence attempt %s", job.job_id, hold_s, lost.node,
+                 lost.attempt_id[:8])
 
     def _arm(self, job_id: str, hold: _HeldRetry) -> None:
         """Wake ``expire_fences`` at the hold's deadline (a timer is only a wake-up; the clock decides)."""

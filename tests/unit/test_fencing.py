@@ -308,3 +308,42 @@ def test_the_agents_fence_comes_from_its_config(tmp_path: Path) -> None:
     path.write_text(base + "fence_after_s = -1\n")
     with pytest.raises(ConfigError, match="fence_after_s"):
         load_agent_config(path)
+
+
+def test_a_gangs_retry_waits_for_its_lost_nodes_fence(tmp_path: Path) -> None:
+    from hpcbatch.model.multinode import child_job_id
+
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        c.register("n3")
+        common: dict[str, Any] = dict(
+            job_queue="q", job_queue_arn="arn:q", job_definition="arn:d", owner="alice", status=JobStatus.SUBMITTED,
+            created_at=1_000, command=["sleep", "60"], environment={}, container={}, num_nodes=2, retry_attempts=2,
+            resources=ResourceRequest(vcpus=1, memory_mib=64))
+        parent = JobRecord(job_id="g", job_name="g", **common)
+        children = [JobRecord(job_id=child_job_id("g", i), job_name="g", parent_id="g", node_index=i, **common)
+                    for i in range(2)]
+        c.engine.submit(parent, children)
+        c.engine.step()
+        starts = sorted(c.starts(), key=lambda s: s[1].node_index)
+        for node, start in starts:
+            c.engine.on_started(node, p.AttemptStarted(attempt_id=start.attempt_id, job_id=start.job_id, pid=1,
+                                                       started_at=1))
+        c.engine.step()
+        (main_node, main), (lost_node, lost) = starts
+        c.engine.node_lost(lost_node, silent_s=5)
+        c.engine.step()
+        # The try ends: the main node is told to stop, and its exit ends the try.
+        assert [m.attempt_id for n, m in c.sent if isinstance(m, p.KillAttempt) and n == main_node] == [main.attempt_id]
+        c.engine.on_exited(main_node, p.AttemptExited(attempt_id=main.attempt_id, job_id=main.job_id, exit_code=None,
+                                                      started_at=1, stopped_at=2))
+        c.engine.step()
+        assert parent.status is JobStatus.RUNNABLE
+        assert parent.fence_hold == FenceHold(node=lost_node, attempt_id=lost.attempt_id)
+        c.advance(HOLD_S - 5 - 0.5)
+        assert c.starts() == []  # the lost node may still run its part of the first try
+        c.advance(1)
+        again = c.starts()
+        assert len(again) == 2 and lost_node not in {n for n, _ in again}
+
+    asyncio.run(run())
