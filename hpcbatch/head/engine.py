@@ -415,24 +415,55 @@ class Engine:
             # The core never reads a clock: it gets the time (seconds, like timeouts) here.
             events.insert(0, Tick(self._event_id(), self._now() / 1000))
             began = time.perf_counter()
-            actions = self.scheduler.handle(*events)
+            try:
+                actions = self.scheduler.handle(*events)
+            except Exception:  # a bug in the core: this pass's events are lost, not the head
+                log.exception("the scheduler failed on a pass of %d events; they are dropped", len(events))
+                actions = []
             for observe in self.pass_observers:
                 observe(time.perf_counter() - began)
             for action in actions:
-                if isinstance(action, StartAttempt):
-                    self._start(action)
-                elif isinstance(action, StartGang):
-                    self._start_gang(action)
-                elif isinstance(action, CancelRunnable):  # a jobStateTimeLimitAction fired
-                    job = self.jobs.get(action.job_id)
-                    if job is not None:
-                        self.cancel(job, action.reason)
-                elif isinstance(action, SetWaitReason):
-                    job = self.jobs.get(action.job_id)
-                    if job is not None and job.status is JobStatus.RUNNABLE:
-                        job.status_reason = action.reason
-                        self._dirty[job.job_id] = job
+                try:
+                    self._apply(action)
+                except Exception as exc:  # contained: that job fails, the others go on
+                    self._action_failed(action, exc)
         self.flush()
+
+    def _apply(self, action: object) -> None:
+        if isinstance(action, StartAttempt):
+            self._start(action)
+        elif isinstance(action, StartGang):
+            self._start_gang(action)
+        elif isinstance(action, CancelRunnable):  # a jobStateTimeLimitAction fired
+            job = self.jobs.get(action.job_id)
+            if job is not None:
+                self.cancel(job, action.reason)
+        elif isinstance(action, SetWaitReason):
+            job = self.jobs.get(action.job_id)
+            if job is not None and job.status is JobStatus.RUNNABLE:
+                job.status_reason = action.reason
+                self._dirty[job.job_id] = job
+
+    def _action_failed(self, action: StartAttempt | StartGang | CancelRunnable | SetWaitReason, exc: Exception) -> None:
+        """Applying one of the scheduler's decisions raised: fail that job with the cause, free its hold."""
+        job_id = action.job_id
+        reason = f"The head could not apply its decision to {type(action).__name__}: {type(exc).__name__}: {exc}"
+        log.error("job %s: %s", job_id, reason, exc_info=exc)
+        self.messages_failed["decision"] = self.messages_failed.get("decision", 0) + 1
+        self._feed(AttemptEnded(self._event_id(), job_id))
+        job = self.jobs.get(job_id)
+        try:
+            if job is None or job.status.is_final:
+                return
+            if job.status is JobStatus.RUNNABLE:
+                self.terminate(job, reason)
+                return
+            # Placed, but its start order was never queued (the order is the last thing made).
+            for part in self._children(job) if job.is_gang else [job]:
+                if part.current_attempt is not None and part.job_id in self.jobs:
+                    self._finish_attempt(part, None, None, reason, retry=False)
+        except Exception:
+            log.exception("job %s: could not fail it after its decision failed", job_id)
 
     def _retry_commit(self) -> None:
         self._retry_handle = None
@@ -664,6 +695,7 @@ class Engine:
         if job is None or job.status is not JobStatus.RUNNABLE:
             self._feed(AttemptEnded(self._event_id(), action.job_id))
             return
+        self._inject_decision("start", job)
         attempt_id = uuid.uuid4().hex
         attempt = Attempt(
             attempt_id=attempt_id,
@@ -880,6 +912,12 @@ class Engine:
         job = self.jobs.get(job_id)
         if job is not None and fnmatch.fnmatchcase(job.job_name, pattern):
             raise InjectedFault(f"injected fault ({RAISE_ON_ENV}) on a {kind!r} message of job {job_id}")
+
+    def _inject_decision(self, kind: str, job: JobRecord) -> None:
+        """The test-only fault hook for decisions: ``start:GLOB`` raises when placing a matching job."""
+        if self._raise_on is not None and self._raise_on[0] == kind and fnmatch.fnmatchcase(job.job_name,
+                                                                                          self._raise_on[1]):
+            raise InjectedFault(f"injected fault ({RAISE_ON_ENV}) on the {kind!r} of job {job.job_id}")
 
     def message_failed(self, node: str, msg: p.Message, exc: BaseException) -> None:
         """A handler raised on ``msg`` from ``node``: log it with the message's type and ids, and

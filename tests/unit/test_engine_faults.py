@@ -119,3 +119,22 @@ def test_the_hook_is_named_by_an_environment_variable_that_only_tests_set() -> N
     import os
 
     assert RAISE_ON_ENV == "HPCBATCH_TEST_RAISE_ON" and RAISE_ON_ENV not in os.environ
+
+
+def test_a_decision_the_head_fails_to_apply_fails_that_job_and_the_rest_are_placed(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path, raise_on="start:poison*")
+        poisoned = c.submit("poison-4")
+        fine = c.submit("fine-4")
+        c.engine.step()
+        assert poisoned.status is JobStatus.FAILED and poisoned.attempts == []
+        assert (poisoned.status_reason or "").startswith("The head could not apply its decision to StartAttempt")
+        assert "InjectedFault" in (poisoned.status_reason or "")
+        assert fine.status is JobStatus.STARTING
+        assert [m.job_id for _n, m in c.starts()] == [fine.job_id]
+        assert c.engine.messages_failed == {"decision": 1}
+        # Its place was given back: another job takes the node it was given.
+        later = c.submit("fine-5")
+        assert later.status is JobStatus.STARTING
+
+    asyncio.run(run())
