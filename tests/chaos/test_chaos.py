@@ -168,8 +168,10 @@ def test_a_message_the_head_fails_on_fails_its_attempt_and_the_head_lives_on(cha
         assert samples[("hpcbatch_agent_messages_quarantined_total", (("type", "exited"),))] == 1
         failed = samples[("hpcbatch_agent_messages_failed_total", (("type", "exited"),))]
         assert failed >= 3
-        # Acknowledged: the agent stopped resending it, so it fails no more.
-        time.sleep(1)  # a few heartbeats (0.3 s) in which a resend would show
+        # Acknowledged: the agent stopped resending it (with every heartbeat), so it fails no more.
+        node = job["nodeName"]
+        seen = chaos.nodes()[node]["lastHeartbeatAt"]
+        wait_for(lambda: chaos.nodes()[node]["lastHeartbeatAt"] > seen + 1000, 10, what=f"{node}'s next heartbeats")
         text = urllib.request.urlopen(chaos.endpoint + "/metrics", timeout=10).read().decode()
         assert f'hpcbatch_agent_messages_failed_total{{type="exited"}} {failed}' in text
         assert duplicate_starts(starts) == [] and duplicate_completions(starts) == []
