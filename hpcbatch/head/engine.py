@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from hpcbatch import protocol as p
+from hpcbatch.errors import HpcbatchError
 from hpcbatch.fencing import next_hold_deadline, retry_hold_s
 from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
@@ -894,6 +895,10 @@ class Engine:
                     self.on_images(node, msg)
                 case p.TaskExited():
                     self.on_task_exited(node, msg)
+        except HpcbatchError:
+            # The store is away (docs/ha.md), not this message at fault: it is not counted
+            # against the message (the agent sends it again); the caller logs and drops it.
+            raise
         except Exception as exc:  # one message's failure is that message's, not the process's
             self.message_failed(node, msg, exc)
             return

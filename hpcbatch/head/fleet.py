@@ -44,6 +44,7 @@ from zmq.utils import z85
 
 from hpcbatch import protocol as p
 from hpcbatch.curve import KeyPair
+from hpcbatch.errors import HpcbatchError
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.nodekeys import NodeKeyRegistry, ZapCredentials
 
@@ -232,6 +233,9 @@ class Fleet:
                 return
             try:
                 welcome = engine.on_register(node, msg)
+            except HpcbatchError as exc:  # the store is away: the node registers again later
+                log.error("node %s: Register not handled: %s", node, exc.message)
+                return
             except Exception as exc:  # contained: the node registers again, the head lives on
                 engine.message_failed(node, msg, exc)
                 return
