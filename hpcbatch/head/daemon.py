@@ -22,7 +22,8 @@ from hpcbatch.errors import HpcbatchError
 from hpcbatch.fencing import default_fence_after_s
 from hpcbatch.head.api import SpaceGuard, make_app
 from hpcbatch.head.config import HeadConfig, load_head_config
-from hpcbatch.head.engine import RAISE_ON_ENV, Engine
+from hpcbatch.head.engine import Engine
+from hpcbatch.head.faults import RAISE_ON_ENV
 from hpcbatch.head.fleet import Fleet
 from hpcbatch.head.ha import add_describe_route, standby_app
 from hpcbatch.head.lease import HeadLease

@@ -7,12 +7,19 @@ arrives in one loop iteration becomes one scheduler pass, one store transaction,
 messages to agents. A message that starts an attempt is sent only after the attempt is
 committed, and an agent's exit report is acknowledged only after it is committed, so a
 ``kill -9`` of the head at any point loses nothing and runs nothing twice.
+
+Faults stay small (DESIGN.md): every agent message is served guarded (``handle``), and a
+decision that raises fails only its job. The policies that need no I/O live beside, pure,
+with time passed in: fence holds (hpcbatch.fencing, on the injected monotonic clock),
+anti-entropy (hpcbatch.model.reconcile), fault containment (hpcbatch.head.faults), success
+and retry (hpcbatch.model.jobs). The module is long (~1,500 lines) because arrays, gangs
+and the node registry still live here; they are the next parts to move out, as facts in
+and decisions out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import secrets
 import time
@@ -28,6 +35,13 @@ from hpcbatch.errors import HpcbatchError
 from hpcbatch.fencing import next_hold_deadline, retry_hold_s
 from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
+from hpcbatch.head.faults import (
+    QUARANTINE_AFTER,
+    FaultInjection,
+    MessageFaults,
+    Outcome,
+    Quarantined,
+)
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.policies import fair_share_of, policy_name
 from hpcbatch.model.jobs import (
@@ -80,7 +94,6 @@ FAMILY_EVENTS = frozenset(
 )
 DEPENDENCY_FAILED_REASON = "Dependent Job failed"
 FENCE_WAIT_REASON = "Waiting for node {node} to fence its attempts"  # a lost node's retry, held
-QUARANTINE_KEPT = 100  # per node: the newest quarantined messages shown (ListNodes, metrics count all)
 
 
 @dataclass
@@ -92,18 +105,6 @@ class _HeldRetry:
     deadline: float
     timer: asyncio.TimerHandle | None = None  # a wake-up only: the clock decides (``expire_fences``)
     still_running: bool = False  # the node came back and reported it alive: killed, its exit awaited
-
-
-@dataclass
-class Quarantined:
-    """A message from a node that failed ``tries`` times: acknowledged and set aside, its attempt failed."""
-
-    kind: str  # the message's wire tag, e.g. "exited"
-    job_id: str
-    attempt_id: str
-    tries: int
-    error: str
-    at: int  # epoch ms
 
 
 @dataclass
@@ -123,20 +124,6 @@ class NodeInfo:
     images: list[str] = field(default_factory=list)  # container images in its cache, as it reports
     missing: dict[str, int] = field(default_factory=dict)  # attempt -> heartbeats in a row that did not list it
     quarantined: list[Quarantined] = field(default_factory=list)  # its messages the head set aside
-
-
-RAISE_ON_ENV = "HPCBATCH_TEST_RAISE_ON"
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the test-only hook (``RAISE_ON_ENV``): a handler failing on one chosen message."""
-
-
-def _parse_raise_on(spec: str | None) -> tuple[str, str] | None:
-    if not spec:
-        return None
-    kind, sep, pattern = spec.partition(":")
-    return (kind, pattern or "*") if sep else (kind, "*")
 
 
 def _message_ids(msg: p.Message) -> tuple[str, str]:
@@ -171,7 +158,7 @@ class Engine:
         heartbeat_interval_s: float = 1.0,
         log_stream_prefix: Callable[[JobRecord], str] = lambda job: "default",
         reconcile_after: int = 3,
-        quarantine_after: int = 3,
+        quarantine_after: int = QUARANTINE_AFTER,
         raise_on: str | None = None,
     ) -> None:
         self.store = store
@@ -211,14 +198,10 @@ class Engine:
         self._retry_handle: asyncio.TimerHandle | None = None
         # Anti-entropy (hpcbatch.model.reconcile): heartbeats an attempt may go unlisted before the head asks.
         self._reconcile_after = reconcile_after
-        # Fault containment: a message that fails this often is set aside (``Quarantined``).
-        self._quarantine_after = quarantine_after
-        self._failures: dict[tuple[str, str, str], int] = {}  # (node, kind, attempt or job id) -> failed tries
-        self.messages_failed: dict[str, int] = {}  # message kind -> handler failures (metrics)
-        self.messages_quarantined: dict[str, int] = {}  # message kind -> set aside (metrics)
-        # Test-only fault injection (HPCBATCH_TEST_RAISE_ON, never set in production): "KIND:JOBNAME-GLOB"
-        # makes the handler of a KIND message about a job whose name matches raise (tests/chaos).
-        self._raise_on = _parse_raise_on(raise_on)
+        # Fault containment (hpcbatch.head.faults): failed messages counted, decided, set aside.
+        self.faults = MessageFaults(quarantine_after)
+        # Test-only fault injection (RAISE_ON_ENV, never set in production; tests/chaos).
+        self._injection = FaultInjection.parse(raise_on)
 
     # ----------------------------------------------------------------- plumbing
     def _event_id(self) -> str:
@@ -450,7 +433,7 @@ class Engine:
         job_id = action.job_id
         reason = f"The head could not apply its decision to {type(action).__name__}: {type(exc).__name__}: {exc}"
         log.error("job %s: %s", job_id, reason, exc_info=exc)
-        self.messages_failed["decision"] = self.messages_failed.get("decision", 0) + 1
+        self.faults.failed["decision"] = self.faults.failed.get("decision", 0) + 1
         self._feed(AttemptEnded(self._event_id(), job_id))
         job = self.jobs.get(job_id)
         try:
@@ -696,7 +679,8 @@ class Engine:
         if job is None or job.status is not JobStatus.RUNNABLE:
             self._feed(AttemptEnded(self._event_id(), action.job_id))
             return
-        self._inject_decision("start", job)
+        if self._injection is not None:
+            self._injection.check("start", job.job_id, job.job_name)
         attempt_id = uuid.uuid4().hex
         attempt = Attempt(
             attempt_id=attempt_id,
@@ -902,73 +886,47 @@ class Engine:
         except Exception as exc:  # one message's failure is that message's, not the process's
             self.message_failed(node, msg, exc)
             return
-        if self._failures:
-            job_id, attempt_id = _message_ids(msg)
-            self._failures.pop((node, msg.__struct_config__.tag, attempt_id or job_id), None)
+        job_id, attempt_id = _message_ids(msg)
+        self.faults.served(node, msg.__struct_config__.tag, attempt_id or job_id)
 
     def _inject(self, msg: p.Message) -> None:
         """The test-only fault hook (``RAISE_ON_ENV``): raise on the chosen kind of message and job."""
-        if self._raise_on is None:
-            return
-        kind, pattern = self._raise_on
-        if msg.__struct_config__.tag != kind:
-            return
-        job_id, attempt_id = _message_ids(msg)
-        job = self.jobs.get(job_id)
-        if job is not None and fnmatch.fnmatchcase(job.job_name, pattern):
-            raise InjectedFault(f"injected fault ({RAISE_ON_ENV}) on a {kind!r} message of job {job_id}")
-
-    def _inject_decision(self, kind: str, job: JobRecord) -> None:
-        """The test-only fault hook for decisions: ``start:GLOB`` raises when placing a matching job."""
-        if self._raise_on is not None and self._raise_on[0] == kind and fnmatch.fnmatchcase(job.job_name,
-                                                                                          self._raise_on[1]):
-            raise InjectedFault(f"injected fault ({RAISE_ON_ENV}) on the {kind!r} of job {job.job_id}")
+        if self._injection is not None:
+            job_id, _ = _message_ids(msg)
+            job = self.jobs.get(job_id)
+            self._injection.check(msg.__struct_config__.tag, job_id, job.job_name if job is not None else None)
 
     def message_failed(self, node: str, msg: p.Message, exc: BaseException) -> None:
         """A handler raised on ``msg`` from ``node``: log it with the message's type and ids, and
-        fail what it is about. An exit report is retried with the agent's resends and, after
-        ``quarantine_after`` failures, acknowledged and set aside, its attempt failed; a start
-        report fails its attempt at once; a launch request is refused; other messages are dropped.
-        """
+        do what hpcbatch.head.faults decides (fail its attempt, refuse it, set it aside, drop it)."""
         kind = str(msg.__struct_config__.tag)
         job_id, attempt_id = _message_ids(msg)
         cause = f"{type(exc).__name__}: {exc}"
-        self.messages_failed[kind] = self.messages_failed.get(kind, 0) + 1
-        key = (node, kind, attempt_id or job_id)
-        tries = self._failures[key] = self._failures.get(key, 0) + 1
+        decided = self.faults.failure(node, kind, attempt_id or job_id)
+        tries = self.faults.tries.get((node, kind, attempt_id or job_id), 0)
         log.error("node %s: the head failed on a %r message (job %s, attempt %s), try %d: %s", node, kind,
                   job_id or "-", attempt_id or "-", tries, cause, exc_info=exc)
         try:
-            if isinstance(msg, p.AttemptExited):
-                if tries < self._quarantine_after:
-                    return  # the agent resends it with its next heartbeat
-                self._quarantine(node, kind, job_id, attempt_id, tries, cause)
-                self._outbox.append((node, p.AckExits(attempt_ids=[attempt_id])))
+            if decided in (Outcome.QUARANTINE_AND_FAIL, Outcome.QUARANTINE):
+                info = self.nodes.setdefault(node, NodeInfo(facts=None))
+                if self.faults.set_aside(info.quarantined, Quarantined(kind, job_id, attempt_id, tries, cause,
+                                                                       self._now())):
+                    log.error("node %s: %r message of job %s, attempt %s quarantined after %d tries", node, kind,
+                              job_id or "-", attempt_id or "-", tries)
+            if decided is Outcome.QUARANTINE_AND_FAIL:
+                self._outbox.append((node, p.AckExits(attempt_ids=[attempt_id])))  # the agent stops resending it
                 self._fail_attempt(node, job_id, attempt_id,
                                    f"The head could not process the attempt's exit report ({tries} tries): {cause}")
-            elif isinstance(msg, p.AttemptStarted):
+            elif decided is Outcome.FAIL_AND_KILL:
                 self._outbox.append((node, p.KillAttempt(attempt_id=attempt_id, reason=cause, grace_s=0)))
                 self._fail_attempt(node, job_id, attempt_id, f"The head could not process the attempt's start: {cause}")
-            elif isinstance(msg, p.LaunchRequest):
-                self._outbox.append((node, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause)))
-            elif isinstance(msg, p.TaskExited):
-                self._outbox.append((msg.origin, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause)))
-            elif tries >= self._quarantine_after:
-                self._quarantine(node, kind, job_id, attempt_id, tries, cause)
+            elif decided is Outcome.REFUSE and isinstance(msg, p.LaunchRequest | p.TaskExited):
+                to = node if isinstance(msg, p.LaunchRequest) else msg.origin
+                self._outbox.append((to, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause)))
         except Exception:  # failing the attempt failed too: it stays as it is; the log says why
             log.exception("node %s: could not fail the attempt of a %r message (job %s, attempt %s)", node, kind,
                           job_id or "-", attempt_id or "-")
         self.request_step()
-
-    def _quarantine(self, node: str, kind: str, job_id: str, attempt_id: str, tries: int, cause: str) -> None:
-        info = self.nodes.setdefault(node, NodeInfo(facts=None))
-        if any(q.kind == kind and q.attempt_id == attempt_id and q.job_id == job_id for q in info.quarantined):
-            return
-        info.quarantined.append(Quarantined(kind, job_id, attempt_id, tries, cause, self._now()))
-        del info.quarantined[:-QUARANTINE_KEPT]
-        self.messages_quarantined[kind] = self.messages_quarantined.get(kind, 0) + 1
-        log.error("node %s: %r message of job %s, attempt %s quarantined after %d tries", node, kind,
-                  job_id or "-", attempt_id or "-", tries)
 
     def _fail_attempt(self, node: str, job_id: str, attempt_id: str, reason: str) -> None:
         """End the attempt a failed message was about, FAILED with ``reason`` (never retried:

@@ -108,14 +108,14 @@ def _fault_metrics(engine: Engine) -> Iterator[GaugeMetricFamily | CounterMetric
         "hpcbatch_agent_messages_failed", "Agent messages whose handler failed (each try counts), by type",
         labels=["type"],
     )
-    for kind, n in sorted(engine.messages_failed.items()):
+    for kind, n in sorted(engine.faults.failed.items()):
         failed.add_metric([kind], n)
     yield failed
     quarantined = CounterMetricFamily(
         "hpcbatch_agent_messages_quarantined", "Agent messages set aside after failing repeatedly, by type",
         labels=["type"],
     )
-    for kind, n in sorted(engine.messages_quarantined.items()):
+    for kind, n in sorted(engine.faults.quarantined.items()):
         quarantined.add_metric([kind], n)
     yield quarantined
     held = GaugeMetricFamily(

@@ -140,7 +140,7 @@ def test_a_message_the_head_fails_on_fails_its_attempt_and_the_head_lives_on(cha
     from prometheus_client.parser import text_string_to_metric_families
 
     from hpcbatch.cli.main import cli
-    from hpcbatch.head.engine import RAISE_ON_ENV
+    from hpcbatch.head.faults import RAISE_ON_ENV
 
     chaos.kill("head")
     chaos.start_head(env={RAISE_ON_ENV: "exited:poison*"})  # test-only: its engine raises on these exits

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpcbatch import protocol as p
-from hpcbatch.head.engine import RAISE_ON_ENV
+from hpcbatch.head.faults import RAISE_ON_ENV
 from hpcbatch.model.lifecycle import JobStatus
 from tests.unit.test_fencing import Cluster, run_on
 
@@ -52,7 +52,7 @@ def test_an_exit_report_that_keeps_failing_is_quarantined_and_its_attempt_failed
         assert "InjectedFault" in job.status_reason
         (q,) = c.engine.nodes[node].quarantined
         assert (q.kind, q.job_id, q.attempt_id, q.tries) == ("exited", job.job_id, attempt_id, N)
-        assert c.engine.messages_failed == {"exited": N} and c.engine.messages_quarantined == {"exited": 1}
+        assert c.engine.faults.failed == {"exited": N} and c.engine.faults.quarantined == {"exited": 1}
         stored = c.engine.store.get_jobs([job.job_id])[0]
         assert stored.status is JobStatus.FAILED
         # Logged with the message's type and ids.
@@ -77,11 +77,11 @@ def test_an_exit_report_that_fails_once_is_served_on_its_resend(tmp_path: Path) 
         node = run_on(c, job)
         report = exited(job.job_id, job.attempts[0].attempt_id)
         c.engine.handle(node, report)
-        c.engine._raise_on = None  # noqa: SLF001 (the fault was transient)
+        c.engine._injection = None  # noqa: SLF001 (the fault was transient)
         c.engine.handle(node, report)
         c.engine.step()
         assert job.status is JobStatus.SUCCEEDED and c.engine.nodes[node].quarantined == []
-        assert c.engine._failures == {}  # noqa: SLF001 (forgotten once served)
+        assert c.engine.faults.tries == {}  # forgotten once served
 
     asyncio.run(run())
 
@@ -132,9 +132,45 @@ def test_a_decision_the_head_fails_to_apply_fails_that_job_and_the_rest_are_plac
         assert "InjectedFault" in (poisoned.status_reason or "")
         assert fine.status is JobStatus.STARTING
         assert [m.job_id for _n, m in c.starts()] == [fine.job_id]
-        assert c.engine.messages_failed == {"decision": 1}
+        assert c.engine.faults.failed == {"decision": 1}
         # Its place was given back: another job takes the node it was given.
         later = c.submit("fine-5")
         assert later.status is JobStatus.STARTING
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------------ the pure rules (hpcbatch.head.faults)
+def test_the_rules_per_kind_of_message() -> None:
+    from hpcbatch.head.faults import Outcome, outcome
+
+    assert [outcome("exited", t, 3) for t in (1, 2, 3, 4)] == [
+        Outcome.WAIT_FOR_RESEND, Outcome.WAIT_FOR_RESEND, Outcome.QUARANTINE_AND_FAIL, Outcome.QUARANTINE_AND_FAIL]
+    assert outcome("started", 1, 3) is Outcome.FAIL_AND_KILL
+    assert outcome("launch_req", 1, 3) is outcome("task_exited", 1, 3) is Outcome.REFUSE
+    assert [outcome("agent_hb", t, 3) for t in (1, 3)] == [Outcome.DROP, Outcome.QUARANTINE]
+
+
+def test_a_message_is_set_aside_once_and_the_list_is_bounded() -> None:
+    from hpcbatch.head.faults import QUARANTINE_KEPT, MessageFaults, Quarantined
+
+    faults = MessageFaults()
+    listed: list[Quarantined] = []
+    entry = Quarantined("exited", "j", "a", 3, "boom", 1)
+    assert faults.set_aside(listed, entry) and not faults.set_aside(listed, entry)
+    for i in range(QUARANTINE_KEPT + 5):
+        faults.set_aside(listed, Quarantined("exited", "j", f"a{i}", 3, "boom", 1))
+    assert len(listed) == QUARANTINE_KEPT and faults.quarantined == {"exited": QUARANTINE_KEPT + 6}
+
+
+def test_the_hook_is_parsed_from_kind_and_glob() -> None:
+    from hpcbatch.head.faults import FaultInjection, InjectedFault
+
+    assert FaultInjection.parse("") is None and FaultInjection.parse(None) is None
+    hook = FaultInjection.parse("exited:poison*")
+    assert hook == FaultInjection("exited", "poison*")
+    hook.check("exited", "j1", "fine")  # another job: nothing
+    hook.check("started", "j1", "poison1")  # another kind: nothing
+    with pytest.raises(InjectedFault, match="j1"):
+        hook.check("exited", "j1", "poison1")
+    assert FaultInjection.parse("started") == FaultInjection("started", "*")
