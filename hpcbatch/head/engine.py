@@ -175,8 +175,8 @@ class Engine:
         self._fence_after_s = fence_after_s
         self._heartbeat_s = heartbeat_interval_s
         self._fence_holds: dict[str, _HeldRetry] = {}  # job id -> its held retry
-        # Multi-node job -> its lost node's attempt and when its fence is surely up (the try is ending).
-        self._gang_holds: dict[str, tuple[FenceHold, float]] = {}
+        # Multi-node job -> when its lost node's fence is surely up (monotonic; the try is ending).
+        self._gang_holds: dict[str, float] = {}
         self._stream_prefix = log_stream_prefix
         self._seq = 0
         self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
@@ -821,6 +821,7 @@ class Engine:
             parent.ending = GangEnding(
                 exit_code=exit_code if not lost else None, reason=reason, status_reason=attempt.status_reason,
                 stopped_at=attempt.stopped_at, timed_out=timed_out, lost=lost,
+                lost_attempt=FenceHold(node=attempt.node, attempt_id=attempt.attempt_id) if lost else None,
             )
             self._touch(parent)
             self._kill_gang(parent, MAIN_NODE_EXITED if not lost else attempt.status_reason or "Node lost")
@@ -849,8 +850,12 @@ class Engine:
         elif should_retry(parent, exit_code, reason, status_reason, timed_out=timed_out):
             parent.started_at = None
             self._move(parent, JobEvent.ATTEMPT_FAILED_RETRY, status_reason)
-            if held is not None and held[1] > self._mono():
-                self._hold_for_fence(parent, held[0], held[1] - self._mono())
+            hold_s = 0.0
+            if ending.lost_attempt is not None:
+                # Its deadline, or (the head restarted meanwhile) a whole fence from now.
+                hold_s = held - self._mono() if held is not None else self._fence_hold_s(ending.lost_attempt.node)
+            if ending.lost_attempt is not None and hold_s > 0:
+                self._hold_for_fence(parent, ending.lost_attempt, hold_s)
             else:
                 self._seq += 1
                 self._feed(self._runnable(parent, self._seq))
@@ -1038,11 +1043,9 @@ class Engine:
         """``hold_s``: a retry waits this long for the (lost) node to fence the attempt;
         ``retry=False``: the job fails whatever its retry strategy says."""
         if job.parent_id is not None:
-            attempt = job.current_attempt
-            if lost and hold_s > 0 and attempt is not None and job.parent_id not in self._gang_holds:
+            if lost and job.parent_id not in self._gang_holds:
                 # The try ends; its retry waits for this node's fence as a single job's would.
-                self._gang_holds[job.parent_id] = (FenceHold(node=attempt.node, attempt_id=attempt.attempt_id),
-                                                   self._mono() + hold_s)
+                self._gang_holds[job.parent_id] = self._mono() + hold_s
             self._child_ended(job, exit_code, reason, status_reason, stopped_at, lost, timed_out)
             return
         attempt = job.current_attempt

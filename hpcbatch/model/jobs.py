@@ -80,6 +80,7 @@ class GangEnding(msgspec.Struct, kw_only=True):
     stopped_at: int | None = None
     timed_out: bool = False
     lost: bool = False
+    lost_attempt: FenceHold | None = None  # the part lost with its node: the retry waits for its fence
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
