@@ -347,3 +347,23 @@ def test_a_gangs_retry_waits_for_its_lost_nodes_fence(tmp_path: Path) -> None:
         assert len(again) == 2 and lost_node not in {n for n, _ in again}
 
     asyncio.run(run())
+
+
+def test_a_restarted_head_adopts_a_lost_attempt_its_node_still_runs(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        job = c.submit()
+        node = run_on(c, job)
+        first = job.attempts[0].attempt_id
+        c.engine.node_lost(node, silent_s=5)
+        c.engine.step()
+        again = Cluster(tmp_path, restarted=True)
+        again.register(node, running=[p.RunningAttempt(attempt_id=first, job_id=job.job_id, pid=1, started_at=1)])
+        held = again.engine.jobs[job.job_id]
+        assert held.status is JobStatus.RUNNING and held.fence_hold is None and len(held.attempts) == 1
+        assert [m for _n, m in again.sent if isinstance(m, p.KillAttempt)] == []
+        assert again.engine.store.get_jobs([job.job_id])[0].status is JobStatus.RUNNING
+        again.advance(HOLD_S * 2)
+        assert again.starts() == []
+
+    asyncio.run(run())
