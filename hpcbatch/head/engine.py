@@ -202,6 +202,9 @@ class Engine:
         self.faults = MessageFaults(quarantine_after)
         # Test-only fault injection (RAISE_ON_ENV, never set in production; tests/chaos).
         self._injection = FaultInjection.parse(raise_on)
+        if self._injection is not None:
+            log.warning("TEST-ONLY fault injection is on (%s): the head fails %r of jobs named %s", RAISE_ON_ENV,
+                        self._injection.kind, self._injection.pattern)
 
     # ----------------------------------------------------------------- plumbing
     def _event_id(self) -> str:
