@@ -37,6 +37,7 @@ from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
 from hpcbatch.head.faults import (
     QUARANTINE_AFTER,
+    RAISE_ON_ENV,
     FaultInjection,
     MessageFaults,
     Outcome,
