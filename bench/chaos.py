@@ -1,9 +1,13 @@
 """Chaos and fuzz figures, printed as ``name=value`` lines (run as root: namespaces, users).
 
-* ``jobs_lost`` (must be 0) and ``duplicate_starts`` (must be 0): a 1,000-job load on a
-  2-node namespace cluster while the head is ``kill -9``-ed and restarted 10 times at
-  seeded random moments; ``chaos_jobs_acknowledged`` is the load, ``chaos_orphans`` and
-  ``chaos_wrong_exit_codes`` the other invariants (tests/chaos/invariants.py). Then the
+* ``jobs_lost``, ``duplicate_starts``, ``duplicate_completions`` (a command run to its end
+  twice) and ``agent_crashes`` (an agent process that died without being killed), all of
+  which must be 0: a 1,000-job load on a 2-node namespace cluster while the head is
+  ``kill -9``-ed and restarted 10 times at seeded random moments, then one agent ``kill -9``-ed
+  while ``--agent-jobs`` jobs run on it, which finish while it is down (it comes back within
+  the fence: their real exits must be taken, none run again; ``agent_kill_jobs``);
+  ``chaos_jobs_acknowledged`` is the load, ``chaos_orphans`` and ``chaos_wrong_exit_codes``
+  the other invariants (tests/chaos/invariants.py). Then the
   same on PostgreSQL with two heads, where each kill hits the active head: the figures end
   in ``_postgresql``, and ``chaos_failovers_postgresql`` counts the kills that moved the
   lease to the other head (``--stores sqlite`` leaves PostgreSQL out).
@@ -26,35 +30,48 @@ import tempfile
 from pathlib import Path
 
 from tests import pg
-from tests.chaos.invariants import violations, wait_final
-from tests.chaos.scenarios import Load, kill_head_rounds
+from tests.chaos.invariants import done_log, violations, wait_final
+from tests.chaos.scenarios import Load, kill_agent_while_jobs_finish, kill_head_rounds
 from tests.fuzz.driver import operations, run_fuzz
 from tests.fuzz.flood import flood, rss_bytes
 from tests.fuzz.wire import Wire
 from tests.harness import TestCluster
 from tests.variants import make_cluster
 
-MUST_BE_ZERO = ("jobs_lost", "duplicate_starts")
+MUST_BE_ZERO = ("jobs_lost", "duplicate_starts", "duplicate_completions", "agent_crashes")
 
 
-def chaos_figures(root: Path, jobs: int, rounds: int, store: str = "sqlite") -> dict[str, object]:
-    """The head-kill load on ``store``; PostgreSQL's figures carry a ``_postgresql`` suffix."""
+def chaos_figures(root: Path, jobs: int, rounds: int, store: str = "sqlite", agent_jobs: int = 2) -> dict[str, object]:
+    """The head-kill load, then an agent kill while its jobs finish, on ``store``; PostgreSQL's
+    figures carry a ``_postgresql`` suffix."""
     c = make_cluster(root, store, nodes=2, netns=os.geteuid() == 0)
     try:
         c.up()
         starts = root / "starts"
-        starts.touch()
-        starts.chmod(0o666)
+        for log in (starts, done_log(starts)):
+            log.touch()
+            log.chmod(0o666)
         load = Load(c, jobs, starts, "benchchaos").start()
         failovers = kill_head_rounds(c, rounds, random.Random(7))
         load.join()
         wait_final(c, load.acknowledged, timeout=600)
-        found = violations(c, load.acknowledged, starts, "benchchaos")
+        # Each job's exit code is what its command exits with; the agent-kill jobs exit 0.
+        acknowledged = dict(load.acknowledged)
+        if agent_jobs:
+            killed = kill_agent_while_jobs_finish(c, c.node_names[0], agent_jobs, starts, "benchchaos")
+            wait_final(c, killed, timeout=120)
+            acknowledged.update(dict.fromkeys(killed, 0))
+        # Agents this run did not kill must all be alive (one it killed was started again).
+        crashes = sum(1 for name in c.node_names if name not in c.procs or c.procs[name].poll() is not None)
+        found = violations(c, acknowledged, starts, "benchchaos")
         figures: dict[str, object] = {
             "chaos_jobs_acknowledged": len(load.acknowledged),
             "chaos_head_kills": rounds,
+            "agent_kill_jobs": agent_jobs,
             "jobs_lost": len(found["jobs_lost"]),
             "duplicate_starts": len(found["duplicate_starts"]),
+            "duplicate_completions": len(found["duplicate_completions"]),
+            "agent_crashes": crashes,
             "chaos_orphans": len(found["orphans"]),
             "chaos_wrong_exit_codes": len(found["wrong_exit_codes"]),
         }
@@ -102,8 +119,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--agent-jobs", type=int, default=2,
+                        help="jobs that finish while their agent is down (they must fit on one node at once)")
     parser.add_argument("--fuzz-examples", type=int, default=150)
     parser.add_argument("--flood", type=int, default=100_000)
+    parser.add_argument("--no-fuzz", action="store_true", help="the chaos figures only (no fuzz, no flood)")
     parser.add_argument("--stores", default="sqlite,postgresql",
                         help="comma-separated stores for the head-kill load (PostgreSQL: two heads)")
     args = parser.parse_args()
@@ -111,13 +131,13 @@ def main() -> int:
         root = Path(tmp)
         (root / "fuzz").mkdir()
         (root / "chaos").mkdir()
-        figures = fuzz_and_flood_figures(root / "fuzz", args.fuzz_examples, args.flood)
+        figures = {} if args.no_fuzz else fuzz_and_flood_figures(root / "fuzz", args.fuzz_examples, args.flood)
         for store in args.stores.split(","):
             (root / f"chaos-{store}").mkdir()
             if store == "postgresql" and (why := pg.available()):
                 print(f"# PostgreSQL figures left out: {why}", file=sys.stderr)
                 continue
-            figures.update(chaos_figures(root / f"chaos-{store}", args.jobs, args.rounds, store))
+            figures.update(chaos_figures(root / f"chaos-{store}", args.jobs, args.rounds, store, args.agent_jobs))
     for name, value in figures.items():
         print(f"{name}={value}")
     zero = [name for name, value in figures.items() if name == "fuzz_5xx" or name.startswith(MUST_BE_ZERO)]

@@ -34,3 +34,17 @@ def default_fence_after_s(heartbeat_interval_s: float, liveness: int) -> float:
 def retry_hold_s(fence_after_s: float, heartbeat_interval_s: float) -> float:
     """How long after the head last heard a node it may start a retry of that node's attempts."""
     return fence_after_s + FENCE_MARGIN_S + FENCE_MARGIN_HEARTBEATS * heartbeat_interval_s
+
+
+def next_hold_deadline(now: float, deadline: float, still_running: bool, hold_s: float) -> float | None:
+    """A held retry at ``now``: None to release it, else the (possibly new) deadline.
+
+    ``still_running``: the node came back reporting the attempt alive and was told to kill
+    it; its exit report releases the retry, and if that never comes the retry waits one
+    whole fence more (the node may be cut off again, and then it fences the attempt).
+    """
+    if now < deadline:
+        return deadline
+    if still_running:
+        return now + hold_s
+    return None

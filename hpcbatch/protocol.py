@@ -12,6 +12,13 @@ Rules of the conversation (the ZeroMQ guide's Paranoid Pirate, adapted):
   message from a head it has not registered with (``Reregister``) registers again.
 * ``StartAttempt`` is idempotent by ``attempt_id``: an agent never runs one attempt twice.
 * An ``AttemptExited`` is resent (with the next heartbeat) until the head's ``AckExits``.
+  Its ``timed_out``/``fenced``/``lost`` flags are what the head decides on; the reasons
+  are for people. A report the head cannot process is retried with those resends and, after
+  a few failures, acknowledged and set aside (quarantined), its attempt failed.
+* Anti-entropy: every heartbeat lists the attempts the agent runs. The head kills any it
+  has ended, and asks about (resends the ``StartAttempt`` of) any it thinks runs but the
+  agent has not listed for a few heartbeats; the agent answers with the attempt's exit (or
+  starts it, if the order never arrived). Still unlisted after as many more, it is lost.
 * Every head message carries the sending head's ``epoch`` (its lease's fencing token when
   heads share PostgreSQL, hpcbatch.head.lease; 0 otherwise). An agent drops head messages
   older than the newest epoch it has seen, so a paused or cut-off former head cannot start

@@ -37,6 +37,21 @@ def nodes_list(state: str | None = None, ce: str | None = None) -> None:
     from hpcbatch.cli.output import print_nodes
 
     print_nodes(listed)
+    _print_quarantined(listed)
+
+
+def _print_quarantined(listed: list[dict[str, object]]) -> None:
+    """Messages the head set aside (failed repeatedly): one line each, under the nodes."""
+    from hpcbatch.cli.output import ago, print_table, truncate
+
+    rows = [
+        [n.get("name"), q.get("type"), q.get("jobId") or "-", q.get("attemptId") or "-", q.get("tries"),
+         ago(q.get("at")), truncate(q.get("error"))]
+        for n in listed for q in (n.get("quarantinedMessages") or [])  # type: ignore[attr-defined]
+    ]
+    if rows:
+        print()
+        print_table(["QUARANTINED", "MESSAGE", "JOB", "ATTEMPT", "TRIES", "WHEN", "ERROR"], rows, empty="")
 
 
 # -- node keys (the control plane's enrollment; admins only) -----------------------------------

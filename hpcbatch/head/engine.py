@@ -7,6 +7,14 @@ arrives in one loop iteration becomes one scheduler pass, one store transaction,
 messages to agents. A message that starts an attempt is sent only after the attempt is
 committed, and an agent's exit report is acknowledged only after it is committed, so a
 ``kill -9`` of the head at any point loses nothing and runs nothing twice.
+
+Faults stay small (DESIGN.md): every agent message is served guarded (``handle``), and a
+decision that raises fails only its job. The policies that need no I/O live beside, pure,
+with time passed in: fence holds (hpcbatch.fencing, on the injected monotonic clock),
+anti-entropy (hpcbatch.model.reconcile), fault containment (hpcbatch.head.faults), success
+and retry (hpcbatch.model.jobs). The module is long (~1,500 lines) because arrays, gangs
+and the node registry still live here; they are the next parts to move out, as facts in
+and decisions out.
 """
 
 from __future__ import annotations
@@ -23,14 +31,31 @@ from typing import Any
 import msgspec
 
 from hpcbatch import protocol as p
-from hpcbatch.fencing import retry_hold_s
+from hpcbatch.errors import HpcbatchError
+from hpcbatch.fencing import next_hold_deadline, retry_hold_s
 from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
+from hpcbatch.head.faults import (
+    QUARANTINE_AFTER,
+    RAISE_ON_ENV,
+    FaultInjection,
+    MessageFaults,
+    Outcome,
+    Quarantined,
+)
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.policies import fair_share_of, policy_name
-from hpcbatch.model.jobs import TIMEOUT_REASON, Attempt, JobRecord, should_retry
+from hpcbatch.model.jobs import (
+    Attempt,
+    FenceHold,
+    GangEnding,
+    JobRecord,
+    attempt_succeeded,
+    should_retry,
+)
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
-from hpcbatch.model.multinode import child_job_id
+from hpcbatch.model.multinode import child_job_id, split_child_id
+from hpcbatch.model.reconcile import reconcile
 from hpcbatch.scheduler import (
     AttemptEnded,
     CancelRunnable,
@@ -73,12 +98,13 @@ FENCE_WAIT_REASON = "Waiting for node {node} to fence its attempts"  # a lost no
 
 
 @dataclass
-class FenceHold:
-    """A retry held until the lost node's attempt is provably dead (fenced, or reported ended)."""
+class _HeldRetry:
+    """The live side of a job's ``fence_hold``: its deadline on the head's monotonic clock."""
 
     node: str
     attempt_id: str
-    timer: asyncio.TimerHandle | None = None
+    deadline: float
+    timer: asyncio.TimerHandle | None = None  # a wake-up only: the clock decides (``expire_fences``)
     still_running: bool = False  # the node came back and reported it alive: killed, its exit awaited
 
 
@@ -97,6 +123,13 @@ class NodeInfo:
     gpu_unhealthy: dict[str, str] = field(default_factory=dict)  # GPU uuid -> why out of service
     gpu_utilization: dict[str, float] = field(default_factory=dict)  # GPU uuid -> busy 0..1, last heartbeat
     images: list[str] = field(default_factory=list)  # container images in its cache, as it reports
+    missing: dict[str, int] = field(default_factory=dict)  # attempt -> heartbeats in a row that did not list it
+    quarantined: list[Quarantined] = field(default_factory=list)  # its messages the head set aside
+
+
+def _message_ids(msg: p.Message) -> tuple[str, str]:
+    """(job id, attempt id) a message is about, where it names them ("" where not)."""
+    return str(getattr(msg, "job_id", "") or ""), str(getattr(msg, "attempt_id", "") or "")
 
 
 def _sequential(job: JobRecord) -> bool:
@@ -120,10 +153,14 @@ class Engine:
         *,
         send: Callable[[str, p.Message], None],
         clock_ms: Callable[[], int],
+        monotonic: Callable[[], float] = time.monotonic,
         kill_grace_s: float = 10.0,
         fence_after_s: float = 0.0,
         heartbeat_interval_s: float = 1.0,
         log_stream_prefix: Callable[[JobRecord], str] = lambda job: "default",
+        reconcile_after: int = 3,
+        quarantine_after: int = QUARANTINE_AFTER,
+        raise_on: str | None = None,
     ) -> None:
         self.store = store
         self.logs = logs
@@ -132,12 +169,15 @@ class Engine:
         self.nodes: dict[str, NodeInfo] = {}
         self._send = send
         self._now = clock_ms
+        self._mono = monotonic  # deadlines (fence holds) run on it: a stepped wall clock moves none
         self._kill_grace_s = kill_grace_s
         # Agents kill their attempts after fence_after_s unheard (hpcbatch.fencing): a lost
         # node's retries wait that long (or the node's own word that its attempt ended).
         self._fence_after_s = fence_after_s
         self._heartbeat_s = heartbeat_interval_s
-        self._fence_holds: dict[str, FenceHold] = {}  # job id -> its held retry
+        self._fence_holds: dict[str, _HeldRetry] = {}  # job id -> its held retry
+        # Multi-node job -> when its lost node's fence is surely up (monotonic; the try is ending).
+        self._gang_holds: dict[str, float] = {}
         # STONITH (hpcbatch.head.power): asked to power off a lost node whose retries are held;
         # ``node_fenced`` releases them once it is off.
         self.fence_node: Callable[[str], object] | None = None
@@ -160,6 +200,15 @@ class Engine:
         self.pass_observers: list[Callable[[float], None]] = []
         self._node_recorded: dict[str, tuple[str, str]] = {}  # node -> (state, reason) last put in the stream
         self._retry_handle: asyncio.TimerHandle | None = None
+        # Anti-entropy (hpcbatch.model.reconcile): heartbeats an attempt may go unlisted before the head asks.
+        self._reconcile_after = reconcile_after
+        # Fault containment (hpcbatch.head.faults): failed messages counted, decided, set aside.
+        self.faults = MessageFaults(quarantine_after)
+        # Test-only fault injection (RAISE_ON_ENV, never set in production; tests/chaos).
+        self._injection = FaultInjection.parse(raise_on)
+        if self._injection is not None:
+            log.warning("TEST-ONLY fault injection is on (%s): the head fails %r of jobs named %s", RAISE_ON_ENV,
+                        self._injection.kind, self._injection.pattern)
 
     # ----------------------------------------------------------------- plumbing
     def _event_id(self) -> str:
@@ -203,6 +252,8 @@ class Engine:
         old = job.status
         job.status = next_status(job.job_id, job.status, event)
         job.status_reason = reason
+        if job.status is not JobStatus.RUNNABLE and job.fence_hold is not None:
+            self._drop_hold(job)
         self._job_events.append((job.job_id, now, job.status.value, reason))
         if job.status.is_final:
             job.stopped_at = job.stopped_at or now
@@ -355,24 +406,55 @@ class Engine:
             # The core never reads a clock: it gets the time (seconds, like timeouts) here.
             events.insert(0, Tick(self._event_id(), self._now() / 1000))
             began = time.perf_counter()
-            actions = self.scheduler.handle(*events)
+            try:
+                actions = self.scheduler.handle(*events)
+            except Exception:  # a bug in the core: this pass's events are lost, not the head
+                log.exception("the scheduler failed on a pass of %d events; they are dropped", len(events))
+                actions = []
             for observe in self.pass_observers:
                 observe(time.perf_counter() - began)
             for action in actions:
-                if isinstance(action, StartAttempt):
-                    self._start(action)
-                elif isinstance(action, StartGang):
-                    self._start_gang(action)
-                elif isinstance(action, CancelRunnable):  # a jobStateTimeLimitAction fired
-                    job = self.jobs.get(action.job_id)
-                    if job is not None:
-                        self.cancel(job, action.reason)
-                elif isinstance(action, SetWaitReason):
-                    job = self.jobs.get(action.job_id)
-                    if job is not None and job.status is JobStatus.RUNNABLE:
-                        job.status_reason = action.reason
-                        self._dirty[job.job_id] = job
+                try:
+                    self._apply(action)
+                except Exception as exc:  # contained: that job fails, the others go on
+                    self._action_failed(action, exc)
         self.flush()
+
+    def _apply(self, action: object) -> None:
+        if isinstance(action, StartAttempt):
+            self._start(action)
+        elif isinstance(action, StartGang):
+            self._start_gang(action)
+        elif isinstance(action, CancelRunnable):  # a jobStateTimeLimitAction fired
+            job = self.jobs.get(action.job_id)
+            if job is not None:
+                self.cancel(job, action.reason)
+        elif isinstance(action, SetWaitReason):
+            job = self.jobs.get(action.job_id)
+            if job is not None and job.status is JobStatus.RUNNABLE:
+                job.status_reason = action.reason
+                self._dirty[job.job_id] = job
+
+    def _action_failed(self, action: StartAttempt | StartGang | CancelRunnable | SetWaitReason, exc: Exception) -> None:
+        """Applying one of the scheduler's decisions raised: fail that job with the cause, free its hold."""
+        job_id = action.job_id
+        reason = f"The head could not apply its decision to {type(action).__name__}: {type(exc).__name__}: {exc}"
+        log.error("job %s: %s", job_id, reason, exc_info=exc)
+        self.faults.failed["decision"] = self.faults.failed.get("decision", 0) + 1
+        self._feed(AttemptEnded(self._event_id(), job_id))
+        job = self.jobs.get(job_id)
+        try:
+            if job is None or job.status.is_final:
+                return
+            if job.status is JobStatus.RUNNABLE:
+                self.terminate(job, reason)
+                return
+            # Placed, but its start order was never queued (the order is the last thing made).
+            for part in self._children(job) if job.is_gang else [job]:
+                if part.current_attempt is not None and part.job_id in self.jobs:
+                    self._finish_attempt(part, None, None, reason, retry=False)
+        except Exception:
+            log.exception("job %s: could not fail it after its decision failed", job_id)
 
     def _retry_commit(self) -> None:
         self._retry_handle = None
@@ -464,12 +546,10 @@ class Engine:
                 self._admit(job)
             elif job.status is JobStatus.PENDING:
                 self._wait_for_dependencies(job)
-            elif job.status is JobStatus.RUNNABLE and job.attempts and job.status_reason == FENCE_WAIT_REASON.format(
-                node=job.attempts[-1].node
-            ):
+            elif job.status is JobStatus.RUNNABLE and job.fence_hold is not None and job.attempts:
                 # Held when the head stopped: the node has heard no head since, so a full
                 # fence from now is surely enough.
-                self._hold_for_fence(job, job.attempts[-1], self._fence_hold_s(job.attempts[-1].node))
+                self._hold_for_fence(job, job.fence_hold, self._fence_hold_s(job.fence_hold.node))
             elif job.status is JobStatus.RUNNABLE:
                 self._feed(self._runnable(job, seq))
             else:
@@ -571,7 +651,7 @@ class Engine:
             job.stop_reason = reason
             self._touch(job)
             if job.ending is None:
-                job.ending = {"exit_code": None, "reason": None, "status_reason": reason, "stopped_at": self._now()}
+                job.ending = GangEnding(status_reason=reason, stopped_at=self._now())
             self._kill_gang(job, reason)
             self._maybe_finish_gang(job)
         elif job.status.is_active:
@@ -606,6 +686,8 @@ class Engine:
         if job is None or job.status is not JobStatus.RUNNABLE:
             self._feed(AttemptEnded(self._event_id(), action.job_id))
             return
+        if self._injection is not None:
+            self._injection.check("start", job.job_id, job.job_name)
         attempt_id = uuid.uuid4().hex
         attempt = Attempt(
             attempt_id=attempt_id,
@@ -727,7 +809,7 @@ class Engine:
 
     def _child_ended(
         self, child: JobRecord, exit_code: int | None, reason: str | None, status_reason: str | None,
-        stopped_at: int | None = None, lost: bool = False,
+        stopped_at: int | None = None, lost: bool = False, timed_out: bool = False,
     ) -> None:
         """One node of a multi-node job ended; the main node's end (or a lost node) ends the try."""
         attempt = child.current_attempt
@@ -735,6 +817,7 @@ class Engine:
             return
         attempt.stopped_at = stopped_at or self._now()
         attempt.exit_code, attempt.reason = exit_code, reason
+        attempt.timed_out, attempt.lost = timed_out, lost
         attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
         self._release(attempt.node, child.job_id)
         self._touch(child)
@@ -742,12 +825,11 @@ class Engine:
         if parent is None:
             return
         if parent.ending is None and (child.node_index == parent.main_node or lost):
-            parent.ending = {
-                "exit_code": exit_code if not lost else None,
-                "reason": reason,
-                "status_reason": attempt.status_reason,
-                "stopped_at": attempt.stopped_at,
-            }
+            parent.ending = GangEnding(
+                exit_code=exit_code if not lost else None, reason=reason, status_reason=attempt.status_reason,
+                stopped_at=attempt.stopped_at, timed_out=timed_out, lost=lost,
+                lost_attempt=FenceHold(node=attempt.node, attempt_id=attempt.attempt_id) if lost else None,
+            )
             self._touch(parent)
             self._kill_gang(parent, MAIN_NODE_EXITED if not lost else attempt.status_reason or "Node lost")
         self._maybe_finish_gang(parent)
@@ -760,26 +842,151 @@ class Engine:
         attempt = parent.current_attempt
         if attempt is None:
             return
-        exit_code, reason = ending["exit_code"], ending["reason"]
-        status_reason = parent.stop_reason or ending["status_reason"]
-        attempt.stopped_at = ending["stopped_at"] or self._now()
+        exit_code, reason, timed_out = ending.exit_code, ending.reason, ending.timed_out
+        status_reason = parent.stop_reason or ending.status_reason
+        attempt.stopped_at = ending.stopped_at or self._now()
         attempt.exit_code, attempt.reason, attempt.status_reason = exit_code, reason, status_reason
+        attempt.timed_out, attempt.lost, attempt.terminated = timed_out, ending.lost, parent.is_terminated
         parent.ending = None
         self._feed(AttemptEnded(self._event_id(), parent.job_id))
         for child in self._children(parent):  # holds re-created per node after a head restart
             self._feed(AttemptEnded(self._event_id(), child.job_id))
-        if exit_code == 0 and reason is None and parent.stop_reason is None and status_reason != TIMEOUT_REASON:
+        held = self._gang_holds.pop(parent.job_id, None)
+        if attempt_succeeded(exit_code, reason, timed_out=timed_out, terminated=parent.stop_reason is not None):
             self._move(parent, JobEvent.SUCCEEDED, EXITED_REASON)
-        elif should_retry(parent, exit_code, reason, status_reason):
+        elif should_retry(parent, exit_code, reason, status_reason, timed_out=timed_out):
             parent.started_at = None
             self._move(parent, JobEvent.ATTEMPT_FAILED_RETRY, status_reason)
-            self._seq += 1
-            self._feed(self._runnable(parent, self._seq))
+            hold_s = 0.0
+            if ending.lost_attempt is not None:
+                # Its deadline, or (the head restarted meanwhile) a whole fence from now.
+                hold_s = held - self._mono() if held is not None else self._fence_hold_s(ending.lost_attempt.node)
+            if ending.lost_attempt is not None and hold_s > 0:
+                self._hold_for_fence(parent, ending.lost_attempt, hold_s)
+            else:
+                self._seq += 1
+                self._feed(self._runnable(parent, self._seq))
         else:
             parent.stopped_at = attempt.stopped_at
             self._move(parent, JobEvent.ATTEMPT_FAILED_FINAL, status_reason)
 
     # ------------------------------------------------------------ agent reports
+    def handle(self, node: str, msg: p.AgentMessage) -> None:
+        """Serve one message from a registered node, contained: a handler that raises fails only
+        what the message is about (``message_failed``), never the head."""
+        try:
+            self._inject(msg)
+            match msg:
+                case p.AgentHeartbeat():
+                    self.on_heartbeat(node, msg)
+                case p.AttemptStarted():
+                    self.on_started(node, msg)
+                case p.AttemptExited():
+                    self.on_exited(node, msg)
+                case p.LogChunk():
+                    self.on_log(msg)
+                case p.LaunchRequest():
+                    self.on_launch_request(node, msg)
+                case p.ImagesCached():
+                    self.on_images(node, msg)
+                case p.TaskExited():
+                    self.on_task_exited(node, msg)
+        except HpcbatchError:
+            # The store is away (docs/ha.md), not this message at fault: it is not counted
+            # against the message (the agent sends it again); the caller logs and drops it.
+            raise
+        except Exception as exc:  # one message's failure is that message's, not the process's
+            self.message_failed(node, msg, exc)
+            return
+        job_id, attempt_id = _message_ids(msg)
+        self.faults.served(node, msg.__struct_config__.tag, attempt_id or job_id)
+
+    def _inject(self, msg: p.Message) -> None:
+        """The test-only fault hook (``RAISE_ON_ENV``): raise on the chosen kind of message and job."""
+        if self._injection is not None:
+            job_id, _ = _message_ids(msg)
+            job = self.jobs.get(job_id)
+            self._injection.check(msg.__struct_config__.tag, job_id, job.job_name if job is not None else None)
+
+    def message_failed(self, node: str, msg: p.Message, exc: BaseException) -> None:
+        """A handler raised on ``msg`` from ``node``: log it with the message's type and ids, and
+        do what hpcbatch.head.faults decides (fail its attempt, refuse it, set it aside, drop it)."""
+        kind = str(msg.__struct_config__.tag)
+        job_id, attempt_id = _message_ids(msg)
+        cause = f"{type(exc).__name__}: {exc}"
+        decided = self.faults.failure(node, kind, attempt_id or job_id)
+        tries = self.faults.tries.get((node, kind, attempt_id or job_id), 0)
+        log.error("node %s: the head failed on a %r message (job %s, attempt %s), try %d: %s", node, kind,
+                  job_id or "-", attempt_id or "-", tries, cause, exc_info=exc)
+        try:
+            if decided in (Outcome.QUARANTINE_AND_FAIL, Outcome.QUARANTINE):
+                info = self.nodes.setdefault(node, NodeInfo(facts=None))
+                if self.faults.set_aside(info.quarantined, Quarantined(kind, job_id, attempt_id, tries, cause,
+                                                                       self._now())):
+                    log.error("node %s: %r message of job %s, attempt %s quarantined after %d tries", node, kind,
+                              job_id or "-", attempt_id or "-", tries)
+            if decided is Outcome.QUARANTINE_AND_FAIL:
+                self._outbox.append((node, p.AckExits(attempt_ids=[attempt_id])))  # the agent stops resending it
+                self._fail_attempt(node, job_id, attempt_id,
+                                   f"The head could not process the attempt's exit report ({tries} tries): {cause}")
+            elif decided is Outcome.FAIL_AND_KILL:
+                self._outbox.append((node, p.KillAttempt(attempt_id=attempt_id, reason=cause, grace_s=0)))
+                self._fail_attempt(node, job_id, attempt_id, f"The head could not process the attempt's start: {cause}")
+            elif decided is Outcome.REFUSE and isinstance(msg, p.LaunchRequest | p.TaskExited):
+                to = node if isinstance(msg, p.LaunchRequest) else msg.origin
+                self._outbox.append((to, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause)))
+        except Exception:  # failing the attempt failed too: it stays as it is; the log says why
+            log.exception("node %s: could not fail the attempt of a %r message (job %s, attempt %s)", node, kind,
+                          job_id or "-", attempt_id or "-")
+        self.request_step()
+
+    def _fail_attempt(self, node: str, job_id: str, attempt_id: str, reason: str) -> None:
+        """End the attempt a failed message was about, FAILED with ``reason`` (never retried:
+        its command may have run to completion, and running it again is not ours to decide)."""
+        job = self._current(node, job_id, attempt_id)
+        if job is None:
+            return
+        self._finish_attempt(job, None, None, reason, retry=False)
+
+    def _reconcile(self, name: str, node: NodeInfo, listed: list[str]) -> None:
+        """Anti-entropy (hpcbatch.model.reconcile): the heartbeat's running set against the head's view."""
+        expected: dict[str, bool] = {}
+        jobs: dict[str, JobRecord] = {}
+        for job_id in node.jobs:
+            job = self.jobs.get(job_id)
+            attempt = job.current_attempt if job is not None else None
+            if job is not None and attempt is not None and attempt.node == name:
+                expected[attempt.attempt_id] = job.status is JobStatus.STARTING
+                jobs[attempt.attempt_id] = job
+        if not expected and not listed:
+            return
+        decided = reconcile(expected, listed, node.missing, self._reconcile_after)
+        node.missing = dict(decided.misses)
+        for attempt_id in decided.kill:
+            log.warning("node %s runs attempt %s, which the head has ended: killing it", name, attempt_id[:8])
+            self._outbox.append((name, p.KillAttempt(attempt_id=attempt_id, reason="Attempt is no longer current",
+                                                     grace_s=0)))
+        for attempt_id in decided.started:  # its AttemptStarted was lost, or is behind
+            self._mark_started(jobs[attempt_id], self._now())
+        for attempt_id in decided.ask:
+            job = jobs[attempt_id]
+            attempt = job.current_attempt
+            assert attempt is not None
+            log.info("node %s has not listed attempt %s of job %s for %d heartbeats: asking", name,
+                     attempt_id[:8], job.job_id, decided.misses[attempt_id])
+            self._outbox.append((name, self._start_message(job, attempt)))
+        for attempt_id in decided.lost:
+            job = jobs[attempt_id]
+            missed = node.missing.pop(attempt_id, 0)
+            log.warning("node %s: attempt %s of job %s unlisted for %d heartbeats and unreported: lost", name,
+                        attempt_id[:8], job.job_id, missed)
+            self._finish_attempt(
+                job, None, None, f"Attempt lost: the agent on {name} has not listed it for {missed} heartbeats",
+                lost=True,
+            )
+        if decided.kill or decided.started or decided.ask or decided.lost:
+            self.request_step()
+
     def _current(self, node: str, job_id: str, attempt_id: str) -> JobRecord | None:
         job = self.jobs.get(job_id)
         if job is None:
@@ -812,15 +1019,19 @@ class Engine:
     def on_exited(self, node: str, msg: p.AttemptExited) -> None:
         """An attempt ended; acknowledged once the outcome is committed."""
         job = self._current(node, msg.job_id, msg.attempt_id)
-        hold = self._fence_holds.get(msg.job_id)
-        if hold is not None and hold.attempt_id == msg.attempt_id:  # the lost attempt ended: retry now
-            self._release_fence(msg.job_id)
+        held_id = msg.job_id if msg.job_id in self._fence_holds else split_child_id(msg.job_id)[0]
+        hold = self._fence_holds.get(held_id)
+        if job is None and self._late_exit(node, msg):
+            pass  # a lost attempt's real end: the job takes it, nothing runs again
+        elif hold is not None and hold.attempt_id == msg.attempt_id:  # the lost attempt ended: retry now
+            self._release_fence(held_id)
         if job is not None:
             attempt = job.current_attempt
             assert attempt is not None
             if attempt.started_at is None and msg.started_at is not None:
                 self._mark_started(job, msg.started_at)
-            self._finish_attempt(job, msg.exit_code, msg.reason, msg.status_reason, msg.stopped_at)
+            self._finish_attempt(job, msg.exit_code, msg.reason, msg.status_reason, msg.stopped_at,
+                                 lost=msg.lost, timed_out=msg.timed_out)
         self._outbox.append((node, p.AckExits(attempt_ids=[msg.attempt_id])))
         self.request_step()
 
@@ -833,10 +1044,16 @@ class Engine:
         stopped_at: int | None = None,
         lost: bool = False,
         hold_s: float = 0.0,
+        timed_out: bool = False,
+        retry: bool = True,
     ) -> None:
-        """``hold_s``: a retry waits this long for the (lost) node to fence the attempt."""
+        """``hold_s``: a retry waits this long for the (lost) node to fence the attempt;
+        ``retry=False``: the job fails whatever its retry strategy says."""
         if job.parent_id is not None:
-            self._child_ended(job, exit_code, reason, status_reason, stopped_at, lost)
+            if lost and job.parent_id not in self._gang_holds:
+                # The try ends; its retry waits for this node's fence as a single job's would.
+                self._gang_holds[job.parent_id] = self._mono() + hold_s
+            self._child_ended(job, exit_code, reason, status_reason, stopped_at, lost, timed_out)
             return
         attempt = job.current_attempt
         assert attempt is not None
@@ -844,18 +1061,30 @@ class Engine:
         attempt.stopped_at = stopped_at or now
         attempt.exit_code = exit_code
         attempt.reason = reason
+        attempt.timed_out, attempt.lost = timed_out, lost
+        attempt.terminated = job.stop_reason is not None  # terminate() sets it on an active job
         if job.stop_reason is not None:  # terminated: the caller's reason is the story
             status_reason = job.stop_reason
         attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
         self._release(attempt.node, job.job_id)
         self._feed(AttemptEnded(self._event_id(), job.job_id))
-        if exit_code == 0 and reason is None and job.stop_reason is None and status_reason != TIMEOUT_REASON:
+        self._decide(job, attempt, status_reason, hold_s, retry)
+
+    def _decide(
+        self, job: JobRecord, attempt: Attempt, status_reason: str | None, hold_s: float = 0.0, retry: bool = True,
+    ) -> None:
+        """The job's next state after ``attempt`` (its last) ended: success, retry (maybe held), or failure.
+
+        ``status_reason``: the reported one, which evaluateOnExit's ``onStatusReason`` matches.
+        """
+        if attempt_succeeded(attempt.exit_code, attempt.reason, timed_out=attempt.timed_out,
+                             terminated=attempt.terminated):
             self._move(job, JobEvent.SUCCEEDED, EXITED_REASON)
-        elif should_retry(job, exit_code, reason, status_reason):
+        elif retry and should_retry(job, attempt.exit_code, attempt.reason, status_reason, timed_out=attempt.timed_out):
             job.started_at = None
             self._move(job, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
             if hold_s > 0:
-                self._hold_for_fence(job, attempt, hold_s)
+                self._hold_for_fence(job, FenceHold(node=attempt.node, attempt_id=attempt.attempt_id), hold_s)
             else:
                 self._seq += 1
                 self._feed(self._runnable(job, self._seq))
@@ -1018,7 +1247,7 @@ class Engine:
         reported = set()
         for running in msg.running:
             reported.add(running.job_id)
-            job = self._current(name, running.job_id, running.attempt_id)
+            job = self._current(name, running.job_id, running.attempt_id) or self._adopt(name, running)
             if job is None:
                 self._outbox.append((name, p.KillAttempt(attempt_id=running.attempt_id, reason="Attempt is no longer current", grace_s=0)))
                 continue
@@ -1056,6 +1285,68 @@ class Engine:
         }
         return p.Welcome(head_id="", heartbeat_interval_s=0, liveness=0, log_offsets=offsets)
 
+    def _lost_attempt(self, node: str, job_id: str, attempt_id: str) -> tuple[JobRecord, Attempt] | None:
+        """The job whose last attempt (on ``node``) the head gave up as lost and whose retry has not started."""
+        job = self.jobs.get(job_id)
+        if job is None or job.status is not JobStatus.RUNNABLE or job.parent_id is not None or job.is_gang:
+            return None
+        attempt = job.attempts[-1] if job.attempts else None
+        if attempt is None or attempt.attempt_id != attempt_id or attempt.node != node or not attempt.lost:
+            return None
+        return job, attempt
+
+    def _adopt(self, name: str, running: p.RunningAttempt) -> JobRecord | None:
+        """A lost attempt runs after all (its node came back within the fence): it is the job's again.
+
+        At most once: the retry has not started (the job is still RUNNABLE with this attempt
+        last), so the job goes on with the attempt it already runs instead of a second one.
+        """
+        found = self._lost_attempt(name, running.job_id, running.attempt_id)
+        if found is None:
+            return None
+        job, attempt = found
+        attempt.stopped_at = attempt.exit_code = attempt.reason = attempt.status_reason = None
+        attempt.lost = False
+        attempt.started_at = attempt.started_at or running.started_at
+        job.started_at = attempt.started_at
+        self._move(job, JobEvent.ADOPTED, None)  # the scheduler learns it from the node's allocations
+        log.info("job %s: lost attempt %s runs on %s after all; adopted, no retry", job.job_id,
+                 attempt.attempt_id[:8], name)
+        return job
+
+    def _late_exit(self, node: str, msg: p.AttemptExited) -> bool:
+        """A lost attempt's real exit, reported before its retry started: that outcome stands.
+
+        Only an exit the command itself made (an exit code, or the timeout) counts; one that
+        the fence or an unknown end made leaves the attempt lost, and its retry runs.
+        """
+        found = self._lost_attempt(node, msg.job_id, msg.attempt_id)
+        if found is None or msg.lost or msg.fenced or (msg.exit_code is None and not msg.timed_out):
+            return False
+        job, attempt = found
+        self._drop_hold(job)
+        self._feed(JobWithdrawn(self._event_id(), job.job_id))  # its retry, if it was queued already
+        attempt.exit_code, attempt.reason, attempt.lost, attempt.timed_out = msg.exit_code, msg.reason, False, msg.timed_out
+        attempt.started_at = attempt.started_at or msg.started_at
+        attempt.stopped_at = msg.stopped_at
+        attempt.status_reason = msg.status_reason or (EXITED_REASON if msg.exit_code is not None else msg.reason)
+        job.started_at = attempt.started_at
+        log.info("job %s: lost attempt %s ended on %s with exit %s; taking that result", job.job_id,
+                 attempt.attempt_id[:8], node, msg.exit_code)
+        if attempt_succeeded(attempt.exit_code, attempt.reason, timed_out=attempt.timed_out, terminated=False):
+            job.stopped_at = attempt.stopped_at
+            self._move(job, JobEvent.LOST_ATTEMPT_SUCCEEDED, EXITED_REASON)
+        elif should_retry(job, attempt.exit_code, attempt.reason, msg.status_reason, timed_out=attempt.timed_out):
+            job.started_at = None
+            job.status_reason = attempt.status_reason
+            self._touch(job)
+            self._seq += 1
+            self._feed(self._runnable(job, self._seq))
+        else:
+            job.stopped_at = attempt.stopped_at
+            self._move(job, JobEvent.LOST_ATTEMPT_FAILED, attempt.status_reason)
+        return True
+
     def on_images(self, name: str, msg: p.ImagesCached) -> None:
         info = self.nodes.get(name)
         if info is not None:
@@ -1071,6 +1362,8 @@ class Engine:
         node = self.nodes.get(name)
         if node is not None:
             node.last_heartbeat_at = self._now()
+            if msg is not None and node.facts is not None and node.state != "DOWN":
+                self._reconcile(name, node, msg.running)
             if msg is not None:
                 node.gpu_utilization = msg.gpu_utilization
             if msg is not None and (msg.gpu_usage or msg.unhealthy_gpus.keys() - node.gpu_unhealthy.keys()):
@@ -1134,38 +1427,61 @@ class Engine:
         fence = max(self._fence_after_s, reported)
         return retry_hold_s(fence, self._heartbeat_s) if fence > 0 else 0.0
 
-    def _hold_for_fence(self, job: JobRecord, attempt: Attempt, hold_s: float) -> None:
-        """Keep ``job`` RUNNABLE but away from the scheduler until ``attempt`` is surely dead."""
+    def _hold_for_fence(self, job: JobRecord, lost: FenceHold, hold_s: float) -> None:
+        """Keep ``job`` RUNNABLE but away from the scheduler until the ``lost`` attempt is surely dead."""
         old = self._fence_holds.pop(job.job_id, None)
         if old is not None and old.timer is not None:
             old.timer.cancel()
-        hold = FenceHold(attempt.node, attempt.attempt_id)
-        hold.timer = asyncio.get_running_loop().call_later(hold_s, self._fence_expired, job.job_id)
+        now = self._mono()
+        hold = _HeldRetry(lost.node, lost.attempt_id, deadline=now + hold_s)
         self._fence_holds[job.job_id] = hold
-        job.status_reason = FENCE_WAIT_REASON.format(node=attempt.node)
+        self._arm(job.job_id, hold)
+        job.fence_hold = lost
+        job.status_reason = FENCE_WAIT_REASON.format(node=lost.node)
         self._touch(job)
-        log.info("job %s: retry held %.0f s for node %s to fence attempt %s", job.job_id, hold_s, attempt.node,
-                 attempt.attempt_id[:8])
+        log.info("job %s: retry held %.0f s for node %s to fence attempt %s", job.job_id, hold_s, lost.node,
+                 lost.attempt_id[:8])
 
-    def _fence_expired(self, job_id: str) -> None:
-        hold = self._fence_holds.get(job_id)
-        if hold is None:
+    def _arm(self, job_id: str, hold: _HeldRetry) -> None:
+        """Wake ``expire_fences`` at the hold's deadline (a timer is only a wake-up; the clock decides)."""
+        if hold.timer is not None:
+            hold.timer.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven by hand (tests): they call expire_fences
+            hold.timer = None
             return
-        if hold.still_running:  # the node said it still ran it: wait for its exit, or a whole fence more
-            hold.still_running = False
-            hold.timer = asyncio.get_running_loop().call_later(
-                self._fence_hold_s(hold.node), self._fence_expired, job_id
-            )
-            return
-        self._release_fence(job_id)
+        hold.timer = loop.call_later(max(0.0, hold.deadline - self._mono()) + 0.001, self.expire_fences)
 
-    def _release_fence(self, job_id: str) -> None:
-        hold = self._fence_holds.pop(job_id, None)
+    def expire_fences(self) -> None:
+        """Release every held retry whose fence time has passed (called by its timer, and on every tick)."""
+        now = self._mono()
+        for job_id, hold in list(self._fence_holds.items()):
+            deadline = next_hold_deadline(now, hold.deadline, hold.still_running, self._fence_hold_s(hold.node))
+            if deadline is None:
+                self._release_fence(job_id)
+            elif deadline != hold.deadline:  # it still ran when its node came back: a whole fence more
+                hold.deadline, hold.still_running = deadline, False
+                self._arm(job_id, hold)
+
+    def _drop_hold(self, job: JobRecord) -> None:
+        """Forget ``job``'s held retry (it left RUNNABLE, or its retry is released)."""
+        job.fence_hold = None
+        hold = self._fence_holds.pop(job.job_id, None)
         if hold is not None and hold.timer is not None:
             hold.timer.cancel()
+
+    def _release_fence(self, job_id: str) -> None:
+        hold = self._fence_holds.get(job_id)
         job = self.jobs.get(job_id)
-        if hold is None or job is None or job.status is not JobStatus.RUNNABLE:
-            return  # cancelled or terminated meanwhile
+        if job is None or job.status is not JobStatus.RUNNABLE:  # cancelled or terminated meanwhile
+            self._fence_holds.pop(job_id, None)
+            if hold is not None and hold.timer is not None:
+                hold.timer.cancel()
+            return
+        self._drop_hold(job)
+        if hold is None:
+            return
         job.status_reason = job.attempts[-1].status_reason if job.attempts else None
         self._touch(job)
         self._seq += 1
@@ -1226,6 +1542,7 @@ class Engine:
 
     def tick(self) -> None:
         """Let the scheduler see time pass (share decay, jobStateTimeLimitActions) with no other event."""
+        self.expire_fences()
         self._feed(Tick(self._event_id(), self._now() / 1000))
 
     def job_queue_removed(self, name: str) -> None:

@@ -15,6 +15,10 @@ Cutting a node off at once (``revoke``): a ROUTER cannot close one peer, so the 
 closes its socket and binds a new one on the same endpoint. Every connection drops; the
 other agents reconnect within ~100 ms and pass ZAP again, the revoked key does not.
 
+Containment: every message is handed to the engine guarded (``Engine.handle``): a handler
+that raises fails that message's attempt or request, is logged with the message's type and
+ids, and a report that keeps failing is quarantined; the loop goes on with the next message.
+
 Delivery: ``ROUTER_MANDATORY`` tells a send to a gone connection from a sent message.
 A message for a node with no live connection is held (bounded) and sent when the node
 next speaks, so a ``StartAttempt`` survives a reconnect; held messages are dropped when
@@ -193,7 +197,10 @@ class Fleet:
                 raise
             finally:
                 self._recv = None
-            self._handle(frames)
+            try:
+                self._handle(frames)
+            except Exception:  # the engine contains its handlers; this is the fleet's own last guard
+                log.exception("dropping a message the fleet could not handle")
 
     def _handle(self, frames: list[Any]) -> None:
         if len(frames) != 2:
@@ -232,8 +239,15 @@ class Fleet:
             if msg.node.name != node:
                 log.error("refused: the agent with the key of node %s registered as %s", node, msg.node.name)
                 return
+            try:
+                welcome = engine.on_register(node, msg)
+            except HpcbatchError as exc:  # the store is away: the node registers again later
+                log.error("node %s: Register not handled: %s", node, exc.message)
+                return
+            except Exception as exc:  # contained: the node registers again, the head lives on
+                engine.message_failed(node, msg, exc)
+                return
             self._registered.add(node)
-            welcome = engine.on_register(node, msg)
             if welcome is not None:
                 welcome.head_id = self._head_id
                 welcome.heartbeat_interval_s = self._interval
@@ -246,27 +260,9 @@ class Fleet:
             self.send(node, p.Reregister())
             return
         try:
-            self._dispatch(node, msg)
+            self._engine.handle(node, msg)  # guarded per message: a failing handler fails that message's attempt
         except HpcbatchError as exc:  # the store is away (docs/ha.md): this message is lost, not the head
             log.error("node %s: %s not handled: %s", node, type(msg).__name__, exc.message)
-
-    def _dispatch(self, node: str, msg: p.Message) -> None:
-        engine = self._engine
-        match msg:
-            case p.AgentHeartbeat():
-                engine.on_heartbeat(node, msg)
-            case p.AttemptStarted():
-                engine.on_started(node, msg)
-            case p.AttemptExited():
-                engine.on_exited(node, msg)
-            case p.LogChunk():
-                engine.on_log(msg)
-            case p.LaunchRequest():
-                engine.on_launch_request(node, msg)
-            case p.ImagesCached():
-                engine.on_images(node, msg)
-            case p.TaskExited():
-                engine.on_task_exited(node, msg)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -287,7 +283,10 @@ class Fleet:
                         continue
                 if now - seen > deadline:
                     self._forget(name)
-                    self._engine.node_lost(name, now - seen)
+                    try:
+                        self._engine.node_lost(name, now - seen)
+                    except Exception:  # one node's bookkeeping must not stop the heartbeats of all
+                        log.exception("failing the attempts of lost node %s failed", name)
 
     def _forget(self, name: str) -> None:
         self._registered.discard(name)

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from hpcbatch.head.engine import Engine
 from hpcbatch.head.service import BatchService
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
@@ -37,7 +38,7 @@ class _StateCollector(Collector):
     def __init__(self, service: BatchService) -> None:
         self._service = service
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         service = self._service
         engine = service.engine
         jobs = GaugeMetricFamily("hpcbatch_jobs", "Jobs by queue and state (as ListJobs counts them)", labels=["queue", "status"])
@@ -98,6 +99,32 @@ class _StateCollector(Collector):
             for gpu, value in sorted(info.gpu_utilization.items()):
                 busy.add_metric([name, gpu], value)
         yield busy
+        yield from _fault_metrics(engine)
+
+
+def _fault_metrics(engine: Engine) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Fault containment (hpcbatch.head.engine): agent messages the head failed on, and set aside."""
+    failed = CounterMetricFamily(
+        "hpcbatch_agent_messages_failed", "Agent messages whose handler failed (each try counts), by type",
+        labels=["type"],
+    )
+    for kind, n in sorted(engine.faults.failed.items()):
+        failed.add_metric([kind], n)
+    yield failed
+    quarantined = CounterMetricFamily(
+        "hpcbatch_agent_messages_quarantined", "Agent messages set aside after failing repeatedly, by type",
+        labels=["type"],
+    )
+    for kind, n in sorted(engine.faults.quarantined.items()):
+        quarantined.add_metric([kind], n)
+    yield quarantined
+    held = GaugeMetricFamily(
+        "hpcbatch_node_quarantined_messages", "Messages from the node the head has set aside (hpcbatch nodes list)",
+        labels=["node"],
+    )
+    for name, info in sorted(engine.nodes.items()):
+        held.add_metric([name], len(info.quarantined))
+    yield held
 
 
 class HeadMetrics:

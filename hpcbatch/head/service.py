@@ -1021,6 +1021,10 @@ class BatchService:
                     "runningJobs": sorted(j for j in info.jobs if self._shown_job_id(j, caller) == j),
                     "lastHeartbeatAt": info.last_heartbeat_at,
                     "agentVersion": facts.agent_version if facts else None,
+                    "quarantinedMessages": [  # hpcbatch.head.engine: reports the head set aside
+                        {"type": q.kind, "jobId": q.job_id, "attemptId": q.attempt_id, "tries": q.tries,
+                         "error": q.error, "at": q.at} for q in info.quarantined
+                    ],
                 }
             )
         return {"nodes": nodes}

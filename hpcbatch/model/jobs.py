@@ -18,7 +18,6 @@ from hpcbatch.model.lifecycle import JobStatus
 
 DEFAULT_VCPUS = 1.0
 DEFAULT_MEMORY_MIB = 512
-TIMEOUT_REASON = "Job attempt duration exceeded timeout"
 
 
 class ResourceRequest(msgspec.Struct, frozen=True):
@@ -55,6 +54,33 @@ class Attempt(msgspec.Struct, kw_only=True):
     status_reason: str | None = None
     gpus: list[str] = []  # the node's GPU ids (UUIDs) this attempt holds, exclusively
     gpu_usage: list[GpuUsageSummary] = []  # NVML nodes only: latest and peak per GPU
+    # How it ended, as facts (the reasons above are for people): recovery and retry read these.
+    timed_out: bool = False  # attemptDurationSeconds ran out (never retried)
+    lost: bool = False  # the head gave it up (node lost, not reported, quarantined): how it ended is unknown
+    terminated: bool = False  # ended by TerminateJob
+
+
+class FenceHold(msgspec.Struct, kw_only=True):
+    """A retry held until the lost ``attempt_id`` on ``node`` is surely dead (hpcbatch.fencing).
+
+    Stored on the job, so a restarted head holds the retry again; the deadline itself runs on
+    the head's monotonic clock and is not stored (a restarted head waits a whole fence).
+    """
+
+    node: str
+    attempt_id: str
+
+
+class GangEnding(msgspec.Struct, kw_only=True):
+    """How the current try of a multi-node job ends, once its main node ended (or a node was lost)."""
+
+    exit_code: int | None = None
+    reason: str | None = None
+    status_reason: str | None = None
+    stopped_at: int | None = None
+    timed_out: bool = False
+    lost: bool = False
+    lost_attempt: FenceHold | None = None  # the part lost with its node: the retry waits for its fence
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -100,7 +126,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     node_index: int | None = None
     hosts: list[str] = []  # parent: the nodes of the current try, in index order
     launch_secret: str = ""  # parent: authorizes launcher-bridge requests of the current try
-    ending: dict[str, Any] | None = None  # parent: how the current try ends, once decided
+    ending: GangEnding | None = None  # parent: how the current try ends, once decided
     # Array jobs: the parent keeps counts; children JOBID:i get a record only once placed.
     array_size: int | None = None  # set on an array parent
     array_next: int = 0  # parent: indexes below this have (or had) a record
@@ -113,6 +139,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     # Fair share (a queue with a scheduling policy): the share it counts against, its order in it.
     share_identifier: str | None = None
     scheduling_priority: int | None = None  # job definition's, or schedulingPriorityOverride
+    fence_hold: FenceHold | None = None  # RUNNABLE: its retry waits for a lost node to fence the last attempt
 
     @property
     def is_gang(self) -> bool:
@@ -194,7 +221,7 @@ def _glob(pattern: str, value: str | None) -> bool:
 
 
 def should_retry(
-    job: JobRecord, exit_code: int | None, reason: str | None, status_reason: str | None
+    job: JobRecord, exit_code: int | None, reason: str | None, status_reason: str | None, *, timed_out: bool = False
 ) -> bool:
     """Decide RETRY or EXIT for an attempt that did not succeed (AWS evaluateOnExit rules).
 
@@ -202,7 +229,7 @@ def should_retry(
     is retried (AWS's documented default). Attempts are capped by retryStrategy.attempts.
     Cancelled, terminated and timed-out attempts are never retried.
     """
-    if job.is_cancelled or job.is_terminated or status_reason == TIMEOUT_REASON:
+    if job.is_cancelled or job.is_terminated or timed_out:
         return False
     if len(job.attempts) >= job.retry_attempts:
         return False
@@ -216,6 +243,11 @@ def should_retry(
             continue
         return rule["action"].upper() == "RETRY"
     return True
+
+
+def attempt_succeeded(exit_code: int | None, reason: str | None, *, timed_out: bool, terminated: bool) -> bool:
+    """An attempt succeeds when its command exited 0 on its own: not killed, not timed out, not terminated."""
+    return exit_code == 0 and reason is None and not timed_out and not terminated
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

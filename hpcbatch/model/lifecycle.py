@@ -8,6 +8,11 @@ Rules / theory of operation (AWS Batch semantics):
 * An attempt that ends badly sends the job back to RUNNABLE when ``retryStrategy`` says
   retry and attempts remain; otherwise the job FAILS. Cancel acts only before STARTING;
   terminate acts at any state (a running attempt is killed first and never retried).
+* A lost attempt (its node went silent) sends the job back to RUNNABLE, its retry held
+  until the node has fenced it. When the node comes back still running that attempt, the
+  job is RUNNING again with it (ADOPTED); when it reports the attempt's real exit before
+  the retry started, the job takes that outcome (LOST_ATTEMPT_SUCCEEDED / _FAILED)
+  instead of running the command a second time.
 * SUCCEEDED and FAILED are final: nothing moves a job out of them.
 
 Anything not in ``TRANSITIONS`` is illegal and raises ``IllegalTransition`` naming the
@@ -57,6 +62,9 @@ class JobEvent(StrEnum):
     ARRAY_STARTED = "array_started"  # an array parent waits while its children run
     ARRAY_SUCCEEDED = "array_succeeded"
     ARRAY_FAILED = "array_failed"
+    ADOPTED = "adopted"  # a lost attempt is alive after all, and its retry has not started
+    LOST_ATTEMPT_SUCCEEDED = "lost_attempt_succeeded"  # ... or it ended, and that outcome stands
+    LOST_ATTEMPT_FAILED = "lost_attempt_failed"
 
 
 S, E = JobStatus, JobEvent
@@ -78,6 +86,9 @@ TRANSITIONS: dict[tuple[JobStatus, JobEvent], JobStatus] = {
     (S.RUNNABLE, E.PLACED): S.STARTING,
     (S.RUNNABLE, E.CANCEL): S.FAILED,
     (S.RUNNABLE, E.TERMINATE): S.FAILED,
+    (S.RUNNABLE, E.ADOPTED): S.RUNNING,
+    (S.RUNNABLE, E.LOST_ATTEMPT_SUCCEEDED): S.SUCCEEDED,
+    (S.RUNNABLE, E.LOST_ATTEMPT_FAILED): S.FAILED,
     (S.STARTING, E.STARTED): S.RUNNING,
     # An attempt can end before its "started" report is processed (a very short job, or
     # one that could not start at all), so STARTING accepts every ending.

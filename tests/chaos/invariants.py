@@ -8,6 +8,10 @@ committed.
 * no job ever had two live attempts at once and no attempt started twice (``StartLog``:
   every job appends "JOBID ATTEMPT" to one file as it starts; a line seen twice is a
   duplicate start);
+* no command ran to completion twice (every job appends "JOBID ATTEMPT" to the start log's
+  ``.done`` sibling as its last act; a job id seen twice there is a duplicate completion —
+  chaos loads have no retry strategy, so any second completion is a run the head should
+  not have started);
 * no process of a chaos job is left on any node once its job is final (found by the
   ``CHAOS_TAG`` every chaos job carries in its environment: /proc/PID/environ);
 * every finished job's exit code is the one its command exits with.
@@ -28,10 +32,16 @@ from tests.harness import TestCluster, wait_for
 FINAL = ("SUCCEEDED", "FAILED")
 
 
+def done_log(starts: Path) -> Path:
+    """Where jobs of the start log ``starts`` record that they ran to completion."""
+    return starts.with_name(starts.name + ".done")
+
+
 def job_script(starts: Path, exit_code: int, sleep_s: float = 0) -> list[str]:
-    """A job that records its start, optionally sleeps, and exits ``exit_code``."""
+    """A job that records its start, optionally sleeps, records its completion, and exits ``exit_code``."""
     nap = f"sleep {sleep_s}; " if sleep_s else ""
-    return ["sh", "-c", f'echo "$AWS_BATCH_JOB_ID $AWS_BATCH_JOB_ATTEMPT" >> {starts}; {nap}exit {exit_code}']
+    mark = '"$AWS_BATCH_JOB_ID $AWS_BATCH_JOB_ATTEMPT"'
+    return ["sh", "-c", f"echo {mark} >> {starts}; {nap}echo {mark} >> {done_log(starts)}; exit {exit_code}"]
 
 
 def chaos_env(tag: str) -> list[dict[str, str]]:
@@ -80,6 +90,15 @@ def duplicate_starts(starts: Path) -> list[str]:
         return []
     counts = Counter(line for line in starts.read_text().splitlines() if line.strip())
     return sorted(line for line, n in counts.items() if n > 1)
+
+
+def duplicate_completions(starts: Path) -> list[str]:
+    """Job ids whose command ran to completion more than once (see ``done_log``)."""
+    done = done_log(starts)
+    if not done.exists():
+        return []
+    counts = Counter(line.split()[0] for line in done.read_text().splitlines() if line.strip())
+    return sorted(job for job, n in counts.items() if n > 1)
 
 
 def describe_all(cluster: TestCluster, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -135,6 +154,7 @@ def violations(cluster: TestCluster, acknowledged: dict[str, int], starts: Path,
     return {
         "jobs_lost": lost,
         "duplicate_starts": duplicate_starts(starts),
+        "duplicate_completions": duplicate_completions(starts),
         "orphans": [f"{job}: pids {pids}" for job, pids in live_processes(tag).items()],
         "wrong_exit_codes": wrong_exit,
     }

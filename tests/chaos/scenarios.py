@@ -13,8 +13,8 @@ from pathlib import Path
 
 from hpcbatch.client import Client, HeadUnreachableError
 from hpcbatch.errors import ClientError
-from tests.chaos.invariants import chaos_env, job_script
-from tests.harness import TestCluster
+from tests.chaos.invariants import chaos_env, done_log, job_script
+from tests.harness import TestCluster, wait_for
 
 
 class Load:
@@ -111,3 +111,34 @@ def cut_mgmt_link(cluster: TestCluster, node: str, seconds: float) -> None:
     finally:
         up = cluster.on_node(node, ["ip", "link", "set", MGMT_INTERFACE, "up"])
         assert up.returncode == 0, up.stderr
+
+
+def kill_agent_while_jobs_finish(cluster: TestCluster, node: str, count: int, starts: Path, tag: str,
+                                 sleep_s: float = 3) -> list[str]:
+    """``count`` jobs (with a retry to spare) run on ``node``; its agent is ``kill -9``-ed, the jobs
+    finish while it is down, and it comes back within the fence. Returns the job ids.
+
+    Every other node is drained while the jobs start, so all of them run on ``node``; the
+    drain is lifted before the agent returns, so a retry could start elsewhere if the head
+    (wrongly) wanted one.
+    """
+    others = [n for n in cluster.node_names if n != node]
+    for other in others:
+        cluster.client.call("/hpcbatch/v1/drainnode", {"name": other})
+    try:
+        ids = [cluster.submit(job_script(starts, 0, sleep_s), jobName=f"finishwhiledown{i}",
+                              retryStrategy={"attempts": 2}, containerOverrides={"environment": chaos_env(tag)})
+               for i in range(count)]
+        for job_id in ids:
+            cluster.wait_status(job_id, "RUNNING")
+        cluster.kill(node)
+        wait_for(lambda: cluster.nodes()[node]["state"] == "DOWN", 15, what=f"{node} DOWN")
+        done = done_log(starts)
+        wait_for(lambda: sum(line.split()[0] in ids for line in done.read_text().splitlines()) >= count,
+                 sleep_s + 30, what="the orphans to finish while their agent is down")
+    finally:
+        for other in others:
+            cluster.client.call("/hpcbatch/v1/resumenode", {"name": other})
+    cluster.start_agent(node)
+    cluster.wait_active(timeout=30)
+    return ids

@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from hpcbatch.client import Client
 from hpcbatch.errors import HpcbatchError
 from tests.chaos.invariants import (
     chaos_env,
+    done_log,
+    duplicate_completions,
     duplicate_starts,
     job_script,
     live_attempts,
@@ -33,7 +36,13 @@ from tests.chaos.invariants import (
     violations,
     wait_final,
 )
-from tests.chaos.scenarios import Load, cut_mgmt_link, kill_agent_mid_job, kill_head_rounds
+from tests.chaos.scenarios import (
+    Load,
+    cut_mgmt_link,
+    kill_agent_mid_job,
+    kill_agent_while_jobs_finish,
+    kill_head_rounds,
+)
 from tests.harness import TestCluster, wait_for
 from tests.variants import STORES, make_cluster
 
@@ -47,7 +56,8 @@ FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, tmpfs (CI runs as root)")
 
-NO_VIOLATIONS = {"jobs_lost": [], "duplicate_starts": [], "orphans": [], "wrong_exit_codes": []}
+NO_VIOLATIONS = {"jobs_lost": [], "duplicate_starts": [], "duplicate_completions": [], "orphans": [],
+                 "wrong_exit_codes": []}
 
 
 @pytest.fixture(scope="module", params=STORES)
@@ -63,8 +73,9 @@ def chaos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def fresh(cluster: TestCluster, name: str) -> tuple[Path, str]:
     """A start log and a tag for one round's jobs (world-writable: jobs may run as anyone)."""
     starts = cluster.root / f"{name}-{secrets.token_hex(3)}.starts"
-    starts.touch()
-    starts.chmod(0o666)
+    for log in (starts, done_log(starts)):
+        log.touch()
+        log.chmod(0o666)
     return starts, starts.stem
 
 
@@ -97,6 +108,79 @@ def test_agent_kill9_mid_job(chaos: TestCluster) -> None:
     wait_final(chaos, load.acknowledged, timeout=120)
     wait_for(lambda: not live_processes(tag), 30, what="no process of a finished job")
     assert violations(chaos, load.acknowledged, starts, tag, lost_ok=True) == NO_VIOLATIONS
+
+
+def _agent_reports_orphans_real_exits() -> bool:
+    """The agent re-adopts its orphans and reports their real exits (branch wt-agent-faults)."""
+    import inspect
+
+    from node_agent.runner import Runner
+
+    return "readopt" in inspect.signature(Runner.adopt_orphans).parameters
+
+
+# SQLite only: what is tested is the head's engine and the agent's restart, not the store.
+@pytest.mark.parametrize("chaos", ["sqlite"], indirect=True)
+def test_agent_kill9_while_its_jobs_finish_runs_none_of_them_twice(chaos: TestCluster) -> None:
+    if not _agent_reports_orphans_real_exits():
+        pytest.skip("needs the agent to re-adopt its orphans and report their real exits (wt-agent-faults)")
+    starts, tag = fresh(chaos, "finishwhiledown")
+    # Two jobs: both fit on node1 at once (1 vCPU each), and both run on through the kill.
+    ids = kill_agent_while_jobs_finish(chaos, "node1", 2, starts, tag)
+    jobs = wait_final(chaos, ids, timeout=60)
+    for job in jobs.values():  # the orphan's real exit, taken instead of a second run
+        assert job["status"] == "SUCCEEDED" and len(job["attempts"]) == 1, job
+        assert job["attempts"][0]["container"].get("exitCode") == 0, job
+    assert duplicate_starts(starts) == [] and duplicate_completions(starts) == []
+    wait_for(lambda: not live_processes(tag), 30, what="no process of a finished job")
+
+
+# SQLite only: the fault is injected in the head's engine; the store is not what is tested.
+@pytest.mark.parametrize("chaos", ["sqlite"], indirect=True)
+def test_a_message_the_head_fails_on_fails_its_attempt_and_the_head_lives_on(chaos: TestCluster) -> None:
+    from click.testing import CliRunner
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hpcbatch.cli.main import cli
+    from hpcbatch.head.faults import RAISE_ON_ENV
+
+    chaos.kill("head")
+    chaos.start_head(env={RAISE_ON_ENV: "exited:poison*"})  # test-only: its engine raises on these exits
+    try:
+        chaos.wait_active(timeout=30)
+        starts, tag = fresh(chaos, "poison")
+        env = {"environment": chaos_env(tag)}
+        poison = chaos.submit(job_script(starts, 0), jobName="poison1", retryStrategy={"attempts": 3},
+                              containerOverrides=dict(env))
+        fine = chaos.submit(job_script(starts, 0), jobName="fine1", containerOverrides=dict(env))
+        job = chaos.wait_status(poison, "FAILED", "SUCCEEDED", timeout=60)
+        assert chaos.procs["head"].poll() is None, "the head died on a message"
+        assert job["status"] == "FAILED", job
+        assert "could not process the attempt's exit report" in job["statusReason"], job
+        assert "InjectedFault" in job["statusReason"], job
+        assert len(job["attempts"]) == 1  # not retried: its command ran to its end once
+        assert chaos.wait_status(fine, "SUCCEEDED", "FAILED")["status"] == "SUCCEEDED"
+        # Set aside, and shown where an operator looks.
+        listed = CliRunner().invoke(cli, ["--endpoint", chaos.socket_endpoint, "nodes", "list"],
+                                    catch_exceptions=False).output
+        assert "QUARANTINED" in listed and poison in listed, listed
+        text = urllib.request.urlopen(chaos.endpoint + "/metrics", timeout=10).read().decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        assert samples[("hpcbatch_agent_messages_quarantined_total", (("type", "exited"),))] == 1
+        failed = samples[("hpcbatch_agent_messages_failed_total", (("type", "exited"),))]
+        assert failed >= 3
+        # Acknowledged: the agent stopped resending it (with every heartbeat), so it fails no more.
+        node = job["nodeName"]
+        seen = chaos.nodes()[node]["lastHeartbeatAt"]
+        wait_for(lambda: chaos.nodes()[node]["lastHeartbeatAt"] > seen + 1000, 10, what=f"{node}'s next heartbeats")
+        text = urllib.request.urlopen(chaos.endpoint + "/metrics", timeout=10).read().decode()
+        assert f'hpcbatch_agent_messages_failed_total{{type="exited"}} {failed}' in text
+        assert duplicate_starts(starts) == [] and duplicate_completions(starts) == []
+    finally:
+        chaos.kill("head")
+        chaos.start_head()
+        chaos.wait_active(timeout=30)
 
 
 # SQLite only: a cut link is the agents' and the fleet's business, not the store's.

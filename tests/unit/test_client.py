@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -148,19 +147,20 @@ def test_aws_operations_post_the_keyword_arguments_as_the_body(
 
 
 def test_async_twins_return_futures_and_run_concurrently(stub: StubHead) -> None:
-    def slow(body: dict[str, Any]) -> dict[str, Any]:
-        time.sleep(0.2)
+    # All eight must be in the head at once: a barrier of eight opens only then (no timing).
+    barrier = threading.Barrier(8, timeout=30)
+
+    def together(body: dict[str, Any]) -> dict[str, Any]:
+        barrier.wait()
         return {"jobs": [{"jobId": body["jobs"][0], "status": "RUNNING"}]}
 
-    stub.answers["/v1/describejobs"] = slow
+    stub.answers["/v1/describejobs"] = together
     with Client(stub.endpoint, max_workers=8) as c:
-        start = time.monotonic()
         futures = [c.describe_jobs_async(jobs=[f"j{i}"]) for i in range(8)]
         assert all(isinstance(f, Future) for f in futures)
         ids = [f.result()["jobs"][0]["jobId"] for f in futures]
-        elapsed = time.monotonic() - start
     assert ids == [f"j{i}" for i in range(8)]
-    assert elapsed < 1.0  # 8 x 0.2 s in parallel, not in series
+    assert not barrier.broken  # 8 in parallel, not in series
 
 
 def test_one_thread_keeps_one_keep_alive_connection(stub: StubHead) -> None:

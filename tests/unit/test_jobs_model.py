@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from hpcbatch.model.jobs import (
     DEFAULT_MEMORY_MIB,
     DEFAULT_VCPUS,
-    TIMEOUT_REASON,
     Attempt,
     JobRecord,
     ResourceRequest,
@@ -83,8 +82,9 @@ def retry(
     exit_code: int | None = 1,
     reason: str | None = None,
     status_reason: str | None = None,
+    timed_out: bool = False,
 ) -> bool:
-    return should_retry(job, exit_code, reason, status_reason)
+    return should_retry(job, exit_code, reason, status_reason, timed_out=timed_out)
 
 
 def test_failed_attempt_is_retried_when_no_rule_is_given_and_attempts_remain() -> None:
@@ -240,12 +240,20 @@ def test_timeout_is_not_retried() -> None:
         attempts=[attempt()],
         evaluate_on_exit=[{"action": "RETRY", "onStatusReason": "*"}],
     )
-    assert not retry(job, exit_code=None, reason=None, status_reason=TIMEOUT_REASON)
+    assert not retry(job, exit_code=None, reason=None, status_reason="Job attempt duration exceeded timeout",
+                     timed_out=True)
 
 
 def test_timeout_is_not_retried_even_without_rules() -> None:
     job = record(retry_attempts=10, attempts=[attempt()])
-    assert not retry(job, exit_code=137, status_reason=TIMEOUT_REASON)
+    assert not retry(job, exit_code=137, timed_out=True)
+
+
+def test_the_timeout_is_a_field_not_a_sentence() -> None:
+    # The reason is for people: the same words without the flag are an ordinary failure.
+    job = record(retry_attempts=10, attempts=[attempt()])
+    assert retry(job, exit_code=None, status_reason="Job attempt duration exceeded timeout")
+    assert not retry(job, exit_code=None, status_reason="anything at all", timed_out=True)
 
 
 # --------------------------------------------------------------- merge_container

@@ -39,6 +39,11 @@ LEGAL: dict[tuple[JobStatus, JobEvent], JobStatus] = {
     (S.RUNNABLE, E.PLACED): S.STARTING,
     (S.RUNNABLE, E.CANCEL): S.FAILED,
     (S.RUNNABLE, E.TERMINATE): S.FAILED,
+    # RUNNABLE after a lost attempt, its retry not started: the attempt turned out alive,
+    # or ended, and that stands (at most once: the command does not run again).
+    (S.RUNNABLE, E.ADOPTED): S.RUNNING,
+    (S.RUNNABLE, E.LOST_ATTEMPT_SUCCEEDED): S.SUCCEEDED,
+    (S.RUNNABLE, E.LOST_ATTEMPT_FAILED): S.FAILED,
     # STARTING: sent to a node; an attempt may end before its start is reported.
     (S.STARTING, E.STARTED): S.RUNNING,
     (S.STARTING, E.SUCCEEDED): S.SUCCEEDED,
