@@ -79,6 +79,7 @@ class Head:
         self.service = BatchService(self.store, self.engine, region=config.region, account=config.account_id)
         self.service.private_data = config.private_data
         self.service.allow_privileged_containers = config.allow_privileged_containers
+        self.engine.container_capabilities = config.container_capabilities
         self.service.min_state_time_limit_s = config.min_state_time_limit_s
         self.curve = ensure_keypair(config.curve_secret_key_path, config.curve_public_key_path)
         self.node_keys = NodeKeyRegistry(config.node_keys_path, auto_accept=config.auto_accept_nodes)

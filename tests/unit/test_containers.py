@@ -11,7 +11,7 @@ import pytest
 from hpcbatch.errors import ClientError
 from hpcbatch.head.containers import check_container, container_options
 from hpcbatch.model.jobs import ResourceRequest, resource_request
-from hpcbatch.protocol import ContainerOptions, GpuFacts
+from hpcbatch.protocol import ContainerDevice, ContainerOptions, GpuFacts
 from hpcbatch.scheduler.core import (
     JobQueueChanged,
     JobRunnable,
@@ -26,7 +26,9 @@ from node_agent.containers import (
     Identity,
     Podman,
     container_name,
+    id_maps,
     storage_arguments,
+    subordinate_ids,
 )
 from node_agent.cpu_binding import gpu_local_cpus
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
@@ -142,9 +144,74 @@ def test_run_argv_runs_the_owner_on_the_host_network_with_explicit_ulimits() -> 
     assert argv[argv.index("--workdir") + 1] == CONTAINER_WORK_DIR
 
 
-def test_without_init_the_container_shares_the_host_pid_namespace() -> None:
+def test_only_a_multinode_job_shares_the_host_pid_namespace() -> None:
     argv = _run(Podman("podman"), ContainerOptions())
+    assert "--init" in argv and "--pid" not in argv  # its own, with catatonit as pid 1
+    argv = _run(Podman("podman"), ContainerOptions(), host_pid=True)
     assert argv[argv.index("--pid") + 1] == "host" and "--init" not in argv
+    assert "--cap-drop" in argv  # MPI through the bridge: the node's pids, still no capabilities
+
+
+def test_every_container_has_no_new_privileges_no_capabilities_and_nosuid_mounts() -> None:
+    options = container_options({**AWS, "linuxParameters": {"tmpfs": [
+        {"containerPath": "/t", "size": 8, "mountOptions": ["suid", "dev", "exec"]}]}}, ["CAP_SYS_NICE"])
+    argv = _run(Podman("podman"), options, extra_mounts=["/s/launch.sock"])
+    joined = " ".join(argv)
+    assert "--security-opt no-new-privileges" in joined and argv[argv.index("--cap-drop") + 1] == "all"
+    assert [a for a in argv if a.startswith("--cap-add")] == ["--cap-add=CAP_SYS_NICE"]
+    volumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"]
+    assert volumes and all(v.endswith("nosuid,nodev") for v in volumes), volumes
+    assert "/srv/data:/data:ro,nosuid,nodev" in volumes and "/s/launch.sock:/s/launch.sock:nosuid,nodev" in volumes
+    assert argv[argv.index("--tmpfs") + 1] == "/t:size=8m,exec,nosuid,nodev"
+
+
+def test_the_owner_keeps_its_ids_and_container_root_lands_on_subordinate_ids() -> None:
+    argv = _run(Podman("podman"), ContainerOptions(), subids=(300000, 400000))
+    assert [a for a in argv if a.startswith("--uidmap")] == [
+        "--uidmap=0:300000:1001", "--uidmap=1001:1001:1", "--uidmap=1002:301002:64534"]
+    assert [a for a in argv if a.startswith("--gidmap")] == [
+        "--gidmap=0:400000:27", "--gidmap=27:27:1", "--gidmap=28:400028:973", "--gidmap=1001:1001:1",
+        "--gidmap=1002:401002:64534"]
+    assert "--uidmap" not in " ".join(_run(Podman("podman"), ContainerOptions()))  # subids=None: a root job
+
+
+def test_id_maps_cover_65536_container_ids_and_keep_high_ids_as_themselves() -> None:
+    maps = [tuple(map(int, m.split(":"))) for m in id_maps([5, 70000, 0], 1 << 31)]
+    assert maps == [(0, 0, 1), (1, (1 << 31) + 1, 4), (5, 5, 1), (6, (1 << 31) + 6, 65530), (70000, 70000, 1)]
+    assert sum(n for c, _, n in maps if c < 65536) == 65536
+
+
+def test_subordinate_ids_come_from_etc_subuid_or_the_base(tmp_path: Path) -> None:
+    (tmp_path / "subuid").write_text("alice:100000:65536\nsmall:200000:1000\n1002:500000:65536\n")
+    (tmp_path / "subgid").write_text("alice:100000:65536\n")
+    assert subordinate_ids("alice", 1001, 1001, etc=str(tmp_path)) == (100000, 100000)
+    assert subordinate_ids("bob", 1002, 1002, base=1 << 30, etc=str(tmp_path)) == (500000, (1 << 30) + 65536 * 1002)
+    assert subordinate_ids("small", 7, 7, base=1 << 30, etc=str(tmp_path))[0] == (1 << 30) + 65536 * 7  # too few ids
+    top = subordinate_ids("x", 2**32 - 2, 0)[0] + 65535
+    assert top < 2**32 - 1
+
+
+def test_a_job_without_gpus_gets_no_nvidia_device_even_one_its_definition_names(tmp_path: Path) -> None:
+    from node_agent.containers import container_launch
+    from node_agent.runner import AttemptSpec
+
+    (tmp_path / "nvidia0").touch()
+    podman = Podman("podman", dev_root=str(tmp_path))
+    podman._cdi = False
+    argv = _run(podman, ContainerOptions())
+    assert not [a for a in argv if "nvidia" in a]
+    named = ContainerOptions(devices=[ContainerDevice(host_path="/dev/nvidia0")])
+    spec = AttemptSpec("a1", "j", 1, ["true"], {}, 1, 64, image="img", container=named)
+    out = container_launch(podman, spec, ["true"], {"NVIDIA_VISIBLE_DEVICES": "void"}, None, str(tmp_path), str(tmp_path))
+    assert isinstance(out, str) and out.startswith("CannotStartContainerError: linuxParameters.devices names /dev/nvidia0")
+
+
+def test_container_capabilities_in_the_head_config_are_checked() -> None:
+    from hpcbatch.head.containers import check_capabilities
+
+    assert check_capabilities(["sys_nice", "CAP_IPC_LOCK"], "f") == ["CAP_SYS_NICE", "CAP_IPC_LOCK"]
+    with pytest.raises(ClientError, match="container_capabilities: 'CAP_ROOT' is not a Linux capability"):
+        check_capabilities(["CAP_ROOT"], "head config x: container_capabilities")
 
 
 def test_fabric_and_gpu_devices_are_passed_in(tmp_path: Path) -> None:
