@@ -325,3 +325,31 @@ def test_a_gpu_container_job_is_bound_to_its_gpus_cpus_with_cpuset(tmp_path: Pat
     assert not any("taskset" in a for a in run)
     unbound = _run(Podman("podman"), ContainerOptions())
     assert not any(a.startswith("--cpuset-cpus") for a in unbound)
+
+
+def test_head_config_container_capabilities_as_docs_containers_md_writes_them(tmp_path: Path) -> None:
+    from hpcbatch.head.config import load_head_config
+
+    path = tmp_path / "head.toml"
+    path.write_text(f'state_dir = "{tmp_path}"\nallow_privileged_containers = false\n'
+                    'container_capabilities = ["CAP_NET_BIND_SERVICE"]\n')
+    assert load_head_config(path).container_capabilities == ["CAP_NET_BIND_SERVICE"]
+    path.write_text(f'state_dir = "{tmp_path}"\ncontainer_capabilities = ["CAP_EVERYTHING"]\n')
+    with pytest.raises(ClientError, match="container_capabilities: 'CAP_EVERYTHING' is not a Linux capability"):
+        load_head_config(path)
+    path.write_text(f'state_dir = "{tmp_path}"\n')
+    assert load_head_config(path).container_capabilities == []
+    opts = container_options(AWS, load_head_config(path).container_capabilities)
+    assert opts.capabilities == [] and "--cap-add" not in " ".join(_run(Podman("podman"), opts))
+
+
+def test_the_agent_config_bounds_container_subid_base(tmp_path: Path) -> None:
+    key = tmp_path / "head.key"
+    key.write_text("k")
+    config = tmp_path / "agent.toml"
+    base = f'name = "n1"\nhead = "tcp://h:1"\nstate_dir = "{tmp_path}"\nhead_public_key = "{key}"\n'
+    config.write_text(base + "container_subid_base = 2147483648\n")
+    assert load_agent_config(config).container_subid_base == 1 << 31
+    config.write_text(base + "container_subid_base = 0\n")  # container root would be host root
+    with pytest.raises(ConfigError, match="container_subid_base must be between 65536 and 2147483648"):
+        load_agent_config(config)
