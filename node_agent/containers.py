@@ -380,18 +380,19 @@ def id_maps(keep: Sequence[int], base: int) -> list[str]:
 
     Container ids 0..65535 land on host ids ``base``..``base+65535`` (unprivileged: container
     root is not host root), except the ids in ``keep`` (the owner's uid, or gid and groups),
-    which map to themselves, also above 65535.
+    which map to themselves, also above 65535. A kept id inside the host range leaves a hole
+    there (no host id is mapped twice: the kernel refuses that).
 
     >>> id_maps([1001], 200000)
     ['0:200000:1001', '1001:1001:1', '1002:201002:64534']
     """
-    argv, start = [], 0
-    for k in sorted(set(keep)):
-        if k < SUBID_COUNT:
-            if k > start:
-                argv.append(f"{start}:{base + start}:{k - start}")
-            start = k + 1
-        argv.append(f"{k}:{k}:1")
+    kept = sorted(set(keep))
+    holes = {k for k in kept if k < SUBID_COUNT} | {k - base for k in kept if base <= k < base + SUBID_COUNT}
+    argv, start = [f"{k}:{k}:1" for k in kept], 0
+    for h in sorted(holes):
+        if h > start:
+            argv.append(f"{start}:{base + start}:{h - start}")
+        start = h + 1
     if start < SUBID_COUNT:
         argv.append(f"{start}:{base + start}:{SUBID_COUNT - start}")
     return sorted(argv, key=lambda m: int(m.split(":", 1)[0]))
@@ -415,7 +416,8 @@ def _subid(path: Path, user: str, own: int, base: int) -> int:
     for line in lines:
         name, _, rest = line.strip().partition(":")
         start, _, count = rest.partition(":")
-        if name in (user, str(own)) and start.isdigit() and count.isdigit() and int(count) >= SUBID_COUNT:
+        if (name in (user, str(own)) and start.isdigit() and count.isdigit() and int(start) >= SUBID_COUNT
+                and int(count) >= SUBID_COUNT):
             return int(start)
     return base + SUBID_COUNT * (own % SUBID_SLOTS)
 

@@ -179,6 +179,11 @@ def test_id_maps_cover_65536_container_ids_and_keep_high_ids_as_themselves() -> 
     maps = [tuple(map(int, m.split(":"))) for m in id_maps([5, 70000, 0], 1 << 31)]
     assert maps == [(0, 0, 1), (1, (1 << 31) + 1, 4), (5, 5, 1), (6, (1 << 31) + 6, 65530), (70000, 70000, 1)]
     assert sum(n for c, _, n in maps if c < 65536) == 65536
+    # A kept id inside the subordinate range (a large LDAP group): that host id is not mapped twice.
+    maps = [tuple(map(int, m.split(":"))) for m in id_maps([1001, 100500], 100000)]
+    hosts = [h + i for _, h, n in maps for i in range(n)]
+    assert len(hosts) == len(set(hosts)) and (100500, 100500, 1) in maps and (1001, 1001, 1) in maps
+    assert sorted(c for c, _, n in maps for _ in range(n) if c < 65536) != list(range(65536))  # 500 is a hole
 
 
 def test_subordinate_ids_come_from_etc_subuid_or_the_base(tmp_path: Path) -> None:
