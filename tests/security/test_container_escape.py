@@ -266,3 +266,28 @@ def test_agent_alive_bystander_unharmed_no_uid_0_anywhere(
     outputs = "\n".join(OUTPUTS)
     assert not re.search(r"(\buid=0\b|euid=0\b|ids=0:|resuid \(0|\b0:0\b)", outputs), outputs
     assert not os.path.exists(ETC_TARGET)
+
+
+def test_only_the_capabilities_the_heads_config_allows_come_back(tmp_path: Path) -> None:
+    """``container_capabilities`` in the head's config: exactly those, and still no new privileges."""
+    ensure_users()
+    registry = images.Registry()
+    os.chmod(tmp_path, 0o755)
+    c = TestCluster(tmp_path, nodes=1, head_extra='container_capabilities = ["NET_BIND_SERVICE"]\n', agent_extra=(
+        f'container_storage = "{tmp_path / "node1" / "containers"}"\n'
+        f'container_insecure_registries = ["127.0.0.1:{registry.port}"]\n'))
+    try:
+        image = publish_setuid_image(registry)
+        c.up()
+        arn = register(c, "one-cap", image=image, command=["/bin/sh", "-c",
+                       "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; "
+                       "/usr/local/bin/subash -p -c 'echo subash_euid=$(id -u)'"])
+        job, out = finish(c, submit_as(c, ALICE, jobDefinition=arn))
+        assert job["status"] == "SUCCEEDED", out
+        caps = dict(re.findall(r"^(Cap\w+|NoNewPrivs):\s+(\S+)$", out, re.M))
+        assert caps["CapEff"] == caps["CapBnd"] == f"{1 << 10:016x}", out  # CAP_NET_BIND_SERVICE alone
+        assert caps["NoNewPrivs"] == "1" and f"subash_euid={pwd.getpwnam(ALICE).pw_uid}" in out, out
+    finally:
+        c.close()
+        images.wipe_storage(tmp_path / "node1" / "containers")
+        registry.close()
