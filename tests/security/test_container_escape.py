@@ -151,7 +151,13 @@ def test_a_setuid_root_binary_in_the_image_gives_no_root(
         f"/usr/local/bin/subash -p -c 'echo x > {ETC_TARGET}' || echo etc-refused; "
         "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status; "
         "echo uid_map $(cat /proc/self/uid_map | head -1); "
-        "ls /dev/nvidia* 2>/dev/null | sed 's/^/device /'; echo pid1=$(cat /proc/1/comm)"
+        "ls /dev/nvidia* 2>/dev/null | sed 's/^/device /'; echo pid1=$(cat /proc/1/comm); "
+        # every directory mount the job can write to, but the image's own root: nosuid and nodev
+        "python3 -c 'import os\nfor line in open(\"/proc/self/mountinfo\"):\n"
+        "    f = line.split(); fs = f[f.index(\"-\") + 1]; opts = f[5].split(\",\")\n"
+        "    if f[4] != \"/\" and \"rw\" in opts and fs in (\"tmpfs\", \"ext4\", \"xfs\", \"btrfs\", \"nfs\", \"nfs4\") "
+        "and os.path.isdir(f[4]) and os.access(f[4], os.W_OK):\n"
+        "        print(\"rw-dir-mount\", f[4], \"nosuid\" in opts and \"nodev\" in opts)'"
     )
     arn = register(c, "setuid-image", image=image, command=["/bin/sh", "-c", script])
     job, out = finish(c, submit_as(c, ALICE, jobDefinition=arn))
@@ -170,6 +176,8 @@ def test_a_setuid_root_binary_in_the_image_gives_no_root(
     assert first and first.group(1) == "0" and int(first.group(2)) >= 65536, out
     assert "device " not in out, out  # no GPU asked for: no /dev/nvidia* node
     assert re.search(r"pid1=(podman-init|catatonit)", out), out  # its own PID namespace, an init as pid 1
+    mounts = dict(re.findall(r"^rw-dir-mount (\S+) (True|False)$", out, re.M))
+    assert "/hpcbatch/work" in mounts and "/dev/shm" in mounts and set(mounts.values()) == {"True"}, out
     assert not os.path.exists(ETC_TARGET)
 
 
