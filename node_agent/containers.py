@@ -483,8 +483,12 @@ def container_launch(
     if not os.path.isdir(work_dir):
         work_dir = cwd  # no owner (the agent's own job): its attempt directory
     socket = env.get("HPCBATCH_LAUNCH_SOCKET")
-    gpus = env.get("NVIDIA_VISIBLE_DEVICES", "")
+    # The GPUs the head granted (the agent set these variables from them); none when it
+    # granted none, whatever the job's own environment says.
+    gpus = env.get("NVIDIA_VISIBLE_DEVICES", "") if spec.gpus > 0 else ""
     gpu_devices = [g for g in gpus.split(",") if g and gpus != "void"]
+    if not gpu_devices:  # NVIDIA's OCI hook, where installed, reads this: no GPU for the job's "all"
+        env = {**env, "NVIDIA_VISIBLE_DEVICES": "void"}
     if not gpu_devices and not options.privileged:
         named = [d.host_path for d in options.devices if _is_gpu_node(d.host_path)]
         if named:
@@ -509,7 +513,7 @@ def container_launch(
         memory_mib=spec.memory_mib if cgroup is None or cgroup.version == 2 else 0,
         cgroup_parent=cgroup.parent_arg if cgroup is not None else None,
         gpu_devices=gpu_devices,
-        gpu_indices=[g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g],
+        gpu_indices=[g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g] if gpu_devices else [],
         fabric=True,
         extra_mounts=[socket] if socket and os.path.exists(socket) else [],
         cpus=spec.cpus,
@@ -528,6 +532,7 @@ def exec_launch(
 
 class AttemptSpecLike(Protocol):
     attempt_id: str
+    gpus: int
     image: str | None
     container: p.ContainerOptions | None
     memory_mib: int

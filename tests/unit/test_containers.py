@@ -209,6 +209,15 @@ def test_a_job_without_gpus_gets_no_nvidia_device_even_one_its_definition_names(
     spec = AttemptSpec("a1", "j", 1, ["true"], {}, 1, 64, image="img", container=named)
     out = container_launch(podman, spec, ["true"], {"NVIDIA_VISIBLE_DEVICES": "void"}, None, str(tmp_path), str(tmp_path))
     assert isinstance(out, str) and out.startswith("CannotStartContainerError: linuxParameters.devices names /dev/nvidia0")
+    # The job's own NVIDIA_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES (a node whose GPUs the agent
+    # does not know sets none) open nothing: only a grant from the head does.
+    spec = AttemptSpec("a2", "j", 1, ["true"], {}, 1, 64, image="img", container=ContainerOptions())
+    for env in ({"NVIDIA_VISIBLE_DEVICES": "all"}, {"NVIDIA_VISIBLE_DEVICES": "GPU-0", "CUDA_VISIBLE_DEVICES": "0"}):
+        for cdi in (False, True):
+            podman._cdi = cdi
+            out = container_launch(podman, spec, ["true"], env, None, str(tmp_path), str(tmp_path))
+            assert not isinstance(out, str) and not [a for a in out[0] if "nvidia" in a and "--device" in a], out
+            assert "NVIDIA_VISIBLE_DEVICES=void" in out[0], out  # NVIDIA's OCI hook injects nothing either
 
 
 def test_container_capabilities_in_the_head_config_are_checked() -> None:
