@@ -398,14 +398,15 @@ def id_maps(keep: Sequence[int], base: int) -> list[str]:
     return sorted(argv, key=lambda m: int(m.split(":", 1)[0]))
 
 
-def subordinate_ids(user: str, uid: int, gid: int, base: int = DEFAULT_SUBID_BASE, etc: str = "/etc") -> tuple[int, int]:
+def subordinate_ids(user: str, uid: int, base: int = DEFAULT_SUBID_BASE, etc: str = "/etc") -> tuple[int, int]:
     """Where a job's container ids land on the host: (uid base, gid base).
 
-    The owner's own subordinate range (``/etc/subuid``, ``/etc/subgid``, as rootless podman
-    would use it) where it holds 65536 ids; else ``base + 65536 x (id mod 32767)``: disjoint
-    for ids below 32767 apart, and never below ``base``.
+    The owner's own subordinate ranges (``/etc/subuid``, ``/etc/subgid``: lines
+    ``name-or-uid:start:count``, as rootless podman would use them) where they hold 65536
+    ids; else ``base + 65536 x (uid mod 32767)``: disjoint for uids less than 32767 apart,
+    never below ``base``.
     """
-    return (_subid(Path(etc, "subuid"), user, uid, base), _subid(Path(etc, "subgid"), user, gid, base))
+    return (_subid(Path(etc, "subuid"), user, uid, base), _subid(Path(etc, "subgid"), user, uid, base))
 
 
 def _subid(path: Path, user: str, own: int, base: int) -> int:
@@ -458,7 +459,7 @@ def _subids(podman: Podman, owner: _OwnerLike | None, identity: Identity) -> tup
     if identity.uid == 0 or os.geteuid() != 0:  # root's job; or a rootless agent: podman's own userns
         return None
     name = owner.name if owner is not None else _user_name(identity.uid)
-    return subordinate_ids(name, identity.uid, identity.gid, podman.subid_base)
+    return subordinate_ids(name, identity.uid, podman.subid_base)
 
 
 def _user_name(uid: int) -> str:

@@ -189,10 +189,10 @@ def test_id_maps_cover_65536_container_ids_and_keep_high_ids_as_themselves() -> 
 def test_subordinate_ids_come_from_etc_subuid_or_the_base(tmp_path: Path) -> None:
     (tmp_path / "subuid").write_text("alice:100000:65536\nsmall:200000:1000\n1002:500000:65536\n")
     (tmp_path / "subgid").write_text("alice:100000:65536\n")
-    assert subordinate_ids("alice", 1001, 1001, etc=str(tmp_path)) == (100000, 100000)
-    assert subordinate_ids("bob", 1002, 1002, base=1 << 30, etc=str(tmp_path)) == (500000, (1 << 30) + 65536 * 1002)
-    assert subordinate_ids("small", 7, 7, base=1 << 30, etc=str(tmp_path))[0] == (1 << 30) + 65536 * 7  # too few ids
-    top = subordinate_ids("x", 2**32 - 2, 0)[0] + 65535
+    assert subordinate_ids("alice", 1001, etc=str(tmp_path)) == (100000, 100000)
+    assert subordinate_ids("bob", 1002, base=1 << 30, etc=str(tmp_path)) == (500000, (1 << 30) + 65536 * 1002)
+    assert subordinate_ids("small", 7, base=1 << 30, etc=str(tmp_path))[0] == (1 << 30) + 65536 * 7  # too few ids
+    top = subordinate_ids("x", 2**32 - 2)[0] + 65535
     assert top < 2**32 - 1
 
 
