@@ -13,6 +13,9 @@ a local ``docker-registry`` (tests/images.py builds it once and caches it).
   until all SUCCEEDED; ``bare_e2e_100_jobs_per_s`` is the same 100 jobs without an image on
   the same cluster, for comparison in one run.
 
+``BENCH_CONTAINER_USER=hpcb_alice`` submits the container jobs as that Unix user (tests/users.py)
+instead of root: a user's container gets a user namespace (docs/containers.md), root's does not.
+
 Aim (issue 9): no more than the runtime's own start cost (about 0.35 s a container here)
 above bare jobs.
 """
@@ -32,6 +35,7 @@ from tests import images
 from tests.harness import TestCluster
 
 JOBS = int(os.environ.get("BENCH_CONTAINER_JOBS", "100"))
+USER = os.environ.get("BENCH_CONTAINER_USER", "")  # "": root's jobs
 
 
 def _wait_done(c: TestCluster, ids: list[str], timeout: float = 900) -> None:
@@ -54,6 +58,10 @@ def _wait_done(c: TestCluster, ids: list[str], timeout: float = 900) -> None:
 def _submit(c: TestCluster, definition: str, command: list[str] | None = None) -> str:
     body: dict[str, Any] = {"jobName": "cbench", "jobQueue": "default", "jobDefinition": definition}
     body["containerOverrides"] = {"command": command} if command else {}
+    if USER and definition == "cbench":
+        from tests.users import call_as
+
+        return str(call_as(USER, c.socket_endpoint, "/v1/submitjob", body)["jobId"])
     return str(c.client.submit_job(**body)["jobId"])
 
 
@@ -79,6 +87,10 @@ def main() -> int:
             with open(root / f"{name}.toml", "a") as f:
                 f.write(f'container_storage = "{root / name / "containers"}"\n'
                         f'container_insecure_registries = ["127.0.0.1:{registry.port}"]\n')
+        if USER:
+            from tests.users import ensure_users
+
+            ensure_users()
         c.up()
         c.client.call("/hpcbatch/v1/prepullimage", {"image": image})
         deadline = time.monotonic() + 300

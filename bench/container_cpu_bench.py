@@ -11,6 +11,9 @@ runner's own cgroup parent.
 
 * ``container_cpu_per_job_s``: CPU seconds per container job, all of the above.
 * ``container_serial_wall_per_job_s``: wall seconds per job, one at a time (load-dependent).
+
+``BENCH_CONTAINER_USER=hpcb_alice`` runs the jobs as that Unix user (tests/users.py) instead
+of root: a user's container gets a user namespace (docs/containers.md), root's does not.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from node_agent.runner import AttemptResult, AttemptSpec, Runner
 from tests import images
 
 JOBS = int(os.environ.get("BENCH_CONTAINER_CPU_JOBS", "30"))
+USER = os.environ.get("BENCH_CONTAINER_USER") or None  # None: root's jobs
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 
 
@@ -51,7 +55,8 @@ async def _measure(podman: Podman, image: str, state: Path, driver: Path) -> tup
         for i in range(JOBS + 1):  # job 0 warms up: the image check, the cgroup paths
             if i == 1:
                 cpu0, wall0 = _usage(driver) + _usage(jobs_cgroup), time.perf_counter()
-            spec = AttemptSpec(f"c{i}", "bench", 1, ["true"], env, 1, 128, image=image, container=ContainerOptions())
+            spec = AttemptSpec(f"c{i}", "bench", 1, ["true"], env, 1, 128, image=image, container=ContainerOptions(),
+                               user=USER)
             started = await runner.start(spec)
             if not isinstance(started, int):
                 raise SystemExit(f"container_cpu_bench: job did not start: {started}")
@@ -74,6 +79,11 @@ def main() -> int:
         print(f"container_cpu_bench: skipped: {why}", file=sys.stderr)
         return 0
     root = Path(tempfile.mkdtemp(prefix="hpcb-cpubench-"))
+    if USER:
+        from tests.users import ensure_users
+
+        ensure_users()
+        os.chmod(root, 0o755)  # the owner passes through to its work dir
     home = next(line.split(":", 2)[2].strip() for line in open("/proc/self/cgroup")
                 if "cpuacct" in line.split(":", 2)[1].split(","))
     driver = CPUACCT / f"hpcbatch-bench-{os.getpid()}"

@@ -190,6 +190,7 @@ class ContainerOptions(msgspec.Struct, kw_only=True):
     init: bool = False
     ulimits: list[ContainerUlimit] = []
     privileged: bool = False  # only when the head's config allows it
+    capabilities: list[str] = []  # added back after --cap-drop all: the head's container_capabilities
 
 
 class Welcome(Message, tag="welcome", kw_only=True):

@@ -57,6 +57,9 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # podman's auth.json (`podman login --authfile`) for registries that need credentials:
     # AWS's repositoryCredentials name a Secrets Manager secret, which a cluster has not.
     container_auth_file: str = ""
+    # Container ids of owners without an /etc/subuid range land at this base + 65536 x (uid mod 32767)
+    # on the host (node_agent.containers.subordinate_ids): a range no real user or file has.
+    container_subid_base: int = 1 << 31
     keep_workdir: bool = False  # debugging: leave each job's private work dir after it ends
     # Stop (SIGTERM) leaves running attempts in their cgroups under their shims, and the
     # next agent process re-adopts them with their real exits, as slurmd leaves jobs under
@@ -117,6 +120,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"agent config {path}: gpus must have distinct, non-empty uuids")
     if config.fence_after_s is not None and config.fence_after_s < 0:
         raise ConfigError(f"agent config {path}: fence_after_s must be >= 0 seconds (0: never fence)")
+    if not 65536 <= config.container_subid_base <= (1 << 31):
+        raise ConfigError(f"agent config {path}: container_subid_base must be between 65536 and 2147483648")
     if config.gpu_count is not None and config.gpu_count < 0:
         raise ConfigError(f"agent config {path}: gpu_count must not be negative")
     if config.container_auth_file and not Path(config.container_auth_file).is_file():

@@ -4,17 +4,34 @@ Theory of operation:
 
 * The agent (root) runs ``podman``; the job inside runs as its owner: ``--user uid:gid``
   plus ``--group-add`` for every supplementary group, never root unless the node allows
-  root jobs. No user namespace: uids inside are the node's, so the owner's files on
-  mounted host paths are theirs, as on the bare node.
+  root jobs.
+* No way up (docs/security.md, "Containers"): ``--security-opt no-new-privileges`` (a
+  setuid file in the image changes no id), ``--cap-drop all`` (plus only the capabilities
+  the head's ``container_capabilities`` lists, ``ContainerOptions.capabilities``), and a user
+  namespace (``--uidmap``/``--gidmap``, ``id_maps``): container ids 0-65535 are the owner's
+  subordinate ids (``/etc/subuid``, or a range derived from ``container_subid_base``), except
+  the owner's own uid and groups, which stay themselves, so the owner's files on mounted
+  host paths are theirs as on the bare node, and container root is an unprivileged host id.
+  Every bind mount is ``nosuid,nodev``, and so is every tmpfs whatever its options say.
+  A job owned by root (a node with ``allow_root_jobs``) gets no user namespace, still no
+  capabilities. ``privileged`` (only where the head's admin allowed it) is podman's, whole.
+* podman 4.3 cannot mount an image through idmapped layers with a non-contiguous map (the
+  overlay mount fails with EACCES): ``no_idmapped_layers`` records in podman's runroot that
+  they are unsupported (containers/storage's own feature record; newer podman reads
+  ``_CONTAINERS_OVERLAY_DISABLE_IDMAP=yes``, which is set too), so podman makes one chowned
+  copy of an image per owner on first use (seconds, once) and reuses it.
 * ``podman --runtime runc``: crun refuses the hybrid cgroup layout of some nodes. Explicit
   ``--ulimit nofile=1024:1024 --ulimit nproc=4096:4096``: podman's defaults are the
   agent's own hard limits, which a node without CAP_SYS_RESOURCE head-room cannot grant.
   A job's ``ulimits`` replace these by name.
-* Host network, UTS and PID namespaces: a container sees the node's interfaces (the
-  fabric), its hostname and its address, as a bare job does; its processes have the
-  node's pids (as with Apptainer and Enroot), which PMIx between MPI daemons relies on.
-  ``initProcessEnabled`` gives a private PID namespace with an init as pid 1 instead. The fabric devices
-  (``/dev/infiniband``, EFA's) and the job's GPUs are passed in as devices.
+* Host network and UTS namespaces: a container sees the node's interfaces (the fabric), its
+  hostname and its address, as a bare job does. Its own PID namespace, with an init as pid
+  1 (podman's catatonit: reaps, forwards signals, so the job is not pid 1), except a
+  multi-node job's (``host_pid``): PMIx and MPI daemons started through the launcher bridge
+  use robust mutexes and pids across processes and must see the node's pids (as with
+  Apptainer and Enroot); it still has no capabilities. The fabric devices
+  (``/dev/infiniband``, EFA's) and the job's GPUs are passed in as devices; a job that was
+  granted no GPU gets no ``/dev/nvidia*`` node, not even one its definition names.
 * The attempt's work dir (TMPDIR, hostfile and MPI launcher) is mounted at the same path,
   and at ``CONTAINER_WORK_DIR`` (the job's working directory, the same on every node), and so is the launcher bridge's socket: ``mpirun`` inside the image calls the
   launcher, the agent on the target node ``exec``s the daemon in that node's container.
@@ -33,6 +50,7 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import shlex
 import shutil
 import subprocess
@@ -47,6 +65,7 @@ from node_agent.container_cgroup import ContainerCgroup
 log = logging.getLogger(__name__)
 
 CANNOT_PULL = "CannotPullContainerError"
+CANNOT_START = "CannotStartContainerError"
 NAME_PREFIX = "hpcb-"
 DEFAULT_ULIMITS = {"nofile": (1024, 1024), "nproc": (4096, 4096)}
 PULL_TIMEOUT_S = 900.0
@@ -56,6 +75,12 @@ CONTAINER_WORK_DIR = "/hpcbatch/work"
 EXEC_WAIT_S = 60.0  # how long a launched daemon waits for its node's container to come up
 _EFA_DEVICE_GLOB = "uverbs*"  # EFA and InfiniBand both expose /dev/infiniband/uverbsN
 _NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+SUBID_COUNT = 65536  # container ids 0..65535 (an image's files, nobody's 65534) are mapped
+DEFAULT_SUBID_BASE = 1 << 31  # owners without /etc/subuid ranges: base + 65536 x (uid mod SUBID_SLOTS)
+SUBID_SLOTS = 32767  # so the highest id stays below 2^32 - 1 (the kernel's "no id")
+_NO_SUID = "nosuid,nodev"
+# containers/storage's record of "idmapped lower layers work here" (podman 4.3), in the runroot.
+_IDMAP_RECORD = "overlay/idmapped-lower-dir"
 
 
 def container_name(attempt_id: str) -> str:
@@ -83,10 +108,13 @@ class Podman:
         insecure_registries: Sequence[str] = (),
         dev_root: str = "/dev",
         auth_file: str = "",
+        subid_base: int = DEFAULT_SUBID_BASE,
     ) -> None:
         self.binary = binary
         self._global = [binary, "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
         self._global += storage_arguments(storage)
+        self.subid_base = subid_base
+        self._runroot = storage_arguments(storage)[3] if storage else ""  # "": the system's, asked once
         self._insecure = tuple(insecure_registries)
         self._auth = ["--authfile", auth_file] if auth_file else []  # registries' credentials (the node's)
         self._dev = Path(dev_root)
@@ -165,6 +193,24 @@ class Podman:
             return 124, f"timed out after {timeout:.0f} s"
         return proc.returncode or 0, out.decode(errors="replace")
 
+    def no_idmapped_layers(self) -> None:
+        """Make podman copy an image per id map instead of idmapped overlay layers (module doc).
+
+        Writes containers/storage's cached feature record in the runroot (a tmpfs: podman
+        would probe again after a reboot, so this is checked before every run; a stat).
+        """
+        if not self._runroot:
+            out = subprocess.run([*self._global, "info", "--format", "{{.Store.RunRoot}}"],
+                                 capture_output=True, text=True, check=False, timeout=60).stdout.strip()
+            self._runroot = out or "/run/containers/storage"
+        record = Path(self._runroot, _IDMAP_RECORD)
+        off = record.with_name(record.name + "-false")
+        if off.exists():
+            return
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.with_name(record.name + "-true").unlink(missing_ok=True)
+        off.write_text("hpcbatch: id maps with holes need chowned copies (node_agent/containers.py)")
+
     # ------------------------------------------------------------------ run, exec, remove
     def run_argv(
         self,
@@ -184,8 +230,14 @@ class Podman:
         extra_mounts: Sequence[str] = (),
         cpus: Sequence[int] = (),
         cgroup_parent: str | None = None,
+        subids: tuple[int, int] | None = None,
+        host_pid: bool = False,
     ) -> list[str]:
-        """The ``podman run`` command line for one attempt (attached: its output is the job's)."""
+        """The ``podman run`` command line for one attempt (attached: its output is the job's).
+
+        ``subids`` (host uid, host gid where container id 0 lands) put the container in a user
+        namespace (``id_maps``); ``host_pid`` keeps the node's PID namespace (multi-node MPI).
+        """
         argv = [
             *self._global, "run", "--rm", "--pull", "missing", *self._registry_arguments(image),
             "--name", container_name(attempt_id), "--network", "host", "--uts", "host",
@@ -194,9 +246,15 @@ class Podman:
             "--log-driver", "passthrough",
             "--security-opt", "label=disable",
         ]
+        if not options.privileged:  # the admin's explicit escape hatch keeps podman's meaning
+            argv += ["--security-opt", "no-new-privileges", "--cap-drop", "all"]
+            argv += [f"--cap-add={c}" for c in options.capabilities]
         if identity is not None:
             argv += ["--user", f"{identity.uid}:{identity.gid}"]
             argv += [f"--group-add={g}" for g in identity.groups if g != identity.gid]
+            if subids is not None:
+                argv += [f"--uidmap={m}" for m in id_maps((identity.uid,), subids[0])]
+                argv += [f"--gidmap={m}" for m in id_maps((identity.gid, *identity.groups), subids[1])]
         limits = dict(DEFAULT_ULIMITS)
         for u in options.ulimits:
             limits[u.name] = (u.soft, u.hard)
@@ -206,13 +264,15 @@ class Podman:
         if cgroup_parent:  # the attempt's memory cgroup (node_agent.container_cgroup); conmon stays out
             argv += ["--cgroup-parent", cgroup_parent, "--cgroups=no-conmon"]
         for mount in (work_dir, *extra_mounts):
-            argv += ["--volume", f"{mount}:{mount}"]
-        argv += ["--volume", f"{work_dir}:{CONTAINER_WORK_DIR}"]
+            argv += ["--volume", f"{mount}:{mount}:{_NO_SUID}"]
+        argv += ["--volume", f"{work_dir}:{CONTAINER_WORK_DIR}:{_NO_SUID}"]
         for m in options.mounts:
-            argv += ["--volume", f"{m.source}:{m.target}{':ro' if m.read_only else ''}"]
+            argv += ["--volume", f"{m.source}:{m.target}:{'ro,' if m.read_only else ''}{_NO_SUID}"]
         if options.read_only_root:
             argv.append("--read-only")
         for d in options.devices:
+            if not gpu_devices and _is_gpu_node(d.host_path):
+                continue  # container_launch refuses these first; never a GPU the job was not granted
             argv += ["--device", f"{d.host_path}:{d.container_path or d.host_path}:{d.permissions or 'rwm'}"]
         if fabric:
             argv += [f"--device={dev}" for dev in self.fabric_devices()]
@@ -222,12 +282,13 @@ class Podman:
         if options.shm_size_mib:
             argv.append(f"--shm-size={options.shm_size_mib}m")
         for t in options.tmpfs:
-            opts = ",".join([f"size={t.size_mib}m", *t.options])
+            # AWS's mountOptions may say "suid" or "dev": a tmpfs is nosuid,nodev whatever they say.
+            kept = [o for o in t.options if o not in ("suid", "dev", "nosuid", "nodev")]
+            opts = ",".join([f"size={t.size_mib}m", *kept, _NO_SUID])
             argv += ["--tmpfs", f"{t.path}:{opts}"]
-        # The host's PID namespace, as Apptainer and Enroot give HPC jobs: PMIx and MPI
-        # daemons use robust mutexes and pids across processes and must see the same pids.
-        # An init process (initProcessEnabled) needs a private one, so it gets that.
-        argv += ["--init"] if options.init else ["--pid", "host"]
+        # A private PID namespace with an init as pid 1; a multi-node job keeps the host's
+        # (PMIx and MPI daemons use robust mutexes and pids across processes).
+        argv += ["--pid", "host"] if host_pid and not options.init else ["--init"]
         if options.privileged:
             argv.append("--privileged")
         for key, value in environment.items():
@@ -314,6 +375,58 @@ def storage_arguments(storage: str | Path) -> list[str]:
     return ["--root", str(Path(storage) / "root"), "--runroot", f"/run/hpcbatch-podman/{tag}"]
 
 
+def id_maps(keep: Sequence[int], base: int) -> list[str]:
+    """podman ``--uidmap``/``--gidmap`` values (``container:host:count``) for a job's user namespace.
+
+    Container ids 0..65535 land on host ids ``base``..``base+65535`` (unprivileged: container
+    root is not host root), except the ids in ``keep`` (the owner's uid, or gid and groups),
+    which map to themselves, also above 65535. A kept id inside the host range leaves a hole
+    there (no host id is mapped twice: the kernel refuses that).
+
+    >>> id_maps([1001], 200000)
+    ['0:200000:1001', '1001:1001:1', '1002:201002:64534']
+    """
+    kept = sorted(set(keep))
+    holes = {k for k in kept if k < SUBID_COUNT} | {k - base for k in kept if base <= k < base + SUBID_COUNT}
+    argv, start = [f"{k}:{k}:1" for k in kept], 0
+    for h in sorted(holes):
+        if h > start:
+            argv.append(f"{start}:{base + start}:{h - start}")
+        start = h + 1
+    if start < SUBID_COUNT:
+        argv.append(f"{start}:{base + start}:{SUBID_COUNT - start}")
+    return sorted(argv, key=lambda m: int(m.split(":", 1)[0]))
+
+
+def subordinate_ids(user: str, uid: int, base: int = DEFAULT_SUBID_BASE, etc: str = "/etc") -> tuple[int, int]:
+    """Where a job's container ids land on the host: (uid base, gid base).
+
+    The owner's own subordinate ranges (``/etc/subuid``, ``/etc/subgid``: lines
+    ``name-or-uid:start:count``, as rootless podman would use them) where they hold 65536
+    ids; else ``base + 65536 x (uid mod 32767)``: disjoint for uids less than 32767 apart,
+    never below ``base``.
+    """
+    return (_subid(Path(etc, "subuid"), user, uid, base), _subid(Path(etc, "subgid"), user, uid, base))
+
+
+def _subid(path: Path, user: str, own: int, base: int) -> int:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        name, _, rest = line.strip().partition(":")
+        start, _, count = rest.partition(":")
+        if (name in (user, str(own)) and start.isdigit() and count.isdigit() and int(start) >= SUBID_COUNT
+                and int(count) >= SUBID_COUNT):
+            return int(start)
+    return base + SUBID_COUNT * (own % SUBID_SLOTS)
+
+
+def _is_gpu_node(path: str) -> bool:
+    return os.path.basename(path).startswith("nvidia")
+
+
 def _registry(image: str) -> str:
     """The registry host[:port] an image reference names ("docker.io" when none)."""
     first, sep, _ = image.partition("/")
@@ -324,18 +437,36 @@ def _registry(image: str) -> str:
 
 # ---------------------------------------------------------------------- the runner's hooks
 class _OwnerLike(Protocol):
+    name: str
     uid: int
     gid: int
     groups: tuple[int, ...]
 
 
-_PODMAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+# _CONTAINERS_OVERLAY_DISABLE_IDMAP: newer podman's switch for what no_idmapped_layers does.
+_PODMAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+               "_CONTAINERS_OVERLAY_DISABLE_IDMAP": "yes"}
 
 
 def _identity(owner: _OwnerLike | None) -> Identity:
     if owner is None:  # the agent's own jobs (an unprivileged agent, or tests)
         return Identity(os.geteuid(), os.getegid(), ())
     return Identity(owner.uid, owner.gid, owner.groups)
+
+
+def _subids(podman: Podman, owner: _OwnerLike | None, identity: Identity) -> tuple[int, int] | None:
+    """Where the job's container ids land on the host; None for a root job (no user namespace)."""
+    if identity.uid == 0 or os.geteuid() != 0:  # root's job; or a rootless agent: podman's own userns
+        return None
+    name = owner.name if owner is not None else _user_name(identity.uid)
+    return subordinate_ids(name, identity.uid, podman.subid_base)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def container_launch(
@@ -353,24 +484,42 @@ def container_launch(
     if not os.path.isdir(work_dir):
         work_dir = cwd  # no owner (the agent's own job): its attempt directory
     socket = env.get("HPCBATCH_LAUNCH_SOCKET")
-    gpus = env.get("NVIDIA_VISIBLE_DEVICES", "")
+    # The GPUs the head granted (the agent set these variables from them); none when it
+    # granted none, whatever the job's own environment says.
+    gpus = env.get("NVIDIA_VISIBLE_DEVICES", "") if spec.gpus > 0 else ""
+    gpu_devices = [g for g in gpus.split(",") if g and gpus != "void"]
+    if not gpu_devices:  # NVIDIA's OCI hook, where installed, reads this: no GPU for the job's "all"
+        env = {**env, "NVIDIA_VISIBLE_DEVICES": "void"}
+    if not gpu_devices and not options.privileged:
+        named = [d.host_path for d in options.devices if _is_gpu_node(d.host_path)]
+        if named:
+            return f"{CANNOT_START}: linuxParameters.devices names {named[0]}, but the job was granted no GPU"
+    identity = _identity(owner)
+    subids = _subids(podman, owner, identity)
+    if subids is not None:
+        try:
+            podman.no_idmapped_layers()
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"{CANNOT_START}: podman's runroot: {exc}"
     run = podman.run_argv(
         attempt_id=spec.attempt_id,
         image=spec.image or "",
         command=argv,
         environment=env,
-        identity=_identity(owner),
+        identity=identity,
         options=options,
         work_dir=work_dir,
         cwd=cwd,
         # v1: the limit is the attempt cgroup's alone, where its OOM can be seen
         memory_mib=spec.memory_mib if cgroup is None or cgroup.version == 2 else 0,
         cgroup_parent=cgroup.parent_arg if cgroup is not None else None,
-        gpu_devices=[g for g in gpus.split(",") if g and gpus != "void"],
-        gpu_indices=[g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g],
+        gpu_devices=gpu_devices,
+        gpu_indices=[g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g] if gpu_devices else [],
         fabric=True,
         extra_mounts=[socket] if socket and os.path.exists(socket) else [],
         cpus=spec.cpus,
+        subids=subids,
+        host_pid=bool(env.get("HPCBATCH_NODES")),  # a multi-node job: MPI through the launcher bridge
     )
     return run, dict(_PODMAN_ENV), None
 
@@ -384,6 +533,7 @@ def exec_launch(
 
 class AttemptSpecLike(Protocol):
     attempt_id: str
+    gpus: int
     image: str | None
     container: p.ContainerOptions | None
     memory_mib: int

@@ -53,6 +53,7 @@ from node_agent.gpus_nvml import NvmlGpus
 from node_agent.head_epoch import HeadEpoch
 from node_agent.runner import CANNOT_START, AttemptResult, AttemptSpec, Runner
 from node_agent.runner import describe_failure as _describe
+from node_agent.workdir_mount import WorkdirMount
 
 log = logging.getLogger("hpcbatch.agent")
 
@@ -110,7 +111,7 @@ class Agent:
         self.facts.container_runtime = runtime
         podman = (
             Podman(runtime, storage=config.container_storage, insecure_registries=config.container_insecure_registries,
-                   auth_file=config.container_auth_file)
+                   auth_file=config.container_auth_file, subid_base=config.container_subid_base)
             if runtime
             else None
         )
@@ -125,6 +126,7 @@ class Agent:
             allow_root_jobs=config.allow_root_jobs,
             keep_workdir=config.keep_workdir,
         )
+        self.workdirs = WorkdirMount.protect(Path(self.state) / "attempts")  # nosuid,nodev: docs/security.md
         self.bridge = LaunchBridge(
             socket_path(self.state), config.name, send=self._send, start_local=self.runner.start_task
         )
@@ -726,6 +728,8 @@ class Agent:
                 log.info("leaving %d attempt(s) running: the next agent process re-adopts them",
                          len(self.runner.running()))
             await self.runner.shutdown(kill=not leave)
+            if not leave:  # attempts left running keep their nosuid view; the next agent finds it mounted
+                self.workdirs.release()
             self._sock.disable_monitor()
             self._monitor.close(linger=0)
             self._sock.close(linger=0)

@@ -343,6 +343,7 @@ class TestCluster:
         finally:
             if self._netns is not None:
                 self._netns.destroy()
+            _unmount_attempts(self.root)
 
     # ------------------------------------------------------------------ jobs
     def submit(self, command: list[str], **body: Any) -> str:
@@ -368,3 +369,16 @@ class TestCluster:
         if attempt is not None:
             body["attempt"] = attempt
         return str(self.client.call("/hpcbatch/v1/getjoblogs", body)["data"])
+
+
+def _unmount_attempts(root: Path) -> None:
+    """Detach the nosuid ``attempts`` mounts that SIGKILLed agents left under ``root``
+    (node_agent.workdir_mount; an agent undoes its own when it stops)."""
+    if os.geteuid() != 0:
+        return
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted({p for p in points if p.startswith(prefix) and p.endswith("/attempts")}, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+

@@ -10,6 +10,7 @@ import msgspec
 
 from hpcbatch.auth.policy import ROLES
 from hpcbatch.errors import ClientError
+from hpcbatch.head.containers import check_capabilities
 from hpcbatch.head.nodekeys import valid_name
 from hpcbatch.head.power import PowerConfig, check_power_config
 from hpcbatch.head.ratelimit import CLASSES as RATE_CLASSES
@@ -75,6 +76,7 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     container_max_shared_memory_mib: int = 0  # linuxParameters.sharedMemorySize cap; 0: the container's memory
     container_max_tmpfs_mib: int = 0  # all linuxParameters.tmpfs sizes together; 0: the container's memory
     container_ulimits: dict[str, int] = msgspec.field(default_factory=lambda: dict(DEFAULT_ULIMIT_CAPS))  # name -> max hardLimit (-1: any)
+    container_capabilities: list[str] = []  # given back to every container job after --cap-drop all (docs/containers.md)
     # Per-caller throttling (HTTP 429 TooManyRequestsException): class -> limit, over the
     # defaults in hpcbatch.head.ratelimit (submit 50/s as AWS, read 100/s, write 20/s).
     rate_limits: dict[str, RateLimitConfig] = {}
@@ -213,6 +215,7 @@ def load_head_config(path: str | Path, *, store: str | None = None) -> HeadConfi
     for name in config.auto_accept_nodes:
         if not valid_name(name):
             raise ClientError(f"head config {path}: auto_accept_nodes: {name!r} is not a valid node name")
+    config.container_capabilities = check_capabilities(config.container_capabilities, f"head config {path}: container_capabilities")
     socket_bytes = len(os.fsencode(config.api_socket_path))
     if socket_bytes > MAX_UNIX_PATH:
         raise ClientError(

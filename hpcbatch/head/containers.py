@@ -4,6 +4,11 @@ The head checks a container job once, at submission (``check_container``): what 
 honour, or must not (``privileged`` without the cluster's consent, a ``user`` other than the
 job's owner, a mount point naming no volume), is a one-line error naming the field. What is
 stored is AWS's JSON; ``container_options`` turns it into the typed value the agent gets.
+
+Capabilities: every container runs with none (``--cap-drop all``, node_agent.containers);
+``container_capabilities`` in the head's config is the only way to give some back, to every
+container job of the cluster (AWS Batch has no per-job field for them). ``check_capabilities``
+validates that list when the config is read.
 """
 
 from __future__ import annotations
@@ -56,8 +61,33 @@ def refuse_privileged(container: dict[str, Any], field: str, allow_privileged: b
         )
 
 
-def container_options(container: dict[str, Any]) -> ContainerOptions:
-    """The agent's view of containerProperties (already checked by ``check_container``)."""
+# capabilities(7), as podman's --cap-add names them (CAP_ prefix optional in the config).
+CAPABILITIES = frozenset({
+    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE", "CHOWN",
+    "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE",
+    "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE", "NET_BROADCAST",
+    "NET_RAW", "PERFMON", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYSLOG", "SYS_ADMIN", "SYS_BOOT",
+    "SYS_CHROOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE",
+    "SYS_TIME", "SYS_TTY_CONFIG", "WAKE_ALARM",
+})
+
+
+def check_capabilities(names: list[str], field: str) -> list[str]:
+    """``names`` as ``CAP_X``, or a one-line error naming ``field`` and the unknown one."""
+    out = []
+    for name in names:
+        bare = name.upper().removeprefix("CAP_")
+        if bare not in CAPABILITIES:
+            raise ClientError(f"{field}: {name!r} is not a Linux capability (capabilities(7), e.g. CAP_SYS_NICE)")
+        out.append(f"CAP_{bare}")
+    return out
+
+
+def container_options(container: dict[str, Any], capabilities: list[str] | tuple[str, ...] = ()) -> ContainerOptions:
+    """The agent's view of containerProperties (already checked by ``check_container``).
+
+    ``capabilities``: what the head's ``container_capabilities`` gives every container back.
+    """
     volumes = {v.get("name"): (v.get("host") or {}).get("sourcePath", "") for v in container.get("volumes") or []}
     mounts = [
         ContainerMount(
@@ -92,6 +122,7 @@ def container_options(container: dict[str, Any]) -> ContainerOptions:
         init=bool(linux.get("initProcessEnabled", False)),
         ulimits=ulimits,
         privileged=bool(container.get("privileged", False)),
+        capabilities=list(capabilities),
     )
 
 

@@ -94,6 +94,7 @@ class Head:
         self.service.private_data = config.private_data
         self.service.allow_privileged_containers = config.allow_privileged_containers
         self.service.container_limits = config.container_limits
+        self.engine.container_capabilities = config.container_capabilities
         self.service.min_state_time_limit_s = config.min_state_time_limit_s
         self.curve = ensure_keypair(config.curve_secret_key_path, config.curve_public_key_path)
         self.node_keys = NodeKeyRegistry(config.node_keys_path, auto_accept=config.auto_accept_nodes)

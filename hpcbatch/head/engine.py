@@ -171,6 +171,7 @@ class Engine:
         self._now = clock_ms
         self._mono = monotonic  # deadlines (fence holds) run on it: a stepped wall clock moves none
         self._kill_grace_s = kill_grace_s
+        self.container_capabilities: list[str] = []  # the head's config: given back to every container
         # Agents kill their attempts after fence_after_s unheard (hpcbatch.fencing): a lost
         # node's retries wait that long (or the node's own word that its attempt ended).
         self._fence_after_s = fence_after_s
@@ -733,7 +734,7 @@ class Engine:
             gpu_ids=list(attempt.gpus),
             timeout_s=job.timeout_s,
             image=job.image,
-            container=container_options(job.container) if job.image else None,
+            container=container_options(job.container, self.container_capabilities) if job.image else None,
             script=script,
             log_stream_name=attempt.log_stream_name,
             owner=job.owner,

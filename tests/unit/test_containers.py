@@ -11,7 +11,7 @@ import pytest
 from hpcbatch.errors import ClientError
 from hpcbatch.head.containers import check_container, container_options
 from hpcbatch.model.jobs import ResourceRequest, resource_request
-from hpcbatch.protocol import ContainerOptions, GpuFacts
+from hpcbatch.protocol import ContainerDevice, ContainerOptions, GpuFacts
 from hpcbatch.scheduler.core import (
     JobQueueChanged,
     JobRunnable,
@@ -26,7 +26,9 @@ from node_agent.containers import (
     Identity,
     Podman,
     container_name,
+    id_maps,
     storage_arguments,
+    subordinate_ids,
 )
 from node_agent.cpu_binding import gpu_local_cpus
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
@@ -142,9 +144,88 @@ def test_run_argv_runs_the_owner_on_the_host_network_with_explicit_ulimits() -> 
     assert argv[argv.index("--workdir") + 1] == CONTAINER_WORK_DIR
 
 
-def test_without_init_the_container_shares_the_host_pid_namespace() -> None:
+def test_only_a_multinode_job_shares_the_host_pid_namespace() -> None:
     argv = _run(Podman("podman"), ContainerOptions())
+    assert "--init" in argv and "--pid" not in argv  # its own, with catatonit as pid 1
+    argv = _run(Podman("podman"), ContainerOptions(), host_pid=True)
     assert argv[argv.index("--pid") + 1] == "host" and "--init" not in argv
+    assert "--cap-drop" in argv  # MPI through the bridge: the node's pids, still no capabilities
+
+
+def test_every_container_has_no_new_privileges_no_capabilities_and_nosuid_mounts() -> None:
+    options = container_options({**AWS, "linuxParameters": {"tmpfs": [
+        {"containerPath": "/t", "size": 8, "mountOptions": ["suid", "dev", "exec"]}]}}, ["CAP_SYS_NICE"])
+    argv = _run(Podman("podman"), options, extra_mounts=["/s/launch.sock"])
+    joined = " ".join(argv)
+    assert "--security-opt no-new-privileges" in joined and argv[argv.index("--cap-drop") + 1] == "all"
+    assert [a for a in argv if a.startswith("--cap-add")] == ["--cap-add=CAP_SYS_NICE"]
+    volumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"]
+    assert volumes and all(v.endswith("nosuid,nodev") for v in volumes), volumes
+    assert "/srv/data:/data:ro,nosuid,nodev" in volumes and "/s/launch.sock:/s/launch.sock:nosuid,nodev" in volumes
+    assert argv[argv.index("--tmpfs") + 1] == "/t:size=8m,exec,nosuid,nodev"
+
+
+def test_the_owner_keeps_its_ids_and_container_root_lands_on_subordinate_ids() -> None:
+    argv = _run(Podman("podman"), ContainerOptions(), subids=(300000, 400000))
+    assert [a for a in argv if a.startswith("--uidmap")] == [
+        "--uidmap=0:300000:1001", "--uidmap=1001:1001:1", "--uidmap=1002:301002:64534"]
+    assert [a for a in argv if a.startswith("--gidmap")] == [
+        "--gidmap=0:400000:27", "--gidmap=27:27:1", "--gidmap=28:400028:973", "--gidmap=1001:1001:1",
+        "--gidmap=1002:401002:64534"]
+    assert "--uidmap" not in " ".join(_run(Podman("podman"), ContainerOptions()))  # subids=None: a root job
+
+
+def test_id_maps_cover_65536_container_ids_and_keep_high_ids_as_themselves() -> None:
+    maps = [tuple(map(int, m.split(":"))) for m in id_maps([5, 70000, 0], 1 << 31)]
+    assert maps == [(0, 0, 1), (1, (1 << 31) + 1, 4), (5, 5, 1), (6, (1 << 31) + 6, 65530), (70000, 70000, 1)]
+    assert sum(n for c, _, n in maps if c < 65536) == 65536
+    # A kept id inside the subordinate range (a large LDAP group): that host id is not mapped twice.
+    maps = [tuple(map(int, m.split(":"))) for m in id_maps([1001, 100500], 100000)]
+    hosts = [h + i for _, h, n in maps for i in range(n)]
+    assert len(hosts) == len(set(hosts)) and (100500, 100500, 1) in maps and (1001, 1001, 1) in maps
+    assert sorted(c for c, _, n in maps for _ in range(n) if c < 65536) != list(range(65536))  # 500 is a hole
+
+
+def test_subordinate_ids_come_from_etc_subuid_or_the_base(tmp_path: Path) -> None:
+    (tmp_path / "subuid").write_text("alice:100000:65536\nsmall:200000:1000\n1002:500000:65536\n")
+    (tmp_path / "subgid").write_text("alice:100000:65536\n")
+    assert subordinate_ids("alice", 1001, etc=str(tmp_path)) == (100000, 100000)
+    assert subordinate_ids("bob", 1002, base=1 << 30, etc=str(tmp_path)) == (500000, (1 << 30) + 65536 * 1002)
+    assert subordinate_ids("small", 7, base=1 << 30, etc=str(tmp_path))[0] == (1 << 30) + 65536 * 7  # too few ids
+    top = subordinate_ids("x", 2**32 - 2)[0] + 65535
+    assert top < 2**32 - 1
+
+
+def test_a_job_without_gpus_gets_no_nvidia_device_even_one_its_definition_names(tmp_path: Path) -> None:
+    from node_agent.containers import container_launch
+    from node_agent.runner import AttemptSpec
+
+    (tmp_path / "nvidia0").touch()
+    podman = Podman("podman", dev_root=str(tmp_path))
+    podman._cdi = False
+    argv = _run(podman, ContainerOptions())
+    assert not [a for a in argv if "nvidia" in a]
+    named = ContainerOptions(devices=[ContainerDevice(host_path="/dev/nvidia0")])
+    spec = AttemptSpec("a1", "j", 1, ["true"], {}, 1, 64, image="img", container=named)
+    out = container_launch(podman, spec, ["true"], {"NVIDIA_VISIBLE_DEVICES": "void"}, None, str(tmp_path), str(tmp_path))
+    assert isinstance(out, str) and out.startswith("CannotStartContainerError: linuxParameters.devices names /dev/nvidia0")
+    # The job's own NVIDIA_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES (a node whose GPUs the agent
+    # does not know sets none) open nothing: only a grant from the head does.
+    spec = AttemptSpec("a2", "j", 1, ["true"], {}, 1, 64, image="img", container=ContainerOptions())
+    for env in ({"NVIDIA_VISIBLE_DEVICES": "all"}, {"NVIDIA_VISIBLE_DEVICES": "GPU-0", "CUDA_VISIBLE_DEVICES": "0"}):
+        for cdi in (False, True):
+            podman._cdi = cdi
+            out = container_launch(podman, spec, ["true"], env, None, str(tmp_path), str(tmp_path))
+            assert not isinstance(out, str) and not [a for a in out[0] if "nvidia" in a and "--device" in a], out
+            assert "NVIDIA_VISIBLE_DEVICES=void" in out[0], out  # NVIDIA's OCI hook injects nothing either
+
+
+def test_container_capabilities_in_the_head_config_are_checked() -> None:
+    from hpcbatch.head.containers import check_capabilities
+
+    assert check_capabilities(["sys_nice", "CAP_IPC_LOCK"], "f") == ["CAP_SYS_NICE", "CAP_IPC_LOCK"]
+    with pytest.raises(ClientError, match="container_capabilities: 'CAP_ROOT' is not a Linux capability"):
+        check_capabilities(["CAP_ROOT"], "head config x: container_capabilities")
 
 
 def test_fabric_and_gpu_devices_are_passed_in(tmp_path: Path) -> None:
@@ -258,3 +339,31 @@ def test_a_gpu_container_job_is_bound_to_its_gpus_cpus_with_cpuset(tmp_path: Pat
     assert not any("taskset" in a for a in run)
     unbound = _run(Podman("podman"), ContainerOptions())
     assert not any(a.startswith("--cpuset-cpus") for a in unbound)
+
+
+def test_head_config_container_capabilities_as_docs_containers_md_writes_them(tmp_path: Path) -> None:
+    from hpcbatch.head.config import load_head_config
+
+    path = tmp_path / "head.toml"
+    path.write_text(f'state_dir = "{tmp_path}"\nallow_privileged_containers = false\n'
+                    'container_capabilities = ["CAP_NET_BIND_SERVICE"]\n')
+    assert load_head_config(path).container_capabilities == ["CAP_NET_BIND_SERVICE"]
+    path.write_text(f'state_dir = "{tmp_path}"\ncontainer_capabilities = ["CAP_EVERYTHING"]\n')
+    with pytest.raises(ClientError, match="container_capabilities: 'CAP_EVERYTHING' is not a Linux capability"):
+        load_head_config(path)
+    path.write_text(f'state_dir = "{tmp_path}"\n')
+    assert load_head_config(path).container_capabilities == []
+    opts = container_options(AWS, load_head_config(path).container_capabilities)
+    assert opts.capabilities == [] and "--cap-add" not in " ".join(_run(Podman("podman"), opts))
+
+
+def test_the_agent_config_bounds_container_subid_base(tmp_path: Path) -> None:
+    key = tmp_path / "head.key"
+    key.write_text("k")
+    config = tmp_path / "agent.toml"
+    base = f'name = "n1"\nhead = "tcp://h:1"\nstate_dir = "{tmp_path}"\nhead_public_key = "{key}"\n'
+    config.write_text(base + "container_subid_base = 2147483648\n")
+    assert load_agent_config(config).container_subid_base == 1 << 31
+    config.write_text(base + "container_subid_base = 0\n")  # container root would be host root
+    with pytest.raises(ConfigError, match="container_subid_base must be between 65536 and 2147483648"):
+        load_agent_config(config)
