@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -112,10 +113,9 @@ def build_wheel(out: Path, source: Path = REPO, version: str | None = None) -> P
             if (source / rel).is_file():
                 (copy / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / rel, copy / rel)
-        pyproject = copy / "pyproject.toml"
-        pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', f'version = "{version}"', 1))
-        init = copy / "hpcbatch" / "__init__.py"
-        init.write_text(init.read_text().replace('__version__ = "0.1.0"', f'__version__ = "{version}"', 1))
+        init = copy / "hpcbatch" / "__init__.py"  # the only place the version is written
+        text = init.read_text()
+        init.write_text(re.sub(r'^__version__ = "[^"]*"', f'__version__ = "{version}"', text, count=1, flags=re.M))
         source = copy
     before = set(out.glob("hpcbatch-*.whl"))
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
