@@ -106,7 +106,7 @@ def _home() -> str:
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
-    """The head's URL: the argument, else $HPCBATCH_ENDPOINT, else the local cluster's file."""
+    """The head's URL: the argument, $HPCBATCH_ENDPOINT, the local cluster's file, or /etc/hpcbatch/client.toml."""
     if endpoint:
         return endpoint
     env = os.environ.get("HPCBATCH_ENDPOINT")
@@ -120,9 +120,29 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
         recorded = None
     if recorded:
         return str(recorded)
+    recorded = _system_endpoint()
+    if recorded:
+        return recorded
     raise HeadUnreachableError(
         "no hpcbatch head found: start one with 'hpcbatch cluster up' or set HPCBATCH_ENDPOINT"
+        f" (on a cluster: name it in {_client_config_path()})"
     )
+
+
+def _client_config_path() -> str:
+    return os.environ.get("HPCBATCH_CLIENT_CONFIG") or "/etc/hpcbatch/client.toml"
+
+
+def _system_endpoint() -> str | None:
+    """``endpoint`` from the host's client.toml (written by the Ansible roles and bootstrap)."""
+    import tomllib  # only when no other source named the head
+
+    try:
+        with open(_client_config_path(), "rb") as f:
+            endpoint = tomllib.load(f).get("endpoint")
+    except (OSError, ValueError):
+        return None
+    return str(endpoint) if endpoint else None
 
 
 def find_credentials() -> tuple[str, str] | None:

@@ -47,11 +47,25 @@ def keys_create(user: str, role: str, profile: str | None) -> None:
     if profile:
         body["profile"] = profile
     created = get_client().call("/hpcbatch/v1/createaccesskey", body)
+    if get_client().endpoint.startswith("unix:"):  # this host is the head
+        _warn_unless_unix_user(user)
     if json_output():
         print_json(created)
         return
     click.echo(created["credentialsProfile"], nl=False)
     click.echo(f"# access key for {user} (role {role}); the secret is not shown again", err=True)
+
+
+def _warn_unless_unix_user(user: str) -> None:
+    """Jobs run as the key's Unix user on the nodes: say so when the head has none."""
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        click.echo(f"warning: there is no Unix user {user!r} on the head: jobs submitted with this key "
+                   f"fail until {user} exists with the same uid on the head and every node "
+                   "(useradd, or your site's directory: sssd/LDAP)", err=True)
 
 
 @keys.command("list")
