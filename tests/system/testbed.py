@@ -102,8 +102,9 @@ def ensure_root() -> Path:
         return ROOT
 
 
-def build_wheel(out: Path, source: Path = REPO, version: str | None = None) -> Path:
-    """A wheel of the checkout at ``source`` (``version``: a copy of it with that version)."""
+def build_wheel(out: Path, source: Path = REPO, version: str | None = None, marker: str = "") -> Path:
+    """A wheel of the checkout at ``source`` (``version``: a copy of it with that version;
+    ``marker``: and a comment added, so the same version has other content)."""
     out.mkdir(parents=True, exist_ok=True)
     if version is not None:
         copy = out / f"src-{version}"
@@ -115,7 +116,8 @@ def build_wheel(out: Path, source: Path = REPO, version: str | None = None) -> P
                 shutil.copy2(source / rel, copy / rel)
         init = copy / "hpcbatch" / "__init__.py"  # the only place the version is written
         text = init.read_text()
-        init.write_text(re.sub(r'^__version__ = "[^"]*"', f'__version__ = "{version}"', text, count=1, flags=re.M))
+        text = re.sub(r'^__version__ = "[^"]*"', f'__version__ = "{version}"', text, count=1, flags=re.M)
+        init.write_text(text + (f"# build: {marker}\n" if marker else ""))
         source = copy
     before = set(out.glob("hpcbatch-*.whl"))
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],

@@ -109,7 +109,7 @@ def test_the_offline_wheelhouse_recipe_names_every_package_the_docs_use() -> Non
 
     from tests.system.testbed import EXTRA_WHEELS
 
-    for doc in (ANSIBLE / "README.md", ANSIBLE.parent / "docs/bootstrap.md"):
+    for doc in (ANSIBLE.parent / "README.md", ANSIBLE / "README.md", ANSIBLE.parent / "docs/bootstrap.md"):
         commands = [c for c in re.findall(r"^\s*(pip download .*)$", doc.read_text(), re.M)]
         assert commands, f"{doc}: no pip download recipe"
         for command in commands:
