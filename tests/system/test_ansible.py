@@ -158,7 +158,7 @@ def test_site_restarts_agents_for_a_config_change_and_their_job_ends_with_its_ow
 
     change = run_playbook(site.inventory, "site.yml", "-e", "agent_log_level=DEBUG")
     assert change.returncode == 0, change.stdout[-8000:] + change.stderr[-2000:]
-    assert "drained first" not in change.stdout  # a config change restarts in place
+    assert "is drained first (its jobs finish)" not in change.stdout  # a config change restarts in place
     after = {h: tb.ssh(h, "systemctl show -p MainPID --value hpcbatch-agent").stdout.strip() for h in COMPUTE}
     assert all(before[h] != after[h] for h in COMPUTE), (before, after)  # every agent restarted
     assert headapi.job(tb, HEAD, job_id)["status"] == "RUNNING"

@@ -244,7 +244,9 @@ class Testbed:
             ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
              "-D", str(host.merged), f"--machine=tb-{self.tag}-{host.name}", f"--hostname={host.name}",
              f"--network-namespace-path=/run/netns/{host.netns}", "--resolv-conf=off", "--timezone=off",
-             "--console=pipe", "--link-journal=no", *binds],
+             "--console=pipe", "--link-journal=no",
+             # Its own network namespace: root in it may set the fabric's MTU, as on a real host.
+             "--capability=CAP_NET_ADMIN", *binds],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
