@@ -107,7 +107,7 @@ def test_client_config_points_the_nodes_cli_at_the_heads_api(tmp_path: Path) -> 
 def test_the_offline_wheelhouse_recipe_names_every_package_the_docs_use() -> None:
     import re
 
-    from tests.system.testbed import EXTRA_WHEELS
+    from tests.system.testbed import EXTRA_WHEELS, wheelhouse_recipe
 
     for doc in (ANSIBLE.parent / "README.md", ANSIBLE / "README.md", ANSIBLE.parent / "docs/bootstrap.md"):
         commands = [c for c in re.findall(r"^\s*(pip download .*)$", doc.read_text(), re.M)]
@@ -117,3 +117,5 @@ def test_the_offline_wheelhouse_recipe_names_every_package_the_docs_use() -> Non
             assert set(EXTRA_WHEELS) <= set(command.split()), (doc, command)
         other = [c for c in commands if "--python-version" in c]
         assert other and all("--platform" in c and "--only-binary=:all:" in c for c in other), (doc, commands)
+        # The same recipe everywhere: the test bed builds the hosts' wheelhouse with the README's.
+        assert [c.strip() for c in commands] == wheelhouse_recipe(), doc
