@@ -167,6 +167,38 @@ def agent_config(name: str, s: BootstrapSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
+# On the host: the installed hpcbatch version and the record of its wheel (the Ansible package
+# role's probe reads the same /opt/hpcbatch/installed.json).
+PROBE = """import json, sys
+from importlib import metadata
+try:
+    record = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    record = {}
+print(json.dumps({"version": metadata.version("hpcbatch"), "record": record}))
+"""
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def install_refusal(present: dict[str, Any], wheel_name: str, sha256: str) -> str | None:
+    """Why installing ``wheel_name`` would be wrong, or None: a wheel with the installed version
+    but other content (its recorded sha256 differs) would install nothing, as pip keeps it."""
+    version = wheel_name.split("-")[1] if wheel_name.count("-") >= 2 else ""
+    record = present.get("record") or {}
+    recorded = record.get("sha256") if isinstance(record, dict) else None
+    if present.get("version") != version or not recorded or recorded == sha256:
+        return None
+    return (f"hpcbatch {version} is installed from a wheel with sha256 {recorded} ({record.get('wheel', '?')}), "
+            f"and {wheel_name} has the same version but other content (sha256 {sha256}): pip would install "
+            f"nothing. Give the new build a new version (e.g. {version}.post1, in hpcbatch/__init__.py)")
+
+
 def sysctl_conf() -> str:
     """/etc/sysctl.d/90-hpcbatch-fabric.conf, as the fabric role's template writes it."""
     head = "# RDMA and large MPI jobs: big socket buffers, many mappings, no NUMA page migration.\n"
@@ -266,6 +298,13 @@ class Bootstrapper:
             self.progress(host, "installing")
             venv = s.venv
             wheel = f"{s.prefix}/wheels/{s.wheel.name}"
+            record_path = f"{s.prefix}/installed.json"
+            present = await self._run(conn, "install", f"{venv}/bin/python -c {shlex.quote(PROBE)} {record_path} "
+                                                       "2>/dev/null || echo '{}'")
+            sha256 = await asyncio.to_thread(_sha256, s.wheel)
+            refused = install_refusal(json.loads(present.strip() or "{}"), s.wheel.name, sha256)
+            if refused:
+                raise StepFailed("install", refused)
             await self._run(conn, "install", f"mkdir -p {shlex.quote(s.prefix)}/wheels")
             try:
                 async with conn.start_sftp_client() as sftp:
@@ -279,6 +318,8 @@ class Bootstrapper:
                             f"{venv}/bin/pip install -q --disable-pip-version-check --no-input {pip} {wheel} {extra}")
             version = (await self._run(conn, "install",
                                        f"{venv}/bin/python -c 'import hpcbatch; print(hpcbatch.__version__)'")).strip()
+            record = {"version": version, "sha256": sha256, "wheel": s.wheel.name}
+            await self._write(conn, "install", record_path, json.dumps(record, indent=2) + "\n")
             self.progress(host, "configuring")
             name = host  # as Ansible's inventory_hostname: the name the admin gave
             await self._write(conn, "configure", HEAD_KEY_PATH, s.head_public_key.decode().strip() + "\n")

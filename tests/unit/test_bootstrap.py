@@ -119,3 +119,16 @@ def test_the_offline_wheelhouse_recipe_names_every_package_the_docs_use() -> Non
         assert other and all("--platform" in c and "--only-binary=:all:" in c for c in other), (doc, commands)
         # The same recipe everywhere: the test bed builds the hosts' wheelhouse with the README's.
         assert [c.strip() for c in commands] == wheelhouse_recipe(), doc
+
+
+def test_a_rebuilt_wheel_with_the_installed_version_is_refused_with_the_reason() -> None:
+    from hpcbatch.bootstrap import install_refusal
+
+    name = "hpcbatch-0.2.0-py3-none-any.whl"
+    installed = {"version": "0.2.0", "record": {"version": "0.2.0", "sha256": "a" * 64, "wheel": name}}
+    assert install_refusal(installed, name, "a" * 64) is None  # the same wheel again: nothing to do
+    assert install_refusal(installed, "hpcbatch-0.3.0-py3-none-any.whl", "b" * 64) is None  # a new version
+    assert install_refusal({}, name, "b" * 64) is None  # nothing installed yet
+    assert install_refusal({"version": "0.2.0", "record": {}}, name, "b" * 64) is None  # no record to compare
+    why = install_refusal(installed, name, "b" * 64)
+    assert why is not None and "same version but other content" in why and "b" * 64 in why and "a" * 64 in why
