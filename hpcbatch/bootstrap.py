@@ -9,6 +9,10 @@ at the head, which is accepted only when it is exactly the key read from the hos
 to be ACTIVE. One host's failure (unreachable, wrong host key, no Python) never stops the
 others; each gets a line in the report.
 
+The fabric is set up as the Ansible fabric role does it (the same MTU, memlock limits and
+sysctls: :data:`FABRIC_SYSCTLS` and :data:`MEMLOCK_CONF` match ``ansible/roles/fabric``), and
+``/etc/hpcbatch/client.toml`` tells the CLI on the node where the head's API is.
+
 Host keys are checked against ``known_hosts`` (``~/.ssh/known_hosts`` unless given);
 ``verify_host_keys=False`` turns that off, for a first try on a lab network only.
 """
@@ -42,6 +46,10 @@ Environment=PATH={venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 Restart=on-failure
 RestartSec=2
 TimeoutStopSec=60
+# A stop or restart (config change, upgrade) ends only the agent: running jobs stay in their
+# cgroups and the agent adopts them again, with their exit codes, when it starts (as slurmd's
+# restarts leave jobs under slurmstepd). site.yml restarts agents without draining.
+KillMode=process
 StateDirectory=hpcbatch-agent
 StateDirectoryMode=0711
 Delegate=yes
@@ -53,6 +61,24 @@ LimitSTACK=infinity
 [Install]
 WantedBy=multi-user.target
 """
+# The Ansible fabric role's defaults (ansible/roles/fabric): a unit test holds them equal.
+FABRIC_SYSCTLS: dict[str, str | int] = {
+    "net.core.rmem_max": 268435456,
+    "net.core.wmem_max": 268435456,
+    "net.ipv4.tcp_rmem": "4096 87380 268435456",
+    "net.ipv4.tcp_wmem": "4096 65536 268435456",
+    "net.core.netdev_max_backlog": 250000,
+    "vm.max_map_count": 1048576,
+    "kernel.numa_balancing": 0,
+}
+MEMLOCK_CONF = """\
+# RDMA registers (pins) memory: MPI and NCCL over EFA/InfiniBand need memlock unlimited.
+*    soft    memlock    unlimited
+*    hard    memlock    unlimited
+"""
+MEMLOCK_PATH = "/etc/security/limits.d/90-hpcbatch-memlock.conf"
+SYSCTL_PATH = "/etc/sysctl.d/90-hpcbatch-fabric.conf"
+CLIENT_CONFIG_PATH = "/etc/hpcbatch/client.toml"
 CONFIG_PATH = "/etc/hpcbatch/agent.toml"
 HEAD_KEY_PATH = "/etc/hpcbatch/head.key"
 STATE_DIR = "/var/lib/hpcbatch-agent"
@@ -78,6 +104,8 @@ class BootstrapSettings:
     compute_environment: str = "default"
     placement_group: str | None = None
     fabric_interface: str | None = None
+    fabric_mtu: int = 9000  # set on fabric_interface; 0 leaves it (the fabric role's fabric_mtu)
+    api_endpoint: str = ""  # the head's API for the CLI on the nodes (default http://HEAD:8471)
     allow_root_jobs: bool = False
     connect_timeout: float = 15.0
     ready_timeout: float = 120.0  # per host, from the agent's start until ACTIVE
@@ -86,6 +114,13 @@ class BootstrapSettings:
     @property
     def venv(self) -> str:
         return f"{self.prefix}/venv"
+
+    @property
+    def client_endpoint(self) -> str:
+        if self.api_endpoint:
+            return self.api_endpoint
+        host = self.head.removeprefix("tcp://").rsplit(":", 1)[0]
+        return f"http://{host}:8471"
 
 
 @dataclass
@@ -132,6 +167,51 @@ def agent_config(name: str, s: BootstrapSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
+# On the host: the installed hpcbatch version and the record of its wheel (the Ansible package
+# role's probe reads the same /opt/hpcbatch/installed.json).
+PROBE = """import json, sys
+from importlib import metadata
+try:
+    record = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    record = {}
+print(json.dumps({"version": metadata.version("hpcbatch"), "record": record}))
+"""
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def install_refusal(present: dict[str, Any], wheel_name: str, sha256: str) -> str | None:
+    """Why installing ``wheel_name`` would be wrong, or None: a wheel with the installed version
+    but other content (its recorded sha256 differs) would install nothing, as pip keeps it."""
+    version = wheel_name.split("-")[1] if wheel_name.count("-") >= 2 else ""
+    record = present.get("record") or {}
+    recorded = record.get("sha256") if isinstance(record, dict) else None
+    if present.get("version") != version or not recorded or recorded == sha256:
+        return None
+    return (f"hpcbatch {version} is installed from a wheel with sha256 {recorded} ({record.get('wheel', '?')}), "
+            f"and {wheel_name} has the same version but other content (sha256 {sha256}): pip would install "
+            f"nothing. Give the new build a new version (e.g. {version}.post1, in hpcbatch/__init__.py)")
+
+
+def sysctl_conf() -> str:
+    """/etc/sysctl.d/90-hpcbatch-fabric.conf, as the fabric role's template writes it."""
+    head = "# RDMA and large MPI jobs: big socket buffers, many mappings, no NUMA page migration.\n"
+    return head + "".join(f"{k} = {v}\n" for k, v in sorted(FABRIC_SYSCTLS.items()))
+
+
+def client_config(s: BootstrapSettings) -> str:
+    """/etc/hpcbatch/client.toml: where the CLI on the node finds the head (any shell)."""
+    return ("# Written by hpcbatch nodes bootstrap: the head's API for the hpcbatch CLI on this node\n"
+            "# (requests are signed with the caller's access key: hpcbatch admin keys create).\n"
+            f"endpoint = {_toml(s.client_endpoint)}\n")
+
+
 class Bootstrapper:
     """Bootstraps hosts against one head (``client``: an admin's connection to its API)."""
 
@@ -171,6 +251,10 @@ class Bootstrapper:
         known: Any = None
         if self.s.verify_host_keys:
             known = str(self.s.known_hosts or Path("~/.ssh/known_hosts").expanduser())
+            if not Path(known).is_file():  # asyncssh would say only "No such file or directory"
+                raise StepFailed("host key", f"no known_hosts file {known} to verify {host}'s host key against: "
+                                             "add the hosts' keys there (ssh-keyscan HOST, checked against the "
+                                             "host's own /etc/ssh/ssh_host_*.pub) or give --known-hosts FILE")
         options: dict[str, Any] = {"username": self.s.username, "port": self.s.port, "known_hosts": known,
                                    "connect_timeout": self.s.connect_timeout}
         if self.s.identity is not None:
@@ -214,6 +298,13 @@ class Bootstrapper:
             self.progress(host, "installing")
             venv = s.venv
             wheel = f"{s.prefix}/wheels/{s.wheel.name}"
+            record_path = f"{s.prefix}/installed.json"
+            present = await self._run(conn, "install", f"{venv}/bin/python -c {shlex.quote(PROBE)} {record_path} "
+                                                       "2>/dev/null || echo '{}'")
+            sha256 = await asyncio.to_thread(_sha256, s.wheel)
+            refused = install_refusal(json.loads(present.strip() or "{}"), s.wheel.name, sha256)
+            if refused:
+                raise StepFailed("install", refused)
             await self._run(conn, "install", f"mkdir -p {shlex.quote(s.prefix)}/wheels")
             try:
                 async with conn.start_sftp_client() as sftp:
@@ -227,12 +318,16 @@ class Bootstrapper:
                             f"{venv}/bin/pip install -q --disable-pip-version-check --no-input {pip} {wheel} {extra}")
             version = (await self._run(conn, "install",
                                        f"{venv}/bin/python -c 'import hpcbatch; print(hpcbatch.__version__)'")).strip()
+            record = {"version": version, "sha256": sha256, "wheel": s.wheel.name}
+            await self._write(conn, "install", record_path, json.dumps(record, indent=2) + "\n")
             self.progress(host, "configuring")
             name = host  # as Ansible's inventory_hostname: the name the admin gave
             await self._write(conn, "configure", HEAD_KEY_PATH, s.head_public_key.decode().strip() + "\n")
             await self._run(conn, "keys", f"{venv}/bin/python -c {shlex.quote(KEYGEN)} "
                                           f"{STATE_DIR}/curve/agent.key_secret {STATE_DIR}/curve/agent.key")
             public_key = (await self._run(conn, "keys", f"cat {STATE_DIR}/curve/agent.key")).strip()
+            await self._fabric(conn, host)
+            await self._write(conn, "configure", CLIENT_CONFIG_PATH, client_config(s))
             await self._write(conn, "configure", CONFIG_PATH, agent_config(name, s))
             await self._write(conn, "configure", UNIT_PATH, UNIT.format(venv=venv, config=CONFIG_PATH))
             self.progress(host, "starting")
@@ -241,6 +336,22 @@ class Bootstrapper:
         self.progress(host, "enrolling")
         await self._enroll(name, public_key)
         return version
+
+    async def _fabric(self, conn: Any, host: str) -> None:
+        """What the fabric role does: the interface's MTU, memlock limits, the sysctls."""
+        s = self.s
+        self.progress(host, "fabric")
+        if s.fabric_interface:
+            iface = shlex.quote(s.fabric_interface)
+            out = await self._run(conn, "fabric", f"ip -j link show dev {iface} 2>/dev/null || echo missing")
+            if "missing" in out or not out.strip().startswith("["):
+                raise StepFailed("fabric", f"no interface {s.fabric_interface} on {host} (--fabric-interface)")
+            if s.fabric_mtu > 0 and int(json.loads(out)[0]["mtu"]) != s.fabric_mtu:
+                await self._run(conn, "fabric", f"ip link set dev {iface} mtu {int(s.fabric_mtu)}")
+        await self._write(conn, "fabric", MEMLOCK_PATH, MEMLOCK_CONF)
+        await self._write(conn, "fabric", SYSCTL_PATH, sysctl_conf())
+        # systemd-sysctl applies them (and skips them in a container, where /proc/sys is read-only).
+        await self._run(conn, "fabric", "systemctl restart systemd-sysctl.service")
 
     async def _enroll(self, name: str, public_key: str) -> None:
         """Accept exactly the key read over SSH once the agent presented it; wait until ACTIVE."""

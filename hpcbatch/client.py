@@ -143,7 +143,7 @@ def _home() -> str:
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
-    """The head's URL: the argument, else $HPCBATCH_ENDPOINT, else the local cluster's file."""
+    """The head's URL: the argument, $HPCBATCH_ENDPOINT, the local cluster's file, or /etc/hpcbatch/client.toml."""
     if endpoint:
         return endpoint
     env = os.environ.get("HPCBATCH_ENDPOINT")
@@ -157,8 +157,12 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
         recorded = None
     if recorded:
         return str(recorded)
+    recorded = _system_endpoint()
+    if recorded:
+        return recorded
     raise HeadUnreachableError(
         "no hpcbatch head found: start one with 'hpcbatch cluster up' or set HPCBATCH_ENDPOINT"
+        f" (on a cluster: name it in {_client_config_path()})"
     )
 
 
@@ -178,6 +182,22 @@ def resolve_ca_bundle(ca_bundle: str | None = None, endpoints: list[str] | None 
     except (OSError, ValueError, AttributeError):
         recorded = None
     return str(recorded) if recorded else os.environ.get("AWS_CA_BUNDLE") or None
+
+
+def _client_config_path() -> str:
+    return os.environ.get("HPCBATCH_CLIENT_CONFIG") or "/etc/hpcbatch/client.toml"
+
+
+def _system_endpoint() -> str | None:
+    """``endpoint`` from the host's client.toml (written by the Ansible roles and bootstrap)."""
+    import tomllib  # only when no other source named the head
+
+    try:
+        with open(_client_config_path(), "rb") as f:
+            endpoint = tomllib.load(f).get("endpoint")
+    except (OSError, ValueError):
+        return None
+    return str(endpoint) if endpoint else None
 
 
 def find_credentials() -> tuple[str, str] | None:

@@ -61,6 +61,8 @@ def keys_create(user: str, role: str, profile: str | None, endpoint_url: str | N
     endpoint, bundle = _profile_endpoint(client, endpoint_url, ca_bundle)
     text = aws_profile(created["accessKeyId"], created["secretAccessKey"], profile,
                        region=created.get("region") or "local", endpoint=endpoint, ca_bundle=bundle)
+    if client.endpoint.startswith("unix:"):  # this host is the head
+        _warn_unless_unix_user(user)
     if json_output():
         print_json({**created, "awsProfile": text, "endpointUrl": endpoint, "caBundle": bundle})
         return
@@ -96,6 +98,18 @@ def _profile_endpoint(client: Any, endpoint_url: str | None, ca_bundle: str | No
     if not bundle and endpoint and endpoint.startswith("https://"):
         bundle = resolve_ca_bundle(None, [endpoint])
     return endpoint, os.path.abspath(bundle) if bundle else None
+
+
+def _warn_unless_unix_user(user: str) -> None:
+    """Jobs run as the key's Unix user on the nodes: say so when the head has none."""
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        click.echo(f"warning: there is no Unix user {user!r} on the head: jobs submitted with this key "
+                   f"fail until {user} exists with the same uid on the head and every node "
+                   "(useradd, or your site's directory: sssd/LDAP)", err=True)
 
 
 @keys.command("list")

@@ -32,6 +32,10 @@ from hpcbatch.cli.common import get_client, global_options, json_output, print_j
 @click.option("--ce", "compute_environment", default="default", show_default=True, help="The nodes' compute environment.")
 @click.option("--placement-group", help="The nodes' placement group (rack, switch).")
 @click.option("--fabric-interface", metavar="IFACE", help="The fabric's netdev for MPI/NCCL.")
+@click.option("--fabric-mtu", type=click.IntRange(min=0), default=9000, show_default=True,
+              help="MTU to set on the fabric interface (0: leave it), as the Ansible fabric role.")
+@click.option("--api-endpoint", metavar="URL", default="",
+              help="The head's API for the CLI on the nodes (/etc/hpcbatch/client.toml) [default: http://HEAD:8471].")
 @click.option("--allow-root-jobs", is_flag=True, help="Run jobs owned by root as root.")
 @click.option("--connect-timeout", type=float, default=15.0, show_default=True, help="Seconds to reach a host.")
 @click.option("--timeout", "ready_timeout", type=float, default=120.0, show_default=True,
@@ -41,13 +45,14 @@ from hpcbatch.cli.common import get_client, global_options, json_output, print_j
 def nodes_bootstrap(hosts: str, wheel: Path, head: str, head_key: Path, username: str, identity: Path | None,
                     known_hosts: Path | None, no_host_key_check: bool, prefix: str, pip_args: str,
                     extra: tuple[str, ...], compute_environment: str, placement_group: str | None,
-                    fabric_interface: str | None, allow_root_jobs: bool, connect_timeout: float,
+                    fabric_interface: str | None, fabric_mtu: int, api_endpoint: str, allow_root_jobs: bool, connect_timeout: float,
                     ready_timeout: float, parallel: int) -> None:
     """Install, configure, enroll and start an agent on each of HOSTS (a hostlist: node[1-4]).
 
     \b
     Run it on the head as an admin. Every host in parallel over SSH: Python check, the wheel
-    into PREFIX/venv, /etc/hpcbatch/agent.toml, the agent's key pair, the systemd unit; then
+    into PREFIX/venv, the fabric (MTU, memlock, sysctls, as the Ansible fabric role),
+    /etc/hpcbatch/client.toml, /etc/hpcbatch/agent.toml, the agent's key pair, the systemd unit; then
     the head accepts exactly the key read from the host, and the node must become ACTIVE.
     One line per host, then a summary; exit status 1 if any host failed.
     """
@@ -72,7 +77,8 @@ def nodes_bootstrap(hosts: str, wheel: Path, head: str, head_key: Path, username
         wheel=wheel, head=head, head_public_key=load_public_key(head_key), username=username,
         identity=identity, known_hosts=known_hosts, verify_host_keys=not no_host_key_check, prefix=prefix,
         pip_args=shlex.split(pip_args), extra_packages=list(extra), compute_environment=compute_environment,
-        placement_group=placement_group, fabric_interface=fabric_interface, allow_root_jobs=allow_root_jobs,
+        placement_group=placement_group, fabric_interface=fabric_interface, fabric_mtu=fabric_mtu,
+        api_endpoint=api_endpoint, allow_root_jobs=allow_root_jobs,
         connect_timeout=connect_timeout, ready_timeout=ready_timeout, parallel=parallel,
     )
     quiet = json_output()

@@ -50,7 +50,8 @@ def global_options(f: F) -> F:
         expose_value=False,
         is_eager=True,
         callback=_remember(_ENDPOINT),
-        help="The head, e.g. http://head:8471 (default: $HPCBATCH_ENDPOINT or the local cluster).",
+        help="The head, e.g. http://head:8471 (default: $HPCBATCH_ENDPOINT, the local cluster, "
+        "or /etc/hpcbatch/client.toml).",
     )(f)
     return f
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from hpcbatch.netns import tag_for
 from tests.system.playbooks import run_playbook, write_inventory
-from tests.system.testbed import Testbed, build_wheel, ensure_wheelhouse
+from tests.system.testbed import REPO, Testbed, build_wheel, ensure_wheelhouse
 
 HOSTS = 5  # node1: head; node2-4: compute (Ansible); node5: for `nodes bootstrap`
 UPGRADE_VERSION = "0.1.0.post1"
@@ -31,13 +32,15 @@ def _missing() -> str | None:
 
 
 class Bed:
-    """The booted test bed plus the two wheels (this checkout, and an 'upgrade' build of it)."""
+    """The booted test bed plus the wheels: this checkout, an 'upgrade' build of it, and a rebuild
+    of the upgrade with the same version and other content."""
 
-    def __init__(self, testbed: Testbed, workdir: Path, wheel: Path, upgrade_wheel: Path) -> None:
+    def __init__(self, testbed: Testbed, workdir: Path, wheel: Path, upgrade_wheel: Path, rebuilt_wheel: Path) -> None:
         self.testbed = testbed
         self.workdir = workdir
         self.wheel = wheel
         self.upgrade_wheel = upgrade_wheel
+        self.rebuilt_wheel = rebuilt_wheel  # the upgrade's version, other content
 
 
 @pytest.fixture(scope="package")
@@ -49,11 +52,13 @@ def bed() -> Iterator[Bed]:
     wheels = workdir / "wheels"
     wheel = build_wheel(wheels)
     upgrade_wheel = build_wheel(wheels, version=UPGRADE_VERSION)
+    rebuilt_wheel = build_wheel(workdir / "rebuilt", version=UPGRADE_VERSION, marker="rebuilt")
     ensure_wheelhouse(wheel)
-    testbed = Testbed(workdir / "hosts", HOSTS)
+    # One tag per checkout: test beds of several worktrees on one machine never meet.
+    testbed = Testbed(workdir / "hosts", HOSTS, tag=tag_for(str(REPO)))
     try:
         testbed.start(extra_hosts=[("unreachable1", "10.254.254.254")])
-        yield Bed(testbed, workdir, wheel, upgrade_wheel)
+        yield Bed(testbed, workdir, wheel, upgrade_wheel, rebuilt_wheel)
     finally:
         testbed.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -70,7 +75,7 @@ class Site:
 
 @pytest.fixture(scope="package")
 def site(bed: Bed) -> Site:
-    inventory = write_inventory(bed.testbed, bed.workdir / "inventory.yml", bed.wheel)
+    inventory = write_inventory(bed.testbed, bed.workdir / "inventory", bed.wheel)
     first = run_playbook(inventory, "site.yml")
     assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-2000:]
     return Site(bed, inventory)

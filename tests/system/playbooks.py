@@ -16,7 +16,12 @@ COMPUTE = ("node2", "node3", "node4")
 
 
 def write_inventory(testbed: Testbed, path: Path, wheel: Path) -> Path:
-    """head: node1; compute: node2-4; SSH as root with the test bed's key and known_hosts."""
+    """head: node1; compute: node2-4; SSH as root with the test bed's key and known_hosts.
+
+    ``path`` is an inventory directory as a site keeps one: ``hosts.yml`` and
+    ``group_vars/all.yml``, which names ``hpcbatch_version`` (the wheel's version; upgrade.yml
+    rewrites it) and where the wheels are (``wheel``'s folder).
+    """
     def host(name: str) -> dict[str, str]:
         return {"ansible_host": testbed.host(name).mgmt_ip}
 
@@ -26,7 +31,6 @@ def write_inventory(testbed: Testbed, path: Path, wheel: Path) -> Path:
                 "ansible_user": "root",
                 "ansible_ssh_private_key_file": str(testbed.client_key),
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={testbed.known_hosts} -o StrictHostKeyChecking=yes",
-                "package_wheel": str(wheel),
                 "package_pip_args": "--no-index --find-links /opt/wheelhouse",
             },
             "children": {
@@ -43,8 +47,19 @@ def write_inventory(testbed: Testbed, path: Path, wheel: Path) -> Path:
             },
         }
     }
-    path.write_text(json.dumps(inventory, indent=2))  # JSON is YAML
+    (path / "group_vars").mkdir(parents=True, exist_ok=True)
+    (path / "hosts.yml").write_text(json.dumps(inventory, indent=2))  # JSON is YAML
+    version = wheel.name.split("-")[1]
+    (path / "group_vars" / "all.yml").write_text(
+        f'---\nhpcbatch_version: "{version}"\npackage_wheel_dir: "{wheel.parent}"\n'
+    )
     return path
+
+
+def inventory_version(inventory: Path) -> str:
+    """The hpcbatch_version the inventory names (upgrade.yml rewrites it)."""
+    found = re.search(r'^hpcbatch_version: "([^"]*)"', (inventory / "group_vars" / "all.yml").read_text(), re.M)
+    return found.group(1) if found else ""
 
 
 def run_playbook(inventory: Path, playbook: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

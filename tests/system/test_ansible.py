@@ -1,6 +1,9 @@
 """The Ansible roles on real hosts: site.yml brings up a cluster that runs MPI across three
-agents, a second run changes nothing, --check --diff works, the units verify, and upgrade.yml
-rolls a new build through while jobs run without losing or repeating any.
+agents, a second run changes nothing, --check --diff works, the units verify, the README's
+first-contact commands run as written, a config change restarts the agents under a running job
+that then ends with its own exit code, upgrade.yml rolls a new build through while jobs run
+without losing or repeating any and records the version in the inventory, and the next site.yml
+keeps that version (and drains first only the node whose fabric MTU it changes).
 
 One test bed (tests/system/conftest.py) and one site.yml run serve the whole module; the
 tests run in file order and build on each other (the upgrade comes last).
@@ -21,7 +24,8 @@ import pytest
 
 from tests.system import headapi
 from tests.system.conftest import UPGRADE_VERSION, Site
-from tests.system.playbooks import ANSIBLE, COMPUTE, HEAD, recap, run_playbook
+from tests.system.playbooks import ANSIBLE, COMPUTE, HEAD, inventory_version, recap, run_playbook
+from tests.system.testbed import REPO
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 VENV = headapi.VENV
@@ -66,8 +70,10 @@ def test_daemons_run_under_systemd_units_that_verify(site: Site) -> None:
     assert head.returncode == 0, head.stdout + head.stderr
     assert "hpcbatch" in head.stdout  # the head runs as its own user, not root
     agent = site.tb.ssh(COMPUTE[0], "systemctl is-active hpcbatch-agent && "
-                                    "systemd-analyze verify /etc/systemd/system/hpcbatch-agent.service")
+                                    "systemd-analyze verify /etc/systemd/system/hpcbatch-agent.service && "
+                                    "systemctl show -p KillMode --value hpcbatch-agent")
     assert agent.returncode == 0, agent.stdout + agent.stderr
+    assert agent.stdout.split()[-1] == "process"  # a restart stops the agent, not its jobs
 
 
 def test_each_host_has_only_what_its_roles_wrote(site: Site) -> None:
@@ -102,6 +108,74 @@ def test_ansible_lint_production_profile_is_clean() -> None:
     assert lint.returncode == 0, lint.stdout[-4000:] + lint.stderr[-4000:]
 
 
+def _readme_block(name: str) -> str:
+    """The shell block after ``<!-- first-contact: NAME -->`` in the README, as written."""
+    text = (REPO / "README.md").read_text()
+    found = re.search(rf"<!-- first-contact: {name} -->\n```sh\n(.*?)```", text, re.S)
+    assert found, f"README.md has no first-contact block {name!r}"
+    return found.group(1)
+
+
+def test_readme_first_contact_runs_as_written(site: Site, tmp_path: Path) -> None:
+    tb = site.tb
+    # "in ansible/" with the inventory the README calls inventory/mycluster: this test bed's.
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "mycluster").symlink_to(site.inventory)
+    env = {"ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "HOME": str(tmp_path),
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+           "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    control = subprocess.run(["bash", "-e", "-c", _readme_block("control")], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert control.returncode == 0, control.stdout[-4000:] + control.stderr[-2000:]
+    for host in (HEAD, *COMPUTE):
+        assert tb.ssh(host, "id -u alice").stdout.strip() == "2001", host
+
+    # On the head, as root, over SSH: a plain (non-login) shell finds the head through client.toml.
+    head = tb.ssh(HEAD, "set -e\n" + _readme_block("head"), timeout=300)
+    assert head.returncode == 0, head.stdout + head.stderr
+    assert head.stdout.strip().splitlines()[-1].strip() in COMPUTE, head.stdout  # hostname, from a node
+
+    # A compute node's CLI is pointed at the head's API over TCP.
+    node = tb.ssh(COMPUTE[0], "cat /etc/hpcbatch/client.toml")
+    assert f'endpoint = "http://{tb.host(HEAD).mgmt_ip}:8471"' in node.stdout, node.stdout
+    # A key for a user the head does not know works, but says what will go wrong.
+    key = tb.ssh(HEAD, "hpcbatch admin keys create --user nosuchuser")
+    assert key.returncode == 0, key.stderr
+    assert "no Unix user 'nosuchuser' on the head" in key.stderr, key.stderr
+
+
+def test_site_restarts_agents_for_a_config_change_and_their_job_ends_with_its_own_exit_code(site: Site) -> None:
+    tb = site.tb
+    go = "/run/hpcbatch-test-go"
+    for host in COMPUTE:
+        tb.ssh(host, f"rm -f {go}")
+    job_id = str(headapi.call(tb, HEAD, "submit_job", jobName="restart", jobQueue="default",
+                              jobDefinition="hpcbatch-default",
+                              containerOverrides={"command": ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.2; done; exit 3"]})
+                 ["jobId"])
+    headapi.wait_status(tb, HEAD, job_id, "RUNNING", timeout=60)
+    before = {h: tb.ssh(h, "systemctl show -p MainPID --value hpcbatch-agent").stdout.strip() for h in COMPUTE}
+
+    change = run_playbook(site.inventory, "site.yml", "-e", "agent_log_level=DEBUG")
+    assert change.returncode == 0, change.stdout[-8000:] + change.stderr[-2000:]
+    assert "is drained first (its jobs finish)" not in change.stdout  # a config change restarts in place
+    after = {h: tb.ssh(h, "systemctl show -p MainPID --value hpcbatch-agent").stdout.strip() for h in COMPUTE}
+    assert all(before[h] != after[h] for h in COMPUTE), (before, after)  # every agent restarted
+    now = headapi.job(tb, HEAD, job_id)
+    # An agent that ends its jobs when it stops fails here ("Agent shut down while the attempt
+    # ran"): the agent must leave them in their cgroups and adopt them again (KillMode=process).
+    assert now["status"] == "RUNNING", (now["status"], now.get("statusReason"), now.get("attempts"))
+
+    for host in COMPUTE:
+        tb.ssh(host, f"touch {go}")
+    ended = headapi.wait_jobs(tb, HEAD, [job_id], timeout=120)[job_id]
+    assert ended["status"] == "FAILED", ended
+    assert len(ended["attempts"]) == 1, ended["attempts"]
+    assert ended["attempts"][0]["container"].get("exitCode") == 3, ended["attempts"]  # its own, not the agent's
+    nodes = headapi.nodes(tb, HEAD)
+    assert {n: v["state"] for n, v in nodes.items()} == {n: "ACTIVE" for n in COMPUTE}
+
+
 def test_rolling_upgrade_while_jobs_run_loses_and_repeats_none(site: Site) -> None:
     tb = site.tb
     def sleeper(name: str, seconds: int, vcpus: int) -> str:
@@ -129,7 +203,7 @@ def test_rolling_upgrade_while_jobs_run_loses_and_repeats_none(site: Site) -> No
     submitter = threading.Thread(target=submit_during)
     submitter.start()
     started = time.time()
-    upgrade = run_playbook(site.inventory, "upgrade.yml", "-e", f"package_wheel={site.bed.upgrade_wheel}",
+    upgrade = run_playbook(site.inventory, "upgrade.yml", "-e", f"hpcbatch_version={UPGRADE_VERSION}",
                            "-e", "upgrade_drain_timeout=300")
     submitter.join()
     assert upgrade.returncode == 0, upgrade.stdout[-8000:] + upgrade.stderr[-2000:]
@@ -144,3 +218,40 @@ def test_rolling_upgrade_while_jobs_run_loses_and_repeats_none(site: Site) -> No
     assert {n: v["state"] for n, v in nodes.items()} == {n: "ACTIVE" for n in COMPUTE}
     assert {v["agentVersion"] for v in nodes.values()} == {UPGRADE_VERSION}
     assert headapi.call(tb, HEAD, "/hpcbatch/v1/whoami")["headVersion"] == UPGRADE_VERSION
+    assert inventory_version(site.inventory) == UPGRADE_VERSION  # recorded where site.yml reads it
+
+
+def test_versions_change_only_through_upgrade_and_only_to_the_inventorys(site: Site) -> None:
+    # upgrade.yml with a wheel that is not the version it is told to roll out: refused at once.
+    wrong = run_playbook(site.inventory, "upgrade.yml", "-e", "hpcbatch_version=9.9.9",
+                         "-e", f"package_wheel={site.bed.wheel}")
+    assert wrong.returncode != 0
+    assert f"package_wheel {site.bed.wheel.name} is hpcbatch {site.bed.wheel.name.split('-')[1]}, not hpcbatch_version 9.9.9" \
+        in " ".join(wrong.stdout.split()), wrong.stdout[-3000:]
+    # site.yml told to run another version: refused, nothing installed.
+    other = run_playbook(site.inventory, "site.yml", "-e", f"hpcbatch_version={site.bed.wheel.name.split('-')[1]}")
+    assert other.returncode != 0
+    assert "site.yml never changes the installed version" in " ".join(other.stdout.split()), other.stdout[-3000:]
+    # A rebuilt wheel with the installed version: refused with the reason (pip would install nothing).
+    rebuilt = run_playbook(site.inventory, "site.yml", "-e", f"package_wheel_dir={site.bed.rebuilt_wheel.parent}")
+    assert rebuilt.returncode != 0
+    assert "has the same version but other content" in " ".join(rebuilt.stdout.split()), rebuilt.stdout[-3000:]
+    assert inventory_version(site.inventory) == UPGRADE_VERSION
+
+
+def test_site_after_an_upgrade_keeps_the_version_and_drains_only_for_a_new_mtu(site: Site) -> None:
+    tb = site.tb
+    last = COMPUTE[-1]
+    assert tb.ssh(last, "ip link set dev fab0 mtu 1500").returncode == 0  # the fabric task has work to do
+    again = run_playbook(site.inventory, "site.yml")
+    assert again.returncode == 0, again.stdout[-8000:] + again.stderr[-2000:]
+    out = " ".join(again.stdout.split())
+    assert f"{last} is drained first (its jobs finish), then changed: fab0 MTU: 1500 -> 9000" in out, again.stdout[-6000:]
+    assert sum(f"{n} is drained first" in out for n in COMPUTE) == 1  # only the node that needs it
+    assert '"mtu":9000' in tb.ssh(last, "ip -j link show dev fab0").stdout.replace(" ", "")
+    for host in (HEAD, *COMPUTE):
+        installed = tb.ssh(host, f"{VENV}/bin/python -c 'import hpcbatch; print(hpcbatch.__version__)'")
+        assert installed.stdout.strip() == UPGRADE_VERSION, host  # the upgrade stuck
+    nodes = headapi.nodes(tb, HEAD)
+    assert {n: v["state"] for n, v in nodes.items()} == {n: "ACTIVE" for n in COMPUTE}
+    assert {v["agentVersion"] for v in nodes.values()} == {UPGRADE_VERSION}

