@@ -109,7 +109,7 @@ def aws_profile(
         lines.append(f"ca_bundle = {ca_bundle}")
     if endpoint:
         lines += [f"services = {profile}", "", f"[services {profile}]", "batch =", f"  endpoint_url = {endpoint}",
-                  "logs =", f"  endpoint_url = {endpoint}"]
+                  "cloudwatch_logs =", f"  endpoint_url = {endpoint}"]
     return "\n".join(lines) + "\n"
 
 
