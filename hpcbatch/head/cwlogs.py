@@ -337,6 +337,7 @@ class CloudWatchLogs:
     def __init__(self, service: Any) -> None:
         self.service = service
         self._jobs_of: dict[str, str] = {}  # attempt -> job (from the log store's .job files)
+        self._ended: dict[str, StreamInfo] = {}  # a stopped attempt's stream never changes owner or name
 
     @property
     def _logs(self) -> LogStore:
@@ -360,7 +361,13 @@ class CloudWatchLogs:
         """Every stream with output that the caller may read (in ``group``, if named)."""
         attempts = self._logs.attempts()
         wanted: dict[str, list[str]] = {}
+        out = []
         for attempt_id in attempts:
+            ended = self._ended.get(attempt_id)
+            if ended is not None:
+                if self._visible(caller, ended.owner) and (group is None or ended.group == group):
+                    out.append(ended)
+                continue
             job_id = self._jobs_of.get(attempt_id)
             if job_id is None:
                 job_id = self._logs.job_of(attempt_id)
@@ -368,30 +375,32 @@ class CloudWatchLogs:
                     continue
                 self._jobs_of[attempt_id] = job_id
             wanted.setdefault(job_id, []).append(attempt_id)
-        if len(self._jobs_of) > 2 * len(attempts) + 1000:  # pruned jobs' attempts: forget them
+        if len(self._jobs_of) + len(self._ended) > 2 * len(attempts) + 1000:  # pruned jobs: forget them
             present = set(attempts)
             self._jobs_of = {a: j for a, j in self._jobs_of.items() if a in present}
+            self._ended = {a: i for a, i in self._ended.items() if a in present}
         engine_jobs = self.service.engine.jobs
         found = {j: engine_jobs[j] for j in wanted if j in engine_jobs}
         missing = [j for j in wanted if j not in found]
         if missing:
             found.update((j.job_id, j) for j in self.service.store.get_jobs(missing))
-        out = []
         for job_id, attempt_ids in wanted.items():
             job = found.get(job_id)
-            if job is None or not self._visible(caller, job.owner):
+            if job is None:
                 continue
             for attempt_id in attempt_ids:
                 info = self._info(job, attempt_id)
-                if info is not None and (group is None or info.group == group):
+                if info is None:
+                    continue
+                if info.finished:
+                    self._ended[attempt_id] = info
+                if self._visible(caller, job.owner) and (group is None or info.group == group):
                     out.append(info)
         return out
 
     def groups(self) -> list[str]:
         names = {DEFAULT_GROUP}
-        for doc in self.service.store.list_resources("jobdef"):
-            if doc.get("status", "ACTIVE") != "ACTIVE":
-                continue
+        for doc in self.service.store.list_resources("jobdef"):  # INACTIVE too: its jobs' streams stay
             names.add(_group_of(doc.get("containerProperties")))
             for node_range in (doc.get("nodeProperties") or {}).get("nodeRangeProperties") or []:
                 names.add(_group_of((node_range or {}).get("container")))
@@ -412,7 +421,7 @@ class CloudWatchLogs:
             if required:
                 raise invalid("Either logGroupName or logGroupIdentifier must be given.")
             return None
-        if name not in self.groups():
+        if name != DEFAULT_GROUP and name not in self.groups():
             raise not_found("The specified log group does not exist.")
         return name
 
@@ -690,7 +699,10 @@ def mount_logs(app: web.Application, service: Any, identifier: Any, *, region: s
         target = request.headers.get("X-Amz-Target", "")
         operation = target.removeprefix(TARGET_PREFIX) if target.startswith(TARGET_PREFIX) else ""
         try:
-            raw = await request.read()
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise invalid("the request body is over the head's size limit") from None
             if operation not in OPERATIONS:
                 shown = target[:100] or "(no X-Amz-Target header)"
                 raise LogsError("UnknownOperationException",
