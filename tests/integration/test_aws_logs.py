@@ -206,6 +206,18 @@ def test_mistakes_get_aws_errors(alice: tuple[Any, Any], lc: TestCluster) -> Non
         == "InvalidParameterException"
     assert error_code(logs.put_log_events, logGroupName=GROUP, logStreamName="s",
                       logEvents=[{"timestamp": 1, "message": "m"}]) == "UnknownOperationException"
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    for target in (None, "Logs_20140328.NoSuchThing", "AWSBatchV20160810.ListJobs"):
+        request = urllib.request.Request(lc.endpoint + "/", data=b"{}", method="POST", headers={
+            "Content-Type": "application/x-amz-json-1.1", **({"X-Amz-Target": target} if target else {})})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, context=ssl.create_default_context(cafile=lc.ca_bundle), timeout=10)
+        assert info.value.code == 400
+        assert json.loads(info.value.read())["__type"] == "UnknownOperationException"
     import boto3
 
     unsigned = boto3.client("logs", endpoint_url=lc.endpoint, verify=lc.ca_bundle, region_name="local",
