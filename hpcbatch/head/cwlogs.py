@@ -193,9 +193,10 @@ class StreamReader:
             return self.end
         return min(self.end, self.boundary_before(self.stamps[i].start))
 
-    def scan(self, p: int, stop: int, *, max_bytes: int = PAGE_BYTES) -> tuple[list[Event], int]:
-        """Events from boundary ``p`` up to boundary ``stop``, about ``max_bytes`` of them;
-        and the boundary where the scan stopped."""
+    def scan(self, p: int, stop: int, *, max_bytes: int = PAGE_BYTES,
+             keep: Callable[[bytes], bool] | None = None) -> tuple[list[Event], int]:
+        """Events from boundary ``p`` up to boundary ``stop``, about ``max_bytes`` of them (only
+        those whose bytes ``keep`` accepts, if given); and the boundary where the scan stopped."""
         stop = min(stop, self.end)
         if p >= stop:
             return [], p
@@ -213,7 +214,7 @@ class StreamReader:
                 j, body = len(buf), buf[i:]
             else:
                 break  # the line goes on past what was read: the next page has it
-            if body:
+            if body and (keep is None or keep(body)):
                 stamp = self._stamp(p + j - 1)
                 ts = stamp.read_at_ms if stamp else self._fallback
                 events.append(Event(p + i, p + j, body.decode(errors="replace"), ts,
@@ -222,11 +223,11 @@ class StreamReader:
             i = j
         return events, p + i
 
-    def events(self, lo: int, hi: int) -> Iterator[Event]:
-        """Every event between the boundaries ``lo`` and ``hi``, in order."""
+    def events(self, lo: int, hi: int, keep: Callable[[bytes], bool] | None = None) -> Iterator[Event]:
+        """Every event between the boundaries ``lo`` and ``hi`` (that ``keep`` accepts), in order."""
         pos = lo
         while pos < min(hi, self.end):
-            batch, after = self.scan(pos, hi)
+            batch, after = self.scan(pos, hi, keep=keep)
             yield from batch
             if after <= pos:
                 return
@@ -285,6 +286,21 @@ class FilterPattern:
         return (all(t in message for t in self.all_of)
                 and (not self.any_of or any(t in message for t in self.any_of))
                 and not any(t in message for t in self.none_of))
+
+    def bytes_test(self) -> Callable[[bytes], bool] | None:
+        """The same test on a line's raw bytes (UTF-8 terms), so lines that cannot match are
+        never decoded; None for the empty pattern (everything matches)."""
+        if not (self.all_of or self.any_of or self.none_of):
+            return None
+        all_of = [t.encode() for t in self.all_of]
+        any_of = [t.encode() for t in self.any_of]
+        none_of = [t.encode() for t in self.none_of]
+
+        def test(line: bytes) -> bool:
+            return (all(t in line for t in all_of) and (not any_of or any(t in line for t in any_of))
+                    and not any(t in line for t in none_of))
+
+        return test
 
 
 # ------------------------------------------------------------------ the operations
@@ -531,6 +547,7 @@ class CloudWatchLogs:
         if names is not None and prefix is not None:
             raise invalid("logStreamNames and logStreamNamePrefix are mutually exclusive parameters.")
         pattern = FilterPattern.parse(body.get("filterPattern", ""))
+        keep = pattern.bytes_test()
         start_ms, end_ms = body.get("startTime"), body.get("endTime")
         if end_ms is not None:
             end_ms += 1  # FilterLogEvents' endTime is inclusive ("later than this time are not returned")
@@ -557,7 +574,7 @@ class CloudWatchLogs:
                 hi_ms = min(hi_ms if hi_ms is not None else after[0] + 1, after[0] + 1)
                 hi = min(hi, reader.position_at(hi_ms, reader.end))
             mine: list[tuple[tuple[int, str, int], StreamInfo, Event]] = []
-            for e in reader.events(lo, hi):
+            for e in reader.events(lo, hi, keep):
                 if not in_time(e, start_ms, end_ms) or not pattern.matches(e.message):
                     continue
                 key = (e.timestamp, info.name, e.start)
