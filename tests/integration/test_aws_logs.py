@@ -163,6 +163,11 @@ def test_filter_describe_and_a_job_definitions_own_group(alice: tuple[Any, Any],
     assert listed[0]["arn"].endswith(f":log-group:{GROUP}:log-stream:{stream}")
     newest = logs.describe_log_streams(logGroupName=GROUP, orderBy="LastEventTime", descending=True, limit=1)
     assert newest["logStreams"][0]["logStreamName"] == stream and "nextToken" in newest
+    every = [s["logStreamName"] for s in logs.describe_log_streams(logGroupName=GROUP)["logStreams"]]
+    assert len(every) >= 3 and every == sorted(every)
+    paged = [s["logStreamName"] for page in logs.get_paginator("describe_log_streams").paginate(
+        logGroupName=GROUP, PaginationConfig={"PageSize": 2}) for s in page["logStreams"]]
+    assert paged == every
 
     admin_batch, _ = clients(lc, key_for(lc, "root", "admin"))
     admin_batch.register_job_definition(
