@@ -636,7 +636,9 @@ class CloudWatchLogs:
 
         rows.sort(key=sort_key, reverse=descending)
         if body.get("nextToken") is not None:
-            after = _decode(body["nextToken"], lambda k: isinstance(k, list) and 1 <= len(k) <= 2)
+            shape = (int, str) if order == "LastEventTime" else (str,)
+            after = _decode(body["nextToken"], lambda k: isinstance(k, list) and len(k) == len(shape)
+                            and all(isinstance(v, t) for v, t in zip(k, shape, strict=True)))
             rows = [r for r in rows if (sort_key(r) < after if descending else sort_key(r) > after)]
         result: dict[str, Any] = {"logStreams": rows[:limit]}
         if len(rows) > limit:

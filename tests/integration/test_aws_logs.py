@@ -168,6 +168,9 @@ def test_filter_describe_and_a_job_definitions_own_group(alice: tuple[Any, Any],
     paged = [s["logStreamName"] for page in logs.get_paginator("describe_log_streams").paginate(
         logGroupName=GROUP, PaginationConfig={"PageSize": 2}) for s in page["logStreams"]]
     assert paged == every
+    by_name = logs.describe_log_streams(logGroupName=GROUP, limit=1)["nextToken"]
+    assert error_code(logs.describe_log_streams, logGroupName=GROUP, orderBy="LastEventTime",
+                      nextToken=by_name) == "InvalidParameterException"  # a token of another order
 
     admin_batch, _ = clients(lc, key_for(lc, "root", "admin"))
     admin_batch.register_job_definition(
