@@ -139,6 +139,7 @@ def test_each_line_keeps_the_time_the_agent_read_it_and_time_bounds_select_by_it
 
 def test_filter_describe_and_a_job_definitions_own_group(alice: tuple[Any, Any], lc: TestCluster) -> None:
     batch, logs = alice
+    run_job(lc, batch, "echo an older stream")
     _, stream = run_job(lc, batch, "echo 'ERROR disk full'; echo 'WARN slow'; echo 'INFO all good'; "
                                    "for i in $(seq 1 12); do echo tick $i; done")
 
@@ -164,7 +165,7 @@ def test_filter_describe_and_a_job_definitions_own_group(alice: tuple[Any, Any],
     newest = logs.describe_log_streams(logGroupName=GROUP, orderBy="LastEventTime", descending=True, limit=1)
     assert newest["logStreams"][0]["logStreamName"] == stream and "nextToken" in newest
     every = [s["logStreamName"] for s in logs.describe_log_streams(logGroupName=GROUP)["logStreams"]]
-    assert len(every) >= 3 and every == sorted(every)
+    assert len(every) >= 2 and every == sorted(every)
     paged = [s["logStreamName"] for page in logs.get_paginator("describe_log_streams").paginate(
         logGroupName=GROUP, PaginationConfig={"PageSize": 2}) for s in page["logStreams"]]
     assert paged == every
