@@ -191,3 +191,46 @@ def test_a_logs_signature_is_accepted_for_logs_and_refused_for_batch() -> None:
     with pytest.raises(AuthError) as info:
         verify("POST", "/", "", batch_headers, body, now, {KEY.access_key_id: KEY}.get, service="logs")
     assert "'logs'" in info.value.message
+
+
+# -- the operations over a real store, engine and service ------------------------------------
+def test_ownership_follows_get_job_logs_and_private_data_hides_the_stream(tmp_path: Path) -> None:
+    from hpcbatch import protocol as p
+    from hpcbatch.auth.policy import AccessDenied, Caller
+    from hpcbatch.head.engine import Engine
+    from hpcbatch.head.service import BatchService
+    from hpcbatch.model.jobs import Attempt
+    from hpcbatch.model.lifecycle import JobStatus
+    from hpcbatch.store import SqliteStore
+    from tests.unit.test_store import job
+
+    store = SqliteStore(tmp_path / "db.sqlite")
+    try:
+        engine = Engine(store, LogStore(tmp_path / "logs"), send=lambda n, m: None, clock_ms=lambda: 7_000)
+        service = BatchService(store, engine, region="local", account="0")
+        stream = f"d/default/{A}"
+        record = job("j1", owner="alice", status=JobStatus.SUCCEEDED, stopped_at=9_000,
+                     attempts=[Attempt(attempt_id=A, node="n1", compute_environment="ce", log_stream_name=stream,
+                                       started_at=5_000, stopped_at=9_000)])
+        with store.transaction():
+            store.put_jobs([record])
+        engine.on_log(p.LogChunk(attempt_id=A, job_id="j1", stream="output", offset=0, data=b"hi\n", read_at_ms=6_000))
+        engine.on_log(p.LogChunk(attempt_id=A, job_id="j1", stream="output", offset=3, data=b"old agent\n"))
+        logs = CloudWatchLogs(service)
+        alice, bob = Caller("alice", "user", "socket"), Caller("bob", "user", "socket")
+        body = {"logGroupName": "/aws/batch/job", "logStreamName": stream, "startFromHead": True}
+        page = logs.GetLogEvents(body, alice)
+        assert [(e["message"], e["timestamp"], e["ingestionTime"]) for e in page["events"]] == [
+            ("hi", 6_000, 7_000), ("old agent", 7_000, 7_000)]  # no read time from the agent: the head's
+        end = logs.GetLogEvents({**body, "nextToken": page["nextForwardToken"]}, alice)
+        assert end["events"] == [] and end["nextForwardToken"] == page["nextForwardToken"]
+        with pytest.raises(AccessDenied):
+            logs.GetLogEvents(body, bob)
+        assert [s.name for s in logs.streams(bob)] == [] and [s.name for s in logs.streams(alice)] == [stream]
+        service.private_data = True
+        with pytest.raises(LogsError) as info:
+            logs.GetLogEvents(body, bob)
+        assert info.value.aws_code == "ResourceNotFoundException"
+        assert logs.GetLogEvents(body, Caller("root", "admin", "socket"))["events"] != []
+    finally:
+        store.close()
