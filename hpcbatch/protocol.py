@@ -150,6 +150,9 @@ class LogChunk(Message, tag="log", kw_only=True):
     stream: str  # "stdout" | "stderr"
     offset: int
     data: bytes
+    # When the agent read ``data`` (epoch ms): every line's CloudWatch timestamp. 0 from an
+    # older agent: the head stamps the chunk when it arrives.
+    read_at_ms: int = 0
 
 
 # ---------------------------------------------------------------- head -> agent

@@ -391,7 +391,8 @@ class Agent:
                     data = f.read(LOG_CHUNK)
                     if not data:
                         break
-                    self._send(p.LogChunk(attempt_id=attempt_id, job_id=job_id, stream="output", offset=offset, data=data))
+                    self._send(p.LogChunk(attempt_id=attempt_id, job_id=job_id, stream="output", offset=offset, data=data,
+                                          read_at_ms=time.time_ns() // 1_000_000))
                     offset += len(data)
                     if not final:
                         break

@@ -108,7 +108,8 @@ def aws_profile(
     if ca_bundle:
         lines.append(f"ca_bundle = {ca_bundle}")
     if endpoint:
-        lines += [f"services = {profile}", "", f"[services {profile}]", "batch =", f"  endpoint_url = {endpoint}"]
+        lines += [f"services = {profile}", "", f"[services {profile}]", "batch =", f"  endpoint_url = {endpoint}",
+                  "cloudwatch_logs =", f"  endpoint_url = {endpoint}"]
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,10 @@ Error codes (what boto3 users see as ``ClientError.response["Error"]["Code"]``, 
   (AWS reports a malformed header as ``IncompleteSignatureException``; the issue asks for
   one code for every bad signature, and boto3 treats both alike.)
 
+Services: the head verifies scope ``batch`` on AWS Batch's routes and ``logs`` on CloudWatch
+Logs' (hpcbatch.head.cwlogs, ``service="logs"``); a key signs for either, as an AWS key does,
+but a signature scoped to one service is refused by the other.
+
 Only the head needs this module at import time; the client imports it (and so botocore,
 ~100 ms) only when it signs, never for ``unix:`` endpoints.
 """

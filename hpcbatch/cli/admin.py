@@ -49,7 +49,8 @@ def keys_create(user: str, role: str, profile: str | None, endpoint_url: str | N
     """Issue a key; the secret is printed once, as a complete ~/.aws/config profile.
 
     The profile holds the key, the secret, the region, the head's endpoint (in a
-    ``services`` section) and the CA bundle, so boto3 and the aws CLI work at the first call:
+    ``services`` section, for ``batch`` and ``cloudwatch_logs``: CloudWatch Logs is on the same port)
+    and the CA bundle, so boto3 and the aws CLI work at the first call:
     append it to ~/.aws/config and set AWS_PROFILE. The head answers only over its Unix
     socket or HTTPS: a secret never crosses the network in clear.
     """

@@ -358,6 +358,9 @@ def make_app(
             app.router.add_post(path, handler(operation, False))
     if operations is not None:
         return app
+    from hpcbatch.head.cwlogs import mount_logs  # CloudWatch Logs' JSON protocol at POST /
+
+    mount_logs(app, service, identifier, region=region, limiter=limiter)
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -1225,7 +1225,8 @@ class Engine:
 
     def on_log(self, msg: p.LogChunk) -> None:
         try:
-            self.logs.write(msg.attempt_id, msg.offset, msg.data)
+            self.logs.write(msg.attempt_id, msg.offset, msg.data, read_at_ms=msg.read_at_ms or self._now(),
+                            stored_at_ms=self._now(), job_id=msg.job_id)
         except OSError as exc:  # disk full: lose this chunk of output, not the head
             log.error("could not keep %d bytes of output of attempt %s: %s", len(msg.data), msg.attempt_id, exc)
 
