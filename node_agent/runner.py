@@ -1448,10 +1448,12 @@ def _start_dir(env: dict[str, str], fallback: str, owner: _Owner | None, node: s
 def _may_enter(path: str, owner: _Owner | None) -> str | None:
     """None when ``owner`` may make ``path`` its working directory; else why not.
 
-    For another user the search (x) bit of every directory on the resolved path is read
-    for that user's uid and groups (as the kernel would check them; ACLs are not read, so
-    a directory that only an ACL opens counts as closed: the job then starts in its work
-    dir, never somewhere it could not have gone itself).
+    For another user the path is resolved as the kernel would resolve it for that user,
+    one component at a time (symbolic links followed, at most 40): a directory is looked
+    into only after its search (x) bit was found open to the owner's uid or groups, so
+    the answer (and its reason) tells the owner nothing they could not find out
+    themselves. ACLs are not read: a directory only an ACL opens counts as closed, and the
+    job then starts in its work dir, never somewhere its owner could not have gone.
     """
     if not os.path.isabs(path):
         return "is not an absolute path"
@@ -1459,29 +1461,43 @@ def _may_enter(path: str, owner: _Owner | None) -> str | None:
         if not os.path.isdir(path):
             return "does not exist" if not os.path.exists(path) else "is not a directory"
         return None if os.access(path, os.X_OK) else "cannot be entered"
-    try:
-        real = os.path.realpath(path, strict=True)
-    except OSError as exc:
-        return "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read ({_os_error(exc)})"
     groups = {owner.gid, *owner.groups}
-    directory = "/"
-    for part in ["", *real.split("/")[1:]]:
-        directory = os.path.join(directory, part)
-        try:
-            st = os.stat(directory)
-        except OSError as exc:
-            return f"cannot be read ({_os_error(exc)})"
-        if not stat.S_ISDIR(st.st_mode):
-            return "is not a directory"
-        if st.st_uid == owner.uid:
-            bit = stat.S_IXUSR
-        elif st.st_gid in groups:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not st.st_mode & bit:
-            return f"cannot be entered by user {owner.name} ({directory} is mode {stat.S_IMODE(st.st_mode):o})"
-    return None
+    todo = [p for p in path.split("/") if p]
+    current, links = "/", 0
+    try:
+        st = os.stat("/")
+        while True:
+            if not stat.S_ISDIR(st.st_mode):
+                return "is not a directory"
+            bit = stat.S_IXUSR if st.st_uid == owner.uid else stat.S_IXGRP if st.st_gid in groups else stat.S_IXOTH
+            if not st.st_mode & bit:
+                return f"cannot be entered by user {owner.name} ({current} is mode {stat.S_IMODE(st.st_mode):o})"
+            if not todo:
+                return None
+            part = todo.pop(0)
+            if part == ".":
+                continue
+            if part == "..":
+                current = os.path.dirname(current)
+                st = os.stat(current)
+                continue
+            step = os.path.join(current, part)
+            st = os.lstat(step)
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > 40:
+                    return "has too many levels of symbolic links"
+                target = os.readlink(step)
+                todo = [p for p in target.split("/") if p] + todo
+                if target.startswith("/"):
+                    current = "/"
+                st = os.stat(current)
+                continue
+            current = step
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({_os_error(exc)})"
 
 
 def _os_error(exc: OSError) -> str:

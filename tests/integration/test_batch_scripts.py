@@ -193,6 +193,17 @@ def test_a_directory_its_owner_cannot_enter_is_judged_as_the_owner(quad: TestClu
     assert out.startswith(f"hpcbatch: the submit directory {closed} cannot be entered by user hpcb_alice "
                           f"({closed} is mode 700) on node "), out
     assert str(closed) + "\n" not in out
+    # A link in an open directory to an open one inside the closed one: resolved as alice would.
+    (closed / "inner").mkdir(mode=0o755)
+    (open_ / "link").symlink_to(closed / "inner")
+    out = run_as_alice(open_ / "link")
+    assert out.startswith(f"hpcbatch: the submit directory {open_ / 'link'} cannot be entered by user hpcb_alice "
+                          f"({closed} is mode 700) on node "), out
+    # Whether something exists behind the closed directory is not told.
+    out = run_as_alice(closed / "nothing")
+    assert f"cannot be entered by user hpcb_alice ({closed} is mode 700)" in out, out
+    (open_ / "up").symlink_to("../open/.")
+    assert run_as_alice(open_ / "up") == f"{open_}\n"  # no fallback line: pwd says where it is
 
 
 def test_a_relative_working_directory_is_refused_at_the_api(quad: TestCluster) -> None:
