@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs["after"] = _submit(client, "after-hello", ["echo", "ran after hello finished"], dependsOn=[{"jobId": first}])
         mpi_nodes = min(4, len(nodes))
         if cluster.netns_layout is None:
-            console.print("[yellow]no multi-node MPI job: four hosts need network namespaces "
-                          "(run the demo as root on a fresh cluster)[/]")
+            why = ("this cluster is on loopback: stop it (hpcbatch cluster down) and run the demo again"
+                   if os.geteuid() == 0 and not args.loopback else "the demo makes them as root only")
+            console.print(f"[yellow]no multi-node MPI job: four hosts need network namespaces ({why})[/]")
         elif not MPIRUN.exists():
             console.print(f"[yellow]no multi-node MPI job: no mpirun at {MPIRUN} (scripts/setup installs it)[/]")
         elif mpi_nodes > 1:

@@ -113,3 +113,20 @@ def test_recipe_runs_as_written(recipe: Recipe, checkout: Path) -> None:
         assert len(hosts) == 8 and len(set(hosts)) == 4, out.stdout
     if "hpcbatch submit -- echo hi" in recipe.code:
         assert "\nhi\n" in out.stdout, out.stdout
+
+
+def test_the_demo_runs_a_4_node_mpi_job_beside_the_single_jobs_and_tells_ids_apart(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the demo's MPI job needs the namespace cluster (root)")
+    env = _environment(tmp_path) | {"COLUMNS": "100"}
+    try:
+        out = subprocess.run([sys.executable, "-m", "hpcbatch.demo", "--down"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S, check=False)
+    finally:  # --down stops it; after a failure half-way this does
+        subprocess.run([str(BIN / "hpcbatch"), "cluster", "down"], env=env, capture_output=True, timeout=120,
+                       check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"mpi-hello: 8 ranks on 4 hosts \(node\[1-4\]\)", out.stdout), out.stdout
+    assert re.search(r"fabric: OMPI_MCA_btl_tcp_if_include=fab0", out.stdout), out.stdout
+    ids = re.findall(r"│ (…[0-9a-f]{8,}) ", out.stdout)
+    assert len(ids) == 6 and len(set(ids)) == 6, out.stdout  # every row's id differs from the others
