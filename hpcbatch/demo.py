@@ -1,17 +1,33 @@
-"""The Quick start demo: a local cluster, a handful of jobs, their states and their output."""
+"""The Quick start demo: a local cluster, a handful of jobs, their states and their output.
+
+The headline is a 4-node MPI job beside the single jobs: its ranks on four hosts and the
+fabric settings each node got. Four hosts need network namespaces, so as root the demo's
+cluster is ``cluster up --netns`` (every node its own hostname, management network and
+fabric); elsewhere it is on loopback and the MPI job is left out, saying why.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from hpcbatch.cli.output import distinct_suffixes, fold_nodes
 from hpcbatch.client import Client
 from hpcbatch.localcluster import LocalCluster
+
+REPO = Path(__file__).resolve().parents[1]
+MPIRUN = Path(sys.executable).parent / "mpirun"
+# What the demo's MPI job prints of its environment: where its traffic goes.
+FABRIC_SETTINGS = ("OMPI_MCA_btl_tcp_if_include", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "OMPI_MCA_pml",
+                   "OMPI_MCA_btl", "FI_PROVIDER", "UCX_NET_DEVICES", "MASTER_ADDR")
 
 SCRIPT = """#!/bin/sh
 echo "fetched and run on $(hostname) as job $AWS_BATCH_JOB_ID, args: $*"
@@ -29,10 +45,40 @@ def _submit(client: Client, name: str, command: list[str], **extra: Any) -> str:
     return str(client.submit_job(**body)["jobId"])
 
 
+def _submit_mpi(client: Client, nodes: int) -> str:
+    """A ``nodes``-node job whose main node prints its fabric settings, then runs mpirun
+    (hello from every rank); the other nodes are held for mpirun's daemons."""
+    settings = "|".join(FABRIC_SETTINGS)
+    command = [
+        "sh", "-c",
+        f"env | grep -E '^({settings})=' | sort | sed 's/^/fabric: /'; "
+        f"exec {MPIRUN} {sys.executable} {REPO / 'mpi_examples' / 'hello.py'}",
+    ]
+    per_node = {"resourceRequirements": [{"type": "VCPU", "value": "2"}]}
+    body = {
+        "jobName": "mpi-hello", "jobQueue": "default", "jobDefinition": "hpcbatch-default-mnp",
+        "nodeOverrides": {"numNodes": nodes, "nodePropertyOverrides": [
+            {"targetNodes": "0", "containerOverrides": {"command": command, **per_node}},
+            {"targetNodes": "1:", "containerOverrides": per_node},
+        ]},
+        "timeout": {"attemptDurationSeconds": 120},
+    }
+    return str(client.submit_job(**body)["jobId"])
+
+
+def _id_cells(ids: list[str], width: int) -> list[str]:
+    """Whole ids on a wide console; else the end of each id that tells the rows apart."""
+    if width >= 150:
+        return ids
+    return ["…" + end if len(end) < len(i) else i for i, end in zip(ids, distinct_suffixes(ids), strict=True)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo", description="Run the hpcbatch demo on a local cluster.")
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--down", action="store_true", help="stop the cluster when the demo ends")
+    parser.add_argument("--loopback", action="store_true",
+                        help="no network namespaces even as root (no multi-node MPI job then)")
     args = parser.parse_args(argv)
     console = Console()
     cluster = LocalCluster()
@@ -40,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     if status.running:
         console.print(f"[bold]Using the local cluster already running at {cluster.endpoint}[/]")
     else:
-        console.print(f"[bold]Starting a local cluster: 1 head + {args.nodes} agents on loopback ...[/]")
-        cluster.up(nodes=args.nodes)
+        netns = os.geteuid() == 0 and not args.loopback
+        where = "each in its own network namespace" if netns else "on loopback"
+        console.print(f"[bold]Starting a local cluster: 1 head + {args.nodes} agents {where} ...[/]")
+        cluster.up(nodes=args.nodes, netns=netns)
     assert cluster.endpoint is not None
     client = Client(cluster.endpoint)
     try:
@@ -63,32 +111,65 @@ def main(argv: list[str] | None = None) -> int:
         }
         first = jobs["hello"]
         jobs["after"] = _submit(client, "after-hello", ["echo", "ran after hello finished"], dependsOn=[{"jobId": first}])
+        mpi_nodes = min(4, len(nodes))
+        if cluster.netns_layout is None:
+            why = ("this cluster is on loopback: stop it (hpcbatch cluster down) and run the demo again"
+                   if os.geteuid() == 0 and not args.loopback else "the demo makes them as root only")
+            console.print(f"[yellow]no multi-node MPI job: four hosts need network namespaces ({why})[/]")
+        elif not MPIRUN.exists():
+            console.print(f"[yellow]no multi-node MPI job: no mpirun at {MPIRUN} (scripts/setup installs it)[/]")
+        elif mpi_nodes > 1:
+            jobs["mpi"] = _submit_mpi(client, mpi_nodes)
         console.print(f"submitted {len(jobs)} jobs; waiting for them to finish ...")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             details = client.describe_jobs(jobs=list(jobs.values()))["jobs"]
             if all(d["status"] in ("SUCCEEDED", "FAILED") for d in details):
                 break
             time.sleep(0.2)
         table = Table(title="Jobs")
-        for col in ("name", "job id", "status", "attempts", "node", "exit", "reason"):
-            table.add_column(col)
-        for d in client.describe_jobs(jobs=list(jobs.values()))["jobs"]:
+        details = client.describe_jobs(jobs=list(jobs.values()))["jobs"]
+        mpi_hosts: list[str] = []
+        if "mpi" in jobs:
+            num = int(next(d for d in details if d["jobId"] == jobs["mpi"])["nodeProperties"]["numNodes"])
+            children = client.describe_jobs(jobs=[f"{jobs['mpi']}#{i}" for i in range(num)])["jobs"]
+            mpi_hosts = [c.get("nodeName") or "" for c in children]
+        ids = _id_cells([d["jobId"] for d in details], console.width)
+        rows = []
+        for d, shown in zip(details, ids, strict=True):
             c = d.get("container", {})
-            table.add_row(
-                d["jobName"], d["jobId"], d["status"], str(len(d["attempts"])), d.get("nodeName", "-"),
+            node = fold_nodes(mpi_hosts) if d["jobId"] == jobs.get("mpi") else d.get("nodeName", "-")
+            rows.append([
+                d["jobName"], shown, d["status"], str(len(d["attempts"])), node,
                 str(c.get("exitCode", "-")),
                 c.get("reason") or (d.get("statusReason", "") if d["status"] == "FAILED" else ""),
-            )
+            ])
+        columns = ("name", "job id", "status", "attempts", "node", "exit", "reason")
+        for k, col in enumerate(columns):  # only the reason gives way on a narrow console
+            if col == "reason":
+                table.add_column(col, overflow="fold")
+            else:
+                table.add_column(col, no_wrap=True, min_width=max(len(col), *(len(r[k]) for r in rows)))
+        for row in rows:
+            table.add_row(*row)
         console.print(table)
-        for d in client.describe_jobs(jobs=list(jobs.values()))["jobs"]:
+        for d in details:
+            log_id = f"{d['jobId']}#0" if d["jobId"] == jobs.get("mpi") else d["jobId"]
             for i in range(len(d["attempts"])):
-                out = client.get_job_logs(d["jobId"], attempt=i)["data"].rstrip()
+                out = client.get_job_logs(log_id, attempt=i)["data"].rstrip()
                 if out:
-                    console.print(f"[bold]{d['jobName']}[/] attempt {i + 1} output:\n{out}")
+                    console.print(f"[bold]{d['jobName']}[/] attempt {i + 1} output:\n{out}", highlight=False)
+        if "mpi" in jobs:
+            out = client.get_job_logs(f"{jobs['mpi']}#0")["data"]
+            ranks = re.findall(r"hello from rank \d+ of \d+ on (\S+)", out)
+            console.print(
+                f"[bold]mpi-hello[/]: {len(ranks)} ranks on {len(set(ranks))} hosts ({fold_nodes(sorted(set(ranks)))}), "
+                "started by one mpirun through the node agents (no SSH), traffic on the fabric above"
+            )
         console.print(
             "\nTry it yourself:  [bold]source .venv/bin/activate; export HPCBATCH_HOME=$PWD/.hpcbatch[/]\n"
             "  hpcbatch submit -- echo hi      hpcbatch list      hpcbatch logs JOBID      hpcbatch nodes list\n"
+            "  hpcbatch submit --nodes 4 --vcpus 2 -- mpirun python mpi_examples/hello.py   (as root: the netns cluster)\n"
             "Stop the cluster: hpcbatch cluster down"
         )
     finally:

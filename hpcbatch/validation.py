@@ -107,6 +107,9 @@ RESERVED_ENVIRONMENT: frozenset[str] = frozenset({
     "NVIDIA_MIG_CONFIG_DEVICES", "NVIDIA_MIG_MONITOR_DEVICES", "ROCR_VISIBLE_DEVICES",
     "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ZE_AFFINITY_MASK", "ONEAPI_DEVICE_SELECTOR",
 })  # fmt: skip
+# hpcbatch extensions: where the job starts (the agent enters it as the owner, else the job's
+# private work dir; node_agent.runner). Absolute paths only: relative to what, on the node?
+WORKING_DIRECTORY_ENVIRONMENT: frozenset[str] = frozenset({"HPCBATCH_SUBMIT_DIR", "HPCBATCH_CHDIR"})
 RESERVED_ENVIRONMENT_PREFIXES = ("AWS_BATCH_",)  # AWS Batch sets these in every container itself
 
 # AWS's Ulimit.name values (API reference: Ulimit).
@@ -401,6 +404,11 @@ def _environment_variable(v: dict[str, Any]) -> None:
     if name in RESERVED_ENVIRONMENT:
         raise _Bad(f": {name} is reserved: hpcbatch sets it from the GPUs the job was granted "
                    "(ask for GPUs with resourceRequirements type GPU)", "name")
+    if name in WORKING_DIRECTORY_ENVIRONMENT:
+        value = v.get("value") or ""
+        if not value.startswith("/") or len(value) > 4095:
+            raise _Bad(f" of {name} must be an absolute directory path, at most 4095 characters "
+                       f"(got {_show(value)})", "value")
 
 
 def _resource_requirement(v: dict[str, Any]) -> None:

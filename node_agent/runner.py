@@ -43,8 +43,10 @@ Theory of operation (Linux only; one asyncio event loop, no threads):
   GCONV_PATH... would otherwise act in a root process. The chain costs the child about
   1.7 ms more than a root job on a 2-core box; the agent's own cost stays one vfork.
   Without setpriv or env the slow path (a preexec_fn, so fork) does the same in Python.
-  The owner's job gets a private ``work/`` directory (0700, theirs) as cwd, TMPDIR and home
-  of its script; ``output.log`` is root's, 0600, written through the inherited descriptor.
+  The owner's job gets a private ``work/`` directory (0700, theirs) as TMPDIR and home of
+  its script, and as cwd unless its submit (or ``--chdir``) directory is one its owner may
+  enter on this node (``_start_dir``: Slurm's rule; a log line says when it falls back);
+  ``output.log`` is root's, 0600, written through the inherited descriptor.
 
 * Multi-node: ``start_task`` runs a launched command (an MPI daemon, from the launcher
   bridge) inside a live attempt: same owner, environment, directory, cgroup, output.log;
@@ -413,6 +415,9 @@ class Runner:
                 "LOGNAME": owner.name,
                 "TMPDIR": str(work),
             }
+        start_notice = None
+        if spec.cwd is None and spec.image is None:  # a container has its own filesystem
+            cwd, start_notice = _start_dir(env, cwd, owner, self._hostname)
         for name, data, mode in spec.files:
             if "/" in name or name in ("", ".", ".."):
                 return self._refuse(spec, adir, f"{CANNOT_START}: bad job file name {name!r}")
@@ -486,6 +491,9 @@ class Runner:
             if cgroup is not None:
                 _MemoryCgroups.remove(cgroup)
             return self._refuse(spec, adir, f"{CANNOT_START}: cannot open the job's log: {_os_error(exc)}")
+        if start_notice is not None:  # the job's first line says where it runs instead, and why
+            with contextlib.suppress(OSError):
+                os.write(log_fd, start_notice.encode(errors="replace"))
         try:
             popen = subprocess.Popen(
                 argv,
@@ -1411,6 +1419,85 @@ def _safe_name(attempt_id: str) -> bool:
         and "\0" not in attempt_id
         and not attempt_id.startswith(".")
     )
+
+
+# hpcbatch extensions in a job's environment (hpcbatch.cli.submit, checked absolute by
+# hpcbatch.validation): --chdir's directory, else the directory the job was submitted from.
+CHDIR_VARIABLE = "HPCBATCH_CHDIR"
+SUBMIT_DIR_VARIABLE = "HPCBATCH_SUBMIT_DIR"
+
+
+def _start_dir(env: dict[str, str], fallback: str, owner: _Owner | None, node: str) -> tuple[str, str | None]:
+    """Where a job starts, and the log line that says why not where it asked (or None).
+
+    As Slurm starts a batch job in its submit directory (or --chdir's) when the node has it
+    and falls back with a message when not: the directory is used only when the job's
+    owner may enter it, judged for the owner's uid and groups, never root's (a shared
+    filesystem mounted everywhere is the case this serves); else the private work dir.
+    """
+    wanted = env.get(CHDIR_VARIABLE) or env.get(SUBMIT_DIR_VARIABLE)
+    if not wanted:
+        return fallback, None
+    why = _may_enter(wanted, owner)
+    if why is None:
+        return wanted, None
+    which = "--chdir directory" if env.get(CHDIR_VARIABLE) else "submit directory"
+    return fallback, f"hpcbatch: the {which} {wanted} {why} on node {node}; starting in the job's work directory {fallback}\n"
+
+
+def _may_enter(path: str, owner: _Owner | None) -> str | None:
+    """None when ``owner`` may make ``path`` its working directory; else why not.
+
+    For another user the path is resolved as the kernel would resolve it for that user,
+    one component at a time (symbolic links followed, at most 40): a directory is looked
+    into only after its search (x) bit was found open to the owner's uid or groups, so
+    the answer (and its reason) tells the owner nothing they could not find out
+    themselves. ACLs are not read: a directory only an ACL opens counts as closed, and the
+    job then starts in its work dir, never somewhere its owner could not have gone.
+    """
+    if not os.path.isabs(path):
+        return "is not an absolute path"
+    if owner is None or not owner.switch:  # the agent's own identity: ask the kernel
+        if not os.path.isdir(path):
+            return "does not exist" if not os.path.exists(path) else "is not a directory"
+        return None if os.access(path, os.X_OK) else "cannot be entered"
+    groups = {owner.gid, *owner.groups}
+    todo = [p for p in path.split("/") if p]
+    current, links = "/", 0
+    try:
+        st = os.stat("/")
+        while True:
+            if not stat.S_ISDIR(st.st_mode):
+                return "is not a directory"
+            bit = stat.S_IXUSR if st.st_uid == owner.uid else stat.S_IXGRP if st.st_gid in groups else stat.S_IXOTH
+            if not st.st_mode & bit:
+                return f"cannot be entered by user {owner.name} ({current} is mode {stat.S_IMODE(st.st_mode):o})"
+            if not todo:
+                return None
+            part = todo.pop(0)
+            if part == ".":
+                continue
+            if part == "..":
+                current = os.path.dirname(current)
+                st = os.stat(current)
+                continue
+            step = os.path.join(current, part)
+            st = os.lstat(step)
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > 40:
+                    return "has too many levels of symbolic links"
+                target = os.readlink(step)
+                todo = [p for p in target.split("/") if p] + todo
+                if target.startswith("/"):
+                    current = "/"
+                st = os.stat(current)
+                continue
+            current = step
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({_os_error(exc)})"
 
 
 def _os_error(exc: OSError) -> str:

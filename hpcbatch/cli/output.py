@@ -65,14 +65,63 @@ def dash(value: Any) -> Text:
     return Text("-" if value is None or value == "" or value == [] else str(value))
 
 
-def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str = "") -> None:
+def distinct_suffixes(ids: Sequence[str], shortest: int = 8) -> list[str]:
+    """Each id cut to the shortest ending (at least ``shortest`` characters) no other id shares.
+
+    Job ids are time-ordered, so ids made in the same minute share their first characters
+    and differ at the end: the end is what tells rows apart.
+
+    >>> distinct_suffixes(["01a24ba9-c0de-7000-8000-00000000aa01", "01a24ba9-c0de-7000-8000-00000000bb01"], 4)
+    ['aa01', 'bb01']
+    >>> distinct_suffixes(["x-1234567:1", "x-1234567:11", "y-1234567:11"], 2)
+    [':1', 'x-1234567:11', 'y-1234567:11']
+    """
+    unique = sorted({i[::-1] for i in ids})  # reversed: a shared ending is a shared prefix
+    need: dict[str, int] = {}
+    for k, rev in enumerate(unique):
+        longest = 0
+        for other in unique[max(0, k - 1): k] + unique[k + 1: k + 2]:
+            common = 0
+            for a, b in zip(rev, other, strict=False):
+                if a != b:
+                    break
+                common += 1
+            longest = max(longest, common)
+        need[rev[::-1]] = longest + 1
+    return [i[-max(shortest, need[i]):] for i in ids]
+
+
+def job_id_cells(ids: Sequence[str], room: int | None) -> list[str]:
+    """Job ids as a table shows them: whole where ``room`` (columns) holds them, else "…" and
+    their distinguishing ends (``room`` None: a pipe, whole ids for scripts)."""
+    widest = max((len(i) for i in ids), default=0)
+    if room is None or widest <= room:
+        return list(ids)
+    return [i if len(s) >= len(i) else "…" + s for i, s in zip(ids, distinct_suffixes(ids), strict=True)]
+
+
+def print_table(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str = "", keep_whole: int | None = None,
+    give_way: int | None = None,
+) -> None:
+    """Rows under ``columns``; column ``keep_whole`` (an index) is never cut or folded (a job
+    id that tells its row apart); with ``give_way`` (an index), only that column is cut when
+    the terminal is narrow (a free-text reason), the short ones keep their width."""
     rows = list(rows)
     if not rows:
         if empty:
             console(stderr=True).print(empty, highlight=False)
         return
     table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
-    for name in columns:
+    for index, name in enumerate(columns):
+        if index == keep_whole:
+            width = max(len(name), *(len(str(r[index] or "")) for r in rows))
+            table.add_column(name, no_wrap=True, min_width=width)
+            continue
+        if give_way is not None and index != give_way:
+            width = min(24, max(len(name), *(len(dash(r[index]).plain) for r in rows)))
+            table.add_column(name, overflow="fold", no_wrap=True, min_width=width)
+            continue
         table.add_column(name, overflow="fold", no_wrap=True)
     for row in rows:
         table.add_row(*(dash(cell) for cell in row))
@@ -95,24 +144,33 @@ def _node(job: dict[str, Any]) -> Any:
 
 
 def print_jobs(jobs: Iterable[dict[str, Any]], queue: str | None = None) -> None:
-    """JobSummary or JobDetail dicts, one row each."""
-    print_table(
-        ["JOB ID", "NAME", "QUEUE", "STATUS", "OWNER", "NODE", "CREATED", "REASON"],
-        (
-            [
-                j.get("jobId"),
-                j.get("jobName"),
-                _short_arn(j.get("jobQueue") or queue),
-                _status(j.get("status")),
-                j.get("owner"),
-                _node(j),
-                ago(j.get("createdAt")),
-                truncate(j.get("statusReason")),
-            ]
-            for j in jobs
-        ),
-        empty="no jobs",
-    )
+    """JobSummary or JobDetail dicts, one row each.
+
+    On a terminal too narrow for whole ids the JOB ID column shows each id's distinguishing
+    end ("…" first) rather than a cut-off beginning that every row shares.
+    """
+    rows = [
+        [
+            str(j.get("jobId") or ""),
+            j.get("jobName"),
+            _short_arn(j.get("jobQueue") or queue),
+            _status(j.get("status")),
+            j.get("owner"),
+            _node(j),
+            ago(j.get("createdAt")),
+            truncate(j.get("statusReason")),
+        ]
+        for j in jobs
+    ]
+    columns = ["JOB ID", "NAME", "QUEUE", "STATUS", "OWNER", "NODE", "CREATED", "REASON"]
+    if rows and sys.stdout.isatty():  # the room the short columns and a 20-wide reason leave
+        others = sum(
+            min(24, max(len(name), *(len(dash(r[k]).plain) for r in rows))) + 2 for k, name in enumerate(columns[1:-1], 1)
+        )
+        room = max(12, console().width - others - 20)
+        for row, shown in zip(rows, job_id_cells([r[0] for r in rows], room), strict=True):
+            row[0] = shown
+    print_table(columns, rows, empty="no jobs", keep_whole=0, give_way=len(columns) - 1)
 
 
 def print_job_details(jobs: Iterable[dict[str, Any]]) -> None:

@@ -30,6 +30,12 @@ from hpcbatch.cli.common import (
 DEFAULT_JOB_DEFINITION = "hpcbatch-default"
 DEFAULT_MULTINODE_DEFINITION = "hpcbatch-default-mnp"
 SCRIPT_ID_VARIABLE = "HPCBATCH_SCRIPT_ID"
+# hpcbatch extensions the agent reads (node_agent.runner): where the job starts. The submit
+# directory is used when the owner can enter it on the node (Slurm's SLURM_SUBMIT_DIR and
+# default working directory); --chdir names another.
+SUBMIT_DIR_VARIABLE = "HPCBATCH_SUBMIT_DIR"
+CHDIR_VARIABLE = "HPCBATCH_CHDIR"
+DIRECTIVE_PREFIX = "#HPCBATCH"
 
 
 def job_name_from(text: str) -> str:
@@ -74,6 +80,8 @@ def build_submit_body(
     base: dict[str, Any] | None = None,
     nodes: int | None = None,
     max_running: int | None = None,
+    submit_dir: str | None = None,
+    chdir: str | None = None,
 ) -> dict[str, Any]:
     """The SubmitJob body for the quick form, merged over ``base`` (``--cli-input-json``)."""
     base = base or {}
@@ -84,6 +92,11 @@ def build_submit_body(
     if requirements:
         overrides["resourceRequirements"] = requirements
     environment = dict(env or {})
+    # Where the job starts (the agent decides on the node): after the user's own -e values.
+    if submit_dir is not None:
+        environment.setdefault(SUBMIT_DIR_VARIABLE, submit_dir)
+    if chdir is not None:
+        environment.setdefault(CHDIR_VARIABLE, chdir)
     if script_id:
         environment[SCRIPT_ID_VARIABLE] = script_id
     if environment:
@@ -100,9 +113,15 @@ def build_submit_body(
             name = job_name_from(jd.rsplit("/", 1)[-1].split(":", 1)[0])
     node_overrides = None
     if nodes is not None:
-        # A multi-node job: the command runs on the main node (0); every node gets the
-        # resources and environment, and the others are held for mpirun's daemons.
+        # A multi-node job: the command (or script) runs on the main node (0) only, as
+        # sbatch runs a batch script once; every node gets the resources and environment,
+        # and the others are held for mpirun's daemons and `hpcbatch run`.
         per_node = {k: v for k, v in overrides.items() if k != "command"}
+        if script_id and "environment" in per_node:
+            others = [e for e in per_node["environment"] if e["name"] != SCRIPT_ID_VARIABLE]
+            per_node = {k: v for k, v in per_node.items() if k != "environment"}
+            if others:
+                per_node["environment"] = others
         ranges = [{"targetNodes": "0", "containerOverrides": overrides}] if overrides else []
         if nodes > 1 and per_node:
             ranges.append({"targetNodes": "1:", "containerOverrides": per_node})
@@ -124,54 +143,121 @@ def build_submit_body(
     return merge_body(base, explicit)
 
 
-@click.command(context_settings={"allow_interspersed_args": False})
-@click.option("-q", "--queue", metavar="QUEUE", help="Job queue [default: default].")
-@click.option(
+# The options a script's #HPCBATCH lines may also set (as #SBATCH lines do), one definition
+# for both: the command line and the directives parse and check them alike.
+_queue = click.option("-q", "--queue", metavar="QUEUE", help="Job queue [default: default].")
+_name = click.option(
     "-n", "--name", metavar="NAME", help="Job name [default: from the command or script]."
 )
+_nodes = click.option(
+    "--nodes", type=click.IntRange(1, 1000), metavar="N",
+    help="A multi-node (MPI) job on N whole nodes; the command or script runs on the main node.",
+)
+_vcpus = click.option("--vcpus", type=click.FloatRange(min=0, min_open=True), help="vCPUs per attempt.")
+_memory = click.option(
+    "--memory", type=click.IntRange(min=1), metavar="MiB", help="Memory per attempt in MiB."
+)
+_gpus = click.option("--gpus", type=click.IntRange(min=0), help="Whole GPUs per attempt.")
+_timeout = click.option(
+    "--timeout", type=click.IntRange(min=1), metavar="S", help="Seconds per attempt (not retried)."
+)
+_retries = click.option(
+    "--retries",
+    type=click.IntRange(1, 10),
+    metavar="N",
+    help="Attempts in all (retryStrategy.attempts).",
+)
+_depends_on = click.option(
+    "--depends-on", multiple=True, metavar="JOBID[:N_TO_N]",
+    help="Start after JOBID succeeds; JOBID:N_TO_N pairs array children; SEQUENTIAL runs this array in order.",
+)
+_array_size = click.option(
+    "--array-size", type=click.IntRange(2, 10000), metavar="N", help="An array job of N children."
+)
+_DIRECTIVE_OPTIONS = (_queue, _name, _nodes, _vcpus, _memory, _gpus, _timeout, _retries, _depends_on, _array_size)
+DIRECTIVE_NAMES = ("queue", "name", "nodes", "vcpus", "memory", "gpus", "timeout", "retries", "depends_on", "array_size")
+
+
+def _directive_command() -> click.Command:
+    command = click.Command("#HPCBATCH", callback=lambda **_: None, add_help_option=False)
+    for option in _DIRECTIVE_OPTIONS:
+        command = option(command)
+    return command
+
+
+def script_directives(text: str, script: str) -> dict[str, Any]:
+    """The submit options of a script's ``#HPCBATCH`` lines, as sbatch reads ``#SBATCH``.
+
+    They are read from the top of the script (after the ``#!`` line) up to the first line
+    that is neither blank nor a comment; a later line wins over an earlier one, and
+    ``--depends-on`` accumulates. A bad line is a usage error naming the script and line.
+    """
+    import shlex
+
+    found: dict[str, Any] = {}
+    command = _directive_command()
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break  # the script proper begins: sbatch stops reading directives here too
+        if not stripped.startswith(DIRECTIVE_PREFIX) or stripped[len(DIRECTIVE_PREFIX):][:1] not in ("", " ", "\t"):
+            continue
+        where = f"{script} line {number}: {stripped}"
+        try:
+            args = shlex.split(stripped[len(DIRECTIVE_PREFIX):], comments=True)
+            ctx = command.make_context(DIRECTIVE_PREFIX, args)
+        except ValueError as e:  # shlex: an unclosed quote
+            raise click.UsageError(f"{where}: {e}") from None
+        except click.NoSuchOption as e:
+            allowed = ", ".join(f"--{n.replace('_', '-')}" for n in DIRECTIVE_NAMES)
+            raise click.UsageError(f"{where}: {e.format_message()} #HPCBATCH lines take {allowed}") from None
+        except click.ClickException as e:
+            raise click.UsageError(f"{where}: {e.format_message()}") from None
+        for key, value in ctx.params.items():
+            if ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE:
+                continue
+            if key == "depends_on":
+                found[key] = (*found.get(key, ()), *value)
+            else:
+                found[key] = value
+    return found
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@_queue
+@_name
 @click.option(
     "-d",
     "--job-definition",
     metavar="JD",
     help=f"name[:revision] [default: {DEFAULT_JOB_DEFINITION}].",
 )
-@click.option(
-    "--nodes", type=click.IntRange(1, 1000), metavar="N",
-    help="A multi-node (MPI) job on N whole nodes; the command runs on the main node.",
-)
-@click.option("--vcpus", type=click.FloatRange(min=0, min_open=True), help="vCPUs per attempt.")
-@click.option(
-    "--memory", type=click.IntRange(min=1), metavar="MiB", help="Memory per attempt in MiB."
-)
-@click.option("--gpus", type=click.IntRange(min=0), help="Whole GPUs per attempt.")
-@click.option(
-    "--timeout", type=click.IntRange(min=1), metavar="S", help="Seconds per attempt (not retried)."
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(1, 10),
-    metavar="N",
-    help="Attempts in all (retryStrategy.attempts).",
-)
+@_nodes
+@_vcpus
+@_memory
+@_gpus
+@_timeout
+@_retries
 @click.option(
     "-e", "--env", multiple=True, metavar="K=V", help="Environment variable; bare K copies $K."
 )
-@click.option(
-    "--depends-on", multiple=True, metavar="JOBID[:N_TO_N]",
-    help="Start after JOBID succeeds; JOBID:N_TO_N pairs array children; SEQUENTIAL runs this array in order.",
-)
+@_depends_on
 @click.option("--max-running", type=click.IntRange(min=1), metavar="N", help="At most N array children at once.")
 @click.option("--share", metavar="ID", help="shareIdentifier: required on a fair-share queue, refused elsewhere.")
 @click.option("--priority", type=click.IntRange(0, 9999), metavar="N",
               help="schedulingPriorityOverride: higher runs first inside its share.")
-@click.option(
-    "--array-size", type=click.IntRange(2, 10000), metavar="N", help="An array job of N children."
-)
+@_array_size
 @click.option(
     "--script",
     type=click.Path(exists=True, dir_okay=False),
     metavar="FILE",
-    help="Upload FILE and run it; the arguments after -- become its arguments.",
+    help="Upload FILE and run it (once, on the main node); its #HPCBATCH lines set options; "
+    "the arguments after -- become its arguments.",
+)
+@click.option(
+    "--chdir", "-D", metavar="DIR",
+    help="Start the job in DIR (relative: to this directory) [default: this directory where "
+    "the node has it, else the job's private work dir].",
 )
 @cli_input_json_option
 @global_options
@@ -193,6 +279,7 @@ def submit(
     priority: int | None,
     array_size: int | None,
     script: str | None,
+    chdir: str | None,
     cli_input_json: str | None,
     command: tuple[str, ...],
 ) -> None:
@@ -203,17 +290,49 @@ def submit(
       hpcbatch submit -q gpu --gpus 1 --vcpus 8 --memory 32000 -- python train.py
       hpcbatch submit --script run.sh -- input.dat      # uploads run.sh
       hpcbatch submit --nodes 4 --vcpus 2 -- mpirun python app.py
+      hpcbatch submit --nodes 4 --script job.sh         # job.sh runs once, on node 0
       JOB=$(hpcbatch submit -- sleep 10); hpcbatch wait $JOB
+
+    
+    A script's #HPCBATCH lines at its top set options, as #SBATCH lines do
+    (the command line wins):  #HPCBATCH --nodes 4 --vcpus 2 --timeout 600
+    The job starts in this directory where its node has it (a shared filesystem).
     """
     base = load_cli_input_json(cli_input_json)
-    client = get_client()
     script_id = None
+    text = b""
     if script is not None:
         try:
             with open(script, "rb") as f:
                 text = f.read()
         except OSError as e:
             raise click.BadParameter(e.strerror or str(e), param_hint="--script") from None
+        ctx = click.get_current_context()
+        given = script_directives(text.decode("utf-8", "replace"), script)
+        chosen = {
+            key: given[key] if key in given and ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE
+            else value
+            for key, value in dict(
+                queue=queue, name=name, nodes=nodes, vcpus=vcpus, memory=memory, gpus=gpus, timeout=timeout,
+                retries=retries, depends_on=depends_on, array_size=array_size,
+            ).items()
+        }
+        queue, name, nodes, vcpus, memory, gpus = (chosen[k] for k in ("queue", "name", "nodes", "vcpus", "memory", "gpus"))
+        timeout, retries, depends_on, array_size = (chosen[k] for k in ("timeout", "retries", "depends_on", "array_size"))
+    try:
+        submit_dir = os.getcwd()
+    except OSError:  # the directory was removed under the shell: the job starts in its work dir
+        submit_dir = None
+    if chdir is not None:
+        if "\0" in chdir:
+            raise click.BadParameter("must not contain a NUL byte", param_hint="--chdir")
+        if not os.path.isabs(chdir):
+            if submit_dir is None:
+                raise click.BadParameter(f"{chdir} is relative and this directory is gone", param_hint="--chdir")
+            chdir = os.path.join(submit_dir, chdir)
+        chdir = os.path.normpath(chdir)
+    client = get_client()
+    if script is not None:
         script_id = client.put_script(text)
     body = build_submit_body(
         queue=queue,
@@ -233,6 +352,8 @@ def submit(
         base=base,
         nodes=nodes,
         max_running=max_running,
+        submit_dir=submit_dir,
+        chdir=chdir,
     )
     if (
         body.get("jobDefinition") in (DEFAULT_JOB_DEFINITION, DEFAULT_MULTINODE_DEFINITION)

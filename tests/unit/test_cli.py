@@ -55,7 +55,26 @@ def sent(stub: StubHead, op: str) -> dict[str, Any]:
         assert len(tags.pop(CLIENT_TOKEN_TAG)) == 32
         if tags:
             body["tags"] = tags
+        _drop_submit_dir(body)
     return body
+
+
+def _drop_submit_dir(body: dict[str, Any]) -> None:
+    """Every quick submit says where it was made (HPCBATCH_SUBMIT_DIR): check it, then drop it."""
+    holders = [body] + [r for r in (body.get("nodeOverrides") or {}).get("nodePropertyOverrides", [])]
+    for holder in holders:
+        overrides = holder.get("containerOverrides")
+        if not overrides or "environment" not in overrides:
+            continue
+        env = [e for e in overrides["environment"] if e["name"] != "HPCBATCH_SUBMIT_DIR"]
+        assert len(env) < len(overrides["environment"]), overrides
+        assert {"name": "HPCBATCH_SUBMIT_DIR", "value": os.getcwd()} in overrides["environment"]
+        if env:
+            overrides["environment"] = env
+        else:
+            del overrides["environment"]
+            if not overrides:
+                del holder["containerOverrides"]
 
 
 # -- submit ---------------------------------------------------------------------------------
