@@ -104,7 +104,9 @@ def test_terminate_stops_every_node(quad: TestCluster) -> None:
 
 
 def test_lost_node_fails_the_attempt_and_the_job_retries(tmp_path: Path) -> None:
-    c = TestCluster(tmp_path, nodes=3)
+    # A short fence: the head holds a lost node's retries until its agent has surely killed
+    # them (hpcbatch.fencing; the default outage bound is 10 minutes).
+    c = TestCluster(tmp_path, nodes=3, agent_extra="fence_after_s = 2\n", head_extra="fence_after_s = 2\n")
     try:
         c.up()
         job_id = submit_gang(c, 2, ["sleep", "300"], ["sleep", "300"], retryStrategy={"attempts": 2})
