@@ -173,6 +173,8 @@ def build_submit_body(
     metavar="FILE",
     help="Upload FILE and run it; the arguments after -- become its arguments.",
 )
+@click.option("--allow-unsatisfiable", is_flag=True,
+              help="Queue the job even if no node set can hold it now (nodes to come); hpcbatch extension.")
 @cli_input_json_option
 @global_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -195,6 +197,7 @@ def submit(
     script: str | None,
     cli_input_json: str | None,
     command: tuple[str, ...],
+    allow_unsatisfiable: bool = False,
 ) -> None:
     """Submit a job; print its id.
 
@@ -242,6 +245,8 @@ def submit(
         raise click.UsageError(
             "nothing to run: give a command after --, --script FILE, or -d JOBDEF"
         )
+    if allow_unsatisfiable:  # the tag hpcbatch.scheduler.satisfy reads (issue 18)
+        body["tags"] = {**(body.get("tags") or {}), "hpcbatch:allowUnsatisfiable": "true"}
     if share is not None:
         body["shareIdentifier"] = share
     if priority is not None:
