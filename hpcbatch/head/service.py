@@ -368,9 +368,14 @@ class BatchService:
             )
 
     def ensure_default_multinode_definition(self) -> None:
-        """The quick ``hpcbatch submit --nodes N -- CMD`` form: CMD on the main node, the rest held."""
+        """The quick ``hpcbatch submit --nodes N -- CMD`` form: CMD on the main node, the rest held.
+
+        It names no vCPUs or memory: its nodes are held whole, so each gets the whole node
+        (``model.multinode.whole_node``) and the hostfile offers a slot per vCPU. (A head that
+        registered the older form, 1 vCPU and 512 MiB, keeps it: an admin may have changed it.)
+        """
         if self.store.latest_revision("jobdef", DEFAULT_MULTINODE_DEFINITION) == 0:
-            resources = [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]
+            resources: list[dict[str, str]] = []
             self.RegisterJobDefinition(
                 {
                     "jobDefinitionName": DEFAULT_MULTINODE_DEFINITION,
@@ -627,7 +632,7 @@ class BatchService:
             name, compute = doc["computeEnvironmentName"], doc.get("computeResources") or {}
             nodes = tuple(
                 NodeShape(
-                    node, info.facts.vcpus, info.facts.memory_mib, len(info.facts.gpus) - len(info.gpu_unhealthy),
+                    node, info.facts.vcpus, info.facts.memory_mib, max(len(info.facts.gpus), info.facts.declared_gpus),  # unhealthy ones heal
                     info.facts.placement_group,
                     frozenset((CONTAINER_FEATURE,)) if info.facts.container_runtime else frozenset(),
                 )
@@ -638,7 +643,9 @@ class BatchService:
             shapes.append(EnvironmentShape(
                 name, None if max_vcpus is None else float(max_vcpus), bool(compute.get("placementGroup")), nodes,
             ))
-        reason = why_unsatisfiable(num_nodes, resources, shapes)
+        # Resources only: a feature such as a container runtime can be installed; the wait reason tells.
+        plain = ResourceRequest(vcpus=resources.vcpus, memory_mib=resources.memory_mib, gpus=resources.gpus)
+        reason = why_unsatisfiable(num_nodes, plain, shapes)
         if reason is not None:
             raise ClientError(
                 f"{reason} (job queue {queue['jobQueueName']}); no node set can ever hold this job. "

@@ -4,10 +4,13 @@ down nodes, human times in ``why``, and a failed gang's reason naming its node."
 from __future__ import annotations
 
 import itertools
+import os
 import time
+from pathlib import Path
 
 from hpcbatch.cli.why import human_reason, in_words
 from hpcbatch.model.jobs import ResourceRequest
+from hpcbatch.model.multinode import NodeEnd, gang_failure_reason, names_resource, whole_node
 from hpcbatch.scheduler import (
     JobQueueChanged,
     JobRunnable,
@@ -22,6 +25,7 @@ from hpcbatch.scheduler.satisfy import (
     allows_unsatisfiable,
     why_unsatisfiable,
 )
+from node_agent import shm
 
 _ids = itertools.count(1)
 
@@ -134,3 +138,53 @@ def test_epoch_seconds_in_reasons_read_as_local_times_and_how_far_off() -> None:
     assert time.strftime("%H:%M", time.localtime(now + 180)) in shown
     assert in_words(30) == "in 30 s" and in_words(3 * 3600) == "in 3 h" and in_words(0) == "now"
     assert human_reason("no times here", now) == "no times here"
+
+
+# ------------------------------------------------------------ a failed gang names its node
+def test_a_failed_gang_names_the_oom_killed_node_over_the_main_nodes_exit() -> None:
+    ends = [
+        NodeEnd(0, "node1", 1, None, 900),
+        NodeEnd(1, "node2", None, "Killed by signal SIGTERM", 950),  # stopped after the main: ours
+        NodeEnd(2, "node3", 137, "OutOfMemoryError: Container killed due to memory usage", 500),
+    ]
+    assert gang_failure_reason(0, ends, "Essential container in task exited") == (
+        "OutOfMemoryError on node 2 (node3): Container killed due to memory usage")
+
+
+def test_a_failed_gang_names_a_node_that_failed_before_the_main_else_the_main() -> None:
+    early = [NodeEnd(0, "node1", 1, None, 900), NodeEnd(3, "node4", None, "Killed by signal SIGSEGV", 400)]
+    assert gang_failure_reason(0, early, "E") == "Killed by signal SIGSEGV on node 3 (node4)"
+    plain = [NodeEnd(0, "node1", 3, None, 900), NodeEnd(1, "node2", None, "Killed by signal SIGTERM", 990)]
+    assert gang_failure_reason(0, plain, "Essential container in task exited") == (
+        "Essential container in task exited: exit code 3 on node 0 (node1)")
+
+
+# ------------------------------------------------------------ whole nodes are whole
+def test_a_node_that_names_no_vcpus_or_memory_gets_the_whole_node() -> None:
+    assert whole_node({"command": []}, 1.0, 512, 16, 64000) == (16.0, 64000)
+    named = {"resourceRequirements": [{"type": "VCPU", "value": "2"}]}
+    assert whole_node(named, 2.0, 512, 16, 64000) == (2.0, 64000)
+    assert whole_node({"vcpus": 4, "memory": 100}, 4.0, 100, 16, 64000) == (4.0, 100)
+    assert names_resource({"resourceRequirements": [{"type": "MEMORY", "value": "64"}]}, "MEMORY")
+
+
+# ------------------------------------------------------------ /dev/shm leftovers
+def test_shm_cleanup_removes_the_jobs_unused_transport_files_only(tmp_path: Path) -> None:
+    uid = os.geteuid()
+    since = time.time()
+    segment = tmp_path / "sm_segment.node3.0.7d60001.2"
+    held = tmp_path / "sm_segment.node3.0.7d60001.3"
+    other = tmp_path / "notes.txt"
+    for f in (segment, held, other):
+        f.write_bytes(b"x")
+    (tmp_path / "ucx_shm_dir").mkdir()  # directories stay
+    with open(held, "rb"):  # a live process (this one) has it open: never removed
+        removed = shm.clean(uid, since, any_name=False, shm_dir=tmp_path)
+    assert removed == [segment.name]
+    assert held.exists() and other.exists() and (tmp_path / "ucx_shm_dir").is_dir()
+    # Files from before the job started are not its own.
+    old = tmp_path / "sm_segment.old"
+    old.write_bytes(b"x")
+    assert shm.clean(uid, time.time() + 60, any_name=False, shm_dir=tmp_path) == []
+    if uid != 0:  # a job of a plain user alone on its node: every file of its lifetime is its own
+        assert sorted(shm.clean(uid, since, any_name=True, shm_dir=tmp_path)) == sorted([held.name, old.name, other.name])
