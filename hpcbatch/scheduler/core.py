@@ -65,6 +65,10 @@ Theory of operation:
   A re-registering node reports which ids each running job holds (``NodeUp.gpu_holds``),
   so those are never handed out twice after a head restart; a job it reports without ids
   gets free ones chosen as above.
+* Nodes away (not accepting: DRAINING/DRAINED; gone: DOWN, remembered as they last were)
+  come back: a job that only they could hold waits with a ``CAPACITY`` reason naming them,
+  never a ``MISCONFIGURATION`` (``_nodes_away``). The submit-time check that refuses a job
+  no node set could ever hold is ``satisfy.why_unsatisfiable``.
 * Wait reasons are emitted only when they change. Every start and every new or changed
   reservation is appended to a bounded log with the id of the event that caused it.
 
