@@ -439,6 +439,7 @@ class Scheduler:
         self._capacity: dict[str, float] = {}  # queue -> vCPUs of its compute environments, this pass
         self._scanned_out: list[str] = []  # jobs placed during that scan, to drop from it after
         self._down: dict[str, _Node] = {}  # nodes gone (DOWN) as they last were: they come back (reasons)
+        self._away_cache: dict[str, tuple[list[_Node], list[_Node]]] = {}  # CE -> (not accepting, down)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -511,6 +512,7 @@ class Scheduler:
         if isinstance(event, NodeUp | NodeGone | ComputeEnvironmentChanged | ComputeEnvironmentRemoved):
             self._never_cache.clear()
             self._census_cache.clear()
+            self._away_cache.clear()
         match event:
             case JobRunnable():
                 if event.array_count:
@@ -1301,15 +1303,18 @@ class Scheduler:
     # ------------------------------------------- nodes away (drained, down): CAPACITY, named
     def _nodes_away(self, r: ResourceRequest, ces: list[_ComputeEnvironment]) -> tuple[list[str], list[str]]:
         """(not accepting work, down) nodes of ``ces`` that could hold ``r``: capacity that comes back."""
-        names = {ce.name for ce in ces}
-        drained = sorted(
-            (n.name for ce in ces for n in ce.nodes.values() if not n.accepting and n.could_ever_fit(r)),
-            key=natural_key,
-        )
-        down = sorted(
-            (n.name for n in self._down.values() if n.ce in names and n.could_ever_fit(r)), key=natural_key
-        )
-        return drained, down
+        drained: list[str] = []
+        down: list[str] = []
+        for ce in ces:
+            away = self._away_cache.get(ce.name)
+            if away is None:  # cached like the census: it changes only when nodes do
+                away = self._away_cache[ce.name] = (
+                    [n for n in ce.nodes.values() if not n.accepting],
+                    [n for n in self._down.values() if n.ce == ce.name],
+                )
+            drained += (n.name for n in away[0] if n.could_ever_fit(r))
+            down += (n.name for n in away[1] if n.could_ever_fit(r))
+        return sorted(drained, key=natural_key), sorted(down, key=natural_key)
 
     def _gang_waits_for_nodes_away(self, job: JobRunnable, ces: list[_ComputeEnvironment]) -> str | None:
         """A CAPACITY reason naming the drained/down nodes when, with them back, one compute
