@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from hpcbatch.cli.why import human_reason, in_words
 from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.model.multinode import NodeEnd, gang_failure_reason, names_resource, whole_node
@@ -188,3 +190,20 @@ def test_shm_cleanup_removes_the_jobs_unused_transport_files_only(tmp_path: Path
     assert shm.clean(uid, time.time() + 60, any_name=False, shm_dir=tmp_path) == []
     if uid != 0:  # a job of a plain user alone on its node: every file of its lifetime is its own
         assert sorted(shm.clean(uid, since, any_name=True, shm_dir=tmp_path)) == sorted([held.name, old.name, other.name])
+
+
+def test_shm_cleanup_of_a_plain_users_job_alone_on_its_node_takes_all_its_new_files(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to own files as another user")
+    nobody = 65534
+    since = time.time()
+    mine = [tmp_path / "sm_segment.n1.65534.1.0", tmp_path / "torch_123", tmp_path / "scratch.bin"]
+    theirs = tmp_path / "sm_segment.n1.0.1.0"  # root's, not this job's user
+    for f in (*mine, theirs):
+        f.write_bytes(b"x")
+    for f in mine:
+        os.chown(f, nobody, nobody)
+    # Another attempt of the same user runs here: only the transports' names are sure to be this job's.
+    assert sorted(shm.clean(nobody, since, any_name=False, shm_dir=tmp_path)) == ["sm_segment.n1.65534.1.0", "torch_123"]
+    assert shm.clean(nobody, since, any_name=True, shm_dir=tmp_path) == ["scratch.bin"]
+    assert theirs.exists()
