@@ -93,6 +93,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from node_agent import shm
 from node_agent.container_cgroup import ContainerCgroup, siblings, sweep
 from node_agent.cpu_binding import bind_argv
 
@@ -103,6 +104,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
+_SHM_CLEAN_DELAY_S = 1.0  # after the SIGKILLs of an attempt's end: its processes have let go of their maps
 OOM_EXIT_CODE = 137  # what AWS Batch reports for a container the OOM killer ended
 TIMEOUT_REASON = "Job attempt duration exceeded timeout"
 LOST_REASON = "Agent restarted while the attempt ran; attempt lost"
@@ -1086,6 +1088,22 @@ class Runner:
                 sweep(rec.container_cgroup.siblings())
         if rec.container and (rec.terminating or code is None or code < 0) and self._containers:
             self._containers.remove(rec.spec.attempt_id)  # podman died before its container did
+        self._clean_shm_later(rec)
+
+    def _clean_shm_later(self, rec: _Attempt) -> None:
+        """Remove what the job left in /dev/shm (node_agent.shm), once its killed processes
+        are surely gone, in the remover's thread (it reads /proc)."""
+        if rec.uid < 0 or self._loop is None or self._loop.is_closed():
+            return
+        alone = not any(other.uid == rec.uid for other in self._running.values())
+        self._loop.call_later(_SHM_CLEAN_DELAY_S, self._clean_shm, rec.uid, rec.started_at / 1000, alone)
+
+    def _clean_shm(self, uid: int, since_s: float, alone: bool) -> None:
+        if self._closed:
+            return
+        if self._remover is None:
+            self._remover = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hpcbatch-forget")
+        self._remover.submit(shm.clean, uid, since_s, alone)
 
     # ------------------------------------------------------------------ journal
     def _durable(self, path: Path, data: dict[str, object], then_unlink: Path | None = None) -> None:

@@ -255,7 +255,10 @@ def wait(job_ids: tuple[str, ...], timeout: float | None, poll: float) -> None:
         status = console(stderr=True).status(f"waiting for {len(job_ids)} job(s)")
         status.start()
 
+    reasons: dict[str, tuple[Any, Any]] = {}
+
     def progress(latest: dict[str, dict[str, Any]]) -> None:
+        tell_reasons(latest, reasons, status)
         if status is None:
             return
         counts = Counter(str(j.get("status")) for j in latest.values())
@@ -291,3 +294,21 @@ def wait(job_ids: tuple[str, ...], timeout: float | None, poll: float) -> None:
         print_jobs(jobs)
     if any(j.get("status") != "SUCCEEDED" for j in jobs):
         sys.exit(1)
+
+
+def tell_reasons(latest: dict[str, dict[str, Any]], seen: dict[str, tuple[Any, Any]], status: Any) -> None:
+    """Print a job's status and reason to stderr each time they change, so a wait is never silent."""
+    from hpcbatch.cli.why import human_reason
+
+    for job_id, job in latest.items():
+        now = (job.get("status"), job.get("statusReason"))
+        if seen.get(job_id) == now:
+            continue
+        seen[job_id] = now
+        if now[0] in ("SUCCEEDED", "FAILED") or not now[1]:
+            continue  # the end is printed below, and a status without a reason says nothing new
+        line = f"{job_id}: {now[0]}: {human_reason(str(now[1]), time.time())}"
+        if status is not None:
+            status.console.print(line, markup=False, highlight=False)
+        else:
+            click.echo(line, err=True)

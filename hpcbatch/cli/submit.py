@@ -259,6 +259,8 @@ def script_directives(text: str, script: str) -> dict[str, Any]:
     help="Start the job in DIR (relative: to this directory) [default: this directory where "
     "the node has it, else the job's private work dir].",
 )
+@click.option("--allow-unsatisfiable", is_flag=True,
+              help="Queue the job even if no node set can hold it now (nodes to come); hpcbatch extension.")
 @cli_input_json_option
 @global_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -282,6 +284,7 @@ def submit(
     chdir: str | None,
     cli_input_json: str | None,
     command: tuple[str, ...],
+    allow_unsatisfiable: bool = False,
 ) -> None:
     """Submit a job; print its id.
 
@@ -363,6 +366,8 @@ def submit(
         raise click.UsageError(
             "nothing to run: give a command after --, --script FILE, or -d JOBDEF"
         )
+    if allow_unsatisfiable:  # the tag hpcbatch.scheduler.satisfy reads (issue 18)
+        body["tags"] = {**(body.get("tags") or {}), "hpcbatch:allowUnsatisfiable": "true"}
     if share is not None:
         body["shareIdentifier"] = share
     if priority is not None:

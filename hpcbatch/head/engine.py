@@ -54,7 +54,14 @@ from hpcbatch.model.jobs import (
     should_retry,
 )
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
-from hpcbatch.model.multinode import child_job_id, split_child_id
+from hpcbatch.model.multinode import (
+    NodeEnd,
+    child_job_id,
+    gang_failure_reason,
+    names_resource,
+    split_child_id,
+    whole_node,
+)
 from hpcbatch.model.reconcile import reconcile
 from hpcbatch.scheduler import (
     AttemptEnded,
@@ -713,7 +720,11 @@ class Engine:
         script = self.store.get_script(job.script_id, job.owner) if job.script_id else None
         multi: dict[str, Any] = {}
         parent = self.jobs.get(job.parent_id) if job.parent_id else None
+        vcpus, memory_mib = job.resources.vcpus, job.resources.memory_mib
         if parent is not None and job.node_index is not None:
+            facts = self.nodes[attempt.node].facts if attempt.node in self.nodes else None
+            if facts is not None:  # whole nodes are whole: what the job does not name is the node's
+                vcpus, memory_mib = whole_node(job.container, vcpus, memory_mib, facts.vcpus, facts.memory_mib)
             env["AWS_BATCH_JOB_ATTEMPT"] = str(len(parent.attempts))
             env.update(self._node_environment(parent, job.node_index))
             multi = {
@@ -728,8 +739,8 @@ class Engine:
             attempt_number=len(job.attempts),
             command=job.command,
             environment=env,
-            vcpus=job.resources.vcpus,
-            memory_mib=job.resources.memory_mib,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
             gpus=job.resources.gpus,
             gpu_ids=list(attempt.gpus),
             timeout_s=job.timeout_s,
@@ -750,15 +761,25 @@ class Engine:
             "AWS_BATCH_JOB_NODE_INDEX": str(index),
             "AWS_BATCH_JOB_NUM_NODES": str(parent.num_nodes),
             "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(parent.main_node),
-            "HPCBATCH_SLOTS_PER_NODE": str(max(1, int(parent.resources.vcpus))),
+            "HPCBATCH_SLOTS_PER_NODE": str(self._slots_per_node(parent)),
+            # The fabric address is what ranks and torchrun use; the management one keeps its own name.
+            "HPCBATCH_MAIN_NODE_MANAGEMENT_ADDRESS": main_ip,
             "MASTER_ADDR": fabric_ip,
             "MASTER_PORT": MASTER_PORT,
             "NNODES": str(parent.num_nodes),
             "NODE_RANK": str(index),
         }
         if index != parent.main_node:  # AWS sets it on the other nodes only
-            env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = main_ip
+            env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = fabric_ip
         return env
+
+    def _slots_per_node(self, parent: JobRecord) -> int:
+        """MPI slots per host in the hostfile: the vCPUs each node gives the job; a job that names
+        none holds its nodes whole, so the smallest node's vCPUs (one number serves every host)."""
+        if names_resource(parent.container, "VCPU") or not parent.hosts:
+            return max(1, int(parent.resources.vcpus))
+        sizes = [info.facts.vcpus for h in parent.hosts if (info := self.nodes.get(h)) is not None and info.facts]
+        return max(1, min(sizes, default=int(parent.resources.vcpus)))
 
     def _start_gang(self, action: StartGang) -> None:
         """Place every node of a multi-node job at once (the scheduler chose the nodes)."""
@@ -857,7 +878,8 @@ class Engine:
             self._move(parent, JobEvent.SUCCEEDED, EXITED_REASON)
         elif should_retry(parent, exit_code, reason, status_reason, timed_out=timed_out):
             parent.started_at = None
-            self._move(parent, JobEvent.ATTEMPT_FAILED_RETRY, status_reason)
+            attempt.status_reason = self._gang_failure(parent, ending, status_reason)
+            self._move(parent, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
             hold_s = 0.0
             if ending.lost_attempt is not None:
                 # Its deadline, or (the head restarted meanwhile) a whole fence from now.
@@ -869,7 +891,20 @@ class Engine:
                 self._feed(self._runnable(parent, self._seq))
         else:
             parent.stopped_at = attempt.stopped_at
-            self._move(parent, JobEvent.ATTEMPT_FAILED_FINAL, status_reason)
+            attempt.status_reason = self._gang_failure(parent, ending, status_reason)
+            self._move(parent, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
+
+    def _gang_failure(self, parent: JobRecord, ending: GangEnding, status_reason: str | None) -> str | None:
+        """A failed try's statusReason naming the node that failed and how (model.multinode);
+        a terminate, timeout or lost node keeps its own words."""
+        if parent.stop_reason is not None or ending.timed_out or ending.lost:
+            return status_reason
+        ends = [
+            NodeEnd(child.node_index or 0, a.node, a.exit_code, a.reason, a.stopped_at)
+            for child in self._children(parent)
+            if child.node_index is not None and (a := child.attempts[-1] if child.attempts else None) is not None
+        ]
+        return gang_failure_reason(parent.main_node, ends, status_reason)
 
     # ------------------------------------------------------------ agent reports
     def handle(self, node: str, msg: p.AgentMessage) -> None:

@@ -368,9 +368,14 @@ class BatchService:
             )
 
     def ensure_default_multinode_definition(self) -> None:
-        """The quick ``hpcbatch submit --nodes N -- CMD`` form: CMD on the main node, the rest held."""
+        """The quick ``hpcbatch submit --nodes N -- CMD`` form: CMD on the main node, the rest held.
+
+        It names no vCPUs or memory: its nodes are held whole, so each gets the whole node
+        (``model.multinode.whole_node``) and the hostfile offers a slot per vCPU. (A head that
+        registered the older form, 1 vCPU and 512 MiB, keeps it: an admin may have changed it.)
+        """
         if self.store.latest_revision("jobdef", DEFAULT_MULTINODE_DEFINITION) == 0:
-            resources = [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]
+            resources: list[dict[str, str]] = []
             self.RegisterJobDefinition(
                 {
                     "jobDefinitionName": DEFAULT_MULTINODE_DEFINITION,
@@ -583,6 +588,7 @@ class BatchService:
                 gpus=max(n["resources"].gpus for n in nodes),
                 requires=frozenset().union(*(n["resources"].requires for n in nodes)),
             )
+        self._check_satisfiable(queue, num_nodes, resources, tags)
         job = JobRecord(
             job_id=job_id, depends_on=depends_on, **common,
             **{**spec, "resources": resources},
@@ -601,6 +607,51 @@ class BatchService:
             self._recent_tokens[(caller.user, token)] = job
             self._token_of_job[job_id] = (caller.user, token)
         return {"jobArn": self.arn("job", job_id), "jobName": job.job_name, "jobId": job_id}
+
+    def _check_satisfiable(
+        self, queue: dict[str, Any], num_nodes: int, resources: ResourceRequest, tags: dict[str, str]
+    ) -> None:
+        """Refuse a job no node set of the queue's compute environments can ever hold (issue 18),
+        unless its tags accept that (``hpcbatch:allowUnsatisfiable``); the rule is in scheduler.satisfy."""
+        from hpcbatch.head.containers import CONTAINER_FEATURE
+        from hpcbatch.scheduler.satisfy import (
+            ALLOW_UNSATISFIABLE_TAG,
+            EnvironmentShape,
+            NodeShape,
+            allows_unsatisfiable,
+            why_unsatisfiable,
+        )
+
+        if allows_unsatisfiable(tags):
+            return
+        shapes = []
+        for entry in sorted(queue.get("computeEnvironmentOrder") or [], key=lambda e: e.get("order", 0)):
+            doc = self.store.get_resource("ce", _name_of(entry["computeEnvironment"]))
+            if doc is None:
+                continue
+            name, compute = doc["computeEnvironmentName"], doc.get("computeResources") or {}
+            nodes = tuple(
+                NodeShape(
+                    node, info.facts.vcpus, info.facts.memory_mib, max(len(info.facts.gpus), info.facts.declared_gpus),  # unhealthy ones heal
+                    info.facts.placement_group,
+                    frozenset((CONTAINER_FEATURE,)) if info.facts.container_runtime else frozenset(),
+                )
+                for node, info in self.engine.nodes.items()
+                if info.facts is not None and self.engine.compute_environment_of(node) == name
+            )
+            max_vcpus = compute.get("maxvCpus")
+            shapes.append(EnvironmentShape(
+                name, None if max_vcpus is None else float(max_vcpus), bool(compute.get("placementGroup")), nodes,
+            ))
+        # Resources only: a feature such as a container runtime can be installed; the wait reason tells.
+        plain = ResourceRequest(vcpus=resources.vcpus, memory_mib=resources.memory_mib, gpus=resources.gpus)
+        reason = why_unsatisfiable(num_nodes, plain, shapes)
+        if reason is not None:
+            raise ClientError(
+                f"{reason} (job queue {queue['jobQueueName']}); no node set can ever hold this job. "
+                f"To queue it anyway (nodes to come), tag it {ALLOW_UNSATISFIABLE_TAG}=true "
+                "(hpcbatch submit --allow-unsatisfiable)"
+            )
 
     def _jobs(self, job_ids: list[str]) -> list[JobRecord]:
         live = [self.engine.jobs.get(i) for i in job_ids]
@@ -831,6 +882,8 @@ class BatchService:
             "queuePosition": position,
             "queueLength": len(front),
             "dependsOn": dependencies,
+            # hpcbatch extension: accepted although no node set could hold it (issue 18)
+            "allowUnsatisfiable": (job.tags or {}).get("hpcbatch:allowUnsatisfiable", "").lower() in ("true", "1", "yes"),
             "decisions": [{"cause": c, "decision": self._masked(d, caller)}
                           for c, d in self.engine.scheduler.decisions_about(job.job_id)],
         }

@@ -116,3 +116,73 @@ def split_child_id(job_id: str) -> tuple[str, int | None]:
     if sep and index.isdigit():
         return parent, int(index)
     return job_id, None
+
+
+@dataclass(frozen=True)
+class NodeEnd:
+    """How one node of a multi-node job's try ended: what a failed gang's reason is made of."""
+
+    index: int
+    host: str  # the node it ran on
+    exit_code: int | None
+    reason: str | None  # container.reason: "OutOfMemoryError: ...", "Killed by signal SIGSEGV"
+    stopped_at: int | None
+
+
+OOM_PREFIX = "OutOfMemoryError"
+
+
+def gang_failure_reason(main_node: int, ends: list[NodeEnd], status_reason: str | None) -> str:
+    """The statusReason of a failed try of a gang, naming the node that failed and how.
+
+    The root cause wins over the main node's plain exit: a node the OOM killer hit (the
+    earliest), else a non-main node that failed on its own before the main node ended (the
+    earliest), else the main node. Examples: ``OutOfMemoryError on node 2 (node3): Container
+    killed due to memory usage``, ``Killed by signal SIGSEGV on node 1 (node2)``,
+    ``Essential container in task exited: exit code 3 on node 0 (node1)``.
+
+    >>> gang_failure_reason(0, [NodeEnd(0, "n1", 1, None, 9), NodeEnd(2, "n3", 137, "OutOfMemoryError: x", 5)], "E")
+    'OutOfMemoryError on node 2 (n3): x'
+    """
+    def where(e: NodeEnd) -> str:
+        return f"node {e.index} ({e.host})"
+
+    def when(e: NodeEnd) -> float:
+        return e.stopped_at if e.stopped_at is not None else float("inf")
+
+    ooms = sorted((e for e in ends if (e.reason or "").startswith(OOM_PREFIX)), key=when)
+    if ooms:
+        e = ooms[0]
+        rest = (e.reason or "")[len(OOM_PREFIX):].lstrip(": ")
+        return f"{OOM_PREFIX} on {where(e)}" + (f": {rest}" if rest else "")
+    main = next((e for e in ends if e.index == main_node), None)
+    main_end = when(main) if main is not None else float("inf")
+    early = sorted(
+        (e for e in ends if e.index != main_node and when(e) <= main_end and (e.exit_code or e.reason)), key=when
+    )
+    culprit = early[0] if early else main
+    if culprit is None:
+        return status_reason or "Failed"
+    if culprit.reason:
+        return f"{culprit.reason} on {where(culprit)}"
+    if culprit is main:
+        return f"{status_reason or 'Essential container in task exited'}: exit code {culprit.exit_code} on {where(culprit)}"
+    return f"Exit code {culprit.exit_code} on {where(culprit)}"
+
+
+def names_resource(container: dict[str, Any], kind: str) -> bool:
+    """True when a node's container names ``kind`` ("VCPU", "MEMORY") itself, in
+    resourceRequirements or the legacy ``vcpus``/``memory`` keys."""
+    legacy = {"VCPU": "vcpus", "MEMORY": "memory"}.get(kind)
+    if legacy and container.get(legacy):
+        return True
+    return any(r.get("type") == kind for r in container.get("resourceRequirements") or ())
+
+
+def whole_node(container: dict[str, Any], vcpus: float, memory_mib: int, node_vcpus: int, node_memory_mib: int) -> tuple[float, int]:
+    """(vCPUs, MiB) one node of a multi-node job gets: the node is held whole, so what the job
+    does not name is the whole node's (Slurm's ``--exclusive``); what it names it gets."""
+    return (
+        vcpus if names_resource(container, "VCPU") else float(node_vcpus),
+        memory_mib if names_resource(container, "MEMORY") else node_memory_mib,
+    )

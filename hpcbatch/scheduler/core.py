@@ -65,6 +65,10 @@ Theory of operation:
   A re-registering node reports which ids each running job holds (``NodeUp.gpu_holds``),
   so those are never handed out twice after a head restart; a job it reports without ids
   gets free ones chosen as above.
+* Nodes away (not accepting: DRAINING/DRAINED; gone: DOWN, remembered as they last were)
+  come back: a job that only they could hold waits with a ``CAPACITY`` reason naming them,
+  never a ``MISCONFIGURATION`` (``_nodes_away``). The submit-time check that refuses a job
+  no node set could ever hold is ``satisfy.why_unsatisfiable``.
 * Wait reasons are emitted only when they change. Every start and every new or changed
   reservation is appended to a bounded log with the id of the event that caused it.
 
@@ -434,6 +438,8 @@ class Scheduler:
         self._scanning: _Queue | None = None  # the queue whose jobs a pass is iterating
         self._capacity: dict[str, float] = {}  # queue -> vCPUs of its compute environments, this pass
         self._scanned_out: list[str] = []  # jobs placed during that scan, to drop from it after
+        self._down: dict[str, _Node] = {}  # nodes gone (DOWN) as they last were: they come back (reasons)
+        self._away_cache: dict[str, tuple[list[_Node], list[_Node]]] = {}  # CE -> (not accepting, down)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -506,6 +512,7 @@ class Scheduler:
         if isinstance(event, NodeUp | NodeGone | ComputeEnvironmentChanged | ComputeEnvironmentRemoved):
             self._never_cache.clear()
             self._census_cache.clear()
+            self._away_cache.clear()
         match event:
             case JobRunnable():
                 if event.array_count:
@@ -534,6 +541,7 @@ class Scheduler:
                     for job_id in list(node.jobs):
                         self._drop_hold(job_id, node.name)
                     del self._nodes[node.name]
+                    self._down[node.name] = node
                     self._ce(node.ce).nodes.pop(node.name, None)
                     self._ce(node.ce).index.discard(node)
                     self._ce(node.ce).idle.pop(node.name, None)
@@ -591,6 +599,7 @@ class Scheduler:
         # Re-registration: what the node reports running is the truth. Give back the old
         # holds first (onto the old node value), then build the node afresh from its report.
         old = self._nodes.get(event.node)
+        self._down.pop(event.node, None)
         if old is not None:
             for job_id in list(old.jobs):
                 self._drop_hold(job_id, old.name)
@@ -1212,6 +1221,9 @@ class Scheduler:
                 return None, ce.name
             elif ce.require_placement_group and able_total >= n:
                 group_ce = group_ce or ce.name
+        away = self._gang_waits_for_nodes_away(job, ces)
+        if away is not None:
+            return away, ""
         if group_ce is not None:
             return f"{REQUIREMENT} - No placement group of compute environment {group_ce} can hold {n} nodes", ""
         if capped_ce is not None:
@@ -1242,6 +1254,9 @@ class Scheduler:
         self, r: ResourceRequest, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
     ) -> str:
         if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):
+            away = _away_note(*self._nodes_away(r, ces))
+            if away:  # a node that would hold it is only down: it comes back
+                return f"{CAPACITY} - Waiting for a node that can hold the job: {away}"
             return f"{REQUIREMENT} - {self._why_never(r, ces)}"
         able = [ce for ce in ces if any(n.could_ever_fit(r) for n in ce.nodes.values())]
         if all(ce.max_vcpus is not None and r.vcpus > ce.max_vcpus + 1e-9 for ce in able):
@@ -1259,7 +1274,11 @@ class Scheduler:
         else:
             have = f"the largest free node has {largest[0]:g} vCPUs and {largest[1]} MiB"
         gpus = f" and {r.gpus} GPUs" if r.gpus else ""
-        return f"{CAPACITY} - {WAIT_RESOURCES} (needs {r.vcpus:g} vCPUs and {r.memory_mib} MiB{gpus}, {have})"
+        away = _away_note(*self._nodes_away(r, ces))
+        return (
+            f"{CAPACITY} - {WAIT_RESOURCES} (needs {r.vcpus:g} vCPUs and {r.memory_mib} MiB{gpus}, {have})"
+            + (f"; {away}" if away else "")
+        )
 
     def _why_never(self, r: ResourceRequest, ces: list[_ComputeEnvironment]) -> str:
         """Why no node of ``ces`` could ever hold ``r`` (the detail of a REQUIREMENT reason)."""
@@ -1280,6 +1299,40 @@ class Scheduler:
             f"No node in compute environments {names} can hold "
             f"vcpus={r.vcpus:g} memory={r.memory_mib}MiB gpus={r.gpus}"
         )
+
+    # ------------------------------------------- nodes away (drained, down): CAPACITY, named
+    def _nodes_away(self, r: ResourceRequest, ces: list[_ComputeEnvironment]) -> tuple[list[str], list[str]]:
+        """(not accepting work, down) nodes of ``ces`` that could hold ``r``: capacity that comes back."""
+        drained: list[str] = []
+        down: list[str] = []
+        for ce in ces:
+            away = self._away_cache.get(ce.name)
+            if away is None:  # cached like the census: it changes only when nodes do
+                away = self._away_cache[ce.name] = (
+                    [n for n in ce.nodes.values() if not n.accepting],
+                    [n for n in self._down.values() if n.ce == ce.name],
+                )
+            drained += (n.name for n in away[0] if n.could_ever_fit(r))
+            down += (n.name for n in away[1] if n.could_ever_fit(r))
+        return sorted(drained, key=natural_key), sorted(down, key=natural_key)
+
+    def _gang_waits_for_nodes_away(self, job: JobRunnable, ces: list[_ComputeEnvironment]) -> str | None:
+        """A CAPACITY reason naming the drained/down nodes when, with them back, one compute
+        environment of ``ces`` would have the gang's nodes; None when even that is not enough."""
+        n, r = job.num_nodes, job.request
+        for ce in ces:
+            if ce.max_vcpus is not None and n * r.vcpus > ce.max_vcpus + 1e-9:
+                continue
+            drained, down = self._nodes_away(r, [ce])
+            if not drained and not down:
+                continue
+            active = sum(1 for nd in ce.nodes.values() if nd.accepting and nd.could_ever_fit(r))
+            if active + len(drained) + len(down) >= n:
+                return (
+                    f"{CAPACITY} - Waiting for {n} whole nodes in compute environment {ce.name}: "
+                    f"{active} can hold it now; {_away_note(drained, down)}"
+                )
+        return None
 
     def _wait_all(self, queue: _Queue, reason: str, actions: list[Action]) -> None:
         for job_id in queue.jobs:
@@ -1318,6 +1371,16 @@ def _soonest_nodes(able: list[tuple[float, _Node]], n: int) -> tuple[str | None,
     )
     names = sorted((nd.name for _, nd in chosen), key=natural_key)
     return chosen_group, names, max(t for t, _ in chosen)
+
+
+def _away_note(drained: list[str], down: list[str]) -> str:
+    """``node3 is drained or draining, node4 is down (they come back)``; "" when none."""
+    parts = []
+    if drained:
+        parts.append(f"{hostlist(drained)} {'is' if len(drained) == 1 else 'are'} drained or draining")
+    if down:
+        parts.append(f"{hostlist(down)} {'is' if len(down) == 1 else 'are'} down")
+    return (", ".join(parts) + " (capacity that comes back)") if parts else ""
 
 
 def _share_entry(job: JobRunnable) -> tuple[int, int, str, float]:

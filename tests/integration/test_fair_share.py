@@ -93,7 +93,7 @@ def test_job_state_time_limit_action_cancels_a_job_no_node_can_hold(fair: TestCl
         computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "default"}],
         jobStateTimeLimitActions=[{"reason": reason, "state": "RUNNABLE", "maxTimeSeconds": 1, "action": "CANCEL"}],
     )
-    huge = fair.submit([], jobQueue="limited", containerOverrides={
+    huge = fair.submit([], jobQueue="limited", tags={"hpcbatch:allowUnsatisfiable": "true"}, containerOverrides={
         "command": ["true"], "resourceRequirements": [{"type": "VCPU", "value": "64"}]})
     wait_for(lambda: fair.job(huge).get("statusReason", "").startswith(reason), 10, what="requirement reason")
     job = fair.wait_status(huge, "FAILED", timeout=20)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from hpcbatch.errors import ClientError
 from tests.harness import TestCluster, wait_for
 
 ECHO = "echo $CUDA_VISIBLE_DEVICES $NVIDIA_VISIBLE_DEVICES"
@@ -95,7 +96,10 @@ def test_a_two_gpu_job_sees_two_devices(gpu_cluster: TestCluster) -> None:
 
 def test_a_job_needing_more_gpus_than_any_node_waits_naming_gpus(gpu_cluster: TestCluster) -> None:
     c = gpu_cluster
-    job_id = submit_gpu_job(c, 3, 0)
+    three = {"resourceRequirements": [{"type": "GPU", "value": "3"}]}
+    with pytest.raises(ClientError, match="gpus 3: the node with the most GPUs in compute environments default has 2"):
+        c.submit(["true"], containerOverrides=dict(three))  # refused at submit, with the numbers (issue 18)
+    job_id = c.submit(["true"], containerOverrides=three, tags={"hpcbatch:allowUnsatisfiable": "true"})
     try:
         job = wait_for(
             lambda: (j := c.job(job_id))["status"] == "RUNNABLE" and j.get("statusReason") and j, 20,

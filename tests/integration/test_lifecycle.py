@@ -72,7 +72,8 @@ def test_retry_then_success_uses_second_attempt(cluster: TestCluster, tmp_path) 
 
 def test_cancel_runnable_job_fails_it_without_running(cluster: TestCluster) -> None:
     # A job no node can hold stays RUNNABLE, so cancel always finds it there.
-    job_id = cluster.submit(["true"], containerOverrides={"command": ["true"], "resourceRequirements": [{"type": "VCPU", "value": "64"}]})
+    job_id = cluster.submit(["true"], containerOverrides={"command": ["true"], "resourceRequirements": [{"type": "VCPU", "value": "64"}]},
+                            tags={"hpcbatch:allowUnsatisfiable": "true"})  # else refused at submit (issue 18)
     job = cluster.wait_status(job_id, "RUNNABLE")
     assert "can hold" in job.get("statusReason", "")
     cluster.client.cancel_job(jobId=job_id, reason="changed my mind")

@@ -179,7 +179,7 @@ def test_agents_join_a_compute_environment_by_label(tmp_path: Path) -> None:
 
 def test_why_and_the_queue_snapshot_explain_a_waiting_job(cluster: TestCluster) -> None:
     big = {"command": ["true"], "resourceRequirements": [{"type": "VCPU", "value": "64"}]}
-    job_id = cluster.submit(["true"], containerOverrides=big)
+    job_id = cluster.submit(["true"], containerOverrides=big, tags={"hpcbatch:allowUnsatisfiable": "true"})
     cluster.wait_status(job_id, "RUNNABLE")
     why = wait_for(lambda: (w := cluster.client.call("/hpcbatch/v1/whyjob", {"jobId": job_id})) and w.get("statusReason") and w, 10, what="a reason")
     assert "can hold" in why["statusReason"] and why["queuePosition"] >= 1

@@ -158,7 +158,9 @@ def test_a_draining_node_takes_no_gang() -> None:
     s.handle(queue(), node("n1"), node("n2", accepting=False), node("n3"))
     actions = s.handle(job("g", nodes=3))
     assert gangs(actions) == {}
-    assert "3 ACTIVE nodes" in reasons(actions)["g"]
+    # A drained node comes back: capacity, not a misconfiguration, and it is named (issue 18).
+    reason = next(a.reason for a in actions if isinstance(a, SetWaitReason) and a.job_id == "g")
+    assert reason.startswith("CAPACITY:") and "n2 is drained or draining" in reason, reason
 
 
 # ------------------------------------------------------------ placement groups
