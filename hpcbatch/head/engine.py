@@ -686,6 +686,11 @@ class Engine:
         if job is None or job.status is not JobStatus.RUNNABLE:
             self._feed(AttemptEnded(self._event_id(), action.job_id))
             return
+        if job.is_gang:  # a one-node multi-node job: the scheduler placed it as one job; start its gang
+            gpus = (action.gpus,) if action.gpus else ()
+            self._start_gang(StartGang(job_id=action.job_id, nodes=(action.node,),
+                                       compute_environment=action.compute_environment, gpus=gpus))
+            return
         if self._injection is not None:
             self._injection.check("start", job.job_id, job.job_name)
         attempt_id = uuid.uuid4().hex
