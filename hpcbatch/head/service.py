@@ -565,7 +565,7 @@ class BatchService:
             "command": command,
             "environment": environment,
             "script_id": script_id,
-            "image": container.get("image"),
+            "image": container.get("image") or None,  # "" names no image: a bare job (validation)
             "resources": resource_request(container),
             "container": container,
         }
