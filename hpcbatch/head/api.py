@@ -263,7 +263,8 @@ def _target(body: Any) -> str | None:
     if not isinstance(body, dict):
         return None
     for key in ("jobId", "jobName", "jobQueue", "jobQueueName", "computeEnvironment",
-                "computeEnvironmentName", "jobDefinition", "jobDefinitionName", "name", "user", "accessKeyId"):
+                "computeEnvironmentName", "jobDefinition", "jobDefinitionName", "name", "user", "accessKeyId",
+                "resourceArn"):
         value = body.get(key)
         if isinstance(value, str):
             return value

@@ -98,7 +98,7 @@ def forbidden(operation: str, body: bytes) -> str | None:
             for k, v in value.items():
                 if isinstance(k, str) and "\x00" in k:
                     found.append("a NUL byte in a key")
-                walk(v, k, in_container or k in ("containerProperties", "container"))
+                walk(v, k, in_container or k in ("containerProperties", "container", "ecsProperties"))
 
     walk(doc, "", False)
     return found[0] if found else None
