@@ -215,3 +215,26 @@ def test_inactive_revision_runs_no_new_jobs(aws: TestCluster, batch: Any) -> Non
     assert "is INACTIVE" in _refused(lambda: batch.submit_job(jobName="old", jobQueue="default", jobDefinition=arn))
     assert "does not exist" in _refused(lambda: batch.submit_job(jobName="old", jobQueue="default",
                                                                  jobDefinition="retired"))
+
+
+def test_ecs_properties_per_node_range_run(aws: TestCluster, batch: Any) -> None:
+    ecs = {"taskProperties": [{"containers": [{"image": "", "command": ["sh", "-c", ENV_DUMP],
+                                               "environment": [{"name": "ECS_SAYS", "value": "node"}]}]}]}
+    batch.register_job_definition(jobDefinitionName="mnpecs", type="multinode", nodeProperties={
+        "numNodes": 1, "mainNode": 0, "nodeRangeProperties": [{"targetNodes": "0:", "ecsProperties": ecs}]})
+    job_id = batch.submit_job(jobName="mnpecs", jobQueue="default", jobDefinition="mnpecs")["jobId"]
+    job = aws.wait_status(job_id, "SUCCEEDED", "FAILED")
+    assert job["status"] == "SUCCEEDED", job["statusReason"]
+    out = wait_for(lambda: aws.logs(f"{job_id}#0"), 10, what="node 0 output")
+    assert "ECS_SAYS=node" in out and "AWS_BATCH_JOB_NUM_NODES=1" in out
+
+
+def test_fifty_job_queues_at_most(aws: TestCluster, batch: Any) -> None:
+    """AWS Batch's quota (it cannot be raised there); runs last: it fills the cluster's queues."""
+    have = len(batch.describe_job_queues()["jobQueues"])
+    for i in range(50 - have):
+        batch.create_job_queue(jobQueueName=f"many{i}", priority=1, state="DISABLED",
+                               computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "default"}])
+    message = _refused(lambda: batch.create_job_queue(
+        jobQueueName="one-too-many", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "default"}]))
+    assert message == "jobQueueName one-too-many: this cluster has 50 job queues, AWS Batch's limit; delete one first"
