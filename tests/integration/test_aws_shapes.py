@@ -217,6 +217,16 @@ def test_inactive_revision_runs_no_new_jobs(aws: TestCluster, batch: Any) -> Non
                                                                  jobDefinition="retired"))
 
 
+def test_container_image_empty_string_is_a_bare_command(aws: TestCluster, batch: Any) -> None:
+    # validation reads image "" as no image; the head used to hand "" to podman to pull.
+    batch.register_job_definition(jobDefinitionName="noimage", type="container",
+                                  containerProperties={"image": "", "command": ["echo", "bare"]})
+    job_id = batch.submit_job(jobName="noimage", jobQueue="default", jobDefinition="noimage")["jobId"]
+    job = aws.wait_status(job_id, "SUCCEEDED", "FAILED")
+    assert job["status"] == "SUCCEEDED", job["statusReason"]
+    assert wait_for(lambda: aws.logs(job_id), 10, what="output").strip() == "bare"
+
+
 def test_ecs_properties_per_node_range_run(aws: TestCluster, batch: Any) -> None:
     ecs = {"taskProperties": [{"containers": [{"image": "", "command": ["sh", "-c", ENV_DUMP],
                                                "environment": [{"name": "ECS_SAYS", "value": "node"}]}]}]}
