@@ -707,6 +707,7 @@ class BatchService:
             job_id=job_id, depends_on=depends_on, **common,
             **{**spec, "resources": resources},
             node_properties={**jobdef["nodeProperties"], "numNodes": num_nodes} if multinode else None,
+            gang=multinode,
             array_size=array_size,
             max_running=int(max_running) if max_running is not None else None,
             client_token=token,
