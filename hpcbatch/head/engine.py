@@ -244,7 +244,7 @@ class Engine:
         return JobRunnable(
             self._event_id(), job.job_id, job.job_queue, job.resources, seq,
             num_nodes=job.num_nodes, time_limit_s=job.timeout_s,
-            share=job.share_identifier, priority=job.scheduling_priority or 0,
+            share=job.share_identifier, priority=job.scheduling_priority or 0, gang=job.is_gang,
         )
 
     def _move_one(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
@@ -686,7 +686,7 @@ class Engine:
         if job is None or job.status is not JobStatus.RUNNABLE:
             self._feed(AttemptEnded(self._event_id(), action.job_id))
             return
-        if job.is_gang:  # a one-node multi-node job: the scheduler placed it as one job; start its gang
+        if job.is_gang:  # a one-node gang placed as one job (a scheduler that knew no JobRunnable.gang)
             gpus = (action.gpus,) if action.gpus else ()
             self._start_gang(StartGang(job_id=action.job_id, nodes=(action.node,),
                                        compute_environment=action.compute_environment, gpus=gpus))

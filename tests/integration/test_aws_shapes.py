@@ -154,6 +154,9 @@ def test_one_node_multinode_job_runs_as_a_gang(aws: TestCluster, batch: Any) -> 
     assert node["nodeDetails"] == {"nodeIndex": 0, "isMainNode": True}
     out = wait_for(lambda: aws.logs(f"{job_id}#0"), 10, what="node 0 output")
     assert out.split() == ["AWS_BATCH_JOB_MAIN_NODE_INDEX=0", "AWS_BATCH_JOB_NODE_INDEX=0", "AWS_BATCH_JOB_NUM_NODES=1"]
+    # Placed as a gang (a whole node that runs nothing else), as every multi-node job is.
+    decisions = aws.client.call("/hpcbatch/v1/whyjob", {"jobId": job_id})["decisions"]
+    assert any(d["decision"].startswith(f"start gang {job_id}") for d in decisions), decisions
 
 
 def test_ecs_properties_definition_runs(aws: TestCluster, batch: Any) -> None:
