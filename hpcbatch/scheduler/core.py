@@ -27,7 +27,7 @@ Theory of operation:
   stayed the same for ``maxTimeSeconds`` leaves with ``CancelRunnable``.
 * A job that does not fit does not block the queue: smaller jobs behind it may start,
   except on nodes reserved for a waiting gang (below).
-* Gangs (AWS Batch multi-node parallel jobs, ``num_nodes > 1``) are placed all at once on
+* Gangs (AWS Batch multi-node parallel jobs, ``num_nodes > 1``, or ``gang`` for one node) are placed all at once on
   ``num_nodes`` whole nodes of ONE compute environment (tried in order): nodes that run
   nothing, each fitting the per-node request. While the gang runs its nodes take nothing
   else (single tenant); a partly placed gang never exists. Inside a compute environment
