@@ -242,6 +242,25 @@ def test_ecs_properties_per_node_range_run(aws: TestCluster, batch: Any) -> None
     assert "ECS_SAYS=node" in out and "AWS_BATCH_JOB_NUM_NODES=1" in out
 
 
+def test_one_node_gang_survives_a_head_kill9(aws: TestCluster, batch: Any, tmp_path: Any) -> None:
+    """Runs late: it restarts the module's head. The gang's node record carries the try."""
+    import signal
+
+    gate = tmp_path / "go"
+    batch.register_job_definition(jobDefinitionName="mnp1wait", type="multinode", nodeProperties={
+        "numNodes": 1, "mainNode": 0, "nodeRangeProperties": [{"targetNodes": "0", "container": {
+            "command": ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.1; done; exit 3"]}}]})
+    job_id = batch.submit_job(jobName="mnp1wait", jobQueue="default", jobDefinition="mnp1wait")["jobId"]
+    aws.wait_status(f"{job_id}#0", "RUNNING")
+    aws.kill("head", signal.SIGKILL)
+    aws.start_head()
+    gate.touch()
+    job = aws.wait_status(job_id, "SUCCEEDED", "FAILED")
+    assert job["status"] == "FAILED" and job["container"]["exitCode"] == 3 and len(job["attempts"]) == 1, job
+    node = aws.job(f"{job_id}#0")
+    assert node["status"] == "FAILED" and node["container"]["exitCode"] == 3, node
+
+
 def test_fifty_job_queues_at_most(aws: TestCluster, batch: Any) -> None:
     """AWS Batch's quota (it cannot be raised there); runs last: it fills the cluster's queues."""
     have = len(batch.describe_job_queues()["jobQueues"])
