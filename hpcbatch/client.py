@@ -68,6 +68,9 @@ _AWS_OPERATIONS = (
 # hpcbatch's own operations, where AWS has none (CloudWatch logs, nodes, script upload,
 # the event stream).
 _HPCBATCH_OPERATIONS = ("GetJobLogs", "ListNodes", "PutScript", "ListEvents")
+# AWS's tagging operations, which AWS serves at /v1/tags/{resourceArn} by POST, DELETE and GET;
+# this client only POSTs, so it uses the head's POST twins (resourceArn in the body).
+_TAG_OPERATIONS = ("TagResource", "UntagResource", "ListTagsForResource")
 
 
 def _snake(name: str) -> str:
@@ -78,13 +81,15 @@ def _snake(name: str) -> str:
 # The one table: method name -> HTTP path. The methods below are generated from it.
 OPERATIONS: dict[str, str] = {
     **{_snake(op): f"/v1/{op.lower()}" for op in _AWS_OPERATIONS},
-    **{_snake(op): f"/hpcbatch/v1/{op.lower()}" for op in _HPCBATCH_OPERATIONS},
+    **{_snake(op): f"/hpcbatch/v1/{op.lower()}" for op in (*_HPCBATCH_OPERATIONS, *_TAG_OPERATIONS)},
 }
 
 # Calls that change nothing (the head's own list, hpcbatch.auth.policy.READ_ONLY): one whose
 # connection broke after it was sent may be asked of the next head (a write may not: it
 # may have been done).
-READ_ONLY_PATHS = frozenset(OPERATIONS[_snake(op)] for op in (*_AWS_OPERATIONS, *_HPCBATCH_OPERATIONS) if op in READ_ONLY)
+READ_ONLY_PATHS = frozenset(
+    OPERATIONS[_snake(op)] for op in (*_AWS_OPERATIONS, *_HPCBATCH_OPERATIONS, *_TAG_OPERATIONS) if op in READ_ONLY
+)
 # SubmitJob's idempotency token (hpcbatch.head.service): a submit that carries one may be
 # sent again, since the head answers the job the first one made. submit_job adds a fresh one.
 CLIENT_TOKEN_TAG = "hpcbatch:client-token"

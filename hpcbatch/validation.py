@@ -36,6 +36,7 @@ import math
 import posixpath
 import re
 import threading
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,13 +49,19 @@ OPERATIONS: frozenset[str] = frozenset({
     "DeleteJobQueue", "RegisterJobDefinition", "DescribeJobDefinitions", "DeregisterJobDefinition",
     "GetJobQueueSnapshot", "CreateSchedulingPolicy", "UpdateSchedulingPolicy",
     "DescribeSchedulingPolicies", "DeleteSchedulingPolicy", "ListSchedulingPolicies",
+    "TagResource", "UntagResource", "ListTagsForResource",
 })  # fmt: skip
+# Operations whose resource is in the path (/v1/tags/{resourceArn}) and which AWS serves by
+# POST, DELETE and GET: not in ``route_table``; see ``rest_routes``.
+TAG_OPERATIONS: frozenset[str] = frozenset({"TagResource", "UntagResource", "ListTagsForResource"})
 
 # AWS Batch names: 1-128 ASCII letters, digits, hyphens and underscores, starting with a
 # letter or digit. \A..\Z rather than ^..$ so .match() accepts neither a prefix nor "name\n".
 NAME_PATTERN: re.Pattern[str] = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
 
 SUBMIT_JOB_MAX_BYTES = 30 * 1024  # AWS Batch service quota: a SubmitJob payload is <= 30 KiB
+JOB_DEFINITION_MAX_BYTES = 24 * 1024  # AWS Batch service quota: a job definition is <= 24 KiB
+MAX_TAGS = 50  # AWS: "maximum number of tags per resource: 50"
 
 # EvaluateOnExit globs (AWS API reference): onExitCode "can contain only numbers, and can end
 # with an asterisk"; onReason/onStatusReason "letters, numbers, periods (.), colons (:), and
@@ -519,8 +526,17 @@ def _compute_environment_order(v: list[dict[str, Any]]) -> None:
         seen[order] = i
 
 
+# AWS Batch's tag restrictions: "letters, numbers, spaces representable in UTF-8, and the
+# following characters: + - = . _ : / @" (the model's pattern ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$).
+_TAG_PUNCTUATION = frozenset("+-=._:/@")
+
+
+def _tag_text_ok(text: str) -> bool:
+    return all(ch.isalnum() or ch in _TAG_PUNCTUATION or unicodedata.category(ch).startswith("Z") for ch in text)
+
+
 def _tags(v: dict[str, str]) -> None:
-    _count(v, None, 50)
+    _count(v, None, MAX_TAGS)
     for key, value in v.items():
         if not 1 <= len(key) <= 128:
             raise _Bad(f" key must be 1 to 128 characters (got {len(key)})", _Key(key))
@@ -528,6 +544,10 @@ def _tags(v: dict[str, str]) -> None:
             raise _Bad(f" value must be at most 256 characters (got {len(value)})", _Key(key))
         if key.lower().startswith("aws:"):  # AWS reserves aws: in any letter case
             raise _Bad(": tag keys starting with aws: are reserved for AWS", _Key(key))
+        for text, what in ((key, "key"), (value, "value")):
+            if not _tag_text_ok(text) and key != "hpcbatch:client-token":  # a control field, any printable
+                raise _Bad(f" {what} may hold only letters, numbers, spaces and + - = . _ : / @ "
+                           f"(got {_show(text)})", _Key(key))
 
 
 _SHAPE_HOOKS: dict[str, Hook] = {
@@ -541,6 +561,7 @@ _SHAPE_HOOKS: dict[str, Hook] = {
     "ResourceRequirements": _resource_requirements,
     "ContainerProperties": _container,
     "ContainerOverrides": _container,
+    "TaskContainerProperties": _container,  # ecsProperties' container: the same image rule
     "Host": _host,
     "MountPoint": _mount_point,
     "Device": _device,
@@ -576,6 +597,7 @@ def _nonempty(v: dict[str, Any], *fields: str) -> None:
 
 def _submit_job(v: dict[str, Any]) -> None:
     _name(v, "jobName")
+    _submit_overrides(v)
     _nonempty(v, "jobQueue", "jobDefinition")
     if "dependsOn" in v:
         _count(v["dependsOn"], None, 20, "dependsOn")  # AWS: up to 20 job dependencies
@@ -583,14 +605,111 @@ def _submit_job(v: dict[str, Any]) -> None:
         _range(v["schedulingPriorityOverride"], 0, 9999, "schedulingPriorityOverride")
 
 
+_OWN_NODES = "hpcbatch runs jobs on its own nodes; {} is not supported"
+_NOT_SUPPORTED = ": " + _OWN_NODES
+
+
+def _submit_overrides(v: dict[str, Any]) -> None:
+    """SubmitJob's ECS/EKS overrides: refused, not ignored (containerOverrides does the work here)."""
+    for field in ("eksPropertiesOverride", "ecsPropertiesOverride", "consumableResourcePropertiesOverride"):
+        if field in v:
+            hint = "; use containerOverrides" if field == "ecsPropertiesOverride" else ""
+            raise _Bad(_NOT_SUPPORTED.format(field) + hint, field)
+    for i, entry in enumerate((v.get("nodeOverrides") or {}).get("nodePropertyOverrides") or ()):
+        for field in ("eksPropertiesOverride", "ecsPropertiesOverride", "consumableResourcePropertiesOverride"):
+            if field in entry:
+                raise _Bad(_NOT_SUPPORTED.format(field) + ("; use containerOverrides" if field.startswith("ecs") else ""),
+                           "nodeOverrides", "nodePropertyOverrides", i, field)
+
+
+# TaskContainerProperties members that have a containerProperties twin of the same name.
+_ECS_SAME = ("image", "command", "environment", "resourceRequirements", "mountPoints", "linuxParameters",
+             "ulimits", "privileged", "readonlyRootFilesystem", "user", "logConfiguration", "secrets",
+             "repositoryCredentials")
+# EcsTaskProperties members with a containerProperties twin (taskRoleArn is ECS's jobRoleArn).
+_ECS_TASK = {"volumes": "volumes", "executionRoleArn": "executionRoleArn", "taskRoleArn": "jobRoleArn",
+             "networkConfiguration": "networkConfiguration", "runtimePlatform": "runtimePlatform",
+             "ephemeralStorage": "ephemeralStorage", "enableExecuteCommand": "enableExecuteCommand"}
+# What an ECS task can say that one process (or one podman container) on a node cannot.
+_ECS_UNMAPPED_TASK = ("platformVersion", "ipcMode", "pidMode", "networkMode")
+_ECS_UNMAPPED_CONTAINER = ("dependsOn", "firelensConfiguration", "startTimeout", "stopTimeout")
+
+
+def ecs_container(ecs: dict[str, Any], field: str = "ecsProperties") -> dict[str, Any]:
+    """AWS ``ecsProperties`` as the containerProperties hpcbatch runs: one task, one essential container.
+
+    Raises ClientError naming the member that cannot be mapped. ``ecs`` passed the shape walk.
+    """
+    try:
+        return _ecs_container(ecs, field)
+    except _Bad as e:
+        raise ClientError(e.render("RegisterJobDefinition")) from None
+
+
+def _ecs_container(ecs: dict[str, Any], field: str) -> dict[str, Any]:
+    tasks = ecs["taskProperties"]
+    if len(tasks) != 1:
+        raise _Bad(f" must hold exactly one task (got {len(tasks)})", field, "taskProperties")
+    task = tasks[0]
+    where = (field, "taskProperties", 0)
+    for name in _ECS_UNMAPPED_TASK:
+        if name in task:
+            raise _Bad(" cannot be honoured: hpcbatch runs one container per job on its own nodes; remove it",
+                       *where, name)
+    containers = task["containers"]
+    essential = [i for i, c in enumerate(containers) if c.get("essential", True)]
+    if len(containers) != 1 or len(essential) != 1:
+        raise _Bad(f" must hold exactly one essential container: hpcbatch runs one container per job "
+                   f"(got {len(containers)}, {len(essential)} essential)", *where, "containers")
+    ecs_one = containers[0]
+    for name in _ECS_UNMAPPED_CONTAINER:
+        if name in ecs_one:
+            raise _Bad(" cannot be honoured: hpcbatch runs one container per job; remove it",
+                       *where, "containers", 0, name)
+    container = {k: ecs_one[k] for k in _ECS_SAME if k in ecs_one}
+    for name, twin in _ECS_TASK.items():
+        if name in task:
+            container[twin] = task[name]
+    return container
+
+
+def _ecs_properties(v: dict[str, Any], field: str, *path: str | int) -> None:
+    """Check that ``v[field]`` maps (``ecs_container``); the error names where it sits."""
+    try:
+        _ecs_container(v[field], field)
+    except _Bad as e:
+        e.parts.extend(reversed(path))
+        raise
+
+
 def _register_job_definition(v: dict[str, Any]) -> None:
     _name(v, "jobDefinitionName")
     if "schedulingPriority" in v:
         _range(v["schedulingPriority"], 0, 9999, "schedulingPriority")
+    for field in ("eksProperties", "consumableResourceProperties"):
+        if field in v:
+            raise _Bad(_NOT_SUPPORTED.format(field), field)
+    for i, entry in enumerate((v.get("nodeProperties") or {}).get("nodeRangeProperties") or ()):
+        for field in ("eksProperties", "consumableResourceProperties"):
+            if field in entry:
+                raise _Bad(_NOT_SUPPORTED.format(field), "nodeProperties", "nodeRangeProperties", i, field)
+        if "ecsProperties" in entry:
+            if "container" in entry:
+                raise _Bad(": give container or ecsProperties, not both", "nodeProperties",
+                           "nodeRangeProperties", i, "ecsProperties")
+            _ecs_properties(entry, "ecsProperties", "nodeProperties", "nodeRangeProperties", i)
     has_container, has_nodes = "containerProperties" in v, "nodeProperties" in v
+    if "ecsProperties" in v:
+        if v["type"] != "container":
+            raise _Bad(" is for type container; a multinode definition gives ecsProperties per node range "
+                       "(nodeProperties.nodeRangeProperties[].ecsProperties)", "ecsProperties")
+        if has_container:
+            raise _Bad(": give containerProperties or ecsProperties, not both", "ecsProperties")
+        _ecs_properties(v, "ecsProperties")
+        has_container = True
     if v["type"] == "container":
         if not has_container:
-            raise _Bad(" is required when type is container", "containerProperties")
+            raise _Bad(" (or ecsProperties) is required when type is container", "containerProperties")
         if has_nodes:
             raise _Bad(" is only for type multinode; remove it or set type to multinode",
                        "nodeProperties")
@@ -664,6 +783,18 @@ def _job_state_time_limit_actions(v: dict[str, Any]) -> None:
         _nonempty(action, "reason")
 
 
+def _tag_resource(v: dict[str, Any]) -> None:
+    _nonempty(v, "resourceArn")
+    _count(v["tags"], 1, MAX_TAGS, "tags")  # the model's min 1: a TagResource tags something
+
+
+def _untag_resource(v: dict[str, Any]) -> None:
+    _nonempty(v, "resourceArn")
+    for i, key in enumerate(v["tagKeys"]):
+        if key.lower().startswith("aws:"):  # AWS: "You can't edit or delete tag keys ... with this prefix"
+            raise _Bad(f": tag keys starting with aws: are reserved for AWS (got {_show(key)})", "tagKeys", i)
+
+
 def _max_results(hi: int) -> Hook:
     def check(v: dict[str, Any]) -> None:
         if "maxResults" in v:
@@ -697,6 +828,9 @@ _OPERATION_HOOKS: dict[str, Hook] = {
     "UpdateSchedulingPolicy": _scheduling_policy,
     "DeleteSchedulingPolicy": lambda v: _nonempty(v, "arn"),
     "ListSchedulingPolicies": _max_results(1000),
+    "TagResource": _tag_resource,
+    "UntagResource": _untag_resource,
+    "ListTagsForResource": lambda v: _nonempty(v, "resourceArn"),
 }
 
 
@@ -881,6 +1015,9 @@ def validate_request(operation: str, body: object, *, raw_size: int | None = Non
         raise ClientError(f"Unsupported operation {_show(operation)}")
     if operation == "SubmitJob" and raw_size is not None and raw_size > SUBMIT_JOB_MAX_BYTES:
         raise ClientError(f"SubmitJob request is {raw_size} bytes; the limit is 30 KiB")
+    if operation == "RegisterJobDefinition" and raw_size is not None and raw_size > JOB_DEFINITION_MAX_BYTES:
+        raise ClientError(f"RegisterJobDefinition request is {raw_size} bytes; a job definition is at most "
+                          "24 KiB (AWS Batch's quota)")
     if not isinstance(body, dict):
         raise ClientError(f"{operation} request body must be a JSON object (got {_jtype(body)})")
     try:
@@ -891,6 +1028,20 @@ def validate_request(operation: str, body: object, *, raw_size: int | None = Non
 
 
 def route_table() -> dict[str, str]:
-    """Map each supported operation's HTTP path (e.g. '/v1/submitjob') to its operation name."""
+    """Map each supported POST operation's HTTP path (e.g. '/v1/submitjob') to its operation name."""
     model = _service_model()
-    return {model.operation_model(op).http["requestUri"]: op for op in sorted(OPERATIONS)}
+    return {model.operation_model(op).http["requestUri"]: op for op in sorted(OPERATIONS - TAG_OPERATIONS)}
+
+
+def rest_routes() -> list[tuple[str, str, str]]:
+    """(method, path, operation) of the operations whose path carries the resource (tagging).
+
+    The model writes ``/v1/tags/{resourceArn}``; botocore percent-encodes the ARN's ``/`` and
+    ``:`` into one segment, other clients may not, so the route takes the rest of the path.
+    """
+    model = _service_model()
+    out = []
+    for op in sorted(TAG_OPERATIONS):
+        http = model.operation_model(op).http
+        out.append((http["method"], http["requestUri"].replace("{resourceArn}", "{resourceArn:.+}"), op))
+    return out

@@ -53,6 +53,10 @@ REQUIRED_ROLE: dict[str, str] = {
     "DeleteSchedulingPolicy": "developer",
     "DescribeSchedulingPolicies": "user",
     "ListSchedulingPolicies": "user",
+    # A user tags their own jobs; the service asks for developer on every other resource.
+    "TagResource": "user",
+    "UntagResource": "user",
+    "ListTagsForResource": "user",
 }
 
 READ_ONLY = frozenset(
@@ -60,7 +64,7 @@ READ_ONLY = frozenset(
         "DescribeJobs", "ListJobs", "GetJobLogs", "ListNodes", "DescribeComputeEnvironments",
         "DescribeJobQueues", "DescribeJobDefinitions", "WhoAmI", "ListNodeKeys", "ListAccessKeys",
         "GetJobQueueSnapshot", "WhyJob", "ListEvents", "DescribeSchedulingPolicies", "ListSchedulingPolicies",
-        "ListAudit",
+        "ListAudit", "ListTagsForResource",
     }
 )
 

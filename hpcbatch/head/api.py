@@ -25,6 +25,7 @@ import re
 import socket
 import struct
 import time
+import urllib.parse
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -34,7 +35,7 @@ from hpcbatch.auth.policy import READ_ONLY, Caller, authorize
 from hpcbatch.errors import ClientError, HpcbatchError, ServerError, ServiceUnavailable
 from hpcbatch.head.ratelimit import RateLimiter, RefusalLog, TooManyRequests
 from hpcbatch.head.service import BatchService
-from hpcbatch.validation import refuse_nul, route_table, validate_request
+from hpcbatch.validation import refuse_nul, rest_routes, route_table, validate_request
 
 log = logging.getLogger("hpcbatch.api")
 
@@ -57,6 +58,13 @@ EXTENSION_ROUTES = {
     "/hpcbatch/v1/drainnode": "DrainNode",
     "/hpcbatch/v1/resumenode": "ResumeNode",
     "/hpcbatch/v1/prepullimage": "PrepullImage",
+}
+# The tagging operations also by POST with a JSON body (``resourceArn`` in it), for clients
+# that only POST (hpcbatch.client); AWS's own routes are ``rest_routes()``.
+TAG_ROUTES = {
+    "/hpcbatch/v1/tagresource": "TagResource",
+    "/hpcbatch/v1/untagresource": "UntagResource",
+    "/hpcbatch/v1/listtagsforresource": "ListTagsForResource",
 }
 MAX_BODY = 2 << 20
 # Operations whose answer holds a secret: only over the Unix socket or TLS (docs/security.md).
@@ -255,7 +263,8 @@ def _target(body: Any) -> str | None:
     if not isinstance(body, dict):
         return None
     for key in ("jobId", "jobName", "jobQueue", "jobQueueName", "computeEnvironment",
-                "computeEnvironmentName", "jobDefinition", "jobDefinitionName", "name", "user", "accessKeyId"):
+                "computeEnvironmentName", "jobDefinition", "jobDefinitionName", "name", "user", "accessKeyId",
+                "resourceArn"):
         value = body.get(key)
         if isinstance(value, str):
             return value
@@ -274,7 +283,8 @@ def make_app(
     engine = service.engine
     refusals = RefusalLog(time.monotonic)  # unauthenticated floods: a few lines, not one per request
 
-    def handler(operation: str, validate: bool) -> Any:
+    def handler(operation: str, validate: bool, in_path: bool = False) -> Any:
+        """``in_path``: members come from the path and query too (AWS's REST routes, tagging)."""
         method = getattr(service, operation)
         mutating = operation not in READ_ONLY
 
@@ -290,6 +300,8 @@ def make_app(
                 if limiter is not None:
                     limiter.check(caller, operation)
                 body = parse_body(raw)
+                if in_path:
+                    body = _path_members(request, body)
                 authorize(caller, operation)
                 if operation in SECRET_REPLIES and caller.via == "sigv4" and not request.secure:
                     raise ClientError(f"{operation} answers with a secret, which never crosses the network in "
@@ -353,9 +365,16 @@ def make_app(
     for path, operation in route_table().items():
         if operations is None or operation in operations:
             app.router.add_post(path, handler(operation, True))
+    for method, path, operation in rest_routes():
+        if operations is None or operation in operations:
+            app.router.add_route(method, path, handler(operation, True, in_path=True))
+    for path, operation in TAG_ROUTES.items():
+        if operations is None or operation in operations:
+            app.router.add_post(path, handler(operation, True))
     for path, operation in EXTENSION_ROUTES.items():
         if operations is None or operation in operations:
             app.router.add_post(path, handler(operation, False))
+    app.middlewares.append(unknown_route)
     if operations is not None:
         return app
     from hpcbatch.head.cwlogs import mount_logs  # CloudWatch Logs' JSON protocol at POST /
@@ -367,6 +386,44 @@ def make_app(
 
     app.router.add_get("/hpcbatch/v1/health", health)
     return app
+
+
+class UnknownOperation(HpcbatchError):
+    """No operation lives at this method and path (AWS: UnknownOperationException, HTTP 404)."""
+
+    aws_code = "UnknownOperationException"
+    http_status = 404
+
+
+@web.middleware
+async def unknown_route(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Answer a path or method no route serves in AWS's error shape, not aiohttp's text 404/405
+    (boto3 and aws-cli read ``__type``); the console's pages keep their own."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        if request.path.startswith("/console"):
+            raise
+        allowed = ""
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = f" (this path takes {', '.join(sorted(exc.allowed_methods))})"
+        path = request.path if len(request.path) <= 200 else request.path[:200] + "..."
+        return _error(UnknownOperation(f"no operation at {request.method} {json.dumps(path)}{allowed}: "
+                                       "see the AWS Batch API reference for the paths this head serves"))
+
+
+def _path_members(request: web.Request, body: Any) -> Any:
+    """The members AWS's REST routes carry in the path and query (tagging: ``resourceArn``,
+    ``tagKeys``) merged into the JSON body, as botocore's serializer split them."""
+    if not isinstance(body, dict):
+        return body  # validation names the problem
+    body = dict(body)
+    if "resourceArn" in request.match_info:
+        body["resourceArn"] = urllib.parse.unquote(request.match_info["resourceArn"])
+    keys = request.query.getall("tagKeys", [])
+    if keys:
+        body["tagKeys"] = list(keys)
+    return body
 
 
 def _audit_entry(caller: Caller, operation: str, body: Any, outcome: str, result: Any = None) -> dict[str, Any]:

@@ -252,7 +252,7 @@ class Engine:
         return JobRunnable(
             self._event_id(), job.job_id, job.job_queue, job.resources, seq,
             num_nodes=job.num_nodes, time_limit_s=job.timeout_s,
-            share=job.share_identifier, priority=job.scheduling_priority or 0,
+            share=job.share_identifier, priority=job.scheduling_priority or 0, gang=job.is_gang,
         )
 
     def _move_one(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
@@ -693,6 +693,11 @@ class Engine:
                 job = self.materialize_array_child(parent, int(index))
         if job is None or job.status is not JobStatus.RUNNABLE:
             self._feed(AttemptEnded(self._event_id(), action.job_id))
+            return
+        if job.is_gang:  # a one-node gang placed as one job (a scheduler that knew no JobRunnable.gang)
+            gpus = (action.gpus,) if action.gpus else ()
+            self._start_gang(StartGang(job_id=action.job_id, nodes=(action.node,),
+                                       compute_environment=action.compute_environment, gpus=gpus))
             return
         if self._injection is not None:
             self._injection.check("start", job.job_id, job.job_name)

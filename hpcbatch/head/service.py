@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from hpcbatch.auth.policy import Caller, check_job_access, may_see_job
+from hpcbatch.auth.policy import AccessDenied, Caller, check_job_access, may_see_job
 from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.containers import check_container, refuse_privileged
 from hpcbatch.head.engine import Engine
@@ -34,7 +34,13 @@ from hpcbatch.model.jobs import (
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.model.multinode import child_job_id, resolve_nodes, split_child_id
 from hpcbatch.store import JobQuery, Store
-from hpcbatch.validation import ContainerLimits, check_container_limits, check_image_name
+from hpcbatch.validation import (
+    MAX_TAGS,
+    ContainerLimits,
+    check_container_limits,
+    check_image_name,
+    ecs_container,
+)
 
 DEFAULT_JOB_DEFINITION = "hpcbatch-default"
 DEFAULT_MULTINODE_DEFINITION = "hpcbatch-default-mnp"  # `hpcbatch submit --nodes N -- CMD`
@@ -47,6 +53,9 @@ PRIVATE_JOB = "(private)"  # another user's job id, as a user sees it in ListNod
 # this tag again, from the same owner, answers the job the first one made.
 CLIENT_TOKEN_TAG = "hpcbatch:client-token"
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+# AWS Batch's service quotas (they cannot be raised there): compute environments, job queues.
+MAX_COMPUTE_ENVIRONMENTS = 50
+MAX_JOB_QUEUES = 50
 UNFINISHED = tuple(s for s in JobStatus if s not in FINAL)
 
 
@@ -95,6 +104,23 @@ def _jobdef_filter(value: str) -> str:
             raise ClientError(f"filters JOB_DEFINITION {value}: an asterisk (*) isn't supported when the ARN is used")
         return value.rsplit("/", 1)[-1]
     return value
+
+
+def _container_of(jobdef: dict[str, Any]) -> dict[str, Any]:
+    """A container definition's containerProperties, or its ecsProperties mapped onto them."""
+    if "ecsProperties" in jobdef:
+        return ecs_container(jobdef["ecsProperties"])
+    return jobdef.get("containerProperties", {})
+
+
+def _ecs_nodes(node_properties: dict[str, Any]) -> dict[str, Any]:
+    """nodeProperties with each range's ecsProperties mapped onto its ``container``."""
+    ranges = node_properties.get("nodeRangeProperties") or []
+    if not any("ecsProperties" in r for r in ranges):
+        return node_properties
+    mapped = [{**r, "container": ecs_container(r["ecsProperties"], f"nodeProperties.nodeRangeProperties[{i}].ecsProperties")}
+              if "ecsProperties" in r else r for i, r in enumerate(ranges)]
+    return {**node_properties, "nodeRangeProperties": mapped}
 
 
 def _request_digest(body: dict[str, Any]) -> str:
@@ -155,6 +181,9 @@ class BatchService:
         name = body["computeEnvironmentName"]
         if self.store.get_resource("ce", name) is not None:
             raise ClientError(f"computeEnvironmentName {name} already exists")
+        if len(self.store.list_resources("ce")) >= MAX_COMPUTE_ENVIRONMENTS:
+            raise ClientError(f"computeEnvironmentName {name}: this cluster has {MAX_COMPUTE_ENVIRONMENTS} compute "
+                              "environments, AWS Batch's limit; delete one first")
         doc = {
             "computeEnvironmentName": name,
             "computeEnvironmentArn": self.arn("compute-environment", name),
@@ -236,6 +265,9 @@ class BatchService:
         name = body["jobQueueName"]
         if self.store.get_resource("queue", name) is not None:
             raise ClientError(f"jobQueueName {name} already exists")
+        if len(self.store.list_resources("queue")) >= MAX_JOB_QUEUES:
+            raise ClientError(f"jobQueueName {name}: this cluster has {MAX_JOB_QUEUES} job queues, AWS Batch's "
+                              "limit; delete one first")
         if not body.get("computeEnvironmentOrder"):
             raise ClientError("computeEnvironmentOrder must name 1 to 3 compute environments")
         doc = {
@@ -331,10 +363,13 @@ class BatchService:
     def RegisterJobDefinition(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = body["jobDefinitionName"]
         if body.get("type") == "multinode":
-            resolve_nodes(body["nodeProperties"], None)  # ranges cover every node, main inside
-        ranges = (body.get("nodeProperties") or {}).get("nodeRangeProperties") or []
-        for field, container in [("containerProperties", body.get("containerProperties") or {})] + [
-            (f"nodeProperties.nodeRangeProperties[{i}].container", r.get("container") or {}) for i, r in enumerate(ranges)
+            resolve_nodes(_ecs_nodes(body["nodeProperties"]), None)  # ranges cover every node, main inside
+        ranges = (_ecs_nodes(body["nodeProperties"]) if body.get("nodeProperties") else {}).get("nodeRangeProperties") or []
+        top = ("ecsProperties", _container_of(body)) if "ecsProperties" in body else (
+            "containerProperties", body.get("containerProperties") or {})
+        for field, container in [top] + [
+            (f"nodeProperties.nodeRangeProperties[{i}].{'ecsProperties' if 'ecsProperties' in r else 'container'}",
+             r.get("container") or {}) for i, r in enumerate(ranges)
         ]:
             refuse_privileged(container, field, self.allow_privileged_containers)
             check_container_limits(container, field, self.container_limits)
@@ -404,6 +439,9 @@ class BatchService:
             doc = active[-1] if active else None
         if doc is None:
             raise NotFoundError(f"{field} {ref} does not exist")
+        if doc.get("status") == "INACTIVE":  # AWS: a deregistered revision runs no new jobs
+            raise ClientError(f"{field} {doc['jobDefinitionName']}:{doc['revision']} is INACTIVE (deregistered) "
+                              "and cannot be used for new jobs; register a new revision")
         return doc
 
     def DescribeJobDefinitions(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -436,6 +474,88 @@ class BatchService:
                 self.store.put_resource("jobdef", name, doc["revision"], "INACTIVE", doc)
         return {}
 
+    # ---------------------------------------------------------------------- tags
+    # AWS: every compute environment, queue, job definition (revision), job and scheduling
+    # policy is taggable; jobs are their owner's to tag, the rest a developer's. Pages of
+    # the Tagging and TagResource API references; limits checked at the edge (validation).
+    _TAGGABLE = {"compute-environment": "ce", "job-queue": "queue", "job-definition": "jobdef",
+                 "scheduling-policy": "policy"}
+
+    def _tagged(self, arn: str, caller: Caller, change: bool) -> tuple[dict[str, str], Callable[[dict[str, str]], None]]:
+        """The tags of the resource ``arn`` names, and how to store new ones; ClientException if none."""
+        missing = NotFoundError(f"resourceArn {arn} does not name a resource of this cluster")
+        parts = arn.split(":", 5)
+        if len(parts) != 6 or parts[0] != "arn" or parts[2] != "batch" or "/" not in parts[5]:
+            raise ClientError(f"resourceArn {arn} is not an AWS Batch ARN "
+                              "(arn:aws:batch:REGION:ACCOUNT:job-queue/NAME, job/ID, ...)")
+        if parts[3] != self.region or parts[4] != self.account:
+            raise missing
+        kind, _, name = parts[5].partition("/")
+        if kind == "job":
+            return self._tagged_job(name, arn, caller, change, missing)
+        store_kind = self._TAGGABLE.get(kind)
+        if store_kind is None:
+            raise ClientError(f"resourceArn {arn}: {kind} is not a taggable resource (compute-environment, "
+                              "job-queue, job-definition, job, scheduling-policy)")
+        revision = 0
+        if store_kind == "jobdef":
+            name, _, rev = name.partition(":")
+            if not rev.isdigit():
+                raise ClientError(f"resourceArn {arn}: a job definition's ARN ends with :REVISION")
+            revision = int(rev)
+        doc = self.store.get_resource(store_kind, name, revision) if name else None
+        if doc is None:
+            raise missing
+        if change and not caller.is_admin and caller.role != "developer":
+            raise AccessDenied(f"user {caller.user} (role {caller.role}) may not tag {kind} {name}: "
+                               "it needs role developer")
+
+        def put(tags: dict[str, str]) -> None:
+            doc["tags"] = tags
+            status = doc.get("status", "ACTIVE") if store_kind != "policy" else "ACTIVE"
+            with self.store.transaction():  # tags never change scheduling: no engine call
+                self.store.put_resource(store_kind, name, doc.get("revision", 1) if store_kind == "jobdef" else 1,
+                                        status, doc)
+
+        return dict(doc.get("tags") or {}), put
+
+    def _tagged_job(
+        self, job_id: str, arn: str, caller: Caller, change: bool, missing: ClientError,
+    ) -> tuple[dict[str, str], Callable[[dict[str, str]], None]]:
+        job = self.engine.jobs.get(job_id) or self.store.get_job(job_id)
+        if job is None or not may_see_job(caller, job.owner, self.private_data):
+            raise missing
+        if change:
+            check_job_access(caller, "tag", job_id, job.owner)
+
+        def put(tags: dict[str, str]) -> None:
+            job.tags = tags
+            with self.store.transaction():  # a live job's record is the engine's: it writes it again as is
+                self.store.put_jobs([job])
+
+        return dict(job.tags), put
+
+    def TagResource(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        tags, put = self._tagged(body["resourceArn"], caller, True)
+        merged = {**tags, **body["tags"]}
+        own = [k for k in merged if not k.startswith("hpcbatch:")]  # hpcbatch's control tags do not count
+        if len(own) > MAX_TAGS:
+            raise ClientError(f"tags: a resource has at most {MAX_TAGS} tags; {body['resourceArn']} would have "
+                              f"{len(own)}")
+        put(merged)
+        return {}
+
+    def UntagResource(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        tags, put = self._tagged(body["resourceArn"], caller, True)
+        for key in body["tagKeys"]:  # AWS: a key the resource lacks is no error
+            tags.pop(key, None)
+        put(tags)
+        return {}
+
+    def ListTagsForResource(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        tags, _ = self._tagged(body["resourceArn"], caller, False)
+        return {"tags": tags}
+
     # ---------------------------------------------------------------------- jobs
     def _node_spec(self, container: dict[str, Any], parameters: dict[str, str], caller: Caller, field: str) -> dict[str, Any]:
         """Command, environment, script and resources of one container (a job or one node)."""
@@ -450,7 +570,7 @@ class BatchService:
             "command": command,
             "environment": environment,
             "script_id": script_id,
-            "image": container.get("image"),
+            "image": container.get("image") or None,  # "" names no image: a bare job (validation)
             "resources": resource_request(container),
             "container": container,
         }
@@ -521,7 +641,7 @@ class BatchService:
         nodes: list[dict[str, Any]] = []
         num_nodes, main_node = 1, 0
         if multinode:
-            num_nodes, main_node, containers = resolve_nodes(jobdef["nodeProperties"], body.get("nodeOverrides"))
+            num_nodes, main_node, containers = resolve_nodes(_ecs_nodes(jobdef["nodeProperties"]), body.get("nodeOverrides"))
             nodes = [
                 self._node_spec(c, parameters, caller, f"nodeProperties node {i}") for i, c in enumerate(containers)
             ]
@@ -529,7 +649,7 @@ class BatchService:
             if not spec["command"] and spec["script_id"] is None:
                 raise ClientError(f"the main node ({main_node}) has no command to run")
         else:
-            container = merge_container(jobdef.get("containerProperties", {}), body.get("containerOverrides"))
+            container = merge_container(_container_of(jobdef), body.get("containerOverrides"))
             spec = self._node_spec(container, parameters, caller, "containerOverrides")
             if not spec["command"] and spec["script_id"] is None:
                 raise ClientError("containerOverrides.command: the job has no command to run")
@@ -593,6 +713,7 @@ class BatchService:
             job_id=job_id, depends_on=depends_on, **common,
             **{**spec, "resources": resources},
             node_properties={**jobdef["nodeProperties"], "numNodes": num_nodes} if multinode else None,
+            gang=multinode,
             array_size=array_size,
             max_running=int(max_running) if max_running is not None else None,
             client_token=token,

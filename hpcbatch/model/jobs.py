@@ -118,10 +118,13 @@ class JobRecord(msgspec.Struct, kw_only=True):
     is_cancelled: bool = False
     is_terminated: bool = False
     stop_reason: str | None = None  # terminate's reason, applied when the killed attempt ends
-    # Multi-node parallel jobs: the parent has num_nodes > 1 and children JOBID#i.
+    # Multi-node parallel jobs: the parent has ``gang`` and children JOBID#i (1 or more).
     num_nodes: int = 1
     main_node: int = 0
     node_properties: dict[str, Any] | None = None  # as DescribeJobs shows them (parent)
+    # Parent of a multinode job of any size. Set at submission: a one-node job stored by an
+    # older head ran as a plain job (no node records) and, recovered, must go on as one.
+    gang: bool = False
     parent_id: str | None = None  # set on a child (one node of a multi-node job)
     node_index: int | None = None
     hosts: list[str] = []  # parent: the nodes of the current try, in index order
@@ -143,7 +146,9 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
     @property
     def is_gang(self) -> bool:
-        return self.num_nodes > 1 and self.parent_id is None
+        """A multi-node parallel job's parent, of any size: ``numNodes: 1`` is a one-node gang
+        (node records, AWS_BATCH_JOB_NODE_* variables), as AWS runs it and TorchX expects."""
+        return self.parent_id is None and (self.num_nodes > 1 or self.gang)
 
     @property
     def current_attempt(self) -> Attempt | None:

@@ -3,7 +3,9 @@
 Rules, as AWS Batch documents them:
 
 * ``nodeProperties.numNodes`` nodes, indexed 0..numNodes-1; ``mainNode`` is the index
-  whose exit decides the job.
+  whose exit decides the job. One node is a gang too (TorchX makes one for every
+  single-replica app): a ``JOBID#0`` record, the ``AWS_BATCH_JOB_NODE_*`` variables, the
+  same states and endings as any size (``JobRecord.is_gang``).
 * ``nodeRangeProperties[].targetNodes`` names indexes: ``"0"``, ``"0:3"``, ``":3"`` (from 0),
   ``"4:"`` (to the last node). Every node must be covered; where ranges overlap the
   narrower range wins (ties: the later entry).

@@ -27,7 +27,7 @@ Theory of operation:
   stayed the same for ``maxTimeSeconds`` leaves with ``CancelRunnable``.
 * A job that does not fit does not block the queue: smaller jobs behind it may start,
   except on nodes reserved for a waiting gang (below).
-* Gangs (AWS Batch multi-node parallel jobs, ``num_nodes > 1``) are placed all at once on
+* Gangs (AWS Batch multi-node parallel jobs, ``num_nodes > 1``, or ``gang`` for one node) are placed all at once on
   ``num_nodes`` whole nodes of ONE compute environment (tried in order): nodes that run
   nothing, each fitting the per-node request. While the gang runs its nodes take nothing
   else (single tenant); a partly placed gang never exists. Inside a compute environment
@@ -133,6 +133,12 @@ class JobRunnable(Event):
     max_running: int | None = None  # hpcbatch extension: at most this many tasks at once
     share: str | None = None  # shareIdentifier, in a queue with a fair-share policy
     priority: int = 0  # schedulingPriority: higher first inside its share (fair-share queues)
+    gang: bool = False  # a multi-node parallel job of any size: numNodes 1 is a gang too
+
+    @property
+    def whole_nodes(self) -> bool:
+        """Placed as a gang: all nodes at once, on whole nodes that run nothing else."""
+        return self.num_nodes > 1 or self.gang
 
 
 @dataclass(frozen=True)
@@ -353,7 +359,7 @@ class _Queue:
     def add(self, job: JobRunnable) -> None:
         self.jobs[job.job_id] = job
         self.gangs.pop(job.job_id, None)
-        if job.num_nodes > 1:
+        if job.whole_nodes:
             self.gangs[job.job_id] = job
         if self.share_heaps is not None:
             heapq.heappush(self.share_heaps.setdefault(job.share or "", []), _share_entry(job))
@@ -827,7 +833,7 @@ class Scheduler:
                 seen.append(job.job_id)
             if queue.fair_share is not None and self._over_reservation(queue, job, usable, actions):
                 continue
-            if job.num_nodes > 1:
+            if job.whole_nodes:
                 seen_gangs.add(job.job_id)
                 if self._gang(job, usable, reserved, made, failed_gangs, never, actions, cause):
                     room = self._has_room(usable, reserved)
@@ -839,7 +845,7 @@ class Scheduler:
                     continue
                 for job_id in fresh:
                     j = queue.jobs.get(job_id)
-                    if j is not None and j.num_nodes <= 1 and job_id in self._queue_of:
+                    if j is not None and not j.whole_nodes and job_id in self._queue_of:
                         self._wait(job_id, self._cached_why_not(j.request, usable, reserved, reasons), actions)
                 break
             r = job.request

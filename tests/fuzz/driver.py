@@ -25,10 +25,11 @@ from tests.fuzz.wire import Answer, Wire
 
 def operations() -> dict[str, str]:
     """Every path the head serves by POST -> its operation name."""
-    from hpcbatch.head.api import EXTENSION_ROUTES
+    from hpcbatch.head.api import EXTENSION_ROUTES, TAG_ROUTES
     from hpcbatch.validation import route_table
 
-    return {**route_table(), **EXTENSION_ROUTES}
+    # Tagging's POST twins carry resourceArn in the body: the botocore shape fuzzes them whole.
+    return {**route_table(), **TAG_ROUTES, **EXTENSION_ROUTES}
 
 
 @dataclass
@@ -97,7 +98,7 @@ def forbidden(operation: str, body: bytes) -> str | None:
             for k, v in value.items():
                 if isinstance(k, str) and "\x00" in k:
                     found.append("a NUL byte in a key")
-                walk(v, k, in_container or k in ("containerProperties", "container"))
+                walk(v, k, in_container or k in ("containerProperties", "container", "ecsProperties"))
 
     walk(doc, "", False)
     return found[0] if found else None

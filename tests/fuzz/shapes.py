@@ -24,7 +24,10 @@ from typing import Any
 from hypothesis import strategies as st
 
 # Names the fuzz cluster has, so that plausible bodies reach past "does not exist".
-KNOWN_NAMES = ("default", "hpcbatch-default", "hpcbatch-default-multinode", "fuzzq", "node1", "root")
+KNOWN_NAMES = ("default", "hpcbatch-default", "hpcbatch-default-multinode", "fuzzq", "node1", "root",
+               # resourceArn of the tagging operations: ARNs of what the cluster has
+               "arn:aws:batch:local:000000000000:job-queue/fuzzq",
+               "arn:aws:batch:local:000000000000:job-definition/hpcbatch-default:1")
 EXTENSION_FIELDS = ("jobId", "attempt", "offset", "limit", "name", "user", "role", "accessKeyId",
                     "status", "reason", "script", "data", "since", "maxResults", "nextToken",
                     "profile", "startFromOffset")

@@ -112,7 +112,8 @@ def test_every_operation_has_a_blocking_and_an_async_method() -> None:
     assert OPERATIONS["describe_compute_environments"] == "/v1/describecomputeenvironments"
     assert OPERATIONS["get_job_logs"] == "/hpcbatch/v1/getjoblogs"
     assert OPERATIONS["list_events"] == "/hpcbatch/v1/listevents"
-    assert len(OPERATIONS) == 25  # 21 AWS operations, 4 of hpcbatch
+    assert len(OPERATIONS) == 28  # 21 AWS operations, 3 AWS tagging operations (POST twins), 4 of hpcbatch
+    assert OPERATIONS["tag_resource"] == "/hpcbatch/v1/tagresource"
     for name in OPERATIONS:
         assert callable(getattr(Client, name)), name
         assert callable(getattr(Client, name + "_async")), name

@@ -114,6 +114,19 @@ def test_gang_starts_on_all_its_nodes_in_one_action() -> None:
     assert [s.node_usage(n) for n in ("n1", "n2", "n3", "n4")] == [(2, 1024, 0)] * 3 + [(0, 0, 0)]
 
 
+def test_a_one_node_gang_takes_a_whole_node() -> None:
+    # numNodes 1 (TorchX's single-replica app) is a multi-node parallel job all the same.
+    s = cluster("n1", "n2")
+    one = JobRunnable(_eid(), "g1", "q", req(1), next(_seqs), 1, None, gang=True)
+    assert s.handle(one) == [StartGang("g1", ("n1",), "ce")]
+    assert singles(s.handle(job("small", request=req(1)))) == {"small": "n2"}  # not beside the gang
+    assert singles(s.handle(job("small2", request=req(1)))) == {"small2": "n2"}
+    assert s.node_usage("n1") == (1, 1024, 0)
+    s.handle(ended("g1"))
+    assert s.node_usage("n1") == (0, 0, 0)
+    assert singles(s.handle(job("big", request=req(4)))) == {"big": "n1"}  # the whole node is free again
+
+
 def test_gang_nodes_are_in_natural_index_order() -> None:
     s = cluster("n10", "n9", "n2")
     assert gangs(s.handle(job("g", nodes=3))) == {"g": ("n2", "n9", "n10")}

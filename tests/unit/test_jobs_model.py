@@ -624,3 +624,14 @@ def test_current_attempt_is_the_unstopped_last_one() -> None:
     assert _running_job().current_attempt is not None
     assert _finished_job().current_attempt is None
     assert record().current_attempt is None
+
+
+# ------------------------------------------------------------------ gangs of any size
+def test_a_one_node_multinode_job_is_a_gang_and_its_node_is_not() -> None:
+    nodes = {"numNodes": 1, "mainNode": 0, "nodeRangeProperties": [{"targetNodes": "0", "container": {}}]}
+    assert record(node_properties=nodes, num_nodes=1, gang=True).is_gang  # TorchX's single-replica app
+    assert record(num_nodes=3, node_properties={**nodes, "numNodes": 3}, gang=True).is_gang
+    assert record(num_nodes=3).is_gang  # stored before ``gang`` existed
+    assert not record(node_properties=nodes, num_nodes=1).is_gang  # a one-node job an older head ran plain
+    assert not record().is_gang  # a plain container job
+    assert not record(parent_id="p", node_index=0, num_nodes=1).is_gang  # JOBID#0 is a node, not a gang

@@ -12,7 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpcbatch.errors import ClientError
-from hpcbatch.validation import NAME_PATTERN, OPERATIONS, route_table, validate_request
+from hpcbatch.validation import (
+    NAME_PATTERN,
+    OPERATIONS,
+    TAG_OPERATIONS,
+    ecs_container,
+    rest_routes,
+    route_table,
+    validate_request,
+)
 
 SUBMIT: dict[str, Any] = {
     "jobName": "train-resnet_1",
@@ -123,6 +131,21 @@ VALID: dict[str, dict[str, Any]] = {
     "DescribeSchedulingPolicies": {"arns": ["arn:aws:batch:local:000000000000:scheduling-policy/teams"]},
     "DeleteSchedulingPolicy": {"arn": "arn:aws:batch:local:000000000000:scheduling-policy/teams"},
     "ListSchedulingPolicies": {"maxResults": 10},
+    "TagResource": {"resourceArn": "arn:aws:batch:local:000000000000:job-queue/gpu",
+                    "tags": {"team": "ml", "cost center": "a/b+c=d@e.f_g:h-i", "empty": ""}},
+    "UntagResource": {"resourceArn": "arn:aws:batch:local:000000000000:job-queue/gpu", "tagKeys": ["team"]},
+    "ListTagsForResource": {"resourceArn": "arn:aws:batch:local:000000000000:job/1234"},
+}
+ECS_DEF: dict[str, Any] = {
+    "jobDefinitionName": "ecs", "type": "container",
+    "ecsProperties": {"taskProperties": [{
+        "containers": [{"image": "busybox", "command": ["echo", "hi"], "essential": True,
+                        "environment": [{"name": "A", "value": "1"}],
+                        "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "64"}],
+                        "mountPoints": [{"sourceVolume": "d", "containerPath": "/data"}]}],
+        "volumes": [{"name": "d", "host": {"sourcePath": "/srv/data"}}],
+        "taskRoleArn": "arn:aws:iam::000000000000:role/r",
+    }]},
 }
 
 
@@ -170,7 +193,42 @@ def test_route_table_maps_http_paths_to_operations() -> None:
     table = route_table()
     assert table["/v1/submitjob"] == "SubmitJob"
     assert table["/v1/describejobqueues"] == "DescribeJobQueues"
-    assert set(table.values()) == OPERATIONS
+    assert set(table.values()) == OPERATIONS - TAG_OPERATIONS
+
+
+def test_tagging_routes_are_aws_rest_paths() -> None:
+    assert sorted(rest_routes()) == [
+        ("DELETE", "/v1/tags/{resourceArn:.+}", "UntagResource"),
+        ("GET", "/v1/tags/{resourceArn:.+}", "ListTagsForResource"),
+        ("POST", "/v1/tags/{resourceArn:.+}", "TagResource"),
+    ]
+
+
+def test_ecs_properties_map_onto_the_container_model() -> None:
+    body = validate_request("RegisterJobDefinition", copy.deepcopy(ECS_DEF))
+    container = ecs_container(body["ecsProperties"])
+    assert container == {
+        "image": "busybox", "command": ["echo", "hi"], "environment": [{"name": "A", "value": "1"}],
+        "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "64"}],
+        "mountPoints": [{"sourceVolume": "d", "containerPath": "/data"}],
+        "volumes": [{"name": "d", "host": {"sourcePath": "/srv/data"}}],
+        "jobRoleArn": "arn:aws:iam::000000000000:role/r",
+    }
+
+
+def test_ecs_properties_in_a_node_range_map_too() -> None:
+    ecs = ECS_DEF["ecsProperties"]
+    body = {"jobDefinitionName": "m", "type": "multinode", "nodeProperties": {
+        "numNodes": 1, "mainNode": 0, "nodeRangeProperties": [{"targetNodes": "0", "ecsProperties": ecs}]}}
+    validate_request("RegisterJobDefinition", copy.deepcopy(body))
+
+
+def test_registering_over_24_kib_is_refused() -> None:
+    body = with_(REGISTER_CONTAINER, "parameters", {"p": "x" * (25 * 1024)})
+    raw = len(json.dumps(body))
+    rejects("RegisterJobDefinition", body,
+            f"RegisterJobDefinition request is {raw} bytes; a job definition is at most 24 KiB (AWS Batch's quota)",
+            raw_size=raw)
 
 
 def test_name_pattern_is_anchored() -> None:
@@ -181,7 +239,7 @@ def test_name_pattern_is_anchored() -> None:
 
 
 def test_unsupported_operation_is_a_client_error() -> None:
-    rejects("TagResource", {}, "Unsupported operation 'TagResource'")
+    rejects("CreateServiceEnvironment", {}, "Unsupported operation 'CreateServiceEnvironment'")
 
 
 def test_null_member_is_treated_as_absent() -> None:
@@ -391,7 +449,7 @@ REJECTED: list[tuple[str, dict[str, Any], str]] = [
      'computeResources.tags["aws:x"]: tag keys starting with aws: are reserved for AWS'),
     # job definitions
     ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "containerProperties", ...),
-     "containerProperties is required when type is container"),
+     "containerProperties (or ecsProperties) is required when type is container"),
     ("RegisterJobDefinition", with_(REGISTER_CONTAINER, "nodeProperties",
                                     REGISTER_MULTINODE["nodeProperties"]),
      "nodeProperties is only for type multinode; remove it or set type to multinode"),
@@ -419,6 +477,66 @@ REJECTED: list[tuple[str, dict[str, Any], str]] = [
     ("CancelJob", {"jobId": "j", "reason": ""}, "reason must not be empty"),
     ("TerminateJob", {"jobId": "j", "reason": ""}, "reason must not be empty"),
     ("TerminateJob", {"reason": "r"}, "Missing required field jobId"),
+    # tagging (AWS Batch's tag restrictions)
+    ("TagResource", {"resourceArn": "a", "tags": {}}, "tags must have at least 1 entry (got 0)"),
+    ("TagResource", {"resourceArn": "a", "tags": {f"k{i}": "v" for i in range(51)}},
+     "tags must have at most 50 entries (got 51)"),
+    ("TagResource", {"resourceArn": "a", "tags": {"aws:x": "v"}},
+     'tags["aws:x"]: tag keys starting with aws: are reserved for AWS'),
+    ("TagResource", {"resourceArn": "a", "tags": {"k": "v" * 257}},
+     'tags["k"] must be at most 256 characters (got 257)'),
+    ("TagResource", {"resourceArn": "a", "tags": {"k" * 129: "v"}},
+     f'tags["{"k" * 64}..."] key must be at most 128 characters (got 129)'),
+    ("TagResource", {"resourceArn": "a", "tags": {"a#b": "v"}},
+     "tags[\"a#b\"] key may hold only letters, numbers, spaces and + - = . _ : / @ (got 'a#b')"),
+    ("TagResource", {"resourceArn": "a", "tags": {"k": "v;rm"}},
+     "tags[\"k\"] value may hold only letters, numbers, spaces and + - = . _ : / @ (got 'v;rm')"),
+    ("TagResource", {"tags": {"k": "v"}}, "Missing required field resourceArn"),
+    ("TagResource", {"resourceArn": "", "tags": {"k": "v"}}, "resourceArn must not be empty"),
+    ("UntagResource", {"resourceArn": "a", "tagKeys": []}, "tagKeys must have at least 1 entry (got 0)"),
+    ("UntagResource", {"resourceArn": "a", "tagKeys": ["AWS:owner"]},
+     "tagKeys[0]: tag keys starting with aws: are reserved for AWS (got 'AWS:owner')"),
+    ("UntagResource", {"resourceArn": "a", "tagKeys": ["k" * 129]}, "tagKeys[0] must be at most 128 characters (got 129)"),
+    # ecsProperties / eksProperties
+    ("RegisterJobDefinition", {"jobDefinitionName": "e", "type": "container",
+                               "eksProperties": {"podProperties": {"containers": [{"image": "x"}]}}},
+     "eksProperties: hpcbatch runs jobs on its own nodes; eksProperties is not supported"),
+    ("RegisterJobDefinition", {"jobDefinitionName": "e", "type": "container"},
+     "containerProperties (or ecsProperties) is required when type is container"),
+    ("RegisterJobDefinition", with_(ECS_DEF, "containerProperties", {"image": "x"}),
+     "ecsProperties: give containerProperties or ecsProperties, not both"),
+    ("RegisterJobDefinition", with_(ECS_DEF, "ecsProperties.taskProperties.0.containers",
+                                    [{"image": "main"}, {"image": "sidecar"}]),
+     "ecsProperties.taskProperties[0].containers must hold exactly one essential container: hpcbatch runs one "
+     "container per job (got 2, 2 essential)"),
+    ("RegisterJobDefinition", with_(ECS_DEF, "ecsProperties.taskProperties.0.containers.0.essential", False),
+     "ecsProperties.taskProperties[0].containers must hold exactly one essential container: hpcbatch runs one "
+     "container per job (got 1, 0 essential)"),
+    ("RegisterJobDefinition", with_(ECS_DEF, "ecsProperties.taskProperties.0.pidMode", "host"),
+     "ecsProperties.taskProperties[0].pidMode cannot be honoured: hpcbatch runs one container per job on its "
+     "own nodes; remove it"),
+    ("RegisterJobDefinition", with_(ECS_DEF, "ecsProperties.taskProperties.0.containers.0.firelensConfiguration",
+                                    {"type": "fluentd"}),
+     "ecsProperties.taskProperties[0].containers[0].firelensConfiguration cannot be honoured: hpcbatch runs one "
+     "container per job; remove it"),
+    ("RegisterJobDefinition", with_(ECS_DEF, "ecsProperties.taskProperties.0.containers.0.image", "-v/:/h"),
+     "ecsProperties.taskProperties[0].containers[0].image must name an image and must not begin with '-' "
+     "(got '-v/:/h')"),
+    ("RegisterJobDefinition", with_(ECS_DEF, "ecsProperties.taskProperties.0.containers.0.environment",
+                                    [{"name": "AWS_BATCH_JOB_ID", "value": "x"}]),
+     "ecsProperties.taskProperties[0].containers[0].environment[0].name: AWS_BATCH_ is a reserved prefix "
+     "(got 'AWS_BATCH_JOB_ID')"),
+    ("RegisterJobDefinition", with_(ECS_DEF, "type", "multinode"),
+     "ecsProperties is for type container; a multinode definition gives ecsProperties per node range "
+     "(nodeProperties.nodeRangeProperties[].ecsProperties)"),
+    ("RegisterJobDefinition", with_(REGISTER_MULTINODE, "nodeProperties.nodeRangeProperties.0.eksProperties", {}),
+     "nodeProperties.nodeRangeProperties[0].eksProperties: hpcbatch runs jobs on its own nodes; eksProperties "
+     "is not supported"),
+    ("SubmitJob", with_(SUBMIT, "eksPropertiesOverride", {}),
+     "eksPropertiesOverride: hpcbatch runs jobs on its own nodes; eksPropertiesOverride is not supported"),
+    ("SubmitJob", with_(SUBMIT, "ecsPropertiesOverride", {}),
+     "ecsPropertiesOverride: hpcbatch runs jobs on its own nodes; ecsPropertiesOverride is not supported; "
+     "use containerOverrides"),
 ]
 
 
