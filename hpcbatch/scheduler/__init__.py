@@ -13,6 +13,7 @@ from hpcbatch.scheduler.core import (
     JobWithdrawn,
     NodeGone,
     NodeUp,
+    RunTimesLearned,
     Scheduler,
     SetWaitReason,
     StartAttempt,
@@ -22,6 +23,7 @@ from hpcbatch.scheduler.core import (
 )
 from hpcbatch.scheduler.fairshare import FairSharePolicy
 from hpcbatch.scheduler.gang import Reservation
+from hpcbatch.scheduler.predict import Predictor, RunKey
 
 __all__ = [
     "Action",
@@ -37,7 +39,10 @@ __all__ = [
     "JobWithdrawn",
     "NodeGone",
     "NodeUp",
+    "Predictor",
     "Reservation",
+    "RunKey",
+    "RunTimesLearned",
     "Scheduler",
     "SetWaitReason",
     "StartAttempt",

@@ -104,6 +104,7 @@ from hpcbatch.scheduler.gang import (
 )
 from hpcbatch.scheduler.gpus import GpuPlace, choose_gpus, steering_rank
 from hpcbatch.scheduler.nodeindex import NodeIndex
+from hpcbatch.scheduler.predict import Predictor, RunKey, grow
 
 
 # ------------------------------------------------------------------------- events
@@ -129,6 +130,9 @@ class JobRunnable(Event):
     max_running: int | None = None  # hpcbatch extension: at most this many tasks at once
     share: str | None = None  # shareIdentifier, in a queue with a fair-share policy
     priority: int = 0  # schedulingPriority: higher first inside its share (fair-share queues)
+    # Run-time predictions (``predict``): what makes jobs similar. Empty: not known.
+    owner: str = ""
+    definition: str = ""  # the job definition (ARN or NAME:REVISION; revisions share history)
 
 
 @dataclass(frozen=True)
@@ -168,9 +172,22 @@ class NodeGone(Event):
 
 @dataclass(frozen=True)
 class AttemptEnded(Event):
-    """A placed job's attempt ended (or was abandoned); its resources come back."""
+    """A placed job's attempt ended (or was abandoned); its resources come back.
+
+    ``run_s``: how long it really ran, when it ran and exited (not lost): history for
+    run-time predictions. None teaches nothing.
+    """
 
     job_id: str
+    run_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RunTimesLearned(Event):
+    """Run times of jobs that finished before (a restarted head reads them from the store):
+    ``runs`` are (owner, job definition, job queue, seconds), oldest first."""
+
+    runs: tuple[tuple[str, str, str, float], ...]
 
 
 @dataclass(frozen=True)
@@ -362,13 +379,15 @@ class _Allocation:
     request: ResourceRequest  # per node
     gang: bool
     started_at: float
-    time_limit_s: int | None
+    planned_s: float | None  # the run time planned with: prediction or timeout; None unknown
     gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> GPU ids held there
     share: tuple[str, str] | None = None  # (queue, shareIdentifier) charged for it, fair share
+    timeout_s: float | None = None  # the hard bound (attemptDurationSeconds): predictions stay below
+    key: RunKey | None = None  # what it is like, for learning its run time when it ends
 
     @property
     def ends_at(self) -> float:
-        return UNKNOWN if self.time_limit_s is None else self.started_at + self.time_limit_s
+        return UNKNOWN if self.planned_s is None else self.started_at + self.planned_s
 
 
 # AWS's statusReason vocabulary is "CODE - detail"; jobStateTimeLimitActions match the CODE.
@@ -434,6 +453,10 @@ class Scheduler:
         self._scanning: _Queue | None = None  # the queue whose jobs a pass is iterating
         self._capacity: dict[str, float] = {}  # queue -> vCPUs of its compute environments, this pass
         self._scanned_out: list[str] = []  # jobs placed during that scan, to drop from it after
+        # Run-time predictions (``predict``): planning only, never a kill. ``_due``: (planned
+        # end, job) of running allocations, so a job outliving its plan is found in O(log n).
+        self.predictor = Predictor()
+        self._due: list[tuple[float, str]] = []
 
     # ------------------------------------------------------------------ queries
     @property
@@ -522,6 +545,10 @@ class Scheduler:
             case JobWithdrawn():
                 self._withdraw(event.job_id)
             case AttemptEnded():
+                if event.run_s is not None:
+                    alloc = self._allocations.get(event.job_id)
+                    if alloc is not None and alloc.key is not None:
+                        self.predictor.learn(alloc.key, event.run_s)
                 if self._release(event.job_id):
                     array_id, sep, _ = event.job_id.rpartition(":")
                     if sep and array_id in self._array_running:
@@ -572,6 +599,9 @@ class Scheduler:
                     queue.fair_share, queue.time_limits = event.fair_share, event.time_limits
                     queue.share_heaps = None  # rebuilt on the next fair-share pass
                     queue.rescan = True
+            case RunTimesLearned():
+                for owner, definition, queue_name, run_s in event.runs:
+                    self.predictor.learn(RunKey(owner, definition, queue_name), run_s)
             case JobQueueRemoved():
                 queue = self._queues.pop(event.name, None)
                 if queue is not None:
@@ -671,15 +701,56 @@ class Scheduler:
 
     def _hold(
         self, job_id: str, nodes: list[_Node], request: ResourceRequest, gang: bool,
-        time_limit_s: int | None, held: tuple[int, ...] = (), share: tuple[str, str] | None = None,
+        planned_s: float | None, held: tuple[int, ...] = (), share: tuple[str, str] | None = None,
+        job: JobRunnable | None = None,
     ) -> _Allocation:
         alloc = _Allocation(
-            [n.name for n in nodes], nodes[0].ce, request, gang, self._now, time_limit_s, share=share
+            [n.name for n in nodes], nodes[0].ce, request, gang, self._now, planned_s, share=share,
+            timeout_s=None if job is None or job.time_limit_s is None else float(job.time_limit_s),
+            key=None if job is None else _run_key(job),
         )
         self._allocations[job_id] = alloc
         for node in nodes:
             self._take(job_id, alloc, node, held)
+        if planned_s is not None:
+            heapq.heappush(self._due, (alloc.ends_at, job_id))
         return alloc
+
+    # ---------------------------------------------------------------- predictions
+    def _estimate(self, job: JobRunnable) -> float | None:
+        """The run time ``job`` is planned with (``predict``): history capped by its timeout."""
+        return self.predictor.predict(_run_key(job), job.time_limit_s)
+
+    def planned_run_s(self, job_id: str) -> float | None:
+        """The run time a running job is planned with now (grown if it outlived it); None: unknown."""
+        alloc = self._allocations.get(job_id)
+        return alloc.planned_s if alloc is not None else None
+
+    def _grow_predictions(self, cause: str) -> None:
+        """Jobs still running past their planned end: their plan grows (``predict.grow``) and the
+        nodes they hold are re-filed by their new expected end, so this pass plans around it."""
+        due = self._due
+        while due and due[0][0] < self._now:
+            end, job_id = heapq.heappop(due)
+            alloc = self._allocations.get(job_id)
+            if alloc is None or alloc.planned_s is None or alloc.ends_at != end:
+                continue  # ended, or re-planned since
+            new = grow(alloc.planned_s, self._now - alloc.started_at, alloc.timeout_s)
+            if new <= alloc.planned_s:
+                continue  # at its timeout already: it is being ended, nothing to plan beyond
+            alloc.planned_s = new
+            heapq.heappush(due, (alloc.ends_at, job_id))
+            for name in alloc.nodes:
+                node = self._nodes.get(name)
+                if node is not None:
+                    node.latest_end = max(
+                        (self._allocations[j].ends_at for j in node.jobs if j in self._allocations),
+                        default=-math.inf,
+                    )
+                    self._refile(node)
+            self.decisions.append(
+                (cause, f"plan for {job_id}: ran past its predicted end, now expected to run {fmt_time(new)} s")
+            )
 
     def _take(self, job_id: str, alloc: _Allocation, node: _Node, held: tuple[int, ...] = ()) -> None:
         """Take ``alloc``'s request on ``node``: the GPU indices ``held`` (reported), else free ones."""
@@ -749,6 +820,7 @@ class Scheduler:
     # ----------------------------------------------------------------- decision
     def _schedule(self, cause: str) -> list[Action]:
         actions: list[Action] = []
+        self._grow_predictions(cause)
         reserved: dict[str, Reservation] = {}  # node -> the reservation holding it, this pass
         made: dict[str, Reservation] = {}  # gang -> its reservation, this pass
         # Whether a gang shape could ever run depends only on nodes, not on what runs: once a pass.
@@ -834,7 +906,8 @@ class Scheduler:
                         self._wait(job_id, self._cached_why_not(j.request, usable, reserved, reasons), actions)
                 break
             r = job.request
-            limit = _limit_key(job.time_limit_s)
+            estimate = self._estimate(job)
+            limit = _limit_key(estimate)
             # ``failed`` only grows in a pass, so a shape once found dominated stays so:
             # remember it and a deep queue of equal jobs costs one set look-up each.
             if (r, limit) in dominated or (
@@ -843,9 +916,9 @@ class Scheduler:
                 self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                 continue
             if job.array_count:
-                room = self._place_array(job, usable, reserved, failed, reasons, actions, cause)
+                room = self._place_array(job, estimate, usable, reserved, failed, reasons, actions, cause)
                 continue
-            placed = self._place(r, job.time_limit_s, usable, reserved)
+            placed = self._place(r, estimate, usable, reserved)
             if placed is None:
                 # Requests known not to fit in this pass: anything at least as large
                 # (and not shorter) cannot fit either, so a long FIFO of equal jobs
@@ -855,7 +928,7 @@ class Scheduler:
                 continue
             node, ce = placed
             self._withdraw(job.job_id)
-            alloc = self._hold(job.job_id, [node], r, False, job.time_limit_s, share=self._charge(job))
+            alloc = self._hold(job.job_id, [node], r, False, estimate, share=self._charge(job), job=job)
             gpus = alloc.gpus[node.name]
             actions.append(StartAttempt(job.job_id, node.name, ce.name, gpus))
             note = ""
@@ -984,7 +1057,7 @@ class Scheduler:
                 return
 
     def _place_array(
-        self, job: JobRunnable, usable: list[_ComputeEnvironment], reserved: dict[str, Reservation],
+        self, job: JobRunnable, estimate: float | None, usable: list[_ComputeEnvironment], reserved: dict[str, Reservation],
         failed: list[tuple[ResourceRequest, float]], reasons: dict[ResourceRequest, str],
         actions: list[Action], cause: str,
     ) -> bool:
@@ -994,9 +1067,9 @@ class Scheduler:
             if job.max_running is not None and self._array_running.get(job.job_id, 0) >= job.max_running:
                 self._wait(job.job_id, f"Array at its limit of {job.max_running} running tasks", actions)
                 break
-            placed = self._place(r, job.time_limit_s, usable, reserved)
+            placed = self._place(r, estimate, usable, reserved)
             if placed is None:
-                failed.append((r, _limit_key(job.time_limit_s) if reserved else _ANY_LIMIT))
+                failed.append((r, _limit_key(estimate) if reserved else _ANY_LIMIT))
                 self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                 break
             node, ce = placed
@@ -1005,7 +1078,7 @@ class Scheduler:
             self._array_left[job.job_id] -= 1
             self._array_running[job.job_id] = self._array_running.get(job.job_id, 0) + 1
             task_id = f"{job.job_id}:{index}"
-            gpus = self._hold(task_id, [node], r, False, job.time_limit_s, share=self._charge(job)).gpus[node.name]
+            gpus = self._hold(task_id, [node], r, False, estimate, share=self._charge(job), job=job).gpus[node.name]
             actions.append(StartAttempt(task_id, node.name, ce.name, gpus))
             self.decisions.append((cause, f"start {task_id} on {node.name} ({ce.name}){_gpu_note(gpus)}"))
             if node.free_vcpus <= 1e-9 and not self._has_room(usable, reserved):
@@ -1023,7 +1096,7 @@ class Scheduler:
         )
 
     def _may_use(
-        self, node: str, reserved: dict[str, Reservation], job_id: str, time_limit_s: int | None
+        self, node: str, reserved: dict[str, Reservation], job_id: str, time_limit_s: float | None
     ) -> bool:
         """A reserved node takes only its own gang, or a job that ends before it is needed."""
         res = reserved.get(node)
@@ -1032,7 +1105,7 @@ class Scheduler:
     def _place(
         self,
         r: ResourceRequest,
-        time_limit_s: int | None,
+        time_limit_s: float | None,
         ces: list[_ComputeEnvironment],
         reserved: dict[str, Reservation],
     ) -> tuple[_Node, _ComputeEnvironment] | None:
@@ -1070,13 +1143,14 @@ class Scheduler:
     ) -> bool:
         """Start, reserve for, or explain one waiting gang; True when nodes changed hands."""
         n, r = job.num_nodes, job.request
-        limit = _limit_key(job.time_limit_s)
+        estimate = self._estimate(job)
+        limit = _limit_key(estimate)
         if not any(n >= fn and _dominates(r, fr) and limit >= fl for fn, fr, fl in failed):
-            placed = self._place_gang(job, ces, reserved)
+            placed = self._place_gang(job, estimate, ces, reserved)
             if placed is not None:
                 nodes, ce = placed
                 self._withdraw(job.job_id)
-                alloc = self._hold(job.job_id, nodes, r, True, job.time_limit_s, share=self._charge(job))
+                alloc = self._hold(job.job_id, nodes, r, True, estimate, share=self._charge(job), job=job)
                 names = tuple(node.name for node in nodes)
                 gpus = tuple(alloc.gpus[name] for name in names) if r.gpus else ()
                 actions.append(StartGang(job.job_id, names, ce.name, gpus))
@@ -1105,7 +1179,8 @@ class Scheduler:
         return False
 
     def _place_gang(
-        self, job: JobRunnable, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
+        self, job: JobRunnable, estimate: float | None, ces: list[_ComputeEnvironment],
+        reserved: dict[str, Reservation],
     ) -> tuple[list[_Node], _ComputeEnvironment] | None:
         """``num_nodes`` idle nodes of the first compute environment that has them, or None.
 
@@ -1119,7 +1194,7 @@ class Scheduler:
                 continue
             fit = [
                 node for node in ce.idle.values()
-                if node.could_ever_fit(r) and self._may_use(node.name, reserved, job.job_id, job.time_limit_s)
+                if node.could_ever_fit(r) and self._may_use(node.name, reserved, job.job_id, estimate)
             ]
             if len(fit) < n:
                 continue
@@ -1334,7 +1409,11 @@ def _gpu_note(gpus: tuple[str, ...]) -> str:
     return f" GPUs {','.join(gpus)}" if gpus else ""
 
 
-def _limit_key(time_limit_s: int | None) -> float:
+def _run_key(job: JobRunnable) -> RunKey:
+    return RunKey(job.owner, job.definition, job.queue)
+
+
+def _limit_key(time_limit_s: float | None) -> float:
     """A time limit for comparisons: no limit is the longest."""
     return math.inf if time_limit_s is None else float(time_limit_s)
 

@@ -1,0 +1,234 @@
+"""Run-time predictions (EASY++): the pure predictor, and the scheduler planning with it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from hpcbatch import protocol as p
+from hpcbatch.model.jobs import ResourceRequest
+from hpcbatch.model.lifecycle import JobStatus
+from hpcbatch.scheduler import (
+    Action,
+    AttemptEnded,
+    JobQueueChanged,
+    JobRunnable,
+    NodeUp,
+    RunTimesLearned,
+    Scheduler,
+    SetWaitReason,
+    StartAttempt,
+    StartGang,
+    Tick,
+)
+from hpcbatch.scheduler.core import WAIT_RESERVED
+from hpcbatch.scheduler.predict import Predictor, RunKey, definition_name, grow
+from tests.unit.test_fencing import Cluster, run_on
+
+_ids = itertools.count(1)
+_seqs = itertools.count(1)
+
+
+def _eid() -> str:
+    return f"p-{next(_ids)}"
+
+
+# ------------------------------------------------------------------ the predictor
+def test_prediction_is_the_mean_of_the_last_two_runs_of_the_same_owner_and_definition() -> None:
+    p = Predictor()
+    key = RunKey("alice", "sim:1", "q")
+    for run in (1000.0, 100.0, 300.0):
+        p.learn(key, run)
+    assert p.predict(key, None) == 200.0
+
+
+def test_prediction_falls_back_to_the_owner_then_the_queue_then_nothing() -> None:
+    p = Predictor()
+    p.learn(RunKey("alice", "sim", "q"), 100.0)
+    p.learn(RunKey("bob", "other", "q"), 900.0)
+    assert p.predict(RunKey("alice", "new-definition", "q"), None) == 100.0  # alice's own history
+    assert p.predict(RunKey("carol", "sim", "q"), None) == 500.0  # nothing of carol's: the queue's
+    assert p.predict(RunKey("carol", "sim", "empty-queue"), None) is None
+
+
+def test_the_timeout_is_the_hard_bound_and_the_plan_without_history() -> None:
+    p = Predictor()
+    key = RunKey("alice", "sim", "q")
+    assert p.predict(key, 600) == 600.0  # no history: plan with the user's timeout
+    p.learn(key, 5000.0)
+    assert p.predict(key, 600) == 600.0  # history longer than the timeout: the timeout bounds it
+    p.learn(key, 10.0)
+    p.learn(key, 20.0)
+    assert p.predict(key, 600) == 15.0
+
+
+def test_revisions_of_a_job_definition_share_history() -> None:
+    assert definition_name("arn:aws:batch:us-east-1:0:job-definition/sim:3") == "sim"
+    assert definition_name("sim:12") == "sim" and definition_name("sim") == "sim"
+    p = Predictor()
+    p.learn(RunKey("alice", "arn:aws:batch:r:0:job-definition/sim:1", "q"), 40.0)
+    p.learn(RunKey("alice", "other:1", "q"), 4000.0)
+    assert p.predict(RunKey("alice", "sim:2", "q"), None) == 40.0
+
+
+def test_a_prediction_never_plans_less_than_a_second() -> None:
+    p = Predictor()
+    p.learn(RunKey("a", "d", "q"), 0.0)
+    assert p.predict(RunKey("a", "d", "q"), None) == 1.0
+
+
+def test_bad_run_times_teach_nothing() -> None:
+    p = Predictor()
+    p.learn(RunKey("a", "d", "q"), float("nan"))
+    p.learn(RunKey("a", "d", "q"), -5.0)
+    assert p.learned == 0 and p.predict(RunKey("a", "d", "q"), None) is None
+
+
+def test_history_keeps_at_most_max_keys_keys_forgetting_the_oldest() -> None:
+    p = Predictor(max_keys=2)
+    for owner in ("a", "b", "c"):
+        p.learn(RunKey(owner, "d", ""), 10.0)
+    assert p.predict(RunKey("a", "d", ""), None) is None
+    assert p.predict(RunKey("c", "d", ""), None) == 10.0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "elapsed", "timeout", "grown"),
+    [(100, 101, None, 200), (100, 450, None, 800), (100, 150, 160, 160), (0.2, 0.5, None, 1.0)],
+)
+def test_an_outlived_prediction_doubles_past_now_capped_by_the_timeout(
+    prediction: float, elapsed: float, timeout: float | None, grown: float
+) -> None:
+    assert grow(prediction, elapsed, timeout) == grown
+
+
+# ----------------------------------------------------------- the scheduler with it
+def _cluster(nodes: int = 2, vcpus: float = 1) -> Scheduler:
+    s = Scheduler()
+    s.handle(
+        Tick(_eid(), 0.0),
+        JobQueueChanged(_eid(), "q", True, 1, ("ce",)),
+        *(NodeUp(_eid(), f"n{i + 1}", "ce", vcpus, 8192, 0) for i in range(nodes)),
+    )
+    return s
+
+
+def _job(job_id: str, owner: str = "alice", nodes: int = 1, limit: int | None = None,
+         definition: str = "sim:1", vcpus: float = 1) -> JobRunnable:
+    return JobRunnable(_eid(), job_id, "q", ResourceRequest(vcpus=vcpus, memory_mib=512), next(_seqs),
+                       num_nodes=nodes, time_limit_s=limit, owner=owner, definition=definition)
+
+
+def _starts(actions: list[Action]) -> set[str]:
+    return {a.job_id for a in actions if isinstance(a, StartAttempt | StartGang)}
+
+
+def _reasons(actions: list[Action]) -> dict[str, str]:
+    return {a.job_id: a.reason for a in actions if isinstance(a, SetWaitReason)}
+
+
+def _teach(s: Scheduler, owner: str, run_s: float, times: int = 2) -> None:
+    s.handle(RunTimesLearned(_eid(), tuple((owner, "sim:1", "q", run_s) for _ in range(times))))
+
+
+def test_attempt_ended_with_its_run_time_teaches_the_predictor() -> None:
+    s = _cluster()
+    s.handle(_job("a"))
+    s.handle(Tick(_eid(), 30.0), AttemptEnded(_eid(), "a", run_s=30.0))
+    assert s.predictor.predict(RunKey("alice", "sim:1", "q"), None) == 30.0
+    s.handle(_job("b"))
+    assert s.planned_run_s("b") == 30.0
+
+
+def test_a_job_without_a_timeout_backfills_before_a_reservation_when_predicted_short() -> None:
+    s = _cluster(2)
+    _teach(s, "bob", 1000.0)  # bob's jobs run ~1000 s
+    _teach(s, "alice", 50.0)  # alice's ~50 s
+    _teach(s, "carol", 5000.0)
+    s.handle(_job("long", owner="bob"))  # n1 until t=1000 (predicted)
+    s.handle(_job("g", owner="bob", nodes=2))
+    res = s.reservation("g")
+    assert res is not None and res.start_s == 1000.0  # a known start, from the prediction
+    actions = s.handle(_job("slow", owner="carol"), _job("short", owner="alice"))
+    assert _starts(actions) == {"short"}  # 50 s ends before t=1000; carol's 5000 s would not
+    assert _reasons(actions)["slow"] == WAIT_RESERVED
+
+
+def test_without_history_a_job_without_a_timeout_never_jumps_a_reservation() -> None:
+    s = _cluster(2)
+    s.handle(_job("long", owner="bob"))
+    s.handle(_job("g", owner="bob", nodes=2))
+    assert _starts(s.handle(_job("short", owner="nobody-known", definition="x"))) == set()
+
+
+def test_a_job_outliving_its_prediction_is_replanned_not_killed() -> None:
+    s = _cluster(2)
+    _teach(s, "bob", 100.0)
+    s.handle(_job("long", owner="bob"))  # planned to end at t=100
+    s.handle(_job("g", owner="bob", nodes=2))
+    assert s.reservation("g").start_s == 100.0  # type: ignore[union-attr]
+    actions = s.handle(Tick(_eid(), 150.0))  # still running at t=150: the plan grows, no kill
+    assert not any(isinstance(a, StartAttempt | StartGang) for a in actions)
+    assert s.allocation("long") == ("n1", "ce")
+    assert s.planned_run_s("long") == 200.0
+    assert s.reservation("g").start_s == 200.0  # type: ignore[union-attr]
+    assert any("plan for long: ran past its predicted end" in d for _, d in s.decisions)
+    s.handle(Tick(_eid(), 900.0))
+    assert s.planned_run_s("long") == 1600.0
+
+
+def test_a_grown_prediction_stops_at_the_timeout() -> None:
+    s = _cluster(1)
+    _teach(s, "bob", 100.0)
+    s.handle(_job("j", owner="bob", limit=300))
+    s.handle(Tick(_eid(), 250.0))
+    assert s.planned_run_s("j") == 300.0
+    s.handle(Tick(_eid(), 400.0))  # past its timeout: the agent ends it; the plan stays put
+    assert s.planned_run_s("j") == 300.0
+
+
+def test_history_learned_at_a_restart_plans_like_history_learned_live() -> None:
+    live, restarted = _cluster(), _cluster()
+    for run in (10.0, 20.0):
+        live.handle(_job("x"))
+        live.handle(AttemptEnded(_eid(), "x", run_s=run))
+    restarted.handle(RunTimesLearned(_eid(), (("alice", "sim:1", "q", 10.0), ("alice", "sim:1", "q", 20.0))))
+    live.handle(_job("y"))
+    restarted.handle(_job("y"))
+    assert live.planned_run_s("y") == restarted.planned_run_s("y") == 15.0
+
+
+# ------------------------------------------------------- the head feeds it, and restarts
+def test_the_head_learns_run_times_from_exits_and_again_from_the_store_after_a_restart(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        job = c.submit()
+        node = run_on(c, job)  # started at 1 ms
+        attempt_id = job.attempts[0].attempt_id
+        c.engine.on_exited(node, p.AttemptExited(attempt_id=attempt_id, job_id=job.job_id, exit_code=0,
+                                                 started_at=1, stopped_at=42_001))
+        c.engine.step()
+        assert job.status is JobStatus.SUCCEEDED
+        key = RunKey("alice", "arn:d", "q")
+        assert c.engine.scheduler.predictor.predict(key, None) == 42.0
+        c.engine.store.close()
+        again = Cluster(tmp_path, restarted=True)
+        again.engine.step()
+        assert again.engine.scheduler.predictor.predict(key, None) == 42.0
+
+    asyncio.run(run())
+
+
+def test_a_lost_or_terminated_attempt_teaches_nothing() -> None:
+    from hpcbatch.model.jobs import Attempt
+    from hpcbatch.scheduler.predict import attempt_run_s
+
+    ran = Attempt(attempt_id="a", node="n", compute_environment="c", log_stream_name="l", started_at=0, stopped_at=5000)
+    assert attempt_run_s(ran) == 5.0
+    assert attempt_run_s(msgspec.structs.replace(ran, lost=True)) is None
+    assert attempt_run_s(msgspec.structs.replace(ran, terminated=True)) is None
+    assert attempt_run_s(msgspec.structs.replace(ran, started_at=None)) is None
