@@ -341,6 +341,9 @@ class _ComputeEnvironment:
     index: NodeIndex = field(default_factory=NodeIndex)  # nodes that can take a job, by free capacity
     idle: dict[str, _Node] = field(default_factory=dict)  # accepting nodes that run nothing (gangs)
     by_end: SortedList = field(default_factory=SortedList)  # (latest end, node): reservations
+    # (planned end, job, node) of allocations with a known end, a heap with stale entries left
+    # in (checked when popped, compacted when it doubles): when a node has room for a job.
+    ends: list[tuple[float, str, str]] = field(default_factory=list)
 
     def caps(self, vcpus: float) -> bool:
         """True when ``vcpus`` more would pass ``maxvCpus``."""
@@ -714,12 +717,28 @@ class Scheduler:
             self._take(job_id, alloc, node, held)
         if planned_s is not None:
             heapq.heappush(self._due, (alloc.ends_at, job_id))
+            self._file_ends(job_id, alloc)
         return alloc
+
+    def _file_ends(self, job_id: str, alloc: _Allocation) -> None:
+        """Enter an allocation's (new) planned end into its compute environment's ``ends``."""
+        ce = self._ce(alloc.ce)
+        for name in alloc.nodes:
+            heapq.heappush(ce.ends, (alloc.ends_at, job_id, name))
+        if len(ce.ends) > 2 * len(self._allocations) + 1024:
+            ce.ends = [e for e in ce.ends if self._live_end(e)]
+            heapq.heapify(ce.ends)
+
+    def _live_end(self, entry: tuple[float, str, str]) -> bool:
+        alloc = self._allocations.get(entry[1])
+        return alloc is not None and alloc.ends_at == entry[0] and entry[2] in alloc.nodes
 
     # ---------------------------------------------------------------- predictions
     def _estimate(self, job: JobRunnable) -> float | None:
         """The run time ``job`` is planned with (``predict``): history capped by its timeout."""
-        return self.predictor.predict(_run_key(job), job.time_limit_s)
+        if not self.predictor.learned:  # no history at all (a fresh cluster, the benchmarks)
+            return None if job.time_limit_s is None else float(job.time_limit_s)
+        return self.predictor.predict_for(job.owner, job.definition, job.queue, job.time_limit_s)
 
     def planned_run_s(self, job_id: str) -> float | None:
         """The run time a running job is planned with now (grown if it outlived it); None: unknown."""
@@ -740,6 +759,7 @@ class Scheduler:
                 continue  # at its timeout already: it is being ended, nothing to plan beyond
             alloc.planned_s = new
             heapq.heappush(due, (alloc.ends_at, job_id))
+            self._file_ends(job_id, alloc)
             for name in alloc.nodes:
                 node = self._nodes.get(name)
                 if node is not None:
@@ -853,9 +873,11 @@ class Scheduler:
                 order = self._fair_order(queue)
             seen: list[str] | None = [] if queue.time_limits else None
             self._scanning, self._scanned_out = queue, []
+            made_here: dict[str, Reservation] = {}  # each queue's head gets its own (reservation_depth)
             try:
-                self._scan(queue, order, seen, usable, reserved, made, never, fresh, rescan, room, actions, cause)
+                self._scan(queue, order, seen, usable, reserved, made_here, never, fresh, rescan, room, actions, cause)
             finally:
+                made.update(made_here)
                 self._scanning = None
                 for job_id in self._scanned_out:
                     queue.jobs.pop(job_id, None)
@@ -897,6 +919,11 @@ class Scheduler:
                     reasons.clear()
                 continue
             if not room:
+                if len(made) < self._reservation_depth and self._reserve_head(job, usable, reserved, made, reasons,
+                                                                               actions):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                    continue
                 if rescan:
                     self._wait(job.job_id, self._cached_why_not(job.request, usable, reserved, reasons), actions)
                     continue
@@ -913,10 +940,20 @@ class Scheduler:
             if (r, limit) in dominated or (
                 any(_dominates(r, f) and limit >= fl for f, fl in failed) and not dominated.add((r, limit))
             ):
+                if len(made) < self._reservation_depth and self._reserve_head(job, usable, reserved, made, reasons,
+                                                                               actions):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                    continue
                 self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                 continue
             if job.array_count:
                 room = self._place_array(job, estimate, usable, reserved, failed, reasons, actions, cause)
+                if job.job_id in self._queue_of and len(made) < self._reservation_depth and self._reserve_head(
+                    job, usable, reserved, made, reasons, actions
+                ):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
                 continue
             placed = self._place(r, estimate, usable, reserved)
             if placed is None:
@@ -924,6 +961,11 @@ class Scheduler:
                 # (and not shorter) cannot fit either, so a long FIFO of equal jobs
                 # costs one failed search.
                 failed.append((r, limit if reserved else _ANY_LIMIT))
+                if len(made) < self._reservation_depth and self._reserve_head(job, usable, reserved, made, reasons,
+                                                                               actions):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                    continue
                 self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                 continue
             node, ce = placed
@@ -1178,6 +1220,77 @@ class Scheduler:
         self._wait(job.job_id, f"Waiting for {n} whole nodes in compute environment {first_ce}", actions)
         return False
 
+    # ------------------------------------------------------- single-node reservations
+    def _reserve_head(
+        self, job: JobRunnable, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation],
+        made: dict[str, Reservation], reasons: dict[ResourceRequest, str], actions: list[Action],
+    ) -> bool:
+        """Reserve for a single-node job at the head of its queue that cannot start now (it
+        waits for capacity, not for something no node has); True when it got one."""
+        why = self._cached_why_not(job.request, ces, reserved, reasons)
+        if not (why.startswith(CAPACITY) or why == WAIT_RESERVED):
+            return False
+        res = self._reserve_single(job.job_id, job.request, ces, reserved)
+        if res is None:
+            return False
+        made[job.job_id] = res
+        reserved[res.nodes[0]] = res
+        # The reason keeps AWS's CAPACITY code (jobStateTimeLimitActions match it); the
+        # reservation shows in the decision log, ``reservation()`` and the start forecast.
+        self._wait(job.job_id, why, actions)
+        return True
+
+    def _reserve_single(
+        self, job_id: str, r: ResourceRequest, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
+    ) -> Reservation | None:
+        """The node that has room for ``r`` soonest (by planned ends), in the first compute
+        environment in order that gives the earliest time; None when no planned end gives
+        room (then smaller jobs pass it freely, as before: nothing is known to wait for)."""
+        best: Reservation | None = None
+        for ce in ces:
+            if ce.max_vcpus is not None and r.vcpus > ce.max_vcpus + 1e-9:
+                continue
+            found = self._soonest_room(ce, r, reserved)
+            if found is not None and (best is None or found[1] < best.start_s):
+                best = Reservation(job_id, ce.name, (found[0].name,), found[1])
+        return best
+
+    def _soonest_room(
+        self, ce: _ComputeEnvironment, r: ResourceRequest, reserved: dict[str, Reservation]
+    ) -> tuple[_Node, float] | None:
+        """(node, time) of the earliest planned end after which a node of ``ce`` has room for
+        ``r``: the ends are walked in time order, adding up what each gives back to its node."""
+        heap, popped = ce.ends, []
+        freed: dict[str, list[float]] = {}
+        found: tuple[_Node, float] | None = None
+        try:
+            while heap:
+                entry = heapq.heappop(heap)
+                if not self._live_end(entry):
+                    continue  # ended or re-planned since: dropped for good
+                popped.append(entry)
+                end, job_id, name = entry
+                node = self._nodes.get(name)
+                if node is None or not node.accepting or name in reserved or not node.could_ever_fit(r):
+                    continue
+                alloc = self._allocations[job_id]
+                f = freed.setdefault(name, [0.0, 0.0, 0.0])
+                f[0] += alloc.request.vcpus
+                f[1] += alloc.request.memory_mib
+                f[2] += len(alloc.gpus.get(name, ()))
+                if (
+                    (node.gang is None or node.gang == job_id)
+                    and node.free_vcpus + f[0] >= r.vcpus - 1e-9
+                    and node.free_memory_mib + f[1] >= r.memory_mib
+                    and node.free_gpus + f[2] >= r.gpus
+                ):
+                    found = (node, max(self._now, end))
+                    break
+        finally:
+            for entry in popped:
+                heapq.heappush(heap, entry)
+        return found
+
     def _place_gang(
         self, job: JobRunnable, estimate: float | None, ces: list[_ComputeEnvironment],
         reserved: dict[str, Reservation],
@@ -1376,9 +1489,11 @@ def _soonest_nodes(able: list[tuple[float, _Node]], n: int) -> tuple[str | None,
     """``pick_nodes``' choice among nodes all free by the n-th soonest time, without candidates.
 
     Every option then starts at that time, so one placement group that holds ``n`` of them
-    wins over a spread (the group with the fewest such nodes, then by name); inside the
-    choice, soonest first, then smaller nodes, then by name. Returns (group, names in index
-    order, start).
+    wins over a spread (the group with the fewest such nodes, then by name). Inside the
+    choice, with a known start: the nodes that free up latest while still in time (EASY's
+    "extra nodes": nodes idle now that the gang does not need stay free for any job), then
+    smaller nodes, then by name; with an unknown start: soonest first (the idle nodes, held
+    as the rest free up). Returns (group, names in index order, start).
     """
     groups: dict[str, list[tuple[float, _Node]]] = {}
     for item in able:
@@ -1391,8 +1506,14 @@ def _soonest_nodes(able: list[tuple[float, _Node]], n: int) -> tuple[str | None,
     chosen = heapq.nsmallest(
         n, pool, key=lambda it: (it[0], (it[1].vcpus, it[1].memory_mib, it[1].gpus), natural_key(it[1].name))
     )
+    start = max(t for t, _ in chosen)
+    if start != UNKNOWN:
+        chosen = heapq.nsmallest(
+            n, [it for it in pool if it[0] <= start],
+            key=lambda it: (-it[0], (it[1].vcpus, it[1].memory_mib, it[1].gpus), natural_key(it[1].name)),
+        )
     names = sorted((nd.name for _, nd in chosen), key=natural_key)
-    return chosen_group, names, max(t for t, _ in chosen)
+    return chosen_group, names, start
 
 
 def _share_entry(job: JobRunnable) -> tuple[int, int, str, float]:

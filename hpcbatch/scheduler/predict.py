@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from hpcbatch.model.jobs import Attempt, JobRecord
 
+_MISSING = object()
 MIN_PREDICTION_S = 1.0  # a plan of 0 s would let anything backfill in front of anything
 
 
@@ -79,12 +80,14 @@ class Predictor:
         self._by_owner = _History(depth, max_keys)
         self._by_queue = _History(depth, max_keys)
         self.learned = 0  # run times learned in all
+        self._memo: dict[tuple[str, str, str], float | None] = {}
 
     def learn(self, key: RunKey, run_s: float) -> None:
         """A job like ``key`` ran ``run_s`` seconds (an attempt that really ran and ended)."""
         if not math.isfinite(run_s) or run_s < 0:
             return
         self.learned += 1
+        self._memo.clear()
         if key.owner:
             self._by_definition.add((key.owner, definition_name(key.definition)), run_s)
             self._by_owner.add(key.owner, run_s)
@@ -104,7 +107,14 @@ class Predictor:
 
     def predict(self, key: RunKey, timeout_s: float | None) -> float | None:
         """The run time to plan with: history capped by the timeout, else the timeout, else None."""
-        found = self.history(key)
+        return self.predict_for(key.owner, key.definition, key.queue, timeout_s)
+
+    def predict_for(self, owner: str, definition: str, queue: str, timeout_s: float | None) -> float | None:
+        """``predict`` without building a key (the scheduler's hot path; memoized until the next ``learn``)."""
+        memo_key = (owner, definition, queue)
+        found = self._memo.get(memo_key, _MISSING)
+        if found is _MISSING:
+            found = self._memo[memo_key] = self.history(RunKey(owner, definition, queue))
         if found is None:
             return None if timeout_s is None else float(timeout_s)
         found = max(MIN_PREDICTION_S, found)

@@ -32,6 +32,7 @@ from hpcbatch.scheduler.core import (
     Scheduler,
     SetWaitReason,
     StartAttempt,
+    Tick,
 )
 from hpcbatch.scheduler.gpus import placement_key
 
@@ -581,6 +582,63 @@ def test_decision_log_is_bounded() -> None:
     for i in range(10):
         s.handle(job(f"j{i}"))
     assert [d for _, d in s.decisions] == [f"start j{i} on n1 (ce)" for i in (7, 8, 9)]
+
+
+
+# ------------------------------------------------- reservations for the head of a queue
+def timed(job_id: str, vcpus: float, limit: int | None, q: str = "q") -> JobRunnable:
+    return JobRunnable(_eid(), job_id, q, req(vcpus), next(_seqs), time_limit_s=limit)
+
+
+def test_a_wide_single_node_job_at_the_head_reserves_the_node_that_has_room_soonest() -> None:
+    s = Scheduler()
+    s.handle(queue(), node("n1"), node("n2"))
+    s.handle(Tick(_eid(), 0.0), timed("a", 3, 100), timed("b", 3, 500))  # n1 free at 100, n2 at 500
+    actions = s.handle(timed("wide", 4, None))
+    res = s.reservation("wide")
+    assert res is not None and res.nodes == ("n1",) and res.start_s == 100
+    # Its reason keeps AWS's CAPACITY code (jobStateTimeLimitActions match it).
+    assert reasons(actions)["wide"].startswith(WAIT_RESOURCES)
+    assert any(d == "reserve for wide: Reserved nodes n1 in compute environment ce from t=100" for _, d in s.decisions)
+    actions = s.handle(timed("long", 1, 1000), timed("short", 1, 50), timed("unknown", 1, None))
+    # n1's last vCPU only for what ends by t=100; n2's for anything.
+    assert starts(actions) == [("long", "n2"), ("short", "n1")]
+    assert reasons(actions)["unknown"].startswith(WAIT_RESOURCES)
+    assert s.reservation("wide") == res
+
+
+@pytest.mark.parametrize("depth", [1, 0])
+def test_a_wide_single_node_job_is_not_starved_by_a_stream_of_narrow_timed_jobs(depth: int) -> None:
+    s = Scheduler(reservation_depth=depth)  # 0: the control, no reservations
+    s.handle(Tick(_eid(), 0.0), queue(), node("n1"), node("n2"))
+    running = {f"pre{i}": 10.0 * (i + 1) for i in range(8)}  # job -> its end
+    s.handle(*(timed(j, 1, int(end)) for j, end in running.items()))
+    s.handle(timed("wide", 4, 60))
+    now, counter = 0.0, itertools.count()
+    for _ in range(40):
+        now += 10
+        done = [j for j, end in running.items() if end <= now]
+        events: list[Event] = [Tick(_eid(), now), *(ended(j) for j in done)]
+        for j in done:
+            del running[j]
+        fresh = [f"s{next(counter)}" for _ in range(2)]
+        events += [timed(j, 1, 35) for j in fresh]
+        actions = s.handle(*events)
+        for j in started_jobs(actions):
+            running[j] = now + (60 if j == "wide" else 35)
+        if "wide" in started_jobs(actions):
+            break
+    if depth:
+        assert "wide" in running and now <= 80  # n1's last pre-job ends at 70
+    else:
+        assert "wide" not in running  # the stream is a real threat
+
+
+def test_without_known_ends_a_narrow_job_still_passes_a_wide_one() -> None:
+    s = one_node_cluster(vcpus=4)
+    s.handle(job("half", request=req(2)))  # no time limit, no history: its end is unknown
+    actions = s.handle(job("big", request=req(4)), job("small", request=req(1)))
+    assert started_jobs(actions) == ["small"] and s.reservation("big") is None
 
 
 # ---------------------------------------------------------------- properties
