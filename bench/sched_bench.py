@@ -5,6 +5,7 @@
   of 2-16 nodes, a third of the jobs without a time limit).
 * ``sched_event_ms``: median reaction to one job finishing in that state (AttemptEnded + pass).
 * ``sched_rss_mib``: this process's memory growth for it.
+* ``sched_forecast_cpu_ms`` (``sched_forecast_jobs`` forecast): one start-time forecast (the first 200 waiting jobs) in that state.
 * ``..._fairshare_s`` / ``sched_event_fairshare_ms``: the same in a fair-share queue (20 shares).
 Targets: <= 1 s and <= 1 ms. No I/O: the same core the head runs.
 """
@@ -80,6 +81,9 @@ def run(policy: FairSharePolicy | None = None) -> dict[str, float]:
         s.handle(AttemptEnded(f"end{k}", job_id), Tick(f"tick{k}", float(k + 1)))
         samples.append((time.perf_counter() - t0) * 1000)
         cpu_samples.append((time.process_time() - c0) * 1000)
+    c0 = time.process_time()
+    forecast = s.forecast()
+    forecast_cpu = time.process_time() - c0
     return {
         f"sched_pass_{_k(JOBS)}_jobs_{_k(NODES)}_nodes_s": round(first_pass, 3),
         "sched_started_in_first_pass": len(started),
@@ -88,6 +92,8 @@ def run(policy: FairSharePolicy | None = None) -> dict[str, float]:
         "sched_event_ms": round(statistics.median(samples), 3),
         "sched_event_cpu_ms": round(statistics.median(cpu_samples), 3),
         "sched_rss_mib": round((psutil.Process().memory_info().rss - rss0) / (1 << 20), 1),
+        "sched_forecast_cpu_ms": round(forecast_cpu * 1000, 1),
+        "sched_forecast_jobs": len(forecast),
     }
 
 

@@ -93,6 +93,7 @@ from hpcbatch.scheduler.fairshare import (
     fair_order,
     standing_ranks,
 )
+from hpcbatch.scheduler.forecast import PlanJob, PlanNode, forecast
 from hpcbatch.scheduler.gang import (
     UNKNOWN,
     Candidate,
@@ -460,6 +461,10 @@ class Scheduler:
         # end, job) of running allocations, so a job outliving its plan is found in O(log n).
         self.predictor = Predictor()
         self._due: list[tuple[float, str]] = []
+        # Start-time forecasts (``forecast``), derived from the state on demand and kept until
+        # the state changes (``_version`` counts ``handle`` calls) and they are old enough.
+        self._version = 0
+        self._forecast: tuple[int, float, dict[str, float]] | None = None
 
     # ------------------------------------------------------------------ queries
     @property
@@ -523,6 +528,7 @@ class Scheduler:
     # -------------------------------------------------------------------- input
     def handle(self, *events: Event) -> list[Action]:
         """Apply ``events`` in order, then place what can be placed; return the actions."""
+        self._version += 1
         for event in events:
             self._apply(event)
         cause = events[-1].event_id if events else "tick"
@@ -732,6 +738,59 @@ class Scheduler:
     def _live_end(self, entry: tuple[float, str, str]) -> bool:
         alloc = self._allocations.get(entry[1])
         return alloc is not None and alloc.ends_at == entry[0] and entry[2] in alloc.nodes
+
+    # ------------------------------------------------------------------ forecasts
+    def forecast(self, limit: int = 200) -> dict[str, float]:
+        """Expected start (scheduler time) of the first ``limit`` waiting jobs of every queue
+        that can start at a planned time (``forecast``'s rules); computed afresh."""
+        nodes = [
+            PlanNode(node.name, ce.name, [node.free_vcpus, node.free_memory_mib, node.free_gpus],
+                     (node.vcpus, node.memory_mib, node.gpus - len(node.gpu_out)), node.features,
+                     len(node.jobs), node.gang is not None)
+            for ce in self._ces.values() if ce.enabled
+            for node in ce.nodes.values() if node.accepting
+        ]
+        releases = [
+            (alloc.ends_at, name, (alloc.request.vcpus, alloc.request.memory_mib, len(alloc.gpus.get(name, ()))),
+             alloc.gang)
+            for alloc in self._allocations.values() if alloc.ends_at != UNKNOWN
+            for name in alloc.nodes
+        ]
+        queues = []
+        for queue in sorted(self._queues.values(), key=lambda q: (-q.priority, q.name)):
+            ces = tuple(n for n in queue.compute_environments if n in self._ces and self._ces[n].enabled)
+            if not queue.enabled or not ces:
+                continue
+            if queue.fair_share is not None:
+                ids = self.front_of_queue(queue.name, limit)
+            else:
+                ids = []
+                for job_id in queue.jobs:
+                    if job_id in self._queue_of:
+                        ids.append(job_id)
+                        if len(ids) >= limit:
+                            break
+                ids.sort(key=lambda j: queue.jobs[j].seq)
+            plan = []
+            for job_id in ids:
+                job = queue.jobs[job_id]
+                if self._wait_reason.get(job_id, "").startswith((REQUIREMENT, MAX_RESOURCE)):
+                    continue  # it can never start: no forecast
+                plan.append(PlanJob(job_id, job.request, max(1, job.num_nodes), self._estimate(job), ces))
+            queues.append(plan)
+        return forecast(self._now, nodes, releases, queues)
+
+    def expected_start(self, job_id: str, max_age_s: float = 5.0) -> float | None:
+        """When waiting ``job_id`` is expected to start (scheduler time), or None: unknown, or
+        not among the first jobs forecast. The forecast is reused while it is younger than
+        ``max_age_s`` (scheduler time) or nothing changed, unless it lacks a job that waits."""
+        cached = self._forecast
+        if cached is None or (
+            cached[0] != self._version
+            and (self._now - cached[1] >= max_age_s or (job_id not in cached[2] and job_id in self._queue_of))
+        ):
+            cached = self._forecast = (self._version, self._now, self.forecast())
+        return cached[2].get(job_id) if job_id in self._queue_of else None
 
     # ---------------------------------------------------------------- predictions
     def _estimate(self, job: JobRunnable) -> float | None:

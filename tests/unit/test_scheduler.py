@@ -641,6 +641,54 @@ def test_without_known_ends_a_narrow_job_still_passes_a_wide_one() -> None:
     assert started_jobs(actions) == ["small"] and s.reservation("big") is None
 
 
+
+# ------------------------------------------------------------- start-time forecasts
+def test_forecast_follows_the_plan_in_order_with_backfill() -> None:
+    s = Scheduler()
+    s.handle(Tick(_eid(), 10.0), queue(), node("n1"), node("n2"))
+    s.handle(timed("a", 4, 100), timed("b", 3, 300))  # n1 until 110, n2 until 310 (1 vCPU free)
+    s.handle(timed("wide", 4, 50), timed("next", 4, 50), timed("narrow", 1, 40), timed("late", 2, 1000))
+    # narrow took n2's free vCPU now; wide gets n1 at 110, next follows it at 160; late (2 vCPUs,
+    # 1000 s) may pass neither (it would not end before them), so it gets n1 after next, at 210.
+    assert s.allocation("narrow") == ("n2", "ce")
+    assert s.forecast() == {"wide": 110.0, "next": 160.0, "late": 210.0}
+    assert s.expected_start("wide") == 110.0 == s.reservation("wide").start_s  # type: ignore[union-attr]
+    assert s.expected_start("narrow") is None  # running, not waiting
+
+
+def test_a_job_waiting_on_unknown_ends_has_no_forecast_nor_do_the_jobs_it_holds_back() -> None:
+    s = one_node_cluster(vcpus=4)
+    s.handle(Tick(_eid(), 0.0), timed("forever", 4, None))
+    s.handle(timed("after", 4, 10), timed("also", 4, 10))
+    assert s.forecast() == {}
+    assert s.expected_start("after") is None
+
+
+def test_forecast_of_a_gang_waits_for_whole_nodes() -> None:
+    s = Scheduler()
+    s.handle(Tick(_eid(), 0.0), queue(), node("n1"), node("n2"), node("n3"))
+    s.handle(timed("x", 1, 100), timed("y", 1, 200))  # best fit: both on n1, until 200
+    s.handle(JobRunnable(_eid(), "g", "q", req(4), next(_seqs), num_nodes=3, time_limit_s=60))
+    assert s.forecast()["g"] == 200.0
+
+
+def test_forecast_covers_the_first_jobs_of_each_queue_only() -> None:
+    s = one_node_cluster(vcpus=1)
+    s.handle(Tick(_eid(), 0.0), *(timed(f"j{i}", 1, 10) for i in range(6)))
+    assert s.forecast(limit=3) == {"j1": 10.0, "j2": 20.0, "j3": 30.0}
+    assert s.forecast()["j5"] == 50.0
+
+
+def test_expected_start_is_recomputed_once_the_state_changed_and_it_is_old() -> None:
+    s = one_node_cluster(vcpus=1)
+    s.handle(Tick(_eid(), 0.0), timed("a", 1, 100), timed("b", 1, 10))
+    assert s.expected_start("b") == 100.0
+    s.handle(ended("a"), Tick(_eid(), 1.0), timed("c", 1, 10))  # b started at 1
+    assert s.expected_start("c") == 11.0  # c is new: the forecast is redone at once
+    s.handle(Tick(_eid(), 2.0), ended("b"))  # c starts at 2
+    assert s.expected_start("c") is None  # running now
+
+
 # ---------------------------------------------------------------- properties
 CES = ("ce-a", "ce-b")
 NODE_NAMES = ("n0", "n1", "n2", "n3")
