@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import itertools
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from hpcbatch.scheduler import (
 )
 from hpcbatch.scheduler.core import WAIT_RESERVED
 from hpcbatch.scheduler.predict import Predictor, RunKey, definition_name, grow
+from hpcbatch.sim.__main__ import main as sim_main
+from hpcbatch.sim.simulate import simulate
+from hpcbatch.sim.workload import SimJob, scale_load, synthetic, without_estimates
 from tests.unit.test_fencing import Cluster, run_on
 
 _ids = itertools.count(1)
@@ -232,3 +236,80 @@ def test_a_lost_or_terminated_attempt_teaches_nothing() -> None:
     assert attempt_run_s(msgspec.structs.replace(ran, lost=True)) is None
     assert attempt_run_s(msgspec.structs.replace(ran, terminated=True)) is None
     assert attempt_run_s(msgspec.structs.replace(ran, started_at=None)) is None
+
+
+# ------------------------------------------------------------------- the simulator
+def test_load_factor_divides_inter_arrival_times_and_must_be_positive() -> None:
+    jobs = [SimJob("a", 100.0, 5, 1, None), SimJob("b", 130.0, 5, 1, None), SimJob("c", 160.0, 5, 1, None)]
+    assert [j.submit_s for j in scale_load(jobs, 1.5)] == [100.0, 120.0, 140.0]
+    with pytest.raises(ValueError, match="load factor must be positive"):
+        scale_load(jobs, 0)
+
+
+def test_predictions_plan_like_perfect_estimates_once_history_matches() -> None:
+    # One node of 4. History: alice's "big" runs 1000 s, bob's "tiny" 5 s. Then alice's long job
+    # runs, a wide job must wait for it, and bob's short job arrives: it may backfill (it ends
+    # long before the wide job can start) and the wide job starts the moment the long one ends.
+    history = [SimJob(f"ha{i}", 0.0, 1000.0, 2, None, "alice", "big") for i in range(2)]
+    history += [SimJob(f"hb{i}", 1.0, 5.0, 1, None, "bob", "tiny") for i in range(2)]
+    jobs = history + [
+        SimJob("long", 2000.0, 1000.0, 2, None, "alice", "big"),
+        SimJob("wide", 2001.0, 10.0, 4, None, "carol", "wide"),
+        SimJob("short", 2002.0, 5.0, 1, None, "bob", "tiny"),
+    ]
+    waits = {e: {o.job_id: o.wait_s for o in simulate(jobs, 1, 4, "backfill", estimates=e).outcomes}
+             for e in ("predicted", "perfect")}
+    assert {j: waits["predicted"][j] for j in ("long", "wide", "short")} == {"long": 0.0, "wide": 999.0, "short": 0.0}
+    assert {j: waits["perfect"][j] for j in ("long", "wide", "short")} == {"long": 0.0, "wide": 999.0, "short": 0.0}
+    with pytest.raises(ValueError, match="estimates must be one of"):
+        simulate(jobs, 1, 4, "backfill", estimates="guess")
+
+
+def test_a_job_outliving_its_prediction_is_replanned_in_the_simulator_too() -> None:
+    # alice's long job has no history of its own: it is planned with the queue's (bob's 5 s).
+    # The wide job's reservation then always lies just ahead; each time the long job outlives
+    # its plan, the plan doubles, until bob's 5 s job fits before the reservation.
+    jobs = [SimJob(f"hb{i}", float(i), 5.0, 1, None, "bob", "tiny") for i in range(2)] + [
+        SimJob("long", 100.0, 1000.0, 2, None, "alice", "big"),
+        SimJob("wide", 101.0, 10.0, 4, None, "carol", "wide"),
+        SimJob("short", 102.0, 5.0, 1, None, "bob", "tiny"),
+    ]
+    waits = {o.job_id: o.wait_s for o in simulate(jobs, 1, 4, "backfill", estimates="predicted").outcomes}
+    assert waits["short"] < 20  # without replanning it would wait for the wide job, 1000 s
+    assert waits["wide"] == 999.0
+
+
+def test_per_job_csv_matches_the_summary(tmp_path: Path) -> None:
+    jobs = without_estimates(synthetic(200, 8, 8, seed=3))
+    result = simulate(jobs, 8, 8, "backfill", estimates="predicted", forecasts=True)
+    path = tmp_path / "jobs.csv"
+    result.write_csv(path)
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == result.jobs == 200
+    assert sum(float(r["wait_s"]) for r in rows) / len(rows) == pytest.approx(result.mean_wait_s, abs=0.1)
+    assert max(float(r["wait_s"]) for r in rows) == pytest.approx(result.max_wait_s, abs=1)
+    assert any(line.startswith("sim_backfill_predicted_forecast_mean_abs_error_s=") for line in result.lines())
+
+
+def test_predictions_beat_planning_with_nothing_and_every_job_runs() -> None:
+    jobs = scale_load(without_estimates(synthetic(400, 16, 16, seed=2)), 1.5)
+    none = simulate(jobs, 16, 16, "backfill", estimates="none")
+    predicted = simulate(jobs, 16, 16, "backfill", estimates="predicted")
+    perfect = simulate(jobs, 16, 16, "backfill", estimates="perfect")
+    assert none.jobs == predicted.jobs == perfect.jobs == 400
+    assert predicted.mean_wait_s < none.mean_wait_s
+
+
+def test_simulator_command_takes_estimates_load_and_writes_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run.csv"
+    assert sim_main(["--synthetic", "100", "--nodes", "4", "--cores", "8", "--without-timeouts",
+                     "--estimates", "predicted", "--load", "2", "--csv", str(out)]) == 0
+    lines = capsys.readouterr().out.split()
+    assert any(line.startswith("sim_backfill_predicted_max_wait_s=") for line in lines)
+    assert any(line.startswith("sim_fifo_mean_bounded_slowdown=") for line in lines)
+    assert (tmp_path / "run-fifo.csv").exists() and (tmp_path / "run-backfill.csv").exists()
+    with pytest.raises(SystemExit):
+        sim_main(["--synthetic", "10", "--load", "0"])
