@@ -35,18 +35,29 @@ Theory of operation:
   first; a compute environment with ``require_placement_group`` only uses a single group.
   ``StartGang.nodes`` are in index order (natural name order); index 0 is the main node.
   ``maxvCpus`` counts the per-node request once per node.
-* Reservations: the first waiting gang in this order that could run once enough nodes
-  free up (``reservation_depth`` of them, default 1, as Maui's RESERVATIONDEPTH) gets the
-  nodes of one compute environment expected free soonest: a node's expected free time is
-  the latest end (start + ``time_limit_s``) of what runs on it; a job with no time limit
-  ends "never" (unknown). Those nodes are then off limits to every job after the gang in
-  the order. Backfill: a job may still land on them when it is known to end before the
-  reservation starts (``now + time_limit_s <= start``). With unknown end times the start
-  is unknown, nothing backfills, and the gang holds the nodes it chose as they free up;
-  the choice prefers nodes already idle, so its idle nodes only grow and it starts in a
-  bounded time: a stream of small jobs cannot starve it. Reservations are recomputed
-  every pass (they are derived state, not promises); jobs ahead of the gang in the order
-  (higher-priority queues, earlier in its FIFO) are not bound by them.
+* Planned run time: a job is planned with its run-time prediction (``predict``: the mean
+  of the last two run times of the same owner and job definition, else owner, else queue),
+  capped by ``time_limit_s`` (attemptDurationSeconds, the hard bound), else its time limit,
+  else unknown ("never"). Plans never end a job; one that outlives its plan has it grown
+  (doubled, capped) at the start of the next pass, and everything below follows.
+* Reservations: the first waiting job of each queue (``reservation_depth`` of them per
+  queue, default 1, as Maui's RESERVATIONDEPTH) that cannot start now but could once
+  something ends gets one. A gang: the whole nodes of one compute environment free soonest,
+  where a node's expected free time is the latest planned end of what runs on it; with a
+  known start it takes, among nodes free by then, those that free up latest (EASY's "extra
+  nodes": idle nodes it does not need stay usable by any job). A single-node job: the node
+  that has room for it soonest, found by walking planned ends in time order (each CE's ``ends``);
+  none when only unknown ends could give room (smaller jobs then pass it, as before).
+  Reserved nodes are off limits to every job after the reserved one in the order, except
+  (backfill) a job planned to end before the reservation starts (``now + planned <=
+  start``). With unknown end times a gang's start is unknown, nothing backfills, and it
+  holds the nodes it chose as they free up; the choice prefers nodes already idle, so its
+  idle nodes only grow and it starts in a bounded time: a stream of small jobs cannot
+  starve it. Reservations are recomputed every pass (derived state, not promises); jobs
+  ahead of the reserved one in the order (higher-priority queues, earlier in its FIFO) are
+  not bound by them.
+* Forecasts (``forecast``): the expected start of the first waiting jobs of each queue, the
+  plan run forward through planned ends; computed on demand, not in a pass.
 * Holds: ``AttemptEnded`` frees everything a job holds, all of a gang's nodes. ``NodeGone``
   (and a re-registering node that no longer reports the job) drops only that node from a
   gang's hold; the other nodes stay held until the head ends the attempt

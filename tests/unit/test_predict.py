@@ -313,3 +313,19 @@ def test_simulator_command_takes_estimates_load_and_writes_csv(
     assert (tmp_path / "run-fifo.csv").exists() and (tmp_path / "run-backfill.csv").exists()
     with pytest.raises(SystemExit):
         sim_main(["--synthetic", "10", "--load", "0"])
+
+
+def test_the_simulator_recipes_in_the_docs_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "scheduling.md").read_text(encoding="utf-8")
+    section = doc.split("## Simulator", 1)[1].split("\n## ", 1)[0]
+    recipes = [line.split()[3:] for line in section.splitlines() if line.startswith("python -m hpcbatch.sim ")]
+    assert len(recipes) == 2
+    (tmp_path / "bench").symlink_to(root / "bench")
+    monkeypatch.chdir(tmp_path)
+    for argv in recipes:
+        assert sim_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "sim_fifo_mean_wait_s=713.8" in out and "sim_backfill_mean_wait_s=149.8" in out  # the figures quoted
+    assert "sim_backfill_predicted_forecast_share=" in out and (tmp_path / "jobs-backfill.csv").exists()
