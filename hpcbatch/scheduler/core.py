@@ -97,6 +97,7 @@ from dataclasses import dataclass, field
 from sortedcontainers import SortedList
 
 from hpcbatch.model.jobs import ResourceRequest
+from hpcbatch.scheduler import preempt
 from hpcbatch.scheduler.fairshare import (
     FairSharePolicy,
     ShareLine,
@@ -224,6 +225,8 @@ class JobQueueChanged(Event):
     compute_environments: tuple[str, ...]  # already in computeEnvironmentOrder
     fair_share: FairSharePolicy | None = None  # the queue's scheduling policy, if any
     time_limits: tuple[StateTimeLimit, ...] = ()  # jobStateTimeLimitActions
+    preempts: bool = False  # its head may stop jobs of lower-priority preemptible queues (``preempt``)
+    preemptible: bool = False  # its running jobs may be stopped for a higher-priority preempting queue
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,17 @@ class CancelRunnable(Action):
     """A jobStateTimeLimitAction fired: the job leaves the queue FAILED with ``reason``."""
 
     job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PreemptAttempt(Action):
+    """Stop running ``job_id`` (a preemptible queue's) so ``for_job`` can start: SIGTERM, a
+    grace, SIGKILL; it goes back to RUNNABLE as a new attempt that does not count against
+    ``retryStrategy`` (``preempt``). Its resources come back with ``AttemptEnded``."""
+
+    job_id: str
+    for_job: str
     reason: str
 
 
@@ -372,6 +386,8 @@ class _Queue:
     gangs: dict[str, JobRunnable] = field(default_factory=dict)  # the gangs among jobs, FIFO
     fresh: list[str] = field(default_factory=list)  # arrived since the last pass: need a wait reason
     rescan: bool = True  # queue settings changed: every job's wait reason may be stale
+    preempts: bool = False
+    preemptible: bool = False
     fair_share: FairSharePolicy | None = None
     time_limits: tuple[StateTimeLimit, ...] = ()
     head: tuple[str, str, float] | None = None  # (job at the head, its reason, since when)
@@ -475,6 +491,9 @@ class Scheduler:
         # Start-time forecasts (``forecast``), derived from the state on demand and kept until
         # the state changes (``_version`` counts ``handle`` calls) and they are old enough.
         self._version = 0
+        # Preemption (``preempt``): preemptor -> the victims it waits for; victims being stopped.
+        self._preempting: dict[str, set[str]] = {}
+        self._stopping: set[str] = set()
         self._forecast: tuple[int, float, dict[str, float]] | None = None
 
     # ------------------------------------------------------------------ queries
@@ -565,6 +584,7 @@ class Scheduler:
             case JobWithdrawn():
                 self._withdraw(event.job_id)
             case AttemptEnded():
+                self._stopping.discard(event.job_id)
                 if event.run_s is not None:
                     alloc = self._allocations.get(event.job_id)
                     if alloc is not None and alloc.key is not None:
@@ -608,6 +628,7 @@ class Scheduler:
                         event.name, event.enabled, event.priority, event.compute_environments,
                         fair_share=event.fair_share, time_limits=event.time_limits,
                     )
+                    queue.preempts, queue.preemptible = event.preempts, event.preemptible
                     for job_id, job in list(self._orphans.items()):
                         if job.queue == event.name:
                             del self._orphans[job_id]
@@ -617,6 +638,7 @@ class Scheduler:
                     queue.enabled, queue.priority = event.enabled, event.priority
                     queue.compute_environments = event.compute_environments
                     queue.fair_share, queue.time_limits = event.fair_share, event.time_limits
+                    queue.preempts, queue.preemptible = event.preempts, event.preemptible
                     queue.share_heaps = None  # rebuilt on the next fair-share pass
                     queue.rescan = True
             case RunTimesLearned():
@@ -706,6 +728,7 @@ class Scheduler:
         return queue.fair_share.share_decay_s if queue is not None and queue.fair_share else 0
 
     def _withdraw(self, job_id: str) -> None:
+        self._preempting.pop(job_id, None)
         self._array_left.pop(job_id, None)
         self._array_next.pop(job_id, None)
         self._orphans.pop(job_id, None)
@@ -989,6 +1012,10 @@ class Scheduler:
                     reasons.clear()
                 continue
             if not room:
+                if queue.preempts and not made and self._preempt(job, queue, usable, reserved, made, actions, cause):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                    continue
                 if len(made) < self._reservation_depth and self._reserve_head(job, usable, reserved, made, reasons,
                                                                                actions):
                     room = self._has_room(usable, reserved)
@@ -1031,6 +1058,10 @@ class Scheduler:
                 # (and not shorter) cannot fit either, so a long FIFO of equal jobs
                 # costs one failed search.
                 failed.append((r, limit if reserved else _ANY_LIMIT))
+                if queue.preempts and not made and self._preempt(job, queue, usable, reserved, made, actions, cause):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                    continue
                 if len(made) < self._reservation_depth and self._reserve_head(job, usable, reserved, made, reasons,
                                                                                actions):
                     room = self._has_room(usable, reserved)
@@ -1279,6 +1310,11 @@ class Scheduler:
         if never is not None:
             self._wait(job.job_id, never, actions)
             return False
+        queue = self._queues.get(job.queue)
+        if queue is not None and queue.preempts and not made and self._preempt(
+            job, queue, ces, reserved, made, actions, cause
+        ):
+            return True
         if len(made) < self._reservation_depth:
             res = self._reserve(job, ces, reserved)
             if res is not None:
@@ -1289,6 +1325,82 @@ class Scheduler:
                 return True
         self._wait(job.job_id, f"Waiting for {n} whole nodes in compute environment {first_ce}", actions)
         return False
+
+    # --------------------------------------------------------------- preemption
+    def _preempt(
+        self, job: JobRunnable, queue: _Queue, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation],
+        made: dict[str, Reservation], actions: list[Action], cause: str,
+    ) -> bool:
+        """The head of a preempting queue that cannot start: stop victims for it (``preempt``),
+        or keep holding what its victims free; True when it holds nodes this pass."""
+        pending = self._preempting.get(job.job_id)
+        if pending is not None:
+            live = sorted(v for v in pending if v in self._allocations)
+            if live:
+                nodes = tuple(sorted({n for v in live for n in self._allocations[v].nodes}, key=natural_key))
+                self._hold_for(job.job_id, self._allocations[live[0]].ce, nodes, made, reserved)
+                self._wait(job.job_id, f"Preempting {', '.join(live)} to start", actions)
+                return True
+            del self._preempting[job.job_id]  # they ended, yet it still does not fit: choose again
+        for ce in ces:
+            rooms = self._rooms(job, queue, ce, reserved)
+            if job.num_nodes > 1:
+                chosen_gang = preempt.for_gang(job.num_nodes, rooms)
+                if chosen_gang is None:
+                    continue
+                nodes, victims = chosen_gang
+            else:
+                chosen = preempt.for_single(job.request, rooms)
+                if chosen is None:
+                    continue
+                nodes, victims = (chosen[0],), chosen[1]
+            if not victims:
+                return False  # room without stopping anything: it is placement's to find
+            self._preempting[job.job_id] = set(victims)
+            self._stopping.update(victims)
+            for victim in victims:
+                reason = f"Preempted for {job.job_id} of job queue {queue.name}"
+                actions.append(PreemptAttempt(victim, job.job_id, reason))
+                self.decisions.append((cause, f"preempt {victim} for {job.job_id} on {hostlist(nodes)} ({ce.name})"))
+            self._hold_for(job.job_id, ce.name, tuple(sorted(nodes, key=natural_key)), made, reserved)
+            self._wait(job.job_id, f"Preempting {', '.join(sorted(victims))} to start", actions)
+            return True
+        return False
+
+    def _hold_for(
+        self, job_id: str, ce: str, nodes: tuple[str, ...], made: dict[str, Reservation], reserved: dict[str, Reservation]
+    ) -> None:
+        res = Reservation(job_id, ce, nodes, self._now)  # due now: nothing backfills there
+        made[job_id] = res
+        for name in nodes:
+            reserved[name] = res
+
+    def _rooms(
+        self, job: JobRunnable, queue: _Queue, ce: _ComputeEnvironment, reserved: dict[str, Reservation]
+    ) -> list[preempt.NodeRoom]:
+        """The nodes of ``ce`` that could hold ``job`` once preemptible work is stopped."""
+        rooms = []
+        for node in ce.nodes.values():
+            if not node.accepting or node.name in reserved or not node.could_ever_fit(job.request):
+                continue
+            victims, keeps = [], 0
+            for held in node.jobs:
+                alloc = self._allocations.get(held)
+                victim_queue = self._queues.get(alloc.key.queue) if alloc is not None and alloc.key else None
+                if (
+                    alloc is None or victim_queue is None or held in self._stopping
+                    or not victim_queue.preemptible or victim_queue.priority >= queue.priority
+                ):
+                    keeps += 1
+                    continue
+                r = alloc.request
+                victims.append(preempt.Victim(held, alloc.started_at, r.vcpus, r.memory_mib,
+                                              len(alloc.gpus.get(node.name, ())), r.vcpus * len(alloc.nodes)))
+            if job.num_nodes <= 1 and node.gang is not None and keeps:
+                continue  # a kept gang holds the whole node
+            rooms.append(preempt.NodeRoom(node.name, (node.free_vcpus, node.free_memory_mib, node.free_gpus),
+                                          tuple(victims), keeps))
+        return rooms
 
     # ------------------------------------------------------- single-node reservations
     def _reserve_head(

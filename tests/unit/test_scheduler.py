@@ -29,9 +29,11 @@ from hpcbatch.scheduler.core import (
     JobWithdrawn,
     NodeGone,
     NodeUp,
+    PreemptAttempt,
     Scheduler,
     SetWaitReason,
     StartAttempt,
+    StartGang,
     Tick,
 )
 from hpcbatch.scheduler.gpus import placement_key
@@ -955,3 +957,55 @@ def test_random_event_sequences_with_live_reregistration_never_over_allocate(
 ) -> None:
     """The same, with nodes re-registering while up and reporting what they run."""
     _run(True, batches)
+
+
+# ---------------------------------------------------------------- preemption
+def prio_queue(name: str, priority: int, preempts: bool = False, preemptible: bool = False) -> JobQueueChanged:
+    return JobQueueChanged(_eid(), name, True, priority, ("ce",), preempts=preempts, preemptible=preemptible)
+
+
+def preempted(actions: list[Action]) -> dict[str, str]:
+    return {a.job_id: a.for_job for a in actions if isinstance(a, PreemptAttempt)}
+
+
+def preempt_cluster(**lo: bool) -> Scheduler:
+    s = Scheduler()
+    s.handle(Tick(_eid(), 0.0), prio_queue("hi", 10, preempts=True), prio_queue("lo", 1, **lo), node("n1"), node("n2"))
+    for i, t in enumerate((1.0, 2.0, 3.0, 4.0)):  # n1: lo0 lo1, n2: lo2 lo3 (2 vCPUs each, best fit)
+        s.handle(Tick(_eid(), t), timed(f"lo{i}", 2, None, q="lo"))
+    return s
+
+
+def test_a_preempting_queue_stops_the_fewest_youngest_preemptible_jobs_and_holds_the_room() -> None:
+    s = preempt_cluster(preemptible=True)
+    actions = s.handle(Tick(_eid(), 10.0), timed("urgent", 2, None, q="hi"))
+    assert preempted(actions) == {"lo3": "urgent"}  # one 2-vCPU job is enough: the youngest
+    assert reasons(actions)["urgent"] == "Preempting lo3 to start"
+    assert any(d == "preempt lo3 for urgent on n2 (ce)" for _, d in s.decisions)
+    # While lo3 is being stopped: nothing is stopped twice, and its room waits for urgent.
+    assert preempted(s.handle(Tick(_eid(), 11.0), timed("more", 2, None, q="lo"))) == {}
+    assert starts(s.handle(Tick(_eid(), 12.0), ended("lo3"))) == [("urgent", "n2")]
+
+
+def test_a_queue_that_is_not_preemptible_is_never_preempted() -> None:
+    s = preempt_cluster(preemptible=False)
+    actions = s.handle(timed("urgent", 2, None, q="hi"))
+    assert preempted(actions) == {} and reasons(actions)["urgent"].startswith(WAIT_RESOURCES)
+
+
+def test_only_lower_priority_queues_are_preempted() -> None:
+    s = Scheduler()
+    s.handle(prio_queue("a", 5, preempts=True), prio_queue("b", 5, preemptible=True), node("n1"))
+    s.handle(timed("b1", 4, None, q="b"))
+    assert preempted(s.handle(timed("a1", 4, None, q="a"))) == {}
+
+
+def test_a_preempting_gang_stops_a_preemptible_gang_whole() -> None:
+    s = Scheduler()
+    s.handle(Tick(_eid(), 0.0), prio_queue("hi", 10, preempts=True), prio_queue("lo", 1, preemptible=True),
+             node("n1"), node("n2"), node("n3"))
+    s.handle(JobRunnable(_eid(), "lg", "lo", req(4), next(_seqs), num_nodes=3))
+    actions = s.handle(JobRunnable(_eid(), "hg", "hi", req(4), next(_seqs), num_nodes=2))
+    assert preempted(actions) == {"lg": "hg"}
+    actions = s.handle(ended("lg"))
+    assert [a.nodes for a in actions if isinstance(a, StartGang)] == [("n1", "n2")]
