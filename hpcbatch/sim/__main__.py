@@ -30,18 +30,22 @@ def main(argv: list[str] | None = None) -> int:
                              "its suffix")
     parser.add_argument("--forecasts", action="store_true",
                         help="measure start-time forecasts: asked as each job arrives, compared with its start")
+    parser.add_argument("--preempt", type=float, default=0.0, metavar="F",
+                        help="a share F of the jobs goes to a queue that preempts the others' (backfill)")
     args = parser.parse_args(argv)
     if bool(args.swf) == bool(args.synthetic):
         parser.error("give exactly one of --swf FILE or --synthetic N")
     if args.load <= 0:
         parser.error(f"--load must be positive (got {args.load:g})")
+    if not 0 <= args.preempt <= 1:
+        parser.error(f"--preempt must be between 0 and 1 (got {args.preempt:g})")
     jobs = load_swf(args.swf) if args.swf else synthetic(args.synthetic, args.cores, args.nodes, args.seed)
     if args.without_timeouts:
         jobs = without_estimates(jobs)
     jobs = scale_load(jobs, args.load)
     for mode in ("fifo", "backfill"):
         result = simulate(jobs, args.nodes, args.cores, mode, fair_share=args.fair_share, estimates=args.estimates,
-                          forecasts=args.forecasts and mode == "backfill")
+                          forecasts=args.forecasts and mode == "backfill", preempt=args.preempt)
         for line in result.lines():
             print(line)
         if args.csv:

@@ -22,6 +22,11 @@ Metrics: mean wait (start - submit), maximum wait, mean bounded slowdown (max(1,
 run) / max(run, 10 s)), Feitelson's definition), utilization (used core-seconds / (cores x
 makespan)), makespan. ``forecasts=True`` also asks the core, right after each job arrives,
 when it expects the job to start, and reports how far that was from its real start.
+
+Preemption (``preempt=F``, backfill only): a share F of the jobs (seeded) goes to queue
+``hi`` (priority 10, ``preempts``), the rest to ``q`` (priority 1, ``preemptible``). A
+preempted job stops at once (no grace), loses its work and goes back to its place in ``q``;
+the result counts preemptions, the core-seconds lost and ``hi``'s mean wait.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import csv
 import heapq
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +47,7 @@ from hpcbatch.scheduler import (
     JobQueueChanged,
     JobRunnable,
     NodeUp,
+    PreemptAttempt,
     Scheduler,
     StartAttempt,
     StartGang,
@@ -67,6 +74,7 @@ class JobOutcome:
     run_s: float  # as it ran (cut at its timeout, if it had one)
     requested_s: float | None
     forecast_s: float | None = None  # the start the core expected right after it arrived
+    queue: str = "q"
 
     @property
     def wait_s(self) -> float:
@@ -87,6 +95,8 @@ class SimResult:
     makespan_s: float
     max_wait_s: float = 0.0
     outcomes: tuple[JobOutcome, ...] = field(default=(), repr=False)
+    preemptions: int | None = None  # None: no preemption simulated
+    lost_core_s: float = 0.0
 
     def lines(self) -> list[str]:
         """``name=value`` lines, as bench/ prints them."""
@@ -99,6 +109,11 @@ class SimResult:
             f"{p}_utilization={self.utilization:.3f}",
             f"{p}_makespan_s={self.makespan_s:.0f}",
         ]
+        if self.preemptions is not None:
+            hi = [o.wait_s for o in self.outcomes if o.queue == "hi"]
+            lines.append(f"{p}_preemptions={self.preemptions}")
+            lines.append(f"{p}_lost_core_s={self.lost_core_s:.0f}")
+            lines.append(f"{p}_hi_mean_wait_s={sum(hi) / max(1, len(hi)):.1f}")
         errors = [abs(o.forecast_s - o.start_s) for o in self.outcomes if o.forecast_s is not None]
         if errors:  # over the jobs that had to wait: the share that got a forecast, and its error
             waited = sum(1 for o in self.outcomes if o.wait_s > 0)
@@ -129,7 +144,7 @@ def _shape(job: SimJob, cores: int) -> tuple[int, float]:
 
 def simulate(
     workload: list[SimJob], nodes: int, cores: int, mode: str = "backfill", fair_share: bool = False,
-    estimates: str = "user", forecasts: bool = False,
+    estimates: str = "user", forecasts: bool = False, preempt: float = 0.0,
 ) -> SimResult:
     """Run ``workload`` on ``nodes`` nodes of ``cores`` vCPUs; jobs wider than the cluster are dropped."""
     if mode not in ("fifo", "backfill"):
@@ -142,7 +157,8 @@ def simulate(
     s.handle(
         Tick("t0", jobs[0].submit_s if jobs else 0.0),
         ComputeEnvironmentChanged("ce", "ce", True, None),
-        JobQueueChanged("q", "q", True, 1, ("ce",), fair_share=policy),
+        JobQueueChanged("q", "q", True, 1, ("ce",), fair_share=policy, preemptible=preempt > 0),
+        JobQueueChanged("hi", "hi", True, 10, ("ce",), preempts=True),
         *[NodeUp(f"up{i}", f"n{i}", "ce", cores, cores * 4096, 0, placement_group=f"rack{i // 32}")
           for i in range(nodes)],
     )
@@ -156,9 +172,13 @@ def simulate(
     start: dict[str, float] = {}
     ran: dict[str, float] = {}
     expected: dict[str, float] = {}
-    ended: set[str] = set()
+    ends_at: dict[str, float] = {}  # running job -> when it ends
     learn = mode == "backfill" and estimates == "predicted"
     seq = 0
+    pick = random.Random(7)
+    queue_of = {j.job_id: "hi" if mode == "backfill" and pick.random() < preempt else "q" for j in jobs}
+    seq_of: dict[str, int] = {}
+    preemptions, lost = 0, 0.0
 
     def actual(job: SimJob) -> float:
         """How long it runs: its run time, cut at its requested time (the timeout kills it)."""
@@ -175,8 +195,9 @@ def simulate(
     def runnable(job: SimJob) -> JobRunnable:
         nonlocal seq
         seq += 1
+        place = seq_of.setdefault(job.job_id, seq)  # a preempted job goes back to its place
         n, vcpus = _shape(job, cores)
-        return JobRunnable(f"r{seq}", job.job_id, "q", ResourceRequest(vcpus, int(vcpus * 4096)), seq,
+        return JobRunnable(f"r{seq}", job.job_id, queue_of[job.job_id], ResourceRequest(vcpus, int(vcpus * 4096)), place,
                            num_nodes=n, time_limit_s=limit_of(job), share=job.user if fair_share else None,
                            owner=job.user, definition=job.definition)
 
@@ -188,8 +209,10 @@ def simulate(
         while events and events[0][0] == now:
             _, kind, job_id = heapq.heappop(events)
             if kind == 0:
+                if ends_at.get(job_id) != now:
+                    continue  # preempted before this end
+                del ends_at[job_id]
                 batch.append(AttemptEnded(f"end-{job_id}", job_id, run_s=ran[job_id] if learn else None))
-                ended.add(job_id)
             elif kind == 2:
                 replan.append(job_id)  # the head's next tick after it outlived its plan: the Tick does it
             elif mode == "backfill":
@@ -203,20 +226,28 @@ def simulate(
                 batch.append(runnable(by_id[released]))
             actions = s.handle(*batch)
             batch = [Tick(f"tick{now}", now)]
-            progressed = False
+            progressed = stopped = False
             for a in actions:
                 if isinstance(a, StartAttempt | StartGang):
                     job = by_id[a.job_id]
                     start[a.job_id] = now
                     run = ran[a.job_id] = actual(job)
+                    ends_at[a.job_id] = now + run
                     heapq.heappush(events, (now + run, 0, a.job_id))
                     replan.append(a.job_id)
                     if a.job_id == released:
                         released, progressed = None, True
-            if not (mode == "fifo" and progressed and line):
+                elif isinstance(a, PreemptAttempt) and a.job_id in ends_at:
+                    victim = by_id[a.job_id]
+                    del ends_at[a.job_id]
+                    preemptions += 1
+                    lost += (now - start.pop(a.job_id)) * _shape(victim, cores)[0] * _shape(victim, cores)[1]
+                    batch += [AttemptEnded(f"preempted-{a.job_id}", a.job_id), runnable(victim)]
+                    stopped = True
+            if not ((mode == "fifo" and progressed and line) or stopped):
                 break
         for job_id in replan:  # predictions: wake up when a running job outlives its plan, as the head's tick does
-            planned = s.planned_run_s(job_id) if learn and job_id not in ended else None
+            planned = s.planned_run_s(job_id) if learn and job_id in ends_at else None
             if planned is not None and start[job_id] + planned < start[job_id] + ran[job_id]:
                 heapq.heappush(events, (start[job_id] + planned + TICK_S, 2, job_id))
         if forecasts:
@@ -230,7 +261,7 @@ def simulate(
         return SimResult(_label(mode, estimates), 0, 0.0, 0.0, 0.0, 0.0)
     outcomes = tuple(
         JobOutcome(j.job_id, j.user, j.definition, j.procs, _shape(j, cores)[0], j.submit_s, start[j.job_id],
-                   ran[j.job_id], j.requested_s, expected.get(j.job_id))
+                   ran[j.job_id], j.requested_s, expected.get(j.job_id), queue_of[j.job_id])
         for j in done
     )
     first = min(j.submit_s for j in done)
@@ -240,7 +271,7 @@ def simulate(
         _label(mode, estimates), len(done), sum(o.wait_s for o in outcomes) / len(done),
         sum(o.bounded_slowdown for o in outcomes) / len(done),
         used / (nodes * cores * makespan) if makespan > 0 else 0.0, makespan,
-        max(o.wait_s for o in outcomes), outcomes,
+        max(o.wait_s for o in outcomes), outcomes, preemptions if preempt > 0 and mode == "backfill" else None, lost,
     )
 
 

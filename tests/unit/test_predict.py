@@ -329,3 +329,19 @@ def test_the_simulator_recipes_in_the_docs_run_as_written(tmp_path: Path, monkey
     out = capsys.readouterr().out
     assert "sim_fifo_mean_wait_s=713.8" in out and "sim_backfill_mean_wait_s=149.8" in out  # the figures quoted
     assert "sim_backfill_predicted_forecast_share=" in out and (tmp_path / "jobs-backfill.csv").exists()
+
+
+def test_simulated_preemption_serves_the_preempting_queue_first_and_every_job_still_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    jobs = scale_load(without_estimates(synthetic(300, 16, 8, seed=4)), 1.5)
+    result = simulate(jobs, 8, 16, "backfill", estimates="predicted", preempt=0.2)
+    assert result.jobs == 300 and result.preemptions and result.lost_core_s > 0
+    hi = [o.wait_s for o in result.outcomes if o.queue == "hi"]
+    lo = [o.wait_s for o in result.outcomes if o.queue == "q"]
+    assert hi and sum(hi) / len(hi) < sum(lo) / len(lo)
+    assert simulate(jobs, 8, 16, "backfill", estimates="predicted").preemptions is None
+    assert sim_main(["--synthetic", "50", "--nodes", "4", "--cores", "8", "--preempt", "0.3"]) == 0
+    assert "sim_backfill_preemptions=" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        sim_main(["--synthetic", "10", "--preempt", "2"])
