@@ -9,6 +9,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hpcbatch import protocol as p
 from hpcbatch.model.jobs import ResourceRequest
@@ -345,3 +347,45 @@ def test_simulated_preemption_serves_the_preempting_queue_first_and_every_job_st
     assert "sim_backfill_preemptions=" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         sim_main(["--synthetic", "10", "--preempt", "2"])
+
+
+# -------------------------------------------------------------- properties
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.one_of(
+    st.tuples(st.just("submit"), st.sampled_from(["alice", "bob", "carol"]), st.sampled_from([1, 2, 4]),
+              st.sampled_from([1, 1, 2]), st.sampled_from([None, 30, 300])),
+    st.tuples(st.just("end"), st.integers(0, 20)),
+    st.tuples(st.just("tick"), st.sampled_from([5.0, 50.0, 500.0])),
+), min_size=1, max_size=40))
+def test_predictions_and_forecasts_never_overcommit_never_pass_a_timeout_never_look_back(
+    ops: list[tuple[object, ...]],
+) -> None:
+    s = Scheduler()
+    s.handle(Tick(_eid(), 0.0), JobQueueChanged(_eid(), "q", True, 1, ("ce",)),
+             *(NodeUp(_eid(), f"n{i}", "ce", 4, 8192, 0) for i in range(3)))
+    now, ids = 0.0, itertools.count()
+    limits: dict[str, int | None] = {}
+    running: dict[str, float] = {}
+    for op in ops:
+        if op[0] == "submit":
+            _, owner, vcpus, nodes, limit = op
+            job_id = f"j{next(ids)}"
+            limits[job_id] = limit  # type: ignore[assignment]
+            actions = s.handle(_job(job_id, owner=str(owner), nodes=int(nodes), limit=limit,  # type: ignore[arg-type]
+                                    vcpus=float(vcpus)))  # type: ignore[arg-type]
+        elif op[0] == "end":
+            if not running:
+                continue
+            job_id = sorted(running)[int(op[1]) % len(running)]  # type: ignore[call-overload]
+            actions = s.handle(AttemptEnded(_eid(), job_id, run_s=now - running.pop(job_id)))
+        else:
+            now += float(op[1])  # type: ignore[arg-type]
+            actions = s.handle(Tick(_eid(), now))
+        running.update({job_id: now for job_id in _starts(actions)})
+        for i in range(3):
+            used = s.node_usage(f"n{i}")
+            assert used is not None and used[0] <= 4 + 1e-9
+        for job_id in running:
+            planned, limit = s.planned_run_s(job_id), limits[job_id]
+            assert planned is None or limit is None or planned <= limit
+        assert all(at >= now for at in s.forecast().values())
