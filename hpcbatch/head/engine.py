@@ -536,7 +536,8 @@ class Engine:
     def recover(self) -> None:
         """Rebuild live state from the store after a start or a crash."""
         # Run-time predictions learn from the latest finished jobs (hpcbatch.scheduler.predict).
-        finished = self.store.list_jobs(JobQuery(statuses=(JobStatus.SUCCEEDED, JobStatus.FAILED), limit=5000))
+        finished = self.store.list_jobs(JobQuery(statuses=(JobStatus.SUCCEEDED, JobStatus.FAILED), limit=5000,
+                                                 include_children=True))
         self._feed(RunTimesLearned(self._event_id(), learned_runs(finished)))
         gangs = []
         for seq, job in self.store.unfinished_jobs():

@@ -141,10 +141,13 @@ def attempt_run_s(attempt: Attempt | None) -> float | None:
 
 
 def learned_runs(jobs: Iterable[JobRecord]) -> tuple[tuple[str, str, str, float], ...]:
-    """(owner, job definition, job queue, seconds) of finished jobs' last attempts, oldest
-    end first: what a restarted head teaches its predictor (``RunTimesLearned``)."""
+    """(owner, job definition, job queue, seconds) of finished jobs' last attempts (array
+    tasks included, multi-node jobs once), oldest end first: what a restarted head teaches
+    its predictor (``RunTimesLearned``)."""
     runs = []
     for job in jobs:
+        if job.parent_id is not None:
+            continue  # a node of a multi-node job: its parent's attempt is the job's run
         attempt = job.attempts[-1] if job.attempts else None
         run_s = attempt_run_s(attempt)
         if run_s is not None and attempt is not None:

@@ -389,3 +389,21 @@ def test_predictions_and_forecasts_never_overcommit_never_pass_a_timeout_never_l
             planned, limit = s.planned_run_s(job_id), limits[job_id]
             assert planned is None or limit is None or planned <= limit
         assert all(at >= now for at in s.forecast().values())
+
+
+def test_a_restart_learns_array_tasks_and_multi_node_jobs_once_oldest_first() -> None:
+    from hpcbatch.model.jobs import Attempt, JobRecord, ResourceRequest
+    from hpcbatch.model.lifecycle import JobStatus
+    from hpcbatch.scheduler.predict import learned_runs
+
+    def record(job_id: str, stopped: int, ran_ms: int, **kw: object) -> JobRecord:
+        attempt = Attempt(attempt_id=f"a-{job_id}", node="n", compute_environment="c", log_stream_name="l",
+                          started_at=stopped - ran_ms, stopped_at=stopped)
+        return JobRecord(job_id=job_id, job_name=job_id, job_queue="q", job_queue_arn="arn:q", job_definition="d:1",
+                         owner="alice", status=JobStatus.SUCCEEDED, created_at=0, command=[], environment={},
+                         resources=ResourceRequest(vcpus=1, memory_mib=64), container={}, attempts=[attempt],
+                         **kw)  # type: ignore[arg-type]
+
+    jobs = [record("late", 90_000, 3_000), record("arr:3", 50_000, 1_000, array_parent="arr", array_index=3),
+            record("mnp#1", 70_000, 9_000, parent_id="mnp", node_index=1), record("mnp", 70_000, 2_000, num_nodes=2)]
+    assert [r[3] for r in learned_runs(jobs)] == [1.0, 2.0, 3.0]  # by end: the array task, the gang, the last
