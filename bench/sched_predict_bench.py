@@ -13,7 +13,10 @@ SIM_NODES x SIM_CORES (64 x 32), SIM_JOBS jobs (5,000), arrivals sped up x1.5 an
 
 Printed per load and mode: ``..._mean_wait_s``, ``..._bounded_slowdown`` (10 s threshold),
 ``..._max_wait_s`` (every job's wait is bounded: none starves) and ``..._jobs`` (all ran);
-then ``..._predicted_vs_perfect_wait`` and ``..._slowdown`` (the goal: <= 1.2). Last, the
+then ``..._predicted_vs_perfect_wait`` and ``..._slowdown`` (the goal: <= 1.2); for the
+backfill modes on the first SIM_FORECAST_JOBS (1,000) jobs at x1.5, how good the start
+forecast each waiting job got on arrival was (``..._forecast_share``,
+``..._forecast_mean_abs_error_s``, ``..._median_...``). Last, the
 scheduler's pass at 100,000 jobs on 5,000 nodes when every job has a prediction
 (``sched_pass_100k_jobs_5k_nodes_predicted_cpu_s``; the goal: under 1 s).
 """
@@ -29,6 +32,7 @@ from hpcbatch.sim.workload import scale_load, synthetic, without_estimates
 NODES = int(os.environ.get("SIM_NODES", "64"))
 CORES = int(os.environ.get("SIM_CORES", "32"))
 JOBS = int(os.environ.get("SIM_JOBS", "5000"))
+FORECAST_JOBS = int(os.environ.get("SIM_FORECAST_JOBS", "1000"))
 LOADS = (1.5, 2.0)
 MODES = (("fifo", "user"), ("backfill", "none"), ("backfill", "predicted"), ("backfill", "perfect"))
 
@@ -51,6 +55,14 @@ def main() -> dict[str, float]:
         figures[f"{tag}_predicted_vs_perfect_wait"] = round(predicted.mean_wait_s / perfect.mean_wait_s, 3)
         figures[f"{tag}_predicted_vs_perfect_slowdown"] = round(
             predicted.mean_bounded_slowdown / perfect.mean_bounded_slowdown, 3)
+    # Start forecasts, asked as each waiting job arrives (the first FORECAST_JOBS jobs, x1.5:
+    # a forecast per arrival is the costly part): share of waiting jobs given one, and its error.
+    jobs = scale_load(base[:FORECAST_JOBS], 1.5)
+    for estimates in ("predicted", "perfect"):
+        for line in simulate(jobs, NODES, CORES, "backfill", estimates=estimates, forecasts=True).lines():
+            if "_forecast_" in line:
+                key, value = line.split("=")
+                figures[key.replace("sim_", f"sim_{FORECAST_JOBS}_jobs_load1_5_", 1)] = float(value)
     at_scale = sched_bench.run(predicted=True)
     for key in (f"sched_pass_{sched_bench._k(sched_bench.JOBS)}_jobs_{sched_bench._k(sched_bench.NODES)}_nodes",):
         figures[f"{key}_predicted_s"] = at_scale[f"{key}_s"]
