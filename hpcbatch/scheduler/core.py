@@ -81,7 +81,9 @@ Theory of operation:
 
 Size: this module is past 800 lines because the decision procedure (one pass: order, place,
 reserve, explain) shares its state tightly; the parts that need no scheduler state already
-live apart (``gang``, ``fairshare``, ``nodeindex``). The reason texts (``_why_not`` and
+live apart (``gang``, ``fairshare``, ``nodeindex``, ``predict``, ``forecast``, ``preempt``). The
+gathering halves of forecasts and preemption (``forecast()``, ``_preempt``) could follow them
+into a mixin-free helper taking the scheduler's state as values. The reason texts (``_why_not`` and
 friends) are the next candidate to move out, once parallel work on GPU placement here has
 merged.
 """
