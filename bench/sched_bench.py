@@ -5,6 +5,7 @@
   of 2-16 nodes, a third of the jobs without a time limit).
 * ``sched_event_ms``: median reaction to one job finishing in that state (AttemptEnded + pass).
 * ``sched_rss_mib``: this process's memory growth for it.
+* ``sched_forecast_cpu_ms`` (``sched_forecast_jobs`` forecast): one start-time forecast (the first 200 waiting jobs) in that state.
 * ``..._fairshare_s`` / ``sched_event_fairshare_ms``: the same in a fair-share queue (20 shares).
 Targets: <= 1 s and <= 1 ms. No I/O: the same core the head runs.
 """
@@ -26,6 +27,7 @@ from hpcbatch.scheduler import (
     JobQueueChanged,
     JobRunnable,
     NodeUp,
+    RunTimesLearned,
     Scheduler,
     StartAttempt,
     StartGang,
@@ -50,10 +52,15 @@ def main() -> dict[str, float]:
     return figures
 
 
-def run(policy: FairSharePolicy | None = None) -> dict[str, float]:
+def run(policy: FairSharePolicy | None = None, predicted: bool = False) -> dict[str, float]:
+    """One benchmark; ``predicted``: the jobs have owners whose history the predictor knows
+    (20 owners x 5 definitions), so every placement plans with a prediction."""
     rng = random.Random(42)
     rss0 = psutil.Process().memory_info().rss
     s = Scheduler()
+    if predicted:
+        s.handle(RunTimesLearned("h", tuple((f"u{u}", f"d{d}", "default", 60.0 * (u + d + 1))
+                                            for u in range(20) for d in range(5) for _ in range(2))))
     events: list = [
         Tick("t0", 0.0),
         ComputeEnvironmentChanged("c", "cpu", True, None),
@@ -69,7 +76,8 @@ def run(policy: FairSharePolicy | None = None) -> dict[str, float]:
         jobs.append(JobRunnable(f"j{i}", f"job{i}", "default", request, i,
                                 num_nodes=rng.randint(2, 16) if gang else 1,
                                 time_limit_s=rng.choice((None, 600, 3600)),
-                                share=f"u{i % 20}" if policy else None))
+                                share=f"u{i % 20}" if policy else None,
+                                owner=f"u{i % 20}" if predicted else "", definition=f"d{i % 5}" if predicted else ""))
     t0, c0 = time.perf_counter(), time.process_time()
     actions = s.handle(*jobs)
     first_pass, first_pass_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -80,6 +88,9 @@ def run(policy: FairSharePolicy | None = None) -> dict[str, float]:
         s.handle(AttemptEnded(f"end{k}", job_id), Tick(f"tick{k}", float(k + 1)))
         samples.append((time.perf_counter() - t0) * 1000)
         cpu_samples.append((time.process_time() - c0) * 1000)
+    c0 = time.process_time()
+    forecast = s.forecast()
+    forecast_cpu = time.process_time() - c0
     return {
         f"sched_pass_{_k(JOBS)}_jobs_{_k(NODES)}_nodes_s": round(first_pass, 3),
         "sched_started_in_first_pass": len(started),
@@ -88,6 +99,8 @@ def run(policy: FairSharePolicy | None = None) -> dict[str, float]:
         "sched_event_ms": round(statistics.median(samples), 3),
         "sched_event_cpu_ms": round(statistics.median(cpu_samples), 3),
         "sched_rss_mib": round((psutil.Process().memory_info().rss - rss0) / (1 << 20), 1),
+        "sched_forecast_cpu_ms": round(forecast_cpu * 1000, 1),
+        "sched_forecast_jobs": len(forecast),
     }
 
 

@@ -84,6 +84,11 @@ def describe(job_ids: tuple[str, ...], cli_input_json: str | None) -> None:
 @click.option(
     "--all", "all_items", is_flag=True, help="Every job, however many (follows every page)."
 )
+@click.option(
+    "--start", "start", is_flag=True,
+    help="Waiting (RUNNABLE) jobs with their expected start from the scheduler's plan, soonest first "
+    "(as squeue --start).",
+)
 @cli_input_json_option
 @global_options
 def list_jobs(
@@ -96,8 +101,11 @@ def list_jobs(
     max_items: int,
     all_items: bool,
     cli_input_json: str | None,
+    start: bool = False,
 ) -> None:
     """List jobs, newest first (ListJobs)."""
+    if start:
+        status = status or "RUNNABLE"
     parsed: list[dict[str, Any]] = []
     for f in filters:
         name, eq, value = f.partition("=")
@@ -132,12 +140,48 @@ def list_jobs(
         jobs.append(job)
         if limit is not None and len(jobs) >= limit:
             break
+    if start:
+        _print_starts(jobs)
+        return
     if json_output():
         print_json({"jobSummaryList": jobs})
         return
     from hpcbatch.cli.output import print_jobs
 
     print_jobs(jobs, queue=body.get("jobQueue"))
+
+
+def start_time(ms: Any) -> str:
+    """An expected start (ms since the epoch) as UTC time, ``N/A`` when unknown (as squeue)."""
+    if not isinstance(ms, int | float):
+        return "N/A"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _print_starts(jobs: list[dict[str, Any]]) -> None:
+    """``list --start``: each job's ``hpcbatchExpectedStartAt`` (DescribeJobs), soonest first."""
+    client = get_client()
+    ids = [j["jobId"] for j in jobs]
+    futures = [client.describe_jobs_async(jobs=ids[i : i + 100]) for i in range(0, len(ids), 100)]
+    at = {d.get("jobId"): d.get("hpcbatchExpectedStartAt") for f in futures for d in f.result().get("jobs") or []}
+    for job in jobs:
+        if at.get(job["jobId"]) is not None:
+            job["hpcbatchExpectedStartAt"] = at[job["jobId"]]
+    jobs.sort(key=lambda j: (j.get("hpcbatchExpectedStartAt") is None, j.get("hpcbatchExpectedStartAt") or 0))
+    if json_output():
+        print_json({"jobSummaryList": jobs})
+        return
+    from hpcbatch.cli.output import print_table, truncate
+
+    print_table(
+        ["JOB ID", "NAME", "QUEUE", "OWNER", "START TIME", "REASON"],
+        (
+            [j.get("jobId"), j.get("jobName"), str(j.get("jobQueue") or "").rsplit("/", 1)[-1], j.get("owner"),
+             start_time(j.get("hpcbatchExpectedStartAt")), truncate(j.get("statusReason"))]
+            for j in jobs
+        ),
+        empty="no waiting jobs",
+    )
 
 
 def _default_reason(verb: str) -> str:

@@ -13,6 +13,7 @@ import time
 import click
 
 from hpcbatch.cli.common import get_client, global_options, json_output, print_json
+from hpcbatch.cli.jobs import start_time
 
 _EPOCH = re.compile(r"\bt=(\d{9,}(?:\.\d+)?)")
 
@@ -69,6 +70,8 @@ def why(job_id: str) -> None:
                    "queued although no node set may hold it")
     if answer.get("queuePosition"):
         click.echo(f"  position in its queue: {answer['queuePosition']} of {answer['queueLength']}")
+    if answer.get("expectedStartAt") is not None:  # the scheduler's plan (squeue --start)
+        click.echo(f"  expected start: {start_time(answer['expectedStartAt'])}")
     if answer.get("dependsOn"):
         click.echo(f"  depends on: {', '.join(str(d) for d in answer['dependsOn'])}")
     for entry in answer.get("decisions") or []:

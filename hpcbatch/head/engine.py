@@ -82,8 +82,10 @@ from hpcbatch.scheduler import (
     StateTimeLimit,
     Tick,
 )
+from hpcbatch.scheduler.core import RunTimesLearned
+from hpcbatch.scheduler.predict import attempt_run_s, learned_runs
 from hpcbatch.store import Store
-from hpcbatch.store.base import NODE_EVENT_PREFIX
+from hpcbatch.store.base import NODE_EVENT_PREFIX, JobQuery
 
 log = logging.getLogger("hpcbatch.engine")
 
@@ -253,6 +255,7 @@ class Engine:
             self._event_id(), job.job_id, job.job_queue, job.resources, seq,
             num_nodes=job.num_nodes, time_limit_s=job.timeout_s,
             share=job.share_identifier, priority=job.scheduling_priority or 0, gang=job.is_gang,
+            owner=job.owner, definition=job.job_definition,  # run-time predictions
         )
 
     def _move_one(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
@@ -328,6 +331,7 @@ class Engine:
                     time_limit_s=parent.timeout_s, array_count=size - parent.array_next,
                     first_index=parent.array_next, max_running=parent.max_running,
                     share=parent.share_identifier, priority=parent.scheduling_priority or 0,
+                    owner=parent.owner, definition=parent.job_definition,
                 )
             )
         self._maybe_finish_array(parent)
@@ -340,6 +344,7 @@ class Engine:
                 self._event_id(), f"{parent.job_id}:{index}", parent.job_queue, parent.resources, self._seq,
                 time_limit_s=parent.timeout_s,
                 share=parent.share_identifier, priority=parent.scheduling_priority or 0,
+                owner=parent.owner, definition=parent.job_definition,
             )
         )
 
@@ -538,6 +543,10 @@ class Engine:
     # ------------------------------------------------------------------ startup
     def recover(self) -> None:
         """Rebuild live state from the store after a start or a crash."""
+        # Run-time predictions learn from the latest finished jobs (hpcbatch.scheduler.predict).
+        finished = self.store.list_jobs(JobQuery(statuses=(JobStatus.SUCCEEDED, JobStatus.FAILED), limit=5000,
+                                                 include_children=True))
+        self._feed(RunTimesLearned(self._event_id(), learned_runs(finished)))
         gangs = []
         for seq, job in self.store.unfinished_jobs():
             self._seq = max(self._seq, seq)
@@ -875,7 +884,7 @@ class Engine:
         attempt.exit_code, attempt.reason, attempt.status_reason = exit_code, reason, status_reason
         attempt.timed_out, attempt.lost, attempt.terminated = timed_out, ending.lost, parent.is_terminated
         parent.ending = None
-        self._feed(AttemptEnded(self._event_id(), parent.job_id))
+        self._feed(AttemptEnded(self._event_id(), parent.job_id, run_s=attempt_run_s(attempt)))
         for child in self._children(parent):  # holds re-created per node after a head restart
             self._feed(AttemptEnded(self._event_id(), child.job_id))
         held = self._gang_holds.pop(parent.job_id, None)
@@ -1108,7 +1117,7 @@ class Engine:
             status_reason = job.stop_reason
         attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
         self._release(attempt.node, job.job_id)
-        self._feed(AttemptEnded(self._event_id(), job.job_id))
+        self._feed(AttemptEnded(self._event_id(), job.job_id, run_s=attempt_run_s(attempt)))
         self._decide(job, attempt, status_reason, hold_s, retry)
 
     def _decide(

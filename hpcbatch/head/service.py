@@ -791,11 +791,20 @@ class BatchService:
         ids = [_name_of(i) for i in body["jobs"]]
         return {
             "jobs": [
-                job_detail(j, self.region, self.account)
+                self._with_forecast(job_detail(j, self.region, self.account), j)
                 for j in self._jobs(ids)
                 if may_see_job(caller, j.owner, self.private_data)
             ]
         }
+
+    def _with_forecast(self, doc: dict[str, Any], job: JobRecord) -> dict[str, Any]:
+        """A RUNNABLE job's expected start from the scheduler's plan, as hpcbatch's own field
+        ``hpcbatchExpectedStartAt`` (ms since the epoch, like AWS's times); absent when unknown."""
+        if job.status is JobStatus.RUNNABLE:
+            at = self.engine.scheduler.expected_start(job.job_id)
+            if at is not None:
+                doc["hpcbatchExpectedStartAt"] = int(at * 1000)
+        return doc
 
     def ListJobs(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         from hpcbatch.model.jobs import job_summary
@@ -1005,6 +1014,7 @@ class BatchService:
             "dependsOn": dependencies,
             # hpcbatch extension: accepted although no node set could hold it (issue 18)
             "allowUnsatisfiable": (job.tags or {}).get("hpcbatch:allowUnsatisfiable", "").lower() in ("true", "1", "yes"),
+            "expectedStartAt": self._with_forecast({}, job).get("hpcbatchExpectedStartAt"),
             "decisions": [{"cause": c, "decision": self._masked(d, caller)}
                           for c, d in self.engine.scheduler.decisions_about(job.job_id)],
         }

@@ -13,6 +13,8 @@ from hpcbatch.scheduler.core import (
     JobWithdrawn,
     NodeGone,
     NodeUp,
+    PreemptAttempt,
+    RunTimesLearned,
     Scheduler,
     SetWaitReason,
     StartAttempt,
@@ -22,6 +24,7 @@ from hpcbatch.scheduler.core import (
 )
 from hpcbatch.scheduler.fairshare import FairSharePolicy
 from hpcbatch.scheduler.gang import Reservation
+from hpcbatch.scheduler.predict import Predictor, RunKey
 
 __all__ = [
     "Action",
@@ -37,7 +40,11 @@ __all__ = [
     "JobWithdrawn",
     "NodeGone",
     "NodeUp",
+    "PreemptAttempt",
+    "Predictor",
     "Reservation",
+    "RunKey",
+    "RunTimesLearned",
     "Scheduler",
     "SetWaitReason",
     "StartAttempt",

@@ -35,18 +35,29 @@ Theory of operation:
   first; a compute environment with ``require_placement_group`` only uses a single group.
   ``StartGang.nodes`` are in index order (natural name order); index 0 is the main node.
   ``maxvCpus`` counts the per-node request once per node.
-* Reservations: the first waiting gang in this order that could run once enough nodes
-  free up (``reservation_depth`` of them, default 1, as Maui's RESERVATIONDEPTH) gets the
-  nodes of one compute environment expected free soonest: a node's expected free time is
-  the latest end (start + ``time_limit_s``) of what runs on it; a job with no time limit
-  ends "never" (unknown). Those nodes are then off limits to every job after the gang in
-  the order. Backfill: a job may still land on them when it is known to end before the
-  reservation starts (``now + time_limit_s <= start``). With unknown end times the start
-  is unknown, nothing backfills, and the gang holds the nodes it chose as they free up;
-  the choice prefers nodes already idle, so its idle nodes only grow and it starts in a
-  bounded time: a stream of small jobs cannot starve it. Reservations are recomputed
-  every pass (they are derived state, not promises); jobs ahead of the gang in the order
-  (higher-priority queues, earlier in its FIFO) are not bound by them.
+* Planned run time: a job is planned with its run-time prediction (``predict``: the mean
+  of the last two run times of the same owner and job definition, else owner, else queue),
+  capped by ``time_limit_s`` (attemptDurationSeconds, the hard bound), else its time limit,
+  else unknown ("never"). Plans never end a job; one that outlives its plan has it grown
+  (doubled, capped) at the start of the next pass, and everything below follows.
+* Reservations: the first waiting job of each queue (``reservation_depth`` of them per
+  queue, default 1, as Maui's RESERVATIONDEPTH) that cannot start now but could once
+  something ends gets one. A gang: the whole nodes of one compute environment free soonest,
+  where a node's expected free time is the latest planned end of what runs on it; with a
+  known start it takes, among nodes free by then, those that free up latest (EASY's "extra
+  nodes": idle nodes it does not need stay usable by any job). A single-node job: the node
+  that has room for it soonest, found by walking planned ends in time order (each CE's ``ends``);
+  none when only unknown ends could give room (smaller jobs then pass it, as before).
+  Reserved nodes are off limits to every job after the reserved one in the order, except
+  (backfill) a job planned to end before the reservation starts (``now + planned <=
+  start``). With unknown end times a gang's start is unknown, nothing backfills, and it
+  holds the nodes it chose as they free up; the choice prefers nodes already idle, so its
+  idle nodes only grow and it starts in a bounded time: a stream of small jobs cannot
+  starve it. Reservations are recomputed every pass (derived state, not promises); jobs
+  ahead of the reserved one in the order (higher-priority queues, earlier in its FIFO) are
+  not bound by them.
+* Forecasts (``forecast``): the expected start of the first waiting jobs of each queue, the
+  plan run forward through planned ends; computed on demand, not in a pass.
 * Holds: ``AttemptEnded`` frees everything a job holds, all of a gang's nodes. ``NodeGone``
   (and a re-registering node that no longer reports the job) drops only that node from a
   gang's hold; the other nodes stay held until the head ends the attempt
@@ -74,7 +85,9 @@ Theory of operation:
 
 Size: this module is past 800 lines because the decision procedure (one pass: order, place,
 reserve, explain) shares its state tightly; the parts that need no scheduler state already
-live apart (``gang``, ``fairshare``, ``nodeindex``). The reason texts (``_why_not`` and
+live apart (``gang``, ``fairshare``, ``nodeindex``, ``predict``, ``forecast``, ``preempt``). The
+gathering halves of forecasts and preemption (``forecast()``, ``_preempt``) could follow them
+into a mixin-free helper taking the scheduler's state as values. The reason texts (``_why_not`` and
 friends) are the next candidate to move out, once parallel work on GPU placement here has
 merged.
 """
@@ -90,6 +103,7 @@ from dataclasses import dataclass, field
 from sortedcontainers import SortedList
 
 from hpcbatch.model.jobs import ResourceRequest
+from hpcbatch.scheduler import preempt
 from hpcbatch.scheduler.fairshare import (
     FairSharePolicy,
     ShareLine,
@@ -97,6 +111,7 @@ from hpcbatch.scheduler.fairshare import (
     fair_order,
     standing_ranks,
 )
+from hpcbatch.scheduler.forecast import PlanJob, PlanNode, forecast
 from hpcbatch.scheduler.gang import (
     UNKNOWN,
     Candidate,
@@ -108,6 +123,7 @@ from hpcbatch.scheduler.gang import (
 )
 from hpcbatch.scheduler.gpus import GpuPlace, choose_gpus, steering_rank
 from hpcbatch.scheduler.nodeindex import NodeIndex
+from hpcbatch.scheduler.predict import Predictor, RunKey, grow
 
 
 # ------------------------------------------------------------------------- events
@@ -134,6 +150,10 @@ class JobRunnable(Event):
     share: str | None = None  # shareIdentifier, in a queue with a fair-share policy
     priority: int = 0  # schedulingPriority: higher first inside its share (fair-share queues)
     gang: bool = False  # a multi-node parallel job of any size: numNodes 1 is a gang too
+
+    # Run-time predictions (``predict``): what makes jobs similar. Empty: not known.
+    owner: str = ""
+    definition: str = ""  # the job definition (ARN or NAME:REVISION; revisions share history)
 
     @property
     def whole_nodes(self) -> bool:
@@ -178,9 +198,22 @@ class NodeGone(Event):
 
 @dataclass(frozen=True)
 class AttemptEnded(Event):
-    """A placed job's attempt ended (or was abandoned); its resources come back."""
+    """A placed job's attempt ended (or was abandoned); its resources come back.
+
+    ``run_s``: how long it really ran, when it ran and exited (not lost): history for
+    run-time predictions. None teaches nothing.
+    """
 
     job_id: str
+    run_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RunTimesLearned(Event):
+    """Run times of jobs that finished before (a restarted head reads them from the store):
+    ``runs`` are (owner, job definition, job queue, seconds), oldest first."""
+
+    runs: tuple[tuple[str, str, str, float], ...]
 
 
 @dataclass(frozen=True)
@@ -205,6 +238,8 @@ class JobQueueChanged(Event):
     compute_environments: tuple[str, ...]  # already in computeEnvironmentOrder
     fair_share: FairSharePolicy | None = None  # the queue's scheduling policy, if any
     time_limits: tuple[StateTimeLimit, ...] = ()  # jobStateTimeLimitActions
+    preempts: bool = False  # its head may stop jobs of lower-priority preemptible queues (``preempt``)
+    preemptible: bool = False  # its running jobs may be stopped for a higher-priority preempting queue
 
 
 @dataclass(frozen=True)
@@ -267,6 +302,17 @@ class CancelRunnable(Action):
     """A jobStateTimeLimitAction fired: the job leaves the queue FAILED with ``reason``."""
 
     job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PreemptAttempt(Action):
+    """Stop running ``job_id`` (a preemptible queue's) so ``for_job`` can start: SIGTERM, a
+    grace, SIGKILL; it goes back to RUNNABLE as a new attempt that does not count against
+    ``retryStrategy`` (``preempt``). Its resources come back with ``AttemptEnded``."""
+
+    job_id: str
+    for_job: str
     reason: str
 
 
@@ -334,6 +380,9 @@ class _ComputeEnvironment:
     index: NodeIndex = field(default_factory=NodeIndex)  # nodes that can take a job, by free capacity
     idle: dict[str, _Node] = field(default_factory=dict)  # accepting nodes that run nothing (gangs)
     by_end: SortedList = field(default_factory=SortedList)  # (latest end, node): reservations
+    # (planned end, job, node) of allocations with a known end, a heap with stale entries left
+    # in (checked when popped, compacted when it doubles): when a node has room for a job.
+    ends: list[tuple[float, str, str]] = field(default_factory=list)
 
     def caps(self, vcpus: float) -> bool:
         """True when ``vcpus`` more would pass ``maxvCpus``."""
@@ -350,6 +399,8 @@ class _Queue:
     gangs: dict[str, JobRunnable] = field(default_factory=dict)  # the gangs among jobs, FIFO
     fresh: list[str] = field(default_factory=list)  # arrived since the last pass: need a wait reason
     rescan: bool = True  # queue settings changed: every job's wait reason may be stale
+    preempts: bool = False
+    preemptible: bool = False
     fair_share: FairSharePolicy | None = None
     time_limits: tuple[StateTimeLimit, ...] = ()
     head: tuple[str, str, float] | None = None  # (job at the head, its reason, since when)
@@ -372,13 +423,15 @@ class _Allocation:
     request: ResourceRequest  # per node
     gang: bool
     started_at: float
-    time_limit_s: int | None
+    planned_s: float | None  # the run time planned with: prediction or timeout; None unknown
     gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> GPU ids held there
     share: tuple[str, str] | None = None  # (queue, shareIdentifier) charged for it, fair share
+    timeout_s: float | None = None  # the hard bound (attemptDurationSeconds): predictions stay below
+    key: RunKey | None = None  # what it is like, for learning its run time when it ends
 
     @property
     def ends_at(self) -> float:
-        return UNKNOWN if self.time_limit_s is None else self.started_at + self.time_limit_s
+        return UNKNOWN if self.planned_s is None else self.started_at + self.planned_s
 
 
 # AWS's statusReason vocabulary is "CODE - detail"; jobStateTimeLimitActions match the CODE.
@@ -446,6 +499,17 @@ class Scheduler:
         self._scanned_out: list[str] = []  # jobs placed during that scan, to drop from it after
         self._down: dict[str, _Node] = {}  # nodes gone (DOWN) as they last were: they come back (reasons)
         self._away_cache: dict[str, tuple[list[_Node], list[_Node]]] = {}  # CE -> (not accepting, down)
+        # Run-time predictions (``predict``): planning only, never a kill. ``_due``: (planned
+        # end, job) of running allocations, so a job outliving its plan is found in O(log n).
+        self.predictor = Predictor()
+        self._due: list[tuple[float, str]] = []
+        # Start-time forecasts (``forecast``), derived from the state on demand and kept until
+        # the state changes (``_version`` counts ``handle`` calls) and they are old enough.
+        self._version = 0
+        # Preemption (``preempt``): preemptor -> the victims it waits for; victims being stopped.
+        self._preempting: dict[str, set[str]] = {}
+        self._stopping: set[str] = set()
+        self._forecast: tuple[int, float, dict[str, float]] | None = None
 
     # ------------------------------------------------------------------ queries
     @property
@@ -509,6 +573,7 @@ class Scheduler:
     # -------------------------------------------------------------------- input
     def handle(self, *events: Event) -> list[Action]:
         """Apply ``events`` in order, then place what can be placed; return the actions."""
+        self._version += 1
         for event in events:
             self._apply(event)
         cause = events[-1].event_id if events else "tick"
@@ -535,6 +600,11 @@ class Scheduler:
             case JobWithdrawn():
                 self._withdraw(event.job_id)
             case AttemptEnded():
+                self._stopping.discard(event.job_id)
+                if event.run_s is not None:
+                    alloc = self._allocations.get(event.job_id)
+                    if alloc is not None and alloc.key is not None:
+                        self.predictor.learn(alloc.key, event.run_s)
                 if self._release(event.job_id):
                     array_id, sep, _ = event.job_id.rpartition(":")
                     if sep and array_id in self._array_running:
@@ -575,6 +645,7 @@ class Scheduler:
                         event.name, event.enabled, event.priority, event.compute_environments,
                         fair_share=event.fair_share, time_limits=event.time_limits,
                     )
+                    queue.preempts, queue.preemptible = event.preempts, event.preemptible
                     for job_id, job in list(self._orphans.items()):
                         if job.queue == event.name:
                             del self._orphans[job_id]
@@ -584,8 +655,12 @@ class Scheduler:
                     queue.enabled, queue.priority = event.enabled, event.priority
                     queue.compute_environments = event.compute_environments
                     queue.fair_share, queue.time_limits = event.fair_share, event.time_limits
+                    queue.preempts, queue.preemptible = event.preempts, event.preemptible
                     queue.share_heaps = None  # rebuilt on the next fair-share pass
                     queue.rescan = True
+            case RunTimesLearned():
+                for owner, definition, queue_name, run_s in event.runs:
+                    self.predictor.learn(RunKey(owner, definition, queue_name), run_s)
             case JobQueueRemoved():
                 queue = self._queues.pop(event.name, None)
                 if queue is not None:
@@ -671,6 +746,7 @@ class Scheduler:
         return queue.fair_share.share_decay_s if queue is not None and queue.fair_share else 0
 
     def _withdraw(self, job_id: str) -> None:
+        self._preempting.pop(job_id, None)
         self._array_left.pop(job_id, None)
         self._array_next.pop(job_id, None)
         self._orphans.pop(job_id, None)
@@ -686,15 +762,126 @@ class Scheduler:
 
     def _hold(
         self, job_id: str, nodes: list[_Node], request: ResourceRequest, gang: bool,
-        time_limit_s: int | None, held: tuple[int, ...] = (), share: tuple[str, str] | None = None,
+        planned_s: float | None, held: tuple[int, ...] = (), share: tuple[str, str] | None = None,
+        job: JobRunnable | None = None,
     ) -> _Allocation:
         alloc = _Allocation(
-            [n.name for n in nodes], nodes[0].ce, request, gang, self._now, time_limit_s, share=share
+            [n.name for n in nodes], nodes[0].ce, request, gang, self._now, planned_s, share=share,
+            timeout_s=None if job is None or job.time_limit_s is None else float(job.time_limit_s),
+            key=None if job is None else _run_key(job),
         )
         self._allocations[job_id] = alloc
         for node in nodes:
             self._take(job_id, alloc, node, held)
+        if planned_s is not None:
+            heapq.heappush(self._due, (alloc.ends_at, job_id))
+            self._file_ends(job_id, alloc)
         return alloc
+
+    def _file_ends(self, job_id: str, alloc: _Allocation) -> None:
+        """Enter an allocation's (new) planned end into its compute environment's ``ends``."""
+        ce = self._ce(alloc.ce)
+        for name in alloc.nodes:
+            heapq.heappush(ce.ends, (alloc.ends_at, job_id, name))
+        if len(ce.ends) > 2 * len(self._allocations) + 1024:
+            ce.ends = [e for e in ce.ends if self._live_end(e)]
+            heapq.heapify(ce.ends)
+
+    def _live_end(self, entry: tuple[float, str, str]) -> bool:
+        alloc = self._allocations.get(entry[1])
+        return alloc is not None and alloc.ends_at == entry[0] and entry[2] in alloc.nodes
+
+    # ------------------------------------------------------------------ forecasts
+    def forecast(self, limit: int = 200) -> dict[str, float]:
+        """Expected start (scheduler time) of the first ``limit`` waiting jobs of every queue
+        that can start at a planned time (``forecast``'s rules); computed afresh."""
+        nodes = [
+            PlanNode(node.name, ce.name, [node.free_vcpus, node.free_memory_mib, node.free_gpus],
+                     (node.vcpus, node.memory_mib, node.gpus - len(node.gpu_out)), node.features,
+                     len(node.jobs), node.gang is not None)
+            for ce in self._ces.values() if ce.enabled
+            for node in ce.nodes.values() if node.accepting
+        ]
+        releases = [
+            (alloc.ends_at, name, (alloc.request.vcpus, alloc.request.memory_mib, len(alloc.gpus.get(name, ()))),
+             alloc.gang)
+            for alloc in self._allocations.values() if alloc.ends_at != UNKNOWN
+            for name in alloc.nodes
+        ]
+        queues = []
+        for queue in sorted(self._queues.values(), key=lambda q: (-q.priority, q.name)):
+            ces = tuple(n for n in queue.compute_environments if n in self._ces and self._ces[n].enabled)
+            if not queue.enabled or not ces:
+                continue
+            if queue.fair_share is not None:
+                ids = self.front_of_queue(queue.name, limit)
+            else:
+                ids = []
+                for job_id in queue.jobs:
+                    if job_id in self._queue_of:
+                        ids.append(job_id)
+                        if len(ids) >= limit:
+                            break
+                ids.sort(key=lambda j: queue.jobs[j].seq)
+            plan = []
+            for job_id in ids:
+                job = queue.jobs[job_id]
+                if self._wait_reason.get(job_id, "").startswith((REQUIREMENT, MAX_RESOURCE)):
+                    continue  # it can never start: no forecast
+                plan.append(PlanJob(job_id, job.request, max(1, job.num_nodes), self._estimate(job), ces))
+            queues.append(plan)
+        return forecast(self._now, nodes, releases, queues)
+
+    def expected_start(self, job_id: str, max_age_s: float = 5.0) -> float | None:
+        """When waiting ``job_id`` is expected to start (scheduler time), or None: unknown, or
+        not among the first jobs forecast. The forecast is reused while it is younger than
+        ``max_age_s`` (scheduler time) or nothing changed, unless it lacks a job that waits."""
+        cached = self._forecast
+        if cached is None or (
+            cached[0] != self._version
+            and (self._now - cached[1] >= max_age_s or (job_id not in cached[2] and job_id in self._queue_of))
+        ):
+            cached = self._forecast = (self._version, self._now, self.forecast())
+        return cached[2].get(job_id) if job_id in self._queue_of else None
+
+    # ---------------------------------------------------------------- predictions
+    def _estimate(self, job: JobRunnable) -> float | None:
+        """The run time ``job`` is planned with (``predict``): history capped by its timeout."""
+        if not self.predictor.learned:  # no history at all (a fresh cluster, the benchmarks)
+            return None if job.time_limit_s is None else float(job.time_limit_s)
+        return self.predictor.predict_for(job.owner, job.definition, job.queue, job.time_limit_s)
+
+    def planned_run_s(self, job_id: str) -> float | None:
+        """The run time a running job is planned with now (grown if it outlived it); None: unknown."""
+        alloc = self._allocations.get(job_id)
+        return alloc.planned_s if alloc is not None else None
+
+    def _grow_predictions(self, cause: str) -> None:
+        """Jobs still running past their planned end: their plan grows (``predict.grow``) and the
+        nodes they hold are re-filed by their new expected end, so this pass plans around it."""
+        due = self._due
+        while due and due[0][0] < self._now:
+            end, job_id = heapq.heappop(due)
+            alloc = self._allocations.get(job_id)
+            if alloc is None or alloc.planned_s is None or alloc.ends_at != end:
+                continue  # ended, or re-planned since
+            new = grow(alloc.planned_s, self._now - alloc.started_at, alloc.timeout_s)
+            if new <= alloc.planned_s:
+                continue  # at its timeout already: it is being ended, nothing to plan beyond
+            alloc.planned_s = new
+            heapq.heappush(due, (alloc.ends_at, job_id))
+            self._file_ends(job_id, alloc)
+            for name in alloc.nodes:
+                node = self._nodes.get(name)
+                if node is not None:
+                    node.latest_end = max(
+                        (self._allocations[j].ends_at for j in node.jobs if j in self._allocations),
+                        default=-math.inf,
+                    )
+                    self._refile(node)
+            self.decisions.append(
+                (cause, f"plan for {job_id}: ran past its predicted end, now expected to run {fmt_time(new)} s")
+            )
 
     def _take(self, job_id: str, alloc: _Allocation, node: _Node, held: tuple[int, ...] = ()) -> None:
         """Take ``alloc``'s request on ``node``: the GPU indices ``held`` (reported), else free ones."""
@@ -764,6 +951,7 @@ class Scheduler:
     # ----------------------------------------------------------------- decision
     def _schedule(self, cause: str) -> list[Action]:
         actions: list[Action] = []
+        self._grow_predictions(cause)
         reserved: dict[str, Reservation] = {}  # node -> the reservation holding it, this pass
         made: dict[str, Reservation] = {}  # gang -> its reservation, this pass
         # Whether a gang shape could ever run depends only on nodes, not on what runs: once a pass.
@@ -796,9 +984,11 @@ class Scheduler:
                 order = self._fair_order(queue)
             seen: list[str] | None = [] if queue.time_limits else None
             self._scanning, self._scanned_out = queue, []
+            made_here: dict[str, Reservation] = {}  # each queue's head gets its own (reservation_depth)
             try:
-                self._scan(queue, order, seen, usable, reserved, made, never, fresh, rescan, room, actions, cause)
+                self._scan(queue, order, seen, usable, reserved, made_here, never, fresh, rescan, room, actions, cause)
             finally:
+                made.update(made_here)
                 self._scanning = None
                 for job_id in self._scanned_out:
                     queue.jobs.pop(job_id, None)
@@ -840,6 +1030,15 @@ class Scheduler:
                     reasons.clear()
                 continue
             if not room:
+                if queue.preempts and not made and self._preempt(job, queue, usable, reserved, made, actions, cause):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                    continue
+                if len(made) < self._reservation_depth and self._reserve_head(job, usable, reserved, made, reasons,
+                                                                               actions):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                    continue
                 if rescan:
                     self._wait(job.job_id, self._cached_why_not(job.request, usable, reserved, reasons), actions)
                     continue
@@ -849,28 +1048,48 @@ class Scheduler:
                         self._wait(job_id, self._cached_why_not(j.request, usable, reserved, reasons), actions)
                 break
             r = job.request
-            limit = _limit_key(job.time_limit_s)
+            estimate = self._estimate(job)
+            limit = _limit_key(estimate)
             # ``failed`` only grows in a pass, so a shape once found dominated stays so:
             # remember it and a deep queue of equal jobs costs one set look-up each.
             if (r, limit) in dominated or (
                 any(_dominates(r, f) and limit >= fl for f, fl in failed) and not dominated.add((r, limit))
             ):
+                if len(made) < self._reservation_depth and self._reserve_head(job, usable, reserved, made, reasons,
+                                                                               actions):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                    continue
                 self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                 continue
             if job.array_count:
-                room = self._place_array(job, usable, reserved, failed, reasons, actions, cause)
+                room = self._place_array(job, estimate, usable, reserved, failed, reasons, actions, cause)
+                if job.job_id in self._queue_of and len(made) < self._reservation_depth and self._reserve_head(
+                    job, usable, reserved, made, reasons, actions
+                ):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
                 continue
-            placed = self._place(r, job.time_limit_s, usable, reserved)
+            placed = self._place(r, estimate, usable, reserved)
             if placed is None:
                 # Requests known not to fit in this pass: anything at least as large
                 # (and not shorter) cannot fit either, so a long FIFO of equal jobs
                 # costs one failed search.
                 failed.append((r, limit if reserved else _ANY_LIMIT))
+                if queue.preempts and not made and self._preempt(job, queue, usable, reserved, made, actions, cause):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                    continue
+                if len(made) < self._reservation_depth and self._reserve_head(job, usable, reserved, made, reasons,
+                                                                               actions):
+                    room = self._has_room(usable, reserved)
+                    reasons.clear()
+                    continue
                 self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                 continue
             node, ce = placed
             self._withdraw(job.job_id)
-            alloc = self._hold(job.job_id, [node], r, False, job.time_limit_s, share=self._charge(job))
+            alloc = self._hold(job.job_id, [node], r, False, estimate, share=self._charge(job), job=job)
             gpus = alloc.gpus[node.name]
             actions.append(StartAttempt(job.job_id, node.name, ce.name, gpus))
             note = ""
@@ -999,7 +1218,7 @@ class Scheduler:
                 return
 
     def _place_array(
-        self, job: JobRunnable, usable: list[_ComputeEnvironment], reserved: dict[str, Reservation],
+        self, job: JobRunnable, estimate: float | None, usable: list[_ComputeEnvironment], reserved: dict[str, Reservation],
         failed: list[tuple[ResourceRequest, float]], reasons: dict[ResourceRequest, str],
         actions: list[Action], cause: str,
     ) -> bool:
@@ -1009,9 +1228,9 @@ class Scheduler:
             if job.max_running is not None and self._array_running.get(job.job_id, 0) >= job.max_running:
                 self._wait(job.job_id, f"Array at its limit of {job.max_running} running tasks", actions)
                 break
-            placed = self._place(r, job.time_limit_s, usable, reserved)
+            placed = self._place(r, estimate, usable, reserved)
             if placed is None:
-                failed.append((r, _limit_key(job.time_limit_s) if reserved else _ANY_LIMIT))
+                failed.append((r, _limit_key(estimate) if reserved else _ANY_LIMIT))
                 self._wait(job.job_id, self._cached_why_not(r, usable, reserved, reasons), actions)
                 break
             node, ce = placed
@@ -1020,7 +1239,7 @@ class Scheduler:
             self._array_left[job.job_id] -= 1
             self._array_running[job.job_id] = self._array_running.get(job.job_id, 0) + 1
             task_id = f"{job.job_id}:{index}"
-            gpus = self._hold(task_id, [node], r, False, job.time_limit_s, share=self._charge(job)).gpus[node.name]
+            gpus = self._hold(task_id, [node], r, False, estimate, share=self._charge(job), job=job).gpus[node.name]
             actions.append(StartAttempt(task_id, node.name, ce.name, gpus))
             self.decisions.append((cause, f"start {task_id} on {node.name} ({ce.name}){_gpu_note(gpus)}"))
             if node.free_vcpus <= 1e-9 and not self._has_room(usable, reserved):
@@ -1038,7 +1257,7 @@ class Scheduler:
         )
 
     def _may_use(
-        self, node: str, reserved: dict[str, Reservation], job_id: str, time_limit_s: int | None
+        self, node: str, reserved: dict[str, Reservation], job_id: str, time_limit_s: float | None
     ) -> bool:
         """A reserved node takes only its own gang, or a job that ends before it is needed."""
         res = reserved.get(node)
@@ -1047,7 +1266,7 @@ class Scheduler:
     def _place(
         self,
         r: ResourceRequest,
-        time_limit_s: int | None,
+        time_limit_s: float | None,
         ces: list[_ComputeEnvironment],
         reserved: dict[str, Reservation],
     ) -> tuple[_Node, _ComputeEnvironment] | None:
@@ -1085,13 +1304,14 @@ class Scheduler:
     ) -> bool:
         """Start, reserve for, or explain one waiting gang; True when nodes changed hands."""
         n, r = job.num_nodes, job.request
-        limit = _limit_key(job.time_limit_s)
+        estimate = self._estimate(job)
+        limit = _limit_key(estimate)
         if not any(n >= fn and _dominates(r, fr) and limit >= fl for fn, fr, fl in failed):
-            placed = self._place_gang(job, ces, reserved)
+            placed = self._place_gang(job, estimate, ces, reserved)
             if placed is not None:
                 nodes, ce = placed
                 self._withdraw(job.job_id)
-                alloc = self._hold(job.job_id, nodes, r, True, job.time_limit_s, share=self._charge(job))
+                alloc = self._hold(job.job_id, nodes, r, True, estimate, share=self._charge(job), job=job)
                 names = tuple(node.name for node in nodes)
                 gpus = tuple(alloc.gpus[name] for name in names) if r.gpus else ()
                 actions.append(StartGang(job.job_id, names, ce.name, gpus))
@@ -1108,6 +1328,11 @@ class Scheduler:
         if never is not None:
             self._wait(job.job_id, never, actions)
             return False
+        queue = self._queues.get(job.queue)
+        if queue is not None and queue.preempts and not made and self._preempt(
+            job, queue, ces, reserved, made, actions, cause
+        ):
+            return True
         if len(made) < self._reservation_depth:
             res = self._reserve(job, ces, reserved)
             if res is not None:
@@ -1119,8 +1344,156 @@ class Scheduler:
         self._wait(job.job_id, f"Waiting for {n} whole nodes in compute environment {first_ce}", actions)
         return False
 
+    # --------------------------------------------------------------- preemption
+    def _preempt(
+        self, job: JobRunnable, queue: _Queue, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation],
+        made: dict[str, Reservation], actions: list[Action], cause: str,
+    ) -> bool:
+        """The head of a preempting queue that cannot start: stop victims for it (``preempt``),
+        or keep holding what its victims free; True when it holds nodes this pass."""
+        pending = self._preempting.get(job.job_id)
+        if pending is not None:
+            live = sorted(v for v in pending if v in self._allocations)
+            if live:
+                nodes = tuple(sorted({n for v in live for n in self._allocations[v].nodes}, key=natural_key))
+                self._hold_for(job.job_id, self._allocations[live[0]].ce, nodes, made, reserved)
+                self._wait(job.job_id, f"Preempting {', '.join(live)} to start", actions)
+                return True
+            del self._preempting[job.job_id]  # they ended, yet it still does not fit: choose again
+        for ce in ces:
+            rooms = self._rooms(job, queue, ce, reserved)
+            if job.num_nodes > 1:
+                chosen_gang = preempt.for_gang(job.num_nodes, rooms)
+                if chosen_gang is None:
+                    continue
+                nodes, victims = chosen_gang
+            else:
+                chosen = preempt.for_single(job.request, rooms)
+                if chosen is None:
+                    continue
+                nodes, victims = (chosen[0],), chosen[1]
+            if not victims:
+                return False  # room without stopping anything: it is placement's to find
+            self._preempting[job.job_id] = set(victims)
+            self._stopping.update(victims)
+            for victim in victims:
+                reason = f"Preempted for {job.job_id} of job queue {queue.name}"
+                actions.append(PreemptAttempt(victim, job.job_id, reason))
+                self.decisions.append((cause, f"preempt {victim} for {job.job_id} on {hostlist(nodes)} ({ce.name})"))
+            self._hold_for(job.job_id, ce.name, tuple(sorted(nodes, key=natural_key)), made, reserved)
+            self._wait(job.job_id, f"Preempting {', '.join(sorted(victims))} to start", actions)
+            return True
+        return False
+
+    def _hold_for(
+        self, job_id: str, ce: str, nodes: tuple[str, ...], made: dict[str, Reservation], reserved: dict[str, Reservation]
+    ) -> None:
+        res = Reservation(job_id, ce, nodes, self._now)  # due now: nothing backfills there
+        made[job_id] = res
+        for name in nodes:
+            reserved[name] = res
+
+    def _rooms(
+        self, job: JobRunnable, queue: _Queue, ce: _ComputeEnvironment, reserved: dict[str, Reservation]
+    ) -> list[preempt.NodeRoom]:
+        """The nodes of ``ce`` that could hold ``job`` once preemptible work is stopped."""
+        rooms = []
+        for node in ce.nodes.values():
+            if not node.accepting or node.name in reserved or not node.could_ever_fit(job.request):
+                continue
+            victims, keeps = [], 0
+            for held in node.jobs:
+                alloc = self._allocations.get(held)
+                victim_queue = self._queues.get(alloc.key.queue) if alloc is not None and alloc.key else None
+                if (
+                    alloc is None or victim_queue is None or held in self._stopping
+                    or not victim_queue.preemptible or victim_queue.priority >= queue.priority
+                ):
+                    keeps += 1
+                    continue
+                r = alloc.request
+                victims.append(preempt.Victim(held, alloc.started_at, r.vcpus, r.memory_mib,
+                                              len(alloc.gpus.get(node.name, ())), r.vcpus * len(alloc.nodes)))
+            if job.num_nodes <= 1 and node.gang is not None and keeps:
+                continue  # a kept gang holds the whole node
+            rooms.append(preempt.NodeRoom(node.name, (node.free_vcpus, node.free_memory_mib, node.free_gpus),
+                                          tuple(victims), keeps))
+        return rooms
+
+    # ------------------------------------------------------- single-node reservations
+    def _reserve_head(
+        self, job: JobRunnable, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation],
+        made: dict[str, Reservation], reasons: dict[ResourceRequest, str], actions: list[Action],
+    ) -> bool:
+        """Reserve for a single-node job at the head of its queue that cannot start now (it
+        waits for capacity, not for something no node has); True when it got one."""
+        why = self._cached_why_not(job.request, ces, reserved, reasons)
+        if not (why.startswith(CAPACITY) or why == WAIT_RESERVED):
+            return False
+        res = self._reserve_single(job.job_id, job.request, ces, reserved)
+        if res is None:
+            return False
+        made[job.job_id] = res
+        reserved[res.nodes[0]] = res
+        # The reason keeps AWS's CAPACITY code (jobStateTimeLimitActions match it); the
+        # reservation shows in the decision log, ``reservation()`` and the start forecast.
+        self._wait(job.job_id, why, actions)
+        return True
+
+    def _reserve_single(
+        self, job_id: str, r: ResourceRequest, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
+    ) -> Reservation | None:
+        """The node that has room for ``r`` soonest (by planned ends), in the first compute
+        environment in order that gives the earliest time; None when no planned end gives
+        room (then smaller jobs pass it freely, as before: nothing is known to wait for)."""
+        best: Reservation | None = None
+        for ce in ces:
+            if ce.max_vcpus is not None and r.vcpus > ce.max_vcpus + 1e-9:
+                continue
+            found = self._soonest_room(ce, r, reserved)
+            if found is not None and (best is None or found[1] < best.start_s):
+                best = Reservation(job_id, ce.name, (found[0].name,), found[1])
+        return best
+
+    def _soonest_room(
+        self, ce: _ComputeEnvironment, r: ResourceRequest, reserved: dict[str, Reservation]
+    ) -> tuple[_Node, float] | None:
+        """(node, time) of the earliest planned end after which a node of ``ce`` has room for
+        ``r``: the ends are walked in time order, adding up what each gives back to its node."""
+        heap, popped = ce.ends, []
+        freed: dict[str, list[float]] = {}
+        found: tuple[_Node, float] | None = None
+        try:
+            while heap:
+                entry = heapq.heappop(heap)
+                if not self._live_end(entry):
+                    continue  # ended or re-planned since: dropped for good
+                popped.append(entry)
+                end, job_id, name = entry
+                node = self._nodes.get(name)
+                if node is None or not node.accepting or name in reserved or not node.could_ever_fit(r):
+                    continue
+                alloc = self._allocations[job_id]
+                f = freed.setdefault(name, [0.0, 0.0, 0.0])
+                f[0] += alloc.request.vcpus
+                f[1] += alloc.request.memory_mib
+                f[2] += len(alloc.gpus.get(name, ()))
+                if (
+                    (node.gang is None or node.gang == job_id)
+                    and node.free_vcpus + f[0] >= r.vcpus - 1e-9
+                    and node.free_memory_mib + f[1] >= r.memory_mib
+                    and node.free_gpus + f[2] >= r.gpus
+                ):
+                    found = (node, max(self._now, end))
+                    break
+        finally:
+            for entry in popped:
+                heapq.heappush(heap, entry)
+        return found
+
     def _place_gang(
-        self, job: JobRunnable, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation]
+        self, job: JobRunnable, estimate: float | None, ces: list[_ComputeEnvironment],
+        reserved: dict[str, Reservation],
     ) -> tuple[list[_Node], _ComputeEnvironment] | None:
         """``num_nodes`` idle nodes of the first compute environment that has them, or None.
 
@@ -1134,7 +1507,7 @@ class Scheduler:
                 continue
             fit = [
                 node for node in ce.idle.values()
-                if node.could_ever_fit(r) and self._may_use(node.name, reserved, job.job_id, job.time_limit_s)
+                if node.could_ever_fit(r) and self._may_use(node.name, reserved, job.job_id, estimate)
             ]
             if len(fit) < n:
                 continue
@@ -1360,9 +1733,11 @@ def _soonest_nodes(able: list[tuple[float, _Node]], n: int) -> tuple[str | None,
     """``pick_nodes``' choice among nodes all free by the n-th soonest time, without candidates.
 
     Every option then starts at that time, so one placement group that holds ``n`` of them
-    wins over a spread (the group with the fewest such nodes, then by name); inside the
-    choice, soonest first, then smaller nodes, then by name. Returns (group, names in index
-    order, start).
+    wins over a spread (the group with the fewest such nodes, then by name). Inside the
+    choice, with a known start: the nodes that free up latest while still in time (EASY's
+    "extra nodes": nodes idle now that the gang does not need stay free for any job), then
+    smaller nodes, then by name; with an unknown start: soonest first (the idle nodes, held
+    as the rest free up). Returns (group, names in index order, start).
     """
     groups: dict[str, list[tuple[float, _Node]]] = {}
     for item in able:
@@ -1375,8 +1750,14 @@ def _soonest_nodes(able: list[tuple[float, _Node]], n: int) -> tuple[str | None,
     chosen = heapq.nsmallest(
         n, pool, key=lambda it: (it[0], (it[1].vcpus, it[1].memory_mib, it[1].gpus), natural_key(it[1].name))
     )
+    start = max(t for t, _ in chosen)
+    if start != UNKNOWN:
+        chosen = heapq.nsmallest(
+            n, [it for it in pool if it[0] <= start],
+            key=lambda it: (-it[0], (it[1].vcpus, it[1].memory_mib, it[1].gpus), natural_key(it[1].name)),
+        )
     names = sorted((nd.name for _, nd in chosen), key=natural_key)
-    return chosen_group, names, max(t for t, _ in chosen)
+    return chosen_group, names, start
 
 
 def _away_note(drained: list[str], down: list[str]) -> str:
@@ -1403,7 +1784,11 @@ def _gpu_note(gpus: tuple[str, ...]) -> str:
     return f" GPUs {','.join(gpus)}" if gpus else ""
 
 
-def _limit_key(time_limit_s: int | None) -> float:
+def _run_key(job: JobRunnable) -> RunKey:
+    return RunKey(job.owner, job.definition, job.queue)
+
+
+def _limit_key(time_limit_s: float | None) -> float:
     """A time limit for comparisons: no limit is the longest."""
     return math.inf if time_limit_s is None else float(time_limit_s)
 

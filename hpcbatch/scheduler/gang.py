@@ -40,7 +40,7 @@ class Reservation:
     start_s: float
     placement_group: str | None = None
 
-    def admits(self, now_s: float, time_limit_s: int | None) -> bool:
+    def admits(self, now_s: float, time_limit_s: float | None) -> bool:
         """True when a job of ``time_limit_s`` started now ends before the reservation (backfill).
 
         With unknown end times the start is unknown too, so nothing is admitted: the gang

@@ -5,7 +5,8 @@
 * Priority order: a job never starts while an earlier job of the same shape, in a queue of
   at least its priority, is left waiting.
 * Fair share: every start goes to a share with the least running work among those waiting.
-* Backfill: work started on a gang's reserved nodes ends before the reservation starts.
+* Backfill: work started on reserved nodes (a gang's, or a queue head's) ends before the
+  reservation starts, unless it was ahead of the reserved job in the order.
 """
 
 from __future__ import annotations
@@ -120,13 +121,17 @@ class Cluster:
 
     def check_reservations(self, actions: list[object]) -> None:
         started = {a.job_id for a in actions if isinstance(a, StartAttempt | StartGang)}
-        for gang in self.jobs:
+        prio = {"hi": 10, "lo": 1}
+        for gang in self.jobs:  # the head of each queue, a gang or a single-node job
             res = self.s.reservation(gang)
             if res is None or res.start_s == float("inf"):
                 continue
+            head = self.jobs[gang]
             for j in started:
                 nodes, end = self.live[j]
-                if j != gang and set(nodes) & set(res.nodes):
+                other = self.jobs[j]
+                ahead = prio[other.queue] > prio[head.queue] or (other.queue == head.queue and other.seq < head.seq)
+                if j != gang and not ahead and set(nodes) & set(res.nodes):
                     assert end <= res.start_s, f"{j} backfilled past {gang}'s reservation"
 
     def submit(self, specs: list[tuple[str, ResourceRequest, int, int | None]]) -> None:
