@@ -1,0 +1,77 @@
+"""``hpcbatch run`` (srun), ``hpcbatch alloc`` (salloc) and ``run --pty`` on namespace hosts.
+
+One 4-node network-namespace cluster for the module (root). The CLI runs as a real process
+(``hpcbatch`` of this venv), outside the cluster like a user's terminal; inside jobs, the
+job's own ``$HPCBATCH_RUN`` does the work through the agents' launcher bridge.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import TestCluster
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+HPCBATCH = str(BIN / "hpcbatch")
+PATH = f"{BIN}:/usr/local/bin:/usr/bin:/bin"
+
+
+@pytest.fixture(scope="module")
+def quad() -> Iterator[TestCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces (CI runs as root)")
+    root = Path(tempfile.mkdtemp(prefix="hpcb-run-"))
+    os.chmod(root, 0o755)
+    c = TestCluster(root, nodes=4, netns=True)
+    try:
+        yield c.up()
+    finally:
+        c.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cli_env(c: TestCluster) -> dict[str, str]:
+    return dict(os.environ, HPCBATCH_ENDPOINT=c.socket_endpoint, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+
+
+def hpcbatch(c: TestCluster, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HPCBATCH, *args], capture_output=True, text=True, env=cli_env(c), timeout=timeout,
+                          check=False)
+
+
+def test_run_on_four_nodes_labels_every_line_and_returns_the_worst_exit(quad: TestCluster) -> None:
+    # Outside a job: submit, stream, exit with the job's code. Each node's shell expands '$NODE_RANK'.
+    done = hpcbatch(quad, "run", "--nodes", "4", "--vcpus", "1", "--",
+                    "hostname; echo rank=$NODE_RANK of $NNODES; exit $NODE_RANK")
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    lines = done.stdout.splitlines()
+    assert "node1: " in done.stdout, done.stderr
+    hosts = sorted(line.split(": ", 1)[1] for line in lines if re.fullmatch(r"node\d: node\d", line))
+    assert hosts == ["node1", "node2", "node3", "node4"], done.stdout
+    for line in lines:
+        assert re.match(r"node\d: ", line), line
+    ranks = {line.split(":", 1)[0]: line.split("rank=", 1)[1] for line in lines if "rank=" in line}
+    assert sorted(ranks.values()) == [f"{i} of 4" for i in range(4)], done.stdout
+
+
+def test_run_inside_a_batch_job_on_a_subset_with_tasks_per_node(quad: TestCluster) -> None:
+    inner = "hpcbatch run --nodes 2 --ntasks-per-node 2 -- 'echo task $HPCBATCH_LOCAL_TASK'; echo main-exit=$?"
+    done = hpcbatch(quad, "submit", "--nodes", "3", "--vcpus", "1", "-e", f"PATH={PATH}", "--", "sh", "-c", inner)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    quad.wait_status(job_id, "SUCCEEDED", timeout=60)
+    out = quad.logs(f"{job_id}#0")
+    tasks = re.findall(r"^(node\d)\.(\d): task (\d)$", out, re.M)
+    assert len(tasks) == 4 and all(label == task for _, label, task in tasks), out
+    assert len({node for node, _, _ in tasks}) == 2, out  # the first two of its three nodes
+    assert "main-exit=0" in out, out
