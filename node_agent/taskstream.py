@@ -36,6 +36,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 _HEADER = struct.Struct("!cI")
 _FRAME_LIMIT = 1 << 20
@@ -121,8 +122,16 @@ def attach(address: str, line: str, label: str, pty_size: tuple | None) -> int:
     sel.register(conn, selectors.EVENT_READ)
     frames = Frames()
     client_gone = False
+    drain_until = None
     while outputs:
-        for key, _ in sel.select():
+        if drain_until is None and child.poll() is not None:
+            # The command ended: what it left in its group (a background `sleep` holding
+            # the pipe) goes too, and what is still queued is read for a moment more.
+            _signal_group(child.pid, signal.SIGKILL)
+            drain_until = time.monotonic() + 2.0
+        elif drain_until is not None and time.monotonic() > drain_until:
+            break
+        for key, _ in sel.select(timeout=0.2):
             if key.fileobj is conn:
                 try:
                     data = conn.recv(_CHUNK)

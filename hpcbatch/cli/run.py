@@ -192,7 +192,7 @@ def run(nodes: int | None, ntasks_per_node: int, pty: bool, node: str | None, qu
       hpcbatch run -- torchrun --nnodes '$NNODES' --node-rank '$NODE_RANK' ... train.py
     Outside a job it submits one, streams its output and exits with its code:
       hpcbatch run --nodes 2 --vcpus 1 -- hostname
-    Like ssh, the words are joined for each node's shell: quote '$VARS' to expand them there.
+    (PATH goes with it.) Like ssh, the words are joined for each node's shell: quote '$VARS' to expand them there.
     """
     args: list[str] = []  # for $HPCBATCH_RUN, less --nodes
     if ntasks_per_node != 1:
@@ -215,7 +215,10 @@ def run(nodes: int | None, ntasks_per_node: int, pty: bool, node: str | None, qu
     if pty:
         sys.exit(interactive(client, body_for, nodes=nodes or 1, line=" ".join(command)))
     main = ["/bin/sh", "-c", 'exec "$HPCBATCH_RUN" --run "$@"', "hpcbatch-run", *args, "--", *command]
-    sys.exit(_submit_and_stream(client, body_for(nodes or 1, main)))
+    # srun exports the caller's environment; hpcbatch exports PATH, so `run -- torchrun` finds
+    # the same torchrun on a shared filesystem (the rest stays the job definition's).
+    env = {"PATH": os.environ["PATH"]} if os.environ.get("PATH") else None
+    sys.exit(_submit_and_stream(client, body_for(nodes or 1, main, env)))
 
 
 @click.command(context_settings={"allow_interspersed_args": False})

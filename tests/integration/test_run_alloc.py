@@ -7,6 +7,7 @@ job's own ``$HPCBATCH_RUN`` does the work through the agents' launcher bridge.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -75,3 +76,40 @@ def test_run_inside_a_batch_job_on_a_subset_with_tasks_per_node(quad: TestCluste
     assert len(tasks) == 4 and all(label == task for _, label, task in tasks), out
     assert len({node for node, _, _ in tasks}) == 2, out  # the first two of its three nodes
     assert "main-exit=0" in out, out
+
+
+def readme_line(prefix: str) -> str:
+    """The README's recipe line that starts with ``prefix``, exactly as written."""
+    lines = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_readme_torchrun_one_liner_trains_ddp_across_two_nodes(quad: TestCluster) -> None:
+    if importlib.util.find_spec("torch") is None or not (BIN / "torchrun").exists():
+        pytest.skip(f"PyTorch not installed in {BIN.parent} (scripts/setup installs the CPU build)")
+    line = readme_line("hpcbatch run --nodes 2 --vcpus 1 --memory 3072 -- torchrun ")
+    done = subprocess.run(["sh", "-c", line], cwd=REPO, capture_output=True, text=True, env=cli_env(quad),
+                          timeout=180, check=False)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    summary = re.search(r"^(node\d): world_size=(\d+) ranks_seen=\[([\d, ]*)\] hosts=\[([^\]]*)\] "
+                        r"loss_first=([\d.e+-]+) loss_last=([\d.e+-]+)", done.stdout, re.M)
+    assert summary, done.stdout[-3000:]
+    assert int(summary[2]) == 4 and [int(r) for r in summary[3].split(",")] == [0, 1, 2, 3], done.stdout
+    assert len(set(re.findall(r"'([^']+)'", summary[4]))) == 2, summary[4]  # two hosts
+    assert float(summary[6]) < float(summary[5]), summary[0]
+
+
+def test_ctrl_c_reaches_every_task_and_the_worst_exit_is_returned(quad: TestCluster) -> None:
+    task = 'trap "echo interrupted; exit 7" INT; echo ready; sleep 60 & wait'
+    script = (f"hpcbatch run -- '{task}' > out 2>&1 & pid=$!; "
+              "until [ \"$(grep -c ready out)\" = 3 ]; do sleep 0.05; done; "
+              "kill -INT $pid; wait $pid; echo rc=$?; cat out")
+    done = hpcbatch(quad, "submit", "--nodes", "3", "--vcpus", "1", "--timeout", "60", "-e", f"PATH={PATH}",
+                    "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    job = quad.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=60)
+    out = quad.logs(f"{job_id}#0")
+    assert job["status"] == "SUCCEEDED" and "rc=7" in out, out
+    assert len(re.findall(r"^node\d: interrupted$", out, re.M)) == 3, out
