@@ -538,7 +538,7 @@ def pty_loop(session: Session, wake_r: socket.socket | None, ended) -> int:
                 elif not session.read(key.fileobj, show):
                     sel.unregister(key.fileobj)
                     if session.codes or conn not in session.conns:
-                        conn = False  # noqa: the task has gone
+                        conn = False  # the task has gone
             if conn is False:
                 break
     finally:

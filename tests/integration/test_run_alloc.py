@@ -8,6 +8,7 @@ job's own ``$HPCBATCH_RUN`` does the work through the agents' launcher bridge.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -113,3 +114,18 @@ def test_ctrl_c_reaches_every_task_and_the_worst_exit_is_returned(quad: TestClus
     out = quad.logs(f"{job_id}#0")
     assert job["status"] == "SUCCEEDED" and "rc=7" in out, out
     assert len(re.findall(r"^node\d: interrupted$", out, re.M)) == 3, out
+
+
+def test_cli_input_json_with_per_node_commands_is_submitted_not_refused(quad: TestCluster, tmp_path: Path) -> None:
+    command = ["sh", "-c", "echo node-index=$AWS_BATCH_JOB_NODE_INDEX; sleep 1"]
+    body = {"jobName": "pernode", "jobQueue": "default", "jobDefinition": "hpcbatch-default-mnp",
+            "nodeOverrides": {"numNodes": 2, "nodePropertyOverrides": [
+                {"targetNodes": "0", "containerOverrides": {"command": command}},
+                {"targetNodes": "1:", "containerOverrides": {"command": command}}]}}
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps(body))
+    done = hpcbatch(quad, "submit", "--cli-input-json", f"file://{spec}")
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    quad.wait_status(job_id, "SUCCEEDED", timeout=30)
+    assert "node-index=1" in quad.logs(f"{job_id}#1")
