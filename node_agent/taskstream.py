@@ -515,7 +515,7 @@ def pty_loop(session: Session, wake_r: socket.socket | None, ended) -> int:
     signal.signal(signal.SIGTERM, hangup)
     try:
         if saved is not None:
-            tty.setraw(stdin)
+            tty.setraw(stdin, termios.TCSANOW)  # keep what was typed ahead
         while True:
             if conn is None and ended() is not None:
                 break  # the launch failed before its task connected

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -55,15 +56,34 @@ def callback_address(client: Client) -> str:
     return "127.0.0.1"
 
 
-def _job_body(nodes: int, command: list[str], *, queue: str | None, name: str | None, vcpus: float | None,
-              memory: int | None, gpus: int | None, timeout: int | None,
-              env: dict[str, str] | None = None) -> dict[str, Any]:
-    return build_submit_body(queue=queue, name=name, job_definition=None, command=command, vcpus=vcpus,
-                             memory=memory, gpus=gpus, timeout=timeout, env=env, nodes=nodes)
+class JobShape:
+    """What the user asked the job to be, less its command: the options shared by run and alloc."""
+
+    def __init__(self, client: Client, nodes: int, **options: Any) -> None:
+        self.client, self.nodes, self.options = client, nodes, options
+
+    def body(self, command: list[str], env: dict[str, str], script: bytes | None = None) -> dict[str, Any]:
+        """A SubmitJob body: a gang of ``nodes`` (command on the main node), or one plain job.
+
+        A 1-node job is a plain one (no launcher bridge): what would come from the job's
+        ``$HPCBATCH_RUN`` comes as its uploaded script instead.
+        """
+        script_id = self.client.put_script(script) if script is not None else None
+        return build_submit_body(job_definition=None, command=command, env={**_exported(), **env},
+                                 nodes=self.nodes if self.nodes > 1 else None, script_id=script_id,
+                                 **self.options)
 
 
-def _wait_final(client: Client, job_id: str) -> dict[str, Any]:
-    return client.wait_jobs([job_id], timeout=None, poll=0.5)[job_id]
+def _exported() -> dict[str, str]:
+    """srun and salloc export the caller's environment; hpcbatch exports PATH, so `run --
+    torchrun` finds the same torchrun on a shared filesystem (the rest stays the job's)."""
+    return {"PATH": os.environ["PATH"]} if os.environ.get("PATH") else {}
+
+
+def _taskstream_script() -> bytes:
+    from node_agent import launcher, taskstream
+
+    return launcher.script_text(taskstream.__file__).encode()
 
 
 def _exit_code(job: dict[str, Any]) -> int:
@@ -77,34 +97,42 @@ def _exit_code(job: dict[str, Any]) -> int:
     return 0
 
 
-def _follow(client: Client, job_id: str, stop: threading.Event) -> None:
-    """Print the main node's output as it comes, until it is complete (or ``stop``)."""
-    offset, attempt = 0, None
+def _follow(client: Client, job_id: str, label: str, stop: threading.Event) -> None:
+    """Print the (main node's) output as it comes, each line after ``label``, until complete."""
+    offset, attempt, partial = 0, None, ""
     while True:
-        page = client.get_job_logs(f"{job_id}#0", attempt=attempt, startFromOffset=offset)
+        page = client.get_job_logs(job_id, attempt=attempt, startFromOffset=offset)
         data = page.get("data") or ""
+        if data and label:
+            lines = (partial + data).split("\n")
+            partial = lines.pop()
+            data = "".join(f"{label}: {line}\n" for line in lines)
         if data:
             sys.stdout.write(data)
             sys.stdout.flush()
         offset = int(page.get("nextOffset", offset))
         if attempt is None and page.get("attempt") is not None:
             attempt = int(page["attempt"])
-        if page.get("complete") or (stop.is_set() and not data):
+        if page.get("complete") or (stop.is_set() and not page.get("data")):
+            if partial:
+                sys.stdout.write(f"{label}: {partial}\n")
             return
-        if not data:
+        if not page.get("data"):
             time.sleep(0.2)
 
 
-def _submit_and_stream(client: Client, body: dict[str, Any]) -> int:
+def _submit_and_stream(client: Client, body: dict[str, Any], gang: bool) -> int:
     job_id = str(client.submit_job(**body)["jobId"])
     stop = threading.Event()
     job: dict[str, Any] = {}
     try:
         job = _wait_started_or_final(client, job_id)
         if job.get("status") not in _FINAL or job.get("startedAt"):
-            follower = threading.Thread(target=_follow, args=(client, job_id, stop), daemon=True)
+            # A gang's main node prints labelled lines already; a 1-node job's get its node's name.
+            source, label = (f"{job_id}#0", "") if gang else (job_id, str(job.get("nodeName") or "node"))
+            follower = threading.Thread(target=_follow, args=(client, source, label, stop), daemon=True)
             follower.start()
-            job = _wait_final(client, job_id)
+            job = client.wait_jobs([job_id], timeout=None, poll=0.5)[job_id]
             stop.set()
             follower.join(timeout=10)
     except KeyboardInterrupt:
@@ -122,28 +150,31 @@ def _wait_started_or_final(client: Client, job_id: str) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def interactive(client: Client, body_for: Any, *, nodes: int, line: str) -> int:
+def interactive(shape: JobShape, line: str) -> int:
     """Submit a job whose main node runs ``line`` in a pty connected back here; relay it."""
     from node_agent import taskstream
 
+    client = shape.client
     session = taskstream.Session()
     address = f"{callback_address(client)}:{session.port}"
-    size = taskstream._terminal_size()  # noqa: SLF001 - the same module on both ends
-    main = ["/bin/sh", "-c", taskstream.attach_command(address, line, "main", {}, size)]
-    body = body_for(nodes, main, env=session.env())
+    rows, cols = taskstream._terminal_size()  # noqa: SLF001 - the same module on both ends
+    attach = ["--attach", address, "--label", "main", "--pty", f"{rows}x{cols}", "--", line]
+    if shape.nodes > 1:
+        body = shape.body(["/bin/sh", "-c", 'exec "$HPCBATCH_RUN" "$@"', "hpcbatch-run", *attach], session.env())
+    else:
+        body = shape.body(attach, session.env(), script=_taskstream_script())
     job_id = str(client.submit_job(**body)["jobId"])
-    click.echo(f"hpcbatch: job {job_id}: waiting for {nodes} node(s)", err=True)
-    state: dict[str, Any] = {}
+    click.echo(f"hpcbatch: job {job_id}: waiting for {shape.nodes} node(s)", err=True)
+    state: dict[str, Any] = {"checked": 0.0, "final": None}
 
     def ended() -> tuple[int | None, str | None] | None:
         now = time.monotonic()
-        if now - state.get("checked", 0.0) < 0.5:
-            return None
-        state["checked"] = now
-        job = client.describe_jobs(jobs=[job_id])["jobs"][0]
-        if job.get("status") in _FINAL:
-            return None, f"job {job_id} {job['status']}: {job.get('statusReason') or ''}"
-        return None
+        if state["final"] is None and now - state["checked"] >= 0.5:
+            state["checked"] = now
+            job = client.describe_jobs(jobs=[job_id])["jobs"][0]
+            if job.get("status") in _FINAL:
+                state["final"] = (None, f"job {job_id} {job['status']}: {job.get('statusReason') or ''}")
+        return state["final"]
 
     try:
         code = taskstream.pty_loop(session, None, ended)
@@ -153,6 +184,19 @@ def interactive(client: Client, body_for: Any, *, nodes: int, line: str) -> int:
             client.terminate_job(jobId=job_id, reason="the interactive session ended")
     click.echo(f"hpcbatch: job {job_id} ended", err=True)
     return code
+
+
+def _run_here(line: str, pty: bool) -> int:
+    """``hpcbatch run`` inside a 1-node job (no other node): the command on this node."""
+    if pty:
+        os.execv("/bin/sh", ["/bin/sh", "-c", line])
+    label = socket.gethostname().encode()
+    proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    for chunk in proc.stdout:
+        sys.stdout.buffer.write(label + b": " + chunk if chunk.endswith(b"\n") else label + b": " + chunk + b"\n")
+        sys.stdout.buffer.flush()
+    return 128 - proc.wait() if proc.returncode < 0 else proc.returncode
 
 
 _resource_options = [
@@ -206,19 +250,21 @@ def run(nodes: int | None, ntasks_per_node: int, pty: bool, node: str | None, qu
         sys.stdout.flush()
         chosen = ["--nodes", str(nodes)] if nodes is not None else []
         os.execv(script, [script, "--run", *chosen, *args, "--", *command])
+    if os.environ.get("AWS_BATCH_JOB_ID") and not os.environ.get("HPCBATCH_LAUNCH_SECRET"):
+        if (nodes or 1) > 1:
+            raise click.UsageError(f"--nodes {nodes}: this job runs on one node")
+        sys.exit(_run_here(" ".join(command), pty))
     client = get_client()
-
-    def body_for(n: int, main: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-        return _job_body(n, main, queue=queue, name=name or job_name_from(f"run-{command[0].split()[0]}"),
-                         vcpus=vcpus, memory=memory, gpus=gpus, timeout=timeout, env=env)
-
+    shape = JobShape(client, nodes or 1, queue=queue, name=name or job_name_from(f"run-{command[0].split()[0]}"),
+                     vcpus=vcpus, memory=memory, gpus=gpus, timeout=timeout)
     if pty:
-        sys.exit(interactive(client, body_for, nodes=nodes or 1, line=" ".join(command)))
-    main = ["/bin/sh", "-c", 'exec "$HPCBATCH_RUN" --run "$@"', "hpcbatch-run", *args, "--", *command]
-    # srun exports the caller's environment; hpcbatch exports PATH, so `run -- torchrun` finds
-    # the same torchrun on a shared filesystem (the rest stays the job definition's).
-    env = {"PATH": os.environ["PATH"]} if os.environ.get("PATH") else None
-    sys.exit(_submit_and_stream(client, body_for(nodes or 1, main, env)))
+        sys.exit(interactive(shape, " ".join(command)))
+    if shape.nodes > 1:
+        body = shape.body(["/bin/sh", "-c", 'exec "$HPCBATCH_RUN" --run "$@"', "hpcbatch-run", *args, "--", *command],
+                          {})
+    else:
+        body = shape.body(["/bin/sh", "-c", " ".join(command)], {})
+    sys.exit(_submit_and_stream(client, body, gang=shape.nodes > 1))
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -237,13 +283,8 @@ def alloc(nodes: int, queue: str | None, name: str | None, vcpus: float | None, 
       $ hpcbatch run -- hostname
       $ exit                                  # the allocation ends
     """
-    if _in_job():
+    if os.environ.get("AWS_BATCH_JOB_ID"):
         raise click.UsageError("already inside a job: use hpcbatch run there")
-    client = get_client()
-
-    def body_for(n: int, main: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-        return _job_body(n, main, queue=queue, name=name or "alloc", vcpus=vcpus, memory=memory, gpus=gpus,
-                         timeout=timeout, env=env)
-
-    line = " ".join(command) if command else SHELL_LINE
-    sys.exit(interactive(client, body_for, nodes=nodes, line=line))
+    shape = JobShape(get_client(), nodes, queue=queue, name=name or "alloc", vcpus=vcpus, memory=memory, gpus=gpus,
+                     timeout=timeout)
+    sys.exit(interactive(shape, " ".join(command) if command else SHELL_LINE))

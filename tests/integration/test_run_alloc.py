@@ -7,14 +7,21 @@ job's own ``$HPCBATCH_RUN`` does the work through the agents' launcher bridge.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
+import pty
 import re
+import select
 import shutil
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HPCBATCH = str(BIN / "hpcbatch")
 PATH = f"{BIN}:/usr/local/bin:/usr/bin:/bin"
+PROMPT = r"[#$] "  # the remote shell is ready for a line
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +137,125 @@ def test_cli_input_json_with_per_node_commands_is_submitted_not_refused(quad: Te
     job_id = done.stdout.strip()
     quad.wait_status(job_id, "SUCCEEDED", timeout=30)
     assert "node-index=1" in quad.logs(f"{job_id}#1")
+
+
+class Terminal:
+    """A program on a pseudo-terminal of its own, driven as a person at a keyboard would."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], rows: int = 24, cols: int = 80) -> None:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: its terminal's size first, then the program
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            os.execvpe(argv[0], argv, env)
+        self.pid, self.fd, self.seen = pid, fd, ""
+        self.status: int | None = None
+
+    def send(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def expect(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        """Read until ``pattern`` matches what came since the last match; consume through it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(pattern, self.seen)
+            if found:
+                self.seen = self.seen[found.end():]
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} within {timeout}s; the terminal shows:\n{self.seen[-3000:]}")
+            if select.select([self.fd], [], [], min(left, 0.5))[0]:
+                try:
+                    data = os.read(self.fd, 65536)
+                except OSError:  # EIO: the program has closed its terminal
+                    data = b""
+                if not data:
+                    raise AssertionError(f"the terminal closed before {pattern!r}:\n{self.seen[-3000:]}")
+                self.seen += data.decode(errors="replace")
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))  # SIGWINCH to it
+
+    def wait(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() > deadline:
+                raise AssertionError(f"the program did not end within {timeout}s:\n{self.seen[-3000:]}")
+            else:
+                with_output = select.select([self.fd], [], [], 0.1)[0]
+                if with_output:
+                    try:
+                        self.seen += os.read(self.fd, 65536).decode(errors="replace")
+                    except OSError:
+                        pass
+        return self.status
+
+    def close(self) -> None:
+        if self.status is None:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def _running_jobs(c: TestCluster, name: str) -> list[dict[str, object]]:
+    listed = c.client.list_jobs(jobQueue="default", jobStatus="RUNNING")["jobSummaryList"]
+    return [j for j in listed if j.get("jobName") == name]
+
+
+def test_alloc_holds_two_nodes_and_mpirun_in_its_shell_uses_exactly_them(quad: TestCluster) -> None:
+    term = Terminal([HPCBATCH, "alloc", "--nodes", "2", "--vcpus", "1", "--name", "alloc-mpi"], cli_env(quad))
+    try:
+        term.expect(PROMPT)
+        term.send("echo ready-$((40+2))\n")
+        term.expect(r"ready-42")
+        term.send("mpirun hostname | sort | tr '\\n' ' '; echo; echo nodes=$HPCBATCH_NODES\n")
+        ranks = term.expect(r"(node\d) (node\d) \r?\n")
+        nodes = term.expect(r"nodes=(node\d),(node\d)")
+        assert sorted(ranks.groups()) == sorted(nodes.groups()) and len(set(ranks.groups())) == 2, term.seen
+        term.send("hpcbatch run -- 'echo hello from $NODE_RANK'\n")
+        hellos = {term.expect(r"(node\d): hello from (\d)").groups() for _ in range(2)}
+        assert {rank for _, rank in hellos} == {"0", "1"} and {n for n, _ in hellos} == set(nodes.groups())
+        assert len(_running_jobs(quad, "alloc-mpi")) == 1
+        term.send("exit 3\n")
+        assert term.wait() == 3, term.seen
+    finally:
+        term.close()
+    assert _running_jobs(quad, "alloc-mpi") == []
+
+
+def test_alloc_ends_when_its_connection_drops(quad: TestCluster) -> None:
+    term = Terminal([HPCBATCH, "alloc", "--nodes", "2", "--vcpus", "1", "--name", "alloc-drop"], cli_env(quad))
+    try:
+        term.expect(PROMPT)
+        term.send("echo up-$((1+1))\n")
+        term.expect(r"up-2")
+        (job,) = _running_jobs(quad, "alloc-drop")
+    finally:
+        term.close()  # SIGKILL: no goodbye, the TCP connection just drops
+    final = quad.wait_status(str(job["jobId"]), "SUCCEEDED", "FAILED", timeout=30)
+    assert final["status"] == "FAILED", final  # the shell got SIGHUP
+
+
+def test_run_pty_echoes_forwards_resize_and_ctrl_c(quad: TestCluster) -> None:
+    term = Terminal([HPCBATCH, "run", "--pty", "--", "bash", "--norc", "-i"], cli_env(quad), rows=24, cols=80)
+    try:
+        term.expect(PROMPT)
+        term.send("stty size; tty\n")
+        term.expect(r"24 80\r?\n/dev/pts/\d+")
+        term.resize(40, 100)
+        time.sleep(0.2)  # the SIGWINCH is asynchronous; stty below reads the size the task's pty has
+        term.send("stty size\n")
+        term.expect(r"40 100")
+        term.send("echo sleeping; sleep 30\n")
+        term.expect(r"sleeping\r?\n")
+        term.send("\x03")  # Ctrl-C, as a key: the remote terminal turns it into SIGINT
+        term.expect(PROMPT)
+        term.send("echo after=$?\n")
+        term.expect(r"after=130")
+        term.send("exit\n")
+        assert term.wait() == 0 or term.status is not None
+    finally:
+        term.close()
