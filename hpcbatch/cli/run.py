@@ -30,6 +30,7 @@ from hpcbatch.cli.submit import build_submit_body, job_name_from
 from hpcbatch.client import Client
 
 CALLBACK_VARIABLE = "HPCBATCH_CALLBACK_ADDRESS"
+CONNECT_TIMEOUT_S = 30.0
 SHELL_LINE = 'exec "$(command -v bash || echo /bin/sh)" -i'
 _FINAL = ("SUCCEEDED", "FAILED")
 
@@ -186,6 +187,59 @@ def interactive(shape: JobShape, line: str) -> int:
     return code
 
 
+def _node_index(client: Client, job: dict[str, Any], node: str | None) -> int:
+    """``--node`` (a node name or an index) as the job's node index; the main node without it."""
+    main = int((job.get("nodeProperties") or {}).get("mainNode", 0))
+    if node is None:
+        return main
+    if node.isdigit():
+        return int(node)
+    count = int((job.get("nodeProperties") or {}).get("numNodes", 1))
+    if count <= 1:
+        names = [job.get("nodeName")]
+    else:
+        children = client.describe_jobs(jobs=[f"{job['jobId']}#{i}" for i in range(count)])["jobs"]
+        names = [c.get("nodeName") for c in sorted(children, key=lambda c: c.get("nodeDetails", {}).get("nodeIndex", 0))]
+    if node not in names:
+        raise click.BadParameter(f"{node} is not one of job {job['jobId']}'s nodes ({', '.join(map(str, names))})",
+                                 param_hint="--node")
+    return names.index(node)
+
+
+def attach_to_job(client: Client, job_id: str, node: str | None, line: str) -> int:
+    """``run --pty --jobid``: a shell (``line``) in a running job's attempt on one node, here."""
+    from node_agent import launcher, taskstream
+
+    jobs = client.describe_jobs(jobs=[job_id])["jobs"]
+    if not jobs:
+        raise click.BadParameter(f"job {job_id} does not exist", param_hint="--jobid")
+    job = jobs[0]
+    if job.get("status") != "RUNNING":
+        raise click.BadParameter(f"job {job_id} is {job.get('status')}, not RUNNING", param_hint="--jobid")
+    index = _node_index(client, job, node)
+    session = taskstream.Session()
+    address = f"{callback_address(client)}:{session.port}"
+    rows, cols = taskstream._terminal_size()  # noqa: SLF001 - the same module on both ends
+    # The job may hold no copy of the stream script (a 1-node job): it comes on stdin.
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
+    source = launcher.script_text(taskstream.__file__)
+    marker = "HPCBATCH_TASKSTREAM_" + session.token[:8]
+    command = (taskstream.attach_command(address, line, "attach", session.env(), (rows, cols))
+               .replace('exec "${HPCBATCH_RUN:-.hpcbatch-run}"', f"exec {python} -I -")
+               + f" <<'{marker}'\n{source}\n{marker}\n")
+    started = client.call("/hpcbatch/v1/startjobtask", {"jobId": job_id, "nodeIndex": index, "command": command})
+    click.echo(f"hpcbatch: attaching to job {job_id} on {started.get('nodeName')}", err=True)
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+
+    def ended() -> tuple[int | None, str | None] | None:
+        if time.monotonic() > deadline:
+            return None, (f"the task on {started.get('nodeName')} did not connect back to {address} within "
+                          f"{CONNECT_TIMEOUT_S:.0f} s (set {CALLBACK_VARIABLE} to an address the nodes reach)")
+        return None
+
+    return taskstream.pty_loop(session, None, ended)
+
+
 def _run_here(line: str, pty: bool) -> int:
     """``hpcbatch run`` inside a 1-node job (no other node): the command on this node."""
     if pty:
@@ -221,11 +275,12 @@ def resource_options(f: Any) -> Any:
 @click.option("--ntasks-per-node", type=click.IntRange(1, 1024), default=1, metavar="K",
               help="K copies of the command per node (HPCBATCH_LOCAL_TASK tells them apart).")
 @click.option("--pty", is_flag=True, help="An interactive terminal on one node (the main node).")
-@click.option("--node", metavar="NAME", help="With --pty inside a job: that node instead of the main one.")
+@click.option("--node", metavar="NAME", help="With --pty: that node (name, or index with --jobid) [the main node].")
+@click.option("--jobid", metavar="JOBID", help="With --pty: a shell in this running job of yours, from outside it.")
 @resource_options
 @global_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(nodes: int | None, ntasks_per_node: int, pty: bool, node: str | None, queue: str | None,
+def run(nodes: int | None, ntasks_per_node: int, pty: bool, node: str | None, jobid: str | None, queue: str | None,
         name: str | None, vcpus: float | None, memory: int | None, gpus: int | None, timeout: int | None,
         command: tuple[str, ...]) -> None:
     """Run a command on every node of a job, each line labelled with its node (srun).
@@ -245,6 +300,10 @@ def run(nodes: int | None, ntasks_per_node: int, pty: bool, node: str | None, qu
         args.append("--pty")
     if node is not None:
         args += ["--node", node]
+    if jobid is not None:
+        if not pty:
+            raise click.UsageError("--jobid needs --pty (a shell in a running job)")
+        sys.exit(attach_to_job(get_client(), jobid, node, " ".join(command)))
     if _in_job():
         script = os.environ["HPCBATCH_RUN"]
         sys.stdout.flush()

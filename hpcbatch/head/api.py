@@ -57,6 +57,7 @@ EXTENSION_ROUTES = {
     "/hpcbatch/v1/drainnode": "DrainNode",
     "/hpcbatch/v1/resumenode": "ResumeNode",
     "/hpcbatch/v1/prepullimage": "PrepullImage",
+    "/hpcbatch/v1/startjobtask": "StartJobTask",
 }
 MAX_BODY = 2 << 20
 # Operations whose answer holds a secret: only over the Unix socket or TLS (docs/security.md).

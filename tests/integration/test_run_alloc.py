@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcbatch.errors import ClientError
 from tests.harness import TestCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -259,3 +260,38 @@ def test_run_pty_echoes_forwards_resize_and_ctrl_c(quad: TestCluster) -> None:
         assert term.wait() == 0 or term.status is not None
     finally:
         term.close()
+
+
+def test_run_pty_jobid_opens_a_shell_inside_a_running_job_on_the_named_node(quad: TestCluster) -> None:
+    done = hpcbatch(quad, "submit", "--nodes", "2", "--vcpus", "1", "--name", "held", "--", "sleep", "120")
+    job_id = done.stdout.strip()
+    quad.wait_status(job_id, "RUNNING", timeout=30)
+    second = quad.job(f"{job_id}#1")["nodeName"]
+    term = Terminal([HPCBATCH, "run", "--pty", "--jobid", job_id, "--node", second, "--", "bash", "--norc", "-i"],
+                    cli_env(quad))
+    try:
+        term.expect(PROMPT)
+        term.send("echo at=$(hostname)/$AWS_BATCH_JOB_NODE_INDEX/$AWS_BATCH_JOB_ID\n")
+        term.expect(rf"at={second}/1/{re.escape(job_id)}#1")
+        term.send("exit 5\n")
+        assert term.wait() == 5, term.seen
+    finally:
+        term.close()
+    assert quad.job(job_id)["status"] == "RUNNING"  # the job goes on without the shell
+    for bad, field in (({"nodeIndex": "1"}, "nodeIndex"), ({"nodeIndex": 2}, "nodeIndex 2"), ({"command": ""}, "command")):
+        with pytest.raises(ClientError, match=field):
+            quad.client.call("/hpcbatch/v1/startjobtask", {"jobId": job_id, "command": "true", **bad})
+    quad.client.terminate_job(jobId=job_id, reason="test over")
+    single = quad.submit(["sleep", "120"])
+    quad.wait_status(single, "RUNNING", timeout=30)
+    term = Terminal([HPCBATCH, "run", "--pty", "--jobid", single, "--", "sh", "-c", "'echo one-node-$((6*7))'"],
+                    cli_env(quad))
+    try:
+        term.expect(r"one-node-42")
+        assert term.wait() == 0, term.seen
+    finally:
+        term.close()
+    quad.client.terminate_job(jobId=single, reason="test over")
+    quad.wait_status(job_id, "FAILED", timeout=30)
+    refused = hpcbatch(quad, "run", "--pty", "--jobid", job_id, "--", "true")
+    assert refused.returncode == 2 and "not RUNNING" in refused.stderr, refused.stderr
