@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from hpcbatch.errors import ClientError
-from tests.harness import TestCluster
+from tests.harness import TestCluster, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -295,3 +295,24 @@ def test_run_pty_jobid_opens_a_shell_inside_a_running_job_on_the_named_node(quad
     quad.wait_status(job_id, "FAILED", timeout=30)
     refused = hpcbatch(quad, "run", "--pty", "--jobid", job_id, "--", "true")
     assert refused.returncode == 2 and "not RUNNING" in refused.stderr, refused.stderr
+
+
+def test_run_works_as_the_jobs_owner_and_nobody_else_may_enter_the_job(quad: TestCluster) -> None:
+    from tests.users import call_as, ensure_users
+
+    ensure_users()
+    body = {"jobName": "owned", "jobQueue": "default", "jobDefinition": "hpcbatch-default-mnp",
+            "nodeOverrides": {"numNodes": 2, "nodePropertyOverrides": [{"targetNodes": "0", "containerOverrides": {
+                "command": ["sh", "-c", '"$HPCBATCH_RUN" --run -- id -un; sleep 30']}}]}}
+    job_id = call_as("hpcb_alice", quad.socket_endpoint, "/v1/submitjob", body)["jobId"]
+    quad.wait_status(job_id, "RUNNING", timeout=30)
+
+    def answers() -> list[tuple[str, str]]:
+        found = re.findall(r"^(node\d): (\S+)$", quad.logs(f"{job_id}#0"), re.M)
+        return found if len(found) >= 2 else []
+
+    owners = wait_for(answers, 20, what="both nodes' answers")
+    assert [user for _, user in owners] == ["hpcb_alice"] * 2 and len({n for n, _ in owners}) == 2, owners
+    refused = call_as("hpcb_bob", quad.socket_endpoint, "/hpcbatch/v1/startjobtask", {"jobId": job_id, "command": "id"})
+    assert "may not run a command in" in refused.get("error", ""), refused
+    quad.client.terminate_job(jobId=job_id, reason="test over")
