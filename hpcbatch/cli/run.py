@@ -180,7 +180,14 @@ def interactive(shape: JobShape, line: str) -> int:
     try:
         code = taskstream.pty_loop(session, None, ended)
     finally:
-        job = client.describe_jobs(jobs=[job_id])["jobs"][0]
+        # The shell's end ends the job by itself (it was the main node's command): give it a
+        # moment, so a shell that exited 0 leaves a SUCCEEDED job; else (interrupted) end it.
+        deadline = time.monotonic() + (10.0 if session.codes else 0.0)
+        while True:
+            job = client.describe_jobs(jobs=[job_id])["jobs"][0]
+            if job.get("status") in _FINAL or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
         if job.get("status") not in _FINAL:
             client.terminate_job(jobId=job_id, reason="the interactive session ended")
     click.echo(f"hpcbatch: job {job_id} ended", err=True)

@@ -148,7 +148,7 @@ class Terminal:
         if pid == 0:  # the child: its terminal's size first, then the program
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
             os.execvpe(argv[0], argv, env)
-        self.pid, self.fd, self.seen = pid, fd, ""
+        self.pid, self.fd, self.seen, self.transcript = pid, fd, "", ""
         self.status: int | None = None
 
     def send(self, text: str) -> None:
@@ -164,7 +164,7 @@ class Terminal:
                 return found
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"no {pattern!r} within {timeout}s; the terminal shows:\n{self.seen[-3000:]}")
+                raise AssertionError(f"no {pattern!r} within {timeout}s; the terminal showed:\n{self.transcript[-3000:]!r}")
             if select.select([self.fd], [], [], min(left, 0.5))[0]:
                 try:
                     data = os.read(self.fd, 65536)
@@ -173,6 +173,7 @@ class Terminal:
                 if not data:
                     raise AssertionError(f"the terminal closed before {pattern!r}:\n{self.seen[-3000:]}")
                 self.seen += data.decode(errors="replace")
+                self.transcript += data.decode(errors="replace")
 
     def resize(self, rows: int, cols: int) -> None:
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))  # SIGWINCH to it
@@ -206,25 +207,47 @@ def _running_jobs(c: TestCluster, name: str) -> list[dict[str, object]]:
     return [j for j in listed if j.get("jobName") == name]
 
 
-def test_alloc_holds_two_nodes_and_mpirun_in_its_shell_uses_exactly_them(quad: TestCluster) -> None:
-    term = Terminal([HPCBATCH, "alloc", "--nodes", "2", "--vcpus", "1", "--name", "alloc-mpi"], cli_env(quad))
+def readme_block(first: str) -> list[str]:
+    """The lines of the README's shell block that starts with ``first``, exactly as written."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = lines.index(first)
+    assert lines[start - 1] == "```sh", lines[start - 1]
+    return lines[start:lines.index("```", start)]
+
+
+def test_readme_alloc_recipe_runs_mpirun_and_run_on_exactly_its_two_nodes(quad: TestCluster) -> None:
+    alloc, mpirun, run, leave = readme_block("hpcbatch alloc --nodes 2 --vcpus 1 --timeout 3600")
+    term = Terminal(["sh", "-c", alloc], cli_env(quad))
     try:
         term.expect(PROMPT)
-        term.send("echo ready-$((40+2))\n")
-        term.expect(r"ready-42")
-        term.send("mpirun hostname | sort | tr '\\n' ' '; echo; echo nodes=$HPCBATCH_NODES\n")
-        ranks = term.expect(r"(node\d) (node\d) \r?\n")
-        nodes = term.expect(r"nodes=(node\d),(node\d)")
-        assert sorted(ranks.groups()) == sorted(nodes.groups()) and len(set(ranks.groups())) == 2, term.seen
-        term.send("hpcbatch run -- 'echo hello from $NODE_RANK'\n")
+        term.send("echo nodes=$HPCBATCH_NODES\n")
+        nodes = term.expect(r"nodes=(node\d),(node\d)\r?\n").groups()
+        term.expect(PROMPT)
+        term.send(mpirun + "\n")
+        ranks = {term.expect(r"(?:^|[\r\n])(node\d)\r\n").group(1) for _ in range(2)}
+        assert ranks == set(nodes), term.seen
+        term.expect(PROMPT)
+        term.send(run + "\n")
         hellos = {term.expect(r"(node\d): hello from (\d)").groups() for _ in range(2)}
-        assert {rank for _, rank in hellos} == {"0", "1"} and {n for n, _ in hellos} == set(nodes.groups())
-        assert len(_running_jobs(quad, "alloc-mpi")) == 1
+        assert hellos == {(nodes[0], "0"), (nodes[1], "1")}, hellos
+        (job,) = _running_jobs(quad, "alloc")
+        term.expect(PROMPT)
+        term.send(leave + "\n")
+        assert term.wait() == 0, term.seen
+    finally:
+        term.close()
+    assert quad.wait_status(str(job["jobId"]), "SUCCEEDED", timeout=30)["timeout"]["attemptDurationSeconds"] == 3600
+
+
+def test_alloc_shell_exit_code_is_allocs(quad: TestCluster) -> None:
+    term = Terminal([HPCBATCH, "alloc", "--nodes", "2", "--vcpus", "1", "--name", "alloc-exit"], cli_env(quad))
+    try:
+        term.expect(PROMPT)
         term.send("exit 3\n")
         assert term.wait() == 3, term.seen
     finally:
         term.close()
-    assert _running_jobs(quad, "alloc-mpi") == []
+    assert _running_jobs(quad, "alloc-exit") == []
 
 
 def test_alloc_ends_when_its_connection_drops(quad: TestCluster) -> None:
