@@ -28,6 +28,7 @@ import click
 from hpcbatch.cli.common import get_client, global_options
 from hpcbatch.cli.submit import build_submit_body, job_name_from
 from hpcbatch.client import Client
+from hpcbatch.errors import HpcbatchError
 
 CALLBACK_VARIABLE = "HPCBATCH_CALLBACK_ADDRESS"
 CONNECT_TIMEOUT_S = 30.0
@@ -151,6 +152,16 @@ def _wait_started_or_final(client: Client, job_id: str) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+def _last_line(client: Client, job_id: str) -> str:
+    """The last line a job printed (why its task could not connect back, say), or ""."""
+    try:
+        data = str(client.get_job_logs(job_id).get("data") or "")
+    except HpcbatchError:
+        return ""
+    lines = [line for line in data.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
 def interactive(shape: JobShape, line: str) -> int:
     """Submit a job whose main node runs ``line`` in a pty connected back here; relay it."""
     from node_agent import taskstream
@@ -174,7 +185,9 @@ def interactive(shape: JobShape, line: str) -> int:
             state["checked"] = now
             job = client.describe_jobs(jobs=[job_id])["jobs"][0]
             if job.get("status") in _FINAL:
-                state["final"] = (None, f"job {job_id} {job['status']}: {job.get('statusReason') or ''}")
+                why = f"job {job_id} {job['status']}: {job.get('statusReason') or ''}"
+                last = _last_line(client, f"{job_id}#0" if shape.nodes > 1 else job_id)
+                state["final"] = (None, f"{why} ({last})" if last else why)
         return state["final"]
 
     try:

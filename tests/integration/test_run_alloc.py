@@ -339,3 +339,29 @@ def test_run_works_as_the_jobs_owner_and_nobody_else_may_enter_the_job(quad: Tes
     refused = call_as("hpcb_bob", quad.socket_endpoint, "/hpcbatch/v1/startjobtask", {"jobId": job_id, "command": "id"})
     assert "may not run a command in" in refused.get("error", ""), refused
     quad.client.terminate_job(jobId=job_id, reason="test over")
+
+
+def test_alloc_that_the_nodes_cannot_reach_says_why_and_ends_the_job(quad: TestCluster) -> None:
+    env = dict(cli_env(quad), HPCBATCH_CALLBACK_ADDRESS="127.0.0.1")  # each node's own loopback
+    done = subprocess.run([HPCBATCH, "alloc", "--nodes", "2", "--vcpus", "1", "--name", "alloc-unreached"],
+                          capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 255, (done.stdout, done.stderr)
+    assert "cannot reach the client at 127.0.0.1:" in done.stderr, done.stderr
+    assert _running_jobs(quad, "alloc-unreached") == []
+
+
+def test_ctrl_c_on_run_outside_a_job_terminates_the_job(quad: TestCluster) -> None:
+    proc = subprocess.Popen([HPCBATCH, "run", "--nodes", "2", "--vcpus", "1", "--name", "run-interrupted", "--",
+                             "echo started; sleep 60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(quad))
+    try:
+        assert proc.stdout is not None
+        assert "started" in proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    (job,) = wait_for(lambda: quad.client.list_jobs(jobQueue="default", jobStatus="FAILED", filters=[
+        {"name": "JOB_NAME", "values": ["run-interrupted"]}])["jobSummaryList"], 30, what="the job FAILED")
+    assert "interrupted" in str(job.get("statusReason")), job
