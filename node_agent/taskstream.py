@@ -217,23 +217,43 @@ def _set_size(fd: int, size: tuple) -> None:
 class Session:
     """The client's listening socket and the tasks that connected back to it."""
 
-    def __init__(self, bind_address: str = "0.0.0.0") -> None:
+    def __init__(self, address: str = "0.0.0.0") -> None:
+        """Listen on ``address`` (the one the tasks are told), or on all if it is not ours."""
         self.token = os.urandom(16).hex()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind((bind_address, 0))
+        try:
+            self.listener.bind((address, 0))
+        except OSError:  # behind NAT, or a name: listen everywhere; the token still decides
+            self.listener.bind(("0.0.0.0", 0))
+        self.address = address
         self.listener.listen(128)
         self.port = self.listener.getsockname()[1]
-        self.conns: dict = {}  # socket -> [label, Frames, hello seen]
+        self.conns: dict = {}  # socket -> [label or None until its hello, Frames]
         self.codes: dict = {}  # label -> exit code from its X frame
+        self.seen: set = set()  # labels whose task connected
         self.partial: dict = {}  # (label, kind) -> bytes of an unfinished line
         self.lock = threading.Lock()
 
     def env(self) -> dict:
         return {TOKEN_VARIABLE: self.token}
 
-    def accept(self) -> None:
+    def accept(self) -> socket.socket:
         conn, _ = self.listener.accept()
         self.conns[conn] = [None, Frames()]
+        return conn
+
+    def accept_pending(self) -> list:
+        """Every connection already waiting (tasks that connected and ended meanwhile)."""
+        self.listener.setblocking(False)
+        found = []
+        try:
+            while True:
+                found.append(self.accept())
+        except (BlockingIOError, InterruptedError):
+            pass
+        finally:
+            self.listener.setblocking(True)
+        return found
 
     def read(self, conn: socket.socket, on_output) -> bool:
         """Serve one readable task connection; False when it has closed."""
@@ -253,6 +273,7 @@ class Session:
                     data = b""  # a stranger: drop it
                     break
                 state[0] = label.decode(errors="replace")
+                self.seen.add(state[0])
             elif kind == b"X":
                 self.codes[state[0]] = int(payload)
             elif kind in (b"O", b"E"):
@@ -385,8 +406,8 @@ def run_in_job(args: list) -> int:
             sys.stderr.write(f"hpcbatch run: --nodes {count}: the job holds only {len(hosts)} nodes\n")
             return 2
         chosen = hosts[:count]
-    session = Session()
-    address = f"{os.environ.get('HPCBATCH_NODE_ADDRESS') or '127.0.0.1'}:{session.port}"
+    session = Session(os.environ.get("HPCBATCH_NODE_ADDRESS") or "127.0.0.1")
+    address = f"{session.address}:{session.port}"
     tasks = []
     for rank, host in enumerate(chosen):
         for local in range(1 if opts["pty"] else opts["ntasks"]):
@@ -435,6 +456,7 @@ def stream_client(session: Session, launches: list) -> int:
     while True:
         if done.is_set():
             # Every task ended: what they sent is queued already; read it to the end.
+            session.accept_pending()
             for conn in list(session.conns):
                 conn.setblocking(True)
                 conn.settimeout(10.0)
@@ -443,9 +465,7 @@ def stream_client(session: Session, launches: list) -> int:
             break
         for key, _ in sel.select(timeout=1.0):
             if key.fileobj is session.listener:
-                session.accept()
-                conn = list(session.conns)[-1]
-                sel.register(conn, selectors.EVENT_READ)
+                sel.register(session.accept(), selectors.EVENT_READ)
             elif key.fileobj is wake_r:
                 wake_r.recv(64)
             elif not session.read(key.fileobj, write):
@@ -458,6 +478,9 @@ def stream_client(session: Session, launches: list) -> int:
         if code is None:
             sys.stderr.write(f"hpcbatch run: {label}: {error or 'ended without an exit code'}\n")
             code = LAUNCH_FAILURE
+        elif label not in session.seen:
+            sys.stderr.write(f"hpcbatch run: {label}: its task never connected back to {session.address}:"
+                             f"{session.port} (exit {code}; its reason is in the job's log on that node)\n")
         worst = max(worst, code)
     return worst
 
@@ -524,8 +547,7 @@ def pty_loop(session: Session, wake_r: socket.socket | None, ended) -> int:
                     if conn is not None:
                         session.listener.accept()[0].close()  # one task only
                         continue
-                    session.accept()
-                    conn = list(session.conns)[-1]
+                    conn = session.accept()
                     sel.register(conn, selectors.EVENT_READ)
                     sel.register(stdin, selectors.EVENT_READ)
                 elif key.fileobj is wake_r:

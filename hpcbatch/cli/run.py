@@ -167,8 +167,8 @@ def interactive(shape: JobShape, line: str) -> int:
     from node_agent import taskstream
 
     client = shape.client
-    session = taskstream.Session()
-    address = f"{callback_address(client)}:{session.port}"
+    session = taskstream.Session(callback_address(client))
+    address = f"{session.address}:{session.port}"
     rows, cols = taskstream._terminal_size()  # noqa: SLF001 - the same module on both ends
     attach = ["--attach", address, "--label", "main", "--pty", f"{rows}x{cols}", "--", line]
     if shape.nodes > 1:
@@ -237,8 +237,8 @@ def attach_to_job(client: Client, job_id: str, node: str | None, line: str) -> i
     if job.get("status") != "RUNNING":
         raise click.BadParameter(f"job {job_id} is {job.get('status')}, not RUNNING", param_hint="--jobid")
     index = _node_index(client, job, node)
-    session = taskstream.Session()
-    address = f"{callback_address(client)}:{session.port}"
+    session = taskstream.Session(callback_address(client))
+    address = f"{session.address}:{session.port}"
     rows, cols = taskstream._terminal_size()  # noqa: SLF001 - the same module on both ends
     # The job may hold no copy of the stream script (a 1-node job): it comes on stdin.
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"

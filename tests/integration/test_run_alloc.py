@@ -364,4 +364,4 @@ def test_ctrl_c_on_run_outside_a_job_terminates_the_job(quad: TestCluster) -> No
         proc.wait()
     (job,) = wait_for(lambda: quad.client.list_jobs(jobQueue="default", jobStatus="FAILED", filters=[
         {"name": "JOB_NAME", "values": ["run-interrupted"]}])["jobSummaryList"], 30, what="the job FAILED")
-    assert "interrupted" in str(job.get("statusReason")), job
+    assert "interrupted" in str(quad.job(job["jobId"]).get("statusReason")), quad.job(job["jobId"])
