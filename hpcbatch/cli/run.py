@@ -270,7 +270,8 @@ def _run_here(line: str, pty: bool) -> int:
     for chunk in proc.stdout:
         sys.stdout.buffer.write(label + b": " + chunk if chunk.endswith(b"\n") else label + b": " + chunk + b"\n")
         sys.stdout.buffer.flush()
-    return 128 - proc.wait() if proc.returncode < 0 else proc.returncode
+    code = proc.wait()
+    return 128 - code if code < 0 else code
 
 
 _resource_options = [

@@ -365,3 +365,14 @@ def test_ctrl_c_on_run_outside_a_job_terminates_the_job(quad: TestCluster) -> No
     (job,) = wait_for(lambda: quad.client.list_jobs(jobQueue="default", jobStatus="FAILED", filters=[
         {"name": "JOB_NAME", "values": ["run-interrupted"]}])["jobSummaryList"], 30, what="the job FAILED")
     assert "interrupted" in str(quad.job(job["jobId"]).get("statusReason")), quad.job(job["jobId"])
+
+
+def test_run_on_one_node_outside_and_inside_a_one_node_job(quad: TestCluster) -> None:
+    done = hpcbatch(quad, "run", "--", "hostname; exit 4")
+    assert done.returncode == 4, done.stderr
+    assert re.fullmatch(r"(node\d): \1\n", done.stdout), done.stdout
+    job_id = quad.submit(["sh", "-c", "hpcbatch run -- 'echo inside; exit 5'; echo rc=$?"],
+                         containerOverrides={"environment": [{"name": "PATH", "value": PATH}]})
+    job = quad.wait_status(job_id, "SUCCEEDED", timeout=30)
+    out = quad.logs(job_id)
+    assert f"{job['nodeName']}: inside\n" in out and "rc=5" in out, out
