@@ -339,6 +339,8 @@ def run(nodes: int | None, ntasks_per_node: int, pty: bool, node: str | None, jo
                      vcpus=vcpus, memory=memory, gpus=gpus, timeout=timeout)
     if pty:
         sys.exit(interactive(shape, " ".join(command)))
+    if shape.nodes == 1 and ntasks_per_node > 1:
+        raise click.UsageError("--ntasks-per-node needs a job of 2 or more nodes (--nodes N) outside a job")
     if shape.nodes > 1:
         body = shape.body(["/bin/sh", "-c", 'exec "$HPCBATCH_RUN" --run "$@"', "hpcbatch-run", *args, "--", *command],
                           {})
