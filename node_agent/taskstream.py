@@ -231,6 +231,7 @@ class Session:
         self.conns: dict = {}  # socket -> [label or None until its hello, Frames]
         self.codes: dict = {}  # label -> exit code from its X frame
         self.seen: set = set()  # labels whose task connected
+        self.interrupted = None  # the last signal forwarded (tasks connecting later get it too)
         self.partial: dict = {}  # (label, kind) -> bytes of an unfinished line
         self.lock = threading.Lock()
 
@@ -274,6 +275,8 @@ class Session:
                     break
                 state[0] = label.decode(errors="replace")
                 self.seen.add(state[0])
+                if self.interrupted is not None:  # Ctrl-C came before this task connected
+                    conn.sendall(frame(b"S", str(self.interrupted).encode()))
             elif kind == b"X":
                 self.codes[state[0]] = int(payload)
             elif kind in (b"O", b"E"):
@@ -414,6 +417,8 @@ def run_in_job(args: list) -> int:
             label = host if opts["ntasks"] == 1 or opts["pty"] else f"{host}.{local}"
             env = {**session.env(), "NNODES": str(len(chosen)), "NODE_RANK": str(rank),
                    "HPCBATCH_LOCAL_TASK": str(local)}
+            if opts["pty"]:
+                env["TERM"] = os.environ.get("TERM") or "xterm"
             tasks.append((host, label, attach_command(address, opts["line"], label, env,
                                                       _terminal_size() if opts["pty"] else None)))
     if opts["pty"]:
@@ -445,6 +450,7 @@ def stream_client(session: Session, launches: list) -> int:
         interrupts.append(signum)
         # A second Ctrl-C kills: srun's habit.
         sig = signal.SIGKILL if interrupts.count(signal.SIGINT) > 1 else signum
+        session.interrupted = int(sig)
         session.send_all(frame(b"S", str(int(sig)).encode()))
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -171,10 +171,11 @@ def interactive(shape: JobShape, line: str) -> int:
     address = f"{session.address}:{session.port}"
     rows, cols = taskstream._terminal_size()  # noqa: SLF001 - the same module on both ends
     attach = ["--attach", address, "--label", "main", "--pty", f"{rows}x{cols}", "--", line]
+    env = {**session.env(), "TERM": os.environ.get("TERM") or "xterm"}
     if shape.nodes > 1:
-        body = shape.body(["/bin/sh", "-c", 'exec "$HPCBATCH_RUN" "$@"', "hpcbatch-run", *attach], session.env())
+        body = shape.body(["/bin/sh", "-c", 'exec "$HPCBATCH_RUN" "$@"', "hpcbatch-run", *attach], env)
     else:
-        body = shape.body(attach, session.env(), script=_taskstream_script())
+        body = shape.body(attach, env, script=_taskstream_script())
     job_id = str(client.submit_job(**body)["jobId"])
     click.echo(f"hpcbatch: job {job_id}: waiting for {shape.nodes} node(s)", err=True)
     state: dict[str, Any] = {"checked": 0.0, "final": None}
@@ -244,7 +245,8 @@ def attach_to_job(client: Client, job_id: str, node: str | None, line: str) -> i
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
     source = launcher.script_text(taskstream.__file__)
     marker = "HPCBATCH_TASKSTREAM_" + session.token[:8]
-    command = (taskstream.attach_command(address, line, "attach", session.env(), (rows, cols))
+    env = {**session.env(), "TERM": os.environ.get("TERM") or "xterm"}
+    command = (taskstream.attach_command(address, line, "attach", env, (rows, cols))
                .replace('exec "${HPCBATCH_RUN:-.hpcbatch-run}"', f"exec {python} -I -")
                + f" <<'{marker}'\n{source}\n{marker}\n")
     started = client.call("/hpcbatch/v1/startjobtask", {"jobId": job_id, "nodeIndex": index, "command": command})
