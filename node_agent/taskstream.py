@@ -11,8 +11,13 @@ library only, importable by any Python 3.7+.
   line (``node3: ...``, as ``srun --label``); the exit status is the worst of the tasks'.
   Ctrl-C (and SIGTERM/SIGHUP) is forwarded to every task.
 * ``--attach ADDRESS -- LINE`` (the *task*) runs on the target node inside the job's attempt
-  there (same owner, cgroup, environment). It connects back to the client, proves itself
-  with the token in ``HPCBATCH_ATTACH_TOKEN`` (the environment, never the command line),
+  there (same owner, cgroup, environment). It connects back to the client and proves itself
+  with a token. Inside a job the command line carries only a nonce (``hmac:NONCE`` in
+  ``HPCBATCH_ATTACH_TOKEN``), and the token is HMAC(the job's launch secret, NONCE), which
+  only the job's own processes can compute; from outside a job (alloc, ``--jobid``) the token
+  itself travels, and the client takes one connection per task: a second one claiming a task
+  that already connected ends the session (someone raced the real task) rather than feed it.
+  It
   runs ``/bin/sh -c LINE`` (in a pseudo-terminal with ``--pty``), and streams. If the
   client's connection drops, the task's process group gets SIGHUP then SIGKILL: nothing
   runs on that nobody can see or stop. Its own exit code is the command's (128+N for signal N).
@@ -27,6 +32,8 @@ client -> task: I stdin bytes, D stdin closed, S signal number, W "rows cols".
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import selectors
@@ -84,6 +91,8 @@ def exit_status(code: int) -> int:
 def attach(address: str, line: str, label: str, pty_size: tuple | None) -> int:
     """Connect back to the client at ``address`` (host:port), run ``line``, stream, return its code."""
     token = os.environ.pop(TOKEN_VARIABLE, "")
+    if token.startswith("hmac:"):  # inside a job: prove we hold its launch secret
+        token = job_token(os.environ.get("HPCBATCH_LAUNCH_SECRET", ""), token[len("hmac:"):])
     host, _, port = address.rpartition(":")
     try:
         conn = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
@@ -214,12 +223,26 @@ def _set_size(fd: int, size: tuple) -> None:
 
 
 # ------------------------------------------------------------------ the client side
+def job_token(secret: str, nonce: str) -> str:
+    """The token a task of a job presents: HMAC-SHA256(the job's launch secret, nonce)."""
+    return hmac.new(secret.encode(), nonce.encode(), hashlib.sha256).hexdigest()
+
+
+class SessionClaimed(Exception):
+    """A second connection claimed a task that had connected already."""
+
+
 class Session:
     """The client's listening socket and the tasks that connected back to it."""
 
-    def __init__(self, address: str = "0.0.0.0") -> None:
-        """Listen on ``address`` (the one the tasks are told), or on all if it is not ours."""
-        self.token = os.urandom(16).hex()
+    def __init__(self, address: str = "0.0.0.0", secret: str = "") -> None:
+        """Listen on ``address`` (the one the tasks are told), or on all if it is not ours.
+
+        With the job's launch secret the tasks are told a nonce, not the token (``env``).
+        """
+        self.nonce = os.urandom(16).hex()
+        self.secret = secret
+        self.token = job_token(secret, self.nonce) if secret else os.urandom(16).hex()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.listener.bind((address, 0))
@@ -236,7 +259,7 @@ class Session:
         self.lock = threading.Lock()
 
     def env(self) -> dict:
-        return {TOKEN_VARIABLE: self.token}
+        return {TOKEN_VARIABLE: f"hmac:{self.nonce}" if self.secret else self.token}
 
     def accept(self) -> socket.socket:
         conn, _ = self.listener.accept()
@@ -270,9 +293,13 @@ class Session:
         for kind, payload in frames:
             if state[0] is None:
                 token, _, label = payload.partition(b"\0")
-                if kind != b"H" or token.decode(errors="replace") != self.token:
+                if kind != b"H" or not hmac.compare_digest(token, self.token.encode()):
                     data = b""  # a stranger: drop it
                     break
+                if label.decode(errors="replace") in self.seen:
+                    conn.close()
+                    del self.conns[conn]
+                    raise SessionClaimed(f"a second connection claimed task {label.decode(errors='replace')}")
                 state[0] = label.decode(errors="replace")
                 self.seen.add(state[0])
                 if self.interrupted is not None:  # Ctrl-C came before this task connected
@@ -409,7 +436,7 @@ def run_in_job(args: list) -> int:
             sys.stderr.write(f"hpcbatch run: --nodes {count}: the job holds only {len(hosts)} nodes\n")
             return 2
         chosen = hosts[:count]
-    session = Session(os.environ.get("HPCBATCH_NODE_ADDRESS") or "127.0.0.1")
+    session = Session(os.environ.get("HPCBATCH_NODE_ADDRESS") or "127.0.0.1", secret)
     address = f"{session.address}:{session.port}"
     tasks = []
     for rank, host in enumerate(chosen):
@@ -459,23 +486,29 @@ def stream_client(session: Session, launches: list) -> int:
     sel = selectors.DefaultSelector()
     sel.register(session.listener, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
-    while True:
-        if done.is_set():
-            # Every task ended: what they sent is queued already; read it to the end.
-            session.accept_pending()
-            for conn in list(session.conns):
-                conn.setblocking(True)
-                conn.settimeout(10.0)
-                while conn in session.conns and session.read(conn, write):
-                    pass
-            break
-        for key, _ in sel.select(timeout=1.0):
-            if key.fileobj is session.listener:
-                sel.register(session.accept(), selectors.EVENT_READ)
-            elif key.fileobj is wake_r:
-                wake_r.recv(64)
-            elif not session.read(key.fileobj, write):
-                sel.unregister(key.fileobj)
+    try:
+        while True:
+            if done.is_set():
+                # Every task ended: what they sent is queued already; read it to the end.
+                session.accept_pending()
+                for conn in list(session.conns):
+                    conn.setblocking(True)
+                    conn.settimeout(10.0)
+                    while conn in session.conns and session.read(conn, write):
+                        pass
+                break
+            for key, _ in sel.select(timeout=1.0):
+                if key.fileobj is session.listener:
+                    sel.register(session.accept(), selectors.EVENT_READ)
+                elif key.fileobj is wake_r:
+                    wake_r.recv(64)
+                elif not session.read(key.fileobj, write):
+                    sel.unregister(key.fileobj)
+    except SessionClaimed as exc:
+        session.send_all(frame(b"S", str(int(signal.SIGKILL)).encode()))
+        flush_partials(session)
+        sys.stderr.write(f"hpcbatch run: {exc}: every task killed\n")
+        return LAUNCH_FAILURE
     flush_partials(session)
     worst = 0
     for label, _ in launches:
@@ -526,7 +559,6 @@ def pty_loop(session: Session, wake_r: socket.socket | None, ended) -> int:
     sel.register(session.listener, selectors.EVENT_READ)
     if wake_r is not None:
         sel.register(wake_r, selectors.EVENT_READ)
-    conn = None
     out = sys.stdout.buffer
 
     def show(_label: str, _kind: bytes, data: bytes) -> None:
@@ -545,17 +577,13 @@ def pty_loop(session: Session, wake_r: socket.socket | None, ended) -> int:
     try:
         if saved is not None:
             tty.setraw(stdin, termios.TCSANOW)  # keep what was typed ahead
-        while True:
-            if conn is None and ended() is not None:
+        over = False
+        while not over:
+            if not session.seen and ended() is not None:
                 break  # the launch failed before its task connected
             for key, _ in sel.select(timeout=1.0):
                 if key.fileobj is session.listener:
-                    if conn is not None:
-                        session.listener.accept()[0].close()  # one task only
-                        continue
-                    conn = session.accept()
-                    sel.register(conn, selectors.EVENT_READ)
-                    sel.register(stdin, selectors.EVENT_READ)
+                    sel.register(session.accept(), selectors.EVENT_READ)
                 elif key.fileobj is wake_r:
                     wake_r.recv(64)
                 elif key.fileobj == stdin:
@@ -563,12 +591,21 @@ def pty_loop(session: Session, wake_r: socket.socket | None, ended) -> int:
                     session.send_all(frame(b"I", data) if data else frame(b"D"))
                     if not data:
                         sel.unregister(stdin)
-                elif not session.read(key.fileobj, show):
-                    sel.unregister(key.fileobj)
-                    if session.codes or conn not in session.conns:
-                        conn = False  # the task has gone
-            if conn is False:
-                break
+                else:
+                    state = session.conns[key.fileobj]
+                    had_task = bool(session.seen)
+                    if not session.read(key.fileobj, show):
+                        sel.unregister(key.fileobj)
+                        over = over or state[0] is not None  # the task's connection, not a stranger's
+                    if session.seen and not had_task:  # the task is here: keystrokes go to it now
+                        sel.register(stdin, selectors.EVENT_READ)
+    except SessionClaimed as exc:
+        session.send_all(frame(b"S", str(int(signal.SIGKILL)).encode()))
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+            saved = None
+        sys.stderr.write(f"hpcbatch run: {exc}: session ended\n")
+        return LAUNCH_FAILURE
     finally:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)

@@ -1,6 +1,8 @@
-"""node_agent/taskstream.py's pure parts, and the 1-node job that `hpcbatch run` submits by default."""
+"""node_agent/taskstream.py: framing, options, the tokens tasks prove themselves with; the 1-node job `run` submits."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 
@@ -48,3 +50,37 @@ def test_a_one_node_job_on_the_default_multinode_definition_is_accepted() -> Non
     assert (num, main, len(containers)) == (1, 0, 1)
     with pytest.raises(ClientError, match="names nodes beyond"):
         resolve_nodes(DEFAULT_MNP, {"numNodes": 1, "nodePropertyOverrides": [{"targetNodes": "1:"}]})
+
+
+def _hello(session: taskstream.Session, token: str, label: str) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", session.port))
+    conn.sendall(taskstream.frame(b"H", token.encode() + b"\0" + label.encode()))
+    return conn
+
+
+def _serve_one(session: taskstream.Session) -> tuple[socket.socket, bool]:
+    accepted = session.accept()
+    return accepted, session.read(accepted, lambda *_: None)
+
+
+def test_inside_a_job_the_task_is_told_a_nonce_and_proves_the_launch_secret() -> None:
+    session = taskstream.Session("127.0.0.1", secret="launch-secret")
+    told = session.env()[taskstream.TOKEN_VARIABLE]
+    assert told == f"hmac:{session.nonce}" and session.token not in told
+    stranger = _hello(session, "hmac:" + session.nonce, "node1")  # what a reader of `ps` knows
+    assert _serve_one(session)[1] is False and session.seen == set()
+    task = _hello(session, taskstream.job_token("launch-secret", session.nonce), "node1")
+    assert _serve_one(session)[1] is True and session.seen == {"node1"}
+    for conn in (stranger, task, session.listener):
+        conn.close()
+
+
+def test_a_second_connection_claiming_a_connected_task_ends_the_session() -> None:
+    session = taskstream.Session("127.0.0.1")
+    first = _hello(session, session.token, "main")
+    assert _serve_one(session)[1] is True
+    second = _hello(session, session.token, "main")
+    with pytest.raises(taskstream.SessionClaimed, match="second connection claimed task main"):
+        _serve_one(session)
+    for conn in (first, second, session.listener):
+        conn.close()
