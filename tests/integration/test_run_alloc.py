@@ -239,9 +239,16 @@ def test_readme_alloc_recipe_runs_mpirun_and_run_on_exactly_its_two_nodes(quad: 
     assert quad.wait_status(str(job["jobId"]), "SUCCEEDED", timeout=30)["timeout"]["attemptDurationSeconds"] == 3600
 
 
-def test_alloc_shell_exit_code_is_allocs(quad: TestCluster) -> None:
+def test_run_pty_inside_an_alloc_reaches_the_other_node_and_the_shell_exit_code_is_allocs(quad: TestCluster) -> None:
     term = Terminal([HPCBATCH, "alloc", "--nodes", "2", "--vcpus", "1", "--name", "alloc-exit"], cli_env(quad))
     try:
+        term.expect(PROMPT)
+        term.send("echo second=${HPCBATCH_NODES#*,}\n")
+        second = term.expect(r"second=(node\d)\r?\n").group(1)
+        term.expect(PROMPT)
+        term.send(f"hpcbatch run --pty --node {second} -- 'echo on-$(hostname)-$(stty size); exit 6'; echo rc=$?\n")
+        term.expect(rf"on-{second}-24 80\r?\n")
+        term.expect(r"rc=6")
         term.expect(PROMPT)
         term.send("exit 3\n")
         assert term.wait() == 3, term.seen
