@@ -10,15 +10,16 @@ library only, importable by any Python 3.7+.
   job. Output comes back as frames and is printed with the node's name in front of every
   line (``node3: ...``, as ``srun --label``); the exit status is the worst of the tasks'.
   Ctrl-C (and SIGTERM/SIGHUP) is forwarded to every task.
-* ``--attach ADDRESS -- LINE`` (the *task*) runs on the target node inside the job's attempt
-  there (same owner, cgroup, environment). It connects back to the client and proves itself
-  with a token. Inside a job the command line carries only a nonce (``hmac:NONCE`` in
+* ``--attach HOST:PORT [--label L] [--pty ROWSxCOLS] -- LINE`` (the *task*) runs on the
+  target node inside the job's attempt there (same owner, cgroup, environment), started by
+  ``--run`` through the bridge, by ``hpcbatch alloc`` as a job's main command, or by
+  ``hpcbatch run --pty --jobid`` through the head (StartJobTask). It connects back to the
+  client and proves itself with a token. Inside a job the command line carries only a nonce (``hmac:NONCE`` in
   ``HPCBATCH_ATTACH_TOKEN``), and the token is HMAC(the job's launch secret, NONCE), which
   only the job's own processes can compute; from outside a job (alloc, ``--jobid``) the token
   itself travels, and the client takes one connection per task: a second one claiming a task
   that already connected ends the session (someone raced the real task) rather than feed it.
-  It
-  runs ``/bin/sh -c LINE`` (in a pseudo-terminal with ``--pty``), and streams. If the
+  It runs ``/bin/sh -c LINE`` (in a pseudo-terminal with ``--pty``), and streams. If the
   client's connection drops, the task's process group gets SIGHUP then SIGKILL: nothing
   runs on that nobody can see or stop. Its own exit code is the command's (128+N for signal N).
 
