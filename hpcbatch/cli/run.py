@@ -145,11 +145,21 @@ def _submit_and_stream(client: Client, body: dict[str, Any], gang: bool) -> int:
 
 
 def _wait_started_or_final(client: Client, job_id: str) -> dict[str, Any]:
+    said: list[str] = []
     while True:
         job = client.describe_jobs(jobs=[job_id])["jobs"][0]
         if job.get("status") in ("RUNNING", *_FINAL):
             return job
+        _say_waiting(job, said)
         time.sleep(0.2)
+
+
+def _say_waiting(job: dict[str, Any], said: list[str]) -> None:
+    """One line on stderr each time the reason a job waits changes (never leave one guessing)."""
+    reason = job.get("statusReason")
+    if reason and (not said or said[-1] != reason):
+        said.append(reason)
+        click.echo(f"hpcbatch: job {job.get('jobId')} {job.get('status')}: {reason}", err=True)
 
 
 def _last_line(client: Client, job_id: str) -> str:
@@ -179,12 +189,15 @@ def interactive(shape: JobShape, line: str) -> int:
     job_id = str(client.submit_job(**body)["jobId"])
     click.echo(f"hpcbatch: job {job_id}: waiting for {shape.nodes} node(s)", err=True)
     state: dict[str, Any] = {"checked": 0.0, "final": None}
+    said: list[str] = []
 
     def ended() -> tuple[int | None, str | None] | None:
         now = time.monotonic()
         if state["final"] is None and now - state["checked"] >= 0.5:
             state["checked"] = now
             job = client.describe_jobs(jobs=[job_id])["jobs"][0]
+            if job.get("status") not in ("RUNNING", *_FINAL):
+                _say_waiting(job, said)
             if job.get("status") in _FINAL:
                 why = f"job {job_id} {job['status']}: {job.get('statusReason') or ''}"
                 last = _last_line(client, f"{job_id}#0" if shape.nodes > 1 else job_id)

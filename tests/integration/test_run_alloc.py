@@ -383,3 +383,23 @@ def test_run_on_one_node_outside_and_inside_a_one_node_job(quad: TestCluster) ->
     job = quad.wait_status(job_id, "SUCCEEDED", timeout=30)
     out = quad.logs(job_id)
     assert f"{job['nodeName']}: inside\n" in out and "rc=5" in out, out
+
+
+def test_run_that_waits_says_why(quad: TestCluster, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    hold = hpcbatch(quad, "submit", "--nodes", "4", "--vcpus", "1", "--name", "hold-all", "--", "sh", "-c",
+                    f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    quad.wait_status(hold.stdout.strip(), "RUNNING", timeout=30)
+    proc = subprocess.Popen([HPCBATCH, "run", "--nodes", "2", "--vcpus", "1", "--", "echo", "ran"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(quad))
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "RUNNABLE: " in line, line  # the scheduler's reason, as soon as it has one
+        gate.touch()
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and out.count(": ran\n") == 2, out
+    finally:
+        gate.touch()
+        proc.kill()
+        proc.wait()
