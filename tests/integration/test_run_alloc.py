@@ -138,6 +138,9 @@ def test_cli_input_json_with_per_node_commands_is_submitted_not_refused(quad: Te
     job_id = done.stdout.strip()
     quad.wait_status(job_id, "SUCCEEDED", timeout=30)
     assert "node-index=1" in quad.logs(f"{job_id}#1")
+    one = hpcbatch(quad, "submit", "--nodes", "1", "--", "true")  # was: targetNodes '1:' names nodes beyond
+    assert one.returncode == 0, one.stderr
+    quad.wait_status(one.stdout.strip(), "SUCCEEDED", timeout=30)
 
 
 class Terminal:
