@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcbatch import protocol as p
-from node_agent import launcher
+from node_agent import launcher, taskstream
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ SOCKET_NAME = "launch.sock"
 HOSTFILE_NAME = ".hpcbatch-hostfile"  # Open MPI/PRRTE form: "host slots=N"
 HYDRA_HOSTFILE_NAME = ".hpcbatch-hostfile.hydra"  # MPICH Hydra form: "host:N"
 LAUNCHER_NAME = ".hpcbatch-launcher"
+RUN_NAME = ".hpcbatch-run"  # `hpcbatch run` inside the job, and its tasks (node_agent/taskstream.py)
 _REQUEST_LIMIT = 1024 * 1024  # a daemon's command line is a few KiB
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -92,6 +93,7 @@ def job_files(hosts: list[str], slots: int) -> tuple[tuple[str, bytes, int], ...
         (HOSTFILE_NAME, "".join(f"{h} slots={slots}\n" for h in hosts).encode(), 0o600),
         (HYDRA_HOSTFILE_NAME, "".join(f"{h}:{slots}\n" for h in hosts).encode(), 0o600),
         (LAUNCHER_NAME, launcher.script_text().encode(), 0o700),
+        (RUN_NAME, launcher.script_text(taskstream.__file__).encode(), 0o700),
     )
 
 
@@ -119,6 +121,9 @@ def job_environment(
         "HPCBATCH_LAUNCHER": agent,
         "HPCBATCH_LAUNCH_SOCKET": str(launch_socket),
         "HPCBATCH_LAUNCH_SECRET": secret,
+        # `hpcbatch run` inside the job; its tasks connect back to this node's address.
+        "HPCBATCH_RUN": str(work_dir / RUN_NAME),
+        "HPCBATCH_NODE_ADDRESS": fabric.fabric_address or (fabric.addresses[0] if fabric.addresses else "127.0.0.1"),
         # Open MPI 5 / PRRTE: mpirun calls our launcher where it would call ssh.
         "PRTE_MCA_plm_ssh_agent": agent,
         "OMPI_MCA_plm_ssh_agent": agent,

@@ -112,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     return launch(socket_path, secret, host, command)
 
 
-def script_text() -> str:
-    """This module as a stand-alone script, with a shebang for the system's Python."""
+def script_text(path: str = __file__) -> str:
+    """This module (or another stdlib-only one at ``path``) as a stand-alone script, with a
+    shebang for the system's Python."""
     # -I: ignore PYTHONPATH, PYTHONHOME and the user's site: only the standard library.
     shebang = "#!/usr/bin/python3 -I" if os.path.exists("/usr/bin/python3") else "#!/usr/bin/env python3"
-    with open(__file__, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         source = f.read()
     return f"{shebang}\n{source}"
 

@@ -31,6 +31,7 @@ REQUIRED_ROLE: dict[str, str] = {
     "TerminateJob": "user",
     "GetJobLogs": "user",
     "PutScript": "user",
+    "StartJobTask": "user",  # in the caller's own jobs only (check_job_access)
     "ListNodes": "user",
     "DescribeComputeEnvironments": "user",
     "DescribeJobQueues": "user",

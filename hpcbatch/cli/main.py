@@ -46,6 +46,8 @@ COMMANDS: dict[str, str] = {
     "why": "hpcbatch.cli.why:why",
     "events": "hpcbatch.cli.watch:events",
     "console": "hpcbatch.cli.watch:console",
+    "run": "hpcbatch.cli.run:run",
+    "alloc": "hpcbatch.cli.run:alloc",
 }
 
 

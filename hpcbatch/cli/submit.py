@@ -61,6 +61,14 @@ def _dependency(text: str) -> dict[str, str]:
     return {"jobId": text}
 
 
+def has_command(body: dict[str, Any]) -> bool:
+    """Whether a SubmitJob body names a command itself (its overrides, or per-node ranges)."""
+    if (body.get("containerOverrides") or {}).get("command"):
+        return True
+    ranges = (body.get("nodeOverrides") or {}).get("nodePropertyOverrides") or []
+    return any(isinstance(r, dict) and (r.get("containerOverrides") or {}).get("command") for r in ranges)
+
+
 def build_submit_body(
     *,
     queue: str | None,
@@ -362,6 +370,7 @@ def submit(
         body.get("jobDefinition") in (DEFAULT_JOB_DEFINITION, DEFAULT_MULTINODE_DEFINITION)
         and not command
         and script_id is None
+        and not has_command(body)
     ):
         raise click.UsageError(
             "nothing to run: give a command after --, --script FILE, or -d JOBDEF"

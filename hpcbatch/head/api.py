@@ -58,6 +58,7 @@ EXTENSION_ROUTES = {
     "/hpcbatch/v1/drainnode": "DrainNode",
     "/hpcbatch/v1/resumenode": "ResumeNode",
     "/hpcbatch/v1/prepullimage": "PrepullImage",
+    "/hpcbatch/v1/startjobtask": "StartJobTask",
 }
 # The tagging operations also by POST with a JSON body (``resourceArn`` in it), for clients
 # that only POST (hpcbatch.client); AWS's own routes are ``rest_routes()``.

@@ -984,7 +984,8 @@ class Engine:
                 self._fail_attempt(node, job_id, attempt_id, f"The head could not process the attempt's start: {cause}")
             elif decided is Outcome.REFUSE and isinstance(msg, p.LaunchRequest | p.TaskExited):
                 to = node if isinstance(msg, p.LaunchRequest) else msg.origin
-                self._outbox.append((to, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause)))
+                if to:  # a client's task (origin "") has no node to tell
+                    self._outbox.append((to, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause)))
         except Exception:  # failing the attempt failed too: it stays as it is; the log says why
             log.exception("node %s: could not fail the attempt of a %r message (job %s, attempt %s)", node, kind,
                           job_id or "-", attempt_id or "-")
@@ -1267,10 +1268,37 @@ class Engine:
         self.request_step()
 
     def on_task_exited(self, node: str, msg: p.TaskExited) -> None:
-        """A launched task ended on ``node``: tell the launcher's node."""
+        """A launched task ended on ``node``: tell the launcher's node (none for a client's task)."""
         error = msg.reason if msg.exit_code is None else None
-        self._outbox.append((msg.origin, p.LaunchDone(launch_id=msg.launch_id, exit_code=msg.exit_code, error=error)))
+        if msg.origin:
+            self._outbox.append((msg.origin, p.LaunchDone(launch_id=msg.launch_id, exit_code=msg.exit_code, error=error)))
+        elif msg.exit_code is None:
+            log.warning("task %s on %s (hpcbatch run --jobid) did not run: %s", msg.launch_id[:8], node, error)
         self.request_step()
+
+    def start_client_task(self, job: JobRecord, node_index: int, command: str) -> tuple[str, str] | str:
+        """``hpcbatch run --jobid``: ``command`` inside the job's running attempt on node
+        ``node_index`` (its owner, cgroup, environment; it ends with the attempt). (launch id,
+        node name), or why not. The caller has checked who may; no node asked, so no node is
+        told when it ends (origin ``""``): the client hears from the task itself."""
+        if job.status is not JobStatus.RUNNING or (job.is_gang and job.ending is not None):
+            return f"job {job.job_id} is {job.status.value}, not RUNNING"
+        if job.is_gang:
+            children = self._children(job)
+            if not 0 <= node_index < len(children):
+                return f"nodeIndex {node_index} is not a node of job {job.job_id} (0 to {len(children) - 1})"
+            target = children[node_index].current_attempt
+        elif node_index != 0:
+            return f"nodeIndex {node_index}: job {job.job_id} runs on one node (nodeIndex 0)"
+        else:
+            target = job.current_attempt
+        if target is None or not target.node:
+            return f"node {node_index} of job {job.job_id} is not running"
+        launch_id = uuid.uuid4().hex
+        self._outbox.append((target.node, p.StartTask(launch_id=launch_id, job_id=job.job_id,
+                                                      attempt_id=target.attempt_id, command=command, origin="")))
+        self.request_step()
+        return launch_id, target.node
 
     def on_log(self, msg: p.LogChunk) -> None:
         try:

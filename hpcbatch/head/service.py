@@ -938,6 +938,22 @@ class BatchService:
         return {}
 
     # --------------------------------------------------------- hpcbatch's own
+    def StartJobTask(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """``hpcbatch run --pty --jobid``: a command inside a running job, on one of its nodes."""
+        job_id, command, index = body.get("jobId"), body.get("command"), body.get("nodeIndex", 0)
+        if not isinstance(job_id, str) or not job_id:
+            raise ClientError("jobId is required")
+        if not isinstance(command, str) or not command:
+            raise ClientError("command must be a non-empty string (a shell command line)")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise ClientError("nodeIndex must be a whole number, 0 or more")
+        job = self._parent_job(_name_of(job_id))
+        check_job_access(caller, "run a command in", job.job_id, job.owner)
+        started = self.engine.start_client_task(self.engine.jobs.get(job.job_id, job), index, command)
+        if isinstance(started, str):
+            raise ClientError(started)
+        return {"launchId": started[0], "nodeName": started[1]}
+
     def PutScript(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         script = body.get("script")
         if not isinstance(script, str) or not script:

@@ -84,6 +84,8 @@ def resolve_nodes(
     if not 0 <= main < num_nodes:
         raise ClientError(f"nodeProperties.mainNode {main} is not a node of a {num_nodes}-node job")
     for r, _ in ranges:
+        if r.end is None and r.start >= num_nodes and "numNodes" in overrides:
+            continue  # an open range ("1:") that nodeOverrides.numNodes left empty (a 1-node job)
         if r.start >= num_nodes or (r.end is not None and r.end >= num_nodes):
             raise ClientError(f"targetNodes {r.text!r} names nodes beyond the job's {num_nodes} nodes")
     containers: list[dict[str, Any] | None] = [None] * num_nodes
