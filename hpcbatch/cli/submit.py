@@ -101,7 +101,9 @@ def build_submit_body(
         overrides["resourceRequirements"] = requirements
     environment = dict(env or {})
     # Where the job starts (the agent decides on the node): after the user's own -e values.
-    if submit_dir is not None:
+    # (Not into a multi-node body given whole by --cli-input-json: its nodes take their
+    # environment from its own node ranges, and containerOverrides would be refused.)
+    if submit_dir is not None and not (nodes is None and base.get("nodeOverrides")):
         environment.setdefault(SUBMIT_DIR_VARIABLE, submit_dir)
     if chdir is not None:
         environment.setdefault(CHDIR_VARIABLE, chdir)
