@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from tests import images
+from tests import images, prereq
 from tests.harness import TestCluster, wait_for
 from tests.users import call_as, ensure_users
 
 _skip = images.skip_reason()
-pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+pytestmark = prereq.skipif(_skip is not None, "podman", _skip or "")
 
 MARKER = "hpcbatch-ctr-sleep"
 ALICE = "hpcb_alice"
@@ -283,7 +283,7 @@ def test_an_oom_kill_in_a_container_gets_aws_reason_and_a_self_kill_does_not(
         runner = Runner(tmp_path / "state", on_exit=lambda r: ended.__setitem__(r.attempt_id, r),
                         container_runtime="podman", containers=podman)
         if runner.memory_enforcement != "cgroup":
-            pytest.skip("no writable memory cgroup: a container's OOM kill is seen through it")
+            prereq.skip("cgroup", "no writable memory cgroup: a container's OOM kill is seen through it")
         image = registry.image("127.0.0.1")
         hog = AttemptSpec("m1", "job-m", 1, ["python3", "-c", "x = bytearray(400 << 20); print('survived')"],
                           {}, 1, 64, image=image, container=ContainerOptions())

@@ -28,6 +28,7 @@ from node_agent.runner import (
     CgroupUnavailable,
     Runner,
 )
+from tests import prereq
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
@@ -48,8 +49,8 @@ MODES = [
     "rss",
     pytest.param(
         "cgroup",
-        marks=pytest.mark.skipif(
-            _NO_CGROUP is not None, reason=f"cgroup mode unavailable here: {_NO_CGROUP}"
+        marks=prereq.skipif(
+            _NO_CGROUP is not None, "cgroup", f"cgroup mode unavailable here: {_NO_CGROUP}"
         ),
     ),
 ]
@@ -639,7 +640,7 @@ def _fill(path: Path) -> None:
             f.write(b"\0" * 4096)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root only)")
+@prereq.skipif(os.geteuid() != 0, "root", "mounts a small tmpfs (root only)")
 def test_exits_are_reported_when_the_state_disk_is_full_and_journalled_once_it_has_room(tmp_path: Path) -> None:
     state = tmp_path / "state"
     _mount_tmpfs(state, "1m")

@@ -34,6 +34,7 @@ from hpcbatch.auth.keys import AccessKey, credentials_profile, generate_access_k
 from hpcbatch.auth.sigv4 import AuthError, RequestSigner, parse_authorization, verify
 from hpcbatch.client import Client, find_credentials
 from hpcbatch.errors import ClientError, HpcbatchError
+from tests import prereq
 
 KEY = AccessKey(
     access_key_id="AKIAHPCBATCHTEST0001",
@@ -131,7 +132,7 @@ def test_request_signed_as_boto3_signs_verifies_and_names_its_key() -> None:
 
 
 def test_real_boto3_batch_call_verifies() -> None:
-    boto3 = pytest.importorskip("boto3")
+    boto3 = prereq.importorskip("boto3", "boto3")
     sent: list[Any] = []
 
     class Raw:
