@@ -389,18 +389,6 @@ def test_auth_error_is_an_hpcbatch_error_answered_with_403() -> None:
     assert (error.aws_code, error.http_status, error.message) == (INVALID, 403, "nope")
 
 
-def test_verify_is_cheap_enough_for_the_submit_path() -> None:
-    wire = boto_signed()
-    for _ in range(50):
-        check(wire)
-    n = 500
-    start = time.perf_counter()
-    for _ in range(n):
-        check(wire)
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 2e-3, f"verify took {per_call * 1e6:.0f} µs per request"  # ~35 µs here
-
-
 # -- keys ----------------------------------------------------------------------------------
 
 
