@@ -315,7 +315,8 @@ class Bootstrapper:
             extra = " ".join(shlex.quote(p) for p in s.extra_packages)
             await self._run(conn, "install",
                             f"test -x {venv}/bin/python || python3 -m venv {venv}; "
-                            f"{venv}/bin/pip install -q --disable-pip-version-check --no-input {pip} {wheel} {extra}")
+                            f"{venv}/bin/pip install -q --disable-pip-version-check --no-input {pip} "
+                            f"{shlex.quote(wheel + '[agent]')} {extra}")  # a compute node: none of the head's packages
             version = (await self._run(conn, "install",
                                        f"{venv}/bin/python -c 'import hpcbatch; print(hpcbatch.__version__)'")).strip()
             record = {"version": version, "sha256": sha256, "wheel": s.wheel.name}

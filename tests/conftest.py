@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import pg
+from tests import pg, prereq
+from tests.prereq import pytest_configure, pytest_runtest_setup  # noqa: F401  (hooks: HPCBATCH_REQUIRE)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,5 +22,5 @@ def postgres() -> pg.PostgresServer:
     """The session's PostgreSQL server; skips the test where none can run."""
     why = pg.available()
     if why:
-        pytest.skip(why)
+        prereq.skip("postgres", why)
     return pg.shared_server()

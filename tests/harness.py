@@ -107,9 +107,9 @@ class TestCluster:
         if self.store == "postgresql":
             why = pg.available()
             if why:
-                import pytest
+                from tests import prereq
 
-                pytest.skip(why)
+                prereq.skip("postgres", why)
             self.store_url = pg.shared_server().create_database("cluster", migrated=True)
             head_extra = f'store = "{self.store_url}"\nlease_ttl_s = {lease_ttl_s}\n{head_extra}'
         self._head_extra = head_extra

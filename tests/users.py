@@ -12,7 +12,7 @@ import pwd
 import subprocess
 from typing import Any
 
-import pytest
+from tests import prereq
 
 GROUP = "hpcb_grp"
 USERS = ("hpcb_alice", "hpcb_bob", "hpcb_dev")
@@ -20,7 +20,7 @@ USERS = ("hpcb_alice", "hpcb_bob", "hpcb_dev")
 
 def need_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to create users and switch to them (CI runs as root)")
+        prereq.skip("users", "needs root to create users and switch to them (CI runs as root)")
 
 
 def ensure_users() -> None:

@@ -25,6 +25,9 @@ EXIT_USAGE = 2
 EXIT_CLIENT_ERROR = 3
 EXIT_UNREACHABLE = 4
 
+# pyproject.toml's [head] extra, by import name: a compute node (hpcbatch[agent]) has none of them.
+HEAD_PACKAGES = frozenset({"aiohttp", "psycopg", "yoyo", "jinja2", "prometheus_client", "sortedcontainers"})
+
 # command name -> "module:attribute", imported on first use.
 COMMANDS: dict[str, str] = {
     "submit": "hpcbatch.cli.submit:submit",
@@ -118,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         code = e.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_FAILED)
+    except ModuleNotFoundError as e:  # a head command on a host installed without the head's packages
+        if (e.name or "").split(".")[0] not in HEAD_PACKAGES:
+            raise
+        print(f"error: this command runs the head, and {e.name} is not installed here "
+              "(pip install 'hpcbatch[head]'; compute nodes install hpcbatch[agent])", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from hpcbatch.client import Client
 from hpcbatch.errors import HpcbatchError
+from tests import prereq
 from tests.chaos.invariants import (
     chaos_env,
     done_log,
@@ -54,7 +55,7 @@ FENCE_S = 15.0
 FENCE_CONFIG = f"fence_after_s = {FENCE_S}\n"
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, tmpfs (CI runs as root)")
+pytestmark = prereq.skipif(os.geteuid() != 0, "netns", "needs root: network namespaces, tmpfs (CI runs as root)")
 
 NO_VIOLATIONS = {"jobs_lost": [], "duplicate_starts": [], "duplicate_completions": [], "orphans": [],
                  "wrong_exit_codes": []}
@@ -110,20 +111,9 @@ def test_agent_kill9_mid_job(chaos: TestCluster) -> None:
     assert violations(chaos, load.acknowledged, starts, tag, lost_ok=True) == NO_VIOLATIONS
 
 
-def _agent_reports_orphans_real_exits() -> bool:
-    """The agent re-adopts its orphans and reports their real exits (branch wt-agent-faults)."""
-    import inspect
-
-    from node_agent.runner import Runner
-
-    return "readopt" in inspect.signature(Runner.adopt_orphans).parameters
-
-
 # SQLite only: what is tested is the head's engine and the agent's restart, not the store.
 @pytest.mark.parametrize("chaos", ["sqlite"], indirect=True)
 def test_agent_kill9_while_its_jobs_finish_runs_none_of_them_twice(chaos: TestCluster) -> None:
-    if not _agent_reports_orphans_real_exits():
-        pytest.skip("needs the agent to re-adopt its orphans and report their real exits (wt-agent-faults)")
     starts, tag = fresh(chaos, "finishwhiledown")
     # Two jobs: both fit on node1 at once (1 vCPU each), and both run on through the kill.
     ids = kill_agent_while_jobs_finish(chaos, "node1", 2, starts, tag)
@@ -272,7 +262,7 @@ def test_a_cut_off_node_kills_its_attempts_before_the_head_retries_them(chaos: T
 @pytest.mark.parametrize("chaos", ["sqlite"], indirect=True)
 def test_head_clock_stepped_forward(chaos: TestCluster) -> None:
     if not FAKETIME_LIB.exists():
-        pytest.skip("libfaketime is not installed (apt-get install faketime; scripts/setup does as root)")
+        prereq.skip("faketime", "libfaketime is not installed (apt-get install faketime; scripts/setup does as root)")
     offset = chaos.root / "faketime"
     offset.write_text("+0\n")
     chaos.kill("head")

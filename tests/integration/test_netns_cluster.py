@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from hpcbatch import netns
+from tests import prereq
 from tests.harness import TestCluster, wait_for
 
 if os.geteuid() != 0:
-    pytest.skip("needs root for network namespaces (CI runs as root)", allow_module_level=True)
+    prereq.skip("netns", "needs root for network namespaces (CI runs as root)", allow_module_level=True)
 
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
 

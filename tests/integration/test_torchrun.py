@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests import prereq
 from tests.harness import TestCluster, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,9 +35,9 @@ FEATURES = 65536  # 256 KiB of gradients per step: enough bytes to see which net
 @pytest.fixture(scope="module")
 def ns2() -> Iterator[TestCluster]:
     if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces (CI runs as root)")
+        prereq.skip("netns", "needs root for network namespaces (CI runs as root)")
     if importlib.util.find_spec("torch") is None or not TORCHRUN.exists():
-        pytest.skip(f"PyTorch not installed in {BIN.parent} (scripts/setup installs the CPU build: pip install torch)")
+        prereq.skip("torch", f"PyTorch not installed in {BIN.parent} (scripts/setup installs the CPU build: pip install torch)")
     root = Path(tempfile.mkdtemp(prefix="hpcb-torch-"))
     os.chmod(root, 0o755)
     c = TestCluster(root, nodes=NODES, netns=True)

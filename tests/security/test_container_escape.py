@@ -26,12 +26,12 @@ from typing import Any
 
 import pytest
 
-from tests import images
+from tests import images, prereq
 from tests.harness import TestCluster, wait_for
 from tests.users import call_as, ensure_users
 
 _skip = images.skip_reason()
-pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+pytestmark = prereq.skipif(_skip is not None, "podman", _skip or "")
 
 ALICE, BOB = "hpcb_alice", "hpcb_bob"
 SETUID_REPOSITORY = "hpcbatch/bookworm-setuid"

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests import images
+from tests import images, prereq
 from tests.fuzz.wire import Wire
 from tests.harness import TestCluster, wait_for
 from tests.users import call_as, ensure_users, need_root
@@ -169,7 +169,7 @@ def test_mount_options_and_podman_options_cannot_be_smuggled(edge: Edge, contain
 
 def test_an_allowed_host_path_is_mounted_read_only_in_the_container(edge: Edge) -> None:
     if edge.image is None:
-        pytest.skip(images.skip_reason() or "no podman")
+        prereq.skip("podman", images.skip_reason() or "no podman")
     c = edge.cluster
     volume = {"volumes": [{"name": "data", "host": {"sourcePath": str(edge.allowed)}}]}
     script = "cat /data/in.txt; touch /data/new 2>/dev/null && echo wrote || echo read-only"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpcbatch.netns import tag_for
+from tests import prereq
 from tests.system.playbooks import run_playbook, write_inventory
 from tests.system.testbed import REPO, Testbed, build_wheel, ensure_wheelhouse
 
@@ -47,7 +48,7 @@ class Bed:
 def bed() -> Iterator[Bed]:
     why = _missing()
     if why:
-        pytest.skip(why)
+        prereq.skip("nspawn", why)
     workdir = Path(tempfile.mkdtemp(prefix="hpcb-tb-"))
     wheels = workdir / "wheels"
     wheel = build_wheel(wheels)

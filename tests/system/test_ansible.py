@@ -81,6 +81,14 @@ def test_each_host_has_only_what_its_roles_wrote(site: Site) -> None:
     assert site.tb.ssh(COMPUTE[0], "test -e /etc/hpcbatch/agent.toml && ! test -e /etc/hpcbatch/head.toml").returncode == 0
 
 
+def test_the_head_gets_the_head_extra_and_compute_nodes_none_of_its_packages(site: Site) -> None:
+    probe = (f"{VENV}/bin/python -c 'import importlib.util as u; print(sorted(m for m in "
+             "(\"aiohttp\", \"psycopg\", \"jinja2\", \"prometheus_client\", \"pynvml\") if u.find_spec(m)))'")
+    head, compute = site.tb.ssh(HEAD, probe), site.tb.ssh(COMPUTE[0], probe)
+    assert head.stdout.strip() == "['aiohttp', 'jinja2', 'prometheus_client', 'psycopg']", head.stdout + head.stderr
+    assert compute.stdout.strip() == "['pynvml']", compute.stdout + compute.stderr  # hpcbatch[agent]
+
+
 def test_second_run_changes_nothing(site: Site) -> None:
     again = run_playbook(site.inventory, "site.yml")
     assert again.returncode == 0, again.stdout[-4000:]

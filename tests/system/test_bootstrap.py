@@ -68,6 +68,9 @@ def test_bootstrap_brings_up_an_agent_and_reports_the_hosts_it_cannot(site: Site
     fabric = tb.ssh(NEW, "cat /etc/security/limits.d/90-hpcbatch-memlock.conf /etc/sysctl.d/90-hpcbatch-fabric.conf "
                          "/etc/hpcbatch/client.toml")
     assert "memlock    unlimited" in fabric.stdout and "vm.max_map_count = 1048576" in fabric.stdout, fabric.stderr
+    # hpcbatch[agent]: NVML's bindings, none of the head's packages.
+    extras = tb.ssh(NEW, f"{headapi.VENV}/bin/python -c 'import pynvml' && ! {headapi.VENV}/bin/python -c 'import aiohttp'")
+    assert extras.returncode == 0, extras.stdout + extras.stderr
     assert f'endpoint = "http://{head.mgmt_ip}:8471"' in fabric.stdout
     assert tb.ssh("node4", "grep -q 'name = \"node4\"' /etc/hpcbatch/agent.toml").returncode == 0
 

@@ -18,6 +18,7 @@ from hpcbatch.bootstrap import (
     summary,
 )
 from node_agent.config import load_agent_config
+from tests import prereq
 
 
 def _settings(tmp_path: Path, **kw: object) -> BootstrapSettings:
@@ -48,7 +49,7 @@ def test_summary_folds_failed_hosts_into_a_hostlist() -> None:
 
 
 def test_an_unreachable_host_is_reported_and_the_others_still_run(tmp_path: Path) -> None:
-    pytest.importorskip("asyncssh")
+    prereq.importorskip("asyncssh", "asyncssh")
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -59,7 +60,7 @@ def test_an_unreachable_host_is_reported_and_the_others_still_run(tmp_path: Path
 
 
 def test_a_missing_known_hosts_file_is_reported_as_such(tmp_path: Path) -> None:
-    pytest.importorskip("asyncssh")
+    prereq.importorskip("asyncssh", "asyncssh")
     settings = _settings(tmp_path, known_hosts=tmp_path / "no_known_hosts", connect_timeout=5)
     [report] = asyncio.run(Bootstrapper(settings, client=None).run(["127.0.0.1"]))  # type: ignore[arg-type]
     assert (report.ok, report.step) == (False, "host key")

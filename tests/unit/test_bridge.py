@@ -35,6 +35,7 @@ from node_agent.bridge import (
     slots_per_node,
 )
 from node_agent.runner import AttemptSpec
+from tests import prereq
 from tests.unit.test_runner import ENV, MODES, Harness, run, wait_for
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
@@ -67,7 +68,7 @@ def test_launcher_refuses_a_missing_host_or_command(argv: list[str]) -> None:
         launcher.parse_args(argv)
 
 
-@pytest.mark.skipif(SYSTEM_PYTHON is None, reason="no system python3")
+@prereq.skipif(SYSTEM_PYTHON is None, "system-python", "no system python3")
 def test_launcher_script_runs_alone_and_fails_like_ssh(tmp_path: Path) -> None:
     text = launcher.script_text()
     assert text.startswith("#!")
@@ -217,7 +218,7 @@ def test_bridge_checks_the_peer_uid() -> None:
     assert bridge.check(SECRET, 4321, "n2") == "uid 4321 does not own job job1 on this node"
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or SYSTEM_PYTHON is None, reason="needs root to connect as another uid")
+@prereq.skipif(os.geteuid() != 0 or SYSTEM_PYTHON is None, "root", "needs root to connect as another uid")
 def test_another_users_launcher_is_refused(sock_dir: Path) -> None:
     script = sock_dir / "launcher"
     script.write_text(launcher.script_text())
@@ -309,7 +310,7 @@ def test_tasks_die_when_the_main_process_of_their_attempt_exits(tmp_path: Path) 
     _run(tmp_path, "rss", body)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run tasks as another user")
+@prereq.skipif(os.geteuid() != 0, "root", "needs root to run tasks as another user")
 def test_task_runs_as_the_attempts_owner(tmp_path: Path) -> None:
     from tests.users import ensure_users
 
@@ -369,7 +370,7 @@ print(f"rank {c.Get_rank()} of {c.Get_size()} total {total}", flush=True)
 """
 
 
-@pytest.mark.skipif(_mpi_ready() is not None, reason=str(_mpi_ready()))
+@prereq.skipif(_mpi_ready() is not None, "mpi", str(_mpi_ready()))
 @pytest.mark.timeout(120)
 def test_plain_mpirun_starts_its_daemon_through_the_bridge(tmp_path: Path) -> None:
     """A job on node "n1" runs `mpirun python hello.py`; PRRTE calls the launcher for "n1",

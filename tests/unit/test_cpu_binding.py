@@ -9,6 +9,7 @@ import pytest
 
 from hpcbatch.protocol import GpuFacts
 from node_agent.cpu_binding import bind_argv, gpu_local_cpus, numa_node_cpus, parse_cpulist
+from tests import prereq
 
 GPUS = [
     GpuFacts(uuid="GPU-0", cpus=[0, 1, 2, 3]),
@@ -49,7 +50,7 @@ def test_unknown_places_mean_no_binding(sysfs: Path) -> None:
     assert gpu_local_cpus(["GPU-0"], GPUS, {6}, sysfs) == []  # none of them is the agent's
 
 
-@pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")
+@prereq.skipif(shutil.which("taskset") is None, "taskset", "taskset (util-linux) is not installed")
 def test_bind_argv_puts_taskset_in_front() -> None:
     taskset = shutil.which("taskset")
     assert bind_argv(["sleep", "1"], [0, 1], "/usr/bin:/bin") == [taskset, "-c", "0,1", "sleep", "1"]

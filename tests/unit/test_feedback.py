@@ -8,8 +8,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from hpcbatch.cli.why import human_reason, in_words
 from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.model.multinode import NodeEnd, gang_failure_reason, names_resource, whole_node
@@ -28,6 +26,7 @@ from hpcbatch.scheduler.satisfy import (
     why_unsatisfiable,
 )
 from node_agent import shm
+from tests import prereq
 
 _ids = itertools.count(1)
 
@@ -194,7 +193,7 @@ def test_shm_cleanup_removes_the_jobs_unused_transport_files_only(tmp_path: Path
 
 def test_shm_cleanup_of_a_plain_users_job_alone_on_its_node_takes_all_its_new_files(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to own files as another user")
+        prereq.skip("root", "needs root to own files as another user")
     nobody = 65534
     since = time.time()
     mine = [tmp_path / "sm_segment.n1.65534.1.0", tmp_path / "torch_123", tmp_path / "scratch.bin"]

@@ -25,10 +25,11 @@ import psutil
 import pytest
 
 from node_agent.runner import OOM_REASON, TIMEOUT_REASON, AttemptResult, AttemptSpec
+from tests import prereq
 from tests.unit.test_runner import ENV, MODES, Harness, run, session_members, wait_for
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root to create users and switch to them"
+pytestmark = prereq.skipif(
+    os.geteuid() != 0, "users", "needs root to create users and switch to them"
 )
 
 # The venv's interpreter may live under /root (0700): owners need the system's.
@@ -78,7 +79,7 @@ def _user(name: str) -> User:
 @pytest.fixture(scope="module")
 def users() -> dict[str, User]:
     if shutil.which("useradd") is None:
-        pytest.skip("useradd is not installed")
+        prereq.skip("users", "useradd is not installed")
     _ensure(["groupadd", "-f", GROUP], _exists(grp.getgrnam, GROUP))
     _ensure(["useradd", "-M", "-s", "/bin/sh", "-G", GROUP, ALICE], _exists(pwd.getpwnam, ALICE))
     _ensure(["useradd", "-M", "-s", "/bin/sh", BOB], _exists(pwd.getpwnam, BOB))
@@ -342,7 +343,7 @@ def test_memory_limit_holds_for_owner_jobs(
     escape = "setsid sleep 300 & echo $!; wait"
 
     if SYSTEM_PYTHON is None:
-        pytest.skip("no python3 in /usr/bin for the job user to run")
+        prereq.skip("system-python", "no python3 in /usr/bin for the job user to run")
 
     async def body(h: Harness) -> None:
         await h.start("hog", [SYSTEM_PYTHON, "-c", hog], memory_mib=50, user=ALICE)

@@ -28,6 +28,7 @@ from node_agent.runner import (
     CgroupUnavailable,
     Runner,
 )
+from tests import prereq
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
@@ -48,8 +49,8 @@ MODES = [
     "rss",
     pytest.param(
         "cgroup",
-        marks=pytest.mark.skipif(
-            _NO_CGROUP is not None, reason=f"cgroup mode unavailable here: {_NO_CGROUP}"
+        marks=prereq.skipif(
+            _NO_CGROUP is not None, "cgroup", f"cgroup mode unavailable here: {_NO_CGROUP}"
         ),
     ),
 ]
@@ -204,16 +205,17 @@ def test_many_trivial_jobs_each_report_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_kill_ends_the_whole_process_group(tmp_path: Path, mode: str) -> None:
     async def body(h: Harness) -> None:
-        # The shell and its sleeps ignore SIGTERM, so only the SIGKILL after grace ends them.
-        cmd = "trap '' TERM; sleep 300 & sleep 300 & echo ready; wait"
+        # The shell notes SIGTERM and waits on; its sleeps ignore it: only the SIGKILL after
+        # the grace ends them. "term" in the log: SIGTERM came first and the grace let it run.
+        sleeper = "sh -c \"trap '' TERM; exec sleep 300\" &"
+        cmd = f"trap 'echo term' TERM; {sleeper} {sleeper} echo ready; while :; do wait; done"
         pid = await h.start("k", ["sh", "-c", cmd])
         # The attempt's shim, the shell and its two sleeps.
         await wait_for(lambda: "ready" in h.log("k") and len(session_members(pid)) == 4)
         assert [r[:3] for r in h.runner.running()] == [("k", "job-k", pid)]
-        t0 = time.monotonic()
-        h.runner.kill("k", "Job terminated: by test", grace_s=0.5)
+        h.runner.kill("k", "Job terminated: by test", grace_s=1.5)  # time to run the trap, even loaded
         result = await h.result("k")
-        assert time.monotonic() - t0 >= 0.4
+        assert "term" in h.log("k").split()
         assert result.status_reason == "Job terminated: by test"
         assert result.exit_code is None and result.reason == "Killed by signal SIGKILL"
         await wait_for(lambda: session_members(pid) == [])
@@ -233,19 +235,18 @@ def test_processes_left_behind_by_the_main_process_are_killed(tmp_path: Path) ->
 
 def test_timeout_ends_the_attempt_with_the_aws_reason(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
-        t0 = time.monotonic()
         await h.start("to", ["sleep", "30"], timeout_s=1)
         await h.start("stubborn", ["sh", "-c", "trap '' TERM; sleep 30"], timeout_s=1)
         result = await h.result("to")
         assert result.status_reason == TIMEOUT_REASON
         assert result.exit_code is None and result.reason == "Killed by signal SIGTERM"
-        assert 0.9 <= time.monotonic() - t0 < 3
         stubborn = await h.result("stubborn")  # ignores SIGTERM: SIGKILL after the grace
         assert stubborn.status_reason == TIMEOUT_REASON
         assert stubborn.reason == "Killed by signal SIGKILL"
-        assert 1.4 <= time.monotonic() - t0 < 4
+        # Both timed out together; the one that heeds SIGTERM ended first, the other at the grace.
+        assert h.exit_calls == ["to", "stubborn"]
 
-    run(tmp_path, body, grace=0.5)
+    run(tmp_path, body, grace=2.0)  # wide enough that the order of the two exits is the grace's
 
 
 def test_shutdown_with_kill_reports_every_attempt(tmp_path: Path) -> None:
@@ -639,7 +640,7 @@ def _fill(path: Path) -> None:
             f.write(b"\0" * 4096)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root only)")
+@prereq.skipif(os.geteuid() != 0, "root", "mounts a small tmpfs (root only)")
 def test_exits_are_reported_when_the_state_disk_is_full_and_journalled_once_it_has_room(tmp_path: Path) -> None:
     state = tmp_path / "state"
     _mount_tmpfs(state, "1m")

@@ -34,6 +34,7 @@ from hpcbatch.auth.keys import AccessKey, credentials_profile, generate_access_k
 from hpcbatch.auth.sigv4 import AuthError, RequestSigner, parse_authorization, verify
 from hpcbatch.client import Client, find_credentials
 from hpcbatch.errors import ClientError, HpcbatchError
+from tests import prereq
 
 KEY = AccessKey(
     access_key_id="AKIAHPCBATCHTEST0001",
@@ -131,7 +132,7 @@ def test_request_signed_as_boto3_signs_verifies_and_names_its_key() -> None:
 
 
 def test_real_boto3_batch_call_verifies() -> None:
-    boto3 = pytest.importorskip("boto3")
+    boto3 = prereq.importorskip("boto3", "boto3")
     sent: list[Any] = []
 
     class Raw:
@@ -386,18 +387,6 @@ def test_auth_error_is_an_hpcbatch_error_answered_with_403() -> None:
     error = AuthError(INVALID, "nope")
     assert isinstance(error, HpcbatchError)
     assert (error.aws_code, error.http_status, error.message) == (INVALID, 403, "nope")
-
-
-def test_verify_is_cheap_enough_for_the_submit_path() -> None:
-    wire = boto_signed()
-    for _ in range(50):
-        check(wire)
-    n = 500
-    start = time.perf_counter()
-    for _ in range(n):
-        check(wire)
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 2e-3, f"verify took {per_call * 1e6:.0f} µs per request"  # ~35 µs here
 
 
 # -- keys ----------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from typing import Any
 
 import pytest
@@ -256,16 +255,6 @@ def test_retry_action_is_case_insensitive_and_stored_upper() -> None:
 def test_compute_resources_need_no_ec2_fields_on_bare_metal() -> None:
     body = with_(CREATE_CE, "computeResources", {"maxvCpus": 8, "ec2Configuration": [{}]})
     validate_request("CreateComputeEnvironment", body)
-
-
-def test_typical_submit_is_fast() -> None:
-    bodies = [copy.deepcopy(SUBMIT) for _ in range(500)]
-    validate_request("SubmitJob", copy.deepcopy(SUBMIT))  # compile outside the timing
-    start = time.perf_counter()
-    for body in bodies:
-        validate_request("SubmitJob", body)
-    # Target is < 100 µs; the bound is loose so a loaded CI box does not flake.
-    assert (time.perf_counter() - start) / len(bodies) < 500e-6
 
 
 # --- every rule names its field --------------------------------------------------------------

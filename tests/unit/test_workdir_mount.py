@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from node_agent.workdir_mount import WorkdirMount, mount_options
+from tests import prereq
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount (CI runs as root)")
+pytestmark = prereq.skipif(os.geteuid() != 0, "root", "needs root to mount (CI runs as root)")
 
 
 def _mounts_at(path: Path) -> int:
