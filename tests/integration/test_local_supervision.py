@@ -49,29 +49,33 @@ def _status(local: LocalCluster) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_a_killed_agent_is_restarted_and_its_orphan_killed(local: LocalCluster, tmp_path: Path) -> None:
-    pidfile = tmp_path / "job.pid"
+def test_a_killed_agent_is_restarted_and_readopts_its_job(local: LocalCluster, tmp_path: Path) -> None:
+    pidfile, gate = tmp_path / "job.pid", tmp_path / "gate"
     os.chmod(tmp_path, 0o777)  # the job may run as another user than the test
     with local.client(timeout=10) as client:
         job_id = client.submit_job(
             jobName="orphan", jobQueue="default", jobDefinition="hpcbatch-default",
-            containerOverrides={"command": ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"]},
+            containerOverrides={"command": ["sh", "-c", f"echo $$ > {pidfile}; while [ ! -e {gate} ]; "
+                                                        "do sleep 0.1; done; exit 7"]},
         )["jobId"]
         wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, what="the job to start")
-        # RUNNING: the agent has journaled the attempt (it reports the start after that; an
-        # agent killed between spawning a job and journaling it leaves an orphan no one knows).
+        # RUNNING: the agent has journaled the attempt (it reports the start after that).
         wait_for(lambda: client.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING", 30,
                  what="the job RUNNING")
         orphan = int(pidfile.read_text())
         agent = _pid(local, "node1")
         os.kill(agent, signal.SIGKILL)
-        # The supervisor starts a new agent; it kills what its predecessor left running.
+        # The supervisor starts a new agent; within its fence it re-adopts what its
+        # predecessor left running (node_agent.runner), so the job runs on to its real exit.
         wait_for(lambda: _pid(local, "node1") != agent, 15, what="the supervisor to restart node1")
-        wait_for(lambda: _gone(orphan), 30, what="the orphaned job process to be killed")
-        final = client.wait_job(job_id, timeout=60, poll=0.2)
-        assert final["status"] == "FAILED"
         wait_for(lambda: [n["state"] for n in client.list_nodes()["nodes"]] == ["ACTIVE"], 30,
                  what="node1 ACTIVE again")
+        assert not _gone(orphan), "the restarted agent killed the job instead of re-adopting it"
+        assert client.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING"
+        gate.touch()
+        final = client.wait_job(job_id, timeout=60, poll=0.2)
+        assert final["status"] == "FAILED" and final["attempts"][-1]["container"]["exitCode"] == 7, final
+        assert len(final["attempts"]) == 1, final
     assert "node1 was not running: restarted it" in Path(local.log_path("supervisor")).read_text()
 
 
