@@ -1,0 +1,73 @@
+"""Which silent nodes the head declares lost: pure rules, time passed in, no I/O.
+
+Rules (the fleet calls ``LivenessJudge.check`` once a heartbeat interval):
+
+* A node is silent when nothing of it *arrived* for ``deadline_s`` while the head was
+  listening. The head's own blindness does not count against a node: when the head's
+  check comes late (the process was stopped, swapped, or its loop blocked) by more than
+  ``stall_s``, the head was not listening, so every node's silence restarts from the
+  moment the head resumed (``listening_since``). A head that restarts does the same with
+  its start time (the fleet's startup grace).
+* Silent nodes are failed when they are few: at most ``max(min_batch, max_fraction x
+  nodes)`` at once. More than that at once is more likely the head's trouble (its own
+  network, a backlog) than theirs: the head fails none of them and re-checks on the next
+  tick, when what was queued has been read. Only a silence that outlasts ``give_up_s``
+  of such re-checks is believed, and then failed whole (a rack that really lost power).
+  The nodes' own fence (``fence_after_s``) still guards their jobs meanwhile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One check's outcome: the nodes to fail now (with how long each was silent)."""
+
+    lost: list[tuple[str, float]] = field(default_factory=list)
+    deferred: int = 0  # silent nodes not failed this time (too many at once: re-checked)
+    stalled_s: float = 0.0  # how late this check came: the head's own blind time
+
+
+@dataclass
+class LivenessJudge:
+    """See the module docstring."""
+
+    deadline_s: float
+    stall_s: float  # a check later than this after the previous one means the head stalled
+    max_fraction: float = 0.1
+    min_batch: int = 3
+    give_up_s: float = 30.0
+    listening_since: float = -math.inf
+    _last_check: float | None = None
+    _mass_since: float | None = None
+
+    def limit(self, nodes: int) -> int:
+        """How many silent nodes may be failed at once among ``nodes``."""
+        return max(self.min_batch, math.floor(self.max_fraction * nodes))
+
+    def check(self, now: float, last_heard: Mapping[str, float], watched: Iterable[str]) -> Verdict:
+        """The nodes of ``watched`` to fail now; ``last_heard``: when each was last heard (missing: never)."""
+        stalled = 0.0
+        if self._last_check is not None and now - self._last_check > self.stall_s:
+            stalled = now - self._last_check
+            self.listening_since = now  # what arrived while stopped is read from now on
+        self._last_check = now
+        names = list(watched)
+        silent = []
+        for name in names:
+            heard = max(last_heard.get(name, -math.inf), self.listening_since)
+            if now - heard > self.deadline_s:
+                silent.append((name, now - last_heard.get(name, self.listening_since)))
+        if len(silent) <= self.limit(len(names)):
+            self._mass_since = None
+            return Verdict(silent, 0, stalled)
+        if self._mass_since is None:
+            self._mass_since = now
+        if now - self._mass_since >= self.give_up_s:
+            self._mass_since = None
+            return Verdict(silent, 0, stalled)
+        return Verdict([], len(silent), stalled)
