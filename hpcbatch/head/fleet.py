@@ -237,7 +237,7 @@ class Fleet:
             return
         node = self._keys.node_for_key(key)
         if node is None:
-            self._keys.refresh()  # pre-seeded, or accepted by hand, since last read
+            self._keys.refresh(hot=True)  # pre-seeded, or accepted by hand, since last read
             node = self._keys.node_for_key(key)
         if node is None:
             # Quarantine: only a Register's name is read, to file the key as pending.
