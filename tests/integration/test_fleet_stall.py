@@ -9,9 +9,17 @@ what arrived meanwhile is read, stamped on arrival, before anyone is judged.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from bench.fleet_emulator import enroll, make_keys, write_keys
+from hpcbatch.cli.main import cli
+from hpcbatch.errors import ClientError
 from tests.harness import TestCluster, wait_for
 
 HEARTBEAT_S, LIVENESS = 0.3, 5
@@ -42,4 +50,54 @@ def test_a_stopped_head_loses_no_node_and_retries_no_job(tmp_path: Path) -> None
         # The nodes carry on: a new job runs at once.
         wait_for(lambda: c.wait_status(c.submit(["true"]), "SUCCEEDED")["status"] == "SUCCEEDED", 30)
     finally:
+        c.close()
+
+
+EMULATED = 24
+
+
+def test_emulated_nodes_serve_jobs_and_list_nodes_pages(tmp_path: Path) -> None:
+    """bench/fleet's emulated agents (node_agent's Agent, stub runner) join a real head in
+    bulk; ListNodes pages through them by name."""
+    c = TestCluster(tmp_path, nodes=1, heartbeat_s=HEARTBEAT_S, liveness=LIVENESS)
+    keys = make_keys(EMULATED)
+    write_keys(str(tmp_path / "keys.txt"), keys)
+    enroll(str(c.node_keys_dir), keys)
+    swarm: subprocess.Popen[bytes] | None = None
+    try:
+        c.up()
+        with open(tmp_path / "swarm.log", "ab") as log:
+            swarm = subprocess.Popen(
+                [sys.executable, "-m", "bench.fleet_emulator", "swarm", "--head", c.fleet, "--head-key",
+                 str(c.head_public_key), "--keys", str(tmp_path / "keys.txt"), "--count", str(EMULATED),
+                 "--heartbeat", str(HEARTBEAT_S)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        everyone = sorted(["node1", *(name for name, _, _ in keys)])
+        wait_for(lambda: sum(n["state"] == "ACTIVE" for n in c.nodes().values()) == len(everyone), 60,
+                 what="the emulated nodes ACTIVE")
+        job = c.submit(["true"])
+        assert c.wait_status(job, "SUCCEEDED", "FAILED")["status"] == "SUCCEEDED"
+
+        pages, body = [], {"maxResults": 10}
+        while True:
+            page = c.client.call("/hpcbatch/v1/listnodes", body)
+            pages.append([n["name"] for n in page["nodes"]])
+            if "nextToken" not in page:
+                break
+            body = {"maxResults": 10, "nextToken": page["nextToken"]}
+        assert [len(p) for p in pages] == [10, 10, 5]
+        assert sum(pages, []) == everyone
+        assert [n["name"] for n in c.client.list_nodes()["nodes"]] == everyone  # no maxResults: all
+        out = CliRunner().invoke(cli, ["--endpoint", c.socket_endpoint, "--output", "json", "nodes", "list"])
+        assert out.exit_code == 0, out.output
+        assert out.output.count('"name"') >= len(everyone)
+        for bad, field in (({"maxResults": 0}, "maxResults"), ({"maxResults": "9"}, "maxResults"),
+                           ({"nextToken": "bm90LWEtdG9rZW4="}, "nextToken")):
+            with pytest.raises(ClientError, match=field):
+                c.client.call("/hpcbatch/v1/listnodes", bad)
+    finally:
+        if swarm is not None:
+            swarm.terminate()
+            swarm.wait(timeout=20)
         c.close()
