@@ -43,6 +43,7 @@ import itertools
 import math
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -297,7 +298,12 @@ def enroll(node_keys_dir: str, keys: list[tuple[str, bytes, bytes]]) -> None:
 async def _swarm(args: argparse.Namespace) -> None:
     keys = read_keys(args.keys)[args.first:args.first + args.count]
     head_key = load_public_key(args.head_key)
+    # Per agent: a DEALER, its monitor pair and a TCP connection, each with descriptors.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 8 * len(keys) + 256)) if hard != resource.RLIM_INFINITY else max(soft, 8 * len(keys) + 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     ctx = zmq.asyncio.Context(io_threads=1)
+    ctx.set(zmq.MAX_SOCKETS, 4 * len(keys) + 64)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -501,9 +507,11 @@ def run_size(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
                 f'heartbeat_interval_s = {args.heartbeat}\nliveness = {args.liveness}\nlog_level = "WARNING"\n'
             )
         head_log = os.path.join(home, "head.log")
+        src = os.path.abspath(args.head_src) if args.head_src else None  # another checkout's head (before/after)
+        env = dict(os.environ, PYTHONPATH=src) if src else None
         with open(head_log, "ab") as log:
             head = subprocess.Popen([sys.executable, "-m", "hpcbatch.head", "--config", config], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=src, env=env)
         procs.append(head)
         endpoint = f"unix:{os.path.join(state, 'api.sock')}"
         client = Client(endpoint, timeout=60, max_workers=8)
@@ -523,7 +531,13 @@ def run_size(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
                 stdin=subprocess.DEVNULL, stdout=emu_log, stderr=subprocess.STDOUT, start_new_session=True,
             ))
             emu_log.close()
-        _wait(f"{nodes} nodes ACTIVE", lambda: _active(client) >= nodes, 600, every=1.0)
+        def joined() -> bool:
+            dead = [pr.args for pr in procs if pr.poll() is not None]
+            if dead:
+                raise SystemExit(f"fleet bench: {dead[0]} exited; see {home} (--keep)")
+            return _active(client) >= nodes
+
+        _wait(f"{nodes} nodes ACTIVE", joined, 600, every=1.0)
         out: dict[str, Any] = {"enroll_s": round(enroll_s, 3), "join_s": round(time.perf_counter() - t0, 2)}
         stall = (lambda: stall_check(client, head.pid, nodes, args.stall, head_log)) if args.stall else None
         out.update(measure(client, head.pid, nodes, args, [pr.pid for pr in procs[1:]], head_log, stall))
@@ -614,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--per-process", type=int, default=PER_PROCESS)
     bench.add_argument("--stall", type=float, default=0.0, help="SIGSTOP the head this long under running jobs")
     bench.add_argument("--keep", action="store_true", help="keep the state folder (logs)")
+    bench.add_argument("--head-src", default="", help="run the head from this source tree (a before/after comparison)")
     swarm = sub.add_parser("swarm", parents=[common], help="run emulated agents against a head")
     swarm.add_argument("--head", required=True)
     swarm.add_argument("--head-key", required=True)

@@ -67,6 +67,7 @@ log = logging.getLogger("hpcbatch.fleet")
 ZAP_DOMAIN = "hpcbatch-fleet"
 HELD_PER_NODE = 10_000
 RECV_BATCH = 1024  # messages read per wake-up before the loop lets other work run
+LISTEN_BACKLOG = 16_384
 # Echoed while the lease is unconfirmed to a node this head has no echo for: older than any
 # send, it renews no agent's fence (0 would mean "now", hpcbatch.protocol).
 STALE_ECHO = 1e-9
@@ -141,6 +142,10 @@ class Fleet:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
+        # After a head stall or restart every agent reconnects at once: libzmq's default listen
+        # backlog (100) drops the rest's SYNs, and TCP retries them 1, 3, 7 s later, past the
+        # liveness window (bench/fleet --stall). The kernel caps it at net.core.somaxconn.
+        sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         return sock
 
     # ------------------------------------------------------------------ sending
