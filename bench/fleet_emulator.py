@@ -26,10 +26,12 @@ submit to all SUCCEEDED) and, with ``--stall``, ``stall_nodes_lost``/``stall_job
     # on the head's machine: N key pairs, the public ones enrolled in the head's key folder
     .venv/bin/python -m bench.fleet_emulator keys --nodes 10000 --out fleet-keys.txt \\
         --enroll /var/lib/hpcbatch/node_keys
-    # copy fleet-keys.txt and the head's public key to each emulator machine, then on each
-    # (machine i of 4 runs nodes 2500*i .. 2500*i+2499, 400 a process):
-    .venv/bin/python -m bench.fleet_emulator swarm --head tcp://HEAD:8472 \\
-        --head-key head.key --keys fleet-keys.txt --first $((2500*i)) --count 2500
+    # copy fleet-keys.txt and the head's public key to each emulator machine; on machine i of
+    # 4, nodes 2500*i .. 2500*i+2499, 400 agents a process (more starve their own loop):
+    for first in $(seq $((2500*i)) 400 $((2500*i+2499))); do
+        .venv/bin/python -m bench.fleet_emulator swarm --head tcp://HEAD:8472 --head-key head.key \
+            --keys fleet-keys.txt --first $first --count $((first+400 > 2500*(i+1) ? 2500*(i+1)-first : 400)) &
+    done
 
 Run ``bench.fleet_emulator measure --endpoint URL --head-pid PID --nodes 10000`` on the head's
 machine for the same figures against that head.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.fleet_emulator import enroll, make_keys, write_keys
+from bench.fleet_emulator import read_keys
 from hpcbatch.cli.main import cli
 from hpcbatch.errors import ClientError
 from tests.harness import TestCluster, wait_for
@@ -60,13 +60,14 @@ def test_emulated_nodes_serve_jobs_and_list_nodes_pages(tmp_path: Path) -> None:
     """bench/fleet's emulated agents (node_agent's Agent, stub runner) join a real head in
     bulk; ListNodes pages through them by name."""
     c = TestCluster(tmp_path, nodes=1, heartbeat_s=HEARTBEAT_S, liveness=LIVENESS)
-    keys = make_keys(EMULATED)
-    write_keys(str(tmp_path / "keys.txt"), keys)
-    enroll(str(c.node_keys_dir), keys)
+    # The recipe of bench/fleet_emulator.py's docstring: key pairs made and enrolled in bulk...
+    subprocess.run([sys.executable, "-m", "bench.fleet_emulator", "keys", "--nodes", str(EMULATED), "--out",
+                    str(tmp_path / "keys.txt"), "--enroll", str(c.node_keys_dir)], check=True)
+    keys = read_keys(str(tmp_path / "keys.txt"))
     swarm: subprocess.Popen[bytes] | None = None
     try:
         c.up()
-        with open(tmp_path / "swarm.log", "ab") as log:
+        with open(tmp_path / "swarm.log", "ab") as log:  # ...then the swarm against the head
             swarm = subprocess.Popen(
                 [sys.executable, "-m", "bench.fleet_emulator", "swarm", "--head", c.fleet, "--head-key",
                  str(c.head_public_key), "--keys", str(tmp_path / "keys.txt"), "--count", str(EMULATED),
