@@ -34,7 +34,7 @@ submit to all SUCCEEDED) and, with ``--stall``, ``stall_nodes_lost``/``stall_job
     done
 
 Run ``bench.fleet_emulator measure --endpoint URL --head-pid PID --nodes 10000`` on the head's
-machine for the same figures against that head.
+machine for the same figures against that head (it submits to the job queue ``default``).
 """
 
 from __future__ import annotations
