@@ -127,6 +127,7 @@ class Fleet:
             listening_since=self._started,
         )
         keys.on_cut_off = self.cut_off
+        keys.on_handshake = self._heard_handshake
         # Whether this head surely holds the lease (hpcbatch.head.lease): while it does not
         # (its database is away), heartbeats are answered but echo nothing new.
         self.lease_confirmed: Callable[[], bool] = lambda: True
@@ -288,6 +289,11 @@ class Fleet:
             self._engine.handle(node, msg)  # guarded per message: a failing handler fails that message's attempt
         except HpcbatchError as exc:  # the store is away (docs/ha.md): this message is lost, not the head
             log.error("node %s: %s not handled: %s", node, type(msg).__name__, exc.message)
+
+    def _heard_handshake(self, node: str) -> None:
+        """An accepted node's agent is completing a handshake (ZAP asked): it is alive."""
+        if node in self._last_seen:
+            self._last_seen[node] = time.monotonic()
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -6,14 +6,17 @@ Rules (the fleet calls ``LivenessJudge.check`` once a heartbeat interval):
   listening. The head's own blindness does not count against a node: when the head's
   check comes late (the process was stopped, swapped, or its loop blocked) by more than
   ``stall_s``, the head was not listening, so every node's silence restarts from the
-  moment the head resumed (``listening_since``). A head that restarts does the same with
-  its start time (the fleet's startup grace).
+  moment the head resumed (``listening_since``), plus up to one more deadline (at most
+  the stall's length): a stall longer than the agents' own timeout makes every agent
+  reconnect at once, and thousands of handshakes take a while. A head that restarts does
+  the same with its start time (the fleet's startup grace).
 * Silent nodes are failed when they are few: at most ``max(min_batch, max_fraction x
   nodes)`` at once. More than that at once is more likely the head's trouble (its own
-  network, a backlog) than theirs: the head fails none of them and re-checks on the next
-  tick, when what was queued has been read. Only a silence that outlasts ``give_up_s``
-  of such re-checks is believed, and then failed whole (a rack that really lost power).
-  The nodes' own fence (``fence_after_s``) still guards their jobs meanwhile.
+  network, a backlog, a reconnect storm) than theirs: the head fails none of them and
+  re-checks on the next tick, and goes on re-checking while the silent nodes keep coming
+  back (their number falls). What is left once it stops falling is failed if few; a
+  silence that outlasts ``give_up_s`` of re-checks is believed whole (a rack that really
+  lost power). The nodes' own fence (``fence_after_s``) still guards their jobs meanwhile.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class LivenessJudge:
     listening_since: float = -math.inf
     _last_check: float | None = None
     _mass_since: float | None = None
+    _mass_left: int = 0  # silent nodes at the previous check of a mass silence
 
     def limit(self, nodes: int) -> int:
         """How many silent nodes may be failed at once among ``nodes``."""
@@ -54,7 +58,8 @@ class LivenessJudge:
         stalled = 0.0
         if self._last_check is not None and now - self._last_check > self.stall_s:
             stalled = now - self._last_check
-            self.listening_since = now  # what arrived while stopped is read from now on
+            # What arrived while stopped is read from now on; the reconnect storm gets time.
+            self.listening_since = now + min(stalled, self.deadline_s)
         self._last_check = now
         names = list(watched)
         silent = []
@@ -62,11 +67,13 @@ class LivenessJudge:
             heard = max(last_heard.get(name, -math.inf), self.listening_since)
             if now - heard > self.deadline_s:
                 silent.append((name, now - last_heard.get(name, self.listening_since)))
-        if len(silent) <= self.limit(len(names)):
+        recovering = self._mass_since is not None and 0 < len(silent) < self._mass_left
+        if len(silent) <= self.limit(len(names)) and not recovering:
             self._mass_since = None
             return Verdict(silent, 0, stalled)
         if self._mass_since is None:
             self._mass_since = now
+        self._mass_left = len(silent)
         if now - self._mass_since >= self.give_up_s:
             self._mass_since = None
             return Verdict(silent, 0, stalled)

@@ -68,6 +68,7 @@ class NodeKeyRegistry:
         self.root = Path(root)
         self.auto_accept = frozenset(auto_accept)
         self.on_cut_off: Callable[[str], None] | None = None
+        self.on_handshake: Callable[[str], None] | None = None  # an accepted node is (re)connecting
         self._clock = clock
         for state in STATES:
             (self.root / state).mkdir(parents=True, exist_ok=True)
@@ -281,6 +282,9 @@ class NodeKeyRegistry:
         self.refresh(hot=True)
         name = self._rejected_keys.get(key)
         if name is None:
+            known = self._by_key.get(key)
+            if known is not None and self.on_handshake is not None:
+                self.on_handshake(known)  # alive: a reconnect storm's nodes are not silent
             return True
         log.warning("refused node %s (key %s): its key is rejected", name, key)
         return False
