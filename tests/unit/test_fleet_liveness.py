@@ -79,3 +79,17 @@ def test_a_node_never_heard_counts_from_when_the_head_began_listening() -> None:
     j = judge()
     assert j.check(4.0, {}, ["new"]).lost == []
     assert j.check(6.0, {}, ["new"]).lost == [("new", 6.0)]
+
+
+def test_a_long_recovery_that_keeps_coming_back_is_not_cut_off() -> None:
+    j = judge(give_up_s=10.0)
+    heard = {name: 0.0 for name in nodes(100)}
+    back = 0
+    for t in range(6, 40):  # 30 s of a slow reconnect storm: three nodes back a second
+        assert j.check(float(t), heard, nodes(100)).lost == []
+        for name in nodes(100)[back:back + 3]:
+            heard[name] = float(t)
+        back += 3
+        for name in nodes(100)[:back]:
+            heard[name] = float(t)  # and the ones back keep beating
+    assert back >= 100
