@@ -21,6 +21,18 @@ Figures, per size N (suffix ``_N``): ``join_s`` (all N ACTIVE), ``head_cpu_idle_
 _start_median_s``/``_p99_s`` (64-node gangs), ``jobs_per_s`` (``--jobs`` ``true`` jobs,
 submit to all SUCCEEDED) and, with ``--stall``, ``stall_nodes_lost``/``stall_jobs_retried``.
 
+Measured here (2 shared cores, one sitting, each command once, A = issue 22's head, B = the
+head before it, same emulators; 1-min load average when each size began: A 3.6/4.1, B 10.2/6.9):
+
+    figure (1,000 | 5,000 nodes)        A              B
+    head_cpu_idle_pct                   6.7 | 28.3     8.9 | 38.1
+    join_s                              2.1 | 10.3     4.4 | 68.4
+    listnodes_s (all, unpaged)          0.018 | 0.36   0.045 | 5.3
+    single submit->start p99 s          0.018 | 0.25   0.068 | 2.6
+    gang64 submit->start median s       0.0045 | 0.012  0.0057 | 0.021
+    jobs_per_s                          1966 | 459     1801 | 255
+    10 s SIGSTOP: nodes lost, jobs lost 0, 0 | 0, 0    1000, 200 | 4956, 200
+
 10,000 nodes from other machines against a real head (this 2-core machine cannot host them)::
 
     # on the head's machine: N key pairs, the public ones enrolled in the head's key folder
