@@ -11,9 +11,10 @@ agents let the ROUTER number their connections, and nobody may claim another's n
 Messages from keys not accepted go to the registry's quarantine, which learns only the
 node name from a ``Register`` (see hpcbatch.head.nodekeys).
 
-Cutting a node off at once (``revoke``): a ROUTER cannot close one peer, so the fleet
-closes its socket and binds a new one on the same endpoint. Every connection drops; the
-other agents reconnect within ~100 ms and pass ZAP again, the revoked key does not.
+Cutting a node off at once (``revoke``): a ROUTER cannot close one peer, so the fleet keeps
+the TCP descriptor each node's connection last spoke on (libzmq's ``SRCFD`` of a message)
+and shuts that one connection down: the agent reconnects and ZAP refuses its key; every
+other connection stays as it is (no rebind: the fleet does not reconnect 10,000 nodes).
 
 Containment: every message is handed to the engine guarded (``Engine.handle``): a handler
 that raises fails that message's attempt or request, is logged with the message's type and
@@ -24,14 +25,22 @@ A message for a node with no live connection is held (bounded) and sent when the
 next speaks, so a ``StartAttempt`` survives a reconnect; held messages are dropped when
 the node is lost. A message from a node the head has not seen register since it
 (re)started gets ``Reregister``. Nodes silent for ``liveness`` heartbeat intervals are
-reported lost.
+reported lost by the rules of ``hpcbatch.head.liveness``: "last heard" is when a message
+*arrived* (stamped once per batch read), never when it was handled, and a head that stalled
+(SIGSTOP, swap, a blocked loop) or sees too many nodes silent at once re-checks rather than
+failing the fleet.
+
+Scale (bench/fleet): messages are read in batches of up to ``RECV_BATCH`` per wake-up; an
+agent's heartbeat is answered on receipt, so the head's heartbeats are spread as the agents'
+are, instead of one burst to every node each interval.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
+import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +56,7 @@ from hpcbatch import protocol as p
 from hpcbatch.curve import KeyPair
 from hpcbatch.errors import HpcbatchError
 from hpcbatch.head.engine import Engine
+from hpcbatch.head.liveness import LivenessJudge
 from hpcbatch.head.nodekeys import NodeKeyRegistry, ZapCredentials
 
 log = logging.getLogger("hpcbatch.fleet")
@@ -56,7 +66,8 @@ log = logging.getLogger("hpcbatch.fleet")
 # and ZAP_ENFORCE_DOMAIN makes a missing ZAP handler refuse everyone rather than no one.
 ZAP_DOMAIN = "hpcbatch-fleet"
 HELD_PER_NODE = 10_000
-REBIND_TIMEOUT_S = 10.0
+RECV_BATCH = 1024  # messages read per wake-up before the loop lets other work run
+LISTEN_BACKLOG = 16_384
 # Echoed while the lease is unconfirmed to a node this head has no echo for: older than any
 # send, it renews no agent's fence (0 would mean "now", hpcbatch.protocol).
 STALE_ECHO = 1e-9
@@ -108,10 +119,15 @@ class Fleet:
         self._echo: dict[str, float] = {}  # node -> newest sent_at it told us (echoed: fencing)
         self._routes: dict[str, bytes] = {}  # node -> routing id of its live connection
         self._held: dict[str, deque[bytes]] = {}  # node -> messages waiting for a connection
-        self._recv: asyncio.Future[Any] | None = None
-        self._rebind_wanted = False
+        self._conns: dict[str, tuple[int, Any]] = {}  # node -> (fd, peer address) of its live connection
         self._started = time.monotonic()
+        deadline = heartbeat_interval_s * liveness
+        self._judge = LivenessJudge(
+            deadline_s=deadline, stall_s=heartbeat_interval_s + deadline / 2, give_up_s=max(10.0, 3 * deadline),
+            listening_since=self._started,
+        )
         keys.on_cut_off = self.cut_off
+        keys.on_handshake = self._heard_handshake
         # Whether this head surely holds the lease (hpcbatch.head.lease): while it does not
         # (its database is away), heartbeats are answered but echo nothing new.
         self.lease_confirmed: Callable[[], bool] = lambda: True
@@ -127,6 +143,10 @@ class Fleet:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
+        # After a head stall or restart every agent reconnects at once: libzmq's default listen
+        # backlog (100) drops the rest's SYNs, and TCP retries them 1, 3, 7 s later, past the
+        # liveness window (bench/fleet --stall). The kernel caps it at net.core.somaxconn.
+        sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         return sock
 
     # ------------------------------------------------------------------ sending
@@ -165,10 +185,15 @@ class Fleet:
             log.warning("holding %d messages for %s; dropping the oldest", HELD_PER_NODE, node)
         held.append(data)
 
-    def _learn_route(self, node: str, route: bytes) -> None:
+    def _learn_route(self, node: str, route: bytes, frame: Any = None) -> None:
         if self._routes.get(node) == route:
             return
         self._routes[node] = route
+        conn = _connection_of(frame) if frame is not None else None
+        if conn is None:
+            self._conns.pop(node, None)
+        else:
+            self._conns[node] = conn
         held = self._held.pop(node, None)
         while held:
             if not self._send_to(node, route, held[0]):
@@ -185,24 +210,23 @@ class Fleet:
 
     async def _receive_loop(self) -> None:
         while True:
-            if self._rebind_wanted:
-                await self._rebind()
-            self._recv = self._sock.recv_multipart(copy=False)
-            try:
-                frames = await self._recv
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if self._rebind_wanted and task is not None and not task.cancelling():
-                    continue  # cut_off cancelled the receive to swap the socket
-                raise
-            finally:
-                self._recv = None
-            try:
-                self._handle(frames)
-            except Exception:  # the engine contains its handlers; this is the fleet's own last guard
-                log.exception("dropping a message the fleet could not handle")
+            batch = [await self._sock.recv_multipart(copy=False)]
+            # Everything queued is read now, stamped with one arrival time: a node's "last
+            # heard" is when its message arrived, not when the head got round to it.
+            arrived = time.monotonic()
+            while len(batch) < RECV_BATCH:
+                more = self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)  # completes at once
+                if more.exception() is not None:  # zmq.Again: nothing more queued
+                    break
+                batch.append(more.result())
+            for frames in batch:
+                try:
+                    self._handle(frames, arrived)
+                except Exception:  # the engine contains its handlers; this is the fleet's own last guard
+                    log.exception("dropping a message the fleet could not handle")
+            await asyncio.sleep(0)  # a full batch: let the API and the scheduler run between batches
 
-    def _handle(self, frames: list[Any]) -> None:
+    def _handle(self, frames: list[Any], arrived: float) -> None:
         if len(frames) != 2:
             log.warning("dropping a message with %d frames", len(frames))
             return
@@ -219,15 +243,15 @@ class Fleet:
             return
         node = self._keys.node_for_key(key)
         if node is None:
-            self._keys.refresh()  # pre-seeded, or accepted by hand, since last read
+            self._keys.refresh(hot=True)  # pre-seeded, or accepted by hand, since last read
             node = self._keys.node_for_key(key)
         if node is None:
             # Quarantine: only a Register's name is read, to file the key as pending.
             if not (isinstance(msg, p.Register) and self._keys.note_unenrolled(msg.node.name, key)):
                 return
             node = msg.node.name
-        self._learn_route(node, route)
-        self._last_seen[node] = time.monotonic()
+        self._learn_route(node, route, frame)
+        self._last_seen[node] = max(arrived, self._last_seen.get(node, arrived))
         confirmed = self.lease_confirmed()
         if confirmed and isinstance(msg, p.Register | p.AgentHeartbeat) and msg.sent_at > self._echo.get(node, 0.0):
             self._echo[node] = msg.sent_at
@@ -259,71 +283,88 @@ class Fleet:
         if node not in self._registered:
             self.send(node, p.Reregister())
             return
+        if isinstance(msg, p.AgentHeartbeat):  # answered on receipt: the head's beats spread as the agents' do
+            self.send(node, p.HeadHeartbeat(head_id=self._head_id, echo=self._echo.get(node, 0.0 if confirmed else STALE_ECHO)))
         try:
             self._engine.handle(node, msg)  # guarded per message: a failing handler fails that message's attempt
         except HpcbatchError as exc:  # the store is away (docs/ha.md): this message is lost, not the head
             log.error("node %s: %s not handled: %s", node, type(msg).__name__, exc.message)
 
+    def _heard_handshake(self, node: str) -> None:
+        """An accepted node's agent is completing a handshake (ZAP asked): it is alive."""
+        if node in self._last_seen:
+            self._last_seen[node] = time.monotonic()
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
             self._keys.refresh()  # a key removed from accepted/ by hand is cut off here
-            now = time.monotonic()
-            deadline = self._interval * self._liveness
-            no_echo = 0.0 if self.lease_confirmed() else STALE_ECHO
-            for node in list(self._registered):
-                self.send(node, p.HeadHeartbeat(head_id=self._head_id, echo=self._echo.get(node, no_echo)))
-            for name, info in list(self._engine.nodes.items()):
-                if info.state == "DOWN" and not info.jobs:
-                    continue
-                seen = self._last_seen.get(name)
-                if seen is None:  # not heard since this head started
-                    seen = self._started
-                    if now - seen <= max(deadline, self._startup_grace_s):
-                        continue
-                if now - seen > deadline:
-                    self._forget(name)
-                    try:
-                        self._engine.node_lost(name, now - seen)
-                    except Exception:  # one node's bookkeeping must not stop the heartbeats of all
-                        log.exception("failing the attempts of lost node %s failed", name)
+            self.check_liveness(time.monotonic())
+
+    def check_liveness(self, now: float) -> None:
+        """Report the nodes silent too long as lost (hpcbatch.head.liveness decides which)."""
+        grace = max(self._judge.deadline_s, self._startup_grace_s)
+        watched = [
+            name for name, info in self._engine.nodes.items()
+            if not (info.state == "DOWN" and not info.jobs)
+            # not heard since this head started: their agents run on until they fence
+            and not (name not in self._last_seen and now - self._started <= grace)
+        ]
+        verdict = self._judge.check(now, self._last_seen, watched)
+        if verdict.stalled_s:
+            log.warning("the fleet loop stalled for %.1f s: no node is judged on that time", verdict.stalled_s)
+        if verdict.deferred:
+            log.warning("%d of %d nodes silent at once: more likely this head's trouble than theirs; re-checking "
+                        "before failing them", verdict.deferred, len(watched))
+        for name, silent in verdict.lost:
+            self._forget(name)
+            try:
+                self._engine.node_lost(name, silent)
+            except Exception:  # one node's bookkeeping must not stop the heartbeats of all
+                log.exception("failing the attempts of lost node %s failed", name)
 
     def _forget(self, name: str) -> None:
         self._registered.discard(name)
         self._echo.pop(name, None)
         self._routes.pop(name, None)
         self._held.pop(name, None)
+        self._conns.pop(name, None)
 
     # ------------------------------------------------------------------ cut off
     def cut_off(self, name: str) -> None:
-        """Stop talking to ``name`` now, mark it lost, and drop its connection (rebind)."""
+        """Stop talking to ``name`` now, mark it lost, and drop its one connection."""
+        conn = self._conns.get(name)
         self._forget(name)
         info = self._engine.nodes.get(name)
         if info is not None and not (info.state == "DOWN" and not info.jobs):
             silent = time.monotonic() - self._last_seen.get(name, self._started)
             log.warning("node %s cut off: its key is no longer accepted", name)
             self._engine.node_lost(name, silent, "its key was revoked")
-        self._rebind_wanted = True
-        if self._recv is not None:
-            self._recv.cancel()
-
-    async def _rebind(self) -> None:
-        self._rebind_wanted = False
-        old, self._sock = self._sock, self._socket()
-        old.close(linger=0)
-        self._routes.clear()  # every connection is gone; each node's next message brings its new one
-        deadline = time.monotonic() + REBIND_TIMEOUT_S
-        while True:
-            try:
-                self._sock.bind(self.endpoint)
-                break
-            except zmq.ZMQError as exc:
-                # The old listener closes in libzmq's I/O thread, a moment after close().
-                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.01)
-        log.info("fleet socket rebound on %s: every agent reconnects through ZAP", self.endpoint)
+        if conn is not None and _shut(*conn):
+            log.info("node %s: its connection was dropped; its key cannot complete a handshake again", name)
 
     def close(self) -> None:
         self._sock.close(linger=0)
         self._auth.stop()
+
+
+def _connection_of(frame: Any) -> tuple[int, Any] | None:
+    """The TCP descriptor a message came in on and its peer's address, or None (not TCP)."""
+    try:
+        fd = frame.get(zmq.SRCFD)
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return fd, sock.getpeername()
+    except (zmq.ZMQError, OSError, ValueError, TypeError):
+        return None
+
+
+def _shut(fd: int, peer: Any) -> bool:
+    """Shut down the connection on ``fd`` if it is still the one to ``peer`` (libzmq drops it)."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            if sock.getpeername() != peer:
+                return False  # that connection closed already, and the number was reused
+            sock.shutdown(socket.SHUT_RDWR)
+            return True
+    except OSError:
+        return False

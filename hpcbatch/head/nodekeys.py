@@ -24,10 +24,12 @@ Theory of operation:
   cluster); a name already rejected stays rejected.
 
 Pre-seeding: automation (Ansible, the local cluster) may drop a node's public key file as
-``accepted/<NAME>`` before the node first connects, even while the head runs: the
-directories are re-read whenever they change (checked at each handshake, each unknown key
-and each heartbeat tick), and a key removed from ``accepted/`` by hand is cut off at the
-next tick.
+``accepted/<NAME>`` before the node first connects, even while the head runs: a node's
+own files are read when it registers under that name (O(1): three paths), and the
+directories are rescanned when they change (at most every ``MIN_RESCAN_S``, and every
+``RESCAN_S`` regardless), so a key removed from ``accepted/`` by hand is cut off at the next
+tick. A rescan reads only the files whose inode, size or time changed; the head's own
+transitions update its maps in place. So enrolling N nodes costs O(N), not O(N^2).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,8 @@ STATES = (PENDING, ACCEPTED, REJECTED)
 # A node name is a file name here: no path separators, no leading dot.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 MAX_PENDING = 1024  # unknown keys cannot fill the disk: past this, new names are refused
+MIN_RESCAN_S = 0.5  # a changed directory is rescanned at most this often (bulk enrolment)
+RESCAN_S = 30.0  # and every directory this often even if unchanged (a change in the same mtime tick)
 
 
 def valid_name(name: str) -> bool:
@@ -58,19 +63,25 @@ def valid_name(name: str) -> bool:
 class NodeKeyRegistry:
     """The node keys in ``root``; see the module docstring. Not thread-safe: one event loop."""
 
-    def __init__(self, root: str | Path, *, auto_accept: Collection[str] = ()) -> None:
+    def __init__(self, root: str | Path, *, auto_accept: Collection[str] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root)
         self.auto_accept = frozenset(auto_accept)
         self.on_cut_off: Callable[[str], None] | None = None
+        self.on_handshake: Callable[[str], None] | None = None  # an accepted node is (re)connecting
+        self._clock = clock
         for state in STATES:
             (self.root / state).mkdir(parents=True, exist_ok=True)
-        self._keys: dict[str, dict[str, str]] = {s: {} for s in STATES}  # state -> name -> key
+        # What the files say: state -> name -> (key, (inode, size, mtime_ns)); valid files only.
+        self._files: dict[str, dict[str, tuple[str, tuple[int, int, int]]]] = {s: {} for s in STATES}
+        self._keys: dict[str, dict[str, str]] = {s: {} for s in STATES}  # effective: state -> name -> key
         self._since: dict[tuple[str, str], int] = {}
         self._by_key: dict[str, str] = {}  # accepted key -> name
         self._rejected_keys: dict[str, str] = {}  # rejected key -> name
-        self._stamp: tuple[int, ...] = ()
+        self._stamp: tuple[int, ...] = (-1, -1, -1)
+        self._scanned = -1e18
         self._warned: set[tuple[str, str, str]] = set()
-        self.refresh()
+        self.refresh(force=True)
 
     # ------------------------------------------------------------------ reading
     def _dir_stamp(self) -> tuple[int, ...]:
@@ -83,43 +94,105 @@ class NodeKeyRegistry:
                 stamp.append(0)
         return tuple(stamp)
 
-    def refresh(self) -> None:
-        """Re-read the directories if they changed; accepted keys that vanished are cut off."""
-        stamp = self._dir_stamp()
-        if stamp == self._stamp:
+    def refresh(self, force: bool = False, hot: bool = False) -> None:
+        """Rescan the directories that changed (see the module docstring); accepted keys that
+        vanished are cut off. ``force``: whatever changed or not; ``hot`` (a handshake, an
+        unknown key): not more often than every ``MIN_RESCAN_S``."""
+        now = self._clock()
+        if hot and now - self._scanned < MIN_RESCAN_S:
             return
-        self._stamp = stamp
-        before = dict(self._keys[ACCEPTED])
-        keys: dict[str, dict[str, str]] = {s: {} for s in STATES}
-        since: dict[tuple[str, str], int] = {}
+        stamp = self._dir_stamp()
+        due = force or now - self._scanned >= RESCAN_S
+        if stamp == self._stamp and not due:
+            return
+        old, self._stamp, self._scanned = self._stamp, stamp, now
+        changed: set[str] = set()
+        for i, state in enumerate(STATES):
+            if stamp[i] != old[i] or due:
+                changed |= self._scan(state)
+        for name in changed:
+            self._settle(name)
+
+    def _scan(self, state: str) -> set[str]:
+        """Re-list ``state``'s directory; read only new or changed files. Returns the names touched."""
+        known = self._files[state]
+        seen: set[str] = set()
+        changed: set[str] = set()
+        with os.scandir(self.root / state) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                if not valid_name(entry.name):
+                    self._warn_once(entry.name, state, f"ignoring {state}/{entry.name}: not a valid node name")
+                    continue
+                seen.add(entry.name)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    seen.discard(entry.name)
+                    continue
+                ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+                held = known.get(entry.name)
+                if held is not None and held[1] == ident:
+                    continue
+                changed.add(entry.name)
+                self._read(state, entry.name, ident)
+        for name in set(known) - seen:
+            del known[name]
+            changed.add(name)
+        return changed
+
+    def _read(self, state: str, name: str, ident: tuple[int, int, int]) -> None:
+        try:
+            with open(self.root / state / name, "rb") as f:
+                key = parse_key(f.read(256), f"{state}/{name}").decode()
+        except FileNotFoundError:
+            self._files[state].pop(name, None)
+            return
+        except (OSError, CurveKeyError) as exc:
+            self._warn_once(name, state, f"ignoring {state}/{name}: {exc}")
+            self._files[state].pop(name, None)
+            return
+        self._files[state][name] = (key, ident)
+        self._since[(state, name)] = ident[2] // 1_000_000
+
+    def _reload_name(self, name: str) -> None:
+        """Re-read ``name``'s own files (O(1)): what the head does about one node."""
         for state in STATES:
-            with os.scandir(self.root / state) as entries:
-                for entry in entries:
-                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-                        continue
-                    if not valid_name(entry.name):
-                        self._warn_once(entry.name, state, f"ignoring {state}/{entry.name}: not a valid node name")
-                        continue
-                    try:
-                        with open(entry.path, "rb") as f:
-                            key = parse_key(f.read(256), f"{state}/{entry.name}").decode()
-                    except (OSError, CurveKeyError) as exc:
-                        self._warn_once(entry.name, state, f"ignoring {state}/{entry.name}: {exc}")
-                        continue
-                    keys[state][entry.name] = key
-                    since[(state, entry.name)] = entry.stat(follow_symlinks=False).st_mtime_ns // 1_000_000
-        # A name in several directories (a crash mid-move): the most cautious state wins.
-        for name in keys[REJECTED]:
-            keys[ACCEPTED].pop(name, None)
-            keys[PENDING].pop(name, None)
-        for name in keys[ACCEPTED]:
-            keys[PENDING].pop(name, None)
-        self._keys, self._since = keys, since
-        self._by_key = {key: name for name, key in keys[ACCEPTED].items()}
-        self._rejected_keys = {key: name for name, key in keys[REJECTED].items()}
-        for name, key in before.items():
-            if keys[ACCEPTED].get(name) != key:
-                self._cut_off(name)
+            try:
+                st = os.stat(self.root / state / name, follow_symlinks=False)
+            except FileNotFoundError:
+                self._files[state].pop(name, None)
+                continue
+            ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+            held = self._files[state].get(name)
+            if held is None or held[1] != ident:
+                self._read(state, name, ident)
+        self._settle(name)
+
+    def _settle(self, name: str) -> None:
+        """Derive ``name``'s one state from its files (a crash mid-move leaves two: the most
+        cautious wins), update the maps, and cut the node off if its accepted key went."""
+        before = self._keys[ACCEPTED].get(name)
+        effective = next((s for s in (REJECTED, ACCEPTED, PENDING) if name in self._files[s]), None)
+        for state in STATES:
+            old = self._keys[state].pop(name, None)
+            if old is not None:
+                if state == ACCEPTED and self._by_key.get(old) == name:
+                    del self._by_key[old]
+                if state == REJECTED and self._rejected_keys.get(old) == name:
+                    del self._rejected_keys[old]
+            if name not in self._files[state]:
+                self._since.pop((state, name), None)
+        if effective is not None:
+            key = self._files[effective][name][0]
+            self._keys[effective][name] = key
+            if effective == ACCEPTED:
+                self._by_key[key] = name
+            elif effective == REJECTED:
+                self._rejected_keys[key] = name
+        if before is not None and self._keys[ACCEPTED].get(name) != before:
+            self._cut_off(name)
 
     def state_of(self, name: str) -> str | None:
         for state in STATES:
@@ -133,7 +206,7 @@ class NodeKeyRegistry:
 
     def list(self) -> list[dict[str, Any]]:
         """Every known name: ``{"name", "publicKey", "state", "since"}`` (since: epoch ms)."""
-        self.refresh()
+        self.refresh(force=True)
         rows = [
             {"name": name, "publicKey": key, "state": state, "since": self._since.get((state, name), 0)}
             for state in STATES
@@ -143,7 +216,7 @@ class NodeKeyRegistry:
 
     # -------------------------------------------------------------- transitions
     def _require(self, name: str) -> str:
-        self.refresh()
+        self._reload_name(name)
         state = self.state_of(name)
         if state is None:
             raise NotFoundError(f"no key is known for node {name}: `hpcbatch nodes keys list` shows them")
@@ -165,8 +238,7 @@ class NodeKeyRegistry:
                 os.unlink(self.root / src / name)
             except FileNotFoundError:
                 pass
-        self._stamp = ()  # re-read at once
-        self.refresh()
+        self._reload_name(name)  # this name's files only: O(1) per transition
 
     def accept(self, name: str) -> None:
         """pending or rejected -> accepted: the key is trusted from the next message on."""
@@ -207,16 +279,20 @@ class NodeKeyRegistry:
     # ------------------------------------------------------------ the handshake
     def zap_allows(self, key: str) -> bool:
         """ZAP's question: may this key complete the handshake? Only rejected keys may not."""
-        self.refresh()
+        self.refresh(hot=True)
         name = self._rejected_keys.get(key)
         if name is None:
+            known = self._by_key.get(key)
+            if known is not None and self.on_handshake is not None:
+                self.on_handshake(known)  # alive: a reconnect storm's nodes are not silent
             return True
         log.warning("refused node %s (key %s): its key is rejected", name, key)
         return False
 
     def note_unenrolled(self, name: str, key: str) -> bool:
         """A quarantined agent says it is ``name``: file its key; True if now accepted."""
-        self.refresh()
+        if valid_name(name):
+            self._reload_name(name)  # pre-seeded since the last scan: three paths, not the folder
         if key in self._by_key:  # accepted since (by hand, or pre-seeded)
             return self._by_key[key] == name
         if not valid_name(name):

@@ -8,6 +8,7 @@ one transaction, and tells the engine. A rejected call raises before anything is
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import json
 import os
@@ -143,6 +144,32 @@ def _page(items: list[Any], max_results: int | None, token: str | None) -> tuple
     end = start + limit
     nxt = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
     return items[start:end], nxt
+
+
+MAX_NODES_PAGE = 1000
+
+
+def _node_page(names: list[str], body: dict[str, Any]) -> tuple[list[str], str | None]:
+    """ListNodes' page of ``names`` (sorted): all of them without ``maxResults``; the token
+    is the last name given, so a page is exact even when nodes join between calls."""
+    limit, token = body.get("maxResults"), body.get("nextToken")
+    if limit is None and token is None:
+        return names, None
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_NODES_PAGE):
+        raise ClientError(f"maxResults must be an integer between 1 and {MAX_NODES_PAGE}")
+    start = 0
+    if token is not None:
+        try:
+            kind, _, after = base64.urlsafe_b64decode(str(token).encode()).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            raise ClientError("nextToken is not a token this API returned") from None
+        if kind != "node":
+            raise ClientError("nextToken is not a token this API returned")
+        start = bisect.bisect_right(names, after)
+    end = start + (limit or 100)
+    page = names[start:end]
+    nxt = base64.urlsafe_b64encode(f"node:{page[-1]}".encode()).decode() if page and end < len(names) else None
+    return page, nxt
 
 
 class BatchService:
@@ -1188,46 +1215,59 @@ class BatchService:
             self.engine.nodes.setdefault(name, NodeInfo(facts=None)).drain_reason = reason
 
     def ListNodes(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Every node, or with ``maxResults`` one page of them (by name) and a ``nextToken``."""
+        names, token = _node_page(self._node_names(), body)
+        nodes = [self._node_doc(name, self.engine.nodes[name], caller) for name in names]
+        out: dict[str, Any] = {"nodes": nodes}
+        if token is not None:
+            out["nextToken"] = token
+        return out
+
+    def _node_names(self) -> list[str]:
+        """The node names in order, re-sorted only when the set of nodes changed (10,000 nodes)."""
+        nodes = self.engine.nodes
+        cached = getattr(self, "_node_names_snapshot", None)
+        if cached is None or len(cached[0]) != len(nodes) or cached[0] != nodes.keys():
+            cached = (set(nodes), sorted(nodes))
+            self._node_names_snapshot = cached
+        return cached[1]
+
+    def _node_doc(self, name: str, info: Any, caller: Caller) -> dict[str, Any]:
         from hpcbatch.head import gpus as head_gpus
 
-        nodes = []
-        for name, info in sorted(self.engine.nodes.items()):
-            facts = info.facts
-            usage = self.engine.scheduler.node_usage(name) or (0.0, 0, 0)
-            holders = {gpu: self._shown_job_id(job_id, caller) for gpu, job_id in self.engine.scheduler.gpu_holders(name).items()}
-            nodes.append(
-                {
-                    "name": name,
-                    "hostname": facts.hostname if facts else None,
-                    "addresses": facts.addresses if facts else [],
-                    "state": info.state,
-                    "stateReason": info.state_reason,
-                    "computeEnvironment": self.engine.compute_environment_of(name) or None,
-                    "placementGroup": facts.placement_group if facts else None,
-                    "fabricInterface": facts.fabric_interface if facts else None,
-                    "fabricAddress": facts.fabric_address if facts else None,
-                    "fabricKind": facts.fabric_kind if facts else None,
-                    "fabricDevices": facts.fabric_devices if facts else [],
-                    "vcpus": facts.vcpus if facts else 0,
-                    "memoryMiB": facts.memory_mib if facts else 0,
-                    "gpus": facts.gpus if facts else [],
-                    "containerRuntime": facts.container_runtime if facts else None,
-                    "images": info.images,
-                    "allocatedVcpus": usage[0],
-                    "allocatedMemoryMiB": usage[1],
-                    "allocatedGpus": usage[2],
-                    "gpuHolders": holders,
-                    **head_gpus.node_gpu_listing(facts, holders, info.gpu_unhealthy),
-                    "runningJobs": sorted(j for j in info.jobs if self._shown_job_id(j, caller) == j),
-                    "lastHeartbeatAt": info.last_heartbeat_at,
-                    "agentVersion": facts.agent_version if facts else None,
-                    "quarantinedMessages": [  # hpcbatch.head.engine: reports the head set aside
-                        {"type": q.kind, "jobId": q.job_id, "attemptId": q.attempt_id, "tries": q.tries,
-                         "error": q.error, "at": q.at} for q in info.quarantined
-                    ],
-                }
-            )
-        return {"nodes": nodes}
+        facts = info.facts
+        usage = self.engine.scheduler.node_usage(name) or (0.0, 0, 0)
+        holders = {gpu: self._shown_job_id(job_id, caller) for gpu, job_id in self.engine.scheduler.gpu_holders(name).items()}
+        return {
+                "name": name,
+                "hostname": facts.hostname if facts else None,
+                "addresses": facts.addresses if facts else [],
+                "state": info.state,
+                "stateReason": info.state_reason,
+                "computeEnvironment": self.engine.compute_environment_of(name) or None,
+                "placementGroup": facts.placement_group if facts else None,
+                "fabricInterface": facts.fabric_interface if facts else None,
+                "fabricAddress": facts.fabric_address if facts else None,
+                "fabricKind": facts.fabric_kind if facts else None,
+                "fabricDevices": facts.fabric_devices if facts else [],
+                "vcpus": facts.vcpus if facts else 0,
+                "memoryMiB": facts.memory_mib if facts else 0,
+                "gpus": facts.gpus if facts else [],
+                "containerRuntime": facts.container_runtime if facts else None,
+                "images": info.images,
+                "allocatedVcpus": usage[0],
+                "allocatedMemoryMiB": usage[1],
+                "allocatedGpus": usage[2],
+                "gpuHolders": holders,
+                **head_gpus.node_gpu_listing(facts, holders, info.gpu_unhealthy),
+                "runningJobs": sorted(j for j in info.jobs if self._shown_job_id(j, caller) == j),
+                "lastHeartbeatAt": info.last_heartbeat_at,
+                "agentVersion": facts.agent_version if facts else None,
+                "quarantinedMessages": [  # hpcbatch.head.engine: reports the head set aside
+                    {"type": q.kind, "jobId": q.job_id, "attemptId": q.attempt_id, "tries": q.tries,
+                     "error": q.error, "at": q.at} for q in info.quarantined
+                ],
+        }
 
     def _shown_job_id(self, job_id: str, caller: Caller) -> str:
         """A job id as ``caller`` may see it in a node listing: under private_data another

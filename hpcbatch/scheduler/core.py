@@ -122,7 +122,7 @@ from hpcbatch.scheduler.gang import (
     pick_nodes,
 )
 from hpcbatch.scheduler.gpus import GpuPlace, choose_gpus, steering_rank
-from hpcbatch.scheduler.nodeindex import NodeIndex
+from hpcbatch.scheduler.nodeindex import IdleNodes, NodeCensus, NodeIndex
 from hpcbatch.scheduler.predict import Predictor, RunKey, grow
 
 
@@ -376,9 +376,9 @@ class _ComputeEnvironment:
     max_vcpus: float | None = None
     require_placement_group: bool = False
     used_vcpus: float = 0.0
-    nodes: dict[str, _Node] = field(default_factory=dict)
+    nodes: NodeCensus = field(default_factory=NodeCensus)  # by name; accepting ones counted by shape
     index: NodeIndex = field(default_factory=NodeIndex)  # nodes that can take a job, by free capacity
-    idle: dict[str, _Node] = field(default_factory=dict)  # accepting nodes that run nothing (gangs)
+    idle: IdleNodes = field(default_factory=IdleNodes)  # accepting nodes that run nothing, by group (gangs)
     by_end: SortedList = field(default_factory=SortedList)  # (latest end, node): reservations
     # (planned end, job, node) of allocations with a known end, a heap with stale entries left
     # in (checked when popped, compacted when it doubles): when a node has room for a job.
@@ -449,27 +449,6 @@ WAIT_MAX_VCPUS = "Compute environment at its maxvCpus limit"
 _ANY_LIMIT = -math.inf  # a failure that no time limit (backfill) could have avoided
 
 
-
-def _pick_idle(fit: list[_Node], n: int, require_placement_group: bool) -> list[_Node] | None:
-    """``pick_nodes``' rule for ``n`` of ``fit`` (all idle now), without building candidates:
-    the placement group with the fewest fitting nodes that still holds the gang (then by
-    name), else (no group required) any; smallest nodes first, then by name."""
-    if len(fit) < n:
-        return None
-    groups: dict[str, list[_Node]] = {}
-    for node in fit:
-        if node.placement_group is not None:
-            groups.setdefault(node.placement_group, []).append(node)
-    options = [(len(members), group) for group, members in groups.items() if len(members) >= n]
-    if options:
-        pool = groups[min(options)[1]]
-    elif require_placement_group:
-        return None
-    else:
-        pool = fit
-    chosen = heapq.nsmallest(n, pool, key=lambda nd: ((nd.vcpus, nd.memory_mib, nd.gpus), natural_key(nd.name)))
-    return sorted(chosen, key=lambda nd: natural_key(nd.name))
-
 class Scheduler:
     """Placement state and the decision procedure; see the module docstring."""
 
@@ -491,7 +470,6 @@ class Scheduler:
         self._reservation_text: dict[str, str] = {}  # as last logged
         self.decisions: deque[tuple[str, str]] = deque(maxlen=log_size)
         self._never_cache: dict[tuple[int, ResourceRequest, tuple[str, ...]], tuple[str | None, str]] = {}
-        self._census_cache: dict[str, dict[tuple[float, int, int, str | None, frozenset[str]], int]] = {}
         self._usage: dict[tuple[str, str], ShareUsage] = {}  # (queue, shareIdentifier) -> vCPU usage
         self._fair_note: dict[tuple[str, str], str] = {}  # (queue, share) -> its place in line, for reasons
         self._scanning: _Queue | None = None  # the queue whose jobs a pass is iterating
@@ -582,7 +560,6 @@ class Scheduler:
     def _apply(self, event: Event) -> None:
         if isinstance(event, NodeUp | NodeGone | ComputeEnvironmentChanged | ComputeEnvironmentRemoved):
             self._never_cache.clear()
-            self._census_cache.clear()
             self._away_cache.clear()
         match event:
             case JobRunnable():
@@ -1502,19 +1479,26 @@ class Scheduler:
         (then by name), else (no group required) any; smallest nodes first, then by name.
         """
         n, r = job.num_nodes, job.request
+
+        def fits(shape: tuple[float, int, int, int, frozenset[str]]) -> bool:  # could_ever_fit, by shape
+            return r.vcpus <= shape[0] + 1e-9 and r.memory_mib <= shape[1] and r.gpus <= shape[3] and r.requires <= shape[4]
+
+        def cpu_only(shape: tuple[float, int, int, int, frozenset[str]]) -> bool:
+            return shape[2] == 0 and fits(shape)
+
         for ce in ces:
             if ce.caps(n * r.vcpus) or len(ce.idle) < n:
                 continue
-            fit = [
-                node for node in ce.idle.values()
-                if node.could_ever_fit(r) and self._may_use(node.name, reserved, job.job_id, estimate)
-            ]
-            if len(fit) < n:
-                continue
+            unusable = {
+                name for name in reserved
+                if name in ce.idle and not self._may_use(name, reserved, job.job_id, estimate)
+            }
             picked = None
-            if r.gpus == 0 and any(nd.gpus for nd in fit):  # steering: CPU-only nodes first (gpus.py)
-                picked = _pick_idle([nd for nd in fit if not nd.gpus], n, ce.require_placement_group)
-            picked = picked or _pick_idle(fit, n, ce.require_placement_group)
+            if r.gpus == 0:  # steering: CPU-only nodes first (gpus.py), when GPU nodes would fit too
+                able = sum(ce.idle.counts(fits, unusable).values())
+                if able >= n and sum(ce.idle.counts(cpu_only, unusable).values()) < able:
+                    picked = ce.idle.pick(n, cpu_only, unusable, ce.require_placement_group)
+            picked = picked or ce.idle.pick(n, fits, unusable, ce.require_placement_group)
             if picked is not None:
                 return picked, ce
         return None
@@ -1566,17 +1550,9 @@ class Scheduler:
         return max(self._now, node.latest_end)
 
     def _census(self, ce: _ComputeEnvironment) -> dict[tuple[float, int, int, str | None, frozenset[str]], int]:
-        """Accepting nodes of ``ce`` counted by (vCPUs, MiB, usable GPUs, placement group, features); cached like
-        the never-cache (both change only when nodes or compute environments do)."""
-        census = self._census_cache.get(ce.name)
-        if census is None:
-            census = self._census_cache[ce.name] = {}
-            for node in ce.nodes.values():
-                if node.accepting:
-                    shape = (node.vcpus, node.memory_mib, node.gpus - len(node.gpu_out), node.placement_group,
-                             node.features)
-                    census[shape] = census.get(shape, 0) + 1
-        return census
+        """Accepting nodes of ``ce`` counted by (vCPUs, MiB, usable GPUs, placement group, features),
+        kept as nodes come and go (``NodeCensus``)."""
+        return ce.nodes.census
 
     def _gang_why_never(
         self, job: JobRunnable, ces: list[_ComputeEnvironment]

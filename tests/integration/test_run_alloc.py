@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from hpcbatch.errors import ClientError
+from tests import prereq
 from tests.harness import TestCluster, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +41,7 @@ PROMPT = r"[#$] "  # the remote shell is ready for a line
 @pytest.fixture(scope="module")
 def quad() -> Iterator[TestCluster]:
     if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces (CI runs as root)")
+        prereq.skip("netns", "needs root for network namespaces (CI runs as root)")
     root = Path(tempfile.mkdtemp(prefix="hpcb-run-"))
     os.chmod(root, 0o755)
     c = TestCluster(root, nodes=4, netns=True)
@@ -97,7 +98,7 @@ def readme_line(prefix: str) -> str:
 
 def test_readme_torchrun_one_liner_trains_ddp_across_two_nodes(quad: TestCluster) -> None:
     if importlib.util.find_spec("torch") is None or not (BIN / "torchrun").exists():
-        pytest.skip(f"PyTorch not installed in {BIN.parent} (scripts/setup installs the CPU build)")
+        prereq.skip("torch", f"PyTorch not installed in {BIN.parent} (scripts/setup installs the CPU build)")
     line = readme_line("hpcbatch run --nodes 2 --vcpus 1 --memory 3072 -- torchrun ")
     done = subprocess.run(["sh", "-c", line], cwd=REPO, capture_output=True, text=True, env=cli_env(quad),
                           timeout=180, check=False)

@@ -402,7 +402,7 @@ def test_nodes_list(stub: StubHead) -> None:
     stub.answers["/hpcbatch/v1/listnodes"] = {"nodes": [node]}
     result = run("nodes", "list")
     assert result.exit_code == 0, result.output
-    assert sent(stub, "/hpcbatch/v1/listnodes") == {}
+    assert sent(stub, "/hpcbatch/v1/listnodes") == {"maxResults": 1000}  # paged (issue 22)
     assert result.stdout.splitlines()[1].split()[:11] == [
         "node1",
         "ACTIVE",
