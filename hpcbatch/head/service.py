@@ -24,6 +24,7 @@ from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.containers import check_container, refuse_privileged
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.policies import SchedulingPolicies
+from hpcbatch.head.power import describe_capacity, list_power, managed_status, pool_node_shapes
 from hpcbatch.model.jobs import (
     JobRecord,
     ResourceRequest,
@@ -158,6 +159,7 @@ class BatchService:
         self.node_keys: Any = None  # the NodeKeyRegistry, set by the daemon
         self.allow_privileged_containers = False  # containerProperties.privileged, from the head's config
         self.container_limits = ContainerLimits()  # host paths, devices, shm, tmpfs, ulimits: the head's config
+        self.power_pools: dict[str, Any] = {}  # [power.pools.CE]: MANAGED compute environments' nodes (head.power)
         self.policies = SchedulingPolicies(store, self.arn, engine.scheduling_policy_changed)
         # AWS's floor for jobStateTimeLimitActions.maxTimeSeconds; a test head may lower it.
         self.min_state_time_limit_s = 600
@@ -198,6 +200,7 @@ class BatchService:
         }
         if "unmanagedvCpus" in body:
             doc["unmanagedvCpus"] = body["unmanagedvCpus"]
+        doc["status"], doc["statusReason"] = managed_status(name, doc["type"], doc["computeResources"], self.power_pools)
         with self.store.transaction():
             self.store.put_resource("ce", name, 1, doc["status"], doc)
         self.engine.compute_environment_changed(doc)
@@ -211,6 +214,8 @@ class BatchService:
             doc["computeResources"] = {**doc.get("computeResources", {}), **body["computeResources"]}
         if "unmanagedvCpus" in body:
             doc["unmanagedvCpus"] = body["unmanagedvCpus"]
+        doc["status"], doc["statusReason"] = managed_status(
+            doc["computeEnvironmentName"], doc["type"], doc["computeResources"], self.power_pools)
         with self.store.transaction():
             self.store.put_resource("ce", doc["computeEnvironmentName"], 1, doc["status"], doc)
         self.engine.compute_environment_changed(doc)
@@ -220,6 +225,7 @@ class BatchService:
         wanted = {_name_of(r) for r in body.get("computeEnvironments", [])}
         docs = [d for d in self.store.list_resources("ce") if not wanted or d["computeEnvironmentName"] in wanted]
         page, token = _page(docs, body.get("maxResults"), body.get("nextToken"))
+        page = [describe_capacity(d, self.engine.power) for d in page]  # desiredvCpus of MANAGED ones
         out: dict[str, Any] = {"computeEnvironments": page}
         if token:
             out["nextToken"] = token
@@ -759,6 +765,8 @@ class BatchService:
                 )
                 for node, info in self.engine.nodes.items()
                 if info.facts is not None and self.engine.compute_environment_of(node) == name
+            ) + tuple(  # a MANAGED CE's powered-down nodes never seen yet: they can be powered up
+                NodeShape(n, v, m) for n, v, m in pool_node_shapes(name, self.power_pools, set(self.engine.nodes))
             )
             max_vcpus = compute.get("maxvCpus")
             shapes.append(EnvironmentShape(
@@ -1201,7 +1209,7 @@ class BatchService:
                     ],
                 }
             )
-        return {"nodes": nodes}
+        return {"nodes": list_power(nodes, self.engine.power)}
 
     def _shown_job_id(self, job_id: str, caller: Caller) -> str:
         """A job id as ``caller`` may see it in a node listing: under private_data another

@@ -15,7 +15,7 @@ SuspendTime, ResumeTimeout, ResumeRate):
   power-up, and idle nodes are powered down only while powered vCPUs stay at or above
   ``minvCpus``; below ``minvCpus``, nodes are powered up to reach it.
 * **Suspend**: a registered node that ran nothing and was claimed by no waiting job for
-  ``suspend_after_s`` is powered down.
+  ``suspend_after_s`` is powered down (the last by name first: minvCpus keeps the first warm).
 * **Resume timeout**: a node POWERING_UP that has not registered within ``resume_timeout_s``
   is failed: POWERED_DOWN with the reason, ``failed`` (never chosen again until it
   registers by itself), and powered off again; its job is placed elsewhere on the next pass.
@@ -172,7 +172,7 @@ class PowerPlanner:
             if rec is not None and rec.state is PowerState.POWERING_DOWN:
                 rec.state, rec.since, rec.reason = PowerState.POWERED_DOWN, now, "Powered down: idle"
                 out.append(name)
-        return out
+        return sorted(out)
 
     def power_failed(self, nodes: Iterable[str], now: float, why: str) -> list[str]:
         """The driver failed to power these nodes up: failed, POWERED_DOWN with the driver's reason."""
@@ -182,7 +182,7 @@ class PowerPlanner:
             if rec is not None and rec.state is PowerState.POWERING_UP:
                 rec.state, rec.since, rec.reason, rec.failed = PowerState.POWERED_DOWN, now, why, True
                 out.append(name)
-        return out
+        return sorted(out)
 
     @staticmethod
     def _powered(rec: NodePower) -> bool:
@@ -372,11 +372,11 @@ class PowerPlanner:
         powered = sum(1 for n in pool.nodes if self._powered(self.records[n]))
         keep = math.ceil(pool.min_vcpus / pool.vcpus_per_node - 1e-9) if pool.vcpus_per_node else 0
         out = []
-        for name in sorted(pool.nodes):
+        for name in sorted(pool.nodes, reverse=True):  # the first nodes by name are the ones kept warm
             rec = self.records[name]
             if (rec.state is PowerState.ACTIVE and name in views and not views[name].busy and name not in claimed
                     and name not in self._wanted
                     and rec.idle_since is not None and now - rec.idle_since >= pool.suspend_after_s
                     and powered - len(out) > keep):
                 out.append(name)
-        return out
+        return sorted(out)

@@ -1,0 +1,133 @@
+"""MANAGED compute environments on the namespace cluster: nodes powered up on demand and down when idle.
+
+Four namespace nodes of 1 vCPU form the pool ``node[1-4]`` of the MANAGED compute environment
+``managed`` (minvCpus 1, maxvCpus 4), powered by the ``netns`` driver: a power-up starts the
+node's real agent in its namespace, a power-down stops it. node1's agent is pointed at a port
+where no head listens, so it never registers. One cluster, one story, in order:
+minvCpus powers a node; the first job waits for it, it never registers (resume_timeout_s), it
+is marked down and the job runs on another node; a 3-node gang powers up exactly the two nodes
+it lacks and runs; once idle for suspend_after_s they power down, minvCpus keeps one warm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hpcbatch.netns import require_root
+from tests.harness import TestCluster, free_port, wait_for
+
+RESUME_TIMEOUT_S = 12  # an agent's start under load stays well inside it
+SUSPEND_AFTER_S = 3
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    require_root()
+    root = tmp_path_factory.mktemp("managed")
+    head_extra = (
+        "[power.pools.managed]\n"
+        'nodes = "node[1-4]"\nvcpus_per_node = 1\ndriver = "netns"\n'
+        f'agent_config_dir = "{root}"\nnetns_layout = "{root / "layout.json"}"\n'
+        f"suspend_after_s = {SUSPEND_AFTER_S}\nresume_timeout_s = {RESUME_TIMEOUT_S}\nboot_time_s = 5\ntimeout_s = 10\n"
+    )
+    c = TestCluster(root, nodes=4, node_vcpus=1, netns=True, agent_extra='compute_environment = "managed"',
+                    head_extra=head_extra)
+    try:
+        assert c.netns is not None
+        (root / "layout.json").write_text(json.dumps(c.netns.to_dict()))
+        # node1 "boots" but never reaches the head.
+        config = root / "node1.toml"
+        config.write_text(config.read_text().replace(c.fleet, f"tcp://{c.netns.host_mgmt_ip}:{free_port()}"))
+        c.start_head()
+        yield c
+    finally:
+        for pid_file in root.glob("*.power.pid"):  # agents the driver started: the harness does not know them
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        c.close()
+
+
+def _power(c: TestCluster) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in c.client.list_nodes()["nodes"]}
+
+
+def _ce(c: TestCluster, name: str) -> dict[str, Any]:
+    return c.client.describe_compute_environments(computeEnvironments=[name])["computeEnvironments"][0]
+
+
+def _power_ons(c: TestCluster) -> list[str]:
+    return [e["target"] for e in reversed(c.client.call("/hpcbatch/v1/listaudit", {"maxResults": 1000})["events"])
+            if e["operation"] == "PowerOn"]
+
+
+def test_ec2_only_fields_are_named_as_ignored_and_a_managed_ce_without_a_pool_is_invalid(pool: TestCluster) -> None:
+    c = pool
+    c.client.create_compute_environment(
+        computeEnvironmentName="managed", type="MANAGED",
+        computeResources={"type": "EC2", "minvCpus": 1, "maxvCpus": 4, "desiredvCpus": 1,
+                          "instanceTypes": ["optimal"], "subnets": ["subnet-0abc"],
+                          "securityGroupIds": ["sg-0abc"], "instanceRole": "ecsInstanceRole"},
+    )
+    ce = _ce(c, "managed")
+    assert ce["status"] == "VALID", ce
+    assert "node pool node[1-4] (netns driver)" in ce["statusReason"]
+    assert "ignored (EC2 only, no meaning on this cluster): subnets, securityGroupIds, instanceRole, instanceTypes" \
+        in ce["statusReason"]
+    c.client.create_compute_environment(computeEnvironmentName="cloud", type="MANAGED",
+                                        computeResources={"type": "FARGATE", "maxvCpus": 16})
+    cloud = _ce(c, "cloud")
+    assert cloud["status"] == "INVALID" and "has no node pool" in cloud["statusReason"], cloud
+    assert "[power.pools.cloud]" in cloud["statusReason"]
+    c.client.create_job_queue(jobQueueName="default", priority=1,
+                              computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "managed"}])
+
+
+def test_a_node_that_never_registers_is_marked_down_and_the_job_runs_elsewhere(pool: TestCluster) -> None:
+    c = pool
+    # The pool's nodes were never seen: a job that fits one of them is accepted.
+    job_id = c.submit(["true"])
+    # minvCpus 1 powers node1 up (the first by name); the job waits for it.
+    reason = wait_for(lambda: "powering up node1" in (r := c.job(job_id)["statusReason"] or "") and r, 10,
+                      what="the job to wait for node1's power-up")
+    assert reason.startswith("CAPACITY - powering up node1, expected in ~")
+    assert _power(c)["node1"]["powerState"] == "POWERING_UP"
+    job = c.wait_status(job_id, "SUCCEEDED", timeout=RESUME_TIMEOUT_S + 30)
+    assert job["nodeName"] == "node2", job
+    node1 = _power(c)["node1"]
+    assert node1["state"] == "DOWN" and node1["powerState"] == "POWERED_DOWN", node1
+    assert f"did not register within resume_timeout_s {RESUME_TIMEOUT_S} s" in node1["stateReason"]
+    assert _power_ons(c) == ["node1", "node2"]  # one power-up each, batched as hostlists
+
+
+def test_a_gang_powers_up_exactly_the_nodes_it_lacks_and_they_power_down_when_idle(pool: TestCluster) -> None:
+    c = pool
+    wait_for(lambda: _power(c)["node2"]["powerState"] == "ACTIVE", 5, what="node2 ACTIVE (minvCpus 1 keeps it)")
+    job_id = str(c.client.submit_job(
+        jobName="gang", jobQueue="default", jobDefinition="hpcbatch-default-mnp",
+        nodeOverrides={"numNodes": 3, "nodePropertyOverrides": [
+            {"targetNodes": "0:", "containerOverrides": {"command": ["sleep", "1"]}}]},
+    )["jobId"])
+    job = c.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=60)
+    assert job["status"] == "SUCCEEDED", job
+    assert _power_ons(c)[2:] == ["node[3-4]"]  # node2 was warm: exactly two more
+    nodes = sorted(d["nodeName"] for d in c.client.describe_jobs(jobs=[f"{job_id}#{i}" for i in range(3)])["jobs"])
+    assert nodes == ["node2", "node3", "node4"]
+    # Idle for suspend_after_s: node3 and node4 power down; minvCpus 1 keeps node2 on.
+    wait_for(lambda: [_power(c)[n]["powerState"] for n in ("node2", "node3", "node4")]
+             == ["ACTIVE", "POWERED_DOWN", "POWERED_DOWN"], 30, what="node[3-4] powered down, node2 warm")
+    listed = _power(c)
+    assert listed["node3"]["state"] == "POWERED_DOWN" and "idle" in listed["node3"]["powerStateReason"]
+    assert _ce(c, "managed")["computeResources"]["desiredvCpus"] == 1
+    offs = [e["target"] for e in c.client.call("/hpcbatch/v1/listaudit", {"maxResults": 1000})["events"]
+            if e["operation"] == "PowerOff" and e["outcome"] == "ok"]
+    assert "node[3-4]" in offs
