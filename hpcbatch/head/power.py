@@ -25,12 +25,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hpcbatch.errors import HpcbatchError
 from hpcbatch.scheduler.power import (
@@ -616,3 +617,22 @@ def pool_node_shapes(ce: str, pools: dict[str, PoolConfig], known: set[str]) -> 
     if pool is None:
         return []
     return [(n, pool.vcpus_per_node, pool.memory_mib_per_node or 1 << 40) for n in NodeSet(pool.nodes) if n not in known]
+
+
+def power_metrics(manager: PowerManager | None) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Prometheus families (head.metrics): pool nodes by power state, node-hours powered and saved."""
+    if manager is None:
+        return
+    states = GaugeMetricFamily("hpcbatch_pool_nodes", "MANAGED pool nodes by power state",
+                               labels=["compute_environment", "power_state"])
+    counts: dict[tuple[str, str], int] = {(ce, s.value): 0 for ce in manager.planner.pools for s in PowerState}
+    for name, rec in manager.planner.records.items():
+        counts[(manager.planner.pool_of[name], rec.state.value)] += 1
+    for (ce, state), n in sorted(counts.items()):
+        states.add_metric([ce, state], n)
+    yield states
+    hours = CounterMetricFamily("hpcbatch_pool_node_hours", "Node-hours of MANAGED pool nodes: powered, and saved "
+                                "(powered down)", labels=["kind"])
+    hours.add_metric(["powered"], manager.planner.powered_s / 3600)
+    hours.add_metric(["saved"], manager.planner.saved_s / 3600)
+    yield hours

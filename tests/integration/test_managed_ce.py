@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -128,6 +131,14 @@ def test_a_gang_powers_up_exactly_the_nodes_it_lacks_and_they_power_down_when_id
     listed = _power(c)
     assert listed["node3"]["state"] == "POWERED_DOWN" and "idle" in listed["node3"]["powerStateReason"]
     assert _ce(c, "managed")["computeResources"]["desiredvCpus"] == 1
+    listing = subprocess.run([sys.executable, "-m", "hpcbatch.cli.main", "--endpoint", c.socket_endpoint, "nodes",
+                              "list", "--state", "POWERED_DOWN"], capture_output=True, text=True, timeout=30, check=True)
+    rows = [line.split()[:2] for line in listing.stdout.splitlines()[1:]]
+    assert rows == [["node3", "POWERED_DOWN"], ["node4", "POWERED_DOWN"]], listing.stdout
+    metrics = urllib.request.urlopen(c.endpoint + "/metrics", timeout=10).read().decode()
+    assert 'hpcbatch_pool_nodes{compute_environment="managed",power_state="POWERED_DOWN"} 3.0' in metrics
+    saved = next(line for line in metrics.splitlines() if line.startswith('hpcbatch_pool_node_hours_total{kind="saved"}'))
+    assert float(saved.split()[-1]) > 0
     offs = [e["target"] for e in c.client.call("/hpcbatch/v1/listaudit", {"maxResults": 1000})["events"]
             if e["operation"] == "PowerOff" and e["outcome"] == "ok"]
     assert "node[3-4]" in offs
