@@ -239,6 +239,7 @@ class PowerPlanner:
 
     def _observe(self, plan: PowerPlan, now: float, views: Mapping[str, NodeView]) -> None:
         self._up_reason, self._wanted = {}, set()
+        failed: dict[str, list[str]] = {}  # CE -> nodes to power off again (one batch per pool)
         for name, rec in self.records.items():
             pool = self.pools[self.pool_of[name]]
             seen = name in views
@@ -253,7 +254,7 @@ class PowerPlanner:
                 rec.failed = True
                 self.claimed_for.pop(name, None)
                 plan.actions.append(NodeFailed(name, reason))
-                plan.actions.append(PowerOff(pool.compute_environment, (name,), "did not register"))
+                failed.setdefault(pool.compute_environment, []).append(name)
             elif rec.state is PowerState.ACTIVE and not seen:
                 # Lost or powered off by hand: not powered as far as capacity goes.
                 self._set(plan, name, PowerState.POWERED_DOWN, now, "Not registered any more (lost or powered off by hand)")
@@ -262,6 +263,8 @@ class PowerPlanner:
                     rec.idle_since = None
                 elif rec.idle_since is None:
                     rec.idle_since = now
+        for ce, names in failed.items():
+            plan.actions.append(PowerOff(ce, tuple(names), "did not register within resume_timeout_s"))
 
     def _candidates(self, pool: Pool, taken: Iterable[str]) -> list[str]:
         taken = set(taken)

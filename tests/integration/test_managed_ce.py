@@ -18,6 +18,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,3 +143,44 @@ def test_a_gang_powers_up_exactly_the_nodes_it_lacks_and_they_power_down_when_id
     offs = [e["target"] for e in c.client.call("/hpcbatch/v1/listaudit", {"maxResults": 1000})["events"]
             if e["operation"] == "PowerOff" and e["outcome"] == "ok"]
     assert "node[3-4]" in offs
+
+
+def test_the_command_driver_gets_a_hostlist_and_a_head_restart_mid_power_up_powers_nothing_twice(
+        tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    # Slurm's ResumeProgram/SuspendProgram: the hostlist is the last argument. These "machines" never boot.
+    head_extra = (
+        "[power.pools.burst]\n"
+        'nodes = "cn[1-2]"\nvcpus_per_node = 2\n'
+        f'resume_program = ["sh", "-c", "echo resume $1 >> {calls}", "resume"]\n'
+        f'suspend_program = ["sh", "-c", "echo suspend $1 >> {calls}", "suspend"]\n'
+        "resume_timeout_s = 8\nsuspend_after_s = 60\n"
+    )
+    c = TestCluster(tmp_path, nodes=0, head_extra=head_extra)
+    try:
+        c.start_head()
+        c.client.create_compute_environment(computeEnvironmentName="burst", type="MANAGED",
+                                            computeResources={"maxvCpus": 4})
+        c.client.create_job_queue(jobQueueName="burst", priority=1,
+                                  computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "burst"}])
+        job_id = str(c.client.submit_job(
+            jobName="gang", jobQueue="burst", jobDefinition="hpcbatch-default-mnp",
+            nodeOverrides={"numNodes": 2, "nodePropertyOverrides": [
+                {"targetNodes": "0:", "containerOverrides": {"command": ["true"]}}]},
+        )["jobId"])
+        wait_for(lambda: calls.exists() and calls.read_text(), 10, what="the resume program")
+        assert calls.read_text() == "resume cn[1-2]\n"
+        c.kill("head")  # mid power-up
+        c.start_head()
+        wait_for(lambda: "powering up cn[1-2]" in (c.job(job_id)["statusReason"] or ""), 10,
+                 what="the job to wait for the power-up begun before the restart")
+        assert {n["name"]: n["powerState"] for n in c.client.list_nodes()["nodes"]} == \
+            {"cn1": "POWERING_UP", "cn2": "POWERING_UP"}
+        # They never register: resume_timeout_s (counted from the first power-up) fails them, once.
+        wait_for(lambda: "suspend" in calls.read_text(), 20, what="the failed nodes powered off")
+        assert calls.read_text() == "resume cn[1-2]\nsuspend cn[1-2]\n"
+        nodes = {n["name"]: n for n in c.client.list_nodes()["nodes"]}
+        assert nodes["cn1"]["state"] == "DOWN" and "resume_timeout_s 8 s" in nodes["cn1"]["stateReason"]
+        assert c.job(job_id)["status"] == "RUNNABLE"  # nothing else can hold it; it waits
+    finally:
+        c.close()
