@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -159,8 +160,13 @@ def test_the_command_driver_gets_a_hostlist_and_a_head_restart_mid_power_up_powe
     c = TestCluster(tmp_path, nodes=0, head_extra=head_extra)
     try:
         c.start_head()
-        c.client.create_compute_environment(computeEnvironmentName="burst", type="MANAGED",
-                                            computeResources={"maxvCpus": 4})
+        # docs/managed.md's command, as written.
+        doc = (Path(__file__).resolve().parents[2] / "docs" / "managed.md").read_text()
+        line = next(x for x in doc.splitlines() if x.startswith("$ hpcbatch ce create burst"))
+        subprocess.run([sys.executable, "-m", "hpcbatch.cli.main", *shlex.split(line)[2:]], check=True, timeout=30,
+                       env=dict(os.environ, HPCBATCH_ENDPOINT=c.socket_endpoint), capture_output=True)
+        ce = _ce(c, "burst")
+        assert ce["status"] == "VALID" and ce["computeResources"]["maxvCpus"] == 4, ce
         c.client.create_job_queue(jobQueueName="burst", priority=1,
                                   computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "burst"}])
         job_id = str(c.client.submit_job(
