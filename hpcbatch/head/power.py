@@ -430,6 +430,14 @@ class PowerManager:
     def _demands(self, queues: dict[str, tuple[str, int, list[str]]]) -> list[Demand]:
         from hpcbatch.model.lifecycle import JobStatus
 
+        # Free vCPUs of ACTIVE nodes outside any pool, by CE: a job they can hold powers nothing.
+        elsewhere: dict[str, list[tuple[float, bool]]] = {}
+        for name, info in self.engine.nodes.items():
+            if name in self.planner.pool_of or info.facts is None or info.state != "ACTIVE":
+                continue
+            used = (self.engine.scheduler.node_usage(name) or (0.0, 0, 0))[0]
+            elsewhere.setdefault(self.engine.compute_environment_of(name), []).append(
+                (float(info.facts.vcpus) - used, not info.jobs))
         out = []
         for job in self.engine.jobs.values():
             if job.status is not JobStatus.RUNNABLE or job.parent_id is not None:
@@ -438,9 +446,16 @@ class PowerManager:
             mine = tuple(ce for ce in ces if ce in self.configs)
             if state != "ENABLED" or not mine:
                 continue
-            out.append((-priority, job.created_at, job.job_id,
-                        Demand(job.job_id, mine, float(job.resources.vcpus), max(1, int(job.num_nodes)))))
-        return [d for *_, d in sorted(out, key=lambda t: t[:3])]
+            vcpus, n = float(job.resources.vcpus), max(1, int(job.num_nodes))
+            others = [slot for ce in ces if ce not in self.configs for slot in elsewhere.get(ce, [])]
+            if (n == 1 and any(free >= vcpus for free, _ in others)) or (
+                    n > 1 and sum(1 for _, idle in others if idle) >= n):
+                continue
+            # An array's tasks not yet placed: one demand each (bounded: a pool is not bigger).
+            copies = min(64, max(1, (job.array_size or 0) - job.array_next)) if job.array_size else 1
+            for i in range(copies):
+                out.append((-priority, job.created_at, job.job_id, i, Demand(job.job_id, mine, vcpus, n)))
+        return [d for *_, d in sorted(out, key=lambda t: t[:4])]
 
     def _views(self) -> dict[str, NodeView]:
         views = {}

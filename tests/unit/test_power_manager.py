@@ -1,0 +1,47 @@
+"""The head's PowerManager (hpcbatch.head.power) over a real engine and store: what it powers, what it stores."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from hpcbatch.head.power import PoolConfig, PowerManager
+from hpcbatch.scheduler.power import PowerOn, PowerState
+from tests.unit.test_fencing import Cluster
+
+POOL = PoolConfig(nodes="cn[1-2]", vcpus_per_node=1, resume_program=["true"], suspend_program=["true"])
+
+
+def _docs(c: Cluster) -> None:
+    store = c.engine.store
+    with store.transaction():
+        store.put_resource("ce", "burst", 1, "VALID", {"computeEnvironmentName": "burst", "type": "MANAGED",
+                                                       "state": "ENABLED", "computeResources": {"maxvCpus": 2}})
+        store.put_resource("queue", "q", 1, "VALID", {"jobQueueName": "q", "state": "ENABLED", "priority": 1,
+                                                      "computeEnvironmentOrder": [
+                                                          {"order": 1, "computeEnvironment": "default"},
+                                                          {"order": 2, "computeEnvironment": "burst"}]})
+
+
+def test_a_job_that_fits_an_unmanaged_node_powers_nothing_and_one_that_does_not_powers_one(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)  # n1, n2: 1 vCPU each, in CE default
+        _docs(c)
+        clock = [1000.0]
+        manager = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: clock[0])
+        c.engine.power = manager
+        c.submit("j1")
+        assert manager.pass_once() == []  # n1 or n2 holds it
+        c.submit("j2")
+        c.submit("j3")  # n1 and n2 are full: j3 needs a pool node
+        calls = manager.pass_once()
+        assert [(k, a.nodes) for k, a in calls] == [("on", ("cn1",))] and isinstance(calls[0][1], PowerOn)
+        assert c.engine.jobs["j3"].status_reason == "CAPACITY - powering up cn1, expected in ~60 s"
+        clock[0] += 1
+        assert manager.pass_once() == []  # asked again: not powered twice
+        # A head restarted on the same store finds cn1 POWERING_UP and powers nothing.
+        again = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: clock[0])
+        assert again.record("cn1").state is PowerState.POWERING_UP  # type: ignore[union-attr]
+        assert again.pass_once() == []
+
+    asyncio.run(run())
