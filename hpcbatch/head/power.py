@@ -394,6 +394,8 @@ class PowerManager:
             ))
         self.waiting: dict[str, str] = {}
         self.desired: dict[str, float] = {}
+        # Power-downs a previous head began: the driver call may never have run; it is safe to repeat.
+        self._resume_downs = {name for name, rec in self.planner.records.items() if rec.state is PowerState.POWERING_DOWN}
         self._calls: asyncio.Queue[tuple[str, PowerOn | PowerOff]] = asyncio.Queue()
 
     # --------------------------------------------------------------- read side
@@ -477,6 +479,17 @@ class PowerManager:
         self.desired = plan.desired_vcpus
         self._store(plan.changed)
         calls: list[tuple[str, PowerOn | PowerOff]] = []
+        for name, rec in self.planner.records.items():  # a node on its way down takes no work, restart or not
+            info = self.engine.nodes.get(name)
+            if (rec.state is PowerState.POWERING_DOWN and info is not None and info.state != "DOWN"
+                    and info.drain_reason != POWER_DRAIN_REASON):
+                self.engine.drain(name, POWER_DRAIN_REASON)
+        if self._resume_downs:
+            by_ce: dict[str, list[str]] = {}
+            for name in sorted(self._resume_downs):
+                by_ce.setdefault(self.planner.pool_of[name], []).append(name)
+            calls += [("off", PowerOff(ce, tuple(names), "power-down begun before a restart")) for ce, names in by_ce.items()]
+            self._resume_downs = set()
         for action in plan.actions:
             if isinstance(action, NodeFailed):
                 log.error("%s; it is marked down, its job goes elsewhere", action.reason)

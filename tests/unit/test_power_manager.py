@@ -45,3 +45,20 @@ def test_a_job_that_fits_an_unmanaged_node_powers_nothing_and_one_that_does_not_
         assert again.pass_once() == []
 
     asyncio.run(run())
+
+
+def test_a_power_down_begun_before_a_restart_is_done_again_and_its_node_takes_no_work(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        manager = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: 1000.0)
+        manager.planner.records["cn2"].state = PowerState.POWERING_DOWN
+        manager._store(["cn2"])
+        c.register("cn2")  # its agent is still up, and registers with the new head
+        again = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: 1001.0)
+        calls = again.pass_once()
+        assert [(k, a.nodes) for k, a in calls] == [("off", ("cn2",))]
+        assert c.engine.nodes["cn2"].state == "DRAINED"  # no job lands on it meanwhile
+        assert again.pass_once() == []  # once
+
+    asyncio.run(run())
