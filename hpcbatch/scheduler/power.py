@@ -350,7 +350,8 @@ class PowerPlanner:
         booting = [n for n in nodes if self.records.get(n) and self.records[n].state is PowerState.POWERING_UP]
         if booting:
             left = max(0.0, min(self.records[n].since for n in booting) + pool.boot_time_s - now)
-            plan.waiting[demand.job_id] = f"powering up {hostlist(booting)}, expected in ~{left:.0f} s"
+            # In steps of 5 s: the reason (stored with the job) changes at most every 5 s.
+            plan.waiting[demand.job_id] = f"powering up {hostlist(booting)}, expected in ~{5 * math.ceil(left / 5):.0f} s"
 
     def _keep_minimum(self, now: float, pool: Pool, ups: list[str]) -> None:
         powered = sum(1 for n in pool.nodes if self._powered(self.records[n])) + len(ups)

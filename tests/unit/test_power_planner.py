@@ -114,7 +114,7 @@ def test_restored_powering_up_records_are_not_powered_twice_after_a_restart() ->
     for n in ("node1", "node2"):
         planner.restore(n, NodePower(PowerState.POWERING_UP, 95, "Powering up for job g"))
     plan = planner.plan(101, [Demand("g", ("managed",), 1, num_nodes=2)], {})
-    assert ons(plan) == [] and plan.waiting["g"] == "powering up node[1-2], expected in ~84 s"
+    assert ons(plan) == [] and plan.waiting["g"] == "powering up node[1-2], expected in ~85 s"
 
 
 def test_resume_rate_limits_power_ups_per_minute() -> None:
