@@ -617,9 +617,15 @@ def list_power(nodes: list[dict[str, Any]], manager: PowerManager | None) -> lis
     seen = {n["name"] for n in nodes}
     for name in sorted(manager.planner.records, key=_natural):
         if name not in seen:
-            nodes.append({"name": name, "state": "DOWN", "stateReason": "", "computeEnvironment":
-                          manager.planner.pool_of[name], "vcpus": 0, "memoryMiB": 0, "gpus": [],
-                          "runningJobs": [], "lastHeartbeatAt": 0})
+            pool = manager.planner.pools[manager.planner.pool_of[name]]
+            nodes.append({  # the shape of a ListNodes row (the console reads every key), nothing known yet
+                "name": name, "hostname": None, "addresses": [], "state": "DOWN", "stateReason": "",
+                "computeEnvironment": pool.compute_environment, "placementGroup": pool.placement_groups.get(name),
+                "fabricInterface": None, "fabricAddress": None, "fabricKind": None, "fabricDevices": [],
+                "vcpus": 0, "memoryMiB": 0, "gpus": [], "containerRuntime": None, "images": [],
+                "allocatedVcpus": 0.0, "allocatedMemoryMiB": 0, "allocatedGpus": 0, "gpuHolders": {},
+                "runningJobs": [], "lastHeartbeatAt": 0, "agentVersion": None, "quarantinedMessages": [],
+            })
     for row in nodes:
         rec = manager.record(row["name"])
         if rec is None:

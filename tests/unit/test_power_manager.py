@@ -62,3 +62,24 @@ def test_a_power_down_begun_before_a_restart_is_done_again_and_its_node_takes_no
         assert again.pass_once() == []  # once
 
     asyncio.run(run())
+
+
+def test_pool_nodes_never_seen_are_listed_powered_down_and_the_console_renders_them(tmp_path: Path) -> None:
+    import jinja2
+
+    from hpcbatch.head.power import list_power
+
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        manager = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: 1000.0)
+        rows = list_power([], manager)
+        assert [(r["name"], r["state"], r["powerState"]) for r in rows] == [
+            ("cn1", "POWERED_DOWN", "POWERED_DOWN"), ("cn2", "POWERED_DOWN", "POWERED_DOWN")]
+        env = jinja2.Environment(loader=jinja2.PackageLoader("hpcbatch.console", "templates"), autoescape=True)
+        env.filters["time"] = str
+        env.globals["duration"] = str
+        html = env.get_template("nodes.html").render(me=None, csrf="", path="/console/nodes", event_id=0, nodes=rows)
+        assert "cn2" in html and "POWERED_DOWN" in html
+
+    asyncio.run(run())
