@@ -311,15 +311,16 @@ class Head:
                 prune_task = tasks.create_task(self._prune_loop())
                 lease_task = tasks.create_task(self._keep_lease(stop)) if self.lease is not None else None
                 tick_task = tasks.create_task(self._tick_loop())
-                stonith_task = None
-                if self.config.power.compute_environments or self.config.power.nodes:
-                    stonith = Stonith(self.config.power, self.engine.compute_environment_of, self.engine.node_fenced)
-                    self.engine.fence_node = stonith.request
-                    stonith_task = tasks.create_task(stonith.serve())
                 power_task = None
                 if self.config.power.pools:  # MANAGED compute environments (docs/managed.md)
                     self.engine.power = PowerManager(self.config.power.pools, self.engine)
                     power_task = tasks.create_task(self.engine.power.serve())
+                stonith_task = None
+                if self.config.power.compute_environments or self.config.power.nodes or self.config.power.pools:
+                    stonith = Stonith(self.config.power, self.engine.compute_environment_of, self.engine.node_fenced,
+                                      self.engine.power.drivers if self.engine.power else None)
+                    self.engine.fence_node = stonith.request
+                    stonith_task = tasks.create_task(stonith.serve())
                 await stop.wait()
                 if self.lost_lease is None:
                     log.info("stopping: signal received")

@@ -174,6 +174,16 @@ async def run_program(argv: list[str], timeout_s: float) -> None:
         raise PowerError(f"{argv[0]} exited with {proc.returncode}" + (f": {text}" if text else ""))
 
 
+class PoolFence:
+    """STONITH through a MANAGED pool's driver: powers one node off."""
+
+    def __init__(self, driver: PoolDriver) -> None:
+        self.driver = driver
+
+    async def power_off(self, node: str) -> None:
+        await self.driver.power_off([node])
+
+
 def make_driver(config: PowerDriverConfig) -> PowerDriver:
     """The driver ``config`` names (only ``command`` so far)."""
     return CommandDriver(config.power_off, config.timeout_s)
@@ -188,9 +198,19 @@ class Stonith:
 
     def __init__(
         self, config: PowerConfig, compute_environment_of: Callable[[str], str], on_fenced: Callable[[str], None],
+        pool_drivers: dict[str, PoolDriver] | None = None,
     ) -> None:
         self._by_ce = {name: make_driver(c) for name, c in config.compute_environments.items()}
-        self._by_node = {name: make_driver(c) for name, c in config.nodes.items()}
+        self._by_node: dict[str, PowerDriver] = {name: make_driver(c) for name, c in config.nodes.items()}
+        # A MANAGED pool's nodes are fenced with the pool's own driver (its suspend program)
+        # unless a [power.nodes] or [power.compute_environments] driver is named for them.
+        from ClusterShell.NodeSet import NodeSet
+
+        for ce, pool in config.pools.items():
+            driver = (pool_drivers or {}).get(ce)
+            for node in NodeSet(pool.nodes):
+                if node not in self._by_node and ce not in self._by_ce and driver is not None:
+                    self._by_node[node] = PoolFence(driver)
         self._ce_of = compute_environment_of
         self._on_fenced = on_fenced
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -297,15 +317,23 @@ class NetnsDriver:
             return None
         return None if stat.rpartition(")")[2].split()[0] == "Z" else pid
 
+    def _layout(self) -> Any:
+        from hpcbatch.netns import NetnsLayout
+
+        try:
+            return NetnsLayout.from_dict(json.loads(Path(self.layout_path).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise PowerError(f"netns layout {self.layout_path}: {exc}") from None
+
     async def power_on(self, nodes: list[str]) -> None:
         prefix: dict[str, list[str]] = {}
         if self.layout_path:
-            from hpcbatch.netns import NetnsError, NetnsLayout
+            from hpcbatch.netns import NetnsError
 
             try:
-                layout = NetnsLayout.from_dict(json.loads(Path(self.layout_path).read_text()))
+                layout = self._layout()
                 prefix = {n: layout.node(n).exec_prefix for n in nodes}
-            except (OSError, ValueError, NetnsError) as exc:
+            except NetnsError as exc:
                 raise PowerError(f"netns layout {self.layout_path}: {exc}") from None
         for node in nodes:
             if self._running(node) is not None:  # already on: powering it on again changes nothing
@@ -330,6 +358,31 @@ class NetnsDriver:
             if pid is not None:
                 await self._stop(node, pid)
             self._pid_file(node).unlink(missing_ok=True)
+            if self.layout_path:  # off means off: whatever else runs on the node dies too (its jobs)
+                await asyncio.to_thread(self._kill_the_rest, node)
+
+    def _kill_the_rest(self, node: str) -> None:
+        import psutil
+
+        from hpcbatch.netns import NetnsError, netns_pids
+
+        try:
+            net = self._layout().node(node)
+        except NetnsError as exc:
+            raise PowerError(str(exc)) from None
+        holder = int((net.holder or {}).get("pid", 0))
+        procs = []
+        for pid in netns_pids(net.netns):
+            if pid != holder:
+                try:
+                    proc = psutil.Process(pid)
+                    proc.kill()
+                    procs.append(proc)
+                except psutil.Error:
+                    pass
+        _, alive = psutil.wait_procs(procs, timeout=self.timeout_s)
+        if alive:
+            raise PowerError(f"node {node}: pids {sorted(p.pid for p in alive)} still run after SIGKILL")
 
     async def _stop(self, node: str, pid: int) -> None:
         for sig, wait_s in ((signal.SIGTERM, self.timeout_s), (signal.SIGKILL, 5.0)):

@@ -41,7 +41,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
         "[power.pools.managed]\n"
         'nodes = "node[1-4]"\nvcpus_per_node = 1\ndriver = "netns"\n'
         f'agent_config_dir = "{root}"\nnetns_layout = "{root / "layout.json"}"\n'
-        f"suspend_after_s = {SUSPEND_AFTER_S}\nresume_timeout_s = {RESUME_TIMEOUT_S}\nboot_time_s = 5\ntimeout_s = 10\n"
+        f"suspend_after_s = {SUSPEND_AFTER_S}\nresume_timeout_s = {RESUME_TIMEOUT_S}\nboot_time_s = 5\ntimeout_s = 3\n"
     )
     c = TestCluster(root, nodes=4, node_vcpus=1, netns=True, agent_extra='compute_environment = "managed"',
                     head_extra=head_extra)
@@ -144,6 +144,25 @@ def test_a_gang_powers_up_exactly_the_nodes_it_lacks_and_they_power_down_when_id
     offs = [e["target"] for e in c.client.call("/hpcbatch/v1/listaudit", {"maxResults": 1000})["events"]
             if e["operation"] == "PowerOff" and e["outcome"] == "ok"]
     assert "node[3-4]" in offs
+
+
+def test_a_lost_pool_node_is_fenced_by_its_pools_driver_and_its_job_retried_at_once(pool: TestCluster) -> None:
+    c = pool
+    marks = c.root / "marks"
+    marks.mkdir()
+    job_id = c.submit(["sh", "-c", f'echo $$ > {marks}/"$AWS_BATCH_JOB_ATTEMPT"; '
+                                   '[ "$AWS_BATCH_JOB_ATTEMPT" = 1 ] && exec sleep 300; exit 0'],
+                      retryStrategy={"attempts": 2})
+    victim = c.wait_status(job_id, "RUNNING", timeout=30)["nodeName"]
+    wait_for(lambda: (marks / "1").exists(), 10, what="the first attempt's pid")
+    # The node goes silent (a hung kernel): its agent neither heartbeats nor fences (600 s by default).
+    os.kill(int((c.root / f"{victim}.power.pid").read_text()), signal.SIGSTOP)
+    job = c.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=60)
+    assert job["status"] == "SUCCEEDED" and len(job["attempts"]) == 2, job
+    assert f"Node {victim} lost" in job["attempts"][0]["statusReason"]
+    first = int((marks / "1").read_text())
+    assert not Path(f"/proc/{first}").exists() or "Z" in Path(f"/proc/{first}/stat").read_text().rpartition(")")[2][:3]
+    assert f"node {victim} is powered off" in (c.root / "head.log").read_text()
 
 
 def test_the_command_driver_gets_a_hostlist_and_a_head_restart_mid_power_up_powers_nothing_twice(
