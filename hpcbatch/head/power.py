@@ -119,10 +119,17 @@ def _check_pool(name: str, pool: PoolConfig) -> str | None:
 
 def check_power_config(config: PowerConfig) -> str | None:
     """None if ``config`` is usable, else one line naming the field."""
+    from ClusterShell.NodeSet import NodeSet
+
+    owner: dict[str, str] = {}
     for name, pool in config.pools.items():
         problem = _check_pool(name, pool)
         if problem is not None:
             return problem
+        for node in NodeSet(pool.nodes):
+            if node in owner:
+                return f"power.pools.{name}.nodes: {node} is already in power.pools.{owner[node]} (a node has one pool)"
+            owner[node] = name
     for kind, table in (("compute_environments", config.compute_environments), ("nodes", config.nodes)):
         for name, driver in table.items():
             if not driver.power_off or not all(driver.power_off):
@@ -654,13 +661,19 @@ def managed_status(name: str, ce_type: str, resources: dict[str, Any], pools: di
     return "VALID", reason
 
 
-def describe_capacity(doc: dict[str, Any], manager: PowerManager | None) -> dict[str, Any]:
-    """A CE doc with ``computeResources.desiredvCpus`` as the planner follows demand."""
-    name = doc.get("computeEnvironmentName", "")
-    if manager is None or doc.get("type") != "MANAGED" or name not in manager.desired:
+def describe_capacity(doc: dict[str, Any], manager: PowerManager | None,
+                      pools: dict[str, PoolConfig] | None = None) -> dict[str, Any]:
+    """A CE doc as DescribeComputeEnvironments shows it: a MANAGED one's status against the
+    head's pools now (a pool added or removed since it was created counts), and its
+    ``computeResources.desiredvCpus`` as the planner follows demand."""
+    if doc.get("type") != "MANAGED":
         return doc
-    return {**doc, "computeResources": {**(doc.get("computeResources") or {}),
-                                        "desiredvCpus": int(manager.desired[name])}}
+    name = doc.get("computeEnvironmentName", "")
+    status, reason = managed_status(name, "MANAGED", doc.get("computeResources") or {}, pools or {})
+    doc = {**doc, "status": status, "statusReason": reason}
+    if manager is not None and name in manager.desired:
+        doc["computeResources"] = {**(doc.get("computeResources") or {}), "desiredvCpus": int(manager.desired[name])}
+    return doc
 
 
 def list_power(nodes: list[dict[str, Any]], manager: PowerManager | None) -> list[dict[str, Any]]:

@@ -225,7 +225,7 @@ class BatchService:
         wanted = {_name_of(r) for r in body.get("computeEnvironments", [])}
         docs = [d for d in self.store.list_resources("ce") if not wanted or d["computeEnvironmentName"] in wanted]
         page, token = _page(docs, body.get("maxResults"), body.get("nextToken"))
-        page = [describe_capacity(d, self.engine.power) for d in page]  # desiredvCpus of MANAGED ones
+        page = [describe_capacity(d, self.engine.power, self.power_pools) for d in page]  # desiredvCpus of MANAGED ones
         out: dict[str, Any] = {"computeEnvironments": page}
         if token:
             out["nextToken"] = token

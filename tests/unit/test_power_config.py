@@ -8,7 +8,7 @@ import pytest
 
 from hpcbatch.errors import ClientError
 from hpcbatch.head.config import load_head_config
-from hpcbatch.head.power import managed_status, pool_of
+from hpcbatch.head.power import PoolConfig, describe_capacity, managed_status, pool_of
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "managed.md"
 
@@ -30,6 +30,9 @@ def test_the_pool_example_in_docs_managed_md_is_a_valid_head_config(tmp_path: Pa
     ('nodes = "cn1"\nvcpus_per_node = 1\n', "needs resume_program and suspend_program"),
     ('nodes = "cn1"\nvcpus_per_node = 1\ndriver = "netns"\n', "agent_config_dir is required"),
     ('nodes = "cn1"\nvcpus_per_node = 1\ndriver = "redfish"\n', "driver"),
+    ('nodes = "cn[1-2]"\nvcpus_per_node = 1\nresume_program = ["a"]\nsuspend_program = ["b"]\n'
+     '[power.pools.other]\nnodes = "cn2"\nvcpus_per_node = 1\nresume_program = ["a"]\nsuspend_program = ["b"]\n',
+     r"power\.pools\.other\.nodes: cn2 is already in power\.pools\.burst"),
 ])
 def test_a_bad_pool_is_refused_naming_the_field(tmp_path: Path, text: str, error: str) -> None:
     path = tmp_path / "head.toml"
@@ -42,3 +45,9 @@ def test_managed_status_without_a_pool_is_invalid_and_unmanaged_is_unchanged() -
     assert managed_status("x", "UNMANAGED", {}, {}) == ("VALID", "ComputeEnvironment Healthy")
     status, reason = managed_status("x", "MANAGED", {"maxvCpus": 4, "subnets": ["s"]}, {})
     assert status == "INVALID" and "[power.pools.x]" in reason
+    # Described against the head's pools now: a pool added since it was created makes it VALID.
+    doc = {"computeEnvironmentName": "x", "type": "MANAGED", "status": status, "statusReason": reason,
+           "computeResources": {"maxvCpus": 4, "subnets": ["s"]}}
+    pools = {"x": PoolConfig(nodes="cn1", vcpus_per_node=1, resume_program=["a"], suspend_program=["b"])}
+    shown = describe_capacity(doc, None, pools)
+    assert shown["status"] == "VALID" and "ignored (EC2 only, no meaning on this cluster): subnets" in shown["statusReason"]
