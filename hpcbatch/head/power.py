@@ -11,8 +11,15 @@ Drivers are configured in the head's config, per compute environment or per node
 node's wins), under ``[power.compute_environments.NAME]`` and ``[power.nodes.NAME]``
 (docs/ha.md). The ``command`` driver runs an admin's command (``ipmitool``, ``ssh pdu``,
 a cloud CLI) with ``{node}`` replaced by the node's name, within ``timeout_s``; exit 0 means
-the node is off. Other kinds (Redfish, IPMI, cloud, netns; DESIGN.md "Capacity that
-follows demand") are further classes with the same ``power_off``.
+the node is off.
+
+MANAGED compute environments (docs/managed.md) add node pools, ``[power.pools.CE]``: the
+``PowerManager`` runs the pure planner (hpcbatch.scheduler.power) once a second and applies
+its decisions through pool drivers with ``power_on(nodes)``/``power_off(nodes)`` on a
+hostlist: ``command`` (Slurm's ResumeProgram/SuspendProgram) and ``netns`` (the test bed's:
+real agents started and stopped). A pool's driver also fences its lost nodes. Below: the
+drivers, the manager, then what the API shows (status, desiredvCpus, power states, metrics).
+Redfish, IPMI and cloud drivers are not written yet (a ``command`` script can call them).
 """
 
 from __future__ import annotations
