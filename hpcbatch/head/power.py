@@ -602,7 +602,10 @@ class PowerManager:
                 await driver.power_on(nodes)
             else:
                 await driver.power_off(nodes)
-        except PowerError as exc:
+        except Exception as exc:  # a driver's failure (or bug) fails this call, never the head
+            if not isinstance(exc, PowerError):
+                log.exception("%s %s: the driver failed", op, shown)
+                exc = PowerError(f"{type(exc).__name__}: {exc}")
             log.error("%s %s failed: %s", op, shown, exc)
             self._audit(op, shown, f"failed: {exc}")
             now = self._clock()
@@ -633,6 +636,9 @@ class PowerManager:
                     calls = self.pass_once()
                 except HpcbatchError as exc:  # the store is away: try again next pass
                     log.warning("power pass skipped: %s", exc)
+                    calls = []
+                except Exception:  # a bug in a pass: this pass is lost, not the head
+                    log.exception("power pass failed; trying again in %g s", interval_s)
                     calls = []
                 for kind, action in calls:
                     tasks.create_task(self._call(kind, action))

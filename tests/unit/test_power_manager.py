@@ -83,3 +83,26 @@ def test_pool_nodes_never_seen_are_listed_powered_down_and_the_console_renders_t
         assert "cn2" in html and "POWERED_DOWN" in html
 
     asyncio.run(run())
+
+
+def test_a_failed_power_up_marks_the_node_failed_with_the_drivers_words_and_the_next_pass_uses_another(
+        tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        failing = PoolConfig(nodes="cn[1-2]", vcpus_per_node=1, resume_program=["sh", "-c", "echo BMC $0 down; exit 2"],
+                             suspend_program=["true"])
+        manager = PowerManager({"burst": failing}, c.engine, clock_s=lambda: 1000.0)
+        for job in ("j1", "j2", "j3"):
+            c.submit(job)  # n1, n2 full: j3 needs a pool node
+        ((kind, action),) = manager.pass_once()
+        assert action.nodes == ("cn1",)
+        await manager._call(kind, action)
+        rec = manager.record("cn1")
+        assert rec is not None and rec.failed and rec.state is PowerState.POWERED_DOWN
+        assert rec.reason == "Power-up failed: sh exited with 2: BMC cn1 down"
+        assert [a.nodes for _, a in manager.pass_once()] == [("cn2",)]
+        audit = [e for e in c.engine._audit if e["operation"] == "PowerOn"]
+        assert audit and audit[0]["outcome"].startswith("failed: sh exited with 2")
+
+    asyncio.run(run())
