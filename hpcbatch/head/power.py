@@ -16,10 +16,11 @@ the node is off.
 MANAGED compute environments (docs/managed.md) add node pools, ``[power.pools.CE]``: the
 ``PowerManager`` runs the pure planner (hpcbatch.scheduler.power) once a second and applies
 its decisions through pool drivers with ``power_on(nodes)``/``power_off(nodes)`` on a
-hostlist: ``command`` (Slurm's ResumeProgram/SuspendProgram) and ``netns`` (the test bed's:
-real agents started and stopped). A pool's driver also fences its lost nodes. Below: the
-drivers, the manager, then what the API shows (status, desiredvCpus, power states, metrics).
-Redfish, IPMI and cloud drivers are not written yet (a ``command`` script can call them).
+hostlist: ``command`` (Slurm's ResumeProgram/SuspendProgram), ``redfish`` (BMCs) and
+``netns`` (the test bed's: real agents started and stopped). A pool's driver also fences its
+lost nodes. Below: the drivers, the manager, then what the API shows (status, desiredvCpus,
+power states, metrics). IPMI and cloud drivers are not written yet (a ``command`` script can
+call them).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class PoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nodes: str  # a hostlist: node[5-8]
     vcpus_per_node: float  # what a powered-down node brings when it registers (planning, submit checks)
     memory_mib_per_node: int = 0  # 0: not checked at submit
-    driver: Literal["command", "netns"] = "command"
+    driver: Literal["command", "netns", "redfish"] = "command"
     # command: Slurm's ResumeProgram/SuspendProgram: argv, called with the hostlist as last argument.
     resume_program: list[str] = []
     suspend_program: list[str] = []
@@ -82,6 +83,13 @@ class PoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # inside the namespaces of a hpcbatch.netns layout (JSON file) when netns_layout is set.
     agent_config_dir: str = ""
     netns_layout: str = ""
+    # redfish: each node's BMC, "{node}" replaced by the node's name; ComputerSystem.Reset on
+    # <redfish_url>/redfish/v1/Systems/<redfish_system>; basic auth when a user is named.
+    redfish_url: str = ""  # e.g. "https://{node}-bmc"
+    redfish_system: str = "{node}"  # the system's id at that BMC (often "1" or "System.Embedded.1")
+    redfish_username: str = ""
+    redfish_password_file: str = ""
+    redfish_verify_tls: bool = True
     timeout_s: float = 60.0  # one driver call
     suspend_after_s: float = 300.0  # Slurm's SuspendTime
     resume_timeout_s: float = 300.0  # Slurm's ResumeTimeout
@@ -121,6 +129,8 @@ def _check_pool(name: str, pool: PoolConfig) -> str | None:
         return f"{where}: the command driver needs resume_program and suspend_program (argv lists)"
     if pool.driver == "netns" and not pool.agent_config_dir:
         return f"{where}.agent_config_dir is required by the netns driver"
+    if pool.driver == "redfish" and not pool.redfish_url.startswith(("http://", "https://")):
+        return f"{where}.redfish_url must be an http(s):// URL (\"{{node}}\" is replaced by the node's name)"
     return None
 
 
@@ -417,8 +427,91 @@ class NetnsDriver:
         raise PowerError(f"the agent of node {node} (pid {pid}) did not stop")
 
 
+class RedfishDriver:
+    """BMCs over Redfish (DMTF DSP0266): ``ComputerSystem.Reset`` with ``On`` / ``ForceOff``.
+
+    A power-on returns once every BMC accepted it (the agent's registration is the real
+    sign); a power-off returns once every system reports ``PowerState: Off`` (a fact, as
+    STONITH needs), within ``timeout_s`` for the whole batch.
+    """
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.url, self.system = config.redfish_url.rstrip("/"), config.redfish_system
+        self.timeout_s = config.timeout_s
+        self.verify = config.redfish_verify_tls
+        self.user = config.redfish_username
+        self.password_file = config.redfish_password_file
+
+    def _system(self, node: str) -> str:
+        return f"{self.url.replace(NODE_PLACEHOLDER, node)}/redfish/v1/Systems/{self.system.replace(NODE_PLACEHOLDER, node)}"
+
+    def _session(self) -> Any:
+        import aiohttp
+
+        auth = None
+        if self.user:
+            try:
+                password = Path(self.password_file).read_text().strip() if self.password_file else ""
+            except OSError as exc:
+                raise PowerError(f"redfish_password_file {self.password_file}: {exc.strerror}") from None
+            auth = aiohttp.BasicAuth(self.user, password)
+        return aiohttp.ClientSession(auth=auth, connector=aiohttp.TCPConnector(ssl=None if self.verify else False),
+                                     timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+
+    async def _reset(self, session: Any, node: str, reset: str) -> None:
+        url = self._system(node) + "/Actions/ComputerSystem.Reset"
+        async with session.post(url, json={"ResetType": reset}) as resp:
+            if resp.status >= 300:
+                text = " ".join((await resp.text()).split())[-OUTPUT_SHOWN:]
+                raise PowerError(f"{node}: Redfish {reset} answered {resp.status}: {text}")
+
+    async def _states(self, session: Any, nodes: list[str]) -> dict[str, str]:
+        out = {}
+        for node in nodes:
+            async with session.get(self._system(node)) as resp:
+                if resp.status >= 300:
+                    raise PowerError(f"{node}: Redfish system answered {resp.status}")
+                out[node] = str((await resp.json(content_type=None)).get("PowerState", ""))
+        return out
+
+    async def _do(self, nodes: list[str], reset: str, wait_off: bool) -> None:
+        import aiohttp
+
+        try:
+            async with asyncio.timeout(self.timeout_s), self._session() as session:
+                for node in nodes:
+                    await self._reset(session, node, reset)
+                while wait_off:
+                    states = await self._states(session, nodes)
+                    if all(s == "Off" for s in states.values()):
+                        return
+                    await asyncio.sleep(0.5)
+        except TimeoutError:
+            raise PowerError(f"Redfish {reset} of {hostlist(nodes)} did not finish within {self.timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise PowerError(f"Redfish {reset} of {hostlist(nodes)}: {exc}") from None
+
+    async def power_on(self, nodes: list[str]) -> None:
+        await self._do(nodes, "On", wait_off=False)
+
+    async def power_off(self, nodes: list[str]) -> None:
+        await self._do(nodes, "ForceOff", wait_off=True)
+
+    async def state(self, nodes: list[str]) -> dict[str, str]:
+        """Each node's Redfish ``PowerState`` (On, Off, PoweringOn, PoweringOff)."""
+        import aiohttp
+
+        try:
+            async with asyncio.timeout(self.timeout_s), self._session() as session:
+                return await self._states(session, nodes)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise PowerError(f"Redfish state of {hostlist(nodes)}: {exc or 'timed out'}") from None
+
+
 def make_pool_driver(config: PoolConfig) -> PoolDriver:
     """The driver a pool's config names."""
+    if config.driver == "redfish":
+        return RedfishDriver(config)
     if config.driver == "netns":
         return NetnsDriver(config.agent_config_dir, config.netns_layout, config.timeout_s)
     return ProgramDriver(config.resume_program, config.suspend_program, config.timeout_s)

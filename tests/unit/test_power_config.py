@@ -8,7 +8,14 @@ import pytest
 
 from hpcbatch.errors import ClientError
 from hpcbatch.head.config import load_head_config
-from hpcbatch.head.power import PoolConfig, describe_capacity, managed_status, pool_of
+from hpcbatch.head.power import (
+    PoolConfig,
+    RedfishDriver,
+    describe_capacity,
+    make_pool_driver,
+    managed_status,
+    pool_of,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "managed.md"
 
@@ -24,12 +31,23 @@ def test_the_pool_example_in_docs_managed_md_is_a_valid_head_config(tmp_path: Pa
     assert len(pool.nodes) == 16 and pool.placement_groups["cn9"] == "rack2"
 
 
+def test_the_redfish_example_in_docs_managed_md_is_a_valid_head_config(tmp_path: Path) -> None:
+    block = DOC.read_text().split("```toml\n# head.toml: a Redfish pool\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "head.toml"
+    path.write_text(f'state_dir = "{tmp_path}"\n' + block)
+    gpu = load_head_config(path).power.pools["gpu"]
+    assert gpu.driver == "redfish" and gpu.redfish_url == "https://{node}-bmc.mgmt"
+    driver = make_pool_driver(gpu)
+    assert isinstance(driver, RedfishDriver) and driver._system("gpu07") == "https://gpu07-bmc.mgmt/redfish/v1/Systems/1"
+
+
 @pytest.mark.parametrize(("text", "error"), [
     ('nodes = "cn[1-"\nvcpus_per_node = 1\nresume_program = ["a"]\nsuspend_program = ["b"]\n', "not a hostlist"),
     ('nodes = "cn1"\nvcpus_per_node = 0\nresume_program = ["a"]\nsuspend_program = ["b"]\n', "vcpus_per_node must be > 0"),
     ('nodes = "cn1"\nvcpus_per_node = 1\n', "needs resume_program and suspend_program"),
     ('nodes = "cn1"\nvcpus_per_node = 1\ndriver = "netns"\n', "agent_config_dir is required"),
-    ('nodes = "cn1"\nvcpus_per_node = 1\ndriver = "redfish"\n', "driver"),
+    ('nodes = "cn1"\nvcpus_per_node = 1\ndriver = "ipmi"\n', "driver"),
+    ('nodes = "cn1"\nvcpus_per_node = 1\ndriver = "redfish"\n', r"redfish_url must be an http\(s\):// URL"),
     ('nodes = "cn[1-2]"\nvcpus_per_node = 1\nresume_program = ["a"]\nsuspend_program = ["b"]\n'
      '[power.pools.other]\nnodes = "cn2"\nvcpus_per_node = 1\nresume_program = ["a"]\nsuspend_program = ["b"]\n',
      r"power\.pools\.other\.nodes: cn2 is already in power\.pools\.burst"),
