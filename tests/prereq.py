@@ -134,6 +134,7 @@ PREREQUISITES: dict[str, Callable[[], str | None]] = {
     "system-python": _system_python,
     "boto3": lambda: _modules("boto3"),
     "asyncssh": lambda: _modules("asyncssh"),
+    "sushy": lambda: _modules("sushy_tools"),  # the Redfish BMC emulator (power drivers)
 }
 
 

@@ -19,7 +19,9 @@ def nodes(ctx: click.Context) -> None:
 @nodes.command("list")
 @click.option(
     "--state",
-    type=click.Choice(["ACTIVE", "DRAINING", "DRAINED", "DOWN"], case_sensitive=False),
+    # POWER*: a MANAGED compute environment's pool nodes (docs/managed.md)
+    type=click.Choice(["ACTIVE", "DRAINING", "DRAINED", "DOWN", "POWERED_DOWN", "POWERING_UP", "POWERING_DOWN"],
+                      case_sensitive=False),
     help="Only nodes in this state.",
 )
 @click.option("--ce", metavar="CE", help="Only nodes of this compute environment.")

@@ -30,7 +30,7 @@ from hpcbatch.head.lease import HeadLease
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodekeys import NodeKeyRegistry
 from hpcbatch.head.observe import mount_observers
-from hpcbatch.head.power import Stonith
+from hpcbatch.head.power import PowerManager, Stonith
 from hpcbatch.head.ratelimit import RateLimiter
 from hpcbatch.head.service import BatchService
 from hpcbatch.head.statedir import secure_state, state_modes
@@ -94,6 +94,7 @@ class Head:
         self.service.private_data = config.private_data
         self.service.allow_privileged_containers = config.allow_privileged_containers
         self.service.container_limits = config.container_limits
+        self.service.power_pools = config.power.pools  # MANAGED compute environments' node pools
         self.engine.container_capabilities = config.container_capabilities
         self.service.min_state_time_limit_s = config.min_state_time_limit_s
         self.curve = ensure_keypair(config.curve_secret_key_path, config.curve_public_key_path)
@@ -310,9 +311,14 @@ class Head:
                 prune_task = tasks.create_task(self._prune_loop())
                 lease_task = tasks.create_task(self._keep_lease(stop)) if self.lease is not None else None
                 tick_task = tasks.create_task(self._tick_loop())
+                power_task = None
+                if self.config.power.pools:  # MANAGED compute environments (docs/managed.md)
+                    self.engine.power = PowerManager(self.config.power.pools, self.engine)
+                    power_task = tasks.create_task(self.engine.power.serve())
                 stonith_task = None
-                if self.config.power.compute_environments or self.config.power.nodes:
-                    stonith = Stonith(self.config.power, self.engine.compute_environment_of, self.engine.node_fenced)
+                if self.config.power.compute_environments or self.config.power.nodes or self.config.power.pools:
+                    stonith = Stonith(self.config.power, self.engine.compute_environment_of, self.engine.node_fenced,
+                                      self.engine.power.drivers if self.engine.power else None)
                     self.engine.fence_node = stonith.request
                     stonith_task = tasks.create_task(stonith.serve())
                 await stop.wait()
@@ -325,6 +331,8 @@ class Head:
                 tick_task.cancel()
                 if stonith_task is not None:
                     stonith_task.cancel()
+                if power_task is not None:
+                    power_task.cancel()
         finally:
             await runner.cleanup()
             api_socket.unlink(missing_ok=True)

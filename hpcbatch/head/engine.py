@@ -191,6 +191,8 @@ class Engine:
         # STONITH (hpcbatch.head.power): asked to power off a lost node whose retries are held;
         # ``node_fenced`` releases them once it is off.
         self.fence_node: Callable[[str], object] | None = None
+        # MANAGED compute environments (hpcbatch.head.power.PowerManager), set by the daemon.
+        self.power: Any = None
         self._stream_prefix = log_stream_prefix
         self._seq = 0
         self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
@@ -447,6 +449,14 @@ class Engine:
             if job is not None and job.status is JobStatus.RUNNABLE:
                 job.status_reason = action.reason
                 self._dirty[job.job_id] = job
+
+    def note_wait(self, job_id: str, reason: str) -> None:
+        """Why a RUNNABLE job waits, from outside the scheduler (power planning: "powering up node[5-8]")."""
+        job = self.jobs.get(job_id)
+        if job is not None and job.status is JobStatus.RUNNABLE and job.status_reason != reason:
+            job.status_reason = reason
+            self._dirty[job.job_id] = job
+            self.request_step()
 
     def _action_failed(self, action: StartAttempt | StartGang | CancelRunnable | SetWaitReason, exc: Exception) -> None:
         """Applying one of the scheduler's decisions raised: fail that job with the cause, free its hold."""

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hpcbatch.head.engine import Engine
+from hpcbatch.head.power import power_metrics
 from hpcbatch.head.service import BatchService
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
@@ -100,6 +101,7 @@ class _StateCollector(Collector):
                 busy.add_metric([name, gpu], value)
         yield busy
         yield from _fault_metrics(engine)
+        yield from power_metrics(engine.power)  # MANAGED pools: power states, node-hours powered/saved
 
 
 def _fault_metrics(engine: Engine) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

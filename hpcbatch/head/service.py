@@ -25,6 +25,7 @@ from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.containers import check_container, refuse_privileged
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.policies import SchedulingPolicies
+from hpcbatch.head.power import describe_capacity, list_power, managed_status, pool_node_shapes
 from hpcbatch.model.jobs import (
     JobRecord,
     ResourceRequest,
@@ -185,6 +186,7 @@ class BatchService:
         self.node_keys: Any = None  # the NodeKeyRegistry, set by the daemon
         self.allow_privileged_containers = False  # containerProperties.privileged, from the head's config
         self.container_limits = ContainerLimits()  # host paths, devices, shm, tmpfs, ulimits: the head's config
+        self.power_pools: dict[str, Any] = {}  # [power.pools.CE]: MANAGED compute environments' nodes (head.power)
         self.policies = SchedulingPolicies(store, self.arn, engine.scheduling_policy_changed)
         # AWS's floor for jobStateTimeLimitActions.maxTimeSeconds; a test head may lower it.
         self.min_state_time_limit_s = 600
@@ -225,6 +227,7 @@ class BatchService:
         }
         if "unmanagedvCpus" in body:
             doc["unmanagedvCpus"] = body["unmanagedvCpus"]
+        doc["status"], doc["statusReason"] = managed_status(name, doc["type"], doc["computeResources"], self.power_pools)
         with self.store.transaction():
             self.store.put_resource("ce", name, 1, doc["status"], doc)
         self.engine.compute_environment_changed(doc)
@@ -238,6 +241,8 @@ class BatchService:
             doc["computeResources"] = {**doc.get("computeResources", {}), **body["computeResources"]}
         if "unmanagedvCpus" in body:
             doc["unmanagedvCpus"] = body["unmanagedvCpus"]
+        doc["status"], doc["statusReason"] = managed_status(
+            doc["computeEnvironmentName"], doc["type"], doc["computeResources"], self.power_pools)
         with self.store.transaction():
             self.store.put_resource("ce", doc["computeEnvironmentName"], 1, doc["status"], doc)
         self.engine.compute_environment_changed(doc)
@@ -247,6 +252,7 @@ class BatchService:
         wanted = {_name_of(r) for r in body.get("computeEnvironments", [])}
         docs = [d for d in self.store.list_resources("ce") if not wanted or d["computeEnvironmentName"] in wanted]
         page, token = _page(docs, body.get("maxResults"), body.get("nextToken"))
+        page = [describe_capacity(d, self.engine.power, self.power_pools) for d in page]  # desiredvCpus of MANAGED ones
         out: dict[str, Any] = {"computeEnvironments": page}
         if token:
             out["nextToken"] = token
@@ -786,6 +792,8 @@ class BatchService:
                 )
                 for node, info in self.engine.nodes.items()
                 if info.facts is not None and self.engine.compute_environment_of(node) == name
+            ) + tuple(  # a MANAGED CE's powered-down nodes never seen yet: they can be powered up
+                NodeShape(n, v, m) for n, v, m in pool_node_shapes(name, self.power_pools, set(self.engine.nodes))
             )
             max_vcpus = compute.get("maxvCpus")
             shapes.append(EnvironmentShape(
@@ -1218,6 +1226,9 @@ class BatchService:
         """Every node, or with ``maxResults`` one page of them (by name) and a ``nextToken``."""
         names, token = _node_page(self._node_names(), body)
         nodes = [self._node_doc(name, self.engine.nodes[name], caller) for name in names]
+        # Power states (MANAGED compute environments); pool nodes the head never heard of
+        # come after the last page's nodes.
+        nodes = list_power(nodes, self.engine.power, known=self.engine.nodes.keys(), add_unseen=token is None)
         out: dict[str, Any] = {"nodes": nodes}
         if token is not None:
             out["nextToken"] = token

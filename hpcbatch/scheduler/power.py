@@ -1,0 +1,386 @@
+"""Power planning for MANAGED compute environments: facts and time in, power actions out.
+
+Rules / theory of operation (as Slurm's power saving: ResumeProgram, SuspendProgram,
+SuspendTime, ResumeTimeout, ResumeRate):
+
+* A MANAGED compute environment owns a **pool** of nodes that hpcbatch may power on and off.
+  Every pool node has one power state: POWERED_DOWN, POWERING_UP, ACTIVE, POWERING_DOWN,
+  with a reason and the time it was entered.
+* **Demand**: a waiting job that fits none of the powered nodes' free capacity (ACTIVE and
+  POWERING_UP, less what earlier waiting jobs of this pass claimed) powers up exactly the
+  nodes it needs: one node for a single-node job, ``numNodes`` whole nodes for a gang
+  (counting whole free powered nodes first, and preferring the placement group that needs the
+  fewest power-ups and can hold the whole gang). BEST_FIT: the fewest nodes.
+* **Bounds**: powered vCPUs (ACTIVE + POWERING_UP) never go above ``maxvCpus`` through a
+  power-up, and idle nodes are powered down only while powered vCPUs stay at or above
+  ``minvCpus``; below ``minvCpus``, nodes are powered up to reach it.
+* **Suspend**: a registered node that ran nothing and was claimed by no waiting job for
+  ``suspend_after_s`` is powered down (the last by name first: minvCpus keeps the first warm).
+* **Resume timeout**: a node POWERING_UP that has not registered within ``resume_timeout_s``
+  is failed: POWERED_DOWN with the reason, ``failed`` (never chosen again until it
+  registers by itself), and powered off again; its job is placed elsewhere on the next pass.
+* **Rate**: at most ``resume_rate`` nodes powered up per minute per pool (0: no limit).
+  Actions are batched: one PowerOn and one PowerOff per pool and pass, as a hostlist.
+* **Idempotence**: a node POWERING_UP is never powered up again; the states survive a head
+  restart (the head stores them and ``restore``s them), so a restart mid-power-up does not
+  power the same nodes twice.
+
+The planner reads no clock: ``now`` (seconds) is an argument of every call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ClusterShell.NodeSet import NodeSet
+
+
+class PowerState(StrEnum):
+    """A pool node's power state (docs/managed.md)."""
+
+    POWERED_DOWN = "POWERED_DOWN"
+    POWERING_UP = "POWERING_UP"
+    ACTIVE = "ACTIVE"
+    POWERING_DOWN = "POWERING_DOWN"
+
+
+def hostlist(names: Iterable[str]) -> str:
+    """``node[5-8]`` for nodes node5..node8 (ClusterShell's folding)."""
+    return str(NodeSet.fromlist(sorted(names)))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One MANAGED compute environment's nodes and power policy (validated by the head's config)."""
+
+    compute_environment: str
+    nodes: tuple[str, ...]
+    vcpus_per_node: float
+    min_vcpus: float = 0.0
+    max_vcpus: float | None = None
+    suspend_after_s: float = 300.0
+    resume_timeout_s: float = 300.0
+    boot_time_s: float = 60.0  # expected; shown in `why`
+    resume_rate: int = 0  # nodes per minute; 0: no limit
+    placement_groups: Mapping[str, str] = field(default_factory=dict)  # node -> group
+
+
+@dataclass(frozen=True)
+class Demand:
+    """A waiting job: ``num_nodes`` nodes of ``vcpus`` each, from these compute environments in order."""
+
+    job_id: str
+    compute_environments: tuple[str, ...]
+    vcpus: float
+    num_nodes: int = 1
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the head sees of a registered (heartbeating, accepting) node."""
+
+    name: str
+    vcpus: float
+    used_vcpus: float
+    busy: bool  # runs or holds something
+
+
+@dataclass
+class NodePower:
+    """One pool node's power record; stored by the head so that it survives a restart."""
+
+    state: PowerState
+    since: float
+    reason: str
+    failed: bool = False  # did not come up within resume_timeout_s: not chosen again
+    idle_since: float | None = None
+
+
+@dataclass(frozen=True)
+class PowerOn:
+    """Power these nodes of one pool up (one driver call, a hostlist)."""
+
+    compute_environment: str
+    nodes: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class PowerOff:
+    """Power these nodes of one pool down."""
+
+    compute_environment: str
+    nodes: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class NodeFailed:
+    """A node did not register within resume_timeout_s: mark it down with the reason."""
+
+    node: str
+    reason: str
+
+
+@dataclass
+class PowerPlan:
+    """What one pass decided."""
+
+    actions: list[PowerOn | PowerOff | NodeFailed] = field(default_factory=list)
+    desired_vcpus: dict[str, float] = field(default_factory=dict)  # CE -> desiredvCpus
+    waiting: dict[str, str] = field(default_factory=dict)  # job id -> why it waits ("powering up node[5-8], …")
+    changed: list[str] = field(default_factory=list)  # nodes whose record changed (to store)
+
+
+class PowerPlanner:
+    """Pool nodes' power states, and the decisions of each pass; see the module docstring."""
+
+    def __init__(self, pools: Iterable[Pool], now: float) -> None:
+        self.pools = {p.compute_environment: p for p in pools}
+        self.records: dict[str, NodePower] = {}
+        self.pool_of: dict[str, str] = {}
+        for pool in self.pools.values():
+            for name in pool.nodes:
+                self.pool_of[name] = pool.compute_environment
+                self.records[name] = NodePower(PowerState.POWERED_DOWN, now, "Powered down: not yet needed")
+        self._ups: dict[str, list[float]] = {ce: [] for ce in self.pools}  # power-up times (rate)
+        self._last = now
+        self.powered_s = 0.0  # node-seconds powered (ACTIVE, POWERING_UP, POWERING_DOWN)
+        self.saved_s = 0.0  # node-seconds powered down
+        self.claimed_for: dict[str, str] = {}  # node -> job id whose power-up it serves
+        self._up_reason: dict[str, str] = {}  # per pass: node -> why it is powered up
+        self._wanted: set[str] = set()  # per pass: nodes a waiting job fits on (kept on)
+
+    def restore(self, name: str, record: NodePower) -> None:
+        """A stored record (after a head restart); unknown nodes are ignored."""
+        if name in self.records:
+            self.records[name] = record
+
+    def _set(self, plan: PowerPlan, name: str, state: PowerState, now: float, reason: str) -> None:
+        rec = self.records[name]
+        rec.state, rec.since, rec.reason = state, now, reason
+        plan.changed.append(name)
+
+    def powered_off(self, nodes: Iterable[str], now: float) -> list[str]:
+        """The driver says these nodes are off: POWERED_DOWN. Returns the nodes changed."""
+        out = []
+        for name in nodes:
+            rec = self.records.get(name)
+            if rec is not None and rec.state is PowerState.POWERING_DOWN:
+                rec.state, rec.since, rec.reason = PowerState.POWERED_DOWN, now, "Powered down: idle"
+                out.append(name)
+        return sorted(out)
+
+    def power_failed(self, nodes: Iterable[str], now: float, why: str) -> list[str]:
+        """The driver failed to power these nodes up: failed, POWERED_DOWN with the driver's reason."""
+        out = []
+        for name in nodes:
+            rec = self.records.get(name)
+            if rec is not None and rec.state is PowerState.POWERING_UP:
+                rec.state, rec.since, rec.reason, rec.failed = PowerState.POWERED_DOWN, now, why, True
+                out.append(name)
+        return sorted(out)
+
+    @staticmethod
+    def _powered(rec: NodePower) -> bool:
+        return rec.state in (PowerState.ACTIVE, PowerState.POWERING_UP)
+
+    def plan(self, now: float, demands: Iterable[Demand], views: Mapping[str, NodeView]) -> PowerPlan:
+        """One pass: observe registrations, fail slow boots, serve demand, keep bounds, suspend idle nodes."""
+        plan = PowerPlan()
+        self._account(now)
+        self._observe(plan, now, views)
+        # Capacity left this pass: free vCPUs of powered nodes (a node booting counts whole).
+        free: dict[str, float] = {}
+        whole: dict[str, bool] = {}
+        for name, rec in self.records.items():
+            pool = self.pools[self.pool_of[name]]
+            if rec.state is PowerState.ACTIVE and name in views:
+                v = views[name]
+                free[name] = v.vcpus - v.used_vcpus
+                whole[name] = not v.busy
+            elif rec.state is PowerState.POWERING_UP:
+                free[name] = pool.vcpus_per_node
+                whole[name] = True
+        claimed: set[str] = set()
+        ups: dict[str, list[str]] = {ce: [] for ce in self.pools}
+        for demand in demands:
+            self._serve(plan, now, demand, free, whole, claimed, ups)
+        for ce, pool in self.pools.items():
+            self._keep_minimum(now, pool, ups[ce])
+            self._rate_limit(now, pool, ups[ce], plan)
+            if ups[ce]:
+                for name in ups[ce]:
+                    self._set(plan, name, PowerState.POWERING_UP, now, self._up_reason.get(name, "Powering up"))
+                    self._ups[ce].append(now)
+                plan.actions.append(PowerOn(ce, tuple(sorted(ups[ce])), f"powering up {hostlist(ups[ce])}"))
+            downs = self._suspend(now, pool, views, claimed)
+            if downs:
+                for name in downs:
+                    self._set(plan, name, PowerState.POWERING_DOWN, now,
+                              f"Powering down: idle for {pool.suspend_after_s:g} s (suspend_after_s)")
+                plan.actions.append(PowerOff(ce, tuple(downs), f"idle for {pool.suspend_after_s:g} s"))
+            powered = sum(pool.vcpus_per_node for n in pool.nodes if self._powered(self.records[n]))
+            plan.desired_vcpus[ce] = min(max(powered, pool.min_vcpus), pool.max_vcpus or math.inf)
+        self._up_reason.clear()
+        return plan
+
+    def _account(self, now: float) -> None:
+        dt = max(0.0, now - self._last)
+        self._last = now
+        for rec in self.records.values():
+            if rec.state is PowerState.POWERED_DOWN:
+                self.saved_s += dt
+            else:
+                self.powered_s += dt
+
+    def _observe(self, plan: PowerPlan, now: float, views: Mapping[str, NodeView]) -> None:
+        self._up_reason, self._wanted = {}, set()
+        failed: dict[str, list[str]] = {}  # CE -> nodes to power off again (one batch per pool)
+        for name, rec in self.records.items():
+            pool = self.pools[self.pool_of[name]]
+            seen = name in views
+            if seen and rec.state in (PowerState.POWERING_UP, PowerState.POWERED_DOWN):
+                self._set(plan, name, PowerState.ACTIVE, now, "Registered")
+                rec.failed, rec.idle_since = False, None
+                self.claimed_for.pop(name, None)
+            elif rec.state is PowerState.POWERING_UP and now - rec.since >= pool.resume_timeout_s:
+                reason = (f"Node {name} did not register within resume_timeout_s "
+                          f"{pool.resume_timeout_s:g} s of its power-up")
+                self._set(plan, name, PowerState.POWERED_DOWN, now, reason)
+                rec.failed = True
+                self.claimed_for.pop(name, None)
+                plan.actions.append(NodeFailed(name, reason))
+                failed.setdefault(pool.compute_environment, []).append(name)
+            elif rec.state is PowerState.ACTIVE and not seen:
+                # Lost or powered off by hand: not powered as far as capacity goes.
+                self._set(plan, name, PowerState.POWERED_DOWN, now, "Not registered any more (lost or powered off by hand)")
+            if seen and rec.state is PowerState.ACTIVE:
+                if views[name].busy:
+                    rec.idle_since = None
+                elif rec.idle_since is None:
+                    rec.idle_since = now
+        for ce, names in failed.items():
+            plan.actions.append(PowerOff(ce, tuple(names), "did not register within resume_timeout_s"))
+
+    def _candidates(self, pool: Pool, taken: Iterable[str]) -> list[str]:
+        taken = set(taken)
+        return [n for n in sorted(pool.nodes)
+                if self.records[n].state is PowerState.POWERED_DOWN and not self.records[n].failed and n not in taken]
+
+    def _room(self, pool: Pool, ups: list[str]) -> int:
+        """How many more nodes may be powered up without passing maxvCpus."""
+        if pool.max_vcpus is None:
+            return len(pool.nodes)
+        powered = sum(1 for n in pool.nodes if self._powered(self.records[n])) + len(ups)
+        return max(0, int((pool.max_vcpus + 1e-9) // pool.vcpus_per_node) - powered)
+
+    def _serve(self, plan: PowerPlan, now: float, demand: Demand, free: dict[str, float], whole: dict[str, bool],
+               claimed: set[str], ups: dict[str, list[str]]) -> None:
+        for ce in demand.compute_environments:
+            pool = self.pools.get(ce)
+            if pool is None:
+                continue
+            mine = [n for n in sorted(pool.nodes) if n in free and n not in claimed]
+            if demand.num_nodes <= 1:
+                fit = [n for n in mine if free[n] >= demand.vcpus]
+                if fit:  # BEST_FIT: the node with the least room that holds it
+                    node = min(fit, key=lambda n: (free[n], n))
+                    free[node] -= demand.vcpus
+                    self._wanted.add(node)
+                    self._note_wait(plan, now, demand, [node], pool)
+                    return
+                if demand.vcpus > pool.vcpus_per_node:
+                    continue
+                pick = self._candidates(pool, ups[ce])[:1]
+                if pick and self._room(pool, ups[ce]) >= 1:
+                    self._power_for(plan, now, demand, pool, pick, ups, free, claimed)
+                    node = pick[0]
+                    free[node] -= demand.vcpus
+                    claimed.discard(node)  # a single job's node may take more jobs in the same pass
+                    return
+                continue
+            if demand.vcpus > pool.vcpus_per_node:
+                continue
+            # A gang: whole nodes, preferably in one placement group.
+            idle = [n for n in mine if whole.get(n) and free[n] >= pool.vcpus_per_node]
+            down = self._candidates(pool, ups[ce])
+            groups: dict[str, tuple[list[str], list[str]]] = {}
+            for n in idle:
+                groups.setdefault(pool.placement_groups.get(n, ""), ([], []))[0].append(n)
+            for n in down:
+                groups.setdefault(pool.placement_groups.get(n, ""), ([], []))[1].append(n)
+            best: tuple[list[str], list[str]] | None = None
+            for _group, (have, can) in sorted(groups.items()):
+                if len(have) + len(can) < demand.num_nodes:
+                    continue
+                need = max(0, demand.num_nodes - len(have))
+                if best is None or need < len(best[1]):
+                    best = (have[:demand.num_nodes], can[:need])
+            if best is None and len(idle) + len(down) >= demand.num_nodes:  # across groups
+                need = max(0, demand.num_nodes - len(idle))
+                best = (idle[:demand.num_nodes], down[:need])
+            if best is None:
+                continue
+            have, need = best
+            if len(need) > self._room(pool, ups[ce]):
+                continue
+            for n in have:
+                claimed.add(n)
+            if need:
+                self._power_for(plan, now, demand, pool, need, ups, free, claimed)
+            else:
+                self._note_wait(plan, now, demand, have, pool)
+            return
+
+    def _power_for(self, plan: PowerPlan, now: float, demand: Demand, pool: Pool, nodes: list[str],
+                   ups: dict[str, list[str]], free: dict[str, float], claimed: set[str]) -> None:
+        ups[pool.compute_environment].extend(nodes)
+        for n in nodes:
+            free[n] = pool.vcpus_per_node
+            claimed.add(n)
+            self.claimed_for[n] = demand.job_id
+            self._up_reason[n] = f"Powering up for job {demand.job_id}"
+        plan.waiting[demand.job_id] = (f"powering up {hostlist(nodes)}, expected in ~{pool.boot_time_s:.0f} s")
+
+    def _note_wait(self, plan: PowerPlan, now: float, demand: Demand, nodes: list[str], pool: Pool) -> None:
+        booting = [n for n in nodes if self.records.get(n) and self.records[n].state is PowerState.POWERING_UP]
+        if booting:
+            left = max(0.0, min(self.records[n].since for n in booting) + pool.boot_time_s - now)
+            # In steps of 5 s: the reason (stored with the job) changes at most every 5 s.
+            plan.waiting[demand.job_id] = f"powering up {hostlist(booting)}, expected in ~{5 * math.ceil(left / 5):.0f} s"
+
+    def _keep_minimum(self, now: float, pool: Pool, ups: list[str]) -> None:
+        powered = sum(1 for n in pool.nodes if self._powered(self.records[n])) + len(ups)
+        want = math.ceil(pool.min_vcpus / pool.vcpus_per_node - 1e-9) if pool.vcpus_per_node else 0
+        for n in self._candidates(pool, ups)[:max(0, want - powered)]:
+            ups.append(n)
+            self._up_reason[n] = f"Powering up: minvCpus {pool.min_vcpus:g}"
+
+    def _rate_limit(self, now: float, pool: Pool, ups: list[str], plan: PowerPlan) -> None:
+        if pool.resume_rate <= 0:
+            return
+        recent = [t for t in self._ups[pool.compute_environment] if now - t < 60.0]
+        self._ups[pool.compute_environment] = recent
+        allowed = max(0, pool.resume_rate - len(recent))
+        for n in ups[allowed:]:
+            job = self.claimed_for.pop(n, None)
+            if job is not None:
+                plan.waiting[job] = f"waiting for a power-up: resume_rate {pool.resume_rate} nodes/min reached"
+        del ups[allowed:]
+
+    def _suspend(self, now: float, pool: Pool, views: Mapping[str, NodeView], claimed: set[str]) -> list[str]:
+        powered = sum(1 for n in pool.nodes if self._powered(self.records[n]))
+        keep = math.ceil(pool.min_vcpus / pool.vcpus_per_node - 1e-9) if pool.vcpus_per_node else 0
+        out = []
+        for name in sorted(pool.nodes, reverse=True):  # the first nodes by name are the ones kept warm
+            rec = self.records[name]
+            if (rec.state is PowerState.ACTIVE and name in views and not views[name].busy and name not in claimed
+                    and name not in self._wanted
+                    and rec.idle_since is not None and now - rec.idle_since >= pool.suspend_after_s
+                    and powered - len(out) > keep):
+                out.append(name)
+        return sorted(out)

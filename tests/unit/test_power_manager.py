@@ -1,0 +1,108 @@
+"""The head's PowerManager (hpcbatch.head.power) over a real engine and store: what it powers, what it stores."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from hpcbatch.head.power import PoolConfig, PowerManager
+from hpcbatch.scheduler.power import PowerOn, PowerState
+from tests.unit.test_fencing import Cluster
+
+POOL = PoolConfig(nodes="cn[1-2]", vcpus_per_node=1, resume_program=["true"], suspend_program=["true"])
+
+
+def _docs(c: Cluster) -> None:
+    store = c.engine.store
+    with store.transaction():
+        store.put_resource("ce", "burst", 1, "VALID", {"computeEnvironmentName": "burst", "type": "MANAGED",
+                                                       "state": "ENABLED", "computeResources": {"maxvCpus": 2}})
+        store.put_resource("queue", "q", 1, "VALID", {"jobQueueName": "q", "state": "ENABLED", "priority": 1,
+                                                      "computeEnvironmentOrder": [
+                                                          {"order": 1, "computeEnvironment": "default"},
+                                                          {"order": 2, "computeEnvironment": "burst"}]})
+
+
+def test_a_job_that_fits_an_unmanaged_node_powers_nothing_and_one_that_does_not_powers_one(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)  # n1, n2: 1 vCPU each, in CE default
+        _docs(c)
+        clock = [1000.0]
+        manager = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: clock[0])
+        c.engine.power = manager
+        c.submit("j1")
+        assert manager.pass_once() == []  # n1 or n2 holds it
+        c.submit("j2")
+        c.submit("j3")  # n1 and n2 are full: j3 needs a pool node
+        calls = manager.pass_once()
+        assert [(k, a.nodes) for k, a in calls] == [("on", ("cn1",))] and isinstance(calls[0][1], PowerOn)
+        assert c.engine.jobs["j3"].status_reason == "CAPACITY - powering up cn1, expected in ~60 s"
+        clock[0] += 1
+        assert manager.pass_once() == []  # asked again: not powered twice
+        # A head restarted on the same store finds cn1 POWERING_UP and powers nothing.
+        again = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: clock[0])
+        assert again.record("cn1").state is PowerState.POWERING_UP  # type: ignore[union-attr]
+        assert again.pass_once() == []
+
+    asyncio.run(run())
+
+
+def test_a_power_down_begun_before_a_restart_is_done_again_and_its_node_takes_no_work(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        manager = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: 1000.0)
+        manager.planner.records["cn2"].state = PowerState.POWERING_DOWN
+        manager._store(["cn2"])
+        c.register("cn2")  # its agent is still up, and registers with the new head
+        again = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: 1001.0)
+        calls = again.pass_once()
+        assert [(k, a.nodes) for k, a in calls] == [("off", ("cn2",))]
+        assert c.engine.nodes["cn2"].state == "DRAINED"  # no job lands on it meanwhile
+        assert again.pass_once() == []  # once
+
+    asyncio.run(run())
+
+
+def test_pool_nodes_never_seen_are_listed_powered_down_and_the_console_renders_them(tmp_path: Path) -> None:
+    import jinja2
+
+    from hpcbatch.head.power import list_power
+
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        manager = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: 1000.0)
+        rows = list_power([], manager)
+        assert [(r["name"], r["state"], r["powerState"]) for r in rows] == [
+            ("cn1", "POWERED_DOWN", "POWERED_DOWN"), ("cn2", "POWERED_DOWN", "POWERED_DOWN")]
+        env = jinja2.Environment(loader=jinja2.PackageLoader("hpcbatch.console", "templates"), autoescape=True)
+        env.filters["time"] = str
+        env.globals["duration"] = str
+        html = env.get_template("nodes.html").render(me=None, csrf="", path="/console/nodes", event_id=0, nodes=rows)
+        assert "cn2" in html and "POWERED_DOWN" in html
+
+    asyncio.run(run())
+
+
+def test_a_failed_power_up_marks_the_node_failed_with_the_drivers_words_and_the_next_pass_uses_another(
+        tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        failing = PoolConfig(nodes="cn[1-2]", vcpus_per_node=1, resume_program=["sh", "-c", "echo BMC $0 down; exit 2"],
+                             suspend_program=["true"])
+        manager = PowerManager({"burst": failing}, c.engine, clock_s=lambda: 1000.0)
+        for job in ("j1", "j2", "j3"):
+            c.submit(job)  # n1, n2 full: j3 needs a pool node
+        ((kind, action),) = manager.pass_once()
+        assert action.nodes == ("cn1",)
+        await manager._call(kind, action)
+        rec = manager.record("cn1")
+        assert rec is not None and rec.failed and rec.state is PowerState.POWERED_DOWN
+        assert rec.reason == "Power-up failed: sh exited with 2: BMC cn1 down"
+        assert [a.nodes for _, a in manager.pass_once()] == [("cn2",)]
+        audit = [e for e in c.engine._audit if e["operation"] == "PowerOn"]
+        assert audit and audit[0]["outcome"].startswith("failed: sh exited with 2")
+
+    asyncio.run(run())

@@ -1,0 +1,135 @@
+"""The pure power planner (hpcbatch.scheduler.power): facts and time in, power actions out."""
+
+from __future__ import annotations
+
+from hpcbatch.scheduler.power import (
+    Demand,
+    NodeFailed,
+    NodePower,
+    NodeView,
+    Pool,
+    PowerOff,
+    PowerOn,
+    PowerPlanner,
+    PowerState,
+)
+
+NODES = tuple(f"node{i}" for i in range(1, 9))
+
+
+def pool(**kw: object) -> Pool:
+    args: dict = dict(compute_environment="managed", nodes=NODES, vcpus_per_node=2, min_vcpus=0, max_vcpus=16,
+                      suspend_after_s=60, resume_timeout_s=30, boot_time_s=90)
+    args.update(kw)
+    return Pool(**args)
+
+
+def ons(plan: object) -> list[PowerOn]:
+    return [a for a in plan.actions if isinstance(a, PowerOn)]  # type: ignore[attr-defined]
+
+
+def offs(plan: object) -> list[PowerOff]:
+    return [a for a in plan.actions if isinstance(a, PowerOff)]  # type: ignore[attr-defined]
+
+
+def up(names: list[str], busy: bool = False) -> dict[str, NodeView]:
+    return {n: NodeView(n, 2, 2 if busy else 0, busy) for n in names}
+
+
+def test_a_gang_powers_up_exactly_the_nodes_it_needs_once() -> None:
+    planner = PowerPlanner([pool()], now=0)
+    gang = Demand("job1", ("managed",), vcpus=1, num_nodes=4)
+    plan = planner.plan(1, [gang], {})
+    assert [a.nodes for a in ons(plan)] == [("node1", "node2", "node3", "node4")]
+    assert plan.waiting["job1"] == "powering up node[1-4], expected in ~90 s"
+    assert plan.desired_vcpus["managed"] == 8
+    # Asked again while they boot: nothing more is powered.
+    again = planner.plan(2, [gang], {})
+    assert ons(again) == [] and "node[1-4]" in again.waiting["job1"]
+    assert planner.records["node1"].state is PowerState.POWERING_UP
+
+
+def test_a_single_job_powers_one_node_and_fills_powered_nodes_first() -> None:
+    planner = PowerPlanner([pool()], now=0)
+    plan = planner.plan(1, [Demand("a", ("managed",), 1), Demand("b", ("managed",), 1), Demand("c", ("managed",), 2)], {})
+    # a and b share one 2-vCPU node (BEST_FIT: fewest nodes); c needs another.
+    assert [a.nodes for a in ons(plan)] == [("node1", "node2")]
+    # Registered nodes with room: no power-up.
+    planner2 = PowerPlanner([pool()], now=0)
+    planner2.restore("node3", NodePower(PowerState.ACTIVE, 0, "Registered"))
+    assert ons(planner2.plan(1, [Demand("a", ("managed",), 2)], up(["node3"]))) == []
+
+
+def test_a_gang_prefers_one_placement_group() -> None:
+    groups = {n: ("rack1" if n in ("node1", "node2", "node3") else "rack2") for n in NODES}
+    planner = PowerPlanner([pool(placement_groups=groups)], now=0)
+    plan = planner.plan(1, [Demand("g", ("managed",), 1, num_nodes=4)], {})
+    assert [a.nodes for a in ons(plan)] == [("node4", "node5", "node6", "node7")]
+
+
+def test_max_vcpus_caps_power_ups_and_min_vcpus_keeps_nodes_warm() -> None:
+    planner = PowerPlanner([pool(max_vcpus=4, min_vcpus=4)], now=0)
+    plan = planner.plan(0, [], {})
+    assert [a.nodes for a in ons(plan)] == [("node1", "node2")]  # minvCpus 4 = two 2-vCPU nodes
+    plan = planner.plan(1, [Demand("big", ("managed",), 1, num_nodes=3)], {})
+    assert ons(plan) == [] and "big" not in plan.waiting  # 6 vCPUs > maxvCpus 4: never powered
+    # Registered and idle long past suspend_after_s: minvCpus keeps them on.
+    planner.plan(2, [], up(["node1", "node2"]))
+    assert offs(planner.plan(500, [], up(["node1", "node2"]))) == []
+    assert planner.plan(501, [], up(["node1", "node2"])).desired_vcpus["managed"] == 4
+
+
+def test_idle_nodes_power_down_after_suspend_after_but_not_busy_or_claimed_ones() -> None:
+    planner = PowerPlanner([pool()], now=0)
+    planner.plan(0, [Demand("g", ("managed",), 1, num_nodes=2)], {})
+    planner.plan(5, [], up(["node1"], busy=True) | up(["node2"]))
+    assert offs(planner.plan(64, [], up(["node1"], busy=True) | up(["node2"]))) == []  # idle 59 s
+    plan = planner.plan(65, [], up(["node1"], busy=True) | up(["node2"]))
+    assert [a.nodes for a in offs(plan)] == [("node2",)]
+    assert planner.records["node2"].state is PowerState.POWERING_DOWN
+    assert planner.powered_off(["node2"], 70) == ["node2"]
+    assert planner.records["node2"].state is PowerState.POWERED_DOWN
+    # A waiting job that needs the idle node keeps it on.
+    planner.plan(66, [], up(["node1"]))
+    assert offs(planner.plan(200, [Demand("x", ("managed",), 2)], up(["node1"]))) == []
+
+
+def test_a_node_that_never_registers_is_failed_and_the_job_served_by_another() -> None:
+    planner = PowerPlanner([pool()], now=0)
+    job = Demand("j", ("managed",), 2)
+    assert [a.nodes for a in ons(planner.plan(0, [job], {}))] == [("node1",)]
+    assert ons(planner.plan(29, [job], {})) == []
+    plan = planner.plan(30, [job], {})
+    failed = [a for a in plan.actions if isinstance(a, NodeFailed)]
+    assert failed and failed[0].node == "node1" and "resume_timeout_s 30 s" in failed[0].reason
+    assert [a.nodes for a in ons(plan)] == [("node2",)]  # placed elsewhere, at once
+    assert planner.records["node1"].failed and planner.records["node1"].state is PowerState.POWERED_DOWN
+    # It registers by itself later: usable again.
+    planner.plan(31, [], up(["node1"]))
+    assert planner.records["node1"].state is PowerState.ACTIVE and not planner.records["node1"].failed
+
+
+def test_restored_powering_up_records_are_not_powered_twice_after_a_restart() -> None:
+    planner = PowerPlanner([pool()], now=100)
+    for n in ("node1", "node2"):
+        planner.restore(n, NodePower(PowerState.POWERING_UP, 95, "Powering up for job g"))
+    plan = planner.plan(101, [Demand("g", ("managed",), 1, num_nodes=2)], {})
+    assert ons(plan) == [] and plan.waiting["g"] == "powering up node[1-2], expected in ~85 s"
+
+
+def test_resume_rate_limits_power_ups_per_minute() -> None:
+    planner = PowerPlanner([pool(resume_rate=2)], now=0)
+    plan = planner.plan(0, [Demand(f"j{i}", ("managed",), 2) for i in range(3)], {})
+    assert [a.nodes for a in ons(plan)] == [("node1", "node2")]
+    assert "resume_rate 2 nodes/min" in plan.waiting["j2"]
+    assert ons(planner.plan(30, [Demand("j2", ("managed",), 2)], {})) == []
+    assert [a.nodes for a in ons(planner.plan(61, [Demand("j2", ("managed",), 2)], {}))] == [("node3",)]
+
+
+def test_a_node_lost_or_powered_off_by_hand_is_noticed_and_hours_are_counted() -> None:
+    planner = PowerPlanner([pool(nodes=("node1", "node2"))], now=0)
+    planner.restore("node1", NodePower(PowerState.ACTIVE, 0, "Registered"))
+    planner.plan(10, [], up(["node1"]))
+    plan = planner.plan(20, [], {})
+    assert planner.records["node1"].state is PowerState.POWERED_DOWN and "node1" in plan.changed
+    assert planner.powered_s == 20 and planner.saved_s == 20  # node1 on 20 s; node2 off 20 s

@@ -1,0 +1,69 @@
+"""The Redfish pool driver (hpcbatch.head.power.RedfishDriver) against the sushy-tools emulator's fake BMCs.
+
+sushy-emulator (OpenStack's Redfish emulator, ``--fake``: systems kept in memory) serves
+two systems, cn1 and cn2, powered off; the driver powers them on (accepted), and off, which
+it reports only once both say ``PowerState: Off`` (the fake BMC takes 1-11 s, as hardware does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcbatch.head.power import PoolConfig, PowerError, RedfishDriver
+from tests import prereq
+from tests.harness import free_port, wait_for
+
+prereq.importorskip("sushy_tools", "sushy")
+
+
+@pytest.fixture(scope="module")
+def bmc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("redfish")
+    systems = [{"uuid": str(uuid.uuid4()), "name": name, "power_state": "Off", "external_notifier": False, "nics": []}
+               for name in ("cn1", "cn2")]
+    (root / "emulator.conf").write_text(f"SUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n")
+    port = free_port()
+    emulator = shutil.which("sushy-emulator", path=str(Path(sys.executable).parent)) or "sushy-emulator"
+    with open(root / "emulator.log", "wb") as log:
+        proc = subprocess.Popen([emulator, "--fake", "--config", str(root / "emulator.conf"), "-i", "127.0.0.1",
+                                 "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        driver = RedfishDriver(PoolConfig(nodes="cn[1-2]", vcpus_per_node=1, driver="redfish", redfish_url=url))
+        wait_for(lambda: _quiet_state(driver), 20, what="the Redfish emulator to answer")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _quiet_state(driver: RedfishDriver) -> bool:
+    try:
+        return bool(asyncio.run(driver.state(["cn1"])))
+    except PowerError:
+        return False
+
+
+def test_redfish_powers_systems_on_and_reports_off_only_once_they_are(bmc: str) -> None:
+    driver = RedfishDriver(PoolConfig(nodes="cn[1-2]", vcpus_per_node=1, driver="redfish", redfish_url=bmc,
+                                      timeout_s=30))
+    assert asyncio.run(driver.state(["cn1", "cn2"])) == {"cn1": "Off", "cn2": "Off"}
+    asyncio.run(driver.power_on(["cn1", "cn2"]))
+    wait_for(lambda: asyncio.run(driver.state(["cn1", "cn2"])) == {"cn1": "On", "cn2": "On"}, 20,
+             interval=0.5, what="both systems On")
+    asyncio.run(driver.power_off(["cn1", "cn2"]))  # returns once both are Off
+    assert asyncio.run(driver.state(["cn1", "cn2"])) == {"cn1": "Off", "cn2": "Off"}
+
+
+def test_redfish_names_the_node_and_the_answer_when_a_bmc_refuses(bmc: str) -> None:
+    driver = RedfishDriver(PoolConfig(nodes="cn9", vcpus_per_node=1, driver="redfish", redfish_url=bmc, timeout_s=5))
+    with pytest.raises(PowerError, match=r"cn9: Redfish On answered 404"):
+        asyncio.run(driver.power_on(["cn9"]))
