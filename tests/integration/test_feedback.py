@@ -98,7 +98,9 @@ def test_why_shows_a_reservation_as_a_local_time(ns4: TestCluster) -> None:
         why = cli(ns4, "why", job_id)
         assert why.returncode == 0, why.stderr
         assert not re.search(r"t=\d{9,}", why.stdout), why.stdout
-        assert re.search(r"from \d\d:\d\d:\d\d local time \(in [45] min\)", why.stdout), why.stdout
+        # When the nodes free up depends on the run-time prediction (hpcbatch.scheduler.predict:
+        # the timeout, or sooner when this owner's earlier jobs ran shorter): only the form is fixed.
+        assert re.search(r"from \d\d:\d\d:\d\d local time \((now|in \d+ \w+)\)", why.stdout), why.stdout
     finally:
         ns4.client.terminate_job(jobId=blocker, reason="done")
         if job_id:
