@@ -73,8 +73,23 @@ class Interop:
     def sh(self, script: str, home: Path, timeout: float = 180, **extra: str) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, cwd=home,
                              env=self.env(home, **extra), timeout=timeout, check=False)
-        assert out.returncode == 0, f"rc={out.returncode}\nstdout:\n{out.stdout[-3000:]}\nstderr:\n{out.stderr[-5000:]}"
+        assert out.returncode == 0, (f"rc={out.returncode}\nstdout:\n{out.stdout[-3000:]}\n"
+                                     f"stderr:\n{out.stderr[-3000:]}\n{self.newest_jobs()}")
         return out
+
+    def newest_jobs(self) -> str:
+        """The newest job, its nodes' reasons and output: what a failed recipe left."""
+        listed = self.c.client.list_jobs(jobQueue="default", filters=[{"name": "AFTER_CREATED_AT", "values": ["0"]}])
+        if not listed["jobSummaryList"]:
+            return "no jobs"
+        newest = max(listed["jobSummaryList"], key=lambda j: j["createdAt"])
+        job = self.c.job(newest["jobId"])
+        lines = [f"{job['jobId']} {job['status']} {job.get('statusReason')}"]
+        for i in range(int((job.get("nodeProperties") or {}).get("numNodes", 0))):
+            node = self.c.job(f"{job['jobId']}#{i}")
+            lines.append(f"#{i} {node['status']} {node.get('statusReason')} {node.get('container', {}).get('reason')}")
+            lines.append(self.c.logs(f"{job['jobId']}#{i}")[-2000:])
+        return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +115,12 @@ def io() -> Iterator[Interop]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def torchx_recipe(i: int) -> str:
+    """The TorchX section's settings (its first block), then its block ``i``."""
+    blocks = recipes("TorchX")
+    return blocks[0] + blocks[i]
+
+
 def app_handle(stdout: str) -> str:
     found = re.findall(r"aws_batch://\S+", stdout)
     assert found, stdout
@@ -107,9 +128,76 @@ def app_handle(stdout: str) -> str:
 
 
 def test_torchx_echo_runs_and_its_log_comes_through_cloudwatch_logs(io: Interop, tmp_path: Path) -> None:
-    out = io.sh(recipes("TorchX")[0], tmp_path)
+    out = io.sh(torchx_recipe(1), tmp_path)
     handle = app_handle(out.stdout)
     assert "State: SUCCEEDED" in out.stdout, out.stdout
     assert "hello from torchx" in out.stdout.split(handle, 1)[1], out.stdout
     job = io.c.client.list_jobs(jobQueue="default", filters=[{"name": "JOB_NAME", "values": [handle.rsplit(":", 1)[1]]}])
     assert job["jobSummaryList"][0]["status"] == "SUCCEEDED"
+
+
+def test_torchx_dist_ddp_trains_on_two_nodes(io: Interop, tmp_path: Path) -> None:
+    out = io.sh(torchx_recipe(2), tmp_path, timeout=240, PORT=str(free_port()))
+    handle = app_handle(out.stdout)
+    assert "State: SUCCEEDED" in out.stdout, out.stdout
+    assert re.search(r"world_size=2 ranks_seen=\[0, 1\]", out.stdout), out.stdout  # rank 0's summary, via torchx log
+    job_id = io.c.client.list_jobs(jobQueue="default", filters=[
+        {"name": "JOB_NAME", "values": [handle.rsplit(":", 1)[1]]}])["jobSummaryList"][0]["jobId"]
+    nodes = {io.c.job(f"{job_id}#{i}")["nodeDetails"]["nodeIndex"]: io.c.job(f"{job_id}#{i}") for i in (0, 1)}
+    assert {n["status"] for n in nodes.values()} == {"SUCCEEDED"}
+    assert {n["container"]["logStreamName"] for n in nodes.values()}.__len__() == 2
+
+
+def test_torchx_cancel_terminates_a_running_app(io: Interop, tmp_path: Path) -> None:
+    out = io.sh(torchx_recipe(3), tmp_path)
+    handle = app_handle(out.stdout)
+    assert "State: FAILED" in out.stdout.rsplit(handle, 1)[1], out.stdout
+    job = io.c.client.list_jobs(jobQueue="default", filters=[
+        {"name": "JOB_NAME", "values": [handle.rsplit(":", 1)[1]]}])["jobSummaryList"][0]
+    assert job["status"] == "FAILED" and "killed via torchx CLI" in io.c.job(job["jobId"])["statusReason"]
+
+
+@pytest.fixture(scope="module")
+def s3(io: Interop) -> Iterator[str]:
+    """moto's S3 server (``moto_server``, from PyPI) on a free port, with the bucket ``metaflow``."""
+    import boto3
+
+    port = free_port()
+    log = open(io.c.root / "moto.log", "ab")
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "0.0.0.0", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="moto",
+                              aws_secret_access_key="moto")
+
+        def made() -> bool:
+            assert proc.poll() is None, (io.c.root / "moto.log").read_text()[-2000:]
+            try:
+                client.create_bucket(Bucket="metaflow")
+                return True
+            except Exception:  # not listening yet
+                return False
+
+        wait_for(made, 30, interval=0.2, what="moto_server to answer")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_metaflow_flow_runs_its_steps_on_hpcbatch_and_logs_show_them(io: Interop, s3: str, tmp_path: Path) -> None:
+    section = recipes("Metaflow")
+    text = DOCS.read_text().split("\n## Metaflow\n", 1)[1]
+    (tmp_path / "hello_batch.py").write_text(re.findall(r"```python\n(.*?)```", text, re.S)[0])
+    settings = recipes("TorchX")[0]
+    io.sh(settings + section[0], tmp_path)  # the compute environment says EC2
+    out = io.sh(section[1], tmp_path, timeout=300, S3_URL=s3, USERNAME="interop")
+    run_id = (tmp_path / "run-id").read_text().strip()
+    started = re.search(r"start ran as batch job (\S+)", out.stdout)
+    assert started, out.stdout + out.stderr[-3000:]
+    assert f"end read: hello from {started.group(1)}" in out.stdout, out.stdout
+    job = io.c.job(started.group(1))
+    assert job["status"] == "SUCCEEDED" and job["container"]["image"] == io.image
+    assert job["jobName"].startswith(f"interop-HelloBatchFlow-{run_id}-start-"), job["jobName"]
