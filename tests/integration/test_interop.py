@@ -71,8 +71,11 @@ class Interop:
         return env
 
     def sh(self, script: str, home: Path, timeout: float = 180, **extra: str) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, cwd=home,
-                             env=self.env(home, **extra), timeout=timeout, check=False)
+        try:
+            out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, cwd=home,
+                                 env=self.env(home, **extra), timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(f"timed out after {timeout}s\n{self.newest_jobs()}") from e
         assert out.returncode == 0, (f"rc={out.returncode}\nstdout:\n{out.stdout[-3000:]}\n"
                                      f"stderr:\n{out.stderr[-3000:]}\n{self.newest_jobs()}")
         return out
@@ -88,7 +91,7 @@ class Interop:
         for i in range(int((job.get("nodeProperties") or {}).get("numNodes", 0))):
             node = self.c.job(f"{job['jobId']}#{i}")
             lines.append(f"#{i} {node['status']} {node.get('statusReason')} {node.get('container', {}).get('reason')}")
-            lines.append(self.c.logs(f"{job['jobId']}#{i}")[-2000:])
+            lines.append(self.c.logs(f"{job['jobId']}#{i}")[-6000:])
         return "\n".join(lines)
 
 
@@ -140,7 +143,7 @@ def test_torchx_dist_ddp_trains_on_two_nodes(io: Interop, tmp_path: Path) -> Non
     out = io.sh(torchx_recipe(2), tmp_path, timeout=240, PORT=str(free_port()))
     handle = app_handle(out.stdout)
     assert "State: SUCCEEDED" in out.stdout, out.stdout
-    assert re.search(r"world_size=2 ranks_seen=\[0, 1\]", out.stdout), out.stdout  # rank 0's summary, via torchx log
+    assert re.search(r"world_size=2 ranks_seen=\[0, 1\]", out.stdout), out.stdout  # rank 0's summary (on either node), via torchx log
     job_id = io.c.client.list_jobs(jobQueue="default", filters=[
         {"name": "JOB_NAME", "values": [handle.rsplit(":", 1)[1]]}])["jobSummaryList"][0]["jobId"]
     nodes = {io.c.job(f"{job_id}#{i}")["nodeDetails"]["nodeIndex"]: io.c.job(f"{job_id}#{i}") for i in (0, 1)}
@@ -195,9 +198,12 @@ def test_metaflow_flow_runs_its_steps_on_hpcbatch_and_logs_show_them(io: Interop
     io.sh(settings + section[0], tmp_path)  # the compute environment says EC2
     out = io.sh(section[1], tmp_path, timeout=300, S3_URL=s3, USERNAME="interop")
     run_id = (tmp_path / "run-id").read_text().strip()
-    started = re.search(r"start ran as batch job (\S+)", out.stdout)
+    ran, logged = out.stdout.split(" Done!\n", 1)  # `run`'s own lines, then what `logs` read from S3
+    started = re.search(r"start ran as batch job (\S+)", ran)
     assert started, out.stdout + out.stderr[-3000:]
-    assert f"end read: hello from {started.group(1)}" in out.stdout, out.stdout
-    job = io.c.job(started.group(1))
+    job_id = started.group(1)
+    assert f"start ran as batch job {job_id}\n" in logged and f"end read: hello from {job_id}\n" in logged, logged
+    job = io.c.job(job_id)
     assert job["status"] == "SUCCEEDED" and job["container"]["image"] == io.image
+    assert job["nodeName"] in io.c.node_names
     assert job["jobName"].startswith(f"interop-HelloBatchFlow-{run_id}-start-"), job["jobName"]
