@@ -152,9 +152,11 @@ def test_torchx_dist_ddp_trains_on_two_nodes(io: Interop, tmp_path: Path) -> Non
 
 
 def test_torchx_cancel_terminates_a_running_app(io: Interop, tmp_path: Path) -> None:
+    io.c.wait_status(io.c.submit(["true"]), "SUCCEEDED")  # not TorchX's, no tags: `torchx list` skips it
     out = io.sh(torchx_recipe(3), tmp_path)
     handle = app_handle(out.stdout)
-    assert "State: FAILED" in out.stdout.rsplit(handle, 1)[1], out.stdout
+    assert "State: FAILED" in out.stdout.split(handle, 1)[1], out.stdout
+    assert re.search(rf"{re.escape(handle)}\s+FAILED", out.stdout), out.stdout  # torchx list
     job = io.c.client.list_jobs(jobQueue="default", filters=[
         {"name": "JOB_NAME", "values": [handle.rsplit(":", 1)[1]]}])["jobSummaryList"][0]
     assert job["status"] == "FAILED" and "killed via torchx CLI" in io.c.job(job["jobId"])["statusReason"]
