@@ -141,7 +141,10 @@ def test_torchx_echo_runs_and_its_log_comes_through_cloudwatch_logs(io: Interop,
 
 
 def test_torchx_dist_ddp_trains_on_two_nodes(io: Interop, tmp_path: Path) -> None:
-    out = io.sh(torchx_recipe(2), tmp_path, timeout=240, PORT=str(free_port()))
+    """Known flake here (about 1 run in 5 under load): a gloo worker on node #1 aborts ("terminate
+    called without an active exception"), its torchrun prints ChildFailedError and then never exits,
+    so the job stays RUNNING; both "nodes" are one machine (loopback). Not seen in hpcbatch's part."""
+    out = io.sh(torchx_recipe(2), tmp_path, timeout=150, PORT=str(free_port()))
     handle = app_handle(out.stdout)
     assert "State: SUCCEEDED" in out.stdout, out.stdout
     assert re.search(r"world_size=2 ranks_seen=\[0, 1\]", out.stdout), out.stdout  # rank 0's summary (on either node), via torchx log
