@@ -220,3 +220,61 @@ def publish_test_image(registry: Registry, tag: str = TAG) -> str:
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     return name
+
+
+INTEROP_REPOSITORY = "hpcbatch/bookworm-interop"
+INTEROP_TAG = "4"
+INTEROP_S3_CREDENTIALS = ("moto", "moto")  # in the image's environment: moto's S3 takes any
+INTEROP_DDP_SCRIPT = "/opt/hpcbatch/ddp_train.py"  # examples/ddp_train.py, for dist.ddp --script
+
+
+def _torch_requirement() -> str:
+    """The PyTorch this venv runs (its CPU build from the machine's wheels), pinned: never a CUDA download."""
+    from importlib.metadata import version
+
+    return f"torch=={version('torch')}"
+
+
+def publish_interop_image(registry: Registry) -> str:
+    """The test image plus what TorchX's and Metaflow's jobs run, pushed once; its name on 127.0.0.1.
+
+    TorchX's ``dist.ddp`` runs ``torchrun`` (PyTorch, its CPU build, and numpy for its object collectives); Metaflow's ``@batch``
+    runs ``python`` and downloads its code package with boto3 (so boto3 and requests, and
+    ``METAFLOW_SKIP_INSTALL_DEPENDENCIES`` set: no pip install in the job; and credentials for
+    the S3 server in its environment, as Metaflow gives its jobs none); examples/ddp_train.py
+    is at ``INTEROP_DDP_SCRIPT``, the training script ``dist.ddp`` runs. The Python packages
+    go in with ``pip install --root`` as for the base image; ``podman build`` only copies.
+    """
+    name = registry.image("127.0.0.1", repository=INTEROP_REPOSITORY, tag=INTEROP_TAG)
+    if registry.has(INTEROP_REPOSITORY, INTEROP_TAG):
+        return name
+    base, local = _staged_base(), f"localhost/{INTEROP_REPOSITORY}:{INTEROP_TAG}"
+    with tempfile.TemporaryDirectory(dir=CACHE) as context:
+        tree = Path(context, "tree")
+        subprocess.run(
+            [str(PIP), "install", "--quiet", "--ignore-installed", "--no-compile", "--root", str(tree),
+             "--prefix", "/usr/local", "--no-warn-script-location", _torch_requirement(), "numpy", "boto3", "requests"],
+            check=True,
+        )
+        lib = next((tree / "usr" / "local" / "lib").glob("python3*"))
+        os.rename(lib / "site-packages", lib / "dist-packages")  # Debian's python3 reads dist-packages
+        (tree / "usr" / "local" / "bin").mkdir(parents=True, exist_ok=True)
+        os.symlink("/usr/bin/python3", tree / "usr" / "local" / "bin" / "python")  # Metaflow runs `python`
+        for script in (tree / "usr" / "local" / "bin").iterdir():  # pip wrote this venv's interpreter there
+            if script.is_file() and not script.is_symlink():
+                text = script.read_bytes()
+                if text.startswith(b"#!"):
+                    script.write_bytes(b"#!/usr/bin/python3\n" + text.split(b"\n", 1)[1])
+        script = tree / INTEROP_DDP_SCRIPT.lstrip("/")
+        script.parent.mkdir(parents=True)
+        shutil.copy(Path(__file__).resolve().parents[1] / "examples" / "ddp_train.py", script)
+        Path(context, "Containerfile").write_text(
+            f"FROM {base}\nCOPY tree/ /\nENV METAFLOW_SKIP_INSTALL_DEPENDENCIES=1 "
+            f"AWS_ACCESS_KEY_ID={INTEROP_S3_CREDENTIALS[0]} AWS_SECRET_ACCESS_KEY={INTEROP_S3_CREDENTIALS[1]}\n")
+        subprocess.run([*podman(STAGING), "build", "--pull=never", "--quiet", "--tag", local, context],
+                       check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*podman(STAGING), "push", "--quiet", "--tls-verify=false", local, name],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return name

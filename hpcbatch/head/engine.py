@@ -741,6 +741,8 @@ class Engine:
             AWS_BATCH_JQ_NAME=job.job_queue,
             AWS_BATCH_CE_NAME=attempt.compute_environment,
         )
+        # ECS sets it in every AWS Batch container on EC2; Metaflow's @batch reads it (KeyError without).
+        env.setdefault("AWS_EXECUTION_ENV", "AWS_ECS_EC2")
         script = self.store.get_script(job.script_id, job.owner) if job.script_id else None
         multi: dict[str, Any] = {}
         parent = self.jobs.get(job.parent_id) if job.parent_id else None

@@ -37,6 +37,14 @@ def test_job_sees_aws_batch_environment(cluster: TestCluster) -> None:
     assert "MY_VAR=42" in out
 
 
+def test_job_sees_aws_execution_env_as_in_an_ecs_container(cluster: TestCluster) -> None:
+    """ECS sets AWS_EXECUTION_ENV in AWS Batch containers; Metaflow's @batch steps fail without it."""
+    job_id = cluster.submit(["sh", "-c", 'echo "exec_env=$AWS_EXECUTION_ENV"'])
+    cluster.wait_status(job_id, "SUCCEEDED")
+    out = wait_for(lambda: (log := cluster.logs(job_id)) and "exec_env=" in log and log, 10, what="env output")
+    assert "exec_env=AWS_ECS_EC2" in out
+
+
 def test_nonzero_exit_fails_with_exit_code(cluster: TestCluster) -> None:
     job_id = cluster.submit(["sh", "-c", "exit 7"])
     job = cluster.wait_status(job_id, "FAILED")
