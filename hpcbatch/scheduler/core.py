@@ -1007,12 +1007,7 @@ class Scheduler:
                     reasons.clear()
                 continue
             if not room:
-                if queue.preempts and not made and self._preempt(job, queue, usable, reserved, made, actions, cause):
-                    room = self._has_room(usable, reserved)
-                    reasons.clear()
-                    continue
-                if len(made) < self._reservation_depth and self._reserve_head(job, usable, reserved, made, reasons,
-                                                                               actions):
+                if self._preempt_or_reserve(job, queue, usable, reserved, made, reasons, actions, cause):
                     room = self._has_room(usable, reserved)
                     reasons.clear()
                     continue
@@ -1053,12 +1048,7 @@ class Scheduler:
                 # (and not shorter) cannot fit either, so a long FIFO of equal jobs
                 # costs one failed search.
                 failed.append((r, limit if reserved else _ANY_LIMIT))
-                if queue.preempts and not made and self._preempt(job, queue, usable, reserved, made, actions, cause):
-                    room = self._has_room(usable, reserved)
-                    reasons.clear()
-                    continue
-                if len(made) < self._reservation_depth and self._reserve_head(job, usable, reserved, made, reasons,
-                                                                               actions):
+                if self._preempt_or_reserve(job, queue, usable, reserved, made, reasons, actions, cause):
                     room = self._has_room(usable, reserved)
                     reasons.clear()
                     continue
@@ -1398,6 +1388,17 @@ class Scheduler:
         return rooms
 
     # ------------------------------------------------------- single-node reservations
+    def _preempt_or_reserve(
+        self, job: JobRunnable, queue: _Queue, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation],
+        made: dict[str, Reservation], reasons: dict[ResourceRequest, str], actions: list[Action], cause: str,
+    ) -> bool:
+        """For a single-node job that cannot start now: stop victims for it (a preempting
+        queue's head, before any reservation this pass), else reserve for it while the pass
+        may still make reservations. True when either made room the caller must recount."""
+        if queue.preempts and not made and self._preempt(job, queue, ces, reserved, made, actions, cause):
+            return True
+        return len(made) < self._reservation_depth and self._reserve_head(job, ces, reserved, made, reasons, actions)
+
     def _reserve_head(
         self, job: JobRunnable, ces: list[_ComputeEnvironment], reserved: dict[str, Reservation],
         made: dict[str, Reservation], reasons: dict[ResourceRequest, str], actions: list[Action],

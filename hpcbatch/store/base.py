@@ -41,6 +41,17 @@ def jobdef_column(job: JobRecord) -> str:
     return job.job_definition.rsplit("/", 1)[-1]
 
 
+def jobdef_condition(value: str, mark: str) -> tuple[str, list[Any]]:
+    """ListJobs' JOB_DEFINITION filter as SQL on the ``jobdef`` column (NAME:REVISION), with
+    ``mark`` the dialect's placeholder. AWS: NAME is every revision, NAME:REVISION that one,
+    a trailing '*' a prefix of the name; case-sensitive."""
+    if value.endswith("*"):
+        return f"substr(jobdef, 1, {mark}) = {mark}", [len(value) - 1, value[:-1]]
+    if ":" in value:
+        return f"jobdef = {mark}", [value]
+    return f"substr(jobdef, 1, {mark}) = {mark}", [len(value) + 1, value + ":"]
+
+
 def client_token_of(job: JobRecord) -> str | None:
     """The ``client_token`` column: set on whole jobs only (children copy their parent's)."""
     if job.parent_id is not None or job.array_parent is not None:

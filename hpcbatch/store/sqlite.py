@@ -27,6 +27,7 @@ from hpcbatch.store.base import (
     SecretSealer,
     client_token_of,
     jobdef_column,
+    jobdef_condition,
     open_key_doc,
     seal_key_doc,
 )
@@ -186,18 +187,9 @@ class SqliteStore:
                 where.append("lower(name) = lower(?)")
                 args.append(query.name_like)
         if query.job_definition is not None:
-            # AWS: NAME is every revision, NAME:REVISION that one, a trailing '*' a prefix
-            # of the name; case-sensitive. The column holds NAME:REVISION.
-            value = query.job_definition
-            if value.endswith("*"):
-                where.append("substr(jobdef, 1, ?) = ?")
-                args.extend([len(value) - 1, value[:-1]])
-            elif ":" in value:
-                where.append("jobdef = ?")
-                args.append(value)
-            else:
-                where.append("substr(jobdef, 1, ?) = ?")
-                args.extend([len(value) + 1, value + ":"])
+            condition, values = jobdef_condition(query.job_definition, "?")
+            where.append(condition)
+            args.extend(values)
         if query.created_after is not None:
             where.append("created_at >= ?")
             args.append(query.created_after)
