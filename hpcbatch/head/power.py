@@ -70,7 +70,7 @@ class PoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nodes: str  # a hostlist: node[5-8]
     vcpus_per_node: float  # what a powered-down node brings when it registers (planning, submit checks)
     memory_mib_per_node: int = 0  # 0: not checked at submit
-    driver: Literal["command", "netns", "redfish"] = "command"
+    driver: Literal["command", "netns", "redfish", "ipmi", "cloud"] = "command"
     # command: Slurm's ResumeProgram/SuspendProgram: argv, called with the hostlist as last argument.
     resume_program: list[str] = []
     suspend_program: list[str] = []
@@ -85,6 +85,18 @@ class PoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     redfish_username: str = ""
     redfish_password_file: str = ""
     redfish_verify_tls: bool = True
+    # ipmi: each node's BMC over IPMI 2.0 (pyghmi), chassis power on/off/status; "{node}" replaced.
+    ipmi_host: str = ""  # e.g. "{node}-bmc"
+    ipmi_port: int = 623
+    ipmi_username: str = ""
+    ipmi_password_file: str = ""
+    # cloud: one EC2 instance per node from a launch template (boto3; credentials from the usual
+    # AWS chain), found by the tag cloud_tag=<node>; region and endpoint_url override the chain.
+    cloud_launch_template: str = ""  # its name, or its id (lt-...)
+    cloud_launch_template_version: str = "$Default"
+    cloud_region: str = ""
+    cloud_endpoint_url: str = ""  # a local emulator in tests, or a VPC endpoint
+    cloud_tag: str = "hpcbatch-node"
     timeout_s: float = 60.0  # one driver call
     suspend_after_s: float = 300.0  # Slurm's SuspendTime
     resume_timeout_s: float = 300.0  # Slurm's ResumeTimeout
@@ -126,7 +138,15 @@ def _check_pool(name: str, pool: PoolConfig) -> str | None:
         return f"{where}.agent_config_dir is required by the netns driver"
     if pool.driver == "redfish" and not pool.redfish_url.startswith(("http://", "https://")):
         return f"{where}.redfish_url must be an http(s):// URL (\"{{node}}\" is replaced by the node's name)"
-    return None
+    return _check_driver(where, pool)
+
+
+def _check_driver(where: str, pool: PoolConfig) -> str | None:
+    """The keys of the drivers whose modules check their own (ipmi, cloud)."""
+    from hpcbatch.head.powerdrivers import cloud, ipmi
+
+    checks = {"cloud": cloud.check_config, "ipmi": ipmi.check_config}
+    return checks[pool.driver](where, pool) if pool.driver in checks else None
 
 
 def check_power_config(config: PowerConfig) -> str | None:
@@ -250,6 +270,14 @@ def make_pool_driver(config: PoolConfig) -> PoolDriver:
         return RedfishDriver(config)
     if config.driver == "netns":
         return NetnsDriver(config.agent_config_dir, config.netns_layout, config.timeout_s)
+    if config.driver == "cloud":
+        from hpcbatch.head.powerdrivers.cloud import CloudDriver
+
+        return CloudDriver(config)
+    if config.driver == "ipmi":
+        from hpcbatch.head.powerdrivers.ipmi import IpmiDriver
+
+        return IpmiDriver(config)
     return ProgramDriver(config.resume_program, config.suspend_program, config.timeout_s)
 
 
