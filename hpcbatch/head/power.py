@@ -70,6 +70,7 @@ class PoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nodes: str  # a hostlist: node[5-8]
     vcpus_per_node: float  # what a powered-down node brings when it registers (planning, submit checks)
     memory_mib_per_node: int = 0  # 0: not checked at submit
+    gpus_per_node: int = 0  # what a powered-down node brings (planning: a GPU job powers up only GPU nodes)
     driver: Literal["command", "netns", "redfish", "ipmi", "cloud"] = "command"
     # command: Slurm's ResumeProgram/SuspendProgram: argv, called with the hostlist as last argument.
     resume_program: list[str] = []
@@ -126,6 +127,8 @@ def _check_pool(name: str, pool: PoolConfig) -> str | None:
         return f"{where}: not a hostlist: {exc}"
     if pool.vcpus_per_node <= 0:
         return f"{where}.vcpus_per_node must be > 0"
+    if pool.memory_mib_per_node < 0 or pool.gpus_per_node < 0:
+        return f"{where}.memory_mib_per_node and gpus_per_node must be >= 0"
     for key in ("timeout_s", "resume_timeout_s", "boot_time_s"):
         if getattr(pool, key) <= 0:
             return f"{where}.{key} must be > 0 seconds"
@@ -291,6 +294,7 @@ def pool_of(name: str, config: PoolConfig, min_vcpus: float = 0.0, max_vcpus: fl
         min_vcpus=min_vcpus, max_vcpus=max_vcpus, suspend_after_s=config.suspend_after_s,
         resume_timeout_s=config.resume_timeout_s, boot_time_s=config.boot_time_s,
         resume_rate=config.resume_rate, placement_groups=groups,
+        memory_mib_per_node=config.memory_mib_per_node, gpus_per_node=config.gpus_per_node,
     )
 
 
@@ -380,7 +384,8 @@ class PowerManager:
             # An array's tasks not yet placed: one demand each (bounded: a pool is not bigger).
             copies = min(64, max(1, (job.array_size or 0) - job.array_next)) if job.array_size else 1
             for i in range(copies):
-                out.append((-priority, job.created_at, job.job_id, i, Demand(job.job_id, mine, vcpus, n)))
+                out.append((-priority, job.created_at, job.job_id, i, Demand(
+                    job.job_id, mine, vcpus, n, int(job.resources.memory_mib), int(job.resources.gpus))))
         return [d for *_, d in sorted(out, key=lambda t: t[:4])]
 
     def _views(self) -> dict[str, NodeView]:
@@ -392,7 +397,8 @@ class PowerManager:
                 continue
             usage = self.engine.scheduler.node_usage(name) or (0.0, 0, 0)
             busy = bool(info.jobs) or usage[0] > 0 or info.drain_reason is not None
-            views[name] = NodeView(name, float(info.facts.vcpus), float(usage[0]), busy)
+            views[name] = NodeView(name, float(info.facts.vcpus), float(usage[0]), busy, int(info.facts.memory_mib),
+                                   int(usage[1]), len(info.facts.gpus), int(usage[2]))
         return views
 
     def pass_once(self) -> list[tuple[str, PowerOn | PowerOff]]:
