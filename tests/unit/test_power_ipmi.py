@@ -80,3 +80,16 @@ def test_ipmi_pool_config_names_the_missing_field() -> None:
     assert check_power_config(bad) == 'power.pools.bmc.ipmi_host is required by the ipmi driver (e.g. "{node}-bmc": the node\'s BMC)'
     bad = PowerConfig(pools={"bmc": PoolConfig(nodes="cn[1-2]", vcpus_per_node=1, driver="ipmi", ipmi_host="{node}-bmc")})
     assert check_power_config(bad) == "power.pools.bmc.ipmi_username is required by the ipmi driver"
+
+
+def test_the_ipmi_example_in_docs_managed_md_is_a_valid_head_config(tmp_path: Path) -> None:
+    from hpcbatch.head.config import load_head_config
+    from hpcbatch.head.power import make_pool_driver
+
+    doc = (ROOT / "docs" / "managed.md").read_text()
+    block = doc.split("```toml\n# head.toml: an IPMI pool\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "head.toml"
+    path.write_text(f'state_dir = "{tmp_path}"\n' + block)
+    cpu = load_head_config(path).power.pools["cpu"]
+    assert cpu.driver == "ipmi" and cpu.ipmi_host == "{node}-bmc.mgmt" and cpu.ipmi_port == 623
+    assert isinstance(make_pool_driver(cpu), IpmiDriver)
