@@ -135,6 +135,8 @@ PREREQUISITES: dict[str, Callable[[], str | None]] = {
     "boto3": lambda: _modules("boto3"),
     "asyncssh": lambda: _modules("asyncssh"),
     "sushy": lambda: _modules("sushy_tools"),  # the Redfish BMC emulator (power drivers)
+    "pyghmi": lambda: _modules("pyghmi"),  # the IPMI power driver and its emulated BMC
+    "moto": lambda: _modules("boto3", "moto"),  # the cloud power driver against moto's EC2 server
     # Real AWS clients end to end (tests/integration/test_interop.py): podman and the clients.
     "interop": lambda: _first(_podman, _torch, lambda: _modules("torchx", "metaflow", "moto")),
 }

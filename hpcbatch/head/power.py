@@ -1,4 +1,4 @@
-"""Power drivers, and fencing a lost node by powering it off (STONITH, as Pacemaker does).
+"""Power management: fencing a lost node by powering it off (STONITH, as Pacemaker does), and MANAGED pools.
 
 A node the head has lost may still run its attempts: their retries wait until its agent has
 surely fenced itself, the control-plane outage bound later (hpcbatch.fencing, 10 minutes by
@@ -16,32 +16,30 @@ the node is off.
 MANAGED compute environments (docs/managed.md) add node pools, ``[power.pools.CE]``: the
 ``PowerManager`` runs the pure planner (hpcbatch.scheduler.power) once a second and applies
 its decisions through pool drivers with ``power_on(nodes)``/``power_off(nodes)`` on a
-hostlist: ``command`` (Slurm's ResumeProgram/SuspendProgram), ``redfish`` (BMCs) and
-``netns`` (the test bed's: real agents started and stopped). A pool's driver also fences its
-lost nodes. Below: the drivers, the manager, then what the API shows (status, desiredvCpus,
-power states, metrics). IPMI and cloud drivers are not written yet (a ``command`` script can
-call them).
+hostlist. The drivers themselves live in hpcbatch.head.powerdrivers, one module each:
+``command`` (Slurm's ResumeProgram/SuspendProgram), ``redfish`` and ``ipmi`` (BMCs),
+``cloud`` (EC2 instances from a launch template) and ``netns`` (the test bed's: real agents
+started and stopped). A pool's driver also fences its lost nodes. Below: the config, fencing,
+the manager, then what the API shows (status, desiredvCpus, power states, metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.head.powerdrivers.base import PoolDriver, PowerDriver, PowerError
+from hpcbatch.head.powerdrivers.command import CommandDriver, ProgramDriver
+from hpcbatch.head.powerdrivers.netns import NetnsDriver
+from hpcbatch.head.powerdrivers.redfish import RedfishDriver
 from hpcbatch.scheduler.power import (
     Demand,
     NodeFailed,
@@ -56,9 +54,6 @@ from hpcbatch.scheduler.power import (
 )
 
 log = logging.getLogger("hpcbatch.power")
-
-NODE_PLACEHOLDER = "{node}"
-OUTPUT_SHOWN = 300  # characters of a failed command's output that go into the log
 
 
 class PowerDriverConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -75,7 +70,8 @@ class PoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nodes: str  # a hostlist: node[5-8]
     vcpus_per_node: float  # what a powered-down node brings when it registers (planning, submit checks)
     memory_mib_per_node: int = 0  # 0: not checked at submit
-    driver: Literal["command", "netns", "redfish"] = "command"
+    gpus_per_node: int = 0  # what a powered-down node brings (planning: a GPU job powers up only GPU nodes)
+    driver: Literal["command", "netns", "redfish", "ipmi", "cloud"] = "command"
     # command: Slurm's ResumeProgram/SuspendProgram: argv, called with the hostlist as last argument.
     resume_program: list[str] = []
     suspend_program: list[str] = []
@@ -90,6 +86,18 @@ class PoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     redfish_username: str = ""
     redfish_password_file: str = ""
     redfish_verify_tls: bool = True
+    # ipmi: each node's BMC over IPMI 2.0 (pyghmi), chassis power on/off/status; "{node}" replaced.
+    ipmi_host: str = ""  # e.g. "{node}-bmc"
+    ipmi_port: int = 623
+    ipmi_username: str = ""
+    ipmi_password_file: str = ""
+    # cloud: one EC2 instance per node from a launch template (boto3; credentials from the usual
+    # AWS chain), found by the tag cloud_tag=<node>; region and endpoint_url override the chain.
+    cloud_launch_template: str = ""  # its name, or its id (lt-...)
+    cloud_launch_template_version: str = "$Default"
+    cloud_region: str = ""
+    cloud_endpoint_url: str = ""  # a local emulator in tests, or a VPC endpoint
+    cloud_tag: str = "hpcbatch-node"
     timeout_s: float = 60.0  # one driver call
     suspend_after_s: float = 300.0  # Slurm's SuspendTime
     resume_timeout_s: float = 300.0  # Slurm's ResumeTimeout
@@ -119,6 +127,8 @@ def _check_pool(name: str, pool: PoolConfig) -> str | None:
         return f"{where}: not a hostlist: {exc}"
     if pool.vcpus_per_node <= 0:
         return f"{where}.vcpus_per_node must be > 0"
+    if pool.memory_mib_per_node < 0 or pool.gpus_per_node < 0:
+        return f"{where}.memory_mib_per_node and gpus_per_node must be >= 0"
     for key in ("timeout_s", "resume_timeout_s", "boot_time_s"):
         if getattr(pool, key) <= 0:
             return f"{where}.{key} must be > 0 seconds"
@@ -131,7 +141,15 @@ def _check_pool(name: str, pool: PoolConfig) -> str | None:
         return f"{where}.agent_config_dir is required by the netns driver"
     if pool.driver == "redfish" and not pool.redfish_url.startswith(("http://", "https://")):
         return f"{where}.redfish_url must be an http(s):// URL (\"{{node}}\" is replaced by the node's name)"
-    return None
+    return _check_driver(where, pool)
+
+
+def _check_driver(where: str, pool: PoolConfig) -> str | None:
+    """The keys of the drivers whose modules check their own (ipmi, cloud)."""
+    from hpcbatch.head.powerdrivers import cloud, ipmi
+
+    checks = {"cloud": cloud.check_config, "ipmi": ipmi.check_config}
+    return checks[pool.driver](where, pool) if pool.driver in checks else None
 
 
 def check_power_config(config: PowerConfig) -> str | None:
@@ -154,48 +172,6 @@ def check_power_config(config: PowerConfig) -> str | None:
             if driver.timeout_s <= 0:
                 return f"power.{kind}.{name}.timeout_s must be > 0 seconds"
     return None
-
-
-class PowerError(Exception):
-    """A driver could not power a node off; the message says why."""
-
-
-class PowerDriver(Protocol):
-    """Powers nodes off; returns only once the node is off, raises PowerError otherwise."""
-
-    async def power_off(self, node: str) -> None: ...
-
-
-class CommandDriver:
-    """Runs a configured command; exit 0 within the timeout means the node is off."""
-
-    def __init__(self, argv: list[str], timeout_s: float) -> None:
-        self.argv = argv
-        self.timeout_s = timeout_s
-
-    async def power_off(self, node: str) -> None:
-        await run_program([part.replace(NODE_PLACEHOLDER, node) for part in self.argv], self.timeout_s)
-
-
-async def run_program(argv: list[str], timeout_s: float) -> None:
-    """Run ``argv``; exit 0 within ``timeout_s`` is success, else PowerError saying why."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    except OSError as exc:
-        raise PowerError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-    try:
-        async with asyncio.timeout(timeout_s):
-            output, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise PowerError(f"{argv[0]} did not finish within {timeout_s:g} s") from None
-    if proc.returncode != 0:
-        text = " ".join(output.decode("utf-8", "replace").split())[-OUTPUT_SHOWN:]
-        raise PowerError(f"{argv[0]} exited with {proc.returncode}" + (f": {text}" if text else ""))
 
 
 class PoolFence:
@@ -291,229 +267,20 @@ POWER_DRAIN_REASON = "Powering down: idle"  # the drain a node gets before its p
 PASS_INTERVAL_S = 1.0
 
 
-class PoolDriver(Protocol):
-    """Powers a batch of nodes (a hostlist) on or off; returns once the driver is done."""
-
-    async def power_on(self, nodes: list[str]) -> None: ...
-
-    async def power_off(self, nodes: list[str]) -> None: ...
-
-
-class ProgramDriver:
-    """Slurm's ResumeProgram/SuspendProgram: ``argv… node[5-8]``; exit 0 is success."""
-
-    def __init__(self, resume: list[str], suspend: list[str], timeout_s: float) -> None:
-        self.resume, self.suspend, self.timeout_s = resume, suspend, timeout_s
-
-    async def power_on(self, nodes: list[str]) -> None:
-        await run_program([*self.resume, hostlist(nodes)], self.timeout_s)
-
-    async def power_off(self, nodes: list[str]) -> None:
-        await run_program([*self.suspend, hostlist(nodes)], self.timeout_s)
-
-
-class NetnsDriver:
-    """The test bed's driver: "powering up" starts a node's real agent (in its network
-    namespace when a hpcbatch.netns layout is given), "powering down" stops it (SIGTERM, then
-    SIGKILL after ``timeout_s``), as a shutdown would. The agent's pid is kept in
-    ``<agent_config_dir>/<node>.power.pid`` so a restarted head can still power it off."""
-
-    def __init__(self, config_dir: str, layout: str, timeout_s: float) -> None:
-        self.dir = Path(config_dir)
-        self.layout_path = layout
-        self.timeout_s = timeout_s
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def _pid_file(self, node: str) -> Path:
-        return self.dir / f"{node}.power.pid"
-
-    def _running(self, node: str) -> int | None:
-        proc = self._procs.get(node)
-        if proc is not None and proc.poll() is None:
-            return proc.pid
-        try:
-            pid = int(self._pid_file(node).read_text())
-        except (OSError, ValueError):
-            return None
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        return None if stat.rpartition(")")[2].split()[0] == "Z" else pid
-
-    def _layout(self) -> Any:
-        from hpcbatch.netns import NetnsLayout
-
-        try:
-            return NetnsLayout.from_dict(json.loads(Path(self.layout_path).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise PowerError(f"netns layout {self.layout_path}: {exc}") from None
-
-    async def power_on(self, nodes: list[str]) -> None:
-        prefix: dict[str, list[str]] = {}
-        if self.layout_path:
-            from hpcbatch.netns import NetnsError
-
-            try:
-                layout = self._layout()
-                prefix = {n: layout.node(n).exec_prefix for n in nodes}
-            except NetnsError as exc:
-                raise PowerError(f"netns layout {self.layout_path}: {exc}") from None
-        for node in nodes:
-            if self._running(node) is not None:  # already on: powering it on again changes nothing
-                continue
-            config = self.dir / f"{node}.toml"
-            if not config.is_file():
-                raise PowerError(f"no agent config {config} for node {node}")
-            tmp = self.dir / node / "tmp"
-            tmp.mkdir(parents=True, exist_ok=True)
-            with open(self.dir / f"{node}.log", "ab") as out:
-                proc = subprocess.Popen(
-                    [*prefix.get(node, []), sys.executable, "-m", "node_agent", "--config", str(config)],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                    env=dict(os.environ, TMPDIR=str(tmp), PYTHONUNBUFFERED="1"),
-                )
-            self._procs[node] = proc
-            self._pid_file(node).write_text(f"{proc.pid}\n")
-
-    async def power_off(self, nodes: list[str]) -> None:
-        for node in nodes:
-            pid = self._running(node)
-            if pid is not None:
-                await self._stop(node, pid)
-            self._pid_file(node).unlink(missing_ok=True)
-            if self.layout_path:  # off means off: whatever else runs on the node dies too (its jobs)
-                await asyncio.to_thread(self._kill_the_rest, node)
-
-    def _kill_the_rest(self, node: str) -> None:
-        import psutil
-
-        from hpcbatch.netns import NetnsError, netns_pids
-
-        try:
-            net = self._layout().node(node)
-        except NetnsError as exc:
-            raise PowerError(str(exc)) from None
-        holder = int((net.holder or {}).get("pid", 0))
-        procs = []
-        for pid in netns_pids(net.netns):
-            if pid != holder:
-                try:
-                    proc = psutil.Process(pid)
-                    proc.kill()
-                    procs.append(proc)
-                except psutil.Error:
-                    pass
-        _, alive = psutil.wait_procs(procs, timeout=self.timeout_s)
-        if alive:
-            raise PowerError(f"node {node}: pids {sorted(p.pid for p in alive)} still run after SIGKILL")
-
-    async def _stop(self, node: str, pid: int) -> None:
-        for sig, wait_s in ((signal.SIGTERM, self.timeout_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                return
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + wait_s
-            while loop.time() < deadline:
-                proc = self._procs.get(node)
-                if proc is not None:
-                    proc.poll()  # reap our own child
-                if self._running(node) is None:
-                    self._procs.pop(node, None)
-                    return
-                await asyncio.sleep(0.05)
-        raise PowerError(f"the agent of node {node} (pid {pid}) did not stop")
-
-
-class RedfishDriver:
-    """BMCs over Redfish (DMTF DSP0266): ``ComputerSystem.Reset`` with ``On`` / ``ForceOff``.
-
-    A power-on returns once every BMC accepted it (the agent's registration is the real
-    sign); a power-off returns once every system reports ``PowerState: Off`` (a fact, as
-    STONITH needs), within ``timeout_s`` for the whole batch.
-    """
-
-    def __init__(self, config: PoolConfig) -> None:
-        self.url, self.system = config.redfish_url.rstrip("/"), config.redfish_system
-        self.timeout_s = config.timeout_s
-        self.verify = config.redfish_verify_tls
-        self.user = config.redfish_username
-        self.password_file = config.redfish_password_file
-
-    def _system(self, node: str) -> str:
-        return f"{self.url.replace(NODE_PLACEHOLDER, node)}/redfish/v1/Systems/{self.system.replace(NODE_PLACEHOLDER, node)}"
-
-    def _session(self) -> Any:
-        import aiohttp
-
-        auth = None
-        if self.user:
-            try:
-                password = Path(self.password_file).read_text().strip() if self.password_file else ""
-            except OSError as exc:
-                raise PowerError(f"redfish_password_file {self.password_file}: {exc.strerror}") from None
-            auth = aiohttp.BasicAuth(self.user, password)
-        return aiohttp.ClientSession(auth=auth, connector=aiohttp.TCPConnector(ssl=None if self.verify else False),
-                                     timeout=aiohttp.ClientTimeout(total=self.timeout_s))
-
-    async def _reset(self, session: Any, node: str, reset: str) -> None:
-        url = self._system(node) + "/Actions/ComputerSystem.Reset"
-        async with session.post(url, json={"ResetType": reset}) as resp:
-            if resp.status >= 300:
-                text = " ".join((await resp.text()).split())[-OUTPUT_SHOWN:]
-                raise PowerError(f"{node}: Redfish {reset} answered {resp.status}: {text}")
-
-    async def _states(self, session: Any, nodes: list[str]) -> dict[str, str]:
-        out = {}
-        for node in nodes:
-            async with session.get(self._system(node)) as resp:
-                if resp.status >= 300:
-                    raise PowerError(f"{node}: Redfish system answered {resp.status}")
-                out[node] = str((await resp.json(content_type=None)).get("PowerState", ""))
-        return out
-
-    async def _do(self, nodes: list[str], reset: str, wait_off: bool) -> None:
-        import aiohttp
-
-        try:
-            async with asyncio.timeout(self.timeout_s), self._session() as session:
-                for node in nodes:
-                    await self._reset(session, node, reset)
-                while wait_off:
-                    states = await self._states(session, nodes)
-                    if all(s == "Off" for s in states.values()):
-                        return
-                    await asyncio.sleep(0.5)
-        except TimeoutError:
-            raise PowerError(f"Redfish {reset} of {hostlist(nodes)} did not finish within {self.timeout_s:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise PowerError(f"Redfish {reset} of {hostlist(nodes)}: {exc}") from None
-
-    async def power_on(self, nodes: list[str]) -> None:
-        await self._do(nodes, "On", wait_off=False)
-
-    async def power_off(self, nodes: list[str]) -> None:
-        await self._do(nodes, "ForceOff", wait_off=True)
-
-    async def state(self, nodes: list[str]) -> dict[str, str]:
-        """Each node's Redfish ``PowerState`` (On, Off, PoweringOn, PoweringOff)."""
-        import aiohttp
-
-        try:
-            async with asyncio.timeout(self.timeout_s), self._session() as session:
-                return await self._states(session, nodes)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise PowerError(f"Redfish state of {hostlist(nodes)}: {exc or 'timed out'}") from None
-
-
 def make_pool_driver(config: PoolConfig) -> PoolDriver:
     """The driver a pool's config names."""
     if config.driver == "redfish":
         return RedfishDriver(config)
     if config.driver == "netns":
         return NetnsDriver(config.agent_config_dir, config.netns_layout, config.timeout_s)
+    if config.driver == "cloud":
+        from hpcbatch.head.powerdrivers.cloud import CloudDriver
+
+        return CloudDriver(config)
+    if config.driver == "ipmi":
+        from hpcbatch.head.powerdrivers.ipmi import IpmiDriver
+
+        return IpmiDriver(config)
     return ProgramDriver(config.resume_program, config.suspend_program, config.timeout_s)
 
 
@@ -527,6 +294,7 @@ def pool_of(name: str, config: PoolConfig, min_vcpus: float = 0.0, max_vcpus: fl
         min_vcpus=min_vcpus, max_vcpus=max_vcpus, suspend_after_s=config.suspend_after_s,
         resume_timeout_s=config.resume_timeout_s, boot_time_s=config.boot_time_s,
         resume_rate=config.resume_rate, placement_groups=groups,
+        memory_mib_per_node=config.memory_mib_per_node, gpus_per_node=config.gpus_per_node,
     )
 
 
@@ -616,7 +384,8 @@ class PowerManager:
             # An array's tasks not yet placed: one demand each (bounded: a pool is not bigger).
             copies = min(64, max(1, (job.array_size or 0) - job.array_next)) if job.array_size else 1
             for i in range(copies):
-                out.append((-priority, job.created_at, job.job_id, i, Demand(job.job_id, mine, vcpus, n)))
+                out.append((-priority, job.created_at, job.job_id, i, Demand(
+                    job.job_id, mine, vcpus, n, int(job.resources.memory_mib), int(job.resources.gpus))))
         return [d for *_, d in sorted(out, key=lambda t: t[:4])]
 
     def _views(self) -> dict[str, NodeView]:
@@ -628,7 +397,8 @@ class PowerManager:
                 continue
             usage = self.engine.scheduler.node_usage(name) or (0.0, 0, 0)
             busy = bool(info.jobs) or usage[0] > 0 or info.drain_reason is not None
-            views[name] = NodeView(name, float(info.facts.vcpus), float(usage[0]), busy)
+            views[name] = NodeView(name, float(info.facts.vcpus), float(usage[0]), busy, int(info.facts.memory_mib),
+                                   int(usage[1]), len(info.facts.gpus), int(usage[2]))
         return views
 
     def pass_once(self) -> list[tuple[str, PowerOn | PowerOff]]:

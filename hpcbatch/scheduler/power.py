@@ -8,7 +8,9 @@ SuspendTime, ResumeTimeout, ResumeRate):
   with a reason and the time it was entered.
 * **Demand**: a waiting job that fits none of the powered nodes' free capacity (ACTIVE and
   POWERING_UP, less what earlier waiting jobs of this pass claimed) powers up exactly the
-  nodes it needs: one node for a single-node job, ``numNodes`` whole nodes for a gang
+  nodes it needs. Capacity is vCPUs, and memory and GPUs where the job asks for them (a
+  pool's ``memory_mib_per_node`` 0 means its memory is not known: not checked; a pool with no
+  ``gpus_per_node`` serves no GPU job). It powers up one node for a single-node job, ``numNodes`` whole nodes for a gang
   (counting whole free powered nodes first, and preferring the placement group that needs the
   fewest power-ups and can hold the whole gang). BEST_FIT: the fewest nodes.
 * **Bounds**: powered vCPUs (ACTIVE + POWERING_UP) never go above ``maxvCpus`` through a
@@ -66,6 +68,8 @@ class Pool:
     boot_time_s: float = 60.0  # expected; shown in `why`
     resume_rate: int = 0  # nodes per minute; 0: no limit
     placement_groups: Mapping[str, str] = field(default_factory=dict)  # node -> group
+    memory_mib_per_node: int = 0  # 0: not known, not checked
+    gpus_per_node: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class Demand:
     compute_environments: tuple[str, ...]
     vcpus: float
     num_nodes: int = 1
+    memory_mib: int = 0  # per node
+    gpus: int = 0  # per node
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,55 @@ class NodeView:
     vcpus: float
     used_vcpus: float
     busy: bool  # runs or holds something
+    memory_mib: int = 0  # 0: not known, not checked
+    used_memory_mib: int = 0
+    gpus: int = 0
+    used_gpus: int = 0
+
+
+@dataclass
+class Room:
+    """What a powered node can still take this pass (memory None: not known, not checked)."""
+
+    vcpus: float
+    memory_mib: int | None
+    gpus: int
+
+    @classmethod
+    def of_pool(cls, pool: Pool) -> Room:
+        """A whole node of ``pool``, as it registers once powered up."""
+        return cls(pool.vcpus_per_node, pool.memory_mib_per_node or None, pool.gpus_per_node)
+
+    @classmethod
+    def of_view(cls, view: NodeView) -> Room:
+        memory = view.memory_mib - view.used_memory_mib if view.memory_mib else None
+        return cls(view.vcpus - view.used_vcpus, memory, view.gpus - view.used_gpus)
+
+    def fits(self, demand: Demand) -> bool:
+        return (self.vcpus >= demand.vcpus and self.gpus >= demand.gpus
+                and (self.memory_mib is None or self.memory_mib >= demand.memory_mib))
+
+    def take(self, demand: Demand) -> None:
+        self.vcpus -= demand.vcpus
+        self.gpus -= demand.gpus
+        if self.memory_mib is not None:
+            self.memory_mib -= demand.memory_mib
+
+    def best_fit_key(self) -> tuple[int, float, int]:
+        """BEST_FIT: the node with the least room left (GPUs first: kept for GPU jobs)."""
+        return self.gpus, self.vcpus, self.memory_mib or 0
+
+
+@dataclass
+class PassState:
+    """One pass's capacity: each powered node's room, whether it is whole (runs nothing), the
+    nodes claimed by earlier demands, and the power-ups decided so far (by CE)."""
+
+    now: float
+    free: dict[str, Room]
+    whole: dict[str, bool]
+    claimed: set[str] = field(default_factory=set)
+    ups: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -193,22 +248,10 @@ class PowerPlanner:
         plan = PowerPlan()
         self._account(now)
         self._observe(plan, now, views)
-        # Capacity left this pass: free vCPUs of powered nodes (a node booting counts whole).
-        free: dict[str, float] = {}
-        whole: dict[str, bool] = {}
-        for name, rec in self.records.items():
-            pool = self.pools[self.pool_of[name]]
-            if rec.state is PowerState.ACTIVE and name in views:
-                v = views[name]
-                free[name] = v.vcpus - v.used_vcpus
-                whole[name] = not v.busy
-            elif rec.state is PowerState.POWERING_UP:
-                free[name] = pool.vcpus_per_node
-                whole[name] = True
-        claimed: set[str] = set()
-        ups: dict[str, list[str]] = {ce: [] for ce in self.pools}
+        state = self._capacity(now, views)
         for demand in demands:
-            self._serve(plan, now, demand, free, whole, claimed, ups)
+            self._serve(plan, state, demand)
+        claimed, ups = state.claimed, state.ups
         for ce, pool in self.pools.items():
             self._keep_minimum(now, pool, ups[ce])
             self._rate_limit(now, pool, ups[ce], plan)
@@ -278,70 +321,93 @@ class PowerPlanner:
         powered = sum(1 for n in pool.nodes if self._powered(self.records[n])) + len(ups)
         return max(0, int((pool.max_vcpus + 1e-9) // pool.vcpus_per_node) - powered)
 
-    def _serve(self, plan: PowerPlan, now: float, demand: Demand, free: dict[str, float], whole: dict[str, bool],
-               claimed: set[str], ups: dict[str, list[str]]) -> None:
+    def _capacity(self, now: float, views: Mapping[str, NodeView]) -> PassState:
+        """Capacity left this pass: the room of powered nodes (a node booting counts whole)."""
+        state = PassState(now, {}, {}, ups={ce: [] for ce in self.pools})
+        for name, rec in self.records.items():
+            if rec.state is PowerState.ACTIVE and name in views:
+                state.free[name] = Room.of_view(views[name])
+                state.whole[name] = not views[name].busy
+            elif rec.state is PowerState.POWERING_UP:
+                state.free[name] = Room.of_pool(self.pools[self.pool_of[name]])
+                state.whole[name] = True
+        return state
+
+    def _serve(self, plan: PowerPlan, state: PassState, demand: Demand) -> None:
+        """The first of the demand's compute environments that can hold it, powered or powered up."""
         for ce in demand.compute_environments:
             pool = self.pools.get(ce)
             if pool is None:
                 continue
-            mine = [n for n in sorted(pool.nodes) if n in free and n not in claimed]
             if demand.num_nodes <= 1:
-                fit = [n for n in mine if free[n] >= demand.vcpus]
-                if fit:  # BEST_FIT: the node with the least room that holds it
-                    node = min(fit, key=lambda n: (free[n], n))
-                    free[node] -= demand.vcpus
-                    self._wanted.add(node)
-                    self._note_wait(plan, now, demand, [node], pool)
+                if self._serve_one(plan, state, demand, pool):
                     return
-                if demand.vcpus > pool.vcpus_per_node:
-                    continue
-                pick = self._candidates(pool, ups[ce])[:1]
-                if pick and self._room(pool, ups[ce]) >= 1:
-                    self._power_for(plan, now, demand, pool, pick, ups, free, claimed)
-                    node = pick[0]
-                    free[node] -= demand.vcpus
-                    claimed.discard(node)  # a single job's node may take more jobs in the same pass
-                    return
-                continue
-            if demand.vcpus > pool.vcpus_per_node:
-                continue
-            # A gang: whole nodes, preferably in one placement group.
-            idle = [n for n in mine if whole.get(n) and free[n] >= pool.vcpus_per_node]
-            down = self._candidates(pool, ups[ce])
-            groups: dict[str, tuple[list[str], list[str]]] = {}
-            for n in idle:
-                groups.setdefault(pool.placement_groups.get(n, ""), ([], []))[0].append(n)
-            for n in down:
-                groups.setdefault(pool.placement_groups.get(n, ""), ([], []))[1].append(n)
-            best: tuple[list[str], list[str]] | None = None
-            for _group, (have, can) in sorted(groups.items()):
-                if len(have) + len(can) < demand.num_nodes:
-                    continue
-                need = max(0, demand.num_nodes - len(have))
-                if best is None or need < len(best[1]):
-                    best = (have[:demand.num_nodes], can[:need])
-            if best is None and len(idle) + len(down) >= demand.num_nodes:  # across groups
-                need = max(0, demand.num_nodes - len(idle))
-                best = (idle[:demand.num_nodes], down[:need])
-            if best is None:
-                continue
-            have, need = best
-            if len(need) > self._room(pool, ups[ce]):
-                continue
-            for n in have:
-                claimed.add(n)
-            if need:
-                self._power_for(plan, now, demand, pool, need, ups, free, claimed)
-            else:
-                self._note_wait(plan, now, demand, have, pool)
-            return
+            elif Room.of_pool(pool).fits(demand) and self._serve_gang(plan, state, demand, pool):
+                return
 
-    def _power_for(self, plan: PowerPlan, now: float, demand: Demand, pool: Pool, nodes: list[str],
-                   ups: dict[str, list[str]], free: dict[str, float], claimed: set[str]) -> None:
-        ups[pool.compute_environment].extend(nodes)
+    def _serve_one(self, plan: PowerPlan, state: PassState, demand: Demand, pool: Pool) -> bool:
+        mine = [n for n in sorted(pool.nodes) if n in state.free and n not in state.claimed]
+        fit = [n for n in mine if state.free[n].fits(demand)]
+        if fit:  # BEST_FIT: the node with the least room that holds it
+            node = min(fit, key=lambda n: (state.free[n].best_fit_key(), n))
+            state.free[node].take(demand)
+            self._wanted.add(node)
+            self._note_wait(plan, state.now, demand, [node], pool)
+            return True
+        if not Room.of_pool(pool).fits(demand):
+            return False
+        pick = self._candidates(pool, state.ups[pool.compute_environment])[:1]
+        if not pick or self._room(pool, state.ups[pool.compute_environment]) < 1:
+            return False
+        self._power_for(plan, state, demand, pool, pick)
+        state.free[pick[0]].take(demand)
+        state.claimed.discard(pick[0])  # a single job's node may take more jobs in the same pass
+        return True
+
+    def _serve_gang(self, plan: PowerPlan, state: PassState, demand: Demand, pool: Pool) -> bool:
+        """Whole nodes, idle powered ones first, preferably in one placement group."""
+        whole = Room.of_pool(pool)
+        idle = [n for n in sorted(pool.nodes) if n in state.free and n not in state.claimed and state.whole.get(n)
+                and state.free[n].vcpus >= whole.vcpus]
+        down = self._candidates(pool, state.ups[pool.compute_environment])
+        best = self._gang_pick(pool, idle, down, demand.num_nodes)
+        if best is None:
+            return False
+        have, need = best
+        if len(need) > self._room(pool, state.ups[pool.compute_environment]):
+            return False
+        state.claimed.update(have)
+        if need:
+            self._power_for(plan, state, demand, pool, need)
+        else:
+            self._note_wait(plan, state.now, demand, have, pool)
+        return True
+
+    @staticmethod
+    def _gang_pick(pool: Pool, idle: list[str], down: list[str], n: int) -> tuple[list[str], list[str]] | None:
+        """(idle nodes to use, nodes to power up): the placement group that needs the fewest
+        power-ups and holds the whole gang; else across groups; None if the pool cannot."""
+        groups: dict[str, tuple[list[str], list[str]]] = {}
+        for node in idle:
+            groups.setdefault(pool.placement_groups.get(node, ""), ([], []))[0].append(node)
+        for node in down:
+            groups.setdefault(pool.placement_groups.get(node, ""), ([], []))[1].append(node)
+        best: tuple[list[str], list[str]] | None = None
+        for _group, (have, can) in sorted(groups.items()):
+            if len(have) + len(can) < n:
+                continue
+            need = max(0, n - len(have))
+            if best is None or need < len(best[1]):
+                best = (have[:n], can[:need])
+        if best is None and len(idle) + len(down) >= n:  # across groups
+            best = (idle[:n], down[:max(0, n - len(idle))])
+        return best
+
+    def _power_for(self, plan: PowerPlan, state: PassState, demand: Demand, pool: Pool, nodes: list[str]) -> None:
+        state.ups[pool.compute_environment].extend(nodes)
         for n in nodes:
-            free[n] = pool.vcpus_per_node
-            claimed.add(n)
+            state.free[n] = Room.of_pool(pool)
+            state.claimed.add(n)
             self.claimed_for[n] = demand.job_id
             self._up_reason[n] = f"Powering up for job {demand.job_id}"
         plan.waiting[demand.job_id] = (f"powering up {hostlist(nodes)}, expected in ~{pool.boot_time_s:.0f} s")

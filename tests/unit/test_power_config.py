@@ -10,12 +10,12 @@ from hpcbatch.errors import ClientError
 from hpcbatch.head.config import load_head_config
 from hpcbatch.head.power import (
     PoolConfig,
-    RedfishDriver,
     describe_capacity,
     make_pool_driver,
     managed_status,
     pool_of,
 )
+from hpcbatch.head.powerdrivers.redfish import RedfishDriver
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "managed.md"
 

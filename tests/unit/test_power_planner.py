@@ -133,3 +133,35 @@ def test_a_node_lost_or_powered_off_by_hand_is_noticed_and_hours_are_counted() -
     plan = planner.plan(20, [], {})
     assert planner.records["node1"].state is PowerState.POWERED_DOWN and "node1" in plan.changed
     assert planner.powered_s == 20 and planner.saved_s == 20  # node1 on 20 s; node2 off 20 s
+
+
+def test_a_gpu_job_powers_up_a_node_of_a_pool_with_gpus_and_none_of_a_pool_without() -> None:
+    cpu = pool(compute_environment="cpu", nodes=("cpu1", "cpu2"))
+    gpu = pool(compute_environment="gpu", nodes=("gpu1", "gpu2"), gpus_per_node=4, memory_mib_per_node=8192)
+    planner = PowerPlanner([cpu, gpu], now=0)
+    plan = planner.plan(1, [Demand("g", ("cpu", "gpu"), 1, gpus=2), Demand("c", ("cpu", "gpu"), 1)], {})
+    assert [(a.compute_environment, a.nodes) for a in ons(plan)] == [("cpu", ("cpu1",)), ("gpu", ("gpu1",))]
+    assert plan.waiting["g"].startswith("powering up gpu1")
+
+
+def test_gpus_and_memory_count_on_powered_nodes_as_well_as_vcpus() -> None:
+    gpu = pool(nodes=("gpu1", "gpu2"), vcpus_per_node=8, gpus_per_node=4, memory_mib_per_node=8192)
+    planner = PowerPlanner([gpu], now=0)
+    planner.restore("gpu1", NodePower(PowerState.ACTIVE, 0, "Registered"))
+    views = {"gpu1": NodeView("gpu1", 8, 1, True, memory_mib=8192, used_memory_mib=1024, gpus=4, used_gpus=3)}
+    # One GPU left on gpu1: a 1-GPU job fits there; a 2-GPU job powers gpu2 up.
+    assert ons(planner.plan(1, [Demand("one", ("managed",), 1, gpus=1)], views)) == []
+    assert [a.nodes for a in ons(planner.plan(2, [Demand("two", ("managed",), 1, gpus=2)], views))] == [("gpu2",)]
+    # Memory: 7168 MiB left on gpu1, so a job asking for 8000 waits for gpu2 (already coming up), not gpu1.
+    plan = planner.plan(3, [Demand("mem", ("managed",), 1, memory_mib=8000)], views)
+    assert ons(plan) == [] and plan.waiting["mem"].startswith("powering up gpu2")
+    # More than a node has: nothing is powered up for it.
+    assert ons(PowerPlanner([gpu], now=0).plan(1, [Demand("big", ("managed",), 1, memory_mib=9000)], {})) == []
+
+
+def test_a_gpu_gang_counts_whole_gpu_nodes() -> None:
+    gpu = pool(nodes=tuple(f"gpu{i}" for i in range(1, 5)), gpus_per_node=8)
+    planner = PowerPlanner([gpu], now=0)
+    assert [a.nodes for a in ons(planner.plan(1, [Demand("gang", ("managed",), 2, num_nodes=3, gpus=8)], {}))] == [
+        ("gpu1", "gpu2", "gpu3")]
+    assert ons(PowerPlanner([gpu], now=0).plan(1, [Demand("x", ("managed",), 2, num_nodes=2, gpus=9)], {})) == []

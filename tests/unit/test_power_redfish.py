@@ -1,4 +1,4 @@
-"""The Redfish pool driver (hpcbatch.head.power.RedfishDriver) against the sushy-tools emulator's fake BMCs.
+"""The Redfish pool driver (hpcbatch.head.powerdrivers.redfish) against the sushy-tools emulator's fake BMCs.
 
 sushy-emulator (OpenStack's Redfish emulator, ``--fake``: systems kept in memory) serves
 two systems, cn1 and cn2, powered off; the driver powers them on (accepted), and off, which
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcbatch.head.power import PoolConfig, PowerError, RedfishDriver
+from hpcbatch.head.power import PoolConfig
+from hpcbatch.head.powerdrivers.base import PowerError
+from hpcbatch.head.powerdrivers.redfish import RedfishDriver
 from tests import prereq
 from tests.harness import free_port, wait_for
 
@@ -29,7 +31,10 @@ def bmc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("redfish")
     systems = [{"uuid": str(uuid.uuid4()), "name": name, "power_state": "Off", "external_notifier": False, "nics": []}
                for name in ("cn1", "cn2")]
-    (root / "emulator.conf").write_text(f"SUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n")
+    # Its own state dir: the fake driver keeps systems (found by name) in a shared one by default,
+    # so another run's cn1, left On, would answer here.
+    (root / "emulator.conf").write_text(f"SUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n"
+                                        f"SUSHY_EMULATOR_STATE_DIR = {str(root / 'state')!r}\n")
     port = free_port()
     emulator = shutil.which("sushy-emulator", path=str(Path(sys.executable).parent)) or "sushy-emulator"
     with open(root / "emulator.log", "wb") as log:

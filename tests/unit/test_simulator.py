@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hpcbatch.sim.__main__ import main
-from hpcbatch.sim.simulate import simulate
+from hpcbatch.sim.simulate import PowerSaving, simulate
 from hpcbatch.sim.workload import SimJob, load_swf, parse_swf
 
 SAMPLE = Path(__file__).resolve().parents[2] / "bench" / "workloads" / "sample.swf"
@@ -52,3 +52,38 @@ def test_command_prints_name_value_lines(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out.split()
     assert any(line.startswith("sim_fifo_mean_wait_s=") for line in out)
     assert any(line.startswith("sim_backfill_utilization=") for line in out)
+
+
+def test_power_saving_boots_a_node_for_the_first_job_and_powers_it_down_after_suspend_after() -> None:
+    jobs = [SimJob("a", 0, 100, 8, None)]
+    result = simulate(jobs, 2, 8, "backfill", power=PowerSaving(suspend_after_s=300, boot_s=60))
+    assert result.outcomes[0].wait_s == 60  # the boot
+    # n0: powered from 0 until 60 + 100 + 300 (booting, running, idle); n1 never: saved as long.
+    assert result.powered_node_s == 460 and result.saved_node_s == 460
+
+
+def test_power_saving_keeps_min_nodes_warm_and_never_overtakes_in_fifo() -> None:
+    jobs = [SimJob("a", 1000, 100, 8, None), SimJob("b", 1001, 100, 16, None), SimJob("c", 1002, 10, 1, None)]
+    warm = simulate(jobs, 2, 8, "fifo", power=PowerSaving(suspend_after_s=10_000, boot_s=60, min_nodes=1))
+    starts = {o.job_id: o.start_s for o in warm.outcomes}
+    assert starts["a"] == 1000  # a warm node: no boot
+    assert starts["a"] <= starts["b"] <= starts["c"]  # fifo order, power-ups or not
+
+
+def test_power_saving_on_the_sample_runs_every_job_and_saves_node_hours() -> None:
+    jobs = load_swf(SAMPLE)
+    always = simulate(jobs, 16, 8, "backfill")
+    saving = simulate(jobs, 16, 8, "backfill", power=PowerSaving(suspend_after_s=300, boot_s=60))
+    assert saving.jobs == always.jobs == 300
+    assert saving.powered_node_s is not None and saving.saved_node_s > 0
+    # Every node is accounted for the whole run (the last idle nodes' suspend_after_s past its end).
+    assert saving.powered_node_s + saving.saved_node_s >= 16 * always.makespan_s
+    assert always.powered_node_s is None and not any("node_hours" in line for line in always.lines())
+
+
+def test_command_with_power_saving_prints_hours_saved_and_wait_added(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--swf", str(SAMPLE), "--nodes", "16", "--cores", "8", "--power-saving", "--boot-time", "90"]) == 0
+    out = capsys.readouterr().out.split()
+    assert any(line.startswith("sim_backfill_power_node_hours_saved=") for line in out)
+    assert any(line.startswith("sim_backfill_power_mean_wait_added_s=") for line in out)
+    assert any(line.startswith("sim_fifo_mean_wait_s=") for line in out)

@@ -1,0 +1,94 @@
+"""The ``redfish`` driver: BMCs over Redfish (DMTF DSP0266), with aiohttp."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcbatch.head.powerdrivers.base import NODE_PLACEHOLDER, OUTPUT_SHOWN, PowerError
+from hpcbatch.scheduler.power import hostlist
+
+if TYPE_CHECKING:
+    from hpcbatch.head.power import PoolConfig
+
+
+class RedfishDriver:
+    """BMCs over Redfish (DMTF DSP0266): ``ComputerSystem.Reset`` with ``On`` / ``ForceOff``.
+
+    A power-on returns once every BMC accepted it (the agent's registration is the real
+    sign); a power-off returns once every system reports ``PowerState: Off`` (a fact, as
+    STONITH needs), within ``timeout_s`` for the whole batch.
+    """
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.url, self.system = config.redfish_url.rstrip("/"), config.redfish_system
+        self.timeout_s = config.timeout_s
+        self.verify = config.redfish_verify_tls
+        self.user = config.redfish_username
+        self.password_file = config.redfish_password_file
+
+    def _system(self, node: str) -> str:
+        return f"{self.url.replace(NODE_PLACEHOLDER, node)}/redfish/v1/Systems/{self.system.replace(NODE_PLACEHOLDER, node)}"
+
+    def _session(self) -> Any:
+        import aiohttp
+
+        auth = None
+        if self.user:
+            try:
+                password = Path(self.password_file).read_text().strip() if self.password_file else ""
+            except OSError as exc:
+                raise PowerError(f"redfish_password_file {self.password_file}: {exc.strerror}") from None
+            auth = aiohttp.BasicAuth(self.user, password)
+        return aiohttp.ClientSession(auth=auth, connector=aiohttp.TCPConnector(ssl=None if self.verify else False),
+                                     timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+
+    async def _reset(self, session: Any, node: str, reset: str) -> None:
+        url = self._system(node) + "/Actions/ComputerSystem.Reset"
+        async with session.post(url, json={"ResetType": reset}) as resp:
+            if resp.status >= 300:
+                text = " ".join((await resp.text()).split())[-OUTPUT_SHOWN:]
+                raise PowerError(f"{node}: Redfish {reset} answered {resp.status}: {text}")
+
+    async def _states(self, session: Any, nodes: list[str]) -> dict[str, str]:
+        out = {}
+        for node in nodes:
+            async with session.get(self._system(node)) as resp:
+                if resp.status >= 300:
+                    raise PowerError(f"{node}: Redfish system answered {resp.status}")
+                out[node] = str((await resp.json(content_type=None)).get("PowerState", ""))
+        return out
+
+    async def _do(self, nodes: list[str], reset: str, wait_off: bool) -> None:
+        import aiohttp
+
+        try:
+            async with asyncio.timeout(self.timeout_s), self._session() as session:
+                for node in nodes:
+                    await self._reset(session, node, reset)
+                while wait_off:
+                    states = await self._states(session, nodes)
+                    if all(s == "Off" for s in states.values()):
+                        return
+                    await asyncio.sleep(0.5)
+        except TimeoutError:
+            raise PowerError(f"Redfish {reset} of {hostlist(nodes)} did not finish within {self.timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise PowerError(f"Redfish {reset} of {hostlist(nodes)}: {exc}") from None
+
+    async def power_on(self, nodes: list[str]) -> None:
+        await self._do(nodes, "On", wait_off=False)
+
+    async def power_off(self, nodes: list[str]) -> None:
+        await self._do(nodes, "ForceOff", wait_off=True)
+
+    async def state(self, nodes: list[str]) -> dict[str, str]:
+        """Each node's Redfish ``PowerState`` (On, Off, PoweringOn, PoweringOff)."""
+        import aiohttp
+
+        try:
+            async with asyncio.timeout(self.timeout_s), self._session() as session:
+                return await self._states(session, nodes)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise PowerError(f"Redfish state of {hostlist(nodes)}: {exc or 'timed out'}") from None
