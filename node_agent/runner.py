@@ -64,7 +64,6 @@ from node_agent import shm
 from node_agent.attempts import (
     CANNOT_START,
     LOST_REASON,
-    MAX_SIGNAL,
     OOM_EXIT_CODE,
     OOM_REASON,
     SHUTDOWN_REASON,
@@ -78,21 +77,27 @@ from node_agent.attempts import (
     refusal,
     safe_name,
 )
-from node_agent.cgroups import BusyCgroups, CgroupUnavailable, MemoryCgroups, remove_soon
-from node_agent.container_cgroup import ContainerCgroup, siblings, sweep
-from node_agent.identity import Owner, OwnerResolver, first_closed_dir
-from node_agent.journal import Journal, JournalEntry, orphan_result, remove_attempt_dir
+from node_agent.cgroups import BusyCgroups, CgroupUnavailable, MemoryCgroups
+from node_agent.container_cgroup import siblings, sweep
+from node_agent.identity import OwnerResolver, first_closed_dir
+from node_agent.journal import Journal, JournalEntry, remove_attempt_dir
+from node_agent.live import (
+    LiveAttempt,
+    LiveTask,
+    TaskExit,
+    ending,
+    exit_status,
+    over_memory,
+    task_ending,
+)
+from node_agent.orphans import OrphanAdoption
 from node_agent.spawning import ExecChain, open_log, spawn, spawn_error
 from node_agent.starting import Preparation, Starter, StartRefused, spawn_prepared
 from node_agent.watching import (
     ProcessWatcher,
     Watched,
-    alive,
     create_time,
-    kill_orphan_group,
-    session_rss,
     signal_group,
-    signal_name,
 )
 
 if TYPE_CHECKING:
@@ -142,81 +147,6 @@ class RunnerOptions:
             raise ValueError(f"memory_enforcement must be auto, cgroup or rss, not {self.memory_enforcement!r}")
 
 
-@dataclass(slots=True, eq=False)
-class _Attempt:
-    """A live attempt; mutable, owned by the Runner."""
-
-    spec: AttemptSpec
-    pid: int  # the attempt's process: its supervisor (shim) where it has one; its group's id
-    started_at: int
-    create_time: float
-    cgroup: Path | None
-    popen: subprocess.Popen[bytes] | None = None  # None: re-adopted from an earlier agent process
-    status_reason: str | None = None
-    oom: bool = False
-    kill_handle: asyncio.TimerHandle | None = None
-    timeout_handle: asyncio.TimerHandle | None = None
-    # What launched tasks inherit: the job's final environment, directory and identity.
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
-    cwd: str = ""
-    drop: Owner | None = None
-    uid: int = -1
-    tasks: dict[str, _Task] = dataclasses.field(default_factory=dict)
-    terminating: bool = False
-    container: bool = False  # runs in a podman container named after the attempt
-    container_cgroup: ContainerCgroup | None = None  # its cgroup's parent: how its OOM is seen
-    status_file: Path | None = None  # where its shim writes the job's exit status (None: no shim)
-    timed_out: bool = False
-    fenced: bool = False
-
-    def is_child(self) -> bool:
-        return self.popen is not None
-
-    def adoptable(self) -> bool:
-        """Whether a later agent process can re-adopt it: it has a shim and needs no bridge."""
-        return self.status_file is not None and not self.spec.multinode and not self.spec.hold
-
-    def cancel_timers(self) -> None:
-        for handle in (self.kill_handle, self.timeout_handle):
-            if handle is not None:
-                handle.cancel()
-
-    def journal_entry(self) -> JournalEntry:
-        """What a later agent process needs to re-adopt it (``adopt_orphans``)."""
-        spec = self.spec
-        return JournalEntry(
-            attempt_id=spec.attempt_id, job_id=spec.job_id, pid=self.pid, create_time=self.create_time,
-            started_at=self.started_at, cgroup=str(self.cgroup) if self.cgroup else None,
-            container=self.container, status_file=str(self.status_file) if self.status_file else None,
-            timeout_at=self.started_at + spec.timeout_s * 1000 if spec.timeout_s else None,
-            memory_mib=spec.memory_mib, uid=self.uid, adoptable=not (spec.multinode or spec.hold),
-        )
-
-
-TaskExit = Callable[[str, int | None, str | None], None]  # (launch_id, exit_code, reason)
-
-
-@dataclass(slots=True, eq=False)
-class _Task:
-    """A command launched into a live attempt (an MPI daemon): its own process group."""
-
-    launch_id: str
-    attempt: _Attempt
-    popen: subprocess.Popen[bytes]
-    on_exit: TaskExit
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def create_time(self) -> float:
-        return 0.0  # always our child: reaped, never identified by start time
-
-    def is_child(self) -> bool:
-        return True
-
-
 class Runner:
     """Runs attempts as process groups, enforces timeout and memory, reports each exit once."""
 
@@ -242,8 +172,8 @@ class Runner:
             self._owners, ExecChain(as_root=as_root), self._cgroups, self._containers, options.supervise,
             unreachable=first_closed_dir(self._attempts_dir) if as_root else None,
         )
-        self._running: dict[str, _Attempt] = {}
-        self._tasks: dict[str, _Task] = {}  # launch_id -> live task, its attempt ended or not
+        self._running: dict[str, LiveAttempt] = {}
+        self._tasks: dict[str, LiveTask] = {}  # launch_id -> live task, its attempt ended or not
         self._watcher = ProcessWatcher(self._on_end)
         self._busy_cgroups = BusyCgroups()  # emptied cgroups whose rmdir must wait
         self._remover: concurrent.futures.ThreadPoolExecutor | None = None
@@ -322,7 +252,7 @@ class Runner:
     def _track(self, p: Preparation, popen: subprocess.Popen[bytes]) -> int:
         """The attempt runs: from here on nothing may fail the start (it would leave a job untracked)."""
         spec = p.spec
-        rec = _Attempt(spec, popen.pid, p.started_at, create_time(popen.pid), p.cgroup, popen=popen)
+        rec = LiveAttempt(spec, popen.pid, p.started_at, create_time(popen.pid), p.cgroup, popen=popen)
         rec.env, rec.cwd, rec.drop = p.job_env, p.cwd, p.drop
         rec.uid = p.owner.uid if p.owner is not None else self._owners.euid
         rec.container = spec.image is not None
@@ -336,7 +266,7 @@ class Runner:
             log.exception("attempt %s runs, but its bookkeeping failed", spec.attempt_id)
         return rec.pid
 
-    def _watch_limits(self, rec: _Attempt, timeout_s: float | None) -> None:
+    def _watch_limits(self, rec: LiveAttempt, timeout_s: float | None) -> None:
         """Watch its exit, its timeout and (without a cgroup) its memory."""
         assert self._loop is not None
         self._watcher.watch(rec)
@@ -407,13 +337,13 @@ class Runner:
             return f"{CANNOT_START}: {describe_failure(exc)}"
         finally:
             os.close(log_fd)
-        task = _Task(launch_id, rec, popen, on_exit)
+        task = LiveTask(launch_id, rec, popen, on_exit)
         rec.tasks[launch_id] = task
         self._tasks[launch_id] = task
         self._watcher.watch(task)
         return None
 
-    def _cannot_launch_into(self, rec: _Attempt | None, attempt_id: str, launch_id: str) -> str | None:
+    def _cannot_launch_into(self, rec: LiveAttempt | None, attempt_id: str, launch_id: str) -> str | None:
         if rec is None:
             return f"attempt {attempt_id} is not running on node {self._hostname}"
         if rec.terminating:
@@ -424,14 +354,14 @@ class Runner:
             return f"launch {launch_id} is already running"
         return None
 
-    def _finish_task(self, task: _Task, status: int | None) -> None:
+    def _finish_task(self, task: LiveTask, status: int | None) -> None:
         rec = task.attempt
         rec.tasks.pop(task.launch_id, None)
         self._tasks.pop(task.launch_id, None)
         signal_group(task.pid, signal.SIGKILL)  # what the task left in its group
         code = None if status is None else os.waitstatus_to_exitcode(status)
         task.popen.returncode = code if code is not None else -1
-        exit_code, reason = _task_ending(code)
+        exit_code, reason = task_ending(code)
         if rec.terminating and rec.status_reason and exit_code != 0:
             reason = f"{reason}: {rec.status_reason}" if reason else rec.status_reason
         if rec.terminating and rec.spec.hold and not rec.tasks and rec.spec.attempt_id in self._running:
@@ -538,61 +468,8 @@ class Runner:
         """
         if readopt:
             self._bind()
-        results = []
-        removals: list[tuple[subprocess.Popen[bytes], Path]] = []  # containers' podman rm, their cgroup
-        for path, entry in self._journal.orphans():
-            try:
-                result = self._adopt_one(entry, readopt, removals)
-            except Exception:  # one bad entry must not stop the agent from starting (a crash loop)
-                log.exception("cannot adopt what %s describes; left in place", path)
-                continue
-            if result is not None:
-                path.unlink(missing_ok=True)
-                results.append(result)
-        for removal, cgroup in removals:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                removal.wait(timeout=60)
-            if not remove_soon(cgroup):
-                log.warning("orphan cgroup %s still busy; left in place", cgroup)
-            if self._cgroups is not None and cgroup.is_relative_to(self._cgroups.root):
-                sweep(siblings(cgroup, self._cgroups.version, self._cgroups.root))
-        return results
-
-    def _adopt_one(
-        self, entry: JournalEntry, readopt: bool, removals: list[tuple[subprocess.Popen[bytes], Path]]
-    ) -> AttemptResult | None:
-        """One journal entry of ``adopt_orphans``: its result, or None (re-adopted, or ours)."""
-        if entry.attempt_id in self._running:
-            return None
-        # A result on disk means it ended before the old agent died: report the truth.
-        result = self._journal.stored_result(entry.attempt_id)
-        if result is None:
-            is_alive = alive(entry.pid, entry.create_time)
-            if is_alive and readopt and entry.readoptable():
-                self._readopt(entry)
-                return None
-            code = None if is_alive else entry.recorded_status()  # it ended while no agent watched
-            if code is None:
-                kill_orphan_group(entry.pid, entry.create_time)
-            result = orphan_result(entry, code, now_ms())
-            self._journal.record_orphan(result)
-        self._clean_orphan(entry, removals)
-        self._journal.remember(result)
-        return result
-
-    def _clean_orphan(self, entry: JournalEntry, removals: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
-        """What an ended orphan held: its container, its cgroup (once podman let go of it)."""
-        removal = None
-        if entry.container and self._containers is not None:
-            removal = self._containers.remove(entry.attempt_id)
-        if entry.cgroup is None:
-            return
-        cgroup = Path(entry.cgroup)
-        MemoryCgroups.kill(cgroup)
-        if removal is not None:  # the container's cgroup is in it until podman removed it
-            removals.append((removal, cgroup))
-        elif not remove_soon(cgroup):
-            log.warning("orphan cgroup %s still busy; left in place", cgroup)
+        adoption = OrphanAdoption(self._journal, self._cgroups, self._containers)
+        return adoption.run(self._running, self._readopt if readopt else None)
 
     def _readopt(self, entry: JournalEntry) -> None:
         """Watch a running attempt an earlier agent process started (see ``adopt_orphans``)."""
@@ -602,7 +479,7 @@ class Runner:
             environment={}, vcpus=0, memory_mib=entry.memory_mib,
         )
         cgroup = Path(entry.cgroup) if entry.cgroup else None
-        rec = _Attempt(spec, entry.pid, entry.started_at, entry.create_time, cgroup)
+        rec = LiveAttempt(spec, entry.pid, entry.started_at, entry.create_time, cgroup)
         rec.uid = entry.uid
         rec.container = entry.container
         rec.status_file = Path(entry.status_file) if entry.status_file else None
@@ -615,35 +492,15 @@ class Runner:
 
     # ------------------------------------------------------------------ exits
     def _on_end(self, proc: Watched, status: int | None) -> None:
-        if isinstance(proc, _Task):
+        if isinstance(proc, LiveTask):
             self._finish_task(proc, status)
-        elif isinstance(proc, _Attempt):
+        elif isinstance(proc, LiveAttempt):
             self._finish(proc, status)
 
-    @staticmethod
-    def _exit_status(rec: _Attempt, status: int | None) -> int | None:
-        """How the job ended, as os.waitstatus_to_exitcode gives it (-N: signal N); None: unknown.
-
-        Under a shim, ``status`` is the shim's: it exits with sh's $? (128+N for signal N),
-        or dies of the group's SIGKILL (then the status file, if the job ended first, tells).
-        A re-adopted attempt (not our child) has only the status file.
-        """
-        code = None if status is None else os.waitstatus_to_exitcode(status)
-        if rec.status_file is None:
-            return code
-        if code is None or code < 0:
-            try:
-                code = int(rec.status_file.read_text())
-            except (OSError, ValueError):
-                return code
-        if 128 < code <= 128 + MAX_SIGNAL and not rec.container:  # podman's codes are the container's
-            return 128 - code  # as sh reports it: a job that exits 137 itself reads as SIGKILL
-        return code
-
-    def _how_it_ended(self, rec: _Attempt, status: int | None) -> tuple[int | None, bool]:
+    def _how_it_ended(self, rec: LiveAttempt, status: int | None) -> tuple[int | None, bool]:
         """(exit code as ``_exit_status`` gives it, whether the OOM killer acted)."""
         try:
-            code = self._exit_status(rec, status)
+            code = exit_status(rec, status)
             oom = rec.oom
             if rec.cgroup is not None:
                 oom = oom or MemoryCgroups.oom_kills(rec.cgroup) > 0
@@ -654,7 +511,7 @@ class Runner:
             return None, False
         return code, oom
 
-    def _finish(self, rec: _Attempt, status: int | None) -> None:
+    def _finish(self, rec: LiveAttempt, status: int | None) -> None:
         """The attempt ended: report it first, then journal and clean up, each best-effort."""
         rec.cancel_timers()
         signal_group(rec.pid, signal.SIGKILL)  # leftovers in the group die with the job
@@ -662,7 +519,7 @@ class Runner:
         code, oom = self._how_it_ended(rec, status)
         if rec.popen is not None:
             rec.popen.returncode = code if code is not None else -1  # keeps Popen from reaping
-        exit_code, reason, lost = _ending(code, oom=oom, killed=rec.terminating)
+        exit_code, reason, lost = ending(code, oom=oom, killed=rec.terminating)
         result = AttemptResult(
             spec.attempt_id, spec.job_id, exit_code, reason, rec.status_reason, rec.started_at, now_ms(),
             timed_out=rec.timed_out, fenced=rec.fenced, lost=lost,
@@ -683,7 +540,7 @@ class Runner:
         except Exception:
             log.exception("attempt %s: cleanup after its exit failed", spec.attempt_id)
 
-    def _release(self, rec: _Attempt, code: int | None) -> None:
+    def _release(self, rec: LiveAttempt, code: int | None) -> None:
         """Free what an ended attempt held: its cgroup, its container."""
         if rec.container_cgroup is not None:
             rec.container_cgroup.close()
@@ -697,7 +554,7 @@ class Runner:
             self._containers.remove(rec.spec.attempt_id)  # podman died before its container did
         self._clean_shm_later(rec)
 
-    def _clean_shm_later(self, rec: _Attempt) -> None:
+    def _clean_shm_later(self, rec: LiveAttempt) -> None:
         """Remove what the job left in /dev/shm (node_agent.shm), once its killed processes
         are surely gone, in the remover's thread (it reads /proc)."""
         if rec.uid < 0 or self._loop is None or self._loop.is_closed():
@@ -716,7 +573,7 @@ class Runner:
         return self._remover
 
     # ------------------------------------------------------------------ kill, timeout, memory
-    def _terminate(self, rec: _Attempt, grace_s: float) -> None:
+    def _terminate(self, rec: LiveAttempt, grace_s: float) -> None:
         assert self._loop is not None
         rec.terminating = True
         if grace_s <= 0:
@@ -733,7 +590,7 @@ class Runner:
             rec.kill_handle.cancel()
         rec.kill_handle = self._loop.call_at(deadline, self._sigkill, rec)
 
-    def _sigkill(self, rec: _Attempt) -> None:
+    def _sigkill(self, rec: LiveAttempt) -> None:
         for task in rec.tasks.values():
             signal_group(task.pid, signal.SIGKILL)
         signal_group(rec.pid, signal.SIGKILL)
@@ -742,7 +599,7 @@ class Runner:
         if rec.container and self._containers is not None:
             self._containers.remove(rec.spec.attempt_id)  # what runs inside, and the container
 
-    def _on_timeout(self, rec: _Attempt) -> None:
+    def _on_timeout(self, rec: LiveAttempt) -> None:
         rec.timeout_handle = None
         if rec.status_reason is None:
             rec.status_reason = TIMEOUT_REASON
@@ -758,7 +615,7 @@ class Runner:
         }
         if not watched:
             return
-        for rec, rss in _over_memory(watched):
+        for rec, rss in over_memory(watched):
             log.info("attempt %s over memory: %d MiB > %d MiB", rec.spec.attempt_id, rss // _MIB, rec.spec.memory_mib)
             rec.oom = True  # like the OOM killer: no grace
             self._sigkill(rec)
@@ -789,36 +646,3 @@ class Runner:
     def pending_writes(self) -> int:
         """Journal files not yet written (the disk was full): for logs and tests."""
         return self._journal.pending()
-
-
-def _ending(code: int | None, *, oom: bool, killed: bool) -> tuple[int | None, str | None, bool]:
-    """(exitCode, container reason, lost) of an attempt whose job ended with ``code``."""
-    if oom:
-        return OOM_EXIT_CODE, OOM_REASON, False
-    if code is None and killed:  # we killed it, and SIGKILL took the shim too
-        return None, "Killed by signal SIGKILL", False
-    if code is None:
-        return None, "Exit status lost: no process recorded it", True
-    if code < 0:
-        return None, f"Killed by signal {signal_name(-code)}", False
-    return code, None, False
-
-
-def _task_ending(code: int | None) -> tuple[int | None, str | None]:
-    """(exit code, reason) of a launched task."""
-    if code is None:
-        return None, "Exit status lost (reaped elsewhere)"
-    if code < 0:
-        return None, f"Killed by signal {signal_name(-code)}"
-    return code, None
-
-
-def _over_memory(watched: dict[int, _Attempt]) -> list[tuple[_Attempt, int]]:
-    """The attempts (by session id) whose sessions, their tasks' included, are over their limit."""
-    owners = dict(watched)  # session id -> attempt; a task's session counts for its attempt
-    for rec in watched.values():
-        owners.update(dict.fromkeys((t.pid for t in rec.tasks.values()), rec))
-    totals: dict[int, int] = {}
-    for sid, rss in session_rss(set(owners)).items():
-        totals[owners[sid].pid] = totals.get(owners[sid].pid, 0) + rss
-    return [(watched[pid], rss) for pid, rss in totals.items() if rss > watched[pid].spec.memory_mib * _MIB]
