@@ -104,7 +104,11 @@ class MemoryCgroups:
             self._make_parent()
             path.mkdir(exist_ok=True)
         if memory_mib > 0:
-            self._limit(path, str(memory_mib * _MIB))
+            try:
+                self._limit(path, str(memory_mib * _MIB))
+            except OSError:  # the kernel refused the limit: no half-made cgroup stays behind
+                self.remove(path)
+                raise
         return path
 
     def _limit(self, path: Path, limit: str) -> None:

@@ -7,10 +7,14 @@ one cleanup path; a fake ``podman`` (a shell script) stands in where an image is
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
 
+import pytest
+
 from hpcbatch.protocol import ContainerDevice, ContainerOptions
+from node_agent import cgroups
 from node_agent.containers import Podman
 from node_agent.runner import AttemptResult, AttemptSpec, Runner
 from tests import prereq
@@ -93,5 +97,31 @@ def test_an_image_pulled_after_shutdown_is_not_started(tmp_path: Path) -> None:
             gate.touch()
             if not start.done():
                 start.cancel()
+
+    asyncio.run(body())
+
+
+@prereq.skipif(_NO_CGROUP is not None, "cgroup", f"cgroup mode unavailable here: {_NO_CGROUP}")
+def test_a_memory_limit_the_kernel_refuses_leaves_no_cgroup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cgroup was made, then its limit refused: the start fails and the cgroup goes too."""
+    real_write = cgroups.write_text
+
+    def refuse_limits(path: str | Path, text: str) -> None:
+        if Path(path).name in ("memory.limit_in_bytes", "memory.max"):
+            raise OSError(errno.EINVAL, "Invalid argument", str(path))
+        real_write(path, text)
+
+    async def body() -> None:
+        runner = Runner(tmp_path / "state", on_exit=lambda r: None, memory_enforcement="cgroup")
+        try:
+            monkeypatch.setattr(cgroups, "write_text", refuse_limits)  # the kernel's answer, after the probe
+            spec = AttemptSpec("m1", "job", 1, ["true"], {"PATH": "/usr/bin:/bin"}, 1, 64)
+            result = await runner.start(spec)
+            assert isinstance(result, AttemptResult) and result.reason is not None
+            assert result.reason.startswith("CannotStartContainerError: memory cgroup: [Errno 22] Invalid argument")
+            assert runner._cgroups is not None and not (runner._cgroups.parent / "m1").exists()
+        finally:
+            monkeypatch.undo()
+            await runner.shutdown(kill=True)
 
     asyncio.run(body())
