@@ -6,16 +6,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node_agent.attempts import MAX_SIGNAL, OOM_EXIT_CODE, OOM_REASON, AttemptSpec
+from node_agent.cgroups import MemoryCgroups
 from node_agent.container_cgroup import ContainerCgroup
 from node_agent.identity import Owner
 from node_agent.journal import JournalEntry
-from node_agent.watching import session_rss, signal_name
+from node_agent.watching import session_rss, signal_group, signal_name
+
+if TYPE_CHECKING:
+    from node_agent.containers import Podman
 
 _MIB = 1024 * 1024
 
@@ -53,6 +59,35 @@ class LiveAttempt:
     def adoptable(self) -> bool:
         """Whether a later agent process can re-adopt it: it has a shim and needs no bridge."""
         return self.status_file is not None and not self.spec.multinode and not self.spec.hold
+
+    def signal_tasks(self, signum: int) -> None:
+        for task in self.tasks.values():
+            signal_group(task.pid, signum)
+
+    def terminate(self, loop: asyncio.AbstractEventLoop, grace_s: float, containers: Podman | None) -> None:
+        """SIGTERM now (tasks first: a holder outlives its tasks' grace), SIGKILL after the grace."""
+        self.terminating = True
+        if grace_s <= 0:
+            self.sigkill(containers)
+            return
+        self.signal_tasks(signal.SIGTERM)
+        if not (self.spec.hold and self.tasks):
+            signal_group(self.pid, signal.SIGTERM)
+        deadline = loop.time() + grace_s
+        if self.kill_handle is not None:
+            if self.kill_handle.when() <= deadline:
+                return  # an earlier SIGKILL is already due
+            self.kill_handle.cancel()
+        self.kill_handle = loop.call_at(deadline, self.sigkill, containers)
+
+    def sigkill(self, containers: Podman | None) -> None:
+        """SIGKILL its tasks, its process group, its cgroup and its container."""
+        self.signal_tasks(signal.SIGKILL)
+        signal_group(self.pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            MemoryCgroups.kill(self.cgroup)  # also what left the group with setsid
+        if self.container and containers is not None:
+            containers.remove(self.spec.attempt_id)  # what runs inside, and the container
 
     def cancel_timers(self) -> None:
         for handle in (self.kill_handle, self.timeout_handle):

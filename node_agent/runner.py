@@ -533,8 +533,7 @@ class Runner:
         except Exception:
             log.exception("on_exit failed for attempt %s", spec.attempt_id)
         self._journal.record_end(result)
-        for task in rec.tasks.values():  # a job's launched tasks die with it
-            signal_group(task.pid, signal.SIGKILL)
+        rec.signal_tasks(signal.SIGKILL)  # a job's launched tasks die with it
         try:
             self._release(rec, code)
         except Exception:
@@ -575,29 +574,7 @@ class Runner:
     # ------------------------------------------------------------------ kill, timeout, memory
     def _terminate(self, rec: LiveAttempt, grace_s: float) -> None:
         assert self._loop is not None
-        rec.terminating = True
-        if grace_s <= 0:
-            self._sigkill(rec)
-            return
-        for task in rec.tasks.values():
-            signal_group(task.pid, signal.SIGTERM)
-        if not (rec.spec.hold and rec.tasks):  # a holder outlives its tasks' grace
-            signal_group(rec.pid, signal.SIGTERM)
-        deadline = self._loop.time() + grace_s
-        if rec.kill_handle is not None:
-            if rec.kill_handle.when() <= deadline:
-                return  # an earlier SIGKILL is already due
-            rec.kill_handle.cancel()
-        rec.kill_handle = self._loop.call_at(deadline, self._sigkill, rec)
-
-    def _sigkill(self, rec: LiveAttempt) -> None:
-        for task in rec.tasks.values():
-            signal_group(task.pid, signal.SIGKILL)
-        signal_group(rec.pid, signal.SIGKILL)
-        if rec.cgroup is not None:
-            MemoryCgroups.kill(rec.cgroup)  # also what left the group with setsid
-        if rec.container and self._containers is not None:
-            self._containers.remove(rec.spec.attempt_id)  # what runs inside, and the container
+        rec.terminate(self._loop, grace_s, self._containers)
 
     def _on_timeout(self, rec: LiveAttempt) -> None:
         rec.timeout_handle = None
@@ -618,7 +595,7 @@ class Runner:
         for rec, rss in over_memory(watched):
             log.info("attempt %s over memory: %d MiB > %d MiB", rec.spec.attempt_id, rss // _MIB, rec.spec.memory_mib)
             rec.oom = True  # like the OOM killer: no grace
-            self._sigkill(rec)
+            rec.sigkill(self._containers)
         if not self._closed:
             assert self._loop is not None
             self._rss_timer = self._loop.call_later(_RSS_INTERVAL_S, self._rss_tick)
