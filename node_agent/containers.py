@@ -97,6 +97,33 @@ class Identity:
     groups: tuple[int, ...]
 
 
+@dataclass(frozen=True, kw_only=True)
+class ContainerRun:
+    """What ``Podman.run_argv`` builds a ``podman run`` from: one attempt's container.
+
+    ``subids`` (host uid, host gid where container id 0 lands) put the container in a user
+    namespace (``id_maps``); ``host_pid`` keeps the node's PID namespace (multi-node MPI).
+    """
+
+    attempt_id: str
+    image: str
+    command: Sequence[str]
+    environment: Mapping[str, str]
+    identity: Identity | None
+    options: p.ContainerOptions
+    work_dir: str
+    cwd: str
+    memory_mib: int
+    gpu_devices: Sequence[str] = ()
+    gpu_indices: Sequence[str] = ()
+    fabric: bool = False
+    extra_mounts: Sequence[str] = ()
+    cpus: Sequence[int] = ()
+    cgroup_parent: str | None = None
+    subids: tuple[int, int] | None = None
+    host_pid: bool = False
+
+
 class Podman:
     """One node's podman: storage, registries it may reach over plain HTTP, devices to pass."""
 
@@ -212,88 +239,47 @@ class Podman:
         off.write_text("hpcbatch: id maps with holes need chowned copies (node_agent/containers.py)")
 
     # ------------------------------------------------------------------ run, exec, remove
-    def run_argv(
-        self,
-        *,
-        attempt_id: str,
-        image: str,
-        command: Sequence[str],
-        environment: Mapping[str, str],
-        identity: Identity | None,
-        options: p.ContainerOptions,
-        work_dir: str,
-        cwd: str,
-        memory_mib: int,
-        gpu_devices: Sequence[str] = (),
-        gpu_indices: Sequence[str] = (),
-        fabric: bool = False,
-        extra_mounts: Sequence[str] = (),
-        cpus: Sequence[int] = (),
-        cgroup_parent: str | None = None,
-        subids: tuple[int, int] | None = None,
-        host_pid: bool = False,
-    ) -> list[str]:
-        """The ``podman run`` command line for one attempt (attached: its output is the job's).
-
-        ``subids`` (host uid, host gid where container id 0 lands) put the container in a user
-        namespace (``id_maps``); ``host_pid`` keeps the node's PID namespace (multi-node MPI).
-        """
+    def run_argv(self, run: ContainerRun) -> list[str]:
+        """The ``podman run`` command line for one attempt (attached: its output is the job's)."""
+        options = run.options
         argv = [
-            *self._global, "run", "--rm", "--pull", "missing", *self._registry_arguments(image),
-            "--name", container_name(attempt_id), "--network", "host", "--uts", "host",
+            *self._global, "run", "--rm", "--pull", "missing", *self._registry_arguments(run.image),
+            "--name", container_name(run.attempt_id), "--network", "host", "--uts", "host",
             # The container's stdout and stderr are the job's output.log itself: no relay by
             # conmon, nothing kept by podman.
             "--log-driver", "passthrough",
             "--security-opt", "label=disable",
         ]
-        if not options.privileged:  # the admin's explicit escape hatch keeps podman's meaning
-            argv += ["--security-opt", "no-new-privileges", "--cap-drop", "all"]
-            argv += [f"--cap-add={c}" for c in options.capabilities]
-        if identity is not None:
-            argv += ["--user", f"{identity.uid}:{identity.gid}"]
-            argv += [f"--group-add={g}" for g in identity.groups if g != identity.gid]
-            if subids is not None:
-                argv += [f"--uidmap={m}" for m in id_maps((identity.uid,), subids[0])]
-                argv += [f"--gidmap={m}" for m in id_maps((identity.gid, *identity.groups), subids[1])]
-        limits = dict(DEFAULT_ULIMITS)
-        for u in options.ulimits:
-            limits[u.name] = (u.soft, u.hard)
-        argv += [f"--ulimit={name}={soft}:{hard}" for name, (soft, hard) in limits.items()]
-        if memory_mib > 0:
-            argv += [f"--memory={memory_mib}m", f"--memory-swap={memory_mib}m"]
-        if cgroup_parent:  # the attempt's memory cgroup (node_agent.container_cgroup); conmon stays out
-            argv += ["--cgroup-parent", cgroup_parent, "--cgroups=no-conmon"]
-        for mount in (work_dir, *extra_mounts):
-            argv += ["--volume", f"{mount}:{mount}:{_NO_SUID}"]
-        argv += ["--volume", f"{work_dir}:{CONTAINER_WORK_DIR}:{_NO_SUID}"]
-        for m in options.mounts:
-            argv += ["--volume", f"{m.source}:{m.target}:{'ro,' if m.read_only else ''}{_NO_SUID}"]
-        if options.read_only_root:
-            argv.append("--read-only")
-        for d in options.devices:
-            if not gpu_devices and _is_gpu_node(d.host_path):
-                continue  # container_launch refuses these first; never a GPU the job was not granted
-            argv += ["--device", f"{d.host_path}:{d.container_path or d.host_path}:{d.permissions or 'rwm'}"]
-        if fabric:
-            argv += [f"--device={dev}" for dev in self.fabric_devices()]
-        argv += self.gpu_arguments(gpu_devices, gpu_indices)
-        if cpus:  # a GPU job: its GPUs' NUMA CPUs (a bare job gets taskset, node_agent.cpu_binding)
-            argv.append(f"--cpuset-cpus={','.join(map(str, cpus))}")
+        argv += _privilege_arguments(options)
+        argv += _identity_arguments(run.identity, run.subids)
+        argv += _limit_arguments(run)
+        argv += _mount_arguments(run)
+        argv += self._device_arguments(run)
         if options.shm_size_mib:
             argv.append(f"--shm-size={options.shm_size_mib}m")
-        for t in options.tmpfs:
-            # AWS's mountOptions may say "suid" or "dev": a tmpfs is nosuid,nodev whatever they say.
-            kept = [o for o in t.options if o not in ("suid", "dev", "nosuid", "nodev")]
-            opts = ",".join([f"size={t.size_mib}m", *kept, _NO_SUID])
-            argv += ["--tmpfs", f"{t.path}:{opts}"]
+        argv += _tmpfs_arguments(options)
         # A private PID namespace with an init as pid 1; a multi-node job keeps the host's
         # (PMIx and MPI daemons use robust mutexes and pids across processes).
-        argv += ["--pid", "host"] if host_pid and not options.init else ["--init"]
+        argv += ["--pid", "host"] if run.host_pid and not options.init else ["--init"]
         if options.privileged:
             argv.append("--privileged")
-        for key, value in environment.items():
+        for key, value in run.environment.items():
             argv += ["--env", f"{key}={value}"]
-        argv += ["--workdir", CONTAINER_WORK_DIR if cwd == work_dir else cwd, "--", image, *command]
+        argv += ["--workdir", CONTAINER_WORK_DIR if run.cwd == run.work_dir else run.cwd, "--", run.image, *run.command]
+        return argv
+
+    def _device_arguments(self, run: ContainerRun) -> list[str]:
+        """The devices its definition names, the fabric's, and exactly its GPUs."""
+        argv = []
+        for d in run.options.devices:
+            if not run.gpu_devices and _is_gpu_node(d.host_path):
+                continue  # container_launch refuses these first; never a GPU the job was not granted
+            argv += ["--device", f"{d.host_path}:{d.container_path or d.host_path}:{d.permissions or 'rwm'}"]
+        if run.fabric:
+            argv += [f"--device={dev}" for dev in self.fabric_devices()]
+        argv += self.gpu_arguments(run.gpu_devices, run.gpu_indices)
+        if run.cpus:  # a GPU job: its GPUs' NUMA CPUs (a bare job gets taskset, node_agent.cpu_binding)
+            argv.append(f"--cpuset-cpus={','.join(map(str, run.cpus))}")
         return argv
 
     def exec_argv(
@@ -423,6 +409,60 @@ def _subid(path: Path, user: str, own: int, base: int) -> int:
     return base + SUBID_COUNT * (own % SUBID_SLOTS)
 
 
+def _privilege_arguments(options: p.ContainerOptions) -> list[str]:
+    if options.privileged:  # the admin's explicit escape hatch keeps podman's meaning
+        return []
+    return ["--security-opt", "no-new-privileges", "--cap-drop", "all", *(f"--cap-add={c}" for c in options.capabilities)]
+
+
+def _identity_arguments(identity: Identity | None, subids: tuple[int, int] | None) -> list[str]:
+    """The owner (uid, gid, supplementary groups) and, with ``subids``, its user namespace."""
+    if identity is None:
+        return []
+    argv = ["--user", f"{identity.uid}:{identity.gid}"]
+    argv += [f"--group-add={g}" for g in identity.groups if g != identity.gid]
+    if subids is not None:
+        argv += [f"--uidmap={m}" for m in id_maps((identity.uid,), subids[0])]
+        argv += [f"--gidmap={m}" for m in id_maps((identity.gid, *identity.groups), subids[1])]
+    return argv
+
+
+def _limit_arguments(run: ContainerRun) -> list[str]:
+    """ulimits (the job's replace the defaults by name), memory, the cgroup parent."""
+    limits = dict(DEFAULT_ULIMITS)
+    for u in run.options.ulimits:
+        limits[u.name] = (u.soft, u.hard)
+    argv = [f"--ulimit={name}={soft}:{hard}" for name, (soft, hard) in limits.items()]
+    if run.memory_mib > 0:
+        argv += [f"--memory={run.memory_mib}m", f"--memory-swap={run.memory_mib}m"]
+    if run.cgroup_parent:  # the attempt's memory cgroup (node_agent.container_cgroup); conmon stays out
+        argv += ["--cgroup-parent", run.cgroup_parent, "--cgroups=no-conmon"]
+    return argv
+
+
+def _mount_arguments(run: ContainerRun) -> list[str]:
+    """The work dir (twice), the bridge's socket, the job's volumes: all nosuid,nodev."""
+    argv = []
+    for mount in (run.work_dir, *run.extra_mounts):
+        argv += ["--volume", f"{mount}:{mount}:{_NO_SUID}"]
+    argv += ["--volume", f"{run.work_dir}:{CONTAINER_WORK_DIR}:{_NO_SUID}"]
+    for m in run.options.mounts:
+        argv += ["--volume", f"{m.source}:{m.target}:{'ro,' if m.read_only else ''}{_NO_SUID}"]
+    if run.options.read_only_root:
+        argv.append("--read-only")
+    return argv
+
+
+def _tmpfs_arguments(options: p.ContainerOptions) -> list[str]:
+    argv = []
+    for t in options.tmpfs:
+        # AWS's mountOptions may say "suid" or "dev": a tmpfs is nosuid,nodev whatever they say.
+        kept = [o for o in t.options if o not in ("suid", "dev", "nosuid", "nodev")]
+        opts = ",".join([f"size={t.size_mib}m", *kept, _NO_SUID])
+        argv += ["--tmpfs", f"{t.path}:{opts}"]
+    return argv
+
+
 def _is_gpu_node(path: str) -> bool:
     return os.path.basename(path).startswith("nvidia")
 
@@ -469,21 +509,23 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerJob:
+    """The job's process as the runner built it: what ``container_launch`` puts in the container."""
+
+    command: list[str]
+    environment: dict[str, str]
+    owner: _OwnerLike | None
+    work_dir: str  # the owner's private work dir (absent for the agent's own jobs)
+    cwd: str
+
+
 def container_launch(
-    podman: Podman,
-    spec: AttemptSpecLike,
-    argv: list[str],
-    env: dict[str, str],
-    owner: _OwnerLike | None,
-    work_dir: str,
-    cwd: str,
-    cgroup: ContainerCgroup | None = None,
+    podman: Podman, spec: AttemptSpecLike, job: ContainerJob, cgroup: ContainerCgroup | None = None
 ) -> tuple[list[str], dict[str, str], None] | str:
     """(argv, env, preexec) for Popen: ``podman run`` of the attempt; or why it cannot start."""
     options = spec.container or p.ContainerOptions()
-    if not os.path.isdir(work_dir):
-        work_dir = cwd  # no owner (the agent's own job): its attempt directory
-    socket = env.get("HPCBATCH_LAUNCH_SOCKET")
+    env = job.environment
     # The GPUs the head granted (the agent set these variables from them); none when it
     # granted none, whatever the job's own environment says.
     gpus = env.get("NVIDIA_VISIBLE_DEVICES", "") if spec.gpus > 0 else ""
@@ -494,22 +536,23 @@ def container_launch(
         named = [d.host_path for d in options.devices if _is_gpu_node(d.host_path)]
         if named:
             return f"{CANNOT_START}: linuxParameters.devices names {named[0]}, but the job was granted no GPU"
-    identity = _identity(owner)
-    subids = _subids(podman, owner, identity)
+    identity = _identity(job.owner)
+    subids = _subids(podman, job.owner, identity)
     if subids is not None:
         try:
             podman.no_idmapped_layers()
         except (OSError, subprocess.SubprocessError) as exc:
             return f"{CANNOT_START}: podman's runroot: {exc}"
-    run = podman.run_argv(
+    socket = env.get("HPCBATCH_LAUNCH_SOCKET")
+    run = ContainerRun(
         attempt_id=spec.attempt_id,
         image=spec.image or "",
-        command=argv,
+        command=job.command,
         environment=env,
         identity=identity,
         options=options,
-        work_dir=work_dir,
-        cwd=cwd,
+        work_dir=job.work_dir if os.path.isdir(job.work_dir) else job.cwd,  # no owner: its attempt directory
+        cwd=job.cwd,
         # v1: the limit is the attempt cgroup's alone, where its OOM can be seen
         memory_mib=spec.memory_mib if cgroup is None or cgroup.version == 2 else 0,
         cgroup_parent=cgroup.parent_arg if cgroup is not None else None,
@@ -521,7 +564,7 @@ def container_launch(
         subids=subids,
         host_pid=bool(env.get("HPCBATCH_NODES")),  # a multi-node job: MPI through the launcher bridge
     )
-    return run, dict(_PODMAN_ENV), None
+    return podman.run_argv(run), dict(_PODMAN_ENV), None
 
 
 def exec_launch(

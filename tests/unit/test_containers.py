@@ -23,6 +23,8 @@ from hpcbatch.scheduler.core import (
 from node_agent.config import ConfigError, load_agent_config
 from node_agent.containers import (
     CONTAINER_WORK_DIR,
+    ContainerJob,
+    ContainerRun,
     Identity,
     Podman,
     container_name,
@@ -123,7 +125,7 @@ def _run(podman: Podman, options: ContainerOptions, **extra: object) -> list[str
         memory_mib=512,
     )
     kwargs.update(extra)
-    return podman.run_argv(**kwargs)
+    return podman.run_argv(ContainerRun(**kwargs))
 
 
 def test_run_argv_runs_the_owner_on_the_host_network_with_explicit_ulimits() -> None:
@@ -207,7 +209,7 @@ def test_a_job_without_gpus_gets_no_nvidia_device_even_one_its_definition_names(
     assert not [a for a in argv if "nvidia" in a]
     named = ContainerOptions(devices=[ContainerDevice(host_path="/dev/nvidia0")])
     spec = AttemptSpec("a1", "j", 1, ["true"], {}, 1, 64, image="img", container=named)
-    out = container_launch(podman, spec, ["true"], {"NVIDIA_VISIBLE_DEVICES": "void"}, None, str(tmp_path), str(tmp_path))
+    out = container_launch(podman, spec, ContainerJob(["true"], {"NVIDIA_VISIBLE_DEVICES": "void"}, None, str(tmp_path), str(tmp_path)))
     assert isinstance(out, str) and out.startswith("CannotStartContainerError: linuxParameters.devices names /dev/nvidia0")
     # The job's own NVIDIA_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES (a node whose GPUs the agent
     # does not know sets none) open nothing: only a grant from the head does.
@@ -215,7 +217,7 @@ def test_a_job_without_gpus_gets_no_nvidia_device_even_one_its_definition_names(
     for env in ({"NVIDIA_VISIBLE_DEVICES": "all"}, {"NVIDIA_VISIBLE_DEVICES": "GPU-0", "CUDA_VISIBLE_DEVICES": "0"}):
         for cdi in (False, True):
             podman._cdi = cdi
-            out = container_launch(podman, spec, ["true"], env, None, str(tmp_path), str(tmp_path))
+            out = container_launch(podman, spec, ContainerJob(["true"], env, None, str(tmp_path), str(tmp_path)))
             assert not isinstance(out, str) and not [a for a in out[0] if "nvidia" in a and "--device" in a], out
             assert "NVIDIA_VISIBLE_DEVICES=void" in out[0], out  # NVIDIA's OCI hook injects nothing either
 

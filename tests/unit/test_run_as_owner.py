@@ -203,7 +203,7 @@ def test_slow_path_without_setpriv_switches_user_too(
     env = {**ENV, "WITH SPACE": "a b"}  # a name sh cannot carry: the fork path anyway
 
     async def body(h: Harness) -> None:
-        h.runner._setpriv = None  # a node without util-linux's setpriv
+        h.runner._starter.chain.setpriv = None  # a node without util-linux's setpriv
         pid = await h.start(
             "slow", ["sh", "-c", "id -u; exec sleep 30"], environment=env, user=ALICE
         )
@@ -304,7 +304,7 @@ def test_agent_that_is_not_root_runs_only_its_own_users_jobs(
 ) -> None:
     async def body(h: Harness) -> None:
         # What a non-root agent sees; it runs as root here, so its own jobs stay root's.
-        h.runner._euid, h.runner._me = users["bob"].uid, BOB
+        h.runner._owners.euid, h.runner._owners.me = users["bob"].uid, BOB
         result = await refused(h, "other", user=ALICE)
         assert result.reason == (
             f"CannotStartContainerError: agent runs as {BOB} and cannot start jobs as {ALICE}"

@@ -179,7 +179,7 @@ def test_death_by_signal_has_no_exit_code(tmp_path: Path) -> None:
 
 def test_exits_are_seen_without_pidfd(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
-        h.runner._use_pidfd = False  # the Linux < 5.3 path: waitpid polling
+        h.runner._watcher.use_pidfd = False  # the Linux < 5.3 path: waitpid polling
         await h.start("a", ["sh", "-c", "exit 3"])
         await h.start("b", ["sleep", "30"])
         assert (await h.result("a")).exit_code == 3
