@@ -23,9 +23,10 @@ from node_agent.identity import (
     start_dir,
 )
 from node_agent.spawning import SHIM, ExecChain, has_shim, under_shim
+from tests import prereq
 
 STRANGER = Owner("stranger", 54321, 54321, (54321, 54322), "/home/stranger", switch=True)
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="owner switches happen in a root agent")
+root_only = prereq.skipif(os.geteuid() != 0, "root", "owner switches happen in a root agent")
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_owners_are_resolved_on_this_node_and_root_needs_the_nodes_consent() -> 
 def test_the_fast_chain_switches_with_setpriv_and_hands_the_job_only_its_environment(tmp_path: Path) -> None:
     chain = ExecChain(as_root=True)
     if chain.setpriv is None or chain.env_tool is None:
-        pytest.skip("setpriv or env missing here")
+        prereq.skip("users", "setpriv or env missing here (util-linux, coreutils)")
     status = tmp_path / "exit_status"
     launch = chain.launch(["sleep", "1"], {"PATH": "/usr/bin:/bin", "A": "1"}, str(tmp_path), None, STRANGER, status)
     assert not isinstance(launch, str)
