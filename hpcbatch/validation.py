@@ -41,19 +41,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hpcbatch.errors import ClientError
+from hpcbatch.operations import OPERATIONS as OPERATION_TABLE
 
-OPERATIONS: frozenset[str] = frozenset({
-    "SubmitJob", "DescribeJobs", "ListJobs", "CancelJob", "TerminateJob",
-    "CreateComputeEnvironment", "UpdateComputeEnvironment", "DescribeComputeEnvironments",
-    "DeleteComputeEnvironment", "CreateJobQueue", "UpdateJobQueue", "DescribeJobQueues",
-    "DeleteJobQueue", "RegisterJobDefinition", "DescribeJobDefinitions", "DeregisterJobDefinition",
-    "GetJobQueueSnapshot", "CreateSchedulingPolicy", "UpdateSchedulingPolicy",
-    "DescribeSchedulingPolicies", "DeleteSchedulingPolicy", "ListSchedulingPolicies",
-    "TagResource", "UntagResource", "ListTagsForResource",
-})  # fmt: skip
+# The AWS operations validated against botocore's input shapes (hpcbatch.operations' table).
+OPERATIONS: frozenset[str] = frozenset(op.name for op in OPERATION_TABLE if op.validated == "aws")
 # Operations whose resource is in the path (/v1/tags/{resourceArn}) and which AWS serves by
 # POST, DELETE and GET: not in ``route_table``; see ``rest_routes``.
-TAG_OPERATIONS: frozenset[str] = frozenset({"TagResource", "UntagResource", "ListTagsForResource"})
+TAG_OPERATIONS: frozenset[str] = frozenset(op.name for op in OPERATION_TABLE if op.validated == "aws" and op.rest)
 
 # AWS Batch names: 1-128 ASCII letters, digits, hyphens and underscores, starting with a
 # letter or digit. \A..\Z rather than ^..$ so .match() accepts neither a prefix nor "name\n".
@@ -1029,8 +1023,8 @@ def validate_request(operation: str, body: object, *, raw_size: int | None = Non
 
 def route_table() -> dict[str, str]:
     """Map each supported POST operation's HTTP path (e.g. '/v1/submitjob') to its operation name."""
-    model = _service_model()
-    return {model.operation_model(op).http["requestUri"]: op for op in sorted(OPERATIONS - TAG_OPERATIONS)}
+    return {op.path: op.name for op in sorted(OPERATION_TABLE, key=lambda op: op.name)
+            if op.validated == "aws" and not op.rest}
 
 
 def rest_routes() -> list[tuple[str, str, str]]:
@@ -1039,9 +1033,5 @@ def rest_routes() -> list[tuple[str, str, str]]:
     The model writes ``/v1/tags/{resourceArn}``; botocore percent-encodes the ARN's ``/`` and
     ``:`` into one segment, other clients may not, so the route takes the rest of the path.
     """
-    model = _service_model()
-    out = []
-    for op in sorted(TAG_OPERATIONS):
-        http = model.operation_model(op).http
-        out.append((http["method"], http["requestUri"].replace("{resourceArn}", "{resourceArn:.+}"), op))
-    return out
+    return [(op.method, op.path.replace("{resourceArn}", "{resourceArn:.+}"), op.name)
+            for op in sorted(OPERATION_TABLE, key=lambda op: op.name) if op.validated == "aws" and op.rest]
