@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from typing import Unpack
 
     from hpcbatch.auth.sigv4 import RequestSigner
-    from hpcbatch.client_types import SubmitJobRequest
+    from hpcbatch.client_types import ClientOptions, SubmitJobRequest
 
 from hpcbatch.client_operations import OperationMethods
 from hpcbatch.errors import ClientError, HpcbatchError, ServerError
@@ -416,6 +416,10 @@ def _raise_for(status: int, data: bytes, endpoint: str) -> None:
     raise ServerError(message)
 
 
+# Client's keyword-only options (hpcbatch.client_types.ClientOptions).
+_CLIENT_OPTIONS = frozenset({"failover_wait_s", "max_attempts", "ca_bundle"})
+
+
 class Client(OperationMethods):
     """A connection to an hpcbatch head (or to whichever of several heads is active).
 
@@ -446,10 +450,14 @@ class Client(OperationMethods):
         timeout: float = 30,
         max_workers: int = 8,
         credentials: tuple[str, str] | Literal[False] | None = None,
-        failover_wait_s: float = 20.0,
-        max_attempts: int | None = None,
-        ca_bundle: str | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
+        unknown = set(options) - _CLIENT_OPTIONS
+        if unknown:
+            raise TypeError(f"Client() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        failover_wait_s = options.get("failover_wait_s", 20.0)
+        max_attempts = options.get("max_attempts")
+        ca_bundle = options.get("ca_bundle")
         self.endpoints = [e.strip().rstrip("/") for e in resolve_endpoint(endpoint).split(",") if e.strip()]
         if not self.endpoints:
             raise ClientError(f"endpoint {endpoint!r}: names no head")
@@ -564,34 +572,8 @@ class Client(OperationMethods):
             status, data = conn.post(path, payload, signature)
         except (OSError, _Dropped) as e:
             conn.close()
-            if isinstance(e, _Dropped):
-                why = "connection closed by the head"
-            elif isinstance(e, TimeoutError):
-                why = f"no answer within {self.timeout:g} s"
-            else:
-                why = e.strerror or str(e) or type(e).__name__
-            not_sent = isinstance(e, _ConnectFailed)
-            if rotate and (not_sent or resend):
-                raise _TryNext(f"{conn.endpoint}: {why}") from None
-            error = HeadUnreachableError(f"cannot reach the hpcbatch head at {self.endpoint}: {why}")
-            if not_sent:
-                raise error from None  # nothing listens: say so now (a starting head is polled)
-            if resend:
-                raise _Retry(error) from None
-            # Sent, and the answer lost: the head may have done it. Never sent twice.
-            raise HeadUnreachableError(
-                f"cannot reach the hpcbatch head at {self.endpoint}: {why}; the request was sent and "
-                f"may have been done (look before repeating it)"
-            ) from None
-        if rotate and _is_standby_answer(status, data):
-            raise _TryNext(f"{conn.endpoint} is a standby")
-        if status in RETRY_STATUSES and not _is_standby_answer(status, data):
-            try:
-                _raise_for(status, data, self.endpoint)
-            except HpcbatchError as refused:  # throttled or unavailable: nothing was done
-                raise _Retry(refused) from None
-        if status >= 400:
-            _raise_for(status, data, self.endpoint)
+            raise self._unanswered(conn, e, rotate=rotate, resend=resend) from None
+        self._check_status(conn, status, data, rotate)
         if not data:
             return {}
         try:
@@ -599,6 +581,41 @@ class Client(OperationMethods):
         except ValueError:
             raise ServerError(f"the head answered {path} with something that is not JSON") from None
         return doc if isinstance(doc, dict) else {"result": doc}
+
+    def _unanswered(self, conn: _Connection, e: OSError | _Dropped, *, rotate: bool, resend: bool) -> Exception:
+        """What to raise when a request got no answer: try the next head, retry, or say so."""
+        if isinstance(e, _Dropped):
+            why = "connection closed by the head"
+        elif isinstance(e, TimeoutError):
+            why = f"no answer within {self.timeout:g} s"
+        else:
+            why = e.strerror or str(e) or type(e).__name__
+        not_sent = isinstance(e, _ConnectFailed)
+        if rotate and (not_sent or resend):
+            return _TryNext(f"{conn.endpoint}: {why}")
+        error = HeadUnreachableError(f"cannot reach the hpcbatch head at {self.endpoint}: {why}")
+        if not_sent:
+            return error  # nothing listens: say so now (a starting head is polled)
+        if resend:
+            return _Retry(error)
+        # Sent, and the answer lost: the head may have done it. Never sent twice.
+        return HeadUnreachableError(
+            f"cannot reach the hpcbatch head at {self.endpoint}: {why}; the request was sent and "
+            f"may have been done (look before repeating it)"
+        )
+
+    def _check_status(self, conn: _Connection, status: int, data: bytes, rotate: bool) -> None:
+        """Raise for an answer that is not a success: a standby's, a throttle to retry, an error."""
+        standby = _is_standby_answer(status, data)
+        if rotate and standby:
+            raise _TryNext(f"{conn.endpoint} is a standby")
+        if status in RETRY_STATUSES and not standby:
+            try:
+                _raise_for(status, data, self.endpoint)
+            except HpcbatchError as refused:  # throttled or unavailable: nothing was done
+                raise _Retry(refused) from None
+        if status >= 400:
+            _raise_for(status, data, self.endpoint)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` on the client's threads (what every ``_async`` does)."""

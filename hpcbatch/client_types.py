@@ -1,13 +1,22 @@
 """The request bodies of AWS Batch's operations as TypedDicts, for type checkers and IDEs.
 
-Generated from botocore's ``batch`` service model (the members of each operation's input
-shape; nested shapes are plain dicts); tests/unit/test_operations.py checks that the keys
-match the model. Imported only under ``TYPE_CHECKING``: the client never loads it at run time.
+Written from botocore's ``batch`` service model (the members of each operation's input
+shape; nested shapes are plain dicts). tests/unit/test_operations.py checks that the keys
+match the model, so a model that gains a member fails there: add it here. Imported only
+under ``TYPE_CHECKING``: the client never loads it at run time.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypedDict
+
+
+class ClientOptions(TypedDict, total=False):
+    """``hpcbatch.client.Client``'s keyword-only options (written by hand, not generated)."""
+
+    failover_wait_s: float  # with several endpoints: how long to go round them (a takeover)
+    max_attempts: int  # attempts in all, the first included (else $AWS_MAX_ATTEMPTS, else 3)
+    ca_bundle: str  # the CA an https:// head is verified with (else resolve_ca_bundle's)
 
 
 class SubmitJobRequest(TypedDict, total=False):
