@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import threading
 import time
@@ -33,63 +32,27 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
+    from typing import Unpack
 
     from hpcbatch.auth.sigv4 import RequestSigner
+    from hpcbatch.client_types import ClientOptions, SubmitJobRequest
 
-from hpcbatch.auth.policy import READ_ONLY
+from hpcbatch.client_operations import OperationMethods
 from hpcbatch.errors import ClientError, HpcbatchError, ServerError
+from hpcbatch.operations import OPERATIONS as OPERATION_TABLE
+from hpcbatch.operations import method_name
 
 __all__ = ["Client", "HeadUnreachableError", "OPERATIONS", "find_credentials", "resolve_ca_bundle", "resolve_endpoint"]
 
-# AWS Batch operations hpcbatch serves, at AWS's own paths: POST /v1/<lowercased name>.
-_AWS_OPERATIONS = (
-    "SubmitJob",
-    "DescribeJobs",
-    "ListJobs",
-    "CancelJob",
-    "TerminateJob",
-    "CreateComputeEnvironment",
-    "UpdateComputeEnvironment",
-    "DescribeComputeEnvironments",
-    "DeleteComputeEnvironment",
-    "CreateJobQueue",
-    "UpdateJobQueue",
-    "DescribeJobQueues",
-    "DeleteJobQueue",
-    "RegisterJobDefinition",
-    "DescribeJobDefinitions",
-    "DeregisterJobDefinition",
-    "CreateSchedulingPolicy",
-    "UpdateSchedulingPolicy",
-    "DescribeSchedulingPolicies",
-    "DeleteSchedulingPolicy",
-    "ListSchedulingPolicies",
-)
-# hpcbatch's own operations, where AWS has none (CloudWatch logs, nodes, script upload,
-# the event stream).
-_HPCBATCH_OPERATIONS = ("GetJobLogs", "ListNodes", "PutScript", "ListEvents")
-# AWS's tagging operations, which AWS serves at /v1/tags/{resourceArn} by POST, DELETE and GET;
-# this client only POSTs, so it uses the head's POST twins (resourceArn in the body).
-_TAG_OPERATIONS = ("TagResource", "UntagResource", "ListTagsForResource")
+# The one table (hpcbatch.operations): method name -> the path its JSON body is POSTed to.
+# AWS's tagging operations, which AWS serves at /v1/tags/{resourceArn} by POST, DELETE and
+# GET, go to the head's POST twins (resourceArn in the body): this client only POSTs.
+OPERATIONS: dict[str, str] = {method_name(op.name): op.post for op in OPERATION_TABLE}
 
-
-def _snake(name: str) -> str:
-    """``DescribeJobQueues`` -> ``describe_job_queues`` (boto3's method names)."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-# The one table: method name -> HTTP path. The methods below are generated from it.
-OPERATIONS: dict[str, str] = {
-    **{_snake(op): f"/v1/{op.lower()}" for op in _AWS_OPERATIONS},
-    **{_snake(op): f"/hpcbatch/v1/{op.lower()}" for op in (*_HPCBATCH_OPERATIONS, *_TAG_OPERATIONS)},
-}
-
-# Calls that change nothing (the head's own list, hpcbatch.auth.policy.READ_ONLY): one whose
+# Calls that change nothing (the table's reads, as hpcbatch.auth.policy.READ_ONLY): one whose
 # connection broke after it was sent may be asked of the next head (a write may not: it
 # may have been done).
-READ_ONLY_PATHS = frozenset(
-    OPERATIONS[_snake(op)] for op in (*_AWS_OPERATIONS, *_HPCBATCH_OPERATIONS, *_TAG_OPERATIONS) if op in READ_ONLY
-)
+READ_ONLY_PATHS = frozenset(op.post for op in OPERATION_TABLE if not op.write)
 # SubmitJob's idempotency token (hpcbatch.head.service): a submit that carries one may be
 # sent again, since the head answers the job the first one made. submit_job adds a fresh one.
 CLIENT_TOKEN_TAG = "hpcbatch:client-token"
@@ -453,7 +416,11 @@ def _raise_for(status: int, data: bytes, endpoint: str) -> None:
     raise ServerError(message)
 
 
-class Client:
+# Client's keyword-only options (hpcbatch.client_types.ClientOptions).
+_CLIENT_OPTIONS = frozenset({"failover_wait_s", "max_attempts", "ca_bundle"})
+
+
+class Client(OperationMethods):
     """A connection to an hpcbatch head (or to whichever of several heads is active).
 
     ``endpoint`` is ``http://host:port`` or ``unix:/path``; ``None`` resolves it from
@@ -483,10 +450,14 @@ class Client:
         timeout: float = 30,
         max_workers: int = 8,
         credentials: tuple[str, str] | Literal[False] | None = None,
-        failover_wait_s: float = 20.0,
-        max_attempts: int | None = None,
-        ca_bundle: str | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
+        unknown = set(options) - _CLIENT_OPTIONS
+        if unknown:
+            raise TypeError(f"Client() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        failover_wait_s = options.get("failover_wait_s", 20.0)
+        max_attempts = options.get("max_attempts")
+        ca_bundle = options.get("ca_bundle")
         self.endpoints = [e.strip().rstrip("/") for e in resolve_endpoint(endpoint).split(",") if e.strip()]
         if not self.endpoints:
             raise ClientError(f"endpoint {endpoint!r}: names no head")
@@ -601,34 +572,8 @@ class Client:
             status, data = conn.post(path, payload, signature)
         except (OSError, _Dropped) as e:
             conn.close()
-            if isinstance(e, _Dropped):
-                why = "connection closed by the head"
-            elif isinstance(e, TimeoutError):
-                why = f"no answer within {self.timeout:g} s"
-            else:
-                why = e.strerror or str(e) or type(e).__name__
-            not_sent = isinstance(e, _ConnectFailed)
-            if rotate and (not_sent or resend):
-                raise _TryNext(f"{conn.endpoint}: {why}") from None
-            error = HeadUnreachableError(f"cannot reach the hpcbatch head at {self.endpoint}: {why}")
-            if not_sent:
-                raise error from None  # nothing listens: say so now (a starting head is polled)
-            if resend:
-                raise _Retry(error) from None
-            # Sent, and the answer lost: the head may have done it. Never sent twice.
-            raise HeadUnreachableError(
-                f"cannot reach the hpcbatch head at {self.endpoint}: {why}; the request was sent and "
-                f"may have been done (look before repeating it)"
-            ) from None
-        if rotate and _is_standby_answer(status, data):
-            raise _TryNext(f"{conn.endpoint} is a standby")
-        if status in RETRY_STATUSES and not _is_standby_answer(status, data):
-            try:
-                _raise_for(status, data, self.endpoint)
-            except HpcbatchError as refused:  # throttled or unavailable: nothing was done
-                raise _Retry(refused) from None
-        if status >= 400:
-            _raise_for(status, data, self.endpoint)
+            raise self._unanswered(conn, e, rotate=rotate, resend=resend) from None
+        self._check_status(conn, status, data, rotate)
         if not data:
             return {}
         try:
@@ -636,6 +581,41 @@ class Client:
         except ValueError:
             raise ServerError(f"the head answered {path} with something that is not JSON") from None
         return doc if isinstance(doc, dict) else {"result": doc}
+
+    def _unanswered(self, conn: _Connection, e: OSError | _Dropped, *, rotate: bool, resend: bool) -> Exception:
+        """What to raise when a request got no answer: try the next head, retry, or say so."""
+        if isinstance(e, _Dropped):
+            why = "connection closed by the head"
+        elif isinstance(e, TimeoutError):
+            why = f"no answer within {self.timeout:g} s"
+        else:
+            why = e.strerror or str(e) or type(e).__name__
+        not_sent = isinstance(e, _ConnectFailed)
+        if rotate and (not_sent or resend):
+            return _TryNext(f"{conn.endpoint}: {why}")
+        error = HeadUnreachableError(f"cannot reach the hpcbatch head at {self.endpoint}: {why}")
+        if not_sent:
+            return error  # nothing listens: say so now (a starting head is polled)
+        if resend:
+            return _Retry(error)
+        # Sent, and the answer lost: the head may have done it. Never sent twice.
+        return HeadUnreachableError(
+            f"cannot reach the hpcbatch head at {self.endpoint}: {why}; the request was sent and "
+            f"may have been done (look before repeating it)"
+        )
+
+    def _check_status(self, conn: _Connection, status: int, data: bytes, rotate: bool) -> None:
+        """Raise for an answer that is not a success: a standby's, a throttle to retry, an error."""
+        standby = _is_standby_answer(status, data)
+        if rotate and standby:
+            raise _TryNext(f"{conn.endpoint} is a standby")
+        if status in RETRY_STATUSES and not standby:
+            try:
+                _raise_for(status, data, self.endpoint)
+            except HpcbatchError as refused:  # throttled or unavailable: nothing was done
+                raise _Retry(refused) from None
+        if status >= 400:
+            _raise_for(status, data, self.endpoint)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` on the client's threads (what every ``_async`` does)."""
@@ -676,17 +656,18 @@ class Client:
         return f"Client({self.endpoint!r})"
 
     if TYPE_CHECKING:
-        # The operations and the _async twins are generated below; this tells type checkers
-        # that ``client.submit_job(...)`` and ``client.submit_job_async(...)`` exist.
+        # The _async twins are generated below; this tells type checkers that
+        # ``client.submit_job_async(...)`` exists.
         def __getattr__(self, name: str) -> Callable[..., Any]: ...
 
     # -- hpcbatch's own operations, with friendlier signatures -----------------------------
 
     def describe_head(self) -> dict[str, Any]:
         """This head's role (active or standby), its epoch, and the active head (any head answers)."""
-        return self._call_one("/hpcbatch/v1/describeheads", b"{}")
+        # Asked of this head only, and once: the answer is about the head that gives it.
+        return self._call_one(OPERATIONS["describe_heads"], b"{}", resend=False)
 
-    def submit_job(self, **body: Any) -> dict[str, Any]:
+    def submit_job(self, **body: Unpack[SubmitJobRequest]) -> dict[str, Any]:
         """SubmitJob, with a fresh client token unless ``tags`` carries one already.
 
         The token lets the call be sent again after a broken connection: the head answers
@@ -695,53 +676,6 @@ class Client:
         tags = dict(body.get("tags") or {})
         tags.setdefault(CLIENT_TOKEN_TAG, os.urandom(16).hex())
         return self.call(OPERATIONS["submit_job"], {**body, "tags": tags})
-
-    def get_job_logs(
-        self, jobId: str, attempt: int | None = None, startFromOffset: int = 0
-    ) -> dict[str, Any]:
-        """Output of one attempt (0-based; latest when None) from byte ``startFromOffset``."""
-        body: dict[str, Any] = {"jobId": jobId, "startFromOffset": startFromOffset}
-        if attempt is not None:
-            body["attempt"] = attempt
-        return self.call(OPERATIONS["get_job_logs"], body)
-
-    def list_nodes(self) -> dict[str, Any]:
-        """The nodes the head knows, with state, capacity and running jobs."""
-        return self.call(OPERATIONS["list_nodes"], {})
-
-    def list_events(
-        self,
-        afterEventId: int = 0,
-        maxResults: int | None = None,
-        waitSeconds: float = 0,
-        jobId: str | None = None,
-        jobQueue: str | None = None,
-    ) -> dict[str, Any]:
-        """Job and node state changes after event ``afterEventId`` (``hpcbatch events``).
-
-        Answers ``{"events": [...], "lastEventId": n, "more": bool}``: pass ``lastEventId``
-        as the next ``afterEventId`` to resume. ``waitSeconds`` makes it a long poll: the
-        head answers as soon as an event comes, or empty after that many seconds. ``jobId``
-        (with its array and node children) or ``jobQueue`` narrow it down.
-        """
-        if waitSeconds >= self.timeout:
-            raise ClientError(
-                f"waitSeconds: {waitSeconds:g} s must be below the client's timeout ({self.timeout:g} s)"
-            )
-        body: dict[str, Any] = {"afterEventId": afterEventId, "waitSeconds": waitSeconds}
-        for key, value in (("maxResults", maxResults), ("jobId", jobId), ("jobQueue", jobQueue)):
-            if value is not None:
-                body[key] = value
-        return self.call(OPERATIONS["list_events"], body)
-
-    def put_script(self, script: bytes | str) -> str:
-        """Store a script on the head; return its ``sha256:`` id."""
-        if isinstance(script, bytes):
-            try:
-                script = script.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ClientError("script: must be UTF-8 text") from None
-        return str(self.call(OPERATIONS["put_script"], {"script": script})["scriptId"])
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -806,17 +740,6 @@ class Client:
         return self.wait_jobs([job_id], timeout=timeout, poll=poll)[job_id]
 
 
-def _install_operation(method: str, path: str) -> None:
-    """Add ``Client.<method>(**body)``: POST the keyword arguments to ``path``."""
-
-    def operation(self: Client, **body: Any) -> dict[str, Any]:
-        return self.call(path, body)
-
-    operation.__name__, operation.__qualname__ = method, f"Client.{method}"
-    operation.__doc__ = f"POST {path} with the keyword arguments as the body; return the answer."
-    setattr(Client, method, operation)
-
-
 def _install_async_twin(method: str) -> None:
     """Add ``Client.<method>_async``: the very same method, run on a worker thread.
 
@@ -833,8 +756,5 @@ def _install_async_twin(method: str) -> None:
     setattr(Client, method + "_async", twin)
 
 
-for _method, _path in OPERATIONS.items():
-    if not hasattr(Client, _method):  # hand-written above with a friendlier signature
-        _install_operation(_method, _path)
 for _method in (*OPERATIONS, "wait_job", "wait_jobs"):
     _install_async_twin(_method)

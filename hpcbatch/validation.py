@@ -22,14 +22,18 @@ Rules / theory of operation:
   (they would smuggle mount options); an image never begins with ``-``.
 - What the cluster's admin allows a container (host paths, devices, shared memory, tmpfs,
   ulimits) depends on the head's config, so it is a separate call,
-  ``check_container_limits``, made by the service at registration and at submission.
+  ``check_container_limits`` (hpcbatch.container_limits, re-exported here), made by the
+  service at registration and at submission.
+
+Past 800 lines, for a reason: the shape compiler and the semantic hooks it calls are one walk
+that shares the failure type (``_Bad``) and the way a failure's field path is built; split,
+each half would reach into the other's internals. The admin's container limits, which need
+none of that, live in ``hpcbatch.container_limits``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import fnmatch
 import functools
 import json
 import math
@@ -37,23 +41,21 @@ import posixpath
 import re
 import threading
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
+# Re-exported: the head's config and service, and the tests, import these from here.
+from hpcbatch.container_limits import DEFAULT_ULIMIT_CAPS as DEFAULT_ULIMIT_CAPS
+from hpcbatch.container_limits import ContainerLimits as ContainerLimits
+from hpcbatch.container_limits import check_container_limits as check_container_limits
 from hpcbatch.errors import ClientError
+from hpcbatch.operations import OPERATIONS as OPERATION_TABLE
 
-OPERATIONS: frozenset[str] = frozenset({
-    "SubmitJob", "DescribeJobs", "ListJobs", "CancelJob", "TerminateJob",
-    "CreateComputeEnvironment", "UpdateComputeEnvironment", "DescribeComputeEnvironments",
-    "DeleteComputeEnvironment", "CreateJobQueue", "UpdateJobQueue", "DescribeJobQueues",
-    "DeleteJobQueue", "RegisterJobDefinition", "DescribeJobDefinitions", "DeregisterJobDefinition",
-    "GetJobQueueSnapshot", "CreateSchedulingPolicy", "UpdateSchedulingPolicy",
-    "DescribeSchedulingPolicies", "DeleteSchedulingPolicy", "ListSchedulingPolicies",
-    "TagResource", "UntagResource", "ListTagsForResource",
-})  # fmt: skip
+# The AWS operations validated against botocore's input shapes (hpcbatch.operations' table).
+OPERATIONS: frozenset[str] = frozenset(op.name for op in OPERATION_TABLE if op.validated == "aws")
 # Operations whose resource is in the path (/v1/tags/{resourceArn}) and which AWS serves by
 # POST, DELETE and GET: not in ``route_table``; see ``rest_routes``.
-TAG_OPERATIONS: frozenset[str] = frozenset({"TagResource", "UntagResource", "ListTagsForResource"})
+TAG_OPERATIONS: frozenset[str] = frozenset(op.name for op in OPERATION_TABLE if op.validated == "aws" and op.rest)
 
 # AWS Batch names: 1-128 ASCII letters, digits, hyphens and underscores, starting with a
 # letter or digit. \A..\Z rather than ^..$ so .match() accepts neither a prefix nor "name\n".
@@ -689,6 +691,16 @@ def _register_job_definition(v: dict[str, Any]) -> None:
     for field in ("eksProperties", "consumableResourceProperties"):
         if field in v:
             raise _Bad(_NOT_SUPPORTED.format(field), field)
+    _node_range_entries(v)
+    has_container = _top_ecs_properties(v) or "containerProperties" in v
+    if v["type"] == "container":
+        _container_definition(v, has_container)
+    else:  # multinode; the deeper range rules live with the multinode model
+        _multinode_definition(v, has_container)
+
+
+def _node_range_entries(v: dict[str, Any]) -> None:
+    """Each node range: no EKS or consumable resources; a container or ecsProperties, not both."""
     for i, entry in enumerate((v.get("nodeProperties") or {}).get("nodeRangeProperties") or ()):
         for field in ("eksProperties", "consumableResourceProperties"):
             if field in entry:
@@ -698,30 +710,38 @@ def _register_job_definition(v: dict[str, Any]) -> None:
                 raise _Bad(": give container or ecsProperties, not both", "nodeProperties",
                            "nodeRangeProperties", i, "ecsProperties")
             _ecs_properties(entry, "ecsProperties", "nodeProperties", "nodeRangeProperties", i)
-    has_container, has_nodes = "containerProperties" in v, "nodeProperties" in v
-    if "ecsProperties" in v:
-        if v["type"] != "container":
-            raise _Bad(" is for type container; a multinode definition gives ecsProperties per node range "
-                       "(nodeProperties.nodeRangeProperties[].ecsProperties)", "ecsProperties")
-        if has_container:
-            raise _Bad(": give containerProperties or ecsProperties, not both", "ecsProperties")
-        _ecs_properties(v, "ecsProperties")
-        has_container = True
-    if v["type"] == "container":
-        if not has_container:
-            raise _Bad(" (or ecsProperties) is required when type is container", "containerProperties")
-        if has_nodes:
-            raise _Bad(" is only for type multinode; remove it or set type to multinode",
-                       "nodeProperties")
-    else:  # multinode; the deeper range rules live with the multinode model
-        if not has_nodes:
-            raise _Bad(" is required when type is multinode", "nodeProperties")
-        if has_container:
-            raise _Bad(" is only for type container; put the container in "
-                       "nodeProperties.nodeRangeProperties", "containerProperties")
-        nodes = v["nodeProperties"]
-        _range(nodes["numNodes"], 1, None, "nodeProperties", "numNodes")
-        _range(nodes["mainNode"], 0, nodes["numNodes"] - 1, "nodeProperties", "mainNode")
+
+
+def _top_ecs_properties(v: dict[str, Any]) -> bool:
+    """Whether a container definition gives its container as ecsProperties (checked to map)."""
+    if "ecsProperties" not in v:
+        return False
+    if v["type"] != "container":
+        raise _Bad(" is for type container; a multinode definition gives ecsProperties per node range "
+                   "(nodeProperties.nodeRangeProperties[].ecsProperties)", "ecsProperties")
+    if "containerProperties" in v:
+        raise _Bad(": give containerProperties or ecsProperties, not both", "ecsProperties")
+    _ecs_properties(v, "ecsProperties")
+    return True
+
+
+def _container_definition(v: dict[str, Any], has_container: bool) -> None:
+    if not has_container:
+        raise _Bad(" (or ecsProperties) is required when type is container", "containerProperties")
+    if "nodeProperties" in v:
+        raise _Bad(" is only for type multinode; remove it or set type to multinode",
+                   "nodeProperties")
+
+
+def _multinode_definition(v: dict[str, Any], has_container: bool) -> None:
+    if "nodeProperties" not in v:
+        raise _Bad(" is required when type is multinode", "nodeProperties")
+    if has_container:
+        raise _Bad(" is only for type container; put the container in "
+                   "nodeProperties.nodeRangeProperties", "containerProperties")
+    nodes = v["nodeProperties"]
+    _range(nodes["numNodes"], 1, None, "nodeProperties", "numNodes")
+    _range(nodes["mainNode"], 0, nodes["numNodes"] - 1, "nodeProperties", "mainNode")
 
 
 def _job_queue(v: dict[str, Any]) -> None:
@@ -856,116 +876,6 @@ def refuse_nul(body: Any) -> None:
             stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
-# --- what the cluster's admin allows a container (the head's config) ----------------------
-
-# Ulimits a job may set unless the head's config says otherwise: name -> the highest
-# hardLimit (-1: any, unlimited included). memlock and stack unlimited are what RDMA/MPI and
-# Fortran codes ask for; locked and shared memory still count against the job's memory
-# cgroup. Names not listed (nice, rtprio, rttime, msgqueue, sigpending) are refused.
-DEFAULT_ULIMIT_CAPS: dict[str, int] = {
-    "nofile": 1_048_576, "nproc": 65_536, "memlock": -1, "stack": -1, "core": -1,
-    "cpu": -1, "fsize": -1, "data": -1, "rss": -1, "locks": -1,
-}  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True)
-class ContainerLimits:
-    """What a container may ask of its node; each field is one key of the head's config.
-
-    The defaults are the safe ones: no host path, no device (the GPUs the scheduler grants
-    are no definition's devices), shared memory and tmpfs up to the container's own memory.
-    """
-
-    host_paths: tuple[str, ...] = ()  # container_host_paths: mountable read-write (and below)
-    host_paths_read_only: tuple[str, ...] = ()  # container_host_paths_read_only
-    devices: tuple[str, ...] = ()  # container_devices: host device paths, globs allowed
-    max_shared_memory_mib: int = 0  # container_max_shared_memory_mib; 0: the container's memory
-    max_tmpfs_mib: int = 0  # container_max_tmpfs_mib (all tmpfs together); 0: the container's memory
-    ulimits: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_ULIMIT_CAPS))  # container_ulimits
-
-
-def _under(path: str, roots: tuple[str, ...]) -> bool:
-    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
-
-
-def _container_memory(container: dict[str, Any]) -> int:
-    from hpcbatch.model.jobs import resource_request  # the scheduler's reading of MEMORY
-
-    return resource_request(container).memory_mib
-
-
-def check_container_limits(container: dict[str, Any], field: str, limits: ContainerLimits) -> None:
-    """Refuse what the head's config does not allow ``container`` (AWS containerProperties).
-
-    ``field`` names the container in the error ("containerProperties"); every message names
-    the member and the config key that would allow it. Shapes and path syntax were checked
-    by ``validate_request`` already.
-    """
-    config = "in the head's config"
-    volumes = container.get("volumes") or []
-    sources: dict[Any, str] = {}
-    for i, volume in enumerate(volumes):
-        source = (volume.get("host") or {}).get("sourcePath")
-        if not source:
-            continue
-        sources[volume.get("name")] = source
-        if not _under(source, limits.host_paths + limits.host_paths_read_only):
-            raise ClientError(
-                f"{field}.volumes[{i}].host.sourcePath {source} is not a host path this cluster allows "
-                f"(container_host_paths or container_host_paths_read_only {config})"
-            )
-    for i, point in enumerate(container.get("mountPoints") or []):
-        source = sources.get(point.get("sourceVolume"))
-        if source is None or _under(source, limits.host_paths) or point.get("readOnly"):
-            continue
-        raise ClientError(
-            f"{field}.mountPoints[{i}].readOnly must be true: host path {source} may only be mounted "
-            f"read-only (container_host_paths_read_only {config})"
-        )
-    linux = container.get("linuxParameters") or {}
-    for i, device in enumerate(linux.get("devices") or []):
-        host = device.get("hostPath", "")
-        if not any(fnmatch.fnmatchcase(host, pattern) for pattern in limits.devices):
-            raise ClientError(
-                f"{field}.linuxParameters.devices[{i}].hostPath {host} is not a device this cluster "
-                f"passes to containers (container_devices {config}; GPUs are asked for with "
-                "resourceRequirements type GPU)"
-            )
-    memory: int | None = None
-    shm = linux.get("sharedMemorySize")
-    if shm is not None:
-        memory = _container_memory(container)
-        cap = limits.max_shared_memory_mib or memory
-        if shm > cap:
-            raise ClientError(
-                f"{field}.linuxParameters.sharedMemorySize must be at most {cap} MiB (got {shm}; "
-                f"container_max_shared_memory_mib {config}, 0 meaning the container's memory)"
-            )
-    tmpfs = linux.get("tmpfs") or []
-    if tmpfs:
-        total = sum(int(t.get("size") or 0) for t in tmpfs)
-        cap = limits.max_tmpfs_mib or (memory if memory is not None else _container_memory(container))
-        if total > cap:
-            raise ClientError(
-                f"{field}.linuxParameters.tmpfs sizes must add up to at most {cap} MiB (got {total}; "
-                f"container_max_tmpfs_mib {config}, 0 meaning the container's memory)"
-            )
-    for i, ulimit in enumerate(container.get("ulimits") or []):
-        name, hard = ulimit.get("name"), ulimit.get("hardLimit")
-        if name not in limits.ulimits:
-            allowed = ", ".join(sorted(limits.ulimits)) or "none"
-            raise ClientError(
-                f"{field}.ulimits[{i}].name {name} is not a limit jobs may set here (allowed: {allowed}; "
-                f"container_ulimits {config})"
-            )
-        cap = limits.ulimits[name]
-        if cap != -1 and (hard == -1 or hard > cap):
-            raise ClientError(
-                f"{field}.ulimits[{i}].hardLimit must be at most {cap} for {name} (got {hard}; "
-                f"container_ulimits {config})"
-            )
-
-
 def check_image_name(image: object, field: str = "image") -> str:
     """An image reference for an hpcbatch operation outside AWS's model (PrepullImage)."""
     if not isinstance(image, str) or not image.strip():
@@ -1029,8 +939,8 @@ def validate_request(operation: str, body: object, *, raw_size: int | None = Non
 
 def route_table() -> dict[str, str]:
     """Map each supported POST operation's HTTP path (e.g. '/v1/submitjob') to its operation name."""
-    model = _service_model()
-    return {model.operation_model(op).http["requestUri"]: op for op in sorted(OPERATIONS - TAG_OPERATIONS)}
+    return {op.path: op.name for op in sorted(OPERATION_TABLE, key=lambda op: op.name)
+            if op.validated == "aws" and not op.rest}
 
 
 def rest_routes() -> list[tuple[str, str, str]]:
@@ -1039,9 +949,5 @@ def rest_routes() -> list[tuple[str, str, str]]:
     The model writes ``/v1/tags/{resourceArn}``; botocore percent-encodes the ARN's ``/`` and
     ``:`` into one segment, other clients may not, so the route takes the rest of the path.
     """
-    model = _service_model()
-    out = []
-    for op in sorted(TAG_OPERATIONS):
-        http = model.operation_model(op).http
-        out.append((http["method"], http["requestUri"].replace("{resourceArn}", "{resourceArn:.+}"), op))
-    return out
+    return [(op.method, op.path.replace("{resourceArn}", "{resourceArn:.+}"), op.name)
+            for op in sorted(OPERATION_TABLE, key=lambda op: op.name) if op.validated == "aws" and op.rest]

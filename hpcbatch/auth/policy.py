@@ -18,56 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.operations import OPERATIONS
 
 ROLES = ("admin", "developer", "user")
 _RANK = {"user": 0, "developer": 1, "admin": 2}
 
-# The least role an operation needs; anything absent needs admin (fail closed).
-REQUIRED_ROLE: dict[str, str] = {
-    "SubmitJob": "user",
-    "DescribeJobs": "user",
-    "ListJobs": "user",
-    "CancelJob": "user",
-    "TerminateJob": "user",
-    "GetJobLogs": "user",
-    "PutScript": "user",
-    "StartJobTask": "user",  # in the caller's own jobs only (check_job_access)
-    "ListNodes": "user",
-    "DescribeComputeEnvironments": "user",
-    "DescribeJobQueues": "user",
-    "DescribeJobDefinitions": "user",
-    "WhoAmI": "user",
-    "GetJobQueueSnapshot": "user",
-    "WhyJob": "user",
-    "ListEvents": "user",
-    "CreateConsoleLink": "user",
-    "CreateComputeEnvironment": "developer",
-    "UpdateComputeEnvironment": "developer",
-    "DeleteComputeEnvironment": "developer",
-    "CreateJobQueue": "developer",
-    "UpdateJobQueue": "developer",
-    "DeleteJobQueue": "developer",
-    "RegisterJobDefinition": "developer",
-    "DeregisterJobDefinition": "developer",
-    "CreateSchedulingPolicy": "developer",
-    "UpdateSchedulingPolicy": "developer",
-    "DeleteSchedulingPolicy": "developer",
-    "DescribeSchedulingPolicies": "user",
-    "ListSchedulingPolicies": "user",
-    # A user tags their own jobs; the service asks for developer on every other resource.
-    "TagResource": "user",
-    "UntagResource": "user",
-    "ListTagsForResource": "user",
-}
+# The least role an operation needs, and the operations that change nothing: both read from
+# the one operations table (hpcbatch.operations). Anything absent needs admin (fail closed).
+REQUIRED_ROLE: dict[str, str] = {op.name: op.role for op in OPERATIONS}
 
-READ_ONLY = frozenset(
-    {
-        "DescribeJobs", "ListJobs", "GetJobLogs", "ListNodes", "DescribeComputeEnvironments",
-        "DescribeJobQueues", "DescribeJobDefinitions", "WhoAmI", "ListNodeKeys", "ListAccessKeys",
-        "GetJobQueueSnapshot", "WhyJob", "ListEvents", "DescribeSchedulingPolicies", "ListSchedulingPolicies",
-        "ListAudit", "ListTagsForResource",
-    }
-)
+READ_ONLY = frozenset(op.name for op in OPERATIONS if not op.write)
 
 
 class AccessDenied(HpcbatchError):

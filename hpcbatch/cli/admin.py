@@ -16,7 +16,7 @@ ROLES = ("admin", "developer", "user")
 @global_options
 def whoami() -> None:
     """Show who the head thinks you are, and your role."""
-    me = get_client().call("/hpcbatch/v1/whoami", {})
+    me = get_client().who_am_i()
     if json_output():
         print_json(me)
         return
@@ -58,7 +58,7 @@ def keys_create(user: str, role: str, profile: str | None, endpoint_url: str | N
 
     profile = profile or f"hpcbatch-{user}"
     client = get_client()
-    created = client.call("/hpcbatch/v1/createaccesskey", {"user": user, "role": role, "profile": profile})
+    created = client.create_access_key(user=user, role=role, profile=profile)
     endpoint, bundle = _profile_endpoint(client, endpoint_url, ca_bundle)
     text = aws_profile(created["accessKeyId"], created["secretAccessKey"], profile,
                        region=created.get("region") or "local", endpoint=endpoint, ca_bundle=bundle)
@@ -117,7 +117,7 @@ def _warn_unless_unix_user(user: str) -> None:
 @global_options
 def keys_list() -> None:
     """List access keys (never their secrets)."""
-    listed = get_client().call("/hpcbatch/v1/listaccesskeys", {})["accessKeys"]
+    listed = get_client().list_access_keys()["accessKeys"]
     if json_output():
         print_json({"accessKeys": listed})
         return
@@ -127,7 +127,7 @@ def keys_list() -> None:
 
 
 def _set_status(key_id: str, status: str) -> None:
-    get_client().call("/hpcbatch/v1/updateaccesskey", {"accessKeyId": key_id, "status": status})
+    get_client().update_access_key(accessKeyId=key_id, status=status)
 
 
 @keys.command("disable")
@@ -151,7 +151,7 @@ def keys_enable(access_key_id: str) -> None:
 @global_options
 def keys_delete(access_key_id: str) -> None:
     """Delete a key for good."""
-    get_client().call("/hpcbatch/v1/deleteaccesskey", {"accessKeyId": access_key_id})
+    get_client().delete_access_key(accessKeyId=access_key_id)
 
 
 @admin.command("audit")
@@ -163,7 +163,7 @@ def audit(user: str | None, max_results: int) -> None:
     body: dict[str, Any] = {"maxResults": max_results}
     if user:
         body["user"] = user
-    events = get_client().call("/hpcbatch/v1/listaudit", body)["events"]
+    events = get_client().list_audit(**body)["events"]
     if json_output():
         print_json({"events": events})
         return

@@ -44,12 +44,10 @@ def nodes_list(state: str | None = None, ce: str | None = None) -> None:
 
 def list_all_nodes(client: object) -> list[dict[str, object]]:
     """Every node, a page of 1,000 at a time (a head with 10,000 nodes answers in pieces)."""
-    from hpcbatch.client import OPERATIONS
-
     listed: list[dict[str, object]] = []
     body: dict[str, object] = {"maxResults": 1000}
     while True:
-        page = client.call(OPERATIONS["list_nodes"], body)  # type: ignore[attr-defined]
+        page = client.list_nodes(**body)  # type: ignore[attr-defined]
         listed.extend(page.get("nodes") or [])
         if not page.get("nextToken"):
             return listed
@@ -94,7 +92,7 @@ def nodes_keys() -> None:
 @global_options
 def node_keys_list(state: str | None = None) -> None:
     """List node keys: name, state, since when, public key."""
-    listed = get_client().call("/hpcbatch/v1/listnodekeys", {}).get("nodeKeys") or []
+    listed = get_client().list_node_keys().get("nodeKeys") or []
     if state:
         listed = [k for k in listed if k.get("state") == state.lower()]
     if json_output():
@@ -113,7 +111,7 @@ def _node_key_command(operation: str, verb: str, help_text: str) -> click.Comman
     @click.argument("name")
     @global_options
     def command(name: str) -> None:
-        get_client().call(f"/hpcbatch/v1/{operation}", {"name": name})
+        getattr(get_client(), operation)(name=name)
         if not json_output():
             click.echo(f"{verb} node key {name}")
         else:
@@ -123,13 +121,13 @@ def _node_key_command(operation: str, verb: str, help_text: str) -> click.Comman
     return nodes_keys.command(operation.removesuffix("nodekey"))(command)
 
 
-node_keys_accept = _node_key_command("acceptnodekey", "accepted", "Trust NAME's pending (or rejected) key.")
-node_keys_reject = _node_key_command("rejectnodekey", "rejected", "Refuse NAME's pending key.")
+node_keys_accept = _node_key_command("accept_node_key", "accepted", "Trust NAME's pending (or rejected) key.")
+node_keys_reject = _node_key_command("reject_node_key", "rejected", "Refuse NAME's pending key.")
 node_keys_revoke = _node_key_command(
-    "revokenodekey", "revoked", "Revoke NAME's accepted key: the node is cut off at once."
+    "revoke_node_key", "revoked", "Revoke NAME's accepted key: the node is cut off at once."
 )
 node_keys_delete = _node_key_command(
-    "deletenodekey", "deleted", "Forget NAME's key in any state (it may enroll again)."
+    "delete_node_key", "deleted", "Forget NAME's key in any state (it may enroll again)."
 )
 
 
@@ -148,7 +146,7 @@ def nodes_drain(name: str, reason: str | None, wait: bool, timeout: float) -> No
     if reason:
         body["reason"] = reason
     client = get_client()
-    client.call("/hpcbatch/v1/drainnode", body)
+    client.drain_node(**body)
     if wait:
         from hpcbatch.cli.drainwait import wait_drained
 
@@ -166,7 +164,7 @@ def nodes_prepull(image: str, hostlist: str | None) -> None:
         from ClusterShell.NodeSet import NodeSet
 
         body["nodes"] = list(NodeSet(hostlist))
-    out = get_client().call("/hpcbatch/v1/prepullimage", body)
+    out = get_client().prepull_image(**body)  # type: ignore[arg-type]
     from hpcbatch.cli.output import fold_nodes
 
     click.echo(f"pulling {image} on {fold_nodes(out.get('nodes') or [])}")
@@ -177,7 +175,7 @@ def nodes_prepull(image: str, hostlist: str | None) -> None:
 @global_options
 def nodes_resume(name: str) -> None:
     """Let NAME take new work again. Admins only."""
-    get_client().call("/hpcbatch/v1/resumenode", {"name": name})
+    get_client().resume_node(name=name)
 
 
 from hpcbatch.cli.bootstrap import nodes_bootstrap  # noqa: E402 - asyncssh loads only when it runs

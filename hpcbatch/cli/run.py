@@ -262,7 +262,7 @@ def attach_to_job(client: Client, job_id: str, node: str | None, line: str) -> i
     command = (taskstream.attach_command(address, line, "attach", env, (rows, cols))
                .replace('exec "${HPCBATCH_RUN:-.hpcbatch-run}"', f"exec {python} -I -")
                + f" <<'{marker}'\n{source}\n{marker}\n")
-    started = client.call("/hpcbatch/v1/startjobtask", {"jobId": job_id, "nodeIndex": index, "command": command})
+    started = client.start_job_task(jobId=job_id, nodeIndex=index, command=command)
     click.echo(f"hpcbatch: attaching to job {job_id} on {started.get('nodeName')}", err=True)
     deadline = time.monotonic() + CONNECT_TIMEOUT_S
 

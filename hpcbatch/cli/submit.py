@@ -9,7 +9,6 @@ nothing beyond click and the standard library.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import click
@@ -20,137 +19,27 @@ from hpcbatch.cli.common import (
     global_options,
     json_output,
     load_cli_input_json,
-    merge_body,
     parse_key_values,
     print_json,
     require,
-    resource_requirements,
+)
+from hpcbatch.jobspec import (
+    DEFAULT_JOB_DEFINITION,
+    DEFAULT_MULTINODE_DEFINITION,
+    SubmitRequest,
+    has_command,
+    job_name_from,
+    submit_job_body,
 )
 
-DEFAULT_JOB_DEFINITION = "hpcbatch-default"
-DEFAULT_MULTINODE_DEFINITION = "hpcbatch-default-mnp"
-SCRIPT_ID_VARIABLE = "HPCBATCH_SCRIPT_ID"
-# hpcbatch extensions the agent reads (node_agent.runner): where the job starts. The submit
-# directory is used when the owner can enter it on the node (Slurm's SLURM_SUBMIT_DIR and
-# default working directory); --chdir names another.
-SUBMIT_DIR_VARIABLE = "HPCBATCH_SUBMIT_DIR"
-CHDIR_VARIABLE = "HPCBATCH_CHDIR"
+__all__ = ["build_submit_body", "has_command", "job_name_from", "script_directives", "submit"]
+
 DIRECTIVE_PREFIX = "#HPCBATCH"
 
 
-def job_name_from(text: str) -> str:
-    """A legal AWS job name (letters, digits, ``-``, ``_``; alphanumeric first; ≤128).
-
-    >>> job_name_from("/usr/bin/python3.11")
-    'python3_11'
-    >>> job_name_from("--weird")
-    'weird'
-    """
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.basename(text.rstrip("/")))
-    name = re.sub(r"^[^A-Za-z0-9]+", "", name)[:128]
-    return name or "job"
-
-
-def _dependency(text: str) -> dict[str, str]:
-    """``ID``, ``ID:N_TO_N`` or ``SEQUENTIAL`` -> an AWS JobDependency."""
-    if text.upper() == "SEQUENTIAL":
-        return {"type": "SEQUENTIAL"}
-    job_id, sep, kind = text.rpartition(":")
-    if sep and kind.upper() in ("N_TO_N", "SEQUENTIAL"):
-        return {"jobId": job_id, "type": kind.upper()}
-    return {"jobId": text}
-
-
-def has_command(body: dict[str, Any]) -> bool:
-    """Whether a SubmitJob body names a command itself (its overrides, or per-node ranges)."""
-    if (body.get("containerOverrides") or {}).get("command"):
-        return True
-    ranges = (body.get("nodeOverrides") or {}).get("nodePropertyOverrides") or []
-    return any(isinstance(r, dict) and (r.get("containerOverrides") or {}).get("command") for r in ranges)
-
-
-def build_submit_body(
-    *,
-    queue: str | None,
-    name: str | None,
-    job_definition: str | None,
-    command: list[str],
-    vcpus: float | None = None,
-    memory: int | None = None,
-    gpus: int | None = None,
-    timeout: int | None = None,
-    retries: int | None = None,
-    env: dict[str, str] | None = None,
-    depends_on: list[str] | None = None,
-    array_size: int | None = None,
-    script_id: str | None = None,
-    script_name: str | None = None,
-    base: dict[str, Any] | None = None,
-    nodes: int | None = None,
-    max_running: int | None = None,
-    submit_dir: str | None = None,
-    chdir: str | None = None,
-) -> dict[str, Any]:
-    """The SubmitJob body for the quick form, merged over ``base`` (``--cli-input-json``)."""
-    base = base or {}
-    overrides: dict[str, Any] = {}
-    if command or script_id:
-        overrides["command"] = list(command)
-    requirements = resource_requirements(vcpus, memory, gpus)
-    if requirements:
-        overrides["resourceRequirements"] = requirements
-    environment = dict(env or {})
-    # Where the job starts (the agent decides on the node): after the user's own -e values.
-    # (Not into a multi-node body given whole by --cli-input-json: its nodes take their
-    # environment from its own node ranges, and containerOverrides would be refused.)
-    if submit_dir is not None and not (nodes is None and base.get("nodeOverrides")):
-        environment.setdefault(SUBMIT_DIR_VARIABLE, submit_dir)
-    if chdir is not None:
-        environment.setdefault(CHDIR_VARIABLE, chdir)
-    if script_id:
-        environment[SCRIPT_ID_VARIABLE] = script_id
-    if environment:
-        overrides["environment"] = [{"name": k, "value": v} for k, v in environment.items()]
-
-    default_jd = DEFAULT_MULTINODE_DEFINITION if nodes is not None else DEFAULT_JOB_DEFINITION
-    jd = job_definition or base.get("jobDefinition") or default_jd
-    if name is None and not base.get("jobName"):
-        if script_name:
-            name = job_name_from(os.path.splitext(os.path.basename(script_name))[0])
-        elif command:
-            name = job_name_from(command[0])
-        else:
-            name = job_name_from(jd.rsplit("/", 1)[-1].split(":", 1)[0])
-    node_overrides = None
-    if nodes is not None:
-        # A multi-node job: the command (or script) runs on the main node (0) only, as
-        # sbatch runs a batch script once; every node gets the resources and environment,
-        # and the others are held for mpirun's daemons and `hpcbatch run`.
-        per_node = {k: v for k, v in overrides.items() if k != "command"}
-        if script_id and "environment" in per_node:
-            others = [e for e in per_node["environment"] if e["name"] != SCRIPT_ID_VARIABLE]
-            per_node = {k: v for k, v in per_node.items() if k != "environment"}
-            if others:
-                per_node["environment"] = others
-        ranges = [{"targetNodes": "0", "containerOverrides": overrides}] if overrides else []
-        if nodes > 1 and per_node:
-            ranges.append({"targetNodes": "1:", "containerOverrides": per_node})
-        node_overrides = {"numNodes": nodes, **({"nodePropertyOverrides": ranges} if ranges else {})}
-        overrides = {}
-    explicit: dict[str, Any] = {
-        "jobName": name,
-        "jobQueue": queue or (None if base.get("jobQueue") else "default"),
-        "jobDefinition": jd,
-        "containerOverrides": overrides or None,
-        "nodeOverrides": node_overrides,
-        "timeout": {"attemptDurationSeconds": timeout} if timeout is not None else None,
-        "retryStrategy": {"attempts": retries} if retries is not None else None,
-        "dependsOn": [_dependency(j) for j in depends_on] if depends_on else None,
-        "arrayProperties": {"size": array_size} if array_size is not None else None,
-        # hpcbatch extension: at most N children of the array at once (Slurm's %N).
-        "tags": {"hpcbatch:maxRunning": str(max_running)} if max_running is not None else None,
-    }
-    return merge_body(base, explicit)
+def build_submit_body(*, base: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """The SubmitJob body for the quick form (``fields``: :class:`SubmitRequest`'s), merged over ``base``."""
+    return submit_job_body(SubmitRequest(**fields), base)
 
 
 # The options a script's #HPCBATCH lines may also set (as #SBATCH lines do), one definition
@@ -233,6 +122,42 @@ def script_directives(text: str, script: str) -> dict[str, Any]:
     return found
 
 
+def _read_script(script: str) -> bytes:
+    try:
+        with open(script, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise click.BadParameter(e.strerror or str(e), param_hint="--script") from None
+
+
+def _with_directives(options: dict[str, Any], text: bytes, script: str) -> dict[str, Any]:
+    """``options`` with the script's #HPCBATCH lines filling what the command line did not give."""
+    ctx = click.get_current_context()
+    given = script_directives(text.decode("utf-8", "replace"), script)
+    commandline = click.core.ParameterSource.COMMANDLINE
+    return {
+        key: given[key] if key in given and ctx.get_parameter_source(key) is not commandline else value
+        for key, value in options.items()
+    }
+
+
+def _directories(chdir: str | None) -> tuple[str | None, str | None]:
+    """This directory (None if it is gone), and ``--chdir`` made absolute against it."""
+    try:
+        submit_dir: str | None = os.getcwd()
+    except OSError:  # the directory was removed under the shell: the job starts in its work dir
+        submit_dir = None
+    if chdir is None:
+        return submit_dir, None
+    if "\0" in chdir:
+        raise click.BadParameter("must not contain a NUL byte", param_hint="--chdir")
+    if not os.path.isabs(chdir):
+        if submit_dir is None:
+            raise click.BadParameter(f"{chdir} is relative and this directory is gone", param_hint="--chdir")
+        chdir = os.path.join(submit_dir, chdir)
+    return submit_dir, os.path.normpath(chdir)
+
+
 @click.command(context_settings={"allow_interspersed_args": False})
 @_queue
 @_name
@@ -274,7 +199,7 @@ def script_directives(text: str, script: str) -> dict[str, Any]:
 @cli_input_json_option
 @global_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def submit(
+def submit(  # noqa: PLR0913 - a click command: each option is a parameter, by click's design
     queue: str | None,
     name: str | None,
     job_definition: str | None,
@@ -312,62 +237,23 @@ def submit(
     The job starts in this directory where its node has it (a shared filesystem).
     """
     base = load_cli_input_json(cli_input_json)
-    script_id = None
-    text = b""
-    if script is not None:
-        try:
-            with open(script, "rb") as f:
-                text = f.read()
-        except OSError as e:
-            raise click.BadParameter(e.strerror or str(e), param_hint="--script") from None
-        ctx = click.get_current_context()
-        given = script_directives(text.decode("utf-8", "replace"), script)
-        chosen = {
-            key: given[key] if key in given and ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE
-            else value
-            for key, value in dict(
-                queue=queue, name=name, nodes=nodes, vcpus=vcpus, memory=memory, gpus=gpus, timeout=timeout,
-                retries=retries, depends_on=depends_on, array_size=array_size,
-            ).items()
-        }
-        queue, name, nodes, vcpus, memory, gpus = (chosen[k] for k in ("queue", "name", "nodes", "vcpus", "memory", "gpus"))
-        timeout, retries, depends_on, array_size = (chosen[k] for k in ("timeout", "retries", "depends_on", "array_size"))
-    try:
-        submit_dir = os.getcwd()
-    except OSError:  # the directory was removed under the shell: the job starts in its work dir
-        submit_dir = None
-    if chdir is not None:
-        if "\0" in chdir:
-            raise click.BadParameter("must not contain a NUL byte", param_hint="--chdir")
-        if not os.path.isabs(chdir):
-            if submit_dir is None:
-                raise click.BadParameter(f"{chdir} is relative and this directory is gone", param_hint="--chdir")
-            chdir = os.path.join(submit_dir, chdir)
-        chdir = os.path.normpath(chdir)
-    client = get_client()
-    if script is not None:
-        script_id = client.put_script(text)
-    body = build_submit_body(
-        queue=queue,
-        name=name,
-        job_definition=job_definition,
-        command=list(command),
-        vcpus=vcpus,
-        memory=memory,
-        gpus=gpus,
-        timeout=timeout,
-        retries=retries,
-        env=parse_key_values(env, "--env", from_env=True),
-        depends_on=list(depends_on),
-        array_size=array_size,
-        script_id=script_id,
-        script_name=script,
-        base=base,
-        nodes=nodes,
-        max_running=max_running,
-        submit_dir=submit_dir,
-        chdir=chdir,
+    options: dict[str, Any] = dict(
+        queue=queue, name=name, nodes=nodes, vcpus=vcpus, memory=memory, gpus=gpus, timeout=timeout,
+        retries=retries, depends_on=depends_on, array_size=array_size,
     )
+    text = _read_script(script) if script is not None else b""
+    if script is not None:
+        options = _with_directives(options, text, script)
+    submit_dir, chdir = _directories(chdir)
+    client = get_client()
+    script_id = client.put_script(text) if script is not None else None
+    request = SubmitRequest(
+        **options, job_definition=job_definition, command=list(command),
+        env=parse_key_values(env, "--env", from_env=True), max_running=max_running, share=share,
+        priority=priority, allow_unsatisfiable=allow_unsatisfiable, script_id=script_id, script_name=script,
+        submit_dir=submit_dir, chdir=chdir,
+    )
+    body = submit_job_body(request, base)
     if (
         body.get("jobDefinition") in (DEFAULT_JOB_DEFINITION, DEFAULT_MULTINODE_DEFINITION)
         and not command
@@ -377,12 +263,6 @@ def submit(
         raise click.UsageError(
             "nothing to run: give a command after --, --script FILE, or -d JOBDEF"
         )
-    if allow_unsatisfiable:  # the tag hpcbatch.scheduler.satisfy reads (issue 18)
-        body["tags"] = {**(body.get("tags") or {}), "hpcbatch:allowUnsatisfiable": "true"}
-    if share is not None:
-        body["shareIdentifier"] = share
-    if priority is not None:
-        body["schedulingPriorityOverride"] = priority
     require(body, "jobName", "jobQueue", "jobDefinition")
     answer = client.submit_job(**body)
     if json_output():

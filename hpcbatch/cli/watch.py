@@ -29,7 +29,7 @@ def events(follow: bool, job_id: str | None, queue: str | None, after: int) -> N
     if queue:
         body["jobQueue"] = queue
     while True:
-        answer = client.call("/hpcbatch/v1/listevents", {**body, "afterEventId": after, "waitSeconds": FOLLOW_WAIT_S if follow else 0})
+        answer = client.list_events(**body, afterEventId=after, waitSeconds=FOLLOW_WAIT_S if follow else 0)
         for event in answer.get("events") or []:
             sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
         sys.stdout.flush()
@@ -42,6 +42,6 @@ def events(follow: bool, job_id: str | None, queue: str | None, after: int) -> N
 @global_options
 def console() -> None:
     """Print a one-time link that signs you in to the web console (as Jupyter does)."""
-    answer = get_client().call("/hpcbatch/v1/createconsolelink", {})
+    answer = get_client().create_console_link()
     click.echo(f"Open this link within 10 minutes to sign in as {answer['user']} (role {answer['role']}); it works once:")
     click.echo(f"    {answer['url']}")

@@ -57,7 +57,7 @@ def human_reason(text: str, now_s: float) -> str:
 @global_options
 def why(job_id: str) -> None:
     """Show JOB's state, the scheduler's reason, its place in the queue and recent decisions."""
-    answer = get_client().call("/hpcbatch/v1/whyjob", {"jobId": job_id})
+    answer = get_client().why_job(jobId=job_id)
     if json_output():
         print_json(answer)
         return

@@ -26,6 +26,7 @@ from hpcbatch.console.sessions import COOKIE, SESSION_TTL_S, Session, Sessions
 from hpcbatch.errors import ClientError, HpcbatchError
 from hpcbatch.head.events import EventFeed
 from hpcbatch.head.service import BatchService
+from hpcbatch.jobspec import SubmitRequest, submit_job_body
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.store import JobQuery
@@ -437,60 +438,59 @@ class Console:
 
 
 def submit_body(form: dict[str, str]) -> dict[str, Any]:
-    """The SubmitJob body for the console's form; a bad field raises ClientError naming it."""
-    body: dict[str, Any] = {
-        "jobName": form.get("jobName", "").strip(),
-        "jobQueue": form.get("jobQueue", ""),
-        "jobDefinition": form.get("jobDefinition", ""),
-    }
-    overrides: dict[str, Any] = {}
-    command = form.get("command", "").strip()
-    if command:
-        try:
-            overrides["command"] = shlex.split(command)
-        except ValueError as exc:
-            raise ClientError(f"command: {exc}") from None
-    requirements = []
-    for field, kind in (("vcpus", "VCPU"), ("memory", "MEMORY"), ("gpus", "GPU")):
-        value = form.get(field, "").strip()
-        if value:
-            requirements.append({"type": kind, "value": value})
-    if requirements:
-        overrides["resourceRequirements"] = requirements
-    environment = []
+    """The SubmitJob body for the console's form (the CLI's builder, hpcbatch.jobspec); a bad
+    field raises ClientError naming it."""
+    return submit_job_body(submit_request(form))
+
+
+def submit_request(form: dict[str, str]) -> SubmitRequest:
+    """The console's submit form as the request ``hpcbatch submit`` would make of the same choices."""
+    return SubmitRequest(
+        name=form.get("jobName", "").strip(),
+        queue=form.get("jobQueue", ""),
+        job_definition=form.get("jobDefinition", ""),
+        command=_form_command(form),
+        vcpus=_form_text(form, "vcpus"),
+        memory=_form_text(form, "memory"),
+        gpus=_form_text(form, "gpus"),
+        env=_form_environment(form),
+        nodes=_form_whole(form, "numNodes", "numNodes"),
+        array_size=_form_whole(form, "arraySize", "arrayProperties.size"),
+        depends_on=[d for d in form.get("dependsOn", "").replace(",", " ").split() if d],
+        retries=_form_whole(form, "attempts", "retryStrategy.attempts"),
+        timeout=_form_whole(form, "timeout", "timeout.attemptDurationSeconds"),
+    )
+
+
+def _form_text(form: dict[str, str], field: str) -> str | None:
+    return form.get(field, "").strip() or None
+
+
+def _form_whole(form: dict[str, str], field: str, named: str) -> int | None:
+    value = form.get(field, "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ClientError(f"{named} must be a whole number")
+    return int(value)
+
+
+def _form_command(form: dict[str, str]) -> list[str]:
+    try:
+        return shlex.split(form.get("command", "").strip())
+    except ValueError as exc:
+        raise ClientError(f"command: {exc}") from None
+
+
+def _form_environment(form: dict[str, str]) -> dict[str, str]:
+    environment: dict[str, str] = {}
     for number, line in enumerate(form.get("environment", "").splitlines(), 1):
         if line.strip():
             name, sep, value = line.strip().partition("=")
             if not sep or not name:
                 raise ClientError(f"environment line {number}: write NAME=value")
-            environment.append({"name": name, "value": value})
-    if environment:
-        overrides["environment"] = environment
-    nodes = form.get("numNodes", "").strip()
-    if nodes:
-        if not nodes.isdigit():
-            raise ClientError("numNodes must be a whole number")
-        node_overrides: dict[str, Any] = {"numNodes": int(nodes)}
-        if overrides:
-            node_overrides["nodePropertyOverrides"] = [{"targetNodes": "0:", "containerOverrides": overrides}]
-        body["nodeOverrides"] = node_overrides
-    elif overrides:
-        body["containerOverrides"] = overrides
-    size = form.get("arraySize", "").strip()
-    if size:
-        if not size.isdigit():
-            raise ClientError("arrayProperties.size must be a whole number")
-        body["arrayProperties"] = {"size": int(size)}
-    deps = [d for d in form.get("dependsOn", "").replace(",", " ").split() if d]
-    if deps:
-        body["dependsOn"] = [{"jobId": d} for d in deps]
-    for field, key, inner in (("attempts", "retryStrategy", "attempts"), ("timeout", "timeout", "attemptDurationSeconds")):
-        value = form.get(field, "").strip()
-        if value:
-            if not value.isdigit():
-                raise ClientError(f"{key}.{inner} must be a whole number")
-            body[key] = {inner: int(value)}
-    return body
+            environment[name] = value
+    return environment
 
 
 def _jobdef_summary(doc: dict[str, Any]) -> dict[str, str]:

@@ -15,6 +15,7 @@ Errors come back as AWS does: a 4xx/5xx status, the ``x-amzn-ErrorType`` header 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import grp
 import json
@@ -31,42 +32,21 @@ from typing import Any
 
 from aiohttp import web
 
-from hpcbatch.auth.policy import READ_ONLY, Caller, authorize
+from hpcbatch.auth.policy import Caller, authorize
 from hpcbatch.errors import ClientError, HpcbatchError, ServerError, ServiceUnavailable
 from hpcbatch.head.ratelimit import RateLimiter, RefusalLog, TooManyRequests
 from hpcbatch.head.service import BatchService
-from hpcbatch.validation import refuse_nul, rest_routes, route_table, validate_request
+from hpcbatch.operations import OPERATIONS as OPERATION_TABLE
+from hpcbatch.operations import Operation
+from hpcbatch.validation import refuse_nul, validate_request
 
 log = logging.getLogger("hpcbatch.api")
 
-EXTENSION_ROUTES = {
-    "/hpcbatch/v1/putscript": "PutScript",
-    "/hpcbatch/v1/getjoblogs": "GetJobLogs",
-    "/hpcbatch/v1/listnodes": "ListNodes",
-    "/hpcbatch/v1/whoami": "WhoAmI",
-    "/hpcbatch/v1/whyjob": "WhyJob",
-    "/hpcbatch/v1/createaccesskey": "CreateAccessKey",
-    "/hpcbatch/v1/listaccesskeys": "ListAccessKeys",
-    "/hpcbatch/v1/updateaccesskey": "UpdateAccessKey",
-    "/hpcbatch/v1/deleteaccesskey": "DeleteAccessKey",
-    "/hpcbatch/v1/listaudit": "ListAudit",
-    "/hpcbatch/v1/listnodekeys": "ListNodeKeys",
-    "/hpcbatch/v1/acceptnodekey": "AcceptNodeKey",
-    "/hpcbatch/v1/rejectnodekey": "RejectNodeKey",
-    "/hpcbatch/v1/revokenodekey": "RevokeNodeKey",
-    "/hpcbatch/v1/deletenodekey": "DeleteNodeKey",
-    "/hpcbatch/v1/drainnode": "DrainNode",
-    "/hpcbatch/v1/resumenode": "ResumeNode",
-    "/hpcbatch/v1/prepullimage": "PrepullImage",
-    "/hpcbatch/v1/startjobtask": "StartJobTask",
-}
-# The tagging operations also by POST with a JSON body (``resourceArn`` in it), for clients
-# that only POST (hpcbatch.client); AWS's own routes are ``rest_routes()``.
-TAG_ROUTES = {
-    "/hpcbatch/v1/tagresource": "TagResource",
-    "/hpcbatch/v1/untagresource": "UntagResource",
-    "/hpcbatch/v1/listtagsforresource": "ListTagsForResource",
-}
+# hpcbatch's own operations the API routes to the service (POST /hpcbatch/v1/<name>), and the
+# tagging operations' POST twins (``resourceArn`` in the JSON body) for clients that only POST
+# (hpcbatch.client); AWS's own tagging routes are ``rest_routes()``. Both read the one table.
+EXTENSION_ROUTES = {op.path: op.name for op in OPERATION_TABLE if op.validated == "own" and op.served_by == "service"}
+TAG_ROUTES = {op.post_path: op.name for op in OPERATION_TABLE if op.rest}
 MAX_BODY = 2 << 20
 # Operations whose answer holds a secret: only over the Unix socket or TLS (docs/security.md).
 SECRET_REPLIES = frozenset({"CreateAccessKey"})
@@ -272,6 +252,145 @@ def _target(body: Any) -> str | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Gate:
+    """What every operation's handler shares: who is calling, the limits, the service."""
+
+    service: BatchService
+    identifier: Identifier
+    limiter: RateLimiter | None
+    space: SpaceGuard | None
+    refusals: RefusalLog  # unauthenticated floods: a few lines, not one per request
+
+
+@dataclasses.dataclass
+class _Call:
+    """One request as far as it got: who called, and the body as last parsed (for the audit)."""
+
+    caller: Caller | None = None
+    body: Any = None
+
+
+class _OperationHandler:
+    """One operation's route: identify, throttle, parse, authorize, validate, run, audit, answer."""
+
+    def __init__(self, gate: _Gate, operation: Operation, *, in_path: bool) -> None:
+        self.gate = gate
+        self.operation = operation.name
+        self.validate = operation.validated == "aws"
+        self.in_path = in_path  # members come from the path and query too (AWS's REST routes)
+        self.mutating = operation.write
+        self.method = getattr(gate.service, operation.name)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        call = _Call()
+        try:
+            result = await self._perform(request, call)
+        except HpcbatchError as exc:
+            return await self._refused(request, call, exc)
+        except Exception as exc:
+            return self._failed(exc)
+        return await self._answer(call, result)
+
+    async def _perform(self, request: web.Request, call: _Call) -> Any:
+        """Everything up to the service's answer; raises the error to answer with."""
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestTooLarge(f"request body is over the head's limit of {MAX_BODY >> 20} MiB") from None
+        call.caller = caller = self.gate.identifier.identify(request, raw)
+        if self.gate.limiter is not None:
+            self.gate.limiter.check(caller, self.operation)
+        call.body = body = parse_body(raw)
+        if self.in_path:
+            call.body = body = _path_members(request, body)
+        authorize(caller, self.operation)
+        self._refuse_secret_in_clear(request, caller)
+        body = self._validated(body, len(raw))
+        if self.mutating and self.gate.space is not None:
+            self.gate.space.check()
+        return self.method(body, caller)
+
+    def _refuse_secret_in_clear(self, request: web.Request, caller: Caller) -> None:
+        if self.operation in SECRET_REPLIES and caller.via == "sigv4" and not request.secure:
+            raise ClientError(f"{self.operation} answers with a secret, which never crosses the network in "
+                              "clear: call it over HTTPS (tls_cert and tls_key in the head's config) or "
+                              "on the head's Unix socket (hpcbatch admin keys create, on the head)")
+
+    def _validated(self, body: Any, raw_size: int) -> dict[str, Any]:
+        if self.validate:
+            return validate_request(self.operation, body, raw_size=raw_size)
+        if not isinstance(body, dict):
+            raise ClientError("request body must be a JSON object")
+        refuse_nul(body)  # hpcbatch's own operations: no NUL byte either
+        return body
+
+    async def _refused(self, request: web.Request, call: _Call, exc: HpcbatchError) -> web.Response:
+        """A refusal: audited (a change refused is worth a line) unless nobody or a flood asked."""
+        # Unauthenticated, throttled or out of disk: refused, and nothing is written
+        # (auditing a flood or a full disk would only make either worse).
+        if call.caller is None or isinstance(exc, TooManyRequests | StoreUnavailable | ServiceUnavailable):
+            return self._unaudited(request, call.caller, exc)
+        if self.mutating:
+            engine = self.gate.service.engine
+            engine.audit(_audit_entry(call.caller, self.operation, call.body, f"{exc.aws_code}: {exc.message}"))
+            try:
+                await _committed(engine, self.operation)
+            except (StoreUnavailable, ServiceUnavailable) as store_exc:
+                return _error(store_exc)
+        return _error(exc)
+
+    def _unaudited(self, request: web.Request, caller: Caller | None, exc: HpcbatchError) -> web.Response:
+        if caller is None and not isinstance(exc, StoreUnavailable | ServiceUnavailable):
+            # Per source address: past its rate a flood gets 429s, and the log a summary.
+            address = request.remote or "the local socket"
+            for line in self.gate.refusals.note(address, f"{self.operation} refused: {exc.aws_code}: {exc.message}"):
+                log.warning("%s", line)
+            limiter = self.gate.limiter
+            throttled = limiter.unauthenticated(address) if limiter is not None else None
+            return _error(throttled or exc)
+        if not isinstance(exc, TooManyRequests):
+            log.warning("%s refused: %s: %s", self.operation, exc.aws_code, exc.message)
+        return _error(exc)
+
+    def _failed(self, exc: Exception) -> web.Response:
+        log.exception("%s failed", self.operation)
+        if _disk_full(exc):  # a store write inside the call: rolled back, say why
+            return _error(StoreUnavailable(f"{self.operation}: disk full: the head's store refused the "
+                                           f"change ({exc}); nothing was changed; free space and retry"))
+        return _error(HpcbatchError(f"{self.operation} failed on the head; see the head's log"))
+
+    async def _answer(self, call: _Call, result: Any) -> web.Response:
+        """Audit a change, and reply only once what the call changed is committed (group commit)."""
+        engine = self.gate.service.engine
+        if self.mutating:
+            assert call.caller is not None
+            engine.audit(_audit_entry(call.caller, self.operation, call.body, "ok", result))
+        try:
+            await _committed(engine, self.operation)
+        except StoreUnavailable as exc:
+            return _error(exc)
+        except ServiceUnavailable as exc:
+            if self.mutating:  # done in the head's memory, not yet stored: it will be, say so
+                exc = ServiceUnavailable(
+                    f"{self.operation}: {exc.message.removesuffix('; retry')}; the change is kept and stored "
+                    "once it answers: check before repeating it"
+                )
+            return _error(exc)
+        return web.Response(body=json.dumps(result), content_type="application/json")
+
+
+def _add_operation_routes(app: web.Application, gate: _Gate, only: Collection[str] | None) -> None:
+    """A route for every operation of the table the service answers (only ``only``'s if given)."""
+    for op in OPERATION_TABLE:
+        if op.served_by != "service" or (only is not None and op.name not in only):
+            continue
+        if op.rest:  # AWS's route, members in the path, and the POST twin with them in the body
+            path = op.path.replace("{resourceArn}", "{resourceArn:.+}")
+            app.router.add_route(op.method, path, _OperationHandler(gate, op, in_path=True).handle)
+        app.router.add_post(op.post, _OperationHandler(gate, op, in_path=False).handle)
+
+
 def make_app(
     service: BatchService, *, roles: Mapping[str, str] | None = None, region: str | None = None,
     limiter: RateLimiter | None = None, space: SpaceGuard | None = None,
@@ -281,100 +400,8 @@ def make_app(
     without the health route: a standby's reads, hpcbatch.head.ha)."""
     app = web.Application(client_max_size=MAX_BODY)
     identifier = Identifier(service, roles or {}, region)
-    engine = service.engine
-    refusals = RefusalLog(time.monotonic)  # unauthenticated floods: a few lines, not one per request
-
-    def handler(operation: str, validate: bool, in_path: bool = False) -> Any:
-        """``in_path``: members come from the path and query too (AWS's REST routes, tagging)."""
-        method = getattr(service, operation)
-        mutating = operation not in READ_ONLY
-
-        async def handle(request: web.Request) -> web.Response:
-            caller: Caller | None = None
-            body: Any = None
-            try:
-                try:
-                    raw = await request.read()
-                except web.HTTPRequestEntityTooLarge:
-                    raise RequestTooLarge(f"request body is over the head's limit of {MAX_BODY >> 20} MiB") from None
-                caller = identifier.identify(request, raw)
-                if limiter is not None:
-                    limiter.check(caller, operation)
-                body = parse_body(raw)
-                if in_path:
-                    body = _path_members(request, body)
-                authorize(caller, operation)
-                if operation in SECRET_REPLIES and caller.via == "sigv4" and not request.secure:
-                    raise ClientError(f"{operation} answers with a secret, which never crosses the network in "
-                                      "clear: call it over HTTPS (tls_cert and tls_key in the head's config) or "
-                                      "on the head's Unix socket (hpcbatch admin keys create, on the head)")
-                if validate:
-                    body = validate_request(operation, body, raw_size=len(raw))
-                elif not isinstance(body, dict):
-                    raise ClientError("request body must be a JSON object")
-                else:
-                    refuse_nul(body)  # hpcbatch's own operations: no NUL byte either
-                if mutating and space is not None:
-                    space.check()
-                result = method(body, caller)
-                outcome = "ok"
-            except HpcbatchError as exc:
-                # Unauthenticated, throttled or out of disk: refused, and nothing is written
-                # (auditing a flood or a full disk would only make either worse).
-                if caller is None or isinstance(exc, TooManyRequests | StoreUnavailable | ServiceUnavailable):
-                    if caller is None and not isinstance(exc, StoreUnavailable | ServiceUnavailable):
-                        # Per source address: past its rate a flood gets 429s, and the log a summary.
-                        address = request.remote or "the local socket"
-                        for line in refusals.note(address, f"{operation} refused: {exc.aws_code}: {exc.message}"):
-                            log.warning("%s", line)
-                        throttled = limiter.unauthenticated(address) if limiter is not None else None
-                        return _error(throttled or exc)
-                    if not isinstance(exc, TooManyRequests):
-                        log.warning("%s refused: %s: %s", operation, exc.aws_code, exc.message)
-                    return _error(exc)
-                if mutating:
-                    engine.audit(_audit_entry(caller, operation, body, f"{exc.aws_code}: {exc.message}"))
-                    try:
-                        await _committed(engine, operation)
-                    except (StoreUnavailable, ServiceUnavailable) as store_exc:
-                        return _error(store_exc)
-                return _error(exc)
-            except Exception as exc:
-                log.exception("%s failed", operation)
-                if _disk_full(exc):  # a store write inside the call: rolled back, say why
-                    return _error(StoreUnavailable(f"{operation}: disk full: the head's store refused the "
-                                                   f"change ({exc}); nothing was changed; free space and retry"))
-                return _error(HpcbatchError(f"{operation} failed on the head; see the head's log"))
-            if mutating:
-                engine.audit(_audit_entry(caller, operation, body, outcome, result))
-            # Reply only once what the call changed is committed (group commit).
-            try:
-                await _committed(engine, operation)
-            except StoreUnavailable as exc:
-                return _error(exc)
-            except ServiceUnavailable as exc:
-                if mutating:  # done in the head's memory, not yet stored: it will be, say so
-                    exc = ServiceUnavailable(
-                        f"{operation}: {exc.message.removesuffix('; retry')}; the change is kept and stored "
-                        "once it answers: check before repeating it"
-                    )
-                return _error(exc)
-            return web.Response(body=json.dumps(result), content_type="application/json")
-
-        return handle
-
-    for path, operation in route_table().items():
-        if operations is None or operation in operations:
-            app.router.add_post(path, handler(operation, True))
-    for method, path, operation in rest_routes():
-        if operations is None or operation in operations:
-            app.router.add_route(method, path, handler(operation, True, in_path=True))
-    for path, operation in TAG_ROUTES.items():
-        if operations is None or operation in operations:
-            app.router.add_post(path, handler(operation, True))
-    for path, operation in EXTENSION_ROUTES.items():
-        if operations is None or operation in operations:
-            app.router.add_post(path, handler(operation, False))
+    gate = _Gate(service, identifier, limiter, space, RefusalLog(time.monotonic))
+    _add_operation_routes(app, gate, operations)
     app.middlewares.append(unknown_route)
     if operations is not None:
         return app

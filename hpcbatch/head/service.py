@@ -29,12 +29,10 @@ from hpcbatch.head.power import describe_capacity, list_power, managed_status, p
 from hpcbatch.model.jobs import (
     JobRecord,
     ResourceRequest,
-    merge_container,
-    resource_request,
-    substitute_parameters,
 )
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.model.multinode import child_job_id, resolve_nodes, split_child_id
+from hpcbatch.model.submit import SCRIPT_ENV, SubmitFacts, SubmitPlan, plan_submit
 from hpcbatch.store import JobQuery, Store
 from hpcbatch.validation import (
     MAX_TAGS,
@@ -46,9 +44,6 @@ from hpcbatch.validation import (
 
 DEFAULT_JOB_DEFINITION = "hpcbatch-default"
 DEFAULT_MULTINODE_DEFINITION = "hpcbatch-default-mnp"  # `hpcbatch submit --nodes N -- CMD`
-# hpcbatch extension (Slurm's --array=...%N): at most N children of an array run at once.
-MAX_RUNNING_TAG = "hpcbatch:maxRunning"
-SCRIPT_ENV = "HPCBATCH_SCRIPT_ID"
 _JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?:[#:][0-9]+)?")
 PRIVATE_JOB = "(private)"  # another user's job id, as a user sees it in ListNodes under private_data
 # hpcbatch extension (AWS's clientToken, where boto3 can send it): a SubmitJob that carries
@@ -590,23 +585,36 @@ class BatchService:
         return {"tags": tags}
 
     # ---------------------------------------------------------------------- jobs
-    def _node_spec(self, container: dict[str, Any], parameters: dict[str, str], caller: Caller, field: str) -> dict[str, Any]:
-        """Command, environment, script and resources of one container (a job or one node)."""
-        command = substitute_parameters(container.get("command", []), parameters)
-        container["command"] = command
-        environment = {e["name"]: e.get("value", "") for e in container.get("environment", [])}
-        script_id = environment.pop(SCRIPT_ENV, None)
-        check_container(container, caller.user, field, self.allow_privileged_containers)
-        if script_id is not None and self.store.get_script(script_id, caller.user) is None:
-            raise ClientError(f"{field}.environment {SCRIPT_ENV}: {caller.user} has no stored script {script_id}")
-        return {
-            "command": command,
-            "environment": environment,
-            "script_id": script_id,
-            "image": container.get("image") or None,  # "" names no image: a bare job (validation)
-            "resources": resource_request(container),
-            "container": container,
-        }
+    def _check_planned(self, plan: SubmitPlan, caller: Caller) -> None:
+        """The head's own rules on a planned job: what its containers may do here, its scripts stored."""
+        for planned in plan.containers:
+            check_container(planned.container, caller.user, planned.field, self.allow_privileged_containers)
+        for field, script_id in plan.scripts:
+            if self.store.get_script(script_id, caller.user) is None:
+                raise ClientError(f"{field}.environment {SCRIPT_ENV}: {caller.user} has no stored script {script_id}")
+        # Again at submission: the definition may predate the head's current limits.
+        for planned in plan.containers:
+            check_container_limits(planned.container, planned.limits_field, self.container_limits)
+
+    def _submit_facts(self, body: dict[str, Any], caller: Caller, token: str | None, digest: str | None) -> SubmitFacts:
+        """Load what a SubmitJob names: its queue, its definition (ECS mapped), the jobs it depends on."""
+        queue = self._queue(body["jobQueue"])
+        jobdef = self._job_definition(body["jobDefinition"])
+        multinode = jobdef.get("type") == "multinode"
+        found: dict[str, JobRecord] = {}
+        for dep in body.get("dependsOn", []):
+            dep_id = dep.get("jobId")
+            other = (self.engine.jobs.get(dep_id) or self.store.get_job(dep_id)) if dep_id else None
+            if other is not None and may_see_job(caller, other.owner, self.private_data):
+                found[dep_id] = other
+        created_at = _now_ms()
+        return SubmitFacts(
+            queue=queue, job_definition=jobdef,
+            container={} if multinode else _container_of(jobdef),
+            node_properties=_ecs_nodes(jobdef["nodeProperties"]) if multinode else None,
+            dependencies=found, owner=caller.user, job_id=self._job_id(created_at), created_at=created_at,
+            client_token=token, request_digest=digest,
+        )
 
     def _tokens_committed(self, events: list[tuple[str, int, str, str | None]]) -> None:
         """A commit observer: jobs just committed are found by token in the store from now on."""
@@ -634,133 +642,22 @@ class BatchService:
         return token, digest, earlier
 
     def SubmitJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Load what the request names, plan the job (hpcbatch.model.submit, pure), check it, store it."""
         token, digest, earlier = self._submitted_before(body, caller)
         if earlier is not None:  # a retry of a submit that was done: the same job, nothing new
             return {"jobArn": self.arn("job", earlier.job_id), "jobName": earlier.job_name, "jobId": earlier.job_id}
         if token is not None:  # a control field, not a tag of the job
             body = {**body, "tags": {k: v for k, v in body["tags"].items() if k != CLIENT_TOKEN_TAG}}
-        queue = self._queue(body["jobQueue"])
-        if queue["state"] != "ENABLED":
-            raise ClientError(f"jobQueue {queue['jobQueueName']} is DISABLED and accepts no jobs")
-        jobdef = self._job_definition(body["jobDefinition"])
-        multinode = jobdef.get("type") == "multinode"
-        array_size = (body.get("arrayProperties") or {}).get("size")
-        if array_size is not None and multinode:
-            raise ClientError("arrayProperties: a multinode job cannot also be an array job (as in AWS Batch)")
-        if body.get("nodeOverrides") and not multinode:
-            raise ClientError("nodeOverrides applies to multinode job definitions only")
-        if multinode and body.get("containerOverrides"):
-            raise ClientError("containerOverrides: a multinode job takes nodeOverrides.nodePropertyOverrides instead")
-        depends_on = body.get("dependsOn", [])
-        for i, dep in enumerate(depends_on):
-            kind, dep_id = dep.get("type"), dep.get("jobId")
-            if kind and array_size is None:
-                raise ClientError(f"dependsOn[{i}].type {kind} applies to array jobs only")
-            if kind == "SEQUENTIAL":
-                if dep_id:
-                    raise ClientError(f"dependsOn[{i}]: a SEQUENTIAL dependency names no jobId (it orders this array's own children)")
-                continue
-            if not dep_id:
-                raise ClientError(f"dependsOn[{i}].jobId is required")
-            other = self.engine.jobs.get(dep_id) or self.store.get_job(dep_id)
-            # Under private_data another user's job is refused exactly as a missing one is.
-            if other is None or not may_see_job(caller, other.owner, self.private_data):
-                raise ClientError(f"dependsOn[{i}].jobId {dep_id} does not exist")
-            if kind == "N_TO_N" and other.array_size != array_size:
-                raise ClientError(
-                    f"dependsOn[{i}]: N_TO_N needs an array job of the same size ({dep_id} has {other.array_size})"
-                )
-        parameters = {**jobdef.get("parameters", {}), **body.get("parameters", {})}
-        nodes: list[dict[str, Any]] = []
-        num_nodes, main_node = 1, 0
-        if multinode:
-            num_nodes, main_node, containers = resolve_nodes(_ecs_nodes(jobdef["nodeProperties"]), body.get("nodeOverrides"))
-            nodes = [
-                self._node_spec(c, parameters, caller, f"nodeProperties node {i}") for i, c in enumerate(containers)
-            ]
-            spec = nodes[main_node]
-            if not spec["command"] and spec["script_id"] is None:
-                raise ClientError(f"the main node ({main_node}) has no command to run")
-        else:
-            container = merge_container(_container_of(jobdef), body.get("containerOverrides"))
-            spec = self._node_spec(container, parameters, caller, "containerOverrides")
-            if not spec["command"] and spec["script_id"] is None:
-                raise ClientError("containerOverrides.command: the job has no command to run")
-        # Again at submission: the definition may predate the head's current limits.
-        where = f"jobDefinition {jobdef['jobDefinitionName']}:{jobdef['revision']}"
-        for i, node in enumerate(nodes or [spec]):
-            field = f"{where} node {i}" if multinode else f"{where} containerProperties"
-            check_container_limits(node["container"], field, self.container_limits)
-        share = body.get("shareIdentifier")
-        if queue.get("schedulingPolicyArn"):
-            if not share:
-                raise ClientError(
-                    f"shareIdentifier is required: job queue {queue['jobQueueName']} has a fair share scheduling policy"
-                )
-            if share.endswith("*"):
-                raise ClientError(f"shareIdentifier {share}: a job names one share; * is for policies only")
-        elif share is not None:
-            raise ClientError(
-                f"shareIdentifier: job queue {queue['jobQueueName']} has no scheduling policy; "
-                "don't specify a shareIdentifier for it"
-            )
-        priority = body.get("schedulingPriorityOverride", jobdef.get("schedulingPriority"))
-        retry = body.get("retryStrategy") or jobdef.get("retryStrategy") or {}
-        timeout = body.get("timeout") or jobdef.get("timeout") or {}
-        tags = {**jobdef.get("tags", {}), **body.get("tags", {})} if body.get("propagateTags", jobdef.get("propagateTags")) else body.get("tags", {})
-        created_at = _now_ms()
-        job_id = self._job_id(created_at)
-        common: dict[str, Any] = dict(
-            job_name=body["jobName"],
-            job_queue=queue["jobQueueName"],
-            job_queue_arn=queue["jobQueueArn"],
-            job_definition=jobdef["jobDefinitionArn"],
-            owner=caller.user,
-            status=JobStatus.SUBMITTED,
-            created_at=created_at,
-            parameters=parameters,
-            retry_attempts=int(retry.get("attempts", 1)),
-            evaluate_on_exit=retry.get("evaluateOnExit", []),
-            timeout_s=timeout.get("attemptDurationSeconds"),
-            tags=tags,
-            propagate_tags=bool(body.get("propagateTags", False)),
-            num_nodes=num_nodes,
-            main_node=main_node,
-            share_identifier=share,
-            scheduling_priority=priority,
-        )
-        max_running = tags.get(MAX_RUNNING_TAG)
-        if max_running is not None:
-            if array_size is None or not max_running.isdigit() or int(max_running) < 1:
-                raise ClientError(f"tags {MAX_RUNNING_TAG} must be a positive number, on an array job")
-        resources = spec["resources"]
-        if multinode:  # every node must fit the per-node request the scheduler places by
-            resources = ResourceRequest(
-                vcpus=max(n["resources"].vcpus for n in nodes),
-                memory_mib=max(n["resources"].memory_mib for n in nodes),
-                gpus=max(n["resources"].gpus for n in nodes),
-                requires=frozenset().union(*(n["resources"].requires for n in nodes)),
-            )
-        self._check_satisfiable(queue, num_nodes, resources, tags)
-        job = JobRecord(
-            job_id=job_id, depends_on=depends_on, **common,
-            **{**spec, "resources": resources},
-            node_properties={**jobdef["nodeProperties"], "numNodes": num_nodes} if multinode else None,
-            gang=multinode,
-            array_size=array_size,
-            max_running=int(max_running) if max_running is not None else None,
-            client_token=token,
-            request_digest=digest,
-        )
-        children = [
-            JobRecord(job_id=child_job_id(job_id, i), parent_id=job_id, node_index=i, **common, **node)
-            for i, node in enumerate(nodes)
-        ]
-        self.engine.submit(job, children)
+        facts = self._submit_facts(body, caller, token, digest)
+        plan = plan_submit(body, facts)
+        self._check_planned(plan, caller)
+        job = plan.job
+        self._check_satisfiable(facts.queue, job.num_nodes, job.resources, job.tags)
+        self.engine.submit(job, plan.children)
         if token is not None:
             self._recent_tokens[(caller.user, token)] = job
-            self._token_of_job[job_id] = (caller.user, token)
-        return {"jobArn": self.arn("job", job_id), "jobName": job.job_name, "jobId": job_id}
+            self._token_of_job[job.job_id] = (caller.user, token)
+        return {"jobArn": self.arn("job", job.job_id), "jobName": job.job_name, "jobId": job.job_id}
 
     def _check_satisfiable(
         self, queue: dict[str, Any], num_nodes: int, resources: ResourceRequest, tags: dict[str, str]

@@ -27,9 +27,12 @@ def test_the_form_becomes_the_submitjob_body_aws_would_take() -> None:
 
 
 def test_nodes_turn_overrides_into_node_overrides() -> None:
-    body = submit_body({**BASE, "numNodes": "3", "command": "mpirun app"})
+    # As `hpcbatch submit --nodes`: the command on the main node, the resources on every node.
+    body = submit_body({**BASE, "numNodes": "3", "command": "mpirun app", "vcpus": "2"})
+    vcpus = [{"type": "VCPU", "value": "2"}]
     assert body["nodeOverrides"] == {"numNodes": 3, "nodePropertyOverrides": [
-        {"targetNodes": "0:", "containerOverrides": {"command": ["mpirun", "app"]}}]}
+        {"targetNodes": "0", "containerOverrides": {"command": ["mpirun", "app"], "resourceRequirements": vcpus}},
+        {"targetNodes": "1:", "containerOverrides": {"resourceRequirements": vcpus}}]}
     assert "containerOverrides" not in body
 
 
