@@ -10,7 +10,11 @@ included. ``SqlStore`` writes each query once, with ``?`` for its parameters, an
 * "column is one of these values" (``IN (?, ?, ...)`` against ``= ANY(?)`` with an array);
 * "column starts with this text, taken literally and case-sensitively" (SQLite's ``GLOB``,
   PostgreSQL's ``LIKE ... ESCAPE``; SQLite's ``LIKE`` ignores ASCII case);
-* the column that keeps a job's submission order (SQLite's ``rowid``, PostgreSQL's ``seq``).
+* the column that keeps a job's submission order (SQLite's ``rowid``, PostgreSQL's ``seq``);
+* ordering text by its bytes: SQLite's default, while PostgreSQL orders by the database's
+  collation (``en_US.UTF-8`` puts ``a`` before ``B``), so names are ordered ``COLLATE "C"``
+  there and both list resources in the same order. (Job ids, UUIDs, order alike in every
+  collation: ListJobs keeps its index order.)
 
 A backend (``hpcbatch.store.sqlite``, ``hpcbatch.store.postgres``) is ``SqlStore`` plus its
 connection: how a statement runs, how the outermost transaction begins and ends (with the
@@ -69,6 +73,10 @@ class Dialect:
         """``column`` begins with ``prefix``, every character of it literal, case-sensitive."""
         return f"{column} GLOB ?", ["".join(f"[{c}]" if c in "*?[" else c for c in prefix) + "*"]
 
+    def bytewise(self, column: str) -> str:
+        """``column`` ordered by its bytes, whatever the database's collation."""
+        return column
+
 
 class PostgresDialect(Dialect):
     """PostgreSQL (psycopg 3): ``%s`` marks, arrays for lists, LIKE with an escape."""
@@ -85,6 +93,9 @@ class PostgresDialect(Dialect):
     def starts_with(self, column: str, prefix: str) -> tuple[str, list[Any]]:
         literal = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return f"{column} LIKE ? ESCAPE '\\'", [literal + "%"]
+
+    def bytewise(self, column: str) -> str:
+        return f'{column} COLLATE "C"'
 
 
 SQLITE = Dialect()
@@ -187,7 +198,8 @@ class SqlStore(ABC):
 
     def list_resources(self, kind: str, name: str | None = None) -> list[dict[str, Any]]:
         if name is None:
-            rows = self._execute("SELECT doc FROM resources WHERE kind = ? ORDER BY name, revision", (kind,))
+            by_name = self.dialect.bytewise("name")
+            rows = self._execute(f"SELECT doc FROM resources WHERE kind = ? ORDER BY {by_name}, revision", (kind,))
         else:
             rows = self._execute(
                 "SELECT doc FROM resources WHERE kind = ? AND name = ? ORDER BY revision", (kind, name)
@@ -370,7 +382,8 @@ class SqlStore(ABC):
         return open_key_doc(self.sealer, access_key_id, _decode_doc(row[0])) if row else None
 
     def list_access_keys(self) -> list[dict[str, Any]]:
-        rows = self._execute("SELECT access_key_id, doc FROM access_keys ORDER BY access_key_id")
+        by_id = self.dialect.bytewise("access_key_id")
+        rows = self._execute(f"SELECT access_key_id, doc FROM access_keys ORDER BY {by_id}")
         return [open_key_doc(self.sealer, r[0], _decode_doc(r[1])) for r in rows]
 
     def delete_access_key(self, access_key_id: str) -> bool:

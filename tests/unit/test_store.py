@@ -8,6 +8,7 @@ where PostgreSQL's server binaries are missing). A new Store method gets its tes
 from __future__ import annotations
 
 import gc
+import secrets
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -713,3 +714,62 @@ def test_access_key_secrets_are_sealed_at_rest_and_old_ones_sealed_on_upgrade(ta
                 other.seal_access_keys()
     finally:
         other.close()
+
+
+# ------------------------------------------------ one job's children (ListJobs)
+def test_an_arrays_children_come_in_index_order_without_their_nodes(store: Store) -> None:
+    store.put_jobs([job("p", created_at=1)])
+    # Placed out of order and at different times; p:3 is itself a multi-node job with nodes.
+    store.put_jobs([job(f"p:{i}", created_at=100 - i, array_parent="p", array_index=i) for i in (10, 2, 0, 3, 1)])
+    store.put_jobs([job("p:3#0", parent_id="p:3", node_index=0), job("px:1"), job("q:1")])
+    assert ids(store.list_jobs(JobQuery(array_job="p", limit=100))) == ["p:0", "p:1", "p:2", "p:3", "p:10"]
+    assert ids(store.list_jobs(JobQuery(multi_node_job="p:3", limit=100))) == ["p:3#0"]
+
+
+def test_children_listing_filters_by_status_and_matches_the_parent_id_literally(store: Store) -> None:
+    store.put_jobs([
+        job("a_b", status=JobStatus.RUNNING),
+        *[job(f"a_b#{i}", parent_id="a_b", node_index=i, status=JobStatus.RUNNING) for i in range(12)],
+        job("axb#0", parent_id="axb", node_index=0),  # '_' is a wildcard in LIKE: must not match
+    ])  # fmt: skip
+    store.put_jobs([job("a_b#11", parent_id="a_b", node_index=11, status=JobStatus.SUCCEEDED)])
+    every = store.list_jobs(JobQuery(multi_node_job="a_b", limit=100))
+    assert ids(every) == [f"a_b#{i}" for i in range(12)]
+    done = JobQuery(multi_node_job="a_b", statuses=(JobStatus.SUCCEEDED,), limit=100)
+    assert ids(store.list_jobs(done)) == ["a_b#11"]
+    assert ids(store.list_jobs(JobQuery(multi_node_job="a_b", limit=3))) == ["a_b#0", "a_b#1", "a_b#2"]
+
+
+# -------------------------------------------------- where the dialects drifted
+def test_names_are_listed_in_byte_order_whatever_the_databases_collation(
+    target: str, request: pytest.FixtureRequest
+) -> None:
+    """SQLite orders text by its bytes; PostgreSQL by the database's collation, which on most
+    servers is a language's (en_US: a, A, b, B). Both must list resources alike: bytes."""
+    if target.startswith("postgresql"):
+        import psycopg
+
+        server: pg.PostgresServer = request.getfixturevalue("postgres")
+        name = f"store_icu_{secrets.token_hex(4)}"
+        target = server.url(name)
+        with psycopg.connect(server.url(), autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}" LOCALE_PROVIDER icu ICU_LOCALE \'en-US\' '
+                       "LOCALE 'C.UTF-8' TEMPLATE template0")
+    s = open_store(target)
+    try:
+        for name in ["b", "B", "a", "A", "a-b", "ab"]:
+            s.put_resource("queue", name, 1, "VALID", {"jobQueueName": name})
+            s.put_access_key(f"K{name}", {"access_key_id": f"K{name}"})
+        by_bytes = ["A", "B", "a", "a-b", "ab", "b"]
+        assert [d["jobQueueName"] for d in s.list_resources("queue")] == by_bytes
+        assert [k["access_key_id"] for k in s.list_access_keys()] == [f"K{n}" for n in by_bytes]
+    finally:
+        s.close()
+
+
+def test_a_script_the_store_cannot_keep_is_an_error_never_silently_dropped(store: Store) -> None:
+    # SQLite's INSERT OR IGNORE skipped a NOT NULL violation without a word; PostgreSQL's
+    # ON CONFLICT DO NOTHING raised. Only a script already stored may be kept as it is.
+    with pytest.raises(Exception, match="(?i)not.null|null value"), store.transaction():
+        store.put_script("s", None, "alice")  # type: ignore[arg-type]
+    assert store.get_script("s", "alice") is None
