@@ -368,6 +368,11 @@ def test_migration_0006_fills_the_job_definition_of_jobs_stored_before_it(
     try:
         assert ids(s.list_jobs(JobQuery(job_definition="legacy"))) == ["old"]
         assert ids(s.list_jobs(JobQuery(job_definition="legacy:3"))) == ["old"]
+        # The shared queries read a row the previous schema wrote (no client token, no jobdef then).
+        assert [(j.job_id, seq) for seq, j in s.unfinished_jobs()] == [("old", s.job_seq("old"))]
+        assert s.job_by_client_token("alice", "t") is None
+        s.put_jobs([job("old", status=JobStatus.SUCCEEDED, job_definition=JOBDEF_ARN + "legacy:3")])
+        assert list(s.unfinished_jobs()) == [] and s.count_jobs("q", (JobStatus.SUCCEEDED,)) == 1
     finally:
         s.close()
 
@@ -631,12 +636,33 @@ def test_uncommitted_write_is_invisible_to_another_store(target: str) -> None:
         second.close()
 
 
+def schema_of(target: str) -> list[tuple[Any, ...]]:
+    """Every table, column, index and applied migration of the store at ``target``."""
+    if not target.startswith("postgresql"):
+        with sqlite3.connect(target) as db:
+            rows = db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+            rows += db.execute("SELECT migration_id FROM _yoyo_migration ORDER BY migration_id").fetchall()
+        db.close()
+        return rows
+    import psycopg
+
+    with psycopg.connect(target) as pgdb:
+        return [
+            *pgdb.execute("SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+                          "WHERE table_schema = 'public' ORDER BY 1, 2").fetchall(),
+            *pgdb.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1").fetchall(),
+            *pgdb.execute("SELECT migration_id FROM _yoyo_migration ORDER BY 1").fetchall(),
+        ]
+
+
 def test_opening_an_existing_file_keeps_its_data_and_schema(target: str) -> None:
     s = open_store(target)
     s.put_jobs([job("a")])
     s.close()
+    before = schema_of(target)
     s = open_store(target)
     try:
+        assert schema_of(target) == before  # opened as it is: nothing created, altered or migrated
         assert s.get_job("a") is not None
         s.put_jobs([job("b")])
         assert [j.job_id for _, j in s.unfinished_jobs()] == ["a", "b"]
