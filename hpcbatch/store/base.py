@@ -32,7 +32,7 @@ class JobQuery:
     created_after: int | None = None
     created_before: int | None = None
     limit: int = 100
-    after: tuple[int, str] | None = None  # (created_at, job_id) of the last item returned
+    after: tuple[int, str] | None = None  # (created_at, job_id) of the last item returned (newest-first lists)
     include_children: bool = False  # multi-node nodes (JOBID#i) are listed only on request
     # One job's children instead of whole jobs, in index order (ListJobs' arrayJobId and
     # multiNodeJobId): an array's children JOBID:i, or a multi-node job's nodes JOBID#i.

@@ -46,33 +46,22 @@ def store(target: str) -> Iterator[Store]:
         s.close()
 
 
-def job(
-    job_id: str,
-    *,
-    created_at: int = 1000,
-    queue: str = "q",
-    status: JobStatus = JobStatus.RUNNABLE,
-    owner: str = "alice",
-    name: str | None = None,
-    stopped_at: int | None = None,
-    job_definition: str = "arn:aws:batch:eu-west-1:123456789012:job-definition/d:1",
-    **kw: Any,
-) -> JobRecord:
+def job(job_id: str, *, queue: str = "q", name: str | None = None, **fields: Any) -> JobRecord:
+    """A job record with the tests' defaults; ``fields`` are JobRecord's own (created_at, status, ...)."""
+    defaults: dict[str, Any] = {
+        "created_at": 1000, "status": JobStatus.RUNNABLE, "owner": "alice",
+        "job_definition": "arn:aws:batch:eu-west-1:123456789012:job-definition/d:1",
+    }
     return JobRecord(
         job_id=job_id,
         job_name=name or f"name-{job_id}",
         job_queue=queue,
         job_queue_arn=f"arn:aws:batch:eu-west-1:123456789012:job-queue/{queue}",
-        job_definition=job_definition,
-        owner=owner,
-        status=status,
-        created_at=created_at,
-        stopped_at=stopped_at,
         command=["echo", job_id],
         environment={},
         resources=ResourceRequest(1, 512),
         container={"command": ["echo", job_id]},
-        **kw,
+        **{**defaults, **fields},
     )
 
 
