@@ -788,3 +788,19 @@ def test_a_script_the_store_cannot_keep_is_an_error_never_silently_dropped(store
     with pytest.raises(Exception, match="(?i)not.null|null value"), store.transaction():
         store.put_script("s", None, "alice")  # type: ignore[arg-type]
     assert store.get_script("s", "alice") is None
+
+
+def test_a_transaction_whose_commit_fails_leaves_nothing_and_the_store_usable(store: Store) -> None:
+    # A constraint checked only at COMMIT (deferred; in a scratch table of this session) makes
+    # the COMMIT itself fail. PostgreSQL ends the transaction then; SQLite keeps it open, and
+    # the SQLite store used to leave it so: every later transaction failed to begin.
+    sql = store._execute  # type: ignore[attr-defined]  # noqa: SLF001
+    sql("CREATE TEMP TABLE scratch_parent (id INTEGER PRIMARY KEY)")
+    sql("CREATE TEMP TABLE scratch_child (parent INTEGER REFERENCES scratch_parent (id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(Exception, match="(?i)foreign key"), store.transaction():
+        store.put_jobs([job("lost")])
+        sql("INSERT INTO scratch_child (parent) VALUES (?)", (1,))
+    assert store.get_job("lost") is None
+    with store.transaction():
+        store.put_jobs([job("kept")])
+    assert store.get_job("kept") is not None
