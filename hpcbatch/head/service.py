@@ -31,9 +31,9 @@ from hpcbatch.model.jobs import (
     ResourceRequest,
 )
 from hpcbatch.model.lifecycle import JobStatus
-from hpcbatch.model.multinode import child_job_id, resolve_nodes, split_child_id
+from hpcbatch.model.multinode import resolve_nodes, split_child_id
 from hpcbatch.model.submit import SCRIPT_ENV, SubmitFacts, SubmitPlan, plan_submit
-from hpcbatch.store import JobQuery, Store
+from hpcbatch.store import Store
 from hpcbatch.validation import (
     MAX_TAGS,
     ContainerLimits,
@@ -88,19 +88,6 @@ class JobIdGenerator:
 def _name_of(ref: str) -> str:
     """A name from a name or an ARN (``arn:aws:batch:r:a:job-queue/NAME``)."""
     return ref.rsplit("/", 1)[-1] if ref.startswith("arn:") else ref
-
-
-def _jobdef_filter(value: str) -> str:
-    """ListJobs' JOB_DEFINITION value as the store matches it: NAME, NAME:REVISION or PREFIX*.
-
-    An ARN names one revision (AWS: "the results include jobs that used the specified
-    revision"), and takes no '*'.
-    """
-    if value.startswith("arn:"):
-        if "*" in value:
-            raise ClientError(f"filters JOB_DEFINITION {value}: an asterisk (*) isn't supported when the ARN is used")
-        return value.rsplit("/", 1)[-1]
-    return value
 
 
 def _container_of(jobdef: dict[str, Any]) -> dict[str, Any]:
@@ -739,97 +726,31 @@ class BatchService:
         return doc
 
     def ListJobs(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """An array's children, a multi-node job's nodes, or a queue's jobs a page at a time:
+        the store selects and pages (the request read by hpcbatch.head.joblist)."""
+        from hpcbatch.head import joblist
         from hpcbatch.model.jobs import job_summary
 
-        if body.get("arrayJobId"):
-            parent = self._job(_name_of(body["arrayJobId"]))
-            if parent.array_size is None or not may_see_job(caller, parent.owner, self.private_data):
-                return {"jobSummaryList": []}
-            wanted = body.get("jobStatus")
-            ids = [f"{parent.job_id}:{i}" for i in range(parent.array_next)]
-            found = {j.job_id: j for j in self._jobs(ids)}
-            summaries = []
-            for index in range(parent.array_size):
-                child = found.get(f"{parent.job_id}:{index}")
-                if child is not None:
-                    summary = job_summary(child, self.region, self.account)
-                else:  # not placed yet: no record of its own (compact arrays)
-                    # parent is the engine's live record, or the store's (final, or a standby's read)
-                    status = "FAILED" if (parent.array_closed or parent.status.is_final) else "RUNNABLE"
-                    summary = {
-                        "jobArn": self.arn("job", f"{parent.job_id}:{index}"), "jobId": f"{parent.job_id}:{index}",
-                        "jobName": parent.job_name, "createdAt": parent.created_at, "status": status,
-                        "arrayProperties": {"index": index}, "jobDefinition": parent.job_definition,
-                    }
-                if not wanted or summary["status"] == wanted:
-                    summaries.append(summary)
+        parent, query = None, None
+        if body.get("arrayJobId") or body.get("multiNodeJobId"):
+            parent = self._job(_name_of(body.get("arrayJobId") or body["multiNodeJobId"]))
+            if may_see_job(caller, parent.owner, self.private_data):
+                query = joblist.children_query(body, parent)
+        else:
+            queue = _name_of(body["jobQueue"]) if body.get("jobQueue") else None
+            if queue is not None:
+                self._queue(queue)
+            query = joblist.queue_query(body, queue, caller, self.private_data)
+        if query is None:
+            return {"jobSummaryList": []}
+        jobs = [self.engine.jobs.get(j.job_id, j) for j in self.store.list_jobs(query)]  # the live record
+        summaries = [job_summary(j, self.region, self.account) for j in jobs]
+        if parent is not None and body.get("arrayJobId"):
+            placed = {j.array_index: s for j, s in zip(jobs, summaries, strict=True) if j.array_index is not None}
+            return {"jobSummaryList": joblist.array_summaries(parent, placed, body.get("jobStatus"), self.arn)}
+        if parent is not None:
             return {"jobSummaryList": summaries}
-        if body.get("multiNodeJobId"):
-            parent = self._job(_name_of(body["multiNodeJobId"]))
-            if not may_see_job(caller, parent.owner, self.private_data):
-                return {"jobSummaryList": []}
-            ids = [child_job_id(parent.job_id, i) for i in range(parent.num_nodes)] if parent.is_gang else []
-            wanted = body.get("jobStatus")
-            return {
-                "jobSummaryList": [
-                    job_summary(j, self.region, self.account)
-                    for j in self._jobs(ids)
-                    if not wanted or j.status.value == wanted
-                ]
-            }
-        queue = _name_of(body["jobQueue"]) if body.get("jobQueue") else None
-        if queue is not None:
-            self._queue(queue)
-        statuses: tuple[JobStatus, ...] = ()
-        if not body.get("filters"):
-            # AWS: jobStatus is ignored when filters are given; without either, RUNNING only.
-            statuses = (JobStatus(body.get("jobStatus") or "RUNNING"),)
-        kwargs: dict[str, Any] = {}
-        for i, f in enumerate(body.get("filters", [])):
-            name, values = f.get("name"), f.get("values")  # both optional in the model
-            if not name:
-                raise ClientError(f"filters[{i}].name is required")
-            if not values:
-                raise ClientError(f"filters {name}: give one value")
-            value = values[0]
-            if name == "JOB_NAME":
-                kwargs["name_like"] = value
-            elif name in ("AFTER_CREATED_AT", "BEFORE_CREATED_AT"):
-                if not value.isdigit():
-                    raise ClientError(f"filters {name}: value must be epoch milliseconds")
-                kwargs["created_after" if name.startswith("AFTER") else "created_before"] = int(value)
-            elif name == "OWNER":  # hpcbatch extension: list --user
-                kwargs["owner"] = value
-            elif name == "JOB_DEFINITION":
-                kwargs["job_definition"] = _jobdef_filter(value)
-            else:
-                raise ClientError(
-                    f"filters name {name} is not one of JOB_NAME, JOB_DEFINITION, BEFORE_CREATED_AT, AFTER_CREATED_AT, OWNER"
-                )
-        if self.private_data and not caller.is_admin:
-            if kwargs.get("owner", caller.user) != caller.user:
-                return {"jobSummaryList": []}  # other users' jobs are private here
-            kwargs["owner"] = caller.user
-        after = None
-        if body.get("nextToken"):
-            try:
-                created, job_id = json.loads(base64.urlsafe_b64decode(body["nextToken"].encode()))
-                after = (int(created), str(job_id))
-            except (ValueError, TypeError):
-                raise ClientError("nextToken is not a token this API returned") from None
-        limit = body.get("maxResults") or 100
-        jobs = self.store.list_jobs(
-            JobQuery(queue=queue, statuses=statuses, limit=limit + 1, after=after, **kwargs)
-        )
-        more = len(jobs) > limit
-        jobs = jobs[:limit]
-        out: dict[str, Any] = {
-            "jobSummaryList": [job_summary(self.engine.jobs.get(j.job_id, j), self.region, self.account) for j in jobs]
-        }
-        if more and jobs:
-            last = jobs[-1]
-            out["nextToken"] = base64.urlsafe_b64encode(json.dumps([last.created_at, last.job_id]).encode()).decode()
-        return out
+        return joblist.page(query, jobs, summaries)
 
     def _parent_job(self, job_id: str) -> JobRecord:
         """CancelJob/TerminateJob on a node JOBID#i act on the whole multi-node job.

@@ -32,8 +32,21 @@ class JobQuery:
     created_after: int | None = None
     created_before: int | None = None
     limit: int = 100
-    after: tuple[int, str] | None = None  # (created_at, job_id) of the last item returned
+    after: tuple[int, str] | None = None  # (created_at, job_id) of the last item returned (newest-first lists)
     include_children: bool = False  # multi-node nodes (JOBID#i) are listed only on request
+    # One job's children instead of whole jobs, in index order (ListJobs' arrayJobId and
+    # multiNodeJobId): an array's children JOBID:i, or a multi-node job's nodes JOBID#i.
+    array_job: str | None = None
+    multi_node_job: str | None = None
+
+    @property
+    def children_of(self) -> tuple[str, str] | None:
+        """(parent job id, the separator of its children's ids), when listing children."""
+        if self.array_job is not None:
+            return self.array_job, ":"
+        if self.multi_node_job is not None:
+            return self.multi_node_job, "#"
+        return None
 
 
 def jobdef_column(job: JobRecord) -> str:

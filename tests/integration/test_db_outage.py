@@ -68,6 +68,14 @@ def test_the_store_answers_503_while_the_server_is_down_and_reconnects_with_its_
         with store.transaction():
             store.put_resource("queue", "q", 1, "VALID", {"jobQueueName": "q"})
         assert [d["jobQueueName"] for d in store.list_resources("queue")] == ["q"]
+        # Rows written in one batch (put_jobs, job events, audit) find the server gone the same
+        # way, even as the first call to: once a bare psycopg error, not the 503.
+        stop_server(postgres)
+        try:
+            with pytest.raises(DatabaseUnreachable, match="; retry"):
+                store.add_audit([{"at": 1, "user": "u", "operation": "CreateJobQueue", "outcome": "ok"}])
+        finally:
+            start_server(postgres)
     finally:
         store.close()
 
