@@ -78,10 +78,11 @@ def cluster_up(
     crash, a node) and keep what runs.
     """
     from hpcbatch.localcluster import LocalCluster, LocalClusterError, default_home, head_names_for
+    from hpcbatch.localrecord import ClusterShape
 
     local = LocalCluster(home)
     try:
-        local.up(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node, store=store, heads=heads, tls=tls)
+        local.up(ClusterShape(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node, store=store, heads=heads, tls=tls))
     except LocalClusterError as e:
         _fail(e)
     if json_output():
