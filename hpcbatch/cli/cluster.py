@@ -69,7 +69,7 @@ def _fail(e: Exception) -> NoReturn:
 )
 @_home_option
 @global_options
-def cluster_up(
+def cluster_up(  # noqa: PLR0913 - a click command: each option is a parameter
     nodes: int | None, netns: bool, gpus_per_node: int | None, store: str | None, heads: int | None, tls: bool, home: str | None
 ) -> None:
     """Start a local cluster with compute environment and job queue `default`.

@@ -92,7 +92,7 @@ def describe(job_ids: tuple[str, ...], cli_input_json: str | None) -> None:
 )
 @cli_input_json_option
 @global_options
-def list_jobs(
+def list_jobs(  # noqa: PLR0913 - a click command: each option is a parameter
     queue: str | None,
     status: str | None,
     user: str | None,
