@@ -22,7 +22,7 @@ from aiohttp import web
 from hpcbatch.auth.keys import AccessKey
 from hpcbatch.auth.policy import AccessDenied, Caller, authorize, may_see_job
 from hpcbatch.console.nodepages import STATES as NODE_STATES
-from hpcbatch.console.nodepages import NodesView, read_page
+from hpcbatch.console.nodepages import NodesPage, NodesView, read_page
 from hpcbatch.console.operations import perform
 from hpcbatch.console.sessions import COOKIE, SESSION_TTL_S, Session, Sessions
 from hpcbatch.errors import ClientError, HpcbatchError
@@ -399,12 +399,14 @@ class Console:
             view = NodesView.from_query(request.query)
             page = await read_page(lambda body: self.call(request, "ListNodes", body), view)
         except ClientError as exc:
-            return self.render(request, "nodes.html", nodes=[], view=view, states=NODE_STATES, error=exc.message,
-                               next_url=None, previous_url=None, first_url=view.first_url(), scanned=0)
+            page, error = NodesPage(nodes=[], next_token=None, scanned=0), exc.message
+        else:
+            error = None
         return self.render(
-            request, "nodes.html", nodes=page.nodes, view=view, states=NODE_STATES, error=None,
+            request, "nodes.html", nodes=page.nodes, error=error, states=NODE_STATES, filter_state=view.state,
+            page_size=view.size, back_url=view.url(), scanned=page.scanned,
             next_url=view.next_url(page.next_token) if page.next_token else None,
-            previous_url=view.previous_url(), first_url=view.first_url(), scanned=page.scanned,
+            previous_url=view.previous_url(), first_url=view.first_url(),
         )
 
     async def node_action(self, request: web.Request) -> web.StreamResponse:
