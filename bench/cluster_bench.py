@@ -37,6 +37,7 @@ from concurrent.futures import wait
 
 from hpcbatch.client import Client
 from hpcbatch.localcluster import LocalCluster
+from hpcbatch.localrecord import ClusterShape
 
 NODES = int(os.environ.get("BENCH_NODES", "4"))
 JOBS = int(os.environ.get("BENCH_JOBS", "1000"))
@@ -144,7 +145,7 @@ def bench_mpi(runs: int = 3) -> dict[str, float | str]:
     os.chmod(home, 0o755)
     cluster = LocalCluster(home)
     try:
-        cluster.up(nodes=4, netns=True)
+        cluster.up(ClusterShape(nodes=4, netns=True))
         assert cluster.endpoint is not None
         client = Client(cluster.endpoint, timeout=30)
         per_node = {
@@ -228,7 +229,7 @@ def main() -> int:
     home = tempfile.mkdtemp(prefix="hpcbatch-bench-")
     cluster = LocalCluster(home)
     try:
-        cluster.up(nodes=NODES)
+        cluster.up(ClusterShape(nodes=NODES))
         assert cluster.endpoint is not None
         client = Client(cluster.endpoint, timeout=30, max_workers=8)
         results: dict[str, float | str] = {"nodes": NODES}

@@ -22,6 +22,7 @@ import time
 
 from hpcbatch.client import Client
 from hpcbatch.localcluster import LocalCluster
+from hpcbatch.localrecord import ClusterShape
 
 BIN = os.path.dirname(sys.executable)
 
@@ -35,7 +36,7 @@ def main() -> int:
     cluster = LocalCluster(home)
     results: dict[str, float] = {}
     try:
-        cluster.up(nodes=4, netns=True)
+        cluster.up(ClusterShape(nodes=4, netns=True))
         assert cluster.endpoint is not None
         env = dict(os.environ, HPCBATCH_ENDPOINT=cluster.endpoint, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
         samples = []

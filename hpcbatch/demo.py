@@ -22,6 +22,7 @@ from rich.table import Table
 from hpcbatch.cli.output import distinct_suffixes, fold_nodes
 from hpcbatch.client import Client
 from hpcbatch.localcluster import LocalCluster
+from hpcbatch.localrecord import ClusterShape
 
 REPO = Path(__file__).resolve().parents[1]
 MPIRUN = Path(sys.executable).parent / "mpirun"
@@ -82,90 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console()
     cluster = LocalCluster()
-    status = cluster.status()
-    if status.running:
-        console.print(f"[bold]Using the local cluster already running at {cluster.endpoint}[/]")
-    else:
-        netns = os.geteuid() == 0 and not args.loopback
-        where = "each in its own network namespace" if netns else "on loopback"
-        console.print(f"[bold]Starting a local cluster: 1 head + {args.nodes} agents {where} ...[/]")
-        cluster.up(nodes=args.nodes, netns=netns)
+    _start_cluster(console, cluster, args)
     assert cluster.endpoint is not None
     client = Client(cluster.endpoint)
     try:
         nodes = client.list_nodes()["nodes"]
         console.print(f"head {cluster.endpoint}; nodes: {', '.join(n['name'] + ' ' + n['state'] for n in nodes)}")
-        script_id = client.put_script(SCRIPT)
-        jobs = {
-            "hello": _submit(client, "hello", ["sh", "-c", "echo hello from $HOSTNAME, job $AWS_BATCH_JOB_ID on $AWS_BATCH_CE_NAME"]),
-            "retry": _submit(client, "flaky", ["sh", "-c", "echo attempt $AWS_BATCH_JOB_ATTEMPT; exit 3"], retryStrategy={"attempts": 2}),
-            "memory": _submit(
-                client, "memory-hog",
-                [sys.executable, "-c", "b = bytearray(400 << 20); import time; time.sleep(5)"],
-                overrides={"resourceRequirements": [{"type": "MEMORY", "value": "128"}]},
-            ),
-            "script": _submit(
-                client, "script", ["one", "two"],
-                overrides={"environment": [{"name": "HPCBATCH_SCRIPT_ID", "value": script_id}]},
-            ),
-        }
-        first = jobs["hello"]
-        jobs["after"] = _submit(client, "after-hello", ["echo", "ran after hello finished"], dependsOn=[{"jobId": first}])
-        mpi_nodes = min(4, len(nodes))
-        if cluster.netns_layout is None:
-            why = ("this cluster is on loopback: stop it (hpcbatch cluster down) and run the demo again"
-                   if os.geteuid() == 0 and not args.loopback else "the demo makes them as root only")
-            console.print(f"[yellow]no multi-node MPI job: four hosts need network namespaces ({why})[/]")
-        elif not MPIRUN.exists():
-            console.print(f"[yellow]no multi-node MPI job: no mpirun at {MPIRUN} (scripts/setup installs it)[/]")
-        elif mpi_nodes > 1:
-            jobs["mpi"] = _submit_mpi(client, mpi_nodes)
+        jobs = _submit_jobs(console, client, cluster, args, len(nodes))
         console.print(f"submitted {len(jobs)} jobs; waiting for them to finish ...")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            details = client.describe_jobs(jobs=list(jobs.values()))["jobs"]
-            if all(d["status"] in ("SUCCEEDED", "FAILED") for d in details):
-                break
-            time.sleep(0.2)
-        table = Table(title="Jobs")
+        _wait_all(client, jobs)
         details = client.describe_jobs(jobs=list(jobs.values()))["jobs"]
-        mpi_hosts: list[str] = []
-        if "mpi" in jobs:
-            num = int(next(d for d in details if d["jobId"] == jobs["mpi"])["nodeProperties"]["numNodes"])
-            children = client.describe_jobs(jobs=[f"{jobs['mpi']}#{i}" for i in range(num)])["jobs"]
-            mpi_hosts = [c.get("nodeName") or "" for c in children]
-        ids = _id_cells([d["jobId"] for d in details], console.width)
-        rows = []
-        for d, shown in zip(details, ids, strict=True):
-            c = d.get("container", {})
-            node = fold_nodes(mpi_hosts) if d["jobId"] == jobs.get("mpi") else d.get("nodeName", "-")
-            rows.append([
-                d["jobName"], shown, d["status"], str(len(d["attempts"])), node,
-                str(c.get("exitCode", "-")),
-                c.get("reason") or (d.get("statusReason", "") if d["status"] == "FAILED" else ""),
-            ])
-        columns = ("name", "job id", "status", "attempts", "node", "exit", "reason")
-        for k, col in enumerate(columns):  # only the reason gives way on a narrow console
-            if col == "reason":
-                table.add_column(col, overflow="fold")
-            else:
-                table.add_column(col, no_wrap=True, min_width=max(len(col), *(len(r[k]) for r in rows)))
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-        for d in details:
-            log_id = f"{d['jobId']}#0" if d["jobId"] == jobs.get("mpi") else d["jobId"]
-            for i in range(len(d["attempts"])):
-                out = client.get_job_logs(log_id, attempt=i)["data"].rstrip()
-                if out:
-                    console.print(f"[bold]{d['jobName']}[/] attempt {i + 1} output:\n{out}", highlight=False)
-        if "mpi" in jobs:
-            out = client.get_job_logs(f"{jobs['mpi']}#0")["data"]
-            ranks = re.findall(r"hello from rank \d+ of \d+ on (\S+)", out)
-            console.print(
-                f"[bold]mpi-hello[/]: {len(ranks)} ranks on {len(set(ranks))} hosts ({fold_nodes(sorted(set(ranks)))}), "
-                "started by one mpirun through the node agents (no SSH), traffic on the fabric above"
-            )
+        console.print(_jobs_table(console, client, jobs, details))
+        _print_outputs(console, client, jobs, details)
         console.print(
             "\nTry it yourself:  [bold]source .venv/bin/activate; export HPCBATCH_HOME=$PWD/.hpcbatch[/]\n"
             "  hpcbatch submit -- echo hi      hpcbatch list      hpcbatch logs JOBID      hpcbatch nodes list\n"
@@ -178,6 +107,105 @@ def main(argv: list[str] | None = None) -> int:
             cluster.down()
             console.print("cluster stopped")
     return 0
+
+
+def _start_cluster(console: Console, cluster: LocalCluster, args: argparse.Namespace) -> None:
+    """Use the local cluster that runs, or start one (in namespaces as root, unless --loopback)."""
+    if cluster.status().running:
+        console.print(f"[bold]Using the local cluster already running at {cluster.endpoint}[/]")
+        return
+    netns = os.geteuid() == 0 and not args.loopback
+    where = "each in its own network namespace" if netns else "on loopback"
+    console.print(f"[bold]Starting a local cluster: 1 head + {args.nodes} agents {where} ...[/]")
+    cluster.up(ClusterShape(nodes=args.nodes, netns=netns))
+
+
+def _submit_jobs(
+    console: Console, client: Client, cluster: LocalCluster, args: argparse.Namespace, node_count: int
+) -> dict[str, str]:
+    """The demo's jobs by role: hello, a retry, a memory limit, a script, a dependency, MPI."""
+    script_id = client.put_script(SCRIPT)
+    jobs = {
+        "hello": _submit(client, "hello", ["sh", "-c", "echo hello from $HOSTNAME, job $AWS_BATCH_JOB_ID on $AWS_BATCH_CE_NAME"]),
+        "retry": _submit(client, "flaky", ["sh", "-c", "echo attempt $AWS_BATCH_JOB_ATTEMPT; exit 3"], retryStrategy={"attempts": 2}),
+        "memory": _submit(
+            client, "memory-hog",
+            [sys.executable, "-c", "b = bytearray(400 << 20); import time; time.sleep(5)"],
+            overrides={"resourceRequirements": [{"type": "MEMORY", "value": "128"}]},
+        ),
+        "script": _submit(
+            client, "script", ["one", "two"],
+            overrides={"environment": [{"name": "HPCBATCH_SCRIPT_ID", "value": script_id}]},
+        ),
+    }
+    first = jobs["hello"]
+    jobs["after"] = _submit(client, "after-hello", ["echo", "ran after hello finished"], dependsOn=[{"jobId": first}])
+    mpi_nodes = min(4, node_count)
+    if cluster.netns_layout is None:
+        why = ("this cluster is on loopback: stop it (hpcbatch cluster down) and run the demo again"
+               if os.geteuid() == 0 and not args.loopback else "the demo makes them as root only")
+        console.print(f"[yellow]no multi-node MPI job: four hosts need network namespaces ({why})[/]")
+    elif not MPIRUN.exists():
+        console.print(f"[yellow]no multi-node MPI job: no mpirun at {MPIRUN} (scripts/setup installs it)[/]")
+    elif mpi_nodes > 1:
+        jobs["mpi"] = _submit_mpi(client, mpi_nodes)
+    return jobs
+
+
+def _wait_all(client: Client, jobs: dict[str, str], timeout: float = 120) -> None:
+    """Until every job has ended, or ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        details = client.describe_jobs(jobs=list(jobs.values()))["jobs"]
+        if all(d["status"] in ("SUCCEEDED", "FAILED") for d in details):
+            return
+        time.sleep(0.2)
+
+
+def _jobs_table(console: Console, client: Client, jobs: dict[str, str], details: list[dict[str, Any]]) -> Table:
+    """One row a job: name, id, status, attempts, node (the MPI job's hosts folded), exit, reason."""
+    table = Table(title="Jobs")
+    mpi_hosts: list[str] = []
+    if "mpi" in jobs:
+        num = int(next(d for d in details if d["jobId"] == jobs["mpi"])["nodeProperties"]["numNodes"])
+        children = client.describe_jobs(jobs=[f"{jobs['mpi']}#{i}" for i in range(num)])["jobs"]
+        mpi_hosts = [c.get("nodeName") or "" for c in children]
+    ids = _id_cells([d["jobId"] for d in details], console.width)
+    rows = []
+    for d, shown in zip(details, ids, strict=True):
+        c = d.get("container", {})
+        node = fold_nodes(mpi_hosts) if d["jobId"] == jobs.get("mpi") else d.get("nodeName", "-")
+        rows.append([
+            d["jobName"], shown, d["status"], str(len(d["attempts"])), node,
+            str(c.get("exitCode", "-")),
+            c.get("reason") or (d.get("statusReason", "") if d["status"] == "FAILED" else ""),
+        ])
+    columns = ("name", "job id", "status", "attempts", "node", "exit", "reason")
+    for k, col in enumerate(columns):  # only the reason gives way on a narrow console
+        if col == "reason":
+            table.add_column(col, overflow="fold")
+        else:
+            table.add_column(col, no_wrap=True, min_width=max(len(col), *(len(r[k]) for r in rows)))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_outputs(console: Console, client: Client, jobs: dict[str, str], details: list[dict[str, Any]]) -> None:
+    """Every attempt's output, and where the MPI job's ranks ran."""
+    for d in details:
+        log_id = f"{d['jobId']}#0" if d["jobId"] == jobs.get("mpi") else d["jobId"]
+        for i in range(len(d["attempts"])):
+            out = client.get_job_logs(log_id, attempt=i)["data"].rstrip()
+            if out:
+                console.print(f"[bold]{d['jobName']}[/] attempt {i + 1} output:\n{out}", highlight=False)
+    if "mpi" in jobs:
+        out = client.get_job_logs(f"{jobs['mpi']}#0")["data"]
+        ranks = re.findall(r"hello from rank \d+ of \d+ on (\S+)", out)
+        console.print(
+            f"[bold]mpi-hello[/]: {len(ranks)} ranks on {len(set(ranks))} hosts ({fold_nodes(sorted(set(ranks)))}), "
+            "started by one mpirun through the node agents (no SSH), traffic on the fabric above"
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ head's key pair and each agent's (kept in the agent's own state folder, as the a
 itself would on first start), pins the head's public key in every agent's config and
 pre-seeds each agent's public key into the head's ``node_keys/accepted/``.
 
-    >>> cluster = LocalCluster("/tmp/hb").up(nodes=2)   # doctest: +SKIP
+    >>> cluster = LocalCluster("/tmp/hb").up(ClusterShape(nodes=2))   # doctest: +SKIP
     >>> cluster.endpoint                                 # doctest: +SKIP
     'unix:/tmp/hb/cluster/head/api.sock'
     >>> cluster.down()                                   # doctest: +SKIP
@@ -66,8 +66,10 @@ import psutil
 from hpcbatch.client import Client
 from hpcbatch.curve import ensure_keypair
 from hpcbatch.errors import HpcbatchError
-from hpcbatch.localsupervisor import (
+from hpcbatch.localrecord import (
     SUPERVISOR_MODULE,
+    ClusterShape,
+    alive,
     find_supervisor,
     next_restart,
     record_of,
@@ -82,9 +84,8 @@ from hpcbatch.netns import (
     require_root,
     tag_for,
 )
-from hpcbatch.store.migrate import is_postgresql, redact
+from hpcbatch.store.migrate import redact
 
-DEFAULT_NODES = 4
 DEFAULT_NAME = "default"  # the compute environment and the job queue `cluster up` creates
 PLACEMENT_GROUP = "rack1"  # every namespaced node: one switch, as a gang would want
 READY_TIMEOUT_S = 15.0
@@ -112,16 +113,6 @@ def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _alive(record: dict[str, Any]) -> bool:
-    """Is the recorded process still the one we started (same pid and start time)?"""
-    try:
-        proc = psutil.Process(int(record["pid"]))
-        same = abs(proc.create_time() - float(record["create_time"])) < 0.01
-        return same and bool(proc.status() != psutil.STATUS_ZOMBIE)
-    except (psutil.Error, KeyError, TypeError, ValueError):
-        return False
 
 
 def _tail(path: str, lines: int = 8) -> str:
@@ -219,73 +210,65 @@ class LocalCluster:
         """This home's tag: every namespace, link and bridge of its cluster carries it."""
         return tag_for(self.home)
 
-    def up(
-        self, nodes: int | None = None, timeout: float = READY_TIMEOUT_S, netns: bool = False,
-        gpus_per_node: int | None = None, store: str | None = None, heads: int | None = None, tls: bool = True,
-    ) -> LocalCluster:
-        """Start a head and ``nodes`` agents, wait until all are ACTIVE, create CE and queue.
-
-        ``netns``: every node in its own network and UTS namespaces (root only).
-        ``gpus_per_node``: each agent declares that many GPUs (``GPU-node<i>-<j>``; no
-        devices behind them): scheduling and ``CUDA_VISIBLE_DEVICES`` without hardware.
-        ``store``: a ``postgresql://`` URL to keep the state in (default: SQLite in the
-        head's folder); ``heads``: how many heads share it (one active, the rest standbys).
+    def up(self, shape: ClusterShape | None = None, timeout: float = READY_TIMEOUT_S) -> LocalCluster:
+        """Start a head and ``shape.nodes`` agents, wait until all are ACTIVE, create CE and queue.
 
         A recorded cluster of which anything still runs is not started again: what of it
         is dead is restarted and what lives is kept (options left out mean "as recorded";
-        ones that differ from the record are refused).
-        ``tls``: HTTPS on the TCP API, with the local CA (``ca_bundle``)."""
+        ones that differ from the record are refused)."""
+        shape = shape or ClusterShape()
         existing = self.record()
         if existing and self._any_alive(existing):
-            self._check_shape(existing, nodes, netns, gpus_per_node, store, heads)
+            self._check_shape(existing, shape)
             self._restart_dead(timeout)
             return self
-        nodes = DEFAULT_NODES if nodes is None else nodes
-        heads = 1 if heads is None else heads
-        gpus_per_node = 0 if gpus_per_node is None else gpus_per_node
-        if nodes < 1:
-            raise LocalClusterError("nodes: must be at least 1")
-        if heads < 1:
-            raise LocalClusterError("heads: must be at least 1")
-        if store and not is_postgresql(store):
-            raise LocalClusterError(
-                f"store: {store!r} is not a postgresql:// URL (without --store the cluster keeps SQLite in its folder)"
-            )
-        if heads > 1 and not store:
-            raise LocalClusterError("heads: several heads share one PostgreSQL store: give --store postgresql://…")
-        if gpus_per_node < 0:
-            raise LocalClusterError("gpus_per_node: must not be negative")
-        if netns:
+        shape = shape.with_defaults()
+        head_names = self._check_new(shape)
+        if existing:
+            self.down()  # what a crashed cluster left: its namespaces go before ours are made
+        os.makedirs(self.dir, exist_ok=True)
+        record: dict[str, Any] = {"processes": {}, "nodes": shape.nodes, "heads": head_names,
+                                  "store": redact(shape.store) if shape.store else "sqlite",
+                                  "gpus_per_node": shape.gpus_per_node}
+        try:
+            layout = self._create_netns(shape.nodes or 0, record) if shape.netns else None
+            self._up(shape, timeout, record, head_names, layout)
+        except BaseException as e:
+            self._after_failed_up(e)
+            raise
+        return self
+
+    def _check_new(self, shape: ClusterShape) -> list[str]:
+        """Refuse a shape that cannot start here (``--netns`` needs root; the head's socket
+        path must fit); the heads' names."""
+        problem = shape.problem()
+        if problem is not None:
+            raise LocalClusterError(problem)
+        if shape.netns:
             try:
                 require_root()
             except NetnsError as e:
                 raise LocalClusterError(f"--netns: {e}") from None
-        head_names = head_names_for(heads)
+        head_names = head_names_for(shape.heads or 1)
         api_socket = os.path.join(self.dir, head_names[-1], "api.sock")  # the longest
         if len(os.fsencode(api_socket)) > MAX_UNIX_PATH:
             raise LocalClusterError(
                 f"the head's socket {api_socket} would be longer than {MAX_UNIX_PATH} bytes: "
                 "use a shorter --home or $HPCBATCH_HOME"
             )
-        if existing:
-            self.down()  # what a crashed cluster left: its namespaces go before ours are made
-        os.makedirs(self.dir, exist_ok=True)
-        record: dict[str, Any] = {"processes": {}, "nodes": nodes, "heads": head_names,
-                                  "store": redact(store) if store else "sqlite", "gpus_per_node": gpus_per_node}
+        return head_names
+
+    def _after_failed_up(self, e: BaseException) -> None:
+        """Stop what a failed ``up`` started; our errors become a LocalClusterError saying where
+        to look (anything else goes on as it is)."""
         try:
-            layout = self._create_netns(nodes, record) if netns else None
-            self._up(nodes, timeout, record, head_names, layout, gpus_per_node, store or "", tls)
-        except BaseException as e:
-            try:
-                self.down()
-            except LocalClusterError as cleanup:  # keep the first error; say what is left
-                e.add_note(str(cleanup))
-            if isinstance(e, NetnsError):
-                raise LocalClusterError(f"--netns: {e}") from e
-            if isinstance(e, HpcbatchError | OSError):
-                raise LocalClusterError(f"{e}\nlogs: {os.path.join(self.dir, '*.log')}") from e
-            raise
-        return self
+            self.down()
+        except LocalClusterError as cleanup:  # keep the first error; say what is left
+            e.add_note(str(cleanup))
+        if isinstance(e, NetnsError):
+            raise LocalClusterError(f"--netns: {e}") from e
+        if isinstance(e, HpcbatchError | OSError):
+            raise LocalClusterError(f"{e}\nlogs: {os.path.join(self.dir, '*.log')}") from e
 
     def _create_netns(self, nodes: int, record: dict[str, Any]) -> NetnsLayout:
         """The nodes' namespaces, recorded before anything else starts (``down`` undoes them)."""
@@ -299,17 +282,11 @@ class LocalCluster:
         return layout
 
     def _up(
-        self,
-        nodes: int,
-        timeout: float,
-        record: dict[str, Any],
-        head_names: list[str],
+        self, shape: ClusterShape, timeout: float, record: dict[str, Any], head_names: list[str],
         layout: NetnsLayout | None,
-        gpus_per_node: int = 0,
-        store: str = "",
-        tls: bool = False,
     ) -> None:
         """Configs, heads, agents (each on its node when ``layout``), readiness, CE and queue."""
+        nodes, gpus_per_node, store, tls = shape.nodes or 0, shape.gpus_per_node or 0, shape.store or "", shape.tls
         # The fleet endpoint on the management bridge when nodes have their own namespaces;
         # the HTTP API stays on loopback (and the Unix socket).
         host = layout.host_mgmt_ip if layout else "127.0.0.1"
@@ -579,7 +556,7 @@ class LocalCluster:
     def _live(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """The recorded daemons that run, by recorded pid or found by their config file."""
         records: dict[str, dict[str, Any]] = doc.get("processes") or {}
-        live = {name: p for name, p in records.items() if _alive(p)}
+        live = {name: p for name, p in records.items() if alive(p)}
         if len(live) < len(records):
             found = running_by_config()
             for name in records.keys() - live.keys():
@@ -591,22 +568,9 @@ class LocalCluster:
     def _any_alive(self, doc: dict[str, Any]) -> bool:
         return bool(self._live(doc)) or self._supervisor(doc) is not None
 
-    def _check_shape(
-        self, doc: dict[str, Any], nodes: int | None, netns: bool, gpus: int | None, store: str | None,
-        heads: int | None,
-    ) -> None:
+    def _check_shape(self, doc: dict[str, Any], shape: ClusterShape) -> None:
         """Refuse options that differ from the running cluster's: changing it takes a ``down``."""
-        differs = []
-        if nodes is not None and nodes != doc.get("nodes"):
-            differs.append(f"--nodes {nodes} (it has {doc.get('nodes')})")
-        if heads is not None and heads != len(doc.get("heads") or ["head"]):
-            differs.append(f"--heads {heads} (it has {len(doc.get('heads') or ['head'])})")
-        if gpus is not None and gpus != doc.get("gpus_per_node", 0):
-            differs.append(f"--gpus-per-node {gpus} (it has {doc.get('gpus_per_node', 0)})")
-        if store is not None and redact(store) != doc.get("store"):
-            differs.append(f"--store {redact(store)} (it has {doc.get('store')})")
-        if netns and not doc.get("netns"):
-            differs.append("--netns (it has none)")
+        differs = shape.differences(doc)
         if differs:
             raise LocalClusterError(
                 f"a local cluster is already running in {self.dir} ({doc.get('endpoint')}), not as asked: "
@@ -677,7 +641,7 @@ class LocalCluster:
     def _supervisor(self, doc: dict[str, Any]) -> dict[str, Any] | None:
         """This cluster's live supervisor: the recorded one, or one found by its command line."""
         recorded = doc.get("supervisor")
-        if isinstance(recorded, dict) and _alive(recorded):
+        if isinstance(recorded, dict) and alive(recorded):
             return recorded
         found = find_supervisor(self.home)
         return record_of(found) if found is not None else None
@@ -693,7 +657,7 @@ class LocalCluster:
                 return []
             records: dict[str, dict[str, Any]] = doc.get("processes") or {}
             agents = {n: p for n, p in records.items() if not _is_head(n)}
-            dead = [n for n, p in agents.items() if not _alive(p)]
+            dead = [n for n, p in agents.items() if not alive(p)]
             if not dead:
                 return []
             found = running_by_config()
@@ -747,10 +711,10 @@ class LocalCluster:
         if supervisor is not None:  # first, or it would restart the agents stopped below
             _signal(supervisor, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while _alive(supervisor) and time.monotonic() < deadline:
+            while alive(supervisor) and time.monotonic() < deadline:
                 self._reap()
                 time.sleep(0.05)
-            if _alive(supervisor):
+            if alive(supervisor):
                 _signal(supervisor, signal.SIGKILL)
         live = self._live(doc)
         # Agents signalled before the heads, so they can still say goodbye to them.
@@ -758,11 +722,11 @@ class LocalCluster:
         for name in order:
             _signal(live[name], signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(live[n]) for n in order):
+        while time.monotonic() < deadline and any(alive(live[n]) for n in order):
             self._reap()
             time.sleep(0.05)
         for name in order:
-            if _alive(live[name]):
+            if alive(live[name]):
                 # Its whole session: the agent's job processes go with it.
                 _signal(live[name], signal.SIGKILL, group=True)
         self._reap(wait=True)

@@ -42,11 +42,13 @@ from hpcbatch.cli.common import get_client, global_options, json_output, print_j
               help="Seconds per host from the agent's start until it is ACTIVE.")
 @click.option("--parallel", type=click.IntRange(min=1), default=32, show_default=True, help="Hosts at a time.")
 @global_options
-def nodes_bootstrap(hosts: str, wheel: Path, head: str, head_key: Path, username: str, identity: Path | None,
-                    known_hosts: Path | None, no_host_key_check: bool, prefix: str, pip_args: str,
-                    extra: tuple[str, ...], compute_environment: str, placement_group: str | None,
-                    fabric_interface: str | None, fabric_mtu: int, api_endpoint: str, allow_root_jobs: bool, connect_timeout: float,
-                    ready_timeout: float, parallel: int) -> None:
+def nodes_bootstrap(  # noqa: PLR0913 - a click command: each option is a parameter
+    hosts: str, wheel: Path, head: str, head_key: Path, username: str, identity: Path | None,
+    known_hosts: Path | None, no_host_key_check: bool, prefix: str, pip_args: str,
+    extra: tuple[str, ...], compute_environment: str, placement_group: str | None,
+    fabric_interface: str | None, fabric_mtu: int, api_endpoint: str, allow_root_jobs: bool, connect_timeout: float,
+    ready_timeout: float, parallel: int
+) -> None:
     """Install, configure, enroll and start an agent on each of HOSTS (a hostlist: node[1-4]).
 
     \b

@@ -69,7 +69,7 @@ def _fail(e: Exception) -> NoReturn:
 )
 @_home_option
 @global_options
-def cluster_up(
+def cluster_up(  # noqa: PLR0913 - a click command: each option is a parameter
     nodes: int | None, netns: bool, gpus_per_node: int | None, store: str | None, heads: int | None, tls: bool, home: str | None
 ) -> None:
     """Start a local cluster with compute environment and job queue `default`.
@@ -78,10 +78,11 @@ def cluster_up(
     crash, a node) and keep what runs.
     """
     from hpcbatch.localcluster import LocalCluster, LocalClusterError, default_home, head_names_for
+    from hpcbatch.localrecord import ClusterShape
 
     local = LocalCluster(home)
     try:
-        local.up(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node, store=store, heads=heads, tls=tls)
+        local.up(ClusterShape(nodes=nodes, netns=netns, gpus_per_node=gpus_per_node, store=store, heads=heads, tls=tls))
     except LocalClusterError as e:
         _fail(e)
     if json_output():

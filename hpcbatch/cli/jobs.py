@@ -20,6 +20,7 @@ from hpcbatch.cli.common import (
     print_json,
     require,
 )
+from hpcbatch.cli.timetext import human_reason, start_time
 from hpcbatch.errors import HpcbatchError
 
 JOB_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
@@ -91,7 +92,7 @@ def describe(job_ids: tuple[str, ...], cli_input_json: str | None) -> None:
 )
 @cli_input_json_option
 @global_options
-def list_jobs(
+def list_jobs(  # noqa: PLR0913 - a click command: each option is a parameter
     queue: str | None,
     status: str | None,
     user: str | None,
@@ -149,13 +150,6 @@ def list_jobs(
     from hpcbatch.cli.output import print_jobs
 
     print_jobs(jobs, queue=body.get("jobQueue"))
-
-
-def start_time(ms: Any) -> str:
-    """An expected start (ms since the epoch) as UTC time, ``N/A`` when unknown (as squeue)."""
-    if not isinstance(ms, int | float):
-        return "N/A"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 def _print_starts(jobs: list[dict[str, Any]]) -> None:
@@ -342,8 +336,6 @@ def wait(job_ids: tuple[str, ...], timeout: float | None, poll: float) -> None:
 
 def tell_reasons(latest: dict[str, dict[str, Any]], seen: dict[str, tuple[Any, Any]], status: Any) -> None:
     """Print a job's status and reason to stderr each time they change, so a wait is never silent."""
-    from hpcbatch.cli.why import human_reason
-
     for job_id, job in latest.items():
         now = (job.get("status"), job.get("statusReason"))
         if seen.get(job_id) == now:

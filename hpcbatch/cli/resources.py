@@ -98,7 +98,7 @@ def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
 @tags_option
 @cli_input_json_option
 @global_options
-def ce_create(
+def ce_create(  # noqa: PLR0913 - a click command: each option is a parameter
     name: str | None,
     ce_type: str | None,
     state: str | None,
@@ -252,7 +252,7 @@ def _time_limits(cancel_after: tuple[str, ...]) -> list[dict[str, Any]] | None:
 @tags_option
 @cli_input_json_option
 @global_options
-def queue_create(
+def queue_create(  # noqa: PLR0913 - a click command: each option is a parameter
     name: str | None,
     priority: int | None,
     state: str | None,
@@ -287,7 +287,7 @@ def queue_create(
 @_with(_queue_options)
 @cli_input_json_option
 @global_options
-def queue_update(
+def queue_update(  # noqa: PLR0913 - a click command: each option is a parameter
     name: str | None,
     priority: int | None,
     state: str | None,
@@ -377,7 +377,7 @@ def jobdef() -> None:
 @global_options
 @click.argument("name", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def jobdef_register(
+def jobdef_register(  # noqa: PLR0913 - a click command: each option is a parameter
     jd_type: str | None,
     image: str | None,
     vcpus: float | None,

@@ -316,9 +316,11 @@ def resource_options(f: Any) -> Any:
 @resource_options
 @global_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(nodes: int | None, ntasks_per_node: int, pty: bool, node: str | None, jobid: str | None, queue: str | None,
-        name: str | None, vcpus: float | None, memory: int | None, gpus: int | None, timeout: int | None,
-        command: tuple[str, ...]) -> None:
+def run(  # noqa: PLR0913 - a click command: each option is a parameter
+    nodes: int | None, ntasks_per_node: int, pty: bool, node: str | None, jobid: str | None, queue: str | None,
+    name: str | None, vcpus: float | None, memory: int | None, gpus: int | None, timeout: int | None,
+    command: tuple[str, ...]
+) -> None:
     """Run a command on every node of a job, each line labelled with its node (srun).
 
     \b
@@ -370,8 +372,10 @@ def run(nodes: int | None, ntasks_per_node: int, pty: bool, node: str | None, jo
 @resource_options
 @global_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def alloc(nodes: int, queue: str | None, name: str | None, vcpus: float | None, memory: int | None,
-          gpus: int | None, timeout: int | None, command: tuple[str, ...]) -> None:
+def alloc(  # noqa: PLR0913 - a click command: each option is a parameter
+    nodes: int, queue: str | None, name: str | None, vcpus: float | None, memory: int | None,
+    gpus: int | None, timeout: int | None, command: tuple[str, ...]
+) -> None:
     """Hold nodes and open a shell with the job's environment there (salloc).
 
     \b

@@ -21,6 +21,8 @@ from aiohttp import web
 
 from hpcbatch.auth.keys import AccessKey
 from hpcbatch.auth.policy import AccessDenied, Caller, authorize, may_see_job
+from hpcbatch.console.nodepages import STATES as NODE_STATES
+from hpcbatch.console.nodepages import NodesPage, NodesView, read_page
 from hpcbatch.console.operations import perform
 from hpcbatch.console.sessions import COOKIE, SESSION_TTL_S, Session, Sessions
 from hpcbatch.errors import ClientError, HpcbatchError
@@ -392,8 +394,21 @@ class Console:
         return self.render(request, "queues.html", queues=queues, ces=ces, capacity=capacity, per_queue=per_queue)
 
     async def nodes(self, request: web.Request) -> web.StreamResponse:
-        nodes = (await self.call(request, "ListNodes", {}))["nodes"]
-        return self.render(request, "nodes.html", nodes=nodes)
+        """A page of nodes (hpcbatch.console.nodepages): ListNodes' pages, filtered by state."""
+        view = NodesView()
+        try:
+            view = NodesView.from_query(request.query)
+            page = await read_page(lambda body: self.call(request, "ListNodes", body), view)
+        except ClientError as exc:
+            page, error = NodesPage(nodes=[], next_token=None, scanned=0), exc.message
+        else:
+            error = None
+        return self.render(
+            request, "nodes.html", nodes=page.nodes, error=error, states=NODE_STATES, filter_state=view.state,
+            page_size=view.size, back_url=view.url(), scanned=page.scanned,
+            next_url=view.next_url(page.next_token) if page.next_token else None,
+            previous_url=view.previous_url(), first_url=view.first_url(),
+        )
 
     async def node_action(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -408,7 +423,8 @@ class Console:
             await self.call(request, operation, body)
         except HpcbatchError as exc:
             return self.render(request, "error.html", exc.http_status, message=exc.message)
-        raise web.HTTPSeeOther("/console/nodes")
+        back = str(request["form"].get("back") or "")  # the page (filter, page) the action was taken on
+        raise web.HTTPSeeOther(back if back == "/console/nodes" or back.startswith("/console/nodes?") else "/console/nodes")
 
     # --------------------------------------------------------------- live updates
     async def stream(self, request: web.Request) -> web.StreamResponse:

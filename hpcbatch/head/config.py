@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -167,59 +168,107 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 def load_head_config(path: str | Path, *, store: str | None = None) -> HeadConfig:
     """Read and validate the head config (``store``, if given, replaces the file's)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ClientError(f"head config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ClientError(f"head config {path}: {exc}") from None
+    raw = _read_toml(path)
     if store:
         raw["store"] = store
     try:
         config = msgspec.convert(raw, HeadConfig)
     except msgspec.ValidationError as exc:
         raise ClientError(f"head config {path}: {exc}") from None
+    _raise_first_problem(path, config, (_check_basics, _check_roles, _check_rate_limits, _check_container_paths,
+                                        _check_container_limits, _check_auto_accept))
+    config.container_capabilities = check_capabilities(config.container_capabilities, f"head config {path}: container_capabilities")
+    _raise_first_problem(path, config, (_check_socket_path,))
+    return config
+
+
+def _raise_first_problem(path: str | Path, config: HeadConfig, checks: tuple[Callable[[HeadConfig], str | None], ...]) -> None:
+    """Run the checks in order; the first problem found is the user's error."""
+    for check in checks:
+        problem = check(config)
+        if problem is not None:
+            raise ClientError(f"head config {path}: {problem}")
+
+
+def _read_toml(path: str | Path) -> dict:
+    """The file's TOML as a dict; a missing or malformed file is a user mistake."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ClientError(f"head config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ClientError(f"head config {path}: {exc}") from None
+
+
+def _check_basics(config: HeadConfig) -> str | None:
+    """Durability, the store URL, the lease, fencing, TLS and power: the first problem, if any."""
     if config.durability not in ("normal", "full"):
-        raise ClientError(f"head config {path}: durability must be 'normal' or 'full'")
+        return "durability must be 'normal' or 'full'"
     if config.store and "://" in config.store and not config.store.startswith(("postgresql://", "postgres://")):
-        raise ClientError(f"head config {path}: store must be a postgresql:// URL or a SQLite file path")
+        return "store must be a postgresql:// URL or a SQLite file path"
     if config.lease_ttl_s < 1:
-        raise ClientError(f"head config {path}: lease_ttl_s must be at least 1 second")
+        return "lease_ttl_s must be at least 1 second"
     if config.fence_after_s is not None and config.fence_after_s < 0:
-        raise ClientError(f"head config {path}: fence_after_s must be >= 0 seconds")
+        return "fence_after_s must be >= 0 seconds"
     if bool(config.tls_cert) != bool(config.tls_key):
-        raise ClientError(f"head config {path}: tls_cert and tls_key: give both (HTTPS) or neither (HTTP)")
-    power_problem = check_power_config(config.power)
-    if power_problem is not None:
-        raise ClientError(f"head config {path}: {power_problem}")
+        return "tls_cert and tls_key: give both (HTTPS) or neither (HTTP)"
+    return check_power_config(config.power)
+
+
+def _check_roles(config: HeadConfig) -> str | None:
+    """Every role given is one the head knows."""
     bad_roles = sorted(r for r in config.roles.values() if r not in ROLES)
     if bad_roles:
-        raise ClientError(f"head config {path}: roles: {bad_roles[0]!r} is not one of {', '.join(ROLES)}")
+        return f"roles: {bad_roles[0]!r} is not one of {', '.join(ROLES)}"
+    return None
+
+
+def _check_auto_accept(config: HeadConfig) -> str | None:
+    """The node names accepted on first sight are valid node names."""
+    for name in config.auto_accept_nodes:
+        if not valid_name(name):
+            return f"auto_accept_nodes: {name!r} is not a valid node name"
+    return None
+
+
+def _check_rate_limits(config: HeadConfig) -> str | None:
+    """Each rate_limits entry names a known class and sensible numbers."""
     for kind, limit in config.rate_limits.items():
         if kind not in RATE_CLASSES:
-            raise ClientError(f"head config {path}: rate_limits: {kind!r} is not one of {', '.join(RATE_CLASSES)}")
+            return f"rate_limits: {kind!r} is not one of {', '.join(RATE_CLASSES)}"
         if limit.per_second < 0 or (limit.burst is not None and limit.burst < 1):
-            raise ClientError(f"head config {path}: rate_limits.{kind}: per_second must be >= 0 and burst >= 1")
+            return f"rate_limits.{kind}: per_second must be >= 0 and burst >= 1"
+    return None
+
+
+def _check_container_paths(config: HeadConfig) -> str | None:
+    """Host paths and devices a container may use are absolute, normal paths."""
     for key in ("container_host_paths", "container_host_paths_read_only", "container_devices"):
         for entry in getattr(config, key):
             if not entry.startswith("/") or "\x00" in entry or os.path.normpath(entry) != entry:
-                raise ClientError(f"head config {path}: {key}: {entry!r} must be an absolute, normal path")
+                return f"{key}: {entry!r} must be an absolute, normal path"
+    return None
+
+
+def _check_container_limits(config: HeadConfig) -> str | None:
+    """Shared memory, tmpfs and ulimit caps."""
     for key in ("container_max_shared_memory_mib", "container_max_tmpfs_mib"):
         if getattr(config, key) < 0:
-            raise ClientError(f"head config {path}: {key} must be >= 0 (0: the container's memory)")
+            return f"{key} must be >= 0 (0: the container's memory)"
     for name, cap in config.container_ulimits.items():
         if name not in ULIMIT_NAMES:
-            raise ClientError(f"head config {path}: container_ulimits: {name!r} is not one of {', '.join(sorted(ULIMIT_NAMES))}")
+            return f"container_ulimits: {name!r} is not one of {', '.join(sorted(ULIMIT_NAMES))}"
         if cap < -1:
-            raise ClientError(f"head config {path}: container_ulimits.{name} must be -1 (any) or a limit >= 0")
-    for name in config.auto_accept_nodes:
-        if not valid_name(name):
-            raise ClientError(f"head config {path}: auto_accept_nodes: {name!r} is not a valid node name")
-    config.container_capabilities = check_capabilities(config.container_capabilities, f"head config {path}: container_capabilities")
+            return f"container_ulimits.{name} must be -1 (any) or a limit >= 0"
+    return None
+
+
+def _check_socket_path(config: HeadConfig) -> str | None:
+    """The API socket's path fits in sun_path."""
     socket_bytes = len(os.fsencode(config.api_socket_path))
     if socket_bytes > MAX_UNIX_PATH:
-        raise ClientError(
-            f"head config {path}: api_socket {config.api_socket_path} is {socket_bytes} bytes long; "
+        return (
+            f"api_socket {config.api_socket_path} is {socket_bytes} bytes long; "
             f"Unix socket paths stop at {MAX_UNIX_PATH}: set api_socket to a shorter path"
         )
-    return config
+    return None

@@ -19,7 +19,7 @@ that key of the last event given.
 
 The protocol is AWS's JSON 1.1 (``POST /``, ``X-Amz-Target: Logs_20140328.<Operation>``),
 signed with SigV4 for service ``logs``; requests are checked against botocore's ``logs``
-service model (types, bounds, patterns), and errors come back in AWS's shape and codes
+service model (types, bounds, patterns: hpcbatch.head.cwrequests), and errors come back in AWS's shape and codes
 (``InvalidParameterException``, ``ResourceNotFoundException``, ``UnknownOperationException``).
 
 Who sees what: as GetJobLogs (logs are never shared): a stream is its job owner's, or any
@@ -40,13 +40,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from aiohttp import web
 
 from hpcbatch.auth.policy import Caller, authorize
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.head.cwrequests import FilterPattern, LogsError, invalid, not_found, validate
 from hpcbatch.head.logs import LogStore, Stamp
 
 log = logging.getLogger("hpcbatch.cwlogs")
@@ -60,80 +60,6 @@ EVENT_OVERHEAD = 26
 _TOKEN = re.compile(r"([fb])/(\d{1,56})\Z", re.ASCII)
 _LINE_SCAN = 8 << 20  # how far back a line's start is looked for; past it, lines are cut there
 OPERATIONS = ("GetLogEvents", "FilterLogEvents", "DescribeLogStreams", "DescribeLogGroups")
-
-
-class LogsError(HpcbatchError):
-    """A CloudWatch Logs error: AWS's code and HTTP 400."""
-
-    http_status = 400
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.aws_code = code
-
-
-def invalid(message: str) -> LogsError:
-    return LogsError("InvalidParameterException", message)
-
-
-def not_found(message: str) -> LogsError:
-    return LogsError("ResourceNotFoundException", message)
-
-
-# ------------------------------------------------------------------ request shapes
-@cache
-def _model() -> Any:
-    import botocore.session
-
-    return botocore.session.get_session().get_service_model("logs")
-
-
-def validate(operation: str, body: Any) -> dict[str, Any]:
-    """Check ``body`` against the operation's input shape in botocore's model; the first
-    mistake is an InvalidParameterException naming the field."""
-    if not isinstance(body, dict):
-        raise LogsError("SerializationException", "the request body must be a JSON object")
-    shape = _model().operation_model(operation).input_shape
-    for name in shape.required_members:
-        if name not in body:
-            raise invalid(f"{name} is required")
-    for name, value in body.items():
-        member = shape.members.get(name)
-        if member is None:
-            raise invalid(f"{name} is not a parameter of {operation}")
-        _check(name, member, value)
-    return body
-
-
-def _check(where: str, shape: Any, value: Any) -> None:
-    meta = shape.metadata
-    kind = shape.type_name
-    if kind == "string":
-        if not isinstance(value, str):
-            raise invalid(f"{where} must be a string")
-        if len(value) < meta.get("min", 0) or len(value) > meta.get("max", 1 << 30):
-            raise invalid(f"{where} must be {meta.get('min', 0)} to {meta.get('max')} characters long")
-        if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
-            raise invalid(f"{where} {value[:100]!r} must match the pattern {meta['pattern']}")
-        if shape.enum and value not in shape.enum:
-            raise invalid(f"{where} must be one of {', '.join(shape.enum)}")
-    elif kind in ("integer", "long"):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise invalid(f"{where} must be an integer")
-        if value < meta.get("min", -(1 << 63)) or value > meta.get("max", 1 << 63):
-            raise invalid(f"{where} must be between {meta.get('min')} and {meta.get('max', 'any')}")
-    elif kind == "boolean":
-        if not isinstance(value, bool):
-            raise invalid(f"{where} must be true or false")
-    elif kind == "list":
-        if not isinstance(value, list):
-            raise invalid(f"{where} must be a list")
-        if len(value) < meta.get("min", 0) or len(value) > meta.get("max", 1 << 30):
-            raise invalid(f"{where} must hold {meta.get('min', 0)} to {meta.get('max')} items")
-        for i, item in enumerate(value):
-            _check(f"{where}[{i}]", shape.member, item)
-    else:
-        raise invalid(f"{where}: hpcbatch does not take this parameter")
 
 
 # ------------------------------------------------------------------ streams and events
@@ -238,69 +164,19 @@ def in_time(event: Event, start: int | None, end: int | None) -> bool:
     return (start is None or event.timestamp >= start) and (end is None or event.timestamp < end)
 
 
+@dataclass(frozen=True)
+class TimeWindow:
+    """GetLogEvents' startTime and endTime: events stamped in ``[start_ms, end_ms)``, None open."""
+
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+    def __contains__(self, event: Event) -> bool:
+        return in_time(event, self.start_ms, self.end_ms)
+
+
 def _token(direction: str, offset: int) -> str:
     return f"{direction}/{offset:056d}"
-
-
-# ------------------------------------------------------------------ filter patterns
-_PATTERN_TERM = re.compile(r'\s*(?:([?-]?)"((?:[^"\\]|\\.)*)"|([?-]?)([^\s"]+))')
-
-
-@dataclass(frozen=True)
-class FilterPattern:
-    """CloudWatch's pattern for unstructured events: terms (all must appear), quoted phrases,
-    ``?term`` (any of them), ``-term`` (none). Case-sensitive, as AWS matches."""
-
-    all_of: tuple[str, ...] = ()
-    any_of: tuple[str, ...] = ()
-    none_of: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> FilterPattern:
-        text = text.strip()
-        if text.startswith(("{", "[")) or text.startswith("%"):
-            raise invalid(
-                "filterPattern: hpcbatch matches terms, \"quoted phrases\", ?any-of and -excluded terms; "
-                "JSON ({ $.field = ... }), space-delimited ([a, b]) and regular-expression (%...%) patterns "
-                "are not supported"
-            )
-        all_of: list[str] = []
-        any_of: list[str] = []
-        none_of: list[str] = []
-        pos = 0
-        while pos < len(text):
-            m = _PATTERN_TERM.match(text, pos)
-            if m is None or m.end() == pos:
-                raise invalid(f"filterPattern {text!r} is malformed at {text[pos:pos + 40]!r} (an unclosed quote?)")
-            pos = m.end()
-            sign = m.group(1) if m.group(2) is not None else m.group(3)
-            term = re.sub(r"\\(.)", r"\1", m.group(2)) if m.group(2) is not None else m.group(4)
-            if not term:
-                continue
-            {"": all_of, "?": any_of, "-": none_of}[sign].append(term)
-            while pos < len(text) and text[pos].isspace():
-                pos += 1
-        return cls(tuple(all_of), tuple(any_of), tuple(none_of))
-
-    def matches(self, message: str) -> bool:
-        return (all(t in message for t in self.all_of)
-                and (not self.any_of or any(t in message for t in self.any_of))
-                and not any(t in message for t in self.none_of))
-
-    def bytes_test(self) -> Callable[[bytes], bool] | None:
-        """The same test on a line's raw bytes (UTF-8 terms), so lines that cannot match are
-        never decoded; None for the empty pattern (everything matches)."""
-        if not (self.all_of or self.any_of or self.none_of):
-            return None
-        all_of = [t.encode() for t in self.all_of]
-        any_of = [t.encode() for t in self.any_of]
-        none_of = [t.encode() for t in self.none_of]
-
-        def test(line: bytes) -> bool:
-            return (all(t in line for t in all_of) and (not any_of or any(t in line for t in any_of))
-                    and not any(t in line for t in none_of))
-
-        return test
 
 
 # ------------------------------------------------------------------ the operations
@@ -376,21 +252,8 @@ class CloudWatchLogs:
     def streams(self, caller: Caller, group: str | None = None) -> list[StreamInfo]:
         """Every stream with output that the caller may read (in ``group``, if named)."""
         attempts = self._logs.attempts()
-        wanted: dict[str, list[str]] = {}
-        out = []
-        for attempt_id in attempts:
-            ended = self._ended.get(attempt_id)
-            if ended is not None:
-                if self._visible(caller, ended.owner) and (group is None or ended.group == group):
-                    out.append(ended)
-                continue
-            job_id = self._jobs_of.get(attempt_id)
-            if job_id is None:
-                job_id = self._logs.job_of(attempt_id)
-                if job_id is None:
-                    continue
-                self._jobs_of[attempt_id] = job_id
-            wanted.setdefault(job_id, []).append(attempt_id)
+        out = [info for info in self._ended_streams(attempts) if self._shown(caller, group, info)]
+        wanted = self._live_attempts_by_job(attempts)
         if len(self._jobs_of) + len(self._ended) > 2 * len(attempts) + 1000:  # pruned jobs: forget them
             present = set(attempts)
             self._jobs_of = {a: j for a, j in self._jobs_of.items() if a in present}
@@ -404,15 +267,43 @@ class CloudWatchLogs:
             job = found.get(job_id)
             if job is None:
                 continue
-            for attempt_id in attempt_ids:
-                info = self._info(job, attempt_id)
-                if info is None:
-                    continue
-                if info.finished:
-                    self._ended[attempt_id] = info
-                if self._visible(caller, job.owner) and (group is None or info.group == group):
-                    out.append(info)
+            out.extend(info for info in self._learn(job, attempt_ids) if self._shown(caller, group, info))
         return out
+
+    def _shown(self, caller: Caller, group: str | None, info: StreamInfo) -> bool:
+        """The caller may read the stream and it is in ``group`` (any, if None)."""
+        return self._visible(caller, info.owner) and (group is None or info.group == group)
+
+    def _ended_streams(self, attempts: list[str]) -> list[StreamInfo]:
+        """The streams of stopped attempts already known (they never change)."""
+        return [self._ended[a] for a in attempts if a in self._ended]
+
+    def _live_attempts_by_job(self, attempts: list[str]) -> dict[str, list[str]]:
+        """The attempts not yet known to have stopped, by job (from the log store's .job files)."""
+        wanted: dict[str, list[str]] = {}
+        for attempt_id in attempts:
+            if attempt_id in self._ended:
+                continue
+            job_id = self._jobs_of.get(attempt_id)
+            if job_id is None:
+                job_id = self._logs.job_of(attempt_id)
+                if job_id is None:
+                    continue
+                self._jobs_of[attempt_id] = job_id
+            wanted.setdefault(job_id, []).append(attempt_id)
+        return wanted
+
+    def _learn(self, job: Any, attempt_ids: list[str]) -> list[StreamInfo]:
+        """The job's streams among ``attempt_ids``; a stopped one is remembered for good."""
+        infos = []
+        for attempt_id in attempt_ids:
+            info = self._info(job, attempt_id)
+            if info is None:
+                continue
+            if info.finished:
+                self._ended[attempt_id] = info
+            infos.append(info)
+        return infos
 
     def groups(self) -> list[str]:
         names = {DEFAULT_GROUP}
@@ -485,11 +376,11 @@ class CloudWatchLogs:
             direction = "f" if body.get("startFromHead", False) else "b"
             at = lo if direction == "f" else hi
         if direction == "f":
-            events, after = self._forward(reader, max(at, lo), hi, limit, start_ms, end_ms)
+            events, after = self._forward(reader, max(at, lo), hi, limit, TimeWindow(start_ms, end_ms))
             forward = _token("f", max(after, at))
             backward = _token("b", events[0].start if events else max(at, lo))
         else:
-            events, before = self._backward(reader, min(at, hi), lo, limit, start_ms, end_ms)
+            events, before = self._backward(reader, min(at, hi), lo, limit, TimeWindow(start_ms, end_ms))
             backward = _token("b", min(before, at))
             forward = _token("f", events[-1].end if events else min(at, hi))
         if token is not None and events == []:  # AWS: the end of the stream answers the token given
@@ -503,8 +394,7 @@ class CloudWatchLogs:
         }
 
     @staticmethod
-    def _forward(reader: StreamReader, p: int, hi: int, limit: int, start_ms: int | None,
-                 end_ms: int | None) -> tuple[list[Event], int]:
+    def _forward(reader: StreamReader, p: int, hi: int, limit: int, window: TimeWindow) -> tuple[list[Event], int]:
         out: list[Event] = []
         taken = 0
         while p < min(hi, reader.end):
@@ -512,7 +402,7 @@ class CloudWatchLogs:
             for e in batch:
                 if len(out) >= limit or taken + len(e.message) + EVENT_OVERHEAD > PAGE_BYTES:
                     return out, e.start
-                if in_time(e, start_ms, end_ms):
+                if e in window:
                     out.append(e)
                     taken += len(e.message.encode()) + EVENT_OVERHEAD
             if after <= p:
@@ -521,8 +411,7 @@ class CloudWatchLogs:
         return out, p
 
     @staticmethod
-    def _backward(reader: StreamReader, x: int, lo: int, limit: int, start_ms: int | None,
-                  end_ms: int | None) -> tuple[list[Event], int]:
+    def _backward(reader: StreamReader, x: int, lo: int, limit: int, window: TimeWindow) -> tuple[list[Event], int]:
         if x <= lo:
             return [], x
         w = max(lo, reader.boundary_before(max(lo, x - PAGE_BYTES - MAX_EVENT)))
@@ -534,7 +423,7 @@ class CloudWatchLogs:
             if len(out) >= limit or taken + len(e.message) + EVENT_OVERHEAD > PAGE_BYTES:
                 before = e.end
                 break
-            if in_time(e, start_ms, end_ms):
+            if e in window:
                 out.append(e)
                 taken += len(e.message.encode()) + EVENT_OVERHEAD
         out.reverse()
@@ -543,65 +432,38 @@ class CloudWatchLogs:
     # -- FilterLogEvents
     def FilterLogEvents(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         group = self._group_name(body)
-        names, prefix = body.get("logStreamNames"), body.get("logStreamNamePrefix")
-        if names is not None and prefix is not None:
-            raise invalid("logStreamNames and logStreamNamePrefix are mutually exclusive parameters.")
-        pattern = FilterPattern.parse(body.get("filterPattern", ""))
-        keep = pattern.bytes_test()
-        start_ms, end_ms = body.get("startTime"), body.get("endTime")
-        if end_ms is not None:
-            end_ms += 1  # FilterLogEvents' endTime is inclusive ("later than this time are not returned")
-        limit = body.get("limit", PAGE_EVENTS)
-        ascending = body.get("startFromHead", True)
-        after: tuple[int, str, int] | None = None
-        if body.get("nextToken") is not None:
-            key = _decode(body["nextToken"], lambda k: isinstance(k, list) and len(k) == 4 and k[0] in ("f", "b")
-                          and isinstance(k[1], int) and isinstance(k[2], str) and isinstance(k[3], int))
-            ascending = key[0] == "f"
-            after = (key[1], key[2], key[3])
-        streams = [s for s in self.streams(caller, group)
-                   if (names is None or s.name in names) and (prefix is None or s.name.startswith(prefix))]
-        found: list[tuple[tuple[int, str, int], StreamInfo, Event]] = []
+        query = _FilterQuery.parse(body)
+        streams = [s for s in self.streams(caller, group) if query.wants_stream(s.name)]
+        found: list[_Found] = []
         for info in streams:
-            reader = self._reader(info)
-            lo_ms = start_ms
-            if after is not None and ascending:
-                lo_ms = max(lo_ms or 0, after[0])
-            lo = reader.position_at(lo_ms, 0)
-            hi = reader.position_at(end_ms, reader.end)
-            hi_ms = end_ms
-            if after is not None and not ascending:
-                hi_ms = min(hi_ms if hi_ms is not None else after[0] + 1, after[0] + 1)
-                hi = min(hi, reader.position_at(hi_ms, reader.end))
-            mine: list[tuple[tuple[int, str, int], StreamInfo, Event]] = []
-            for e in reader.events(lo, hi, keep):
-                if not in_time(e, start_ms, end_ms) or not pattern.matches(e.message):
-                    continue
-                key = (e.timestamp, info.name, e.start)
-                if after is not None and (key <= after if ascending else key >= after):
-                    continue
-                mine.append((key, info, e))
-                if ascending and len(mine) > limit:
-                    break
-            found.extend(mine if ascending else mine[-(limit + 1):])
-        found.sort(key=lambda f: f[0], reverse=not ascending)
-        page: list[dict[str, Any]] = []
-        taken = 0
-        more = False
-        last = None
-        for key, info, e in found:
-            size = len(e.message.encode()) + EVENT_OVERHEAD
-            if len(page) >= limit or taken + size > PAGE_BYTES:
-                more = True
+            found.extend(self._filter_stream(info, query))
+        found.sort(key=lambda f: f[0], reverse=not query.ascending)
+        return _filter_page(found, query)
+
+    def _filter_stream(self, info: StreamInfo, query: _FilterQuery) -> list[_Found]:
+        """One stream's events that match, after the token's key, at most ``limit + 1``."""
+        reader = self._reader(info)
+        start_ms, end_ms, after, ascending = query.start_ms, query.end_ms, query.after, query.ascending
+        lo_ms = start_ms
+        if after is not None and ascending:
+            lo_ms = max(lo_ms or 0, after[0])
+        lo = reader.position_at(lo_ms, 0)
+        hi = reader.position_at(end_ms, reader.end)
+        hi_ms = end_ms
+        if after is not None and not ascending:
+            hi_ms = min(hi_ms if hi_ms is not None else after[0] + 1, after[0] + 1)
+            hi = min(hi, reader.position_at(hi_ms, reader.end))
+        mine: list[_Found] = []
+        for e in reader.events(lo, hi, query.keep):
+            if not in_time(e, start_ms, end_ms) or not query.pattern.matches(e.message):
+                continue
+            key = (e.timestamp, info.name, e.start)
+            if after is not None and (key <= after if ascending else key >= after):
+                continue
+            mine.append((key, info, e))
+            if ascending and len(mine) > query.limit:
                 break
-            page.append({"logStreamName": info.name, "timestamp": e.timestamp, "message": e.message,
-                         "ingestionTime": e.ingestion_time, "eventId": _event_id(info.attempt_id, e.start)})
-            taken += size
-            last = key
-        result: dict[str, Any] = {"events": page, "searchedLogStreams": []}
-        if more and last is not None:
-            result["nextToken"] = _encode(["f" if ascending else "b", *last])
-        return result
+        return mine if ascending else mine[-(query.limit + 1):]
 
     # -- DescribeLogStreams
     def DescribeLogStreams(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -678,6 +540,72 @@ class CloudWatchLogs:
         if len(names) > limit:
             result["nextToken"] = _encode(names[limit - 1])
         return result
+
+
+_Found = tuple[tuple[int, str, int], StreamInfo, Event]  # (timestamp, stream, offset), stream, event
+
+
+@dataclass(frozen=True)
+class _FilterQuery:
+    """A FilterLogEvents request, checked: which streams, which events, from where."""
+
+    names: list[str] | None
+    prefix: str | None
+    pattern: FilterPattern
+    keep: Callable[[bytes], bool] | None
+    start_ms: int | None
+    end_ms: int | None  # exclusive
+    limit: int
+    ascending: bool
+    after: tuple[int, str, int] | None  # the token's key: the last event given
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> _FilterQuery:
+        names, prefix = body.get("logStreamNames"), body.get("logStreamNamePrefix")
+        if names is not None and prefix is not None:
+            raise invalid("logStreamNames and logStreamNamePrefix are mutually exclusive parameters.")
+        pattern = FilterPattern.parse(body.get("filterPattern", ""))
+        end_ms = body.get("endTime")
+        if end_ms is not None:
+            end_ms += 1  # FilterLogEvents' endTime is inclusive ("later than this time are not returned")
+        ascending = body.get("startFromHead", True)
+        after: tuple[int, str, int] | None = None
+        if body.get("nextToken") is not None:
+            key = _decode(body["nextToken"], _filter_token_ok)
+            ascending = key[0] == "f"
+            after = (key[1], key[2], key[3])
+        return cls(names=names, prefix=prefix, pattern=pattern, keep=pattern.bytes_test(),
+                   start_ms=body.get("startTime"), end_ms=end_ms, limit=body.get("limit", PAGE_EVENTS),
+                   ascending=ascending, after=after)
+
+    def wants_stream(self, name: str) -> bool:
+        return (self.names is None or name in self.names) and (self.prefix is None or name.startswith(self.prefix))
+
+
+def _filter_token_ok(k: Any) -> bool:
+    return (isinstance(k, list) and len(k) == 4 and k[0] in ("f", "b") and isinstance(k[1], int)
+            and isinstance(k[2], str) and isinstance(k[3], int))
+
+
+def _filter_page(found: list[_Found], query: _FilterQuery) -> dict[str, Any]:
+    """The sorted matches cut to one page (``limit`` events, 1 MB), with a token if more remain."""
+    page: list[dict[str, Any]] = []
+    taken = 0
+    more = False
+    last = None
+    for key, info, e in found:
+        size = len(e.message.encode()) + EVENT_OVERHEAD
+        if len(page) >= query.limit or taken + size > PAGE_BYTES:
+            more = True
+            break
+        page.append({"logStreamName": info.name, "timestamp": e.timestamp, "message": e.message,
+                     "ingestionTime": e.ingestion_time, "eventId": _event_id(info.attempt_id, e.start)})
+        taken += size
+        last = key
+    result: dict[str, Any] = {"events": page, "searchedLogStreams": []}
+    if more and last is not None:
+        result["nextToken"] = _encode(["f" if query.ascending else "b", *last])
+    return result
 
 
 # ------------------------------------------------------------------ HTTP

@@ -24,7 +24,7 @@ from hpcbatch.head.api import SpaceGuard, make_app
 from hpcbatch.head.config import HeadConfig, load_head_config
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.faults import RAISE_ON_ENV
-from hpcbatch.head.fleet import Fleet
+from hpcbatch.head.fleet import Fleet, FleetSettings
 from hpcbatch.head.ha import add_describe_route, standby_app
 from hpcbatch.head.lease import HeadLease
 from hpcbatch.head.logs import LogStore
@@ -270,16 +270,55 @@ class Head:
             self.engine,
             keys=self.node_keys,
             curve=self.curve,
-            head_id=self.head_id,
-            heartbeat_interval_s=self.config.heartbeat_interval_s,
-            liveness=self.config.liveness,
-            epoch=self.epoch,
-            startup_grace_s=self.fence_after_s,
+            settings=FleetSettings(
+                head_id=self.head_id, heartbeat_interval_s=self.config.heartbeat_interval_s,
+                liveness=self.config.liveness, epoch=self.epoch, startup_grace_s=self.fence_after_s,
+            ),
         )
         self._seal_secrets()
         if self.lease is not None:  # echo agents' heartbeats only while the lease is surely ours
             self.fleet.lease_confirmed = self.lease.confirmed
         self._load()
+        runner = await self._serve_api()
+        api_socket = self.config.api_socket_path
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                fleet_task = tasks.create_task(self.fleet.serve())
+                prune_task = tasks.create_task(self._prune_loop())
+                lease_task = tasks.create_task(self._keep_lease(stop)) if self.lease is not None else None
+                tick_task = tasks.create_task(self._tick_loop())
+                power_task = None
+                if self.config.power.pools:  # MANAGED compute environments (docs/managed.md)
+                    self.engine.power = PowerManager(self.config.power.pools, self.engine)
+                    power_task = tasks.create_task(self.engine.power.serve())
+                stonith_task = None
+                if self.config.power.compute_environments or self.config.power.nodes or self.config.power.pools:
+                    stonith = Stonith(self.config.power, self.engine.compute_environment_of, self.engine.node_fenced,
+                                      self.engine.power.drivers if self.engine.power else None)
+                    self.engine.fence_node = stonith.request
+                    stonith_task = tasks.create_task(stonith.serve())
+                await stop.wait()
+                if self.lost_lease is None:
+                    log.info("stopping: signal received")
+                for task in (fleet_task, prune_task, lease_task, tick_task, stonith_task, power_task):
+                    if task is not None:
+                        task.cancel()
+        finally:
+            await runner.cleanup()
+            api_socket.unlink(missing_ok=True)
+            try:
+                self.engine.flush()
+            except HpcbatchError as exc:  # fenced, or the store is gone: nothing more is written, or sent
+                if self.lost_lease is None and not isinstance(exc, LeaseLost):
+                    raise
+                self.lost_lease = self.lost_lease or exc.message
+            self.fleet.close()
+            self.store.close()
+            await self._leave_lease()
+            log.info("head stopped")
+
+    async def _serve_api(self) -> web.AppRunner:
+        """Start the HTTP API on its TCP address and its Unix socket; the runner to clean up."""
         app = make_app(
             self.service, roles=self.config.roles, region=self.config.region,
             limiter=RateLimiter(self.config.rates, self.config.rate_limit_exempt, time.monotonic),
@@ -301,54 +340,19 @@ class Head:
             log.warning("api_socket %s is inside the private state directory: only its owner and root reach it; "
                         "other users need api_socket in a directory they can search (e.g. /run/hpcbatch/api.sock)",
                         api_socket)
+        assert self.fleet is not None
         log.info(
             "head %s serving %s://%s:%d and unix:%s; fleet %s (CurveZMQ; agents pin %s)",
             self.head_id[:8], self.config.http_scheme, host, port, api_socket, self.fleet.endpoint, self.config.curve_public_key_path,
         )
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                fleet_task = tasks.create_task(self.fleet.serve())
-                prune_task = tasks.create_task(self._prune_loop())
-                lease_task = tasks.create_task(self._keep_lease(stop)) if self.lease is not None else None
-                tick_task = tasks.create_task(self._tick_loop())
-                power_task = None
-                if self.config.power.pools:  # MANAGED compute environments (docs/managed.md)
-                    self.engine.power = PowerManager(self.config.power.pools, self.engine)
-                    power_task = tasks.create_task(self.engine.power.serve())
-                stonith_task = None
-                if self.config.power.compute_environments or self.config.power.nodes or self.config.power.pools:
-                    stonith = Stonith(self.config.power, self.engine.compute_environment_of, self.engine.node_fenced,
-                                      self.engine.power.drivers if self.engine.power else None)
-                    self.engine.fence_node = stonith.request
-                    stonith_task = tasks.create_task(stonith.serve())
-                await stop.wait()
-                if self.lost_lease is None:
-                    log.info("stopping: signal received")
-                fleet_task.cancel()
-                prune_task.cancel()
-                if lease_task is not None:
-                    lease_task.cancel()
-                tick_task.cancel()
-                if stonith_task is not None:
-                    stonith_task.cancel()
-                if power_task is not None:
-                    power_task.cancel()
-        finally:
-            await runner.cleanup()
-            api_socket.unlink(missing_ok=True)
-            try:
-                self.engine.flush()
-            except HpcbatchError as exc:  # fenced, or the store is gone: nothing more is written, or sent
-                if self.lost_lease is None and not isinstance(exc, LeaseLost):
-                    raise
-                self.lost_lease = self.lost_lease or exc.message
-            self.fleet.close()
-            self.store.close()
-            if self.lease is not None:
-                if self.lost_lease is None:
-                    await self.lease.release()  # a clean stop: a standby takes over now
-                await self.lease.close()
-            log.info("head stopped")
+        return runner
+
+    async def _leave_lease(self) -> None:
+        """Give the lease up on a clean stop (a standby takes over now); close it either way."""
+        if self.lease is not None:
+            if self.lost_lease is None:
+                await self.lease.release()
+            await self.lease.close()
 
 
 STORE_WAIT_POLL_S = 2.0  # a head started while its PostgreSQL is away looks for it this often

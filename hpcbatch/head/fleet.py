@@ -44,7 +44,8 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import msgspec
 import zmq
@@ -73,6 +74,26 @@ LISTEN_BACKLOG = 16_384
 STALE_ECHO = 1e-9
 
 
+@dataclass(frozen=True)
+class FleetSettings:
+    """Who this head is to the agents and how often they must be heard."""
+
+    head_id: str
+    heartbeat_interval_s: float
+    liveness: int  # missed heartbeats before a node is lost
+    epoch: int = 0  # the lease's fencing token
+    startup_grace_s: float = 0.0  # after a (re)start, how long nodes not yet heard may take
+
+
+class _Incoming(NamedTuple):
+    """A message that passed the fleet's checks, with the node it comes from."""
+
+    node: str
+    route: bytes  # the ROUTER's id of the connection it came in on
+    frame: Any  # its zmq.Frame (User-Id, SRCFD)
+    msg: p.Message
+
+
 class _FleetAuthenticator(AsyncioAuthenticator):
     """ZAP on the head's event loop; an allowed connection's User-Id is its Z85 public key."""
 
@@ -90,11 +111,7 @@ class Fleet:
         *,
         keys: NodeKeyRegistry,
         curve: KeyPair,
-        head_id: str,
-        heartbeat_interval_s: float,
-        liveness: int,
-        epoch: int = 0,
-        startup_grace_s: float = 0.0,
+        settings: FleetSettings,
     ) -> None:
         self._ctx = zmq.asyncio.Context.instance()
         self._keys = keys
@@ -107,13 +124,13 @@ class Fleet:
         self._sock.bind(bind)
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._engine = engine
-        self._head_id = head_id
-        self._epoch = epoch  # fencing token: stamped on every message (hpcbatch.head.lease)
-        self._interval = heartbeat_interval_s
-        self._liveness = liveness
+        self._head_id = settings.head_id
+        self._epoch = settings.epoch  # fencing token: stamped on every message (hpcbatch.head.lease)
+        self._interval = settings.heartbeat_interval_s
+        self._liveness = settings.liveness
         # After a (re)start, nodes not yet heard get this long to come back: their agents run
         # on until they fence, so failing their jobs sooner would only lose work.
-        self._startup_grace_s = startup_grace_s
+        self._startup_grace_s = settings.startup_grace_s
         self._registered: set[str] = set()  # nodes that registered with this head process
         self._last_seen: dict[str, float] = {}
         self._echo: dict[str, float] = {}  # node -> newest sent_at it told us (echoed: fencing)
@@ -121,9 +138,9 @@ class Fleet:
         self._held: dict[str, deque[bytes]] = {}  # node -> messages waiting for a connection
         self._conns: dict[str, tuple[int, Any]] = {}  # node -> (fd, peer address) of its live connection
         self._started = time.monotonic()
-        deadline = heartbeat_interval_s * liveness
+        deadline = self._interval * self._liveness
         self._judge = LivenessJudge(
-            deadline_s=deadline, stall_s=heartbeat_interval_s + deadline / 2, give_up_s=max(10.0, 3 * deadline),
+            deadline_s=deadline, stall_s=self._interval + deadline / 2, give_up_s=max(10.0, 3 * deadline),
             listening_since=self._started,
         )
         keys.on_cut_off = self.cut_off
@@ -227,29 +244,10 @@ class Fleet:
             await asyncio.sleep(0)  # a full batch: let the API and the scheduler run between batches
 
     def _handle(self, frames: list[Any], arrived: float) -> None:
-        if len(frames) != 2:
-            log.warning("dropping a message with %d frames", len(frames))
+        incoming = self._identify(frames)
+        if incoming is None:
             return
-        route, frame = frames[0].bytes, frames[1]
-        try:
-            key = frame.get("User-Id")  # set by ZAP: the connection's public key
-        except zmq.ZMQError:
-            log.error("dropping a message without a ZAP user id (is the ZAP handler running?)")
-            return
-        try:
-            msg = p.decode_from_agent(frame.bytes)
-        except msgspec.DecodeError as exc:
-            log.warning("dropping an undecodable message from key %s: %s", key, exc)
-            return
-        node = self._keys.node_for_key(key)
-        if node is None:
-            self._keys.refresh(hot=True)  # pre-seeded, or accepted by hand, since last read
-            node = self._keys.node_for_key(key)
-        if node is None:
-            # Quarantine: only a Register's name is read, to file the key as pending.
-            if not (isinstance(msg, p.Register) and self._keys.note_unenrolled(msg.node.name, key)):
-                return
-            node = msg.node.name
+        node, route, frame, msg = incoming
         self._learn_route(node, route, frame)
         self._last_seen[node] = max(arrived, self._last_seen.get(node, arrived))
         confirmed = self.lease_confirmed()
@@ -289,6 +287,38 @@ class Fleet:
             self._engine.handle(node, msg)  # guarded per message: a failing handler fails that message's attempt
         except HpcbatchError as exc:  # the store is away (docs/ha.md): this message is lost, not the head
             log.error("node %s: %s not handled: %s", node, type(msg).__name__, exc.message)
+
+    def _identify(self, frames: list[Any]) -> _Incoming | None:
+        """The message and the node its connection's key belongs to; None if it is dropped."""
+        if len(frames) != 2:
+            log.warning("dropping a message with %d frames", len(frames))
+            return None
+        route, frame = frames[0].bytes, frames[1]
+        try:
+            key = frame.get("User-Id")  # set by ZAP: the connection's public key
+        except zmq.ZMQError:
+            log.error("dropping a message without a ZAP user id (is the ZAP handler running?)")
+            return None
+        try:
+            msg = p.decode_from_agent(frame.bytes)
+        except msgspec.DecodeError as exc:
+            log.warning("dropping an undecodable message from key %s: %s", key, exc)
+            return None
+        node = self._node_of(key, msg)
+        return None if node is None else _Incoming(node, route, frame, msg)
+
+    def _node_of(self, key: str, msg: p.Message) -> str | None:
+        """The node whose accepted key this is; an unknown key's Register is filed as pending."""
+        node = self._keys.node_for_key(key)
+        if node is None:
+            self._keys.refresh(hot=True)  # pre-seeded, or accepted by hand, since last read
+            node = self._keys.node_for_key(key)
+        if node is None:
+            # Quarantine: only a Register's name is read, to file the key as pending.
+            if not (isinstance(msg, p.Register) and self._keys.note_unenrolled(msg.node.name, key)):
+                return None
+            node = msg.node.name
+        return node
 
     def _heard_handshake(self, node: str) -> None:
         """An accepted node's agent is completing a handshake (ZAP asked): it is alive."""

@@ -42,6 +42,14 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         service = self._service
         engine = service.engine
+        yield from self._jobs(service)
+        yield from self._nodes(engine)
+        yield from self._capacity(service, engine)
+        yield from self._node_health(engine)
+
+    @staticmethod
+    def _jobs(service: BatchService) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Jobs by queue and state, every queue and state present (0 included)."""
         jobs = GaugeMetricFamily("hpcbatch_jobs", "Jobs by queue and state (as ListJobs counts them)", labels=["queue", "status"])
         counts = service.store.count_jobs_by_queue_status()
         queues = {q["jobQueueName"] for q in service.store.list_resources("queue")} | {q for q, _ in counts}
@@ -50,6 +58,9 @@ class _StateCollector(Collector):
                 jobs.add_metric([queue, status.value], counts.get((queue, status.value), 0))
         yield jobs
 
+    @staticmethod
+    def _nodes(engine: Engine) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Nodes by state."""
         nodes = GaugeMetricFamily("hpcbatch_nodes", "Nodes by state", labels=["state"])
         by_state = dict.fromkeys(NODE_STATES, 0)
         for info in engine.nodes.values():
@@ -58,6 +69,9 @@ class _StateCollector(Collector):
             nodes.add_metric([state], n)
         yield nodes
 
+    @staticmethod
+    def _capacity(service: BatchService, engine: Engine) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Per compute environment: what running jobs hold, and what ACTIVE nodes have free."""
         names = ["vcpus", "memory_bytes", "gpus"]
         allocated = {k: GaugeMetricFamily(f"hpcbatch_compute_environment_{k}_allocated", f"{k} held by running jobs", labels=["compute_environment"]) for k in names}
         free = {k: GaugeMetricFamily(f"hpcbatch_compute_environment_{k}_free", f"{k} on ACTIVE nodes that no job holds", labels=["compute_environment"]) for k in names}
@@ -83,6 +97,9 @@ class _StateCollector(Collector):
         yield from allocated.values()
         yield from free.values()
 
+    @staticmethod
+    def _node_health(engine: Engine) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Heartbeat ages, GPU utilization, fault containment and power, per node."""
         age = GaugeMetricFamily("hpcbatch_node_heartbeat_age_seconds", "Seconds since the node's agent last spoke", labels=["node"])
         now_ms = time.time() * 1000
         for name, info in sorted(engine.nodes.items()):

@@ -300,21 +300,8 @@ def attempt_detail(attempt: Attempt) -> dict[str, Any]:
 
 def job_detail(job: JobRecord, region: str, account: str) -> dict[str, Any]:
     """AWS ``JobDetail`` JSON for DescribeJobs, plus hpcbatch's ``owner`` and ``nodeName``."""
-    container = dict(job.container)
     last = job.attempts[-1] if job.attempts else None
-    if last is not None:
-        container.update(
-            _drop_none(
-                {
-                    "exitCode": last.exit_code,
-                    "reason": last.reason,
-                    "logStreamName": last.log_stream_name,
-                    "containerInstanceArn": last.node,
-                    "gpuIds": last.gpus or None,  # hpcbatch extension: the GPUs it holds/held
-                    "gpuUsage": gpu_usage_detail(last),  # hpcbatch extension: NVML samples
-                }
-            )
-        )
+    container = _detail_container(job, last)
     detail: dict[str, Any] = {
         "jobArn": f"arn:aws:batch:{region}:{account}:job/{job.job_id}",
         "jobName": job.job_name,
@@ -337,6 +324,33 @@ def job_detail(job: JobRecord, region: str, account: str) -> dict[str, Any]:
         "isTerminated": job.is_terminated,
         "owner": job.owner,
     }
+    detail.update(_detail_times(job))
+    detail.update(_detail_placement(job, last))
+    return detail
+
+
+def _detail_container(job: JobRecord, last: Attempt | None) -> dict[str, Any]:
+    """The job's container, with what its last attempt reported (exit, reason, stream, node, GPUs)."""
+    container = dict(job.container)
+    if last is not None:
+        container.update(
+            _drop_none(
+                {
+                    "exitCode": last.exit_code,
+                    "reason": last.reason,
+                    "logStreamName": last.log_stream_name,
+                    "containerInstanceArn": last.node,
+                    "gpuIds": last.gpus or None,  # hpcbatch extension: the GPUs it holds/held
+                    "gpuUsage": gpu_usage_detail(last),  # hpcbatch extension: NVML samples
+                }
+            )
+        )
+    return container
+
+
+def _detail_times(job: JobRecord) -> dict[str, Any]:
+    """JobDetail's optional scheduling and timing fields, those the job has (AWS leaves the others out)."""
+    detail: dict[str, Any] = {}
     if job.share_identifier is not None:
         detail["shareIdentifier"] = job.share_identifier
     if job.scheduling_priority is not None:
@@ -349,6 +363,12 @@ def job_detail(job: JobRecord, region: str, account: str) -> dict[str, Any]:
         detail["stoppedAt"] = job.stopped_at
     if job.timeout_s is not None:
         detail["timeout"] = {"attemptDurationSeconds": job.timeout_s}
+    return detail
+
+
+def _detail_placement(job: JobRecord, last: Attempt | None) -> dict[str, Any]:
+    """Where the job ran (``nodeName``), its nodes (multi-node) and its array, those it has."""
+    detail: dict[str, Any] = {}
     if last is not None:
         detail["nodeName"] = last.node
     if job.node_properties is not None:

@@ -64,13 +64,33 @@ def resolve_nodes(
     """(numNodes, mainNode, container per node index) for a job submitted on a multinode definition."""
     num_nodes = int(node_properties.get("numNodes", 0))
     main = int(node_properties.get("mainNode", 0))
+    ranges = _node_ranges(node_properties)
+    overrides = node_overrides or {}
+    num_nodes = _node_count(num_nodes, ranges, overrides)
+    if not 0 <= main < num_nodes:
+        raise ClientError(f"nodeProperties.mainNode {main} is not a node of a {num_nodes}-node job")
+    _check_ranges_fit(ranges, num_nodes, open_may_be_empty="numNodes" in overrides)
+    resolved = _containers_by_index(ranges, num_nodes)
+    _apply_node_overrides(resolved, overrides.get("nodePropertyOverrides") or [], num_nodes)
+    return num_nodes, main, resolved
+
+
+_Ranges = list[tuple[NodeRange, dict[str, Any]]]
+
+
+def _node_ranges(node_properties: dict[str, Any]) -> _Ranges:
+    """The definition's node ranges, each with its container; at least one."""
     ranges = []
     for i, entry in enumerate(node_properties.get("nodeRangeProperties") or []):
         field = f"nodeProperties.nodeRangeProperties[{i}].targetNodes"
         ranges.append((parse_target_nodes(entry.get("targetNodes", ""), field), entry.get("container") or {}))
     if not ranges:
         raise ClientError("nodeProperties.nodeRangeProperties must describe the nodes")
-    overrides = node_overrides or {}
+    return ranges
+
+
+def _node_count(num_nodes: int, ranges: _Ranges, overrides: dict[str, Any]) -> int:
+    """The job's node count: the definition's, or nodeOverrides.numNodes where an open range allows it."""
     if "numNodes" in overrides:
         wanted = int(overrides["numNodes"])
         if wanted != num_nodes and not any(r.end is None for r, _ in ranges):
@@ -81,13 +101,20 @@ def resolve_nodes(
         num_nodes = wanted
     if not 1 <= num_nodes <= MAX_NODES:
         raise ClientError(f"numNodes must be between 1 and {MAX_NODES} (got {num_nodes})")
-    if not 0 <= main < num_nodes:
-        raise ClientError(f"nodeProperties.mainNode {main} is not a node of a {num_nodes}-node job")
+    return num_nodes
+
+
+def _check_ranges_fit(ranges: _Ranges, num_nodes: int, *, open_may_be_empty: bool) -> None:
+    """Every range names nodes of the job only."""
     for r, _ in ranges:
-        if r.end is None and r.start >= num_nodes and "numNodes" in overrides:
+        if r.end is None and r.start >= num_nodes and open_may_be_empty:
             continue  # an open range ("1:") that nodeOverrides.numNodes left empty (a 1-node job)
         if r.start >= num_nodes or (r.end is not None and r.end >= num_nodes):
             raise ClientError(f"targetNodes {r.text!r} names nodes beyond the job's {num_nodes} nodes")
+
+
+def _containers_by_index(ranges: _Ranges, num_nodes: int) -> list[dict[str, Any]]:
+    """Each node's container: the narrowest range that covers it wins (ties: the later one)."""
     containers: list[dict[str, Any] | None] = [None] * num_nodes
     width: list[int] = [MAX_NODES + 1] * num_nodes
     for r, container in ranges:
@@ -98,15 +125,18 @@ def resolve_nodes(
     uncovered = [str(i) for i, c in enumerate(containers) if c is None]
     if uncovered:
         raise ClientError(f"nodeProperties.nodeRangeProperties leave node(s) {', '.join(uncovered)} without properties")
-    resolved: list[dict[str, Any]] = [dict(c or {}) for c in containers]
-    for i, entry in enumerate(overrides.get("nodePropertyOverrides") or []):
+    return [dict(c or {}) for c in containers]
+
+
+def _apply_node_overrides(resolved: list[dict[str, Any]], entries: list[dict[str, Any]], num_nodes: int) -> None:
+    """nodeOverrides.nodePropertyOverrides merged into the containers of the nodes they target."""
+    for i, entry in enumerate(entries):
         field = f"nodeOverrides.nodePropertyOverrides[{i}].targetNodes"
         r = parse_target_nodes(entry.get("targetNodes", ""), field)
         if r.start >= num_nodes or (r.end is not None and r.end >= num_nodes):
             raise ClientError(f"{field} {r.text!r} names nodes beyond the job's {num_nodes} nodes")
         for index in r.resolve(num_nodes):
             resolved[index] = merge_container(resolved[index], entry.get("containerOverrides"))
-    return num_nodes, main, resolved
 
 
 def child_job_id(parent_id: str, index: int) -> str:

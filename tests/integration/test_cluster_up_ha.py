@@ -14,6 +14,7 @@ import pytest
 
 from hpcbatch.client import HeadUnreachableError
 from hpcbatch.localcluster import LocalCluster
+from hpcbatch.localrecord import ClusterShape
 from tests.harness import wait_for
 from tests.pg import PostgresServer
 
@@ -73,7 +74,7 @@ def test_cluster_up_refuses_several_heads_without_a_postgresql_store(tmp_path: P
     local = LocalCluster(str(tmp_path / "home"))
     for kwargs, why in (({"heads": 2}, "give --store postgresql"), ({"store": "/tmp/x.db"}, "not a postgresql:// URL")):
         try:
-            local.up(nodes=1, **kwargs)  # type: ignore[arg-type]
+            local.up(ClusterShape(nodes=1, **kwargs))  # type: ignore[arg-type]
         except LocalClusterError as e:
             assert why in str(e)
         else:
@@ -96,7 +97,7 @@ def test_cluster_up_forgets_the_head_epoch_its_agents_saw_on_the_last_store(
     node_state.mkdir(parents=True)
     HeadEpoch(node_state, load_public_key(curve / "head.key")).save(9)  # left by a PostgreSQL cluster
     try:
-        local.up(nodes=1)
+        local.up(ClusterShape(nodes=1))
         with local.client(timeout=10) as client:
             job_id = client.submit_job(jobName="j", jobQueue="default", jobDefinition="hpcbatch-default",
                                        containerOverrides={"command": ["true"]})["jobId"]

@@ -218,3 +218,29 @@ def test_the_overview_charts_what_ran(cc: TestCluster, browser: Any) -> None:
     bars = page.text_content("svg.bars") or ""
     assert "SUCCEEDED" in bars
     shot(page, "overview")
+
+
+def test_the_nodes_page_pages_over_listnodes_and_filters_by_state(cc: TestCluster, browser: Any) -> None:
+    page = admin_page(cc, browser)
+    page.goto(cc.endpoint + "/console/nodes?size=1")
+    assert page.locator("tr[data-node]").count() == 1 and page.locator("tr[data-node='node1']").count() == 1
+    assert page.locator("#nodes-previous, #nodes-first").count() == 0
+    page.click("#nodes-next")
+    page.wait_for_selector("tr[data-node='node2']")
+    assert page.locator("#nodes-next").count() == 0  # two nodes: the second page is the last
+    second = page.url
+    page.click("tr[data-node='node2'] button.drain")  # an action returns to the page it was taken on
+    page.wait_for_url(second)
+    page.wait_for_selector("tr[data-node='node2'] button.resume")
+    page.click("tr[data-node='node2'] button.resume")
+    page.wait_for_selector("tr[data-node='node2'] button.drain")  # the redirect shows it ACTIVE
+    assert page.url == second and cc.nodes()["node2"]["state"] == "ACTIVE"
+    page.click("#nodes-previous")
+    page.wait_for_selector("tr[data-node='node1']")
+    page.select_option("select[name=state]", "DOWN")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**state=DOWN**")
+    assert page.locator("tr[data-node]").count() == 0 and "No DOWN nodes" in page.inner_text("#nodes")
+    page.goto(cc.endpoint + "/console/nodes?state=ASLEEP")
+    assert "state must be one of" in page.inner_text("p.error")
+    shot(page, "nodes-paged")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from hpcbatch.cli.jobs import start_time
 from hpcbatch.cli.main import cli
+from hpcbatch.cli.timetext import start_time
 from tests.harness import TestCluster, wait_for
 
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from hpcbatch.cli.main import cli
 from hpcbatch.localcluster import LocalCluster
-from hpcbatch.localsupervisor import next_restart
+from hpcbatch.localrecord import ClusterShape, next_restart
 from tests.harness import wait_for
 
 
@@ -28,7 +28,7 @@ from tests.harness import wait_for
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     cluster = LocalCluster(str(tmp_path_factory.mktemp("sup")))
     try:
-        yield cluster.up(nodes=1)
+        yield cluster.up(ClusterShape(nodes=1))
     finally:
         cluster.down()
 

@@ -22,6 +22,7 @@ from hpcbatch.cli.main import cli
 from hpcbatch.client import Client
 from hpcbatch.errors import ClientError, HpcbatchError
 from hpcbatch.localcluster import LocalCluster
+from hpcbatch.localrecord import ClusterShape
 from tests.harness import TestCluster
 from tests.security.barehead import BareHead
 from tests.users import ensure_users, need_root
@@ -122,7 +123,7 @@ def test_cluster_up_serves_https_that_the_cli_and_boto3_trust(tmp_path: Path, mo
     monkeypatch.setenv("HPCBATCH_HOME", home)
     local = LocalCluster(home)
     try:
-        local.up(nodes=1)
+        local.up(ClusterShape(nodes=1))
         record = local.record() or {}
         assert record["http_endpoint"].startswith("https://127.0.0.1:")
         assert local.ca_bundle == os.path.join(local.dir, "tls", "ca.pem")

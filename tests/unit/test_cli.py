@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from hpcbatch.cli.main import cli, main
 from hpcbatch.client import CLIENT_TOKEN_TAG
 from hpcbatch.localcluster import LocalCluster, LocalClusterError
+from hpcbatch.localrecord import ClusterShape
 from tests.unit.test_client import StubHead
 
 JOB = {
@@ -660,7 +661,7 @@ def test_cluster_up_that_fails_stops_what_it_started_and_shows_the_log(
     with pytest.raises(
         LocalClusterError, match=r"(?s)head exited.*No module named no_such_head_module.*logs: "
     ):
-        fake_daemons.up(nodes=2, timeout=10)
+        fake_daemons.up(ClusterShape(nodes=2), timeout=10)
     assert fake_daemons.record() is None
     assert fake_daemons.status().recorded is False
 

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from hpcbatch.cli.why import human_reason, in_words
+from hpcbatch.cli.timetext import human_reason, in_words
 from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.model.multinode import NodeEnd, gang_failure_reason, names_resource, whole_node
 from hpcbatch.scheduler import (
