@@ -224,51 +224,42 @@ def _all_values(headers: Mapping[str, str], name: str) -> list[str]:
     return [] if value is None else [value]
 
 
+class SignedRequest(NamedTuple):
+    """An HTTP request as SigV4 sees it: ``path`` and ``query`` still percent-encoded, as sent."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
 def _expected_signature(
     auth: SignedAuthorization,
     secret: str,
-    method: str,
-    path: str,
-    query: str,
+    request: SignedRequest,
     signed_values: Iterable[tuple[str, str]],
     body_sha256: str,
     amz_date: str,
 ) -> str:
     """The signature botocore computes for this request at its own timestamp."""
-    url = "http://hpcbatch" + path + ("?" + query if query else "")
-    request = AWSRequest(method=method, url=url)
+    url = "http://hpcbatch" + request.path + ("?" + request.query if request.query else "")
+    aws = AWSRequest(method=request.method, url=url)
     for name, value in signed_values:
-        request.headers[name] = value  # HTTPHeaders appends: repeated headers stay repeated
-    request.context["timestamp"] = amz_date  # what add_auth would set from the clock
+        aws.headers[name] = value  # HTTPHeaders appends: repeated headers stay repeated
+    aws.context["timestamp"] = amz_date  # what add_auth would set from the clock
     signer = _Signer(
         Credentials(auth.access_key_id, secret), auth.service, auth.region, body_sha256
     )
-    canonical = signer.canonical_request(request)
-    return str(signer.signature(signer.string_to_sign(request, canonical), request))
+    canonical = signer.canonical_request(aws)
+    return str(signer.signature(signer.string_to_sign(aws, canonical), aws))
 
 
-def verify(
-    method: str,
-    path: str,
-    query: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    now: float,
-    lookup: Callable[[str], AccessKey | None],
-    *,
-    region: str | None = None,
-    service: str = "batch",
-    max_skew_s: float = 300,
-) -> AccessKey:
-    """Check a request's SigV4 signature; return the key that signed it, or raise AuthError.
-
-    ``path`` and ``query`` are as sent, still percent-encoded (aiohttp's ``request.raw_path``
-    split at ``?``); ``headers`` is looked up case-insensitively; ``now`` is epoch seconds.
-    ``region=None`` accepts any region in the credential scope (clients pick theirs freely).
-    """
-    authorization = headers.get("authorization")
+def _authorization(request: SignedRequest) -> SignedAuthorization:
+    """The parsed Authorization header, or why the request is not signed at all."""
+    authorization = request.headers.get("authorization")
     if authorization is None:
-        if "X-Amz-Signature=" in query:
+        if "X-Amz-Signature=" in request.query:
             reason = "query-string (presigned URL) authentication is not supported"
         else:
             reason = "it has no Authorization header"
@@ -277,7 +268,10 @@ def verify(
             f"Request is not signed: {reason}. Sign it with AWS Signature Version 4 and an "
             "hpcbatch access key (boto3 and the aws CLI do, given the key).",
         )
-    auth = parse_authorization(authorization)
+    return parse_authorization(authorization)
+
+
+def _check_scope(auth: SignedAuthorization, region: str | None, service: str) -> None:
     if auth.service != service:
         raise _bad(f"Credential should be scoped to correct service: '{service}'.")
     if region is not None and auth.region != region:
@@ -285,11 +279,15 @@ def verify(
             f"Credential should be scoped to a valid region, not '{_shown(auth.region)}': "
             f"this head's region is '{region}'."
         )
-    amz_date = headers.get("x-amz-date")
+
+
+def _signed_date(request: SignedRequest, auth: SignedAuthorization) -> tuple[str, float]:
+    """``X-Amz-Date`` as sent and as epoch seconds, checked against the credential scope."""
+    amz_date = request.headers.get("x-amz-date")
     if amz_date is None:
         raise _bad(
             "Authorization header requires existence of a 'X-Amz-Date' header. "
-            f"Authorization={_shown(authorization)}"
+            f"Authorization={_shown(request.headers.get('authorization', ''))}"
         )
     signed_at = _parse_amz_date(amz_date)
     if amz_date[:8] != auth.date:
@@ -297,7 +295,10 @@ def verify(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
             f"from HTTP: '{auth.date}' != '{amz_date[:8]}', from '{amz_date}'."
         )
+    return amz_date, signed_at
 
+
+def _active_key(auth: SignedAuthorization, lookup: Callable[[str], AccessKey | None]) -> AccessKey:
     key = lookup(auth.access_key_id)
     if key is None:
         raise AuthError(
@@ -309,22 +310,53 @@ def verify(
             UNRECOGNIZED_CLIENT,
             f"{_INVALID_TOKEN} (access key {key.access_key_id} is disabled).",
         )
-    _check_time(amz_date, signed_at, now, max_skew_s)
+    return key
 
-    body_sha256 = hashlib.sha256(body).hexdigest()
-    declared = headers.get("x-amz-content-sha256")
+
+def _body_sha256(request: SignedRequest) -> str:
+    body_sha256 = hashlib.sha256(request.body).hexdigest()
+    declared = request.headers.get("x-amz-content-sha256")
     if declared is not None and declared != body_sha256:
         raise _bad("The provided 'x-amz-content-sha256' header does not match what was computed.")
+    return body_sha256
 
+
+def _signed_values(request: SignedRequest, auth: SignedAuthorization) -> list[tuple[str, str]]:
     signed_values: list[tuple[str, str]] = []
     for name in auth.signed_headers:
-        values = _all_values(headers, name)
+        values = _all_values(request.headers, name)
         if not values:
             raise _bad(f"{_MISMATCH} (signed header '{name}' is not in the request)")
         signed_values.extend((name, v) for v in values)
+    return signed_values
+
+
+def verify(
+    request: SignedRequest,
+    now: float,
+    lookup: Callable[[str], AccessKey | None],
+    *,
+    region: str | None = None,
+    service: str = "batch",
+    max_skew_s: float = 300,
+) -> AccessKey:
+    """Check a request's SigV4 signature; return the key that signed it, or raise AuthError.
+
+    ``request.path`` and ``request.query`` are as sent, still percent-encoded (aiohttp's
+    ``request.raw_path`` split at ``?``); ``headers`` is looked up case-insensitively; ``now``
+    is epoch seconds. ``region=None`` accepts any region in the credential scope (clients pick
+    theirs freely).
+    """
+    auth = _authorization(request)
+    _check_scope(auth, region, service)
+    amz_date, signed_at = _signed_date(request, auth)
+    key = _active_key(auth, lookup)
+    _check_time(amz_date, signed_at, now, max_skew_s)
+    body_sha256 = _body_sha256(request)
+    signed_values = _signed_values(request, auth)
     try:
         expected = _expected_signature(
-            auth, key.secret_access_key, method, path, query, signed_values, body_sha256, amz_date
+            auth, key.secret_access_key, request, signed_values, body_sha256, amz_date
         )
     except (ValueError, TypeError, UnicodeError) as exc:  # an unparseable URL or header value
         raise _bad(f"{_MISMATCH} ({type(exc).__name__}: {_shown(str(exc))})") from None

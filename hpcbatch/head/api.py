@@ -215,7 +215,7 @@ class Identifier:
 
     def _sigv4(self, request: web.Request, body: bytes) -> Caller:
         from hpcbatch.auth.keys import AccessKey
-        from hpcbatch.auth.sigv4 import verify
+        from hpcbatch.auth.sigv4 import SignedRequest, verify
 
         store = self._service.store
 
@@ -223,10 +223,10 @@ class Identifier:
             doc = store.get_access_key(access_key_id)
             return None if doc is None else AccessKey(**doc)
 
-        key = verify(
-            request.method, request.rel_url.raw_path, request.rel_url.raw_query_string, request.headers, body,
-            time.time(), lookup, region=self._region,
+        signed = SignedRequest(
+            request.method, request.rel_url.raw_path, request.rel_url.raw_query_string, request.headers, body
         )
+        key = verify(signed, time.time(), lookup, region=self._region)
         return Caller(user=key.user, role=key.role, via="sigv4", access_key_id=key.access_key_id)
 
 

@@ -632,14 +632,15 @@ def mount_logs(app: web.Application, service: Any, identifier: Any, *, region: s
         if sock is not None and sock.family == socket.AF_UNIX:
             return identifier.identify(request, raw)  # the kernel names local callers
         from hpcbatch.auth.keys import AccessKey
-        from hpcbatch.auth.sigv4 import verify
+        from hpcbatch.auth.sigv4 import SignedRequest, verify
 
         def lookup(access_key_id: str) -> AccessKey | None:
             doc = service.store.get_access_key(access_key_id)
             return None if doc is None else AccessKey(**doc)
 
-        key = verify(request.method, request.rel_url.raw_path, request.rel_url.raw_query_string, request.headers,
-                     raw, time.time(), lookup, region=region, service="logs")
+        signed = SignedRequest(request.method, request.rel_url.raw_path,
+                               request.rel_url.raw_query_string, request.headers, raw)
+        key = verify(signed, time.time(), lookup, region=region, service="logs")
         return Caller(user=key.user, role=key.role, via="sigv4", access_key_id=key.access_key_id)
 
     async def handle(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from botocore.credentials import Credentials
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from hpcbatch.auth.keys import AccessKey
-from hpcbatch.auth.sigv4 import AuthError, verify
+from hpcbatch.auth.sigv4 import AuthError, SignedRequest, verify
 from hpcbatch.head.cwlogs import (
     MAX_EVENT,
     CloudWatchLogs,
@@ -183,13 +183,13 @@ def logs_signed(service: str) -> tuple[CIMultiDictProxy[str], bytes]:
 def test_a_logs_signature_is_accepted_for_logs_and_refused_for_batch() -> None:
     headers, body = logs_signed("logs")
     now = SIGNED_AT.timestamp()
-    assert verify("POST", "/", "", headers, body, now, {KEY.access_key_id: KEY}.get, service="logs") == KEY
+    assert verify(SignedRequest("POST", "/", "", headers, body), now, {KEY.access_key_id: KEY}.get, service="logs") == KEY
     with pytest.raises(AuthError) as info:
-        verify("POST", "/", "", headers, body, now, {KEY.access_key_id: KEY}.get)  # the Batch routes' check
+        verify(SignedRequest("POST", "/", "", headers, body), now, {KEY.access_key_id: KEY}.get)  # the Batch routes' check
     assert info.value.aws_code == "InvalidSignatureException" and "'batch'" in info.value.message
     batch_headers, body = logs_signed("batch")
     with pytest.raises(AuthError) as info:
-        verify("POST", "/", "", batch_headers, body, now, {KEY.access_key_id: KEY}.get, service="logs")
+        verify(SignedRequest("POST", "/", "", batch_headers, body), now, {KEY.access_key_id: KEY}.get, service="logs")
     assert "'logs'" in info.value.message
 
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from hpcbatch.auth.keys import AccessKey, credentials_profile, generate_access_key
-from hpcbatch.auth.sigv4 import AuthError, RequestSigner, parse_authorization, verify
+from hpcbatch.auth.sigv4 import AuthError, RequestSigner, SignedRequest, parse_authorization, verify
 from hpcbatch.client import Client, find_credentials
 from hpcbatch.errors import ClientError, HpcbatchError
 from tests import prereq
@@ -113,9 +113,7 @@ def boto_signed(
 
 
 def check(wire: Wire, now: float = NOW, **kwargs: Any) -> AccessKey:
-    return verify(
-        wire.method, wire.path, wire.query, wire.headers, wire.body, now, KEYS.get, **kwargs
-    )
+    return verify(SignedRequest(wire.method, wire.path, wire.query, wire.headers, wire.body), now, KEYS.get, **kwargs)
 
 
 def refused(wire: Wire, now: float = NOW, **kwargs: Any) -> AuthError:
@@ -442,7 +440,7 @@ class VerifyingHead:
                 status, doc = 200, {"ok": "yes"}
                 if "Authorization" in headers or unix_path is None:
                     try:
-                        key = verify("POST", path, query, headers, body, time.time(), KEYS.get)
+                        key = verify(SignedRequest("POST", path, query, headers, body), time.time(), KEYS.get)
                         doc = {"user": key.user}
                     except AuthError as e:
                         status, doc = e.http_status, {"__type": e.aws_code, "message": e.message}
