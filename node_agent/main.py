@@ -300,12 +300,13 @@ class Agent:
         if isinstance(outcome, AttemptResult):  # refused, or ended already: reported like any exit
             self._feed(s.AttemptEnded(exited_message(outcome)))
             return
+        # Told first: whatever fails after this, the attempt runs and is not reported failed.
+        self._feed(s.AttemptRunning(msg.attempt_id, msg.job_id, outcome, _now().wall_ms))
         if msg.gpu_ids:
             self._gpus_of[msg.attempt_id] = list(msg.gpu_ids)
         grant = launch_grant(msg, self.runner.attempt_uid(msg.attempt_id))
         if grant is not None:
             self.bridge.allow(grant)
-        self._feed(s.AttemptRunning(msg.attempt_id, msg.job_id, outcome, _now().wall_ms))
 
     def _start_task(self, msg: p.StartTask) -> None:
         """Run a launched command (an MPI daemon) inside this node's attempt of the job."""
