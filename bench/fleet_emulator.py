@@ -80,9 +80,12 @@ from hpcbatch import protocol as p
 from hpcbatch.client import Client
 from hpcbatch.curve import KeyPair, ensure_keypair, load_public_key
 from hpcbatch.errors import HpcbatchError
+from node_agent.attempt_env import NodeSetting
 from node_agent.config import AgentConfig
-from node_agent.main import _MONITORED, Agent
+from node_agent.main import Agent
+from node_agent.main import _now as agent_now
 from node_agent.runner import AttemptResult, AttemptSpec
+from node_agent.state import AgentIdentity, AgentState
 
 PER_PROCESS = 400
 
@@ -213,53 +216,24 @@ class EmulatedAgent(Agent):
         self.bridge = _NoBridge()  # type: ignore[assignment]
         self.keys = keys
         self._ctx = ctx
-        self._sock = ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
-        self._sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
-        self._sock.setsockopt(zmq.CURVE_SERVERKEY, head_key)
-        self._monitor = self._sock.get_monitor_socket(_MONITORED)
-        self._sock.setsockopt(zmq.IMMEDIATE, 1)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        self._sock.setsockopt(zmq.SNDHWM, 100_000)
-        self._heads = config.head_endpoints
-        self._head = self._heads[0]
-        self._head_since = time.monotonic()
+        self._open_socket(head_key)
         self._epoch_memory = _EpochInMemory()  # type: ignore[assignment]
-        self._epoch = 0
-        self._sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(config.heartbeat_interval_s * 1000)))
-        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1000, int(config.heartbeat_interval_s * config.liveness * 1000)))
-        self._sock.connect(self._head)
-        self._interval = config.heartbeat_interval_s
-        self._liveness = config.liveness
-        self._head_id = None
-        self._head_seen = 0.0
-        self._fence_after_s = config.fence_s
-        self._lease_from = time.monotonic()
-        self._fenced = False
-        self._fence_killed = set()
-        self._lease_path = self.state / "lease"
-        self._lease_saved = -1e9
-        self._connected_at = None
-        self._welcomed = False
-        self._said = set()
-        self._unacked = {}
-        self._shipped = {}
-        self._job_of = {}
-        self._base_env = {"PATH": "/usr/bin:/bin"}
-        self._hostname = config.name
-        self._cpus = list(range(vcpus))
+        self.core = AgentState(
+            AgentIdentity(self.instance_id, self.facts, head_count=len(self._heads)),
+            epoch=0, heartbeat_interval_s=config.heartbeat_interval_s, liveness=config.liveness, now=agent_now(),
+        )
+        self._node = NodeSetting(base_env={"PATH": "/usr/bin:/bin"}, hostname=config.name, facts=self.facts,
+                                 cpus=list(range(vcpus)), launch_socket=self.bridge.path)
         self._gpus_of = {}
         self._declared_unhealthy = {}
         self._starting = set()
-        self._not_started = set()
         self._images_reported = -1
+        self._performers = self._performers_table()
 
     def _ship_output(self, attempt_id: str, final: bool = False) -> None:
         """The stub runner writes no output."""
 
-    def _save_lease(self) -> None:
+    def _save_lease(self, heard_at: float) -> None:
         """No disk: the lease lives in memory only."""
 
     async def _report_images(self) -> None:
@@ -268,7 +242,7 @@ class EmulatedAgent(Agent):
     async def serve(self, start_after_s: float) -> None:
         """Agent.run's loops, less the bridge, orphans and log shipping (there are none)."""
         await asyncio.sleep(start_after_s)  # real nodes do not beat in step
-        self._register()
+        self._send(self.core.register_message(agent_now()))
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._receive_loop())

@@ -97,30 +97,33 @@ def job_files(hosts: list[str], slots: int) -> tuple[tuple[str, bytes, int], ...
     )
 
 
-def job_environment(
-    *,
-    hosts: list[str],
-    environment: dict[str, str],
-    work_dir: Path,
-    launch_socket: Path,
-    secret: str,
-    fabric: p.NodeFacts,
-    owner_is_root: bool,
-) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class MultinodeLaunch:
+    """Where a multi-node attempt's launcher finds this node: its hosts, files, socket, secret."""
+
+    hosts: list[str]
+    work_dir: Path  # the owner's private work dir, where job_files go
+    launch_socket: Path
+    secret: str
+    owner_is_root: bool = False
+
+
+def job_environment(launch: MultinodeLaunch, *, environment: dict[str, str], fabric: p.NodeFacts) -> dict[str, str]:
     """Variables a multi-node attempt gets on top of ``environment`` (which they never replace).
 
     The bridge's own (HPCBATCH_*, the launcher settings) are always set: ssh between nodes
     does not work here. Hostfile defaults and fabric tuning are set only where the job's
     environment has no value of its own, so a job definition can still choose.
     """
+    hosts, work_dir = launch.hosts, launch.work_dir
     hostfile = str(work_dir / HOSTFILE_NAME)
     agent = str(work_dir / LAUNCHER_NAME)
     forced = {
         "HPCBATCH_HOSTFILE": hostfile,
         "HPCBATCH_NODES": ",".join(hosts),
         "HPCBATCH_LAUNCHER": agent,
-        "HPCBATCH_LAUNCH_SOCKET": str(launch_socket),
-        "HPCBATCH_LAUNCH_SECRET": secret,
+        "HPCBATCH_LAUNCH_SOCKET": str(launch.launch_socket),
+        "HPCBATCH_LAUNCH_SECRET": launch.secret,
         # `hpcbatch run` inside the job; its tasks connect back to this node's address.
         "HPCBATCH_RUN": str(work_dir / RUN_NAME),
         "HPCBATCH_NODE_ADDRESS": fabric.fabric_address or (fabric.addresses[0] if fabric.addresses else "127.0.0.1"),
@@ -140,7 +143,7 @@ def job_environment(
         "HYDRA_HOST_FILE": str(work_dir / HYDRA_HOSTFILE_NAME),
         **fabric_environment(fabric),
     }
-    if owner_is_root:
+    if launch.owner_is_root:
         defaults |= {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     added = {k: v for k, v in defaults.items() if k not in environment}
     return added | forced

@@ -109,29 +109,44 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         config = msgspec.convert(raw, AgentConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"agent config {path}: {exc}") from None
-    if not config.head_endpoints:
-        raise ConfigError(f"agent config {path}: head must name at least one fleet endpoint")
-    if config.memory_enforcement not in ("auto", "cgroup", "rss"):
-        raise ConfigError(f"agent config {path}: memory_enforcement must be auto, cgroup or rss")
-    if config.fabric_kind not in (None, "efa", "infiniband", "tcp"):
-        raise ConfigError(f"agent config {path}: fabric_kind must be efa, infiniband or tcp")
-    uuids = [g if isinstance(g, str) else g.uuid for g in config.gpus]
-    if len(set(uuids)) != len(uuids) or "" in uuids:
-        raise ConfigError(f"agent config {path}: gpus must have distinct, non-empty uuids")
-    if config.fence_after_s is not None and config.fence_after_s < 0:
-        raise ConfigError(f"agent config {path}: fence_after_s must be >= 0 seconds (0: never fence)")
-    if not 65536 <= config.container_subid_base <= (1 << 31):
-        raise ConfigError(f"agent config {path}: container_subid_base must be between 65536 and 2147483648")
-    if config.gpu_count is not None and config.gpu_count < 0:
-        raise ConfigError(f"agent config {path}: gpu_count must not be negative")
-    if config.container_auth_file and not Path(config.container_auth_file).is_file():
-        raise ConfigError(
-            f"agent config {path}: container_auth_file {config.container_auth_file} does not exist "
-            "(make it with: podman login --authfile FILE REGISTRY)"
-        )
-    if not Path(config.head_public_key).is_file():
-        raise ConfigError(
-            f"agent config {path}: head_public_key {config.head_public_key} does not exist: "
-            "copy the head's public key there (on the head: <state_dir>/curve/head.key)"
-        )
+    problem = config_problem(config)
+    if problem is not None:
+        raise ConfigError(f"agent config {path}: {problem}")
     return config
+
+
+def config_problem(config: AgentConfig) -> str | None:
+    """What is wrong with a config that has the right shape, naming the field; None if nothing."""
+    for check in (_value_problem, _file_problem):
+        problem = check(config)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _value_problem(config: AgentConfig) -> str | None:
+    """Fields whose values are out of range."""
+    uuids = [g if isinstance(g, str) else g.uuid for g in config.gpus]
+    problems = (
+        (not config.head_endpoints, "head must name at least one fleet endpoint"),
+        (config.memory_enforcement not in ("auto", "cgroup", "rss"), "memory_enforcement must be auto, cgroup or rss"),
+        (config.fabric_kind not in (None, "efa", "infiniband", "tcp"), "fabric_kind must be efa, infiniband or tcp"),
+        (len(set(uuids)) != len(uuids) or "" in uuids, "gpus must have distinct, non-empty uuids"),
+        (config.fence_after_s is not None and config.fence_after_s < 0,
+         "fence_after_s must be >= 0 seconds (0: never fence)"),
+        (not 65536 <= config.container_subid_base <= (1 << 31),
+         "container_subid_base must be between 65536 and 2147483648"),
+        (config.gpu_count is not None and config.gpu_count < 0, "gpu_count must not be negative"),
+    )
+    return next((message for wrong, message in problems if wrong), None)
+
+
+def _file_problem(config: AgentConfig) -> str | None:
+    """Files the config names that are not there."""
+    if config.container_auth_file and not Path(config.container_auth_file).is_file():
+        return (f"container_auth_file {config.container_auth_file} does not exist "
+                "(make it with: podman login --authfile FILE REGISTRY)")
+    if not Path(config.head_public_key).is_file():
+        return (f"head_public_key {config.head_public_key} does not exist: "
+                "copy the head's public key there (on the head: <state_dir>/curve/head.key)")
+    return None

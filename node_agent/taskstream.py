@@ -102,101 +102,132 @@ def attach(address: str, line: str, label: str, pty_size: tuple | None) -> int:
         return LAUNCH_FAILURE
     conn.settimeout(None)
     conn.sendall(frame(b"H", token.encode() + b"\0" + label.encode()))
-    master = None
-    if pty_size is not None:
-        import fcntl
-        import pty
-        import termios
+    relay = _TaskRelay(conn, *_spawn_task(line, pty_size))
+    relay.pump()
+    return relay.finish()
 
-        master, slave = pty.openpty()
-        _set_size(master, pty_size)
 
-        def controlling_tty() -> None:  # after setsid (start_new_session): the pty is ours
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-        env = dict(os.environ)
-        env.setdefault("TERM", "xterm")
-        child = subprocess.Popen(["/bin/sh", "-c", line], stdin=slave, stdout=slave, stderr=slave,
-                                 start_new_session=True, preexec_fn=controlling_tty, env=env, close_fds=True)
-        os.close(slave)
-        outputs = {master: b"O"}
-    else:
+def _spawn_task(line: str, pty_size: tuple | None) -> tuple:
+    """Start ``/bin/sh -c line`` in its own session: (child, pty master or None, {fd: frame kind})."""
+    if pty_size is None:
         child = subprocess.Popen(["/bin/sh", "-c", line], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
         assert child.stdout is not None and child.stderr is not None
-        outputs = {child.stdout.fileno(): b"O", child.stderr.fileno(): b"E"}
-    sel = selectors.DefaultSelector()
-    for fd in outputs:
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
-    sel.register(conn, selectors.EVENT_READ)
-    frames = Frames()
-    client_gone = False
-    drain_until = None
-    while outputs:
-        if drain_until is None and child.poll() is not None:
+        return child, None, {child.stdout.fileno(): b"O", child.stderr.fileno(): b"E"}
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    _set_size(master, pty_size)
+
+    def controlling_tty() -> None:  # after setsid (start_new_session): the pty is ours
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    env = dict(os.environ)
+    env.setdefault("TERM", "xterm")
+    child = subprocess.Popen(["/bin/sh", "-c", line], stdin=slave, stdout=slave, stderr=slave,
+                             start_new_session=True, preexec_fn=controlling_tty, env=env, close_fds=True)
+    os.close(slave)
+    return child, master, {master: b"O"}
+
+
+class _TaskRelay:
+    """The task's end: its output to the client as frames, the client's frames to it."""
+
+    def __init__(self, conn: socket.socket, child: subprocess.Popen, master: int | None, outputs: dict) -> None:
+        self.conn, self.child, self.master, self.outputs = conn, child, master, outputs
+        self.sel = selectors.DefaultSelector()
+        for fd in outputs:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ)
+        self.sel.register(conn, selectors.EVENT_READ)
+        self.frames = Frames()
+        self.client_gone = False
+        self.drain_until: float | None = None
+
+    def pump(self) -> None:
+        """Relay until the command's output is closed (or drained a moment after it ended)."""
+        while self.outputs and not self._drained():
+            for key, _ in self.sel.select(timeout=0.2):
+                if key.fileobj is self.conn:
+                    self._from_client()
+                else:
+                    self._from_task(key.fd)
+
+    def _drained(self) -> bool:
+        if self.drain_until is None and self.child.poll() is not None:
             # The command ended: what it left in its group (a background `sleep` holding
             # the pipe) goes too, and what is still queued is read for a moment more.
-            _signal_group(child.pid, signal.SIGKILL)
-            drain_until = time.monotonic() + 2.0
-        elif drain_until is not None and time.monotonic() > drain_until:
-            break
-        for key, _ in sel.select(timeout=0.2):
-            if key.fileobj is conn:
-                try:
-                    data = conn.recv(_CHUNK)
-                except OSError:
-                    data = b""
-                if not data:
-                    # The client went away: the task must not run on unseen (ssh -t does the same).
-                    client_gone = True
-                    sel.unregister(conn)
-                    _signal_group(child.pid, signal.SIGHUP)
-                    _signal_group(child.pid, signal.SIGTERM)
-                    continue
-                for kind, payload in frames.feed(data):
-                    if kind == b"I" and master is not None:
-                        _write_all(master, payload)
-                    elif kind == b"D" and master is not None:
-                        _write_all(master, b"\x04")
-                    elif kind == b"S":
-                        _signal_group(child.pid, int(payload))
-                    elif kind == b"W" and master is not None:
-                        rows, cols = payload.split()
-                        _set_size(master, (int(rows), int(cols)))
-                continue
-            fd = key.fd
-            try:
-                data = os.read(fd, _CHUNK)
-            except BlockingIOError:
-                continue
-            except OSError:  # EIO: the pty's last holder closed it
-                data = b""
-            if not data:
-                sel.unregister(fd)
-                del outputs[fd]
-                continue
-            if not client_gone:
-                try:
-                    conn.sendall(frame(outputs[fd], data))
-                except OSError:
-                    client_gone = True
-                    _signal_group(child.pid, signal.SIGHUP)
-    code = exit_status(child.wait())
-    _signal_group(child.pid, signal.SIGKILL)  # what it left in its group
-    if master is not None:
-        os.close(master)
-    if not client_gone:
+            _signal_group(self.child.pid, signal.SIGKILL)
+            self.drain_until = time.monotonic() + 2.0
+            return False
+        return self.drain_until is not None and time.monotonic() > self.drain_until
+
+    def _from_client(self) -> None:
         try:
-            conn.sendall(frame(b"X", str(code).encode()))
-            conn.shutdown(socket.SHUT_WR)
-            conn.settimeout(5.0)
-            while conn.recv(_CHUNK):  # until the client has read everything and closed
-                pass
+            data = self.conn.recv(_CHUNK)
         except OSError:
-            pass
-    conn.close()
-    return code
+            data = b""
+        if not data:
+            # The client went away: the task must not run on unseen (ssh -t does the same).
+            self.client_gone = True
+            self.sel.unregister(self.conn)
+            _signal_group(self.child.pid, signal.SIGHUP)
+            _signal_group(self.child.pid, signal.SIGTERM)
+            return
+        for kind, payload in self.frames.feed(data):
+            self._obey(kind, payload)
+
+    def _obey(self, kind: bytes, payload: bytes) -> None:
+        if kind == b"S":
+            _signal_group(self.child.pid, int(payload))
+        elif self.master is None:
+            return  # stdin and the window size are a terminal's
+        elif kind == b"I":
+            _write_all(self.master, payload)
+        elif kind == b"D":
+            _write_all(self.master, b"\x04")
+        elif kind == b"W":
+            rows, cols = payload.split()
+            _set_size(self.master, (int(rows), int(cols)))
+
+    def _from_task(self, fd: int) -> None:
+        try:
+            data = os.read(fd, _CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: the pty's last holder closed it
+            data = b""
+        if not data:
+            self.sel.unregister(fd)
+            del self.outputs[fd]
+            return
+        if self.client_gone:
+            return
+        try:
+            self.conn.sendall(frame(self.outputs[fd], data))
+        except OSError:
+            self.client_gone = True
+            _signal_group(self.child.pid, signal.SIGHUP)
+
+    def finish(self) -> int:
+        """Reap the command, tell the client its code, and wait until the client has it all."""
+        code = exit_status(self.child.wait())
+        _signal_group(self.child.pid, signal.SIGKILL)  # what it left in its group
+        if self.master is not None:
+            os.close(self.master)
+        if not self.client_gone:
+            try:
+                self.conn.sendall(frame(b"X", str(code).encode()))
+                self.conn.shutdown(socket.SHUT_WR)
+                self.conn.settimeout(5.0)
+                while self.conn.recv(_CHUNK):  # until the client has read everything and closed
+                    pass
+            except OSError:
+                pass
+        self.conn.close()
+        return code
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -472,57 +503,66 @@ def stream_client(session: Session, launches: list) -> int:
     threads = [threading.Thread(target=one, args=launch, daemon=True) for launch in launches]
     for t in threads:
         t.start()
-    interrupts = []
-
-    def forward(signum: int, _frame: object) -> None:
-        interrupts.append(signum)
-        # A second Ctrl-C kills: srun's habit.
-        sig = signal.SIGKILL if interrupts.count(signal.SIGINT) > 1 else signum
-        session.interrupted = int(sig)
-        session.send_all(frame(b"S", str(int(sig)).encode()))
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, forward)
+    _forward_interrupts(session)
     write = labelled_writer(session)
-    sel = selectors.DefaultSelector()
-    sel.register(session.listener, selectors.EVENT_READ)
-    sel.register(wake_r, selectors.EVENT_READ)
     try:
-        while True:
-            if done.is_set():
-                # Every task ended: what they sent is queued already; read it to the end.
-                session.accept_pending()
-                for conn in list(session.conns):
-                    conn.setblocking(True)
-                    conn.settimeout(10.0)
-                    while conn in session.conns and session.read(conn, write):
-                        pass
-                break
-            for key, _ in sel.select(timeout=1.0):
-                if key.fileobj is session.listener:
-                    sel.register(session.accept(), selectors.EVENT_READ)
-                elif key.fileobj is wake_r:
-                    wake_r.recv(64)
-                elif not session.read(key.fileobj, write):
-                    sel.unregister(key.fileobj)
+        _serve_tasks(session, wake_r, done, write)
     except SessionClaimed as exc:
         session.send_all(frame(b"S", str(int(signal.SIGKILL)).encode()))
         flush_partials(session)
         sys.stderr.write(f"hpcbatch run: {exc}: every task killed\n")
         return LAUNCH_FAILURE
     flush_partials(session)
-    worst = 0
-    for label, _ in launches:
-        code, error = results[label]
-        code = session.codes.get(label, code)
-        if code is None:
-            sys.stderr.write(f"hpcbatch run: {label}: {error or 'ended without an exit code'}\n")
-            code = LAUNCH_FAILURE
-        elif label not in session.seen:
-            sys.stderr.write(f"hpcbatch run: {label}: its task never connected back to {session.address}:"
-                             f"{session.port} (exit {code}; its reason is in the job's log on that node)\n")
-        worst = max(worst, code)
-    return worst
+    return max([_task_code(session, label, results[label]) for label, _ in launches], default=0)
+
+
+def _forward_interrupts(session: Session) -> None:
+    """Ctrl-C, SIGTERM and SIGHUP go to every task; a second Ctrl-C kills (srun's habit)."""
+    interrupts = []
+
+    def forward(signum: int, _frame: object) -> None:
+        interrupts.append(signum)
+        sig = signal.SIGKILL if interrupts.count(signal.SIGINT) > 1 else signum
+        session.interrupted = int(sig)
+        session.send_all(frame(b"S", str(int(sig)).encode()))
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+
+
+def _serve_tasks(session: Session, wake_r: socket.socket, done: threading.Event, write) -> None:
+    """Accept the tasks and print what they send until every launch has ended."""
+    sel = selectors.DefaultSelector()
+    sel.register(session.listener, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    while not done.is_set():
+        for key, _ in sel.select(timeout=1.0):
+            if key.fileobj is session.listener:
+                sel.register(session.accept(), selectors.EVENT_READ)
+            elif key.fileobj is wake_r:
+                wake_r.recv(64)
+            elif not session.read(key.fileobj, write):
+                sel.unregister(key.fileobj)
+    # Every task ended: what they sent is queued already; read it to the end.
+    session.accept_pending()
+    for conn in list(session.conns):
+        conn.setblocking(True)
+        conn.settimeout(10.0)
+        while conn in session.conns and session.read(conn, write):
+            pass
+
+
+def _task_code(session: Session, label: str, launched: tuple) -> int:
+    """A task's exit code: its own X frame's, else its launch's; a launch failure says why."""
+    code, error = launched
+    code = session.codes.get(label, code)
+    if code is None:
+        sys.stderr.write(f"hpcbatch run: {label}: {error or 'ended without an exit code'}\n")
+        return LAUNCH_FAILURE
+    if label not in session.seen:
+        sys.stderr.write(f"hpcbatch run: {label}: its task never connected back to {session.address}:"
+                         f"{session.port} (exit {code}; its reason is in the job's log on that node)\n")
+    return code
 
 
 def _terminal_size() -> tuple:
@@ -556,50 +596,12 @@ def pty_loop(session: Session, wake_r: socket.socket | None, ended) -> int:
 
     stdin = sys.stdin.fileno()
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
-    sel = selectors.DefaultSelector()
-    sel.register(session.listener, selectors.EVENT_READ)
-    if wake_r is not None:
-        sel.register(wake_r, selectors.EVENT_READ)
-    out = sys.stdout.buffer
-
-    def show(_label: str, _kind: bytes, data: bytes) -> None:
-        out.write(data)
-        out.flush()
-
-    def resized(_signum: int, _frame: object) -> None:
-        session.send_all(frame(b"W", "{} {}".format(*_terminal_size()).encode()))
-
-    def hangup(signum: int, _frame: object) -> None:
-        session.send_all(frame(b"S", str(int(signum)).encode()))
-
-    signal.signal(signal.SIGWINCH, resized)
-    signal.signal(signal.SIGHUP, hangup)
-    signal.signal(signal.SIGTERM, hangup)
+    _forward_window_and_hangups(session)
+    terminal = _Terminal(session, wake_r, stdin)
     try:
         if saved is not None:
             tty.setraw(stdin, termios.TCSANOW)  # keep what was typed ahead
-        over = False
-        while not over:
-            if not session.seen and ended() is not None:
-                break  # the launch failed before its task connected
-            for key, _ in sel.select(timeout=1.0):
-                if key.fileobj is session.listener:
-                    sel.register(session.accept(), selectors.EVENT_READ)
-                elif key.fileobj is wake_r:
-                    wake_r.recv(64)
-                elif key.fileobj == stdin:
-                    data = os.read(stdin, _CHUNK)
-                    session.send_all(frame(b"I", data) if data else frame(b"D"))
-                    if not data:
-                        sel.unregister(stdin)
-                else:
-                    state = session.conns[key.fileobj]
-                    had_task = bool(session.seen)
-                    if not session.read(key.fileobj, show):
-                        sel.unregister(key.fileobj)
-                        over = over or state[0] is not None  # the task's connection, not a stranger's
-                    if session.seen and not had_task:  # the task is here: keystrokes go to it now
-                        sel.register(stdin, selectors.EVENT_READ)
+        terminal.relay(ended)
     except SessionClaimed as exc:
         session.send_all(frame(b"S", str(int(signal.SIGKILL)).encode()))
         if saved is not None:
@@ -610,9 +612,77 @@ def pty_loop(session: Session, wake_r: socket.socket | None, ended) -> int:
     finally:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+    return _pty_code(session, ended())
+
+
+def _forward_window_and_hangups(session: Session) -> None:
+    """Resizes of this terminal, and SIGHUP/SIGTERM, go to the task."""
+
+    def resized(_signum: int, _frame: object) -> None:
+        session.send_all(frame(b"W", "{} {}".format(*_terminal_size()).encode()))
+
+    def hangup(signum: int, _frame: object) -> None:
+        session.send_all(frame(b"S", str(int(signum)).encode()))
+
+    signal.signal(signal.SIGWINCH, resized)
+    signal.signal(signal.SIGHUP, hangup)
+    signal.signal(signal.SIGTERM, hangup)
+
+
+class _Terminal:
+    """This terminal's end of a ``--pty`` session: keystrokes out, the task's screen in."""
+
+    def __init__(self, session: Session, wake_r: socket.socket | None, stdin: int) -> None:
+        self.session, self.wake_r, self.stdin = session, wake_r, stdin
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(session.listener, selectors.EVENT_READ)
+        if wake_r is not None:
+            self.sel.register(wake_r, selectors.EVENT_READ)
+        self.out = sys.stdout.buffer
+
+    def relay(self, ended) -> None:
+        """Until the task's connection closes, or its launch failed before it connected."""
+        over = False
+        while not over:
+            if not self.session.seen and ended() is not None:
+                return  # the launch failed before its task connected
+            for key, _ in self.sel.select(timeout=1.0):
+                over = self._serve(key.fileobj) or over
+
+    def _serve(self, fileobj) -> bool:
+        """One readable source; True when it was the task's connection, now closed."""
+        if fileobj is self.session.listener:
+            self.sel.register(self.session.accept(), selectors.EVENT_READ)
+        elif fileobj is self.wake_r:
+            fileobj.recv(64)
+        elif fileobj == self.stdin:
+            data = os.read(self.stdin, _CHUNK)
+            self.session.send_all(frame(b"I", data) if data else frame(b"D"))
+            if not data:
+                self.sel.unregister(self.stdin)
+        else:
+            return self._from_task(fileobj)
+        return False
+
+    def _from_task(self, conn: socket.socket) -> bool:
+        state = self.session.conns[conn]
+        had_task = bool(self.session.seen)
+        closed = not self.session.read(conn, self._show)
+        if closed:
+            self.sel.unregister(conn)
+        if self.session.seen and not had_task:  # the task is here: keystrokes go to it now
+            self.sel.register(self.stdin, selectors.EVENT_READ)
+        return closed and state[0] is not None  # the task's connection, not a stranger's
+
+    def _show(self, _label: str, _kind: bytes, data: bytes) -> None:
+        self.out.write(data)
+        self.out.flush()
+
+
+def _pty_code(session: Session, launched: tuple | None) -> int:
+    """The task's exit code, else its launch's; a launch failure says why."""
     if session.codes:
         return next(iter(session.codes.values()))
-    launched = ended()
     if launched is not None and launched[0] is None:
         sys.stderr.write(f"hpcbatch run: {launched[1]}\n")
     return LAUNCH_FAILURE if launched is None or launched[0] is None else launched[0]

@@ -29,6 +29,7 @@ from node_agent.bridge import (
     LAUNCHER_NAME,
     LaunchBridge,
     LaunchGrant,
+    MultinodeLaunch,
     job_environment,
     job_files,
     parent_job_id,
@@ -96,9 +97,9 @@ def _facts(iface: str | None = "fab0") -> p.NodeFacts:
 def test_multinode_environment_points_mpi_at_the_launcher_and_the_hostfile() -> None:
     work = Path("/state/attempts/a1/work")
     head_env = {"AWS_BATCH_JOB_NODE_INDEX": "0", "MASTER_ADDR": "10.0.0.1", "NCCL_SOCKET_IFNAME": "mine"}
-    env = job_environment(hosts=["n1", "n2"], environment=head_env, work_dir=work,
-                          launch_socket=Path("/state/launch.sock"), secret=SECRET,
-                          fabric=_facts(), owner_is_root=False)
+    launch = MultinodeLaunch(hosts=["n1", "n2"], work_dir=work, launch_socket=Path("/state/launch.sock"),
+                             secret=SECRET, owner_is_root=False)
+    env = job_environment(launch, environment=head_env, fabric=_facts())
     agent = str(work / LAUNCHER_NAME)
     assert env["HPCBATCH_HOSTFILE"] == str(work / HOSTFILE_NAME)
     assert env["HPCBATCH_NODES"] == "n1,n2"
@@ -113,8 +114,9 @@ def test_multinode_environment_points_mpi_at_the_launcher_and_the_hostfile() -> 
     assert "NCCL_SOCKET_IFNAME" not in env  # the job's own value stays
     assert not set(env) & set(head_env)
     assert "OMPI_ALLOW_RUN_AS_ROOT" not in env
-    root = job_environment(hosts=["n1"], environment={}, work_dir=work, launch_socket=Path("/s"),
-                           secret=SECRET, fabric=_facts(None), owner_is_root=True)
+    launch = MultinodeLaunch(hosts=["n1"], work_dir=work, launch_socket=Path("/s"), secret=SECRET,
+                             owner_is_root=True)
+    root = job_environment(launch, environment={}, fabric=_facts(None))
     assert root["OMPI_ALLOW_RUN_AS_ROOT"] == root["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] == "1"
 
 
@@ -385,8 +387,9 @@ def test_plain_mpirun_starts_its_daemon_through_the_bridge(tmp_path: Path) -> No
         async with serving(tmp_path, start_local=h.runner.start_task) as (bridge, head):
             env = {"PATH": f"{bindir}:/usr/bin:/bin", "LC_ALL": "C", "HOME": str(tmp_path),
                    "HPCBATCH_SLOTS_PER_NODE": "2"}
-            env |= job_environment(hosts=["n1"], environment=env, work_dir=h.runner.job_dir("mpi", None),
-                                   launch_socket=bridge.path, secret=SECRET, fabric=facts, owner_is_root=True)
+            launch = MultinodeLaunch(hosts=["n1"], work_dir=h.runner.job_dir("mpi", None),
+                                     launch_socket=bridge.path, secret=SECRET, owner_is_root=True)
+            env |= job_environment(launch, environment=env, fabric=facts)
             hello = tmp_path / "hello.py"
             hello.write_text(HELLO)
             spec = AttemptSpec(attempt_id="mpi", job_id="job1#0", attempt_number=1,
