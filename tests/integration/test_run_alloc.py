@@ -113,9 +113,10 @@ def test_readme_torchrun_one_liner_trains_ddp_across_two_nodes(quad: TestCluster
 
 def test_ctrl_c_reaches_every_task_and_the_worst_exit_is_returned(quad: TestCluster) -> None:
     task = 'trap "echo interrupted; exit 7" INT; echo ready; sleep 60 & wait'
-    script = (f"hpcbatch run -- '{task}' > out 2>&1 & pid=$!; "
-              "until [ \"$(grep -c ready out)\" = 3 ]; do sleep 0.05; done; "
-              "kill -INT $pid; wait $pid; echo rc=$?; cat out")
+    # The job starts in the submit directory (the checkout): its scratch file goes to a temp file.
+    script = (f"out=$(mktemp); hpcbatch run -- '{task}' > $out 2>&1 & pid=$!; "
+              "until [ \"$(grep -c ready $out)\" = 3 ]; do sleep 0.05; done; "
+              "kill -INT $pid; wait $pid; echo rc=$?; cat $out; rm -f $out")
     done = hpcbatch(quad, "submit", "--nodes", "3", "--vcpus", "1", "--timeout", "60", "-e", f"PATH={PATH}",
                     "--", "sh", "-c", script)
     assert done.returncode == 0, done.stderr
