@@ -44,6 +44,19 @@ from hpcbatch.scheduler.predict import RunKey
 from hpcbatch.scheduler.state import Allocation, NodeState, QueueState, SchedulerState
 
 
+def apply_events(st: SchedulerState, events: tuple[Event, ...]) -> tuple[Cause, ...]:
+    """Apply ``events`` in order; return those that cause this pass's decisions (``apply_event``)."""
+    causes = []
+    for event in events:
+        if type(event) is JobRunnable:  # most events by far (100k in one call at start-up)
+            _job_runnable(st, event)
+            continue
+        cause = apply_event(st, event)
+        if cause is not None:
+            causes.append(cause)
+    return tuple(causes)
+
+
 def apply_event(st: SchedulerState, event: Event) -> Cause | None:
     """Apply ``event``; return it as a cause of this pass's decisions, or None for a job's
     arrival (it causes only decisions about that job: ``decisions``)."""

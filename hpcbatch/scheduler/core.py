@@ -100,7 +100,7 @@ not inheritance: this class holds the state and is the only public face):
 
 from __future__ import annotations
 
-from hpcbatch.scheduler.apply import apply_event
+from hpcbatch.scheduler.apply import apply_events
 from hpcbatch.scheduler.decisions import Cause, Decision, DecisionLog
 from hpcbatch.scheduler.events import (
     Action,
@@ -188,14 +188,9 @@ class Scheduler:
         """Apply ``events`` in order, then place what can be placed; return the actions."""
         st = self._st
         st.version += 1
-        world = []
-        for event in events:
-            cause = apply_event(st, event)
-            if cause is not None:
-                world.append(cause)
         # The causes of this pass's decisions (``decisions``): its events but other jobs' arrivals.
+        st.world = apply_events(st, events)
         st.cause = events[-1].event_id if events else "tick"
-        st.world = tuple(world)
         return schedule(st)
 
     # ------------------------------------------------------------------ queries

@@ -58,7 +58,8 @@ class DecisionLog:
         if len(self._log) >= self._maxlen:
             self._forget(self._log.popleft())
         self._log.append(decision)
-        for job_id in dict.fromkeys(decision.jobs):
+        jobs = decision.jobs
+        for job_id in jobs if len(jobs) == 1 else dict.fromkeys(jobs):
             mine = self._by_job.get(job_id)
             if mine is None:
                 mine = self._by_job[job_id] = deque(maxlen=self._per_job)
@@ -128,8 +129,10 @@ def jobs_named(text: str) -> tuple[str, ...]:
     return with_arrays(jobs)
 
 
-def with_arrays(jobs: list[str]) -> tuple[str, ...]:
+def with_arrays(jobs: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """``jobs`` and, after an array task ``A:i``, its array ``A``."""
+    if len(jobs) == 1 and ":" not in jobs[0]:  # the common case: one job, not an array task
+        return (jobs[0],)
     out: list[str] = []
     for job_id in jobs:
         out.append(job_id)

@@ -143,14 +143,10 @@ def take(st: SchedulerState, job_id: str, alloc: Allocation, node: NodeState, he
     r = alloc.request
     node.free_vcpus -= r.vcpus
     node.free_memory_mib -= r.memory_mib
-    mine = [i for i in dict.fromkeys(held) if i not in node.gpu_holder][: max(r.gpus, len(held))]
-    for i in mine:
-        node.gpu_holder[i] = job_id
-    for i in node.pick_gpus(min(r.gpus - len(mine), node.free_gpus)):
-        node.gpu_holder[i] = job_id
-    alloc.gpus[node.name] = tuple(
-        node.gpu_ids[i] for i in sorted(i for i, j in node.gpu_holder.items() if j == job_id)
-    )
+    if r.gpus or held or (node.gpu_holder and job_id in node.gpu_holder.values()):
+        _take_gpus(job_id, alloc, node, held)
+    else:  # the common case (no GPUs asked for, none reported): nothing to choose
+        alloc.gpus[node.name] = ()
     node.jobs.add(job_id)
     if alloc.gang:
         node.gang = job_id
@@ -160,6 +156,19 @@ def take(st: SchedulerState, job_id: str, alloc: Allocation, node: NodeState, he
     if alloc.share is not None:
         usage = share_usage(st, alloc.share)
         usage.running += r.vcpus
+
+
+def _take_gpus(job_id: str, alloc: Allocation, node: NodeState, held: tuple[int, ...]) -> None:
+    """The GPUs ``alloc`` takes on ``node``: the indices ``held`` (reported), else the closest free ones."""
+    r = alloc.request
+    mine = [i for i in dict.fromkeys(held) if i not in node.gpu_holder][: max(r.gpus, len(held))]
+    for i in mine:
+        node.gpu_holder[i] = job_id
+    for i in node.pick_gpus(min(r.gpus - len(mine), node.free_gpus)):
+        node.gpu_holder[i] = job_id
+    alloc.gpus[node.name] = tuple(
+        node.gpu_ids[i] for i in sorted(i for i, j in node.gpu_holder.items() if j == job_id)
+    )
 
 
 def give(st: SchedulerState, job_id: str, alloc: Allocation, node_name: str) -> None:
@@ -172,8 +181,9 @@ def give(st: SchedulerState, job_id: str, alloc: Allocation, node_name: str) -> 
     if node is not None:
         node.free_vcpus += r.vcpus
         node.free_memory_mib += r.memory_mib
-        for i in [i for i, j in node.gpu_holder.items() if j == job_id]:
-            del node.gpu_holder[i]
+        if node.gpu_holder:
+            for i in [i for i, j in node.gpu_holder.items() if j == job_id]:
+                del node.gpu_holder[i]
         node.jobs.discard(job_id)
         if node.gang == job_id:
             node.gang = None

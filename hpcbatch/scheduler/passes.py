@@ -83,7 +83,7 @@ def _queue_pass(st: SchedulerState, p: PassContext, queue: QueueState) -> None:
         return
     fresh, queue.fresh = queue.fresh, []
     rescan, queue.rescan = queue.rescan, False
-    scan = QueueScan(p, queue, usable, fresh, rescan, room=has_room(st, usable, p.reserved),
+    scan = QueueScan(queue, usable, fresh, rescan, p.actions, p.reserved, room=has_room(st, usable, p.reserved),
                      seen=[] if queue.time_limits else None)
     # The queue's dict is iterated as it is (no copy of 100k entries per pass): jobs
     # placed meanwhile leave ``queue_of`` at once and ``queue.jobs`` after the scan.
@@ -129,10 +129,6 @@ def _recount(st: SchedulerState, scan: QueueScan) -> None:
     scan.reasons.clear()
 
 
-def _why(st: SchedulerState, scan: QueueScan, r: ResourceRequest) -> str:
-    return cached_why_not(st, r, scan.usable, scan.reserved, scan.reasons)
-
-
 def _no_room(st: SchedulerState, scan: QueueScan, job: JobRunnable) -> bool:
     """A single-node job while no node has room: preempt or reserve for it, or explain it.
     True when the scan can stop (only fresh jobs needed a reason, and they have one now)."""
@@ -140,12 +136,12 @@ def _no_room(st: SchedulerState, scan: QueueScan, job: JobRunnable) -> bool:
         _recount(st, scan)
         return False
     if scan.rescan:
-        wait(st, job.job_id, _why(st, scan, job.request), scan.actions)
+        wait(st, job.job_id, cached_why_not(st, job.request, scan.usable, scan.reserved, scan.reasons), scan.actions)
         return False
     for job_id in scan.fresh:
         j = scan.queue.jobs.get(job_id)
         if j is not None and not j.whole_nodes and job_id in st.queue_of:
-            wait(st, job_id, _why(st, scan, j.request), scan.actions)
+            wait(st, job_id, cached_why_not(st, j.request, scan.usable, scan.reserved, scan.reasons), scan.actions)
     return True
 
 
@@ -159,7 +155,7 @@ def _single(st: SchedulerState, scan: QueueScan, job: JobRunnable) -> None:
         if may_reserve(st, scan) and reserve_head(st, scan, job):
             _recount(st, scan)
         else:
-            wait(st, job.job_id, _why(st, scan, r), scan.actions)
+            wait(st, job.job_id, cached_why_not(st, r, scan.usable, scan.reserved, scan.reasons), scan.actions)
         return
     if job.array_count:
         scan.room = _place_array(st, scan, job, planned)
@@ -176,7 +172,7 @@ def _single(st: SchedulerState, scan: QueueScan, job: JobRunnable) -> None:
     if preempt_or_reserve(st, scan, job):
         _recount(st, scan)
     else:
-        wait(st, job.job_id, _why(st, scan, r), scan.actions)
+        wait(st, job.job_id, cached_why_not(st, r, scan.usable, scan.reserved, scan.reasons), scan.actions)
 
 
 def _dominated(scan: QueueScan, r: ResourceRequest, limit: float) -> bool:
@@ -219,7 +215,7 @@ def _place_array(st: SchedulerState, scan: QueueScan, job: JobRunnable, planned:
         placed = place(st, r, planned, scan.usable, scan.reserved)
         if placed is None:
             scan.failed.append((r, limit_key(planned) if scan.reserved else ANY_LIMIT))
-            wait(st, job.job_id, _why(st, scan, r), scan.actions)
+            wait(st, job.job_id, cached_why_not(st, r, scan.usable, scan.reserved, scan.reasons), scan.actions)
             break
         node = _start_task(st, scan, job, placed, planned)
         if node.free_vcpus <= 1e-9 and not has_room(st, scan.usable, scan.reserved):

@@ -91,7 +91,7 @@ def place_gang(
             if name in ce.idle and not may_use(st, name, reserved, job.job_id, estimate)
         }
         picked = None
-        if r.gpus == 0:  # steering: CPU-only nodes first (gpus.py), when GPU nodes would fit too
+        if r.gpus == 0 and ce.idle.with_gpus:  # steering: CPU-only nodes first (gpus.py), when GPU nodes fit too
             able = sum(ce.idle.counts(fits, unusable).values())
             if able >= n and sum(ce.idle.counts(cpu_only, unusable).values()) < able:
                 picked = ce.idle.pick(n, cpu_only, unusable, ce.require_placement_group)

@@ -15,7 +15,7 @@ from hpcbatch.scheduler import preempt
 from hpcbatch.scheduler.events import JobRunnable, PreemptAttempt
 from hpcbatch.scheduler.gang import Reservation, hostlist, natural_key
 from hpcbatch.scheduler.reasons import decide, wait
-from hpcbatch.scheduler.reserve import keep, may_reserve, reserve_head
+from hpcbatch.scheduler.reserve import keep, reserve_head
 from hpcbatch.scheduler.state import CeState, QueueScan, QueueState, SchedulerState
 
 
@@ -25,7 +25,7 @@ def preempt_or_reserve(st: SchedulerState, scan: QueueScan, job: JobRunnable) ->
     may still make reservations. True when either made room the caller must recount."""
     if scan.queue.preempts and not scan.made and preempt_for(st, scan, job, scan.queue):
         return True
-    return may_reserve(st, scan) and reserve_head(st, scan, job)
+    return len(scan.made) < st.reservation_depth and reserve_head(st, scan, job)
 
 
 def preempt_for(st: SchedulerState, scan: QueueScan, job: JobRunnable, queue: QueueState) -> bool:

@@ -39,7 +39,7 @@ def decide(st: SchedulerState, text: str, jobs: tuple[str, ...], runnable: JobRu
     """Log a decision about ``jobs`` (its subject first): caused by ``runnable``'s arrival (the
     job it is about) and by this pass's events that changed capacity, policy or time."""
     own = (Cause("JobRunnable", runnable.event_id, runnable.job_id),) if runnable is not None else ()
-    st.decisions.record(Decision(st.cause, text, with_arrays(list(jobs)), own + st.world))
+    st.decisions.record(Decision(st.cause, text, with_arrays(jobs), own + st.world))
 
 
 def runnable_of(st: SchedulerState, job_id: str) -> JobRunnable | None:

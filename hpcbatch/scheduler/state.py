@@ -207,11 +207,12 @@ class PassContext:
 class QueueScan:
     """One queue's part of a pass: its usable compute environments and what the scan learnt."""
 
-    p: PassContext
     queue: QueueState
     usable: list[CeState]
     fresh: list[str]  # arrived since the last pass: need a wait reason
     rescan: bool  # settings changed: every job's reason may be stale
+    actions: list[Action]  # the pass's (``PassContext``): shared, not copied
+    reserved: dict[str, Reservation]  # the pass's: node -> the reservation holding it
     room: bool = False  # some node of ``usable`` has room now
     made: dict[str, Reservation] = field(default_factory=dict)  # each queue's head gets its own
     seen: list[str] | None = None  # the jobs reached, in order (jobStateTimeLimitActions)
@@ -221,14 +222,6 @@ class QueueScan:
     failed_gangs: list[tuple[int, ResourceRequest, float]] = field(default_factory=list)
     reasons: dict[ResourceRequest, str] = field(default_factory=dict)  # why-not, once per request
     seen_gangs: set[str] = field(default_factory=set)
-
-    @property
-    def actions(self) -> list[Action]:
-        return self.p.actions
-
-    @property
-    def reserved(self) -> dict[str, Reservation]:
-        return self.p.reserved
 
 
 def share_entry(job: JobRunnable) -> tuple[int, int, str, float]:
