@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Cause:
+# Named tuples of strings, not dataclasses: the cyclic garbage collector stops tracking such
+# tuples, so a full log of 10,000 decisions adds nothing to its passes over a large state.
+class Cause(NamedTuple):
     """One event that led to a decision: its type (``JobRunnable``, ``AttemptEnded``...) and id."""
 
     kind: str
@@ -32,8 +33,7 @@ class Cause:
     job_id: str | None = None  # the job the event names, if any
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """One logged decision; see the module docstring."""
 
     cause: str  # the id of the last event of the pass that made it
@@ -49,7 +49,7 @@ class DecisionLog:
         self._log: deque[Decision] = deque()
         self._maxlen = maxlen
         self._per_job = per_job
-        self._by_job: dict[str, deque[Decision]] = {}
+        self._by_job: dict[str, tuple[Decision, ...]] = {}  # tuples: few per job, untracked by the GC
 
     def record(self, decision: Decision) -> None:
         """Log ``decision`` under each of its jobs; the oldest decision goes when full."""
@@ -59,11 +59,15 @@ class DecisionLog:
             self._forget(self._log.popleft())
         self._log.append(decision)
         jobs = decision.jobs
+        by_job = self._by_job
         for job_id in jobs if len(jobs) == 1 else dict.fromkeys(jobs):
-            mine = self._by_job.get(job_id)
+            mine = by_job.get(job_id)
             if mine is None:
-                mine = self._by_job[job_id] = deque(maxlen=self._per_job)
-            mine.append(decision)
+                by_job[job_id] = (decision,)
+            elif len(mine) < self._per_job:
+                by_job[job_id] = (*mine, decision)
+            else:
+                by_job[job_id] = (*mine[1:], decision)
 
     def append(self, entry: tuple[str, str]) -> None:
         """Log a ``(cause, text)`` pair written in the core's own phrasing (``start X on ...``,
@@ -75,9 +79,9 @@ class DecisionLog:
     def about(self, job_id: str, limit: int = 20) -> list[Decision]:
         """The latest ``limit`` decisions about ``job_id``, oldest first."""
         mine = self._by_job.get(job_id)
-        if not mine:
+        if not mine or limit <= 0:
             return []
-        return list(mine)[-limit:] if limit > 0 else []
+        return list(mine[-limit:])
 
     def last(self, job_id: str) -> Decision | None:
         """The latest decision about ``job_id``, with the events that led to it."""
@@ -85,12 +89,14 @@ class DecisionLog:
         return mine[-1] if mine else None
 
     def _forget(self, old: Decision) -> None:
+        """``old`` left the log: drop it from its jobs' entries (it is their oldest)."""
         for job_id in dict.fromkeys(old.jobs):
             mine = self._by_job.get(job_id)
             if mine and mine[0] is old:
-                mine.popleft()
-            if mine is not None and not mine:
-                del self._by_job[job_id]
+                if len(mine) > 1:
+                    self._by_job[job_id] = mine[1:]
+                else:
+                    del self._by_job[job_id]
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return ((d.cause, d.text) for d in self._log)
