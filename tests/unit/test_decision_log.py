@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.scheduler import (
     AttemptEnded,
@@ -130,3 +133,20 @@ def test_a_pair_appended_in_the_cores_phrasing_is_filed_under_the_jobs_it_names(
     assert jobs_named("preempt v for p on n1 (ce)") == ("v", "p")
     assert jobs_named("cancel c: Canceled by JobStateTimeLimit action") == ("c",)
     assert jobs_named("start a:3 on n1 (ce)") == ("a:3", "a")
+
+
+_names = st.sampled_from(["a", "a1", "a10", "a1:0", "b", "ab", "a:1"])
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(entries=st.lists(st.tuples(st.lists(_names, min_size=1, max_size=3), st.integers(0, 5)), max_size=40),
+       maxlen=st.integers(1, 12))
+def test_a_job_sees_exactly_the_logged_decisions_that_name_it(entries: list[tuple[list[str], int]], maxlen: int) -> None:
+    log = DecisionLog(maxlen=maxlen)
+    for i, (jobs, _) in enumerate(entries):
+        log.record(Decision(f"e{i}", f"d{i}", tuple(dict.fromkeys(jobs))))
+    kept = [Decision(f"e{i}", f"d{i}", tuple(dict.fromkeys(jobs))) for i, (jobs, _) in enumerate(entries)][-maxlen:]
+    assert list(log) == [(d.cause, d.text) for d in kept]
+    for name in ["a", "a1", "a10", "a1:0", "b", "ab", "a:1", "zz"]:
+        assert log.about(name, limit=100) == [d for d in kept if name in d.jobs]
+        assert log.last(name) == next((d for d in reversed(kept) if name in d.jobs), None)
