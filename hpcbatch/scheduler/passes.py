@@ -127,6 +127,7 @@ def _recount(st: SchedulerState, scan: QueueScan) -> None:
     """Nodes changed hands (a start, a reservation): is there room still; reasons are stale."""
     scan.room = has_room(st, scan.usable, scan.reserved)
     scan.reasons.clear()
+    scan.unreservable.clear()
 
 
 def _no_room(st: SchedulerState, scan: QueueScan, job: JobRunnable) -> bool:
@@ -151,8 +152,8 @@ def _single(st: SchedulerState, scan: QueueScan, job: JobRunnable) -> None:
     r = job.request
     planned = estimate(st, job)
     limit = limit_key(planned)
-    if _dominated(scan, r, limit):
-        if may_reserve(st, scan) and reserve_head(st, scan, job):
+    if (r, limit) in scan.dominated or _newly_dominated(scan, r, limit):
+        if len(scan.made) < st.reservation_depth and reserve_head(st, scan, job):
             _recount(st, scan)
         else:
             wait(st, job.job_id, cached_why_not(st, r, scan.usable, scan.reserved, scan.reasons), scan.actions)
@@ -175,12 +176,10 @@ def _single(st: SchedulerState, scan: QueueScan, job: JobRunnable) -> None:
         wait(st, job.job_id, cached_why_not(st, r, scan.usable, scan.reserved, scan.reasons), scan.actions)
 
 
-def _dominated(scan: QueueScan, r: ResourceRequest, limit: float) -> bool:
+def _newly_dominated(scan: QueueScan, r: ResourceRequest, limit: float) -> bool:
     """Whether a request at least as large and not shorter failed in this scan. ``failed``
-    only grows in a pass, so a shape once found dominated stays so: remembered, a deep queue
-    of equal jobs costs one set look-up each."""
-    if (r, limit) in scan.dominated:
-        return True
+    only grows in a pass, so a shape once found dominated stays so (``scan.dominated``): a
+    deep queue of equal jobs costs one set look-up each."""
     if any(dominates(r, f) and limit >= fl for f, fl in scan.failed):
         scan.dominated.add((r, limit))
         return True
@@ -194,6 +193,7 @@ def _start(
     node, ce = placed
     withdraw(st, job.job_id)
     gpus = hold_for_job(st, job.job_id, job, [node], planned).gpus[node.name]
+    scan.unreservable.clear()  # its planned end may give room to a request that had none
     scan.actions.append(StartAttempt(job.job_id, node.name, ce.name, gpus))
     note, jobs = "", (job.job_id,)
     res = scan.reserved.get(node.name)
@@ -236,6 +236,7 @@ def _start_task(
     st.array_running[job.job_id] = st.array_running.get(job.job_id, 0) + 1
     task_id = f"{job.job_id}:{index}"
     gpus = hold_for_job(st, task_id, job, [node], planned).gpus[node.name]
+    scan.unreservable.clear()
     scan.actions.append(StartAttempt(task_id, node.name, ce.name, gpus))
     decide(st, f"start {task_id} on {node.name} ({ce.name}){gpu_note(gpus)}", (task_id, job.job_id), job)
     return node

@@ -46,10 +46,11 @@ def reserve_head(st: SchedulerState, scan: QueueScan, job: JobRunnable) -> bool:
     """Reserve for a single-node job at the head of its queue that cannot start now (it
     waits for capacity, not for something no node has); True when it got one."""
     why = cached_why_not(st, job.request, scan.usable, scan.reserved, scan.reasons)
-    if not (why.startswith(CAPACITY) or why == WAIT_RESERVED):
+    if not (why.startswith(CAPACITY) or why == WAIT_RESERVED) or job.request in scan.unreservable:
         return False
     res = reserve_single(st, job.job_id, job.request, scan.usable, scan.reserved)
-    if res is None:
+    if res is None:  # the same for every equal request until nodes change hands
+        scan.unreservable.add(job.request)
         return False
     keep(scan, res)
     # The reason keeps AWS's CAPACITY code (jobStateTimeLimitActions match it); the

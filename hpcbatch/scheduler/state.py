@@ -221,6 +221,8 @@ class QueueScan:
     dominated: set[tuple[ResourceRequest, float]] = field(default_factory=set)
     failed_gangs: list[tuple[int, ResourceRequest, float]] = field(default_factory=list)
     reasons: dict[ResourceRequest, str] = field(default_factory=dict)  # why-not, once per request
+    # Requests no planned end gives room to (``reserve.reserve_head``), until nodes change hands.
+    unreservable: set[ResourceRequest] = field(default_factory=set)
     seen_gangs: set[str] = field(default_factory=set)
 
 
