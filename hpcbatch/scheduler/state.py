@@ -26,7 +26,7 @@ from hpcbatch.scheduler.nodeindex import IdleNodes, NodeCensus, NodeIndex
 from hpcbatch.scheduler.predict import Predictor, RunKey
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeState:
     name: str
     ce: str
@@ -78,7 +78,7 @@ class NodeState:
         return Candidate(self.name, self.placement_group, free_at, (self.vcpus, self.memory_mib, self.gpus))
 
 
-@dataclass
+@dataclass(slots=True)
 class CeState:
     name: str
     enabled: bool = True
@@ -98,7 +98,7 @@ class CeState:
         return self.max_vcpus is not None and self.used_vcpus + vcpus > self.max_vcpus + 1e-9
 
 
-@dataclass
+@dataclass(slots=True)
 class QueueState:
     name: str
     enabled: bool
@@ -125,7 +125,7 @@ class QueueState:
             heapq.heappush(self.share_heaps.setdefault(job.share or "", []), share_entry(job))
 
 
-@dataclass
+@dataclass(slots=True)
 class Allocation:
     nodes: list[str]  # index order; one for a single-node job
     ce: str
@@ -143,7 +143,7 @@ class Allocation:
         return UNKNOWN if self.planned_s is None else self.started_at + self.planned_s
 
 
-@dataclass
+@dataclass(slots=True)
 class SchedulerState:
     """Everything the core knows between passes (the ``Scheduler`` holds one)."""
 
@@ -194,7 +194,7 @@ class SchedulerState:
         self.decisions = DecisionLog(self.log_size)
 
 
-@dataclass
+@dataclass(slots=True)
 class PassContext:
     """What one pass builds as it goes: its actions and the reservations made so far."""
 
@@ -203,7 +203,7 @@ class PassContext:
     made: dict[str, Reservation] = field(default_factory=dict)  # job -> its reservation, every queue
 
 
-@dataclass
+@dataclass(slots=True)
 class QueueScan:
     """One queue's part of a pass: its usable compute environments and what the scan learnt."""
 
