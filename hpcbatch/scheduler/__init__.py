@@ -22,6 +22,7 @@ from hpcbatch.scheduler.core import (
     StateTimeLimit,
     Tick,
 )
+from hpcbatch.scheduler.decisions import Cause, Decision
 from hpcbatch.scheduler.fairshare import FairSharePolicy
 from hpcbatch.scheduler.gang import Reservation
 from hpcbatch.scheduler.predict import Predictor, RunKey
@@ -30,8 +31,10 @@ __all__ = [
     "Action",
     "AttemptEnded",
     "CancelRunnable",
+    "Cause",
     "ComputeEnvironmentChanged",
     "ComputeEnvironmentRemoved",
+    "Decision",
     "Event",
     "FairSharePolicy",
     "JobQueueChanged",

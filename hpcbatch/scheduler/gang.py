@@ -109,6 +109,9 @@ def hostlist(names: Iterable[str]) -> str:
 
 @functools.lru_cache(maxsize=1024)  # a reservation is described every pass: parse its nodes once
 def _hostlist(names: tuple[str, ...]) -> str:
+    simple = _one_prefix(names)
+    if simple is not None:
+        return simple
     try:
         return str(NodeSet.fromlist(names))
     except NodeSetException:  # a name NodeSet cannot parse: show them as they are
@@ -118,3 +121,29 @@ def _hostlist(names: tuple[str, ...]) -> str:
 def fmt_time(t: float) -> str:
     """A time as the head sent it, without float noise (``120``, ``120.5``)."""
     return f"{t:.3f}".rstrip("0").rstrip(".")
+
+
+_SIMPLE_NAME = re.compile(r"([^\d\[\],]+)(0|[1-9]\d*)")
+
+
+def _one_prefix(names: tuple[str, ...]) -> str | None:
+    """NodeSet's folding for the common case, without parsing: names that are all one prefix
+    (no digits) and a number without leading zeros (``n[1-3,5]``); None otherwise."""
+    prefix, numbers = None, set()
+    for name in names:
+        m = _SIMPLE_NAME.fullmatch(name)
+        if m is None or (prefix is not None and m.group(1) != prefix):
+            return None
+        prefix = m.group(1)
+        numbers.add(int(m.group(2)))
+    if prefix is None:
+        return None
+    ordered = sorted(numbers)
+    if len(ordered) == 1:
+        return f"{prefix}{ordered[0]}"
+    ranges, start = [], ordered[0]
+    for prev, cur in zip(ordered, [*ordered[1:], None], strict=True):
+        if cur is None or cur != prev + 1:
+            ranges.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return f"{prefix}[{','.join(ranges)}]"

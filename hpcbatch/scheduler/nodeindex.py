@@ -190,6 +190,7 @@ class IdleNodes(dict[str, Any]):
         super().__init__()
         self._order: dict[str | None, SortedList] = {}  # group -> [(size, natural name, name)]
         self._shapes: dict[str | None, dict[Shape, int]] = {}  # group -> shape -> idle nodes
+        self.with_gpus = 0  # idle nodes that have GPUs (steering applies only when some do)
 
     @staticmethod
     def _entry(n: ShapedNode) -> tuple[tuple[float, int, int], tuple[object, ...], str]:
@@ -205,6 +206,8 @@ class IdleNodes(dict[str, Any]):
         shapes = self._shapes.setdefault(group, {})
         shape = shape_of(node)
         shapes[shape] = shapes.get(shape, 0) + 1
+        if node.gpus:
+            self.with_gpus += 1
 
     def pop(self, name: str, default: Any = None) -> Any:
         node = super().pop(name, _MISSING)
@@ -216,6 +219,8 @@ class IdleNodes(dict[str, Any]):
         shapes = self._shapes[group]
         shape = shape_of(node)
         shapes[shape] -= 1
+        if node.gpus:
+            self.with_gpus -= 1
         if not shapes[shape]:
             del shapes[shape]
         if not order:
