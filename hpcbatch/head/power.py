@@ -36,7 +36,7 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hpcbatch.errors import HpcbatchError
-from hpcbatch.head.powerdrivers.base import PoolDriver, PowerDriver, PowerError
+from hpcbatch.head.powerdrivers.base import UNKNOWN, PoolDriver, PowerDriver, PowerError
 from hpcbatch.head.powerdrivers.command import CommandDriver, ProgramDriver
 from hpcbatch.head.powerdrivers.netns import NetnsDriver
 from hpcbatch.head.powerdrivers.redfish import RedfishDriver
@@ -49,6 +49,7 @@ from hpcbatch.scheduler.power import (
     PowerOff,
     PowerOn,
     PowerPlanner,
+    PowerSeen,
     PowerState,
     hostlist,
 )
@@ -103,6 +104,7 @@ class PoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     resume_timeout_s: float = 300.0  # Slurm's ResumeTimeout
     boot_time_s: float = 60.0  # expected boot time, shown by `why`
     resume_rate: int = 0  # nodes powered up per minute (Slurm's ResumeRate); 0: no limit
+    state_poll_s: float = 60.0  # how often the driver is asked its nodes' power (one batch); 0: never
     placement_groups: dict[str, str] = {}  # group -> hostlist (gangs prefer one group)
 
 
@@ -125,6 +127,21 @@ def _check_pool(name: str, pool: PoolConfig) -> str | None:
             NodeSet(hosts)
     except NodeSetException as exc:
         return f"{where}: not a hostlist: {exc}"
+    problem = _check_numbers(where, pool)
+    if problem is not None:
+        return problem
+    if pool.driver == "command" and (not pool.resume_program or not pool.suspend_program
+                                     or not all(pool.resume_program + pool.suspend_program)):
+        return f"{where}: the command driver needs resume_program and suspend_program (argv lists)"
+    if pool.driver == "netns" and not pool.agent_config_dir:
+        return f"{where}.agent_config_dir is required by the netns driver"
+    if pool.driver == "redfish" and not pool.redfish_url.startswith(("http://", "https://")):
+        return f"{where}.redfish_url must be an http(s):// URL (\"{{node}}\" is replaced by the node's name)"
+    return _check_driver(where, pool)
+
+
+def _check_numbers(where: str, pool: PoolConfig) -> str | None:
+    """The pool's sizes, times and rates."""
     if pool.vcpus_per_node <= 0:
         return f"{where}.vcpus_per_node must be > 0"
     if pool.memory_mib_per_node < 0 or pool.gpus_per_node < 0:
@@ -134,14 +151,9 @@ def _check_pool(name: str, pool: PoolConfig) -> str | None:
             return f"{where}.{key} must be > 0 seconds"
     if pool.suspend_after_s < 0 or pool.resume_rate < 0:
         return f"{where}.suspend_after_s and resume_rate must be >= 0"
-    if pool.driver == "command" and (not pool.resume_program or not pool.suspend_program
-                                     or not all(pool.resume_program + pool.suspend_program)):
-        return f"{where}: the command driver needs resume_program and suspend_program (argv lists)"
-    if pool.driver == "netns" and not pool.agent_config_dir:
-        return f"{where}.agent_config_dir is required by the netns driver"
-    if pool.driver == "redfish" and not pool.redfish_url.startswith(("http://", "https://")):
-        return f"{where}.redfish_url must be an http(s):// URL (\"{{node}}\" is replaced by the node's name)"
-    return _check_driver(where, pool)
+    if pool.state_poll_s < 0:
+        return f"{where}.state_poll_s must be >= 0 seconds (0: never ask the driver)"
+    return None
 
 
 def _check_driver(where: str, pool: PoolConfig) -> str | None:
@@ -319,12 +331,18 @@ class PowerManager:
         for doc in self.store.list_resources(POWER_RESOURCE):
             self.planner.restore(doc["node"], NodePower(
                 PowerState(doc["state"]), float(doc["since"]), doc["reason"], bool(doc.get("failed")),
+                left_alone=bool(doc.get("leftAlone")),
             ))
         self.waiting: dict[str, str] = {}
         self.desired: dict[str, float] = {}
         # Power-downs a previous head began: the driver call may never have run; it is safe to repeat.
         self._resume_downs = {name for name, rec in self.planner.records.items() if rec.state is PowerState.POWERING_DOWN}
         self._calls: asyncio.Queue[tuple[str, PowerOn | PowerOff]] = asyncio.Queue()
+        # The drivers' word on power (power changed by hand): see poll_state.
+        self._in_flight: set[str] = set()  # nodes a driver call of ours is powering now
+        self._polled_at: dict[str, float] = {}  # CE -> when its driver was last asked
+        self._polling: set[str] = set()  # CEs whose driver is being asked now
+        self._blind: set[str] = set()  # CEs whose driver only answers Unknown (command): registration tells
 
     # --------------------------------------------------------------- read side
     def pool_nodes(self, ce: str) -> tuple[str, ...]:
@@ -446,6 +464,7 @@ class PowerManager:
                 self.store.put_resource(POWER_RESOURCE, name, 1, rec.state.value, {
                     "node": name, "state": rec.state.value, "since": rec.since, "reason": rec.reason,
                     "failed": rec.failed, "computeEnvironment": self.planner.pool_of[name],
+                    "leftAlone": rec.left_alone,
                 })
 
     def _audit(self, operation: str, nodes: str, outcome: str) -> None:
@@ -504,8 +523,72 @@ class PowerManager:
                     log.exception("power pass failed; trying again in %g s", interval_s)
                     calls = []
                 for kind, action in calls:
-                    tasks.create_task(self._call(kind, action))
+                    tasks.create_task(self._tracked(kind, action))
+                for ce in self.polls_due():
+                    tasks.create_task(self.poll_state(ce))
                 await asyncio.sleep(interval_s)
+
+    # ------------------------------------------------ the drivers' word: power changed by hand
+    async def _tracked(self, kind: str, action: PowerOn | PowerOff) -> None:
+        """``_call``, its nodes marked in flight meanwhile (a state poll leaves them alone)."""
+        self._in_flight.update(action.nodes)
+        try:
+            await self._call(kind, action)
+        finally:
+            self._in_flight.difference_update(action.nodes)
+
+    def polls_due(self) -> list[str]:
+        """The pools whose driver is due to be asked its nodes' power (every ``state_poll_s``, one
+        at a time per pool); each is marked asked."""
+        now = self._clock()
+        due = []
+        for ce, config in self.configs.items():
+            last = self._polled_at.get(ce)
+            if (config.state_poll_s <= 0 or ce in self._blind or ce in self._polling
+                    or (last is not None and now - last < config.state_poll_s)):
+                continue
+            self._polled_at[ce] = now
+            self._polling.add(ce)
+            due.append(ce)
+        return due
+
+    async def poll_state(self, ce: str) -> list[PowerSeen]:
+        """Ask the pool's driver for its nodes' power (one batch, a hostlist) and act on what
+        contradicts the records (hpcbatch.scheduler.power ``driver_says``): a node powered off by
+        hand is handled as a lost node whose power-off is known; one powered on by hand is left
+        alone. Nodes a driver call of ours is powering, or that changed meanwhile, are skipped."""
+        try:
+            asked = {n: (rec.state, rec.since) for n in self.planner.pools[ce].nodes
+                     if n not in self._in_flight and (rec := self.planner.records[n]).state is not PowerState.POWERING_DOWN}
+            answers = await self.drivers[ce].state(list(asked)) if asked else {}
+            if answers and all(said == UNKNOWN for said in answers.values()):
+                log.info("the %s driver of pool %s does not know its nodes' power: registration tells",
+                         self.configs[ce].driver, ce)
+                self._blind.add(ce)
+                return []
+            current = {n: said for n, said in answers.items() if n in asked and n not in self._in_flight
+                       and (self.planner.records[n].state, self.planner.records[n].since) == asked[n]}
+            return self.apply_seen(ce, current)
+        except PowerError as exc:
+            log.warning("power state of pool %s's nodes unknown this time: %s", ce, exc)
+        except Exception:  # a driver's bug loses this poll, not the head
+            log.exception("power state of pool %s's nodes: the driver failed", ce)
+        finally:
+            self._polling.discard(ce)
+        return []
+
+    def apply_seen(self, ce: str, answers: dict[str, str]) -> list[PowerSeen]:
+        """The driver's answers about pool ``ce``'s nodes: records changed, stored and audited; a
+        node that was up and is off has its attempts failed as lost, their retries free at once."""
+        seen = self.planner.driver_says(answers, self._clock(), self.configs[ce].driver)
+        self._store([s.node for s in seen])
+        for s in seen:
+            log.warning("node %s: %s", s.node, s.reason)
+            self._audit("PowerOffSeen" if s.power == "Off" else "PowerOnSeen", s.node, s.reason)
+            if s.lost and s.node in self.engine.nodes:
+                self.engine.node_lost(s.node, 0.0, s.reason)
+                self.engine.node_fenced(s.node)  # off is a fact: its attempts are dead
+        return seen
 
 
 # ------------------------------------------------------- the API's view (service.py calls these)
