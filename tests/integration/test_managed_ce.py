@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -202,6 +203,10 @@ def test_the_command_driver_gets_a_hostlist_and_a_head_restart_mid_power_up_powe
                  what="the job to wait for the power-up begun before the restart")
         assert {n["name"]: n["powerState"] for n in c.client.list_nodes()["nodes"]} == \
             {"cn1": "POWERING_UP", "cn2": "POWERING_UP"}
+        # `hpcbatch why` says what it waits for, and for how long (boot_time_s 60 from the power-up).
+        why = subprocess.run([sys.executable, "-m", "hpcbatch.cli.main", "--endpoint", c.socket_endpoint, "why", job_id],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        assert re.search(r"reason: CAPACITY - powering up cn\[1-2\], expected in ~(60|55|50|45) s", why), why
         # They never register: resume_timeout_s (counted from the first power-up) fails them, once.
         wait_for(lambda: "suspend" in calls.read_text(), 20, what="the failed nodes powered off")
         assert calls.read_text() == "resume cn[1-2]\nsuspend cn[1-2]\n"
