@@ -26,9 +26,12 @@ the manager, then what the API shows (status, desiredvCpus, power states, metric
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -310,6 +313,40 @@ def pool_of(name: str, config: PoolConfig, min_vcpus: float = 0.0, max_vcpus: fl
     )
 
 
+class TrackedDriver:
+    """A pool's driver whose power calls, whoever makes them (the manager, or STONITH through
+    ``PoolFence``), run one at a time per node (a power-up waits for a fence's power-off of the
+    same node to end, never overlaps it), and whose nodes count as in flight meanwhile: a state
+    poll leaves them alone, their power being ours to change."""
+
+    def __init__(self, driver: PoolDriver, in_flight: Counter[str]) -> None:
+        self.driver = driver
+        self._in_flight = in_flight
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _marked(self, nodes: list[str], call: Callable[[list[str]], Awaitable[None]]) -> None:
+        self._in_flight.update(nodes)
+        try:
+            async with contextlib.AsyncExitStack() as held:
+                for node in sorted(set(nodes)):  # always in the same order: no two calls wait on each other
+                    await held.enter_async_context(self._locks.setdefault(node, asyncio.Lock()))
+                await call(nodes)
+        finally:
+            self._in_flight.subtract(nodes)
+            for node in nodes:
+                if self._in_flight[node] <= 0:
+                    del self._in_flight[node]
+
+    async def power_on(self, nodes: list[str]) -> None:
+        await self._marked(nodes, self.driver.power_on)
+
+    async def power_off(self, nodes: list[str]) -> None:
+        await self._marked(nodes, self.driver.power_off)
+
+    async def state(self, nodes: list[str]) -> dict[str, str]:
+        return await self.driver.state(nodes)
+
+
 class PowerManager:
     """Runs the power planner for every pool: one pass a second, its actions applied.
 
@@ -325,7 +362,8 @@ class PowerManager:
         self.engine = engine
         self.store = engine.store
         self._clock = clock_s
-        self.drivers = {name: make_pool_driver(c) for name, c in pools.items()}
+        self._in_flight: Counter[str] = Counter()  # nodes a power-on/off runs for now (ours or STONITH's)
+        self.drivers = {name: TrackedDriver(make_pool_driver(c), self._in_flight) for name, c in pools.items()}
         now = clock_s()
         self.planner = PowerPlanner([pool_of(n, c) for n, c in pools.items()], now)
         for doc in self.store.list_resources(POWER_RESOURCE):
@@ -339,7 +377,6 @@ class PowerManager:
         self._resume_downs = {name for name, rec in self.planner.records.items() if rec.state is PowerState.POWERING_DOWN}
         self._calls: asyncio.Queue[tuple[str, PowerOn | PowerOff]] = asyncio.Queue()
         # The drivers' word on power (power changed by hand): see poll_state.
-        self._in_flight: set[str] = set()  # nodes a driver call of ours is powering now
         self._polled_at: dict[str, float] = {}  # CE -> when its driver was last asked
         self._polling: set[str] = set()  # CEs whose driver is being asked now
         self._blind: set[str] = set()  # CEs whose driver only answers Unknown (command): registration tells
@@ -523,20 +560,12 @@ class PowerManager:
                     log.exception("power pass failed; trying again in %g s", interval_s)
                     calls = []
                 for kind, action in calls:
-                    tasks.create_task(self._tracked(kind, action))
+                    tasks.create_task(self._call(kind, action))
                 for ce in self.polls_due():
                     tasks.create_task(self.poll_state(ce))
                 await asyncio.sleep(interval_s)
 
     # ------------------------------------------------ the drivers' word: power changed by hand
-    async def _tracked(self, kind: str, action: PowerOn | PowerOff) -> None:
-        """``_call``, its nodes marked in flight meanwhile (a state poll leaves them alone)."""
-        self._in_flight.update(action.nodes)
-        try:
-            await self._call(kind, action)
-        finally:
-            self._in_flight.difference_update(action.nodes)
-
     def polls_due(self) -> list[str]:
         """The pools whose driver is due to be asked its nodes' power (every ``state_poll_s``, one
         at a time per pool); each is marked asked."""
@@ -586,8 +615,10 @@ class PowerManager:
             log.warning("node %s: %s", s.node, s.reason)
             self._audit("PowerOffSeen" if s.power == "Off" else "PowerOnSeen", s.node, s.reason)
             if s.lost and s.node in self.engine.nodes:
-                self.engine.node_lost(s.node, 0.0, s.reason)
-                self.engine.node_fenced(s.node)  # off is a fact: its attempts are dead
+                # Off is a fact: its attempts are dead, as if it had been silent past any fence, so
+                # their retries are not held (nor is it fenced again); older holds on it are freed.
+                self.engine.node_lost(s.node, math.inf, s.reason)
+                self.engine.node_fenced(s.node)
         return seen
 
 

@@ -268,6 +268,8 @@ class PowerPlanner:
                 continue
             if seen == "off":
                 what = f"powered off outside hpcbatch, seen by {driver} at {at}"
+                if rec.state is PowerState.POWERING_UP:
+                    what += " (or its power-up did not take)"
                 rec.state, rec.idle_since = PowerState.POWERED_DOWN, None
                 self.claimed_for.pop(name, None)
             elif seen == "on":

@@ -9,12 +9,21 @@ folder), the ``command`` one (Slurm's programs: it cannot tell). The clock is th
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hpcbatch.head.power import POWER_RESOURCE, PoolConfig, PowerManager, list_power
+from hpcbatch.head.power import (
+    POWER_RESOURCE,
+    PoolConfig,
+    PoolFence,
+    PowerManager,
+    TrackedDriver,
+    list_power,
+)
+from hpcbatch.head.powerdrivers.command import ProgramDriver
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.scheduler.power import PowerState
 from tests import prereq
@@ -52,6 +61,8 @@ def test_a_node_powered_off_by_hand_loses_its_job_at_once_and_one_powered_on_by_
                           state_poll_s=30)
         manager = PowerManager({"burst": pool}, c.engine, clock_s=lambda: clock[0])
         c.engine.power = manager
+        fenced: list[str] = []
+        c.engine.fence_node = fenced.append  # STONITH: not asked for a node already off
         for name in ("j1", "j2"):
             run_on(c, c.submit(name))  # n1 and n2 are full
         j3 = c.submit("j3")
@@ -73,7 +84,7 @@ def test_a_node_powered_off_by_hand_loses_its_job_at_once_and_one_powered_on_by_
         attempt = j3.attempts[0]
         assert attempt.lost and attempt.status_reason == (
             "Node cn1 lost: powered off outside hpcbatch, seen by redfish at 2025-12-06T05:46:41Z")
-        assert j3.status is JobStatus.RUNNABLE and j3.fence_hold is None
+        assert j3.status is JobStatus.RUNNABLE and j3.fence_hold is None and fenced == []
         assert c.engine.nodes["cn1"].state == "DOWN"
         audit = [(e["operation"], e["target"]) for e in c.engine._audit if e["via"] == "power"]
         assert ("PowerOffSeen", "cn1") in audit and ("PowerOnSeen", "cn2") in audit
@@ -120,7 +131,36 @@ def test_nodes_a_driver_call_of_ours_is_powering_are_not_judged(tmp_path: Path, 
         pool = PoolConfig(nodes="cn[1-3]", vcpus_per_node=1, driver="redfish", redfish_url=bmc, timeout_s=10)
         manager = PowerManager({"burst": pool}, c.engine, clock_s=lambda: T0)
         manager.planner.records["cn1"].state = PowerState.ACTIVE
-        manager._in_flight.update(["cn1", "cn2"])  # as _tracked marks them while their call runs
+        manager._in_flight.update(["cn1", "cn2"])  # as TrackedDriver marks them while a power call runs
         assert await manager.poll_state("burst") == []
+
+    asyncio.run(run())
+
+
+def test_a_power_call_through_the_managers_driver_marks_its_nodes_in_flight_whoever_makes_it() -> None:
+
+    async def run() -> None:
+        in_flight: Counter[str] = Counter()
+        driver = TrackedDriver(ProgramDriver(["true"], ["sh", "-c", "sleep 0.3", "suspend"], 5), in_flight)
+        fence = asyncio.create_task(PoolFence(driver).power_off("cn1"))  # STONITH through the pool's driver
+        await asyncio.sleep(0.1)
+        assert in_flight == {"cn1": 1}
+        await fence
+        assert not in_flight
+
+    asyncio.run(run())
+
+
+def test_a_power_up_waits_for_a_fences_power_off_of_the_same_node_to_end(tmp_path: Path) -> None:
+
+    async def run() -> None:
+        log = tmp_path / "calls"
+        driver = TrackedDriver(ProgramDriver(["sh", "-c", f"echo on $1 >> {log}", "resume"],
+                                             ["sh", "-c", f"sleep 0.3; echo off $1 >> {log}", "suspend"], 5), Counter())
+        fence = asyncio.create_task(PoolFence(driver).power_off("cn1"))
+        await asyncio.sleep(0.05)
+        await driver.power_on(["cn1", "cn2"])  # the manager's, meanwhile
+        await fence
+        assert log.read_text() == "off cn1\non cn[1-2]\n"
 
     asyncio.run(run())
