@@ -19,8 +19,10 @@ its decisions through pool drivers with ``power_on(nodes)``/``power_off(nodes)``
 hostlist. The drivers themselves live in hpcbatch.head.powerdrivers, one module each:
 ``command`` (Slurm's ResumeProgram/SuspendProgram), ``redfish`` and ``ipmi`` (BMCs),
 ``cloud`` (EC2 instances from a launch template) and ``netns`` (the test bed's: real agents
-started and stopped). A pool's driver also fences its lost nodes. Below: the config, fencing,
-the manager, then what the API shows (status, desiredvCpus, power states, metrics).
+started and stopped). A pool's driver also fences its lost nodes. Every ``state_poll_s`` the
+manager asks each pool's driver its nodes' power (``state``), so a node powered off or on by
+hand is noticed (``PowerManager.poll_state``). Below: the config, fencing, the manager, then
+what the API shows (status, desiredvCpus, power states, metrics).
 """
 
 from __future__ import annotations
