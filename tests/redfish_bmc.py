@@ -50,6 +50,6 @@ def _answers(driver: object, node: str) -> bool:
     from hpcbatch.head.powerdrivers.base import PowerError
 
     try:
-        return bool(asyncio.run(driver.state([node])))  # type: ignore[attr-defined]
+        return asyncio.run(driver.state([node]))[node] != "Unknown"  # type: ignore[attr-defined]
     except PowerError:
         return False

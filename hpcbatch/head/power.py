@@ -41,7 +41,7 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hpcbatch.errors import HpcbatchError
-from hpcbatch.head.powerdrivers.base import UNKNOWN, PoolDriver, PowerDriver, PowerError
+from hpcbatch.head.powerdrivers.base import PoolDriver, PowerDriver, PowerError
 from hpcbatch.head.powerdrivers.command import CommandDriver, ProgramDriver
 from hpcbatch.head.powerdrivers.netns import NetnsDriver
 from hpcbatch.head.powerdrivers.redfish import RedfishDriver
@@ -323,6 +323,7 @@ class TrackedDriver:
 
     def __init__(self, driver: PoolDriver, in_flight: Counter[str]) -> None:
         self.driver = driver
+        self.knows_state = bool(getattr(driver, "knows_state", True))
         self._in_flight = in_flight
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -381,7 +382,8 @@ class PowerManager:
         # The drivers' word on power (power changed by hand): see poll_state.
         self._polled_at: dict[str, float] = {}  # CE -> when its driver was last asked
         self._polling: set[str] = set()  # CEs whose driver is being asked now
-        self._blind: set[str] = set()  # CEs whose driver only answers Unknown (command): registration tells
+        # CEs whose driver cannot tell (command): never asked; registration tells.
+        self._blind = {ce for ce, driver in self.drivers.items() if not driver.knows_state}
 
     # --------------------------------------------------------------- read side
     def pool_nodes(self, ce: str) -> tuple[str, ...]:
@@ -592,11 +594,6 @@ class PowerManager:
             asked = {n: (rec.state, rec.since) for n in self.planner.pools[ce].nodes
                      if n not in self._in_flight and (rec := self.planner.records[n]).state is not PowerState.POWERING_DOWN}
             answers = await self.drivers[ce].state(list(asked)) if asked else {}
-            if answers and all(said == UNKNOWN for said in answers.values()):
-                log.info("the %s driver of pool %s does not know its nodes' power: registration tells",
-                         self.configs[ce].driver, ce)
-                self._blind.add(ce)
-                return []
             current = {n: said for n, said in answers.items() if n in asked and n not in self._in_flight
                        and (self.planner.records[n].state, self.planner.records[n].since) == asked[n]}
             return self.apply_seen(ce, current)

@@ -24,6 +24,7 @@ from hpcbatch.head.power import (
     list_power,
 )
 from hpcbatch.head.powerdrivers.command import ProgramDriver
+from hpcbatch.head.powerdrivers.redfish import RedfishDriver
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.scheduler.power import PowerState
 from tests import prereq
@@ -106,7 +107,7 @@ def test_a_node_powered_off_by_hand_loses_its_job_at_once_and_one_powered_on_by_
     asyncio.run(run())
 
 
-def test_a_driver_that_cannot_tell_is_asked_once_and_registration_tells(tmp_path: Path) -> None:
+def test_a_driver_that_cannot_tell_is_never_asked_and_registration_tells(tmp_path: Path) -> None:
     async def run() -> None:
         c = Cluster(tmp_path)
         _docs(c)
@@ -115,11 +116,9 @@ def test_a_driver_that_cannot_tell_is_asked_once_and_registration_tells(tmp_path
                           state_poll_s=5)
         manager = PowerManager({"burst": pool}, c.engine, clock_s=lambda: clock[0])
         manager.planner.records["cn1"].state = PowerState.ACTIVE
-        assert manager.polls_due() == ["burst"]
-        assert await manager.poll_state("burst") == []  # Unknown: nothing changes
+        assert manager.polls_due() == []  # Slurm's programs cannot tell: never asked
+        assert await manager.poll_state("burst") == []  # asked all the same: Unknown changes nothing
         assert manager.record("cn1").state is PowerState.ACTIVE  # type: ignore[union-attr]
-        clock[0] += 60
-        assert manager.polls_due() == []
 
     asyncio.run(run())
 
@@ -164,3 +163,9 @@ def test_a_power_up_waits_for_a_fences_power_off_of_the_same_node_to_end(tmp_pat
         assert log.read_text() == "off cn1\non cn[1-2]\n"
 
     asyncio.run(run())
+
+
+def test_a_bmc_that_answers_an_error_is_unknown_and_hides_no_other_node(bmc: str) -> None:
+    driver = RedfishDriver(PoolConfig(nodes="cn[1-9]", vcpus_per_node=1, driver="redfish", redfish_url=bmc,
+                                      timeout_s=10))
+    assert asyncio.run(driver.state(["cn2", "cn9"])) == {"cn2": "On", "cn9": "Unknown"}  # cn9: no such system
