@@ -319,26 +319,29 @@ class TrackedDriver:
     """A pool's driver whose power calls, whoever makes them (the manager, or STONITH through
     ``PoolFence``), run one at a time per node (a power-up waits for a fence's power-off of the
     same node to end, never overlaps it), and whose nodes count as in flight meanwhile: a state
-    poll leaves them alone, their power being ours to change."""
+    poll leaves them alone, their power being ours to change (``started`` tells a poll that a
+    call began, and perhaps ended, while it asked)."""
 
-    def __init__(self, driver: PoolDriver, in_flight: Counter[str]) -> None:
+    def __init__(self, driver: PoolDriver) -> None:
         self.driver = driver
         self.knows_state = bool(getattr(driver, "knows_state", True))
-        self._in_flight = in_flight
+        self.in_flight: Counter[str] = Counter()  # node -> power calls running or waiting
+        self.started: Counter[str] = Counter()  # node -> power calls ever begun
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def _marked(self, nodes: list[str], call: Callable[[list[str]], Awaitable[None]]) -> None:
-        self._in_flight.update(nodes)
+        self.in_flight.update(nodes)
+        self.started.update(nodes)
         try:
             async with contextlib.AsyncExitStack() as held:
                 for node in sorted(set(nodes)):  # always in the same order: no two calls wait on each other
                     await held.enter_async_context(self._locks.setdefault(node, asyncio.Lock()))
                 await call(nodes)
         finally:
-            self._in_flight.subtract(nodes)
+            self.in_flight.subtract(nodes)
             for node in nodes:
-                if self._in_flight[node] <= 0:
-                    del self._in_flight[node]
+                if self.in_flight[node] <= 0:
+                    del self.in_flight[node]
 
     async def power_on(self, nodes: list[str]) -> None:
         await self._marked(nodes, self.driver.power_on)
@@ -365,8 +368,7 @@ class PowerManager:
         self.engine = engine
         self.store = engine.store
         self._clock = clock_s
-        self._in_flight: Counter[str] = Counter()  # nodes a power-on/off runs for now (ours or STONITH's)
-        self.drivers = {name: TrackedDriver(make_pool_driver(c), self._in_flight) for name, c in pools.items()}
+        self.drivers = {name: TrackedDriver(make_pool_driver(c)) for name, c in pools.items()}
         now = clock_s()
         self.planner = PowerPlanner([pool_of(n, c) for n, c in pools.items()], now)
         for doc in self.store.list_resources(POWER_RESOURCE):
@@ -589,13 +591,19 @@ class PowerManager:
         """Ask the pool's driver for its nodes' power (one batch, a hostlist) and act on what
         contradicts the records (hpcbatch.scheduler.power ``driver_says``): a node powered off by
         hand is handled as a lost node whose power-off is known; one powered on by hand is left
-        alone. Nodes a driver call of ours is powering, or that changed meanwhile, are skipped."""
+        alone. Nodes a power call of ours is busy with, or that changed meanwhile, are skipped."""
+        driver = self.drivers[ce]
+
+        def now_of(node: str) -> tuple[PowerState, float, int]:
+            rec = self.planner.records[node]
+            return rec.state, rec.since, driver.started[node]
+
         try:
-            asked = {n: (rec.state, rec.since) for n in self.planner.pools[ce].nodes
-                     if n not in self._in_flight and (rec := self.planner.records[n]).state is not PowerState.POWERING_DOWN}
-            answers = await self.drivers[ce].state(list(asked)) if asked else {}
-            current = {n: said for n, said in answers.items() if n in asked and n not in self._in_flight
-                       and (self.planner.records[n].state, self.planner.records[n].since) == asked[n]}
+            asked = {n: now_of(n) for n in self.planner.pools[ce].nodes
+                     if not driver.in_flight[n] and self.planner.records[n].state is not PowerState.POWERING_DOWN}
+            answers = await driver.state(list(asked)) if asked else {}
+            current = {n: said for n, said in answers.items()
+                       if n in asked and not driver.in_flight[n] and now_of(n) == asked[n]}
             return self.apply_seen(ce, current)
         except PowerError as exc:
             log.warning("power state of pool %s's nodes unknown this time: %s", ce, exc)

@@ -9,7 +9,6 @@ folder), the ``command`` one (Slurm's programs: it cannot tell). The clock is th
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,7 +129,7 @@ def test_nodes_a_driver_call_of_ours_is_powering_are_not_judged(tmp_path: Path, 
         pool = PoolConfig(nodes="cn[1-3]", vcpus_per_node=1, driver="redfish", redfish_url=bmc, timeout_s=10)
         manager = PowerManager({"burst": pool}, c.engine, clock_s=lambda: T0)
         manager.planner.records["cn1"].state = PowerState.ACTIVE
-        manager._in_flight.update(["cn1", "cn2"])  # as TrackedDriver marks them while a power call runs
+        manager.drivers["burst"].in_flight.update(["cn1", "cn2"])  # as while a power call of theirs runs
         assert await manager.poll_state("burst") == []
 
     asyncio.run(run())
@@ -139,13 +138,12 @@ def test_nodes_a_driver_call_of_ours_is_powering_are_not_judged(tmp_path: Path, 
 def test_a_power_call_through_the_managers_driver_marks_its_nodes_in_flight_whoever_makes_it() -> None:
 
     async def run() -> None:
-        in_flight: Counter[str] = Counter()
-        driver = TrackedDriver(ProgramDriver(["true"], ["sh", "-c", "sleep 0.3", "suspend"], 5), in_flight)
+        driver = TrackedDriver(ProgramDriver(["true"], ["sh", "-c", "sleep 0.3", "suspend"], 5))
         fence = asyncio.create_task(PoolFence(driver).power_off("cn1"))  # STONITH through the pool's driver
         await asyncio.sleep(0.1)
-        assert in_flight == {"cn1": 1}
+        assert driver.in_flight == {"cn1": 1}
         await fence
-        assert not in_flight
+        assert not driver.in_flight and driver.started == {"cn1": 1}  # a poll meanwhile sees it began
 
     asyncio.run(run())
 
@@ -155,7 +153,7 @@ def test_a_power_up_waits_for_a_fences_power_off_of_the_same_node_to_end(tmp_pat
     async def run() -> None:
         log = tmp_path / "calls"
         driver = TrackedDriver(ProgramDriver(["sh", "-c", f"echo on $1 >> {log}", "resume"],
-                                             ["sh", "-c", f"sleep 0.3; echo off $1 >> {log}", "suspend"], 5), Counter())
+                                             ["sh", "-c", f"sleep 0.3; echo off $1 >> {log}", "suspend"], 5))
         fence = asyncio.create_task(PoolFence(driver).power_off("cn1"))
         await asyncio.sleep(0.05)
         await driver.power_on(["cn1", "cn2"])  # the manager's, meanwhile
