@@ -19,16 +19,21 @@ its decisions through pool drivers with ``power_on(nodes)``/``power_off(nodes)``
 hostlist. The drivers themselves live in hpcbatch.head.powerdrivers, one module each:
 ``command`` (Slurm's ResumeProgram/SuspendProgram), ``redfish`` and ``ipmi`` (BMCs),
 ``cloud`` (EC2 instances from a launch template) and ``netns`` (the test bed's: real agents
-started and stopped). A pool's driver also fences its lost nodes. Below: the config, fencing,
-the manager, then what the API shows (status, desiredvCpus, power states, metrics).
+started and stopped). A pool's driver also fences its lost nodes. Every ``state_poll_s`` the
+manager asks each pool's driver its nodes' power (``state``), so a node powered off or on by
+hand is noticed (``PowerManager.poll_state``). Below: the config, fencing, the manager, then
+what the API shows (status, desiredvCpus, power states, metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -49,6 +54,7 @@ from hpcbatch.scheduler.power import (
     PowerOff,
     PowerOn,
     PowerPlanner,
+    PowerSeen,
     PowerState,
     hostlist,
 )
@@ -103,6 +109,7 @@ class PoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     resume_timeout_s: float = 300.0  # Slurm's ResumeTimeout
     boot_time_s: float = 60.0  # expected boot time, shown by `why`
     resume_rate: int = 0  # nodes powered up per minute (Slurm's ResumeRate); 0: no limit
+    state_poll_s: float = 60.0  # how often the driver is asked its nodes' power (one batch); 0: never
     placement_groups: dict[str, str] = {}  # group -> hostlist (gangs prefer one group)
 
 
@@ -125,6 +132,21 @@ def _check_pool(name: str, pool: PoolConfig) -> str | None:
             NodeSet(hosts)
     except NodeSetException as exc:
         return f"{where}: not a hostlist: {exc}"
+    problem = _check_numbers(where, pool)
+    if problem is not None:
+        return problem
+    if pool.driver == "command" and (not pool.resume_program or not pool.suspend_program
+                                     or not all(pool.resume_program + pool.suspend_program)):
+        return f"{where}: the command driver needs resume_program and suspend_program (argv lists)"
+    if pool.driver == "netns" and not pool.agent_config_dir:
+        return f"{where}.agent_config_dir is required by the netns driver"
+    if pool.driver == "redfish" and not pool.redfish_url.startswith(("http://", "https://")):
+        return f"{where}.redfish_url must be an http(s):// URL (\"{{node}}\" is replaced by the node's name)"
+    return _check_driver(where, pool)
+
+
+def _check_numbers(where: str, pool: PoolConfig) -> str | None:
+    """The pool's sizes, times and rates."""
     if pool.vcpus_per_node <= 0:
         return f"{where}.vcpus_per_node must be > 0"
     if pool.memory_mib_per_node < 0 or pool.gpus_per_node < 0:
@@ -134,14 +156,9 @@ def _check_pool(name: str, pool: PoolConfig) -> str | None:
             return f"{where}.{key} must be > 0 seconds"
     if pool.suspend_after_s < 0 or pool.resume_rate < 0:
         return f"{where}.suspend_after_s and resume_rate must be >= 0"
-    if pool.driver == "command" and (not pool.resume_program or not pool.suspend_program
-                                     or not all(pool.resume_program + pool.suspend_program)):
-        return f"{where}: the command driver needs resume_program and suspend_program (argv lists)"
-    if pool.driver == "netns" and not pool.agent_config_dir:
-        return f"{where}.agent_config_dir is required by the netns driver"
-    if pool.driver == "redfish" and not pool.redfish_url.startswith(("http://", "https://")):
-        return f"{where}.redfish_url must be an http(s):// URL (\"{{node}}\" is replaced by the node's name)"
-    return _check_driver(where, pool)
+    if pool.state_poll_s < 0:
+        return f"{where}.state_poll_s must be >= 0 seconds (0: never ask the driver)"
+    return None
 
 
 def _check_driver(where: str, pool: PoolConfig) -> str | None:
@@ -298,6 +315,44 @@ def pool_of(name: str, config: PoolConfig, min_vcpus: float = 0.0, max_vcpus: fl
     )
 
 
+class TrackedDriver:
+    """A pool's driver whose power calls, whoever makes them (the manager, or STONITH through
+    ``PoolFence``), run one at a time per node (a power-up waits for a fence's power-off of the
+    same node to end, never overlaps it), and whose nodes count as in flight meanwhile: a state
+    poll leaves them alone, their power being ours to change (``started`` tells a poll that a
+    call began, and perhaps ended, while it asked)."""
+
+    def __init__(self, driver: PoolDriver) -> None:
+        self.driver = driver
+        self.knows_state = bool(getattr(driver, "knows_state", True))
+        self.in_flight: Counter[str] = Counter()  # node -> power calls running or waiting
+        self.started: Counter[str] = Counter()  # node -> power calls ever begun
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _marked(self, nodes: list[str], call: Callable[[list[str]], Awaitable[None]]) -> None:
+        self.in_flight.update(nodes)
+        self.started.update(nodes)
+        try:
+            async with contextlib.AsyncExitStack() as held:
+                for node in sorted(set(nodes)):  # always in the same order: no two calls wait on each other
+                    await held.enter_async_context(self._locks.setdefault(node, asyncio.Lock()))
+                await call(nodes)
+        finally:
+            self.in_flight.subtract(nodes)
+            for node in nodes:
+                if self.in_flight[node] <= 0:
+                    del self.in_flight[node]
+
+    async def power_on(self, nodes: list[str]) -> None:
+        await self._marked(nodes, self.driver.power_on)
+
+    async def power_off(self, nodes: list[str]) -> None:
+        await self._marked(nodes, self.driver.power_off)
+
+    async def state(self, nodes: list[str]) -> dict[str, str]:
+        return await self.driver.state(nodes)
+
+
 class PowerManager:
     """Runs the power planner for every pool: one pass a second, its actions applied.
 
@@ -313,18 +368,24 @@ class PowerManager:
         self.engine = engine
         self.store = engine.store
         self._clock = clock_s
-        self.drivers = {name: make_pool_driver(c) for name, c in pools.items()}
+        self.drivers = {name: TrackedDriver(make_pool_driver(c)) for name, c in pools.items()}
         now = clock_s()
         self.planner = PowerPlanner([pool_of(n, c) for n, c in pools.items()], now)
         for doc in self.store.list_resources(POWER_RESOURCE):
             self.planner.restore(doc["node"], NodePower(
                 PowerState(doc["state"]), float(doc["since"]), doc["reason"], bool(doc.get("failed")),
+                left_alone=bool(doc.get("leftAlone")),
             ))
         self.waiting: dict[str, str] = {}
         self.desired: dict[str, float] = {}
         # Power-downs a previous head began: the driver call may never have run; it is safe to repeat.
         self._resume_downs = {name for name, rec in self.planner.records.items() if rec.state is PowerState.POWERING_DOWN}
         self._calls: asyncio.Queue[tuple[str, PowerOn | PowerOff]] = asyncio.Queue()
+        # The drivers' word on power (power changed by hand): see poll_state.
+        self._polled_at: dict[str, float] = {}  # CE -> when its driver was last asked
+        self._polling: set[str] = set()  # CEs whose driver is being asked now
+        # CEs whose driver cannot tell (command): never asked; registration tells.
+        self._blind = {ce for ce, driver in self.drivers.items() if not driver.knows_state}
 
     # --------------------------------------------------------------- read side
     def pool_nodes(self, ce: str) -> tuple[str, ...]:
@@ -446,6 +507,7 @@ class PowerManager:
                 self.store.put_resource(POWER_RESOURCE, name, 1, rec.state.value, {
                     "node": name, "state": rec.state.value, "since": rec.since, "reason": rec.reason,
                     "failed": rec.failed, "computeEnvironment": self.planner.pool_of[name],
+                    "leftAlone": rec.left_alone,
                 })
 
     def _audit(self, operation: str, nodes: str, outcome: str) -> None:
@@ -505,7 +567,66 @@ class PowerManager:
                     calls = []
                 for kind, action in calls:
                     tasks.create_task(self._call(kind, action))
+                for ce in self.polls_due():
+                    tasks.create_task(self.poll_state(ce))
                 await asyncio.sleep(interval_s)
+
+    # ------------------------------------------------ the drivers' word: power changed by hand
+    def polls_due(self) -> list[str]:
+        """The pools whose driver is due to be asked its nodes' power (every ``state_poll_s``, one
+        at a time per pool); each is marked asked."""
+        now = self._clock()
+        due = []
+        for ce, config in self.configs.items():
+            last = self._polled_at.get(ce)
+            if (config.state_poll_s <= 0 or ce in self._blind or ce in self._polling
+                    or (last is not None and now - last < config.state_poll_s)):
+                continue
+            self._polled_at[ce] = now
+            self._polling.add(ce)
+            due.append(ce)
+        return due
+
+    async def poll_state(self, ce: str) -> list[PowerSeen]:
+        """Ask the pool's driver for its nodes' power (one batch, a hostlist) and act on what
+        contradicts the records (hpcbatch.scheduler.power ``driver_says``): a node powered off by
+        hand is handled as a lost node whose power-off is known; one powered on by hand is left
+        alone. Nodes a power call of ours is busy with, or that changed meanwhile, are skipped."""
+        driver = self.drivers[ce]
+
+        def now_of(node: str) -> tuple[PowerState, float, int]:
+            rec = self.planner.records[node]
+            return rec.state, rec.since, driver.started[node]
+
+        try:
+            asked = {n: now_of(n) for n in self.planner.pools[ce].nodes
+                     if not driver.in_flight[n] and self.planner.records[n].state is not PowerState.POWERING_DOWN}
+            answers = await driver.state(list(asked)) if asked else {}
+            current = {n: said for n, said in answers.items()
+                       if n in asked and not driver.in_flight[n] and now_of(n) == asked[n]}
+            return self.apply_seen(ce, current)
+        except PowerError as exc:
+            log.warning("power state of pool %s's nodes unknown this time: %s", ce, exc)
+        except Exception:  # a driver's bug loses this poll, not the head
+            log.exception("power state of pool %s's nodes: the driver failed", ce)
+        finally:
+            self._polling.discard(ce)
+        return []
+
+    def apply_seen(self, ce: str, answers: dict[str, str]) -> list[PowerSeen]:
+        """The driver's answers about pool ``ce``'s nodes: records changed, stored and audited; a
+        node that was up and is off has its attempts failed as lost, their retries free at once."""
+        seen = self.planner.driver_says(answers, self._clock(), self.configs[ce].driver)
+        self._store([s.node for s in seen])
+        for s in seen:
+            log.warning("node %s: %s", s.node, s.reason)
+            self._audit("PowerOffSeen" if s.power == "Off" else "PowerOnSeen", s.node, s.reason)
+            if s.lost and s.node in self.engine.nodes:
+                # Off is a fact: its attempts are dead, as if it had been silent past any fence, so
+                # their retries are not held (nor is it fenced again); older holds on it are freed.
+                self.engine.node_lost(s.node, math.inf, s.reason)
+                self.engine.node_fenced(s.node)
+        return seen
 
 
 # ------------------------------------------------------- the API's view (service.py calls these)

@@ -26,6 +26,11 @@ SuspendTime, ResumeTimeout, ResumeRate):
 * **Idempotence**: a node POWERING_UP is never powered up again; the states survive a head
   restart (the head stores them and ``restore``s them), so a restart mid-power-up does not
   power the same nodes twice.
+* **Power changed by hand** (``driver_says``): a driver's answer that a node is Off while it
+  is ACTIVE (or POWERING_UP for longer than ``boot_time_s``: a BMC may answer Off for
+  seconds after accepting On) makes it POWERED_DOWN, its jobs lost; it may be powered up
+  again. A node On while POWERED_DOWN is ``left_alone``: never powered on (or chosen) until
+  its agent registers, or the driver says it is Off again. Unknown answers change nothing.
 
 The planner reads no clock: ``now`` (seconds) is an argument of every call.
 """
@@ -35,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from ClusterShell.NodeSet import NodeSet
@@ -152,6 +158,7 @@ class NodePower:
     reason: str
     failed: bool = False  # did not come up within resume_timeout_s: not chosen again
     idle_since: float | None = None
+    left_alone: bool = False  # seen On while powered down (by hand): not powered on until it registers
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,16 @@ class NodeFailed:
 
     node: str
     reason: str
+
+
+@dataclass(frozen=True)
+class PowerSeen:
+    """A driver's answer contradicted a node's record (its power was changed outside hpcbatch)."""
+
+    node: str
+    power: str  # what the driver said: "On" or "Off"
+    reason: str  # "powered off outside hpcbatch, seen by redfish at 2026-12-06T18:40:00Z"
+    lost: bool = False  # it was up: its agent and jobs are gone (the head handles it as a lost node)
 
 
 @dataclass
@@ -239,6 +256,44 @@ class PowerPlanner:
                 out.append(name)
         return sorted(out)
 
+    def driver_says(self, answers: Mapping[str, str], now: float, driver: str) -> list[PowerSeen]:
+        """A driver's word on nodes' power (Redfish's: On, Off, PoweringOn, PoweringOff, Unknown)
+        against their records: the records changed accordingly (module docstring), and what changed."""
+        at = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        out = []
+        for name, said in sorted(answers.items()):
+            rec = self.records.get(name)
+            seen = None if rec is None else self._seen(name, rec, said, now)
+            if rec is None or seen is None:
+                continue
+            if seen == "off":
+                what = f"powered off outside hpcbatch, seen by {driver} at {at}"
+                if rec.state is PowerState.POWERING_UP:
+                    what += " (or its power-up did not take)"
+                rec.state, rec.idle_since = PowerState.POWERED_DOWN, None
+                self.claimed_for.pop(name, None)
+            elif seen == "on":
+                what = (f"on outside hpcbatch, seen by {driver} at {at}: "
+                        "not powered on again; it joins when its agent registers")
+            else:
+                what = f"off again, seen by {driver} at {at}: it may be powered up"
+            rec.since, rec.reason, rec.left_alone = now, what[:1].upper() + what[1:], seen == "on"
+            out.append(PowerSeen(name, "On" if seen == "on" else "Off", what, lost=seen == "off"))
+        return out
+
+    def _seen(self, name: str, rec: NodePower, said: str, now: float) -> str | None:
+        """What a driver's answer means for one record: "off", "on", "off again" or None (nothing)."""
+        if said == "Off" and rec.state is PowerState.ACTIVE:
+            return "off"
+        if said == "Off" and rec.state is PowerState.POWERING_UP:
+            boot_s = self.pools[self.pool_of[name]].boot_time_s
+            return "off" if now - rec.since >= boot_s else None
+        if rec.state is PowerState.POWERED_DOWN and said in ("On", "PoweringOn") and not rec.left_alone:
+            return "on"
+        if rec.state is PowerState.POWERED_DOWN and said == "Off" and rec.left_alone:
+            return "off again"
+        return None
+
     @staticmethod
     def _powered(rec: NodePower) -> bool:
         return rec.state in (PowerState.ACTIVE, PowerState.POWERING_UP)
@@ -288,7 +343,7 @@ class PowerPlanner:
             seen = name in views
             if seen and rec.state in (PowerState.POWERING_UP, PowerState.POWERED_DOWN):
                 self._set(plan, name, PowerState.ACTIVE, now, "Registered")
-                rec.failed, rec.idle_since = False, None
+                rec.failed, rec.idle_since, rec.left_alone = False, None, False
                 self.claimed_for.pop(name, None)
             elif rec.state is PowerState.POWERING_UP and now - rec.since >= pool.resume_timeout_s:
                 reason = (f"Node {name} did not register within resume_timeout_s "
@@ -312,7 +367,8 @@ class PowerPlanner:
     def _candidates(self, pool: Pool, taken: Iterable[str]) -> list[str]:
         taken = set(taken)
         return [n for n in sorted(pool.nodes)
-                if self.records[n].state is PowerState.POWERED_DOWN and not self.records[n].failed and n not in taken]
+                if self.records[n].state is PowerState.POWERED_DOWN and not self.records[n].failed
+                and not self.records[n].left_alone and n not in taken]
 
     def _room(self, pool: Pool, ups: list[str]) -> int:
         """How many more nodes may be powered up without passing maxvCpus."""

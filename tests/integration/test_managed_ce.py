@@ -6,17 +6,22 @@ node's real agent in its namespace, a power-down stops it. node1's agent is poin
 where no head listens, so it never registers. One cluster, one story, in order:
 minvCpus powers a node; the first job waits for it, it never registers (resume_timeout_s), it
 is marked down and the job runs on another node; a 3-node gang powers up exactly the two nodes
-it lacks and runs; once idle for suspend_after_s they power down, minvCpus keeps one warm.
+it lacks and runs; once idle for suspend_after_s they power down, minvCpus keeps one warm; a
+node whose power is pulled by hand is noticed by the driver's state poll (``state_poll_s``),
+well before its heartbeats would be missed, and its job is retried at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +35,7 @@ from tests.harness import TestCluster, free_port, wait_for
 
 RESUME_TIMEOUT_S = 12  # an agent's start under load stays well inside it
 SUSPEND_AFTER_S = 3
+LIVENESS = 15  # heartbeats of 0.3 s: a node is lost after 4.5 s unheard, the state poll sees it first
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +49,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
         'nodes = "node[1-4]"\nvcpus_per_node = 1\ndriver = "netns"\n'
         f'agent_config_dir = "{root}"\nnetns_layout = "{root / "layout.json"}"\n'
         f"suspend_after_s = {SUSPEND_AFTER_S}\nresume_timeout_s = {RESUME_TIMEOUT_S}\nboot_time_s = 5\ntimeout_s = 3\n"
+        "state_poll_s = 0.5\n"
     )
     c = TestCluster(root, nodes=4, node_vcpus=1, netns=True, agent_extra='compute_environment = "managed"',
-                    head_extra=head_extra)
+                    head_extra=head_extra, liveness=LIVENESS)
     try:
         assert c.netns is not None
         (root / "layout.json").write_text(json.dumps(c.netns.to_dict()))
@@ -166,6 +173,34 @@ def test_a_lost_pool_node_is_fenced_by_its_pools_driver_and_its_job_retried_at_o
     assert f"node {victim} is powered off" in (c.root / "head.log").read_text()
 
 
+def test_a_node_powered_off_by_hand_is_seen_by_the_driver_and_its_job_retried_at_once(pool: TestCluster) -> None:
+    from hpcbatch.head.powerdrivers.netns import NetnsDriver
+
+    c = pool
+    wait_for(lambda: any(n["state"] == "ACTIVE" for n in _power(c).values()), 30, what="a warm node (minvCpus 1)")
+    marks = c.root / "marks-by-hand"
+    marks.mkdir()
+    job_id = c.submit(["sh", "-c", f'echo $$ > {marks}/"$AWS_BATCH_JOB_ATTEMPT"; '
+                                   '[ "$AWS_BATCH_JOB_ATTEMPT" = 1 ] && exec sleep 300; exit 0'],
+                      retryStrategy={"attempts": 2})
+    victim = c.wait_status(job_id, "RUNNING", timeout=30)["nodeName"]
+    wait_for(lambda: (marks / "1").exists(), 10, what="the first attempt's pid")
+    # The power is pulled outside hpcbatch: the agent and everything on the node die at once.
+    pulled_ms = time.time() * 1000
+    os.killpg(int((c.root / f"{victim}.power.pid").read_text()), signal.SIGKILL)
+    asyncio.run(NetnsDriver(str(c.root), str(c.root / "layout.json"), 3).power_off([victim]))
+    # Seen within a pass or two (state_poll_s 0.5), before its heartbeats are missed (4.5 s); the
+    # node is POWERED_DOWN for a moment only: minvCpus and the retry power it up again at once.
+    job = c.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=60)
+    assert job["status"] == "SUCCEEDED" and len(job["attempts"]) == 2, job
+    assert job["attempts"][0]["statusReason"].startswith(f"Node {victim} lost: powered off outside hpcbatch, seen by "
+                                                         "netns at "), job["attempts"][0]
+    seen = [e for e in c.client.call("/hpcbatch/v1/listaudit", {"maxResults": 1000})["events"]
+            if e["operation"] == "PowerOffSeen" and e["at"] >= pulled_ms]
+    assert [e["target"] for e in seen] == [victim], seen
+    assert seen[0]["outcome"].startswith("powered off outside hpcbatch, seen by netns at "), seen
+
+
 def test_the_command_driver_gets_a_hostlist_and_a_head_restart_mid_power_up_powers_nothing_twice(
         tmp_path: Path) -> None:
     calls = tmp_path / "calls"
@@ -202,6 +237,10 @@ def test_the_command_driver_gets_a_hostlist_and_a_head_restart_mid_power_up_powe
                  what="the job to wait for the power-up begun before the restart")
         assert {n["name"]: n["powerState"] for n in c.client.list_nodes()["nodes"]} == \
             {"cn1": "POWERING_UP", "cn2": "POWERING_UP"}
+        # `hpcbatch why` says what it waits for, and for how long (boot_time_s 60 from the power-up).
+        why = subprocess.run([sys.executable, "-m", "hpcbatch.cli.main", "--endpoint", c.socket_endpoint, "why", job_id],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        assert re.search(r"reason: CAPACITY - powering up cn\[1-2\], expected in ~(60|55|50|45) s", why), why
         # They never register: resume_timeout_s (counted from the first power-up) fails them, once.
         wait_for(lambda: "suspend" in calls.read_text(), 20, what="the failed nodes powered off")
         assert calls.read_text() == "resume cn[1-2]\nsuspend cn[1-2]\n"

@@ -36,7 +36,7 @@ def test_the_redfish_example_in_docs_managed_md_is_a_valid_head_config(tmp_path:
     path = tmp_path / "head.toml"
     path.write_text(f'state_dir = "{tmp_path}"\n' + block)
     gpu = load_head_config(path).power.pools["gpu"]
-    assert gpu.driver == "redfish" and gpu.redfish_url == "https://{node}-bmc.mgmt"
+    assert gpu.driver == "redfish" and gpu.redfish_url == "https://{node}-bmc.mgmt" and gpu.state_poll_s == 30
     driver = make_pool_driver(gpu)
     assert isinstance(driver, RedfishDriver) and driver._system("gpu07") == "https://gpu07-bmc.mgmt/redfish/v1/Systems/1"
 
@@ -45,6 +45,8 @@ def test_the_redfish_example_in_docs_managed_md_is_a_valid_head_config(tmp_path:
     ('nodes = "cn[1-"\nvcpus_per_node = 1\nresume_program = ["a"]\nsuspend_program = ["b"]\n', "not a hostlist"),
     ('nodes = "cn1"\nvcpus_per_node = 0\nresume_program = ["a"]\nsuspend_program = ["b"]\n', "vcpus_per_node must be > 0"),
     ('nodes = "cn1"\nvcpus_per_node = 1\n', "needs resume_program and suspend_program"),
+    ('nodes = "cn1"\nvcpus_per_node = 1\nresume_program = ["a"]\nsuspend_program = ["b"]\nstate_poll_s = -1\n',
+     r"power\.pools\.burst\.state_poll_s must be >= 0 seconds"),
     ('nodes = "cn1"\nvcpus_per_node = 1\ndriver = "netns"\n', "agent_config_dir is required"),
     ('nodes = "cn1"\nvcpus_per_node = 1\ndriver = "ipmi"\n', "driver"),
     ('nodes = "cn1"\nvcpus_per_node = 1\ndriver = "redfish"\n', r"redfish_url must be an http\(s\):// URL"),

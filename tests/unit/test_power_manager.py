@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
+import pytest
+
 from hpcbatch.head.power import PoolConfig, PowerManager
 from hpcbatch.scheduler.power import PowerOn, PowerState
 from tests.unit.test_fencing import Cluster
@@ -104,5 +107,55 @@ def test_a_failed_power_up_marks_the_node_failed_with_the_drivers_words_and_the_
         assert [a.nodes for _, a in manager.pass_once()] == [("cn2",)]
         audit = [e for e in c.engine._audit if e["operation"] == "PowerOn"]
         assert audit and audit[0]["outcome"].startswith("failed: sh exited with 2")
+
+    asyncio.run(run())
+
+
+def test_a_job_waiting_on_a_power_up_is_told_the_boot_time_left_counted_from_the_power_up(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        clock = [1000.0]
+        manager = PowerManager({"burst": msgspec.structs.replace(POOL, boot_time_s=90)}, c.engine, clock_s=lambda: clock[0])
+        c.engine.power = manager
+        for job in ("j1", "j2", "j3"):
+            c.submit(job)  # n1, n2 full: j3 needs a pool node
+        assert [a.nodes for _, a in manager.pass_once()] == [("cn1",)]
+        assert c.engine.jobs["j3"].status_reason == "CAPACITY - powering up cn1, expected in ~90 s"
+        clock[0] += 31
+        manager.pass_once()
+        c.engine.step()  # the scheduler's own pass keeps the power planner's word
+        assert c.engine.jobs["j3"].status_reason == "CAPACITY - powering up cn1, expected in ~60 s"
+        # A restarted head counts from the stored power-up, not from its own start.
+        clock[0] += 20
+        again = PowerManager({"burst": msgspec.structs.replace(POOL, boot_time_s=90)}, c.engine, clock_s=lambda: clock[0])
+        again.pass_once()
+        assert c.engine.jobs["j3"].status_reason == "CAPACITY - powering up cn1, expected in ~40 s"
+
+    asyncio.run(run())
+
+
+def test_node_hours_powered_and_saved_are_counted_and_exported(tmp_path: Path) -> None:
+    from hpcbatch.head.power import power_metrics
+
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        clock = [1000.0]
+        manager = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: clock[0])
+        for job in ("j1", "j2", "j3"):
+            c.submit(job)
+        manager.pass_once()  # cn1 POWERING_UP from now; cn2 stays down
+        clock[0] += 1800
+        manager.pass_once()
+        c.register("cn1")
+        clock[0] += 1800
+        manager.pass_once()
+        families = {f.name: {tuple(s.labels.values()): s.value for s in f.samples} for f in power_metrics(manager)}
+        hours = families["hpcbatch_pool_node_hours"]
+        assert hours[("powered",)] == pytest.approx(1.0)  # cn1: booting half an hour, ACTIVE half an hour
+        assert hours[("saved",)] == pytest.approx(1.0)  # cn2: down the whole hour
+        assert families["hpcbatch_pool_nodes"][("burst", "ACTIVE")] == 1
+        assert families["hpcbatch_pool_nodes"][("burst", "POWERED_DOWN")] == 1
 
     asyncio.run(run())

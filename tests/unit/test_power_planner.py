@@ -165,3 +165,62 @@ def test_a_gpu_gang_counts_whole_gpu_nodes() -> None:
     assert [a.nodes for a in ons(planner.plan(1, [Demand("gang", ("managed",), 2, num_nodes=3, gpus=8)], {}))] == [
         ("gpu1", "gpu2", "gpu3")]
     assert ons(PowerPlanner([gpu], now=0).plan(1, [Demand("x", ("managed",), 2, num_nodes=2, gpus=9)], {})) == []
+
+
+# --------------------------------------------- power changed by hand (PowerPlanner.driver_says)
+T0 = 1_765_000_000.0  # 2025-12-06T05:46:40Z
+
+
+def test_a_node_seen_off_while_active_is_powered_down_with_driver_and_time_and_may_be_powered_up_again() -> None:
+    planner = PowerPlanner([pool(nodes=("node1",))], now=T0)
+    planner.restore("node1", NodePower(PowerState.ACTIVE, T0, "Registered"))
+    seen = planner.driver_says({"node1": "Off"}, T0 + 5, "redfish")
+    assert [(s.node, s.power, s.lost) for s in seen] == [("node1", "Off", True)]
+    assert seen[0].reason == "powered off outside hpcbatch, seen by redfish at 2025-12-06T05:46:45Z"
+    rec = planner.records["node1"]
+    assert rec.state is PowerState.POWERED_DOWN and rec.since == T0 + 5 and not rec.failed
+    assert rec.reason == "Powered off outside hpcbatch, seen by redfish at 2025-12-06T05:46:45Z"
+    assert planner.driver_says({"node1": "Off"}, T0 + 6, "redfish") == []  # said once
+    plan = planner.plan(T0 + 7, [Demand("j1", ("managed",), 2)], {})
+    assert [a.nodes for a in ons(plan)] == [("node1",)]  # needed again: hpcbatch powers it up
+
+
+def test_a_node_seen_on_while_powered_down_is_left_alone_until_it_registers_or_is_off_again() -> None:
+    planner = PowerPlanner([pool(nodes=("node1", "node2"))], now=T0)
+    seen = planner.driver_says({"node1": "On", "node2": "Off"}, T0 + 1, "ipmi")
+    assert [(s.node, s.power, s.lost) for s in seen] == [("node1", "On", False)]
+    rec = planner.records["node1"]
+    assert rec.state is PowerState.POWERED_DOWN and rec.left_alone
+    assert rec.reason.startswith("On outside hpcbatch, seen by ipmi at ") and "not powered on again" in rec.reason
+    plan = planner.plan(T0 + 2, [Demand("j1", ("managed",), 2)], {})
+    assert [a.nodes for a in ons(plan)] == [("node2",)]  # node1 is on already: never powered on by hpcbatch
+    # Its agent registers: it is an ordinary ACTIVE node again.
+    planner.plan(T0 + 3, [], up(["node1"]))
+    assert planner.records["node1"].state is PowerState.ACTIVE and not planner.records["node1"].left_alone
+    # Another seen On, then Off again: hpcbatch may power it up once more.
+    planner.restore("node1", NodePower(PowerState.POWERED_DOWN, T0, "x"))
+    planner.driver_says({"node1": "PoweringOn"}, T0 + 4, "ipmi")
+    again = planner.driver_says({"node1": "Off"}, T0 + 5, "ipmi")
+    assert [(s.node, s.power, s.lost) for s in again] == [("node1", "Off", False)]
+    assert not planner.records["node1"].left_alone and "off again" in planner.records["node1"].reason.lower()
+
+
+def test_a_booting_node_its_bmc_still_calls_off_is_judged_only_after_its_boot_time() -> None:
+    planner = PowerPlanner([pool(nodes=("node1",), boot_time_s=90, resume_timeout_s=300)], now=T0)
+    planner.restore("node1", NodePower(PowerState.POWERING_UP, T0, "Powering up for job j1"))
+    assert planner.driver_says({"node1": "Off"}, T0 + 10, "redfish") == []  # BMCs take seconds to apply On
+    assert planner.records["node1"].state is PowerState.POWERING_UP
+    seen = planner.driver_says({"node1": "Off"}, T0 + 90, "redfish")
+    assert [(s.node, s.lost) for s in seen] == [("node1", True)]
+    assert planner.records["node1"].state is PowerState.POWERED_DOWN
+
+
+def test_unknown_and_transitional_answers_change_nothing() -> None:
+    planner = PowerPlanner([pool(nodes=("node1", "node2", "node3"))], now=T0)
+    planner.restore("node1", NodePower(PowerState.ACTIVE, T0, "Registered"))
+    planner.restore("node3", NodePower(PowerState.POWERING_DOWN, T0, "Powering down: idle"))
+    answers = {"node1": "Unknown", "node2": "Unknown", "node3": "Off", "node9": "On"}
+    assert planner.driver_says(answers, T0 + 1, "command") == []
+    assert planner.driver_says({"node1": "PoweringOff"}, T0 + 1, "redfish") == []
+    assert [r.state for r in planner.records.values()] == [
+        PowerState.ACTIVE, PowerState.POWERED_DOWN, PowerState.POWERING_DOWN]

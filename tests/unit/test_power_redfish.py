@@ -8,12 +8,7 @@ it reports only once both say ``PowerState: Off`` (the fake BMC takes 1-11 s, as
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,40 +16,16 @@ from hpcbatch.head.power import PoolConfig
 from hpcbatch.head.powerdrivers.base import PowerError
 from hpcbatch.head.powerdrivers.redfish import RedfishDriver
 from tests import prereq
-from tests.harness import free_port, wait_for
+from tests.harness import wait_for
+from tests.redfish_bmc import redfish_emulator
 
 prereq.importorskip("sushy_tools", "sushy")
 
 
 @pytest.fixture(scope="module")
 def bmc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("redfish")
-    systems = [{"uuid": str(uuid.uuid4()), "name": name, "power_state": "Off", "external_notifier": False, "nics": []}
-               for name in ("cn1", "cn2")]
-    # Its own state dir: the fake driver keeps systems (found by name) in a shared one by default,
-    # so another run's cn1, left On, would answer here.
-    (root / "emulator.conf").write_text(f"SUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n"
-                                        f"SUSHY_EMULATOR_STATE_DIR = {str(root / 'state')!r}\n")
-    port = free_port()
-    emulator = shutil.which("sushy-emulator", path=str(Path(sys.executable).parent)) or "sushy-emulator"
-    with open(root / "emulator.log", "wb") as log:
-        proc = subprocess.Popen([emulator, "--fake", "--config", str(root / "emulator.conf"), "-i", "127.0.0.1",
-                                 "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        driver = RedfishDriver(PoolConfig(nodes="cn[1-2]", vcpus_per_node=1, driver="redfish", redfish_url=url))
-        wait_for(lambda: _quiet_state(driver), 20, what="the Redfish emulator to answer")
+    with redfish_emulator(tmp_path_factory.mktemp("redfish"), {"cn1": "Off", "cn2": "Off"}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _quiet_state(driver: RedfishDriver) -> bool:
-    try:
-        return bool(asyncio.run(driver.state(["cn1"])))
-    except PowerError:
-        return False
 
 
 def test_redfish_powers_systems_on_and_reports_off_only_once_they_are(bmc: str) -> None:

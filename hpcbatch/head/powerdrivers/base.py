@@ -24,6 +24,9 @@ class PowerDriver(Protocol):
 class PoolDriver(Protocol):
     """Powers a batch of nodes (a hostlist) on or off; returns once the driver is done."""
 
+    # A driver whose ``state`` can only answer Unknown sets ``knows_state = False`` (a class
+    # attribute): the head then never asks it (its nodes' agents tell, by registering).
+
     async def power_on(self, nodes: list[str]) -> None: ...
 
     async def power_off(self, nodes: list[str]) -> None: ...

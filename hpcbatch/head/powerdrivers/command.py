@@ -43,6 +43,8 @@ async def run_program(argv: list[str], timeout_s: float) -> None:
 class ProgramDriver:
     """Slurm's ResumeProgram/SuspendProgram: ``argv… node[5-8]``; exit 0 is success."""
 
+    knows_state = False  # Slurm's power saving has no state program: not asked (hpcbatch.head.power)
+
     def __init__(self, resume: list[str], suspend: list[str], timeout_s: float) -> None:
         self.resume, self.suspend, self.timeout_s = resume, suspend, timeout_s
 

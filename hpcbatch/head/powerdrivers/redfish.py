@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcbatch.head.powerdrivers.base import NODE_PLACEHOLDER, OUTPUT_SHOWN, PowerError
+from hpcbatch.head.powerdrivers.base import NODE_PLACEHOLDER, OUTPUT_SHOWN, UNKNOWN, PowerError
 from hpcbatch.scheduler.power import hostlist
 
 if TYPE_CHECKING:
     from hpcbatch.head.power import PoolConfig
+
+
+log = logging.getLogger("hpcbatch.power")
 
 
 class RedfishDriver:
@@ -51,14 +55,15 @@ class RedfishDriver:
                 text = " ".join((await resp.text()).split())[-OUTPUT_SHOWN:]
                 raise PowerError(f"{node}: Redfish {reset} answered {resp.status}: {text}")
 
+    async def _state_of(self, session: Any, node: str) -> str:
+        async with session.get(self._system(node)) as resp:
+            if resp.status >= 300:
+                raise PowerError(f"{node}: Redfish system answered {resp.status}")
+            return str((await resp.json(content_type=None)).get("PowerState", ""))
+
     async def _states(self, session: Any, nodes: list[str]) -> dict[str, str]:
-        out = {}
-        for node in nodes:
-            async with session.get(self._system(node)) as resp:
-                if resp.status >= 300:
-                    raise PowerError(f"{node}: Redfish system answered {resp.status}")
-                out[node] = str((await resp.json(content_type=None)).get("PowerState", ""))
-        return out
+        """Every node's PowerState, the BMCs asked at once (a pool of 128 is one round trip, not 128)."""
+        return dict(zip(nodes, await asyncio.gather(*(self._state_of(session, n) for n in nodes)), strict=True))
 
     async def _do(self, nodes: list[str], reset: str, wait_off: bool) -> None:
         import aiohttp
@@ -84,11 +89,21 @@ class RedfishDriver:
         await self._do(nodes, "ForceOff", wait_off=True)
 
     async def state(self, nodes: list[str]) -> dict[str, str]:
-        """Each node's Redfish ``PowerState`` (On, Off, PoweringOn, PoweringOff)."""
+        """Each node's Redfish ``PowerState`` (On, Off, PoweringOn, PoweringOff); Unknown for a
+        node whose BMC answers an error (one broken BMC does not blind the pool)."""
         import aiohttp
 
         try:
             async with asyncio.timeout(self.timeout_s), self._session() as session:
-                return await self._states(session, nodes)
+                answers = await asyncio.gather(*(self._state_of(session, n) for n in nodes), return_exceptions=True)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise PowerError(f"Redfish state of {hostlist(nodes)}: {exc or 'timed out'}") from None
+        out = {}
+        for node, answer in zip(nodes, answers, strict=True):
+            if isinstance(answer, PowerError | aiohttp.ClientError):
+                log.warning("Redfish state of %s unknown: %s", node, answer)
+                answer = UNKNOWN
+            elif isinstance(answer, BaseException):
+                raise answer
+            out[node] = answer
+        return out
