@@ -45,14 +45,17 @@ from hpcbatch.head.faults import (
 )
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.policies import fair_share_of, policy_name
-from hpcbatch.model.jobs import (
-    Attempt,
-    FenceHold,
-    GangEnding,
-    JobRecord,
-    attempt_succeeded,
-    should_retry,
+from hpcbatch.model.decisions import (
+    DEPENDENCY_FAILED_REASON,
+    AttemptEnd,
+    Dependencies,
+    Verdict,
+    attempt_verdict,
+    dependency_state,
+    dependency_wait_reason,
+    job_dependencies,
 )
+from hpcbatch.model.jobs import Attempt, FenceHold, GangEnding, JobRecord
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
 from hpcbatch.model.multinode import (
     NodeEnd,
@@ -62,6 +65,7 @@ from hpcbatch.model.multinode import (
     split_child_id,
     whole_node,
 )
+from hpcbatch.model.nodes import NodeEvent, NodeState, next_node_state
 from hpcbatch.model.reconcile import reconcile
 from hpcbatch.scheduler import (
     AttemptEnded,
@@ -102,7 +106,6 @@ FAMILY_EVENTS = frozenset(
         JobEvent.ATTEMPT_FAILED_FINAL,
     }
 )
-DEPENDENCY_FAILED_REASON = "Dependent Job failed"
 FENCE_WAIT_REASON = "Waiting for node {node} to fence its attempts"  # a lost node's retry, held
 
 
@@ -123,7 +126,7 @@ class NodeInfo:
 
     facts: p.NodeFacts | None
     instance_id: str = ""
-    state: str = "DOWN"  # ACTIVE | DRAINING | DRAINED | DOWN
+    state: NodeState = NodeState.DOWN  # every change through hpcbatch.model.nodes
     state_reason: str = "Never registered"
     last_heartbeat_at: int = 0
     jobs: set[str] = field(default_factory=set)  # jobs with an attempt in flight here
@@ -359,7 +362,8 @@ class Engine:
         child = msgspec.structs.replace(
             parent,
             job_id=f"{parent.job_id}:{index}",
-            status=JobStatus.RUNNABLE,
+            # Born RUNNABLE, through the table like every other move (never PENDING: the parent waited).
+            status=next_status(f"{parent.job_id}:{index}", JobStatus.SUBMITTED, JobEvent.READY),
             status_reason=None,
             environment=env,
             attempts=[],
@@ -607,7 +611,7 @@ class Engine:
         self._admit(job)
 
     def _admit(self, job: JobRecord) -> None:
-        if any(d.get("jobId") and not d.get("type") for d in job.depends_on):
+        if dependency_state(job, live=self.jobs) is not Dependencies.NONE:
             self._move(job, JobEvent.WAIT_DEPENDENCIES, None)
             self._wait_for_dependencies(job)
         else:
@@ -622,38 +626,29 @@ class Engine:
         self._feed(self._runnable(job, self._seq))
 
     def _wait_for_dependencies(self, job: JobRecord) -> None:
-        whole = [d["jobId"] for d in job.depends_on if d.get("jobId") and not d.get("type")]
-        waiting = [j for j in whole if j in self.jobs]
-        finished = [j for j in whole if j not in self.jobs]
-        for dep in self.store.get_jobs(finished):
-            if dep.status is JobStatus.FAILED:
-                self._move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
-                return
-        if not waiting:
-            self._make_runnable(job)
-            return
-        for dep_id in waiting:
-            self._dependents.setdefault(dep_id, set()).add(job.job_id)
-        self._dependency_reason(job)
+        finished = [j for j in job_dependencies(job) if j not in self.jobs]
+        failed = {dep.job_id for dep in self.store.get_jobs(finished) if dep.status is JobStatus.FAILED}
+        self._apply_dependencies(job, dependency_state(job, live=self.jobs, failed=failed))
 
-    def _dependency_reason(self, job: JobRecord) -> None:
-        """Why a PENDING job waits (hpcbatch's wording; AWS leaves it empty): the jobs still unfinished."""
-        left = [d["jobId"] for d in job.depends_on if d.get("jobId") in self.jobs and not d.get("type")]
-        shown = ", ".join(left[:5])
-        job.status_reason = f"Waiting for dependencies: {shown}{' ...' if len(left) > 5 else ''}"
-        self._touch(job)
+    def _apply_dependencies(self, job: JobRecord, state: Dependencies) -> None:
+        """Act on where a PENDING job's dependencies stand (hpcbatch.model.decisions)."""
+        if state is Dependencies.FAILED:
+            self._move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
+        elif state is Dependencies.WAITING:
+            for dep_id in job_dependencies(job):
+                if dep_id in self.jobs:
+                    self._dependents.setdefault(dep_id, set()).add(job.job_id)
+            job.status_reason = dependency_wait_reason(job, live=self.jobs)
+            self._touch(job)
+        else:
+            self._make_runnable(job)
 
     def _settle_dependents(self, finished: JobRecord) -> None:
+        failed = (finished.job_id,) if finished.status is JobStatus.FAILED else ()
         for job_id in sorted(self._dependents.pop(finished.job_id, ())):
             job = self.jobs.get(job_id)
-            if job is None or job.status is not JobStatus.PENDING:
-                continue
-            if finished.status is JobStatus.FAILED:
-                self._move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
-            elif not any(d.get("jobId") in self.jobs for d in job.depends_on if not d.get("type")):
-                self._make_runnable(job)
-            else:
-                self._dependency_reason(job)
+            if job is not None and job.status is JobStatus.PENDING:
+                self._apply_dependencies(job, dependency_state(job, live=self.jobs, failed=failed))
 
     def cancel(self, job: JobRecord, reason: str) -> None:
         """CancelJob: ends jobs not yet STARTING; later ones are left alone (as AWS does)."""
@@ -687,7 +682,7 @@ class Engine:
             job.stop_reason = reason
             self._touch(job)
             node = self.nodes.get(attempt.node)
-            if node is None or node.state == "DOWN":
+            if node is None or node.state == NodeState.DOWN:
                 self._finish_attempt(job, None, None, reason)
             else:
                 kill = p.KillAttempt(attempt_id=attempt.attempt_id, reason=reason, grace_s=self._kill_grace_s)
@@ -848,7 +843,7 @@ class Engine:
             if attempt is None:
                 continue
             node = self.nodes.get(attempt.node)
-            if node is None or node.state == "DOWN":
+            if node is None or node.state == NodeState.DOWN:
                 self._child_ended(child, None, None, reason)
             else:
                 kill = p.KillAttempt(attempt_id=attempt.attempt_id, reason=reason, grace_s=self._kill_grace_s)
@@ -900,9 +895,11 @@ class Engine:
         for child in self._children(parent):  # holds re-created per node after a head restart
             self._feed(AttemptEnded(self._event_id(), child.job_id))
         held = self._gang_holds.pop(parent.job_id, None)
-        if attempt_succeeded(exit_code, reason, timed_out=timed_out, terminated=parent.stop_reason is not None):
+        end = AttemptEnd(exit_code, reason, status_reason, timed_out=timed_out, terminated=parent.stop_reason is not None)
+        verdict = attempt_verdict(parent, end)
+        if verdict is Verdict.SUCCEEDED:
             self._move(parent, JobEvent.SUCCEEDED, EXITED_REASON)
-        elif should_retry(parent, exit_code, reason, status_reason, timed_out=timed_out):
+        elif verdict is Verdict.RETRY:
             parent.started_at = None
             attempt.status_reason = self._gang_failure(parent, ending, status_reason)
             self._move(parent, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
@@ -1140,10 +1137,12 @@ class Engine:
 
         ``status_reason``: the reported one, which evaluateOnExit's ``onStatusReason`` matches.
         """
-        if attempt_succeeded(attempt.exit_code, attempt.reason, timed_out=attempt.timed_out,
-                             terminated=attempt.terminated):
+        end = AttemptEnd(attempt.exit_code, attempt.reason, status_reason, timed_out=attempt.timed_out,
+                         terminated=attempt.terminated)
+        verdict = attempt_verdict(job, end, may_retry=retry)
+        if verdict is Verdict.SUCCEEDED:
             self._move(job, JobEvent.SUCCEEDED, EXITED_REASON)
-        elif retry and should_retry(job, attempt.exit_code, attempt.reason, status_reason, timed_out=attempt.timed_out):
+        elif verdict is Verdict.RETRY:
             job.started_at = None
             self._move(job, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
             if hold_s > 0:
@@ -1211,17 +1210,18 @@ class Engine:
         node = self.nodes.get(name)
         if node is not None:
             node.jobs.discard(job_id)
-            if node.state == "DRAINING" and not node.jobs:
-                self._set_state(node)
+            if node.state == NodeState.DRAINING and not node.jobs:
+                self._set_state(name, node, NodeEvent.LAST_JOB_ENDED)
                 self._node_changed(name)
 
     @staticmethod
-    def _set_state(node: NodeInfo) -> None:
-        """ACTIVE, or DRAINING while a drained node still runs jobs, then DRAINED."""
+    def _set_state(name: str, node: NodeInfo, event: NodeEvent) -> None:
+        """ACTIVE, or DRAINING while a drained node still runs jobs, then DRAINED (hpcbatch.model.nodes)."""
+        node.state = next_node_state(name, NodeState(node.state), event, draining=node.drain_reason is not None,
+                                     busy=bool(node.jobs))
         if node.drain_reason is None:
-            node.state, node.state_reason = "ACTIVE", head_gpus.gpu_flag(node.gpu_unhealthy)
+            node.state_reason = head_gpus.gpu_flag(node.gpu_unhealthy)
         else:
-            node.state = "DRAINING" if node.jobs else "DRAINED"
             node.state_reason = node.drain_reason
 
     def _node_changed(self, name: str) -> None:
@@ -1239,8 +1239,8 @@ class Engine:
         """Stop placing work on ``name`` (running jobs finish); ``reason=None`` resumes it."""
         node = self.nodes[name]
         node.drain_reason = reason
-        if node.state != "DOWN":
-            self._set_state(node)
+        if node.state != NodeState.DOWN:
+            self._set_state(name, node, NodeEvent.RESUME if reason is None else NodeEvent.DRAIN)
             self._node_changed(name)
             if node.facts is not None:
                 node.allocations = tuple(
@@ -1331,7 +1331,7 @@ class Engine:
         if shortfall is not None and node.drain_reason is None:
             log.warning("draining node %s: %s", name, shortfall)
             node.drain_reason = shortfall
-        self._set_state(node)
+        self._set_state(name, node, NodeEvent.REGISTERED)
         for exited in msg.exited:
             self.on_exited(name, exited)
         allocations = []
@@ -1424,10 +1424,12 @@ class Engine:
         job.started_at = attempt.started_at
         log.info("job %s: lost attempt %s ended on %s with exit %s; taking that result", job.job_id,
                  attempt.attempt_id[:8], node, msg.exit_code)
-        if attempt_succeeded(attempt.exit_code, attempt.reason, timed_out=attempt.timed_out, terminated=False):
+        verdict = attempt_verdict(job, AttemptEnd(attempt.exit_code, attempt.reason, msg.status_reason,
+                                                  timed_out=attempt.timed_out))
+        if verdict is Verdict.SUCCEEDED:
             job.stopped_at = attempt.stopped_at
             self._move(job, JobEvent.LOST_ATTEMPT_SUCCEEDED, EXITED_REASON)
-        elif should_retry(job, attempt.exit_code, attempt.reason, msg.status_reason, timed_out=attempt.timed_out):
+        elif verdict is Verdict.RETRY:
             job.started_at = None
             job.status_reason = attempt.status_reason
             self._touch(job)
@@ -1453,7 +1455,7 @@ class Engine:
         node = self.nodes.get(name)
         if node is not None:
             node.last_heartbeat_at = self._now()
-            if msg is not None and node.facts is not None and node.state != "DOWN":
+            if msg is not None and node.facts is not None and node.state != NodeState.DOWN:
                 self._reconcile(name, node, msg.running)
             if msg is not None:
                 node.gpu_utilization = msg.gpu_utilization
@@ -1473,11 +1475,11 @@ class Engine:
             for attempt_id, attempt in attempts.items():
                 head_gpus.record_usage(attempt, [u for u in msg.gpu_usage if u.attempt_id == attempt_id])
         new = {gpu: why for gpu, why in msg.unhealthy_gpus.items() if gpu not in node.gpu_unhealthy}
-        if new and node.facts is not None and node.state != "DOWN":
+        if new and node.facts is not None and node.state != NodeState.DOWN:
             for gpu, why in new.items():
                 log.error("node %s: GPU %s out of service: %s", name, gpu, why)
             node.gpu_unhealthy.update(new)
-            self._set_state(node)
+            self._set_state(name, node, NodeEvent.GPU_OUT)
             node.allocations = tuple(
                 (job_id, self.jobs[job_id].resources) for job_id in sorted(node.jobs) if job_id in self.jobs
             )
@@ -1486,11 +1488,12 @@ class Engine:
     def node_lost(self, name: str, silent_s: float, why: str | None = None) -> None:
         """No heartbeat for too long (or cut off): fail its attempts (retried per strategy)."""
         node = self.nodes.get(name)
-        if node is None or node.state == "DOWN" and not node.jobs:
+        if node is None or node.state == NodeState.DOWN and not node.jobs:
             return
         reason = f"Node {name} lost: {why or f'no heartbeat for {silent_s:.0f} s'}"
         log.warning("%s; failing %d attempt(s)", reason, len(node.jobs))
-        node.state, node.state_reason = "DOWN", reason
+        node.state = next_node_state(name, NodeState(node.state), NodeEvent.LOST, draining=False, busy=False)
+        node.state_reason = reason
         self._node_changed(name)
         # The node may still run them: retries wait until its agent has fenced them.
         hold_s = max(0.0, self._fence_hold_s(name) - silent_s)
@@ -1592,7 +1595,7 @@ class Engine:
             self._selectors.pop(name, None)
         if old != self._selectors.get(name):  # nodes that join by label may move
             for node_name, info in self.nodes.items():
-                if info.facts is not None and not info.facts.compute_environment and info.state != "DOWN":
+                if info.facts is not None and not info.facts.compute_environment and info.state != NodeState.DOWN:
                     self._node_up(node_name)
         self._feed(
             ComputeEnvironmentChanged(
