@@ -34,6 +34,7 @@ from hpcbatch import protocol as p
 from hpcbatch.errors import HpcbatchError
 from hpcbatch.fencing import next_hold_deadline, retry_hold_s
 from hpcbatch.head import gpus as head_gpus
+from hpcbatch.head.commits import CommitBatcher
 from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
 from hpcbatch.head.faults import (
     QUARANTINE_AFTER,
@@ -93,7 +94,6 @@ from hpcbatch.store.base import NODE_EVENT_PREFIX, JobQuery
 
 log = logging.getLogger("hpcbatch.engine")
 
-COMMIT_RETRY_S = 1.0  # after the store refused a commit (disk full), try again this soon
 EXITED_REASON = "Essential container in task exited"
 MAIN_NODE_EXITED = "Main node exited"
 NODE_SELECTOR_TAG = "hpcbatch:nodeSelector"  # CE tag: nodes with this label join it
@@ -200,21 +200,15 @@ class Engine:
         self._seq = 0
         self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
         self._n_to_n: dict[str, set[str]] = {}  # array -> arrays whose child i waits on its child i
-        self._dirty: dict[str, JobRecord] = {}
-        self._job_events: list[tuple[str, int, str, str | None]] = []
+        self.commits = CommitBatcher(store, send, self.step)  # dirty jobs, events, audit, outbox: one commit
         self._sched_events: list[Event] = []
-        self._outbox: list[tuple[str, p.Message]] = []
-        self._step_handle: asyncio.Handle | None = None
-        self._commit_waiters: list[asyncio.Future[None]] = []
         self._selectors: dict[str, tuple[str, str]] = {}  # CE -> label key=value it takes
-        self._audit: list[dict[str, Any]] = []
         self._event_counter = 0
         # Observers (the event feed, metrics): told after each commit which job and node
-        # events it stored, and how long each scheduler pass took (seconds).
-        self.commit_observers: list[Callable[[list[tuple[str, int, str, str | None]]], None]] = []
+        # events it stored (``commit_observers``), and how long each scheduler pass took (seconds).
+        self.commit_observers = self.commits.observers
         self.pass_observers: list[Callable[[float], None]] = []
         self._node_recorded: dict[str, tuple[str, str]] = {}  # node -> (state, reason) last put in the stream
-        self._retry_handle: asyncio.TimerHandle | None = None
         # Anti-entropy (hpcbatch.model.reconcile): heartbeats an attempt may go unlisted before the head asks.
         self._reconcile_after = reconcile_after
         # Fault containment (hpcbatch.head.faults): failed messages counted, decided, set aside.
@@ -236,12 +230,10 @@ class Engine:
 
     def request_step(self) -> None:
         """Run one engine step soon; many requests in one loop iteration give one step."""
-        if self._step_handle is None:
-            self._step_handle = asyncio.get_running_loop().call_soon(self.step)
+        self.commits.request_step()
 
     def _touch(self, job: JobRecord) -> None:
-        self._dirty[job.job_id] = job
-        self.request_step()
+        self.commits.touch(job)
 
     def _move(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
         children = self._children(job) if job.is_gang and event in FAMILY_EVENTS else []
@@ -270,7 +262,7 @@ class Engine:
         job.status_reason = reason
         if job.status is not JobStatus.RUNNABLE and job.fence_hold is not None:
             self._drop_hold(job)
-        self._job_events.append((job.job_id, now, job.status.value, reason))
+        self.commits.record(job.job_id, now, job.status.value, reason)
         if job.status.is_final:
             job.stopped_at = job.stopped_at or now
             self.jobs.pop(job.job_id, None)
@@ -381,7 +373,7 @@ class Engine:
         parent.array_next = max(parent.array_next, index + 1)
         parent.array_counts["RUNNABLE"] = parent.array_counts.get("RUNNABLE", 0) + 1
         self.jobs[child.job_id] = child
-        self._job_events.append((child.job_id, self._now(), child.status.value, None))
+        self.commits.record(child.job_id, self._now(), child.status.value, None)
         self._touch(child)
         self._touch(parent)
         if failed is not None:
@@ -419,7 +411,7 @@ class Engine:
 
     def step(self) -> None:
         """Schedule, persist, then tell the agents: the order that keeps restarts safe."""
-        self._step_handle = None
+        self.commits.step_began()
         events, self._sched_events = self._sched_events, []
         if events:
             # The core never reads a clock: it gets the time (seconds, like timeouts) here.
@@ -452,15 +444,14 @@ class Engine:
             job = self.jobs.get(action.job_id)
             if job is not None and job.status is JobStatus.RUNNABLE:
                 job.status_reason = action.reason
-                self._dirty[job.job_id] = job
+                self.commits.mark(job)
 
     def note_wait(self, job_id: str, reason: str) -> None:
         """Why a RUNNABLE job waits, from outside the scheduler (power planning: "powering up node[5-8]")."""
         job = self.jobs.get(job_id)
         if job is not None and job.status is JobStatus.RUNNABLE and job.status_reason != reason:
             job.status_reason = reason
-            self._dirty[job.job_id] = job
-            self.request_step()
+            self.commits.touch(job)
 
     def _action_failed(self, action: StartAttempt | StartGang | CancelRunnable | SetWaitReason, exc: Exception) -> None:
         """Applying one of the scheduler's decisions raised: fail that job with the cause, free its hold."""
@@ -483,76 +474,17 @@ class Engine:
         except Exception:
             log.exception("job %s: could not fail it after its decision failed", job_id)
 
-    def _retry_commit(self) -> None:
-        self._retry_handle = None
-        self.request_step()
-
     def audit(self, entry: dict[str, Any]) -> None:
         """Record a mutating call in the audit log, committed with the step's batch."""
-        self._audit.append(entry)
-        self.request_step()
+        self.commits.audit(entry)
 
     def durable(self) -> asyncio.Future[None]:
-        """A future that resolves once every change made so far is committed.
-
-        The API awaits it before replying, so an acknowledged write survives ``kill -9``;
-        concurrent requests share one commit (group commit).
-        """
-        future = asyncio.get_running_loop().create_future()
-        if self._dirty or self._job_events or self._audit:
-            self._commit_waiters.append(future)
-            self.request_step()
-        else:
-            future.set_result(None)
-        return future
+        """A future that resolves once every change made so far is committed (hpcbatch.head.commits)."""
+        return self.commits.durable()
 
     def flush(self) -> None:
         """Commit every pending change in one transaction, then send what waited on it."""
-        waiters, self._commit_waiters = self._commit_waiters, []
-        events: list[tuple[str, int, str, str | None]] = []
-        if self._dirty or self._job_events or self._audit:
-            dirty, self._dirty = list(self._dirty.values()), {}
-            events, self._job_events = self._job_events, []
-            audit, self._audit = self._audit, []
-            try:
-                with self.store.transaction():
-                    self.store.put_jobs(dirty)
-                    self.store.add_job_events(events)
-                    if audit:
-                        self.store.add_audit(audit)
-            except Exception as exc:
-                # The store refused (disk full, I/O error): nothing of this batch is stored.
-                # Keep it pending (newer changes to a job win) and retry shortly; the outbox
-                # waits too, so no start or acknowledgement leaves before its commit.
-                self._dirty = {**{j.job_id: j for j in dirty}, **self._dirty}
-                self._job_events[:0] = events
-                self._audit[:0] = audit
-                log.error("store commit failed, retrying in %gs: %s", COMMIT_RETRY_S, exc)
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-                if self._retry_handle is None:
-                    self._retry_handle = asyncio.get_running_loop().call_later(COMMIT_RETRY_S, self._retry_commit)
-                return
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        if events:
-            for observer in self.commit_observers:
-                try:
-                    observer(events)
-                except Exception:  # a watcher's bug must not keep messages from the agents
-                    log.exception("commit observer %r failed", observer)
-        outbox, self._outbox = self._outbox, []
-        # Acknowledgements to one node travel together: one message per node per step.
-        acks: dict[str, list[str]] = {}
-        for node, message in outbox:
-            if isinstance(message, p.AckExits):
-                acks.setdefault(node, []).extend(message.attempt_ids)
-            else:
-                self._send(node, message)
-        for node, attempt_ids in acks.items():
-            self._send(node, p.AckExits(attempt_ids=attempt_ids))
+        self.commits.flush()
 
     # ------------------------------------------------------------------ startup
     def recover(self) -> None:
@@ -606,7 +538,7 @@ class Engine:
         """Admit a new job (and a multi-node job's nodes); committed with the step's batch (see ``durable``)."""
         for record in (job, *(children or ())):
             self.jobs[record.job_id] = record
-            self._job_events.append((record.job_id, record.created_at, record.status.value, None))
+            self.commits.record(record.job_id, record.created_at, record.status.value, None)
             self._touch(record)
         self._admit(job)
 
@@ -686,7 +618,7 @@ class Engine:
                 self._finish_attempt(job, None, None, reason)
             else:
                 kill = p.KillAttempt(attempt_id=attempt.attempt_id, reason=reason, grace_s=self._kill_grace_s)
-                self._outbox.append((attempt.node, kill))
+                self.commits.send(attempt.node, kill)
         else:
             self._withdraw(job)
             self._move(job, JobEvent.TERMINATE, reason)
@@ -726,7 +658,7 @@ class Engine:
         job.attempts.append(attempt)
         self.nodes[action.node].jobs.add(job.job_id)
         self._move(job, JobEvent.PLACED, None)
-        self._outbox.append((action.node, self._start_message(job, attempt)))
+        self.commits.send(action.node, self._start_message(job, attempt))
 
     def _start_message(self, job: JobRecord, attempt: Attempt) -> p.StartAttempt:
         env = dict(job.environment)
@@ -834,7 +766,7 @@ class Engine:
         )
         self._move(parent, JobEvent.PLACED, None)
         for child in children:
-            self._outbox.append((child.attempts[-1].node, self._start_message(child, child.attempts[-1])))
+            self.commits.send(child.attempts[-1].node, self._start_message(child, child.attempts[-1]))
 
     def _kill_gang(self, parent: JobRecord, reason: str) -> None:
         """Stop every node of the current try that still runs (the try is ending)."""
@@ -847,7 +779,7 @@ class Engine:
                 self._child_ended(child, None, None, reason)
             else:
                 kill = p.KillAttempt(attempt_id=attempt.attempt_id, reason=reason, grace_s=self._kill_grace_s)
-                self._outbox.append((attempt.node, kill))
+                self.commits.send(attempt.node, kill)
         self.request_step()
 
     def _child_ended(
@@ -985,16 +917,16 @@ class Engine:
                     log.error("node %s: %r message of job %s, attempt %s quarantined after %d tries", node, kind,
                               job_id or "-", attempt_id or "-", tries)
             if decided is Outcome.QUARANTINE_AND_FAIL:
-                self._outbox.append((node, p.AckExits(attempt_ids=[attempt_id])))  # the agent stops resending it
+                self.commits.send(node, p.AckExits(attempt_ids=[attempt_id]))  # the agent stops resending it
                 self._fail_attempt(node, job_id, attempt_id,
                                    f"The head could not process the attempt's exit report ({tries} tries): {cause}")
             elif decided is Outcome.FAIL_AND_KILL:
-                self._outbox.append((node, p.KillAttempt(attempt_id=attempt_id, reason=cause, grace_s=0)))
+                self.commits.send(node, p.KillAttempt(attempt_id=attempt_id, reason=cause, grace_s=0))
                 self._fail_attempt(node, job_id, attempt_id, f"The head could not process the attempt's start: {cause}")
             elif decided is Outcome.REFUSE and isinstance(msg, p.LaunchRequest | p.TaskExited):
                 to = node if isinstance(msg, p.LaunchRequest) else msg.origin
                 if to:  # a client's task (origin "") has no node to tell
-                    self._outbox.append((to, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause)))
+                    self.commits.send(to, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause))
         except Exception:  # failing the attempt failed too: it stays as it is; the log says why
             log.exception("node %s: could not fail the attempt of a %r message (job %s, attempt %s)", node, kind,
                           job_id or "-", attempt_id or "-")
@@ -1024,8 +956,8 @@ class Engine:
         node.missing = dict(decided.misses)
         for attempt_id in decided.kill:
             log.warning("node %s runs attempt %s, which the head has ended: killing it", name, attempt_id[:8])
-            self._outbox.append((name, p.KillAttempt(attempt_id=attempt_id, reason="Attempt is no longer current",
-                                                     grace_s=0)))
+            self.commits.send(name, p.KillAttempt(attempt_id=attempt_id, reason="Attempt is no longer current",
+                                                  grace_s=0))
         for attempt_id in decided.started:  # its AttemptStarted was lost, or is behind
             self._mark_started(jobs[attempt_id], self._now())
         for attempt_id in decided.ask:
@@ -1034,7 +966,7 @@ class Engine:
             assert attempt is not None
             log.info("node %s has not listed attempt %s of job %s for %d heartbeats: asking", name,
                      attempt_id[:8], job.job_id, decided.misses[attempt_id])
-            self._outbox.append((name, self._start_message(job, attempt)))
+            self.commits.send(name, self._start_message(job, attempt))
         for attempt_id in decided.lost:
             job = jobs[attempt_id]
             missed = node.missing.pop(attempt_id, 0)
@@ -1059,7 +991,7 @@ class Engine:
     def on_started(self, node: str, msg: p.AttemptStarted) -> None:
         job = self._current(node, msg.job_id, msg.attempt_id)
         if job is None:
-            self._outbox.append((node, p.KillAttempt(attempt_id=msg.attempt_id, reason="Attempt is no longer current", grace_s=0)))
+            self.commits.send(node, p.KillAttempt(attempt_id=msg.attempt_id, reason="Attempt is no longer current", grace_s=0))
             self.request_step()
             return
         self._mark_started(job, msg.started_at)
@@ -1092,7 +1024,7 @@ class Engine:
                 self._mark_started(job, msg.started_at)
             self._finish_attempt(job, msg.exit_code, msg.reason, msg.status_reason, msg.stopped_at,
                                  lost=msg.lost, timed_out=msg.timed_out)
-        self._outbox.append((node, p.AckExits(attempt_ids=[msg.attempt_id])))
+        self.commits.send(node, p.AckExits(attempt_ids=[msg.attempt_id]))
         self.request_step()
 
     def _finish_attempt(
@@ -1232,7 +1164,7 @@ class Engine:
         state = (node.state, node.state_reason)
         if self._node_recorded.get(name) != state:
             self._node_recorded[name] = state
-            self._job_events.append((NODE_EVENT_PREFIX + name, self._now(), node.state, node.state_reason or None))
+            self.commits.record(NODE_EVENT_PREFIX + name, self._now(), node.state, node.state_reason or None)
             self.request_step()
 
     def drain(self, name: str, reason: str | None) -> None:
@@ -1270,20 +1202,20 @@ class Engine:
                     error = f"node {msg.target} of job {msg.job_id} is not running"
         if error is not None or target_attempt is None:
             log.warning("launch %s refused: %s", msg.launch_id, error)
-            self._outbox.append((node, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=error)))
+            self.commits.send(node, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=error))
         else:
             start = p.StartTask(
                 launch_id=msg.launch_id, job_id=msg.job_id, attempt_id=target_attempt.attempt_id,
                 command=msg.command, origin=node,
             )
-            self._outbox.append((target_attempt.node, start))
+            self.commits.send(target_attempt.node, start)
         self.request_step()
 
     def on_task_exited(self, node: str, msg: p.TaskExited) -> None:
         """A launched task ended on ``node``: tell the launcher's node (none for a client's task)."""
         error = msg.reason if msg.exit_code is None else None
         if msg.origin:
-            self._outbox.append((msg.origin, p.LaunchDone(launch_id=msg.launch_id, exit_code=msg.exit_code, error=error)))
+            self.commits.send(msg.origin, p.LaunchDone(launch_id=msg.launch_id, exit_code=msg.exit_code, error=error))
         elif msg.exit_code is None:
             log.warning("task %s on %s (hpcbatch run --jobid) did not run: %s", msg.launch_id[:8], node, error)
         self.request_step()
@@ -1307,8 +1239,8 @@ class Engine:
         if target is None or not target.node:
             return f"node {node_index} of job {job.job_id} is not running"
         launch_id = uuid.uuid4().hex
-        self._outbox.append((target.node, p.StartTask(launch_id=launch_id, job_id=job.job_id,
-                                                      attempt_id=target.attempt_id, command=command, origin="")))
+        self.commits.send(target.node, p.StartTask(launch_id=launch_id, job_id=job.job_id,
+                                                   attempt_id=target.attempt_id, command=command, origin=""))
         self.request_step()
         return launch_id, target.node
 
@@ -1340,7 +1272,7 @@ class Engine:
             reported.add(running.job_id)
             job = self._current(name, running.job_id, running.attempt_id) or self._adopt(name, running)
             if job is None:
-                self._outbox.append((name, p.KillAttempt(attempt_id=running.attempt_id, reason="Attempt is no longer current", grace_s=0)))
+                self.commits.send(name, p.KillAttempt(attempt_id=running.attempt_id, reason="Attempt is no longer current", grace_s=0))
                 continue
             node.jobs.add(job.job_id)
             allocations.append((job.job_id, job.resources))
@@ -1356,7 +1288,7 @@ class Engine:
                 # The start may never have left the head before a crash: send it again
                 # (agents start an attempt id at most once).
                 allocations.append((job.job_id, job.resources))
-                self._outbox.append((name, self._start_message(job, attempt)))
+                self.commits.send(name, self._start_message(job, attempt))
             else:
                 self._finish_attempt(job, None, None, f"Attempt lost: the agent on {name} no longer runs it", lost=True)
         # Retries held for this node's lost attempts: those it no longer runs are provably
@@ -1448,7 +1380,7 @@ class Engine:
     def prepull(self, nodes: list[str], image: str) -> None:
         """Ask ``nodes`` to put ``image`` in their caches (they report it when done)."""
         for name in nodes:
-            self._outbox.append((name, p.PullImage(image=image)))
+            self.commits.send(name, p.PullImage(image=image))
         self.request_step()
 
     def on_heartbeat(self, name: str, msg: p.AgentHeartbeat | None = None) -> None:
@@ -1540,12 +1472,8 @@ class Engine:
         """Wake ``expire_fences`` at the hold's deadline (a timer is only a wake-up; the clock decides)."""
         if hold.timer is not None:
             hold.timer.cancel()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # driven by hand (tests): they call expire_fences
-            hold.timer = None
-            return
-        hold.timer = loop.call_later(max(0.0, hold.deadline - self._mono()) + 0.001, self.expire_fences)
+        # None where no loop runs (driven by hand, tests): they call expire_fences.
+        hold.timer = self.commits.wake_later(max(0.0, hold.deadline - self._mono()) + 0.001, self.expire_fences)
 
     def expire_fences(self) -> None:
         """Release every held retry whose fence time has passed (called by its timer, and on every tick)."""
