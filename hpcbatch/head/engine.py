@@ -25,14 +25,12 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from hpcbatch import protocol as p
 from hpcbatch.errors import HpcbatchError
-from hpcbatch.fencing import next_hold_deadline, retry_hold_s
 from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.commits import CommitBatcher
 from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
@@ -45,6 +43,7 @@ from hpcbatch.head.faults import (
     Quarantined,
 )
 from hpcbatch.head.logs import LogStore
+from hpcbatch.head.nodes import FencingConfig, NodeInfo, NodeRegistry
 from hpcbatch.head.policies import fair_share_of, policy_name
 from hpcbatch.model.decisions import (
     DEPENDENCY_FAILED_REASON,
@@ -66,7 +65,6 @@ from hpcbatch.model.multinode import (
     split_child_id,
     whole_node,
 )
-from hpcbatch.model.nodes import NodeEvent, NodeState, next_node_state
 from hpcbatch.model.reconcile import reconcile
 from hpcbatch.scheduler import (
     AttemptEnded,
@@ -96,7 +94,6 @@ log = logging.getLogger("hpcbatch.engine")
 
 EXITED_REASON = "Essential container in task exited"
 MAIN_NODE_EXITED = "Main node exited"
-NODE_SELECTOR_TAG = "hpcbatch:nodeSelector"  # CE tag: nodes with this label join it
 MASTER_PORT = "29500"  # torchrun's default rendezvous port on the main node
 # Events that move a multi-node job's nodes together with the job.
 FAMILY_EVENTS = frozenset(
@@ -107,36 +104,6 @@ FAMILY_EVENTS = frozenset(
     }
 )
 FENCE_WAIT_REASON = "Waiting for node {node} to fence its attempts"  # a lost node's retry, held
-
-
-@dataclass
-class _HeldRetry:
-    """The live side of a job's ``fence_hold``: its deadline on the head's monotonic clock."""
-
-    node: str
-    attempt_id: str
-    deadline: float
-    timer: asyncio.TimerHandle | None = None  # a wake-up only: the clock decides (``expire_fences``)
-    still_running: bool = False  # the node came back and reported it alive: killed, its exit awaited
-
-
-@dataclass
-class NodeInfo:
-    """What the head knows of one node: its facts, state and liveness."""
-
-    facts: p.NodeFacts | None
-    instance_id: str = ""
-    state: NodeState = NodeState.DOWN  # every change through hpcbatch.model.nodes
-    state_reason: str = "Never registered"
-    last_heartbeat_at: int = 0
-    jobs: set[str] = field(default_factory=set)  # jobs with an attempt in flight here
-    drain_reason: str | None = None  # set by an admin: no new work (DRAINING, then DRAINED)
-    allocations: tuple[tuple[str, Any], ...] = ()  # as last told to the scheduler
-    gpu_unhealthy: dict[str, str] = field(default_factory=dict)  # GPU uuid -> why out of service
-    gpu_utilization: dict[str, float] = field(default_factory=dict)  # GPU uuid -> busy 0..1, last heartbeat
-    images: list[str] = field(default_factory=list)  # container images in its cache, as it reports
-    missing: dict[str, int] = field(default_factory=dict)  # attempt -> heartbeats in a row that did not list it
-    quarantined: list[Quarantined] = field(default_factory=list)  # its messages the head set aside
 
 
 def _message_ids(msg: p.Message) -> tuple[str, str]:
@@ -178,19 +145,17 @@ class Engine:
         self.logs = logs
         self.scheduler = Scheduler()
         self.jobs: dict[str, JobRecord] = {}  # every job not yet SUCCEEDED/FAILED
-        self.nodes: dict[str, NodeInfo] = {}
+        self.registry = NodeRegistry(FencingConfig(fence_after_s, heartbeat_interval_s))
+        self.nodes = self.registry.nodes  # name -> NodeInfo: read through ``registry`` (node, nodes_snapshot)
         self._send = send
         self._now = clock_ms
         self._mono = monotonic  # deadlines (fence holds) run on it: a stepped wall clock moves none
         self._kill_grace_s = kill_grace_s
         self.container_capabilities: list[str] = []  # the head's config: given back to every container
         # Agents kill their attempts after fence_after_s unheard (hpcbatch.fencing): a lost
-        # node's retries wait that long (or the node's own word that its attempt ended).
-        self._fence_after_s = fence_after_s
-        self._heartbeat_s = heartbeat_interval_s
-        self._fence_holds: dict[str, _HeldRetry] = {}  # job id -> its held retry
-        # Multi-node job -> when its lost node's fence is surely up (monotonic; the try is ending).
-        self._gang_holds: dict[str, float] = {}
+        # node's retries wait that long (or the node's own word that its attempt ended); the
+        # registry keeps the holds, the engine owns the one timer that wakes it.
+        self._fence_timer: asyncio.TimerHandle | None = None
         # STONITH (hpcbatch.head.power): asked to power off a lost node whose retries are held;
         # ``node_fenced`` releases them once it is off.
         self.fence_node: Callable[[str], object] | None = None
@@ -202,13 +167,11 @@ class Engine:
         self._n_to_n: dict[str, set[str]] = {}  # array -> arrays whose child i waits on its child i
         self.commits = CommitBatcher(store, send, self.step)  # dirty jobs, events, audit, outbox: one commit
         self._sched_events: list[Event] = []
-        self._selectors: dict[str, tuple[str, str]] = {}  # CE -> label key=value it takes
         self._event_counter = 0
         # Observers (the event feed, metrics): told after each commit which job and node
         # events it stored (``commit_observers``), and how long each scheduler pass took (seconds).
         self.commit_observers = self.commits.observers
         self.pass_observers: list[Callable[[float], None]] = []
-        self._node_recorded: dict[str, tuple[str, str]] = {}  # node -> (state, reason) last put in the stream
         # Anti-entropy (hpcbatch.model.reconcile): heartbeats an attempt may go unlisted before the head asks.
         self._reconcile_after = reconcile_after
         # Fault containment (hpcbatch.head.faults): failed messages counted, decided, set aside.
@@ -512,7 +475,7 @@ class Engine:
             elif job.status is JobStatus.RUNNABLE and job.fence_hold is not None and job.attempts:
                 # Held when the head stopped: the node has heard no head since, so a full
                 # fence from now is surely enough.
-                self._hold_for_fence(job, job.fence_hold, self._fence_hold_s(job.fence_hold.node))
+                self._hold_for_fence(job, job.fence_hold, self.registry.fence_hold_s(job.fence_hold.node))
             elif job.status is JobStatus.RUNNABLE:
                 self._feed(self._runnable(job, seq))
             else:
@@ -528,10 +491,7 @@ class Engine:
         log.info("recovered %d unfinished jobs", len(self.jobs))
 
     def _expect(self, node_name: str, job_id: str) -> None:
-        node = self.nodes.setdefault(node_name, NodeInfo(facts=None))
-        node.jobs.add(job_id)
-        node.state_reason = "Waiting for the agent to re-register after a head restart"
-        node.last_heartbeat_at = self._now()
+        self.registry.expect(node_name, job_id, self._now())
 
     # ------------------------------------------------------------------ jobs in
     def submit(self, job: JobRecord, children: list[JobRecord] | None = None) -> None:
@@ -613,8 +573,8 @@ class Engine:
             assert attempt is not None
             job.stop_reason = reason
             self._touch(job)
-            node = self.nodes.get(attempt.node)
-            if node is None or node.state == NodeState.DOWN:
+            node = self.registry.get(attempt.node)
+            if node is None or not node.up:
                 self._finish_attempt(job, None, None, reason)
             else:
                 kill = p.KillAttempt(attempt_id=attempt.attempt_id, reason=reason, grace_s=self._kill_grace_s)
@@ -675,7 +635,7 @@ class Engine:
         parent = self.jobs.get(job.parent_id) if job.parent_id else None
         vcpus, memory_mib = job.resources.vcpus, job.resources.memory_mib
         if parent is not None and job.node_index is not None:
-            facts = self.nodes[attempt.node].facts if attempt.node in self.nodes else None
+            facts = self.registry.facts(attempt.node)
             if facts is not None:  # whole nodes are whole: what the job does not name is the node's
                 vcpus, memory_mib = whole_node(job.container, vcpus, memory_mib, facts.vcpus, facts.memory_mib)
             env["AWS_BATCH_JOB_ATTEMPT"] = str(len(parent.attempts))
@@ -707,7 +667,7 @@ class Engine:
 
     def _node_environment(self, parent: JobRecord, index: int) -> dict[str, str]:
         """AWS's multi-node variables, plus what torchrun/NCCL need to find the main node."""
-        main_facts = self.nodes[parent.hosts[parent.main_node]].facts if parent.hosts else None
+        main_facts = self.registry.facts(parent.hosts[parent.main_node]) if parent.hosts else None
         main_ip = main_facts.addresses[0] if main_facts and main_facts.addresses else ""
         fabric_ip = (main_facts.fabric_address if main_facts else None) or main_ip
         env = {
@@ -731,7 +691,7 @@ class Engine:
         none holds its nodes whole, so the smallest node's vCPUs (one number serves every host)."""
         if names_resource(parent.container, "VCPU") or not parent.hosts:
             return max(1, int(parent.resources.vcpus))
-        sizes = [info.facts.vcpus for h in parent.hosts if (info := self.nodes.get(h)) is not None and info.facts]
+        sizes = [facts.vcpus for h in parent.hosts if (facts := self.registry.facts(h)) is not None]
         return max(1, min(sizes, default=int(parent.resources.vcpus)))
 
     def _start_gang(self, action: StartGang) -> None:
@@ -774,8 +734,8 @@ class Engine:
             attempt = child.current_attempt
             if attempt is None:
                 continue
-            node = self.nodes.get(attempt.node)
-            if node is None or node.state == NodeState.DOWN:
+            node = self.registry.get(attempt.node)
+            if node is None or not node.up:
                 self._child_ended(child, None, None, reason)
             else:
                 kill = p.KillAttempt(attempt_id=attempt.attempt_id, reason=reason, grace_s=self._kill_grace_s)
@@ -826,7 +786,7 @@ class Engine:
         self._feed(AttemptEnded(self._event_id(), parent.job_id, run_s=attempt_run_s(attempt)))
         for child in self._children(parent):  # holds re-created per node after a head restart
             self._feed(AttemptEnded(self._event_id(), child.job_id))
-        held = self._gang_holds.pop(parent.job_id, None)
+        held = self.registry.pop_gang_hold(parent.job_id)
         end = AttemptEnd(exit_code, reason, status_reason, timed_out=timed_out, terminated=parent.stop_reason is not None)
         verdict = attempt_verdict(parent, end)
         if verdict is Verdict.SUCCEEDED:
@@ -838,7 +798,7 @@ class Engine:
             hold_s = 0.0
             if ending.lost_attempt is not None:
                 # Its deadline, or (the head restarted meanwhile) a whole fence from now.
-                hold_s = held - self._mono() if held is not None else self._fence_hold_s(ending.lost_attempt.node)
+                hold_s = held - self._mono() if held is not None else self.registry.fence_hold_s(ending.lost_attempt.node)
             if ending.lost_attempt is not None and hold_s > 0:
                 self._hold_for_fence(parent, ending.lost_attempt, hold_s)
             else:
@@ -911,7 +871,7 @@ class Engine:
                   job_id or "-", attempt_id or "-", tries, cause, exc_info=exc)
         try:
             if decided in (Outcome.QUARANTINE_AND_FAIL, Outcome.QUARANTINE):
-                info = self.nodes.setdefault(node, NodeInfo(facts=None))
+                info = self.registry.ensure(node)
                 if self.faults.set_aside(info.quarantined, Quarantined(kind, job_id, attempt_id, tries, cause,
                                                                        self._now())):
                     log.error("node %s: %r message of job %s, attempt %s quarantined after %d tries", node, kind,
@@ -1011,8 +971,8 @@ class Engine:
     def on_exited(self, node: str, msg: p.AttemptExited) -> None:
         """An attempt ended; acknowledged once the outcome is committed."""
         job = self._current(node, msg.job_id, msg.attempt_id)
-        held_id = msg.job_id if msg.job_id in self._fence_holds else split_child_id(msg.job_id)[0]
-        hold = self._fence_holds.get(held_id)
+        held_id = msg.job_id if self.registry.held(msg.job_id) is not None else split_child_id(msg.job_id)[0]
+        hold = self.registry.held(held_id)
         if job is None and self._late_exit(node, msg):
             pass  # a lost attempt's real end: the job takes it, nothing runs again
         elif hold is not None and hold.attempt_id == msg.attempt_id:  # the lost attempt ended: retry now
@@ -1042,9 +1002,8 @@ class Engine:
         """``hold_s``: a retry waits this long for the (lost) node to fence the attempt;
         ``retry=False``: the job fails whatever its retry strategy says."""
         if job.parent_id is not None:
-            if lost and job.parent_id not in self._gang_holds:
-                # The try ends; its retry waits for this node's fence as a single job's would.
-                self._gang_holds[job.parent_id] = self._mono() + hold_s
+            if lost:  # the try ends; its retry waits for this node's fence as a single job's would
+                self.registry.hold_gang(job.parent_id, self._mono() + hold_s)
             self._child_ended(job, exit_code, reason, status_reason, stopped_at, lost, timed_out)
             return
         attempt = job.current_attempt
@@ -1087,7 +1046,7 @@ class Engine:
             self._move(job, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
 
     def _node_up(self, name: str) -> None:
-        node = self.nodes[name]
+        node = self.registry.nodes[name]
         facts = node.facts
         assert facts is not None
         # A node of a multi-node job rejoins its gang's hold (single tenancy survives restarts).
@@ -1121,64 +1080,35 @@ class Engine:
         )
 
     def compute_environment_of(self, name: str) -> str:
-        """The node's compute environment: named in its config, or chosen by its labels.
-
-        An agent joins by name (``compute_environment``) or, with that left empty, by label:
-        the first compute environment (by name) whose ``hpcbatch:nodeSelector`` tag
-        (``key=value``) matches one of the node's labels.
-        """
-        facts = self.nodes[name].facts
-        if facts is None:
-            return ""
-        if facts.compute_environment:
-            return facts.compute_environment
-        for ce, (key, value) in sorted(self._selectors.items()):
-            if facts.labels.get(key) == value:
-                return ce
-        return ""
+        """The node's compute environment: named in its config, or chosen by its labels (NodeRegistry)."""
+        return self.registry.compute_environment_of(name)
 
     def _release(self, name: str, job_id: str) -> None:
         """``job_id``'s attempt on node ``name`` ended: a DRAINING node left empty is DRAINED."""
-        node = self.nodes.get(name)
-        if node is not None:
-            node.jobs.discard(job_id)
-            if node.state == NodeState.DRAINING and not node.jobs:
-                self._set_state(name, node, NodeEvent.LAST_JOB_ENDED)
-                self._node_changed(name)
-
-    @staticmethod
-    def _set_state(name: str, node: NodeInfo, event: NodeEvent) -> None:
-        """ACTIVE, or DRAINING while a drained node still runs jobs, then DRAINED (hpcbatch.model.nodes)."""
-        node.state = next_node_state(name, NodeState(node.state), event, draining=node.drain_reason is not None,
-                                     busy=bool(node.jobs))
-        if node.drain_reason is None:
-            node.state_reason = head_gpus.gpu_flag(node.gpu_unhealthy)
-        else:
-            node.state_reason = node.drain_reason
+        if self.registry.release(name, job_id):
+            self._node_changed(name)
 
     def _node_changed(self, name: str) -> None:
         """Put a node's new state in the event stream (once per change), committed with the step."""
-        node = self.nodes.get(name)
-        if node is None:
-            return
-        state = (node.state, node.state_reason)
-        if self._node_recorded.get(name) != state:
-            self._node_recorded[name] = state
-            self.commits.record(NODE_EVENT_PREFIX + name, self._now(), node.state, node.state_reason or None)
+        change = self.registry.state_change(name)
+        if change is not None:
+            self.commits.record(NODE_EVENT_PREFIX + name, self._now(), *change)
             self.request_step()
 
     def drain(self, name: str, reason: str | None) -> None:
         """Stop placing work on ``name`` (running jobs finish); ``reason=None`` resumes it."""
-        node = self.nodes[name]
-        node.drain_reason = reason
-        if node.state != NodeState.DOWN:
-            self._set_state(name, node, NodeEvent.RESUME if reason is None else NodeEvent.DRAIN)
+        if self.registry.set_drain(name, reason):
             self._node_changed(name)
-            if node.facts is not None:
-                node.allocations = tuple(
-                    (job_id, self.jobs[job_id].resources) for job_id in sorted(node.jobs) if job_id in self.jobs
-                )
-                self._node_up(name)
+            self._announce(name)
+
+    def _announce(self, name: str) -> None:
+        """Tell the scheduler the node again (drain, GPUs out): what runs there as it holds now."""
+        node = self.registry.nodes[name]
+        if node.facts is not None:
+            node.allocations = tuple(
+                (job_id, self.jobs[job_id].resources) for job_id in sorted(node.jobs) if job_id in self.jobs
+            )
+            self._node_up(name)
 
     # ------------------------------------------------------- MPI launcher bridge
     def on_launch_request(self, node: str, msg: p.LaunchRequest) -> None:
@@ -1254,16 +1184,9 @@ class Engine:
     # -------------------------------------------------------------------- nodes
     def on_register(self, name: str, msg: p.Register) -> p.Welcome | None:
         """A node (re)joined: reconcile what it runs with what the store says it should."""
-        now = self._now()
-        node = self.nodes.setdefault(name, NodeInfo(facts=None))
-        node.facts, node.instance_id = msg.node, msg.instance_id
-        node.last_heartbeat_at = now
-        node.gpu_unhealthy = head_gpus.unhealthy_gpus(msg.node)
-        shortfall = head_gpus.gpu_shortfall(msg.node)
-        if shortfall is not None and node.drain_reason is None:
+        node, shortfall = self.registry.register(name, msg, self._now())
+        if shortfall is not None:
             log.warning("draining node %s: %s", name, shortfall)
-            node.drain_reason = shortfall
-        self._set_state(name, node, NodeEvent.REGISTERED)
         for exited in msg.exited:
             self.on_exited(name, exited)
         allocations = []
@@ -1294,12 +1217,11 @@ class Engine:
         # Retries held for this node's lost attempts: those it no longer runs are provably
         # over; one it still runs was just told to die, and its exit report releases it.
         alive = {r.attempt_id for r in msg.running}
-        for job_id, hold in list(self._fence_holds.items()):
-            if hold.node == name:
-                if hold.attempt_id in alive:
-                    hold.still_running = True
-                else:
-                    self._release_fence(job_id)
+        for job_id, hold in self.registry.holds_on(name):
+            if hold.attempt_id in alive:
+                hold.still_running = True
+            else:
+                self._release_fence(job_id)
         node.allocations = tuple(allocations)
         self._node_up(name)
         self._node_changed(name)
@@ -1373,7 +1295,7 @@ class Engine:
         return True
 
     def on_images(self, name: str, msg: p.ImagesCached) -> None:
-        info = self.nodes.get(name)
+        info = self.registry.get(name)
         if info is not None:
             info.images = list(msg.images)
 
@@ -1384,10 +1306,9 @@ class Engine:
         self.request_step()
 
     def on_heartbeat(self, name: str, msg: p.AgentHeartbeat | None = None) -> None:
-        node = self.nodes.get(name)
+        node = self.registry.heartbeat(name, self._now())
         if node is not None:
-            node.last_heartbeat_at = self._now()
-            if msg is not None and node.facts is not None and node.state != NodeState.DOWN:
+            if msg is not None and node.facts is not None and node.up:
                 self._reconcile(name, node, msg.running)
             if msg is not None:
                 node.gpu_utilization = msg.gpu_utilization
@@ -1407,99 +1328,72 @@ class Engine:
             for attempt_id, attempt in attempts.items():
                 head_gpus.record_usage(attempt, [u for u in msg.gpu_usage if u.attempt_id == attempt_id])
         new = {gpu: why for gpu, why in msg.unhealthy_gpus.items() if gpu not in node.gpu_unhealthy}
-        if new and node.facts is not None and node.state != NodeState.DOWN:
+        if new and node.facts is not None and node.up:
             for gpu, why in new.items():
                 log.error("node %s: GPU %s out of service: %s", name, gpu, why)
-            node.gpu_unhealthy.update(new)
-            self._set_state(name, node, NodeEvent.GPU_OUT)
-            node.allocations = tuple(
-                (job_id, self.jobs[job_id].resources) for job_id in sorted(node.jobs) if job_id in self.jobs
-            )
-            self._node_up(name)
+            self.registry.gpus_out(name, new)
+            self._announce(name)
 
     def node_lost(self, name: str, silent_s: float, why: str | None = None) -> None:
         """No heartbeat for too long (or cut off): fail its attempts (retried per strategy)."""
-        node = self.nodes.get(name)
-        if node is None or node.state == NodeState.DOWN and not node.jobs:
+        if not self.registry.needs_losing(name):
             return
         reason = f"Node {name} lost: {why or f'no heartbeat for {silent_s:.0f} s'}"
-        log.warning("%s; failing %d attempt(s)", reason, len(node.jobs))
-        node.state = next_node_state(name, NodeState(node.state), NodeEvent.LOST, draining=False, busy=False)
-        node.state_reason = reason
+        jobs = self.registry.lose(name, reason)
+        log.warning("%s; failing %d attempt(s)", reason, len(jobs))
         self._node_changed(name)
         # The node may still run them: retries wait until its agent has fenced them.
-        hold_s = max(0.0, self._fence_hold_s(name) - silent_s)
-        for job_id in sorted(node.jobs):
+        hold_s = max(0.0, self.registry.fence_hold_s(name) - silent_s)
+        for job_id in jobs:
             job = self.jobs.get(job_id)
             if job is not None and job.current_attempt is not None:
                 self._finish_attempt(job, None, None, reason, lost=True, hold_s=hold_s)
-        node.jobs.clear()
         self._feed(NodeGone(self._event_id(), name))
-        if self.fence_node is not None and any(h.node == name for h in self._fence_holds.values()):
+        if self.fence_node is not None and self.registry.holds_on(name):
             self.fence_node(name)
 
     def node_fenced(self, name: str) -> None:
         """``name`` was powered off (STONITH): its attempts are surely dead; retry them now."""
-        for job_id, hold in list(self._fence_holds.items()):
-            if hold.node == name:
-                log.info("job %s: node %s is powered off; the retry is no longer held", job_id, name)
-                self._release_fence(job_id)
+        for job_id, _hold in self.registry.holds_on(name):
+            log.info("job %s: node %s is powered off; the retry is no longer held", job_id, name)
+            self._release_fence(job_id)
 
     # ----------------------------------------------------------------- fencing
-    def _fence_hold_s(self, name: str) -> float:
-        """How long after last hearing ``name`` a retry of its attempts may start (0: at once)."""
-        node = self.nodes.get(name)
-        reported = node.facts.fence_after_s if node is not None and node.facts is not None else 0.0
-        fence = max(self._fence_after_s, reported)
-        return retry_hold_s(fence, self._heartbeat_s) if fence > 0 else 0.0
-
     def _hold_for_fence(self, job: JobRecord, lost: FenceHold, hold_s: float) -> None:
         """Keep ``job`` RUNNABLE but away from the scheduler until the ``lost`` attempt is surely dead."""
-        old = self._fence_holds.pop(job.job_id, None)
-        if old is not None and old.timer is not None:
-            old.timer.cancel()
-        now = self._mono()
-        hold = _HeldRetry(lost.node, lost.attempt_id, deadline=now + hold_s)
-        self._fence_holds[job.job_id] = hold
-        self._arm(job.job_id, hold)
+        self.registry.hold(job.job_id, lost, hold_s, self._mono())
+        self._arm_fences()
         job.fence_hold = lost
         job.status_reason = FENCE_WAIT_REASON.format(node=lost.node)
         self._touch(job)
         log.info("job %s: retry held %.0f s for node %s to fence attempt %s", job.job_id, hold_s, lost.node,
                  lost.attempt_id[:8])
 
-    def _arm(self, job_id: str, hold: _HeldRetry) -> None:
-        """Wake ``expire_fences`` at the hold's deadline (a timer is only a wake-up; the clock decides)."""
-        if hold.timer is not None:
-            hold.timer.cancel()
-        # None where no loop runs (driven by hand, tests): they call expire_fences.
-        hold.timer = self.commits.wake_later(max(0.0, hold.deadline - self._mono()) + 0.001, self.expire_fences)
+    def _arm_fences(self) -> None:
+        """Wake ``expire_fences`` at the earliest hold's deadline (a timer is only a wake-up; the clock decides)."""
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+            self._fence_timer = None
+        deadline = self.registry.next_deadline()
+        if deadline is not None:  # no timer where no loop runs (driven by hand, tests): they call expire_fences
+            self._fence_timer = self.commits.wake_later(max(0.0, deadline - self._mono()) + 0.001, self.expire_fences)
 
     def expire_fences(self) -> None:
         """Release every held retry whose fence time has passed (called by its timer, and on every tick)."""
-        now = self._mono()
-        for job_id, hold in list(self._fence_holds.items()):
-            deadline = next_hold_deadline(now, hold.deadline, hold.still_running, self._fence_hold_s(hold.node))
-            if deadline is None:
-                self._release_fence(job_id)
-            elif deadline != hold.deadline:  # it still ran when its node came back: a whole fence more
-                hold.deadline, hold.still_running = deadline, False
-                self._arm(job_id, hold)
+        for job_id in self.registry.due(self._mono()):
+            self._release_fence(job_id)
+        self._arm_fences()
 
     def _drop_hold(self, job: JobRecord) -> None:
         """Forget ``job``'s held retry (it left RUNNABLE, or its retry is released)."""
         job.fence_hold = None
-        hold = self._fence_holds.pop(job.job_id, None)
-        if hold is not None and hold.timer is not None:
-            hold.timer.cancel()
+        self.registry.drop_hold(job.job_id)
 
     def _release_fence(self, job_id: str) -> None:
-        hold = self._fence_holds.get(job_id)
+        hold = self.registry.held(job_id)
         job = self.jobs.get(job_id)
         if job is None or job.status is not JobStatus.RUNNABLE:  # cancelled or terminated meanwhile
-            self._fence_holds.pop(job_id, None)
-            if hold is not None and hold.timer is not None:
-                hold.timer.cancel()
+            self.registry.drop_hold(job_id)
             return
         self._drop_hold(job)
         if hold is None:
@@ -1513,18 +1407,9 @@ class Engine:
     def compute_environment_changed(self, doc: dict[str, Any]) -> None:
         resources = doc.get("computeResources") or {}
         max_vcpus = resources.get("maxvCpus")
-        selector = (doc.get("tags") or {}).get(NODE_SELECTOR_TAG, "")
-        key, sep, value = selector.partition("=")
-        name = doc["computeEnvironmentName"]
-        old = self._selectors.get(name)
-        if sep and key:
-            self._selectors[name] = (key, value)
-        else:
-            self._selectors.pop(name, None)
-        if old != self._selectors.get(name):  # nodes that join by label may move
-            for node_name, info in self.nodes.items():
-                if info.facts is not None and not info.facts.compute_environment and info.state != NodeState.DOWN:
-                    self._node_up(node_name)
+        if self.registry.set_selector(doc["computeEnvironmentName"], doc.get("tags") or {}):
+            for node_name in self.registry.joined_by_label():  # nodes that join by label may move
+                self._node_up(node_name)
         self._feed(
             ComputeEnvironmentChanged(
                 self._event_id(), doc["computeEnvironmentName"], doc["state"] == "ENABLED",
@@ -1536,7 +1421,7 @@ class Engine:
         )
 
     def compute_environment_removed(self, name: str) -> None:
-        self._selectors.pop(name, None)
+        self.registry.drop_selector(name)
         self._feed(ComputeEnvironmentRemoved(self._event_id(), name))
 
     def job_queue_changed(self, doc: dict[str, Any]) -> None:

@@ -113,8 +113,8 @@ def test_a_head_on_a_migrated_store_holds_the_retry_by_the_field(target: str, tm
             engine.recover()
             held = engine.jobs["held"]
             assert held.status is JobStatus.RUNNABLE and held.fence_hold is not None
-            assert "held" in engine._fence_holds  # noqa: SLF001 (not fed to the scheduler: held)
-            assert "plain" not in engine._fence_holds  # noqa: SLF001
+            assert engine.registry.held("held") is not None  # not fed to the scheduler: held
+            assert engine.registry.held("plain") is None
         finally:
             store.close()
 

@@ -264,9 +264,9 @@ def test_the_hold_is_the_longer_of_the_heads_and_the_nodes_fence(tmp_path: Path)
     async def run() -> None:
         c = Cluster(tmp_path)
         c.register("n1", fence_after_s=120.0)
-        assert c.engine._fence_hold_s("n1") == retry_hold_s(120.0, 1.0)  # noqa: SLF001
-        assert c.engine._fence_hold_s("n2") == HOLD_S  # noqa: SLF001
-        assert c.engine._fence_hold_s("never-seen") == HOLD_S  # noqa: SLF001 (after a head restart)
+        assert c.engine.registry.fence_hold_s("n1") == retry_hold_s(120.0, 1.0)
+        assert c.engine.registry.fence_hold_s("n2") == HOLD_S
+        assert c.engine.registry.fence_hold_s("never-seen") == HOLD_S  # after a head restart
 
     asyncio.run(run())
 
