@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
-
 from hpcbatch import protocol as p
 from hpcbatch.errors import HpcbatchError
 from hpcbatch.head import gpus as head_gpus
+from hpcbatch.head.arrays import Arrays
 from hpcbatch.head.commits import CommitBatcher
 from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
 from hpcbatch.head.faults import (
@@ -42,6 +40,7 @@ from hpcbatch.head.faults import (
     Outcome,
     Quarantined,
 )
+from hpcbatch.head.gangs import EXITED_REASON, MAIN_NODE_EXITED, Gangs
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodes import FencingConfig, NodeInfo, NodeRegistry
 from hpcbatch.head.policies import fair_share_of, policy_name
@@ -55,13 +54,9 @@ from hpcbatch.model.decisions import (
     dependency_wait_reason,
     job_dependencies,
 )
-from hpcbatch.model.jobs import Attempt, FenceHold, GangEnding, JobRecord
+from hpcbatch.model.jobs import Attempt, FenceHold, JobRecord
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
 from hpcbatch.model.multinode import (
-    NodeEnd,
-    child_job_id,
-    gang_failure_reason,
-    names_resource,
     split_child_id,
     whole_node,
 )
@@ -92,9 +87,6 @@ from hpcbatch.store.base import NODE_EVENT_PREFIX, JobQuery
 
 log = logging.getLogger("hpcbatch.engine")
 
-EXITED_REASON = "Essential container in task exited"
-MAIN_NODE_EXITED = "Main node exited"
-MASTER_PORT = "29500"  # torchrun's default rendezvous port on the main node
 # Events that move a multi-node job's nodes together with the job.
 FAMILY_EVENTS = frozenset(
     {
@@ -109,17 +101,6 @@ FENCE_WAIT_REASON = "Waiting for node {node} to fence its attempts"  # a lost no
 def _message_ids(msg: p.Message) -> tuple[str, str]:
     """(job id, attempt id) a message is about, where it names them ("" where not)."""
     return str(getattr(msg, "job_id", "") or ""), str(getattr(msg, "attempt_id", "") or "")
-
-
-def _sequential(job: JobRecord) -> bool:
-    return any(d.get("type") == "SEQUENTIAL" for d in job.depends_on)
-
-
-def _n_to_n_partner(job: JobRecord) -> str | None:
-    for dep in job.depends_on:
-        if dep.get("type") == "N_TO_N" and dep.get("jobId"):
-            return str(dep["jobId"])
-    return None
 
 
 class Engine:
@@ -164,8 +145,9 @@ class Engine:
         self._stream_prefix = log_stream_prefix
         self._seq = 0
         self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
-        self._n_to_n: dict[str, set[str]] = {}  # array -> arrays whose child i waits on its child i
         self.commits = CommitBatcher(store, send, self.step)  # dirty jobs, events, audit, outbox: one commit
+        self.arrays = Arrays(self)  # array parents and their children (JOBID:i)
+        self.gangs = Gangs(self)  # multi-node jobs and their nodes (JOBID#i)
         self._sched_events: list[Event] = []
         self._event_counter = 0
         # Observers (the event feed, metrics): told after each commit which job and node
@@ -182,12 +164,72 @@ class Engine:
             log.warning("TEST-ONLY fault injection is on (%s): the head fails %r of jobs named %s", RAISE_ON_ENV,
                         self._injection.kind, self._injection.pattern)
 
+    # ------------------------------------------- what the rest of the head may read
+    # The service, console, metrics, power and fleet read live state through these, never
+    # through the engine's dictionaries; the records returned are live: read, do not change.
+    def job(self, job_id: str) -> JobRecord | None:
+        """The live (not yet SUCCEEDED/FAILED) job ``job_id``, or None (look in the store)."""
+        return self.jobs.get(job_id)
+
+    def jobs_where(self, keep: Callable[[JobRecord], bool]) -> list[JobRecord]:
+        """The live jobs ``keep`` accepts."""
+        return [job for job in self.jobs.values() if keep(job)]
+
+    def node(self, name: str) -> NodeInfo | None:
+        return self.registry.get(name)
+
+    def has_node(self, name: str) -> bool:
+        return name in self.registry
+
+    def nodes_snapshot(self) -> dict[str, NodeInfo]:
+        """Node name -> what the head knows of it (a new dict of the live records)."""
+        return self.registry.snapshot()
+
+    def node_names(self) -> list[str]:
+        """Every known node's name, sorted."""
+        return self.registry.names()
+
+    def drained_nodes(self) -> dict[str, str]:
+        """Node -> drain reason, for the nodes drained now (kept across head restarts by the service)."""
+        return self.registry.drained()
+
+    def node_usage(self, name: str) -> tuple[float, int, int]:
+        """(vCPUs, MiB, GPUs) the scheduler has placed on ``name`` (zeros when it knows none)."""
+        return self.scheduler.node_usage(name) or (0.0, 0, 0)
+
+    def gpu_holders(self, name: str) -> dict[str, str]:
+        """GPU id -> the job holding it, on ``name``."""
+        return self.scheduler.gpu_holders(name)
+
+    def expected_start(self, job_id: str) -> float | None:
+        """When the scheduler expects a RUNNABLE job to start (seconds), if it has a guess."""
+        return self.scheduler.expected_start(job_id)
+
+    def front_of_queue(self, queue: str, limit: int = 100) -> list[str]:
+        """The RUNNABLE jobs of ``queue`` in the order the scheduler would start them."""
+        return self.scheduler.front_of_queue(queue, limit=limit)
+
+    def decisions_about(self, job_id: str) -> list[tuple[str, str]]:
+        """The scheduler's recent decisions about ``job_id`` (``hpcbatch why``)."""
+        return self.scheduler.decisions_about(job_id)
+
+    # --------------------------------------------- what the rest of the head may ask
+    def detach_array_child(self, job_id: str) -> JobRecord | None:
+        """Array child JOBID:i, not placed yet, gets its own record now so it can be cancelled or
+        terminated alone (the array's range skips it from now on); None where it cannot."""
+        return self.arrays.detach(job_id)
+
+    def restore_drains(self, drained: dict[str, str]) -> None:
+        """Drains kept across a head restart (an admin's decision): the nodes stay drained when they join."""
+        for name, reason in drained.items():
+            self.registry.ensure(name).drain_reason = reason
+
     # ----------------------------------------------------------------- plumbing
-    def _event_id(self) -> str:
+    def event_id(self) -> str:
         self._event_counter += 1
         return f"e{self._event_counter}"
 
-    def _feed(self, event: Event) -> None:
+    def feed(self, event: Event) -> None:
         self._sched_events.append(event)
         self.request_step()
 
@@ -195,24 +237,50 @@ class Engine:
         """Run one engine step soon; many requests in one loop iteration give one step."""
         self.commits.request_step()
 
-    def _touch(self, job: JobRecord) -> None:
+    def touch(self, job: JobRecord) -> None:
         self.commits.touch(job)
 
-    def _move(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
-        children = self._children(job) if job.is_gang and event in FAMILY_EVENTS else []
+    def born(self, job: JobRecord) -> None:
+        """A live job made by the head itself (an array child): kept, recorded, stored with the step."""
+        self.jobs[job.job_id] = job
+        self.commits.record(job.job_id, self._now(), job.status.value, None)
+        self.touch(job)
+
+    def now_ms(self) -> int:
+        return self._now()
+
+    def mono(self) -> float:
+        return self._mono()
+
+    def next_seq(self) -> int:
+        """The next submission order number (the scheduler's FIFO tie-break)."""
+        self._seq += 1
+        return self._seq
+
+    def requeue(self, job: JobRecord) -> None:
+        """Feed ``job`` to the scheduler as RUNNABLE again (a retry, or a released hold)."""
+        self.feed(self._runnable(job, self.next_seq()))
+
+    def new_attempt(self, job: JobRecord, node: str, compute_environment: str, gpus: list[str]) -> Attempt:
+        """A new attempt of ``job`` on ``node`` (its log stream named after ``job``)."""
+        attempt_id = uuid.uuid4().hex
+        return Attempt(attempt_id=attempt_id, node=node, compute_environment=compute_environment,
+                       log_stream_name=f"{self._stream_prefix(job)}/default/{attempt_id}", gpus=gpus)
+
+    def kill(self, node: str, attempt_id: str, reason: str) -> None:
+        """Tell ``node`` to kill the attempt (with the configured grace) once this step is committed."""
+        self.commits.send(node, p.KillAttempt(attempt_id=attempt_id, reason=reason, grace_s=self._kill_grace_s))
+
+    def move(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
+        children = self.gangs.children(job) if job.is_gang and event in FAMILY_EVENTS else []
         self._move_one(job, event, reason)
         for child in children:
             if can_apply(child.status, event):
                 self._move_one(child, event, reason)
 
-    def _children(self, parent: JobRecord) -> list[JobRecord]:
-        """The live nodes (JOBID#i) of a multi-node job, in index order."""
-        ids = (child_job_id(parent.job_id, i) for i in range(parent.num_nodes))
-        return [self.jobs[c] for c in ids if c in self.jobs]
-
     def _runnable(self, job: JobRecord, seq: int) -> JobRunnable:
         return JobRunnable(
-            self._event_id(), job.job_id, job.job_queue, job.resources, seq,
+            self.event_id(), job.job_id, job.job_queue, job.resources, seq,
             num_nodes=job.num_nodes, time_limit_s=job.timeout_s,
             share=job.share_identifier, priority=job.scheduling_priority or 0, gang=job.is_gang,
             owner=job.owner, definition=job.job_definition,  # run-time predictions
@@ -230,147 +298,9 @@ class Engine:
             job.stopped_at = job.stopped_at or now
             self.jobs.pop(job.job_id, None)
             self._settle_dependents(job)
-        self._touch(job)
+        self.touch(job)
         if job.array_parent is not None:
-            self._array_child_moved(job, old)
-
-    # ------------------------------------------------------------------ arrays
-    def _array_child_moved(self, child: JobRecord, old: JobStatus) -> None:
-        parent = self.jobs.get(child.array_parent or "")
-        if parent is None:
-            return
-        counts = parent.array_counts
-        counts[old.value] = max(0, counts.get(old.value, 0) - 1)
-        counts[child.status.value] = counts.get(child.status.value, 0) + 1
-        self._touch(parent)
-        if not child.status.is_final:
-            return
-        index = child.array_index or 0
-        ok = child.status is JobStatus.SUCCEEDED
-        for dependent_id in sorted(self._n_to_n.get(parent.job_id, ())):  # N_TO_N partners
-            dependent = self.jobs.get(dependent_id)
-            if dependent is not None and dependent.status is JobStatus.PENDING and not dependent.array_closed:
-                if ok:
-                    self._feed_task(dependent, index)
-                else:
-                    self.materialize_array_child(dependent, index, failed=DEPENDENCY_FAILED_REASON)
-        if _sequential(parent) and not parent.array_closed:
-            if ok and index + 1 < (parent.array_size or 0):
-                self._feed_task(parent, index + 1)
-            elif not ok:
-                parent.array_closed = True  # the rest of the sequence can never run
-        self._maybe_finish_array(parent)
-
-    def _start_array(self, parent: JobRecord) -> None:
-        """The array may run: feed its children to the scheduler (all, in sequence, or N_TO_N)."""
-        if parent.status is JobStatus.SUBMITTED:
-            self._move(parent, JobEvent.ARRAY_STARTED, None)
-        size = parent.array_size or 0
-        partner = _n_to_n_partner(parent)
-        if partner is not None:
-            self._n_to_n.setdefault(partner, set()).add(parent.job_id)
-            done = {j.array_index: j for j in self.store.get_jobs([f"{partner}:{i}" for i in range(size)])}
-            mine = {j.array_index for j in self.store.get_jobs([f"{parent.job_id}:{i}" for i in range(size)])}
-            for index in range(size):
-                other = self.jobs.get(f"{partner}:{index}") or done.get(index)
-                if index in mine or other is None or not other.status.is_final:
-                    continue
-                if other.status is JobStatus.SUCCEEDED:
-                    self._feed_task(parent, index)
-                else:
-                    self.materialize_array_child(parent, index, failed=DEPENDENCY_FAILED_REASON)
-        elif _sequential(parent):
-            running = any(j.array_parent == parent.job_id for j in self.jobs.values())
-            if not running and parent.array_next < size:
-                self._feed_task(parent, parent.array_next)
-        elif parent.array_next < size:
-            self._seq += 1
-            self._feed(
-                JobRunnable(
-                    self._event_id(), parent.job_id, parent.job_queue, parent.resources, self._seq,
-                    time_limit_s=parent.timeout_s, array_count=size - parent.array_next,
-                    first_index=parent.array_next, max_running=parent.max_running,
-                    share=parent.share_identifier, priority=parent.scheduling_priority or 0,
-                    owner=parent.owner, definition=parent.job_definition,
-                )
-            )
-        self._maybe_finish_array(parent)
-
-    def _feed_task(self, parent: JobRecord, index: int) -> None:
-        """One child of an array, fed alone (SEQUENTIAL and N_TO_N children)."""
-        self._seq += 1
-        self._feed(
-            JobRunnable(
-                self._event_id(), f"{parent.job_id}:{index}", parent.job_queue, parent.resources, self._seq,
-                time_limit_s=parent.timeout_s,
-                share=parent.share_identifier, priority=parent.scheduling_priority or 0,
-                owner=parent.owner, definition=parent.job_definition,
-            )
-        )
-
-    def materialize_array_child(self, parent: JobRecord, index: int, failed: str | None = None) -> JobRecord | None:
-        """Give child ``index`` of an array its own record (when placed, or when it can never run)."""
-        if index in parent.array_skipped or not 0 <= index < (parent.array_size or 0):
-            return None
-        env = dict(parent.environment)
-        env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
-        child = msgspec.structs.replace(
-            parent,
-            job_id=f"{parent.job_id}:{index}",
-            # Born RUNNABLE, through the table like every other move (never PENDING: the parent waited).
-            status=next_status(f"{parent.job_id}:{index}", JobStatus.SUBMITTED, JobEvent.READY),
-            status_reason=None,
-            environment=env,
-            attempts=[],
-            depends_on=[],
-            array_size=None,
-            array_next=0,
-            array_counts={},
-            array_skipped=[],
-            array_closed=False,
-            array_parent=parent.job_id,
-            array_index=index,
-            started_at=None,
-            stopped_at=None,
-        )
-        parent.array_next = max(parent.array_next, index + 1)
-        parent.array_counts["RUNNABLE"] = parent.array_counts.get("RUNNABLE", 0) + 1
-        self.jobs[child.job_id] = child
-        self.commits.record(child.job_id, self._now(), child.status.value, None)
-        self._touch(child)
-        self._touch(parent)
-        if failed is not None:
-            parent.array_skipped.append(index)
-            self._move(child, JobEvent.CANCEL, failed)
-        return child
-
-    def _maybe_finish_array(self, parent: JobRecord) -> None:
-        """When every child has ended (or can never run), the parent takes the outcome."""
-        if parent.status is not JobStatus.PENDING or parent.array_size is None:
-            return
-        counts = parent.array_counts
-        active = sum(n for status, n in counts.items() if not JobStatus(status).is_final)
-        finished = counts.get("SUCCEEDED", 0) + counts.get("FAILED", 0)
-        unplaced = parent.array_size - finished - active
-        if active or (unplaced and not parent.array_closed):
-            return
-        self._feed(JobWithdrawn(self._event_id(), parent.job_id))
-        if counts.get("FAILED", 0) or unplaced:
-            self._move(parent, JobEvent.ARRAY_FAILED, parent.stop_reason or "One or more child jobs failed")
-        else:
-            self._move(parent, JobEvent.ARRAY_SUCCEEDED, "All child jobs succeeded")
-
-    def _close_array(self, parent: JobRecord, reason: str, terminate: bool) -> None:
-        """Cancel (or terminate) an array: no child starts any more; waiting ones end."""
-        parent.array_closed = True
-        parent.stop_reason = reason
-        self._feed(JobWithdrawn(self._event_id(), parent.job_id))
-        for child in [j for j in self.jobs.values() if j.array_parent == parent.job_id]:
-            if terminate:
-                self.terminate(child, reason)
-            else:
-                self.cancel(child, reason)
-        self._maybe_finish_array(parent)
+            self.arrays.child_moved(job, old)
 
     def step(self) -> None:
         """Schedule, persist, then tell the agents: the order that keeps restarts safe."""
@@ -378,7 +308,7 @@ class Engine:
         events, self._sched_events = self._sched_events, []
         if events:
             # The core never reads a clock: it gets the time (seconds, like timeouts) here.
-            events.insert(0, Tick(self._event_id(), self._now() / 1000))
+            events.insert(0, Tick(self.event_id(), self._now() / 1000))
             began = time.perf_counter()
             try:
                 actions = self.scheduler.handle(*events)
@@ -398,7 +328,7 @@ class Engine:
         if isinstance(action, StartAttempt):
             self._start(action)
         elif isinstance(action, StartGang):
-            self._start_gang(action)
+            self.gangs.start(action)
         elif isinstance(action, CancelRunnable):  # a jobStateTimeLimitAction fired
             job = self.jobs.get(action.job_id)
             if job is not None:
@@ -422,7 +352,7 @@ class Engine:
         reason = f"The head could not apply its decision to {type(action).__name__}: {type(exc).__name__}: {exc}"
         log.error("job %s: %s", job_id, reason, exc_info=exc)
         self.faults.failed["decision"] = self.faults.failed.get("decision", 0) + 1
-        self._feed(AttemptEnded(self._event_id(), job_id))
+        self.feed(AttemptEnded(self.event_id(), job_id))
         job = self.jobs.get(job_id)
         try:
             if job is None or job.status.is_final:
@@ -431,9 +361,9 @@ class Engine:
                 self.terminate(job, reason)
                 return
             # Placed, but its start order was never queued (the order is the last thing made).
-            for part in self._children(job) if job.is_gang else [job]:
+            for part in self.gangs.children(job) if job.is_gang else [job]:
                 if part.current_attempt is not None and part.job_id in self.jobs:
-                    self._finish_attempt(part, None, None, reason, retry=False)
+                    self._finish_attempt(part, AttemptEnd(None, None, reason), retry=False)
         except Exception:
             log.exception("job %s: could not fail it after its decision failed", job_id)
 
@@ -455,7 +385,7 @@ class Engine:
         # Run-time predictions learn from the latest finished jobs (hpcbatch.scheduler.predict).
         finished = self.store.list_jobs(JobQuery(statuses=(JobStatus.SUCCEEDED, JobStatus.FAILED), limit=5000,
                                                  include_children=True))
-        self._feed(RunTimesLearned(self._event_id(), learned_runs(finished)))
+        self.feed(RunTimesLearned(self.event_id(), learned_runs(finished)))
         gangs = []
         for seq, job in self.store.unfinished_jobs():
             self._seq = max(self._seq, seq)
@@ -475,19 +405,19 @@ class Engine:
             elif job.status is JobStatus.RUNNABLE and job.fence_hold is not None and job.attempts:
                 # Held when the head stopped: the node has heard no head since, so a full
                 # fence from now is surely enough.
-                self._hold_for_fence(job, job.fence_hold, self.registry.fence_hold_s(job.fence_hold.node))
+                self.hold_for_fence(job, job.fence_hold, self.registry.fence_hold_s(job.fence_hold.node))
             elif job.status is JobStatus.RUNNABLE:
-                self._feed(self._runnable(job, seq))
+                self.feed(self._runnable(job, seq))
             else:
                 attempt = job.current_attempt
                 if attempt is None:  # cannot happen unless the store was edited by hand
-                    self._finish_attempt(job, None, None, "Attempt record missing after restart")
+                    self._finish_attempt(job, AttemptEnd(None, None, "Attempt record missing after restart"))
                     continue
                 self._expect(attempt.node, job.job_id)
         for gang in gangs:  # a try that was ending when the head stopped
             if gang.ending is not None:
-                self._kill_gang(gang, MAIN_NODE_EXITED)
-                self._maybe_finish_gang(gang)
+                self.gangs.kill(gang, MAIN_NODE_EXITED)
+                self.gangs.maybe_finish(gang)
         log.info("recovered %d unfinished jobs", len(self.jobs))
 
     def _expect(self, node_name: str, job_id: str) -> None:
@@ -499,23 +429,22 @@ class Engine:
         for record in (job, *(children or ())):
             self.jobs[record.job_id] = record
             self.commits.record(record.job_id, record.created_at, record.status.value, None)
-            self._touch(record)
+            self.touch(record)
         self._admit(job)
 
     def _admit(self, job: JobRecord) -> None:
         if dependency_state(job, live=self.jobs) is not Dependencies.NONE:
-            self._move(job, JobEvent.WAIT_DEPENDENCIES, None)
+            self.move(job, JobEvent.WAIT_DEPENDENCIES, None)
             self._wait_for_dependencies(job)
         else:
             self._make_runnable(job)
 
     def _make_runnable(self, job: JobRecord) -> None:
         if job.array_size is not None:
-            self._start_array(job)
+            self.arrays.start(job)
             return
-        self._move(job, JobEvent.READY, None)
-        self._seq += 1
-        self._feed(self._runnable(job, self._seq))
+        self.move(job, JobEvent.READY, None)
+        self.requeue(job)
 
     def _wait_for_dependencies(self, job: JobRecord) -> None:
         finished = [j for j in job_dependencies(job) if j not in self.jobs]
@@ -525,13 +454,13 @@ class Engine:
     def _apply_dependencies(self, job: JobRecord, state: Dependencies) -> None:
         """Act on where a PENDING job's dependencies stand (hpcbatch.model.decisions)."""
         if state is Dependencies.FAILED:
-            self._move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
+            self.move(job, JobEvent.DEPENDENCY_FAILED, DEPENDENCY_FAILED_REASON)
         elif state is Dependencies.WAITING:
             for dep_id in job_dependencies(job):
                 if dep_id in self.jobs:
                     self._dependents.setdefault(dep_id, set()).add(job.job_id)
             job.status_reason = dependency_wait_reason(job, live=self.jobs)
-            self._touch(job)
+            self.touch(job)
         else:
             self._make_runnable(job)
 
@@ -546,12 +475,12 @@ class Engine:
         """CancelJob: ends jobs not yet STARTING; later ones are left alone (as AWS does)."""
         if job.array_size is not None and job.status is JobStatus.PENDING:
             job.is_cancelled = True
-            self._close_array(job, reason, terminate=False)
+            self.arrays.close(job, reason, terminate=False)
             return
         if job.status in (JobStatus.SUBMITTED, JobStatus.PENDING, JobStatus.RUNNABLE):
             job.is_cancelled = True
             self._withdraw(job)
-            self._move(job, JobEvent.CANCEL, reason)
+            self.move(job, JobEvent.CANCEL, reason)
 
     def terminate(self, job: JobRecord, reason: str) -> None:
         """TerminateJob: like cancel, and a running attempt is killed and not retried."""
@@ -559,33 +488,27 @@ class Engine:
             return
         job.is_terminated = True
         if job.array_size is not None and job.status is JobStatus.PENDING:
-            self._close_array(job, reason, terminate=True)
+            self.arrays.close(job, reason, terminate=True)
             return
         if job.is_gang and job.status.is_active:
-            job.stop_reason = reason
-            self._touch(job)
-            if job.ending is None:
-                job.ending = GangEnding(status_reason=reason, stopped_at=self._now())
-            self._kill_gang(job, reason)
-            self._maybe_finish_gang(job)
+            self.gangs.terminate(job, reason)
         elif job.status.is_active:
             attempt = job.current_attempt
             assert attempt is not None
             job.stop_reason = reason
-            self._touch(job)
+            self.touch(job)
             node = self.registry.get(attempt.node)
             if node is None or not node.up:
-                self._finish_attempt(job, None, None, reason)
+                self._finish_attempt(job, AttemptEnd(None, None, reason))
             else:
-                kill = p.KillAttempt(attempt_id=attempt.attempt_id, reason=reason, grace_s=self._kill_grace_s)
-                self.commits.send(attempt.node, kill)
+                self.kill(attempt.node, attempt.attempt_id, reason)
         else:
             self._withdraw(job)
-            self._move(job, JobEvent.TERMINATE, reason)
+            self.move(job, JobEvent.TERMINATE, reason)
 
     def _withdraw(self, job: JobRecord) -> None:
         if job.status is JobStatus.RUNNABLE:
-            self._feed(JobWithdrawn(self._event_id(), job.job_id))
+            self.feed(JobWithdrawn(self.event_id(), job.job_id))
         for deps in self._dependents.values():
             deps.discard(job.job_id)
 
@@ -593,34 +516,24 @@ class Engine:
     def _start(self, action: StartAttempt) -> None:
         job = self.jobs.get(action.job_id)
         if job is None and ":" in action.job_id:  # an array child gets its record when placed
-            parent_id, _, index = action.job_id.rpartition(":")
-            parent = self.jobs.get(parent_id)
-            if parent is not None and parent.array_size is not None and not parent.array_closed and index.isdigit():
-                job = self.materialize_array_child(parent, int(index))
+            job = self.arrays.placed(action.job_id)
         if job is None or job.status is not JobStatus.RUNNABLE:
-            self._feed(AttemptEnded(self._event_id(), action.job_id))
+            self.feed(AttemptEnded(self.event_id(), action.job_id))
             return
         if job.is_gang:  # a one-node gang placed as one job (a scheduler that knew no JobRunnable.gang)
             gpus = (action.gpus,) if action.gpus else ()
-            self._start_gang(StartGang(job_id=action.job_id, nodes=(action.node,),
+            self.gangs.start(StartGang(job_id=action.job_id, nodes=(action.node,),
                                        compute_environment=action.compute_environment, gpus=gpus))
             return
         if self._injection is not None:
             self._injection.check("start", job.job_id, job.job_name)
-        attempt_id = uuid.uuid4().hex
-        attempt = Attempt(
-            attempt_id=attempt_id,
-            node=action.node,
-            compute_environment=action.compute_environment,
-            log_stream_name=f"{self._stream_prefix(job)}/default/{attempt_id}",
-            gpus=list(action.gpus),
-        )
+        attempt = self.new_attempt(job, action.node, action.compute_environment, list(action.gpus))
         job.attempts.append(attempt)
         self.nodes[action.node].jobs.add(job.job_id)
-        self._move(job, JobEvent.PLACED, None)
-        self.commits.send(action.node, self._start_message(job, attempt))
+        self.move(job, JobEvent.PLACED, None)
+        self.commits.send(action.node, self.start_message(job, attempt))
 
-    def _start_message(self, job: JobRecord, attempt: Attempt) -> p.StartAttempt:
+    def start_message(self, job: JobRecord, attempt: Attempt) -> p.StartAttempt:
         env = dict(job.environment)
         env.update(
             AWS_BATCH_JOB_ID=job.job_id,
@@ -639,7 +552,7 @@ class Engine:
             if facts is not None:  # whole nodes are whole: what the job does not name is the node's
                 vcpus, memory_mib = whole_node(job.container, vcpus, memory_mib, facts.vcpus, facts.memory_mib)
             env["AWS_BATCH_JOB_ATTEMPT"] = str(len(parent.attempts))
-            env.update(self._node_environment(parent, job.node_index))
+            env.update(self.gangs.node_environment(parent, job.node_index))
             multi = {
                 "hosts": list(parent.hosts),
                 "node_index": job.node_index,
@@ -665,162 +578,6 @@ class Engine:
             **multi,
         )
 
-    def _node_environment(self, parent: JobRecord, index: int) -> dict[str, str]:
-        """AWS's multi-node variables, plus what torchrun/NCCL need to find the main node."""
-        main_facts = self.registry.facts(parent.hosts[parent.main_node]) if parent.hosts else None
-        main_ip = main_facts.addresses[0] if main_facts and main_facts.addresses else ""
-        fabric_ip = (main_facts.fabric_address if main_facts else None) or main_ip
-        env = {
-            "AWS_BATCH_JOB_NODE_INDEX": str(index),
-            "AWS_BATCH_JOB_NUM_NODES": str(parent.num_nodes),
-            "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(parent.main_node),
-            "HPCBATCH_SLOTS_PER_NODE": str(self._slots_per_node(parent)),
-            # The fabric address is what ranks and torchrun use; the management one keeps its own name.
-            "HPCBATCH_MAIN_NODE_MANAGEMENT_ADDRESS": main_ip,
-            "MASTER_ADDR": fabric_ip,
-            "MASTER_PORT": MASTER_PORT,
-            "NNODES": str(parent.num_nodes),
-            "NODE_RANK": str(index),
-        }
-        if index != parent.main_node:  # AWS sets it on the other nodes only
-            env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = fabric_ip
-        return env
-
-    def _slots_per_node(self, parent: JobRecord) -> int:
-        """MPI slots per host in the hostfile: the vCPUs each node gives the job; a job that names
-        none holds its nodes whole, so the smallest node's vCPUs (one number serves every host)."""
-        if names_resource(parent.container, "VCPU") or not parent.hosts:
-            return max(1, int(parent.resources.vcpus))
-        sizes = [facts.vcpus for h in parent.hosts if (facts := self.registry.facts(h)) is not None]
-        return max(1, min(sizes, default=int(parent.resources.vcpus)))
-
-    def _start_gang(self, action: StartGang) -> None:
-        """Place every node of a multi-node job at once (the scheduler chose the nodes)."""
-        parent = self.jobs.get(action.job_id)
-        children = self._children(parent) if parent is not None else []
-        if parent is None or parent.status is not JobStatus.RUNNABLE or len(children) != parent.num_nodes:
-            self._feed(AttemptEnded(self._event_id(), action.job_id))
-            return
-        parent.hosts = list(action.nodes)
-        parent.launch_secret = secrets.token_hex(16)
-        parent.ending = None
-        gpus = action.gpus or tuple(() for _ in action.nodes)
-        for child, node, node_gpus in zip(children, action.nodes, gpus, strict=True):
-            attempt_id = uuid.uuid4().hex
-            child.attempts.append(
-                Attempt(
-                    attempt_id=attempt_id, node=node, compute_environment=action.compute_environment,
-                    log_stream_name=f"{self._stream_prefix(parent)}/default/{attempt_id}",
-                    gpus=list(node_gpus),
-                )
-            )
-            self.nodes[node].jobs.add(child.job_id)
-            self._move(child, JobEvent.PLACED, None)
-        main_attempt = children[parent.main_node].attempts[-1]
-        parent.attempts.append(
-            Attempt(
-                attempt_id=main_attempt.attempt_id, node=main_attempt.node,
-                compute_environment=action.compute_environment, log_stream_name=main_attempt.log_stream_name,
-                gpus=list(main_attempt.gpus),
-            )
-        )
-        self._move(parent, JobEvent.PLACED, None)
-        for child in children:
-            self.commits.send(child.attempts[-1].node, self._start_message(child, child.attempts[-1]))
-
-    def _kill_gang(self, parent: JobRecord, reason: str) -> None:
-        """Stop every node of the current try that still runs (the try is ending)."""
-        for child in self._children(parent):
-            attempt = child.current_attempt
-            if attempt is None:
-                continue
-            node = self.registry.get(attempt.node)
-            if node is None or not node.up:
-                self._child_ended(child, None, None, reason)
-            else:
-                kill = p.KillAttempt(attempt_id=attempt.attempt_id, reason=reason, grace_s=self._kill_grace_s)
-                self.commits.send(attempt.node, kill)
-        self.request_step()
-
-    def _child_ended(
-        self, child: JobRecord, exit_code: int | None, reason: str | None, status_reason: str | None,
-        stopped_at: int | None = None, lost: bool = False, timed_out: bool = False,
-    ) -> None:
-        """One node of a multi-node job ended; the main node's end (or a lost node) ends the try."""
-        attempt = child.current_attempt
-        if attempt is None:
-            return
-        attempt.stopped_at = stopped_at or self._now()
-        attempt.exit_code, attempt.reason = exit_code, reason
-        attempt.timed_out, attempt.lost = timed_out, lost
-        attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
-        self._release(attempt.node, child.job_id)
-        self._touch(child)
-        parent = self.jobs.get(child.parent_id or "")
-        if parent is None:
-            return
-        if parent.ending is None and (child.node_index == parent.main_node or lost):
-            parent.ending = GangEnding(
-                exit_code=exit_code if not lost else None, reason=reason, status_reason=attempt.status_reason,
-                stopped_at=attempt.stopped_at, timed_out=timed_out, lost=lost,
-                lost_attempt=FenceHold(node=attempt.node, attempt_id=attempt.attempt_id) if lost else None,
-            )
-            self._touch(parent)
-            self._kill_gang(parent, MAIN_NODE_EXITED if not lost else attempt.status_reason or "Node lost")
-        self._maybe_finish_gang(parent)
-
-    def _maybe_finish_gang(self, parent: JobRecord) -> None:
-        """When every node of an ending try has stopped: decide the job (success, retry, fail)."""
-        ending = parent.ending
-        if ending is None or any(c.current_attempt is not None for c in self._children(parent)):
-            return
-        attempt = parent.current_attempt
-        if attempt is None:
-            return
-        exit_code, reason, timed_out = ending.exit_code, ending.reason, ending.timed_out
-        status_reason = parent.stop_reason or ending.status_reason
-        attempt.stopped_at = ending.stopped_at or self._now()
-        attempt.exit_code, attempt.reason, attempt.status_reason = exit_code, reason, status_reason
-        attempt.timed_out, attempt.lost, attempt.terminated = timed_out, ending.lost, parent.is_terminated
-        parent.ending = None
-        self._feed(AttemptEnded(self._event_id(), parent.job_id, run_s=attempt_run_s(attempt)))
-        for child in self._children(parent):  # holds re-created per node after a head restart
-            self._feed(AttemptEnded(self._event_id(), child.job_id))
-        held = self.registry.pop_gang_hold(parent.job_id)
-        end = AttemptEnd(exit_code, reason, status_reason, timed_out=timed_out, terminated=parent.stop_reason is not None)
-        verdict = attempt_verdict(parent, end)
-        if verdict is Verdict.SUCCEEDED:
-            self._move(parent, JobEvent.SUCCEEDED, EXITED_REASON)
-        elif verdict is Verdict.RETRY:
-            parent.started_at = None
-            attempt.status_reason = self._gang_failure(parent, ending, status_reason)
-            self._move(parent, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
-            hold_s = 0.0
-            if ending.lost_attempt is not None:
-                # Its deadline, or (the head restarted meanwhile) a whole fence from now.
-                hold_s = held - self._mono() if held is not None else self.registry.fence_hold_s(ending.lost_attempt.node)
-            if ending.lost_attempt is not None and hold_s > 0:
-                self._hold_for_fence(parent, ending.lost_attempt, hold_s)
-            else:
-                self._seq += 1
-                self._feed(self._runnable(parent, self._seq))
-        else:
-            parent.stopped_at = attempt.stopped_at
-            attempt.status_reason = self._gang_failure(parent, ending, status_reason)
-            self._move(parent, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
-
-    def _gang_failure(self, parent: JobRecord, ending: GangEnding, status_reason: str | None) -> str | None:
-        """A failed try's statusReason naming the node that failed and how (model.multinode);
-        a terminate, timeout or lost node keeps its own words."""
-        if parent.stop_reason is not None or ending.timed_out or ending.lost:
-            return status_reason
-        ends = [
-            NodeEnd(child.node_index or 0, a.node, a.exit_code, a.reason, a.stopped_at)
-            for child in self._children(parent)
-            if child.node_index is not None and (a := child.attempts[-1] if child.attempts else None) is not None
-        ]
-        return gang_failure_reason(parent.main_node, ends, status_reason)
-
     # ------------------------------------------------------------ agent reports
     def handle(self, node: str, msg: p.AgentMessage) -> None:
         """Serve one message from a registered node, contained: a handler that raises fails only
@@ -837,7 +594,7 @@ class Engine:
                 case p.LogChunk():
                     self.on_log(msg)
                 case p.LaunchRequest():
-                    self.on_launch_request(node, msg)
+                    self.gangs.launch_request(node, msg)
                 case p.ImagesCached():
                     self.on_images(node, msg)
                 case p.TaskExited():
@@ -898,7 +655,7 @@ class Engine:
         job = self._current(node, job_id, attempt_id)
         if job is None:
             return
-        self._finish_attempt(job, None, None, reason, retry=False)
+        self._finish_attempt(job, AttemptEnd(None, None, reason), retry=False)
 
     def _reconcile(self, name: str, node: NodeInfo, listed: list[str]) -> None:
         """Anti-entropy (hpcbatch.model.reconcile): the heartbeat's running set against the head's view."""
@@ -926,16 +683,14 @@ class Engine:
             assert attempt is not None
             log.info("node %s has not listed attempt %s of job %s for %d heartbeats: asking", name,
                      attempt_id[:8], job.job_id, decided.misses[attempt_id])
-            self.commits.send(name, self._start_message(job, attempt))
+            self.commits.send(name, self.start_message(job, attempt))
         for attempt_id in decided.lost:
             job = jobs[attempt_id]
             missed = node.missing.pop(attempt_id, 0)
             log.warning("node %s: attempt %s of job %s unlisted for %d heartbeats and unreported: lost", name,
                         attempt_id[:8], job.job_id, missed)
-            self._finish_attempt(
-                job, None, None, f"Attempt lost: the agent on {name} has not listed it for {missed} heartbeats",
-                lost=True,
-            )
+            why = f"Attempt lost: the agent on {name} has not listed it for {missed} heartbeats"
+            self._finish_attempt(job, AttemptEnd(None, None, why), lost=True)
         if decided.kill or decided.started or decided.ask or decided.lost:
             self.request_step()
 
@@ -963,7 +718,7 @@ class Engine:
         if job.started_at is None:
             job.started_at = started_at
         if job.status is JobStatus.STARTING:
-            self._move(job, JobEvent.STARTED, None)
+            self.move(job, JobEvent.STARTED, None)
         parent = self.jobs.get(job.parent_id) if job.parent_id else None
         if parent is not None and job.node_index == parent.main_node and parent.current_attempt is not None:
             self._mark_started(parent, started_at)
@@ -982,43 +737,36 @@ class Engine:
             assert attempt is not None
             if attempt.started_at is None and msg.started_at is not None:
                 self._mark_started(job, msg.started_at)
-            self._finish_attempt(job, msg.exit_code, msg.reason, msg.status_reason, msg.stopped_at,
-                                 lost=msg.lost, timed_out=msg.timed_out)
+            end = AttemptEnd(msg.exit_code, msg.reason, msg.status_reason, timed_out=msg.timed_out)
+            self._finish_attempt(job, end, stopped_at=msg.stopped_at, lost=msg.lost)
         self.commits.send(node, p.AckExits(attempt_ids=[msg.attempt_id]))
         self.request_step()
 
     def _finish_attempt(
-        self,
-        job: JobRecord,
-        exit_code: int | None,
-        reason: str | None,
-        status_reason: str | None,
-        stopped_at: int | None = None,
-        lost: bool = False,
-        hold_s: float = 0.0,
-        timed_out: bool = False,
-        retry: bool = True,
+        self, job: JobRecord, end: AttemptEnd, *, stopped_at: int | None = None, lost: bool = False,
+        hold_s: float = 0.0, retry: bool = True,
     ) -> None:
-        """``hold_s``: a retry waits this long for the (lost) node to fence the attempt;
+        """``end``: how it ended as reported (its ``terminated`` is the job's own, set here);
+        ``hold_s``: a retry waits this long for the (lost) node to fence the attempt;
         ``retry=False``: the job fails whatever its retry strategy says."""
         if job.parent_id is not None:
             if lost:  # the try ends; its retry waits for this node's fence as a single job's would
                 self.registry.hold_gang(job.parent_id, self._mono() + hold_s)
-            self._child_ended(job, exit_code, reason, status_reason, stopped_at, lost, timed_out)
+            self.gangs.child_ended(job, end, stopped_at=stopped_at, lost=lost)
             return
         attempt = job.current_attempt
         assert attempt is not None
-        now = self._now()
-        attempt.stopped_at = stopped_at or now
-        attempt.exit_code = exit_code
-        attempt.reason = reason
-        attempt.timed_out, attempt.lost = timed_out, lost
+        attempt.stopped_at = stopped_at or self._now()
+        attempt.exit_code = end.exit_code
+        attempt.reason = end.reason
+        attempt.timed_out, attempt.lost = end.timed_out, lost
         attempt.terminated = job.stop_reason is not None  # terminate() sets it on an active job
+        status_reason = end.status_reason
         if job.stop_reason is not None:  # terminated: the caller's reason is the story
             status_reason = job.stop_reason
-        attempt.status_reason = status_reason or (EXITED_REASON if exit_code is not None else reason)
-        self._release(attempt.node, job.job_id)
-        self._feed(AttemptEnded(self._event_id(), job.job_id, run_s=attempt_run_s(attempt)))
+        attempt.status_reason = status_reason or (EXITED_REASON if end.exit_code is not None else end.reason)
+        self.release(attempt.node, job.job_id)
+        self.feed(AttemptEnded(self.event_id(), job.job_id, run_s=attempt_run_s(attempt)))
         self._decide(job, attempt, status_reason, hold_s, retry)
 
     def _decide(
@@ -1032,18 +780,17 @@ class Engine:
                          terminated=attempt.terminated)
         verdict = attempt_verdict(job, end, may_retry=retry)
         if verdict is Verdict.SUCCEEDED:
-            self._move(job, JobEvent.SUCCEEDED, EXITED_REASON)
+            self.move(job, JobEvent.SUCCEEDED, EXITED_REASON)
         elif verdict is Verdict.RETRY:
             job.started_at = None
-            self._move(job, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
+            self.move(job, JobEvent.ATTEMPT_FAILED_RETRY, attempt.status_reason)
             if hold_s > 0:
-                self._hold_for_fence(job, FenceHold(node=attempt.node, attempt_id=attempt.attempt_id), hold_s)
+                self.hold_for_fence(job, FenceHold(node=attempt.node, attempt_id=attempt.attempt_id), hold_s)
             else:
-                self._seq += 1
-                self._feed(self._runnable(job, self._seq))
+                self.requeue(job)
         else:
             job.stopped_at = attempt.stopped_at
-            self._move(job, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
+            self.move(job, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
 
     def _node_up(self, name: str) -> None:
         node = self.registry.nodes[name]
@@ -1068,9 +815,9 @@ class Engine:
             attempt = job.current_attempt if job is not None else None
             if attempt is not None and attempt.node == name and attempt.gpus:
                 holds.append((sched_id, tuple(attempt.gpus)))
-        self._feed(
+        self.feed(
             NodeUp(
-                self._event_id(), name, self.compute_environment_of(name), facts.vcpus, facts.memory_mib,
+                self.event_id(), name, self.compute_environment_of(name), facts.vcpus, facts.memory_mib,
                 len(facts.gpus), tuple(allocations), accepting=node.drain_reason is None,
                 placement_group=facts.placement_group, gang_jobs=tuple(gangs),
                 gpu_ids=tuple(facts.gpus), gpu_holds=tuple(holds), shares=tuple(shares),
@@ -1083,7 +830,7 @@ class Engine:
         """The node's compute environment: named in its config, or chosen by its labels (NodeRegistry)."""
         return self.registry.compute_environment_of(name)
 
-    def _release(self, name: str, job_id: str) -> None:
+    def release(self, name: str, job_id: str) -> None:
         """``job_id``'s attempt on node ``name`` ended: a DRAINING node left empty is DRAINED."""
         if self.registry.release(name, job_id):
             self._node_changed(name)
@@ -1111,36 +858,6 @@ class Engine:
             self._node_up(name)
 
     # ------------------------------------------------------- MPI launcher bridge
-    def on_launch_request(self, node: str, msg: p.LaunchRequest) -> None:
-        """mpirun on ``node`` wants a daemon on ``msg.target``: only inside the job's own gang."""
-        parent = self.jobs.get(msg.job_id)
-        error = None
-        target_attempt = None
-        if parent is None or not parent.is_gang or not parent.status.is_active or parent.ending is not None:
-            error = f"job {msg.job_id} is not a running multi-node job"
-        else:
-            children = self._children(parent)
-            asking = [c for c in children if (a := c.current_attempt) and a.attempt_id == msg.attempt_id and a.node == node]
-            if not asking:
-                error = f"attempt {msg.attempt_id} on {node} is not part of job {msg.job_id}"
-            elif msg.target not in parent.hosts:
-                error = f"job {msg.job_id} does not hold node {msg.target} (it holds {', '.join(parent.hosts)})"
-            else:
-                target = children[parent.hosts.index(msg.target)] if len(children) == parent.num_nodes else None
-                target_attempt = target.current_attempt if target is not None else None
-                if target_attempt is None:
-                    error = f"node {msg.target} of job {msg.job_id} is not running"
-        if error is not None or target_attempt is None:
-            log.warning("launch %s refused: %s", msg.launch_id, error)
-            self.commits.send(node, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=error))
-        else:
-            start = p.StartTask(
-                launch_id=msg.launch_id, job_id=msg.job_id, attempt_id=target_attempt.attempt_id,
-                command=msg.command, origin=node,
-            )
-            self.commits.send(target_attempt.node, start)
-        self.request_step()
-
     def on_task_exited(self, node: str, msg: p.TaskExited) -> None:
         """A launched task ended on ``node``: tell the launcher's node (none for a client's task)."""
         error = msg.reason if msg.exit_code is None else None
@@ -1158,7 +875,7 @@ class Engine:
         if job.status is not JobStatus.RUNNING or (job.is_gang and job.ending is not None):
             return f"job {job.job_id} is {job.status.value}, not RUNNING"
         if job.is_gang:
-            children = self._children(job)
+            children = self.gangs.children(job)
             if not 0 <= node_index < len(children):
                 return f"nodeIndex {node_index} is not a node of job {job.job_id} (0 to {len(children) - 1})"
             target = children[node_index].current_attempt
@@ -1211,9 +928,9 @@ class Engine:
                 # The start may never have left the head before a crash: send it again
                 # (agents start an attempt id at most once).
                 allocations.append((job.job_id, job.resources))
-                self.commits.send(name, self._start_message(job, attempt))
+                self.commits.send(name, self.start_message(job, attempt))
             else:
-                self._finish_attempt(job, None, None, f"Attempt lost: the agent on {name} no longer runs it", lost=True)
+                self._finish_attempt(job, AttemptEnd(None, None, f"Attempt lost: the agent on {name} no longer runs it"), lost=True)
         # Retries held for this node's lost attempts: those it no longer runs are provably
         # over; one it still runs was just told to die, and its exit report releases it.
         alive = {r.attempt_id for r in msg.running}
@@ -1254,7 +971,7 @@ class Engine:
         attempt.lost = False
         attempt.started_at = attempt.started_at or running.started_at
         job.started_at = attempt.started_at
-        self._move(job, JobEvent.ADOPTED, None)  # the scheduler learns it from the node's allocations
+        self.move(job, JobEvent.ADOPTED, None)  # the scheduler learns it from the node's allocations
         log.info("job %s: lost attempt %s runs on %s after all; adopted, no retry", job.job_id,
                  attempt.attempt_id[:8], name)
         return job
@@ -1270,7 +987,7 @@ class Engine:
             return False
         job, attempt = found
         self._drop_hold(job)
-        self._feed(JobWithdrawn(self._event_id(), job.job_id))  # its retry, if it was queued already
+        self.feed(JobWithdrawn(self.event_id(), job.job_id))  # its retry, if it was queued already
         attempt.exit_code, attempt.reason, attempt.lost, attempt.timed_out = msg.exit_code, msg.reason, False, msg.timed_out
         attempt.started_at = attempt.started_at or msg.started_at
         attempt.stopped_at = msg.stopped_at
@@ -1282,16 +999,15 @@ class Engine:
                                                   timed_out=attempt.timed_out))
         if verdict is Verdict.SUCCEEDED:
             job.stopped_at = attempt.stopped_at
-            self._move(job, JobEvent.LOST_ATTEMPT_SUCCEEDED, EXITED_REASON)
+            self.move(job, JobEvent.LOST_ATTEMPT_SUCCEEDED, EXITED_REASON)
         elif verdict is Verdict.RETRY:
             job.started_at = None
             job.status_reason = attempt.status_reason
-            self._touch(job)
-            self._seq += 1
-            self._feed(self._runnable(job, self._seq))
+            self.touch(job)
+            self.requeue(job)
         else:
             job.stopped_at = attempt.stopped_at
-            self._move(job, JobEvent.LOST_ATTEMPT_FAILED, attempt.status_reason)
+            self.move(job, JobEvent.LOST_ATTEMPT_FAILED, attempt.status_reason)
         return True
 
     def on_images(self, name: str, msg: p.ImagesCached) -> None:
@@ -1347,8 +1063,8 @@ class Engine:
         for job_id in jobs:
             job = self.jobs.get(job_id)
             if job is not None and job.current_attempt is not None:
-                self._finish_attempt(job, None, None, reason, lost=True, hold_s=hold_s)
-        self._feed(NodeGone(self._event_id(), name))
+                self._finish_attempt(job, AttemptEnd(None, None, reason), lost=True, hold_s=hold_s)
+        self.feed(NodeGone(self.event_id(), name))
         if self.fence_node is not None and self.registry.holds_on(name):
             self.fence_node(name)
 
@@ -1359,13 +1075,13 @@ class Engine:
             self._release_fence(job_id)
 
     # ----------------------------------------------------------------- fencing
-    def _hold_for_fence(self, job: JobRecord, lost: FenceHold, hold_s: float) -> None:
+    def hold_for_fence(self, job: JobRecord, lost: FenceHold, hold_s: float) -> None:
         """Keep ``job`` RUNNABLE but away from the scheduler until the ``lost`` attempt is surely dead."""
         self.registry.hold(job.job_id, lost, hold_s, self._mono())
         self._arm_fences()
         job.fence_hold = lost
         job.status_reason = FENCE_WAIT_REASON.format(node=lost.node)
-        self._touch(job)
+        self.touch(job)
         log.info("job %s: retry held %.0f s for node %s to fence attempt %s", job.job_id, hold_s, lost.node,
                  lost.attempt_id[:8])
 
@@ -1399,9 +1115,8 @@ class Engine:
         if hold is None:
             return
         job.status_reason = job.attempts[-1].status_reason if job.attempts else None
-        self._touch(job)
-        self._seq += 1
-        self._feed(self._runnable(job, self._seq))
+        self.touch(job)
+        self.requeue(job)
 
     # ------------------------------------------------------- queues and CEs
     def compute_environment_changed(self, doc: dict[str, Any]) -> None:
@@ -1410,9 +1125,9 @@ class Engine:
         if self.registry.set_selector(doc["computeEnvironmentName"], doc.get("tags") or {}):
             for node_name in self.registry.joined_by_label():  # nodes that join by label may move
                 self._node_up(node_name)
-        self._feed(
+        self.feed(
             ComputeEnvironmentChanged(
-                self._event_id(), doc["computeEnvironmentName"], doc["state"] == "ENABLED",
+                self.event_id(), doc["computeEnvironmentName"], doc["state"] == "ENABLED",
                 None if max_vcpus is None else float(max_vcpus),
                 # AWS's computeResources.placementGroup: gangs must stay inside one group.
                 require_placement_group=bool(resources.get("placementGroup")),
@@ -1422,7 +1137,7 @@ class Engine:
 
     def compute_environment_removed(self, name: str) -> None:
         self.registry.drop_selector(name)
-        self._feed(ComputeEnvironmentRemoved(self._event_id(), name))
+        self.feed(ComputeEnvironmentRemoved(self.event_id(), name))
 
     def job_queue_changed(self, doc: dict[str, Any]) -> None:
         order = sorted(doc["computeEnvironmentOrder"], key=lambda e: e["order"])
@@ -1434,9 +1149,9 @@ class Engine:
             for a in doc.get("jobStateTimeLimitActions", [])
             if a.get("state", "RUNNABLE") == "RUNNABLE"
         )
-        self._feed(
+        self.feed(
             JobQueueChanged(
-                self._event_id(), doc["jobQueueName"], doc["state"] == "ENABLED", doc["priority"], names,
+                self.event_id(), doc["jobQueueName"], doc["state"] == "ENABLED", doc["priority"], names,
                 fair_share=policy, time_limits=limits,
             )
         )
@@ -1450,7 +1165,7 @@ class Engine:
     def tick(self) -> None:
         """Let the scheduler see time pass (share decay, jobStateTimeLimitActions) with no other event."""
         self.expire_fences()
-        self._feed(Tick(self._event_id(), self._now() / 1000))
+        self.feed(Tick(self.event_id(), self._now() / 1000))
 
     def job_queue_removed(self, name: str) -> None:
-        self._feed(JobQueueRemoved(self._event_id(), name))
+        self.feed(JobQueueRemoved(self.event_id(), name))

@@ -942,14 +942,10 @@ class BatchService:
         parent_id, index = split_child_id(job_id)
         if index is not None:
             return self._job(parent_id)
-        array_id, sep, number = job_id.rpartition(":")
-        if sep and number.isdigit() and job_id not in self.engine.jobs and self.store.get_job(job_id) is None:
-            parent = self.engine.jobs.get(array_id)
-            if parent is not None and parent.array_size is not None and not parent.array_closed:
-                child = self.engine.materialize_array_child(parent, int(number))
-                if child is not None:
-                    parent.array_skipped.append(int(number))  # the scheduler's range must skip it
-                    return child
+        if ":" in job_id and self.engine.job(job_id) is None and self.store.get_job(job_id) is None:
+            child = self.engine.detach_array_child(job_id)  # the scheduler's range skips it from now on
+            if child is not None:
+                return child
         return self._job(job_id)
 
     def _job(self, job_id: str) -> JobRecord:
