@@ -24,6 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from hpcbatch import protocol as p
@@ -103,6 +104,23 @@ def _message_ids(msg: p.Message) -> tuple[str, str]:
     return str(getattr(msg, "job_id", "") or ""), str(getattr(msg, "attempt_id", "") or "")
 
 
+def _default_stream(job: JobRecord) -> str:
+    return "default"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine's settings (the head's config), all with defaults that suit tests."""
+
+    kill_grace_s: float = 10.0  # TerminateJob: SIGTERM, then SIGKILL this much later
+    fence_after_s: float = 0.0  # agents kill their attempts after this long unheard (0: no fence wait)
+    heartbeat_interval_s: float = 1.0
+    log_stream_prefix: Callable[[JobRecord], str] = _default_stream  # an attempt's log stream: PREFIX/default/ID
+    reconcile_after: int = 3  # heartbeats an attempt may go unlisted before the head asks (anti-entropy)
+    quarantine_after: int = QUARANTINE_AFTER  # tries of a failing agent message before it is set aside
+    raise_on: str | None = None  # test-only fault injection (RAISE_ON_ENV); never set in production
+
+
 class Engine:
     """Live job state plus the scheduler; see the module docstring."""
 
@@ -114,14 +132,10 @@ class Engine:
         send: Callable[[str, p.Message], None],
         clock_ms: Callable[[], int],
         monotonic: Callable[[], float] = time.monotonic,
-        kill_grace_s: float = 10.0,
-        fence_after_s: float = 0.0,
-        heartbeat_interval_s: float = 1.0,
-        log_stream_prefix: Callable[[JobRecord], str] = lambda job: "default",
-        reconcile_after: int = 3,
-        quarantine_after: int = QUARANTINE_AFTER,
-        raise_on: str | None = None,
+        options: EngineOptions | None = None,
     ) -> None:
+        opts = options or EngineOptions()
+        fence_after_s, heartbeat_interval_s = opts.fence_after_s, opts.heartbeat_interval_s
         self.store = store
         self.logs = logs
         self.scheduler = Scheduler()
@@ -131,7 +145,7 @@ class Engine:
         self._send = send
         self._now = clock_ms
         self._mono = monotonic  # deadlines (fence holds) run on it: a stepped wall clock moves none
-        self._kill_grace_s = kill_grace_s
+        self._kill_grace_s = opts.kill_grace_s
         self.container_capabilities: list[str] = []  # the head's config: given back to every container
         # Agents kill their attempts after fence_after_s unheard (hpcbatch.fencing): a lost
         # node's retries wait that long (or the node's own word that its attempt ended); the
@@ -142,7 +156,7 @@ class Engine:
         self.fence_node: Callable[[str], object] | None = None
         # MANAGED compute environments (hpcbatch.head.power.PowerManager), set by the daemon.
         self.power: Any = None
-        self._stream_prefix = log_stream_prefix
+        self._stream_prefix = opts.log_stream_prefix
         self._seq = 0
         self._dependents: dict[str, set[str]] = {}  # job -> PENDING jobs waiting on it
         self.commits = CommitBatcher(store, send, self.step)  # dirty jobs, events, audit, outbox: one commit
@@ -155,11 +169,11 @@ class Engine:
         self.commit_observers = self.commits.observers
         self.pass_observers: list[Callable[[float], None]] = []
         # Anti-entropy (hpcbatch.model.reconcile): heartbeats an attempt may go unlisted before the head asks.
-        self._reconcile_after = reconcile_after
+        self._reconcile_after = opts.reconcile_after
         # Fault containment (hpcbatch.head.faults): failed messages counted, decided, set aside.
-        self.faults = MessageFaults(quarantine_after)
+        self.faults = MessageFaults(opts.quarantine_after)
         # Test-only fault injection (RAISE_ON_ENV, never set in production; tests/chaos).
-        self._injection = FaultInjection.parse(raise_on)
+        self._injection = FaultInjection.parse(opts.raise_on)
         if self._injection is not None:
             log.warning("TEST-ONLY fault injection is on (%s): the head fails %r of jobs named %s", RAISE_ON_ENV,
                         self._injection.kind, self._injection.pattern)
@@ -174,6 +188,10 @@ class Engine:
     def jobs_where(self, keep: Callable[[JobRecord], bool]) -> list[JobRecord]:
         """The live jobs ``keep`` accepts."""
         return [job for job in self.jobs.values() if keep(job)]
+
+    def job_with_attempt(self, attempt_id: str) -> JobRecord | None:
+        """The live job one of whose attempts is ``attempt_id`` (a scan: for rare lookups)."""
+        return next((j for j in self.jobs.values() if any(a.attempt_id == attempt_id for a in j.attempts)), None)
 
     def node(self, name: str) -> NodeInfo | None:
         return self.registry.get(name)

@@ -76,6 +76,7 @@ class NodeRegistry:
     def __init__(self, fencing: FencingConfig | None = None) -> None:
         self._fencing = fencing or FencingConfig()
         self.nodes: dict[str, NodeInfo] = {}
+        self._names: tuple[set[str], list[str]] | None = None  # (the names, sorted) as last sorted
         self._recorded: dict[str, tuple[str, str]] = {}  # node -> (state, reason) last put in the stream
         self._selectors: dict[str, tuple[str, str]] = {}  # CE -> label key=value it takes
         self._holds: dict[str, HeldRetry] = {}  # job id -> its held retry
@@ -93,8 +94,12 @@ class NodeRegistry:
         return len(self.nodes)
 
     def names(self) -> list[str]:
-        """Every node's name, sorted."""
-        return sorted(self.nodes)
+        """Every node's name, sorted; re-sorted only when the set of nodes changed (10,000 nodes)."""
+        nodes = self.nodes
+        cached = self._names
+        if cached is None or len(cached[0]) != len(nodes) or cached[0] != nodes.keys():
+            cached = self._names = (set(nodes), sorted(nodes))
+        return cached[1]
 
     def snapshot(self) -> dict[str, NodeInfo]:
         """Name -> node, a new dict (the nodes themselves are live: read them, do not change them)."""

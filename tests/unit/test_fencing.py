@@ -18,7 +18,7 @@ import pytest
 
 from hpcbatch import protocol as p
 from hpcbatch.fencing import OUTAGE_BOUND_S, default_fence_after_s, retry_hold_s
-from hpcbatch.head.engine import Engine
+from hpcbatch.head.engine import Engine, EngineOptions
 from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import FenceHold, JobRecord, ResourceRequest
 from hpcbatch.model.lifecycle import JobStatus
@@ -37,8 +37,8 @@ class Cluster:
         self.mono = 100.0  # the head's monotonic clock, seconds
         self.engine = Engine(SqliteStore(tmp_path / "db.sqlite"), LogStore(tmp_path / "logs"),
                              send=lambda node, msg: self.sent.append((node, msg)), clock_ms=lambda: 1_000,
-                             monotonic=lambda: self.mono, fence_after_s=FENCE_S, heartbeat_interval_s=1.0,
-                             **engine)
+                             monotonic=lambda: self.mono,
+                             options=EngineOptions(fence_after_s=FENCE_S, heartbeat_interval_s=1.0, **engine))
         self.engine.compute_environment_changed(
             {"computeEnvironmentName": "default", "state": "ENABLED", "computeResources": {}})
         self.engine.job_queue_changed({"jobQueueName": "q", "state": "ENABLED", "priority": 1,
