@@ -8,27 +8,36 @@ messages to agents. A message that starts an attempt is sent only after the atte
 committed, and an agent's exit report is acknowledged only after it is committed, so a
 ``kill -9`` of the head at any point loses nothing and runs nothing twice.
 
-Faults stay small (DESIGN.md): every agent message is served guarded (``handle``), and a
-decision that raises fails only its job. The policies that need no I/O live beside, pure,
-with time passed in: fence holds (hpcbatch.fencing, on the injected monotonic clock),
-anti-entropy (hpcbatch.model.reconcile), fault containment (hpcbatch.head.faults), success
-and retry (hpcbatch.model.jobs). The module is long (~1,500 lines) because arrays, gangs
-and the node registry still live here; they are the next parts to move out, as facts in
-and decisions out.
+The engine is the coordinator; each part has one job (composition: the parts hold the
+engine only as the narrow ``*Host`` protocol each declares):
+
+* hpcbatch.head.commits (``CommitBatcher``): the dirty set, job and node events, audit,
+  outbox, ``durable`` futures and the commit retry; the only part that knows asyncio.
+* hpcbatch.head.nodes (``NodeRegistry``): node facts and states, drain, GPU health, lost
+  nodes and the fence holds, with time passed in; the engine owns the one timer.
+* hpcbatch.head.arrays and hpcbatch.head.gangs: array jobs and multi-node jobs.
+* hpcbatch.head.reports (``AgentReports``): agent messages, served guarded.
+
+The engine keeps the job lifecycle itself (admit, dependencies, cancel, terminate, place,
+an attempt's end), the scheduler pass, recovery and the queue/CE feed. The policies that
+need no I/O live in the pure core, with time passed in: the job and node transition tables
+(hpcbatch.model.lifecycle, hpcbatch.model.nodes), success, retry and dependencies
+(hpcbatch.model.decisions), fence holds (hpcbatch.fencing), anti-entropy
+(hpcbatch.model.reconcile), fault containment (hpcbatch.head.faults). The rest of the head
+reads live state through the named methods below (``job``, ``jobs_where``, ``node``,
+``nodes_snapshot``...), never through the engine's dictionaries.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcbatch import protocol as p
-from hpcbatch.errors import HpcbatchError
 from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.arrays import Arrays
 from hpcbatch.head.commits import CommitBatcher
@@ -38,13 +47,12 @@ from hpcbatch.head.faults import (
     RAISE_ON_ENV,
     FaultInjection,
     MessageFaults,
-    Outcome,
-    Quarantined,
 )
 from hpcbatch.head.gangs import EXITED_REASON, MAIN_NODE_EXITED, Gangs
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodes import FencingConfig, NodeInfo, NodeRegistry
 from hpcbatch.head.policies import fair_share_of, policy_name
+from hpcbatch.head.reports import AgentReports
 from hpcbatch.model.decisions import (
     DEPENDENCY_FAILED_REASON,
     AttemptEnd,
@@ -58,10 +66,8 @@ from hpcbatch.model.decisions import (
 from hpcbatch.model.jobs import Attempt, FenceHold, JobRecord
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
 from hpcbatch.model.multinode import (
-    split_child_id,
     whole_node,
 )
-from hpcbatch.model.reconcile import reconcile
 from hpcbatch.scheduler import (
     AttemptEnded,
     CancelRunnable,
@@ -86,6 +92,9 @@ from hpcbatch.scheduler.predict import attempt_run_s, learned_runs
 from hpcbatch.store import Store
 from hpcbatch.store.base import NODE_EVENT_PREFIX, JobQuery
 
+if TYPE_CHECKING:  # the engine itself never touches the loop: hpcbatch.head.commits does
+    import asyncio
+
 log = logging.getLogger("hpcbatch.engine")
 
 # Events that move a multi-node job's nodes together with the job.
@@ -97,11 +106,6 @@ FAMILY_EVENTS = frozenset(
     }
 )
 FENCE_WAIT_REASON = "Waiting for node {node} to fence its attempts"  # a lost node's retry, held
-
-
-def _message_ids(msg: p.Message) -> tuple[str, str]:
-    """(job id, attempt id) a message is about, where it names them ("" where not)."""
-    return str(getattr(msg, "job_id", "") or ""), str(getattr(msg, "attempt_id", "") or "")
 
 
 def _default_stream(job: JobRecord) -> str:
@@ -168,8 +172,6 @@ class Engine:
         # events it stored (``commit_observers``), and how long each scheduler pass took (seconds).
         self.commit_observers = self.commits.observers
         self.pass_observers: list[Callable[[float], None]] = []
-        # Anti-entropy (hpcbatch.model.reconcile): heartbeats an attempt may go unlisted before the head asks.
-        self._reconcile_after = opts.reconcile_after
         # Fault containment (hpcbatch.head.faults): failed messages counted, decided, set aside.
         self.faults = MessageFaults(opts.quarantine_after)
         # Test-only fault injection (RAISE_ON_ENV, never set in production; tests/chaos).
@@ -177,6 +179,7 @@ class Engine:
         if self._injection is not None:
             log.warning("TEST-ONLY fault injection is on (%s): the head fails %r of jobs named %s", RAISE_ON_ENV,
                         self._injection.kind, self._injection.pattern)
+        self.reports = AgentReports(self, reconcile_after=opts.reconcile_after, injection=self._injection)
 
     # ------------------------------------------- what the rest of the head may read
     # The service, console, metrics, power and fleet read live state through these, never
@@ -310,7 +313,7 @@ class Engine:
         job.status = next_status(job.job_id, job.status, event)
         job.status_reason = reason
         if job.status is not JobStatus.RUNNABLE and job.fence_hold is not None:
-            self._drop_hold(job)
+            self.drop_hold(job)
         self.commits.record(job.job_id, now, job.status.value, reason)
         if job.status.is_final:
             job.stopped_at = job.stopped_at or now
@@ -381,7 +384,7 @@ class Engine:
             # Placed, but its start order was never queued (the order is the last thing made).
             for part in self.gangs.children(job) if job.is_gang else [job]:
                 if part.current_attempt is not None and part.job_id in self.jobs:
-                    self._finish_attempt(part, AttemptEnd(None, None, reason), retry=False)
+                    self.finish_attempt(part, AttemptEnd(None, None, reason), retry=False)
         except Exception:
             log.exception("job %s: could not fail it after its decision failed", job_id)
 
@@ -429,7 +432,7 @@ class Engine:
             else:
                 attempt = job.current_attempt
                 if attempt is None:  # cannot happen unless the store was edited by hand
-                    self._finish_attempt(job, AttemptEnd(None, None, "Attempt record missing after restart"))
+                    self.finish_attempt(job, AttemptEnd(None, None, "Attempt record missing after restart"))
                     continue
                 self._expect(attempt.node, job.job_id)
         for gang in gangs:  # a try that was ending when the head stopped
@@ -517,7 +520,7 @@ class Engine:
             self.touch(job)
             node = self.registry.get(attempt.node)
             if node is None or not node.up:
-                self._finish_attempt(job, AttemptEnd(None, None, reason))
+                self.finish_attempt(job, AttemptEnd(None, None, reason))
             else:
                 self.kill(attempt.node, attempt.attempt_id, reason)
         else:
@@ -597,170 +600,33 @@ class Engine:
         )
 
     # ------------------------------------------------------------ agent reports
+    # Served by hpcbatch.head.reports (AgentReports); these are the fleet's entry points.
     def handle(self, node: str, msg: p.AgentMessage) -> None:
-        """Serve one message from a registered node, contained: a handler that raises fails only
-        what the message is about (``message_failed``), never the head."""
-        try:
-            self._inject(msg)
-            match msg:
-                case p.AgentHeartbeat():
-                    self.on_heartbeat(node, msg)
-                case p.AttemptStarted():
-                    self.on_started(node, msg)
-                case p.AttemptExited():
-                    self.on_exited(node, msg)
-                case p.LogChunk():
-                    self.on_log(msg)
-                case p.LaunchRequest():
-                    self.gangs.launch_request(node, msg)
-                case p.ImagesCached():
-                    self.on_images(node, msg)
-                case p.TaskExited():
-                    self.on_task_exited(node, msg)
-        except HpcbatchError:
-            # The store is away (docs/ha.md), not this message at fault: it is not counted
-            # against the message (the agent sends it again); the caller logs and drops it.
-            raise
-        except Exception as exc:  # one message's failure is that message's, not the process's
-            self.message_failed(node, msg, exc)
-            return
-        job_id, attempt_id = _message_ids(msg)
-        self.faults.served(node, msg.__struct_config__.tag, attempt_id or job_id)
-
-    def _inject(self, msg: p.Message) -> None:
-        """The test-only fault hook (``RAISE_ON_ENV``): raise on the chosen kind of message and job."""
-        if self._injection is not None:
-            job_id, _ = _message_ids(msg)
-            job = self.jobs.get(job_id)
-            self._injection.check(msg.__struct_config__.tag, job_id, job.job_name if job is not None else None)
+        """Serve one message from a registered node, contained (see AgentReports.handle)."""
+        self.reports.handle(node, msg)
 
     def message_failed(self, node: str, msg: p.Message, exc: BaseException) -> None:
-        """A handler raised on ``msg`` from ``node``: log it with the message's type and ids, and
-        do what hpcbatch.head.faults decides (fail its attempt, refuse it, set it aside, drop it)."""
-        kind = str(msg.__struct_config__.tag)
-        job_id, attempt_id = _message_ids(msg)
-        cause = f"{type(exc).__name__}: {exc}"
-        decided = self.faults.failure(node, kind, attempt_id or job_id)
-        tries = self.faults.tries.get((node, kind, attempt_id or job_id), 0)
-        log.error("node %s: the head failed on a %r message (job %s, attempt %s), try %d: %s", node, kind,
-                  job_id or "-", attempt_id or "-", tries, cause, exc_info=exc)
-        try:
-            if decided in (Outcome.QUARANTINE_AND_FAIL, Outcome.QUARANTINE):
-                info = self.registry.ensure(node)
-                if self.faults.set_aside(info.quarantined, Quarantined(kind, job_id, attempt_id, tries, cause,
-                                                                       self._now())):
-                    log.error("node %s: %r message of job %s, attempt %s quarantined after %d tries", node, kind,
-                              job_id or "-", attempt_id or "-", tries)
-            if decided is Outcome.QUARANTINE_AND_FAIL:
-                self.commits.send(node, p.AckExits(attempt_ids=[attempt_id]))  # the agent stops resending it
-                self._fail_attempt(node, job_id, attempt_id,
-                                   f"The head could not process the attempt's exit report ({tries} tries): {cause}")
-            elif decided is Outcome.FAIL_AND_KILL:
-                self.commits.send(node, p.KillAttempt(attempt_id=attempt_id, reason=cause, grace_s=0))
-                self._fail_attempt(node, job_id, attempt_id, f"The head could not process the attempt's start: {cause}")
-            elif decided is Outcome.REFUSE and isinstance(msg, p.LaunchRequest | p.TaskExited):
-                to = node if isinstance(msg, p.LaunchRequest) else msg.origin
-                if to:  # a client's task (origin "") has no node to tell
-                    self.commits.send(to, p.LaunchDone(launch_id=msg.launch_id, exit_code=None, error=cause))
-        except Exception:  # failing the attempt failed too: it stays as it is; the log says why
-            log.exception("node %s: could not fail the attempt of a %r message (job %s, attempt %s)", node, kind,
-                          job_id or "-", attempt_id or "-")
-        self.request_step()
+        self.reports.message_failed(node, msg, exc)
 
-    def _fail_attempt(self, node: str, job_id: str, attempt_id: str, reason: str) -> None:
-        """End the attempt a failed message was about, FAILED with ``reason`` (never retried:
-        its command may have run to completion, and running it again is not ours to decide)."""
-        job = self._current(node, job_id, attempt_id)
-        if job is None:
-            return
-        self._finish_attempt(job, AttemptEnd(None, None, reason), retry=False)
+    def on_register(self, name: str, msg: p.Register) -> p.Welcome | None:
+        """A node (re)joined: reconcile what it runs with what the store says it should."""
+        return self.reports.on_register(name, msg)
 
-    def _reconcile(self, name: str, node: NodeInfo, listed: list[str]) -> None:
-        """Anti-entropy (hpcbatch.model.reconcile): the heartbeat's running set against the head's view."""
-        expected: dict[str, bool] = {}
-        jobs: dict[str, JobRecord] = {}
-        for job_id in node.jobs:
-            job = self.jobs.get(job_id)
-            attempt = job.current_attempt if job is not None else None
-            if job is not None and attempt is not None and attempt.node == name:
-                expected[attempt.attempt_id] = job.status is JobStatus.STARTING
-                jobs[attempt.attempt_id] = job
-        if not expected and not listed:
-            return
-        decided = reconcile(expected, listed, node.missing, self._reconcile_after)
-        node.missing = dict(decided.misses)
-        for attempt_id in decided.kill:
-            log.warning("node %s runs attempt %s, which the head has ended: killing it", name, attempt_id[:8])
-            self.commits.send(name, p.KillAttempt(attempt_id=attempt_id, reason="Attempt is no longer current",
-                                                  grace_s=0))
-        for attempt_id in decided.started:  # its AttemptStarted was lost, or is behind
-            self._mark_started(jobs[attempt_id], self._now())
-        for attempt_id in decided.ask:
-            job = jobs[attempt_id]
-            attempt = job.current_attempt
-            assert attempt is not None
-            log.info("node %s has not listed attempt %s of job %s for %d heartbeats: asking", name,
-                     attempt_id[:8], job.job_id, decided.misses[attempt_id])
-            self.commits.send(name, self.start_message(job, attempt))
-        for attempt_id in decided.lost:
-            job = jobs[attempt_id]
-            missed = node.missing.pop(attempt_id, 0)
-            log.warning("node %s: attempt %s of job %s unlisted for %d heartbeats and unreported: lost", name,
-                        attempt_id[:8], job.job_id, missed)
-            why = f"Attempt lost: the agent on {name} has not listed it for {missed} heartbeats"
-            self._finish_attempt(job, AttemptEnd(None, None, why), lost=True)
-        if decided.kill or decided.started or decided.ask or decided.lost:
-            self.request_step()
-
-    def _current(self, node: str, job_id: str, attempt_id: str) -> JobRecord | None:
-        job = self.jobs.get(job_id)
-        if job is None:
-            return None
-        attempt = job.current_attempt
-        if attempt is None or attempt.attempt_id != attempt_id or attempt.node != node:
-            return None
-        return job
+    def on_heartbeat(self, name: str, msg: p.AgentHeartbeat | None = None) -> None:
+        self.reports.on_heartbeat(name, msg)
 
     def on_started(self, node: str, msg: p.AttemptStarted) -> None:
-        job = self._current(node, msg.job_id, msg.attempt_id)
-        if job is None:
-            self.commits.send(node, p.KillAttempt(attempt_id=msg.attempt_id, reason="Attempt is no longer current", grace_s=0))
-            self.request_step()
-            return
-        self._mark_started(job, msg.started_at)
-
-    def _mark_started(self, job: JobRecord, started_at: int) -> None:
-        attempt = job.current_attempt
-        assert attempt is not None
-        attempt.started_at = started_at
-        if job.started_at is None:
-            job.started_at = started_at
-        if job.status is JobStatus.STARTING:
-            self.move(job, JobEvent.STARTED, None)
-        parent = self.jobs.get(job.parent_id) if job.parent_id else None
-        if parent is not None and job.node_index == parent.main_node and parent.current_attempt is not None:
-            self._mark_started(parent, started_at)
+        self.reports.on_started(node, msg)
 
     def on_exited(self, node: str, msg: p.AttemptExited) -> None:
         """An attempt ended; acknowledged once the outcome is committed."""
-        job = self._current(node, msg.job_id, msg.attempt_id)
-        held_id = msg.job_id if self.registry.held(msg.job_id) is not None else split_child_id(msg.job_id)[0]
-        hold = self.registry.held(held_id)
-        if job is None and self._late_exit(node, msg):
-            pass  # a lost attempt's real end: the job takes it, nothing runs again
-        elif hold is not None and hold.attempt_id == msg.attempt_id:  # the lost attempt ended: retry now
-            self._release_fence(held_id)
-        if job is not None:
-            attempt = job.current_attempt
-            assert attempt is not None
-            if attempt.started_at is None and msg.started_at is not None:
-                self._mark_started(job, msg.started_at)
-            end = AttemptEnd(msg.exit_code, msg.reason, msg.status_reason, timed_out=msg.timed_out)
-            self._finish_attempt(job, end, stopped_at=msg.stopped_at, lost=msg.lost)
-        self.commits.send(node, p.AckExits(attempt_ids=[msg.attempt_id]))
-        self.request_step()
+        self.reports.on_exited(node, msg)
 
-    def _finish_attempt(
+    def on_log(self, msg: p.LogChunk) -> None:
+        self.reports.on_log(msg)
+
+    # ------------------------------------------------------------ attempts end
+    def finish_attempt(
         self, job: JobRecord, end: AttemptEnd, *, stopped_at: int | None = None, lost: bool = False,
         hold_s: float = 0.0, retry: bool = True,
     ) -> None:
@@ -810,7 +676,7 @@ class Engine:
             job.stopped_at = attempt.stopped_at
             self.move(job, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
 
-    def _node_up(self, name: str) -> None:
+    def node_up(self, name: str) -> None:
         node = self.registry.nodes[name]
         facts = node.facts
         assert facts is not None
@@ -851,9 +717,9 @@ class Engine:
     def release(self, name: str, job_id: str) -> None:
         """``job_id``'s attempt on node ``name`` ended: a DRAINING node left empty is DRAINED."""
         if self.registry.release(name, job_id):
-            self._node_changed(name)
+            self.node_changed(name)
 
-    def _node_changed(self, name: str) -> None:
+    def node_changed(self, name: str) -> None:
         """Put a node's new state in the event stream (once per change), committed with the step."""
         change = self.registry.state_change(name)
         if change is not None:
@@ -863,28 +729,19 @@ class Engine:
     def drain(self, name: str, reason: str | None) -> None:
         """Stop placing work on ``name`` (running jobs finish); ``reason=None`` resumes it."""
         if self.registry.set_drain(name, reason):
-            self._node_changed(name)
-            self._announce(name)
+            self.node_changed(name)
+            self.announce(name)
 
-    def _announce(self, name: str) -> None:
+    def announce(self, name: str) -> None:
         """Tell the scheduler the node again (drain, GPUs out): what runs there as it holds now."""
         node = self.registry.nodes[name]
         if node.facts is not None:
             node.allocations = tuple(
                 (job_id, self.jobs[job_id].resources) for job_id in sorted(node.jobs) if job_id in self.jobs
             )
-            self._node_up(name)
+            self.node_up(name)
 
-    # ------------------------------------------------------- MPI launcher bridge
-    def on_task_exited(self, node: str, msg: p.TaskExited) -> None:
-        """A launched task ended on ``node``: tell the launcher's node (none for a client's task)."""
-        error = msg.reason if msg.exit_code is None else None
-        if msg.origin:
-            self.commits.send(msg.origin, p.LaunchDone(launch_id=msg.launch_id, exit_code=msg.exit_code, error=error))
-        elif msg.exit_code is None:
-            log.warning("task %s on %s (hpcbatch run --jobid) did not run: %s", msg.launch_id[:8], node, error)
-        self.request_step()
-
+    # ------------------------------------------------------------- client tasks
     def start_client_task(self, job: JobRecord, node_index: int, command: str) -> tuple[str, str] | str:
         """``hpcbatch run --jobid``: ``command`` inside the job's running attempt on node
         ``node_index`` (its owner, cgroup, environment; it ends with the attempt). (launch id,
@@ -909,164 +766,12 @@ class Engine:
         self.request_step()
         return launch_id, target.node
 
-    def on_log(self, msg: p.LogChunk) -> None:
-        try:
-            self.logs.write(msg.attempt_id, msg.offset, msg.data, read_at_ms=msg.read_at_ms or self._now(),
-                            stored_at_ms=self._now(), job_id=msg.job_id)
-        except OSError as exc:  # disk full: lose this chunk of output, not the head
-            log.error("could not keep %d bytes of output of attempt %s: %s", len(msg.data), msg.attempt_id, exc)
-
     # -------------------------------------------------------------------- nodes
-    def on_register(self, name: str, msg: p.Register) -> p.Welcome | None:
-        """A node (re)joined: reconcile what it runs with what the store says it should."""
-        node, shortfall = self.registry.register(name, msg, self._now())
-        if shortfall is not None:
-            log.warning("draining node %s: %s", name, shortfall)
-        for exited in msg.exited:
-            self.on_exited(name, exited)
-        allocations = []
-        reported = set()
-        for running in msg.running:
-            reported.add(running.job_id)
-            job = self._current(name, running.job_id, running.attempt_id) or self._adopt(name, running)
-            if job is None:
-                self.commits.send(name, p.KillAttempt(attempt_id=running.attempt_id, reason="Attempt is no longer current", grace_s=0))
-                continue
-            node.jobs.add(job.job_id)
-            allocations.append((job.job_id, job.resources))
-            if job.status is JobStatus.STARTING:
-                self._mark_started(job, running.started_at)
-        finished = {e.job_id for e in msg.exited}
-        for job_id in sorted(node.jobs - reported - finished):
-            job = self.jobs.get(job_id)
-            attempt = job.current_attempt if job else None
-            if job is None or attempt is None or attempt.node != name:
-                node.jobs.discard(job_id)
-            elif job.status is JobStatus.STARTING:
-                # The start may never have left the head before a crash: send it again
-                # (agents start an attempt id at most once).
-                allocations.append((job.job_id, job.resources))
-                self.commits.send(name, self.start_message(job, attempt))
-            else:
-                self._finish_attempt(job, AttemptEnd(None, None, f"Attempt lost: the agent on {name} no longer runs it"), lost=True)
-        # Retries held for this node's lost attempts: those it no longer runs are provably
-        # over; one it still runs was just told to die, and its exit report releases it.
-        alive = {r.attempt_id for r in msg.running}
-        for job_id, hold in self.registry.holds_on(name):
-            if hold.attempt_id in alive:
-                hold.still_running = True
-            else:
-                self._release_fence(job_id)
-        node.allocations = tuple(allocations)
-        self._node_up(name)
-        self._node_changed(name)
-        offsets = {
-            r.attempt_id: {"output": self.logs.size(r.attempt_id)} for r in msg.running
-        }
-        return p.Welcome(head_id="", heartbeat_interval_s=0, liveness=0, log_offsets=offsets)
-
-    def _lost_attempt(self, node: str, job_id: str, attempt_id: str) -> tuple[JobRecord, Attempt] | None:
-        """The job whose last attempt (on ``node``) the head gave up as lost and whose retry has not started."""
-        job = self.jobs.get(job_id)
-        if job is None or job.status is not JobStatus.RUNNABLE or job.parent_id is not None or job.is_gang:
-            return None
-        attempt = job.attempts[-1] if job.attempts else None
-        if attempt is None or attempt.attempt_id != attempt_id or attempt.node != node or not attempt.lost:
-            return None
-        return job, attempt
-
-    def _adopt(self, name: str, running: p.RunningAttempt) -> JobRecord | None:
-        """A lost attempt runs after all (its node came back within the fence): it is the job's again.
-
-        At most once: the retry has not started (the job is still RUNNABLE with this attempt
-        last), so the job goes on with the attempt it already runs instead of a second one.
-        """
-        found = self._lost_attempt(name, running.job_id, running.attempt_id)
-        if found is None:
-            return None
-        job, attempt = found
-        attempt.stopped_at = attempt.exit_code = attempt.reason = attempt.status_reason = None
-        attempt.lost = False
-        attempt.started_at = attempt.started_at or running.started_at
-        job.started_at = attempt.started_at
-        self.move(job, JobEvent.ADOPTED, None)  # the scheduler learns it from the node's allocations
-        log.info("job %s: lost attempt %s runs on %s after all; adopted, no retry", job.job_id,
-                 attempt.attempt_id[:8], name)
-        return job
-
-    def _late_exit(self, node: str, msg: p.AttemptExited) -> bool:
-        """A lost attempt's real exit, reported before its retry started: that outcome stands.
-
-        Only an exit the command itself made (an exit code, or the timeout) counts; one that
-        the fence or an unknown end made leaves the attempt lost, and its retry runs.
-        """
-        found = self._lost_attempt(node, msg.job_id, msg.attempt_id)
-        if found is None or msg.lost or msg.fenced or (msg.exit_code is None and not msg.timed_out):
-            return False
-        job, attempt = found
-        self._drop_hold(job)
-        self.feed(JobWithdrawn(self.event_id(), job.job_id))  # its retry, if it was queued already
-        attempt.exit_code, attempt.reason, attempt.lost, attempt.timed_out = msg.exit_code, msg.reason, False, msg.timed_out
-        attempt.started_at = attempt.started_at or msg.started_at
-        attempt.stopped_at = msg.stopped_at
-        attempt.status_reason = msg.status_reason or (EXITED_REASON if msg.exit_code is not None else msg.reason)
-        job.started_at = attempt.started_at
-        log.info("job %s: lost attempt %s ended on %s with exit %s; taking that result", job.job_id,
-                 attempt.attempt_id[:8], node, msg.exit_code)
-        verdict = attempt_verdict(job, AttemptEnd(attempt.exit_code, attempt.reason, msg.status_reason,
-                                                  timed_out=attempt.timed_out))
-        if verdict is Verdict.SUCCEEDED:
-            job.stopped_at = attempt.stopped_at
-            self.move(job, JobEvent.LOST_ATTEMPT_SUCCEEDED, EXITED_REASON)
-        elif verdict is Verdict.RETRY:
-            job.started_at = None
-            job.status_reason = attempt.status_reason
-            self.touch(job)
-            self.requeue(job)
-        else:
-            job.stopped_at = attempt.stopped_at
-            self.move(job, JobEvent.LOST_ATTEMPT_FAILED, attempt.status_reason)
-        return True
-
-    def on_images(self, name: str, msg: p.ImagesCached) -> None:
-        info = self.registry.get(name)
-        if info is not None:
-            info.images = list(msg.images)
-
     def prepull(self, nodes: list[str], image: str) -> None:
         """Ask ``nodes`` to put ``image`` in their caches (they report it when done)."""
         for name in nodes:
             self.commits.send(name, p.PullImage(image=image))
         self.request_step()
-
-    def on_heartbeat(self, name: str, msg: p.AgentHeartbeat | None = None) -> None:
-        node = self.registry.heartbeat(name, self._now())
-        if node is not None:
-            if msg is not None and node.facts is not None and node.up:
-                self._reconcile(name, node, msg.running)
-            if msg is not None:
-                node.gpu_utilization = msg.gpu_utilization
-            if msg is not None and (msg.gpu_usage or msg.unhealthy_gpus.keys() - node.gpu_unhealthy.keys()):
-                self._on_gpu_report(name, node, msg)
-
-    def _on_gpu_report(self, name: str, node: NodeInfo, msg: p.AgentHeartbeat) -> None:
-        """GPU health and usage from a heartbeat: take bad GPUs out, keep samples on attempts.
-
-        Out of service is sticky until the node registers again (an agent restart after the
-        repair reports the GPU afresh): a heartbeat only adds to it.
-        """
-        if msg.gpu_usage:
-            attempts = {
-                a.attempt_id: a for j in node.jobs if (job := self.jobs.get(j)) and (a := job.current_attempt)
-            }
-            for attempt_id, attempt in attempts.items():
-                head_gpus.record_usage(attempt, [u for u in msg.gpu_usage if u.attempt_id == attempt_id])
-        new = {gpu: why for gpu, why in msg.unhealthy_gpus.items() if gpu not in node.gpu_unhealthy}
-        if new and node.facts is not None and node.up:
-            for gpu, why in new.items():
-                log.error("node %s: GPU %s out of service: %s", name, gpu, why)
-            self.registry.gpus_out(name, new)
-            self._announce(name)
 
     def node_lost(self, name: str, silent_s: float, why: str | None = None) -> None:
         """No heartbeat for too long (or cut off): fail its attempts (retried per strategy)."""
@@ -1075,13 +780,13 @@ class Engine:
         reason = f"Node {name} lost: {why or f'no heartbeat for {silent_s:.0f} s'}"
         jobs = self.registry.lose(name, reason)
         log.warning("%s; failing %d attempt(s)", reason, len(jobs))
-        self._node_changed(name)
+        self.node_changed(name)
         # The node may still run them: retries wait until its agent has fenced them.
         hold_s = max(0.0, self.registry.fence_hold_s(name) - silent_s)
         for job_id in jobs:
             job = self.jobs.get(job_id)
             if job is not None and job.current_attempt is not None:
-                self._finish_attempt(job, AttemptEnd(None, None, reason), lost=True, hold_s=hold_s)
+                self.finish_attempt(job, AttemptEnd(None, None, reason), lost=True, hold_s=hold_s)
         self.feed(NodeGone(self.event_id(), name))
         if self.fence_node is not None and self.registry.holds_on(name):
             self.fence_node(name)
@@ -1090,7 +795,7 @@ class Engine:
         """``name`` was powered off (STONITH): its attempts are surely dead; retry them now."""
         for job_id, _hold in self.registry.holds_on(name):
             log.info("job %s: node %s is powered off; the retry is no longer held", job_id, name)
-            self._release_fence(job_id)
+            self.release_fence(job_id)
 
     # ----------------------------------------------------------------- fencing
     def hold_for_fence(self, job: JobRecord, lost: FenceHold, hold_s: float) -> None:
@@ -1115,21 +820,21 @@ class Engine:
     def expire_fences(self) -> None:
         """Release every held retry whose fence time has passed (called by its timer, and on every tick)."""
         for job_id in self.registry.due(self._mono()):
-            self._release_fence(job_id)
+            self.release_fence(job_id)
         self._arm_fences()
 
-    def _drop_hold(self, job: JobRecord) -> None:
+    def drop_hold(self, job: JobRecord) -> None:
         """Forget ``job``'s held retry (it left RUNNABLE, or its retry is released)."""
         job.fence_hold = None
         self.registry.drop_hold(job.job_id)
 
-    def _release_fence(self, job_id: str) -> None:
+    def release_fence(self, job_id: str) -> None:
         hold = self.registry.held(job_id)
         job = self.jobs.get(job_id)
         if job is None or job.status is not JobStatus.RUNNABLE:  # cancelled or terminated meanwhile
             self.registry.drop_hold(job_id)
             return
-        self._drop_hold(job)
+        self.drop_hold(job)
         if hold is None:
             return
         job.status_reason = job.attempts[-1].status_reason if job.attempts else None
@@ -1142,7 +847,7 @@ class Engine:
         max_vcpus = resources.get("maxvCpus")
         if self.registry.set_selector(doc["computeEnvironmentName"], doc.get("tags") or {}):
             for node_name in self.registry.joined_by_label():  # nodes that join by label may move
-                self._node_up(node_name)
+                self.node_up(node_name)
         self.feed(
             ComputeEnvironmentChanged(
                 self.event_id(), doc["computeEnvironmentName"], doc["state"] == "ENABLED",
