@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpcbatch import protocol as p
-from hpcbatch.head import gpus as head_gpus
+from hpcbatch.head import sched_events
 from hpcbatch.head.arrays import Arrays
 from hpcbatch.head.commits import CommitBatcher
-from hpcbatch.head.containers import CONTAINER_FEATURE, container_options
 from hpcbatch.head.faults import (
     QUARANTINE_AFTER,
     RAISE_ON_ENV,
@@ -53,6 +52,7 @@ from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodes import FencingConfig, NodeInfo, NodeRegistry
 from hpcbatch.head.policies import fair_share_of, policy_name
 from hpcbatch.head.reports import AgentReports
+from hpcbatch.head.starts import GangStart, start_message
 from hpcbatch.model.decisions import (
     DEPENDENCY_FAILED_REASON,
     AttemptEnd,
@@ -65,26 +65,19 @@ from hpcbatch.model.decisions import (
 )
 from hpcbatch.model.jobs import Attempt, FenceHold, JobRecord
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
-from hpcbatch.model.multinode import (
-    whole_node,
-)
 from hpcbatch.scheduler import (
     AttemptEnded,
     CancelRunnable,
-    ComputeEnvironmentChanged,
     ComputeEnvironmentRemoved,
     Event,
-    JobQueueChanged,
     JobQueueRemoved,
     JobRunnable,
     JobWithdrawn,
     NodeGone,
-    NodeUp,
     Scheduler,
     SetWaitReason,
     StartAttempt,
     StartGang,
-    StateTimeLimit,
     Tick,
 )
 from hpcbatch.scheduler.core import RunTimesLearned
@@ -300,12 +293,7 @@ class Engine:
                 self._move_one(child, event, reason)
 
     def _runnable(self, job: JobRecord, seq: int) -> JobRunnable:
-        return JobRunnable(
-            self.event_id(), job.job_id, job.job_queue, job.resources, seq,
-            num_nodes=job.num_nodes, time_limit_s=job.timeout_s,
-            share=job.share_identifier, priority=job.scheduling_priority or 0, gang=job.is_gang,
-            owner=job.owner, definition=job.job_definition,  # run-time predictions
-        )
+        return sched_events.runnable(self.event_id(), job, seq)
 
     def _move_one(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
         now = self._now()
@@ -555,49 +543,14 @@ class Engine:
         self.commits.send(action.node, self.start_message(job, attempt))
 
     def start_message(self, job: JobRecord, attempt: Attempt) -> p.StartAttempt:
-        env = dict(job.environment)
-        env.update(
-            AWS_BATCH_JOB_ID=job.job_id,
-            AWS_BATCH_JOB_ATTEMPT=str(len(job.attempts)),
-            AWS_BATCH_JQ_NAME=job.job_queue,
-            AWS_BATCH_CE_NAME=attempt.compute_environment,
-        )
-        # ECS sets it in every AWS Batch container on EC2; Metaflow's @batch reads it (KeyError without).
-        env.setdefault("AWS_EXECUTION_ENV", "AWS_ECS_EC2")
+        """The message that starts ``attempt`` of ``job`` (hpcbatch.head.starts)."""
         script = self.store.get_script(job.script_id, job.owner) if job.script_id else None
-        multi: dict[str, Any] = {}
         parent = self.jobs.get(job.parent_id) if job.parent_id else None
-        vcpus, memory_mib = job.resources.vcpus, job.resources.memory_mib
+        gang = None
         if parent is not None and job.node_index is not None:
-            facts = self.registry.facts(attempt.node)
-            if facts is not None:  # whole nodes are whole: what the job does not name is the node's
-                vcpus, memory_mib = whole_node(job.container, vcpus, memory_mib, facts.vcpus, facts.memory_mib)
-            env["AWS_BATCH_JOB_ATTEMPT"] = str(len(parent.attempts))
-            env.update(self.gangs.node_environment(parent, job.node_index))
-            multi = {
-                "hosts": list(parent.hosts),
-                "node_index": job.node_index,
-                "launch_secret": parent.launch_secret,
-                "hold": not job.command and job.script_id is None,
-            }
-        return p.StartAttempt(
-            attempt_id=attempt.attempt_id,
-            job_id=job.job_id,
-            attempt_number=len(job.attempts),
-            command=job.command,
-            environment=env,
-            vcpus=vcpus,
-            memory_mib=memory_mib,
-            gpus=job.resources.gpus,
-            gpu_ids=list(attempt.gpus),
-            timeout_s=job.timeout_s,
-            image=job.image,
-            container=container_options(job.container, self.container_capabilities) if job.image else None,
-            script=script,
-            log_stream_name=attempt.log_stream_name,
-            owner=job.owner,
-            **multi,
-        )
+            gang = GangStart(parent, self.gangs.node_environment(parent, job.node_index),
+                             self.registry.facts(attempt.node))
+        return start_message(job, attempt, script=script, capabilities=self.container_capabilities, gang=gang)
 
     # ------------------------------------------------------------ agent reports
     # Served by hpcbatch.head.reports (AgentReports); these are the fleet's entry points.
@@ -677,38 +630,9 @@ class Engine:
             self.move(job, JobEvent.ATTEMPT_FAILED_FINAL, attempt.status_reason)
 
     def node_up(self, name: str) -> None:
+        """Tell the scheduler the node (again), with what runs there (``NodeInfo.allocations``)."""
         node = self.registry.nodes[name]
-        facts = node.facts
-        assert facts is not None
-        # A node of a multi-node job rejoins its gang's hold (single tenancy survives restarts).
-        # The GPU ids each running attempt holds (stored on the attempt) come along, so a
-        # restarted head never hands out a held GPU twice.
-        allocations = []
-        gangs = []
-        holds = []
-        shares = []
-        for job_id, request in node.allocations:
-            job = self.jobs.get(job_id)
-            sched_id = job_id
-            if job is not None and job.parent_id is not None:
-                sched_id = job.parent_id
-                gangs.append(job.parent_id)
-            allocations.append((sched_id, request))
-            if job is not None and job.share_identifier is not None:  # fair share: charge it again
-                shares.append((sched_id, job.job_queue, job.share_identifier))
-            attempt = job.current_attempt if job is not None else None
-            if attempt is not None and attempt.node == name and attempt.gpus:
-                holds.append((sched_id, tuple(attempt.gpus)))
-        self.feed(
-            NodeUp(
-                self.event_id(), name, self.compute_environment_of(name), facts.vcpus, facts.memory_mib,
-                len(facts.gpus), tuple(allocations), accepting=node.drain_reason is None,
-                placement_group=facts.placement_group, gang_jobs=tuple(gangs),
-                gpu_ids=tuple(facts.gpus), gpu_holds=tuple(holds), shares=tuple(shares),
-                gpu_places=head_gpus.gpu_places(facts), gpu_out=tuple(node.gpu_unhealthy),
-                features=frozenset((CONTAINER_FEATURE,)) if facts.container_runtime else frozenset(),
-            )
-        )
+        self.feed(sched_events.node_up(self.event_id(), name, node, self.compute_environment_of(name), self.jobs))
 
     def compute_environment_of(self, name: str) -> str:
         """The node's compute environment: named in its config, or chosen by its labels (NodeRegistry)."""
@@ -843,41 +767,19 @@ class Engine:
 
     # ------------------------------------------------------- queues and CEs
     def compute_environment_changed(self, doc: dict[str, Any]) -> None:
-        resources = doc.get("computeResources") or {}
-        max_vcpus = resources.get("maxvCpus")
         if self.registry.set_selector(doc["computeEnvironmentName"], doc.get("tags") or {}):
             for node_name in self.registry.joined_by_label():  # nodes that join by label may move
                 self.node_up(node_name)
-        self.feed(
-            ComputeEnvironmentChanged(
-                self.event_id(), doc["computeEnvironmentName"], doc["state"] == "ENABLED",
-                None if max_vcpus is None else float(max_vcpus),
-                # AWS's computeResources.placementGroup: gangs must stay inside one group.
-                require_placement_group=bool(resources.get("placementGroup")),
-                allocation_strategy=resources.get("allocationStrategy") or "BEST_FIT",
-            )
-        )
+        self.feed(sched_events.compute_environment_changed(self.event_id(), doc))
 
     def compute_environment_removed(self, name: str) -> None:
         self.registry.drop_selector(name)
         self.feed(ComputeEnvironmentRemoved(self.event_id(), name))
 
     def job_queue_changed(self, doc: dict[str, Any]) -> None:
-        order = sorted(doc["computeEnvironmentOrder"], key=lambda e: e["order"])
-        names = tuple(e["computeEnvironment"].rsplit("/", 1)[-1] for e in order)
         policy_arn = doc.get("schedulingPolicyArn")
         policy = fair_share_of(self.store.get_resource("policy", policy_name(policy_arn))) if policy_arn else None
-        limits = tuple(
-            StateTimeLimit(a["reason"], float(a["maxTimeSeconds"]), a["action"])
-            for a in doc.get("jobStateTimeLimitActions", [])
-            if a.get("state", "RUNNABLE") == "RUNNABLE"
-        )
-        self.feed(
-            JobQueueChanged(
-                self.event_id(), doc["jobQueueName"], doc["state"] == "ENABLED", doc["priority"], names,
-                fair_share=policy, time_limits=limits,
-            )
-        )
+        self.feed(sched_events.job_queue_changed(self.event_id(), doc, policy))
 
     def scheduling_policy_changed(self, name: str) -> None:
         """A policy was updated: every queue that uses it gets the new shares."""
