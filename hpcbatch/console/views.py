@@ -178,13 +178,13 @@ class Console:
         """One point of the overview's capacity chart."""
         engine = self.service.engine
         used = total = 0.0
-        for name, info in engine.nodes.items():
+        for name, info in engine.nodes_snapshot().items():
             if info.facts is None or info.state == "DOWN":
                 continue
             total += info.facts.vcpus
-            used += (engine.scheduler.node_usage(name) or (0.0, 0, 0))[0]
-        running = sum(1 for j in engine.jobs.values() if j.status.is_active and j.parent_id is None)
-        runnable = sum(1 for j in engine.jobs.values() if j.status is JobStatus.RUNNABLE)
+            used += engine.node_usage(name)[0]
+        running = len(engine.jobs_where(lambda j: j.status.is_active and j.parent_id is None))
+        runnable = len(engine.jobs_where(lambda j: j.status is JobStatus.RUNNABLE))
         point = (int(time.time() * 1000), used, total, running, runnable)
         history = self.history
         # Points stay SAMPLE_INTERVAL_S apart (the chart spans an hour however busy the
@@ -235,7 +235,7 @@ class Console:
         return owner, True
 
     def _live(self, job: JobRecord) -> JobRecord:
-        return self.service.engine.jobs.get(job.job_id, job)
+        return self.service.engine.job(job.job_id) or job
 
     async def jobs(self, request: web.Request) -> web.StreamResponse:
         q = request.query
@@ -282,7 +282,7 @@ class Console:
         return self.render(request, "children.html", children=summaries)
 
     def _job_record(self, caller: Caller, job_id: str) -> JobRecord | None:
-        job = self.service.engine.jobs.get(job_id) or self.service.store.get_job(job_id)
+        job = self.service.engine.job(job_id) or self.service.store.get_job(job_id)
         if job is None or not may_see_job(caller, job.owner, self.service.private_data):
             return None
         return job

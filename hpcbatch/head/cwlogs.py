@@ -237,7 +237,7 @@ class CloudWatchLogs:
 
     # -- what exists and who may see it
     def _job(self, job_id: str) -> Any:
-        return self.service.engine.jobs.get(job_id) or self.service.store.get_job(job_id)
+        return self.service.engine.job(job_id) or self.service.store.get_job(job_id)
 
     def _info(self, job: Any, attempt_id: str) -> StreamInfo | None:
         for attempt in job.attempts:
@@ -258,8 +258,8 @@ class CloudWatchLogs:
             present = set(attempts)
             self._jobs_of = {a: j for a, j in self._jobs_of.items() if a in present}
             self._ended = {a: i for a, i in self._ended.items() if a in present}
-        engine_jobs = self.service.engine.jobs
-        found = {j: engine_jobs[j] for j in wanted if j in engine_jobs}
+        engine = self.service.engine
+        found = {j: live for j in wanted if (live := engine.job(j)) is not None}
         missing = [j for j in wanted if j not in found]
         if missing:
             found.update((j.job_id, j) for j in self.service.store.get_jobs(missing))
@@ -340,8 +340,7 @@ class CloudWatchLogs:
         job_id = self._jobs_of.get(attempt_id) or self._logs.job_of(attempt_id)
         job = self._job(job_id) if job_id else None
         if job is None:  # started, no output yet: only the engine knows it
-            job = next((j for j in self.service.engine.jobs.values()
-                        if any(a.attempt_id == attempt_id for a in j.attempts)), None)
+            job = self.service.engine.job_with_attempt(attempt_id)
         info = self._info(job, attempt_id) if job is not None else None
         if info is None or info.name != name or info.group != group:
             raise missing

@@ -22,7 +22,7 @@ from hpcbatch.errors import HpcbatchError
 from hpcbatch.fencing import default_fence_after_s
 from hpcbatch.head.api import SpaceGuard, make_app
 from hpcbatch.head.config import HeadConfig, load_head_config
-from hpcbatch.head.engine import Engine
+from hpcbatch.head.engine import Engine, EngineOptions
 from hpcbatch.head.faults import RAISE_ON_ENV
 from hpcbatch.head.fleet import Fleet, FleetSettings
 from hpcbatch.head.ha import add_describe_route, standby_app
@@ -84,11 +84,13 @@ class Head:
             self.logs,
             send=self._send,
             clock_ms=_now_ms,
-            kill_grace_s=config.kill_grace_s,
-            fence_after_s=self.fence_after_s,
-            heartbeat_interval_s=config.heartbeat_interval_s,
-            log_stream_prefix=lambda job: job.job_definition.rsplit("/", 1)[-1].split(":")[0],
-            raise_on=os.environ.get(RAISE_ON_ENV),  # test-only fault injection (tests/chaos); unset in production
+            options=EngineOptions(
+                kill_grace_s=config.kill_grace_s,
+                fence_after_s=self.fence_after_s,
+                heartbeat_interval_s=config.heartbeat_interval_s,
+                log_stream_prefix=lambda job: job.job_definition.rsplit("/", 1)[-1].split(":")[0],
+                raise_on=os.environ.get(RAISE_ON_ENV),  # test-only fault injection (tests/chaos); unset in production
+            ),
         )
         self.service = BatchService(self.store, self.engine, region=config.region, account=config.account_id)
         self.service.private_data = config.private_data

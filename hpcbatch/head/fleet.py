@@ -335,7 +335,7 @@ class Fleet:
         """Report the nodes silent too long as lost (hpcbatch.head.liveness decides which)."""
         grace = max(self._judge.deadline_s, self._startup_grace_s)
         watched = [
-            name for name, info in self._engine.nodes.items()
+            name for name, info in self._engine.nodes_snapshot().items()
             if not (info.state == "DOWN" and not info.jobs)
             # not heard since this head started: their agents run on until they fence
             and not (name not in self._last_seen and now - self._started <= grace)
@@ -365,7 +365,7 @@ class Fleet:
         """Stop talking to ``name`` now, mark it lost, and drop its one connection."""
         conn = self._conns.get(name)
         self._forget(name)
-        info = self._engine.nodes.get(name)
+        info = self._engine.node(name)
         if info is not None and not (info.state == "DOWN" and not info.jobs):
             silent = time.monotonic() - self._last_seen.get(name, self._started)
             log.warning("node %s cut off: its key is no longer accepted", name)

@@ -63,7 +63,7 @@ class _StateCollector(Collector):
         """Nodes by state."""
         nodes = GaugeMetricFamily("hpcbatch_nodes", "Nodes by state", labels=["state"])
         by_state = dict.fromkeys(NODE_STATES, 0)
-        for info in engine.nodes.values():
+        for info in engine.nodes_snapshot().values():
             by_state[info.state] = by_state.get(info.state, 0) + 1
         for state, n in by_state.items():
             nodes.add_metric([state], n)
@@ -76,12 +76,12 @@ class _StateCollector(Collector):
         allocated = {k: GaugeMetricFamily(f"hpcbatch_compute_environment_{k}_allocated", f"{k} held by running jobs", labels=["compute_environment"]) for k in names}
         free = {k: GaugeMetricFamily(f"hpcbatch_compute_environment_{k}_free", f"{k} on ACTIVE nodes that no job holds", labels=["compute_environment"]) for k in names}
         totals: dict[str, list[float]] = {ce["computeEnvironmentName"]: [0.0] * 6 for ce in service.store.list_resources("ce")}
-        for name, info in engine.nodes.items():
+        for name, info in engine.nodes_snapshot().items():
             facts = info.facts
             if facts is None:
                 continue
             ce = engine.compute_environment_of(name)
-            usage = engine.scheduler.node_usage(name) or (0.0, 0, 0)
+            usage = engine.node_usage(name)
             row = totals.setdefault(ce, [0.0] * 6)
             row[0] += usage[0]
             row[1] += usage[1] * MIB
@@ -102,7 +102,7 @@ class _StateCollector(Collector):
         """Heartbeat ages, GPU utilization, fault containment and power, per node."""
         age = GaugeMetricFamily("hpcbatch_node_heartbeat_age_seconds", "Seconds since the node's agent last spoke", labels=["node"])
         now_ms = time.time() * 1000
-        for name, info in sorted(engine.nodes.items()):
+        for name, info in sorted(engine.nodes_snapshot().items()):
             if info.last_heartbeat_at:
                 age.add_metric([name], max(0.0, (now_ms - info.last_heartbeat_at) / 1000))
         yield age
@@ -111,7 +111,7 @@ class _StateCollector(Collector):
             "hpcbatch_gpu_utilization_ratio", "Fraction of time a kernel ran on the GPU (NVML, last heartbeat)",
             labels=["node", "gpu"],
         )
-        for name, info in sorted(engine.nodes.items()):
+        for name, info in sorted(engine.nodes_snapshot().items()):
             if info.state == "DOWN":
                 continue
             for gpu, value in sorted(info.gpu_utilization.items()):
@@ -141,7 +141,7 @@ def _fault_metrics(engine: Engine) -> Iterator[GaugeMetricFamily | CounterMetric
         "hpcbatch_node_quarantined_messages", "Messages from the node the head has set aside (hpcbatch nodes list)",
         labels=["node"],
     )
-    for name, info in sorted(engine.nodes.items()):
+    for name, info in sorted(engine.nodes_snapshot().items()):
         held.add_metric([name], len(info.quarantined))
     yield held
 
@@ -175,7 +175,7 @@ class HeadMetrics:
 
     def _job(self, job_id: str) -> JobRecord | None:
         # A job that ended in the same batch has already left the engine's live jobs.
-        return self._service.engine.jobs.get(job_id) or self._service.store.get_job(job_id)
+        return self._service.engine.job(job_id) or self._service.store.get_job(job_id)
 
     def _committed(self, events: list[tuple[str, int, str, str | None]]) -> None:
         for job_id, at, status, _reason in events:

@@ -423,16 +423,14 @@ class PowerManager:
 
         # Free vCPUs of ACTIVE nodes outside any pool, by CE: a job they can hold powers nothing.
         elsewhere: dict[str, list[tuple[float, bool]]] = {}
-        for name, info in self.engine.nodes.items():
+        for name, info in self.engine.nodes_snapshot().items():
             if name in self.planner.pool_of or info.facts is None or info.state != "ACTIVE":
                 continue
-            used = (self.engine.scheduler.node_usage(name) or (0.0, 0, 0))[0]
+            used = self.engine.node_usage(name)[0]
             elsewhere.setdefault(self.engine.compute_environment_of(name), []).append(
                 (float(info.facts.vcpus) - used, not info.jobs))
         out = []
-        for job in self.engine.jobs.values():
-            if job.status is not JobStatus.RUNNABLE or job.parent_id is not None:
-                continue
+        for job in self.engine.jobs_where(lambda j: j.status is JobStatus.RUNNABLE and j.parent_id is None):
             state, priority, ces = queues.get(job.job_queue, ("DISABLED", 0, []))
             mine = tuple(ce for ce in ces if ce in self.configs)
             if state != "ENABLED" or not mine:
@@ -451,12 +449,12 @@ class PowerManager:
 
     def _views(self) -> dict[str, NodeView]:
         views = {}
-        for name, info in self.engine.nodes.items():
+        for name, info in self.engine.nodes_snapshot().items():
             if name not in self.planner.pool_of or info.facts is None or info.state == "DOWN":
                 continue
             if info.drain_reason == POWER_DRAIN_REASON:  # on its way down: not capacity
                 continue
-            usage = self.engine.scheduler.node_usage(name) or (0.0, 0, 0)
+            usage = self.engine.node_usage(name)
             busy = bool(info.jobs) or usage[0] > 0 or info.drain_reason is not None
             views[name] = NodeView(name, float(info.facts.vcpus), float(usage[0]), busy, int(info.facts.memory_mib),
                                    int(usage[1]), len(info.facts.gpus), int(usage[2]))
@@ -471,7 +469,7 @@ class PowerManager:
         self._store(plan.changed)
         calls: list[tuple[str, PowerOn | PowerOff]] = []
         for name, rec in self.planner.records.items():  # a node on its way down takes no work, restart or not
-            info = self.engine.nodes.get(name)
+            info = self.engine.node(name)
             if (rec.state is PowerState.POWERING_DOWN and info is not None and info.state != "DOWN"
                     and info.drain_reason != POWER_DRAIN_REASON):
                 self.engine.drain(name, POWER_DRAIN_REASON)
@@ -487,7 +485,7 @@ class PowerManager:
                 self._audit("PowerUpFailed", action.node, action.reason)
             elif isinstance(action, PowerOff):
                 for name in action.nodes:
-                    if name in self.engine.nodes and self.engine.nodes[name].state != "DOWN":
+                    if (info := self.engine.node(name)) is not None and info.state != "DOWN":
                         self.engine.drain(name, POWER_DRAIN_REASON)
                 calls.append(("off", action))
             else:
@@ -541,14 +539,14 @@ class PowerManager:
                     rec = self.planner.records[name]
                     rec.state, rec.since, rec.reason = PowerState.ACTIVE, now, f"Power-down failed: {exc}"
                     rec.idle_since = now
-                    if name in self.engine.nodes:
+                    if self.engine.has_node(name):
                         self.engine.drain(name, None)
                 self._store(nodes)
             return
         self._audit(op, shown, "ok")
         if kind == "off":
             for name in nodes:  # surely off: its agent will not speak again
-                if name in self.engine.nodes:
+                if self.engine.has_node(name):
                     self.engine.node_lost(name, 0.0, "powered down (idle)")
                     self.engine.drain(name, None)
             self._store(self.planner.powered_off(nodes, self._clock()))

@@ -367,7 +367,7 @@ class BatchService:
         if doc["state"] != "DISABLED":
             raise ClientError(f"jobQueue {name} must be DISABLED before it is deleted")
         # AWS terminates the queue's remaining jobs when the queue goes away.
-        for job in [j for j in self.engine.jobs.values() if j.job_queue == name]:
+        for job in self.engine.jobs_where(lambda j: j.job_queue == name):
             self.engine.terminate(job, f"Job queue {name} was deleted")
         with self.store.transaction():
             self.store.delete_resource("queue", name)
@@ -537,7 +537,7 @@ class BatchService:
     def _tagged_job(
         self, job_id: str, arn: str, caller: Caller, change: bool, missing: ClientError,
     ) -> tuple[dict[str, str], Callable[[dict[str, str]], None]]:
-        job = self.engine.jobs.get(job_id) or self.store.get_job(job_id)
+        job = self.engine.job(job_id) or self.store.get_job(job_id)
         if job is None or not may_see_job(caller, job.owner, self.private_data):
             raise missing
         if change:
@@ -674,10 +674,10 @@ class BatchService:
                     info.facts.placement_group,
                     frozenset((CONTAINER_FEATURE,)) if info.facts.container_runtime else frozenset(),
                 )
-                for node, info in self.engine.nodes.items()
+                for node, info in self.engine.nodes_snapshot().items()
                 if info.facts is not None and self.engine.compute_environment_of(node) == name
             ) + tuple(  # a MANAGED CE's powered-down nodes never seen yet: they can be powered up
-                NodeShape(n, v, m) for n, v, m in pool_node_shapes(name, self.power_pools, set(self.engine.nodes))
+                NodeShape(n, v, m) for n, v, m in pool_node_shapes(name, self.power_pools, set(self.engine.node_names()))
             )
             max_vcpus = compute.get("maxvCpus")
             shapes.append(EnvironmentShape(
@@ -694,7 +694,7 @@ class BatchService:
             )
 
     def _jobs(self, job_ids: list[str]) -> list[JobRecord]:
-        live = [self.engine.jobs.get(i) for i in job_ids]
+        live = [self.engine.job(i) for i in job_ids]
         missing = [i for i, j in zip(job_ids, live, strict=True) if j is None]
         stored = {j.job_id: j for j in self.store.get_jobs(missing)} if missing else {}
         out = []
@@ -720,7 +720,7 @@ class BatchService:
         """A RUNNABLE job's expected start from the scheduler's plan, as hpcbatch's own field
         ``hpcbatchExpectedStartAt`` (ms since the epoch, like AWS's times); absent when unknown."""
         if job.status is JobStatus.RUNNABLE:
-            at = self.engine.scheduler.expected_start(job.job_id)
+            at = self.engine.expected_start(job.job_id)
             if at is not None:
                 doc["hpcbatchExpectedStartAt"] = int(at * 1000)
         return doc
@@ -760,18 +760,14 @@ class BatchService:
         parent_id, index = split_child_id(job_id)
         if index is not None:
             return self._job(parent_id)
-        array_id, sep, number = job_id.rpartition(":")
-        if sep and number.isdigit() and job_id not in self.engine.jobs and self.store.get_job(job_id) is None:
-            parent = self.engine.jobs.get(array_id)
-            if parent is not None and parent.array_size is not None and not parent.array_closed:
-                child = self.engine.materialize_array_child(parent, int(number))
-                if child is not None:
-                    parent.array_skipped.append(int(number))  # the scheduler's range must skip it
-                    return child
+        if ":" in job_id and self.engine.job(job_id) is None and self.store.get_job(job_id) is None:
+            child = self.engine.detach_array_child(job_id)  # the scheduler's range skips it from now on
+            if child is not None:
+                return child
         return self._job(job_id)
 
     def _job(self, job_id: str) -> JobRecord:
-        job = self.engine.jobs.get(job_id) or self.store.get_job(job_id)
+        job = self.engine.job(job_id) or self.store.get_job(job_id)
         if job is None:
             raise NotFoundError(f"jobId {job_id} does not exist")
         return job
@@ -779,15 +775,17 @@ class BatchService:
     def CancelJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         job = self._parent_job(_name_of(body["jobId"]))
         check_job_access(caller, "cancel", job.job_id, job.owner)
-        if not job.status.is_final:
-            self.engine.cancel(self.engine.jobs[job.job_id], body["reason"])
+        live = self.engine.job(job.job_id)
+        if live is not None and not job.status.is_final:
+            self.engine.cancel(live, body["reason"])
         return {}
 
     def TerminateJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         job = self._parent_job(_name_of(body["jobId"]))
         check_job_access(caller, "terminate", job.job_id, job.owner)
-        if not job.status.is_final:
-            self.engine.terminate(self.engine.jobs[job.job_id], body["reason"])
+        live = self.engine.job(job.job_id)
+        if live is not None and not job.status.is_final:
+            self.engine.terminate(live, body["reason"])
         return {}
 
     # --------------------------------------------------------- hpcbatch's own
@@ -802,7 +800,7 @@ class BatchService:
             raise ClientError("nodeIndex must be a whole number, 0 or more")
         job = self._parent_job(_name_of(job_id))
         check_job_access(caller, "run a command in", job.job_id, job.owner)
-        started = self.engine.start_client_task(self.engine.jobs.get(job.job_id, job), index, command)
+        started = self.engine.start_client_task(self.engine.job(job.job_id) or job, index, command)
         if isinstance(started, str):
             raise ClientError(started)
         return {"launchId": started[0], "nodeName": started[1]}
@@ -849,9 +847,9 @@ class BatchService:
         """AWS GetJobQueueSnapshot: the first 100 RUNNABLE jobs in the order they will be tried."""
         queue = self._queue(body["jobQueue"])
         jobs = []
-        for job_id in self.engine.scheduler.front_of_queue(queue["jobQueueName"]):
+        for job_id in self.engine.front_of_queue(queue["jobQueueName"]):
             parent_id = job_id.rpartition(":")[0] if ":" in job_id else job_id
-            job = self.engine.jobs.get(job_id) or self.engine.jobs.get(parent_id)
+            job = self.engine.job(job_id) or self.engine.job(parent_id)
             if self._shown_job_id(job_id, caller) != job_id:
                 continue  # private_data: another user's job is not listed, not even by id
             jobs.append(
@@ -871,7 +869,7 @@ class BatchService:
         job = self._job(_name_of(job_id))
         if not may_see_job(caller, job.owner, self.private_data):
             raise NotFoundError(f"jobId {job_id} does not exist")
-        front = self.engine.scheduler.front_of_queue(job.job_queue, limit=100_000)
+        front = self.engine.front_of_queue(job.job_queue, limit=100_000)
         position = front.index(job.job_id) + 1 if job.job_id in front else None
         dependencies = [d.get("jobId") or d.get("type") for d in job.depends_on]
         return {
@@ -885,7 +883,7 @@ class BatchService:
             "allowUnsatisfiable": (job.tags or {}).get("hpcbatch:allowUnsatisfiable", "").lower() in ("true", "1", "yes"),
             "expectedStartAt": self._with_forecast({}, job).get("hpcbatchExpectedStartAt"),
             "decisions": [{"cause": c, "decision": self._masked(d, caller)}
-                          for c, d in self.engine.scheduler.decisions_about(job.job_id)],
+                          for c, d in self.engine.decisions_about(job.job_id)],
         }
 
     # ------------------------------------------------------- identity and keys
@@ -990,7 +988,7 @@ class BatchService:
 
     def _node(self, body: dict[str, Any]) -> str:
         name = body.get("name")
-        if not isinstance(name, str) or name not in self.engine.nodes:
+        if not isinstance(name, str) or not self.engine.has_node(name):
             raise NotFoundError(f"node {name} does not exist")
         return name
 
@@ -1009,12 +1007,12 @@ class BatchService:
         image = check_image_name(body.get("image"))
         names = body.get("nodes")
         if names is None:
-            names = [n for n, i in sorted(self.engine.nodes.items())
+            names = [n for n, i in sorted(self.engine.nodes_snapshot().items())
                      if i.state == "ACTIVE" and i.facts is not None and i.facts.container_runtime]
         elif not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ClientError("nodes must be a list of node names")
         for name in names:
-            info = self.engine.nodes.get(name)
+            info = self.engine.node(name)
             if info is None:
                 raise NotFoundError(f"nodes: node {name} does not exist")
             if info.facts is None or not info.facts.container_runtime:
@@ -1029,44 +1027,36 @@ class BatchService:
         return {}
 
     def _save_drains(self) -> None:
-        drained = {n: i.drain_reason for n, i in self.engine.nodes.items() if i.drain_reason}
+        drained = self.engine.drained_nodes()
         with self.store.transaction():
             self.store.put_resource("settings", "drained-nodes", 1, "VALID", drained)
 
     def load_drains(self) -> None:
         """Drains survive a head restart (an admin's decision, not a fact from the node)."""
-        from hpcbatch.head.engine import NodeInfo
-
-        for name, reason in (self.store.get_resource("settings", "drained-nodes") or {}).items():
-            self.engine.nodes.setdefault(name, NodeInfo(facts=None)).drain_reason = reason
+        self.engine.restore_drains(self.store.get_resource("settings", "drained-nodes") or {})
 
     def ListNodes(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """Every node, or with ``maxResults`` one page of them (by name) and a ``nextToken``."""
         names, token = _node_page(self._node_names(), body)
-        nodes = [self._node_doc(name, self.engine.nodes[name], caller) for name in names]
+        nodes = [self._node_doc(name, self.engine.node(name), caller) for name in names]
         # Power states (MANAGED compute environments); pool nodes the head never heard of
         # come after the last page's nodes.
-        nodes = list_power(nodes, self.engine.power, known=self.engine.nodes.keys(), add_unseen=token is None)
+        nodes = list_power(nodes, self.engine.power, known=self.engine.node_names(), add_unseen=token is None)
         out: dict[str, Any] = {"nodes": nodes}
         if token is not None:
             out["nextToken"] = token
         return out
 
     def _node_names(self) -> list[str]:
-        """The node names in order, re-sorted only when the set of nodes changed (10,000 nodes)."""
-        nodes = self.engine.nodes
-        cached = getattr(self, "_node_names_snapshot", None)
-        if cached is None or len(cached[0]) != len(nodes) or cached[0] != nodes.keys():
-            cached = (set(nodes), sorted(nodes))
-            self._node_names_snapshot = cached
-        return cached[1]
+        """The node names in order (the registry re-sorts them only when the set of nodes changed)."""
+        return self.engine.node_names()
 
     def _node_doc(self, name: str, info: Any, caller: Caller) -> dict[str, Any]:
         from hpcbatch.head import gpus as head_gpus
 
         facts = info.facts
-        usage = self.engine.scheduler.node_usage(name) or (0.0, 0, 0)
-        holders = {gpu: self._shown_job_id(job_id, caller) for gpu, job_id in self.engine.scheduler.gpu_holders(name).items()}
+        usage = self.engine.node_usage(name)
+        holders = {gpu: self._shown_job_id(job_id, caller) for gpu, job_id in self.engine.gpu_holders(name).items()}
         return {
                 "name": name,
                 "hostname": facts.hostname if facts else None,
@@ -1104,7 +1094,7 @@ class BatchService:
         if not self.private_data or caller.is_admin:
             return job_id
         parent_id = split_child_id(job_id)[0].split(":")[0]
-        job = self.engine.jobs.get(job_id) or self.engine.jobs.get(parent_id) or self.store.get_job(parent_id)
+        job = self.engine.job(job_id) or self.engine.job(parent_id) or self.store.get_job(parent_id)
         return job_id if job is not None and job.owner == caller.user else PRIVATE_JOB
 
     def _masked(self, text: str, caller: Caller) -> str:

@@ -77,7 +77,7 @@ def test_an_exit_report_that_fails_once_is_served_on_its_resend(tmp_path: Path) 
         node = run_on(c, job)
         report = exited(job.job_id, job.attempts[0].attempt_id)
         c.engine.handle(node, report)
-        c.engine._injection = None  # noqa: SLF001 (the fault was transient)
+        c.engine.reports._injection = None  # noqa: SLF001 (the fault was transient; reports serve messages)
         c.engine.handle(node, report)
         c.engine.step()
         assert job.status is JobStatus.SUCCEEDED and c.engine.nodes[node].quarantined == []

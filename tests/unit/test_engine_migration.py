@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcbatch.head.engine import Engine
+from hpcbatch.head.engine import Engine, EngineOptions
 from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import FenceHold
 from hpcbatch.model.lifecycle import JobStatus
@@ -108,13 +108,13 @@ def test_a_head_on_a_migrated_store_holds_the_retry_by_the_field(target: str, tm
     async def run() -> None:
         store = open_store(target)
         engine = Engine(store, LogStore(tmp_path / "logs"), send=lambda node, msg: None, clock_ms=lambda: 1_000,
-                        monotonic=lambda: 0.0, fence_after_s=30.0, heartbeat_interval_s=1.0)
+                        monotonic=lambda: 0.0, options=EngineOptions(fence_after_s=30.0, heartbeat_interval_s=1.0))
         try:
             engine.recover()
             held = engine.jobs["held"]
             assert held.status is JobStatus.RUNNABLE and held.fence_hold is not None
-            assert "held" in engine._fence_holds  # noqa: SLF001 (not fed to the scheduler: held)
-            assert "plain" not in engine._fence_holds  # noqa: SLF001
+            assert engine.registry.held("held") is not None  # not fed to the scheduler: held
+            assert engine.registry.held("plain") is None
         finally:
             store.close()
 

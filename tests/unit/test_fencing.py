@@ -18,7 +18,7 @@ import pytest
 
 from hpcbatch import protocol as p
 from hpcbatch.fencing import OUTAGE_BOUND_S, default_fence_after_s, retry_hold_s
-from hpcbatch.head.engine import Engine
+from hpcbatch.head.engine import Engine, EngineOptions
 from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import FenceHold, JobRecord, ResourceRequest
 from hpcbatch.model.lifecycle import JobStatus
@@ -37,8 +37,8 @@ class Cluster:
         self.mono = 100.0  # the head's monotonic clock, seconds
         self.engine = Engine(SqliteStore(tmp_path / "db.sqlite"), LogStore(tmp_path / "logs"),
                              send=lambda node, msg: self.sent.append((node, msg)), clock_ms=lambda: 1_000,
-                             monotonic=lambda: self.mono, fence_after_s=FENCE_S, heartbeat_interval_s=1.0,
-                             **engine)
+                             monotonic=lambda: self.mono,
+                             options=EngineOptions(fence_after_s=FENCE_S, heartbeat_interval_s=1.0, **engine))
         self.engine.compute_environment_changed(
             {"computeEnvironmentName": "default", "state": "ENABLED", "computeResources": {}})
         self.engine.job_queue_changed({"jobQueueName": "q", "state": "ENABLED", "priority": 1,
@@ -264,9 +264,9 @@ def test_the_hold_is_the_longer_of_the_heads_and_the_nodes_fence(tmp_path: Path)
     async def run() -> None:
         c = Cluster(tmp_path)
         c.register("n1", fence_after_s=120.0)
-        assert c.engine._fence_hold_s("n1") == retry_hold_s(120.0, 1.0)  # noqa: SLF001
-        assert c.engine._fence_hold_s("n2") == HOLD_S  # noqa: SLF001
-        assert c.engine._fence_hold_s("never-seen") == HOLD_S  # noqa: SLF001 (after a head restart)
+        assert c.engine.registry.fence_hold_s("n1") == retry_hold_s(120.0, 1.0)
+        assert c.engine.registry.fence_hold_s("n2") == HOLD_S
+        assert c.engine.registry.fence_hold_s("never-seen") == HOLD_S  # after a head restart
 
     asyncio.run(run())
 

@@ -12,9 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hpcbatch import protocol as p
-from hpcbatch.head.engine import Engine, NodeInfo
+from hpcbatch.head.engine import Engine
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.metrics import HeadMetrics
+from hpcbatch.head.nodes import NodeInfo
 from hpcbatch.head.service import BatchService
 from hpcbatch.store import SqliteStore
 from node_agent.gpus_nvml import NvmlGpus

@@ -105,7 +105,7 @@ def test_a_failed_power_up_marks_the_node_failed_with_the_drivers_words_and_the_
         assert rec is not None and rec.failed and rec.state is PowerState.POWERED_DOWN
         assert rec.reason == "Power-up failed: sh exited with 2: BMC cn1 down"
         assert [a.nodes for _, a in manager.pass_once()] == [("cn2",)]
-        audit = [e for e in c.engine._audit if e["operation"] == "PowerOn"]
+        audit = [e for e in c.engine.commits.audit_pending() if e["operation"] == "PowerOn"]
         assert audit and audit[0]["outcome"].startswith("failed: sh exited with 2")
 
     asyncio.run(run())
