@@ -29,6 +29,7 @@ from hpcbatch.scheduler.holds import ce_of
 from hpcbatch.scheduler.state import BootingNode, CeState, SchedulerState
 
 PLANNED_STATES = ("POWERED_DOWN", "POWERING_UP")
+UNKNOWN_MEMORY_MIB = 1 << 40  # NodePowerChanged.memory_mib 0 (the pool's is not known): any job's fits
 
 
 def node_power_changed(st: SchedulerState, event: NodePowerChanged) -> None:
@@ -38,8 +39,9 @@ def node_power_changed(st: SchedulerState, event: NodePowerChanged) -> None:
         return  # a registered node is what it reports (NodeUp), not what the planner thinks
     st.down.pop(event.node, None)  # powered down on purpose: not "down", it comes on demand
     up = event.since_s + event.boot_s if event.state == "POWERING_UP" else None
+    memory = event.memory_mib or UNKNOWN_MEMORY_MIB  # a pool's memory not known: not checked
     ce_of(st, event.compute_environment).booting[event.node] = BootingNode(
-        event.node, event.compute_environment, event.vcpus, event.memory_mib, event.gpus, event.boot_s, up,
+        event.node, event.compute_environment, event.vcpus, memory, event.gpus, event.boot_s, up,
         event.placement_group, event.features,
     )
 

@@ -98,9 +98,9 @@ class NodePowerChanged(Event):
     state: str  # POWERED_DOWN | POWERING_UP; anything else: not planned with
     boot_s: float  # the pool's expected boot time
     vcpus: float
-    memory_mib: int
+    memory_mib: int  # 0: not known (the pool's memory_mib_per_node 0): not checked
     gpus: int = 0
-    since_s: float = 0.0  # POWERING_UP: when the power-up began (the head's time)
+    since_s: float = 0.0  # POWERING_UP: when the power-up began, in the time Tick carries
     placement_group: str | None = None
     features: frozenset[str] = frozenset()  # as NodeUp.features ("container": a runtime)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hpcbatch.scheduler.power import (
     Demand,
     NodeFailed,
@@ -237,3 +240,28 @@ def test_a_gang_whose_group_would_pass_max_vcpus_is_served_across_groups() -> No
     plan = planner.plan(1, [Demand("g", ("managed",), 1, num_nodes=3)], up(["node1", "node5"]))
     # Either group needs 2 more nodes (8 vCPUs > maxvCpus 6); across groups needs one.
     assert [a.nodes for a in ons(plan)] == [("node2",)]
+
+
+STRATEGIES = ("BEST_FIT", "BEST_FIT_PROGRESSIVE", "SPREAD")
+
+
+@settings(max_examples=80, deadline=None)
+@given(strategy=st.sampled_from(STRATEGIES), idle=st.integers(0, 8), n=st.integers(2, 8))
+def test_property_a_gang_powers_up_exactly_what_the_idle_nodes_lack(strategy: str, idle: int, n: int) -> None:
+    names = list(NODES[:idle])
+    planner = PowerPlanner([pool(allocation_strategy=strategy)], now=0)
+    for name in names:
+        planner.restore(name, NodePower(PowerState.ACTIVE, 0, "Registered"))
+    plan = planner.plan(1, [Demand("g", ("managed",), 2, num_nodes=n)], up(names))
+    powered = [x for a in ons(plan) for x in a.nodes]
+    assert len(powered) == max(0, n - idle) and not set(powered) & set(names)
+
+
+@settings(max_examples=80, deadline=None)
+@given(strategy=st.sampled_from(STRATEGIES), k=st.integers(1, 16), vcpus=st.sampled_from([0.5, 1.0, 2.0]))
+def test_property_equal_jobs_power_up_the_fewest_nodes_that_hold_them(strategy: str, k: int, vcpus: float) -> None:
+    """k jobs of one size on empty 2-vCPU nodes: ceil(k / per node) power-ups (up to the pool), never more."""
+    jobs = [Demand(f"j{i}", ("managed",), vcpus) for i in range(k)]
+    plan = PowerPlanner([pool(allocation_strategy=strategy)], now=0).plan(1, jobs, {})
+    per_node = int(2 // vcpus)
+    assert sum(len(a.nodes) for a in ons(plan)) == min(len(NODES), -(-k // per_node))
