@@ -22,11 +22,13 @@ Pure: the time is the core's (``Tick``) and the head's (``since_s``); no clock h
 
 from __future__ import annotations
 
+import heapq
+
 from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.scheduler.events import NodePowerChanged
 from hpcbatch.scheduler.gang import Reservation, fmt_time, hostlist, natural_key
 from hpcbatch.scheduler.holds import ce_of
-from hpcbatch.scheduler.state import BootingNode, CeState, SchedulerState
+from hpcbatch.scheduler.state import BootFit, BootingNode, CeState, SchedulerState
 
 PLANNED_STATES = ("POWERED_DOWN", "POWERING_UP")
 UNKNOWN_MEMORY_MIB = 1 << 40  # NodePowerChanged.memory_mib 0 (the pool's is not known): any job's fits
@@ -40,26 +42,40 @@ def node_power_changed(st: SchedulerState, event: NodePowerChanged) -> None:
     st.down.pop(event.node, None)  # powered down on purpose: not "down", it comes on demand
     up = event.since_s + event.boot_s if event.state == "POWERING_UP" else None
     memory = event.memory_mib or UNKNOWN_MEMORY_MIB  # a pool's memory not known: not checked
-    ce_of(st, event.compute_environment).booting[event.node] = BootingNode(
+    ce = ce_of(st, event.compute_environment)
+    ce.booting[event.node] = BootingNode(
         event.node, event.compute_environment, event.vcpus, memory, event.gpus, event.boot_s, up,
         event.placement_group, event.features,
     )
+    ce.boot_fit.clear()
 
 
 def forget(st: SchedulerState, name: str) -> None:
     """``name`` registered (or left planning): no longer a node to plan a boot with."""
     for ce in st.ces.values():
-        if ce.booting:
-            ce.booting.pop(name, None)
+        if ce.booting and ce.booting.pop(name, None) is not None:
+            ce.boot_fit.clear()
+
+
+def fit(ce: CeState, r: ResourceRequest) -> BootFit:
+    """``ce``'s booting nodes that could hold ``r`` (kept until they change: a pass asks often)."""
+    found = ce.boot_fit.get(r)
+    if found is None:
+        able_ = [b for b in ce.booting.values() if b.could_ever_fit(r)]
+        up = sorted((b for b in able_ if b.up_s is not None), key=lambda b: (b.up_s, natural_key(b.name)))
+        down = sorted((b for b in able_ if b.up_s is None), key=lambda b: (b.boot_s, natural_key(b.name)))
+        found = ce.boot_fit[r] = BootFit(up, down, _note(up, down))
+    return found
 
 
 def able(
     st: SchedulerState, ce: CeState, r: ResourceRequest, reserved: dict[str, Reservation],
 ) -> list[tuple[float, BootingNode]]:
     """(expected up time, node) of ``ce``'s booting nodes that could hold ``r``, soonest first."""
-    out = [(b.up_at(st.now), b) for b in ce.booting.values() if b.name not in reserved and b.could_ever_fit(r)]
-    out.sort(key=lambda it: (it[0], natural_key(it[1].name)))
-    return out
+    f, now = fit(ce, r), st.now
+    ups = ((max(now, b.up_s or 0.0), b) for b in f.up if b.name not in reserved)
+    downs = ((now + b.boot_s, b) for b in f.down if b.name not in reserved)
+    return list(heapq.merge(ups, downs, key=lambda it: it[0]))
 
 
 def soonest(
@@ -68,8 +84,12 @@ def soonest(
     """The booting node of ``ce`` up soonest that could hold ``r`` (a single-node job), with its time."""
     if not ce.booting:
         return None
-    found = able(st, ce, r, reserved)
-    return (found[0][1], found[0][0]) if found else None
+    f, now = fit(ce, r), st.now
+    up = next(((b, max(now, b.up_s or 0.0)) for b in f.up if b.name not in reserved), None)
+    down = next(((b, now + b.boot_s) for b in f.down if b.name not in reserved), None)
+    if up is None or (down is not None and down[1] < up[1]):
+        return down
+    return up
 
 
 def reservation(
@@ -86,29 +106,28 @@ def reservation(
 
 
 def note(st: SchedulerState, r: ResourceRequest, ces: list[CeState]) -> str:
-    """``node[5-8] powering up (expected at t=190), node[9-12] powered down (up ~90 s after a
+    """``node[5-8] powering up (expected by t=190), node[9-12] powered down (up ~90 s after a
     power-up)``: the pool nodes that could hold ``r``; "" when none. No relative times, so
     the reason stays the same from pass to pass."""
+    return ", ".join(n for ce in ces if ce.booting and (n := fit(ce, r).note))
+
+
+def _note(up: list[BootingNode], down: list[BootingNode]) -> str:
     parts = []
-    for ce in ces:
-        if not ce.booting:
-            continue
-        fit = [b for b in ce.booting.values() if b.could_ever_fit(r)]
-        up = sorted((b for b in fit if b.up_s is not None), key=lambda b: natural_key(b.name))
-        down = sorted((b.name for b in fit if b.up_s is None), key=natural_key)
-        if up:
-            at = max(b.up_s or 0.0 for b in up)
-            parts.append(f"{hostlist(b.name for b in up)} powering up (expected by t={fmt_time(at)})")
-        if down:
-            boot = max(b.boot_s for b in fit if b.up_s is None)
-            parts.append(f"{hostlist(down)} powered down (up ~{boot:.0f} s after a power-up)")
+    if up:
+        at = max(b.up_s or 0.0 for b in up)
+        parts.append(f"{hostlist(sorted((b.name for b in up), key=natural_key))} powering up (expected by t={fmt_time(at)})")
+    if down:
+        boot = max(b.boot_s for b in down)
+        parts.append(f"{hostlist(sorted((b.name for b in down), key=natural_key))} powered down "
+                     f"(up ~{boot:.0f} s after a power-up)")
     return ", ".join(parts)
 
 
 def count_by_group(ce: CeState, r: ResourceRequest) -> dict[str | None, int]:
     """How many of ``ce``'s booting nodes could hold ``r``, by placement group (gangs)."""
     out: dict[str | None, int] = {}
-    for b in ce.booting.values():
-        if b.could_ever_fit(r):
-            out[b.placement_group] = out.get(b.placement_group, 0) + 1
+    f = fit(ce, r)
+    for b in (*f.up, *f.down):
+        out[b.placement_group] = out.get(b.placement_group, 0) + 1
     return out

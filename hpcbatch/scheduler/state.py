@@ -106,6 +106,17 @@ class BootingNode:
 
 
 @dataclass(slots=True)
+class BootFit:
+    """A compute environment's booting nodes that could hold one request (``booting``), kept
+    until its booting nodes change: booting ones by expected up time, powered-down ones by
+    boot time (both then by name), and the wait reason's note naming them."""
+
+    up: list[BootingNode]
+    down: list[BootingNode]
+    note: str
+
+
+@dataclass(slots=True)
 class CeState:
     name: str
     enabled: bool = True
@@ -120,6 +131,7 @@ class CeState:
     # in (checked when popped, compacted when it doubles): when a node has room for a job.
     ends: list[tuple[float, str, str]] = field(default_factory=list)
     booting: dict[str, BootingNode] = field(default_factory=dict)  # pool nodes powered down or booting
+    boot_fit: dict[ResourceRequest, BootFit] = field(default_factory=dict)  # by request, until ``booting`` changes
 
     def caps(self, vcpus: float) -> bool:
         """True when ``vcpus`` more would pass ``maxvCpus``."""
