@@ -9,6 +9,9 @@
 * ``sched_gc_full_collection_cpu_ms``: one full cyclic garbage collection in that state (the core
   defers collection to the end of each ``handle`` call, so its cost lands outside the pass).
 * ``..._fairshare_s`` / ``sched_event_fairshare_ms``: the same in a fair-share queue (20 shares).
+* ``..._booting_cpu_s`` / ``sched_event_booting_ms``: the same with SCHED_BOOTING (1,000) more
+  pool nodes in the compute environment, not registered: half powered down, half booting
+  (``NodePowerChanged``: reservations and forecasts plan with them, issue 20).
 Targets: <= 1 s and <= 1 ms. No I/O: the same core the head runs.
 """
 
@@ -29,6 +32,7 @@ from hpcbatch.scheduler import (
     FairSharePolicy,
     JobQueueChanged,
     JobRunnable,
+    NodePowerChanged,
     NodeUp,
     RunTimesLearned,
     Scheduler,
@@ -38,6 +42,7 @@ from hpcbatch.scheduler import (
 )
 
 NODES = int(os.environ.get("SCHED_NODES", "5000"))
+BOOTING = int(os.environ.get("SCHED_BOOTING", "1000"))
 JOBS = int(os.environ.get("SCHED_JOBS", "100000"))
 
 
@@ -52,12 +57,18 @@ def main() -> dict[str, float]:
     fair = run(FairSharePolicy(share_decay_s=3600, shares=(("u0", 0.5),)))
     figures[f"sched_pass_{_k(JOBS)}_jobs_{_k(NODES)}_nodes_fairshare_s"] = fair[f"sched_pass_{_k(JOBS)}_jobs_{_k(NODES)}_nodes_s"]
     figures["sched_event_fairshare_ms"] = fair["sched_event_ms"]
+    if BOOTING:  # pool nodes powered down or booting beside the registered ones
+        boot = run(booting=BOOTING)
+        figures[f"sched_pass_{_k(JOBS)}_jobs_{_k(NODES)}_nodes_{_k(BOOTING)}_booting_cpu_s"] = boot[
+            f"sched_pass_{_k(JOBS)}_jobs_{_k(NODES)}_nodes_cpu_s"]
+        figures["sched_event_booting_ms"] = boot["sched_event_cpu_ms"]
     return figures
 
 
-def run(policy: FairSharePolicy | None = None, predicted: bool = False) -> dict[str, float]:
+def run(policy: FairSharePolicy | None = None, predicted: bool = False, booting: int = 0) -> dict[str, float]:
     """One benchmark; ``predicted``: the jobs have owners whose history the predictor knows
-    (20 owners x 5 definitions), so every placement plans with a prediction."""
+    (20 owners x 5 definitions), so every placement plans with a prediction; ``booting``: pool
+    nodes not registered (half powered down, half booting since t=0, 90 s boots)."""
     rng = random.Random(42)
     rss0 = psutil.Process().memory_info().rss
     s = Scheduler()
@@ -71,6 +82,9 @@ def run(policy: FairSharePolicy | None = None, predicted: bool = False) -> dict[
     ]
     for i in range(NODES):
         events.append(NodeUp(f"n{i}", f"node{i}", "cpu", 64, 256_000, 0, placement_group=f"rack{i // 40}"))
+    for i in range(NODES, NODES + booting):
+        events.append(NodePowerChanged(f"p{i}", f"node{i}", "cpu", "POWERING_UP" if i % 2 else "POWERED_DOWN", 90.0,
+                                       64, 256_000, placement_group=f"rack{i // 40}"))
     s.handle(*events)
     jobs = []
     for i in range(JOBS):

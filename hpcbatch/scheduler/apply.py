@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hpcbatch.scheduler import booting
 from hpcbatch.scheduler.decisions import Cause
 from hpcbatch.scheduler.events import (
     AttemptEnded,
@@ -23,6 +24,7 @@ from hpcbatch.scheduler.events import (
     JobRunnable,
     JobWithdrawn,
     NodeGone,
+    NodePowerChanged,
     NodeUp,
     RunTimesLearned,
     Tick,
@@ -106,6 +108,7 @@ def _node_up(st: SchedulerState, event: NodeUp) -> None:
     _forget_derived(st)
     old = st.nodes.get(event.node)
     st.down.pop(event.node, None)
+    booting.forget(st, event.node)  # registered: no longer planned as a boot
     if old is not None:
         for job_id in list(old.jobs):
             drop_hold(st, job_id, old.name)
@@ -157,6 +160,11 @@ def _node_gone(st: SchedulerState, event: NodeGone) -> None:
     del st.nodes[node.name]
     st.down[node.name] = node
     unfile(st, node)
+
+
+def _node_power_changed(st: SchedulerState, event: NodePowerChanged) -> None:
+    _forget_derived(st)
+    booting.node_power_changed(st, event)
 
 
 def _tick(st: SchedulerState, event: Tick) -> None:
@@ -230,6 +238,7 @@ _HANDLERS: dict[type, Callable[[SchedulerState, Any], None]] = {
     AttemptEnded: _attempt_ended,
     NodeUp: _node_up,
     NodeGone: _node_gone,
+    NodePowerChanged: _node_power_changed,
     Tick: _tick,
     ComputeEnvironmentChanged: _ce_changed,
     ComputeEnvironmentRemoved: _ce_removed,

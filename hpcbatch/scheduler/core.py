@@ -56,6 +56,10 @@ Theory of operation:
   starve it. Reservations are recomputed every pass (derived state, not promises); jobs
   ahead of the reserved one in the order (higher-priority queues, earlier in its FIFO) are
   not bound by them.
+* Power (``booting``): a MANAGED pool's node that is powered down or booting
+  (``NodePowerChanged``) takes no job, but reservations, wait reasons and forecasts count it
+  as free from when it is expected up (power-up start + boot time; powered down: now + boot
+  time), so backfill during a boot never delays the job that waits for it.
 * Forecasts (``forecast``): the expected start of the first waiting jobs of each queue, the
   plan run forward through planned ends; computed on demand, not in a pass.
 * Holds: ``AttemptEnded`` frees everything a job holds, all of a gang's nodes. ``NodeGone``
@@ -91,7 +95,7 @@ not inheritance: this class holds the state and is the only public face):
 * ``holds``: what placed jobs hold, and the indexes that follow it;
 * ``passes``: one decision pass, as named steps over a ``QueueScan``;
 * ``placement`` (where a job starts now), ``reserve``
-  (reservations and backfill), ``preemption`` (victims for a preempting queue's head),
+  (reservations and backfill; ``booting``: pool nodes not up yet), ``preemption`` (victims for a preempting queue's head),
   ``fairness`` (fair share, jobStateTimeLimitActions), ``reasons`` (why a job waits, and the
   decision log's entries), ``planning`` (planned run times, start forecasts);
 * pure helpers that need no scheduler state: ``gang``, ``fairshare``, ``nodeindex``,
@@ -116,6 +120,7 @@ from hpcbatch.scheduler.events import (
     JobRunnable,
     JobWithdrawn,
     NodeGone,
+    NodePowerChanged,
     NodeUp,
     PreemptAttempt,
     RunTimesLearned,
@@ -166,6 +171,7 @@ __all__ = [  # what ``hpcbatch.scheduler.core`` has always offered
     "JobRunnable",
     "JobWithdrawn",
     "NodeGone",
+    "NodePowerChanged",
     "NodeUp",
     "PreemptAttempt",
     "Reservation",

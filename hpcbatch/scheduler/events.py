@@ -85,6 +85,27 @@ class NodeGone(Event):
 
 
 @dataclass(frozen=True)
+class NodePowerChanged(Event):
+    """A MANAGED pool's node that is not registered (``hpcbatch.scheduler.power``), as the
+    power planner sees it: ``state`` POWERED_DOWN (it can be powered up: it would register
+    ``boot_s`` after now) or POWERING_UP (since ``since_s``: expected at ``since_s + boot_s``).
+    Any other state (ACTIVE, POWERING_DOWN, or a node that failed to come up) takes it out of
+    planning; ``NodeUp`` (it registered) replaces it. Reservations and forecasts plan with
+    such nodes from the time they are expected up (``booting``); nothing starts on them."""
+
+    node: str
+    compute_environment: str
+    state: str  # POWERED_DOWN | POWERING_UP; anything else: not planned with
+    boot_s: float  # the pool's expected boot time
+    vcpus: float
+    memory_mib: int  # 0: not known (the pool's memory_mib_per_node 0): not checked
+    gpus: int = 0
+    since_s: float = 0.0  # POWERING_UP: when the power-up began, in the time Tick carries
+    placement_group: str | None = None
+    features: frozenset[str] = frozenset()  # as NodeUp.features ("container": a runtime)
+
+
+@dataclass(frozen=True)
 class AttemptEnded(Event):
     """A placed job's attempt ended (or was abandoned); its resources come back.
 

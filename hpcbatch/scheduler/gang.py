@@ -39,6 +39,10 @@ class Reservation:
     nodes: tuple[str, ...]
     start_s: float
     placement_group: str | None = None
+    # Pool nodes among ``nodes`` that are not up yet (``booting``): the start counts their boot.
+    powering_up: tuple[str, ...] = ()
+    powered_down: tuple[str, ...] = ()
+    boot_s: float = 0.0  # the powered-down ones' expected boot time
 
     def admits(self, now_s: float, time_limit_s: float | None) -> bool:
         """True when a job of ``time_limit_s`` started now ends before the reservation (backfill).
@@ -57,9 +61,16 @@ class Reservation:
         where = f"{hostlist(self.nodes)} in compute environment {self.compute_environment}"
         if self.start_s == UNKNOWN:
             return f"Reserved nodes {where}, held as they free up (running jobs have no time limit)"
+        boot = f" ({hostlist(self.powering_up)} powering up)" if self.powering_up else ""
+        if self.powered_down:  # its start moves with the power-up: said without a time
+            down = hostlist(self.powered_down)
+            later = self.start_s > now_s + self.boot_s + 1e-6
+            return (f"Reserved nodes {where}, once {down} {'is' if len(self.powered_down) == 1 else 'are'} "
+                    f"powered up (boot ~{self.boot_s:.0f} s){boot}"
+                    + (f", the others free from t={fmt_time(self.start_s)}" if later else ""))
         if self.start_s <= now_s:
-            return f"Reserved nodes {where}, expected free now"
-        return f"Reserved nodes {where} from t={fmt_time(self.start_s)}"
+            return f"Reserved nodes {where}, expected free now{boot}"
+        return f"Reserved nodes {where} from t={fmt_time(self.start_s)}{boot}"
 
 
 def pick_nodes(

@@ -77,7 +77,7 @@ def _queue_pass(st: SchedulerState, p: PassContext, queue: QueueState) -> None:
     if not queue.enabled:
         wait_all(st, queue, WAIT_QUEUE_DISABLED, p.actions)
         return
-    usable = [ce for n in queue.compute_environments if (ce := st.ces.get(n)) is not None and ce.enabled and ce.nodes]
+    usable = [ce for n in queue.compute_environments if (ce := st.ces.get(n)) is not None and ce.enabled and (ce.nodes or ce.booting)]
     if not usable:
         wait_all(st, queue, WAIT_NO_CE, p.actions)
         return

@@ -4,7 +4,8 @@ Rules: a job is planned with its run-time prediction (``predict``), capped by it
 (the hard bound), else its timeout, else unknown. Plans never end a job; one that outlives
 its plan has it grown (``predict.grow``) at the start of the next pass, and the nodes it
 holds are re-filed by their new expected end. Forecasts (``forecast``): the expected start of
-the first waiting jobs of each queue, the plan run forward through planned ends; computed
+the first waiting jobs of each queue, the plan run forward through planned ends (and pool
+nodes powered down or booting, whole from when they are expected up: ``booting``); computed
 on demand from the state, never in a pass, and kept until the state changes.
 """
 
@@ -68,6 +69,12 @@ def forecast_starts(st: SchedulerState, limit: int = 200) -> dict[str, float]:
         for alloc in st.allocations.values() if alloc.ends_at != UNKNOWN
         for name in alloc.nodes
     ]
+    for ce in st.ces.values():  # pool nodes powered down or booting: whole from when they are up
+        if ce.enabled and ce.booting:
+            for b in ce.booting.values():
+                size = (b.vcpus, b.memory_mib, b.gpus)
+                nodes.append(PlanNode(b.name, ce.name, [0.0, 0, 0], size, b.features, 1))
+                releases.append((b.up_at(st.now), b.name, size, False))
     queues = []
     for queue in sorted(st.queues.values(), key=lambda q: (-q.priority, q.name)):
         ces = tuple(n for n in queue.compute_environments if n in st.ces and st.ces[n].enabled)

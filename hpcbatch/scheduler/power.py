@@ -12,7 +12,17 @@ SuspendTime, ResumeTimeout, ResumeRate):
   pool's ``memory_mib_per_node`` 0 means its memory is not known: not checked; a pool with no
   ``gpus_per_node`` serves no GPU job). It powers up one node for a single-node job, ``numNodes`` whole nodes for a gang
   (counting whole free powered nodes first, and preferring the placement group that needs the
-  fewest power-ups and can hold the whole gang). BEST_FIT: the fewest nodes.
+  fewest power-ups and can hold the whole gang, the tightest such group first, as the core's
+  gang placement does; across groups only when no group can hold it, or when that needs no
+  power-up at all).
+* **Allocation strategy** (the compute environment's, as the core's ``nodeindex``): which
+  powered room a waiting job is counted on is the node the core will place it on, so the
+  power-ups are the ones the core's placement really needs. ``BEST_FIT`` (the default): the
+  least room that holds it, so later jobs find the big rooms and the fewest nodes are powered;
+  ``BEST_FIT_PROGRESSIVE``: nodes already given work first, then the tightest;
+  ``SPREAD``: the most room first. Under every strategy a node powered up for one job takes
+  the next jobs that fit its room before another node is powered (no job is given a power-up
+  it does not need).
 * **Bounds**: powered vCPUs (ACTIVE + POWERING_UP) never go above ``maxvCpus`` through a
   power-up, and idle nodes are powered down only while powered vCPUs stay at or above
   ``minvCpus``; below ``minvCpus``, nodes are powered up to reach it.
@@ -76,6 +86,7 @@ class Pool:
     placement_groups: Mapping[str, str] = field(default_factory=dict)  # node -> group
     memory_mib_per_node: int = 0  # 0: not known, not checked
     gpus_per_node: int = 0
+    allocation_strategy: str = "BEST_FIT"  # the CE's: BEST_FIT | BEST_FIT_PROGRESSIVE | SPREAD
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,14 @@ class Room:
     def best_fit_key(self) -> tuple[int, float, int]:
         """BEST_FIT: the node with the least room left (GPUs first: kept for GPU jobs)."""
         return self.gpus, self.vcpus, self.memory_mib or 0
+
+    def strategy_key(self, strategy: str, whole: bool) -> tuple[float, ...]:
+        """The order the core's placement (``nodeindex``) tries nodes in, for ``strategy``."""
+        if strategy == "SPREAD":  # the most room first
+            return self.gpus, -self.vcpus, -(self.memory_mib or 0)
+        if strategy == "BEST_FIT_PROGRESSIVE":  # nodes with work first, then the tightest
+            return (1 if whole else 0, *self.best_fit_key())
+        return self.best_fit_key()
 
 
 @dataclass
@@ -404,9 +423,10 @@ class PowerPlanner:
     def _serve_one(self, plan: PowerPlan, state: PassState, demand: Demand, pool: Pool) -> bool:
         mine = [n for n in sorted(pool.nodes) if n in state.free and n not in state.claimed]
         fit = [n for n in mine if state.free[n].fits(demand)]
-        if fit:  # BEST_FIT: the node with the least room that holds it
-            node = min(fit, key=lambda n: (state.free[n].best_fit_key(), n))
+        if fit:  # the node the core's allocation strategy will place it on
+            node = min(fit, key=lambda n: (state.free[n].strategy_key(pool.allocation_strategy, state.whole[n]), n))
             state.free[node].take(demand)
+            state.whole[node] = False
             self._wanted.add(node)
             self._note_wait(plan, state.now, demand, [node], pool)
             return True
@@ -417,6 +437,7 @@ class PowerPlanner:
             return False
         self._power_for(plan, state, demand, pool, pick)
         state.free[pick[0]].take(demand)
+        state.whole[pick[0]] = False
         state.claimed.discard(pick[0])  # a single job's node may take more jobs in the same pass
         return True
 
@@ -426,38 +447,41 @@ class PowerPlanner:
         idle = [n for n in sorted(pool.nodes) if n in state.free and n not in state.claimed and state.whole.get(n)
                 and state.free[n].vcpus >= whole.vcpus]
         down = self._candidates(pool, state.ups[pool.compute_environment])
-        best = self._gang_pick(pool, idle, down, demand.num_nodes)
-        if best is None:
-            return False
-        have, need = best
-        if len(need) > self._room(pool, state.ups[pool.compute_environment]):
-            return False
-        state.claimed.update(have)
-        if need:
-            self._power_for(plan, state, demand, pool, need)
-        else:
-            self._note_wait(plan, state.now, demand, have, pool)
-        return True
+        room = self._room(pool, state.ups[pool.compute_environment])
+        for have, need in self._gang_options(pool, idle, down, demand.num_nodes):
+            if len(need) > room:
+                continue  # maxvCpus: a way with fewer power-ups may still do
+            state.claimed.update(have)
+            if need:
+                self._power_for(plan, state, demand, pool, need)
+            else:
+                self._note_wait(plan, state.now, demand, have, pool)
+            return True
+        return False
 
     @staticmethod
-    def _gang_pick(pool: Pool, idle: list[str], down: list[str], n: int) -> tuple[list[str], list[str]] | None:
-        """(idle nodes to use, nodes to power up): the placement group that needs the fewest
-        power-ups and holds the whole gang; else across groups; None if the pool cannot."""
+    def _gang_options(pool: Pool, idle: list[str], down: list[str], n: int) -> list[tuple[list[str], list[str]]]:
+        """The ways to place a gang of ``n``, best first, as (idle nodes to use, nodes to power
+        up): inside one placement group, the fewest power-ups, then the tightest group (the
+        fewest nodes it could use: a large group stays whole for a larger gang), then by name;
+        across groups last, or first when it needs no power-up and every group needs some."""
         groups: dict[str, tuple[list[str], list[str]]] = {}
         for node in idle:
             groups.setdefault(pool.placement_groups.get(node, ""), ([], []))[0].append(node)
         for node in down:
             groups.setdefault(pool.placement_groups.get(node, ""), ([], []))[1].append(node)
-        best: tuple[list[str], list[str]] | None = None
-        for _group, (have, can) in sorted(groups.items()):
-            if len(have) + len(can) < n:
-                continue
-            need = max(0, n - len(have))
-            if best is None or need < len(best[1]):
-                best = (have[:n], can[:need])
-        if best is None and len(idle) + len(down) >= n:  # across groups
-            best = (idle[:n], down[:max(0, n - len(idle))])
-        return best
+        ranked = sorted(
+            (max(0, n - len(have)), len(have) + len(can), group, have, can)
+            for group, (have, can) in groups.items() if group and len(have) + len(can) >= n
+        )
+        options = [(have[:n], can[:need]) for need, _size, _group, have, can in ranked]
+        if len(idle) + len(down) >= n:  # across groups (or a pool without groups)
+            across = (idle[:n], down[:max(0, n - len(idle))])
+            if not across[1] and all(need for need, *_ in ranked):
+                options.insert(0, across)
+            else:
+                options.append(across)
+        return options
 
     def _power_for(self, plan: PowerPlan, state: PassState, demand: Demand, pool: Pool, nodes: list[str]) -> None:
         state.ups[pool.compute_environment].extend(nodes)

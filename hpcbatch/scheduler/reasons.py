@@ -5,7 +5,8 @@ Rules: a wait reason is ``CODE - detail`` in AWS Batch's ``statusReason`` vocabu
 ``MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE`` when every maxvCpus is too small,
 ``CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY`` when it would fit but not now), so
 jobStateTimeLimitActions can match the code. Nodes away (drained, down) come back: a job only
-they could hold waits with a ``CAPACITY`` reason naming them. A reason is emitted
+they could hold waits with a ``CAPACITY`` reason naming them; so do pool nodes powered down
+or booting (``booting``). A reason is emitted
 (``SetWaitReason``) only when it changes. Every decision goes to the decision log keyed by
 the jobs it is about, with the events that caused it (``decide``; ``decisions``).
 """
@@ -13,6 +14,7 @@ the jobs it is about, with the events that caused it (``decide``; ``decisions``)
 from __future__ import annotations
 
 from hpcbatch.model.jobs import ResourceRequest
+from hpcbatch.scheduler import booting
 from hpcbatch.scheduler.decisions import Cause, Decision, with_arrays
 from hpcbatch.scheduler.events import Action, JobRunnable, SetWaitReason
 from hpcbatch.scheduler.gang import Reservation, hostlist, natural_key
@@ -84,9 +86,10 @@ def cached_why_not(
 
 def why_not(st: SchedulerState, r: ResourceRequest, ces: list[CeState], reserved: dict[str, Reservation]) -> str:
     """Why ``r`` cannot start now on ``ces`` (a reason with its AWS code)."""
+    boot = booting.note(st, r, ces)
     if not any(n.could_ever_fit(r) for ce in ces for n in ce.nodes.values()):
-        away = away_note(*nodes_away(st, r, ces))
-        if away:  # a node that would hold it is only down: it comes back
+        away = ", ".join(p for p in (boot, away_note(*nodes_away(st, r, ces))) if p)
+        if away:  # a node that would hold it is only down or powered down: it comes back
             return f"{CAPACITY} - Waiting for a node that can hold the job: {away}"
         return f"{REQUIREMENT} - {why_never(st, r, ces)}"
     able = [ce for ce in ces if any(n.could_ever_fit(r) for n in ce.nodes.values())]
@@ -105,7 +108,7 @@ def why_not(st: SchedulerState, r: ResourceRequest, ces: list[CeState], reserved
     else:
         have = f"the largest free node has {largest[0]:g} vCPUs and {largest[1]} MiB"
     gpus = f" and {r.gpus} GPUs" if r.gpus else ""
-    away = away_note(*nodes_away(st, r, ces))
+    away = ", ".join(p for p in (boot, away_note(*nodes_away(st, r, ces))) if p)
     return (
         f"{CAPACITY} - {WAIT_RESOURCES} (needs {r.vcpus:g} vCPUs and {r.memory_mib} MiB{gpus}, {have})"
         + (f"; {away}" if away else "")
@@ -182,6 +185,9 @@ def gang_why_never(st: SchedulerState, job: JobRunnable, ces: list[CeState]) -> 
             if r.vcpus <= vcpus + 1e-9 and r.memory_mib <= memory_mib and r.gpus <= gpus and r.requires <= features:
                 able_total += count
                 by_group[group] = by_group.get(group, 0) + count
+        for group, count in booting.count_by_group(ce, r).items() if ce.booting else ():  # they come up
+            able_total += count
+            by_group[group] = by_group.get(group, 0) + count
         fits_group = any(g is not None and c >= n for g, c in by_group.items())
         if ce.max_vcpus is not None and n * r.vcpus > ce.max_vcpus + 1e-9:
             capped_ce = capped_ce or ce.name

@@ -8,14 +8,18 @@ those that free up latest (EASY's "extra nodes": idle nodes it does not need sta
 A single-node job: the node that has room for it soonest, found by walking planned ends in
 time order; none when only unknown ends could give room. Reserved nodes take later jobs only
 when they are planned to end before the reservation starts (backfill, ``placement.may_use``).
-Reservations are recomputed every pass: derived state, not promises.
+Reservations are recomputed every pass: derived state, not promises. Pool nodes powered
+down or booting count as free from when they are expected up (``booting``): the boot time is
+part of the reservation, so backfill before it stays honest.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 
 from hpcbatch.model.jobs import ResourceRequest
+from hpcbatch.scheduler import booting
 from hpcbatch.scheduler.events import JobRunnable
 from hpcbatch.scheduler.gang import UNKNOWN, Reservation, natural_key, pick_nodes
 from hpcbatch.scheduler.holds import live_end
@@ -27,7 +31,7 @@ from hpcbatch.scheduler.reasons import (
     runnable_of,
     wait,
 )
-from hpcbatch.scheduler.state import CeState, NodeState, QueueScan, SchedulerState
+from hpcbatch.scheduler.state import BootingNode, CeState, NodeState, QueueScan, SchedulerState
 
 
 def may_reserve(st: SchedulerState, scan: QueueScan) -> bool:
@@ -69,9 +73,12 @@ def reserve_single(
     for ce in ces:
         if ce.max_vcpus is not None and r.vcpus > ce.max_vcpus + 1e-9:
             continue
-        found = soonest_room(st, ce, r, reserved)
+        found: tuple[NodeState | BootingNode, float] | None = soonest_room(st, ce, r, reserved)
+        boot = booting.soonest(st, ce, r, reserved)
+        if boot is not None and (found is None or boot[1] < found[1]):  # a tie: the node that is up
+            found = boot
         if found is not None and (best is None or found[1] < best.start_s):
-            best = Reservation(job_id, ce.name, (found[0].name,), found[1])
+            best = booting.reservation(st, job_id, ce, (found[0].name,), found[1])
     return best
 
 
@@ -136,24 +143,27 @@ def reserve(st: SchedulerState, job: JobRunnable, ces: list[CeState], reserved: 
         else:
             group, names, start = _soonest_nodes(able, n)
         if best is None or start < best.start_s:  # a tie goes to the earlier CE in order
-            best = Reservation(job.job_id, ce.name, tuple(names), start, group)
+            best = booting.reservation(st, job.job_id, ce, tuple(names), start, group)
     return best
 
 
 def _able(
     st: SchedulerState, ce: CeState, r: ResourceRequest, n: int, reserved: dict[str, Reservation],
-) -> list[tuple[float, NodeState]]:
-    """(expected free time, node) of the nodes of ``ce`` a gang of ``n`` x ``r`` could reserve."""
+) -> list[tuple[float, NodeState | BootingNode]]:
+    """(expected free time, node) of the nodes of ``ce`` a gang of ``n`` x ``r`` could reserve;
+    pool nodes powered down or booting are free when they are expected up (``booting``)."""
+    boots = booting.able(st, ce, r, reserved) if ce.booting else []
     if ce.require_placement_group:
         return [
             (free_at(st, node), node)
             for node in ce.nodes.values()
             if node.accepting and node.could_ever_fit(r) and node.name not in reserved
-        ]
+        ] + boots
     # Without a required group the chosen nodes are all free by the n-th soonest
     # time: walk the nodes by expected end and stop after that time (5k nodes).
-    able: list[tuple[float, NodeState]] = []
-    cutoff: float | None = None
+    able: list[tuple[float, NodeState | BootingNode]] = []
+    cutoff: float | None = boots[n - 1][0] if len(boots) >= n else None
+    times = [at for at, _ in boots]  # soonest first: how many are up by a time, by bisection
     for end, name in ce.by_end:
         t = max(st.now, end)
         if cutoff is not None and t > cutoff:
@@ -161,9 +171,9 @@ def _able(
         node = ce.nodes[name]
         if node.accepting and node.could_ever_fit(r) and name not in reserved:
             able.append((t, node))
-            if len(able) == n:
+            if len(able) + (bisect.bisect_right(times, t) if times else 0) >= n:
                 cutoff = t
-    return able
+    return able + [it for it in boots if cutoff is None or it[0] <= cutoff]
 
 
 def free_at(st: SchedulerState, node: NodeState) -> float:
@@ -171,7 +181,7 @@ def free_at(st: SchedulerState, node: NodeState) -> float:
     return max(st.now, node.latest_end)
 
 
-def _soonest_nodes(able: list[tuple[float, NodeState]], n: int) -> tuple[str | None, list[str], float]:
+def _soonest_nodes(able: list[tuple[float, NodeState | BootingNode]], n: int) -> tuple[str | None, list[str], float]:
     """``pick_nodes``' choice among nodes all free by the n-th soonest time, without candidates.
 
     Every option then starts at that time, so one placement group that holds ``n`` of them
@@ -181,7 +191,7 @@ def _soonest_nodes(able: list[tuple[float, NodeState]], n: int) -> tuple[str | N
     smaller nodes, then by name; with an unknown start: soonest first (the idle nodes, held
     as the rest free up). Returns (group, names in index order, start).
     """
-    groups: dict[str, list[tuple[float, NodeState]]] = {}
+    groups: dict[str, list[tuple[float, NodeState | BootingNode]]] = {}
     for item in able:
         group = item[1].placement_group
         if group is not None:

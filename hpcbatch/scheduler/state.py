@@ -79,6 +79,44 @@ class NodeState:
 
 
 @dataclass(slots=True)
+class BootingNode:
+    """A pool node not registered yet (``events.NodePowerChanged``): expected up at ``up_s``
+    (POWERING_UP), or ``boot_s`` after now (POWERED_DOWN: ``up_s`` None). Plans only."""
+
+    name: str
+    ce: str
+    vcpus: float
+    memory_mib: int
+    gpus: int
+    boot_s: float
+    up_s: float | None = None
+    placement_group: str | None = None
+    features: frozenset[str] = frozenset()
+
+    def up_at(self, now: float) -> float:
+        """When it is expected to register, seen at ``now`` (an overdue boot: now)."""
+        return now + self.boot_s if self.up_s is None else max(now, self.up_s)
+
+    def could_ever_fit(self, r: ResourceRequest) -> bool:
+        return (r.vcpus <= self.vcpus + 1e-9 and r.memory_mib <= self.memory_mib and r.gpus <= self.gpus
+                and r.requires <= self.features)
+
+    def candidate(self, free_at: float) -> Candidate:
+        return Candidate(self.name, self.placement_group, free_at, (self.vcpus, self.memory_mib, self.gpus))
+
+
+@dataclass(slots=True)
+class BootFit:
+    """A compute environment's booting nodes that could hold one request (``booting``), kept
+    until its booting nodes change: booting ones by expected up time, powered-down ones by
+    boot time (both then by name), and the wait reason's note naming them."""
+
+    up: list[BootingNode]
+    down: list[BootingNode]
+    note: str
+
+
+@dataclass(slots=True)
 class CeState:
     name: str
     enabled: bool = True
@@ -92,6 +130,8 @@ class CeState:
     # (planned end, job, node) of allocations with a known end, a heap with stale entries left
     # in (checked when popped, compacted when it doubles): when a node has room for a job.
     ends: list[tuple[float, str, str]] = field(default_factory=list)
+    booting: dict[str, BootingNode] = field(default_factory=dict)  # pool nodes powered down or booting
+    boot_fit: dict[ResourceRequest, BootFit] = field(default_factory=dict)  # by request, until ``booting`` changes
 
     def caps(self, vcpus: float) -> bool:
         """True when ``vcpus`` more would pass ``maxvCpus``."""

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             result.write_csv(path.with_name(f"{path.stem}-{mode}{path.suffix or '.csv'}"))
         if saving is not None:
             powered = simulate(jobs, args.nodes, args.cores, mode, fair_share=args.fair_share,
-                               estimates=args.estimates, preempt=args.preempt, power=saving)
+                               estimates=args.estimates, forecasts=args.forecasts and mode == "backfill",
+                               preempt=args.preempt, power=saving)
             print("\n".join(powered.lines() + power_saving_lines(result, powered)))
     return 0
 

@@ -31,7 +31,9 @@ the result counts preemptions, the core-seconds lost and ``hi``'s mean wait.
 Power saving (``power=PowerSaving(...)``): the nodes form one MANAGED pool run by the head's
 own planner (hpcbatch.scheduler.power), given the waiting jobs and the registered nodes after
 every instant, as the head's power pass is. A power-up registers the node with the core
-``boot_s`` later; a power-down removes it at once (it is idle). The result adds the
+``boot_s`` later; a power-down removes it at once (it is idle). The core is told which nodes
+are powered down or booting (``NodePowerChanged``, as the head does), so its reservations
+count the boot (``plan_boots=False``: it sees registered nodes only). The result adds the
 node-seconds powered and saved (powered down), counted until the last pass (the last idle
 nodes' ``suspend_after_s`` past the last job); ``power_saving_lines`` sets them against the
 mean wait the boots added. ``simulate`` itself is steps of ``_Run``: pop what is due, feed the
@@ -57,6 +59,7 @@ from hpcbatch.scheduler import (
     JobQueueChanged,
     JobRunnable,
     NodeGone,
+    NodePowerChanged,
     NodeUp,
     PreemptAttempt,
     Scheduler,
@@ -179,6 +182,9 @@ class PowerSaving:
     suspend_after_s: float = 300.0
     boot_s: float = 60.0
     min_nodes: int = 0
+    # Tell the core which nodes are powered down or booting (``NodePowerChanged``), so its
+    # reservations count the boot; False: the core sees registered nodes only (as before issue 20).
+    plan_boots: bool = True
 
 
 class SimSettings(TypedDict, total=False):
@@ -249,6 +255,15 @@ class _Run:
         return NodeUp(f"up{i}-{self.seq}", f"n{i}", "ce", self.cores, self.cores * 4096, 0,
                       placement_group=f"rack{i // 32}")
 
+    def _power_fact(self, name: str, state: PowerState, now: float) -> NodePowerChanged:
+        """What the head tells the core of a pool node that is not registered (issue 20)."""
+        assert self.o.power is not None
+        return NodePowerChanged(f"power-{name}-{now}", name, "ce", state.value, self.o.power.boot_s, self.cores,
+                                self.cores * 4096, since_s=now, placement_group=f"rack{int(name[1:]) // 32}")
+
+    def _powered_down(self, name: str, now: float) -> NodePowerChanged:
+        return self._power_fact(name, PowerState.POWERED_DOWN, now)
+
     def _start_core(self, t0: float) -> None:
         o = self.o
         policy = FairSharePolicy() if o.fair_share else None
@@ -270,7 +285,9 @@ class _Run:
         for name in pool.nodes[:o.power.min_nodes]:  # minvCpus' nodes are up from the start
             self.up.add(name)
             self.power.restore(name, NodePower(PowerState.ACTIVE, t0, "Registered"))
-        self._power_pass(t0)
+        if o.power.plan_boots:
+            self.s.handle(Tick(f"tick{t0}", t0), *[self._powered_down(name, t0) for name in pool.nodes[o.power.min_nodes:]])
+        self._handle(t0, [Tick(f"tick{t0}", t0), *self._power_pass(t0)], [])
 
     # ------------------------------------------------------------- the jobs
     def actual(self, job: SimJob) -> float:
@@ -302,7 +319,9 @@ class _Run:
             batch, arrived, replan = self._pop_due(now)
             self._handle(now, batch, replan)
             if self.power is not None:
-                self._power_pass(now)
+                facts = self._power_pass(now)
+                if facts:  # nodes went or began to boot: the core replans (backfill may start jobs)
+                    self._handle(now, [Tick(f"tick{now}", now), *facts], replan)
             self._wake_on_plans(replan)
             if self.o.forecasts:
                 self._ask_forecasts(arrived)
@@ -387,8 +406,9 @@ class _Run:
                     self.expected[job_id] = at
 
     # ------------------------------------------------------------- power
-    def _power_pass(self, now: float) -> None:
-        """The head's power pass: power-ups register ``boot_s`` later, power-downs leave at once."""
+    def _power_pass(self, now: float) -> list[Event]:
+        """The head's power pass: power-ups register ``boot_s`` later, power-downs leave at once;
+        returns what the core must be told (nodes gone, and with ``plan_boots`` their power states)."""
         assert self.power is not None and self.o.power is not None
         demands = []
         for job_id in list(self.waiting)[:POWER_DEMANDS_PER_NODE * self.nodes]:
@@ -400,17 +420,23 @@ class _Run:
             views[name] = NodeView(name, float(self.cores), float(used), used > 0)
         plan = self.power.plan(now, demands, views)
         gone: list[str] = []
+        facts: list[Event] = []
         for action in plan.actions:
             if isinstance(action, PowerOn):
                 for name in action.nodes:
                     heapq.heappush(self.events, (now + self.o.power.boot_s, REGISTER, name))
+                    facts.append(self._power_fact(name, PowerState.POWERING_UP, now))
             elif isinstance(action, PowerOff):
                 gone += action.nodes
         if gone:
-            self.s.handle(Tick(f"tick{now}", now), *[NodeGone(f"off-{name}-{now}", name) for name in gone])
+            facts += [NodeGone(f"off-{name}-{now}", name) for name in gone]
+            facts += [self._powered_down(name, now) for name in gone]
             self.up.difference_update(gone)
             self.power.powered_off(gone, now)
         self._next_suspend(now)
+        if not self.o.power.plan_boots:
+            facts = [f for f in facts if isinstance(f, NodeGone)]
+        return facts
 
     def _next_suspend(self, now: float) -> None:
         """A pass when the first idle node's ``suspend_after_s`` is up (if nothing else comes first)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hpcbatch.scheduler.power import (
     Demand,
     NodeFailed,
@@ -224,3 +227,99 @@ def test_unknown_and_transitional_answers_change_nothing() -> None:
     assert planner.driver_says({"node1": "PoweringOff"}, T0 + 1, "redfish") == []
     assert [r.state for r in planner.records.values()] == [
         PowerState.ACTIVE, PowerState.POWERED_DOWN, PowerState.POWERING_DOWN]
+
+# ---------------------------------------------- power-ups by allocation strategy (issue 20)
+def _core_places(strategy: str, views: dict[str, NodeView], jobs: list[Demand]) -> set[str]:
+    """The jobs the real scheduler core starts on these registered nodes under ``strategy``."""
+    from hpcbatch.model.jobs import ResourceRequest
+    from hpcbatch.scheduler import (
+        ComputeEnvironmentChanged,
+        JobQueueChanged,
+        JobRunnable,
+        NodeUp,
+        Scheduler,
+        StartAttempt,
+    )
+
+    s = Scheduler()
+    events: list = [ComputeEnvironmentChanged("c", "managed", True, None, allocation_strategy=strategy),
+                    JobQueueChanged("q", "q", True, 1, ("managed",))]
+    for v in views.values():
+        alloc = (("busy-" + v.name, ResourceRequest(v.used_vcpus, 0)),) if v.used_vcpus else ()
+        events.append(NodeUp("n" + v.name, v.name, "managed", v.vcpus, 4096, 0, alloc))
+    events += [JobRunnable("j" + d.job_id, d.job_id, "q", ResourceRequest(d.vcpus, 0), i) for i, d in enumerate(jobs)]
+    return {a.job_id for a in s.handle(*events) if isinstance(a, StartAttempt)}
+
+
+def test_power_ups_follow_the_allocation_strategy_as_the_core_places() -> None:
+    """node1 has 1 vCPU free, node2 2: BEST_FIT (and PROGRESSIVE) put a on node1 and b on node2,
+    powering nothing; SPREAD puts a on node2, so b needs a node powered up. Each matches what
+    the core itself does with the same nodes and strategy."""
+    views = {"node1": NodeView("node1", 2, 1, True), "node2": NodeView("node2", 2, 0, False)}
+    jobs = [Demand("a", ("managed",), 1), Demand("b", ("managed",), 2)]
+    for strategy, powered in (("BEST_FIT", 0), ("BEST_FIT_PROGRESSIVE", 0), ("SPREAD", 1)):
+        planner = PowerPlanner([pool(allocation_strategy=strategy)], now=0)
+        for name in views:
+            planner.restore(name, NodePower(PowerState.ACTIVE, 0, "Registered"))
+        plan = planner.plan(1, jobs, views)
+        assert sum(len(a.nodes) for a in ons(plan)) == powered, strategy
+        assert len(jobs) - len(_core_places(strategy, views, jobs)) == powered, strategy
+
+
+def test_no_strategy_gives_a_job_a_power_up_it_does_not_need() -> None:
+    """Four 1-vCPU jobs on 2-vCPU nodes power two nodes up, whatever the strategy."""
+    jobs = [Demand(f"j{i}", ("managed",), 1) for i in range(4)]
+    for strategy in ("BEST_FIT", "BEST_FIT_PROGRESSIVE", "SPREAD"):
+        plan = PowerPlanner([pool(allocation_strategy=strategy)], now=0).plan(1, jobs, {})
+        assert [a.nodes for a in ons(plan)] == [("node1", "node2")], strategy
+
+
+def test_a_gang_takes_the_tightest_placement_group_that_holds_it() -> None:
+    groups = {n: ("rack1" if n in ("node1", "node2", "node3", "node4", "node5") else "rack2") for n in NODES}
+    planner = PowerPlanner([pool(placement_groups=groups)], now=0)
+    plan = planner.plan(1, [Demand("g", ("managed",), 1, num_nodes=3)], {})
+    assert [a.nodes for a in ons(plan)] == [("node6", "node7", "node8")]  # rack2 holds exactly 3
+
+
+def test_a_gang_on_idle_nodes_across_groups_powers_nothing() -> None:
+    groups = {n: ("rack1" if n in ("node1", "node2", "node3", "node4") else "rack2") for n in NODES}
+    planner = PowerPlanner([pool(placement_groups=groups)], now=0)
+    for name in ("node1", "node5"):
+        planner.restore(name, NodePower(PowerState.ACTIVE, 0, "Registered"))
+    plan = planner.plan(1, [Demand("g", ("managed",), 1, num_nodes=2)], up(["node1", "node5"]))
+    assert ons(plan) == []
+
+
+def test_a_gang_whose_group_would_pass_max_vcpus_is_served_across_groups() -> None:
+    groups = {n: ("rack1" if n in ("node1", "node2", "node3", "node4") else "rack2") for n in NODES}
+    planner = PowerPlanner([pool(placement_groups=groups, max_vcpus=6)], now=0)
+    for name in ("node1", "node5"):
+        planner.restore(name, NodePower(PowerState.ACTIVE, 0, "Registered"))
+    plan = planner.plan(1, [Demand("g", ("managed",), 1, num_nodes=3)], up(["node1", "node5"]))
+    # Either group needs 2 more nodes (8 vCPUs > maxvCpus 6); across groups needs one.
+    assert [a.nodes for a in ons(plan)] == [("node2",)]
+
+
+STRATEGIES = ("BEST_FIT", "BEST_FIT_PROGRESSIVE", "SPREAD")
+
+
+@settings(max_examples=80, deadline=None)
+@given(strategy=st.sampled_from(STRATEGIES), idle=st.integers(0, 8), n=st.integers(2, 8))
+def test_property_a_gang_powers_up_exactly_what_the_idle_nodes_lack(strategy: str, idle: int, n: int) -> None:
+    names = list(NODES[:idle])
+    planner = PowerPlanner([pool(allocation_strategy=strategy)], now=0)
+    for name in names:
+        planner.restore(name, NodePower(PowerState.ACTIVE, 0, "Registered"))
+    plan = planner.plan(1, [Demand("g", ("managed",), 2, num_nodes=n)], up(names))
+    powered = [x for a in ons(plan) for x in a.nodes]
+    assert len(powered) == max(0, n - idle) and not set(powered) & set(names)
+
+
+@settings(max_examples=80, deadline=None)
+@given(strategy=st.sampled_from(STRATEGIES), k=st.integers(1, 16), vcpus=st.sampled_from([0.5, 1.0, 2.0]))
+def test_property_equal_jobs_power_up_the_fewest_nodes_that_hold_them(strategy: str, k: int, vcpus: float) -> None:
+    """k jobs of one size on empty 2-vCPU nodes: ceil(k / per node) power-ups (up to the pool), never more."""
+    jobs = [Demand(f"j{i}", ("managed",), vcpus) for i in range(k)]
+    plan = PowerPlanner([pool(allocation_strategy=strategy)], now=0).plan(1, jobs, {})
+    per_node = int(2 // vcpus)
+    assert sum(len(a.nodes) for a in ons(plan)) == min(len(NODES), -(-k // per_node))

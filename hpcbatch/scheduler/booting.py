@@ -1,0 +1,133 @@
+"""Pool nodes powered down or booting: planned with from the time they are expected up.
+
+Rules (issue 20, "the boot time is part of the reservation so backfill stays honest"):
+
+* A MANAGED pool's node that is not registered reaches the core as ``NodePowerChanged``:
+  POWERING_UP since ``since_s`` is expected up at ``since_s + boot_s`` (an overdue one: now);
+  POWERED_DOWN is expected ``boot_s`` after now (its power-up has not begun). Any other
+  power state takes it out; ``NodeUp`` (it registered) replaces it. Nothing ever starts on
+  such a node: it only counts for *when* a job can start.
+* Reservations (``reserve``) take such a node as free at that time, like a node whose running
+  jobs end then: a gang reserved on two idle nodes and two booting ones starts when the
+  booting ones are up, and the two idle ones take only jobs planned to end by then
+  (backfill, ``Reservation.admits``): a short job runs during the boot, a long one waits.
+  A single-node job whose soonest room is a booting node is reserved there.
+* Why a job waits (``reasons``) counts them as capacity that comes: a job only they can
+  hold waits with a ``CAPACITY`` reason naming them (never a ``MISCONFIGURATION`` one), and
+  a compute environment with only powered-down nodes still serves its queues.
+* Forecasts (``planning``) see them as nodes that free up whole at that time.
+
+Pure: the time is the core's (``Tick``) and the head's (``since_s``); no clock here.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from hpcbatch.model.jobs import ResourceRequest
+from hpcbatch.scheduler.events import NodePowerChanged
+from hpcbatch.scheduler.gang import Reservation, fmt_time, hostlist, natural_key
+from hpcbatch.scheduler.holds import ce_of
+from hpcbatch.scheduler.state import BootFit, BootingNode, CeState, SchedulerState
+
+PLANNED_STATES = ("POWERED_DOWN", "POWERING_UP")
+UNKNOWN_MEMORY_MIB = 1 << 40  # NodePowerChanged.memory_mib 0 (the pool's is not known): any job's fits
+
+
+def node_power_changed(st: SchedulerState, event: NodePowerChanged) -> None:
+    """Plan with (or stop planning with) a pool node that is not registered."""
+    forget(st, event.node)
+    if event.state not in PLANNED_STATES or event.node in st.nodes:
+        return  # a registered node is what it reports (NodeUp), not what the planner thinks
+    st.down.pop(event.node, None)  # powered down on purpose: not "down", it comes on demand
+    up = event.since_s + event.boot_s if event.state == "POWERING_UP" else None
+    memory = event.memory_mib or UNKNOWN_MEMORY_MIB  # a pool's memory not known: not checked
+    ce = ce_of(st, event.compute_environment)
+    ce.booting[event.node] = BootingNode(
+        event.node, event.compute_environment, event.vcpus, memory, event.gpus, event.boot_s, up,
+        event.placement_group, event.features,
+    )
+    ce.boot_fit.clear()
+
+
+def forget(st: SchedulerState, name: str) -> None:
+    """``name`` registered (or left planning): no longer a node to plan a boot with."""
+    for ce in st.ces.values():
+        if ce.booting and ce.booting.pop(name, None) is not None:
+            ce.boot_fit.clear()
+
+
+def fit(ce: CeState, r: ResourceRequest) -> BootFit:
+    """``ce``'s booting nodes that could hold ``r`` (kept until they change: a pass asks often)."""
+    found = ce.boot_fit.get(r)
+    if found is None:
+        able_ = [b for b in ce.booting.values() if b.could_ever_fit(r)]
+        up = sorted((b for b in able_ if b.up_s is not None), key=lambda b: (b.up_s, natural_key(b.name)))
+        down = sorted((b for b in able_ if b.up_s is None), key=lambda b: (b.boot_s, natural_key(b.name)))
+        found = ce.boot_fit[r] = BootFit(up, down, _note(up, down))
+    return found
+
+
+def able(
+    st: SchedulerState, ce: CeState, r: ResourceRequest, reserved: dict[str, Reservation],
+) -> list[tuple[float, BootingNode]]:
+    """(expected up time, node) of ``ce``'s booting nodes that could hold ``r``, soonest first."""
+    f, now = fit(ce, r), st.now
+    ups = ((max(now, b.up_s or 0.0), b) for b in f.up if b.name not in reserved)
+    downs = ((now + b.boot_s, b) for b in f.down if b.name not in reserved)
+    return list(heapq.merge(ups, downs, key=lambda it: it[0]))
+
+
+def soonest(
+    st: SchedulerState, ce: CeState, r: ResourceRequest, reserved: dict[str, Reservation],
+) -> tuple[BootingNode, float] | None:
+    """The booting node of ``ce`` up soonest that could hold ``r`` (a single-node job), with its time."""
+    if not ce.booting:
+        return None
+    f, now = fit(ce, r), st.now
+    up = next(((b, max(now, b.up_s or 0.0)) for b in f.up if b.name not in reserved), None)
+    down = next(((b, now + b.boot_s) for b in f.down if b.name not in reserved), None)
+    if up is None or (down is not None and down[1] < up[1]):
+        return down
+    return up
+
+
+def reservation(
+    st: SchedulerState, job_id: str, ce: CeState, names: tuple[str, ...], start_s: float, group: str | None = None,
+) -> Reservation:
+    """A reservation on ``names`` of ``ce``, naming those that are powered down or booting."""
+    if not ce.booting:
+        return Reservation(job_id, ce.name, names, start_s, group)
+    mine = [ce.booting[n] for n in names if n in ce.booting]
+    down = tuple(b.name for b in mine if b.up_s is None)
+    up = tuple(b.name for b in mine if b.up_s is not None)
+    boot = max((b.boot_s for b in mine if b.up_s is None), default=0.0)
+    return Reservation(job_id, ce.name, names, start_s, group, powering_up=up, powered_down=down, boot_s=boot)
+
+
+def note(st: SchedulerState, r: ResourceRequest, ces: list[CeState]) -> str:
+    """``node[5-8] powering up (expected by t=190), node[9-12] powered down (up ~90 s after a
+    power-up)``: the pool nodes that could hold ``r``; "" when none. No relative times, so
+    the reason stays the same from pass to pass."""
+    return ", ".join(n for ce in ces if ce.booting and (n := fit(ce, r).note))
+
+
+def _note(up: list[BootingNode], down: list[BootingNode]) -> str:
+    parts = []
+    if up:
+        at = max(b.up_s or 0.0 for b in up)
+        parts.append(f"{hostlist(sorted((b.name for b in up), key=natural_key))} powering up (expected by t={fmt_time(at)})")
+    if down:
+        boot = max(b.boot_s for b in down)
+        parts.append(f"{hostlist(sorted((b.name for b in down), key=natural_key))} powered down "
+                     f"(up ~{boot:.0f} s after a power-up)")
+    return ", ".join(parts)
+
+
+def count_by_group(ce: CeState, r: ResourceRequest) -> dict[str | None, int]:
+    """How many of ``ce``'s booting nodes could hold ``r``, by placement group (gangs)."""
+    out: dict[str | None, int] = {}
+    f = fit(ce, r)
+    for b in (*f.up, *f.down):
+        out[b.placement_group] = out.get(b.placement_group, 0) + 1
+    return out
