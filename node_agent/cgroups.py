@@ -203,8 +203,13 @@ def remove_soon(path: Path, deadline_s: float = 2.0) -> bool:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
+    """Write a cgroup control file: one open, one write (open()'s buffering costs an fstat
+    and an ioctl more on every start)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _cgroup_mounts() -> tuple[Path | None, Path | None]:
