@@ -128,12 +128,16 @@ class MemoryCgroups:
         """How many processes the kernel's OOM killer ended in this cgroup."""
         for name in ("memory.events", "memory.oom_control"):  # v2, v1
             try:
-                text = (path / name).read_text()
+                fd = os.open(path / name, os.O_RDONLY | os.O_CLOEXEC)  # no buffered file: on every exit
+                try:
+                    text = os.read(fd, 65536)
+                finally:
+                    os.close(fd)
             except OSError:
                 continue
             for line in text.splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
+                key, _, value = line.partition(b" ")
+                if key == b"oom_kill":
                     return int(value)
         return 0
 

@@ -301,6 +301,15 @@ def remove_attempt_dir(adir: Path, keep_workdir: bool) -> None:
         shutil.rmtree(adir, ignore_errors=True)
 
 
+def remove_attempt_dirs(adirs: list[Path], keep_workdir: bool) -> None:
+    """``remove_attempt_dir`` for each of a batch (one hand-off to the remover's thread)."""
+    for adir in adirs:
+        try:
+            remove_attempt_dir(adir, keep_workdir)
+        except Exception:  # one odd directory must not keep the rest of the batch
+            log.exception("cannot remove %s", adir)
+
+
 def read_result(adir: Path) -> AttemptResult | None:
     try:
         return AttemptResult(**json.loads((adir / _RESULT).read_bytes()))
