@@ -6,7 +6,9 @@ Two measures, medians over ``ROUNDS`` rounds of ``N`` ``true`` jobs each:
   does), started and waited for back to back, set up as the local cluster's agent runs a job:
   the agent's own user as owner (``allow_root_jobs`` when root), its memory cgroup when this
   machine has one, the shim, an environment of the size ``node_agent.main`` builds. The
-  runner's share only: no messages. ``agent_runner_jobs_per_s``: the same rounds' pace.
+  runner's share only: no messages. ``agent_runner_sys_ms_per_job``: of which in the kernel
+  (file system and cgroup work; what a loaded machine inflates most).
+  ``agent_runner_jobs_per_s``: the same rounds' pace.
 * ``agent_cluster_cpu_ms_per_job``: a real one-node local cluster (head and agent processes,
   CurveZMQ), ``N`` jobs submitted at once; the agent process's CPU (psutil ``cpu_times``,
   user + system, the process's own, not its children's) over the burst / ``N``. The
@@ -68,8 +70,8 @@ def _memory_mode() -> str:
     return "cgroup"
 
 
-async def _runner_round(state: Path, mode: str, n: int) -> tuple[float, float]:
-    """(jobs per second, agent CPU ms per job) for ``n`` ``true`` attempts through a Runner."""
+async def _runner_round(state: Path, mode: str, n: int) -> tuple[float, float, float]:
+    """(jobs per second, agent CPU ms per job, of which system) for ``n`` ``true`` attempts."""
     done = asyncio.Event()
     ended = 0
     user = pwd.getpwuid(os.geteuid()).pw_name
@@ -82,7 +84,7 @@ async def _runner_round(state: Path, mode: str, n: int) -> tuple[float, float]:
 
     runner = Runner(state, on_exit=on_exit, memory_enforcement=mode, allow_root_jobs=os.geteuid() == 0)
     try:
-        cpu0, t0 = time.process_time(), time.perf_counter()
+        times0, t0 = os.times(), time.perf_counter()
         for i in range(n):
             spec = AttemptSpec(f"a{i}", f"j{i}", 1, ["true"], dict(ENV), 1, 2048, timeout_s=3600, user=user)
             outcome = await runner.start(spec)
@@ -91,10 +93,11 @@ async def _runner_round(state: Path, mode: str, n: int) -> tuple[float, float]:
             await done.wait()
         for i in range(n):  # the head acknowledges every result: the agent forgets it
             runner.forget(f"a{i}")
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        wall, times1 = time.perf_counter() - t0, os.times()
     finally:
         await runner.shutdown(kill=True)
-    return n / wall, cpu * 1000 / n
+    user, system = times1.user - times0.user, times1.system - times0.system
+    return n / wall, (user + system) * 1000 / n, system * 1000 / n
 
 
 def runner_figures(n: int, rounds: int, profile: Path | None) -> dict[str, str]:
@@ -110,8 +113,9 @@ def runner_figures(n: int, rounds: int, profile: Path | None) -> dict[str, str]:
         (profile / "runner_profile.txt").write_text(_top(pstats.Stats(prof), f"runner, {mode}, {n} jobs"))
     return {
         "agent_memory_mode": mode,
-        "agent_runner_jobs_per_s": f"{statistics.median(r for r, _ in samples):.0f}",
-        "agent_runner_cpu_ms_per_job": f"{statistics.median(c for _, c in samples):.3f}",
+        "agent_runner_jobs_per_s": f"{statistics.median(s[0] for s in samples):.0f}",
+        "agent_runner_cpu_ms_per_job": f"{statistics.median(s[1] for s in samples):.3f}",
+        "agent_runner_sys_ms_per_job": f"{statistics.median(s[2] for s in samples):.3f}",
     }
 
 
