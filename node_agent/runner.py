@@ -47,6 +47,7 @@ Theory of operation (Linux only; one asyncio event loop, no threads):
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -80,7 +81,7 @@ from node_agent.attempts import (
 from node_agent.cgroups import BusyCgroups, CgroupUnavailable, MemoryCgroups
 from node_agent.container_cgroup import siblings, sweep
 from node_agent.identity import OwnerResolver, first_closed_dir
-from node_agent.journal import Journal, JournalEntry, remove_attempt_dir
+from node_agent.journal import Journal, JournalEntry, remove_attempt_dir, remove_attempt_dirs
 from node_agent.live import (
     LiveAttempt,
     LiveTask,
@@ -112,6 +113,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SHM_CLEAN_DELAY_S = 1.0  # after the SIGKILLs of an attempt's end: its processes have let go of their maps
+_SHM_BATCH_S = 0.25  # at most this often a scan of /dev/shm for a burst of ends
 _MIB = 1024 * 1024
 _RSS_INTERVAL_S = 0.5
 
@@ -183,6 +185,10 @@ class Runner:
         self._doomed: set[str] = set()  # shutdown: the attempts it waits to see end
         self._drain_tasks = False  # shutdown: and it waits for every launched task too
         self._rss_timer: asyncio.TimerHandle | None = None
+        # Attempts whose /dev/shm leftovers are due for removal: (when, uid, start s, alone).
+        self._shm_due: collections.deque[tuple[float, int, float, bool]] = collections.deque()
+        self._shm_timer: asyncio.TimerHandle | None = None
+        self._forgotten: list[Path] = []  # attempt dirs to delete in the remover's next batch
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         # The effective mode, for logs and tests: "cgroup" or "rss".
         self.memory_enforcement = "cgroup" if self._cgroups else "rss"
@@ -412,6 +418,9 @@ class Runner:
         """
         self._closed = True
         self._journal.closing()
+        if self._forgotten:  # acknowledged just now: still deleted
+            self._remover_pool().submit(remove_attempt_dirs, self._forgotten, self._options.keep_workdir)
+            self._forgotten = []
         if self._remover is not None:
             self._remover.shutdown(wait=True)
             self._remover = None
@@ -419,9 +428,10 @@ class Runner:
         for rec in self._running.values():  # left running: the next agent adopts them
             rec.cancel_timers()
         self._watcher.close()
-        if self._rss_timer is not None:
-            self._rss_timer.cancel()
-            self._rss_timer = None
+        for timer in (self._rss_timer, self._shm_timer):
+            if timer is not None:
+                timer.cancel()
+        self._rss_timer = self._shm_timer = None
         self._journal.close()
         self._remove_cgroups()
         if self._devnull >= 0:
@@ -544,9 +554,12 @@ class Runner:
         if rec.container_cgroup is not None:
             rec.container_cgroup.close()
         if rec.cgroup is not None:
-            MemoryCgroups.kill(rec.cgroup)
-            if not MemoryCgroups.remove(rec.cgroup):  # a container's: until podman removed its own
-                self._busy_cgroups.remove_later(rec.cgroup, 1200 if rec.container else 100)
+            # rmdir first: it succeeds only on an empty cgroup (the usual end), where there
+            # is nothing to kill; else kill what is left and remove it once it has gone.
+            if not MemoryCgroups.remove(rec.cgroup):
+                MemoryCgroups.kill(rec.cgroup)
+                if not MemoryCgroups.remove(rec.cgroup):  # a container's: until podman removed its own
+                    self._busy_cgroups.remove_later(rec.cgroup, 1200 if rec.container else 100)
             if rec.container_cgroup is not None:
                 sweep(rec.container_cgroup.siblings())
         if rec.container and (rec.terminating or code is None or code < 0) and self._containers:
@@ -559,12 +572,29 @@ class Runner:
         if rec.uid < 0 or self._loop is None or self._loop.is_closed():
             return
         alone = not any(other.uid == rec.uid for other in self._running.values())
-        self._loop.call_later(_SHM_CLEAN_DELAY_S, self._clean_shm, rec.uid, rec.started_at / 1000, alone)
+        self._shm_due.append((self._loop.time() + _SHM_CLEAN_DELAY_S, rec.uid, rec.started_at / 1000, alone))
+        if self._shm_timer is None:
+            self._shm_timer = self._loop.call_at(self._shm_due[0][0], self._clean_shm)
 
-    def _clean_shm(self, uid: int, since_s: float, alone: bool) -> None:
-        if self._closed:
+    def _clean_shm(self) -> None:
+        """Clean for every attempt whose delay is over, one scan of /dev/shm per owner.
+
+        Cleaning for (uid, alone) since several start times at once is cleaning since the
+        earliest: the union of "the owner's files that appeared since t" over each t. A
+        burst of ends costs one scan per ``_SHM_BATCH_S``, not one per attempt.
+        """
+        self._shm_timer = None
+        if self._closed or self._loop is None:
             return
-        self._remover_pool().submit(shm.clean, uid, since_s, alone)
+        now = self._loop.time()
+        since: dict[tuple[int, bool], float] = {}
+        while self._shm_due and self._shm_due[0][0] <= now:
+            _, uid, started_s, alone = self._shm_due.popleft()
+            since[uid, alone] = min(started_s, since.get((uid, alone), started_s))
+        for (uid, alone), since_s in since.items():
+            self._remover_pool().submit(shm.clean, uid, since_s, alone)
+        if self._shm_due:
+            self._shm_timer = self._loop.call_at(max(self._shm_due[0][0], now + _SHM_BATCH_S), self._clean_shm)
 
     def _remover_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._remover is None:
@@ -610,8 +640,19 @@ class Runner:
         if attempt_id in self._running or not safe_name(attempt_id):
             return
         self._journal.forget(attempt_id)  # and the writes still owed for it (a full disk)
-        adir = self._journal.attempt_dir(attempt_id)
-        self._remover_pool().submit(remove_attempt_dir, adir, self._options.keep_workdir)
+        if not self._forgotten:  # the first of a batch (an acknowledgement names many): one hand-off
+            if self._loop is None or self._loop.is_closed():
+                self._remover_pool().submit(remove_attempt_dir, self._journal.attempt_dir(attempt_id),
+                                            self._options.keep_workdir)
+                return
+            self._loop.call_soon(self._remove_forgotten)
+        self._forgotten.append(self._journal.attempt_dir(attempt_id))
+
+    def _remove_forgotten(self) -> None:
+        """Hand the batch of forgotten attempt directories to the remover's thread at once."""
+        batch, self._forgotten = self._forgotten, []
+        if batch and not self._closed:
+            self._remover_pool().submit(remove_attempt_dirs, batch, self._options.keep_workdir)
 
     def unacknowledged(self) -> list[AttemptResult]:
         """Results of finished attempts still on disk (not yet ``forget``-ten), oldest first.

@@ -201,6 +201,47 @@ def test_many_trivial_jobs_each_report_once(tmp_path: Path) -> None:
     assert sorted(h.exit_calls) == sorted(f"t{i}" for i in range(100))
 
 
+def test_forgotten_attempts_are_removed_in_batches_and_at_shutdown(tmp_path: Path) -> None:
+    """One acknowledgement forgets many attempts: all their directories go (one hand-off to
+    the remover's thread); those forgotten just before shutdown go too."""
+    attempts = tmp_path / "attempts"
+
+    async def body(h: Harness) -> None:
+        for i in range(20):
+            await h.start(f"f{i}", ["true"])
+        for i in range(20):
+            assert (await h.result(f"f{i}")).exit_code == 0
+        for i in range(10):
+            h.runner.forget(f"f{i}")
+        await wait_for(lambda: sorted(p.name for p in attempts.iterdir()) == sorted(f"f{i}" for i in range(10, 20)))
+        for i in range(10, 20):
+            h.runner.forget(f"f{i}")  # the shutdown right after still removes them
+
+    run(tmp_path, body)
+    assert list(attempts.iterdir()) == []
+
+
+def test_shared_memory_left_by_ended_attempts_is_removed_after_they_end(tmp_path: Path) -> None:
+    """Several attempts ending together leave transport files in /dev/shm: each goes once its
+    attempt has ended (the cleanups of a burst are one scan per owner)."""
+    tag = f"sm_segment.hpcbatch-test.{os.getpid()}.{time.monotonic_ns()}"
+    made = [Path("/dev/shm") / f"{tag}.{i}" for i in range(3)]
+
+    async def body(h: Harness) -> None:
+        for i, path in enumerate(made):
+            await h.start(f"s{i}", ["sh", "-c", f"echo x >{path}"])
+        for i in range(3):
+            assert (await h.result(f"s{i}")).exit_code == 0
+        assert all(p.exists() for p in made)  # kept until the attempt's processes surely let go
+        await wait_for(lambda: not any(p.exists() for p in made), timeout=10)
+
+    try:
+        run(tmp_path, body)
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------- kill and timeout
 @pytest.mark.parametrize("mode", MODES)
 def test_kill_ends_the_whole_process_group(tmp_path: Path, mode: str) -> None:
