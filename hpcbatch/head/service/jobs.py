@@ -342,7 +342,7 @@ class Jobs:
 
     def WhyJob(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """hpcbatch's `why`: a job's state, the scheduler's current reason, its queue position
-        and the recent decisions about it."""
+        and the recent decisions about it, each with the events that caused it."""
         job_id = body.get("jobId")
         if not isinstance(job_id, str):
             raise ClientError("jobId is required")
@@ -362,7 +362,18 @@ class Jobs:
             # hpcbatch extension: accepted although no node set could hold it (issue 18)
             "allowUnsatisfiable": (job.tags or {}).get("hpcbatch:allowUnsatisfiable", "").lower() in ("true", "1", "yes"),
             "expectedStartAt": self._with_forecast({}, job).get("hpcbatchExpectedStartAt"),
-            "decisions": [{"cause": c, "decision": self._cx.masked(d, caller)}
-                          for c, d in self._cx.engine.decisions_about(job.job_id)],
+            "decisions": [self._decision(d, caller) for d in self._cx.engine.decision_records(job.job_id)],
         }
+
+    def _decision(self, decision: Any, caller: Caller) -> dict[str, Any]:
+        """One scheduler decision as ``why`` answers it: its text, the id of the pass's last
+        event (``cause``) and every event that caused it (``causes``: type, event id, the job
+        it names), other users' job ids hidden under private_data."""
+        causes = []
+        for c in decision.causes:
+            cause = {"type": c.kind, "eventId": c.event_id}
+            if c.job_id is not None:
+                cause["jobId"] = self._cx.shown_job_id(c.job_id, caller)
+            causes.append(cause)
+        return {"cause": decision.cause, "decision": self._cx.masked(decision.text, caller), "causes": causes}
 
