@@ -18,7 +18,7 @@ from hpcbatch.cli.timetext import human_reason, start_time
 @click.argument("job_id")
 @global_options
 def why(job_id: str) -> None:
-    """Show JOB's state, the scheduler's reason, its place in the queue and recent decisions."""
+    """Show JOB's state, the scheduler's reason, its place in the queue, recent decisions and what caused the last."""
     answer = get_client().why_job(jobId=job_id)
     if json_output():
         print_json(answer)
@@ -36,5 +36,14 @@ def why(job_id: str) -> None:
         click.echo(f"  expected start: {start_time(answer['expectedStartAt'])}")
     if answer.get("dependsOn"):
         click.echo(f"  depends on: {', '.join(str(d) for d in answer['dependsOn'])}")
-    for entry in answer.get("decisions") or []:
+    decisions = answer.get("decisions") or []
+    for entry in decisions:
         click.echo(f"  scheduler: {human_reason(entry['decision'], now)}")
+    if decisions and decisions[-1].get("causes"):  # the events that led to the latest decision
+        click.echo(f"  caused by: {', '.join(_cause_text(c) for c in decisions[-1]['causes'])}")
+
+
+def _cause_text(cause: dict[str, str]) -> str:
+    """``JobRunnable JOB (event e12)``, ``NodeJoined (event e13)``."""
+    about = f" {cause['jobId']}" if cause.get("jobId") else ""
+    return f"{cause['type']}{about} (event {cause['eventId']})"

@@ -794,3 +794,8 @@ class Engine:
 
     def job_queue_removed(self, name: str) -> None:
         self.feed(JobQueueRemoved(self.event_id(), name))
+
+    def decision_records(self, job_id: str) -> list[Any]:
+        """The scheduler's recent decisions about ``job_id`` (``scheduler.decisions.Decision``),
+        each with the events that caused it, oldest first (``hpcbatch why``)."""
+        return self.scheduler.decision_records(job_id)

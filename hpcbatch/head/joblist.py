@@ -1,7 +1,8 @@
 """ListJobs' request as a store query, and the store's answer as the page AWS returns.
 
-Pure (no store, no engine): ``Service.ListJobs`` finds the parent job and checks who may
-see it, then asks the store with the ``JobQuery`` built here. The store selects and pages
+Pure (no store, no engine): ``BatchService.ListJobs`` (hpcbatch.head.service.jobs) finds the
+parent job and checks who may see it, then asks the store with the ``JobQuery`` built here,
+and takes each job's live record from the engine (``engine.job``). The store selects and pages
 (hpcbatch.store.sql): a queue's jobs newest first, a multi-node job's nodes, an array's
 placed children. What is left in Python is what has no row to select: an array's children
 not placed yet (compact arrays give them a record only when they start), which are

@@ -619,7 +619,7 @@ class PowerManager:
         for s in seen:
             log.warning("node %s: %s", s.node, s.reason)
             self._audit("PowerOffSeen" if s.power == "Off" else "PowerOnSeen", s.node, s.reason)
-            if s.lost and s.node in self.engine.nodes:
+            if s.lost and self.engine.has_node(s.node):
                 # Off is a fact: its attempts are dead, as if it had been silent past any fence, so
                 # their retries are not held (nor is it fenced again); older holds on it are freed.
                 self.engine.node_lost(s.node, math.inf, s.reason)

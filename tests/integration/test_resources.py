@@ -192,3 +192,20 @@ def test_why_and_the_queue_snapshot_explain_a_waiting_job(cluster: TestCluster) 
     result = CliRunner().invoke(cli, ["--endpoint", cluster.socket_endpoint, "why", job_id])
     assert result.exit_code == 0 and "reason:" in result.output and "position in its queue" in result.output
     cluster.client.cancel_job(jobId=job_id, reason="done")
+
+
+def test_why_names_the_events_that_caused_the_last_decision(cluster: TestCluster) -> None:
+    from click.testing import CliRunner
+
+    from hpcbatch.cli.main import cli
+
+    job_id = cluster.submit(["true"])
+    cluster.wait_status(job_id, "SUCCEEDED")
+    why = cluster.client.call("/hpcbatch/v1/whyjob", {"jobId": job_id})
+    last = why["decisions"][-1]
+    assert last["decision"].startswith(f"start {job_id} on "), why
+    runnable = [c for c in last["causes"] if c["type"] == "JobRunnable"]
+    assert runnable and runnable[0]["jobId"] == job_id and runnable[0]["eventId"], last
+    result = CliRunner().invoke(cli, ["--endpoint", cluster.socket_endpoint, "why", job_id])
+    assert result.exit_code == 0, result.output
+    assert f"caused by: JobRunnable {job_id} (event {runnable[0]['eventId']})" in result.output, result.output

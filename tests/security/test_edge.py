@@ -485,5 +485,15 @@ def test_why_names_no_other_users_job_under_private_data(tmp_path: Path) -> None
         assert theirs not in decision and "before (private)'s reservation" in decision and mine in decision
         admin = Caller(user="root", role="admin", via="socket")
         assert theirs in service.WhyJob({"jobId": mine}, admin)["decisions"][0]["decision"]
+        # The events that caused a decision name their jobs the same way: bob's attempt that
+        # ended is (private) to alice, her own job's arrival is hers.
+        from hpcbatch.scheduler.decisions import Cause, Decision
+        service.engine.scheduler.decisions.record(Decision("e9", f"start {mine} on node1 (default)", (mine,), (
+            Cause("JobRunnable", "e3", mine), Cause("AttemptEnded", "e9", theirs), Cause("Tick", "e8"))))
+        causes = service.WhyJob({"jobId": mine}, alice)["decisions"][-1]["causes"]
+        assert causes == [{"type": "JobRunnable", "eventId": "e3", "jobId": mine},
+                          {"type": "AttemptEnded", "eventId": "e9", "jobId": "(private)"},
+                          {"type": "Tick", "eventId": "e8"}]
+        assert service.WhyJob({"jobId": mine}, admin)["decisions"][-1]["causes"][1]["jobId"] == theirs
     finally:
         store.close()
