@@ -1,0 +1,81 @@
+"""Preemption on a real head and agents: a preempting queue's job stops a preemptible queue's
+job (warning signal, SIGTERM, a short grace), which goes back to RUNNABLE and reruns as a new
+attempt that does not count against retryStrategy (attempts=1 still reruns)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcbatch.errors import ClientError
+from tests.harness import TestCluster, wait_for
+
+CE = [{"order": 1, "computeEnvironment": "default"}]
+ONE_VCPU = [{"type": "VCPU", "value": "1"}]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    """Two 1-vCPU nodes; queue lo (priority 1, preemptible), queue hi (priority 10, preempts)."""
+    c = TestCluster(tmp_path_factory.mktemp("preempt"), nodes=2, node_vcpus=1, head_extra="preempt_grace_s = 3\n")
+    try:
+        c.up()
+        c.client.create_job_queue(jobQueueName="lo", priority=1, computeEnvironmentOrder=CE,
+                                  tags={"hpcbatch:preemptible": "true"})
+        c.client.create_job_queue(jobQueueName="hi", priority=10, computeEnvironmentOrder=CE,
+                                  tags={"hpcbatch:preempts": "true"})
+        yield c
+    finally:
+        c.close()
+
+
+def _victim(marks: Path, gate: Path) -> list[str]:
+    """Writes what it got to marks/JOBID; the first attempt runs until the gate (or a signal), a rerun ends at once."""
+    m = f'{marks}/"$AWS_BATCH_JOB_ID"'
+    return ["sh", "-c",
+            f'if [ "$AWS_BATCH_JOB_ATTEMPT" -gt 1 ]; then echo rerun >> {m}; exit 0; fi; '
+            f"trap 'echo usr1 >> {m}' USR1; trap 'echo term >> {m}; exit 143' TERM; echo started >> {m}; "
+            f"while [ ! -e {gate} ]; do sleep 0.05; done"]
+
+
+def test_a_preempting_queue_stops_a_victim_which_reruns_without_using_its_retries(
+    cluster: TestCluster, tmp_path: Path,
+) -> None:
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    marks.chmod(0o777)
+    victims = [cluster.submit([], jobQueue="lo", retryStrategy={"attempts": 1}, tags={"hpcbatch:signal": "USR1@60"},
+                              containerOverrides={"command": _victim(marks, gate), "resourceRequirements": ONE_VCPU})
+               for _ in range(2)]
+    for v in victims:
+        cluster.wait_status(v, "RUNNING")
+        wait_for(lambda v=v: (marks / v).exists(), 15, what=f"{v} to start")
+    hi = cluster.submit(["sh", "-c", f"cat {marks}/* > {tmp_path}/seen"], jobQueue="hi",
+                        containerOverrides={"resourceRequirements": ONE_VCPU})
+    done = cluster.wait_status(hi, "SUCCEEDED", timeout=60)
+    preempted = [v for v in victims if "term" in (marks / v).read_text()]
+    assert len(preempted) == 1, [(marks / v).read_text() for v in victims]  # one 1-vCPU job makes room
+    victim = preempted[0]
+    assert (marks / victim).read_text().split()[:3] == ["started", "usr1", "term"]  # the warning, then SIGTERM
+    assert "term" in (tmp_path / "seen").read_text()  # hi started after the victim had its SIGTERM
+    gate.touch()
+    job = cluster.wait_status(victim, "SUCCEEDED", timeout=60)
+    first, second = job["attempts"]
+    assert f"Preempted for {hi}" in first["statusReason"] and first["preemptedBy"] == hi
+    assert "preemptedBy" not in second and first["stoppedAt"] <= done["startedAt"]
+    assert job["retryStrategy"]["attempts"] == 1  # attempts=1, yet it reran: the preemption is not counted
+    assert (marks / victim).read_text().split()[-1] == "rerun"
+    other = next(v for v in victims if v != victim)
+    assert len(cluster.wait_status(other, "SUCCEEDED")["attempts"]) == 1
+
+
+def test_queue_settings_are_tags_shown_by_describe_and_a_bad_value_names_the_tag(cluster: TestCluster) -> None:
+    queues = {q["jobQueueName"]: q for q in cluster.client.describe_job_queues(jobQueues=["lo", "hi"])["jobQueues"]}
+    assert queues["lo"]["tags"] == {"hpcbatch:preemptible": "true"}
+    assert queues["hi"]["tags"] == {"hpcbatch:preempts": "true"}
+    with pytest.raises(ClientError, match=r'tags\["hpcbatch:preemptible"\].*true or false'):
+        cluster.client.create_job_queue(jobQueueName="bad", priority=1, computeEnvironmentOrder=CE,
+                                        tags={"hpcbatch:preemptible": "sometimes"})
+    assert cluster.client.describe_job_queues(jobQueues=["bad"])["jobQueues"] == []
