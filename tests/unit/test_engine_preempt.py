@@ -101,3 +101,38 @@ def test_a_head_restarted_mid_preemption_resends_the_stop_and_counts_no_failure(
         assert victim.status is JobStatus.RUNNABLE and victim.attempts[-1].preempted_by == "hi-1"
 
     asyncio.run(run())
+
+
+def test_a_gang_victim_is_stopped_whole_and_retried_uncounted(tmp_path: Path) -> None:
+    from hpcbatch.model.multinode import child_job_id
+
+    async def run() -> None:
+        c = Cluster(tmp_path, preempt_grace_s=GRACE_S)
+        queues(c.engine)
+        common: dict = dict(job_queue="lo", job_queue_arn="arn:lo", job_definition="arn:d", owner="alice",
+                            status=JobStatus.SUBMITTED, created_at=1_000, command=["sleep", "60"], environment={},
+                            container={}, num_nodes=2, retry_attempts=1, resources=ResourceRequest(vcpus=1, memory_mib=64))
+        parent = JobRecord(job_id="g", job_name="g", tags={"hpcbatch:signal": "USR2@10"}, **common)
+        children = [JobRecord(job_id=child_job_id("g", i), job_name="g", parent_id="g", node_index=i, **common)
+                    for i in range(2)]
+        c.engine.submit(parent, children)
+        c.engine.step()
+        starts = sorted(c.starts(), key=lambda s: s[1].node_index)
+        for node, start in starts:
+            c.engine.on_started(node, p.AttemptStarted(attempt_id=start.attempt_id, job_id=start.job_id, pid=1,
+                                                       started_at=1))
+        c.engine.step()
+        submit(c, "hi-1", "hi")
+        stopped = kills(c)
+        assert sorted(m.attempt_id for _n, m in stopped) == sorted(s.attempt_id for _n, s in starts)  # whole
+        assert {(m.grace_s, m.warning_signal) for _n, m in stopped} == {(GRACE_S, "USR2")}
+        for node, start in starts:
+            c.engine.on_exited(node, p.AttemptExited(attempt_id=start.attempt_id, job_id=start.job_id, exit_code=None,
+                                                     started_at=1, stopped_at=2))
+            c.engine.step()
+        assert parent.status is JobStatus.RUNNABLE and parent.preempting is None
+        assert parent.attempts[-1].preempted_by == "hi-1"
+        assert "Preempted for hi-1" in (parent.attempts[-1].status_reason or "")
+        assert [m.job_id for _n, m in c.starts()] == ["hi-1"]
+
+    asyncio.run(run())
