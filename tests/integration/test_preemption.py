@@ -79,3 +79,18 @@ def test_queue_settings_are_tags_shown_by_describe_and_a_bad_value_names_the_tag
         cluster.client.create_job_queue(jobQueueName="bad", priority=1, computeEnvironmentOrder=CE,
                                         tags={"hpcbatch:preemptible": "sometimes"})
     assert cluster.client.describe_job_queues(jobQueues=["bad"])["jobQueues"] == []
+
+
+def test_the_warning_signal_comes_seconds_before_the_timeout(cluster: TestCluster, tmp_path: Path) -> None:
+    mark = tmp_path / "warned"
+    job = cluster.submit(["sh", "-c", f"trap 'echo usr1 >> {mark}' USR1; while :; do sleep 0.05; done"],
+                         timeout={"attemptDurationSeconds": 60}, tags={"hpcbatch:signal": "USR1@59"})
+    wait_for(lambda: mark.exists(), 20, what="the warning signal, 1 s into a 60 s timeout")
+    assert cluster.job(job)["status"] == "RUNNING"  # warned, not stopped
+    cluster.client.terminate_job(jobId=job, reason="seen")
+    cluster.wait_status(job, "FAILED")
+
+
+def test_submit_refuses_a_signal_longer_than_the_timeout_naming_the_tag(cluster: TestCluster) -> None:
+    with pytest.raises(ClientError, match=r'tags\["hpcbatch:signal"\].*must not exceed'):
+        cluster.submit(["true"], timeout={"attemptDurationSeconds": 60}, tags={"hpcbatch:signal": "USR1@61"})
