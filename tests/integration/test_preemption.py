@@ -4,6 +4,7 @@ attempt that does not count against retryStrategy (attempts=1 still reruns)."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +95,30 @@ def test_the_warning_signal_comes_seconds_before_the_timeout(cluster: TestCluste
 def test_submit_refuses_a_signal_longer_than_the_timeout_naming_the_tag(cluster: TestCluster) -> None:
     with pytest.raises(ClientError, match=r'tags\["hpcbatch:signal"\].*must not exceed'):
         cluster.submit(["true"], timeout={"attemptDurationSeconds": 60}, tags={"hpcbatch:signal": "USR1@61"})
+
+
+def test_a_head_killed_mid_preemption_neither_loses_the_victim_nor_counts_it(
+    cluster: TestCluster, tmp_path: Path,
+) -> None:
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    marks.chmod(0o777)
+    m = f'{marks}/"$AWS_BATCH_JOB_ID"'
+    stubborn = ["sh", "-c",  # ignores SIGTERM: it lives through the grace, across the head's restart
+                f'if [ "$AWS_BATCH_JOB_ATTEMPT" -gt 1 ]; then echo rerun >> {m}; exit 0; fi; '
+                f"trap 'echo term >> {m}' TERM; echo started >> {m}; while [ ! -e {gate} ]; do sleep 0.05; done"]
+    victims = [cluster.submit([], jobQueue="lo", retryStrategy={"attempts": 1},
+                              containerOverrides={"command": stubborn, "resourceRequirements": ONE_VCPU})
+               for _ in range(2)]
+    for v in victims:
+        wait_for(lambda v=v: (marks / v).exists(), 20, what=f"{v} to start")
+    hi = cluster.submit(["true"], jobQueue="hi", containerOverrides={"resourceRequirements": ONE_VCPU})
+    wait_for(lambda: any("term" in (marks / v).read_text() for v in victims), 20, what="a victim's SIGTERM")
+    cluster.kill("head", signal.SIGKILL)  # mid-grace: the victim still runs
+    cluster.start_head()
+    cluster.wait_status(hi, "SUCCEEDED", timeout=60)
+    gate.touch()
+    jobs = [cluster.wait_status(v, "SUCCEEDED", "FAILED", timeout=60) for v in victims]
+    assert all(j["status"] == "SUCCEEDED" for j in jobs), jobs  # attempts=1, yet none failed
+    preempted = [j for j in jobs if j["attempts"][0].get("preemptedBy") == hi]
+    assert preempted and all(len(j["attempts"]) == 2 for j in preempted)
