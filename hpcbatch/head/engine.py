@@ -89,13 +89,10 @@ if TYPE_CHECKING:  # the engine itself never touches the loop: hpcbatch.head.com
 log = logging.getLogger("hpcbatch.engine")
 
 # Events that move a multi-node job's nodes together with the job.
-FAMILY_EVENTS = frozenset(
-    {
-        JobEvent.WAIT_DEPENDENCIES, JobEvent.READY, JobEvent.CANCEL, JobEvent.TERMINATE,
-        JobEvent.DEPENDENCY_FAILED, JobEvent.SUCCEEDED, JobEvent.ATTEMPT_FAILED_RETRY,
-        JobEvent.ATTEMPT_FAILED_FINAL,
-    }
-)
+FAMILY_EVENTS = frozenset({
+    JobEvent.WAIT_DEPENDENCIES, JobEvent.READY, JobEvent.CANCEL, JobEvent.TERMINATE, JobEvent.DEPENDENCY_FAILED,
+    JobEvent.SUCCEEDED, JobEvent.ATTEMPT_FAILED_RETRY, JobEvent.ATTEMPT_FAILED_FINAL,
+})
 FENCE_WAIT_REASON = "Waiting for node {node} to fence its attempts"  # a lost node's retry, held
 
 
@@ -131,12 +128,11 @@ class Engine:
         options: EngineOptions | None = None,
     ) -> None:
         opts = options or EngineOptions()
-        fence_after_s, heartbeat_interval_s = opts.fence_after_s, opts.heartbeat_interval_s
         self.store = store
         self.logs = logs
         self.scheduler = Scheduler()
         self.jobs: dict[str, JobRecord] = {}  # every job not yet SUCCEEDED/FAILED
-        self.registry = NodeRegistry(FencingConfig(fence_after_s, heartbeat_interval_s))
+        self.registry = NodeRegistry(FencingConfig(opts.fence_after_s, opts.heartbeat_interval_s))
         self.nodes = self.registry.nodes  # name -> NodeInfo: read through ``registry`` (node, nodes_snapshot)
         self._send = send
         self._now = clock_ms
@@ -284,8 +280,8 @@ class Engine:
     def kill(self, node: str, attempt_id: str, reason: str, *, grace_s: float | None = None,
              warning_signal: str | None = None) -> None:
         """Tell ``node`` to kill the attempt (``grace_s``: the configured one) once this step is committed."""
-        grace = self._kill_grace_s if grace_s is None else grace_s
-        self.commits.send(node, p.KillAttempt(attempt_id=attempt_id, reason=reason, grace_s=grace, warning_signal=warning_signal))
+        self.commits.send(node, p.KillAttempt(attempt_id=attempt_id, reason=reason, warning_signal=warning_signal,
+                                              grace_s=self._kill_grace_s if grace_s is None else grace_s))
 
     def move(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
         children = self.gangs.children(job) if job.is_gang and event in FAMILY_EVENTS else []
