@@ -48,6 +48,7 @@ SUBMIT_DIR_VARIABLE = "HPCBATCH_SUBMIT_DIR"
 CHDIR_VARIABLE = "HPCBATCH_CHDIR"
 MAX_RUNNING_TAG = "hpcbatch:maxRunning"  # at most N children of the array at once (Slurm's %N)
 ALLOW_UNSATISFIABLE_TAG = "hpcbatch:allowUnsatisfiable"  # read by hpcbatch.scheduler.satisfy
+SIGNAL_TAG = "hpcbatch:signal"  # hpcbatch.model.interrupts: a warning signal before timeout/preemption
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +76,7 @@ class SubmitRequest:
     script_name: str | None = None  # its file name, for the default job name
     submit_dir: str | None = None
     chdir: str | None = None
+    signal: str | None = None  # "USR1@60": tag hpcbatch:signal (Slurm's --signal; hpcbatch.model.interrupts)
 
 
 def job_name_from(text: str) -> str:
@@ -204,6 +206,8 @@ def _tags(request: SubmitRequest) -> dict[str, str] | None:
         tags[MAX_RUNNING_TAG] = str(request.max_running)
     if request.allow_unsatisfiable:
         tags[ALLOW_UNSATISFIABLE_TAG] = "true"
+    if request.signal is not None:
+        tags[SIGNAL_TAG] = request.signal
     return tags or None
 
 

@@ -233,12 +233,17 @@ class StartAttempt(Message, tag="start", kw_only=True):
     hosts: list[str] = []  # multi-node: the job's nodes in index order (main node included)
     node_index: int = 0
     hold: bool = False  # multi-node child with no command: hold the node for launched tasks
+    # Slurm's --signal (tag hpcbatch:signal, hpcbatch.model.interrupts): send SIGNAL (no SIG
+    # prefix) ``warning_s`` seconds before the timeout. Older agents ignore it.
+    warning_signal: str | None = None
+    warning_s: int = 0
 
 
 class KillAttempt(Message, tag="kill", kw_only=True):
     attempt_id: str
     reason: str
     grace_s: float = 10.0
+    warning_signal: str | None = None  # a preemption: this signal (no SIG prefix) first, then SIGTERM
 
 
 class AckExits(Message, tag="ack_exits", kw_only=True):

@@ -49,6 +49,7 @@ from hpcbatch.container_limits import DEFAULT_ULIMIT_CAPS as DEFAULT_ULIMIT_CAPS
 from hpcbatch.container_limits import ContainerLimits as ContainerLimits
 from hpcbatch.container_limits import check_container_limits as check_container_limits
 from hpcbatch.errors import ClientError
+from hpcbatch.model import interrupts
 from hpcbatch.operations import OPERATIONS as OPERATION_TABLE
 
 # The AWS operations validated against botocore's input shapes (hpcbatch.operations' table).
@@ -605,6 +606,7 @@ def _submit_job(v: dict[str, Any]) -> None:
         _count(v["dependsOn"], None, 20, "dependsOn")  # AWS: up to 20 job dependencies
     if "schedulingPriorityOverride" in v:
         _range(v["schedulingPriorityOverride"], 0, 9999, "schedulingPriorityOverride")
+    _job_signal(v.get("tags") or {}, (v.get("timeout") or {}).get("attemptDurationSeconds"))
 
 
 _OWN_NODES = "hpcbatch runs jobs on its own nodes; {} is not supported"
@@ -752,8 +754,16 @@ def _job_queue(v: dict[str, Any]) -> None:
     _job_state_time_limit_actions(v)
 
 
+def _queue_tags(tags: dict[str, str]) -> None:
+    """A job queue's preemption settings (hpcbatch.model.interrupts): true or false."""
+    bad = interrupts.queue_tag_error(tags)
+    if bad is not None:
+        raise _Bad(f" {bad[1]}", "tags", _Key(bad[0]))
+
+
 def _create_job_queue(v: dict[str, Any]) -> None:
     _job_queue(v)
+    _queue_tags(v.get("tags") or {})
     # The model made this optional for SageMaker service queues; a queue here needs CEs.
     if "computeEnvironmentOrder" not in v:
         raise _Bad("", "computeEnvironmentOrder", head="Missing required field ")
@@ -806,6 +816,20 @@ def _job_state_time_limit_actions(v: dict[str, Any]) -> None:
 def _tag_resource(v: dict[str, Any]) -> None:
     _nonempty(v, "resourceArn")
     _count(v["tags"], 1, MAX_TAGS, "tags")  # the model's min 1: a TagResource tags something
+    if ":job-queue/" in v["resourceArn"]:
+        _queue_tags(v["tags"])
+    elif ":job/" in v["resourceArn"] and interrupts.SIGNAL_TAG in v["tags"]:
+        _job_signal(v["tags"], None)
+
+
+def _job_signal(tags: dict[str, str], timeout_s: int | None) -> None:
+    """A job's warning signal (``hpcbatch:signal=USR1@60``, hpcbatch.model.interrupts)."""
+    text = tags.get(interrupts.SIGNAL_TAG)
+    if text is None:
+        return
+    problem = interrupts.signal_error(text, timeout_s)
+    if problem is not None:
+        raise _Bad(f" {problem}", "tags", _Key(interrupts.SIGNAL_TAG))
 
 
 def _untag_resource(v: dict[str, Any]) -> None:

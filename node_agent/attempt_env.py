@@ -92,6 +92,8 @@ def attempt_spec(msg: p.StartAttempt, node: NodeSetting, work_dir: Path) -> Atte
         user=msg.owner,  # never None here: an ownerless job must not run as the agent (root)
         hold=msg.hold,
         multinode=bool(msg.hosts),
+        warning_signal=msg.warning_signal,
+        warning_s=msg.warning_s,
         files=files,
         cpus=tuple(gpu_local_cpus(msg.gpu_ids, facts.gpu_facts, node.cpus)) if msg.gpu_ids else (),
     )

@@ -51,6 +51,10 @@ class AttemptSpec:
     # A node of a multi-node job: its launched tasks need the agent's bridge, so a restarted
     # agent does not re-adopt it (it is killed and reported lost, as before).
     multinode: bool = False
+    # Slurm's --signal (hpcbatch:signal): this signal (no SIG prefix) ``warning_s`` seconds
+    # before the timeout (node_agent.state.warning_delay), and before a preemption's SIGTERM.
+    warning_signal: str | None = None
+    warning_s: int = 0
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class LiveAttempt:
     oom: bool = False
     kill_handle: asyncio.TimerHandle | None = None
     timeout_handle: asyncio.TimerHandle | None = None
+    warning_handle: asyncio.TimerHandle | None = None  # its warning signal before the timeout
     # What launched tasks inherit: the job's final environment, directory and identity.
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     cwd: str = ""
@@ -89,8 +90,18 @@ class LiveAttempt:
         if self.container and containers is not None:
             containers.remove(self.spec.attempt_id)  # what runs inside, and the container
 
+    def warn(self, name: str | None = None) -> None:
+        """Send the job's warning signal (``name``, else its spec's; no SIG prefix) to its
+        processes, unless it is already being stopped (Slurm's ``--signal``)."""
+        self.warning_handle = None
+        name = name or self.spec.warning_signal
+        if name and not self.terminating:
+            signum = signal.Signals[f"SIG{name}"]
+            self.signal_tasks(signum)
+            signal_group(self.pid, signum)
+
     def cancel_timers(self) -> None:
-        for handle in (self.kill_handle, self.timeout_handle):
+        for handle in (self.kill_handle, self.timeout_handle, self.warning_handle):
             if handle is not None:
                 handle.cancel()
 

@@ -94,6 +94,7 @@ from node_agent.live import (
 from node_agent.orphans import OrphanAdoption
 from node_agent.spawning import ExecChain, open_log, spawn, spawn_error
 from node_agent.starting import Preparation, Starter, StartRefused, spawn_prepared
+from node_agent.state import warning_delay
 from node_agent.watching import (
     ProcessWatcher,
     Watched,
@@ -278,6 +279,9 @@ class Runner:
         self._watcher.watch(rec)
         if timeout_s is not None and timeout_s > 0:
             rec.timeout_handle = self._loop.call_later(timeout_s, self._on_timeout, rec)
+        warn_in = warning_delay(timeout_s, rec.spec.warning_s) if rec.spec.warning_signal else None
+        if warn_in is not None:
+            rec.warning_handle = self._loop.call_later(warn_in, rec.warn)
         # A container's limit is podman's (--memory); its processes are not in our sessions.
         if rec.cgroup is None and rec.spec.memory_mib > 0 and self._rss_timer is None and not rec.container:
             self._rss_timer = self._loop.call_later(_RSS_INTERVAL_S, self._rss_tick)
@@ -386,10 +390,12 @@ class Runner:
         self._drained.set_result(None)
 
     # ------------------------------------------------------------------ kill, shutdown
-    def kill(self, attempt_id: str, reason: str, grace_s: float | None = None, *, fenced: bool = False) -> None:
+    def kill(self, attempt_id: str, reason: str, grace_s: float | None = None, *, fenced: bool = False,
+             warning_signal: str | None = None) -> None:
         """SIGTERM the attempt's process group now and SIGKILL it after the grace.
 
-        ``fenced``: the agent's fence kills it (no head heard the node), a fact its result carries.
+        ``fenced``: the agent's fence kills it (no head heard the node), a fact its result carries;
+        ``warning_signal``: a preemption's, sent just before the SIGTERM (Slurm's ``--signal``).
         """
         rec = self._running.get(attempt_id)
         if rec is None:
@@ -400,6 +406,8 @@ class Runner:
         if rec.status_reason is None:  # the first cause is the one AWS reports
             rec.status_reason = reason
             rec.fenced = fenced
+        if warning_signal:
+            rec.warn(warning_signal)
         self._terminate(rec, self._grace if grace_s is None else grace_s)
 
     def running(self) -> list[tuple[str, str, int, int]]:

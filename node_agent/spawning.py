@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 # Run as `sh -c _JOIN_CGROUP <cgroup.procs> <command...>`: move into the cgroup, then exec.
 _JOIN = 'echo $$ >"$0" || { echo "hpcbatch: cannot join $0" >&2; exit 125; }; '
 _JOIN_CGROUP = _JOIN + 'exec "$@"'
-# `sh -c SHIM <status file> <command...>` (module doc).
-SHIM = 'trap : TERM INT HUP; exec 3>&2 2>/dev/null; (exec "$@" 2>&3 3>&-); s=$?; echo $s >"$0"; exit $s'
+# `sh -c SHIM <status file> <command...>` (module doc). It outlives the signals the job gets
+# (a kill's SIGTERM, a warning signal of hpcbatch:signal); the job gets them by default.
+SHIM = 'trap : TERM INT HUP USR1 USR2 QUIT ALRM; exec 3>&2 2>/dev/null; (exec "$@" 2>&3 3>&-); s=$?; echo $s >"$0"; exit $s'
 # `sh -c _JOIN_SHIM <cgroup.procs> <status file> <command...>`: join the cgroup, then the shim.
 _JOIN_SHIM = _JOIN + 'st=$1; shift; ' + SHIM.replace('"$0"', '"$st"')
 _SH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -35,10 +35,20 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from hpcbatch import protocol as p
-from node_agent.runner import CANNOT_START
+from node_agent.attempts import CANNOT_START
 
 REMEMBER_ACKED = 4096  # acknowledged attempt ids kept, to ignore late duplicate orders
 LEASE_SAVE_EVERY_S = 1.0
+
+
+def warning_delay(timeout_s: float | None, warning_s: int) -> float | None:
+    """When to send an attempt's warning signal (Slurm's ``--signal SIG@warning_s``): seconds
+    from now, given ``timeout_s`` left before its timeout; None where it has no timeout or asks
+    for no warning. Asked for more than its timeout (a job definition's timeout, unknown at
+    submission), it is warned at once rather than never."""
+    if not timeout_s or timeout_s <= 0 or warning_s <= 0:
+        return None
+    return max(0.0, timeout_s - warning_s)
 
 
 # ------------------------------------------------------------------ stimuli (local facts)
@@ -135,6 +145,7 @@ class SignalJob:
     reason: str
     grace_s: float | None = None
     fenced: bool = False
+    warning_signal: str | None = None  # a preemption: the job's warning signal just before the SIGTERM
 
 
 @dataclass(frozen=True)
@@ -412,7 +423,7 @@ class AgentState:
         if rec is not None and rec.phase is Phase.EXITED:
             return
         # Unknown here too: the runner may know it (and ignores it if not).
-        effects.append(SignalJob(msg.attempt_id, msg.reason, msg.grace_s))
+        effects.append(SignalJob(msg.attempt_id, msg.reason, msg.grace_s, warning_signal=msg.warning_signal))
 
     def _on_ack(self, msg: p.AckExits, now: Now, effects: list[Effect]) -> None:
         for attempt_id in msg.attempt_ids:

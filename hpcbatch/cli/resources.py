@@ -236,6 +236,32 @@ _queue_options = [
 ]
 
 
+_preempt_options = [
+    click.option(
+        "--preempts/--no-preempts", default=None,
+        help="Its waiting jobs may stop running jobs of lower-priority --preemptible queues "
+        "(tag hpcbatch:preempts; docs/scheduling.md).",
+    ),
+    click.option(
+        "--preemptible/--no-preemptible", default=None,
+        help="Its running jobs may be stopped (SIGTERM, a grace, SIGKILL) and requeued for a "
+        "higher-priority --preempts queue (tag hpcbatch:preemptible).",
+    ),
+]
+
+
+def _preempt_tags(preempts: bool | None, preemptible: bool | None) -> dict[str, str]:
+    """--preempts/--preemptible as the queue tags that carry them (hpcbatch.model.interrupts)."""
+    from hpcbatch.model.interrupts import PREEMPTIBLE_TAG, PREEMPTS_TAG
+
+    tags = {}
+    if preempts is not None:
+        tags[PREEMPTS_TAG] = str(preempts).lower()
+    if preemptible is not None:
+        tags[PREEMPTIBLE_TAG] = str(preemptible).lower()
+    return tags
+
+
 def _time_limits(cancel_after: tuple[str, ...]) -> list[dict[str, Any]] | None:
     out = []
     for item in cancel_after:
@@ -249,6 +275,7 @@ def _time_limits(cancel_after: tuple[str, ...]) -> list[dict[str, Any]] | None:
 @queue.command("create")
 @click.argument("name", required=False)
 @_with(_queue_options)
+@_with(_preempt_options)
 @tags_option
 @cli_input_json_option
 @global_options
@@ -260,6 +287,8 @@ def queue_create(  # noqa: PLR0913 - a click command: each option is a parameter
     compute_environment_order: str | None,
     scheduling_policy_arn: str | None,
     cancel_after: tuple[str, ...],
+    preempts: bool | None,
+    preemptible: bool | None,
     tags: tuple[str, ...],
     cli_input_json: str | None,
 ) -> None:
@@ -274,7 +303,7 @@ def queue_create(  # noqa: PLR0913 - a click command: each option is a parameter
             "computeEnvironmentOrder": _ce_order(ces, compute_environment_order),
             "schedulingPolicyArn": scheduling_policy_arn,
             "jobStateTimeLimitActions": _time_limits(cancel_after),
-            "tags": parse_key_values(tags, "--tag") or None,
+            "tags": {**parse_key_values(tags, "--tag"), **_preempt_tags(preempts, preemptible)} or None,
         },
     )
     require(body, "jobQueueName", hint="give NAME")
@@ -285,6 +314,7 @@ def queue_create(  # noqa: PLR0913 - a click command: each option is a parameter
 @queue.command("update")
 @click.argument("name", required=False)
 @_with(_queue_options)
+@_with(_preempt_options)
 @cli_input_json_option
 @global_options
 def queue_update(  # noqa: PLR0913 - a click command: each option is a parameter
@@ -295,9 +325,11 @@ def queue_update(  # noqa: PLR0913 - a click command: each option is a parameter
     compute_environment_order: str | None,
     scheduling_policy_arn: str | None,
     cancel_after: tuple[str, ...],
+    preempts: bool | None,
+    preemptible: bool | None,
     cli_input_json: str | None,
 ) -> None:
-    """Change a job queue (UpdateJobQueue)."""
+    """Change a job queue (UpdateJobQueue; --preempts/--preemptible: TagResource first)."""
     body = merge_body(
         load_cli_input_json(cli_input_json),
         {
@@ -310,6 +342,12 @@ def queue_update(  # noqa: PLR0913 - a click command: each option is a parameter
         },
     )
     require(body, "jobQueue", hint="give NAME")
+    settings = _preempt_tags(preempts, preemptible)
+    if settings:  # UpdateJobQueue takes no tags: tag it, then the update makes the head read them
+        found = get_client().describe_job_queues(jobQueues=[body["jobQueue"]]).get("jobQueues") or []
+        if not found:
+            raise click.ClickException(f"job queue {body['jobQueue']} does not exist")
+        get_client().tag_resource(resourceArn=found[0]["jobQueueArn"], tags=settings)
     _send("update_job_queue", body, f"updated job queue {body['jobQueue']}")
 
 

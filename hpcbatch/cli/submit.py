@@ -73,8 +73,37 @@ _depends_on = click.option(
 _array_size = click.option(
     "--array-size", type=click.IntRange(2, 10000), metavar="N", help="An array job of N children."
 )
-_DIRECTIVE_OPTIONS = (_queue, _name, _nodes, _vcpus, _memory, _gpus, _timeout, _retries, _depends_on, _array_size)
-DIRECTIVE_NAMES = ("queue", "name", "nodes", "vcpus", "memory", "gpus", "timeout", "retries", "depends_on", "array_size")
+
+
+def _check_signal(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--signal SIG@SECONDS, checked here so the error names the flag (hpcbatch.model.interrupts)."""
+    from hpcbatch.model.interrupts import parse_signal
+
+    if value is None:
+        return None
+    try:
+        return str(parse_signal(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _signal_fits(signal: str | None, timeout: int | None) -> None:
+    from hpcbatch.model.interrupts import signal_error
+
+    problem = signal_error(signal, timeout) if signal is not None else None
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="--signal")
+
+
+_signal = click.option(
+    "--signal", metavar="SIG@SECONDS", callback=_check_signal,
+    help="Send SIG (e.g. USR1) SECONDS before the timeout, and when the job is preempted, so it can "
+    "checkpoint (Slurm's --signal; tag hpcbatch:signal).",
+)
+_DIRECTIVE_OPTIONS = (_queue, _name, _nodes, _vcpus, _memory, _gpus, _timeout, _retries, _depends_on, _array_size,
+                      _signal)
+DIRECTIVE_NAMES = ("queue", "name", "nodes", "vcpus", "memory", "gpus", "timeout", "retries", "depends_on", "array_size",
+                   "signal")
 
 
 def _directive_command() -> click.Command:
@@ -173,6 +202,7 @@ def _directories(chdir: str | None) -> tuple[str | None, str | None]:
 @_gpus
 @_timeout
 @_retries
+@_signal
 @click.option(
     "-e", "--env", multiple=True, metavar="K=V", help="Environment variable; bare K copies $K."
 )
@@ -209,6 +239,7 @@ def submit(  # noqa: PLR0913 - a click command: each option is a parameter, by c
     gpus: int | None,
     timeout: int | None,
     retries: int | None,
+    signal: str | None,
     env: tuple[str, ...],
     depends_on: tuple[str, ...],
     max_running: int | None,
@@ -239,11 +270,12 @@ def submit(  # noqa: PLR0913 - a click command: each option is a parameter, by c
     base = load_cli_input_json(cli_input_json)
     options: dict[str, Any] = dict(
         queue=queue, name=name, nodes=nodes, vcpus=vcpus, memory=memory, gpus=gpus, timeout=timeout,
-        retries=retries, depends_on=depends_on, array_size=array_size,
+        retries=retries, depends_on=depends_on, array_size=array_size, signal=signal,
     )
     text = _read_script(script) if script is not None else b""
     if script is not None:
         options = _with_directives(options, text, script)
+    _signal_fits(options.get("signal"), options.get("timeout"))
     submit_dir, chdir = _directories(chdir)
     client = get_client()
     script_id = client.put_script(text) if script is not None else None

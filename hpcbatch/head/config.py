@@ -47,6 +47,7 @@ class HeadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # by compute environment ([power.compute_environments.NAME]) or node ([power.nodes.NAME]).
     power: PowerConfig = msgspec.field(default_factory=PowerConfig)
     kill_grace_s: float = 10.0  # SIGTERM -> SIGKILL on terminate and timeout
+    preempt_grace_s: float = 30.0  # SIGTERM -> SIGKILL of a preempted attempt (AWS Spot's 2 minutes, shortened)
     audit_retention_days: float = 365.0  # the audit log outlives the jobs it mentions
     retention_days: float = 7.0  # finished jobs stay describable this long (AWS: >= 7 days)
     prune_interval_s: float = 3600.0

@@ -86,6 +86,7 @@ class Head:
             clock_ms=_now_ms,
             options=EngineOptions(
                 kill_grace_s=config.kill_grace_s,
+                preempt_grace_s=config.preempt_grace_s,
                 fence_after_s=self.fence_after_s,
                 heartbeat_interval_s=config.heartbeat_interval_s,
                 log_stream_prefix=lambda job: job.job_definition.rsplit("/", 1)[-1].split(":")[0],

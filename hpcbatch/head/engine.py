@@ -17,6 +17,7 @@ engine only as the narrow ``*Host`` protocol each declares):
   nodes and the fence holds, with time passed in; the engine owns the one timer.
 * hpcbatch.head.arrays and hpcbatch.head.gangs: array jobs and multi-node jobs.
 * hpcbatch.head.reports (``AgentReports``): agent messages, served guarded.
+* hpcbatch.head.preempting (``Preemptions``): the scheduler's preemptions carried out.
 
 The engine keeps the job lifecycle itself (admit, dependencies, cancel, terminate, place,
 an attempt's end), the scheduler pass, recovery and the queue/CE feed. The policies that
@@ -41,16 +42,12 @@ from hpcbatch import protocol as p
 from hpcbatch.head import sched_events
 from hpcbatch.head.arrays import Arrays
 from hpcbatch.head.commits import CommitBatcher
-from hpcbatch.head.faults import (
-    QUARANTINE_AFTER,
-    RAISE_ON_ENV,
-    FaultInjection,
-    MessageFaults,
-)
+from hpcbatch.head.faults import QUARANTINE_AFTER, RAISE_ON_ENV, FaultInjection, MessageFaults
 from hpcbatch.head.gangs import EXITED_REASON, MAIN_NODE_EXITED, Gangs
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodes import FencingConfig, NodeInfo, NodeRegistry
 from hpcbatch.head.policies import fair_share_of, policy_name
+from hpcbatch.head.preempting import Preemptions, preempted
 from hpcbatch.head.reports import AgentReports
 from hpcbatch.head.starts import GangStart, start_message
 from hpcbatch.model.decisions import (
@@ -74,6 +71,7 @@ from hpcbatch.scheduler import (
     JobRunnable,
     JobWithdrawn,
     NodeGone,
+    PreemptAttempt,
     Scheduler,
     SetWaitReason,
     StartAttempt,
@@ -91,13 +89,10 @@ if TYPE_CHECKING:  # the engine itself never touches the loop: hpcbatch.head.com
 log = logging.getLogger("hpcbatch.engine")
 
 # Events that move a multi-node job's nodes together with the job.
-FAMILY_EVENTS = frozenset(
-    {
-        JobEvent.WAIT_DEPENDENCIES, JobEvent.READY, JobEvent.CANCEL, JobEvent.TERMINATE,
-        JobEvent.DEPENDENCY_FAILED, JobEvent.SUCCEEDED, JobEvent.ATTEMPT_FAILED_RETRY,
-        JobEvent.ATTEMPT_FAILED_FINAL,
-    }
-)
+FAMILY_EVENTS = frozenset({
+    JobEvent.WAIT_DEPENDENCIES, JobEvent.READY, JobEvent.CANCEL, JobEvent.TERMINATE, JobEvent.DEPENDENCY_FAILED,
+    JobEvent.SUCCEEDED, JobEvent.ATTEMPT_FAILED_RETRY, JobEvent.ATTEMPT_FAILED_FINAL,
+})
 FENCE_WAIT_REASON = "Waiting for node {node} to fence its attempts"  # a lost node's retry, held
 
 
@@ -110,6 +105,7 @@ class EngineOptions:
     """The engine's settings (the head's config), all with defaults that suit tests."""
 
     kill_grace_s: float = 10.0  # TerminateJob: SIGTERM, then SIGKILL this much later
+    preempt_grace_s: float = 30.0  # a preempted attempt's SIGTERM-to-SIGKILL (AWS Spot's 2-minute warning, shortened)
     fence_after_s: float = 0.0  # agents kill their attempts after this long unheard (0: no fence wait)
     heartbeat_interval_s: float = 1.0
     log_stream_prefix: Callable[[JobRecord], str] = _default_stream  # an attempt's log stream: PREFIX/default/ID
@@ -132,12 +128,11 @@ class Engine:
         options: EngineOptions | None = None,
     ) -> None:
         opts = options or EngineOptions()
-        fence_after_s, heartbeat_interval_s = opts.fence_after_s, opts.heartbeat_interval_s
         self.store = store
         self.logs = logs
         self.scheduler = Scheduler()
         self.jobs: dict[str, JobRecord] = {}  # every job not yet SUCCEEDED/FAILED
-        self.registry = NodeRegistry(FencingConfig(fence_after_s, heartbeat_interval_s))
+        self.registry = NodeRegistry(FencingConfig(opts.fence_after_s, opts.heartbeat_interval_s))
         self.nodes = self.registry.nodes  # name -> NodeInfo: read through ``registry`` (node, nodes_snapshot)
         self._send = send
         self._now = clock_ms
@@ -173,6 +168,7 @@ class Engine:
             log.warning("TEST-ONLY fault injection is on (%s): the head fails %r of jobs named %s", RAISE_ON_ENV,
                         self._injection.kind, self._injection.pattern)
         self.reports = AgentReports(self, reconcile_after=opts.reconcile_after, injection=self._injection)
+        self.preemptions = Preemptions(self, opts.preempt_grace_s)
 
     # ------------------------------------------- what the rest of the head may read
     # The service, console, metrics, power and fleet read live state through these, never
@@ -281,9 +277,11 @@ class Engine:
         return Attempt(attempt_id=attempt_id, node=node, compute_environment=compute_environment,
                        log_stream_name=f"{self._stream_prefix(job)}/default/{attempt_id}", gpus=gpus)
 
-    def kill(self, node: str, attempt_id: str, reason: str) -> None:
-        """Tell ``node`` to kill the attempt (with the configured grace) once this step is committed."""
-        self.commits.send(node, p.KillAttempt(attempt_id=attempt_id, reason=reason, grace_s=self._kill_grace_s))
+    def kill(self, node: str, attempt_id: str, reason: str, *, grace_s: float | None = None,
+             warning_signal: str | None = None) -> None:
+        """Tell ``node`` to kill the attempt (``grace_s``: the configured one) once this step is committed."""
+        self.commits.send(node, p.KillAttempt(attempt_id=attempt_id, reason=reason, warning_signal=warning_signal,
+                                              grace_s=self._kill_grace_s if grace_s is None else grace_s))
 
     def move(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
         children = self.gangs.children(job) if job.is_gang and event in FAMILY_EVENTS else []
@@ -338,6 +336,8 @@ class Engine:
             self._start(action)
         elif isinstance(action, StartGang):
             self.gangs.start(action)
+        elif isinstance(action, PreemptAttempt):
+            self.preemptions.preempt(action)
         elif isinstance(action, CancelRunnable):  # a jobStateTimeLimitAction fired
             job = self.jobs.get(action.job_id)
             if job is not None:
@@ -598,9 +598,8 @@ class Engine:
         attempt.reason = end.reason
         attempt.timed_out, attempt.lost = end.timed_out, lost
         attempt.terminated = job.stop_reason is not None  # terminate() sets it on an active job
-        status_reason = end.status_reason
-        if job.stop_reason is not None:  # terminated: the caller's reason is the story
-            status_reason = job.stop_reason
+        attempt.preempted_by, preempt_reason = preempted(job)
+        status_reason = job.stop_reason or preempt_reason or end.status_reason  # the head's reason is the story
         attempt.status_reason = status_reason or (EXITED_REASON if end.exit_code is not None else end.reason)
         self.release(attempt.node, job.job_id)
         self.feed(AttemptEnded(self.event_id(), job.job_id, run_s=attempt_run_s(attempt)))
@@ -614,7 +613,7 @@ class Engine:
         ``status_reason``: the reported one, which evaluateOnExit's ``onStatusReason`` matches.
         """
         end = AttemptEnd(attempt.exit_code, attempt.reason, status_reason, timed_out=attempt.timed_out,
-                         terminated=attempt.terminated)
+                         terminated=attempt.terminated, preempted_by=attempt.preempted_by)
         verdict = attempt_verdict(job, end, may_retry=retry)
         if verdict is Verdict.SUCCEEDED:
             self.move(job, JobEvent.SUCCEEDED, EXITED_REASON)

@@ -20,6 +20,7 @@ from typing import Protocol
 from hpcbatch import protocol as p
 from hpcbatch.head.commits import CommitBatcher
 from hpcbatch.head.nodes import NodeRegistry
+from hpcbatch.head.preempting import preempted
 from hpcbatch.model.decisions import AttemptEnd, Verdict, attempt_verdict
 from hpcbatch.model.jobs import Attempt, FenceHold, GangEnding, JobRecord
 from hpcbatch.model.lifecycle import JobEvent, JobStatus
@@ -50,7 +51,8 @@ class GangHost(Protocol):
     def mono(self) -> float: ...
     def new_attempt(self, job: JobRecord, node: str, compute_environment: str, gpus: list[str]) -> Attempt: ...
     def start_message(self, job: JobRecord, attempt: Attempt) -> p.StartAttempt: ...
-    def kill(self, node: str, attempt_id: str, reason: str) -> None: ...
+    def kill(self, node: str, attempt_id: str, reason: str, *, grace_s: float | None = None,
+             warning_signal: str | None = None) -> None: ...
     def release(self, name: str, job_id: str) -> None: ...
     def hold_for_fence(self, job: JobRecord, lost: FenceHold, hold_s: float) -> None: ...
 
@@ -128,8 +130,10 @@ class Gangs:
         return max(1, min(sizes, default=int(parent.resources.vcpus)))
 
     # ------------------------------------------------------------------ ending
-    def kill(self, parent: JobRecord, reason: str) -> None:
-        """Stop every node of the current try that still runs (the try is ending)."""
+    def kill(self, parent: JobRecord, reason: str, *, grace_s: float | None = None,
+             warning_signal: str | None = None) -> None:
+        """Stop every node of the current try that still runs (the try is ending; ``grace_s``
+        and ``warning_signal``: a preemption's, hpcbatch.head.preempting)."""
         for child in self.children(parent):
             attempt = child.current_attempt
             if attempt is None:
@@ -138,7 +142,8 @@ class Gangs:
             if node is None or not node.up:
                 self.child_ended(child, AttemptEnd(None, None, reason))
             else:
-                self._host.kill(attempt.node, attempt.attempt_id, reason)
+                self._host.kill(attempt.node, attempt.attempt_id, reason, grace_s=grace_s,
+                                warning_signal=warning_signal)
         self._host.commits.request_step()
 
     def terminate(self, parent: JobRecord, reason: str) -> None:
@@ -184,7 +189,9 @@ class Gangs:
         attempt = parent.current_attempt
         if attempt is None:
             return
-        status_reason = parent.stop_reason or ending.status_reason
+        preempted_by, preempt_reason = preempted(parent)
+        status_reason = parent.stop_reason or preempt_reason or ending.status_reason
+        attempt.preempted_by = preempted_by
         attempt.stopped_at = ending.stopped_at or host.now_ms()
         attempt.exit_code, attempt.reason, attempt.status_reason = ending.exit_code, ending.reason, status_reason
         attempt.timed_out, attempt.lost, attempt.terminated = ending.timed_out, ending.lost, parent.is_terminated
@@ -194,7 +201,7 @@ class Gangs:
             host.feed(AttemptEnded(host.event_id(), child.job_id))
         held = host.registry.pop_gang_hold(parent.job_id)
         end = AttemptEnd(ending.exit_code, ending.reason, status_reason, timed_out=ending.timed_out,
-                         terminated=parent.stop_reason is not None)
+                         terminated=parent.stop_reason is not None, preempted_by=preempted_by)
         verdict = attempt_verdict(parent, end)
         if verdict is Verdict.SUCCEEDED:
             host.move(parent, JobEvent.SUCCEEDED, EXITED_REASON)
@@ -223,7 +230,7 @@ class Gangs:
     def _failure(self, parent: JobRecord, ending: GangEnding, status_reason: str | None) -> str | None:
         """A failed try's statusReason naming the node that failed and how (model.multinode);
         a terminate, timeout or lost node keeps its own words."""
-        if parent.stop_reason is not None or ending.timed_out or ending.lost:
+        if parent.stop_reason is not None or ending.timed_out or ending.lost or parent.attempts[-1].preempted_by:
             return status_reason
         ends = [
             NodeEnd(child.node_index or 0, a.node, a.exit_code, a.reason, a.stopped_at)

@@ -28,6 +28,7 @@ from hpcbatch.head.faults import FaultInjection, MessageFaults, Outcome, Quarant
 from hpcbatch.head.gangs import EXITED_REASON, Gangs
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodes import NodeInfo, NodeRegistry
+from hpcbatch.head.preempting import Preemptions
 from hpcbatch.model.decisions import AttemptEnd, Verdict, attempt_verdict
 from hpcbatch.model.jobs import Attempt, JobRecord
 from hpcbatch.model.lifecycle import JobEvent, JobStatus
@@ -54,6 +55,7 @@ class ReportHost(Protocol):
     logs: LogStore
     faults: MessageFaults
     gangs: Gangs
+    preemptions: Preemptions
 
     def move(self, job: JobRecord, event: JobEvent, reason: str | None) -> None: ...
     def touch(self, job: JobRecord) -> None: ...
@@ -279,6 +281,7 @@ class AgentReports:
             allocations.append((job.job_id, job.resources))
             if job.status is JobStatus.STARTING:
                 self._mark_started(job, running.started_at)
+            self._host.preemptions.resend(name, job, running.attempt_id)  # a head restarted mid-preemption
         finished = {e.job_id for e in msg.exited}
         for job_id in sorted(node.jobs - reported - finished):
             job = self._host.jobs.get(job_id)

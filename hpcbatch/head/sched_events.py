@@ -13,6 +13,7 @@ from typing import Any
 from hpcbatch.head import gpus as head_gpus
 from hpcbatch.head.containers import CONTAINER_FEATURE
 from hpcbatch.head.nodes import NodeInfo
+from hpcbatch.model import interrupts
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.scheduler import (
     ComputeEnvironmentChanged,
@@ -84,7 +85,8 @@ def compute_environment_changed(event_id: str, doc: dict[str, Any]) -> ComputeEn
 
 
 def job_queue_changed(event_id: str, doc: dict[str, Any], policy: FairSharePolicy | None) -> JobQueueChanged:
-    """A job queue as stored (AWS's JobQueueDetail shape), with its scheduling policy's fair share."""
+    """A job queue as stored (AWS's JobQueueDetail shape), with its scheduling policy's fair share
+    and its preemption settings (tags ``hpcbatch:preempts``/``hpcbatch:preemptible``)."""
     order = sorted(doc["computeEnvironmentOrder"], key=lambda e: e["order"])
     names = tuple(e["computeEnvironment"].rsplit("/", 1)[-1] for e in order)
     limits = tuple(
@@ -95,4 +97,6 @@ def job_queue_changed(event_id: str, doc: dict[str, Any], policy: FairSharePolic
     return JobQueueChanged(
         event_id, doc["jobQueueName"], doc["state"] == "ENABLED", doc["priority"], names,
         fair_share=policy, time_limits=limits,
+        preempts=interrupts.queue_flag(doc.get("tags"), interrupts.PREEMPTS_TAG),
+        preemptible=interrupts.queue_flag(doc.get("tags"), interrupts.PREEMPTIBLE_TAG),
     )

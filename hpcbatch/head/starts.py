@@ -13,6 +13,7 @@ from typing import Any
 
 from hpcbatch import protocol as p
 from hpcbatch.head.containers import container_options
+from hpcbatch.model.interrupts import warning_signal
 from hpcbatch.model.jobs import Attempt, JobRecord
 from hpcbatch.model.multinode import whole_node
 
@@ -69,4 +70,11 @@ def start_message(job: JobRecord, attempt: Attempt, *, script: bytes | None, cap
         log_stream_name=attempt.log_stream_name,
         owner=job.owner,
         **multi,
+        **_warning(gang.parent if gang is not None else job),
     )
+
+
+def _warning(job: JobRecord) -> dict[str, Any]:
+    """The job's warning signal (tag hpcbatch:signal; a multi-node job's is its parent's)."""
+    spec = warning_signal(job.tags)
+    return {} if spec is None else {"warning_signal": spec.name, "warning_s": spec.seconds}

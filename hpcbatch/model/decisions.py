@@ -38,14 +38,20 @@ class AttemptEnd:
     status_reason: str | None = None
     timed_out: bool = False
     terminated: bool = False
+    preempted_by: str | None = None  # stopped so this job could start (hpcbatch.scheduler.preempt)
 
 
 def attempt_verdict(job: JobRecord, end: AttemptEnd, *, may_retry: bool = True) -> Verdict:
     """SUCCEEDED when the command exited 0 on its own; else RETRY where the job's retry
     strategy says so (and ``may_retry``: a failure the head made is never retried); else FAILED.
 
-    ``job.attempts`` must already hold the attempt that ended (attempts are counted).
+    A preempted attempt is retried whatever it exited with (it was stopped, not finished)
+    and whatever retryStrategy says (it does not count, as AWS treats a Spot interruption),
+    unless the job was cancelled or terminated meanwhile. ``job.attempts`` must already
+    hold the attempt that ended (attempts are counted).
     """
+    if end.preempted_by is not None and not (job.is_cancelled or job.is_terminated):
+        return Verdict.RETRY
     if attempt_succeeded(end.exit_code, end.reason, timed_out=end.timed_out, terminated=end.terminated):
         return Verdict.SUCCEEDED
     if may_retry and should_retry(job, end.exit_code, end.reason, end.status_reason, timed_out=end.timed_out):

@@ -58,6 +58,16 @@ class Attempt(msgspec.Struct, kw_only=True):
     timed_out: bool = False  # attemptDurationSeconds ran out (never retried)
     lost: bool = False  # the head gave it up (node lost, not reported, quarantined): how it ended is unknown
     terminated: bool = False  # ended by TerminateJob
+    # Stopped so this job (of a preempting queue) could start: retried, and not counted
+    # against retryStrategy.attempts (hpcbatch.scheduler.preempt; Spot-interruption semantics).
+    preempted_by: str | None = None
+
+
+class PreemptOrder(msgspec.Struct, kw_only=True):
+    """The current attempt is being stopped for ``by`` (stored: a restarted head still knows)."""
+
+    by: str
+    reason: str
 
 
 class FenceHold(msgspec.Struct, kw_only=True):
@@ -143,6 +153,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     share_identifier: str | None = None
     scheduling_priority: int | None = None  # job definition's, or schedulingPriorityOverride
     fence_hold: FenceHold | None = None  # RUNNABLE: its retry waits for a lost node to fence the last attempt
+    preempting: PreemptOrder | None = None  # its current attempt is being stopped for another job
 
     @property
     def is_gang(self) -> bool:
@@ -232,11 +243,12 @@ def should_retry(
 
     The first rule whose given conditions all match decides; when no rule matches the job
     is retried (AWS's documented default). Attempts are capped by retryStrategy.attempts.
-    Cancelled, terminated and timed-out attempts are never retried.
+    Cancelled, terminated and timed-out attempts are never retried; preempted attempts are
+    not counted (``counted_attempts``).
     """
     if job.is_cancelled or job.is_terminated or timed_out:
         return False
-    if len(job.attempts) >= job.retry_attempts:
+    if counted_attempts(job) >= job.retry_attempts:
         return False
     code = "" if exit_code is None else str(exit_code)
     for rule in job.evaluate_on_exit:
@@ -248,6 +260,11 @@ def should_retry(
             continue
         return rule["action"].upper() == "RETRY"
     return True
+
+
+def counted_attempts(job: JobRecord) -> int:
+    """The attempts that count against retryStrategy.attempts: all but the preempted ones."""
+    return sum(1 for a in job.attempts if a.preempted_by is None)
 
 
 def attempt_succeeded(exit_code: int | None, reason: str | None, *, timed_out: bool, terminated: bool) -> bool:
@@ -294,6 +311,7 @@ def attempt_detail(attempt: Attempt) -> dict[str, Any]:
             "startedAt": attempt.started_at,
             "stoppedAt": attempt.stopped_at,
             "statusReason": attempt.status_reason,
+            "preemptedBy": attempt.preempted_by,  # hpcbatch extension: stopped for this job
         }
     )
 

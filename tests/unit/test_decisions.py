@@ -84,3 +84,28 @@ def test_the_wait_reason_names_at_most_five_live_dependencies() -> None:
     assert dependency_wait_reason(job, live={"j1", "j2"}) == "Waiting for dependencies: j1, j2"
     live = {f"j{i}" for i in range(7)}
     assert dependency_wait_reason(job, live=live) == "Waiting for dependencies: j0, j1, j2, j3, j4 ..."
+
+
+def test_a_preempted_attempt_is_retried_whatever_it_exited_with_and_is_not_counted() -> None:
+    job = record(1, retry_attempts=1)
+    job.attempts[0].preempted_by = "hi-1"
+    # exit 0 (it trapped SIGTERM and left cleanly) is not success: it was stopped, not finished
+    assert attempt_verdict(job, AttemptEnd(0, None, preempted_by="hi-1")) is Verdict.RETRY
+    assert attempt_verdict(job, AttemptEnd(None, None, preempted_by="hi-1")) is Verdict.RETRY
+    # the next (counted) attempt still has retryStrategy.attempts=1 to itself: its failure is final
+    job.attempts.append(Attempt(attempt_id="a1", node="n1", compute_environment="ce", log_stream_name="s"))
+    assert attempt_verdict(job, AttemptEnd(1, None)) is Verdict.FAILED
+    assert attempt_verdict(job, AttemptEnd(0, None)) is Verdict.SUCCEEDED
+
+
+def test_preempted_attempts_do_not_use_up_retries() -> None:
+    job = record(3, retry_attempts=2)
+    job.attempts[0].preempted_by = job.attempts[1].preempted_by = "hi"
+    assert attempt_verdict(job, AttemptEnd(1, None)) is Verdict.RETRY  # 1 counted of 2
+    job.attempts[0].preempted_by = None
+    assert attempt_verdict(job, AttemptEnd(1, None)) is Verdict.FAILED  # 2 counted of 2
+
+
+def test_a_preempted_job_that_was_terminated_meanwhile_is_not_retried() -> None:
+    assert attempt_verdict(record(1, is_terminated=True), AttemptEnd(None, None, terminated=True,
+                                                                     preempted_by="hi")) is Verdict.FAILED
