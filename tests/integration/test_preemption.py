@@ -122,3 +122,22 @@ def test_a_head_killed_mid_preemption_neither_loses_the_victim_nor_counts_it(
     assert all(j["status"] == "SUCCEEDED" for j in jobs), jobs  # attempts=1, yet none failed
     preempted = [j for j in jobs if j["attempts"][0].get("preemptedBy") == hi]
     assert preempted and all(len(j["attempts"]) == 2 for j in preempted)
+
+
+def test_tagging_a_queue_preemptible_takes_effect_at_once(cluster: TestCluster, tmp_path: Path) -> None:
+    # TagResource alone (no UpdateJobQueue after it) must reach the running head's scheduler.
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    marks.chmod(0o777)
+    arn = cluster.client.create_job_queue(jobQueueName="plain", priority=1, computeEnvironmentOrder=CE)["jobQueueArn"]
+    victims = [cluster.submit([], jobQueue="plain",
+                              containerOverrides={"command": _victim(marks, gate), "resourceRequirements": ONE_VCPU})
+               for _ in range(2)]
+    for v in victims:
+        cluster.wait_status(v, "RUNNING")
+    hi = cluster.submit(["true"], jobQueue="hi", containerOverrides={"resourceRequirements": ONE_VCPU})
+    cluster.client.tag_resource(resourceArn=arn, tags={"hpcbatch:preemptible": "true"})
+    cluster.wait_status(hi, "SUCCEEDED", timeout=60)  # before the gate opens: a victim made room
+    gate.touch()
+    for v in victims:
+        cluster.wait_status(v, "SUCCEEDED", timeout=60)

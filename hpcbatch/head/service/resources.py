@@ -350,9 +350,11 @@ class Resources:
         def put(tags: dict[str, str]) -> None:
             doc["tags"] = tags
             status = doc.get("status", "ACTIVE") if store_kind != "policy" else "ACTIVE"
-            with self._cx.store.transaction():  # tags never change scheduling: no engine call
+            with self._cx.store.transaction():
                 self._cx.store.put_resource(store_kind, name, doc.get("revision", 1) if store_kind == "jobdef" else 1,
                                         status, doc)
+            if store_kind == "queue":  # a queue's hpcbatch:preempts/preemptible tags are scheduling settings
+                self._cx.engine.job_queue_changed(doc)
 
         return dict(doc.get("tags") or {}), put
 
