@@ -666,7 +666,7 @@ class PowerManager:
         """The driver's answers about pool ``ce``'s nodes: records changed, stored and audited; a
         node that was up and is off has its attempts failed as lost, their retries free at once."""
         seen = self.planner.driver_says(answers, self._clock(), self.configs[ce].driver)
-        self._store([s.node for s in seen])
+        self._store([s.node for s in seen], tell=False)  # told below, once a lost node is gone
         for s in seen:
             log.warning("node %s: %s", s.node, s.reason)
             self._audit("PowerOffSeen" if s.power == "Off" else "PowerOnSeen", s.node, s.reason)
@@ -675,6 +675,7 @@ class PowerManager:
                 # their retries are not held (nor is it fenced again); older holds on it are freed.
                 self.engine.node_lost(s.node, math.inf, s.reason)
                 self.engine.node_fenced(s.node)
+        self._tell([s.node for s in seen])
         return seen
 
 

@@ -148,3 +148,22 @@ def test_the_pools_allocation_strategy_follows_its_compute_environment(tmp_path:
         assert manager.planner.pools["burst"].allocation_strategy == "SPREAD"
 
     asyncio.run(run())
+
+
+def test_a_node_seen_powered_off_by_hand_is_gone_then_told_powered_down(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _told(c)
+        manager = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: 1000.0)
+        c.register("cn1")
+        manager.pass_once()  # cn1 ACTIVE
+        fed = Fed(c)
+        seen = manager.apply_seen("burst", {"cn1": "Off"})
+        assert [s.node for s in seen] == ["cn1"]
+        events = fed.take()
+        gone = [i for i, e in enumerate(events) if isinstance(e, NodeGone) and e.node == "cn1"]
+        told = [i for i, e in enumerate(events) if isinstance(e, NodePowerChanged)]
+        assert gone and told and gone[-1] < told[0]  # told once it is gone, not skipped as registered
+        assert _facts(events) == [("cn1", "POWERED_DOWN")]
+
+    asyncio.run(run())
