@@ -552,8 +552,10 @@ class PowerManager:
         ce = self.planner.pool_of[name]
         pool, config = self.planner.pools[ce], self.configs[ce]
         since_s = self.engine.now_ms() / 1000 - (self._clock() - rec.since)
+        # Failed, or powered on by hand (never powered on by us): not planned with, until it registers.
+        state = "FAILED" if rec.failed else "LEFT_ALONE" if rec.left_alone else rec.state.value
         return NodePowerChanged(
-            self.engine.event_id(), name, ce, "FAILED" if rec.failed else rec.state.value,
+            self.engine.event_id(), name, ce, state,
             boot_s=pool.boot_time_s, vcpus=pool.vcpus_per_node, memory_mib=pool.memory_mib_per_node,
             gpus=pool.gpus_per_node, since_s=since_s, placement_group=pool.placement_groups.get(name),
             features=frozenset((CONTAINER_FEATURE,)) if config.container_runtime else frozenset(),

@@ -167,3 +167,16 @@ def test_a_node_seen_powered_off_by_hand_is_gone_then_told_powered_down(tmp_path
         assert _facts(events) == [("cn1", "POWERED_DOWN")]
 
     asyncio.run(run())
+
+
+def test_a_node_powered_on_by_hand_while_down_is_left_out_of_planning(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _told(c)
+        manager = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: 1000.0)
+        manager.pass_once()
+        fed = Fed(c)
+        manager.apply_seen("burst", {"cn2": "On"})  # never powered up by hpcbatch: not a node to plan a boot on
+        assert _facts(fed.take()) == [("cn2", "LEFT_ALONE")]
+
+    asyncio.run(run())
