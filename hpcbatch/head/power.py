@@ -41,10 +41,12 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.head.containers import CONTAINER_FEATURE
 from hpcbatch.head.powerdrivers.base import PoolDriver, PowerDriver, PowerError
 from hpcbatch.head.powerdrivers.command import CommandDriver, ProgramDriver
 from hpcbatch.head.powerdrivers.netns import NetnsDriver
 from hpcbatch.head.powerdrivers.redfish import RedfishDriver
+from hpcbatch.scheduler.events import NodePowerChanged
 from hpcbatch.scheduler.power import (
     Demand,
     NodeFailed,
@@ -111,6 +113,9 @@ class PoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     resume_rate: int = 0  # nodes powered up per minute (Slurm's ResumeRate); 0: no limit
     state_poll_s: float = 60.0  # how often the driver is asked its nodes' power (one batch); 0: never
     placement_groups: dict[str, str] = {}  # group -> hostlist (gangs prefer one group)
+    # The pool's agents have a container runtime (podman): jobs with an image plan with its
+    # powered-down nodes (the scheduler's "container" feature, as a registered node's runtime gives).
+    container_runtime: bool = False
 
 
 class PowerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -378,6 +383,7 @@ class PowerManager:
             ))
         self.waiting: dict[str, str] = {}
         self.desired: dict[str, float] = {}
+        self._told = False  # every node's power told to the scheduler (the first stored pass does)
         # Power-downs a previous head began: the driver call may never have run; it is safe to repeat.
         self._resume_downs = {name for name, rec in self.planner.records.items() if rec.state is PowerState.POWERING_DOWN}
         self._calls: asyncio.Queue[tuple[str, PowerOn | PowerOff]] = asyncio.Queue()
@@ -410,6 +416,7 @@ class PowerManager:
             self.planner.pools[name] = replace(
                 pool, min_vcpus=float(res.get("minvCpus") or 0),
                 max_vcpus=(None if max_v is None else float(max_v)) if enabled else 0.0,
+                allocation_strategy=res.get("allocationStrategy", "BEST_FIT"),
             )
         queues = {}
         for q in self.store.list_resources("queue"):
@@ -466,19 +473,13 @@ class PowerManager:
         queues = self._bounds()
         plan = self.planner.plan(now, self._demands(queues), self._views())
         self.desired = plan.desired_vcpus
-        self._store(plan.changed)
-        calls: list[tuple[str, PowerOn | PowerOff]] = []
+        self._store_pass(plan.changed)
         for name, rec in self.planner.records.items():  # a node on its way down takes no work, restart or not
             info = self.engine.node(name)
             if (rec.state is PowerState.POWERING_DOWN and info is not None and info.state != "DOWN"
                     and info.drain_reason != POWER_DRAIN_REASON):
                 self.engine.drain(name, POWER_DRAIN_REASON)
-        if self._resume_downs:
-            by_ce: dict[str, list[str]] = {}
-            for name in sorted(self._resume_downs):
-                by_ce.setdefault(self.planner.pool_of[name], []).append(name)
-            calls += [("off", PowerOff(ce, tuple(names), "power-down begun before a restart")) for ce, names in by_ce.items()]
-            self._resume_downs = set()
+        calls = self._resumed_power_downs()
         for action in plan.actions:
             if isinstance(action, NodeFailed):
                 log.error("%s; it is marked down, its job goes elsewhere", action.reason)
@@ -496,7 +497,28 @@ class PowerManager:
         self.waiting = plan.waiting
         return calls
 
-    def _store(self, names: list[str]) -> None:
+    def _resumed_power_downs(self) -> list[tuple[str, PowerOn | PowerOff]]:
+        """The power-offs a previous head began (once, on this head's first pass), one per pool."""
+        if not self._resume_downs:
+            return []
+        by_ce: dict[str, list[str]] = {}
+        for name in sorted(self._resume_downs):
+            by_ce.setdefault(self.planner.pool_of[name], []).append(name)
+        self._resume_downs = set()
+        return [("off", PowerOff(ce, tuple(names), "power-down begun before a restart")) for ce, names in by_ce.items()]
+
+    def _store_pass(self, changed: list[str]) -> None:
+        """A pass's changed records, stored and told to the scheduler; this head's first pass
+        tells every pool node's (the scheduler knows none yet: a start, a restart, a failover)."""
+        if self._told:
+            self._store(changed)
+            return
+        self._store(changed, tell=False)
+        self._tell(list(self.planner.records))
+        self._told = True
+
+    def _store(self, names: list[str], tell: bool = True) -> None:
+        """Store the changed records, then (``tell``) tell the scheduler (``_tell``)."""
         if not names:
             return
         with self.store.transaction():
@@ -507,6 +529,37 @@ class PowerManager:
                     "failed": rec.failed, "computeEnvironment": self.planner.pool_of[name],
                     "leftAlone": rec.left_alone,
                 })
+        if tell:
+            self._tell(names)
+
+    def _tell(self, names: list[str]) -> None:
+        """``NodePowerChanged`` for each of ``names`` not registered with the head: the scheduler
+        plans with a node powered down or booting from when it is expected up (hpcbatch.scheduler.booting).
+        Only on change (every event clears the scheduler's caches), once for every node at start."""
+        for name in dict.fromkeys(names):
+            fact = self.fact(name)
+            if fact is not None:
+                self.engine.feed(fact)
+
+    def fact(self, name: str) -> NodePowerChanged | None:
+        """What the scheduler is told of pool node ``name``; None while its agent is registered
+        (its ``NodeUp`` tells). ``since_s`` goes on the scheduler's clock (``Tick``: the
+        engine's), whatever this manager's clock is."""
+        info = self.engine.node(name)
+        if info is not None and info.facts is not None and info.state != "DOWN":
+            return None
+        rec = self.planner.records[name]
+        ce = self.planner.pool_of[name]
+        pool, config = self.planner.pools[ce], self.configs[ce]
+        since_s = self.engine.now_ms() / 1000 - (self._clock() - rec.since)
+        # Failed, or powered on by hand (never powered on by us): not planned with, until it registers.
+        state = "FAILED" if rec.failed else "LEFT_ALONE" if rec.left_alone else rec.state.value
+        return NodePowerChanged(
+            self.engine.event_id(), name, ce, state,
+            boot_s=pool.boot_time_s, vcpus=pool.vcpus_per_node, memory_mib=pool.memory_mib_per_node,
+            gpus=pool.gpus_per_node, since_s=since_s, placement_group=pool.placement_groups.get(name),
+            features=frozenset((CONTAINER_FEATURE,)) if config.container_runtime else frozenset(),
+        )
 
     def _audit(self, operation: str, nodes: str, outcome: str) -> None:
         self.engine.audit({
@@ -615,7 +668,7 @@ class PowerManager:
         """The driver's answers about pool ``ce``'s nodes: records changed, stored and audited; a
         node that was up and is off has its attempts failed as lost, their retries free at once."""
         seen = self.planner.driver_says(answers, self._clock(), self.configs[ce].driver)
-        self._store([s.node for s in seen])
+        self._store([s.node for s in seen], tell=False)  # told below, once a lost node is gone
         for s in seen:
             log.warning("node %s: %s", s.node, s.reason)
             self._audit("PowerOffSeen" if s.power == "Off" else "PowerOnSeen", s.node, s.reason)
@@ -624,6 +677,7 @@ class PowerManager:
                 # their retries are not held (nor is it fenced again); older holds on it are freed.
                 self.engine.node_lost(s.node, math.inf, s.reason)
                 self.engine.node_fenced(s.node)
+        self._tell([s.node for s in seen])
         return seen
 
 
