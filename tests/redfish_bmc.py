@@ -23,7 +23,7 @@ from tests.harness import free_port, wait_for
 @contextmanager
 def redfish_emulator(root: Path, systems: dict[str, str]) -> Iterator[str]:
     """Run sushy-emulator --fake serving ``systems`` (name -> "On"/"Off") until the block ends."""
-    from hpcbatch.head.power import PoolConfig
+    from hpcbatch.head.powerdrivers.config import PoolConfig
     from hpcbatch.head.powerdrivers.redfish import RedfishDriver
 
     fake = [{"uuid": str(uuid.uuid4()), "name": name, "power_state": state, "external_notifier": False, "nics": []}

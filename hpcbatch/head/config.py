@@ -13,7 +13,8 @@ from hpcbatch.auth.policy import ROLES
 from hpcbatch.errors import ClientError
 from hpcbatch.head.containers import check_capabilities
 from hpcbatch.head.nodekeys import valid_name
-from hpcbatch.head.power import PowerConfig, check_power_config
+from hpcbatch.head.powerconfig import check_power_config
+from hpcbatch.head.powerdrivers.config import PowerConfig
 from hpcbatch.head.ratelimit import CLASSES as RATE_CLASSES
 from hpcbatch.head.ratelimit import DEFAULT_RATES, Rate
 from hpcbatch.validation import DEFAULT_ULIMIT_CAPS, ULIMIT_NAMES, ContainerLimits

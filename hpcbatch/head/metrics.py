@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hpcbatch.head.engine import Engine
-from hpcbatch.head.power import power_metrics
+from hpcbatch.head.powerviews import power_metrics
 from hpcbatch.head.service import BatchService
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus

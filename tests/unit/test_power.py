@@ -9,9 +9,10 @@ import pytest
 
 from hpcbatch.errors import ClientError
 from hpcbatch.head.config import load_head_config
-from hpcbatch.head.power import PowerConfig, PowerDriverConfig, Stonith
+from hpcbatch.head.power import Stonith
 from hpcbatch.head.powerdrivers.base import PowerError
 from hpcbatch.head.powerdrivers.command import CommandDriver
+from hpcbatch.head.powerdrivers.config import PowerConfig, PowerDriverConfig
 
 
 def test_the_command_driver_names_the_node_and_succeeds_on_exit_0(tmp_path: Path) -> None:

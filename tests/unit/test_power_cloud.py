@@ -22,9 +22,11 @@ import msgspec
 import pytest
 
 from hpcbatch.head.config import load_head_config
-from hpcbatch.head.power import PoolConfig, PowerConfig, check_power_config, make_pool_driver
+from hpcbatch.head.power import make_pool_driver
+from hpcbatch.head.powerconfig import check_power_config
 from hpcbatch.head.powerdrivers.base import PowerError
 from hpcbatch.head.powerdrivers.cloud import CloudDriver
+from hpcbatch.head.powerdrivers.config import PoolConfig, PowerConfig
 from tests import prereq
 from tests.harness import free_port, wait_for
 

@@ -8,14 +8,10 @@ import pytest
 
 from hpcbatch.errors import ClientError
 from hpcbatch.head.config import load_head_config
-from hpcbatch.head.power import (
-    PoolConfig,
-    describe_capacity,
-    make_pool_driver,
-    managed_status,
-    pool_of,
-)
+from hpcbatch.head.power import make_pool_driver, pool_of
+from hpcbatch.head.powerdrivers.config import PoolConfig
 from hpcbatch.head.powerdrivers.redfish import RedfishDriver
+from hpcbatch.head.powerviews import describe_capacity, managed_status
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "managed.md"
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcbatch.head.power import PoolConfig, make_pool_driver
+from hpcbatch.head.power import make_pool_driver
 from hpcbatch.head.powerdrivers.command import ProgramDriver
+from hpcbatch.head.powerdrivers.config import PoolConfig
 from hpcbatch.head.powerdrivers.netns import NetnsDriver
 
 CONFIGS = {

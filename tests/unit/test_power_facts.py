@@ -10,7 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from hpcbatch.head.power import PoolConfig, PowerManager
+from hpcbatch.head.power import PowerManager
+from hpcbatch.head.powerdrivers.config import PoolConfig
 from hpcbatch.scheduler.events import Event, NodeGone, NodePowerChanged
 from hpcbatch.scheduler.power import PowerOff
 from tests.unit.test_fencing import Cluster

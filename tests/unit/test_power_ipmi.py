@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcbatch.head.power import PoolConfig, PowerConfig, check_power_config
+from hpcbatch.head.powerconfig import check_power_config
 from hpcbatch.head.powerdrivers.base import PowerError
+from hpcbatch.head.powerdrivers.config import PoolConfig, PowerConfig
 from hpcbatch.head.powerdrivers.ipmi import IpmiDriver
 from tests import prereq
 

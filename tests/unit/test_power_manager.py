@@ -8,7 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from hpcbatch.head.power import PoolConfig, PowerManager
+from hpcbatch.head.power import PowerManager
+from hpcbatch.head.powerdrivers.config import PoolConfig
 from hpcbatch.scheduler.power import PowerOn, PowerState
 from tests.unit.test_fencing import Cluster
 
@@ -70,7 +71,7 @@ def test_a_power_down_begun_before_a_restart_is_done_again_and_its_node_takes_no
 def test_pool_nodes_never_seen_are_listed_powered_down_and_the_console_renders_them(tmp_path: Path) -> None:
     import jinja2
 
-    from hpcbatch.head.power import list_power
+    from hpcbatch.head.powerviews import list_power
 
     async def run() -> None:
         c = Cluster(tmp_path)
@@ -136,7 +137,7 @@ def test_a_job_waiting_on_a_power_up_is_told_the_boot_time_left_counted_from_the
 
 
 def test_node_hours_powered_and_saved_are_counted_and_exported(tmp_path: Path) -> None:
-    from hpcbatch.head.power import power_metrics
+    from hpcbatch.head.powerviews import power_metrics
 
     async def run() -> None:
         c = Cluster(tmp_path)

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from hpcbatch.head.power import PoolConfig
 from hpcbatch.head.powerdrivers.base import PowerError
+from hpcbatch.head.powerdrivers.config import PoolConfig
 from hpcbatch.head.powerdrivers.redfish import RedfishDriver
 from tests import prereq
 from tests.harness import wait_for

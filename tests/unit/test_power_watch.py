@@ -14,16 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from hpcbatch.head.power import (
-    POWER_RESOURCE,
-    PoolConfig,
-    PoolFence,
-    PowerManager,
-    TrackedDriver,
-    list_power,
-)
+from hpcbatch.head.power import POWER_RESOURCE, PoolFence, PowerManager, TrackedDriver
 from hpcbatch.head.powerdrivers.command import ProgramDriver
+from hpcbatch.head.powerdrivers.config import PoolConfig
 from hpcbatch.head.powerdrivers.redfish import RedfishDriver
+from hpcbatch.head.powerviews import list_power
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.scheduler.power import PowerState
 from tests import prereq

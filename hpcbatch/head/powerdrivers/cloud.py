@@ -21,7 +21,7 @@ from hpcbatch.head.powerdrivers.base import OFF, ON, POWERING_OFF, POWERING_ON, 
 from hpcbatch.scheduler.power import hostlist
 
 if TYPE_CHECKING:
-    from hpcbatch.head.power import PoolConfig
+    from hpcbatch.head.powerdrivers.config import PoolConfig
 
 # EC2 instance states (DescribeInstances InstanceState.Name) in Redfish's words.
 STATES = {"pending": POWERING_ON, "running": ON, "stopping": POWERING_OFF, "shutting-down": POWERING_OFF,

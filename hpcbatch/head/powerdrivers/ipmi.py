@@ -24,7 +24,7 @@ from hpcbatch.head.powerdrivers.base import NODE_PLACEHOLDER, OFF, ON, UNKNOWN, 
 from hpcbatch.scheduler.power import hostlist
 
 if TYPE_CHECKING:
-    from hpcbatch.head.power import PoolConfig
+    from hpcbatch.head.powerdrivers.config import PoolConfig
 
 STATES = {"on": ON, "off": OFF}  # pyghmi's get_power() powerstate, in Redfish's words
 POLL_S = 0.5

@@ -11,7 +11,7 @@ from hpcbatch.head.powerdrivers.base import NODE_PLACEHOLDER, OUTPUT_SHOWN, UNKN
 from hpcbatch.scheduler.power import hostlist
 
 if TYPE_CHECKING:
-    from hpcbatch.head.power import PoolConfig
+    from hpcbatch.head.powerdrivers.config import PoolConfig
 
 
 log = logging.getLogger("hpcbatch.power")

@@ -14,7 +14,7 @@ import msgspec
 
 from hpcbatch.auth.policy import Caller
 from hpcbatch.errors import ClientError, NotFoundError
-from hpcbatch.head.power import list_power
+from hpcbatch.head.powerviews import list_power
 from hpcbatch.head.service.common import ServiceContext, node_page, now_ms
 from hpcbatch.validation import check_image_name
 

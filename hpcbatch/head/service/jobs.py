@@ -17,7 +17,7 @@ from typing import Any
 from hpcbatch.auth.policy import Caller, check_job_access, may_see_job
 from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.containers import check_container
-from hpcbatch.head.power import pool_node_shapes
+from hpcbatch.head.powerviews import pool_node_shapes
 from hpcbatch.head.service.common import (
     JobIdGenerator,
     ServiceContext,

@@ -16,7 +16,7 @@ from hpcbatch.auth.policy import AccessDenied, Caller, check_job_access, may_see
 from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.containers import refuse_privileged
 from hpcbatch.head.policies import SchedulingPolicies
-from hpcbatch.head.power import describe_capacity, managed_status
+from hpcbatch.head.powerviews import describe_capacity, managed_status
 from hpcbatch.head.service.common import (
     ServiceContext,
     container_of,
