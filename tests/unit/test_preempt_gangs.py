@@ -6,6 +6,9 @@ from __future__ import annotations
 import itertools
 import re
 
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
 from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.scheduler.core import (
     Action,
@@ -17,6 +20,7 @@ from hpcbatch.scheduler.core import (
     Scheduler,
     SetWaitReason,
     StartAttempt,
+    StartGang,
     Tick,
 )
 
@@ -76,3 +80,66 @@ def test_a_gang_that_is_not_preemptible_is_not_stopped_and_the_job_waits_for_res
     actions = s.handle(Tick(_eid(), 5.0), runnable("urgent", "hi"))
     assert preempted(actions) == {}
     assert reasons(actions)["urgent"].startswith("Waiting for resources")
+
+
+# ---------------------------------------------------------------- property
+_job = st.tuples(st.sampled_from(("lo", "keep")), st.integers(1, 4), st.integers(1, 2))
+
+
+def _run_lower(s: Scheduler, jobs: list[tuple[str, int, int]]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Submit ``jobs`` (queue, vCPUs, nodes) one a second: what started, by id -> (queue, nodes)."""
+    running: dict[str, tuple[str, tuple[str, ...]]] = {}
+    queue_of = {}
+    for i, (q, vcpus, n) in enumerate(jobs):
+        queue_of[f"j{i}"] = q
+        for a in s.handle(Tick(_eid(), 1.0 + i), runnable(f"j{i}", q, vcpus, num_nodes=n)):
+            if isinstance(a, StartAttempt):
+                running[a.job_id] = (queue_of[a.job_id], (a.node,))
+            elif isinstance(a, StartGang):
+                running[a.job_id] = (queue_of[a.job_id], a.nodes)
+    return running
+
+
+def _room_once_preemptible_stop(
+    sizes: dict[str, int], running: dict[str, tuple[str, tuple[str, ...]]], gang_ids: set[str], vcpus: int,
+) -> bool:
+    """Whether a ``vcpus`` single-node job fits somewhere once every ``lo`` job has stopped."""
+    for name, size in sizes.items():
+        kept = [j for j, (q, nodes) in running.items() if q == "keep" and name in nodes]
+        if any(j in gang_ids for j in kept):
+            continue  # a gang that stays holds the node whole
+        used = sum(_VCPUS[j] for j in kept)
+        if size - used >= vcpus:
+            return True
+    return False
+
+
+_VCPUS: dict[str, int] = {}
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.sampled_from((2, 4, 8)), min_size=1, max_size=3),
+    jobs=st.lists(_job, max_size=6),
+    vcpus=st.integers(1, 8),
+)
+@example(sizes=[4, 4], jobs=[("lo", 1, 2)], vcpus=1)  # issue 21: the gang's nodes looked free
+@example(sizes=[4, 4, 2], jobs=[("lo", 2, 2), ("keep", 2, 1), ("lo", 1, 1)], vcpus=3)
+def test_a_preempting_head_that_fits_once_preemptible_work_stops_always_gets_room(
+    sizes: list[int], jobs: list[tuple[str, int, int]], vcpus: int,
+) -> None:
+    """A preempting head-of-queue job that fits on the cluster once all preemptible
+    lower-priority work is stopped either starts or gets victims chosen."""
+    s = Scheduler()
+    nodes = {f"n{i}": size for i, size in enumerate(sizes)}
+    s.handle(Tick(_eid(), 0.0), prio_queue("hi", 10, preempts=True), prio_queue("lo", 1, preemptible=True),
+             prio_queue("keep", 1), *(node(name, size) for name, size in nodes.items()))
+    _VCPUS.clear()
+    _VCPUS.update({f"j{i}": v for i, (_, v, _) in enumerate(jobs)})
+    running = _run_lower(s, jobs)
+    gang_ids = {f"j{i}" for i, (_, _, n) in enumerate(jobs) if n > 1}
+    actions = s.handle(Tick(_eid(), 100.0), runnable("urgent", "hi", vcpus))
+    fits = _room_once_preemptible_stop(nodes, running, gang_ids, vcpus)
+    got_room = "urgent" in {a.job_id for a in actions if isinstance(a, StartAttempt)} or bool(preempted(actions))
+    assert got_room == fits, (running, actions)
+    assert all(running[v][0] == "lo" for v in preempted(actions))
