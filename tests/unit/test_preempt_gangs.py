@@ -101,20 +101,18 @@ def _run_lower(s: Scheduler, jobs: list[tuple[str, int, int]]) -> dict[str, tupl
 
 
 def _room_once_preemptible_stop(
-    sizes: dict[str, int], running: dict[str, tuple[str, tuple[str, ...]]], gang_ids: set[str], vcpus: int,
+    sizes: dict[str, int], running: dict[str, tuple[str, tuple[str, ...]]], jobs: list[tuple[str, int, int]],
+    vcpus: int,
 ) -> bool:
     """Whether a ``vcpus`` single-node job fits somewhere once every ``lo`` job has stopped."""
+    shape = {f"j{i}": (v, n) for i, (_, v, n) in enumerate(jobs)}
     for name, size in sizes.items():
         kept = [j for j, (q, nodes) in running.items() if q == "keep" and name in nodes]
-        if any(j in gang_ids for j in kept):
+        if any(shape[j][1] > 1 for j in kept):
             continue  # a gang that stays holds the node whole
-        used = sum(_VCPUS[j] for j in kept)
-        if size - used >= vcpus:
+        if size - sum(shape[j][0] for j in kept) >= vcpus:
             return True
     return False
-
-
-_VCPUS: dict[str, int] = {}
 
 
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -134,12 +132,9 @@ def test_a_preempting_head_that_fits_once_preemptible_work_stops_always_gets_roo
     nodes = {f"n{i}": size for i, size in enumerate(sizes)}
     s.handle(Tick(_eid(), 0.0), prio_queue("hi", 10, preempts=True), prio_queue("lo", 1, preemptible=True),
              prio_queue("keep", 1), *(node(name, size) for name, size in nodes.items()))
-    _VCPUS.clear()
-    _VCPUS.update({f"j{i}": v for i, (_, v, _) in enumerate(jobs)})
     running = _run_lower(s, jobs)
-    gang_ids = {f"j{i}" for i, (_, _, n) in enumerate(jobs) if n > 1}
     actions = s.handle(Tick(_eid(), 100.0), runnable("urgent", "hi", vcpus))
-    fits = _room_once_preemptible_stop(nodes, running, gang_ids, vcpus)
+    fits = _room_once_preemptible_stop(nodes, running, jobs, vcpus)
     got_room = "urgent" in {a.job_id for a in actions if isinstance(a, StartAttempt)} or bool(preempted(actions))
     assert got_room == fits, (running, actions)
     assert all(running[v][0] == "lo" for v in preempted(actions))
