@@ -488,8 +488,9 @@ class Runner:
         with ``readopt`` (from a running event loop) every attempt still running is watched
         again, as slurmd does after a restart with its jobs under slurmstepd: its timeout,
         warning signal (unless already sent), kill and memory limit hold, and its exit
-        (written by its shim) is reported as it comes. Without ``readopt``, or for an attempt that cannot be re-adopted (a node of a
-        multi-node job, or one started without a shim), it is killed and reported lost.
+        (written by its shim) is reported as it comes. Without ``readopt``, or for an
+        attempt that cannot be re-adopted (a node of a multi-node job, or one started
+        without a shim), it is killed and reported lost.
         """
         if readopt:
             self._bind()
