@@ -66,6 +66,11 @@ class JournalEntry:
     memory_mib: int = 0
     uid: int = -1
     adoptable: bool = False  # a later agent may watch it on (single-node, under a shim)
+    # Its warning signal before the timeout (``--signal SIG@warning_s``; no SIG prefix), and
+    # whether it was sent: a later agent sets the timer again, and never sends it twice.
+    warning_signal: str | None = None
+    warning_s: int = 0
+    warned: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in _ENTRY_FIELDS}  # flat: asdict's deep copy costs
@@ -90,6 +95,7 @@ class JournalEntry:
                 memory_mib=int(data.get("memory_mib") or 0),
                 uid=int(data.get("uid", -1)),
                 adoptable=bool(data.get("adoptable")),
+                **_warning(data),
             )
         except (KeyError, ValueError, TypeError):
             return None
@@ -108,6 +114,17 @@ class JournalEntry:
 
 
 _ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(JournalEntry))
+
+
+def _warning(data: dict[str, object]) -> dict[str, object]:
+    """An entry's warning fields (absent from entries an older agent wrote: no warning)."""
+    name = data.get("warning_signal")
+    seconds = data.get("warning_s")
+    return {
+        "warning_signal": name if isinstance(name, str) and name else None,
+        "warning_s": seconds if isinstance(seconds, int) and not isinstance(seconds, bool) else 0,
+        "warned": data.get("warned") is True,
+    }
 
 
 def result_json(result: AttemptResult) -> dict[str, object]:
@@ -155,6 +172,19 @@ class Journal:
     def record_start(self, entry: JournalEntry) -> None:
         """The attempt runs: journal it for a later agent process."""
         self._durable(self._entry_path(entry.attempt_id), entry.to_json())
+
+    def record_warned(self, entry: JournalEntry) -> None:
+        """Its warning signal was sent: the entry says so, replaced by rename (not in place:
+        the old entry must survive a SIGKILL mid-write, or the attempt would be lost)."""
+        path = self._entry_path(entry.attempt_id)
+        pending = self._pending.get(path)
+        if pending is not None:  # its start is not written yet (a full disk): write this instead
+            self._pending[path] = (entry.to_json(), pending[1])
+            return
+        try:
+            write_json(path, entry.to_json())
+        except OSError as exc:  # best-effort: at worst a re-adopting agent sends it again
+            log.warning("cannot note that attempt %s was warned (%s)", entry.attempt_id, os_error(exc))
 
     def record_end(self, result: AttemptResult) -> None:
         """The attempt ended (and was reported): its result replaces its journal entry."""

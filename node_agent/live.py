@@ -41,6 +41,7 @@ class LiveAttempt:
     kill_handle: asyncio.TimerHandle | None = None
     timeout_handle: asyncio.TimerHandle | None = None
     warning_handle: asyncio.TimerHandle | None = None  # its warning signal before the timeout
+    warned: bool = False  # its warning signal was sent (journaled: a re-adopting agent does not resend it)
     # What launched tasks inherit: the job's final environment, directory and identity.
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     cwd: str = ""
@@ -96,6 +97,7 @@ class LiveAttempt:
         self.warning_handle = None
         name = name or self.spec.warning_signal
         if name and not self.terminating:
+            self.warned = True
             signum = signal.Signals[f"SIG{name}"]
             self.signal_tasks(signum)
             signal_group(self.pid, signum)
@@ -114,6 +116,7 @@ class LiveAttempt:
             container=self.container, status_file=str(self.status_file) if self.status_file else None,
             timeout_at=self.started_at + spec.timeout_s * 1000 if spec.timeout_s else None,
             memory_mib=spec.memory_mib, uid=self.uid, adoptable=not (spec.multinode or spec.hold),
+            warning_signal=spec.warning_signal, warning_s=spec.warning_s, warned=self.warned,
         )
 
 

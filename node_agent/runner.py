@@ -279,12 +279,19 @@ class Runner:
         self._watcher.watch(rec)
         if timeout_s is not None and timeout_s > 0:
             rec.timeout_handle = self._loop.call_later(timeout_s, self._on_timeout, rec)
-        warn_in = warning_delay(timeout_s, rec.spec.warning_s) if rec.spec.warning_signal else None
+        warn_in = warning_delay(timeout_s, rec.spec.warning_s) if rec.spec.warning_signal and not rec.warned else None
         if warn_in is not None:
-            rec.warning_handle = self._loop.call_later(warn_in, rec.warn)
+            rec.warning_handle = self._loop.call_later(warn_in, self._warn_before_timeout, rec)
         # A container's limit is podman's (--memory); its processes are not in our sessions.
         if rec.cgroup is None and rec.spec.memory_mib > 0 and self._rss_timer is None and not rec.container:
             self._rss_timer = self._loop.call_later(_RSS_INTERVAL_S, self._rss_tick)
+
+    def _warn_before_timeout(self, rec: LiveAttempt) -> None:
+        """Its warning signal is due: send it, and journal that it was (a re-adopting agent
+        sets the timer again from the journal, and must not send it a second time)."""
+        rec.warn()
+        if rec.warned and rec.adoptable():
+            self._journal.record_warned(rec.journal_entry())
 
     def _refuse(self, spec: AttemptSpec, adir: Path, reason: str) -> AttemptResult:
         """An attempt that never started: say why in its log and remember the answer."""
@@ -480,9 +487,10 @@ class Runner:
 
         with ``readopt`` (from a running event loop) every attempt still running is watched
         again, as slurmd does after a restart with its jobs under slurmstepd: its timeout,
-        kill and memory limit hold, and its exit (written by its shim) is reported as it
-        comes. Without ``readopt``, or for an attempt that cannot be re-adopted (a node of a
-        multi-node job, or one started without a shim), it is killed and reported lost.
+        warning signal (unless already sent), kill and memory limit hold, and its exit
+        (written by its shim) is reported as it comes. Without ``readopt``, or for an
+        attempt that cannot be re-adopted (a node of a multi-node job, or one started
+        without a shim), it is killed and reported lost.
         """
         if readopt:
             self._bind()
@@ -495,10 +503,11 @@ class Runner:
         spec = AttemptSpec(
             attempt_id=entry.attempt_id, job_id=entry.job_id, attempt_number=0, command=[],
             environment={}, vcpus=0, memory_mib=entry.memory_mib,
+            warning_signal=entry.warning_signal, warning_s=entry.warning_s,
         )
         cgroup = Path(entry.cgroup) if entry.cgroup else None
         rec = LiveAttempt(spec, entry.pid, entry.started_at, entry.create_time, cgroup)
-        rec.uid = entry.uid
+        rec.uid, rec.warned = entry.uid, entry.warned
         rec.container = entry.container
         rec.status_file = Path(entry.status_file) if entry.status_file else None
         self._running[entry.attempt_id] = rec

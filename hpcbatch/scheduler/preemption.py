@@ -11,12 +11,14 @@ they end; if they end and it still does not fit, it chooses again.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hpcbatch.scheduler import preempt
 from hpcbatch.scheduler.events import JobRunnable, PreemptAttempt
 from hpcbatch.scheduler.gang import Reservation, hostlist, natural_key
 from hpcbatch.scheduler.reasons import decide, wait
 from hpcbatch.scheduler.reserve import keep, reserve_head
-from hpcbatch.scheduler.state import CeState, QueueScan, QueueState, SchedulerState
+from hpcbatch.scheduler.state import CeState, NodeState, QueueScan, QueueState, SchedulerState
 
 
 def preempt_or_reserve(st: SchedulerState, scan: QueueScan, job: JobRunnable) -> bool:
@@ -92,18 +94,33 @@ def _rooms(
     for node in ce.nodes.values():
         if not node.accepting or node.name in reserved or not node.could_ever_fit(job.request):
             continue
-        victims, keeps = [], 0
-        for held in node.jobs:
-            victim = _victim(st, held, node.name, queue)
-            if victim is None:
-                keeps += 1
-            else:
-                victims.append(victim)
-        if job.num_nodes <= 1 and node.gang is not None and keeps:
-            continue  # a kept gang holds the whole node
-        rooms.append(preempt.NodeRoom(node.name, (node.free_vcpus, node.free_memory_mib, node.free_gpus),
-                                      tuple(victims), keeps))
+        room = _room(st, node, queue)
+        if room is not None:
+            rooms.append(room)
     return rooms
+
+
+def _room(st: SchedulerState, node: NodeState, queue: QueueState) -> preempt.NodeRoom | None:
+    """``node`` as ``queue``'s head sees it, or None when a gang that stays holds it whole.
+
+    A gang holds its nodes whole (placement puts nothing beside it), so on a node a victim
+    gang holds nothing is free: the gang's share is the whole node, stopping it frees it all."""
+    victims, keeps = [], 0
+    for held in node.jobs:
+        victim = _victim(st, held, node.name, queue)
+        if victim is None:
+            keeps += 1
+        else:
+            victims.append(victim)
+    free = (node.free_vcpus, node.free_memory_mib, node.free_gpus)
+    gang = next((v for v in victims if v.job_id == node.gang), None)
+    if node.gang is not None and gang is None:
+        return None  # a gang that stays holds the whole node
+    if gang is not None:
+        whole = replace(gang, vcpus=gang.vcpus + free[0], memory_mib=gang.memory_mib + free[1], gpus=gang.gpus + free[2])
+        victims = [whole if v is gang else v for v in victims]
+        free = (0.0, 0, 0)
+    return preempt.NodeRoom(node.name, free, tuple(victims), keeps, gang.job_id if gang is not None else None)
 
 
 def _victim(st: SchedulerState, held: str, node: str, queue: QueueState) -> preempt.Victim | None:

@@ -1,6 +1,7 @@
 """Preemption on a real head and agents: a preempting queue's job stops a preemptible queue's
 job (warning signal, SIGTERM, a short grace), which goes back to RUNNABLE and reruns as a new
-attempt that does not count against retryStrategy (attempts=1 still reruns)."""
+attempt that does not count against retryStrategy (attempts=1 still reruns); the warning
+signal survives an agent restart."""
 
 from __future__ import annotations
 
@@ -90,6 +91,24 @@ def test_the_warning_signal_comes_seconds_before_the_timeout(cluster: TestCluste
     assert cluster.job(job)["status"] == "RUNNING"  # warned, not stopped
     cluster.client.terminate_job(jobId=job, reason="seen")
     cluster.wait_status(job, "FAILED")
+
+
+def test_an_agent_restarted_under_a_running_job_still_sends_its_warning(cluster: TestCluster, tmp_path: Path) -> None:
+    """kill -9 the agent before the warning is due: the restarted agent re-adopts the attempt
+    with its warning signal from the journal, and sends it before the timeout."""
+    marks = tmp_path / "marks"
+    job = cluster.submit(["sh", "-c", f"trap 'echo usr1 >> {marks}' USR1; echo started >> {marks}; "
+                                      "while :; do sleep 0.05; done"],
+                         timeout={"attemptDurationSeconds": 60}, tags={"hpcbatch:signal": "USR1@54"})
+    wait_for(lambda: marks.exists(), 20, what="the job to start")
+    node = cluster.job(job)["nodeName"]
+    cluster.kill(node, signal.SIGKILL)  # 6 s before the warning is due
+    cluster.start_agent(node)
+    wait_for(lambda: "usr1" in marks.read_text(), 30, what="the warning from the restarted agent")
+    assert marks.read_text().count("usr1") == 1 and cluster.job(job)["status"] == "RUNNING"
+    cluster.client.terminate_job(jobId=job, reason="seen")
+    cluster.wait_status(job, "FAILED")
+    cluster.wait_active([node])
 
 
 def test_submit_refuses_a_signal_longer_than_the_timeout_naming_the_tag(cluster: TestCluster) -> None:

@@ -43,9 +43,28 @@ def test_the_entry_keeps_the_on_disk_keys_an_older_agent_wrote(tmp_path: Path) -
     old = {"attempt_id": "a1", "job_id": "j1", "pid": 7, "create_time": 1.5, "started_at": 2, "cgroup": None,
            "container": False, "status_file": "/s/a1/exit_status", "timeout_at": None, "memory_mib": 64,
            "uid": 1001, "adoptable": True}
-    assert _entry().to_json().keys() == old.keys()
+    assert _entry().to_json().keys() == old.keys() | {"warning_signal", "warning_s", "warned"}  # only added
     entry = JournalEntry.from_json(old)
     assert entry is not None and entry.readoptable() and entry.memory_mib == 64
+    assert (entry.warning_signal, entry.warning_s, entry.warned) == (None, 0, False)  # no warning
+
+
+def test_the_entry_carries_the_warning_signal_and_whether_it_was_sent(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    entry = _entry(warning_signal="USR1", warning_s=60)
+    journal.record_start(entry)
+    assert [e for _, e in journal.orphans()] == [entry]
+    journal.record_warned(_entry(warning_signal="USR1", warning_s=60, warned=True))
+    ((_, found),) = journal.orphans()
+    assert (found.warning_signal, found.warning_s, found.warned) == ("USR1", 60, True)
+    assert list((tmp_path / "running").iterdir()) == [tmp_path / "running" / f"{entry.attempt_id}.json"]
+
+
+@pytest.mark.parametrize("junk", [{"warning_signal": 5, "warning_s": "x", "warned": "yes"},
+                                  {"warning_signal": "", "warning_s": True, "warned": 1}])
+def test_odd_warning_fields_read_as_no_warning(junk: dict[str, object]) -> None:
+    entry = JournalEntry.from_json(_entry().to_json() | junk)
+    assert entry is not None and (entry.warning_signal, entry.warning_s, entry.warned) == (None, 0, False)
 
 
 @pytest.mark.parametrize("garbage", [b"{", b"[]", b'{"attempt_id": "a"}', b'{"attempt_id": "a", "pid": "x", '

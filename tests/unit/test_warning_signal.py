@@ -1,10 +1,14 @@
 """The warning signal (``hpcbatch:signal=USR1@60``, Slurm's ``--signal``): from the job's tag
 into the start order, the agent's timing (pure), and a real runner sending it to a real
-process group before the timeout and before a preemption's SIGTERM."""
+process group before the timeout and before a preemption's SIGTERM, and again after an
+agent restart re-adopts the attempt (its journal entry carries the signal), never twice."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -15,7 +19,7 @@ from hpcbatch.head.starts import GangStart, start_message
 from node_agent import state as s
 from node_agent.state import warning_delay
 from tests.unit.test_agent_state import Agent
-from tests.unit.test_runner import Harness, run, wait_for
+from tests.unit.test_runner import REPO, Harness, kill_groups, run, wait_for, wait_for_sync
 from tests.unit.test_starts import attempt, record
 
 # Waits in small steps so a trap runs at once (sh runs a trap between commands).
@@ -91,3 +95,67 @@ def test_a_kill_with_a_warning_signal_sends_it_before_the_sigterm(tmp_path: Path
         assert result.status_reason == "Preempted for hi-1"
 
     run(tmp_path, body)
+
+
+# ------------------------------------------- an agent restart: the re-adopted attempt's timer
+WARNED_ORPHAN = """
+import asyncio, sys
+from pathlib import Path
+from node_agent.runner import AttemptSpec, Runner
+
+async def main():
+    runner = Runner(Path(sys.argv[1]), on_exit=lambda r: None, memory_enforcement="rss")
+    spec = AttemptSpec("w", "job-w", 1, ["sh", "-c", sys.argv[2]], {"PATH": "/usr/bin:/bin"}, 1, 256,
+                       timeout_s=int(sys.argv[3]), warning_signal="USR1", warning_s=int(sys.argv[4]))
+    await runner.start(spec)
+    print("started", flush=True)
+    await asyncio.sleep(300)
+
+asyncio.run(main())
+"""
+READY_TRAPS = ("trap 'echo warned-USR1' USR1; trap 'echo got-TERM; exit 0' TERM; echo ready; "
+               "i=0; while [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done")
+
+
+def orphan_warned(state: Path, timeout_s: int, warning_s: int, until: str) -> int:
+    """Start attempt "w" (TRAPS) with a USR1 warning in an agent process, wait for ``until``
+    in its log, and kill -9 that agent: the attempt runs on, orphaned. Returns its pid."""
+    agent = subprocess.Popen([sys.executable, "-c", WARNED_ORPHAN, str(state), READY_TRAPS, str(timeout_s),
+                              str(warning_s)], cwd=REPO, stdout=subprocess.PIPE)
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == b"started\n"
+        wait_for_sync(lambda: until in (state / "attempts" / "w" / "output.log").read_text())
+    finally:
+        agent.kill()
+        agent.wait()
+    return int(json.loads((state / "running" / "w.json").read_text())["pid"])
+
+
+def test_a_readopted_attempt_gets_its_warning_before_the_timeout(tmp_path: Path) -> None:
+    pid = orphan_warned(tmp_path, timeout_s=4, warning_s=2, until="ready")  # warning due 2 s in: not yet sent
+    try:
+        async def body(h: Harness) -> None:
+            assert h.runner.adopt_orphans(readopt=True) == []
+            assert "warned-USR1" not in h.log("w")
+            await wait_for(lambda: "warned-USR1" in h.log("w"), timeout=6)
+            assert "got-TERM" not in h.log("w")  # warned before the timeout's SIGTERM
+            result = await h.result("w")
+            assert result.timed_out and h.log("w").index("warned-USR1") < h.log("w").index("got-TERM")
+
+        run(tmp_path, body)
+    finally:
+        kill_groups({"w": pid})
+
+
+def test_a_warning_the_old_agent_sent_is_not_sent_again(tmp_path: Path) -> None:
+    pid = orphan_warned(tmp_path, timeout_s=4, warning_s=3, until="warned-USR1")  # sent 1 s in
+    wait_for_sync(lambda: json.loads((tmp_path / "running" / "w.json").read_text())["warned"] is True)
+    try:
+        async def body(h: Harness) -> None:
+            assert h.runner.adopt_orphans(readopt=True) == []
+            result = await h.result("w")
+            assert result.timed_out and h.log("w").count("warned-USR1") == 1
+
+        run(tmp_path, body)
+    finally:
+        kill_groups({"w": pid})
