@@ -118,7 +118,7 @@ def _node_key_command(operation: str, verb: str, help_text: str) -> click.Comman
             print_json({})
 
     command.__doc__ = help_text
-    return nodes_keys.command(operation.removesuffix("nodekey"))(command)
+    return nodes_keys.command(operation.removesuffix("_node_key"))(command)
 
 
 node_keys_accept = _node_key_command("accept_node_key", "accepted", "Trust NAME's pending (or rejected) key.")

@@ -714,3 +714,12 @@ def test_submit_sends_share_identifier_and_priority_override(stub: StubHead) -> 
     assert run("submit", "--share", "teamA", "--priority", "7", "--", "true").exit_code == 0
     body = sent(stub, "/v1/submitjob")
     assert body["shareIdentifier"] == "teamA" and body["schedulingPriorityOverride"] == 7
+
+
+def test_node_key_commands_keep_their_short_names() -> None:
+    # They are made from the client's operation names (accept_node_key -> accept): a wrong suffix
+    # once named them accept_node_key, and `hpcbatch nodes keys accept NAME` stopped working.
+    result = CliRunner().invoke(cli, ["nodes", "keys", "--help"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()}
+    assert {"accept", "reject", "revoke", "delete", "list"} <= listed, result.output
