@@ -47,7 +47,7 @@ from hpcbatch.head.gangs import EXITED_REASON, MAIN_NODE_EXITED, Gangs
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.nodes import FencingConfig, NodeInfo, NodeRegistry
 from hpcbatch.head.policies import fair_share_of, policy_name
-from hpcbatch.head.preempting import Preemptions, preempted
+from hpcbatch.head.preempting import Preemptions
 from hpcbatch.head.reports import AgentReports
 from hpcbatch.head.starts import GangStart, start_message
 from hpcbatch.model.decisions import (
@@ -60,6 +60,7 @@ from hpcbatch.model.decisions import (
     dependency_wait_reason,
     job_dependencies,
 )
+from hpcbatch.model.interrupts import preempted
 from hpcbatch.model.jobs import Attempt, FenceHold, JobRecord
 from hpcbatch.model.lifecycle import JobEvent, JobStatus, can_apply, next_status
 from hpcbatch.scheduler import (

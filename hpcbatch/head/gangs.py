@@ -20,8 +20,8 @@ from typing import Protocol
 from hpcbatch import protocol as p
 from hpcbatch.head.commits import CommitBatcher
 from hpcbatch.head.nodes import NodeRegistry
-from hpcbatch.head.preempting import preempted
 from hpcbatch.model.decisions import AttemptEnd, Verdict, attempt_verdict
+from hpcbatch.model.interrupts import preempted
 from hpcbatch.model.jobs import Attempt, FenceHold, GangEnding, JobRecord
 from hpcbatch.model.lifecycle import JobEvent, JobStatus
 from hpcbatch.model.multinode import NodeEnd, child_job_id, gang_failure_reason, names_resource

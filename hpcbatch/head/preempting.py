@@ -28,7 +28,7 @@ from hpcbatch.model.interrupts import warning_signal
 from hpcbatch.model.jobs import GangEnding, JobRecord, PreemptOrder
 from hpcbatch.scheduler import PreemptAttempt
 
-if TYPE_CHECKING:  # gangs imports ``preempted`` from here
+if TYPE_CHECKING:  # typing only: the gangs part is the engine's, handed in
     from hpcbatch.head.gangs import Gangs
     from hpcbatch.head.nodes import NodeRegistry
 
@@ -105,10 +105,3 @@ class Preemptions:
 def _signal_name(job: JobRecord) -> str | None:
     spec = warning_signal(job.tags)
     return spec.name if spec is not None else None
-
-
-def preempted(job: JobRecord) -> tuple[str | None, str | None]:
-    """(the job it was preempted for, the reason) of ``job``'s ending attempt, and forget the
-    order: the next attempt starts clean. (None, None) when it was not being preempted."""
-    order, job.preempting = job.preempting, None
-    return (order.by, order.reason) if order is not None else (None, None)

@@ -22,6 +22,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hpcbatch.model.jobs import JobRecord
 
 PREEMPTS_TAG = "hpcbatch:preempts"
 PREEMPTIBLE_TAG = "hpcbatch:preemptible"
@@ -95,3 +99,10 @@ def warning_signal(tags: Mapping[str, str] | None) -> WarningSignal | None:
         return parse_signal(text)
     except ValueError:
         return None
+
+
+def preempted(job: JobRecord) -> tuple[str | None, str | None]:
+    """(the job it was preempted for, the reason) of ``job``'s ending attempt, and forget the
+    order: the next attempt starts clean. (None, None) when it was not being preempted."""
+    order, job.preempting = job.preempting, None
+    return (order.by, order.reason) if order is not None else (None, None)
