@@ -65,3 +65,15 @@ def test_no_code_outside_the_engine_reads_its_dictionaries() -> None:
              for line, what in reaches_in(path.read_text())]
     assert found == [], "read the engine through its methods (job, jobs_where, node, nodes_snapshot...): " + \
         ", ".join(found)
+
+
+def test_no_test_or_bench_reads_the_engines_job_and_node_dictionaries() -> None:
+    """Tests and benches hold the engine to the same methods (they may still look at its
+    scheduler and registry, which the engine's own unit tests drive)."""
+    root = PACKAGE.parent
+    here = Path(__file__).resolve()
+    paths = sorted([*(root / "tests").rglob("*.py"), *(root / "bench").rglob("*.py")])
+    found = [f"{path.relative_to(root)}:{line} {what}" for path in paths if path.resolve() != here
+             for line, what in reaches_in(path.read_text()) if what in ("engine.jobs", "engine.nodes")]
+    assert found == [], "read the engine through its methods (job, jobs_where, node, nodes_snapshot...): " + \
+        ", ".join(found)
