@@ -33,13 +33,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpcbatch import protocol as p
-from hpcbatch.head.engine import Engine
+from hpcbatch.head.engine import Engine, EngineOptions
 from hpcbatch.head.logs import LogStore
 from hpcbatch.model.jobs import JobRecord, ResourceRequest
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.store.sqlite import SqliteStore
 from node_agent import state as s
 
+LOST_AFTER_S = 3.0  # the head's liveness deadline in the property (fleet.py's judge)
 TERMINAL = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value}
 
 
@@ -105,40 +106,59 @@ class Runner:
     def __init__(self, node: str, world: World, clock: Clock) -> None:
         self.node, self.world, self.clock = node, world, clock
         self.procs: dict[str, str] = {}  # attempt id -> job id, running
-        self.signals: list[str] = []  # attempt ids signalled while they ran
+        self.pulling: dict[str, str] = {}  # attempt id -> job id, ordered but not started (``slow``)
+        self.slow = False  # starts wait (an image pull) until ``pulled``
+        self.signals: list[str] = []  # attempt ids signalled while they ran (or were being started)
         self._pid = 100
 
     def perform(self, effect: s.Effect) -> list[s.Stimulus]:
         if isinstance(effect, s.StartJob):
-            order = effect.order
-            self._pid += 1
-            self.procs[order.attempt_id] = order.job_id
-            self.world.started(self.node, order.job_id, order.attempt_id)
-            return [s.AttemptRunning(order.attempt_id, order.job_id, self._pid, self.clock.ms())]
+            if self.slow:
+                self.pulling[effect.order.attempt_id] = effect.order.job_id
+                return []
+            return [self.start(effect.order.attempt_id, effect.order.job_id)]
         if isinstance(effect, s.SignalJob) and effect.attempt_id in self.procs:
             self.signals.append(effect.attempt_id)
-            return [self.exit(effect.attempt_id, None, reason=effect.reason)]
+            return [self.exit(effect.attempt_id, None, reason=effect.reason, fenced=effect.fenced)]
+        if isinstance(effect, s.SignalJob) and effect.attempt_id in self.pulling:  # killed before it ran
+            self.signals.append(effect.attempt_id)
+            job_id = self.pulling.pop(effect.attempt_id)
+            return [s.AttemptEnded(p.AttemptExited(attempt_id=effect.attempt_id, job_id=job_id, exit_code=None,
+                                                   reason=effect.reason, stopped_at=self.clock.ms(),
+                                                   fenced=effect.fenced))]
         return []
 
-    def exit(self, attempt_id: str, code: int | None, reason: str | None = None) -> s.AttemptEnded:
+    def start(self, attempt_id: str, job_id: str) -> s.AttemptRunning:
+        """The command of ``attempt_id`` starts now."""
+        self._pid += 1
+        self.procs[attempt_id] = job_id
+        self.world.started(self.node, job_id, attempt_id)
+        return s.AttemptRunning(attempt_id, job_id, self._pid, self.clock.ms())
+
+    def pulled(self) -> list[s.AttemptRunning]:
+        """The pull is done: every attempt waiting on it starts."""
+        self.slow = False
+        pulling, self.pulling = self.pulling, {}
+        return [self.start(attempt_id, job_id) for attempt_id, job_id in pulling.items()]
+
+    def exit(self, attempt_id: str, code: int | None, reason: str | None = None, fenced: bool = False) -> s.AttemptEnded:
         """The process of ``attempt_id`` ended with ``code``: the fact the runner reports."""
         job_id = self.procs.pop(attempt_id)
         self.world.ended(job_id, attempt_id)
         return s.AttemptEnded(p.AttemptExited(attempt_id=attempt_id, job_id=job_id, exit_code=code, reason=reason,
-                                              started_at=self.clock.ms(), stopped_at=self.clock.ms()))
+                                              started_at=self.clock.ms(), stopped_at=self.clock.ms(), fenced=fenced))
 
 
 class Peer:
     """One node: a real AgentState, its runner double, and its end of the wire."""
 
-    def __init__(self, name: str, wire: Wire, world: World, clock: Clock) -> None:
+    def __init__(self, name: str, wire: Wire, world: World, clock: Clock, fence_after_s: float = 0.0) -> None:
         self.name, self.wire, self.clock = name, wire, clock
-        facts = p.NodeFacts(name=name, hostname=name, addresses=[], vcpus=2, memory_mib=1024, fence_after_s=0)
+        facts = p.NodeFacts(name=name, hostname=name, addresses=[], vcpus=2, memory_mib=1024,
+                            fence_after_s=fence_after_s)
         self.state = s.AgentState(s.AgentIdentity(f"{name}-1", facts), epoch=0, heartbeat_interval_s=1.0,
                                   liveness=3, now=clock.now())
         self.runner = Runner(name, world, clock)
-        self.held: list[s.Stimulus] = []  # runner facts not yet told the state (``hold_runner``)
-        self.hold_runner = False
         self.effects: list[s.Effect] = []  # every effect, for the scenarios to read
 
     def feed(self, stimulus: s.Stimulus) -> None:
@@ -150,16 +170,12 @@ class Peer:
                 self.wire.to_head(self.name, effect.message)
             else:
                 facts += self.runner.perform(effect)
-        if self.hold_runner:
-            self.held += facts
-            return
         for fact in facts:
             self.feed(fact)
 
-    def release_runner(self) -> None:
-        self.hold_runner = False
-        held, self.held = self.held, []
-        for fact in held:
+    def pulled(self) -> None:
+        """The runner's image pull is done: the attempts waiting on it start, and the state hears so."""
+        for fact in self.runner.pulled():
             self.feed(fact)
 
     def connect(self) -> None:
@@ -185,12 +201,14 @@ class Peer:
 class HeadShell:
     """A real Engine over a real store, behind the part of fleet.py that reads a frame."""
 
-    def __init__(self, path: Path, wire: Wire, clock: Clock) -> None:
+    def __init__(self, path: Path, wire: Wire, clock: Clock, fence_after_s: float = 0.0) -> None:
         self.wire, self.clock = wire, clock
         self.head_id = uuid.uuid4().hex
         self.registered: set[str] = set()
+        self.heard: dict[str, float] = {}  # node -> when the head last heard it (its clock)
         self.engine = Engine(SqliteStore(path / "db.sqlite"), LogStore(path / "logs"), send=wire.to_agent,
-                             clock_ms=clock.ms, monotonic=clock.mono)
+                             clock_ms=clock.ms, monotonic=clock.mono,
+                             options=EngineOptions(fence_after_s=fence_after_s, heartbeat_interval_s=1.0))
         self.engine.compute_environment_changed(
             {"computeEnvironmentName": "default", "state": "ENABLED", "computeResources": {}})
         self.engine.job_queue_changed({"jobQueueName": "q", "state": "ENABLED", "priority": 1,
@@ -200,6 +218,7 @@ class HeadShell:
 
     def receive(self, node: str, msg: p.Message) -> None:
         """What fleet.py does with one frame from ``node``, then the engine's step (commit, send)."""
+        self.heard[node] = self.clock.t
         if isinstance(msg, p.Register):
             welcome = self.engine.on_register(node, msg)
             self.registered.add(node)
@@ -213,6 +232,17 @@ class HeadShell:
             if isinstance(msg, p.AgentHeartbeat):
                 self.wire.to_agent(node, p.HeadHeartbeat(head_id=self.head_id, echo=msg.sent_at))
             self.engine.handle(node, msg)  # type: ignore[arg-type]
+        self.engine.step()
+
+    def check_liveness(self, deadline_s: float) -> None:
+        """What fleet.py's heartbeat loop does each beat: nodes silent past ``deadline_s`` are lost
+        (and must register again); held retries whose fence time has come are released."""
+        for node in sorted(self.registered):
+            silent = self.clock.t - self.heard.get(node, self.clock.t)
+            if silent > deadline_s:
+                self.registered.discard(node)
+                self.engine.node_lost(node, silent)
+        self.engine.expire_fences()
         self.engine.step()
 
     def deliver(self, node: str, kind: type | None = None) -> int:
@@ -242,16 +272,21 @@ class HeadShell:
 class Conversation:
     """A head and its agents over one wire; ``pump`` delivers until nothing is in flight."""
 
-    def __init__(self, path: Path, nodes: tuple[str, ...] = ("n1",)) -> None:
+    def __init__(self, path: Path, nodes: tuple[str, ...] = ("n1",), fence_after_s: float = 0.0) -> None:
         self.path, self.wire, self.world, self.clock = path, Wire(), World(), Clock()
-        self.head = HeadShell(path, self.wire, self.clock)
-        self.peers = {name: Peer(name, self.wire, self.world, self.clock) for name in nodes}
+        self.fence_after_s = fence_after_s
+        self.cut: set[str] = set()  # nodes whose every message, either way, is lost
+        self.head = HeadShell(path, self.wire, self.clock, fence_after_s)
+        self.peers = {name: Peer(name, self.wire, self.world, self.clock, fence_after_s) for name in nodes}
         for peer in self.peers.values():
             peer.connect()
         self.pump()
 
     def pump(self, rounds: int = 20) -> None:
         for _ in range(rounds):
+            for name in self.cut:
+                Wire.take(self.wire.up, name)
+                Wire.take(self.wire.down, name)
             moved = sum(self.head.deliver(name) for name in self.peers)
             moved += sum(peer.deliver() for peer in self.peers.values())
             if not moved:
@@ -266,7 +301,7 @@ class Conversation:
     def restart_head(self) -> None:
         """The head dies (kill -9: what it had not committed is gone) and starts over the same store."""
         self.head.engine.store.close()
-        self.head = HeadShell(self.path, self.wire, self.clock)
+        self.head = HeadShell(self.path, self.wire, self.clock, self.fence_after_s)
 
     def only_attempt(self, peer: Peer) -> str:
         (attempt_id,) = peer.runner.procs
@@ -326,10 +361,10 @@ def test_a_duplicated_start_runs_once_and_is_answered_again(tmp_path: Path) -> N
     (start,) = c.wire.down["n1"]
     assert isinstance(start, p.StartAttempt)
     c.wire.down["n1"].append(start)  # the same order twice, while the first is still starting
-    n1.hold_runner = True
+    n1.runner.slow = True
     n1.deliver()
     assert len(n1.of_kind(s.StartJob)) == 1 and c.wire.up.get("n1") == []
-    n1.release_runner()
+    n1.pulled()
     n1.feed(start)  # a third copy, once it runs: the head may have lost the answer, it gets it again
     answers = Wire.take(c.wire.up, "n1", p.AttemptStarted)
     assert [m.attempt_id for m in answers] == [start.attempt_id] * 2
@@ -427,6 +462,71 @@ def test_a_cancel_that_crosses_the_start_leaves_the_job_running(tmp_path: Path) 
     assert c.head.status("j1") is JobStatus.SUCCEEDED
 
 
+
+@conversation_test
+def test_a_cut_off_nodes_attempt_is_fenced_before_its_retry_runs_elsewhere(tmp_path: Path) -> None:
+    fence_s = 10.0
+    c = Conversation(tmp_path, nodes=("n1", "n2"), fence_after_s=fence_s)
+    c.head.submit("j1", retry_attempts=2)
+    c.pump()
+    (node,) = [n for n, peer in c.peers.items() if peer.runner.procs]
+    first = c.only_attempt(c.peers[node])
+    c.cut.add(node)  # the link to it fails, both ways; it runs on, unheard
+    for _ in range(int(fence_s) * 3):
+        c.tick()
+        c.pump()
+        c.head.check_liveness(deadline_s=3.0)
+        assert c.world.overlaps == []  # at no moment do two attempts of j1 run
+    assert c.peers[node].runner.signals == [first]  # its agent fenced it...
+    (other,) = [n for n in c.peers if n != node]
+    assert c.peers[other].runner.procs  # ...and only then did the retry start elsewhere
+    assert c.head.status("j1") is JobStatus.RUNNING
+    c.cut.clear()  # the link heals: the fenced exit is reported, and changes nothing
+    for _ in range(3):
+        c.tick()
+        c.pump()
+    assert c.peers[node].state.unacked() == [] and c.head.status("j1") is JobStatus.RUNNING
+    c.peers[other].exit(c.only_attempt(c.peers[other]), 0)
+    c.pump()
+    assert c.head.status("j1") is JobStatus.SUCCEEDED
+    assert c.head.statuses("j1").count("SUCCEEDED") == 1 and len(c.world.starts) == 2
+
+
+
+@conversation_test
+def test_an_attempt_still_starting_when_its_node_was_lost_does_not_run_beside_its_retry(tmp_path: Path) -> None:
+    """The node pulls the image (the attempt is STARTING, so no Register or heartbeat lists it)
+    when the link fails for longer than the head's liveness deadline but shorter than the
+    fence. It comes back, registers listing nothing: that must not prove the attempt over."""
+    c = Conversation(tmp_path, nodes=("n1", "n2"), fence_after_s=10.0)
+    c.head.submit("j1", retry_attempts=2)
+    (node,) = [n for n, q in c.wire.down.items() if any(isinstance(m, p.StartAttempt) for m in q)]
+    slow = c.peers[node]
+    slow.runner.slow = True  # the image is being pulled
+    c.pump()
+    assert c.head.status("j1") is JobStatus.STARTING and slow.of_kind(s.StartJob)
+    c.cut.add(node)
+    for _ in range(5):  # lost by the head (3 s), not yet fenced by the agent (10 s)
+        c.tick()
+        c.pump()
+        c.head.check_liveness(deadline_s=3.0)
+    assert c.head.status("j1") is JobStatus.RUNNABLE and not slow.state.fenced
+    c.cut.clear()
+    c.tick()
+    c.pump()  # heartbeat -> Reregister -> Register (running: nothing yet) -> Welcome
+    slow.pulled()  # the pull is done: it runs, unless it was killed meanwhile
+    for _ in range(12):
+        c.tick()
+        c.pump()
+        c.head.check_liveness(deadline_s=3.0)
+        assert c.world.overlaps == []
+    for peer in c.peers.values():
+        for attempt_id in sorted(peer.runner.procs):
+            peer.exit(attempt_id, 0)
+    c.pump()
+    assert c.world.overlaps == [] and c.head.status("j1").is_final
+
+
 # ---------------------------------------------------------------------- the property
 OPS = st.sampled_from(["deliver_up", "deliver_down", "drop_up", "drop_down", "dup_up", "dup_down",
                        "reorder_up", "reorder_down", "tick", "exit0", "exit1", "restart"])
@@ -448,7 +548,7 @@ def _fault(c: Conversation, op: str, node: str, k: int) -> None:
     elif op.startswith("reorder") and len(msgs) > 1:
         msgs.insert(0, msgs.pop(i))
     elif op == "tick":
-        c.tick()
+        _beat(c)
     elif op in ("exit0", "exit1") and c.peers[node].runner.procs:
         procs = sorted(c.peers[node].runner.procs)
         c.peers[node].exit(procs[k % len(procs)], 0 if op == "exit0" else 1)
@@ -456,29 +556,38 @@ def _fault(c: Conversation, op: str, node: str, k: int) -> None:
         c.restart_head()
 
 
+def _beat(c: Conversation) -> None:
+    """A second passes: every agent beats; with a fence, the head judges who is lost (fleet.py's loop)."""
+    c.tick()
+    if c.fence_after_s:
+        c.head.check_liveness(deadline_s=LOST_AFTER_S)
+
+
 def _settle(c: Conversation, jobs: list[str]) -> None:
     """No more faults: time passes, messages arrive, every job's command exits 0, until all are final."""
-    for _ in range(40):
+    for _ in range(60):
         if all(c.head.status(j).is_final for j in jobs):
             break
-        c.tick()
+        _beat(c)
         c.pump()
         for peer in c.peers.values():
             for attempt_id in sorted(peer.runner.procs):
                 peer.exit(attempt_id, 0)
         c.pump()
-    c.tick()
+    _beat(c)
     c.pump()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(jobs=st.integers(1, 4), schedule=st.lists(st.tuples(OPS, st.sampled_from(["n1", "n2"]), st.integers(0, 7)),
+@given(fence_after_s=st.sampled_from([0.0, 5.0]), jobs=st.integers(1, 4), schedule=st.lists(st.tuples(OPS, st.sampled_from(["n1", "n2"]), st.integers(0, 7)),
                                                  max_size=60))
 def test_any_schedule_of_losses_and_copies_ends_every_job_once_and_runs_none_twice_at_once(
-    jobs: int, schedule: list[tuple[str, str, int]],
+    fence_after_s: float, jobs: int, schedule: list[tuple[str, str, int]],
 ) -> None:
+    """With a fence (``fence_after_s``), the head also loses nodes it has not heard for
+    ``LOST_AFTER_S`` and retries their attempts elsewhere once they are surely fenced."""
     async def run(path: Path) -> None:
-        c = Conversation(path, nodes=("n1", "n2"))
+        c = Conversation(path, nodes=("n1", "n2"), fence_after_s=fence_after_s)
         job_ids = [f"j{i}" for i in range(jobs)]
         for job_id in job_ids:
             c.head.submit(job_id, retry_attempts=3)
