@@ -1,10 +1,11 @@
 """The rest of the head talks to the engine through its methods, never its dictionaries.
 
-``Engine.jobs`` and ``Engine.nodes`` (and the scheduler and node registry it holds) are the
-engine's own state: the service, console, metrics, power and fleet read live jobs and nodes
-through ``engine.job()``, ``jobs_where()``, ``node()``, ``nodes_snapshot()``... Only
+``Engine.jobs`` (and the scheduler and node registry it holds; ``Engine.nodes`` is gone) are
+the engine's own state: the service, console, metrics, power and fleet read live jobs and
+nodes through ``engine.job()``, ``jobs_where()``, ``node()``, ``nodes_snapshot()``... Only
 hpcbatch/head/engine.py and its parts (the hpcbatch.head modules engine.py imports: arrays,
-gangs, reports...) may touch them. This scans the source, as test_no_wall_clock.py does.
+gangs, reports...) may touch them; tests and benches read jobs and nodes through the same
+methods. This scans the source, as test_no_wall_clock.py does.
 """
 
 from __future__ import annotations
