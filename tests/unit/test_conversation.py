@@ -17,7 +17,10 @@ Two small doubles stand at the foreign boundaries only:
 
 The scenarios walk the conversation's known hard cases; the property throws random drop,
 duplicate, reorder and head-restart schedules at it and checks that every job ends in
-exactly one terminal state, no job runs twice at once, and nothing is lost.
+exactly one terminal state, no job runs twice at once, and nothing is lost; with a fence,
+the head also loses nodes it has not heard and retries their attempts once they are surely
+fenced. A schedule that lost a node while its attempt was still starting found a double run
+(reports.py's on_register freed the held retry): the scenario that reproduces it stays below.
 """
 
 from __future__ import annotations
@@ -56,9 +59,6 @@ class Clock:
     def ms(self) -> int:
         return int(1_700_000_000_000 + self.t * 1000)
 
-    def mono(self) -> float:
-        return self.t
-
 
 @dataclass
 class Wire:
@@ -95,9 +95,6 @@ class World:
             self.overlaps.append(f"{job_id}: {attempt_id} on {node} while {self.running[job_id]} runs")
         self.running.setdefault(job_id, {})[attempt_id] = node
         self.starts.append((job_id, attempt_id))
-
-    def ended(self, job_id: str, attempt_id: str) -> None:
-        self.running.get(job_id, {}).pop(attempt_id, None)
 
 
 class Runner:
@@ -144,7 +141,7 @@ class Runner:
     def exit(self, attempt_id: str, code: int | None, reason: str | None = None, fenced: bool = False) -> s.AttemptEnded:
         """The process of ``attempt_id`` ended with ``code``: the fact the runner reports."""
         job_id = self.procs.pop(attempt_id)
-        self.world.ended(job_id, attempt_id)
+        self.world.running.get(job_id, {}).pop(attempt_id, None)
         return s.AttemptEnded(p.AttemptExited(attempt_id=attempt_id, job_id=job_id, exit_code=code, reason=reason,
                                               started_at=self.clock.ms(), stopped_at=self.clock.ms(), fenced=fenced))
 
@@ -178,12 +175,6 @@ class Peer:
         for fact in self.runner.pulled():
             self.feed(fact)
 
-    def connect(self) -> None:
-        self.feed(s.Connected())
-
-    def tick(self) -> None:
-        self.feed(s.Tick())
-
     def exit(self, attempt_id: str, code: int = 0) -> None:
         self.feed(self.runner.exit(attempt_id, code))
 
@@ -207,7 +198,7 @@ class HeadShell:
         self.registered: set[str] = set()
         self.heard: dict[str, float] = {}  # node -> when the head last heard it (its clock)
         self.engine = Engine(SqliteStore(path / "db.sqlite"), LogStore(path / "logs"), send=wire.to_agent,
-                             clock_ms=clock.ms, monotonic=clock.mono,
+                             clock_ms=clock.ms, monotonic=lambda: clock.t,
                              options=EngineOptions(fence_after_s=fence_after_s, heartbeat_interval_s=1.0))
         self.engine.compute_environment_changed(
             {"computeEnvironmentName": "default", "state": "ENABLED", "computeResources": {}})
@@ -279,7 +270,7 @@ class Conversation:
         self.head = HeadShell(path, self.wire, self.clock, fence_after_s)
         self.peers = {name: Peer(name, self.wire, self.world, self.clock, fence_after_s) for name in nodes}
         for peer in self.peers.values():
-            peer.connect()
+            peer.feed(s.Connected())
         self.pump()
 
     def pump(self, rounds: int = 20) -> None:
@@ -296,7 +287,7 @@ class Conversation:
         """Time passes: every agent beats."""
         self.clock.t += seconds
         for peer in self.peers.values():
-            peer.tick()
+            peer.feed(s.Tick())
 
     def restart_head(self) -> None:
         """The head dies (kill -9: what it had not committed is gone) and starts over the same store."""
@@ -579,8 +570,8 @@ def _settle(c: Conversation, jobs: list[str]) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(fence_after_s=st.sampled_from([0.0, 5.0]), jobs=st.integers(1, 4), schedule=st.lists(st.tuples(OPS, st.sampled_from(["n1", "n2"]), st.integers(0, 7)),
-                                                 max_size=60))
+@given(fence_after_s=st.sampled_from([0.0, 5.0]), jobs=st.integers(1, 4),
+       schedule=st.lists(st.tuples(OPS, st.sampled_from(["n1", "n2"]), st.integers(0, 7)), max_size=60))
 def test_any_schedule_of_losses_and_copies_ends_every_job_once_and_runs_none_twice_at_once(
     fence_after_s: float, jobs: int, schedule: list[tuple[str, str, int]],
 ) -> None:
