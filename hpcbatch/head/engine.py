@@ -132,9 +132,10 @@ class Engine:
         self.store = store
         self.logs = logs
         self.scheduler = Scheduler()
-        self.jobs: dict[str, JobRecord] = {}  # every job not yet SUCCEEDED/FAILED
+        # Every job not yet SUCCEEDED/FAILED. Shared with the engine's parts only (their ``*Host``
+        # protocols name it); the rest of the head and the tests read it through ``job``/``jobs_where``.
+        self.jobs: dict[str, JobRecord] = {}
         self.registry = NodeRegistry(FencingConfig(opts.fence_after_s, opts.heartbeat_interval_s))
-        self.nodes = self.registry.nodes  # name -> NodeInfo: read through ``registry`` (node, nodes_snapshot)
         self._send = send
         self._now = clock_ms
         self._mono = monotonic  # deadlines (fence holds) run on it: a stepped wall clock moves none
@@ -539,7 +540,7 @@ class Engine:
             self._injection.check("start", job.job_id, job.job_name)
         attempt = self.new_attempt(job, action.node, action.compute_environment, list(action.gpus))
         job.attempts.append(attempt)
-        self.nodes[action.node].jobs.add(job.job_id)
+        self.registry.nodes[action.node].jobs.add(job.job_id)
         self.move(job, JobEvent.PLACED, None)
         self.commits.send(action.node, self.start_message(job, attempt))
 

@@ -301,6 +301,12 @@ class AgentReports:
         for job_id, hold in self._host.registry.holds_on(name):
             if hold.attempt_id in alive:
                 hold.still_running = True
+            elif self._maybe_starting(job_id, hold.attempt_id):
+                # Lost before it ran: the agent may still be starting it (an image pull), and a
+                # starting attempt is listed nowhere. It is told to die; its exit releases the retry.
+                hold.still_running = True
+                self._host.commits.send(name, p.KillAttempt(attempt_id=hold.attempt_id, reason=NO_LONGER_CURRENT,
+                                                            grace_s=0))
             else:
                 self._host.release_fence(job_id)
         node.allocations = tuple(allocations)
@@ -310,6 +316,12 @@ class AgentReports:
             r.attempt_id: {"output": self._host.logs.size(r.attempt_id)} for r in msg.running
         }
         return p.Welcome(head_id="", heartbeat_interval_s=0, liveness=0, log_offsets=offsets)
+
+    def _maybe_starting(self, job_id: str, attempt_id: str) -> bool:
+        """The held attempt ``attempt_id`` of ``job_id`` was never heard running (it was lost STARTING)."""
+        job = self._host.jobs.get(job_id)
+        attempt = next((a for a in job.attempts if a.attempt_id == attempt_id), None) if job is not None else None
+        return attempt is not None and attempt.started_at is None
 
     def _lost_attempt(self, node: str, job_id: str, attempt_id: str) -> tuple[JobRecord, Attempt] | None:
         """The job whose last attempt (on ``node``) the head gave up as lost and whose retry has not started."""

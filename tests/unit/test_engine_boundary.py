@@ -1,10 +1,11 @@
 """The rest of the head talks to the engine through its methods, never its dictionaries.
 
-``Engine.jobs`` and ``Engine.nodes`` (and the scheduler and node registry it holds) are the
-engine's own state: the service, console, metrics, power and fleet read live jobs and nodes
-through ``engine.job()``, ``jobs_where()``, ``node()``, ``nodes_snapshot()``... Only
+``Engine.jobs`` (and the scheduler and node registry it holds; ``Engine.nodes`` is gone) are
+the engine's own state: the service, console, metrics, power and fleet read live jobs and
+nodes through ``engine.job()``, ``jobs_where()``, ``node()``, ``nodes_snapshot()``... Only
 hpcbatch/head/engine.py and its parts (the hpcbatch.head modules engine.py imports: arrays,
-gangs, reports...) may touch them. This scans the source, as test_no_wall_clock.py does.
+gangs, reports...) may touch them; tests and benches read jobs and nodes through the same
+methods. This scans the source, as test_no_wall_clock.py does.
 """
 
 from __future__ import annotations
@@ -63,5 +64,17 @@ def test_no_code_outside_the_engine_reads_its_dictionaries() -> None:
     found = [f"{path.relative_to(PACKAGE.parent)}:{line} {what}"
              for path in sorted(PACKAGE.rglob("*.py")) if path not in allowed
              for line, what in reaches_in(path.read_text())]
+    assert found == [], "read the engine through its methods (job, jobs_where, node, nodes_snapshot...): " + \
+        ", ".join(found)
+
+
+def test_no_test_or_bench_reads_the_engines_job_and_node_dictionaries() -> None:
+    """Tests and benches hold the engine to the same methods (they may still look at its
+    scheduler and registry, which the engine's own unit tests drive)."""
+    root = PACKAGE.parent
+    here = Path(__file__).resolve()
+    paths = sorted([*(root / "tests").rglob("*.py"), *(root / "bench").rglob("*.py")])
+    found = [f"{path.relative_to(root)}:{line} {what}" for path in paths if path.resolve() != here
+             for line, what in reaches_in(path.read_text()) if what in ("engine.jobs", "engine.nodes")]
     assert found == [], "read the engine through its methods (job, jobs_where, node, nodes_snapshot...): " + \
         ", ".join(found)

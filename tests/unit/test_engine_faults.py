@@ -50,7 +50,7 @@ def test_an_exit_report_that_keeps_failing_is_quarantined_and_its_attempt_failed
         assert job.status_reason is not None
         assert job.status_reason.startswith("The head could not process the attempt's exit report (3 tries)")
         assert "InjectedFault" in job.status_reason
-        (q,) = c.engine.nodes[node].quarantined
+        (q,) = c.engine.node(node).quarantined
         assert (q.kind, q.job_id, q.attempt_id, q.tries) == ("exited", job.job_id, attempt_id, N)
         assert c.engine.faults.failed == {"exited": N} and c.engine.faults.quarantined == {"exited": 1}
         stored = c.engine.store.get_jobs([job.job_id])[0]
@@ -80,7 +80,7 @@ def test_an_exit_report_that_fails_once_is_served_on_its_resend(tmp_path: Path) 
         c.engine.reports._injection = None  # noqa: SLF001 (the fault was transient; reports serve messages)
         c.engine.handle(node, report)
         c.engine.step()
-        assert job.status is JobStatus.SUCCEEDED and c.engine.nodes[node].quarantined == []
+        assert job.status is JobStatus.SUCCEEDED and c.engine.node(node).quarantined == []
         assert c.engine.faults.tries == {}  # forgotten once served
 
     asyncio.run(run())
@@ -105,7 +105,6 @@ def test_a_launch_request_that_fails_is_refused(tmp_path: Path) -> None:
     async def run() -> None:
         c = Cluster(tmp_path, raise_on="launch_req")
         job = c.submit("any")
-        c.engine.jobs[job.job_id] = job
         c.engine.handle("n1", p.LaunchRequest(launch_id="L1", job_id=job.job_id, attempt_id="a", target="n2",
                                               command="true"))
         c.engine.step()

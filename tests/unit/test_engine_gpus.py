@@ -43,11 +43,11 @@ def test_a_gpu_reported_bad_in_a_heartbeat_is_not_handed_out(tmp_path: Path) -> 
     async def run() -> None:
         e = engine(tmp_path)
         register(e, [p.GpuFacts(uuid=g, index=i) for i, g in enumerate(GPUS)])
-        assert e.nodes["g1"].state == "ACTIVE" and e.nodes["g1"].state_reason == ""
+        assert e.node("g1").state == "ACTIVE" and e.node("g1").state_reason == ""
         e.on_heartbeat("g1", p.AgentHeartbeat(instance_id="i1", unhealthy_gpus={"GPU-0": "fatal XID 79"}))
         e.step()
-        assert "GPU-0: fatal XID 79" in e.nodes["g1"].state_reason
-        assert e.nodes["g1"].state == "ACTIVE"
+        assert "GPU-0: fatal XID 79" in e.node("g1").state_reason
+        assert e.node("g1").state == "ACTIVE"
         actions = ask(e, 2)
         assert [a for a in actions if isinstance(a, StartAttempt)] == []
         assert any(isinstance(a, SetWaitReason) and "the most is 1" in a.reason for a in actions)
@@ -63,7 +63,7 @@ def test_registration_carries_health_and_the_declared_count(tmp_path: Path) -> N
     async def run() -> None:
         e = engine(tmp_path)
         register(e, [p.GpuFacts(uuid="GPU-0"), p.GpuFacts(uuid="GPU-1", index=1, unhealthy="2 volatile uncorrectable ECC errors")], declared=3)
-        node = e.nodes["g1"]
+        node = e.node("g1")
         assert node.gpu_unhealthy == {"GPU-1": "2 volatile uncorrectable ECC errors"}
         assert node.state == "DRAINED" and "reports 2 GPUs" in node.state_reason and "declares 3" in node.state_reason
 

@@ -111,7 +111,7 @@ def test_a_head_on_a_migrated_store_holds_the_retry_by_the_field(target: str, tm
                         monotonic=lambda: 0.0, options=EngineOptions(fence_after_s=30.0, heartbeat_interval_s=1.0))
         try:
             engine.recover()
-            held = engine.jobs["held"]
+            held = engine.job("held")
             assert held.status is JobStatus.RUNNABLE and held.fence_hold is not None
             assert engine.registry.held("held") is not None  # not fed to the scheduler: held
             assert engine.registry.held("plain") is None

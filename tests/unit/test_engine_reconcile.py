@@ -80,7 +80,7 @@ def test_a_running_attempt_the_agent_stops_listing_is_asked_for_then_failed_with
         beat(c, node, [])
         assert job.status is JobStatus.FAILED and job.attempts[0].lost
         assert job.status_reason == f"Attempt lost: the agent on {node} has not listed it for {2 * K} heartbeats"
-        assert c.engine.nodes[node].jobs == set() and c.engine.nodes[node].missing == {}
+        assert c.engine.node(node).jobs == set() and c.engine.node(node).missing == {}
 
     asyncio.run(run())
 

@@ -284,7 +284,7 @@ def test_a_restarted_head_holds_the_retry_again(tmp_path: Path) -> None:
         with c.engine.store.transaction():
             c.engine.store.put_jobs([stored])
         again = Cluster(tmp_path, restarted=True)
-        held = again.engine.jobs[job.job_id]
+        held = again.engine.job(job.job_id)
         assert held.status is JobStatus.RUNNABLE and held.fence_hold is not None
         again.register("n2" if node == "n1" else "n1")
         again.advance(HOLD_S - 1)
@@ -363,7 +363,7 @@ def test_a_restarted_head_adopts_a_lost_attempt_its_node_still_runs(tmp_path: Pa
         c.engine.step()
         again = Cluster(tmp_path, restarted=True)
         again.register(node, running=[p.RunningAttempt(attempt_id=first, job_id=job.job_id, pid=1, started_at=1)])
-        held = again.engine.jobs[job.job_id]
+        held = again.engine.job(job.job_id)
         assert held.status is JobStatus.RUNNING and held.fence_hold is None and len(held.attempts) == 1
         assert [m for _n, m in again.sent if isinstance(m, p.KillAttempt)] == []
         assert again.engine.store.get_jobs([job.job_id])[0].status is JobStatus.RUNNING

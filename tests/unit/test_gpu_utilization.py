@@ -15,7 +15,6 @@ from hpcbatch import protocol as p
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.metrics import HeadMetrics
-from hpcbatch.head.nodes import NodeInfo
 from hpcbatch.head.service import BatchService
 from hpcbatch.store import SqliteStore
 from node_agent.gpus_nvml import NvmlGpus
@@ -67,7 +66,7 @@ def test_the_head_exports_the_last_heartbeats_utilization(tmp_path: Path) -> Non
         engine = Engine(store, LogStore(tmp_path / "logs"), send=lambda node, msg: None, clock_ms=lambda: 1)
         metrics = HeadMetrics(BatchService(store, engine, region="local", account="0"))
         facts = p.NodeFacts(name="g1", hostname="g1", addresses=["10.0.0.1"], vcpus=8, memory_mib=1024, gpus=["GPU-0", "GPU-1"])
-        engine.nodes["g1"] = NodeInfo(facts=facts, state="ACTIVE")
+        engine.on_register("g1", p.Register(instance_id="i", node=facts))
         engine.on_heartbeat("g1", p.AgentHeartbeat(instance_id="i", gpu_utilization={"GPU-0": 0.25, "GPU-1": 0.0}))
         text = metrics.page().decode()
         store.close()

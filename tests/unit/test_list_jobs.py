@@ -6,6 +6,7 @@ No cluster: the engine is built over the store and never started.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.logs import LogStore
 from hpcbatch.head.service import BatchService
+from hpcbatch.model.jobs import Attempt
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.store import open_store
 from tests.unit.test_store import job, target  # noqa: F401  (target: the backends fixture)
@@ -126,7 +128,14 @@ def test_an_arrays_children_are_listed_placed_or_not_in_index_order(service: Bat
 
 
 def test_a_job_is_listed_as_the_engine_holds_it_now(service: BatchService) -> None:
-    stored = job("a", status=S.RUNNING)
+    stored = job("a", status=S.RUNNING, attempts=[Attempt(attempt_id="a1", node="n1", compute_environment="ce", log_stream_name="s")])
     service.store.put_jobs([stored])
-    service.engine.jobs["a"] = job("a", status=S.RUNNING, status_reason="live")
+
+    async def recover() -> None:  # the engine holds it live, as a head that restarts does
+        service.engine.recover()
+
+    asyncio.run(recover())
+    live = service.engine.job("a")
+    assert live is not None
+    live.status_reason = "live"
     assert service.ListJobs({}, ALICE)["jobSummaryList"][0]["statusReason"] == "live"

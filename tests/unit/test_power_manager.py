@@ -40,7 +40,7 @@ def test_a_job_that_fits_an_unmanaged_node_powers_nothing_and_one_that_does_not_
         c.submit("j3")  # n1 and n2 are full: j3 needs a pool node
         calls = manager.pass_once()
         assert [(k, a.nodes) for k, a in calls] == [("on", ("cn1",))] and isinstance(calls[0][1], PowerOn)
-        assert c.engine.jobs["j3"].status_reason == "CAPACITY - powering up cn1, expected in ~60 s"
+        assert c.engine.job("j3").status_reason == "CAPACITY - powering up cn1, expected in ~60 s"
         clock[0] += 1
         assert manager.pass_once() == []  # asked again: not powered twice
         # A head restarted on the same store finds cn1 POWERING_UP and powers nothing.
@@ -62,7 +62,7 @@ def test_a_power_down_begun_before_a_restart_is_done_again_and_its_node_takes_no
         again = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: 1001.0)
         calls = again.pass_once()
         assert [(k, a.nodes) for k, a in calls] == [("off", ("cn2",))]
-        assert c.engine.nodes["cn2"].state == "DRAINED"  # no job lands on it meanwhile
+        assert c.engine.node("cn2").state == "DRAINED"  # no job lands on it meanwhile
         assert again.pass_once() == []  # once
 
     asyncio.run(run())
@@ -122,16 +122,16 @@ def test_a_job_waiting_on_a_power_up_is_told_the_boot_time_left_counted_from_the
         for job in ("j1", "j2", "j3"):
             c.submit(job)  # n1, n2 full: j3 needs a pool node
         assert [a.nodes for _, a in manager.pass_once()] == [("cn1",)]
-        assert c.engine.jobs["j3"].status_reason == "CAPACITY - powering up cn1, expected in ~90 s"
+        assert c.engine.job("j3").status_reason == "CAPACITY - powering up cn1, expected in ~90 s"
         clock[0] += 31
         manager.pass_once()
         c.engine.step()  # the scheduler's own pass keeps the power planner's word
-        assert c.engine.jobs["j3"].status_reason == "CAPACITY - powering up cn1, expected in ~60 s"
+        assert c.engine.job("j3").status_reason == "CAPACITY - powering up cn1, expected in ~60 s"
         # A restarted head counts from the stored power-up, not from its own start.
         clock[0] += 20
         again = PowerManager({"burst": msgspec.structs.replace(POOL, boot_time_s=90)}, c.engine, clock_s=lambda: clock[0])
         again.pass_once()
-        assert c.engine.jobs["j3"].status_reason == "CAPACITY - powering up cn1, expected in ~40 s"
+        assert c.engine.job("j3").status_reason == "CAPACITY - powering up cn1, expected in ~40 s"
 
     asyncio.run(run())
 

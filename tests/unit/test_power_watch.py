@@ -80,7 +80,7 @@ def test_a_node_powered_off_by_hand_loses_its_job_at_once_and_one_powered_on_by_
         assert attempt.lost and attempt.status_reason == (
             "Node cn1 lost: powered off outside hpcbatch, seen by redfish at 2025-12-06T05:46:41Z")
         assert j3.status is JobStatus.RUNNABLE and j3.fence_hold is None and fenced == []
-        assert c.engine.nodes["cn1"].state == "DOWN"
+        assert c.engine.node("cn1").state == "DOWN"
         audit = [(e["operation"], e["target"]) for e in c.engine.commits.audit_pending() if e["via"] == "power"]
         assert ("PowerOffSeen", "cn1") in audit and ("PowerOnSeen", "cn2") in audit
         assert c.engine.store.get_resource(POWER_RESOURCE, "cn1")["state"] == "POWERED_DOWN"
