@@ -111,12 +111,14 @@ def reservation(
 def note(st: SchedulerState, r: ResourceRequest, ces: list[CeState]) -> str:
     """The pool nodes of ``ces`` that could hold ``r`` and are not up, in the one wording of a
     wait on power (``gang.power_note``: ``powering up node[5-8], expected up by t=190``); ""
-    when none."""
-    return ", ".join(n for ce in ces if ce.booting and (n := power_note(st.now, facts(fit(ce, r).up, fit(ce, r).down))))
+    when none. Nodes powering up are what the job waits for: powered-down ones are named only
+    while none is."""
+    return ", ".join(n for ce in ces if ce.booting and (n := power_note(st.now, facts(fit(ce, r)))))
 
 
-def facts(up: list[BootingNode], down: list[BootingNode]) -> PowerFacts:
-    """What a wait reason says of these booting (``up``) and powered-down (``down``) nodes."""
+def facts(f: BootFit) -> PowerFacts:
+    """What a wait reason says of booting nodes (``f.up``) or else of powered-down ones (``f.down``)."""
+    up, down = f.up, [] if f.up else f.down
     return PowerFacts(
         tuple(sorted((b.name for b in up), key=natural_key)), max((b.up_s or 0.0 for b in up), default=0.0),
         tuple(sorted((b.name for b in down), key=natural_key)), max((b.boot_s for b in down), default=0.0),
