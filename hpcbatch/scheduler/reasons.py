@@ -6,7 +6,9 @@ Rules: a wait reason is ``CODE - detail`` in AWS Batch's ``statusReason`` vocabu
 ``CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY`` when it would fit but not now), so
 jobStateTimeLimitActions can match the code. Nodes away (drained, down) come back: a job only
 they could hold waits with a ``CAPACITY`` reason naming them; so do pool nodes powered down
-or booting (``booting``). A reason is emitted
+or booting (``booting``), in the one wording of a wait on power (``gang.power_note``: the
+scheduler alone writes a waiting job's reason; the head's power manager only tells facts).
+Nodes held whole by a gang are named as such, never "no free vCPUs" (``gang_held``). A reason is emitted
 (``SetWaitReason``) only when it changes. Every decision goes to the decision log keyed by
 the jobs it is about, with the events that caused it (``decide``; ``decisions``).
 """
