@@ -16,11 +16,14 @@ _EPOCH = re.compile(r"\bt=(\d{9,}(?:\.\d+)?)")
 
 
 def in_words(delta_s: float) -> str:
-    """A duration from now, as a person says it: ``in 40 s``, ``in 3 min``, ``in 2 h 5 min``.
+    """A duration from now, as a person says it: ``in 40 s``, ``in 3 min``, ``in 2 h 5 min``;
+    a time past: ``5 s ago`` (an overdue boot: how long overdue); within a second: ``now``.
 
-    >>> in_words(40), in_words(185), in_words(7500), in_words(-5)
-    ('in 40 s', 'in 3 min', 'in 2 h 5 min', 'now')
+    >>> in_words(40), in_words(185), in_words(7500), in_words(-5), in_words(0.5)
+    ('in 40 s', 'in 3 min', 'in 2 h 5 min', '5 s ago', 'now')
     """
+    if delta_s <= -1:
+        return in_words(-delta_s).removeprefix("in ") + " ago"
     if delta_s < 1:
         return "now"
     if delta_s < 60:

@@ -357,9 +357,9 @@ class PowerManager:
                 calls.append(("off", action))
             else:
                 calls.append(("on", action))
-        for job_id, why in plan.waiting.items():
-            if self.waiting.get(job_id) != why:
-                self.engine.note_wait(job_id, f"CAPACITY - {why}")
+        # Not written to the jobs: a waiting job's statusReason has one owner, the scheduler,
+        # which words a wait on power from the facts ``_tell`` gives it (hpcbatch.scheduler.gang
+        # ``power_note``). The planner's own note is kept for logs and tests.
         self.waiting = plan.waiting
         return calls
 
@@ -425,6 +425,7 @@ class PowerManager:
             boot_s=pool.boot_time_s, vcpus=pool.vcpus_per_node, memory_mib=pool.memory_mib_per_node,
             gpus=pool.gpus_per_node, since_s=since_s, placement_group=pool.placement_groups.get(name),
             features=frozenset((CONTAINER_FEATURE,)) if config.container_runtime else frozenset(),
+            resume_timeout_s=pool.resume_timeout_s,
         )
 
     def _audit(self, operation: str, nodes: str, outcome: str) -> None:

@@ -26,7 +26,7 @@ import heapq
 
 from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.scheduler.events import NodePowerChanged
-from hpcbatch.scheduler.gang import Reservation, fmt_time, hostlist, natural_key
+from hpcbatch.scheduler.gang import PowerFacts, Reservation, natural_key, power_note
 from hpcbatch.scheduler.holds import ce_of
 from hpcbatch.scheduler.state import BootFit, BootingNode, CeState, SchedulerState
 
@@ -45,7 +45,7 @@ def node_power_changed(st: SchedulerState, event: NodePowerChanged) -> None:
     ce = ce_of(st, event.compute_environment)
     ce.booting[event.node] = BootingNode(
         event.node, event.compute_environment, event.vcpus, memory, event.gpus, event.boot_s, up,
-        event.placement_group, event.features,
+        event.placement_group, event.features, event.resume_timeout_s,
     )
     ce.boot_fit.clear()
 
@@ -64,7 +64,7 @@ def fit(ce: CeState, r: ResourceRequest) -> BootFit:
         able_ = [b for b in ce.booting.values() if b.could_ever_fit(r)]
         up = sorted((b for b in able_ if b.up_s is not None), key=lambda b: (b.up_s, natural_key(b.name)))
         down = sorted((b for b in able_ if b.up_s is None), key=lambda b: (b.boot_s, natural_key(b.name)))
-        found = ce.boot_fit[r] = BootFit(up, down, _note(up, down))
+        found = ce.boot_fit[r] = BootFit(up, down)
     return found
 
 
@@ -102,26 +102,28 @@ def reservation(
     down = tuple(b.name for b in mine if b.up_s is None)
     up = tuple(b.name for b in mine if b.up_s is not None)
     boot = max((b.boot_s for b in mine if b.up_s is None), default=0.0)
-    return Reservation(job_id, ce.name, names, start_s, group, powering_up=up, powered_down=down, boot_s=boot)
+    up_by = max((b.up_s or 0.0 for b in mine if b.up_s is not None), default=0.0)
+    timeout = max((b.resume_timeout_s for b in mine), default=0.0)
+    return Reservation(job_id, ce.name, names, start_s, group, powering_up=up, powered_down=down, boot_s=boot,
+                       up_by_s=up_by, resume_timeout_s=timeout)
 
 
 def note(st: SchedulerState, r: ResourceRequest, ces: list[CeState]) -> str:
-    """``node[5-8] powering up (expected by t=190), node[9-12] powered down (up ~90 s after a
-    power-up)``: the pool nodes that could hold ``r``; "" when none. No relative times, so
-    the reason stays the same from pass to pass."""
-    return ", ".join(n for ce in ces if ce.booting and (n := fit(ce, r).note))
+    """The pool nodes of ``ces`` that could hold ``r`` and are not up, in the one wording of a
+    wait on power (``gang.power_note``: ``powering up node[5-8], expected up by t=190``); ""
+    when none. Nodes powering up are what the job waits for: powered-down ones are named only
+    while none is."""
+    return ", ".join(n for ce in ces if ce.booting and (n := power_note(st.now, facts(fit(ce, r)))))
 
 
-def _note(up: list[BootingNode], down: list[BootingNode]) -> str:
-    parts = []
-    if up:
-        at = max(b.up_s or 0.0 for b in up)
-        parts.append(f"{hostlist(sorted((b.name for b in up), key=natural_key))} powering up (expected by t={fmt_time(at)})")
-    if down:
-        boot = max(b.boot_s for b in down)
-        parts.append(f"{hostlist(sorted((b.name for b in down), key=natural_key))} powered down "
-                     f"(up ~{boot:.0f} s after a power-up)")
-    return ", ".join(parts)
+def facts(f: BootFit) -> PowerFacts:
+    """What a wait reason says of booting nodes (``f.up``) or else of powered-down ones (``f.down``)."""
+    up, down = f.up, [] if f.up else f.down
+    return PowerFacts(
+        tuple(sorted((b.name for b in up), key=natural_key)), max((b.up_s or 0.0 for b in up), default=0.0),
+        tuple(sorted((b.name for b in down), key=natural_key)), max((b.boot_s for b in down), default=0.0),
+        max((b.resume_timeout_s for b in (*up, *down)), default=0.0),
+    )
 
 
 def count_by_group(ce: CeState, r: ResourceRequest) -> dict[str | None, int]:

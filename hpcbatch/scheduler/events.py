@@ -103,6 +103,7 @@ class NodePowerChanged(Event):
     since_s: float = 0.0  # POWERING_UP: when the power-up began, in the time Tick carries
     placement_group: str | None = None
     features: frozenset[str] = frozenset()  # as NodeUp.features ("container": a runtime)
+    resume_timeout_s: float = 0.0  # the pool's: a boot overdue this long is given up (0: not said)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ class Reservation:
     powering_up: tuple[str, ...] = ()
     powered_down: tuple[str, ...] = ()
     boot_s: float = 0.0  # the powered-down ones' expected boot time
+    up_by_s: float = 0.0  # when the powering-up ones are expected up (past: overdue)
+    resume_timeout_s: float = 0.0  # their pool's (an overdue boot's reason says it)
 
     def admits(self, now_s: float, time_limit_s: float | None) -> bool:
         """True when a job of ``time_limit_s`` started now ends before the reservation (backfill).
@@ -61,16 +63,51 @@ class Reservation:
         where = f"{hostlist(self.nodes)} in compute environment {self.compute_environment}"
         if self.start_s == UNKNOWN:
             return f"Reserved nodes {where}, held as they free up (running jobs have no time limit)"
-        boot = f" ({hostlist(self.powering_up)} powering up)" if self.powering_up else ""
+        power = power_note(now_s, PowerFacts(
+            self.powering_up, self.up_by_s, self.powered_down, self.boot_s, self.resume_timeout_s))
         if self.powered_down:  # its start moves with the power-up: said without a time
-            down = hostlist(self.powered_down)
             later = self.start_s > now_s + self.boot_s + 1e-6
-            return (f"Reserved nodes {where}, once {down} {'is' if len(self.powered_down) == 1 else 'are'} "
-                    f"powered up (boot ~{self.boot_s:.0f} s){boot}"
-                    + (f", the others free from t={fmt_time(self.start_s)}" if later else ""))
+            return (f"Reserved nodes {where}; {power}"
+                    + (f"; the others free from t={fmt_time(self.start_s)}" if later else ""))
         if self.start_s <= now_s:
-            return f"Reserved nodes {where}, expected free now{boot}"
-        return f"Reserved nodes {where} from t={fmt_time(self.start_s)}{boot}"
+            head = f"Reserved nodes {where}, expected free now"
+        elif self.powering_up and self.start_s <= self.up_by_s + 1e-6:  # the boot says when
+            head = f"Reserved nodes {where}"
+        else:
+            head = f"Reserved nodes {where} from t={fmt_time(self.start_s)}"
+        return f"{head}; {power}" if power else head
+
+
+@dataclass(frozen=True)
+class PowerFacts:
+    """Pool nodes a waiting job needs that are not up: those powering up (expected up by
+    ``up_by_s``) and those powered down (up ``boot_s`` after their power-up)."""
+
+    powering_up: tuple[str, ...] = ()
+    up_by_s: float = 0.0
+    powered_down: tuple[str, ...] = ()
+    boot_s: float = 0.0
+    resume_timeout_s: float = 0.0  # 0: not known
+
+
+def power_note(now_s: float, f: PowerFacts) -> str:
+    """The one wording of a wait on power, for single-node jobs and gangs alike (``why``):
+    ``powering up node[2-3], expected up by t=190``; once overdue ``powering up node[2-3],
+    expected up by now (overdue since t=190; resume_timeout_s is 300 s)``; ``node[4-5] are
+    powered down, up ~90 s after a power-up``. Absolute times (the CLI shows them as local
+    times and how far off), so the reason does not change from pass to pass; "" when none."""
+    parts = []
+    if f.powering_up:
+        up = f"powering up {hostlist(f.powering_up)}, expected up by "
+        if f.up_by_s > now_s + 1e-6:
+            parts.append(f"{up}t={fmt_time(f.up_by_s)}")
+        else:
+            limit = f"; resume_timeout_s is {f.resume_timeout_s:g} s" if f.resume_timeout_s > 0 else ""
+            parts.append(f"{up}now (overdue since t={fmt_time(f.up_by_s)}{limit})")
+    if f.powered_down:
+        verb = "is" if len(f.powered_down) == 1 else "are"
+        parts.append(f"{hostlist(f.powered_down)} {verb} powered down, up ~{f.boot_s:.0f} s after a power-up")
+    return ", ".join(parts)
 
 
 def pick_nodes(

@@ -6,7 +6,9 @@ Rules: a wait reason is ``CODE - detail`` in AWS Batch's ``statusReason`` vocabu
 ``CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY`` when it would fit but not now), so
 jobStateTimeLimitActions can match the code. Nodes away (drained, down) come back: a job only
 they could hold waits with a ``CAPACITY`` reason naming them; so do pool nodes powered down
-or booting (``booting``). A reason is emitted
+or booting (``booting``), in the one wording of a wait on power (``gang.power_note``: the
+scheduler alone writes a waiting job's reason; the head's power manager only tells facts).
+Nodes held whole by a gang are named as such, never "no free vCPUs" (``gang_held``). A reason is emitted
 (``SetWaitReason``) only when it changes. Every decision goes to the decision log keyed by
 the jobs it is about, with the events that caused it (``decide``; ``decisions``).
 """
@@ -102,17 +104,38 @@ def why_not(st: SchedulerState, r: ResourceRequest, ces: list[CeState], reserved
         return WAIT_MAX_VCPUS
     if reserved and place(st, r, None, ces, {}) is not None:
         return WAIT_RESERVED
-    largest = max((f for ce in ces if (f := ce.index.largest_free()) is not None), default=None)
-    if largest is None:
-        have = "no node has free vCPUs"
-    else:
-        have = f"the largest free node has {largest[0]:g} vCPUs and {largest[1]} MiB"
+    have = room_note(r, ces)
     gpus = f" and {r.gpus} GPUs" if r.gpus else ""
     away = ", ".join(p for p in (boot, away_note(*nodes_away(st, r, ces))) if p)
     return (
         f"{CAPACITY} - {WAIT_RESOURCES} (needs {r.vcpus:g} vCPUs and {r.memory_mib} MiB{gpus}, {have})"
         + (f"; {away}" if away else "")
     )
+
+
+def room_note(r: ResourceRequest, ces: list[CeState]) -> str:
+    """What room there is: the largest free node; with none, the nodes that could hold ``r``
+    but are held whole by a multi-node job (placement never puts a job beside a gang)."""
+    largest = max((f for ce in ces if (f := ce.index.largest_free()) is not None), default=None)
+    if largest is not None:
+        return f"the largest free node has {largest[0]:g} vCPUs and {largest[1]} MiB"
+    return gang_held(r, ces) or "no node has free vCPUs"
+
+
+def gang_held(r: ResourceRequest, ces: list[CeState]) -> str:
+    """``node[1-2] are held whole by multi-node job G``: accepting nodes that could hold ``r``,
+    by the gang holding them; "" when none."""
+    by_gang: dict[str, list[str]] = {}
+    for ce in ces:
+        for n in ce.nodes.values():
+            if n.gang is not None and n.accepting and n.could_ever_fit(r):
+                by_gang.setdefault(n.gang, []).append(n.name)
+    parts = []
+    for gang in sorted(by_gang):
+        names = sorted(by_gang[gang], key=natural_key)
+        verb = "is" if len(names) == 1 else "are"
+        parts.append(f"{hostlist(names)} {verb} held whole by multi-node job {gang}")
+    return ", ".join(parts)
 
 
 def why_never(st: SchedulerState, r: ResourceRequest, ces: list[CeState]) -> str:

@@ -92,6 +92,7 @@ class BootingNode:
     up_s: float | None = None
     placement_group: str | None = None
     features: frozenset[str] = frozenset()
+    resume_timeout_s: float = 0.0  # the pool's (wait reasons of an overdue boot say it)
 
     def up_at(self, now: float) -> float:
         """When it is expected to register, seen at ``now`` (an overdue boot: now)."""
@@ -113,7 +114,6 @@ class BootFit:
 
     up: list[BootingNode]
     down: list[BootingNode]
-    note: str
 
 
 @dataclass(slots=True)

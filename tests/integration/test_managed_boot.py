@@ -107,7 +107,7 @@ def test_a_gangs_forecast_counts_the_boot_and_only_a_job_that_ends_before_it_bac
         assert abs(at - (since_ms + BOOT_TIME_S * 1000)) < 2000, (at, since_ms)
         why = subprocess.run([sys.executable, "-m", "hpcbatch.cli.main", "--endpoint", c.socket_endpoint, "why", gang],
                              capture_output=True, text=True, timeout=30, check=True).stdout
-        assert "Reserved nodes node[1-3]" in why and "(node[2-3] powering up)" in why, why
+        assert "Reserved nodes node[1-3]" in why and "; powering up node[2-3], expected up by " in why, why
         assert "expected start:" in why, why
         # A long job (its limit ends after the boot) waits: it would delay the gang.
         long_job = c.submit(["sleep", "1"], timeout={"attemptDurationSeconds": 3600})

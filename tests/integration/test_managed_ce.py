@@ -112,7 +112,9 @@ def test_a_node_that_never_registers_is_marked_down_and_the_job_runs_elsewhere(p
     # minvCpus 1 powers node1 up (the first by name); the job waits for it.
     reason = wait_for(lambda: "powering up node1" in (r := c.job(job_id)["statusReason"] or "") and r, 10,
                       what="the job to wait for node1's power-up")
-    assert reason.startswith("CAPACITY - powering up node1, expected in ~")
+    # The scheduler's words (the only writer of a waiting job's reason), from the power facts.
+    assert reason.startswith("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - ") and "powering up node1, expected up by " in reason, \
+        reason
     assert _power(c)["node1"]["powerState"] == "POWERING_UP"
     job = c.wait_status(job_id, "SUCCEEDED", timeout=RESUME_TIMEOUT_S + 30)
     assert job["nodeName"] == "node2", job
@@ -240,7 +242,8 @@ def test_the_command_driver_gets_a_hostlist_and_a_head_restart_mid_power_up_powe
         # `hpcbatch why` says what it waits for, and for how long (boot_time_s 60 from the power-up).
         why = subprocess.run([sys.executable, "-m", "hpcbatch.cli.main", "--endpoint", c.socket_endpoint, "why", job_id],
                              capture_output=True, text=True, timeout=30, check=True).stdout
-        assert re.search(r"reason: CAPACITY - powering up cn\[1-2\], expected in ~(60|55|50|45) s", why), why
+        assert re.search(r"reason: Reserved nodes cn\[1-2\] in compute environment burst; powering up cn\[1-2\], "
+                         r"expected up by .+? local time \(in (\d+ s|1 min)\)", why), why
         # They never register: resume_timeout_s (counted from the first power-up) fails them, once.
         wait_for(lambda: "suspend" in calls.read_text(), 20, what="the failed nodes powered off")
         assert calls.read_text() == "resume cn[1-2]\nsuspend cn[1-2]\n"

@@ -206,3 +206,12 @@ def test_shm_cleanup_of_a_plain_users_job_alone_on_its_node_takes_all_its_new_fi
     assert sorted(shm.clean(nobody, since, any_name=False, shm_dir=tmp_path)) == ["sm_segment.n1.65534.1.0", "torch_123"]
     assert shm.clean(nobody, since, any_name=True, shm_dir=tmp_path) == ["scratch.bin"]
     assert theirs.exists()
+
+
+def test_an_overdue_boot_reads_as_how_long_ago_it_was_expected_not_in_0_s() -> None:
+    now = time.time()
+    text = (f"CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Waiting for a node that can hold the job: powering up cn1, "
+            f"expected up by now (overdue since t={now - 40:.3f}; resume_timeout_s is 300 s)")
+    shown = human_reason(text, now)
+    assert "(40 s ago)" in shown and "in 0 s" not in shown, shown
+    assert in_words(-40) == "40 s ago" and in_words(-185) == "3 min ago" and in_words(-0.5) == "now"

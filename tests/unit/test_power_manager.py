@@ -40,7 +40,6 @@ def test_a_job_that_fits_an_unmanaged_node_powers_nothing_and_one_that_does_not_
         c.submit("j3")  # n1 and n2 are full: j3 needs a pool node
         calls = manager.pass_once()
         assert [(k, a.nodes) for k, a in calls] == [("on", ("cn1",))] and isinstance(calls[0][1], PowerOn)
-        assert c.engine.job("j3").status_reason == "CAPACITY - powering up cn1, expected in ~60 s"
         clock[0] += 1
         assert manager.pass_once() == []  # asked again: not powered twice
         # A head restarted on the same store finds cn1 POWERING_UP and powers nothing.
@@ -112,26 +111,68 @@ def test_a_failed_power_up_marks_the_node_failed_with_the_drivers_words_and_the_
     asyncio.run(run())
 
 
-def test_a_job_waiting_on_a_power_up_is_told_the_boot_time_left_counted_from_the_power_up(tmp_path: Path) -> None:
+def _engine_knows(c: Cluster) -> None:
+    """The engine told of the docs (_docs writes only the store): queue q plans with pool burst."""
+    for kind, tell in (("ce", c.engine.compute_environment_changed), ("queue", c.engine.job_queue_changed)):
+        for doc in c.engine.store.list_resources(kind):
+            tell(doc)
+
+
+def test_a_job_waiting_on_a_power_up_is_told_by_the_scheduler_alone_when_the_boot_is_expected(tmp_path: Path) -> None:
+    """One owner of a waiting job's statusReason: the scheduler words the wait from the power
+    manager's facts (NodePowerChanged: the power-up's start, the boot time, resume_timeout_s);
+    the manager's passes never write it, so neither overwrites the other."""
     async def run() -> None:
-        c = Cluster(tmp_path)
+        c = Cluster(tmp_path)  # the engine's clock stands at t=1
         _docs(c)
+        _engine_knows(c)
         clock = [1000.0]
-        manager = PowerManager({"burst": msgspec.structs.replace(POOL, boot_time_s=90)}, c.engine, clock_s=lambda: clock[0])
+        c.engine._now = lambda: int((clock[0] - 999.0) * 1000)  # the head's clock moves with the manager's
+        pool = msgspec.structs.replace(POOL, boot_time_s=90, resume_timeout_s=300)
+        manager = PowerManager({"burst": pool}, c.engine, clock_s=lambda: clock[0])
         c.engine.power = manager
         for job in ("j1", "j2", "j3"):
             c.submit(job)  # n1, n2 full: j3 needs a pool node
+        c.engine.step()
+        before = c.engine.job("j3").status_reason
         assert [a.nodes for _, a in manager.pass_once()] == [("cn1",)]
-        assert c.engine.job("j3").status_reason == "CAPACITY - powering up cn1, expected in ~90 s"
+        assert c.engine.job("j3").status_reason == before  # the manager only supplies facts
+        c.engine.step()
+        said = c.engine.job("j3").status_reason
+        assert said.startswith("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - "), said
+        assert said.endswith("; powering up cn1, expected up by t=91"), said  # from the power-up: t=1, plus 90 s
         clock[0] += 31
         manager.pass_once()
-        c.engine.step()  # the scheduler's own pass keeps the power planner's word
-        assert c.engine.job("j3").status_reason == "CAPACITY - powering up cn1, expected in ~60 s"
-        # A restarted head counts from the stored power-up, not from its own start.
-        clock[0] += 20
-        again = PowerManager({"burst": msgspec.structs.replace(POOL, boot_time_s=90)}, c.engine, clock_s=lambda: clock[0])
+        c.engine.tick()
+        c.engine.step()
+        assert c.engine.job("j3").status_reason == said  # absolute: nothing to rewrite as time passes
+        # A restarted head tells the same facts (counted from the stored power-up): the same words.
+        again = PowerManager({"burst": pool}, c.engine, clock_s=lambda: clock[0])
         again.pass_once()
-        assert c.engine.job("j3").status_reason == "CAPACITY - powering up cn1, expected in ~40 s"
+        c.engine.step()
+        assert c.engine.job("j3").status_reason == said
+
+    asyncio.run(run())
+
+
+def test_a_boot_overdue_is_said_so_with_the_resume_timeout(tmp_path: Path) -> None:
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        _engine_knows(c)
+        pool = msgspec.structs.replace(POOL, boot_time_s=90, resume_timeout_s=300)
+        manager = PowerManager({"burst": pool}, c.engine, clock_s=lambda: 1000.0)
+        c.engine.power = manager
+        for job in ("j1", "j2", "j3"):
+            c.submit(job)
+        manager.pass_once()
+        c.engine.step()
+        c.engine._now = lambda: 121_000  # the head's clock: 120 s after the power-up, 30 s overdue
+        c.engine.tick()
+        c.engine.step()
+        said = c.engine.job("j3").status_reason
+        assert said.endswith("; powering up cn1, expected up by now (overdue since t=91; resume_timeout_s is 300 s)"), said
+        assert "~0 s" not in said
 
     asyncio.run(run())
 

@@ -82,7 +82,8 @@ def test_a_gang_waiting_for_a_boot_is_reserved_from_when_the_nodes_are_up() -> N
     assert res is not None and res.nodes == ("n1", "n2", "n3", "n4")
     assert res.start_s == 5.0 + BOOT  # the last boot to end
     assert res.powering_up == ("n3", "n4")
-    assert reasons(acts)["g"] == "Reserved nodes n[1-4] in compute environment ce from t=95 (n[3-4] powering up)"
+    assert reasons(acts)["g"] == ("Reserved nodes n[1-4] in compute environment ce; "
+                                  "powering up n[3-4], expected up by t=95")
 
 
 def test_a_short_job_backfills_during_the_boot_and_a_long_one_does_not() -> None:
@@ -112,7 +113,7 @@ def test_powered_down_nodes_count_from_now_plus_the_boot_and_the_reason_does_not
     res = s.reservation("g")
     assert res is not None and res.start_s == 10.0 + BOOT and res.powered_down == ("n2", "n3")
     first = reasons(acts)["g"]
-    assert first == "Reserved nodes n[1-3] in compute environment ce, once n[2-3] are powered up (boot ~90 s)"
+    assert first == "Reserved nodes n[1-3] in compute environment ce; n[2-3] are powered down, up ~90 s after a power-up"
     acts = s.handle(Tick(_e(), 30.0))
     assert s.reservation("g").start_s == 30.0 + BOOT  # type: ignore[union-attr]
     assert "g" not in reasons(acts)  # same reason: nothing re-emitted
@@ -145,7 +146,7 @@ def test_a_single_job_that_only_a_booting_node_can_hold_is_reserved_there() -> N
                     single("j", 1, limit=None, vcpus=8))
     res = s.reservation("j")
     assert res is not None and res.nodes == ("big",) and res.start_s == 60.0
-    assert reasons(acts)["j"].startswith(CAPACITY) and "big powering up (expected by t=60)" in reasons(acts)["j"]
+    assert reasons(acts)["j"].startswith(CAPACITY) and "powering up big, expected up by t=60" in reasons(acts)["j"]
     acts = s.handle(Tick(_e(), 60.0), NodeUp(_e(), "big", "ce", 16, 65536, 0))
     assert started(acts) == {"j": ("big",)}
 
