@@ -851,3 +851,33 @@ def test_hpcbatch_operations_take_no_nul_byte_either() -> None:
         refuse_nul({"a\x00b": 1})
     with pytest.raises(ClientError, match=r"^deep\.er must not contain"):
         refuse_nul({"deep": {"er": "\x00"}})
+
+
+# --- the package's structure (issue 17) ---------------------------------------------------------
+
+
+def test_each_validation_module_owns_its_hook_keys_alone() -> None:
+    # __init__ merges the modules' tables with {**a, **b}: a key in two would silently drop a rule.
+    from hpcbatch.validation import _OPERATION_HOOKS, _SHAPE_HOOKS, common, jobdefs, rules
+
+    shape_tables = [common.SHAPE_HOOKS, jobdefs.SHAPE_HOOKS, rules.SHAPE_HOOKS]
+    operation_tables = [jobdefs.OPERATION_HOOKS, rules.OPERATION_HOOKS]
+    assert len(_SHAPE_HOOKS) == sum(len(t) for t in shape_tables)
+    assert len(_OPERATION_HOOKS) == sum(len(t) for t in operation_tables)
+
+
+def test_validation_modules_import_one_way() -> None:
+    # common at the bottom; shapes, jobdefs and rules import only common; __init__ imports them all.
+    import ast
+    import pathlib
+
+    import hpcbatch.validation as package
+
+    below = {"common": set(), "shapes": {"common"}, "jobdefs": {"common"}, "rules": {"common"}}
+    root = pathlib.Path(package.__file__).parent
+    for module, allowed in below.items():
+        tree = ast.parse((root / f"{module}.py").read_text())
+        used = {node.module.removeprefix("hpcbatch.validation").lstrip(".") or "__init__"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hpcbatch.validation")}
+        assert used <= allowed, (module, used)
