@@ -24,7 +24,7 @@ from botocore.credentials import Credentials
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from hpcbatch.auth.keys import AccessKey
-from hpcbatch.auth.sigv4 import verify
+from hpcbatch.auth.sigv4 import SignedRequest, verify
 from hpcbatch.validation import validate_request
 
 N = 2000
@@ -79,7 +79,7 @@ def main() -> dict[str, float]:
     keys = {KEY.access_key_id: KEY}.get
     return {
         "validate_submit_us": _per_call_us(lambda: validate_request("SubmitJob", next(bodies))),
-        "sigv4_verify_us": _per_call_us(lambda: verify("POST", "/v1/submitjob", "", headers, body, now, keys)),
+        "sigv4_verify_us": _per_call_us(lambda: verify(SignedRequest("POST", "/v1/submitjob", "", headers, body), now, keys)),
     }
 
 
