@@ -229,6 +229,8 @@ class EmulatedAgent(Agent):
         self._starting = set()
         self._images_reported = -1
         self._performers = self._performers_table()
+        self._reports = []
+        self._reports_due = None
 
     def _ship_output(self, attempt_id: str, final: bool = False) -> None:
         """The stub runner writes no output."""

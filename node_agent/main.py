@@ -14,6 +14,10 @@ with ``IMMEDIATE`` set, a message for a head that is not connected is dropped, a
 must not be lost is kept and resent instead (exits until the head acknowledges them, log
 bytes from the offsets the head reports in ``Welcome``). Exits not yet acknowledged are
 also kept on disk, so an agent restart reports them too.
+
+Batching (issue 22): the starts and exits one wake-up of the loop produces leave together at
+its end, as one ``Reports`` where the head takes it (``state.coalesce``); a head's ``Orders``
+is its starts one after another.
 """
 
 from __future__ import annotations
@@ -151,6 +155,8 @@ class Agent:
         self._starting: set[asyncio.Task[None]] = set()  # container starts, pulls: they run on beside the loop
         self._images_reported = -1  # podman.pulls when the head was last told the cache
         self._performers = self._performers_table()
+        self._reports: list[p.Message] = []  # starts and exits of this wake-up, sent together at its end
+        self._reports_due: asyncio.Handle | None = None
 
     def _open_socket(self, head_key: bytes) -> None:
         """The DEALER to the active head: CurveZMQ, never blocking, ZMTP heartbeats."""
@@ -177,6 +183,22 @@ class Agent:
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
+        """Send ``message`` to the head; a start or exit waits for the end of this wake-up,
+        to leave with the others in one ``Reports`` (a head that takes them)."""
+        if not (isinstance(message, s.REPORTED) and self.core.head_batches):
+            self._send_now(message)
+            return
+        self._reports.append(message)
+        if self._reports_due is None:
+            self._reports_due = asyncio.get_running_loop().call_soon(self._send_reports)
+
+    def _send_reports(self) -> None:
+        """The end of a wake-up: its starts and exits, as one message where the head takes it."""
+        reports, self._reports, self._reports_due = self._reports, [], None
+        for message in s.coalesce(reports, self.core.head_batches):
+            self._send_now(message)
+
+    def _send_now(self, message: p.Message) -> None:
         # With NOBLOCK, pyzmq's asyncio send completes at once; an error sits in the future.
         fut = self._sock.send(p.encode(message), flags=zmq.NOBLOCK)
         exc = fut.exception() if fut.done() else None
