@@ -231,6 +231,7 @@ class EmulatedAgent(Agent):
         self._performers = self._performers_table()
         self._reports = []
         self._reports_due = None
+        self._obeying = 0
 
     def _ship_output(self, attempt_id: str, final: bool = False) -> None:
         """The stub runner writes no output."""

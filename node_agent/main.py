@@ -64,6 +64,7 @@ log = logging.getLogger("hpcbatch.agent")
 LOG_CHUNK = 256 * 1024
 LOG_POLL_S = 0.2
 REFUSED_RETRY_S = (1.0, 30.0)  # reconnect after the head refused our key: first, longest wait
+RECV_BATCH = 256  # head messages read per wake-up
 HANDSHAKE_FAILURES_BEFORE_LOG = 3  # a head restarting mid-handshake fails one or two
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -157,6 +158,7 @@ class Agent:
         self._performers = self._performers_table()
         self._reports: list[p.Message] = []  # starts and exits of this wake-up, sent together at its end
         self._reports_due: asyncio.Handle | None = None
+        self._obeying = 0  # head messages being obeyed (their starts are awaited): reports wait for them
 
     def _open_socket(self, head_key: bytes) -> None:
         """The DEALER to the active head: CurveZMQ, never blocking, ZMTP heartbeats."""
@@ -189,12 +191,19 @@ class Agent:
             self._send_now(message)
             return
         self._reports.append(message)
-        if self._reports_due is None:
+        self._report_soon()
+
+    def _report_soon(self) -> None:
+        """Send the reports at the end of this wake-up (of the head message being obeyed)."""
+        if self._reports and self._reports_due is None and not self._obeying:
             self._reports_due = asyncio.get_running_loop().call_soon(self._send_reports)
 
     def _send_reports(self) -> None:
         """The end of a wake-up: its starts and exits, as one message where the head takes it."""
-        reports, self._reports, self._reports_due = self._reports, [], None
+        self._reports_due = None
+        if self._obeying:  # an Orders' starts are still being made: they go together after
+            return
+        reports, self._reports = self._reports, []
         for message in s.coalesce(reports, self.core.head_batches):
             self._send_now(message)
 
@@ -218,15 +227,21 @@ class Agent:
 
     async def _obey(self, msg: p.HeadMessage) -> None:
         """A head message into the core; its effects performed in order. A plain start is
-        awaited here, so an order that follows it (a kill) finds the attempt started."""
-        for effect in self.core.handle(msg, _now()):
-            if isinstance(effect, s.StartJob) and not effect.order.image:
-                try:
-                    await self._start(effect.order)
-                except Exception as exc:  # one attempt fails, not the node: see _contain
-                    self._contain(effect, exc)
-            else:
-                self._perform_guarded(effect)
+        awaited here, so an order that follows it (a kill) finds the attempt started. The
+        starts (and exits) it makes are reported together once all of it is done."""
+        self._obeying += 1
+        try:
+            for effect in self.core.handle(msg, _now()):
+                if isinstance(effect, s.StartJob) and not effect.order.image:
+                    try:
+                        await self._start(effect.order)
+                    except Exception as exc:  # one attempt fails, not the node: see _contain
+                        self._contain(effect, exc)
+                else:
+                    self._perform_guarded(effect)
+        finally:
+            self._obeying -= 1
+            self._report_soon()
 
     def _perform_guarded(self, effect: s.Effect) -> None:
         try:
@@ -424,15 +439,31 @@ class Agent:
         self._feed(s.Tick(unhealthy, tuple(usage), self.nvml.utilization()))
 
     async def _receive_loop(self) -> None:
+        """Read what the head sent, all that is queued per wake-up; the reports it makes leave
+        together at its end."""
         while True:
-            data = await self._sock.recv()
+            batch = [await self._sock.recv()]
+            while len(batch) < RECV_BATCH:
+                more = self._sock.recv(flags=zmq.NOBLOCK)  # completes at once: zmq.Again when none is queued
+                if more.exception() is not None:
+                    break
+                batch.append(more.result())
             self.core.heard(_now())
+            self._obeying += 1
             try:
-                msg = p.decode_from_head(data)
-            except msgspec.DecodeError as exc:
-                log.warning("dropping an undecodable message from the head: %s", exc)
-                continue
-            await self._obey(msg)
+                for data in batch:
+                    await self._obey_data(data)
+            finally:
+                self._obeying -= 1
+                self._report_soon()
+
+    async def _obey_data(self, data: bytes) -> None:
+        try:
+            msg = p.decode_from_head(data)
+        except msgspec.DecodeError as exc:
+            log.warning("dropping an undecodable message from the head: %s", exc)
+            return
+        await self._obey(msg)
 
     async def _monitor_loop(self) -> None:
         """Watch the CurveZMQ handshakes: log what an admin must fix, reconnect after a refusal."""
