@@ -15,9 +15,11 @@ must not be lost is kept and resent instead (exits until the head acknowledges t
 bytes from the offsets the head reports in ``Welcome``). Exits not yet acknowledged are
 also kept on disk, so an agent restart reports them too.
 
-Batching (issue 22): the starts and exits one wake-up of the loop produces leave together at
-its end, as one ``Reports`` where the head takes it (``state.coalesce``); a head's ``Orders``
-is its starts one after another.
+Batching (issue 22): the starts and exits the agent makes within ``REPORT_WINDOW_S`` of the
+first (and all those of the head messages read in one wake-up, however long their starts
+take) leave together, as one ``Reports`` where the head takes it (``state.coalesce``): a short
+job's start and exit are one message, and the head acknowledges a burst's exits in one. A
+head's ``Orders`` is its starts one after another.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ LOG_CHUNK = 256 * 1024
 LOG_POLL_S = 0.2
 REFUSED_RETRY_S = (1.0, 30.0)  # reconnect after the head refused our key: first, longest wait
 RECV_BATCH = 256  # head messages read per wake-up
+REPORT_WINDOW_S = 0.002  # starts and exits within this long leave as one Reports
 HANDSHAKE_FAILURES_BEFORE_LOG = 3  # a head restarting mid-handshake fails one or two
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -194,9 +197,10 @@ class Agent:
         self._report_soon()
 
     def _report_soon(self) -> None:
-        """Send the reports at the end of this wake-up (of the head message being obeyed)."""
+        """Send the reports ``REPORT_WINDOW_S`` after the first (not before the head messages
+        being obeyed are done)."""
         if self._reports and self._reports_due is None and not self._obeying:
-            self._reports_due = asyncio.get_running_loop().call_soon(self._send_reports)
+            self._reports_due = asyncio.get_running_loop().call_later(REPORT_WINDOW_S, self._send_reports)
 
     def _send_reports(self) -> None:
         """The end of a wake-up: its starts and exits, as one message where the head takes it."""
