@@ -254,6 +254,8 @@ class EmulatedAgent(Agent):
         finally:
             for task in list(self._starting):
                 task.cancel()
+            if self._reports_due is not None:
+                self._reports_due.cancel()
             self._sock.disable_monitor()
             self._monitor.close(linger=0)
             self._sock.close(linger=0)

@@ -573,6 +573,8 @@ class Agent:
             task.cancel()
         if self._starting:
             await asyncio.gather(*self._starting, return_exceptions=True)
+        if self._reports_due is not None:  # unsent reports: the exits are kept (on disk) and resent
+            self._reports_due.cancel()
         await self.bridge.close()
         leave = self.config.leave_attempts_on_stop
         if leave and self.runner.running():
