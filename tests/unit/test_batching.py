@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import zmq
 
 from hpcbatch import protocol as p
@@ -169,3 +170,23 @@ def test_the_fleet_sends_single_starts_to_a_node_that_did_not_say_batches(tmp_pa
             fleet.close()
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------------------ older peers on the wire
+class _OlderWelcome(msgspec.Struct, tag_field="t", tag="welcome", kw_only=True):
+    """A Welcome as an agent from before the batches flag reads it."""
+
+    epoch: int = 0
+    head_id: str
+    heartbeat_interval_s: float
+    liveness: int
+
+
+def test_the_flags_default_off_and_an_older_peer_reads_past_them() -> None:
+    older_head = msgspec.msgpack.encode({"t": "welcome", "head_id": "h", "heartbeat_interval_s": 1.0, "liveness": 3})
+    assert p.decode_from_head(older_head).batches is False  # an older head: the agent sends single reports
+    facts = p.NodeFacts(name="n1", hostname="n1", addresses=[], vcpus=1, memory_mib=64)
+    older_agent = msgspec.msgpack.encode({"t": "register", "instance_id": "i", "node": facts})
+    assert p.decode_from_agent(older_agent).batches is False  # an older agent: the head sends single starts
+    new = p.encode(p.Welcome(head_id="h", heartbeat_interval_s=1.0, liveness=3, batches=True))
+    assert msgspec.msgpack.decode(new, type=_OlderWelcome).head_id == "h"  # unknown field: ignored
