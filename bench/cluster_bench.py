@@ -19,6 +19,9 @@
   ranks on a 4-node network-namespace cluster, submit to done, median of 3 (root only;
   Slurm here: 1.3 s).
 
+``--quick`` measures only ``e2e_1000_true_jobs_per_s`` and ``array_1000_true_s`` (what issue
+22's agent batching changes), for before/after runs in alternation on a shared machine.
+
 Targets on a 2-core machine: >= 500 jobs/s end to end, <= 50 ms submit->running, <= 60 ms
 per CLI submit. Speed targets live here, never as timed assertions in tests.
 """
@@ -168,25 +171,33 @@ def bench_mpi(runs: int = 3) -> dict[str, float | str]:
     return {"mpi_8rank_4node_s": round(statistics.median(samples), 3)}
 
 
+def _done(client: Client, job_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.describe_jobs(jobs=[job_id])["jobs"][0]
+        if job["status"] in ("SUCCEEDED", "FAILED"):
+            return job
+        time.sleep(0.01)
+    raise SystemExit(f"bench: {job_id} not done after {timeout:.0f}s")
+
+
+def bench_array_1000(client: Client) -> dict[str, float]:
+    """An array of 1000 ``true`` children, submit to SUCCEEDED."""
+    t0 = time.perf_counter()
+    job = _done(client, client.submit_job(**_submit_body(0, ["true"]), arrayProperties={"size": 1000})["jobId"])
+    if job["status"] != "SUCCEEDED":
+        raise SystemExit(f"bench: array failed: {job.get('statusReason')}")
+    return {"array_1000_true_s": round(time.perf_counter() - t0, 3)}
+
+
 def bench_arrays(client: Client, head_pid: int) -> dict[str, float]:
     """Arrays and chains: 1000 `true` children to done; a 10,000-child submit; 50 chained jobs."""
     import psutil
 
     def done(job_id: str, timeout: float = 300) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = client.describe_jobs(jobs=[job_id])["jobs"][0]
-            if job["status"] in ("SUCCEEDED", "FAILED"):
-                return job
-            time.sleep(0.01)
-        raise SystemExit(f"bench: {job_id} not done after {timeout:.0f}s")
+        return _done(client, job_id, timeout)
 
-    out: dict[str, float] = {}
-    t0 = time.perf_counter()
-    job = done(client.submit_job(**_submit_body(0, ["true"]), arrayProperties={"size": 1000})["jobId"])
-    out["array_1000_true_s"] = round(time.perf_counter() - t0, 3)
-    if job["status"] != "SUCCEEDED":
-        raise SystemExit(f"bench: array failed: {job.get('statusReason')}")
+    out: dict[str, float] = bench_array_1000(client)
     head = psutil.Process(head_pid)
     rss0 = head.memory_info().rss
     t0 = time.perf_counter()
@@ -235,6 +246,10 @@ def main() -> int:
         results: dict[str, float | str] = {"nodes": NODES}
         results.update(bench_submit_to_running(client))
         results.update(bench_throughput(client))
+        if "--quick" in sys.argv[1:]:
+            results.update(bench_array_1000(client))
+            client.close()
+            return _print(results)
         # The same over TCP with SigV4-signed requests (an admin's access key), in the same
         # run, so the ratio shows what authentication costs.
         record = cluster.record() or {}
@@ -254,6 +269,10 @@ def main() -> int:
         cluster.down()
         shutil.rmtree(home, ignore_errors=True)
     results.update(bench_mpi())
+    return _print(results)
+
+
+def _print(results: dict[str, float | str]) -> int:
     for name, value in results.items():
         print(f"{name}={value}")
     return 0

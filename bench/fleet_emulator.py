@@ -229,6 +229,9 @@ class EmulatedAgent(Agent):
         self._starting = set()
         self._images_reported = -1
         self._performers = self._performers_table()
+        self._reports = []
+        self._reports_due = None
+        self._obeying = 0
 
     def _ship_output(self, attempt_id: str, final: bool = False) -> None:
         """The stub runner writes no output."""
@@ -251,6 +254,8 @@ class EmulatedAgent(Agent):
         finally:
             for task in list(self._starting):
                 task.cancel()
+            if self._reports_due is not None:
+                self._reports_due.cancel()
             self._sock.disable_monitor()
             self._monitor.close(linger=0)
             self._sock.close(linger=0)

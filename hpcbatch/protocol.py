@@ -19,6 +19,11 @@ Rules of the conversation (the ZeroMQ guide's Paranoid Pirate, adapted):
   has ended, and asks about (resends the ``StartAttempt`` of) any it thinks runs but the
   agent has not listed for a few heartbeats; the agent answers with the attempt's exit (or
   starts it, if the order never arrived). Still unlisted after as many more, it is lost.
+* Batches (negotiated; an older peer gets single messages): an agent whose ``Register`` says
+  ``batches`` takes ``Orders`` (the ``StartAttempt``s one head step made for it, in order);
+  a head whose ``Welcome`` says ``batches`` takes ``Reports`` (the ``AttemptStarted`` and
+  ``AttemptExited`` an agent made in one wake-up, in order). Each item is served as if it
+  came alone: an exit in a batch is resent until acknowledged, like any other.
 * Every head message carries the sending head's ``epoch`` (its lease's fencing token when
   heads share PostgreSQL, hpcbatch.head.lease; 0 otherwise). An agent drops head messages
   older than the newest epoch it has seen, so a paused or cut-off former head cannot start
@@ -120,6 +125,7 @@ class Register(Message, tag="register", kw_only=True):
     running: list[RunningAttempt] = []
     exited: list[AttemptExited] = []
     sent_at: float = 0.0  # the agent's monotonic clock: echoed back, it renews the fence lease
+    batches: bool = False  # the agent takes ``Orders`` (an older agent: single StartAttempts)
 
 
 class ImagesCached(Message, tag="images", kw_only=True):
@@ -153,6 +159,12 @@ class LogChunk(Message, tag="log", kw_only=True):
     # When the agent read ``data`` (epoch ms): every line's CloudWatch timestamp. 0 from an
     # older agent: the head stamps the chunk when it arrives.
     read_at_ms: int = 0
+
+
+class Reports(Message, tag="reports", kw_only=True):
+    """Agent -> head (a head whose Welcome said ``batches``): starts and exits of one wake-up, in order."""
+
+    items: list[AttemptStarted | AttemptExited] = []
 
 
 # ---------------------------------------------------------------- head -> agent
@@ -202,6 +214,7 @@ class Welcome(Message, tag="welcome", kw_only=True):
     liveness: int
     log_offsets: dict[str, dict[str, int]] = {}  # attempt_id -> stream -> bytes held
     echo: float = 0.0  # the Register's sent_at: the head heard the agent then (fencing)
+    batches: bool = False  # the head takes ``Reports`` (an older head: single messages)
 
 
 class Reregister(Message, tag="reregister", kw_only=True):
@@ -237,6 +250,12 @@ class StartAttempt(Message, tag="start", kw_only=True):
     # prefix) ``warning_s`` seconds before the timeout. Older agents ignore it.
     warning_signal: str | None = None
     warning_s: int = 0
+
+
+class Orders(Message, tag="orders", kw_only=True):
+    """Head -> agent (one whose Register said ``batches``): the starts of one head step, in order."""
+
+    items: list[StartAttempt] = []
 
 
 class KillAttempt(Message, tag="kill", kw_only=True):
@@ -300,9 +319,11 @@ class LaunchDone(Message, tag="launch_done", kw_only=True):
 
 AgentMessage = (
     AttemptExited | Register | AgentHeartbeat | AttemptStarted | LogChunk | LaunchRequest | TaskExited | ImagesCached
+    | Reports
 )
 HeadMessage = (
     Welcome | Reregister | HeadHeartbeat | StartAttempt | KillAttempt | AckExits | StartTask | LaunchDone | PullImage
+    | Orders
 )
 
 _encoder = msgspec.msgpack.Encoder()

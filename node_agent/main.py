@@ -14,6 +14,12 @@ with ``IMMEDIATE`` set, a message for a head that is not connected is dropped, a
 must not be lost is kept and resent instead (exits until the head acknowledges them, log
 bytes from the offsets the head reports in ``Welcome``). Exits not yet acknowledged are
 also kept on disk, so an agent restart reports them too.
+
+Batching (issue 22): the starts and exits the agent makes within ``REPORT_WINDOW_S`` of the
+first (and all those of the head messages read in one wake-up, however long their starts
+take) leave together, as one ``Reports`` where the head takes it (``state.coalesce``): a short
+job's start and exit are one message, and the head acknowledges a burst's exits in one. A
+head's ``Orders`` is its starts one after another.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ log = logging.getLogger("hpcbatch.agent")
 LOG_CHUNK = 256 * 1024
 LOG_POLL_S = 0.2
 REFUSED_RETRY_S = (1.0, 30.0)  # reconnect after the head refused our key: first, longest wait
+RECV_BATCH = 256  # head messages read per wake-up
+REPORT_WINDOW_S = 0.002  # starts and exits within this long leave as one Reports
 HANDSHAKE_FAILURES_BEFORE_LOG = 3  # a head restarting mid-handshake fails one or two
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -151,6 +159,9 @@ class Agent:
         self._starting: set[asyncio.Task[None]] = set()  # container starts, pulls: they run on beside the loop
         self._images_reported = -1  # podman.pulls when the head was last told the cache
         self._performers = self._performers_table()
+        self._reports: list[p.Message] = []  # starts and exits of this wake-up, sent together at its end
+        self._reports_due: asyncio.Handle | None = None
+        self._obeying = 0  # head messages being obeyed (their starts are awaited): reports wait for them
 
     def _open_socket(self, head_key: bytes) -> None:
         """The DEALER to the active head: CurveZMQ, never blocking, ZMTP heartbeats."""
@@ -177,6 +188,30 @@ class Agent:
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
+        """Send ``message`` to the head; a start or exit waits for the end of this wake-up,
+        to leave with the others in one ``Reports`` (a head that takes them)."""
+        if not (isinstance(message, s.REPORTED) and self.core.head_batches):
+            self._send_now(message)
+            return
+        self._reports.append(message)
+        self._report_soon()
+
+    def _report_soon(self) -> None:
+        """Send the reports ``REPORT_WINDOW_S`` after the first (not before the head messages
+        being obeyed are done)."""
+        if self._reports and self._reports_due is None and not self._obeying:
+            self._reports_due = asyncio.get_running_loop().call_later(REPORT_WINDOW_S, self._send_reports)
+
+    def _send_reports(self) -> None:
+        """The end of a wake-up: its starts and exits, as one message where the head takes it."""
+        self._reports_due = None
+        if self._obeying:  # an Orders' starts are still being made: they go together after
+            return
+        reports, self._reports = self._reports, []
+        for message in s.coalesce(reports, self.core.head_batches):
+            self._send_now(message)
+
+    def _send_now(self, message: p.Message) -> None:
         # With NOBLOCK, pyzmq's asyncio send completes at once; an error sits in the future.
         fut = self._sock.send(p.encode(message), flags=zmq.NOBLOCK)
         exc = fut.exception() if fut.done() else None
@@ -196,15 +231,21 @@ class Agent:
 
     async def _obey(self, msg: p.HeadMessage) -> None:
         """A head message into the core; its effects performed in order. A plain start is
-        awaited here, so an order that follows it (a kill) finds the attempt started."""
-        for effect in self.core.handle(msg, _now()):
-            if isinstance(effect, s.StartJob) and not effect.order.image:
-                try:
-                    await self._start(effect.order)
-                except Exception as exc:  # one attempt fails, not the node: see _contain
-                    self._contain(effect, exc)
-            else:
-                self._perform_guarded(effect)
+        awaited here, so an order that follows it (a kill) finds the attempt started. The
+        starts (and exits) it makes are reported together once all of it is done."""
+        self._obeying += 1
+        try:
+            for effect in self.core.handle(msg, _now()):
+                if isinstance(effect, s.StartJob) and not effect.order.image:
+                    try:
+                        await self._start(effect.order)
+                    except Exception as exc:  # one attempt fails, not the node: see _contain
+                        self._contain(effect, exc)
+                else:
+                    self._perform_guarded(effect)
+        finally:
+            self._obeying -= 1
+            self._report_soon()
 
     def _perform_guarded(self, effect: s.Effect) -> None:
         try:
@@ -402,15 +443,31 @@ class Agent:
         self._feed(s.Tick(unhealthy, tuple(usage), self.nvml.utilization()))
 
     async def _receive_loop(self) -> None:
+        """Read what the head sent, all that is queued per wake-up; the reports it makes leave
+        together at its end."""
         while True:
-            data = await self._sock.recv()
+            batch = [await self._sock.recv()]
+            while len(batch) < RECV_BATCH:
+                more = self._sock.recv(flags=zmq.NOBLOCK)  # completes at once: zmq.Again when none is queued
+                if more.exception() is not None:
+                    break
+                batch.append(more.result())
             self.core.heard(_now())
+            self._obeying += 1
             try:
-                msg = p.decode_from_head(data)
-            except msgspec.DecodeError as exc:
-                log.warning("dropping an undecodable message from the head: %s", exc)
-                continue
-            await self._obey(msg)
+                for data in batch:
+                    await self._obey_data(data)
+            finally:
+                self._obeying -= 1
+                self._report_soon()
+
+    async def _obey_data(self, data: bytes) -> None:
+        try:
+            msg = p.decode_from_head(data)
+        except msgspec.DecodeError as exc:
+            log.warning("dropping an undecodable message from the head: %s", exc)
+            return
+        await self._obey(msg)
 
     async def _monitor_loop(self) -> None:
         """Watch the CurveZMQ handshakes: log what an admin must fix, reconnect after a refusal."""
@@ -516,6 +573,8 @@ class Agent:
             task.cancel()
         if self._starting:
             await asyncio.gather(*self._starting, return_exceptions=True)
+        if self._reports_due is not None:  # unsent reports: the exits are kept (on disk) and resent
+            self._reports_due.cancel()
         await self.bridge.close()
         leave = self.config.leave_attempts_on_stop
         if leave and self.runner.running():

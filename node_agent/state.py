@@ -23,6 +23,10 @@ Rules / theory of operation (the protocol itself is hpcbatch/protocol.py's docst
 * The fence (hpcbatch.fencing): a head's echo of our ``sent_at`` renews the lease; unheard
   for ``fence_after_s`` every attempt here is killed once, and new orders are refused
   (reported as exits that never started) until a head hears us again.
+* Batches (hpcbatch/protocol.py): ``Orders`` is its starts taken one after another, as if
+  each came alone. What one wake-up sends the head, the shell passes through ``coalesce``:
+  starts and exits travel as one ``Reports`` where the head said (``Welcome.batches``) it
+  takes them, else one by one. Resends are unchanged: an exit is kept until ``AckExits``.
 * Launches (``StartTask``) for an attempt still STARTING (its image is being pulled)
   wait, and are handed on when it runs or ends.
 """
@@ -39,6 +43,23 @@ from node_agent.attempts import CANNOT_START
 
 REMEMBER_ACKED = 4096  # acknowledged attempt ids kept, to ignore late duplicate orders
 LEASE_SAVE_EVERY_S = 1.0
+
+
+REPORTED = (p.AttemptStarted, p.AttemptExited)  # what ``coalesce`` gathers into one ``Reports``
+
+
+def coalesce(messages: list[p.Message], batches: bool) -> list[p.Message]:
+    """What one wake-up sends the head, as it goes on the wire: with ``batches`` its starts and
+    exits as one ``Reports`` where the last of them was (after the output it shipped before an
+    exit), everything else as it was; without, unchanged."""
+    reports = [m for m in messages if isinstance(m, REPORTED)]
+    if not batches or len(reports) < 2:
+        return messages
+    last = max(i for i, m in enumerate(messages) if isinstance(m, REPORTED))
+    out: list[p.Message] = [m for m in messages[:last] if not isinstance(m, REPORTED)]
+    out.append(p.Reports(items=reports))  # type: ignore[arg-type]  # narrowed by REPORTED
+    out.extend(messages[last + 1:])
+    return out
 
 
 def warning_delay(timeout_s: float | None, warning_s: int) -> float | None:
@@ -261,6 +282,7 @@ class AgentState:
         self.fence_after_s = identity.facts.fence_after_s
         self.head_id: str | None = None
         self.welcomed = False
+        self.head_batches = False  # the head we talk to takes ``Reports`` (its Welcome said so)
         self.attempts: dict[str, _Attempt] = {}
         self._acked: OrderedDict[str, None] = OrderedDict()
         self._head_seen = 0.0
@@ -272,7 +294,7 @@ class AgentState:
         self._fence_killed: set[str] = set()
         self._said: set[str] = set()
         self._handlers = {
-            p.StartAttempt: self._on_start, p.KillAttempt: self._on_kill, p.AckExits: self._on_ack,
+            p.StartAttempt: self._on_start, p.Orders: self._on_orders, p.KillAttempt: self._on_kill, p.AckExits: self._on_ack,
             p.StartTask: self._on_task, p.LaunchDone: self._on_launch_done, p.PullImage: self._on_pull,
             p.Welcome: self._on_welcome, p.Reregister: self._on_reregister, p.HeadHeartbeat: self._on_head_beat,
             AttemptRunning: self._on_running, AttemptAdopted: self._on_adopted, AttemptEnded: self._on_ended,
@@ -331,7 +353,7 @@ class AgentState:
             for a, r in self.running()
         ]
         return p.Register(instance_id=self.identity.instance_id, node=self.identity.facts, running=running,
-                          exited=self.unacked(), sent_at=now.monotonic)
+                          exited=self.unacked(), sent_at=now.monotonic, batches=True)
 
     # -------------------------------------------------------------- epochs
     def _accept_epoch(self, msg: p.HeadMessage, effects: list[Effect]) -> bool:
@@ -361,6 +383,11 @@ class AgentState:
             return
         self.attempts[msg.attempt_id] = _Attempt(job_id=msg.job_id, phase=Phase.STARTING)
         effects.append(StartJob(msg))
+
+    def _on_orders(self, msg: p.Orders, now: Now, effects: list[Effect]) -> None:
+        """A head step's starts for this node: each taken as if it came alone, in order."""
+        for order in msg.items:
+            self._on_start(order, now, effects)
 
     @staticmethod
     def _answer_again(attempt_id: str, rec: _Attempt, effects: list[Effect]) -> None:
@@ -463,6 +490,7 @@ class AgentState:
         if msg.head_id != self.head_id:
             effects.append(Log(logging.INFO, f"registered with head {msg.head_id[:8]}"))
         self.head_id = msg.head_id
+        self.head_batches = msg.batches
         self.welcomed = True
         effects.append(ReportImages())
         self.unsay("enrollment")
@@ -473,11 +501,13 @@ class AgentState:
                 rec.shipped = min(rec.shipped, offsets.get("output", 0))
 
     def _on_reregister(self, msg: p.Reregister, now: Now, effects: list[Effect]) -> None:
+        self.head_batches = False  # a head that does not know us: single messages until its Welcome
         effects.append(SendToHead(self.register_message(now)))
 
     def _on_head_beat(self, msg: p.HeadHeartbeat, now: Now, effects: list[Effect]) -> None:
         self._renew_lease(msg.echo, now, effects)
         if msg.head_id != self.head_id:  # a head that does not know this process: introduce it
+            self.head_batches = False
             effects.append(SendToHead(self.register_message(now)))
 
     def _on_connected(self, fact: Connected, now: Now, effects: list[Effect]) -> None:

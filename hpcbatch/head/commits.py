@@ -12,6 +12,10 @@ A commit the store refuses (disk full, I/O error) stores nothing of the batch: i
 pending (newer changes to a job win) and is tried again ``COMMIT_RETRY_S`` later; the outbox
 waits with it.
 
+Batches (issue 22): the starts one step makes for a node that takes ``Orders``
+(``batches_for``, told by the fleet from its Register) leave as one message, where the first
+of them was; acknowledgements to a node always travel together.
+
 This is the only part of the engine that knows asyncio: the step it runs soon
 (``request_step``), the retry timer, the ``durable`` futures, and the wake-ups the engine asks
 for (``wake_later``, e.g. when a held retry's fence time comes).
@@ -52,6 +56,8 @@ class CommitBatcher:
         self._retry_handle: asyncio.TimerHandle | None = None
         # Told after each commit which job and node events it stored.
         self.observers: list[CommitObserver] = []
+        # Whether a node takes ``Orders`` (the fleet knows from its Register); by default none does.
+        self.batches_for: Callable[[str], bool] = lambda node: False
 
     # ------------------------------------------------------------ what changed
     def request_step(self) -> None:
@@ -170,13 +176,29 @@ class CommitBatcher:
                 log.exception("commit observer %r failed", observer)
 
     def _deliver(self) -> None:
-        """Send the outbox; acknowledgements to one node travel together (one message per node per step)."""
+        """Send the outbox; acknowledgements to one node travel together (one message per node per step),
+        and so do its starts where it takes ``Orders``."""
         outbox, self._outbox = self._outbox, []
         acks: dict[str, list[str]] = {}
-        for node, message in outbox:
+        for node, message in self._batched(outbox):
             if isinstance(message, p.AckExits):
                 acks.setdefault(node, []).extend(message.attempt_ids)
             else:
                 self._send(node, message)
         for node, attempt_ids in acks.items():
             self._send(node, p.AckExits(attempt_ids=attempt_ids))
+
+    def _batched(self, outbox: list[tuple[str, p.Message]]) -> list[tuple[str, p.Message]]:
+        """The outbox with each batching node's starts as one ``Orders``, where its first start was."""
+        orders: dict[str, p.Orders] = {}
+        out: list[tuple[str, p.Message]] = []
+        for node, message in outbox:
+            if not (isinstance(message, p.StartAttempt) and self.batches_for(node)):
+                out.append((node, message))
+            elif node in orders:
+                orders[node].items.append(message)
+            else:
+                orders[node] = p.Orders(items=[message])
+                out.append((node, orders[node]))
+        # One start alone goes as it is (the same bytes an older agent would get).
+        return [(n, m.items[0] if isinstance(m, p.Orders) and len(m.items) == 1 else m) for n, m in out]

@@ -30,6 +30,10 @@ reported lost by the rules of ``hpcbatch.head.liveness``: "last heard" is when a
 (SIGSTOP, swap, a blocked loop) or sees too many nodes silent at once re-checks rather than
 failing the fleet.
 
+Batches (issue 22): a node whose Register says ``batches`` gets a step's starts as one
+``Orders`` (the engine's outbox groups them, asking ``batches``); any other node gets them one
+by one. Every ``Welcome`` says the head takes ``Reports``.
+
 Scale (bench/fleet): messages are read in batches of up to ``RECV_BATCH`` per wake-up; an
 agent's heartbeat is answered on receipt, so the head's heartbeats are spread as the agents'
 are, instead of one burst to every node each interval.
@@ -132,6 +136,8 @@ class Fleet:
         # on until they fence, so failing their jobs sooner would only lose work.
         self._startup_grace_s = settings.startup_grace_s
         self._registered: set[str] = set()  # nodes that registered with this head process
+        self._batching: set[str] = set()  # nodes whose agent takes ``Orders`` (their Register said so)
+        engine.commits.batches_for = self._batching.__contains__
         self._last_seen: dict[str, float] = {}
         self._echo: dict[str, float] = {}  # node -> newest sent_at it told us (echoed: fencing)
         self._routes: dict[str, bytes] = {}  # node -> routing id of its live connection
@@ -168,7 +174,12 @@ class Fleet:
 
     # ------------------------------------------------------------------ sending
     def send(self, node: str, message: p.Message) -> None:
-        """Send ``message`` to ``node``, or hold it until the node's next connection."""
+        """Send ``message`` to ``node``, or hold it until the node's next connection. An ``Orders``
+        for a node that does not take them goes as its starts, one by one."""
+        if isinstance(message, p.Orders) and node not in self._batching:
+            for order in message.items:
+                self.send(node, order)
+            return
         message.epoch = self._epoch
         data = p.encode(message)
         route = self._routes.get(node)
@@ -253,30 +264,8 @@ class Fleet:
         confirmed = self.lease_confirmed()
         if confirmed and isinstance(msg, p.Register | p.AgentHeartbeat) and msg.sent_at > self._echo.get(node, 0.0):
             self._echo[node] = msg.sent_at
-        engine = self._engine
         if isinstance(msg, p.Register):
-            if msg.protocol_version != p.PROTOCOL_VERSION:
-                log.error("node %s speaks protocol %d, head speaks %d", node, msg.protocol_version, p.PROTOCOL_VERSION)
-                return
-            if msg.node.name != node:
-                log.error("refused: the agent with the key of node %s registered as %s", node, msg.node.name)
-                return
-            try:
-                welcome = engine.on_register(node, msg)
-            except HpcbatchError as exc:  # the store is away: the node registers again later
-                log.error("node %s: Register not handled: %s", node, exc.message)
-                return
-            except Exception as exc:  # contained: the node registers again, the head lives on
-                engine.message_failed(node, msg, exc)
-                return
-            self._registered.add(node)
-            if welcome is not None:
-                welcome.head_id = self._head_id
-                welcome.heartbeat_interval_s = self._interval
-                welcome.liveness = self._liveness
-                welcome.echo = msg.sent_at if confirmed else self._echo.get(node, STALE_ECHO)
-                self.send(node, welcome)
-            log.info("node %s registered (%d running, %d exited)", node, len(msg.running), len(msg.exited))
+            self._on_register(node, msg, confirmed)
             return
         if node not in self._registered:
             self.send(node, p.Reregister())
@@ -287,6 +276,37 @@ class Fleet:
             self._engine.handle(node, msg)  # guarded per message: a failing handler fails that message's attempt
         except HpcbatchError as exc:  # the store is away (docs/ha.md): this message is lost, not the head
             log.error("node %s: %s not handled: %s", node, type(msg).__name__, exc.message)
+
+    def _on_register(self, node: str, msg: p.Register, confirmed: bool) -> None:
+        """A node (re)registers: the engine reconciles it; it is welcomed with the head's terms."""
+        engine = self._engine
+        if msg.protocol_version != p.PROTOCOL_VERSION:
+            log.error("node %s speaks protocol %d, head speaks %d", node, msg.protocol_version, p.PROTOCOL_VERSION)
+            return
+        if msg.node.name != node:
+            log.error("refused: the agent with the key of node %s registered as %s", node, msg.node.name)
+            return
+        try:
+            welcome = engine.on_register(node, msg)
+        except HpcbatchError as exc:  # the store is away: the node registers again later
+            log.error("node %s: Register not handled: %s", node, exc.message)
+            return
+        except Exception as exc:  # contained: the node registers again, the head lives on
+            engine.message_failed(node, msg, exc)
+            return
+        self._registered.add(node)
+        if msg.batches:
+            self._batching.add(node)
+        else:
+            self._batching.discard(node)
+        if welcome is not None:
+            welcome.batches = True
+            welcome.head_id = self._head_id
+            welcome.heartbeat_interval_s = self._interval
+            welcome.liveness = self._liveness
+            welcome.echo = msg.sent_at if confirmed else self._echo.get(node, STALE_ECHO)
+            self.send(node, welcome)
+        log.info("node %s registered (%d running, %d exited)", node, len(msg.running), len(msg.exited))
 
     def _identify(self, frames: list[Any]) -> _Incoming | None:
         """The message and the node its connection's key belongs to; None if it is dropped."""

@@ -85,7 +85,12 @@ class AgentReports:
 
     def handle(self, node: str, msg: p.AgentMessage) -> None:
         """Serve one message from a registered node, contained: a handler that raises fails only
-        what the message is about (``message_failed``), never the head."""
+        what the message is about (``message_failed``), never the head. A ``Reports`` is its
+        items served one after another, each contained as if it came alone."""
+        if isinstance(msg, p.Reports):
+            for item in msg.items:
+                self.handle(node, item)
+            return
         try:
             self._inject(msg)
             match msg:

@@ -9,6 +9,10 @@ acknowledgements, heartbeats and head restarts between them. Whatever happens:
 * every exit is reported until it is acknowledged: each heartbeat and each Register carry
   it, and once a beat gets through the head has it; after the ack it is never sent again;
 * what the agent lists as running is exactly what the runner runs.
+
+Orders come alone or in batches (``Orders``); what one stimulus makes the agent send goes
+through ``coalesce`` as the shell sends it (one ``Reports`` where the head takes them), and a
+lost batch loses all its reports at once.
 """
 
 from __future__ import annotations
@@ -45,14 +49,22 @@ class World:
 
     def feed(self, stimulus: s.Stimulus, lose: bool = False) -> list[s.Effect]:
         effects = self.agent.handle(stimulus, self.now())
+        wake_up: list[p.Message] = []
         for effect in effects:
             if isinstance(effect, s.StartJob):
                 self.ordered[effect.order.attempt_id] += 1
-            elif isinstance(effect, s.SendToHead) and not lose:
-                self._head_receives(effect.message)
+            elif isinstance(effect, s.SendToHead):
+                wake_up.append(effect.message)
+        if not lose:
+            for message in s.coalesce(wake_up, self.agent.head_batches):
+                self._head_receives(message)
         return effects
 
     def _head_receives(self, message: p.Message) -> None:
+        if isinstance(message, p.Reports):
+            for item in message.items:
+                self._head_receives(item)
+            return
         exits = [message] if isinstance(message, p.AttemptExited) else getattr(message, "exited", [])
         for report in exits:
             self.head_exits.add(report.attempt_id)
@@ -62,12 +74,19 @@ class World:
 
 # (what happens, to which attempt, whether what the agent sends in reply is lost on the wire);
 # for "restart" the flag says whether the new head has a new epoch instead.
-STEP = st.tuples(st.sampled_from(["order", "run", "end", "kill", "ack", "beat", "restart"]), st.sampled_from(ATTEMPTS),
+STEP = st.tuples(st.sampled_from(["order", "orders", "run", "end", "kill", "ack", "beat", "restart"]), st.sampled_from(ATTEMPTS),
                  st.booleans())
 
 
 def _order(world: World, attempt_id: str, lose: bool) -> None:
     world.feed(order(attempt_id, epoch=world.epoch), lose)
+
+
+def _orders(world: World, attempt_id: str, lose: bool) -> None:
+    """A batch of two orders, starting with ``attempt_id``."""
+    first = ATTEMPTS.index(attempt_id)
+    batch = [order(a) for a in (ATTEMPTS * 2)[first:first + 2]]
+    world.feed(p.Orders(items=batch, epoch=world.epoch), lose)
 
 
 def _run(world: World, attempt_id: str, lose: bool) -> None:
@@ -103,10 +122,11 @@ def _restart(world: World, attempt_id: str, new_epoch: bool) -> None:
     world.epoch += new_epoch
     head_id = f"h{world.t}"
     world.feed(p.HeadHeartbeat(head_id=head_id, echo=world.t, epoch=world.epoch))
-    world.feed(p.Welcome(head_id=head_id, heartbeat_interval_s=1.0, liveness=3, epoch=world.epoch, echo=world.t))
+    world.feed(p.Welcome(head_id=head_id, heartbeat_interval_s=1.0, liveness=3, epoch=world.epoch, echo=world.t,
+                         batches=int(world.t) % 2 == 0))  # an older head, or one that takes Reports
 
 
-STEPS = {"order": _order, "run": _run, "end": _end, "kill": _kill, "ack": _ack, "beat": _beat, "restart": _restart}
+STEPS = {"order": _order, "orders": _orders, "run": _run, "end": _end, "kill": _kill, "ack": _ack, "beat": _beat, "restart": _restart}
 
 
 def _step(world: World, kind: str, attempt_id: str, flag: bool) -> None:
@@ -117,7 +137,7 @@ def _new_world() -> World:
     facts = p.NodeFacts(name="n1", hostname="n1", addresses=[], vcpus=4, memory_mib=4096, fence_after_s=60.0)
     now = s.Now(monotonic=1000.0, wall_ms=1_000_000)
     world = World(s.AgentState(s.AgentIdentity("i", facts), epoch=0, heartbeat_interval_s=1.0, liveness=3, now=now))
-    world.feed(p.Welcome(head_id="h0", heartbeat_interval_s=1.0, liveness=3, echo=1000.0))
+    world.feed(p.Welcome(head_id="h0", heartbeat_interval_s=1.0, liveness=3, echo=1000.0, batches=True))
     return world
 
 
