@@ -350,13 +350,6 @@ class Engine:
                 job.status_reason = action.reason
                 self.commits.mark(job)
 
-    def note_wait(self, job_id: str, reason: str) -> None:
-        """Why a RUNNABLE job waits, from outside the scheduler (power planning: "powering up node[5-8]")."""
-        job = self.jobs.get(job_id)
-        if job is not None and job.status is JobStatus.RUNNABLE and job.status_reason != reason:
-            job.status_reason = reason
-            self.commits.touch(job)
-
     def _action_failed(self, action: StartAttempt | StartGang | CancelRunnable | SetWaitReason, exc: Exception) -> None:
         """Applying one of the scheduler's decisions raised: fail that job with the cause, free its hold."""
         job_id = action.job_id
