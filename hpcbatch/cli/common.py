@@ -157,33 +157,6 @@ def parse_key_values(pairs: Iterable[str], name: str, from_env: bool = False) ->
     return out
 
 
-def _merge_named(base: list[Any], new: list[Any], key: str) -> list[Any]:
-    """Merge lists of ``{key: ..., ...}`` items; ``new`` replaces items with the same key."""
-    replaced = {item.get(key) for item in new if isinstance(item, dict)}
-    kept = [item for item in base if not (isinstance(item, dict) and item.get(key) in replaced)]
-    return kept + list(new)
-
-
-# Lists of named items that merge item by item rather than being replaced wholesale.
-_NAMED_LISTS = {"environment": "name", "resourceRequirements": "type"}
-
-
-def merge_body(base: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:
-    """``explicit`` over ``base``: nested objects merge, ``None`` means "not given"."""
-    out = dict(base)
-    for key, value in explicit.items():
-        if value is None:
-            continue
-        old = out.get(key)
-        if isinstance(value, dict) and isinstance(old, dict):
-            out[key] = merge_body(old, value)
-        elif key in _NAMED_LISTS and isinstance(value, list) and isinstance(old, list):
-            out[key] = _merge_named(old, value, _NAMED_LISTS[key])
-        else:
-            out[key] = value
-    return out
-
-
 def require(body: dict[str, Any], *fields: str, hint: str = "") -> None:
     """A usage error naming the first missing field, as AWS names fields."""
     for field in fields:

@@ -16,12 +16,12 @@ from hpcbatch.cli.common import (
     global_options,
     json_output,
     load_cli_input_json,
-    merge_body,
     print_json,
     require,
 )
 from hpcbatch.cli.timetext import human_reason, start_time
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.jobspec import merge_body
 
 JOB_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 # AWS ListJobs filter names, plus hpcbatch's OWNER (the head's extension for --user).

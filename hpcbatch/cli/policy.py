@@ -18,12 +18,12 @@ from hpcbatch.cli.common import (
     global_options,
     json_output,
     load_cli_input_json,
-    merge_body,
     parse_key_values,
     print_json,
     require,
     tags_option,
 )
+from hpcbatch.jobspec import merge_body
 
 
 def _shares(shares: tuple[str, ...]) -> list[dict[str, Any]] | None:

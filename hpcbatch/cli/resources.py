@@ -17,7 +17,6 @@ from hpcbatch.cli.common import (
     global_options,
     json_output,
     load_cli_input_json,
-    merge_body,
     parse_json_option,
     parse_key_values,
     print_json,
@@ -25,6 +24,7 @@ from hpcbatch.cli.common import (
     resource_requirements,
     tags_option,
 )
+from hpcbatch.jobspec import merge_body
 
 STATES = click.Choice(["ENABLED", "DISABLED"], case_sensitive=False)
 
