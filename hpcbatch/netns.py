@@ -333,7 +333,8 @@ def _same_process(record: dict[str, Any] | None) -> psutil.Process | None:
     return None
 
 
-def _kill_and_wait(pids: Iterable[int], timeout: float = GONE_TIMEOUT_S) -> None:
+def kill_and_wait(pids: Iterable[int], timeout: float = GONE_TIMEOUT_S) -> list[int]:
+    """SIGKILL ``pids`` and wait up to ``timeout`` for them to go; the pids still there."""
     procs = []
     for pid in set(pids):
         try:
@@ -342,7 +343,8 @@ def _kill_and_wait(pids: Iterable[int], timeout: float = GONE_TIMEOUT_S) -> None
             procs.append(proc)
         except psutil.Error:
             pass
-    psutil.wait_procs(procs, timeout=timeout)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return sorted(p.pid for p in alive)
 
 
 def holder_pids(tag: str) -> list[int]:
@@ -365,7 +367,7 @@ def _remove(netns: list[str], links: list[str], holders: Iterable[int] = ()) -> 
     """Kill what runs in ``netns`` (and ``holders``), then delete ``links`` and ``netns``."""
     present_ns = set(list_netns())
     pids = [pid for ns in netns if ns in present_ns for pid in netns_pids(ns)]
-    _kill_and_wait([*pids, *holders])
+    kill_and_wait([*pids, *holders])
     present = set(list_links())
     # Deleting a veth's outside end takes its peer inside the node along.
     doomed = [x for x in links if x in present]

@@ -88,27 +88,17 @@ class NetnsDriver:
                 await asyncio.to_thread(self._kill_the_rest, node)
 
     def _kill_the_rest(self, node: str) -> None:
-        import psutil
 
-        from hpcbatch.netns import NetnsError, netns_pids
+        from hpcbatch.netns import NetnsError, kill_and_wait, netns_pids
 
         try:
             net = self._layout().node(node)
         except NetnsError as exc:
             raise PowerError(str(exc)) from None
         holder = int((net.holder or {}).get("pid", 0))
-        procs = []
-        for pid in netns_pids(net.netns):
-            if pid != holder:
-                try:
-                    proc = psutil.Process(pid)
-                    proc.kill()
-                    procs.append(proc)
-                except psutil.Error:
-                    pass
-        _, alive = psutil.wait_procs(procs, timeout=self.timeout_s)
+        alive = kill_and_wait([pid for pid in netns_pids(net.netns) if pid != holder], self.timeout_s)
         if alive:
-            raise PowerError(f"node {node}: pids {sorted(p.pid for p in alive)} still run after SIGKILL")
+            raise PowerError(f"node {node}: pids {alive} still run after SIGKILL")
 
     async def _stop(self, node: str, pid: int) -> None:
         for sig, wait_s in ((signal.SIGTERM, self.timeout_s), (signal.SIGKILL, 5.0)):
