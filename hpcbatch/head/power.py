@@ -247,7 +247,6 @@ class PowerManager:
                 PowerState(doc["state"]), float(doc["since"]), doc["reason"], bool(doc.get("failed")),
                 left_alone=bool(doc.get("leftAlone")),
             ))
-        self.waiting: dict[str, str] = {}
         self.desired: dict[str, float] = {}
         self._told = False  # every node's power told to the scheduler (the first stored pass does)
         # Power-downs a previous head began: the driver call may never have run; it is safe to repeat.
@@ -357,10 +356,9 @@ class PowerManager:
                 calls.append(("off", action))
             else:
                 calls.append(("on", action))
-        # Not written to the jobs: a waiting job's statusReason has one owner, the scheduler,
-        # which words a wait on power from the facts ``_tell`` gives it (hpcbatch.scheduler.gang
-        # ``power_note``). The planner's own note is kept for logs and tests.
-        self.waiting = plan.waiting
+        # The planner's per-job notes (plan.waiting) are not written to the jobs: a waiting job's
+        # statusReason has one owner, the scheduler, which words a wait on power from the facts
+        # ``_tell`` gives it (hpcbatch.scheduler.gang ``power_note``).
         return calls
 
     def _resumed_power_downs(self) -> list[tuple[str, PowerOn | PowerOff]]:
