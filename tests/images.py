@@ -15,6 +15,7 @@ cached across runs in ``CACHE`` (root only):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -223,7 +224,10 @@ def publish_test_image(registry: Registry, tag: str = TAG) -> str:
 
 
 INTEROP_REPOSITORY = "hpcbatch/bookworm-interop"
-INTEROP_TAG = "4"
+# The image holds examples/ddp_train.py: its digest is in the tag, so a change to the script
+# builds a new image instead of testing the one pushed before it.
+INTEROP_TAG = "5-" + hashlib.sha256(
+    (Path(__file__).resolve().parents[1] / "examples" / "ddp_train.py").read_bytes()).hexdigest()[:12]
 INTEROP_S3_CREDENTIALS = ("moto", "moto")  # in the image's environment: moto's S3 takes any
 INTEROP_DDP_SCRIPT = "/opt/hpcbatch/ddp_train.py"  # examples/ddp_train.py, for dist.ddp --script
 
