@@ -12,22 +12,20 @@ would delay the gang. Let through, the nodes register and the gang starts before
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hpcbatch.netns import require_root
 from tests import prereq
 from tests.harness import TestCluster, wait_for
+from tests.managed_pool import managed_pool, power_of
 from tests.users import USERS, call_as, ensure_users
 
 ALICE = USERS[0]
@@ -44,34 +42,10 @@ def booting() -> Iterator[TestCluster]:
     # Not under pytest's temp dir: another pytest session resets its top to 0700, and another
     # user's job (below) must reach the head's socket.
     with tempfile.TemporaryDirectory(prefix="hpcb-boot-") as tmp:
-        yield from _cluster(Path(tmp))
-
-
-def _cluster(root: Path) -> Iterator[TestCluster]:
-    head_extra = (
-        "[power.pools.managed]\n"
-        'nodes = "node[1-3]"\nvcpus_per_node = 1\ndriver = "netns"\n'
-        f'agent_config_dir = "{root}"\nnetns_layout = "{root / "layout.json"}"\n'
-        f"suspend_after_s = 600\nresume_timeout_s = {RESUME_TIMEOUT_S}\nboot_time_s = {BOOT_TIME_S}\ntimeout_s = 3\n"
-    )
-    c = TestCluster(root, nodes=3, node_vcpus=1, netns=True, agent_extra='compute_environment = "managed"',
-                    head_extra=head_extra)
-    try:
-        assert c.netns is not None
-        (root / "layout.json").write_text(json.dumps(c.netns.to_dict()))
-        c.start_head()
-        yield c
-    finally:
-        for pid_file in root.glob("*.power.pid"):  # agents the driver started: the harness does not know them
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        c.close()
-
-
-def _power(c: TestCluster) -> dict[str, dict[str, Any]]:
-    return {n["name"]: n for n in c.client.list_nodes()["nodes"]}
+        options = (f"suspend_after_s = 600\nresume_timeout_s = {RESUME_TIMEOUT_S}\nboot_time_s = {BOOT_TIME_S}\n"
+                   "timeout_s = 3\n")
+        with managed_pool(Path(tmp), 3, options) as c:
+            yield c
 
 
 def _link(c: TestCluster, node: str, state: str) -> None:
@@ -88,7 +62,7 @@ def test_a_gangs_forecast_counts_the_boot_and_only_a_job_that_ends_before_it_bac
                               computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "managed"}])
     c.client.create_job_queue(jobQueueName="other", priority=0,
                               computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "managed"}])
-    wait_for(lambda: _power(c)["node1"]["state"] == "ACTIVE", 30, what="node1 warm (minvCpus 1)")
+    wait_for(lambda: power_of(c)["node1"]["state"] == "ACTIVE", 30, what="node1 warm (minvCpus 1)")
     held = ("node2", "node3")
     for node in held:
         _link(c, node, "down")
@@ -98,9 +72,9 @@ def test_a_gangs_forecast_counts_the_boot_and_only_a_job_that_ends_before_it_bac
             nodeOverrides={"numNodes": 3, "nodePropertyOverrides": [
                 {"targetNodes": "0:", "containerOverrides": {"command": ["sleep", "1"]}}]},
         )["jobId"])
-        wait_for(lambda: all(_power(c)[n]["powerState"] == "POWERING_UP" for n in held), 15,
+        wait_for(lambda: all(power_of(c)[n]["powerState"] == "POWERING_UP" for n in held), 15,
                  what="node[2-3] powering up")
-        since_ms = max(_power(c)[n]["powerStateSince"] for n in held)
+        since_ms = max(power_of(c)[n]["powerStateSince"] for n in held)
         # The forecast is the power-up plus the boot time, not "now" and not "never".
         at = wait_for(lambda: c.client.describe_jobs(jobs=[gang])["jobs"][0].get("hpcbatchExpectedStartAt"), 15,
                       what="the gang's forecast")

@@ -14,7 +14,6 @@ well before its heartbeats would be missed, and its job is retried at once.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shlex
@@ -32,6 +31,7 @@ import pytest
 from hpcbatch.netns import require_root
 from tests import prereq
 from tests.harness import TestCluster, free_port, wait_for
+from tests.managed_pool import managed_pool, power_of
 
 RESUME_TIMEOUT_S = 12  # an agent's start under load stays well inside it
 SUSPEND_AFTER_S = 3
@@ -44,34 +44,16 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
         prereq.skip("netns", "network namespaces need root (CI runs as root)")
     require_root()
     root = tmp_path_factory.mktemp("managed")
-    head_extra = (
-        "[power.pools.managed]\n"
-        'nodes = "node[1-4]"\nvcpus_per_node = 1\ndriver = "netns"\n'
-        f'agent_config_dir = "{root}"\nnetns_layout = "{root / "layout.json"}"\n'
-        f"suspend_after_s = {SUSPEND_AFTER_S}\nresume_timeout_s = {RESUME_TIMEOUT_S}\nboot_time_s = 5\ntimeout_s = 3\n"
-        "state_poll_s = 0.5\n"
-    )
-    c = TestCluster(root, nodes=4, node_vcpus=1, netns=True, agent_extra='compute_environment = "managed"',
-                    head_extra=head_extra, liveness=LIVENESS)
-    try:
+    options = (f"suspend_after_s = {SUSPEND_AFTER_S}\nresume_timeout_s = {RESUME_TIMEOUT_S}\nboot_time_s = 5\n"
+               "timeout_s = 3\nstate_poll_s = 0.5\n")
+
+    def node1_never_reaches_the_head(c: TestCluster) -> None:  # it "boots", but its head address is wrong
         assert c.netns is not None
-        (root / "layout.json").write_text(json.dumps(c.netns.to_dict()))
-        # node1 "boots" but never reaches the head.
         config = root / "node1.toml"
         config.write_text(config.read_text().replace(c.fleet, f"tcp://{c.netns.host_mgmt_ip}:{free_port()}"))
-        c.start_head()
+
+    with managed_pool(root, 4, options, liveness=LIVENESS, before_head=node1_never_reaches_the_head) as c:
         yield c
-    finally:
-        for pid_file in root.glob("*.power.pid"):  # agents the driver started: the harness does not know them
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        c.close()
-
-
-def _power(c: TestCluster) -> dict[str, dict[str, Any]]:
-    return {n["name"]: n for n in c.client.list_nodes()["nodes"]}
 
 
 def _ce(c: TestCluster, name: str) -> dict[str, Any]:
@@ -115,10 +97,10 @@ def test_a_node_that_never_registers_is_marked_down_and_the_job_runs_elsewhere(p
     # The scheduler's words (the only writer of a waiting job's reason), from the power facts.
     assert reason.startswith("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - ") and "powering up node1, expected up by " in reason, \
         reason
-    assert _power(c)["node1"]["powerState"] == "POWERING_UP"
+    assert power_of(c)["node1"]["powerState"] == "POWERING_UP"
     job = c.wait_status(job_id, "SUCCEEDED", timeout=RESUME_TIMEOUT_S + 30)
     assert job["nodeName"] == "node2", job
-    node1 = _power(c)["node1"]
+    node1 = power_of(c)["node1"]
     assert node1["state"] == "DOWN" and node1["powerState"] == "POWERED_DOWN", node1
     assert f"did not register within resume_timeout_s {RESUME_TIMEOUT_S} s" in node1["stateReason"]
     assert _power_ons(c) == ["node1", "node2"]  # one power-up each, batched as hostlists
@@ -126,7 +108,7 @@ def test_a_node_that_never_registers_is_marked_down_and_the_job_runs_elsewhere(p
 
 def test_a_gang_powers_up_exactly_the_nodes_it_lacks_and_they_power_down_when_idle(pool: TestCluster) -> None:
     c = pool
-    wait_for(lambda: _power(c)["node2"]["powerState"] == "ACTIVE", 5, what="node2 ACTIVE (minvCpus 1 keeps it)")
+    wait_for(lambda: power_of(c)["node2"]["powerState"] == "ACTIVE", 5, what="node2 ACTIVE (minvCpus 1 keeps it)")
     job_id = str(c.client.submit_job(
         jobName="gang", jobQueue="default", jobDefinition="hpcbatch-default-mnp",
         nodeOverrides={"numNodes": 3, "nodePropertyOverrides": [
@@ -138,9 +120,9 @@ def test_a_gang_powers_up_exactly_the_nodes_it_lacks_and_they_power_down_when_id
     nodes = sorted(d["nodeName"] for d in c.client.describe_jobs(jobs=[f"{job_id}#{i}" for i in range(3)])["jobs"])
     assert nodes == ["node2", "node3", "node4"]
     # Idle for suspend_after_s: node3 and node4 power down; minvCpus 1 keeps node2 on.
-    wait_for(lambda: [_power(c)[n]["powerState"] for n in ("node2", "node3", "node4")]
+    wait_for(lambda: [power_of(c)[n]["powerState"] for n in ("node2", "node3", "node4")]
              == ["ACTIVE", "POWERED_DOWN", "POWERED_DOWN"], 30, what="node[3-4] powered down, node2 warm")
-    listed = _power(c)
+    listed = power_of(c)
     assert listed["node3"]["state"] == "POWERED_DOWN" and "idle" in listed["node3"]["powerStateReason"]
     assert _ce(c, "managed")["computeResources"]["desiredvCpus"] == 1
     listing = subprocess.run([sys.executable, "-m", "hpcbatch.cli.main", "--endpoint", c.socket_endpoint, "nodes",
@@ -179,7 +161,7 @@ def test_a_node_powered_off_by_hand_is_seen_by_the_driver_and_its_job_retried_at
     from hpcbatch.head.powerdrivers.netns import NetnsDriver
 
     c = pool
-    wait_for(lambda: any(n["state"] == "ACTIVE" for n in _power(c).values()), 30, what="a warm node (minvCpus 1)")
+    wait_for(lambda: any(n["state"] == "ACTIVE" for n in power_of(c).values()), 30, what="a warm node (minvCpus 1)")
     marks = c.root / "marks-by-hand"
     marks.mkdir()
     job_id = c.submit(["sh", "-c", f'echo $$ > {marks}/"$AWS_BATCH_JOB_ATTEMPT"; '
