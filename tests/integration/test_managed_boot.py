@@ -12,6 +12,7 @@ would delay the gang. Let through, the nodes register and the gang starts before
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -83,6 +84,11 @@ def test_a_gangs_forecast_counts_the_boot_and_only_a_job_that_ends_before_it_bac
                              capture_output=True, text=True, timeout=30, check=True).stdout
         assert "Reserved nodes node[1-3]" in why and "; powering up node[2-3], expected up by " in why, why
         assert "expected start:" in why, why
+        listed = subprocess.run([sys.executable, "-m", "hpcbatch.cli.main", "--endpoint", c.socket_endpoint, "--output",
+                                 "json", "list", "--start"], capture_output=True, text=True, timeout=30, check=True).stdout
+        waiting = {j["jobId"]: j for j in json.loads(listed)["jobSummaryList"]}
+        # squeue --start's view: the same power-up plus boot (within a re-plan's rounding)
+        assert abs(waiting[gang]["hpcbatchExpectedStartAt"] - at) < 2000, (waiting[gang], at)
         # A long job (its limit ends after the boot) waits: it would delay the gang.
         long_job = c.submit(["sleep", "1"], timeout={"attemptDurationSeconds": 3600})
         wait_for(lambda: "reserved for a waiting multi-node job" in (c.job(long_job)["statusReason"] or ""), 15,
