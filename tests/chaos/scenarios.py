@@ -100,14 +100,15 @@ def kill_agent_mid_job(cluster: TestCluster, node: str, rng: random.Random) -> N
     cluster.start_agent(node)
 
 
-def cut_mgmt_link(cluster: TestCluster, node: str, seconds: float) -> None:
-    """Take ``node``'s management interface down for ``seconds``, then bring it back."""
+def cut_mgmt_link(cluster: TestCluster, node: str, seconds: float, until: threading.Event | None = None) -> None:
+    """Take ``node``'s management interface down for ``seconds`` (or until ``until`` is set,
+    if sooner), then bring it back."""
     from hpcbatch.netns import MGMT_INTERFACE
 
     down = cluster.on_node(node, ["ip", "link", "set", MGMT_INTERFACE, "down"])
     assert down.returncode == 0, down.stderr
     try:
-        time.sleep(seconds)
+        (until or threading.Event()).wait(seconds)
     finally:
         up = cluster.on_node(node, ["ip", "link", "set", MGMT_INTERFACE, "up"])
         assert up.returncode == 0, up.stderr
