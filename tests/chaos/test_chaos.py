@@ -291,7 +291,10 @@ def test_head_clock_stepped_forward(chaos: TestCluster) -> None:
         before = Load(chaos, 6, starts, tag, sleep_s=3).start()
         before.join()
         offset.write_text("+2h\n")  # the head's wall clock jumps two hours ahead
-        time.sleep(3)  # libfaketime re-reads the file at most once a second; let it land
+        # libfaketime re-reads the file at most once a second: wait until the head stamps the
+        # nodes' heartbeats (its wall clock, in ms) with the new time.
+        wait_for(lambda: min(n["lastHeartbeatAt"] for n in chaos.nodes().values()) > (time.time() + 3600) * 1000,
+                 10, what="the head's clock to jump")
         after = Load(chaos, 6, starts, tag).start()
         after.join()
         jobs = {**before.acknowledged, **after.acknowledged}
