@@ -203,7 +203,7 @@ def test_management_link_cut_and_restored(chaos: TestCluster) -> None:
 
 def test_a_retried_job_never_runs_on_a_cut_off_node_and_elsewhere_at_once(chaos: TestCluster) -> None:
     # A cut shorter than the agent's fence: the head holds the retry until the node is back
-    # and has reported (and been told to kill) its attempt.
+    # and has reported its attempt (still running: the head adopts it, and no retry runs).
     # The jobs outlast the cut, so the node comes back with them still running.
     starts, tag = fresh(chaos, "fence")
     chaos.client.call("/hpcbatch/v1/drainnode", {"name": "node1"})  # both start on node2
