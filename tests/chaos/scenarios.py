@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from hpcbatch.client import Client, HeadUnreachableError
@@ -73,22 +74,32 @@ def kill_head_rounds(cluster: TestCluster, rounds: int, rng: random.Random, *, m
     """``rounds`` times: wait a random moment, ``kill -9`` the head, start it again.
 
     With several heads (PostgreSQL) the *active* one is killed, a standby takes over, and the
-    killed one comes back as a standby. Returns how many rounds moved the active role.
+    killed one comes back as a standby: it starts during the next round's random wait, and is
+    a standby before that round's kill (and before this returns). Returns how many rounds
+    moved the active role.
     """
-    failovers = 0
-    for _ in range(rounds):
-        time.sleep(rng.uniform(min_s, max_s))
-        if len(cluster.heads) == 1:
+    if len(cluster.heads) == 1:
+        for _ in range(rounds):
+            time.sleep(rng.uniform(min_s, max_s))
             cluster.kill("head")
             cluster.start_head()
-            continue
-        victim = cluster.active_head(timeout=30)
-        cluster.kill(victim)
-        # Another head takes the lease once it lapses (lease_ttl_s); only then does the
-        # victim come back, as a standby (sooner, it could win its own lease back).
-        if cluster.active_head(timeout=30) != victim:
-            failovers += 1
-        cluster.start_head(victim, role="standby")
+        return 0
+    failovers = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chaos-restart") as pool:
+        restarting: Future[None] | None = None
+        for _ in range(rounds):
+            time.sleep(rng.uniform(min_s, max_s))
+            if restarting is not None:
+                restarting.result()  # the last victim answers as a standby: there is one to take over
+            victim = cluster.active_head(timeout=30)
+            cluster.kill(victim)
+            # Another head takes the lease once it lapses (lease_ttl_s); only then does the
+            # victim come back, as a standby (sooner, it could win its own lease back).
+            if cluster.active_head(timeout=30) != victim:
+                failovers += 1
+            restarting = pool.submit(cluster.start_head, victim, role="standby")
+        if restarting is not None:
+            restarting.result()
     return failovers
 
 
@@ -100,14 +111,15 @@ def kill_agent_mid_job(cluster: TestCluster, node: str, rng: random.Random) -> N
     cluster.start_agent(node)
 
 
-def cut_mgmt_link(cluster: TestCluster, node: str, seconds: float) -> None:
-    """Take ``node``'s management interface down for ``seconds``, then bring it back."""
+def cut_mgmt_link(cluster: TestCluster, node: str, seconds: float, until: threading.Event | None = None) -> None:
+    """Take ``node``'s management interface down for ``seconds`` (or until ``until`` is set,
+    if sooner), then bring it back."""
     from hpcbatch.netns import MGMT_INTERFACE
 
     down = cluster.on_node(node, ["ip", "link", "set", MGMT_INTERFACE, "down"])
     assert down.returncode == 0, down.stderr
     try:
-        time.sleep(seconds)
+        (until or threading.Event()).wait(seconds)
     finally:
         up = cluster.on_node(node, ["ip", "link", "set", MGMT_INTERFACE, "up"])
         assert up.returncode == 0, up.stderr

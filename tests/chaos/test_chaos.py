@@ -5,7 +5,12 @@ Runs as root on the network-namespace cluster (CI runs as root); elsewhere it sk
 cluster runs on each store of tests/variants.py (PostgreSQL with an active and a standby
 head); rounds that test nothing of the store run on SQLite only. Every loop is bounded in
 count and time, and the seeds are fixed. Sizes can be lowered for a
-quick local run: HPCBATCH_CHAOS_JOBS (1000), HPCBATCH_CHAOS_ROUNDS (10), HPCBATCH_CHAOS_CUT_S (60).
+quick local run: HPCBATCH_CHAOS_JOBS (1000), HPCBATCH_CHAOS_ROUNDS (10), HPCBATCH_CHAOS_CUT_S (20).
+
+Every cut is sized against the agents' fence (FENCE_S), which is short here so that the
+rounds stay short: the long cut lasts twice the fence (the node fences while cut off), the
+short one well under it and well over the node-lost time (heartbeats 0.3 s x 5), and the
+cut past the fence ends as soon as the retry has started elsewhere.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import pytest
 
 from hpcbatch.client import Client
 from hpcbatch.errors import HpcbatchError
+from hpcbatch.fencing import retry_hold_s
 from tests import prereq
 from tests.chaos.invariants import (
     chaos_env,
+    describe_all,
     done_log,
     duplicate_completions,
     duplicate_starts,
@@ -47,12 +54,16 @@ from tests.chaos.scenarios import (
 from tests.harness import TestCluster, wait_for
 from tests.variants import STORES, make_cluster
 
+# The agents' fence, short and explicit (the default is the 10-minute outage bound, docs/ha.md).
+# It must outlast an agent's restart in test_agent_kill9_while_its_jobs_finish (its jobs run
+# 3 s while it is down) and the short cut below by a wide margin on two busy cores.
+FENCE_S = 10.0
+FENCE_CONFIG = f"fence_after_s = {FENCE_S}\n"
+HEARTBEAT_S = 0.3  # the harness's default, which the chaos clusters keep
 JOBS = int(os.environ.get("HPCBATCH_CHAOS_JOBS", "1000"))
 ROUNDS = int(os.environ.get("HPCBATCH_CHAOS_ROUNDS", "10"))
-CUT_S = float(os.environ.get("HPCBATCH_CHAOS_CUT_S", "60"))
-# The agents' fence, short and explicit (the default is the 10-minute outage bound, docs/ha.md).
-FENCE_S = 15.0
-FENCE_CONFIG = f"fence_after_s = {FENCE_S}\n"
+CUT_S = float(os.environ.get("HPCBATCH_CHAOS_CUT_S", str(2 * FENCE_S)))  # past the fence and the head's hold
+SHORT_CUT_S = 4.0  # node lost after 1.5 s of silence; its fence (10 s) is far off
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 pytestmark = prereq.skipif(os.geteuid() != 0, "netns", "needs root: network namespaces, tmpfs (CI runs as root)")
@@ -84,14 +95,9 @@ def test_head_kill9_during_a_1000_job_load_loses_and_repeats_nothing(chaos: Test
     rng = random.Random(11)
     starts, tag = fresh(chaos, "headkill")
     load = Load(chaos, JOBS, starts, tag).start()
-    rounds = failovers = 0
-    while rounds < ROUNDS:
-        failovers += kill_head_rounds(chaos, 1, rng)
-        rounds += 1
-        if not load.running:  # the load was quicker than the kills: keep killing during the runs
-            break
+    # If the load is quicker than the kills, the rest of the kills fall during the runs.
+    failovers = kill_head_rounds(chaos, ROUNDS, rng)
     load.join()
-    failovers += kill_head_rounds(chaos, ROUNDS - rounds, rng)
     assert len(load.acknowledged) == JOBS
     if len(chaos.heads) > 1:  # on PostgreSQL every kill hit the active head: a standby took over
         assert failovers == ROUNDS
@@ -197,27 +203,32 @@ def test_management_link_cut_and_restored(chaos: TestCluster) -> None:
 
 def test_a_retried_job_never_runs_on_a_cut_off_node_and_elsewhere_at_once(chaos: TestCluster) -> None:
     # A cut shorter than the agent's fence: the head holds the retry until the node is back
-    # and has reported (and been told to kill) its attempt.
+    # and has reported its attempt (still running: the head adopts it, and no retry runs).
+    # The jobs outlast the cut, so the node comes back with them still running.
     starts, tag = fresh(chaos, "fence")
     chaos.client.call("/hpcbatch/v1/drainnode", {"name": "node1"})  # both start on node2
     try:
-        ids = [chaos.submit(job_script(starts, 0, 10), retryStrategy={"attempts": 2},
+        ids = [chaos.submit(job_script(starts, 0, SHORT_CUT_S + 4), retryStrategy={"attempts": 2},
                             containerOverrides={"environment": chaos_env(tag)}) for _ in range(2)]
         for job_id in ids:
             chaos.wait_status(job_id, "RUNNING")
     finally:
         chaos.client.call("/hpcbatch/v1/resumenode", {"name": "node1"})
     seen_twice: set[str] = set()
-    cut = threading.Thread(target=cut_mgmt_link, args=(chaos, "node2", min(CUT_S, 8)))
+    held: set[str] = set()  # the retries the head held during the cut (node2 was lost)
+    cut = threading.Thread(target=cut_mgmt_link, args=(chaos, "node2", SHORT_CUT_S))
     cut.start()
     while cut.is_alive():
         seen_twice.update(two_live_attempts(tag))
+        held.update(j["jobId"] for j in describe_all(chaos, ids).values()
+                    if "to fence its attempts" in (j.get("statusReason") or ""))
         time.sleep(0.3)
     cut.join()
     chaos.wait_active(timeout=30)
     wait_final(chaos, ids, timeout=60)
     wait_for(lambda: not live_processes(tag), 30, what="no process of a finished job")
     assert seen_twice == set()
+    assert held == set(ids), "the cut was too short for the head to lose the node and hold the retries"
 
 
 # SQLite only: the fence is the agent's; the PostgreSQL variant runs the short cut above.
@@ -238,12 +249,18 @@ def test_a_cut_off_node_kills_its_attempts_before_the_head_retries_them(chaos: T
     seen_twice: set[str] = set()
     first_alive_at_end = True
     held = False
-    cut = threading.Thread(target=cut_mgmt_link, args=(chaos, "node2", FENCE_S + 12))
+    # The link comes back once the retry has started elsewhere and the first attempt is dead,
+    # or at the latest well after the head's hold (then the asserts below fail).
+    retried = threading.Event()
+    cut = threading.Thread(target=cut_mgmt_link, args=(chaos, "node2", retry_hold_s(FENCE_S, HEARTBEAT_S) + 15),
+                           kwargs={"until": retried})
     cut.start()
     while cut.is_alive():
         seen_twice.update(two_live_attempts(tag))
         first_alive_at_end = any(attempt == "1" for _job, attempt in live_attempts(tag))
         held = held or "to fence its attempts" in (chaos.job(job_id).get("statusReason") or "")
+        if not first_alive_at_end and f"{job_id} 2" in starts.read_text():
+            retried.set()
         time.sleep(0.3)
     retried_during_cut = f"{job_id} 2" in starts.read_text()
     cut.join()
@@ -274,7 +291,10 @@ def test_head_clock_stepped_forward(chaos: TestCluster) -> None:
         before = Load(chaos, 6, starts, tag, sleep_s=3).start()
         before.join()
         offset.write_text("+2h\n")  # the head's wall clock jumps two hours ahead
-        time.sleep(3)  # libfaketime re-reads the file at most once a second; let it land
+        # libfaketime re-reads the file at most once a second: wait until the head stamps the
+        # nodes' heartbeats (its wall clock, in ms) with the new time.
+        wait_for(lambda: min(n["lastHeartbeatAt"] for n in chaos.nodes().values()) > (time.time() + 3600) * 1000,
+                 10, what="the head's clock to jump")
         after = Load(chaos, 6, starts, tag).start()
         after.join()
         jobs = {**before.acknowledged, **after.acknowledged}

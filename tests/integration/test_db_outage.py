@@ -28,7 +28,11 @@ from tests import pg
 from tests.harness import TestCluster, wait_for
 from tests.pg import PostgresServer
 
-OUTAGE_S = float(os.environ.get("HPCBATCH_DB_OUTAGE_S", "30"))
+# Five of the harness's lease TTLs (2 s) and several node-lost timeouts (0.3 s x 5): the active
+# head's lease goes unconfirmed for most of it, and a heartbeat left unanswered would lose
+# the nodes. What an outage may last without costing a running job is the agents' fence
+# (600 s), which no database outage here approaches; test_head_outage tests that bound.
+OUTAGE_S = float(os.environ.get("HPCBATCH_DB_OUTAGE_S", "10"))
 UNREACHABLE = "the state database is unreachable ("
 
 
@@ -129,9 +133,14 @@ class Load:
         self._client.close()
 
 
-def marked(marks: Path, seconds: float) -> list[str]:
-    """A job that appends its attempt to its own marker file, then sleeps: one line per start."""
-    return ["sh", "-c", f'echo "$AWS_BATCH_JOB_ATTEMPT" >> {marks}/"$AWS_BATCH_JOB_ID"; sleep {seconds}']
+def marked(marks: Path, seconds: float, until: Path | None = None) -> list[str]:
+    """A job that appends its attempt to its own marker file, then sleeps (``seconds``, or until
+    the file ``until`` exists, for at most ``seconds``): one line per start."""
+    mark = f'echo "$AWS_BATCH_JOB_ATTEMPT" >> {marks}/"$AWS_BATCH_JOB_ID"'
+    if until is None:
+        return ["sh", "-c", f"{mark}; sleep {seconds}"]
+    return ["sh", "-c", f"{mark}; end=$(($(date +%s) + {int(seconds)})); "
+                        f'while [ ! -e {until} ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.2; done']
 
 
 def test_a_database_restart_under_load_costs_no_head_no_running_job_and_no_write(
@@ -140,7 +149,8 @@ def test_a_database_restart_under_load_costs_no_head_no_running_job_and_no_write
     marks = tmp_path / "marks"
     marks.mkdir()
     marks.chmod(0o777)
-    running = [ha.submit(marked(marks, OUTAGE_S + 10)) for _ in range(2)]
+    release = tmp_path / "release"  # the running jobs run on through the outage until the test is past it
+    running = [ha.submit(marked(marks, OUTAGE_S + 60, until=release)) for _ in range(2)]
     for job_id in running:
         ha.wait_status(job_id, "RUNNING")
     epoch = ha.head_client("head").describe_head()["epoch"]
@@ -166,6 +176,9 @@ def test_a_database_restart_under_load_costs_no_head_no_running_job_and_no_write
         acknowledged_at_restart = len(load.acknowledged)
         wait_for(lambda: len(load.acknowledged) >= acknowledged_at_restart + 3, 30,
                  what="submits acknowledged again after the restart")
+    for job_id in running:  # they ran through the outage and still run
+        assert ha.job(job_id)["status"] == "RUNNING", ha.job(job_id)
+    release.touch()
     # Both heads answered 503 naming the database, AWS-shaped (ServerError: a 5xx ServerException).
     assert set(seen_503) == {"head", "head2"}, seen_503
     assert all(m.endswith("; retry") for m in seen_503.values()), seen_503

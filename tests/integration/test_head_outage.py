@@ -29,8 +29,11 @@ def test_a_head_stopped_longer_than_the_old_fence_costs_no_running_job(tmp_path:
     c.add_agent("node2", extra=f"vcpus = 1\nfence_after_s = {SHORT_BOUND_S}\n")
     try:
         c.up()
-        # One job per node (one vCPU each): it outlives the outage, then exits with its own code.
-        jobs = {c.submit(["sh", "-c", f"sleep {OUTAGE_S + 4}; exit 3"]) for _ in range(2)}
+        # One job per node (one vCPU each): it outlives the outage (it runs until the head is
+        # back, at most a minute more), then exits with its own code.
+        back = c.root / "head-back"
+        wait = f'end=$(($(date +%s) + {int(OUTAGE_S) + 60})); while [ ! -e {back} ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.2; done'
+        jobs = {c.submit(["sh", "-c", f"{wait}; exit 3"]) for _ in range(2)}
         on = {c.wait_status(j, "RUNNING")["nodeName"]: j for j in jobs}
         assert set(on) == {"node1", "node2"}, on
         c.kill("head", signal.SIGTERM)  # systemctl stop
@@ -39,6 +42,8 @@ def test_a_head_stopped_longer_than_the_old_fence_costs_no_running_job(tmp_path:
         wait_for(lambda: "no head has heard this node" in fenced.read_text(), OUTAGE_S, what="node2 to fence")
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))  # the outage itself
         c.start_head()
+        assert c.job(on["node1"])["status"] == "RUNNING"
+        back.touch()
         kept = c.wait_status(on["node1"], "SUCCEEDED", "FAILED", timeout=30)
         assert kept["status"] == "FAILED" and kept["container"]["exitCode"] == 3, kept  # its own exit code
         assert len(kept["attempts"]) == 1
