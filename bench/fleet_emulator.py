@@ -88,6 +88,7 @@ from node_agent.runner import AttemptResult, AttemptSpec
 from node_agent.state import AgentIdentity, AgentState
 
 PER_PROCESS = 400
+PROFILE_ENV = "HPCBATCH_FLEET_PROFILE"  # a folder: each emulator's cProfile per phase goes there
 
 
 def _now_ms() -> int:
@@ -320,11 +321,45 @@ async def _swarm(args: argparse.Namespace) -> None:
         ctx.destroy(linger=0)
 
 
+class _PhaseProfiler:
+    """cProfile (CPU time) of one emulator process, one stats file per phase of the bench:
+    ``$HPCBATCH_FLEET_PROFILE/emulator-FIRST-PHASE.pstats``; SIGUSR1 ends a phase (the bench
+    sends it after the join, the idle figure and the load)."""
+
+    def __init__(self, folder: str, first: int) -> None:
+        import cProfile
+
+        self._new = lambda: cProfile.Profile(time.process_time)
+        self._folder, self._first, self._phase = folder, first, 0
+        self._profile = self._new()
+        self._profile.enable()
+
+    def next_phase(self) -> None:
+        self._profile.disable()
+        self._profile.dump_stats(os.path.join(self._folder, f"emulator-{self._first}-{self._phase}.pstats"))
+        self._phase += 1
+        self._profile = self._new()
+        self._profile.enable()
+
+    def stop(self) -> None:
+        self._profile.disable()
+        self._profile.dump_stats(os.path.join(self._folder, f"emulator-{self._first}-{self._phase}.pstats"))
+
+
 def _swarm_main(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    asyncio.run(_swarm(args))
+    folder = os.environ.get(PROFILE_ENV)
+    if not folder:
+        asyncio.run(_swarm(args))
+        return 0
+    profiler = _PhaseProfiler(folder, args.first)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: profiler.next_phase())
+    try:
+        asyncio.run(_swarm(args))
+    finally:
+        profiler.stop()
     return 0
 
 
@@ -340,8 +375,19 @@ class _CpuMeter:
         self._cpu, self._wall = t.user + t.system, time.monotonic()
 
     def stop(self) -> float:
+        return round(100 * self.cpu_s() / (time.monotonic() - self._wall), 1)
+
+    def cpu_s(self) -> float:
+        """CPU seconds since ``start``."""
         t = self.proc.cpu_times()
-        return round(100 * (t.user + t.system - self._cpu) / (time.monotonic() - self._wall), 1)
+        return t.user + t.system - self._cpu
+
+
+def _next_profile_phase(emulators: list[int]) -> None:
+    """Profiled emulators (``$HPCBATCH_FLEET_PROFILE``) start their next phase's stats."""
+    if os.environ.get(PROFILE_ENV):
+        for pid in emulators:
+            os.kill(pid, signal.SIGUSR1)
 
 
 def _quantile(samples: list[float], q: float) -> float:
@@ -398,13 +444,19 @@ def measure(client: Client, head_pid: int, nodes: int, args: argparse.Namespace,
     out: dict[str, Any] = {}
     head = _CpuMeter(head_pid)
     emus = [_CpuMeter(pid) for pid in emulators]
+    _next_profile_phase(emulators)  # the join ends
     head.start()
     for e in emus:
         e.start()
     time.sleep(args.idle)
     out["head_cpu_idle_pct"] = head.stop()
+    idle_cpu_per_s = 0.0  # the emulators' CPU seconds per second idle
     if emus:
         out["emulator_cpu_max_pct"] = max(e.stop() for e in emus)
+        idle_cpu_per_s = sum(e.cpu_s() for e in emus) / args.idle
+        beats_per_s = nodes / getattr(args, "heartbeat", 1.0)
+        out["agent_cpu_us_per_heartbeat"] = round(1e6 * idle_cpu_per_s / beats_per_s, 1)
+    _next_profile_phase(emulators)  # the idle figure ends
     listed = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -430,14 +482,8 @@ def measure(client: Client, head_pid: int, nodes: int, args: argparse.Namespace,
             gangs.append((main["startedAt"] - t) / 1000)
         out["gang64_submit_to_start_median_s"] = round(statistics.median(gangs), 4)
         out["gang64_submit_to_start_p99_s"] = round(_quantile(gangs, 0.99), 4)
-    head.start()
-    t0 = time.perf_counter()
-    futures = [client.submit_job_async(**_body(i, ["true"])) for i in range(args.jobs)]
-    wait(futures)
-    ids = [f.result()["jobId"] for f in futures]
-    _wait("throughput jobs done", lambda: _all_done(client, ids[-100:]) and _all_done(client, ids), 600, every=0.5)
-    out["jobs_per_s"] = round(args.jobs / (time.perf_counter() - t0), 1)
-    out["head_cpu_load_pct"] = head.stop()
+    out.update(_throughput(client, head, emus, args.jobs, idle_cpu_per_s))
+    _next_profile_phase(emulators)  # the load ends
     if stall is not None:
         out.update(stall())
     out["head_rss_mib"] = round(psutil.Process(head_pid).memory_info().rss / (1 << 20), 1)
@@ -445,6 +491,29 @@ def measure(client: Client, head_pid: int, nodes: int, args: argparse.Namespace,
     if head_log is not None:
         with open(head_log, encoding="utf-8", errors="replace") as f:
             out["nodes_lost"] = len(re.findall(r"Node \S+ lost: ", f.read()))
+    return out
+
+
+def _throughput(client: Client, head: _CpuMeter, emus: list[_CpuMeter], jobs: int,
+                idle_cpu_per_s: float) -> dict[str, Any]:
+    """``jobs`` ``true`` jobs, submitted at once: jobs/s, the head's CPU, and the agents' CPU
+    per job (the emulators' CPU over the run less what they spend idle in as long)."""
+    out: dict[str, Any] = {}
+    head.start()
+    for e in emus:
+        e.start()
+    t0 = time.perf_counter()
+    futures = [client.submit_job_async(**_body(i, ["true"])) for i in range(jobs)]
+    wait(futures)
+    ids = [f.result()["jobId"] for f in futures]
+    _wait("throughput jobs done", lambda: _all_done(client, ids[-100:]) and _all_done(client, ids), 600, every=0.5)
+    took = time.perf_counter() - t0
+    out["jobs_per_s"] = round(jobs / took, 1)
+    out["head_cpu_load_pct"] = head.stop()
+    if emus:
+        load_cpu = sum(e.cpu_s() for e in emus)
+        out["emulator_cpu_load_pct"] = round(100 * load_cpu / took, 1)
+        out["agent_cpu_us_per_job"] = round(1e6 * max(0.0, load_cpu - idle_cpu_per_s * took) / jobs, 1)
     return out
 
 
