@@ -125,7 +125,8 @@ class StubRunner:
         handle.cancel()
         self._on_exit(AttemptResult(attempt_id, job_id, code, reason, reason, started, _now_ms(), fenced=fenced))
 
-    def kill(self, attempt_id: str, reason: str, grace_s: float | None = None, *, fenced: bool = False) -> None:
+    def kill(self, attempt_id: str, reason: str, grace_s: float | None = None, *, fenced: bool = False,
+             warning_signal: str | None = None) -> None:
         self._end(attempt_id, None, reason, fenced)
 
     def running(self) -> list[tuple[str, str, int, int]]:
@@ -233,6 +234,8 @@ class EmulatedAgent(Agent):
         self._reports = []
         self._reports_due = None
         self._obeying = 0
+        self._beat_timer = None
+        self._output_due = asyncio.Event()
 
     def _ship_output(self, attempt_id: str, final: bool = False) -> None:
         """The stub runner writes no output."""

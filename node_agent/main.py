@@ -163,6 +163,8 @@ class Agent:
         self._reports: list[p.Message] = []  # starts and exits of this wake-up, sent together at its end
         self._reports_due: asyncio.Handle | None = None
         self._obeying = 0  # head messages being obeyed (their starts are awaited): reports wait for them
+        self._beat_timer: asyncio.TimerHandle | None = None
+        self._output_due = asyncio.Event()  # an attempt runs: its output is shipped as it comes
 
     def _open_socket(self, head_key: bytes) -> None:
         """The DEALER to the active head: CurveZMQ, never blocking, ZMTP heartbeats."""
@@ -180,9 +182,14 @@ class Agent:
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
         # ZMTP heartbeats: a connection whose peer went silent (a cut link leaves TCP waiting
         # on retransmits for minutes) is dropped and redialled, so the node is back as soon
-        # as the network is.
-        self._sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(config.heartbeat_interval_s * 1000)))
-        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1000, int(config.heartbeat_interval_s * config.liveness * 1000)))
+        # as the network is: within a PING interval plus the timeout of the last traffic.
+        # libzmq PINGs every interval whatever else flows, and the head answers each: a PING
+        # every heartbeat was a quarter of the agent's idle CPU (bench/fleet, its I/O thread)
+        # and as many PONGs for the head, so one goes every half timeout (a cut is found
+        # within 1.5 timeouts of the last traffic, not 1.2).
+        timeout_ms = max(1000, int(config.heartbeat_interval_s * config.liveness * 1000))
+        self._sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(config.heartbeat_interval_s * 1000), timeout_ms // 2))
+        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
         self._heads = config.head_endpoints
         self._head = self._heads[0]  # the one endpoint the socket is connected to
         self._sock.connect(self._head)
@@ -355,6 +362,7 @@ class Agent:
             return
         # Told first: whatever fails after this, the attempt runs and is not reported failed.
         self._feed(s.AttemptRunning(msg.attempt_id, msg.job_id, outcome, _now().wall_ms))
+        self._output_due.set()  # its output is shipped as it comes
         if msg.gpu_ids:
             self._gpus_of[msg.attempt_id] = list(msg.gpu_ids)
         grant = launch_grant(msg, self.runner.attempt_uid(msg.attempt_id))
@@ -430,9 +438,16 @@ class Agent:
         self.core.output_shipped(attempt_id, offset)
 
     async def _log_loop(self) -> None:
+        """Ship running attempts' new output every LOG_POLL_S; with none running, sleep until
+        one starts (an idle agent does not wake five times a second for nothing)."""
         while True:
             await asyncio.sleep(LOG_POLL_S)
-            for attempt_id, job_id, _pid, _t in self.runner.running():
+            running = self.runner.running()
+            if not running:
+                self._output_due.clear()
+                await self._output_due.wait()  # set by _start
+                continue
+            for attempt_id, job_id, _pid, _t in running:
                 try:
                     self._ship_output(attempt_id)
                 except Exception:  # that attempt's output waits; the others' goes on
@@ -441,17 +456,29 @@ class Agent:
 
     # --------------------------------------------------------------------- loops
     async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.core.interval)
-            try:
-                self._heartbeat()
-            except Exception:  # the next beat tries again; the agent must not stop beating
-                log.exception("heartbeat failed")
+        """A beat every ``interval`` after the last, from a timer (cheaper than a task that
+        sleeps and wakes); the timer stops when this task is cancelled."""
+        loop = asyncio.get_running_loop()
+        self._beat_timer = loop.call_later(self.core.interval, self._beat)
+        try:
+            await loop.create_future()  # never done: the beats run from the timer
+        finally:
+            self._beat_timer.cancel()
+
+    def _beat(self) -> None:
+        try:
+            self._heartbeat()
+        except Exception:  # the next beat tries again; the agent must not stop beating
+            log.exception("heartbeat failed")
+        self._beat_timer = asyncio.get_running_loop().call_later(self.core.interval, self._beat)
 
     def _heartbeat(self) -> None:
         """One beat: the GPUs' readings into the core, which checks the fence and says what runs."""
-        unhealthy, usage = self._gpu_report([a for a, _r in self.core.running()])
-        self._feed(s.Tick(unhealthy, tuple(usage), self.nvml.utilization()))
+        if self.nvml.available or self._declared_unhealthy:
+            unhealthy, usage = self._gpu_report([a for a, _r in self.core.running()])
+            self._feed(s.Tick(unhealthy, tuple(usage), self.nvml.utilization()))
+        else:  # no GPUs here: nothing to read
+            self._feed(s.Tick())
 
     async def _receive_loop(self) -> None:
         """Read what the head sent, all that is queued per wake-up; the reports it makes leave
