@@ -20,6 +20,12 @@ Figures, per size N (suffix ``_N``): ``join_s`` (all N ACTIVE), ``head_cpu_idle_
 3), ``single_submit_to_start_median_s``/``_p99_s`` (one job at a time), ``gang64_submit_to
 _start_median_s``/``_p99_s`` (64-node gangs), ``jobs_per_s`` (``--jobs`` ``true`` jobs,
 submit to all SUCCEEDED) and, with ``--stall``, ``stall_nodes_lost``/``stall_jobs_retried``.
+The agents' own cost, which on one machine is taken from the head: ``agent_cpu_us_per_heartbeat``
+(all emulators' CPU while idle, per node per heartbeat interval: the beat, the head's answer,
+libzmq's I/O thread), ``emulator_cpu_load_pct`` (all emulators, % of one core, during the
+throughput run) and ``agent_cpu_us_per_job`` (their CPU over that run less the idle rate, per
+job). ``HPCBATCH_FLEET_PROFILE=DIR bench/fleet ...`` profiles every emulator (cProfile, CPU
+time) into ``DIR/emulator-FIRST-PHASE.pstats``: phase 0 the join, 1 idle, 2 the jobs.
 
 Measured here (2 shared cores, one sitting, each command once, A = issue 22's head, B = the
 head before it, same emulators; 1-min load average when each size began: A 3.6/4.1, B 10.2/6.9):
@@ -32,6 +38,35 @@ head before it, same emulators; 1-min load average when each size began: A 3.6/4
     gang64 submit->start median s       0.0045 | 0.012  0.0057 | 0.021
     jobs_per_s                          1966 | 459     1801 | 255
     10 s SIGSTOP: nodes lost, jobs lost 0, 0 | 0, 0    1000, 200 | 4956, 200
+
+The agents' cost (same sitting, 21:35-22:31, 2 cores shared with other work: 1-min load 2.4
+to 10, so jobs/s swings twofold between runs; the CPU figures hold). O = the agent before the
+pure core (1afb6e8), M = the agent after it and batching (b13f4ff), N = this one (the
+socket read and written without pyzmq's futures, beats from a timer, a ZMTP PING every half
+timeout, not every beat). 1,000 nodes, ``--idle 5 --singles 10 --gangs 2 --jobs 2000``,
+medians of 3, this head::
+
+    figure                          O       M       N
+    agent_cpu_us_per_heartbeat      110     138     68
+    emulator_cpu_load_pct           17.9    20.6    9.4
+    head_cpu_idle_pct               7.6     7.6     6.4
+
+5,000 nodes, ``--idle 3 --singles 10 --gangs 2 --jobs 2000``, each run listed (one or two):
+
+    with this head                  O       M            N
+    agent_cpu_us_per_heartbeat      131     141, 190     77, 71
+    emulator_cpu_load_pct           66      83, 99       41, 42
+    head_cpu_idle_pct               32.0    30.3, 36.3   25.0, 22.7
+    jobs_per_s                      4.6     8.2, 3.6     28.4, 19.2
+    with the head of 1afb6e8 (--head-src)
+    agent_cpu_us_per_heartbeat      112, 138  170        81
+    emulator_cpu_load_pct           64, 71    90         40
+    jobs_per_s                      43.2, 22.9  16.1     32.1
+
+Where M's emulators took a core under load the head's loop stalled for 4 s at a time.
+Profile of one idle phase (1,000 nodes, 10 s, cProfile of the three emulators, main thread):
+O 5.6 s, M 6.3 s, N 3.0 s; M's extra was pyzmq's future machinery (a NOBLOCK receive that
+fails after every message, a future and several EVENTS reads per send and receive).
 
 10,000 nodes from other machines against a real head (this 2-core machine cannot host them)::
 
