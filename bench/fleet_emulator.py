@@ -51,19 +51,21 @@ medians of 3, this head::
     emulator_cpu_load_pct           17.9    20.6    9.4
     head_cpu_idle_pct               7.6     7.6     6.4
 
-5,000 nodes, ``--idle 3 --singles 10 --gangs 2 --jobs 2000``, each run listed (one or two):
+5,000 nodes, ``--idle 3 --singles 10 --gangs 2 --jobs 2000``, each run listed (one or two)::
 
-    with this head                  O       M            N
-    agent_cpu_us_per_heartbeat      131     141, 190     77, 71
-    emulator_cpu_load_pct           66      83, 99       41, 42
-    head_cpu_idle_pct               32.0    30.3, 36.3   25.0, 22.7
-    jobs_per_s                      4.6     8.2, 3.6     28.4, 19.2
+    with this head                  O           M            N
+    agent_cpu_us_per_heartbeat      131         141, 190     77, 71
+    emulator_cpu_load_pct           66          83, 99       41, 42
+    head_cpu_idle_pct               32.0        30.3, 36.3   25.0, 22.7
+    jobs_per_s                      4.6         8.2, 3.6     28.4, 19.2
     with the head of 1afb6e8 (--head-src)
-    agent_cpu_us_per_heartbeat      112, 138  170        81
-    emulator_cpu_load_pct           64, 71    90         40
-    jobs_per_s                      43.2, 22.9  16.1     32.1
+    agent_cpu_us_per_heartbeat      112, 138    170          81, 91
+    emulator_cpu_load_pct           64, 71      90           40, 44
+    jobs_per_s                      43.2, 22.9  16.1         32.1, 11.9
 
-Where M's emulators took a core under load the head's loop stalled for 4 s at a time.
+Where M's emulators took a core under load the head's loop stalled for 4 s at a time. The
+jobs/s of this head with O's agents (4.6) against O's own head (43.2, 22.9) is the head's
+business, not the agents' (with N's agents the two heads are within the noise).
 Profile of one idle phase (1,000 nodes, 10 s, cProfile of the three emulators, main thread):
 O 5.6 s, M 6.3 s, N 3.0 s; M's extra was pyzmq's future machinery (a NOBLOCK receive that
 fails after every message, a future and several EVENTS reads per send and receive).
