@@ -20,6 +20,12 @@ Figures, per size N (suffix ``_N``): ``join_s`` (all N ACTIVE), ``head_cpu_idle_
 3), ``single_submit_to_start_median_s``/``_p99_s`` (one job at a time), ``gang64_submit_to
 _start_median_s``/``_p99_s`` (64-node gangs), ``jobs_per_s`` (``--jobs`` ``true`` jobs,
 submit to all SUCCEEDED) and, with ``--stall``, ``stall_nodes_lost``/``stall_jobs_retried``.
+The agents' own cost, which on one machine is taken from the head: ``agent_cpu_us_per_heartbeat``
+(all emulators' CPU while idle, per node per heartbeat interval: the beat, the head's answer,
+libzmq's I/O thread), ``emulator_cpu_load_pct`` (all emulators, % of one core, during the
+throughput run) and ``agent_cpu_us_per_job`` (their CPU over that run less the idle rate, per
+job). ``HPCBATCH_FLEET_PROFILE=DIR bench/fleet ...`` profiles every emulator (cProfile, CPU
+time) into ``DIR/emulator-FIRST-PHASE.pstats``: phase 0 the join, 1 idle, 2 the jobs.
 
 Measured here (2 shared cores, one sitting, each command once, A = issue 22's head, B = the
 head before it, same emulators; 1-min load average when each size began: A 3.6/4.1, B 10.2/6.9):
@@ -32,6 +38,37 @@ head before it, same emulators; 1-min load average when each size began: A 3.6/4
     gang64 submit->start median s       0.0045 | 0.012  0.0057 | 0.021
     jobs_per_s                          1966 | 459     1801 | 255
     10 s SIGSTOP: nodes lost, jobs lost 0, 0 | 0, 0    1000, 200 | 4956, 200
+
+The agents' cost (same sitting, 21:35-22:31, 2 cores shared with other work: 1-min load 2.4
+to 10, so jobs/s swings twofold between runs; the CPU figures hold). O = the agent before the
+pure core (1afb6e8), M = the agent after it and batching (b13f4ff), N = this one (the
+socket read and written without pyzmq's futures, beats from a timer, a ZMTP PING every half
+timeout, not every beat). 1,000 nodes, ``--idle 5 --singles 10 --gangs 2 --jobs 2000``,
+medians of 3, this head::
+
+    figure                          O       M       N
+    agent_cpu_us_per_heartbeat      110     138     68
+    emulator_cpu_load_pct           17.9    20.6    9.4
+    head_cpu_idle_pct               7.6     7.6     6.4
+
+5,000 nodes, ``--idle 3 --singles 10 --gangs 2 --jobs 2000``, each run listed (one or two)::
+
+    with this head                  O           M            N
+    agent_cpu_us_per_heartbeat      131         141, 190     77, 71
+    emulator_cpu_load_pct           66          83, 99       41, 42
+    head_cpu_idle_pct               32.0        30.3, 36.3   25.0, 22.7
+    jobs_per_s                      4.6         8.2, 3.6     28.4, 19.2
+    with the head of 1afb6e8 (--head-src)
+    agent_cpu_us_per_heartbeat      112, 138    170          81, 91
+    emulator_cpu_load_pct           64, 71      90           40, 44
+    jobs_per_s                      43.2, 22.9  16.1         32.1, 11.9
+
+Where M's emulators took a core under load the head's loop stalled for 4 s at a time. The
+jobs/s of this head with O's agents (4.6) against O's own head (43.2, 22.9) is the head's
+business, not the agents' (with N's agents the two heads are within the noise).
+Profile of one idle phase (1,000 nodes, 10 s, cProfile of the three emulators, main thread):
+O 5.6 s, M 6.3 s, N 3.0 s; M's extra was pyzmq's future machinery (a NOBLOCK receive that
+fails after every message, a future and several EVENTS reads per send and receive).
 
 10,000 nodes from other machines against a real head (this 2-core machine cannot host them)::
 
@@ -88,6 +125,7 @@ from node_agent.runner import AttemptResult, AttemptSpec
 from node_agent.state import AgentIdentity, AgentState
 
 PER_PROCESS = 400
+PROFILE_ENV = "HPCBATCH_FLEET_PROFILE"  # a folder: each emulator's cProfile per phase goes there
 
 
 def _now_ms() -> int:
@@ -124,7 +162,8 @@ class StubRunner:
         handle.cancel()
         self._on_exit(AttemptResult(attempt_id, job_id, code, reason, reason, started, _now_ms(), fenced=fenced))
 
-    def kill(self, attempt_id: str, reason: str, grace_s: float | None = None, *, fenced: bool = False) -> None:
+    def kill(self, attempt_id: str, reason: str, grace_s: float | None = None, *, fenced: bool = False,
+             warning_signal: str | None = None) -> None:
         self._end(attempt_id, None, reason, fenced)
 
     def running(self) -> list[tuple[str, str, int, int]]:
@@ -232,6 +271,8 @@ class EmulatedAgent(Agent):
         self._reports = []
         self._reports_due = None
         self._obeying = 0
+        self._beat_timer = None
+        self._output_due = asyncio.Event()
 
     def _ship_output(self, attempt_id: str, final: bool = False) -> None:
         """The stub runner writes no output."""
@@ -320,11 +361,45 @@ async def _swarm(args: argparse.Namespace) -> None:
         ctx.destroy(linger=0)
 
 
+class _PhaseProfiler:
+    """cProfile (CPU time) of one emulator process, one stats file per phase of the bench:
+    ``$HPCBATCH_FLEET_PROFILE/emulator-FIRST-PHASE.pstats``; SIGUSR1 ends a phase (the bench
+    sends it after the join, the idle figure and the load)."""
+
+    def __init__(self, folder: str, first: int) -> None:
+        import cProfile
+
+        self._new = lambda: cProfile.Profile(time.process_time)
+        self._folder, self._first, self._phase = folder, first, 0
+        self._profile = self._new()
+        self._profile.enable()
+
+    def next_phase(self) -> None:
+        self._profile.disable()
+        self._profile.dump_stats(os.path.join(self._folder, f"emulator-{self._first}-{self._phase}.pstats"))
+        self._phase += 1
+        self._profile = self._new()
+        self._profile.enable()
+
+    def stop(self) -> None:
+        self._profile.disable()
+        self._profile.dump_stats(os.path.join(self._folder, f"emulator-{self._first}-{self._phase}.pstats"))
+
+
 def _swarm_main(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    asyncio.run(_swarm(args))
+    folder = os.environ.get(PROFILE_ENV)
+    if not folder:
+        asyncio.run(_swarm(args))
+        return 0
+    profiler = _PhaseProfiler(folder, args.first)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: profiler.next_phase())
+    try:
+        asyncio.run(_swarm(args))
+    finally:
+        profiler.stop()
     return 0
 
 
@@ -340,8 +415,19 @@ class _CpuMeter:
         self._cpu, self._wall = t.user + t.system, time.monotonic()
 
     def stop(self) -> float:
+        return round(100 * self.cpu_s() / (time.monotonic() - self._wall), 1)
+
+    def cpu_s(self) -> float:
+        """CPU seconds since ``start``."""
         t = self.proc.cpu_times()
-        return round(100 * (t.user + t.system - self._cpu) / (time.monotonic() - self._wall), 1)
+        return t.user + t.system - self._cpu
+
+
+def _next_profile_phase(emulators: list[int]) -> None:
+    """Profiled emulators (``$HPCBATCH_FLEET_PROFILE``) start their next phase's stats."""
+    if os.environ.get(PROFILE_ENV):
+        for pid in emulators:
+            os.kill(pid, signal.SIGUSR1)
 
 
 def _quantile(samples: list[float], q: float) -> float:
@@ -398,13 +484,19 @@ def measure(client: Client, head_pid: int, nodes: int, args: argparse.Namespace,
     out: dict[str, Any] = {}
     head = _CpuMeter(head_pid)
     emus = [_CpuMeter(pid) for pid in emulators]
+    _next_profile_phase(emulators)  # the join ends
     head.start()
     for e in emus:
         e.start()
     time.sleep(args.idle)
     out["head_cpu_idle_pct"] = head.stop()
+    idle_cpu_per_s = 0.0  # the emulators' CPU seconds per second idle
     if emus:
         out["emulator_cpu_max_pct"] = max(e.stop() for e in emus)
+        idle_cpu_per_s = sum(e.cpu_s() for e in emus) / args.idle
+        beats_per_s = nodes / getattr(args, "heartbeat", 1.0)
+        out["agent_cpu_us_per_heartbeat"] = round(1e6 * idle_cpu_per_s / beats_per_s, 1)
+    _next_profile_phase(emulators)  # the idle figure ends
     listed = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -430,14 +522,8 @@ def measure(client: Client, head_pid: int, nodes: int, args: argparse.Namespace,
             gangs.append((main["startedAt"] - t) / 1000)
         out["gang64_submit_to_start_median_s"] = round(statistics.median(gangs), 4)
         out["gang64_submit_to_start_p99_s"] = round(_quantile(gangs, 0.99), 4)
-    head.start()
-    t0 = time.perf_counter()
-    futures = [client.submit_job_async(**_body(i, ["true"])) for i in range(args.jobs)]
-    wait(futures)
-    ids = [f.result()["jobId"] for f in futures]
-    _wait("throughput jobs done", lambda: _all_done(client, ids[-100:]) and _all_done(client, ids), 600, every=0.5)
-    out["jobs_per_s"] = round(args.jobs / (time.perf_counter() - t0), 1)
-    out["head_cpu_load_pct"] = head.stop()
+    out.update(_throughput(client, head, emus, args.jobs, idle_cpu_per_s))
+    _next_profile_phase(emulators)  # the load ends
     if stall is not None:
         out.update(stall())
     out["head_rss_mib"] = round(psutil.Process(head_pid).memory_info().rss / (1 << 20), 1)
@@ -445,6 +531,29 @@ def measure(client: Client, head_pid: int, nodes: int, args: argparse.Namespace,
     if head_log is not None:
         with open(head_log, encoding="utf-8", errors="replace") as f:
             out["nodes_lost"] = len(re.findall(r"Node \S+ lost: ", f.read()))
+    return out
+
+
+def _throughput(client: Client, head: _CpuMeter, emus: list[_CpuMeter], jobs: int,
+                idle_cpu_per_s: float) -> dict[str, Any]:
+    """``jobs`` ``true`` jobs, submitted at once: jobs/s, the head's CPU, and the agents' CPU
+    per job (the emulators' CPU over the run less what they spend idle in as long)."""
+    out: dict[str, Any] = {}
+    head.start()
+    for e in emus:
+        e.start()
+    t0 = time.perf_counter()
+    futures = [client.submit_job_async(**_body(i, ["true"])) for i in range(jobs)]
+    wait(futures)
+    ids = [f.result()["jobId"] for f in futures]
+    _wait("throughput jobs done", lambda: _all_done(client, ids[-100:]) and _all_done(client, ids), 600, every=0.5)
+    took = time.perf_counter() - t0
+    out["jobs_per_s"] = round(jobs / took, 1)
+    out["head_cpu_load_pct"] = head.stop()
+    if emus:
+        load_cpu = sum(e.cpu_s() for e in emus)
+        out["emulator_cpu_load_pct"] = round(100 * load_cpu / took, 1)
+        out["agent_cpu_us_per_job"] = round(1e6 * max(0.0, load_cpu - idle_cpu_per_s * took) / jobs, 1)
     return out
 
 

@@ -69,6 +69,7 @@ REFUSED_RETRY_S = (1.0, 30.0)  # reconnect after the head refused our key: first
 RECV_BATCH = 256  # head messages read per wake-up
 REPORT_WINDOW_S = 0.002  # starts and exits within this long leave as one Reports
 HANDSHAKE_FAILURES_BEFORE_LOG = 3  # a head restarting mid-handshake fails one or two
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)  # plain ints: no enum arithmetic
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -162,6 +163,8 @@ class Agent:
         self._reports: list[p.Message] = []  # starts and exits of this wake-up, sent together at its end
         self._reports_due: asyncio.Handle | None = None
         self._obeying = 0  # head messages being obeyed (their starts are awaited): reports wait for them
+        self._beat_timer: asyncio.TimerHandle | None = None
+        self._output_due = asyncio.Event()  # an attempt runs: its output is shipped as it comes
 
     def _open_socket(self, head_key: bytes) -> None:
         """The DEALER to the active head: CurveZMQ, never blocking, ZMTP heartbeats."""
@@ -179,12 +182,22 @@ class Agent:
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
         # ZMTP heartbeats: a connection whose peer went silent (a cut link leaves TCP waiting
         # on retransmits for minutes) is dropped and redialled, so the node is back as soon
-        # as the network is.
-        self._sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(config.heartbeat_interval_s * 1000)))
-        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1000, int(config.heartbeat_interval_s * config.liveness * 1000)))
+        # as the network is: within a PING interval plus the timeout of the last traffic.
+        # libzmq PINGs every interval whatever else flows, and the head answers each: a PING
+        # every heartbeat was a quarter of the agent's idle CPU (bench/fleet, its I/O thread)
+        # and as many PONGs for the head, so one goes every half timeout (a cut is found
+        # within 1.5 timeouts of the last traffic, not 1.2).
+        timeout_ms = max(1000, int(config.heartbeat_interval_s * config.liveness * 1000))
+        self._sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(config.heartbeat_interval_s * 1000), timeout_ms // 2))
+        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
         self._heads = config.head_endpoints
         self._head = self._heads[0]  # the one endpoint the socket is connected to
         self._sock.connect(self._head)
+        # The same socket without futures: messages are sent and read on it directly (the
+        # asyncio wrapper costs a future, a timer check and several EVENTS reads per message);
+        # see _receive_loop for how the loop is woken.
+        self._raw = zmq.Socket.shadow(self._sock.underlying)
+        self._waiting: asyncio.Future[None] | None = None  # the receive loop, asleep until a message is queued
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
@@ -212,12 +225,14 @@ class Agent:
             self._send_now(message)
 
     def _send_now(self, message: p.Message) -> None:
-        # With NOBLOCK, pyzmq's asyncio send completes at once; an error sits in the future.
-        fut = self._sock.send(p.encode(message), flags=zmq.NOBLOCK)
-        exc = fut.exception() if fut.done() else None
-        if exc is not None and not isinstance(exc, zmq.Again):
+        try:
+            self._raw.send(p.encode(message), _NOBLOCK)
+        except zmq.Again:
+            pass  # not connected; what matters is resent on (re)registration
+        except zmq.ZMQError as exc:
             log.warning("cannot send to the head: %s", exc)
-        # zmq.Again: not connected; what matters is resent on (re)registration.
+        if self._waiting is not None:  # a send may take in the news of a message: its edge is gone
+            self._wake_if_readable()
 
     def _say_once(self, what: str, level: int, message: str, *args: object, **kwargs: Any) -> None:
         if self.core.say_once(what):
@@ -249,7 +264,10 @@ class Agent:
 
     def _perform_guarded(self, effect: s.Effect) -> None:
         try:
-            self._perform(effect)
+            if type(effect) is s.SendToHead:  # most effects: straight to the wire
+                self._send(effect.message)
+            else:
+                self._perform(effect)
         except Exception as exc:  # one effect fails, not the node: see _contain
             self._contain(effect, exc)
 
@@ -344,6 +362,7 @@ class Agent:
             return
         # Told first: whatever fails after this, the attempt runs and is not reported failed.
         self._feed(s.AttemptRunning(msg.attempt_id, msg.job_id, outcome, _now().wall_ms))
+        self._output_due.set()  # its output is shipped as it comes
         if msg.gpu_ids:
             self._gpus_of[msg.attempt_id] = list(msg.gpu_ids)
         grant = launch_grant(msg, self.runner.attempt_uid(msg.attempt_id))
@@ -419,9 +438,16 @@ class Agent:
         self.core.output_shipped(attempt_id, offset)
 
     async def _log_loop(self) -> None:
+        """Ship running attempts' new output every LOG_POLL_S; with none running, sleep until
+        one starts (an idle agent does not wake five times a second for nothing)."""
         while True:
             await asyncio.sleep(LOG_POLL_S)
-            for attempt_id, job_id, _pid, _t in self.runner.running():
+            running = self.runner.running()
+            if not running:
+                self._output_due.clear()
+                await self._output_due.wait()  # set by _start
+                continue
+            for attempt_id, job_id, _pid, _t in running:
                 try:
                     self._ship_output(attempt_id)
                 except Exception:  # that attempt's output waits; the others' goes on
@@ -430,41 +456,85 @@ class Agent:
 
     # --------------------------------------------------------------------- loops
     async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.core.interval)
-            try:
-                self._heartbeat()
-            except Exception:  # the next beat tries again; the agent must not stop beating
-                log.exception("heartbeat failed")
+        """A beat every ``interval`` after the last, from a timer (cheaper than a task that
+        sleeps and wakes); the timer stops when this task is cancelled."""
+        loop = asyncio.get_running_loop()
+        self._beat_timer = loop.call_later(self.core.interval, self._beat)
+        try:
+            await loop.create_future()  # never done: the beats run from the timer
+        finally:
+            self._beat_timer.cancel()
+
+    def _beat(self) -> None:
+        try:
+            self._heartbeat()
+        except Exception:  # the next beat tries again; the agent must not stop beating
+            log.exception("heartbeat failed")
+        self._beat_timer = asyncio.get_running_loop().call_later(self.core.interval, self._beat)
 
     def _heartbeat(self) -> None:
         """One beat: the GPUs' readings into the core, which checks the fence and says what runs."""
-        unhealthy, usage = self._gpu_report([a for a, _r in self.core.running()])
-        self._feed(s.Tick(unhealthy, tuple(usage), self.nvml.utilization()))
+        if self.nvml.available or self._declared_unhealthy:
+            unhealthy, usage = self._gpu_report([a for a, _r in self.core.running()])
+            self._feed(s.Tick(unhealthy, tuple(usage), self.nvml.utilization()))
+        else:  # no GPUs here: nothing to read
+            self._feed(s.Tick())
 
     async def _receive_loop(self) -> None:
         """Read what the head sent, all that is queued per wake-up; the reports it makes leave
-        together at its end."""
-        while True:
-            batch = [await self._sock.recv()]
-            while len(batch) < RECV_BATCH:
-                more = self._sock.recv(flags=zmq.NOBLOCK)  # completes at once: zmq.Again when none is queued
-                if more.exception() is not None:
-                    break
-                batch.append(more.result())
-            self.core.heard(_now())
-            self._obeying += 1
-            try:
-                for data in batch:
-                    await self._obey_data(data)
-            finally:
-                self._obeying -= 1
-                self._report_soon()
+        together at its end.
+
+        The socket's descriptor (ZMQ_FD) is edge-triggered: it becomes readable when the socket
+        has news, and reading the socket's EVENTS (which any send or receive does too) takes the
+        news in. So the loop reads EVENTS before it sleeps, the descriptor's callback reads
+        EVENTS, and so does every send while the loop sleeps: a queued message always wakes it
+        (and the descriptor, read, is quiet again: asyncio watches it level-triggered)."""
+        loop = asyncio.get_running_loop()
+        fd = self._raw.FD
+        loop.add_reader(fd, self._wake_if_readable)
+        try:
+            while True:
+                batch = self._queued()
+                if not batch:
+                    self._waiting = loop.create_future()
+                    try:
+                        await self._waiting
+                    finally:
+                        self._waiting = None
+                    continue
+                await self._obey_batch(batch)
+        finally:
+            loop.remove_reader(fd)
+
+    def _queued(self) -> list[bytes]:
+        """The head's messages queued on the socket (at most RECV_BATCH), without waiting."""
+        batch: list[bytes] = []
+        raw = self._raw
+        while len(batch) < RECV_BATCH and raw.get(_EVENTS) & _POLLIN:
+            batch.append(raw.recv(_NOBLOCK))
+        return batch
+
+    def _wake_if_readable(self) -> None:
+        """Wake the receive loop if a message is queued (and take the descriptor's news in)."""
+        waiting = self._waiting
+        if self._raw.get(_EVENTS) & _POLLIN and waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    async def _obey_batch(self, batch: list[bytes]) -> None:
+        """One wake-up's messages, in order; their reports leave together at its end."""
+        self._obeying += 1
+        try:
+            for data in batch:
+                await self._obey_data(data)
+        finally:
+            self._obeying -= 1
+            self._report_soon()
 
     async def _obey_data(self, data: bytes) -> None:
         try:
             msg = p.decode_from_head(data)
         except msgspec.DecodeError as exc:
+            self.core.heard(_now())  # unreadable, yet the head is alive
             log.warning("dropping an undecodable message from the head: %s", exc)
             return
         await self._obey(msg)
