@@ -184,42 +184,99 @@ def test_site_restarts_agents_for_a_config_change_and_their_job_ends_with_its_ow
     assert {n: v["state"] for n, v in nodes.items()} == {n: "ACTIVE" for n in COMPUTE}
 
 
+class _UpgradeWatch(threading.Thread):
+    """Beside upgrade.yml: once the head answers with the new version, submits the jobs that must
+    run although they come in mid-upgrade; once a compute node is DRAINING while the long jobs
+    still run (the drain waits for them), lets those jobs end (``GO`` on every node). Events, not
+    sleeps: the drain waits exactly until then, and the test knows it had to wait."""
+
+    GO = "/run/hpcbatch-test-upgrade-go"
+
+    def __init__(self, tb: Any, long_jobs: list[str]) -> None:
+        super().__init__(name="upgrade-watch")
+        self.tb, self.long_jobs = tb, long_jobs
+        self.done = threading.Event()
+        self.during: list[str] = []
+        self.draining: tuple[str, dict[str, str]] | None = None  # the node, the long jobs' states then
+        self.error: BaseException | None = None
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        """The head's answer, or None while it is down (upgrade.yml restarts it)."""
+        try:
+            return headapi.call(self.tb, HEAD, method, **kwargs)
+        except AssertionError:
+            return None
+
+    def _until(self, found: Any) -> Any:
+        while not self.done.is_set():
+            result = found()
+            if result:
+                return result
+            time.sleep(0.3)
+        return None
+
+    def _head_upgraded(self) -> bool:
+        whoami = self._call("/hpcbatch/v1/whoami")
+        return bool(whoami) and whoami["headVersion"] == UPGRADE_VERSION
+
+    def _a_drain_waits(self) -> tuple[str, dict[str, str]] | None:
+        nodes = self._call("list_nodes")
+        draining = [n["name"] for n in (nodes or {}).get("nodes", []) if n["state"] == "DRAINING"]
+        jobs = self._call("describe_jobs", jobs=self.long_jobs) if draining else None
+        return (draining[0], {j["jobId"]: j["status"] for j in jobs["jobs"]}) if jobs else None
+
+    def run(self) -> None:
+        try:
+            if self._until(self._head_upgraded):
+                for i in range(2):
+                    self.during.append(str(headapi.call(
+                        self.tb, HEAD, "submit_job", jobName=f"during{i}", jobQueue="default",
+                        jobDefinition="hpcbatch-default", containerOverrides={"command": ["true"]})["jobId"]))
+            self.draining = self._until(self._a_drain_waits)
+        except Exception as e:  # the test reports it, in its own thread
+            self.error = e
+        finally:
+            for host in COMPUTE:
+                self.tb.ssh(host, f"touch {self.GO}")
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join(timeout=120)
+
+
 def test_rolling_upgrade_while_jobs_run_loses_and_repeats_none(site: Site) -> None:
     tb = site.tb
-    def sleeper(name: str, seconds: int, vcpus: int) -> str:
+    def submit(name: str, command: list[str], vcpus: int) -> str:
         return str(headapi.call(tb, HEAD, "submit_job", jobName=name, jobQueue="default",
                                 jobDefinition="hpcbatch-default",
-                                containerOverrides={"command": ["sleep", str(seconds)],
+                                containerOverrides={"command": command,
                                                     "resourceRequirements": [{"type": "VCPU", "value": str(vcpus)}]})["jobId"])
 
     # A whole-node job on every agent, still running when its node's turn comes: the drain
     # must wait for it (an agent restarted under it would end it), and the head's own
-    # restart must not touch it. Then short ones queued behind them.
-    sleepers = [sleeper(f"long{i}", 30, 2) for i in range(3)]
+    # restart must not touch it. They end once the watch has seen a drain wait for them.
+    # Then short ones queued behind them, and jobs submitted while the playbook runs.
+    for host in COMPUTE:
+        tb.ssh(host, f"rm -f {_UpgradeWatch.GO}")
+    hold = ["sh", "-c", f"while [ ! -e {_UpgradeWatch.GO} ]; do sleep 0.2; done"]
+    sleepers = [submit(f"long{i}", hold, 2) for i in range(3)]
     for job_id in sleepers:
         headapi.wait_status(tb, HEAD, job_id, "RUNNING", timeout=60)
-    sleepers += [sleeper(f"short{i}", 2, 1) for i in range(3)]
-    during: list[str] = []
-
-    def submit_during() -> None:  # jobs submitted while the playbook runs must run too
-        time.sleep(15)
-        for i in range(2):
-            during.append(str(headapi.call(
-                tb, HEAD, "submit_job", jobName=f"during{i}", jobQueue="default", jobDefinition="hpcbatch-default",
-                containerOverrides={"command": ["true"]})["jobId"]))
-
-    submitter = threading.Thread(target=submit_during)
-    submitter.start()
-    started = time.time()
+    sleepers += [submit(f"short{i}", ["sleep", "2"], 1) for i in range(3)]
+    watch = _UpgradeWatch(tb, sleepers[:3])
+    watch.start()
     upgrade = run_playbook(site.inventory, "upgrade.yml", "-e", f"hpcbatch_version={UPGRADE_VERSION}",
                            "-e", "upgrade_drain_timeout=300")
-    submitter.join()
+    watch.finish()
     assert upgrade.returncode == 0, upgrade.stdout[-8000:] + upgrade.stderr[-2000:]
+    assert watch.error is None, repr(watch.error)
+    assert len(watch.during) == 2, "the head never answered with the new version while the playbook ran"
 
-    jobs = headapi.wait_jobs(tb, HEAD, sleepers + during, timeout=180)
+    jobs = headapi.wait_jobs(tb, HEAD, sleepers + watch.during, timeout=180)
     # The long jobs were still running once the playbook had upgraded the head and begun on the
     # agents (so a drain had to wait for one), and each ran once to the end.
-    assert max(jobs[j]["stoppedAt"] for j in sleepers[:3]) / 1000 > started + 10
+    assert watch.draining is not None, "no compute node was DRAINING while the playbook ran"
+    assert set(watch.draining[1].values()) == {"RUNNING"}, watch.draining
     assert {j: v["status"] for j, v in jobs.items()} == {j: "SUCCEEDED" for j in jobs}
     assert all(len(v.get("attempts") or []) == 1 for v in jobs.values()), jobs  # none run twice
     nodes = headapi.nodes(tb, HEAD)
