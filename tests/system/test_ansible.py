@@ -318,18 +318,23 @@ def test_rolling_upgrade_while_jobs_run_loses_and_repeats_none(site: Site) -> No
 
 
 def test_versions_change_only_through_upgrade_and_only_to_the_inventorys(site: Site) -> None:
-    # upgrade.yml with a wheel that is not the version it is told to roll out: refused at once.
-    wrong = run_playbook(site.inventory, "upgrade.yml", "-e", "hpcbatch_version=9.9.9",
-                         "-e", f"package_wheel={site.bed.wheel}")
+    old_version = site.bed.wheel.name.split("-")[1]
+    # Three refusals, each before anything changes, so they run side by side.
+    with ThreadPoolExecutor(3) as pool:
+        # upgrade.yml with a wheel that is not the version it is told to roll out: refused at once.
+        wrong_run = pool.submit(run_playbook, site.inventory, "upgrade.yml", "-e", "hpcbatch_version=9.9.9",
+                                "-e", f"package_wheel={site.bed.wheel}")
+        # site.yml told to run another version: refused, nothing installed.
+        other_run = pool.submit(run_playbook, site.inventory, "site.yml", "-e", f"hpcbatch_version={old_version}")
+        # A rebuilt wheel with the installed version: refused with the reason (pip would install nothing).
+        rebuilt_run = pool.submit(run_playbook, site.inventory, "site.yml",
+                                  "-e", f"package_wheel_dir={site.bed.rebuilt_wheel.parent}")
+        wrong, other, rebuilt = wrong_run.result(), other_run.result(), rebuilt_run.result()
     assert wrong.returncode != 0
-    assert f"package_wheel {site.bed.wheel.name} is hpcbatch {site.bed.wheel.name.split('-')[1]}, not hpcbatch_version 9.9.9" \
+    assert f"package_wheel {site.bed.wheel.name} is hpcbatch {old_version}, not hpcbatch_version 9.9.9" \
         in " ".join(wrong.stdout.split()), wrong.stdout[-3000:]
-    # site.yml told to run another version: refused, nothing installed.
-    other = run_playbook(site.inventory, "site.yml", "-e", f"hpcbatch_version={site.bed.wheel.name.split('-')[1]}")
     assert other.returncode != 0
     assert "site.yml never changes the installed version" in " ".join(other.stdout.split()), other.stdout[-3000:]
-    # A rebuilt wheel with the installed version: refused with the reason (pip would install nothing).
-    rebuilt = run_playbook(site.inventory, "site.yml", "-e", f"package_wheel_dir={site.bed.rebuilt_wheel.parent}")
     assert rebuilt.returncode != 0
     assert "has the same version but other content" in " ".join(rebuilt.stdout.split()), rebuilt.stdout[-3000:]
     assert inventory_version(site.inventory) == UPGRADE_VERSION
