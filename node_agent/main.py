@@ -57,6 +57,7 @@ from node_agent.head_epoch import HeadEpoch
 from node_agent.lease import LeaseFile
 from node_agent.runner import AttemptResult, Runner
 from node_agent.runner import describe_failure as _describe
+from node_agent.wire import FuturelessSocket
 from node_agent.workdir_mount import WorkdirMount
 
 __all__ = ["Agent", "gpu_environment", "main"]
@@ -69,7 +70,6 @@ REFUSED_RETRY_S = (1.0, 30.0)  # reconnect after the head refused our key: first
 RECV_BATCH = 256  # head messages read per wake-up
 REPORT_WINDOW_S = 0.002  # starts and exits within this long leave as one Reports
 HANDSHAKE_FAILURES_BEFORE_LOG = 3  # a head restarting mid-handshake fails one or two
-_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)  # plain ints: no enum arithmetic
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -193,11 +193,7 @@ class Agent:
         self._heads = config.head_endpoints
         self._head = self._heads[0]  # the one endpoint the socket is connected to
         self._sock.connect(self._head)
-        # The same socket without futures: messages are sent and read on it directly (the
-        # asyncio wrapper costs a future, a timer check and several EVENTS reads per message);
-        # see _receive_loop for how the loop is woken.
-        self._raw = zmq.Socket.shadow(self._sock.underlying)
-        self._waiting: asyncio.Future[None] | None = None  # the receive loop, asleep until a message is queued
+        self._wire = FuturelessSocket(self._sock, RECV_BATCH)  # how messages are sent and read (node_agent.wire)
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
@@ -226,13 +222,11 @@ class Agent:
 
     def _send_now(self, message: p.Message) -> None:
         try:
-            self._raw.send(p.encode(message), _NOBLOCK)
+            self._wire.send(p.encode(message))
         except zmq.Again:
             pass  # not connected; what matters is resent on (re)registration
         except zmq.ZMQError as exc:
             log.warning("cannot send to the head: %s", exc)
-        if self._waiting is not None:  # a send may take in the news of a message: its edge is gone
-            self._wake_if_readable()
 
     def _say_once(self, what: str, level: int, message: str, *args: object, **kwargs: Any) -> None:
         if self.core.say_once(what):
@@ -482,43 +476,10 @@ class Agent:
 
     async def _receive_loop(self) -> None:
         """Read what the head sent, all that is queued per wake-up; the reports it makes leave
-        together at its end.
-
-        The socket's descriptor (ZMQ_FD) is edge-triggered: it becomes readable when the socket
-        has news, and reading the socket's EVENTS (which any send or receive does too) takes the
-        news in. So the loop reads EVENTS before it sleeps, the descriptor's callback reads
-        EVENTS, and so does every send while the loop sleeps: a queued message always wakes it
-        (and the descriptor, read, is quiet again: asyncio watches it level-triggered)."""
-        loop = asyncio.get_running_loop()
-        fd = self._raw.FD
-        loop.add_reader(fd, self._wake_if_readable)
-        try:
+        together at its end."""
+        with self._wire.watching():
             while True:
-                batch = self._queued()
-                if not batch:
-                    self._waiting = loop.create_future()
-                    try:
-                        await self._waiting
-                    finally:
-                        self._waiting = None
-                    continue
-                await self._obey_batch(batch)
-        finally:
-            loop.remove_reader(fd)
-
-    def _queued(self) -> list[bytes]:
-        """The head's messages queued on the socket (at most RECV_BATCH), without waiting."""
-        batch: list[bytes] = []
-        raw = self._raw
-        while len(batch) < RECV_BATCH and raw.get(_EVENTS) & _POLLIN:
-            batch.append(raw.recv(_NOBLOCK))
-        return batch
-
-    def _wake_if_readable(self) -> None:
-        """Wake the receive loop if a message is queued (and take the descriptor's news in)."""
-        waiting = self._waiting
-        if self._raw.get(_EVENTS) & _POLLIN and waiting is not None and not waiting.done():
-            waiting.set_result(None)
+                await self._obey_batch(await self._wire.receive())
 
     async def _obey_batch(self, batch: list[bytes]) -> None:
         """One wake-up's messages, in order; their reports leave together at its end."""
