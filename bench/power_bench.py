@@ -16,8 +16,6 @@ Run: ``python -m bench.power_bench [ROUNDS]`` (default 3).
 
 from __future__ import annotations
 
-import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -25,6 +23,7 @@ import time
 from pathlib import Path
 
 from tests.harness import TestCluster, wait_for
+from tests.managed_pool import stop_powered_agents
 
 
 def main(rounds: int = 3) -> None:
@@ -62,11 +61,7 @@ def main(rounds: int = 3) -> None:
             print(f"submit_to_running_powered_down_s={statistics.median(total):.3f}")
             print(f"power_down_after_idle_s={statistics.median(down):.3f}")
         finally:
-            for pid_file in root.glob("*.power.pid"):
-                try:
-                    os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
+            stop_powered_agents(root)
             c.close()
 
 

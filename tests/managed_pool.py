@@ -2,7 +2,7 @@
 
 One head with one power pool, ``managed``, whose "machines" are the bed's namespaces: the
 netns power driver starts and stops their agents (it writes ``<node>.power.pid`` files the
-harness does not know, so they are killed here on the way out).
+harness does not know, so ``stop_powered_agents`` kills them on the way out).
 """
 
 from __future__ import annotations
@@ -39,12 +39,17 @@ def managed_pool(root: Path, nodes: int, pool_options: str, *, liveness: int | N
         c.start_head()
         yield c
     finally:
-        for pid_file in root.glob("*.power.pid"):
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        stop_powered_agents(root)
         c.close()
+
+
+def stop_powered_agents(agent_config_dir: Path) -> None:
+    """Kill the agents the netns power driver started (its ``<node>.power.pid`` files)."""
+    for pid_file in agent_config_dir.glob("*.power.pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
 
 
 def power_of(c: TestCluster) -> dict[str, dict[str, Any]]:
