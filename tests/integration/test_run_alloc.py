@@ -374,9 +374,11 @@ def test_ctrl_c_on_run_outside_a_job_terminates_the_job(quad: TestCluster) -> No
     finally:
         proc.kill()
         proc.wait()
-    (job,) = wait_for(lambda: quad.client.list_jobs(jobQueue="default", jobStatus="FAILED", filters=[
-        {"name": "JOB_NAME", "values": ["run-interrupted"]}])["jobSummaryList"], 30, what="the job FAILED")
-    assert "interrupted" in str(quad.job(job["jobId"]).get("statusReason")), quad.job(job["jobId"])
+    # A JOB_NAME filter makes ListJobs ignore jobStatus (as AWS does): find the job, then wait on it.
+    (job,) = quad.client.list_jobs(jobQueue="default", filters=[
+        {"name": "JOB_NAME", "values": ["run-interrupted"]}])["jobSummaryList"]
+    ended = quad.wait_status(job["jobId"], "FAILED", "SUCCEEDED", timeout=30)
+    assert ended["status"] == "FAILED" and "interrupted" in str(ended.get("statusReason")), ended
 
 
 def test_run_on_one_node_outside_and_inside_a_one_node_job(quad: TestCluster) -> None:
