@@ -201,6 +201,10 @@ class Engine:
         """Every known node's name, sorted."""
         return self.registry.names()
 
+    def node_shapes_version(self) -> int:
+        """Moves whenever a node becomes known, registers (new facts) or changes compute environment."""
+        return self.registry.shapes_version
+
     def drained_nodes(self) -> dict[str, str]:
         """Node -> drain reason, for the nodes drained now (kept across head restarts by the service)."""
         return self.registry.drained()

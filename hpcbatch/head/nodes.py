@@ -77,6 +77,9 @@ class NodeRegistry:
         self._fencing = fencing or FencingConfig()
         self.nodes: dict[str, NodeInfo] = {}
         self._names: tuple[set[str], list[str]] | None = None  # (the names, sorted) as last sorted
+        # Counts changes to what nodes are known with which facts and compute environments
+        # (SubmitJob's satisfiability check rebuilds its node shapes only when it moves).
+        self.shapes_version = 0
         self._recorded: dict[str, tuple[str, str]] = {}  # node -> (state, reason) last put in the stream
         self._selectors: dict[str, tuple[str, str]] = {}  # CE -> label key=value it takes
         self._holds: dict[str, HeldRetry] = {}  # job id -> its held retry
@@ -120,7 +123,11 @@ class NodeRegistry:
     # ------------------------------------------------------------- lifecycle
     def ensure(self, name: str) -> NodeInfo:
         """The node, known from now on (DOWN until it registers)."""
-        return self.nodes.setdefault(name, NodeInfo(facts=None))
+        node = self.nodes.get(name)
+        if node is None:
+            node = self.nodes[name] = NodeInfo(facts=None)
+            self.shapes_version += 1
+        return node
 
     def expect(self, name: str, job_id: str, now_ms: int) -> None:
         """After a head restart: ``job_id`` runs on ``name`` as far as the store knows."""
@@ -133,6 +140,7 @@ class NodeRegistry:
         """The node joined with ``msg``'s facts: (the node, a GPU shortfall it was drained for, if any)."""
         node = self.ensure(name)
         node.facts, node.instance_id = msg.node, msg.instance_id
+        self.shapes_version += 1
         node.last_heartbeat_at = now_ms
         node.gpu_unhealthy = head_gpus.unhealthy_gpus(msg.node)
         shortfall = head_gpus.gpu_shortfall(msg.node)
@@ -218,10 +226,14 @@ class NodeRegistry:
             self._selectors[compute_environment] = (key, value)
         else:
             self._selectors.pop(compute_environment, None)
-        return old != self._selectors.get(compute_environment)
+        if old != self._selectors.get(compute_environment):
+            self.shapes_version += 1
+            return True
+        return False
 
     def drop_selector(self, compute_environment: str) -> None:
-        self._selectors.pop(compute_environment, None)
+        if self._selectors.pop(compute_environment, None) is not None:
+            self.shapes_version += 1
 
     def joined_by_label(self) -> list[str]:
         """Up nodes that join a compute environment by label (they may move when a selector changes)."""

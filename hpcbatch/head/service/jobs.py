@@ -17,7 +17,6 @@ from typing import Any
 from hpcbatch.auth.policy import Caller, check_job_access, may_see_job
 from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.containers import check_container
-from hpcbatch.head.powerviews import pool_node_shapes
 from hpcbatch.head.service.common import (
     JobIdGenerator,
     ServiceContext,
@@ -26,7 +25,8 @@ from hpcbatch.head.service.common import (
     name_of,
     now_ms,
 )
-from hpcbatch.model.jobs import JobRecord, ResourceRequest
+from hpcbatch.head.service.satisfiable import SatisfiabilityCheck
+from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.model.multinode import split_child_id
 from hpcbatch.model.submit import SCRIPT_ENV, SubmitFacts, SubmitPlan, plan_submit
@@ -52,6 +52,7 @@ class Jobs:
     def __init__(self, cx: ServiceContext) -> None:
         self._cx = cx
         self._job_id = JobIdGenerator()
+        self._satisfiable = SatisfiabilityCheck(cx)
         # (owner, client token) -> job, for submitted jobs not yet committed (then the store
         # answers): a retry that comes before the commit must find the job too.
         self._recent_tokens: dict[tuple[str, str], JobRecord] = {}
@@ -125,59 +126,12 @@ class Jobs:
         plan = plan_submit(body, facts)
         self._check_planned(plan, caller)
         job = plan.job
-        self._check_satisfiable(facts.queue, job.num_nodes, job.resources, job.tags)
+        self._satisfiable.check(facts.queue, job.num_nodes, job.resources, job.tags)
         self._cx.engine.submit(job, plan.children)
         if token is not None:
             self._recent_tokens[(caller.user, token)] = job
             self._token_of_job[job.job_id] = (caller.user, token)
         return {"jobArn": self._cx.arn("job", job.job_id), "jobName": job.job_name, "jobId": job.job_id}
-
-    def _check_satisfiable(
-        self, queue: dict[str, Any], num_nodes: int, resources: ResourceRequest, tags: dict[str, str]
-    ) -> None:
-        """Refuse a job no node set of the queue's compute environments can ever hold (issue 18),
-        unless its tags accept that (``hpcbatch:allowUnsatisfiable``); the rule is in scheduler.satisfy."""
-        from hpcbatch.head.containers import CONTAINER_FEATURE
-        from hpcbatch.scheduler.satisfy import (
-            ALLOW_UNSATISFIABLE_TAG,
-            EnvironmentShape,
-            NodeShape,
-            allows_unsatisfiable,
-            why_unsatisfiable,
-        )
-
-        if allows_unsatisfiable(tags):
-            return
-        shapes = []
-        for entry in sorted(queue.get("computeEnvironmentOrder") or [], key=lambda e: e.get("order", 0)):
-            doc = self._cx.store.get_resource("ce", name_of(entry["computeEnvironment"]))
-            if doc is None:
-                continue
-            name, compute = doc["computeEnvironmentName"], doc.get("computeResources") or {}
-            nodes = tuple(
-                NodeShape(
-                    node, info.facts.vcpus, info.facts.memory_mib, max(len(info.facts.gpus), info.facts.declared_gpus),  # unhealthy ones heal
-                    info.facts.placement_group,
-                    frozenset((CONTAINER_FEATURE,)) if info.facts.container_runtime else frozenset(),
-                )
-                for node, info in self._cx.engine.nodes_snapshot().items()
-                if info.facts is not None and self._cx.engine.compute_environment_of(node) == name
-            ) + tuple(  # a MANAGED CE's powered-down nodes never seen yet: they can be powered up
-                NodeShape(n, v, m) for n, v, m in pool_node_shapes(name, self._cx.power_pools, set(self._cx.engine.node_names()))
-            )
-            max_vcpus = compute.get("maxvCpus")
-            shapes.append(EnvironmentShape(
-                name, None if max_vcpus is None else float(max_vcpus), bool(compute.get("placementGroup")), nodes,
-            ))
-        # Resources only: a feature such as a container runtime can be installed; the wait reason tells.
-        plain = ResourceRequest(vcpus=resources.vcpus, memory_mib=resources.memory_mib, gpus=resources.gpus)
-        reason = why_unsatisfiable(num_nodes, plain, shapes)
-        if reason is not None:
-            raise ClientError(
-                f"{reason} (job queue {queue['jobQueueName']}); no node set can ever hold this job. "
-                f"To queue it anyway (nodes to come), tag it {ALLOW_UNSATISFIABLE_TAG}=true "
-                "(hpcbatch submit --allow-unsatisfiable)"
-            )
 
     def _jobs(self, job_ids: list[str]) -> list[JobRecord]:
         live = [self._cx.engine.job(i) for i in job_ids]

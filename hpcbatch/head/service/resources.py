@@ -355,6 +355,8 @@ class Resources:
                                         status, doc)
             if store_kind == "queue":  # a queue's hpcbatch:preempts/preemptible tags are scheduling settings
                 self._cx.engine.job_queue_changed(doc)
+            elif store_kind == "ce":  # a CE's hpcbatch:nodeSelector tag chooses the nodes that join it by label
+                self._cx.engine.compute_environment_changed(doc)
 
         return dict(doc.get("tags") or {}), put
 
