@@ -45,6 +45,7 @@ from zmq.utils.monitor import parse_monitor_message
 from hpcbatch import __version__
 from hpcbatch import protocol as p
 from hpcbatch.curve import CurveKeyError, ensure_keypair, load_public_key
+from hpcbatch.wire import FuturelessSocket
 from node_agent import state as s
 from node_agent.attempt_env import NodeSetting, attempt_spec, gpu_environment, launch_grant
 from node_agent.bridge import LaunchBridge, socket_path
@@ -57,7 +58,6 @@ from node_agent.head_epoch import HeadEpoch
 from node_agent.lease import LeaseFile
 from node_agent.runner import AttemptResult, Runner
 from node_agent.runner import describe_failure as _describe
-from node_agent.wire import FuturelessSocket
 from node_agent.workdir_mount import WorkdirMount
 
 __all__ = ["Agent", "gpu_environment", "main"]
@@ -193,7 +193,7 @@ class Agent:
         self._heads = config.head_endpoints
         self._head = self._heads[0]  # the one endpoint the socket is connected to
         self._sock.connect(self._head)
-        self._wire = FuturelessSocket(self._sock, RECV_BATCH)  # how messages are sent and read (node_agent.wire)
+        self._wire = FuturelessSocket(self._sock, RECV_BATCH)  # how messages are sent and read (hpcbatch.wire)
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:

@@ -34,7 +34,8 @@ Batches (issue 22): a node whose Register says ``batches`` gets a step's starts 
 ``Orders`` (the engine's outbox groups them, asking ``batches``); any other node gets them one
 by one. Every ``Welcome`` says the head takes ``Reports``.
 
-Scale (bench/fleet): messages are read in batches of up to ``RECV_BATCH`` per wake-up; an
+Scale (bench/fleet): messages are read in batches of up to ``RECV_BATCH`` per wake-up, and
+read and written without pyzmq's per-message futures (``hpcbatch.wire``); an
 agent's heartbeat is answered on receipt, so the head's heartbeats are spread as the agents'
 are, instead of one burst to every node each interval.
 """
@@ -63,6 +64,7 @@ from hpcbatch.errors import HpcbatchError
 from hpcbatch.head.engine import Engine
 from hpcbatch.head.liveness import LivenessJudge
 from hpcbatch.head.nodekeys import NodeKeyRegistry, ZapCredentials
+from hpcbatch.wire import FuturelessSocket
 
 log = logging.getLogger("hpcbatch.fleet")
 
@@ -127,6 +129,7 @@ class Fleet:
         self._sock = self._socket()
         self._sock.bind(bind)
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._wire = FuturelessSocket(self._sock, RECV_BATCH, frames=True)  # every send and receive (hpcbatch.wire)
         self._engine = engine
         self._head_id = settings.head_id
         self._epoch = settings.epoch  # fencing token: stamped on every message (hpcbatch.head.lease)
@@ -188,19 +191,17 @@ class Fleet:
 
     def _send_to(self, node: str, route: bytes, data: bytes) -> bool:
         """False if the connection is gone (the caller holds the message)."""
-        # With NOBLOCK, pyzmq's asyncio send completes at once; errors sit in the future.
-        fut = self._sock.send_multipart([route, data], flags=zmq.NOBLOCK)
-        exc = fut.exception() if fut.done() else None
-        if exc is None:
-            return True
-        if isinstance(exc, zmq.Again):
+        try:
+            self._wire.send_multipart([route, data])
+        except zmq.Again:
             log.warning("send queue to %s is full; dropped a message", node)
-            return True
-        if isinstance(exc, zmq.ZMQError) and exc.errno in (zmq.EHOSTUNREACH, zmq.ENOTSOCK):
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.ENOTSOCK):
+                log.warning("cannot send to %s: %s", node, exc)
+                return True
             if self._routes.get(node) == route:
                 del self._routes[node]
             return False
-        log.warning("cannot send to %s: %s", node, exc)
         return True
 
     def _hold(self, node: str, message: p.Message, data: bytes) -> None:
@@ -237,22 +238,18 @@ class Fleet:
             tasks.create_task(self._heartbeat_loop())
 
     async def _receive_loop(self) -> None:
-        while True:
-            batch = [await self._sock.recv_multipart(copy=False)]
-            # Everything queued is read now, stamped with one arrival time: a node's "last
-            # heard" is when its message arrived, not when the head got round to it.
-            arrived = time.monotonic()
-            while len(batch) < RECV_BATCH:
-                more = self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)  # completes at once
-                if more.exception() is not None:  # zmq.Again: nothing more queued
-                    break
-                batch.append(more.result())
-            for frames in batch:
-                try:
-                    self._handle(frames, arrived)
-                except Exception:  # the engine contains its handlers; this is the fleet's own last guard
-                    log.exception("dropping a message the fleet could not handle")
-            await asyncio.sleep(0)  # a full batch: let the API and the scheduler run between batches
+        with self._wire.watching():
+            while True:
+                batch = await self._wire.receive()
+                # Everything queued is read now, stamped with one arrival time: a node's "last
+                # heard" is when its message arrived, not when the head got round to it.
+                arrived = time.monotonic()
+                for frames in batch:
+                    try:
+                        self._handle(frames, arrived)
+                    except Exception:  # the engine contains its handlers; this is the fleet's own last guard
+                        log.exception("dropping a message the fleet could not handle")
+                await asyncio.sleep(0)  # let the API and the scheduler run between batches
 
     def _handle(self, frames: list[Any], arrived: float) -> None:
         incoming = self._identify(frames)

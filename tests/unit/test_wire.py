@@ -1,4 +1,4 @@
-"""node_agent.wire over a real ROUTER/DEALER pair (loopback TCP): the agent's reader wakes for
+"""hpcbatch.wire over real ROUTER/DEALER pairs (loopback TCP): the agent's and the head's reader wake for
 every queued message, including one whose descriptor edge a send took in while it slept."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from node_agent.wire import FuturelessSocket
+from hpcbatch.wire import FuturelessSocket
 
 
 @pytest.fixture
@@ -125,3 +125,39 @@ def test_a_send_with_no_peer_raises_again_and_the_reader_keeps_working(pair) -> 
         asyncio.run(run())
     finally:
         lonely.close()
+
+
+def test_the_routers_side_reads_frames_and_a_reply_takes_in_the_next_messages_news(pair) -> None:  # noqa: ANN001
+    """The head's ROUTER (hpcbatch.head.fleet): messages come as frames (the routing id first),
+    and a reply sent while the reader sleeps must not lose the next message's edge."""
+    router, dealer, ctx = pair
+    head = ctx.socket(zmq.ROUTER)  # an asyncio ROUTER, as the head's; the pair's plain DEALER talks to it
+    head.setsockopt(zmq.LINGER, 0)
+    head.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    port = head.bind_to_random_port("tcp://127.0.0.1")
+    agent = zmq.Context.instance().socket(zmq.DEALER)
+    agent.setsockopt(zmq.LINGER, 0)
+    agent.connect(f"tcp://127.0.0.1:{port}")
+
+    async def run() -> tuple[list[bytes], list[bytes]]:
+        wire = FuturelessSocket(head, batch=8, frames=True)
+        agent.send(b"register")
+        (first,) = await _receive_within(wire, 5)
+        route, body = first[0].bytes, first[1].bytes
+        with wire.watching():
+            reader = asyncio.ensure_future(wire.receive())
+            await asyncio.sleep(0.05)
+            agent.send(b"heartbeat")
+            time.sleep(0.3)  # queued on the head's side; no loop turn yet
+            wire.send_multipart([route, b"welcome"])  # takes the news in
+            (second,) = await asyncio.wait_for(reader, 5)
+        with pytest.raises(zmq.ZMQError) as gone:  # ROUTER_MANDATORY: a route nobody has
+            wire.send_multipart([b"\0nobody", b"x"])
+        assert gone.value.errno == zmq.EHOSTUNREACH
+        return [body, second[1].bytes], [agent.recv() if agent.poll(5000) else b""]
+
+    try:
+        assert asyncio.run(run()) == ([b"register", b"heartbeat"], [b"welcome"])
+    finally:
+        agent.close()
+        head.close()

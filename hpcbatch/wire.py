@@ -1,8 +1,10 @@
-"""The agent's DEALER read and written without pyzmq's asyncio futures.
+"""A ZeroMQ socket read and written on asyncio without pyzmq's futures: the agent's DEALER
+(node_agent.main) and the head's ROUTER (hpcbatch.head.fleet).
 
 pyzmq's asyncio socket costs a future, a timer check and several EVENTS reads per message:
-on an idle node most of the agent's CPU (bench/fleet, ``agent_cpu_us_per_heartbeat``). This
-reads and writes the same socket through a plain shadow of it instead.
+on an idle node most of the agent's CPU (bench/fleet, ``agent_cpu_us_per_heartbeat``), and at
+10,000 nodes 40 % of the head's (py-spy, ``bench/fleet --nodes 10000``). This reads and
+writes the same socket through a plain shadow of it instead.
 
 How the reader is woken: the socket's descriptor (ZMQ_FD) is edge-triggered. It becomes
 readable when the socket has news, and reading the socket's EVENTS (which any send or
@@ -25,11 +27,16 @@ _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK) 
 
 
 class FuturelessSocket:
-    """A ZeroMQ socket's messages, ``batch`` at most per read, without futures per message."""
+    """A ZeroMQ socket's messages, ``batch`` at most per read, without futures per message.
 
-    def __init__(self, sock: zmq.Socket[Any], batch: int) -> None:
+    A message is one ``bytes`` (a DEALER's), or with ``frames`` its list of ``zmq.Frame``s (a
+    ROUTER's: the routing id first; a frame carries its connection's User-Id and SRCFD).
+    """
+
+    def __init__(self, sock: zmq.Socket[Any], batch: int, *, frames: bool = False) -> None:
         self._raw: zmq.Socket[Any] = zmq.Socket.shadow(sock.underlying)
         self._batch = batch
+        self._frames = frames
         self._waiting: asyncio.Future[None] | None = None  # the reader, asleep until a message is queued
 
     def send(self, data: bytes) -> None:
@@ -40,15 +47,23 @@ class FuturelessSocket:
             if self._waiting is not None:  # the send may have taken in a message's news: its edge is gone
                 self._wake_if_readable()
 
-    def queued(self) -> list[bytes]:
+    def send_multipart(self, parts: list[bytes]) -> None:
+        """``send`` of a message of several frames (a ROUTER's: the routing id first)."""
+        try:
+            self._raw.send_multipart(parts, _NOBLOCK)
+        finally:
+            if self._waiting is not None:
+                self._wake_if_readable()
+
+    def queued(self) -> list[Any]:
         """The messages queued now (at most ``batch``), without waiting."""
-        batch: list[bytes] = []
+        batch: list[Any] = []
         raw = self._raw
         while len(batch) < self._batch and raw.get(_EVENTS) & _POLLIN:
-            batch.append(raw.recv(_NOBLOCK))
+            batch.append(raw.recv_multipart(_NOBLOCK, copy=False) if self._frames else raw.recv(_NOBLOCK))
         return batch
 
-    async def receive(self) -> list[bytes]:
+    async def receive(self) -> list[Any]:
         """The next messages (at most ``batch``), waiting until one is queued; only inside ``watching``."""
         while True:
             batch = self.queued()
