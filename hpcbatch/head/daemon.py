@@ -25,6 +25,7 @@ from hpcbatch.head.config import HeadConfig, load_head_config
 from hpcbatch.head.engine import Engine, EngineOptions
 from hpcbatch.head.faults import RAISE_ON_ENV
 from hpcbatch.head.fleet import Fleet, FleetSettings
+from hpcbatch.head.gc_policy import CollectorPolicy
 from hpcbatch.head.ha import add_describe_route, standby_app
 from hpcbatch.head.lease import HeadLease
 from hpcbatch.head.logs import LogStore
@@ -416,8 +417,13 @@ def main(config_path: str, store: str | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         if not await _wait_for_database(config, stop):
             return
+        collector = CollectorPolicy(loop)  # the long-lived state out of the collector's walks
+        collector.install()
         head = Head(config)
-        await head.run(stop)
+        try:
+            await head.run(stop)
+        finally:
+            collector.uninstall()
         if head.lost_lease is not None:
             raise LeaseLost(head.lost_lease)
 

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hpcbatch.head.engine import Engine
+from hpcbatch.head.gc_policy import full_collections
 from hpcbatch.head.powerviews import power_metrics
 from hpcbatch.head.service import BatchService
 from hpcbatch.model.jobs import JobRecord
@@ -46,6 +47,7 @@ class _StateCollector(Collector):
         yield from self._nodes(engine)
         yield from self._capacity(service, engine)
         yield from self._node_health(engine)
+        yield from _gc_metrics()
 
     @staticmethod
     def _jobs(service: BatchService) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -119,6 +121,18 @@ class _StateCollector(Collector):
         yield busy
         yield from _fault_metrics(engine)
         yield from power_metrics(engine.power)  # MANAGED pools: power states, node-hours powered/saved
+
+
+def _gc_metrics() -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The head's full garbage collections and their pauses (hpcbatch.head.gc_policy)."""
+    full = full_collections()
+    if full is None:
+        return
+    yield CounterMetricFamily("hpcbatch_head_gc_full_collections", "Full (generation 2) collections", value=full.count)
+    yield CounterMetricFamily("hpcbatch_head_gc_full_collection_seconds", "Event-loop time stopped in full collections",
+                              value=full.total_s)
+    yield GaugeMetricFamily("hpcbatch_head_gc_full_collection_longest_seconds", "The longest full collection",
+                            value=full.longest_s)
 
 
 def _fault_metrics(engine: Engine) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

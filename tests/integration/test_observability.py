@@ -76,6 +76,9 @@ def test_metrics_agree_with_the_api_after_a_known_workload(cluster: TestCluster,
     assert m[("hpcbatch_compute_environment_memory_bytes_free", ce)] == sum(n["memoryMiB"] for n in active) * 2**20
     for n in nodes:
         assert 0 <= m[("hpcbatch_node_heartbeat_age_seconds", (("node", n["name"]),))] < 30
+    full = m[("hpcbatch_head_gc_full_collections_total", ())]  # the head's collector policy is installed
+    assert full >= 0 and m[("hpcbatch_head_gc_full_collection_seconds_total", ())] >= 0
+    assert m[("hpcbatch_head_gc_full_collection_longest_seconds", ())] <= m[("hpcbatch_head_gc_full_collection_seconds_total", ())]
 
 
 def test_metrics_show_capacity_held_by_a_running_job(cluster: TestCluster) -> None:
