@@ -119,6 +119,7 @@ from hpcbatch.curve import KeyPair, ensure_keypair, load_public_key
 from hpcbatch.errors import HpcbatchError
 from node_agent.attempt_env import NodeSetting
 from node_agent.config import AgentConfig
+from node_agent.head_link import HeadLink
 from node_agent.main import Agent
 from node_agent.main import _now as agent_now
 from node_agent.runner import AttemptResult, AttemptSpec
@@ -255,10 +256,10 @@ class EmulatedAgent(Agent):
         self.bridge = _NoBridge()  # type: ignore[assignment]
         self.keys = keys
         self._ctx = ctx
-        self._open_socket(head_key)
+        self._link = HeadLink(ctx, keys, head_key, config)
         self._epoch_memory = _EpochInMemory()  # type: ignore[assignment]
         self.core = AgentState(
-            AgentIdentity(self.instance_id, self.facts, head_count=len(self._heads)),
+            AgentIdentity(self.instance_id, self.facts, head_count=len(self._link.heads)),
             epoch=0, heartbeat_interval_s=config.heartbeat_interval_s, liveness=config.liveness, now=agent_now(),
         )
         self._node = NodeSetting(base_env={"PATH": "/usr/bin:/bin"}, hostname=config.name, facts=self.facts,
@@ -297,9 +298,7 @@ class EmulatedAgent(Agent):
                 task.cancel()
             if self._reports_due is not None:
                 self._reports_due.cancel()
-            self._sock.disable_monitor()
-            self._monitor.close(linger=0)
-            self._sock.close(linger=0)
+            self._link.close()
 
 
 # ------------------------------------------------------------------------------- keys
