@@ -4,12 +4,12 @@ What the agent decides (which order to obey, what to answer a duplicate, when to
 exit, when to fence) is node_agent/state.py's ``AgentState``: messages and local facts in,
 typed effects out. This module feeds it and performs the effects.
 
-One asyncio loop; one DEALER socket, a CurveZMQ client with this node's key pair that pins
-the head's public key (a head without the matching secret key cannot complete the
-handshake). The head knows the node by its key, enrolled on the head (``hpcbatch nodes keys
-accept NAME``); until then the head does not answer, and the agent says so once. A head
-that refuses the key outright (rejected, revoked) fails the handshake; libzmq then stops
-reconnecting, so the agent reconnects itself, backing off. Sends never block:
+One asyncio loop; one DEALER socket (node_agent/head_link.py), a CurveZMQ client with this
+node's key pair that pins the head's public key (a head without the matching secret key
+cannot complete the handshake). The head knows the node by its key, enrolled on the head
+(``hpcbatch nodes keys accept NAME``); until then the head does not answer, and the agent
+says so once. A head that refuses the key outright (rejected, revoked) fails the handshake;
+libzmq then stops reconnecting, so the agent reconnects itself, backing off. Sends never block:
 with ``IMMEDIATE`` set, a message for a head that is not connected is dropped, and what
 must not be lost is kept and resent instead (exits until the head acknowledges them, log
 bytes from the offsets the head reports in ``Welcome``). Exits not yet acknowledged are
@@ -40,12 +40,10 @@ from typing import Any
 import msgspec
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from hpcbatch import __version__
 from hpcbatch import protocol as p
 from hpcbatch.curve import CurveKeyError, ensure_keypair, load_public_key
-from hpcbatch.wire import FuturelessSocket
 from node_agent import state as s
 from node_agent.attempt_env import NodeSetting, attempt_spec, gpu_environment, launch_grant
 from node_agent.bridge import LaunchBridge, socket_path
@@ -55,6 +53,7 @@ from node_agent.cpu_binding import agent_cpus
 from node_agent.discovery import discover
 from node_agent.gpus_nvml import NvmlGpus
 from node_agent.head_epoch import HeadEpoch
+from node_agent.head_link import HeadLink
 from node_agent.lease import LeaseFile
 from node_agent.runner import AttemptResult, Runner
 from node_agent.runner import describe_failure as _describe
@@ -66,16 +65,7 @@ log = logging.getLogger("hpcbatch.agent")
 
 LOG_CHUNK = 256 * 1024
 LOG_POLL_S = 0.2
-REFUSED_RETRY_S = (1.0, 30.0)  # reconnect after the head refused our key: first, longest wait
-RECV_BATCH = 256  # head messages read per wake-up
 REPORT_WINDOW_S = 0.002  # starts and exits within this long leave as one Reports
-HANDSHAKE_FAILURES_BEFORE_LOG = 3  # a head restarting mid-handshake fails one or two
-_MONITORED = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
 
 
 def _now() -> s.Now:
@@ -139,12 +129,12 @@ class Agent:
         self.keys = ensure_keypair(config.curve_secret_key_path, config.curve_public_key_path)
         head_key = load_public_key(config.head_public_key)
         self._ctx = zmq.asyncio.Context()
-        self._open_socket(head_key)
+        self._link = HeadLink(self._ctx, self.keys, head_key, config)  # the DEALER to the active head
         # The newest head epoch seen, kept across restarts: older heads' orders are refused.
         self._epoch_memory = HeadEpoch(self.state, head_key)
         self._lease = LeaseFile(self.state / "lease")  # when a head last heard this node
         self.core = s.AgentState(
-            s.AgentIdentity(self.instance_id, self.facts, head_count=len(self._heads)),
+            s.AgentIdentity(self.instance_id, self.facts, head_count=len(self._link.heads)),
             epoch=self._epoch_memory.load(), heartbeat_interval_s=config.heartbeat_interval_s,
             liveness=config.liveness, now=_now(),
         )
@@ -165,35 +155,6 @@ class Agent:
         self._obeying = 0  # head messages being obeyed (their starts are awaited): reports wait for them
         self._beat_timer: asyncio.TimerHandle | None = None
         self._output_due = asyncio.Event()  # an attempt runs: its output is shipped as it comes
-
-    def _open_socket(self, head_key: bytes) -> None:
-        """The DEALER to the active head: CurveZMQ, never blocking, ZMTP heartbeats."""
-        config = self.config
-        self._sock = self._ctx.socket(zmq.DEALER)
-        # No routing id of our own: the head knows us by our key, and numbers connections itself.
-        self._sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.secret)
-        self._sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public)
-        self._sock.setsockopt(zmq.CURVE_SERVERKEY, head_key)
-        self._monitor = self._sock.get_monitor_socket(_MONITORED)
-        self._sock.setsockopt(zmq.IMMEDIATE, 1)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        self._sock.setsockopt(zmq.SNDHWM, 100_000)
-        # ZMTP heartbeats: a connection whose peer went silent (a cut link leaves TCP waiting
-        # on retransmits for minutes) is dropped and redialled, so the node is back as soon
-        # as the network is: within a PING interval plus the timeout of the last traffic.
-        # libzmq PINGs every interval whatever else flows, and the head answers each: a PING
-        # every heartbeat was a quarter of the agent's idle CPU (bench/fleet, its I/O thread)
-        # and as many PONGs for the head, so one goes every half timeout (a cut is found
-        # within 1.5 timeouts of the last traffic, not 1.2).
-        timeout_ms = max(1000, int(config.heartbeat_interval_s * config.liveness * 1000))
-        self._sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(config.heartbeat_interval_s * 1000), timeout_ms // 2))
-        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
-        self._heads = config.head_endpoints
-        self._head = self._heads[0]  # the one endpoint the socket is connected to
-        self._sock.connect(self._head)
-        self._wire = FuturelessSocket(self._sock, RECV_BATCH)  # how messages are sent and read (hpcbatch.wire)
 
     # -------------------------------------------------------------------- wire
     def _send(self, message: p.Message) -> None:
@@ -221,12 +182,7 @@ class Agent:
             self._send_now(message)
 
     def _send_now(self, message: p.Message) -> None:
-        try:
-            self._wire.send(p.encode(message))
-        except zmq.Again:
-            pass  # not connected; what matters is resent on (re)registration
-        except zmq.ZMQError as exc:
-            log.warning("cannot send to the head: %s", exc)
+        self._link.send(p.encode(message))
 
     def _say_once(self, what: str, level: int, message: str, *args: object, **kwargs: Any) -> None:
         if self.core.say_once(what):
@@ -283,11 +239,11 @@ class Agent:
             s.ShipFinalOutput: lambda e: self._ship_final(e.attempt_id),
             s.ForgetAttempt: self._forget,
             s.SaveLease: lambda e: self._save_lease(e.heard_at),
-            s.SwitchHead: lambda e: self._next_head(),
+            s.SwitchHead: lambda e: self._link.next_head(),
             s.WarnNotEnrolled: lambda e: log.warning(
                 "connected to the head at %s, which does not answer: this node's key (%s) is probably waiting for "
                 "enrollment: run `hpcbatch nodes keys accept %s` on the head",
-                self._head, self.keys.public.decode(), self.config.name),
+                self._link.head, self.keys.public.decode(), self.config.name),
             s.Log: lambda e: log.log(e.level, "%s", e.text),
         }
 
@@ -477,9 +433,10 @@ class Agent:
     async def _receive_loop(self) -> None:
         """Read what the head sent, all that is queued per wake-up; the reports it makes leave
         together at its end."""
-        with self._wire.watching():
+        wire = self._link.wire
+        with wire.watching():
             while True:
-                await self._obey_batch(await self._wire.receive())
+                await self._obey_batch(await wire.receive())
 
     async def _obey_batch(self, batch: list[bytes]) -> None:
         """One wake-up's messages, in order; their reports leave together at its end."""
@@ -501,54 +458,13 @@ class Agent:
         await self._obey(msg)
 
     async def _monitor_loop(self) -> None:
-        """Watch the CurveZMQ handshakes: log what an admin must fix, reconnect after a refusal."""
-        retry = REFUSED_RETRY_S[0]
-        failures = 0
-        while True:
-            frames = await self._monitor.recv_multipart()
-            try:
-                event = parse_monitor_message(frames)
-            except Exception:  # an event we cannot read: the next one may be fine
-                log.exception("unreadable socket monitor event")
-                continue
-            kind = event["event"]
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                retry, failures = REFUSED_RETRY_S[0], 0
-                self.core.unsay("refused", "handshake")
-                self._feed(s.Connected())
-            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._say_once(
-                    "refused", logging.ERROR,
-                    "the head at %s refused this node's key %s (status %s): it is rejected or revoked; "
-                    "`hpcbatch nodes keys list` on the head shows it; retrying",
-                    self._head, self.keys.public.decode(), event["value"],
-                )
-                # libzmq does not reconnect after an authentication failure: we do, backing off.
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, REFUSED_RETRY_S[1])
-                self._reconnect()
-            else:
-                failures += 1
-                if failures >= HANDSHAKE_FAILURES_BEFORE_LOG:
-                    self._say_once(
-                        "handshake", logging.ERROR,
-                        "the CurveZMQ handshake with the head at %s keeps failing: is head_public_key (%s) "
-                        "the head's public key?",
-                        self._head, self.config.head_public_key,
-                    )
+        """Watch the link's CurveZMQ handshakes (node_agent/head_link.py)."""
+        await self._link.watch(self._connected, self._say_once)
 
-    def _reconnect(self, endpoint: str | None = None) -> None:
-        try:
-            self._sock.disconnect(self._head)
-        except zmq.ZMQError:
-            pass  # libzmq already dropped the endpoint
-        self._head = endpoint or self._head
-        self._sock.connect(self._head)
-
-    def _next_head(self) -> None:
-        """Move to the next head endpoint: one connection at a time, so no message of ours
-        goes to a standby or to a paused former head (a DEALER would spread them over all)."""
-        self._reconnect(self._heads[(self._heads.index(self._head) + 1) % len(self._heads)])
+    def _connected(self) -> None:
+        """A handshake with the head succeeded: what was said of failed ones may be said again."""
+        self.core.unsay("refused", "handshake")
+        self._feed(s.Connected())
 
     # ---------------------------------------------------------------- start, stop
     def _recover(self) -> None:
@@ -582,7 +498,7 @@ class Agent:
         self._send(self.core.register_message(_now()))
         log.info(
             "agent %s (%d vCPUs, %d MiB, public key %s) connecting to %s",
-            self.config.name, self.facts.vcpus, self.facts.memory_mib, self.keys.public.decode(), ", ".join(self._heads),
+            self.config.name, self.facts.vcpus, self.facts.memory_mib, self.keys.public.decode(), ", ".join(self._link.heads),
         )
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -614,9 +530,7 @@ class Agent:
         await self.runner.shutdown(kill=not leave)
         if not leave:  # attempts left running keep their nosuid view; the next agent finds it mounted
             self.workdirs.release()
-        self._sock.disable_monitor()
-        self._monitor.close(linger=0)
-        self._sock.close(linger=0)
+        self._link.close()
         self._ctx.term()
         self.nvml.close()
         log.info("agent stopped")

@@ -27,6 +27,16 @@ def _eid() -> str:
     return f"ev-{next(_ids)}"
 
 
+def event_id() -> str:
+    """A fresh event id, unique across every test module that builds events here."""
+    return _eid()
+
+
+def next_seq() -> int:
+    """The next submission sequence number (a job's place in its queue's order)."""
+    return next(_seqs)
+
+
 def req(vcpus: float = 1, memory_mib: int = 1024, gpus: int = 0) -> ResourceRequest:
     return ResourceRequest(vcpus=vcpus, memory_mib=memory_mib, gpus=gpus)
 

@@ -3,8 +3,6 @@ decision carries the events that led to it; ``hpcbatch why`` reads it."""
 
 from __future__ import annotations
 
-import itertools
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,13 +16,8 @@ from hpcbatch.scheduler import (
     Tick,
 )
 from hpcbatch.scheduler.decisions import Cause, Decision, DecisionLog, jobs_named
-
-_ids = itertools.count(1)
-_seqs = itertools.count(1)
-
-
-def _eid() -> str:
-    return f"ev-{next(_ids)}"
+from tests.unit.scheduler_events import event_id as _eid
+from tests.unit.scheduler_events import next_seq
 
 
 def queue(name: str = "q", priority: int = 1, **policy: bool) -> JobQueueChanged:
@@ -36,7 +29,7 @@ def node(name: str, vcpus: float = 4) -> NodeUp:
 
 
 def job(job_id: str, vcpus: float = 1, q: str = "q", limit: int | None = None, **more: int) -> JobRunnable:
-    return JobRunnable(_eid(), job_id, q, ResourceRequest(vcpus=vcpus, memory_mib=256), next(_seqs),
+    return JobRunnable(_eid(), job_id, q, ResourceRequest(vcpus=vcpus, memory_mib=256), next_seq(),
                        time_limit_s=limit, **more)
 
 

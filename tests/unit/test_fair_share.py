@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
-from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.scheduler import (
     Action,
     AttemptEnded,
@@ -23,17 +20,8 @@ from hpcbatch.scheduler import (
     Tick,
 )
 from hpcbatch.scheduler.core import CAPACITY, MAX_RESOURCE, REQUIREMENT
-
-_ids = itertools.count(1)
-_seqs = itertools.count(1)
-
-
-def _eid() -> str:
-    return f"ev-{next(_ids)}"
-
-
-def req(vcpus: float = 1, memory_mib: int = 1024) -> ResourceRequest:
-    return ResourceRequest(vcpus=vcpus, memory_mib=memory_mib)
+from tests.unit.scheduler_events import event_id as _eid
+from tests.unit.scheduler_events import next_seq, req
 
 
 def node(name: str, vcpus: float = 4, memory_mib: int = 8192, ce: str = "ce") -> NodeUp:
@@ -41,7 +29,7 @@ def node(name: str, vcpus: float = 4, memory_mib: int = 8192, ce: str = "ce") ->
 
 
 def job(job_id: str, share: str | None = None, vcpus: float = 1, priority: int = 0, q: str = "q") -> JobRunnable:
-    return JobRunnable(_eid(), job_id, q, req(vcpus), next(_seqs), share=share, priority=priority)
+    return JobRunnable(_eid(), job_id, q, req(vcpus), next_seq(), share=share, priority=priority)
 
 
 def fair_queue(policy: FairSharePolicy | None, limits: tuple[StateTimeLimit, ...] = ()) -> JobQueueChanged:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
@@ -30,21 +29,8 @@ from hpcbatch.scheduler import (
 )
 from hpcbatch.scheduler.core import WAIT_RESERVED
 from hpcbatch.scheduler.gang import UNKNOWN
-
-_ids = itertools.count(1)
-_seqs = itertools.count(1)
-
-
-def _eid() -> str:
-    return f"ev-{next(_ids)}"
-
-
-def req(vcpus: float = 1, memory_mib: int = 1024, gpus: int = 0) -> ResourceRequest:
-    return ResourceRequest(vcpus=vcpus, memory_mib=memory_mib, gpus=gpus)
-
-
-def queue(name: str = "q", ces: Iterable[str] = ("ce",), priority: int = 1) -> JobQueueChanged:
-    return JobQueueChanged(_eid(), name, True, priority, tuple(ces))
+from tests.unit.scheduler_events import ended, next_seq, queue, req
+from tests.unit.scheduler_events import event_id as _eid
 
 
 def node(
@@ -66,11 +52,7 @@ def job(
     limit: int | None = None,
     q: str = "q",
 ) -> JobRunnable:
-    return JobRunnable(_eid(), job_id, q, request or req(), next(_seqs), nodes, limit)
-
-
-def ended(job_id: str) -> AttemptEnded:
-    return AttemptEnded(_eid(), job_id)
+    return JobRunnable(_eid(), job_id, q, request or req(), next_seq(), nodes, limit)
 
 
 def tick(now_s: float) -> Tick:
@@ -117,7 +99,7 @@ def test_gang_starts_on_all_its_nodes_in_one_action() -> None:
 def test_a_one_node_gang_takes_a_whole_node() -> None:
     # numNodes 1 (TorchX's single-replica app) is a multi-node parallel job all the same.
     s = cluster("n1", "n2")
-    one = JobRunnable(_eid(), "g1", "q", req(1), next(_seqs), 1, None, gang=True)
+    one = JobRunnable(_eid(), "g1", "q", req(1), next_seq(), 1, None, gang=True)
     assert s.handle(one) == [StartGang("g1", ("n1",), "ce")]
     assert singles(s.handle(job("small", request=req(1)))) == {"small": "n2"}  # not beside the gang
     assert singles(s.handle(job("small2", request=req(1)))) == {"small2": "n2"}

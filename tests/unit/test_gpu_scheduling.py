@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.scheduler.core import (
     Action,
-    AttemptEnded,
-    JobQueueChanged,
     JobRunnable,
     NodeGone,
     NodeUp,
@@ -21,17 +19,8 @@ from hpcbatch.scheduler.core import (
     StartAttempt,
     StartGang,
 )
-
-_ids = itertools.count(1)
-_seqs = itertools.count(1)
-
-
-def _eid() -> str:
-    return f"gpu-ev-{next(_ids)}"
-
-
-def queue() -> JobQueueChanged:
-    return JobQueueChanged(_eid(), "q", True, 1, ("ce",))
+from tests.unit.scheduler_events import ended, next_seq, queue
+from tests.unit.scheduler_events import event_id as _eid
 
 
 def node(
@@ -55,11 +44,7 @@ def gpu_req(gpus: int, vcpus: float = 1) -> ResourceRequest:
 
 
 def job(job_id: str, gpus: int = 1, nodes: int = 1) -> JobRunnable:
-    return JobRunnable(_eid(), job_id, "q", gpu_req(gpus), next(_seqs), num_nodes=nodes)
-
-
-def ended(job_id: str) -> AttemptEnded:
-    return AttemptEnded(_eid(), job_id)
+    return JobRunnable(_eid(), job_id, "q", gpu_req(gpus), next_seq(), num_nodes=nodes)
 
 
 def starts(actions: list[Action]) -> dict[str, tuple[str, tuple[str, ...]]]:

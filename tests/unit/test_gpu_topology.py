@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,9 +18,8 @@ from hpcbatch.scheduler.core import (
     StartGang,
 )
 from hpcbatch.scheduler.gpus import GpuPlace, choose_gpus, closeness, placement_key
-
-_ids = itertools.count(1)
-_seqs = itertools.count(1)
+from tests.unit.scheduler_events import event_id as _eid
+from tests.unit.scheduler_events import next_seq
 
 # Eight GPUs as on a DGX-like box cut in halves: NVLink pairs (0,4) (1,5) (2,6) (3,7) —
 # deliberately not adjacent indices — PCIe switches {0,1,4,5} {2,3,6,7}, NUMA 0 / 1 likewise.
@@ -32,17 +29,13 @@ EIGHT = tuple(
 )
 
 
-def _eid() -> str:
-    return f"topo-ev-{next(_ids)}"
-
-
 def node(name: str, gpus: int = 0, places: tuple[GpuPlace, ...] = (), vcpus: float = 16) -> NodeUp:
     ids = tuple(f"GPU-{name}-{j}" for j in range(gpus))
     return NodeUp(_eid(), name, "ce", vcpus, 65536, gpus, gpu_ids=ids, gpu_places=places)
 
 
 def job(job_id: str, gpus: int = 1, vcpus: float = 1) -> JobRunnable:
-    return JobRunnable(_eid(), job_id, "q", ResourceRequest(vcpus=vcpus, memory_mib=512, gpus=gpus), next(_seqs))
+    return JobRunnable(_eid(), job_id, "q", ResourceRequest(vcpus=vcpus, memory_mib=512, gpus=gpus), next_seq())
 
 
 def starts(actions: list[Action]) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -178,11 +171,11 @@ def test_a_job_on_a_gpu_that_turns_unhealthy_keeps_it_and_it_is_not_reused() -> 
 
 def test_a_cpu_gang_prefers_cpu_only_nodes_when_they_can_hold_it() -> None:
     s = scheduler(node("a-gpu", 2, vcpus=4), node("b-cpu", 0, vcpus=8), node("c-cpu", 0, vcpus=8))
-    gang = JobRunnable(_eid(), "g", "q", ResourceRequest(vcpus=1, memory_mib=64), next(_seqs), num_nodes=2)
+    gang = JobRunnable(_eid(), "g", "q", ResourceRequest(vcpus=1, memory_mib=64), next_seq(), num_nodes=2)
     started = [a for a in s.handle(gang) if isinstance(a, StartGang)]
     assert [a.nodes for a in started] == [("b-cpu", "c-cpu")]
     # Three nodes needed: the GPU node joins, since the CPU-only ones cannot hold it alone.
-    gang3 = JobRunnable(_eid(), "g3", "q", ResourceRequest(vcpus=1, memory_mib=64), next(_seqs), num_nodes=3)
+    gang3 = JobRunnable(_eid(), "g3", "q", ResourceRequest(vcpus=1, memory_mib=64), next_seq(), num_nodes=3)
     s.handle(AttemptEnded(_eid(), "g"))
     started = [a for a in s.handle(gang3) if isinstance(a, StartGang)]
     assert [a.nodes for a in started] == [("a-gpu", "b-cpu", "c-cpu")]

@@ -3,13 +3,11 @@ sees nothing free on a victim gang's node and stops the gang whole (issue 21).""
 
 from __future__ import annotations
 
-import itertools
 import re
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from hpcbatch.model.jobs import ResourceRequest
 from hpcbatch.scheduler.core import (
     Action,
     AttemptEnded,
@@ -23,17 +21,8 @@ from hpcbatch.scheduler.core import (
     StartGang,
     Tick,
 )
-
-_ids = itertools.count(1)
-_seqs = itertools.count(1)
-
-
-def _eid() -> str:
-    return f"pg-{next(_ids)}"
-
-
-def req(vcpus: float = 1) -> ResourceRequest:
-    return ResourceRequest(vcpus=vcpus, memory_mib=1024, gpus=0)
+from tests.unit.scheduler_events import event_id as _eid
+from tests.unit.scheduler_events import next_seq, req
 
 
 def node(name: str, vcpus: float = 4) -> NodeUp:
@@ -45,7 +34,7 @@ def prio_queue(name: str, priority: int, preempts: bool = False, preemptible: bo
 
 
 def runnable(job_id: str, q: str, vcpus: float = 1, num_nodes: int = 1) -> JobRunnable:
-    return JobRunnable(_eid(), job_id, q, req(vcpus), next(_seqs), num_nodes=num_nodes)
+    return JobRunnable(_eid(), job_id, q, req(vcpus), next_seq(), num_nodes=num_nodes)
 
 
 def preempted(actions: list[Action]) -> dict[str, str]:
