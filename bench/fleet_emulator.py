@@ -70,7 +70,38 @@ Profile of one idle phase (1,000 nodes, 10 s, cProfile of the three emulators, m
 O 5.6 s, M 6.3 s, N 3.0 s; M's extra was pyzmq's future machinery (a NOBLOCK receive that
 fails after every message, a future and several EVENTS reads per send and receive).
 
-10,000 nodes from other machines against a real head (this 2-core machine cannot host them)::
+Session 6, quiet machine (1-min load 0.2-1.1), each command once. The 5,000-node throughput
+had fallen from 459 (above) to ~30 jobs/s: SubmitJob's satisfiability check (issue 18, added
+after those figures) walked every node on every submit, 69 % of the head's CPU under load
+(py-spy). It now keeps its node shapes until a node registers or a selector or compute
+environment changes (hpcbatch/head/service/satisfiable.py). 5,000 nodes, ``--idle 3 --singles
+10 --gangs 2 --jobs 2000``, before | after::
+
+    jobs_per_s                          31.7 | 994
+    head_cpu_load_pct                   96 | 91
+    single submit->start median, p99 s  0.0171, 0.110 | 0.0033, 0.0178
+    gang64 submit->start p99 s          0.0287 | 0.0118
+
+10,000 nodes now run on this machine too (emulators and head share the 2 cores, both busy
+under load), ``--idle 10 --singles 20 --gangs 4 --jobs 4000 --stall 10``, before | after the
+head's ROUTER was read and written without pyzmq's futures (hpcbatch/wire.py; with pyzmq's
+future machinery 40 % of the head's CPU at this size)::
+
+    head_cpu_idle_pct                   50.8 | 45.9
+    head_cpu_load_pct                   77.7 | 79.1
+    jobs_per_s                          451 | 542
+    gang64 submit->start p99 s          0.221 | 0.0155
+    single submit->start median, p99 s  0.020, 0.176 | 0.0022, 0.236
+    nodes lost (run, 10 s SIGSTOP)      0, 0 | 0, 0
+
+Five minutes idle at 10,000 (``--idle 300 --singles 50 --gangs 10 --jobs 10000 --stall 10``):
+0 nodes lost, head 45.4 % of a core idle, 427.6 jobs/s, RSS 1,129 MiB, the stall lost nothing.
+The single-job p99 outliers were Python's full garbage collections (18 in one run, 90-450 ms
+each); hpcbatch/head/gc_policy.py freezes the survivors of each, which in the same sitting
+gave 10 full collections of at most 65 ms (258 ms in all, against 3.2 s).
+
+10,000 nodes from other machines against a real head (so that the emulators do not take the
+head's cores)::
 
     # on the head's machine: N key pairs, the public ones enrolled in the head's key folder
     .venv/bin/python -m bench.fleet_emulator keys --nodes 10000 --out fleet-keys.txt \\
