@@ -6,6 +6,9 @@ Rules (the issue's, after Slurm's and AWS IAM's habits):
 * **developer**: compute environments, job queues, job definitions, and their own jobs.
 * **user**: submit, and see, cancel, terminate and read the logs of their own jobs.
 * Everyone may read compute environments, queues, job definitions and nodes.
+* Only an admin makes a job queue preempting (``hpcbatch:preempts=true``): its jobs stop
+  other users' running jobs, which a developer's own powers never reach (Slurm keeps
+  PreemptMode to slurm.conf). A developer may turn it off, or mark a queue preemptible.
 * Whether users see other users' jobs (DescribeJobs, ListJobs) is the head's
   ``private_data`` setting (Slurm's PrivateData); logs and scripts are never shared.
 
@@ -68,3 +71,15 @@ def check_job_access(caller: Caller, action: str, job_id: str, owner: str) -> No
 def may_see_job(caller: Caller, owner: str, private_data: bool) -> bool:
     """DescribeJobs/ListJobs visibility under the ``private_data`` setting."""
     return not private_data or caller.is_admin or caller.user == owner
+
+
+def check_preempting_queue(caller: Caller, queue: str, old: dict[str, str] | None, new: dict[str, str]) -> None:
+    """Refuse a non-admin who turns a job queue's ``hpcbatch:preempts`` on (tags ``old`` -> ``new``)."""
+    from hpcbatch.model.interrupts import PREEMPTS_TAG, queue_flag
+
+    if caller.is_admin or not queue_flag(new, PREEMPTS_TAG) or queue_flag(old, PREEMPTS_TAG):
+        return
+    raise AccessDenied(
+        f"user {caller.user} (role {caller.role}) may not make job queue {queue} preempting "
+        f"(tags[\"{PREEMPTS_TAG}\"]): its jobs would stop other users' running jobs; it needs role admin"
+    )

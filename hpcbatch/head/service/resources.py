@@ -12,7 +12,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from hpcbatch.auth.policy import AccessDenied, Caller, check_job_access, may_see_job
+from hpcbatch.auth.policy import (
+    AccessDenied,
+    Caller,
+    check_job_access,
+    check_preempting_queue,
+    may_see_job,
+)
 from hpcbatch.errors import ClientError, NotFoundError
 from hpcbatch.head.containers import refuse_privileged
 from hpcbatch.head.policies import SchedulingPolicies
@@ -136,6 +142,7 @@ class Resources:
                               "limit; delete one first")
         if not body.get("computeEnvironmentOrder"):
             raise ClientError("computeEnvironmentOrder must name 1 to 3 compute environments")
+        check_preempting_queue(caller, name, None, body.get("tags") or {})
         doc = {
             "jobQueueName": name,
             "jobQueueArn": self._cx.arn("job-queue", name),
@@ -347,18 +354,21 @@ class Resources:
             raise AccessDenied(f"user {caller.user} (role {caller.role}) may not tag {kind} {name}: "
                                "it needs role developer")
 
-        def put(tags: dict[str, str]) -> None:
-            doc["tags"] = tags
-            status = doc.get("status", "ACTIVE") if store_kind != "policy" else "ACTIVE"
-            with self._cx.store.transaction():
-                self._cx.store.put_resource(store_kind, name, doc.get("revision", 1) if store_kind == "jobdef" else 1,
-                                        status, doc)
-            if store_kind == "queue":  # a queue's hpcbatch:preempts/preemptible tags are scheduling settings
-                self._cx.engine.job_queue_changed(doc)
-            elif store_kind == "ce":  # a CE's hpcbatch:nodeSelector tag chooses the nodes that join it by label
-                self._cx.engine.compute_environment_changed(doc)
+        return dict(doc.get("tags") or {}), lambda tags: self._put_tags(store_kind, name, doc, caller, tags)
 
-        return dict(doc.get("tags") or {}), put
+    def _put_tags(self, store_kind: str, name: str, doc: dict[str, Any], caller: Caller, tags: dict[str, str]) -> None:
+        """Store a resource's new tags; the ones that are scheduling settings reach the engine."""
+        if store_kind == "queue":
+            check_preempting_queue(caller, name, doc.get("tags"), tags)
+        doc["tags"] = tags
+        status = doc.get("status", "ACTIVE") if store_kind != "policy" else "ACTIVE"
+        with self._cx.store.transaction():
+            self._cx.store.put_resource(store_kind, name, doc.get("revision", 1) if store_kind == "jobdef" else 1,
+                                        status, doc)
+        if store_kind == "queue":  # a queue's hpcbatch:preempts/preemptible tags are scheduling settings
+            self._cx.engine.job_queue_changed(doc)
+        elif store_kind == "ce":  # a CE's hpcbatch:nodeSelector tag chooses the nodes that join it by label
+            self._cx.engine.compute_environment_changed(doc)
 
     def _tagged_job(
         self, job_id: str, arn: str, caller: Caller, change: bool, missing: ClientError,
