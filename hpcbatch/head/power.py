@@ -44,7 +44,7 @@ from hpcbatch.head.powerdrivers.command import CommandDriver, ProgramDriver
 from hpcbatch.head.powerdrivers.config import PoolConfig, PowerConfig, PowerDriverConfig
 from hpcbatch.head.powerdrivers.netns import NetnsDriver
 from hpcbatch.head.powerdrivers.redfish import RedfishDriver
-from hpcbatch.scheduler.events import NodePowerChanged
+from hpcbatch.scheduler.events import NodePowerChanged, PowerRateReached
 from hpcbatch.scheduler.power import (
     Demand,
     NodeFailed,
@@ -249,6 +249,7 @@ class PowerManager:
             ))
         self.desired: dict[str, float] = {}
         self._told = False  # every node's power told to the scheduler (the first stored pass does)
+        self._rate_told: dict[str, float] = {}  # CE -> the resume_rate hold last told (planner's clock)
         # Power-downs a previous head began: the driver call may never have run; it is safe to repeat.
         self._resume_downs = {name for name, rec in self.planner.records.items() if rec.state is PowerState.POWERING_DOWN}
         self._calls: asyncio.Queue[tuple[str, PowerOn | PowerOff]] = asyncio.Queue()
@@ -339,6 +340,7 @@ class PowerManager:
         plan = self.planner.plan(now, self._demands(queues), self._views())
         self.desired = plan.desired_vcpus
         self._store_pass(plan.changed)
+        self._tell_rate(plan.rate_reached)
         for name, rec in self.planner.records.items():  # a node on its way down takes no work, restart or not
             info = self.engine.node(name)
             if (rec.state is PowerState.POWERING_DOWN and info is not None and info.state != "DOWN"
@@ -360,6 +362,17 @@ class PowerManager:
         # statusReason has one owner, the scheduler, which words a wait on power from the facts
         # ``_tell`` gives it (hpcbatch.scheduler.gang ``power_note``).
         return calls
+
+    def _tell_rate(self, reached: dict[str, float]) -> None:
+        """Tell the scheduler (on change) which pools' resume_rate holds a power-up back, and till
+        when, on its clock: the wait reasons of the jobs that want those nodes say so."""
+        for ce in sorted(set(reached) | set(self._rate_told)):
+            until = reached.get(ce, 0.0)
+            if self._rate_told.get(ce, 0.0) == until:
+                continue
+            self._rate_told[ce] = until
+            until_s = self.engine.now_ms() / 1000 + (until - self._clock()) if until else 0.0
+            self.engine.feed(PowerRateReached(self.engine.event_id(), ce, until_s))
 
     def _resumed_power_downs(self) -> list[tuple[str, PowerOn | PowerOff]]:
         """The power-offs a previous head began (once, on this head's first pass), one per pool."""

@@ -26,6 +26,7 @@ from hpcbatch.scheduler.events import (
     NodeGone,
     NodePowerChanged,
     NodeUp,
+    PowerRateReached,
     RunTimesLearned,
     Tick,
 )
@@ -167,6 +168,10 @@ def _node_power_changed(st: SchedulerState, event: NodePowerChanged) -> None:
     booting.node_power_changed(st, event)
 
 
+def _power_rate_reached(st: SchedulerState, event: PowerRateReached) -> None:
+    ce_of(st, event.compute_environment).power_rate_until_s = event.until_s
+
+
 def _tick(st: SchedulerState, event: Tick) -> None:
     st.now = max(st.now, event.now_s)
     for (queue_name, _), usage in st.usage.items():
@@ -239,6 +244,7 @@ _HANDLERS: dict[type, Callable[[SchedulerState, Any], None]] = {
     NodeUp: _node_up,
     NodeGone: _node_gone,
     NodePowerChanged: _node_power_changed,
+    PowerRateReached: _power_rate_reached,
     Tick: _tick,
     ComputeEnvironmentChanged: _ce_changed,
     ComputeEnvironmentRemoved: _ce_removed,

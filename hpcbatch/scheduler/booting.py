@@ -105,7 +105,7 @@ def reservation(
     up_by = max((b.up_s or 0.0 for b in mine if b.up_s is not None), default=0.0)
     timeout = max((b.resume_timeout_s for b in mine), default=0.0)
     return Reservation(job_id, ce.name, names, start_s, group, powering_up=up, powered_down=down, boot_s=boot,
-                       up_by_s=up_by, resume_timeout_s=timeout)
+                       up_by_s=up_by, resume_timeout_s=timeout, rate_until_s=ce.power_rate_until_s if down else 0.0)
 
 
 def note(st: SchedulerState, r: ResourceRequest, ces: list[CeState]) -> str:
@@ -113,16 +113,17 @@ def note(st: SchedulerState, r: ResourceRequest, ces: list[CeState]) -> str:
     wait on power (``gang.power_note``: ``powering up node[5-8], expected up by t=190``); ""
     when none. Nodes powering up are what the job waits for: powered-down ones are named only
     while none is."""
-    return ", ".join(n for ce in ces if ce.booting and (n := power_note(st.now, facts(fit(ce, r)))))
+    return ", ".join(n for ce in ces if ce.booting and (n := power_note(st.now, facts(fit(ce, r), ce.power_rate_until_s))))
 
 
-def facts(f: BootFit) -> PowerFacts:
-    """What a wait reason says of booting nodes (``f.up``) or else of powered-down ones (``f.down``)."""
+def facts(f: BootFit, rate_until_s: float = 0.0) -> PowerFacts:
+    """What a wait reason says of booting nodes (``f.up``) or else of powered-down ones (``f.down``,
+    and till when the pool's resume_rate holds their power-up back, ``rate_until_s``)."""
     up, down = f.up, [] if f.up else f.down
     return PowerFacts(
         tuple(sorted((b.name for b in up), key=natural_key)), max((b.up_s or 0.0 for b in up), default=0.0),
         tuple(sorted((b.name for b in down), key=natural_key)), max((b.boot_s for b in down), default=0.0),
-        max((b.resume_timeout_s for b in (*up, *down)), default=0.0),
+        max((b.resume_timeout_s for b in (*up, *down)), default=0.0), rate_until_s if f.down else 0.0,
     )
 
 

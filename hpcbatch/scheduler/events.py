@@ -107,6 +107,16 @@ class NodePowerChanged(Event):
 
 
 @dataclass(frozen=True)
+class PowerRateReached(Event):
+    """A MANAGED pool powered up its ``resume_rate`` nodes this minute, and a waiting job wants
+    more: the next power-up may begin at ``until_s`` (the time Tick carries); 0 when the pool
+    is no longer held back. Only the wait reasons say it (``gang.power_note``)."""
+
+    compute_environment: str
+    until_s: float
+
+
+@dataclass(frozen=True)
 class AttemptEnded(Event):
     """A placed job's attempt ended (or was abandoned); its resources come back.
 

@@ -45,6 +45,7 @@ class Reservation:
     boot_s: float = 0.0  # the powered-down ones' expected boot time
     up_by_s: float = 0.0  # when the powering-up ones are expected up (past: overdue)
     resume_timeout_s: float = 0.0  # their pool's (an overdue boot's reason says it)
+    rate_until_s: float = 0.0  # their pool's resume_rate is reached until then (PowerRateReached)
 
     def admits(self, now_s: float, time_limit_s: float | None) -> bool:
         """True when a job of ``time_limit_s`` started now ends before the reservation (backfill).
@@ -64,7 +65,7 @@ class Reservation:
         if self.start_s == UNKNOWN:
             return f"Reserved nodes {where}, held as they free up (running jobs have no time limit)"
         power = power_note(now_s, PowerFacts(
-            self.powering_up, self.up_by_s, self.powered_down, self.boot_s, self.resume_timeout_s))
+            self.powering_up, self.up_by_s, self.powered_down, self.boot_s, self.resume_timeout_s, self.rate_until_s))
         if self.powered_down:  # its start moves with the power-up: said without a time
             later = self.start_s > now_s + self.boot_s + 1e-6
             return (f"Reserved nodes {where}; {power}"
@@ -88,6 +89,8 @@ class PowerFacts:
     powered_down: tuple[str, ...] = ()
     boot_s: float = 0.0
     resume_timeout_s: float = 0.0  # 0: not known
+    # The pool's resume_rate holds back a power-up of a node that could serve: the next from then.
+    rate_until_s: float = 0.0
 
 
 def power_note(now_s: float, f: PowerFacts) -> str:
@@ -107,7 +110,10 @@ def power_note(now_s: float, f: PowerFacts) -> str:
     if f.powered_down:
         verb = "is" if len(f.powered_down) == 1 else "are"
         parts.append(f"{hostlist(f.powered_down)} {verb} powered down, up ~{f.boot_s:.0f} s after a power-up")
-    return ", ".join(parts)
+    said = ", ".join(parts)
+    if said and f.rate_until_s > now_s + 1e-6:  # why no more power up now, and till when
+        said += f"; the pool's resume_rate is reached: the next power-up from t={fmt_time(f.rate_until_s)}"
+    return said
 
 
 def pick_nodes(

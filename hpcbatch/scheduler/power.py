@@ -224,6 +224,8 @@ class PowerPlan:
     desired_vcpus: dict[str, float] = field(default_factory=dict)  # CE -> desiredvCpus
     waiting: dict[str, str] = field(default_factory=dict)  # job id -> why it waits ("powering up node[5-8], …")
     changed: list[str] = field(default_factory=list)  # nodes whose record changed (to store)
+    # CE -> when its next power-up may begin, for pools whose resume_rate held one back this pass.
+    rate_reached: dict[str, float] = field(default_factory=dict)
 
 
 class PowerPlanner:
@@ -512,6 +514,8 @@ class PowerPlanner:
         recent = [t for t in self._ups[pool.compute_environment] if now - t < 60.0]
         self._ups[pool.compute_environment] = recent
         allowed = max(0, pool.resume_rate - len(recent))
+        if ups[allowed:]:  # the next slot frees when the oldest power-up of the minute ages out
+            plan.rate_reached[pool.compute_environment] = (min(recent) if recent else now) + 60.0
         for n in ups[allowed:]:
             job = self.claimed_for.pop(n, None)
             if job is not None:

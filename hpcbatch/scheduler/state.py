@@ -132,6 +132,7 @@ class CeState:
     ends: list[tuple[float, str, str]] = field(default_factory=list)
     booting: dict[str, BootingNode] = field(default_factory=dict)  # pool nodes powered down or booting
     boot_fit: dict[ResourceRequest, BootFit] = field(default_factory=dict)  # by request, until ``booting`` changes
+    power_rate_until_s: float = 0.0  # resume_rate reached: the next power-up from then (0: not held back)
 
     def caps(self, vcpus: float) -> bool:
         """True when ``vcpus`` more would pass ``maxvCpus``."""

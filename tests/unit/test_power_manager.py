@@ -201,3 +201,33 @@ def test_node_hours_powered_and_saved_are_counted_and_exported(tmp_path: Path) -
         assert families["hpcbatch_pool_nodes"][("burst", "POWERED_DOWN")] == 1
 
     asyncio.run(run())
+
+
+def test_a_power_up_held_back_by_resume_rate_is_said_in_the_wait_reason_until_it_goes(tmp_path: Path) -> None:
+    """resume_rate 1: cn1 powers up, cn2 (which j4 needs) may not yet: the waiting job's reason
+    says the pool's resume_rate is reached and when the next power-up may begin; a minute
+    later cn2 powers up and the note is gone."""
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        _engine_knows(c)
+        clock = [1000.0]
+        c.engine._now = lambda: int((clock[0] - 999.0) * 1000)  # the head's clock: t=1 at the first pass
+        pool = msgspec.structs.replace(POOL, boot_time_s=90, resume_rate=1)
+        manager = PowerManager({"burst": pool}, c.engine, clock_s=lambda: clock[0])
+        c.engine.power = manager
+        for job in ("j1", "j2", "j3", "j4"):
+            c.submit(job)  # n1, n2 full: j3 and j4 need pool nodes
+        c.engine.step()
+        assert [a.nodes for _, a in manager.pass_once()] == [("cn1",)]  # one a minute
+        c.engine.step()
+        said = c.engine.job("j3").status_reason  # the queue's front: the one the scheduler words
+        assert said.endswith("; powering up cn1, expected up by t=91; the pool's resume_rate is reached: "
+                             "the next power-up from t=61"), said
+        clock[0] += 61
+        c.engine.tick()
+        assert [a.nodes for _, a in manager.pass_once()] == [("cn2",)]
+        c.engine.step()
+        assert "resume_rate" not in c.engine.job("j3").status_reason
+
+    asyncio.run(run())

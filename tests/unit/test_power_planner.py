@@ -125,8 +125,11 @@ def test_resume_rate_limits_power_ups_per_minute() -> None:
     plan = planner.plan(0, [Demand(f"j{i}", ("managed",), 2) for i in range(3)], {})
     assert [a.nodes for a in ons(plan)] == [("node1", "node2")]
     assert "resume_rate 2 nodes/min" in plan.waiting["j2"]
-    assert ons(planner.plan(30, [Demand("j2", ("managed",), 2)], {})) == []
-    assert [a.nodes for a in ons(planner.plan(61, [Demand("j2", ("managed",), 2)], {}))] == [("node3",)]
+    assert plan.rate_reached == {"managed": 60.0}  # the next power-up when the first ages out
+    held = planner.plan(30, [Demand("j2", ("managed",), 2)], {})
+    assert ons(held) == [] and held.rate_reached == {"managed": 60.0}
+    freed = planner.plan(61, [Demand("j2", ("managed",), 2)], {})
+    assert [a.nodes for a in ons(freed)] == [("node3",)] and freed.rate_reached == {}
 
 
 def test_a_node_lost_or_powered_off_by_hand_is_noticed_and_hours_are_counted() -> None:

@@ -17,6 +17,7 @@ from hpcbatch.scheduler import (
     JobRunnable,
     NodePowerChanged,
     NodeUp,
+    PowerRateReached,
     Scheduler,
     SetWaitReason,
     StartAttempt,
@@ -120,6 +121,22 @@ def test_powered_down_nodes_count_from_now_plus_the_boot_and_the_reason_does_not
     # A job that ends within the boot may use n1 meanwhile; one that would not, may not.
     acts = s.handle(single("ok", 2, limit=BOOT), single("no", 3, limit=BOOT + 1))
     assert started(acts) == {"ok": ("n1",)}
+
+
+def test_a_pool_held_back_by_its_resume_rate_says_so_and_till_when_then_stops_saying_it() -> None:
+    """The power planner held a power-up back (resume_rate reached): the wait reasons of jobs
+    that want the pool's powered-down nodes say so, with when the next power-up may begin."""
+    s = cluster(now=10.0)
+    acts = s.handle(up("n1"), down("n2"), down("n3"), gang("g", 3, 1), single("big", 2, limit=None, vcpus=8))
+    assert "resume_rate" not in reasons(acts)["g"]
+    acts = s.handle(PowerRateReached(_e(), "ce", 70.0))
+    assert reasons(acts)["g"] == (
+        "Reserved nodes n[1-3] in compute environment ce; n[2-3] are powered down, up ~90 s after a "
+        "power-up; the pool's resume_rate is reached: the next power-up from t=70")
+    acts = s.handle(Tick(_e(), 30.0))
+    assert "g" not in reasons(acts)  # absolute times: the reason does not churn
+    acts = s.handle(PowerRateReached(_e(), "ce", 0.0))  # no longer held back
+    assert "resume_rate" not in reasons(acts)["g"]
 
 
 def test_a_compute_environment_with_only_powered_down_nodes_serves_its_queue_with_a_capacity_reason() -> None:
