@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 
 from hpcbatch.auth.policy import AccessDenied, Caller
-from hpcbatch.head.engine import Engine
-from hpcbatch.head.logs import LogStore
 from hpcbatch.head.service import BatchService
-from hpcbatch.store import SqliteStore
+from tests.unit.service_bed import batch_service
 
 ADMIN = Caller(user="root", role="admin", via="socket")
 DEV = Caller(user="dev", role="developer", via="socket")
@@ -23,12 +21,7 @@ CE = [{"order": 1, "computeEnvironment": "ce"}]
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[BatchService]:
-    store = SqliteStore(tmp_path / "service.db")
-    try:
-        engine = Engine(store, LogStore(tmp_path / "logs"), send=lambda n, m: None, clock_ms=lambda: 1)
-        yield BatchService(store, engine, region="local", account="0")
-    finally:
-        store.close()
+    yield from batch_service(tmp_path)
 
 
 def run(service: BatchService, check: Callable[[], None]) -> None:

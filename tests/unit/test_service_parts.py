@@ -12,23 +12,16 @@ import pytest
 
 import hpcbatch.head.service as service_package
 from hpcbatch.auth.policy import Caller
-from hpcbatch.head.engine import Engine
-from hpcbatch.head.logs import LogStore
 from hpcbatch.head.service import BatchService
 from hpcbatch.operations import OPERATIONS
-from hpcbatch.store import SqliteStore
+from tests.unit.service_bed import batch_service
 
 ALICE = Caller(user="alice", role="user", via="socket")
 
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[BatchService]:
-    store = SqliteStore(tmp_path / "service.db")
-    try:
-        engine = Engine(store, LogStore(tmp_path / "logs"), send=lambda n, m: None, clock_ms=lambda: 1)
-        yield BatchService(store, engine, region="local", account="0")
-    finally:
-        store.close()
+    yield from batch_service(tmp_path)
 
 
 def test_every_service_operation_is_served_by_one_part(service: BatchService) -> None:

@@ -16,23 +16,16 @@ import pytest
 from hpcbatch import protocol as p
 from hpcbatch.auth.policy import Caller
 from hpcbatch.errors import ClientError
-from hpcbatch.head.engine import Engine
-from hpcbatch.head.logs import LogStore
 from hpcbatch.head.powerdrivers.config import PoolConfig
 from hpcbatch.head.service import BatchService
-from hpcbatch.store import SqliteStore
+from tests.unit.service_bed import batch_service
 
 ROOT = Caller(user="root", role="admin", via="socket")
 
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[BatchService]:
-    store = SqliteStore(tmp_path / "service.db")
-    try:
-        engine = Engine(store, LogStore(tmp_path / "logs"), send=lambda n, m: None, clock_ms=lambda: 1)
-        yield BatchService(store, engine, region="local", account="0")
-    finally:
-        store.close()
+    yield from batch_service(tmp_path)
 
 
 def register(service: BatchService, name: str, vcpus: int, labels: dict[str, str] | None = None,
