@@ -389,7 +389,7 @@ class Bootstrapper:
         return False
 
     def _active(self, name: str) -> bool:
-        nodes = self.client.list_nodes().get("nodes") or []
+        nodes = self.client.all_nodes()
         return any(n.get("name") == name and n.get("state") in ("ACTIVE", "DRAINED", "DRAINING") for n in nodes)
 
 

@@ -690,6 +690,11 @@ class Client(OperationMethods):
                 return
             body["nextToken"] = token
 
+    def all_nodes(self) -> list[dict[str, Any]]:
+        """Every node ListNodes shows, a page of 1,000 at a time (an unpaged call answers
+        only the first page, as AWS Batch's List calls do)."""
+        return list(self.paginate("list_nodes", "nodes", maxResults=1000))
+
     def wait_jobs(
         self,
         job_ids: list[str],

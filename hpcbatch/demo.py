@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     assert cluster.endpoint is not None
     client = Client(cluster.endpoint)
     try:
-        nodes = client.list_nodes()["nodes"]
+        nodes = client.all_nodes()
         console.print(f"head {cluster.endpoint}; nodes: {', '.join(n['name'] + ' ' + n['state'] for n in nodes)}")
         jobs = _submit_jobs(console, client, cluster, args, len(nodes))
         console.print(f"submitted {len(jobs)} jobs; waiting for them to finish ...")

@@ -478,7 +478,7 @@ class LocalCluster:
             while True:
                 self._fail_if_exited()
                 try:
-                    listed = client.list_nodes().get("nodes") or []
+                    listed = client.all_nodes()
                     active = [n for n in listed if n.get("state") == "ACTIVE"]
                     if len(active) >= nodes:
                         return
@@ -698,7 +698,7 @@ class LocalCluster:
         if st.endpoint and any(alive for name, alive in st.processes.items() if _is_head(name)):
             try:
                 with Client(st.endpoint, timeout=5) as client:
-                    st.nodes = client.list_nodes().get("nodes") or []
+                    st.nodes = client.all_nodes()
             except HpcbatchError as e:
                 st.error = str(e)
         return st

@@ -13,7 +13,7 @@ POLL_S = 0.5
 
 
 def _node(client: Client, name: str) -> dict[str, Any] | None:
-    for node in client.list_nodes().get("nodes") or []:
+    for node in client.all_nodes():
         if node.get("name") == name:
             return dict(node)
     return None

@@ -28,7 +28,7 @@ def nodes(ctx: click.Context) -> None:
 @global_options
 def nodes_list(state: str | None = None, ce: str | None = None) -> None:
     """List nodes (hpcbatch's ListNodes)."""
-    listed = list_all_nodes(get_client())
+    listed = get_client().all_nodes()
     if state:
         listed = [n for n in listed if n.get("state") == state.upper()]
     if ce:
@@ -40,18 +40,6 @@ def nodes_list(state: str | None = None, ce: str | None = None) -> None:
 
     print_nodes(listed)
     _print_quarantined(listed)
-
-
-def list_all_nodes(client: object) -> list[dict[str, object]]:
-    """Every node, a page of 1,000 at a time (a head with 10,000 nodes answers in pieces)."""
-    listed: list[dict[str, object]] = []
-    body: dict[str, object] = {"maxResults": 1000}
-    while True:
-        page = client.list_nodes(**body)  # type: ignore[attr-defined]
-        listed.extend(page.get("nodes") or [])
-        if not page.get("nextToken"):
-            return listed
-        body = {"maxResults": 1000, "nextToken": page["nextToken"]}
 
 
 def _print_quarantined(listed: list[dict[str, object]]) -> None:

@@ -45,7 +45,7 @@ def callback_address(client: Client) -> str:
     chosen = os.environ.get(CALLBACK_VARIABLE)
     if chosen:
         return chosen
-    for node in client.list_nodes().get("nodes", []):
+    for node in client.all_nodes():
         for address in node.get("addresses") or []:
             probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:

@@ -21,8 +21,8 @@ from aiohttp import web
 
 from hpcbatch.auth.keys import AccessKey
 from hpcbatch.auth.policy import AccessDenied, Caller, authorize, may_see_job
+from hpcbatch.console.nodepages import MAX_PAGE_SIZE, NodesPage, NodesView, read_page
 from hpcbatch.console.nodepages import STATES as NODE_STATES
-from hpcbatch.console.nodepages import NodesPage, NodesView, read_page
 from hpcbatch.console.operations import perform
 from hpcbatch.console.sessions import COOKIE, SESSION_TTL_S, Session, Sessions
 from hpcbatch.errors import ClientError, HpcbatchError
@@ -215,7 +215,7 @@ class Console:
         counts: dict[str, int] = dict.fromkeys((s.value for s in JobStatus), 0)
         for (_queue, status), n in self.service.store.count_jobs_by_queue_status().items():
             counts[status] = counts.get(status, 0) + n
-        nodes = (await self.call(request, "ListNodes", {}))["nodes"]
+        nodes = await self._all_nodes(request)
         node_states: dict[str, int] = {}
         for n in nodes:
             node_states[n["state"]] = node_states.get(n["state"], 0) + 1
@@ -224,6 +224,19 @@ class Console:
             chart=_capacity_chart(list(self.history)),
             vcpus=(sum(n["allocatedVcpus"] for n in nodes), sum(n["vcpus"] for n in nodes if n["state"] != "DOWN")),
         )
+
+    async def _all_nodes(self, request: web.Request) -> list[dict[str, Any]]:
+        """Every node, over ListNodes' pages: one page per step of the event loop, so a
+        fleet of 10,000 never holds the head still while the overview is drawn."""
+        nodes: list[dict[str, Any]] = []
+        body: dict[str, Any] = {"maxResults": MAX_PAGE_SIZE}
+        while True:
+            page = await self.call(request, "ListNodes", body)
+            nodes.extend(page["nodes"])
+            if not page.get("nextToken"):
+                return nodes
+            body = {"maxResults": MAX_PAGE_SIZE, "nextToken": page["nextToken"]}
+            await asyncio.sleep(0)
 
     # ---------------------------------------------------------------------- jobs
     def _visible_owner(self, caller: Caller, owner: str | None) -> tuple[str | None, bool]:
@@ -373,7 +386,7 @@ class Console:
     async def queues(self, request: web.Request) -> web.StreamResponse:
         queues = (await self.call(request, "DescribeJobQueues", {}))["jobQueues"]
         ces = (await self.call(request, "DescribeComputeEnvironments", {}))["computeEnvironments"]
-        nodes = (await self.call(request, "ListNodes", {}))["nodes"]
+        nodes = await self._all_nodes(request)
         capacity: dict[str, dict[str, float]] = {}
         for n in nodes:
             c = capacity.setdefault(n["computeEnvironment"] or "", dict.fromkeys(

@@ -89,7 +89,8 @@ def test_emulated_nodes_serve_jobs_and_list_nodes_pages(tmp_path: Path) -> None:
             body = {"maxResults": 10, "nextToken": page["nextToken"]}
         assert [len(p) for p in pages] == [10, 10, 5]
         assert sum(pages, []) == everyone
-        assert [n["name"] for n in c.client.list_nodes()["nodes"]] == everyone  # no maxResults: all
+        assert [n["name"] for n in c.client.list_nodes()["nodes"]] == everyone  # no maxResults: a page of 1,000
+        assert [n["name"] for n in c.client.all_nodes()] == everyone
         out = CliRunner().invoke(cli, ["--endpoint", c.socket_endpoint, "--output", "json", "nodes", "list"])
         assert out.exit_code == 0, out.output
         assert out.output.count('"name"') >= len(everyone)

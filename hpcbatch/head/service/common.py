@@ -31,6 +31,7 @@ PRIVATE_JOB = "(private)"  # another user's job id, as a user sees it in ListNod
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 UNFINISHED = tuple(s for s in JobStatus if s not in FINAL)
 MAX_NODES_PAGE = 1000
+DEFAULT_NODES_PAGE = 1000  # ListNodes without maxResults
 
 
 def now_ms() -> int:
@@ -108,11 +109,11 @@ def paged(key: str, items: list[Any], body: dict[str, Any]) -> dict[str, Any]:
 
 
 def node_page(names: list[str], body: dict[str, Any]) -> tuple[list[str], str | None]:
-    """ListNodes' page of ``names`` (sorted): all of them without ``maxResults``; the token
-    is the last name given, so a page is exact even when nodes join between calls."""
+    """ListNodes' page of ``names`` (sorted): ``maxResults`` of them, ``DEFAULT_NODES_PAGE``
+    when not given (as AWS Batch's List calls: one unpaged call at 10,000 nodes held the
+    head's event loop for over half a second, and any user may call it); the token is the
+    last name given, so a page is exact even when nodes join between calls."""
     limit, token = body.get("maxResults"), body.get("nextToken")
-    if limit is None and token is None:
-        return names, None
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_NODES_PAGE):
         raise ClientError(f"maxResults must be an integer between 1 and {MAX_NODES_PAGE}")
     start = 0
@@ -124,7 +125,7 @@ def node_page(names: list[str], body: dict[str, Any]) -> tuple[list[str], str | 
         if kind != "node":
             raise ClientError("nextToken is not a token this API returned")
         start = bisect.bisect_right(names, after)
-    end = start + (limit or 100)
+    end = start + (limit or DEFAULT_NODES_PAGE)
     names_page = names[start:end]
     nxt = base64.urlsafe_b64encode(f"node:{names_page[-1]}".encode()).decode() if names_page and end < len(names) else None
     return names_page, nxt
