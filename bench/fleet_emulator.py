@@ -16,8 +16,8 @@ into the head's ``node_keys/accepted/``) and the real handshake. Processes hold 
 Figures, per size N (suffix ``_N``): ``join_s`` (all N ACTIVE), ``head_cpu_idle_pct`` and
 ``head_cpu_load_pct`` (% of one core: idle, then during the throughput run), ``head_rss_mib``,
 ``emulator_cpu_max_pct`` (the busiest emulator process: under 100 means it kept up),
-``nodes_lost`` (the head's "lost" log lines over the whole run), ``listnodes_s`` (median of
-3), ``single_submit_to_start_median_s``/``_p99_s`` (one job at a time), ``gang64_submit_to
+``nodes_lost`` (the head's "lost" log lines over the whole run), ``listnodes_s`` (one unpaged
+call: a page of at most 1,000) and ``listnodes_all_s`` (every page; medians of 3), ``single_submit_to_start_median_s``/``_p99_s`` (one job at a time), ``gang64_submit_to
 _start_median_s``/``_p99_s`` (64-node gangs), ``jobs_per_s`` (``--jobs`` ``true`` jobs,
 submit to all SUCCEEDED) and, with ``--stall``, ``stall_nodes_lost``/``stall_jobs_retried``.
 The agents' own cost, which on one machine is taken from the head: ``agent_cpu_us_per_heartbeat``
