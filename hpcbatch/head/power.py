@@ -460,20 +460,14 @@ class PowerManager:
             if not isinstance(exc, PowerError):
                 log.exception("%s %s: the driver failed", op, shown)
                 exc = PowerError(f"{type(exc).__name__}: {exc}")
-            log.error("%s %s failed: %s", op, shown, exc)
-            self._audit(op, shown, f"failed: {exc}")
-            now = self._clock()
-            if kind == "on":
-                self._store(self.planner.power_failed(nodes, now, f"Power-up failed: {exc}"))
-            else:  # still on: it takes work again
-                for name in nodes:
-                    rec = self.planner.records[name]
-                    rec.state, rec.since, rec.reason = PowerState.ACTIVE, now, f"Power-down failed: {exc}"
-                    rec.idle_since = now
-                    if self.engine.has_node(name):
-                        self.engine.drain(name, None)
-                self._store(nodes)
-            return
+            # A driver that names its failed nodes (one dead BMC of a batch) fails only those:
+            # the others' power changed, and is handled as a success below.
+            failed = [n for n in nodes if exc.nodes is None or n in exc.nodes] or nodes
+            self._failed(kind, op, failed, exc)
+            nodes = [n for n in nodes if n not in failed]
+            if not nodes:
+                return
+            shown = hostlist(nodes)
         self._audit(op, shown, "ok")
         if kind == "off":
             for name in nodes:  # surely off: its agent will not speak again
@@ -481,6 +475,24 @@ class PowerManager:
                     self.engine.node_lost(name, 0.0, "powered down (idle)")
                     self.engine.drain(name, None)
             self._store(self.planner.powered_off(nodes, self._clock()))
+
+    def _failed(self, kind: str, op: str, nodes: list[str], exc: PowerError) -> None:
+        """A power call that failed for ``nodes``: a power-up's nodes are failed (DOWN with the
+        reason); a power-down's are still on, and take work again."""
+        shown = hostlist(nodes)
+        log.error("%s %s failed: %s", op, shown, exc)
+        self._audit(op, shown, f"failed: {exc}")
+        now = self._clock()
+        if kind == "on":
+            self._store(self.planner.power_failed(nodes, now, f"Power-up failed: {exc}"))
+            return
+        for name in nodes:
+            rec = self.planner.records[name]
+            rec.state, rec.since, rec.reason = PowerState.ACTIVE, now, f"Power-down failed: {exc}"
+            rec.idle_since = now
+            if self.engine.has_node(name):
+                self.engine.drain(name, None)
+        self._store(nodes)
 
     async def serve(self, interval_s: float = PASS_INTERVAL_S) -> None:
         """A pass every ``interval_s``; driver calls run as owned tasks, one batch per pool and pass."""

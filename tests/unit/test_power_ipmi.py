@@ -51,14 +51,17 @@ def bmcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]
             proc.wait(timeout=10)
 
 
-def _driver(port: int, root: Path, **kw: object) -> IpmiDriver:
+@pytest.fixture(scope="module")
+def driver(bmcs: tuple[int, Path]) -> IpmiDriver:
+    """One driver for the module's tests, as the head has one per pool: it keeps a session per
+    BMC, and pyghmi's second session to a BMC whose first is alive waits forever."""
+    port, root = bmcs
     return IpmiDriver(PoolConfig(nodes="cn[1-2]", vcpus_per_node=1, driver="ipmi", ipmi_host="{node}", ipmi_port=port,
-                                 ipmi_username="admin", ipmi_password_file=str(root / "bmc.pass"), **kw))
+                                 ipmi_username="admin", ipmi_password_file=str(root / "bmc.pass"), timeout_s=20))
 
 
 @pytest.mark.timeout(60)
-def test_ipmi_powers_chassis_on_and_off_and_reports_their_state(bmcs: tuple[int, Path]) -> None:
-    driver = _driver(*bmcs, timeout_s=20)
+def test_ipmi_powers_chassis_on_and_off_and_reports_their_state(driver: IpmiDriver) -> None:
     assert asyncio.run(driver.state(NODES)) == {NODES[0]: "Off", NODES[1]: "Off"}
     asyncio.run(driver.power_on(NODES[:1]))
     assert asyncio.run(driver.state(NODES)) == {NODES[0]: "On", NODES[1]: "Off"}
@@ -74,6 +77,42 @@ def test_ipmi_names_the_nodes_when_a_bmc_does_not_answer(bmcs: tuple[int, Path])
                                    ipmi_port=bmcs[0], ipmi_username="admin", timeout_s=3))
     with pytest.raises(PowerError, match=r"IPMI power on of cn9"):
         asyncio.run(driver.power_on(["cn9"]))
+
+
+DEAD = "127.0.0.9"  # no BMC there: pyghmi gives up on it after about 5 s
+
+
+@pytest.fixture
+def short(driver: IpmiDriver) -> Iterator[IpmiDriver]:
+    """The module's driver with a 3 s budget per call (a dead BMC takes pyghmi about 5 s)."""
+    driver.timeout_s = 3
+    yield driver
+    driver.timeout_s = 20
+
+
+@pytest.mark.timeout(90)
+def test_one_dead_bmc_does_not_blind_its_pool(short: IpmiDriver) -> None:
+    """A dead BMC first in the pool may spend the first poll's budget: its nodes are then
+    Unknown, not an error for the pool. From then on it is asked last, so the live BMCs answer
+    first (before, one dead BMC failed every poll of its pool)."""
+    nodes = [DEAD, *NODES]
+    first = asyncio.run(short.state(nodes))
+    assert first[DEAD] == "Unknown" and {first[n] for n in NODES} <= {"Unknown", "Off"}
+    assert asyncio.run(short.state(nodes)) == {DEAD: "Unknown", NODES[0]: "Off", NODES[1]: "Off"}
+
+
+@pytest.mark.timeout(90)
+def test_a_dead_bmc_fails_only_its_node_of_a_power_on(short: IpmiDriver) -> None:
+    """The batch's live BMCs power their chassis on; PowerError names only the dead one's node
+    (the head then fails only that node: test_power_manager)."""
+    with pytest.raises(PowerError, match=rf"IPMI power on of {DEAD}: {DEAD}: ") as refused:
+        asyncio.run(short.power_on([NODES[0], DEAD]))
+    assert refused.value.nodes == [DEAD]
+    assert asyncio.run(short.state(NODES)) == {NODES[0]: "On", NODES[1]: "Off"}
+    with pytest.raises(PowerError, match=rf"IPMI power off of {DEAD}: ") as refused:
+        asyncio.run(short.power_off([NODES[0], DEAD]))
+    assert refused.value.nodes == [DEAD]
+    assert asyncio.run(short.state(NODES)) == {NODES[0]: "Off", NODES[1]: "Off"}
 
 
 def test_ipmi_pool_config_names_the_missing_field() -> None:

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from hpcbatch.head.power import PowerManager
+from hpcbatch.head.powerdrivers.base import PowerError
 from hpcbatch.head.powerdrivers.config import PoolConfig
 from hpcbatch.scheduler.power import PowerOn, PowerState
 from tests.unit.test_fencing import Cluster
@@ -107,6 +108,48 @@ def test_a_failed_power_up_marks_the_node_failed_with_the_drivers_words_and_the_
         assert [a.nodes for _, a in manager.pass_once()] == [("cn2",)]
         audit = [e for e in c.engine.commits.audit_pending() if e["operation"] == "PowerOn"]
         assert audit and audit[0]["outcome"].startswith("failed: sh exited with 2")
+
+    asyncio.run(run())
+
+
+class _OneDeadBmc:
+    """A pool driver at the hardware boundary: cn2's BMC refuses, cn1's accepts (as the ipmi
+    driver reports one dead BMC of a batch: PowerError naming only that node)."""
+
+    def __init__(self) -> None:
+        self.on: list[str] = []
+
+    async def power_on(self, nodes: list[str]) -> None:
+        self.on += [n for n in nodes if n != "cn2"]
+        raise PowerError("IPMI power on of cn2: cn2: its BMC answered no request", nodes=["cn2"])
+
+    async def power_off(self, nodes: list[str]) -> None:
+        raise PowerError("IPMI power off of cn2: cn2: no answer", nodes=["cn2"])
+
+    async def state(self, nodes: list[str]) -> dict[str, str]:
+        return {}
+
+
+def test_one_dead_bmc_fails_only_its_node_of_a_batch(tmp_path: Path) -> None:
+    """A power-up of cn[1-2] where only cn2's BMC refuses: cn2 is failed with the driver's
+    words, cn1 (whose power-on was accepted) is POWERING_UP, not failed with it."""
+    async def run() -> None:
+        c = Cluster(tmp_path)
+        _docs(c)
+        manager = PowerManager({"burst": POOL}, c.engine, clock_s=lambda: 1000.0)
+        dead = _OneDeadBmc()
+        manager.drivers["burst"].driver = dead  # type: ignore[assignment]
+        for job in ("j1", "j2", "j3", "j4"):
+            c.submit(job)  # n1, n2 full: j3 and j4 need both pool nodes
+        ((kind, action),) = manager.pass_once()
+        assert action.nodes == ("cn1", "cn2")
+        await manager._call(kind, action)
+        assert dead.on == ["cn1"]
+        cn1, cn2 = manager.record("cn1"), manager.record("cn2")
+        assert cn1 is not None and cn1.state is PowerState.POWERING_UP and not cn1.failed
+        assert cn2 is not None and cn2.failed and cn2.reason == "Power-up failed: IPMI power on of cn2: cn2: its BMC answered no request"
+        outcomes = {e["target"]: e["outcome"] for e in c.engine.commits.audit_pending() if e["operation"] == "PowerOn"}
+        assert outcomes == {"cn2": "failed: IPMI power on of cn2: cn2: its BMC answered no request", "cn1": "ok"}
 
     asyncio.run(run())
 

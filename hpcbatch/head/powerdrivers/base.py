@@ -12,7 +12,14 @@ ON, OFF, POWERING_ON, POWERING_OFF, UNKNOWN = "On", "Off", "PoweringOn", "Poweri
 
 
 class PowerError(Exception):
-    """A driver could not power a node off; the message says why."""
+    """A driver could not power a node (or a batch) on or off; the message says why.
+
+    ``nodes``: the nodes of the batch that failed, when the driver knows the rest succeeded
+    (one dead BMC must not fail its batch-mates, whose power-on was accepted); None: all."""
+
+    def __init__(self, message: str, nodes: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.nodes = nodes
 
 
 class PowerDriver(Protocol):
