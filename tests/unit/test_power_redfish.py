@@ -41,5 +41,20 @@ def test_redfish_powers_systems_on_and_reports_off_only_once_they_are(bmc: str) 
 
 def test_redfish_names_the_node_and_the_answer_when_a_bmc_refuses(bmc: str) -> None:
     driver = RedfishDriver(PoolConfig(nodes="cn9", vcpus_per_node=1, driver="redfish", redfish_url=bmc, timeout_s=5))
-    with pytest.raises(PowerError, match=r"cn9: Redfish On answered 404"):
+    with pytest.raises(PowerError, match=r"Redfish On of cn9: cn9: Redfish On answered 404"):
         asyncio.run(driver.power_on(["cn9"]))
+
+
+def test_a_refusing_bmc_fails_only_its_node_of_a_batch(bmc: str) -> None:
+    """cn9 has no system at the BMC: its power-on fails, cn1's goes ahead; the error names cn9
+    alone (the head fails only that node). The same for a power-off."""
+    driver = RedfishDriver(PoolConfig(nodes="cn[1-9]", vcpus_per_node=1, driver="redfish", redfish_url=bmc,
+                                      timeout_s=30))
+    with pytest.raises(PowerError, match=r"^Redfish On of cn9: cn9: Redfish On answered 404") as refused:
+        asyncio.run(driver.power_on(["cn1", "cn9"]))
+    assert refused.value.nodes == ["cn9"]
+    wait_for(lambda: asyncio.run(driver.state(["cn1"])) == {"cn1": "On"}, 20, interval=0.5, what="cn1 On")
+    with pytest.raises(PowerError, match=r"^Redfish ForceOff of cn9: ") as refused:
+        asyncio.run(driver.power_off(["cn1", "cn9"]))
+    assert refused.value.nodes == ["cn9"]
+    assert asyncio.run(driver.state(["cn1"])) == {"cn1": "Off"}

@@ -22,7 +22,8 @@ class RedfishDriver:
 
     A power-on returns once every BMC accepted it (the agent's registration is the real
     sign); a power-off returns once every system reports ``PowerState: Off`` (a fact, as
-    STONITH needs), within ``timeout_s`` for the whole batch.
+    STONITH needs), within ``timeout_s`` for the whole batch. The BMCs are asked at once, and
+    one that refuses or does not answer fails its own node only (``PowerError.nodes``).
     """
 
     def __init__(self, config: PoolConfig) -> None:
@@ -66,21 +67,34 @@ class RedfishDriver:
         return dict(zip(nodes, await asyncio.gather(*(self._state_of(session, n) for n in nodes)), strict=True))
 
     async def _do(self, nodes: list[str], reset: str, wait_off: bool) -> None:
+        """``reset`` at every node's BMC at once; with ``wait_off``, until each accepted one says
+        Off. PowerError names only the nodes that failed: the rest of the batch is done."""
         import aiohttp
 
+        failed: dict[str, str] = {}
+        left = list(nodes)
         try:
             async with asyncio.timeout(self.timeout_s), self._session() as session:
-                for node in nodes:
-                    await self._reset(session, node, reset)
-                while wait_off:
-                    states = await self._states(session, nodes)
-                    if all(s == "Off" for s in states.values()):
-                        return
-                    await asyncio.sleep(0.5)
+                answers = await asyncio.gather(*(self._reset(session, n, reset) for n in nodes), return_exceptions=True)
+                for node, answer in zip(nodes, answers, strict=True):
+                    if isinstance(answer, PowerError | aiohttp.ClientError):
+                        failed[node] = str(answer).removeprefix(f"{node}: ") or type(answer).__name__
+                    elif isinstance(answer, BaseException):
+                        raise answer
+                left = [n for n in nodes if n not in failed]
+                while wait_off and left:
+                    states = await asyncio.gather(*(self._state_of(session, n) for n in left), return_exceptions=True)
+                    left = [n for n, state in zip(left, states, strict=True) if state != "Off"]
+                    if left:
+                        await asyncio.sleep(0.5)
+                left = []
         except TimeoutError:
-            raise PowerError(f"Redfish {reset} of {hostlist(nodes)} did not finish within {self.timeout_s:g} s") from None
+            failed.update({n: f"not done within {self.timeout_s:g} s" for n in left})
         except aiohttp.ClientError as exc:
-            raise PowerError(f"Redfish {reset} of {hostlist(nodes)}: {exc}") from None
+            failed.update({n: str(exc) for n in left})
+        if failed:
+            shown = "; ".join(f"{n}: {why}" for n, why in sorted(failed.items())[:5])
+            raise PowerError(f"Redfish {reset} of {hostlist(sorted(failed))}: {shown}", nodes=sorted(failed))
 
     async def power_on(self, nodes: list[str]) -> None:
         await self._do(nodes, "On", wait_off=False)
