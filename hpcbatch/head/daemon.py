@@ -162,15 +162,19 @@ class Head:
             try:
                 with self.store.transaction():
                     pruned = self.store.prune_jobs(cutoff)
+                    # Node state changes go after the same retention as jobs: a fleet's
+                    # power cycles and flaps would otherwise grow the event table for ever.
+                    node_events = self.store.prune_node_events(cutoff)
                     self.store.prune_audit(_now_ms() - int(self.config.audit_retention_days * 86_400_000))
             except Exception as exc:  # disk full: prune next time, keep serving
                 log.error("pruning old jobs failed, retrying in %gs: %s", self.config.prune_interval_s, exc)
-                pruned = []
+                pruned, node_events = [], 0
             for job in pruned:
                 for attempt in job.attempts:
                     self.logs.delete(attempt.attempt_id)
-            if pruned:
-                log.info("pruned %d jobs finished before the %g-day retention", len(pruned), self.config.retention_days)
+            if pruned or node_events:
+                log.info("pruned %d jobs finished and %d node events recorded before the %g-day retention",
+                         len(pruned), node_events, self.config.retention_days)
             await asyncio.sleep(self.config.prune_interval_s)
 
     async def describe(self) -> dict[str, Any]:

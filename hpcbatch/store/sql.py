@@ -34,6 +34,7 @@ import msgspec
 from hpcbatch.model.jobs import JobRecord
 from hpcbatch.model.lifecycle import JobStatus
 from hpcbatch.store.base import (
+    NODE_EVENT_PREFIX,
     SEALED_FIELD,
     SECRETS_CHECK,
     EventRow,
@@ -321,6 +322,19 @@ class SqlStore(ABC):
             self._execute(f"DELETE FROM job_events WHERE {condition}", args)
             self._execute(f"DELETE FROM jobs WHERE {condition}", args)
         return pruned
+
+    def prune_node_events(self, before: int) -> int:
+        """Delete node state changes (``NODE_EVENT_PREFIX`` rows) recorded before ``before``.
+
+        Row ids grow with time, so the first row at or after ``before`` bounds what may go: the
+        delete reads only ids below it, where after the first prune little is left but the
+        events of jobs still kept (no index on ``at`` is needed, none is scanned whole).
+        """
+        row = self._execute("SELECT id FROM job_events WHERE at >= ? ORDER BY id LIMIT 1", (before,)).fetchone()
+        bound = int(row[0]) if row else self.last_event_id() + 1
+        pattern = NODE_EVENT_PREFIX + "%"
+        return int(self._execute("DELETE FROM job_events WHERE id < ? AND at < ? AND job_id LIKE ?",
+                                 (bound, before, pattern)).rowcount)
 
     def job_events(self, job_id: str) -> list[tuple[int, str, str | None]]:
         rows = self._execute("SELECT at, status, reason FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,10 @@ def test_finished_jobs_are_pruned_after_the_retention_with_their_logs(tmp_path: 
         attempt_log = tmp_path / "head" / "logs" / f"{job['attempts'][0]['container']['logStreamName'].rsplit('/', 1)[-1]}.log"
         wait_for(lambda: c.client.describe_jobs(jobs=[job_id])["jobs"] == [], 10, what="the job to be pruned")
         assert not attempt_log.exists()
+        # The node's own events (its join) go after the same retention: the head says so.
+        wait_for(lambda: not [e for e in c.client.call("/hpcbatch/v1/listevents", {"afterEventId": 0})["events"]
+                              if e["type"] == "node"], 10, what="the node's events to be pruned")
+        assert re.search(r"pruned \d+ jobs finished and [1-9]\d* node events", (tmp_path / "head.log").read_text())
     finally:
         c.close()
 

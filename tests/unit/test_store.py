@@ -685,6 +685,32 @@ def test_scripts_are_never_shared_between_owners(store: Store) -> None:
     assert store.get_script("sha-1", "alice") == b"alice's"
 
 
+def test_node_events_are_pruned_by_age_and_job_events_stay_with_their_job(store: Store) -> None:
+    """Node state changes older than the cutoff go (they belonged to no job, so prune_jobs never
+    took them and a fleet's event table grew for ever); a kept job's events and newer node
+    events stay, and the event ids after them are unchanged."""
+    from hpcbatch.store.base import NODE_EVENT_PREFIX
+
+    with store.transaction():
+        store.add_job_events([
+            (NODE_EVENT_PREFIX + "n1", 100, "DOWN", "lost"),
+            ("job-1", 150, "RUNNABLE", None),
+            (NODE_EVENT_PREFIX + "n2", 180, "ACTIVE", None),
+            (NODE_EVENT_PREFIX + "n1", 300, "ACTIVE", None),
+            ("job-1", 350, "RUNNING", None),
+        ])
+    kept_after = store.events_after(0, 100)[2].event_id
+    with store.transaction():
+        assert store.prune_node_events(before=200) == 2
+    rows = store.events_after(0, 100)
+    assert [(r.job_id, r.at) for r in rows] == [("job-1", 150), (NODE_EVENT_PREFIX + "n1", 300), ("job-1", 350)]
+    assert rows[1].event_id > kept_after
+    with store.transaction():
+        assert store.prune_node_events(before=200) == 0  # nothing older left: a second pass is a no-op
+        assert store.prune_node_events(before=10_000) == 1
+    assert [r.job_id for r in store.events_after(0, 100)] == ["job-1", "job-1"]
+
+
 def test_audit_entries_are_pruned_by_age(store: Store) -> None:
     with store.transaction():
         store.add_audit([
