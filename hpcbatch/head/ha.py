@@ -2,8 +2,8 @@
 
 A standby serves the read-only calls whose answer lives wholly in the shared PostgreSQL
 store (``STANDBY_READS``: DescribeJobs, ListJobs, the Describe calls of queues, compute
-environments and job definitions, WhoAmI, and ListEvents), so dashboards and scripts can
-read from any head. Its store session is read-only (PostgreSQL refuses any write in it,
+environments and job definitions, WhoAmI, ListTagsForResource and ListEvents), so
+dashboards and scripts can read from any head. Its store session is read-only (PostgreSQL refuses any write in it,
 hpcbatch.store.postgres) and these calls never touch the lease. Every other call gets
 HTTP 503 ``StandbyHeadException`` naming the active head (its ``advertise_url``), so a
 caller that knows several heads (the CLI and ``hpcbatch.client`` with a comma-separated
@@ -35,6 +35,7 @@ STANDBY_ERROR = "StandbyHeadException"
 STANDBY_READS = frozenset({
     "DescribeJobs", "ListJobs", "DescribeJobQueues", "DescribeComputeEnvironments", "DescribeJobDefinitions", "WhoAmI",
     "DescribeSchedulingPolicies", "ListSchedulingPolicies",  # stored resources, read as they are
+    "ListTagsForResource",  # tags live in the stored documents (a standby's engine holds no job)
 })
 # A standby sees no commits (the active head makes them), so its ListEvents long polls
 # look at the store again this often.

@@ -47,7 +47,12 @@ def test_a_standby_serves_reads_from_the_store_and_redirects_writes(ha: TestClus
                                  arrayProperties={"size": 2}, containerOverrides={"command": ["true"]})["jobId"]
     for job_id in (done, array):
         ha.wait_status(job_id, "SUCCEEDED")
+    queue_arn = ha.client.describe_job_queues(jobQueues=["default"])["jobQueues"][0]["jobQueueArn"]
+    ha.client.tag_resource(resourceArn=queue_arn, tags={"team": "hpc"})
+    job_arn = ha.job(done)["jobArn"]
     reads: list[Callable[[Client], Any]] = [
+        lambda c: c.list_tags_for_resource(resourceArn=queue_arn),
+        lambda c: c.list_tags_for_resource(resourceArn=job_arn),
         lambda c: c.describe_jobs(jobs=[done, array]),
         lambda c: c.list_jobs(jobQueue="default", jobStatus="SUCCEEDED"),
         lambda c: c.list_jobs(arrayJobId=array),
@@ -63,6 +68,7 @@ def test_a_standby_serves_reads_from_the_store_and_redirects_writes(ha: TestClus
         for read in reads:
             assert read(standby) == read(active)
         assert standby.describe_jobs(jobs=[done])["jobs"][0]["status"] == "SUCCEEDED"
+        assert standby.list_tags_for_resource(resourceArn=queue_arn)["tags"] == {"team": "hpc"}
         # Writes, and the reads only the active head can answer, name the active head.
         with pytest.raises(ServerError, match=REDIRECT):
             standby.submit_job(jobName="no", jobQueue="default", jobDefinition="hpcbatch-default")
