@@ -144,8 +144,33 @@ def test_cloud_sees_an_instance_terminated_by_hand_as_off(ec2: str, template: st
 
 def test_cloud_names_the_nodes_and_the_answer_when_ec2_refuses(ec2: str) -> None:
     driver = CloudDriver(msgspec.structs.replace(_pool(ec2), cloud_launch_template="no-such-template"))
-    with pytest.raises(PowerError, match=r"EC2 RunInstances of ec2-7: .*"):
+    with pytest.raises(PowerError, match=r"EC2 RunInstances of ec2-7: ec2-7: .*") as refused:
         asyncio.run(driver.power_on(["ec2-7"]))
+    assert refused.value.nodes == ["ec2-7"]
+
+
+def test_an_ec2_refusal_of_one_launch_fails_only_that_node(ec2: str, template: str) -> None:
+    """EC2 answers InsufficientInstanceCapacity to ec2-12's launch only (injected at the EC2
+    API, on botocore's before-call hook): ec2-11 and ec2-13 are launched, and the error names
+    ec2-12 alone, so the head fails only it (before, the batch stopped at ec2-12 and all three
+    were failed while ec2-11's instance booted)."""
+    from botocore.exceptions import ClientError
+
+    driver = CloudDriver(_pool(ec2))
+
+    def no_capacity_for_ec2_12(params: dict, **_: object) -> None:
+        tags = params.get("TagSpecifications", [{}])[0].get("Tags", [])
+        if {"Key": "hpcbatch-node", "Value": "ec2-12"} in tags:
+            raise ClientError({"Error": {"Code": "InsufficientInstanceCapacity",
+                                         "Message": "We currently do not have sufficient capacity"}}, "RunInstances")
+
+    driver._ec2().meta.events.register("before-parameter-build.ec2.RunInstances", no_capacity_for_ec2_12)
+    nodes = ["ec2-11", "ec2-12", "ec2-13"]
+    with pytest.raises(PowerError, match=r"^EC2 RunInstances of ec2-12: ec2-12: .*InsufficientInstanceCapacity") as refused:
+        asyncio.run(driver.power_on(nodes))
+    assert refused.value.nodes == ["ec2-12"]
+    assert asyncio.run(driver.state(nodes)) == {"ec2-11": "On", "ec2-12": "Off", "ec2-13": "On"}
+    asyncio.run(driver.power_off(["ec2-11", "ec2-13"]))
 
 
 def test_cloud_pool_config_names_the_missing_field() -> None:

@@ -90,12 +90,21 @@ class CloudDriver:
             TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
         return str(answer["Instances"][0]["InstanceId"])
 
-    def _power_on(self, nodes: list[str]) -> None:
+    def _power_on(self, nodes: list[str]) -> dict[str, str]:
+        """Launch the nodes that have no live instance; node -> why EC2 refused it (a capacity
+        error for one launch must not fail the instances already launched for the others)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         have = self._instances(nodes)
+        refused: dict[str, str] = {}
         for node in nodes:
             if any(state in ("pending", "running") for _, state in have[node]):
                 continue  # already on: one instance per node, never two
-            self._launch(node)
+            try:
+                self._launch(node)
+            except (BotoCoreError, ClientError) as exc:
+                refused[node] = str(exc)
+        return refused
 
     def _power_off(self, nodes: list[str]) -> list[str]:
         """Terminate the nodes' live instances; the nodes not yet off (to wait for)."""
@@ -124,8 +133,13 @@ class CloudDriver:
             raise PowerError(f"EC2 {what} of {hostlist(nodes)}: {exc}") from None
 
     async def power_on(self, nodes: list[str]) -> None:
-        """Launch an instance for every node that has none pending or running."""
-        await self._call("RunInstances", nodes, self._power_on)
+        """Launch an instance for every node that has none pending or running; PowerError
+        naming only the nodes EC2 refused (the others' instances are on their way)."""
+        refused = await self._call("RunInstances", nodes, self._power_on)
+        if refused:
+            failed = sorted(refused)
+            reasons = "; ".join(f"{n}: {refused[n]}" for n in failed[:5])
+            raise PowerError(f"EC2 RunInstances of {hostlist(failed)}: {reasons}", nodes=failed)
 
     async def power_off(self, nodes: list[str]) -> None:
         """Terminate the nodes' instances; returns once EC2 reports them terminated."""
@@ -134,7 +148,8 @@ class CloudDriver:
         left = await self._call("TerminateInstances", nodes, self._power_off)
         while left:
             if loop.time() >= deadline:
-                raise PowerError(f"EC2 instances of {hostlist(left)} not terminated within {self.timeout_s:g} s")
+                raise PowerError(f"EC2 instances of {hostlist(left)} not terminated within {self.timeout_s:g} s",
+                                 nodes=left)
             await asyncio.sleep(POLL_S)
             left = [n for n, s in (await self._call("DescribeInstances", left, self._state)).items() if s != OFF]
 
