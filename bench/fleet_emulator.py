@@ -106,6 +106,17 @@ jobs/s sustained, head 23.7 % of a core idle and 83.5 % under load, single submi
 median 1.3 ms (p99 185 ms), gang64 p99 19 ms, 0 nodes lost, the stall lost nothing. With 1 s
 heartbeats the same machine gave 502.6 jobs/s, idle 49.6 % (after gc_policy; one run).
 
+Session 7 (ListNodes answers a page of 1,000 unless asked for fewer), 10,000 nodes, 1 s
+heartbeats, ``--idle 10 --singles 20 --gangs 4 --jobs 4000 --stall 10``, two runs on a quiet
+machine: listnodes_s (one page) 0.074 s and listnodes_all_s (ten) 0.675 s, against 0.5-0.7 s
+for one unpaged call before; 572.2 and 394.9 jobs/s; head idle 52.9 and 52.8 %; single
+submit->start median 14.9 and 3.0 ms, p99 300 and 125 ms; gang64 p99 72.7 and 26.2 ms; 0
+nodes lost, the stall lost nothing. The spread between runs is the two cores shared with
+the emulators (1.0-1.1 cores of emulator CPU under load). Heartbeat jitter (each beat 0.95-1.05
+intervals after the last) was tried and dropped: the emulators' timers then fire one per loop
+turn instead of many, their CPU rose by half, and the 10,000-node join starved the head (nodes
+lost, handshakes timing out) twice in two runs.
+
 10,000 nodes from other machines against a real head (so that the emulators do not take the
 head's cores)::
 
