@@ -63,7 +63,7 @@ class Console:
         self.service = service
         self.feed = feed
         self.identify = identify
-        self.sessions = Sessions()
+        self.sessions = Sessions(service.store)
         self.history: deque[tuple[int, float, float, int, int]] = deque(maxlen=HISTORY_POINTS)
         self.stopping = False
         self.http_url = ""  # the head's TCP address, for the links `hpcbatch console` prints
