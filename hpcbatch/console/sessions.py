@@ -92,7 +92,9 @@ class Sessions:
         if not session_id:
             return None
         session = self._sessions.get(session_id) or self._load(session_id)
-        if session is None or session.expires < self._now() or not self._key_active(session.caller):
+        if session is None:  # unknown (a forged cookie costs a read, never a write)
+            return None
+        if session.expires < self._now() or not self._key_active(session.caller):
             self.end(session_id)
             return None
         self._sessions[session_id] = session

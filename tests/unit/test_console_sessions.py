@@ -30,6 +30,17 @@ def test_a_session_outlives_the_head_that_made_it(db: str) -> None:
     assert after.get("forged-" + session.session_id) is None
 
 
+def test_a_forged_cookie_writes_nothing(db: str) -> None:
+    """An unknown session id is a read of the store, never a write (a flood of forged cookies
+    must not become a flood of transactions)."""
+    store = open_store(db)
+    sessions = Sessions(store)
+    writes = []
+    real = store.transaction
+    store.transaction = lambda: writes.append(1) or real()  # type: ignore[method-assign]
+    assert sessions.get("forged") is None and writes == []
+
+
 def test_the_store_holds_no_session_id_and_a_sign_out_removes_it(db: str) -> None:
     store = open_store(db)
     sessions = Sessions(store)
