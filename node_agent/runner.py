@@ -80,6 +80,7 @@ from node_agent.attempts import (
 )
 from node_agent.cgroups import BusyCgroups, CgroupUnavailable, MemoryCgroups
 from node_agent.container_cgroup import siblings, sweep
+from node_agent.cpu_binding import bind_argv
 from node_agent.identity import OwnerResolver, first_closed_dir
 from node_agent.journal import Journal, JournalEntry, remove_attempt_dir, remove_attempt_dirs
 from node_agent.live import (
@@ -341,8 +342,9 @@ class Runner:
 
             assert self._containers is not None
             launch = exec_launch(self._containers, attempt_id, command, rec.env, rec.drop, rec.cwd)
-        else:
-            launch = self._starter.chain.launch(["/bin/sh", "-c", command], rec.env, rec.cwd, rec.cgroup, rec.drop)
+        else:  # on the attempt's CPUs too (a GPU job's NUMA node): an MPI daemon and its ranks
+            argv = bind_argv(["/bin/sh", "-c", command], rec.spec.cpus, rec.env.get("PATH"))
+            launch = self._starter.chain.launch(argv, rec.env, rec.cwd, rec.cgroup, rec.drop)
         if isinstance(launch, str):
             return launch
         log_fd = open_log(self.log_path(attempt_id))

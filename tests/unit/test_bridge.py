@@ -293,6 +293,25 @@ def test_hold_attempt_runs_tasks_and_kills_them_with_it(tmp_path: Path, mode: st
     _run(tmp_path, mode, body)
 
 
+def test_a_task_runs_on_the_cpus_its_attempt_is_bound_to(tmp_path: Path) -> None:
+    """A GPU job bound to its GPUs' NUMA CPUs (spec.cpus): what mpirun launches into it through
+    the bridge (an MPI daemon, its ranks) runs on those CPUs too, not on the whole node."""
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus = (allowed[-1],)
+    tasks = Tasks()
+
+    async def body(h: Harness) -> None:
+        await h.start("bound", [], hold=True, cpus=cpus)
+        assert h.runner.start_task("bound", "L1", "grep Cpus_allowed_list /proc/self/status", tasks.on_exit) is None
+        await wait_for(lambda: "L1" in tasks.exits)
+        assert tasks.exits["L1"] == (0, None)
+        assert f"Cpus_allowed_list:\t{cpus[0]}" in h.log("bound")
+        h.runner.kill("bound", "done")
+        await h.result("bound")
+
+    _run(tmp_path, "rss", body)
+
+
 def test_tasks_die_when_the_main_process_of_their_attempt_exits(tmp_path: Path) -> None:
     tasks = Tasks()
 
