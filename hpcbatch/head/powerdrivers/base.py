@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from hpcbatch.scheduler.power import hostlist
+
 NODE_PLACEHOLDER = "{node}"
+REASONS_SHOWN = 5  # failed nodes whose reasons a batch's PowerError spells out
 OUTPUT_SHOWN = 300  # characters of a failed command's (or answer's) output that go into the log
 
 # ``state(nodes)`` answers in Redfish's PowerState words, whatever the driver speaks.
@@ -20,6 +23,14 @@ class PowerError(Exception):
     def __init__(self, message: str, nodes: list[str] | None = None) -> None:
         super().__init__(message)
         self.nodes = nodes
+
+    @classmethod
+    def of_nodes(cls, what: str, failed: dict[str, str]) -> PowerError:
+        """``WHAT of HOSTLIST: node: why; ...`` (the first few reasons), naming ``failed``'s nodes."""
+        nodes = sorted(failed)
+        reasons = "; ".join(f"{n}: {failed[n]}" for n in nodes[:REASONS_SHOWN])
+        more = f"; and {len(nodes) - REASONS_SHOWN} more" if len(nodes) > REASONS_SHOWN else ""
+        return cls(f"{what} of {hostlist(nodes)}: {reasons}{more}", nodes=nodes)
 
 
 class PowerDriver(Protocol):

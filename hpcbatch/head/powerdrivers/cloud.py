@@ -137,9 +137,7 @@ class CloudDriver:
         naming only the nodes EC2 refused (the others' instances are on their way)."""
         refused = await self._call("RunInstances", nodes, self._power_on)
         if refused:
-            failed = sorted(refused)
-            reasons = "; ".join(f"{n}: {refused[n]}" for n in failed[:5])
-            raise PowerError(f"EC2 RunInstances of {hostlist(failed)}: {reasons}", nodes=failed)
+            raise PowerError.of_nodes("EC2 RunInstances", refused)
 
     async def power_off(self, nodes: list[str]) -> None:
         """Terminate the nodes' instances; returns once EC2 reports them terminated."""

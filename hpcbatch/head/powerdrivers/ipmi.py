@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcbatch.head.powerdrivers.base import NODE_PLACEHOLDER, OFF, ON, UNKNOWN, PowerError
-from hpcbatch.scheduler.power import hostlist
 
 if TYPE_CHECKING:
     from hpcbatch.head.powerdrivers.config import PoolConfig
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 STATES = {"on": ON, "off": OFF}  # pyghmi's get_power() powerstate, in Redfish's words
 POLL_S = 0.5
 _HUNG_S = 10.0  # past timeout_s, a pyghmi call still running is left behind (it gives up on its own)
-_REASONS_SHOWN = 5
 # pyghmi keeps its sessions in class-level state, shared by every thread, with no lock: two
 # threads logging in at once lost a login here. So every pyghmi call, of every pool's driver,
 # runs in this one thread, one at a time.
@@ -126,19 +124,12 @@ class IpmiDriver:
                     done.failed.setdefault(node, f"IPMI {what} did not finish within {self.timeout_s:g} s")
         return done
 
-    def _error(self, what: str, failed: dict[str, str]) -> PowerError:
-        """PowerError naming the nodes that failed and why (the first few reasons)."""
-        nodes = sorted(failed)
-        reasons = "; ".join(f"{n}: {failed[n]}" for n in nodes[:_REASONS_SHOWN])
-        more = f"; and {len(nodes) - _REASONS_SHOWN} more" if len(nodes) > _REASONS_SHOWN else ""
-        return PowerError(f"IPMI {what} of {hostlist(nodes)}: {reasons}{more}", nodes=nodes)
-
     async def power_on(self, nodes: list[str]) -> None:
         """Chassis power on at every node's BMC (accepted, not yet booted); PowerError naming
         the nodes whose BMC did not accept it (the others are on their way)."""
         done = await self._call("power on", lambda cmd: cmd.set_power("on", wait=False), nodes)
         if done.failed:
-            raise self._error("power on", done.failed)
+            raise PowerError.of_nodes("IPMI power on", done.failed)
 
     async def power_off(self, nodes: list[str]) -> None:
         """Chassis power off; returns once every BMC reports the chassis off, else PowerError
@@ -158,7 +149,7 @@ class IpmiDriver:
             if left:
                 await asyncio.sleep(POLL_S)
         if failed:
-            raise self._error("power off", failed)
+            raise PowerError.of_nodes("IPMI power off", failed)
 
     async def state(self, nodes: list[str]) -> dict[str, str]:
         """Each node's chassis power: On, Off; Unknown for a node whose BMC did not answer (one

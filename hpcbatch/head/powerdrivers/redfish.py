@@ -93,8 +93,7 @@ class RedfishDriver:
         except aiohttp.ClientError as exc:
             failed.update({n: str(exc) for n in left})
         if failed:
-            shown = "; ".join(f"{n}: {why}" for n, why in sorted(failed.items())[:5])
-            raise PowerError(f"Redfish {reset} of {hostlist(sorted(failed))}: {shown}", nodes=sorted(failed))
+            raise PowerError.of_nodes(f"Redfish {reset}", failed)
 
     async def power_on(self, nodes: list[str]) -> None:
         await self._do(nodes, "On", wait_off=False)
