@@ -8,7 +8,10 @@ Two measures, medians over ``ROUNDS`` rounds of ``N`` ``true`` jobs each:
   machine has one, the shim, an environment of the size ``node_agent.main`` builds. The
   runner's share only: no messages. ``agent_runner_sys_ms_per_job``: of which in the kernel
   (file system and cgroup work; what a loaded machine inflates most).
-  ``agent_runner_jobs_per_s``: the same rounds' pace.
+  ``agent_runner_jobs_per_s``: the same rounds' pace. ``--window K`` keeps at most ``K``
+  attempts live at once, as on a node of ``K`` vCPUs the scheduler fills with 1-vCPU jobs
+  (then exits and starts interleave, and an ended job's cgroup can serve the next one);
+  the default 0 starts all ``N`` back to back before any exit is seen.
 * ``agent_cluster_cpu_ms_per_job``: a real one-node local cluster (head and agent processes,
   CurveZMQ), ``N`` jobs submitted at once; the agent process's CPU (psutil ``cpu_times``,
   user + system, the process's own, not its children's) over the burst / ``N``. The
@@ -20,7 +23,7 @@ Two measures, medians over ``ROUNDS`` rounds of ``N`` ``true`` jobs each:
 measure, ``DIR/agent_profile.txt`` (the agent process of one more cluster round run under
 cProfile, ``bench.profiled_agent``).
 
-Run: ``python -m bench.agent_cost_bench [--jobs N] [--rounds R] [--runner-only] [--profile DIR]``
+Run: ``python -m bench.agent_cost_bench [--jobs N] [--rounds R] [--window K] [--runner-only] [--profile DIR]``
 (default 500 jobs, 3 rounds).
 """
 
@@ -70,15 +73,18 @@ def _memory_mode() -> str:
     return "cgroup"
 
 
-async def _runner_round(state: Path, mode: str, n: int) -> tuple[float, float, float]:
-    """(jobs per second, agent CPU ms per job, of which system) for ``n`` ``true`` attempts."""
+async def _runner_round(state: Path, mode: str, n: int, window: int = 0) -> tuple[float, float, float]:
+    """(jobs per second, agent CPU ms per job, of which system) for ``n`` ``true`` attempts,
+    at most ``window`` live at once (0: no bound)."""
     done = asyncio.Event()
+    room = asyncio.Event()
     ended = 0
     user = pwd.getpwuid(os.geteuid()).pw_name
 
     def on_exit(_result: AttemptResult) -> None:
         nonlocal ended
         ended += 1
+        room.set()
         if ended == n:
             done.set()
 
@@ -86,6 +92,9 @@ async def _runner_round(state: Path, mode: str, n: int) -> tuple[float, float, f
     try:
         times0, t0 = os.times(), time.perf_counter()
         for i in range(n):
+            while window and i - ended >= window:
+                room.clear()
+                await room.wait()
             spec = AttemptSpec(f"a{i}", f"j{i}", 1, ["true"], dict(ENV), 1, 2048, timeout_s=3600, user=user)
             outcome = await runner.start(spec)
             assert isinstance(outcome, int), outcome
@@ -100,16 +109,16 @@ async def _runner_round(state: Path, mode: str, n: int) -> tuple[float, float, f
     return n / wall, (user + system) * 1000 / n, system * 1000 / n
 
 
-def runner_figures(n: int, rounds: int, profile: Path | None) -> dict[str, str]:
+def runner_figures(n: int, rounds: int, profile: Path | None, window: int = 0) -> dict[str, str]:
     mode = _memory_mode()
     samples = []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            samples.append(asyncio.run(_runner_round(Path(tmp), mode, n)))
+            samples.append(asyncio.run(_runner_round(Path(tmp), mode, n, window)))
     if profile is not None:
         prof = cProfile.Profile(time.process_time)  # CPU, not wall: the figure is CPU
         with tempfile.TemporaryDirectory() as tmp:
-            prof.runcall(asyncio.run, _runner_round(Path(tmp), mode, n))
+            prof.runcall(asyncio.run, _runner_round(Path(tmp), mode, n, window))
         (profile / "runner_profile.txt").write_text(_top(pstats.Stats(prof), f"runner, {mode}, {n} jobs"))
     return {
         "agent_memory_mode": mode,
@@ -191,13 +200,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--window", type=int, default=0, help="at most this many attempts live at once (0: all)")
     ap.add_argument("--runner-only", action="store_true")
     ap.add_argument("--profile", type=Path)
     args = ap.parse_args()
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     figures = {"agent_cost_jobs": str(args.jobs), "agent_cost_rounds": str(args.rounds)}
-    figures.update(runner_figures(args.jobs, args.rounds, args.profile))
+    if args.window:
+        figures["agent_cost_window"] = str(args.window)
+    figures.update(runner_figures(args.jobs, args.rounds, args.profile, args.window))
     if not args.runner_only:
         figures.update(cluster_figures(args.jobs, args.rounds, args.profile))
     for name, value in figures.items():

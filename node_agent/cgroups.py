@@ -4,7 +4,9 @@ With a writable memory cgroup (v2 preferred, v1 accepted) each attempt runs in i
 cgroup with its limit and swap off, joined in the child before exec so nothing escapes; an
 OOM kill is read from the cgroup's counters. Without one the runner polls RSS instead
 (``node_agent.watching.session_rss``). A cgroup is removed once its processes are gone:
-right away when it is empty, else retried for a while (``BusyCgroups``).
+right away when it is empty, else retried for a while (``BusyCgroups``); or kept empty
+for a later attempt (``CgroupPool``): a memory cgroup's mkdir and rmdir were the
+largest kernel cost of a short job (issue 22).
 """
 
 from __future__ import annotations
@@ -16,12 +18,18 @@ import logging
 import os
 import signal
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
 _RETRY_S = 0.05  # how often a busy cgroup's rmdir is tried again
+# What the last job may leave charged to its cgroup for it to be reused: tmpfs pages, the
+# dentries of the files it made. More (a big page cache, a file in /dev/shm) would count
+# against the next job's limit: such a cgroup is removed instead.
+_REUSE_MAX_CHARGE = 1 * _MIB
 
 
 class CgroupUnavailable(RuntimeError):
@@ -46,12 +54,14 @@ class MemoryCgroups:
             return None
         tag = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
         try:
-            return cls.setup(tag)
+            cgroups = cls.setup(tag)
         except OSError as exc:
             if mode == "cgroup":
                 raise CgroupUnavailable(f"no writable memory cgroup: {exc}") from exc
             log.info("memory limits by RSS polling: no writable memory cgroup (%s)", exc)
             return None
+        cgroups.sweep_empty()
+        return cgroups
 
     @classmethod
     def setup(cls, tag: str) -> MemoryCgroups:
@@ -95,14 +105,17 @@ class MemoryCgroups:
         self.remove(path)
         return self
 
-    def create(self, name: str, memory_mib: int) -> Path:
-        """Make the attempt's cgroup with its limit; swap off so the limit is real."""
+    def create(self, name: str, memory_mib: int, *, exclusive: bool = False) -> Path:
+        """Make the attempt's cgroup with its limit; swap off so the limit is real.
+
+        ``exclusive``: never an existing directory (FileExistsError then).
+        """
         path = self.parent / name
         try:
-            path.mkdir(exist_ok=True)
+            path.mkdir(exist_ok=not exclusive)
         except FileNotFoundError:  # the parent was removed under us (a cleanup by hand)
             self._make_parent()
-            path.mkdir(exist_ok=True)
+            path.mkdir(exist_ok=not exclusive)
         if memory_mib > 0:
             try:
                 self._limit(path, str(memory_mib * _MIB))
@@ -122,6 +135,14 @@ class MemoryCgroups:
             write_text(path / "memory.limit_in_bytes", limit)
             with contextlib.suppress(OSError):
                 write_text(path / "memory.memsw.limit_in_bytes", limit)
+
+    def sweep_empty(self) -> None:
+        """Start-up: remove the empty cgroups an earlier agent process left in our parent (its
+        pool's, ``CgroupPool``); rmdir fails on any that still holds a process."""
+        with contextlib.suppress(OSError):
+            for child in self.parent.iterdir():
+                if child.is_dir():
+                    self.remove(child)
 
     @staticmethod
     def oom_kills(path: Path) -> int:
@@ -169,6 +190,124 @@ class MemoryCgroups:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An attempt's cgroup, and its OOM-kill count when the attempt got it: a reused cgroup's
+    ``memory.events`` counters are cumulative and cannot be reset, so the job's own OOM
+    kills are the count at its end less ``oom_base``."""
+
+    path: Path
+    oom_base: int = 0
+
+
+class CgroupPool:
+    """Emptied attempt cgroups kept for later attempts instead of rmdir and mkdir.
+
+    Rules, each for a reason:
+
+    * Kept only when provably empty (``reusable``): v2's ``cgroup.events`` says ``populated
+      0``, v1's ``tasks`` lists no thread, read after the end's SIGKILLs. That covers what
+      the job left behind with setsid or a double fork. Only root can move a process in
+      afterwards (cgroup.procs is root's), so it stays empty until it is handed out. A
+      cgroup that still holds anything goes the old way: killed and removed.
+    * Kept only when the last job left at most ``_REUSE_MAX_CHARGE`` charged to it
+      (``memory.current``), so the next job does not pay for its tmpfs pages or page cache.
+    * A bare job's only: a container's has podman's child cgroup and its controllers.
+    * Handed out with every setting a fresh one gets written again (v2: ``memory.max``,
+      ``memory.swap.max``, ``memory.oom.group``; v1: ``memory.limit_in_bytes`` and
+      ``memory.memsw.limit_in_bytes``; as ``MemoryCgroups.create`` would, unlimited and
+      defaults where the job has no limit), and with its ``oom_kill`` count as the next
+      job's baseline (``Lease``).
+    * At most ``size`` kept; more are removed. ``drain`` removes them all (shutdown);
+      ``MemoryCgroups.sweep_empty`` those a killed agent left.
+
+    Fresh ones are made ``exclusive``: a reused cgroup keeps the name of the attempt that
+    made it, and an attempt id sent again must never share a live cgroup.
+    """
+
+    def __init__(self, cgroups: MemoryCgroups, size: int) -> None:
+        self.cgroups = cgroups
+        self.size = size
+        self._idle: deque[tuple[Path, int]] = deque()  # (cgroup, its oom_kill count)
+        self._serial = 0
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def acquire(self, name: str, memory_mib: int) -> Lease:
+        """An empty cgroup with ``memory_mib``'s limit: a kept one, else a new one named ``name``."""
+        while self._idle:
+            path, oom_kills = self._idle.pop()  # the most recently used: its pages are warm
+            try:
+                self._configure(path, memory_mib)
+            except OSError as exc:  # removed by hand meanwhile, or the limit refused: a new one
+                log.info("cgroup %s not reused: %s", path, exc)
+                MemoryCgroups.remove(path)
+                continue
+            return Lease(path, oom_kills)
+        try:
+            return Lease(self.cgroups.create(name, memory_mib, exclusive=True))
+        except FileExistsError:  # a kept cgroup has this name (its attempt id came again)
+            self._serial += 1
+            return Lease(self.cgroups.create(f"{name}.{os.getpid()}-{self._serial}", memory_mib, exclusive=True))
+
+    def _configure(self, path: Path, memory_mib: int) -> None:
+        """Write every setting ``MemoryCgroups.create`` makes, as a fresh cgroup would have it."""
+        limited = memory_mib > 0
+        limit = str(memory_mib * _MIB)
+        if self.cgroups.version == 1:
+            # memsw may never be below the limit: lift it first, whichever way the limit moves.
+            with contextlib.suppress(OSError):  # absent without swap accounting
+                write_text(path / "memory.memsw.limit_in_bytes", "-1")
+            write_text(path / "memory.limit_in_bytes", limit if limited else "-1")
+            if limited:
+                with contextlib.suppress(OSError):
+                    write_text(path / "memory.memsw.limit_in_bytes", limit)
+            return
+        write_text(path / "memory.max", limit if limited else "max")
+        with contextlib.suppress(OSError):  # absent without swap accounting
+            write_text(path / "memory.swap.max", "0" if limited else "max")
+        with contextlib.suppress(OSError):  # absent before Linux 4.19: never set then either
+            write_text(path / "memory.oom.group", "1" if limited else "0")
+
+    def keep(self, path: Path, oom_kills: int) -> bool:
+        """Keep the ended attempt's cgroup for a later one when the rules allow; False: not kept
+        (the caller removes it as before)."""
+        if self.closed or len(self._idle) >= self.size:
+            return False
+        try:
+            if not reusable(path, self.cgroups.version):
+                return False
+        except (OSError, ValueError):  # unreadable counters: not provably empty
+            return False
+        self._idle.append((path, oom_kills))
+        return True
+
+    def drain(self) -> None:
+        """Remove every kept cgroup (shutdown): they are empty, rmdir is immediate."""
+        self.closed = True
+        while self._idle:
+            path, _ = self._idle.pop()
+            if not MemoryCgroups.remove(path):
+                log.warning("kept cgroup %s could not be removed", path)
+
+
+def reusable(path: Path, version: int) -> bool:
+    """Whether an ended attempt's cgroup holds no process and little charged memory.
+
+    v2: ``populated 0`` (none in it or its descendants). v1 has no such flag: ``tasks`` is
+    empty (no thread at all; a process in a child cgroup is a container's, never kept).
+    """
+    if version == 1:
+        if read_small(path / "tasks").strip():
+            return False
+        return int(read_small(path / "memory.usage_in_bytes")) <= _REUSE_MAX_CHARGE
+    if b"populated 0" not in read_small(path / "cgroup.events").splitlines():
+        return False
+    return int(read_small(path / "memory.current")) <= _REUSE_MAX_CHARGE
+
+
 class BusyCgroups:
     """Emptied cgroups whose rmdir must wait for their killed processes to leave."""
 
@@ -212,6 +351,15 @@ def write_text(path: str | Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
         os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def read_small(path: Path) -> bytes:
+    """A cgroup counter in one read (no buffered file's fstat and ioctl: on every exit)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 65536)
     finally:
         os.close(fd)
 

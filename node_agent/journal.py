@@ -71,6 +71,7 @@ class JournalEntry:
     warning_signal: str | None = None
     warning_s: int = 0
     warned: bool = False
+    oom_base: int = 0  # its cgroup's OOM-kill count at start: a reused cgroup's counters are cumulative
 
     def to_json(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in _ENTRY_FIELDS}  # flat: asdict's deep copy costs
@@ -95,6 +96,7 @@ class JournalEntry:
                 memory_mib=int(data.get("memory_mib") or 0),
                 uid=int(data.get("uid", -1)),
                 adoptable=bool(data.get("adoptable")),
+                oom_base=int(data.get("oom_base") or 0),
                 **_warning(data),
             )
         except (KeyError, ValueError, TypeError):

@@ -36,6 +36,8 @@ class LiveAttempt:
     create_time: float
     cgroup: Path | None
     popen: subprocess.Popen[bytes] | None = None  # None: re-adopted from an earlier agent process
+    oom_base: int = 0  # its cgroup's OOM-kill count when it started (a reused cgroup: cgroups.Lease)
+    oom_kills: int | None = None  # that count when it ended (None: not read)
     status_reason: str | None = None
     oom: bool = False
     kill_handle: asyncio.TimerHandle | None = None
@@ -117,6 +119,7 @@ class LiveAttempt:
             timeout_at=self.started_at + spec.timeout_s * 1000 if spec.timeout_s else None,
             memory_mib=spec.memory_mib, uid=self.uid, adoptable=not (spec.multinode or spec.hold),
             warning_signal=spec.warning_signal, warning_s=spec.warning_s, warned=self.warned,
+            oom_base=self.oom_base,
         )
 
 

@@ -15,6 +15,9 @@ Theory of operation (Linux only; one asyncio event loop, no threads):
   semantics, which AWS Batch uses). Timers are ``loop.call_later`` handles, not tasks.
 * Memory: with a writable memory cgroup (``node_agent.cgroups``) each attempt runs in its
   own cgroup with the limit and swap off; an OOM kill is read from the cgroup's counters.
+  A bare job's cgroup that its end left provably empty is kept for a later attempt
+  (``CgroupPool``, at most ``cgroup_pool``), its limit written again and its
+  OOM-kill count taken as the next job's baseline.
   Without one ("rss" mode) a single 0.5 s timer sums the RSS of every attempt's session
   from /proc and kills the group that is over. Either way the result is AWS's: exitCode
   137 and reason ``OOM_REASON`` (``evaluateOnExit`` rules match on 137, so we keep it).
@@ -78,7 +81,7 @@ from node_agent.attempts import (
     refusal,
     safe_name,
 )
-from node_agent.cgroups import BusyCgroups, CgroupUnavailable, MemoryCgroups
+from node_agent.cgroups import BusyCgroups, CgroupPool, CgroupUnavailable, MemoryCgroups
 from node_agent.container_cgroup import siblings, sweep
 from node_agent.cpu_binding import bind_argv
 from node_agent.identity import OwnerResolver, first_closed_dir
@@ -130,6 +133,7 @@ class RunnerSettings(TypedDict, total=False):
     keep_workdir: bool
     containers: Podman | None
     supervise: bool
+    cgroup_pool: int | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,6 +149,8 @@ class RunnerOptions:
     # Each attempt under a shim that records its exit status: a restarted agent re-adopts
     # it with its real exit. False: the job is the agent's own child.
     supervise: bool = True
+    # Emptied cgroups kept for later attempts; None: as many as this agent's CPUs.
+    cgroup_pool: int | None = None
 
     def __post_init__(self) -> None:
         if self.memory_enforcement not in ("auto", "cgroup", "rss"):
@@ -172,9 +178,10 @@ class Runner:
         if as_root:  # owners pass through attempts/ to their work dir but may not list it
             os.chmod(self._attempts_dir, 0o711)
         self._cgroups = MemoryCgroups.open(self._state_dir, options.memory_enforcement)
+        self._pool = _cgroup_pool(self._cgroups, options.cgroup_pool)
         self._starter = Starter(
             self._owners, ExecChain(as_root=as_root), self._cgroups, self._containers, options.supervise,
-            unreachable=first_closed_dir(self._attempts_dir) if as_root else None,
+            unreachable=first_closed_dir(self._attempts_dir) if as_root else None, pool=self._pool,
         )
         self._running: dict[str, LiveAttempt] = {}
         self._tasks: dict[str, LiveTask] = {}  # launch_id -> live task, its attempt ended or not
@@ -260,7 +267,8 @@ class Runner:
     def _track(self, p: Preparation, popen: subprocess.Popen[bytes]) -> int:
         """The attempt runs: from here on nothing may fail the start (it would leave a job untracked)."""
         spec = p.spec
-        rec = LiveAttempt(spec, popen.pid, p.started_at, create_time(popen.pid), p.cgroup, popen=popen)
+        rec = LiveAttempt(spec, popen.pid, p.started_at, create_time(popen.pid), p.cgroup, popen=popen,
+                          oom_base=p.oom_base)
         rec.env, rec.cwd, rec.drop = p.job_env, p.cwd, p.drop
         rec.uid = p.owner.uid if p.owner is not None else self._owners.euid
         rec.container = spec.image is not None
@@ -477,6 +485,8 @@ class Runner:
 
     def _remove_cgroups(self) -> None:
         """Shutdown: the emptied cgroups, and our parent when nothing is left in it."""
+        if self._pool is not None:
+            self._pool.drain()
         self._busy_cgroups.settle(1.0)  # their processes were SIGKILLed: wait briefly
         if self._cgroups is not None and not self._running and not self._busy_cgroups:
             self._cgroups.remove(self._cgroups.parent)
@@ -508,7 +518,7 @@ class Runner:
             warning_signal=entry.warning_signal, warning_s=entry.warning_s,
         )
         cgroup = Path(entry.cgroup) if entry.cgroup else None
-        rec = LiveAttempt(spec, entry.pid, entry.started_at, entry.create_time, cgroup)
+        rec = LiveAttempt(spec, entry.pid, entry.started_at, entry.create_time, cgroup, oom_base=entry.oom_base)
         rec.uid, rec.warned = entry.uid, entry.warned
         rec.container = entry.container
         rec.status_file = Path(entry.status_file) if entry.status_file else None
@@ -532,7 +542,8 @@ class Runner:
             code = exit_status(rec, status)
             oom = rec.oom
             if rec.cgroup is not None:
-                oom = oom or MemoryCgroups.oom_kills(rec.cgroup) > 0
+                rec.oom_kills = MemoryCgroups.oom_kills(rec.cgroup)
+                oom = oom or rec.oom_kills > rec.oom_base  # its own: a reused cgroup's count goes on
                 if rec.container_cgroup is not None:
                     oom = oom or rec.container_cgroup.oom_killed()
         except Exception:  # what ended is still reported, with what is known
@@ -572,7 +583,7 @@ class Runner:
         """Free what an ended attempt held: its cgroup, its container."""
         if rec.container_cgroup is not None:
             rec.container_cgroup.close()
-        if rec.cgroup is not None:
+        if rec.cgroup is not None and not self._keep_cgroup(rec):
             # rmdir first: it succeeds only on an empty cgroup (the usual end), where there
             # is nothing to kill; else kill what is left and remove it once it has gone.
             if not MemoryCgroups.remove(rec.cgroup):
@@ -584,6 +595,22 @@ class Runner:
         if rec.container and (rec.terminating or code is None or code < 0) and self._containers:
             self._containers.remove(rec.spec.attempt_id)  # podman died before its container did
         self._clean_shm_later(rec)
+
+    def _keep_cgroup(self, rec: LiveAttempt) -> bool:
+        """Keep its cgroup for a later attempt (``CgroupPool``'s rules); False: remove it.
+
+        Never while a journal write is owed (a full disk): an entry left on disk names the
+        cgroup, and a later agent's orphan pass would kill whatever then runs in it. Never
+        with a launched task not yet seen to end: one spawned just now may still be joining.
+        """
+        if self._pool is None or rec.container or rec.container_cgroup is not None or rec.oom_kills is None:
+            return False
+        if rec.tasks:
+            return False
+        if self._journal.pending():
+            return False
+        assert rec.cgroup is not None
+        return self._pool.keep(rec.cgroup, rec.oom_kills)
 
     def _clean_shm_later(self, rec: LiveAttempt) -> None:
         """Remove what the job left in /dev/shm (node_agent.shm), once its killed processes
@@ -683,3 +710,11 @@ class Runner:
     def pending_writes(self) -> int:
         """Journal files not yet written (the disk was full): for logs and tests."""
         return self._journal.pending()
+
+
+def _cgroup_pool(cgroups: MemoryCgroups | None, size: int | None) -> CgroupPool | None:
+    """The pool of emptied cgroups; None: none kept."""
+    if cgroups is None:
+        return None
+    size = len(os.sched_getaffinity(0)) if size is None else size
+    return CgroupPool(cgroups, size) if size > 0 else None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from node_agent.attempts import CANNOT_START, STATUS_FILE, WORK_DIR, AttemptSpec, now_ms, os_error
-from node_agent.cgroups import MemoryCgroups
+from node_agent.cgroups import CgroupPool, MemoryCgroups
 from node_agent.container_cgroup import ContainerCgroup
 from node_agent.cpu_binding import bind_argv
 from node_agent.identity import Owner, OwnerResolver, owner_environment, start_dir
@@ -72,6 +72,7 @@ class Preparation:
     notice: str | None = None  # the job log's first line: why it starts elsewhere than asked
     started_at: int = 0
     cgroup: Path | None = None
+    oom_base: int = 0  # its cgroup's OOM-kill count at start (a reused cgroup's: cgroups.Lease)
     container_cgroup: ContainerCgroup | None = None
     status_file: Path | None = None  # where its shim writes the exit status (None: no shim)
     job_env: dict[str, str] = field(default_factory=dict)  # what launched tasks inherit
@@ -94,6 +95,7 @@ class Starter:
     supervise: bool  # each attempt under a shim that records its exit status
     unreachable: str | None = None  # why owners cannot reach their work dirs (None: they can)
     pulling: dict[str, str | None] = field(default_factory=dict)  # attempt id -> why killed meanwhile
+    pool: CgroupPool | None = None  # bare jobs' cgroups, reused
 
     async def prepare(self, spec: AttemptSpec, adir: Path, undo: contextlib.ExitStack) -> Preparation:
         """Every step before the spawn; StartRefused when one cannot be done."""
@@ -197,7 +199,11 @@ class Starter:
         if self.cgroups is None:
             return
         try:
-            p.cgroup = self.cgroups.create(p.spec.attempt_id, p.spec.memory_mib)
+            if self.pool is not None and p.spec.image is None:
+                lease = self.pool.acquire(p.spec.attempt_id, p.spec.memory_mib)
+                p.cgroup, p.oom_base = lease.path, lease.oom_base
+            else:
+                p.cgroup = self.cgroups.create(p.spec.attempt_id, p.spec.memory_mib)
         except OSError as exc:
             raise StartRefused(f"{CANNOT_START}: memory cgroup: {exc}") from exc
         undo.callback(MemoryCgroups.remove, p.cgroup)

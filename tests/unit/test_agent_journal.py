@@ -27,7 +27,7 @@ def _result(attempt_id: str, stopped_at: int = 2_000_000, exit_code: int | None 
 def test_a_started_attempt_is_journalled_and_its_result_replaces_the_entry(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     entry = _entry(cgroup="/sys/fs/cgroup/x/a1", status_file="/s/a1/exit_status", timeout_at=5, uid=1001,
-                   adoptable=True, memory_mib=64)
+                   adoptable=True, memory_mib=64, oom_base=2)
     journal.record_start(entry)
     (path, found), = journal.orphans()
     assert path == tmp_path / "running" / "a1.json" and found == entry  # round trip, every field
@@ -43,9 +43,10 @@ def test_the_entry_keeps_the_on_disk_keys_an_older_agent_wrote(tmp_path: Path) -
     old = {"attempt_id": "a1", "job_id": "j1", "pid": 7, "create_time": 1.5, "started_at": 2, "cgroup": None,
            "container": False, "status_file": "/s/a1/exit_status", "timeout_at": None, "memory_mib": 64,
            "uid": 1001, "adoptable": True}
-    assert _entry().to_json().keys() == old.keys() | {"warning_signal", "warning_s", "warned"}  # only added
+    assert _entry().to_json().keys() == old.keys() | {"warning_signal", "warning_s", "warned", "oom_base"}  # only added
     entry = JournalEntry.from_json(old)
     assert entry is not None and entry.readoptable() and entry.memory_mib == 64
+    assert entry.oom_base == 0  # a cgroup of its own: every OOM kill in it is the job's
     assert (entry.warning_signal, entry.warning_s, entry.warned) == (None, 0, False)  # no warning
 
 

@@ -350,12 +350,13 @@ def test_memory_limit_holds_for_owner_jobs(
         result = await h.result("hog")
         assert (result.exit_code, result.reason) == (137, OOM_REASON)
         if mode == "cgroup":
-            await h.start("esc", ["sh", "-c", escape], user=ALICE)
+            pid = await h.start("esc", ["sh", "-c", escape], user=ALICE)
             await wait_for(lambda: h.log("esc").strip().isdigit())
             child = int(h.log("esc"))
             await wait_for(lambda: psutil.Process(child).name() == "sleep")
             cgroups = Path(f"/proc/{child}/cgroup").read_text()
-            assert "/esc\n" in cgroups
+            # The job's cgroup (the OOM-killed job's, reused: node_agent.cgroups.CgroupPool).
+            assert "/hpcbatch-" in cgroups and cgroups == Path(f"/proc/{pid}/cgroup").read_text()
             assert psutil.Process(child).uids().real == users["alice"].uid
             h.runner.kill("esc", "done", grace_s=0)
             await h.result("esc")
