@@ -297,8 +297,11 @@ def reusable(path: Path, version: int) -> bool:
     """Whether an ended attempt's cgroup holds no process and little charged memory.
 
     v2: ``populated 0`` (none in it or its descendants). v1 has no such flag: ``tasks`` is
-    empty (no thread at all; a process in a child cgroup is a container's, never kept).
+    empty (no thread at all). Either way no child cgroup (a link count of 2: one a root job
+    made would stay behind in the next job's).
     """
+    if os.stat(path).st_nlink != 2:
+        return False
     if version == 1:
         if read_small(path / "tasks").strip():
             return False

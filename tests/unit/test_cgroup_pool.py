@@ -262,3 +262,17 @@ def test_many_short_jobs_through_a_small_pool_each_report_once(tmp_path: Path, j
         assert sorted(h.exit_calls) == sorted(f"t{i}" for i in range(jobs))
 
     run(tmp_path, body, mode="cgroup", cgroup_pool=2)
+
+
+def test_a_cgroup_a_root_job_made_a_child_in_is_not_reused(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        first = await ended_in(h, "first", WHERE)
+        path = cgroup_dir(h, h.log("first"))
+        nested = await ended_in(h, "nested", f"{WHERE}; mkdir {path}/child")  # the agent's own user: root here
+        assert nested == first and len(h.runner._pool or ()) == 0
+        (path / "child").rmdir()
+        assert cgroup_of(h.log("nested")) != await ended_in(h, "after", WHERE)
+
+    if os.geteuid() != 0:
+        prereq.skip("root", "a job that makes a cgroup runs as root")
+    run(tmp_path, body, mode="cgroup", cgroup_pool=1)
