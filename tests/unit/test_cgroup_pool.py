@@ -18,6 +18,7 @@ import pytest
 
 from node_agent.runner import OOM_REASON
 from tests import prereq
+from tests.unit.test_run_as_owner import ALICE, BOB, User, state_dir, users  # noqa: F401 (fixtures)
 from tests.unit.test_runner import _NO_CGROUP, REPO, Harness, alive, run, wait_for, wait_for_sync
 
 pytestmark = prereq.skipif(_NO_CGROUP is not None, "cgroup", f"cgroup mode unavailable here: {_NO_CGROUP}")
@@ -276,3 +277,45 @@ def test_a_cgroup_a_root_job_made_a_child_in_is_not_reused(tmp_path: Path) -> No
     if os.geteuid() != 0:
         prereq.skip("root", "a job that makes a cgroup runs as root")
     run(tmp_path, body, mode="cgroup", cgroup_pool=1)
+
+
+def test_from_one_owner_to_the_next_only_an_empty_cgroup_and_directory_pass(
+    state_dir: Path, users: dict[str, User]  # noqa: F811 (the fixtures imported above)
+) -> None:
+    """Alice's cgroup with her escaped process never reaches Bob; an emptied one does, with
+    Bob's limit, and her acknowledged attempt's directory reaches him with nothing of hers."""
+    if os.geteuid() != 0:
+        prereq.skip("users", "needs root to switch to users")
+    left: list[int] = []
+
+    async def body(h: Harness) -> None:
+        await h.start("a1", ["sh", "-c", f"{WHERE}; setsid sleep 300 & echo $!"], user=ALICE)
+        assert (await h.result("a1")).exit_code == 0
+        escaped = int(h.log("a1").split()[-1])
+        left.append(escaped)
+        assert len(h.runner._pool or ()) == 0  # her process is still in it
+        b1 = await ended_in(h, "b1", WHERE, user=BOB)
+        assert b1 != cgroup_of(h.log("a1"))
+        await wait_for(lambda: not alive(escaped))
+        a2 = await ended_in(h, "a2", WHERE, user=ALICE, memory_mib=300)
+        assert a2 == b1  # emptied: it passes from owner to owner
+        adir = h.runner.log_path("a2").parent
+        inode = adir.stat().st_ino
+        h.runner.forget("a2")
+        await wait_for(lambda: not adir.exists())
+        b2 = await ended_in(h, "b2", f"{WHERE}; id -u; ls -A", user=BOB, memory_mib=100)
+        assert b2 == a2
+        bob_adir = h.runner.log_path("b2").parent
+        assert bob_adir.stat().st_ino == inode  # her emptied directory, now his attempt's
+        assert sorted(p.name for p in bob_adir.iterdir()) == ["exit_status", "output.log", "result.json", "work"]
+        assert (bob_adir / "work").stat().st_uid == users["bob"].uid
+        assert h.log("b2").split()[-1] == str(users["bob"].uid)  # and his work dir was empty
+        limits = _settings(cgroup_dir(h, h.log("b2")))
+        assert str(100 << 20) in limits.values() and str(300 << 20) not in limits.values()
+
+    try:
+        run(state_dir, body, mode="cgroup", cgroup_pool=1)
+    finally:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
