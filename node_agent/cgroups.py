@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
 _RETRY_S = 0.05  # how often a busy cgroup's rmdir is tried again
-# What the last job may leave charged to its cgroup for it to be reused: tmpfs pages, the
-# dentries of the files it made. More (a big page cache, a file in /dev/shm) would count
-# against the next job's limit: such a cgroup is removed instead.
-_REUSE_MAX_CHARGE = 1 * _MIB
+# What the last job may leave charged to its cgroup for it to be reused. A trivial job
+# leaves 0.3-1 MiB (per-CPU charge batches, the dentries and inodes of the files it made);
+# more (a big page cache, a file in /dev/shm) would count against the next job's limit:
+# such a cgroup is removed instead.
+_REUSE_MAX_CHARGE = 4 * _MIB
 
 
 class CgroupUnavailable(RuntimeError):
@@ -210,7 +211,7 @@ class CgroupPool:
       the job left behind with setsid or a double fork. Only root can move a process in
       afterwards (cgroup.procs is root's), so it stays empty until it is handed out. A
       cgroup that still holds anything goes the old way: killed and removed.
-    * Kept only when the last job left at most ``_REUSE_MAX_CHARGE`` charged to it
+    * Kept only when the last job left at most ``_REUSE_MAX_CHARGE`` (4 MiB) charged to it
       (``memory.current``), so the next job does not pay for its tmpfs pages or page cache.
     * A bare job's only: a container's has podman's child cgroup and its controllers.
     * Handed out with every setting a fresh one gets written again (v2: ``memory.max``,

@@ -289,7 +289,8 @@ def test_from_one_owner_to_the_next_only_an_empty_cgroup_and_directory_pass(
     left: list[int] = []
 
     async def body(h: Harness) -> None:
-        await h.start("a1", ["sh", "-c", f"{WHERE}; setsid sleep 300 & echo $!"], user=ALICE)
+        escape = "(setsid sh -c 'echo $$ > escaped; exec sleep 300' &); while [ ! -s escaped ]; do sleep 0.01; done"
+        await h.start("a1", ["sh", "-c", f"{WHERE}; {escape}; cat escaped"], user=ALICE)
         assert (await h.result("a1")).exit_code == 0
         escaped = int(h.log("a1").split()[-1])
         left.append(escaped)
@@ -319,3 +320,20 @@ def test_from_one_owner_to_the_next_only_an_empty_cgroup_and_directory_pass(
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_cgroup_its_job_left_memory_charged_to_is_not_reused(tmp_path: Path) -> None:
+    """A file in /dev/shm stays charged to the cgroup of the job that wrote it: the next job
+    would pay for it out of its own limit."""
+    shm = Path("/dev/shm") / f"hpcb-pool-test-{os.getpid()}"
+
+    async def body(h: Harness) -> None:
+        first = await ended_in(h, "first", WHERE)
+        charged = await ended_in(h, "charged", f"{WHERE}; head -c 16M /dev/zero > {shm}")
+        assert charged == first and len(h.runner._pool or ()) == 0
+        assert await ended_in(h, "next", WHERE) != charged
+
+    try:
+        run(tmp_path, body, mode="cgroup", cgroup_pool=1)
+    finally:
+        shm.unlink(missing_ok=True)
