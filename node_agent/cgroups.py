@@ -219,8 +219,13 @@ class CgroupPool:
       ``memory.memsw.limit_in_bytes``; as ``MemoryCgroups.create`` would, unlimited and
       defaults where the job has no limit), and with its ``oom_kill`` count as the next
       job's baseline (``Lease``).
-    * At most ``size`` kept; more are removed. ``drain`` removes them all (shutdown);
-      ``MemoryCgroups.sweep_empty`` those a killed agent left.
+    * Kept for the same owner only (a Unix uid): a cgroup's name (the attempt that made it)
+      and the counters no write resets (v1's ``memory.max_usage_in_bytes`` and
+      ``memory.failcnt``, v2's ``memory.peak`` and ``memory.stat``'s event counts) stay
+      readable to the job that gets it next, and one user's job must learn nothing of
+      another's. A user's array of short jobs, the case this is for, reuses every time.
+    * At most ``size`` kept, all owners together; more are removed. ``drain`` removes them
+      all (shutdown); ``MemoryCgroups.sweep_empty`` those a killed agent left.
 
     Fresh ones are made ``exclusive``: a reused cgroup keeps the name of the attempt that
     made it, and an attempt id sent again must never share a live cgroup.
@@ -229,17 +234,24 @@ class CgroupPool:
     def __init__(self, cgroups: MemoryCgroups, size: int) -> None:
         self.cgroups = cgroups
         self.size = size
-        self._idle: deque[tuple[Path, int]] = deque()  # (cgroup, its oom_kill count)
+        # owner's uid -> (cgroup, its oom_kill count), the most recently kept last
+        self._idle: dict[int, deque[tuple[Path, int]]] = {}
+        self._kept = 0
         self._serial = 0
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._idle)
+        return self._kept
 
-    def acquire(self, name: str, memory_mib: int) -> Lease:
-        """An empty cgroup with ``memory_mib``'s limit: a kept one, else a new one named ``name``."""
-        while self._idle:
-            path, oom_kills = self._idle.pop()  # the most recently used: its pages are warm
+    def acquire(self, name: str, memory_mib: int, uid: int) -> Lease:
+        """An empty cgroup with ``memory_mib``'s limit: one ``uid``'s jobs left, else a new one
+        named ``name``."""
+        idle = self._idle.get(uid)
+        while idle:
+            path, oom_kills = idle.pop()  # the most recently used: its pages are warm
+            self._kept -= 1
+            if not idle:
+                del self._idle[uid]
             try:
                 self._configure(path, memory_mib)
             except OSError as exc:  # removed by hand meanwhile, or the limit refused: a new one
@@ -272,24 +284,27 @@ class CgroupPool:
         with contextlib.suppress(OSError):  # absent before Linux 4.19: never set then either
             write_text(path / "memory.oom.group", "1" if limited else "0")
 
-    def keep(self, path: Path, oom_kills: int) -> bool:
-        """Keep the ended attempt's cgroup for a later one when the rules allow; False: not kept
-        (the caller removes it as before)."""
-        if self.closed or len(self._idle) >= self.size:
+    def keep(self, path: Path, oom_kills: int, uid: int) -> bool:
+        """Keep the ended attempt's cgroup for a later one of its owner ``uid`` when the rules
+        allow; False: not kept (the caller removes it as before)."""
+        if self.closed or self._kept >= self.size or uid < 0:  # < 0: an old entry's, owner unknown
             return False
         try:
             if not reusable(path, self.cgroups.version):
                 return False
         except (OSError, ValueError):  # unreadable counters: not provably empty
             return False
-        self._idle.append((path, oom_kills))
+        self._idle.setdefault(uid, deque()).append((path, oom_kills))
+        self._kept += 1
         return True
 
     def drain(self) -> None:
         """Remove every kept cgroup (shutdown): they are empty, rmdir is immediate."""
         self.closed = True
-        while self._idle:
-            path, _ = self._idle.pop()
+        kept = [path for idle in self._idle.values() for path, _ in idle]
+        self._idle.clear()
+        self._kept = 0
+        for path in kept:
             if not MemoryCgroups.remove(path):
                 log.warning("kept cgroup %s could not be removed", path)
 

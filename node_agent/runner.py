@@ -610,7 +610,7 @@ class Runner:
         if self._journal.pending():
             return False
         assert rec.cgroup is not None
-        return self._pool.keep(rec.cgroup, rec.oom_kills)
+        return self._pool.keep(rec.cgroup, rec.oom_kills, rec.uid)
 
     def _clean_shm_later(self, rec: LiveAttempt) -> None:
         """Remove what the job left in /dev/shm (node_agent.shm), once its killed processes

@@ -200,7 +200,8 @@ class Starter:
             return
         try:
             if self.pool is not None and p.spec.image is None:
-                lease = self.pool.acquire(p.spec.attempt_id, p.spec.memory_mib)
+                uid = p.owner.uid if p.owner is not None else self.owners.euid
+                lease = self.pool.acquire(p.spec.attempt_id, p.spec.memory_mib, uid)
                 p.cgroup, p.oom_base = lease.path, lease.oom_base
             else:
                 p.cgroup = self.cgroups.create(p.spec.attempt_id, p.spec.memory_mib)
