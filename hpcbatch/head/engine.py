@@ -293,20 +293,28 @@ class Engine:
         children = self.gangs.children(job) if job.is_gang and event in FAMILY_EVENTS else []
         self._move_one(job, event, reason)
         for child in children:
-            if can_apply(child.status, event):
+            if child.ended_alone and event in (JobEvent.SUCCEEDED, JobEvent.ATTEMPT_FAILED_FINAL):
+                # A node that ended on its own keeps the status it showed since (JobRecord.shown),
+                # already in its history: the job's end does not rewrite it.
+                shown, shown_reason, child.stopped_at = child.shown
+                own = JobEvent.SUCCEEDED if shown is JobStatus.SUCCEEDED else JobEvent.ATTEMPT_FAILED_FINAL
+                if can_apply(child.status, own):
+                    self._move_one(child, own, shown_reason, record=False)
+            elif can_apply(child.status, event):
                 self._move_one(child, event, reason)
 
     def _runnable(self, job: JobRecord, seq: int) -> JobRunnable:
         return sched_events.runnable(self.event_id(), job, seq)
 
-    def _move_one(self, job: JobRecord, event: JobEvent, reason: str | None) -> None:
+    def _move_one(self, job: JobRecord, event: JobEvent, reason: str | None, *, record: bool = True) -> None:
         now = self._now()
         old = job.status
         job.status = next_status(job.job_id, job.status, event)
         job.status_reason = reason
         if job.status is not JobStatus.RUNNABLE and job.fence_hold is not None:
             self.drop_hold(job)
-        self.commits.record(job.job_id, now, job.status.value, reason)
+        if record:
+            self.commits.record(job.job_id, now, job.status.value, reason)
         if job.status.is_final:
             job.stopped_at = job.stopped_at or now
             self.jobs.pop(job.job_id, None)

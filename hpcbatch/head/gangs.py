@@ -170,7 +170,13 @@ class Gangs:
         parent = self._host.jobs.get(child.parent_id or "")
         if parent is None:
             return
-        if parent.ending is None and (child.node_index == parent.main_node or lost):
+        if parent.ending is None and child.node_index != parent.main_node and not lost:
+            # A child node ended on its own: the job goes on, and this node job shows its own
+            # SUCCEEDED or FAILED (JobRecord.shown), recorded in its history as AWS would.
+            attempt.alone = True
+            status, reason, at = child.shown
+            self._host.commits.record(child.job_id, at or self._host.now_ms(), status.value, reason)
+        elif parent.ending is None:  # the main node's end, or a lost node, ends the try
             parent.ending = GangEnding(
                 exit_code=end.exit_code if not lost else None, reason=end.reason,
                 status_reason=attempt.status_reason, stopped_at=attempt.stopped_at, timed_out=end.timed_out,

@@ -29,8 +29,9 @@ FILTER_NAMES = "JOB_NAME, JOB_DEFINITION, BEFORE_CREATED_AT, AFTER_CREATED_AT, O
 def children_query(body: dict[str, Any], parent: JobRecord) -> JobQuery | None:
     """The query for ``parent``'s children; None when it has none of the kind asked for.
 
-    Array children are all fetched (the status is matched with the unplaced ones, in
-    ``array_summaries``); a multi-node job's nodes are matched by the store.
+    Both are all fetched and their status matched here: an array's with the unplaced ones
+    (``array_summaries``), a multi-node job's as each node shows (``node_summaries``: a node
+    that ended on its own shows SUCCEEDED or FAILED while its record runs on).
     """
     if body.get("arrayJobId"):
         if parent.array_size is None:
@@ -38,9 +39,12 @@ def children_query(body: dict[str, Any], parent: JobRecord) -> JobQuery | None:
         return JobQuery(array_job=parent.job_id, include_children=True, limit=parent.array_size)
     if not parent.is_gang:
         return None
-    wanted = body.get("jobStatus")
-    statuses = (JobStatus(wanted),) if wanted else ()
-    return JobQuery(multi_node_job=parent.job_id, statuses=statuses, include_children=True, limit=parent.num_nodes)
+    return JobQuery(multi_node_job=parent.job_id, include_children=True, limit=parent.num_nodes)
+
+
+def node_summaries(summaries: list[dict[str, Any]], wanted: str | None) -> list[dict[str, Any]]:
+    """A multi-node job's node summaries with status ``wanted`` (all without one)."""
+    return [s for s in summaries if not wanted or s["status"] == wanted]
 
 
 def queue_query(body: dict[str, Any], queue: str | None, caller: Caller, private_data: bool) -> JobQuery | None:

@@ -61,6 +61,10 @@ class Attempt(msgspec.Struct, kw_only=True):
     # Stopped so this job (of a preempting queue) could start: retried, and not counted
     # against retryStrategy.attempts (hpcbatch.scheduler.preempt; Spot-interruption semantics).
     preempted_by: str | None = None
+    # A node of a multi-node job whose process ended on its own while the job went on: AWS
+    # then shows that node job SUCCEEDED or FAILED by its exit code (``JobRecord.shown``);
+    # its record stays RUNNING inside (a retry of the job starts it again).
+    alone: bool = False
 
 
 class PreemptOrder(msgspec.Struct, kw_only=True):
@@ -160,6 +164,29 @@ class JobRecord(msgspec.Struct, kw_only=True):
         """A multi-node parallel job's parent, of any size: ``numNodes: 1`` is a one-node gang
         (node records, AWS_BATCH_JOB_NODE_* variables), as AWS runs it and TorchX expects."""
         return self.parent_id is None and (self.num_nodes > 1 or self.gang)
+
+    @property
+    def shown(self) -> tuple[JobStatus, str | None, int | None]:
+        """(status, statusReason, stoppedAt) as AWS shows the job.
+
+        A node of a multi-node job that ended on its own (``Attempt.alone``) is SUCCEEDED or
+        FAILED by its exit code, stopped when it ended, while the job goes on ("each node,
+        once it exits, moves to SUCCEEDED or FAILED by its exit code; a child node's death
+        does nothing to the others"). Its record stays RUNNING until the job ends: a retry of
+        the job starts every node again.
+        """
+        if self.ended_alone:
+            last = self.attempts[-1]
+            status = JobStatus.SUCCEEDED if last.exit_code == 0 else JobStatus.FAILED
+            return status, last.status_reason, last.stopped_at
+        return self.status, self.status_reason, self.stopped_at
+
+    @property
+    def ended_alone(self) -> bool:
+        """A node of a multi-node job whose current try's process ended while the job goes on."""
+        return (
+            self.status in (JobStatus.STARTING, JobStatus.RUNNING) and bool(self.attempts) and self.attempts[-1].alone
+        )
 
     @property
     def current_attempt(self) -> Attempt | None:
@@ -325,7 +352,7 @@ def job_detail(job: JobRecord, region: str, account: str) -> dict[str, Any]:
         "jobName": job.job_name,
         "jobId": job.job_id,
         "jobQueue": job.job_queue_arn,
-        "status": job.status.value,
+        "status": job.shown[0].value,
         "attempts": [attempt_detail(a) for a in job.attempts if a.stopped_at is not None],
         "createdAt": job.created_at,
         "retryStrategy": _drop_none(
@@ -369,16 +396,17 @@ def _detail_container(job: JobRecord, last: Attempt | None) -> dict[str, Any]:
 def _detail_times(job: JobRecord) -> dict[str, Any]:
     """JobDetail's optional scheduling and timing fields, those the job has (AWS leaves the others out)."""
     detail: dict[str, Any] = {}
+    _, status_reason, stopped_at = job.shown
     if job.share_identifier is not None:
         detail["shareIdentifier"] = job.share_identifier
     if job.scheduling_priority is not None:
         detail["schedulingPriority"] = job.scheduling_priority
-    if job.status_reason:
-        detail["statusReason"] = job.status_reason
+    if status_reason:
+        detail["statusReason"] = status_reason
     if job.started_at is not None:
         detail["startedAt"] = job.started_at
-    if job.stopped_at is not None:
-        detail["stoppedAt"] = job.stopped_at
+    if stopped_at is not None:
+        detail["stoppedAt"] = stopped_at
     if job.timeout_s is not None:
         detail["timeout"] = {"attemptDurationSeconds": job.timeout_s}
     return detail
@@ -418,12 +446,13 @@ def array_status_summary(parent: JobRecord) -> dict[str, int]:
 def job_summary(job: JobRecord, region: str, account: str) -> dict[str, Any]:
     """AWS ``JobSummary`` JSON for ListJobs."""
     last = job.attempts[-1] if job.attempts else None
+    status, status_reason, stopped_at = job.shown
     summary: dict[str, Any] = {
         "jobArn": f"arn:aws:batch:{region}:{account}:job/{job.job_id}",
         "jobId": job.job_id,
         "jobName": job.job_name,
         "createdAt": job.created_at,
-        "status": job.status.value,
+        "status": status.value,
         "jobDefinition": job.job_definition,
         "isCancelled": job.is_cancelled,
         "isTerminated": job.is_terminated,
@@ -431,9 +460,9 @@ def job_summary(job: JobRecord, region: str, account: str) -> dict[str, Any]:
         "jobQueue": job.job_queue_arn,  # hpcbatch extension: ListJobs may span queues
     }
     for key, value in (
-        ("statusReason", job.status_reason),
+        ("statusReason", status_reason),
         ("startedAt", job.started_at),
-        ("stoppedAt", job.stopped_at),
+        ("stoppedAt", stopped_at),
     ):
         if value is not None:
             summary[key] = value

@@ -186,3 +186,60 @@ def test_head_kill9_keeps_the_gang_and_its_single_tenancy(tmp_path: Path) -> Non
         assert job["container"]["exitCode"] == 5 and len(job["attempts"]) == 1
     finally:
         c.close()
+
+
+def test_a_node_that_ends_shows_its_own_status_while_the_job_goes_on(tmp_path: Path) -> None:
+    """AWS: each node, once it exits, is SUCCEEDED or FAILED by its exit code, and a child
+    node's end does nothing to the others. Node 1 exits 3 and node 2 exits 0 while the main
+    node runs on: they show so (in DescribeJobs, ListJobs' status filter and the event
+    stream), across a head kill -9, and again in the retried try; the job's own end does not
+    rewrite them."""
+    c = TestCluster(tmp_path, nodes=3)
+    try:
+        c.up()
+        gate = tmp_path / "gate"
+        main = ["sh", "-c", f'while [ ! -e {gate}$AWS_BATCH_JOB_ATTEMPT ]; do sleep 0.05; done; exit $((2 - AWS_BATCH_JOB_ATTEMPT))']
+        ranges = [
+            {"targetNodes": "0", "containerOverrides": {"command": main}},
+            {"targetNodes": "1", "containerOverrides": {"command": ["sh", "-c", "exit 3"]}},
+            {"targetNodes": "2", "containerOverrides": {"command": ["true"]}},
+        ]
+        job_id = str(c.client.submit_job(
+            jobName="nodes", jobQueue="default", jobDefinition="hpcbatch-default-mnp",
+            nodeOverrides={"numNodes": 3, "nodePropertyOverrides": ranges}, retryStrategy={"attempts": 2},
+        )["jobId"])
+        nodes = [f"{job_id}#{i}" for i in range(3)]
+
+        def shown(tries: int) -> None:
+            wait_for(lambda: c.job(nodes[1])["status"] == "FAILED" and len(c.job(nodes[1])["attempts"]) == tries,
+                     30, what=f"node 1 FAILED in try {tries}")
+            wait_for(lambda: c.job(nodes[2])["status"] == "SUCCEEDED", 30, what="node 2 SUCCEEDED")
+            main_node, failed, done = c.client.describe_jobs(jobs=nodes)["jobs"]
+            assert main_node["status"] == "RUNNING" and c.job(job_id)["status"] == "RUNNING"
+            assert failed["container"]["exitCode"] == 3 and done["container"]["exitCode"] == 0
+            assert failed["statusReason"] == "Essential container in task exited"
+            assert failed["stoppedAt"] == failed["attempts"][-1]["stoppedAt"]
+            by_status = {
+                s: [j["jobId"] for j in c.client.list_jobs(multiNodeJobId=job_id, jobStatus=s)["jobSummaryList"]]
+                for s in ("RUNNING", "FAILED", "SUCCEEDED")
+            }
+            assert by_status == {"RUNNING": [nodes[0]], "FAILED": [nodes[1]], "SUCCEEDED": [nodes[2]]}
+
+        shown(1)
+        c.kill("head", signal.SIGKILL)  # it is stored, not only the head's memory
+        c.start_head()
+        c.wait_active()
+        shown(1)
+        (tmp_path / "gate1").touch()  # the main node exits 1: the job's second try runs every node again
+        shown(2)
+        (tmp_path / "gate2").touch()  # ... and exits 0
+        assert c.wait_status(job_id, "SUCCEEDED", timeout=30)["container"]["exitCode"] == 0
+        final = c.client.describe_jobs(jobs=nodes)["jobs"]
+        assert [j["status"] for j in final] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+        assert final[1]["statusReason"] == "Essential container in task exited"
+        history = [(e["jobId"], e["status"]) for e in c.client.list_events(jobId=job_id)["events"] if e["jobId"] == nodes[1]]
+        # Each try: placed, started, its own FAILED once (the job's end records nothing more).
+        assert [s for _, s in history].count("FAILED") == 2, history
+        assert history[-1] == (nodes[1], "FAILED")
+    finally:
+        c.close()

@@ -189,7 +189,7 @@ class Jobs:
             placed = {j.array_index: s for j, s in zip(jobs, summaries, strict=True) if j.array_index is not None}
             return {"jobSummaryList": joblist.array_summaries(parent, placed, body.get("jobStatus"), self._cx.arn)}
         if parent is not None:
-            return {"jobSummaryList": summaries}
+            return {"jobSummaryList": joblist.node_summaries(summaries, body.get("jobStatus"))}
         return joblist.page(query, jobs, summaries)
 
     def _parent_job(self, job_id: str) -> JobRecord:
