@@ -150,11 +150,7 @@ class MemoryCgroups:
         """How many processes the kernel's OOM killer ended in this cgroup."""
         for name in ("memory.events", "memory.oom_control"):  # v2, v1
             try:
-                fd = os.open(path / name, os.O_RDONLY | os.O_CLOEXEC)  # no buffered file: on every exit
-                try:
-                    text = os.read(fd, 65536)
-                finally:
-                    os.close(fd)
+                text = read_small(path / name)
             except OSError:
                 continue
             for line in text.splitlines():
@@ -374,8 +370,9 @@ def write_text(path: str | Path, text: str) -> None:
         os.close(fd)
 
 
-def read_small(path: Path) -> bytes:
-    """A cgroup counter in one read (no buffered file's fstat and ioctl: on every exit)."""
+def read_small(path: str | Path) -> bytes:
+    """A small file (a cgroup counter, /proc) in one read: no buffered file's fstat and ioctl,
+    which on every job's exit add up."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.read(fd, 65536)

@@ -19,6 +19,8 @@ from typing import Protocol
 
 import psutil
 
+from node_agent.cgroups import read_small
+
 _POLL_INTERVAL_S = 0.05
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -184,15 +186,6 @@ def create_time(pid: int) -> float:
         return 0.0
     fields = stat[stat.rfind(b")") + 2 :].split()
     return int(fields[19]) / _CLOCK_TICKS + _BOOT_TIME
-
-
-def read_small(path: str) -> bytes:
-    """A small file (/proc, cgroup counters) in one read: no buffered file's fstat and ioctl."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 65536)
-    finally:
-        os.close(fd)
 
 
 def session_rss(sessions: set[int]) -> dict[int, int]:
