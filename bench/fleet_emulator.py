@@ -117,6 +117,14 @@ intervals after the last) was tried and dropped: the emulators' timers then fire
 turn instead of many, their CPU rose by half, and the 10,000-node join starved the head (nodes
 lost, handshakes timing out) twice in two runs.
 
+Session 8, a noisier sitting (load average 3.5-4.4 before each run), 10,000 nodes, same
+flags as session 7's: 248.7 and 192.0 jobs/s, 0 nodes lost, single submit->start median 26
+and 114 ms, p99 416 and 444 ms, gang64 p99 180 and 48 ms. A third run lost 171 nodes and did
+37 jobs/s: its emulators took 140 % of a core and could not send their heartbeats (the head
+judged them right). The session's starting tree, run between them, did not get 10,000 nodes
+ACTIVE within 600 s. At 2,000 nodes (``--idle 5 --singles 10 --gangs 2 --jobs 2000``) the
+starting tree and the session's end did 1,042.8 and 1,763.8 jobs/s, 0 nodes lost.
+
 10,000 nodes from other machines against a real head (so that the emulators do not take the
 head's cores)::
 
