@@ -285,6 +285,7 @@ def test_head_clock_stepped_forward(chaos: TestCluster) -> None:
     chaos.kill("head")
     chaos.start_head(env={"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME_TIMESTAMP_FILE": str(offset),
                           "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    faked_pid = chaos.procs["head"].pid
     try:
         chaos.wait_active(timeout=30)
         starts, tag = fresh(chaos, "clock")
@@ -303,6 +304,10 @@ def test_head_clock_stepped_forward(chaos: TestCluster) -> None:
         assert violations(chaos, jobs, starts, tag) == NO_VIOLATIONS
     finally:
         chaos.kill("head")
+        # libfaketime made a shared-memory clock and a semaphore for the head (and its
+        # children) and unlinks them only at a normal exit: a SIGKILL leaves them in /dev/shm.
+        for leftover in (f"faketime_shm_{faked_pid}", f"sem.faketime_sem_{faked_pid}"):
+            (Path("/dev/shm") / leftover).unlink(missing_ok=True)
         chaos.start_head()
         chaos.wait_active(timeout=30)
 
