@@ -30,6 +30,7 @@ The head's state folder is made 0700 (the head refuses a wider one, docs/securit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -116,6 +117,7 @@ class TestCluster:
         self._head_extra = head_extra
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._all: list[subprocess.Popen[bytes]] = []
+        self._agent_dirs: set[Path] = set()  # every agent's state_dir (its memory cgroups' tag)
         self._netns: NetnsCluster | None = None
         self.netns: NetnsLayout | None = None
         if netns:
@@ -214,6 +216,7 @@ class TestCluster:
             accepted.mkdir(parents=True, exist_ok=True)
             (accepted / name).write_bytes(keys.public + b"\n")
         path = self.root / f"{name}.toml"
+        self._agent_dirs.add(self.root / name)
         path.write_text(
             f'name = "{name}"\nhead = {json.dumps(head) if head else self._agent_head}\n'
             f'state_dir = "{self.root / name}"\n'
@@ -368,6 +371,7 @@ class TestCluster:
             if self._netns is not None:
                 self._netns.destroy()
             _unmount_attempts(self.root)
+            _remove_agent_cgroups(self._agent_dirs)
 
     # ------------------------------------------------------------------ jobs
     def submit(self, command: list[str], **body: Any) -> str:
@@ -393,6 +397,31 @@ class TestCluster:
         if attempt is not None:
             body["attempt"] = attempt
         return str(self.client.call("/hpcbatch/v1/getjoblogs", body)["data"])
+
+
+def _remove_agent_cgroups(state_dirs: Collection[Path]) -> None:
+    """Remove the memory cgroups this cluster's agents made (node_agent.cgroups), killing what
+    is left in them: an agent stopped with attempts running leaves them to the agent that
+    comes back, and in a test none does, so they stayed on the machine (empty, once their
+    jobs ended) for good."""
+    from node_agent.cgroups import MemoryCgroups, _cgroup_mounts, _own_cgroup, remove_soon
+
+    v2, v1 = _cgroup_mounts()
+    for state_dir in state_dirs:
+        name = "hpcbatch-" + hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
+        parents = [v2 / name] if v2 is not None else []
+        if v1 is not None:
+            try:
+                parents.append(v1 / _own_cgroup("memory").lstrip("/") / name)
+            except OSError:
+                pass
+        for parent in parents:
+            if not parent.is_dir():
+                continue
+            # deepest first: an attempt's cgroup may hold a container's (podman's child cgroup)
+            for where, _, _ in sorted(os.walk(parent), key=lambda w: -w[0].count("/")):
+                MemoryCgroups.kill(Path(where))
+                remove_soon(Path(where))
 
 
 def _unmount_attempts(root: Path) -> None:
