@@ -219,6 +219,7 @@ def test_a_node_that_ends_shows_its_own_status_while_the_job_goes_on(tmp_path: P
             assert failed["container"]["exitCode"] == 3 and done["container"]["exitCode"] == 0
             assert failed["statusReason"] == "Essential container in task exited"
             assert failed["stoppedAt"] == failed["attempts"][-1]["stoppedAt"]
+            assert c.client.why_job(jobId=nodes[1])["status"] == "FAILED"  # hpcbatch why says the same
             by_status = {
                 s: [j["jobId"] for j in c.client.list_jobs(multiNodeJobId=job_id, jobStatus=s)["jobSummaryList"]]
                 for s in ("RUNNING", "FAILED", "SUCCEEDED")

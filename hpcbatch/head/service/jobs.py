@@ -306,10 +306,11 @@ class Jobs:
         front = self._cx.engine.front_of_queue(job.job_queue, limit=100_000)
         position = front.index(job.job_id) + 1 if job.job_id in front else None
         dependencies = [d.get("jobId") or d.get("type") for d in job.depends_on]
+        status, status_reason, _ = job.shown  # a node that ended on its own: as DescribeJobs shows it
         return {
             "jobId": job.job_id,
-            "status": job.status.value,
-            "statusReason": job.status_reason,
+            "status": status.value,
+            "statusReason": status_reason,
             "queuePosition": position,
             "queueLength": len(front),
             "dependsOn": dependencies,
