@@ -218,6 +218,13 @@ class AgentReports:
             self._host.commits.send(node, p.KillAttempt(attempt_id=msg.attempt_id, reason=NO_LONGER_CURRENT, grace_s=0))
             self._host.request_step()
             return
+        # The agent just said it runs: the heartbeats that missed it while it was STARTING (a
+        # long image pull) must not count against it running (hpcbatch.model.reconcile). A
+        # short job that ends before the next heartbeat is unlisted in it, its exit report
+        # still behind: with the pull's misses kept, it was failed as lost at once.
+        registered = self._host.registry.get(node)
+        if registered is not None:
+            registered.missing.pop(msg.attempt_id, None)
         self._mark_started(job, msg.started_at)
 
     def _mark_started(self, job: JobRecord, started_at: int) -> None:

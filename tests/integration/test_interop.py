@@ -93,7 +93,7 @@ class Interop:
             node = self.c.job(f"{job['jobId']}#{i}")
             container = node.get("container", {})
             lines.append(f"#{i} {node['status']} {node.get('statusReason')} {container.get('reason')} "
-                         f"exitCode={container.get('exitCode')}")  # a node that exited stays RUNNING until the main ends
+                         f"exitCode={container.get('exitCode')}")
             lines.append(self.c.logs(f"{job['jobId']}#{i}")[-6000:])
         return "\n".join(lines)
 

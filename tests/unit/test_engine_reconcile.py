@@ -135,6 +135,33 @@ def test_a_starting_attempt_is_never_failed_for_a_heartbeat_that_crossed_its_sta
     asyncio.run(run())
 
 
+def test_an_attempt_that_reports_its_start_after_a_long_pull_starts_its_misses_afresh(tmp_path: Path) -> None:
+    """The misses a STARTING attempt piled up (a long image pull) do not count once its
+    AttemptStarted arrives: a short job (TorchX's echo) started and ended between two
+    heartbeats, its exit report behind the next one, was failed as lost ("not listed for 38
+    heartbeats") although the agent had just said it runs."""
+
+    async def run() -> None:
+        c = Cluster(tmp_path, reconcile_after=K)
+        job = c.submit()
+        ((node, start),) = c.starts()
+        for _ in range(4 * K):  # a long pull: unlisted, asked for again and again
+            beat(c, node, [])
+        c.engine.on_started(node, p.AttemptStarted(attempt_id=start.attempt_id, job_id=job.job_id, pid=1,
+                                                   started_at=1))
+        c.engine.step()
+        assert job.status is JobStatus.RUNNING
+        for _ in range(2 * K - 1):  # it ended before the next heartbeat; its exit report is behind them
+            beat(c, node, [])
+        assert job.status is JobStatus.RUNNING and not job.attempts[0].lost
+        c.engine.handle(node, p.AttemptExited(attempt_id=start.attempt_id, job_id=job.job_id, exit_code=0,
+                                              started_at=1, stopped_at=2))
+        c.engine.step()
+        assert job.status is JobStatus.SUCCEEDED
+
+    asyncio.run(run())
+
+
 def test_an_attempt_the_agent_runs_that_the_head_ended_is_killed(tmp_path: Path) -> None:
     async def run() -> None:
         c = Cluster(tmp_path, reconcile_after=K)
