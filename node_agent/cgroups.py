@@ -53,9 +53,8 @@ class MemoryCgroups:
         """
         if mode == "rss":
             return None
-        tag = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
         try:
-            cgroups = cls.setup(tag)
+            cgroups = cls.setup(parent_tag(state_dir))
         except OSError as exc:
             if mode == "cgroup":
                 raise CgroupUnavailable(f"no writable memory cgroup: {exc}") from exc
@@ -78,8 +77,7 @@ class MemoryCgroups:
             try:
                 # v1 allows children next to processes: nest under our own cgroup so a
                 # limit put on the agent's service also bounds its jobs.
-                parent = v1_root / _own_cgroup("memory").lstrip("/") / f"hpcbatch-{tag}"
-                return cls(parent, 1, v1_root)._make_parent()._probe()
+                return cls(_v1_parent(v1_root, tag), 1, v1_root)._make_parent()._probe()
             except OSError as exc:
                 errors.append(f"cgroup v1: {exc}")
         raise OSError("; ".join(errors) or "no memory cgroup mounted")
@@ -93,7 +91,7 @@ class MemoryCgroups:
             write_text(v2_root / "cgroup.subtree_control", "+memory")
         # A sibling of the agent's own cgroup: v2 forbids processes in a cgroup
         # that hands controllers to children, and the agent's has the agent.
-        return cls(v2_root / f"hpcbatch-{tag}", 2, v2_root)._make_parent()._probe()
+        return cls(_v2_parent(v2_root, tag), 2, v2_root)._make_parent()._probe()
 
     def _make_parent(self) -> MemoryCgroups:
         self.parent.mkdir(exist_ok=True)
@@ -368,6 +366,31 @@ def write_text(path: str | Path, text: str) -> None:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+def parent_tag(state_dir: Path) -> str:
+    """What names the cgroup parent of the agent whose state is ``state_dir``."""
+    return hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
+
+
+def _v2_parent(v2_root: Path, tag: str) -> Path:
+    return v2_root / f"hpcbatch-{tag}"
+
+
+def _v1_parent(v1_root: Path, tag: str) -> Path:
+    return v1_root / _own_cgroup("memory").lstrip("/") / f"hpcbatch-{tag}"
+
+
+def agent_parents(state_dir: Path) -> list[Path]:
+    """Where the agent whose state is ``state_dir`` keeps its cgroups, in each hierarchy this
+    machine has (whether or not it made them): for whoever cleans up after it."""
+    v2_root, v1_root = _cgroup_mounts()
+    tag = parent_tag(state_dir)
+    parents = [_v2_parent(v2_root, tag)] if v2_root is not None else []
+    if v1_root is not None:
+        with contextlib.suppress(OSError):
+            parents.append(_v1_parent(v1_root, tag))
+    return parents
 
 
 def read_small(path: str | Path) -> bytes:

@@ -30,7 +30,6 @@ The head's state folder is made 0700 (the head refuses a wider one, docs/securit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -404,22 +403,12 @@ def _remove_agent_cgroups(state_dirs: Collection[Path]) -> None:
     is left in them: an agent stopped with attempts running leaves them to the agent that
     comes back, and in a test none does, so they stayed on the machine (empty, once their
     jobs ended) for good."""
-    from node_agent.cgroups import MemoryCgroups, _cgroup_mounts, _own_cgroup, remove_soon
+    from node_agent.cgroups import MemoryCgroups, agent_parents, remove_soon
 
-    v2, v1 = _cgroup_mounts()
     for state_dir in state_dirs:
-        name = "hpcbatch-" + hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
-        parents = [v2 / name] if v2 is not None else []
-        if v1 is not None:
-            try:
-                parents.append(v1 / _own_cgroup("memory").lstrip("/") / name)
-            except OSError:
-                pass
-        for parent in parents:
-            if not parent.is_dir():
-                continue
+        for parent in agent_parents(state_dir):
             # deepest first: an attempt's cgroup may hold a container's (podman's child cgroup)
-            for where, _, _ in sorted(os.walk(parent), key=lambda w: -w[0].count("/")):
+            for where, _, _ in os.walk(parent, topdown=False):
                 MemoryCgroups.kill(Path(where))
                 remove_soon(Path(where))
 

@@ -11,9 +11,9 @@ Rules / theory of operation (pure: the heartbeat's list and the head's view in, 
   ``AttemptStarted`` report was lost or is behind.
 * An expected attempt not listed counts one miss per heartbeat; a listing resets the
   count, and so does its ``AttemptStarted`` (hpcbatch.head.reports): what it missed while
-  STARTING never counts against it running. After ``ask_after`` misses in a row the head asks (resends the start order, which
-  an agent runs at most once: it answers with the attempt's exit, or starts it if the order
-  never arrived). A RUNNING attempt still unlisted ``ask_after`` heartbeats later is lost:
+  STARTING never counts against it running. After ``ask_after`` misses in a row the head
+  asks (resends the start order, which an agent runs at most once: it answers with the
+  attempt's exit, or starts it if the order never arrived). A RUNNING attempt still unlisted ``ask_after`` heartbeats later is lost:
   it is failed with a reason. A STARTING one is asked again every ``ask_after`` misses and
   never failed by absence alone (its start may be a long image pull).
 """
